@@ -1,0 +1,113 @@
+"""Weights in the numerics contract's form.
+
+A quantized matrix holds, per output row, groups of `group` consecutive inputs as unsigned codes of `bits`
+bits with an fp16 scale and an fp16 minimum per group: w = scale * code + minimum. GGUF Q4_1 is exactly
+bits=4, group=32; Q4_0 and Q8_0 are the same form with minimum = -8*scale and -128*scale (exact in fp16,
+a power-of-two multiple), so all three import without re-quantization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+SUPPORTED_GROUPS = (32, 64, 128)
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedMatrix:
+    codes: np.ndarray  # uint8 [rows, cols], each < 2**bits
+    scales: np.ndarray  # float16 [rows, cols // group]
+    minimums: np.ndarray  # float16 [rows, cols // group]
+    bits: int
+    group: int
+
+    def __post_init__(self):
+        rows, cols = self.codes.shape
+        if self.codes.dtype != np.uint8 or cols % self.group:
+            raise ValueError(f"codes must be uint8 with a column count divisible by {self.group}")
+        expected = (rows, cols // self.group)
+        if self.scales.shape != expected or self.minimums.shape != expected:
+            raise ValueError(f"scales and minimums must have shape {expected}")
+        if self.scales.dtype != np.float16 or self.minimums.dtype != np.float16:
+            raise ValueError("scales and minimums must be float16")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.codes.shape
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Storage cost including the two fp16 values per group."""
+        return self.bits + 32 / self.group
+
+    def dequantize(self) -> np.ndarray:
+        rows, cols = self.codes.shape
+        grouped = self.codes.reshape(rows, cols // self.group, self.group).astype(np.float32)
+        w = self.scales.astype(np.float32)[..., None] * grouped + self.minimums.astype(np.float32)[..., None]
+        return w.reshape(rows, cols)
+
+    @classmethod
+    def from_ggml(cls, blocks: np.ndarray, type_name: str, shape: tuple[int, int]) -> "QuantizedMatrix":
+        """Import raw GGUF blocks (uint8 [rows, bytes_per_row]) of Q4_0, Q4_1 or Q8_0 bit for bit."""
+        rows, cols = shape
+        if type_name == "Q8_0":
+            b = blocks.reshape(rows, cols // 32, 34)
+            d = b[..., :2].copy().view(np.float16)[..., 0]
+            codes = (b[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+            return cls(codes.reshape(rows, cols), d, (d * np.float16(-128)).astype(np.float16), 8, 32)
+        if type_name in ("Q4_0", "Q4_1"):
+            nbytes = 18 if type_name == "Q4_0" else 20
+            b = blocks.reshape(rows, cols // 32, nbytes)
+            d = b[..., :2].copy().view(np.float16)[..., 0]
+            if type_name == "Q4_1":
+                m = b[..., 2:4].copy().view(np.float16)[..., 0]
+            else:
+                m = (d * np.float16(-8)).astype(np.float16)
+            qs = b[..., nbytes - 16 :]
+            # ggml packs element j in the low nibble and element j+16 in the high nibble of byte j.
+            codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+            return cls(codes.reshape(rows, cols).astype(np.uint8), d, m, 4, 32)
+        raise ValueError(f"not a block type this importer reads exactly: {type_name}")
+
+
+Tensor = Union[QuantizedMatrix, np.ndarray]
+
+
+def as_float(t: Tensor) -> np.ndarray:
+    return t.dequantize() if isinstance(t, QuantizedMatrix) else t
+
+
+@dataclass(eq=False)
+class LayerWeights:
+    """One transformer block. Q and K rows are in GGUF order (RoPE on adjacent pairs)."""
+
+    attn_norm: np.ndarray
+    wq: Tensor
+    wk: Tensor
+    wv: Tensor
+    wo: Tensor
+    ffn_norm: np.ndarray
+    w_gate: Tensor
+    w_up: Tensor
+    w_down: Tensor
+
+    LINEAR = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+    def linears(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in self.LINEAR}
+
+
+@dataclass(eq=False)
+class ModelWeights:
+    token_embedding: Tensor  # [vocab, dim]
+    output_norm: np.ndarray
+    output: Tensor | None  # [vocab, dim]; None when tied to the embedding
+    layers: list[LayerWeights] = field(default_factory=list)
+
+    @property
+    def lm_head(self) -> Tensor:
+        return self.token_embedding if self.output is None else self.output
