@@ -1,0 +1,65 @@
+"""`roma plan`: does a model fit a board? Where does each tensor go? Estimated decode tokens/s."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import RomaError
+
+HELP = "plan the placement of a model on a board: BRAM-ROM, URAM-load-once or DDR-streamed, with a tokens/s estimate"
+
+_LINEAR = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="a known model name, a GGUF file or a Hugging Face folder (default: smollm2-135m)")
+    parser.add_argument("--board", required=True, help="board name from compiler/boards.json (e.g. kv260, u250)")
+    parser.add_argument("--bits", type=int, default=4, help="code bits of the ROM base: 2, 3, 4 or 8 (default 4)")
+    parser.add_argument("--group", type=int, default=32, help="weights per scale/minimum group: 32, 64 or 128")
+    parser.add_argument("--tensor-bits", action="append", default=[], metavar="NAME=BITS",
+                        help="mixed precision: bits for one tensor kind (wq, w_down, token_embedding, output) or "
+                             "one tensor (layers.3.wq); repeatable")
+    parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank to reserve memory for (0: none)")
+    parser.add_argument("--lora-targets", nargs="+", default=list(_LINEAR), metavar="LINEAR",
+                        help=f"linears that carry LoRA (default: all of {' '.join(_LINEAR)})")
+    parser.add_argument("--lora-dtype", default="fp16", help="fp16 or int8 (int8 with fp16 per-row scales)")
+    parser.add_argument("--kv-tokens", type=int, default=None,
+                        help="keep a KV cache of this many tokens on chip (default: KV cache in DDR)")
+    parser.add_argument("--budget", type=float, default=0.8, help="fraction of BRAM/URAM to use (default 0.8)")
+    parser.add_argument("--context", type=int, default=None,
+                        help="context length the tokens/s estimate assumes (default: --kv-tokens, else 256)")
+    parser.add_argument("--per-tensor", action="store_true", help="one row per tensor instead of per layer")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def _parse_tensor_bits(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        name, sep, bits = item.partition("=")
+        if not sep or not name.strip() or not bits.strip().isdigit():
+            raise RomaError(f"--tensor-bits wants NAME=BITS, not '{item}'", hint="for example --tensor-bits w_down=8")
+        out[name.strip()] = int(bits)
+    return out
+
+
+def run(args) -> int:
+    from ..compiler.boards import get_board
+    from ..compiler.plan import make_plan
+
+    board = get_board(args.board)  # fail fast, before the model loads
+    if args.context is not None and args.context < 0:
+        raise RomaError(f"--context must be >= 0, not {args.context}")
+    per_tensor_bits = _parse_tensor_bits(args.tensor_bits)
+    from ..model import load_model
+
+    config = load_model(args.model).config
+    plan = make_plan(config, board, bits=args.bits, group=args.group, per_tensor_bits=per_tensor_bits or None,
+                     lora_rank=args.lora_rank, lora_targets=tuple(args.lora_targets), lora_dtype=args.lora_dtype,
+                     kv_tokens=args.kv_tokens, budget=args.budget, context=args.context)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        print(plan.render(per_tensor=args.per_tensor))
+    return 0

@@ -1,0 +1,135 @@
+"""Board data: the FPGA resources the placement planner fills, read from boards.json.
+
+boards.json is plain data that anyone can extend; this module loads it, checks every entry against a small
+schema (an error names the board and the field), and looks boards up by name. A different file can be used
+with load_boards(path) for experiments.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import RomaError
+
+BOARDS_FILE = Path(__file__).with_name("boards.json")
+FAMILIES = ("zynq7", "zynqmp", "alveo", "versal")
+HOSTS = ("arm", "x86-pcie")
+
+# field -> (accepted types, check, what the check wants)
+_NONNEG_INT = ((int,), lambda v: v >= 0, "an integer >= 0")
+_POS_INT = ((int,), lambda v: v > 0, "an integer > 0")
+_POS_NUM = ((int, float), lambda v: v > 0, "a number > 0")
+_TEXT = ((str,), lambda v: bool(v.strip()), "a non-empty string")
+_BOOL = ((bool,), lambda v: True, "true or false")
+REQUIRED_FIELDS = {
+    "description": _TEXT,
+    "part": _TEXT,
+    "family": ((str,), lambda v: v in FAMILIES, f"one of {', '.join(FAMILIES)}"),
+    "bram36": _POS_INT,
+    "uram": _NONNEG_INT,
+    "dsp": _NONNEG_INT,
+    "luts": _POS_INT,
+    "clock_mhz": _POS_NUM,
+    "ddr_bandwidth_gbs": _POS_NUM,
+    "memory": _TEXT,
+    "bandwidth_source": _TEXT,
+    "pynq_board": _BOOL,
+    "host": ((str,), lambda v: v in HOSTS, f"one of {', '.join(HOSTS)}"),
+    "uram_initialisable": _BOOL,
+    "bram_rom": _BOOL,
+}
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    part: str
+    family: str
+    bram36: int
+    uram: int
+    dsp: int
+    luts: int
+    clock_mhz: float
+    ddr_bandwidth_gbs: float
+    memory: str
+    bandwidth_source: str
+    pynq_board: bool
+    host: str
+    uram_initialisable: bool
+    bram_rom: bool
+
+    @property
+    def bram_bytes(self) -> int:
+        return self.bram36 * 36 * 1024 // 8
+
+    @property
+    def uram_bytes(self) -> int:
+        return self.uram * 288 * 1024 // 8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _validate(name: str, entry, source: Path) -> Board:
+    if not isinstance(entry, dict):
+        raise RomaError(f"{source}: board '{name}' must be an object of fields, not {type(entry).__name__}")
+    for fld, (types, check, want) in REQUIRED_FIELDS.items():
+        if fld not in entry:
+            raise RomaError(f"{source}: board '{name}' lacks field '{fld}'", hint=f"'{fld}' must be {want}")
+        v = entry[fld]
+        # bool is an int in Python; a count given as true/false is a mistake.
+        if (isinstance(v, bool) and bool not in types) or not isinstance(v, types) or not check(v):
+            raise RomaError(f"{source}: board '{name}' has an invalid '{fld}': {v!r}", hint=f"'{fld}' must be {want}")
+    unknown = sorted(set(entry) - set(REQUIRED_FIELDS) - {"notes"})
+    if unknown:
+        raise RomaError(f"{source}: board '{name}' has unknown field(s) {', '.join(unknown)}",
+                        hint=f"known fields: {', '.join(REQUIRED_FIELDS)} (and free-text 'notes')")
+    if entry["family"] != "versal" and entry["uram_initialisable"]:
+        raise RomaError(f"{source}: board '{name}' says uram_initialisable but is {entry['family']}",
+                        hint="only Versal URAM has an init value; UltraScale+ URAM powers up as 0")
+    return Board(name=name, **{k: entry[k] for k in REQUIRED_FIELDS})
+
+
+def load_boards(path: str | Path | None = None) -> dict[str, Board]:
+    """Read and validate a boards file (default: the packaged boards.json). Returns name -> Board."""
+    source = Path(path) if path is not None else BOARDS_FILE
+    if path is None:
+        return dict(_default_boards())
+    return _read(source)
+
+
+@lru_cache(maxsize=1)
+def _default_boards() -> tuple[tuple[str, Board], ...]:
+    return tuple(_read(BOARDS_FILE).items())
+
+
+def _read(source: Path) -> dict[str, Board]:
+    try:
+        data = json.loads(source.read_text())
+    except OSError as e:
+        raise RomaError(f"cannot read the board file {source}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise RomaError(f"{source} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("boards"), dict) or not data["boards"]:
+        raise RomaError(f"{source} must hold an object with a non-empty 'boards' object")
+    return {name: _validate(name, entry, source) for name, entry in data["boards"].items()}
+
+
+def board_names() -> list[str]:
+    return list(load_boards())
+
+
+def get_board(name: "str | Board") -> Board:
+    """The named board; an unknown name is a RomaError that lists the known boards."""
+    if isinstance(name, Board):
+        return name
+    boards = load_boards()
+    key = str(name).strip().lower()
+    if key not in boards:
+        raise RomaError(f"unknown board '{name}'",
+                        hint=f"known boards: {', '.join(boards)} (add one in {BOARDS_FILE})")
+    return boards[key]

@@ -1,0 +1,270 @@
+"""The placement planner (roma_runtime.compiler.plan), its board data and `roma plan`.
+
+Plans need only shapes, so most tests plan from SmolLM2-135M's ModelConfig (no model load); the CLI tests load
+the model once per subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from roma_runtime.compiler import plan as P
+from roma_runtime.compiler.boards import get_board, load_boards
+from roma_runtime.errors import RomaError
+from roma_runtime.model.config import ModelConfig
+
+HOST = Path(__file__).resolve().parents[1] / "host"
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> ModelConfig:
+    # SmolLM2-135M's shapes, as load_model("smollm2-135m").config reports them.
+    return ModelConfig(name="SmolLM2-135M", n_layers=30, dim=576, ffn_dim=1536, n_heads=9, n_kv_heads=3,
+                       vocab_size=49152, context_length=8192, rope_theta=100000.0, rms_eps=1e-5,
+                       tied_embeddings=True)
+
+
+def _check_invariants(plan: P.Plan) -> None:
+    board = plan.board
+    assert plan.total_bytes == sum(t.bytes for t in plan.tensors)
+    assert plan.total_bytes == plan.on_chip_bytes + plan.ddr_bytes
+    assert plan.bram36_used <= board.bram36 * plan.budget + 1e-9
+    assert plan.uram_used <= board.uram * plan.budget + 1e-9
+    for i in range(plan.model.n_layers):  # a layer is never split between chip and DDR
+        tiers = {t.placement for t in plan.tensors if t.layer == i}
+        assert tiers == {P.DDR_STREAM} or P.DDR_STREAM not in tiers, (i, tiers)
+    for t in plan.tensors:
+        if t.placement == P.DDR_STREAM:
+            assert t.bram36 == 0 and t.uram == 0
+        if t.placement == P.BRAM_ROM:
+            assert t.uram == 0
+        if t.placement == P.URAM_LOAD_ONCE:
+            assert t.bram36 == 0
+
+
+# --- block counting --------------------------------------------------------------------------------------
+
+
+def test_bram_counts_use_aspect_ratios_not_bytes():
+    # 576 fp32 words: one 512x36 half plus a tail half = 1 tile; bytes alone would say 2304/4608 = 0.5.
+    assert P.memory_blocks(576, 32, "bram") == 1.0
+    # 512 x 72 bits fills one RAMB36 exactly; a 513th word needs two 36-bit RAMB18 halves beside it.
+    assert P.memory_blocks(512, 72, "bram") == 1.0
+    assert P.memory_blocks(513, 72, "bram") == 2.0
+    assert P.memory_blocks(1025, 36, "bram") == 1.5
+    # URAM is only 4K x 72: one word still costs a block, a 73-bit word two columns.
+    assert P.memory_blocks(1, 8, "uram") == 1.0
+    assert P.memory_blocks(4096, 73, "uram") == 2.0
+    assert P.memory_blocks(4097, 72, "uram") == 2.0
+
+
+# --- SmolLM2 on real boards ------------------------------------------------------------------------------
+
+
+def test_u250_2bit_puts_everything_on_chip(smollm2):
+    plan = P.make_plan(smollm2, "u250", bits=2, group=64, lora_rank=0)
+    _check_invariants(plan)
+    assert plan.fits_on_chip
+    assert plan.ddr_bytes == 0 and plan.layers_streamed() == []
+    assert plan.summary.startswith("fits on chip: yes")
+    # 2 bits + 32/64 bits of scale and minimum per weight over 30 layers and the tied embedding.
+    params = 30 * (2 * 576 * 576 + 2 * 192 * 576 + 3 * 576 * 1536) + 49152 * 576
+    norms = (2 * 30 + 1) * 576 * 4
+    assert plan.total_bytes == params * 2.5 / 8 + norms
+    # BRAM (the only ROM) is filled first, from layer 0.
+    assert plan.layer_placement(0) == P.BRAM_ROM
+    assert plan.layer_placement(29) == P.URAM_LOAD_ONCE
+    d = plan.to_dict()
+    assert d["fits_on_chip"] is True and d["totals"]["weight_bytes"] == plan.total_bytes
+    assert "estimate" in d["estimate"]["label"] and d["estimate"]["decode_tokens_per_s"] > 0
+
+
+def test_smollm2_rows_do_not_divide_into_groups_of_128(smollm2):
+    # dim 576 = 4.5 x 128: G128 cannot hold SmolLM2's rows; the error names the groups that do.
+    with pytest.raises(RomaError) as e:
+        P.make_plan(smollm2, "u250", bits=2, group=128, lora_rank=0)
+    assert "576" in str(e.value) and "32, 64" in str(e.value)
+
+
+def test_kv260_4bit_streams_what_does_not_fit(smollm2):
+    plan = P.make_plan(smollm2, "kv260", bits=4, group=32, lora_rank=0)
+    _check_invariants(plan)
+    # A 4-bit G32 layer is 2,216,448 bytes; the KV260's 80% budget (115 BRAM36 + 51 URAM, ~2.3 MiB less
+    # the buffers) cannot hold one whole layer at the packing the banks allow, so every layer streams.
+    layer_bytes = sum(t.bytes for t in plan.tensors if t.layer == 0)
+    assert layer_bytes == 576 * (576 * 2 + 192 * 2 + 1536 * 3) * 5 // 8 + 2 * 576 * 4 == 2_216_448
+    assert plan.bram36_budget == 115 and plan.uram_budget == 51
+    assert plan.layers_on_chip() == [] and plan.layers_streamed() == list(range(30))
+    assert not plan.fits_on_chip
+    assert "layers 0-29 stream from DDR" in plan.summary
+    assert plan.estimate["ddr_bytes_per_token"] > plan.total_bytes - 49152 * 576 * 5 // 8  # weights + lm head
+    # At 2 bits (1.1 MB a layer) the first layer fits and the rest stream.
+    plan2 = P.make_plan(smollm2, "kv260", bits=2, group=64, lora_rank=0)
+    _check_invariants(plan2)
+    assert plan2.layers_on_chip() == [0] and plan2.layers_streamed() == list(range(1, 30))
+    assert "layer 0 on chip; layers 1-29 stream from DDR" in plan2.summary
+    assert plan2.estimate["decode_tokens_per_s"] > plan.estimate["decode_tokens_per_s"]
+
+
+def test_embedding_leaves_the_chip_first_for_untied_models():
+    cfg = ModelConfig(name="tiny-untied", n_layers=4, dim=256, ffn_dim=512, n_heads=4, n_kv_heads=2,
+                      vocab_size=8192, context_length=1024, rope_theta=1e4, rms_eps=1e-5, tied_embeddings=False)
+    plan = P.make_plan(cfg, "zcu104", bits=4, group=32, lora_rank=0, budget=0.7)
+    _check_invariants(plan)
+    kinds = {t.kind: t.placement for t in plan.tensors if t.layer is None and t.kind != "norm"}
+    assert plan.layers_streamed() == []
+    assert kinds["lm_head"] != P.DDR_STREAM and kinds["embedding"] == P.DDR_STREAM
+    assert "embedding from DDR" in plan.summary
+
+
+def test_pynq_z2_never_uses_uram(smollm2):
+    assert get_board("pynq-z2").uram == 0
+    for bits, group in ((4, 32), (2, 64)):
+        plan = P.make_plan(smollm2, "pynq-z2", bits=bits, group=group, lora_rank=1, lora_targets=("wq", "wv"),
+                           kv_tokens=8)
+        _check_invariants(plan)
+        assert plan.uram_used == 0
+        assert all(t.placement != P.URAM_LOAD_ONCE for t in plan.tensors)
+        assert plan.lora.uram == 0 and plan.lora.bram36 > 0 and plan.kv_cache.bram36 > 0
+
+
+def test_higher_lora_rank_leaves_less_room_for_layers(smollm2):
+    for board, bits, group in (("zcu104", 2, 64), ("u250", 4, 32)):
+        layers, on_chip, lora = [], [], []
+        for rank in (0, 1, 2, 4):
+            plan = P.make_plan(smollm2, board, bits=bits, group=group, lora_rank=rank)
+            _check_invariants(plan)
+            layers.append(len(plan.layers_on_chip()))
+            on_chip.append(plan.on_chip_bytes)
+            lora.append(plan.lora.bytes)
+        assert layers == sorted(layers, reverse=True) and on_chip == sorted(on_chip, reverse=True)
+        assert lora == sorted(lora) and lora[0] == 0
+        assert layers[0] > layers[-1]
+
+
+def test_lora_rank_that_does_not_fit_names_the_largest_that_does(smollm2):
+    with pytest.raises(RomaError) as e:
+        P.make_plan(smollm2, "kv260", bits=4, group=32, lora_rank=16)
+    msg = str(e.value)
+    assert "LoRA rank 16" in msg and "largest rank that fits with these targets is 3" in msg
+    P.make_plan(smollm2, "kv260", bits=4, group=32, lora_rank=3)  # ... and it does fit
+    # int8 LoRA with an fp16 scale per row of A and of B: a little over half of fp16 at rank 8.
+    fp16 = P.make_plan(smollm2, "u250", bits=2, group=64, lora_rank=8).lora
+    int8 = P.make_plan(smollm2, "u250", bits=2, group=64, lora_rank=8, lora_dtype="int8").lora
+    assert fp16.bytes == 8 * 30 * (2 * 1152 + 2 * 768 + 3 * 2112) * 2
+    assert int8.bytes < 0.6 * fp16.bytes
+
+
+def test_kv_cache_is_on_chip_only_when_asked(smollm2):
+    ddr = P.make_plan(smollm2, "u250", bits=2, group=64, lora_rank=0)
+    assert ddr.kv_cache.placement == "DDR" and ddr.kv_cache.bytes == 0
+    onchip = P.make_plan(smollm2, "u250", bits=2, group=64, lora_rank=0, kv_tokens=64)
+    assert onchip.kv_cache.bytes == 64 * 30 * 2 * 192 * 2 and onchip.kv_cache.uram > 0
+    assert onchip.on_chip_bytes < ddr.on_chip_bytes
+    with pytest.raises(RomaError, match="at most .* tokens fit on chip"):
+        P.make_plan(smollm2, "kv260", bits=4, group=32, lora_rank=0, kv_tokens=4096)
+
+
+def test_mixed_precision_per_tensor_bits(smollm2):
+    plan = P.make_plan(smollm2, "zcu104", bits=2, group=64, lora_rank=0, per_tensor_bits={"w_down": 4,
+                                                                                            "layers.0.wq": 8})
+    bits = {t.name: t.bits for t in plan.tensors}
+    assert bits["layers.5.w_down"] == 4 and bits["layers.0.wq"] == 8 and bits["layers.1.wq"] == 2
+    # GGUF-style names (what compiler.build passes) mean the same tensors.
+    gguf = P.make_plan(smollm2, "zcu104", bits=2, group=64, lora_rank=0,
+                       per_tensor_bits={"blk.0.wq": 8, "token_embd": 4})
+    bits = {t.name: t.bits for t in gguf.tensors}
+    assert bits["layers.0.wq"] == 8 and bits["token_embedding"] == 4
+    with pytest.raises(RomaError, match="unknown tensor"):
+        P.make_plan(smollm2, "zcu104", per_tensor_bits={"layers.99.wq": 4}, lora_rank=0)
+
+
+@pytest.mark.parametrize("kwargs, text", [
+    ({"bits": 5}, "unsupported bits 5"),
+    ({"group": 48}, "unsupported group size 48"),
+    ({"lora_rank": -1}, "LoRA rank must be an integer >= 0"),
+    ({"lora_targets": ("wq", "attn")}, "unknown LoRA target(s) attn"),
+    ({"lora_dtype": "fp8"}, "unsupported LoRA dtype"),
+    ({"budget": 1.5}, "budget must be a fraction"),
+    ({"kv_tokens": 10**6}, "exceeds the model's context length"),
+])
+def test_bad_inputs_are_roma_errors(smollm2, kwargs, text):
+    with pytest.raises(RomaError) as e:
+        P.make_plan(smollm2, "u250", **kwargs)
+    assert text in str(e.value)
+
+
+def test_unknown_board_lists_the_known_ones(smollm2):
+    with pytest.raises(RomaError) as e:
+        P.make_plan(smollm2, "zcu999")
+    assert "unknown board 'zcu999'" in str(e.value)
+    for name in ("pynq-z2", "kv260", "zcu104", "zcu102", "u250", "u280"):
+        assert name in str(e.value)
+
+
+# --- board data ------------------------------------------------------------------------------------------
+
+
+def test_boards_file_matches_the_architecture_table():
+    boards = load_boards()
+    facts = {"pynq-z2": (140, 0, 220), "kv260": (144, 64, 1248), "zcu104": (312, 96, 1728),
+             "zcu102": (912, 0, 2520), "u280": (2016, 960, 9024), "u250": (2688, 1280, 12288)}
+    for name, (bram, uram, dsp) in facts.items():
+        b = boards[name]
+        assert (b.bram36, b.uram, b.dsp) == (bram, uram, dsp)
+        assert not b.uram_initialisable and b.bram_rom
+    assert boards["pynq-z2"].family == "zynq7" and boards["u250"].family == "alveo"
+
+
+def test_board_schema_errors_name_board_and_field(tmp_path):
+    data = json.loads((HOST / "roma_runtime/compiler/boards.json").read_text())
+    data["boards"]["kv260"]["bram36"] = "lots"
+    f = tmp_path / "boards.json"
+    f.write_text(json.dumps(data))
+    with pytest.raises(RomaError) as e:
+        load_boards(f)
+    assert "'kv260'" in str(e.value) and "'bram36'" in str(e.value)
+    data["boards"]["kv260"]["bram36"] = 144
+    data["boards"]["kv260"].pop("uram")
+    f.write_text(json.dumps(data))
+    with pytest.raises(RomaError, match="board 'kv260' lacks field 'uram'"):
+        load_boards(f)
+
+
+# --- rendering and the CLI -------------------------------------------------------------------------------
+
+
+def test_table_is_compact_per_layer_and_full_per_tensor(smollm2):
+    plan = P.make_plan(smollm2, "zcu104", bits=2, group=64, lora_rank=0)
+    compact, full = plan.render(), plan.render(per_tensor=True)
+    assert "layers 0-2" in compact and "layers 3-29" in compact
+    assert len(compact.splitlines()) < 40
+    assert full.count("layers.") == 30 * 9
+    assert plan.summary in compact and "estimate" in compact
+
+
+def _roma(*args):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOST), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "roma_runtime.cli", "plan", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_cli_json():
+    r = _roma("--model", "smollm2-135m", "--board", "u250", "--bits", "2", "--group", "64", "--lora-rank", "0",
+              "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["fits_on_chip"] is True and d["board"]["name"] == "u250"
+    assert len(d["tensors"]) == 30 * 9 + 2 and d["layers_streamed"] == []
+
+
+def test_cli_unknown_board_exits_2():
+    r = _roma("--board", "nosuchboard")
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: unknown board 'nosuchboard'") and "kv260" in r.stderr
