@@ -1,0 +1,292 @@
+"""The B-ROM packer: the only writer (and the reference reader) of ROM images.
+
+A ROM image holds one quantized weight matrix (`QuantizedMatrix`: rows x cols, b-bit unsigned codes, an fp16
+scale d and an fp16 minimum m per row and group of G inputs, w = d*q + m) in the layout the HLS B-ROM tile
+(hw/hls/include/roma/brom_tile.h) reads, one ROM word per cycle per bank.
+
+Tiles
+    The matrix is split into `tiles` contiguous slices of output rows: tile t owns rows
+    [t*R, (t+1)*R) with R = rows / tiles (rows % tiles must be 0). Every tile has its own ROM arrays;
+    nothing is shared between tiles, so each tile emits finished outputs.
+
+Bit-plane words (layout 1, "group-major bit-planes")
+    NG = cols / G groups per row, L = G / 32 lanes: a group's bit-plane p (bit p of its G codes) is L
+    uint32 words; lane l, bit j holds bit p of code[row, g*G + 32*l + j]. Within a tile the words are
+    ordered
+        index = ((g * R + r) * b + p) * L + l          (g group, r row in the tile, p plane, l lane)
+    i.e. group-major, then row, then plane, then lane. The tile's GEMV loop walks (g, r) with II=1 and
+    reads the b*L words of one (g, r) per cycle, one from each of b*L banks (cyclic partition of the
+    flat array by b*L). Group-major order keeps one activation group (and its 16-entry candidate tables)
+    stationary while all R rows stream past, and revisits a row's fp32 accumulator only every R cycles, so
+    the float add's latency does not limit II. 3-bit codes are 3 planes (no padding); 2-bit costs half
+    the ROM of 4-bit.
+    Within a 32-bit lane word, nibble k (bits 4k..4k+3) covers codes 4k..4k+3 of that lane: the LUT-select
+    datapath uses it directly as the index of a 16-entry subset-sum table of 4 activations.
+
+Scales and minimums
+    fp16 bit patterns as uint16, one each per (g, r), in the same group-major order: index = g * R + r.
+
+File NAME.bin (C simulation loads it at start-up); little-endian, a 72-byte header then the payload:
+    off  size  field
+      0     8  magic b"ROMABROM"
+      8     4  version (1)
+     12     4  header size in bytes (72)
+     16     4  bits          20  4  group         24  4  rows          28  4  cols
+     32     4  tiles         36  4  word bits (32)
+     40     4  layout (1, described above)
+     44     4  plane words per tile (NG * R * b * L)
+     48     4  scale entries per tile (NG * R)
+     52     4  CRC-32 (zlib) of the payload
+     56     4  CRC-32 (zlib) of the header with this field zeroed
+     60     4  reserved (0)
+     64     8  payload size in bytes
+    payload: planes  uint32[tiles][plane words per tile]
+             scales  uint16[tiles][scale entries per tile]
+             minimums uint16[tiles][scale entries per tile]
+File NAME.dat (synthesis compiles it into the BRAM ROM arrays): the same three arrays as C initializers,
+selected by a macro, each tile in its own braces so it initialises a [tiles][n] array:
+    static const uint32_t planes[TILES][PW] = {
+    #define ROMA_BROM_PLANES
+    #include "NAME.dat"
+    #undef ROMA_BROM_PLANES
+    };
+and likewise ROMA_BROM_SCALES / ROMA_BROM_MINIMUMS for uint16_t arrays [TILES][NG*R].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import RomaError
+from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS, QuantizedMatrix
+
+MAGIC = b"ROMABROM"
+VERSION = 1
+LAYOUT_GROUP_MAJOR = 1
+WORD_BITS = 32
+# magic, version, header size, bits, group, rows, cols, tiles, word bits, layout, plane words per tile,
+# scale entries per tile, payload crc, header crc, reserved, payload bytes
+_HEADER = struct.Struct("<8s14IQ")
+HEADER_BYTES = _HEADER.size  # 72
+_HINT = "regenerate the ROM images with the compiler (roma compile) from the model"
+
+
+@dataclass(frozen=True, eq=False)
+class BromImage:
+    """One weight matrix packed for `tiles` B-ROM tiles (see the module docstring for the layout)."""
+
+    bits: int
+    group: int
+    rows: int
+    cols: int
+    tiles: int
+    planes: np.ndarray  # uint32 [tiles, plane_words_per_tile]
+    scales: np.ndarray  # uint16 [tiles, params_per_tile], fp16 bit patterns
+    minimums: np.ndarray  # uint16 [tiles, params_per_tile]
+
+    @property
+    def rows_per_tile(self) -> int:
+        return self.rows // self.tiles
+
+    @property
+    def groups(self) -> int:
+        return self.cols // self.group
+
+    @property
+    def lanes(self) -> int:
+        return self.group // WORD_BITS
+
+    @property
+    def plane_words_per_tile(self) -> int:
+        return self.groups * self.rows_per_tile * self.bits * self.lanes
+
+    @property
+    def params_per_tile(self) -> int:
+        return self.groups * self.rows_per_tile
+
+    def payload(self) -> bytes:
+        return b"".join(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
+                        for a in (self.planes, self.scales, self.minimums))
+
+    @property
+    def rom_bytes(self) -> int:
+        """ROM bits the tiles hold, in bytes (codes + scales + minimums)."""
+        return self.planes.nbytes + self.scales.nbytes + self.minimums.nbytes
+
+    def sha256(self) -> str:
+        """Identity of the packed contents (header parameters + payload), for build manifests."""
+        payload = self.payload()
+        h = hashlib.sha256(_header_bytes(self, zlib.crc32(payload), len(payload)))
+        h.update(payload)
+        return h.hexdigest()
+
+
+def _check_params(bits: int, group: int, rows: int, cols: int, tiles: int, where: str = "") -> None:
+    if bits not in SUPPORTED_BITS:
+        raise RomaError(f"{where}unsupported code width {bits} bits (supported: {SUPPORTED_BITS})", _HINT)
+    if group not in SUPPORTED_GROUPS:
+        raise RomaError(f"{where}unsupported group size {group} (supported: {SUPPORTED_GROUPS})", _HINT)
+    if rows <= 0 or cols <= 0 or cols % group:
+        raise RomaError(f"{where}bad matrix shape {rows}x{cols} for group {group}", _HINT)
+    if tiles <= 0 or rows % tiles:
+        raise RomaError(
+            f"{where}{rows} rows do not split into {tiles} tiles of equal size",
+            f"choose a tile count that divides {rows}")
+
+
+def pack(qm: QuantizedMatrix, tiles: int = 1) -> BromImage:
+    """Pack a quantized matrix into bit-plane ROM words for `tiles` tiles (rows % tiles == 0)."""
+    rows, cols = qm.shape
+    bits, group = qm.bits, qm.group
+    _check_params(bits, group, rows, cols, tiles)
+    if qm.codes.size and int(qm.codes.max()) >= (1 << bits):
+        raise RomaError(f"codes exceed {bits} bits; the matrix is not a valid {bits}-bit QuantizedMatrix")
+    r, ng, lanes = rows // tiles, cols // group, group // WORD_BITS
+    # [tiles, R, NG, L, 32] -> [tiles, NG, R, L, 32]
+    codes = qm.codes.reshape(tiles, r, ng, lanes, WORD_BITS).transpose(0, 2, 1, 3, 4)
+    planes = np.empty((tiles, ng, r, bits, lanes), dtype=np.uint32)
+    for p in range(bits):
+        bitp = ((codes >> p) & 1).astype(np.uint8)
+        packed = np.packbits(bitp, axis=-1, bitorder="little")  # [..., L, 4] bytes, little-endian word
+        planes[:, :, :, p, :] = np.ascontiguousarray(packed).view("<u4")[..., 0]
+
+    def params(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(
+            a.reshape(tiles, r, ng).transpose(0, 2, 1)).view(np.uint16).reshape(tiles, ng * r)
+
+    return BromImage(bits, group, rows, cols, tiles, planes.reshape(tiles, -1),
+                     params(qm.scales), params(qm.minimums))
+
+
+def unpack(img: BromImage) -> QuantizedMatrix:
+    """The exact inverse of `pack`."""
+    tiles, r, ng, lanes, bits = img.tiles, img.rows_per_tile, img.groups, img.lanes, img.bits
+    words = np.ascontiguousarray(img.planes, dtype="<u4").reshape(tiles, ng, r, bits, lanes)
+    bitvals = np.unpackbits(words.view(np.uint8).reshape(tiles, ng, r, bits, lanes, 4), axis=-1,
+                            bitorder="little")  # [tiles, NG, R, b, L, 32]
+    codes = np.zeros((tiles, ng, r, lanes, WORD_BITS), dtype=np.uint8)
+    for p in range(bits):
+        codes |= (bitvals[:, :, :, p] << p).astype(np.uint8)
+    codes = codes.transpose(0, 2, 1, 3, 4).reshape(img.rows, img.cols)
+
+    def params(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(
+            a.reshape(tiles, ng, r).transpose(0, 2, 1)).reshape(img.rows, ng).view(np.float16)
+
+    return QuantizedMatrix(np.ascontiguousarray(codes), params(img.scales), params(img.minimums),
+                           img.bits, img.group)
+
+
+def _header_bytes(img: BromImage, payload_crc: int, payload_len: int, header_crc: int = 0) -> bytes:
+    return _HEADER.pack(MAGIC, VERSION, HEADER_BYTES, img.bits, img.group, img.rows, img.cols, img.tiles,
+                        WORD_BITS, LAYOUT_GROUP_MAJOR, img.plane_words_per_tile, img.params_per_tile,
+                        payload_crc, header_crc, 0, payload_len)
+
+
+def _hex_words(a: np.ndarray, digits: int, per_line: int) -> bytes:
+    """Comma-separated 0x... words, `per_line` to a line, formatted without a Python loop per word."""
+    n = a.size
+    if n == 0:
+        return b""
+    hexed = np.frombuffer(a.astype(f">u{digits // 2}").tobytes().hex().encode(), dtype=np.uint8)
+    width = digits + 4  # "0x" + digits + "," + separator
+    out = np.empty((n, width), dtype=np.uint8)
+    out[:, 0], out[:, 1] = ord("0"), ord("x")
+    out[:, 2:2 + digits] = hexed.reshape(n, digits)
+    out[:, 2 + digits] = ord(",")
+    out[:, 3 + digits] = ord(" ")
+    out[per_line - 1::per_line, 3 + digits] = ord("\n")
+    out[-1, 3 + digits] = ord("\n")
+    return out.tobytes()
+
+
+def dat_text(img: BromImage, name: str) -> bytes:
+    """The NAME.dat initializer include (see the module docstring)."""
+    head = (
+        f"// ROMA B-ROM image '{name}': generated by roma_runtime.compiler.brom from the same arrays as "
+        f"{name}.bin; do not edit.\n"
+        f"// bits={img.bits} group={img.group} rows={img.rows} cols={img.cols} tiles={img.tiles} "
+        f"layout={LAYOUT_GROUP_MAJOR} (group-major bit-planes, word index ((g*R+r)*bits+p)*lanes+l)\n"
+        f"// planes: uint32_t [{img.tiles}][{img.plane_words_per_tile}]; scales, minimums: "
+        f"uint16_t [{img.tiles}][{img.params_per_tile}] (fp16 bits, index g*R+r)\n"
+    ).encode()
+    parts = [head]
+    for macro, arr, digits in (("ROMA_BROM_PLANES", img.planes, 8), ("ROMA_BROM_SCALES", img.scales, 4),
+                               ("ROMA_BROM_MINIMUMS", img.minimums, 4)):
+        parts.append(f"#{'if' if macro == 'ROMA_BROM_PLANES' else 'elif'} defined({macro})\n".encode())
+        for t in range(img.tiles):
+            parts.append(b"{\n")
+            parts.append(_hex_words(arr[t], digits, 8))
+            parts.append(b"},\n")
+    parts.append(b"#else\n#error \"define ROMA_BROM_PLANES, ROMA_BROM_SCALES or ROMA_BROM_MINIMUMS "
+                 b"before including a B-ROM .dat\"\n#endif\n")
+    return b"".join(parts)
+
+
+def write_image(img: BromImage, out_dir: Path, name: str) -> list[Path]:
+    """Write NAME.bin (C simulation) and NAME.dat (synthesis) into out_dir; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = img.payload()
+    pcrc = zlib.crc32(payload)
+    hcrc = zlib.crc32(_header_bytes(img, pcrc, len(payload)))
+    bin_path, dat_path = out_dir / f"{name}.bin", out_dir / f"{name}.dat"
+    with open(bin_path, "wb") as f:
+        f.write(_header_bytes(img, pcrc, len(payload), hcrc))
+        f.write(payload)
+    dat_path.write_bytes(dat_text(img, name))
+    return [bin_path, dat_path]
+
+
+def read_image(path: Path) -> BromImage:
+    """Read and verify a NAME.bin ROM image; RomaError naming the file on any inconsistency."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RomaError(f"cannot read ROM image {path}: {e.strerror}", _HINT) from None
+    if len(data) < HEADER_BYTES:
+        if not data.startswith(MAGIC[: len(data)]) or not data:
+            raise RomaError(f"{path} is not a ROMA B-ROM image (bad magic)", _HINT)
+        raise RomaError(f"ROM image {path} is truncated ({len(data)} bytes, header alone is {HEADER_BYTES})",
+                        _HINT)
+    (magic, version, hbytes, bits, group, rows, cols, tiles, word_bits, layout, pw, pp, pcrc, hcrc, _res,
+     plen) = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise RomaError(f"{path} is not a ROMA B-ROM image (bad magic {magic!r})", _HINT)
+    if version != VERSION or hbytes != HEADER_BYTES:
+        raise RomaError(f"ROM image {path} has format version {version}; this runtime reads {VERSION}", _HINT)
+    zeroed = bytearray(data[:HEADER_BYTES])
+    zeroed[56:60] = b"\0\0\0\0"
+    if zlib.crc32(bytes(zeroed)) != hcrc:
+        raise RomaError(f"ROM image {path} is corrupt (header checksum mismatch)", _HINT)
+    where = f"ROM image {path}: "
+    _check_params(bits, group, rows, cols, tiles, where)
+    if word_bits != WORD_BITS or layout != LAYOUT_GROUP_MAJOR:
+        raise RomaError(f"{where}unknown word layout (word bits {word_bits}, layout {layout})", _HINT)
+    r, ng, lanes = rows // tiles, cols // group, group // WORD_BITS
+    if pw != ng * r * bits * lanes or pp != ng * r or plen != tiles * (4 * pw + 4 * pp):
+        raise RomaError(f"{where}header sizes are inconsistent with its shape", _HINT)
+    if len(data) < HEADER_BYTES + plen:
+        raise RomaError(f"ROM image {path} is truncated ({len(data)} bytes, expected {HEADER_BYTES + plen})",
+                        _HINT)
+    if len(data) > HEADER_BYTES + plen:
+        raise RomaError(f"ROM image {path} has {len(data) - HEADER_BYTES - plen} unexpected trailing bytes",
+                        _HINT)
+    payload = data[HEADER_BYTES:]
+    if zlib.crc32(payload) != pcrc:
+        raise RomaError(f"ROM image {path} is corrupt (payload checksum mismatch)", _HINT)
+    off = 0
+    planes = np.frombuffer(payload, dtype="<u4", count=tiles * pw, offset=off).reshape(tiles, pw)
+    off += 4 * tiles * pw
+    scales = np.frombuffer(payload, dtype="<u2", count=tiles * pp, offset=off).reshape(tiles, pp)
+    off += 2 * tiles * pp
+    mins = np.frombuffer(payload, dtype="<u2", count=tiles * pp, offset=off).reshape(tiles, pp)
+    return BromImage(bits, group, rows, cols, tiles, planes.astype(np.uint32), scales.astype(np.uint16),
+                     mins.astype(np.uint16))

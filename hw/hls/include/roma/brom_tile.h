@@ -1,0 +1,309 @@
+// ROMA-FPGA B-ROM tile: a GEMV over a slice of output rows whose weight codes live in the tile's own ROM.
+//
+// A tile owns ROWS consecutive output rows of a COLS-wide weight matrix quantized with BITS-bit unsigned
+// codes in groups of GROUP inputs (fp16 scale d and minimum m per row and group). The activation vector
+// (already int8-quantized by act_quant.h, with one fp32 scale per group) is broadcast to every tile; each
+// tile emits finished outputs y[r] = sum_g a_scale[g] * (d[r,g]*dot[r,g] + m[r,g]*xsum[g]).
+//
+// ROM word layout (written only by host/roma_runtime/compiler/brom.py, layout 1):
+//   NG = COLS/GROUP groups, LANES = GROUP/32, WPS = BITS*LANES words per (group, row) step.
+//   planes[((g*ROWS + r)*BITS + p)*LANES + l]  bit j = bit p of code[r, g*GROUP + 32*l + j]
+//   scales[g*ROWS + r], mins[g*ROWS + r]       fp16 bit patterns
+//   Group-major: one activation group stays stationary while the tile's ROWS rows stream past, so the
+//   LUT-select candidate tables of that group are reused ROWS times, and a row's fp32 accumulator is
+//   revisited every ROWS cycles (the fp32 add latency does not limit II once ROWS >= FADD_LATENCY).
+//   The flat planes array is partitioned cyclically by WPS: each of the WPS banks delivers one 32-bit ROM
+//   word per cycle. 3-bit codes are 3 planes, so ROM and select logic scale with BITS.
+//   Inside a 32-bit lane word, nibble k (bits 4k..4k+3) is bit p of codes 4k..4k+3 of that lane.
+//
+// Datapaths (compile-time template parameter DP, both exact int32, bit for bit the golden dot/xsum):
+//   LutSelect: for each quad of 4 activations the 16 subset sums are built once per GEMV; in the ROM loop
+//              every nibble of a bit-plane word selects one candidate (a 16:1 mux), the GROUP/4 selections
+//              of a plane are added, and planes are combined by shifts: dot = sum_p (sel_p << p). No
+//              multipliers in the inner loop.
+//   DspMac:    the codes are reassembled from the planes and multiplied with the activations (code*x).
+//
+// Cycle model (constants in BromTileConfig, shared by the pragmas and the C-simulation counters):
+//   candidates: COLS/4 iterations (one quad per cycle) + CAND_DEPTH
+//   gemv:       NG*ROWS iterations at GEMV_II (= 1 when ROWS >= FADD_LATENCY) + GEMV_DEPTH; outputs are
+//               written by the last group's iterations (no separate output loop).
+//   Tiles run in parallel (brom_gemv_tiles unrolls them), so a matrix costs one tile's cycles.
+//
+// Synthesis: the caller declares the ROM arrays as static const, initialised from the packer's .dat:
+//   static const roma::rom_word_t planes[TILES][PW] = {
+//   #define ROMA_BROM_PLANES
+//   #include "wq.dat"
+//   #undef ROMA_BROM_PLANES
+//   };   (likewise ROMA_BROM_SCALES / ROMA_BROM_MINIMUMS into half_bits_t [TILES][NG*ROWS])
+// C simulation instead fills the same arrays from NAME.bin at start-up (load_brom_image, below).
+#ifndef ROMA_BROM_TILE_H
+#define ROMA_BROM_TILE_H
+
+#include <cstdint>
+
+#include "types.h"
+
+namespace roma {
+
+template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect>
+struct BromTileConfig {
+  static_assert(BITS == 2 || BITS == 3 || BITS == 4 || BITS == 8, "BITS must be 2, 3, 4 or 8");
+  static_assert(GROUP == 32 || GROUP == 64 || GROUP == 128, "GROUP must be 32, 64 or 128");
+  static_assert(COLS % GROUP == 0 && ROWS > 0, "COLS must be a multiple of GROUP");
+  static constexpr int NG = COLS / GROUP;
+  static constexpr int LANES = GROUP / ROM_WORD_BITS;
+  static constexpr int QUADS = GROUP / QUAD;
+  static constexpr int NIBBLES = ROM_WORD_BITS / QUAD; // quads per lane word
+  static constexpr int WPS = BITS * LANES;             // ROM banks, one word each per cycle
+  static constexpr int PLANE_WORDS = NG * ROWS * WPS;  // per tile
+  static constexpr int PARAMS = NG * ROWS;             // scales (and minimums) per tile
+  // Loop-carried fp32 accumulation at distance ROWS: II >= ceil(FADD_LATENCY / ROWS).
+  static constexpr int GEMV_II =
+      ROWS >= timing::FADD_LATENCY ? timing::II : (timing::FADD_LATENCY + ROWS - 1) / ROWS;
+  static constexpr int CAND_DEPTH = 3; // load quad, subset adders, store (+ xsum)
+  // ROM read, select/multiply + adder tree, plane shifts, int->fp32, d*dot and m*xsum, add, *a_scale, acc
+  static constexpr int INT_DEPTH = (DP == Datapath::LutSelect) ? 3 : 4;
+  static constexpr int GEMV_DEPTH = timing::ROM_LATENCY + INT_DEPTH + 2 + timing::FMUL_LATENCY +
+                                    timing::FADD_LATENCY + timing::FMUL_LATENCY + timing::FADD_LATENCY;
+  static constexpr uint64_t CAND_CYCLES = (uint64_t)(COLS / QUAD) * timing::II + CAND_DEPTH;
+  static constexpr uint64_t GEMV_CYCLES = (uint64_t)NG * ROWS * GEMV_II + GEMV_DEPTH;
+  static constexpr uint64_t CYCLES = CAND_CYCLES + GEMV_CYCLES;
+};
+
+// One tile, one activation vector. dot_probe (group-major like scales, [NG*ROWS]) is written only when
+// PROBE is true (testbenches); xsum_out always receives the per-group activation sums.
+template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect, bool PROBE = false>
+void brom_tile_gemv(const act_t xq[COLS],
+                    const float a_scale[COLS / GROUP],
+                    const rom_word_t planes[BromTileConfig<ROWS, COLS, GROUP, BITS, DP>::PLANE_WORDS],
+                    const half_bits_t scales[(COLS / GROUP) * ROWS],
+                    const half_bits_t mins[(COLS / GROUP) * ROWS],
+                    float y[ROWS],
+                    acc_t dot_probe[(COLS / GROUP) * ROWS],
+                    acc_t xsum_out[COLS / GROUP],
+                    Cycles &cyc) {
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP> C;
+  constexpr int NG = C::NG, LANES = C::LANES, QUADS = C::QUADS, NIBBLES = C::NIBBLES, WPS = C::WPS;
+  constexpr int GEMV_II = C::GEMV_II; // used by the PIPELINE pragma
+  (void)GEMV_II;
+#pragma HLS ARRAY_PARTITION variable = planes type = cyclic factor = WPS dim = 1
+#pragma HLS BIND_STORAGE variable = planes type = rom_1p impl = bram
+
+  cand_t cand[NG][QUADS][QUAD_CANDIDATES]; // LutSelect: subset sums of every quad
+#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 2
+#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 3
+  act_t xg[NG][GROUP]; // DspMac: the activations of a group side by side
+#pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 2
+  acc_t xsum[NG];
+  float acc[ROWS];
+
+  // Stage 1: one quad of activations per cycle -> 16 candidates (or staged activations) and xsum.
+  acc_t run = 0;
+CANDIDATES:
+  for (int q = 0; q < COLS / QUAD; ++q) {
+#pragma HLS PIPELINE II = timing::II
+    const int g = q / QUADS, k = q % QUADS;
+    const acc_t x0 = xq[4 * q], x1 = xq[4 * q + 1], x2 = xq[4 * q + 2], x3 = xq[4 * q + 3];
+    if (DP == Datapath::LutSelect) {
+      for (int s = 0; s < QUAD_CANDIDATES; ++s) {
+#pragma HLS UNROLL
+        cand[g][k][s] = (cand_t)(((s & 1) ? x0 : 0) + ((s & 2) ? x1 : 0) + ((s & 4) ? x2 : 0) +
+                                 ((s & 8) ? x3 : 0));
+      }
+    } else {
+      xg[g][4 * k] = (act_t)x0;
+      xg[g][4 * k + 1] = (act_t)x1;
+      xg[g][4 * k + 2] = (act_t)x2;
+      xg[g][4 * k + 3] = (act_t)x3;
+    }
+    run = (k == 0 ? 0 : run) + x0 + x1 + x2 + x3;
+    if (k == QUADS - 1) xsum[g] = run;
+  }
+
+  // Stage 2: stream the ROM, one (group, row) step per cycle, WPS words from WPS banks.
+GEMV_GROUPS:
+  for (int g = 0; g < NG; ++g) {
+  GEMV_ROWS:
+    for (int r = 0; r < ROWS; ++r) {
+#pragma HLS PIPELINE II = GEMV_II
+#pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = ROWS dependent = true
+      const int step = g * ROWS + r;
+      const rom_word_t *w = &planes[step * WPS];
+      acc_t dot = 0;
+      if (DP == Datapath::LutSelect) {
+        for (int p = 0; p < BITS; ++p) {
+#pragma HLS UNROLL
+          acc_t sel = 0;
+          for (int l = 0; l < LANES; ++l) {
+#pragma HLS UNROLL
+            const rom_word_t word = w[p * LANES + l];
+            for (int n = 0; n < NIBBLES; ++n) {
+#pragma HLS UNROLL
+              sel += cand[g][l * NIBBLES + n][(word >> (QUAD * n)) & 0xfu];
+            }
+          }
+          dot += sel * (acc_t(1) << p); // a constant power of two: a shift, not a multiplier
+        }
+      } else {
+        for (int j = 0; j < GROUP; ++j) {
+#pragma HLS UNROLL
+          const int l = j / ROM_WORD_BITS, b = j % ROM_WORD_BITS;
+          acc_t code = 0;
+          for (int p = 0; p < BITS; ++p) {
+#pragma HLS UNROLL
+            code |= (acc_t)((w[p * LANES + l] >> b) & 1u) << p;
+          }
+          dot += code * (acc_t)xg[g][j]; // DSP multiply-accumulate
+        }
+      }
+      if (PROBE) dot_probe[step] = dot;
+      const float d = half_to_float(scales[step]);
+      const float m = half_to_float(mins[step]);
+      const float term = a_scale[g] * (d * (float)dot + m * (float)xsum[g]); // exact ints below 2^24
+      const float sum = (g == 0) ? term : acc[r] + term;
+      acc[r] = sum;
+      if (g == NG - 1) y[r] = sum;
+    }
+  }
+
+  for (int g = 0; g < NG; ++g) {
+#pragma HLS UNROLL
+    xsum_out[g] = xsum[g];
+  }
+#ifndef __SYNTHESIS__
+  cyc.candidates += C::CAND_CYCLES;
+  cyc.gemv += C::GEMV_CYCLES;
+#else
+  (void)cyc;
+#endif
+}
+
+// All TILES tiles of one matrix (TILES*ROWS outputs), in parallel: the unrolled loop instantiates TILES
+// independent tiles, each with its own ROM banks, so the matrix costs one tile's cycles.
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
+          bool PROBE = false>
+void brom_gemv_tiles(const act_t xq[COLS],
+                     const float a_scale[COLS / GROUP],
+                     const rom_word_t planes[TILES][BromTileConfig<ROWS, COLS, GROUP, BITS, DP>::PLANE_WORDS],
+                     const half_bits_t scales[TILES][(COLS / GROUP) * ROWS],
+                     const half_bits_t mins[TILES][(COLS / GROUP) * ROWS],
+                     float y[TILES * ROWS],
+                     acc_t dot_probe[TILES][(COLS / GROUP) * ROWS],
+                     acc_t xsum_out[COLS / GROUP],
+                     Cycles &cyc) {
+#pragma HLS ARRAY_PARTITION variable = planes type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = scales type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = mins type = complete dim = 1
+  acc_t xsums[TILES][COLS / GROUP]; // every tile sums the broadcast activations itself
+#pragma HLS ARRAY_PARTITION variable = xsums type = complete dim = 1
+TILES_LOOP:
+  for (int t = 0; t < TILES; ++t) {
+#pragma HLS UNROLL
+    Cycles tile_cyc;
+    brom_tile_gemv<ROWS, COLS, GROUP, BITS, DP, PROBE>(xq, a_scale, planes[t], scales[t], mins[t],
+                                                       &y[t * ROWS], dot_probe[t], xsums[t], tile_cyc);
+#ifndef __SYNTHESIS__
+    if (t == 0) { // parallel tiles: one tile's time
+      cyc.candidates += tile_cyc.candidates;
+      cyc.gemv += tile_cyc.gemv;
+    }
+#else
+    (void)cyc;
+#endif
+  }
+  for (int g = 0; g < COLS / GROUP; ++g) {
+#pragma HLS UNROLL
+    xsum_out[g] = xsums[0][g];
+  }
+}
+
+} // namespace roma
+
+#ifndef __SYNTHESIS__
+// ---- C simulation only: load a NAME.bin ROM image written by roma_runtime.compiler.brom.write_image ----
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace roma {
+
+struct BromImageHost {
+  uint32_t bits = 0, group = 0, rows = 0, cols = 0, tiles = 0;
+  uint32_t plane_words_per_tile = 0, params_per_tile = 0;
+  std::vector<rom_word_t> planes;  // [tiles][plane_words_per_tile]
+  std::vector<half_bits_t> scales; // [tiles][params_per_tile]
+  std::vector<half_bits_t> mins;   // [tiles][params_per_tile]
+};
+
+inline uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t n) {
+  static uint32_t table[256];
+  static bool ready = false;
+  if (!ready) {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      table[i] = c;
+    }
+    ready = true;
+  }
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xffu] ^ (crc >> 8);
+  return ~crc;
+}
+
+inline uint32_t le32(const unsigned char *p) {
+  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+// Returns "" on success, else a message naming the file. Layout: see brom.py (72-byte header, payload).
+inline std::string load_brom_image(const std::string &path, BromImageHost &img) {
+  FILE *f = std::fopen(path.c_str(), "rb");
+  if (!f) return "cannot open ROM image " + path;
+  std::vector<unsigned char> data;
+  unsigned char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) data.insert(data.end(), buf, buf + n);
+  std::fclose(f);
+  const size_t HEADER = 72;
+  if (data.size() < 8 || std::string(data.begin(), data.begin() + 8) != "ROMABROM")
+    return path + " is not a ROMA B-ROM image (bad magic)";
+  if (data.size() < HEADER) return "ROM image " + path + " is truncated";
+  const unsigned char *h = data.data();
+  if (le32(h + 8) != 1 || le32(h + 12) != HEADER) return "ROM image " + path + " has an unknown version";
+  std::vector<unsigned char> hz(h, h + HEADER);
+  hz[56] = hz[57] = hz[58] = hz[59] = 0;
+  if (crc32_update(0, hz.data(), HEADER) != le32(h + 56))
+    return "ROM image " + path + " is corrupt (header checksum mismatch)";
+  img.bits = le32(h + 16);
+  img.group = le32(h + 20);
+  img.rows = le32(h + 24);
+  img.cols = le32(h + 28);
+  img.tiles = le32(h + 32);
+  img.plane_words_per_tile = le32(h + 44);
+  img.params_per_tile = le32(h + 48);
+  const uint64_t plen = (uint64_t)le32(h + 64) | ((uint64_t)le32(h + 68) << 32);
+  if (le32(h + 36) != 32 || le32(h + 40) != 1) return "ROM image " + path + " has an unknown word layout";
+  if (!is_supported_bits((int)img.bits) || !is_supported_group((int)img.group) || img.tiles == 0 ||
+      img.rows % img.tiles || img.cols % img.group)
+    return "ROM image " + path + " has unsupported parameters";
+  const uint64_t r = img.rows / img.tiles, ng = img.cols / img.group, lanes = img.group / 32;
+  if (img.plane_words_per_tile != ng * r * img.bits * lanes || img.params_per_tile != ng * r ||
+      plen != (uint64_t)img.tiles * (4ull * img.plane_words_per_tile + 4ull * img.params_per_tile))
+    return "ROM image " + path + " has inconsistent sizes";
+  if (data.size() != HEADER + plen) return "ROM image " + path + " is truncated or has trailing bytes";
+  if (crc32_update(0, h + HEADER, plen) != le32(h + 52))
+    return "ROM image " + path + " is corrupt (payload checksum mismatch)";
+  const unsigned char *p = h + HEADER;
+  img.planes.resize((size_t)img.tiles * img.plane_words_per_tile);
+  for (size_t i = 0; i < img.planes.size(); ++i, p += 4) img.planes[i] = le32(p);
+  img.scales.resize((size_t)img.tiles * img.params_per_tile);
+  for (size_t i = 0; i < img.scales.size(); ++i, p += 2) img.scales[i] = (half_bits_t)(p[0] | (p[1] << 8));
+  img.mins.resize(img.scales.size());
+  for (size_t i = 0; i < img.mins.size(); ++i, p += 2) img.mins[i] = (half_bits_t)(p[0] | (p[1] << 8));
+  return "";
+}
+
+} // namespace roma
+#endif // __SYNTHESIS__
+
+#endif // ROMA_BROM_TILE_H

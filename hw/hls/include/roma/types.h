@@ -1,0 +1,100 @@
+// ROMA-FPGA numerics types and constants shared by the kernels (the numerics contract in C++).
+//
+// The contract (host/roma_runtime/golden/numerics.py is the executable spec):
+//   activations: per group of G inputs, symmetric int8 with an fp32 scale (act_quant.h);
+//   weights:     b-bit unsigned codes q, fp16 scale d and fp16 minimum m per row and group (w = d*q + m);
+//   dot[o,g] = sum_j q*x_q (int32, exact), xsum[g] = sum_j x_q (int32, exact),
+//   y[o] = sum_g a_scale[g] * (d[o,g]*dot[o,g] + m[o,g]*xsum[g]) in fp32.
+// Hot loops use native integer types (int8_t/int32_t/uint32_t): they are exact for these ranges and are
+// ~9x faster than ap_int in C simulation; synthesis trims the widths from the value ranges.
+#ifndef ROMA_TYPES_H
+#define ROMA_TYPES_H
+
+#include <cstdint>
+#include <cstring>
+
+namespace roma {
+
+constexpr int ACT_QMAX = 127;       // symmetric int8 activations in [-127, 127]
+constexpr int ROM_WORD_BITS = 32;   // one B-ROM word: 32 bit-plane bits (one lane of a group)
+constexpr int QUAD = 4;             // activations per LUT-select candidate table
+constexpr int QUAD_CANDIDATES = 16; // subsets of a quad
+
+typedef int8_t act_t;   // quantized activation
+typedef int32_t acc_t;  // exact group dot product / activation sum (|dot| <= 255*127*128 < 2^23)
+typedef int16_t cand_t; // subset sum of 4 activations (|s| <= 508)
+typedef uint32_t rom_word_t;
+typedef uint16_t half_bits_t; // fp16 bit pattern as stored in ROM
+
+// Which integer datapath a B-ROM tile instantiates (chosen at compile time).
+enum class Datapath : int {
+  LutSelect = 0, // 16 precomputed candidates per quad, bit-plane nibbles select, planes combined by shifts
+  DspMac = 1     // unpack codes, multiply-accumulate code * x (maps to DSPs)
+};
+
+inline bool is_supported_bits(int b) { return b == 2 || b == 3 || b == 4 || b == 8; }
+inline bool is_supported_group(int g) { return g == 32 || g == 64 || g == 128; }
+
+// Pipeline timing model shared by the pragmas and the C-simulation cycle counters.
+namespace timing {
+constexpr int II = 1;            // every pipelined loop in the kernels is written for II=1
+constexpr int FADD_LATENCY = 4;  // fp32 adder latency assumed for loop-carried accumulations (~300 MHz)
+constexpr int FMUL_LATENCY = 3;
+constexpr int FDIV_LATENCY = 12; // fp32 divider (act_quant: one scale and one reciprocal per group)
+constexpr int ROM_LATENCY = 2;   // BRAM ROM read with output register
+} // namespace timing
+
+// Cycle accounting: what the pipelined loops would take (iterations * II + pipeline depth per loop).
+struct Cycles {
+  uint64_t act_quant = 0; // activation quantizer
+  uint64_t candidates = 0; // LUT-select candidate tables (or activation staging for the DSP datapath)
+  uint64_t gemv = 0;       // the ROM streaming loop (integer dot products and fp32 scaling)
+  uint64_t output = 0;     // writing finished outputs
+  uint64_t total() const { return act_quant + candidates + gemv + output; }
+  void reset() { act_quant = candidates = gemv = output = 0; }
+};
+
+inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+inline float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// fp16 -> fp32, exact for every input (normals, subnormals, +-0, inf, NaN keeps its payload's top bits),
+// the same value numpy's float16.astype(float32) gives. Integer logic only.
+inline float half_to_float(half_bits_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1fu) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (mant << 13); // rebias 15 -> 127
+  } else if (mant == 0) {
+    bits = sign;
+  } else {
+    // subnormal half: value = mant * 2^-24. Normalise with a priority encoder (no data-dependent loop):
+    // hb = index of the highest set bit (0..9), shift the leading 1 up to bit 10.
+    uint32_t hb = 0;
+    for (uint32_t i = 0; i < 10; ++i) {
+#pragma HLS UNROLL
+      if (mant & (1u << i)) hb = i;
+    }
+    const uint32_t shift = 10u - hb;
+    mant <<= shift;
+    const uint32_t e = 113u - shift; // 2^-14 has biased fp32 exponent 113
+    bits = sign | (e << 23) | ((mant & 0x3ffu) << 13);
+  }
+  return bits_to_float(bits);
+}
+
+} // namespace roma
+
+#endif // ROMA_TYPES_H

@@ -1,0 +1,222 @@
+// Self-checking testbench of the activation quantizer (act_quant.h) and the B-ROM tile (brom_tile.h).
+//
+//   tb_brom_tile DATA_DIR      (DATA_DIR written by gen_brom_tile.py from the Python golden model)
+//
+// For every case in DATA_DIR/cases.txt and both datapaths (LutSelect, DspMac) it loads the ROM image the
+// packer wrote (as C simulation does at start-up), quantizes the golden fp32 activations, runs all tiles,
+// and compares:
+//   exactly:  int8 activations, activation scales (fp32 bits), group dot products dot[o,g], xsums xsum[g]
+//   within a tolerance: y[o]. The golden model evaluates the same real number in another fp32 order (one
+//   GEMV over d*q and the dequantized activations a_scale*x_q, plus the zero-point GEMV); the kernel sums
+//   per-group terms a_scale*(d*dot + m*xsum) sequentially. With M = sum_j |a d q x_q| + sum_g |a m xsum|
+//   (written by the generator), the golden result is within (K+2)u*M and the kernel's within (NG+3)u*M of
+//   the exact value (u = 2^-24, recursive-summation bounds), so the check is
+//       |y - y_golden| <= (K + NG + 8) * 2^-24 * M.
+//   That is a worst-case bound (observed deviations are ~10-100x smaller); errors the float stage could make
+//   (wrong d, m, a_scale or group) move y by a whole group term, far above it. The integers are exact.
+// Prints one line per case and `tb_brom_tile: M mismatches of N`; the exit code is min(M, 255).
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "roma/act_quant.h"
+#include "roma/brom_tile.h"
+
+using namespace roma;
+
+namespace {
+
+std::string g_dir;
+long g_errors_io = 0;
+
+template <typename T>
+std::vector<T> read_array(const std::string &name, size_t count) {
+  std::vector<T> v(count);
+  const std::string path = g_dir + "/" + name;
+  FILE *f = std::fopen(path.c_str(), "rb");
+  if (!f) {
+    std::fprintf(stderr, "tb_brom_tile: cannot open %s\n", path.c_str());
+    ++g_errors_io;
+    return v;
+  }
+  const size_t got = std::fread(v.data(), sizeof(T), count, f);
+  const bool extra = std::fgetc(f) != EOF;
+  std::fclose(f);
+  if (got != count || extra) {
+    std::fprintf(stderr, "tb_brom_tile: %s has the wrong size (expected %zu items)\n", path.c_str(), count);
+    ++g_errors_io;
+  }
+  return v;
+}
+
+struct Case {
+  std::string name;
+  int bits, group, rows, cols, tiles, tokens;
+};
+
+struct Tally {
+  long mismatches = 0, compared = 0;
+  double worst_y = 0.0; // largest |y - y_golden| / tolerance seen
+  void check(bool ok) {
+    ++compared;
+    if (!ok) ++mismatches;
+  }
+};
+
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP>
+long run_datapath(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cycles_per_gemv) {
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP> C;
+  constexpr int NG = C::NG, PW = C::PLANE_WORDS, PP = C::PARAMS;
+  const int T = c.tokens, R = TILES * ROWS;
+  const auto x = read_array<float>(c.name + ".x.f32", (size_t)T * COLS);
+  const auto xq_g = read_array<int8_t>(c.name + ".xq.i8", (size_t)T * COLS);
+  const auto as_g = read_array<float>(c.name + ".ascale.f32", (size_t)T * NG);
+  const auto dot_g = read_array<int32_t>(c.name + ".dot.i32", (size_t)T * R * NG);
+  const auto xsum_g = read_array<int32_t>(c.name + ".xsum.i32", (size_t)T * NG);
+  const auto y_g = read_array<float>(c.name + ".y.f32", (size_t)T * R);
+  const auto ymag = read_array<double>(c.name + ".ymag.f64", (size_t)T * R);
+  const double rtol = (double)(COLS + NG + 8) / 16777216.0;
+  const long before = tally.mismatches;
+
+  const auto planes = reinterpret_cast<const rom_word_t(*)[PW]>(img.planes.data());
+  const auto scales = reinterpret_cast<const half_bits_t(*)[PP]>(img.scales.data());
+  const auto mins = reinterpret_cast<const half_bits_t(*)[PP]>(img.mins.data());
+  std::vector<act_t> xq(COLS);
+  std::vector<float> a_scale(NG), y(R);
+  std::vector<acc_t> dot((size_t)TILES * PP), xsum(NG);
+  long shown = 0;
+  for (int t = 0; t < T; ++t) {
+    Cycles cyc;
+    act_quant<COLS, GROUP>(&x[(size_t)t * COLS], xq.data(), a_scale.data(), cyc);
+    brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, DP, true>(
+        xq.data(), a_scale.data(), planes, scales, mins, y.data(),
+        reinterpret_cast<acc_t(*)[PP]>(dot.data()), xsum.data(), cyc);
+    cycles_per_gemv = cyc.total();
+    for (int i = 0; i < COLS; ++i) tally.check(xq[i] == xq_g[(size_t)t * COLS + i]);
+    for (int g = 0; g < NG; ++g) {
+      tally.check(float_to_bits(a_scale[g]) == float_to_bits(as_g[(size_t)t * NG + g]));
+      tally.check(xsum[g] == xsum_g[(size_t)t * NG + g]);
+    }
+    for (int tile = 0; tile < TILES; ++tile) {
+      for (int r = 0; r < ROWS; ++r) {
+        const int o = tile * ROWS + r;
+        for (int g = 0; g < NG; ++g) {
+          const int step = g * ROWS + r;
+          const acc_t d = dot[(size_t)tile * PP + step];
+          const bool ok = d == dot_g[((size_t)t * R + o) * NG + g];
+          tally.check(ok);
+          if (!ok && shown++ < 5)
+            std::printf("  %s dot[t=%d,o=%d,g=%d] = %d, golden %d\n", c.name.c_str(), t, o, g, d,
+                        dot_g[((size_t)t * R + o) * NG + g]);
+        }
+        const double mag = ymag[(size_t)t * R + o];
+        const double yg = y_g[(size_t)t * R + o];
+        const double dev = std::fabs((double)y[o] - yg);
+        const bool ok = dev <= rtol * mag;
+        if (mag > 0 && dev / (rtol * mag) > tally.worst_y) tally.worst_y = dev / (rtol * mag);
+        tally.check(ok);
+        if (!ok && shown++ < 5)
+          std::printf("  %s y[t=%d,o=%d] = %.9g, golden %.9g (row magnitude %.3g)\n", c.name.c_str(), t, o,
+                      y[o], yg, mag);
+      }
+    }
+  }
+  return tally.mismatches - before;
+}
+
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS>
+bool try_case(const Case &c, const BromImageHost &img, Tally &tally) {
+  if (c.tiles != TILES || c.rows != TILES * ROWS || c.cols != COLS || c.group != GROUP || c.bits != BITS)
+    return false;
+  uint64_t cyc_lut = 0, cyc_dsp = 0;
+  const long m_lut = run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect>(c, img, tally, cyc_lut);
+  const long m_dsp = run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac>(c, img, tally, cyc_dsp);
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS> C;
+  std::printf("  %-18s b=%d G=%-3d %4dx%-4d tiles=%d  mismatches lut=%ld dsp=%ld  cycles/GEMV lut=%llu dsp=%llu"
+              " (act_quant %llu + candidates %llu + gemv %llu, gemv II=%d)\n",
+              c.name.c_str(), BITS, GROUP, c.rows, COLS, TILES, m_lut, m_dsp, (unsigned long long)cyc_lut,
+              (unsigned long long)cyc_dsp, (unsigned long long)ActQuantConfig<COLS, GROUP>::CYCLES,
+              (unsigned long long)C::CAND_CYCLES, (unsigned long long)C::GEMV_CYCLES, C::GEMV_II);
+  return true;
+}
+
+// The shapes gen_brom_tile.py writes (each needs its own template instance).
+bool dispatch(const Case &c, const BromImageHost &img, Tally &tally) {
+#define ROMA_TB_RAND(B, G) try_case<6, 2, 384, G, B>(c, img, tally)
+  return ROMA_TB_RAND(2, 32) || ROMA_TB_RAND(2, 64) || ROMA_TB_RAND(2, 128) || ROMA_TB_RAND(3, 32) ||
+         ROMA_TB_RAND(3, 64) || ROMA_TB_RAND(3, 128) || ROMA_TB_RAND(4, 32) || ROMA_TB_RAND(4, 64) ||
+         ROMA_TB_RAND(4, 128) || ROMA_TB_RAND(8, 32) || ROMA_TB_RAND(8, 64) || ROMA_TB_RAND(8, 128) ||
+         try_case<1, 16, 192, 64, 3>(c, img, tally) ||  // one tile of 16 rows
+         try_case<4, 144, 576, 32, 4>(c, img, tally);   // SmolLM2-135M layer 0 wq, 4 tiles
+#undef ROMA_TB_RAND
+}
+
+void check_half_table(Tally &tally) {
+  std::ifstream probe(g_dir + "/half.f32");
+  if (!probe) return;
+  const auto ref = read_array<float>("half.f32", 1 << 16);
+  long bad = 0;
+  for (uint32_t h = 0; h < (1u << 16); ++h) {
+    const bool ok = float_to_bits(half_to_float((half_bits_t)h)) == float_to_bits(ref[h]);
+    tally.check(ok);
+    bad += !ok;
+  }
+  std::printf("  half_to_float: %ld mismatches of 65536 fp16 bit patterns\n", bad);
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s DATA_DIR (written by gen_brom_tile.py)\n", argv[0]);
+    return 2;
+  }
+  g_dir = argv[1];
+  std::ifstream list(g_dir + "/cases.txt");
+  if (!list) {
+    std::fprintf(stderr, "tb_brom_tile: cannot read %s/cases.txt\n", g_dir.c_str());
+    return 2;
+  }
+  Tally tally;
+  check_half_table(tally);
+  std::string line;
+  int cases = 0;
+  while (std::getline(list, line)) {
+    if (line.empty()) continue;
+    std::istringstream in(line);
+    Case c;
+    if (!(in >> c.name >> c.bits >> c.group >> c.rows >> c.cols >> c.tiles >> c.tokens)) {
+      std::fprintf(stderr, "tb_brom_tile: bad line in cases.txt: %s\n", line.c_str());
+      ++tally.mismatches;
+      continue;
+    }
+    BromImageHost img;
+    const std::string err = load_brom_image(g_dir + "/" + c.name + ".bin", img);
+    if (!err.empty()) {
+      std::fprintf(stderr, "tb_brom_tile: %s\n", err.c_str());
+      ++tally.mismatches;
+      continue;
+    }
+    if ((int)img.bits != c.bits || (int)img.group != c.group || (int)img.rows != c.rows ||
+        (int)img.cols != c.cols || (int)img.tiles != c.tiles) {
+      std::fprintf(stderr, "tb_brom_tile: %s: ROM image header disagrees with cases.txt\n", c.name.c_str());
+      ++tally.mismatches;
+      continue;
+    }
+    if (!dispatch(c, img, tally)) {
+      std::fprintf(stderr, "tb_brom_tile: %s: no kernel instance for this shape in tb_brom_tile.cpp\n",
+                   c.name.c_str());
+      ++tally.mismatches;
+      continue;
+    }
+    ++cases;
+  }
+  const long m = tally.mismatches + g_errors_io;
+  std::printf("  largest |y - y_golden| as a fraction of its tolerance: %.3f\n", tally.worst_y);
+  std::printf("tb_brom_tile: %ld mismatches of %ld (%d cases, 2 datapaths)\n", m, tally.compared, cases);
+  return m > 255 ? 255 : (int)m;
+}
