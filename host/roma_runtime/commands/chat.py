@@ -1,0 +1,193 @@
+"""`roma chat`: an interactive conversation, streamed, with the KV cache of earlier turns kept.
+
+Reads one message per line from stdin. At a terminal it shows a "you> " prompt (with line editing); from a
+pipe it reads the lines as they come and prints only the answers on stdout, so scripts and tests can read
+them. Timings and errors go to stderr. A bad line (too long for the context, not UTF-8, an unknown command)
+prints one error and the conversation goes on; Ctrl-C during an answer stops that answer.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import RomaError
+from . import common
+
+HELP = "chat with the model (streamed; the conversation's KV cache is kept between turns)"
+
+COMMAND_HELP = """\
+commands:
+  /reset   forget the conversation (keeps the system prompt)
+  /stats   tokens in the context, last turn's speed and reused tokens
+  /help    this list
+  /quit    leave (Ctrl-D too)
+  //text   send a message that starts with '/'
+Ctrl-C during an answer stops the answer."""
+
+
+def add_arguments(parser) -> None:
+    common.add_engine_arguments(parser)
+    parser.add_argument("--system", default=None, metavar="TEXT",
+                        help="system prompt (default: the chat template's own, if it has one)")
+    common.add_sampling_arguments(parser)
+
+
+class _Reader:
+    """Lines of stdin as text: `readline` from a terminal (with editing), raw bytes from a pipe."""
+
+    def __init__(self, interactive: bool):
+        self.interactive = interactive
+        if interactive:
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:
+                pass
+
+    def read(self) -> str | None:
+        """The next line without its newline; None at end of input. RomaError for a line that is not text."""
+        if self.interactive:
+            try:
+                line = input("you> ")
+            except EOFError:
+                return None
+            except UnicodeDecodeError as e:
+                raise RomaError(f"that line is not valid UTF-8: byte {e.start} {e.reason}",
+                                hint="type or paste UTF-8 text") from None
+            return common.check_text(line, "that line")
+        raw = sys.stdin.buffer.readline()
+        if not raw:
+            return None
+        raw = raw.rstrip(b"\n").rstrip(b"\r")
+        return common.decode_utf8(raw, "that line")
+
+
+class ChatSession:
+    def __init__(self, engine, args, params, out=None, err=None):
+        self.engine = engine
+        self.params = params
+        self.conversation = engine.chat(args.system, args.context)
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.last = None  # GenerationResult of the last answer
+        self.turns = 0
+        self.total_reused = 0
+
+    # --- output helpers -------------------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def note(self, text: str) -> None:
+        self.err.write(common.dim(text, self.err) + "\n")
+        self.err.flush()
+
+    def error(self, e: RomaError | str) -> None:
+        self.err.write(f"error: {e}\n")
+        self.err.flush()
+
+    # --- commands -------------------------------------------------------------------------------------------
+
+    def stats(self) -> str:
+        s = self.conversation.session
+        lines = [f"context: {s.cache.length} / {s.capacity} tokens in the cache, "
+                 f"{len(self.conversation.messages)} messages, {self.turns} turns"]
+        r = self.last
+        if r is None:
+            lines.append("last turn: none yet")
+        else:
+            lines.append(
+                f"last turn: reused {r.reused_tokens} tokens, prefill {r.prefill_tokens} tokens at "
+                f"{r.prefill_tokens_per_s:.1f} tok/s, decode {r.decode_tokens} tokens at "
+                f"{r.decode_tokens_per_s:.1f} tok/s, {len(r.ids)} generated ({r.finish_reason})")
+            lines.append(f"total reused: {self.total_reused} tokens")
+        return "\n".join(lines)
+
+    def command(self, line: str) -> bool:
+        """Runs a /command; False means quit."""
+        name = line.split()[0].lower()
+        if name in ("/quit", "/exit", "/q"):
+            return False
+        if name == "/reset":
+            self.conversation.reset()
+            self.last = None
+            self.say("(conversation cleared)")
+        elif name == "/stats":
+            self.say(self.stats())
+        elif name in ("/help", "/?"):
+            self.say(COMMAND_HELP)
+        else:
+            self.error(RomaError(f"unknown command {name}", hint="/help lists the commands; //text sends '/text'"))
+        return True
+
+    # --- one turn -------------------------------------------------------------------------------------------
+
+    def answer(self, text: str) -> None:
+        generation = self.conversation.send(text, self.params)  # RomaError here changes nothing
+        pieces = iter(generation)
+        interrupted = False
+        try:
+            for piece in pieces:
+                self.out.write(piece)
+                self.out.flush()
+        except KeyboardInterrupt:
+            interrupted = True
+            pieces.close()  # ends the generation: the partial answer joins the conversation
+        self.out.write("\n")
+        self.out.flush()
+        result = generation.result
+        self.last = result
+        self.turns += 1
+        self.total_reused += result.reused_tokens
+        self.note(common.speed_line(result))
+        if interrupted:
+            self.note("(answer stopped)")
+        elif result.finish_reason == "context":
+            self.note("(the context is full: /reset to start over, or a larger --context)")
+
+    def loop(self, reader: _Reader) -> int:
+        if reader.interactive:
+            self.note("type a message, /help for commands, Ctrl-D to leave")
+        ctrl_c = False
+        while True:
+            try:
+                line = reader.read()
+            except RomaError as e:
+                self.error(e)
+                continue
+            except KeyboardInterrupt:
+                if ctrl_c or not reader.interactive:
+                    self.err.write("\n")
+                    return 0
+                ctrl_c = True
+                self.err.write("\n(Ctrl-C again or Ctrl-D to leave)\n")
+                continue
+            ctrl_c = False
+            if line is None:
+                if reader.interactive:
+                    self.err.write("\n")
+                return 0
+            if not line.strip():
+                continue
+            if line.startswith("/") and not line.startswith("//"):
+                if not self.command(line.strip()):
+                    return 0
+                continue
+            if line.startswith("//"):
+                line = line[1:]
+            try:
+                self.answer(line)
+            except RomaError as e:
+                self.error(e)
+            except KeyboardInterrupt:  # between the refusal checks and the first token
+                self.err.write("\n(answer stopped)\n")
+
+
+def run(args) -> int:
+    params = common.sampling_params(args)
+    common.check_context(args)
+    system = common.check_text(args.system, "--system") if args.system is not None else None
+    args.system = system
+    engine = common.load_engine(args)
+    session = ChatSession(engine, args, params)
+    return session.loop(_Reader(sys.stdin.isatty()))

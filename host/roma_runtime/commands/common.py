@@ -1,0 +1,155 @@
+"""Options and helpers shared by the commands that run a model (chat, generate) or read one (tokenize, info).
+
+Everything a user can get wrong is checked here before the model loads where possible (sampling values,
+text encodings), and reported as one RomaError.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from ..backends import BACKENDS
+from ..errors import RomaError
+from ..golden.model import MODES
+from ..generate import SamplingParams
+from ..model.loader import DEFAULT_MODEL
+
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"a known model name, a GGUF file or a Hugging Face folder (default: {DEFAULT_MODEL})")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
+    parser.add_argument("--backend", choices=BACKENDS, default="ref",
+                        help="ref: numpy golden model; emu: emulated board; board: PYNQ overlay (default: ref)")
+    parser.add_argument("--numerics", choices=MODES, default="quant",
+                        help="quant: the accelerator's integer contract; float: dequantized weights (default: quant)")
+    parser.add_argument("--context", type=int, default=None, metavar="N",
+                        help="KV cache size in tokens (default: the model's context length)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, stop: bool = False) -> None:
+    d = SamplingParams()
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=d.max_tokens, metavar="N",
+                   help=f"most tokens to generate per answer (default: {d.max_tokens})")
+    g.add_argument("--temperature", type=float, default=d.temperature, metavar="T",
+                   help=f"0 is greedy (default: {d.temperature:g})")
+    g.add_argument("--top-k", type=int, default=d.top_k, metavar="K", help="keep the K likeliest tokens; 0 = off")
+    g.add_argument("--top-p", type=float, default=d.top_p, metavar="P",
+                   help="keep the likeliest tokens whose mass reaches P; 1 = off")
+    g.add_argument("--min-p", type=float, default=d.min_p, metavar="P",
+                   help="drop tokens less likely than P times the likeliest; 0 = off")
+    g.add_argument("--repeat-penalty", type=float, default=d.repetition_penalty, metavar="X",
+                   help="penalty on recently seen tokens; 1 = off")
+    g.add_argument("--repeat-last-n", type=int, default=d.repeat_last_n, metavar="N",
+                   help=f"how many recent tokens the penalty looks at (default: {d.repeat_last_n})")
+    g.add_argument("--seed", type=int, default=None, help="random seed; the same seed reproduces a run")
+    if stop:
+        g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                       help="stop when this text appears (repeatable); the stop text is not printed")
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    """SamplingParams from the parsed options, validated (RomaError on a bad value)."""
+    stops = [check_text(s, "--stop") for s in getattr(args, "stop", None) or []]
+    return SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repeat_penalty,
+        repeat_last_n=args.repeat_last_n,
+        seed=args.seed,
+        stop=stops,
+    ).validate()
+
+
+def check_context(args: argparse.Namespace) -> None:
+    if args.context is not None and args.context < 1:
+        raise RomaError(f"--context must be at least 1 token (got {args.context})")
+
+
+def load_engine(args: argparse.Namespace, status: bool = True):
+    """The Engine the options ask for, with a short status line on stderr while it loads."""
+    from ..engine import Engine
+
+    if status:
+        print(f"loading {args.model} on {args.backend} ({args.numerics})...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    engine = Engine(args.model, args.backend, args.numerics)
+    if status:
+        print(dim(f"loaded {engine.config.name} in {time.perf_counter() - t0:.1f} s", sys.stderr),
+              file=sys.stderr, flush=True)
+    return engine
+
+
+def load_tokenizer(model: str):
+    """The tokenizer alone: a GGUF's metadata is read without its weights."""
+    from ..model.loader import locate_model
+    from ..tokenizer import Tokenizer
+
+    kind, path = locate_model(model)
+    return Tokenizer.from_hf_folder(path) if kind == "hf" else Tokenizer.from_gguf(path)
+
+
+# --- text ------------------------------------------------------------------------------------------------
+
+
+def decode_utf8(raw: bytes, what: str) -> str:
+    """Bytes as UTF-8 text, or one RomaError saying where the bad byte is."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RomaError(f"{what} is not valid UTF-8: byte {e.start} ({raw[e.start:e.start + 1]!r}) {e.reason}",
+                        hint="send text encoded as UTF-8") from None
+
+
+def check_text(text: str, what: str) -> str:
+    """A str that came from argv or JSON: refuse lone surrogates (undecodable argv bytes end up as those)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = os.fsencode(text)  # argv bytes that were not UTF-8 come back as surrogate escapes
+    except UnicodeEncodeError:
+        raw = None
+    if raw is not None:
+        return decode_utf8(raw, what)
+    raise RomaError(f"{what} contains a lone surrogate, which is not valid Unicode text")
+
+
+# --- output ----------------------------------------------------------------------------------------------
+
+
+def dim(text: str, stream=None) -> str:
+    """Text in the terminal's dim style when `stream` is a terminal, plain otherwise."""
+    stream = stream or sys.stdout
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return f"\x1b[2m{text}\x1b[0m" if tty and os.environ.get("NO_COLOR") is None else text
+
+
+def speed_line(result) -> str:
+    """One line of timing for a finished generation."""
+    parts = [f"{len(result.ids)} tokens"]
+    if result.prefill_tokens:
+        parts.append(f"prefill {result.prefill_tokens} at {result.prefill_tokens_per_s:.1f} tok/s")
+    if result.decode_tokens:
+        parts.append(f"decode {result.decode_tokens} at {result.decode_tokens_per_s:.1f} tok/s")
+    if result.reused_tokens:
+        parts.append(f"{result.reused_tokens} reused")
+    if result.finish_reason and result.finish_reason != "stop":
+        parts.append(result.finish_reason)
+    return "[" + ", ".join(parts) + "]"

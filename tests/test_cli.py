@@ -1,0 +1,318 @@
+"""The `roma` command line on the real SmolLM2-135M GGUF and its real tokenizer, run as subprocesses.
+
+Each model load costs seconds, so every CLI run below happens once (module-scoped fixtures) and several tests
+read its output. Greedy decoding throughout, so the answers are deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = REPO / "host"
+if str(HOST) not in sys.path:
+    sys.path.insert(0, str(HOST))
+
+MODEL = "smollm2-135m"
+FRANCE = "What is the capital of France?"
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(HOST), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    e["PYTHONIOENCODING"] = "utf-8"
+    e.pop("NO_COLOR", None)
+    return e
+
+
+def roma(*args, stdin: bytes | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Runs `python -m roma_runtime.cli ARGS`; stdout and stderr as text (UTF-8)."""
+    p = subprocess.run([sys.executable, "-m", "roma_runtime.cli", *map(str, args)], input=stdin,
+                       capture_output=True, env=env(), cwd=str(REPO), timeout=timeout)
+    return subprocess.CompletedProcess(p.args, p.returncode, p.stdout.decode("utf-8"), p.stderr.decode("utf-8"))
+
+
+def assert_clean_error(p: subprocess.CompletedProcess, *needles: str) -> None:
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr
+    assert p.stderr.startswith("error: ") or "\nerror: " in p.stderr or "error:" in p.stderr, p.stderr
+    for n in needles:
+        assert n in p.stderr, (n, p.stderr)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from roma_runtime.tokenizer import Tokenizer
+
+    return Tokenizer.from_gguf(MODEL)
+
+
+def decoded(tok, ids: list[int]) -> str:
+    """The text a generation shows for its ids: the final end token (if any) is not shown."""
+    if ids and ids[-1] in tok.eos_ids:
+        ids = ids[:-1]
+    return tok.decode(ids)
+
+
+# --- generate --json over a prompts file (one load, default quant numerics) ---------------------------------
+
+RAW_PROMPTS = ["The capital of France is", "def fibonacci(n):"]
+
+
+@pytest.fixture(scope="module")
+def generated_json(tmp_path_factory):
+    f = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    f.write_text("\n".join(json.dumps(p) for p in RAW_PROMPTS[:1]) + "\n\n" + json.dumps(RAW_PROMPTS[1]) + "\n",
+                 encoding="utf-8")
+    p = roma("generate", "--prompts-file", f, "--json", "--max-tokens", 6, "--model", MODEL)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_generate_json_one_line_per_prompt(generated_json):
+    lines = generated_json.stdout.strip().splitlines()
+    assert len(lines) == 2
+    records = [json.loads(line) for line in lines]
+    assert [r["prompt"] for r in records] == RAW_PROMPTS
+
+
+def test_generate_json_fields(generated_json, tokenizer):
+    for line in generated_json.stdout.strip().splitlines():
+        r = json.loads(line)
+        for key in ("prompt_ids", "ids", "text", "prefill_tokens_per_s", "decode_tokens_per_s", "finish_reason",
+                    "backend", "model"):
+            assert key in r, key
+        assert r["backend"] == "ref" and r["model"] == MODEL and r["numerics"] == "quant"
+        assert r["prompt_ids"] == tokenizer.encode(r["prompt"])  # raw continuation: no chat template
+        assert 1 <= len(r["ids"]) <= 6
+        assert r["finish_reason"] in ("length", "stop")
+        assert r["text"] == decoded(tokenizer, r["ids"])
+        assert r["prefill_tokens_per_s"] > 0
+        if len(r["ids"]) > 1:
+            assert r["decode_tokens_per_s"] > 0
+    assert "loading smollm2-135m on ref (quant)" in generated_json.stderr
+    assert "Traceback" not in generated_json.stderr
+
+
+# --- generate --chat, streamed text (float numerics: fast, and the float model answers this reliably) -------
+
+LONG_LINE = " ".join(["word"] * 300)  # over the contexts below
+
+
+@pytest.fixture(scope="module")
+def chat_generation(tmp_path_factory):
+    """Two chat prompts in one run: the first is answered, the second is over --context 128 and refused."""
+    f = tmp_path_factory.mktemp("chat") / "prompts.jsonl"
+    f.write_text(json.dumps(FRANCE) + "\n" + json.dumps(LONG_LINE) + "\n", encoding="utf-8")
+    return roma("generate", "--prompts-file", f, "--chat", "--max-tokens", 20, "--numerics", "float",
+                "--context", 128)
+
+
+def test_generate_chat_answers_paris(chat_generation):
+    p = chat_generation
+    assert "Paris" in p.stdout
+    assert "<|im_start|>" not in p.stdout  # only the answer is streamed, not the template
+    assert "tok/s" in p.stderr and "tok/s" not in p.stdout
+
+
+def test_generate_prompt_over_the_context_exits_2(chat_generation):
+    assert_clean_error(chat_generation, "prompt on line 2", "context holds 128")
+
+
+# --- chat over stdin (one load for all of it) ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chat_run():
+    script = b"\n".join([
+        FRANCE.encode(),
+        b"And what is the capital of Germany?",
+        b"/stats",
+        LONG_LINE.encode(),
+        b"caf\xc3 au lait \xff",  # invalid UTF-8
+        b"/nonsense",
+        b"/stats",
+        b"/reset",
+        b"/stats",
+        b"Hello!",
+        b"/quit",
+        b"this line comes after /quit and is never answered",
+    ]) + b"\n"
+    p = roma("chat", "--numerics", "float", "--context", 256, "--max-tokens", 20, stdin=script)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
+def stats_blocks(stdout: str) -> list[str]:
+    return re.findall(r"^context: .*\n.*(?:\n.*total reused.*)?", stdout, flags=re.M)
+
+
+def test_chat_answers_and_streams_to_stdout(chat_run):
+    assert "Paris" in chat_run.stdout
+    assert "Berlin" in chat_run.stdout
+    assert "loading smollm2-135m on ref (float)" in chat_run.stderr
+    assert "Traceback" not in chat_run.stderr
+    assert "you>" not in chat_run.stdout  # no prompts when stdin is not a terminal
+    assert "never answered" not in chat_run.stdout
+
+
+def test_chat_reuses_the_kv_cache_of_earlier_turns(chat_run):
+    first = stats_blocks(chat_run.stdout)[0]
+    reused = int(re.search(r"reused (\d+) tokens", first).group(1))
+    assert reused > 20  # the system prompt, the first question and the first answer
+    used, capacity = map(int, re.search(r"context: (\d+) / (\d+)", first).groups())
+    assert capacity == 256 and reused < used <= capacity
+    assert re.search(r"prefill \d+ tokens at [\d.]+ tok/s, decode \d+ tokens at [\d.]+ tok/s", first)
+
+
+def test_chat_refuses_a_prompt_over_the_context_and_goes_on(chat_run):
+    assert "error: the prompt has" in chat_run.stderr and "context holds 256" in chat_run.stderr
+    blocks = stats_blocks(chat_run.stdout)
+    # /stats after the refused line and the bad bytes: the conversation is unchanged.
+    assert blocks[0].splitlines()[0] == blocks[1].splitlines()[0]
+
+
+def test_chat_reports_invalid_utf8_and_goes_on(chat_run):
+    assert "error: that line is not valid UTF-8" in chat_run.stderr
+    assert "error: unknown command /nonsense" in chat_run.stderr
+
+
+def test_chat_reset_clears_the_context_and_the_chat_continues(chat_run):
+    assert "(conversation cleared)" in chat_run.stdout
+    after = stats_blocks(chat_run.stdout)[2]
+    assert after.startswith("context: 0 / 256 tokens")
+    # The answer after /reset is there, after the stats block.
+    tail = chat_run.stdout.split(after, 1)[1].strip()
+    assert tail and len(tail.split()) >= 2
+
+
+def test_chat_prints_speed_lines_on_stderr(chat_run):
+    speed = [line for line in chat_run.stderr.splitlines() if "tok/s" in line]
+    assert len(speed) == 3  # three answers
+    assert "reused" in speed[1]
+    assert not [line for line in chat_run.stdout.splitlines() if line.startswith("[") and "tok/s" in line]
+
+
+def test_chat_ctrl_c_stops_the_answer_and_the_chat_goes_on():
+    """SIGINT while an answer streams: the answer stops, /stats still runs, /quit exits 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "roma_runtime.cli", "chat", "--numerics", "float",
+                             "--max-tokens", "400", "--context", "1024"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env(), cwd=str(REPO))
+    err_chunks: list[bytes] = []
+    err_reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    err_reader.start()
+    try:
+        proc.stdin.write(b"Write a very long story about a dragon who learns to cook.\n")
+        proc.stdin.flush()
+        out = os.read(proc.stdout.fileno(), 4096)  # blocks until the answer starts streaming
+        assert out
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        rest, _ = proc.communicate(b"/stats\n/quit\n", timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err_reader.join(10)
+    stdout = (out + rest).decode("utf-8")
+    stderr = b"".join(err_chunks).decode("utf-8")
+    assert proc.returncode == 0, stderr
+    assert "(answer stopped)" in stderr
+    assert "Traceback" not in stderr
+    assert "interrupted" in stdout  # /stats names how the last turn ended
+    generated = int(re.search(r"(\d+) generated", stdout).group(1))
+    assert generated < 400
+
+
+# --- tokenize and info --------------------------------------------------------------------------------------
+
+
+def test_tokenize_json_ids(tokenizer):
+    text = "Hello, world! 123 café"
+    p = roma("tokenize", "--json", text)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["ids"] == tokenizer.encode(text)
+    assert r["tokens"] == [tokenizer.token_text(i) for i in r["ids"]]
+    assert "".join(r["pieces"]) == text
+
+
+def test_tokenize_reads_stdin_and_refuses_bad_utf8(tokenizer):
+    text = "Hello, world!"
+    p = roma("tokenize", stdin=text.encode())
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == [str(i) for i in tokenizer.encode(text)]
+    assert_clean_error(roma("tokenize", stdin=b"bad \xff"), "not valid UTF-8")
+
+
+def test_info_json_facts():
+    p = roma("info", "--json")
+    assert p.returncode == 0, p.stderr
+    f = json.loads(p.stdout)
+    c = f["config"]
+    assert (c["n_layers"], c["dim"], c["vocab_size"]) == (30, 576, 49152)
+    assert f["tokenizer"]["vocab_size"] == 49152 and f["tokenizer"]["eos_id"] == 2
+    assert f["chat_template"] is True
+    assert f["tensor_types"]["Q4_1"] > 0 and f["tensor_count"] == sum(f["tensor_types"].values())
+    assert 130e6 < f["parameter_count"] < 140e6
+    assert f["file"].endswith(".gguf") and f["file_size_bytes"] == os.path.getsize(f["file"])
+
+
+# --- bad input: one message, exit 2, no traceback ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["generate", "Hi", "--temperature", "-1"], "temperature"),
+    (["generate", "Hi", "--top-p", "0"], "top-p"),
+    (["chat", "--min-p", "1.5"], "min-p"),
+    (["chat", "--max-tokens", "0"], "max tokens"),
+    (["generate", "Hi", "--repeat-penalty", "nan"], "finite"),
+    (["generate", "Hi", "--stop", ""], "stop"),
+])
+def test_bad_sampling_values_exit_2(args, needle):
+    assert_clean_error(roma(*args), needle)
+
+
+def test_unknown_model_path_exits_2(tmp_path):
+    assert_clean_error(roma("generate", "Hi", "--model", tmp_path / "nope.gguf"), "no model at")
+    assert_clean_error(roma("info", "--model", tmp_path / "nope.gguf"), "no model at")
+    assert_clean_error(roma("tokenize", "Hi", "--model", tmp_path / "nope.gguf"), "no model at")
+    assert_clean_error(roma("chat", "--model", tmp_path / "nope.gguf", stdin=b""), "no model at")
+
+
+def test_not_a_gguf_exits_2(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model at all")
+    assert_clean_error(roma("info", "--model", bad), "not a GGUF file")
+
+
+def test_prompts_file_bad_line_names_the_line(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('"fine"\n\n"also fine"\nnot json\n', encoding="utf-8")
+    assert_clean_error(roma("generate", "--prompts-file", f), "line 4", "not valid JSON")
+    f.write_text('"fine"\n["a list"]\n', encoding="utf-8")
+    assert_clean_error(roma("generate", "--prompts-file", f), "line 2", "not a string")
+    f.write_bytes(b'"fine"\n"caf\xe9"\n')
+    assert_clean_error(roma("generate", "--prompts-file", f), "line 2", "not valid UTF-8")
+    assert_clean_error(roma("generate", "--prompts-file", tmp_path / "missing.jsonl"), "cannot read")
+    assert_clean_error(roma("generate"), "no prompt")
+
+
+def test_invalid_utf8_argument_exits_2():
+    if sys.platform == "win32":
+        pytest.skip("argv is text on Windows")
+    p = subprocess.run([sys.executable, "-m", "roma_runtime.cli", "tokenize", b"bad \xff arg"],
+                       capture_output=True, env=env(), cwd=str(REPO), timeout=120)
+    assert p.returncode == 2
+    err = p.stderr.decode("utf-8", errors="replace")
+    assert "not valid UTF-8" in err and "Traceback" not in err
