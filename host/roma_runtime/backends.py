@@ -50,9 +50,14 @@ class RefBackend:
         return self.golden.forward(ids, cache)[-1]
 
 
-def create_backend(name: str, model: LoadedModel, numerics: str = "quant") -> Backend:
-    if name == "ref":
-        return RefBackend(model, numerics)
-    if name in BACKENDS:
+def check_backend(name: str) -> None:
+    """Refuses an unknown or unavailable backend before any model is loaded."""
+    if name not in BACKENDS:
+        raise RomaError(f"unknown backend '{name}'", hint=f"choose one of {', '.join(BACKENDS)}")
+    if name != "ref":
         raise RomaError(f"backend '{name}' is not available yet", hint="use --backend ref")
-    raise RomaError(f"unknown backend '{name}'", hint=f"choose one of {', '.join(BACKENDS)}")
+
+
+def create_backend(name: str, model: LoadedModel, numerics: str = "quant") -> Backend:
+    check_backend(name)
+    return RefBackend(model, numerics)

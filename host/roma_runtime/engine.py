@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from .backends import create_backend
+from .backends import check_backend, create_backend
 from .errors import RomaError
 from .generate import Sampler, SamplingParams, StopMatcher
-from .model import load_model
+from .model import LoadedModel, load_model
 from .model.loader import DEFAULT_MODEL
 from .tokenizer import Tokenizer
 
@@ -178,7 +178,8 @@ class Conversation:
 
 class Engine:
     def __init__(self, model=DEFAULT_MODEL, backend: str = "ref", numerics: str = "quant"):
-        self.model = load_model(model)
+        check_backend(backend)
+        self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.tokenizer = Tokenizer.from_model(self.model)
         self.backend = create_backend(backend, self.model, numerics)
 

@@ -72,16 +72,23 @@ def resolve_model_path(model: str | Path) -> Path:
     return path
 
 
-def load_model(model: str | Path = DEFAULT_MODEL) -> LoadedModel:
+def locate_model(model: str | Path = DEFAULT_MODEL) -> tuple[str, Path]:
+    """("gguf", file) or ("hf", folder): a folder with config.json is Hugging Face, one with a single .gguf
+    is that file."""
     path = resolve_model_path(model)
     if path.is_dir():
         if (path / "config.json").is_file():
-            return _load_hf(path)
+            return "hf", path
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
-            return _load_gguf(ggufs[0])
+            return "gguf", ggufs[0]
         raise RomaError(f"{path} holds neither config.json nor exactly one .gguf file")
-    return _load_gguf(path)
+    return "gguf", path
+
+
+def load_model(model: str | Path = DEFAULT_MODEL) -> LoadedModel:
+    kind, path = locate_model(model)
+    return _load_hf(path) if kind == "hf" else _load_gguf(path)
 
 
 # --- GGUF -------------------------------------------------------------------------------------------------

@@ -1,0 +1,68 @@
+"""The engine on SmolLM2's quantized path: agreement with llama.cpp, conversations, refusals, stops."""
+
+from __future__ import annotations
+
+import pytest
+
+from roma_runtime import RomaError
+from roma_runtime.engine import Engine
+from roma_runtime.generate import SamplingParams
+
+# Greedy answers of llama.cpp (llama-cpp-python 0.3.36, CPU) on the same Q4_1 GGUF with the default
+# system prompt, 20 tokens. llama.cpp also multiplies Q4_1 codes by int8 group-quantized activations,
+# so the contract's path reproduces them token for token; the float path instead answers "Paris".
+# (On "Name a primary colour." the two part at the third token, a near tie that llama.cpp's fp16
+# rounding of the activation scale tips the other way.)
+LLAMA_CPP_GREEDY = {
+    "What is the capital of France?": "L'Étoile, la Marseillaise, la femme, la femme au",
+    "What is 2+2?": "The answer to this classic math problem is 4.",
+}
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2):
+    return Engine(smollm2, "ref", "quant")
+
+
+@pytest.mark.parametrize("question", sorted(LLAMA_CPP_GREEDY))
+def test_quant_path_reproduces_llama_cpp(engine, question):
+    result = engine.generate(question, SamplingParams(max_tokens=20), chat=True).run()
+    assert result.text == LLAMA_CPP_GREEDY[question]
+
+
+def test_conversation_reuses_cache_and_equals_a_fresh_run(engine):
+    chat = engine.chat()
+    params = SamplingParams(max_tokens=12)
+    chat.send("What is 2+2?", params).run()
+    second = chat.send("And 3+3?", params).run()
+    assert second.reused_tokens > 20 and second.prefill_tokens < len(second.prompt_ids) / 2
+    fresh = engine.generate(second.prompt_ids, params).run()
+    assert fresh.ids == second.ids and fresh.reused_tokens == 0
+    assert [m["role"] for m in chat.messages] == ["user", "assistant", "user", "assistant"]
+
+
+def test_prompt_over_the_context_is_refused_with_nothing_changed(engine):
+    chat = engine.chat(capacity=64)
+    chat.send("Hi", SamplingParams(max_tokens=4)).run()
+    before = (list(chat.messages), list(chat.session.ids), chat.session.cache.length)
+    with pytest.raises(RomaError, match="context holds 64"):
+        chat.send("word " * 100, SamplingParams(max_tokens=4))
+    assert (chat.messages, chat.session.ids, chat.session.cache.length) == before
+
+
+def test_generation_stops_at_the_context_limit(engine):
+    session = engine.new_session(capacity=12)
+    result = engine.generate("One, two, three, four,", SamplingParams(max_tokens=50), session=session).run()
+    assert result.finish_reason == "context" and session.cache.length == 12
+
+
+def test_stop_string_cuts_the_text(engine):
+    full = engine.generate("1, 2, 3, 4, 5,", SamplingParams(max_tokens=12)).run()
+    assert " 7" in full.text
+    cut = engine.generate("1, 2, 3, 4, 5,", SamplingParams(max_tokens=12, stop=[" 7"])).run()
+    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.index(" 7")]
+
+
+def test_unavailable_backend_is_refused_before_loading():
+    with pytest.raises(RomaError, match="not available yet"):
+        Engine("/nonexistent/never/loaded.gguf", "board")
