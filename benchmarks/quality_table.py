@@ -1,0 +1,118 @@
+"""The quality table: compile + eval of SmolLM2-135M at each setting, printed as a markdown table.
+
+    PYTHONPATH=host python benchmarks/quality_table.py --tokens 512 [--rows passthrough,g128-rtn,...]
+
+Candidate = the golden model in quant mode (accelerator numerics) on the build's ROM images (+ its LoRA);
+reference = the golden model in float mode on the original GGUF. Held-out text: stdlib docstrings
+(evaluation split). SmolLM2's 576-wide rows admit G32 and G64 only (576 % 128 != 0), so the G128 rows
+apply to models whose widths are multiples of 128. Calibration Hessians are computed once and shared by all GPTQ / mixed rows.
+Rows print as they finish, so a partial run still gives numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from roma_runtime.compiler.build import compile_model, load_build
+from roma_runtime.compiler.calibrate import collect_hessians
+from roma_runtime.compiler.evaluate import chat_sequences, eval_windows, evaluate_models
+from roma_runtime.golden import GoldenModel
+from roma_runtime.model import load_model
+
+ROWS = {
+    "passthrough": ("4-bit G32 pass-through (Q4_1)", dict(bits=4, group=32)),
+    "4-g64-rtn": ("4-bit G64 RTN", dict(bits=4, group=64)),
+    "4-g64-gptq": ("4-bit G64 GPTQ", dict(bits=4, group=64, method="gptq")),
+    "4-g128-rtn": ("4-bit G128 RTN", dict(bits=4, group=128)),
+    "4-g128-gptq": ("4-bit G128 GPTQ", dict(bits=4, group=128, method="gptq")),
+    "3-g64-rtn": ("3-bit G64 RTN", dict(bits=3, group=64)),
+    "3-g64-gptq": ("3-bit G64 GPTQ", dict(bits=3, group=64, method="gptq")),
+    "2-g64-rtn": ("2-bit G64 RTN", dict(bits=2, group=64)),
+    "2-g64-gptq": ("2-bit G64 GPTQ", dict(bits=2, group=64, method="gptq")),
+    "2-g64-gptq-r16": ("2-bit G64 GPTQ + LoftQ LoRA r16", dict(bits=2, group=64, method="gptq", lora_rank=16)),
+    "2-g64-gptq-r32": ("2-bit G64 GPTQ + LoftQ LoRA r32", dict(bits=2, group=64, method="gptq", lora_rank=32)),
+    "2-g64-gptq-r64": ("2-bit G64 GPTQ + LoftQ LoRA r64", dict(bits=2, group=64, method="gptq", lora_rank=64)),
+    "mixed-4.0": ("mixed G64, budget 4.0 bits/weight (GPTQ)", dict(bits=4, group=64, method="gptq",
+                                                                    bits_budget=4.0)),
+}
+
+
+class CachedReference:
+    """The float reference with its logits memoised per input (all rows evaluate the same windows)."""
+
+    def __init__(self, model):
+        self.model = GoldenModel(model, "float")
+        self.memo = {}
+
+    def new_cache(self, n):
+        return self.model.new_cache(n)
+
+    def forward(self, ids, cache, all_logits=False):
+        key = (np.asarray(ids).tobytes(), all_logits, cache.length)
+        if cache.length or key not in self.memo:
+            out = self.model.forward(ids, cache, all_logits)
+            if cache.length == len(ids):
+                self.memo[key] = out
+            return out
+        return self.memo[key]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--tokens", type=int, default=512, help="held-out tokens (default 512)")
+    ap.add_argument("--calib-tokens", type=int, default=2048)
+    ap.add_argument("--chat-tokens", type=int, default=0, help="reference answer tokens per chat prompt (0: off)")
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of: " + ", ".join(ROWS))
+    ap.add_argument("--out", default=None, help="folder for the builds (default: a temporary folder)")
+    args = ap.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        ap.error(f"unknown rows {unknown}")
+    model = load_model(args.model)
+    ref = CachedReference(model)
+    windows = eval_windows(model, args.tokens, 256)
+    seqs = chat_sequences(model, ref.model, args.chat_tokens) if args.chat_tokens else []
+    hessians = None
+    root = Path(args.out or tempfile.mkdtemp(prefix="roma-quality-"))
+    print(f"model {model.config.name}; {args.tokens} held-out tokens (stdlib docstrings, evaluation split), "
+          f"windows of 256; calibration {args.calib_tokens} tokens; builds in {root}", flush=True)
+    cols = "| setting | bits/weight (linears, incl. scales) | ppl ref | ppl build | KL | top-1 |"
+    if seqs:
+        cols += " chat KL | chat top-1 |"
+    cols += " compile s |"
+    print(cols)
+    print("|" + "---|" * (cols.count("|") - 1), flush=True)
+    for key in rows:
+        label, kw = ROWS[key]
+        if (kw.get("method") == "gptq" or "bits_budget" in kw) and hessians is None:
+            t = time.time()
+            hessians = collect_hessians(model, args.calib_tokens, 256, progress=sys.stderr.isatty())
+            print(f"(calibration: {hessians.tokens} tokens, {time.time() - t:.0f} s)", file=sys.stderr, flush=True)
+        t = time.time()
+        man = compile_model(model, root / key, board="u250", force=True, progress=sys.stderr.isatty(),
+                            hessians=hessians, **kw)
+        secs = time.time() - t
+        loaded, lora = load_build(root / key)
+        cand = GoldenModel(loaded, "quant")
+        cand.lora = lora
+        res = evaluate_models(ref, cand, windows, seqs)
+        r = res["text"]
+        line = (f"| {label} | {man['quantization']['linear_bits_per_weight']:.3f} | {r['ppl_reference']:.2f} | "
+                f"{r['ppl_candidate']:.2f} | {r['kl']:.4f} | {100 * r['top1']:.1f}% |")
+        if seqs:
+            line += f" {res['chat']['kl']:.4f} | {100 * res['chat']['top1']:.1f}% |"
+        line += f" {secs:.0f} |"
+        print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

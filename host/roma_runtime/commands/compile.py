@@ -1,0 +1,66 @@
+"""`roma compile`: quantize a model into ROM images for a board; writes a build folder (see compiler.build)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS
+from . import common
+
+HELP = "quantize, pack and place a model into ROM images for a board (writes a build folder)"
+
+
+def add_arguments(parser) -> None:
+    common.add_model_argument(parser)
+    parser.add_argument("--bits", type=int, default=4, choices=SUPPORTED_BITS,
+                        help="code width of the linear layers (default 4; 4 with --group 32 keeps Q4_1 exactly)")
+    parser.add_argument("--group", type=int, default=32, choices=SUPPORTED_GROUPS,
+                        help="inputs per fp16 scale/minimum (default 32)")
+    parser.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
+                        help="quantizer: round to nearest, or GPTQ with calibration on stdlib docstrings")
+    parser.add_argument("--board", default="u250", help="target board (see roma plan; default u250)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="build folder to write")
+    parser.add_argument("--lora-rank", type=int, default=0, metavar="R",
+                        help="also produce a LoRA of rank R compensating the quantization error (LoftQ)")
+    parser.add_argument("--bits-budget", type=float, default=None, metavar="B",
+                        help="mixed precision: average bits per weight of the linears, scales included")
+    parser.add_argument("--embedding-bits", type=int, default=8, choices=SUPPORTED_BITS,
+                        help="code width of the embedding / lm head (default 8; Q8_0 passes through)")
+    parser.add_argument("--calib-tokens", type=int, default=4096, metavar="N",
+                        help="calibration tokens for GPTQ and --bits-budget (default 4096)")
+    parser.add_argument("--force", action="store_true", help="replace a build of another model in --out")
+    parser.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
+
+
+def run(args) -> int:
+    from ..compiler.build import compile_model
+
+    manifest = compile_model(
+        args.model, args.out, bits=args.bits, group=args.group, method=args.method, board=args.board,
+        lora_rank=args.lora_rank, bits_budget=args.bits_budget, embedding_bits=args.embedding_bits,
+        force=args.force, calib_tokens=args.calib_tokens, progress=sys.stderr.isatty())
+    q = manifest["quantization"]
+    summary = {
+        "out": str(args.out),
+        "model": manifest["model"]["name"],
+        "model_sha256": manifest["model"]["sha256"],
+        "bits": q["bits"], "group": q["group"], "method": q["method"], "lora_rank": q["lora_rank"],
+        "bits_budget": q["bits_budget"],
+        "linear_bits_per_weight": round(q["linear_bits_per_weight"], 4),
+        "all_bits_per_weight": round(q["all_bits_per_weight"], 4),
+        "rom_bytes": manifest["sizes"]["rom_bytes"],
+        "files": len(manifest["files"]) + 1,
+        "compile_seconds": manifest["compile_seconds"],
+        "passthrough_tensors": sum(1 for t in manifest["tensors"].values() if t["method"] == "passthrough"),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"built {summary['out']}: {summary['model']} at {q['bits']}-bit G{q['group']} ({q['method']}"
+              + (f", LoRA rank {q['lora_rank']}" if q["lora_rank"] else "")
+              + (f", budget {q['bits_budget']}" if q["bits_budget"] is not None else "") + ")")
+        print(f"  linears {summary['linear_bits_per_weight']:.3f} bits/weight, all tensors "
+              f"{summary['all_bits_per_weight']:.3f}; ROM {summary['rom_bytes'] / 2**20:.1f} MiB; "
+              f"{summary['passthrough_tensors']} tensors passed through; {summary['compile_seconds']:.1f} s")
+    return 0

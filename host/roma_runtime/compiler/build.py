@@ -1,0 +1,422 @@
+"""The model compiler: a model file in, a build folder out (ROM images, norms, LoRA, C++ header, manifest).
+
+A build folder holds
+    <tensor>.bin/.dat   one B-ROM image per weight matrix (brom.write_image): blk.<i>.<linear>, token_embd,
+                        and output when the lm head is not tied to the embedding
+    norms.bin/.dat      the fp32 RMSNorm weights, concatenated (layout in the manifest)
+    lora.safetensors    fp16 LoRA factors compensating the quantization error (with --lora-rank)
+    roma_model.h        the dimensions for the HLS kernels (header.py)
+    manifest.json       written last and atomically: what was built, from which model, how, where it goes,
+                        and the sha256 of every other file. A folder without a manifest is not a build.
+`load_build` reads a build back, verifying every checksum, into a LoadedModel whose linear weights are the
+QuantizedMatrix images (and the LoRA as a LoraAdapter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import RomaError
+from ..model.config import ModelConfig
+from ..model.loader import LoadedModel, load_model
+from ..model.weights import LayerWeights, ModelWeights, QuantizedMatrix, as_float
+from . import brom
+from .quantize import METHODS, quantize_tensor, validate
+
+MANIFEST = "manifest.json"
+FORMAT = "roma-build"
+FORMAT_VERSION = 1
+HEADER_FILE = "roma_model.h"
+NORMS_FILE = "norms"
+LORA_FILE = "lora.safetensors"
+EMBEDDING = "token_embd"
+OUTPUT = "output"
+
+
+def tensor_names(config: ModelConfig) -> list[str]:
+    names = [f"blk.{i}.{lin}" for i in range(config.n_layers) for lin in LayerWeights.LINEAR]
+    names.append(EMBEDDING)
+    if not config.tied_embeddings:
+        names.append(OUTPUT)
+    return names
+
+
+def _split(name: str) -> tuple[int, str] | None:
+    if name.startswith("blk."):
+        _, i, lin = name.split(".", 2)
+        return int(i), lin
+    return None
+
+
+def _tensor(weights: ModelWeights, name: str):
+    key = _split(name)
+    if key:
+        return getattr(weights.layers[key[0]], key[1])
+    return weights.token_embedding if name == EMBEDDING else weights.output
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _progress(iterable, desc: str, enabled: bool, total=None):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, unit="tensor")
+
+
+def read_manifest(out_dir: Path) -> dict | None:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RomaError(f"{path} is not a readable build manifest ({e})",
+                        hint="recompile the build with roma compile --force") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise RomaError(f"{path} is not a ROMA build manifest")
+    return data
+
+
+def _prepare_out_dir(out_dir: Path, identity: str, force: bool) -> None:
+    """Refuse a folder holding another model's build (unless force); remove the old manifest first so that a
+    compile that fails midway never leaves a folder that looks like a complete build."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RomaError(f"{out_dir} exists and is not a folder")
+    old = None
+    try:
+        old = read_manifest(out_dir)
+    except RomaError:
+        if not force:
+            raise
+    if old is not None:
+        old_id = old.get("model", {}).get("sha256")
+        if old_id != identity and not force:
+            raise RomaError(
+                f"{out_dir} holds a build of another model ({old.get('model', {}).get('name', '?')}, "
+                f"sha256 {str(old_id)[:12]}...)",
+                hint="choose another --out folder, or pass --force to replace that build")
+    elif out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        foreign = [p.name for p in out_dir.iterdir() if not _is_build_file(p.name)]
+        if foreign:
+            raise RomaError(f"{out_dir} is not empty and holds no ROMA build (for example {foreign[0]})",
+                            hint="choose an empty or new --out folder, or pass --force")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    if old is not None:
+        for name in old.get("files", {}):
+            if "/" not in name and "\\" not in name:
+                (out_dir / name).unlink(missing_ok=True)
+
+
+def _is_build_file(name: str) -> bool:
+    return (name.endswith((".bin", ".dat", ".h", ".safetensors", ".tmp")) or name == MANIFEST)
+
+
+def _plan_name(name: str) -> str:
+    key = _split(name)
+    if key:
+        return f"layers.{key[0]}.{key[1]}"
+    return "token_embedding" if name == EMBEDDING else "output"
+
+
+def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, lora_rank: int):
+    try:
+        from .plan import make_plan
+    except ImportError:  # the planner is optional for building images; the manifest says so
+        return None
+    plan = make_plan(config, board, bits=bits, group=group, per_tensor_bits=per_tensor_bits,
+                     lora_rank=lora_rank)
+    return plan.to_dict()
+
+
+def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits: int = 4, group: int = 32,
+                  method: str = "rtn", board: str = "u250", lora_rank: int = 0,
+                  bits_budget: float | None = None, embedding_bits: int = 8, force: bool = False,
+                  calib_tokens: int = 4096, calib_window: int = 256, loftq_iters: int = 2,
+                  progress: bool = True, hessians=None, fail_after: str | None = None) -> dict:
+    """Quantize, pack, place and describe a model; returns the manifest (also written to out_dir).
+
+    hessians: calibrate.Hessians computed earlier for this model (benchmarks reuse them across builds).
+    fail_after: testing hook; raise after writing that tensor's image (shows the manifest is written last).
+    """
+    from .. import __version__
+    from .boards import get_board
+
+    t0 = time.time()
+    if method not in METHODS:
+        raise RomaError(f"unknown quantization method '{method}'", hint=f"choose one of {', '.join(METHODS)}")
+    validate(bits, group, name="--bits/--group")
+    validate(embedding_bits, 32, name="embedding")
+    if lora_rank < 0:
+        raise RomaError(f"--lora-rank must be positive, not {lora_rank}")
+    board_obj = get_board(board)
+    if not isinstance(model, LoadedModel):
+        model = load_model(model)
+    config = model.config
+    out_dir = Path(out_dir)
+    identity = model.identity()
+    _prepare_out_dir(out_dir, identity, force)
+    w = model.weights
+    linears = [n for n in tensor_names(config) if _split(n)]
+    for n in linears:  # validate every shape before any work
+        validate(bits, group, _tensor(w, n).shape[1], n)
+
+    need_hessians = method == "gptq" or bits_budget is not None
+    if not need_hessians:
+        hessians = None
+    elif hessians is None:
+        from .calibrate import collect_hessians
+
+        hessians = collect_hessians(model, calib_tokens, calib_window, progress=progress)
+
+    # Bit width per linear: the default, or the mixed-precision assignment under the budget.
+    choice = {n: bits for n in linears}
+    sens = None
+    if bits_budget is not None:
+        from .mixed import assign_bits, average_bits, sensitivities
+
+        items = {n: (_tensor(w, n), _split(n)) for n in linears}
+        sens = sensitivities(items, group, "rtn", hessians,
+                             progress=lambda it: _progress(it, "sensitivity", progress))
+        sizes = {n: int(np.prod(_tensor(w, n).shape)) for n in linears}
+        choice = assign_bits(sens, sizes, group, bits_budget)
+
+    # Embedding (and untied lm head): the source form when it already has embedding_bits, else RTN.
+    def embedding_group(t) -> int:
+        if isinstance(t, QuantizedMatrix) and t.bits == embedding_bits:
+            return t.group
+        return group if t.shape[1] % group == 0 else 32
+
+    tensors: dict[str, dict] = {}
+    files: list[Path] = []
+    lora_factors: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+    quantized: dict[str, QuantizedMatrix] = {}
+    for name in _progress(tensor_names(config), "quantizing", progress):
+        t = _tensor(w, name)
+        key = _split(name)
+        if key is None:
+            b, g = embedding_bits, embedding_group(t)
+            q, how = quantize_tensor(t, b, g, "rtn", None, name)
+        else:
+            b, g = choice[name], group
+            h = hessians[key] if hessians is not None else None
+            m = method if h is not None else "rtn"
+            if lora_rank > 0:
+                from .loftq import loftq
+
+                wf = as_float(t)
+
+                def quantizer(x, b=b, g=g, h=h, m=m, name=name):
+                    return quantize_tensor(x, b, g, m, h, name)[0]
+
+                q, a, bb = loftq(wf, quantizer, lora_rank, loftq_iters)
+                lora_factors[key] = (a, bb)
+                how = f"{m}+loftq"
+            else:
+                q, how = quantize_tensor(t, b, g, m, h, name)
+        quantized[name] = q
+        tensors[name] = {"shape": list(q.shape), "bits": q.bits, "group": q.group, "method": how,
+                         "bits_per_weight": q.bits_per_weight}
+        if sens is not None and name in sens:
+            tensors[name]["sensitivity"] = {str(k): v for k, v in sens[name].items()}
+
+    # The plan sees every tensor's actual width (its names: layers.<i>.<linear>, token_embedding, output).
+    per_tensor_bits = {_plan_name(n): tensors[n]["bits"] for n in tensors}
+    plan = _plan(config, board_obj, bits, group, per_tensor_bits, lora_rank)
+    placement = {t["name"]: t["placement"] for t in (plan or {}).get("tensors", [])}
+    for n in tensors:
+        tensors[n]["placement"] = placement.get(_plan_name(n))
+
+    for name in _progress(tensor_names(config), "packing", progress):
+        q = quantized[name]
+        n_tiles = 1  # the planner does not fold tensors into tiles yet
+        img = brom.pack(q, tiles=n_tiles)
+        paths = brom.write_image(img, out_dir, name)
+        files += paths
+        tensors[name].update({"tiles": n_tiles, "rom_bytes": img.rom_bytes, "image": paths[0].name,
+                              "init": paths[1].name, "image_sha256": img.sha256()})
+        if fail_after == name:
+            raise RuntimeError(f"injected failure after {name}")
+
+    norms_layout, norm_files = _write_norms(w, config, out_dir)
+    files += norm_files
+
+    lora_entry = None
+    if lora_factors:
+        lora_entry = _write_lora(lora_factors, out_dir, lora_rank, loftq_iters)
+        files.append(out_dir / LORA_FILE)
+
+    header = out_dir / HEADER_FILE
+    from .header import render_header
+
+    header.write_text(render_header(config, tensors, bits=bits, group=group, context=config.context_length,
+                                    lora_rank=lora_rank, board=board_obj.name if hasattr(board_obj, "name")
+                                    else str(board), model_sha256=identity))
+    files.append(header)
+
+    linear_params = sum(int(np.prod(tensors[n]["shape"])) for n in linears)
+    linear_bits = sum(tensors[n]["bits_per_weight"] * np.prod(tensors[n]["shape"]) for n in linears)
+    all_params = sum(int(np.prod(e["shape"])) for e in tensors.values())
+    all_bits = sum(e["bits_per_weight"] * np.prod(e["shape"]) for e in tensors.values())
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tool": f"roma_runtime {__version__}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "compile_seconds": round(time.time() - t0, 2),
+        "model": {"name": config.name, "source": str(model.source), "file": Path(model.source).name,
+                  "format": model.format, "sha256": identity, "config": config.to_dict()},
+        "quantization": {
+            "bits": bits, "group": group, "method": method, "embedding_bits": embedding_bits,
+            "bits_budget": bits_budget, "lora_rank": lora_rank,
+            "calibration": None if hessians is None else {
+                "corpus": "python-stdlib-docstrings/calibration", "tokens": hessians.tokens,
+                "windows": hessians.windows, "window": calib_window},
+            "sensitivity": None if sens is None else
+            "relative layer-output error tr(dW H dW^T)/tr(W H W^T), RTN at each width",
+            "linear_bits_per_weight": float(linear_bits / linear_params),
+            "all_bits_per_weight": float(all_bits / all_params),
+        },
+        "tensors": tensors,
+        "norms": norms_layout,
+        "lora": lora_entry,
+        "board": board_obj.to_dict() if hasattr(board_obj, "to_dict") else str(board),
+        "plan": plan,
+        "header": HEADER_FILE,
+        "sizes": {"rom_bytes": int(sum(e["rom_bytes"] for e in tensors.values())),
+                  "linear_params": linear_params, "all_params": all_params,
+                  "files_bytes": int(sum(p.stat().st_size for p in files))},
+        "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files},
+    }
+    tmp = out_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, default=_json_default))
+    os.replace(tmp, out_dir / MANIFEST)
+    return manifest
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _write_norms(w: ModelWeights, config: ModelConfig, out_dir: Path) -> tuple[dict, list[Path]]:
+    arrays = []
+    for i, layer in enumerate(w.layers):
+        arrays += [(f"blk.{i}.attn_norm", layer.attn_norm), (f"blk.{i}.ffn_norm", layer.ffn_norm)]
+    arrays.append(("output_norm", w.output_norm))
+    layout, offset, chunks = [], 0, []
+    for name, a in arrays:
+        a = np.ascontiguousarray(a, dtype="<f4")
+        layout.append({"name": name, "offset": offset, "length": int(a.size)})
+        offset += a.size
+        chunks.append(a)
+    flat = np.concatenate(chunks)
+    bin_path, dat_path = out_dir / f"{NORMS_FILE}.bin", out_dir / f"{NORMS_FILE}.dat"
+    bin_path.write_bytes(flat.tobytes())
+    # 9 significant digits reproduce every float32 exactly.
+    lines = [f"// fp32 RMSNorm weights, {flat.size} values; layout in manifest.json (norms.layout)"]
+    for i in range(0, flat.size, 8):
+        lines.append(", ".join(f"{v:.9g}f" for v in flat[i:i + 8].tolist()) + ",")
+    dat_path.write_text("\n".join(lines) + "\n")
+    return {"file": bin_path.name, "init": dat_path.name, "dtype": "float32", "layout": layout}, [bin_path, dat_path]
+
+
+def _write_lora(factors, out_dir: Path, rank: int, iters: int) -> dict:
+    from safetensors.numpy import save_file
+
+    arrays = {}
+    for (layer, name), (a, b) in sorted(factors.items()):
+        arrays[f"blk.{layer}.{name}.lora_a"] = np.ascontiguousarray(a, np.float16)
+        arrays[f"blk.{layer}.{name}.lora_b"] = np.ascontiguousarray(b, np.float16)
+    save_file(arrays, str(out_dir / LORA_FILE))
+    return {"file": LORA_FILE, "rank": rank, "scale": 1.0, "dtype": "float16", "method": f"loftq-{iters}",
+            "targets": sorted({name for _, name in factors})}
+
+
+# --- reading a build back ------------------------------------------------------------------------------------
+
+
+def verify_build(build_dir: str | Path) -> dict:
+    """The manifest, after checking every listed file's size and sha256 (RomaError naming a bad file)."""
+    build_dir = Path(build_dir)
+    if not build_dir.is_dir():
+        raise RomaError(f"no build folder at {build_dir}")
+    manifest = read_manifest(build_dir)
+    if manifest is None:
+        raise RomaError(f"{build_dir} holds no {MANIFEST}; it is not a complete build",
+                        hint="compile it with roma compile --out " + str(build_dir))
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise RomaError(f"{build_dir}: build format version {manifest.get('format_version')} is not "
+                        f"{FORMAT_VERSION}", hint="recompile the build")
+    for name, entry in manifest["files"].items():
+        path = build_dir / name
+        if not path.is_file():
+            raise RomaError(f"build file {path} is missing", hint="recompile the build")
+        if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+            raise RomaError(f"build file {path} is corrupt (its sha256 does not match the manifest)",
+                            hint="recompile the build")
+    return manifest
+
+
+def load_build(build_dir: str | Path, verify: bool = True):
+    """(LoadedModel with the build's quantized weights, LoraAdapter or None)."""
+    from ..golden import LoraAdapter
+
+    build_dir = Path(build_dir)
+    manifest = verify_build(build_dir) if verify else read_manifest(build_dir)
+    if manifest is None:
+        raise RomaError(f"{build_dir} holds no {MANIFEST}; it is not a complete build")
+    cfg = dict(manifest["model"]["config"])
+    cfg.pop("head_dim", None)
+    config = ModelConfig(**cfg)
+    tensors = manifest["tensors"]
+
+    def matrix(name: str) -> QuantizedMatrix:
+        return brom.unpack(brom.read_image(build_dir / tensors[name]["image"]))
+
+    norms = np.frombuffer((build_dir / manifest["norms"]["file"]).read_bytes(), dtype="<f4").astype(np.float32)
+    norm = {e["name"]: norms[e["offset"]:e["offset"] + e["length"]].copy() for e in manifest["norms"]["layout"]}
+    layers = []
+    for i in range(config.n_layers):
+        layers.append(LayerWeights(attn_norm=norm[f"blk.{i}.attn_norm"], ffn_norm=norm[f"blk.{i}.ffn_norm"],
+                                   **{lin: matrix(f"blk.{i}.{lin}") for lin in LayerWeights.LINEAR}))
+    weights = ModelWeights(token_embedding=matrix(EMBEDDING), output_norm=norm["output_norm"],
+                           output=matrix(OUTPUT) if OUTPUT in tensors else None, layers=layers)
+    loaded = LoadedModel(config, weights, build_dir, "build", {"roma.build": manifest})
+    lora = None
+    if manifest.get("lora"):
+        from safetensors.numpy import load_file
+
+        entry = manifest["lora"]
+        arrays = load_file(str(build_dir / entry["file"]))
+        factors = {}
+        for key in arrays:
+            if key.endswith(".lora_a"):
+                base = key[: -len(".lora_a")]
+                layer, name = _split(base)
+                factors[(layer, name)] = (arrays[key].astype(np.float32),
+                                          arrays[base + ".lora_b"].astype(np.float32), float(entry["scale"]))
+        lora = LoraAdapter(factors)
+    return loaded, lora

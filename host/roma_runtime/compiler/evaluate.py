@@ -1,0 +1,153 @@
+"""Quality of a build against the float reference.
+
+Reference: the golden model in float mode on the original model (every weight dequantized to fp32).
+Candidate: the golden model in quant mode (the accelerator's numerics) on the build's ROM images, with the
+build's compensating LoRA if it has one.
+Two text sets:
+- held-out text: the evaluation split of the stdlib docstrings (corpus.py; disjoint from calibration),
+  in windows of `window` tokens, each a fresh sequence, prefilled with all logits;
+- chat: a fixed set of prompts rendered with the model's chat template, each followed by the reference's own
+  greedy answer (`chat_tokens` tokens); metrics over the answer positions (teacher forcing).
+Metrics per set: perplexity of both models on the next tokens, mean KL(reference || candidate) of the
+next-token distributions, and top-1 agreement (the candidate's argmax equals the reference's).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ..errors import RomaError
+from ..golden import GoldenModel
+from ..model.loader import LoadedModel
+from .corpus import CHAT_PROMPTS, token_windows
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class _Accumulator:
+    def __init__(self):
+        self.n = 0
+        self.nll_ref = 0.0
+        self.nll_cand = 0.0
+        self.kl = 0.0
+        self.agree = 0
+
+    def add(self, ref_logits: np.ndarray, cand_logits: np.ndarray, targets: np.ndarray) -> None:
+        lr, lc = log_softmax(ref_logits), log_softmax(cand_logits)
+        idx = np.arange(len(targets))
+        self.nll_ref += float(-lr[idx, targets].sum())
+        self.nll_cand += float(-lc[idx, targets].sum())
+        self.kl += float((np.exp(lr) * (lr - lc)).sum())
+        self.agree += int((ref_logits.argmax(-1) == cand_logits.argmax(-1)).sum())
+        self.n += len(targets)
+
+    def result(self) -> dict:
+        n = max(self.n, 1)
+        return {"tokens": self.n, "ppl_reference": float(np.exp(self.nll_ref / n)),
+                "ppl_candidate": float(np.exp(self.nll_cand / n)), "kl": self.kl / n, "top1": self.agree / n}
+
+
+def _bar(items, desc, progress):
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, file=sys.stderr, leave=False)
+
+
+def evaluate_models(reference: GoldenModel, candidate: GoldenModel, text_windows: list[list[int]],
+                    chat_sequences: list[tuple[list[int], int]] = (), progress: bool = False) -> dict:
+    """text_windows: token windows; chat_sequences: (prompt + answer ids, prompt length)."""
+    text = _Accumulator()
+    for ids in _bar(text_windows, "eval text", progress):
+        ids = np.asarray(ids)
+        r = reference.forward(ids[:-1], reference.new_cache(len(ids)), all_logits=True)
+        c = candidate.forward(ids[:-1], candidate.new_cache(len(ids)), all_logits=True)
+        text.add(r, c, ids[1:])
+    chat = _Accumulator()
+    for ids, plen in _bar(list(chat_sequences), "eval chat", progress):
+        ids = np.asarray(ids)
+        r = reference.forward(ids[:-1], reference.new_cache(len(ids)), all_logits=True)
+        c = candidate.forward(ids[:-1], candidate.new_cache(len(ids)), all_logits=True)
+        s = plen - 1  # logits at position s predict token s+1 = the first answer token
+        chat.add(r[s:], c[s:], ids[plen:])
+    out = {"text": text.result()}
+    if chat.n:
+        out["chat"] = chat.result()
+    return out
+
+
+def greedy_answer(model: GoldenModel, prompt: list[int], n: int, stop: set[int] = frozenset()) -> list[int]:
+    cache = model.new_cache(len(prompt) + n + 1)
+    logits = model.forward(prompt, cache)
+    out = []
+    for _ in range(n):
+        tok = int(logits[-1].argmax())
+        out.append(tok)
+        if tok in stop:
+            break
+        logits = model.forward([tok], cache)
+    return out
+
+
+def chat_sequences(model: LoadedModel, reference: GoldenModel, answer_tokens: int = 32,
+                   prompts=CHAT_PROMPTS, progress: bool = False) -> list[tuple[list[int], int]]:
+    """Chat prompts (the model's template) followed by the reference's greedy answer; [] without a template."""
+    try:
+        from ..tokenizer import Tokenizer
+
+        tok = Tokenizer.from_model(model)
+        if not tok.chat_template:
+            return []
+    except RomaError:
+        return []
+    stop = set(getattr(tok, "eos_ids", ()) or ())
+    seqs = []
+    for p in _bar(list(prompts), "chat answers", progress):
+        ids = tok.encode_chat([{"role": "user", "content": p}])
+        ans = greedy_answer(reference, ids, answer_tokens, stop)
+        if ans:
+            seqs.append((ids + ans, len(ids)))
+    return seqs
+
+
+def eval_windows(model: LoadedModel, tokens: int, window: int = 256) -> list[list[int]]:
+    """Held-out windows with exactly `tokens` next-token targets: windows of window+1 ids overlapping by one."""
+    flat = token_windows(model, "evaluation", tokens + 1, window=tokens + 1)[0]
+    if len(flat) < tokens + 1:
+        raise RomaError(f"the evaluation text has only {len(flat) - 1} tokens, fewer than {tokens}")
+    return [flat[i:i + window + 1] for i in range(0, tokens, window)]
+
+
+def evaluate_build(model: LoadedModel | str, build_dir, tokens: int = 2048, window: int = 256,
+                   chat: bool = True, chat_tokens: int = 32, progress: bool = False, check_identity: bool = True,
+                   reference: GoldenModel | None = None) -> dict:
+    from ..model.loader import load_model
+    from .build import load_build
+
+    if not isinstance(model, LoadedModel):
+        model = load_model(model)
+    loaded, lora = load_build(build_dir)
+    manifest = loaded.metadata["roma.build"]
+    if check_identity and manifest["model"]["sha256"] != model.identity():
+        raise RomaError(f"the build in {build_dir} was compiled from another model "
+                        f"({manifest['model']['name']}, {manifest['model']['file']})",
+                        hint="pass the --model the build was compiled from")
+    ref = reference or GoldenModel(model, "float")
+    cand = GoldenModel(loaded, "quant")
+    cand.lora = lora
+    windows = eval_windows(model, tokens, window)
+    seqs = chat_sequences(model, ref, chat_tokens, progress=progress) if chat else []
+    result = evaluate_models(ref, cand, windows, seqs, progress=progress)
+    q = manifest["quantization"]
+    result["build"] = {"dir": str(build_dir), "bits": q["bits"], "group": q["group"], "method": q["method"],
+                       "lora_rank": q["lora_rank"], "bits_budget": q["bits_budget"],
+                       "linear_bits_per_weight": q["linear_bits_per_weight"],
+                       "all_bits_per_weight": q["all_bits_per_weight"]}
+    return result

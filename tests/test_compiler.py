@@ -1,0 +1,343 @@
+"""The model compiler: corpus, quantizers (RTN, GPTQ), LoftQ, mixed precision, build folders and load_build."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import write_tiny_gguf, write_tiny_hf  # noqa: E402
+
+from roma_runtime.errors import RomaError  # noqa: E402
+from roma_runtime.golden import GoldenModel  # noqa: E402
+from roma_runtime.model import QuantizedMatrix, load_model  # noqa: E402
+from roma_runtime.model.loader import read_gguf_metadata, resolve_model_path  # noqa: E402
+from roma_runtime.compiler import corpus  # noqa: E402
+from roma_runtime.compiler.build import (MANIFEST, compile_model, load_build, tensor_names,  # noqa: E402
+                                         verify_build)
+from roma_runtime.compiler.quantize import (output_error, quantize_gptq, quantize_rtn,  # noqa: E402
+                                            quantize_tensor)
+from roma_runtime.compiler.loftq import loftq  # noqa: E402
+from roma_runtime.compiler.mixed import assign_bits, average_bits  # noqa: E402
+
+GGUF_NAMES = {"wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output", "w_gate": "ffn_gate",
+              "w_up": "ffn_up", "w_down": "ffn_down"}
+
+
+def _gguf_name(name: str) -> str:
+    if name.startswith("blk."):
+        _, i, lin = name.split(".", 2)
+        return f"blk.{i}.{GGUF_NAMES[lin]}.weight"
+    return f"{name}.weight"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    hf = write_tiny_hf(d / "hf", vocab=512, seed=1)
+    return {"hf": hf, "gguf": write_tiny_gguf(write_tiny_hf(d / "hf_full", seed=2), d / "tiny.gguf"),
+            "other": write_tiny_hf(d / "hf_other", vocab=512, seed=3)}
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tiny):
+    return load_model(tiny["hf"])
+
+
+# --- corpus --------------------------------------------------------------------------------------------------
+
+
+def test_corpus_is_deterministic_disjoint_prose():
+    cal, ev = corpus.docstrings("calibration"), corpus.docstrings("evaluation")
+    assert len(cal) > 200 and len(ev) > 100
+    assert set(corpus.modules("calibration")).isdisjoint(corpus.modules("evaluation"))
+    assert not set(cal) & set(ev)
+    assert all(len(d.split()) >= corpus.MIN_WORDS for d in cal + ev)
+    assert all(">>>" not in d for d in ev)
+    assert corpus.docstrings("evaluation") == ev
+    text = corpus.corpus_text("evaluation", max_chars=5000)
+    assert 0 < len(text) <= 5000 and text.count(" the ") > 5
+    with pytest.raises(RomaError, match="unknown corpus split"):
+        corpus.docstrings("train")
+
+
+# --- quantizers ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_rtn_codes_are_nearest_for_the_fp16_scale_and_minimum(bits, group):
+    rng = np.random.default_rng(bits * group)
+    w = (rng.standard_normal((16, 256)) * 0.05).astype(np.float32)
+    q = quantize_rtn(w, bits, group)
+    assert q.bits == bits and q.group == group and q.codes.max() < 2 ** bits
+    d = np.repeat(q.scales.astype(np.float32), group, axis=1)
+    m = np.repeat(q.minimums.astype(np.float32), group, axis=1)
+    err = np.abs(q.dequantize() - w)
+    # Every code is the nearest one for the stored (fp16) d and m: no other code is closer.
+    for delta in (-1, 1):
+        alt = np.clip(q.codes.astype(np.int32) + delta, 0, 2 ** bits - 1)
+        assert np.all(err <= np.abs(d * alt + m - w) + 1e-7)
+    # ...and the group range is covered: error at most half a step plus the fp16 rounding of m and d.
+    assert np.all(err <= 0.5 * d + np.abs(m) * 2e-3 + (2 ** bits) * d * 1e-3 + 1e-6)
+
+
+def test_rtn_constant_groups_and_validation():
+    w = np.zeros((4, 64), np.float32)
+    w[1] = 0.25
+    q = quantize_rtn(w, 2, 32)
+    np.testing.assert_array_equal(q.dequantize(), w)
+    with pytest.raises(RomaError, match="5-bit"):
+        quantize_rtn(w, 5, 32)
+    with pytest.raises(RomaError, match="group size 48"):
+        quantize_rtn(w, 4, 48)
+    with pytest.raises(RomaError, match="blk.3.wq.*not a multiple of the group size 128"):
+        quantize_rtn(w, 4, 128, name="blk.3.wq")
+    with pytest.raises(RomaError, match="NaN"):
+        quantize_rtn(np.full((2, 32), np.nan, np.float32), 4, 32)
+    with pytest.raises(RomaError, match="unknown quantization method"):
+        quantize_tensor(w, 4, 32, "awq")
+
+
+def _hessian(rng, n, cols):
+    mix = np.eye(cols) + 0.4 * rng.standard_normal((cols, cols))
+    x = (rng.standard_normal((n, cols)) * np.linspace(0.2, 3, cols)) @ mix
+    return (x.T @ x).astype(np.float64)
+
+
+@pytest.mark.parametrize("bits,group", [(2, 32), (3, 64), (4, 128)])
+def test_gptq_beats_rtn_on_calibrated_output_error(bits, group):
+    rng = np.random.default_rng(bits)
+    w = (rng.standard_normal((64, 256)) * 0.05).astype(np.float32)
+    h = _hessian(rng, 1024, 256)
+    rtn = quantize_rtn(w, bits, group)
+    gq = quantize_gptq(w, h, bits, group)
+    assert gq.bits == bits and gq.group == group and gq.codes.max() < 2 ** bits
+    assert output_error(w, gq, h) < 0.8 * output_error(w, rtn, h)
+
+
+def test_gptq_handles_dead_inputs_and_needs_a_hessian():
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((8, 64)) * 0.05).astype(np.float32)
+    h = _hessian(rng, 256, 64)
+    h[5, :] = h[:, 5] = 0
+    q = quantize_gptq(w, h, 4, 32)
+    assert np.all(np.isfinite(q.dequantize()))
+    with pytest.raises(RomaError, match="Hessian"):
+        quantize_tensor(w, 4, 32, "gptq", None, "blk.0.wq")
+    with pytest.raises(RomaError, match="Hessian shape"):
+        quantize_gptq(w, h[:32, :32], 4, 32)
+
+
+def test_passthrough_is_the_same_object_and_requantization_is_not():
+    rng = np.random.default_rng(0)
+    q = quantize_rtn(rng.standard_normal((8, 64)).astype(np.float32), 4, 32)
+    same, how = quantize_tensor(q, 4, 32)
+    assert same is q and how == "passthrough"
+    other, how = quantize_tensor(q, 4, 64)
+    assert other is not q and how == "rtn" and other.group == 64
+
+
+# --- LoftQ and mixed precision --------------------------------------------------------------------------------
+
+
+def test_loftq_lora_reduces_the_error_of_the_base():
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((96, 8)) @ rng.standard_normal((8, 128))  # a low-rank structure plus noise
+    w = (0.05 * (u + 0.3 * rng.standard_normal((96, 128)))).astype(np.float32)
+    q0 = quantize_rtn(w, 2, 32)
+    q, a, b = loftq(w, lambda x: quantize_rtn(x, 2, 32), rank=8, iters=3)
+    assert a.shape == (8, 128) and b.shape == (96, 8)
+    base = np.linalg.norm(w - q0.dequantize())
+    assert np.linalg.norm(w - q.dequantize() - b @ a) < 0.9 * base
+    with pytest.raises(RomaError):
+        loftq(w, lambda x: quantize_rtn(x, 2, 32), rank=0)
+
+
+def test_mixed_precision_greedy_meets_the_budget():
+    sens = {"a": {2: 1.0, 3: 0.3, 4: 0.1, 8: 0.0}, "b": {2: 0.05, 3: 0.02, 4: 0.01, 8: 0.0},
+            "c": {2: 2.0, 3: 0.5, 4: 0.2, 8: 0.0}}
+    sizes = {"a": 1000, "b": 1000, "c": 1000}
+    choice = assign_bits(sens, sizes, 32, 4.0)
+    assert average_bits(choice, sizes, 32) <= 4.0 + 1e-9
+    assert choice["b"] == 2 and choice["c"] >= choice["a"] >= 3
+    assert set(assign_bits(sens, sizes, 32, 9.0).values()) == {8}
+    with pytest.raises(RomaError, match="below the narrowest"):
+        assign_bits(sens, sizes, 32, 2.5)
+
+
+# --- builds ----------------------------------------------------------------------------------------------------
+
+
+def test_passthrough_build_reproduces_the_gguf_exactly(tiny, tmp_path):
+    model = load_model(tiny["gguf"])
+    man = compile_model(model, tmp_path / "b", bits=4, group=32, progress=False)
+    assert all(t["method"] == "passthrough" for t in man["tensors"].values())
+    loaded, lora = load_build(tmp_path / "b")
+    assert lora is None
+    reader, _ = read_gguf_metadata(tiny["gguf"])
+    stored = {t.name: t for t in reader.tensors}
+    for name in tensor_names(model.config):
+        t = stored[_gguf_name(name)]
+        expect = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(
+            [int(s) for s in reversed(t.shape)])
+        got = loaded.weights.token_embedding if name == "token_embd" else getattr(
+            loaded.weights.layers[int(name.split(".")[1])], name.split(".")[2])
+        np.testing.assert_array_equal(got.dequantize(), expect.astype(np.float32))
+    # and the quant-mode golden model on the build is the golden model on the GGUF, bit for bit
+    ids = [5, 17, 300, 4000, 9]
+    a = GoldenModel(model, "quant").forward(ids, GoldenModel(model, "quant").new_cache(8), all_logits=True)
+    g = GoldenModel(loaded, "quant")
+    np.testing.assert_array_equal(g.forward(ids, g.new_cache(8), all_logits=True), a)
+
+
+def test_smollm2_passthrough_images_match_gguf_dequantize(tmp_path):
+    from roma_runtime.compiler import brom
+
+    path = resolve_model_path("smollm2-135m")
+    model = load_model(path)
+    reader, _ = read_gguf_metadata(path)
+    stored = {t.name: t for t in reader.tensors}
+    for name in ["blk.0.wq", "blk.29.w_down", "token_embd"]:
+        layer = None if name == "token_embd" else model.weights.layers[int(name.split(".")[1])]
+        src = model.weights.token_embedding if layer is None else getattr(layer, name.split(".")[2])
+        q, how = quantize_tensor(src, src.bits, 32, name=name)
+        assert how == "passthrough"
+        bin_path = brom.write_image(brom.pack(q), tmp_path, name)[0]
+        back = brom.unpack(brom.read_image(bin_path))
+        t = stored[_gguf_name(name)]
+        expect = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(back.shape)
+        np.testing.assert_array_equal(back.codes, q.codes)
+        np.testing.assert_array_equal(back.dequantize(), expect.astype(np.float32))
+
+
+def test_build_folder_manifest_and_header(tiny_hf, tmp_path):
+    out = tmp_path / "b"
+    man = compile_model(tiny_hf, out, bits=3, group=32, board="kv260", progress=False)
+    on_disk = json.loads((out / MANIFEST).read_text())
+    assert on_disk["model"]["sha256"] == tiny_hf.identity() == man["model"]["sha256"]
+    assert on_disk["quantization"]["bits"] == 3 and on_disk["board"]["name"] == "kv260"
+    assert on_disk["plan"]["board"]["name"] == "kv260"
+    assert {t["name"] for t in on_disk["plan"]["tensors"]} >= {"layers.0.wq", "token_embedding"}
+    assert all(t["placement"] for t in on_disk["tensors"].values())
+    assert set(on_disk["tensors"]) == set(tensor_names(tiny_hf.config))
+    assert all(t["bits"] == 3 for n, t in on_disk["tensors"].items() if n.startswith("blk."))
+    assert on_disk["tensors"]["token_embd"]["bits"] == 8
+    for f in ["roma_model.h", "norms.bin", "norms.dat", "blk.0.wq.bin", "blk.1.w_down.dat", "token_embd.bin"]:
+        assert f in on_disk["files"] and (out / f).is_file()
+    assert not list(out.glob("*.tmp"))
+    header = (out / "roma_model.h").read_text()
+    for line in ["constexpr int N_LAYERS = 2;", "constexpr int DIM = 64;", "constexpr int FFN_DIM = 128;",
+                 "constexpr int N_KV_HEADS = 2;", "constexpr int HEAD_DIM = 16;", "constexpr int VOCAB = 512;",
+                 "constexpr int DEFAULT_BITS = 3;", "constexpr int BITS_WQ[N_LAYERS] = {3, 3};"]:
+        assert line in header
+    loaded, lora = load_build(out)
+    assert lora is None
+    np.testing.assert_array_equal(loaded.weights.layers[1].ffn_norm, tiny_hf.weights.layers[1].ffn_norm)
+    assert loaded.weights.layers[0].wq.bits == 3
+
+
+def test_failed_compile_leaves_no_manifest(tiny_hf, tmp_path):
+    out = tmp_path / "b"
+    compile_model(tiny_hf, out, progress=False)
+    with pytest.raises(RuntimeError, match="injected"):
+        compile_model(tiny_hf, out, bits=2, progress=False, fail_after="blk.1.wq")
+    assert not (out / MANIFEST).exists()
+    with pytest.raises(RomaError, match="not a complete build"):
+        load_build(out)
+
+
+def test_another_models_build_is_refused_without_force(tiny, tiny_hf, tmp_path):
+    out = tmp_path / "b"
+    compile_model(tiny_hf, out, progress=False)
+    other = load_model(tiny["other"])
+    with pytest.raises(RomaError, match="another model") as e:
+        compile_model(other, out, progress=False)
+    assert "--force" in str(e.value)
+    assert json.loads((out / MANIFEST).read_text())["model"]["sha256"] == tiny_hf.identity()
+    compile_model(other, out, force=True, progress=False)
+    assert verify_build(out)["model"]["sha256"] == other.identity()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    with pytest.raises(RomaError, match="not empty"):
+        compile_model(tiny_hf, tmp_path / "junk", progress=False)
+
+
+def test_corrupted_image_is_named(tiny_hf, tmp_path):
+    out = tmp_path / "b"
+    compile_model(tiny_hf, out, progress=False)
+    target = out / "blk.1.wv.bin"
+    data = bytearray(target.read_bytes())
+    data[-3] ^= 0x40
+    target.write_bytes(bytes(data))
+    with pytest.raises(RomaError, match=r"blk\.1\.wv\.bin is corrupt"):
+        load_build(out)
+    target.unlink()
+    with pytest.raises(RomaError, match=r"blk\.1\.wv\.bin is missing"):
+        load_build(out)
+
+
+def test_bad_board_and_bad_settings(tiny_hf, tmp_path):
+    with pytest.raises(RomaError, match="unknown board 'nope'") as e:
+        compile_model(tiny_hf, tmp_path / "b", board="nope", progress=False)
+    assert "kv260" in str(e.value)
+    with pytest.raises(RomaError, match="not a multiple of the group size 128"):
+        compile_model(tiny_hf, tmp_path / "b", group=128, progress=False)
+    with pytest.raises(RomaError, match="6-bit"):
+        compile_model(tiny_hf, tmp_path / "b", bits=6, progress=False)
+    assert not (tmp_path / "b" / MANIFEST).exists()
+
+
+def test_gptq_lora_and_mixed_builds(tiny_hf, tmp_path):
+    ref = GoldenModel(tiny_hf, "float")
+    ids = list(corpus.corpus_text("evaluation", 200).encode()[:64])  # in-distribution for byte tokens
+    r = ref.forward(ids, ref.new_cache(64), all_logits=True)
+
+    def err(out):
+        loaded, lora = load_build(out)
+        g = GoldenModel(loaded, "quant")
+        g.lora = lora
+        return float(np.mean((g.forward(ids, g.new_cache(64), all_logits=True) - r) ** 2)), lora
+
+    man = compile_model(tiny_hf, tmp_path / "rtn", bits=2, group=32, progress=False)
+    e_rtn, _ = err(tmp_path / "rtn")
+    man = compile_model(tiny_hf, tmp_path / "gptq", bits=2, group=32, method="gptq", calib_tokens=512,
+                        progress=False)
+    assert man["quantization"]["calibration"]["tokens"] == 512
+    assert all(t["method"] == "gptq" for n, t in man["tensors"].items() if n.startswith("blk."))
+    e_gptq, _ = err(tmp_path / "gptq")
+    man = compile_model(tiny_hf, tmp_path / "lora", bits=2, group=32, lora_rank=8, progress=False)
+    assert man["lora"]["rank"] == 8 and "lora.safetensors" in man["files"]
+    e_lora, lora = err(tmp_path / "lora")
+    assert lora is not None and len(lora.factors) == 14
+    a, b, s = lora.factors[(1, "w_up")]
+    assert a.shape == (8, 64) and b.shape == (128, 8) and s == 1.0
+    assert e_gptq < e_rtn and e_lora < e_rtn
+    man = compile_model(tiny_hf, tmp_path / "mixed", bits=2, group=32, bits_budget=3.6, calib_tokens=256,
+                        progress=False)
+    q = man["quantization"]
+    assert 3.0 < q["linear_bits_per_weight"] <= 3.6 + 1e-9 and q["bits_budget"] == 3.6
+    widths = {t["bits"] for n, t in man["tensors"].items() if n.startswith("blk.")}
+    assert len(widths) > 1
+    assert all("sensitivity" in t for n, t in man["tensors"].items() if n.startswith("blk."))
+    header = (tmp_path / "mixed" / "roma_model.h").read_text()
+    wq = [man["tensors"][f"blk.{i}.wq"]["bits"] for i in range(2)]
+    assert f"constexpr int BITS_WQ[N_LAYERS] = {{{wq[0]}, {wq[1]}}};" in header
+
+
+def test_compile_command(tiny_hf, tmp_path, capsys):
+    from roma_runtime.commands import compile as cmd
+    import argparse
+
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    args = p.parse_args(["--model", str(tiny_hf.source), "--bits", "4", "--group", "64", "--out",
+                         str(tmp_path / "b"), "--json", "--board", "kv260"])
+    assert cmd.run(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["bits"] == 4 and summary["group"] == 64 and summary["linear_bits_per_weight"] == 4.5

@@ -1,0 +1,77 @@
+"""roma eval: metrics of a build against the float reference, on a tiny model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import write_tiny_hf  # noqa: E402
+
+from roma_runtime.compiler.build import compile_model  # noqa: E402
+from roma_runtime.compiler.evaluate import _Accumulator, evaluate_build  # noqa: E402
+from roma_runtime.errors import RomaError  # noqa: E402
+from roma_runtime.model import load_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evaltiny")
+    model = load_model(write_tiny_hf(d / "hf", vocab=512, seed=5))
+    compile_model(model, d / "b8", bits=8, group=32, progress=False)
+    compile_model(model, d / "b2", bits=2, group=64, progress=False)
+    other = load_model(write_tiny_hf(d / "other", vocab=512, seed=6))
+    return model, d, other
+
+
+def test_accumulator_metrics_on_identical_and_different_logits():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((10, 20)).astype(np.float32)
+    targets = rng.integers(0, 20, 10)
+    acc = _Accumulator()
+    acc.add(logits, logits, targets)
+    r = acc.result()
+    assert r["kl"] == pytest.approx(0, abs=1e-12) and r["top1"] == 1.0
+    assert r["ppl_reference"] == pytest.approx(r["ppl_candidate"])
+    acc = _Accumulator()
+    acc.add(logits, np.zeros_like(logits), targets)
+    r = acc.result()
+    assert r["ppl_candidate"] == pytest.approx(20.0, rel=1e-6) and r["kl"] > 0.1
+
+
+def test_eval_orders_builds_by_quality(builds):
+    model, d, _ = builds
+    r8 = evaluate_build(model, d / "b8", tokens=120, window=60, chat=False)
+    r2 = evaluate_build(model, d / "b2", tokens=120, window=60, chat=False)
+    assert r8["text"]["tokens"] == 120 and r8["build"]["bits"] == 8
+    assert r8["text"]["kl"] < r2["text"]["kl"] and r8["text"]["top1"] >= r2["text"]["top1"]
+    assert r8["text"]["top1"] > 0.9
+    assert r8["text"]["ppl_reference"] == pytest.approx(r2["text"]["ppl_reference"])
+
+
+def test_eval_refuses_a_build_of_another_model(builds):
+    _, d, other = builds
+    with pytest.raises(RomaError, match="compiled from another model"):
+        evaluate_build(other, d / "b8", tokens=20, chat=False)
+
+
+def test_eval_command_json(builds, capsys):
+    from roma_runtime.commands import eval as cmd
+
+    model, d, _ = builds
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    args = p.parse_args(["--model", str(model.source), "--build", str(d / "b8"), "--tokens", "64",
+                         "--window", "32", "--chat-tokens", "0", "--json"])
+    assert cmd.run(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["text"]["tokens"] == 64 and "chat" not in out
+    args = p.parse_args(["--model", str(model.source), "--build", str(d / "b2"), "--tokens", "64",
+                         "--chat-tokens", "0"])
+    assert cmd.run(args) == 0
+    assert "top-1" in capsys.readouterr().out
