@@ -1,0 +1,82 @@
+"""`roma lora`: work with PEFT LoRA adapters. `roma lora inspect DIR` checks an adapter folder and shows what
+it adapts (targets, ranks, scaling, size); with --model it is also checked against that model's shapes."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import RomaError
+
+HELP = "inspect PEFT LoRA adapters (targets, ranks, scaling, size; checks what the hardware can run)"
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="lora_command", metavar="ACTION")
+    p = sub.add_parser("inspect", help="check an adapter folder and show its facts",
+                       description="check a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) "
+                                   "and show its facts")
+    p.add_argument("folder", help="the folder PEFT's save_pretrained wrote")
+    p.add_argument("--model", default=None,
+                   help="also check the shapes against this model (a known name, GGUF file or HF folder)")
+    p.add_argument("--slot-rank", type=int, default=None, metavar="R",
+                   help="the LoRA slot rank of the hardware (default: 64)")
+    p.add_argument("--json", action="store_true", help="print the facts as one JSON object")
+
+
+def run(args) -> int:
+    from .. import lora
+
+    if getattr(args, "lora_command", None) != "inspect":
+        raise RomaError("roma lora needs an action", hint="roma lora inspect DIR [--json]")
+    slot_rank = lora.DEFAULT_MAX_RANK if args.slot_rank is None else args.slot_rank
+    if slot_rank < 1:
+        raise RomaError(f"--slot-rank must be at least 1 (got {slot_rank})")
+    model = None
+    if args.model is not None:
+        from ..model import load_model
+
+        model = load_model(args.model)
+    # Ranks above the slot rank are reported (fits_slot_rank), not refused: inspect is for finding out.
+    facts = lora.inspect_peft_adapter(args.folder, None, slot_rank)
+    if model is not None:
+        adapter = lora.read_peft_adapter(args.folder, model, max_rank=1 << 30)  # checks every shape
+        facts["checked_against"] = model.config.name
+        if facts["fits_slot_rank"]:
+            facts["packed_bytes"] = {dtype: lora.pack(adapter, dtype, slot_rank).nbytes for dtype in lora.PACK_DTYPES}
+    if args.json:
+        print(json.dumps(facts, ensure_ascii=False))
+        return 0
+    scaling = "alpha/sqrt(r) (rsLoRA)" if facts["use_rslora"] else "alpha/r"
+    print(f"adapter   {facts['name']}  ({facts['source']})")
+    if facts.get("base_model"):
+        print(f"trained on {facts['base_model']}")
+    print(f"r {facts['r']}, lora_alpha {facts['lora_alpha']:g}, scaling {scaling}")
+    print(f"layers    {len(facts['layers'])} ({_ranges(facts['layers'])}), {facts['modules']} adapted linears")
+    for proj, t in facts["per_target"].items():
+        ranks = "/".join(map(str, t["ranks"]))
+        scales = "/".join(f"{s:g}" for s in t["scales"])
+        print(f"  {proj:<10} rank {ranks:<6} scale {scales:<8} layers {_ranges(t['layers'])}")
+    print(f"parameters {facts['parameter_count']:,} ({facts['bytes_fp16'] / 1e6:.2f} MB at fp16)")
+    fits = "yes" if facts["fits_slot_rank"] else "NO"
+    print(f"fits a rank-{facts['slot_rank']} slot: {fits} (max rank {facts['max_rank']})")
+    if "packed_bytes" in facts:
+        pb = facts["packed_bytes"]
+        print(f"checked against {facts['checked_against']}: packed {pb['fp16'] / 1e6:.2f} MB fp16, "
+              f"{pb['int8'] / 1e6:.2f} MB int8")
+    return 0
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out, start, prev = [], None, None
+    for v in values:
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            out.append(f"{start}-{prev}" if prev != start else f"{start}")
+            start = prev = v
+    if start is not None:
+        out.append(f"{start}-{prev}" if prev != start else f"{start}")
+    return ", ".join(out)
