@@ -1,0 +1,295 @@
+// ROMA-FPGA attention over a KV cache: grouped-query heads, causal, fp16 KV, fp32 arithmetic.
+//
+// Semantics (roma_runtime.golden.model.GoldenModel.forward, one layer):
+//   the new tokens' K (after RoPE) and V are rounded to fp16 (round to nearest even, float_to_half: bit-exact
+//   with numpy's astype(float16)) and written to cache rows start..start+T-1; then for the query at position
+//   p, with kv head kh = h / GROUP (GROUP = HEADS / KV_HEADS) and keys s = 0..p (causal):
+//     score[h,s] = (sum_d q[h,d] * k[s,kh,d]) * scale,   scale = fp32(1/sqrt(HD))
+//     e[h,s] = exp(score[h,s] - max_s score[h,s]),  l[h] = sum_s e[h,s]
+//     out[h,d] = (sum_s e[h,s] * v[s,kh,d]) / l[h]
+//   The golden divides the probabilities first (p = e/l, then p @ V); dividing the HD outputs once instead of
+//   every probability is cheaper and only changes rounding (covered by the testbench bound).
+//
+// Cache layout (one layer, the golden's [position, kv_head, head_dim]): ROW = KV_HEADS*HD fp16 bit patterns
+// (uint16) per position, row p at k_cache[p*ROW]. PLACE selects where the cache lives:
+//   KvPlace::Ddr    (default) DDR buffers the host allocates (KV manager), reached through m_axi pointer
+//                   arguments of the top; each pass reads the rows 0..p as ONE sequential burst (S*ROW*2 bytes).
+//   KvPlace::OnChip short contexts: the top owns `static half_bits_t kv[LAYERS][2][CTX*ROW]` (BRAM/URAM,
+//                   ARRAY_PARTITION cyclic factor=SIMD) and passes the layer's slices; no burst latency.
+// The compute is the same code; PLACE changes the memory latency in the cycle model (and the top's pragmas).
+//
+// Softmax: two passes over the cache (not online/streaming): pass 1 streams K and writes all scores of the
+// query to an on-chip buffer score[HEADS][MAX_CTX] with a running max; then one exp per (s, h) with the sum;
+// pass 2 streams V. Why: the online form rescales the HD accumulators by exp(m_old - m_new) at every new
+// max, a loop-carried chain (compare, sub, exp, mul, add ~ 30 cycles) that would bound the II per position,
+// and it adds rescale roundings; two passes read K once and V once (the same DDR traffic), keep every loop at
+// II=1 and follow the golden's order. Cost: the score buffer (HEADS*MAX_CTX fp32: 9*8192*4 = 288 KB for
+// SmolLM2 at full context; 36 KB at 1K). GQA: the GROUP query heads of a kv head are processed together, so
+// each K/V element fetched is used GROUP times (the cache is read once per query, not once per head).
+//
+// Loops (SIMD fp16 elements of a row per cycle, i.e. SIMD*16 bits of the m_axi port):
+//   WRITE: CH = ROW/SIMD iterations per new token (convert + store)                       II=1
+//   QLOAD: HEADS*HD/SIMD (query to partitioned registers)                                  II=1
+//   SCORE: S*CH iterations: SIMD fp16 of a K row, GROUP*SIMD products, lane adder tree;
+//          the HD/SIMD chunk sums of a head are kept in registers and added by a tree at the head's
+//          last chunk (no fp32 loop-carried accumulation); running max per head               II=1
+//   EXP:   S*HEADS iterations, one exp per cycle; l[h] revisited every HEADS iterations    II=acc_ii(HEADS)
+//   PV:    S*CH iterations, GROUP*SIMD MACs; acc[h][d] revisited every CH iterations       II=acc_ii(CH)
+//   FINAL: HEADS*HD/SIMD iterations, SIMD dividers                                         II=1
+// A prefill chunk of T tokens writes T rows, then runs the query loops T times (keys 0..start+i).
+#ifndef ROMA_ATTENTION_H
+#define ROMA_ATTENTION_H
+
+#include <cmath>
+#include <cstdint>
+
+#include "layer_cycles.h"
+#include "types.h"
+
+namespace roma {
+
+enum class KvPlace : int { Ddr = 0, OnChip = 1 };
+
+// fp32(1/sqrt(n)) rounded like numpy's np.float32(1.0 / np.sqrt(n)) (double sqrt and divide, then fp32);
+// constexpr so synthesis sees a constant. Newton in double converges to within an ulp of double, far below
+// fp32 resolution (the testbench checks the value against the golden model's).
+constexpr double constexpr_sqrt_newton(double x, double cur, int it) {
+  return it == 0 ? cur : constexpr_sqrt_newton(x, 0.5 * (cur + x / cur), it - 1);
+}
+template <int HD>
+constexpr float attention_scale() {
+  return (float)(1.0 / constexpr_sqrt_newton((double)HD, (double)HD, 60));
+}
+
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+struct AttentionConfig {
+  static_assert(HEADS % KV_HEADS == 0, "HEADS must be a multiple of KV_HEADS");
+  static_assert(HD % SIMD == 0, "SIMD must divide head_dim");
+  static constexpr int GROUP = HEADS / KV_HEADS;
+  static constexpr int ROW = KV_HEADS * HD; // fp16 elements per cache row (one position)
+  static constexpr int CHD = HD / SIMD;     // chunks per head
+  static constexpr int CH = ROW / SIMD;     // chunks per cache row
+  static constexpr int MEM_READ_LATENCY =
+      PLACE == KvPlace::Ddr ? timing::AXI_READ_LATENCY : timing::RAM_LATENCY;
+  static constexpr int MEM_WRITE_LATENCY = PLACE == KvPlace::Ddr ? timing::AXI_WRITE_LATENCY : 1;
+  static constexpr int SCORE_II = timing::II;
+  static constexpr int EXP_II = timing::acc_ii(HEADS);
+  static constexpr int PV_II = timing::acc_ii(CH);
+  static constexpr int WRITE_DEPTH = 2 + 1 /* fp16 rounding */ + MEM_WRITE_LATENCY;
+  static constexpr int QLOAD_DEPTH = 2;
+  static constexpr int SCORE_DEPTH = MEM_READ_LATENCY + 1 /* fp16 decode */ + timing::FMUL_LATENCY +
+                                     timing::ceil_log2(SIMD) * timing::FADD_LATENCY +
+                                     timing::ceil_log2(CHD) * timing::FADD_LATENCY + timing::FMUL_LATENCY +
+                                     timing::FCMP_LATENCY + 1;
+  static constexpr int EXP_DEPTH = 2 + timing::FADD_LATENCY + timing::FEXP_LATENCY + timing::FADD_LATENCY + 1;
+  static constexpr int PV_DEPTH =
+      MEM_READ_LATENCY + 1 + timing::FMUL_LATENCY + timing::FADD_LATENCY + 1;
+  static constexpr int FINAL_DEPTH = 2 + timing::FDIV_LATENCY + 1;
+  static constexpr uint64_t WRITE_CYCLES = (uint64_t)CH * timing::II + WRITE_DEPTH; // per new token
+  // One query over S keys.
+  static constexpr uint64_t query_cycles(int S) {
+    return (uint64_t)(HEADS * CHD) * timing::II + QLOAD_DEPTH + (uint64_t)S * CH * SCORE_II + SCORE_DEPTH +
+           (uint64_t)S * HEADS * EXP_II + EXP_DEPTH + (uint64_t)S * CH * PV_II + PV_DEPTH +
+           (uint64_t)(HEADS * CHD) * timing::II + FINAL_DEPTH;
+  }
+};
+
+namespace detail {
+// Balanced pairwise tree over N values (unrolled adder tree), in place.
+template <int N>
+inline float tree_sum(float v[N]) {
+#pragma HLS INLINE
+  for (int width = N; width > 1; width = (width + 1) / 2) {
+#pragma HLS UNROLL
+    for (int i = 0; i < width / 2; ++i) {
+#pragma HLS UNROLL
+      v[i] = v[2 * i] + v[2 * i + 1];
+    }
+    if (width % 2) v[width / 2] = v[width - 1];
+  }
+  return v[0];
+}
+} // namespace detail
+
+// Write one token's K and V (fp32, K already rotated) into cache row `pos` as fp16.
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+void kv_write(const float k_new[KV_HEADS * HD], const float v_new[KV_HEADS * HD], int pos,
+              half_bits_t *k_cache, half_bits_t *v_cache, LayerCycles &cyc) {
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE> C;
+KV_WRITE:
+  for (int c = 0; c < C::CH; ++c) {
+#pragma HLS PIPELINE II = timing::II
+    for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+      const int i = c * SIMD + l;
+      k_cache[(size_t)pos * C::ROW + i] = float_to_half(k_new[i]);
+      v_cache[(size_t)pos * C::ROW + i] = float_to_half(v_new[i]);
+    }
+  }
+#ifndef __SYNTHESIS__
+  cyc.attention += C::WRITE_CYCLES;
+#else
+  (void)cyc;
+#endif
+}
+
+// One query (all HEADS heads, rotated) at position `pos` over cache rows 0..pos (already written).
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_cache, const half_bits_t *v_cache,
+                     float out[HEADS * HD], LayerCycles &cyc) {
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE> C;
+  constexpr int GROUP = C::GROUP, ROW = C::ROW, CHD = C::CHD, CH = C::CH;
+  constexpr int EXP_II = C::EXP_II, PV_II = C::PV_II; // used by the PIPELINE pragmas
+  (void)EXP_II;
+  (void)PV_II;
+  (void)ROW;
+  const float scale = attention_scale<HD>();
+  const int S = pos + 1; // causal: keys 0..pos
+
+  float ql[HEADS][HD];
+#pragma HLS ARRAY_PARTITION variable = ql type = cyclic factor = GROUP dim = 1
+#pragma HLS ARRAY_PARTITION variable = ql type = cyclic factor = SIMD dim = 2
+  static float score[HEADS][MAX_CTX]; // scores, then exp(score - max), of the current query
+#pragma HLS ARRAY_PARTITION variable = score type = cyclic factor = GROUP dim = 1
+  float mx[HEADS], lsum[HEADS];
+#pragma HLS ARRAY_PARTITION variable = mx type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = lsum type = complete dim = 1
+  float acc[HEADS][HD];
+#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = GROUP dim = 1
+#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = SIMD dim = 2
+  float part[GROUP][CHD]; // chunk sums of the current (position, kv head)
+#pragma HLS ARRAY_PARTITION variable = part type = complete dim = 0
+
+QLOAD:
+  for (int i = 0; i < HEADS * CHD; ++i) {
+#pragma HLS PIPELINE II = timing::II
+    const int h = i / CHD, dc = i % CHD;
+    for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+      ql[h][dc * SIMD + l] = q[h * HD + dc * SIMD + l];
+    }
+    if (dc == 0) mx[h] = -INFINITY;
+  }
+
+  // Pass 1: scores and their max (one sequential read of rows 0..pos of K).
+SCORE_POS:
+  for (int s = 0; s < S; ++s) {
+  SCORE_CHUNK:
+    for (int c = 0; c < CH; ++c) {
+#pragma HLS PIPELINE II = timing::II
+      const int kh = c / CHD, dc = c % CHD;
+      float kv[SIMD];
+#pragma HLS ARRAY_PARTITION variable = kv type = complete dim = 1
+      for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+        kv[l] = half_to_float(k_cache[(size_t)s * ROW + c * SIMD + l]);
+      }
+      for (int gq = 0; gq < GROUP; ++gq) {
+#pragma HLS UNROLL
+        const int h = kh * GROUP + gq;
+        float prod[SIMD];
+#pragma HLS ARRAY_PARTITION variable = prod type = complete dim = 1
+        for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+          prod[l] = ql[h][dc * SIMD + l] * kv[l];
+        }
+        part[gq][dc] = detail::tree_sum<SIMD>(prod);
+        if (dc == CHD - 1) {
+          float chunks[CHD];
+#pragma HLS ARRAY_PARTITION variable = chunks type = complete dim = 1
+          for (int j = 0; j < CHD; ++j) {
+#pragma HLS UNROLL
+            chunks[j] = part[gq][j];
+          }
+          const float sc = detail::tree_sum<CHD>(chunks) * scale;
+          score[h][s] = sc;
+          mx[h] = sc > mx[h] ? sc : mx[h];
+        }
+      }
+    }
+  }
+
+  // exp(score - max) in place, and the sums.
+EXP_POS:
+  for (int s = 0; s < S; ++s) {
+  EXP_HEAD:
+    for (int h = 0; h < HEADS; ++h) {
+#pragma HLS PIPELINE II = EXP_II
+#pragma HLS DEPENDENCE variable = lsum type = inter direction = RAW distance = HEADS dependent = true
+      const float e = std::exp(score[h][s] - mx[h]);
+      score[h][s] = e;
+      lsum[h] = (s == 0 ? 0.0f : lsum[h]) + e;
+    }
+  }
+
+  // Pass 2: sum_s e[h,s] * v[s] (one sequential read of rows 0..pos of V).
+PV_POS:
+  for (int s = 0; s < S; ++s) {
+  PV_CHUNK:
+    for (int c = 0; c < CH; ++c) {
+#pragma HLS PIPELINE II = PV_II
+#pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = CH dependent = true
+      const int kh = c / CHD, dc = c % CHD;
+      float vv[SIMD];
+#pragma HLS ARRAY_PARTITION variable = vv type = complete dim = 1
+      for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+        vv[l] = half_to_float(v_cache[(size_t)s * ROW + c * SIMD + l]);
+      }
+      for (int gq = 0; gq < GROUP; ++gq) {
+#pragma HLS UNROLL
+        const int h = kh * GROUP + gq;
+        const float p = score[h][s];
+        for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+          const int d = dc * SIMD + l;
+          acc[h][d] = (s == 0 ? 0.0f : acc[h][d]) + p * vv[l];
+        }
+      }
+    }
+  }
+
+FINAL:
+  for (int i = 0; i < HEADS * CHD; ++i) {
+#pragma HLS PIPELINE II = timing::II
+    const int h = i / CHD, dc = i % CHD;
+    for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+      out[h * HD + dc * SIMD + l] = acc[h][dc * SIMD + l] / lsum[h];
+    }
+  }
+#ifndef __SYNTHESIS__
+  cyc.attention += C::query_cycles(S);
+#else
+  (void)cyc;
+#endif
+}
+
+// Decode step: the token at `pos` (cache rows 0..pos-1 valid; 0 <= pos < MAX_CTX, checked by the caller).
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+void attention_decode(const float q[HEADS * HD], const float k_new[KV_HEADS * HD],
+                      const float v_new[KV_HEADS * HD], int pos, half_bits_t *k_cache, half_bits_t *v_cache,
+                      float out[HEADS * HD], LayerCycles &cyc) {
+  kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(k_new, v_new, pos, k_cache, v_cache, cyc);
+  attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(q, pos, k_cache, v_cache, out, cyc);
+}
+
+// Prefill chunk: T (<= MAX_T) tokens at positions start..start+T-1 (start + T <= MAX_CTX, checked by the
+// caller). All T rows are written first (as the golden does), then query i attends to keys 0..start+i.
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+void attention_prefill(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T][KV_HEADS * HD],
+                       const float v_new[MAX_T][KV_HEADS * HD], int start, int T, half_bits_t *k_cache,
+                       half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc) {
+PREFILL_WRITE:
+  for (int i = 0; i < T; ++i) {
+    kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(k_new[i], v_new[i], start + i, k_cache, v_cache, cyc);
+  }
+PREFILL_QUERY:
+  for (int i = 0; i < T; ++i) {
+    attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(q[i], start + i, k_cache, v_cache, out[i], cyc);
+  }
+}
+
+} // namespace roma
+
+#endif // ROMA_ATTENTION_H

@@ -1,0 +1,76 @@
+// ROMA-FPGA embedding lookup: one row of the ROM token-embedding matrix -> fp32, w = d*q + m.
+//
+// Layout decision: the B-ROM image layout of brom_tile.h (layout 1, written by compiler/brom.py), not a
+// separate row-major image. Reasons:
+//   - SmolLM2 (like most small LLaMAs) ties the LM head to the token embedding: with one layout the same ROM
+//     banks serve both the lm-head GEMV (brom_tile_gemv) and this lookup, so the 49152x576 matrix is stored
+//     once (a row-major copy would double the largest tensor of the model).
+//   - A one-row read is still fast in layout 1: row r's group g lives at word (g*ROWS + r)*WPS of its tile,
+//     and the WPS words of one (g, r) come from the WPS cyclic banks in one cycle, so a row costs NG
+//     cycles (18 for 576 at G=32), GROUP values per cycle. A row-major layout would not be faster at the
+//     same bank width.
+// The row's tile is token / ROWS (a TILES-way mux on the banks' outputs), its row in the tile token % ROWS.
+// Exact: d*q is exact in fp32 (11-bit significand times an 8-bit code) and one rounding adds m, the same two
+// fp32 operations as QuantizedMatrix.dequantize (compile with -ffp-contract=off).
+//
+// Loop: ROW, NG iterations, II=1 (+ ROM latency, fp16 decode, mul, add).
+#ifndef ROMA_EMBEDDING_H
+#define ROMA_EMBEDDING_H
+
+#include <cstdint>
+
+#include "brom_tile.h"
+#include "layer_cycles.h"
+#include "types.h"
+
+namespace roma {
+
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS>
+struct EmbeddingConfig {
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS> Tile;
+  static constexpr int NG = Tile::NG;
+  static constexpr int VOCAB = TILES * ROWS;
+  static constexpr int DEPTH = timing::ROM_LATENCY + 1 /* tile mux */ + 1 /* fp16 decode */ +
+                               timing::FMUL_LATENCY + timing::FADD_LATENCY + 1;
+  static constexpr uint64_t CYCLES = (uint64_t)NG * timing::II + DEPTH;
+};
+
+// out[COLS] = dequantized row `token` (0 <= token < TILES*ROWS; the caller validates the id).
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS>
+void embedding_row(int token,
+                   const rom_word_t planes[TILES][BromTileConfig<ROWS, COLS, GROUP, BITS>::PLANE_WORDS],
+                   const half_bits_t scales[TILES][(COLS / GROUP) * ROWS],
+                   const half_bits_t mins[TILES][(COLS / GROUP) * ROWS], float out[COLS], LayerCycles &cyc) {
+  typedef EmbeddingConfig<TILES, ROWS, COLS, GROUP, BITS> C;
+  constexpr int NG = C::NG, LANES = C::Tile::LANES, WPS = C::Tile::WPS;
+#pragma HLS ARRAY_PARTITION variable = out type = cyclic factor = GROUP dim = 1
+  const int tile = token / ROWS;
+  const int r = token - tile * ROWS;
+ROW:
+  for (int g = 0; g < NG; ++g) {
+#pragma HLS PIPELINE II = timing::II
+    const int step = g * ROWS + r;
+    const rom_word_t *w = &planes[tile][step * WPS];
+    const float d = half_to_float(scales[tile][step]);
+    const float m = half_to_float(mins[tile][step]);
+    for (int j = 0; j < GROUP; ++j) {
+#pragma HLS UNROLL
+      const int l = j / ROM_WORD_BITS, b = j % ROM_WORD_BITS;
+      uint32_t code = 0;
+      for (int p = 0; p < BITS; ++p) {
+#pragma HLS UNROLL
+        code |= ((w[p * LANES + l] >> b) & 1u) << p;
+      }
+      out[g * GROUP + j] = d * (float)code + m;
+    }
+  }
+#ifndef __SYNTHESIS__
+  cyc.embedding += C::CYCLES;
+#else
+  (void)cyc;
+#endif
+}
+
+} // namespace roma
+
+#endif // ROMA_EMBEDDING_H
