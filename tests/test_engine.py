@@ -66,3 +66,15 @@ def test_stop_string_cuts_the_text(engine):
 def test_unavailable_backend_is_refused_before_loading():
     with pytest.raises(RomaError, match="not available yet"):
         Engine("/nonexistent/never/loaded.gguf", "board")
+
+
+def test_session_save_restore_continues_identically(engine, tmp_path):
+    session = engine.new_session(capacity=96)
+    prompt = engine.tokenizer.encode("1, 2, 3, 4,")
+    engine.generate(prompt, SamplingParams(max_tokens=6), session=session).run()
+    restored = engine.restore_session(session.save(tmp_path / "smol.npz"))
+    assert restored.ids == session.ids and restored.capacity == 96
+    follow = session.ids + engine.tokenizer.encode(" 9, 10,")
+    a = engine.generate(follow, SamplingParams(max_tokens=6), session=session).run()
+    b = engine.generate(follow, SamplingParams(max_tokens=6), session=restored).run()
+    assert a.ids == b.ids and a.reused_tokens == b.reused_tokens > len(prompt)

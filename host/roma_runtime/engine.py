@@ -2,16 +2,32 @@
 
 Used by the CLI, the notebooks and the bench. A token's way: tokenizer -> engine -> backend -> logits ->
 sampler -> engine -> incremental detokenizer.
+
+LoRA: the engine owns the resident adapters (a lora.LoraSlots). Every session names its adapter
+(`session.adapter`, None = the base model) and the engine makes that adapter the active one on the backend
+before each forward pass of the session, so sessions with different adapters can interleave token by token.
+A session's KV rows hold keys and values computed under one adapter (a `tag`: the adapter's name and which
+load of it); when a session runs under another tag its cached prefix is dropped and recomputed, never mixed.
+
+KV: sessions own their KV buffers; with a memory budget (kv_memory) the engine computes how many tokens fit
+after the LoRA slots (kv.kv_capacity) and hands them out through a kv.KVPool. Sessions can be truncated
+(rollback), saved to a file and restored (kv.py describes the file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import numpy as np
+
+from . import kv
 from .backends import check_backend, create_backend
 from .errors import RomaError
 from .generate import Sampler, SamplingParams, StopMatcher
+from .lora import DEFAULT_MAX_RANK
 from .model import LoadedModel, load_model
 from .model.loader import DEFAULT_MODEL
 from .tokenizer import Tokenizer
@@ -24,6 +40,8 @@ class GenerationResult:
     text: str = ""
     finish_reason: str = ""  # "stop" (end token or stop string), "length", "context", "interrupted"
     reused_tokens: int = 0  # prompt tokens whose KV was already in the session
+    dropped_tokens: int = 0  # cached tokens discarded because they were computed under another adapter
+    adapter: str | None = None  # the LoRA adapter the generation ran under (None: the base model)
     prefill_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_tokens: int = 0  # single-token forward passes after the prefill
@@ -45,17 +63,71 @@ class GenerationResult:
 
 
 class Session:
-    """One sequence: its KV cache and the token ids whose keys and values the cache holds."""
+    """One sequence: its KV cache, the token ids whose keys and values the cache holds (`ids`, always
+    cache.length of them) and the LoRA adapter it runs under (`adapter`, None = the base model)."""
 
-    def __init__(self, backend, capacity: int | None = None):
-        self.cache = backend.new_cache(capacity)
+    def __init__(self, engine: "Engine", capacity: int | None = None, adapter: str | None = None):
+        self.engine = engine
+        self.cache = engine.backend.new_cache(capacity)
         self.ids: list[int] = []
+        self._adapter = adapter
+        self._kv_tag = engine._tag(adapter)  # the adapter (and which load of it) the cached rows were made under
+        self._ticket = None  # the engine's KV pool reservation
+        self.extra: dict = {}  # what a restored file carried besides the KV (e.g. a conversation's messages)
 
     @property
     def capacity(self) -> int:
         return self.cache.capacity
 
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    @property
+    def adapter(self) -> str | None:
+        return self._adapter
+
+    @adapter.setter
+    def adapter(self, name: str | None) -> None:
+        """Switch adapters (RomaError if `name` is not loaded; nothing changes then). The cached prefix is kept
+        until the session next runs: if it was made under another adapter it is dropped then."""
+        self.engine.check_adapter(name)
+        self._adapter = name
+
+    @property
+    def kv_valid(self) -> bool:
+        """True when the cached rows were computed under the session's current adapter (as loaded now)."""
+        return self._kv_tag == self.engine._tag(self._adapter)
+
     def reset(self) -> None:
+        self.cache.truncate(0)
+        self.ids = []
+
+    def truncate(self, position: int) -> None:
+        """Keep the first `position` tokens (and their KV); the next generation continues from there."""
+        if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position <= len(self.ids):
+            raise RomaError(f"cannot truncate a session of {len(self.ids)} tokens to {position!r}",
+                            hint=f"give a position in 0..{len(self.ids)}")
+        self.cache.truncate(position)
+        del self.ids[position:]
+
+    def rollback(self, n_tokens: int) -> None:
+        """Forget the last `n_tokens` tokens."""
+        if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or not 0 <= n_tokens <= len(self.ids):
+            raise RomaError(f"cannot roll back {n_tokens!r} tokens of a session of {len(self.ids)}",
+                            hint=f"give a count in 0..{len(self.ids)}")
+        self.truncate(len(self.ids) - n_tokens)
+
+    def save(self, path, extra: dict | None = None) -> Path:
+        """Write ids, KV rows, model identity, numerics and adapter to `path` (see kv.py). `extra` is any
+        JSON-ready dict stored alongside (a conversation stores its messages). Cached rows made under an
+        adapter other than the session's current one are not saved (they would be recomputed anyway)."""
+        return self.engine._save_session(self, path, extra)
+
+    def close(self) -> None:
+        """Give the KV positions back to the engine's pool; the session is unusable afterwards."""
+        self.engine.kv_pool.release(self._ticket)
+        self._ticket = None
         self.cache.truncate(0)
         self.ids = []
 
@@ -86,6 +158,7 @@ class Generation:
         vocab = engine.config.vocab_size
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
             raise RomaError(f"the prompt has token ids outside 0..{vocab - 1}")
+        engine.check_adapter(session.adapter)
         self.engine, self.session, self.on_done = engine, session, on_done
         self.result = GenerationResult(prompt_ids=list(prompt_ids))
         self._started = False
@@ -99,7 +172,14 @@ class Generation:
         decoder = self.engine.tokenizer.stream_decoder()
         stops = StopMatcher(p.stop)
         prompt = res.prompt_ids
+        engine = self.engine
         try:
+            res.adapter = session.adapter
+            engine._bind(session)
+            if not session.kv_valid:  # rows made under another adapter: recompute rather than mix
+                res.dropped_tokens = session.cache.length
+                session.reset()
+                session._kv_tag = engine._tag(session.adapter)
             reuse = common_prefix(session.ids, prompt)
             reuse = min(reuse, len(prompt) - 1)  # the last prompt token must run to give logits
             session.cache.truncate(reuse)
@@ -130,6 +210,7 @@ class Generation:
                     res.finish_reason = "context"
                     break
                 t0 = time.perf_counter()
+                engine._bind(session)  # another session may have run in between, under another adapter
                 logits = backend.forward([token], session.cache)
                 session.ids.append(token)
                 res.decode_tokens += 1
@@ -154,12 +235,23 @@ class Generation:
 class Conversation:
     """A chat: the messages so far and the session whose cache holds their tokens."""
 
-    def __init__(self, engine: "Engine", system: str | None = None, capacity: int | None = None):
+    def __init__(self, engine: "Engine", system: str | None = None, capacity: int | None = None,
+                 adapter: str | None = None):
         self.engine = engine
-        self.session = engine.new_session(capacity)
+        self.session = engine.new_session(capacity, adapter)
         self.system = system
         self.messages: list[dict] = []
         self.reset()
+
+    @property
+    def adapter(self) -> str | None:
+        return self.session.adapter
+
+    @adapter.setter
+    def adapter(self, name: str | None) -> None:
+        """Continue the conversation under another adapter (None: the base model); the next turn recomputes
+        the KV of the conversation so far under it."""
+        self.session.adapter = name
 
     def reset(self) -> None:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
@@ -175,33 +267,251 @@ class Conversation:
 
         return Generation(self.engine, self.session, prompt_ids, params or SamplingParams(), on_done=done)
 
+    def save(self, path) -> Path:
+        """The session and the messages in one file (Engine.restore_session reads it too)."""
+        return self.session.save(path, {"kind": "conversation", "system": self.system,
+                                        "messages": self.messages})
+
+    def load(self, path) -> None:
+        """Replace this conversation by a saved one, in this conversation's session. Everything is checked
+        first (file, model, numerics, adapter, messages, size); a refusal leaves the conversation as it was."""
+        saved = self.engine._read_session(path, self.session.capacity)
+        extra = saved["meta"].get("extra") or {}
+        messages = extra.get("messages")
+        system = extra.get("system")
+        ok = (extra.get("kind") == "conversation" and isinstance(messages, list)
+              and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                      for m in messages) and (system is None or isinstance(system, str)))
+        if not ok:
+            raise RomaError(f"{path} holds a session but not a conversation (no messages)",
+                            hint="give a file written by /save in the chat or by Conversation.save")
+        self.engine._apply_session(self.session, saved)
+        self.system = system
+        self.messages = [dict(role=m["role"], content=m["content"]) for m in messages]
+
+
+def _fingerprint(adapter, dtype: str, scale_dtype: str) -> str:
+    """sha256 of an adapter's factors and the LoRA storage type: equal fingerprints, equal numerics."""
+    h = hashlib.sha256(f"{dtype}/{scale_dtype}".encode())
+    for key in sorted(adapter.factors, key=lambda k: (k[0], k[1])):
+        a, b, scale = adapter.factors[key]
+        h.update(f"{key[0]}:{key[1]}:{a.shape}:{b.shape}:{float(scale)!r}".encode())
+        h.update(np.ascontiguousarray(a, np.float32).tobytes())
+        h.update(np.ascontiguousarray(b, np.float32).tobytes())
+    return h.hexdigest()
+
 
 class Engine:
-    def __init__(self, model=DEFAULT_MODEL, backend: str = "ref", numerics: str = "quant"):
+    """A model on a backend, with its tokenizer, resident LoRA adapters and KV memory.
+
+    lora_slots / lora_rank / lora_dtype: the LoRA memory (slots of `lora_rank`, fp16 or int8); 0 slots means
+    no LoRA. kv_memory: bytes of writable memory for LoRA slots plus KV cache; when given, the KV tokens that
+    fit after the slots (`kv_budget`) are shared by all sessions (`kv_pool`) and bound their default context.
+    """
+
+    def __init__(self, model=DEFAULT_MODEL, backend: str = "ref", numerics: str = "quant", *,
+                 lora_slots: int = 4, lora_rank: int = DEFAULT_MAX_RANK, lora_dtype: str = "fp16",
+                 kv_memory: int | None = None):
+        from .lora import LoraSlots
+
         check_backend(backend)
+        if isinstance(lora_slots, bool) or not isinstance(lora_slots, int) or lora_slots < 0:
+            raise RomaError(f"the LoRA slot count must be a whole number >= 0, not {lora_slots!r}")
+        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
+            raise RomaError(f"the LoRA slot rank must be a positive integer, not {lora_rank!r}")
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.tokenizer = Tokenizer.from_model(self.model)
         self.backend = create_backend(backend, self.model, numerics)
+        self.numerics = getattr(self.backend, "numerics", numerics)
+        self.kv_dtype = kv.kv_dtype_name(getattr(self.backend, "kv_dtype", np.float16))
+        self.lora = LoraSlots(self.config, lora_slots, lora_rank, lora_dtype) if lora_slots else None
+        self._applied_lora = self.lora.version if self.lora else 0
+        self._loads: dict[str, int] = {}  # adapter name -> serial number of its current load
+        self._fingerprints: dict[str, str] = {}
+        self._serial = 0
+        self._identity: str | None = None
+        self.kv_budget = None
+        if kv_memory is not None:
+            self.kv_budget = kv.KVBudget.compute(self.config, kv_memory, self.lora_bytes, self.kv_dtype)
+        self.kv_pool = kv.KVPool(self.kv_budget.tokens if self.kv_budget else None)
 
     @property
     def config(self):
         return self.model.config
 
-    def new_session(self, capacity: int | None = None) -> Session:
+    @property
+    def lora_bytes(self) -> int:
+        """Writable memory the LoRA slots take (all slots, each at the slot rank)."""
+        return self.lora.capacity * self.lora.slot_bytes if self.lora else 0
+
+    @property
+    def identity(self) -> str:
+        """What a saved session records to tie itself to the model: the sha256 of the model file(s)
+        (LoadedModel.identity(), ~0.1 s for SmolLM2's 98 MB, computed once), or for a compiler build the
+        sha256 of its manifest, which holds the sha256 of every image."""
+        if self._identity is None:
+            m = self.model
+            manifest = Path(m.source) / "manifest.json"
+            if m.format == "build" and manifest.is_file():
+                self._identity = "build:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
+            else:
+                self._identity = m.identity()
+        return self._identity
+
+    # --- LoRA ---------------------------------------------------------------------------------------------
+
+    def _need_lora(self):
+        if self.lora is None:
+            raise RomaError("this engine has no LoRA slots", hint="create it with lora_slots >= 1 (--lora-slots)")
+        if not hasattr(self.backend, "set_lora"):
+            raise RomaError(f"backend {self.backend.name} cannot run LoRA adapters")
+        return self.lora
+
+    def load_lora(self, name: str, folder_or_adapter) -> int:
+        """Read (a PEFT folder) or take (a lora.Adapter), validate and pack, then place in a slot; loading a
+        resident name replaces it. A refusal (RomaError) changes nothing: the resident and active adapters
+        stay. Sessions whose KV was made under an earlier load of `name` recompute it. Returns the slot."""
+        slots = self._need_lora()
+        slot = slots.load(name, folder_or_adapter)
+        self._serial += 1
+        self._loads[name] = self._serial
+        self._fingerprints[name] = _fingerprint(slots.adapter(name), slots.dtype, slots.scale_dtype)
+        return slot
+
+    def unload_lora(self, name: str) -> None:
+        """Free the adapter's slot. Sessions that name it are refused until they switch adapter."""
+        self._need_lora().unload(name)
+        self._loads.pop(name, None)
+        self._fingerprints.pop(name, None)
+
+    def lora_names(self) -> list[str]:
+        return self.lora.names() if self.lora else []
+
+    def check_adapter(self, name: str | None) -> None:
+        """RomaError unless `name` is None (the base model) or a loaded adapter."""
+        if name is None:
+            return
+        if not isinstance(name, str):
+            raise RomaError(f"an adapter is named by a string, not {name!r}")
+        if name not in self.lora_names():
+            loaded = ", ".join(self.lora_names()) or "none"
+            raise RomaError(f"no LoRA adapter named '{name}' is loaded (loaded: {loaded})",
+                            hint="load it first (--lora NAME=DIR; /lora load NAME=DIR in the chat; Engine.load_lora)")
+
+    def _tag(self, name: str | None):
+        """Identifies the weights a KV row is computed under: the base model, or one load of an adapter."""
+        return None if name is None else (name, self._loads.get(name))
+
+    def _bind(self, session: Session) -> None:
+        """Make the session's adapter the active one on the backend (cheap when it already is)."""
+        slots = self.lora
+        if slots is None:
+            return
+        if slots.active != session.adapter:
+            slots.activate(session.adapter)
+        if self._applied_lora != slots.version:
+            self.backend.set_lora(slots)
+            self._applied_lora = slots.version
+
+    # --- sessions -----------------------------------------------------------------------------------------
+
+    def new_session(self, capacity: int | None = None, adapter: str | None = None) -> Session:
+        """A session of `capacity` KV positions (default: the context length, or with a memory budget what
+        is free of it, at most the context length) running under `adapter` (None: the base model)."""
         if capacity is not None and not 1 <= capacity <= self.config.context_length:
             raise RomaError(f"context of {capacity} tokens is outside 1..{self.config.context_length}, "
                             "the range this model supports")
-        return Session(self.backend, capacity)
+        self.check_adapter(adapter)
+        if capacity is None and self.kv_pool.free is not None:
+            capacity = min(self.config.context_length, self.kv_pool.free)
+            if capacity < 1:
+                self.kv_pool.check(1)
+        self.kv_pool.check(capacity or self.config.context_length)
+        session = Session(self, capacity, adapter)
+        session._ticket = self.kv_pool.reserve(session, session.capacity)
+        return session
+
+    def _save_session(self, session: Session, path, extra: dict | None) -> Path:
+        n = session.cache.length if session.kv_valid else 0
+        keys, values = kv.cache_rows(session.cache, n)
+        adapter = None
+        if session.adapter is not None:
+            adapter = {"name": session.adapter, "fingerprint": self._fingerprints.get(session.adapter)}
+        meta = {
+            "model": {"name": self.config.name, "identity": self.identity, "config": self.config.to_dict()},
+            "numerics": self.numerics, "backend": self.backend.name, "kv_dtype": self.kv_dtype,
+            "capacity": session.capacity, "length": n, "adapter": adapter, "extra": extra or {},
+        }
+        return kv.write_session_file(path, meta, session.ids[:n], keys, values)
+
+    def _read_session(self, path, capacity: int | None = None) -> dict:
+        """Read and check a session file against this engine; nothing changes here."""
+        meta, ids, keys, values = kv.read_session_file(path)
+        model = meta.get("model") or {}
+        if model.get("identity") != self.identity:
+            raise RomaError(
+                f"{path} was saved with another model ({model.get('name')}, identity "
+                f"{str(model.get('identity'))[:16]}...); this engine runs {self.config.name} (identity "
+                f"{self.identity[:16]}...)", hint="restore it with the model it was saved with (--model)")
+        if meta.get("numerics") != self.numerics or meta.get("kv_dtype") != self.kv_dtype:
+            raise RomaError(
+                f"{path} was saved with {meta.get('numerics')} numerics and a {meta.get('kv_dtype')} KV cache; this "
+                f"engine runs {self.numerics} numerics with a {self.kv_dtype} KV cache",
+                hint=f"restore it with --numerics {meta.get('numerics')}")
+        c = self.config
+        n = len(ids)
+        if keys.shape != (c.n_layers, n, c.n_kv_heads, c.head_dim) or keys.dtype != np.dtype(kv.KV_DTYPES[self.kv_dtype]):
+            raise RomaError(f"{path} holds KV rows of shape {keys.shape} ({keys.dtype}), which do not fit "
+                            f"{c.name}", hint="the file is damaged; save the session again")
+        if n and (min(ids) < 0 or max(ids) >= c.vocab_size):
+            raise RomaError(f"{path} holds token ids outside 0..{c.vocab_size - 1}")
+        adapter = meta.get("adapter")
+        name = adapter.get("name") if isinstance(adapter, dict) else None
+        if name is not None:
+            if name not in self.lora_names():
+                raise RomaError(f"{path} was saved under the LoRA adapter '{name}', which is not loaded",
+                                hint=f"load it first (--lora {name}=DIR, or /lora load {name}=DIR in the chat)")
+            if adapter.get("fingerprint") != self._fingerprints.get(name):
+                raise RomaError(f"{path} was saved under a LoRA adapter '{name}' with other contents than the "
+                                f"'{name}' loaded now", hint="load the same adapter folder it was saved with")
+        if capacity is not None and n > capacity:
+            raise RomaError(f"{path} holds {n} tokens, more than this session's context of {capacity}",
+                            hint="restore it into a longer context (--context)")
+        return {"meta": meta, "ids": ids, "keys": keys, "values": values, "adapter": name}
+
+    def _apply_session(self, session: Session, saved: dict) -> None:
+        kv.write_cache_rows(session.cache, saved["keys"], saved["values"])
+        session.ids = list(saved["ids"])
+        session._adapter = saved["adapter"]
+        session._kv_tag = self._tag(saved["adapter"])
+        session.extra = saved["meta"].get("extra") or {}
+
+    def restore_session(self, path, session: Session | None = None) -> Session:
+        """A session saved by Session.save, restored into `session` (replacing its contents) or a new one of
+        the saved capacity. Refused (RomaError, nothing changed) for another model, other numerics or KV type,
+        an adapter that is not loaded or has other contents, or a session too small for the saved tokens."""
+        saved = self._read_session(path, session.capacity if session is not None else None)
+        if session is None:
+            n = len(saved["ids"])
+            capacity = min(int(saved["meta"].get("capacity") or n), self.config.context_length)
+            if self.kv_pool.free is not None:
+                capacity = min(capacity, self.kv_pool.free)
+            session = self.new_session(max(capacity, n, 1), saved["adapter"])
+        self._apply_session(session, saved)
+        return session
 
     def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
-                 session: Session | None = None, chat: bool = False) -> Generation:
-        """A raw continuation of `prompt` (text or ids), or with chat=True a one-turn chat."""
+                 session: Session | None = None, chat: bool = False, adapter: str | None = None) -> Generation:
+        """A raw continuation of `prompt` (text or ids), or with chat=True a one-turn chat. Without a session
+        a new one runs under `adapter`."""
         if isinstance(prompt, str):
             if chat:
                 prompt = self.tokenizer.encode_chat([{"role": "user", "content": prompt}])
             else:
                 prompt = self.tokenizer.encode(prompt)
-        return Generation(self, session or self.new_session(), list(prompt), params or SamplingParams())
+        if session is None:
+            session = self.new_session(adapter=adapter)
+        return Generation(self, session, list(prompt), params or SamplingParams())
 
-    def chat(self, system: str | None = None, capacity: int | None = None) -> Conversation:
-        return Conversation(self, system, capacity)
+    def chat(self, system: str | None = None, capacity: int | None = None, adapter: str | None = None) -> Conversation:
+        return Conversation(self, system, capacity, adapter)

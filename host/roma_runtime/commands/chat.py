@@ -18,7 +18,14 @@ HELP = "chat with the model (streamed; the conversation's KV cache is kept betwe
 COMMAND_HELP = """\
 commands:
   /reset   forget the conversation (keeps the system prompt)
-  /stats   tokens in the context, last turn's speed and reused tokens
+  /stats   tokens in the context, last turn's speed and reused tokens, KV memory
+  /lora    list the resident LoRA adapters (* = active)
+  /lora NAME          continue the conversation under adapter NAME
+  /lora off           continue with the base model
+  /lora load [NAME=]DIR    load a PEFT adapter folder (needs a free slot, --lora-slots)
+  /lora unload NAME   free its slot
+  /save FILE  save the conversation (messages and KV cache) to FILE
+  /load FILE  continue a conversation saved with /save (same model, numerics and adapter)
   /help    this list
   /quit    leave (Ctrl-D too)
   //text   send a message that starts with '/'
@@ -27,6 +34,7 @@ Ctrl-C during an answer stops the answer."""
 
 def add_arguments(parser) -> None:
     common.add_engine_arguments(parser)
+    common.add_lora_arguments(parser)
     parser.add_argument("--system", default=None, metavar="TEXT",
                         help="system prompt (default: the chat template's own, if it has one)")
     common.add_sampling_arguments(parser)
@@ -65,7 +73,8 @@ class ChatSession:
     def __init__(self, engine, args, params, out=None, err=None):
         self.engine = engine
         self.params = params
-        self.conversation = engine.chat(args.system, args.context)
+        specs = getattr(args, "lora_specs", None) or []
+        self.conversation = engine.chat(args.system, args.context, specs[0][0] if specs else None)
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.last = None  # GenerationResult of the last answer
@@ -101,14 +110,93 @@ class ChatSession:
                 f"{r.prefill_tokens_per_s:.1f} tok/s, decode {r.decode_tokens} tokens at "
                 f"{r.decode_tokens_per_s:.1f} tok/s, {len(r.ids)} generated ({r.finish_reason})")
             lines.append(f"total reused: {self.total_reused} tokens")
+        e = self.engine
+        lines.append(f"adapter: {self.conversation.adapter or 'none (base model)'}")
+        from ..kv import kv_token_bytes
+
+        kv_line = f"KV cache: {kv_token_bytes(e.config, e.kv_dtype)} bytes/token ({e.kv_dtype})"
+        if e.kv_budget is not None:
+            kv_line += f"; {e.kv_budget.describe()}"
+        lines.append(kv_line)
         return "\n".join(lines)
+
+    def lora_list(self) -> str:
+        e = self.engine
+        if e.lora is None or not e.lora_names():
+            return "no LoRA adapters loaded (start with --lora DIR)"
+        lines = []
+        active = self.conversation.adapter
+        for row in e.lora.status():
+            if row["name"] is None:
+                continue
+            mark = "*" if row["name"] == active else " "
+            lines.append(f"{mark} {row['name']}  slot {row['slot']}, rank {row['max_rank']}, "
+                         f"{', '.join(row['targets'])}, {row['bytes'] / 1024:.0f} KiB")
+        if active is None:
+            lines.append("* off (base model)")
+        return "\n".join(lines)
+
+    def lora_command(self, arg: str) -> None:
+        words = arg.split(None, 1)
+        if not words:
+            self.say(self.lora_list())
+            return
+        if words[0].lower() == "off" and len(words) == 1:
+            self.conversation.adapter = None
+            self.say("(LoRA off: the base model continues the conversation)")
+            return
+        if words[0].lower() == "load" and len(words) == 2:
+            (name, folder), = common.parse_lora_specs([words[1].strip()])
+            slot = self.engine.load_lora(name, folder)
+            self.say(f"(loaded adapter {name} into slot {slot}; /lora {name} switches to it)")
+            return
+        if words[0].lower() == "unload" and len(words) == 2:
+            name = words[1].strip()
+            self.engine.check_adapter(name)
+            self.engine.unload_lora(name)
+            if self.conversation.adapter == name:
+                self.conversation.adapter = None
+                self.say(f"(unloaded adapter {name}; the base model continues the conversation)")
+            else:
+                self.say(f"(unloaded adapter {name})")
+            return
+        if len(words) > 1:
+            raise RomaError(f"/lora {arg}: expected one adapter name",
+                            hint="/lora lists them; /lora NAME, /lora off, /lora load [NAME=]DIR")
+        self.conversation.adapter = words[0]
+        self.say(f"(adapter {words[0]} active; the conversation continues under it)")
 
     def command(self, line: str) -> bool:
         """Runs a /command; False means quit."""
         name = line.split()[0].lower()
+        arg = line[len(name):].strip()
         if name in ("/quit", "/exit", "/q"):
             return False
-        if name == "/reset":
+        try:
+            self._command(name, arg)
+        except RomaError as e:  # a refused command changes nothing
+            self.error(e)
+        return True
+
+    def _command(self, name: str, arg: str) -> None:
+        if name == "/lora":
+            self.lora_command(arg)
+        elif name in ("/save", "/load"):
+            if not arg:
+                raise RomaError(f"{name} needs a file name", hint=f"{name} FILE")
+            if name == "/save":
+                session = self.conversation.session
+                kept = session.length if session.kv_valid else 0  # rows made under another adapter are not saved
+                path = self.conversation.save(arg)
+                self.say(f"(conversation saved to {path}: {len(self.conversation.messages)} messages, "
+                         f"{kept} tokens of KV cache)")
+            else:
+                self.conversation.load(arg)
+                self.last = None
+                self.say(f"(conversation loaded from {arg}: {len(self.conversation.messages)} messages, "
+                         f"{self.conversation.session.length} tokens, adapter "
+                         f"{self.conversation.adapter or 'none'})")
+        elif name == "/reset":
             self.conversation.reset()
             self.last = None
             self.say("(conversation cleared)")
@@ -117,8 +205,7 @@ class ChatSession:
         elif name in ("/help", "/?"):
             self.say(COMMAND_HELP)
         else:
-            self.error(RomaError(f"unknown command {name}", hint="/help lists the commands; //text sends '/text'"))
-        return True
+            raise RomaError(f"unknown command {name}", hint="/help lists the commands; //text sends '/text'")
 
     # --- one turn -------------------------------------------------------------------------------------------
 

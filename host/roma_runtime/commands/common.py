@@ -34,6 +34,52 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         help="KV cache size in tokens (default: the model's context length)")
 
 
+def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
+    """LoRA adapters and the writable-memory budget they share with the KV cache."""
+    g = parser.add_argument_group("LoRA and KV memory")
+    g.add_argument("--lora", action="append", default=[], metavar="[NAME=]DIR",
+                   help="a PEFT LoRA adapter folder to load (repeatable; the first one is active; the name "
+                        "defaults to the folder's name)")
+    g.add_argument("--lora-slots", type=int, default=None, metavar="N",
+                   help="LoRA slots in the writable memory (default: one per --lora)")
+    g.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                   help="slot rank: the largest adapter rank a slot holds (default: 64)")
+    g.add_argument("--lora-dtype", choices=("fp16", "int8"), default="fp16",
+                   help="how the LoRA factors are stored (default: fp16)")
+    g.add_argument("--kv-memory", type=float, default=None, metavar="MB",
+                   help="writable memory in MiB for the LoRA slots plus the KV cache; the KV tokens that fit "
+                        "after the slots bound the context (higher slot rank, fewer tokens)")
+
+
+LORA_RESERVED = ("off", "load", "unload")
+
+
+def parse_lora_specs(specs: list[str]) -> list[tuple[str, str]]:
+    """[(name, folder)] from `[NAME=]DIR` strings: checked before any model loads."""
+    from pathlib import Path
+
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        spec = check_text(spec, "--lora")
+        name, folder = None, spec
+        if "=" in spec and not Path(spec).expanduser().exists():
+            left, right = spec.split("=", 1)
+            if left and "/" not in left and os.sep not in left:
+                name, folder = left, right
+        if not folder or not Path(folder).expanduser().is_dir():
+            raise RomaError(f"--lora {spec}: no adapter folder at '{folder}'",
+                            hint="give the folder PEFT's save_pretrained wrote, optionally as NAME=DIR")
+        if name is None:
+            name = Path(folder).expanduser().resolve().name
+        if not name.strip() or name.lower() in LORA_RESERVED or any(c.isspace() for c in name):
+            raise RomaError(f"--lora {spec}: '{name}' cannot name an adapter",
+                            hint=f"use NAME=DIR with a name without spaces, not one of {', '.join(LORA_RESERVED)}")
+        if name in [n for n, _ in out]:
+            raise RomaError(f"--lora {spec}: two adapters are named '{name}'", hint="name them apart with NAME=DIR")
+        out.append((name, folder))
+    return out
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser, stop: bool = False) -> None:
     d = SamplingParams()
     g = parser.add_argument_group("sampling")
@@ -81,10 +127,31 @@ def load_engine(args: argparse.Namespace, status: bool = True):
     """The Engine the options ask for, with a short status line on stderr while it loads."""
     from ..engine import Engine
 
+    specs = parse_lora_specs(getattr(args, "lora", None) or [])
+    args.lora_specs = specs
+    slots = getattr(args, "lora_slots", None)
+    slots = len(specs) if slots is None else slots
+    if slots < len(specs):
+        raise RomaError(f"--lora-slots {slots} cannot hold the {len(specs)} adapters given with --lora")
+    rank = getattr(args, "lora_rank", None)
+    if rank is not None and rank < 1:
+        raise RomaError(f"--lora-rank must be at least 1 (got {rank})")
+    kv_memory = getattr(args, "kv_memory", None)
+    if kv_memory is not None and not kv_memory > 0:
+        raise RomaError(f"--kv-memory must be a positive number of MiB (got {kv_memory:g})")
+    options = {"lora_slots": slots, "lora_dtype": getattr(args, "lora_dtype", None) or "fp16"}
+    if rank is not None:
+        options["lora_rank"] = rank
+    if kv_memory is not None:
+        options["kv_memory"] = int(kv_memory * (1 << 20))
     if status:
         print(f"loading {args.model} on {args.backend} ({args.numerics})...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    engine = Engine(args.model, args.backend, args.numerics)
+    engine = Engine(args.model, args.backend, args.numerics, **options)
+    for name, folder in specs:
+        engine.load_lora(name, folder)
+        if status:
+            print(dim(f"loaded LoRA adapter {name} from {folder}", sys.stderr), file=sys.stderr, flush=True)
     if status:
         print(dim(f"loaded {engine.config.name} in {time.perf_counter() - t0:.1f} s", sys.stderr),
               file=sys.stderr, flush=True)

@@ -1,0 +1,225 @@
+"""LoRA in the engine: adapters named per session, switched on the backend before each forward, KV dropped when
+a session's adapter changes; and `roma chat --lora` with /lora, /save and /load. Real parts throughout: the
+tiny random LLaMA (Q4_1 GGUF, quantized contract) with SmolLM2's real tokenizer, and adapters made by PEFT on
+the same weights in transformers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from conftest import REPO, cli_env
+from roma_runtime import RomaError
+from roma_runtime.engine import Engine
+from roma_runtime.generate import SamplingParams
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+P = SamplingParams(max_tokens=8)
+
+
+def make_adapter(hf_folder, out, seed, **config):
+    """A PEFT LoRA with random non-zero A and B on the transformers model, saved with save_pretrained."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(model, peft.LoraConfig(**config))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    pm.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "a": make_adapter(tiny_models["hf"], root / "a", 1, r=8, lora_alpha=16, target_modules=ALL),
+        "b": make_adapter(tiny_models["hf"], root / "b", 2, r=4, lora_alpha=8, use_rslora=True,
+                          target_modules=["q_proj", "v_proj", "down_proj"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models, adapters):
+    e = Engine(tiny_models["q4_1"], "ref", "quant", lora_slots=4, lora_rank=16)
+    e.load_lora("a", adapters["a"])
+    e.load_lora("b", adapters["b"])
+    return e
+
+
+def fresh(engine, prompt_ids, adapter, params=P):
+    return engine.generate(list(prompt_ids), params, adapter=adapter).run()
+
+
+def test_adapters_change_the_answer(engine):
+    prompt = engine.tokenizer.encode("Hello there, how are")
+    outs = {ad: fresh(engine, prompt, ad).ids for ad in (None, "a", "b")}
+    assert len({tuple(v) for v in outs.values()}) == 3
+
+
+def test_switching_adapters_in_one_chat_equals_fresh_runs(engine):
+    chat = engine.chat(adapter="a")
+    turns = [("a", "Hello!"), ("b", "Tell me more."), (None, "Why?"), ("a", "And then?"), ("a", "Thanks.")]
+    for i, (adapter, text) in enumerate(turns):
+        chat.adapter = adapter
+        result = chat.send(text, P).run()
+        assert result.adapter == adapter
+        assert result.ids == fresh(engine, result.prompt_ids, adapter).ids, (i, adapter)
+        switched = i > 0 and turns[i - 1][0] != adapter
+        if switched:  # the prefix was computed under another adapter: dropped and recomputed, not mixed
+            assert result.dropped_tokens > 0 and result.reused_tokens == 0
+        elif i > 0:
+            assert result.dropped_tokens == 0 and result.reused_tokens > 10
+    assert [m["role"] for m in chat.messages].count("assistant") == len(turns)
+
+
+def test_switching_back_before_running_keeps_the_cache(engine):
+    chat = engine.chat(adapter="a")
+    chat.send("Hello!", P).run()
+    chat.adapter = "b"
+    assert not chat.session.kv_valid
+    chat.adapter = "a"  # never ran under b: the rows are still a's
+    assert chat.session.kv_valid
+    assert chat.send("More?", P).run().reused_tokens > 10
+
+
+def test_interleaved_sessions_equal_each_run_alone(engine):
+    adapters = [None, "a", "b", "a"]
+    prompt_list = [engine.tokenizer.encode(f"Story number {i}: once upon a time") for i in range(4)]
+    alone = [fresh(engine, p, ad, SamplingParams(max_tokens=12)).ids for p, ad in zip(prompt_list, adapters)]
+    swaps_before = sum(e.op == "activate" for e in engine.lora.events)
+    gens = [engine.generate(p, SamplingParams(max_tokens=12), adapter=ad) for p, ad in zip(prompt_list, adapters)]
+    its = [iter(g) for g in gens]
+    live = list(range(len(its)))
+    while live:  # round robin, one streamed piece (usually one token) at a time
+        for i in list(live):
+            try:
+                next(its[i])
+            except StopIteration:
+                live.remove(i)
+    assert [g.result.ids for g in gens] == alone
+    assert sum(e.op == "activate" for e in engine.lora.events) - swaps_before > 8  # they did interleave
+
+
+def test_reloading_an_adapter_drops_kv_made_under_the_old_contents(engine, adapters):
+    engine.load_lora("x", adapters["a"])
+    session = engine.new_session(adapter="x")
+    prompt = engine.tokenizer.encode("The quick brown fox")
+    first = engine.generate(prompt, P, session=session).run()
+    assert first.ids == fresh(engine, prompt, "a").ids
+    engine.load_lora("x", adapters["b"])  # same name, other contents
+    again = engine.generate(prompt, P, session=session).run()
+    assert again.dropped_tokens > 0 and again.ids == fresh(engine, prompt, "b").ids
+    engine.unload_lora("x")
+    with pytest.raises(RomaError, match="no LoRA adapter named 'x'"):
+        engine.generate(prompt, P, session=session)
+
+
+def test_a_failed_load_changes_nothing(engine, adapters, tmp_path):
+    prompt = engine.tokenizer.encode("The quick brown fox")
+    before = fresh(engine, prompt, "a").ids
+    version, names, status = engine.lora.version, engine.lora_names(), engine.lora.status()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8, "lora_alpha": 8, "use_dora": true}')
+    with pytest.raises(RomaError, match="DoRA"):
+        engine.load_lora("a", bad)
+    with pytest.raises(RomaError, match="rank 8, above the LoRA slot rank 4"):
+        Engine(engine.model, lora_slots=1, lora_rank=4).load_lora("a", adapters["a"])
+    assert (engine.lora.version, engine.lora_names(), engine.lora.status()) == (version, names, status)
+    assert fresh(engine, prompt, "a").ids == before
+
+
+def test_refused_prompt_leaves_the_session_unchanged(engine):
+    chat = engine.chat(capacity=48, adapter="b")
+    chat.send("Hi", SamplingParams(max_tokens=4)).run()
+    chat.adapter = "a"
+    s = chat.session
+    before = (list(chat.messages), list(s.ids), s.cache.length, s.adapter, s.kv_valid)
+    with pytest.raises(RomaError, match="context holds 48"):
+        chat.send("word " * 60, P)
+    with pytest.raises(RomaError, match="no LoRA adapter named 'nope'"):
+        chat.adapter = "nope"
+    assert (chat.messages, s.ids, s.cache.length, s.adapter, s.kv_valid) == before
+
+
+def test_engine_without_lora_slots_refuses_adapters(tiny_models, engine, adapters):
+    e = Engine(engine.model, lora_slots=0)
+    with pytest.raises(RomaError, match="no LoRA slots"):
+        e.load_lora("a", adapters["a"])
+    with pytest.raises(RomaError, match="no LoRA adapter named 'a'"):
+        e.new_session(adapter="a")
+
+
+# --- the chat CLI -----------------------------------------------------------------------------------------
+
+
+def roma_chat(args, lines, timeout=120):
+    script = ("\n".join(lines) + "\n").encode()
+    p = subprocess.run([sys.executable, "-m", "roma_runtime.cli", "chat", *map(str, args)], input=script,
+                       capture_output=True, env=cli_env(), cwd=str(REPO), timeout=timeout)
+    return p.returncode, p.stdout.decode("utf-8"), p.stderr.decode("utf-8")
+
+
+def test_chat_cli_lora_switching_and_save_load(tiny_models, adapters, engine, tmp_path):
+    model = tiny_models["q4_1"]
+    saved = tmp_path / "chat.npz"
+    common = ["--model", model, "--max-tokens", 6, "--lora", f"A={adapters['a']}", "--lora",
+              f"B={adapters['b']}", "--lora-rank", 16]
+    rc, out, err = roma_chat(common, [
+        "/lora",
+        "Hello!",
+        "/lora B",
+        "Tell me more.",
+        "/lora nope",
+        "/stats",
+        "/lora off",
+        "Why?",
+        "/lora A",
+        "And then?",
+        f"/save {saved}",
+        "/quit",
+    ])
+    assert rc == 0 and "Traceback" not in err, err
+    # the listing: both adapters, A (the first --lora) active
+    assert "* A  slot 0, rank 8" in out and "  B  slot 1, rank 4" in out
+    assert "error: no LoRA adapter named 'nope' is loaded (loaded: A, B)" in err
+    assert "4 messages, 2 turns" in out and "adapter: B" in out  # /stats after the bad /lora: intact
+
+    # The same conversation through the API: each answer under the adapter that was active.
+    api = engine.chat()
+    # the CLI names them A/B; the API engine names the same folders a/b
+    expected = []
+    for adapter, text in (("a", "Hello!"), ("b", "Tell me more."), (None, "Why?"), ("a", "And then?")):
+        api.adapter = adapter
+        expected.append(api.send(text, SamplingParams(max_tokens=6)).run())
+    for r in expected:
+        assert r.text.strip() and r.text in out, (r.text, out)
+    assert f"(conversation saved to {saved}: 8 messages" in out
+
+    # A new process continues the saved conversation (under A, active at /save).
+    rc, out2, err2 = roma_chat(common, ["/lora off", f"/load {saved}", "/stats", "Thanks.", "/stats", "/quit"])
+    assert rc == 0 and "Traceback" not in err2, err2
+    assert "(conversation loaded from" in out2 and "8 messages" in out2 and "adapter A)" in out2
+    cont = api.send("Thanks.", SamplingParams(max_tokens=6)).run()
+    assert cont.text in out2
+    # the restored KV is reused: everything but the new user turn
+    last_stats = out2.rsplit("context:", 1)[1]
+    reused = int(last_stats.split("reused ", 1)[1].split(" ", 1)[0])
+    assert reused == cont.reused_tokens and reused > 20
+
+    # Another model refuses the file and the chat goes on.
+    rc, out3, err3 = roma_chat(["--model", tiny_models["f32"], "--numerics", "float", "--max-tokens", 3],
+                               [f"/load {saved}", "/stats", "/quit"])
+    assert rc == 0 and "error: " in err3 and "saved with another model" in err3
+    assert "context: 0 /" in out3
