@@ -383,7 +383,8 @@ def test_the_server_refuses_malformed_sampling_options_with_an_error(board):
 # --- the command, end to end on SmolLM2 ---------------------------------------------------------------------
 
 
-def test_roma_serve_on_smollm2_chats_and_stops_cleanly_on_sigint():
+def test_roma_serve_and_roma_chat_serial_on_smollm2_then_sigint_stops_cleanly():
+    """Both ends are the real commands: `roma serve --serial` and `roma chat --serial` over a pty pair."""
     link = PtyLink()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HOST), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -401,12 +402,15 @@ def test_roma_serve_on_smollm2_chats_and_stops_cleanly_on_sigint():
             assert proc.poll() is None, "".join(lines)
             assert time.monotonic() < deadline, "".join(lines)
             time.sleep(0.1)
-        with sl.SerialChatClient(link.client_port, timeout=20) as client:
-            assert "SmolLM2" in client.info["model"] or "smollm" in client.info["model"].lower()
-            g = client.send("What is the capital of France?")  # no options: the board's, --max-tokens 8
-            pieces = list(g)
-            assert "".join(pieces) == g.result.text and g.result.text.strip()
-            assert len(g.result.ids) <= 8
+        chat = subprocess.run([sys.executable, "-m", "roma_runtime.cli", "chat", "--serial", link.client_port],
+                              input=b"What is the capital of France?\n/stats\n/lora\n/quit\n",
+                              capture_output=True, env=env, cwd=str(REPO), timeout=120)
+        out, err = chat.stdout.decode(), chat.stderr.decode()
+        assert chat.returncode == 0, err
+        answer = out.splitlines()[0]
+        assert answer.strip() and "Traceback" not in err
+        assert "in the board's cache" in out and "1 turns" in out  # /stats came from the board
+        assert "/lora is not available over the serial link" in err
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=20)
         reader.join(timeout=5)

@@ -33,6 +33,10 @@ Ctrl-C during an answer stops the answer."""
 
 
 def add_arguments(parser) -> None:
+    link = parser.add_argument_group("serial link (talk to `roma serve --serial` on a board)")
+    link.add_argument("--serial", metavar="PORT", default=None,
+                      help="chat with the model on a board over this serial port instead of running it here")
+    link.add_argument("--baud", type=int, default=None, help="serial speed (default: the link's, 115200)")
     common.add_engine_arguments(parser)
     common.add_lora_arguments(parser)
     parser.add_argument("--system", default=None, metavar="TEXT",
@@ -70,11 +74,17 @@ class _Reader:
 
 
 class ChatSession:
-    def __init__(self, engine, args, params, out=None, err=None):
+    """The REPL over a local Conversation, or over a SerialChatClient (engine None) talking to a board."""
+
+    def __init__(self, engine, args, params, out=None, err=None, remote=None):
         self.engine = engine
         self.params = params
-        specs = getattr(args, "lora_specs", None) or []
-        self.conversation = engine.chat(args.system, args.context, specs[0][0] if specs else None)
+        self.remote = remote
+        if remote is not None:
+            self.conversation = remote
+        else:
+            specs = getattr(args, "lora_specs", None) or []
+            self.conversation = engine.chat(args.system, args.context, specs[0][0] if specs else None)
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.last = None  # GenerationResult of the last answer
@@ -97,7 +107,18 @@ class ChatSession:
 
     # --- commands -------------------------------------------------------------------------------------------
 
+    def remote_stats(self) -> str:
+        st = self.remote.stats()
+        lines = [f"context: {st['context_tokens']} / {st['capacity']} tokens in the board's cache, "
+                 f"{st['messages']} messages, {st['turns']} turns, {st['total_reused']} tokens reused in all",
+                 f"board: {self.remote.info.get('model')} on {self.remote.info.get('backend')}"]
+        if self.last is not None:
+            lines.append("last turn: " + common.speed_line(self.last))
+        return "\n".join(lines)
+
     def stats(self) -> str:
+        if self.remote is not None:
+            return self.remote_stats()
         s = self.conversation.session
         lines = [f"context: {s.cache.length} / {s.capacity} tokens in the cache, "
                  f"{len(self.conversation.messages)} messages, {self.turns} turns"]
@@ -179,6 +200,9 @@ class ChatSession:
         return True
 
     def _command(self, name: str, arg: str) -> None:
+        if self.remote is not None and name in ("/lora", "/save", "/load"):
+            raise RomaError(f"{name} is not available over the serial link",
+                            hint="adapters are chosen with --lora when `roma serve` starts on the board")
         if name == "/lora":
             self.lora_command(arg)
         elif name in ("/save", "/load"):
@@ -275,6 +299,14 @@ def run(args) -> int:
     common.check_context(args)
     system = common.check_text(args.system, "--system") if args.system is not None else None
     args.system = system
+    if args.serial is not None:
+        from ..serial_link import DEFAULT_BAUD, SerialChatClient
+
+        client = SerialChatClient(args.serial, baud=args.baud or DEFAULT_BAUD, system=system)
+        try:
+            return ChatSession(None, args, params, remote=client).loop(_Reader(sys.stdin.isatty()))
+        finally:
+            client.close()
     engine = common.load_engine(args)
     session = ChatSession(engine, args, params)
     return session.loop(_Reader(sys.stdin.isatty()))
