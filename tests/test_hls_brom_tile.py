@@ -7,47 +7,30 @@ scales, group dot products, activation sums) for both datapaths, and y within th
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+import hls_tools
 import numpy as np
 import pytest
 
 from roma_runtime.errors import RomaError
 
-ROOT = Path(__file__).resolve().parents[1]
-HLS = ROOT / "hw" / "hls"
-
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
-                                reason="the C++ testbench needs g++ and make (apt-get install g++ make)")
+pytestmark = hls_tools.needs_gxx
 
 
 def _gen():
-    spec = importlib.util.spec_from_file_location("gen_brom_tile", HLS / "tb" / "gen_brom_tile.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return hls_tools.load_generator("brom_tile")
 
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("hls_build")
-    r = subprocess.run(["make", "-C", str(HLS), f"BUILD={out}", f"PYTHON={sys.executable}", f"{out}/tb_brom_tile"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, f"building tb_brom_tile failed:\n{r.stdout}\n{r.stderr}"
-    return out
+    return hls_tools.build_tb(tmp_path_factory.mktemp("hls_build"), "tb_brom_tile")
 
 
 def run_tb(build: Path, data: Path) -> tuple[int, int, int, str]:
-    r = subprocess.run([str(build / "tb_brom_tile"), str(data)], capture_output=True, text=True, timeout=120)
-    m = re.search(r"tb_brom_tile: (\d+) mismatches of (\d+)", r.stdout)
-    assert m, f"no summary line:\n{r.stdout}\n{r.stderr}"
-    return r.returncode, int(m.group(1)), int(m.group(2)), r.stdout + r.stderr
+    return hls_tools.run_tb(build, "tb_brom_tile", data)
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +98,7 @@ def test_testbench_rejects_a_corrupt_rom_image(build, random_cases, tmp_path):
 
 def test_make_csim_target(build):
     """`make csim` generates the golden data and runs every testbench (model case skipped here)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "host"))
-    r = subprocess.run(["make", "-C", str(HLS), f"BUILD={build}", f"PYTHON={sys.executable}", "GEN_FLAGS=--no-model",
-                        "csim"], capture_output=True, text=True, env=env, timeout=300)
+    r = hls_tools.make(build, "csim", timeout=300, GEN_FLAGS="--no-model")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "tb_brom_tile: 0 mismatches of" in r.stdout
 
@@ -167,14 +148,9 @@ def test_dat_initializers_compile_as_the_synthesis_rom(tmp_path):
                          (rng.standard_normal((8, 2)) * 0.1).astype(np.float16),
                          (rng.standard_normal((8, 2)) * 0.1).astype(np.float16), 3, 64)
     brom.write_image(brom.pack(qm, 2), tmp_path, "w")
-    (tmp_path / "top.cpp").write_text(SYNTH_TOP)
-    exe = tmp_path / "top"
-    r = subprocess.run(["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-D__SYNTHESIS__", "-Wall", "-Werror",
-                        "-Wno-unknown-pragmas", "-Wno-unused-label", f"-I{HLS / 'include'}", f"-I{tmp_path}",
-                        str(tmp_path / "top.cpp"), "-o", str(exe)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
     x = rng.standard_normal((1, 128)).astype(np.float32)
-    r = subprocess.run([str(exe)], input=x.tobytes(), capture_output=True, timeout=30)
+    r = hls_tools.compile_synth(tmp_path, SYNTH_TOP, run=True, extra=[f"-I{tmp_path}"], input=x.tobytes(),
+                                wextra=False)
     assert r.returncode == 0
     y = np.frombuffer(r.stdout, dtype=np.float32)
     golden = numerics.quantized_matmul(numerics.PreparedMatrix(qm), x)[0]

@@ -10,47 +10,29 @@ synthesis path (__SYNTHESIS__ defined).
 
 from __future__ import annotations
 
-import importlib.util
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+import hls_tools
 import numpy as np
 import pytest
 
 from roma_runtime.errors import RomaError
 
-ROOT = Path(__file__).resolve().parents[1]
-HLS = ROOT / "hw" / "hls"
-
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
-                                reason="the C++ testbench needs g++ and make (apt-get install g++ make)")
+pytestmark = hls_tools.needs_gxx
 
 
 def _gen():
-    spec = importlib.util.spec_from_file_location("gen_kernels", HLS / "tb" / "gen_kernels.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return hls_tools.load_generator("kernels")
 
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("hls_kernels_build")
-    r = subprocess.run(["make", "-C", str(HLS), f"BUILD={out}", f"PYTHON={sys.executable}", f"{out}/tb_kernels"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, f"building tb_kernels failed:\n{r.stdout}\n{r.stderr}"
-    assert "warning" not in r.stderr, r.stderr
-    return out
+    return hls_tools.build_tb(tmp_path_factory.mktemp("hls_kernels_build"), "tb_kernels", no_warnings=True)
 
 
 def run_tb(build: Path, data: Path) -> tuple[int, int, int, str]:
-    r = subprocess.run([str(build / "tb_kernels"), str(data)], capture_output=True, text=True, timeout=120)
-    m = re.search(r"tb_kernels: (\d+) mismatches of (\d+)", r.stdout)
-    assert m, f"no summary line:\n{r.stdout}\n{r.stderr}"
-    return r.returncode, int(m.group(1)), int(m.group(2)), r.stdout + r.stderr
+    return hls_tools.run_tb(build, "tb_kernels", data)
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +148,4 @@ void top(const float x[64], int pos, roma::half_bits_t *kc, roma::half_bits_t *v
 
 
 def test_headers_compile_on_the_synthesis_path(tmp_path):
-    (tmp_path / "top.cpp").write_text(SYNTH_TOP)
-    r = subprocess.run(["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-D__SYNTHESIS__", "-Wall", "-Wextra",
-                        "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-label", f"-I{HLS / 'include'}", "-c",
-                        str(tmp_path / "top.cpp"), "-o", str(tmp_path / "top.o")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    hls_tools.compile_synth(tmp_path, SYNTH_TOP, link=False)

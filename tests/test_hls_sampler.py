@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+import hls_tools
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-HLS = ROOT / "hw" / "hls"
-
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
-                                reason="the C++ testbench needs g++ and make (apt-get install g++ make)")
+pytestmark = hls_tools.needs_gxx
 
 SUMMARY = re.compile(r"tb_sampler: (\d+) mismatches of (\d+) \((\d+) cases\)")
 
@@ -28,16 +23,12 @@ SUMMARY = re.compile(r"tb_sampler: (\d+) mismatches of (\d+) \((\d+) cases\)")
 @pytest.fixture(scope="module")
 def csim(tmp_path_factory):
     build = tmp_path_factory.mktemp("hls_sampler")
-    r = subprocess.run(["make", "-C", str(HLS), f"BUILD={build}", f"PYTHON={sys.executable}", "run-tb_sampler"],
-                       capture_output=True, text=True, timeout=300)
+    r = hls_tools.make(build, "run-tb_sampler", timeout=300)
     return build, r
 
 
 def run_tb(build: Path, data: Path) -> tuple[int, int, int, str]:
-    r = subprocess.run([str(build / "tb_sampler"), str(data)], capture_output=True, text=True, timeout=120)
-    m = SUMMARY.search(r.stdout)
-    assert m, f"no summary line:\n{r.stdout}\n{r.stderr}"
-    return r.returncode, int(m.group(1)), int(m.group(2)), r.stdout + r.stderr
+    return hls_tools.run_tb(build, "tb_sampler", data)
 
 
 def test_sampler_bit_exact_with_golden(csim):
@@ -108,13 +99,7 @@ int main() {
 
 
 def test_header_compiles_for_synthesis(tmp_path):
-    (tmp_path / "top.cpp").write_text(SYNTH_TOP)
-    exe = tmp_path / "top"
-    r = subprocess.run(["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-D__SYNTHESIS__", "-Wall", "-Wextra",
-                        "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-label", f"-I{HLS / 'include'}",
-                        str(tmp_path / "top.cpp"), "-o", str(exe)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+    r = hls_tools.compile_synth(tmp_path, SYNTH_TOP, run=True)
     assert r.returncode == 0, r.stderr
     from roma_runtime.golden import sampler as gs
 

@@ -10,17 +10,29 @@
 //   CMD_PREFILL  run tokens_in[0..n_tokens) at KV positions position..position+n_tokens-1 through all
 //                layers, append their K/V rows, write the last token's logits to logits[0..VOCAB). With
 //                sample_mode != 0 also sample one token from those logits into tokens_out[0].
-//   CMD_DECODE   CMD_PREFILL with n_tokens == 1 (one decode step).
+//   CMD_DECODE   CMD_PREFILL with n_tokens == 1 (one decode step; another n_tokens is ERR_BAD_COMMAND).
 //   CMD_GENERATE autonomous decode: feed tokens_in[0] at `position`, then sample and feed back, until
 //                n_tokens tokens are in tokens_out[0..) or eos_id was sampled (it is written and counted);
-//                the last step's logits are in `logits`. The host is not on the per-token path.
+//                the last step's logits are in `logits`. The host is not on the per-token path. Positions
+//                position..position+n_tokens-1 are run (the last sampled id is not), so the same context
+//                check as PREFILL applies. sample_mode must not be SAMPLE_NONE (ERR_BAD_COMMAND).
+//   n_tokens == 0 is ERR_BAD_COMMAND for PREFILL/DECODE/GENERATE.
 //   CMD_LOAD_LORA   copy lora_bytes bytes of a packed adapter (host/roma_runtime/lora.py, PackedLora
 //                   layout) from lora_staging into LoRA slot `lora_slot`; the active slot is unchanged.
 //   CMD_SELECT_LORA make `lora_slot` the active adapter (LORA_NONE: no adapter).
 //
+// Sampling (register `sample_mode`, SampleMode): SAMPLE_NONE only writes logits (not valid for CMD_GENERATE),
+// SAMPLE_GREEDY takes the argmax (ties -> lowest id), SAMPLE_RANDOM draws with inv_temperature, top_k (0: the
+// pool of SAMPLER_K), top_p, min_p and the repetition penalty over the last repeat_last_n sampled ids
+// (golden/sampler.py OnChipParams; inv_penalty = fp32(1/repeat_penalty) is computed on chip). Only sampled
+// ids enter the ring of recent ids (fed-back or prompt tokens are not pushed again).
+//
 // Sampler state: the on-chip PRNG (xorshift64*, golden/sampler.py) and the ring of recent ids persist
 // across calls, so N single CMD_DECODE steps with sampling equal one CMD_GENERATE of N tokens. A call with
 // seed_lo|seed_hi != 0 first reseeds the PRNG and clears the ring; 0/0 continues the current state.
+//
+// Prefill runs in chunks of PREFILL_CHUNK tokens (all layers per chunk; exact: a causal chunk split changes no
+// value). The kv_capacity register may not exceed the build's CONTEXT (ERR_CONTEXT).
 //
 // Memory (m_axi, each pointer an AXI-Lite address register; separate bundles so they can be separate ports):
 //   tokens_in    int32  [n_tokens]                      token ids to run
@@ -48,6 +60,26 @@ enum Command : uint32_t {
 
 constexpr uint32_t LORA_NONE = 0xFFFFFFFFu;
 
+enum SampleMode : uint32_t {
+  SAMPLE_NONE = 0,
+  SAMPLE_GREEDY = 1,
+  SAMPLE_RANDOM = 2,
+};
+
+// Hardware parameters of the top (a build may override them with -D before including this header).
+#ifndef ROMA_LORA_SLOTS
+#define ROMA_LORA_SLOTS 4 // LoraSlots' default capacity (lora.py)
+#endif
+#ifndef ROMA_LORA_MAX_RANK
+#define ROMA_LORA_MAX_RANK 64 // lora.DEFAULT_MAX_RANK: a packed adapter's slot rank R may be 1..this
+#endif
+constexpr uint32_t LORA_SLOTS = ROMA_LORA_SLOTS;
+constexpr uint32_t LORA_MAX_RANK = ROMA_LORA_MAX_RANK;
+constexpr int SAMPLER_K = 64;     // sampler pool (top-k maximum), golden OnChipSamplerSpec.k_max
+constexpr int SAMPLER_RING = 64;  // recent ids for the repetition penalty, OnChipSamplerSpec.ring
+constexpr int SAMPLER_LANES = 4;  // logits per cycle (timing only)
+constexpr int PREFILL_CHUNK = 16; // tokens per prefill chunk (activation buffers)
+
 // Words of the status buffer.
 enum Status : uint32_t {
   STATUS_ERROR = 0,        // 0 = ok, else an ErrorCode; nothing was changed when it is not 0
@@ -58,6 +90,24 @@ enum Status : uint32_t {
   STATUS_WORDS = 32,
 };
 
+// Stages of the cycle estimate (status[STATUS_STAGE_CYCLES + stage]). The estimate is the sum of the
+// kernels' cycle models (Cycles, LayerCycles, SamplerCycles, LoraCycles): kernels are counted one after the
+// other (no overlap between kernels), the tiles of one matrix in parallel.
+enum Stage : uint32_t {
+  STAGE_EMBEDDING = 0,  // embedding row lookups
+  STAGE_NORM = 1,       // RMSNorm (layers and final)
+  STAGE_ACT_QUANT = 2,  // int8 activation quantizer in front of the layers' ROM GEMVs
+  STAGE_GEMV = 3,       // the layers' B-ROM tile GEMVs (candidates + ROM stream)
+  STAGE_LORA = 4,       // LoRA unit: deltas of the active slot, and CMD_LOAD_LORA copies
+  STAGE_ROPE = 5,       // RoPE angles and rotations
+  STAGE_ATTENTION = 6,  // KV writes, scores, softmax, P*V
+  STAGE_ACTIVATION = 7, // SwiGLU
+  STAGE_RESIDUAL = 8,   // residual adds
+  STAGE_LM_HEAD = 9,    // LM head: activation quantizer + GEMV over the vocabulary
+  STAGE_SAMPLER = 10,   // on-chip sampler
+  STAGE_COUNT = 11,
+};
+
 enum ErrorCode : uint32_t {
   ERR_NONE = 0,
   ERR_BAD_COMMAND = 1,
@@ -65,6 +115,7 @@ enum ErrorCode : uint32_t {
   ERR_TOKEN_RANGE = 3, // a token id >= VOCAB
   ERR_LORA_SLOT = 4,   // slot out of range, or selecting an empty slot
   ERR_LORA_IMAGE = 5,  // bad magic, shapes or size in the staged adapter
+  ERR_NOT_LOADED = 6,  // C simulation only: no build loaded (roma_emu_load_build not called or failed)
 };
 
 }  // namespace roma
@@ -80,6 +131,8 @@ extern "C" void roma_core(
     const uint8_t *lora_staging, const uint32_t *ddr_weights, uint32_t *status);
 
 #ifndef __SYNTHESIS__
+// C simulation only: threads of the emulated board's parallel loops (0: OpenMP's default). Returns the count used.
+extern "C" int roma_emu_set_threads(int threads);
 // C simulation only (the emulated board): the ROM images that synthesis compiles into BRAM are loaded from
 // a build folder (`roma compile` output) at start-up instead. Returns 0, or non-zero with a message in err.
 extern "C" int roma_emu_load_build(const char *build_dir, char *err, int err_len);

@@ -25,7 +25,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -35,61 +34,15 @@
 #include "roma/embedding.h"
 #include "roma/norm.h"
 #include "roma/rope.h"
+#include "tb_common.h"
 
 using namespace roma;
 
 namespace {
 
 const double U = 1.0 / 16777216.0; // 2^-24
-std::string g_dir;
-long g_errors_io = 0;
-
-template <typename T>
-std::vector<T> read_array(const std::string &name, size_t count) {
-  std::vector<T> v(count);
-  const std::string path = g_dir + "/" + name;
-  FILE *f = std::fopen(path.c_str(), "rb");
-  if (!f) {
-    std::fprintf(stderr, "tb_kernels: cannot open %s\n", path.c_str());
-    ++g_errors_io;
-    return v;
-  }
-  const size_t got = std::fread(v.data(), sizeof(T), count, f);
-  const bool extra = std::fgetc(f) != EOF;
-  std::fclose(f);
-  if (got != count || extra) {
-    std::fprintf(stderr, "tb_kernels: %s has the wrong size (expected %zu items)\n", path.c_str(), count);
-    ++g_errors_io;
-  }
-  return v;
-}
-
-// Per-case tally: compared/mismatches, worst deviation as a fraction of its tolerance, worst |abs error|.
-struct Tally {
-  long mismatches = 0, compared = 0, shown = 0;
-  double worst = 0.0, worst_abs = 0.0;
-  std::string name;
-  void exact(bool ok, const char *what, long i, double got, double want) {
-    ++compared;
-    if (!ok) {
-      ++mismatches;
-      if (shown++ < 5) std::printf("  %s %s[%ld] = %.9g, golden %.9g (exact)\n", name.c_str(), what, i, got, want);
-    }
-  }
-  void within(double got, double want, double tol, const char *what, long i) {
-    ++compared;
-    const double dev = std::fabs(got - want);
-    const bool ok = dev <= tol || (std::isinf(got) && got == want); // NaN fails
-    if (tol > 0 && dev / tol > worst) worst = dev / tol;
-    if (dev > worst_abs && std::isfinite(dev)) worst_abs = dev;
-    if (!ok) {
-      ++mismatches;
-      if (shown++ < 5)
-        std::printf("  %s %s[%ld] = %.9g, golden %.9g (|diff| %.3g > tolerance %.3g)\n", name.c_str(), what, i, got,
-                    want, dev, tol);
-    }
-  }
-};
+using tb::read_array;
+typedef tb::Tally Tally; // per case: compared/mismatches, worst deviation as a fraction of its tolerance
 
 struct Totals {
   long mismatches = 0, compared = 0;
@@ -219,11 +172,10 @@ void run_embed(const std::string &name, int T, Totals &tot) {
   Tally t;
   t.name = name;
   BromImageHost img;
-  const std::string err = load_brom_image(g_dir + "/" + name + ".bin", img);
+  const std::string err = load_brom_image(tb::path(name + ".bin"), img);
   if (!err.empty() || (int)img.tiles != TILES || (int)img.rows != TILES * ROWS || (int)img.cols != COLS ||
       (int)img.bits != BITS || (int)img.group != GROUP) {
-    std::fprintf(stderr, "tb_kernels: %s: %s\n", name.c_str(), err.empty() ? "image shape mismatch" : err.c_str());
-    ++g_errors_io;
+    tb::io_error("%s: %s", name.c_str(), err.empty() ? "image shape mismatch" : err.c_str());
     return;
   }
   const auto ids = read_array<int32_t>(name + ".ids.i32", T);
@@ -270,8 +222,7 @@ void run_attn(const std::string &name, int calls, int ntok, Totals &tot, const c
   for (int c = 0; c < calls; ++c) {
     const int start = cl[(size_t)c * 2], n = cl[(size_t)c * 2 + 1];
     if (n < 1 || n > MAX_T || start + n > MAXCTX) {
-      std::fprintf(stderr, "tb_kernels: %s: call %d does not fit the instance\n", name.c_str(), c);
-      ++g_errors_io;
+      tb::io_error("%s: call %d does not fit the instance", name.c_str(), c);
       return;
     }
     for (int i = 0; i < n; ++i) {
@@ -351,21 +302,12 @@ bool dispatch(const std::string &kind, const std::string &name, const std::vecto
 } // namespace
 
 int main(int argc, char **argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s DATA_DIR (written by gen_kernels.py)\n", argv[0]);
-    return 2;
-  }
-  g_dir = argv[1];
-  std::ifstream list(g_dir + "/cases.txt");
-  if (!list) {
-    std::fprintf(stderr, "tb_kernels: cannot read %s/cases.txt\n", g_dir.c_str());
-    return 2;
-  }
+  if (!tb::init("tb_kernels", argc, argv, "gen_kernels.py")) return 2;
+  std::vector<std::string> lines;
+  if (!tb::read_cases(lines)) return 2;
   Totals tot;
-  std::string line;
   int cases = 0;
-  while (std::getline(list, line)) {
-    if (line.empty()) continue;
+  for (const std::string &line : lines) {
     std::istringstream in(line);
     std::string kind, name;
     std::vector<long> a;
@@ -379,7 +321,5 @@ int main(int argc, char **argv) {
     }
     ++cases;
   }
-  const long m = tot.mismatches + g_errors_io;
-  std::printf("tb_kernels: %ld mismatches of %ld (%d cases)\n", m, tot.compared, cases);
-  return m > 255 ? 255 : (int)m;
+  return tb::finish(tot.mismatches, tot.compared, " (" + std::to_string(cases) + " cases)");
 }

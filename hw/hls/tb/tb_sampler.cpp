@@ -13,46 +13,20 @@
 // exp values and PRNG steps); the exit code is min(M, 255).
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "roma/sampler.h"
+#include "tb_common.h"
 
 using namespace roma;
 
 namespace {
 
-std::string g_dir;
-long g_errors_io = 0;
-
-template <typename T>
-std::vector<T> read_array(const std::string &name, size_t count) {
-  std::vector<T> v(count);
-  const std::string path = g_dir + "/" + name;
-  FILE *f = std::fopen(path.c_str(), "rb");
-  if (!f) {
-    std::fprintf(stderr, "tb_sampler: cannot open %s\n", path.c_str());
-    ++g_errors_io;
-    return v;
-  }
-  const size_t got = count ? std::fread(v.data(), sizeof(T), count, f) : 0;
-  const bool extra = std::fgetc(f) != EOF;
-  std::fclose(f);
-  if (got != count || extra) {
-    std::fprintf(stderr, "tb_sampler: %s has the wrong size (expected %zu items)\n", path.c_str(), count);
-    ++g_errors_io;
-  }
-  return v;
-}
-
-size_t file_items(const std::string &name, size_t item) {
-  std::ifstream f(g_dir + "/" + name, std::ios::binary | std::ios::ate);
-  if (!f) return 0;
-  return (size_t)f.tellg() / item;
-}
+using tb::file_items;
+using tb::read_array;
 
 struct Case {
   std::string name;
@@ -62,13 +36,7 @@ struct Case {
   int n_recent;
 };
 
-struct Tally {
-  long mismatches = 0, compared = 0, shown = 0;
-  void check(bool ok) {
-    ++compared;
-    if (!ok) ++mismatches;
-  }
-};
+typedef tb::Tally Tally;
 
 struct ShapeStats {
   long cases = 0, tokens = 0, mismatches = 0;
@@ -144,8 +112,7 @@ void check_prng(Tally &tally) {
   if (!ns || !nu) return;
   const size_t seeds = ns - nu, steps = seeds ? nu / seeds : 0; // states [seeds, steps+1], uniforms [seeds, steps]
   if (!seeds || seeds * (steps + 1) != ns) {
-    std::fprintf(stderr, "tb_sampler: prng.u64 / prng.f32 sizes disagree\n");
-    ++g_errors_io;
+    tb::io_error("prng.u64 / prng.f32 sizes disagree");
     return;
   }
   const auto states = read_array<uint64_t>("prng.u64", ns);
@@ -173,24 +140,15 @@ bool parse_hex32(const std::string &s, uint32_t &out) {
 } // namespace
 
 int main(int argc, char **argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s DATA_DIR (written by gen_sampler.py)\n", argv[0]);
-    return 2;
-  }
-  g_dir = argv[1];
-  std::ifstream list(g_dir + "/cases.txt");
-  if (!list) {
-    std::fprintf(stderr, "tb_sampler: cannot read %s/cases.txt\n", g_dir.c_str());
-    return 2;
-  }
+  if (!tb::init("tb_sampler", argc, argv, "gen_sampler.py")) return 2;
+  std::vector<std::string> lines;
+  if (!tb::read_cases(lines)) return 2;
   Tally tally;
   check_exp(tally);
   check_prng(tally);
   std::map<std::string, ShapeStats> stats;
-  std::string line;
   int cases = 0;
-  while (std::getline(list, line)) {
-    if (line.empty()) continue;
+  for (const std::string &line : lines) {
     std::istringstream in(line);
     Case c;
     std::string it, tp, mp, pe, ip, st;
@@ -216,7 +174,5 @@ int main(int argc, char **argv) {
     std::printf("  %-30s %4ld cases %5ld tokens  mismatches %ld  cycles/token greedy %llu sampled %llu\n",
                 kv.first.c_str(), kv.second.cases, kv.second.tokens, kv.second.mismatches,
                 (unsigned long long)kv.second.greedy_cycles, (unsigned long long)kv.second.sampled_cycles);
-  const long m = tally.mismatches + g_errors_io;
-  std::printf("tb_sampler: %ld mismatches of %ld (%d cases)\n", m, tally.compared, cases);
-  return m > 255 ? 255 : (int)m;
+  return tb::finish(tally.mismatches, tally.compared, " (" + std::to_string(cases) + " cases)");
 }

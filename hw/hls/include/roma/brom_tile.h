@@ -40,6 +40,9 @@
 #define ROMA_BROM_TILE_H
 
 #include <cstdint>
+#ifndef __SYNTHESIS__
+#include <vector>
+#endif
 
 #include "types.h"
 
@@ -216,6 +219,65 @@ TILES_LOOP:
     xsum_out[g] = xsums[0][g];
   }
 }
+
+#ifndef __SYNTHESIS__
+// ---- C simulation only: the emulated board's fast path of brom_tile_gemv ----
+// The same per-row arithmetic as brom_tile_gemv (bit for bit: exact int32 dot and xsum, then per row the same
+// fp32 sequence acc = term_0 + term_1 + ... with term = a_scale[g] * (d*dot + m*xsum[g])), evaluated row-major
+// so that rows run in parallel (OpenMP; HLS never sees this code). The integer dot is LUT-select widened to
+// octets: for every 8 activations the 256 subset sums are built once per GEMV, and each byte of a bit-plane
+// word selects one (4 selections per 32-bit word instead of 8 nibble selections). tb_brom_tile checks that
+// its y bit patterns equal both synthesis datapaths' on every case.
+template <int ROWS, int COLS, int GROUP, int BITS>
+void brom_tile_gemv_csim(const act_t xq[COLS], const float a_scale[COLS / GROUP],
+                         const rom_word_t planes[BromTileConfig<ROWS, COLS, GROUP, BITS>::PLANE_WORDS],
+                         const half_bits_t scales[(COLS / GROUP) * ROWS], const half_bits_t mins[(COLS / GROUP) * ROWS],
+                         float y[ROWS], acc_t xsum_out[COLS / GROUP], Cycles &cyc, int threads = 0) {
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS> C;
+  constexpr int NG = C::NG, LANES = C::LANES, WPS = C::WPS, OCTETS = COLS / 8;
+  static thread_local std::vector<int16_t> tab_store; // the calling thread's tables, shared by the row threads
+  tab_store.resize((size_t)OCTETS * 256);
+  int16_t *tab = tab_store.data();
+  for (int o = 0; o < OCTETS; ++o) {
+    int16_t *t = &tab[(size_t)o * 256];
+    t[0] = 0;
+    for (int b = 1; b < 256; ++b) t[b] = (int16_t)(t[b & (b - 1)] + xq[8 * o + __builtin_ctz((unsigned)b)]);
+  }
+  acc_t xsum[NG];
+  for (int g = 0; g < NG; ++g) {
+    acc_t s = 0;
+    for (int j = 0; j < GROUP; ++j) s += xq[g * GROUP + j];
+    xsum[g] = xsum_out[g] = s;
+  }
+  const int nthreads = threads > 0 ? threads : 1;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && (long)ROWS * COLS >= 65536)
+  for (int r = 0; r < ROWS; ++r) {
+    float acc = 0.0f;
+    for (int g = 0; g < NG; ++g) {
+      const int step = g * ROWS + r;
+      const rom_word_t *w = &planes[(size_t)step * WPS];
+      acc_t dot = 0;
+      for (int p = 0; p < BITS; ++p) {
+        acc_t sel = 0;
+        for (int l = 0; l < LANES; ++l) {
+          const rom_word_t word = w[p * LANES + l];
+          const int16_t *t = &tab[(size_t)((g * GROUP + l * ROM_WORD_BITS) / 8) * 256];
+          sel += t[word & 0xffu] + t[256 + ((word >> 8) & 0xffu)] + t[512 + ((word >> 16) & 0xffu)] +
+                 t[768 + (word >> 24)];
+        }
+        dot += sel * (acc_t(1) << p);
+      }
+      const float d = half_to_float(scales[step]);
+      const float m = half_to_float(mins[step]);
+      const float term = a_scale[g] * (d * (float)dot + m * (float)xsum[g]);
+      acc = (g == 0) ? term : acc + term;
+    }
+    y[r] = acc;
+  }
+  cyc.candidates += C::CAND_CYCLES; // the hardware's cycles, whatever the simulation's loop order
+  cyc.gemv += C::GEMV_CYCLES;
+}
+#endif // __SYNTHESIS__
 
 } // namespace roma
 

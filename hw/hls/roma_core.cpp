@@ -1,0 +1,489 @@
+// roma_core: the top of the ROMA accelerator (contract: roma_core.h; model dimensions: the build's generated
+// roma_model.h, found on the include path: -I BUILD_DIR).
+//
+// Dataflow of one token through the layers (GoldenModel.forward, golden/model.py):
+//   embedding_row (the embedding ROM) -> per layer L (unrolled at compile time: every layer has its own ROM
+//   tiles, weight-stationary):
+//     rms_norm -> act_quant + B-ROM GEMV for wq, wk, wv (+ LoRA unit deltas on the fp32 input) -> rope_qk
+//     -> kv_write of the chunk's K/V rows into the DDR KV cache + attention over rows 0..pos
+//     -> act_quant + GEMV wo (+LoRA) -> residual -> rms_norm -> GEMV w_gate, w_up (+LoRA) -> swiglu
+//     -> GEMV w_down (+LoRA) -> residual
+//   -> final rms_norm -> act_quant + LM-head GEMV (tied: the embedding ROM itself) -> logits -> sampler.
+// A prefill runs PREFILL_CHUNK tokens per pass through the layers (the golden writes all K/V rows of a chunk,
+// then attends causally; chunking is exact).
+//
+// Mixed precision: RomTensor<L, LIN> takes BITS/GROUP/TILES from roma_model.h's per-layer arrays as template
+// arguments, so every tensor instantiates the tile template of its own width (only the widths present are
+// generated); the layer loop is a compile-time recursion over L.
+//
+// ROMs: synthesis (__SYNTHESIS__) defines each RomTensor's static const arrays from the build's .dat files
+// (roma_model.h includes roma_rom_define.h once per tensor); C simulation (the emulated board) has the same
+// arrays writable and fills them from the NAME.bin images (CRC-checked) in roma_emu_load_build. The compute
+// code reads the same arrays in both; only the GEMV loop order differs: C simulation evaluates the tiles with
+// brom_tile_gemv_csim (rows in parallel, bit-identical to both synthesis datapaths: tb_brom_tile checks it).
+#ifndef __SYNTHESIS__
+#pragma GCC visibility push(default) // the emulated board's library exports only the C API of roma_core.h
+#endif
+#include "roma_core.h"
+#ifndef __SYNTHESIS__
+#pragma GCC visibility pop
+#endif
+
+#include <cstdint>
+#include <cstring>
+
+#include "roma/act_quant.h"
+#include "roma/activation.h"
+#include "roma/attention.h"
+#include "roma/brom_tile.h"
+#include "roma/embedding.h"
+#include "roma/layer_cycles.h"
+#include "roma/lora_unit.h"
+#include "roma/norm.h"
+#include "roma/rope.h"
+#include "roma/sampler.h"
+#include "roma/types.h"
+#include "roma_model.h"
+
+#ifndef __SYNTHESIS__
+#include <cstdio>
+#include <string>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#endif
+
+namespace rm = roma_model;
+using namespace roma;
+
+#ifndef ROMA_DATAPATH
+#define ROMA_DATAPATH LutSelect // the synthesis datapath of the B-ROM tiles (LutSelect or DspMac)
+#endif
+
+namespace {
+
+constexpr int QDIM = rm::N_HEADS * rm::HEAD_DIM;
+constexpr int MAX_T = PREFILL_CHUNK;
+constexpr int ATT_SIMD = rm::HEAD_DIM % 8 == 0 ? 8 : (rm::HEAD_DIM % 4 == 0 ? 4 : 2);
+
+enum Lin : int { L_WQ = 0, L_WK, L_WV, L_WO, L_GATE, L_UP, L_DOWN, L_EMBD, L_OUTPUT };
+constexpr int HEAD_LIN = rm::TIED_EMBEDDINGS ? L_EMBD : L_OUTPUT;
+const char *const LIN_NAMES[7] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
+
+constexpr int lin_rows(int lin) {
+  return lin == L_WQ ? QDIM : (lin == L_WK || lin == L_WV) ? rm::KV_DIM : (lin == L_GATE || lin == L_UP) ? rm::FFN_DIM
+         : lin >= L_EMBD ? rm::VOCAB : rm::DIM;
+}
+constexpr int lin_cols(int lin) { return lin == L_WO ? QDIM : lin == L_DOWN ? rm::FFN_DIM : rm::DIM; }
+constexpr int lin_bits(int l, int lin) {
+  return lin == L_WQ ? rm::BITS_WQ[l] : lin == L_WK ? rm::BITS_WK[l] : lin == L_WV ? rm::BITS_WV[l]
+         : lin == L_WO ? rm::BITS_WO[l] : lin == L_GATE ? rm::BITS_W_GATE[l] : lin == L_UP ? rm::BITS_W_UP[l]
+         : lin == L_DOWN ? rm::BITS_W_DOWN[l] : lin == L_EMBD ? rm::BITS_TOKEN_EMBD : rm::BITS_OUTPUT;
+}
+constexpr int lin_group(int l, int lin) {
+  return lin == L_WQ ? rm::GROUP_WQ[l] : lin == L_WK ? rm::GROUP_WK[l] : lin == L_WV ? rm::GROUP_WV[l]
+         : lin == L_WO ? rm::GROUP_WO[l] : lin == L_GATE ? rm::GROUP_W_GATE[l] : lin == L_UP ? rm::GROUP_W_UP[l]
+         : lin == L_DOWN ? rm::GROUP_W_DOWN[l] : lin == L_EMBD ? rm::GROUP_TOKEN_EMBD : rm::GROUP_OUTPUT;
+}
+constexpr int lin_tiles(int l, int lin) {
+  return lin == L_WQ ? rm::TILES_WQ[l] : lin == L_WK ? rm::TILES_WK[l] : lin == L_WV ? rm::TILES_WV[l]
+         : lin == L_WO ? rm::TILES_WO[l] : lin == L_GATE ? rm::TILES_W_GATE[l] : lin == L_UP ? rm::TILES_W_UP[l]
+         : lin == L_DOWN ? rm::TILES_W_DOWN[l] : lin == L_EMBD ? rm::TILES_TOKEN_EMBD : rm::TILES_OUTPUT;
+}
+
+#ifdef __SYNTHESIS__
+#define ROMA_ROM_CONST const
+#else
+#define ROMA_ROM_CONST
+#endif
+
+} // namespace
+
+// One ROM tensor (global scope: roma_rom_define.h specialises its members).
+template <int L, int LIN>
+struct RomTensor {
+  static constexpr int BITS = lin_bits(L, LIN), GROUP = lin_group(L, LIN), TILES = lin_tiles(L, LIN);
+  static constexpr int ROWS_ALL = lin_rows(LIN), COLS = lin_cols(LIN), ROWS = ROWS_ALL / TILES;
+  static_assert(ROWS_ALL % TILES == 0, "the tiles must split the rows evenly");
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH> C;
+  static ROMA_ROM_CONST rom_word_t planes[TILES][C::PLANE_WORDS];
+  static ROMA_ROM_CONST half_bits_t scales[TILES][C::PARAMS];
+  static ROMA_ROM_CONST half_bits_t mins[TILES][C::PARAMS];
+};
+
+#ifdef __SYNTHESIS__
+#define ROMA_ROM_DEFINE "roma_rom_define.h"
+#include "roma_model.h" // again, past its guard: one ROMA_ROM_DEFINE block per tensor
+static const float g_norms[2 * rm::N_LAYERS + 1][rm::DIM] = {
+#include "norms.dat"
+};
+#else
+template <int L, int LIN>
+rom_word_t RomTensor<L, LIN>::planes[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PLANE_WORDS];
+template <int L, int LIN>
+half_bits_t RomTensor<L, LIN>::scales[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PARAMS];
+template <int L, int LIN>
+half_bits_t RomTensor<L, LIN>::mins[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PARAMS];
+static float g_norms[2 * rm::N_LAYERS + 1][rm::DIM]; // attn_norm, ffn_norm per layer, then output_norm
+#endif
+
+namespace {
+
+typedef LoraUnit<rm::N_LAYERS, rm::DIM, rm::KV_DIM, rm::FFN_DIM, (int)LORA_SLOTS, (int)LORA_MAX_RANK> Lora;
+static_assert(QDIM == rm::DIM, "the LoRA unit assumes n_heads * head_dim == dim (LLaMA)");
+
+// Persistent state (registers and on-chip RAM of the core).
+Lora g_lora;
+uint32_t g_active = LORA_NONE;
+uint64_t g_rng = 0;
+RecentIds<SAMPLER_RING> g_recent;
+bool g_loaded = false;
+int g_threads = 0; // C simulation: OpenMP threads of the GEMVs (0: not set yet)
+
+// Activations of one chunk (on-chip buffers).
+float g_x[MAX_T][rm::DIM];
+float g_q[MAX_T][QDIM], g_k[MAX_T][rm::KV_DIM], g_v[MAX_T][rm::KV_DIM], g_att[MAX_T][QDIM];
+float g_logits[rm::VOCAB];
+
+struct Acct {
+  LayerCycles layer;
+  Cycles gemv, head;
+  LoraCycles lora;
+  SamplerCycles sampler;
+};
+
+// x[COLS] -> y[ROWS_ALL] through tensor (L, LIN): activation quantizer, tiles, and the LoRA delta when a slot
+// is active and has a factor on this linear.
+template <int L, int LIN>
+void linear(const float *x, float *y, Acct &a) {
+  typedef RomTensor<L, LIN> R;
+  constexpr int NG = R::COLS / R::GROUP;
+  act_t xq[R::COLS];
+  float as[NG];
+  acc_t xs[NG];
+  Cycles &cyc = LIN >= L_EMBD ? a.head : a.gemv;
+  act_quant<R::COLS, R::GROUP>(x, xq, as, cyc);
+#ifdef __SYNTHESIS__
+  static acc_t probe[R::TILES][R::C::PARAMS]; // not written (PROBE = false)
+  brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH>(
+      xq, as, R::planes, R::scales, R::mins, y, probe, xs, cyc);
+#else
+  for (int t = 0; t < R::TILES; ++t) { // parallel tiles: one tile's cycles
+    Cycles tc;
+    brom_tile_gemv_csim<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, R::planes[t], R::scales[t], R::mins[t],
+                                                              y + t * R::ROWS, xs, tc, g_threads);
+    if (t == 0) {
+      cyc.candidates += tc.candidates;
+      cyc.gemv += tc.gemv;
+    }
+  }
+#endif
+  if (LIN < L_EMBD && g_active != LORA_NONE)
+    lora_apply<Lora, R::COLS, R::ROWS_ALL>(g_lora, (int)g_active, L, LIN, x, y, a.lora);
+}
+
+// Layer L over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place).
+template <int L>
+void layer(int start, int T, half_bits_t *kv, uint32_t cap, Acct &a) {
+  half_bits_t *kc = kv + (size_t)(2 * L) * cap * rm::KV_DIM;
+  half_bits_t *vc = kv + (size_t)(2 * L + 1) * cap * rm::KV_DIM;
+  float h[rm::DIM], qr[QDIM], kr[rm::KV_DIM];
+LAYER_QKV:
+  for (int i = 0; i < T; ++i) {
+    rms_norm<rm::DIM>(g_x[i], g_norms[2 * L], rm::RMS_EPS, h, a.layer);
+    linear<L, L_WQ>(h, qr, a);
+    linear<L, L_WK>(h, kr, a);
+    linear<L, L_WV>(h, g_v[i], a);
+    rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i], g_k[i], a.layer);
+  }
+  attention_prefill<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr>(
+      g_q, g_k, g_v, start, T, kc, vc, g_att, a.layer);
+  float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
+LAYER_FFN:
+  for (int i = 0; i < T; ++i) {
+    linear<L, L_WO>(g_att[i], o, a);
+    residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
+    rms_norm<rm::DIM>(g_x[i], g_norms[2 * L + 1], rm::RMS_EPS, h, a.layer);
+    linear<L, L_GATE>(h, gate, a);
+    linear<L, L_UP>(h, up, a);
+    swiglu<rm::FFN_DIM>(gate, up, gate, a.layer);
+    linear<L, L_DOWN>(gate, o, a);
+    residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
+  }
+}
+
+template <int L>
+void layers(int start, int T, half_bits_t *kv, uint32_t cap, Acct &a) {
+  layer<L>(start, T, kv, cap, a);
+  if constexpr (L + 1 < rm::N_LAYERS) layers<L + 1>(start, T, kv, cap, a);
+}
+
+// Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
+void forward(const int32_t *ids, int n, int start, half_bits_t *kv, uint32_t cap, Acct &a) {
+  typedef RomTensor<0, L_EMBD> E;
+  for (int c0 = 0; c0 < n; c0 += MAX_T) {
+    const int T = n - c0 < MAX_T ? n - c0 : MAX_T;
+    for (int i = 0; i < T; ++i)
+      embedding_row<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(ids[c0 + i], E::planes, E::scales, E::mins,
+                                                                    g_x[i], a.layer);
+    layers<0>(start + c0, T, kv, cap, a);
+    if (c0 + T == n) {
+      float h[rm::DIM];
+      rms_norm<rm::DIM>(g_x[T - 1], g_norms[2 * rm::N_LAYERS], rm::RMS_EPS, h, a.layer);
+      linear<0, HEAD_LIN>(h, g_logits, a);
+    }
+  }
+}
+
+SamplerParams sampler_params(uint32_t mode, float inv_t, uint32_t top_k, float top_p, float min_p, float pen,
+                             uint32_t last_n) {
+  SamplerParams p;
+  p.greedy = mode == SAMPLE_GREEDY ? 1 : 0;
+  p.inv_temperature = inv_t;
+  p.top_k = (int)(top_k > 0x7fffffffu ? 0x7fffffffu : top_k);
+  p.top_p = top_p;
+  p.min_p = min_p;
+  p.penalty = pen;
+  p.inv_penalty = 1.0f / pen;
+  p.repeat_last_n = (int)(last_n > 0x7fffffffu ? 0x7fffffffu : last_n);
+  return p;
+}
+
+void write_status(uint32_t *status, uint32_t err, uint32_t tokens, const Acct &a) {
+  uint64_t st[STAGE_COUNT] = {0};
+  st[STAGE_EMBEDDING] = a.layer.embedding;
+  st[STAGE_NORM] = a.layer.norm;
+  st[STAGE_ACT_QUANT] = a.gemv.act_quant;
+  st[STAGE_GEMV] = a.gemv.candidates + a.gemv.gemv + a.gemv.output;
+  st[STAGE_LORA] = a.lora.load + a.lora.apply;
+  st[STAGE_ROPE] = a.layer.rope;
+  st[STAGE_ATTENTION] = a.layer.attention;
+  st[STAGE_ACTIVATION] = a.layer.activation;
+  st[STAGE_RESIDUAL] = a.layer.residual;
+  st[STAGE_LM_HEAD] = a.head.total();
+  st[STAGE_SAMPLER] = a.sampler.total();
+  uint64_t total = 0;
+  for (int s = 0; s < (int)STAGE_COUNT; ++s) total += st[s];
+STATUS_WRITE:
+  for (int w = 0; w < (int)STATUS_WORDS; ++w) {
+    uint32_t v = 0;
+    if (w == STATUS_ERROR) v = err;
+    else if (w == STATUS_TOKENS) v = tokens;
+    else if (w == STATUS_CYCLES_LO) v = (uint32_t)total;
+    else if (w == STATUS_CYCLES_HI) v = (uint32_t)(total >> 32);
+    else if (w >= (int)STATUS_STAGE_CYCLES && w < (int)(STATUS_STAGE_CYCLES + STAGE_COUNT))
+      v = (uint32_t)st[w - STATUS_STAGE_CYCLES];
+    status[w] = v;
+  }
+}
+
+} // namespace
+
+// Depths of the m_axi ports for C/RTL co-simulation (elements).
+constexpr int DEPTH_TOKENS = rm::CONTEXT;
+constexpr int DEPTH_LOGITS = rm::VOCAB;
+constexpr int DEPTH_KV = 2 * rm::N_LAYERS * rm::CONTEXT * rm::KV_DIM;
+constexpr int DEPTH_LORA = 1 << 20;
+constexpr int DEPTH_STATUS = STATUS_WORDS;
+
+extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens, uint32_t kv_capacity,
+                          uint32_t lora_slot, uint32_t lora_bytes, uint32_t sample_mode, float inv_temperature,
+                          uint32_t top_k, float top_p, float min_p, float repeat_penalty, uint32_t repeat_last_n,
+                          uint32_t seed_lo, uint32_t seed_hi, uint32_t eos_id, const int32_t *tokens_in,
+                          int32_t *tokens_out, float *logits, uint16_t *kv_cache, const uint8_t *lora_staging,
+                          const uint32_t *ddr_weights, uint32_t *status) {
+#pragma HLS INTERFACE mode = s_axilite port = command bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = position bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = n_tokens bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = kv_capacity bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = lora_slot bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = lora_bytes bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = sample_mode bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = inv_temperature bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = top_k bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = top_p bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = min_p bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = repeat_penalty bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = repeat_last_n bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = seed_lo bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = seed_hi bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = eos_id bundle = control
+#pragma HLS INTERFACE mode = m_axi port = tokens_in offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
+#pragma HLS INTERFACE mode = m_axi port = tokens_out offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
+#pragma HLS INTERFACE mode = m_axi port = logits offset = slave bundle = gmem_logits depth = DEPTH_LOGITS
+#pragma HLS INTERFACE mode = m_axi port = kv_cache offset = slave bundle = gmem_kv depth = DEPTH_KV
+#pragma HLS INTERFACE mode = m_axi port = lora_staging offset = slave bundle = gmem_lora depth = DEPTH_LORA
+#pragma HLS INTERFACE mode = m_axi port = ddr_weights offset = slave bundle = gmem_weights depth = 1
+#pragma HLS INTERFACE mode = m_axi port = status offset = slave bundle = gmem_status depth = DEPTH_STATUS
+#pragma HLS INTERFACE mode = s_axilite port = tokens_in bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = tokens_out bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = logits bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = kv_cache bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = lora_staging bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = ddr_weights bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = status bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = return bundle = control
+  (void)ddr_weights; // every tensor of the current builds is in ROM (the DDR-streamed tier is not built yet)
+  Acct a;
+  uint32_t err = ERR_NONE, done = 0;
+  const bool run = command == CMD_PREFILL || command == CMD_DECODE || command == CMD_GENERATE;
+
+  // ---- validation: nothing changes unless it passes ----
+#ifndef __SYNTHESIS__
+  if (!g_loaded) err = ERR_NOT_LOADED;
+#endif
+  if (err == ERR_NONE) {
+    if (!run && command != CMD_LOAD_LORA && command != CMD_SELECT_LORA) err = ERR_BAD_COMMAND;
+    else if (run && (n_tokens == 0 || (command == CMD_DECODE && n_tokens != 1) ||
+                     (command == CMD_GENERATE && sample_mode == SAMPLE_NONE) || sample_mode > SAMPLE_RANDOM))
+      err = ERR_BAD_COMMAND;
+    else if (run && (kv_capacity > (uint32_t)rm::CONTEXT || position > kv_capacity ||
+                     n_tokens > kv_capacity - position))
+      err = ERR_CONTEXT;
+    else if (run) {
+      const uint32_t check = command == CMD_GENERATE ? 1 : n_tokens;
+    VALIDATE_TOKENS:
+      for (uint32_t i = 0; i < check; ++i)
+        if (tokens_in[i] < 0 || tokens_in[i] >= rm::VOCAB) err = ERR_TOKEN_RANGE;
+    } else if (command == CMD_LOAD_LORA) {
+      if (lora_slot >= LORA_SLOTS) err = ERR_LORA_SLOT;
+      else if (lora_validate<Lora>(lora_staging, lora_bytes, rm::N_LAYERS) != nullptr) err = ERR_LORA_IMAGE;
+    } else if (command == CMD_SELECT_LORA) {
+      if (lora_slot != LORA_NONE && (lora_slot >= LORA_SLOTS || !g_lora.loaded[lora_slot])) err = ERR_LORA_SLOT;
+    }
+  }
+  if (err != ERR_NONE) {
+    write_status(status, err, 0, a);
+    return;
+  }
+
+  if (command == CMD_LOAD_LORA) {
+    lora_load<Lora>(g_lora, (int)lora_slot, lora_staging, lora_bytes, a.lora);
+  } else if (command == CMD_SELECT_LORA) {
+    g_active = lora_slot;
+  } else {
+    if (seed_lo != 0 || seed_hi != 0) {
+      g_rng = ((uint64_t)seed_hi << 32) | seed_lo;
+      g_recent.clear();
+    }
+    const SamplerParams prm =
+        sampler_params(sample_mode, inv_temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n);
+    if (command != CMD_GENERATE) {
+      forward(tokens_in, (int)n_tokens, (int)position, kv_cache, kv_capacity, a);
+      if (sample_mode != SAMPLE_NONE)
+        tokens_out[0] = (int32_t)sampler_step<rm::VOCAB, SAMPLER_K, SAMPLER_LANES, SAMPLER_RING>(
+            g_logits, prm, g_rng, g_recent, a.sampler);
+      done = n_tokens;
+    } else {
+      int32_t tok = tokens_in[0];
+    GENERATE:
+      for (uint32_t s = 0; s < n_tokens; ++s) {
+        forward(&tok, 1, (int)(position + s), kv_cache, kv_capacity, a);
+        const uint32_t next = sampler_step<rm::VOCAB, SAMPLER_K, SAMPLER_LANES, SAMPLER_RING>(
+            g_logits, prm, g_rng, g_recent, a.sampler);
+        tokens_out[s] = (int32_t)next;
+        ++done;
+        if (next == eos_id) break;
+        tok = (int32_t)next;
+      }
+    }
+  LOGITS_OUT:
+    for (int i = 0; i < rm::VOCAB; ++i) {
+#pragma HLS PIPELINE II = 1
+      logits[i] = g_logits[i];
+    }
+  }
+  write_status(status, ERR_NONE, done, a);
+}
+
+#ifndef __SYNTHESIS__
+// ---- the emulated board: ROM images from a build folder ----
+namespace {
+
+bool set_err(char *err, int err_len, const std::string &msg) {
+  if (err && err_len > 0) {
+    std::strncpy(err, msg.c_str(), (size_t)err_len - 1);
+    err[err_len - 1] = 0;
+  }
+  return false;
+}
+
+template <int L, int LIN>
+bool load_tensor(const std::string &dir, const std::string &name, char *err, int err_len) {
+  typedef RomTensor<L, LIN> R;
+  BromImageHost img;
+  const std::string path = dir + "/" + name + ".bin";
+  const std::string msg = load_brom_image(path, img);
+  if (!msg.empty()) return set_err(err, err_len, msg);
+  if ((int)img.bits != R::BITS || (int)img.group != R::GROUP || (int)img.rows != R::ROWS_ALL ||
+      (int)img.cols != R::COLS || (int)img.tiles != R::TILES) {
+    char buf[512];
+    std::snprintf(buf, sizeof buf,
+                  "ROM image %s is %ux%u, %u bits, group %u, %u tiles, but this library was built for %dx%d, %d "
+                  "bits, group %d, %d tiles (roma_model.h of another build?)",
+                  path.c_str(), img.rows, img.cols, img.bits, img.group, img.tiles, R::ROWS_ALL, R::COLS, R::BITS,
+                  R::GROUP, R::TILES);
+    return set_err(err, err_len, buf);
+  }
+  std::memcpy(R::planes, img.planes.data(), sizeof R::planes);
+  std::memcpy(R::scales, img.scales.data(), sizeof R::scales);
+  std::memcpy(R::mins, img.mins.data(), sizeof R::mins);
+  return true;
+}
+
+template <int L>
+bool load_layers(const std::string &dir, char *err, int err_len) {
+  const std::string p = "blk." + std::to_string(L) + ".";
+  if (!load_tensor<L, L_WQ>(dir, p + LIN_NAMES[0], err, err_len) ||
+      !load_tensor<L, L_WK>(dir, p + LIN_NAMES[1], err, err_len) ||
+      !load_tensor<L, L_WV>(dir, p + LIN_NAMES[2], err, err_len) ||
+      !load_tensor<L, L_WO>(dir, p + LIN_NAMES[3], err, err_len) ||
+      !load_tensor<L, L_GATE>(dir, p + LIN_NAMES[4], err, err_len) ||
+      !load_tensor<L, L_UP>(dir, p + LIN_NAMES[5], err, err_len) ||
+      !load_tensor<L, L_DOWN>(dir, p + LIN_NAMES[6], err, err_len))
+    return false;
+  if constexpr (L + 1 < rm::N_LAYERS) return load_layers<L + 1>(dir, err, err_len);
+  return true;
+}
+
+} // namespace
+
+extern "C" int roma_emu_set_threads(int threads) {
+#ifdef _OPENMP
+  g_threads = threads > 0 ? threads : omp_get_max_threads();
+#else
+  (void)threads;
+  g_threads = 1;
+#endif
+  return g_threads;
+}
+
+extern "C" int roma_emu_load_build(const char *build_dir, char *err, int err_len) {
+  g_loaded = false;
+  if (g_threads == 0) roma_emu_set_threads(0);
+  if (!build_dir) return set_err(err, err_len, "no build folder given") ? 0 : 1;
+  const std::string dir = build_dir;
+  if (!load_layers<0>(dir, err, err_len)) return 1;
+  if (!load_tensor<0, L_EMBD>(dir, "token_embd", err, err_len)) return 1;
+  if constexpr (HEAD_LIN == L_OUTPUT) {
+    if (!load_tensor<0, HEAD_LIN>(dir, "output", err, err_len)) return 1;
+  }
+  const std::string np = dir + "/norms.bin";
+  FILE *f = std::fopen(np.c_str(), "rb");
+  if (!f) return set_err(err, err_len, "cannot open the norm weights " + np) ? 0 : 1;
+  const size_t got = std::fread(g_norms, 1, sizeof g_norms, f);
+  const bool extra = std::fgetc(f) != EOF;
+  std::fclose(f);
+  if (got != sizeof g_norms || extra)
+    return set_err(err, err_len, np + " has the wrong size (expected " + std::to_string(sizeof g_norms) +
+                                     " bytes of fp32 norm weights)") ? 0 : 1;
+  for (int r = 0; r < 2 * rm::N_LAYERS + 1; ++r)
+    for (int i = 0; i < rm::DIM; ++i)
+      if (!(g_norms[r][i] == g_norms[r][i]) || g_norms[r][i] - g_norms[r][i] != 0.0f)
+        return set_err(err, err_len, np + " is corrupt (a norm weight is not finite)") ? 0 : 1;
+  g_loaded = true;
+  if (err && err_len > 0) err[0] = 0;
+  return 0;
+}
+#endif

@@ -1,0 +1,170 @@
+"""Golden data for tb_roma_core.cpp: a tiny model's build folder (the compiler API) and what the golden model
+(GoldenModel, "quant" mode) computes on it.
+
+    python gen_roma_core.py OUT_DIR [--no-model]     (--no-model is accepted and ignored: no SmolLM2 needed)
+
+OUT_DIR/build        the build (`roma compile` of a tiny random LLaMA: 2 layers, dim 64, GQA 4/2, untied head,
+                     vocab 49152; mixed precision: layer 0 at 4 bits, layer 1 at 3 bits, w_down of layer 1 at 2)
+OUT_DIR/meta.txt     key value lines (dimensions, prompt length, steps, seeds, sampler registers as fp32 hex)
+OUT_DIR/*.i32/.f32/.u16/.bin   prompt, logits, tokens, KV rows, packed LoRA images (see write_case)
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / "host"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+PROMPT_LEN = 21  # > PREFILL_CHUNK (16): the chunked prefill is exercised
+DECODE_STEPS = 4
+GEN_STEPS = 8
+KV_CAPACITY = 64
+SEED = 1234
+LORA_SLOT_RANK = 8
+
+
+def _f32hex(v) -> str:
+    return f"{int(np.float32(v).view(np.uint32)):08x}"
+
+
+def _mixed_build(hf: Path, out: Path):
+    """A 4-bit build, then layer 1 re-quantized to 3 bits (its w_down to 2): per-layer widths differ."""
+    from roma_runtime.compiler import brom
+    from roma_runtime.compiler.build import compile_model, load_build
+    from roma_runtime.compiler.header import render_header
+    from roma_runtime.compiler.quantize import quantize_tensor
+    from roma_runtime.model import load_model
+    from roma_runtime.model.weights import as_float
+
+    model = load_model(hf)
+    man = compile_model(model, out, bits=4, group=32, progress=False, force=True)
+    layer1 = model.weights.layers[1]
+    for lin in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
+        bits = 2 if lin == "w_down" else 3
+        q, _ = quantize_tensor(as_float(getattr(layer1, lin)), bits, 32, "rtn", None, f"blk.1.{lin}")
+        brom.write_image(brom.pack(q, tiles=1), out, f"blk.1.{lin}")
+        man["tensors"][f"blk.1.{lin}"].update({"bits": bits, "group": 32})
+    # the generated header (the per-layer widths the top dispatches on); the manifest is not rewritten, so
+    # the golden reads the images back without the manifest's checksums
+    (out / "roma_model.h").write_text(render_header(model.config, man["tensors"], bits=4, group=32,
+                                                    context=model.config.context_length, lora_rank=0,
+                                                    board="u250", model_sha256=model.identity()))
+    loaded, _ = load_build(out, verify=False)
+    return loaded
+
+
+def _adapter(model, rng):
+    from roma_runtime import lora
+
+    c = model.config
+    shapes = lora.linear_shapes(c)
+    factors = {}
+    for (layer, name, r) in [(0, "wq", 4), (0, "wv", 8), (1, "wo", 3), (1, "w_gate", 5), (0, "w_down", 6),
+                             (1, "wk", 2), (1, "w_up", 4)]:
+        out, inp = shapes[name]
+        a = (rng.standard_normal((r, inp)) * 0.25).astype(np.float32)
+        b = (rng.standard_normal((out, r)) * 0.25).astype(np.float32)
+        factors[(layer, name)] = (a, b, 2.0 / r)
+    return lora.Adapter.from_factors("tb", c, factors)
+
+
+def write_case(out: Path) -> dict:
+    from roma_runtime import lora
+    from roma_runtime.golden import GoldenModel
+    from roma_runtime.golden import sampler as gs
+    from tiny_models import write_tiny_hf
+
+    out.mkdir(parents=True, exist_ok=True)
+    hf = write_tiny_hf(out / "hf", tied=False)
+    model = _mixed_build(hf, out / "build")
+    shutil.rmtree(out / "hf")
+    c = model.config
+    g = GoldenModel(model, "quant")
+    rng = np.random.default_rng(7)
+    prompt = rng.integers(0, c.vocab_size, PROMPT_LEN).astype(np.int32)
+    prompt.tofile(out / "prompt.i32")
+
+    def kv_rows(cache, length):  # [L][2][length][KV_DIM] fp16 bits
+        k = cache.keys[:, :length].reshape(c.n_layers, length, -1)
+        v = cache.values[:, :length].reshape(c.n_layers, length, -1)
+        return np.stack([k, v], axis=1).view(np.uint16)
+
+    # prefill + greedy decode
+    cache = g.new_cache(KV_CAPACITY)
+    logits = [g.forward(prompt, cache)[-1]]
+    greedy = [int(np.argmax(logits[0]))]
+    for _ in range(DECODE_STEPS):
+        logits.append(g.forward([greedy[-1]], cache)[-1])
+        greedy.append(int(np.argmax(logits[-1])))
+    np.asarray(logits, np.float32).tofile(out / "greedy_logits.f32")  # [1 + DECODE_STEPS][V]
+    np.asarray(greedy, np.int32).tofile(out / "greedy_tokens.i32")  # [1 + DECODE_STEPS]
+    kv_len = PROMPT_LEN + DECODE_STEPS
+    kv_rows(cache, kv_len).tofile(out / "kv.u16")
+    # The golden again with the prompt split 5 + 16: numpy evaluates cos/sin (SIMD body or scalar tail, an ulp
+    # apart) and the batched sums differently for another batch length; an ulp can flip the fp16 rounding of a
+    # cached K/V element, and that an int8 activation downstream. Both runs are valid evaluations of the contract;
+    # the testbench accepts a value close to either and prints how far the two golden runs are apart.
+    cache = g.new_cache(KV_CAPACITY)
+    g.forward(prompt[:5], cache)
+    lg = g.forward(prompt[5:], cache)[-1]
+    step_logits = [lg]
+    for tok in greedy[:-1]:
+        step_logits.append(g.forward([tok], cache)[-1])
+    np.asarray(step_logits, np.float32).tofile(out / "greedy_logits_step.f32")
+    kv_rows(cache, kv_len).tofile(out / "kv_step.u16")
+
+    # autonomous sampled decode: prefill prompt[:-1], then feed prompt[-1] and sample GEN_STEPS tokens
+    prm = gs.OnChipParams(greedy=0, inv_temperature=np.float32(1 / 0.8), top_k=40, top_p=np.float32(0.95),
+                          min_p=np.float32(0.02), penalty=np.float32(1.1),
+                          inv_penalty=np.float32(np.float32(1) / np.float32(1.1)), repeat_last_n=16)
+    state = gs.seed_state(SEED)
+    sampler = gs.OnChipSampler(gs.OnChipSamplerSpec(c.vocab_size, 64, 64, lanes=4), prm, state=state)
+    cache = g.new_cache(KV_CAPACITY)
+    g.forward(prompt[:-1], cache)
+    tok, sampled = int(prompt[-1]), []
+    for _ in range(GEN_STEPS):
+        lg = g.forward([tok], cache)[-1]
+        tok = sampler.sample(lg)
+        sampled.append(tok)
+    np.asarray(sampled, np.int32).tofile(out / "sampled_tokens.i32")
+    lg.astype(np.float32).tofile(out / "sampled_last_logits.f32")
+
+    # LoRA: one adapter packed as fp16 and as int8 (fp32 row scales); prefill logits with each
+    adapter = _adapter(model, rng)
+    for dtype, sdt in (("fp16", "fp16"), ("int8", "fp32")):
+        packed = lora.pack(adapter, dtype, slot_rank=LORA_SLOT_RANK, scale_dtype=sdt)
+        packed.buffer.tofile(out / f"lora_{dtype}.bin")
+        g.lora = packed.to_golden()
+        cache = g.new_cache(KV_CAPACITY)
+        g.forward(prompt, cache)[-1].astype(np.float32).tofile(out / f"lora_{dtype}_logits.f32")
+    g.lora = None
+
+    meta = {
+        "n_layers": c.n_layers, "kv_dim": c.kv_dim, "vocab": c.vocab_size, "prompt_len": PROMPT_LEN,
+        "decode_steps": DECODE_STEPS, "gen_steps": GEN_STEPS, "kv_capacity": KV_CAPACITY, "kv_len": kv_len,
+        "seed_lo": state & 0xFFFFFFFF, "seed_hi": state >> 32, "inv_temperature": _f32hex(prm.inv_temperature),
+        "top_k": prm.top_k, "top_p": _f32hex(prm.top_p), "min_p": _f32hex(prm.min_p),
+        "repeat_penalty": _f32hex(prm.penalty), "repeat_last_n": prm.repeat_last_n,
+    }
+    (out / "meta.txt").write_text("".join(f"{k} {v}\n" for k, v in meta.items()))
+    (out / "cases.txt").write_text("roma_core tiny\n")
+    return meta
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv if not a.startswith("--")]
+    if len(args) != 1:
+        print(__doc__)
+        return 2
+    print(write_case(Path(args[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
