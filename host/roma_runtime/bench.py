@@ -1,0 +1,823 @@
+"""`roma bench`'s measurements: prefill and decode speed, time to first token, host overhead, LoRA swap time and,
+where a backend counts them, FPGA cycles per stage; optionally against a peer (llama.cpp) on the same inputs.
+
+What every figure means (all medians over `repeats` runs; each run starts from an empty KV cache):
+- prefill tokens/s: prompt tokens / the time of the forward pass over the whole prompt.
+- decode tokens/s: single-token forward passes after the prefill / their time (the KV context grows from the
+  prompt length to prompt + decode tokens).
+- time to first token (TTFT): from asking for the generation to the first token being sampled (prefill plus
+  the first sampling step).
+- host overhead per token: the run's wall time minus the time inside the backend's forward passes, divided
+  by the tokens generated: sampling, detokenizing, stop matching, adapter binding, Python. For llama.cpp, the
+  time outside `Llama.eval` in a minimal greedy loop (reading the logits and an argmax).
+- LoRA swap: LoraSlots.activate plus the backend's set_lora, alternating between two resident rank-16
+  adapters on all seven linears of every layer (made in code); load is read-validate-pack-place of one.
+
+Fairness: both sides process the same token ids (ours are fed to llama.cpp), greedy, with the same thread
+count (ours: the OpenBLAS threads numpy uses; llama.cpp: n_threads and n_threads_batch), and the runs are
+interleaved (ours, peer, ours, peer, ...) so both see the same machine load; one untimed warm-up run of each
+comes first. Every comparison is a ratio ours/peer of medians: for tokens/s above 1 means ours is faster,
+for seconds below 1 means ours is faster.
+
+Cycle accounting: a backend that counts cycles exposes `last_cycles()`, returning for its most recent
+`forward` call a dict {stage name: cycles} (or None when it has none), and `clock_mhz`, its fabric clock.
+The bench sums the counts of the prefill call and of the decode calls and derives an *estimate* of the
+board's speed, tokens x clock / cycles: it assumes the stages run back to back with no stall the counters do
+not see, and leaves out host time. The ref backend counts nothing, so the figures are "n/a" there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RomaError
+
+PEERS = ("llama.cpp",)
+LLAMA_CPP_VERSION = "0.3.36"
+LLAMA_CPP_PIP = f'pip install "llama-cpp-python=={LLAMA_CPP_VERSION}"'
+MATPLOTLIB_PIP = "pip install matplotlib"
+DEFAULT_LENGTHS = (64, 128, 256, 512)  # about a minute on the ref backend with 2 cores
+ROMA_LENGTHS = (256, 512, 1024, 2048)  # what the ROMA paper reports
+DEFAULT_DECODE_TOKENS = 32
+DEFAULT_REPEATS = 3
+LORA_RANK = 16
+LORA_SWAPS = 50
+FIGURES = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "host_overhead_s_per_token")
+HIGHER_IS_BETTER = {"prefill_tokens_per_s": True, "decode_tokens_per_s": True, "ttft_s": False,
+                    "host_overhead_s_per_token": False}
+
+# The prompt: this text's token ids, repeated until a prompt is long enough (plain prose, so the model's
+# first-token prediction is a meaningful comparison between implementations).
+BENCH_TEXT = (
+    "The lighthouse keeper climbed the spiral stairs every evening at dusk. From the lamp room he could see the "
+    "fishing boats returning to the harbour, their sails catching the last of the light. He wrote the weather "
+    "in a worn notebook: the direction of the wind, the height of the waves, the colour of the sky. In winter "
+    "the storms came from the north and the whole tower hummed with the wind. In summer the sea was calm and "
+    "children swam near the rocks below. Over forty years he had never missed a night, and the ships that "
+    "passed the point trusted the steady white beam that swept across the water. "
+)
+
+
+# --- settings -----------------------------------------------------------------------------------------------
+
+
+def parse_lengths(text: str) -> list[int]:
+    """'64,128,1K,2k' -> [64, 128, 1024, 2048]: positive, distinct, in the order given (then sorted)."""
+    out: list[int] = []
+    for part in str(text).split(","):
+        item = part.strip()
+        if not item:
+            raise RomaError(f"--lengths '{text}' has an empty item", hint="give prompt lengths such as 64,128,1K")
+        mult = 1
+        if item[-1] in "kK":
+            mult, item = 1024, item[:-1]
+        try:
+            n = int(item) * mult
+        except ValueError:
+            raise RomaError(f"--lengths: '{part.strip()}' is not a token count",
+                            hint="give whole numbers, optionally with K (x1024): 256,512,1K,2K") from None
+        if n < 1:
+            raise RomaError(f"--lengths: a prompt needs at least 1 token (got {part.strip()})")
+        if n in out:
+            raise RomaError(f"--lengths: {n} is given twice")
+        out.append(n)
+    return sorted(out)
+
+
+@dataclass
+class BenchConfig:
+    lengths: list[int] = field(default_factory=lambda: list(DEFAULT_LENGTHS))
+    decode_tokens: int = DEFAULT_DECODE_TOKENS
+    repeats: int = DEFAULT_REPEATS
+    threads: int | None = None  # None: every core this process may use
+    peer: str | None = None
+    lora: bool = True
+    clock_mhz: float | None = None  # overrides the backend's clock for the cycle estimate
+    warmup: bool = True
+
+    def check(self, context: int | None = None) -> "BenchConfig":
+        """RomaError on anything a run would trip over; `context` is the KV capacity the prompts must fit."""
+        if not self.lengths:
+            raise RomaError("no prompt lengths given", hint="--lengths 64,128,256")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise RomaError(f"--repeats must be at least 1 (got {self.repeats})")
+        if isinstance(self.decode_tokens, bool) or not isinstance(self.decode_tokens, int) or self.decode_tokens < 0:
+            raise RomaError(f"--decode-tokens must be 0 or more (got {self.decode_tokens})")
+        if self.threads is not None and self.threads < 1:
+            raise RomaError(f"--threads must be at least 1 (got {self.threads})")
+        if self.peer is not None and self.peer not in PEERS:
+            raise RomaError(f"unknown peer '{self.peer}' for --vs", hint=f"choose one of: {', '.join(PEERS)}")
+        if self.clock_mhz is not None and not (self.clock_mhz > 0 and math.isfinite(self.clock_mhz)):
+            raise RomaError(f"--clock-mhz must be a positive number (got {self.clock_mhz})")
+        if context is not None:
+            need = self.capacity
+            if need > context:
+                raise RomaError(
+                    f"a {max(self.lengths)}-token prompt plus {self.decode_tokens} decoded tokens needs "
+                    f"{need} KV positions, more than the context of {context}",
+                    hint=f"use shorter --lengths or fewer --decode-tokens (prompts up to "
+                         f"{max(context - self.decode_tokens - 1, 0)} tokens fit)")
+        return self
+
+    @property
+    def capacity(self) -> int:
+        """KV positions one run needs: the longest prompt, the decoded tokens and the last sampled one."""
+        return max(self.lengths) + self.decode_tokens + 1
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or usable_cores()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def backend_label(backend: str, numerics: str) -> str:
+    """What the numbers are from, in words nobody mistakes for a board's."""
+    if backend == "ref":
+        return f"reference model: numpy golden model on this CPU, {numerics} numerics (not a board)"
+    if backend == "emu":
+        return f"emulated board: HLS C simulation on this CPU, {numerics} numerics (not a board)"
+    if backend == "board":
+        return f"PYNQ board, {numerics} numerics"
+    return f"{backend}, {numerics} numerics"
+
+
+def load_llama_cpp():
+    """The llama_cpp module, or a RomaError with the pip command that installs it."""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise RomaError(f"--vs llama.cpp needs llama-cpp-python, which is not importable ({e})",
+                        hint=f"{LLAMA_CPP_PIP}   (or: pip install 'roma-runtime[bench]')") from None
+    return llama_cpp
+
+
+def check_plot_path(path: str | None) -> Path | None:
+    """Refuse a plot path we cannot write, and a missing matplotlib, before any measurement."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if p.suffix.lower() != ".png":
+        raise RomaError(f"--plot {path}: the plot is written as PNG", hint="give a file name ending in .png")
+    if not p.parent.is_dir():
+        raise RomaError(f"--plot {path}: no folder {p.parent}")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise RomaError("--plot needs matplotlib, which is not installed", hint=MATPLOTLIB_PIP) from None
+    return p
+
+
+# --- threads ------------------------------------------------------------------------------------------------
+
+
+def _openblas():
+    """(library, setter, getter) of the OpenBLAS numpy loaded, or None."""
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for suffix in ("64_", ""):
+            setter = getattr(lib, f"openblas_set_num_threads{suffix}", None)
+            getter = getattr(lib, f"openblas_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                getter.restype = ctypes.c_int
+                return path, setter, getter
+    return None
+
+
+def blas_threads(n: int | None = None) -> dict:
+    """Set (when n is given) and report the BLAS thread count numpy's matmuls use."""
+    found = _openblas()
+    if found is None:
+        return {"library": None, "threads": None, "controlled": False}
+    path, setter, getter = found
+    if n is not None:
+        setter(ctypes.c_int(int(n)))
+    return {"library": Path(path).name, "threads": int(getter()), "controlled": n is not None}
+
+
+# --- one run ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """The timings of one generation: a prompt, then `decode_tokens` single-token passes."""
+
+    prompt_tokens: int
+    prefill_seconds: float
+    decode_tokens: int
+    decode_seconds: float
+    ttft_seconds: float
+    wall_seconds: float
+    forward_seconds: float
+    ids: list[int]
+    first_margin: float | None = None  # top-1 minus top-2 logit of the first token (ours only)
+    prefill_cycles: dict | None = None
+    decode_cycles: dict | None = None
+
+    @property
+    def figures(self) -> dict:
+        return {
+            "prefill_tokens_per_s": self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else None,
+            "decode_tokens_per_s": self.decode_tokens / self.decode_seconds if self.decode_tokens and self.decode_seconds > 0 else None,
+            "ttft_s": self.ttft_seconds,
+            "host_overhead_s_per_token": max(self.wall_seconds - self.forward_seconds, 0.0) / max(len(self.ids), 1),
+        }
+
+
+def _add_cycles(total: dict | None, counts) -> dict | None:
+    if not counts:
+        return total
+    total = dict(total or {})
+    for stage, n in dict(counts).items():
+        total[str(stage)] = total.get(str(stage), 0) + int(n)
+    return total
+
+
+class _TimedBackend:
+    """Wraps the engine's backend: times every forward and collects its cycle counts, if it has any."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.calls: list[tuple[float, int, dict | None]] = []
+        self.first_logits = None
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def forward(self, ids, cache):
+        t0 = time.perf_counter()
+        logits = self._inner.forward(ids, cache)
+        dt = time.perf_counter() - t0
+        hook = getattr(self._inner, "last_cycles", None)
+        cycles = hook() if callable(hook) else None
+        if not self.calls:
+            self.first_logits = logits
+        self.calls.append((dt, len(ids), cycles))
+        return logits
+
+
+def _margin(logits) -> float | None:
+    if logits is None:
+        return None
+    x = np.asarray(logits, dtype=np.float64).ravel()
+    if x.size < 2:
+        return None
+    top = np.partition(x, -2)[-2:]
+    return float(top[1] - top[0])
+
+
+class OursRunner:
+    """Greedy generations through Engine.generate, the runtime's real path, in one reused session."""
+
+    def __init__(self, engine, capacity: int):
+        from .generate import SamplingParams
+
+        self.engine = engine
+        self.session = engine.new_session(capacity)
+        self._params = SamplingParams
+        self.label = engine.backend.name
+
+    def run(self, ids: list[int], decode_tokens: int) -> Run:
+        engine = self.engine
+        self.session.reset()  # an empty cache every time: no prefix reuse
+        timed = _TimedBackend(engine.backend)
+        engine.backend = timed
+        try:
+            t_start = time.perf_counter()
+            generation = engine.generate(list(ids), self._params(max_tokens=decode_tokens + 1),
+                                         session=self.session)
+            sample, first = generation.sampler.sample, []
+
+            def timed_sample(logits, history):
+                token = sample(logits, history)
+                if not first:
+                    first.append(time.perf_counter())
+                return token
+
+            generation.sampler.sample = timed_sample
+            res = generation.run()
+            wall = time.perf_counter() - t_start
+        finally:
+            engine.backend = timed._inner
+        calls = timed.calls
+        prefill_cycles = _add_cycles(None, calls[0][2]) if calls else None
+        decode_cycles = None
+        for _, _, c in calls[1:]:
+            decode_cycles = _add_cycles(decode_cycles, c)
+        return Run(prompt_tokens=res.prefill_tokens, prefill_seconds=res.prefill_seconds,
+                   decode_tokens=res.decode_tokens, decode_seconds=res.decode_seconds,
+                   ttft_seconds=(first[0] - t_start) if first else wall, wall_seconds=wall,
+                   forward_seconds=sum(c[0] for c in calls), ids=list(res.ids),
+                   first_margin=_margin(timed.first_logits), prefill_cycles=prefill_cycles,
+                   decode_cycles=decode_cycles)
+
+
+class LlamaCppRunner:
+    """llama-cpp-python on the same GGUF: our token ids in, greedy argmax out, same thread count."""
+
+    name = "llama.cpp"
+
+    def __init__(self, gguf: Path, n_ctx: int, threads: int):
+        llama_cpp = load_llama_cpp()
+        self.llama_cpp = llama_cpp
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads,
+                                   n_threads_batch=threads, logits_all=False, verbose=False)
+        self.n_vocab = self.llm.n_vocab()
+        self.version = getattr(llama_cpp, "__version__", "?")
+        self.settings = {"n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
+                         "n_batch": self.llm.n_batch,
+                         "n_ubatch": getattr(getattr(self.llm, "context_params", None), "n_ubatch", None)}
+        self.label = f"llama.cpp (llama-cpp-python {self.version}, CPU)"
+
+    def system_info(self) -> str:
+        try:
+            info = self.llama_cpp.llama_print_system_info()
+            return (info.decode(errors="replace") if isinstance(info, bytes) else str(info)).strip()
+        except Exception:  # informative only
+            return ""
+
+    def _argmax(self) -> int:
+        ptr = self.llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))))
+
+    def run(self, ids: list[int], decode_tokens: int) -> Run:
+        llm = self.llm
+        llm.reset()
+        t_start = time.perf_counter()
+        t0 = time.perf_counter()
+        llm.eval(list(ids))
+        prefill = time.perf_counter() - t0
+        token = self._argmax()
+        ttft = time.perf_counter() - t_start
+        out, decode = [token], 0.0
+        for _ in range(decode_tokens):
+            t0 = time.perf_counter()
+            llm.eval([token])
+            decode += time.perf_counter() - t0
+            token = self._argmax()
+            out.append(token)
+        wall = time.perf_counter() - t_start
+        return Run(prompt_tokens=len(ids), prefill_seconds=prefill, decode_tokens=decode_tokens,
+                   decode_seconds=decode, ttft_seconds=ttft, wall_seconds=wall, forward_seconds=prefill + decode,
+                   ids=out)
+
+    def close(self) -> None:
+        close = getattr(self.llm, "close", None)
+        if callable(close):
+            close()
+
+
+# --- LoRA ---------------------------------------------------------------------------------------------------
+
+
+def lora_adapters(config, rank: int = LORA_RANK, count: int = 2, seed: int = 0):
+    """`count` rank-`rank` adapters on all seven linears of every layer, random small factors."""
+    from . import lora
+
+    rng = np.random.default_rng(seed)
+    shapes = lora.linear_shapes(config)
+    adapters = []
+    for k in range(count):
+        factors = {}
+        for layer in range(config.n_layers):
+            for name in lora.LINEAR:
+                out_dim, in_dim = shapes[name]
+                a = (rng.standard_normal((rank, in_dim)) * 0.02).astype(np.float32)
+                b = (rng.standard_normal((out_dim, rank)) * 0.02).astype(np.float32)
+                factors[(layer, name)] = (a, b, 2.0)
+        adapters.append(lora.Adapter.from_factors(f"bench-{k}", config, factors))
+    return adapters
+
+
+def measure_lora(engine, swaps: int = LORA_SWAPS, rank: int = LORA_RANK) -> dict:
+    """Load two rank-16 adapters into LoraSlots and time switching between them, then restore the base."""
+    from .lora import DEFAULT_MAX_RANK, LoraSlots
+
+    backend = engine.backend
+    set_lora = getattr(backend, "set_lora", None)
+    slots = LoraSlots(engine.config, capacity=2, slot_rank=max(DEFAULT_MAX_RANK, rank))
+    adapters = lora_adapters(engine.config, rank)
+    for adapter in adapters:
+        slots.load(adapter.name, adapter)
+    loads = [e for e in slots.events if e.op == "load"]
+    swap_s = []
+    for i in range(swaps):
+        name = adapters[i % 2].name
+        t0 = time.perf_counter()
+        slots.activate(name)
+        if callable(set_lora):
+            set_lora(slots)
+        swap_s.append(time.perf_counter() - t0)
+    activate_s = [e.seconds for e in slots.events if e.op == "activate"]
+    slots.activate(None)
+    if callable(set_lora):
+        set_lora(slots)  # back to the base model
+    return {
+        "rank": rank, "targets": "all 7 linears (q, k, v, o, gate, up, down) of every layer",
+        "layers": engine.config.n_layers, "slot_rank": slots.slot_rank, "dtype": slots.dtype,
+        "adapter_bytes": loads[0].nbytes if loads else None,
+        "load_s": statistics.median(e.seconds for e in loads) if loads else None,
+        "swap_s": statistics.median(swap_s), "activate_s": statistics.median(activate_s),
+        "swaps": swaps, "backend_set_lora": callable(set_lora),
+        "model": "swap = LoraSlots.activate (validate the name, write the active slot) + backend.set_lora; "
+                 "load = validate + pack + place one adapter",
+    }
+
+
+# --- the bench ----------------------------------------------------------------------------------------------
+
+
+def bench_prompt(tokenizer, length: int) -> list[int]:
+    """`length` token ids of BENCH_TEXT, repeated as needed."""
+    unit = tokenizer.encode(BENCH_TEXT)
+    if not unit:
+        raise RomaError("the tokenizer encodes the bench text to nothing")
+    reps = -(-length // len(unit))
+    return (unit * reps)[:length]
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _ratio(ours, peer):
+    if ours is None or peer is None or not peer > 0 or not ours > 0:
+        return None
+    return ours / peer
+
+
+def _median_cycles(dicts: list[dict | None]) -> dict | None:
+    dicts = [d for d in dicts if d]
+    if not dicts:
+        return None
+    stages = list(dict.fromkeys(s for d in dicts for s in d))
+    return {s: statistics.median(d.get(s, 0) for d in dicts) for s in stages}
+
+
+def _clock(backend, override: float | None) -> tuple[float, str]:
+    if override is not None:
+        return float(override), "--clock-mhz"
+    clock = getattr(backend, "clock_mhz", None)
+    if clock:
+        return float(clock), "the backend's clock"
+    try:
+        from .device.hwh import PL_CLK_MHZ
+    except Exception:
+        PL_CLK_MHZ = 100.0
+    return float(PL_CLK_MHZ), "the overlay's default PL clock"
+
+
+def run_bench(engine, cfg: BenchConfig, *, backend: str = "ref", numerics: str | None = None,
+              model_name: str | None = None, progress: bool = True, argv: list[str] | None = None) -> dict:
+    """Measure; returns the report (JSON-ready) that format_table and write_plot read."""
+    cfg.check(engine.config.context_length)
+    numerics = numerics or engine.numerics
+    peer = None
+    if cfg.peer is not None:
+        load_llama_cpp()
+        gguf = _gguf_path(engine)
+        peer = LlamaCppRunner(gguf, cfg.capacity, cfg.thread_count)
+    previous = blas_threads()
+    threads = blas_threads(cfg.thread_count)
+    try:
+        return _measure(engine, cfg, peer, backend, numerics, model_name, progress, argv, threads)
+    finally:
+        if previous["threads"]:
+            blas_threads(previous["threads"])
+        if peer is not None:
+            peer.close()
+
+
+def _gguf_path(engine) -> Path:
+    model = engine.model
+    if model.format != "gguf" or not Path(model.source).is_file():
+        raise RomaError("--vs llama.cpp needs a GGUF model (llama.cpp reads only GGUF)",
+                        hint="give --model a .gguf file or a known model name")
+    return Path(model.source)
+
+
+def _measure(engine, cfg, peer, backend, numerics, model_name, progress, argv, threads) -> dict:
+    from tqdm import tqdm
+
+    ours = OursRunner(engine, cfg.capacity)
+    prompts = {n: bench_prompt(engine.tokenizer, n) for n in cfg.lengths}
+    runners = [("ours", ours)] + ([("peer", peer)] if peer else [])
+    if cfg.warmup:  # first calls allocate buffers and warm caches: not timed
+        for _, runner in runners:
+            runner.run(prompts[cfg.lengths[0]], min(cfg.decode_tokens, 2))
+    samples = {n: {"ours": [], "peer": []} for n in cfg.lengths}
+    total = cfg.repeats * len(cfg.lengths) * len(runners)
+    bar = tqdm(total=total, desc="bench", unit="run", file=sys.stderr, disable=not progress, leave=False)
+    try:
+        for _ in range(cfg.repeats):
+            for n in cfg.lengths:
+                bar.set_postfix_str(f"ours {n}")
+                run = ours.run(prompts[n], cfg.decode_tokens)
+                samples[n]["ours"].append(run)
+                bar.update()
+                if peer is not None:
+                    bar.set_postfix_str(f"{peer.name} {n}")
+                    # exactly as many decode steps as ours made (ours stops early only at an end token)
+                    samples[n]["peer"].append(peer.run(prompts[n], run.decode_tokens))
+                    bar.update()
+    finally:
+        bar.close()
+    lora = None
+    if cfg.lora:
+        if progress:
+            print("bench: LoRA swap...", file=sys.stderr, flush=True)
+        lora = measure_lora(engine)
+        lora["peer"] = None
+        lora["peer_note"] = "not measured for llama.cpp (its LoRA needs a GGUF adapter file)" if peer else None
+
+    clock, clock_source = _clock(engine.backend, cfg.clock_mhz)
+    results, any_cycles = [], False
+    for n in cfg.lengths:
+        row = {"prompt_tokens": n}
+        for side in ("ours", "peer"):
+            runs = samples[n][side]
+            if not runs:
+                row[side] = None
+                continue
+            figs = {f: _median([r.figures[f] for r in runs]) for f in FIGURES}
+            entry = {**figs, "prefill_tokens": runs[0].prompt_tokens, "decode_tokens": runs[0].decode_tokens,
+                     "generated_tokens": len(runs[0].ids), "first_token": runs[0].ids[0] if runs[0].ids else None,
+                     "ids": runs[0].ids,
+                     "samples": {f: [r.figures[f] for r in runs] for f in FIGURES}}
+            if side == "ours":
+                entry["first_token_margin"] = runs[0].first_margin
+                pc = _median_cycles([r.prefill_cycles for r in runs])
+                dc = _median_cycles([r.decode_cycles for r in runs])
+                entry["cycles"] = None
+                if pc or dc:
+                    any_cycles = True
+                    dtok = runs[0].decode_tokens
+                    entry["cycles"] = {
+                        "prefill": pc,
+                        "decode_per_token": {s: v / dtok for s, v in dc.items()} if dc and dtok else None,
+                        "estimate_prefill_tokens_per_s": n * clock * 1e6 / sum(pc.values()) if pc and sum(pc.values()) else None,
+                        "estimate_decode_tokens_per_s": dtok * clock * 1e6 / sum(dc.values()) if dc and dtok and sum(dc.values()) else None,
+                    }
+            row[side] = entry
+        if row["peer"] is not None:
+            row["ratio"] = {f: _ratio(row["ours"][f], row["peer"][f]) for f in FIGURES}
+            row["same_token_count"] = (row["ours"]["generated_tokens"] == row["peer"]["generated_tokens"]
+                                       and row["ours"]["prefill_tokens"] == row["peer"]["prefill_tokens"])
+            row["first_token_agrees"] = row["ours"]["first_token"] == row["peer"]["first_token"]
+        else:
+            row["ratio"] = None
+        results.append(row)
+
+    c = engine.config
+    report = {
+        "kind": "roma-bench",
+        "format": 1,
+        "command": argv,
+        "model": {"name": model_name or c.name, "config_name": c.name, "source": str(engine.model.source),
+                  "format": engine.model.format, "context_length": c.context_length},
+        "ours": {"backend": backend, "numerics": numerics, "name": engine.backend.name,
+                 "label": backend_label(backend, numerics), "threads": threads},
+        "peer": None if peer is None else {"name": peer.name, "label": peer.label, "version": peer.version,
+                                           "settings": peer.settings, "system_info": peer.system_info()},
+        "settings": {"lengths": cfg.lengths, "decode_tokens": cfg.decode_tokens, "repeats": cfg.repeats,
+                     "threads": cfg.thread_count, "warmup": cfg.warmup, "statistic": "median",
+                     "sampling": "greedy", "prompt": "the bench text's token ids, repeated to each length",
+                     "order": "interleaved per length: ours, peer, ours, peer, ..."},
+        "figures": {
+            "prefill_tokens_per_s": "prompt tokens / time of the prompt's forward pass",
+            "decode_tokens_per_s": "single-token forward passes after the prompt / their time",
+            "ttft_s": "from asking for the generation to the first sampled token",
+            "host_overhead_s_per_token": "(wall time - time inside the backend's forward) / generated tokens",
+            "ratio": "ours / peer (tokens/s: > 1 ours faster; seconds: < 1 ours faster)",
+        },
+        "results": results,
+        "lora": lora,
+        "cycles": None if not any_cycles else {
+            "clock_mhz": clock, "clock_source": clock_source, "label": "estimate",
+            "model": "estimated board tokens/s = tokens x clock / (sum of the stage cycles the backend counted "
+                     "for those tokens); assumes the stages run back to back with no stall the counters do not "
+                     "see, and excludes host time. An estimate, not a measurement on a board.",
+        },
+        "cycles_note": None if any_cycles else f"n/a: backend {engine.backend.name} reports no cycle counts",
+        "machine": machine_facts(threads, peer),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return report
+
+
+# --- facts --------------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def machine_facts(threads: dict | None = None, peer=None) -> dict:
+    from . import __version__
+
+    blas = None
+    try:
+        deps = np.show_config(mode="dicts").get("Build Dependencies", {})
+        b = deps.get("blas") or {}
+        blas = {k: b.get(k) for k in ("name", "version", "openblas configuration") if b.get(k) is not None}
+    except Exception:  # older numpy: no dict mode
+        blas = None
+    facts = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas,
+        "blas_threads": (threads or {}).get("threads"),
+        "roma_runtime": __version__,
+        "llama_cpp_python": peer.version if peer is not None else None,
+    }
+    try:
+        with open("/proc/meminfo") as fh:
+            kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
+        facts["memory_gib"] = round(kb / (1 << 20), 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    return facts
+
+
+# --- output -------------------------------------------------------------------------------------------------
+
+
+def _num(value, kind: str) -> str:
+    if value is None:
+        return "n/a"
+    if kind == "tps":
+        return f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
+    if kind == "ms":
+        return f"{value * 1e3:.2f}" if value < 10 else f"{value:.1f} s"
+    if kind == "ratio":
+        return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+    return str(value)
+
+
+_ROWS = (("prefill_tokens_per_s", "prefill tok/s", "tps"), ("decode_tokens_per_s", "decode tok/s", "tps"),
+         ("ttft_s", "TTFT ms", "ms"), ("host_overhead_s_per_token", "host overhead ms/tok", "ms"))
+
+
+def format_table(report: dict) -> str:
+    """The report as aligned text."""
+    s, ours, peer = report["settings"], report["ours"], report["peer"]
+    m = report["machine"]
+    lines = [
+        f"roma bench: {report['model']['name']} ({Path(report['model']['source']).name})",
+        f"ours: backend {ours['backend']} -- {ours['label']}",
+    ]
+    if peer:
+        lines.append(f"peer: {peer['label']}")
+    lines.append(f"machine: {m.get('cpu')}, {m.get('usable_cores')} usable cores; threads {s['threads']} "
+                 f"(BLAS {m.get('blas_threads') or 'n/a'}); numpy {m.get('numpy')}")
+    lines.append(f"median of {s['repeats']} run(s) per figure, greedy, {s['decode_tokens']} decode tokens after "
+                 f"each prompt" + ("; runs interleaved ours/peer" if peer else ""))
+    if peer:
+        lines.append("ratio = ours / peer: tok/s above 1 means ours is faster; ms below 1 means ours is faster")
+    lines.append("")
+    head = ["prompt", "figure", "ours"] + ([peer["name"], "ratio"] if peer else [])
+    rows = []
+    for r in report["results"]:
+        for i, (key, label, kind) in enumerate(_ROWS):
+            row = [str(r["prompt_tokens"]) if i == 0 else "", label, _num(r["ours"][key], kind)]
+            if peer:
+                row += [_num(r["peer"][key], kind), _num(r["ratio"][key], "ratio")]
+            rows.append(row)
+    widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
+    right = [True, False] + [True] * (len(head) - 2)
+
+    def fmt(row):
+        return "  ".join(c.rjust(w) if rt else c.ljust(w) for c, w, rt in zip(row, widths, right)).rstrip()
+
+    lines.append(fmt(head))
+    lines.append(fmt(["-" * w for w in widths]))
+    for i, row in enumerate(rows):
+        if i and row[0]:
+            lines.append("")
+        lines.append(fmt(row))
+    if peer:
+        agree = [r["prompt_tokens"] for r in report["results"] if r.get("first_token_agrees")]
+        lines.append("")
+        lines.append(f"same first greedy token as {peer['name']} at prompt lengths: "
+                     f"{', '.join(map(str, agree)) or 'none'} (of {', '.join(str(r['prompt_tokens']) for r in report['results'])})")
+    lora = report.get("lora")
+    lines.append("")
+    if lora:
+        lines.append(f"LoRA swap (rank {lora['rank']} on all 7 linears x {lora['layers']} layers, "
+                     f"{(lora['adapter_bytes'] or 0) / 1e6:.2f} MB {lora['dtype']}): swap "
+                     f"{lora['swap_s'] * 1e6:.1f} us median of {lora['swaps']} (activate + set_lora), load "
+                     f"{lora['load_s'] * 1e3:.1f} ms" + ("; llama.cpp: n/a" if peer else ""))
+    else:
+        lines.append("LoRA swap: not measured")
+    cyc = report.get("cycles")
+    if not cyc:
+        lines.append(f"FPGA cycles per stage: {report.get('cycles_note') or 'n/a'}; estimated board tokens/s: n/a")
+    else:
+        lines.append(f"FPGA cycles per stage (counted by backend {ours['name']}):")
+        for r in report["results"]:
+            c = r["ours"].get("cycles")
+            if not c:
+                lines.append(f"  prompt {r['prompt_tokens']}: n/a")
+                continue
+            pre = ", ".join(f"{k} {v:,.0f}" for k, v in (c["prefill"] or {}).items()) or "n/a"
+            dec = ", ".join(f"{k} {v:,.0f}" for k, v in (c["decode_per_token"] or {}).items()) or "n/a"
+            lines.append(f"  prompt {r['prompt_tokens']}: prefill [{pre}]; decode per token [{dec}]")
+            lines.append(f"    estimate at {cyc['clock_mhz']:g} MHz: prefill "
+                         f"{_num(c['estimate_prefill_tokens_per_s'], 'tps')} tok/s, decode "
+                         f"{_num(c['estimate_decode_tokens_per_s'], 'tps')} tok/s")
+        lines.append(f"  estimate model: {cyc['model']}")
+    return "\n".join(lines)
+
+
+def write_plot(report: dict, path) -> Path:
+    """Tokens/s against prompt length (log x): prefill and decode panels, ours and the peer."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg writes the PNG
+
+    path = Path(path)
+    lengths = [r["prompt_tokens"] for r in report["results"]]
+    peer = report["peer"]
+    fig = Figure(figsize=(11, 4.4), dpi=110)
+    panels = (("prefill_tokens_per_s", "prefill", "prompt length (tokens)"),
+              ("decode_tokens_per_s", "decode", "context at decode start (prompt tokens)"))
+    for i, (key, title, xlabel) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, i + 1)
+        ax.plot(lengths, [r["ours"][key] or np.nan for r in report["results"]], "o-",
+                label=f"ours ({report['ours']['backend']}, {report['ours']['numerics']})")
+        if peer:
+            ax.plot(lengths, [r["peer"][key] or np.nan for r in report["results"]], "s--", label=peer["name"])
+        est_key = "estimate_prefill_tokens_per_s" if key.startswith("prefill") else "estimate_decode_tokens_per_s"
+        est = [((r["ours"].get("cycles") or {}).get(est_key)) for r in report["results"]]
+        if any(e for e in est):
+            ax.plot(lengths, [e or np.nan for e in est], "^:", label="board estimate (from cycles)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths)
+        ax.set_xticklabels([str(n) for n in lengths])
+        ax.minorticks_off()
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("tokens/s")
+        ax.set_title(f"{title} tokens/s")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    who = report["ours"]["label"]
+    vs = f"; peer: {peer['label']}" if peer else ""
+    fig.suptitle(f"roma bench: {report['model']['name']} - ours: {who}{vs}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def to_json(report: dict) -> str:
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, (np.integer,)):
+            return int(x)
+        if isinstance(x, (np.floating,)):
+            return clean(float(x))
+        return x
+
+    return json.dumps(clean(report), ensure_ascii=False)
+
+
+__all__ = ["BenchConfig", "run_bench", "format_table", "write_plot", "to_json", "parse_lengths"]
