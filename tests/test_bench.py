@@ -29,7 +29,7 @@ def positive(x) -> bool:
 @pytest.mark.slow
 def test_bench_ref_json_and_plot(capsys, tmp_path):
     png = tmp_path / "bench.png"
-    code, out, err = run_cli(capsys, ["bench", *TINY, "--json", "--plot", str(png)])
+    code, out, err = run_cli(capsys, ["bench", *TINY, "--backend", "ref", "--json", "--plot", str(png)])
     assert code == 0, err
     report = json.loads(out)
     assert report["kind"] == "roma-bench"

@@ -92,7 +92,7 @@ def test_generate_json_fields(generated_json, tokenizer):
         for key in ("prompt_ids", "ids", "text", "prefill_tokens_per_s", "decode_tokens_per_s", "finish_reason",
                     "backend", "model"):
             assert key in r, key
-        assert r["backend"] == "ref" and r["model"] == MODEL and r["numerics"] == "quant"
+        assert r["backend"] == "emu" and r["model"] == MODEL and r["numerics"] == "quant"  # the default here
         assert r["prompt_ids"] == tokenizer.encode(r["prompt"])  # raw continuation: no chat template
         assert 1 <= len(r["ids"]) <= 6
         assert r["finish_reason"] in ("length", "stop")
@@ -100,7 +100,7 @@ def test_generate_json_fields(generated_json, tokenizer):
         assert r["prefill_tokens_per_s"] > 0
         if len(r["ids"]) > 1:
             assert r["decode_tokens_per_s"] > 0
-    assert "loading smollm2-135m on ref (quant)" in generated_json.stderr
+    assert "loading smollm2-135m on emu (quant)" in generated_json.stderr
     assert "Traceback" not in generated_json.stderr
 
 

@@ -64,8 +64,12 @@ def test_stop_string_cuts_the_text(engine):
 
 
 def test_unavailable_backend_is_refused_before_loading():
-    with pytest.raises(RomaError, match="not available yet"):
+    with pytest.raises(RomaError, match="needs a PYNQ board"):  # this machine has no board
         Engine("/nonexistent/never/loaded.gguf", "board")
+    with pytest.raises(RomaError, match="quant numerics"):
+        Engine("/nonexistent/never/loaded.gguf", "emu", "float")
+    with pytest.raises(RomaError, match="unknown backend"):
+        Engine("/nonexistent/never/loaded.gguf", "gpu")
 
 
 def test_session_save_restore_continues_identically(engine, tmp_path):

@@ -135,7 +135,7 @@ def test_a_failed_load_changes_nothing(engine, adapters, tmp_path):
     with pytest.raises(RomaError, match="DoRA"):
         engine.load_lora("a", bad)
     with pytest.raises(RomaError, match="rank 8, above the LoRA slot rank 4"):
-        Engine(engine.model, lora_slots=1, lora_rank=4).load_lora("a", adapters["a"])
+        Engine(engine.model, "ref", lora_slots=1, lora_rank=4).load_lora("a", adapters["a"])
     assert (engine.lora.version, engine.lora_names(), engine.lora.status()) == (version, names, status)
     assert fresh(engine, prompt, "a").ids == before
 
@@ -154,7 +154,7 @@ def test_refused_prompt_leaves_the_session_unchanged(engine):
 
 
 def test_engine_without_lora_slots_refuses_adapters(tiny_models, engine, adapters):
-    e = Engine(engine.model, lora_slots=0)
+    e = Engine(engine.model, "ref", lora_slots=0)
     with pytest.raises(RomaError, match="no LoRA slots"):
         e.load_lora("a", adapters["a"])
     with pytest.raises(RomaError, match="no LoRA adapter named 'a'"):

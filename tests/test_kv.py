@@ -81,7 +81,7 @@ def test_memory_budget_bounds_the_sessions(engine):
     assert per_token == 2 * 2 * 32 * 2
     lora8 = 2 * slot_bytes(c, 8)
     memory = lora8 + 300 * per_token + 100  # 300 tokens and change
-    e = Engine(engine.model, lora_slots=2, lora_rank=8, kv_memory=memory)
+    e = Engine(engine.model, "ref", lora_slots=2, lora_rank=8, kv_memory=memory)
     assert e.kv_budget.tokens == 300 and e.kv_budget.lora_bytes == lora8
     first = e.new_session()  # the context length (256) bounds it, not the budget
     assert first.capacity == 256 and e.kv_pool.free == 44
@@ -92,10 +92,10 @@ def test_memory_budget_bounds_the_sessions(engine):
     second.close()
     assert e.new_session(40).capacity == 40
     # Higher slot rank, same memory: fewer tokens, by exactly the extra LoRA bytes.
-    e9 = Engine(engine.model, lora_slots=2, lora_rank=9, kv_memory=memory)
+    e9 = Engine(engine.model, "ref", lora_slots=2, lora_rank=9, kv_memory=memory)
     assert e9.kv_budget.tokens == (memory - 2 * slot_bytes(c, 9)) // per_token < 300
     with pytest.raises(RomaError, match="less than one token"):
-        Engine(engine.model, lora_slots=2, lora_rank=32, kv_memory=memory)
+        Engine(engine.model, "ref", lora_slots=2, lora_rank=32, kv_memory=memory)
 
 
 # --- rollback ---------------------------------------------------------------------------------------------

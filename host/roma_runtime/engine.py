@@ -290,6 +290,16 @@ class Conversation:
         self.messages = [dict(role=m["role"], content=m["content"]) for m in messages]
 
 
+def _tokenizer_of(model: LoadedModel) -> Tokenizer:
+    """The model's tokenizer; a build's is that of the model it was compiled from."""
+    if getattr(model, "format", None) == "build":
+        from .model.loader import build_source
+
+        kind, path = build_source(model)
+        return Tokenizer.from_hf_folder(path) if kind == "hf" else Tokenizer.from_gguf(path)
+    return Tokenizer.from_model(model)
+
+
 def _fingerprint(adapter, dtype: str, scale_dtype: str) -> str:
     """sha256 of an adapter's factors and the LoRA storage type: equal fingerprints, equal numerics."""
     h = hashlib.sha256(f"{dtype}/{scale_dtype}".encode())
@@ -309,22 +319,29 @@ class Engine:
     fit after the slots (`kv_budget`) are shared by all sessions (`kv_pool`) and bound their default context.
     """
 
-    def __init__(self, model=DEFAULT_MODEL, backend: str = "ref", numerics: str = "quant", *,
+    def __init__(self, model=DEFAULT_MODEL, backend: str | None = None, numerics: str = "quant", *,
                  lora_slots: int = 4, lora_rank: int = DEFAULT_MAX_RANK, lora_dtype: str = "fp16",
-                 kv_memory: int | None = None):
+                 kv_memory: int | None = None, bitstream=None):
+        """backend: "ref", "emu" or "board"; None is the default (backends.check_backend: the board where a
+        PYNQ board is present, else the emulated board; the golden model for float numerics). bitstream: the
+        board backend's bitstream folder."""
         from .lora import LoraSlots
 
-        check_backend(backend)
+        backend = check_backend(backend, numerics)
         if isinstance(lora_slots, bool) or not isinstance(lora_slots, int) or lora_slots < 0:
             raise RomaError(f"the LoRA slot count must be a whole number >= 0, not {lora_slots!r}")
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
             raise RomaError(f"the LoRA slot rank must be a positive integer, not {lora_rank!r}")
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
-        self.tokenizer = Tokenizer.from_model(self.model)
-        self.backend = create_backend(backend, self.model, numerics)
+        self.tokenizer = _tokenizer_of(self.model)
+        options = {"bitstream": bitstream} if backend == "board" else {}
+        self.backend = create_backend(backend, self.model, numerics, **options)
         self.numerics = getattr(self.backend, "numerics", numerics)
         self.kv_dtype = kv.kv_dtype_name(getattr(self.backend, "kv_dtype", np.float16))
         self.lora = LoraSlots(self.config, lora_slots, lora_rank, lora_dtype) if lora_slots else None
+        check_lora = getattr(self.backend, "check_lora", None)  # hardware: slot count and rank of its LoRA unit
+        if check_lora is not None and self.lora is not None:
+            check_lora(self.lora)
         self._applied_lora = self.lora.version if self.lora else 0
         self._loads: dict[str, int] = {}  # adapter name -> serial number of its current load
         self._fingerprints: dict[str, str] = {}

@@ -21,13 +21,18 @@ from ..model.loader import DEFAULT_MODEL
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"a known model name, a GGUF file or a Hugging Face folder (default: {DEFAULT_MODEL})")
+                        help=f"a known model name, a GGUF file, a Hugging Face folder or a build folder (roma "
+                             f"compile output) (default: {DEFAULT_MODEL})")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
-    parser.add_argument("--backend", choices=BACKENDS, default="ref",
-                        help="ref: numpy golden model; emu: emulated board; board: PYNQ overlay (default: ref)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="ref: numpy golden model; emu: the emulated board (HLS C simulation; a model that is "
+                             "not a build is compiled once, 4-bit G32, and cached); board: the PYNQ overlay of "
+                             "--bitstream (default: board where a PYNQ board is present, else emu; ref with --numerics float)")
+    parser.add_argument("--bitstream", default=None, metavar="DIR",
+                        help="board backend: the folder with roma_core.bit, its .hwh and the build's manifest.json")
     parser.add_argument("--numerics", choices=MODES, default="quant",
                         help="quant: the accelerator's integer contract; float: dequantized weights (default: quant)")
     parser.add_argument("--context", type=int, default=None, metavar="N",
@@ -144,6 +149,11 @@ def load_engine(args: argparse.Namespace, status: bool = True):
         options["lora_rank"] = rank
     if kv_memory is not None:
         options["kv_memory"] = int(kv_memory * (1 << 20))
+    from ..backends import check_backend
+
+    args.backend = check_backend(getattr(args, "backend", None), args.numerics)
+    if getattr(args, "bitstream", None) is not None:
+        options["bitstream"] = args.bitstream
     if status:
         print(f"loading {args.model} on {args.backend} ({args.numerics})...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
@@ -164,6 +174,10 @@ def load_tokenizer(model: str):
     from ..tokenizer import Tokenizer
 
     kind, path = locate_model(model)
+    if kind == "build":  # the tokenizer of the model the build was compiled from
+        from ..model.loader import build_source
+
+        kind, path = build_source(path)
     return Tokenizer.from_hf_folder(path) if kind == "hf" else Tokenizer.from_gguf(path)
 
 

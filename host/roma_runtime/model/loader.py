@@ -36,11 +36,15 @@ class LoadedModel:
     config: ModelConfig
     weights: ModelWeights
     source: Path
-    format: str  # "gguf" or "hf"
+    format: str  # "gguf", "hf" or "build" (compiler.build.load_build)
     metadata: dict[str, Any] = field(default_factory=dict)  # GGUF key/values (tokenizer.*, general.*)
 
     def identity(self) -> str:
-        """sha256 of the model file(s): what a build manifest records to tie a build to its model."""
+        """sha256 of the model file(s): what a build manifest records to tie a build to its model. A build
+        (format "build") is identified by the model it was compiled from, as its manifest records."""
+        build = self.metadata.get("roma.build") if self.format == "build" else None
+        if build and (build.get("model") or {}).get("sha256"):
+            return str(build["model"]["sha256"])
         files = [self.source] if self.source.is_file() else sorted(self.source.glob("*.safetensors"))
         h = hashlib.sha256()
         for f in files:
@@ -73,22 +77,52 @@ def resolve_model_path(model: str | Path) -> Path:
 
 
 def locate_model(model: str | Path = DEFAULT_MODEL) -> tuple[str, Path]:
-    """("gguf", file) or ("hf", folder): a folder with config.json is Hugging Face, one with a single .gguf
-    is that file."""
+    """("gguf", file), ("hf", folder) or ("build", folder): a folder with manifest.json is a compiler build
+    (roma compile output), one with config.json is Hugging Face, one with a single .gguf is that file."""
     path = resolve_model_path(model)
     if path.is_dir():
+        if (path / "manifest.json").is_file():
+            return "build", path
         if (path / "config.json").is_file():
             return "hf", path
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return "gguf", ggufs[0]
-        raise RomaError(f"{path} holds neither config.json nor exactly one .gguf file")
+        raise RomaError(f"{path} holds neither a build's manifest.json, config.json nor exactly one .gguf file")
     return "gguf", path
 
 
 def load_model(model: str | Path = DEFAULT_MODEL) -> LoadedModel:
+    """A GGUF file, a Hugging Face folder, or a build folder (its quantized weights, checksums verified;
+    format "build", metadata["roma.build"] = its manifest)."""
     kind, path = locate_model(model)
+    if kind == "build":
+        from ..compiler.build import load_build
+
+        return load_build(path)[0]
     return _load_hf(path) if kind == "hf" else _load_gguf(path)
+
+
+def build_source(build: str | Path | LoadedModel) -> tuple[str, Path]:
+    """(kind, path) of the model a build was compiled from (its tokenizer lives there), from the manifest."""
+    if isinstance(build, LoadedModel):
+        manifest = build.metadata.get("roma.build") or {}
+        where = build.source
+    else:
+        where = Path(build)
+        try:
+            manifest = json.loads((where / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise RomaError(f"cannot read the build manifest in {where} ({e})") from None
+    source = (manifest.get("model") or {}).get("source")
+    if not source or not Path(source).exists():
+        raise RomaError(f"the build {where} was compiled from {source or 'an unrecorded model'}, which is not "
+                        "there any more; its tokenizer comes from that model",
+                        hint="put the model back where it was, or compile the build again")
+    kind, path = locate_model(source)
+    if kind == "build":
+        raise RomaError(f"the build {where} names another build ({source}) as its model")
+    return kind, path
 
 
 # --- GGUF -------------------------------------------------------------------------------------------------

@@ -1,0 +1,607 @@
+"""The PYNQ driver of roma_core, in the explicit style of FINN's driver, for a board and the emulated board.
+
+    ol = RomaOverlay("roma_core.bit", expect="builds/smollm2-q4")   # refuses a bitstream of another build
+    core = ol.core                                                  # RomaCoreDriver, bound by VLNV
+    logits = core.prefill(ids, position=0)
+    ids = core.generate(first_id, position, n=32, sampling=params, seed=1)
+
+Every call is the same explicit data path: pack the inputs into the DDR buffers, flush them, write the
+argument registers by name (offsets from the .hwh), write ap_start, wait for ap_done, invalidate the outputs,
+read the status word (RomaError on an error code) and unpack. Buffers are allocated once per driver; a KV
+cache is a DDR buffer of its own (`KVBuffer`), so several sessions can share one core.
+
+`EmuBackend` is the `emu` backend of the engine: RefBackend's interface (new_cache, forward, set_lora) plus
+the core's cycle estimate (last_cycles, clock_mhz), through RomaOverlay + RomaCoreDriver on the emulated
+device (emu.EmuDevice). `BoardBackend` is the same on a PYNQ board's device with a bitstream folder; it cannot
+be exercised without a board (it refuses cleanly when there is none).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from pynq import DefaultIP, Overlay
+
+from ..errors import RomaError
+from . import hwh as hwh_mod
+from .interface import AP_DONE, AP_START, CTRL, load_constants, load_interface
+
+MANIFEST = "manifest.json"
+BITSTREAM = "roma_core.emu"
+HWH = "roma_core.hwh"
+# the identity of a build: a bitstream serves only the model and quantization it was built for
+QUANT_KEYS = ("bits", "group", "method", "embedding_bits", "bits_budget", "lora_rank")
+
+# sample_mode register values (roma_core.h: 0 = logits only)
+SAMPLE_OFF, SAMPLE_GREEDY, SAMPLE_RANDOM = 0, 1, 2
+
+
+def _identity(manifest: dict) -> dict:
+    q = manifest.get("quantization", {})
+    return {"model": manifest.get("model", {}).get("sha256"), **{k: q.get(k) for k in QUANT_KEYS}}
+
+
+def _as_manifest(expect) -> dict:
+    if isinstance(expect, dict):
+        return expect
+    path = Path(expect)
+    if path.is_dir():
+        path = path / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RomaError(f"cannot read the build manifest {path} ({e})") from None
+
+
+def check_manifest(bitfile: str | Path, expect=None) -> dict:
+    """The manifest next to a bitstream; RomaError when it is missing or (with expect: a manifest dict or a
+    build folder) describes another model or quantization."""
+    path = Path(bitfile).resolve().parent / MANIFEST
+    if not path.is_file():
+        raise RomaError(f"no build manifest next to the bitstream {bitfile}",
+                        hint=f"copy the build's {MANIFEST} next to the bitstream")
+    have = _as_manifest(path)
+    if expect is not None:
+        want = _as_manifest(expect)
+        a, b = _identity(have), _identity(want)
+        if a != b:
+            diff = ", ".join(f"{k}: bitstream {a[k]!r} vs asked {b[k]!r}" for k in a if a[k] != b[k])
+            name = have.get("model", {}).get("name", "?")
+            raise RomaError(f"the bitstream {bitfile} was built for another model or quantization "
+                            f"({name}; {diff})",
+                            hint="build the bitstream for this build (make -C bitstreams), or use the "
+                                 "build it was made for")
+    return have
+
+
+class KVBuffer:
+    """A KV cache in DDR: fp16 bit patterns [N_LAYERS][2][capacity][KV_DIM] (roma_core.h)."""
+
+    def __init__(self, driver: "RomaCoreDriver", capacity: int):
+        c = driver.config
+        self.capacity = int(capacity)
+        self.buffer = driver.allocate((c.n_layers, 2, self.capacity, c.kv_dim), np.uint16)
+        self.buffer[:] = 0
+        self.buffer.flush()
+
+    @property
+    def device_address(self) -> int:
+        return self.buffer.device_address
+
+    def keys(self, layer: int, length: int) -> np.ndarray:
+        self.buffer.invalidate()
+        return self.buffer[layer, 0, :length].view(np.float16)
+
+    def values(self, layer: int, length: int) -> np.ndarray:
+        self.buffer.invalidate()
+        return self.buffer[layer, 1, :length].view(np.float16)
+
+
+class RomaCoreDriver(DefaultIP):
+    """DefaultIP driver of roma_core (bound to its VLNV). Call configure(config) before the first command
+    (RomaOverlay does)."""
+
+    bindto = [hwh_mod.VLNV]
+    poll_timeout = float(os.environ.get("ROMA_TIMEOUT", "3600"))
+
+    def __init__(self, description):
+        super().__init__(description)
+        self.interface = load_interface()
+        self.constants = load_constants()
+        self.offsets = self._offsets(description.get("registers") or {})
+        self.config = None
+        self.kv: KVBuffer | None = None
+        self.status = None
+        self.last_cycles = 0
+        self.stages = stage_names(self.constants)
+        self.stage_cycles: dict[str, int] = {}  # per stage, summed over the last command's calls (prefill chunks)
+        self.calls = 0
+
+    # --- registers ---
+    def _offsets(self, registers: dict) -> dict[str, int]:
+        """name -> byte offset from the .hwh (a 64-bit register, or Vitis HLS's name_1/name_2 halves), checked
+        against the layout computed from roma_core.h."""
+        out = {}
+        for a in self.interface.arguments:
+            if a.name in registers:
+                off = registers[a.name]["address_offset"]
+            elif f"{a.name}_1" in registers:
+                off = registers[f"{a.name}_1"]["address_offset"]
+            elif not registers:
+                off = a.offset
+            else:
+                raise RomaError(f"the IP's register map has no register '{a.name}'",
+                                hint="the bitstream was built from another roma_core.h; rebuild it")
+            if off != a.offset:
+                raise RomaError(f"register {a.name} is at 0x{off:x} in the hardware description but at "
+                                f"0x{a.offset:x} in roma_core.h", hint="rebuild the bitstream")
+            out[a.name] = off
+        return out
+
+    def write_arg(self, name: str, value) -> None:
+        a = self.interface[name]
+        raw = a.encode(value)
+        off = self.offsets[name]
+        self.mmio.write(off, raw & 0xFFFFFFFF)
+        if a.width == 64:
+            self.mmio.write(off + 4, raw >> 32)
+
+    def start(self) -> None:
+        self.mmio.write(CTRL, AP_START)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Poll ap_done (clear on read), backing off from a tight loop to 1 ms sleeps."""
+        deadline = time.monotonic() + (timeout or self.poll_timeout)
+        delay = 0.0
+        while not self.mmio.read(CTRL) & AP_DONE:
+            if time.monotonic() > deadline:
+                raise RomaError(f"roma_core did not finish within {timeout or self.poll_timeout:.0f} s",
+                                hint="reload the overlay; set ROMA_TIMEOUT for very long calls")
+            time.sleep(delay)
+            delay = min(0.001, delay * 2 + 1e-5)
+        core = getattr(self.device, "core", None)
+        if core is not None and getattr(core, "error", None) is not None:
+            raise RomaError(f"the emulated roma_core failed: {core.error}")
+
+    # --- buffers ---
+    def allocate(self, shape, dtype):
+        return self.device.allocate(shape, dtype)
+
+    def configure(self, config, kv_capacity: int | None = None, max_tokens: int | None = None,
+                  ddr_weights_words: int = 1024) -> None:
+        """Allocate the buffers once for a model config (roma_model.h's dimensions)."""
+        self.config = config
+        ctx = int(config.context_length)
+        self.max_tokens = int(max_tokens or ctx)
+        words = int(self.constants.get("STATUS_WORDS", 32))
+        self.tokens_in = self.allocate((self.max_tokens,), np.int32)
+        self.tokens_out = self.allocate((self.max_tokens,), np.int32)
+        self.logits = self.allocate((config.vocab_size,), np.float32)
+        self.status_buf = self.allocate((words,), np.uint32)
+        self.lora_staging = self.allocate((1,), np.uint8)
+        # ROM images of DDR-placed tensors; the emulated board loads every image from the build itself
+        self.ddr_weights = self.allocate((ddr_weights_words,), np.uint32)
+        self.ddr_weights.flush()
+        self.kv = KVBuffer(self, kv_capacity or ctx)
+
+    def new_kv(self, capacity: int | None = None) -> KVBuffer:
+        self._need_config()
+        return KVBuffer(self, capacity or self.config.context_length)
+
+    def _need_config(self) -> None:
+        if self.config is None:
+            raise RomaError("the roma_core driver is not configured", hint="open the overlay with RomaOverlay")
+
+    # --- one command: the explicit data path ---
+    def run(self, command: int, *, position: int = 0, n_tokens: int = 0, kv: KVBuffer | None = None,
+            lora_slot: int = 0, lora_bytes: int = 0, sampling=None, seed: int | None = None,
+            eos_id: int | None = None) -> np.ndarray:
+        """Write every register, start, wait, read the status. Inputs must already be packed and flushed."""
+        self._need_config()
+        kv = kv or self.kv
+        mode, inv_t, top_k, top_p, min_p, pen, last_n = _sampler_registers(sampling)
+        seed = int(seed or 0)
+        regs = {
+            "command": command, "position": position, "n_tokens": n_tokens, "kv_capacity": kv.capacity,
+            "lora_slot": lora_slot, "lora_bytes": lora_bytes, "sample_mode": mode, "inv_temperature": inv_t,
+            "top_k": top_k, "top_p": top_p, "min_p": min_p, "repeat_penalty": pen, "repeat_last_n": last_n,
+            "seed_lo": seed & 0xFFFFFFFF, "seed_hi": (seed >> 32) & 0xFFFFFFFF,
+            "eos_id": 0xFFFFFFFF if eos_id is None else eos_id,
+            "tokens_in": self.tokens_in.device_address, "tokens_out": self.tokens_out.device_address,
+            "logits": self.logits.device_address, "kv_cache": kv.device_address,
+            "lora_staging": self.lora_staging.device_address, "ddr_weights": self.ddr_weights.device_address,
+            "status": self.status_buf.device_address,
+        }
+        for a in self.interface.arguments:
+            self.write_arg(a.name, regs[a.name])
+        self.start()
+        self.wait()
+        self.status_buf.invalidate()
+        status = np.array(self.status_buf, copy=True)
+        self.status, self.calls = status, self.calls + 1
+        c = self.constants
+        self.last_cycles = int(status[c["STATUS_CYCLES_LO"]]) | (int(status[c["STATUS_CYCLES_HI"]]) << 32)
+        first = c["STATUS_STAGE_CYCLES"]
+        self.stage_cycles = {name: int(status[first + i]) for i, name in enumerate(self.stages)}
+        err = int(status[c["STATUS_ERROR"]])
+        if err:
+            raise RomaError(self._error_message(err, command, position, n_tokens, kv))
+        return status
+
+    def _error_message(self, err: int, command, position, n_tokens, kv) -> str:
+        names = {v: k for k, v in self.constants.items() if k.startswith("ERR_")}
+        what = {
+            "ERR_BAD_COMMAND": f"command {command} is not one roma_core knows",
+            "ERR_CONTEXT": f"positions {position}..{position + n_tokens - 1} do not fit the KV cache of "
+                           f"{kv.capacity} positions",
+            "ERR_TOKEN_RANGE": f"a token id is outside the vocabulary (0..{self.config.vocab_size - 1})",
+            "ERR_LORA_SLOT": "the LoRA slot is out of range or empty",
+            "ERR_LORA_IMAGE": "the staged LoRA adapter is not a valid packed image (magic, shapes or size)",
+        }
+        name = names.get(err, f"error {err}")
+        return f"roma_core refused the call: {what.get(name, name)} (status {name})"
+
+    def _put_tokens(self, ids) -> int:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise RomaError("no tokens to run")
+        if ids.size > self.max_tokens:
+            raise RomaError(f"{ids.size} tokens are more than one call takes ({self.max_tokens})")
+        if ids.min() < -(1 << 31) or ids.max() >= (1 << 31):
+            raise RomaError("a token id does not fit int32")
+        self.tokens_in[: ids.size] = ids
+        self.tokens_in.flush()
+        return int(ids.size)
+
+    def _get_logits(self) -> np.ndarray:
+        self.logits.invalidate()
+        return np.array(self.logits, dtype=np.float32, copy=True)
+
+    # --- commands ---
+    def prefill(self, ids, position: int, kv: KVBuffer | None = None) -> np.ndarray:
+        """Run ids at position.. (longer inputs in chunks of max_tokens); logits of the last one."""
+        self._need_config()
+        ids = list(np.asarray(ids).reshape(-1))
+        total: dict[str, int] = {}
+        for i in range(0, len(ids), self.max_tokens):
+            chunk = ids[i: i + self.max_tokens]
+            n = self._put_tokens(chunk)
+            cmd = self.constants["CMD_DECODE"] if n == 1 else self.constants["CMD_PREFILL"]
+            self.run(cmd, position=position + i, n_tokens=n, kv=kv)
+            for k, v in self.stage_cycles.items():
+                total[k] = total.get(k, 0) + v
+        self.stage_cycles = total
+        return self._get_logits()
+
+    def decode(self, token_id: int, position: int, kv: KVBuffer | None = None) -> np.ndarray:
+        self._need_config()
+        self._put_tokens([token_id])
+        self.run(self.constants["CMD_DECODE"], position=position, n_tokens=1, kv=kv)
+        return self._get_logits()
+
+    def generate(self, first_id: int, position: int, n: int, sampling=None, seed: int | None = None,
+                 eos_id: int | None = None, kv: KVBuffer | None = None) -> list[int]:
+        """Autonomous decode on chip: feed first_id at position, sample and feed back n tokens (or up to and
+        including eos_id). sampling: generate.SamplingParams / golden.sampler.OnChipParams / None (greedy)."""
+        self._need_config()
+        if not 1 <= n <= self.max_tokens:
+            raise RomaError(f"generate takes 1..{self.max_tokens} tokens per call, not {n}")
+        self._put_tokens([first_id])
+        status = self.run(self.constants["CMD_GENERATE"], position=position, n_tokens=n, kv=kv,
+                          sampling=sampling if sampling is not None else "greedy", seed=seed, eos_id=eos_id)
+        count = int(status[self.constants["STATUS_TOKENS"]])
+        self.tokens_out.invalidate()
+        return [int(t) for t in self.tokens_out[:count]]
+
+    def load_lora(self, slot: int, packed) -> None:
+        """Copy a packed adapter (lora.PackedLora or bytes) into LoRA slot `slot` via lora_staging."""
+        self._need_config()
+        data = packed.to_bytes() if hasattr(packed, "to_bytes") else bytes(packed)
+        if len(data) > self.lora_staging.nbytes:  # grown once to the largest adapter
+            self.lora_staging = self.allocate((len(data),), np.uint8)
+        self.lora_staging[: len(data)] = np.frombuffer(data, np.uint8)
+        self.lora_staging.flush()
+        self.run(self.constants["CMD_LOAD_LORA"], lora_slot=slot, lora_bytes=len(data))
+
+    def select_lora(self, slot: int | None) -> None:
+        self._need_config()
+        self.run(self.constants["CMD_SELECT_LORA"], lora_slot=self.constants["LORA_NONE"] if slot is None
+                 else slot)
+
+
+def stage_names(constants: dict[str, int]) -> list[str]:
+    """The cycle-estimate stages of roma_core.h's Stage enum in status order: STAGE_GEMV -> "gemv"."""
+    stages = sorted((v, k) for k, v in constants.items() if k.startswith("STAGE_") and k != "STAGE_COUNT")
+    return [k[len("STAGE_"):].lower() for _, k in stages]
+
+
+def _sampler_registers(sampling):
+    """(sample_mode, inv_temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n)."""
+    if sampling is None:
+        return SAMPLE_OFF, 1.0, 0, 1.0, 0.0, 1.0, 0
+    if isinstance(sampling, str) and sampling == "greedy":
+        return SAMPLE_GREEDY, 1.0, 0, 1.0, 0.0, 1.0, 0
+    from ..golden.sampler import OnChipParams
+
+    p = sampling if isinstance(sampling, OnChipParams) else OnChipParams.from_sampling(sampling)
+    mode = SAMPLE_GREEDY if p.greedy else SAMPLE_RANDOM
+    return (mode, float(p.inv_temperature), int(p.top_k), float(p.top_p), float(p.min_p), float(p.penalty),
+            int(p.repeat_last_n))
+
+
+class RomaOverlay(Overlay):
+    """pynq.Overlay of a ROMA bitstream: refuses a bitstream whose build manifest (next to it) is for another
+    model or quantization than `expect` (a manifest dict or a build folder), then configures the core."""
+
+    def __init__(self, bitfile_name, expect=None, download: bool = True, device=None,
+                 kv_capacity: int | None = None, **kwargs):
+        bitfile_name = str(bitfile_name)
+        self.manifest = check_manifest(bitfile_name, expect)
+        super().__init__(bitfile_name, download=download, device=device, **kwargs)
+        names = [k for k, v in self.ip_dict.items() if v.get("type") == hwh_mod.VLNV]
+        if not names:
+            raise RomaError(f"{bitfile_name} has no {hwh_mod.VLNV} IP")
+        self.core_name = names[0]
+        from ..model.config import ModelConfig
+
+        cfg = dict(self.manifest["model"]["config"])
+        cfg.pop("head_dim", None)
+        self.config = ModelConfig(**cfg)
+        if download:
+            self.core.configure(self.config, kv_capacity=kv_capacity)
+
+    @property
+    def core(self) -> RomaCoreDriver:
+        return getattr(self, self.core_name)
+
+
+# --- the emulated overlay of a build ------------------------------------------------------------------------
+
+
+def emu_overlay(build_dir: str | Path, *, cache: str | Path | None = None, hls_dir: str | Path | None = None,
+                progress: bool = True) -> Path:
+    """The emulated "bitstream" of a build (built on first use, cached): a folder holding roma_core.emu (the
+    library and the build), roma_core.hwh, the build's manifest.json and libroma_core.so. Returns the path of
+    roma_core.emu."""
+    import hashlib
+
+    from ..compiler.build import verify_build
+    from .emu import EMU_FORMAT
+    from .hwh import write_hwh
+    from .interface import HLS_DIR, load_interface
+    from .library import build_library, cache_root
+
+    build_dir = Path(build_dir).resolve()
+    manifest = verify_build(build_dir)
+    hls_dir = Path(hls_dir or HLS_DIR).resolve()
+    lib, _ = build_library(build_dir, hls_dir=hls_dir, cache=cache, progress=progress)
+    manifest_text = (build_dir / MANIFEST).read_text()
+    key = hashlib.sha256(f"{build_dir}\0{lib}\0".encode() + manifest_text.encode()).hexdigest()[:20]
+    folder = (Path(cache) if cache else cache_root()) / "emu" / key
+    bit = folder / BITSTREAM
+    if bit.is_file() and (folder / HWH).is_file() and (folder / MANIFEST).is_file():
+        return bit
+    folder.mkdir(parents=True, exist_ok=True)
+    header = hls_dir / "roma_core.h"
+    write_hwh(folder / HWH, load_interface(header),
+              parameters={"ROMA_MODEL": manifest["model"]["name"], "ROMA_MODEL_SHA256": manifest["model"]["sha256"],
+                          "ROMA_BUILD": str(build_dir)})
+    (folder / MANIFEST).write_text(manifest_text)
+    link = folder / "libroma_core.so"
+    link.unlink(missing_ok=True)
+    link.symlink_to(lib)
+    spec = {"format": EMU_FORMAT, "version": 1, "library": link.name, "build": str(build_dir),
+            "header": str(header), "model": manifest["model"]["name"]}
+    tmp = folder / (BITSTREAM + ".tmp")
+    tmp.write_text(json.dumps(spec, indent=1))
+    os.replace(tmp, bit)
+    return bit
+
+
+class EmuCache:
+    """A KV cache of the emu backend: owns its DDR buffer; `length` positions are filled."""
+
+    def __init__(self, kv: KVBuffer, config):
+        self.kv, self.config = kv, config
+        self.capacity = kv.capacity
+        self.length = 0
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
+        self.length = length
+
+    def read_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of keys and values at positions 0..n, [layer, position, kv_head, head_dim] fp16."""
+        c = self.config
+        self.kv.buffer.invalidate()
+        rows = np.array(self.kv.buffer[:, :, :n]).view(np.float16)
+        shape = (c.n_layers, n, c.n_kv_heads, c.head_dim)
+        return rows[:, 0].reshape(shape).copy(), rows[:, 1].reshape(shape).copy()
+
+    def write_rows(self, keys: np.ndarray, values: np.ndarray) -> None:
+        n = keys.shape[1]
+        if n > self.capacity:
+            raise RomaError(f"{n} positions do not fit the KV cache of {self.capacity}")
+        c = self.config
+        self.kv.buffer[:, 0, :n] = np.asarray(keys, np.float16).reshape(c.n_layers, n, c.kv_dim).view(np.uint16)
+        self.kv.buffer[:, 1, :n] = np.asarray(values, np.float16).reshape(c.n_layers, n, c.kv_dim).view(np.uint16)
+        self.kv.buffer.flush()
+        self.length = n
+
+
+class _CoreBackend:
+    """What the emu and board backends share: RefBackend's interface (new_cache, forward, set_lora) on a
+    RomaOverlay's core, plus the core's cycle estimate (last_cycles, clock_mhz)."""
+
+    numerics = "quant"
+    kv_dtype = np.dtype(np.float16)
+
+    def _setup(self, overlay: "RomaOverlay") -> None:
+        self.overlay = overlay
+        self.core = overlay.core
+        self.config = overlay.config
+        self.manifest = overlay.manifest
+        self.clock_mhz = _board_clock(self.manifest)
+        self.lora_slots = int(self.core.constants["LORA_SLOTS"])
+        self.lora_max_rank = int(self.core.constants["LORA_MAX_RANK"])
+        self._slots = None                       # the engine's LoraSlots last applied
+        self._lora_loaded: dict[int, bytes] = {}  # slot -> sha256 of the image written there
+        self._lora_active: int | None = None
+        self._cycles: dict[str, int] | None = None
+
+    def _ensure(self) -> None:
+        """Hook: make sure this backend's overlay is the one on the device (the emulated board switches)."""
+
+    def new_cache(self, capacity: int | None = None) -> EmuCache:
+        return EmuCache(self.core.new_kv(capacity), self.config)
+
+    def check_lora(self, slots) -> None:
+        """RomaError unless the engine's LoRA slots fit the core's LoRA unit (LORA_SLOTS slots of rank up to
+        LORA_MAX_RANK, roma_core.h) and are for this model."""
+        if slots is None:
+            return
+        if slots.capacity > self.lora_slots:
+            raise RomaError(f"{slots.capacity} LoRA slots asked, but roma_core has {self.lora_slots}",
+                            hint=f"use at most {self.lora_slots} slots (--lora-slots)")
+        if not 1 <= slots.slot_rank <= self.lora_max_rank:
+            raise RomaError(f"LoRA slot rank {slots.slot_rank} is above the rank roma_core's LoRA unit holds "
+                            f"({self.lora_max_rank})", hint=f"use --lora-rank {self.lora_max_rank} or less")
+        if slots.config.n_layers != self.config.n_layers or slots.config.dim != self.config.dim:
+            raise RomaError("the LoRA slots were made for another model than the one on the core")
+
+    def set_lora(self, slots) -> None:
+        """Write each resident slot's packed image once (CMD_LOAD_LORA), then the active slot register
+        (CMD_SELECT_LORA)."""
+        import hashlib
+
+        self.check_lora(slots)
+        self._ensure()
+        for row in slots.status():
+            if row["name"] is None:  # an empty slot: the core's copy is stale but cannot be selected
+                self._lora_loaded.pop(row["slot"], None)
+                continue
+            packed = slots.packed(row["name"])
+            if packed.slot_rank > self.lora_max_rank:
+                raise RomaError(f"adapter {row['name']} is packed at slot rank {packed.slot_rank}, above "
+                                f"roma_core's {self.lora_max_rank}")
+            data = packed.to_bytes()
+            digest = hashlib.sha256(data).digest()
+            if self._lora_loaded.get(row["slot"]) != digest:
+                self.core.load_lora(row["slot"], data)
+                self._lora_loaded[row["slot"]] = digest
+        active = slots.active_slot
+        self.core.select_lora(active)
+        self._lora_active = active
+        self._slots = slots
+
+    def forward(self, ids, cache: EmuCache) -> np.ndarray:
+        ids = list(np.asarray(ids).reshape(-1))
+        if not ids:
+            raise ValueError("forward needs at least one token")
+        if cache.length + len(ids) > cache.capacity:
+            raise RomaError(f"{cache.length + len(ids)} tokens do not fit the KV cache of {cache.capacity} "
+                            f"positions")
+        self._ensure()
+        self._cycles = None
+        logits = self.core.prefill(ids, cache.length, kv=cache.kv)
+        self._cycles = dict(self.core.stage_cycles)
+        cache.length += len(ids)
+        return logits
+
+    def last_cycles(self) -> dict[str, int] | None:
+        """Estimated FPGA cycles per stage (roma_core.h's Stage enum, from the status words) of the last
+        forward, summed over its calls; None before the first."""
+        return None if self._cycles is None else dict(self._cycles)
+
+
+def _board_clock(manifest: dict) -> float | None:
+    """The fabric clock (MHz) of the board the build was placed for (compiler/boards.json)."""
+    board = manifest.get("board")
+    if isinstance(board, dict) and board.get("clock_mhz"):
+        return float(board["clock_mhz"])
+    try:
+        from ..compiler.boards import get_board
+
+        return float(get_board(board if isinstance(board, str) else "u250").clock_mhz)
+    except RomaError:
+        return None
+
+
+class EmuBackend(_CoreBackend):
+    """The `emu` backend: the HLS C simulation behind the emulated board, through pynq.Overlay and the
+    driver. build: a build folder (roma compile output) or a LoadedModel read from one (load_build).
+
+    The emulated board holds one overlay at a time, as a board does: when several EmuBackends live in one
+    process (other builds, or the same library), each one downloads its overlay again before its next call
+    and rewrites its LoRA slots, so none runs on another's ROMs or adapters."""
+
+    def __init__(self, build, *, cache: str | Path | None = None, hls_dir: str | Path | None = None,
+                 progress: bool = True):
+        from .emu import emu_device
+
+        build_dir = Path(getattr(build, "source", build))
+        if not (build_dir / MANIFEST).is_file():
+            raise RomaError(f"the emu backend runs a compiled build, and {build_dir} is not one",
+                            hint="compile the model first: roma compile --model ... --out <folder>")
+        bit = emu_overlay(build_dir, cache=cache, hls_dir=hls_dir, progress=progress)
+        self.build_dir = build_dir
+        self.device = emu_device()
+        self._token = object()
+        self._setup(RomaOverlay(str(bit), expect=build_dir, device=self.device))
+        self.name = "emu"
+        self._claim()
+
+    def _claim(self) -> None:
+        self.device.roma_owner = self._token
+        self._lora_loaded = {}
+        self.core.select_lora(None)  # the library's LoRA state may be another backend's
+        self._lora_active = None
+        if self._slots is not None:
+            self.set_lora(self._slots)
+
+    def _ensure(self) -> None:
+        if getattr(self.device, "roma_owner", None) is not self._token:
+            self.overlay.download()
+            self._claim()
+
+
+class BoardBackend(_CoreBackend):
+    """The `board` backend: RomaOverlay of a bitstream folder (roma_core.bit + .hwh + the build's
+    manifest.json) on the PYNQ device. Refuses a machine without a board, a folder without a bitstream, and a
+    bitstream built for another model or quantization than `model`."""
+
+    def __init__(self, model, bitstream: str | Path | None, *, progress: bool = True):
+        import warnings
+
+        from pynq.pl_server.device import Device
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            devices = [d for d in Device.devices if type(d).__name__ != "EmuDevice"]
+        if not devices:
+            raise RomaError("the board backend needs a PYNQ board (or an XRT device), and this machine has none",
+                            hint="run on the board, or use --backend emu (the emulated board) here")
+        if bitstream is None:
+            raise RomaError("the board backend needs the bitstream folder of a build",
+                            hint="give --bitstream DIR (roma_core.bit, roma_core.hwh and the build's manifest.json)")
+        folder = Path(bitstream)
+        bits = [folder] if folder.is_file() else sorted(folder.glob("*.bit"))
+        if len(bits) != 1:
+            raise RomaError(f"{bitstream} holds {len(bits)} .bit files; a bitstream folder holds exactly one",
+                            hint="give the folder with roma_core.bit, its .hwh and manifest.json")
+        expect = None
+        manifest = getattr(model, "metadata", {}).get("roma.build")
+        if manifest is not None:
+            expect = manifest
+        elif hasattr(model, "identity"):
+            have = check_manifest(bits[0])
+            if have.get("model", {}).get("sha256") != model.identity():
+                raise RomaError(f"the bitstream {bits[0]} was built for {have.get('model', {}).get('name', '?')}, "
+                                f"not for this model", hint="give the bitstream of this model's build")
+        self._setup(RomaOverlay(str(bits[0]), expect=expect, device=devices[0]))
+        self.name = "board"

@@ -1,0 +1,333 @@
+"""The `emu` backend end to end: the Engine on the real roma_core (HLS C simulation behind the emulated board)
+against the Engine on the golden model (`ref`, quant numerics) with the same weights.
+
+The tiny model is the Q4_1 GGUF: its default build passes every tensor through bit for bit, so `ref` on the
+GGUF and `emu` on the build run the same weights and only the order of fp32 arithmetic differs.
+
+Tolerance (logits, relative to the vector): max|l_emu - l_ref| <= TOL * max|l_ref|, TOL = 2e-3, against the
+nearest of the golden model's own runs (whole prompt, split prompt, one token per call), or their spread when
+that is larger -- as tests/test_hls_roma_core.py and tb_roma_core.cpp. Why 2e-3: the core sums in another
+order (each fp32 value ~1e-6 relative) and its cos/sin/exp differ by ulps; such a difference can move one int8
+activation across a rounding step, which moves a layer output by up to |w| * amax/127, ~1e-4..1e-3 of the
+logit scale after two layers. A functional error (wrong weight, position, head or adapter factor) moves logits
+by ~0.1..1 of the scale, far outside.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import REPO, cli_env
+from roma_runtime import RomaError
+from roma_runtime.engine import Engine
+from roma_runtime.generate import SamplingParams
+
+pytest.importorskip("pynq")
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
+                                reason="the emulated board needs g++ and make")
+
+TOL = 2e-3
+GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
+PROMPTS = ["The capital of France is", "def add(a, b):\n    return", "1, 2, 3, 4,"]
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _rel(got, want) -> float:
+    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
+
+
+def golden_refs(ref: Engine, ids: list[int]) -> list[np.ndarray]:
+    """The ref backend's last-token logits three ways: whole prompt, 2 + rest, one token per call."""
+    out = []
+    for split in (None, 2, 1):
+        cache = ref.backend.new_cache(64)
+        if split is None:
+            out.append(ref.backend.forward(ids, cache))
+        elif split == 2:
+            ref.backend.forward(ids[:2], cache)
+            out.append(ref.backend.forward(ids[2:], cache))
+        else:
+            for t in ids:
+                last = ref.backend.forward([t], cache)
+            out.append(last)
+    return out
+
+
+def assert_close(emu_logits, refs) -> None:
+    spread = max(_rel(a, b) for a in refs for b in refs)
+    rel = min(_rel(emu_logits, r) for r in refs)
+    assert rel <= max(TOL, spread), (rel, spread)
+
+
+def last_logits(engine: Engine, ids: list[int]) -> np.ndarray:
+    session = engine.new_session(64)
+    engine._bind(session)
+    return engine.backend.forward(ids, session.cache)
+
+
+# --- fixtures -------------------------------------------------------------------------------------------------
+
+
+def make_adapter(hf_folder, out, seed, **config):
+    """A PEFT LoRA with random non-zero A and B (as tests/test_engine_lora.py makes them)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(model, peft.LoraConfig(**config))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    pm.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_models, tiny_build):
+    """(emu, ref) engines on the tiny Q4_1 model, 4 LoRA slots of rank 16 each."""
+    emu = Engine(tiny_models["q4_1"], "emu", lora_slots=4, lora_rank=16)
+    ref = Engine(emu.model, "ref", "quant", lora_slots=4, lora_rank=16)
+    return emu, ref
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "a": make_adapter(tiny_models["hf"], root / "a", 1, r=8, lora_alpha=16, target_modules=ALL),
+        "b": make_adapter(tiny_models["hf"], root / "b", 2, r=4, lora_alpha=8, use_rslora=True,
+                          target_modules=["q_proj", "v_proj", "down_proj"]),
+    }
+
+
+# --- choosing the backend, default builds ----------------------------------------------------------------------
+
+
+def test_default_backend_is_emu_without_a_board_and_board_refuses_cleanly():
+    from roma_runtime.backends import check_backend, default_backend
+
+    assert default_backend() == "emu"  # no PYNQ board on this machine
+    assert check_backend(None) == "emu" and check_backend(None, "float") == "ref"
+    with pytest.raises(RomaError, match="needs a PYNQ board") as e:
+        check_backend("board")
+    assert "--backend emu" in e.value.hint
+
+
+def test_default_build_is_compiled_once_cached_and_passes_q4_1_through(tiny_models, tmp_path, capfd):
+    from roma_runtime.backends import default_build, default_build_dir
+    from roma_runtime.compiler.build import read_manifest
+    from roma_runtime.model import load_model
+
+    model = load_model(tiny_models["q4_1"])
+    folder, now = default_build(model, cache=tmp_path)
+    err = capfd.readouterr().err
+    assert now and folder == default_build_dir(model, tmp_path) and err.count("\n") == 1 and "compiling" in err
+    manifest = read_manifest(folder)
+    assert manifest["quantization"]["bits"] == 4 and manifest["quantization"]["group"] == 32
+    assert {t["method"] for t in manifest["tensors"].values()} == {"passthrough"}  # bit for bit
+    assert default_build(model, cache=tmp_path) == (folder, False)
+    assert capfd.readouterr().err == ""
+    (folder / "manifest.json").unlink()  # a half-written build (the manifest comes last) is not reused
+    assert default_build(model, cache=tmp_path, progress=False) == (folder, True)
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no private folder left
+    hf = load_model(tiny_models["hf"])  # float weights: 4-bit G32 round to nearest
+    hf_folder, _ = default_build(hf, cache=tmp_path, progress=False)
+    assert hf_folder != folder
+    methods = {n: t["method"] for n, t in read_manifest(hf_folder)["tensors"].items()}
+    assert methods["blk.0.wq"] == "rtn" and read_manifest(hf_folder)["tensors"]["blk.0.wq"]["bits"] == 4
+
+
+def test_build_folder_as_model(tiny_models, engines, tmp_path):
+    from roma_runtime.backends import default_build
+    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import locate_model
+
+    # a build compiled from this session's GGUF (the cached one may name an earlier session's file as source)
+    build, _ = default_build(engines[0].model, cache=tmp_path, progress=False)
+    assert locate_model(build) == ("build", build)
+    model = load_model(build)
+    assert model.format == "build" and model.config == engines[0].config
+    e = Engine(build, "emu", lora_slots=0)  # used directly, no default build
+    assert e.backend.build_dir == build and e.tokenizer.encode("Hi there") == engines[0].tokenizer.encode(
+        "Hi there")
+    ids = e.tokenizer.encode(PROMPTS[0])
+    assert np.array_equal(last_logits(e, ids), last_logits(engines[0], ids))  # the same build and core
+    ref = Engine(build, "ref", lora_slots=0)  # the build's weights on the golden model
+    assert np.array_equal(last_logits(ref, ids), last_logits(engines[1], ids))  # == the GGUF's, bit for bit
+    # the tokenizer of a build is its source model's: gone, it is a clear error
+    moved = tmp_path / "moved"
+    shutil.copytree(build, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["model"]["source"] = str(tmp_path / "gone.gguf")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RomaError, match="not there any more"):
+        Engine(moved, "ref", lora_slots=0)
+
+
+# --- the engine on emu vs ref ---------------------------------------------------------------------------------
+
+
+def test_emu_matches_ref_logits_and_greedy_tokens(engines):
+    emu, ref = engines
+    assert emu.backend.name == "emu" and emu.numerics == "quant" and emu.kv_dtype == ref.kv_dtype
+    for text in PROMPTS:
+        ids = emu.tokenizer.encode(text)
+        assert_close(last_logits(emu, ids), golden_refs(ref, ids))
+        a = emu.generate(ids, GREEDY).run()
+        b = ref.generate(ids, GREEDY).run()
+        assert a.ids == b.ids and a.text == b.text, text
+
+
+def test_cycles_per_stage_and_the_bench_estimate(engines):
+    from roma_runtime import bench
+    from roma_runtime.compiler.boards import get_board
+    from roma_runtime.device.driver import stage_names
+    from roma_runtime.device.interface import load_constants
+
+    emu = engines[0].backend
+    assert emu.clock_mhz == get_board("u250").clock_mhz  # the build's board
+    last_logits(engines[0], [1, 2, 3, 4])
+    prefill = emu.last_cycles()
+    assert list(prefill) == stage_names(load_constants()) and prefill["gemv"] > 0 and prefill["lm_head"] > 0
+    session = engines[0].new_session(16)
+    emu.forward([5, 6, 7], session.cache)
+    three = emu.last_cycles()
+    emu.forward([8], session.cache)
+    assert 0 < sum(emu.last_cycles().values()) < sum(three.values())  # one token costs less than three
+    cfg = bench.BenchConfig(lengths=[8], decode_tokens=3, repeats=1, lora=False, warmup=False)
+    report = bench.run_bench(engines[0], cfg, backend="emu", progress=False)
+    assert report["cycles"]["label"] == "estimate" and report["cycles"]["clock_mhz"] == emu.clock_mhz
+    c = report["results"][0]["ours"]["cycles"]
+    assert c["estimate_prefill_tokens_per_s"] > 0 and c["estimate_decode_tokens_per_s"] > 0
+    assert "estimate at" in bench.format_table(report)
+
+
+def test_chat_with_kv_prefix_reuse_equals_a_fresh_run(engines):
+    emu = engines[0]
+    chat = emu.chat(system="You are terse.", capacity=256)
+    chat.send("Hello!", GREEDY).run()
+    second = chat.send("And again?", GREEDY).run()
+    assert second.reused_tokens > 10
+    fresh = emu.generate(second.prompt_ids, GREEDY, session=emu.new_session(256)).run()
+    assert fresh.reused_tokens == 0 and fresh.ids == second.ids and fresh.text == second.text
+
+
+def test_prompt_over_the_context_is_refused_with_nothing_changed(engines):
+    emu = engines[0]
+    chat = emu.chat(capacity=48)
+    chat.send("Hi", SamplingParams(max_tokens=4, temperature=0.0)).run()
+    s = chat.session
+    s.cache.kv.buffer.invalidate()
+    before = (list(chat.messages), list(s.ids), s.cache.length, np.array(s.cache.kv.buffer, copy=True))
+    with pytest.raises(RomaError, match="context holds 48"):
+        chat.send("word " * 60, GREEDY)
+    with pytest.raises(RomaError, match="do not fit"):
+        emu.backend.forward(list(range(100, 160)), s.cache)
+    s.cache.kv.buffer.invalidate()
+    assert (chat.messages, s.ids, s.cache.length) == tuple(before[:3])
+    assert np.array_equal(np.asarray(s.cache.kv.buffer), before[3])
+
+
+# --- LoRA ------------------------------------------------------------------------------------------------------
+
+
+def test_lora_on_emu_matches_ref_and_swaps_match_fresh_runs(engines, adapters):
+    emu, ref = engines
+    for e in engines:
+        for name in ("a", "b"):
+            e.load_lora(name, adapters[name])
+    ids = emu.tokenizer.encode(PROMPTS[0])
+    fresh = {}
+    for name in ("a", "b", None):
+        session = emu.new_session(64, adapter=name)
+        emu._bind(session)
+        fresh[name] = emu.backend.forward(ids, session.cache)
+        rs = [None] * 3
+        for i, split in enumerate((None, 2, 1)):  # ref's own spread, under the same adapter
+            r = ref.new_session(64, adapter=name)
+            ref._bind(r)
+            if split is None:
+                rs[i] = ref.backend.forward(ids, r.cache)
+            elif split == 2:
+                ref.backend.forward(ids[:2], r.cache)
+                rs[i] = ref.backend.forward(ids[2:], r.cache)
+            else:
+                for t in ids:
+                    rs[i] = ref.backend.forward([t], r.cache)
+        assert_close(fresh[name], rs)
+    assert _rel(fresh["a"], fresh[None]) > 20 * TOL and _rel(fresh["b"], fresh[None]) > 20 * TOL  # adapters act
+    # one session swapping adapters (and off) in turn: each turn equals its fresh run, bit for bit
+    s = emu.new_session(64)
+    for name in ("a", "b", None, "a", None, "b"):
+        s.adapter = name
+        s.reset()
+        emu._bind(s)
+        assert np.array_equal(emu.backend.forward(ids, s.cache), fresh[name]), name
+    a_ref = ref.generate(ids, GREEDY, adapter="a").run().ids
+    assert emu.generate(ids, GREEDY, adapter="a").run().ids == a_ref
+
+
+def test_lora_slots_must_fit_the_core(tiny_models, engines):
+    from roma_runtime.lora import LoraSlots
+
+    emu = engines[0].backend
+    with pytest.raises(RomaError, match="above the rank roma_core's LoRA unit holds"):
+        emu.check_lora(LoraSlots(emu.config, 2, emu.lora_max_rank + 1))
+    with pytest.raises(RomaError, match="roma_core has 4"):
+        emu.check_lora(LoraSlots(emu.config, emu.lora_slots + 1, 8))
+    with pytest.raises(RomaError, match="--lora-rank 64 or less"):
+        Engine(engines[0].model, "emu", lora_slots=1, lora_rank=65)
+
+
+# --- SmolLM2 and the CLI ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smol_emu(smollm2):
+    return Engine(smollm2, "emu", lora_slots=0)
+
+
+def test_smollm2_first_greedy_token_equals_ref(smollm2, smol_emu, engines):
+    ref = Engine(smollm2, "ref", "quant", lora_slots=0)
+    for text in PROMPTS[:2]:
+        ids = smol_emu.tokenizer.encode(text)
+        assert int(np.argmax(last_logits(smol_emu, ids))) == int(np.argmax(last_logits(ref, ids))), text
+    # two emulated overlays in one process: each call runs on its own build (the board re-downloads)
+    ids = engines[0].tokenizer.encode(PROMPTS[2])
+    tiny_before = last_logits(engines[0], ids)
+    smol_before = last_logits(smol_emu, ids)
+    assert np.array_equal(last_logits(engines[0], ids), tiny_before)
+    assert np.array_equal(last_logits(smol_emu, ids), smol_before)
+
+
+def roma(*args, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "roma_runtime.cli", *map(str, args)], input=stdin,
+                          capture_output=True, text=True, env=cli_env(), cwd=str(REPO), timeout=timeout)
+
+
+def test_cli_generate_on_emu_json(smol_emu):
+    p = roma("generate", "The capital of France is", "--backend", "emu", "--json", "--max-tokens", 8,
+             "--temperature", 0)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["backend"] == "emu" and r["numerics"] == "quant" and 1 <= len(r["ids"]) <= 8
+    assert "Paris" in r["text"] and r["decode_tokens_per_s"] > 0 and r["prefill_tokens_per_s"] > 0
+    assert "Traceback" not in p.stderr
+
+
+def test_cli_chat_runs_on_emu_by_default(smol_emu):
+    p = roma("chat", "--max-tokens", 12, "--temperature", 0, stdin="What is the capital of France?\n/quit\n")
+    assert p.returncode == 0, p.stderr
+    assert "on emu (quant)" in p.stderr and "Traceback" not in p.stderr
+    assert p.stdout.strip() and "tok/s" in p.stderr  # an answer (4-bit greedy: not always "Paris") and its speed
