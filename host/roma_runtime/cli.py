@@ -13,7 +13,7 @@ import sys
 from .errors import RomaError
 
 # Order is the order `roma --help` lists them.
-COMMANDS = ("chat", "serve", "generate", "tokenize", "info", "plan", "compile", "eval", "lora", "bench")
+COMMANDS = ("chat", "serve", "generate", "tokenize", "info", "plan", "compile", "eval", "lora", "finetune", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

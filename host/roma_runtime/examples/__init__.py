@@ -1,0 +1,1 @@
+"""Example task data written by the project (see answer_format.py); shipped as package data."""

@@ -1,0 +1,336 @@
+"""roma finetune: LoRA trained with PEFT on transformers against a build's exact ROM weights, read back by the
+runtime (lora.read_peft_adapter) and run on the golden float path. Tiny models only (tests/tiny_models.py): a
+2-bit build of the tiny Q4_1 GGUF (SmolLM2's tokenizer and chat template) for task data, and a byte-vocabulary
+tiny model for distillation (its 256-wide head keeps the KL steps cheap)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from roma_runtime import RomaError
+from roma_runtime import finetune as F
+from roma_runtime import lora as L
+from roma_runtime.compiler.build import compile_model, load_build
+from roma_runtime.golden import GoldenModel
+from roma_runtime.model import load_model
+from roma_runtime.model.loader import permute_to_gguf_rope
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+IDS = [1, 504, 3458, 282, 4649, 314, 90, 2000, 77, 12, 9000]
+# Golden float path vs the torch model on the same fp32 weights (and factors): only summation order differs.
+# Measured 1.7e-5 on logits of max 41.7 (4e-7 relative) for the base, similar with an adapter; 1e-4 of the
+# largest logit, as in test_lora, leaves room for BLAS differences.
+FLOAT_RTOL = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these matmuls are tiny, and on a shared CPU two threads spin against each other
+    (measured 3x slower); restored afterwards for the other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TASK = dict(rank=8, steps=6, lr=1e-2, batch=4, seq_len=96, save_every=3, seed=3)
+
+
+@pytest.fixture(scope="module")
+def build2(tiny_models, tmp_path_factory):
+    """The tiny Q4_1 model compiled to 2-bit G32 (RTN): a ROM base that differs from its source."""
+    out = tmp_path_factory.mktemp("ft") / "b2"
+    compile_model(tiny_models["q4_1"], out, bits=2, group=32, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded2(build2):
+    return load_build(build2)[0]
+
+
+@pytest.fixture(scope="module")
+def trained(build2, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "task"
+    result = F.finetune(out, build=build2, data=F.example_data(), options=F.FinetuneOptions(**TASK),
+                        progress=False)
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def byte_build(tmp_path_factory):
+    """A tiny float model with a byte vocabulary (no tokenizer: corpus text is encoded as bytes) and its 2-bit
+    build with a rank-4 compensating LoRA."""
+    from tiny_models import write_tiny_hf
+
+    root = tmp_path_factory.mktemp("bytes")
+    hf = write_tiny_hf(root / "hf", vocab=256, tied=False, seed=1)
+    compile_model(hf, root / "b2", bits=2, group=32, lora_rank=4, progress=False)
+    return hf, root / "b2"
+
+
+def golden_logits(model, adapter=None, ids=IDS):
+    g = GoldenModel(model, "float")
+    g.lora = adapter
+    return g.forward(ids, g.new_cache(len(ids) + 1), all_logits=True)
+
+
+def golden_greedy(model, adapter, ids, n):
+    g = GoldenModel(model, "float")
+    g.lora = adapter
+    cache = g.new_cache(len(ids) + n + 1)
+    logits, out = g.forward(ids, cache), []
+    for _ in range(n):
+        out.append(int(logits[-1].argmax()))
+        logits = g.forward([out[-1]], cache)
+    return out
+
+
+def torch_greedy(model, ids, n):
+    ids = list(ids)
+    for _ in range(n):
+        ids.append(int(F.torch_logits(model, ids)[-1].argmax()))
+    return ids[-n:]
+
+
+def peft_model(loaded, folder):
+    return peft.PeftModel.from_pretrained(F.to_transformers(loaded), str(folder)).eval()
+
+
+# --- the torch model is our base ----------------------------------------------------------------------------
+
+
+def test_rope_permutation_roundtrip():
+    w = np.arange(8 * 4 * 3, dtype=np.float32).reshape(32, 3)
+    np.testing.assert_array_equal(F.permute_to_hf_rope(permute_to_gguf_rope(w, 4), 4), w)
+    np.testing.assert_array_equal(permute_to_gguf_rope(F.permute_to_hf_rope(w, 2), 2), w)
+
+
+def test_torch_model_equals_golden_float(loaded2):
+    ref = golden_logits(loaded2)
+    ours = F.torch_logits(F.to_transformers(loaded2), IDS)
+    assert np.abs(ours - ref).max() < FLOAT_RTOL * np.abs(ref).max(), np.abs(ours - ref).max()
+    assert (ours.argmax(-1) == ref.argmax(-1)).all()
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+
+def test_chat_loss_only_on_assistant_turns(loaded2):
+    tok = F._tokenizer(loaded2)
+    msgs = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Answer: yes\nConfidence: high"},
+            {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Answer: no\nConfidence: low"}]
+    ex = F.chat_example(tok, msgs)
+    assert tok.decode(ex.ids) == tok.apply_chat_template(msgs, add_generation_prompt=False)
+    learned = tok.decode([t for t in ex.labels if t != F.IGNORE])
+    assert learned == "Answer: yes\nConfidence: high<|im_end|>\nAnswer: no\nConfidence: low<|im_end|>\n"
+
+
+def write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+@pytest.mark.parametrize("case,message", [
+    ("not_json", r"line 2 is not JSON"),
+    ("no_role", r"line 1: message 2 has no role"),
+    ("no_assistant", r"line 1: the conversation has no assistant message"),
+    ("neither", r"line 1 has neither \"messages\" nor \"text\""),
+    ("no_manifest", r"holds no manifest.json; it is not a complete build"),
+    ("target_embed", r"--targets embed_tokens: the LoRA unit adapts only the 7 linears"),
+    ("target_head", r"--targets lm_head: the LoRA unit adapts only the 7 linears"),
+    ("rank", r"--rank 65 is above the LoRA slot rank 64"),
+    ("distill_model", r"--distill needs --build"),
+])
+def test_bad_inputs_refused_before_training(build2, tiny_models, tmp_path, case, message):
+    good = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
+    data = write(tmp_path / "d.jsonl", [good])
+    kw = dict(build=build2, data=data, options=F.FinetuneOptions(steps=1))
+    if case == "not_json":
+        kw["data"] = write(tmp_path / "d.jsonl", [good, "{\"messages\": [", good])
+    elif case == "no_role":
+        kw["data"] = write(tmp_path / "d.jsonl", [json.dumps({"messages": [
+            {"role": "user", "content": "Q"}, {"content": "A"}]})])
+    elif case == "no_assistant":
+        kw["data"] = write(tmp_path / "d.jsonl", [json.dumps({"messages": [{"role": "user", "content": "Q"}]})])
+    elif case == "neither":
+        kw["data"] = write(tmp_path / "d.jsonl", [json.dumps({"prompt": "Q"})])
+    elif case == "no_manifest":
+        half = tmp_path / "half"
+        shutil.copytree(build2, half)
+        (half / "manifest.json").unlink()
+        kw["build"] = half
+    elif case.startswith("target"):
+        kw["options"] = F.FinetuneOptions(targets=["q_proj", "embed_tokens" if case == "target_embed" else "lm_head"])
+    elif case == "rank":
+        kw["options"] = F.FinetuneOptions(rank=65)
+    elif case == "distill_model":
+        kw = dict(model=tiny_models["q4_1"], options=F.FinetuneOptions(distill=True))
+    with pytest.raises(RomaError, match=message):
+        F.finetune(tmp_path / "out", progress=False, **kw)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_cli_refuses_bad_rank(build2, tmp_path, capsys):
+    from roma_runtime.cli import main
+
+    data = write(tmp_path / "d.jsonl", [json.dumps({"text": "hello world"})])
+    assert main(["finetune", "--build", str(build2), "--data", str(data), "--out", str(tmp_path / "o"),
+                 "--rank", "128"]) == 2
+    assert "above the LoRA slot rank 64" in capsys.readouterr().err
+
+
+def test_missing_train_extra_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(RomaError, match=r"pip install 'roma-runtime\[train\]'"):
+        F._train_deps()
+
+
+# --- a trained adapter in the runtime -----------------------------------------------------------------------
+
+
+def test_trained_adapter_matches_torch_on_golden_float(trained, loaded2):
+    out, result = trained
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "roma_build.json"} <= names
+    adapter = L.read_peft_adapter(out, loaded2)
+    assert adapter.targets == L.LINEAR and adapter.max_rank == 8
+    pm = peft_model(loaded2, out)
+    ref = F.torch_logits(pm, IDS)
+    ours = golden_logits(loaded2, adapter.to_golden())
+    base = golden_logits(loaded2)
+    assert np.abs(ours - base).max() > 1.0  # the adapter matters
+    assert np.abs(ours - ref).max() < FLOAT_RTOL * np.abs(ref).max(), np.abs(ours - ref).max()
+    assert (ours.argmax(-1) == ref.argmax(-1)).all()
+    prompt = F._tokenizer(loaded2).encode_chat([{"role": "user", "content": "What is the capital of Italy?"}])
+    assert golden_greedy(loaded2, adapter.to_golden(), prompt, 8) == torch_greedy(pm, prompt, 8)
+
+
+def test_example_task_changes_answers(trained, loaded2):
+    from roma_runtime.examples.answer_format import HELD_OUT, PAIRS
+
+    out, result = trained
+    assert len(result.losses) == TASK["steps"]
+    assert np.mean(result.losses[-2:]) < 0.6 * np.mean(result.losses[:2]), result.losses
+    tok = F._tokenizer(loaded2)
+    adapter = L.read_peft_adapter(out, loaded2).to_golden()
+    assert len(PAIRS) == sum(1 for _ in F.example_data().open())
+    changed = 0
+    for q in HELD_OUT[:3]:
+        prompt = tok.encode_chat([{"role": "user", "content": q}])
+        changed += golden_greedy(loaded2, adapter, prompt, 6) != golden_greedy(loaded2, None, prompt, 6)
+    assert changed >= 2
+
+
+def test_same_seed_and_resume_reproduce_the_run(trained, build2, tmp_path):
+    from safetensors.numpy import load_file
+
+    out, _ = trained
+    want = load_file(str(out / "adapter_model.safetensors"))
+    # an interrupted run leaves its last checkpoint and a usable adapter of that step
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        F.finetune(run, build=build2, data=F.example_data(), options=F.FinetuneOptions(**TASK), progress=False,
+                   interrupt_after=3)
+    rec = json.loads((run / "roma_build.json").read_text())
+    assert rec["training"]["steps_done"] == 3 and rec["training"]["complete"] is False
+    assert (run / "checkpoint" / "state.pt").is_file() and not (run / "checkpoint" / "state.pt.tmp").exists()
+    L.read_peft_adapter(run, load_build(build2)[0])
+    with pytest.raises(RomaError, match="is not empty"):
+        F.finetune(run, build=build2, data=F.example_data(), options=F.FinetuneOptions(**TASK), progress=False)
+    with pytest.raises(RomaError, match=r"of another run \(lr was 0.01, now 0.02\)"):
+        F.finetune(run, build=build2, data=F.example_data(), options=F.FinetuneOptions(**dict(TASK, lr=2e-2)),
+                   resume=True, progress=False)
+    result = F.finetune(run, build=build2, data=F.example_data(), options=F.FinetuneOptions(**TASK), resume=True,
+                        progress=False)
+    assert result.resumed_from == 3 and result.steps == TASK["steps"]
+    got = load_file(str(run / "adapter_model.safetensors"))
+    assert got.keys() == want.keys()
+    for k in want:  # the same seed, interrupted and resumed, gives the identical adapter
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert result.losses == trained[1].losses
+
+
+def test_adapter_refused_on_another_base(trained, build2, byte_build, tiny_models, tmp_path):
+    out, _ = trained
+    rec = F.check_adapter_build(out, build2)
+    assert rec["matches"] and rec["base"]["kind"] == "build"
+    assert rec["base"]["manifest_sha256"] == F._sha256_file(build2 / "manifest.json")
+    copy = tmp_path / "copy"  # the same ROM contents elsewhere is the same base
+    shutil.copytree(build2, copy)
+    assert F.check_adapter_build(out, copy)["matches"]
+    assert F.check_adapter_build(out, load_build(copy)[0])["matches"]
+    with pytest.raises(RomaError, match="was trained against the build tiny-llama .2-bit G32."):
+        F.check_adapter_build(out, byte_build[1])
+    with pytest.raises(RomaError, match="not against this model"):
+        F.check_adapter_build(out, tiny_models["q4_1"])  # the float source of the build is another base
+    assert F.check_adapter_build(out, tiny_models["q4_1"], allow_other=True)["matches"] is False
+    plain = tmp_path / "plain"  # an adapter trained elsewhere has no record and is not checked
+    shutil.copytree(out, plain)
+    (plain / "roma_build.json").unlink()
+    assert F.check_adapter_build(plain, byte_build[1]) is None
+
+
+# --- distillation -------------------------------------------------------------------------------------------
+
+
+def test_distill_repairs_quantization_error(byte_build):
+    from roma_runtime.compiler.corpus import token_windows
+
+    hf, build = byte_build
+    loaded, comp = load_build(build)
+    teacher = load_model(hf)
+    # the start is the build's compensating LoRA, exactly
+    o = F.FinetuneOptions(rank=8, alpha=8.0)
+    pm, _ = F.make_peft(F.to_transformers(loaded), loaded.config, o, comp)
+    ref = golden_logits(loaded, comp, [3, 70, 101, 200, 32, 9])
+    got = F.torch_logits(pm, [3, 70, 101, 200, 32, 9])
+    assert np.abs(got - ref).max() < FLOAT_RTOL * np.abs(ref).max()
+
+    windows = token_windows(teacher, "evaluation", 1024, 128)  # held out: the training text is calibration
+
+    def metrics(adapter):
+        s = np.concatenate([golden_logits(loaded, adapter, w) for w in windows])
+        t = np.concatenate([golden_logits(teacher, None, w) for w in windows])
+        return F.distill_metrics(s, t)
+
+    before, start = metrics(None), metrics(comp)
+    out = build.parent / "distilled"
+    result = F.finetune(out, build=build, options=F.FinetuneOptions(
+        rank=8, steps=24, lr=3e-3, batch=8, seq_len=64, distill=True, distill_tokens=4096, save_every=100),
+        progress=False)
+    after = metrics(L.read_peft_adapter(out, loaded).to_golden())
+    assert result.record["training"]["init"] == "build compensating LoRA"
+    assert abs(result.losses[0] - start["kl"]) < 0.5 * start["kl"]  # it starts near the compensated build
+    assert np.mean(result.losses[-4:]) < 0.8 * np.mean(result.losses[:4]), result.losses
+    # measured: KL 1.84 (build) / 1.40 (with its LoRA) -> ~0.8; top-1 0.45 / 0.48 -> ~0.58
+    assert after["kl"] < 0.8 * start["kl"] and after["kl"] < before["kl"], (before, start, after)
+    assert after["top1"] > start["top1"] and after["top1"] > before["top1"], (before, start, after)
+
+
+def test_unquantized_model_base_and_text_data(tiny_models, tmp_path):
+    """--model: the float GGUF itself is the base; documents ({"text"}) train on every token."""
+    model = load_model(tiny_models["f32"])
+    data = write(tmp_path / "docs.jsonl", [json.dumps({"text": t}) for t in (
+        "The quick brown fox jumps over the lazy dog.", "A stitch in time saves nine.",
+        "Every cloud has a silver lining, or so the saying goes.")])
+    out = tmp_path / "adapter"
+    result = F.finetune(out, model=model, data=data, progress=False, options=F.FinetuneOptions(
+        rank=4, steps=3, lr=1e-2, batch=2, seq_len=32, targets="q_proj,v_proj,w_down"))
+    assert result.record["base"]["kind"] == "model" and result.record["training"]["data"]["kind"] == "text"
+    assert F.check_adapter_build(out, model)["matches"]
+    adapter = L.read_peft_adapter(out, model)
+    assert adapter.targets == ("wq", "wv", "w_down")
+    ref = F.torch_logits(peft_model(model, out), IDS)
+    ours = golden_logits(model, adapter.to_golden())
+    assert np.abs(ours - ref).max() < FLOAT_RTOL * np.abs(ref).max()
