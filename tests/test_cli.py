@@ -12,7 +12,7 @@ import re
 import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
 
@@ -204,28 +204,27 @@ def test_chat_prints_speed_lines_on_stderr(chat_run):
 
 def test_chat_ctrl_c_stops_the_answer_and_the_chat_goes_on():
     """SIGINT while an answer streams: the answer stops, /stats still runs, /quit exits 0."""
-    proc = subprocess.Popen([sys.executable, "-m", "roma_runtime.cli", "chat", "--numerics", "float",
-                             "--max-tokens", "400", "--context", "1024"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env(), cwd=str(REPO))
-    err_chunks: list[bytes] = []
-    err_reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
-    err_reader.start()
-    try:
-        proc.stdin.write(b"Write a very long story about a dragon who learns to cook.\n")
-        proc.stdin.flush()
-        out = os.read(proc.stdout.fileno(), 4096)  # blocks until the answer starts streaming
-        assert out
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        rest, _ = proc.communicate(b"/stats\n/quit\n", timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    err_reader.join(10)
+    # stderr goes to a file: communicate() below would otherwise compete with any reader for the pipe.
+    with tempfile.TemporaryFile() as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "roma_runtime.cli", "chat", "--numerics", "float",
+                                 "--max-tokens", "400", "--context", "1024"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file,
+                                env=env(), cwd=str(REPO))
+        try:
+            proc.stdin.write(b"Write a very long story about a dragon who learns to cook.\n")
+            proc.stdin.flush()
+            out = os.read(proc.stdout.fileno(), 4096)  # blocks until the answer starts streaming
+            assert out
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            rest, _ = proc.communicate(b"/stats\n/quit\n", timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        err_file.seek(0)
+        stderr = err_file.read().decode("utf-8")
     stdout = (out + rest).decode("utf-8")
-    stderr = b"".join(err_chunks).decode("utf-8")
     assert proc.returncode == 0, stderr
     assert "(answer stopped)" in stderr
     assert "Traceback" not in stderr
