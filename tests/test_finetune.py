@@ -334,3 +334,19 @@ def test_unquantized_model_base_and_text_data(tiny_models, tmp_path):
     ref = F.torch_logits(peft_model(model, out), IDS)
     ours = golden_logits(model, adapter.to_golden())
     assert np.abs(ours - ref).max() < FLOAT_RTOL * np.abs(ref).max()
+
+
+def test_engine_loads_the_adapter_on_its_build_and_refuses_it_elsewhere(trained, build2, tiny_models):
+    from roma_runtime.engine import Engine
+
+    out, _ = trained
+    own = Engine(build2, "ref", "quant", lora_slots=1)
+    own.load_lora("task", out)
+    assert own.lora_names() == ["task"]
+    other = Engine(tiny_models["q4_1"], "ref", "quant", lora_slots=1)
+    with pytest.raises(RomaError, match="not against this model"):
+        other.load_lora("task", out)
+    assert other.lora_names() == []  # the refusal changed nothing
+    lenient = Engine(tiny_models["q4_1"], "ref", "quant", lora_slots=1, lora_any_build=True)
+    lenient.load_lora("task", out)
+    assert lenient.lora_names() == ["task"]

@@ -27,7 +27,8 @@ from . import kv
 from .backends import check_backend, create_backend
 from .errors import RomaError
 from .generate import Sampler, SamplingParams, StopMatcher
-from .lora import DEFAULT_MAX_RANK
+from .finetune import check_adapter_build
+from .lora import DEFAULT_MAX_RANK, Adapter
 from .model import LoadedModel, load_model
 from .model.loader import DEFAULT_MODEL
 from .tokenizer import Tokenizer
@@ -321,10 +322,11 @@ class Engine:
 
     def __init__(self, model=DEFAULT_MODEL, backend: str | None = None, numerics: str = "quant", *,
                  lora_slots: int = 4, lora_rank: int = DEFAULT_MAX_RANK, lora_dtype: str = "fp16",
-                 kv_memory: int | None = None, bitstream=None):
+                 kv_memory: int | None = None, bitstream=None, lora_any_build: bool = False):
         """backend: "ref", "emu" or "board"; None is the default (backends.check_backend: the board where a
         PYNQ board is present, else the emulated board; the golden model for float numerics). bitstream: the
-        board backend's bitstream folder."""
+        board backend's bitstream folder. lora_any_build: accept adapters that `roma finetune` trained for
+        another base (with a warning) instead of refusing them."""
         from .lora import LoraSlots
 
         backend = check_backend(backend, numerics)
@@ -339,6 +341,7 @@ class Engine:
         self.numerics = getattr(self.backend, "numerics", numerics)
         self.kv_dtype = kv.kv_dtype_name(getattr(self.backend, "kv_dtype", np.float16))
         self.lora = LoraSlots(self.config, lora_slots, lora_rank, lora_dtype) if lora_slots else None
+        self.lora_any_build = lora_any_build
         check_lora = getattr(self.backend, "check_lora", None)  # hardware: slot count and rank of its LoRA unit
         if check_lora is not None and self.lora is not None:
             check_lora(self.lora)
@@ -389,6 +392,9 @@ class Engine:
         resident name replaces it. A refusal (RomaError) changes nothing: the resident and active adapters
         stay. Sessions whose KV was made under an earlier load of `name` recompute it. Returns the slot."""
         slots = self._need_lora()
+        if not isinstance(folder_or_adapter, Adapter):
+            # An adapter trained by `roma finetune` fits the exact ROM base it was trained against.
+            check_adapter_build(folder_or_adapter, self.model, allow_other=self.lora_any_build)
         slot = slots.load(name, folder_or_adapter)
         self._serial += 1
         self._loads[name] = self._serial

@@ -51,6 +51,8 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
                    help="slot rank: the largest adapter rank a slot holds (default: 64)")
     g.add_argument("--lora-dtype", choices=("fp16", "int8"), default="fp16",
                    help="how the LoRA factors are stored (default: fp16)")
+    g.add_argument("--lora-any-build", action="store_true",
+                   help="accept an adapter that `roma finetune` trained for another build (with a warning)")
     g.add_argument("--kv-memory", type=float, default=None, metavar="MB",
                    help="writable memory in MiB for the LoRA slots plus the KV cache; the KV tokens that fit "
                         "after the slots bound the context (higher slot rank, fewer tokens)")
@@ -144,7 +146,8 @@ def load_engine(args: argparse.Namespace, status: bool = True):
     kv_memory = getattr(args, "kv_memory", None)
     if kv_memory is not None and not kv_memory > 0:
         raise RomaError(f"--kv-memory must be a positive number of MiB (got {kv_memory:g})")
-    options = {"lora_slots": slots, "lora_dtype": getattr(args, "lora_dtype", None) or "fp16"}
+    options = {"lora_slots": slots, "lora_dtype": getattr(args, "lora_dtype", None) or "fp16",
+               "lora_any_build": bool(getattr(args, "lora_any_build", False))}
     if rank is not None:
         options["lora_rank"] = rank
     if kv_memory is not None:
