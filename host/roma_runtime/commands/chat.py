@@ -41,7 +41,8 @@ def add_arguments(parser) -> None:
     common.add_lora_arguments(parser)
     parser.add_argument("--system", default=None, metavar="TEXT",
                         help="system prompt (default: the chat template's own, if it has one)")
-    common.add_sampling_arguments(parser)
+    # Greedy answers of a small model loop easily; a mild penalty keeps a chat readable (generate stays at 1).
+    common.add_sampling_arguments(parser, repeat_penalty=1.1)
 
 
 class _Reader:

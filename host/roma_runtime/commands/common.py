@@ -87,8 +87,12 @@ def parse_lora_specs(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, stop: bool = False) -> None:
+def add_sampling_arguments(parser: argparse.ArgumentParser, stop: bool = False,
+                           repeat_penalty: float | None = None) -> None:
+    """repeat_penalty: this command's default, when it differs from SamplingParams'."""
     d = SamplingParams()
+    if repeat_penalty is not None:
+        d.repetition_penalty = repeat_penalty
     g = parser.add_argument_group("sampling")
     g.add_argument("--max-tokens", type=int, default=d.max_tokens, metavar="N",
                    help=f"most tokens to generate per answer (default: {d.max_tokens})")
