@@ -1,17 +1,20 @@
 """The quality table: compile + eval of SmolLM2-135M at each setting, printed as a markdown table.
 
-    PYTHONPATH=host python benchmarks/quality_table.py --tokens 512 [--rows passthrough,g128-rtn,...]
+    PYTHONPATH=host python benchmarks/quality_table.py [--tokens 1024] [--rows passthrough,4-g128-rtn,...]
+        [--markdown benchmarks/quality_table.md]
 
 Candidate = the golden model in quant mode (accelerator numerics) on the build's ROM images (+ its LoRA);
 reference = the golden model in float mode on the original GGUF. Held-out text: stdlib docstrings
-(evaluation split). SmolLM2's 576-wide rows admit G32 and G64 only (576 % 128 != 0), so the G128 rows
-apply to models whose widths are multiples of 128. Calibration Hessians are computed once and shared by all GPTQ / mixed rows.
-Rows print as they finish, so a partial run still gives numbers.
+(evaluation split). SmolLM2's 576-wide rows admit G32 and G64 only (576 = 4.5 x 128), so at --group 128
+they fall back to G64 and only the 1536-wide w_down rows get G128 (the labels say so). All GPTQ and mixed
+rows share one calibration (Hessians), the mixed rows one sensitivity measurement per group. Rows print as
+they finish, so a partial run still gives numbers; --markdown writes the finished table to a file.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from roma_runtime.compiler.build import compile_model, load_build
+from roma_runtime.compiler.build import compile_model, load_build, measure_sensitivity
 from roma_runtime.compiler.calibrate import collect_hessians
 from roma_runtime.compiler.evaluate import chat_sequences, eval_windows, evaluate_models
 from roma_runtime.golden import GoldenModel
@@ -29,17 +32,22 @@ ROWS = {
     "passthrough": ("4-bit G32 pass-through (Q4_1)", dict(bits=4, group=32)),
     "4-g64-rtn": ("4-bit G64 RTN", dict(bits=4, group=64)),
     "4-g64-gptq": ("4-bit G64 GPTQ", dict(bits=4, group=64, method="gptq")),
-    "4-g128-rtn": ("4-bit G128 RTN", dict(bits=4, group=128)),
-    "4-g128-gptq": ("4-bit G128 GPTQ", dict(bits=4, group=128, method="gptq")),
+    "4-g128-rtn": ("4-bit G128 RTN (G64 on 576-wide rows)", dict(bits=4, group=128)),
+    "4-g128-gptq": ("4-bit G128 GPTQ (G64 on 576-wide rows)", dict(bits=4, group=128, method="gptq")),
+    "4-g128-gptq-r16": ("4-bit G128 GPTQ + LoftQ LoRA r16", dict(bits=4, group=128, method="gptq", lora_rank=16)),
     "3-g64-rtn": ("3-bit G64 RTN", dict(bits=3, group=64)),
     "3-g64-gptq": ("3-bit G64 GPTQ", dict(bits=3, group=64, method="gptq")),
+    "3-g32-gptq": ("3-bit G32 GPTQ", dict(bits=3, group=32, method="gptq")),
+    "3-g64-gptq-r16": ("3-bit G64 GPTQ + LoftQ LoRA r16", dict(bits=3, group=64, method="gptq", lora_rank=16)),
     "2-g64-rtn": ("2-bit G64 RTN", dict(bits=2, group=64)),
     "2-g64-gptq": ("2-bit G64 GPTQ", dict(bits=2, group=64, method="gptq")),
     "2-g64-gptq-r16": ("2-bit G64 GPTQ + LoftQ LoRA r16", dict(bits=2, group=64, method="gptq", lora_rank=16)),
     "2-g64-gptq-r32": ("2-bit G64 GPTQ + LoftQ LoRA r32", dict(bits=2, group=64, method="gptq", lora_rank=32)),
     "2-g64-gptq-r64": ("2-bit G64 GPTQ + LoftQ LoRA r64", dict(bits=2, group=64, method="gptq", lora_rank=64)),
-    "mixed-4.0": ("mixed G64, budget 4.0 bits/weight (GPTQ)", dict(bits=4, group=64, method="gptq",
-                                                                    bits_budget=4.0)),
+    "mixed-3.0": ("mixed G128 (G64 on 576-wide rows), budget 3.0 bits/weight (GPTQ)",
+                  dict(bits=4, group=128, method="gptq", bits_budget=3.0)),
+    "mixed-4.0": ("mixed G128 (G64 on 576-wide rows), budget 4.0 bits/weight (GPTQ)",
+                  dict(bits=4, group=128, method="gptq", bits_budget=4.0)),
 }
 
 
@@ -66,8 +74,10 @@ class CachedReference:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--tokens", type=int, default=512, help="held-out tokens (default 512)")
-    ap.add_argument("--calib-tokens", type=int, default=2048)
+    ap.add_argument("--tokens", type=int, default=1024, help="held-out tokens (default 1024)")
+    ap.add_argument("--calib-tokens", type=int, default=4096)
+    ap.add_argument("--sensitivity-tokens", type=int, default=256)
+    ap.add_argument("--markdown", default=None, help="also write the table (with the command) to this file")
     ap.add_argument("--chat-tokens", type=int, default=0, help="reference answer tokens per chat prompt (0: off)")
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of: " + ", ".join(ROWS))
     ap.add_argument("--out", default=None, help="folder for the builds (default: a temporary folder)")
@@ -81,24 +91,41 @@ def main() -> int:
     windows = eval_windows(model, args.tokens, 256)
     seqs = chat_sequences(model, ref.model, args.chat_tokens) if args.chat_tokens else []
     hessians = None
+    sensitivity = {}
+    shared = []  # seconds of the shared steps, for the notes
     root = Path(args.out or tempfile.mkdtemp(prefix="roma-quality-"))
-    print(f"model {model.config.name}; {args.tokens} held-out tokens (stdlib docstrings, evaluation split), "
-          f"windows of 256; calibration {args.calib_tokens} tokens; builds in {root}", flush=True)
+    head = (f"model {model.config.name}; {args.tokens} held-out tokens (stdlib docstrings, evaluation split), "
+            f"windows of 256; calibration {args.calib_tokens} tokens; sensitivity {args.sensitivity_tokens} "
+            f"tokens")
+    print(head + f"; builds in {root}", flush=True)
     cols = "| setting | bits/weight (linears, incl. scales) | ppl ref | ppl build | KL | top-1 |"
     if seqs:
         cols += " chat KL | chat top-1 |"
     cols += " compile s |"
-    print(cols)
-    print("|" + "---|" * (cols.count("|") - 1), flush=True)
+    table = [cols, "|" + "---|" * (cols.count("|") - 1)]
+    print("\n".join(table), flush=True)
     for key in rows:
         label, kw = ROWS[key]
-        if (kw.get("method") == "gptq" or "bits_budget" in kw) and hessians is None:
-            t = time.time()
-            hessians = collect_hessians(model, args.calib_tokens, 256, progress=sys.stderr.isatty())
-            print(f"(calibration: {hessians.tokens} tokens, {time.time() - t:.0f} s)", file=sys.stderr, flush=True)
+        extra = {}
+        if kw.get("method") == "gptq" or "bits_budget" in kw:
+            if hessians is None:
+                t = time.time()
+                hessians = collect_hessians(model, args.calib_tokens, 256, progress=sys.stderr.isatty())
+                shared.append(f"calibration {time.time() - t:.0f} s")
+                print(f"({shared[-1]})", file=sys.stderr, flush=True)
+            extra = dict(hessians=hessians)
+        if "bits_budget" in kw:
+            if kw["group"] not in sensitivity:
+                t = time.time()
+                sensitivity[kw["group"]] = measure_sensitivity(model, kw["group"], hessians, args.sensitivity_tokens,
+                                                               progress=sys.stderr.isatty())
+                shared.append(f"sensitivity at G{kw['group']} {time.time() - t:.0f} s")
+                print(f"({shared[-1]})", file=sys.stderr, flush=True)
+            extra = dict(hessians=hessians, sensitivity=sensitivity[kw["group"]],
+                         sensitivity_tokens=args.sensitivity_tokens)
         t = time.time()
         man = compile_model(model, root / key, board="u250", force=True, progress=sys.stderr.isatty(),
-                            hessians=hessians, **kw)
+                            calib_tokens=args.calib_tokens, **kw, **extra)
         secs = time.time() - t
         loaded, lora = load_build(root / key)
         cand = GoldenModel(loaded, "quant")
@@ -110,7 +137,21 @@ def main() -> int:
         if seqs:
             line += f" {res['chat']['kl']:.4f} | {100 * res['chat']['top1']:.1f}% |"
         line += f" {secs:.0f} |"
+        table.append(line)
         print(line, flush=True)
+    if args.markdown:
+        import platform
+
+        Path(args.markdown).write_text(
+            "# Quality of SmolLM2-135M builds against the float reference\n\n"
+            f"Produced by `PYTHONPATH=host python benchmarks/quality_table.py {' '.join(sys.argv[1:])}` on "
+            f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {platform.processor() or ''} "
+            f"({os.cpu_count()} CPUs, shared), {platform.python_version()}.\n\n{head}.\n"
+            "Reference: the golden model in float mode on the GGUF (Q4_1 weights dequantized). Candidate: the "
+            "golden model in quant mode (int8 activations, fp16 KV) on the build's ROM images (+ its LoRA). "
+            "bits/weight counts the fp16 scale and minimum of every group; compile s excludes the shared "
+            f"steps ({', '.join(shared) or 'none'}; see also compile_time.py).\n\n"
+            + "\n".join(table) + "\n")
     return 0
 
 

@@ -1,11 +1,15 @@
 """Weight quantizers into the numerics contract's form: per row, groups of G inputs, b-bit unsigned codes, an
 fp16 scale d and an fp16 minimum m per group, w ~ d*q + m.
 
-- `quantize_rtn`: round to nearest with the group's own min/max.
-- `quantize_gptq`: GPTQ (Frantar et al. 2022): columns quantized one by one in their natural order, the error
-  of each fed back into the not yet quantized columns through the Cholesky factor of the damped inverse
-  Hessian H = X^T X of the layer's inputs; lazy batch updates in blocks of 128 columns; a group's scale and
-  minimum are chosen from the (already updated) weights when its first column is reached.
+- `fit_groups`: each group's scale and minimum by search (a grid of ranges shrunk about the group's centre,
+  then weighted least-squares refits), minimising the squared error weighted per input by the Hessian
+  diagonal (the input's activation energy, so outlier channels are fitted first) when calibrated, uniform
+  otherwise. On SmolLM2 this alone lifts 3-bit G64 from 32% to 67% top-1 agreement (calibrated RTN).
+- `quantize_rtn`: round to nearest with those scales and minimums.
+- `quantize_gptq`: GPTQ (Frantar et al. 2022) with act-order and static groups: the groups' scales and
+  minimums are fitted first on the original weights (as above), then columns are quantized in order of
+  decreasing H_jj, the error of each fed back into the not yet quantized columns through the Cholesky factor
+  of the damped inverse Hessian H = X^T X of the layer's inputs; lazy batch updates in blocks of 128 columns.
 - `quantize_tensor`: the compiler's entry point; a source already in the requested form (GGUF Q4_1 at 4/32,
   Q8_0 at 8/32) passes through bit for bit.
 
@@ -36,6 +40,21 @@ def validate(bits: int, group: int, cols: int | None = None, name: str = "tensor
                         hint="choose a group size that divides the tensor's input dimension")
 
 
+def effective_group(cols: int, group: int) -> int:
+    """The group a tensor with `cols` inputs gets when `group` is requested: the largest supported group up to
+    `group` that divides the row (576-wide rows at --group 128 get 64; 1536-wide rows keep 128).
+
+    Padding a row to a multiple of the group instead would store zero codes and a half-empty last group:
+    576 -> 640 inputs at 4-bit G128 costs 4.72 bits per real weight, more than G64's 4.5, for a coarser fit.
+    """
+    validate(8, group, name="--group")
+    for g in sorted(SUPPORTED_GROUPS, reverse=True):
+        if g <= group and cols % g == 0:
+            return g
+    raise RomaError(f"{cols} input columns are not a multiple of any supported group size",
+                    hint=f"group sizes are {', '.join(map(str, SUPPORTED_GROUPS))}")
+
+
 def _check_weights(w: np.ndarray, name: str) -> np.ndarray:
     w = np.asarray(w, dtype=np.float32)
     if w.ndim != 2:
@@ -60,6 +79,51 @@ def group_params(wmin: np.ndarray, wmax: np.ndarray, bits: int) -> tuple[np.ndar
     return d16, m16
 
 
+SHRINK = tuple(np.round(np.linspace(1.0, 0.6, 17), 3))  # candidate fractions of a group's half range
+REFIT = 2  # least-squares refits of (scale, minimum) after the grid
+
+
+def fit_groups(g: np.ndarray, bits: int, importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """fp16 (scale, minimum) per group of g [..., group] minimising the importance-weighted squared error of
+    the dequantized group: a grid of ranges shrunk about the group's centre, then REFIT rounds of weighted
+    least squares for (d, m) with the codes fixed (each kept only where it lowers the error).
+    importance broadcasts to g: the Hessian diagonal of each input (its activation energy) when calibrated."""
+    g = g.astype(np.float32)
+    wmin, wmax = g.min(axis=-1), g.max(axis=-1)
+    imp = np.ones(1, np.float32) if importance is None else np.asarray(importance, np.float32)
+    best_err = best_d = best_m = None
+
+    def consider(lo, hi):
+        nonlocal best_err, best_d, best_m
+        d16, m16 = group_params(lo, hi, bits)
+        q = codes_for(g, d16[..., None], m16[..., None], bits)
+        e = d16.astype(np.float32)[..., None] * q + m16.astype(np.float32)[..., None] - g
+        err = np.sum(e * e * imp, axis=-1)
+        if best_err is None:
+            best_err, best_d, best_m = err, d16, m16
+        else:
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_d = np.where(better, d16, best_d)
+            best_m = np.where(better, m16, best_m)
+
+    c, r = (wmin + wmax) / 2, (wmax - wmin) / 2
+    for p in SHRINK:
+        consider(c - p * r, c + p * r)
+    wi = np.broadcast_to(imp, g.shape)
+    s0 = wi.sum(-1)
+    t0 = (wi * g).sum(-1)
+    for _ in range(REFIT):
+        q = codes_for(g, best_d[..., None], best_m[..., None], bits).astype(np.float32)
+        s1, s2, t1 = (wi * q).sum(-1), (wi * q * q).sum(-1), (wi * q * g).sum(-1)
+        det = s0 * s2 - s1 * s1
+        ok = det > 1e-12 * np.maximum(s0 * s2, 1e-30)
+        d = np.maximum(np.where(ok, (s0 * t1 - s1 * t0) / np.where(ok, det, 1), best_d.astype(np.float32)), 0)
+        m = np.where(ok, (t0 - d * s1) / np.maximum(s0, 1e-30), best_m.astype(np.float32))
+        consider(m, m + d * ((1 << bits) - 1))
+    return best_d, best_m
+
+
 def codes_for(w: np.ndarray, d16: np.ndarray, m16: np.ndarray, bits: int) -> np.ndarray:
     """Nearest codes for weights w given fp16 d and m broadcastable to w (d == 0 gives code 0)."""
     qmax = (1 << bits) - 1
@@ -70,13 +134,16 @@ def codes_for(w: np.ndarray, d16: np.ndarray, m16: np.ndarray, bits: int) -> np.
     return np.clip(q, 0, qmax).astype(np.uint8)
 
 
-def quantize_rtn(w: np.ndarray, bits: int, group: int, name: str = "tensor") -> QuantizedMatrix:
-    """Round to nearest, asymmetric, per group of `group` inputs of each row."""
+def quantize_rtn(w: np.ndarray, bits: int, group: int, name: str = "tensor",
+                 importance: np.ndarray | None = None) -> QuantizedMatrix:
+    """Round to nearest, asymmetric, per group of `group` inputs of each row, with the scale/minimum search;
+    importance [cols]: per-input weights of the error (the Hessian diagonal when calibrated)."""
     w = _check_weights(w, name)
     rows, cols = w.shape
     validate(bits, group, cols, name)
     g = w.reshape(rows, cols // group, group)
-    d16, m16 = group_params(g.min(axis=-1), g.max(axis=-1), bits)
+    d16, m16 = fit_groups(g, bits, None if importance is None else
+                          np.asarray(importance, np.float32).reshape(cols // group, group))
     codes = codes_for(g, d16[..., None], m16[..., None], bits)
     return QuantizedMatrix(codes.reshape(rows, cols), d16, m16, bits, group)
 
@@ -95,14 +162,20 @@ def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int, group: int, nam
     h[dead, dead] = 1.0
     W[:, dead] = 0.0
     h[np.diag_indices(cols)] += damp * np.mean(np.diag(h))
-    hinv = _inverse_cholesky_upper(h, name)
 
-    block = max(group, (block // group) * group)
-    codes = np.zeros((rows, cols), np.uint8)
     ng = cols // group
     scales = np.zeros((rows, ng), np.float16)
     mins = np.zeros((rows, ng), np.float16)
-    d32 = m32 = None
+    # Act-order with static groups: every group's scale and minimum from the original weights (searched,
+    # weighted by the Hessian diagonal), then the columns quantized by decreasing H_jj.
+    hdiag = np.diag(h).copy()
+    scales, mins = fit_groups(W.reshape(rows, ng, group), bits, hdiag.reshape(ng, group))
+    perm = np.argsort(-hdiag, kind="stable")
+    W = W[:, perm]
+    h = h[np.ix_(perm, perm)]
+    hinv = _inverse_cholesky_upper(h, name)
+    block = max(group, (block // group) * group)
+    codes = np.zeros((rows, cols), np.uint8)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         W1 = W[:, i1:i2].copy()
@@ -110,14 +183,12 @@ def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int, group: int, nam
         H1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            if col % group == 0:
-                gw = W1[:, i:i + group]
-                d16, m16 = group_params(gw.min(axis=1), gw.max(axis=1), bits)
-                scales[:, col // group], mins[:, col // group] = d16, m16
-                d32, m32 = d16.astype(np.float64), m16.astype(np.float64)
+            gi = perm[col] // group
+            d16, m16 = scales[:, gi], mins[:, gi]
+            d32, m32 = d16.astype(np.float64), m16.astype(np.float64)
             wc = W1[:, i]
             q = codes_for(wc, d16, m16, bits)
-            codes[:, col] = q
+            codes[:, perm[col]] = q
             err = (wc - (d32 * q + m32)) / H1[i, i]
             W1[:, i + 1:] -= np.outer(err, H1[i, i + 1:])
             E1[:, i] = err
@@ -158,7 +229,7 @@ def quantize_tensor(t: Tensor, bits: int, group: int, method: str = "rtn", hessi
         if hessian is None:
             raise RomaError(f"{name}: GPTQ needs calibration statistics (a Hessian) for this tensor")
         return quantize_gptq(w, hessian, bits, group, name), "gptq"
-    return quantize_rtn(w, bits, group, name), "rtn"
+    return quantize_rtn(w, bits, group, name, None if hessian is None else np.diag(hessian)), "rtn"
 
 
 def output_error(w: np.ndarray, q: QuantizedMatrix, hessian: np.ndarray | None = None) -> float:
