@@ -10,6 +10,10 @@ What every figure means (all medians over `repeats` runs; each run starts from a
 - host overhead per token: the run's wall time minus the time inside the backend's forward passes, divided
   by the tokens generated: sampling, detokenizing, stop matching, adapter binding, Python. For llama.cpp, the
   time outside `Llama.eval` in a minimal greedy loop (reading the logits and an argmax).
+- autonomous decode (backends with `generate`: emu, board): the same greedy runs with Engine.generate(...,
+  on_chip=True), the chip sampling and feeding back ON_CHIP_CHUNK tokens per CMD_GENERATE call; host overhead
+  per token is then the wall time minus the time inside the device calls (forward and generate), per
+  generated token, next to the per-token (host-sampled) figure of the same prompt.
 - LoRA swap: LoraSlots.activate plus the backend's set_lora, alternating between two resident rank-16
   adapters on all seven linears of every layer (made in code); load is read-validate-pack-place of one.
 
@@ -264,9 +268,19 @@ class _TimedBackend:
         self._inner = inner
         self.calls: list[tuple[float, int, dict | None]] = []
         self.first_logits = None
+        self.generate_done: list[float] = []  # when each autonomous-decode call returned
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
+
+    def generate(self, first_id, position, n, sampling=None, seed=None, eos_id=None, **kwargs):
+        t0 = time.perf_counter()
+        ids = self._inner.generate(first_id, position, n, sampling, seed, eos_id, **kwargs)
+        dt = time.perf_counter() - t0
+        hook = getattr(self._inner, "last_cycles", None)
+        self.calls.append((dt, 1, hook() if callable(hook) else None))
+        self.generate_done.append(time.perf_counter())
+        return ids
 
     def forward(self, ids, cache):
         t0 = time.perf_counter()
@@ -291,11 +305,13 @@ def _margin(logits) -> float | None:
 
 
 class OursRunner:
-    """Greedy generations through Engine.generate, the runtime's real path, in one reused session."""
+    """Greedy generations through Engine.generate, the runtime's real path, in one reused session.
+    on_chip: autonomous decode (the chip samples; Engine.generate(..., on_chip=True))."""
 
-    def __init__(self, engine, capacity: int):
+    def __init__(self, engine, capacity: int, on_chip: bool = False):
         from .generate import SamplingParams
 
+        self.on_chip = on_chip
         self.engine = engine
         self.session = engine.new_session(capacity)
         self._params = SamplingParams
@@ -309,7 +325,7 @@ class OursRunner:
         try:
             t_start = time.perf_counter()
             generation = engine.generate(list(ids), self._params(max_tokens=decode_tokens + 1),
-                                         session=self.session)
+                                         session=self.session, on_chip=self.on_chip)
             sample, first = generation.sampler.sample, []
 
             def timed_sample(logits, history):
@@ -321,6 +337,8 @@ class OursRunner:
             generation.sampler.sample = timed_sample
             res = generation.run()
             wall = time.perf_counter() - t_start
+            if timed.generate_done:  # on chip: the first token comes with the first CMD_GENERATE
+                first[:] = [timed.generate_done[0]]
         finally:
             engine.backend = timed._inner
         calls = timed.calls
@@ -451,6 +469,31 @@ def measure_lora(engine, swaps: int = LORA_SWAPS, rank: int = LORA_RANK) -> dict
 # --- the bench ----------------------------------------------------------------------------------------------
 
 
+def measure_autonomous(engine, cfg, prompt: list[int], per_token: list) -> dict | None:
+    """Host overhead per token of autonomous decode on the first prompt length, next to the per-token path's
+    runs of that prompt (`per_token`); None when the backend has no autonomous decode."""
+    from .engine import ON_CHIP_CHUNK
+
+    if not callable(getattr(engine.backend, "generate", None)):
+        return None
+    runner = OursRunner(engine, cfg.capacity, on_chip=True)
+    if cfg.warmup:
+        runner.run(prompt, min(cfg.decode_tokens, 2))
+    runs = [runner.run(prompt, cfg.decode_tokens) for _ in range(cfg.repeats)]
+    key = "host_overhead_s_per_token"
+    host = [r.figures[key] for r in per_token]
+    return {
+        "prompt_tokens": len(prompt), "decode_tokens": cfg.decode_tokens, "chunk": ON_CHIP_CHUNK,
+        "generated_tokens": len(runs[0].ids),
+        "host_overhead_s_per_token": _median([r.figures[key] for r in runs]),
+        "host_sampled_overhead_s_per_token": _median(host) if host else None,
+        "samples": [r.figures[key] for r in runs],
+        "same_tokens": bool(per_token) and runs[0].ids == per_token[0].ids,
+        "model": "(wall time - time inside the device calls: forward and CMD_GENERATE) / generated tokens; "
+                 "on chip the chip samples and feeds back, the host detokenizes and streams each chunk",
+    }
+
+
 def bench_prompt(tokenizer, length: int) -> list[int]:
     """`length` token ids of BENCH_TEXT, repeated as needed."""
     unit = tokenizer.encode(BENCH_TEXT)
@@ -547,6 +590,9 @@ def _measure(engine, cfg, peer, backend, numerics, model_name, progress, argv, t
                     bar.update()
     finally:
         bar.close()
+    if progress and callable(getattr(engine.backend, "generate", None)):
+        print("bench: autonomous decode...", file=sys.stderr, flush=True)
+    autonomous = measure_autonomous(engine, cfg, prompts[cfg.lengths[0]], samples[cfg.lengths[0]]["ours"])
     lora = None
     if cfg.lora:
         if progress:
@@ -616,6 +662,7 @@ def _measure(engine, cfg, peer, backend, numerics, model_name, progress, argv, t
             "ratio": "ours / peer (tokens/s: > 1 ours faster; seconds: < 1 ours faster)",
         },
         "results": results,
+        "autonomous": autonomous,
         "lora": lora,
         "cycles": None if not any_cycles else {
             "clock_mhz": clock, "clock_source": clock_source, "label": "estimate",
@@ -736,6 +783,14 @@ def format_table(report: dict) -> str:
         lines.append("")
         lines.append(f"same first greedy token as {peer['name']} at prompt lengths: "
                      f"{', '.join(map(str, agree)) or 'none'} (of {', '.join(str(r['prompt_tokens']) for r in report['results'])})")
+    auto = report.get("autonomous")
+    if auto:
+        host = auto.get("host_sampled_overhead_s_per_token")
+        lines.append(f"host overhead per token, prompt {auto['prompt_tokens']}, {auto['generated_tokens']} tokens: "
+                     f"autonomous decode (on chip, {auto['chunk']} tokens per call) "
+                     f"{auto['host_overhead_s_per_token'] * 1e6:.1f} us, host-sampled "
+                     + (f"{host * 1e6:.1f} us" if host is not None else "n/a")
+                     + ("" if auto.get("same_tokens") else " (tokens differ!)"))
     lora = report.get("lora")
     lines.append("")
     if lora:

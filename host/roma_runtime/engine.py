@@ -142,13 +142,56 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+ON_CHIP_CHUNK = 16  # tokens per CMD_GENERATE call in autonomous decode: text still streams between calls
+
+
+def on_chip_refusal(backend, params: SamplingParams) -> str | None:
+    """Why a request cannot run as autonomous decode (CMD_GENERATE, on-chip sampling) on `backend`; None when
+    it can. It needs a backend with `generate` (emu, board) and a repetition-penalty window that fits the
+    chip's ring of recent ids (SAMPLER_RING). Everything else of SamplingParams maps onto the chip's sampler
+    registers (golden.sampler.OnChipParams); top_k 0 or above the chip's pool (SAMPLER_K) draws from that pool
+    (golden.sampler.effective_top_k)."""
+    if not callable(getattr(backend, "generate", None)):
+        return f"backend {getattr(backend, 'name', '?')} has no autonomous decode (the emu and board backends do)"
+    ring = getattr(backend, "sampler_ring", None)
+    if params.repetition_penalty != 1.0 and ring is not None and params.repeat_last_n > ring:
+        return (f"the repetition penalty looks at the last {params.repeat_last_n} tokens, but the chip's ring of "
+                f"recent ids holds {ring}")
+    return None
+
+
 class Generation:
-    """Validates on creation (nothing changes if it refuses); iterate it to run and stream the text."""
+    """Validates on creation (nothing changes if it refuses); iterate it to run and stream the text.
+
+    on_chip=True: autonomous decode. The prompt (but its last token) is prefilled with forward passes, then
+    the backend's `generate` (CMD_GENERATE) runs the last prompt token and samples and feeds back up to
+    `chunk` tokens per call on chip, stopping at the end token; the host only detokenizes and streams each
+    chunk. End tokens other than the one the chip stops at, stop strings, max_tokens and the context are
+    checked on the host after each call; tokens the chip ran past the end are cut from the session again, so
+    session.ids and the KV cache are exactly what the per-token path leaves (the prompt plus every generated
+    token but the last). Greedy gives the per-token path's tokens. Sampling uses the chip's sampler
+    (golden/sampler.py): a seed reproduces its tokens, but they are not the host Sampler's for that seed;
+    its repetition penalty sees only the tokens generated in this generation (the chip's ring), not the
+    prompt. When another sampling call ran on the chip between two chunks, the PRNG state is restored from
+    the seed (the ring of recent ids is then lost, which matters only with a repetition penalty)."""
 
     def __init__(self, engine: "Engine", session: Session, prompt_ids: list[int], params: SamplingParams,
-                 on_done=None):
+                 on_done=None, on_chip: bool = False, chunk: int = ON_CHIP_CHUNK):
         self.sampler = Sampler(params)
         self.params = params
+        self.on_chip = bool(on_chip)
+        self.chunk = int(chunk)
+        if self.on_chip:
+            why = on_chip_refusal(engine.backend, params)
+            if why:
+                raise RomaError(f"this generation cannot run on chip: {why}",
+                                hint="drop --on-chip (the host samples each token), or change the sampling "
+                                     "settings")
+            if self.chunk < 1:
+                raise RomaError(f"the on-chip chunk must be at least 1 token, not {chunk}")
+            from .golden.sampler import OnChipParams
+
+            self.chip_params = OnChipParams.from_sampling(params)
         if not prompt_ids:
             raise RomaError("the prompt is empty")
         if len(prompt_ids) > session.capacity:
@@ -186,6 +229,9 @@ class Generation:
             session.cache.truncate(reuse)
             del session.ids[reuse:]
             res.reused_tokens = reuse
+            if self.on_chip:
+                yield from self._on_chip(decoder, stops, eos, reuse)
+                return
             t0 = time.perf_counter()
             logits = backend.forward(prompt[reuse:], session.cache)
             session.ids.extend(prompt[reuse:])
@@ -227,6 +273,78 @@ class Generation:
             if self.on_done:
                 self.on_done(res)
 
+    def _on_chip(self, decoder, stops, eos, reuse: int):
+        """The decode loop as CMD_GENERATE chunks (see the class). Called from __iter__ after the prefix reuse."""
+        from .golden.sampler import prng_next, seed_state
+
+        backend, session, res, p, engine = self.engine.backend, self.session, self.result, self.params, self.engine
+        prompt = res.prompt_ids
+        cache, ids = session.cache, session.ids
+        t0 = time.perf_counter()
+        if len(prompt) - 1 > reuse:  # the last prompt token runs in the first CMD_GENERATE
+            backend.forward(prompt[reuse:-1], cache)
+            ids.extend(prompt[reuse:-1])
+        res.prefill_tokens = len(prompt) - reuse
+        res.prefill_seconds = time.perf_counter() - t0
+        eos_id = min(eos) if eos else None  # the chip stops at one id; the host checks them all
+        seed = seed_state(p.seed)  # None: a seed from the OS, as the host Sampler's default_rng(None)
+        first, position, sampled = prompt[-1], len(prompt) - 1, 0
+        max_tokens, capacity, chunk = p.max_tokens, session.capacity, self.chunk
+        try:
+            while True:
+                n = min(chunk, max_tokens - len(res.ids), capacity - position)
+                engine._bind(session)  # another session may have run in between, under another adapter
+                if sampled == 0:
+                    state = seed
+                elif getattr(backend, "sampler_owner", self) is not self:
+                    state = seed  # another sampling call ran on chip: restore the PRNG state
+                    for _ in range(sampled):
+                        state = prng_next(state)[0]
+                else:
+                    state = None  # continue the chip's PRNG and ring
+                t0 = time.perf_counter()
+                out = backend.generate(first, position, n, self.chip_params, state, eos_id, cache=cache,
+                                       owner=self)
+                res.decode_seconds += time.perf_counter() - t0
+                if not out:
+                    raise RomaError("the core's autonomous decode returned no tokens")
+                ids.append(first)
+                ids.extend(out[:-1])
+                position += len(out)
+                sampled += len(out)
+                for token in out:
+                    res.ids.append(token)
+                    if token in eos:
+                        res.finish_reason = "stop"
+                        break
+                    piece = stops.feed(decoder.feed(token))
+                    if piece:
+                        res.text += piece
+                        yield piece
+                    if stops.stopped:
+                        res.finish_reason = "stop"
+                        break
+                    if len(res.ids) >= max_tokens:
+                        res.finish_reason = "length"
+                        break
+                if res.finish_reason:
+                    break
+                if position >= capacity:
+                    res.finish_reason = "context"
+                    break
+                first = out[-1]
+            if not stops.stopped:
+                tail = stops.feed(decoder.flush()) + ("" if stops.stopped else stops.flush())
+                if tail:
+                    res.text += tail
+                    yield tail
+        finally:
+            # what the per-token path holds here: the prompt and every generated token but the last
+            keep = len(prompt) + max(len(res.ids) - 1, 0)
+            if res.ids and len(ids) > keep:
+                session.truncate(keep)
+            res.decode_tokens = max(len(ids) - len(prompt), 0)
+
     def run(self) -> GenerationResult:
         for _ in self:
             pass
@@ -258,15 +376,17 @@ class Conversation:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
         self.session.reset()
 
-    def send(self, text: str, params: SamplingParams | None = None) -> Generation:
-        """Refuses (RomaError) before anything changes; the reply joins the conversation when it ends."""
+    def send(self, text: str, params: SamplingParams | None = None, on_chip: bool = False) -> Generation:
+        """Refuses (RomaError) before anything changes; the reply joins the conversation when it ends.
+        on_chip: autonomous decode (Generation)."""
         messages = self.messages + [{"role": "user", "content": text}]
         prompt_ids = self.engine.tokenizer.encode_chat(messages, add_generation_prompt=True)
 
         def done(result: GenerationResult):
             self.messages = messages + [{"role": "assistant", "content": result.text}]
 
-        return Generation(self.engine, self.session, prompt_ids, params or SamplingParams(), on_done=done)
+        return Generation(self.engine, self.session, prompt_ids, params or SamplingParams(), on_done=done,
+                          on_chip=on_chip)
 
     def save(self, path) -> Path:
         """The session and the messages in one file (Engine.restore_session reads it too)."""
@@ -524,9 +644,11 @@ class Engine:
         return session
 
     def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
-                 session: Session | None = None, chat: bool = False, adapter: str | None = None) -> Generation:
+                 session: Session | None = None, chat: bool = False, adapter: str | None = None,
+                 on_chip: bool = False) -> Generation:
         """A raw continuation of `prompt` (text or ids), or with chat=True a one-turn chat. Without a session
-        a new one runs under `adapter`."""
+        a new one runs under `adapter`. on_chip: autonomous decode, the chip samples (see Generation);
+        RomaError when the backend or the sampling settings do not allow it."""
         if isinstance(prompt, str):
             if chat:
                 prompt = self.tokenizer.encode_chat([{"role": "user", "content": prompt}])
@@ -534,7 +656,14 @@ class Engine:
                 prompt = self.tokenizer.encode(prompt)
         if session is None:
             session = self.new_session(adapter=adapter)
-        return Generation(self, session, list(prompt), params or SamplingParams())
+        params = params or SamplingParams()
+        if on_chip:  # refuse before a session is made
+            why = on_chip_refusal(self.backend, params)
+            if why:
+                raise RomaError(f"this generation cannot run on chip: {why}",
+                                hint="drop --on-chip (the host samples each token), or change the sampling "
+                                     "settings")
+        return Generation(self, session, list(prompt), params, on_chip=on_chip)
 
     def chat(self, system: str | None = None, capacity: int | None = None, adapter: str | None = None) -> Conversation:
         return Conversation(self, system, capacity, adapter)

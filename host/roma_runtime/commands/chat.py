@@ -80,6 +80,7 @@ class ChatSession:
     def __init__(self, engine, args, params, out=None, err=None, remote=None):
         self.engine = engine
         self.params = params
+        self.on_chip = bool(getattr(args, "on_chip", False))
         self.remote = remote
         if remote is not None:
             self.conversation = remote
@@ -235,7 +236,8 @@ class ChatSession:
     # --- one turn -------------------------------------------------------------------------------------------
 
     def answer(self, text: str) -> None:
-        generation = self.conversation.send(text, self.params)  # RomaError here changes nothing
+        extra = {"on_chip": True} if self.on_chip else {}  # autonomous decode (--on-chip)
+        generation = self.conversation.send(text, self.params, **extra)  # RomaError here changes nothing
         pieces = iter(generation)
         interrupted = False
         try:

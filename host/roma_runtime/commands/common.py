@@ -108,6 +108,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, stop: bool = False,
     g.add_argument("--repeat-last-n", type=int, default=d.repeat_last_n, metavar="N",
                    help=f"how many recent tokens the penalty looks at (default: {d.repeat_last_n})")
     g.add_argument("--seed", type=int, default=None, help="random seed; the same seed reproduces a run")
+    g.add_argument("--on-chip", action="store_true",
+                   help="autonomous decode: the accelerator samples and feeds back 16 tokens per call (emu and "
+                        "board backends); a seed's tokens differ from host sampling's")
     if stop:
         g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="stop when this text appears (repeatable); the stop text is not printed")

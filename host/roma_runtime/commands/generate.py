@@ -77,7 +77,8 @@ def run(args) -> int:
     for index, (line, prompt) in enumerate(prompts):
         session.reset()  # every prompt starts from an empty cache: its timings are its own
         try:
-            generation = engine.generate(prompt, params, session=session, chat=args.chat)
+            generation = engine.generate(prompt, params, session=session, chat=args.chat,
+                                         on_chip=args.on_chip)
         except RomaError as e:
             if line is None:
                 raise

@@ -434,6 +434,9 @@ class EmuCache:
         self.length = n
 
 
+_UNKNOWN = object()  # the core's active LoRA slot is not known (a select failed halfway)
+
+
 class _CoreBackend:
     """What the emu and board backends share: RefBackend's interface (new_cache, forward, set_lora) on a
     RomaOverlay's core, plus the core's cycle estimate (last_cycles, clock_mhz)."""
@@ -450,9 +453,12 @@ class _CoreBackend:
         self.lora_slots = int(self.core.constants["LORA_SLOTS"])
         self.lora_max_rank = int(self.core.constants["LORA_MAX_RANK"])
         self._slots = None                       # the engine's LoraSlots last applied
-        self._lora_loaded: dict[int, bytes] = {}  # slot -> sha256 of the image written there
-        self._lora_active: int | None = None
+        self._lora_loaded: dict = {}            # slot -> the PackedLora whose image the core holds there
+        self._lora_active = _UNKNOWN             # the slot selected on the core (_UNKNOWN: select again)
         self._cycles: dict[str, int] | None = None
+        self.sampler_owner = None                # who the on-chip sampler state (PRNG, recent ids) belongs to
+        self.sampler_ring = int(self.core.constants["SAMPLER_RING"])
+        self.sampler_k = int(self.core.constants["SAMPLER_K"])
 
     def _ensure(self) -> None:
         """Hook: make sure this backend's overlay is the one on the device (the emulated board switches)."""
@@ -475,29 +481,60 @@ class _CoreBackend:
             raise RomaError("the LoRA slots were made for another model than the one on the core")
 
     def set_lora(self, slots) -> None:
-        """Write each resident slot's packed image once (CMD_LOAD_LORA), then the active slot register
-        (CMD_SELECT_LORA)."""
-        import hashlib
-
+        """Bring the core's LoRA state to `slots`: write a slot's packed image (CMD_LOAD_LORA) only when that
+        slot's contents changed since it was last written, then, when it changed, the active slot register
+        (CMD_SELECT_LORA). A hot swap between resident adapters is therefore one register write, as on the
+        board. A slot's contents are identified by its PackedLora object: LoraSlots.load makes a new one on
+        every load (also when a name is reloaded into its slot), and the reference kept here stops the object
+        (and its id) from being reused while the core holds its image."""
         self.check_lora(slots)
         self._ensure()
+        loaded = False
         for row in slots.status():
+            slot = row["slot"]
             if row["name"] is None:  # an empty slot: the core's copy is stale but cannot be selected
-                self._lora_loaded.pop(row["slot"], None)
+                self._lora_loaded.pop(slot, None)
                 continue
             packed = slots.packed(row["name"])
+            if self._lora_loaded.get(slot) is packed:
+                continue
             if packed.slot_rank > self.lora_max_rank:
                 raise RomaError(f"adapter {row['name']} is packed at slot rank {packed.slot_rank}, above "
                                 f"roma_core's {self.lora_max_rank}")
-            data = packed.to_bytes()
-            digest = hashlib.sha256(data).digest()
-            if self._lora_loaded.get(row["slot"]) != digest:
-                self.core.load_lora(row["slot"], data)
-                self._lora_loaded[row["slot"]] = digest
+            self._lora_loaded.pop(slot, None)  # until the write has succeeded
+            self.core.load_lora(slot, packed.to_bytes())
+            self._lora_loaded[slot] = packed
+            loaded = True
         active = slots.active_slot
-        self.core.select_lora(active)
-        self._lora_active = active
+        if loaded or active != self._lora_active or self._lora_active is _UNKNOWN:
+            self._lora_active = _UNKNOWN
+            self.core.select_lora(active)
+            self._lora_active = active
         self._slots = slots
+
+    def generate(self, first_id: int, position: int, n: int, sampling=None, seed: int | None = None,
+                 eos_id: int | None = None, *, cache: EmuCache, owner=None) -> list[int]:
+        """Autonomous decode (CMD_GENERATE) in `cache`: run first_id at `position` (== cache.length), then
+        sample and feed back on chip until n tokens are sampled or eos_id is; returns the sampled ids. Every
+        position run is appended to the cache (one per returned id: the last sampled id is not run).
+
+        seed: the sampler's 64-bit state to start from (golden.sampler.seed_state of a user seed), or None to
+        continue the chip's PRNG and ring of recent ids from the previous sampling call. `owner` names the
+        caller whose sampler state the chip holds afterwards (`sampler_owner`), so a caller can tell whether
+        another sampling call ran in between."""
+        if position != cache.length:
+            raise RomaError(f"generate at position {position}, but the KV cache holds {cache.length} positions")
+        if n < 1 or position + n > cache.capacity:
+            raise RomaError(f"{position + n} positions do not fit the KV cache of {cache.capacity}")
+        self._ensure()
+        self._cycles = None
+        self.sampler_owner = None
+        ids = self.core.generate(first_id, position, n, sampling=sampling, seed=seed, eos_id=eos_id,
+                                 kv=cache.kv)
+        self.sampler_owner = owner
+        self._cycles = dict(self.core.stage_cycles)
+        cache.length += len(ids)
+        return ids
 
     def forward(self, ids, cache: EmuCache) -> np.ndarray:
         ids = list(np.asarray(ids).reshape(-1))
@@ -559,6 +596,7 @@ class EmuBackend(_CoreBackend):
     def _claim(self) -> None:
         self.device.roma_owner = self._token
         self._lora_loaded = {}
+        self.sampler_owner = None  # the library's sampler state may be another backend's
         self.core.select_lora(None)  # the library's LoRA state may be another backend's
         self._lora_active = None
         if self._slots is not None:
