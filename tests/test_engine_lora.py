@@ -9,6 +9,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 
 from conftest import REPO, cli_env
@@ -223,3 +224,50 @@ def test_chat_cli_lora_switching_and_save_load(tiny_models, adapters, engine, tm
                                [f"/load {saved}", "/stats", "/quit"])
     assert rc == 0 and "error: " in err3 and "saved with another model" in err3
     assert "context: 0 /" in out3
+
+
+# --- a build's compensating LoRA is part of its base ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compensated_build(tiny_models, tmp_path_factory):
+    from roma_runtime.compiler.build import compile_model
+
+    out = tmp_path_factory.mktemp("comp") / "b2r4"
+    compile_model(tiny_models["q4_1"], out, bits=2, group=32, lora_rank=4, progress=False)
+    return out
+
+
+def test_build_compensation_is_always_on_and_joins_task_adapters(compensated_build):
+    from roma_runtime.compiler.build import load_build
+    from roma_runtime.golden import GoldenModel
+    from roma_runtime.lora import Adapter, concat, pack
+
+    model, comp = load_build(compensated_build)
+    assert comp is not None
+    engine = Engine(compensated_build, "ref", "quant", lora_slots=2)
+    ids = [1, 504, 3458, 282, 4649, 314]
+
+    def engine_logits(adapter):
+        session = engine.new_session(64, adapter=adapter)
+        engine._bind(session)
+        return engine.backend.golden.forward(ids, session.cache)[-1]
+
+    golden = GoldenModel(model, "quant")
+    golden.lora = comp
+    np.testing.assert_allclose(engine_logits(None), golden.forward(ids, golden.new_cache(64))[-1], rtol=0, atol=1e-5)
+
+    rng = np.random.default_rng(3)
+    task = Adapter.from_factors("task", model, {
+        (layer, "wq"): (rng.standard_normal((2, 64)).astype(np.float32) * 0.1,
+                        rng.standard_normal((64, 2)).astype(np.float32) * 0.1, 1.0) for layer in range(2)})
+    engine.load_lora("task", task)
+    assert engine.lora_names() == ["task"]  # the compensation is not a task adapter
+    # The slot holds compensation and task concatenated, stored as fp16 like every slot.
+    both = concat(Adapter.from_factors("c", model, comp.factors), task)
+    golden.lora = pack(both, engine.lora.dtype, slot_rank=engine.lora.slot_rank).to_golden()
+    expected = golden.forward(ids, golden.new_cache(64))[-1]
+    np.testing.assert_allclose(engine_logits("task"), expected, rtol=0, atol=1e-5)
+    assert np.abs(engine_logits("task") - engine_logits(None)).max() > 0.1  # the task adapter does something
+    with pytest.raises(RomaError, match="reserved"):
+        engine.load_lora("rom-compensation", task)

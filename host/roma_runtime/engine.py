@@ -28,7 +28,7 @@ from .backends import check_backend, create_backend
 from .errors import RomaError
 from .generate import Sampler, SamplingParams, StopMatcher
 from .finetune import check_adapter_build
-from .lora import DEFAULT_MAX_RANK, Adapter
+from .lora import DEFAULT_MAX_RANK, Adapter, concat, read_peft_adapter
 from .model import LoadedModel, load_model
 from .model.loader import DEFAULT_MODEL
 from .tokenizer import Tokenizer
@@ -432,6 +432,9 @@ def _fingerprint(adapter, dtype: str, scale_dtype: str) -> str:
     return h.hexdigest()
 
 
+COMPENSATION = "rom-compensation"  # the slot of a build's quantization-compensating LoRA
+
+
 class Engine:
     """A model on a backend, with its tokenizer, resident LoRA adapters and KV memory.
 
@@ -460,7 +463,15 @@ class Engine:
         self.backend = create_backend(backend, self.model, numerics, **options)
         self.numerics = getattr(self.backend, "numerics", numerics)
         self.kv_dtype = kv.kv_dtype_name(getattr(self.backend, "kv_dtype", np.float16))
+        # A build's compensating LoRA repairs its ROM base's quantization error, so it is always on: resident in
+        # a slot of its own (which "no adapter" selects), and concatenated into every task adapter's slot.
+        comp = self.model.compensation
+        self.compensation = Adapter.from_factors(COMPENSATION, self.model, comp.factors) if comp else None
+        if self.compensation is not None:
+            lora_slots = max(lora_slots, 1)
         self.lora = LoraSlots(self.config, lora_slots, lora_rank, lora_dtype) if lora_slots else None
+        if self.compensation is not None:
+            self.lora.load(COMPENSATION, self.compensation)
         self.lora_any_build = lora_any_build
         check_lora = getattr(self.backend, "check_lora", None)  # hardware: slot count and rank of its LoRA unit
         if check_lora is not None and self.lora is not None:
@@ -512,10 +523,17 @@ class Engine:
         resident name replaces it. A refusal (RomaError) changes nothing: the resident and active adapters
         stay. Sessions whose KV was made under an earlier load of `name` recompute it. Returns the slot."""
         slots = self._need_lora()
-        if not isinstance(folder_or_adapter, Adapter):
+        if name == COMPENSATION:
+            raise RomaError(f"the adapter name '{COMPENSATION}' is reserved for the build's compensating LoRA")
+        adapter = folder_or_adapter
+        if not isinstance(adapter, Adapter):
             # An adapter trained by `roma finetune` fits the exact ROM base it was trained against.
-            check_adapter_build(folder_or_adapter, self.model, allow_other=self.lora_any_build)
-        slot = slots.load(name, folder_or_adapter)
+            check_adapter_build(adapter, self.model, allow_other=self.lora_any_build)
+            if self.compensation is not None:
+                adapter = read_peft_adapter(adapter, self.model, max_rank=slots.slot_rank, name=name)
+        if self.compensation is not None:
+            adapter = concat(self.compensation, adapter, name=name)
+        slot = slots.load(name, adapter)
         self._serial += 1
         self._loads[name] = self._serial
         self._fingerprints[name] = _fingerprint(slots.adapter(name), slots.dtype, slots.scale_dtype)
@@ -523,12 +541,14 @@ class Engine:
 
     def unload_lora(self, name: str) -> None:
         """Free the adapter's slot. Sessions that name it are refused until they switch adapter."""
+        self.check_adapter(name)
         self._need_lora().unload(name)
         self._loads.pop(name, None)
         self._fingerprints.pop(name, None)
 
     def lora_names(self) -> list[str]:
-        return self.lora.names() if self.lora else []
+        """The task adapters loaded (not the build's compensating LoRA, which is part of the base)."""
+        return [n for n in self.lora.names() if n != COMPENSATION] if self.lora else []
 
     def check_adapter(self, name: str | None) -> None:
         """RomaError unless `name` is None (the base model) or a loaded adapter."""
@@ -550,8 +570,11 @@ class Engine:
         slots = self.lora
         if slots is None:
             return
-        if slots.active != session.adapter:
-            slots.activate(session.adapter)
+        wanted = session.adapter
+        if wanted is None and self.compensation is not None:
+            wanted = COMPENSATION
+        if slots.active != wanted:
+            slots.activate(wanted)
         if self._applied_lora != slots.version:
             self.backend.set_lora(slots)
             self._applied_lora = slots.version

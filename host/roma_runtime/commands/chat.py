@@ -150,13 +150,15 @@ class ChatSession:
         lines = []
         active = self.conversation.adapter
         for row in e.lora.status():
-            if row["name"] is None:
+            if row["name"] not in e.lora_names():  # empty slots, and the build's always-on compensation
                 continue
             mark = "*" if row["name"] == active else " "
             lines.append(f"{mark} {row['name']}  slot {row['slot']}, rank {row['max_rank']}, "
                          f"{', '.join(row['targets'])}, {row['bytes'] / 1024:.0f} KiB")
         if active is None:
             lines.append("* off (base model)")
+        if e.compensation is not None:
+            lines.append(f"(the build's compensating LoRA, rank {e.compensation.max_rank}, is always on)")
         return "\n".join(lines)
 
     def lora_command(self, arg: str) -> None:

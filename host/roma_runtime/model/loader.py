@@ -38,6 +38,8 @@ class LoadedModel:
     source: Path
     format: str  # "gguf", "hf" or "build" (compiler.build.load_build)
     metadata: dict[str, Any] = field(default_factory=dict)  # GGUF key/values (tokenizer.*, general.*)
+    # A build's quantization-compensating LoRA (golden LoraAdapter), part of its base: the engine always applies it.
+    compensation: Any = None
 
     def identity(self) -> str:
         """sha256 of the model file(s): what a build manifest records to tie a build to its model. A build
@@ -99,7 +101,9 @@ def load_model(model: str | Path = DEFAULT_MODEL) -> LoadedModel:
     if kind == "build":
         from ..compiler.build import load_build
 
-        return load_build(path)[0]
+        model, compensation = load_build(path)
+        model.compensation = compensation
+        return model
     return _load_hf(path) if kind == "hf" else _load_gguf(path)
 
 
