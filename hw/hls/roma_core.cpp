@@ -20,7 +20,8 @@
 // (roma_model.h includes roma_rom_define.h once per tensor); C simulation (the emulated board) has the same
 // arrays writable and fills them from the NAME.bin images (CRC-checked) in roma_emu_load_build. The compute
 // code reads the same arrays in both; only the GEMV loop order differs: C simulation evaluates the tiles with
-// brom_tile_gemv_csim (rows in parallel, bit-identical to both synthesis datapaths: tb_brom_tile checks it).
+// brom_tile_gemv_packed from codes unpacked once at load (RomPacked; 16 rows per SIMD step, bit-identical to
+// both synthesis datapaths: tb_brom_tile checks it), or brom_tile_gemv_csim for a tile that could not be packed.
 #ifndef __SYNTHESIS__
 #pragma GCC visibility push(default) // the emulated board's library exports only the C API of roma_core.h
 #endif
@@ -126,6 +127,14 @@ half_bits_t RomTensor<L, LIN>::scales[RomTensor<L, LIN>::TILES][RomTensor<L, LIN
 template <int L, int LIN>
 half_bits_t RomTensor<L, LIN>::mins[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PARAMS];
 static float g_norms[2 * rm::N_LAYERS + 1][rm::DIM]; // attn_norm, ffn_norm per layer, then output_norm
+// C simulation only: each tile's codes repacked once at roma_emu_load_build for the SIMD GEMV
+// (brom_tile_gemv_packed, bit-identical to the ROM datapaths; tb_brom_tile checks it).
+template <int L, int LIN>
+struct RomPacked {
+  static CsimPackedTile tiles[RomTensor<L, LIN>::TILES];
+};
+template <int L, int LIN>
+CsimPackedTile RomPacked<L, LIN>::tiles[RomTensor<L, LIN>::TILES];
 #endif
 
 namespace {
@@ -171,8 +180,12 @@ void linear(const float *x, float *y, Acct &a) {
 #else
   for (int t = 0; t < R::TILES; ++t) { // parallel tiles: one tile's cycles
     Cycles tc;
-    brom_tile_gemv_csim<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, R::planes[t], R::scales[t], R::mins[t],
-                                                              y + t * R::ROWS, xs, tc, g_threads);
+    const CsimPackedTile &pk = RomPacked<L, LIN>::tiles[t];
+    if (pk.ok)
+      brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, pk, y + t * R::ROWS, xs, tc, g_threads);
+    else
+      brom_tile_gemv_csim<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, R::planes[t], R::scales[t], R::mins[t],
+                                                                y + t * R::ROWS, xs, tc, g_threads);
     if (t == 0) {
       cyc.candidates += tc.candidates;
       cyc.gemv += tc.gemv;
@@ -429,6 +442,9 @@ bool load_tensor(const std::string &dir, const std::string &name, char *err, int
   std::memcpy(R::planes, img.planes.data(), sizeof R::planes);
   std::memcpy(R::scales, img.scales.data(), sizeof R::scales);
   std::memcpy(R::mins, img.mins.data(), sizeof R::mins);
+  for (int t = 0; t < R::TILES; ++t)
+    csim_pack_tile<R::ROWS, R::COLS, R::GROUP, R::BITS>(R::planes[t], R::scales[t], R::mins[t],
+                                                         RomPacked<L, LIN>::tiles[t]);
   return true;
 }
 

@@ -15,8 +15,12 @@
 //   That is a worst-case bound (observed deviations are ~10-100x smaller); errors the float stage could make
 //   (wrong d, m, a_scale or group) move y by a whole group term, far above it. The integers are exact.
 // The emulated board's fast path (brom_tile_gemv_csim, C simulation only) is compared with the LutSelect kernel:
-// y and xsum bit for bit, with 1 and 2 threads (the ROM words, integers and fp32 sequence per row are the same).
+// y and xsum bit for bit, with 1 and 2 threads (the ROM words, integers and fp32 sequence per row are the same);
+// likewise its repacked path (brom_tile_gemv_packed: codes unpacked once, 16 rows side by side), both the
+// portable loop and the AVX-512 VNNI loop when the testbench is compiled with it (-march=native). The attention
+// fast path of the emulated board (attention_query_csim) is checked against attention_query's loops the same way.
 // Prints one line per case and `tb_brom_tile: M mismatches of N`; the exit code is min(M, 255).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -25,6 +29,7 @@
 #include <vector>
 
 #include "roma/act_quant.h"
+#include "roma/attention.h"
 #include "roma/brom_tile.h"
 #include "tb_common.h"
 
@@ -116,6 +121,11 @@ long run_csim_fast(const Case &c, const BromImageHost &img, Tally &tally) {
   std::vector<act_t> xq(COLS);
   std::vector<float> a_scale(NG), y(R), yf(R);
   std::vector<acc_t> dot((size_t)TILES * PP), xsum(NG), xsf(NG);
+  std::vector<CsimPackedTile> packed(TILES);
+  for (int tile = 0; tile < TILES; ++tile) {
+    csim_pack_tile<ROWS, COLS, GROUP, BITS>(planes[tile], scales[tile], mins[tile], packed[tile]);
+    tally.check(packed[tile].ok); // the generator's scales and minimums are finite
+  }
   const long before = tally.mismatches;
   for (int t = 0; t < T; ++t) {
     Cycles cyc, cyf;
@@ -129,6 +139,20 @@ long run_csim_fast(const Case &c, const BromImageHost &img, Tally &tally) {
                                                      mins[tile], &yf[(size_t)tile * ROWS], xsf.data(), cyf, threads);
       for (int o = 0; o < R; ++o) tally.check(float_to_bits(yf[o]) == float_to_bits(y[o]));
       for (int g = 0; g < NG; ++g) tally.check(xsf[g] == xsum[g]);
+      // the repacked path (codes unpacked once at load): portable loop, and the SIMD loop when compiled in
+      for (int simd = 0; simd <= ROMA_CSIM_SIMD; ++simd) {
+        std::fill(yf.begin(), yf.end(), -1.0f);
+        for (int tile = 0; tile < TILES; ++tile) {
+          if (simd)
+            brom_tile_gemv_packed<ROWS, COLS, GROUP, BITS, true>(xq.data(), a_scale.data(), packed[tile],
+                                                                 &yf[(size_t)tile * ROWS], xsf.data(), cyf, threads);
+          else
+            brom_tile_gemv_packed<ROWS, COLS, GROUP, BITS, false>(xq.data(), a_scale.data(), packed[tile],
+                                                                  &yf[(size_t)tile * ROWS], xsf.data(), cyf, threads);
+        }
+        for (int o = 0; o < R; ++o) tally.check(float_to_bits(yf[o]) == float_to_bits(y[o]));
+        for (int g = 0; g < NG; ++g) tally.check(xsf[g] == xsum[g]);
+      }
     }
   }
   return tally.mismatches - before;
@@ -162,6 +186,43 @@ bool dispatch(const Case &c, const BromImageHost &img, Tally &tally) {
 #undef ROMA_TB_RAND
 }
 
+// The emulated board's attention fast path (attention_query_csim, AVX-512 builds) against attention_query's
+// reference loops: every output bit for bit, on random fp16 caches and queries at several positions.
+template <int HEADS, int KV_HEADS, int HD, int SIMD>
+void check_attention_csim(Tally &tally) {
+  constexpr int MAXCTX = 300, ROW = KV_HEADS * HD;
+  uint64_t st = 0x9E3779B97F4A7C15ull ^ (uint64_t)(HEADS * 131 + KV_HEADS);
+  auto rnd = [&st]() { // uniform in [-2, 2)
+    st ^= st << 13;
+    st ^= st >> 7;
+    st ^= st << 17;
+    return (float)((st >> 40) & 0xffffff) * 0x1p-22f - 2.0f;
+  };
+  std::vector<half_bits_t> kc((size_t)MAXCTX * ROW), vc((size_t)MAXCTX * ROW);
+  for (size_t i = 0; i < kc.size(); ++i) {
+    kc[i] = float_to_half(rnd() * (i % 7 == 0 ? 1e-6f : 3.0f)); // includes fp16 subnormals
+    vc[i] = float_to_half(rnd());
+  }
+  std::vector<float> q((size_t)HEADS * HD), ref(q.size()), fast(q.size());
+  long bad = 0;
+  for (int pos : {0, 1, 2, 15, 64, 151, MAXCTX - 1}) {
+    for (size_t i = 0; i < q.size(); ++i) q[i] = rnd() * (pos % 2 ? 4.0f : 0.5f);
+    LayerCycles c1, c2;
+    attention_query<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, false>(q.data(), pos, kc.data(), vc.data(),
+                                                                             ref.data(), c1);
+    attention_query<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, true>(q.data(), pos, kc.data(), vc.data(),
+                                                                            fast.data(), c2);
+    for (size_t i = 0; i < q.size(); ++i) {
+      const bool ok = float_to_bits(ref[i]) == float_to_bits(fast[i]);
+      tally.check(ok);
+      bad += !ok;
+    }
+    tally.check(c1.attention == c2.attention);
+  }
+  std::printf("  attention fast path (%d heads, %d kv heads, hd %d, simd %d, compiled in: %d): %ld mismatches\n",
+              HEADS, KV_HEADS, HD, SIMD, ROMA_ATT_CSIM_FAST, bad);
+}
+
 void check_half_table(Tally &tally) {
   if (!tb::file_exists("half.f32")) return;
   const auto ref = read_array<float>("half.f32", 1 << 16);
@@ -182,6 +243,9 @@ int main(int argc, char **argv) {
   if (!tb::read_cases(lines)) return 2;
   Tally tally;
   check_half_table(tally);
+  check_attention_csim<9, 3, 64, 8>(tally); // SmolLM2-135M
+  check_attention_csim<4, 2, 64, 4>(tally);
+  check_attention_csim<8, 8, 64, 8>(tally);
   int cases = 0;
   for (const std::string &line : lines) {
     std::istringstream in(line);

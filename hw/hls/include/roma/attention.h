@@ -42,6 +42,9 @@
 
 #include <cmath>
 #include <cstdint>
+#if !defined(__SYNTHESIS__) && defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "layer_cycles.h"
 #include "types.h"
@@ -133,8 +136,103 @@ KV_WRITE:
 #endif
 }
 
+#if !defined(__SYNTHESIS__) && defined(__AVX512F__)
+// ---- C simulation only: the emulated board's attention_query with AVX-512 (HD = 64) ----
+// The same fp32 operations as attention_query below, on 16 lanes: a head's score tree (tree_sum<SIMD> of the
+// chunk products, then tree_sum<CHD> of the chunk sums) is, for powers of two, the pairwise tree over all HD
+// products (v[i] = v[2i] + v[2i+1] level by level), built with even/odd lane permutes; the running max, the
+// exp loop and the P*V accumulation keep their per-head, per-element order over s (PV runs kv head by kv head
+// with s inner: each acc[h][d] still sums s = 0, 1, ... in order); the final division is the same IEEE
+// division. fp16 K/V are widened with vcvtph2ps, exact for every non-NaN half. tb_brom_tile checks the result
+// bit for bit against attention_query's reference loops.
+#define ROMA_ATT_CSIM_FAST 1
+namespace detail {
+inline __m512 pair_sum(__m512 a, __m512 b) { // out[i] = x[2i] + x[2i+1] of the 32 values (a, b)
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  return _mm512_add_ps(_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b));
+}
+inline __m512 load_half16(const half_bits_t *p) {
+  return _mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256((const __m256i *)p));
+}
+} // namespace detail
+
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX>
+void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t *k_cache,
+                          const half_bits_t *v_cache, float out[HEADS * HD], float (*score)[MAX_CTX]) {
+  static_assert(HD == 64, "the C-simulation attention is written for head_dim 64");
+  constexpr int GROUP = HEADS / KV_HEADS, ROW = KV_HEADS * HD;
+  const float scale = attention_scale<HD>();
+  const int S = pos + 1;
+  const __m512 zero = _mm512_setzero_ps();
+  float mx[HEADS], lsum[HEADS];
+  for (int h = 0; h < HEADS; ++h) mx[h] = -INFINITY;
+  for (int kh = 0; kh < KV_HEADS; ++kh) {
+    __m512 qv[GROUP][4];
+    for (int gq = 0; gq < GROUP; ++gq)
+      for (int j = 0; j < 4; ++j) qv[gq][j] = _mm512_loadu_ps(&q[(kh * GROUP + gq) * HD + 16 * j]);
+    for (int s = 0; s < S; ++s) {
+      const half_bits_t *kr = &k_cache[(size_t)s * ROW + kh * HD];
+      const __m512 k0 = detail::load_half16(kr), k1 = detail::load_half16(kr + 16);
+      const __m512 k2 = detail::load_half16(kr + 32), k3 = detail::load_half16(kr + 48);
+      __m512 m[GROUP];
+      for (int gq = 0; gq < GROUP; ++gq) {
+        const __m512 l0 = detail::pair_sum(_mm512_mul_ps(qv[gq][0], k0), _mm512_mul_ps(qv[gq][1], k1));
+        const __m512 l1 = detail::pair_sum(_mm512_mul_ps(qv[gq][2], k2), _mm512_mul_ps(qv[gq][3], k3));
+        m[gq] = detail::pair_sum(l0, l1); // 16 sums of 4 products
+      }
+      for (int gq = 0; gq < GROUP; gq += 2) { // two heads per vector: 16 -> 8 -> 4 -> 2 -> 1 each
+        __m512 t = detail::pair_sum(m[gq], gq + 1 < GROUP ? m[gq + 1] : zero);
+        t = detail::pair_sum(t, zero);
+        t = detail::pair_sum(t, zero);
+        t = detail::pair_sum(t, zero);
+        float two[16];
+        _mm512_storeu_ps(two, t);
+        for (int u = 0; u < 2 && gq + u < GROUP; ++u) {
+          const int h = kh * GROUP + gq + u;
+          const float sc = two[u] * scale;
+          score[h][s] = sc;
+          mx[h] = sc > mx[h] ? sc : mx[h];
+        }
+      }
+    }
+  }
+  for (int s = 0; s < S; ++s) {
+    for (int h = 0; h < HEADS; ++h) {
+      const float e = std::exp(score[h][s] - mx[h]);
+      score[h][s] = e;
+      lsum[h] = (s == 0 ? 0.0f : lsum[h]) + e;
+    }
+  }
+  for (int kh = 0; kh < KV_HEADS; ++kh) {
+    __m512 acc[GROUP][4];
+    for (int gq = 0; gq < GROUP; ++gq)
+      for (int j = 0; j < 4; ++j) acc[gq][j] = zero; // 0 + p*v at s = 0, as the reference
+    for (int s = 0; s < S; ++s) {
+      const half_bits_t *vr = &v_cache[(size_t)s * ROW + kh * HD];
+      __m512 vv[4];
+      for (int j = 0; j < 4; ++j) vv[j] = detail::load_half16(vr + 16 * j);
+      for (int gq = 0; gq < GROUP; ++gq) {
+        const __m512 p = _mm512_set1_ps(score[kh * GROUP + gq][s]);
+        for (int j = 0; j < 4; ++j) acc[gq][j] = _mm512_add_ps(acc[gq][j], _mm512_mul_ps(p, vv[j]));
+      }
+    }
+    for (int gq = 0; gq < GROUP; ++gq) {
+      const int h = kh * GROUP + gq;
+      const __m512 l = _mm512_set1_ps(lsum[h]);
+      for (int j = 0; j < 4; ++j) _mm512_storeu_ps(&out[h * HD + 16 * j], _mm512_div_ps(acc[gq][j], l));
+    }
+  }
+}
+#else
+#define ROMA_ATT_CSIM_FAST 0
+#endif
+
 // One query (all HEADS heads, rotated) at position `pos` over cache rows 0..pos (already written).
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+// FAST (C simulation only): use attention_query_csim when it is compiled in (bit-identical); false: always the
+// reference loops (testbenches).
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
+          bool FAST = true>
 void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_cache, const half_bits_t *v_cache,
                      float out[HEADS * HD], LayerCycles &cyc) {
   typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE> C;
@@ -151,6 +249,13 @@ void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_ca
 #pragma HLS ARRAY_PARTITION variable = ql type = cyclic factor = SIMD dim = 2
   static float score[HEADS][MAX_CTX]; // scores, then exp(score - max), of the current query
 #pragma HLS ARRAY_PARTITION variable = score type = cyclic factor = GROUP dim = 1
+#if !defined(__SYNTHESIS__) && ROMA_ATT_CSIM_FAST
+  if constexpr (FAST && HD == 64 && (SIMD & (SIMD - 1)) == 0) {
+    attention_query_csim<HEADS, KV_HEADS, HD, MAX_CTX>(q, pos, k_cache, v_cache, out, score);
+    cyc.attention += C::query_cycles(S);
+    return;
+  }
+#endif
   float mx[HEADS], lsum[HEADS];
 #pragma HLS ARRAY_PARTITION variable = mx type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = lsum type = complete dim = 1

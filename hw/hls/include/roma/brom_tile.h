@@ -41,7 +41,11 @@
 
 #include <cstdint>
 #ifndef __SYNTHESIS__
+#include <cstring>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #endif
 
 #include "types.h"
@@ -221,7 +225,8 @@ TILES_LOOP:
 }
 
 #ifndef __SYNTHESIS__
-// ---- C simulation only: the emulated board's fast path of brom_tile_gemv ----
+// ---- C simulation only: a fast path of brom_tile_gemv straight from the ROM words ----
+// (The emulated board uses brom_tile_gemv_packed below; this one remains for tiles it cannot repack.)
 // The same per-row arithmetic as brom_tile_gemv (bit for bit: exact int32 dot and xsum, then per row the same
 // fp32 sequence acc = term_0 + term_1 + ... with term = a_scale[g] * (d*dot + m*xsum[g])), evaluated row-major
 // so that rows run in parallel (OpenMP; HLS never sees this code). The integer dot is LUT-select widened to
@@ -273,6 +278,172 @@ void brom_tile_gemv_csim(const act_t xq[COLS], const float a_scale[COLS / GROUP]
       acc = (g == 0) ? term : acc + term;
     }
     y[r] = acc;
+  }
+  cyc.candidates += C::CAND_CYCLES; // the hardware's cycles, whatever the simulation's loop order
+  cyc.gemv += C::GEMV_CYCLES;
+}
+
+// ---- C simulation only: the emulated board's repacked GEMV (codes unpacked once at load) ----
+// The ROM's bit planes are repacked once (csim_pack_tile, at roma_emu_load_build) into a row-interleaved
+// layout for int8 dot-product SIMD: rows in blocks of CSIM_BLOCK = 16 (one 32-bit lane per row), and for each
+// block and group, vectors of 64 bytes whose byte 4*i + c holds columns 4k+c (c = 0..3) of row i for CPB
+// consecutive 4-column chunks k, chunk s of the vector in bits s*P..s*P+P-1 (P = 2 for 2-bit codes, 4 for 3-
+// and 4-bit, 8 for 8-bit: 2-bit codes take a quarter of a byte). One vpdpbusd (unsigned code x signed
+// activation, 4 products summed into each row's int32) per chunk gives the 16 rows' exact group dots side by
+// side; the fp32 scaling then runs on 16 rows at once with the same per-row sequence as brom_tile_gemv
+// (term = a_scale[g] * (d*dot + m*xsum[g]), acc = term_0 + term_1 + ...), so y is bit-identical (tb_brom_tile
+// checks both the SIMD and the portable loop against both synthesis datapaths). fp16 d and m stay fp16 in
+// memory (vcvtph2ps is exact for every non-NaN half); a tile with a NaN scale or minimum is not repacked and
+// the caller keeps brom_tile_gemv_csim for it.
+constexpr int CSIM_BLOCK = 16;
+#ifndef ROMA_CSIM_PARALLEL_MIN
+#define ROMA_CSIM_PARALLEL_MIN (1L << 22)
+#endif
+constexpr long CSIM_PARALLEL_MIN = ROMA_CSIM_PARALLEL_MIN;
+
+template <int BITS>
+struct CsimPack {
+  static constexpr int P = BITS <= 2 ? 2 : BITS <= 4 ? 4 : 8; // bits per stored code
+  static constexpr int CPB = 8 / P;                           // 4-column chunks per 64-byte vector
+};
+
+struct CsimPackedTile {
+  bool ok = false;
+  int blocks = 0;
+  std::vector<uint8_t> codes;     // [blocks][NG][GROUP/4/CPB][64]
+  std::vector<half_bits_t> d, m;  // [blocks][NG][CSIM_BLOCK], rows past ROWS: 0
+};
+
+template <int ROWS, int COLS, int GROUP, int BITS>
+void csim_pack_tile(const rom_word_t *planes, const half_bits_t *scales, const half_bits_t *mins,
+                    CsimPackedTile &pk) {
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS> C;
+  constexpr int NG = C::NG, LANES = C::LANES, P = CsimPack<BITS>::P, CPB = CsimPack<BITS>::CPB;
+  constexpr int VPG = GROUP / 4 / CPB;
+  const int NB = (ROWS + CSIM_BLOCK - 1) / CSIM_BLOCK;
+  pk = CsimPackedTile();
+  for (int i = 0; i < NG * ROWS; ++i) { // NaN d or m: vcvtph2ps would quiet it; keep the reference path
+    if (((scales[i] & 0x7c00u) == 0x7c00u && (scales[i] & 0x3ffu)) || ((mins[i] & 0x7c00u) == 0x7c00u && (mins[i] & 0x3ffu)))
+      return;
+  }
+  pk.blocks = NB;
+  pk.codes.assign((size_t)NB * NG * VPG * 64, 0);
+  pk.d.assign((size_t)NB * NG * CSIM_BLOCK, 0);
+  pk.m.assign((size_t)NB * NG * CSIM_BLOCK, 0);
+  for (int r = 0; r < ROWS; ++r) {
+    const int b = r / CSIM_BLOCK, i = r % CSIM_BLOCK;
+    for (int g = 0; g < NG; ++g) {
+      const size_t bg = (size_t)b * NG + g;
+      const int step = g * ROWS + r;
+      pk.d[bg * CSIM_BLOCK + i] = scales[step];
+      pk.m[bg * CSIM_BLOCK + i] = mins[step];
+      const rom_word_t *w = &planes[(size_t)step * C::WPS];
+      for (int j = 0; j < GROUP; ++j) {
+        const int l = j / ROM_WORD_BITS, bit = j % ROM_WORD_BITS;
+        uint32_t code = 0;
+        for (int p = 0; p < BITS; ++p) code |= ((w[p * LANES + l] >> bit) & 1u) << p;
+        const int k = j / 4, c = j % 4, v = k / CPB, s = k % CPB;
+        pk.codes[(bg * VPG + v) * 64 + 4 * i + c] |= (uint8_t)(code << (s * P));
+      }
+    }
+  }
+  pk.ok = true;
+}
+
+// One block of 16 rows: y16[i] for rows i of the block (portable loop: the reference of the SIMD one).
+template <int COLS, int GROUP, int BITS>
+inline void csim_block_portable(const uint8_t *codes, const half_bits_t *dh, const half_bits_t *mh, const act_t *xq,
+                                const float *a_scale, const acc_t *xsum, float *y16) {
+  constexpr int NG = COLS / GROUP, P = CsimPack<BITS>::P, CPB = CsimPack<BITS>::CPB, VPG = GROUP / 4 / CPB;
+  constexpr uint32_t MASK = (1u << P) - 1u;
+  float acc[CSIM_BLOCK];
+  for (int g = 0; g < NG; ++g) {
+    acc_t dot[CSIM_BLOCK] = {0};
+    const act_t *x = xq + g * GROUP;
+    for (int v = 0; v < VPG; ++v) {
+      const uint8_t *s8 = codes + ((size_t)g * VPG + v) * 64;
+      for (int s = 0; s < CPB; ++s) {
+        const act_t *xk = x + 4 * (v * CPB + s);
+        for (int i = 0; i < CSIM_BLOCK; ++i)
+          for (int c = 0; c < 4; ++c) dot[i] += (acc_t)((s8[4 * i + c] >> (s * P)) & MASK) * (acc_t)xk[c];
+      }
+    }
+    const float as = a_scale[g], xs = (float)xsum[g];
+    for (int i = 0; i < CSIM_BLOCK; ++i) {
+      const float d = half_to_float(dh[g * CSIM_BLOCK + i]), m = half_to_float(mh[g * CSIM_BLOCK + i]);
+      const float term = as * (d * (float)dot[i] + m * xs);
+      acc[i] = (g == 0) ? term : acc[i] + term;
+    }
+  }
+  for (int i = 0; i < CSIM_BLOCK; ++i) y16[i] = acc[i];
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define ROMA_CSIM_SIMD 1
+template <int COLS, int GROUP, int BITS>
+inline void csim_block_simd(const uint8_t *codes, const half_bits_t *dh, const half_bits_t *mh, const act_t *xq,
+                            const float *a_scale, const acc_t *xsum, float *y16) {
+  constexpr int NG = COLS / GROUP, P = CsimPack<BITS>::P, CPB = CsimPack<BITS>::CPB, VPG = GROUP / 4 / CPB;
+  const __m512i mask = _mm512_set1_epi8((char)((1u << P) - 1u));
+  __m512 acc = _mm512_setzero_ps();
+  for (int g = 0; g < NG; ++g) {
+    __m512i dot0 = _mm512_setzero_si512(), dot1 = _mm512_setzero_si512(); // two chains, exact int32 sums
+    const act_t *x = xq + g * GROUP;
+    for (int v = 0; v < VPG; ++v) {
+      const __m512i sv = _mm512_loadu_si512((const void *)(codes + ((size_t)g * VPG + v) * 64));
+      for (int s = 0; s < CPB; ++s) {
+        int32_t x4;
+        std::memcpy(&x4, x + 4 * (v * CPB + s), 4);
+        const __m512i c = P == 8 ? sv : _mm512_and_si512(_mm512_srli_epi16(sv, s * P), mask);
+        if (((v * CPB + s) & 1) == 0) dot0 = _mm512_dpbusd_epi32(dot0, c, _mm512_set1_epi32(x4));
+        else dot1 = _mm512_dpbusd_epi32(dot1, c, _mm512_set1_epi32(x4));
+      }
+    }
+    const __m512 dotf = _mm512_maskz_cvtepi32_ps(0xffff, _mm512_add_epi32(dot0, dot1)); // |dot| < 2^24: exact
+    const __m512 d = _mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256((const __m256i *)(dh + g * CSIM_BLOCK)));
+    const __m512 m = _mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256((const __m256i *)(mh + g * CSIM_BLOCK)));
+    const __m512 term = _mm512_mul_ps(_mm512_set1_ps(a_scale[g]),
+                                      _mm512_add_ps(_mm512_mul_ps(d, dotf),
+                                                    _mm512_mul_ps(m, _mm512_set1_ps((float)xsum[g]))));
+    acc = (g == 0) ? term : _mm512_add_ps(acc, term);
+  }
+  _mm512_storeu_ps(y16, acc);
+}
+#else
+#define ROMA_CSIM_SIMD 0
+#endif
+
+// y[ROWS] of one tile from its repacked codes (pk.ok). SIMD: the AVX-512 VNNI loop when compiled in (-march=
+// native on such a CPU), else the portable loop; tb_brom_tile runs both.
+template <int ROWS, int COLS, int GROUP, int BITS, bool SIMD = (ROMA_CSIM_SIMD != 0)>
+void brom_tile_gemv_packed(const act_t xq[COLS], const float a_scale[COLS / GROUP], const CsimPackedTile &pk,
+                           float y[ROWS], acc_t xsum_out[COLS / GROUP], Cycles &cyc, int threads = 0) {
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS> C;
+  constexpr int NG = C::NG, VPG = GROUP / 4 / CsimPack<BITS>::CPB;
+  constexpr int NB = (ROWS + CSIM_BLOCK - 1) / CSIM_BLOCK;
+  acc_t xsum[NG];
+  for (int g = 0; g < NG; ++g) {
+    acc_t s = 0;
+    for (int j = 0; j < GROUP; ++j) s += xq[g * GROUP + j];
+    xsum[g] = xsum_out[g] = s;
+  }
+  // Waking the row threads costs more than a layer GEMV takes here (~10 us from its packed codes): only
+  // matrices of at least CSIM_PARALLEL_MIN weights (the LM head) are split across threads.
+  const int nthreads = threads > 0 ? threads : 1;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && (long)ROWS * COLS >= CSIM_PARALLEL_MIN)
+  for (int b = 0; b < NB; ++b) {
+    const uint8_t *codes = &pk.codes[(size_t)b * NG * VPG * 64];
+    const half_bits_t *dh = &pk.d[(size_t)b * NG * CSIM_BLOCK], *mh = &pk.m[(size_t)b * NG * CSIM_BLOCK];
+    float tmp[CSIM_BLOCK];
+    const bool full = (b + 1) * CSIM_BLOCK <= ROWS;
+    float *out = full ? &y[b * CSIM_BLOCK] : tmp;
+#if ROMA_CSIM_SIMD
+    if (SIMD) csim_block_simd<COLS, GROUP, BITS>(codes, dh, mh, xq, a_scale, xsum, out);
+    else
+#endif
+      csim_block_portable<COLS, GROUP, BITS>(codes, dh, mh, xq, a_scale, xsum, out);
+    if (!full)
+      for (int i = 0; b * CSIM_BLOCK + i < ROWS; ++i) y[b * CSIM_BLOCK + i] = tmp[i];
   }
   cyc.candidates += C::CAND_CYCLES; // the hardware's cycles, whatever the simulation's loop order
   cyc.gemv += C::GEMV_CYCLES;
