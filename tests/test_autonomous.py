@@ -9,7 +9,6 @@ also when the chip runs past a stop the host finds inside a chunk or the consume
 from __future__ import annotations
 
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -155,7 +154,6 @@ def test_lora_hot_swap_is_a_register_write(emu):
 
     backend = emu.backend
     adapters = lora_adapters(emu.config, rank=16)
-    t0 = time.perf_counter()
     for a in adapters:
         emu.load_lora(a.name, a)
     ids = emu.tokenizer.encode(PROMPT)
@@ -164,15 +162,13 @@ def test_lora_hot_swap_is_a_register_write(emu):
         s = emu.new_session(64, adapter=name)
         emu._bind(s)
         fresh[name] = backend.forward(ids, s.cache)
-    load_s = time.perf_counter() - t0
-    calls, swaps = backend.core.calls, []
+    # How long a swap takes is the bench's to measure (roma bench reports it); what the test pins is that a
+    # swap between resident adapters is one select command and writes no image.
+    calls = backend.core.calls
     for i in range(20):
         emu.lora.activate(adapters[i % 2].name)
-        t0 = time.perf_counter()
         backend.set_lora(emu.lora)
-        swaps.append(time.perf_counter() - t0)
     assert backend.core.calls - calls == 20  # one CMD_SELECT_LORA per swap, no image written
-    assert float(np.median(swaps)) < 1e-3 and float(np.median(swaps)) * 20 < load_s
     backend.set_lora(emu.lora)
     assert backend.core.calls - calls == 20  # nothing changed: nothing written
     # swapping gives the fresh runs' logits, bit for bit
