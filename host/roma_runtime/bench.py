@@ -557,11 +557,16 @@ def run_bench(engine, cfg: BenchConfig, *, backend: str = "ref", numerics: str |
 
 
 def _gguf_path(engine) -> Path:
+    """The GGUF llama.cpp runs: the model itself, or for a build (a 2-bit build, say) the GGUF it was compiled
+    from, so a low-bit ROM base is compared with llama.cpp on the model it came from."""
+    from .model.loader import build_source
+
     model = engine.model
-    if model.format != "gguf" or not Path(model.source).is_file():
-        raise RomaError("--vs llama.cpp needs a GGUF model (llama.cpp reads only GGUF)",
-                        hint="give --model a .gguf file or a known model name")
-    return Path(model.source)
+    kind, path = build_source(model) if model.format == "build" else (model.format, Path(model.source))
+    if kind != "gguf" or not Path(path).is_file():
+        raise RomaError("--vs llama.cpp needs a GGUF model, or a build compiled from one (llama.cpp reads only GGUF)",
+                        hint="give --model a .gguf file, a known model name, or a build of one")
+    return Path(path)
 
 
 def _measure(engine, cfg, peer, backend, numerics, model_name, progress, argv, threads) -> dict:
