@@ -19,7 +19,6 @@ import json
 import shutil
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -76,21 +75,11 @@ def last_logits(engine: Engine, ids: list[int]) -> np.ndarray:
 
 
 def make_adapter(hf_folder, out, seed, **config):
-    """A PEFT LoRA with random non-zero A and B (as tests/test_engine_lora.py makes them)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    peft = pytest.importorskip("peft")
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pm = peft.get_peft_model(model, peft.LoraConfig(**config))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in pm.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    pm.save_pretrained(out)
-    return out
+    """A PEFT LoRA with random non-zero A and B (tiny_models.write_peft_adapter), skipped without peft."""
+    pytest.importorskip("peft")
+    from tiny_models import write_peft_adapter
+
+    return write_peft_adapter(hf_folder, out, seed, **config)
 
 
 @pytest.fixture(scope="module")

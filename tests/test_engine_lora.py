@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 
 from conftest import REPO, cli_env
+from tiny_models import write_peft_adapter
 from roma_runtime import RomaError
 from roma_runtime.engine import Engine
 from roma_runtime.generate import SamplingParams
@@ -25,27 +25,12 @@ ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_pro
 P = SamplingParams(max_tokens=8)
 
 
-def make_adapter(hf_folder, out, seed, **config):
-    """A PEFT LoRA with random non-zero A and B on the transformers model, saved with save_pretrained."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pm = peft.get_peft_model(model, peft.LoraConfig(**config))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in pm.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    pm.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def adapters(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
     return {
-        "a": make_adapter(tiny_models["hf"], root / "a", 1, r=8, lora_alpha=16, target_modules=ALL),
-        "b": make_adapter(tiny_models["hf"], root / "b", 2, r=4, lora_alpha=8, use_rslora=True,
+        "a": write_peft_adapter(tiny_models["hf"], root / "a", 1, r=8, lora_alpha=16, target_modules=ALL),
+        "b": write_peft_adapter(tiny_models["hf"], root / "b", 2, r=4, lora_alpha=8, use_rslora=True,
                           target_modules=["q_proj", "v_proj", "down_proj"]),
     }
 

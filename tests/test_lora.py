@@ -7,13 +7,13 @@ import json
 import shutil
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
 from conftest import cli_env
+from tiny_models import peft_with_random_lora, save_peft
 from roma_runtime import RomaError
 from roma_runtime import lora as L
 from roma_runtime.golden import GoldenModel
@@ -34,23 +34,14 @@ FLOAT_RTOL = 1e-4
 def run_peft(hf_folder, out, seed=1, std=0.1, run=True, **config):
     """A PEFT LoRA on the transformers model with random non-zero A and B, saved with save_pretrained.
     Returns (folder, logits with the adapter, logits without) from PEFT itself."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fan_in_fan_out on nn.Linear warns (PEFT switches it off)
-        pm = peft.get_peft_model(model, peft.LoraConfig(**config))
-    gen = torch.Generator().manual_seed(seed)
+    pm = peft_with_random_lora(hf_folder, seed, std=std, **config)
     with torch.no_grad():
-        for name, p in pm.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
         pm.eval()
         ids = torch.tensor([IDS])
         with_adapter = pm(ids).logits[0].numpy() if run else None
         with pm.disable_adapter():
             without = pm(ids).logits[0].numpy() if run else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # embedding targets make PEFT save the embedding too (and say so)
-        pm.save_pretrained(out)
+    save_peft(pm, out)
     return out, with_adapter, without
 
 

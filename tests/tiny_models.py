@@ -112,3 +112,38 @@ def write_tiny_gguf(hf_folder: Path, path: Path, linear_type: str = "Q4_1", embe
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def peft_with_random_lora(hf_folder: Path, seed: int, std: float = 0.1, **config):
+    """The transformers model of `hf_folder` under a PEFT LoRA (LoraConfig(**config)) whose A and B factors are
+    random and non-zero (PEFT initialises B to zero, which would test nothing)."""
+    import warnings
+
+    import peft
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fan_in_fan_out on nn.Linear warns (PEFT switches it off)
+        pm = peft.get_peft_model(model, peft.LoraConfig(**config))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return pm
+
+
+def save_peft(pm, out: Path) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # embedding targets make PEFT save the embedding too (and say so)
+        pm.save_pretrained(out)
+    return out
+
+
+def write_peft_adapter(hf_folder: Path, out: Path, seed: int, **config) -> Path:
+    """A PEFT adapter folder with random non-zero factors, as save_pretrained writes it."""
+    return save_peft(peft_with_random_lora(hf_folder, seed, **config), out)
