@@ -34,19 +34,13 @@ from .model.loader import DEFAULT_MODEL
 from .tokenizer import Tokenizer
 
 
-@dataclass
-class GenerationResult:
-    prompt_ids: list[int]
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
-    finish_reason: str = ""  # "stop" (end token or stop string), "length", "context", "interrupted"
-    reused_tokens: int = 0  # prompt tokens whose KV was already in the session
-    dropped_tokens: int = 0  # cached tokens discarded because they were computed under another adapter
-    adapter: str | None = None  # the LoRA adapter the generation ran under (None: the base model)
-    prefill_tokens: int = 0
-    prefill_seconds: float = 0.0
-    decode_tokens: int = 0  # single-token forward passes after the prefill
-    decode_seconds: float = 0.0
+class Throughput:
+    """Tokens per second from the counts and seconds a result dataclass holds; to_dict adds them."""
+
+    prefill_tokens: int
+    prefill_seconds: float
+    decode_tokens: int
+    decode_seconds: float
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -61,6 +55,22 @@ class GenerationResult:
         d["prefill_tokens_per_s"] = self.prefill_tokens_per_s
         d["decode_tokens_per_s"] = self.decode_tokens_per_s
         return d
+
+
+@dataclass
+class GenerationResult(Throughput):
+    prompt_ids: list[int]
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = ""  # "stop" (end token or stop string), "length", "context", "interrupted"
+    reused_tokens: int = 0  # prompt tokens whose KV was already in the session
+    dropped_tokens: int = 0  # cached tokens discarded because they were computed under another adapter
+    adapter: str | None = None  # the LoRA adapter the generation ran under (None: the base model)
+    prefill_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_tokens: int = 0  # single-token forward passes after the prefill
+    decode_seconds: float = 0.0
+
 
 
 class Session:

@@ -65,6 +65,7 @@ import zlib
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, fields
 
+from .engine import Throughput
 from .errors import RomaError
 
 PROTOCOL_VERSION = 1
@@ -220,7 +221,7 @@ def _serial_errors():
 
 
 @dataclass
-class RemoteResult:
+class RemoteResult(Throughput):
     """A finished answer as the board reported it: GenerationResult's fields without the prompt's ids."""
 
     ids: list[int] = field(default_factory=list)
@@ -232,20 +233,6 @@ class RemoteResult:
     decode_tokens: int = 0
     decode_seconds: float = 0.0
     prompt_tokens: int = 0
-
-    @property
-    def prefill_tokens_per_s(self) -> float:
-        return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["prefill_tokens_per_s"] = self.prefill_tokens_per_s
-        d["decode_tokens_per_s"] = self.decode_tokens_per_s
-        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RemoteResult":
