@@ -49,15 +49,10 @@ def executed(tmp_path_factory):
             workdir = tmp_path_factory.mktemp(name)
             client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                              resources={"metadata": {"path": str(workdir)}})
-            old = dict(os.environ)
-            os.environ.clear()
-            os.environ.update(_kernel_env())  # the kernel process inherits this environment
             t0 = time.perf_counter()
-            try:
-                client.execute()  # raises CellExecutionError at the first cell that fails
-            finally:
-                os.environ.clear()
-                os.environ.update(old)
+            # The kernel gets its environment explicitly: under pytest, one inherited from a swapped os.environ
+            # arrived empty (no PATH, no ROMA_CACHE), so the emulated board could not compile.
+            client.execute(env=_kernel_env())  # raises CellExecutionError at the first cell that fails
             seconds = time.perf_counter() - t0
             print(f"\n{name}.ipynb executed in {seconds:.1f} s")
             cache[name] = (nb, seconds)
