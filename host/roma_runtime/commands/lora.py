@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from ..errors import RomaError
+from ..compiler.plan import ranges
 
 HELP = "inspect PEFT LoRA adapters (targets, ranks, scaling, size; checks what the hardware can run)"
 
@@ -51,11 +52,11 @@ def run(args) -> int:
     if facts.get("base_model"):
         print(f"trained on {facts['base_model']}")
     print(f"r {facts['r']}, lora_alpha {facts['lora_alpha']:g}, scaling {scaling}")
-    print(f"layers    {len(facts['layers'])} ({_ranges(facts['layers'])}), {facts['modules']} adapted linears")
+    print(f"layers    {len(facts['layers'])} ({ranges(facts['layers'])}), {facts['modules']} adapted linears")
     for proj, t in facts["per_target"].items():
         ranks = "/".join(map(str, t["ranks"]))
         scales = "/".join(f"{s:g}" for s in t["scales"])
-        print(f"  {proj:<10} rank {ranks:<6} scale {scales:<8} layers {_ranges(t['layers'])}")
+        print(f"  {proj:<10} rank {ranks:<6} scale {scales:<8} layers {ranges(t['layers'])}")
     print(f"parameters {facts['parameter_count']:,} ({facts['bytes_fp16'] / 1e6:.2f} MB at fp16)")
     fits = "yes" if facts["fits_slot_rank"] else "NO"
     print(f"fits a rank-{facts['slot_rank']} slot: {fits} (max rank {facts['max_rank']})")
@@ -64,19 +65,3 @@ def run(args) -> int:
         print(f"checked against {facts['checked_against']}: packed {pb['fp16'] / 1e6:.2f} MB fp16, "
               f"{pb['int8'] / 1e6:.2f} MB int8")
     return 0
-
-
-def _ranges(values: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2, 5'."""
-    out, start, prev = [], None, None
-    for v in values:
-        if start is None:
-            start = prev = v
-        elif v == prev + 1:
-            prev = v
-        else:
-            out.append(f"{start}-{prev}" if prev != start else f"{start}")
-            start = prev = v
-    if start is not None:
-        out.append(f"{start}-{prev}" if prev != start else f"{start}")
-    return ", ".join(out)

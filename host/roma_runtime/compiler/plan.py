@@ -292,11 +292,11 @@ class Plan:
         on, off = self.layers_on_chip(), self.layers_streamed()
         parts = []
         if on:
-            parts.append(f"{_plural('layer', on)} {_ranges(on)} on chip")
+            parts.append(f"{_plural('layer', on)} {ranges(on)} on chip")
         else:
             parts.append("no layer fits on chip")
         if off:
-            parts.append(f"{_plural('layer', off)} {_ranges(off)} stream{'s' if len(off) == 1 else ''} from DDR")
+            parts.append(f"{_plural('layer', off)} {ranges(off)} stream{'s' if len(off) == 1 else ''} from DDR")
         streamed_units = [label for kinds, label in self._units() if self.unit_placement(kinds) == DDR_STREAM]
         if streamed_units:
             parts.append(f"{' and '.join(streamed_units)} from DDR")
@@ -364,7 +364,8 @@ def _plural(word: str, xs: list) -> str:
     return word if len(xs) == 1 else word + "s"
 
 
-def _ranges(xs: list[int]) -> str:
+def ranges(xs: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
     out, start, prev = [], None, None
     for x in xs:
         if start is None:
