@@ -249,19 +249,11 @@ class Generation:
             res.prefill_seconds = time.perf_counter() - t0
             while True:
                 token = self.sampler.sample(logits, prompt + res.ids)
-                res.ids.append(token)
-                if token in eos:
-                    res.finish_reason = "stop"
-                    break
-                piece = stops.feed(decoder.feed(token))
+                piece, end = self._take(token, eos, decoder, stops)
                 if piece:
-                    res.text += piece
                     yield piece
-                if stops.stopped:
-                    res.finish_reason = "stop"
-                    break
-                if len(res.ids) >= p.max_tokens:
-                    res.finish_reason = "length"
+                if end:
+                    res.finish_reason = end
                     break
                 if session.cache.length >= session.capacity:
                     res.finish_reason = "context"
@@ -282,6 +274,19 @@ class Generation:
                 res.finish_reason = "interrupted"
             if self.on_done:
                 self.on_done(res)
+
+    def _take(self, token: int, eos, decoder, stops) -> tuple[str, str]:
+        """Record a sampled token: (the text it completes, why generation ends here: "stop" for an end token
+        or a stop string, "length" at max_tokens, "" to go on). Both decode loops take tokens this way."""
+        res = self.result
+        res.ids.append(token)
+        if token in eos:
+            return "", "stop"
+        piece = stops.feed(decoder.feed(token))
+        res.text += piece
+        if stops.stopped:
+            return piece, "stop"
+        return piece, "length" if len(res.ids) >= self.params.max_tokens else ""
 
     def _on_chip(self, decoder, stops, eos, reuse: int):
         """The decode loop as CMD_GENERATE chunks (see the class). Called from __iter__ after the prefix reuse."""
@@ -323,19 +328,11 @@ class Generation:
                 position += len(out)
                 sampled += len(out)
                 for token in out:
-                    res.ids.append(token)
-                    if token in eos:
-                        res.finish_reason = "stop"
-                        break
-                    piece = stops.feed(decoder.feed(token))
+                    piece, end = self._take(token, eos, decoder, stops)
                     if piece:
-                        res.text += piece
                         yield piece
-                    if stops.stopped:
-                        res.finish_reason = "stop"
-                        break
-                    if len(res.ids) >= max_tokens:
-                        res.finish_reason = "length"
+                    if end:
+                        res.finish_reason = end
                         break
                 if res.finish_reason:
                     break
