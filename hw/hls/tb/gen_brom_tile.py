@@ -105,6 +105,7 @@ def write_cases(out: Path, random: bool = True, model: bool = True, model_tokens
         qm = random_matrix(rng, bits, group, r, c)
         lines.append(write_case(out, f"rand_b{bits}_g{group}_r{r}", qm, random_activations(rng, group, c), t))
     if model:
+        from roma_runtime.golden.model import rms_norm
         from roma_runtime.model import load_model
 
         loaded = load_model("smollm2-135m")
@@ -117,8 +118,7 @@ def write_cases(out: Path, random: bool = True, model: bool = True, model_tokens
         else:
             e = np.asarray(emb, dtype=np.float32)[ids]
         # the real input of wq: RMS-normed token embeddings times the layer's attention norm weight
-        rms = np.sqrt(np.mean(e * e, axis=-1, keepdims=True) + np.float32(1e-5))
-        x = (e / rms * loaded.weights.layers[0].attn_norm).astype(np.float32)
+        x = rms_norm(e, loaded.weights.layers[0].attn_norm, loaded.config.rms_eps).astype(np.float32)
         name, t = MODEL_CASE
         lines.append(write_case(out, name, wq, x, t))
     np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype("<f4").tofile(out / "half.f32")
