@@ -216,6 +216,30 @@ def test_trained_adapter_matches_torch_on_golden_float(trained, loaded2):
     assert golden_greedy(loaded2, adapter.to_golden(), prompt, 8) == torch_greedy(pm, prompt, 8)
 
 
+@pytest.mark.parametrize("backend", ["ref", "emu"])
+def test_trained_adapter_on_the_runtime_matches_torch(trained, build2, loaded2, backend):
+    """The adapter in an engine slot (fp16 factors, the accelerator's int8 activations; on emu the C simulation of
+    roma_core) against the fp32 torch model it was trained in. Measured: 0.9% of the largest logit on both (the
+    int8 activations are most of it, and emu equals ref); tolerance 3%, and the same greedy tokens."""
+    from roma_runtime.engine import Engine
+
+    out, _ = trained
+    engine = Engine(build2, backend, "quant", lora_slots=1, lora_rank=8)
+    engine.load_lora("task", out)
+    pm = peft_model(loaded2, out)
+    session = engine.new_session(64, adapter="task")
+    engine._bind(session)
+    got = engine.backend.forward(IDS, session.cache)
+    ref = F.torch_logits(pm, IDS)[-1]
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert err < 0.03, err
+    prompt = F._tokenizer(loaded2).encode_chat([{"role": "user", "content": "What is the capital of Italy?"}])
+    from roma_runtime.generate import SamplingParams
+
+    ids = engine.generate(prompt, SamplingParams(max_tokens=8), adapter="task").run().ids
+    assert len(ids) >= 4 and ids == torch_greedy(pm, prompt, len(ids))
+
+
 def test_example_task_changes_answers(trained, loaded2):
     from roma_runtime.examples.answer_format import HELD_OUT, PAIRS
 
@@ -350,3 +374,46 @@ def test_engine_loads_the_adapter_on_its_build_and_refuses_it_elsewhere(trained,
     lenient = Engine(tiny_models["q4_1"], "ref", "quant", lora_slots=1, lora_any_build=True)
     lenient.load_lora("task", out)
     assert lenient.lora_names() == ["task"]
+
+
+def test_distilled_adapter_replaces_the_build_compensation(tiny_models, tmp_path):
+    """A --distill adapter starts from the build's compensating LoRA and so holds it: the engine and roma eval
+    run it in place of that LoRA, not added to it. Also the time budget (--minutes) and the snapshots."""
+    from roma_runtime.compiler.evaluate import eval_windows, evaluate_build, evaluate_models
+    from roma_runtime.engine import Engine
+
+    build = tmp_path / "b2r4"
+    compile_model(tiny_models["q4_1"], build, bits=2, group=32, lora_rank=4, progress=False)
+    out = tmp_path / "distilled"
+    options = dict(rank=4, lr=1e-2, batch=1, seq_len=16, distill=True, distill_tokens=64, save_every=1,
+                   keep_snapshots=True)
+    first = F.finetune(out, build=build, options=F.FinetuneOptions(steps=50, minutes=1e-5, **options),
+                       progress=False)
+    assert first.steps == 1  # the budget ran out after the first step, which is saved
+    rec = F.read_record(out)["training"]
+    assert rec["steps_done"] == 1 and rec["includes_compensation"] and rec["minutes_budget"] == 1e-5
+    F.finetune(out, build=build, options=F.FinetuneOptions(steps=3, **options), resume=True, progress=False)
+    snaps = F.snapshots(out)
+    assert [p.name for p in snaps] == ["step-000001", "step-000002", "step-000003"]
+    seconds = [F.read_record(p)["training"]["seconds"] for p in snaps]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+
+    model, comp = load_build(build)
+    adapter = L.read_peft_adapter(out, model)
+    engine = Engine(build, "ref", "quant", lora_slots=2, lora_rank=8)
+    engine.load_lora("distilled", out)
+    session = engine.new_session(64, adapter="distilled")
+    engine._bind(session)
+    golden = GoldenModel(model, "quant")
+    golden.lora = L.pack(adapter, engine.lora.dtype, slot_rank=engine.lora.slot_rank).to_golden()
+    np.testing.assert_allclose(engine.backend.forward(IDS, session.cache), golden.forward(IDS, golden.new_cache(64))[-1],
+                               rtol=0, atol=1e-5)
+
+    source = load_model(tiny_models["q4_1"])
+    reference = GoldenModel(source, "float")
+    measured = evaluate_build(source, build, tokens=64, window=32, chat=False, lora=out,
+                              reference=reference)
+    candidate = GoldenModel(model, "quant")
+    candidate.lora = adapter.to_golden()
+    alone = evaluate_models(reference, candidate, eval_windows(source, 64, 32))
+    assert measured["text"] == alone["text"] and measured["build"]["lora"] == str(out)

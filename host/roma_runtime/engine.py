@@ -27,7 +27,7 @@ from . import kv
 from .backends import check_backend, create_backend
 from .errors import RomaError
 from .generate import Sampler, SamplingParams, StopMatcher
-from .finetune import check_adapter_build
+from .finetune import check_adapter_build, includes_compensation
 from .lora import DEFAULT_MAX_RANK, Adapter, concat, read_peft_adapter
 from .model import LoadedModel, load_model
 from .model.loader import DEFAULT_MODEL
@@ -532,13 +532,15 @@ class Engine:
         slots = self._need_lora()
         if name == COMPENSATION:
             raise RomaError(f"the adapter name '{COMPENSATION}' is reserved for the build's compensating LoRA")
-        adapter = folder_or_adapter
+        adapter, replaces_compensation = folder_or_adapter, False
         if not isinstance(adapter, Adapter):
-            # An adapter trained by `roma finetune` fits the exact ROM base it was trained against.
-            check_adapter_build(adapter, self.model, allow_other=self.lora_any_build)
+            # An adapter trained by `roma finetune` fits the exact ROM base it was trained against; a distilled
+            # one already holds the build's compensating LoRA.
+            record = check_adapter_build(adapter, self.model, allow_other=self.lora_any_build)
+            replaces_compensation = includes_compensation(record)
             if self.compensation is not None:
                 adapter = read_peft_adapter(adapter, self.model, max_rank=slots.slot_rank, name=name)
-        if self.compensation is not None:
+        if self.compensation is not None and not replaces_compensation:
             adapter = concat(self.compensation, adapter, name=name)
         slot = slots.load(name, adapter)
         self._serial += 1

@@ -12,6 +12,8 @@ Layout facts:
   The torch model gets Q/K rows converted back (`permute_to_hf_rope`, the inverse of permute_to_gguf_rope), so
   the PEFT adapter is in the Hugging Face layout and lora.read_peft_adapter maps its q/k B rows back.
 - The build's compensating LoRA (LoftQ, factors in GGUF order, scale 1) can initialise a `--distill` run.
+  Such an adapter holds the compensation and replaces it (the record says "includes_compensation"); any
+  other adapter is added to it.
 
 Data: JSONL of chat conversations ({"messages": [{"role", "content"}, ...]}, rendered with the model's chat
 template; loss on the assistant turns only) or of documents ({"text": ...}, loss on every token), or a .txt
@@ -50,6 +52,7 @@ RECORD_FORMAT = "roma-finetune"
 RECORD_VERSION = 1
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT = "state.pt"
+SNAPSHOTS = "snapshots"
 IGNORE = -100
 INSTALL_HINT = "pip install 'roma-runtime[train]'"
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -89,12 +92,14 @@ class FinetuneOptions:
     init_from_build_lora: bool = True  # --distill: start from the build's compensating LoRA when it has one
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    minutes: float | None = None  # time budget: stop (checkpointed) once training has taken this long
+    keep_snapshots: bool = False  # keep the adapter of every checkpoint under snapshots/step-NNNNNN
 
     def identity(self) -> dict:
-        """What must match between a checkpoint and a resumed run (steps and save_every may change)."""
+        """What must match between a checkpoint and a resumed run (the run's length and saving may change)."""
         d = asdict(self)
-        d.pop("steps")
-        d.pop("save_every")
+        for k in ("steps", "save_every", "minutes", "keep_snapshots"):
+            d.pop(k)
         d["targets"] = list(d["targets"])
         return d
 
@@ -126,6 +131,8 @@ def parse_targets(targets) -> tuple[str, ...]:
 
 
 def _check_options(o: FinetuneOptions, slot_rank: int = DEFAULT_MAX_RANK) -> None:
+    if o.minutes is not None and not o.minutes > 0:
+        raise RomaError(f"--minutes must be positive, not {o.minutes!r}")
     for name in ("rank", "steps", "batch", "seq_len", "save_every", "distill_tokens"):
         v = getattr(o, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -638,10 +645,11 @@ def _trainable(pm) -> dict[str, Any]:
     return {n: p for n, p in pm.named_parameters() if p.requires_grad}
 
 
-def _write_checkpoint(torch, out: Path, pm, opt, step: int, losses: list[float], ident: dict) -> None:
+def _write_checkpoint(torch, out: Path, pm, opt, step: int, losses: list[float], ident: dict,
+                      seconds: float) -> None:
     folder = out / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "losses": list(losses), "identity": ident,
+    state = {"step": step, "losses": list(losses), "identity": ident, "seconds": seconds,
              "lora": {n: p.detach().clone() for n, p in _trainable(pm).items()},
              "optimizer": opt.state_dict()}
     tmp = folder / (CHECKPOINT + ".tmp")
@@ -660,8 +668,9 @@ def _read_checkpoint(torch, out: Path) -> dict | None:
                         hint="start over without --resume (pass --force)") from None
 
 
-def _save_adapter(pm, out: Path, record: dict) -> None:
-    """save_pretrained into a scratch folder, then each file replaces its old version (never a half file)."""
+def _save_adapter(pm, out: Path, record: dict, snapshot: bool = False) -> None:
+    """save_pretrained into a scratch folder, then each file replaces its old version (never a half file).
+    snapshot: also keep a copy in snapshots/step-NNNNNN (a learning curve can be measured afterwards)."""
     import warnings
 
     tmp = out / ".saving"
@@ -669,12 +678,25 @@ def _save_adapter(pm, out: Path, record: dict) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pm.save_pretrained(str(tmp), safe_serialization=True)
-    for f in tmp.iterdir():
+    (tmp / RECORD).write_text(json.dumps(record, indent=1))
+    if snapshot:
+        keep = out / SNAPSHOTS / f"step-{record['training']['steps_done']:06d}"
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.copytree(tmp, keep)
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name == RECORD):  # the record last: it names a whole adapter
         os.replace(f, out / f.name)
     shutil.rmtree(tmp, ignore_errors=True)
-    rtmp = out / (RECORD + ".tmp")
-    rtmp.write_text(json.dumps(record, indent=1))
-    os.replace(rtmp, out / RECORD)
+
+
+def snapshots(adapter_dir: str | Path) -> list[Path]:
+    """The kept adapters of a --keep-snapshots run, in training order."""
+    return sorted(p for p in (Path(adapter_dir) / SNAPSHOTS).glob("step-*") if (p / RECORD).is_file())
+
+
+def includes_compensation(record: dict | None) -> bool:
+    """Whether an adapter was trained starting from its build's compensating LoRA, so that it replaces that
+    LoRA rather than adding to it (a --distill adapter)."""
+    return bool(record and record.get("training", {}).get("includes_compensation"))
 
 
 def _prepare_out(out: Path, resume: bool, force: bool) -> None:
@@ -688,6 +710,7 @@ def _prepare_out(out: Path, resume: bool, force: bool) -> None:
         for name in ("adapter_config.json", "adapter_model.safetensors", RECORD, "README.md"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        shutil.rmtree(out / SNAPSHOTS, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -764,20 +787,22 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
     notes += init_notes
     params = _trainable(pm)
     opt = torch.optim.AdamW(list(params.values()), lr=o.lr, weight_decay=o.weight_decay)
-    start, losses = 0, []
+    start, losses, before = 0, [], 0.0  # before: training seconds of the runs this one resumes
     if ck is not None:
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(ck["lora"][n])
         opt.load_state_dict(ck["optimizer"])
-        start, losses = int(ck["step"]), list(ck["losses"])
+        start, losses, before = int(ck["step"]), list(ck["losses"]), float(ck.get("seconds", 0.0))
         if start >= o.steps:
             log(f"roma finetune: the checkpoint is at step {start}, which reaches --steps {o.steps}")
 
-    def record(step: int, complete: bool) -> dict:
+    def record(step: int, complete: bool, seconds: float) -> dict:
         return {"format": RECORD_FORMAT, "version": RECORD_VERSION, "base": fingerprint,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "training": {**o.identity(), "steps": o.steps, "steps_done": step, "complete": complete,
+                             "seconds": round(seconds, 3), "minutes_budget": o.minutes,
+                             "includes_compensation": init is not None,
                              "data": {"kind": dataset.kind, "source": dataset.source, "sha256": dataset.sha256,
                                       "examples": len(dataset.examples), "tokens": dataset.tokens,
                                       "trained_tokens": dataset.trained_tokens},
@@ -794,8 +819,13 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
                    dynamic_ncols=True)
     t0, seen = time.perf_counter(), 0
     step = start
+
+    def elapsed() -> float:
+        return before + time.perf_counter() - t0
+
+    budget = o.minutes * 60 if o.minutes else math.inf
     try:
-        while step < o.steps:
+        while step < o.steps and elapsed() < budget:
             batch = [dataset.examples[i] for i in batch_indices(len(dataset.examples), o.batch, o.seed, step)]
             ids, labels, mask = _collate(torch, batch)
             logits = pm(input_ids=ids, attention_mask=mask).logits[:, :-1]
@@ -821,18 +851,19 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{rate:,.0f}")
                 bar.update(1)
-            if step % o.save_every == 0 or step == o.steps:
-                _write_checkpoint(torch, out, pm, opt, step, losses, ident)
-                _save_adapter(pm, out, record(step, step >= o.steps))
+            last = step == o.steps or elapsed() >= budget
+            if step % o.save_every == 0 or last:
+                _write_checkpoint(torch, out, pm, opt, step, losses, ident, elapsed())
+                _save_adapter(pm, out, record(step, last, elapsed()), snapshot=o.keep_snapshots)
             if interrupt_after is not None and step - start >= interrupt_after and step < o.steps:
                 raise KeyboardInterrupt
     finally:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
-    if start >= o.steps:  # nothing to do: make sure the adapter folder is there
-        _save_adapter(pm, out, record(step, True))
-    rec = record(step, True)
+    if step == start:  # nothing to do (steps or time used up): make sure the adapter folder is there
+        _save_adapter(pm, out, record(step, True, elapsed()))
+    rec = record(step, True, elapsed())
     return FinetuneResult(out, step, losses, seconds, seen / max(seconds, 1e-9), start, rec, notes)
 
 

@@ -13,6 +13,8 @@ HELP = "measure a build's quality against the float model (perplexity, KL, top-1
 def add_arguments(parser) -> None:
     common.add_model_argument(parser)
     parser.add_argument("--build", required=True, metavar="DIR", help="build folder written by roma compile")
+    parser.add_argument("--lora", metavar="DIR", default=None,
+                        help="a PEFT adapter folder to evaluate on the build (e.g. from roma finetune --distill)")
     parser.add_argument("--tokens", type=int, default=2048, metavar="N",
                         help="held-out tokens of stdlib docstrings to evaluate on (default 2048)")
     parser.add_argument("--window", type=int, default=256, metavar="T", help="tokens per window (default 256)")
@@ -29,13 +31,13 @@ def run(args) -> int:
         raise RomaError("--tokens must be at least 1 and --window at least 2")
     result = evaluate_build(args.model, args.build, tokens=args.tokens, window=args.window,
                             chat=args.chat_tokens > 0, chat_tokens=max(args.chat_tokens, 1),
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), lora=args.lora)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
     b = result["build"]
     print(f"build {b['dir']}: {b['bits']}-bit G{b['group']} {b['method']}"
-          + (f" + LoRA r{b['lora_rank']}" if b["lora_rank"] else "")
+          + (f" + LoRA r{b['lora_rank']}" if b["lora_rank"] else "") + (f" + adapter {b['lora']}" if b["lora"] else "")
           + f", {b['linear_bits_per_weight']:.3f} bits/weight (linears)")
     print(f"{'set':6} {'tokens':>7} {'ppl ref':>9} {'ppl build':>10} {'KL':>8} {'top-1':>7}")
     for name in ("text", "chat"):

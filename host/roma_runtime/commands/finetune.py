@@ -38,6 +38,10 @@ def add_arguments(parser) -> None:
                                                                 "order (default 0)")
     parser.add_argument("--save-every", type=int, default=d.save_every, metavar="N",
                         help=f"checkpoint (and write the adapter) every N steps (default {d.save_every})")
+    parser.add_argument("--minutes", type=float, default=None, metavar="M",
+                        help="time budget: stop after M minutes of training, checkpointed (--steps still caps it)")
+    parser.add_argument("--keep-snapshots", action="store_true",
+                        help="keep the adapter of every checkpoint under OUT/snapshots (for a learning curve)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.add_argument("--force", action="store_true", help="start over in a non-empty --out")
     parser.add_argument("--distill", action="store_true",
@@ -57,7 +61,8 @@ def run(args) -> int:
     options = F.FinetuneOptions(rank=args.rank, alpha=args.alpha, targets=args.targets, steps=args.steps,
                                 lr=args.lr, batch=args.batch, seq_len=args.seq_len, seed=args.seed,
                                 save_every=args.save_every, distill=args.distill,
-                                distill_tokens=args.distill_tokens)
+                                distill_tokens=args.distill_tokens, minutes=args.minutes,
+                                keep_snapshots=args.keep_snapshots)
     try:
         result = F.finetune(args.out, build=args.build, model=args.model, data=data, options=options,
                             resume=args.resume, force=args.force, progress=sys.stderr.isatty())

@@ -125,15 +125,28 @@ def eval_windows(model: LoadedModel, tokens: int, window: int = 256) -> list[lis
     return [flat[i:i + window + 1] for i in range(0, tokens, window)]
 
 
+def _task_adapter(loaded: LoadedModel, comp, folder, build_dir):
+    from ..finetune import check_adapter_build, includes_compensation
+    from ..lora import Adapter, concat, read_peft_adapter
+
+    record = check_adapter_build(folder, build_dir)
+    adapter = read_peft_adapter(folder, loaded)
+    if comp is not None and not includes_compensation(record):
+        adapter = concat(Adapter.from_factors("compensation", loaded, comp.factors), adapter)
+    return adapter.to_golden()
+
+
 def evaluate_build(model: LoadedModel | str, build_dir, tokens: int = 2048, window: int = 256,
                    chat: bool = True, chat_tokens: int = 32, progress: bool = False, check_identity: bool = True,
-                   reference: GoldenModel | None = None) -> dict:
+                   reference: GoldenModel | None = None, lora: str | None = None) -> dict:
+    """lora: a PEFT adapter folder to run on the build, as the engine would: added to the build's compensating
+    LoRA, or in its place when it was distilled from it (roma finetune --distill)."""
     from ..model.loader import load_model
     from .build import load_build
 
     if not isinstance(model, LoadedModel):
         model = load_model(model)
-    loaded, lora = load_build(build_dir)
+    loaded, comp = load_build(build_dir)
     manifest = loaded.metadata["roma.build"]
     if check_identity and manifest["model"]["sha256"] != model.identity():
         raise RomaError(f"the build in {build_dir} was compiled from another model "
@@ -141,12 +154,13 @@ def evaluate_build(model: LoadedModel | str, build_dir, tokens: int = 2048, wind
                         hint="pass the --model the build was compiled from")
     ref = reference or GoldenModel(model, "float")
     cand = GoldenModel(loaded, "quant")
-    cand.lora = lora
+    cand.lora = comp if lora is None else _task_adapter(loaded, comp, lora, build_dir)
     windows = eval_windows(model, tokens, window)
     seqs = chat_sequences(model, ref, chat_tokens, progress=progress) if chat else []
     result = evaluate_models(ref, cand, windows, seqs, progress=progress)
     q = manifest["quantization"]
     result["build"] = {"dir": str(build_dir), "bits": q["bits"], "group": q["group"], "method": q["method"],
+                       "lora": None if lora is None else str(lora),
                        "lora_rank": q["lora_rank"], "bits_budget": q["bits_budget"],
                        "linear_bits_per_weight": q["linear_bits_per_weight"],
                        "all_bits_per_weight": q["all_bits_per_weight"]}
