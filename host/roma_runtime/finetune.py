@@ -44,7 +44,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import RomaError
-from .lora import DEFAULT_MAX_RANK, LINEAR, OUR_TO_PEFT, PEFT_NAMES, PARENT
+from .lora import DEFAULT_MAX_RANK, OUR_TO_PEFT, PEFT_NAMES, PARENT
 from .model.loader import LoadedModel
 
 RECORD = "roma_build.json"

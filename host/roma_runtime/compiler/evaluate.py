@@ -61,19 +61,31 @@ def _bar(items, desc, progress):
     return tqdm(items, desc=desc, file=sys.stderr, leave=False)
 
 
+def _all_logits(model: GoldenModel, ids: np.ndarray, memo: dict | None) -> np.ndarray:
+    key = tuple(int(i) for i in ids)
+    if memo is not None and key in memo:
+        return memo[key]
+    logits = model.forward(ids, model.new_cache(len(ids) + 1), all_logits=True)
+    if memo is not None:
+        memo[key] = logits
+    return logits
+
+
 def evaluate_models(reference: GoldenModel, candidate: GoldenModel, text_windows: list[list[int]],
-                    chat_sequences: list[tuple[list[int], int]] = (), progress: bool = False) -> dict:
-    """text_windows: token windows; chat_sequences: (prompt + answer ids, prompt length)."""
+                    chat_sequences: list[tuple[list[int], int]] = (), progress: bool = False,
+                    memo: dict | None = None) -> dict:
+    """text_windows: token windows; chat_sequences: (prompt + answer ids, prompt length). memo: a dict that keeps
+    the reference's logits between calls (several candidates against one reference)."""
     text = _Accumulator()
     for ids in _bar(text_windows, "eval text", progress):
         ids = np.asarray(ids)
-        r = reference.forward(ids[:-1], reference.new_cache(len(ids)), all_logits=True)
+        r = _all_logits(reference, ids[:-1], memo)
         c = candidate.forward(ids[:-1], candidate.new_cache(len(ids)), all_logits=True)
         text.add(r, c, ids[1:])
     chat = _Accumulator()
     for ids, plen in _bar(list(chat_sequences), "eval chat", progress):
         ids = np.asarray(ids)
-        r = reference.forward(ids[:-1], reference.new_cache(len(ids)), all_logits=True)
+        r = _all_logits(reference, ids[:-1], memo)
         c = candidate.forward(ids[:-1], candidate.new_cache(len(ids)), all_logits=True)
         s = plen - 1  # logits at position s predict token s+1 = the first answer token
         chat.add(r[s:], c[s:], ids[plen:])
@@ -138,9 +150,12 @@ def _task_adapter(loaded: LoadedModel, comp, folder, build_dir):
 
 def evaluate_build(model: LoadedModel | str, build_dir, tokens: int = 2048, window: int = 256,
                    chat: bool = True, chat_tokens: int = 32, progress: bool = False, check_identity: bool = True,
-                   reference: GoldenModel | None = None, lora: str | None = None) -> dict:
+                   reference: GoldenModel | None = None, lora: str | None = None, memo: dict | None = None,
+                   without_lora: bool = False) -> dict:
     """lora: a PEFT adapter folder to run on the build, as the engine would: added to the build's compensating
-    LoRA, or in its place when it was distilled from it (roma finetune --distill)."""
+    LoRA, or in its place when it was distilled from it (roma finetune --distill). memo: a dict kept between
+    calls against the same reference (its logits and chat answers are computed once). without_lora: the ROM
+    base alone, without the build's compensating LoRA."""
     from ..model.loader import load_model
     from .build import load_build
 
@@ -154,10 +169,19 @@ def evaluate_build(model: LoadedModel | str, build_dir, tokens: int = 2048, wind
                         hint="pass the --model the build was compiled from")
     ref = reference or GoldenModel(model, "float")
     cand = GoldenModel(loaded, "quant")
-    cand.lora = comp if lora is None else _task_adapter(loaded, comp, lora, build_dir)
+    if without_lora:
+        cand.lora = None
+    else:
+        cand.lora = comp if lora is None else _task_adapter(loaded, comp, lora, build_dir)
     windows = eval_windows(model, tokens, window)
-    seqs = chat_sequences(model, ref, chat_tokens, progress=progress) if chat else []
-    result = evaluate_models(ref, cand, windows, seqs, progress=progress)
+    seqs = []
+    if chat:
+        key = ("chat", chat_tokens)
+        seqs = memo[key] if memo is not None and key in memo else chat_sequences(model, ref, chat_tokens,
+                                                                                   progress=progress)
+        if memo is not None:
+            memo[key] = seqs
+    result = evaluate_models(ref, cand, windows, seqs, progress=progress, memo=memo)
     q = manifest["quantization"]
     result["build"] = {"dir": str(build_dir), "bits": q["bits"], "group": q["group"], "method": q["method"],
                        "lora": None if lora is None else str(lora),
