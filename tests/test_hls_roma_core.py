@@ -1,4 +1,5 @@
-"""The HLS top (hw/hls/roma_core.cpp) end to end: the C++ testbench on a tiny mixed-precision build, and the
+"""The HLS top (hw/hls/roma_core.cpp) end to end: the C++ testbench on a tiny mixed-precision build (layer 1 and
+the embedding streamed from DDR through ddr_weights, the rest in ROM), and the
 emulated board's shared library (`make emu`) driven through ctypes with numpy buffers, on the tiny build and on
 the SmolLM2-135M 4-bit pass-through build (first greedy token on real prompts == the golden quant model's).
 
@@ -28,9 +29,14 @@ TOL = 2e-3  # max|dl| / max|l|, as tb_roma_core.cpp (its header explains the bou
 
 
 class EmuBoard:
-    """The shared library of one build: roma_emu_load_build, then roma_core with numpy buffers."""
+    """The shared library of one build: roma_emu_load_build, then roma_core with numpy buffers (ddr_weights:
+    the build's DDR weight image, when its plan streams tensors from DDR)."""
 
     def __init__(self, so, build, threads: int = 2):
+        from roma_runtime.compiler import brom
+
+        ddr = build / "ddr_weights.bin"
+        self.ddr = brom.read_ddr_image(ddr) if ddr.is_file() else None
         self.lib = ctypes.CDLL(str(so))
         err = ctypes.create_string_buffer(1024)
         rc = self.lib.roma_emu_load_build(str(build).encode(), err, len(err))
@@ -50,7 +56,7 @@ class EmuBoard:
         staging = np.zeros(1, np.uint8)
         self.core(command, position, len(tokens), capacity, 0, 0, sample_mode, 1.0, 0, 1.0, 0.0, 1.0, 64, 0, 0,
                   0xFFFFFFFF, tokens.ctypes.data, out.ctypes.data, logits.ctypes.data, kv.ctypes.data,
-                  staging.ctypes.data, None, status.ctypes.data)
+                  staging.ctypes.data, None if self.ddr is None else self.ddr.ctypes.data, status.ctypes.data)
         return status, logits, out
 
 
@@ -71,7 +77,8 @@ def test_tb_roma_core(tb_run):
     m = re.search(r"tb_roma_core: (\d+) mismatches of (\d+)", out)
     assert m and int(m.group(1)) == 0 and int(m.group(2)) > 3000, out[-4000:]
     assert "8 single CMD_DECODE steps == CMD_GENERATE: 8/8 tokens, logits and KV bit-identical: yes" in out
-    assert "payload checksum mismatch" in out and "blk.1.w_up.bin" in out
+    assert "payload checksum mismatch" in out and "blk.0.w_up.bin" in out
+    assert "ddr_weights: no image, another image's header, a corrupt payload refused (ERR_DDR_WEIGHTS)" in out
 
 
 def test_emu_library_on_the_tiny_build(tb_run):
@@ -104,7 +111,7 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):\n    \"\"\"Return the 
 
 @pytest.mark.slow
 def test_emu_library_smollm2_first_greedy_token():
-    from roma_runtime.compiler.build import compile_model, load_build, read_manifest
+    from roma_runtime.compiler.build import FORMAT_VERSION, compile_model, load_build, read_manifest
     from roma_runtime.golden import GoldenModel
     from roma_runtime.model import load_model
     from roma_runtime.tokenizer import Tokenizer
@@ -115,8 +122,7 @@ def test_emu_library_smollm2_first_greedy_token():
         pytest.skip(f"SmolLM2-135M is not installed: {e.message}")
     build = CACHE / "smollm2_4b_g32"
     man = read_manifest(build) if build.is_dir() else None
-    if man is None or man["model"]["sha256"] != src.identity() or "ROPE_INV_FREQ" not in (
-            build / "roma_model.h").read_text():
+    if man is None or man["model"]["sha256"] != src.identity() or man.get("format_version") != FORMAT_VERSION:
         compile_model(src, build, bits=4, group=32, board="u250", progress=False, force=True)
     so = CACHE / "libroma_core_smollm2.so"
     r = hls_tools.make(CACHE, "emu", MODEL_BUILD=build, OUT=so, timeout=600)

@@ -162,7 +162,7 @@ def default_build(model: LoadedModel, *, cache: str | Path | None = None, settin
     """(the default build folder of `model`, whether it was compiled now). Compiled on first use into a
     private folder and renamed into place only once its manifest (written last) is there, so a compile that
     was interrupted is never reused; later calls find the folder and return at once."""
-    from .compiler.build import compile_model, read_manifest
+    from .compiler.build import FORMAT_VERSION, compile_model, read_manifest
 
     settings = dict(settings or DEFAULT_BUILD)
     folder = default_build_dir(model, cache, settings)
@@ -170,7 +170,8 @@ def default_build(model: LoadedModel, *, cache: str | Path | None = None, settin
         manifest = read_manifest(folder)
     except RomaError:
         manifest = None
-    if manifest is not None and manifest.get("model", {}).get("sha256") == model.identity():
+    if (manifest is not None and manifest.get("model", {}).get("sha256") == model.identity()
+            and manifest.get("format_version") == FORMAT_VERSION):
         return folder, False
     if progress:
         print(f"roma: compiling {model.config.name} for the emulated board ({settings['bits']}-bit "

@@ -16,12 +16,25 @@
 // arguments, so every tensor instantiates the tile template of its own width (only the widths present are
 // generated); the layer loop is a compile-time recursion over L.
 //
-// ROMs: synthesis (__SYNTHESIS__) defines each RomTensor's static const arrays from the build's .dat files
-// (roma_model.h includes roma_rom_define.h once per tensor); C simulation (the emulated board) has the same
-// arrays writable and fills them from the NAME.bin images (CRC-checked) in roma_emu_load_build. The compute
-// code reads the same arrays in both; only the GEMV loop order differs: C simulation evaluates the tiles with
-// brom_tile_gemv_packed from codes unpacked once at load (RomPacked; 16 rows per SIMD step, bit-identical to
-// both synthesis datapaths: tb_brom_tile checks it), or brom_tile_gemv_csim for a tile that could not be packed.
+// Placement: roma_model.h gives each tensor's tier (DDR_*: -1 on chip, else its word offset in the DDR weight
+// image). An on-chip tensor is a ROM (below); a DDR-streamed one (the placement plan's "DDR-stream", for the
+// layers and lm head that do not fit the board) is read through the `ddr_weights` m_axi port, one sequential
+// pass per tile per GEMV (brom_ddr_gemv; its embedding rows by embedding_row_ddr), with the same integer dots
+// and fp32 sequence as in ROM, so its outputs are bit-identical. Its cycles are max(compute, image words /
+// DDR_WORDS_PER_CYCLE) per tile (brom_ddr.h: a 128-bit port, 16 bytes per core cycle), counted under
+// STAGE_GEMV (layers) and STAGE_LM_HEAD like the ROM GEMVs. Run commands first check the image's header
+// (magic, version, words, CRC) against roma_model.h's DDR_WORDS/DDR_CRC: ERR_DDR_WEIGHTS when the host has
+// not loaded this build's ddr_weights.bin. The RMSNorm weights of every layer stay on chip (norms.dat).
+//
+// ROMs: synthesis (__SYNTHESIS__) defines each on-chip RomTensor's static const arrays from the build's .dat
+// files (roma_model.h includes roma_rom_define.h once per on-chip tensor; DDR tensors have no ROM); C
+// simulation (the emulated board) has the same arrays writable and fills them from the NAME.bin images
+// (CRC-checked) in roma_emu_load_build. The compute code reads the same arrays in both; only the GEMV loop
+// order differs: C simulation evaluates the tiles with brom_tile_gemv_packed from codes unpacked once (Packed;
+// 16 rows per SIMD step, bit-identical to both synthesis datapaths: tb_brom_tile checks it): a ROM tensor's at
+// load, a DDR tensor's from the ddr_weights buffer at the first run command that sees a new image (keyed by
+// the buffer's address and the load; the payload's CRC is checked then), or brom_tile_gemv_csim /
+// brom_ddr_gemv for a tile that could not be packed.
 #ifndef __SYNTHESIS__
 #pragma GCC visibility push(default) // the emulated board's library exports only the C API of roma_core.h
 #endif
@@ -36,6 +49,7 @@
 #include "roma/act_quant.h"
 #include "roma/activation.h"
 #include "roma/attention.h"
+#include "roma/brom_ddr.h"
 #include "roma/brom_tile.h"
 #include "roma/embedding.h"
 #include "roma/layer_cycles.h"
@@ -87,6 +101,11 @@ constexpr int lin_group(int l, int lin) {
          : lin == L_WO ? rm::GROUP_WO[l] : lin == L_GATE ? rm::GROUP_W_GATE[l] : lin == L_UP ? rm::GROUP_W_UP[l]
          : lin == L_DOWN ? rm::GROUP_W_DOWN[l] : lin == L_EMBD ? rm::GROUP_TOKEN_EMBD : rm::GROUP_OUTPUT;
 }
+constexpr long long lin_ddr(int l, int lin) {
+  return lin == L_WQ ? rm::DDR_WQ[l] : lin == L_WK ? rm::DDR_WK[l] : lin == L_WV ? rm::DDR_WV[l]
+         : lin == L_WO ? rm::DDR_WO[l] : lin == L_GATE ? rm::DDR_W_GATE[l] : lin == L_UP ? rm::DDR_W_UP[l]
+         : lin == L_DOWN ? rm::DDR_W_DOWN[l] : lin == L_EMBD ? rm::DDR_TOKEN_EMBD : rm::DDR_OUTPUT;
+}
 constexpr int lin_tiles(int l, int lin) {
   return lin == L_WQ ? rm::TILES_WQ[l] : lin == L_WK ? rm::TILES_WK[l] : lin == L_WV ? rm::TILES_WV[l]
          : lin == L_WO ? rm::TILES_WO[l] : lin == L_GATE ? rm::TILES_W_GATE[l] : lin == L_UP ? rm::TILES_W_UP[l]
@@ -101,13 +120,19 @@ constexpr int lin_tiles(int l, int lin) {
 
 } // namespace
 
-// One ROM tensor (global scope: roma_rom_define.h specialises its members).
+// One weight tensor (global scope: roma_rom_define.h specialises its members). The ROM arrays are only
+// defined (and used) for an on-chip tensor; a DDR one is DDR_OFFSET words into ddr_weights.
 template <int L, int LIN>
 struct RomTensor {
   static constexpr int BITS = lin_bits(L, LIN), GROUP = lin_group(L, LIN), TILES = lin_tiles(L, LIN);
   static constexpr int ROWS_ALL = lin_rows(LIN), COLS = lin_cols(LIN), ROWS = ROWS_ALL / TILES;
+  static constexpr long long DDR_OFFSET = lin_ddr(L, LIN);
+  static constexpr bool DDR = DDR_OFFSET >= 0;
   static_assert(ROWS_ALL % TILES == 0, "the tiles must split the rows evenly");
+  static_assert(!DDR || (DDR_OFFSET >= DDR_HEADER_WORDS && DDR_OFFSET < rm::DDR_WORDS),
+                "a DDR tensor's offset lies inside the DDR image, past its header");
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH> C;
+  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH> D;
   static ROMA_ROM_CONST rom_word_t planes[TILES][C::PLANE_WORDS];
   static ROMA_ROM_CONST half_bits_t scales[TILES][C::PARAMS];
   static ROMA_ROM_CONST half_bits_t mins[TILES][C::PARAMS];
@@ -127,14 +152,18 @@ half_bits_t RomTensor<L, LIN>::scales[RomTensor<L, LIN>::TILES][RomTensor<L, LIN
 template <int L, int LIN>
 half_bits_t RomTensor<L, LIN>::mins[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PARAMS];
 static float g_norms[2 * rm::N_LAYERS + 1][rm::DIM]; // attn_norm, ffn_norm per layer, then output_norm
-// C simulation only: each tile's codes repacked once at roma_emu_load_build for the SIMD GEMV
-// (brom_tile_gemv_packed, bit-identical to the ROM datapaths; tb_brom_tile checks it).
+// C simulation only: each tile's codes repacked once for the SIMD GEMV (brom_tile_gemv_packed, bit-identical
+// to the ROM and DDR datapaths; tb_brom_tile checks it): from the ROM at roma_emu_load_build, or from the
+// ddr_weights buffer for a DDR tensor. ok: every tile of a DDR tensor was packed.
 template <int L, int LIN>
-struct RomPacked {
+struct Packed {
   static CsimPackedTile tiles[RomTensor<L, LIN>::TILES];
+  static bool ok;
 };
 template <int L, int LIN>
-CsimPackedTile RomPacked<L, LIN>::tiles[RomTensor<L, LIN>::TILES];
+CsimPackedTile Packed<L, LIN>::tiles[RomTensor<L, LIN>::TILES];
+template <int L, int LIN>
+bool Packed<L, LIN>::ok = false;
 #endif
 
 namespace {
@@ -147,8 +176,14 @@ Lora g_lora;
 uint32_t g_active = LORA_NONE;
 uint64_t g_rng = 0;
 RecentIds<SAMPLER_RING> g_recent;
+#ifndef __SYNTHESIS__
+// C simulation: whether a build is loaded, the GEMVs' OpenMP threads (0: not set yet), and the DDR image the
+// Packed codes of DDR tensors came from (buffer address and load generation)
 bool g_loaded = false;
-int g_threads = 0; // C simulation: OpenMP threads of the GEMVs (0: not set yet)
+int g_threads = 0;
+const uint32_t *g_ddr_packed_from = nullptr;
+uint64_t g_ddr_packed_load = 0, g_load_count = 0;
+#endif
 
 // Activations of one chunk (on-chip buffers).
 float g_x[MAX_T][rm::DIM];
@@ -162,10 +197,10 @@ struct Acct {
   SamplerCycles sampler;
 };
 
-// x[COLS] -> y[ROWS_ALL] through tensor (L, LIN): activation quantizer, tiles, and the LoRA delta when a slot
-// is active and has a factor on this linear.
+// x[COLS] -> y[ROWS_ALL] through tensor (L, LIN): activation quantizer, tiles (ROM, or streamed from ddr),
+// and the LoRA delta when a slot is active and has a factor on this linear.
 template <int L, int LIN>
-void linear(const float *x, float *y, Acct &a) {
+void linear(const float *x, float *y, const rom_word_t *ddr, Acct &a) {
   typedef RomTensor<L, LIN> R;
   constexpr int NG = R::COLS / R::GROUP;
   act_t xq[R::COLS];
@@ -175,20 +210,38 @@ void linear(const float *x, float *y, Acct &a) {
   act_quant<R::COLS, R::GROUP>(x, xq, as, cyc);
 #ifdef __SYNTHESIS__
   static acc_t probe[R::TILES][R::C::PARAMS]; // not written (PROBE = false)
-  brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH>(
-      xq, as, R::planes, R::scales, R::mins, y, probe, xs, cyc);
+  if constexpr (R::DDR)
+    brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH>(
+        xq, as, ddr + R::DDR_OFFSET, y, probe, xs, cyc);
+  else
+    brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH>(
+        xq, as, R::planes, R::scales, R::mins, y, probe, xs, cyc);
 #else
-  for (int t = 0; t < R::TILES; ++t) { // parallel tiles: one tile's cycles
-    Cycles tc;
-    const CsimPackedTile &pk = RomPacked<L, LIN>::tiles[t];
-    if (pk.ok)
-      brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, pk, y + t * R::ROWS, xs, tc, g_threads);
-    else
-      brom_tile_gemv_csim<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, R::planes[t], R::scales[t], R::mins[t],
-                                                                y + t * R::ROWS, xs, tc, g_threads);
-    if (t == 0) {
-      cyc.candidates += tc.candidates;
-      cyc.gemv += tc.gemv;
+  if constexpr (R::DDR) {
+    if (Packed<L, LIN>::ok) {
+      Cycles packed; // the simulation's loop order; the stream's cycles are counted below
+      for (int t = 0; t < R::TILES; ++t)
+        brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, Packed<L, LIN>::tiles[t],
+                                                                    y + t * R::ROWS, xs, packed, g_threads);
+      R::D::count(cyc, R::TILES);
+    } else {
+      static acc_t probe[R::TILES][R::C::PARAMS]; // not written (PROBE = false)
+      brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH>(
+          xq, as, ddr + R::DDR_OFFSET, y, probe, xs, cyc);
+    }
+  } else {
+    for (int t = 0; t < R::TILES; ++t) { // parallel tiles: one tile's cycles
+      Cycles tc;
+      const CsimPackedTile &pk = Packed<L, LIN>::tiles[t];
+      if (pk.ok)
+        brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, pk, y + t * R::ROWS, xs, tc, g_threads);
+      else
+        brom_tile_gemv_csim<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, R::planes[t], R::scales[t], R::mins[t],
+                                                                  y + t * R::ROWS, xs, tc, g_threads);
+      if (t == 0) {
+        cyc.candidates += tc.candidates;
+        cyc.gemv += tc.gemv;
+      }
     }
   }
 #endif
@@ -198,16 +251,16 @@ void linear(const float *x, float *y, Acct &a) {
 
 // Layer L over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place).
 template <int L>
-void layer(int start, int T, half_bits_t *kv, uint32_t cap, Acct &a) {
+void layer(int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
   half_bits_t *kc = kv + (size_t)(2 * L) * cap * rm::KV_DIM;
   half_bits_t *vc = kv + (size_t)(2 * L + 1) * cap * rm::KV_DIM;
   float h[rm::DIM], qr[QDIM], kr[rm::KV_DIM];
 LAYER_QKV:
   for (int i = 0; i < T; ++i) {
     rms_norm<rm::DIM>(g_x[i], g_norms[2 * L], rm::RMS_EPS, h, a.layer);
-    linear<L, L_WQ>(h, qr, a);
-    linear<L, L_WK>(h, kr, a);
-    linear<L, L_WV>(h, g_v[i], a);
+    linear<L, L_WQ>(h, qr, ddr, a);
+    linear<L, L_WK>(h, kr, ddr, a);
+    linear<L, L_WV>(h, g_v[i], ddr, a);
     rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i], g_k[i], a.layer);
   }
   attention_prefill<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr>(
@@ -215,36 +268,42 @@ LAYER_QKV:
   float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
 LAYER_FFN:
   for (int i = 0; i < T; ++i) {
-    linear<L, L_WO>(g_att[i], o, a);
+    linear<L, L_WO>(g_att[i], o, ddr, a);
     residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
     rms_norm<rm::DIM>(g_x[i], g_norms[2 * L + 1], rm::RMS_EPS, h, a.layer);
-    linear<L, L_GATE>(h, gate, a);
-    linear<L, L_UP>(h, up, a);
+    linear<L, L_GATE>(h, gate, ddr, a);
+    linear<L, L_UP>(h, up, ddr, a);
     swiglu<rm::FFN_DIM>(gate, up, gate, a.layer);
-    linear<L, L_DOWN>(gate, o, a);
+    linear<L, L_DOWN>(gate, o, ddr, a);
     residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
   }
 }
 
 template <int L>
-void layers(int start, int T, half_bits_t *kv, uint32_t cap, Acct &a) {
-  layer<L>(start, T, kv, cap, a);
-  if constexpr (L + 1 < rm::N_LAYERS) layers<L + 1>(start, T, kv, cap, a);
+void layers(int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
+  layer<L>(start, T, kv, cap, ddr, a);
+  if constexpr (L + 1 < rm::N_LAYERS) layers<L + 1>(start, T, kv, cap, ddr, a);
+}
+
+// The embedding row of token `id`, from its ROM or streamed from ddr.
+template <class E>
+void embed(int id, const rom_word_t *ddr, float *out, LayerCycles &cyc) {
+  if constexpr (E::DDR)
+    embedding_row_ddr<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, ddr + E::DDR_OFFSET, out, cyc);
+  else
+    embedding_row<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, E::planes, E::scales, E::mins, out, cyc);
 }
 
 // Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
-void forward(const int32_t *ids, int n, int start, half_bits_t *kv, uint32_t cap, Acct &a) {
-  typedef RomTensor<0, L_EMBD> E;
+void forward(const int32_t *ids, int n, int start, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
   for (int c0 = 0; c0 < n; c0 += MAX_T) {
     const int T = n - c0 < MAX_T ? n - c0 : MAX_T;
-    for (int i = 0; i < T; ++i)
-      embedding_row<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(ids[c0 + i], E::planes, E::scales, E::mins,
-                                                                    g_x[i], a.layer);
-    layers<0>(start + c0, T, kv, cap, a);
+    for (int i = 0; i < T; ++i) embed<RomTensor<0, L_EMBD>>(ids[c0 + i], ddr, g_x[i], a.layer);
+    layers<0>(start + c0, T, kv, cap, ddr, a);
     if (c0 + T == n) {
       float h[rm::DIM];
       rms_norm<rm::DIM>(g_x[T - 1], g_norms[2 * rm::N_LAYERS], rm::RMS_EPS, h, a.layer);
-      linear<0, HEAD_LIN>(h, g_logits, a);
+      linear<0, HEAD_LIN>(h, g_logits, ddr, a);
     }
   }
 }
@@ -291,6 +350,71 @@ STATUS_WRITE:
   }
 }
 
+#ifndef __SYNTHESIS__
+// C simulation: repack the DDR tensors' tiles from a new image in the ddr_weights buffer (the ones the GEMVs
+// read: the untied embedding's rows are read from the buffer directly).
+template <int L, int LIN>
+void pack_ddr_tensor(const rom_word_t *ddr) {
+  typedef RomTensor<L, LIN> R;
+  if constexpr (R::DDR) {
+    bool ok = true;
+    for (int t = 0; t < R::TILES; ++t) {
+      csim_pack_ddr_tile<R::ROWS, R::COLS, R::GROUP, R::BITS>(ddr + R::DDR_OFFSET + t * R::D::TILE_WORDS,
+                                                               Packed<L, LIN>::tiles[t]);
+      ok = ok && Packed<L, LIN>::tiles[t].ok;
+    }
+    Packed<L, LIN>::ok = ok;
+  }
+}
+
+template <int L>
+void pack_ddr_layers(const rom_word_t *ddr) {
+  pack_ddr_tensor<L, L_WQ>(ddr);
+  pack_ddr_tensor<L, L_WK>(ddr);
+  pack_ddr_tensor<L, L_WV>(ddr);
+  pack_ddr_tensor<L, L_WO>(ddr);
+  pack_ddr_tensor<L, L_GATE>(ddr);
+  pack_ddr_tensor<L, L_UP>(ddr);
+  pack_ddr_tensor<L, L_DOWN>(ddr);
+  if constexpr (L + 1 < rm::N_LAYERS) pack_ddr_layers<L + 1>(ddr);
+}
+
+// Whether the Packed codes of the DDR tensors are those of the image at ddr (header already checked): the
+// first call with another buffer, or after a build load, checks the payload's CRC and repacks.
+bool csim_ddr_packed(const rom_word_t *ddr) {
+  if (ddr == g_ddr_packed_from && g_ddr_packed_load == g_load_count) return true;
+  g_ddr_packed_from = nullptr;
+  const size_t bytes = 4 * (size_t)(rm::DDR_WORDS - DDR_HEADER_WORDS);
+  if (crc32_update(0, reinterpret_cast<const unsigned char *>(ddr + DDR_HEADER_WORDS), bytes) != rm::DDR_CRC)
+    return false;
+  pack_ddr_layers<0>(ddr);
+  pack_ddr_tensor<0, HEAD_LIN>(ddr);
+  g_ddr_packed_from = ddr;
+  g_ddr_packed_load = g_load_count;
+  return true;
+}
+#endif
+
+// Whether ddr_weights holds this build's DDR image: its header (magic, version, words, CRC) is the one
+// roma_model.h names (DDR_WORDS, DDR_CRC); four reads per run command.
+bool ddr_image_ready(const rom_word_t *ddr) {
+#ifndef __SYNTHESIS__
+  if (!ddr) return false;
+#endif
+  rom_word_t h[DDR_HEADER_WORDS];
+DDR_HEADER:
+  for (int k = 0; k < DDR_HEADER_WORDS; ++k) {
+#pragma HLS PIPELINE II = 1
+    h[k] = ddr[k];
+  }
+  const bool ok = h[0] == DDR_MAGIC && h[1] == DDR_VERSION && h[2] == (rom_word_t)rm::DDR_WORDS && h[3] == rm::DDR_CRC;
+#ifndef __SYNTHESIS__
+  return ok && csim_ddr_packed(ddr);
+#else
+  return ok;
+#endif
+}
+
 } // namespace
 
 // Depths of the m_axi ports for C/RTL co-simulation (elements).
@@ -299,6 +423,7 @@ constexpr int DEPTH_LOGITS = rm::VOCAB;
 constexpr int DEPTH_KV = 2 * rm::N_LAYERS * rm::CONTEXT * rm::KV_DIM;
 constexpr int DEPTH_LORA = 1 << 20;
 constexpr int DEPTH_STATUS = STATUS_WORDS;
+constexpr int DEPTH_DDR = rm::DDR_WORDS > 0 ? (int)rm::DDR_WORDS : 1;
 
 extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens, uint32_t kv_capacity,
                           uint32_t lora_slot, uint32_t lora_bytes, uint32_t sample_mode, float inv_temperature,
@@ -327,7 +452,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = m_axi port = logits offset = slave bundle = gmem_logits depth = DEPTH_LOGITS
 #pragma HLS INTERFACE mode = m_axi port = kv_cache offset = slave bundle = gmem_kv depth = DEPTH_KV
 #pragma HLS INTERFACE mode = m_axi port = lora_staging offset = slave bundle = gmem_lora depth = DEPTH_LORA
-#pragma HLS INTERFACE mode = m_axi port = ddr_weights offset = slave bundle = gmem_weights depth = 1
+#pragma HLS INTERFACE mode = m_axi port = ddr_weights offset = slave bundle = gmem_weights depth = DEPTH_DDR \
+    max_widen_bitwidth = 128 max_read_burst_length = 64 num_read_outstanding = 16
 #pragma HLS INTERFACE mode = m_axi port = status offset = slave bundle = gmem_status depth = DEPTH_STATUS
 #pragma HLS INTERFACE mode = s_axilite port = tokens_in bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = tokens_out bundle = control
@@ -337,7 +463,6 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = ddr_weights bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = status bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = return bundle = control
-  (void)ddr_weights; // every tensor of the current builds is in ROM (the DDR-streamed tier is not built yet)
   Acct a;
   uint32_t err = ERR_NONE, done = 0;
   const bool run = command == CMD_PREFILL || command == CMD_DECODE || command == CMD_GENERATE;
@@ -354,6 +479,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     else if (run && (kv_capacity > (uint32_t)rm::CONTEXT || position > kv_capacity ||
                      n_tokens > kv_capacity - position))
       err = ERR_CONTEXT;
+    else if (run && rm::DDR_WORDS > 0 && !ddr_image_ready(ddr_weights))
+      err = ERR_DDR_WEIGHTS;
     else if (run) {
       const uint32_t check = command == CMD_GENERATE ? 1 : n_tokens;
     VALIDATE_TOKENS:
@@ -383,7 +510,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     const SamplerParams prm =
         sampler_params(sample_mode, inv_temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n);
     if (command != CMD_GENERATE) {
-      forward(tokens_in, (int)n_tokens, (int)position, kv_cache, kv_capacity, a);
+      forward(tokens_in, (int)n_tokens, (int)position, kv_cache, kv_capacity, ddr_weights, a);
       if (sample_mode != SAMPLE_NONE)
         tokens_out[0] = (int32_t)sampler_step<rm::VOCAB, SAMPLER_K, SAMPLER_LANES, SAMPLER_RING>(
             g_logits, prm, g_rng, g_recent, a.sampler);
@@ -392,7 +519,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
       int32_t tok = tokens_in[0];
     GENERATE:
       for (uint32_t s = 0; s < n_tokens; ++s) {
-        forward(&tok, 1, (int)(position + s), kv_cache, kv_capacity, a);
+        forward(&tok, 1, (int)(position + s), kv_cache, kv_capacity, ddr_weights, a);
         const uint32_t next = sampler_step<rm::VOCAB, SAMPLER_K, SAMPLER_LANES, SAMPLER_RING>(
             g_logits, prm, g_rng, g_recent, a.sampler);
         tokens_out[s] = (int32_t)next;
@@ -425,27 +552,31 @@ bool set_err(char *err, int err_len, const std::string &msg) {
 template <int L, int LIN>
 bool load_tensor(const std::string &dir, const std::string &name, char *err, int err_len) {
   typedef RomTensor<L, LIN> R;
-  BromImageHost img;
-  const std::string path = dir + "/" + name + ".bin";
-  const std::string msg = load_brom_image(path, img);
-  if (!msg.empty()) return set_err(err, err_len, msg);
-  if ((int)img.bits != R::BITS || (int)img.group != R::GROUP || (int)img.rows != R::ROWS_ALL ||
-      (int)img.cols != R::COLS || (int)img.tiles != R::TILES) {
-    char buf[512];
-    std::snprintf(buf, sizeof buf,
-                  "ROM image %s is %ux%u, %u bits, group %u, %u tiles, but this library was built for %dx%d, %d "
-                  "bits, group %d, %d tiles (roma_model.h of another build?)",
-                  path.c_str(), img.rows, img.cols, img.bits, img.group, img.tiles, R::ROWS_ALL, R::COLS, R::BITS,
-                  R::GROUP, R::TILES);
-    return set_err(err, err_len, buf);
+  if constexpr (R::DDR) {
+    return true; // streamed from ddr_weights: the host copies ddr_weights.bin into that buffer
+  } else {
+    BromImageHost img;
+    const std::string path = dir + "/" + name + ".bin";
+    const std::string msg = load_brom_image(path, img);
+    if (!msg.empty()) return set_err(err, err_len, msg);
+    if ((int)img.bits != R::BITS || (int)img.group != R::GROUP || (int)img.rows != R::ROWS_ALL ||
+        (int)img.cols != R::COLS || (int)img.tiles != R::TILES) {
+      char buf[512];
+      std::snprintf(buf, sizeof buf,
+                    "ROM image %s is %ux%u, %u bits, group %u, %u tiles, but this library was built for %dx%d, %d "
+                    "bits, group %d, %d tiles (roma_model.h of another build?)",
+                    path.c_str(), img.rows, img.cols, img.bits, img.group, img.tiles, R::ROWS_ALL, R::COLS, R::BITS,
+                    R::GROUP, R::TILES);
+      return set_err(err, err_len, buf);
+    }
+    std::memcpy(R::planes, img.planes.data(), sizeof R::planes);
+    std::memcpy(R::scales, img.scales.data(), sizeof R::scales);
+    std::memcpy(R::mins, img.mins.data(), sizeof R::mins);
+    for (int t = 0; t < R::TILES; ++t)
+      csim_pack_tile<R::ROWS, R::COLS, R::GROUP, R::BITS>(R::planes[t], R::scales[t], R::mins[t],
+                                                           Packed<L, LIN>::tiles[t]);
+    return true;
   }
-  std::memcpy(R::planes, img.planes.data(), sizeof R::planes);
-  std::memcpy(R::scales, img.scales.data(), sizeof R::scales);
-  std::memcpy(R::mins, img.mins.data(), sizeof R::mins);
-  for (int t = 0; t < R::TILES; ++t)
-    csim_pack_tile<R::ROWS, R::COLS, R::GROUP, R::BITS>(R::planes[t], R::scales[t], R::mins[t],
-                                                         RomPacked<L, LIN>::tiles[t]);
-  return true;
 }
 
 template <int L>
@@ -477,6 +608,7 @@ extern "C" int roma_emu_set_threads(int threads) {
 
 extern "C" int roma_emu_load_build(const char *build_dir, char *err, int err_len) {
   g_loaded = false;
+  ++g_load_count; // DDR tensors: repack from ddr_weights at the next run command
   if (g_threads == 0) roma_emu_set_threads(0);
   if (!build_dir) return set_err(err, err_len, "no build folder given") ? 0 : 1;
   const std::string dir = build_dir;

@@ -40,8 +40,12 @@
 //   logits       fp32   [VOCAB]                         logits of the last token run
 //   kv_cache     fp16   [N_LAYERS][2][kv_capacity][KV_DIM] bit patterns; [.][0] keys, [.][1] values
 //   lora_staging uint8  [lora_bytes]                    a packed adapter to load
-//   ddr_weights  uint32 [...]                           ROM images of tensors the placement plan streams
-//                                                       from DDR (same B-ROM layout as the on-chip ROMs)
+//   ddr_weights  uint32 [DDR_WORDS]                     the build's ddr_weights.bin: the tensors the placement
+//                                                       plan streams from DDR (brom.py's DDR image: header,
+//                                                       then each tensor's B-ROM tile words in ROM order with
+//                                                       each 4 steps' scale|minimum words after their planes),
+//                                                       read once per GEMV, one sequential pass per tile;
+//                                                       unused (may be 0) when every tensor is on chip
 //   status       uint32 [STATUS_WORDS]                  written at the end of every call (see Status)
 #ifndef ROMA_CORE_H
 #define ROMA_CORE_H
@@ -97,13 +101,14 @@ enum Stage : uint32_t {
   STAGE_EMBEDDING = 0,  // embedding row lookups
   STAGE_NORM = 1,       // RMSNorm (layers and final)
   STAGE_ACT_QUANT = 2,  // int8 activation quantizer in front of the layers' ROM GEMVs
-  STAGE_GEMV = 3,       // the layers' B-ROM tile GEMVs (candidates + ROM stream)
+  STAGE_GEMV = 3,       // the layers' B-ROM tile GEMVs (candidates + ROM stream; a DDR-streamed tensor's
+                        // tiles cost max(compute, image words / DDR_WORDS_PER_CYCLE) each, brom_ddr.h)
   STAGE_LORA = 4,       // LoRA unit: deltas of the active slot, and CMD_LOAD_LORA copies
   STAGE_ROPE = 5,       // RoPE angles and rotations
   STAGE_ATTENTION = 6,  // KV writes, scores, softmax, P*V
   STAGE_ACTIVATION = 7, // SwiGLU
   STAGE_RESIDUAL = 8,   // residual adds
-  STAGE_LM_HEAD = 9,    // LM head: activation quantizer + GEMV over the vocabulary
+  STAGE_LM_HEAD = 9,    // LM head: activation quantizer + GEMV over the vocabulary (ROM or DDR-streamed)
   STAGE_SAMPLER = 10,   // on-chip sampler
   STAGE_COUNT = 11,
 };
@@ -116,6 +121,9 @@ enum ErrorCode : uint32_t {
   ERR_LORA_SLOT = 4,   // slot out of range, or selecting an empty slot
   ERR_LORA_IMAGE = 5,  // bad magic, shapes or size in the staged adapter
   ERR_NOT_LOADED = 6,  // C simulation only: no build loaded (roma_emu_load_build not called or failed)
+  ERR_DDR_WEIGHTS = 7, // the build streams tensors from DDR and ddr_weights does not hold its image
+                       // (header magic, version, words or CRC differ from roma_model.h's DDR_WORDS/DDR_CRC;
+                       // C simulation also checks the payload's CRC once per new buffer or build load)
 };
 
 }  // namespace roma

@@ -7,6 +7,7 @@ import sys
 
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS
 from . import common
+from .plan import add_ddr_argument
 
 HELP = "quantize, pack and place a model into ROM images for a board (writes a build folder)"
 
@@ -29,6 +30,7 @@ def add_arguments(parser) -> None:
                         help="code width of the embedding / lm head (default 8; Q8_0 passes through)")
     parser.add_argument("--calib-tokens", type=int, default=4096, metavar="N",
                         help="calibration tokens for GPTQ and --bits-budget (default 4096)")
+    add_ddr_argument(parser)
     parser.add_argument("--force", action="store_true", help="replace a build of another model in --out")
     parser.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
 
@@ -39,7 +41,7 @@ def run(args) -> int:
     manifest = compile_model(
         args.model, args.out, bits=args.bits, group=args.group, method=args.method, board=args.board,
         lora_rank=args.lora_rank, bits_budget=args.bits_budget, embedding_bits=args.embedding_bits,
-        force=args.force, calib_tokens=args.calib_tokens, progress=sys.stderr.isatty())
+        force=args.force, calib_tokens=args.calib_tokens, progress=sys.stderr.isatty(), ddr=args.ddr)
     q = manifest["quantization"]
     summary = {
         "out": str(args.out),
@@ -50,6 +52,7 @@ def run(args) -> int:
         "linear_bits_per_weight": round(q["linear_bits_per_weight"], 4),
         "all_bits_per_weight": round(q["all_bits_per_weight"], 4),
         "rom_bytes": manifest["sizes"]["rom_bytes"],
+        "ddr_bytes": manifest["sizes"]["ddr_bytes"],
         "files": len(manifest["files"]) + 1,
         "compile_seconds": manifest["compile_seconds"],
         "passthrough_tensors": sum(1 for t in manifest["tensors"].values() if t["method"] == "passthrough"),
@@ -62,5 +65,6 @@ def run(args) -> int:
               + (f", budget {q['bits_budget']}" if q["bits_budget"] is not None else "") + ")")
         print(f"  linears {summary['linear_bits_per_weight']:.3f} bits/weight, all tensors "
               f"{summary['all_bits_per_weight']:.3f}; ROM {summary['rom_bytes'] / 2**20:.1f} MiB; "
+              + (f"DDR-streamed {summary['ddr_bytes'] / 2**20:.1f} MiB; " if summary["ddr_bytes"] else "") +
               f"{summary['passthrough_tensors']} tensors passed through; {summary['compile_seconds']:.1f} s")
     return 0

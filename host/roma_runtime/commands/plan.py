@@ -30,8 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=0.8, help="fraction of BRAM/URAM to use (default 0.8)")
     parser.add_argument("--context", type=int, default=None,
                         help="context length the tokens/s estimate assumes (default: --kv-tokens, else 256)")
+    add_ddr_argument(parser)
     parser.add_argument("--per-tensor", action="store_true", help="one row per tensor instead of per layer")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def add_ddr_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ddr", default=None, metavar="UNITS",
+                        help="stream these units from DDR whatever the room: layer numbers or ranges, head (the lm "
+                             "head; tied: with the embedding), embedding, or all (e.g. --ddr 1,3-5,head); their "
+                             "on-chip memory stays free")
 
 
 def _parse_tensor_bits(items: list[str]) -> dict:
@@ -46,9 +54,10 @@ def _parse_tensor_bits(items: list[str]) -> dict:
 
 def run(args) -> int:
     from ..compiler.boards import get_board
-    from ..compiler.plan import make_plan
+    from ..compiler.plan import make_plan, parse_ddr_units
 
     board = get_board(args.board)  # fail fast, before the model loads
+    parse_ddr_units(args.ddr)
     if args.context is not None and args.context < 0:
         raise RomaError(f"--context must be >= 0, not {args.context}")
     per_tensor_bits = _parse_tensor_bits(args.tensor_bits)
@@ -57,7 +66,7 @@ def run(args) -> int:
     config = load_model(args.model).config
     plan = make_plan(config, board, bits=args.bits, group=args.group, per_tensor_bits=per_tensor_bits or None,
                      lora_rank=args.lora_rank, lora_targets=tuple(args.lora_targets), lora_dtype=args.lora_dtype,
-                     kv_tokens=args.kv_tokens, budget=args.budget, context=args.context)
+                     kv_tokens=args.kv_tokens, budget=args.budget, context=args.context, ddr=args.ddr)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
     else:

@@ -51,6 +51,20 @@ selected by a macro, each tile in its own braces so it initialises a [tiles][n] 
     #undef ROMA_BROM_PLANES
     };
 and likewise ROMA_BROM_SCALES / ROMA_BROM_MINIMUMS for uint16_t arrays [TILES][NG*R].
+
+DDR image ddr_weights.bin (the tensors the placement plan streams from DDR; roma_core reads it through its
+`ddr_weights` m_axi port, hw/hls/include/roma/brom_ddr.h). Little-endian uint32 words:
+    word 0 magic 0x52444452 ("RDDR"), 1 version (1), 2 words in the image (header included),
+    3 CRC-32 (zlib) of the words after the header
+    then the DDR tensors, one after another at the word offsets the manifest and roma_model.h give. A tensor
+    is its tiles one after another; a tile is the words of its B-ROM tile in the ROM's step order (step
+    s = g * R + r), cut into blocks of DDR_BLOCK_STEPS steps:
+        block b: the plane words of steps 4b..4b+3 (b * L each, in the ROM's (p, l) order),
+                 then one word per step: scale | minimum << 16
+    The last block's missing steps are zero words. The GEMV reads a tile in one sequential pass, and each
+    block's 4 (scale, minimum) words are one 128-bit beat after their steps' planes, so the stream needs
+    no buffer. Every tile is a multiple of 4 words and the header is 4, so tensors and tiles start on
+    16-byte (128-bit beat) boundaries.
 """
 
 from __future__ import annotations
@@ -70,6 +84,10 @@ MAGIC = b"ROMABROM"
 VERSION = 1
 LAYOUT_GROUP_MAJOR = 1
 WORD_BITS = 32
+DDR_MAGIC = 0x52444452  # b"RDDR" little-endian
+DDR_VERSION = 1
+DDR_HEADER_WORDS = 4
+DDR_BLOCK_STEPS = 4  # (group, row) steps per block: their 4 scale|minimum words are one 128-bit beat
 # magic, version, header size, bits, group, rows, cols, tiles, word bits, layout, plane words per tile,
 # scale entries per tile, payload crc, header crc, reserved, payload bytes
 _HEADER = struct.Struct("<8s14IQ")
@@ -290,3 +308,80 @@ def read_image(path: Path) -> BromImage:
     mins = np.frombuffer(payload, dtype="<u2", count=tiles * pp, offset=off).reshape(tiles, pp)
     return BromImage(bits, group, rows, cols, tiles, planes.astype(np.uint32), scales.astype(np.uint16),
                      mins.astype(np.uint16))
+
+
+# --- the DDR image --------------------------------------------------------------------------------------------
+
+
+def ddr_tile_words(bits: int, group: int, rows_per_tile: int, cols: int) -> int:
+    """Words of one tile in the DDR image (see the module docstring)."""
+    steps = (cols // group) * rows_per_tile
+    blocks = -(-steps // DDR_BLOCK_STEPS)
+    return blocks * DDR_BLOCK_STEPS * (bits * (group // WORD_BITS) + 1)
+
+
+def ddr_words(img: BromImage) -> np.ndarray:
+    """The image's tiles in the DDR layout: uint32 [tiles * ddr_tile_words]."""
+    wps, steps = img.bits * img.lanes, img.params_per_tile
+    blocks = -(-steps // DDR_BLOCK_STEPS)
+    pad = blocks * DDR_BLOCK_STEPS - steps
+    planes = np.pad(img.planes.reshape(img.tiles, steps, wps), ((0, 0), (0, pad), (0, 0)))
+    params = img.scales.astype(np.uint32) | (img.minimums.astype(np.uint32) << 16)
+    params = np.pad(params, ((0, 0), (0, pad)))
+    return np.concatenate([planes.reshape(img.tiles, blocks, DDR_BLOCK_STEPS * wps),
+                           params.reshape(img.tiles, blocks, DDR_BLOCK_STEPS)], axis=2).reshape(-1).astype(np.uint32)
+
+
+def ddr_unpack(words: np.ndarray, bits: int, group: int, rows: int, cols: int, tiles: int) -> BromImage:
+    """The BromImage of one tensor's words in the DDR layout (the exact inverse of ddr_words)."""
+    _check_params(bits, group, rows, cols, tiles)
+    r = rows // tiles
+    wps, steps = bits * (group // WORD_BITS), (cols // group) * r
+    blocks = -(-steps // DDR_BLOCK_STEPS)
+    words = np.asarray(words, dtype=np.uint32)
+    if words.size != tiles * ddr_tile_words(bits, group, r, cols):
+        raise RomaError(f"a DDR tensor of {rows}x{cols} at {bits} bits, group {group}, {tiles} tiles has "
+                        f"{tiles * ddr_tile_words(bits, group, r, cols)} words, not {words.size}", _HINT)
+    t = words.reshape(tiles, blocks, DDR_BLOCK_STEPS * (wps + 1))
+    planes = t[:, :, : DDR_BLOCK_STEPS * wps].reshape(tiles, blocks * DDR_BLOCK_STEPS, wps)[:, :steps]
+    params = t[:, :, DDR_BLOCK_STEPS * wps:].reshape(tiles, blocks * DDR_BLOCK_STEPS)[:, :steps]
+    return BromImage(bits, group, rows, cols, tiles, np.ascontiguousarray(planes.reshape(tiles, -1)),
+                     (params & 0xFFFF).astype(np.uint16), (params >> 16).astype(np.uint16))
+
+
+def ddr_image(images: dict[str, BromImage]) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:
+    """(the whole DDR image, header included, as uint32 words; {name: (word offset, words)}) of `images` in
+    their order."""
+    chunks, layout, offset = [], {}, DDR_HEADER_WORDS
+    for name, img in images.items():
+        w = ddr_words(img)
+        layout[name] = (offset, int(w.size))
+        chunks.append(w)
+        offset += w.size
+    payload = np.concatenate(chunks) if chunks else np.zeros(0, np.uint32)
+    crc = zlib.crc32(payload.astype("<u4").tobytes())
+    header = np.array([DDR_MAGIC, DDR_VERSION, DDR_HEADER_WORDS + payload.size, crc], np.uint32)
+    return np.concatenate([header, payload]), layout
+
+
+def read_ddr_image(path: Path) -> np.ndarray:
+    """Read and verify a DDR image (header, size, checksum); RomaError naming the file on any inconsistency."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RomaError(f"cannot read the DDR weight image {path}: {e.strerror}", _HINT) from None
+    if len(data) < 4 * DDR_HEADER_WORDS or len(data) % 4:
+        raise RomaError(f"the DDR weight image {path} is truncated ({len(data)} bytes)", _HINT)
+    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    magic, version, n, crc = (int(v) for v in words[:DDR_HEADER_WORDS])
+    if magic != DDR_MAGIC:
+        raise RomaError(f"{path} is not a ROMA DDR weight image (bad magic 0x{magic:08x})", _HINT)
+    if version != DDR_VERSION:
+        raise RomaError(f"the DDR weight image {path} has format version {version}; this runtime reads "
+                        f"{DDR_VERSION}", _HINT)
+    if n != words.size:
+        raise RomaError(f"the DDR weight image {path} holds {words.size} words, its header says {n}", _HINT)
+    if zlib.crc32(data[4 * DDR_HEADER_WORDS:]) != crc:
+        raise RomaError(f"the DDR weight image {path} is corrupt (payload checksum mismatch)", _HINT)
+    return words

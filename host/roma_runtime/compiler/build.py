@@ -1,8 +1,11 @@
 """The model compiler: a model file in, a build folder out (ROM images, norms, LoRA, C++ header, manifest).
 
 A build folder holds
-    <tensor>.bin/.dat   one B-ROM image per weight matrix (brom.write_image): blk.<i>.<linear>, token_embd,
-                        and output when the lm head is not tied to the embedding
+    <tensor>.bin/.dat   one B-ROM image per on-chip weight matrix (brom.write_image): blk.<i>.<linear>,
+                        token_embd, and output when the lm head is not tied to the embedding
+    ddr_weights.bin     the weight matrices the placement plan streams from DDR, in one image (brom.ddr_image;
+                        only when there are any): the host copies it into the core's `ddr_weights` buffer.
+                        These tensors have no .bin/.dat of their own (synthesis gets no ROM for them).
     norms.bin/.dat      the fp32 RMSNorm weights, concatenated (layout in the manifest)
     lora.safetensors    fp16 LoRA factors compensating the quantization error (with --lora-rank)
     roma_model.h        the dimensions for the HLS kernels (header.py)
@@ -32,8 +35,9 @@ from .quantize import METHODS, effective_group, quantize_tensor, validate
 
 MANIFEST = "manifest.json"
 FORMAT = "roma-build"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat
 HEADER_FILE = "roma_model.h"
+DDR_FILE = "ddr_weights.bin"
 NORMS_FILE = "norms"
 LORA_FILE = "lora.safetensors"
 EMBEDDING = "token_embd"
@@ -134,14 +138,40 @@ def _plan_name(name: str) -> str:
     return "token_embedding" if name == EMBEDDING else "output"
 
 
-def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, lora_rank: int):
+def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, lora_rank: int, ddr):
     try:
         from .plan import make_plan
     except ImportError:  # the planner is optional for building images; the manifest says so
         return None
     plan = make_plan(config, board, bits=bits, group=group, per_tensor_bits=per_tensor_bits,
-                     lora_rank=lora_rank)
+                     lora_rank=lora_rank, ddr=ddr)
     return plan.to_dict()
+
+
+def is_ddr(entry: dict) -> bool:
+    """Whether a manifest tensor entry streams from DDR (its image is a slice of ddr_weights.bin)."""
+    from .plan import DDR_STREAM
+
+    return entry.get("placement") == DDR_STREAM
+
+
+def write_ddr_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Path], dict | None]:
+    """Write the DDR tensors' `images` ({name: BromImage}, in this order) as ddr_weights.bin and point their
+    manifest entries at it; returns ([its path], the manifest's "ddr" entry), or ([], None) without any."""
+    if not images:
+        (Path(out_dir) / DDR_FILE).unlink(missing_ok=True)
+        return [], None
+    words, layout = brom.ddr_image(images)
+    path = Path(out_dir) / DDR_FILE
+    path.write_bytes(words.astype("<u4").tobytes())
+    for name, (offset, n) in layout.items():
+        img = images[name]
+        tensors[name].update({"tiles": img.tiles, "rom_bytes": 0, "ddr_bytes": 4 * n, "image": DDR_FILE,
+                              "ddr_offset": offset, "ddr_words": n, "init": None, "image_sha256": img.sha256()})
+    return [path], {"file": DDR_FILE, "words": int(words.size), "crc32": int(words[3]),
+                    "layout": f"brom.py DDR image version {brom.DDR_VERSION}: blocks of "
+                              f"{brom.DDR_BLOCK_STEPS} steps, planes then scale|minimum<<16 words",
+                    "tensors": list(layout)}
 
 
 def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits: int = 4, group: int = 32,
@@ -149,9 +179,10 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
                   bits_budget: float | None = None, embedding_bits: int = 8, force: bool = False,
                   calib_tokens: int = 4096, calib_window: int = 256, loftq_iters: int = 2,
                   progress: bool = True, hessians=None, sensitivity=None, sensitivity_tokens: int = 256,
-                  fail_after: str | None = None) -> dict:
+                  fail_after: str | None = None, ddr=None) -> dict:
     """Quantize, pack, place and describe a model; returns the manifest (also written to out_dir).
 
+    ddr: placement units to stream from DDR whatever the room (plan.parse_ddr_units: "1,3-5,head", ...).
     hessians: calibrate.Hessians (parallel) computed earlier for this model, for the sensitivity quantizer;
     sensitivity: measure_sensitivity(...) computed earlier at this group (benchmarks reuse both across builds).
     fail_after: testing hook; raise after writing that tensor's image (shows the manifest is written last).
@@ -170,6 +201,10 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     if not isinstance(model, LoadedModel):
         model = load_model(model)
     config = model.config
+    if ddr:  # a unit the model does not have is refused before anything is written
+        from .plan import check_ddr_units, parse_ddr_units
+
+        check_ddr_units(parse_ddr_units(ddr), config)
     out_dir = Path(out_dir)
     identity = model.identity()
     _prepare_out_dir(out_dir, identity, force)
@@ -256,21 +291,27 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     per_tensor_bits = {_plan_name(n): tensors[n]["bits"] for n in tensors}
     # The planner takes one group for all tensors: the smallest in use, which never undercounts the scales.
     plan_group = min(groups.values())
-    plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, lora_rank)
+    plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, lora_rank, ddr)
     placement = {t["name"]: t["placement"] for t in (plan or {}).get("tensors", [])}
     for n in tensors:
         tensors[n]["placement"] = placement.get(_plan_name(n))
 
+    ddr_images = {}
     for name in _progress(tensor_names(config), "packing", progress):
         q = quantized[name]
         n_tiles = 1  # the planner does not fold tensors into tiles yet
         img = brom.pack(q, tiles=n_tiles)
-        paths = brom.write_image(img, out_dir, name)
-        files += paths
-        tensors[name].update({"tiles": n_tiles, "rom_bytes": img.rom_bytes, "image": paths[0].name,
-                              "init": paths[1].name, "image_sha256": img.sha256()})
+        if is_ddr(tensors[name]):
+            ddr_images[name] = img
+        else:
+            paths = brom.write_image(img, out_dir, name)
+            files += paths
+            tensors[name].update({"tiles": n_tiles, "rom_bytes": img.rom_bytes, "image": paths[0].name,
+                                  "init": paths[1].name, "image_sha256": img.sha256()})
         if fail_after == name:
             raise RuntimeError(f"injected failure after {name}")
+    ddr_files, ddr_entry = write_ddr_image(out_dir, ddr_images, tensors)
+    files += ddr_files
 
     norms_layout, norm_files = _write_norms(w, config, out_dir)
     files += norm_files
@@ -285,7 +326,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
 
     header.write_text(render_header(config, tensors, bits=bits, group=group, context=config.context_length,
                                     lora_rank=lora_rank, board=board_obj.name if hasattr(board_obj, "name")
-                                    else str(board), model_sha256=identity))
+                                    else str(board), model_sha256=identity, ddr=ddr_entry))
     files.append(header)
 
     linear_params = sum(int(np.prod(tensors[n]["shape"])) for n in linears)
@@ -324,8 +365,10 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         "lora": lora_entry,
         "board": board_obj.to_dict() if hasattr(board_obj, "to_dict") else str(board),
         "plan": plan,
+        "ddr": ddr_entry,
         "header": HEADER_FILE,
         "sizes": {"rom_bytes": int(sum(e["rom_bytes"] for e in tensors.values())),
+                  "ddr_bytes": int(sum(e.get("ddr_bytes", 0) for e in tensors.values())),
                   "linear_params": linear_params, "all_params": all_params,
                   "files_bytes": int(sum(p.stat().st_size for p in files))},
         "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files},
@@ -416,13 +459,17 @@ def verify_build(build_dir: str | Path) -> dict:
         raise RomaError(f"{build_dir}: build format version {manifest.get('format_version')} is not "
                         f"{FORMAT_VERSION}", hint="recompile the build")
     for name, entry in manifest["files"].items():
-        path = build_dir / name
-        if not path.is_file():
-            raise RomaError(f"build file {path} is missing", hint="recompile the build")
-        if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
-            raise RomaError(f"build file {path} is corrupt (its sha256 does not match the manifest)",
-                            hint="recompile the build")
+        verify_file(build_dir / name, entry)
     return manifest
+
+
+def verify_file(path: Path, entry: dict) -> None:
+    """RomaError naming `path` unless it exists with the size and sha256 of its manifest `entry`."""
+    if not path.is_file():
+        raise RomaError(f"build file {path} is missing", hint="recompile the build")
+    if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+        raise RomaError(f"build file {path} is corrupt (its sha256 does not match the manifest)",
+                        hint="recompile the build")
 
 
 def load_build(build_dir: str | Path, verify: bool = True):
@@ -437,9 +484,15 @@ def load_build(build_dir: str | Path, verify: bool = True):
     cfg.pop("head_dim", None)
     config = ModelConfig(**cfg)
     tensors = manifest["tensors"]
+    ddr_words = brom.read_ddr_image(build_dir / DDR_FILE) if manifest.get("ddr") else None
 
     def matrix(name: str) -> QuantizedMatrix:
-        return brom.unpack(brom.read_image(build_dir / tensors[name]["image"]))
+        e = tensors[name]
+        if is_ddr(e):
+            words = ddr_words[e["ddr_offset"]: e["ddr_offset"] + e["ddr_words"]]
+            rows, cols = e["shape"]
+            return brom.unpack(brom.ddr_unpack(words, e["bits"], e["group"], rows, cols, e["tiles"]))
+        return brom.unpack(brom.read_image(build_dir / e["image"]))
 
     norms = np.frombuffer((build_dir / manifest["norms"]["file"]).read_bytes(), dtype="<f4").astype(np.float32)
     norm = {e["name"]: norms[e["offset"]:e["offset"] + e["length"]].copy() for e in manifest["norms"]["layout"]}

@@ -70,6 +70,11 @@ same, so the order is chosen for packing and for a hardware structure that stays
 A unit that does not fit is streamed and the fill continues with the next one (with mixed precision a later,
 smaller layer may still fit).
 
+Units can also be sent to DDR on purpose (``ddr``: layer numbers, ``head``, ``embedding``, or ``all``; ``roma
+plan/compile --ddr``): they are placed in DDR before the fill, and their on-chip memory stays free for the other
+units (or for a larger LoRA or an on-chip KV cache). It is also the way to get a DDR-streamed build of a model
+that would fit, for example to try the DDR tier, or to keep a large lm head out of the bitstream.
+
 Estimate (a roofline, not a measurement)
 ----------------------------------------
 Decode time per token is the sum over the weight units of max(compute time, memory time), plus attention and
@@ -238,6 +243,7 @@ class Plan:
     bram36_budget: float
     uram_budget: float
     estimate: dict
+    ddr_forced: list = field(default_factory=list)  # units sent to DDR on purpose (parse_ddr_units form)
 
     # -- derived facts --
     @property
@@ -339,6 +345,7 @@ class Plan:
             "layers_on_chip": self.layers_on_chip(),
             "layers_streamed": self.layers_streamed(),
             "fits_on_chip": self.fits_on_chip,
+            "ddr_forced": list(self.ddr_forced),
             "summary": self.summary,
             "estimate": self.estimate,
             "tensors": [t.to_dict() for t in self.tensors],
@@ -589,9 +596,12 @@ def _reserve(config, board, budget, rank, targets, dtype, group, kv_tokens):
 
 def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: dict | None = None,
               lora_rank: int = 16, lora_targets=LINEAR, lora_dtype: str = "fp16",
-              kv_tokens: int | None = None, budget: float = 0.8, context: int | None = None) -> Plan:
+              kv_tokens: int | None = None, budget: float = 0.8, context: int | None = None,
+              ddr: Iterable | str | None = None) -> Plan:
     """Place a model's quantized tensors on a board. `config` is a ModelConfig or a LoadedModel (only shapes
-    matter); `board` a name from boards.json or a Board. See the module docstring for the model."""
+    matter); `board` a name from boards.json or a Board; `ddr` units to stream from DDR whatever the room
+    (parse_ddr_units: a string like "1,3-5,head" or a list of layer numbers, "head", "embedding", "all").
+    See the module docstring for the model."""
     config = _as_config(config)
     board = get_board(board)
     _check_bits(bits, "the model")
@@ -616,6 +626,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
         raise RomaError(f"budget must be a fraction in (0, 1], not {budget!r}")
 
     units = build_tensors(config, bits, group, per_tensor_bits)  # validates the group against the rows
+    forced = check_ddr_units(parse_ddr_units(ddr), config)
 
     reserved, stage, (bram_budget, uram_budget) = _reserve(config, board, budget, lora_rank, targets, lora_dtype,
                                                            group, kv_tokens)
@@ -625,13 +636,80 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
 
     banks = _Banks()
     for unit in units:
-        _place_unit(unit, pool, banks)
+        if _unit_key(unit) in forced:
+            for t in unit:
+                t.placement, t.bram36, t.uram = DDR_STREAM, 0.0, 0.0
+        else:
+            _place_unit(unit, pool, banks)
 
     plan = Plan(model=config, board=board, bits=bits, group=group, per_tensor_bits=per_tensor_bits, budget=budget,
                 lora=lora, buffers=buffers, kv_cache=kv, tensors=[t for u in units for t in u],
-                bram36_budget=bram_budget, uram_budget=uram_budget, estimate={})
+                bram36_budget=bram_budget, uram_budget=uram_budget, estimate={}, ddr_forced=sorted(
+                    forced, key=lambda u: (isinstance(u, str), u)))
     plan.estimate = estimate(plan, context=context)
     return plan
+
+
+DDR_UNIT_WORDS = ("head", "embedding", "all")
+
+
+def parse_ddr_units(spec) -> list:
+    """Units to stream from DDR: "1,3-5,head" -> [1, 3, 4, 5, "head"]. Layer numbers or ranges, "head" (the lm
+    head; with a tied embedding also the embedding), "embedding" (an untied model's token embedding) and "all".
+    A list or tuple of such items is accepted too; None or "" is no unit."""
+    if spec is None:
+        return []
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out = []
+    for item in items:
+        if isinstance(item, bool):
+            raise RomaError(f"--ddr takes layer numbers, head, embedding or all, not {item!r}")
+        if isinstance(item, int):
+            out.append(item)
+            continue
+        text = str(item).strip().lower()
+        if not text:
+            continue
+        lo, sep, hi = text.partition("-")
+        if text in DDR_UNIT_WORDS:
+            out.append(text)
+        elif lo.isdigit() and (not sep or hi.isdigit()):
+            first, last = int(lo), int(hi) if sep else int(lo)
+            if last < first:
+                raise RomaError(f"--ddr: the range {text} runs backwards", hint=f"write it as {last}-{first}")
+            out.extend(range(first, last + 1))
+        else:
+            raise RomaError(f"--ddr does not know the unit '{item}'",
+                            hint="give layer numbers or ranges, head, embedding or all, e.g. --ddr 1,3-5,head")
+    return list(dict.fromkeys(out))
+
+
+def format_ddr_units(units: list) -> str:
+    layers = [u for u in units if isinstance(u, int)]
+    words = [u for u in units if isinstance(u, str)]
+    return ", ".join(([f"{_plural('layer', layers)} {ranges(layers)}"] if layers else []) + words)
+
+
+def check_ddr_units(units: list, config: ModelConfig) -> set:
+    """The units of parse_ddr_units as _unit_key values; RomaError for a unit this model does not have."""
+    n = config.n_layers
+    if "all" in units:
+        units = list(range(n)) + ["head"] + ([] if config.tied_embeddings else ["embedding"])
+    bad = [u for u in units if isinstance(u, int) and not 0 <= u < n]
+    if bad:
+        raise RomaError(f"--ddr names layer {bad[0]}, but {config.name} has layers 0-{n - 1}")
+    if "embedding" in units and config.tied_embeddings:
+        raise RomaError(f"{config.name} ties its token embedding to the lm head, so the embedding is not a unit "
+                        f"of its own", hint="use --ddr head to stream both")
+    return set(units)
+
+
+def _unit_key(unit: list[TensorPlan]):
+    """A placement unit's name in parse_ddr_units' terms: its layer, "head" or "embedding"."""
+    t = unit[-1]
+    if t.layer is not None:
+        return t.layer
+    return "embedding" if t.kind == "embedding" else "head"
 
 
 class _Banks:
@@ -851,6 +929,8 @@ def render_table(plan: Plan, per_tensor: bool = False) -> str:
         lines += _table(["unit", "bits", "bytes", "placement", "BRAM36", "URAM"], rows, {1, 2, 4, 5})
     lines.append("")
     lines.append(plan.summary)
+    if plan.ddr_forced:
+        lines.append(f"sent to DDR on purpose (--ddr): {format_ddr_units(plan.ddr_forced)}")
     on, total = plan.on_chip_bytes, plan.total_bytes
     lines.append(f"on chip {_mib(on)} ({on / total:.0%}), streamed from DDR {_mib(total - on)}")
     e = plan.estimate

@@ -10,6 +10,11 @@ argument registers by name (offsets from the .hwh), write ap_start, wait for ap_
 read the status word (RomaError on an error code) and unpack. Buffers are allocated once per driver; a KV
 cache is a DDR buffer of its own (`KVBuffer`), so several sessions can share one core.
 
+A build whose placement streams tensors from DDR ships their images as ddr_weights.bin next to the bitstream
+(and its manifest): RomaOverlay checks it against the manifest's sha256 (and its own header's CRC), and the
+driver copies it once into the `ddr_weights` buffer, sized to the image, which every command passes to the
+core. The core refuses a run command without this build's image (ERR_DDR_WEIGHTS).
+
 `EmuBackend` is the `emu` backend of the engine: RefBackend's interface (new_cache, forward, set_lora) plus
 the core's cycle estimate (last_cycles, clock_mhz), through RomaOverlay + RomaCoreDriver on the emulated
 device (emu.EmuDevice). `BoardBackend` is the same on a PYNQ board's device with a bitstream folder; it cannot
@@ -42,7 +47,9 @@ SAMPLE_OFF, SAMPLE_GREEDY, SAMPLE_RANDOM = 0, 1, 2
 
 def _identity(manifest: dict) -> dict:
     q = manifest.get("quantization", {})
-    return {"model": manifest.get("model", {}).get("sha256"), **{k: q.get(k) for k in QUANT_KEYS}}
+    ddr = manifest.get("ddr") or {}
+    return {"model": manifest.get("model", {}).get("sha256"), **{k: q.get(k) for k in QUANT_KEYS},
+            "ddr_image": ddr.get("crc32")}
 
 
 def _as_manifest(expect) -> dict:
@@ -172,8 +179,9 @@ class RomaCoreDriver(DefaultIP):
         return self.device.allocate(shape, dtype)
 
     def configure(self, config, kv_capacity: int | None = None, max_tokens: int | None = None,
-                  ddr_weights_words: int = 1024) -> None:
-        """Allocate the buffers once for a model config (roma_model.h's dimensions)."""
+                  ddr_image: np.ndarray | None = None) -> None:
+        """Allocate the buffers once for a model config (roma_model.h's dimensions); ddr_image: the build's DDR
+        weight image (uint32 words, read_ddr_image), None when every tensor is on chip."""
         self.config = config
         ctx = int(config.context_length)
         self.max_tokens = int(max_tokens or ctx)
@@ -183,8 +191,10 @@ class RomaCoreDriver(DefaultIP):
         self.logits = self.allocate((config.vocab_size,), np.float32)
         self.status_buf = self.allocate((words,), np.uint32)
         self.lora_staging = self.allocate((1,), np.uint8)
-        # ROM images of DDR-placed tensors; the emulated board loads every image from the build itself
-        self.ddr_weights = self.allocate((ddr_weights_words,), np.uint32)
+        # the tensors the placement streams from DDR, read by the core on every GEMV (one word when none)
+        image = np.zeros(1, np.uint32) if ddr_image is None else np.asarray(ddr_image, np.uint32)
+        self.ddr_weights = self.allocate(image.shape, np.uint32)
+        self.ddr_weights[:] = image
         self.ddr_weights.flush()
         self.kv = KVBuffer(self, kv_capacity or ctx)
 
@@ -241,6 +251,8 @@ class RomaCoreDriver(DefaultIP):
             "ERR_TOKEN_RANGE": f"a token id is outside the vocabulary (0..{self.config.vocab_size - 1})",
             "ERR_LORA_SLOT": "the LoRA slot is out of range or empty",
             "ERR_LORA_IMAGE": "the staged LoRA adapter is not a valid packed image (magic, shapes or size)",
+            "ERR_DDR_WEIGHTS": "the ddr_weights buffer does not hold this build's DDR weight image "
+                               "(ddr_weights.bin; RomaOverlay loads it)",
         }
         name = names.get(err, f"error {err}")
         return f"roma_core refused the call: {what.get(name, name)} (status {name})"
@@ -333,14 +345,35 @@ def _sampler_registers(sampling):
             int(p.repeat_last_n))
 
 
+def read_ddr_image(folder: Path, manifest: dict) -> np.ndarray | None:
+    """The build's DDR weight image (uint32 words) from `folder` (next to the bitstream), or None when the
+    build streams nothing from DDR. RomaError naming the file when it is missing, or its size, sha256 (the
+    manifest's) or header checksum is wrong."""
+    entry = manifest.get("ddr")
+    if not entry:
+        return None
+    from ..compiler import brom
+    from ..compiler.build import verify_file
+
+    path = Path(folder) / entry["file"]
+    files = manifest.get("files") or {}
+    if entry["file"] not in files:
+        raise RomaError(f"the build manifest lists no checksum for its DDR weight image {path}",
+                        hint="recompile the build")
+    verify_file(path, files[entry["file"]])
+    return brom.read_ddr_image(path)
+
+
 class RomaOverlay(Overlay):
     """pynq.Overlay of a ROMA bitstream: refuses a bitstream whose build manifest (next to it) is for another
-    model or quantization than `expect` (a manifest dict or a build folder), then configures the core."""
+    model or quantization than `expect` (a manifest dict or a build folder), or whose DDR weight image (next to
+    it too, when the build streams tensors from DDR) is missing or corrupt, then configures the core."""
 
     def __init__(self, bitfile_name, expect=None, download: bool = True, device=None,
                  kv_capacity: int | None = None, **kwargs):
         bitfile_name = str(bitfile_name)
         self.manifest = check_manifest(bitfile_name, expect)
+        ddr_image = read_ddr_image(Path(bitfile_name).resolve().parent, self.manifest)
         super().__init__(bitfile_name, download=download, device=device, **kwargs)
         names = [k for k, v in self.ip_dict.items() if v.get("type") == hwh_mod.VLNV]
         if not names:
@@ -352,7 +385,7 @@ class RomaOverlay(Overlay):
         cfg.pop("head_dim", None)
         self.config = ModelConfig(**cfg)
         if download:
-            self.core.configure(self.config, kv_capacity=kv_capacity)
+            self.core.configure(self.config, kv_capacity=kv_capacity, ddr_image=ddr_image)
 
     @property
     def core(self) -> RomaCoreDriver:
@@ -383,7 +416,9 @@ def emu_overlay(build_dir: str | Path, *, cache: str | Path | None = None, hls_d
     key = hashlib.sha256(f"{build_dir}\0{lib}\0".encode() + manifest_text.encode()).hexdigest()[:20]
     folder = (Path(cache) if cache else cache_root()) / "emu" / key
     bit = folder / BITSTREAM
-    if bit.is_file() and (folder / HWH).is_file() and (folder / MANIFEST).is_file():
+    ddr = manifest.get("ddr")
+    if bit.is_file() and (folder / HWH).is_file() and (folder / MANIFEST).is_file() and (
+            not ddr or (folder / ddr["file"]).exists()):
         return bit
     folder.mkdir(parents=True, exist_ok=True)
     header = hls_dir / "roma_core.h"
@@ -394,6 +429,9 @@ def emu_overlay(build_dir: str | Path, *, cache: str | Path | None = None, hls_d
     link = folder / "libroma_core.so"
     link.unlink(missing_ok=True)
     link.symlink_to(lib)
+    if ddr:  # the DDR weight image next to the "bitstream", as on a board
+        (folder / ddr["file"]).unlink(missing_ok=True)
+        (folder / ddr["file"]).symlink_to(build_dir / ddr["file"])
     spec = {"format": EMU_FORMAT, "version": 1, "library": link.name, "build": str(build_dir),
             "header": str(header), "model": manifest["model"]["name"]}
     tmp = folder / (BITSTREAM + ".tmp")

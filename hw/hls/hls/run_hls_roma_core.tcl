@@ -9,8 +9,9 @@
 #    tb/gen_roma_core.py writes into ROMA_CSIM_DATA/build (its roma_model.h fixes the dimensions, so this is a
 #    project of its own); the ROM images are loaded from the .bin files as on the emulated board.
 # 2. C synthesis of roma_core.cpp against ROMA_BUILD/roma_model.h: __SYNTHESIS__ is defined by the tool, and
-#    roma_model.h includes roma_rom_define.h once per tensor, which initialises every ROM array from its
-#    ROMA_BUILD/NAME.dat (norms.dat for the RMSNorm weights); -I ROMA_BUILD puts them on the include path.
+#    roma_model.h includes roma_rom_define.h once per on-chip tensor, which initialises every ROM array from
+#    its ROMA_BUILD/NAME.dat (norms.dat for the RMSNorm weights); -I ROMA_BUILD puts them on the include path.
+#    Tensors the build streams from DDR have no .dat: the core reads them through ddr_weights (brom_ddr.h).
 # 3. Export: a Vivado IP (ip_catalog, into WORK/roma_core/sol/impl/ip) for the Zynq block design, or a
 #    Vitis kernel (WORK/roma_core.xo) for v++ --link on Alveo (ROMA_HLS_TARGET=vitis).
 source [file join [file dirname [info script]] common.tcl]

@@ -4,6 +4,7 @@
 
 OUT_DIR/cases.txt lists one case per line: `name bits group rows cols tiles tokens`. Per case:
     name.bin        the ROM image (roma_runtime.compiler.brom.write_image; the tb loads it like C simulation)
+    name.ddr.u32    the same tensor in the DDR image layout (brom.ddr_words: what ddr_weights.bin holds)
     name.x.f32      activations fp32 [tokens, cols]
     name.xq.i8      golden int8 activations [tokens, cols]
     name.ascale.f32 golden activation scales [tokens, groups]
@@ -65,6 +66,7 @@ def write_case(out: Path, name: str, qm: QuantizedMatrix, x: np.ndarray, tiles: 
     img = brom.pack(qm, tiles)
     brom.write_image(img, out, name)
     (out / f"{name}.dat").unlink()  # the tb loads the .bin, as C simulation does
+    brom.ddr_words(img).astype("<u4").tofile(out / f"{name}.ddr.u32")
     prepared = numerics.PreparedMatrix(qm)
     xq, a_scale = numerics.quantize_activations(x, qm.group)
     dot, xsum = numerics.group_dot(prepared, xq)

@@ -4,7 +4,9 @@
     python gen_roma_core.py OUT_DIR [--no-model]     (--no-model is accepted and ignored: no SmolLM2 needed)
 
 OUT_DIR/build        the build (`roma compile` of a tiny random LLaMA: 2 layers, dim 64, GQA 4/2, untied head,
-                     vocab 49152; mixed precision: layer 0 at 4 bits, layer 1 at 3 bits, w_down of layer 1 at 2)
+                     vocab 49152; mixed precision: layer 0 at 4 bits, layer 1 at 3 bits, w_down of layer 1 at 2;
+                     placement: layer 0 and the lm head in ROM, layer 1 and the token embedding streamed from
+                     DDR (build/ddr_weights.bin, which the testbench passes as ddr_weights))
 OUT_DIR/meta.txt     key value lines (dimensions, prompt length, steps, seeds, sampler registers as fp32 hex)
 OUT_DIR/*.i32/.f32/.u16/.bin   prompt, logits, tokens, KV rows, packed LoRA images (see write_case)
 """
@@ -33,28 +35,45 @@ def _f32hex(v) -> str:
     return f"{int(np.float32(v).view(np.uint32)):08x}"
 
 
+DDR_UNITS = "1,embedding"  # placement units streamed from DDR (compile_model ddr=)
+
+
 def _mixed_build(hf: Path, out: Path):
-    """A 4-bit build, then layer 1 re-quantized to 3 bits (its w_down to 2): per-layer widths differ."""
+    """A 4-bit build with layer 1 and the embedding in DDR, then layer 1 re-quantized to 3 bits (its w_down
+    to 2): per-layer widths differ, and the DDR image holds 3-, 2- and 8-bit tensors."""
+    import json
+
     from roma_runtime.compiler import brom
-    from roma_runtime.compiler.build import compile_model, load_build
+    from roma_runtime.compiler.build import DDR_FILE, compile_model, is_ddr, load_build, write_ddr_image
     from roma_runtime.compiler.header import render_header
     from roma_runtime.compiler.quantize import quantize_tensor
     from roma_runtime.model import load_model
     from roma_runtime.model.weights import as_float
 
     model = load_model(hf)
-    man = compile_model(model, out, bits=4, group=32, progress=False, force=True)
+    compile_model(model, out, bits=4, group=32, progress=False, force=True, ddr=DDR_UNITS)
+    man = json.loads((out / "manifest.json").read_text())
+    tensors = man["tensors"]
+    words = brom.read_ddr_image(out / DDR_FILE)
+    images = {}
+    for name, e in tensors.items():  # the DDR tensors as compiled, in the image's order
+        if is_ddr(e):
+            images[name] = brom.ddr_unpack(words[e["ddr_offset"]: e["ddr_offset"] + e["ddr_words"]], e["bits"],
+                                           e["group"], *e["shape"], e["tiles"])
     layer1 = model.weights.layers[1]
     for lin in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
         bits = 2 if lin == "w_down" else 3
         q, _ = quantize_tensor(as_float(getattr(layer1, lin)), bits, 32, "rtn", None, f"blk.1.{lin}")
-        brom.write_image(brom.pack(q, tiles=1), out, f"blk.1.{lin}")
-        man["tensors"][f"blk.1.{lin}"].update({"bits": bits, "group": 32})
-    # the generated header (the per-layer widths the top dispatches on); the manifest is not rewritten, so
-    # the golden reads the images back without the manifest's checksums
-    (out / "roma_model.h").write_text(render_header(model.config, man["tensors"], bits=4, group=32,
+        images[f"blk.1.{lin}"] = brom.pack(q, tiles=1)
+        tensors[f"blk.1.{lin}"].update({"bits": bits, "group": 32})
+    _, man["ddr"] = write_ddr_image(out, images, tensors)
+    # the generated header (the per-layer widths and DDR offsets the top dispatches on) and the manifest's
+    # tensor entries (where load_build finds them); the file checksums are not rewritten, so the golden reads
+    # the images back without them
+    (out / "roma_model.h").write_text(render_header(model.config, tensors, bits=4, group=32,
                                                     context=model.config.context_length, lora_rank=0,
-                                                    board="u250", model_sha256=model.identity()))
+                                                    board="u250", model_sha256=model.identity(), ddr=man["ddr"]))
+    (out / "manifest.json").write_text(json.dumps(man, indent=1))
     loaded, _ = load_build(out, verify=False)
     return loaded
 

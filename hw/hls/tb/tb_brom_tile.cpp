@@ -17,7 +17,10 @@
 // The emulated board's fast path (brom_tile_gemv_csim, C simulation only) is compared with the LutSelect kernel:
 // y and xsum bit for bit, with 1 and 2 threads (the ROM words, integers and fp32 sequence per row are the same);
 // likewise its repacked path (brom_tile_gemv_packed: codes unpacked once, 16 rows side by side), both the
-// portable loop and the AVX-512 VNNI loop when the testbench is compiled with it (-march=native). The attention
+// portable loop and the AVX-512 VNNI loop when the testbench is compiled with it (-march=native). The DDR tier
+// (brom_ddr.h) on the same tensor's DDR image (name.ddr.u32, brom.ddr_words): the streamed kernel
+// brom_ddr_gemv on both datapaths, and the emulated board's repack of DDR tiles, against the ROM kernel: y,
+// dots and xsums bit for bit. The attention
 // fast path of the emulated board (attention_query_csim) is checked against attention_query's loops the same way.
 // Prints one line per case and `tb_brom_tile: M mismatches of N`; the exit code is min(M, 255).
 #include <algorithm>
@@ -30,6 +33,7 @@
 
 #include "roma/act_quant.h"
 #include "roma/attention.h"
+#include "roma/brom_ddr.h"
 #include "roma/brom_tile.h"
 #include "tb_common.h"
 
@@ -158,6 +162,59 @@ long run_csim_fast(const Case &c, const BromImageHost &img, Tally &tally) {
   return tally.mismatches - before;
 }
 
+// The DDR-streamed kernel on the DDR image, and the C-simulation repack of its tiles, against the ROM kernel
+// on datapath DP: y, dots and xsum bit for bit.
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP>
+long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cycles_per_gemv) {
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP> C;
+  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, DP> D;
+  constexpr int NG = C::NG, PW = C::PLANE_WORDS, PP = C::PARAMS;
+  const int T = c.tokens, R = TILES * ROWS;
+  const long before = tally.mismatches;
+  const size_t words = tb::file_items(c.name + ".ddr.u32", 4);
+  const bool size_ok = words == (size_t)(TILES * D::TILE_WORDS);
+  tally.check(size_ok);
+  if (!size_ok) {
+    std::printf("  %s: the DDR image has %zu words, the kernel expects %lld\n", c.name.c_str(), words,
+                (long long)(TILES * D::TILE_WORDS));
+    return tally.mismatches - before;
+  }
+  const auto ddr = read_array<rom_word_t>(c.name + ".ddr.u32", words);
+  const auto x = read_array<float>(c.name + ".x.f32", (size_t)T * COLS);
+  const auto planes = reinterpret_cast<const rom_word_t(*)[PW]>(img.planes.data());
+  const auto scales = reinterpret_cast<const half_bits_t(*)[PP]>(img.scales.data());
+  const auto mins = reinterpret_cast<const half_bits_t(*)[PP]>(img.mins.data());
+  std::vector<CsimPackedTile> packed(TILES);
+  for (int tile = 0; tile < TILES; ++tile) {
+    csim_pack_ddr_tile<ROWS, COLS, GROUP, BITS>(&ddr[(size_t)tile * D::TILE_WORDS], packed[tile]);
+    tally.check(packed[tile].ok);
+  }
+  std::vector<act_t> xq(COLS);
+  std::vector<float> a_scale(NG), y(R), yd(R), yp(R);
+  std::vector<acc_t> dot((size_t)TILES * PP), dotd((size_t)TILES * PP), xsum(NG), xsd(NG), xsp(NG);
+  for (int t = 0; t < T; ++t) {
+    Cycles cyc, cyd, cyp;
+    act_quant<COLS, GROUP>(&x[(size_t)t * COLS], xq.data(), a_scale.data(), cyc);
+    brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, DP, true>(xq.data(), a_scale.data(), planes, scales, mins,
+                                                               y.data(), reinterpret_cast<acc_t(*)[PP]>(dot.data()),
+                                                               xsum.data(), cyc);
+    brom_ddr_gemv<TILES, ROWS, COLS, GROUP, BITS, DP, true>(xq.data(), a_scale.data(), ddr.data(), yd.data(),
+                                                             reinterpret_cast<acc_t(*)[PP]>(dotd.data()), xsd.data(),
+                                                             cyd);
+    cycles_per_gemv = cyc.act_quant + cyd.total();
+    for (int tile = 0; tile < TILES; ++tile)
+      brom_tile_gemv_packed<ROWS, COLS, GROUP, BITS>(xq.data(), a_scale.data(), packed[tile], &yp[(size_t)tile * ROWS],
+                                                     xsp.data(), cyp);
+    for (int o = 0; o < R; ++o) {
+      tally.check(float_to_bits(yd[o]) == float_to_bits(y[o]));
+      tally.check(float_to_bits(yp[o]) == float_to_bits(y[o]));
+    }
+    for (size_t i = 0; i < dot.size(); ++i) tally.check(dotd[i] == dot[i]);
+    for (int g = 0; g < NG; ++g) tally.check(xsd[g] == xsum[g] && xsp[g] == xsum[g]);
+  }
+  return tally.mismatches - before;
+}
+
 template <int TILES, int ROWS, int COLS, int GROUP, int BITS>
 bool try_case(const Case &c, const BromImageHost &img, Tally &tally) {
   if (c.tiles != TILES || c.rows != TILES * ROWS || c.cols != COLS || c.group != GROUP || c.bits != BITS)
@@ -166,12 +223,20 @@ bool try_case(const Case &c, const BromImageHost &img, Tally &tally) {
   const long m_lut = run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect>(c, img, tally, cyc_lut);
   const long m_dsp = run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac>(c, img, tally, cyc_dsp);
   const long m_fast = run_csim_fast<TILES, ROWS, COLS, GROUP, BITS>(c, img, tally);
+  uint64_t cyc_ddr = 0, cyc_ddr_dsp = 0;
+  const long m_ddr = run_ddr<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect>(c, img, tally, cyc_ddr) +
+                     run_ddr<TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac>(c, img, tally, cyc_ddr_dsp);
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS> C;
-  std::printf("  %-18s b=%d G=%-3d %4dx%-4d tiles=%d  mismatches lut=%ld dsp=%ld csim-fast=%ld  cycles/GEMV lut=%llu"
-              " dsp=%llu (act_quant %llu + candidates %llu + gemv %llu, gemv II=%d)\n",
-              c.name.c_str(), BITS, GROUP, c.rows, COLS, TILES, m_lut, m_dsp, m_fast, (unsigned long long)cyc_lut,
-              (unsigned long long)cyc_dsp, (unsigned long long)ActQuantConfig<COLS, GROUP>::CYCLES,
-              (unsigned long long)C::CAND_CYCLES, (unsigned long long)C::GEMV_CYCLES, C::GEMV_II);
+  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS> D;
+  std::printf("  %-18s b=%d G=%-3d %4dx%-4d tiles=%d  mismatches lut=%ld dsp=%ld csim-fast=%ld ddr=%ld  cycles/GEMV "
+              "lut=%llu dsp=%llu (act_quant %llu + candidates %llu + gemv %llu, gemv II=%d) ddr=%llu (%d tiles x "
+              "max(compute %llu, stream %llu) + %d)\n",
+              c.name.c_str(), BITS, GROUP, c.rows, COLS, TILES, m_lut, m_dsp, m_fast, m_ddr,
+              (unsigned long long)cyc_lut, (unsigned long long)cyc_dsp,
+              (unsigned long long)ActQuantConfig<COLS, GROUP>::CYCLES, (unsigned long long)C::CAND_CYCLES,
+              (unsigned long long)C::GEMV_CYCLES, C::GEMV_II, (unsigned long long)cyc_ddr, TILES,
+              (unsigned long long)D::COMPUTE_CYCLES, (unsigned long long)D::STREAM_CYCLES,
+              C::GEMV_DEPTH + timing::AXI_READ_LATENCY);
   return true;
 }
 
@@ -277,5 +342,6 @@ int main(int argc, char **argv) {
     ++cases;
   }
   std::printf("  largest |y - y_golden| as a fraction of its tolerance: %.3f\n", tally.worst);
-  return tb::finish(tally.mismatches, tally.compared, " (" + std::to_string(cases) + " cases, 2 datapaths)");
+  return tb::finish(tally.mismatches, tally.compared,
+                    " (" + std::to_string(cases) + " cases, 2 datapaths, ROM and DDR)");
 }

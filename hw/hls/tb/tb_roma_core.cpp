@@ -2,8 +2,12 @@
 //
 //   tb_roma_core DATA_DIR     (compiled against DATA_DIR/build/roma_model.h; see the Makefile)
 //
-// Calls roma_emu_load_build and roma_core through the real argument list, host arrays as the m_axi buffers:
+// Calls roma_emu_load_build and roma_core through the real argument list, host arrays as the m_axi buffers;
+// layer 1 (3- and 2-bit) and the token embedding stream from DDR: every call passes build/ddr_weights.bin as
+// ddr_weights (the DDR tier's GEMVs and embedding rows), the rest is in ROM.
 //   load      a corrupt ROM image and a missing one are refused with a message naming the file
+//   ddr       a run command without the DDR image, with another image's header, or with a corrupt payload is
+//             ERR_DDR_WEIGHTS with nothing changed; the right image afterwards runs
 //   prefill   21 tokens (two chunks), then 4 greedy decode steps: logits within TOL of the golden model's,
 //             identical greedy tokens, the sampled token of every call == argmax
 //   kv        every fp16 K/V row of the cache within fp16 rounding + TOL of the golden cache
@@ -44,6 +48,7 @@ namespace {
 
 const double TOL = 2e-3;
 std::map<std::string, std::string> g_meta;
+std::vector<uint32_t> g_ddr; // build/ddr_weights.bin
 tb::Tally g_tally;
 double g_worst_logit_rel = 0.0, g_worst_kv = 0.0;
 
@@ -62,6 +67,7 @@ struct Board {
   std::vector<uint8_t> staging;
   std::vector<uint32_t> status;
   uint32_t cap;
+  const uint32_t *ddr = g_ddr.data();
   explicit Board(uint32_t capacity)
       : tin(1024), tout(1024), logits(roma_model::VOCAB), kv((size_t)2 * roma_model::N_LAYERS * capacity * roma_model::KV_DIM),
         staging(1), status(STATUS_WORDS), cap(capacity) {}
@@ -71,7 +77,7 @@ struct Board {
     roma_core(cmd, pos, n, cap, slot, (uint32_t)staging.size(), mode, meta_f("inv_temperature"),
               (uint32_t)meta_i("top_k"), meta_f("top_p"), meta_f("min_p"), meta_f("repeat_penalty"),
               (uint32_t)meta_i("repeat_last_n"), seed_lo, seed_hi, eos, tin.data(), tout.data(), logits.data(),
-              kv.data(), staging.data(), nullptr, status.data());
+              kv.data(), staging.data(), ddr, status.data());
     return status[STATUS_ERROR];
   }
 };
@@ -159,6 +165,8 @@ int main(int argc, char **argv) {
     }
     std::printf("  the golden itself, prefill 21 vs 5 + 16 tokens: max|dl|/max|l| = %.3g\n", dev / mx);
   }
+  g_ddr = read_array<uint32_t>("build/ddr_weights.bin", tb::file_items("build/ddr_weights.bin", 4));
+  expect(g_ddr.size() == (size_t)roma_model::DDR_WORDS, "build/ddr_weights.bin vs roma_model.h's DDR_WORDS");
   const auto stok = read_array<int32_t>("sampled_tokens.i32", GS);
   const auto slog = read_array<float>("sampled_last_logits.f32", V);
   char err[512];
@@ -174,7 +182,7 @@ int main(int argc, char **argv) {
     const std::string bad = tb::path("corrupt_build");
     std::string cmd = "rm -rf '" + bad + "' && cp -r '" + tb::path("build") + "' '" + bad + "'";
     if (std::system(cmd.c_str()) == 0) {
-      FILE *f = std::fopen((bad + "/blk.1.w_up.bin").c_str(), "r+b");
+      FILE *f = std::fopen((bad + "/blk.0.w_up.bin").c_str(), "r+b");
       if (f) {
         std::fseek(f, -3, SEEK_END);
         const int c = std::fgetc(f);
@@ -183,7 +191,7 @@ int main(int argc, char **argv) {
         std::fclose(f);
       }
       const int rc2 = roma_emu_load_build(bad.c_str(), err, sizeof err);
-      expect(rc2 != 0 && std::strstr(err, "payload checksum mismatch") && std::strstr(err, "blk.1.w_up.bin"),
+      expect(rc2 != 0 && std::strstr(err, "payload checksum mismatch") && std::strstr(err, "blk.0.w_up.bin"),
              std::string("corrupt image refused naming the file: ") + err);
       std::printf("  load (corrupt image): %s\n", err);
       std::system(("rm -rf '" + bad + "'").c_str());
@@ -286,6 +294,27 @@ int main(int argc, char **argv) {
              std::string(c.what) + ": error " + std::to_string(got) + " (want " + std::to_string(c.want) + ")" +
                  (same ? "" : ", state changed"));
     }
+    // the DDR image: none, another image's header, a corrupt payload (a copy: another buffer, so the C
+    // simulation checks its CRC), then the right one again
+    std::vector<uint32_t> other = g_ddr, corrupt = g_ddr;
+    other[3] ^= 1u;
+    corrupt[corrupt.size() / 2] ^= 0x100u;
+    const struct {
+      const char *what;
+      const uint32_t *ddr;
+    } images[] = {{"no DDR image", nullptr},
+                  {"another DDR image", other.data()},
+                  {"a corrupt DDR image", corrupt.data()}};
+    for (const auto &im : images) {
+      e.ddr = im.ddr;
+      e.tin[0] = gtok[0];
+      const uint32_t got = e.call(CMD_DECODE, P, 1, SAMPLE_GREEDY);
+      const bool same = e.kv == kv0 && e.logits[0] == 12345.0f && e.tout[0] == -7;
+      expect(got == ERR_DDR_WEIGHTS && same, std::string(im.what) + ": error " + std::to_string(got) +
+                                                 (same ? "" : ", state changed"));
+    }
+    e.ddr = g_ddr.data();
+    std::printf("  ddr_weights: no image, another image's header, a corrupt payload refused (ERR_DDR_WEIGHTS)\n");
     // the next decode continues as if nothing happened (the golden step 1)
     e.tin[0] = gtok[0];
     e.call(CMD_DECODE, P, 1, SAMPLE_GREEDY);

@@ -22,6 +22,8 @@
 //              of a plane are added, and planes are combined by shifts: dot = sum_p (sel_p << p). No
 //              multipliers in the inner loop.
 //   DspMac:    the codes are reassembled from the planes and multiplied with the activations (code*x).
+// brom_candidates, brom_step_dot and brom_term are shared with the DDR-streamed tile (brom_ddr.h), which
+// reads the same words from DDR instead of ROM banks.
 //
 // Cycle model (constants in BromTileConfig, shared by the pragmas and the C-simulation counters):
 //   candidates: COLS/4 iterations (one quad per cycle) + CAND_DEPTH
@@ -77,34 +79,13 @@ struct BromTileConfig {
   static constexpr uint64_t CYCLES = CAND_CYCLES + GEMV_CYCLES;
 };
 
-// One tile, one activation vector. dot_probe (group-major like scales, [NG*ROWS]) is written only when
-// PROBE is true (testbenches); xsum_out always receives the per-group activation sums.
-template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect, bool PROBE = false>
-void brom_tile_gemv(const act_t xq[COLS],
-                    const float a_scale[COLS / GROUP],
-                    const rom_word_t planes[BromTileConfig<ROWS, COLS, GROUP, BITS, DP>::PLANE_WORDS],
-                    const half_bits_t scales[(COLS / GROUP) * ROWS],
-                    const half_bits_t mins[(COLS / GROUP) * ROWS],
-                    float y[ROWS],
-                    acc_t dot_probe[(COLS / GROUP) * ROWS],
-                    acc_t xsum_out[COLS / GROUP],
-                    Cycles &cyc) {
-  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP> C;
-  constexpr int NG = C::NG, LANES = C::LANES, QUADS = C::QUADS, NIBBLES = C::NIBBLES, WPS = C::WPS;
-  constexpr int GEMV_II = C::GEMV_II; // used by the PIPELINE pragma
-  (void)GEMV_II;
-#pragma HLS ARRAY_PARTITION variable = planes type = cyclic factor = WPS dim = 1
-#pragma HLS BIND_STORAGE variable = planes type = rom_1p impl = bram
-
-  cand_t cand[NG][QUADS][QUAD_CANDIDATES]; // LutSelect: subset sums of every quad
-#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 2
-#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 3
-  act_t xg[NG][GROUP]; // DspMac: the activations of a group side by side
-#pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 2
-  acc_t xsum[NG];
-  float acc[ROWS];
-
-  // Stage 1: one quad of activations per cycle -> 16 candidates (or staged activations) and xsum.
+// Stage 1 of a GEMV: one quad of activations per cycle -> its 16 candidates (LutSelect) or the staged
+// activations (DspMac), and the per-group activation sums.
+template <int COLS, int GROUP, Datapath DP>
+void brom_candidates(const act_t xq[COLS], cand_t cand[COLS / GROUP][GROUP / QUAD][QUAD_CANDIDATES],
+                     act_t xg[COLS / GROUP][GROUP], acc_t xsum[COLS / GROUP]) {
+#pragma HLS INLINE
+  constexpr int QUADS = GROUP / QUAD;
   acc_t run = 0;
 CANDIDATES:
   for (int q = 0; q < COLS / QUAD; ++q) {
@@ -126,6 +107,79 @@ CANDIDATES:
     run = (k == 0 ? 0 : run) + x0 + x1 + x2 + x3;
     if (k == QUADS - 1) xsum[g] = run;
   }
+}
+
+// The exact int32 dot of one (group, row) step from its WPS plane words w: LutSelect (nibbles select
+// candidates, planes combined by shifts) or DspMac (codes reassembled and multiplied).
+template <int GROUP, int BITS, Datapath DP>
+inline acc_t brom_step_dot(const rom_word_t *w, const cand_t cand[GROUP / QUAD][QUAD_CANDIDATES],
+                           const act_t xg[GROUP]) {
+#pragma HLS INLINE
+  constexpr int LANES = GROUP / ROM_WORD_BITS, NIBBLES = ROM_WORD_BITS / QUAD;
+  acc_t dot = 0;
+  if (DP == Datapath::LutSelect) {
+    for (int p = 0; p < BITS; ++p) {
+#pragma HLS UNROLL
+      acc_t sel = 0;
+      for (int l = 0; l < LANES; ++l) {
+#pragma HLS UNROLL
+        const rom_word_t word = w[p * LANES + l];
+        for (int n = 0; n < NIBBLES; ++n) {
+#pragma HLS UNROLL
+          sel += cand[l * NIBBLES + n][(word >> (QUAD * n)) & 0xfu];
+        }
+      }
+      dot += sel * (acc_t(1) << p); // a constant power of two: a shift, not a multiplier
+    }
+  } else {
+    for (int j = 0; j < GROUP; ++j) {
+#pragma HLS UNROLL
+      const int l = j / ROM_WORD_BITS, b = j % ROM_WORD_BITS;
+      acc_t code = 0;
+      for (int p = 0; p < BITS; ++p) {
+#pragma HLS UNROLL
+        code |= (acc_t)((w[p * LANES + l] >> b) & 1u) << p;
+      }
+      dot += code * (acc_t)xg[j]; // DSP multiply-accumulate
+    }
+  }
+  return dot;
+}
+
+// A step's fp32 term a_scale * (d*dot + m*xsum) (the ints are exact in fp32 below 2^24).
+inline float brom_term(float a_scale, half_bits_t d, half_bits_t m, acc_t dot, acc_t xsum) {
+#pragma HLS INLINE
+  return a_scale * (half_to_float(d) * (float)dot + half_to_float(m) * (float)xsum);
+}
+
+// One tile, one activation vector. dot_probe (group-major like scales, [NG*ROWS]) is written only when
+// PROBE is true (testbenches); xsum_out always receives the per-group activation sums.
+template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect, bool PROBE = false>
+void brom_tile_gemv(const act_t xq[COLS],
+                    const float a_scale[COLS / GROUP],
+                    const rom_word_t planes[BromTileConfig<ROWS, COLS, GROUP, BITS, DP>::PLANE_WORDS],
+                    const half_bits_t scales[(COLS / GROUP) * ROWS],
+                    const half_bits_t mins[(COLS / GROUP) * ROWS],
+                    float y[ROWS],
+                    acc_t dot_probe[(COLS / GROUP) * ROWS],
+                    acc_t xsum_out[COLS / GROUP],
+                    Cycles &cyc) {
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP> C;
+  constexpr int NG = C::NG, QUADS = C::QUADS, WPS = C::WPS;
+  constexpr int GEMV_II = C::GEMV_II; // used by the PIPELINE pragma
+  (void)GEMV_II;
+#pragma HLS ARRAY_PARTITION variable = planes type = cyclic factor = WPS dim = 1
+#pragma HLS BIND_STORAGE variable = planes type = rom_1p impl = bram
+
+  cand_t cand[NG][QUADS][QUAD_CANDIDATES]; // LutSelect: subset sums of every quad
+#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 2
+#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 3
+  act_t xg[NG][GROUP]; // DspMac: the activations of a group side by side
+#pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 2
+  acc_t xsum[NG];
+  float acc[ROWS];
+
+  brom_candidates<COLS, GROUP, DP>(xq, cand, xg, xsum);
 
   // Stage 2: stream the ROM, one (group, row) step per cycle, WPS words from WPS banks.
 GEMV_GROUPS:
@@ -135,38 +189,9 @@ GEMV_GROUPS:
 #pragma HLS PIPELINE II = GEMV_II
 #pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = ROWS dependent = true
       const int step = g * ROWS + r;
-      const rom_word_t *w = &planes[step * WPS];
-      acc_t dot = 0;
-      if (DP == Datapath::LutSelect) {
-        for (int p = 0; p < BITS; ++p) {
-#pragma HLS UNROLL
-          acc_t sel = 0;
-          for (int l = 0; l < LANES; ++l) {
-#pragma HLS UNROLL
-            const rom_word_t word = w[p * LANES + l];
-            for (int n = 0; n < NIBBLES; ++n) {
-#pragma HLS UNROLL
-              sel += cand[g][l * NIBBLES + n][(word >> (QUAD * n)) & 0xfu];
-            }
-          }
-          dot += sel * (acc_t(1) << p); // a constant power of two: a shift, not a multiplier
-        }
-      } else {
-        for (int j = 0; j < GROUP; ++j) {
-#pragma HLS UNROLL
-          const int l = j / ROM_WORD_BITS, b = j % ROM_WORD_BITS;
-          acc_t code = 0;
-          for (int p = 0; p < BITS; ++p) {
-#pragma HLS UNROLL
-            code |= (acc_t)((w[p * LANES + l] >> b) & 1u) << p;
-          }
-          dot += code * (acc_t)xg[g][j]; // DSP multiply-accumulate
-        }
-      }
+      const acc_t dot = brom_step_dot<GROUP, BITS, DP>(&planes[step * WPS], cand[g], xg[g]);
       if (PROBE) dot_probe[step] = dot;
-      const float d = half_to_float(scales[step]);
-      const float m = half_to_float(mins[step]);
-      const float term = a_scale[g] * (d * (float)dot + m * (float)xsum[g]); // exact ints below 2^24
+      const float term = brom_term(a_scale[g], scales[step], mins[step], dot, xsum[g]);
       const float sum = (g == 0) ? term : acc[r] + term;
       acc[r] = sum;
       if (g == NG - 1) y[r] = sum;
@@ -272,9 +297,7 @@ void brom_tile_gemv_csim(const act_t xq[COLS], const float a_scale[COLS / GROUP]
         }
         dot += sel * (acc_t(1) << p);
       }
-      const float d = half_to_float(scales[step]);
-      const float m = half_to_float(mins[step]);
-      const float term = a_scale[g] * (d * (float)dot + m * (float)xsum[g]);
+      const float term = brom_term(a_scale[g], scales[step], mins[step], dot, xsum[g]);
       acc = (g == 0) ? term : acc + term;
     }
     y[r] = acc;
@@ -314,17 +337,28 @@ struct CsimPackedTile {
   std::vector<half_bits_t> d, m;  // [blocks][NG][CSIM_BLOCK], rows past ROWS: 0
 };
 
-template <int ROWS, int COLS, int GROUP, int BITS>
-void csim_pack_tile(const rom_word_t *planes, const half_bits_t *scales, const half_bits_t *mins,
-                    CsimPackedTile &pk) {
+// A tile's words as its ROM arrays hold them (the packer's source; brom_ddr.h has the DDR one).
+template <int WPS>
+struct RomTileSource {
+  const rom_word_t *planes;
+  const half_bits_t *scales, *mins;
+  const rom_word_t *step_planes(int step) const { return planes + (size_t)step * WPS; }
+  half_bits_t scale(int step) const { return scales[step]; }
+  half_bits_t minimum(int step) const { return mins[step]; }
+};
+
+inline bool csim_is_nan(half_bits_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu); }
+
+// Repack one tile from `src` (step_planes / scale / minimum of each (group, row) step).
+template <int ROWS, int COLS, int GROUP, int BITS, class Source>
+void csim_pack_tile_from(const Source &src, CsimPackedTile &pk) {
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS> C;
   constexpr int NG = C::NG, LANES = C::LANES, P = CsimPack<BITS>::P, CPB = CsimPack<BITS>::CPB;
   constexpr int VPG = GROUP / 4 / CPB;
   const int NB = (ROWS + CSIM_BLOCK - 1) / CSIM_BLOCK;
   pk = CsimPackedTile();
   for (int i = 0; i < NG * ROWS; ++i) { // NaN d or m: vcvtph2ps would quiet it; keep the reference path
-    if (((scales[i] & 0x7c00u) == 0x7c00u && (scales[i] & 0x3ffu)) || ((mins[i] & 0x7c00u) == 0x7c00u && (mins[i] & 0x3ffu)))
-      return;
+    if (csim_is_nan(src.scale(i)) || csim_is_nan(src.minimum(i))) return;
   }
   pk.blocks = NB;
   pk.codes.assign((size_t)NB * NG * VPG * 64, 0);
@@ -335,9 +369,9 @@ void csim_pack_tile(const rom_word_t *planes, const half_bits_t *scales, const h
     for (int g = 0; g < NG; ++g) {
       const size_t bg = (size_t)b * NG + g;
       const int step = g * ROWS + r;
-      pk.d[bg * CSIM_BLOCK + i] = scales[step];
-      pk.m[bg * CSIM_BLOCK + i] = mins[step];
-      const rom_word_t *w = &planes[(size_t)step * C::WPS];
+      pk.d[bg * CSIM_BLOCK + i] = src.scale(step);
+      pk.m[bg * CSIM_BLOCK + i] = src.minimum(step);
+      const rom_word_t *w = src.step_planes(step);
       for (int j = 0; j < GROUP; ++j) {
         const int l = j / ROM_WORD_BITS, bit = j % ROM_WORD_BITS;
         uint32_t code = 0;
@@ -348,6 +382,13 @@ void csim_pack_tile(const rom_word_t *planes, const half_bits_t *scales, const h
     }
   }
   pk.ok = true;
+}
+
+template <int ROWS, int COLS, int GROUP, int BITS>
+void csim_pack_tile(const rom_word_t *planes, const half_bits_t *scales, const half_bits_t *mins,
+                    CsimPackedTile &pk) {
+  csim_pack_tile_from<ROWS, COLS, GROUP, BITS>(
+      RomTileSource<BromTileConfig<ROWS, COLS, GROUP, BITS>::WPS>{planes, scales, mins}, pk);
 }
 
 // One block of 16 rows: y16[i] for rows i of the block (portable loop: the reference of the SIMD one).

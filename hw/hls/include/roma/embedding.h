@@ -14,11 +14,16 @@
 // fp32 operations as QuantizedMatrix.dequantize (compile with -ffp-contract=off).
 //
 // Loop: ROW, NG iterations, II=1 (+ ROM latency, fp16 decode, mul, add).
+//
+// A DDR-streamed embedding (placement "DDR-stream", brom_ddr.h's image layout) is read the same way through
+// the ddr_weights port: per group, the step's WPS plane words and its scale|minimum word, two reads of the
+// same block (embedding_row_ddr: ROW_DDR at II = beats of the planes + 1, plus the AXI read latency once).
 #ifndef ROMA_EMBEDDING_H
 #define ROMA_EMBEDDING_H
 
 #include <cstdint>
 
+#include "brom_ddr.h"
 #include "brom_tile.h"
 #include "layer_cycles.h"
 #include "types.h"
@@ -33,7 +38,27 @@ struct EmbeddingConfig {
   static constexpr int DEPTH = timing::ROM_LATENCY + 1 /* tile mux */ + 1 /* fp16 decode */ +
                                timing::FMUL_LATENCY + timing::FADD_LATENCY + 1;
   static constexpr uint64_t CYCLES = (uint64_t)NG * timing::II + DEPTH;
+  static constexpr int DDR_II = (Tile::WPS + DDR_WORDS_PER_CYCLE - 1) / DDR_WORDS_PER_CYCLE + 1;
+  static constexpr uint64_t DDR_CYCLES =
+      (uint64_t)NG * DDR_II + DEPTH - timing::ROM_LATENCY + timing::AXI_READ_LATENCY;
 };
+
+// The GROUP weights of one (group, row) step, w = d*q + m, from its BITS plane words.
+template <int GROUP, int BITS>
+inline void embedding_group(const rom_word_t *w, float d, float m, float *out) {
+#pragma HLS INLINE
+  constexpr int LANES = GROUP / ROM_WORD_BITS;
+  for (int j = 0; j < GROUP; ++j) {
+#pragma HLS UNROLL
+    const int l = j / ROM_WORD_BITS, b = j % ROM_WORD_BITS;
+    uint32_t code = 0;
+    for (int p = 0; p < BITS; ++p) {
+#pragma HLS UNROLL
+      code |= ((w[p * LANES + l] >> b) & 1u) << p;
+    }
+    out[j] = d * (float)code + m;
+  }
+}
 
 // out[COLS] = dequantized row `token` (0 <= token < TILES*ROWS; the caller validates the id).
 template <int TILES, int ROWS, int COLS, int GROUP, int BITS>
@@ -42,7 +67,7 @@ void embedding_row(int token,
                    const half_bits_t scales[TILES][(COLS / GROUP) * ROWS],
                    const half_bits_t mins[TILES][(COLS / GROUP) * ROWS], float out[COLS], LayerCycles &cyc) {
   typedef EmbeddingConfig<TILES, ROWS, COLS, GROUP, BITS> C;
-  constexpr int NG = C::NG, LANES = C::Tile::LANES, WPS = C::Tile::WPS;
+  constexpr int NG = C::NG, WPS = C::Tile::WPS;
 #pragma HLS ARRAY_PARTITION variable = out type = cyclic factor = GROUP dim = 1
   const int tile = token / ROWS;
   const int r = token - tile * ROWS;
@@ -50,22 +75,45 @@ ROW:
   for (int g = 0; g < NG; ++g) {
 #pragma HLS PIPELINE II = timing::II
     const int step = g * ROWS + r;
-    const rom_word_t *w = &planes[tile][step * WPS];
-    const float d = half_to_float(scales[tile][step]);
-    const float m = half_to_float(mins[tile][step]);
-    for (int j = 0; j < GROUP; ++j) {
-#pragma HLS UNROLL
-      const int l = j / ROM_WORD_BITS, b = j % ROM_WORD_BITS;
-      uint32_t code = 0;
-      for (int p = 0; p < BITS; ++p) {
-#pragma HLS UNROLL
-        code |= ((w[p * LANES + l] >> b) & 1u) << p;
-      }
-      out[g * GROUP + j] = d * (float)code + m;
-    }
+    embedding_group<GROUP, BITS>(&planes[tile][step * WPS], half_to_float(scales[tile][step]),
+                                 half_to_float(mins[tile][step]), &out[g * GROUP]);
   }
 #ifndef __SYNTHESIS__
   cyc.embedding += C::CYCLES;
+#else
+  (void)cyc;
+#endif
+}
+
+// out[COLS] = row `token` of a DDR-streamed embedding whose image starts at `image` (an m_axi pointer).
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS>
+void embedding_row_ddr(int token, const rom_word_t *image, float out[COLS], LayerCycles &cyc) {
+  typedef EmbeddingConfig<TILES, ROWS, COLS, GROUP, BITS> C;
+  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS> D;
+  constexpr int NG = C::NG, WPS = C::Tile::WPS, DDR_II = C::DDR_II;
+  (void)DDR_II; // used by the PIPELINE pragma
+#pragma HLS ARRAY_PARTITION variable = out type = cyclic factor = GROUP dim = 1
+  const int tile = token / ROWS;
+  const int r = token - tile * ROWS;
+  const rom_word_t *src = image + (long long)tile * D::TILE_WORDS;
+ROW_DDR:
+  for (int g = 0; g < NG; ++g) {
+#pragma HLS PIPELINE II = DDR_II
+    const int step = g * ROWS + r;
+    const rom_word_t *block = src + (long long)(step / DDR_BLOCK_STEPS) * D::BLOCK_WORDS;
+    const int i = step % DDR_BLOCK_STEPS;
+    rom_word_t w[WPS];
+#pragma HLS ARRAY_PARTITION variable = w type = complete
+    for (int k = 0; k < WPS; ++k) {
+#pragma HLS UNROLL
+      w[k] = block[i * WPS + k];
+    }
+    const rom_word_t pm = block[DDR_BLOCK_STEPS * WPS + i];
+    embedding_group<GROUP, BITS>(w, half_to_float((half_bits_t)(pm & 0xffffu)), half_to_float((half_bits_t)(pm >> 16)),
+                                 &out[g * GROUP]);
+  }
+#ifndef __SYNTHESIS__
+  cyc.embedding += C::DDR_CYCLES;
 #else
   (void)cyc;
 #endif

@@ -1,0 +1,306 @@
+"""The DDR-streamed weight tier end to end: the plan's `ddr` option, a build whose DDR tensors live in
+ddr_weights.bin (no ROM arrays for them), the core streaming them through its `ddr_weights` port on the emulated
+board (bit-identical to the same build in ROM, and the golden model's logits), the driver's load path and its
+refusals, and SmolLM2 2-bit placed for a KV260, where 29 of 30 layers and the lm head stream from DDR.
+
+The tiny model is the Q4_1 GGUF of conftest.tiny_models; its ROM build is the session's default build
+(tiny_build: 4-bit G32 for a U250, everything on chip), and the DDR build is the same compile with
+ddr="1,head,embedding": layer 0 stays in ROM, layer 1, the untied lm head and the token embedding stream.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from conftest import REPO, cli_env
+from roma_runtime import RomaError
+from roma_runtime.compiler import brom
+from roma_runtime.backends import DEFAULT_BUILD
+from roma_runtime.compiler.build import DDR_FILE, compile_model, is_ddr, load_build, verify_build
+from roma_runtime.compiler.plan import DDR_STREAM, make_plan
+
+pytest.importorskip("pynq")
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
+                               reason="the emulated board needs g++ and make")
+
+TOL = 2e-3  # max|dl| / max|l| against the golden model, as tests/test_emu_backend.py (its header explains it)
+DDR_UNITS = "1,head,embedding"
+IDS = [1, 504, 3575, 282, 4649, 314, 7, 1000]
+
+
+def _rel(got, want) -> float:
+    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
+
+
+def golden_last_logits(model, ids: list[int]) -> list[np.ndarray]:
+    """The golden quant model's last-token logits three ways (whole, 2 + rest, one token per call): its own
+    spread bounds how close any other evaluation order can be."""
+    from roma_runtime.golden import GoldenModel
+
+    gold = GoldenModel(model, "quant")
+    refs = []
+    for chunks in ([ids], [ids[:2], ids[2:]], [[t] for t in ids]):
+        cache = gold.new_cache(64)
+        for chunk in chunks:
+            last = gold.forward(chunk, cache)
+        refs.append(np.asarray(last, np.float32)[-1])
+    return refs
+
+
+def assert_close_to_golden(got, refs) -> None:
+    spread = max(_rel(a, b) for a in refs for b in refs)
+    assert min(_rel(got, r) for r in refs) <= max(TOL, spread)
+    assert int(np.argmax(got)) in {int(np.argmax(r)) for r in refs}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tiny_models):
+    from roma_runtime.model import load_model
+
+    return load_model(tiny_models["q4_1"]).config
+
+
+@pytest.fixture(scope="module")
+def ddr_build(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddr") / "build"
+    compile_model(tiny_models["q4_1"], out, progress=False, ddr=DDR_UNITS, **DEFAULT_BUILD)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddr_emu(ddr_build):
+    from roma_runtime.device.driver import EmuBackend
+
+    return EmuBackend(ddr_build, progress=False)
+
+
+# --- the plan ---------------------------------------------------------------------------------------------------
+
+
+def test_plan_streams_the_units_asked_for(tiny_config):
+    fits = make_plan(tiny_config, "u250", lora_rank=0)
+    assert fits.fits_on_chip
+    plan = make_plan(tiny_config, "u250", lora_rank=0, ddr="1,head")
+    assert plan.layers_on_chip() == [0] and plan.layers_streamed() == [1]
+    assert plan.unit_placement(("lm_head", "norm")) == DDR_STREAM and plan.unit_placement(("embedding",)) != DDR_STREAM
+    assert plan.to_dict()["ddr_forced"] == [1, "head"] and plan.ddr_forced == make_plan(
+        tiny_config, "u250", lora_rank=0, ddr=[1, "head"]).ddr_forced
+    assert "sent to DDR on purpose (--ddr): layer 1, head" in plan.render()
+    # what the forced units would have used stays free
+    assert plan.bram36_used + plan.uram_used < fits.bram36_used + fits.uram_used
+    everything = make_plan(tiny_config, "u250", lora_rank=0, ddr="all")
+    assert all(t.placement == DDR_STREAM for t in everything.tensors) and everything.layers_streamed() == [0, 1]
+    assert make_plan(tiny_config, "u250", lora_rank=0, ddr="0-1").layers_streamed() == [0, 1]
+
+
+@pytest.mark.parametrize("spec, config_change, message", [
+    ("2", {}, "names layer 2, but .* has layers 0-1"),
+    ("1,lm", {}, "does not know the unit 'lm'"),
+    ("1-0", {}, "the range 1-0 runs backwards"),
+    ("embedding", {"tied_embeddings": True}, "ties its token embedding to the lm head"),
+])
+def test_plan_refuses_units_the_model_does_not_have(tiny_config, spec, config_change, message):
+    with pytest.raises(RomaError, match=message):
+        make_plan(replace(tiny_config, **config_change), "u250", lora_rank=0, ddr=spec)
+
+
+def test_compile_refuses_a_bad_unit_before_touching_the_build(tiny_models, ddr_build, tmp_path):
+    copy = tmp_path / "build"
+    shutil.copytree(ddr_build, copy)
+    with pytest.raises(RomaError, match="names layer 7"):
+        compile_model(tiny_models["q4_1"], copy, progress=False, force=True, ddr="7", **DEFAULT_BUILD)
+    verify_build(copy)  # the old build is untouched
+
+
+def test_cli_plan_and_compile_take_ddr(tiny_models, tmp_path):
+    def roma(*args):
+        p = subprocess.run([sys.executable, "-m", "roma_runtime.cli", *map(str, args)], capture_output=True,
+                           text=True, env=cli_env(), cwd=str(REPO), timeout=300)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    out = roma("plan", "--model", tiny_models["q4_1"], "--board", "u250", "--lora-rank", "0", "--ddr", "1")
+    assert "layer 1 streams from DDR" in out and "sent to DDR on purpose (--ddr): layer 1" in out
+    summary = json.loads(roma("compile", "--model", tiny_models["q4_1"], "--out", tmp_path / "b", "--ddr", "head",
+                              "--json"))
+    assert summary["ddr_bytes"] > 0 and (tmp_path / "b" / DDR_FILE).is_file()
+    assert not (tmp_path / "b" / "output.bin").exists() and (tmp_path / "b" / "blk.1.wq.bin").is_file()
+
+
+# --- the build --------------------------------------------------------------------------------------------------
+
+
+def test_ddr_build_has_no_rom_arrays_for_ddr_tensors(ddr_build, tiny_build):
+    manifest = verify_build(ddr_build)
+    tensors = manifest["tensors"]
+    ddr = [n for n, e in tensors.items() if is_ddr(e)]
+    on_chip = [n for n in tensors if n not in ddr]
+    assert sorted(ddr) == sorted([f"blk.1.{lin}" for lin in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")]
+                                 + ["token_embd", "output"])
+    assert on_chip == [f"blk.0.{lin}" for lin in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")]
+    # the .bin/.dat set: ROM images only for on-chip tensors; the DDR ones are in ddr_weights.bin, listed with
+    # its checksum like every other file
+    files = set(manifest["files"])
+    for n in on_chip:
+        assert {f"{n}.bin", f"{n}.dat"} <= files and tensors[n]["image"] == f"{n}.bin"
+    for n in ddr:
+        assert not (ddr_build / f"{n}.bin").exists() and not (ddr_build / f"{n}.dat").exists()
+        e = tensors[n]
+        assert e["image"] == DDR_FILE and e["init"] is None and e["rom_bytes"] == 0 and e["ddr_words"] > 0
+    assert DDR_FILE in files and manifest["ddr"]["tensors"] == ddr
+    words = brom.read_ddr_image(ddr_build / DDR_FILE)
+    assert manifest["ddr"]["words"] == words.size and manifest["ddr"]["crc32"] == int(words[3])
+    assert manifest["sizes"]["ddr_bytes"] == 4 * sum(tensors[n]["ddr_words"] for n in ddr)
+    # the header: synthesis includes the .dat of on-chip tensors only; DDR offsets and the image's identity
+    header = (ddr_build / "roma_model.h").read_text()
+    assert re.findall(r'#define ROMA_ROM_DAT "(.+)\.dat"', header) == on_chip
+    assert f"constexpr long long DDR_WORDS = {words.size};" in header
+    assert f"constexpr unsigned DDR_CRC = 0x{int(words[3]):08x}u;" in header
+    assert f"constexpr long long DDR_WQ[N_LAYERS] = {{-1, {tensors['blk.1.wq']['ddr_offset']}}};" in header
+    assert f"constexpr long long DDR_OUTPUT = {tensors['output']['ddr_offset']};" in header
+    # the same weights as the all-ROM build, read back through either tier
+    rom, _ = load_build(tiny_build)
+    got, _ = load_build(ddr_build)
+    pairs = [(getattr(rom.weights.layers[i], lin), getattr(got.weights.layers[i], lin))
+             for i in range(2) for lin in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")]
+    pairs += [(rom.weights.token_embedding, got.weights.token_embedding), (rom.weights.output, got.weights.output)]
+    for a, b in pairs:
+        assert a.bits == b.bits and a.group == b.group and np.array_equal(a.codes, b.codes)
+        assert np.array_equal(a.scales.view(np.uint16), b.scales.view(np.uint16))
+        assert np.array_equal(a.minimums.view(np.uint16), b.minimums.view(np.uint16))
+
+
+def test_ddr_layout_round_trips_every_width():
+    from roma_runtime.model.weights import QuantizedMatrix
+
+    rng = np.random.default_rng(5)
+    for bits in (2, 3, 4, 8):
+        for group, rows, tiles in ((32, 10, 2), (64, 9, 3), (128, 7, 1)):  # 60, 18 and 21 steps per tile
+            qm = QuantizedMatrix(rng.integers(0, 1 << bits, (rows, 384), dtype=np.uint8),
+                                 rng.standard_normal((rows, 384 // group)).astype(np.float16),
+                                 rng.standard_normal((rows, 384 // group)).astype(np.float16), bits, group)
+            img = brom.pack(qm, tiles)
+            words = brom.ddr_words(img)
+            assert words.size == tiles * brom.ddr_tile_words(bits, group, rows // tiles, 384)
+            assert words.size % 4 == 0  # tiles start on 128-bit beats
+            back = brom.ddr_unpack(words, bits, group, rows, 384, tiles)
+            assert back.sha256() == img.sha256()
+    with pytest.raises(RomaError, match="has 20 words, not 19"):
+        brom.ddr_unpack(np.zeros(19, np.uint32), 4, 32, 4, 32, 1)
+
+
+@needs_gxx
+def test_synthesis_gets_rom_arrays_for_on_chip_tensors_only(ddr_build, tmp_path):
+    """roma_core.cpp on the synthesis path (__SYNTHESIS__, -Werror) against the DDR build: it compiles (the
+    DDR tensors' .dat files do not exist, so including one would fail) and defines ROM arrays for layer 0 only."""
+    hls = REPO / "hw" / "hls"
+    obj = tmp_path / "roma_core.o"
+    r = subprocess.run(["g++", "-std=c++17", "-O0", "-c", "-D__SYNTHESIS__", "-ffp-contract=off", "-Wall", "-Wextra",
+                        "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-label", f"-I{hls / 'include'}", f"-I{hls}",
+                        f"-I{ddr_build}", str(hls / "roma_core.cpp"), "-o", str(obj)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    nm = subprocess.run(["nm", "-C", str(obj)], capture_output=True, text=True, check=True).stdout
+    roms = set(re.findall(r"RomTensor<(\d+), (\d+)>::(planes|scales|mins)", nm))
+    assert roms == {("0", str(lin), a) for lin in range(7) for a in ("planes", "scales", "mins")}
+    assert "brom_ddr_gemv" in nm and "embedding_row_ddr" in nm
+
+
+# --- the emulated board -----------------------------------------------------------------------------------------
+
+
+@needs_gxx
+def test_ddr_build_on_emu_equals_the_rom_build_and_the_golden_model(ddr_build, ddr_emu, tiny_emu):
+    manifest = verify_build(ddr_build)
+    assert ddr_emu.core.ddr_weights.size == manifest["ddr"]["words"]  # the buffer is sized to the image
+    assert np.array_equal(np.asarray(ddr_emu.core.ddr_weights), brom.read_ddr_image(ddr_build / DDR_FILE))
+    rom_cache, ddr_cache = tiny_emu.new_cache(64), ddr_emu.new_cache(64)
+    rom_logits, ddr_logits = tiny_emu.forward(IDS, rom_cache), ddr_emu.forward(IDS, ddr_cache)
+    rom_cycles, ddr_cycles = tiny_emu.last_cycles(), ddr_emu.last_cycles()
+    assert np.array_equal(ddr_logits, rom_logits)  # the same integer dots and fp32 sequence: bit for bit
+    assert_close_to_golden(ddr_logits, golden_last_logits(load_build(ddr_build)[0], IDS))
+    for _ in range(3):  # decode steps: the KV caches and logits stay identical
+        t = int(np.argmax(ddr_logits))
+        rom_logits, ddr_logits = tiny_emu.forward([t], rom_cache), ddr_emu.forward([t], ddr_cache)
+        assert np.array_equal(ddr_logits, rom_logits)
+    ddr_cache.kv.buffer.invalidate()
+    rom_cache.kv.buffer.invalidate()
+    assert np.array_equal(np.asarray(ddr_cache.kv.buffer), np.asarray(rom_cache.kv.buffer))
+    # the stream costs cycles in the GEMV, lm-head and embedding stages; nothing else moves
+    assert ddr_cycles["gemv"] > rom_cycles["gemv"] and ddr_cycles["lm_head"] > rom_cycles["lm_head"]
+    assert ddr_cycles["embedding"] > rom_cycles["embedding"]
+    assert {k: v for k, v in ddr_cycles.items() if k not in ("gemv", "lm_head", "embedding")} == {
+        k: v for k, v in rom_cycles.items() if k not in ("gemv", "lm_head", "embedding")}
+
+
+@needs_gxx
+def test_the_core_refuses_to_run_without_its_ddr_image(ddr_emu):
+    buf = ddr_emu.core.ddr_weights
+    before = ddr_emu.forward(IDS, ddr_emu.new_cache(64))
+    saved = int(buf[3])
+    buf[3] = saved ^ 1  # another image's checksum in the header
+    buf.flush()
+    try:
+        with pytest.raises(RomaError, match="does not hold this build's DDR weight image"):
+            ddr_emu.forward(IDS, ddr_emu.new_cache(64))
+    finally:
+        buf[3] = saved
+        buf.flush()
+    assert np.array_equal(ddr_emu.forward(IDS, ddr_emu.new_cache(64)), before)
+
+
+def test_missing_or_corrupt_ddr_image_is_refused_naming_the_file(ddr_build, tmp_path):
+    from roma_runtime.device.driver import EmuBackend, read_ddr_image
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ddr_build, bad)
+    blob = bytearray((bad / DDR_FILE).read_bytes())
+    blob[len(blob) // 2] ^= 0x40
+    (bad / DDR_FILE).write_bytes(bytes(blob))
+    manifest = json.loads((bad / "manifest.json").read_text())
+    for load in (verify_build, load_build, lambda b: EmuBackend(b, progress=False),
+                 lambda b: read_ddr_image(b, manifest)):  # the last: RomaOverlay's path, next to a bitstream
+        with pytest.raises(RomaError, match=rf"{re.escape(str(bad / DDR_FILE))} is corrupt"):
+            load(bad)
+    with pytest.raises(RomaError, match=rf"DDR weight image {re.escape(str(bad / DDR_FILE))} is corrupt "
+                                        r"\(payload checksum mismatch\)"):
+        load_build(bad, verify=False)  # its own header checksum, without the manifest's
+    (bad / DDR_FILE).unlink()
+    for load in (verify_build, lambda b: EmuBackend(b, progress=False), lambda b: read_ddr_image(b, manifest)):
+        with pytest.raises(RomaError, match=rf"{re.escape(str(bad / DDR_FILE))} is missing"):
+            load(bad)
+
+
+# --- SmolLM2 at 2 bits on a KV260 -------------------------------------------------------------------------------
+
+
+@needs_gxx
+def test_smollm2_2bit_on_kv260_streams_from_ddr_and_matches_the_golden_model(smollm2, tmp_path):
+    """SmolLM2-135M at 2 bits (RTN G64) placed for a KV260: only layer 0 fits on chip, layers 1-29 and the tied
+    lm head stream from DDR. On the emulated board the first greedy token equals the golden quant model's on
+    the same build, and the logits are as close to it as at 2 bits on chip (test_emu_backend)."""
+    from roma_runtime.device.driver import EmuBackend
+    from roma_runtime.tokenizer import Tokenizer
+
+    out = tmp_path / "smollm2-2bit-kv260"
+    manifest = compile_model(smollm2, out, bits=2, group=64, board="kv260", progress=False)
+    assert manifest["plan"]["layers_on_chip"] == [0] and manifest["plan"]["layers_streamed"] == list(range(1, 30))
+    assert is_ddr(manifest["tensors"]["token_embd"]) and not (out / "token_embd.bin").exists()
+    emu = EmuBackend(out, progress=False)
+    ids = Tokenizer.from_model(smollm2).encode("The capital of France is")
+    got = emu.forward(ids, emu.new_cache(64))
+    refs = golden_last_logits(load_build(out)[0], ids)
+    assert int(np.argmax(got)) == int(np.argmax(refs[0]))
+    spread = max(_rel(a, b) for a in refs for b in refs)
+    assert min(_rel(got, r) for r in refs) <= max(TOL, spread)
+    cycles = emu.last_cycles()
+    # DDR-bound: the 8-bit lm head streams 49152 x 576 codes + scales through a 16-byte port
+    assert cycles["lm_head"] > 49152 * 576 // 16 and cycles["gemv"] > cycles["lm_head"]
