@@ -294,6 +294,9 @@ def test_adapter_refused_on_another_base(trained, build2, byte_build, tiny_model
     shutil.copytree(build2, copy)
     assert F.check_adapter_build(out, copy)["matches"]
     assert F.check_adapter_build(out, load_build(copy)[0])["matches"]
+    streamed = tmp_path / "streamed"  # the same weights placed in DDR (another board's plan) too
+    compile_model(tiny_models["q4_1"], streamed, bits=2, group=32, ddr="all", progress=False)
+    assert (streamed / "ddr_weights.bin").is_file() and F.check_adapter_build(out, streamed)["matches"]
     with pytest.raises(RomaError, match="was trained against the build tiny-llama .2-bit G32."):
         F.check_adapter_build(out, byte_build[1])
     with pytest.raises(RomaError, match="not against this model"):

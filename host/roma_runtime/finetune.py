@@ -159,10 +159,13 @@ def _sha256_file(path: Path) -> str:
 
 
 def _rom_sha256(manifest: dict) -> str:
-    """A fingerprint of what a build holds in ROM: its images and norms (the .bin files), by their sha256. Two
-    builds with equal ROM contents have it equal even when their manifests differ (timestamps, timings)."""
-    files = sorted((n, e["sha256"]) for n, e in manifest.get("files", {}).items() if n.endswith(".bin"))
-    return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    """A fingerprint of the frozen base a build holds: every weight matrix's image (by content, wherever the
+    plan put it: ROM or the DDR image) and the norms. Builds of the same weights for different boards or
+    placements have it equal, and so do manifests that differ only in timestamps or timings."""
+    norms = manifest["norms"]["file"]
+    parts = sorted((n, e["image_sha256"]) for n, e in manifest["tensors"].items())
+    parts.append((norms, manifest["files"][norms]["sha256"]))
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def base_fingerprint(build_or_model) -> dict:
