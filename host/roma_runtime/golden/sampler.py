@@ -25,8 +25,9 @@ The PRNG is xorshift64* with a 64-bit state held on chip and seeded by the host 
 exactly once per token in every mode (greedy too, the draw is then unused), so the state after n tokens is
 prng_next applied n times, whatever the sampling settings.
 
-exp is not libm's: `exp_f32` is a fixed sequence of fp32 multiplies and adds (Cody-Waite reduction by ln 2,
-a degree-7 Taylor polynomial, the power of two built in the exponent field), so numpy, g++ C simulation and
+exp is not libm's: `exp_f32` (hw/hls/include/roma/fexp.h, the datapath's one exp) is a fixed sequence of fp32
+multiplies and adds (Cody-Waite reduction by ln 2, a degree-7 Taylor polynomial, the power of two built in the
+exponent field), so numpy, g++ C simulation and
 synthesized fp32 cores (IEEE add/mul) give the same bits. hls::exp, std::exp and numpy's exp disagree in the
 last bit, which would change sampled tokens. Candidates with z < Z_MIN (-86) get p = 0, so no subnormal
 number ever arises: the result is the same whether the fp cores support subnormals or flush them.
@@ -113,7 +114,7 @@ NEG_INF = np.float32(-np.inf)
 
 
 def exp_f32(z: np.ndarray) -> np.ndarray:
-    """exp(z) for z <= 0 (fp32 array), exactly as sampler.h's exp_f32 evaluates it:
+    """exp(z) for z <= 0 (fp32 array), exactly as fexp.h's exp_f32 evaluates it:
 
         z < Z_MIN (or -inf)  -> 0
         t = z * LOG2E;  n = floor(t + 0.5);  r = (z - n*LN2_HI) - n*LN2_LO

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "roma/act_quant.h"
+#include "roma/activation.h"
 #include "roma/attention.h"
 #include "roma/brom_ddr.h"
 #include "roma/brom_tile.h"
@@ -288,6 +289,44 @@ void check_attention_csim(Tally &tally) {
               HEADS, KV_HEADS, HD, SIMD, ROMA_ATT_CSIM_FAST, bad);
 }
 
+// exp_f32x16 against exp_f32 on every lane (a dense sweep of [-90, 90] and the special values), and the
+// emulated board's 16-lane SwiGLU against its scalar expression; both are compiled in with AVX-512.
+void check_exp_simd(Tally &tally) {
+#if defined(__AVX512F__)
+  std::vector<float> z;
+  for (float v = -90.0f; v < 90.0f; v += 0x1p-9f) z.push_back(v);
+  for (float v : {-INFINITY, INFINITY, NAN, 0.0f, -0.0f, -86.0f, 88.38f, 88.72f, 88.73f}) z.push_back(v);
+  while (z.size() % 16) z.push_back(0.5f);
+  long bad = 0;
+  for (size_t i = 0; i < z.size(); i += 16) {
+    float v[16];
+    _mm512_storeu_ps(v, exp_f32x16(_mm512_loadu_ps(&z[i])));
+    for (int l = 0; l < 16; ++l) {
+      const bool ok = float_to_bits(v[l]) == float_to_bits(exp_f32(z[i + l]));
+      tally.check(ok);
+      bad += !ok;
+    }
+  }
+  constexpr int N = 1536;
+  std::vector<float> gate(N), up(N), y(N);
+  for (int i = 0; i < N; ++i) {
+    gate[i] = z[(size_t)i * 37 % z.size()] * 0.25f;
+    up[i] = z[(size_t)i * 11 % z.size()] * 0.1f;
+  }
+  LayerCycles cyc;
+  swiglu<N>(gate.data(), up.data(), y.data(), cyc);
+  for (int i = 0; i < N; ++i) {
+    const float g = gate[i], want = (g / (1.0f + exp_f32(-g))) * up[i];
+    const bool ok = float_to_bits(y[i]) == float_to_bits(want);
+    tally.check(ok);
+    bad += !ok;
+  }
+  std::printf("  exp_f32x16 and SwiGLU fast path: %ld mismatches of %zu\n", bad, z.size() + N);
+#else
+  (void)tally;
+#endif
+}
+
 void check_half_table(Tally &tally) {
   if (!tb::file_exists("half.f32")) return;
   const auto ref = read_array<float>("half.f32", 1 << 16);
@@ -308,6 +347,7 @@ int main(int argc, char **argv) {
   if (!tb::read_cases(lines)) return 2;
   Tally tally;
   check_half_table(tally);
+  check_exp_simd(tally);
   check_attention_csim<9, 3, 64, 8>(tally); // SmolLM2-135M
   check_attention_csim<4, 2, 64, 4>(tally);
   check_attention_csim<8, 8, 64, 8>(tally);

@@ -46,6 +46,7 @@
 #include <immintrin.h>
 #endif
 
+#include "fexp.h"
 #include "layer_cycles.h"
 #include "types.h"
 
@@ -138,13 +139,15 @@ KV_WRITE:
 
 #if !defined(__SYNTHESIS__) && defined(__AVX512F__)
 // ---- C simulation only: the emulated board's attention_query with AVX-512 (HD = 64) ----
-// The same fp32 operations as attention_query below, on 16 lanes: a head's score tree (tree_sum<SIMD> of the
-// chunk products, then tree_sum<CHD> of the chunk sums) is, for powers of two, the pairwise tree over all HD
-// products (v[i] = v[2i] + v[2i+1] level by level), built with even/odd lane permutes; the running max, the
-// exp loop and the P*V accumulation keep their per-head, per-element order over s (PV runs kv head by kv head
-// with s inner: each acc[h][d] still sums s = 0, 1, ... in order); the final division is the same IEEE
-// division. fp16 K/V are widened with vcvtph2ps, exact for every non-NaN half. tb_brom_tile checks the result
-// bit for bit against attention_query's reference loops.
+// The same fp32 operations as attention_query below, on 16 lanes. A head's score is the pairwise tree over its
+// HD products (tree_sum<SIMD> of the chunk products, then tree_sum<CHD> of the chunk sums: for powers of two,
+// v[i] = v[2i] + v[2i+1] level by level). Here pair_sum (even/odd lane permutes) builds the first two levels
+// per position (16 sums of 4 products), and the last four levels for 16 positions at once, so one vector
+// ends up holding the scores of 16 consecutive positions. The max is order-free; the exps are exp_f32 on 16
+// positions (exp_f32x16, bit for bit); the sums l[h] and the P*V accumulation keep their per-head, per-element
+// order over s (PV runs kv head by kv head with s inner: each acc[h][d] still sums s = 0, 1, ... in order);
+// the final division is the same IEEE division. fp16 K/V are widened with vcvtph2ps, exact for every non-NaN
+// half. tb_brom_tile checks the result bit for bit against attention_query's reference loops.
 #define ROMA_ATT_CSIM_FAST 1
 namespace detail {
 inline __m512 pair_sum(__m512 a, __m512 b) { // out[i] = x[2i] + x[2i+1] of the 32 values (a, b)
@@ -162,48 +165,62 @@ void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t 
                           const half_bits_t *v_cache, float out[HEADS * HD], float (*score)[MAX_CTX]) {
   static_assert(HD == 64, "the C-simulation attention is written for head_dim 64");
   constexpr int GROUP = HEADS / KV_HEADS, ROW = KV_HEADS * HD;
-  const float scale = attention_scale<HD>();
+  const __m512 scale = _mm512_set1_ps(attention_scale<HD>());
   const int S = pos + 1;
   const __m512 zero = _mm512_setzero_ps();
   float mx[HEADS], lsum[HEADS];
-  for (int h = 0; h < HEADS; ++h) mx[h] = -INFINITY;
   for (int kh = 0; kh < KV_HEADS; ++kh) {
-    __m512 qv[GROUP][4];
-    for (int gq = 0; gq < GROUP; ++gq)
+    __m512 qv[GROUP][4], mxv[GROUP];
+    for (int gq = 0; gq < GROUP; ++gq) {
       for (int j = 0; j < 4; ++j) qv[gq][j] = _mm512_loadu_ps(&q[(kh * GROUP + gq) * HD + 16 * j]);
-    for (int s = 0; s < S; ++s) {
-      const half_bits_t *kr = &k_cache[(size_t)s * ROW + kh * HD];
-      const __m512 k0 = detail::load_half16(kr), k1 = detail::load_half16(kr + 16);
-      const __m512 k2 = detail::load_half16(kr + 32), k3 = detail::load_half16(kr + 48);
-      __m512 m[GROUP];
-      for (int gq = 0; gq < GROUP; ++gq) {
-        const __m512 l0 = detail::pair_sum(_mm512_mul_ps(qv[gq][0], k0), _mm512_mul_ps(qv[gq][1], k1));
-        const __m512 l1 = detail::pair_sum(_mm512_mul_ps(qv[gq][2], k2), _mm512_mul_ps(qv[gq][3], k3));
-        m[gq] = detail::pair_sum(l0, l1); // 16 sums of 4 products
-      }
-      for (int gq = 0; gq < GROUP; gq += 2) { // two heads per vector: 16 -> 8 -> 4 -> 2 -> 1 each
-        __m512 t = detail::pair_sum(m[gq], gq + 1 < GROUP ? m[gq + 1] : zero);
-        t = detail::pair_sum(t, zero);
-        t = detail::pair_sum(t, zero);
-        t = detail::pair_sum(t, zero);
-        float two[16];
-        _mm512_storeu_ps(two, t);
-        for (int u = 0; u < 2 && gq + u < GROUP; ++u) {
-          const int h = kh * GROUP + gq + u;
-          const float sc = two[u] * scale;
-          score[h][s] = sc;
-          mx[h] = sc > mx[h] ? sc : mx[h];
+      mxv[gq] = _mm512_set1_ps(-INFINITY);
+    }
+    for (int s0 = 0; s0 < S; s0 += 16) {
+      const int n = S - s0 < 16 ? S - s0 : 16;
+      __m512 quads[GROUP][16]; // per position: 16 sums of 4 products (positions past S: 0, never stored)
+      for (int u = 0; u < 16; ++u) {
+        if (u >= n) {
+          for (int gq = 0; gq < GROUP; ++gq) quads[gq][u] = zero;
+          continue;
+        }
+        const half_bits_t *kr = &k_cache[(size_t)(s0 + u) * ROW + kh * HD];
+        const __m512 k0 = detail::load_half16(kr), k1 = detail::load_half16(kr + 16);
+        const __m512 k2 = detail::load_half16(kr + 32), k3 = detail::load_half16(kr + 48);
+        for (int gq = 0; gq < GROUP; ++gq) {
+          const __m512 l0 = detail::pair_sum(_mm512_mul_ps(qv[gq][0], k0), _mm512_mul_ps(qv[gq][1], k1));
+          const __m512 l1 = detail::pair_sum(_mm512_mul_ps(qv[gq][2], k2), _mm512_mul_ps(qv[gq][3], k3));
+          quads[gq][u] = detail::pair_sum(l0, l1);
         }
       }
+      const __mmask16 valid = (__mmask16)(n == 16 ? 0xffffu : (1u << n) - 1u);
+      for (int gq = 0; gq < GROUP; ++gq) {
+        __m512 *t = quads[gq]; // 16 -> 8 -> 4 -> 2 -> 1 vectors: lane u ends up with position s0 + u
+        for (int width = 16; width > 1; width /= 2)
+          for (int i = 0; i < width / 2; ++i) t[i] = detail::pair_sum(t[2 * i], t[2 * i + 1]);
+        const __m512 sc = _mm512_mul_ps(t[0], scale);
+        _mm512_mask_storeu_ps(&score[kh * GROUP + gq][s0], valid, sc);
+        mxv[gq] = _mm512_mask_max_ps(mxv[gq], valid, mxv[gq], sc);
+      }
+    }
+    for (int gq = 0; gq < GROUP; ++gq) { // the max of the 16 lanes (order-free)
+      float lanes[16];
+      _mm512_storeu_ps(lanes, mxv[gq]);
+      float m = lanes[0];
+      for (int l = 1; l < 16; ++l) m = lanes[l] > m ? lanes[l] : m;
+      mx[kh * GROUP + gq] = m;
     }
   }
-  for (int s = 0; s < S; ++s) {
-    for (int h = 0; h < HEADS; ++h) {
-      const float e = std::exp(score[h][s] - mx[h]);
-      score[h][s] = e;
-      lsum[h] = (s == 0 ? 0.0f : lsum[h]) + e;
+  for (int h = 0; h < HEADS; ++h) {
+    const __m512 m = _mm512_set1_ps(mx[h]);
+    for (int s0 = 0; s0 < S; s0 += 16) {
+      const __mmask16 valid = (__mmask16)(S - s0 < 16 ? (1u << (S - s0)) - 1u : 0xffffu);
+      const __m512 x = _mm512_maskz_loadu_ps(valid, &score[h][s0]);
+      _mm512_mask_storeu_ps(&score[h][s0], valid, exp_f32x16(_mm512_sub_ps(x, m)));
     }
   }
+  for (int h = 0; h < HEADS; ++h) lsum[h] = 0.0f + score[h][0];
+  for (int s = 1; s < S; ++s)
+    for (int h = 0; h < HEADS; ++h) lsum[h] += score[h][s];
   for (int kh = 0; kh < KV_HEADS; ++kh) {
     __m512 acc[GROUP][4];
     for (int gq = 0; gq < GROUP; ++gq)
@@ -273,7 +290,10 @@ QLOAD:
 #pragma HLS UNROLL
       ql[h][dc * SIMD + l] = q[h * HD + dc * SIMD + l];
     }
-    if (dc == 0) mx[h] = -INFINITY;
+    if (dc == 0) {
+      mx[h] = -INFINITY;
+      lsum[h] = 0.0f; // (set again at s = 0 below; this keeps gcc from seeing a read before any write)
+    }
   }
 
   // Pass 1: scores and their max (one sequential read of rows 0..pos of K).
@@ -321,7 +341,7 @@ EXP_POS:
     for (int h = 0; h < HEADS; ++h) {
 #pragma HLS PIPELINE II = EXP_II
 #pragma HLS DEPENDENCE variable = lsum type = inter direction = RAW distance = HEADS dependent = true
-      const float e = std::exp(score[h][s] - mx[h]);
+      const float e = exp_f32(score[h][s] - mx[h]);
       score[h][s] = e;
       lsum[h] = (s == 0 ? 0.0f : lsum[h]) + e;
     }

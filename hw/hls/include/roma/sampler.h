@@ -28,10 +28,8 @@
 // fixed point of xorshift) is replaced by 0x9E3779B97F4A7C15. The 64x64 multiply (low half) runs once per
 // token, in parallel with STREAM, so it adds no cycles.
 //
-// exp_f32 uses fp32 + and * only (Cody-Waite reduction by ln 2, degree-7 Taylor polynomial, 2^n built in the
-// exponent field, floor via float->int conversion), so g++ and synthesized IEEE fp cores give the golden
-// bits; hls::exp / std::exp would not (they differ from numpy in the last bit, which changes tokens). No
-// subnormal arises (z < -86 gives p = 0), so FTZ and IEEE-subnormal fp cores agree. No <cmath> needed.
+// exp_f32 (fexp.h) uses fp32 + and * only, so g++ and synthesized IEEE fp cores give the golden bits; hls::exp /
+// std::exp would not (they differ from numpy in the last bit, which changes tokens). No <cmath> needed.
 //
 // Repetition penalty is on chip: a ring of the last N sampled ids (RecentIds<N>, pushed by sampler_step)
 // and LANES*N id comparators in STREAM. The active window is the last min(count, repeat_last_n, N) ids.
@@ -48,6 +46,7 @@
 
 #include <cstdint>
 
+#include "fexp.h"
 #include "types.h"
 
 namespace roma {
@@ -100,16 +99,6 @@ constexpr uint64_t SEED_ZERO_REPLACEMENT = 0x9E3779B97F4A7C15ull;
 constexpr uint32_t INVALID_ID = 0xffffffffu;
 constexpr uint32_t EMPTY_KEY = 0u; // below the key of every non-NaN float (-inf has key 0x007fffff)
 
-constexpr float Z_MIN = -86.0f;
-// fp32 constants as exact hex-float literals (golden/sampler.py spells the same bit patterns)
-constexpr float LOG2E = 0x1.715476p+0f;  // 0x3fb8aa3b, 1/ln 2
-constexpr float LN2_HI = 0x1.62e4p-1f;   // 0x3f317200, n * LN2_HI exact for |n| < 2^9
-constexpr float LN2_LO = 0x1.7f7d1cp-20f; // 0x35bfbe8e, ln 2 - LN2_HI
-constexpr float EXP_C7 = 0x1.a01a02p-13f; // 1/7!  0x39500d01
-constexpr float EXP_C6 = 0x1.6c16c2p-10f; // 1/6!  0x3ab60b61
-constexpr float EXP_C5 = 0x1.111112p-7f;  // 1/5!  0x3c088889
-constexpr float EXP_C4 = 0x1.555556p-5f;  // 1/4!  0x3d2aaaab
-constexpr float EXP_C3 = 0x1.555556p-3f;  // 1/3!  0x3e2aaaab
 constexpr float UNIFORM_SCALE = 0x1p-24f;
 
 // Ordered key: a > b (as fp32, non-NaN) <=> key(a) > key(b) (unsigned); -0 and +0 get the same key.
@@ -157,29 +146,6 @@ inline float prng_next(uint64_t &state) {
   state = x;
   const uint64_t out = x * sampler_detail::XS_MULTIPLIER;
   return (float)(uint32_t)(out >> 40) * sampler_detail::UNIFORM_SCALE;
-}
-
-// exp(z) for z <= 0 from fp32 + and * (see the header comment); 0 below Z_MIN.
-inline float exp_f32(float z) {
-  using namespace sampler_detail;
-  const bool ok = z >= Z_MIN; // false for -inf
-  const float zc = ok ? z : 0.0f;
-  const float t = zc * LOG2E;
-  const float t2 = t + 0.5f; // in [-124.1, 0.5]: floor by truncation toward zero and a correction
-  int n = (int)t2;
-  if ((float)n > t2) n -= 1;
-  const float nf = (float)n;
-  const float r = (zc - nf * LN2_HI) - nf * LN2_LO;
-  float e = EXP_C7;
-  e = e * r + EXP_C6;
-  e = e * r + EXP_C5;
-  e = e * r + EXP_C4;
-  e = e * r + EXP_C3;
-  e = e * r + 0.5f;
-  e = e * r + 1.0f;
-  e = e * r + 1.0f;
-  const float scale = bits_to_float((uint32_t)(n + 127) << 23);
-  return ok ? e * scale : 0.0f;
 }
 
 template <int V, int K, int LANES = 1, int N = 64>

@@ -1,0 +1,96 @@
+// ROMA-FPGA fp32 exp: the one exp of the datapath (the sampler's probabilities, the attention softmax, SiLU).
+//
+// exp_f32 uses fp32 + and * only: t = z * LOG2E, n = floor(t + 0.5) (by truncation toward zero and a
+// correction), r = (z - n*LN2_HI) - n*LN2_LO (Cody-Waite: n*LN2_HI is exact for |n| < 2^9), e = the degree-7
+// Taylor polynomial of e^r in Horner form, p = e * 2^n with 2^n built in the exponent field. So g++ and
+// synthesized IEEE fp cores give the same bits, and golden/sampler.py's exp_f32 reproduces them in numpy;
+// hls::exp / std::exp would not (they differ from numpy in the last bit, which changes sampled tokens). Against
+// the correctly rounded exp it is within 2e-7 relative (1-2 ulp).
+// Range: z < Z_MIN (-86, or -inf, or NaN) gives 0: no subnormal arises, so FTZ and IEEE-subnormal fp cores
+// agree, and a term that small is far below the resolution of the sums it joins. z > Z_MAX gives +inf; for
+// n = 128 (z in (88.38, Z_MAX]) 2^n is applied as 2 * 2^127.
+//
+// exp_f32x16 (C simulation only) is the same operations on 16 lanes, bit for bit (tb_sampler checks it on a
+// sweep); the emulated board's softmax and SiLU use it. The builds use -ffp-contract=off, so no multiply-add is
+// fused in either.
+#ifndef ROMA_FEXP_H
+#define ROMA_FEXP_H
+
+#include <cstdint>
+#if !defined(__SYNTHESIS__) && defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "types.h"
+
+namespace roma {
+
+namespace fexp_detail {
+// fp32 constants as exact hex-float literals (golden/sampler.py spells the same bit patterns)
+constexpr float Z_MIN = -86.0f;
+constexpr float Z_MAX = 88.72f;           // exp(88.72) < FLT_MAX < exp(88.7229)
+constexpr float LOG2E = 0x1.715476p+0f;   // 0x3fb8aa3b, 1/ln 2
+constexpr float LN2_HI = 0x1.62e4p-1f;    // 0x3f317200, n * LN2_HI exact for |n| < 2^9
+constexpr float LN2_LO = 0x1.7f7d1cp-20f; // 0x35bfbe8e, ln 2 - LN2_HI
+constexpr float EXP_C7 = 0x1.a01a02p-13f; // 1/7!  0x39500d01
+constexpr float EXP_C6 = 0x1.6c16c2p-10f; // 1/6!  0x3ab60b61
+constexpr float EXP_C5 = 0x1.111112p-7f;  // 1/5!  0x3c088889
+constexpr float EXP_C4 = 0x1.555556p-5f;  // 1/4!  0x3d2aaaab
+constexpr float EXP_C3 = 0x1.555556p-3f;  // 1/3!  0x3e2aaaab
+} // namespace fexp_detail
+
+inline float exp_f32(float z) {
+  using namespace fexp_detail;
+  const bool ok = z >= Z_MIN; // false for -inf and NaN
+  const bool big = z > Z_MAX;
+  const float zc = ok && !big ? z : 0.0f;
+  const float t = zc * LOG2E;
+  const float t2 = t + 0.5f; // in [-123.6, 128.5]
+  int n = (int)t2;
+  if ((float)n > t2) n -= 1;
+  const float nf = (float)n;
+  const float r = (zc - nf * LN2_HI) - nf * LN2_LO;
+  float e = EXP_C7;
+  e = e * r + EXP_C6;
+  e = e * r + EXP_C5;
+  e = e * r + EXP_C4;
+  e = e * r + EXP_C3;
+  e = e * r + 0.5f;
+  e = e * r + 1.0f;
+  e = e * r + 1.0f;
+  const bool top = n > 127;
+  if (top) e = e * 2.0f;
+  const float scale = bits_to_float((uint32_t)(n - (top ? 1 : 0) + 127) << 23);
+  return big ? bits_to_float(0x7f800000u) : ok ? e * scale : 0.0f;
+}
+
+#if !defined(__SYNTHESIS__) && defined(__AVX512F__)
+inline __m512 exp_f32x16(__m512 z) {
+  using namespace fexp_detail;
+  const __mmask16 ok = _mm512_cmp_ps_mask(z, _mm512_set1_ps(Z_MIN), _CMP_GE_OQ);
+  const __mmask16 big = _mm512_cmp_ps_mask(z, _mm512_set1_ps(Z_MAX), _CMP_GT_OQ);
+  const __m512 zc = _mm512_maskz_mov_ps(ok & ~big, z);
+  const __m512 t2 = _mm512_add_ps(_mm512_mul_ps(zc, _mm512_set1_ps(LOG2E)), _mm512_set1_ps(0.5f));
+  const __m512 nf = _mm512_maskz_roundscale_ps(0xffff, t2, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); // floor
+  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(zc, _mm512_mul_ps(nf, _mm512_set1_ps(LN2_HI))),
+                                 _mm512_mul_ps(nf, _mm512_set1_ps(LN2_LO)));
+  __m512 e = _mm512_set1_ps(EXP_C7);
+  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(EXP_C6));
+  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(EXP_C5));
+  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(EXP_C4));
+  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(EXP_C3));
+  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(0.5f));
+  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(1.0f));
+  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(1.0f));
+  const __m512i n = _mm512_maskz_cvtps_epi32(0xffff, nf); // (maskz forms: no gcc 12 -Wuninitialized noise)
+  const __mmask16 top = _mm512_cmpgt_epi32_mask(n, _mm512_set1_epi32(127));
+  e = _mm512_mask_mul_ps(e, top, e, _mm512_set1_ps(2.0f));
+  const __m512i ex = _mm512_sub_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), _mm512_maskz_set1_epi32(top, 1));
+  const __m512 p = _mm512_maskz_mul_ps(ok, e, _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, ex, 23)));
+  return _mm512_mask_blend_ps(big, p, _mm512_castsi512_ps(_mm512_set1_epi32(0x7f800000)));
+}
+#endif
+
+} // namespace roma
+
+#endif // ROMA_FEXP_H
