@@ -66,7 +66,8 @@ def test_layout_from_the_header():
     c = load_constants()
     assert c["CMD_PREFILL"] == 1 and c["STATUS_WORDS"] == 32 and c["ERR_TOKEN_RANGE"] == 3
     assert c["LORA_SLOTS"] == 4 and c["LORA_MAX_RANK"] == 64  # constexprs of the ROMA_* defaults
-    assert drv.stage_names(c)[:4] == ["embedding", "norm", "act_quant", "gemv"] and len(drv.stage_names(c)) == 11
+    assert drv.stage_names(c)[:4] == ["embedding", "norm", "act_quant", "gemv"] and len(drv.stage_names(c)) == 12
+    assert drv.stage_names(c)[-1] == "kv_load" and c["CMD_KV_LOAD"] == 6
 
 
 def test_layout_rules_on_a_synthetic_header():

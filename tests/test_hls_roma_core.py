@@ -1,5 +1,6 @@
 """The HLS top (hw/hls/roma_core.cpp) end to end: the C++ testbench on a tiny mixed-precision build (layer 1 and
-the embedding streamed from DDR through ddr_weights, the rest in ROM), and the
+the embedding streamed from DDR through ddr_weights, the rest in ROM), also compiled for the same build with its
+KV cache on chip (tb_roma_core_onchip: attention over the on-chip copy, rows written through, CMD_KV_LOAD), and the
 emulated board's shared library (`make emu`) driven through ctypes with numpy buffers, on the tiny build and on
 the SmolLM2-135M 4-bit pass-through build (first greedy token on real prompts == the golden quant model's).
 
@@ -79,6 +80,18 @@ def test_tb_roma_core(tb_run):
     assert "8 single CMD_DECODE steps == CMD_GENERATE: 8/8 tokens, logits and KV bit-identical: yes" in out
     assert "payload checksum mismatch" in out and "blk.0.w_up.bin" in out
     assert "ddr_weights: no image, another image's header, a corrupt payload refused (ERR_DDR_WEIGHTS)" in out
+
+
+def test_tb_roma_core_onchip(tb_run):
+    r = hls_tools.make(CACHE, "run-tb_roma_core_onchip", timeout=600)
+    out = r.stdout + r.stderr
+    print(out[-4000:])
+    assert r.returncode == 0, out[-4000:]
+    m = re.search(r"tb_roma_core: (\d+) mismatches of (\d+)", out)
+    assert m and int(m.group(1)) == 0 and int(m.group(2)) > 3000, out[-4000:]
+    assert "8 single CMD_DECODE steps == CMD_GENERATE: 8/8 tokens, logits and KV bit-identical: yes" in out
+    assert re.search(r"kv on chip \(64 positions\): without CMD_KV_LOAD the decode is off by \S+ of the logit scale, "
+                     r"with it golden; loading 21 rows costs \d+ cycles; kv_capacity 65 refused", out)
 
 
 def test_emu_library_on_the_tiny_build(tb_run):

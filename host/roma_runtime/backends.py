@@ -22,7 +22,8 @@ The interface, in full:
   LoRA unit: LORA_SLOTS slots of rank up to LORA_MAX_RANK; the engine calls it when it is created),
   `last_cycles()` ({stage: estimated FPGA cycles} of the last forward, from the core's status words, or
   None) and `clock_mhz` (the fabric clock of the build's board), which `roma bench` turns into estimated
-  board tokens/s.
+  board tokens/s; `max_context`, the longest KV cache the backend runs when that is below the model's context
+  (a build with an on-chip KV cache: its positions), which bounds the engine's default session length.
 
 Which backend: `check_backend(None)` is `default_backend()`: "board" where PYNQ finds a real device, else
 "emu"; float numerics run on "ref" only. The emu backend runs a build folder (roma compile output) as it is,

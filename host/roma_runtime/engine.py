@@ -590,18 +590,24 @@ class Engine:
 
     # --- sessions -----------------------------------------------------------------------------------------
 
+    @property
+    def max_context(self) -> int:
+        """The longest session: the context length, or the backend's limit (an on-chip KV cache) below it."""
+        return min(self.config.context_length, getattr(self.backend, "max_context", self.config.context_length))
+
     def new_session(self, capacity: int | None = None, adapter: str | None = None) -> Session:
-        """A session of `capacity` KV positions (default: the context length, or with a memory budget what
-        is free of it, at most the context length) running under `adapter` (None: the base model)."""
+        """A session of `capacity` KV positions (default: max_context, or with a memory budget what is free
+        of it, at most max_context) running under `adapter` (None: the base model). A capacity above
+        max_context but within the context is refused by the backend, naming its limit."""
         if capacity is not None and not 1 <= capacity <= self.config.context_length:
             raise RomaError(f"context of {capacity} tokens is outside 1..{self.config.context_length}, "
                             "the range this model supports")
         self.check_adapter(adapter)
         if capacity is None and self.kv_pool.free is not None:
-            capacity = min(self.config.context_length, self.kv_pool.free)
+            capacity = min(self.max_context, self.kv_pool.free)
             if capacity < 1:
                 self.kv_pool.check(1)
-        self.kv_pool.check(capacity or self.config.context_length)
+        self.kv_pool.check(capacity or self.max_context)
         session = Session(self, capacity, adapter)
         session._ticket = self.kv_pool.reserve(session, session.capacity)
         return session
@@ -668,7 +674,7 @@ class Engine:
         saved = self._read_session(path, session.capacity if session is not None else None)
         if session is None:
             n = len(saved["ids"])
-            capacity = min(int(saved["meta"].get("capacity") or n), self.config.context_length)
+            capacity = min(int(saved["meta"].get("capacity") or n), self.max_context)
             if self.kv_pool.free is not None:
                 capacity = min(capacity, self.kv_pool.free)
             session = self.new_session(max(capacity, n, 1), saved["adapter"])

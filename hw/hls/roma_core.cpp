@@ -5,7 +5,7 @@
 //   embedding_row (the embedding ROM) -> per layer L (unrolled at compile time: every layer has its own ROM
 //   tiles, weight-stationary):
 //     rms_norm -> act_quant + B-ROM GEMV for wq, wk, wv (+ LoRA unit deltas on the fp32 input) -> rope_qk
-//     -> kv_write of the chunk's K/V rows into the DDR KV cache + attention over rows 0..pos
+//     -> kv_write of the chunk's K/V rows into the DDR KV cache (and the on-chip one) + attention over rows 0..pos
 //     -> act_quant + GEMV wo (+LoRA) -> residual -> rms_norm -> GEMV w_gate, w_up (+LoRA) -> swiglu
 //     -> GEMV w_down (+LoRA) -> residual
 //   -> final rms_norm -> act_quant + LM-head GEMV (tied: the embedding ROM itself) -> logits -> sampler.
@@ -25,6 +25,15 @@
 // STAGE_GEMV (layers) and STAGE_LM_HEAD like the ROM GEMVs. Run commands first check the image's header
 // (magic, version, words, CRC) against roma_model.h's DDR_WORDS/DDR_CRC: ERR_DDR_WEIGHTS when the host has
 // not loaded this build's ddr_weights.bin. The RMSNorm weights of every layer stay on chip (norms.dat).
+//
+// On-chip KV cache (roma_model.h's KV_ONCHIP_CTX > 0, `roma compile --kv-onchip N`): g_kv_chip holds every
+// layer's keys and values for KV_ONCHIP_CTX positions (URAM or BRAM as the plan reserved it,
+// ROMA_KV_ONCHIP_IMPL; reshaped to ATT_SIMD fp16 per word, the attention loops' width), attention reads it
+// (KvPlace::OnChip: RAM latency instead of a DDR burst per pass), and kv_write writes each new row to it and to
+// kv_cache in the same loop, so the host's buffer stays the source of truth; CMD_KV_LOAD (kv_load, counted
+// under STAGE_KV_LOAD) refills it from kv_cache when the host switches buffers (roma_core.h). The C simulation
+// runs the same arrays through the same fast attention path. Without the option g_kv_chip has one row and is
+// never referenced.
 //
 // ROMs: synthesis (__SYNTHESIS__) defines each on-chip RomTensor's static const arrays from the build's .dat
 // files (roma_model.h includes roma_rom_define.h once per on-chip tensor; DDR tensors have no ROM); C
@@ -59,6 +68,12 @@
 #include "roma/sampler.h"
 #include "roma/types.h"
 #include "roma_model.h"
+#ifndef ROMA_KV_ONCHIP_IMPL // a build compiled before the on-chip KV option: its KV cache is in DDR only
+#define ROMA_KV_ONCHIP_IMPL bram
+namespace roma_model {
+constexpr int KV_ONCHIP_CTX = 0;
+}
+#endif
 
 #ifndef __SYNTHESIS__
 #include <cstdio>
@@ -81,6 +96,10 @@ namespace {
 constexpr int QDIM = rm::N_HEADS * rm::HEAD_DIM;
 constexpr int MAX_T = PREFILL_CHUNK;
 constexpr int ATT_SIMD = rm::HEAD_DIM % 8 == 0 ? 8 : (rm::HEAD_DIM % 4 == 0 ? 4 : 2);
+constexpr bool KV_ONCHIP = rm::KV_ONCHIP_CTX > 0;
+static_assert(rm::KV_ONCHIP_CTX >= 0 && rm::KV_ONCHIP_CTX <= rm::CONTEXT, "the on-chip KV fits the context");
+constexpr uint32_t KV_LIMIT = KV_ONCHIP ? rm::KV_ONCHIP_CTX : rm::CONTEXT; // the largest kv_capacity
+constexpr int KV_CHIP_ROWS = KV_ONCHIP ? rm::KV_ONCHIP_CTX : 1;
 
 enum Lin : int { L_WQ = 0, L_WK, L_WV, L_WO, L_GATE, L_UP, L_DOWN, L_EMBD, L_OUTPUT };
 constexpr int HEAD_LIN = rm::TIED_EMBEDDINGS ? L_EMBD : L_OUTPUT;
@@ -185,6 +204,9 @@ const uint32_t *g_ddr_packed_from = nullptr;
 uint64_t g_ddr_packed_load = 0, g_load_count = 0;
 #endif
 
+// The on-chip KV cache: [layer][keys, values][position * KV_DIM + i] fp16 bits (the DDR rows' layout).
+half_bits_t g_kv_chip[rm::N_LAYERS][2][KV_CHIP_ROWS * rm::KV_DIM];
+
 // Activations of one chunk (on-chip buffers).
 float g_x[MAX_T][rm::DIM];
 float g_q[MAX_T][QDIM], g_k[MAX_T][rm::KV_DIM], g_v[MAX_T][rm::KV_DIM], g_att[MAX_T][QDIM];
@@ -263,8 +285,12 @@ LAYER_QKV:
     linear<L, L_WV>(h, g_v[i], ddr, a);
     rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i], g_k[i], a.layer);
   }
-  attention_prefill<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr>(
-      g_q, g_k, g_v, start, T, kc, vc, g_att, a.layer);
+  if constexpr (KV_ONCHIP)
+    attention_prefill<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD, KvPlace::OnChip>(
+        g_q, g_k, g_v, start, T, g_kv_chip[L][0], g_kv_chip[L][1], g_att, a.layer, kc, vc);
+  else
+    attention_prefill<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr>(
+        g_q, g_k, g_v, start, T, kc, vc, g_att, a.layer);
   float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
 LAYER_FFN:
   for (int i = 0; i < T; ++i) {
@@ -308,6 +334,14 @@ void forward(const int32_t *ids, int n, int start, half_bits_t *kv, uint32_t cap
   }
 }
 
+// CMD_KV_LOAD: rows start..start+n-1 of every layer's keys and values from the DDR buffer into g_kv_chip.
+void kv_load_all(const half_bits_t *kv, uint32_t cap, int start, int n, LayerCycles &cyc) {
+KV_LOAD_CACHES:
+  for (int c = 0; c < 2 * rm::N_LAYERS; ++c)
+    kv_load<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, KV_CHIP_ROWS, ATT_SIMD>(
+        kv + (size_t)c * cap * rm::KV_DIM, g_kv_chip[c / 2][c % 2], start, n, cyc);
+}
+
 SamplerParams sampler_params(uint32_t mode, float inv_t, uint32_t top_k, float top_p, float min_p, float pen,
                              uint32_t last_n) {
   SamplerParams p;
@@ -335,6 +369,7 @@ void write_status(uint32_t *status, uint32_t err, uint32_t tokens, const Acct &a
   st[STAGE_RESIDUAL] = a.layer.residual;
   st[STAGE_LM_HEAD] = a.head.total();
   st[STAGE_SAMPLER] = a.sampler.total();
+  st[STAGE_KV_LOAD] = a.layer.kv_load;
   uint64_t total = 0;
   for (int s = 0; s < (int)STAGE_COUNT; ++s) total += st[s];
 STATUS_WRITE:
@@ -450,7 +485,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = m_axi port = tokens_in offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
 #pragma HLS INTERFACE mode = m_axi port = tokens_out offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
 #pragma HLS INTERFACE mode = m_axi port = logits offset = slave bundle = gmem_logits depth = DEPTH_LOGITS
-#pragma HLS INTERFACE mode = m_axi port = kv_cache offset = slave bundle = gmem_kv depth = DEPTH_KV
+#pragma HLS INTERFACE mode = m_axi port = kv_cache offset = slave bundle = gmem_kv depth = DEPTH_KV \
+    max_widen_bitwidth = 128
 #pragma HLS INTERFACE mode = m_axi port = lora_staging offset = slave bundle = gmem_lora depth = DEPTH_LORA
 #pragma HLS INTERFACE mode = m_axi port = ddr_weights offset = slave bundle = gmem_weights depth = DEPTH_DDR \
     max_widen_bitwidth = 128 max_read_burst_length = 64 num_read_outstanding = 16
@@ -463,21 +499,24 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = ddr_weights bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = status bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = return bundle = control
+#pragma HLS BIND_STORAGE variable = g_kv_chip type = ram_s2p impl = ROMA_KV_ONCHIP_IMPL
+#pragma HLS ARRAY_RESHAPE variable = g_kv_chip type = cyclic factor = ATT_SIMD dim = 3
   Acct a;
   uint32_t err = ERR_NONE, done = 0;
   const bool run = command == CMD_PREFILL || command == CMD_DECODE || command == CMD_GENERATE;
+  const bool kv_cmd = run || command == CMD_KV_LOAD; // on KV rows position..position+n_tokens-1
 
   // ---- validation: nothing changes unless it passes ----
 #ifndef __SYNTHESIS__
   if (!g_loaded) err = ERR_NOT_LOADED;
 #endif
   if (err == ERR_NONE) {
-    if (!run && command != CMD_LOAD_LORA && command != CMD_SELECT_LORA) err = ERR_BAD_COMMAND;
+    if (!kv_cmd && command != CMD_LOAD_LORA && command != CMD_SELECT_LORA) err = ERR_BAD_COMMAND;
+    else if (command == CMD_KV_LOAD && (!KV_ONCHIP || n_tokens == 0)) err = ERR_BAD_COMMAND;
     else if (run && (n_tokens == 0 || (command == CMD_DECODE && n_tokens != 1) ||
                      (command == CMD_GENERATE && sample_mode == SAMPLE_NONE) || sample_mode > SAMPLE_RANDOM))
       err = ERR_BAD_COMMAND;
-    else if (run && (kv_capacity > (uint32_t)rm::CONTEXT || position > kv_capacity ||
-                     n_tokens > kv_capacity - position))
+    else if (kv_cmd && (kv_capacity > KV_LIMIT || position > kv_capacity || n_tokens > kv_capacity - position))
       err = ERR_CONTEXT;
     else if (run && rm::DDR_WORDS > 0 && !ddr_image_ready(ddr_weights))
       err = ERR_DDR_WEIGHTS;
@@ -502,6 +541,9 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     lora_load<Lora>(g_lora, (int)lora_slot, lora_staging, lora_bytes, a.lora);
   } else if (command == CMD_SELECT_LORA) {
     g_active = lora_slot;
+  } else if (command == CMD_KV_LOAD) {
+    if constexpr (KV_ONCHIP) kv_load_all(kv_cache, kv_capacity, (int)position, (int)n_tokens, a.layer);
+    done = n_tokens;
   } else {
     if (seed_lo != 0 || seed_hi != 0) {
       g_rng = ((uint64_t)seed_hi << 32) | seed_lo;
@@ -630,6 +672,7 @@ extern "C" int roma_emu_load_build(const char *build_dir, char *err, int err_len
     for (int i = 0; i < rm::DIM; ++i)
       if (!(g_norms[r][i] == g_norms[r][i]) || g_norms[r][i] - g_norms[r][i] != 0.0f)
         return set_err(err, err_len, np + " is corrupt (a norm weight is not finite)") ? 0 : 1;
+  std::memset(g_kv_chip, 0, sizeof g_kv_chip); // as URAM powers up: the host loads what it runs on
   g_loaded = true;
   if (err && err_len > 0) err[0] = 0;
   return 0;

@@ -20,6 +20,18 @@
 //   CMD_LOAD_LORA   copy lora_bytes bytes of a packed adapter (host/roma_runtime/lora.py, PackedLora
 //                   layout) from lora_staging into LoRA slot `lora_slot`; the active slot is unchanged.
 //   CMD_SELECT_LORA make `lora_slot` the active adapter (LORA_NONE: no adapter).
+//   CMD_KV_LOAD  on-chip KV builds only (else ERR_BAD_COMMAND): copy rows position..position+n_tokens-1 of every
+//                layer's keys and values from kv_cache into the on-chip KV cache (n_tokens == 0 is
+//                ERR_BAD_COMMAND; the context check of PREFILL applies).
+//
+// On-chip KV cache (a build's KV_ONCHIP_CTX > 0, roma_model.h; `roma compile --kv-onchip N`): the core holds
+// KV_ONCHIP_CTX positions of every layer's fp16 keys and values in URAM/BRAM, and attention reads them from
+// there instead of from kv_cache. The host's kv_cache buffer stays the source of truth: every row a run
+// command computes is written to both (write-through), so the host reads, saves, truncates and restores its
+// buffers as without the option. The core does not know which buffer its copy came from: before a run on a
+// buffer, or at a position, whose rows 0..position-1 the on-chip copy does not hold (another buffer ran since,
+// or the host wrote into this one), the host issues CMD_KV_LOAD for the missing rows (the driver tracks this,
+// host/roma_runtime/device/driver.py). kv_capacity above KV_ONCHIP_CTX is ERR_CONTEXT.
 //
 // Sampling (register `sample_mode`, SampleMode): SAMPLE_NONE only writes logits (not valid for CMD_GENERATE),
 // SAMPLE_GREEDY takes the argmax (ties -> lowest id), SAMPLE_RANDOM draws with inv_temperature, top_k (0: the
@@ -32,13 +44,15 @@
 // seed_lo|seed_hi != 0 first reseeds the PRNG and clears the ring; 0/0 continues the current state.
 //
 // Prefill runs in chunks of PREFILL_CHUNK tokens (all layers per chunk; exact: a causal chunk split changes no
-// value). The kv_capacity register may not exceed the build's CONTEXT (ERR_CONTEXT).
+// value). The kv_capacity register may not exceed the build's CONTEXT, or KV_ONCHIP_CTX when the KV cache is
+// on chip (ERR_CONTEXT).
 //
 // Memory (m_axi, each pointer an AXI-Lite address register; separate bundles so they can be separate ports):
 //   tokens_in    int32  [n_tokens]                      token ids to run
 //   tokens_out   int32  [n_tokens] (GENERATE) or [1]    sampled ids
 //   logits       fp32   [VOCAB]                         logits of the last token run
 //   kv_cache     fp16   [N_LAYERS][2][kv_capacity][KV_DIM] bit patterns; [.][0] keys, [.][1] values
+//                                                       (on-chip KV builds: written through, read by CMD_KV_LOAD)
 //   lora_staging uint8  [lora_bytes]                    a packed adapter to load
 //   ddr_weights  uint32 [DDR_WORDS]                     the build's ddr_weights.bin: the tensors the placement
 //                                                       plan streams from DDR (brom.py's DDR image: header,
@@ -60,6 +74,7 @@ enum Command : uint32_t {
   CMD_GENERATE = 3,
   CMD_LOAD_LORA = 4,
   CMD_SELECT_LORA = 5,
+  CMD_KV_LOAD = 6,
 };
 
 constexpr uint32_t LORA_NONE = 0xFFFFFFFFu;
@@ -87,7 +102,7 @@ constexpr int PREFILL_CHUNK = 16; // tokens per prefill chunk (activation buffer
 // Words of the status buffer.
 enum Status : uint32_t {
   STATUS_ERROR = 0,        // 0 = ok, else an ErrorCode; nothing was changed when it is not 0
-  STATUS_TOKENS = 1,       // tokens run (PREFILL/DECODE) or generated (GENERATE)
+  STATUS_TOKENS = 1,       // tokens run (PREFILL/DECODE), generated (GENERATE) or rows loaded (KV_LOAD)
   STATUS_CYCLES_LO = 2,    // estimated cycles of this call (cycle accounting of the pipelined loops)
   STATUS_CYCLES_HI = 3,
   STATUS_STAGE_CYCLES = 4, // per-stage estimated cycles, low 32 bits each, in the order of Stage
@@ -110,13 +125,15 @@ enum Stage : uint32_t {
   STAGE_RESIDUAL = 8,   // residual adds
   STAGE_LM_HEAD = 9,    // LM head: activation quantizer + GEMV over the vocabulary (ROM or DDR-streamed)
   STAGE_SAMPLER = 10,   // on-chip sampler
-  STAGE_COUNT = 11,
+  STAGE_KV_LOAD = 11,   // CMD_KV_LOAD: DDR rows into the on-chip KV cache (the run commands' writes to both
+                        // places are under STAGE_ATTENTION)
+  STAGE_COUNT = 12,
 };
 
 enum ErrorCode : uint32_t {
   ERR_NONE = 0,
   ERR_BAD_COMMAND = 1,
-  ERR_CONTEXT = 2,     // position + tokens > kv_capacity
+  ERR_CONTEXT = 2,     // position + tokens > kv_capacity, or kv_capacity > CONTEXT (KV_ONCHIP_CTX when on chip)
   ERR_TOKEN_RANGE = 3, // a token id >= VOCAB
   ERR_LORA_SLOT = 4,   // slot out of range, or selecting an empty slot
   ERR_LORA_IMAGE = 5,  // bad magic, shapes or size in the staged adapter

@@ -7,7 +7,7 @@ import sys
 
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS
 from . import common
-from .plan import add_ddr_argument
+from .plan import add_ddr_argument, add_kv_onchip_argument
 
 HELP = "quantize, pack and place a model into ROM images for a board (writes a build folder)"
 
@@ -31,6 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calib-tokens", type=int, default=4096, metavar="N",
                         help="calibration tokens for GPTQ and --bits-budget (default 4096)")
     add_ddr_argument(parser)
+    add_kv_onchip_argument(parser)
     parser.add_argument("--force", action="store_true", help="replace a build of another model in --out")
     parser.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
 
@@ -41,7 +42,8 @@ def run(args) -> int:
     manifest = compile_model(
         args.model, args.out, bits=args.bits, group=args.group, method=args.method, board=args.board,
         lora_rank=args.lora_rank, bits_budget=args.bits_budget, embedding_bits=args.embedding_bits,
-        force=args.force, calib_tokens=args.calib_tokens, progress=sys.stderr.isatty(), ddr=args.ddr)
+        force=args.force, calib_tokens=args.calib_tokens, progress=sys.stderr.isatty(), ddr=args.ddr,
+        kv_onchip=args.kv_onchip or 0)
     q = manifest["quantization"]
     summary = {
         "out": str(args.out),
@@ -53,6 +55,7 @@ def run(args) -> int:
         "all_bits_per_weight": round(q["all_bits_per_weight"], 4),
         "rom_bytes": manifest["sizes"]["rom_bytes"],
         "ddr_bytes": manifest["sizes"]["ddr_bytes"],
+        "kv_onchip": manifest["kv_onchip"],
         "files": len(manifest["files"]) + 1,
         "compile_seconds": manifest["compile_seconds"],
         "passthrough_tensors": sum(1 for t in manifest["tensors"].values() if t["method"] == "passthrough"),
@@ -65,6 +68,8 @@ def run(args) -> int:
               + (f", budget {q['bits_budget']}" if q["bits_budget"] is not None else "") + ")")
         print(f"  linears {summary['linear_bits_per_weight']:.3f} bits/weight, all tensors "
               f"{summary['all_bits_per_weight']:.3f}; ROM {summary['rom_bytes'] / 2**20:.1f} MiB; "
-              + (f"DDR-streamed {summary['ddr_bytes'] / 2**20:.1f} MiB; " if summary["ddr_bytes"] else "") +
+              + (f"DDR-streamed {summary['ddr_bytes'] / 2**20:.1f} MiB; " if summary["ddr_bytes"] else "")
+              + (f"KV on chip {kv['tokens']} tokens ({kv['bytes'] / 2**20:.1f} MiB, {kv['placement']}); "
+                 if (kv := summary["kv_onchip"]) else "") +
               f"{summary['passthrough_tensors']} tensors passed through; {summary['compile_seconds']:.1f} s")
     return 0

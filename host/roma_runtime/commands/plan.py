@@ -25,11 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-targets", nargs="+", default=list(_LINEAR), metavar="LINEAR",
                         help=f"linears that carry LoRA (default: all of {' '.join(_LINEAR)})")
     parser.add_argument("--lora-dtype", default="fp16", help="fp16 or int8 (int8 with fp16 per-row scales)")
-    parser.add_argument("--kv-tokens", type=int, default=None,
-                        help="keep a KV cache of this many tokens on chip (default: KV cache in DDR)")
+    add_kv_onchip_argument(parser)
     parser.add_argument("--budget", type=float, default=0.8, help="fraction of BRAM/URAM to use (default 0.8)")
     parser.add_argument("--context", type=int, default=None,
-                        help="context length the tokens/s estimate assumes (default: --kv-tokens, else 256)")
+                        help="context length the tokens/s estimate assumes (default: --kv-onchip, else 256)")
     add_ddr_argument(parser)
     parser.add_argument("--per-tensor", action="store_true", help="one row per tensor instead of per layer")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -40,6 +39,12 @@ def add_ddr_argument(parser: argparse.ArgumentParser) -> None:
                         help="stream these units from DDR whatever the room: layer numbers or ranges, head (the lm "
                              "head; tied: with the embedding), embedding, or all (e.g. --ddr 1,3-5,head); their "
                              "on-chip memory stays free")
+
+
+def add_kv_onchip_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kv-onchip", type=int, default=None, metavar="N",
+                        help="keep the KV cache of N tokens on chip (URAM/BRAM, reserved before the weights); "
+                             "sessions are then at most N tokens long (default: the KV cache in DDR only)")
 
 
 def _parse_tensor_bits(items: list[str]) -> dict:
@@ -66,7 +71,7 @@ def run(args) -> int:
     config = load_model(args.model).config
     plan = make_plan(config, board, bits=args.bits, group=args.group, per_tensor_bits=per_tensor_bits or None,
                      lora_rank=args.lora_rank, lora_targets=tuple(args.lora_targets), lora_dtype=args.lora_dtype,
-                     kv_tokens=args.kv_tokens, budget=args.budget, context=args.context, ddr=args.ddr)
+                     kv_tokens=args.kv_onchip, budget=args.budget, context=args.context, ddr=args.ddr)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
     else:

@@ -8,7 +8,9 @@ A build folder holds
                         These tensors have no .bin/.dat of their own (synthesis gets no ROM for them).
     norms.bin/.dat      the fp32 RMSNorm weights, concatenated (layout in the manifest)
     lora.safetensors    fp16 LoRA factors compensating the quantization error (with --lora-rank)
-    roma_model.h        the dimensions for the HLS kernels (header.py)
+    roma_model.h        the dimensions for the HLS kernels (header.py), and the on-chip KV cache's positions
+                        (--kv-onchip N: KV_ONCHIP_CTX; the manifest's "kv_onchip" entry, None when the KV cache is
+                        in DDR only)
     manifest.json       written last and atomically: what was built, from which model, how, where it goes,
                         and the sha256 of every other file. A folder without a manifest is not a build.
 `load_build` reads a build back, verifying every checksum, into a LoadedModel whose linear weights are the
@@ -138,14 +140,25 @@ def _plan_name(name: str) -> str:
     return "token_embedding" if name == EMBEDDING else "output"
 
 
-def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, lora_rank: int, ddr):
+def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, lora_rank: int, ddr,
+          kv_onchip: int = 0):
     try:
         from .plan import make_plan
     except ImportError:  # the planner is optional for building images; the manifest says so
         return None
     plan = make_plan(config, board, bits=bits, group=group, per_tensor_bits=per_tensor_bits,
-                     lora_rank=lora_rank, ddr=ddr)
+                     lora_rank=lora_rank, ddr=ddr, kv_tokens=kv_onchip or None)
     return plan.to_dict()
+
+
+def _kv_onchip_entry(plan: dict | None, kv_onchip: int) -> dict | None:
+    """The manifest's "kv_onchip" entry: the on-chip KV cache's positions and the memory the plan reserved for it
+    (None when the KV cache is in DDR only)."""
+    if not kv_onchip:
+        return None
+    kv = plan["kv_cache"]
+    return {"tokens": kv_onchip, "bytes": kv["bytes"], "placement": kv["placement"], "bram36": kv["bram36"],
+            "uram": kv["uram"]}
 
 
 def is_ddr(entry: dict) -> bool:
@@ -179,10 +192,12 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
                   bits_budget: float | None = None, embedding_bits: int = 8, force: bool = False,
                   calib_tokens: int = 4096, calib_window: int = 256, loftq_iters: int = 2,
                   progress: bool = True, hessians=None, sensitivity=None, sensitivity_tokens: int = 256,
-                  fail_after: str | None = None, ddr=None) -> dict:
+                  fail_after: str | None = None, ddr=None, kv_onchip: int = 0) -> dict:
     """Quantize, pack, place and describe a model; returns the manifest (also written to out_dir).
 
     ddr: placement units to stream from DDR whatever the room (plan.parse_ddr_units: "1,3-5,head", ...).
+    kv_onchip: positions of an on-chip KV cache the core holds (0: the KV cache is in DDR only); the plan
+    reserves its memory before any weight, and the header gives it to the core (KV_ONCHIP_CTX).
     hessians: calibrate.Hessians (parallel) computed earlier for this model, for the sensitivity quantizer;
     sensitivity: measure_sensitivity(...) computed earlier at this group (benchmarks reuse both across builds).
     fail_after: testing hook; raise after writing that tensor's image (shows the manifest is written last).
@@ -205,6 +220,9 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         from .plan import check_ddr_units, parse_ddr_units
 
         check_ddr_units(parse_ddr_units(ddr), config)
+    from .plan import check_kv_onchip  # a KV longer than the context or too big for the board, likewise
+
+    check_kv_onchip(config, board_obj, kv_onchip, lora_rank=lora_rank)
     out_dir = Path(out_dir)
     identity = model.identity()
     _prepare_out_dir(out_dir, identity, force)
@@ -291,7 +309,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     per_tensor_bits = {_plan_name(n): tensors[n]["bits"] for n in tensors}
     # The planner takes one group for all tensors: the smallest in use, which never undercounts the scales.
     plan_group = min(groups.values())
-    plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, lora_rank, ddr)
+    plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, lora_rank, ddr, kv_onchip)
+    kv_entry = _kv_onchip_entry(plan, kv_onchip)
     placement = {t["name"]: t["placement"] for t in (plan or {}).get("tensors", [])}
     for n in tensors:
         tensors[n]["placement"] = placement.get(_plan_name(n))
@@ -326,7 +345,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
 
     header.write_text(render_header(config, tensors, bits=bits, group=group, context=config.context_length,
                                     lora_rank=lora_rank, board=board_obj.name if hasattr(board_obj, "name")
-                                    else str(board), model_sha256=identity, ddr=ddr_entry))
+                                    else str(board), model_sha256=identity, ddr=ddr_entry, kv_onchip=kv_entry))
     files.append(header)
 
     linear_params = sum(int(np.prod(tensors[n]["shape"])) for n in linears)
@@ -366,6 +385,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         "board": board_obj.to_dict() if hasattr(board_obj, "to_dict") else str(board),
         "plan": plan,
         "ddr": ddr_entry,
+        "kv_onchip": kv_entry,
         "header": HEADER_FILE,
         "sizes": {"rom_bytes": int(sum(e["rom_bytes"] for e in tensors.values())),
                   "ddr_bytes": int(sum(e.get("ddr_bytes", 0) for e in tensors.values())),

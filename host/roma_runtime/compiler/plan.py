@@ -47,8 +47,10 @@ in half tiles. Out of that budget, in this order, come:
    fp32 group scales, one attention score row (``SCORE_CHUNK`` fp32), the LoRA intermediate (rank fp32), and a
    fixed ``FIXED_BUFFER_BRAM36`` tiles for DDR burst FIFOs and control. Logits are not buffered: they stream to
    the on-chip sampler or to DDR.
-3. the KV cache, only when ``kv_tokens`` is given: n_layers x 2 x kv_dim fp16 per token, URAM first, then BRAM.
-   Without ``kv_tokens`` the KV cache lives in DDR and costs no on-chip memory.
+3. the on-chip KV cache, only when ``kv_tokens`` is given (``roma plan/compile --kv-onchip N``): n_layers x 2 x
+   kv_dim fp16 per token, 4 to a 72-bit word (the core stores SIMD fp16 per word), URAM first, then BRAM. Without
+   it the KV cache lives in DDR only and costs no on-chip memory. A build with it holds that many positions on chip
+   (roma_core's KV_ONCHIP_CTX); the host's DDR buffers stay the source of truth (written through).
 
 Fill order for the weights, and why
 -----------------------------------
@@ -617,11 +619,11 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
         raise RomaError(f"unknown LoRA target(s) {', '.join(map(str, bad))}", hint=f"targets are {', '.join(LINEAR)}")
     if lora_dtype not in LORA_DTYPES:
         raise RomaError(f"unsupported LoRA dtype {lora_dtype!r}", hint=f"use {' or '.join(LORA_DTYPES)}")
-    if kv_tokens is not None:
-        if isinstance(kv_tokens, bool) or not isinstance(kv_tokens, int) or kv_tokens < 0:
-            raise RomaError(f"kv_tokens must be an integer >= 0, not {kv_tokens!r}")
-        if kv_tokens > config.context_length:
-            raise RomaError(f"kv_tokens {kv_tokens} exceeds the model's context length {config.context_length}")
+    check_kv_tokens(kv_tokens, config)
+    if kv_tokens and context is not None and context > kv_tokens:
+        raise RomaError(f"--context {context} is longer than the on-chip KV cache of {kv_tokens} tokens, which "
+                        "bounds every session", hint=f"estimate at --context {kv_tokens} or less, or give a larger "
+                                                     "--kv-onchip")
     if not isinstance(budget, (int, float)) or not 0 < budget <= 1:
         raise RomaError(f"budget must be a fraction in (0, 1], not {budget!r}")
 
@@ -648,6 +650,34 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
                     forced, key=lambda u: (isinstance(u, str), u)))
     plan.estimate = estimate(plan, context=context)
     return plan
+
+
+def check_kv_tokens(kv_tokens, config: ModelConfig) -> None:
+    """RomaError unless kv_tokens (positions of an on-chip KV cache, --kv-onchip) is None or 0..context."""
+    if kv_tokens is None:
+        return
+    if isinstance(kv_tokens, bool) or not isinstance(kv_tokens, int) or kv_tokens < 0:
+        raise RomaError(f"--kv-onchip takes a number of tokens >= 0, not {kv_tokens!r}")
+    if kv_tokens > config.context_length:
+        raise RomaError(f"--kv-onchip {kv_tokens} exceeds the model's context length {config.context_length}",
+                        hint=f"an on-chip KV cache holds at most the context: use --kv-onchip {config.context_length} "
+                             "or less")
+
+
+def check_kv_onchip(config, board, kv_tokens: int | None, *, lora_rank: int = 0, lora_targets=LINEAR,
+                    lora_dtype: str = "fp16", budget: float = 0.8) -> None:
+    """RomaError unless an on-chip KV cache of kv_tokens positions fits the model's context and the board's budget
+    after the LoRA memory and the activation buffers: the reservations make_plan takes before any weight, so
+    `roma compile` can refuse it before it writes anything."""
+    config = _as_config(config)
+    check_kv_tokens(kv_tokens, config)
+    if not kv_tokens:
+        return
+    board = get_board(board)
+    targets = tuple(dict.fromkeys(lora_targets or ()))
+    reserved, stage, _ = _reserve(config, board, budget, lora_rank, targets, lora_dtype, None, kv_tokens)
+    if reserved is None:
+        _raise_no_room(config, board, budget, lora_rank, targets, lora_dtype, None, kv_tokens, stage)
 
 
 DDR_UNIT_WORDS = ("head", "embedding", "all")
@@ -779,7 +809,8 @@ def _raise_no_room(config, board, budget, rank, targets, dtype, group, kv_tokens
         raise RomaError(
             f"an on-chip KV cache of {kv_tokens} tokens ({kv_tokens * kv_bytes_per_token(config) / 2**20:.2f} MiB) "
             f"does not fit in {board.name}'s {pct} budget after the LoRA memory",
-            hint=f"at most {lo} tokens fit on chip; omit --kv-tokens to keep the KV cache in DDR")
+            hint=f"at most {lo} tokens fit on chip (--kv-onchip {lo}); or omit --kv-onchip to keep the KV cache "
+                 "in DDR")
     raise RomaError(f"the activation buffers of {config.name} do not fit in {board.name}'s {pct} budget "
                     f"after the LoRA memory", hint="lower --lora-rank or use a larger board")
 

@@ -15,6 +15,15 @@ A build whose placement streams tensors from DDR ships their images as ddr_weigh
 driver copies it once into the `ddr_weights` buffer, sized to the image, which every command passes to the
 core. The core refuses a run command without this build's image (ERR_DDR_WEIGHTS).
 
+A build compiled with an on-chip KV cache (`roma compile --kv-onchip N`: the manifest's "kv_onchip", the
+core's KV_ONCHIP_CTX) holds N positions of keys and values on chip and attends over those; every row it
+computes is also written to the session's DDR buffer, which stays the source of truth, so sessions, rollback,
+prefix reuse and save/restore work on the DDR buffers as without it. The driver tracks which buffer (the
+KVBuffer object and its device address) and how many rows 0..n the on-chip copy holds: before a run on another
+buffer, or past those rows, it issues CMD_KV_LOAD for the missing rows (its cycles are added to the run's);
+a host write into a buffer (KVBuffer.flush: restore, or any other write) forgets the copy of that buffer.
+KV buffers longer than N positions are refused, naming the limit.
+
 `EmuBackend` is the `emu` backend of the engine: RefBackend's interface (new_cache, forward, set_lora) plus
 the core's cycle estimate (last_cycles, clock_mhz), through RomaOverlay + RomaCoreDriver on the emulated
 device (emu.EmuDevice). `BoardBackend` is the same on a PYNQ board's device with a bitstream folder; it cannot
@@ -26,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +59,12 @@ def _identity(manifest: dict) -> dict:
     q = manifest.get("quantization", {})
     ddr = manifest.get("ddr") or {}
     return {"model": manifest.get("model", {}).get("sha256"), **{k: q.get(k) for k in QUANT_KEYS},
-            "ddr_image": ddr.get("crc32")}
+            "ddr_image": ddr.get("crc32"), "kv_onchip": kv_onchip_tokens(manifest)}
+
+
+def kv_onchip_tokens(manifest: dict) -> int:
+    """Positions of the build's on-chip KV cache (roma compile --kv-onchip), 0 when its KV cache is in DDR only."""
+    return int((manifest.get("kv_onchip") or {}).get("tokens") or 0)
 
 
 def _as_manifest(expect) -> dict:
@@ -86,14 +101,21 @@ def check_manifest(bitfile: str | Path, expect=None) -> dict:
 
 
 class KVBuffer:
-    """A KV cache in DDR: fp16 bit patterns [N_LAYERS][2][capacity][KV_DIM] (roma_core.h)."""
+    """A KV cache in DDR: fp16 bit patterns [N_LAYERS][2][capacity][KV_DIM] (roma_core.h). The host writes
+    rows into `buffer`, then calls flush()."""
 
     def __init__(self, driver: "RomaCoreDriver", capacity: int):
         c = driver.config
+        self.driver = driver
         self.capacity = int(capacity)
         self.buffer = driver.allocate((c.n_layers, 2, self.capacity, c.kv_dim), np.uint16)
         self.buffer[:] = 0
         self.buffer.flush()
+
+    def flush(self) -> None:
+        """Make host writes visible to the core; an on-chip copy the core holds of this buffer is stale now."""
+        self.buffer.flush()
+        self.driver.kv_written(self)
 
     @property
     def device_address(self) -> int:
@@ -127,6 +149,8 @@ class RomaCoreDriver(DefaultIP):
         self.stages = stage_names(self.constants)
         self.stage_cycles: dict[str, int] = {}  # per stage, summed over the last command's calls (prefill chunks)
         self.calls = 0
+        self.kv_onchip = 0  # positions of the on-chip KV cache (0: KV in DDR only)
+        self._onchip = None  # (weakref to the KVBuffer, its device address, rows 0..n) the on-chip copy holds
 
     # --- registers ---
     def _offsets(self, registers: dict) -> dict[str, int]:
@@ -179,10 +203,14 @@ class RomaCoreDriver(DefaultIP):
         return self.device.allocate(shape, dtype)
 
     def configure(self, config, kv_capacity: int | None = None, max_tokens: int | None = None,
-                  ddr_image: np.ndarray | None = None) -> None:
+                  ddr_image: np.ndarray | None = None, kv_onchip: int = 0) -> None:
         """Allocate the buffers once for a model config (roma_model.h's dimensions); ddr_image: the build's DDR
-        weight image (uint32 words, read_ddr_image), None when every tensor is on chip."""
+        weight image (uint32 words, read_ddr_image), None when every tensor is on chip; kv_onchip: positions of
+        the build's on-chip KV cache (kv_onchip_tokens of its manifest), 0 without one."""
         self.config = config
+        self.kv_onchip = int(kv_onchip)
+        self.forget_onchip()
+        self.check_kv_capacity(kv_capacity or self.max_context)
         ctx = int(config.context_length)
         self.max_tokens = int(max_tokens or ctx)
         words = int(self.constants.get("STATUS_WORDS", 32))
@@ -196,11 +224,43 @@ class RomaCoreDriver(DefaultIP):
         self.ddr_weights = self.allocate(image.shape, np.uint32)
         self.ddr_weights[:] = image
         self.ddr_weights.flush()
-        self.kv = KVBuffer(self, kv_capacity or ctx)
+        self.kv = KVBuffer(self, kv_capacity or self.max_context)
+
+    @property
+    def max_context(self) -> int:
+        """The longest KV cache the core runs: its on-chip KV positions, else the model's context length."""
+        return self.kv_onchip or int(self.config.context_length)
+
+    def check_kv_capacity(self, capacity: int) -> None:
+        """RomaError naming the limit when a KV cache of `capacity` positions is longer than the on-chip KV."""
+        if self.kv_onchip and capacity > self.kv_onchip:
+            raise RomaError(f"a context of {capacity} tokens does not fit this build's on-chip KV cache of "
+                            f"{self.kv_onchip} tokens (compiled with --kv-onchip {self.kv_onchip})",
+                            hint=f"use a context of at most {self.kv_onchip} tokens (--context {self.kv_onchip}), "
+                                 "or recompile with a larger --kv-onchip, or without it to keep the KV cache in DDR")
 
     def new_kv(self, capacity: int | None = None) -> KVBuffer:
         self._need_config()
-        return KVBuffer(self, capacity or self.config.context_length)
+        capacity = int(capacity or self.max_context)
+        self.check_kv_capacity(capacity)
+        return KVBuffer(self, capacity)
+
+    # --- the on-chip KV copy ---
+    def forget_onchip(self) -> None:
+        """The on-chip KV copy holds nothing known (a new overlay, or another driver ran on the core)."""
+        self._onchip = None
+
+    def kv_written(self, kv: KVBuffer) -> None:
+        """The host wrote rows of `kv`: the on-chip copy of it, if that is what the core holds, is stale."""
+        if self._onchip_rows(kv):
+            self._onchip = None
+
+    def _onchip_rows(self, kv: KVBuffer) -> int:
+        """Rows 0..n of `kv` the on-chip copy holds (0 when it holds another buffer)."""
+        if self._onchip is None:
+            return 0
+        ref, address, rows = self._onchip
+        return rows if ref() is kv and address == kv.device_address else 0
 
     def _need_config(self) -> None:
         if self.config is None:
@@ -210,9 +270,32 @@ class RomaCoreDriver(DefaultIP):
     def run(self, command: int, *, position: int = 0, n_tokens: int = 0, kv: KVBuffer | None = None,
             lora_slot: int = 0, lora_bytes: int = 0, sampling=None, seed: int | None = None,
             eos_id: int | None = None) -> np.ndarray:
-        """Write every register, start, wait, read the status. Inputs must already be packed and flushed."""
+        """One command (_call); with an on-chip KV cache a run command (PREFILL, DECODE, GENERATE) first
+        loads the rows of `kv` below `position` that the on-chip copy lacks (CMD_KV_LOAD), and counts the
+        load's cycles in its own."""
         self._need_config()
         kv = kv or self.kv
+        c = self.constants
+        if not self.kv_onchip or command not in (c["CMD_PREFILL"], c["CMD_DECODE"], c["CMD_GENERATE"]):
+            return self._call(command, position=position, n_tokens=n_tokens, kv=kv, lora_slot=lora_slot,
+                              lora_bytes=lora_bytes, sampling=sampling, seed=seed, eos_id=eos_id)
+        have, load = self._onchip_rows(kv), {}
+        self._onchip = None  # until the load and the run have succeeded
+        if have < position:
+            self._call(c["CMD_KV_LOAD"], position=have, n_tokens=position - have, kv=kv)
+            load = dict(self.stage_cycles)
+        status = self._call(command, position=position, n_tokens=n_tokens, kv=kv, sampling=sampling, seed=seed,
+                            eos_id=eos_id)
+        self._onchip = (weakref.ref(kv), kv.device_address, position + int(status[c["STATUS_TOKENS"]]))
+        for k, v in load.items():
+            self.stage_cycles[k] += v
+        self.last_cycles += sum(load.values())
+        return status
+
+    def _call(self, command: int, *, position: int = 0, n_tokens: int = 0, kv: KVBuffer,
+              lora_slot: int = 0, lora_bytes: int = 0, sampling=None, seed: int | None = None,
+              eos_id: int | None = None) -> np.ndarray:
+        """Write every register, start, wait, read the status. Inputs must already be packed and flushed."""
         mode, inv_t, top_k, top_p, min_p, pen, last_n = _sampler_registers(sampling)
         seed = int(seed or 0)
         regs = {
@@ -385,7 +468,8 @@ class RomaOverlay(Overlay):
         cfg.pop("head_dim", None)
         self.config = ModelConfig(**cfg)
         if download:
-            self.core.configure(self.config, kv_capacity=kv_capacity, ddr_image=ddr_image)
+            self.core.configure(self.config, kv_capacity=kv_capacity, ddr_image=ddr_image,
+                                kv_onchip=kv_onchip_tokens(self.manifest))
 
     @property
     def core(self) -> RomaCoreDriver:
@@ -468,7 +552,7 @@ class EmuCache:
         c = self.config
         self.kv.buffer[:, 0, :n] = np.asarray(keys, np.float16).reshape(c.n_layers, n, c.kv_dim).view(np.uint16)
         self.kv.buffer[:, 1, :n] = np.asarray(values, np.float16).reshape(c.n_layers, n, c.kv_dim).view(np.uint16)
-        self.kv.buffer.flush()
+        self.kv.flush()
         self.length = n
 
 
@@ -488,6 +572,7 @@ class _CoreBackend:
         self.config = overlay.config
         self.manifest = overlay.manifest
         self.clock_mhz = _board_clock(self.manifest)
+        self.max_context = self.core.max_context  # the longest session: the on-chip KV, else the context
         self.lora_slots = int(self.core.constants["LORA_SLOTS"])
         self.lora_max_rank = int(self.core.constants["LORA_MAX_RANK"])
         self._slots = None                       # the engine's LoraSlots last applied
@@ -635,6 +720,7 @@ class EmuBackend(_CoreBackend):
         self.device.roma_owner = self._token
         self._lora_loaded = {}
         self.sampler_owner = None  # the library's sampler state may be another backend's
+        self.core.forget_onchip()  # and its on-chip KV copy
         self.core.select_lora(None)  # the library's LoRA state may be another backend's
         self._lora_active = None
         if self._slots is not None:

@@ -7,6 +7,9 @@ OUT_DIR/build        the build (`roma compile` of a tiny random LLaMA: 2 layers,
                      vocab 49152; mixed precision: layer 0 at 4 bits, layer 1 at 3 bits, w_down of layer 1 at 2;
                      placement: layer 0 and the lm head in ROM, layer 1 and the token embedding streamed from
                      DDR (build/ddr_weights.bin, which the testbench passes as ddr_weights))
+OUT_DIR/build_kv_onchip/roma_model.h   the same build's header with the KV cache on chip (KV_ONCHIP_CTX =
+                     KV_CAPACITY): tb_roma_core_onchip is the same testbench compiled against it, loading the
+                     images of OUT_DIR/build (the option changes the top, not one image)
 OUT_DIR/meta.txt     key value lines (dimensions, prompt length, steps, seeds, sampler registers as fp32 hex)
 OUT_DIR/*.i32/.f32/.u16/.bin   prompt, logits, tokens, KV rows, packed LoRA images (see write_case)
 """
@@ -70,9 +73,12 @@ def _mixed_build(hf: Path, out: Path):
     # the generated header (the per-layer widths and DDR offsets the top dispatches on) and the manifest's
     # tensor entries (where load_build finds them); the file checksums are not rewritten, so the golden reads
     # the images back without them
-    (out / "roma_model.h").write_text(render_header(model.config, tensors, bits=4, group=32,
-                                                    context=model.config.context_length, lora_rank=0,
-                                                    board="u250", model_sha256=model.identity(), ddr=man["ddr"]))
+    header = dict(config=model.config, tensors=tensors, bits=4, group=32, context=model.config.context_length,
+                  lora_rank=0, board="u250", model_sha256=model.identity(), ddr=man["ddr"])
+    (out / "roma_model.h").write_text(render_header(**header))
+    onchip = out.parent / "build_kv_onchip"
+    onchip.mkdir(exist_ok=True)
+    (onchip / "roma_model.h").write_text(render_header(**header, kv_onchip={"tokens": KV_CAPACITY, "placement": "URAM"}))
     (out / "manifest.json").write_text(json.dumps(man, indent=1))
     loaded, _ = load_build(out, verify=False)
     return loaded

@@ -215,6 +215,7 @@ void run_attn(const std::string &name, int calls, int ntok, Totals &tot, const c
   const auto kg = read_array<uint16_t>(name + ".kc.u16", (size_t)len * ROW);
   const auto vg = read_array<uint16_t>(name + ".vc.u16", (size_t)len * ROW);
   std::vector<half_bits_t> kc((size_t)MAXCTX * ROW, 0), vc((size_t)MAXCTX * ROW, 0);
+  std::vector<half_bits_t> kd(kc), vd(vc); // OnChip: the DDR rows written through
   static float qb[MAX_T][QW], kb[MAX_T][ROW], vb[MAX_T][ROW], ob[MAX_T][QW];
   LayerCycles cyc;
   uint64_t last_decode = 0;
@@ -233,10 +234,10 @@ void run_attn(const std::string &name, int calls, int ntok, Totals &tot, const c
     LayerCycles one;
     if (n == 1)
       attention_decode<HEADS, KV, HD, MAXCTX, SIMD, PLACE>(qb[0], kb[0], vb[0], start, kc.data(), vc.data(), ob[0],
-                                                           one);
+                                                           one, kd.data(), vd.data());
     else
       attention_prefill<HEADS, KV, HD, MAXCTX, MAX_T, SIMD, PLACE>(qb, kb, vb, start, n, kc.data(), vc.data(), ob,
-                                                                   one);
+                                                                   one, kd.data(), vd.data());
     if (n == 1) last_decode = one.attention;
     cyc.attention += one.attention;
     for (int i = 0; i < n; ++i, ++tok) {
@@ -254,6 +255,18 @@ void run_attn(const std::string &name, int calls, int ntok, Totals &tot, const c
   for (size_t i = 0; i < (size_t)len * ROW; ++i) {
     t.exact(kc[i] == kg[i], "k_cache", (long)i, kc[i], kg[i]);
     t.exact(vc[i] == vg[i], "v_cache", (long)i, vc[i], vg[i]);
+  }
+  if constexpr (PLACE == KvPlace::OnChip) { // the DDR rows written through, and kv_load back: the on-chip rows
+    std::vector<half_bits_t> kl((size_t)MAXCTX * ROW, 0);
+    LayerCycles lc;
+    kv_load<HEADS, KV, HD, MAXCTX, SIMD>(kd.data(), kl.data(), 1, len - 1, lc);
+    for (size_t i = 0; i < (size_t)len * ROW; ++i) {
+      t.exact(kd[i] == kc[i], "k_ddr (written through)", (long)i, kd[i], kc[i]);
+      t.exact(vd[i] == vc[i], "v_ddr (written through)", (long)i, vd[i], vc[i]);
+      t.exact(kl[i] == (i < (size_t)ROW ? 0 : kc[i]), "kv_load (rows 1..)", (long)i, kl[i], kc[i]);
+    }
+    t.exact(lc.kv_load == AttentionConfig<HEADS, KV, HD, MAXCTX, SIMD, PLACE>::load_cycles(len - 1), "kv_load cycles",
+            0, (double)lc.kv_load, 0.0);
   }
   tot.add(t, "attn", last_decode);
   std::printf("           %s: %d calls, %d tokens, cache %d rows; cycles all calls %llu, last decode step (S=%d) %llu\n",

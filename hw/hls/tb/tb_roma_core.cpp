@@ -1,6 +1,8 @@
 // End-to-end testbench of the top (roma_core.cpp) on a tiny mixed-precision build written by gen_roma_core.py.
 //
-//   tb_roma_core DATA_DIR     (compiled against DATA_DIR/build/roma_model.h; see the Makefile)
+//   tb_roma_core DATA_DIR         (compiled against DATA_DIR/build/roma_model.h; see the Makefile)
+//   tb_roma_core_onchip DATA_DIR  the same, compiled against DATA_DIR/build_kv_onchip/roma_model.h: the same
+//                                 build with its KV cache on chip (KV_ONCHIP_CTX = the boards' capacity)
 //
 // Calls roma_emu_load_build and roma_core through the real argument list, host arrays as the m_axi buffers;
 // layer 1 (3- and 2-bit) and the token embedding stream from DDR: every call passes build/ddr_weights.bin as
@@ -20,6 +22,12 @@
 //   lora      a packed adapter (fp16, and int8 with fp32 row scales) loaded into slots 1 and 2, selected:
 //             prefill logits within TOL of GoldenModel with packed.to_golden(); LORA_NONE again: the base
 //             logits bit for bit
+//   kv        on chip (tb_roma_core_onchip): every run command first loads the rows below its position that the
+//             on-chip copy lacks (CMD_KV_LOAD, as the host driver does; the boards here are several sessions'
+//             buffers), so all of the above runs with attention over the on-chip copy and the DDR rows written
+//             through (the kv check reads them); a run on another buffer without the load attends over the
+//             other buffer's rows (far off the golden), with it the golden's; kv_capacity above KV_ONCHIP_CTX is
+//             ERR_CONTEXT; without on-chip KV CMD_KV_LOAD is ERR_BAD_COMMAND
 // Tolerance on logits (relative to the vector): max_i |l_i - g_i| <= TOL * max_i |g_i|, TOL = 2e-3, where g is
 // the golden run of the same call or (the closer of the two) the golden run with the prompt split 5 + 16: numpy's
 // cos/sin differ by an ulp between batch lengths (SIMD body vs scalar tail), an ulp can flip the fp16 rounding
@@ -47,9 +55,12 @@ using tb::read_array;
 namespace {
 
 const double TOL = 2e-3;
+constexpr bool KV_ONCHIP = roma_model::KV_ONCHIP_CTX > 0;
 std::map<std::string, std::string> g_meta;
 std::vector<uint32_t> g_ddr; // build/ddr_weights.bin
 tb::Tally g_tally;
+const void *g_chip_owner = nullptr; // on-chip KV: the board whose rows 0..g_chip_rows-1 the core holds
+uint32_t g_chip_rows = 0;
 double g_worst_logit_rel = 0.0, g_worst_kv = 0.0;
 
 long meta_i(const char *k) { return std::stol(g_meta[k]); }
@@ -71,14 +82,29 @@ struct Board {
   explicit Board(uint32_t capacity)
       : tin(1024), tout(1024), logits(roma_model::VOCAB), kv((size_t)2 * roma_model::N_LAYERS * capacity * roma_model::KV_DIM),
         staging(1), status(STATUS_WORDS), cap(capacity) {}
-  // Scalars: sample registers default to greedy-free (SAMPLE_NONE) unless given.
-  uint32_t call(uint32_t cmd, uint32_t pos, uint32_t n, uint32_t mode = SAMPLE_NONE, uint32_t slot = 0,
-                uint32_t seed_lo = 0, uint32_t seed_hi = 0, uint32_t eos = 0xFFFFFFFFu) {
+  // One roma_core call. Scalars: sample registers default to greedy-free (SAMPLE_NONE) unless given.
+  uint32_t raw(uint32_t cmd, uint32_t pos, uint32_t n, uint32_t mode = SAMPLE_NONE, uint32_t slot = 0,
+               uint32_t seed_lo = 0, uint32_t seed_hi = 0, uint32_t eos = 0xFFFFFFFFu) {
     roma_core(cmd, pos, n, cap, slot, (uint32_t)staging.size(), mode, meta_f("inv_temperature"),
               (uint32_t)meta_i("top_k"), meta_f("top_p"), meta_f("min_p"), meta_f("repeat_penalty"),
               (uint32_t)meta_i("repeat_last_n"), seed_lo, seed_hi, eos, tin.data(), tout.data(), logits.data(),
               kv.data(), staging.data(), ddr, status.data());
     return status[STATUS_ERROR];
+  }
+  // raw(); on chip, a run command first loads the rows below pos that the on-chip copy lacks (the driver's way)
+  uint32_t call(uint32_t cmd, uint32_t pos, uint32_t n, uint32_t mode = SAMPLE_NONE, uint32_t slot = 0,
+                uint32_t seed_lo = 0, uint32_t seed_hi = 0, uint32_t eos = 0xFFFFFFFFu) {
+    const bool run = cmd == CMD_PREFILL || cmd == CMD_DECODE || cmd == CMD_GENERATE;
+    if (!KV_ONCHIP || !run) return raw(cmd, pos, n, mode, slot, seed_lo, seed_hi, eos);
+    const uint32_t have = g_chip_owner == this ? g_chip_rows : 0;
+    g_chip_owner = nullptr;
+    if (have < pos && raw(CMD_KV_LOAD, have, pos - have) != ERR_NONE) return status[STATUS_ERROR];
+    const uint32_t err = raw(cmd, pos, n, mode, slot, seed_lo, seed_hi, eos);
+    if (err == ERR_NONE) {
+      g_chip_owner = this;
+      g_chip_rows = pos + status[STATUS_TOKENS];
+    }
+    return err;
   }
 };
 
@@ -283,6 +309,9 @@ int main(int argc, char **argv) {
         {"select an empty slot", CMD_SELECT_LORA, 0, 0, 0, 3, 0, ERR_LORA_SLOT},
         {"select a slot out of range", CMD_SELECT_LORA, 0, 0, 0, 77, 0, ERR_LORA_SLOT},
         {"corrupt adapter image", CMD_LOAD_LORA, 0, 0, 0, 1, 0, ERR_LORA_IMAGE},
+        {"KV load of 0 rows", CMD_KV_LOAD, 0, 0, 0, 0, 1, ERR_BAD_COMMAND},
+        {KV_ONCHIP ? "KV load past the capacity" : "KV load without an on-chip KV cache", CMD_KV_LOAD,
+         KV_ONCHIP ? CAP - 1 : 0, KV_ONCHIP ? 2u : 1u, 0, 0, 1, KV_ONCHIP ? ERR_CONTEXT : ERR_BAD_COMMAND},
     };
     e.staging = read_array<uint8_t>("lora_fp16.bin", tb::file_items("lora_fp16.bin", 1));
     e.staging[0] = 'X';
@@ -392,6 +421,36 @@ int main(int argc, char **argv) {
     lb.call(CMD_PREFILL, 0, P);
     expect(std::memcmp(lb.logits.data(), base_logits.data(), sizeof(float) * V) == 0,
            "LORA_NONE again: base logits bit for bit");
+  }
+
+  // ---- on-chip KV: what attention reads, the reload, the capacity limit ----
+  if (KV_ONCHIP) {
+    Board x(CAP), s(CAP), big(CAP + 1);
+    for (int i = 0; i < P; ++i) x.tin[i] = prompt[P - 1 - i];
+    expect(x.call(CMD_PREFILL, 0, P) == ERR_NONE, "prefill of another prompt"); // the chip holds x's rows
+    s.kv = b.kv; // the host writes the prompt's rows into another buffer (as a session restore does)
+    s.tin[0] = gtok[0];
+    expect(s.raw(CMD_DECODE, P, 1, SAMPLE_GREEDY) == ERR_NONE, "decode without CMD_KV_LOAD");
+    double off = 0, mx = 0;
+    for (int i = 0; i < V; ++i) {
+      off = std::fmax(off, std::fabs((double)s.logits[i] - glog[(size_t)V + i]));
+      mx = std::fmax(mx, std::fabs((double)glog[(size_t)V + i]));
+    }
+    expect(off / mx > 20 * TOL, "without the load, attention reads the rows of the buffer that ran before");
+    g_chip_owner = nullptr;
+    s.kv = b.kv;
+    expect(s.raw(CMD_KV_LOAD, 0, P) == ERR_NONE && s.status[STATUS_TOKENS] == (uint32_t)P, "CMD_KV_LOAD");
+    const uint32_t load_cycles = s.status[STATUS_STAGE_CYCLES + STAGE_KV_LOAD];
+    expect(load_cycles > 0 && load_cycles == s.status[STATUS_CYCLES_LO], "CMD_KV_LOAD counts its cycles alone");
+    expect(s.raw(CMD_DECODE, P, 1, SAMPLE_GREEDY) == ERR_NONE, "decode after CMD_KV_LOAD");
+    check_logits("decode after CMD_KV_LOAD", s.logits.data(), &glog[(size_t)1 * V], V, &glog2[(size_t)1 * V]);
+    big.tin[0] = prompt[0];
+    const std::vector<uint16_t> big0 = big.kv;
+    expect(big.raw(CMD_PREFILL, 0, 1) == ERR_CONTEXT && big.raw(CMD_KV_LOAD, 0, 1) == ERR_CONTEXT && big.kv == big0,
+           "kv_capacity above KV_ONCHIP_CTX is ERR_CONTEXT");
+    std::printf("  kv on chip (%d positions): without CMD_KV_LOAD the decode is off by %.3g of the logit scale, "
+                "with it golden; loading %d rows costs %u cycles; kv_capacity %u refused (ERR_CONTEXT)\n",
+                roma_model::KV_ONCHIP_CTX, off / mx, P, load_cycles, CAP + 1);
   }
 
   std::printf("  worst logit deviation %.3g of the logit scale (tolerance %.1g); worst KV |d|/tol %.3f\n",

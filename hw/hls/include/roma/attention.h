@@ -11,11 +11,15 @@
 //   every probability is cheaper and only changes rounding (covered by the testbench bound).
 //
 // Cache layout (one layer, the golden's [position, kv_head, head_dim]): ROW = KV_HEADS*HD fp16 bit patterns
-// (uint16) per position, row p at k_cache[p*ROW]. PLACE selects where the cache lives:
+// (uint16) per position, row p at k_cache[p*ROW]. PLACE selects where the cache that attention reads lives:
 //   KvPlace::Ddr    (default) DDR buffers the host allocates (KV manager), reached through m_axi pointer
 //                   arguments of the top; each pass reads the rows 0..p as ONE sequential burst (S*ROW*2 bytes).
-//   KvPlace::OnChip short contexts: the top owns `static half_bits_t kv[LAYERS][2][CTX*ROW]` (BRAM/URAM,
-//                   ARRAY_PARTITION cyclic factor=SIMD) and passes the layer's slices; no burst latency.
+//   KvPlace::OnChip short contexts: the top owns `half_bits_t kv[LAYERS][2][CTX*ROW]` (URAM/BRAM, ARRAY_RESHAPE
+//                   cyclic factor=SIMD: one SIMD-wide word per cycle) and passes the layer's slices; attention
+//                   reads only them (RAM latency, no burst). The host's DDR rows stay the source of truth: kv_write
+//                   writes each new row to both (write-through, the same loop: k_ddr/v_ddr), and kv_load copies
+//                   rows of the DDR buffer into the on-chip ones (the top's CMD_KV_LOAD) when the host switches
+//                   buffers or changed their rows. tb_kernels checks both places against the golden.
 // The compute is the same code; PLACE changes the memory latency in the cycle model (and the top's pragmas).
 //
 // Softmax: two passes over the cache (not online/streaming): pass 1 streams K and writes all scores of the
@@ -28,7 +32,8 @@
 // each K/V element fetched is used GROUP times (the cache is read once per query, not once per head).
 //
 // Loops (SIMD fp16 elements of a row per cycle, i.e. SIMD*16 bits of the m_axi port):
-//   WRITE: CH = ROW/SIMD iterations per new token (convert + store)                       II=1
+//   WRITE: CH = ROW/SIMD iterations per new token (convert + store; OnChip: both places)   II=1
+//   LOAD:  n*CH iterations per layer and K/V (kv_load, OnChip: DDR rows -> on chip)         II=1
 //   QLOAD: HEADS*HD/SIMD (query to partitioned registers)                                  II=1
 //   SCORE: S*CH iterations: SIMD fp16 of a K row, GROUP*SIMD products, lane adder tree;
 //          the HD/SIMD chunk sums of a head are kept in registers and added by a tree at the head's
@@ -75,7 +80,8 @@ struct AttentionConfig {
   static constexpr int CH = ROW / SIMD;     // chunks per cache row
   static constexpr int MEM_READ_LATENCY =
       PLACE == KvPlace::Ddr ? timing::AXI_READ_LATENCY : timing::RAM_LATENCY;
-  static constexpr int MEM_WRITE_LATENCY = PLACE == KvPlace::Ddr ? timing::AXI_WRITE_LATENCY : 1;
+  // OnChip writes through to DDR in the same loop, so a row write ends with the DDR write response either way
+  static constexpr int MEM_WRITE_LATENCY = timing::AXI_WRITE_LATENCY;
   static constexpr int SCORE_II = timing::II;
   static constexpr int EXP_II = timing::acc_ii(HEADS);
   static constexpr int PV_II = timing::acc_ii(CH);
@@ -89,7 +95,10 @@ struct AttentionConfig {
   static constexpr int PV_DEPTH =
       MEM_READ_LATENCY + 1 + timing::FMUL_LATENCY + timing::FADD_LATENCY + 1;
   static constexpr int FINAL_DEPTH = 2 + timing::FDIV_LATENCY + 1;
+  static constexpr int LOAD_DEPTH = timing::AXI_READ_LATENCY + 1 /* RAM write */;
   static constexpr uint64_t WRITE_CYCLES = (uint64_t)CH * timing::II + WRITE_DEPTH; // per new token
+  // kv_load of n rows of one cache (K or V of a layer): n*ROW*2 bytes at SIMD*2 bytes per cycle, one burst.
+  static constexpr uint64_t load_cycles(int n) { return (uint64_t)n * CH * timing::II + LOAD_DEPTH; }
   // One query over S keys.
   static constexpr uint64_t query_cycles(int S) {
     return (uint64_t)(HEADS * CHD) * timing::II + QLOAD_DEPTH + (uint64_t)S * CH * SCORE_II + SCORE_DEPTH +
@@ -115,19 +124,26 @@ inline float tree_sum(float v[N]) {
 }
 } // namespace detail
 
-// Write one token's K and V (fp32, K already rotated) into cache row `pos` as fp16.
+// Write one token's K and V (fp32, K already rotated) into cache row `pos` as fp16; OnChip: also into the
+// host's DDR rows k_ddr/v_ddr (write-through; unused for Ddr).
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
 void kv_write(const float k_new[KV_HEADS * HD], const float v_new[KV_HEADS * HD], int pos,
-              half_bits_t *k_cache, half_bits_t *v_cache, LayerCycles &cyc) {
+              half_bits_t *k_cache, half_bits_t *v_cache, LayerCycles &cyc, half_bits_t *k_ddr = nullptr,
+              half_bits_t *v_ddr = nullptr) {
   typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE> C;
 KV_WRITE:
   for (int c = 0; c < C::CH; ++c) {
 #pragma HLS PIPELINE II = timing::II
     for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
-      const int i = c * SIMD + l;
-      k_cache[(size_t)pos * C::ROW + i] = float_to_half(k_new[i]);
-      v_cache[(size_t)pos * C::ROW + i] = float_to_half(v_new[i]);
+      const size_t i = (size_t)pos * C::ROW + c * SIMD + l;
+      const half_bits_t kh = float_to_half(k_new[c * SIMD + l]), vh = float_to_half(v_new[c * SIMD + l]);
+      k_cache[i] = kh;
+      v_cache[i] = vh;
+      if constexpr (PLACE == KvPlace::OnChip) {
+        k_ddr[i] = kh;
+        v_ddr[i] = vh;
+      }
     }
   }
 #ifndef __SYNTHESIS__
@@ -390,24 +406,50 @@ FINAL:
 #endif
 }
 
+// Copy rows start..start+n-1 of one cache (K or V of a layer) from the host's DDR rows into the on-chip ones
+// (OnChip; start + n <= MAX_CTX, checked by the caller): one sequential burst, SIMD fp16 per cycle.
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8>
+void kv_load(const half_bits_t *ddr, half_bits_t *chip, int start, int n, LayerCycles &cyc) {
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, KvPlace::OnChip> C;
+  const size_t base = (size_t)start * C::ROW;
+KV_LOAD:
+  for (int c = 0; c < n * C::CH; ++c) {
+#pragma HLS PIPELINE II = timing::II
+    for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+      chip[base + (size_t)c * SIMD + l] = ddr[base + (size_t)c * SIMD + l];
+    }
+  }
+#ifndef __SYNTHESIS__
+  cyc.kv_load += C::load_cycles(n);
+#else
+  (void)cyc;
+#endif
+}
+
 // Decode step: the token at `pos` (cache rows 0..pos-1 valid; 0 <= pos < MAX_CTX, checked by the caller).
+// OnChip: k_cache/v_cache are the on-chip rows, k_ddr/v_ddr the host's (written through).
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
 void attention_decode(const float q[HEADS * HD], const float k_new[KV_HEADS * HD],
                       const float v_new[KV_HEADS * HD], int pos, half_bits_t *k_cache, half_bits_t *v_cache,
-                      float out[HEADS * HD], LayerCycles &cyc) {
-  kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(k_new, v_new, pos, k_cache, v_cache, cyc);
+                      float out[HEADS * HD], LayerCycles &cyc, half_bits_t *k_ddr = nullptr,
+                      half_bits_t *v_ddr = nullptr) {
+  kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(k_new, v_new, pos, k_cache, v_cache, cyc, k_ddr, v_ddr);
   attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(q, pos, k_cache, v_cache, out, cyc);
 }
 
 // Prefill chunk: T (<= MAX_T) tokens at positions start..start+T-1 (start + T <= MAX_CTX, checked by the
 // caller). All T rows are written first (as the golden does), then query i attends to keys 0..start+i.
+// OnChip: as attention_decode.
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
 void attention_prefill(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T][KV_HEADS * HD],
                        const float v_new[MAX_T][KV_HEADS * HD], int start, int T, half_bits_t *k_cache,
-                       half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc) {
+                       half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc,
+                       half_bits_t *k_ddr = nullptr, half_bits_t *v_ddr = nullptr) {
 PREFILL_WRITE:
   for (int i = 0; i < T; ++i) {
-    kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(k_new[i], v_new[i], start + i, k_cache, v_cache, cyc);
+    kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(k_new[i], v_new[i], start + i, k_cache, v_cache, cyc,
+                                                        k_ddr, v_ddr);
   }
 PREFILL_QUERY:
   for (int i = 0; i < T; ++i) {

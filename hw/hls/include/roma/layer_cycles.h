@@ -39,8 +39,9 @@ struct LayerCycles {
   uint64_t attention = 0;  // KV write, scores, softmax, P*V
   uint64_t activation = 0; // SwiGLU
   uint64_t residual = 0;   // residual adds
-  uint64_t total() const { return embedding + norm + rope + attention + activation + residual; }
-  void reset() { embedding = norm = rope = attention = activation = residual = 0; }
+  uint64_t kv_load = 0;    // on-chip KV cache refills from DDR (kv_load)
+  uint64_t total() const { return embedding + norm + rope + attention + activation + residual + kv_load; }
+  void reset() { embedding = norm = rope = attention = activation = residual = kv_load = 0; }
 };
 
 // fp32 -> fp16 bit pattern, round to nearest even, exactly numpy's float32.astype(float16) for every
