@@ -6,8 +6,8 @@ once). Minute 0 is the build with its compensating LoRA (where distillation star
 LoRA is listed as "before".
 
   PYTHONPATH=host python benchmarks/distill_curve.py --run 2-bit=/tmp/d7/a2 --run 3-bit=/tmp/d7/a3 \
-      --tokens 1024 --points 6 --json benchmarks/distill_curve.json --plot benchmarks/distill_curve.png \
-      --markdown benchmarks/distill_curve.md
+      --tokens 1024 --points 6 --goal 2-bit=50 --goal 3-bit=85 --json benchmarks/distill_curve.json \
+      --plot benchmarks/distill_curve.png --markdown benchmarks/distill_curve.md
 
 Prints a table as it goes. The figures are measured on this machine, not estimated.
 """
@@ -63,6 +63,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=1024, help="held-out tokens per point (default 1024)")
     ap.add_argument("--chat-tokens", type=int, default=32, help="reference answer tokens per chat prompt")
     ap.add_argument("--points", type=int, default=6, help="snapshots per run (spread over time)")
+    ap.add_argument("--goal", action="append", default=[], metavar="LABEL=PERCENT",
+                    help="draw a run's target top-1 agreement on the plot (repeatable)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--plot", type=Path, help="write the curve here (PNG, needs matplotlib)")
     ap.add_argument("--markdown", type=Path, help="write the table here")
@@ -88,7 +90,8 @@ def main() -> int:
             reference = GoldenModel(model, "float")
 
         def measure(lora, *, no_lora=False):
-            return evaluate_build(model, build, tokens=args.tokens, chat_tokens=args.chat_tokens, lora=lora,
+            return evaluate_build(model, build, tokens=args.tokens, chat=args.chat_tokens > 0,
+                                  chat_tokens=max(args.chat_tokens, 1), lora=lora,
                                   reference=reference, memo=memo, without_lora=no_lora)
 
         rows.append(row(label, "before (no LoRA)", None, None, measure(None, no_lora=True)))
@@ -110,7 +113,8 @@ def main() -> int:
     if args.markdown:
         args.markdown.write_text(markdown(meta, rows))
     if args.plot:
-        plot(rows, args.plot)
+        goals = {label: float(pct) for label, _, pct in (g.partition("=") for g in args.goal)}
+        plot(rows, args.plot, goals)
     return 0
 
 
@@ -128,7 +132,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, goals: dict[str, float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,6 +149,8 @@ def plot(rows: list[dict], path: Path) -> None:
                     alpha=0.6, label=f"{label}: chat answers")
         before = next(r for r in rows if r["run"] == label and r["minutes"] is None)
         ax.axhline(100 * before["top1"], color=color, lw=0.8, ls=":", label=f"{label}: no LoRA")
+        if label in goals:
+            ax.axhline(goals[label], color=color, lw=1.2, ls="-.", label=f"{label}: goal")
     ax.set_xlabel("training minutes (roma finetune --distill)")
     ax.set_ylabel("top-1 agreement with the float model (%)")
     ax.set_title("SmolLM2-135M: distillation into the ROM base's LoRA")

@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from roma_runtime.compiler.build import compile_model, load_build, measure_sensitivity
 from roma_runtime.compiler.calibrate import collect_hessians
 from roma_runtime.compiler.evaluate import chat_sequences, eval_windows, evaluate_models
@@ -34,41 +32,25 @@ ROWS = {
     "4-g64-gptq": ("4-bit G64 GPTQ", dict(bits=4, group=64, method="gptq")),
     "4-g128-rtn": ("4-bit G128 RTN (G64 on 576-wide rows)", dict(bits=4, group=128)),
     "4-g128-gptq": ("4-bit G128 GPTQ (G64 on 576-wide rows)", dict(bits=4, group=128, method="gptq")),
-    "4-g128-gptq-r16": ("4-bit G128 GPTQ + LoftQ LoRA r16", dict(bits=4, group=128, method="gptq", lora_rank=16)),
+    "4-g128-gptq-r16": ("4-bit G128 GPTQ + activation-weighted LoftQ LoRA r16", dict(bits=4, group=128, method="gptq", lora_rank=16)),
     "3-g64-rtn": ("3-bit G64 RTN", dict(bits=3, group=64)),
     "3-g64-gptq": ("3-bit G64 GPTQ", dict(bits=3, group=64, method="gptq")),
     "3-g32-gptq": ("3-bit G32 GPTQ", dict(bits=3, group=32, method="gptq")),
-    "3-g64-gptq-r16": ("3-bit G64 GPTQ + LoftQ LoRA r16", dict(bits=3, group=64, method="gptq", lora_rank=16)),
+    "3-g64-gptq-r16": ("3-bit G64 GPTQ + activation-weighted LoftQ LoRA r16", dict(bits=3, group=64, method="gptq", lora_rank=16)),
     "2-g64-rtn": ("2-bit G64 RTN", dict(bits=2, group=64)),
     "2-g64-gptq": ("2-bit G64 GPTQ", dict(bits=2, group=64, method="gptq")),
-    "2-g64-gptq-r16": ("2-bit G64 GPTQ + LoftQ LoRA r16", dict(bits=2, group=64, method="gptq", lora_rank=16)),
-    "2-g64-gptq-r32": ("2-bit G64 GPTQ + LoftQ LoRA r32", dict(bits=2, group=64, method="gptq", lora_rank=32)),
-    "2-g64-gptq-r64": ("2-bit G64 GPTQ + LoftQ LoRA r64", dict(bits=2, group=64, method="gptq", lora_rank=64)),
+    "2-g64-gptq-r16": ("2-bit G64 GPTQ + activation-weighted LoftQ LoRA r16", dict(bits=2, group=64, method="gptq", lora_rank=16)),
+    "2-g64-gptq-r32": ("2-bit G64 GPTQ + activation-weighted LoftQ LoRA r32", dict(bits=2, group=64, method="gptq", lora_rank=32)),
+    "2-g64-gptq-r64": ("2-bit G64 GPTQ + activation-weighted LoftQ LoRA r64", dict(bits=2, group=64, method="gptq", lora_rank=64)),
     "mixed-3.0": ("mixed G128 (G64 on 576-wide rows), budget 3.0 bits/weight (GPTQ)",
                   dict(bits=4, group=128, method="gptq", bits_budget=3.0)),
+    "mixed-3.0-r64": ("mixed G128 (G64 on 576-wide rows), budget 3.0 bits/weight (GPTQ) + activation-weighted "
+                      "LoftQ LoRA r64", dict(bits=4, group=128, method="gptq", bits_budget=3.0, lora_rank=64)),
+    "4-g128-gptq-r64": ("4-bit G128 GPTQ + activation-weighted LoftQ LoRA r64",
+                        dict(bits=4, group=128, method="gptq", lora_rank=64)),
     "mixed-4.0": ("mixed G128 (G64 on 576-wide rows), budget 4.0 bits/weight (GPTQ)",
                   dict(bits=4, group=128, method="gptq", bits_budget=4.0)),
 }
-
-
-class CachedReference:
-    """The float reference with its logits memoised per input (all rows evaluate the same windows)."""
-
-    def __init__(self, model):
-        self.model = GoldenModel(model, "float")
-        self.memo = {}
-
-    def new_cache(self, n):
-        return self.model.new_cache(n)
-
-    def forward(self, ids, cache, all_logits=False):
-        key = (np.asarray(ids).tobytes(), all_logits, cache.length)
-        if cache.length or key not in self.memo:
-            out = self.model.forward(ids, cache, all_logits)
-            if cache.length == len(ids):
-                self.memo[key] = out
-            return out
-        return self.memo[key]
 
 
 def main() -> int:
@@ -87,9 +69,9 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown rows {unknown}")
     model = load_model(args.model)
-    ref = CachedReference(model)
+    ref, memo = GoldenModel(model, "float"), {}  # memo: the reference's logits, computed once
     windows = eval_windows(model, args.tokens, 256)
-    seqs = chat_sequences(model, ref.model, args.chat_tokens) if args.chat_tokens else []
+    seqs = chat_sequences(model, ref, args.chat_tokens) if args.chat_tokens else []
     hessians = None
     sensitivity = {}
     shared = []  # seconds of the shared steps, for the notes
@@ -130,7 +112,7 @@ def main() -> int:
         loaded, lora = load_build(root / key)
         cand = GoldenModel(loaded, "quant")
         cand.lora = lora
-        res = evaluate_models(ref, cand, windows, seqs)
+        res = evaluate_models(ref, cand, windows, seqs, memo=memo)
         r = res["text"]
         line = (f"| {label} | {man['quantization']['linear_bits_per_weight']:.3f} | {r['ppl_reference']:.2f} | "
                 f"{r['ppl_candidate']:.2f} | {r['kl']:.4f} | {100 * r['top1']:.1f}% |")

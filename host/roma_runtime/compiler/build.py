@@ -283,10 +283,11 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         if lora_rank > 0:
             from .loftq import loftq
 
+            # with calibration, the low-rank step weights the error by the inputs (loftq.py)
             q, a, bb = loftq(as_float(t), lambda x: quantize_tensor(x, b, g, m, h, name)[0], lora_rank,
-                             loftq_iters)
+                             loftq_iters, hessian=h)
             lora_factors[key] = (a, bb)
-            how_of[name] = f"{m}+loftq"
+            how_of[name] = f"{m}+loftq" + ("-aw" if h is not None else "")
         else:
             q, how_of[name] = quantize_tensor(t, b, g, m, h, name)
         quantized[name] = q
