@@ -323,6 +323,7 @@ constexpr int CSIM_BLOCK = 16;
 #define ROMA_CSIM_PARALLEL_MIN (1L << 22)
 #endif
 constexpr long CSIM_PARALLEL_MIN = ROMA_CSIM_PARALLEL_MIN;
+constexpr int CSIM_PREFETCH_BYTES = 8192; // how far ahead the SIMD loop prefetches its codes
 
 template <int BITS>
 struct CsimPack {
@@ -431,7 +432,13 @@ inline void csim_block_simd(const uint8_t *codes, const half_bits_t *dh, const h
     __m512i dot0 = _mm512_setzero_si512(), dot1 = _mm512_setzero_si512(); // two chains, exact int32 sums
     const act_t *x = xq + g * GROUP;
     for (int v = 0; v < VPG; ++v) {
-      const __m512i sv = _mm512_loadu_si512((const void *)(codes + ((size_t)g * VPG + v) * 64));
+      const uint8_t *cv = codes + ((size_t)g * VPG + v) * 64;
+      // The codes are read once per GEMV, front to back (the blocks are contiguous): with the hardware
+      // prefetcher alone the loop waits on DRAM. Measured on a 2-bit 49152x576 tile: 1.7x faster with a
+      // prefetch CSIM_PREFETCH_BYTES ahead (plateau from 8 to 32 KB), the 8-bit lm head 1.1x. A prefetch past
+      // the end is a hint and never faults.
+      _mm_prefetch((const char *)(cv + CSIM_PREFETCH_BYTES), _MM_HINT_T0);
+      const __m512i sv = _mm512_loadu_si512((const void *)cv);
       for (int s = 0; s < CPB; ++s) {
         int32_t x4;
         std::memcpy(&x4, x + 4 * (v * CPB + s), 4);
