@@ -109,6 +109,20 @@ CANDIDATES:
   }
 }
 
+// Code j (0..GROUP-1) of one (group, row) step, reassembled from its BITS plane words w.
+template <int GROUP, int BITS>
+inline uint32_t rom_code(const rom_word_t *w, int j) {
+#pragma HLS INLINE
+  constexpr int LANES = GROUP / ROM_WORD_BITS;
+  const int l = j / ROM_WORD_BITS, b = j % ROM_WORD_BITS;
+  uint32_t code = 0;
+  for (int p = 0; p < BITS; ++p) {
+#pragma HLS UNROLL
+    code |= ((w[p * LANES + l] >> b) & 1u) << p;
+  }
+  return code;
+}
+
 // The exact int32 dot of one (group, row) step from its WPS plane words w: LutSelect (nibbles select
 // candidates, planes combined by shifts) or DspMac (codes reassembled and multiplied).
 template <int GROUP, int BITS, Datapath DP>
@@ -134,13 +148,7 @@ inline acc_t brom_step_dot(const rom_word_t *w, const cand_t cand[GROUP / QUAD][
   } else {
     for (int j = 0; j < GROUP; ++j) {
 #pragma HLS UNROLL
-      const int l = j / ROM_WORD_BITS, b = j % ROM_WORD_BITS;
-      acc_t code = 0;
-      for (int p = 0; p < BITS; ++p) {
-#pragma HLS UNROLL
-        code |= (acc_t)((w[p * LANES + l] >> b) & 1u) << p;
-      }
-      dot += code * (acc_t)xg[j]; // DSP multiply-accumulate
+      dot += (acc_t)rom_code<GROUP, BITS>(w, j) * (acc_t)xg[j]; // DSP multiply-accumulate
     }
   }
   return dot;
@@ -354,7 +362,7 @@ inline bool csim_is_nan(half_bits_t h) { return (h & 0x7c00u) == 0x7c00u && (h &
 template <int ROWS, int COLS, int GROUP, int BITS, class Source>
 void csim_pack_tile_from(const Source &src, CsimPackedTile &pk) {
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS> C;
-  constexpr int NG = C::NG, LANES = C::LANES, P = CsimPack<BITS>::P, CPB = CsimPack<BITS>::CPB;
+  constexpr int NG = C::NG, P = CsimPack<BITS>::P, CPB = CsimPack<BITS>::CPB;
   constexpr int VPG = GROUP / 4 / CPB;
   const int NB = (ROWS + CSIM_BLOCK - 1) / CSIM_BLOCK;
   pk = CsimPackedTile();
@@ -374,9 +382,7 @@ void csim_pack_tile_from(const Source &src, CsimPackedTile &pk) {
       pk.m[bg * CSIM_BLOCK + i] = src.minimum(step);
       const rom_word_t *w = src.step_planes(step);
       for (int j = 0; j < GROUP; ++j) {
-        const int l = j / ROM_WORD_BITS, bit = j % ROM_WORD_BITS;
-        uint32_t code = 0;
-        for (int p = 0; p < BITS; ++p) code |= ((w[p * LANES + l] >> bit) & 1u) << p;
+        const uint32_t code = rom_code<GROUP, BITS>(w, j);
         const int k = j / 4, c = j % 4, v = k / CPB, s = k % CPB;
         pk.codes[(bg * VPG + v) * 64 + 4 * i + c] |= (uint8_t)(code << (s * P));
       }

@@ -47,16 +47,9 @@ struct EmbeddingConfig {
 template <int GROUP, int BITS>
 inline void embedding_group(const rom_word_t *w, float d, float m, float *out) {
 #pragma HLS INLINE
-  constexpr int LANES = GROUP / ROM_WORD_BITS;
   for (int j = 0; j < GROUP; ++j) {
 #pragma HLS UNROLL
-    const int l = j / ROM_WORD_BITS, b = j % ROM_WORD_BITS;
-    uint32_t code = 0;
-    for (int p = 0; p < BITS; ++p) {
-#pragma HLS UNROLL
-      code |= ((w[p * LANES + l] >> b) & 1u) << p;
-    }
-    out[j] = d * (float)code + m;
+    out[j] = d * (float)rom_code<GROUP, BITS>(w, j) + m;
   }
 }
 
