@@ -45,7 +45,7 @@ import numpy as np
 
 from .errors import RomaError
 from .lora import DEFAULT_MAX_RANK, OUR_TO_PEFT, PEFT_NAMES, PARENT
-from .model.loader import LoadedModel
+from .model.loader import LoadedModel, model_files, sha256_files
 
 RECORD = "roma_build.json"
 RECORD_FORMAT = "roma-finetune"
@@ -151,11 +151,7 @@ def _check_options(o: FinetuneOptions, slot_rank: int = DEFAULT_MAX_RANK) -> Non
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_files([path])
 
 
 def _rom_sha256(manifest: dict) -> str:
@@ -182,13 +178,8 @@ def base_fingerprint(build_or_model) -> dict:
     kind, path = locate_model(build_or_model)
     if kind == "build":
         return _build_fingerprint(path)
-    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
-    h = hashlib.sha256()
-    for f in files:  # the same digest as LoadedModel.identity()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return {"kind": "model", "name": path.name, "path": str(path), "model_sha256": h.hexdigest()}
+    return {"kind": "model", "name": path.name, "path": str(path),
+            "model_sha256": sha256_files(model_files(path))}  # the digest of LoadedModel.identity()
 
 
 def _build_fingerprint(folder: Path) -> dict:

@@ -19,7 +19,6 @@ QuantizedMatrix images (and the LoRA as a LoraAdapter).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 
 from ..errors import RomaError
 from ..model.config import ModelConfig
-from ..model.loader import LoadedModel, load_model
+from ..model.loader import LoadedModel, load_model, sha256_files
 from ..model.weights import LayerWeights, ModelWeights, QuantizedMatrix, as_float
 from . import brom
 from .quantize import METHODS, effective_group, quantize_tensor, validate
@@ -66,14 +65,6 @@ def _tensor(weights: ModelWeights, name: str):
     if key:
         return getattr(weights.layers[key[0]], key[1])
     return weights.token_embedding if name == EMBEDDING else weights.output
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _progress(iterable, desc: str, enabled: bool, total=None):
@@ -392,7 +383,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
                   "ddr_bytes": int(sum(e.get("ddr_bytes", 0) for e in tensors.values())),
                   "linear_params": linear_params, "all_params": all_params,
                   "files_bytes": int(sum(p.stat().st_size for p in files))},
-        "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files},
+        "files": {p.name: {"sha256": sha256_files([p]), "bytes": p.stat().st_size} for p in files},
     }
     tmp = out_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, default=_json_default))
@@ -488,7 +479,7 @@ def verify_file(path: Path, entry: dict) -> None:
     """RomaError naming `path` unless it exists with the size and sha256 of its manifest `entry`."""
     if not path.is_file():
         raise RomaError(f"build file {path} is missing", hint="recompile the build")
-    if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+    if path.stat().st_size != entry["bytes"] or sha256_files([path]) != entry["sha256"]:
         raise RomaError(f"build file {path} is corrupt (its sha256 does not match the manifest)",
                         hint="recompile the build")
 

@@ -47,13 +47,22 @@ class LoadedModel:
         build = self.metadata.get("roma.build") if self.format == "build" else None
         if build and (build.get("model") or {}).get("sha256"):
             return str(build["model"]["sha256"])
-        files = [self.source] if self.source.is_file() else sorted(self.source.glob("*.safetensors"))
-        h = hashlib.sha256()
-        for f in files:
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-        return h.hexdigest()
+        return sha256_files(model_files(self.source))
+
+
+def model_files(path: Path) -> list[Path]:
+    """The file(s) that hold a model's weights: a GGUF file, or a Hugging Face folder's *.safetensors."""
+    return [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+
+
+def sha256_files(files) -> str:
+    """One sha256 over the contents of `files`, in order, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def resolve_model_path(model: str | Path) -> Path:
