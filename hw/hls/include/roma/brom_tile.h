@@ -259,6 +259,16 @@ TILES_LOOP:
 
 #ifndef __SYNTHESIS__
 // ---- C simulation only: a fast path of brom_tile_gemv straight from the ROM words ----
+// xsum[g] = sum of the GROUP activations of group g (the minimum's term), into both arrays.
+template <int COLS, int GROUP>
+inline void csim_group_sums(const act_t xq[COLS], acc_t xsum[COLS / GROUP], acc_t xsum_out[COLS / GROUP]) {
+  for (int g = 0; g < COLS / GROUP; ++g) {
+    acc_t s = 0;
+    for (int j = 0; j < GROUP; ++j) s += xq[g * GROUP + j];
+    xsum[g] = xsum_out[g] = s;
+  }
+}
+
 // (The emulated board uses brom_tile_gemv_packed below; this one remains for tiles it cannot repack.)
 // The same per-row arithmetic as brom_tile_gemv (bit for bit: exact int32 dot and xsum, then per row the same
 // fp32 sequence acc = term_0 + term_1 + ... with term = a_scale[g] * (d*dot + m*xsum[g])), evaluated row-major
@@ -282,11 +292,7 @@ void brom_tile_gemv_csim(const act_t xq[COLS], const float a_scale[COLS / GROUP]
     for (int b = 1; b < 256; ++b) t[b] = (int16_t)(t[b & (b - 1)] + xq[8 * o + __builtin_ctz((unsigned)b)]);
   }
   acc_t xsum[NG];
-  for (int g = 0; g < NG; ++g) {
-    acc_t s = 0;
-    for (int j = 0; j < GROUP; ++j) s += xq[g * GROUP + j];
-    xsum[g] = xsum_out[g] = s;
-  }
+  csim_group_sums<COLS, GROUP>(xq, xsum, xsum_out);
   const int nthreads = threads > 0 ? threads : 1;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && (long)ROWS * COLS >= 65536)
   for (int r = 0; r < ROWS; ++r) {
@@ -476,11 +482,7 @@ void brom_tile_gemv_packed(const act_t xq[COLS], const float a_scale[COLS / GROU
   constexpr int NG = C::NG, VPG = GROUP / 4 / CsimPack<BITS>::CPB;
   constexpr int NB = (ROWS + CSIM_BLOCK - 1) / CSIM_BLOCK;
   acc_t xsum[NG];
-  for (int g = 0; g < NG; ++g) {
-    acc_t s = 0;
-    for (int j = 0; j < GROUP; ++j) s += xq[g * GROUP + j];
-    xsum[g] = xsum_out[g] = s;
-  }
+  csim_group_sums<COLS, GROUP>(xq, xsum, xsum_out);
   // Waking the row threads costs more than a layer GEMV takes here (~10 us from its packed codes): only
   // matrices of at least CSIM_PARALLEL_MIN weights (the LM head) are split across threads.
   const int nthreads = threads > 0 ? threads : 1;
