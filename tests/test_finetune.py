@@ -149,6 +149,7 @@ def write(path, lines):
     ("target_head", r"--targets lm_head: the LoRA unit adapts only the 7 linears"),
     ("rank", r"--rank 65 is above the LoRA slot rank 64"),
     ("distill_model", r"--distill needs --build"),
+    ("schedule", r"--schedule 'linear' is not known"),
 ])
 def test_bad_inputs_refused_before_training(build2, tiny_models, tmp_path, case, message):
     good = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
@@ -172,11 +173,26 @@ def test_bad_inputs_refused_before_training(build2, tiny_models, tmp_path, case,
         kw["options"] = F.FinetuneOptions(targets=["q_proj", "embed_tokens" if case == "target_embed" else "lm_head"])
     elif case == "rank":
         kw["options"] = F.FinetuneOptions(rank=65)
+    elif case == "schedule":
+        kw["options"] = F.FinetuneOptions(schedule="linear")
     elif case == "distill_model":
         kw = dict(model=tiny_models["q4_1"], options=F.FinetuneOptions(distill=True))
     with pytest.raises(RomaError, match=message):
         F.finetune(tmp_path / "out", progress=False, **kw)
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    peak = 1e-3
+    rates = [F.learning_rate(peak, "cosine", p / 100) for p in range(101)]
+    top = int(np.argmax(rates))
+    assert 0 < rates[0] < 0.05 * peak and abs(rates[top] - peak) < 1e-12
+    assert top == round(100 * F.WARMUP_SHARE)
+    assert all(a < b for a, b in zip(rates[:top], rates[1:top + 1]))  # warm-up rises
+    assert all(a > b for a, b in zip(rates[top:], rates[top + 1:]))  # then falls all the way
+    assert rates[-1] == 0.0 and abs(rates[(top + 100) // 2 + 1] - peak / 2) < 0.05 * peak
+    assert F.learning_rate(peak, "cosine", 1.7) == 0.0  # past the end (a resumed, over-budget run)
+    assert all(F.learning_rate(peak, "constant", p / 10) == peak for p in range(11))
 
 
 def test_cli_refuses_bad_rank(build2, tmp_path, capsys):
@@ -334,7 +350,8 @@ def test_distill_repairs_quantization_error(byte_build):
     before, start = metrics(None), metrics(comp)
     out = build.parent / "distilled"
     result = F.finetune(out, build=build, options=F.FinetuneOptions(
-        rank=8, steps=24, lr=3e-3, batch=8, seq_len=64, distill=True, distill_tokens=4096, save_every=100),
+        rank=8, steps=24, lr=3e-3, schedule="cosine", batch=8, seq_len=64, distill=True, distill_tokens=4096,
+        save_every=100),
         progress=False)
     after = metrics(L.read_peft_adapter(out, loaded).to_golden())
     assert result.record["training"]["init"] == "build compensating LoRA"

@@ -21,9 +21,12 @@ file (one document, cut into windows). `--distill` needs no data: it trains the 
 base reproduce the float model's next-token distributions (KL) on stdlib docstrings (compiler/corpus.py,
 calibration split).
 
-Training: AdamW on the LoRA factors only, a constant learning rate, gradient norm clipped at 1. The data order of
-step s is a function of (seed, s) alone and every random draw happens before the first step, so a fixed seed
-reproduces a run and `--resume` from a checkpoint continues it exactly as if it had not stopped.
+Training: AdamW on the LoRA factors only, gradient norm clipped at 1. The learning rate is constant or (`--schedule
+cosine`) rises linearly over the first 5% of the run and then follows a half cosine down to zero at its end. The
+run's end is --steps, or the --minutes budget when that comes first: with a time budget the schedule follows the
+clock, so the decay lands on the last step whatever the machine's speed. The data order of step s is a function
+of (seed, s) alone and every random draw happens before the first step, so a fixed seed reproduces a run limited
+by --steps, and `--resume` from a checkpoint continues it exactly as if it had not stopped.
 
 torch, transformers and peft are the optional `train` extra; they are imported only in here, lazily.
 """
@@ -54,6 +57,8 @@ CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT = "state.pt"
 SNAPSHOTS = "snapshots"
 IGNORE = -100
+SCHEDULES = ("constant", "cosine")
+WARMUP_SHARE = 0.05  # --schedule cosine: share of the run spent warming up
 INSTALL_HINT = "pip install 'roma-runtime[train]'"
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 
@@ -83,6 +88,7 @@ class FinetuneOptions:
     targets: tuple[str, ...] = tuple(PEFT_NAMES)  # PEFT names
     steps: int = 200
     lr: float = 2e-4
+    schedule: str = "constant"  # or "cosine": linear warm-up, then a half cosine to zero at the run's end
     batch: int = 4
     seq_len: int = 512
     seed: int = 0
@@ -142,6 +148,8 @@ def _check_options(o: FinetuneOptions, slot_rank: int = DEFAULT_MAX_RANK) -> Non
                         "the adapter", hint=f"use --rank <= {slot_rank}")
     if not (isinstance(o.lr, (int, float)) and math.isfinite(o.lr) and o.lr > 0):
         raise RomaError(f"--lr must be a positive number, not {o.lr!r}")
+    if o.schedule not in SCHEDULES:
+        raise RomaError(f"--schedule {o.schedule!r} is not known", hint="choose " + " or ".join(SCHEDULES))
     if o.alpha is not None and not (math.isfinite(o.alpha) and o.alpha > 0):
         raise RomaError(f"--alpha must be a positive number, not {o.alpha!r}")
     o.targets = parse_targets(o.targets)
@@ -540,6 +548,16 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> list[int]:
     return out
 
 
+def learning_rate(peak: float, schedule: str, progress: float) -> float:
+    """The learning rate at `progress` (0 at the first step, 1 at the run's end) of a run with peak rate `peak`."""
+    if schedule == "constant":
+        return peak
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < WARMUP_SHARE:  # the first step moves at 2% of the peak, not at zero
+        return peak * max(progress / WARMUP_SHARE, 0.02)
+    return peak * 0.5 * (1 + math.cos(math.pi * (progress - WARMUP_SHARE) / (1 - WARMUP_SHARE)))
+
+
 def _collate(torch, examples: list[Example]):
     width = max(len(e.ids) for e in examples)
     ids = torch.zeros((len(examples), width), dtype=torch.long)
@@ -822,6 +840,9 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
         while step < o.steps and elapsed() < budget:
             batch = [dataset.examples[i] for i in batch_indices(len(dataset.examples), o.batch, o.seed, step)]
             ids, labels, mask = _collate(torch, batch)
+            rate = learning_rate(o.lr, o.schedule, max(step / o.steps, elapsed() / budget))
+            for group in opt.param_groups:
+                group["lr"] = rate
             logits = pm(input_ids=ids, attention_mask=mask).logits[:, :-1]
             target = labels[:, 1:]
             keep = target != IGNORE
@@ -842,8 +863,8 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
             losses.append(float(loss.detach()))
             seen += int(mask.sum())
             if bar is not None:
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{rate:,.0f}")
+                tok_s = seen / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{rate:.2e}", tok_s=f"{tok_s:,.0f}")
                 bar.update(1)
             last = step == o.steps or elapsed() >= budget
             if step % o.save_every == 0 or last:

@@ -13,7 +13,7 @@ HELP = "train a LoRA adapter on a build's frozen ROM base (task data, or --disti
 
 
 def add_arguments(parser) -> None:
-    from ..finetune import FinetuneOptions
+    from ..finetune import SCHEDULES, FinetuneOptions
 
     d = FinetuneOptions()
     base = parser.add_mutually_exclusive_group(required=True)
@@ -32,6 +32,10 @@ def add_arguments(parser) -> None:
                                                          "v_proj, o_proj, gate_proj, up_proj, down_proj, or all")
     parser.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
     parser.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
+    parser.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                        help="learning rate over the run: constant, or cosine (5%% linear warm-up, then a half "
+                             "cosine to zero at --steps or at the end of --minutes, whichever comes first) "
+                             f"(default {d.schedule})")
     parser.add_argument("--batch", type=int, default=d.batch, help=f"sequences per step (default {d.batch})")
     parser.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default {d.seq_len})")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of the factors' initialisation and the data "
@@ -59,8 +63,8 @@ def run(args) -> int:
     if data == "example":
         data = F.example_data()
     options = F.FinetuneOptions(rank=args.rank, alpha=args.alpha, targets=args.targets, steps=args.steps,
-                                lr=args.lr, batch=args.batch, seq_len=args.seq_len, seed=args.seed,
-                                save_every=args.save_every, distill=args.distill,
+                                lr=args.lr, schedule=args.schedule, batch=args.batch, seq_len=args.seq_len,
+                                seed=args.seed, save_every=args.save_every, distill=args.distill,
                                 distill_tokens=args.distill_tokens, minutes=args.minutes,
                                 keep_snapshots=args.keep_snapshots)
     try:
