@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -64,6 +65,20 @@ def test_corpus_is_deterministic_disjoint_prose():
     assert 0 < len(text) <= 5000 and text.count(" the ") > 5
     with pytest.raises(RomaError, match="unknown corpus split"):
         corpus.docstrings("train")
+
+
+def test_distillation_text_interleaves_torch_docstrings_and_never_holds_evaluation_text():
+    pytest.importorskip("torch")
+    cal, held_out = corpus.docstrings("calibration"), set(corpus.docstrings("evaluation"))
+    assert list(corpus.distillation_texts("stdlib")) == cal
+    wide = list(corpus.distillation_texts("stdlib+torch"))
+    assert wide[:len(cal)] == list(itertools.islice(corpus.distillation_texts(), len(cal)))  # deterministic
+    assert wide[0] == cal[0] and wide[2] == cal[1] and wide[1] not in cal  # one from each source in turn
+    assert set(cal) <= set(wide) and not held_out & set(wide)
+    assert sum(map(len, wide)) > 3 * sum(map(len, cal))  # torch's docstrings are most of it
+    assert all(len(d.split()) >= corpus.MIN_WORDS and d.isascii() for d in wide)
+    with pytest.raises(RomaError, match="unknown distillation text"):
+        next(corpus.distillation_texts("wiki"))
 
 
 # --- quantizers ----------------------------------------------------------------------------------------------

@@ -150,6 +150,7 @@ def write(path, lines):
     ("rank", r"--rank 65 is above the LoRA slot rank 64"),
     ("distill_model", r"--distill needs --build"),
     ("schedule", r"--schedule 'linear' is not known"),
+    ("distill_text", r"--distill-text 'wiki' is not known"),
 ])
 def test_bad_inputs_refused_before_training(build2, tiny_models, tmp_path, case, message):
     good = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
@@ -175,6 +176,8 @@ def test_bad_inputs_refused_before_training(build2, tiny_models, tmp_path, case,
         kw["options"] = F.FinetuneOptions(rank=65)
     elif case == "schedule":
         kw["options"] = F.FinetuneOptions(schedule="linear")
+    elif case == "distill_text":
+        kw["options"] = F.FinetuneOptions(distill_text="wiki")
     elif case == "distill_model":
         kw = dict(model=tiny_models["q4_1"], options=F.FinetuneOptions(distill=True))
     with pytest.raises(RomaError, match=message):

@@ -18,8 +18,8 @@ Layout facts:
 Data: JSONL of chat conversations ({"messages": [{"role", "content"}, ...]}, rendered with the model's chat
 template; loss on the assistant turns only) or of documents ({"text": ...}, loss on every token), or a .txt
 file (one document, cut into windows). `--distill` needs no data: it trains the adapter to make the quantized
-base reproduce the float model's next-token distributions (KL) on stdlib docstrings (compiler/corpus.py,
-calibration split).
+base reproduce the float model's next-token distributions (KL) on docstrings (compiler/corpus.py: the stdlib's
+calibration split interleaved with torch's docstrings, never the evaluation split).
 
 Training: AdamW on the LoRA factors only, gradient norm clipped at 1. The learning rate is constant or (`--schedule
 cosine`) rises linearly over the first 5% of the run and then follows a half cosine down to zero at its end. The
@@ -94,7 +94,8 @@ class FinetuneOptions:
     seed: int = 0
     save_every: int = 50
     distill: bool = False
-    distill_tokens: int = 32768  # calibration tokens to distill on (cycled)
+    distill_tokens: int = 524288  # tokens of the distillation text to distill on (cycled)
+    distill_text: str = "stdlib+torch"  # compiler.corpus.DISTILL_TEXTS
     init_from_build_lora: bool = True  # --distill: start from the build's compensating LoRA when it has one
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -148,6 +149,10 @@ def _check_options(o: FinetuneOptions, slot_rank: int = DEFAULT_MAX_RANK) -> Non
                         "the adapter", hint=f"use --rank <= {slot_rank}")
     if not (isinstance(o.lr, (int, float)) and math.isfinite(o.lr) and o.lr > 0):
         raise RomaError(f"--lr must be a positive number, not {o.lr!r}")
+    from .compiler.corpus import DISTILL_TEXTS
+
+    if o.distill_text not in DISTILL_TEXTS:
+        raise RomaError(f"--distill-text {o.distill_text!r} is not known", hint="choose " + " or ".join(DISTILL_TEXTS))
     if o.schedule not in SCHEDULES:
         raise RomaError(f"--schedule {o.schedule!r} is not known", hint="choose " + " or ".join(SCHEDULES))
     if o.alpha is not None and not (math.isfinite(o.alpha) and o.alpha > 0):
@@ -522,13 +527,13 @@ def build_dataset(path: str | Path, tokenizer, seq_len: int, parsed=None) -> Dat
     return ds
 
 
-def distill_dataset(teacher: LoadedModel, tokens: int, seq_len: int, split: str = "calibration") -> Dataset:
-    """Windows of stdlib docstring text (compiler.corpus), loss on every next token."""
+def distill_dataset(teacher: LoadedModel, tokens: int, seq_len: int, text: str = "stdlib+torch") -> Dataset:
+    """Windows of a distillation text (compiler.corpus.DISTILL_TEXTS), loss on every next token."""
     from .compiler.corpus import token_windows
 
-    windows = token_windows(teacher, split, tokens, seq_len)
+    windows = token_windows(teacher, text, tokens, seq_len)
     h = hashlib.sha256(json.dumps(windows).encode()).hexdigest()
-    ds = Dataset("distill", [Example(w, list(w)) for w in windows], f"python-stdlib-docstrings/{split}", h)
+    ds = Dataset("distill", [Example(w, list(w)) for w in windows], f"docstrings/{text}", h)
     _count(ds)
     return ds
 
@@ -776,7 +781,7 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
         if data is not None:
             dataset = build_dataset(data, _tokenizer(loaded), o.seq_len, parsed)
         else:
-            dataset = distill_dataset(teacher_loaded, o.distill_tokens, o.seq_len)
+            dataset = distill_dataset(teacher_loaded, o.distill_tokens, o.seq_len, o.distill_text)
         teacher = to_transformers(teacher_loaded)
     else:
         dataset = build_dataset(data, _tokenizer(loaded), o.seq_len, parsed)

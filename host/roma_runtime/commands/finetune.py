@@ -13,6 +13,7 @@ HELP = "train a LoRA adapter on a build's frozen ROM base (task data, or --disti
 
 
 def add_arguments(parser) -> None:
+    from ..compiler.corpus import DISTILL_TEXTS
     from ..finetune import SCHEDULES, FinetuneOptions
 
     d = FinetuneOptions()
@@ -52,7 +53,11 @@ def add_arguments(parser) -> None:
                         help="learn to repair the build's quantization error: KL to the float model's next-token "
                              "distribution on stdlib docstrings (starts from the build's compensating LoRA)")
     parser.add_argument("--distill-tokens", type=int, default=d.distill_tokens, metavar="N",
-                        help=f"calibration tokens for --distill (default {d.distill_tokens})")
+                        help=f"tokens of the distillation text for --distill (default {d.distill_tokens})")
+    parser.add_argument("--distill-text", choices=DISTILL_TEXTS, default=d.distill_text,
+                        help="text for --distill: the stdlib docstrings of the calibration split, or those "
+                             "interleaved with the installed torch's docstrings (more text: a long run does "
+                             f"not learn it by heart) (default {d.distill_text})")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -65,7 +70,8 @@ def run(args) -> int:
     options = F.FinetuneOptions(rank=args.rank, alpha=args.alpha, targets=args.targets, steps=args.steps,
                                 lr=args.lr, schedule=args.schedule, batch=args.batch, seq_len=args.seq_len,
                                 seed=args.seed, save_every=args.save_every, distill=args.distill,
-                                distill_tokens=args.distill_tokens, minutes=args.minutes,
+                                distill_tokens=args.distill_tokens,
+                                distill_text=args.distill_text, minutes=args.minutes,
                                 keep_snapshots=args.keep_snapshots)
     try:
         result = F.finetune(args.out, build=args.build, model=args.model, data=data, options=options,

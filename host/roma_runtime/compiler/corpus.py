@@ -4,27 +4,39 @@ The standard library's sources are parsed with `ast` (nothing is imported, so no
 order, so the text is deterministic for a given Python version. Modules are split between the two sets by a
 hash of their name, so calibration and evaluation never share a module (and so never share a docstring).
 Only docstrings that read as English prose are kept: long enough, mostly letters, doctest lines removed.
+
+Distillation (`roma finetune --distill`) needs more text than the calibration split's ~190K tokens: an adapter
+trained over it for long enough starts to learn the text by heart (training KL keeps falling while held-out KL
+stalls). Its text, "stdlib+torch", interleaves the calibration split with the docstrings of the installed torch
+package, which the `train` extra pins (torch==2.13.0), so every machine that can train has the same text; a
+docstring that also appears in the evaluation split is dropped. "stdlib" is the calibration split alone.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import inspect
 import re
 import sysconfig
 from functools import lru_cache
+from itertools import chain, zip_longest
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import RomaError
 
 SPLITS = ("calibration", "evaluation")
+DISTILL_TEXTS = ("stdlib", "stdlib+torch")  # roma finetune --distill-text
 EVAL_SHARE = 4  # one module in EVAL_SHARE goes to evaluation
 MIN_WORDS = 12
 
 # Package folders of the standard library that hold tests, vendored code or non-English data.
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "lib2to3", "ensurepip",
               "turtledemo", "__pycache__", "pydoc_data", "encodings", "config-3", "tkinter", "idlelib"}
+# ... and of an installed package's sources (distillation text).
+_SKIP_PACKAGE_DIRS = {"test", "tests", "testing", "_vendor", "third_party", "__pycache__"}
 
 # A fixed set of chat prompts for evaluating conversational quality (rendered with the model's chat template).
 CHAT_PROMPTS = (
@@ -140,6 +152,38 @@ def corpus_text(split: str, max_chars: int | None = None) -> str:
     return "\n\n".join(out)
 
 
+def _package_docstrings(package: str) -> Iterator[str]:
+    """The prose docstrings of an installed package's sources, file by file in sorted order, parsed lazily (a
+    short distillation run reads only the first files)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise RomaError(f"the distillation text needs the installed {package} package, which is missing",
+                        hint="pip install 'roma-runtime[train]'")
+    root = Path(spec.origin).parent
+    seen: set[str] = set()
+    for path in sorted(root.rglob("*.py")):
+        if any(p in _SKIP_PACKAGE_DIRS for p in path.relative_to(root).parts[:-1]):
+            continue
+        for d in _docstrings_of(path):
+            if d not in seen:
+                seen.add(d)
+                yield d
+
+
+def distillation_texts(name: str = "stdlib+torch") -> Iterator[str]:
+    """The text of `roma finetune --distill` (see the module doc), never a docstring of the evaluation split."""
+    if name not in DISTILL_TEXTS:
+        raise RomaError(f"unknown distillation text '{name}'", hint=f"choose one of {', '.join(DISTILL_TEXTS)}")
+    if name == "stdlib":
+        yield from docstrings("calibration")
+        return
+    held_out = set(docstrings("evaluation"))
+    pairs = zip_longest(docstrings("calibration"), _package_docstrings("torch"))
+    for d in chain.from_iterable(pairs):
+        if d is not None and d not in held_out:
+            yield d
+
+
 def _check(split: str) -> None:
     if split not in SPLITS:
         raise RomaError(f"unknown corpus split '{split}'", hint=f"choose one of {', '.join(SPLITS)}")
@@ -167,12 +211,13 @@ def encoder_for(model):
 
 
 def token_windows(model, split: str, n_tokens: int, window: int = 256) -> list[list[int]]:
-    """About n_tokens tokens of one split as windows of `window` tokens (the last one may be shorter)."""
+    """About n_tokens tokens of one split (or of a distillation text, DISTILL_TEXTS) as windows of `window`
+    tokens (the last one may be shorter)."""
     if n_tokens <= 0:
         raise RomaError(f"token count must be positive, not {n_tokens}")
     encode = encoder_for(model)
     ids: list[int] = []
-    for d in docstrings(split):
+    for d in (distillation_texts(split) if split in DISTILL_TEXTS else docstrings(split)):
         ids.extend(encode(d + "\n\n"))
         if len(ids) >= n_tokens:
             break
