@@ -198,6 +198,18 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert all(F.learning_rate(peak, "constant", p / 10) == peak for p in range(11))
 
 
+def test_a_time_budget_alone_is_not_capped_at_the_default_steps(build2, tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "DEFAULT_STEPS", 2)
+    data = write(tmp_path / "d.jsonl", [json.dumps({"text": "hello world, " * 20})])
+    opts = dict(rank=4, lr=1e-3, batch=1, seq_len=32, save_every=1)
+    assert F.finetune(tmp_path / "a", build=build2, data=data, options=F.FinetuneOptions(**opts),
+                      progress=False).steps == 2
+    with pytest.raises(KeyboardInterrupt):  # an hour's budget: only the interruption stops it
+        F.finetune(tmp_path / "b", build=build2, data=data, options=F.FinetuneOptions(minutes=60, **opts),
+                   progress=False, interrupt_after=4)
+    assert F.read_record(tmp_path / "b")["training"]["steps_done"] == 4
+
+
 def test_cli_refuses_bad_rank(build2, tmp_path, capsys):
     from roma_runtime.cli import main
 

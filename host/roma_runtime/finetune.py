@@ -19,7 +19,7 @@ Data: JSONL of chat conversations ({"messages": [{"role", "content"}, ...]}, ren
 template; loss on the assistant turns only) or of documents ({"text": ...}, loss on every token), or a .txt
 file (one document, cut into windows). `--distill` needs no data: it trains the adapter to make the quantized
 base reproduce the float model's next-token distributions (KL) on docstrings (compiler/corpus.py: the stdlib's
-calibration split interleaved with torch's docstrings, never the evaluation split).
+calibration split, or that interleaved with torch's docstrings; never the evaluation split).
 
 Training: AdamW on the LoRA factors only, gradient norm clipped at 1. The learning rate is constant or (`--schedule
 cosine`) rises linearly over the first 5% of the run and then follows a half cosine down to zero at its end. The
@@ -57,6 +57,7 @@ CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT = "state.pt"
 SNAPSHOTS = "snapshots"
 IGNORE = -100
+DEFAULT_STEPS = 200
 SCHEDULES = ("constant", "cosine")
 WARMUP_SHARE = 0.05  # --schedule cosine: share of the run spent warming up
 INSTALL_HINT = "pip install 'roma-runtime[train]'"
@@ -86,7 +87,7 @@ class FinetuneOptions:
     rank: int = 16
     alpha: float | None = None  # default 2 * rank (distill from a build LoRA: rank, i.e. scale 1)
     targets: tuple[str, ...] = tuple(PEFT_NAMES)  # PEFT names
-    steps: int = 200
+    steps: int | None = None  # None: DEFAULT_STEPS, or with a --minutes budget as many as it allows
     lr: float = 2e-4
     schedule: str = "constant"  # or "cosine": linear warm-up, then a half cosine to zero at the run's end
     batch: int = 4
@@ -94,8 +95,8 @@ class FinetuneOptions:
     seed: int = 0
     save_every: int = 50
     distill: bool = False
-    distill_tokens: int = 524288  # tokens of the distillation text to distill on (cycled)
-    distill_text: str = "stdlib+torch"  # compiler.corpus.DISTILL_TEXTS
+    distill_tokens: int = 262144  # tokens of the distillation text to distill on (cycled; "stdlib" has ~190K)
+    distill_text: str = "stdlib"  # compiler.corpus.DISTILL_TEXTS
     init_from_build_lora: bool = True  # --distill: start from the build's compensating LoRA when it has one
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -142,6 +143,8 @@ def _check_options(o: FinetuneOptions, slot_rank: int = DEFAULT_MAX_RANK) -> Non
         raise RomaError(f"--minutes must be positive, not {o.minutes!r}")
     for name in ("rank", "steps", "batch", "seq_len", "save_every", "distill_tokens"):
         v = getattr(o, name)
+        if name == "steps" and v is None:
+            continue
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise RomaError(f"--{name.replace('_', '-')} must be a positive integer, not {v!r}")
     if o.rank > slot_rank:
@@ -527,7 +530,7 @@ def build_dataset(path: str | Path, tokenizer, seq_len: int, parsed=None) -> Dat
     return ds
 
 
-def distill_dataset(teacher: LoadedModel, tokens: int, seq_len: int, text: str = "stdlib+torch") -> Dataset:
+def distill_dataset(teacher: LoadedModel, tokens: int, seq_len: int, text: str = "stdlib") -> Dataset:
     """Windows of a distillation text (compiler.corpus.DISTILL_TEXTS), loss on every next token."""
     from .compiler.corpus import token_windows
 
@@ -800,6 +803,7 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
     elif resume:
         log(f"roma finetune: no checkpoint in {out}; starting from step 0")
     init = comp if (o.distill and o.init_from_build_lora) else None
+    limit = o.steps if o.steps is not None else (DEFAULT_STEPS if o.minutes is None else math.inf)
     pm, init_notes = make_peft(to_transformers(loaded), c, o, init)
     notes += init_notes
     params = _trainable(pm)
@@ -811,8 +815,8 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
                 p.copy_(ck["lora"][n])
         opt.load_state_dict(ck["optimizer"])
         start, losses, before = int(ck["step"]), list(ck["losses"]), float(ck.get("seconds", 0.0))
-        if start >= o.steps:
-            log(f"roma finetune: the checkpoint is at step {start}, which reaches --steps {o.steps}")
+        if start >= limit:
+            log(f"roma finetune: the checkpoint is at step {start}, which reaches --steps {limit}")
 
     def record(step: int, complete: bool, seconds: float) -> dict:
         return {"format": RECORD_FORMAT, "version": RECORD_VERSION, "base": fingerprint,
@@ -832,8 +836,8 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=o.steps, initial=min(start, o.steps), desc="finetune", unit="step", file=sys.stderr,
-                   dynamic_ncols=True)
+        bar = tqdm(total=None if limit == math.inf else limit, initial=min(start, limit), desc="finetune",
+                   unit="step", file=sys.stderr, dynamic_ncols=True)
     t0, seen = time.perf_counter(), 0
     step = start
 
@@ -842,10 +846,10 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
 
     budget = o.minutes * 60 if o.minutes else math.inf
     try:
-        while step < o.steps and elapsed() < budget:
+        while step < limit and elapsed() < budget:
             batch = [dataset.examples[i] for i in batch_indices(len(dataset.examples), o.batch, o.seed, step)]
             ids, labels, mask = _collate(torch, batch)
-            rate = learning_rate(o.lr, o.schedule, max(step / o.steps, elapsed() / budget))
+            rate = learning_rate(o.lr, o.schedule, max(step / limit, elapsed() / budget))
             for group in opt.param_groups:
                 group["lr"] = rate
             logits = pm(input_ids=ids, attention_mask=mask).logits[:, :-1]
@@ -871,11 +875,11 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
                 tok_s = seen / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{rate:.2e}", tok_s=f"{tok_s:,.0f}")
                 bar.update(1)
-            last = step == o.steps or elapsed() >= budget
+            last = step == limit or elapsed() >= budget
             if step % o.save_every == 0 or last:
                 _write_checkpoint(torch, out, pm, opt, step, losses, ident, elapsed())
                 _save_adapter(pm, out, record(step, last, elapsed()), snapshot=o.keep_snapshots)
-            if interrupt_after is not None and step - start >= interrupt_after and step < o.steps:
+            if interrupt_after is not None and step - start >= interrupt_after and step < limit:
                 raise KeyboardInterrupt
     finally:
         if bar is not None:

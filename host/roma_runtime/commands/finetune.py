@@ -14,7 +14,7 @@ HELP = "train a LoRA adapter on a build's frozen ROM base (task data, or --disti
 
 def add_arguments(parser) -> None:
     from ..compiler.corpus import DISTILL_TEXTS
-    from ..finetune import SCHEDULES, FinetuneOptions
+    from ..finetune import DEFAULT_STEPS, SCHEDULES, FinetuneOptions
 
     d = FinetuneOptions()
     base = parser.add_mutually_exclusive_group(required=True)
@@ -31,7 +31,8 @@ def add_arguments(parser) -> None:
                         help="lora_alpha (default 2 x rank; with --distill from a build LoRA: rank)")
     parser.add_argument("--targets", default="all", help="linears to adapt, comma separated: q_proj, k_proj, "
                                                          "v_proj, o_proj, gate_proj, up_proj, down_proj, or all")
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"optimizer steps (default {DEFAULT_STEPS}; with --minutes, as many as the budget allows)")
     parser.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
     parser.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                         help="learning rate over the run: constant, or cosine (5%% linear warm-up, then a half "
@@ -44,7 +45,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save-every", type=int, default=d.save_every, metavar="N",
                         help=f"checkpoint (and write the adapter) every N steps (default {d.save_every})")
     parser.add_argument("--minutes", type=float, default=None, metavar="M",
-                        help="time budget: stop after M minutes of training, checkpointed (--steps still caps it)")
+                        help="time budget: stop after M minutes of training, checkpointed (--steps, when given, still caps it)")
     parser.add_argument("--keep-snapshots", action="store_true",
                         help="keep the adapter of every checkpoint under OUT/snapshots (for a learning curve)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
@@ -55,9 +56,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--distill-tokens", type=int, default=d.distill_tokens, metavar="N",
                         help=f"tokens of the distillation text for --distill (default {d.distill_tokens})")
     parser.add_argument("--distill-text", choices=DISTILL_TEXTS, default=d.distill_text,
-                        help="text for --distill: the stdlib docstrings of the calibration split, or those "
-                             "interleaved with the installed torch's docstrings (more text: a long run does "
-                             f"not learn it by heart) (default {d.distill_text})")
+                        help="text for --distill: the stdlib docstrings of the calibration split (~190K tokens), "
+                             "or those interleaved with the installed torch's docstrings (~840K tokens, for runs "
+                             f"long enough to learn the first by heart) (default {d.distill_text})")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

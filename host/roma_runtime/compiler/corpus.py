@@ -5,11 +5,11 @@ order, so the text is deterministic for a given Python version. Modules are spli
 hash of their name, so calibration and evaluation never share a module (and so never share a docstring).
 Only docstrings that read as English prose are kept: long enough, mostly letters, doctest lines removed.
 
-Distillation (`roma finetune --distill`) needs more text than the calibration split's ~190K tokens: an adapter
-trained over it for long enough starts to learn the text by heart (training KL keeps falling while held-out KL
-stalls). Its text, "stdlib+torch", interleaves the calibration split with the docstrings of the installed torch
-package, which the `train` extra pins (torch==2.13.0), so every machine that can train has the same text; a
-docstring that also appears in the evaluation split is dropped. "stdlib" is the calibration split alone.
+Distillation (`roma finetune --distill`) reads the calibration split ("stdlib", ~190K tokens) or, for runs long
+enough to learn that by heart (training KL falling while held-out KL stalls), "stdlib+torch": the calibration
+split interleaved with the docstrings of the installed torch package, which the `train` extra pins
+(torch==2.13.0), so every machine that can train has the same text. A docstring that also appears in the
+evaluation split is dropped.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _package_docstrings(package: str) -> Iterator[str]:
                 yield d
 
 
-def distillation_texts(name: str = "stdlib+torch") -> Iterator[str]:
+def distillation_texts(name: str) -> Iterator[str]:
     """The text of `roma finetune --distill` (see the module doc), never a docstring of the evaluation split."""
     if name not in DISTILL_TEXTS:
         raise RomaError(f"unknown distillation text '{name}'", hint=f"choose one of {', '.join(DISTILL_TEXTS)}")
