@@ -21,6 +21,7 @@ SETTINGS = {
     "gptq": dict(bits=4, group=64, method="gptq"),
     "rtn-2bit": dict(bits=2, group=64),
     "gptq-2bit": dict(bits=2, group=64, method="gptq"),
+    "gptq-g128-r64": dict(bits=4, group=128, method="gptq", lora_rank=64),
 }
 
 
