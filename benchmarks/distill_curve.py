@@ -65,6 +65,9 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=6, help="snapshots per run (spread over time)")
     ap.add_argument("--goal", action="append", default=[], metavar="LABEL=PERCENT",
                     help="draw a run's target top-1 agreement on the plot (repeatable)")
+    ap.add_argument("--previous", action="append", default=[], type=Path, metavar="JSON",
+                    help="rows of an earlier --json output, shown beside the new ones, not measured again "
+                         "(repeatable)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--plot", type=Path, help="write the curve here (PNG, needs matplotlib)")
     ap.add_argument("--markdown", type=Path, help="write the table here")
@@ -77,7 +80,8 @@ def main() -> int:
             ap.error(f"--run {spec}: expected LABEL=DIR with DIR an adapter folder trained with --keep-snapshots")
         runs.append((label, Path(folder)))
 
-    rows, memo, reference, source = [], {}, None, None
+    previous = [json.loads(p.read_text()) for p in args.previous]
+    rows, memo, reference, source = [r for p in previous for r in p["rows"]], {}, None, None
     print(f"{'run':8} {'point':22} {'min':>6} {'top-1':>7} {'KL':>7} {'ppl':>9} {'chat':>7}")
     for label, folder in runs:
         record = F.read_record(folder)
@@ -107,7 +111,9 @@ def main() -> int:
 
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} ({__import__('os').cpu_count()} CPUs)",
             "python": platform.python_version(), "tokens": args.tokens, "chat_tokens": args.chat_tokens,
-            "command": "PYTHONPATH=host python benchmarks/distill_curve.py " + " ".join(sys.argv[1:])}
+            "command": "PYTHONPATH=host python benchmarks/distill_curve.py " + " ".join(sys.argv[1:]),
+            "previous": [dict(p["meta"], runs=list(dict.fromkeys(r["run"] for r in p["rows"])))
+                         for p in previous]}
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     if args.markdown:
@@ -119,11 +125,13 @@ def main() -> int:
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
-    lines = [f"Measured by `{meta['command']}` on {meta['date']}, {meta['machine']}, Python {meta['python']}.",
-             f"Held-out text: {meta['tokens']} tokens of stdlib docstrings (evaluation split); chat: the fixed "
-             f"prompts, {meta['chat_tokens']} reference answer tokens each.", "",
-             "| build | point | training min | top-1 (text) | KL | ppl (ref) | top-1 (chat) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"Measured by `{meta['command']}` on {meta['date']}, {meta['machine']}, Python {meta['python']}."]
+    lines += [f"The rows of {', '.join(p['runs'])} were measured earlier, by `{p['command']}` on {p['date']}."
+              for p in meta.get("previous", [])]
+    lines += [f"Held-out text: {meta['tokens']} tokens of stdlib docstrings (evaluation split); chat: the fixed "
+              f"prompts, {meta['chat_tokens']} reference answer tokens each.", "",
+              "| build | point | training min | top-1 (text) | KL | ppl (ref) | top-1 (chat) |",
+              "|---|---|---|---|---|---|---|"]
     for r in rows:
         m = "-" if r["minutes"] is None else f"{r['minutes']:.1f}"
         chat = "-" if r["chat_top1"] is None else f"{r['chat_top1'] * 100:.1f}%"
