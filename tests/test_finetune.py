@@ -354,6 +354,11 @@ def test_distill_repairs_quantization_error(byte_build):
     ref = golden_logits(loaded, comp, [3, 70, 101, 200, 32, 9])
     got = F.torch_logits(pm, [3, 70, 101, 200, 32, 9])
     assert np.abs(got - ref).max() < FLOAT_RTOL * np.abs(ref).max()
+    for mod in F._lora_modules(pm, loaded.config, o.targets).values():  # each component's factors balanced
+        a, b = mod.lora_A["default"].weight.detach().numpy(), mod.lora_B["default"].weight.detach().numpy()
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=0)
+        used = nb > 0  # components beyond the build's rank start as PEFT's: B = 0
+        assert used.any() and np.allclose(na[used], nb[used], rtol=1e-4)
 
     windows = token_windows(teacher, "evaluation", 1024, 128)  # held out: the training text is calibration
 

@@ -619,6 +619,13 @@ def _init_from_lora(torch, pm, config, targets, comp) -> list[str]:
                 a = (np.sqrt(sv[:r])[:, None] * vt[:r]).astype(np.float32)
                 b = (u[:, :r] * np.sqrt(sv[:r])[None, :]).astype(np.float32)
                 truncated = True
+            # Give A's row and B's column of each rank component equal norms (same product): Adam moves every
+            # entry by about the learning rate, which would shake a factor of tiny entries hard (the
+            # activation-weighted LoftQ factors differ by up to 13x in scale).
+            na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=0)
+            both = (na > 0) & (nb > 0)
+            k = np.sqrt(np.where(both, na / np.where(both, nb, 1), 1)).astype(np.float32)
+            a, b = a / k[:, None], b * k[None, :]
             rc = a.shape[0]
             scaling = float(mod.scaling["default"])
             A[:rc] = torch.from_numpy(np.ascontiguousarray(a))
