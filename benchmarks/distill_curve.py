@@ -146,7 +146,7 @@ def plot(rows: list[dict], path: Path, goals: dict[str, float]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.6))
     for i, label in enumerate(dict.fromkeys(r["run"] for r in rows)):
         pts = [r for r in rows if r["run"] == label and r["minutes"] is not None]
         color = f"C{i}"
@@ -163,7 +163,7 @@ def plot(rows: list[dict], path: Path, goals: dict[str, float]) -> None:
     ax.set_ylabel("top-1 agreement with the float model (%)")
     ax.set_title("SmolLM2-135M: distillation into the ROM base's LoRA")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
