@@ -155,7 +155,8 @@ def _check_options(o: FinetuneOptions, slot_rank: int = DEFAULT_MAX_RANK) -> Non
     from .compiler.corpus import DISTILL_TEXTS
 
     if o.distill_text not in DISTILL_TEXTS:
-        raise RomaError(f"--distill-text {o.distill_text!r} is not known", hint="choose " + " or ".join(DISTILL_TEXTS))
+        raise RomaError(f"--distill-text {o.distill_text!r} is not known",
+                        hint="choose " + " or ".join(DISTILL_TEXTS))
     if o.schedule not in SCHEDULES:
         raise RomaError(f"--schedule {o.schedule!r} is not known", hint="choose " + " or ".join(SCHEDULES))
     if o.alpha is not None and not (math.isfinite(o.alpha) and o.alpha > 0):

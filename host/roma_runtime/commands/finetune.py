@@ -32,7 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--targets", default="all", help="linears to adapt, comma separated: q_proj, k_proj, "
                                                          "v_proj, o_proj, gate_proj, up_proj, down_proj, or all")
     parser.add_argument("--steps", type=int, default=None,
-                        help=f"optimizer steps (default {DEFAULT_STEPS}; with --minutes, as many as the budget allows)")
+                        help=f"optimizer steps (default {DEFAULT_STEPS}; with --minutes, as many as the budget "
+                             "allows)")
     parser.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
     parser.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                         help="learning rate over the run: constant, or cosine (5%% linear warm-up, then a half "
@@ -45,7 +46,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save-every", type=int, default=d.save_every, metavar="N",
                         help=f"checkpoint (and write the adapter) every N steps (default {d.save_every})")
     parser.add_argument("--minutes", type=float, default=None, metavar="M",
-                        help="time budget: stop after M minutes of training, checkpointed (--steps, when given, still caps it)")
+                        help="time budget: stop after M minutes of training, checkpointed (--steps, when given, "
+                             "still caps it)")
     parser.add_argument("--keep-snapshots", action="store_true",
                         help="keep the adapter of every checkpoint under OUT/snapshots (for a learning curve)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
