@@ -531,7 +531,7 @@ def build_dataset(path: str | Path, tokenizer, seq_len: int, parsed=None) -> Dat
     return ds
 
 
-def distill_dataset(teacher: LoadedModel, tokens: int, seq_len: int, text: str = "stdlib") -> Dataset:
+def distill_dataset(teacher: LoadedModel, tokens: int, seq_len: int, text: str) -> Dataset:
     """Windows of a distillation text (compiler.corpus.DISTILL_TEXTS), loss on every next token."""
     from .compiler.corpus import token_windows
 
