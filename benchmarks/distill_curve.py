@@ -3,7 +3,7 @@
 Each run is an adapter folder trained with --keep-snapshots. Every point is `roma eval --lora SNAPSHOT` on the
 run's build (the same held-out text and chat prompts for every point; the reference's logits are computed
 once). Minute 0 is the build with its compensating LoRA (where distillation starts); the build without any
-LoRA is listed as "before".
+LoRA is listed as "before". Runs on the same build share these two points (measured once).
 
   PYTHONPATH=host python benchmarks/distill_curve.py --run 2-bit=/tmp/d7/a2 --run 3-bit=/tmp/d7/a3 \
       --tokens 1024 --points 6 --goal 2-bit=50 --goal 3-bit=85 --json benchmarks/distill_curve.json \
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,7 @@ def main() -> int:
 
     previous = [json.loads(p.read_text()) for p in args.previous]
     rows, memo, reference, source = [r for p in previous for r in p["rows"]], {}, None, None
+    starts: dict[Path, tuple[dict, dict]] = {}  # build -> its "before" and "start" results, shared by its runs
     print(f"{'run':8} {'point':22} {'min':>6} {'top-1':>7} {'KL':>7} {'ppl':>9} {'chat':>7}")
     for label, folder in runs:
         record = F.read_record(folder)
@@ -98,9 +100,12 @@ def main() -> int:
                                   chat_tokens=max(args.chat_tokens, 1), lora=lora,
                                   reference=reference, memo=memo, without_lora=no_lora)
 
-        rows.append(row(label, "before (no LoRA)", None, None, measure(None, no_lora=True)))
+        if build not in starts:
+            starts[build] = measure(None, no_lora=True), measure(None)
+        before, start = starts[build]
+        rows.append(row(label, "before (no LoRA)", None, None, before))
         show(rows[-1])
-        rows.append(row(label, "start (compensating LoRA)", 0.0, 0, measure(None)))
+        rows.append(row(label, "start (compensating LoRA)", 0.0, 0, start))
         show(rows[-1])
         for snap in pick(F.snapshots(folder), args.points):
             tr = F.read_record(snap)["training"]
@@ -111,7 +116,7 @@ def main() -> int:
 
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} ({__import__('os').cpu_count()} CPUs)",
             "python": platform.python_version(), "tokens": args.tokens, "chat_tokens": args.chat_tokens,
-            "command": "PYTHONPATH=host python benchmarks/distill_curve.py " + " ".join(sys.argv[1:]),
+            "command": "PYTHONPATH=host python benchmarks/distill_curve.py " + shlex.join(sys.argv[1:]),
             "previous": [dict(p["meta"], runs=list(dict.fromkeys(r["run"] for r in p["rows"])))
                          for p in previous]}
     if args.json:
