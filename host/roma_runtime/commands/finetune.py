@@ -59,8 +59,8 @@ def add_arguments(parser) -> None:
                         help=f"tokens of the distillation text for --distill (default {d.distill_tokens})")
     parser.add_argument("--distill-text", choices=DISTILL_TEXTS, default=d.distill_text,
                         help="text for --distill: the stdlib docstrings of the calibration split (~190K tokens), "
-                             "or those interleaved with the installed torch's docstrings (~840K tokens, for runs "
-                             f"long enough to learn the first by heart) (default {d.distill_text})")
+                             "or those interleaved with the installed torch's docstrings (~840K tokens, so that "
+                             f"long runs repeat less) (default {d.distill_text})")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
