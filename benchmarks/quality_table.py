@@ -7,8 +7,8 @@ Candidate = the golden model in quant mode (accelerator numerics) on the build's
 reference = the golden model in float mode on the original GGUF. Held-out text: stdlib docstrings
 (evaluation split). SmolLM2's 576-wide rows admit G32 and G64 only (576 = 4.5 x 128), so at --group 128
 they fall back to G64 and only the 1536-wide w_down rows get G128 (the labels say so). All GPTQ and mixed
-rows share one calibration (Hessians), the mixed rows one sensitivity measurement per group. Rows print as
-they finish, so a partial run still gives numbers; --markdown writes the finished table to a file.
+rows share one calibration (Hessians), the mixed rows one sensitivity measurement per group and scale format.
+Rows print as they finish, so a partial run still gives numbers; --markdown writes the finished table to a file.
 """
 
 from __future__ import annotations
@@ -50,6 +50,12 @@ ROWS = {
                         dict(bits=4, group=128, method="gptq", lora_rank=64)),
     "mixed-4.0": ("mixed G128 (G64 on 576-wide rows), budget 4.0 bits/weight (GPTQ)",
                   dict(bits=4, group=128, method="gptq", bits_budget=4.0)),
+    "3-g64-gptq-q8": ("3-bit G64 GPTQ, q8 scales", dict(bits=3, group=64, method="gptq", scales="q8")),
+    "3-g32-gptq-q8": ("3-bit G32 GPTQ, q8 scales", dict(bits=3, group=32, method="gptq", scales="q8")),
+    "mixed-3.0-q8": ("mixed G64, q8 scales, budget 3.0 bits/weight (GPTQ)",
+                     dict(bits=4, group=64, method="gptq", bits_budget=3.0, scales="q8")),
+    "mixed-3.0-q8-r64": ("mixed G64, q8 scales, budget 3.0 bits/weight (GPTQ) + activation-weighted LoftQ LoRA r64",
+                         dict(bits=4, group=64, method="gptq", bits_budget=3.0, scales="q8", lora_rank=64)),
 }
 
 
@@ -97,13 +103,14 @@ def main() -> int:
                 print(f"({shared[-1]})", file=sys.stderr, flush=True)
             extra = dict(hessians=hessians)
         if "bits_budget" in kw:
-            if kw["group"] not in sensitivity:
+            key_s = (kw["group"], kw.get("scales", "fp16"))
+            if key_s not in sensitivity:
                 t = time.time()
-                sensitivity[kw["group"]] = measure_sensitivity(model, kw["group"], hessians, args.sensitivity_tokens,
-                                                               progress=sys.stderr.isatty())
-                shared.append(f"sensitivity at G{kw['group']} {time.time() - t:.0f} s")
+                sensitivity[key_s] = measure_sensitivity(model, kw["group"], hessians, args.sensitivity_tokens,
+                                                         progress=sys.stderr.isatty(), scales=key_s[1])
+                shared.append(f"sensitivity at G{kw['group']} ({key_s[1]} scales) {time.time() - t:.0f} s")
                 print(f"({shared[-1]})", file=sys.stderr, flush=True)
-            extra = dict(hessians=hessians, sensitivity=sensitivity[kw["group"]],
+            extra = dict(hessians=hessians, sensitivity=sensitivity[key_s],
                          sensitivity_tokens=args.sensitivity_tokens)
         t = time.time()
         man = compile_model(model, root / key, board="u250", force=True, progress=sys.stderr.isatty(),
@@ -131,7 +138,8 @@ def main() -> int:
             f"({os.cpu_count()} CPUs, shared), {platform.python_version()}.\n\n{head}.\n"
             "Reference: the golden model in float mode on the GGUF (Q4_1 weights dequantized). Candidate: the "
             "golden model in quant mode (int8 activations, fp16 KV) on the build's ROM images (+ its LoRA). "
-            "bits/weight counts the fp16 scale and minimum of every group; compile s excludes the shared "
+            "bits/weight counts the scale and minimum of every group (fp16, or q8 where the label says: 8-bit "
+            "steps of a power of two per row, 16 bits per group and 16 per row); compile s excludes the shared "
             f"steps ({', '.join(shared) or 'none'}; see also compile_time.py).\n\n"
             + "\n".join(table) + "\n")
     return 0

@@ -21,8 +21,9 @@ from roma_runtime.model.loader import read_gguf_metadata, resolve_model_path  # 
 from roma_runtime.compiler import corpus  # noqa: E402
 from roma_runtime.compiler.build import (MANIFEST, compile_model, load_build, tensor_names,  # noqa: E402
                                          verify_build)
-from roma_runtime.compiler.quantize import (codes_for, effective_group, group_params,  # noqa: E402
-                                            output_error, quantize_gptq, quantize_rtn, quantize_tensor)
+from roma_runtime.compiler.quantize import (Q8_EXP_MAX, Q8_EXP_MIN, codes_for, effective_group,  # noqa: E402
+                                            group_params, output_error, q8_exponents, quantize_gptq,
+                                            quantize_rtn, quantize_tensor)
 from roma_runtime.compiler.loftq import loftq  # noqa: E402
 from roma_runtime.compiler.mixed import assign_bits, average_bits  # noqa: E402
 
@@ -160,6 +161,34 @@ def test_gptq_handles_dead_inputs_and_needs_a_hessian():
         quantize_gptq(w, h[:32, :32], 4, 32)
 
 
+def _on_q8_grid(q: QuantizedMatrix) -> bool:
+    """Every scale an unsigned and every minimum a signed 8-bit multiple of its row's power of two."""
+    ed, em = q8_exponents(q.scales, q.minimums)
+    sd = q.scales.astype(np.float64) / np.ldexp(1.0, ed)
+    sm = q.minimums.astype(np.float64) / np.ldexp(1.0, em)
+    return (Q8_EXP_MIN <= ed.min() and max(ed.max(), em.max()) <= Q8_EXP_MAX and np.all(sd == np.rint(sd))
+            and np.all(sm == np.rint(sm)) and sd.min() >= 0 and sd.max() <= 255 and -128 <= sm.min()
+            and sm.max() <= 127)
+
+
+@pytest.mark.parametrize("bits,group", [(2, 32), (3, 32), (3, 64), (4, 128)])
+def test_q8_scales_sit_on_their_grid_and_cost_little(bits, group):
+    rng = np.random.default_rng(bits + group)
+    w = (rng.standard_normal((64, 256)) * np.linspace(0.01, 0.2, 64)[:, None]).astype(np.float32)
+    w[3] = 0  # an all-zero row takes the smallest exponents
+    h = _hessian(rng, 1024, 256)
+    for quantize in (lambda s: quantize_rtn(w, bits, group, scales=s),
+                     lambda s: quantize_gptq(w, h, bits, group, scales=s)):
+        fp16, q8 = quantize("fp16"), quantize("q8")
+        assert q8.scale_format == "q8" and _on_q8_grid(q8) and not _on_q8_grid(fp16)
+        assert q8.bits_per_weight == bits + 16 / group + 16 / 256 < fp16.bits_per_weight == bits + 32 / group
+        # 8 significant bits of a row-wide step lose little against a free fp16 per group
+        assert output_error(w, q8, h) < 1.05 * output_error(w, fp16, h)
+    np.testing.assert_array_equal(quantize_rtn(w, bits, group, scales="q8").dequantize()[3], 0)
+    with pytest.raises(RomaError, match="unknown scale format 'q4'"):
+        quantize_rtn(w, bits, group, scales="q4")
+
+
 def test_passthrough_is_the_same_object_and_requantization_is_not():
     rng = np.random.default_rng(0)
     q = quantize_rtn(rng.standard_normal((8, 64)).astype(np.float32), 4, 32)
@@ -167,6 +196,8 @@ def test_passthrough_is_the_same_object_and_requantization_is_not():
     assert same is q and how == "passthrough"
     other, how = quantize_tensor(q, 4, 64)
     assert other is not q and how == "rtn" and other.group == 64
+    compact, how = quantize_tensor(q, 4, 32, scales="q8")  # the same width in another scale format
+    assert how == "rtn" and compact.scale_format == "q8"
 
 
 # --- LoftQ and mixed precision --------------------------------------------------------------------------------
@@ -206,12 +237,12 @@ def test_mixed_precision_greedy_meets_the_budget():
     sens = {"a": {2: 1.0, 3: 0.3, 4: 0.1, 8: 0.0}, "b": {2: 0.05, 3: 0.02, 4: 0.01, 8: 0.0},
             "c": {2: 2.0, 3: 0.5, 4: 0.2, 8: 0.0}}
     sizes = {"a": 1000, "b": 1000, "c": 1000}
-    choice = assign_bits(sens, sizes, 32, 4.0)
-    assert average_bits(choice, sizes, 32) <= 4.0 + 1e-9
+    choice = assign_bits(sens, sizes, 1.0, 4.0)
+    assert average_bits(choice, sizes, 1.0) <= 4.0 + 1e-9
     assert choice["b"] == 2 and choice["c"] >= choice["a"] >= 3
-    assert set(assign_bits(sens, sizes, 32, 9.0).values()) == {8}
+    assert set(assign_bits(sens, sizes, 1.0, 9.0).values()) == {8}
     with pytest.raises(RomaError, match="below the narrowest"):
-        assign_bits(sens, sizes, 32, 2.5)
+        assign_bits(sens, sizes, 1.0, 2.5)
 
 
 # --- builds ----------------------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@
 // A prefill runs PREFILL_CHUNK tokens per pass through the layers (the golden writes all K/V rows of a chunk,
 // then attends causally; chunking is exact).
 //
-// Mixed precision: RomTensor<L, LIN> takes BITS/GROUP/TILES from roma_model.h's per-layer arrays as template
-// arguments, so every tensor instantiates the tile template of its own width (only the widths present are
-// generated); the layer loop is a compile-time recursion over L.
+// Mixed precision: RomTensor<L, LIN> takes BITS/GROUP/TILES and its scale format (SCALES_*: fp16, or q8: 8-bit
+// steps with per-row exponents, brom_tile.h) from roma_model.h's per-layer arrays as template arguments, so
+// every tensor instantiates the tile template of its own width and format (only those present are generated);
+// the layer loop is a compile-time recursion over L.
 //
 // Placement: roma_model.h gives each tensor's tier (DDR_*: -1 on chip, else its word offset in the DDR weight
 // image). An on-chip tensor is a ROM (below); a DDR-streamed one (the placement plan's "DDR-stream", for the
@@ -35,10 +36,12 @@
 // runs the same arrays through the same fast attention path. Without the option g_kv_chip has one row and is
 // never referenced.
 //
-// ROMs: synthesis (__SYNTHESIS__) defines each on-chip RomTensor's static const arrays from the build's .dat
-// files (roma_model.h includes roma_rom_define.h once per on-chip tensor; DDR tensors have no ROM); C
-// simulation (the emulated board) has the same arrays writable and fills them from the NAME.bin images
-// (CRC-checked) in roma_emu_load_build. The compute code reads the same arrays in both; only the GEMV loop
+// ROMs: per on-chip tensor the bit planes and two scale ROM arrays by its format (fp16: scales and mins; q8:
+// params, the per-group steps, and exps, the per-row exponents; brom_tile.h). Synthesis (__SYNTHESIS__)
+// defines each on-chip RomTensor's static const arrays from the build's .dat files (roma_model.h includes
+// roma_rom_define.h once per on-chip tensor; DDR tensors have no ROM); C simulation (the emulated board) has
+// the same arrays writable and fills them from the NAME.bin images (CRC-checked) in roma_emu_load_build. The
+// compute code reads the same arrays in both; only the GEMV loop
 // order differs: C simulation evaluates the tiles with brom_tile_gemv_packed from codes unpacked once (Packed;
 // 16 rows per SIMD step, bit-identical to both synthesis datapaths: tb_brom_tile checks it): a ROM tensor's at
 // load, a DDR tensor's from the ddr_weights buffer at the first run command that sees a new image (keyed by
@@ -120,6 +123,11 @@ constexpr int lin_group(int l, int lin) {
          : lin == L_WO ? rm::GROUP_WO[l] : lin == L_GATE ? rm::GROUP_W_GATE[l] : lin == L_UP ? rm::GROUP_W_UP[l]
          : lin == L_DOWN ? rm::GROUP_W_DOWN[l] : lin == L_EMBD ? rm::GROUP_TOKEN_EMBD : rm::GROUP_OUTPUT;
 }
+constexpr ScaleFormat lin_scales(int l, int lin) {
+  return (ScaleFormat)(lin == L_WQ ? rm::SCALES_WQ[l] : lin == L_WK ? rm::SCALES_WK[l] : lin == L_WV ? rm::SCALES_WV[l]
+         : lin == L_WO ? rm::SCALES_WO[l] : lin == L_GATE ? rm::SCALES_W_GATE[l] : lin == L_UP ? rm::SCALES_W_UP[l]
+         : lin == L_DOWN ? rm::SCALES_W_DOWN[l] : lin == L_EMBD ? rm::SCALES_TOKEN_EMBD : rm::SCALES_OUTPUT);
+}
 constexpr long long lin_ddr(int l, int lin) {
   return lin == L_WQ ? rm::DDR_WQ[l] : lin == L_WK ? rm::DDR_WK[l] : lin == L_WV ? rm::DDR_WV[l]
          : lin == L_WO ? rm::DDR_WO[l] : lin == L_GATE ? rm::DDR_W_GATE[l] : lin == L_UP ? rm::DDR_W_UP[l]
@@ -140,21 +148,34 @@ constexpr int lin_tiles(int l, int lin) {
 } // namespace
 
 // One weight tensor (global scope: roma_rom_define.h specialises its members). The ROM arrays are only
-// defined (and used) for an on-chip tensor; a DDR one is DDR_OFFSET words into ddr_weights.
+// defined (and used) for an on-chip tensor, the scale arrays of its format only (prm() and aux() are those the
+// kernels take); a DDR one is DDR_OFFSET words into ddr_weights.
 template <int L, int LIN>
 struct RomTensor {
   static constexpr int BITS = lin_bits(L, LIN), GROUP = lin_group(L, LIN), TILES = lin_tiles(L, LIN);
+  static constexpr ScaleFormat SF = lin_scales(L, LIN);
+  static_assert(SF == ScaleFormat::Fp16 || SF == ScaleFormat::Q8, "SCALES_* is 0 (fp16) or 1 (q8)");
   static constexpr int ROWS_ALL = lin_rows(LIN), COLS = lin_cols(LIN), ROWS = ROWS_ALL / TILES;
   static constexpr long long DDR_OFFSET = lin_ddr(L, LIN);
   static constexpr bool DDR = DDR_OFFSET >= 0;
   static_assert(ROWS_ALL % TILES == 0, "the tiles must split the rows evenly");
   static_assert(!DDR || (DDR_OFFSET >= DDR_HEADER_WORDS && DDR_OFFSET < rm::DDR_WORDS),
                 "a DDR tensor's offset lies inside the DDR image, past its header");
-  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH> C;
-  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH> D;
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH, SF> C;
+  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH, SF> D;
   static ROMA_ROM_CONST rom_word_t planes[TILES][C::PLANE_WORDS];
-  static ROMA_ROM_CONST half_bits_t scales[TILES][C::PARAMS];
-  static ROMA_ROM_CONST half_bits_t mins[TILES][C::PARAMS];
+  static ROMA_ROM_CONST half_bits_t scales[TILES][C::PARAMS]; // fp16
+  static ROMA_ROM_CONST half_bits_t mins[TILES][C::PARAMS];   // fp16
+  static ROMA_ROM_CONST scale_word_t params[TILES][C::PARAMS]; // q8: sd | sm << 8 per (group, row)
+  static ROMA_ROM_CONST scale_word_t exps[TILES][ROWS];        // q8: row exponents
+  static ROMA_ROM_CONST auto &prm() {
+    if constexpr (SF == ScaleFormat::Q8) return params;
+    else return scales;
+  }
+  static ROMA_ROM_CONST auto &aux() {
+    if constexpr (SF == ScaleFormat::Q8) return exps;
+    else return mins;
+  }
 };
 
 #ifdef __SYNTHESIS__
@@ -166,10 +187,14 @@ static const float g_norms[2 * rm::N_LAYERS + 1][rm::DIM] = {
 #else
 template <int L, int LIN>
 rom_word_t RomTensor<L, LIN>::planes[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PLANE_WORDS];
-template <int L, int LIN>
+template <int L, int LIN> // the scale arrays: only those of the tensor's format are used, so instantiated
 half_bits_t RomTensor<L, LIN>::scales[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PARAMS];
 template <int L, int LIN>
 half_bits_t RomTensor<L, LIN>::mins[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PARAMS];
+template <int L, int LIN>
+scale_word_t RomTensor<L, LIN>::params[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PARAMS];
+template <int L, int LIN>
+scale_word_t RomTensor<L, LIN>::exps[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::ROWS];
 static float g_norms[2 * rm::N_LAYERS + 1][rm::DIM]; // attn_norm, ffn_norm per layer, then output_norm
 // C simulation only: each tile's codes repacked once for the SIMD GEMV (brom_tile_gemv_packed, bit-identical
 // to the ROM and DDR datapaths; tb_brom_tile checks it): from the ROM at roma_emu_load_build, or from the
@@ -233,11 +258,11 @@ void linear(const float *x, float *y, const rom_word_t *ddr, Acct &a) {
 #ifdef __SYNTHESIS__
   static acc_t probe[R::TILES][R::C::PARAMS]; // not written (PROBE = false)
   if constexpr (R::DDR)
-    brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH>(
+    brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
         xq, as, ddr + R::DDR_OFFSET, y, probe, xs, cyc);
   else
-    brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH>(
-        xq, as, R::planes, R::scales, R::mins, y, probe, xs, cyc);
+    brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
+        xq, as, R::planes, R::prm(), R::aux(), y, probe, xs, cyc);
 #else
   if constexpr (R::DDR) {
     if (Packed<L, LIN>::ok) {
@@ -248,7 +273,7 @@ void linear(const float *x, float *y, const rom_word_t *ddr, Acct &a) {
       R::D::count(cyc, R::TILES);
     } else {
       static acc_t probe[R::TILES][R::C::PARAMS]; // not written (PROBE = false)
-      brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH>(
+      brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
           xq, as, ddr + R::DDR_OFFSET, y, probe, xs, cyc);
     }
   } else {
@@ -258,8 +283,8 @@ void linear(const float *x, float *y, const rom_word_t *ddr, Acct &a) {
       if (pk.ok)
         brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, pk, y + t * R::ROWS, xs, tc, g_threads);
       else
-        brom_tile_gemv_csim<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, R::planes[t], R::scales[t], R::mins[t],
-                                                                  y + t * R::ROWS, xs, tc, g_threads);
+        brom_tile_gemv_csim<R::ROWS, R::COLS, R::GROUP, R::BITS, R::SF>(
+            xq, as, R::planes[t], R::prm()[t], R::aux()[t], y + t * R::ROWS, xs, tc, g_threads);
       if (t == 0) {
         cyc.candidates += tc.candidates;
         cyc.gemv += tc.gemv;
@@ -314,6 +339,8 @@ void layers(int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *d
 // The embedding row of token `id`, from its ROM or streamed from ddr.
 template <class E>
 void embed(int id, const rom_word_t *ddr, float *out, LayerCycles &cyc) {
+  static_assert(E::SF == ScaleFormat::Fp16, "the embedding lookup (embedding.h) reads fp16 scales only: "
+                                            "compile token_embd with fp16 scales");
   if constexpr (E::DDR)
     embedding_row_ddr<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, ddr + E::DDR_OFFSET, out, cyc);
   else
@@ -394,8 +421,8 @@ void pack_ddr_tensor(const rom_word_t *ddr) {
   if constexpr (R::DDR) {
     bool ok = true;
     for (int t = 0; t < R::TILES; ++t) {
-      csim_pack_ddr_tile<R::ROWS, R::COLS, R::GROUP, R::BITS>(ddr + R::DDR_OFFSET + t * R::D::TILE_WORDS,
-                                                               Packed<L, LIN>::tiles[t]);
+      csim_pack_ddr_tile<R::ROWS, R::COLS, R::GROUP, R::BITS, R::SF>(ddr + R::DDR_OFFSET + t * R::D::TILE_WORDS,
+                                                                      Packed<L, LIN>::tiles[t]);
       ok = ok && Packed<L, LIN>::tiles[t].ok;
     }
     Packed<L, LIN>::ok = ok;
@@ -602,21 +629,23 @@ bool load_tensor(const std::string &dir, const std::string &name, char *err, int
     const std::string msg = load_brom_image(path, img);
     if (!msg.empty()) return set_err(err, err_len, msg);
     if ((int)img.bits != R::BITS || (int)img.group != R::GROUP || (int)img.rows != R::ROWS_ALL ||
-        (int)img.cols != R::COLS || (int)img.tiles != R::TILES) {
+        (int)img.cols != R::COLS || (int)img.tiles != R::TILES || img.scale_format != R::SF) {
+      const char *fmt[2] = {"fp16", "q8"};
       char buf[512];
       std::snprintf(buf, sizeof buf,
-                    "ROM image %s is %ux%u, %u bits, group %u, %u tiles, but this library was built for %dx%d, %d "
-                    "bits, group %d, %d tiles (roma_model.h of another build?)",
-                    path.c_str(), img.rows, img.cols, img.bits, img.group, img.tiles, R::ROWS_ALL, R::COLS, R::BITS,
-                    R::GROUP, R::TILES);
+                    "ROM image %s is %ux%u, %u bits, group %u, %u tiles, %s scales, but this library was built for "
+                    "%dx%d, %d bits, group %d, %d tiles, %s scales (roma_model.h of another build?)",
+                    path.c_str(), img.rows, img.cols, img.bits, img.group, img.tiles, fmt[(int)img.scale_format],
+                    R::ROWS_ALL, R::COLS, R::BITS, R::GROUP, R::TILES, fmt[(int)R::SF]);
       return set_err(err, err_len, buf);
     }
     std::memcpy(R::planes, img.planes.data(), sizeof R::planes);
-    std::memcpy(R::scales, img.scales.data(), sizeof R::scales);
-    std::memcpy(R::mins, img.mins.data(), sizeof R::mins);
-    for (int t = 0; t < R::TILES; ++t)
-      csim_pack_tile<R::ROWS, R::COLS, R::GROUP, R::BITS>(R::planes[t], R::scales[t], R::mins[t],
-                                                           Packed<L, LIN>::tiles[t]);
+    std::memcpy(R::prm(), img.rom_prm(), sizeof R::prm());
+    std::memcpy(R::aux(), img.rom_aux(), sizeof R::aux());
+    constexpr int PP = R::C::PARAMS;
+    for (int t = 0; t < R::TILES; ++t) // from the fp16 scales and minimums (q8: as load_brom_image decoded them)
+      csim_pack_tile<R::ROWS, R::COLS, R::GROUP, R::BITS>(R::planes[t], &img.scales[(size_t)t * PP],
+                                                           &img.mins[(size_t)t * PP], Packed<L, LIN>::tiles[t]);
     return true;
   }
 }

@@ -7,7 +7,7 @@ import sys
 
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS
 from . import common
-from .plan import add_ddr_argument, add_kv_onchip_argument
+from .plan import add_ddr_argument, add_kv_onchip_argument, add_scales_argument
 
 HELP = "quantize, pack and place a model into ROM images for a board (writes a build folder)"
 
@@ -17,7 +17,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bits", type=int, default=4, choices=SUPPORTED_BITS,
                         help="code width of the linear layers (default 4; 4 with --group 32 keeps Q4_1 exactly)")
     parser.add_argument("--group", type=int, default=32, choices=SUPPORTED_GROUPS,
-                        help="inputs per fp16 scale/minimum (default 32)")
+                        help="inputs per scale/minimum (default 32)")
+    add_scales_argument(parser)
     parser.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
                         help="quantizer: round to nearest, or GPTQ with calibration on stdlib docstrings")
     parser.add_argument("--board", default="u250", help="target board (see roma plan; default u250)")
@@ -40,7 +41,8 @@ def run(args) -> int:
     from ..compiler.build import compile_model
 
     manifest = compile_model(
-        args.model, args.out, bits=args.bits, group=args.group, method=args.method, board=args.board,
+        args.model, args.out, bits=args.bits, group=args.group, method=args.method, scales=args.scales,
+        board=args.board,
         lora_rank=args.lora_rank, bits_budget=args.bits_budget, embedding_bits=args.embedding_bits,
         force=args.force, calib_tokens=args.calib_tokens, progress=sys.stderr.isatty(), ddr=args.ddr,
         kv_onchip=args.kv_onchip or 0)
@@ -49,7 +51,8 @@ def run(args) -> int:
         "out": str(args.out),
         "model": manifest["model"]["name"],
         "model_sha256": manifest["model"]["sha256"],
-        "bits": q["bits"], "group": q["group"], "method": q["method"], "lora_rank": q["lora_rank"],
+        "bits": q["bits"], "group": q["group"], "scales": q["scales"], "method": q["method"],
+        "lora_rank": q["lora_rank"],
         "bits_budget": q["bits_budget"],
         "linear_bits_per_weight": round(q["linear_bits_per_weight"], 4),
         "all_bits_per_weight": round(q["all_bits_per_weight"], 4),
@@ -64,6 +67,7 @@ def run(args) -> int:
         print(json.dumps(summary, indent=1))
     else:
         print(f"built {summary['out']}: {summary['model']} at {q['bits']}-bit G{q['group']} ({q['method']}"
+              + (", q8 scales" if q["scales"] == "q8" else "")
               + (f", LoRA rank {q['lora_rank']}" if q["lora_rank"] else "")
               + (f", budget {q['bits_budget']}" if q["bits_budget"] is not None else "") + ")")
         print(f"  linears {summary['linear_bits_per_weight']:.3f} bits/weight, all tensors "

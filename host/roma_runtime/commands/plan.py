@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=int, default=None,
                         help="context length the tokens/s estimate assumes (default: --kv-onchip, else 256)")
     add_ddr_argument(parser)
+    add_scales_argument(parser)
     parser.add_argument("--per-tensor", action="store_true", help="one row per tensor instead of per layer")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
@@ -39,6 +40,13 @@ def add_ddr_argument(parser: argparse.ArgumentParser) -> None:
                         help="stream these units from DDR whatever the room: layer numbers or ranges, head (the lm "
                              "head; tied: with the embedding), embedding, or all (e.g. --ddr 1,3-5,head); their "
                              "on-chip memory stays free")
+
+
+def add_scales_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scales", default="fp16", choices=("fp16", "q8"),
+                        help="how the linears store each group's scale and minimum: fp16 (32 bits per group; the "
+                             "default, and Q4_1's form) or q8 (8-bit steps of a power of two per row: 16 bits per "
+                             "group and 16 per row)")
 
 
 def add_kv_onchip_argument(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +79,8 @@ def run(args) -> int:
     config = load_model(args.model).config
     plan = make_plan(config, board, bits=args.bits, group=args.group, per_tensor_bits=per_tensor_bits or None,
                      lora_rank=args.lora_rank, lora_targets=tuple(args.lora_targets), lora_dtype=args.lora_dtype,
-                     kv_tokens=args.kv_onchip, budget=args.budget, context=args.context, ddr=args.ddr)
+                     kv_tokens=args.kv_onchip, budget=args.budget, context=args.context, ddr=args.ddr,
+                     scales=args.scales)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
     else:

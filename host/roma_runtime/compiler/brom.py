@@ -23,8 +23,17 @@ Bit-plane words (layout 1, "group-major bit-planes")
     Within a 32-bit lane word, nibble k (bits 4k..4k+3) covers codes 4k..4k+3 of that lane: the LUT-select
     datapath uses it directly as the index of a 16-entry subset-sum table of 4 activations.
 
-Scales and minimums
-    fp16 bit patterns as uint16, one each per (g, r), in the same group-major order: index = g * R + r.
+Scales and minimums, by the matrix's scale format (compiler/quantize.py; the values are fp16 in both)
+    fp16: fp16 bit patterns as uint16, one scale and one minimum per (g, r), in the same group-major order:
+          index = g * R + r.
+    q8:   d = sd * 2^ed, m = sm * 2^em with an unsigned 8-bit sd and a signed 8-bit sm per (g, r) and the
+          exponents ed, em (each in [Q8_EXP_MIN, Q8_EXP_MAX] = [-24, 8]) per row:
+          params    uint16 per (g, r), index g * R + r:  sd | (sm & 0xff) << 8
+          exponents uint16 per row r of the tile:        (ed - Q8_EXP_MIN) | (em - Q8_EXP_MIN) << 8
+          Every such value is exactly an fp16, so the datapath sees the same d and m as with fp16 storage;
+          16 bits per group and 16 per row instead of 32 per group. pack takes each row's smallest
+          exponents (quantize.q8_exponents) and refuses a value that is not on its row's grid; -0.0 is stored
+          as 0 and unpacks as +0.0.
 
 File NAME.bin (C simulation loads it at start-up); little-endian, a 72-byte header then the payload:
     off  size  field
@@ -38,11 +47,14 @@ File NAME.bin (C simulation loads it at start-up); little-endian, a 72-byte head
      48     4  scale entries per tile (NG * R)
      52     4  CRC-32 (zlib) of the payload
      56     4  CRC-32 (zlib) of the header with this field zeroed
-     60     4  reserved (0)
+     60     4  scale format (0 = fp16, 1 = q8; images written before q8 hold 0 here)
      64     8  payload size in bytes
-    payload: planes  uint32[tiles][plane words per tile]
-             scales  uint16[tiles][scale entries per tile]
-             minimums uint16[tiles][scale entries per tile]
+    payload, fp16: planes    uint32[tiles][plane words per tile]
+                   scales    uint16[tiles][scale entries per tile]
+                   minimums  uint16[tiles][scale entries per tile]
+    payload, q8:   planes    uint32[tiles][plane words per tile]
+                   params    uint16[tiles][scale entries per tile]
+                   exponents uint16[tiles][R]
 File NAME.dat (synthesis compiles it into the BRAM ROM arrays): the same three arrays as C initializers,
 selected by a macro, each tile in its own braces so it initialises a [tiles][n] array:
     static const uint32_t planes[TILES][PW] = {
@@ -50,7 +62,10 @@ selected by a macro, each tile in its own braces so it initialises a [tiles][n] 
     #include "NAME.dat"
     #undef ROMA_BROM_PLANES
     };
-and likewise ROMA_BROM_SCALES / ROMA_BROM_MINIMUMS for uint16_t arrays [TILES][NG*R].
+and likewise, fp16: ROMA_BROM_SCALES / ROMA_BROM_MINIMUMS for uint16_t arrays [TILES][NG*R]; q8:
+ROMA_BROM_PARAMS for uint16_t [TILES][NG*R] and ROMA_BROM_EXPONENTS for uint16_t [TILES][R]. A q8 .dat also
+defines the macro ROMA_BROM_DAT_Q8 whenever it is included, so that an includer (hw/hls/roma_rom_define.h)
+can tell the formats apart in the preprocessor; the fp16 .dat is as it was before q8.
 
 DDR image ddr_weights.bin (the tensors the placement plan streams from DDR; roma_core reads it through its
 `ddr_weights` m_axi port, hw/hls/include/roma/brom_ddr.h). Little-endian uint32 words:
@@ -58,13 +73,18 @@ DDR image ddr_weights.bin (the tensors the placement plan streams from DDR; roma
     3 CRC-32 (zlib) of the words after the header
     then the DDR tensors, one after another at the word offsets the manifest and roma_model.h give. A tensor
     is its tiles one after another; a tile is the words of its B-ROM tile in the ROM's step order (step
-    s = g * R + r), cut into blocks of DDR_BLOCK_STEPS steps:
+    s = g * R + r), cut into blocks:
+    fp16 (blocks of DDR_BLOCK_STEPS = 4 steps):
         block b: the plane words of steps 4b..4b+3 (b * L each, in the ROM's (p, l) order),
                  then one word per step: scale | minimum << 16
-    The last block's missing steps are zero words. The GEMV reads a tile in one sequential pass, and each
-    block's 4 (scale, minimum) words are one 128-bit beat after their steps' planes, so the stream needs
-    no buffer. Every tile is a multiple of 4 words and the header is 4, so tensors and tiles start on
-    16-byte (128-bit beat) boundaries.
+    q8: first the tile's R row exponents, two per word (row 2i in the low half, 2i+1 in the high half),
+        padded with zero words to a multiple of 4 words; then blocks of DDR_Q8_BLOCK_STEPS = 8 steps:
+        block b: the plane words of steps 8b..8b+7, then 4 words, word k: params of step 8b+2k
+                 | params of step 8b+2k+1 << 16
+    The last block's missing steps are zero words. The GEMV reads a tile in one sequential pass (q8: the
+    exponents into a local array of R entries first), and each block's 4 scale words are one 128-bit beat
+    after their steps' planes, so the stream needs no buffer for them. Every tile is a multiple of 4 words
+    and the header is 4, so tensors and tiles start on 16-byte (128-bit beat) boundaries.
 """
 
 from __future__ import annotations
@@ -79,6 +99,7 @@ import numpy as np
 
 from ..errors import RomaError
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS, QuantizedMatrix
+from .quantize import Q8_EXP_MAX, Q8_EXP_MIN, q8_exponents
 
 MAGIC = b"ROMABROM"
 VERSION = 1
@@ -87,9 +108,11 @@ WORD_BITS = 32
 DDR_MAGIC = 0x52444452  # b"RDDR" little-endian
 DDR_VERSION = 1
 DDR_HEADER_WORDS = 4
-DDR_BLOCK_STEPS = 4  # (group, row) steps per block: their 4 scale|minimum words are one 128-bit beat
+DDR_BLOCK_STEPS = 4  # fp16: (group, row) steps per block, their 4 scale|minimum words are one 128-bit beat
+DDR_Q8_BLOCK_STEPS = 8  # q8: 8 steps per block, their 16-bit params fill one beat
+SCALE_FORMATS = {"fp16": 0, "q8": 1}  # header field 60 (roma::ScaleFormat)
 # magic, version, header size, bits, group, rows, cols, tiles, word bits, layout, plane words per tile,
-# scale entries per tile, payload crc, header crc, reserved, payload bytes
+# scale entries per tile, payload crc, header crc, scale format, payload bytes
 _HEADER = struct.Struct("<8s14IQ")
 HEADER_BYTES = _HEADER.size  # 72
 _HINT = "regenerate the ROM images with the compiler (roma compile) from the model"
@@ -105,8 +128,11 @@ class BromImage:
     cols: int
     tiles: int
     planes: np.ndarray  # uint32 [tiles, plane_words_per_tile]
-    scales: np.ndarray  # uint16 [tiles, params_per_tile], fp16 bit patterns
-    minimums: np.ndarray  # uint16 [tiles, params_per_tile]
+    scales: np.ndarray | None  # fp16: uint16 [tiles, params_per_tile], fp16 bit patterns; q8: None
+    minimums: np.ndarray | None  # fp16: uint16 [tiles, params_per_tile]; q8: None
+    scale_format: str = "fp16"
+    params: np.ndarray | None = None  # q8: uint16 [tiles, params_per_tile], sd | (sm & 0xff) << 8
+    exponents: np.ndarray | None = None  # q8: uint16 [tiles, rows_per_tile], (ed - MIN) | (em - MIN) << 8
 
     @property
     def rows_per_tile(self) -> int:
@@ -128,14 +154,19 @@ class BromImage:
     def params_per_tile(self) -> int:
         return self.groups * self.rows_per_tile
 
+    @property
+    def scale_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stored scale arrays in payload order: (scales, minimums) or, q8, (params, exponents)."""
+        return (self.params, self.exponents) if self.scale_format == "q8" else (self.scales, self.minimums)
+
     def payload(self) -> bytes:
         return b"".join(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
-                        for a in (self.planes, self.scales, self.minimums))
+                        for a in (self.planes, *self.scale_arrays))
 
     @property
     def rom_bytes(self) -> int:
-        """ROM bits the tiles hold, in bytes (codes + scales + minimums)."""
-        return self.planes.nbytes + self.scales.nbytes + self.minimums.nbytes
+        """ROM bits the tiles hold, in bytes (codes + the stored scale arrays)."""
+        return self.planes.nbytes + sum(a.nbytes for a in self.scale_arrays)
 
     def sha256(self) -> str:
         """Identity of the packed contents (header parameters + payload), for build manifests."""
@@ -158,8 +189,9 @@ def _check_params(bits: int, group: int, rows: int, cols: int, tiles: int, where
             f"choose a tile count that divides {rows}")
 
 
-def pack(qm: QuantizedMatrix, tiles: int = 1) -> BromImage:
-    """Pack a quantized matrix into bit-plane ROM words for `tiles` tiles (rows % tiles == 0)."""
+def pack(qm: QuantizedMatrix, tiles: int = 1, name: str = "tensor") -> BromImage:
+    """Pack a quantized matrix into bit-plane ROM words for `tiles` tiles (rows % tiles == 0), its scales and
+    minimums in its scale format (qm.scale_format; `name` names the tensor in errors)."""
     rows, cols = qm.shape
     bits, group = qm.bits, qm.group
     _check_params(bits, group, rows, cols, tiles)
@@ -174,12 +206,44 @@ def pack(qm: QuantizedMatrix, tiles: int = 1) -> BromImage:
         packed = np.packbits(bitp, axis=-1, bitorder="little")  # [..., L, 4] bytes, little-endian word
         planes[:, :, :, p, :] = np.ascontiguousarray(packed).view("<u4")[..., 0]
 
-    def params(a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(
-            a.reshape(tiles, r, ng).transpose(0, 2, 1)).view(np.uint16).reshape(tiles, ng * r)
+    def group_major(a: np.ndarray) -> np.ndarray:  # [rows, NG] -> [tiles, NG * R], index g * R + r
+        return np.ascontiguousarray(a.reshape(tiles, r, ng).transpose(0, 2, 1)).reshape(tiles, ng * r)
 
-    return BromImage(bits, group, rows, cols, tiles, planes.reshape(tiles, -1),
-                     params(qm.scales), params(qm.minimums))
+    planes = planes.reshape(tiles, -1)
+    if qm.scale_format == "q8":
+        sd, sm, ed, em = _q8_codes(qm, name)
+        params = (sd.astype(np.uint16) | (sm.astype(np.uint8).astype(np.uint16) << 8))
+        exps = ((ed - Q8_EXP_MIN) | ((em - Q8_EXP_MIN) << 8)).astype(np.uint16).reshape(tiles, r)
+        return BromImage(bits, group, rows, cols, tiles, planes, None, None, "q8", group_major(params), exps)
+    return BromImage(bits, group, rows, cols, tiles, planes, group_major(qm.scales.view(np.uint16)),
+                     group_major(qm.minimums.view(np.uint16)))
+
+
+def _q8_codes(qm: QuantizedMatrix, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(sd [rows, NG], sm [rows, NG], ed [rows, 1], em [rows, 1]) of a q8 matrix's fp16 scales and minimums,
+    with each row's smallest exponents; RomaError naming the tensor for a value off its row's grid."""
+    d, m = qm.scales.astype(np.float64), qm.minimums.astype(np.float64)
+    hint = "quantize with scales='q8' (compiler/quantize.py), which fits the scales and minimums on that grid"
+    for what, v in (("scale", d), ("minimum", m)):
+        if not np.isfinite(v).all():
+            row, g = np.argwhere(~np.isfinite(v))[0]
+            raise RomaError(f"{name}: the {what} of row {row}, group {g} is {v[row, g]}; q8 scales hold finite "
+                            "values only", hint)
+    ed, em = q8_exponents(d, m)
+    sd, sm = d / np.ldexp(1.0, ed), m / np.ldexp(1.0, em)
+    for what, steps, v, e, lo, hi in (("scale", sd, d, ed, 0, 255), ("minimum", sm, m, em, -128, 127)):
+        off = (steps != np.rint(steps)) | (steps < lo) | (steps > hi)
+        if off.any():
+            row, g = np.argwhere(off)[0]
+            raise RomaError(
+                f"{name}: the {what} {v[row, g]!r} of row {row}, group {g} is not on the row's q8 grid "
+                f"({lo}..{hi} steps of 2^{int(e[row, 0])}, exponents {Q8_EXP_MIN}..{Q8_EXP_MAX})", hint)
+    return sd.astype(np.int64), sm.astype(np.int64), ed.astype(np.int64), em.astype(np.int64)
+
+
+def q8_values(codes: np.ndarray, exp_biased: np.ndarray) -> np.ndarray:
+    """float16 codes * 2^(exp_biased + Q8_EXP_MIN) (exact): the values q8 storage decodes to."""
+    return np.ldexp(np.asarray(codes, np.float64), np.asarray(exp_biased, np.int64) + Q8_EXP_MIN).astype(np.float16)
 
 
 def unpack(img: BromImage) -> QuantizedMatrix:
@@ -193,18 +257,23 @@ def unpack(img: BromImage) -> QuantizedMatrix:
         codes |= (bitvals[:, :, :, p] << p).astype(np.uint8)
     codes = codes.transpose(0, 2, 1, 3, 4).reshape(img.rows, img.cols)
 
-    def params(a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(
-            a.reshape(tiles, ng, r).transpose(0, 2, 1)).reshape(img.rows, ng).view(np.float16)
+    def row_major(a: np.ndarray) -> np.ndarray:  # [tiles, NG * R] -> [rows, NG]
+        return np.ascontiguousarray(a.reshape(tiles, ng, r).transpose(0, 2, 1)).reshape(img.rows, ng)
 
-    return QuantizedMatrix(np.ascontiguousarray(codes), params(img.scales), params(img.minimums),
+    codes = np.ascontiguousarray(codes)
+    if img.scale_format == "q8":
+        p, e = row_major(img.params), img.exponents.reshape(img.rows, 1)
+        d = q8_values(p & 0xFF, e & 0xFF)
+        m = q8_values((p >> 8).astype(np.uint8).view(np.int8), e >> 8)
+        return QuantizedMatrix(codes, d, m, img.bits, img.group, "q8")
+    return QuantizedMatrix(codes, row_major(img.scales).view(np.float16), row_major(img.minimums).view(np.float16),
                            img.bits, img.group)
 
 
 def _header_bytes(img: BromImage, payload_crc: int, payload_len: int, header_crc: int = 0) -> bytes:
     return _HEADER.pack(MAGIC, VERSION, HEADER_BYTES, img.bits, img.group, img.rows, img.cols, img.tiles,
                         WORD_BITS, LAYOUT_GROUP_MAJOR, img.plane_words_per_tile, img.params_per_tile,
-                        payload_crc, header_crc, 0, payload_len)
+                        payload_crc, header_crc, SCALE_FORMATS[img.scale_format], payload_len)
 
 
 def _hex_words(a: np.ndarray, digits: int, per_line: int) -> bytes:
@@ -226,24 +295,32 @@ def _hex_words(a: np.ndarray, digits: int, per_line: int) -> bytes:
 
 def dat_text(img: BromImage, name: str) -> bytes:
     """The NAME.dat initializer include (see the module docstring)."""
+    q8 = img.scale_format == "q8"
+    if q8:
+        arrays = f"params (sd | sm << 8, index g*R+r): uint16_t [{img.tiles}][{img.params_per_tile}]; " \
+                 f"exponents ((ed+{-Q8_EXP_MIN}) | (em+{-Q8_EXP_MIN}) << 8, per row): " \
+                 f"uint16_t [{img.tiles}][{img.rows_per_tile}]"
+        macros = ("ROMA_BROM_PARAMS", "ROMA_BROM_EXPONENTS")
+    else:
+        arrays = f"scales, minimums: uint16_t [{img.tiles}][{img.params_per_tile}] (fp16 bits, index g*R+r)"
+        macros = ("ROMA_BROM_SCALES", "ROMA_BROM_MINIMUMS")
     head = (
         f"// ROMA B-ROM image '{name}': generated by roma_runtime.compiler.brom from the same arrays as "
         f"{name}.bin; do not edit.\n"
         f"// bits={img.bits} group={img.group} rows={img.rows} cols={img.cols} tiles={img.tiles} "
-        f"layout={LAYOUT_GROUP_MAJOR} (group-major bit-planes, word index ((g*R+r)*bits+p)*lanes+l)\n"
-        f"// planes: uint32_t [{img.tiles}][{img.plane_words_per_tile}]; scales, minimums: "
-        f"uint16_t [{img.tiles}][{img.params_per_tile}] (fp16 bits, index g*R+r)\n"
+        f"layout={LAYOUT_GROUP_MAJOR} (group-major bit-planes, word index ((g*R+r)*bits+p)*lanes+l)"
+        f"{' scales=q8' if q8 else ''}\n"
+        f"// planes: uint32_t [{img.tiles}][{img.plane_words_per_tile}]; {arrays}\n"
     ).encode()
-    parts = [head]
-    for macro, arr, digits in (("ROMA_BROM_PLANES", img.planes, 8), ("ROMA_BROM_SCALES", img.scales, 4),
-                               ("ROMA_BROM_MINIMUMS", img.minimums, 4)):
+    parts = [head, b"#define ROMA_BROM_DAT_Q8\n" if q8 else b""]
+    for macro, arr, digits in (("ROMA_BROM_PLANES", img.planes, 8), *zip(macros, img.scale_arrays, (4, 4))):
         parts.append(f"#{'if' if macro == 'ROMA_BROM_PLANES' else 'elif'} defined({macro})\n".encode())
         for t in range(img.tiles):
             parts.append(b"{\n")
             parts.append(_hex_words(arr[t], digits, 8))
             parts.append(b"},\n")
-    parts.append(b"#else\n#error \"define ROMA_BROM_PLANES, ROMA_BROM_SCALES or ROMA_BROM_MINIMUMS "
-                 b"before including a B-ROM .dat\"\n#endif\n")
+    parts.append(f"#else\n#error \"define ROMA_BROM_PLANES, {macros[0]} or {macros[1]} "
+                 f"before including a B-ROM .dat\"\n#endif\n".encode())
     return b"".join(parts)
 
 
@@ -274,7 +351,7 @@ def read_image(path: Path) -> BromImage:
             raise RomaError(f"{path} is not a ROMA B-ROM image (bad magic)", _HINT)
         raise RomaError(f"ROM image {path} is truncated ({len(data)} bytes, header alone is {HEADER_BYTES})",
                         _HINT)
-    (magic, version, hbytes, bits, group, rows, cols, tiles, word_bits, layout, pw, pp, pcrc, hcrc, _res,
+    (magic, version, hbytes, bits, group, rows, cols, tiles, word_bits, layout, pw, pp, pcrc, hcrc, fmt,
      plen) = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise RomaError(f"{path} is not a ROMA B-ROM image (bad magic {magic!r})", _HINT)
@@ -288,8 +365,13 @@ def read_image(path: Path) -> BromImage:
     _check_params(bits, group, rows, cols, tiles, where)
     if word_bits != WORD_BITS or layout != LAYOUT_GROUP_MAJOR:
         raise RomaError(f"{where}unknown word layout (word bits {word_bits}, layout {layout})", _HINT)
+    formats = {v: k for k, v in SCALE_FORMATS.items()}
+    if fmt not in formats:
+        raise RomaError(f"{where}unknown scale format {fmt}", _HINT)
+    scale_format = formats[fmt]
     r, ng, lanes = rows // tiles, cols // group, group // WORD_BITS
-    if pw != ng * r * bits * lanes or pp != ng * r or plen != tiles * (4 * pw + 4 * pp):
+    scale_bytes = 2 * pp + 2 * r if scale_format == "q8" else 4 * pp
+    if pw != ng * r * bits * lanes or pp != ng * r or plen != tiles * (4 * pw + scale_bytes):
         raise RomaError(f"{where}header sizes are inconsistent with its shape", _HINT)
     if len(data) < HEADER_BYTES + plen:
         raise RomaError(f"ROM image {path} is truncated ({len(data)} bytes, expected {HEADER_BYTES + plen})",
@@ -300,53 +382,96 @@ def read_image(path: Path) -> BromImage:
     payload = data[HEADER_BYTES:]
     if zlib.crc32(payload) != pcrc:
         raise RomaError(f"ROM image {path} is corrupt (payload checksum mismatch)", _HINT)
-    off = 0
-    planes = np.frombuffer(payload, dtype="<u4", count=tiles * pw, offset=off).reshape(tiles, pw)
-    off += 4 * tiles * pw
-    scales = np.frombuffer(payload, dtype="<u2", count=tiles * pp, offset=off).reshape(tiles, pp)
+    planes = np.frombuffer(payload, dtype="<u4", count=tiles * pw).reshape(tiles, pw).astype(np.uint32)
+    off = 4 * tiles * pw
+    first = np.frombuffer(payload, dtype="<u2", count=tiles * pp, offset=off).reshape(tiles, pp).astype(np.uint16)
     off += 2 * tiles * pp
-    mins = np.frombuffer(payload, dtype="<u2", count=tiles * pp, offset=off).reshape(tiles, pp)
-    return BromImage(bits, group, rows, cols, tiles, planes.astype(np.uint32), scales.astype(np.uint16),
-                     mins.astype(np.uint16))
+    n = r if scale_format == "q8" else pp
+    second = np.frombuffer(payload, dtype="<u2", count=tiles * n, offset=off).reshape(tiles, n).astype(np.uint16)
+    if scale_format == "q8":
+        _check_q8_exponents(second, where)
+        return BromImage(bits, group, rows, cols, tiles, planes, None, None, "q8", first, second)
+    return BromImage(bits, group, rows, cols, tiles, planes, first, second)
+
+
+def _check_q8_exponents(exps: np.ndarray, where: str) -> None:
+    """Every biased row exponent lies in 0..Q8_EXP_MAX - Q8_EXP_MIN (the decoder's range)."""
+    if ((exps & 0xFF) > Q8_EXP_MAX - Q8_EXP_MIN).any() or ((exps >> 8) > Q8_EXP_MAX - Q8_EXP_MIN).any():
+        raise RomaError(f"{where}a q8 row exponent is out of range (corrupt image)", _HINT)
 
 
 # --- the DDR image --------------------------------------------------------------------------------------------
 
 
-def ddr_tile_words(bits: int, group: int, rows_per_tile: int, cols: int) -> int:
-    """Words of one tile in the DDR image (see the module docstring)."""
-    steps = (cols // group) * rows_per_tile
-    blocks = -(-steps // DDR_BLOCK_STEPS)
-    return blocks * DDR_BLOCK_STEPS * (bits * (group // WORD_BITS) + 1)
+def _ddr_geometry(bits: int, group: int, rows_per_tile: int, cols: int, scales: str) -> tuple[int, int, int, int]:
+    """(prefix words, block steps, blocks, words per block) of one tile in the DDR layout."""
+    if scales not in SCALE_FORMATS:
+        raise RomaError(f"unknown scale format '{scales}' (supported: {', '.join(SCALE_FORMATS)})", _HINT)
+    wps, steps = bits * (group // WORD_BITS), (cols // group) * rows_per_tile
+    q8 = scales == "q8"
+    block_steps = DDR_Q8_BLOCK_STEPS if q8 else DDR_BLOCK_STEPS
+    prefix = -(-rows_per_tile // 8) * 4 if q8 else 0  # R exponents, 2 per word, whole 4-word beats
+    return prefix, block_steps, -(-steps // block_steps), block_steps * wps + 4
+
+
+def ddr_tile_words(bits: int, group: int, rows_per_tile: int, cols: int, scales: str = "fp16") -> int:
+    """Words of one tile in the DDR layout (see the module docstring)."""
+    prefix, _, blocks, block_words = _ddr_geometry(bits, group, rows_per_tile, cols, scales)
+    return prefix + blocks * block_words
+
+
+def _halves(a: np.ndarray, n: int) -> np.ndarray:
+    """uint16 [tiles, k] -> uint32 [tiles, n] words: entry 2i in the low half, 2i+1 in the high, zeros after."""
+    a = np.pad(a.astype(np.uint32), ((0, 0), (0, 2 * n - a.shape[1])))
+    return a[:, 0::2] | (a[:, 1::2] << 16)
 
 
 def ddr_words(img: BromImage) -> np.ndarray:
     """The image's tiles in the DDR layout: uint32 [tiles * ddr_tile_words]."""
     wps, steps = img.bits * img.lanes, img.params_per_tile
-    blocks = -(-steps // DDR_BLOCK_STEPS)
-    pad = blocks * DDR_BLOCK_STEPS - steps
+    prefix, block_steps, blocks, _ = _ddr_geometry(img.bits, img.group, img.rows_per_tile, img.cols,
+                                                   img.scale_format)
+    pad = blocks * block_steps - steps
     planes = np.pad(img.planes.reshape(img.tiles, steps, wps), ((0, 0), (0, pad), (0, 0)))
-    params = img.scales.astype(np.uint32) | (img.minimums.astype(np.uint32) << 16)
-    params = np.pad(params, ((0, 0), (0, pad)))
-    return np.concatenate([planes.reshape(img.tiles, blocks, DDR_BLOCK_STEPS * wps),
-                           params.reshape(img.tiles, blocks, DDR_BLOCK_STEPS)], axis=2).reshape(-1).astype(np.uint32)
+    planes = planes.reshape(img.tiles, blocks, block_steps * wps)
+    if img.scale_format == "q8":
+        params = _halves(img.params, blocks * 4)
+        head = _halves(img.exponents, prefix)
+    else:
+        params = np.pad(img.scales.astype(np.uint32) | (img.minimums.astype(np.uint32) << 16), ((0, 0), (0, pad)))
+        head = np.zeros((img.tiles, 0), np.uint32)
+    body = np.concatenate([planes, params.reshape(img.tiles, blocks, 4)], axis=2).reshape(img.tiles, -1)
+    return np.concatenate([head, body], axis=1).reshape(-1).astype(np.uint32)
 
 
-def ddr_unpack(words: np.ndarray, bits: int, group: int, rows: int, cols: int, tiles: int) -> BromImage:
+def ddr_unpack(words: np.ndarray, bits: int, group: int, rows: int, cols: int, tiles: int,
+               scales: str = "fp16") -> BromImage:
     """The BromImage of one tensor's words in the DDR layout (the exact inverse of ddr_words)."""
     _check_params(bits, group, rows, cols, tiles)
     r = rows // tiles
     wps, steps = bits * (group // WORD_BITS), (cols // group) * r
-    blocks = -(-steps // DDR_BLOCK_STEPS)
+    prefix, block_steps, blocks, block_words = _ddr_geometry(bits, group, r, cols, scales)
+    n = prefix + blocks * block_words
     words = np.asarray(words, dtype=np.uint32)
-    if words.size != tiles * ddr_tile_words(bits, group, r, cols):
-        raise RomaError(f"a DDR tensor of {rows}x{cols} at {bits} bits, group {group}, {tiles} tiles has "
-                        f"{tiles * ddr_tile_words(bits, group, r, cols)} words, not {words.size}", _HINT)
-    t = words.reshape(tiles, blocks, DDR_BLOCK_STEPS * (wps + 1))
-    planes = t[:, :, : DDR_BLOCK_STEPS * wps].reshape(tiles, blocks * DDR_BLOCK_STEPS, wps)[:, :steps]
-    params = t[:, :, DDR_BLOCK_STEPS * wps:].reshape(tiles, blocks * DDR_BLOCK_STEPS)[:, :steps]
-    return BromImage(bits, group, rows, cols, tiles, np.ascontiguousarray(planes.reshape(tiles, -1)),
-                     (params & 0xFFFF).astype(np.uint16), (params >> 16).astype(np.uint16))
+    if words.size != tiles * n:
+        raise RomaError(f"a DDR tensor of {rows}x{cols} at {bits} bits, group {group}, {scales} scales, {tiles} "
+                        f"tiles has {tiles * n} words, not {words.size}", _HINT)
+    t = words.reshape(tiles, n)
+    body = t[:, prefix:].reshape(tiles, blocks, block_words)
+    planes = body[:, :, : block_steps * wps].reshape(tiles, blocks * block_steps, wps)[:, :steps]
+    planes = np.ascontiguousarray(planes.reshape(tiles, -1))
+    params = body[:, :, block_steps * wps:].reshape(tiles, blocks * 4)
+
+    def unhalves(w: np.ndarray, k: int) -> np.ndarray:  # inverse of _halves
+        return np.stack([w & 0xFFFF, w >> 16], axis=-1).reshape(tiles, -1)[:, :k].astype(np.uint16)
+
+    if scales == "q8":
+        exps = unhalves(t[:, :prefix], r)
+        _check_q8_exponents(exps, f"a DDR tensor of {rows}x{cols}: ")
+        return BromImage(bits, group, rows, cols, tiles, planes, None, None, "q8", unhalves(params, steps), exps)
+    params = params[:, :steps]
+    return BromImage(bits, group, rows, cols, tiles, planes, (params & 0xFFFF).astype(np.uint16),
+                     (params >> 16).astype(np.uint16))
 
 
 def ddr_image(images: dict[str, BromImage]) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:

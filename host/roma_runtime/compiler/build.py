@@ -30,13 +30,13 @@ import numpy as np
 from ..errors import RomaError
 from ..model.config import ModelConfig
 from ..model.loader import LoadedModel, load_model, sha256_files
-from ..model.weights import LayerWeights, ModelWeights, QuantizedMatrix, as_float
+from ..model.weights import LayerWeights, ModelWeights, QuantizedMatrix, as_float, storage_bits_per_weight
 from . import brom
 from .quantize import METHODS, effective_group, quantize_tensor, validate
 
 MANIFEST = "manifest.json"
 FORMAT = "roma-build"
-FORMAT_VERSION = 2  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat
+FORMAT_VERSION = 3  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale format
 HEADER_FILE = "roma_model.h"
 DDR_FILE = "ddr_weights.bin"
 NORMS_FILE = "norms"
@@ -132,13 +132,13 @@ def _plan_name(name: str) -> str:
 
 
 def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, lora_rank: int, ddr,
-          kv_onchip: int = 0):
+          kv_onchip: int = 0, scales: str = "fp16"):
     try:
         from .plan import make_plan
     except ImportError:  # the planner is optional for building images; the manifest says so
         return None
     plan = make_plan(config, board, bits=bits, group=group, per_tensor_bits=per_tensor_bits,
-                     lora_rank=lora_rank, ddr=ddr, kv_tokens=kv_onchip or None)
+                     lora_rank=lora_rank, ddr=ddr, kv_tokens=kv_onchip or None, scales=scales)
     return plan.to_dict()
 
 
@@ -173,18 +173,23 @@ def write_ddr_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Pa
         tensors[name].update({"tiles": img.tiles, "rom_bytes": 0, "ddr_bytes": 4 * n, "image": DDR_FILE,
                               "ddr_offset": offset, "ddr_words": n, "init": None, "image_sha256": img.sha256()})
     return [path], {"file": DDR_FILE, "words": int(words.size), "crc32": int(words[3]),
-                    "layout": f"brom.py DDR image version {brom.DDR_VERSION}: blocks of "
-                              f"{brom.DDR_BLOCK_STEPS} steps, planes then scale|minimum<<16 words",
+                    "layout": f"brom.py DDR image version {brom.DDR_VERSION}: fp16 tiles in blocks of "
+                              f"{brom.DDR_BLOCK_STEPS} steps, planes then scale|minimum<<16 words; q8 tiles: row "
+                              f"exponents, then blocks of {brom.DDR_Q8_BLOCK_STEPS} steps, planes then two steps' "
+                              "params per word",
                     "tensors": list(layout)}
 
 
 def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits: int = 4, group: int = 32,
-                  method: str = "rtn", board: str = "u250", lora_rank: int = 0,
+                  method: str = "rtn", scales: str = "fp16", board: str = "u250", lora_rank: int = 0,
                   bits_budget: float | None = None, embedding_bits: int = 8, force: bool = False,
                   calib_tokens: int = 4096, calib_window: int = 256, loftq_iters: int = 2,
                   progress: bool = True, hessians=None, sensitivity=None, sensitivity_tokens: int = 256,
                   fail_after: str | None = None, ddr=None, kv_onchip: int = 0) -> dict:
     """Quantize, pack, place and describe a model; returns the manifest (also written to out_dir).
+
+    scales: how the linears' ROM stores their scales and minimums (quantize.py: fp16, or q8 with an 8-bit
+    step of a per-row power of two); the embedding keeps fp16 (its Q8_0 source passes through).
 
     ddr: placement units to stream from DDR whatever the room (plan.parse_ddr_units: "1,3-5,head", ...).
     kv_onchip: positions of an on-chip KV cache the core holds (0: the KV cache is in DDR only); the plan
@@ -199,7 +204,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     t0 = time.time()
     if method not in METHODS:
         raise RomaError(f"unknown quantization method '{method}'", hint=f"choose one of {', '.join(METHODS)}")
-    validate(bits, group, name="--bits/--group")
+    validate(bits, group, name="--bits/--group", scales=scales)
     validate(embedding_bits, 32, name="embedding")
     if lora_rank < 0:
         raise RomaError(f"--lora-rank must be positive, not {lora_rank}")
@@ -243,15 +248,18 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         from .mixed import assign_bits, unit_of
 
         if sensitivity is None:
-            sensitivity = measure_sensitivity(model, group, hessians, sensitivity_tokens, calib_window, progress)
+            sensitivity = measure_sensitivity(model, group, hessians, sensitivity_tokens, calib_window, progress,
+                                              scales)
         sizes, scale_bits = {}, {}
         for n in linears:
             u = (_split(n)[0], unit_of(_split(n)[1]))
-            size = int(np.prod(_tensor(w, n).shape))
+            shape = _tensor(w, n).shape
+            size = int(np.prod(shape))
             sizes[u] = sizes.get(u, 0) + size
-            scale_bits[u] = scale_bits.get(u, 0.0) + size / groups[n]
+            scale_bits[u] = scale_bits.get(u, 0.0) + size * (
+                storage_bits_per_weight(0, groups[n], shape[1], scales))
         units = assign_bits({u: {b: e["kl"] for b, e in sensitivity[u].items()} for u in sizes}, sizes,
-                            {u: sizes[u] / scale_bits[u] for u in sizes}, bits_budget)
+                            {u: scale_bits[u] / sizes[u] for u in sizes}, bits_budget)
         choice = {n: units[(_split(n)[0], unit_of(_split(n)[1]))] for n in linears}
 
     # Embedding (and untied lm head): the source form when it already has embedding_bits, else RTN.
@@ -275,12 +283,12 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
             from .loftq import loftq
 
             # with calibration, the low-rank step weights the error by the inputs (loftq.py)
-            q, a, bb = loftq(as_float(t), lambda x: quantize_tensor(x, b, g, m, h, name)[0], lora_rank,
+            q, a, bb = loftq(as_float(t), lambda x: quantize_tensor(x, b, g, m, h, name, scales)[0], lora_rank,
                              loftq_iters, hessian=h)
             lora_factors[key] = (a, bb)
             how_of[name] = f"{m}+loftq" + ("-aw" if h is not None else "")
         else:
-            q, how_of[name] = quantize_tensor(t, b, g, m, h, name)
+            q, how_of[name] = quantize_tensor(t, b, g, m, h, name, scales)
         quantized[name] = q
 
     for name in _progress(tensor_names(config), "quantizing", progress):
@@ -291,8 +299,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         else:
             quantize_linear(name, hessians[_split(name)] if method == "gptq" else None)
         q = quantized[name]
-        tensors[name] = {"shape": list(q.shape), "bits": q.bits, "group": q.group, "method": how_of[name],
-                         "bits_per_weight": q.bits_per_weight}
+        tensors[name] = {"shape": list(q.shape), "bits": q.bits, "group": q.group, "scales": q.scale_format,
+                         "method": how_of[name], "bits_per_weight": q.bits_per_weight}
         key = _split(name)
         if units is not None and key is not None:
             tensors[name]["sensitivity"] = {str(b): e for b, e in sensitivity[(key[0], unit_of(key[1]))].items()}
@@ -301,7 +309,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     per_tensor_bits = {_plan_name(n): tensors[n]["bits"] for n in tensors}
     # The planner takes one group for all tensors: the smallest in use, which never undercounts the scales.
     plan_group = min(groups.values())
-    plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, lora_rank, ddr, kv_onchip)
+    plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, lora_rank, ddr, kv_onchip, scales)
     kv_entry = _kv_onchip_entry(plan, kv_onchip)
     placement = {t["name"]: t["placement"] for t in (plan or {}).get("tensors", [])}
     for n in tensors:
@@ -311,7 +319,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     for name in _progress(tensor_names(config), "packing", progress):
         q = quantized[name]
         n_tiles = 1  # the planner does not fold tensors into tiles yet
-        img = brom.pack(q, tiles=n_tiles)
+        img = brom.pack(q, tiles=n_tiles, name=name)
         if is_ddr(tensors[name]):
             ddr_images[name] = img
         else:
@@ -354,6 +362,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
                   "format": model.format, "sha256": identity, "config": config.to_dict()},
         "quantization": {
             "bits": bits, "group": group, "group_fallback": {str(c): g for c, g in sorted(fallback.items())},
+            "scales": scales,
             "plan_group": plan_group, "method": method, "embedding_bits": embedding_bits,
             "bits_budget": bits_budget, "lora_rank": lora_rank,
             "calibration": None if hessians is None else {
@@ -392,7 +401,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
 
 
 def measure_sensitivity(model: LoadedModel, group: int, hessians, tokens: int = 256, window: int = 256,
-                        progress: bool = False) -> dict:
+                        progress: bool = False, scales: str = "fp16") -> dict:
     """mixed.measure_sensitivity with the compiler's quantizer: RTN with the scale search weighted by the
     Hessian diagonal (calibrated, and far cheaper than GPTQ), per tensor at its effective group."""
     from .corpus import token_windows
@@ -403,7 +412,7 @@ def measure_sensitivity(model: LoadedModel, group: int, hessians, tokens: int = 
     def quantize(li, lin, b):
         t = getattr(w.layers[li], lin)
         g = effective_group(t.shape[1], group)
-        return quantize_tensor(t, b, g, "rtn", hessians[(li, lin)], f"blk.{li}.{lin}")[0].dequantize()
+        return quantize_tensor(t, b, g, "rtn", hessians[(li, lin)], f"blk.{li}.{lin}", scales)[0].dequantize()
 
     windows = token_windows(model, "calibration", tokens, window)
     return measure(model, quantize, windows, progress=lambda it: _progress(it, "sensitivity", progress))
@@ -503,7 +512,8 @@ def load_build(build_dir: str | Path, verify: bool = True):
         if is_ddr(e):
             words = ddr_words[e["ddr_offset"]: e["ddr_offset"] + e["ddr_words"]]
             rows, cols = e["shape"]
-            return brom.unpack(brom.ddr_unpack(words, e["bits"], e["group"], rows, cols, e["tiles"]))
+            return brom.unpack(brom.ddr_unpack(words, e["bits"], e["group"], rows, cols, e["tiles"],
+                                               scales=e["scales"]))
         return brom.unpack(brom.read_image(build_dir / e["image"]))
 
     norms = np.frombuffer((build_dir / manifest["norms"]["file"]).read_bytes(), dtype="<f4").astype(np.float32)

@@ -1,5 +1,6 @@
 """The generated C++ header of a build: the model's and the hardware's dimensions as constexpr for the HLS
-kernels (roma_model.h). Per-tensor bit widths and tile counts go in as arrays indexed by layer.
+kernels (roma_model.h). Per-tensor bit widths, groups, scale formats (SCALES_*: 0 fp16, 1 q8; see
+compiler/quantize.py) and tile counts go in as arrays indexed by layer.
 
 Also generated for the top (hw/hls/roma_core.cpp):
 - ROPE_INV_FREQ: the RoPE inverse frequencies as exact fp32 hex literals, computed like golden rope_tables;
@@ -41,6 +42,9 @@ def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
 
 def _hex_floats(values) -> str:
     return "{" + ", ".join(float.hex(float(v)) + "f" for v in values) + "}"
+
+
+SCALE_FORMAT_IDS = {"fp16": 0, "q8": 1}  # roma::ScaleFormat in brom_tile.h
 
 
 def _kv_impl(kv_onchip: dict | None) -> str:
@@ -90,6 +94,8 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
         entries = [tensors[f"blk.{i}.{lin}"] for i in range(c.n_layers)]
         lines.append(f"constexpr int BITS_{_ident(lin)}[N_LAYERS] = {_array(e['bits'] for e in entries)};")
         lines.append(f"constexpr int GROUP_{_ident(lin)}[N_LAYERS] = {_array(e['group'] for e in entries)};")
+        lines.append(f"constexpr int SCALES_{_ident(lin)}[N_LAYERS] = "
+                     f"{_array(SCALE_FORMAT_IDS[e['scales']] for e in entries)};")
         lines.append(f"constexpr int TILES_{_ident(lin)}[N_LAYERS] = "
                      f"{_array(e.get('tiles', tiles_default) for e in entries)};")
         lines.append(f"constexpr long long DDR_{_ident(lin)}[N_LAYERS] = {_array(offset(e) for e in entries)};")
@@ -97,6 +103,7 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
         e = tensors[name] if name in tensors else tensors["token_embd"]  # tied: the head is the embedding ROM
         lines.append(f"constexpr int BITS_{_ident(name)} = {e['bits']};")
         lines.append(f"constexpr int GROUP_{_ident(name)} = {e['group']};")
+        lines.append(f"constexpr int SCALES_{_ident(name)} = {SCALE_FORMAT_IDS[e['scales']]};")
         lines.append(f"constexpr int TILES_{_ident(name)} = {e.get('tiles', tiles_default)};")
         lines.append(f"constexpr long long DDR_{_ident(name)} = {offset(e)};")
     lines += ["",

@@ -22,10 +22,6 @@ UNITS = {"attn": ("wq", "wk", "wv", "wo"), "mlp": ("w_gate", "w_up", "w_down")}
 LOSSLESS_BITS = 8
 
 
-def bits_per_weight(bits: int, group: int) -> float:
-    return bits + 32 / group
-
-
 def unit_of(linear: str) -> str:
     return next(u for u, names in UNITS.items() if linear in names)
 
@@ -81,18 +77,18 @@ def measure_sensitivity(model, quantize, windows: list[list[int]], candidates=(2
     return out
 
 
-def assign_bits(sens: dict, sizes: dict, group, budget: float, candidates=SUPPORTED_BITS) -> dict:
-    """Greedy under the budget. sens: unit -> {bits: cost}; sizes: unit -> weights; group: an int, or unit ->
-    its (effective) group, size / sum(size_t / group_t) over its tensors, so that 32 / group is the bits per
-    weight its fp16 scales and minimums take. Upgrades that do not lower the cost are never taken."""
+def assign_bits(sens: dict, sizes: dict, overhead, budget: float, candidates=SUPPORTED_BITS) -> dict:
+    """Greedy under the budget. sens: unit -> {bits: cost}; sizes: unit -> weights; overhead: the bits per
+    weight a unit's scales and minimums take whatever its code width (a number, or unit -> number: with fp16
+    scales 32 / group). Upgrades that do not lower the cost are never taken."""
     cands = sorted(candidates)
-    groups = group if isinstance(group, dict) else {n: group for n in sens}
+    extra_bits = overhead if isinstance(overhead, dict) else {n: overhead for n in sens}
     total = sum(sizes[n] for n in sens)
-    lowest = sum(bits_per_weight(cands[0], groups[n]) * sizes[n] for n in sens) / total
-    highest = sum(bits_per_weight(cands[-1], groups[n]) * sizes[n] for n in sens) / total
+    lowest = average_bits({n: cands[0] for n in sens}, sizes, extra_bits)
+    highest = average_bits({n: cands[-1] for n in sens}, sizes, extra_bits)
     if budget < lowest - 1e-9:
         raise RomaError(f"a budget of {budget} bits per weight is below the narrowest setting "
-                        f"({cands[0]}-bit with its groups: {lowest:.3f} bits per weight)",
+                        f"({cands[0]}-bit with its scales: {lowest:.3f} bits per weight)",
                         hint=f"give --bits-budget of at least {lowest:.3f}")
     budget = min(budget, highest)
     choice = {n: cands[0] for n in sens}
@@ -116,7 +112,7 @@ def assign_bits(sens: dict, sizes: dict, group, budget: float, candidates=SUPPOR
     return choice
 
 
-def average_bits(choice: dict, sizes: dict, group) -> float:
-    groups = group if isinstance(group, dict) else {n: group for n in choice}
+def average_bits(choice: dict, sizes: dict, overhead) -> float:
+    extra_bits = overhead if isinstance(overhead, dict) else {n: overhead for n in choice}
     total = sum(sizes[n] for n in choice)
-    return sum(bits_per_weight(b, groups[n]) * sizes[n] for n, b in choice.items()) / total
+    return sum((b + extra_bits[n]) * sizes[n] for n, b in choice.items()) / total

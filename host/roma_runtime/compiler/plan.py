@@ -25,13 +25,14 @@ width and depth, never from bytes alone:
 - Items may be packed k to a word (k = 1..8, word <= 288 bits), and the packing with the fewest blocks is taken.
 
 Per weight matrix (rows = outputs, cols = inputs, b-bit codes, groups of G along a row), the natural word is one
-group: b*G code bits (its bit-planes side by side, as the LUT-select tile reads them), plus a 32-bit word of
-its fp16 scale and fp16 minimum. The two may live in separate memories (codes | scale+minimum) or fused in one
-(b*G + 32 bits); the cheaper layout is taken, separately for BRAM and URAM. Norm weights are fp32 vectors.
+group: b*G code bits (its bit-planes side by side, as the LUT-select tile reads them), plus its scale and
+minimum: a 32-bit word of two fp16, or with q8 scales a 16-bit word of two 8-bit steps and, in a memory of its
+own, a 16-bit word of exponents per row. Codes and scales may live in separate memories or fused in one
+(b*G + 32 or 16 bits); the cheaper layout is taken, separately for BRAM and URAM. Norm weights are fp32 vectors.
 
 Banks: layers run one after another, so a tile's memory holds its row slice of every on-chip layer stacked in
-depth. The planner therefore keeps one bank per (BRAM or URAM, code bits, group) for all weight matrices and one
-for the fp32 norms, and charges each tensor the blocks its bank grows by when the tensor is added; the sum over
+depth. The planner therefore keeps one bank per (BRAM or URAM, code bits, group, scale format) for all weight
+matrices, one for q8's row exponents and one for the fp32 norms, and charges each tensor the blocks its bank grows by when the tensor is added; the sum over
 tensors is exactly the bank total. Splitting a bank among tiles is assumed to follow block boundaries (tile
 count chosen by the compiler), so it adds no blocks.
 
@@ -104,6 +105,7 @@ from typing import Iterable
 
 from ..errors import RomaError
 from ..model.config import ModelConfig
+from ..model.weights import SCALE_BITS, storage_bits_per_weight
 from .boards import Board, get_board
 
 SUPPORTED_BITS = (2, 3, 4, 8)
@@ -177,19 +179,21 @@ class TensorPlan:
     bits: int  # code bits; 32 for fp32 norm vectors
     group: int | None
     code_bytes: int
-    scale_bytes: int  # fp16 scale + fp16 minimum per group
+    scale_bytes: int  # scale + minimum per group (fp16: 4 bytes; q8: 2) and q8's 2 bytes of exponents per row
     placement: str = DDR_STREAM
     bram36: float = 0.0  # blocks this tensor adds to its bank (see "banks" in the module docstring)
     uram: float = 0.0
+    scales: str = "fp16"  # how the scales and minimums are stored (compiler/quantize.py)
 
-    @property
-    def items(self) -> int:
-        """Words of the tensor's natural layout: groups for a matrix, elements for a norm vector."""
-        return self.rows * self.cols // self.group if self.group else self.cols
-
-    @property
-    def bank(self) -> tuple:
-        return ("matrix", self.bits, self.group) if self.group else ("fp32",)
+    def memories(self) -> list[tuple[tuple, int]]:
+        """(bank, words) of each memory the tensor fills: groups of a matrix (codes with their scale and
+        minimum), q8's per-row exponents, or a norm vector's elements."""
+        if not self.group:
+            return [(("fp32",), self.cols)]
+        groups = self.rows * self.cols // self.group
+        if self.scales == "q8":
+            return [(("matrix", self.bits, self.group, 16), groups), (("row16",), self.rows)]
+        return [(("matrix", self.bits, self.group, 32), groups)]
 
     @property
     def bytes(self) -> int:
@@ -201,7 +205,7 @@ class TensorPlan:
 
     @property
     def bits_per_weight(self) -> float:
-        return self.bits + (32 / self.group if self.group else 0)
+        return storage_bits_per_weight(self.bits, self.group, self.cols, self.scales) if self.group else self.bits
 
     @property
     def read_per_token(self) -> str:
@@ -210,7 +214,8 @@ class TensorPlan:
     def to_dict(self) -> dict:
         return {
             "name": self.name, "kind": self.kind, "layer": self.layer, "shape": [self.rows, self.cols],
-            "bits": self.bits, "group": self.group, "code_bytes": self.code_bytes, "scale_bytes": self.scale_bytes,
+            "bits": self.bits, "group": self.group, "scales": self.scales, "code_bytes": self.code_bytes,
+            "scale_bytes": self.scale_bytes,
             "bytes": self.bytes, "placement": self.placement, "bram36": self.bram36, "uram": self.uram,
             "read_per_token": self.read_per_token,
         }
@@ -246,6 +251,7 @@ class Plan:
     uram_budget: float
     estimate: dict
     ddr_forced: list = field(default_factory=list)  # units sent to DDR on purpose (parse_ddr_units form)
+    scales: str = "fp16"  # the linears' scale format
 
     # -- derived facts --
     @property
@@ -327,7 +333,8 @@ class Plan:
                       "n_kv_heads": self.model.n_kv_heads, "vocab_size": self.model.vocab_size,
                       "tied_embeddings": self.model.tied_embeddings},
             "board": self.board.to_dict(),
-            "quantization": {"bits": self.bits, "group": self.group, "per_tensor_bits": dict(self.per_tensor_bits)},
+            "quantization": {"bits": self.bits, "group": self.group, "scales": self.scales,
+                             "per_tensor_bits": dict(self.per_tensor_bits)},
             "budget": self.budget,
             "resources": {
                 "bram36": {"available": self.board.bram36, "budget": self.bram36_budget, "used": self.bram36_used,
@@ -446,14 +453,15 @@ def _validate_per_tensor_bits(per_tensor_bits: dict | None, config: ModelConfig)
     return out
 
 
-def _weight_tensor(name, kind, layer, rows, cols, bits, group) -> TensorPlan:
+def _weight_tensor(name, kind, layer, rows, cols, bits, group, scales="fp16") -> TensorPlan:
+    scale_bytes = rows * cols // group * 4 if scales == "fp16" else rows * cols // group * 2 + rows * 2
     return TensorPlan(name=name, kind=kind, layer=layer, rows=rows, cols=cols, bits=bits, group=group,
-                      code_bytes=-(-rows * cols * bits // 8), scale_bytes=rows * cols // group * 4)
+                      code_bytes=-(-rows * cols * bits // 8), scale_bytes=scale_bytes, scales=scales)
 
 
-def _matrix_blocks(groups: int, code_bits: int, kind: str) -> float:
-    separate = memory_blocks(groups, code_bits, kind) + memory_blocks(groups, 32, kind)
-    fused = memory_blocks(groups, code_bits + 32, kind)
+def _matrix_blocks(groups: int, code_bits: int, scale_bits: int, kind: str) -> float:
+    separate = memory_blocks(groups, code_bits, kind) + memory_blocks(groups, scale_bits, kind)
+    fused = memory_blocks(groups, code_bits + scale_bits, kind)
     return min(separate, fused)
 
 
@@ -462,8 +470,10 @@ def _norm_tensor(name, layer, dim) -> TensorPlan:
                       code_bytes=dim * 4, scale_bytes=0)
 
 
-def build_tensors(config: ModelConfig, bits: int, group: int, per_tensor_bits: dict) -> list[list[TensorPlan]]:
-    """The weight tensors, grouped into placement units in fill order: layers 0..n-1, lm head, embedding."""
+def build_tensors(config: ModelConfig, bits: int, group: int, per_tensor_bits: dict,
+                  scales: str = "fp16") -> list[list[TensorPlan]]:
+    """The weight tensors, grouped into placement units in fill order: layers 0..n-1, lm head, embedding.
+    `scales` is the linears' scale format; the embedding and lm head keep fp16 (as the compiler does)."""
     shapes = linear_shapes(config)
     for lin, (rows, cols) in shapes.items():
         if cols % group:
@@ -478,7 +488,7 @@ def build_tensors(config: ModelConfig, bits: int, group: int, per_tensor_bits: d
             rows, cols = shapes[lin]
             name = f"layers.{i}.{lin}"
             b = _bits_for(name, lin, bits, per_tensor_bits)
-            unit.append(_weight_tensor(name, "linear", i, rows, cols, b, group))
+            unit.append(_weight_tensor(name, "linear", i, rows, cols, b, group, scales))
             if lin == "wo":
                 unit.append(_norm_tensor(f"layers.{i}.ffn_norm", i, config.dim))
         units.append(unit)
@@ -599,7 +609,7 @@ def _reserve(config, board, budget, rank, targets, dtype, group, kv_tokens):
 def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: dict | None = None,
               lora_rank: int = 16, lora_targets=LINEAR, lora_dtype: str = "fp16",
               kv_tokens: int | None = None, budget: float = 0.8, context: int | None = None,
-              ddr: Iterable | str | None = None) -> Plan:
+              ddr: Iterable | str | None = None, scales: str = "fp16") -> Plan:
     """Place a model's quantized tensors on a board. `config` is a ModelConfig or a LoadedModel (only shapes
     matter); `board` a name from boards.json or a Board; `ddr` units to stream from DDR whatever the room
     (parse_ddr_units: a string like "1,3-5,head" or a list of layer numbers, "head", "embedding", "all").
@@ -627,7 +637,9 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     if not isinstance(budget, (int, float)) or not 0 < budget <= 1:
         raise RomaError(f"budget must be a fraction in (0, 1], not {budget!r}")
 
-    units = build_tensors(config, bits, group, per_tensor_bits)  # validates the group against the rows
+    if scales not in SCALE_BITS:
+        raise RomaError(f"unknown scale format {scales!r}", hint=f"use {' or '.join(SCALE_BITS)}")
+    units = build_tensors(config, bits, group, per_tensor_bits, scales)  # validates the group against the rows
     forced = check_ddr_units(parse_ddr_units(ddr), config)
 
     reserved, stage, (bram_budget, uram_budget) = _reserve(config, board, budget, lora_rank, targets, lora_dtype,
@@ -647,7 +659,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     plan = Plan(model=config, board=board, bits=bits, group=group, per_tensor_bits=per_tensor_bits, budget=budget,
                 lora=lora, buffers=buffers, kv_cache=kv, tensors=[t for u in units for t in u],
                 bram36_budget=bram_budget, uram_budget=uram_budget, estimate={}, ddr_forced=sorted(
-                    forced, key=lambda u: (isinstance(u, str), u)))
+                    forced, key=lambda u: (isinstance(u, str), u)), scales=scales)
     plan.estimate = estimate(plan, context=context)
     return plan
 
@@ -751,15 +763,21 @@ class _Banks:
     def cost(self, kind: str, bank: tuple, items: int) -> float:
         if bank[0] == "fp32":
             return memory_blocks(items, 32, kind)
-        _, bits, group = bank
-        return _matrix_blocks(items, bits * group, kind)
+        if bank[0] == "row16":
+            return memory_blocks(items, 16, kind)
+        _, bits, group, scale_bits = bank
+        return _matrix_blocks(items, bits * group, scale_bits, kind)
 
     def delta(self, kind: str, t: TensorPlan) -> float:
-        have = self.items.get((kind, t.bank), 0)
-        return self.cost(kind, t.bank, have + t.items) - self.cost(kind, t.bank, have)
+        cost = 0.0
+        for bank, words in t.memories():
+            have = self.items.get((kind, bank), 0)
+            cost += self.cost(kind, bank, have + words) - self.cost(kind, bank, have)
+        return cost
 
     def add(self, kind: str, t: TensorPlan) -> None:
-        self.items[(kind, t.bank)] = self.items.get((kind, t.bank), 0) + t.items
+        for bank, words in t.memories():
+            self.items[(kind, bank)] = self.items.get((kind, bank), 0) + words
 
 
 def _place_unit(unit: list[TensorPlan], pool: _Pool, banks: _Banks) -> None:
@@ -911,13 +929,13 @@ def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[st
 def render_table(plan: Plan, per_tensor: bool = False) -> str:
     b, c = plan.board, plan.model
     lines = []
-    quant = f"{plan.bits}-bit G{plan.group}"
+    quant = f"{plan.bits}-bit G{plan.group}" + (", q8 scales" if plan.scales == "q8" else "")
     if plan.per_tensor_bits:
         quant += " (mixed: " + ", ".join(f"{k}={v}" for k, v in plan.per_tensor_bits.items()) + ")"
     lines.append(f"plan: {c.name} ({c.n_layers} layers, dim {c.dim}) on {b.name} ({b.part}, {b.clock_mhz:g} MHz), "
                  f"{quant}")
     lines.append(f"budget {plan.budget:.0%} of on-chip memory; weights {_mib(plan.total_bytes)} "
-                 f"({plan.total_bytes:,} bytes incl. fp16 scale+minimum per group)")
+                 f"({plan.total_bytes:,} bytes incl. the scales and minimums)")
     lines.append("")
     rows = [
         ["available", f"{b.bram36}", f"{b.uram}", ""],

@@ -1,6 +1,13 @@
 """Weight quantizers into the numerics contract's form: per row, groups of G inputs, b-bit unsigned codes, an
 fp16 scale d and an fp16 minimum m per group, w ~ d*q + m.
 
+Scale formats (how the ROM stores d and m; the values are fp16 in both):
+- `fp16`: d and m as they are, 32 bits per group.
+- `q8`: d = sd * 2^ed and m = sm * 2^em with an unsigned 8-bit sd and a signed 8-bit sm per group and the two
+  exponents shared by the row (K-quant style): 16 bits per group and 16 per row. Every such value is an exact
+  fp16 (8 significant bits, ed and em in [Q8_EXP_MIN, Q8_EXP_MAX]), so only the storage differs; the
+  quantizers fit d and m on that grid.
+
 - `fit_groups`: each group's scale and minimum by search (a grid of ranges shrunk about the group's centre,
   then weighted least-squares refits), minimising the squared error weighted per input by the Hessian
   diagonal (the input's activation energy, so outlier channels are fitted first) when calibrated, uniform
@@ -25,10 +32,14 @@ from ..errors import RomaError
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS, QuantizedMatrix, Tensor, as_float
 
 METHODS = ("rtn", "gptq")
+SCALE_FORMATS = ("fp16", "q8")
 FP16_MAX = 65504.0
+Q8_EXP_MIN, Q8_EXP_MAX = -24, 8  # 2^-24 is fp16's smallest step; 255 * 2^8 stays below FP16_MAX
 
 
-def validate(bits: int, group: int, cols: int | None = None, name: str = "tensor") -> None:
+def validate(bits: int, group: int, cols: int | None = None, name: str = "tensor", scales: str = "fp16") -> None:
+    if scales not in SCALE_FORMATS:
+        raise RomaError(f"{name}: unknown scale format '{scales}'", hint=f"choose one of {', '.join(SCALE_FORMATS)}")
     if bits not in SUPPORTED_BITS:
         raise RomaError(f"{name}: {bits}-bit weights are not supported",
                         hint=f"choose bits from {', '.join(map(str, SUPPORTED_BITS))}")
@@ -66,16 +77,38 @@ def _check_weights(w: np.ndarray, name: str) -> np.ndarray:
     return w
 
 
-def group_params(wmin: np.ndarray, wmax: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+def q8_exponents(d: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest per-row exponents (over the last axis, kept) whose 8-bit grids hold every d (unsigned,
+    up to 255 steps) and m (signed, -128..127 steps) of the row."""
+    def exponent(need):  # need: the step each value asks for; the row takes the largest
+        need = np.max(need, axis=-1, keepdims=True)
+        with np.errstate(divide="ignore"):
+            e = np.ceil(np.log2(np.where(need > 0, need, 1.0)))
+        return np.clip(np.where(need > 0, e, Q8_EXP_MIN), Q8_EXP_MIN, Q8_EXP_MAX).astype(np.int32)
+
+    d = np.asarray(d, np.float64)
+    m = np.asarray(m, np.float64)
+    return exponent(d / 255), exponent(np.maximum(-m / 128, m / 127))
+
+
+def on_q8_grid(x: np.ndarray, exp: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """x rounded to the nearest multiple of 2^exp with lo..hi steps, as (exact) fp16; zero is +0 (what the
+    packer's integer steps give back)."""
+    step = np.ldexp(1.0, exp)
+    return (np.clip(np.rint(np.asarray(x, np.float64) / step), lo, hi) * step + 0.0).astype(np.float16)
+
+
+def group_params(wmin: np.ndarray, wmax: np.ndarray, bits: int, exps=None) -> tuple[np.ndarray, np.ndarray]:
     """fp16 scale and minimum for groups with the given min and max (arrays of any shape).
 
-    The minimum is rounded to fp16 first; the scale is then chosen so that the rounded minimum plus
-    (2^b - 1) steps reaches the group's maximum, and rounded to fp16 itself.
+    The minimum is rounded first; the scale is then chosen so that the rounded minimum plus (2^b - 1) steps
+    reaches the group's maximum, and rounded itself: to fp16, or with exps = (ed, em) (broadcastable) to the
+    q8 grids.
     """
     qmax = (1 << bits) - 1
-    m16 = wmin.astype(np.float16)
-    d = (wmax.astype(np.float32) - m16.astype(np.float32)) / np.float32(qmax)
-    d16 = np.maximum(d, 0).astype(np.float16)
+    m16 = wmin.astype(np.float16) if exps is None else on_q8_grid(wmin, exps[1], -128, 127)
+    d = np.maximum((wmax.astype(np.float32) - m16.astype(np.float32)) / np.float32(qmax), 0)
+    d16 = d.astype(np.float16) if exps is None else on_q8_grid(d, exps[0], 0, 255)
     return d16, m16
 
 
@@ -83,11 +116,20 @@ SHRINK = tuple(np.round(np.linspace(1.0, 0.6, 17), 3))  # candidate fractions of
 REFIT = 2  # least-squares refits of (scale, minimum) after the grid
 
 
-def fit_groups(g: np.ndarray, bits: int, importance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """fp16 (scale, minimum) per group of g [..., group] minimising the importance-weighted squared error of
-    the dequantized group: a grid of ranges shrunk about the group's centre, then REFIT rounds of weighted
-    least squares for (d, m) with the codes fixed (each kept only where it lowers the error).
-    importance broadcasts to g: the Hessian diagonal of each input (its activation energy) when calibrated."""
+def fit_groups(g: np.ndarray, bits: int, importance: np.ndarray | None = None,
+               scales: str = "fp16") -> tuple[np.ndarray, np.ndarray]:
+    """fp16 (scale, minimum) per group of g [rows, groups, group] minimising the importance-weighted squared
+    error of the dequantized group: a grid of ranges shrunk about the group's centre, then REFIT rounds of
+    weighted least squares for (d, m) with the codes fixed (each kept only where it lowers the error).
+    importance broadcasts to g: the Hessian diagonal of each input (its activation energy) when calibrated.
+    q8 scales: the row's exponents come from an fp16 fit, then the fit is repeated on their grids."""
+    if scales == "q8":
+        exps = q8_exponents(*fit_groups(g, bits, importance))
+        return _fit_groups(g, bits, importance, exps)
+    return _fit_groups(g, bits, importance, None)
+
+
+def _fit_groups(g, bits, importance, exps):
     g = g.astype(np.float32)
     wmin, wmax = g.min(axis=-1), g.max(axis=-1)
     imp = np.ones(1, np.float32) if importance is None else np.asarray(importance, np.float32)
@@ -95,7 +137,7 @@ def fit_groups(g: np.ndarray, bits: int, importance: np.ndarray | None = None) -
 
     def consider(lo, hi):
         nonlocal best_err, best_d, best_m
-        d16, m16 = group_params(lo, hi, bits)
+        d16, m16 = group_params(lo, hi, bits, exps)
         q = codes_for(g, d16[..., None], m16[..., None], bits)
         e = d16.astype(np.float32)[..., None] * q + m16.astype(np.float32)[..., None] - g
         err = np.sum(e * e * imp, axis=-1)
@@ -135,25 +177,25 @@ def codes_for(w: np.ndarray, d16: np.ndarray, m16: np.ndarray, bits: int) -> np.
 
 
 def quantize_rtn(w: np.ndarray, bits: int, group: int, name: str = "tensor",
-                 importance: np.ndarray | None = None) -> QuantizedMatrix:
+                 importance: np.ndarray | None = None, scales: str = "fp16") -> QuantizedMatrix:
     """Round to nearest, asymmetric, per group of `group` inputs of each row, with the scale/minimum search;
     importance [cols]: per-input weights of the error (the Hessian diagonal when calibrated)."""
     w = _check_weights(w, name)
     rows, cols = w.shape
-    validate(bits, group, cols, name)
+    validate(bits, group, cols, name, scales)
     g = w.reshape(rows, cols // group, group)
     d16, m16 = fit_groups(g, bits, None if importance is None else
-                          np.asarray(importance, np.float32).reshape(cols // group, group))
+                          np.asarray(importance, np.float32).reshape(cols // group, group), scales)
     codes = codes_for(g, d16[..., None], m16[..., None], bits)
-    return QuantizedMatrix(codes.reshape(rows, cols), d16, m16, bits, group)
+    return QuantizedMatrix(codes.reshape(rows, cols), d16, m16, bits, group, scales)
 
 
 def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int, group: int, name: str = "tensor",
-                  damp: float = 0.01, block: int = 128) -> QuantizedMatrix:
+                  damp: float = 0.01, block: int = 128, scales: str = "fp16") -> QuantizedMatrix:
     """GPTQ with error feedback. `hessian` is X^T X [cols, cols] of the inputs the layer sees."""
     w = _check_weights(w, name)
     rows, cols = w.shape
-    validate(bits, group, cols, name)
+    validate(bits, group, cols, name, scales)
     h = np.array(hessian, dtype=np.float64)
     if h.shape != (cols, cols):
         raise RomaError(f"{name}: Hessian shape {h.shape} does not match {cols} input columns")
@@ -164,12 +206,10 @@ def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int, group: int, nam
     h[np.diag_indices(cols)] += damp * np.mean(np.diag(h))
 
     ng = cols // group
-    scales = np.zeros((rows, ng), np.float16)
-    mins = np.zeros((rows, ng), np.float16)
     # Act-order with static groups: every group's scale and minimum from the original weights (searched,
     # weighted by the Hessian diagonal), then the columns quantized by decreasing H_jj.
     hdiag = np.diag(h).copy()
-    scales, mins = fit_groups(W.reshape(rows, ng, group), bits, hdiag.reshape(ng, group))
+    d16s, m16s = fit_groups(W.reshape(rows, ng, group), bits, hdiag.reshape(ng, group), scales)
     perm = np.argsort(-hdiag, kind="stable")
     W = W[:, perm]
     h = h[np.ix_(perm, perm)]
@@ -184,7 +224,7 @@ def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int, group: int, nam
         for i in range(i2 - i1):
             col = i1 + i
             gi = perm[col] // group
-            d16, m16 = scales[:, gi], mins[:, gi]
+            d16, m16 = d16s[:, gi], m16s[:, gi]
             d32, m32 = d16.astype(np.float64), m16.astype(np.float64)
             wc = W1[:, i]
             q = codes_for(wc, d16, m16, bits)
@@ -193,7 +233,7 @@ def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int, group: int, nam
             W1[:, i + 1:] -= np.outer(err, H1[i, i + 1:])
             E1[:, i] = err
         W[:, i2:] -= E1 @ hinv[i1:i2, i2:]
-    return QuantizedMatrix(codes, scales, mins, bits, group)
+    return QuantizedMatrix(codes, d16s, m16s, bits, group, scales)
 
 
 def _inverse_cholesky_upper(h: np.ndarray, name: str) -> np.ndarray:
@@ -213,23 +253,23 @@ def _inverse_cholesky_upper(h: np.ndarray, name: str) -> np.ndarray:
 
 
 def quantize_tensor(t: Tensor, bits: int, group: int, method: str = "rtn", hessian: np.ndarray | None = None,
-                    name: str = "tensor") -> tuple[QuantizedMatrix, str]:
+                    name: str = "tensor", scales: str = "fp16") -> tuple[QuantizedMatrix, str]:
     """Quantize one tensor for the ROM; returns (matrix, how) with how in passthrough/rtn/gptq.
 
-    A source already quantized with exactly these bits and group is passed through bit for bit.
+    A source already quantized with exactly these bits, group and scale format is passed through bit for bit.
     """
     if method not in METHODS:
         raise RomaError(f"unknown quantization method '{method}'", hint=f"choose one of {', '.join(METHODS)}")
     cols = t.shape[1]
-    validate(bits, group, cols, name)
-    if isinstance(t, QuantizedMatrix) and t.bits == bits and t.group == group:
+    validate(bits, group, cols, name, scales)
+    if isinstance(t, QuantizedMatrix) and (t.bits, t.group, t.scale_format) == (bits, group, scales):
         return t, "passthrough"
     w = as_float(t)
     if method == "gptq" and bits < 8:
         if hessian is None:
             raise RomaError(f"{name}: GPTQ needs calibration statistics (a Hessian) for this tensor")
-        return quantize_gptq(w, hessian, bits, group, name), "gptq"
-    return quantize_rtn(w, bits, group, name, None if hessian is None else np.diag(hessian)), "rtn"
+        return quantize_gptq(w, hessian, bits, group, name, scales=scales), "gptq"
+    return quantize_rtn(w, bits, group, name, None if hessian is None else np.diag(hessian), scales), "rtn"
 
 
 def output_error(w: np.ndarray, q: QuantizedMatrix, hessian: np.ndarray | None = None) -> float:

@@ -4,6 +4,9 @@ A quantized matrix holds, per output row, groups of `group` consecutive inputs a
 bits with an fp16 scale and an fp16 minimum per group: w = scale * code + minimum. GGUF Q4_1 is exactly
 bits=4, group=32; Q4_0 and Q8_0 are the same form with minimum = -8*scale and -128*scale (exact in fp16,
 a power-of-two multiple), so all three import without re-quantization.
+
+`scale_format` is how the ROM stores the scales and minimums (compiler/quantize.py): "fp16" as they are, or
+"q8", 8-bit steps of a power of two shared by the row (only values on that grid are allowed).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import numpy as np
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_GROUPS = (32, 64, 128)
+SCALE_BITS = {"fp16": 32, "q8": 16}  # bits per group for its scale and minimum
+ROW_SCALE_BITS = {"fp16": 0, "q8": 16}  # bits per row (q8: the two exponents)
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,6 +29,7 @@ class QuantizedMatrix:
     minimums: np.ndarray  # float16 [rows, cols // group]
     bits: int
     group: int
+    scale_format: str = "fp16"
 
     def __post_init__(self):
         rows, cols = self.codes.shape
@@ -34,6 +40,8 @@ class QuantizedMatrix:
             raise ValueError(f"scales and minimums must have shape {expected}")
         if self.scales.dtype != np.float16 or self.minimums.dtype != np.float16:
             raise ValueError("scales and minimums must be float16")
+        if self.scale_format not in SCALE_BITS:
+            raise ValueError(f"unknown scale format {self.scale_format!r}")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -41,8 +49,8 @@ class QuantizedMatrix:
 
     @property
     def bits_per_weight(self) -> float:
-        """Storage cost including the two fp16 values per group."""
-        return self.bits + 32 / self.group
+        """Storage cost including the scales and minimums."""
+        return storage_bits_per_weight(self.bits, self.group, self.codes.shape[1], self.scale_format)
 
     def dequantize(self) -> np.ndarray:
         rows, cols = self.codes.shape
@@ -72,6 +80,10 @@ class QuantizedMatrix:
             codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
             return cls(codes.reshape(rows, cols).astype(np.uint8), d, m, 4, 32)
         raise ValueError(f"not a block type this importer reads exactly: {type_name}")
+
+
+def storage_bits_per_weight(bits: int, group: int, cols: int, scale_format: str = "fp16") -> float:
+    return bits + SCALE_BITS[scale_format] / group + ROW_SCALE_BITS[scale_format] / cols
 
 
 Tensor = Union[QuantizedMatrix, np.ndarray]

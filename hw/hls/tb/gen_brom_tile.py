@@ -2,8 +2,10 @@
 
     PYTHONPATH=host python hw/hls/tb/gen_brom_tile.py OUT_DIR [--no-model]
 
-OUT_DIR/cases.txt lists one case per line: `name bits group rows cols tiles tokens`. Per case:
+OUT_DIR/cases.txt lists one case per line: `name bits group rows cols tiles tokens scales` (scales: the ROM's
+scale format, fp16 or q8). Per case:
     name.bin        the ROM image (roma_runtime.compiler.brom.write_image; the tb loads it like C simulation)
+    name.fp16.bin   q8 cases: the same matrix with fp16 scales (the tb's reference for the q8 decode)
     name.ddr.u32    the same tensor in the DDR image layout (brom.ddr_words: what ddr_weights.bin holds)
     name.x.f32      activations fp32 [tokens, cols]
     name.xq.i8      golden int8 activations [tokens, cols]
@@ -13,7 +15,9 @@ OUT_DIR/cases.txt lists one case per line: `name bits group rows cols tiles toke
     name.y.f32      golden outputs [tokens, rows]
     name.ymag.f64   per output, the magnitude both fp32 evaluations round against:
                     sum_j |a_scale d q x_q| + sum_g |a_scale m xsum|  (float64) [tokens, rows]
-plus half.f32: numpy's float16 -> float32 of all 65536 bit patterns (checks roma::half_to_float).
+plus half.f32: numpy's float16 -> float32 of all 65536 bit patterns (checks roma::half_to_float), and q8.u16: the
+fp16 bits of code * 2^(e + Q8_EXP_MIN) for [unsigned, signed][e = 0..32][code byte 0..255] (brom.q8_values;
+checks roma::q8_to_half).
 Raw little-endian arrays (numpy tofile). The tb must instantiate a kernel for each case's shape.
 """
 
@@ -29,12 +33,17 @@ if str(ROOT / "host") not in sys.path:
     sys.path.insert(0, str(ROOT / "host"))
 
 from roma_runtime.compiler import brom  # noqa: E402
+from roma_runtime.compiler.quantize import Q8_EXP_MAX, Q8_EXP_MIN, quantize_rtn  # noqa: E402
 from roma_runtime.golden import numerics  # noqa: E402
 from roma_runtime.model.weights import QuantizedMatrix  # noqa: E402
 
 # Shapes the testbench instantiates: (rows, cols, tiles) for the random cases of every bits x group.
 RANDOM_SHAPE = (12, 384, 6)  # 2 rows per tile: below the fp32 adder latency, exercises GEMV_II > 1
 EXTRA_CASES = [(3, 64, 16, 192, 1)]  # bits, group, rows, cols, tiles: one tile of 16 rows
+# q8 scales: every bits x group at RANDOM_SHAPE, then the RTN quantizer's q8 output at EXTRA_CASES' shape, and
+# odd rows per tile (a half-filled exponent word) with 15 steps a tile (a partial 8-step DDR block)
+Q8_RTN_CASE = (3, 64, 16, 192, 1)
+Q8_ODD_CASE = (2, 32, 15, 96, 3)
 MODEL_CASE = ("smollm2_l0_wq", 4)  # SmolLM2-135M layer 0 wq (Q4_1: 4-bit, G32, 576x576), 4 tiles
 
 
@@ -50,6 +59,32 @@ def random_matrix(rng: np.random.Generator, bits: int, group: int, rows: int, co
     return QuantizedMatrix(codes, scales, mins, bits, group)
 
 
+def random_q8_matrix(rng: np.random.Generator, bits: int, group: int, rows: int, cols: int) -> QuantizedMatrix:
+    """Random values on the q8 grid, with the extremes: row 0 at the smallest exponents (fp16 subnormals),
+    row 1 at the largest, and the largest and most negative steps."""
+    ng = cols // group
+    codes = rng.integers(0, 1 << bits, (rows, cols), dtype=np.uint8)
+    codes[0] = (1 << bits) - 1
+    codes[-1] = 0
+    sd = rng.integers(0, 256, (rows, ng))
+    sm = rng.integers(-128, 128, (rows, ng))
+    ed = rng.integers(-14, -6, (rows, 1))
+    em = rng.integers(-12, -4, (rows, 1))
+    ed[0], em[0], ed[1], em[1] = Q8_EXP_MIN, Q8_EXP_MIN, Q8_EXP_MAX, Q8_EXP_MAX
+    sd[0, 0], sd[1, 0], sm[1, 0], sm[0, 0] = 255, 255, -128, 1
+    d = np.ldexp(sd.astype(np.float64), ed).astype(np.float16)
+    m = np.ldexp(sm.astype(np.float64), em).astype(np.float16)
+    return QuantizedMatrix(codes, d, m, bits, group, "q8")
+
+
+def q8_table() -> np.ndarray:
+    """uint16 [2][33][256]: fp16 bits of the unsigned, then signed, code byte times 2^(e + Q8_EXP_MIN)."""
+    exps = np.arange(Q8_EXP_MAX - Q8_EXP_MIN + 1)[:, None]
+    codes = np.arange(256, dtype=np.uint16)[None, :]
+    return np.stack([brom.q8_values(codes, exps), brom.q8_values(codes.astype(np.uint8).view(np.int8), exps)]
+                    ).view(np.uint16)
+
+
 def random_activations(rng: np.random.Generator, group: int, cols: int, tokens: int = 3) -> np.ndarray:
     x = rng.standard_normal((tokens, cols)).astype(np.float32)
     # token 1: a group with amax exactly 127 (scale 1) and halves (round-half-even ties), a zero group
@@ -63,10 +98,15 @@ def random_activations(rng: np.random.Generator, group: int, cols: int, tokens: 
 
 
 def write_case(out: Path, name: str, qm: QuantizedMatrix, x: np.ndarray, tiles: int) -> str:
-    img = brom.pack(qm, tiles)
+    img = brom.pack(qm, tiles, name)
     brom.write_image(img, out, name)
     (out / f"{name}.dat").unlink()  # the tb loads the .bin, as C simulation does
     brom.ddr_words(img).astype("<u4").tofile(out / f"{name}.ddr.u32")
+    if qm.scale_format == "q8":  # the golden model and the fp16 twin take the values q8 stores
+        stored = brom.unpack(img)
+        qm = QuantizedMatrix(stored.codes, stored.scales, stored.minimums, qm.bits, qm.group)
+        brom.write_image(brom.pack(qm, tiles), out, f"{name}.fp16")
+        (out / f"{name}.fp16.dat").unlink()
     prepared = numerics.PreparedMatrix(qm)
     xq, a_scale = numerics.quantize_activations(x, qm.group)
     dot, xsum = numerics.group_dot(prepared, xq)
@@ -85,7 +125,7 @@ def write_case(out: Path, name: str, qm: QuantizedMatrix, x: np.ndarray, tiles: 
                                ("xsum.i32", xsum, np.int32), ("y.f32", y, np.float32),
                                ("ymag.f64", ymag, np.float64)):
         np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<")).tofile(out / f"{name}.{suffix}")
-    return f"{name} {qm.bits} {qm.group} {rows} {cols} {tiles} {x.shape[0]}"
+    return f"{name} {qm.bits} {qm.group} {rows} {cols} {tiles} {x.shape[0]} {img.scale_format}"
 
 
 def write_cases(out: Path, random: bool = True, model: bool = True, model_tokens: int = 4) -> list[str]:
@@ -106,6 +146,19 @@ def write_cases(out: Path, random: bool = True, model: bool = True, model_tokens
     for bits, group, r, c, t in EXTRA_CASES if random else ():
         qm = random_matrix(rng, bits, group, r, c)
         lines.append(write_case(out, f"rand_b{bits}_g{group}_r{r}", qm, random_activations(rng, group, c), t))
+    rng = np.random.default_rng(20250312)  # q8 cases after the fp16 ones: their data stay as they were
+    for bits in (2, 3, 4, 8) if random else ():
+        for group in (32, 64, 128):
+            qm = random_q8_matrix(rng, bits, group, rows, cols)
+            lines.append(write_case(out, f"q8_b{bits}_g{group}", qm, random_activations(rng, group, cols), tiles))
+    if random:
+        bits, group, r, c, t = Q8_RTN_CASE
+        w = (rng.standard_normal((r, c)) * np.exp(rng.uniform(-6, 1, (r, 1)))).astype(np.float32)
+        qm = quantize_rtn(w, bits, group, scales="q8")
+        lines.append(write_case(out, f"q8_rtn_b{bits}_g{group}_r{r}", qm, random_activations(rng, group, c), t))
+        bits, group, r, c, t = Q8_ODD_CASE
+        qm = random_q8_matrix(rng, bits, group, r, c)
+        lines.append(write_case(out, f"q8_b{bits}_g{group}_r{r}", qm, random_activations(rng, group, c), t))
     if model:
         from roma_runtime.golden.model import rms_norm
         from roma_runtime.model import load_model
@@ -124,6 +177,7 @@ def write_cases(out: Path, random: bool = True, model: bool = True, model_tokens
         name, t = MODEL_CASE
         lines.append(write_case(out, name, wq, x, t))
     np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype("<f4").tofile(out / "half.f32")
+    q8_table().astype("<u2").tofile(out / "q8.u16")
     (out / "cases.txt").write_text("\n".join(lines) + "\n")
     return lines
 

@@ -62,7 +62,7 @@ def _mixed_build(hf: Path, out: Path):
     for name, e in tensors.items():  # the DDR tensors as compiled, in the image's order
         if is_ddr(e):
             images[name] = brom.ddr_unpack(words[e["ddr_offset"]: e["ddr_offset"] + e["ddr_words"]], e["bits"],
-                                           e["group"], *e["shape"], e["tiles"])
+                                           e["group"], *e["shape"], e["tiles"], scales=e["scales"])
     layer1 = model.weights.layers[1]
     for lin in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
         bits = 2 if lin == "w_down" else 3

@@ -20,7 +20,10 @@
 // portable loop and the AVX-512 VNNI loop when the testbench is compiled with it (-march=native). The DDR tier
 // (brom_ddr.h) on the same tensor's DDR image (name.ddr.u32, brom.ddr_words): the streamed kernel
 // brom_ddr_gemv on both datapaths, and the emulated board's repack of DDR tiles, against the ROM kernel: y,
-// dots and xsums bit for bit. The attention
+// dots and xsums bit for bit. q8 cases (the scale ROM in the q8 format) run all of the above with the q8 arrays,
+// and are also compared with the same matrix packed with fp16 scales (name.fp16.bin): the loader's decoded
+// scales and minimums equal its fp16 ones, and the q8 kernels' y and dots equal the fp16 kernel's bit for bit;
+// the decoder q8_to_half is checked on every code and exponent (q8.u16). The attention
 // fast path of the emulated board (attention_query_csim) is checked against attention_query's loops the same way.
 // Prints one line per case and `tb_brom_tile: M mismatches of N`; the exit code is min(M, 255).
 #include <algorithm>
@@ -45,16 +48,33 @@ namespace {
 using tb::read_array;
 
 struct Case {
-  std::string name;
+  std::string name, scales; // scales: "fp16" or "q8"
   int bits, group, rows, cols, tiles, tokens;
 };
 
+// The kernels' views of an image's ROM arrays, [TILES][n] (C: the tile's BromTileConfig).
+template <class C>
+const rom_word_t (*rom_planes(const BromImageHost &img))[C::PLANE_WORDS] {
+  return reinterpret_cast<const rom_word_t(*)[C::PLANE_WORDS]>(img.planes.data());
+}
+template <class C>
+const scale_word_t (*rom_prm(const BromImageHost &img))[C::PARAMS] {
+  return reinterpret_cast<const scale_word_t(*)[C::PARAMS]>(img.rom_prm());
+}
+template <class C>
+const scale_word_t (*rom_aux(const BromImageHost &img))[C::AUX] {
+  return reinterpret_cast<const scale_word_t(*)[C::AUX]>(img.rom_aux());
+}
+
 typedef tb::Tally Tally; // .worst: the largest |y - y_golden| / tolerance seen
 
-template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP>
-long run_datapath(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cycles_per_gemv) {
-  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP> C;
-  constexpr int NG = C::NG, PW = C::PLANE_WORDS, PP = C::PARAMS;
+// twin (q8 cases): the same matrix with fp16 scales; the q8 kernel's y and dots must equal its fp16 kernel's.
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP, ScaleFormat SF>
+long run_datapath(const Case &c, const BromImageHost &img, const BromImageHost *twin, Tally &tally,
+                  uint64_t &cycles_per_gemv) {
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> C;
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP> C16;
+  constexpr int NG = C::NG, PP = C::PARAMS;
   const int T = c.tokens, R = TILES * ROWS;
   const auto x = read_array<float>(c.name + ".x.f32", (size_t)T * COLS);
   const auto xq_g = read_array<int8_t>(c.name + ".xq.i8", (size_t)T * COLS);
@@ -66,20 +86,25 @@ long run_datapath(const Case &c, const BromImageHost &img, Tally &tally, uint64_
   const double rtol = (double)(COLS + NG + 8) / 16777216.0;
   const long before = tally.mismatches;
 
-  const auto planes = reinterpret_cast<const rom_word_t(*)[PW]>(img.planes.data());
-  const auto scales = reinterpret_cast<const half_bits_t(*)[PP]>(img.scales.data());
-  const auto mins = reinterpret_cast<const half_bits_t(*)[PP]>(img.mins.data());
   std::vector<act_t> xq(COLS);
-  std::vector<float> a_scale(NG), y(R);
-  std::vector<acc_t> dot((size_t)TILES * PP), xsum(NG);
+  std::vector<float> a_scale(NG), y(R), y16(R);
+  std::vector<acc_t> dot((size_t)TILES * PP), dot16(dot.size()), xsum(NG), xsum16(NG);
   long shown = 0;
   for (int t = 0; t < T; ++t) {
     Cycles cyc;
     act_quant<COLS, GROUP>(&x[(size_t)t * COLS], xq.data(), a_scale.data(), cyc);
-    brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, DP, true>(
-        xq.data(), a_scale.data(), planes, scales, mins, y.data(),
+    brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, DP, true, SF>(
+        xq.data(), a_scale.data(), rom_planes<C>(img), rom_prm<C>(img), rom_aux<C>(img), y.data(),
         reinterpret_cast<acc_t(*)[PP]>(dot.data()), xsum.data(), cyc);
     cycles_per_gemv = cyc.total();
+    if (twin) {
+      Cycles c16;
+      brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, DP, true>(
+          xq.data(), a_scale.data(), rom_planes<C16>(*twin), rom_prm<C16>(*twin), rom_aux<C16>(*twin), y16.data(),
+          reinterpret_cast<acc_t(*)[PP]>(dot16.data()), xsum16.data(), c16);
+      for (int o = 0; o < R; ++o) tally.check(float_to_bits(y[o]) == float_to_bits(y16[o]));
+      for (size_t i = 0; i < dot.size(); ++i) tally.check(dot[i] == dot16[i]);
+    }
     for (int i = 0; i < COLS; ++i) tally.check(xq[i] == xq_g[(size_t)t * COLS + i]);
     for (int g = 0; g < NG; ++g) {
       tally.check(float_to_bits(a_scale[g]) == float_to_bits(as_g[(size_t)t * NG + g]));
@@ -114,34 +139,35 @@ long run_datapath(const Case &c, const BromImageHost &img, Tally &tally, uint64_
 
 // The C-simulation fast path (brom_tile_gemv_csim, used by the emulated board) against the LutSelect kernel:
 // y and xsum must be the same bit patterns, with 1 and 2 threads.
-template <int TILES, int ROWS, int COLS, int GROUP, int BITS>
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF>
 long run_csim_fast(const Case &c, const BromImageHost &img, Tally &tally) {
-  typedef BromTileConfig<ROWS, COLS, GROUP, BITS> C;
-  constexpr int NG = C::NG, PW = C::PLANE_WORDS, PP = C::PARAMS;
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> C;
+  constexpr int NG = C::NG, PP = C::PARAMS;
   const int T = c.tokens, R = TILES * ROWS;
   const auto x = read_array<float>(c.name + ".x.f32", (size_t)T * COLS);
-  const auto planes = reinterpret_cast<const rom_word_t(*)[PW]>(img.planes.data());
-  const auto scales = reinterpret_cast<const half_bits_t(*)[PP]>(img.scales.data());
-  const auto mins = reinterpret_cast<const half_bits_t(*)[PP]>(img.mins.data());
+  const auto planes = rom_planes<C>(img);
+  const auto prm = rom_prm<C>(img);
+  const auto aux = rom_aux<C>(img);
   std::vector<act_t> xq(COLS);
   std::vector<float> a_scale(NG), y(R), yf(R);
   std::vector<acc_t> dot((size_t)TILES * PP), xsum(NG), xsf(NG);
   std::vector<CsimPackedTile> packed(TILES);
-  for (int tile = 0; tile < TILES; ++tile) {
-    csim_pack_tile<ROWS, COLS, GROUP, BITS>(planes[tile], scales[tile], mins[tile], packed[tile]);
+  for (int tile = 0; tile < TILES; ++tile) { // from the fp16 view (q8: decoded by load_brom_image)
+    csim_pack_tile<ROWS, COLS, GROUP, BITS>(planes[tile], &img.scales[(size_t)tile * PP], &img.mins[(size_t)tile * PP],
+                                            packed[tile]);
     tally.check(packed[tile].ok); // the generator's scales and minimums are finite
   }
   const long before = tally.mismatches;
   for (int t = 0; t < T; ++t) {
     Cycles cyc, cyf;
     act_quant<COLS, GROUP>(&x[(size_t)t * COLS], xq.data(), a_scale.data(), cyc);
-    brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, false>(
-        xq.data(), a_scale.data(), planes, scales, mins, y.data(), reinterpret_cast<acc_t(*)[PP]>(dot.data()),
+    brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, false, SF>(
+        xq.data(), a_scale.data(), planes, prm, aux, y.data(), reinterpret_cast<acc_t(*)[PP]>(dot.data()),
         xsum.data(), cyc);
     for (int threads = 1; threads <= 2; ++threads) {
       for (int tile = 0; tile < TILES; ++tile)
-        brom_tile_gemv_csim<ROWS, COLS, GROUP, BITS>(xq.data(), a_scale.data(), planes[tile], scales[tile],
-                                                     mins[tile], &yf[(size_t)tile * ROWS], xsf.data(), cyf, threads);
+        brom_tile_gemv_csim<ROWS, COLS, GROUP, BITS, SF>(xq.data(), a_scale.data(), planes[tile], prm[tile], aux[tile],
+                                                         &yf[(size_t)tile * ROWS], xsf.data(), cyf, threads);
       for (int o = 0; o < R; ++o) tally.check(float_to_bits(yf[o]) == float_to_bits(y[o]));
       for (int g = 0; g < NG; ++g) tally.check(xsf[g] == xsum[g]);
       // the repacked path (codes unpacked once at load): portable loop, and the SIMD loop when compiled in
@@ -165,11 +191,11 @@ long run_csim_fast(const Case &c, const BromImageHost &img, Tally &tally) {
 
 // The DDR-streamed kernel on the DDR image, and the C-simulation repack of its tiles, against the ROM kernel
 // on datapath DP: y, dots and xsum bit for bit.
-template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP>
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP, ScaleFormat SF>
 long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cycles_per_gemv) {
-  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP> C;
-  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, DP> D;
-  constexpr int NG = C::NG, PW = C::PLANE_WORDS, PP = C::PARAMS;
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> C;
+  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> D;
+  constexpr int NG = C::NG, PP = C::PARAMS;
   const int T = c.tokens, R = TILES * ROWS;
   const long before = tally.mismatches;
   const size_t words = tb::file_items(c.name + ".ddr.u32", 4);
@@ -182,12 +208,9 @@ long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cy
   }
   const auto ddr = read_array<rom_word_t>(c.name + ".ddr.u32", words);
   const auto x = read_array<float>(c.name + ".x.f32", (size_t)T * COLS);
-  const auto planes = reinterpret_cast<const rom_word_t(*)[PW]>(img.planes.data());
-  const auto scales = reinterpret_cast<const half_bits_t(*)[PP]>(img.scales.data());
-  const auto mins = reinterpret_cast<const half_bits_t(*)[PP]>(img.mins.data());
   std::vector<CsimPackedTile> packed(TILES);
   for (int tile = 0; tile < TILES; ++tile) {
-    csim_pack_ddr_tile<ROWS, COLS, GROUP, BITS>(&ddr[(size_t)tile * D::TILE_WORDS], packed[tile]);
+    csim_pack_ddr_tile<ROWS, COLS, GROUP, BITS, SF>(&ddr[(size_t)tile * D::TILE_WORDS], packed[tile]);
     tally.check(packed[tile].ok);
   }
   std::vector<act_t> xq(COLS);
@@ -196,12 +219,12 @@ long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cy
   for (int t = 0; t < T; ++t) {
     Cycles cyc, cyd, cyp;
     act_quant<COLS, GROUP>(&x[(size_t)t * COLS], xq.data(), a_scale.data(), cyc);
-    brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, DP, true>(xq.data(), a_scale.data(), planes, scales, mins,
-                                                               y.data(), reinterpret_cast<acc_t(*)[PP]>(dot.data()),
-                                                               xsum.data(), cyc);
-    brom_ddr_gemv<TILES, ROWS, COLS, GROUP, BITS, DP, true>(xq.data(), a_scale.data(), ddr.data(), yd.data(),
-                                                             reinterpret_cast<acc_t(*)[PP]>(dotd.data()), xsd.data(),
-                                                             cyd);
+    brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, DP, true, SF>(
+        xq.data(), a_scale.data(), rom_planes<C>(img), rom_prm<C>(img), rom_aux<C>(img), y.data(),
+        reinterpret_cast<acc_t(*)[PP]>(dot.data()), xsum.data(), cyc);
+    brom_ddr_gemv<TILES, ROWS, COLS, GROUP, BITS, DP, true, SF>(xq.data(), a_scale.data(), ddr.data(), yd.data(),
+                                                                 reinterpret_cast<acc_t(*)[PP]>(dotd.data()),
+                                                                 xsd.data(), cyd);
     cycles_per_gemv = cyc.act_quant + cyd.total();
     for (int tile = 0; tile < TILES; ++tile)
       brom_tile_gemv_packed<ROWS, COLS, GROUP, BITS>(xq.data(), a_scale.data(), packed[tile], &yp[(size_t)tile * ROWS],
@@ -216,39 +239,58 @@ long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cy
   return tally.mismatches - before;
 }
 
-template <int TILES, int ROWS, int COLS, int GROUP, int BITS>
+// A q8 case's fp16 twin (name.fp16.bin), checked: the same codes, and its scales and minimums equal the ones
+// load_brom_image decoded from the q8 arrays, bit for bit. nullptr (and a mismatch) when it is not.
+bool load_twin(const Case &c, const BromImageHost &img, BromImageHost &twin, Tally &tally) {
+  const std::string err = load_brom_image(tb::path(c.name + ".fp16.bin"), twin);
+  const bool ok = err.empty() && twin.scale_format == ScaleFormat::Fp16 && twin.planes == img.planes &&
+                  twin.scales == img.scales && twin.mins == img.mins;
+  tally.check(ok);
+  if (!ok) std::printf("  %s: the q8 image does not decode to its fp16 twin %s\n", c.name.c_str(), err.c_str());
+  return ok;
+}
+
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF = ScaleFormat::Fp16>
 bool try_case(const Case &c, const BromImageHost &img, Tally &tally) {
-  if (c.tiles != TILES || c.rows != TILES * ROWS || c.cols != COLS || c.group != GROUP || c.bits != BITS)
+  if (c.tiles != TILES || c.rows != TILES * ROWS || c.cols != COLS || c.group != GROUP || c.bits != BITS ||
+      img.scale_format != SF)
     return false;
+  BromImageHost twin_img;
+  const BromImageHost *twin = nullptr;
+  if (SF == ScaleFormat::Q8) twin = load_twin(c, img, twin_img, tally) ? &twin_img : nullptr;
   uint64_t cyc_lut = 0, cyc_dsp = 0;
-  const long m_lut = run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect>(c, img, tally, cyc_lut);
-  const long m_dsp = run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac>(c, img, tally, cyc_dsp);
-  const long m_fast = run_csim_fast<TILES, ROWS, COLS, GROUP, BITS>(c, img, tally);
+  const long m_lut =
+      run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, twin, tally, cyc_lut);
+  const long m_dsp = run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac, SF>(c, img, twin, tally, cyc_dsp);
+  const long m_fast = run_csim_fast<TILES, ROWS, COLS, GROUP, BITS, SF>(c, img, tally);
   uint64_t cyc_ddr = 0, cyc_ddr_dsp = 0;
-  const long m_ddr = run_ddr<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect>(c, img, tally, cyc_ddr) +
-                     run_ddr<TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac>(c, img, tally, cyc_ddr_dsp);
-  typedef BromTileConfig<ROWS, COLS, GROUP, BITS> C;
-  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS> D;
-  std::printf("  %-18s b=%d G=%-3d %4dx%-4d tiles=%d  mismatches lut=%ld dsp=%ld csim-fast=%ld ddr=%ld  cycles/GEMV "
-              "lut=%llu dsp=%llu (act_quant %llu + candidates %llu + gemv %llu, gemv II=%d) ddr=%llu (%d tiles x "
-              "max(compute %llu, stream %llu) + %d)\n",
-              c.name.c_str(), BITS, GROUP, c.rows, COLS, TILES, m_lut, m_dsp, m_fast, m_ddr,
+  const long m_ddr = run_ddr<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, tally, cyc_ddr) +
+                     run_ddr<TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac, SF>(c, img, tally, cyc_ddr_dsp);
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> C;
+  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> D;
+  std::printf("  %-18s b=%d G=%-3d %4dx%-4d tiles=%d %-4s mismatches lut=%ld dsp=%ld csim-fast=%ld ddr=%ld  "
+              "cycles/GEMV lut=%llu dsp=%llu (act_quant %llu + candidates %llu + gemv %llu, gemv II=%d) ddr=%llu (%d "
+              "tiles x (prefix %llu + max(compute %llu, stream %llu) + %d))\n",
+              c.name.c_str(), BITS, GROUP, c.rows, COLS, TILES, c.scales.c_str(), m_lut, m_dsp, m_fast, m_ddr,
               (unsigned long long)cyc_lut, (unsigned long long)cyc_dsp,
               (unsigned long long)ActQuantConfig<COLS, GROUP>::CYCLES, (unsigned long long)C::CAND_CYCLES,
               (unsigned long long)C::GEMV_CYCLES, C::GEMV_II, (unsigned long long)cyc_ddr, TILES,
-              (unsigned long long)D::COMPUTE_CYCLES, (unsigned long long)D::STREAM_CYCLES,
-              C::GEMV_DEPTH + timing::AXI_READ_LATENCY);
+              (unsigned long long)D::PREFIX_CYCLES, (unsigned long long)D::COMPUTE_CYCLES,
+              (unsigned long long)D::STREAM_CYCLES, C::GEMV_DEPTH + timing::AXI_READ_LATENCY);
   return true;
 }
 
 // The shapes gen_brom_tile.py writes (each needs its own template instance).
 bool dispatch(const Case &c, const BromImageHost &img, Tally &tally) {
-#define ROMA_TB_RAND(B, G) try_case<6, 2, 384, G, B>(c, img, tally)
+  constexpr ScaleFormat Q8 = ScaleFormat::Q8;
+#define ROMA_TB_RAND(B, G) (try_case<6, 2, 384, G, B>(c, img, tally) || try_case<6, 2, 384, G, B, Q8>(c, img, tally))
   return ROMA_TB_RAND(2, 32) || ROMA_TB_RAND(2, 64) || ROMA_TB_RAND(2, 128) || ROMA_TB_RAND(3, 32) ||
          ROMA_TB_RAND(3, 64) || ROMA_TB_RAND(3, 128) || ROMA_TB_RAND(4, 32) || ROMA_TB_RAND(4, 64) ||
          ROMA_TB_RAND(4, 128) || ROMA_TB_RAND(8, 32) || ROMA_TB_RAND(8, 64) || ROMA_TB_RAND(8, 128) ||
-         try_case<1, 16, 192, 64, 3>(c, img, tally) ||  // one tile of 16 rows
-         try_case<4, 144, 576, 32, 4>(c, img, tally);   // SmolLM2-135M layer 0 wq, 4 tiles
+         try_case<1, 16, 192, 64, 3>(c, img, tally) ||      // one tile of 16 rows
+         try_case<1, 16, 192, 64, 3, Q8>(c, img, tally) ||  // the same, q8 from the RTN quantizer
+         try_case<3, 5, 96, 32, 2, Q8>(c, img, tally) ||    // q8, odd rows per tile, 15 steps (a partial block)
+         try_case<4, 144, 576, 32, 4>(c, img, tally);       // SmolLM2-135M layer 0 wq, 4 tiles
 #undef ROMA_TB_RAND
 }
 
@@ -327,6 +369,22 @@ void check_exp_simd(Tally &tally) {
 #endif
 }
 
+// q8_to_half on every code (unsigned and signed) and biased exponent against numpy (q8.u16: [2][33][256]).
+void check_q8_table(Tally &tally) {
+  if (!tb::file_exists("q8.u16")) return;
+  constexpr int EXPS = Q8_EXP_MAX - Q8_EXP_MIN + 1;
+  const auto ref = read_array<uint16_t>("q8.u16", 2 * EXPS * 256);
+  long bad = 0;
+  for (int s = 0; s < 2; ++s)
+    for (int e = 0; e < EXPS; ++e)
+      for (int code = 0; code < 256; ++code) {
+        const bool ok = q8_to_half((uint32_t)code, s == 1, (uint32_t)e) == ref[((size_t)s * EXPS + e) * 256 + code];
+        tally.check(ok);
+        bad += !ok;
+      }
+  std::printf("  q8_to_half: %ld mismatches of %d codes x exponents\n", bad, 2 * EXPS * 256);
+}
+
 void check_half_table(Tally &tally) {
   if (!tb::file_exists("half.f32")) return;
   const auto ref = read_array<float>("half.f32", 1 << 16);
@@ -347,6 +405,7 @@ int main(int argc, char **argv) {
   if (!tb::read_cases(lines)) return 2;
   Tally tally;
   check_half_table(tally);
+  check_q8_table(tally);
   check_exp_simd(tally);
   check_attention_csim<9, 3, 64, 8>(tally); // SmolLM2-135M
   check_attention_csim<4, 2, 64, 4>(tally);
@@ -355,7 +414,8 @@ int main(int argc, char **argv) {
   for (const std::string &line : lines) {
     std::istringstream in(line);
     Case c;
-    if (!(in >> c.name >> c.bits >> c.group >> c.rows >> c.cols >> c.tiles >> c.tokens)) {
+    if (!(in >> c.name >> c.bits >> c.group >> c.rows >> c.cols >> c.tiles >> c.tokens >> c.scales) ||
+        (c.scales != "fp16" && c.scales != "q8")) {
       std::fprintf(stderr, "tb_brom_tile: bad line in cases.txt: %s\n", line.c_str());
       ++tally.mismatches;
       continue;
@@ -368,7 +428,8 @@ int main(int argc, char **argv) {
       continue;
     }
     if ((int)img.bits != c.bits || (int)img.group != c.group || (int)img.rows != c.rows ||
-        (int)img.cols != c.cols || (int)img.tiles != c.tiles) {
+        (int)img.cols != c.cols || (int)img.tiles != c.tiles ||
+        img.scale_format != (c.scales == "q8" ? ScaleFormat::Q8 : ScaleFormat::Fp16)) {
       std::fprintf(stderr, "tb_brom_tile: %s: ROM image header disagrees with cases.txt\n", c.name.c_str());
       ++tally.mismatches;
       continue;
@@ -383,5 +444,5 @@ int main(int argc, char **argv) {
   }
   std::printf("  largest |y - y_golden| as a fraction of its tolerance: %.3f\n", tally.worst);
   return tb::finish(tally.mismatches, tally.compared,
-                    " (" + std::to_string(cases) + " cases, 2 datapaths, ROM and DDR)");
+                    " (" + std::to_string(cases) + " cases, 2 datapaths, ROM and DDR, fp16 and q8 scales)");
 }

@@ -4,24 +4,33 @@
 // Image (written only by host/roma_runtime/compiler/brom.py, ddr_image; its module docstring has the layout):
 //   4 header words [DDR_MAGIC, DDR_VERSION, words, CRC-32 of the rest], then the DDR tensors at the word
 //   offsets roma_model.h gives (DDR_*). A tensor is its TILES tiles one after another; a tile is its B-ROM
-//   tile's words in the ROM's step order (step = g*ROWS + r), cut into blocks of DDR_BLOCK_STEPS = 4 steps:
-//   the 4 steps' WPS plane words (each step's in the ROM's (plane, lane) order), then 4 words
-//   scale | minimum << 16. The same codes, scales and minimums in the same order as the on-chip ROM; only the
-//   (scale, minimum) pairs sit next to their planes, so that one sequential pass feeds the datapath with no
-//   buffer (the scales and minimums of one tile of SmolLM2's 49152-row lm head would take 1.7 MB).
+//   tile's words in the ROM's step order (step = g*ROWS + r), cut into blocks of BLOCK_STEPS steps, by the
+//   tensor's ScaleFormat:
+//     Fp16: blocks of DDR_BLOCK_STEPS = 4 steps: the 4 steps' WPS plane words (each step's in the ROM's
+//           (plane, lane) order), then 4 words scale | minimum << 16.
+//     Q8:   first PREFIX_WORDS words holding the tile's ROWS row exponents, two per word (row 2i low half,
+//           2i+1 high), zero-padded to whole beats; then blocks of DDR_Q8_BLOCK_STEPS = 8 steps: the 8
+//           steps' plane words, then 4 words params(8b+2k) | params(8b+2k+1) << 16 (sd | sm << 8 each).
+//   The same codes and scale entries in the same order as the on-chip ROM; only the per-step scale entries
+//   sit next to their planes, so that one sequential pass feeds the datapath with no buffer (the scales and
+//   minimums of one tile of SmolLM2's 49152-row lm head would take 1.7 MB); q8's per-row exponents (2 bytes a
+//   row) are read into a ROWS-entry array first.
 //
 // Datapath: the same integer dot per step (brom_step_dot, LutSelect or DspMac) and the same fp32 sequence per
 // row (brom_term; acc = term_0 + term_1 + ...) as brom_tile_gemv, so y is bit-identical to the same tensor
 // in ROM (tb_brom_tile checks it on every case, both datapaths).
 //
-// Streaming: DDR_BLOCKS reads one block per iteration, BLOCK_WORDS = 4*(WPS+1) consecutive words, so a tile
-// is one sequential burst; the top declares the port 128 bits wide (max_widen_bitwidth), a block is WPS+1
-// beats and starts on a beat (tiles are multiples of 4 words). Each iteration computes its 4 steps at
-// II = max(4 * GEMV_II, WPS + 1): the datapath's rate or the port's, whichever is slower. The tiles of a
-// tensor stream one after another through the one port; the candidates are built once per GEMV.
+// Streaming: DDR_BLOCKS reads one block per iteration, BLOCK_WORDS = BLOCK_STEPS*WPS + 4 consecutive words,
+// so the blocks of a tile are one sequential burst; the top declares the port 128 bits wide
+// (max_widen_bitwidth), a block is BLOCK_STEPS*WPS/4 + 1 beats and starts on a beat (tiles and the q8 prefix
+// are multiples of 4 words). Each iteration computes its BLOCK_STEPS steps at
+// II = max(BLOCK_STEPS * GEMV_II, BLOCK_BEATS): the datapath's rate or the port's, whichever is slower. q8
+// first reads its exponent prefix, one beat (8 rows) per cycle. The tiles of a tensor stream one after another
+// through the one port; the candidates are built once per GEMV.
 //
 // Cycle model (DdrTileConfig: the pragmas and the C-simulation counters share it), per tile:
-//   max(compute = 4 * BLOCKS * GEMV_II, stream = TILE_WORDS / DDR_WORDS_PER_CYCLE) + GEMV_DEPTH
+//   PREFIX_CYCLES (q8: PREFIX_WORDS / 4 + AXI_READ_LATENCY, its own burst; fp16: 0)
+//   + max(compute = BLOCK_STEPS * BLOCKS * GEMV_II, stream = BLOCKS * BLOCK_BEATS) + GEMV_DEPTH
 //   + AXI_READ_LATENCY,
 // DDR_STREAM_BYTES_PER_CYCLE = 16: one 128-bit m_axi read port at the core clock. That is a Zynq UltraScale+
 // S_AXI_HP port's width, 3.2 GB/s at KV260's 200 MHz and 4.8 GB/s at U250's 300 MHz, below the boards'
@@ -44,28 +53,43 @@ namespace roma {
 constexpr uint32_t DDR_MAGIC = 0x52444452u;    // "RDDR" (brom.py DDR_MAGIC)
 constexpr uint32_t DDR_VERSION = 1;
 constexpr int DDR_HEADER_WORDS = 4;             // magic, version, words, CRC-32
-constexpr int DDR_BLOCK_STEPS = 4;              // steps per block: their scale|minimum words are one beat
+constexpr int DDR_BLOCK_STEPS = 4;              // fp16 steps per block: their scale|minimum words are one beat
+constexpr int DDR_Q8_BLOCK_STEPS = 8;           // q8 steps per block: their 16-bit params are one beat
 constexpr int DDR_STREAM_BYTES_PER_CYCLE = 16;  // the ddr_weights m_axi port: 128 bits per core cycle
 constexpr int DDR_WORDS_PER_CYCLE = DDR_STREAM_BYTES_PER_CYCLE / 4;
 
-template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect>
+template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
+          ScaleFormat SF = ScaleFormat::Fp16>
 struct DdrTileConfig {
-  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP> C;
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> C;
+  static constexpr bool Q8 = SF == ScaleFormat::Q8;
   static constexpr int WPS = C::WPS;
   static constexpr int STEPS = C::PARAMS; // (group, row) steps of a tile
-  static constexpr int BLOCKS = (STEPS + DDR_BLOCK_STEPS - 1) / DDR_BLOCK_STEPS;
-  static constexpr int BLOCK_WORDS = DDR_BLOCK_STEPS * (WPS + 1);
-  static constexpr long long TILE_WORDS = (long long)BLOCKS * BLOCK_WORDS;
+  static constexpr int BLOCK_STEPS = Q8 ? DDR_Q8_BLOCK_STEPS : DDR_BLOCK_STEPS;
+  static constexpr int PARAM_WORDS = DDR_WORDS_PER_CYCLE; // a block's scale entries: one beat
+  static constexpr int PREFIX_WORDS = Q8 ? (ROWS + 7) / 8 * DDR_WORDS_PER_CYCLE : 0; // q8 exponents, 8 rows a beat
+  static constexpr int PREFIX_BEATS = PREFIX_WORDS / DDR_WORDS_PER_CYCLE;
+  static constexpr int BLOCKS = (STEPS + BLOCK_STEPS - 1) / BLOCK_STEPS;
+  static constexpr int BLOCK_WORDS = BLOCK_STEPS * WPS + PARAM_WORDS;
+  static constexpr long long TILE_WORDS = PREFIX_WORDS + (long long)BLOCKS * BLOCK_WORDS;
   static constexpr int BLOCK_BEATS = (BLOCK_WORDS + DDR_WORDS_PER_CYCLE - 1) / DDR_WORDS_PER_CYCLE;
-  static constexpr int BLOCK_II = DDR_BLOCK_STEPS * C::GEMV_II > BLOCK_BEATS ? DDR_BLOCK_STEPS * C::GEMV_II
-                                                                             : BLOCK_BEATS;
-  static constexpr uint64_t COMPUTE_CYCLES = (uint64_t)BLOCKS * DDR_BLOCK_STEPS * C::GEMV_II;
-  static constexpr uint64_t STREAM_CYCLES = (uint64_t)BLOCKS * BLOCK_BEATS; // = TILE_WORDS / words per cycle
+  static constexpr int BLOCK_II = BLOCK_STEPS * C::GEMV_II > BLOCK_BEATS ? BLOCK_STEPS * C::GEMV_II : BLOCK_BEATS;
+  static constexpr uint64_t COMPUTE_CYCLES = (uint64_t)BLOCKS * BLOCK_STEPS * C::GEMV_II;
+  static constexpr uint64_t STREAM_CYCLES = (uint64_t)BLOCKS * BLOCK_BEATS; // the blocks' words / words per cycle
+  static constexpr uint64_t PREFIX_CYCLES = Q8 ? (uint64_t)PREFIX_BEATS + timing::AXI_READ_LATENCY : 0;
   // BLOCKS * BLOCK_II: the block loop runs at the slower of the two
-  static constexpr uint64_t TILE_CYCLES = (COMPUTE_CYCLES > STREAM_CYCLES ? COMPUTE_CYCLES : STREAM_CYCLES) +
+  static constexpr uint64_t TILE_CYCLES = PREFIX_CYCLES +
+                                          (COMPUTE_CYCLES > STREAM_CYCLES ? COMPUTE_CYCLES : STREAM_CYCLES) +
                                           C::GEMV_DEPTH + timing::AXI_READ_LATENCY;
-  // Rows are revisited every ROWS steps, ROWS / 4 block iterations (at least one).
-  static constexpr int ACC_DISTANCE = ROWS / DDR_BLOCK_STEPS > 0 ? ROWS / DDR_BLOCK_STEPS : 1;
+  // Rows are revisited every ROWS steps, ROWS / BLOCK_STEPS block iterations (at least one).
+  static constexpr int ACC_DISTANCE = ROWS / BLOCK_STEPS > 0 ? ROWS / BLOCK_STEPS : 1;
+  // The scale entries of step i of a block whose words are w (q8: ex = the tile's row exponents).
+  static HalfPair scales(const rom_word_t *w, int i, const scale_word_t *ex, int r) {
+#pragma HLS INLINE
+    const rom_word_t pw = w[BLOCK_STEPS * WPS + i * PARAM_WORDS / BLOCK_STEPS];
+    if (Q8) return brom_scales<SF>((scale_word_t)(pw >> (16 * (i & 1))), ex[r]);
+    return brom_scales<SF>((scale_word_t)(pw & 0xffffu), (scale_word_t)(pw >> 16));
+  }
   // One GEMV of a tensor of `tiles` such tiles: candidates once, then the tiles one after another.
   static void count(Cycles &cyc, int tiles) {
     cyc.candidates += C::CAND_CYCLES;
@@ -74,15 +98,16 @@ struct DdrTileConfig {
 };
 
 // All TILES tiles of a DDR-streamed tensor (TILES*ROWS outputs) from `image` (the tensor's first word in
-// ddr_weights, an m_axi pointer). dot_probe and xsum_out as brom_gemv_tiles.
+// ddr_weights, an m_axi pointer), its scales in format SF. dot_probe and xsum_out as brom_gemv_tiles.
 template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
-          bool PROBE = false>
+          bool PROBE = false, ScaleFormat SF = ScaleFormat::Fp16>
 void brom_ddr_gemv(const act_t xq[COLS], const float a_scale[COLS / GROUP], const rom_word_t *image,
                    float y[TILES * ROWS], acc_t dot_probe[TILES][(COLS / GROUP) * ROWS],
                    acc_t xsum_out[COLS / GROUP], Cycles &cyc) {
-  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, DP> D;
+  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> D;
   typedef typename D::C C;
   constexpr int NG = C::NG, QUADS = C::QUADS, WPS = C::WPS, BLOCK_WORDS = D::BLOCK_WORDS;
+  constexpr int BLOCK_STEPS = D::BLOCK_STEPS, EX_ROWS = D::Q8 ? ROWS : 1;
   constexpr int BLOCK_II = D::BLOCK_II, ACC_DISTANCE = D::ACC_DISTANCE; // used by the pragmas
   (void)BLOCK_II;
   (void)ACC_DISTANCE;
@@ -94,13 +119,26 @@ void brom_ddr_gemv(const act_t xq[COLS], const float a_scale[COLS / GROUP], cons
 #pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 2
   acc_t xsum[NG];
   float acc[ROWS];
-#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = DDR_BLOCK_STEPS dim = 1
+#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = BLOCK_STEPS dim = 1
+  scale_word_t ex[EX_ROWS]; // q8: the tile's row exponents
+#pragma HLS ARRAY_PARTITION variable = ex type = cyclic factor = BLOCK_STEPS dim = 1
 
   brom_candidates<COLS, GROUP, DP>(xq, cand, xg, xsum);
 
 DDR_TILES:
   for (int t = 0; t < TILES; ++t) {
     const rom_word_t *src = image + (long long)t * D::TILE_WORDS;
+  DDR_EXPONENTS: // q8 only (PREFIX_BEATS = 0 for fp16): one beat, 8 rows, per cycle
+    for (int k = 0; k < D::PREFIX_BEATS; ++k) {
+#pragma HLS PIPELINE II = 1
+      for (int i = 0; i < 2 * DDR_WORDS_PER_CYCLE; ++i) {
+#pragma HLS UNROLL
+        const int row = 2 * DDR_WORDS_PER_CYCLE * k + i;
+        const rom_word_t w = src[DDR_WORDS_PER_CYCLE * k + i / 2];
+        if (row < EX_ROWS) ex[row] = (scale_word_t)(w >> (16 * (i & 1)));
+      }
+    }
+    src += D::PREFIX_WORDS;
     int g = 0, r = 0; // the (group, row) of the next step
   DDR_BLOCKS:
     for (int b = 0; b < D::BLOCKS; ++b) {
@@ -112,15 +150,14 @@ DDR_TILES:
 #pragma HLS UNROLL
         w[k] = src[(long long)b * BLOCK_WORDS + k]; // consecutive: one burst per tile
       }
-      for (int i = 0; i < DDR_BLOCK_STEPS; ++i) {
+      for (int i = 0; i < BLOCK_STEPS; ++i) {
 #pragma HLS UNROLL
-        const int step = b * DDR_BLOCK_STEPS + i;
+        const int step = b * BLOCK_STEPS + i;
         if (step < D::STEPS) { // the last block's missing steps are padding
           const acc_t dot = brom_step_dot<GROUP, BITS, DP>(&w[i * WPS], cand[g], xg[g]);
           if (PROBE) dot_probe[t][step] = dot;
-          const rom_word_t pm = w[DDR_BLOCK_STEPS * WPS + i];
-          const float term = brom_term(a_scale[g], (half_bits_t)(pm & 0xffffu), (half_bits_t)(pm >> 16), dot,
-                                       xsum[g]);
+          const HalfPair dm = D::scales(w, i, ex, D::Q8 ? r : 0);
+          const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
           const float sum = (g == 0) ? term : acc[r] + term;
           acc[r] = sum;
           if (g == NG - 1) y[t * ROWS + r] = sum;
@@ -145,23 +182,26 @@ DDR_TILES:
 
 #ifndef __SYNTHESIS__
 // ---- C simulation only: a DDR tile as the repacker's source (brom_tile.h csim_pack_tile_from) ----
-template <int ROWS, int COLS, int GROUP, int BITS>
+template <int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF = ScaleFormat::Fp16>
 struct DdrTileSource {
-  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS> D;
+  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> D;
   const rom_word_t *tile; // the tile's first word in the ddr_weights buffer
-  const rom_word_t *step_planes(int step) const {
-    return tile + (size_t)(step / DDR_BLOCK_STEPS) * D::BLOCK_WORDS + (size_t)(step % DDR_BLOCK_STEPS) * D::WPS;
+  const rom_word_t *block(int step) const {
+    return tile + D::PREFIX_WORDS + (size_t)(step / D::BLOCK_STEPS) * D::BLOCK_WORDS;
   }
-  rom_word_t params(int step) const {
-    return tile[(size_t)(step / DDR_BLOCK_STEPS) * D::BLOCK_WORDS + DDR_BLOCK_STEPS * D::WPS + step % DDR_BLOCK_STEPS];
+  const rom_word_t *step_planes(int step) const { return block(step) + (size_t)(step % D::BLOCK_STEPS) * D::WPS; }
+  HalfPair scales(int step) const {
+    const int r = step % ROWS; // q8: the row's exponents from the prefix
+    const scale_word_t ex = D::Q8 ? (scale_word_t)(tile[r / 2] >> (16 * (r % 2))) : 0;
+    return D::scales(block(step), step % D::BLOCK_STEPS, &ex, 0);
   }
-  half_bits_t scale(int step) const { return (half_bits_t)(params(step) & 0xffffu); }
-  half_bits_t minimum(int step) const { return (half_bits_t)(params(step) >> 16); }
+  half_bits_t scale(int step) const { return scales(step).d; }
+  half_bits_t minimum(int step) const { return scales(step).m; }
 };
 
-template <int ROWS, int COLS, int GROUP, int BITS>
+template <int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF = ScaleFormat::Fp16>
 void csim_pack_ddr_tile(const rom_word_t *tile, CsimPackedTile &pk) {
-  csim_pack_tile_from<ROWS, COLS, GROUP, BITS>(DdrTileSource<ROWS, COLS, GROUP, BITS>{tile}, pk);
+  csim_pack_tile_from<ROWS, COLS, GROUP, BITS>(DdrTileSource<ROWS, COLS, GROUP, BITS, SF>{tile}, pk);
 }
 #endif // __SYNTHESIS__
 

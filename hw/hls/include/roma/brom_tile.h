@@ -1,14 +1,21 @@
 // ROMA-FPGA B-ROM tile: a GEMV over a slice of output rows whose weight codes live in the tile's own ROM.
 //
 // A tile owns ROWS consecutive output rows of a COLS-wide weight matrix quantized with BITS-bit unsigned
-// codes in groups of GROUP inputs (fp16 scale d and minimum m per row and group). The activation vector
+// codes in groups of GROUP inputs (fp16 scale d and minimum m per row and group, stored as fp16 or q8: the
+// ScaleFormat template parameter). The activation vector
 // (already int8-quantized by act_quant.h, with one fp32 scale per group) is broadcast to every tile; each
 // tile emits finished outputs y[r] = sum_g a_scale[g] * (d[r,g]*dot[r,g] + m[r,g]*xsum[g]).
 //
 // ROM word layout (written only by host/roma_runtime/compiler/brom.py, layout 1):
 //   NG = COLS/GROUP groups, LANES = GROUP/32, WPS = BITS*LANES words per (group, row) step.
 //   planes[((g*ROWS + r)*BITS + p)*LANES + l]  bit j = bit p of code[r, g*GROUP + 32*l + j]
-//   scales[g*ROWS + r], mins[g*ROWS + r]       fp16 bit patterns
+//   the scale ROM, two uint16 arrays `prm` and `aux`, by ScaleFormat:
+//     Fp16: prm[g*ROWS + r] = d, aux[g*ROWS + r] = m                 fp16 bit patterns
+//     Q8:   prm[g*ROWS + r] = sd | (sm & 0xff) << 8, aux[r] = (ed - Q8_EXP_MIN) | (em - Q8_EXP_MIN) << 8
+//           with d = sd * 2^ed (sd unsigned), m = sm * 2^em (sm signed): exact fp16 values, decoded to fp16
+//           bits by q8_to_half, so brom_term and everything after it is the same for both formats. Half the
+//           scale ROM per group (plus 16 bits per row); the decoder runs beside the integer dot, which takes
+//           longer, so the pipeline depth does not change.
 //   Group-major: one activation group stays stationary while the tile's ROWS rows stream past, so the
 //   LUT-select candidate tables of that group are reused ROWS times, and a row's fp32 accumulator is
 //   revisited every ROWS cycles (the fp32 add latency does not limit II once ROWS >= FADD_LATENCY).
@@ -36,7 +43,8 @@
 //   #define ROMA_BROM_PLANES
 //   #include "wq.dat"
 //   #undef ROMA_BROM_PLANES
-//   };   (likewise ROMA_BROM_SCALES / ROMA_BROM_MINIMUMS into half_bits_t [TILES][NG*ROWS])
+//   };   (likewise prm [TILES][NG*ROWS] from ROMA_BROM_SCALES (fp16) or ROMA_BROM_PARAMS (q8), and aux
+//         [TILES][AUX] from ROMA_BROM_MINIMUMS or ROMA_BROM_EXPONENTS)
 // C simulation instead fills the same arrays from NAME.bin at start-up (load_brom_image, below).
 #ifndef ROMA_BROM_TILE_H
 #define ROMA_BROM_TILE_H
@@ -54,7 +62,51 @@
 
 namespace roma {
 
-template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect>
+// How a tile's ROM stores the scales and minimums (compiler/brom.py's header field 60, roma_model.h SCALES_*).
+enum class ScaleFormat : int {
+  Fp16 = 0, // d and m as fp16, per (group, row)
+  Q8 = 1    // 8-bit steps per (group, row) and two power-of-two exponents per row
+};
+constexpr int Q8_EXP_MIN = -24, Q8_EXP_MAX = 8; // compiler/quantize.py: 2^-24 is fp16's smallest step
+typedef uint16_t scale_word_t;                  // a scale ROM entry (fp16 bits, or a q8 pair)
+
+// The fp16 bit pattern of code * 2^(exp_biased + Q8_EXP_MIN): code an 8-bit step count, unsigned (0..255) or
+// signed (-128..127), exp_biased in 0..Q8_EXP_MAX - Q8_EXP_MIN. Always exact: |code| <= 255 fits fp16's
+// significand and 2^-24 .. 255 * 2^8 its range (a subnormal when the leading one lands below 2^-14). Integer
+// logic only: a priority encoder for the leading one, then the fields by shifts.
+inline half_bits_t q8_to_half(uint32_t code, bool is_signed, uint32_t exp_biased) {
+#pragma HLS INLINE
+  code &= 0xffu;
+  const bool neg = is_signed && (code & 0x80u);
+  const uint32_t mag = neg ? 0x100u - code : code; // |code|, at most 255 (128 for -128)
+  uint32_t hb = 0;                                   // index of the leading one of mag
+  for (uint32_t i = 0; i < 8; ++i) {
+#pragma HLS UNROLL
+    if (mag & (1u << i)) hb = i;
+  }
+  const int e = (int)(hb + exp_biased) - 9; // fp16 biased exponent: hb + (exp_biased - 24) + 15
+  uint32_t bits;
+  if (mag == 0) bits = 0;
+  else if (e >= 1) bits = ((uint32_t)e << 10) | ((mag << (10 - hb)) & 0x3ffu);
+  else bits = mag << exp_biased; // subnormal: mag * 2^exp_biased steps of 2^-24 (< 2^10 as hb + exp_biased <= 9)
+  return (half_bits_t)((neg ? 0x8000u : 0u) | bits);
+}
+
+// A step's scale and minimum (fp16 bits) from its scale ROM entries: Fp16 prm = d, aux = m; Q8 prm = the step's
+// sd | sm << 8, aux = its row's exponents.
+struct HalfPair {
+  half_bits_t d, m;
+};
+template <ScaleFormat SF>
+inline HalfPair brom_scales(scale_word_t prm, scale_word_t aux) {
+#pragma HLS INLINE
+  if (SF == ScaleFormat::Q8)
+    return {q8_to_half(prm & 0xffu, false, aux & 0xffu), q8_to_half(prm >> 8, true, aux >> 8)};
+  return {prm, aux};
+}
+
+template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
+          ScaleFormat SF = ScaleFormat::Fp16>
 struct BromTileConfig {
   static_assert(BITS == 2 || BITS == 3 || BITS == 4 || BITS == 8, "BITS must be 2, 3, 4 or 8");
   static_assert(GROUP == 32 || GROUP == 64 || GROUP == 128, "GROUP must be 32, 64 or 128");
@@ -65,7 +117,10 @@ struct BromTileConfig {
   static constexpr int NIBBLES = ROM_WORD_BITS / QUAD; // quads per lane word
   static constexpr int WPS = BITS * LANES;             // ROM banks, one word each per cycle
   static constexpr int PLANE_WORDS = NG * ROWS * WPS;  // per tile
-  static constexpr int PARAMS = NG * ROWS;             // scales (and minimums) per tile
+  static constexpr int PARAMS = NG * ROWS;             // prm entries per tile: one per (group, row) step
+  static constexpr int AUX = SF == ScaleFormat::Q8 ? ROWS : PARAMS; // aux entries: per row (q8) or step
+  // The aux entry of step `step` (row r): q8 exponents are per row.
+  static constexpr int aux_index(int step, int r) { return SF == ScaleFormat::Q8 ? r : step; }
   // Loop-carried fp32 accumulation at distance ROWS: II >= ceil(FADD_LATENCY / ROWS).
   static constexpr int GEMV_II =
       ROWS >= timing::FADD_LATENCY ? timing::II : (timing::FADD_LATENCY + ROWS - 1) / ROWS;
@@ -160,19 +215,21 @@ inline float brom_term(float a_scale, half_bits_t d, half_bits_t m, acc_t dot, a
   return a_scale * (half_to_float(d) * (float)dot + half_to_float(m) * (float)xsum);
 }
 
-// One tile, one activation vector. dot_probe (group-major like scales, [NG*ROWS]) is written only when
-// PROBE is true (testbenches); xsum_out always receives the per-group activation sums.
-template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect, bool PROBE = false>
+// One tile, one activation vector; prm and aux: its scale ROM in format SF. dot_probe (group-major like prm,
+// [NG*ROWS]) is written only when PROBE is true (testbenches); xsum_out always receives the per-group
+// activation sums.
+template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect, bool PROBE = false,
+          ScaleFormat SF = ScaleFormat::Fp16>
 void brom_tile_gemv(const act_t xq[COLS],
                     const float a_scale[COLS / GROUP],
-                    const rom_word_t planes[BromTileConfig<ROWS, COLS, GROUP, BITS, DP>::PLANE_WORDS],
-                    const half_bits_t scales[(COLS / GROUP) * ROWS],
-                    const half_bits_t mins[(COLS / GROUP) * ROWS],
+                    const rom_word_t planes[BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>::PLANE_WORDS],
+                    const scale_word_t prm[BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>::PARAMS],
+                    const scale_word_t aux[BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>::AUX],
                     float y[ROWS],
                     acc_t dot_probe[(COLS / GROUP) * ROWS],
                     acc_t xsum_out[COLS / GROUP],
                     Cycles &cyc) {
-  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP> C;
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> C;
   constexpr int NG = C::NG, QUADS = C::QUADS, WPS = C::WPS;
   constexpr int GEMV_II = C::GEMV_II; // used by the PIPELINE pragma
   (void)GEMV_II;
@@ -199,7 +256,8 @@ GEMV_GROUPS:
       const int step = g * ROWS + r;
       const acc_t dot = brom_step_dot<GROUP, BITS, DP>(&planes[step * WPS], cand[g], xg[g]);
       if (PROBE) dot_probe[step] = dot;
-      const float term = brom_term(a_scale[g], scales[step], mins[step], dot, xsum[g]);
+      const HalfPair dm = brom_scales<SF>(prm[step], aux[C::aux_index(step, r)]);
+      const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
       const float sum = (g == 0) ? term : acc[r] + term;
       acc[r] = sum;
       if (g == NG - 1) y[r] = sum;
@@ -221,27 +279,27 @@ GEMV_GROUPS:
 // All TILES tiles of one matrix (TILES*ROWS outputs), in parallel: the unrolled loop instantiates TILES
 // independent tiles, each with its own ROM banks, so the matrix costs one tile's cycles.
 template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
-          bool PROBE = false>
+          bool PROBE = false, ScaleFormat SF = ScaleFormat::Fp16>
 void brom_gemv_tiles(const act_t xq[COLS],
                      const float a_scale[COLS / GROUP],
-                     const rom_word_t planes[TILES][BromTileConfig<ROWS, COLS, GROUP, BITS, DP>::PLANE_WORDS],
-                     const half_bits_t scales[TILES][(COLS / GROUP) * ROWS],
-                     const half_bits_t mins[TILES][(COLS / GROUP) * ROWS],
+                     const rom_word_t planes[TILES][BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>::PLANE_WORDS],
+                     const scale_word_t prm[TILES][BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>::PARAMS],
+                     const scale_word_t aux[TILES][BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>::AUX],
                      float y[TILES * ROWS],
                      acc_t dot_probe[TILES][(COLS / GROUP) * ROWS],
                      acc_t xsum_out[COLS / GROUP],
                      Cycles &cyc) {
 #pragma HLS ARRAY_PARTITION variable = planes type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = scales type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = mins type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = prm type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = aux type = complete dim = 1
   acc_t xsums[TILES][COLS / GROUP]; // every tile sums the broadcast activations itself
 #pragma HLS ARRAY_PARTITION variable = xsums type = complete dim = 1
 TILES_LOOP:
   for (int t = 0; t < TILES; ++t) {
 #pragma HLS UNROLL
     Cycles tile_cyc;
-    brom_tile_gemv<ROWS, COLS, GROUP, BITS, DP, PROBE>(xq, a_scale, planes[t], scales[t], mins[t],
-                                                       &y[t * ROWS], dot_probe[t], xsums[t], tile_cyc);
+    brom_tile_gemv<ROWS, COLS, GROUP, BITS, DP, PROBE, SF>(xq, a_scale, planes[t], prm[t], aux[t], &y[t * ROWS],
+                                                           dot_probe[t], xsums[t], tile_cyc);
 #ifndef __SYNTHESIS__
     if (t == 0) { // parallel tiles: one tile's time
       cyc.candidates += tile_cyc.candidates;
@@ -270,18 +328,19 @@ inline void csim_group_sums(const act_t xq[COLS], acc_t xsum[COLS / GROUP], acc_
 }
 
 // (The emulated board uses brom_tile_gemv_packed below; this one remains for tiles it cannot repack.)
-// The same per-row arithmetic as brom_tile_gemv (bit for bit: exact int32 dot and xsum, then per row the same
-// fp32 sequence acc = term_0 + term_1 + ... with term = a_scale[g] * (d*dot + m*xsum[g])), evaluated row-major
+// The same per-row arithmetic as brom_tile_gemv (bit for bit: exact int32 dot and xsum, the same decoded d and m,
+// then per row the same fp32 sequence acc = term_0 + term_1 + ... with term = a_scale[g] * (d*dot + m*xsum[g])),
+// evaluated row-major
 // so that rows run in parallel (OpenMP; HLS never sees this code). The integer dot is LUT-select widened to
 // octets: for every 8 activations the 256 subset sums are built once per GEMV, and each byte of a bit-plane
 // word selects one (4 selections per 32-bit word instead of 8 nibble selections). tb_brom_tile checks that
 // its y bit patterns equal both synthesis datapaths' on every case.
-template <int ROWS, int COLS, int GROUP, int BITS>
+template <int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF = ScaleFormat::Fp16,
+          class C = BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>>
 void brom_tile_gemv_csim(const act_t xq[COLS], const float a_scale[COLS / GROUP],
-                         const rom_word_t planes[BromTileConfig<ROWS, COLS, GROUP, BITS>::PLANE_WORDS],
-                         const half_bits_t scales[(COLS / GROUP) * ROWS], const half_bits_t mins[(COLS / GROUP) * ROWS],
-                         float y[ROWS], acc_t xsum_out[COLS / GROUP], Cycles &cyc, int threads = 0) {
-  typedef BromTileConfig<ROWS, COLS, GROUP, BITS> C;
+                         const rom_word_t planes[C::PLANE_WORDS], const scale_word_t prm[C::PARAMS],
+                         const scale_word_t aux[C::AUX], float y[ROWS], acc_t xsum_out[COLS / GROUP], Cycles &cyc,
+                         int threads = 0) {
   constexpr int NG = C::NG, LANES = C::LANES, WPS = C::WPS, OCTETS = COLS / 8;
   static thread_local std::vector<int16_t> tab_store; // the calling thread's tables, shared by the row threads
   tab_store.resize((size_t)OCTETS * 256);
@@ -311,7 +370,8 @@ void brom_tile_gemv_csim(const act_t xq[COLS], const float a_scale[COLS / GROUP]
         }
         dot += sel * (acc_t(1) << p);
       }
-      const float term = brom_term(a_scale[g], scales[step], mins[step], dot, xsum[g]);
+      const HalfPair dm = brom_scales<SF>(prm[step], aux[C::aux_index(step, r)]);
+      const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
       acc = (g == 0) ? term : acc + term;
     }
     y[r] = acc;
@@ -331,7 +391,7 @@ void brom_tile_gemv_csim(const act_t xq[COLS], const float a_scale[COLS / GROUP]
 // (term = a_scale[g] * (d*dot + m*xsum[g]), acc = term_0 + term_1 + ...), so y is bit-identical (tb_brom_tile
 // checks both the SIMD and the portable loop against both synthesis datapaths). fp16 d and m stay fp16 in
 // memory (vcvtph2ps is exact for every non-NaN half); a tile with a NaN scale or minimum is not repacked and
-// the caller keeps brom_tile_gemv_csim for it.
+// the caller keeps brom_tile_gemv_csim for it. q8 tiles are repacked from their decoded halves (never NaN).
 constexpr int CSIM_BLOCK = 16;
 #ifndef ROMA_CSIM_PARALLEL_MIN
 #define ROMA_CSIM_PARALLEL_MIN (1L << 22)
@@ -352,7 +412,8 @@ struct CsimPackedTile {
   std::vector<half_bits_t> d, m;  // [blocks][NG][CSIM_BLOCK], rows past ROWS: 0
 };
 
-// A tile's words as its ROM arrays hold them (the packer's source; brom_ddr.h has the DDR one).
+// A tile's words as its ROM arrays hold them, fp16 scales and minimums (the packer's source; a q8 ROM tile's
+// come from load_brom_image's decoded arrays; brom_ddr.h has the DDR one).
 template <int WPS>
 struct RomTileSource {
   const rom_word_t *planes;
@@ -519,9 +580,15 @@ namespace roma {
 struct BromImageHost {
   uint32_t bits = 0, group = 0, rows = 0, cols = 0, tiles = 0;
   uint32_t plane_words_per_tile = 0, params_per_tile = 0;
+  ScaleFormat scale_format = ScaleFormat::Fp16;
   std::vector<rom_word_t> planes;  // [tiles][plane_words_per_tile]
-  std::vector<half_bits_t> scales; // [tiles][params_per_tile]
+  std::vector<half_bits_t> scales; // [tiles][params_per_tile] fp16 bits (q8: decoded, for the repacker)
   std::vector<half_bits_t> mins;   // [tiles][params_per_tile]
+  std::vector<scale_word_t> q8_params; // q8: [tiles][params_per_tile] sd | sm << 8, as stored
+  std::vector<scale_word_t> q8_exps;   // q8: [tiles][rows / tiles] row exponents, as stored
+  // The scale ROM arrays of the kernels (brom_tile_gemv's prm, aux): [tiles][PARAMS] and [tiles][AUX].
+  const scale_word_t *rom_prm() const { return scale_format == ScaleFormat::Q8 ? q8_params.data() : scales.data(); }
+  const scale_word_t *rom_aux() const { return scale_format == ScaleFormat::Q8 ? q8_exps.data() : mins.data(); }
 };
 
 inline uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t n) {
@@ -570,14 +637,19 @@ inline std::string load_brom_image(const std::string &path, BromImageHost &img) 
   img.tiles = le32(h + 32);
   img.plane_words_per_tile = le32(h + 44);
   img.params_per_tile = le32(h + 48);
+  const uint32_t format = le32(h + 60);
   const uint64_t plen = (uint64_t)le32(h + 64) | ((uint64_t)le32(h + 68) << 32);
   if (le32(h + 36) != 32 || le32(h + 40) != 1) return "ROM image " + path + " has an unknown word layout";
+  if (format > (uint32_t)ScaleFormat::Q8) return "ROM image " + path + " has an unknown scale format";
+  img.scale_format = (ScaleFormat)format;
+  const bool q8 = img.scale_format == ScaleFormat::Q8;
   if (!is_supported_bits((int)img.bits) || !is_supported_group((int)img.group) || img.tiles == 0 ||
       img.rows % img.tiles || img.cols % img.group)
     return "ROM image " + path + " has unsupported parameters";
   const uint64_t r = img.rows / img.tiles, ng = img.cols / img.group, lanes = img.group / 32;
+  const uint64_t scale_bytes = q8 ? 2ull * img.params_per_tile + 2ull * r : 4ull * img.params_per_tile;
   if (img.plane_words_per_tile != ng * r * img.bits * lanes || img.params_per_tile != ng * r ||
-      plen != (uint64_t)img.tiles * (4ull * img.plane_words_per_tile + 4ull * img.params_per_tile))
+      plen != (uint64_t)img.tiles * (4ull * img.plane_words_per_tile + scale_bytes))
     return "ROM image " + path + " has inconsistent sizes";
   if (data.size() != HEADER + plen) return "ROM image " + path + " is truncated or has trailing bytes";
   if (crc32_update(0, h + HEADER, plen) != le32(h + 52))
@@ -585,10 +657,26 @@ inline std::string load_brom_image(const std::string &path, BromImageHost &img) 
   const unsigned char *p = h + HEADER;
   img.planes.resize((size_t)img.tiles * img.plane_words_per_tile);
   for (size_t i = 0; i < img.planes.size(); ++i, p += 4) img.planes[i] = le32(p);
-  img.scales.resize((size_t)img.tiles * img.params_per_tile);
-  for (size_t i = 0; i < img.scales.size(); ++i, p += 2) img.scales[i] = (half_bits_t)(p[0] | (p[1] << 8));
-  img.mins.resize(img.scales.size());
-  for (size_t i = 0; i < img.mins.size(); ++i, p += 2) img.mins[i] = (half_bits_t)(p[0] | (p[1] << 8));
+  const size_t pp = img.params_per_tile;
+  std::vector<scale_word_t> &first = q8 ? img.q8_params : img.scales, &second = q8 ? img.q8_exps : img.mins;
+  first.resize((size_t)img.tiles * pp);
+  for (size_t i = 0; i < first.size(); ++i, p += 2) first[i] = (scale_word_t)(p[0] | (p[1] << 8));
+  second.resize((size_t)img.tiles * (q8 ? r : pp));
+  for (size_t i = 0; i < second.size(); ++i, p += 2) second[i] = (scale_word_t)(p[0] | (p[1] << 8));
+  if (q8) { // decode into scales/mins with the kernels' decoder: the repacker and the fp16 view read those
+    constexpr uint32_t EXP_RANGE = Q8_EXP_MAX - Q8_EXP_MIN;
+    for (scale_word_t e : img.q8_exps)
+      if ((e & 0xffu) > EXP_RANGE || (uint32_t)(e >> 8) > EXP_RANGE)
+        return "ROM image " + path + " is corrupt (a q8 row exponent is out of range)";
+    img.scales.resize(first.size());
+    img.mins.resize(first.size());
+    for (size_t t = 0; t < img.tiles; ++t)
+      for (size_t step = 0; step < pp; ++step) {
+        const HalfPair dm = brom_scales<ScaleFormat::Q8>(img.q8_params[t * pp + step], img.q8_exps[t * r + step % r]);
+        img.scales[t * pp + step] = dm.d;
+        img.mins[t * pp + step] = dm.m;
+      }
+  }
   return "";
 }
 
