@@ -54,6 +54,8 @@ ROWS = {
     "3-g32-gptq-q8": ("3-bit G32 GPTQ, q8 scales", dict(bits=3, group=32, method="gptq", scales="q8")),
     "mixed-3.0-q8": ("mixed G64, q8 scales, budget 3.0 bits/weight (GPTQ)",
                      dict(bits=4, group=64, method="gptq", bits_budget=3.0, scales="q8")),
+    "mixed-3.0-q8-g32": ("mixed G32, q8 scales, budget 3.0 bits/weight (GPTQ)",
+                         dict(bits=4, group=32, method="gptq", bits_budget=3.0, scales="q8")),
     "mixed-3.0-q8-r64": ("mixed G64, q8 scales, budget 3.0 bits/weight (GPTQ) + activation-weighted LoftQ LoRA r64",
                          dict(bits=4, group=64, method="gptq", bits_budget=3.0, scales="q8", lora_rank=64)),
 }
