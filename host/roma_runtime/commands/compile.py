@@ -42,8 +42,7 @@ def run(args) -> int:
 
     manifest = compile_model(
         args.model, args.out, bits=args.bits, group=args.group, method=args.method, scales=args.scales,
-        board=args.board,
-        lora_rank=args.lora_rank, bits_budget=args.bits_budget, embedding_bits=args.embedding_bits,
+        board=args.board, lora_rank=args.lora_rank, bits_budget=args.bits_budget, embedding_bits=args.embedding_bits,
         force=args.force, calib_tokens=args.calib_tokens, progress=sys.stderr.isatty(), ddr=args.ddr,
         kv_onchip=args.kv_onchip or 0)
     q = manifest["quantization"]

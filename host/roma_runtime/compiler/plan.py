@@ -32,8 +32,8 @@ own, a 16-bit word of exponents per row. Codes and scales may live in separate m
 
 Banks: layers run one after another, so a tile's memory holds its row slice of every on-chip layer stacked in
 depth. The planner therefore keeps one bank per (BRAM or URAM, code bits, group, scale format) for all weight
-matrices, one for q8's row exponents and one for the fp32 norms, and charges each tensor the blocks its bank grows by when the tensor is added; the sum over
-tensors is exactly the bank total. Splitting a bank among tiles is assumed to follow block boundaries (tile
+matrices, one for q8's row exponents and one for the fp32 norms, and charges each tensor the blocks its banks
+grow by when the tensor is added; the sum over tensors is exactly the bank total. Splitting a bank among tiles is assumed to follow block boundaries (tile
 count chosen by the compiler), so it adds no blocks.
 
 Budget: at most ``budget`` (default 80%) of the board's BRAM36 and URAM, for timing closure; BRAM is counted
