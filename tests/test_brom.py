@@ -264,11 +264,6 @@ def test_missing_file(tmp_path):
     expect_error(tmp_path / "nope.bin", "cannot read")
 
 
-def _rewrite(path, img):
-    """Write img over path with valid checksums (a well-formed file with bad contents)."""
-    brom.write_image(img, path.parent, path.stem)
-
-
 def test_unknown_scale_format(tmp_path):
     path = brom.write_image(brom.pack(random_qm(4, 64), 2), tmp_path, "wq")[0]
     data = bytearray(path.read_bytes())
@@ -283,9 +278,10 @@ def test_q8_exponent_out_of_range(tmp_path):
     img = brom.pack(q8_qm(4, 64), 2)
     exps = img.exponents.copy()
     exps[1, 2] = 33  # ed = 9, past Q8_EXP_MAX
-    path = tmp_path / "wq.bin"
-    _rewrite(path, brom.BromImage(img.bits, img.group, img.rows, img.cols, img.tiles, img.planes, None, None, "q8",
-                                  img.params, exps))
+    # a well-formed file (valid checksums) with bad contents
+    bad = brom.BromImage(img.bits, img.group, img.rows, img.cols, img.tiles, img.planes, None, None, "q8",
+                         img.params, exps)
+    path = brom.write_image(bad, tmp_path, "wq")[0]
     expect_error(path, "q8 row exponent is out of range")
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..errors import RomaError
+from ..model.weights import SCALE_BITS
 
 HELP = "plan the placement of a model on a board: BRAM-ROM, URAM-load-once or DDR-streamed, with a tokens/s estimate"
 
@@ -43,7 +44,7 @@ def add_ddr_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_scales_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scales", default="fp16", choices=("fp16", "q8"),
+    parser.add_argument("--scales", default="fp16", choices=tuple(SCALE_BITS),
                         help="how the linears store each group's scale and minimum: fp16 (32 bits per group; the "
                              "default, and Q4_1's form) or q8 (8-bit steps of a power of two per row: 16 bits per "
                              "group and 16 per row)")

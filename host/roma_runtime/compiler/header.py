@@ -25,6 +25,7 @@ import numpy as np
 
 from ..model.config import ModelConfig
 from ..model.weights import LayerWeights
+from .brom import SCALE_FORMATS
 
 
 def _ident(text: str) -> str:
@@ -42,9 +43,6 @@ def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
 
 def _hex_floats(values) -> str:
     return "{" + ", ".join(float.hex(float(v)) + "f" for v in values) + "}"
-
-
-SCALE_FORMAT_IDS = {"fp16": 0, "q8": 1}  # roma::ScaleFormat in brom_tile.h
 
 
 def _kv_impl(kv_onchip: dict | None) -> str:
@@ -95,7 +93,7 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
         lines.append(f"constexpr int BITS_{_ident(lin)}[N_LAYERS] = {_array(e['bits'] for e in entries)};")
         lines.append(f"constexpr int GROUP_{_ident(lin)}[N_LAYERS] = {_array(e['group'] for e in entries)};")
         lines.append(f"constexpr int SCALES_{_ident(lin)}[N_LAYERS] = "
-                     f"{_array(SCALE_FORMAT_IDS[e['scales']] for e in entries)};")
+                     f"{_array(SCALE_FORMATS[e['scales']] for e in entries)};")
         lines.append(f"constexpr int TILES_{_ident(lin)}[N_LAYERS] = "
                      f"{_array(e.get('tiles', tiles_default) for e in entries)};")
         lines.append(f"constexpr long long DDR_{_ident(lin)}[N_LAYERS] = {_array(offset(e) for e in entries)};")
@@ -103,7 +101,7 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
         e = tensors[name] if name in tensors else tensors["token_embd"]  # tied: the head is the embedding ROM
         lines.append(f"constexpr int BITS_{_ident(name)} = {e['bits']};")
         lines.append(f"constexpr int GROUP_{_ident(name)} = {e['group']};")
-        lines.append(f"constexpr int SCALES_{_ident(name)} = {SCALE_FORMAT_IDS[e['scales']]};")
+        lines.append(f"constexpr int SCALES_{_ident(name)} = {SCALE_FORMATS[e['scales']]};")
         lines.append(f"constexpr int TILES_{_ident(name)} = {e.get('tiles', tiles_default)};")
         lines.append(f"constexpr long long DDR_{_ident(name)} = {offset(e)};")
     lines += ["",

@@ -105,7 +105,7 @@ from typing import Iterable
 
 from ..errors import RomaError
 from ..model.config import ModelConfig
-from ..model.weights import SCALE_BITS, storage_bits_per_weight
+from ..model.weights import ROW_SCALE_BITS, SCALE_BITS, storage_bits_per_weight
 from .boards import Board, get_board
 
 SUPPORTED_BITS = (2, 3, 4, 8)
@@ -191,9 +191,9 @@ class TensorPlan:
         if not self.group:
             return [(("fp32",), self.cols)]
         groups = self.rows * self.cols // self.group
-        if self.scales == "q8":
-            return [(("matrix", self.bits, self.group, 16), groups), (("row16",), self.rows)]
-        return [(("matrix", self.bits, self.group, 32), groups)]
+        row_bits = ROW_SCALE_BITS[self.scales]
+        return [(("matrix", self.bits, self.group, SCALE_BITS[self.scales]), groups)] + (
+            [(("rows", row_bits), self.rows)] if row_bits else [])
 
     @property
     def bytes(self) -> int:
@@ -454,7 +454,7 @@ def _validate_per_tensor_bits(per_tensor_bits: dict | None, config: ModelConfig)
 
 
 def _weight_tensor(name, kind, layer, rows, cols, bits, group, scales="fp16") -> TensorPlan:
-    scale_bytes = rows * cols // group * 4 if scales == "fp16" else rows * cols // group * 2 + rows * 2
+    scale_bytes = (rows * cols // group * SCALE_BITS[scales] + rows * ROW_SCALE_BITS[scales]) // 8
     return TensorPlan(name=name, kind=kind, layer=layer, rows=rows, cols=cols, bits=bits, group=group,
                       code_bytes=-(-rows * cols * bits // 8), scale_bytes=scale_bytes, scales=scales)
 
@@ -763,8 +763,8 @@ class _Banks:
     def cost(self, kind: str, bank: tuple, items: int) -> float:
         if bank[0] == "fp32":
             return memory_blocks(items, 32, kind)
-        if bank[0] == "row16":
-            return memory_blocks(items, 16, kind)
+        if bank[0] == "rows":
+            return memory_blocks(items, bank[1], kind)
         _, bits, group, scale_bits = bank
         return _matrix_blocks(items, bits * group, scale_bits, kind)
 

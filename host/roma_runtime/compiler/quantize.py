@@ -29,10 +29,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import RomaError
-from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS, QuantizedMatrix, Tensor, as_float
+from ..model.weights import SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, QuantizedMatrix, Tensor, as_float
 
 METHODS = ("rtn", "gptq")
-SCALE_FORMATS = ("fp16", "q8")
+SCALE_FORMATS = tuple(SCALE_BITS)  # fp16, q8
 FP16_MAX = 65504.0
 Q8_EXP_MIN, Q8_EXP_MAX = -24, 8  # 2^-24 is fp16's smallest step; 255 * 2^8 stays below FP16_MAX
 
