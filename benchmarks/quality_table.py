@@ -6,8 +6,9 @@
 Candidate = the golden model in quant mode (accelerator numerics) on the build's ROM images (+ its LoRA);
 reference = the golden model in float mode on the original GGUF. Held-out text: stdlib docstrings
 (evaluation split). SmolLM2's 576-wide rows admit G32 and G64 only (576 = 4.5 x 128), so at --group 128
-they fall back to G64 and only the 1536-wide w_down rows get G128 (the labels say so). All GPTQ and mixed
-rows share one calibration (Hessians), the mixed rows one sensitivity measurement per group and scale format.
+they fall back to G64 and only the 1536-wide w_down rows get G128 (the labels say so); mixed rows choose each
+tensor's width and group (up to the row's --group). All GPTQ and mixed rows share one calibration (Hessians),
+the mixed rows one sensitivity measurement per --group and scale format.
 Rows print as they finish, so a partial run still gives numbers; --markdown writes the finished table to a file.
 """
 
@@ -42,22 +43,21 @@ ROWS = {
     "2-g64-gptq-r16": ("2-bit G64 GPTQ + activation-weighted LoftQ LoRA r16", dict(bits=2, group=64, method="gptq", lora_rank=16)),
     "2-g64-gptq-r32": ("2-bit G64 GPTQ + activation-weighted LoftQ LoRA r32", dict(bits=2, group=64, method="gptq", lora_rank=32)),
     "2-g64-gptq-r64": ("2-bit G64 GPTQ + activation-weighted LoftQ LoRA r64", dict(bits=2, group=64, method="gptq", lora_rank=64)),
-    "mixed-3.0": ("mixed G128 (G64 on 576-wide rows), budget 3.0 bits/weight (GPTQ)",
+    "mixed-3.0": ("mixed, groups up to 128, budget 3.0 bits/weight (GPTQ)",
                   dict(bits=4, group=128, method="gptq", bits_budget=3.0)),
-    "mixed-3.0-r64": ("mixed G128 (G64 on 576-wide rows), budget 3.0 bits/weight (GPTQ) + activation-weighted "
-                      "LoftQ LoRA r64", dict(bits=4, group=128, method="gptq", bits_budget=3.0, lora_rank=64)),
+    "mixed-3.0-r64": ("mixed, groups up to 128, budget 3.0 bits/weight (GPTQ) + activation-weighted LoftQ LoRA "
+                      "r64", dict(bits=4, group=128, method="gptq", bits_budget=3.0, lora_rank=64)),
     "4-g128-gptq-r64": ("4-bit G128 GPTQ + activation-weighted LoftQ LoRA r64",
                         dict(bits=4, group=128, method="gptq", lora_rank=64)),
-    "mixed-4.0": ("mixed G128 (G64 on 576-wide rows), budget 4.0 bits/weight (GPTQ)",
+    "mixed-4.0": ("mixed, groups up to 128, budget 4.0 bits/weight (GPTQ)",
                   dict(bits=4, group=128, method="gptq", bits_budget=4.0)),
     "3-g64-gptq-q8": ("3-bit G64 GPTQ, q8 scales", dict(bits=3, group=64, method="gptq", scales="q8")),
     "3-g32-gptq-q8": ("3-bit G32 GPTQ, q8 scales", dict(bits=3, group=32, method="gptq", scales="q8")),
-    "mixed-3.0-q8": ("mixed G64, q8 scales, budget 3.0 bits/weight (GPTQ)",
-                     dict(bits=4, group=64, method="gptq", bits_budget=3.0, scales="q8")),
-    "mixed-3.0-q8-g32": ("mixed G32, q8 scales, budget 3.0 bits/weight (GPTQ)",
-                         dict(bits=4, group=32, method="gptq", bits_budget=3.0, scales="q8")),
-    "mixed-3.0-q8-r64": ("mixed G64, q8 scales, budget 3.0 bits/weight (GPTQ) + activation-weighted LoftQ LoRA r64",
-                         dict(bits=4, group=64, method="gptq", bits_budget=3.0, scales="q8", lora_rank=64)),
+    "mixed-3.0-q8": ("mixed, groups up to 128, q8 scales, budget 3.0 bits/weight (GPTQ)",
+                     dict(bits=4, group=128, method="gptq", bits_budget=3.0, scales="q8")),
+    "mixed-3.0-q8-r64": ("mixed, groups up to 128, q8 scales, budget 3.0 bits/weight (GPTQ) + activation-weighted "
+                         "LoftQ LoRA r64", dict(bits=4, group=128, method="gptq", bits_budget=3.0, scales="q8",
+                                                lora_rank=64)),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tiny_models import write_tiny_gguf, write_tiny_hf  # noqa: E402
 from roma_runtime.errors import RomaError  # noqa: E402
 from roma_runtime.golden import GoldenModel  # noqa: E402
 from roma_runtime.model import QuantizedMatrix, load_model  # noqa: E402
+from roma_runtime.model.weights import LayerWeights  # noqa: E402
 from roma_runtime.model.loader import read_gguf_metadata, resolve_model_path  # noqa: E402
 from roma_runtime.compiler import corpus  # noqa: E402
 from roma_runtime.compiler.build import (MANIFEST, compile_model, load_build, tensor_names,  # noqa: E402
@@ -25,7 +27,7 @@ from roma_runtime.compiler.quantize import (Q8_EXP_MAX, Q8_EXP_MIN, codes_for, e
                                             group_params, output_error, q8_exponents, quantize_gptq,
                                             quantize_rtn, quantize_tensor)
 from roma_runtime.compiler.loftq import loftq  # noqa: E402
-from roma_runtime.compiler.mixed import assign_bits, average_bits  # noqa: E402
+from roma_runtime.compiler.mixed import assign_settings, average_bits  # noqa: E402
 
 GGUF_NAMES = {"wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output", "w_gate": "ffn_gate",
               "w_up": "ffn_up", "w_down": "ffn_down"}
@@ -234,15 +236,21 @@ def test_activation_weighted_loftq_lowers_the_output_error():
 
 
 def test_mixed_precision_greedy_meets_the_budget():
-    sens = {"a": {2: 1.0, 3: 0.3, 4: 0.1, 8: 0.0}, "b": {2: 0.05, 3: 0.02, 4: 0.01, 8: 0.0},
-            "c": {2: 2.0, 3: 0.5, 4: 0.2, 8: 0.0}}
-    sizes = {"a": 1000, "b": 1000, "c": 1000}
-    choice = assign_bits(sens, sizes, 1.0, 4.0)
-    assert average_bits(choice, sizes, 1.0) <= 4.0 + 1e-9
-    assert choice["b"] == 2 and choice["c"] >= choice["a"] >= 3
-    assert set(assign_bits(sens, sizes, 1.0, 9.0).values()) == {8}
+    # settings (width, group) with their bits per weight; G32 costs 0.5 more than G64
+    bpw = {(2, 64): 2.5, (2, 32): 3.0, (3, 64): 3.5, (3, 32): 4.0, (4, 64): 4.5, (8, 64): 8.5}
+    sens = {"a": {(2, 64): 1.0, (2, 32): 0.6, (3, 64): 0.3, (3, 32): 0.2, (4, 64): 0.1, (8, 64): 0.0},
+            "b": {(2, 64): 0.05, (2, 32): 0.04, (3, 64): 0.02, (3, 32): 0.015, (4, 64): 0.01, (8, 64): 0.0},
+            "c": {(2, 64): 2.0, (2, 32): 1.5, (3, 64): 0.5, (3, 32): 0.3, (4, 64): 0.2, (8, 64): 0.0}}
+    cost = {n: (1000, bpw) for n in sens}
+    choice = assign_settings(sens, cost, 3.5)
+    assert average_bits(choice, cost) <= 3.5 + 1e-9
+    assert choice["b"] == (2, 64) and choice["c"][0] >= choice["a"][0] >= 3
+    assert set(assign_settings(sens, cost, 9.0).values()) == {(8, 64)}
+    # a setting that costs more without lowering the KL is never taken
+    sens["b"][(2, 32)] = 0.05
+    assert assign_settings(sens, cost, 3.5)["b"] == (2, 64)
     with pytest.raises(RomaError, match="below the narrowest"):
-        assign_bits(sens, sizes, 1.0, 2.5)
+        assign_settings(sens, cost, 2.4)
 
 
 # --- builds ----------------------------------------------------------------------------------------------------
@@ -409,13 +417,16 @@ def test_gptq_lora_and_mixed_builds(tiny_hf, tmp_path):
     a, b, s = lora.factors[(1, "w_up")]
     assert a.shape == (8, 64) and b.shape == (128, 8) and s == 1.0
     assert e_gptq < e_rtn and e_lora < e_rtn
-    man = compile_model(tiny_hf, tmp_path / "mixed", bits=2, group=32, bits_budget=3.6, calib_tokens=256,
+    man = compile_model(tiny_hf, tmp_path / "mixed", bits=2, group=64, bits_budget=3.6, calib_tokens=256,
                         progress=False)
     q = man["quantization"]
     assert 3.0 < q["linear_bits_per_weight"] <= 3.6 + 1e-9 and q["bits_budget"] == 3.6
-    widths = {t["bits"] for n, t in man["tensors"].items() if n.startswith("blk.")}
-    assert len(widths) > 1
-    assert all("sensitivity" in t for n, t in man["tensors"].items() if n.startswith("blk."))
+    linears = {n: t for n, t in man["tensors"].items() if n.startswith("blk.")}
+    assert len({t["bits"] for t in linears.values()}) > 1
+    assert {t["group"] for t in linears.values()} <= {32, 64}
+    for n, t in linears.items():  # the chosen setting is one that was priced; the plan counts its group
+        assert f"{t['bits']}/{t['group']}" in t["sensitivity"]["settings"]
+        assert man["plan"]["quantization"]["per_tensor_groups"]["layers." + n[4:]] == t["group"]
     header = (tmp_path / "mixed" / "roma_model.h").read_text()
     wq = [man["tensors"][f"blk.{i}.wq"]["bits"] for i in range(2)]
     assert f"constexpr int BITS_WQ[N_LAYERS] = {{{wq[0]}, {wq[1]}}};" in header
@@ -432,6 +443,13 @@ def test_compile_command(tiny_hf, tmp_path, capsys):
     assert cmd.run(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["bits"] == 4 and summary["group"] == 64 and summary["linear_bits_per_weight"] == 4.5
+    assert "mixed_settings" not in summary
+    args = p.parse_args(["--model", str(tiny_hf.source), "--group", "64", "--bits-budget", "3.5", "--calib-tokens",
+                         "256", "--out", str(tmp_path / "m")])
+    assert cmd.run(args) == 0
+    line = capsys.readouterr().out.splitlines()[0]  # "built ...: ... at mixed 5 x 2/64, 9 x 3/64 (bits/group)"
+    counts = re.findall(r"(\d+) x ([2348])/(32|64)", line)
+    assert "at mixed" in line and sum(int(n) for n, _, _ in counts) == 14, line
 
 
 def test_layerwise_forward_is_the_golden_float_forward(tiny_hf):
@@ -450,12 +468,20 @@ def test_layerwise_forward_is_the_golden_float_forward(tiny_hf):
 
 
 def test_measured_sensitivity_orders_widths(tiny_hf):
-    from roma_runtime.compiler.mixed import measure_sensitivity
+    from roma_runtime.compiler.build import measure_sensitivity, mixed_settings
+    from roma_runtime.compiler.calibrate import collect_hessians
 
-    windows = corpus.token_windows(tiny_hf, "calibration", 64, 64)
-    sens = measure_sensitivity(tiny_hf, lambda li, n, b: quantize_rtn(
-        np.asarray(getattr(tiny_hf.weights.layers[li], n), np.float32), b, 32).dequantize(), windows)
-    assert set(sens) == {(i, u) for i in range(2) for u in ("attn", "mlp")}
+    assert mixed_settings(96, 128) == [(2, 32), (3, 32), (4, 32), (8, 32)]  # 96 = 3 x 32: G32 only
+    assert mixed_settings(128, 64) == [(2, 32), (2, 64), (3, 32), (3, 64), (4, 32), (4, 64), (8, 64)]
+    hessians = collect_hessians(tiny_hf, 128, 64, progress=False)
+    sens = measure_sensitivity(tiny_hf, 64, hessians, tokens=64, window=64)
+    assert set(sens) == {(i, n) for i in range(2) for n in LayerWeights.LINEAR}
     for entry in sens.values():
-        assert entry[2]["kl"] > entry[4]["kl"] >= 0 and entry[8] == {"kl": 0.0, "top1": 1.0}
-        assert 0 <= entry[2]["top1"] <= entry[4]["top1"] + 0.05
+        ref, priced = entry["reference"], entry["settings"]
+        assert (ref["bits"], ref["group"]) == (3, 64) and 0 <= ref["top1"] <= 1
+        assert priced[(3, 64)]["kl"] == pytest.approx(ref["kl"])  # the measured point, scaled by 1
+        assert priced[(2, 64)]["kl"] > priced[(3, 64)]["kl"] > priced[(4, 64)]["kl"] > 0
+        assert priced[(2, 32)]["error"] < priced[(2, 64)]["error"]  # smaller groups fit closer
+        assert priced[(8, 64)] == {"kl": 0.0, "error": 0.0}
+
+

@@ -185,6 +185,24 @@ def test_mixed_precision_per_tensor_bits(smollm2):
         P.make_plan(smollm2, "zcu104", per_tensor_bits={"layers.99.wq": 4}, lora_rank=0)
 
 
+def test_per_tensor_groups_count_their_scales(smollm2):
+    """A mixed build's groups (G128 on 1536-wide w_down, G32 on one wq) price each tensor's scales by its own
+    group, even where --group would not divide every row."""
+    plan = P.make_plan(smollm2, "zcu104", bits=3, group=128, lora_rank=0, scales="q8",
+                       per_tensor_groups={"wq": 64, "wk": 64, "wv": 64, "wo": 64, "w_gate": 64, "w_up": 64,
+                                          "token_embedding": 32, "blk.0.wq": 32})
+    by_name = {t.name: t for t in plan.tensors}
+    down, wq0, wq1 = by_name["layers.3.w_down"], by_name["layers.0.wq"], by_name["layers.1.wq"]
+    assert (down.group, wq0.group, wq1.group) == (128, 32, 64)
+    assert down.scale_bytes == (576 * 1536 // 128 * 16 + 576 * 16) // 8
+    assert wq0.scale_bytes == (576 * 576 // 32 * 16 + 576 * 16) // 8
+    assert plan.to_dict()["quantization"]["per_tensor_groups"]["layers.0.wq"] == 32
+    with pytest.raises(RomaError, match="does not divide its 576-wide rows"):
+        P.make_plan(smollm2, "zcu104", lora_rank=0, per_tensor_groups={"wq": 128})
+    with pytest.raises(RomaError, match="not divisible by the group size 128"):
+        P.make_plan(smollm2, "zcu104", group=128, lora_rank=0, per_tensor_groups={"wq": 64})
+
+
 @pytest.mark.parametrize("kwargs, text", [
     ({"bits": 5}, "unsupported bits 5"),
     ({"group": 48}, "unsupported group size 48"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS
 from . import common
@@ -17,7 +18,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bits", type=int, default=4, choices=SUPPORTED_BITS,
                         help="code width of the linear layers (default 4; 4 with --group 32 keeps Q4_1 exactly)")
     parser.add_argument("--group", type=int, default=32, choices=SUPPORTED_GROUPS,
-                        help="inputs per scale/minimum (default 32)")
+                        help="inputs per scale/minimum (default 32); with --bits-budget the largest group a "
+                             "tensor may get")
     add_scales_argument(parser)
     parser.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
                         help="quantizer: round to nearest, or GPTQ with calibration on stdlib docstrings")
@@ -26,7 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lora-rank", type=int, default=0, metavar="R",
                         help="also produce a LoRA of rank R compensating the quantization error (LoftQ)")
     parser.add_argument("--bits-budget", type=float, default=None, metavar="B",
-                        help="mixed precision: average bits per weight of the linears, scales included")
+                        help="mixed precision: average bits per weight of the linears, scales included; each "
+                             "linear's width (2/3/4/8) and group (up to --group) chosen by measured sensitivity")
     parser.add_argument("--embedding-bits", type=int, default=8, choices=SUPPORTED_BITS,
                         help="code width of the embedding / lm head (default 8; Q8_0 passes through)")
     parser.add_argument("--calib-tokens", type=int, default=4096, metavar="N",
@@ -62,10 +65,15 @@ def run(args) -> int:
         "compile_seconds": manifest["compile_seconds"],
         "passthrough_tensors": sum(1 for t in manifest["tensors"].values() if t["method"] == "passthrough"),
     }
+    if q["bits_budget"] is not None:  # how many linears got each (width, group)
+        settings = Counter(f"{t['bits']}/{t['group']}" for n, t in manifest["tensors"].items() if "sensitivity" in t)
+        summary["mixed_settings"] = dict(sorted(settings.items()))
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
-        print(f"built {summary['out']}: {summary['model']} at {q['bits']}-bit G{q['group']} ({q['method']}"
+        width = ("mixed " + ", ".join(f"{n} x {s}" for s, n in summary["mixed_settings"].items()) + " (bits/group)"
+                 if q["bits_budget"] is not None else f"{q['bits']}-bit G{q['group']}")
+        print(f"built {summary['out']}: {summary['model']} at {width} ({q['method']}"
               + (", q8 scales" if q["scales"] == "q8" else "")
               + (f", LoRA rank {q['lora_rank']}" if q["lora_rank"] else "")
               + (f", budget {q['bits_budget']}" if q["bits_budget"] is not None else "") + ")")

@@ -30,8 +30,10 @@ import numpy as np
 from ..errors import RomaError
 from ..model.config import ModelConfig
 from ..model.loader import LoadedModel, load_model, sha256_files
-from ..model.weights import LayerWeights, ModelWeights, QuantizedMatrix, as_float, storage_bits_per_weight
+from ..model.weights import (SUPPORTED_BITS, SUPPORTED_GROUPS, LayerWeights, ModelWeights, QuantizedMatrix, as_float,
+                             storage_bits_per_weight)
 from . import brom
+from .mixed import LOSSLESS_BITS, setting_name
 from .quantize import METHODS, effective_group, quantize_tensor, validate
 
 MANIFEST = "manifest.json"
@@ -131,14 +133,15 @@ def _plan_name(name: str) -> str:
     return "token_embedding" if name == EMBEDDING else "output"
 
 
-def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, lora_rank: int, ddr,
-          kv_onchip: int = 0, scales: str = "fp16"):
+def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, per_tensor_groups: dict,
+          lora_rank: int, ddr, kv_onchip: int = 0, scales: str = "fp16"):
     try:
         from .plan import make_plan
     except ImportError:  # the planner is optional for building images; the manifest says so
         return None
     plan = make_plan(config, board, bits=bits, group=group, per_tensor_bits=per_tensor_bits,
-                     lora_rank=lora_rank, ddr=ddr, kv_tokens=kv_onchip or None, scales=scales)
+                     per_tensor_groups=per_tensor_groups, lora_rank=lora_rank, ddr=ddr,
+                     kv_tokens=kv_onchip or None, scales=scales)
     return plan.to_dict()
 
 
@@ -227,7 +230,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     # Per tensor, the largest supported group up to --group that divides its rows (576 at G128 -> 64).
     groups = {n: effective_group(_tensor(w, n).shape[1], group) for n in linears}
     fallback = {_tensor(w, n).shape[1]: g for n, g in groups.items() if g != group}
-    if fallback:
+    if fallback and bits_budget is None:  # under a budget every group up to --group is a candidate anyway
         print("note: --group " + str(group) + " does not divide every row; " + ", ".join(
             f"{c}-wide rows use G{g}" for c, g in sorted(fallback.items())), file=sys.stderr)
 
@@ -241,26 +244,22 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
 
         hessians = collect_hessians(model, calib_tokens, calib_window, progress=progress)
 
-    # Bit width per linear: the default, or the mixed-precision assignment under the budget.
-    choice = {n: bits for n in linears}
-    units = None
+    # (width, group) per linear: the default, or the mixed-precision assignment under the budget.
+    choice = {n: (bits, groups[n]) for n in linears}
     if bits_budget is not None:
-        from .mixed import assign_bits, unit_of
+        from .mixed import assign_settings
 
         if sensitivity is None:
             sensitivity = measure_sensitivity(model, group, hessians, sensitivity_tokens, calib_window, progress,
                                               scales)
-        sizes, scale_bits = {}, {}
+        cost = {}
         for n in linears:
-            u = (_split(n)[0], unit_of(_split(n)[1]))
-            shape = _tensor(w, n).shape
-            size = int(np.prod(shape))
-            sizes[u] = sizes.get(u, 0) + size
-            scale_bits[u] = scale_bits.get(u, 0.0) + size * (
-                storage_bits_per_weight(0, groups[n], shape[1], scales))
-        units = assign_bits({u: {b: e["kl"] for b, e in sensitivity[u].items()} for u in sizes}, sizes,
-                            {u: scale_bits[u] / sizes[u] for u in sizes}, bits_budget)
-        choice = {n: units[(_split(n)[0], unit_of(_split(n)[1]))] for n in linears}
+            rows, cols = _tensor(w, n).shape
+            cost[n] = (rows * cols, {s: storage_bits_per_weight(s[0], s[1], cols, scales)
+                                     for s in sensitivity[_split(n)]["settings"]})
+        choice = assign_settings({n: {s: e["kl"] for s, e in sensitivity[_split(n)]["settings"].items()}
+                                  for n in linears}, cost, bits_budget)
+        groups = {n: choice[n][1] for n in linears}
 
     # Embedding (and untied lm head): the source form when it already has embedding_bits, else RTN.
     def embedding_group(t) -> int:
@@ -277,7 +276,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     def quantize_linear(name: str, h) -> None:
         """Quantize one linear (with its LoftQ LoRA when asked)."""
         t, key = _tensor(w, name), _split(name)
-        b, g = choice[name], groups[name]
+        b, g = choice[name]
         m = method if h is not None else "rtn"
         if lora_rank > 0:
             from .loftq import loftq
@@ -302,14 +301,17 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         tensors[name] = {"shape": list(q.shape), "bits": q.bits, "group": q.group, "scales": q.scale_format,
                          "method": how_of[name], "bits_per_weight": q.bits_per_weight}
         key = _split(name)
-        if units is not None and key is not None:
-            tensors[name]["sensitivity"] = {str(b): e for b, e in sensitivity[(key[0], unit_of(key[1]))].items()}
+        if bits_budget is not None and key is not None:
+            entry = sensitivity[key]
+            tensors[name]["sensitivity"] = {"reference": entry["reference"], "settings": {
+                setting_name(s): e for s, e in entry["settings"].items()}}
 
     # The plan sees every tensor's actual width (its names: layers.<i>.<linear>, token_embedding, output).
     per_tensor_bits = {_plan_name(n): tensors[n]["bits"] for n in tensors}
-    # The planner takes one group for all tensors: the smallest in use, which never undercounts the scales.
-    plan_group = min(groups.values())
-    plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, lora_rank, ddr, kv_onchip, scales)
+    per_tensor_groups = {_plan_name(n): tensors[n]["group"] for n in tensors}
+    plan_group = min(groups.values())  # what the plan's --group-wide reservations assume
+    plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, per_tensor_groups, lora_rank, ddr,
+                 kv_onchip, scales)
     kv_entry = _kv_onchip_entry(plan, kv_onchip)
     placement = {t["name"]: t["placement"] for t in (plan or {}).get("tensors", [])}
     for n in tensors:
@@ -370,13 +372,13 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
                 "windows": hessians.windows, "window": calib_window,
                 "gptq": None if method != "gptq" else "one-pass Hessians, act-order, static groups, "
                 "scale/minimum search weighted by the Hessian diagonal"},
-            "sensitivity": None if units is None else {
-                "measure": "mean KL(float || unit lowered) of next-token distributions on calibration text, "
-                           "one unit (a layer's attention or MLP linears) at a time, the rest float; "
-                           "quantizer RTN with Hessian-diagonal-weighted scale search; 8-bit taken as lossless",
-                "tokens": sensitivity_tokens,
-                "units": {f"{li}.{u}": {"bits": units[(li, u)], "measured": {
-                    str(b): e for b, e in sensitivity[(li, u)].items()}} for li, u in sorted(units)}},
+            "sensitivity": None if bits_budget is None else {
+                "measure": "mean KL(float || tensor lowered) of next-token distributions on calibration text, "
+                           "one linear at a time, the rest float, measured at the reference setting and scaled "
+                           "to the others by the layer-output error tr(dW H dW^T); quantizer RTN with "
+                           "Hessian-diagonal-weighted scale search; 8-bit taken as lossless; per tensor in "
+                           "tensors.<name>.sensitivity",
+                "tokens": sensitivity_tokens},
             "linear_bits_per_weight": float(linear_bits / linear_params),
             "all_bits_per_weight": float(all_bits / all_params),
         },
@@ -400,22 +402,31 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     return manifest
 
 
+def mixed_settings(cols: int, group: int) -> list[tuple[int, int]]:
+    """The (width, group) settings a linear with `cols` inputs may get under a bits budget: widths 2, 3, 4 at
+    every supported group up to `group` that divides the row, and 8 (lossless) at the largest."""
+    groups = sorted({effective_group(cols, g) for g in SUPPORTED_GROUPS if g <= group})
+    return [(b, g) for b in SUPPORTED_BITS if b < LOSSLESS_BITS for g in groups] + [(LOSSLESS_BITS, groups[-1])]
+
+
 def measure_sensitivity(model: LoadedModel, group: int, hessians, tokens: int = 256, window: int = 256,
                         progress: bool = False, scales: str = "fp16") -> dict:
-    """mixed.measure_sensitivity with the compiler's quantizer: RTN with the scale search weighted by the
-    Hessian diagonal (calibrated, and far cheaper than GPTQ), per tensor at its effective group."""
+    """mixed.measure_sensitivity with the compiler's quantizer, RTN with the scale search weighted by the
+    Hessian diagonal (calibrated, and far cheaper than GPTQ), over mixed_settings of every linear."""
     from .corpus import token_windows
     from .mixed import measure_sensitivity as measure
 
     w = model.weights
 
-    def quantize(li, lin, b):
-        t = getattr(w.layers[li], lin)
-        g = effective_group(t.shape[1], group)
-        return quantize_tensor(t, b, g, "rtn", hessians[(li, lin)], f"blk.{li}.{lin}", scales)[0].dequantize()
+    def quantize(li, lin, b, g):
+        return quantize_tensor(getattr(w.layers[li], lin), b, g, "rtn", hessians[(li, lin)], f"blk.{li}.{lin}",
+                               scales)[0]
 
+    settings = {(li, lin): mixed_settings(t.shape[1], group)
+                for li, layer in enumerate(w.layers) for lin, t in layer.linears().items()}
     windows = token_windows(model, "calibration", tokens, window)
-    return measure(model, quantize, windows, progress=lambda it: _progress(it, "sensitivity", progress))
+    return measure(model, quantize, hessians, windows, settings,
+                   progress=lambda it: _progress(it, "sensitivity", progress))
 
 
 def _json_default(o):

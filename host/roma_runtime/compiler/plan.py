@@ -252,6 +252,7 @@ class Plan:
     estimate: dict
     ddr_forced: list = field(default_factory=list)  # units sent to DDR on purpose (parse_ddr_units form)
     scales: str = "fp16"  # the linears' scale format
+    per_tensor_groups: dict = field(default_factory=dict)  # a build's groups where they differ from `group`
 
     # -- derived facts --
     @property
@@ -334,7 +335,8 @@ class Plan:
                       "tied_embeddings": self.model.tied_embeddings},
             "board": self.board.to_dict(),
             "quantization": {"bits": self.bits, "group": self.group, "scales": self.scales,
-                             "per_tensor_bits": dict(self.per_tensor_bits)},
+                             "per_tensor_bits": dict(self.per_tensor_bits),
+                             "per_tensor_groups": dict(self.per_tensor_groups)},
             "budget": self.budget,
             "resources": {
                 "bram36": {"available": self.board.bram36, "budget": self.bram36_budget, "used": self.bram36_used,
@@ -421,10 +423,10 @@ def _check_bits(bits, what: str) -> int:
     return bits
 
 
-def _bits_for(name: str, short: str, default: int, per_tensor_bits: dict) -> int:
+def _setting_for(name: str, short: str, default: int, per_tensor: dict) -> int:
     for key in (name, short):
-        if key in per_tensor_bits:
-            return per_tensor_bits[key]
+        if key in per_tensor:
+            return per_tensor[key]
     return default
 
 
@@ -437,20 +439,29 @@ def _canonical_name(key: str) -> str:
     return key
 
 
-def _validate_per_tensor_bits(per_tensor_bits: dict | None, config: ModelConfig) -> dict:
-    if not per_tensor_bits:
+def _validate_per_tensor(per_tensor: dict | None, config: ModelConfig, what: str, check) -> dict:
+    """{name: value} with the names canonical (_canonical_name) and each value passed by check(value, name)."""
+    if not per_tensor:
         return {}
     valid = set(LINEAR) | {"token_embedding", "output"}
     valid |= {f"layers.{i}.{n}" for i in range(config.n_layers) for n in LINEAR}
     out = {}
-    for key, b in per_tensor_bits.items():
+    for key, value in per_tensor.items():
         name = _canonical_name(str(key))
         if name not in valid:
-            raise RomaError(f"per_tensor_bits names an unknown tensor '{key}'",
+            raise RomaError(f"{what} names an unknown tensor '{key}'",
                             hint="use a linear name for all layers (wq, w_down, ...), layers.<i>.<linear> (or "
                                  "blk.<i>.<linear>) for one layer, token_embedding or output")
-        out[name] = _check_bits(b, str(key))
+        out[name] = check(value, name)
     return out
+
+
+def _check_group(group, name: str, config: ModelConfig) -> int:
+    cols = config.dim if name in ("token_embedding", "output") else linear_shapes(config)[name.split(".")[-1]][1]
+    if isinstance(group, bool) or group not in SUPPORTED_GROUPS or cols % group:
+        raise RomaError(f"group {group!r} for {name} does not divide its {cols}-wide rows or is not supported",
+                        hint=f"groups are {', '.join(map(str, SUPPORTED_GROUPS))} weights")
+    return group
 
 
 def _weight_tensor(name, kind, layer, rows, cols, bits, group, scales="fp16") -> TensorPlan:
@@ -471,12 +482,14 @@ def _norm_tensor(name, layer, dim) -> TensorPlan:
 
 
 def build_tensors(config: ModelConfig, bits: int, group: int, per_tensor_bits: dict,
-                  scales: str = "fp16") -> list[list[TensorPlan]]:
+                  scales: str = "fp16", per_tensor_groups: dict | None = None) -> list[list[TensorPlan]]:
     """The weight tensors, grouped into placement units in fill order: layers 0..n-1, lm head, embedding.
     `scales` is the linears' scale format; the embedding and lm head keep fp16 (as the compiler does)."""
+    per_tensor_groups = per_tensor_groups or {}
     shapes = linear_shapes(config)
     for lin, (rows, cols) in shapes.items():
-        if cols % group:
+        if any(cols % _setting_for(f"layers.{i}.{lin}", lin, group, per_tensor_groups)
+               for i in range(config.n_layers)):
             ok = [g for g in SUPPORTED_GROUPS if all(c % g == 0 for _, c in shapes.values())]
             raise RomaError(
                 f"row length {cols} of {lin} ({config.name}) is not divisible by the group size {group}",
@@ -487,23 +500,27 @@ def build_tensors(config: ModelConfig, bits: int, group: int, per_tensor_bits: d
         for lin in LINEAR:
             rows, cols = shapes[lin]
             name = f"layers.{i}.{lin}"
-            b = _bits_for(name, lin, bits, per_tensor_bits)
-            unit.append(_weight_tensor(name, "linear", i, rows, cols, b, group, scales))
+            b = _setting_for(name, lin, bits, per_tensor_bits)
+            g = _setting_for(name, lin, group, per_tensor_groups)
+            unit.append(_weight_tensor(name, "linear", i, rows, cols, b, g, scales))
             if lin == "wo":
                 unit.append(_norm_tensor(f"layers.{i}.ffn_norm", i, config.dim))
         units.append(unit)
-    emb_bits = _bits_for("token_embedding", "token_embedding", bits, per_tensor_bits)
+    emb_bits = _setting_for("token_embedding", "token_embedding", bits, per_tensor_bits)
     head = [_norm_tensor("output_norm", None, config.dim)]
     if config.tied_embeddings:
         head.append(_weight_tensor("token_embedding", "embedding+lm_head", None, config.vocab_size, config.dim,
-                                   emb_bits, group))
+                                   emb_bits, _setting_for("token_embedding", "token_embedding", group,
+                                                          per_tensor_groups)))
         units.append(head)
     else:
-        out_bits = _bits_for("output", "output", bits, per_tensor_bits)
-        head.append(_weight_tensor("output", "lm_head", None, config.vocab_size, config.dim, out_bits, group))
+        out_bits = _setting_for("output", "output", bits, per_tensor_bits)
+        head.append(_weight_tensor("output", "lm_head", None, config.vocab_size, config.dim, out_bits,
+                                   _setting_for("output", "output", group, per_tensor_groups)))
         units.append(head)
         units.append([_weight_tensor("token_embedding", "embedding", None, config.vocab_size, config.dim,
-                                     emb_bits, group)])
+                                     emb_bits, _setting_for("token_embedding", "token_embedding", group,
+                                                            per_tensor_groups))])
     return units
 
 
@@ -609,10 +626,12 @@ def _reserve(config, board, budget, rank, targets, dtype, group, kv_tokens):
 def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: dict | None = None,
               lora_rank: int = 16, lora_targets=LINEAR, lora_dtype: str = "fp16",
               kv_tokens: int | None = None, budget: float = 0.8, context: int | None = None,
-              ddr: Iterable | str | None = None, scales: str = "fp16") -> Plan:
+              ddr: Iterable | str | None = None, scales: str = "fp16",
+              per_tensor_groups: dict | None = None) -> Plan:
     """Place a model's quantized tensors on a board. `config` is a ModelConfig or a LoadedModel (only shapes
     matter); `board` a name from boards.json or a Board; `ddr` units to stream from DDR whatever the room
     (parse_ddr_units: a string like "1,3-5,head" or a list of layer numbers, "head", "embedding", "all").
+    per_tensor_bits and per_tensor_groups (a build's choices) override bits and group by tensor name.
     See the module docstring for the model."""
     config = _as_config(config)
     board = get_board(board)
@@ -620,7 +639,9 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     if isinstance(group, bool) or group not in SUPPORTED_GROUPS:
         raise RomaError(f"unsupported group size {group!r}",
                         hint=f"groups are {', '.join(map(str, SUPPORTED_GROUPS))} weights")
-    per_tensor_bits = _validate_per_tensor_bits(per_tensor_bits, config)
+    per_tensor_bits = _validate_per_tensor(per_tensor_bits, config, "per_tensor_bits", _check_bits)
+    per_tensor_groups = _validate_per_tensor(per_tensor_groups, config, "per_tensor_groups",
+                                             lambda g, name: _check_group(g, name, config))
     if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
         raise RomaError(f"LoRA rank must be an integer >= 0, not {lora_rank!r}", hint="use 0 for no adapter")
     targets = tuple(dict.fromkeys(lora_targets or ()))
@@ -639,7 +660,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
 
     if scales not in SCALE_BITS:
         raise RomaError(f"unknown scale format {scales!r}", hint=f"use {' or '.join(SCALE_BITS)}")
-    units = build_tensors(config, bits, group, per_tensor_bits, scales)  # validates the group against the rows
+    units = build_tensors(config, bits, group, per_tensor_bits, scales, per_tensor_groups)  # checks the group
     forced = check_ddr_units(parse_ddr_units(ddr), config)
 
     reserved, stage, (bram_budget, uram_budget) = _reserve(config, board, budget, lora_rank, targets, lora_dtype,
@@ -659,7 +680,8 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     plan = Plan(model=config, board=board, bits=bits, group=group, per_tensor_bits=per_tensor_bits, budget=budget,
                 lora=lora, buffers=buffers, kv_cache=kv, tensors=[t for u in units for t in u],
                 bram36_budget=bram_budget, uram_budget=uram_budget, estimate={}, ddr_forced=sorted(
-                    forced, key=lambda u: (isinstance(u, str), u)), scales=scales)
+                    forced, key=lambda u: (isinstance(u, str), u)), scales=scales,
+                per_tensor_groups=per_tensor_groups)
     plan.estimate = estimate(plan, context=context)
     return plan
 

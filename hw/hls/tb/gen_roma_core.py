@@ -4,9 +4,10 @@
     python gen_roma_core.py OUT_DIR [--no-model]     (--no-model is accepted and ignored: no SmolLM2 needed)
 
 OUT_DIR/build        the build (`roma compile` of a tiny random LLaMA: 2 layers, dim 64, GQA 4/2, untied head,
-                     vocab 49152; mixed precision: layer 0 at 4 bits, layer 1 at 3 bits, w_down of layer 1 at 2;
-                     placement: layer 0 and the lm head in ROM, layer 1 and the token embedding streamed from
-                     DDR (build/ddr_weights.bin, which the testbench passes as ddr_weights))
+                     vocab 49152; mixed precision: layer 0 at 4 bits G32, layer 1 at 3 bits, its w_down at 2,
+                     its wq and w_up at G64; placement: layer 0 and the lm head in ROM, layer 1 and the token
+                     embedding streamed from DDR (build/ddr_weights.bin, which the testbench passes as
+                     ddr_weights))
 OUT_DIR/build_kv_onchip/roma_model.h   the same build's header with the KV cache on chip (KV_ONCHIP_CTX =
                      KV_CAPACITY): tb_roma_core_onchip is the same testbench compiled against it, loading the
                      images of OUT_DIR/build (the option changes the top, not one image)
@@ -42,8 +43,9 @@ DDR_UNITS = "1,embedding"  # placement units streamed from DDR (compile_model dd
 
 
 def _mixed_build(hf: Path, out: Path):
-    """A 4-bit build with layer 1 and the embedding in DDR, then layer 1 re-quantized to 3 bits (its w_down
-    to 2): per-layer widths differ, and the DDR image holds 3-, 2- and 8-bit tensors."""
+    """A 4-bit G32 build with layer 1 and the embedding in DDR, then layer 1 re-quantized to 3 bits (its w_down
+    to 2, its wq and w_up at G64): per-layer widths and groups differ, and the DDR image holds 3-, 2- and 8-bit
+    tensors."""
     import json
 
     from roma_runtime.compiler import brom
@@ -66,9 +68,10 @@ def _mixed_build(hf: Path, out: Path):
     layer1 = model.weights.layers[1]
     for lin in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
         bits = 2 if lin == "w_down" else 3
-        q, _ = quantize_tensor(as_float(getattr(layer1, lin)), bits, 32, "rtn", None, f"blk.1.{lin}")
+        group = 64 if lin in ("wq", "w_up") else 32  # per-layer groups too, as a mixed-precision build has them
+        q, _ = quantize_tensor(as_float(getattr(layer1, lin)), bits, group, "rtn", None, f"blk.1.{lin}")
         images[f"blk.1.{lin}"] = brom.pack(q, tiles=1)
-        tensors[f"blk.1.{lin}"].update({"bits": bits, "group": 32})
+        tensors[f"blk.1.{lin}"].update({"bits": bits, "group": group})
     _, man["ddr"] = write_ddr_image(out, images, tensors)
     # the generated header (the per-layer widths and DDR offsets the top dispatches on) and the manifest's
     # tensor entries (where load_build finds them); the file checksums are not rewritten, so the golden reads
