@@ -483,5 +483,3 @@ def test_measured_sensitivity_orders_widths(tiny_hf):
         assert priced[(2, 64)]["kl"] > priced[(3, 64)]["kl"] > priced[(4, 64)]["kl"] > 0
         assert priced[(2, 32)]["error"] < priced[(2, 64)]["error"]  # smaller groups fit closer
         assert priced[(8, 64)] == {"kl": 0.0, "error": 0.0}
-
-
