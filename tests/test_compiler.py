@@ -468,7 +468,8 @@ def test_layerwise_forward_is_the_golden_float_forward(tiny_hf):
 
 
 def test_measured_sensitivity_orders_widths(tiny_hf):
-    from roma_runtime.compiler.build import measure_sensitivity, mixed_settings
+    from roma_runtime.compiler.build import measure_sensitivity
+    from roma_runtime.compiler.mixed import mixed_settings
     from roma_runtime.compiler.calibrate import collect_hessians
 
     assert mixed_settings(96, 128) == [(2, 32), (3, 32), (4, 32), (8, 32)]  # 96 = 3 x 32: G32 only

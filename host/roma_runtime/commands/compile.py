@@ -42,6 +42,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..compiler.build import compile_model
+    from ..compiler.mixed import setting_name
 
     manifest = compile_model(
         args.model, args.out, bits=args.bits, group=args.group, method=args.method, scales=args.scales,
@@ -66,7 +67,8 @@ def run(args) -> int:
         "passthrough_tensors": sum(1 for t in manifest["tensors"].values() if t["method"] == "passthrough"),
     }
     if q["bits_budget"] is not None:  # how many linears got each (width, group)
-        settings = Counter(f"{t['bits']}/{t['group']}" for n, t in manifest["tensors"].items() if "sensitivity" in t)
+        settings = Counter(setting_name((t["bits"], t["group"])) for t in manifest["tensors"].values()
+                           if "sensitivity" in t)
         summary["mixed_settings"] = dict(sorted(settings.items()))
     if args.json:
         print(json.dumps(summary, indent=1))

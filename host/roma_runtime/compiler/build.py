@@ -30,10 +30,9 @@ import numpy as np
 from ..errors import RomaError
 from ..model.config import ModelConfig
 from ..model.loader import LoadedModel, load_model, sha256_files
-from ..model.weights import (SUPPORTED_BITS, SUPPORTED_GROUPS, LayerWeights, ModelWeights, QuantizedMatrix, as_float,
-                             storage_bits_per_weight)
+from ..model.weights import LayerWeights, ModelWeights, QuantizedMatrix, as_float, storage_bits_per_weight
 from . import brom
-from .mixed import LOSSLESS_BITS, setting_name
+from .mixed import assign_settings, mixed_settings, setting_name
 from .quantize import METHODS, effective_group, quantize_tensor, validate
 
 MANIFEST = "manifest.json"
@@ -247,19 +246,16 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     # (width, group) per linear: the default, or the mixed-precision assignment under the budget.
     choice = {n: (bits, groups[n]) for n in linears}
     if bits_budget is not None:
-        from .mixed import assign_settings
-
         if sensitivity is None:
             sensitivity = measure_sensitivity(model, group, hessians, sensitivity_tokens, calib_window, progress,
                                               scales)
-        cost = {}
+        kl, cost = {}, {}
         for n in linears:
             rows, cols = _tensor(w, n).shape
-            cost[n] = (rows * cols, {s: storage_bits_per_weight(s[0], s[1], cols, scales)
-                                     for s in sensitivity[_split(n)]["settings"]})
-        choice = assign_settings({n: {s: e["kl"] for s, e in sensitivity[_split(n)]["settings"].items()}
-                                  for n in linears}, cost, bits_budget)
-        groups = {n: choice[n][1] for n in linears}
+            priced = sensitivity[_split(n)]["settings"]
+            kl[n] = {s: e["kl"] for s, e in priced.items()}
+            cost[n] = (rows * cols, {s: storage_bits_per_weight(s[0], s[1], cols, scales) for s in priced})
+        choice = assign_settings(kl, cost, bits_budget)
 
     # Embedding (and untied lm head): the source form when it already has embedding_bits, else RTN.
     def embedding_group(t) -> int:
@@ -309,7 +305,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     # The plan sees every tensor's actual width (its names: layers.<i>.<linear>, token_embedding, output).
     per_tensor_bits = {_plan_name(n): tensors[n]["bits"] for n in tensors}
     per_tensor_groups = {_plan_name(n): tensors[n]["group"] for n in tensors}
-    plan_group = min(groups.values())  # what the plan's --group-wide reservations assume
+    plan_group = min(g for _, g in choice.values())  # what the plan's --group-wide reservations assume
     plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, per_tensor_groups, lora_rank, ddr,
                  kv_onchip, scales)
     kv_entry = _kv_onchip_entry(plan, kv_onchip)
@@ -400,13 +396,6 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     tmp.write_text(json.dumps(manifest, indent=1, default=_json_default))
     os.replace(tmp, out_dir / MANIFEST)
     return manifest
-
-
-def mixed_settings(cols: int, group: int) -> list[tuple[int, int]]:
-    """The (width, group) settings a linear with `cols` inputs may get under a bits budget: widths 2, 3, 4 at
-    every supported group up to `group` that divides the row, and 8 (lossless) at the largest."""
-    groups = sorted({effective_group(cols, g) for g in SUPPORTED_GROUPS if g <= group})
-    return [(b, g) for b in SUPPORTED_BITS if b < LOSSLESS_BITS for g in groups] + [(LOSSLESS_BITS, groups[-1])]
 
 
 def measure_sensitivity(model: LoadedModel, group: int, hessians, tokens: int = 256, window: int = 256,

@@ -22,10 +22,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import RomaError
-from .quantize import output_error
+from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS, as_float
+from .quantize import effective_group, output_error
 
 REFERENCE_BITS = 3
 LOSSLESS_BITS = 8
+
+
+def mixed_settings(cols: int, group: int) -> list[tuple[int, int]]:
+    """The (width, group) settings a linear with `cols` inputs may get under a bits budget: widths 2, 3, 4 at
+    every supported group up to `group` that divides the row, and 8 (lossless) at the largest."""
+    groups = sorted({effective_group(cols, g) for g in SUPPORTED_GROUPS if g <= group})
+    return [(b, g) for b in SUPPORTED_BITS if b < LOSSLESS_BITS for g in groups] + [(LOSSLESS_BITS, groups[-1])]
 
 
 def setting_name(setting: tuple[int, int]) -> str:
@@ -51,8 +59,8 @@ def measure_sensitivity(model, quantize, hessians, windows: list[list[int]], set
 
     fw = LayerwiseForward(model, windows)
     layers = model.config.n_layers
-    floats = [{n: np.asarray(t.dequantize() if hasattr(t, "dequantize") else t, np.float32)
-               for n, t in model.weights.layers[li].linears().items()} for li in range(layers)]
+    floats = [{n: np.asarray(as_float(t), np.float32) for n, t in model.weights.layers[li].linears().items()}
+              for li in range(layers)]
     as_input = [{n: np.ascontiguousarray(w.T) for n, w in f.items()} for f in floats]
 
     def fixed(weights):
@@ -67,16 +75,18 @@ def measure_sensitivity(model, quantize, hessians, windows: list[list[int]], set
     out: dict[tuple[int, str], dict] = {}
     for key in (progress(list(settings)) if progress else list(settings)):
         li, lin = key
+        reference = (REFERENCE_BITS, max(g for b, g in settings[key] if b == REFERENCE_BITS))
         priced = {}
-        for bits, group in settings[key]:
-            if bits >= LOSSLESS_BITS:
-                priced[(bits, group)] = {"kl": 0.0, "error": 0.0}
-            else:
-                q = quantize(li, lin, bits, group)
-                priced[(bits, group)] = {"error": output_error(floats[li][lin], q, hessians[key]), "q": q}
-        reference = (REFERENCE_BITS, max(g for b, g in priced if b == REFERENCE_BITS))
+        for setting in settings[key]:
+            if setting[0] >= LOSSLESS_BITS:
+                priced[setting] = {"error": 0.0}
+                continue
+            q = quantize(li, lin, *setting)
+            priced[setting] = {"error": output_error(floats[li][lin], q, hessians[key])}
+            if setting == reference:
+                lowered = q
         w = dict(as_input[li])
-        w[lin] = np.ascontiguousarray(priced[reference]["q"].dequantize().T)
+        w[lin] = np.ascontiguousarray(lowered.dequantize().T)
         xs = fw.block(li, states[li], fixed(w))
         for lj in range(li + 1, layers):
             xs = fw.block(lj, xs, fixed(as_input[lj]))
@@ -89,7 +99,6 @@ def measure_sensitivity(model, quantize, hessians, windows: list[list[int]], set
         kl /= count
         per_error = kl / max(priced[reference]["error"], 1e-30)
         for entry in priced.values():
-            entry.pop("q", None)
             entry["kl"] = entry["error"] * per_error
         out[key] = {"reference": {"bits": reference[0], "group": reference[1], "kl": kl, "top1": agree / count},
                     "settings": priced}

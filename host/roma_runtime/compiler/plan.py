@@ -33,8 +33,8 @@ own, a 16-bit word of exponents per row. Codes and scales may live in separate m
 Banks: layers run one after another, so a tile's memory holds its row slice of every on-chip layer stacked in
 depth. The planner therefore keeps one bank per (BRAM or URAM, code bits, group, scale format) for all weight
 matrices, one for q8's row exponents and one for the fp32 norms, and charges each tensor the blocks its banks
-grow by when the tensor is added; the sum over tensors is exactly the bank total. Splitting a bank among tiles is assumed to follow block boundaries (tile
-count chosen by the compiler), so it adds no blocks.
+grow by when the tensor is added; the sum over tensors is exactly the bank total. Splitting a bank among
+tiles is assumed to follow block boundaries (tile count chosen by the compiler), so it adds no blocks.
 
 Budget: at most ``budget`` (default 80%) of the board's BRAM36 and URAM, for timing closure; BRAM is counted
 in half tiles. Out of that budget, in this order, come:
@@ -507,11 +507,11 @@ def build_tensors(config: ModelConfig, bits: int, group: int, per_tensor_bits: d
                 unit.append(_norm_tensor(f"layers.{i}.ffn_norm", i, config.dim))
         units.append(unit)
     emb_bits = _setting_for("token_embedding", "token_embedding", bits, per_tensor_bits)
+    emb_group = _setting_for("token_embedding", "token_embedding", group, per_tensor_groups)
     head = [_norm_tensor("output_norm", None, config.dim)]
     if config.tied_embeddings:
         head.append(_weight_tensor("token_embedding", "embedding+lm_head", None, config.vocab_size, config.dim,
-                                   emb_bits, _setting_for("token_embedding", "token_embedding", group,
-                                                          per_tensor_groups)))
+                                   emb_bits, emb_group))
         units.append(head)
     else:
         out_bits = _setting_for("output", "output", bits, per_tensor_bits)
@@ -519,8 +519,7 @@ def build_tensors(config: ModelConfig, bits: int, group: int, per_tensor_bits: d
                                    _setting_for("output", "output", group, per_tensor_groups)))
         units.append(head)
         units.append([_weight_tensor("token_embedding", "embedding", None, config.vocab_size, config.dim,
-                                     emb_bits, _setting_for("token_embedding", "token_embedding", group,
-                                                            per_tensor_groups))])
+                                     emb_bits, emb_group)])
     return units
 
 
