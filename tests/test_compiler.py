@@ -467,6 +467,44 @@ def test_layerwise_forward_is_the_golden_float_forward(tiny_hf):
                                    atol=1e-4)
 
 
+def test_asymmetric_target_maps_quantized_inputs_to_float_outputs():
+    from roma_runtime.compiler.calibrate import asymmetric_target
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((24, 16)).astype(np.float32)
+    xf = rng.standard_normal((400, 16))
+    distortion = np.eye(16) + 0.2 * rng.standard_normal((16, 16))
+    xq = xf @ distortion + 0.01 * rng.standard_normal(xf.shape)  # what the quantized model feeds it instead
+    same = asymmetric_target(w, xf.T @ xf, np.zeros((16, 16)))
+    np.testing.assert_allclose(same, w, rtol=1e-6)  # inputs that agree: the target is the layer itself
+    target = asymmetric_target(w, xq.T @ xq, xq.T @ (xf - xq))
+    miss = lambda t: float(np.sum((xq @ t.T - xf @ w.T) ** 2))  # noqa: E731
+    assert miss(target) < 0.05 * miss(w)  # it undoes the drift that the inputs show
+
+
+def test_sequential_calibration_sees_the_quantized_inputs(tiny_hf):
+    from roma_runtime.compiler.calibrate import collect_hessians, quantize_sequentially
+    from roma_runtime.compiler.quantize import quantize_tensor
+
+    windows = corpus.token_windows(tiny_hf, "calibration", 128, 64)
+    seen = []
+
+    def quantize(key, target, h):
+        seen.append((key, target, h))
+        return quantize_tensor(target, 2, 32, "gptq", h, "t")[0].dequantize()
+
+    assert quantize_sequentially(tiny_hf, windows, quantize) == 128
+    assert [k for k, _, _ in seen] == [(i, n) for i in range(2) for n in LayerWeights.LINEAR]
+    one_pass = collect_hessians(tiny_hf, windows=windows)
+    layers = tiny_hf.weights.layers
+    (key, target, h) = seen[0]  # layer 0's first stage: nothing quantized before it
+    np.testing.assert_allclose(h, one_pass[key], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(target, np.asarray(layers[0].wq), rtol=1e-6)
+    for (li, n), target, h in seen[3:]:  # every later stage reads drifted inputs and corrects for them
+        assert not np.allclose(h, one_pass[(li, n)], rtol=1e-3)
+        assert not np.allclose(target, np.asarray(getattr(layers[li], n)), rtol=1e-3)
+
+
 def test_measured_sensitivity_orders_widths(tiny_hf):
     from roma_runtime.compiler.build import measure_sensitivity
     from roma_runtime.compiler.mixed import mixed_settings

@@ -233,15 +233,19 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         print("note: --group " + str(group) + " does not divide every row; " + ", ".join(
             f"{c}-wide rows use G{g}" for c, g in sorted(fallback.items())), file=sys.stderr)
 
-    # Calibration (GPTQ, and the sensitivity quantizer of mixed precision): Hessians of the float model.
-    # (Sequential calibration, each layer's Hessian from the already quantized earlier layers, measured no
-    # better on SmolLM2: 3-bit G64 73.8% vs 74.2% top-1, KL 0.296 vs 0.301, so the one-pass form stays.)
-    if method != "gptq" and bits_budget is None:
+    # Calibration text: GPTQ fits each linear on it sequentially (calibrate.quantize_sequentially); the
+    # sensitivity quantizer of mixed precision uses the float model's one-pass Hessians of it.
+    calib_windows = None
+    if method == "gptq" or bits_budget is not None:
+        from .corpus import token_windows
+
+        calib_windows = token_windows(model, "calibration", calib_tokens, calib_window)
+    if bits_budget is None or sensitivity is not None:
         hessians = None
     elif hessians is None:
         from .calibrate import collect_hessians
 
-        hessians = collect_hessians(model, calib_tokens, calib_window, progress=progress)
+        hessians = collect_hessians(model, windows=calib_windows, progress=progress)
 
     # (width, group) per linear: the default, or the mixed-precision assignment under the budget.
     choice = {n: (bits, groups[n]) for n in linears}
@@ -269,30 +273,40 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     quantized: dict[str, QuantizedMatrix] = {}
     how_of: dict[str, str] = {}
 
-    def quantize_linear(name: str, h) -> None:
-        """Quantize one linear (with its LoftQ LoRA when asked)."""
+    def quantize_linear(name: str, target=None, h=None) -> np.ndarray:
+        """Quantize one linear (with its LoftQ LoRA when asked) to fit target (its own weights when None) on
+        inputs with Hessian h (None: RTN); returns the weights the build computes with, base plus LoRA."""
         t, key = _tensor(w, name), _split(name)
         b, g = choice[name]
         m = method if h is not None else "rtn"
+        source = t if target is None else target
         if lora_rank > 0:
             from .loftq import loftq
 
             # with calibration, the low-rank step weights the error by the inputs (loftq.py)
-            q, a, bb = loftq(as_float(t), lambda x: quantize_tensor(x, b, g, m, h, name, scales)[0], lora_rank,
-                             loftq_iters, hessian=h)
+            q, a, bb = loftq(as_float(source), lambda x: quantize_tensor(x, b, g, m, h, name, scales)[0],
+                             lora_rank, loftq_iters, hessian=h)
             lora_factors[key] = (a, bb)
             how_of[name] = f"{m}+loftq" + ("-aw" if h is not None else "")
+            effective = q.dequantize() + bb @ a
         else:
-            q, how_of[name] = quantize_tensor(t, b, g, m, h, name, scales)
+            q, how_of[name] = quantize_tensor(source, b, g, m, h, name, scales)
+            effective = q.dequantize()
         quantized[name] = q
+        return effective
 
+    if method == "gptq":
+        from .calibrate import quantize_sequentially
+
+        quantize_sequentially(model, calib_windows, lambda key, target, h: quantize_linear(
+            f"blk.{key[0]}.{key[1]}", target, h), progress)
     for name in _progress(tensor_names(config), "quantizing", progress):
         t = _tensor(w, name)
         if _split(name) is None:
             q, how_of[name] = quantize_tensor(t, embedding_bits, embedding_group(t), "rtn", None, name)
             quantized[name] = q
-        else:
-            quantize_linear(name, hessians[_split(name)] if method == "gptq" else None)
+        elif name not in quantized:
+            quantize_linear(name)
         q = quantized[name]
         tensors[name] = {"shape": list(q.shape), "bits": q.bits, "group": q.group, "scales": q.scale_format,
                          "method": how_of[name], "bits_per_weight": q.bits_per_weight}
@@ -363,10 +377,11 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
             "scales": scales,
             "plan_group": plan_group, "method": method, "embedding_bits": embedding_bits,
             "bits_budget": bits_budget, "lora_rank": lora_rank,
-            "calibration": None if hessians is None else {
-                "corpus": "python-stdlib-docstrings/calibration", "tokens": hessians.tokens,
-                "windows": hessians.windows, "window": calib_window,
-                "gptq": None if method != "gptq" else "one-pass Hessians, act-order, static groups, "
+            "calibration": None if calib_windows is None else {
+                "corpus": "python-stdlib-docstrings/calibration", "tokens": sum(len(x) for x in calib_windows),
+                "windows": len(calib_windows), "window": calib_window,
+                "gptq": None if method != "gptq" else "sequential and asymmetric (each linear fitted on the "
+                "quantized model's own inputs to the float model's outputs), act-order, static groups, "
                 "scale/minimum search weighted by the Hessian diagonal"},
             "sensitivity": None if bits_budget is None else {
                 "measure": "mean KL(float || tensor lowered) of next-token distributions on calibration text, "

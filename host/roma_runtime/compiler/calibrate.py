@@ -3,12 +3,19 @@
 The statistics are collected through the golden model in float mode (the reference the compiler tries to
 reproduce), by overriding its `linear` hook. Linear layers that read the same input share one Hessian
 (wq/wk/wv read the attention norm's output, w_gate/w_up the FFN norm's output), so each is accumulated once.
-This is the one-pass ("parallel") form: every layer's statistics come from the float model. (The sequential
-form, each layer's Hessian from inputs through the already quantized earlier layers, was measured on SmolLM2
-3-bit G64 GPTQ at 73.8% top-1 against 74.2% for this one, so it is not kept.)
+`collect_hessians` is the one-pass ("parallel") form: every layer's statistics come from the float model. Mixed
+precision's sensitivity quantizer uses it.
+
+GPTQ and the compensating LoRA use the sequential, asymmetric form (`quantize_sequentially`, like GPTAQ, Li et
+al. 2025): a linear is fitted on the inputs X_q it will see in the already quantized model, and its target is
+the float model's output W X_f on the float inputs X_f, which is, in least squares, the map W C^T H^-1 applied
+to X_q (C = X_q^T X_f, H = X_q^T X_q). So each layer also corrects the drift its quantized predecessors left.
+(Sequential with the symmetric target W was measured no better than one pass: 73.8% against 74.2% top-1 on
+SmolLM2 3-bit G64; the asymmetric target is what gains.)
 
 `LayerwiseForward` is the float forward one block at a time over many windows, for mixed precision's
-measured sensitivities (mixed.py), which re-run only the layers after the one they lower.
+measured sensitivities (mixed.py), which re-run only the layers after the one they lower, and for the
+sequential calibration.
 """
 
 from __future__ import annotations
@@ -133,3 +140,51 @@ class LayerwiseForward:
         w = self.model.weights
         head = as_float(w.lm_head)
         return [rms_norm(x, w.output_norm, self.config.rms_eps) @ head.T for x in xs]
+
+
+def asymmetric_target(w: np.ndarray, hessian: np.ndarray, drift: np.ndarray) -> np.ndarray:
+    """The weights that map the quantized inputs X_q to the float outputs W X_f in least squares: W C^T H^-1,
+    written W + W (C - H)^T (H + damping)^-1 so that the damping shrinks only the drift correction and the
+    target is exactly W where the inputs agree. hessian: H = X_q^T X_q; drift: C - H = X_q^T (X_f - X_q)."""
+    from .loftq import DAMP
+
+    h = np.asarray(hessian, np.float64)
+    damped = h + DAMP * max(float(np.mean(np.diag(h))), 1e-12) * np.eye(len(h))
+    return (w + np.linalg.solve(damped, drift @ np.asarray(w, np.float64).T).T).astype(np.float32)
+
+
+def quantize_sequentially(model: LoadedModel, windows: list[list[int]], quantize, progress: bool = False) -> int:
+    """Quantize every linear block by block, each on the inputs the quantized model so far gives it.
+
+    quantize((layer, linear), target, hessian) fits one linear (target [out, in] from asymmetric_target, hessian
+    X_q^T X_q) and returns the weights the quantized model now computes with (its base plus any LoRA, [out, in]).
+    Two streams run over the windows: the float model, and the model quantized up to the current stage.
+    Returns the number of calibration tokens."""
+    float_run, quant_run = LayerwiseForward(model, windows), LayerwiseForward(model, windows)
+    xs_float, xs_quant = float_run.inputs, quant_run.inputs
+    layers = model.weights.layers
+    blocks = range(len(layers))
+    if progress:
+        from tqdm import tqdm
+
+        blocks = tqdm(blocks, desc="calibrated quantization", unit="layer", file=sys.stderr, leave=False)
+    for li in blocks:
+        float_inputs = {}
+
+        def float_weights(kind, names, inputs):
+            float_inputs[kind] = np.concatenate(inputs)
+            return {n: as_float(getattr(layers[li], n)).T for n in names}
+
+        def quantized_weights(kind, names, inputs):
+            xq = np.concatenate(inputs).astype(np.float64)
+            hessian = xq.T @ xq
+            drift = xq.T @ (float_inputs[kind].astype(np.float64) - xq)
+            out = {}
+            for n in names:
+                target = asymmetric_target(as_float(getattr(layers[li], n)), hessian, drift)
+                out[n] = np.ascontiguousarray(quantize((li, n), target, hessian).T, np.float32)
+            return out
+
+        xs_float = float_run.block(li, xs_float, float_weights)
+        xs_quant = quant_run.block(li, xs_quant, quantized_weights)
+    return sum(len(w) for w in windows)
