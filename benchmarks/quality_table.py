@@ -7,9 +7,9 @@ Candidate = the golden model in quant mode (accelerator numerics) on the build's
 reference = the golden model in float mode on the original GGUF. Held-out text: stdlib docstrings
 (evaluation split). SmolLM2's 576-wide rows admit G32 and G64 only (576 = 4.5 x 128), so at --group 128
 they fall back to G64 and only the 1536-wide w_down rows get G128 (the labels say so); mixed rows choose each
-tensor's width and group (up to the row's --group). GPTQ calibrates each build on its own (sequentially: a
-layer's inputs come from the layers already quantized); the mixed rows share the float model's Hessians and one
-sensitivity measurement per --group and scale format.
+tensor's width and group (up to the row's --group). All GPTQ and mixed rows share one calibration (Hessians),
+the mixed rows one sensitivity measurement per --group and scale format; GPTAQ rows calibrate each build on its
+own (sequentially: a layer's inputs come from the layers already quantized).
 Rows print as they finish, so a partial run still gives numbers; --markdown writes the finished table to a file.
 """
 
@@ -59,6 +59,10 @@ ROWS = {
     "mixed-3.0-q8-r64": ("mixed, groups up to 128, q8 scales, budget 3.0 bits/weight (GPTQ) + activation-weighted "
                          "LoftQ LoRA r64", dict(bits=4, group=128, method="gptq", bits_budget=3.0, scales="q8",
                                                 lora_rank=64)),
+    "4-g128-gptaq": ("4-bit G128 GPTAQ (G64 on 576-wide rows)", dict(bits=4, group=128, method="gptaq")),
+    "3-g64-gptaq": ("3-bit G64 GPTAQ", dict(bits=3, group=64, method="gptaq")),
+    "mixed-3.0-q8-gptaq": ("mixed, groups up to 128, q8 scales, budget 3.0 bits/weight (GPTAQ)",
+                           dict(bits=4, group=128, method="gptaq", bits_budget=3.0, scales="q8")),
 }
 
 
@@ -98,20 +102,23 @@ def main() -> int:
     for key in rows:
         label, kw = ROWS[key]
         extra = {}
+        if kw.get("method") == "gptq" or "bits_budget" in kw:
+            if hessians is None:
+                t = time.time()
+                hessians = collect_hessians(model, args.calib_tokens, 256, progress=sys.stderr.isatty())
+                shared.append(f"calibration {time.time() - t:.0f} s")
+                print(f"({shared[-1]})", file=sys.stderr, flush=True)
+            extra = dict(hessians=hessians)
         if "bits_budget" in kw:
             key_s = (kw["group"], kw.get("scales", "fp16"))
             if key_s not in sensitivity:
-                if hessians is None:
-                    t = time.time()
-                    hessians = collect_hessians(model, args.calib_tokens, 256, progress=sys.stderr.isatty())
-                    shared.append(f"calibration {time.time() - t:.0f} s")
-                    print(f"({shared[-1]})", file=sys.stderr, flush=True)
                 t = time.time()
                 sensitivity[key_s] = measure_sensitivity(model, kw["group"], hessians, args.sensitivity_tokens,
                                                          progress=sys.stderr.isatty(), scales=key_s[1])
                 shared.append(f"sensitivity at G{kw['group']} ({key_s[1]} scales) {time.time() - t:.0f} s")
                 print(f"({shared[-1]})", file=sys.stderr, flush=True)
-            extra = dict(sensitivity=sensitivity[key_s], sensitivity_tokens=args.sensitivity_tokens)
+            extra = dict(hessians=hessians, sensitivity=sensitivity[key_s],
+                         sensitivity_tokens=args.sensitivity_tokens)
         t = time.time()
         man = compile_model(model, root / key, board="u250", force=True, progress=sys.stderr.isatty(),
                             calib_tokens=args.calib_tokens, **kw, **extra)

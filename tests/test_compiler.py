@@ -410,6 +410,11 @@ def test_gptq_lora_and_mixed_builds(tiny_hf, tmp_path):
     assert man["quantization"]["calibration"]["tokens"] == 512
     assert all(t["method"] == "gptq" for n, t in man["tensors"].items() if n.startswith("blk."))
     e_gptq, _ = err(tmp_path / "gptq")
+    man = compile_model(tiny_hf, tmp_path / "gptaq", bits=2, group=32, method="gptaq", calib_tokens=512,
+                        lora_rank=4, progress=False)
+    assert man["quantization"]["calibration"]["gptq"].startswith("sequential and asymmetric")
+    assert all(t["method"] == "gptaq+loftq-aw" for n, t in man["tensors"].items() if n.startswith("blk."))
+    assert err(tmp_path / "gptaq")[0] < e_rtn
     man = compile_model(tiny_hf, tmp_path / "lora", bits=2, group=32, lora_rank=8, progress=False)
     assert man["lora"]["rank"] == 8 and "lora.safetensors" in man["files"]
     e_lora, lora = err(tmp_path / "lora")

@@ -6,6 +6,7 @@ import json
 import sys
 from collections import Counter
 
+from ..compiler.quantize import METHODS
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS
 from . import common
 from .plan import add_ddr_argument, add_kv_onchip_argument, add_scales_argument
@@ -21,8 +22,10 @@ def add_arguments(parser) -> None:
                         help="inputs per scale/minimum (default 32); with --bits-budget the largest group a "
                              "tensor may get")
     add_scales_argument(parser)
-    parser.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
-                        help="quantizer: round to nearest, or GPTQ with calibration on stdlib docstrings")
+    parser.add_argument("--method", default="rtn", choices=METHODS,
+                        help="quantizer: round to nearest; GPTQ with calibration on stdlib docstrings; or GPTAQ, "
+                             "GPTQ fitted layer by layer on the quantized model's inputs to the float model's "
+                             "outputs (better with --calib-tokens 32768, worse with the default 4096)")
     parser.add_argument("--board", default="u250", help="target board (see roma plan; default u250)")
     parser.add_argument("--out", required=True, metavar="DIR", help="build folder to write")
     parser.add_argument("--lora-rank", type=int, default=0, metavar="R",

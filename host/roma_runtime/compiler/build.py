@@ -233,14 +233,14 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         print("note: --group " + str(group) + " does not divide every row; " + ", ".join(
             f"{c}-wide rows use G{g}" for c, g in sorted(fallback.items())), file=sys.stderr)
 
-    # Calibration text: GPTQ fits each linear on it sequentially (calibrate.quantize_sequentially); the
-    # sensitivity quantizer of mixed precision uses the float model's one-pass Hessians of it.
+    # Calibration text. GPTQ and the sensitivity quantizer of mixed precision use the float model's one-pass
+    # Hessians of it; GPTAQ fits each linear on it sequentially (calibrate.quantize_sequentially).
     calib_windows = None
-    if method == "gptq" or bits_budget is not None:
+    if method != "rtn" or bits_budget is not None:
         from .corpus import token_windows
 
         calib_windows = token_windows(model, "calibration", calib_tokens, calib_window)
-    if bits_budget is None or sensitivity is not None:
+    if method != "gptq" and (bits_budget is None or sensitivity is not None):
         hessians = None
     elif hessians is None:
         from .calibrate import collect_hessians
@@ -295,7 +295,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         quantized[name] = q
         return effective
 
-    if method == "gptq":
+    if method == "gptaq":
         from .calibrate import quantize_sequentially
 
         quantize_sequentially(model, calib_windows, lambda key, target, h: quantize_linear(
@@ -306,7 +306,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
             q, how_of[name] = quantize_tensor(t, embedding_bits, embedding_group(t), "rtn", None, name)
             quantized[name] = q
         elif name not in quantized:
-            quantize_linear(name)
+            quantize_linear(name, h=hessians[_split(name)] if method == "gptq" else None)
         q = quantized[name]
         tensors[name] = {"shape": list(q.shape), "bits": q.bits, "group": q.group, "scales": q.scale_format,
                          "method": how_of[name], "bits_per_weight": q.bits_per_weight}
@@ -380,9 +380,11 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
             "calibration": None if calib_windows is None else {
                 "corpus": "python-stdlib-docstrings/calibration", "tokens": sum(len(x) for x in calib_windows),
                 "windows": len(calib_windows), "window": calib_window,
-                "gptq": None if method != "gptq" else "sequential and asymmetric (each linear fitted on the "
-                "quantized model's own inputs to the float model's outputs), act-order, static groups, "
-                "scale/minimum search weighted by the Hessian diagonal"},
+                "gptq": None if method == "rtn" else {
+                    "gptq": "one-pass Hessians of the float model",
+                    "gptaq": "sequential and asymmetric (each linear fitted on the quantized model's own inputs to "
+                             "the float model's outputs)"}[method]
+                + ", act-order, static groups, scale/minimum search weighted by the Hessian diagonal"},
             "sensitivity": None if bits_budget is None else {
                 "measure": "mean KL(float || tensor lowered) of next-token distributions on calibration text, "
                            "one linear at a time, the rest float, measured at the reference setting and scaled "

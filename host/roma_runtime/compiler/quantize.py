@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import RomaError
 from ..model.weights import SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, QuantizedMatrix, Tensor, as_float
 
-METHODS = ("rtn", "gptq")
+METHODS = ("rtn", "gptq", "gptaq")  # gptaq: GPTQ calibrated sequentially and asymmetrically (build.py)
 SCALE_FORMATS = tuple(SCALE_BITS)  # fp16, q8
 FP16_MAX = 65504.0
 Q8_EXP_MIN, Q8_EXP_MAX = -24, 8  # 2^-24 is fp16's smallest step; 255 * 2^8 stays below FP16_MAX
@@ -254,7 +254,8 @@ def _inverse_cholesky_upper(h: np.ndarray, name: str) -> np.ndarray:
 
 def quantize_tensor(t: Tensor, bits: int, group: int, method: str = "rtn", hessian: np.ndarray | None = None,
                     name: str = "tensor", scales: str = "fp16") -> tuple[QuantizedMatrix, str]:
-    """Quantize one tensor for the ROM; returns (matrix, how) with how in passthrough/rtn/gptq.
+    """Quantize one tensor for the ROM; returns (matrix, how) with how in passthrough/rtn/gptq/gptaq (gptaq is
+    GPTQ itself here: its difference is which target and Hessian the build passes).
 
     A source already quantized with exactly these bits, group and scale format is passed through bit for bit.
     """
@@ -265,10 +266,10 @@ def quantize_tensor(t: Tensor, bits: int, group: int, method: str = "rtn", hessi
     if isinstance(t, QuantizedMatrix) and (t.bits, t.group, t.scale_format) == (bits, group, scales):
         return t, "passthrough"
     w = as_float(t)
-    if method == "gptq" and bits < 8:
+    if method in ("gptq", "gptaq") and bits < 8:
         if hessian is None:
             raise RomaError(f"{name}: GPTQ needs calibration statistics (a Hessian) for this tensor")
-        return quantize_gptq(w, hessian, bits, group, name, scales=scales), "gptq"
+        return quantize_gptq(w, hessian, bits, group, name, scales=scales), method
     return quantize_rtn(w, bits, group, name, None if hessian is None else np.diag(hessian), scales), "rtn"
 
 
