@@ -61,6 +61,7 @@ ROWS = {
                                                 lora_rank=64)),
     "4-g128-gptaq": ("4-bit G128 GPTAQ (G64 on 576-wide rows)", dict(bits=4, group=128, method="gptaq")),
     "3-g64-gptaq": ("3-bit G64 GPTAQ", dict(bits=3, group=64, method="gptaq")),
+    "2-g64-gptaq": ("2-bit G64 GPTAQ", dict(bits=2, group=64, method="gptaq")),
     "mixed-3.0-q8-gptaq": ("mixed, groups up to 128, q8 scales, budget 3.0 bits/weight (GPTAQ)",
                            dict(bits=4, group=128, method="gptaq", bits_budget=3.0, scales="q8")),
 }
