@@ -502,7 +502,7 @@ def test_sequential_calibration_sees_the_quantized_inputs(tiny_hf):
     assert [k for k, _, _ in seen] == [(i, n) for i in range(2) for n in LayerWeights.LINEAR]
     one_pass = collect_hessians(tiny_hf, windows=windows)
     layers = tiny_hf.weights.layers
-    (key, target, h) = seen[0]  # layer 0's first stage: nothing quantized before it
+    key, target, h = seen[0]  # layer 0's first stage: nothing quantized before it
     np.testing.assert_allclose(h, one_pass[key], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(target, np.asarray(layers[0].wq), rtol=1e-6)
     for (li, n), target, h in seen[3:]:  # every later stage reads drifted inputs and corrects for them
