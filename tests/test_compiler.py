@@ -472,17 +472,17 @@ def test_layerwise_forward_is_the_golden_float_forward(tiny_hf):
                                    atol=1e-4)
 
 
-def test_asymmetric_target_maps_quantized_inputs_to_float_outputs():
-    from roma_runtime.compiler.calibrate import asymmetric_target
+def test_drift_correction_maps_quantized_inputs_to_float_outputs():
+    from roma_runtime.compiler.calibrate import drift_correction
 
     rng = np.random.default_rng(5)
     w = rng.standard_normal((24, 16)).astype(np.float32)
     xf = rng.standard_normal((400, 16))
     distortion = np.eye(16) + 0.2 * rng.standard_normal((16, 16))
     xq = xf @ distortion + 0.01 * rng.standard_normal(xf.shape)  # what the quantized model feeds it instead
-    same = asymmetric_target(w, xf.T @ xf, np.zeros((16, 16)))
+    same = w + w @ drift_correction(xf.T @ xf, np.zeros((16, 16)))
     np.testing.assert_allclose(same, w, rtol=1e-6)  # inputs that agree: the target is the layer itself
-    target = asymmetric_target(w, xq.T @ xq, xq.T @ (xf - xq))
+    target = w + w @ drift_correction(xq.T @ xq, xq.T @ (xf - xq))
     miss = lambda t: float(np.sum((xq @ t.T - xf @ w.T) ** 2))  # noqa: E731
     assert miss(target) < 0.05 * miss(w)  # it undoes the drift that the inputs show
 

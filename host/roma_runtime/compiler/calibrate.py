@@ -144,21 +144,20 @@ class LayerwiseForward:
         return [rms_norm(x, w.output_norm, self.config.rms_eps) @ head.T for x in xs]
 
 
-def asymmetric_target(w: np.ndarray, hessian: np.ndarray, drift: np.ndarray) -> np.ndarray:
-    """The weights that map the quantized inputs X_q to the float outputs W X_f in least squares: W C^T H^-1,
-    written W + W (C - H)^T (H + damping)^-1 so that the damping shrinks only the drift correction and the
-    target is exactly W where the inputs agree. hessian: H = X_q^T X_q; drift: C - H = X_q^T (X_f - X_q)."""
-    from .loftq import DAMP
+def drift_correction(hessian: np.ndarray, drift: np.ndarray) -> np.ndarray:
+    """M [in, in] such that W + W M maps the quantized inputs X_q to the float outputs W X_f in least squares:
+    W C^T H^-1, written W + W (C - H)^T (H + damping)^-1 so that the damping shrinks only the drift correction
+    and the target is exactly W where the inputs agree. hessian: H = X_q^T X_q; drift: C - H = X_q^T (X_f - X_q).
+    One M serves every linear that reads the same inputs."""
+    from .loftq import damped
 
-    h = np.asarray(hessian, np.float64)
-    damped = h + DAMP * max(float(np.mean(np.diag(h))), 1e-12) * np.eye(len(h))
-    return (w + np.linalg.solve(damped, drift @ np.asarray(w, np.float64).T).T).astype(np.float32)
+    return np.linalg.solve(damped(hessian), drift).T
 
 
 def quantize_sequentially(model: LoadedModel, windows: list[list[int]], quantize, progress: bool = False) -> int:
     """Quantize every linear block by block, each on the inputs the quantized model so far gives it.
 
-    quantize((layer, linear), target, hessian) fits one linear (target [out, in] from asymmetric_target, hessian
+    quantize((layer, linear), target, hessian) fits one linear (target [out, in] = W + W drift_correction, hessian
     X_q^T X_q) and returns the weights the quantized model now computes with (its base plus any LoRA, [out, in]).
     Two streams run over the windows: the float model, and the model quantized up to the current stage.
     Returns the number of calibration tokens."""
@@ -171,19 +170,20 @@ def quantize_sequentially(model: LoadedModel, windows: list[list[int]], quantize
 
         blocks = tqdm(blocks, desc="calibrated quantization", unit="layer", file=sys.stderr, leave=False)
     for li in blocks:
+        floats = {n: as_float(t) for n, t in layers[li].linears().items()}
         float_inputs = {}
 
         def float_weights(kind, names, inputs):
             float_inputs[kind] = np.concatenate(inputs)
-            return {n: as_float(getattr(layers[li], n)).T for n in names}
+            return {n: floats[n].T for n in names}
 
         def quantized_weights(kind, names, inputs):
             xq = np.concatenate(inputs).astype(np.float64)
             hessian = xq.T @ xq
-            drift = xq.T @ (float_inputs[kind].astype(np.float64) - xq)
+            correction = drift_correction(hessian, xq.T @ (float_inputs[kind].astype(np.float64) - xq))
             out = {}
             for n in names:
-                target = asymmetric_target(as_float(getattr(layers[li], n)), hessian, drift)
+                target = (floats[n] + floats[n] @ correction).astype(np.float32)
                 out[n] = np.ascontiguousarray(quantize((li, n), target, hessian).T, np.float32)
             return out
 

@@ -26,11 +26,15 @@ Quantizer = Callable[[np.ndarray], QuantizedMatrix]
 DAMP = 0.01  # of the mean diagonal, added to H before the Cholesky factorisation (as GPTQ damps)
 
 
+def damped(hessian: np.ndarray) -> np.ndarray:
+    """H + DAMP * mean(diag H) * I, in float64 (a floor keeps an all-zero H invertible)."""
+    h = np.asarray(hessian, np.float64)
+    return h + DAMP * max(float(np.mean(np.diag(h))), 1e-12) * np.eye(len(h))
+
+
 def input_factor(hessian: np.ndarray) -> np.ndarray:
     """L with L L^T = H + damping (float64)."""
-    h = np.asarray(hessian, np.float64)
-    d = DAMP * max(float(np.mean(np.diag(h))), 1e-12)
-    return np.linalg.cholesky(h + d * np.eye(len(h)))
+    return np.linalg.cholesky(damped(hessian))
 
 
 def low_rank(residual: np.ndarray, rank: int, input_chol: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
