@@ -455,6 +455,12 @@ def test_compile_command(tiny_hf, tmp_path, capsys):
     line = capsys.readouterr().out.splitlines()[0]  # "built ...: ... at mixed 5 x 2/64, 9 x 3/64 (bits/group)"
     counts = re.findall(r"(\d+) x ([2348])/(32|64)", line)
     assert "at mixed" in line and sum(int(n) for n, _, _ in counts) == 14, line
+    for method, tokens in (("gptq", 4096), ("gptaq", 32768)):  # GPTAQ overfits with GPTQ's calibration
+        args = p.parse_args(["--model", str(tiny_hf.source), "--bits", "3", "--method", method, "--out",
+                             str(tmp_path / method)])
+        assert cmd.run(args) == 0
+        calibration = json.loads((tmp_path / method / MANIFEST).read_text())["quantization"]["calibration"]
+        assert calibration["tokens"] == tokens
 
 
 def test_layerwise_forward_is_the_golden_float_forward(tiny_hf):

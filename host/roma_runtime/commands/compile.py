@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", default="rtn", choices=METHODS,
                         help="quantizer: round to nearest; GPTQ with calibration on stdlib docstrings; or GPTAQ, "
                              "GPTQ fitted layer by layer on the quantized model's inputs to the float model's "
-                             "outputs (better with --calib-tokens 32768, worse with the default 4096)")
+                             "outputs (it needs more calibration text: see --calib-tokens)")
     parser.add_argument("--board", default="u250", help="target board (see roma plan; default u250)")
     parser.add_argument("--out", required=True, metavar="DIR", help="build folder to write")
     parser.add_argument("--lora-rank", type=int, default=0, metavar="R",
@@ -35,8 +35,9 @@ def add_arguments(parser) -> None:
                              "linear's width (2/3/4/8) and group (up to --group) chosen by measured sensitivity")
     parser.add_argument("--embedding-bits", type=int, default=8, choices=SUPPORTED_BITS,
                         help="code width of the embedding / lm head (default 8; Q8_0 passes through)")
-    parser.add_argument("--calib-tokens", type=int, default=4096, metavar="N",
-                        help="calibration tokens for GPTQ and --bits-budget (default 4096)")
+    parser.add_argument("--calib-tokens", type=int, default=None, metavar="N",
+                        help="calibration tokens for GPTQ, GPTAQ and --bits-budget (default 4096; 32768 with "
+                             "--method gptaq)")
     add_ddr_argument(parser)
     add_kv_onchip_argument(parser)
     parser.add_argument("--force", action="store_true", help="replace a build of another model in --out")

@@ -43,6 +43,9 @@ DDR_FILE = "ddr_weights.bin"
 NORMS_FILE = "norms"
 LORA_FILE = "lora.safetensors"
 EMBEDDING = "token_embd"
+# Calibration tokens by method. GPTAQ estimates an input-by-input drift map from the text and overfits on little
+# of it (SmolLM2, 3-bit G64: 71.1% top-1 with 4,096 tokens, 78.2% with 32,768; GPTQ 74.2% and 76.6%).
+CALIB_TOKENS = {"rtn": 4096, "gptq": 4096, "gptaq": 32768}
 OUTPUT = "output"
 
 
@@ -185,11 +188,12 @@ def write_ddr_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Pa
 def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits: int = 4, group: int = 32,
                   method: str = "rtn", scales: str = "fp16", board: str = "u250", lora_rank: int = 0,
                   bits_budget: float | None = None, embedding_bits: int = 8, force: bool = False,
-                  calib_tokens: int = 4096, calib_window: int = 256, loftq_iters: int = 2,
+                  calib_tokens: int | None = None, calib_window: int = 256, loftq_iters: int = 2,
                   progress: bool = True, hessians=None, sensitivity=None, sensitivity_tokens: int = 256,
                   fail_after: str | None = None, ddr=None, kv_onchip: int = 0) -> dict:
     """Quantize, pack, place and describe a model; returns the manifest (also written to out_dir).
 
+    calib_tokens: calibration text for GPTQ, GPTAQ and the mixed-precision pricing (default CALIB_TOKENS[method]).
     scales: how the linears' ROM stores their scales and minimums (quantize.py: fp16, or q8 with an 8-bit
     step of a per-row power of two); the embedding keeps fp16 (its Q8_0 source passes through).
 
@@ -206,6 +210,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     t0 = time.time()
     if method not in METHODS:
         raise RomaError(f"unknown quantization method '{method}'", hint=f"choose one of {', '.join(METHODS)}")
+    calib_tokens = CALIB_TOKENS[method] if calib_tokens is None else calib_tokens
     validate(bits, group, name="--bits/--group", scales=scales)
     validate(embedding_bits, 32, name="embedding")
     if lora_rank < 0:
