@@ -43,10 +43,10 @@ DDR_FILE = "ddr_weights.bin"
 NORMS_FILE = "norms"
 LORA_FILE = "lora.safetensors"
 EMBEDDING = "token_embd"
+OUTPUT = "output"
 # Calibration tokens by method. GPTAQ estimates an input-by-input drift map from the text and overfits on little
 # of it (SmolLM2, 3-bit G64: 71.1% top-1 with 4,096 tokens, 78.2% with 32,768; GPTQ 74.2% and 76.6%).
 CALIB_TOKENS = {"rtn": 4096, "gptq": 4096, "gptaq": 32768}
-OUTPUT = "output"
 
 
 def tensor_names(config: ModelConfig) -> list[str]:
