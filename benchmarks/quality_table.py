@@ -118,8 +118,7 @@ def main() -> int:
                                                          progress=sys.stderr.isatty(), scales=key_s[1])
                 shared.append(f"sensitivity at G{kw['group']} ({key_s[1]} scales) {time.time() - t:.0f} s")
                 print(f"({shared[-1]})", file=sys.stderr, flush=True)
-            extra = dict(hessians=hessians, sensitivity=sensitivity[key_s],
-                         sensitivity_tokens=args.sensitivity_tokens)
+            extra.update(sensitivity=sensitivity[key_s], sensitivity_tokens=args.sensitivity_tokens)
         t = time.time()
         man = compile_model(model, root / key, board="u250", force=True, progress=sys.stderr.isatty(),
                             calib_tokens=args.calib_tokens, **kw, **extra)

@@ -6,7 +6,7 @@ import json
 import sys
 from collections import Counter
 
-from ..compiler.quantize import METHODS
+from ..compiler.quantize import CALIB_TOKENS, METHODS
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS
 from . import common
 from .plan import add_ddr_argument, add_kv_onchip_argument, add_scales_argument
@@ -36,8 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--embedding-bits", type=int, default=8, choices=SUPPORTED_BITS,
                         help="code width of the embedding / lm head (default 8; Q8_0 passes through)")
     parser.add_argument("--calib-tokens", type=int, default=None, metavar="N",
-                        help="calibration tokens for GPTQ, GPTAQ and --bits-budget (default 4096; 32768 with "
-                             "--method gptaq)")
+                        help=f"calibration tokens for GPTQ, GPTAQ and --bits-budget (default "
+                             f"{CALIB_TOKENS['gptq']}; {CALIB_TOKENS['gptaq']} with --method gptaq)")
     add_ddr_argument(parser)
     add_kv_onchip_argument(parser)
     parser.add_argument("--force", action="store_true", help="replace a build of another model in --out")

@@ -33,7 +33,7 @@ from ..model.loader import LoadedModel, load_model, sha256_files
 from ..model.weights import LayerWeights, ModelWeights, QuantizedMatrix, as_float, storage_bits_per_weight
 from . import brom
 from .mixed import assign_settings, mixed_settings, setting_name
-from .quantize import METHODS, effective_group, quantize_tensor, validate
+from .quantize import CALIB_TOKENS, METHODS, effective_group, quantize_tensor, validate
 
 MANIFEST = "manifest.json"
 FORMAT = "roma-build"
@@ -44,9 +44,6 @@ NORMS_FILE = "norms"
 LORA_FILE = "lora.safetensors"
 EMBEDDING = "token_embd"
 OUTPUT = "output"
-# Calibration tokens by method. GPTAQ estimates an input-by-input drift map from the text and overfits on little
-# of it (SmolLM2, 3-bit G64: 71.1% top-1 with 4,096 tokens, 78.2% with 32,768; GPTQ 74.2% and 76.6%).
-CALIB_TOKENS = {"rtn": 4096, "gptq": 4096, "gptaq": 32768}
 
 
 def tensor_names(config: ModelConfig) -> list[str]:
@@ -245,7 +242,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         from .corpus import token_windows
 
         calib_windows = token_windows(model, "calibration", calib_tokens, calib_window)
-    if method != "gptq" and (bits_budget is None or sensitivity is not None):
+    needs_hessians = method == "gptq" or (bits_budget is not None and sensitivity is None)
+    if not needs_hessians:
         hessians = None
     elif hessians is None:
         from .calibrate import collect_hessians

@@ -32,6 +32,9 @@ from ..errors import RomaError
 from ..model.weights import SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, QuantizedMatrix, Tensor, as_float
 
 METHODS = ("rtn", "gptq", "gptaq")  # gptaq: GPTQ calibrated sequentially and asymmetrically (build.py)
+# Calibration tokens by method. GPTAQ estimates an input-by-input drift map from the text and overfits on little
+# of it (SmolLM2, 3-bit G64: 71.1% top-1 with 4,096 tokens, 78.2% with 32,768; GPTQ 74.2% and 76.6%).
+CALIB_TOKENS = {"rtn": 4096, "gptq": 4096, "gptaq": 32768}
 SCALE_FORMATS = tuple(SCALE_BITS)  # fp16, q8
 FP16_MAX = 65504.0
 Q8_EXP_MIN, Q8_EXP_MAX = -24, 8  # 2^-24 is fp16's smallest step; 255 * 2^8 stays below FP16_MAX
