@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, cli_env
+from float_noise import assert_within_float_noise, golden_variant_logits
 from roma_runtime import RomaError
 from roma_runtime.compiler import brom
 from roma_runtime.backends import DEFAULT_BUILD
@@ -34,31 +35,6 @@ needs_gxx = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make
 TOL = 2e-3  # max|dl| / max|l| against the golden model, as tests/test_emu_backend.py (its header explains it)
 DDR_UNITS = "1,head,embedding"
 IDS = [1, 504, 3575, 282, 4649, 314, 7, 1000]
-
-
-def _rel(got, want) -> float:
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
-
-
-def golden_last_logits(model, ids: list[int]) -> list[np.ndarray]:
-    """The golden quant model's last-token logits three ways (whole, 2 + rest, one token per call): its own
-    spread bounds how close any other evaluation order can be."""
-    from roma_runtime.golden import GoldenModel
-
-    gold = GoldenModel(model, "quant")
-    refs = []
-    for chunks in ([ids], [ids[:2], ids[2:]], [[t] for t in ids]):
-        cache = gold.new_cache(64)
-        for chunk in chunks:
-            last = gold.forward(chunk, cache)
-        refs.append(np.asarray(last, np.float32)[-1])
-    return refs
-
-
-def assert_close_to_golden(got, refs) -> None:
-    spread = max(_rel(a, b) for a in refs for b in refs)
-    assert min(_rel(got, r) for r in refs) <= max(TOL, spread)
-    assert int(np.argmax(got)) in {int(np.argmax(r)) for r in refs}
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +202,7 @@ def test_ddr_build_on_emu_equals_the_rom_build_and_the_golden_model(ddr_build, d
     rom_logits, ddr_logits = tiny_emu.forward(IDS, rom_cache), ddr_emu.forward(IDS, ddr_cache)
     rom_cycles, ddr_cycles = tiny_emu.last_cycles(), ddr_emu.last_cycles()
     assert np.array_equal(ddr_logits, rom_logits)  # the same integer dots and fp32 sequence: bit for bit
-    assert_close_to_golden(ddr_logits, golden_last_logits(load_build(ddr_build)[0], IDS))
+    assert_within_float_noise(ddr_logits, golden_variant_logits(load_build(ddr_build)[0], IDS), TOL)
     for _ in range(3):  # decode steps: the KV caches and logits stay identical
         t = int(np.argmax(ddr_logits))
         rom_logits, ddr_logits = tiny_emu.forward([t], rom_cache), ddr_emu.forward([t], ddr_cache)
@@ -285,8 +261,8 @@ def test_missing_or_corrupt_ddr_image_is_refused_naming_the_file(ddr_build, tmp_
 @needs_gxx
 def test_smollm2_2bit_on_kv260_streams_from_ddr_and_matches_the_golden_model(smollm2, tmp_path):
     """SmolLM2-135M at 2 bits (RTN G64) placed for a KV260: only layer 0 fits on chip, layers 1-29 and the tied
-    lm head stream from DDR. On the emulated board the first greedy token equals the golden quant model's on
-    the same build, and the logits are as close to it as at 2 bits on chip (test_emu_backend)."""
+    lm head stream from DDR. On the emulated board the logits and the greedy token are within the golden quant
+    model's float noise on the same build, as at 2 bits on chip (test_emu_backend)."""
     from roma_runtime.device.driver import EmuBackend
     from roma_runtime.tokenizer import Tokenizer
 
@@ -296,11 +272,8 @@ def test_smollm2_2bit_on_kv260_streams_from_ddr_and_matches_the_golden_model(smo
     assert is_ddr(manifest["tensors"]["token_embd"]) and not (out / "token_embd.bin").exists()
     emu = EmuBackend(out, progress=False)
     ids = Tokenizer.from_model(smollm2).encode("The capital of France is")
-    got = emu.forward(ids, emu.new_cache(64))
-    refs = golden_last_logits(load_build(out)[0], ids)
-    assert int(np.argmax(got)) == int(np.argmax(refs[0]))
-    spread = max(_rel(a, b) for a in refs for b in refs)
-    assert min(_rel(got, r) for r in refs) <= max(TOL, spread)
+    got = np.asarray(emu.forward(ids, emu.new_cache(64)), np.float32).reshape(-1)
+    assert_within_float_noise(got, golden_variant_logits(load_build(out)[0], ids), TOL)
     cycles = emu.last_cycles()
     # DDR-bound: the 8-bit lm head streams 49152 x 576 codes + scales through a 16-byte port
     assert cycles["lm_head"] > 49152 * 576 // 16 and cycles["gemv"] > cycles["lm_head"]

@@ -78,13 +78,57 @@ def test_quant_path_integers_are_the_contract(smollm2):
     dot, xsum = group_dot(PreparedMatrix(w), xq)
     np.testing.assert_array_equal(dot, expected_dot)
     np.testing.assert_array_equal(xsum, xq.astype(np.int64).reshape(3, -1, w.group).sum(-1))
-    # The contract's fp32 formula, literally per group; the golden forward regroups it into one GEMV.
-    per_group = (w.scales.astype(np.float32) * dot + w.minimums.astype(np.float32) * xsum[:, None, :]) * sa[:, None, :]
-    literal = per_group.sum(-1)
+    # The contract's fp32 formula, literally, group after group: bit for bit (as brom_tile_gemv sums them).
+    d, m, dotf, xsumf = (a.astype(np.float32) for a in (w.scales, w.minimums, dot, xsum))  # ints exact in fp32
+    terms = (d * dotf + m * xsumf[:, None, :]) * sa[:, None, :]
+    literal = terms[..., 0]
+    for g in range(1, terms.shape[-1]):
+        literal = literal + terms[..., g]
     y = quantized_matmul(PreparedMatrix(w), x)
-    np.testing.assert_allclose(y, literal, rtol=0, atol=1e-5 * np.abs(literal).max())
+    assert np.array_equal(y, literal)
     # and it approximates the float matmul as well as int8 activations can
     np.testing.assert_allclose(y, x @ w.dequantize().T, rtol=0, atol=0.02 * np.abs(y).max())
+
+
+def test_quant_path_does_not_depend_on_the_batch_or_the_blas_kernel(smollm2):
+    """The case that moved greedy tokens between machines: the ROM matmul used to regroup the contract into one
+    fp32 BLAS GEMM over d*q, so its rounding followed the BLAS kernel's summation order, which OpenBLAS picks per
+    CPU (Haswell, SkylakeX, Cooperlake, SapphireRapids) and per matrix shape. At 2 bits one ulp there moves a
+    greedy token. Now each token's outputs are the same bits whatever batch it is in and whatever kernel runs."""
+    import json
+    import platform
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+    from roma_runtime.cpu import cpu_flags
+    from roma_runtime.golden.numerics import PreparedMatrix, quantized_matmul
+
+    prepared = PreparedMatrix(smollm2.weights.layers[3].w_down)
+    x = np.random.default_rng(2).standard_normal((5, prepared.cols)).astype(np.float32)
+    batch = quantized_matmul(prepared, x)
+    assert all(np.array_equal(batch[i], quantized_matmul(prepared, x[i:i + 1])[0]) for i in range(5))
+
+    script = (
+        "import hashlib, json, numpy as np, threadpoolctl\n"
+        "from roma_runtime.golden import GoldenModel\n"
+        "from roma_runtime.model import load_model\n"
+        "g = GoldenModel(load_model('smollm2-135m'), 'quant')\n"
+        "logits = g.forward([1, 504, 3575, 282, 4649, 314], g.new_cache(16), all_logits=True)\n"
+        "kernel = threadpoolctl.threadpool_info()[0].get('architecture')\n"
+        "print(json.dumps([kernel, hashlib.sha256(logits.tobytes()).hexdigest()]))\n"
+    )
+    coretypes = [None, "Prescott"] + (["Haswell"] if "avx2" in cpu_flags() else [])  # ones this CPU can run
+    runs = {}
+    for coretype in coretypes if platform.machine() in ("x86_64", "AMD64") else [None]:
+        env = cli_env()
+        env.pop("OPENBLAS_CORETYPE", None)
+        if coretype:
+            env["OPENBLAS_CORETYPE"] = coretype
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        kernel, digest = json.loads(out.stdout.strip().splitlines()[-1])
+        runs[kernel] = digest
+    assert len(set(runs.values())) == 1, runs
 
 
 # --- SmolLM2 against transformers loading the same GGUF ---------------------------------------------------
@@ -136,11 +180,14 @@ def first_token_logits(fp, qp, ids):
 
 
 def test_smollm2_quant_path_first_token(smollm2_peer, smollm2_golden):
+    # The quant path is the same on every machine (exact group dots, fp32 scaling in the core's order), so the
+    # bound is one measurement: the largest move of a top-20 logit is 0.86 ("The quick brown fox", top logit
+    # 18.2), the others 0.2-0.56. (With a BLAS-ordered sum it was 0.93 or under 0.6, by the machine's kernel.)
     _, tok = smollm2_peer
     fp, qp = smollm2_golden
     for ids in peer_prompt_ids(tok, PLAIN_PROMPTS, CHAT_PROMPTS):
         f, q = first_token_logits(fp, qp, ids)
-        assert np.abs(q - f)[np.argsort(-f)[:20]].max() < 0.6, "int8 activations moved top logits too far"
+        assert np.abs(q - f)[np.argsort(-f)[:20]].max() < 1.0, "int8 activations moved top logits too far"
         assert q.argmax() == f.argmax(), tok.decode(ids)
     for ids in peer_prompt_ids(tok, NEAR_TIE_PLAIN, NEAR_TIE_CHAT):
         f, q = first_token_logits(fp, qp, ids)

@@ -4,6 +4,10 @@
 - "quant": the accelerator's contract: every linear layer is a ROM matmul (int8 group activations times the
   stored codes, exact int32 group dot products, fp32 scaling); KV cache in fp16 by default.
 Norms, RoPE (GGUF adjacent pairs), softmax, SiLU and residuals are fp32 in both.
+
+The quant path gives the same answer on every machine: its ROM matmuls are exact integers scaled in a fixed
+order (numerics.py), and its exp, cos and sin are computed in fp64 and rounded to fp32, because numpy's own fp32
+versions are SIMD code chosen per CPU and may differ by an ulp. At 2 bits one such ulp can move a greedy token.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ class KVCache:
         self.length = length
 
 
+def fp32_of_fp64(fn, x: np.ndarray) -> np.ndarray:
+    """fn(x) evaluated in fp64 and rounded to fp32: the correctly rounded fp32 value (but for inputs within an
+    fp64 ulp of a rounding boundary), the same on every CPU."""
+    return fn(np.asarray(x, np.float64)).astype(np.float32)
+
+
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     ms = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
     return (x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps)))) * weight
@@ -42,7 +52,7 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 def rope_tables(head_dim: int, theta: float, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inv_freq = (1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)).astype(np.float32)
     angles = positions.astype(np.float32)[:, None] * inv_freq[None, :]
-    return np.cos(angles), np.sin(angles)
+    return fp32_of_fp64(np.cos, angles), fp32_of_fp64(np.sin, angles)
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -56,11 +66,11 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    return x / (np.float32(1.0) + np.exp(-x))
+    return x / (np.float32(1.0) + fp32_of_fp64(np.exp, -x))
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    e = fp32_of_fp64(np.exp, x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
 
@@ -79,7 +89,9 @@ class LoraAdapter:
         if f is None:
             return None
         a, b, s = f
-        return ((x @ a.T) @ b.T) * np.float32(s)
+        # fp64 products rounded to fp32: the same on every BLAS kernel (fp32 sums would follow its order)
+        ax = (np.asarray(x, np.float64) @ a.T).astype(np.float32)
+        return (ax.astype(np.float64) @ b.T).astype(np.float32) * np.float32(s)
 
 
 class GoldenModel:
