@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -533,3 +535,19 @@ def test_measured_sensitivity_orders_widths(tiny_hf):
         assert priced[(2, 64)]["kl"] > priced[(3, 64)]["kl"] > priced[(4, 64)]["kl"] > 0
         assert priced[(2, 32)]["error"] < priced[(2, 64)]["error"]  # smaller groups fit closer
         assert priced[(8, 64)] == {"kl": 0.0, "error": 0.0}
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_float_literals_in_headers_and_dat_files_are_cxx14_and_exact(tmp_path):
+    """norms.dat and roma_model.h write fp32 values as C++ literals: every value must read back to the same bits
+    under C++14, the language Vitis HLS compiles (a norm weight of exactly 2 was written as `2f`, not C++)."""
+    from roma_runtime.compiler.header import c_float
+
+    values = np.array([2.0, 1.9375, -0.0, 1e-30, 3.4028235e38, 1.4e-45, 0.1, -7.0], np.float32)
+    source = ("#include <cstdio>\nstatic const float v[] = {" + ", ".join(c_float(v) for v in values) +
+              "};\nint main() { return fwrite(v, sizeof v, 1, stdout) == 1 ? 0 : 1; }\n")
+    (tmp_path / "t.cpp").write_text(source)
+    subprocess.run(["g++", "-std=c++14", "-pedantic-errors", "-Wall", "-Werror", str(tmp_path / "t.cpp"),
+                    "-o", str(tmp_path / "t")], check=True)
+    out = subprocess.run([str(tmp_path / "t")], capture_output=True, check=True).stdout
+    assert out == values.tobytes()

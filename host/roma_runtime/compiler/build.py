@@ -32,6 +32,7 @@ from ..model.config import ModelConfig
 from ..model.loader import LoadedModel, load_model, sha256_files
 from ..model.weights import LayerWeights, ModelWeights, QuantizedMatrix, as_float, storage_bits_per_weight
 from . import brom
+from .header import c_float
 from .mixed import assign_settings, mixed_settings, setting_name
 from .quantize import CALIB_TOKENS, METHODS, effective_group, quantize_tensor, validate
 
@@ -464,10 +465,9 @@ def _write_norms(w: ModelWeights, config: ModelConfig, out_dir: Path) -> tuple[d
     flat = np.concatenate(chunks)
     bin_path, dat_path = out_dir / f"{NORMS_FILE}.bin", out_dir / f"{NORMS_FILE}.dat"
     bin_path.write_bytes(flat.tobytes())
-    # 9 significant digits reproduce every float32 exactly.
     lines = [f"// fp32 RMSNorm weights, {flat.size} values; layout in manifest.json (norms.layout)"]
     for i in range(0, flat.size, 8):
-        lines.append(", ".join(f"{v:.9g}f" for v in flat[i:i + 8].tolist()) + ",")
+        lines.append(", ".join(c_float(v) for v in flat[i:i + 8].tolist()) + ",")
     dat_path.write_text("\n".join(lines) + "\n")
     return {"file": bin_path.name, "init": dat_path.name, "dtype": "float32", "layout": layout}, [bin_path, dat_path]
 

@@ -41,8 +41,14 @@ def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
     return (1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)).astype(np.float32)
 
 
-def _hex_floats(values) -> str:
-    return "{" + ", ".join(float.hex(float(v)) + "f" for v in values) + "}"
+def c_float(value) -> str:
+    """An fp32 value as a C++11 literal that reads back exactly: 10 significant digits, always with a point and
+    an exponent (a bare "2f" is not C++, and hex literals are C++17)."""
+    return f"{float(value):.9e}f"
+
+
+def _float_array(values) -> str:
+    return "{" + ", ".join(c_float(v) for v in values) + "}"
 
 
 def _kv_impl(kv_onchip: dict | None) -> str:
@@ -75,8 +81,8 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
         f"constexpr int KV_DIM = {c.kv_dim};",
         f"constexpr int VOCAB = {c.vocab_size};",
         f"constexpr int CONTEXT = {context};",
-        f"constexpr float ROPE_THETA = {c.rope_theta!r}f;",
-        f"constexpr float RMS_EPS = {float(c.rms_eps)!r}f;",
+        f"constexpr float ROPE_THETA = {c_float(c.rope_theta)};",
+        f"constexpr float RMS_EPS = {c_float(c.rms_eps)};",
         f"constexpr bool TIED_EMBEDDINGS = {'true' if c.tied_embeddings else 'false'};",
         "",
         f"constexpr int DEFAULT_BITS = {bits};",
@@ -114,7 +120,7 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               f"constexpr int KV_ONCHIP_CTX = {kv_onchip['tokens'] if kv_onchip else 0};"]
     lines += ["",
               "// RoPE inverse frequencies fp32(1 / theta^(2i/HEAD_DIM)), exact (golden rope_tables' values)",
-              f"constexpr float ROPE_INV_FREQ[HEAD_DIM / 2] = {_hex_floats(rope_inv_freq(c.head_dim, c.rope_theta))};",
+              f"constexpr float ROPE_INV_FREQ[HEAD_DIM / 2] = {_float_array(rope_inv_freq(c.head_dim, c.rope_theta))};",
               "", "}  // namespace roma_model", "",
               "// the memory the on-chip KV array binds to (the plan's reservation; unused without one)",
               f"#define ROMA_KV_ONCHIP_IMPL {_kv_impl(kv_onchip)}", "", "#endif  // ROMA_MODEL_H", "",
