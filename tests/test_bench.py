@@ -88,6 +88,55 @@ def test_bench_without_llama_cpp_names_the_pip_command(capsys, monkeypatch):
     assert err.startswith("error:") and 'pip install "llama-cpp-python==0.3.36"' in err
 
 
+STUB_PEER = """
+import os, signal
+__version__ = "0.0-stub"
+def llama_print_system_info():
+    return b"AVX512 = 1 | AMX_INT8 = 1"
+class Llama:
+    n_batch = 512
+    def __init__(self, **kwargs):
+        self.ctx = None
+    def n_vocab(self):
+        return 49152
+    def reset(self):
+        pass
+    def eval(self, ids):  # what ggml's AMX matmul does on a VM that does not enable the tile state
+        os.kill(os.getpid(), signal.SIGILL)
+"""
+
+
+def test_bench_survives_a_peer_that_dies_of_sigill(capsys, monkeypatch, tmp_path):
+    """llama.cpp runs in a child process: when it dies of an illegal instruction, our figures still print and
+    the command ends with one error naming the cause and the fix (the test process itself lives on)."""
+    (tmp_path / "llama_cpp").mkdir()
+    (tmp_path / "llama_cpp" / "__init__.py").write_text(STUB_PEER)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the spawned child starts with this sys.path
+    code, out, err = run_cli(capsys, ["bench", *TINY, "--backend", "ref", "--no-lora", "--vs", "llama.cpp",
+                                      "--json"])
+    assert code == 2
+    report = json.loads(out)
+    assert report["peer"] is None and "SIGILL" in report["peer_error"]["error"]
+    assert all(positive(r["ours"]["decode_tokens_per_s"]) and r["ratio"] is None for r in report["results"])
+    assert err.startswith("error: llama.cpp died of an illegal instruction (SIGILL)")
+    assert "python -m roma_runtime.llama_peer --install" in err and "Traceback" not in err
+
+
+def test_peer_is_built_for_the_flags_the_cpu_lists_never_amx(monkeypatch):
+    from roma_runtime import llama_peer
+
+    monkeypatch.setattr(llama_peer.platform, "machine", lambda: "x86_64")
+    xeon = {"avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw",
+            "avx512_vnni", "avx512_bf16", "avx512vbmi", "amx_tile", "amx_int8", "amx_bf16"}
+    args = llama_peer.cmake_args(xeon).split()
+    assert "-DGGML_NATIVE=OFF" in args and "-DGGML_AVX512=ON" in args and "-DGGML_AVX512_BF16=ON" in args
+    assert {"-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"} <= set(args)
+    older = llama_peer.cmake_args({"avx", "avx2", "fma", "f16c", "avx512f"}).split()
+    assert "-DGGML_AVX2=ON" in older and "-DGGML_AVX512=OFF" in older  # AVX-512 needs all five of its sets
+    monkeypatch.setattr(llama_peer.platform, "machine", lambda: "aarch64")
+    assert llama_peer.cmake_args(xeon) == ""  # an ARM board: llama.cpp's own native build
+
+
 def test_parse_lengths():
     assert bench.parse_lengths("256,512,1K,2k") == [256, 512, 1024, 2048]
     assert bench.parse_lengths("128, 64") == [64, 128]

@@ -45,11 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .cpu import cpu_model
 from .errors import RomaError
+from .llama_peer import LlamaCppRunner, PeerFailed
 
 PEERS = ("llama.cpp",)
-LLAMA_CPP_VERSION = "0.3.36"
-LLAMA_CPP_PIP = f'pip install "llama-cpp-python=={LLAMA_CPP_VERSION}"'
 MATPLOTLIB_PIP = "pip install matplotlib"
 DEFAULT_LENGTHS = (64, 128, 256, 512)  # about a minute on the ref backend with 2 cores
 ROMA_LENGTHS = (256, 512, 1024, 2048)  # what the ROMA paper reports
@@ -160,16 +160,6 @@ def backend_label(backend: str, numerics: str) -> str:
     if backend == "board":
         return f"PYNQ board, {numerics} numerics"
     return f"{backend}, {numerics} numerics"
-
-
-def load_llama_cpp():
-    """The llama_cpp module, or a RomaError with the pip command that installs it."""
-    try:
-        import llama_cpp
-    except ImportError as e:
-        raise RomaError(f"--vs llama.cpp needs llama-cpp-python, which is not importable ({e})",
-                        hint=f"{LLAMA_CPP_PIP}   (or: pip install 'roma-runtime[bench]')") from None
-    return llama_cpp
 
 
 def check_plot_path(path: str | None) -> Path | None:
@@ -354,61 +344,6 @@ class OursRunner:
                    decode_cycles=decode_cycles)
 
 
-class LlamaCppRunner:
-    """llama-cpp-python on the same GGUF: our token ids in, greedy argmax out, same thread count."""
-
-    name = "llama.cpp"
-
-    def __init__(self, gguf: Path, n_ctx: int, threads: int):
-        llama_cpp = load_llama_cpp()
-        self.llama_cpp = llama_cpp
-        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads,
-                                   n_threads_batch=threads, logits_all=False, verbose=False)
-        self.n_vocab = self.llm.n_vocab()
-        self.version = getattr(llama_cpp, "__version__", "?")
-        self.settings = {"n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
-                         "n_batch": self.llm.n_batch,
-                         "n_ubatch": getattr(getattr(self.llm, "context_params", None), "n_ubatch", None)}
-        self.label = f"llama.cpp (llama-cpp-python {self.version}, CPU)"
-
-    def system_info(self) -> str:
-        try:
-            info = self.llama_cpp.llama_print_system_info()
-            return (info.decode(errors="replace") if isinstance(info, bytes) else str(info)).strip()
-        except Exception:  # informative only
-            return ""
-
-    def _argmax(self) -> int:
-        ptr = self.llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
-        return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))))
-
-    def run(self, ids: list[int], decode_tokens: int) -> Run:
-        llm = self.llm
-        llm.reset()
-        t_start = time.perf_counter()
-        t0 = time.perf_counter()
-        llm.eval(list(ids))
-        prefill = time.perf_counter() - t0
-        token = self._argmax()
-        ttft = time.perf_counter() - t_start
-        out, decode = [token], 0.0
-        for _ in range(decode_tokens):
-            t0 = time.perf_counter()
-            llm.eval([token])
-            decode += time.perf_counter() - t0
-            token = self._argmax()
-            out.append(token)
-        wall = time.perf_counter() - t_start
-        return Run(prompt_tokens=len(ids), prefill_seconds=prefill, decode_tokens=decode_tokens,
-                   decode_seconds=decode, ttft_seconds=ttft, wall_seconds=wall, forward_seconds=prefill + decode,
-                   ids=out)
-
-    def close(self) -> None:
-        close = getattr(self.llm, "close", None)
-        if callable(close):
-            close()
-
-
 # --- LoRA ---------------------------------------------------------------------------------------------------
 
 
@@ -540,15 +475,16 @@ def run_bench(engine, cfg: BenchConfig, *, backend: str = "ref", numerics: str |
     """Measure; returns the report (JSON-ready) that format_table and write_plot read."""
     cfg.check(engine.config.context_length)
     numerics = numerics or engine.numerics
-    peer = None
+    peer, peer_failure = None, None
     if cfg.peer is not None:
-        load_llama_cpp()
-        gguf = _gguf_path(engine)
-        peer = LlamaCppRunner(gguf, cfg.capacity, cfg.thread_count)
+        try:
+            peer = LlamaCppRunner(_gguf_path(engine), cfg.capacity, cfg.thread_count)
+        except PeerFailed as e:  # our side is still measured; the error is raised after the report
+            peer_failure = e
     previous = blas_threads()
     threads = blas_threads(cfg.thread_count)
     try:
-        return _measure(engine, cfg, peer, backend, numerics, model_name, progress, argv, threads)
+        return _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, progress, argv, threads)
     finally:
         if previous["threads"]:
             blas_threads(previous["threads"])
@@ -569,17 +505,27 @@ def _gguf_path(engine) -> Path:
     return Path(path)
 
 
-def _measure(engine, cfg, peer, backend, numerics, model_name, progress, argv, threads) -> dict:
+def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, progress, argv, threads) -> dict:
     from tqdm import tqdm
+
+    def run_peer(ids, decode_tokens):
+        """The peer's run, or None once it has failed (then the bench goes on with our side alone)."""
+        nonlocal peer, peer_failure
+        try:
+            return peer.run(ids, decode_tokens)
+        except PeerFailed as e:
+            peer.close()
+            peer, peer_failure = None, e
 
     ours = OursRunner(engine, cfg.capacity)
     prompts = {n: bench_prompt(engine.tokenizer, n) for n in cfg.lengths}
-    runners = [("ours", ours)] + ([("peer", peer)] if peer else [])
     if cfg.warmup:  # first calls allocate buffers and warm caches: not timed
-        for _, runner in runners:
-            runner.run(prompts[cfg.lengths[0]], min(cfg.decode_tokens, 2))
+        ours.run(prompts[cfg.lengths[0]], min(cfg.decode_tokens, 2))
+        if peer is not None:
+            run_peer(prompts[cfg.lengths[0]], min(cfg.decode_tokens, 2))
     samples = {n: {"ours": [], "peer": []} for n in cfg.lengths}
-    total = cfg.repeats * len(cfg.lengths) * len(runners)
+    runners = 1 + (peer is not None)
+    total = cfg.repeats * len(cfg.lengths) * runners
     bar = tqdm(total=total, desc="bench", unit="run", file=sys.stderr, disable=not progress, leave=False)
     try:
         for _ in range(cfg.repeats):
@@ -591,10 +537,13 @@ def _measure(engine, cfg, peer, backend, numerics, model_name, progress, argv, t
                 if peer is not None:
                     bar.set_postfix_str(f"{peer.name} {n}")
                     # exactly as many decode steps as ours made (ours stops early only at an end token)
-                    samples[n]["peer"].append(peer.run(prompts[n], run.decode_tokens))
+                    samples[n]["peer"].append(run_peer(prompts[n], run.decode_tokens))
                     bar.update()
     finally:
         bar.close()
+    if peer is None:  # it failed part way: no half comparison
+        for n in cfg.lengths:
+            samples[n]["peer"] = []
     if progress and callable(getattr(engine.backend, "generate", None)):
         print("bench: autonomous decode...", file=sys.stderr, flush=True)
     autonomous = measure_autonomous(engine, cfg, prompts[cfg.lengths[0]], samples[cfg.lengths[0]]["ours"])
@@ -676,6 +625,7 @@ def _measure(engine, cfg, peer, backend, numerics, model_name, progress, argv, t
                      "see, and excludes host time. An estimate, not a measurement on a board.",
         },
         "cycles_note": None if any_cycles else f"n/a: backend {engine.backend.name} reports no cycle counts",
+        "peer_error": None if peer_failure is None else {"error": peer_failure.message, "hint": peer_failure.hint},
         "machine": machine_facts(threads, peer),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -683,17 +633,6 @@ def _measure(engine, cfg, peer, backend, numerics, model_name, progress, argv, t
 
 
 # --- facts --------------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def machine_facts(threads: dict | None = None, peer=None) -> dict:

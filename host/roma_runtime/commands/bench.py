@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from .. import bench
+from .. import bench, llama_peer
 from ..errors import RomaError
 from . import common
 
@@ -29,7 +29,7 @@ def add_arguments(parser) -> None:
                              f"(default: all usable cores, {bench.usable_cores()} here)")
     parser.add_argument("--vs", default=None, metavar="PEER",
                         help=f"also run a peer on the same GGUF and token ids, interleaved with ours "
-                             f"({', '.join(bench.PEERS)}; needs {bench.LLAMA_CPP_PIP})")
+                             f"({', '.join(bench.PEERS)}; needs {llama_peer.LLAMA_CPP_PIP})")
     parser.add_argument("--json", action="store_true",
                         help="print every figure, ratio and machine fact as one JSON object instead of the table")
     parser.add_argument("--plot", default=None, metavar="FILE.png",
@@ -62,7 +62,7 @@ def run(args) -> int:
     cfg.check(args.context)
     plot = bench.check_plot_path(args.plot)
     if cfg.peer is not None:
-        bench.load_llama_cpp()
+        llama_peer.check_installed()
     if args.context is None:
         cfg.check(_model_context(args.model))
     engine = common.load_engine(args, status=not args.no_progress)
@@ -79,6 +79,9 @@ def run(args) -> int:
         print(bench.format_table(report), flush=True)
         if plot is not None:
             print(f"plot: {plot}", flush=True)
+    failure = report["peer_error"]
+    if failure:  # our figures are out; the peer's failure is the command's error
+        raise RomaError(failure["error"], hint=failure["hint"])
     return 0
 
 

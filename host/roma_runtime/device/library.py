@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..cpu import cpu_flags
 from ..errors import RomaError
 from .interface import HLS_DIR
 
@@ -46,7 +47,8 @@ def hls_sources(hls_dir: Path = HLS_DIR) -> list[Path]:
 
 
 def content_hash(build_dir: Path, hls_dir: Path = HLS_DIR) -> str:
-    """sha256 over the HLS sources (names and contents), the build's roma_model.h and the compiler."""
+    """sha256 over the HLS sources (names and contents), the build's roma_model.h, the compiler and the CPU's
+    instruction sets (a library built for AVX-512 must not be loaded on a machine without it)."""
     build_dir, hls_dir = Path(build_dir), Path(hls_dir)
     header = build_dir / MODEL_HEADER
     if not header.is_file():
@@ -58,6 +60,7 @@ def content_hash(build_dir: Path, hls_dir: Path = HLS_DIR) -> str:
         h.update(p.read_bytes() + b"\0")
     h.update(b"roma_model.h\0" + header.read_bytes() + b"\0")
     h.update(("CXX=" + os.environ.get("CXX", "") + " CXXFLAGS=" + os.environ.get("CXXFLAGS", "")).encode())
+    h.update(" ".join(sorted(cpu_flags())).encode())  # the Makefile compiles for these instruction sets
     return h.hexdigest()
 
 

@@ -17,7 +17,7 @@
 // The emulated board's fast path (brom_tile_gemv_csim, C simulation only) is compared with the LutSelect kernel:
 // y and xsum bit for bit, with 1 and 2 threads (the ROM words, integers and fp32 sequence per row are the same);
 // likewise its repacked path (brom_tile_gemv_packed: codes unpacked once, 16 rows side by side), both the
-// portable loop and the AVX-512 VNNI loop when the testbench is compiled with it (-march=native). The DDR tier
+// portable loop and the AVX-512 VNNI loop when the testbench is compiled with it (EMU_ARCH, the AVX-512 sets the CPU lists). The DDR tier
 // (brom_ddr.h) on the same tensor's DDR image (name.ddr.u32, brom.ddr_words): the streamed kernel
 // brom_ddr_gemv on both datapaths, and the emulated board's repack of DDR tiles, against the ROM kernel: y,
 // dots and xsums bit for bit. q8 cases (the scale ROM in the q8 format) run all of the above with the q8 arrays,

@@ -534,8 +534,8 @@ inline void csim_block_simd(const uint8_t *codes, const half_bits_t *dh, const h
 #define ROMA_CSIM_SIMD 0
 #endif
 
-// y[ROWS] of one tile from its repacked codes (pk.ok). SIMD: the AVX-512 VNNI loop when compiled in (-march=
-// native on such a CPU), else the portable loop; tb_brom_tile runs both.
+// y[ROWS] of one tile from its repacked codes (pk.ok). SIMD: the AVX-512 VNNI loop when compiled in (the
+// Makefile's EMU_ARCH, on a CPU that lists those sets), else the portable loop; tb_brom_tile runs both.
 template <int ROWS, int COLS, int GROUP, int BITS, bool SIMD = (ROMA_CSIM_SIMD != 0)>
 void brom_tile_gemv_packed(const act_t xq[COLS], const float a_scale[COLS / GROUP], const CsimPackedTile &pk,
                            float y[ROWS], acc_t xsum_out[COLS / GROUP], Cycles &cyc, int threads = 0) {
