@@ -40,11 +40,14 @@ def _fp64_sum_rms_norm(x, weight, eps):
     return (x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps)))) * weight
 
 
+CPU_FUNCTIONS = {"silu": _cpu_silu, "softmax": _cpu_softmax, "rope_tables": _cpu_rope_tables}
+FP64_NORM = {"rms_norm": _fp64_sum_rms_norm}
 VARIANTS = {  # name: (patched golden functions, tokens per forward call; 0 = the whole prompt)
     "golden": ({}, 0),
     "golden, one token per call": ({}, 1),
-    "cpu fp32 exp/cos/sin": ({"silu": _cpu_silu, "softmax": _cpu_softmax, "rope_tables": _cpu_rope_tables}, 0),
-    "norm mean summed in fp64": ({"rms_norm": _fp64_sum_rms_norm}, 0),
+    "cpu fp32 exp/cos/sin": (CPU_FUNCTIONS, 0),
+    "norm mean summed in fp64": (FP64_NORM, 0),
+    "both, one token per call": ({**CPU_FUNCTIONS, **FP64_NORM}, 1),  # the core differs in several steps at once
 }
 
 
@@ -62,12 +65,15 @@ def golden_variant_logits(model, ids: list[int]) -> dict[str, np.ndarray]:
 
 
 def assert_within_float_noise(got, variants: dict[str, np.ndarray], tol: float) -> None:
-    """`got` is as close to one variant as the variants are to each other (or tol of the logit scale), and its
-    greedy token is one of theirs."""
+    """`got` is within twice the variants' spread of one of them (or tol of the logit scale), and its greedy token
+    is one of theirs. Twice: the core differs in more float steps at once (exp, sin/cos, the norm's, softmax's
+    and attention's sums, fp16 KV roundings) than any variant. Measured on SmolLM2 at 4 bits, 30 layers: the
+    variants spread by 2.0-3.9% and the core lies 2.0-3.2% from the nearest; a functional error (a wrong weight,
+    position, head or adapter factor) moves the logits by 10-100%."""
     got, refs = np.asarray(got, np.float32).reshape(-1), list(variants.values())
     spread = max(relative_error(a, b) for a in refs for b in refs)
     nearest = min(relative_error(got, r) for r in refs)
-    assert nearest <= max(tol, spread), (nearest, spread)
+    assert nearest <= max(tol, 2 * spread), (nearest, spread)
     assert int(np.argmax(got)) in {int(np.argmax(r)) for r in refs}
 
 
