@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from ..golden import GoldenModel
-from ..golden.model import apply_rope, rms_norm, rope_tables, silu, softmax
+from ..golden.model import rms_norm, rope_tables, transformer_block
 from ..model.loader import LoadedModel
 from ..model.weights import as_float
 from .corpus import token_windows
@@ -93,11 +93,6 @@ def collect_hessians(model: LoadedModel, n_tokens: int = 4096, window: int = 256
     return Hessians(collector.sums, total, len(windows))
 
 
-# The linears of one block in the order their inputs become available, each stage sharing one input.
-STAGES = (("attn_in", ("wq", "wk", "wv")), ("attn_out", ("wo",)), ("ffn_in", ("w_gate", "w_up")),
-          ("ffn_mid", ("w_down",)))
-
-
 class LayerwiseForward:
     """golden.model's float forward over a set of windows, one block (and inside it one stage) at a time.
 
@@ -114,29 +109,16 @@ class LayerwiseForward:
         self.ropes = [rope_tables(c.head_dim, c.rope_theta, np.arange(len(ids))) for ids in windows]
 
     def block(self, li: int, xs: list[np.ndarray], weights) -> list[np.ndarray]:
-        c = self.config
         lw = self.model.weights.layers[li]
-        hd, grp = c.head_dim, c.n_heads // c.n_kv_heads
-        scale = np.float32(1.0 / np.sqrt(hd))
-        hs = [rms_norm(x, lw.attn_norm, c.rms_eps) for x in xs]
-        qkv = weights("attn_in", STAGES[0][1], hs)
-        attns = []
-        for h, (cos, sin) in zip(hs, self.ropes):
-            t = len(h)
-            q = apply_rope((h @ qkv["wq"]).reshape(t, c.n_heads, hd), cos, sin)
-            k = apply_rope((h @ qkv["wk"]).reshape(t, c.n_kv_heads, hd), cos, sin)
-            v = (h @ qkv["wv"]).reshape(t, c.n_kv_heads, hd)
-            scores = np.einsum("tkgd,skd->kgts", q.reshape(t, c.n_kv_heads, grp, hd), k) * scale
-            causal = np.tril(np.ones((t, t), bool))
-            probs = softmax(np.where(causal[None, None], scores, np.float32(-np.inf)))
-            attns.append(np.einsum("kgts,skd->tkgd", probs, v).reshape(t, c.dim))
-        wo = weights("attn_out", STAGES[1][1], attns)["wo"]
-        xs = [x + a @ wo for x, a in zip(xs, attns)]
-        hs = [rms_norm(x, lw.ffn_norm, c.rms_eps) for x in xs]
-        gu = weights("ffn_in", STAGES[2][1], hs)
-        mids = [silu(h @ gu["w_gate"]) * (h @ gu["w_up"]) for h in hs]
-        down = weights("ffn_mid", STAGES[3][1], mids)["w_down"]
-        return [x + m @ down for x, m in zip(xs, mids)]
+
+        def stage(kind, names, inputs):
+            w = weights(kind, names, inputs)
+            return {n: [h @ w[n] for h in inputs] for n in names}
+
+        def own_window(_, k, v):  # each window attends causally over itself
+            return k, v, np.tril(np.ones((len(k), len(k)), bool))
+
+        return transformer_block(self.config, lw.attn_norm, lw.ffn_norm, xs, self.ropes, own_window, stage)
 
     def logits(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         w = self.model.weights

@@ -74,6 +74,39 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+# The linears of a block in the order their inputs become available, each stage reading one input.
+STAGES = (("attn_in", ("wq", "wk", "wv")), ("attn_out", ("wo",)), ("ffn_in", ("w_gate", "w_up")),
+          ("ffn_mid", ("w_down",)))
+
+
+def transformer_block(c, attn_norm, ffn_norm, xs: list[np.ndarray], ropes, context, stage) -> list[np.ndarray]:
+    """One LLaMA block over several sequences (residual streams xs, each [T, dim]), stage by stage: the golden
+    forward runs it on one sequence, calibration (compiler/calibrate.py) on many windows at once.
+
+    stage(kind, names, inputs) -> {name: [output per sequence]} computes a stage's linears once every sequence's
+    input to it is ready (calibration fits them on those inputs); ropes: (cos, sin) per sequence;
+    context(i, k, v) -> (keys [S, kv, hd], values, causal [T, S]) is what sequence i attends over, given its new
+    K/V rows (the golden forward appends them to its KV cache)."""
+    hd, group = c.head_dim, c.n_heads // c.n_kv_heads
+    scale = np.float32(1.0 / np.sqrt(hd))
+    hs = [rms_norm(x, attn_norm, c.rms_eps) for x in xs]
+    qkv = stage(*STAGES[0], hs)
+    attns = []
+    for i, (h, (cos, sin)) in enumerate(zip(hs, ropes)):
+        t = len(h)
+        q = apply_rope(qkv["wq"][i].reshape(t, c.n_heads, hd), cos, sin)
+        k = apply_rope(qkv["wk"][i].reshape(t, c.n_kv_heads, hd), cos, sin)
+        keys, values, causal = context(i, k, qkv["wv"][i].reshape(t, c.n_kv_heads, hd))
+        scores = np.einsum("tkgd,skd->kgts", q.reshape(t, c.n_kv_heads, group, hd), keys) * scale
+        probs = softmax(np.where(causal[None, None], scores, np.float32(-np.inf)))
+        attns.append(np.einsum("kgts,skd->tkgd", probs, values).reshape(t, c.dim))
+    xs = [x + o for x, o in zip(xs, stage(*STAGES[1], attns)["wo"])]
+    hs = [rms_norm(x, ffn_norm, c.rms_eps) for x in xs]
+    gate_up = stage(*STAGES[2], hs)
+    mids = [silu(g) * u for g, u in zip(gate_up["w_gate"], gate_up["w_up"])]
+    return [x + d for x, d in zip(xs, stage(*STAGES[3], mids)["w_down"])]
+
+
 class LoraAdapter:
     """LoRA factors per (layer index, linear name): y += scale * B (A x), A [r, in], B [out, r], fp32.
 
@@ -150,31 +183,23 @@ class GoldenModel:
         if ids.min() < 0 or ids.max() >= c.vocab_size:
             raise RomaError(f"token id out of range 0..{c.vocab_size - 1}")
         positions = np.arange(start, start + t)
-        cos, sin = rope_tables(c.head_dim, c.rope_theta, positions)
-        hd, group = c.head_dim, c.n_heads // c.n_kv_heads
-        scale = np.float32(1.0 / np.sqrt(hd))
+        ropes = [rope_tables(c.head_dim, c.rope_theta, positions)]
         causal = positions[:, None] >= np.arange(start + t)[None, :]  # [T, keys]
+
+        def stage(li):
+            return lambda kind, names, inputs: {n: [self.linear(li, n, inputs[0])] for n in names}
+
+        def context(li):
+            def keys_values(_, k, v):  # the new rows go into the cache; attention reads it up to them
+                cache.keys[li, start : start + t] = k
+                cache.values[li, start : start + t] = v
+                keys = cache.keys[li, : start + t].astype(np.float32)  # [S, kv, hd]
+                return keys, cache.values[li, : start + t].astype(np.float32), causal
+            return keys_values
 
         x = self.embedding[ids]
         for li, lw in enumerate(self.layers):
-            h = rms_norm(x, lw["attn_norm"], c.rms_eps)
-            q = self.linear(li, "wq", h).reshape(t, c.n_heads, hd)
-            k = self.linear(li, "wk", h).reshape(t, c.n_kv_heads, hd)
-            v = self.linear(li, "wv", h).reshape(t, c.n_kv_heads, hd)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            cache.keys[li, start : start + t] = k
-            cache.values[li, start : start + t] = v
-            keys = cache.keys[li, : start + t].astype(np.float32)  # [S, kv, hd]
-            values = cache.values[li, : start + t].astype(np.float32)
-            qg = q.reshape(t, c.n_kv_heads, group, hd)
-            scores = np.einsum("tkgd,skd->kgts", qg, keys) * scale
-            scores = np.where(causal[None, None], scores, np.float32(-np.inf))
-            probs = softmax(scores)
-            attn = np.einsum("kgts,skd->tkgd", probs, values).reshape(t, c.dim)
-            x = x + self.linear(li, "wo", attn)
-            h = rms_norm(x, lw["ffn_norm"], c.rms_eps)
-            ff = silu(self.linear(li, "w_gate", h)) * self.linear(li, "w_up", h)
-            x = x + self.linear(li, "w_down", ff)
+            [x] = transformer_block(c, lw["attn_norm"], lw["ffn_norm"], [x], ropes, context(li), stage(li))
         cache.length = start + t
         x = rms_norm(x if all_logits else x[-1:], self.output_norm, c.rms_eps)
         return self.matmul(self.lm_head, x)
