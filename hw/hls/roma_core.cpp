@@ -82,6 +82,9 @@ constexpr int KV_ONCHIP_CTX = 0;
 #include <cstdio>
 #include <string>
 #include <vector>
+
+#include "roma/csim/brom_ddr.h"
+#include "roma/csim/brom_tile.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif

@@ -39,6 +39,8 @@
 #include "roma/attention.h"
 #include "roma/brom_ddr.h"
 #include "roma/brom_tile.h"
+#include "roma/csim/brom_ddr.h"
+#include "roma/csim/brom_tile.h"
 #include "tb_common.h"
 
 using namespace roma;

@@ -31,6 +31,7 @@
 
 #include "roma/activation.h"
 #include "roma/attention.h"
+#include "roma/csim/brom_tile.h"
 #include "roma/embedding.h"
 #include "roma/norm.h"
 #include "roma/rope.h"

@@ -37,7 +37,7 @@
 // 19.2 GB/s DDR4 peak, so the port, not the DRAM, bounds the stream (an Alveo port could be 512 bits wide).
 //
 // C simulation (the emulated board) does not run the DDR_BLOCKS loop for speed: roma_core repacks a DDR tile
-// from the ddr_weights buffer once per image (csim_pack_ddr_tile, DdrTileSource) and runs the same packed SIMD
+// from the ddr_weights buffer once per image (csim_pack_ddr_tile, DdrTileSource: csim/brom_ddr.h) and runs the same packed SIMD
 // path as a ROM tile. brom_ddr_gemv runs for a tile that cannot be repacked, and in tb_brom_tile.
 #ifndef ROMA_BROM_DDR_H
 #define ROMA_BROM_DDR_H
@@ -179,31 +179,6 @@ DDR_TILES:
   (void)cyc;
 #endif
 }
-
-#ifndef __SYNTHESIS__
-// ---- C simulation only: a DDR tile as the repacker's source (brom_tile.h csim_pack_tile_from) ----
-template <int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF = ScaleFormat::Fp16>
-struct DdrTileSource {
-  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> D;
-  const rom_word_t *tile; // the tile's first word in the ddr_weights buffer
-  const rom_word_t *block(int step) const {
-    return tile + D::PREFIX_WORDS + (size_t)(step / D::BLOCK_STEPS) * D::BLOCK_WORDS;
-  }
-  const rom_word_t *step_planes(int step) const { return block(step) + (size_t)(step % D::BLOCK_STEPS) * D::WPS; }
-  HalfPair scales(int step) const {
-    const int r = step % ROWS; // q8: the row's exponents from the prefix
-    const scale_word_t ex = D::Q8 ? (scale_word_t)(tile[r / 2] >> (16 * (r % 2))) : 0;
-    return D::scales(block(step), step % D::BLOCK_STEPS, &ex, 0);
-  }
-  half_bits_t scale(int step) const { return scales(step).d; }
-  half_bits_t minimum(int step) const { return scales(step).m; }
-};
-
-template <int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF = ScaleFormat::Fp16>
-void csim_pack_ddr_tile(const rom_word_t *tile, CsimPackedTile &pk) {
-  csim_pack_tile_from<ROWS, COLS, GROUP, BITS>(DdrTileSource<ROWS, COLS, GROUP, BITS, SF>{tile}, pk);
-}
-#endif // __SYNTHESIS__
 
 } // namespace roma
 
