@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import signal
 import subprocess
@@ -294,14 +293,17 @@ def test_bad_json_bad_options_and_unknown_things_get_openai_errors(served):
                                ("seed", 1 << 70, "invalid_value"), ("repeat_penalty", 0, "invalid_value"),
                                ("stop", ["x"] * 40, "invalid_type"), ("stop", [""], "invalid_value"),
                                ("stop", 5, "invalid_type"), ("n", 2, "unsupported_value"),
-                               ("logprobs", True, "unsupported_value"), ("frequency_penalty", 0.5, "unsupported_value"),
-                               ("tools", [{"type": "function"}], "unsupported_value"), ("stream", "yes", "invalid_type"),
+                               ("logprobs", True, "unsupported_value"),
+                               ("frequency_penalty", 0.5, "unsupported_value"),
+                               ("tools", [{"type": "function"}], "unsupported_value"),
+                               ("stream", "yes", "invalid_type"),
                                ("response_format", {"type": "json_object"}, "unsupported_value")):
         check_error(*raw(served, "POST", path, chat_body(**{field: value})), 400, code, field)
     check_error(*raw(served, "POST", "/v1/completions", {"model": "tiny", "prompt": [1, -2]}), 400, param="prompt")
     check_error(*raw(served, "POST", "/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}), 400,
                 "unsupported_value", "prompt")
-    check_error(*raw(served, "POST", "/v1/completions", {"model": "tiny", "prompt": "x", "echo": True}), 400,
+    check_error(*raw(served, "POST", "/v1/completions", {"model": "tiny", "prompt": "x", "echo": True}),
+                400,
                 "unsupported_value", "echo")
     check_error(*raw(served, "POST", "/v1/completions", {"model": "tiny"}), 400, param="prompt")
     check_error(*raw(served, "POST", path, b"x" * (70 << 10)), 413, "request_too_large")

@@ -67,18 +67,17 @@ MAX_STOP_CHARS = 512
 MAX_SEED = (1 << 64) - 1
 MAX_REPEAT_LAST_N = 1 << 16
 POLL_SECONDS = 0.1  # how often a waiting request looks whether its client is still there
+MAX_CONNECTIONS = 128  # open connections uvicorn serves at once (plus --max-queue)
 
 
 def require_asgi():
     """(starlette, uvicorn), or RomaError naming the extra that brings them."""
     try:
-        import starlette  # noqa: F401
+        import starlette
         import uvicorn
     except ImportError as e:
         raise RomaError(f"roma serve --http needs Starlette and uvicorn, and {e.name or 'one of them'} is not "
                         "installed", hint=f"{SERVE_EXTRA} (or pip install starlette uvicorn)") from None
-    import starlette
-
     return starlette, uvicorn
 
 
@@ -127,7 +126,8 @@ class ServeOptions:
 
     def check(self) -> "ServeOptions":
         for name, value, low in (("--max-queue", self.max_queue, 0), ("--max-tokens", self.max_tokens, 1),
-                                 ("--sessions", self.sessions, 1), ("--max-request-bytes", self.max_request_bytes, 256)):
+                                 ("--sessions", self.sessions, 1),
+                                 ("--max-request-bytes", self.max_request_bytes, 256)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise RomaError(f"{name} must be a whole number >= {low} (got {value!r})")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
@@ -174,7 +174,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
-        raise RomaError(f"cannot listen on {host}: {e.strerror or e}", hint="give an IP address or a known host name") from None
+        raise RomaError(f"cannot listen on {host}: {e.strerror or e}",
+                        hint="give an IP address or a known host name") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -206,7 +207,6 @@ class CompletionRequest:
     include_usage: bool = False
     messages: list[dict] | None = None
     prompt: str | list[int] | None = None
-    max_tokens_asked: int | None = None
 
 
 def _is_int(v) -> bool:
@@ -286,8 +286,8 @@ def _text(v, what: str, param: str) -> str:
     return v
 
 
-def _sampling(b: _Body, options: ServeOptions) -> tuple[SamplingParams, int | None]:
-    """The request's sampling options over the server's defaults; (params, the max_tokens it asked for)."""
+def _sampling(b: _Body, options: ServeOptions) -> SamplingParams:
+    """The request's sampling options over the server's defaults; max_tokens at most the server's."""
     p = replace(options.defaults, stop=list(options.defaults.stop))
     asked = b.integer("max_tokens", "max_completion_tokens", low=1)
     p.max_tokens = min(asked if asked is not None else options.defaults.max_tokens, options.max_tokens)
@@ -332,7 +332,7 @@ def _sampling(b: _Body, options: ServeOptions) -> tuple[SamplingParams, int | No
         p.validate()
     except RomaError as e:
         raise _from_roma(e) from None
-    return p, asked
+    return p
 
 
 def _stream_options(b: _Body) -> tuple[bool, bool]:
@@ -400,12 +400,13 @@ def parse_chat(body, options: ServeOptions, models: dict[str, str | None]) -> Co
     fmt = b.d.get("response_format")
     if fmt is not None and fmt != {"type": "text"}:
         raise _bad("response_format", "only the text response format is supported", "unsupported_value")
-    params, asked = _sampling(b, options)
+    params = _sampling(b, options)
     stream, usage = _stream_options(b)
-    return CompletionRequest("chat", model, adapter, params, stream, usage, messages=out, max_tokens_asked=asked)
+    return CompletionRequest("chat", model, adapter, params, stream, usage, messages=out)
 
 
-def parse_completion(body, options: ServeOptions, models: dict[str, str | None], vocab_size: int) -> CompletionRequest:
+def parse_completion(body, options: ServeOptions, models: dict[str, str | None],
+                     vocab_size: int) -> CompletionRequest:
     b = _Body(body)
     model, adapter = _model(b, models, options.model_id)
     prompt = b.d.get("prompt")
@@ -426,10 +427,9 @@ def parse_completion(body, options: ServeOptions, models: dict[str, str | None],
     for option, allowed in (("echo", (None, False)), ("suffix", (None, "")), ("best_of", (None, 1)),
                             ("logprobs", (None,))):
         b.unsupported(option, allowed)
-    params, asked = _sampling(b, options)
+    params = _sampling(b, options)
     stream, usage = _stream_options(b)
-    return CompletionRequest("completion", model, adapter, params, stream, usage, prompt=prompt,
-                             max_tokens_asked=asked)
+    return CompletionRequest("completion", model, adapter, params, stream, usage, prompt=prompt)
 
 
 # --- the worker ----------------------------------------------------------------------------------------------
@@ -744,8 +744,6 @@ class RomaHTTPServer:
         self.options = options.check()
         self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.engine = engine
-        self.counting = _CountingBackend(engine.backend)
-        engine.backend = self.counting
         self.metrics = Metrics()
         self.created = int(time.time())
         names = engine.lora_names()
@@ -760,6 +758,8 @@ class RomaHTTPServer:
         self.fingerprint = f"fp_roma_{getattr(engine.backend, 'name', 'x')}_{engine.numerics}"
         self.app = self._build_app()
         self.server = None  # the uvicorn.Server while serve() runs
+        self.counting = _CountingBackend(engine.backend)  # until close(): the core's cycles for /metrics
+        engine.backend = self.counting
         self.worker.start()
 
     # --- plumbing --------------------------------------------------------------------------------------
@@ -769,13 +769,16 @@ class RomaHTTPServer:
         from starlette.exceptions import HTTPException
         from starlette.routing import Route
 
+        def route(path, handler, method, name=None, auth=True):
+            return Route(path, self._endpoint(handler, name or path, auth), methods=[method])
+
         routes = [
-            Route("/v1/chat/completions", self._endpoint(self.chat_completions, "/v1/chat/completions"), methods=["POST"]),
-            Route("/v1/completions", self._endpoint(self.completions, "/v1/completions"), methods=["POST"]),
-            Route("/v1/models", self._endpoint(self.list_models, "/v1/models"), methods=["GET"]),
-            Route("/v1/models/{model:path}", self._endpoint(self.get_model, "/v1/models/{model}"), methods=["GET"]),
-            Route("/health", self._endpoint(self.health, "/health", auth=False), methods=["GET"]),
-            Route("/metrics", self._endpoint(self.metrics_text, "/metrics"), methods=["GET"]),
+            route("/v1/chat/completions", self.chat_completions, "POST"),
+            route("/v1/completions", self.completions, "POST"),
+            route("/v1/models", self.list_models, "GET"),
+            route("/v1/models/{model:path}", self.get_model, "GET", name="/v1/models/{model}"),
+            route("/health", self.health, "GET", auth=False),
+            route("/metrics", self.metrics_text, "GET"),
         ]
 
         async def http_error(request, exc):
@@ -1062,7 +1065,8 @@ class RomaHTTPServer:
                    "Generations stopped or dropped because their client went away.", [({}, m.cancelled)])
             metric("roma_generations_total", "counter", "Generations run on the core.", [({}, m.generations)])
             metric("roma_queue_length", "gauge", "Requests waiting for the core.", [({}, w.queue_length)])
-            metric("roma_queue_capacity", "gauge", "Requests that may wait (--max-queue).", [({}, self.options.max_queue)])
+            metric("roma_queue_capacity", "gauge", "Requests that may wait (--max-queue).",
+                   [({}, self.options.max_queue)])
             metric("roma_requests_running", "gauge", "Requests on the core now (0 or 1).",
                    [({}, int(w.running is not None))])
             metric("roma_prompt_tokens_total", "counter", "Prompt tokens of all generations.", [({}, m.prompt_tokens)])
@@ -1070,7 +1074,8 @@ class RomaHTTPServer:
                    "Prompt tokens whose KV cache was reused from an earlier request.", [({}, m.reused_tokens)])
             metric("roma_generated_tokens_total", "counter", "Tokens generated.", [({}, m.generated_tokens)])
             metric("roma_prefill_tokens_total", "counter", "Prompt tokens computed.", [({}, m.prefill_tokens)])
-            metric("roma_prefill_seconds_total", "counter", "Seconds spent computing prompts.", [({}, m.prefill_seconds)])
+            metric("roma_prefill_seconds_total", "counter", "Seconds spent computing prompts.",
+                   [({}, m.prefill_seconds)])
             metric("roma_decode_tokens_total", "counter", "Single-token forward passes.", [({}, m.decode_tokens)])
             metric("roma_decode_seconds_total", "counter", "Seconds spent in single-token forward passes.",
                    [({}, m.decode_seconds)])
@@ -1086,8 +1091,8 @@ class RomaHTTPServer:
             metric("roma_queue_wait_seconds", "summary", "Time requests waited for the core.", [])
             out.append(f"roma_queue_wait_seconds_sum {_num(m.queue_wait_sum)}")
             out.append(f"roma_queue_wait_seconds_count {m.queue_wait_count}")
-            metric("roma_lora_swaps_total", "counter", "Requests that ran under another LoRA adapter than the one before.",
-                   [({}, m.lora_swaps)])
+            metric("roma_lora_swaps_total", "counter",
+                   "Requests that ran under another LoRA adapter than the one before.", [({}, m.lora_swaps)])
         metric("roma_lora_adapters_loaded", "gauge", "LoRA adapters served as models.", [({}, len(self.models) - 1)])
         in_use = w.cache.tokens_in_use()
         metric("roma_kv_sessions", "gauge", "KV caches kept for prefix reuse.", [({}, len(w.cache.sessions))])
@@ -1114,8 +1119,10 @@ class RomaHTTPServer:
     def serve(self, sock: socket.socket, log_level: str = "warning") -> None:
         """Run until Ctrl-C (or stop()); the socket is bound and listening already (bind_socket)."""
         _, uvicorn = require_asgi()
+        # Connections beyond the queue's need are refused by uvicorn itself (a plain 503): bounded resources.
         config = uvicorn.Config(self.app, log_level=log_level, lifespan="off", timeout_graceful_shutdown=3,
-                                access_log=False, server_header=False)
+                                access_log=False, server_header=False,
+                                limit_concurrency=MAX_CONNECTIONS + self.options.max_queue)
         self.server = uvicorn.Server(config)
         try:
             self.server.run(sockets=[sock])

@@ -80,6 +80,7 @@ import time
 import zlib
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path, PurePosixPath
 
 from .engine import Throughput
 from .errors import RomaError
@@ -368,8 +369,6 @@ class SerialChatServer:
     def __init__(self, engine, port, baud: int = DEFAULT_BAUD, *, context: int | None = None,
                  params=None, adapter: str | None = None, log=None, lease: float = DEFAULT_LEASE,
                  save_dir=None):
-        from pathlib import Path
-
         from .generate import SamplingParams
 
         self.engine = engine
@@ -715,10 +714,8 @@ class SerialChatServer:
         return {"adapters": rows, "active": conv.adapter, "done": done,
                 "compensation_rank": comp.max_rank if comp is not None else None}
 
-    def _file(self, name) -> "Path":
+    def _file(self, name) -> Path:
         """A conversation file in the save folder; names that would leave it are refused."""
-        from pathlib import Path, PurePosixPath
-
         if not isinstance(name, str) or not name.strip() or "\x00" in name:
             raise RomaError("give a file name", hint="/save NAME, /load NAME")
         parts = PurePosixPath(name.replace("\\", "/")).parts
