@@ -257,6 +257,37 @@ def test_max_tokens_above_the_server_limit_is_lowered_to_it(client):
         assert r.usage.completion_tokens == MAX_TOKENS
 
 
+def test_the_prefix_cache_continues_copies_and_gives_back_sessions(tiny_models, adapters):
+    """PrefixCache on its own engine (the ref backend: nothing shared with the served one)."""
+    from roma_runtime.engine import Engine, common_prefix
+
+    e = Engine(str(tiny_models["q4_1"]), "ref", lora_slots=1)
+    e.load_lora("a1", str(adapters["a1"]))
+    tok = e.tokenizer
+    first = tok.encode_chat([{"role": "user", "content": "Hello there!"}])
+    cache = hs.PrefixCache(e, 2, 128)
+    s1 = cache.take(first, None)
+    result = e.generate(first, SamplingParams(max_tokens=4), session=s1).run()
+    longer = first + result.ids[:-1] + tok.encode(" and more")
+    assert cache.take(longer, None) is s1  # all of s1 is a prefix of the prompt: continue in it
+    other = tok.encode_chat([{"role": "user", "content": "Something else entirely"}])
+    shared = common_prefix(first, other)
+    s2 = cache.take(other, None)  # shares the template's start with s1: a new session with that prefix copied
+    assert s2 is not s1 and s2.ids == first[:shared] and cache.copied_tokens == shared > 0
+    assert s1.ids[:len(first)] == first  # s1 keeps its own conversation
+    s3 = cache.take(first, "a1")  # another adapter never reuses rows made under the base model
+    assert s3.adapter == "a1" and s3.ids == [] and s3 not in (s1, s2)
+    assert len(cache.sessions) == 2 and s1 not in cache.sessions  # s1 was the least recently used
+    assert cache.tokens_in_use() == s2.length + s3.length
+    one = hs.PrefixCache(e, 1, 128)
+    s = one.take(first, None)
+    e.generate(first, SamplingParams(max_tokens=2), session=s).run()
+    assert one.take(other, None) is s  # one session: the prompt continues in it from the shared prefix
+    cache.close()
+    one.close()
+    assert cache.sessions == [] and e.kv_pool.used == 0
+
+
 # --- refusals ------------------------------------------------------------------------------------------------
 
 

@@ -492,8 +492,10 @@ class PrefixCache:
         return target
 
     def _new(self, adapter, keep):
-        if len(self.sessions) >= self.size:
-            self._evict(next(s for s in self.sessions if s is not keep))
+        """A fresh session under `adapter`; the least recently used one other than `keep` makes room."""
+        victims = [s for s in self.sessions if s is not keep]
+        if len(self.sessions) >= self.size and victims:
+            self._evict(victims[0])
         while True:
             try:
                 session = self.engine.new_session(self.capacity, adapter)

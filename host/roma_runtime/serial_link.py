@@ -26,15 +26,15 @@ claims (a false or cut header is not allowed to swallow the frames behind it), w
 FRAME_GAP seconds, and at the latest when it is overdue at the line's speed.
 
 Reliability:
-  * client -> server: every request (HELLO, CHAT, RESET, STATS, PING, CANCEL) has a fresh SEQ and is sent
-    again until a reply with REF = SEQ arrives (ACK, or the request's own answer: HELLO, STATS, PONG,
-    ERROR). The server remembers the requests of the session it handled and answers a repeat without
-    running it again, so a resent CHAT is not generated twice. A server that sees a corrupt frame sends
-    NAK and the client resends what is unacknowledged at once.
-  * server -> client: every server frame is numbered and kept (last 4096). The client takes them in order
-    only (go-back-N): on a gap or a corrupt frame it sends NAK {"from": N} and the server sends frames N..
-    again. A lost last frame shows when the client's PING (sent after a quiet spell) is answered by a PONG
-    whose SEQ leaves a gap.
+  * client -> server: every request (HELLO, CHAT, RESET, STATS, PING, CANCEL, LORA, SAVE, LOAD) has a fresh
+    SEQ and is sent again until a reply with REF = SEQ arrives (ACK, or the request's own answer: HELLO,
+    STATS, PONG, LORA, SAVE, LOAD, ERROR). The server remembers the requests of the session it handled and
+    answers a repeat without running it again, so a resent CHAT is not generated twice. A server that sees
+    a corrupt frame sends NAK and the client resends what is unacknowledged at once.
+  * server -> client: every server frame is numbered and kept (the last 4096, at most 4 MiB). The client
+    takes them in order only (go-back-N): on a gap or a corrupt frame it sends NAK {"from": N} and the
+    server sends frames N.. again. A lost last frame shows when the client's PING (sent after a quiet
+    spell) is answered by a PONG whose SEQ leaves a gap.
   * the server's reader thread answers PING even while the model runs, so a long prefill is not taken for
     a dead board; the client gives up (RomaError) after `timeout` seconds without an in-order frame. No
     frame can stop the reader: one it cannot take is answered with an ERROR frame and dropped.
@@ -54,7 +54,8 @@ the server's max_tokens, never more (HELLO's reply says the limit).
 
 Payloads:
   HELLO  c->s {"version", "session", "system", "client"}
-         s->c {"version", "session", "resumed", "model", "backend", "context", "capabilities", "server"}
+         s->c {"version", "session", "resumed", "model", "backend", "context", "capabilities", "server",
+               "limits": {"max_tokens", "max_payload"}, "adapter"}
   CHAT   {"text", "params": SamplingParams fields}; answered by ACK (accepted) or ERROR (refused, nothing
          changed), then TOKEN* and DONE
   DONE   GenerationResult.to_dict() without prompt_ids, with "prompt_tokens" ("text" may be left out when
