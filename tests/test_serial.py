@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import select
 import signal
 import struct
@@ -649,6 +650,9 @@ def test_roma_serve_and_roma_chat_serial_on_smollm2_then_sigint_stops_cleanly():
         assert chat.returncode == 0, err
         answer = out.splitlines()[0]
         assert answer.strip() and "Traceback" not in err
+        tokens = int(re.search(r"\[(\d+) tokens", err).group(1))
+        assert 1 <= tokens <= 8  # the board's --max-tokens 8 bounds the chat's default of 256
+        assert "answers of at most 8 tokens" in out
         assert "in the board's cache" in out and "1 turns" in out  # /stats came from the board
         assert "no LoRA adapters loaded on the board" in out  # /lora asks the board
         proc.send_signal(signal.SIGINT)

@@ -787,7 +787,8 @@ class RomaHTTPServer:
             status = getattr(exc, "status_code", 500)
             message = {404: f"no such endpoint: {request.method} {request.url.path}",
                        405: f"{request.method} is not allowed on {request.url.path}"}.get(status, str(exc.detail))
-            return self._error_response(ApiError(status, message, code="not_found" if status == 404 else None))
+            return self._error_response(ApiError(status, message, code="not_found" if status == 404 else None,
+                                                 headers=dict(getattr(exc, "headers", None) or {})))
 
         async def any_error(request, exc):  # Starlette logs the traceback; the client gets one line
             return self._error_response(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error",
@@ -836,13 +837,19 @@ class RomaHTTPServer:
         if length is not None and (not length.isdigit() or int(length) > limit):
             raise ApiError(413, f"the request body is over this server's limit of {limit} bytes",
                            code="request_too_large")
+        from starlette.requests import ClientDisconnect
+
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"the request body is over this server's limit of {limit} bytes",
-                               code="request_too_large")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"the request body is over this server's limit of {limit} bytes",
+                                   code="request_too_large")
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone before its request was whole: nobody reads the answer
+            raise ApiError(400, "the client went away before the request was whole", code="incomplete_request") \
+                from None
         raw = b"".join(chunks)
         try:
             return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
