@@ -393,6 +393,49 @@ def test_a_client_that_drops_mid_stream_frees_the_core_at_once(served, client, s
     assert served.metrics.cancelled == before + 1
 
 
+def test_a_client_that_gives_up_while_queued_or_while_answered_frees_its_place(served, slow_core):
+    import socket
+
+    def send(prompt, max_tokens):
+        conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+        conn.request("POST", "/v1/completions", json.dumps({"model": "tiny", "prompt": prompt,
+                                                           "max_tokens": max_tokens}),
+                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+        return conn
+
+    def hang_up(conn):
+        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+
+    def wait_for(condition, seconds):
+        deadline = time.monotonic() + seconds
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return condition()
+
+    worker, cancelled = served.worker, served.metrics.cancelled
+    first = send("Once", 30)  # runs for about a second, not streamed
+    assert wait_for(lambda: worker.running is not None, 5)
+    second = send("Twice", 30)
+    assert wait_for(lambda: worker.queue_length == 1, 5)  # waiting behind the first (the queue is full)
+    hang_up(second)
+    assert wait_for(lambda: worker.queue_length == 0, 1) and worker.running is not None  # gone; the first runs on
+    status, body = raw(served, "POST", "/v1/completions", {"model": "tiny", "prompt": "Thrice", "max_tokens": 3})
+    assert status == 200 and body["usage"]["completion_tokens"] == 3  # its place was free: queued, not refused
+    assert json.loads(first.getresponse().read())["usage"]["completion_tokens"] == 30
+    first.close()
+    assert served.metrics.cancelled == cancelled + 1
+    # a client of a plain (not streamed) answer that hangs up mid-answer stops it as a streaming one does
+    fourth = send("Four", 40)
+    assert wait_for(lambda: worker.running is not None, 5)
+    time.sleep(0.2)
+    hang_up(fourth)
+    t0 = time.monotonic()
+    assert wait_for(lambda: worker.running is None, 1), "the answer ran on for a client that is gone"
+    assert time.monotonic() - t0 < 0.5
+    assert wait_for(lambda: served.metrics.cancelled == cancelled + 2, 1)
+
+
 def test_more_clients_than_the_queue_get_503_at_once(served, slow_core):
     results: list[tuple[int, dict, float]] = []
     lock = threading.Lock()

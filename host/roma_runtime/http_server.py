@@ -446,6 +446,7 @@ class Job:
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
         self.submitted = time.monotonic()
+        self.client_checked = self.submitted  # when the handler last looked whether the client is still there
         self.started: float | None = None
         self.first_text: float | None = None
         self.finished = False  # the answer was delivered whole
@@ -953,14 +954,20 @@ class RomaHTTPServer:
                 self.worker.cancel(job)
 
     async def _next_event(self, request, job: Job):
-        """The job's next event; ("gone", None) as soon as its client disconnected (the job is cancelled)."""
+        """The job's next event; ("gone", None) as soon as its client disconnected (the job is cancelled). The
+        client is looked at every POLL_SECONDS, whether events are flowing (an answer running) or not (waiting
+        in the queue)."""
         while True:
-            try:
-                return await asyncio.wait_for(job.events.get(), POLL_SECONDS)
-            except asyncio.TimeoutError:
+            now = time.monotonic()
+            if now - job.client_checked >= POLL_SECONDS:
+                job.client_checked = now
                 if await request.is_disconnected():
                     self.worker.cancel(job)
                     return "gone", None
+            try:
+                return await asyncio.wait_for(job.events.get(), POLL_SECONDS)
+            except asyncio.TimeoutError:
+                pass
 
     # --- answers ---------------------------------------------------------------------------------------
 
