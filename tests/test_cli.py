@@ -377,3 +377,19 @@ def test_lora_inspect_exits_1_when_a_check_fails(tiny_adapter):
     assert "check failed: rank 8 is above the slot rank 4" in failed.stderr and "Traceback" not in failed.stderr
     failed = roma("lora", "inspect", tiny_adapter, "--slot-rank", 4, "--json")
     assert failed.returncode == 1 and json.loads(failed.stdout)["fits_slot_rank"] is False
+
+
+def test_threads_sets_the_blas_thread_count_as_bench_does():
+    import argparse
+
+    from roma_runtime.bench import blas_threads
+    from roma_runtime.commands.common import apply_threads
+
+    before = blas_threads()
+    if before["library"] is None:
+        pytest.skip("numpy here has no OpenBLAS to set")
+    try:
+        apply_threads(argparse.Namespace(threads=1))
+        assert blas_threads()["threads"] == 1
+    finally:
+        blas_threads(before["threads"])

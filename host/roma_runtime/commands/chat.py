@@ -368,6 +368,7 @@ def run(args) -> int:
             return ChatSession(None, args, params, remote=client).loop(_Reader(sys.stdin.isatty()))
         finally:
             client.close()
+    common.apply_threads(args)
     engine = common.load_engine(args)
     session = ChatSession(engine, args, params)
     return session.loop(_Reader(sys.stdin.isatty()))

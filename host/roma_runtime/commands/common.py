@@ -65,7 +65,8 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_threads(args: argparse.Namespace) -> None:
-    """Set the BLAS thread count --threads asks for (before the model loads)."""
+    """Set the BLAS thread count --threads asks for (generate, chat and serve call it before the model loads;
+    `roma bench` sets and restores its own)."""
     threads = getattr(args, "threads", None)
     if threads is None:
         return
@@ -159,7 +160,6 @@ def load_engine(args: argparse.Namespace, status: bool = True):
     """The Engine the options ask for, with a short status line on stderr while it loads."""
     from ..engine import Engine
 
-    apply_threads(args)
     specs = parse_lora_specs(getattr(args, "lora", None) or [])
     args.lora_specs = specs
     slots = getattr(args, "lora_slots", None)

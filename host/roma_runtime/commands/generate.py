@@ -73,6 +73,7 @@ def run(args) -> int:
             raise RomaError("the prompt is empty")
         prompts = [(None, prompt)]
 
+    common.apply_threads(args)
     engine = common.load_engine(args)
     specs = getattr(args, "lora_specs", None) or []  # load_engine loaded them; the first is active
     adapter = specs[0][0] if specs else None

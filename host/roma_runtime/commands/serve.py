@@ -107,6 +107,7 @@ def run_http(args) -> int:
         max_queue=args.max_queue, max_tokens=args.max_tokens, defaults=params, context=args.context,
         sessions=args.sessions, max_prompt_tokens=args.max_prompt_tokens,
         max_request_bytes=args.max_request_bytes).check()
+    common.apply_threads(args)
     sock = hs.bind_socket(args.host, args.port)  # a taken port fails before the model loads
     try:
         engine = common.load_engine(args)
@@ -138,6 +139,7 @@ def run_serial(args) -> int:
     save_dir = Path(args.save_dir or ".").expanduser()
     if not save_dir.is_dir():
         raise RomaError(f"--save-dir {save_dir}: no such folder")
+    common.apply_threads(args)
     port = open_port(args.serial, baud, write_timeout=0.5)  # a wrong port fails before the model loads
     try:
         engine = common.load_engine(args)
