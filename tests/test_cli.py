@@ -188,8 +188,10 @@ def test_chat_reports_invalid_utf8_and_goes_on(chat_run):
 
 def test_chat_reset_clears_the_context_and_the_chat_continues(chat_run):
     assert "(conversation cleared)" in chat_run.stdout
-    after = stats_blocks(chat_run.stdout)[2]
-    assert after.startswith("context: 0 / 256 tokens")
+    before, after = stats_blocks(chat_run.stdout)[1:3]
+    assert ", 2 turns" in before.splitlines()[0]
+    assert after.startswith("context: 0 / 256 tokens") and ", 0 turns" in after.splitlines()[0]  # counts anew
+    assert "last turn: none yet" in after
     # The answer after /reset is there, after the stats block.
     tail = chat_run.stdout.split(after, 1)[1].strip()
     assert tail and len(tail.split()) >= 2
@@ -277,6 +279,8 @@ def test_info_json_facts():
     (["chat", "--max-tokens", "0"], "max tokens"),
     (["generate", "Hi", "--repeat-penalty", "nan"], "finite"),
     (["generate", "Hi", "--stop", ""], "stop"),
+    (["generate", "Hi", "--threads", "0"], "--threads must be at least 1"),
+    (["chat", "--threads", "-2"], "--threads must be at least 1"),
 ])
 def test_bad_sampling_values_exit_2(args, needle):
     assert_clean_error(roma(*args), needle)
@@ -315,3 +319,77 @@ def test_invalid_utf8_argument_exits_2():
     assert p.returncode == 2
     err = p.stderr.decode("utf-8", errors="replace")
     assert "not valid UTF-8" in err and "Traceback" not in err
+
+
+# --- LoRA on `roma generate`, `roma lora inspect`'s exit code (issue 22) --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_models, tmp_path_factory):
+    pytest.importorskip("peft")
+    pytest.importorskip("torch")
+    from tiny_models import write_peft_adapter
+
+    return write_peft_adapter(tiny_models["hf"], tmp_path_factory.mktemp("cli-lora") / "a1", 3, r=8, lora_alpha=16,
+                              target_modules=["q_proj", "v_proj", "down_proj"])
+
+
+def test_generate_runs_under_a_lora_adapter_as_chat_does(tiny_models, tiny_adapter):
+    from roma_runtime.engine import Engine
+    from roma_runtime.generate import SamplingParams
+
+    args = ["generate", "--chat", "Hello there!", "--model", tiny_models["q4_1"], "--backend", "ref",
+            "--max-tokens", 8, "--json", "--threads", 1]
+    plain = roma(*args)
+    adapted = roma(*args, "--lora", f"a1={tiny_adapter}")
+    assert plain.returncode == 0 and adapted.returncode == 0, plain.stderr + adapted.stderr
+    plain, adapted = json.loads(plain.stdout), json.loads(adapted.stdout)
+    assert plain["adapter"] is None and adapted["adapter"] == "a1"
+    engine = Engine(str(tiny_models["q4_1"]), "ref", lora_slots=1)
+    engine.load_lora("a1", str(tiny_adapter))
+    want = engine.generate("Hello there!", SamplingParams(max_tokens=8), chat=True, adapter="a1").run()
+    assert adapted["ids"] == want.ids and adapted["text"] == want.text
+    assert adapted["ids"] != plain["ids"]  # the adapter changes the answer
+
+
+def test_an_adapter_for_another_build_names_the_cli_option_that_loads_it_anyway(tiny_models, tiny_adapter, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_adapter, other)
+    (other / "roma_build.json").write_text(json.dumps({
+        "format": "roma-finetune", "base": {"kind": "model", "name": "another-model", "path": "/elsewhere.gguf",
+                                            "model_sha256": "0" * 64}}))
+    args = ["generate", "Hi", "--model", tiny_models["q4_1"], "--backend", "ref", "--max-tokens", 2,
+            "--lora", f"x={other}"]
+    refused = roma(*args)
+    assert_clean_error(refused, "was trained against the model another-model", "--lora-any-build")
+    assert "allow_other" not in refused.stderr
+    anyway = roma(*args, "--lora-any-build")
+    assert anyway.returncode == 0 and "warning:" in anyway.stderr, anyway.stderr
+
+
+def test_lora_inspect_exits_1_when_a_check_fails(tiny_adapter):
+    ok = roma("lora", "inspect", tiny_adapter)
+    assert ok.returncode == 0 and "fits a rank-64 slot: yes" in ok.stdout
+    failed = roma("lora", "inspect", tiny_adapter, "--slot-rank", 4)
+    assert failed.returncode == 1 and "fits a rank-4 slot: NO" in failed.stdout
+    assert "check failed: rank 8 is above the slot rank 4" in failed.stderr and "Traceback" not in failed.stderr
+    failed = roma("lora", "inspect", tiny_adapter, "--slot-rank", 4, "--json")
+    assert failed.returncode == 1 and json.loads(failed.stdout)["fits_slot_rank"] is False
+
+
+def test_threads_sets_the_blas_thread_count_as_bench_does():
+    import argparse
+
+    from roma_runtime.bench import blas_threads
+    from roma_runtime.commands.common import apply_threads
+
+    before = blas_threads()
+    if before["library"] is None:
+        pytest.skip("numpy here has no OpenBLAS to set")
+    try:
+        apply_threads(argparse.Namespace(threads=1))
+        assert blas_threads()["threads"] == 1
+    finally:
+        blas_threads(before["threads"])

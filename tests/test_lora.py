@@ -395,7 +395,7 @@ def test_cli_inspect(tiny_models, plain, second, tmp_path):
 
     r = roma("inspect", plain[0], "--json", "--model", tiny_models["q4_1"], "--slot-rank", "4")
     facts = json.loads(r.stdout)
-    assert r.returncode == 0 and facts["checked_against"] == "tiny-llama" and facts["fits_slot_rank"] is False
+    assert r.returncode == 1 and facts["checked_against"] == "tiny-llama" and facts["fits_slot_rank"] is False
 
     r = roma("inspect", plain[0], "--model", tiny_models["hf"])
     assert r.returncode == 0 and "fits a rank-64 slot: yes" in r.stdout and "packed" in r.stdout

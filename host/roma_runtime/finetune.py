@@ -260,7 +260,8 @@ def check_adapter_build(adapter_dir: str | Path, build_or_model, *, allow_other:
         print(f"warning: {message}", file=sys.stderr)
         return rec
     raise RomaError(message, hint=f"retrain it with roma finetune --{'build' if here['kind'] == 'build' else 'model'} "
-                                  f"{here['path']}, or load it anyway (allow_other=True)")
+                                  f"{here['path']}, or load it anyway with --lora-any-build (lora_any_build=True "
+                                  "in the Python API)")
 
 
 def _load_base(build: str | Path | None, model: str | Path | None):

@@ -9,47 +9,64 @@ Frame format (all integers big-endian)::
     offset  size  field
     0       2     SYNC     A5 5A: the receiver hunts for these two bytes
     2       1     TYPE     HELLO 01, CHAT 02, TOKEN 03, DONE 04, ERROR 05, RESET 06, STATS 07, PING 08,
-                           PONG 09, ACK 0A, NAK 0B, CANCEL 0C
+                           PONG 09, ACK 0A, NAK 0B, CANCEL 0C, LORA 0D, SAVE 0E, LOAD 0F
     3       2     SEQ      the sender's frame number, +1 per new frame, wrapping at 65536
                            (client requests skip 0; control frames that are not requests use 0)
     5       2     REF      in a reply: the SEQ of the request it answers; in CANCEL: the CHAT to stop; else 0
-    7       2     LEN      payload length in bytes (0..65535)
+    7       2     LEN      payload length in bytes (0..MAX_PAYLOAD, 16384; a longer LEN is a bad header)
     9       2     HCRC     low 16 bits of CRC-32 of bytes 2..8: a corrupt header (a wrong LEN) is refused
                            at once instead of waiting for LEN bytes that are not coming
     11      LEN   PAYLOAD  UTF-8 JSON (HELLO, CHAT, DONE, ERROR, STATS, NAK), raw UTF-8 text (TOKEN), or empty
     11+LEN  4     CRC      CRC-32 (zlib) of bytes 2..11+LEN (everything after SYNC)
 
-Noise: bytes before a SYNC are skipped; a frame whose type, header check or CRC is wrong is dropped one byte
-at a time (the hunt for SYNC restarts one byte after the bad one, so a frame hidden behind a truncated one
-is still found); a partial frame that stops arriving is dropped once it is overdue at the line's speed.
+Noise: bytes before a SYNC are skipped; a frame whose type, header check, length or CRC is wrong is dropped
+one byte at a time (the hunt for SYNC restarts one byte after the bad one, so a frame hidden behind a truncated
+one is still found). A partial frame is given up as soon as a whole valid frame turns up inside the bytes it
+claims (a false or cut header is not allowed to swallow the frames behind it), when no byte has come for
+FRAME_GAP seconds, and at the latest when it is overdue at the line's speed.
 
 Reliability:
-  * client -> server: every request (HELLO, CHAT, RESET, STATS, PING, CANCEL) has a fresh SEQ and is sent
-    again until a reply with REF = SEQ arrives (ACK, or the request's own answer: HELLO, STATS, PONG,
-    ERROR). The server remembers the requests of the session it handled and answers a repeat without
-    running it again, so a resent CHAT is not generated twice. A server that sees a corrupt frame sends
-    NAK and the client resends what is unacknowledged at once.
-  * server -> client: every server frame is numbered and kept (last 4096). The client takes them in order
-    only (go-back-N): on a gap or a corrupt frame it sends NAK {"from": N} and the server sends frames N..
-    again. A lost last frame shows when the client's PING (sent after a quiet spell) is answered by a PONG
-    whose SEQ leaves a gap.
+  * client -> server: every request (HELLO, CHAT, RESET, STATS, PING, CANCEL, LORA, SAVE, LOAD) has a fresh
+    SEQ and is sent again until a reply with REF = SEQ arrives (ACK, or the request's own answer: HELLO,
+    STATS, PONG, LORA, SAVE, LOAD, ERROR). The server remembers the requests of the session it handled and
+    answers a repeat without running it again, so a resent CHAT is not generated twice. A server that sees
+    a corrupt frame sends NAK and the client resends what is unacknowledged at once.
+  * server -> client: every server frame is numbered and kept (the last 4096, at most 4 MiB). The client
+    takes them in order only (go-back-N): on a gap or a corrupt frame it sends NAK {"from": N} and the
+    server sends frames N.. again. A lost last frame shows when the client's PING (sent after a quiet
+    spell) is answered by a PONG whose SEQ leaves a gap.
   * the server's reader thread answers PING even while the model runs, so a long prefill is not taken for
-    a dead board; the client gives up (RomaError) after `timeout` seconds without an in-order frame.
+    a dead board; the client gives up (RomaError) after `timeout` seconds without an in-order frame. No
+    frame can stop the reader: one it cannot take is answered with an ERROR frame and dropped.
 
 Sessions: the client's HELLO carries a random session id (and the system prompt). A HELLO with a new id
 starts a fresh conversation (a new `roma chat`); the same id resumes it (the client reconnecting after a
-timeout). Any HELLO ends an answer still being generated: its client is gone. The server process, the
-loaded model and its weights stay; only the conversation changes.
+timeout). One client at a time: while the current client has been heard from within the server's `lease`
+(10 s; a client sends a PING at least every KEEPALIVE seconds while it waits for an answer), a HELLO with
+another id is answered ERROR with code "busy" and the current answer goes on. After the lease lapses (the
+client went away, or sits idle) a new HELLO ends whatever is left of the old session and starts its own.
+Requests whose SEQ is far from the session's own numbering (a client whose session was taken over) are
+answered ERROR code "hello": that client says HELLO again. The server process, the loaded model and its
+weights stay; only the conversation changes.
+
+Limits: the server's sampling options are its defaults and its limits: a CHAT may ask for fewer tokens than
+the server's max_tokens, never more (HELLO's reply says the limit).
 
 Payloads:
   HELLO  c->s {"version", "session", "system", "client"}
-         s->c {"version", "session", "resumed", "model", "backend", "context", "capabilities", "server"}
+         s->c {"version", "session", "resumed", "model", "backend", "context", "capabilities", "server",
+               "limits": {"max_tokens", "max_payload"}, "adapter"}
   CHAT   {"text", "params": SamplingParams fields}; answered by ACK (accepted) or ERROR (refused, nothing
          changed), then TOKEN* and DONE
   DONE   GenerationResult.to_dict() without prompt_ids, with "prompt_tokens" ("text" may be left out when
          the frame would be too long: the client rebuilds it from the TOKENs)
   ERROR  {"message", "hint", "code"}     STATS s->c {"context_tokens", "capacity", "messages", "turns", ...}
   NAK    {"from": SEQ}                   RESET, PING, PONG, ACK, CANCEL: empty
+  LORA   c->s {"action": "list" | "use" | "load" | "unload", "name", "folder"} (the folder is on the board)
+         s->c {"adapters": [{"name", "slot", "rank", "targets", "bytes"}], "active", "compensation_rank", "done"}
+  SAVE   c->s {"name"}: a file name in the server's save folder (--save-dir); s->c {"name", "messages", "tokens"}
+  LOAD   c->s {"name"}; s->c {"name", "messages", "tokens", "adapter"}
+The HELLO reply's "capabilities" lists what the server does ("lora", "save", "load" among them).
 """
 
 from __future__ import annotations
@@ -64,25 +81,32 @@ import time
 import zlib
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path, PurePosixPath
 
 from .engine import Throughput
 from .errors import RomaError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: LEN bounded by MAX_PAYLOAD, LORA/SAVE/LOAD, "busy"
 DEFAULT_BAUD = 115200
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_LEASE = 10.0  # seconds a server keeps a silent client's claim on the line
+KEEPALIVE = 1.0  # a client waiting for an answer writes at least this often (a PING if nothing else)
+FRAME_GAP = 0.5  # seconds without a byte after which a partial frame is given up
+OWNER_WINDOW = 1024  # how far a request's SEQ may be from the session's last one to count as its client's
+MAX_SEED = (1 << 64) - 1
 
 SYNC = b"\xa5\x5a"
 _HEAD = struct.Struct(">BHHH")  # type, seq, ref, len
 HEADER_SIZE = 2 + _HEAD.size + 2
-MAX_PAYLOAD = 0xFFFF
+MAX_PAYLOAD = 16384  # the longest payload the protocol allows: 1.4 s of line at 115200 baud
 OVERHEAD = HEADER_SIZE + 4
 
-HELLO, CHAT, TOKEN, DONE, ERROR, RESET, STATS, PING, PONG, ACK, NAK, CANCEL = range(1, 13)
+HELLO, CHAT, TOKEN, DONE, ERROR, RESET, STATS, PING, PONG, ACK, NAK, CANCEL, LORA, SAVE, LOAD = range(1, 16)
 TYPE_NAMES = {HELLO: "HELLO", CHAT: "CHAT", TOKEN: "TOKEN", DONE: "DONE", ERROR: "ERROR", RESET: "RESET",
-              STATS: "STATS", PING: "PING", PONG: "PONG", ACK: "ACK", NAK: "NAK", CANCEL: "CANCEL"}
-REQUESTS = (HELLO, CHAT, RESET, STATS, PING, CANCEL)
-CAPABILITIES = ["chat", "stream", "reset", "stats", "cancel", "ping"]
+              STATS: "STATS", PING: "PING", PONG: "PONG", ACK: "ACK", NAK: "NAK", CANCEL: "CANCEL", LORA: "LORA",
+              SAVE: "SAVE", LOAD: "LOAD"}
+REQUESTS = (HELLO, CHAT, RESET, STATS, PING, CANCEL, LORA, SAVE, LOAD)
+CAPABILITIES = ["chat", "stream", "reset", "stats", "cancel", "ping", "lora", "save", "load", "busy", "limits"]
 
 
 def _crc(data) -> int:
@@ -128,12 +152,14 @@ class FrameParser:
         self.byte_seconds = 10.0 / max(1, baud)  # 8N1: ten bit times per byte
         self.bad_frames = 0  # a SYNC was found but the frame around it was wrong
         self.skipped_bytes = 0  # bytes outside any frame
-        self._pending_since: float | None = None
+        self._pending_since: float | None = None  # when the partial frame at the front was first seen
+        self._last_data: float | None = None  # when the last bytes came in
 
     def feed(self, data: bytes, now: float | None = None) -> list[Frame]:
         now = time.monotonic() if now is None else now
         if data:
             self.buf += data
+            self._last_data = now
         out: list[Frame] = []
         while True:
             i = self.buf.find(SYNC)
@@ -148,22 +174,25 @@ class FrameParser:
                 del self.buf[:i]
                 self._pending_since = None
             if len(self.buf) < HEADER_SIZE:
-                return self._wait(out, now, HEADER_SIZE)
-            ftype, seq, ref, length = _HEAD.unpack_from(self.buf, 2)
-            (hcrc,) = struct.unpack_from(">H", self.buf, 2 + _HEAD.size)
-            if ftype not in TYPE_NAMES or hcrc != _crc(self.buf[2:2 + _HEAD.size]) & 0xFFFF:
-                self._drop_one()
-                continue
-            end = HEADER_SIZE + length + 4
-            if len(self.buf) < end:
-                if self._overdue(now, end):
+                if self._overdue(now, HEADER_SIZE):
                     self._drop_one()
                     continue
-                return self._wait(out, now, end)
-            (crc,) = struct.unpack_from(">I", self.buf, end - 4)
-            if crc != _crc(self.buf[2:end - 4]):
+                return self._wait(out, now)
+            end = self._header_at(0)
+            if end is None:
                 self._drop_one()
                 continue
+            if len(self.buf) < end:
+                # A frame the bytes it claims already hold a whole valid frame inside: its header was false or
+                # it was cut short, and the frames behind it must not wait for it.
+                if self._overdue(now, end) or self._holds_frame():
+                    self._drop_one()
+                    continue
+                return self._wait(out, now)
+            if not self._crc_ok(0, end):
+                self._drop_one()
+                continue
+            ftype, seq, ref, _ = _HEAD.unpack_from(self.buf, 2)
             out.append(Frame(ftype, seq, ref, bytes(self.buf[HEADER_SIZE:end - 4])))
             del self.buf[:end]
             self._pending_since = None
@@ -172,21 +201,47 @@ class FrameParser:
         """Gives up on a partial frame that is overdue (its sender stopped midway); returns frames behind it."""
         return self.feed(b"", now)
 
+    def _header_at(self, j: int) -> int | None:
+        """The end of the frame whose (whole) header starts at buf[j], or None when the header is not one."""
+        ftype, _, _, length = _HEAD.unpack_from(self.buf, j + 2)
+        (hcrc,) = struct.unpack_from(">H", self.buf, j + 2 + _HEAD.size)
+        if ftype not in TYPE_NAMES or length > MAX_PAYLOAD or hcrc != _crc(self.buf[j + 2:j + 2 + _HEAD.size]) & 0xFFFF:
+            return None
+        return j + HEADER_SIZE + length + 4
+
+    def _crc_ok(self, j: int, end: int) -> bool:
+        (crc,) = struct.unpack_from(">I", self.buf, end - 4)
+        return crc == _crc(self.buf[j + 2:end - 4])
+
+    def _holds_frame(self) -> bool:
+        """True when a whole frame with valid checks starts after the first byte of the buffer."""
+        j = self.buf.find(SYNC, 1)
+        while j >= 0 and len(self.buf) - j >= HEADER_SIZE:
+            end = self._header_at(j)
+            if end is not None and end <= len(self.buf) and self._crc_ok(j, end):
+                return True
+            j = self.buf.find(SYNC, j + 1)
+        return False
+
     def _drop_one(self) -> None:
         self.bad_frames += 1
         self.skipped_bytes += 1
         del self.buf[:1]
         self._pending_since = None
 
-    def _wait(self, out, now, need):
+    def _wait(self, out, now):
         if self._pending_since is None:
             self._pending_since = now
         return out
 
     def _overdue(self, now, end) -> bool:
+        """A partial frame is given up when its bytes stopped coming (FRAME_GAP without one), or at the
+        latest when twice its time on the line (plus FRAME_GAP) has passed since it began."""
         if self._pending_since is None:
             return False
-        return now - self._pending_since > 1.0 + 3 * end * self.byte_seconds
+        if self._last_data is not None and now - self._last_data > FRAME_GAP:
+            return True
+        return now - self._pending_since > FRAME_GAP + 2 * end * self.byte_seconds
 
 
 def _seq_after(a: int, b: int) -> int:
@@ -240,16 +295,16 @@ class RemoteResult(Throughput):
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def result_payload(result) -> bytes:
-    """DONE's payload for a GenerationResult, within MAX_PAYLOAD (the text goes first if it must)."""
+def result_payload(result, limit: int = MAX_PAYLOAD) -> bytes:
+    """DONE's payload for a GenerationResult, within `limit` bytes (the text goes first if it must)."""
     d = result.to_dict()
     d["prompt_tokens"] = len(d.pop("prompt_ids", []))
     data = _json(d)
-    if len(data) > MAX_PAYLOAD:
+    if len(data) > limit:
         d.pop("text")
         data = _json(d)
-    if len(data) > MAX_PAYLOAD:
-        d["ids"] = d["ids"][: (MAX_PAYLOAD - 1024) // 8]
+    if len(data) > limit:
+        d["ids"] = d["ids"][: max(0, limit - 1024) // 8]
         data = _json(d)
     return data
 
@@ -269,8 +324,9 @@ def _split_text(text: str, limit: int = 4096) -> list[bytes]:
     return out
 
 
-def sampling_from_dict(d) -> "SamplingParams":
-    """SamplingParams from a CHAT's "params", validated; RomaError for anything malformed."""
+def sampling_from_dict(d, limits=None) -> "SamplingParams":
+    """SamplingParams from a CHAT's "params", validated; RomaError for anything malformed. `limits` (the
+    server's SamplingParams) bounds max_tokens: a client may ask for fewer tokens, never more."""
     from .generate import SamplingParams
 
     if d is None:
@@ -287,7 +343,16 @@ def sampling_from_dict(d) -> "SamplingParams":
     for k, v in d.items():
         if isinstance(v, bool) or not isinstance(v, kinds[k]):
             raise RomaError(f"sampling option {k} has a wrong type ({type(v).__name__})")
-    return SamplingParams(**d).validate()
+    seed = d.get("seed")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise RomaError(f"the seed must be a whole number in 0..{MAX_SEED} (got {seed})",
+                        hint="leave it out for a random seed")
+    if not all(isinstance(x, str) for x in d.get("stop") or []):
+        raise RomaError("stop strings must be text")
+    params = SamplingParams(**d).validate()
+    if limits is not None and params.max_tokens > limits.max_tokens:
+        params.max_tokens = limits.max_tokens
+    return params
 
 
 # --- server --------------------------------------------------------------------------------------------
@@ -295,12 +360,16 @@ def sampling_from_dict(d) -> "SamplingParams":
 
 class SerialChatServer:
     """Serves one conversation on a serial port: a reader thread takes frames in (answering PING and NAK
-    itself), the calling thread runs the model. Survives noise, dropped clients and reconnects."""
+    itself), the calling thread runs the model. Survives noise, dropped clients and reconnects; serves one
+    client at a time (see the module doc: `lease`). `params` are the defaults for a CHAT without options and
+    its limits (max_tokens); `save_dir` is where SAVE and LOAD keep conversation files."""
 
     RETRANSMIT_FRAMES = 4096
+    RETRANSMIT_BYTES = 4 << 20
 
     def __init__(self, engine, port, baud: int = DEFAULT_BAUD, *, context: int | None = None,
-                 params=None, adapter: str | None = None, log=None):
+                 params=None, adapter: str | None = None, log=None, lease: float = DEFAULT_LEASE,
+                 save_dir=None):
         from .generate import SamplingParams
 
         self.engine = engine
@@ -310,6 +379,8 @@ class SerialChatServer:
         self.context = context
         self.adapter = adapter  # the LoRA adapter new conversations start under (None: the base model)
         self.params = params or SamplingParams()
+        self.lease = float(lease)
+        self.save_dir = Path(save_dir if save_dir is not None else ".").expanduser()
         self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.parser = FrameParser(baud)
         self.inbox: queue.Queue[Frame] = queue.Queue()
@@ -317,9 +388,11 @@ class SerialChatServer:
         self._write_lock = threading.Lock()
         self._seq = secrets.randbelow(0x10000)
         self._sent: deque[tuple[int, bytes]] = deque(maxlen=self.RETRANSMIT_FRAMES)
+        self._sent_bytes = 0
         self._last_nak = 0.0
         self._stalled = False  # a write timed out: nobody is reading; write again once a frame comes in
         self._reader: threading.Thread | None = None
+        self.reader_errors = 0  # frames the reader could not take (answered with ERROR and dropped)
         # the session
         self.session_id: str | None = None
         self.conversation = None
@@ -328,6 +401,8 @@ class SerialChatServer:
         self.total_reused = 0
         self.last = None
         self._hello_seq: int | None = None  # the HELLO that started or resumed the session
+        self._owner_seq: int | None = None  # the newest request SEQ of the session's client
+        self._heard = 0.0  # when the session's client last sent a request
 
     # --- the wire -------------------------------------------------------------------------------------------
 
@@ -336,7 +411,12 @@ class SerialChatServer:
             seq = self._seq
             self._seq = (self._seq + 1) & 0xFFFF
             data = encode_frame(ftype, seq, ref, payload)
+            if len(self._sent) == self._sent.maxlen:
+                self._sent_bytes -= len(self._sent[0][1])
             self._sent.append((seq, data))
+            self._sent_bytes += len(data)
+            while self._sent_bytes > self.RETRANSMIT_BYTES and len(self._sent) > 1:
+                self._sent_bytes -= len(self._sent.popleft()[1])
             self._write(data)
 
     def _write(self, data: bytes) -> None:
@@ -364,25 +444,64 @@ class SerialChatServer:
                 self.log(f"serial port error: {e}")
                 self.stop_event.wait(0.5)
                 continue
-            bad = self.parser.bad_frames
-            for frame in self.parser.feed(data):
-                self._receive(frame)
+            except Exception as e:  # a closed port object and the like: never end the reader
+                self.log(f"serial port error: {type(e).__name__}: {e}")
+                self.stop_event.wait(0.5)
+                continue
+            try:
+                bad = self.parser.bad_frames
+                frames = self.parser.feed(data)
+            except Exception as e:  # a parser bug: forget what is buffered, keep listening
+                self.log(f"frame parser error ({type(e).__name__}: {e}); {len(self.parser.buf)} bytes dropped")
+                self.parser = FrameParser(self.baud)
+                continue
+            for frame in frames:
+                try:
+                    self._receive(frame)
+                except Exception as e:  # one bad frame: answer it with an error and drop it
+                    self.reader_errors += 1
+                    self.log(f"dropped a {frame.name} frame: {type(e).__name__}: {e}")
+                    try:
+                        self._send(ERROR, _json({"message": f"the board could not take a {frame.name} frame "
+                                                            f"({type(e).__name__})", "hint": None,
+                                                 "code": "protocol"}), ref=frame.seq)
+                    except Exception:
+                        pass
             if self.parser.bad_frames != bad and time.monotonic() - self._last_nak > 0.2:
                 self._last_nak = time.monotonic()
                 self._send(NAK)  # "something of yours was lost": the client resends what is unacknowledged
 
     def _receive(self, frame: Frame) -> None:
         self._stalled = False
+        if frame.type in REQUESTS and frame.type != HELLO:
+            self._note_request(frame.seq)
         if frame.type == PING:
             self._send(PONG, ref=frame.seq)
         elif frame.type == NAK:
-            try:
-                start = int(frame.json().get("from"))
-            except (ValueError, TypeError):
-                return
+            start = frame.json().get("from")  # ValueError on a payload that is not an object
+            if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= 0xFFFF:
+                raise ValueError(f"NAK 'from' must be a frame number 0..65535, not {str(start)[:40]}")
             self._resend_from(start)
         elif frame.type in REQUESTS:
             self.inbox.put(frame)
+
+    # --- who is talking -----------------------------------------------------------------------------------
+
+    def _is_owner(self, seq: int) -> bool:
+        """True when a request's SEQ belongs to the numbering of the session's client."""
+        owner = self._owner_seq
+        return owner is not None and abs(_seq_after(seq, owner)) <= OWNER_WINDOW
+
+    def _note_request(self, seq: int) -> None:
+        owner = self._owner_seq
+        if owner is not None and self._is_owner(seq):
+            self._heard = time.monotonic()
+            if _seq_after(seq, owner) > 0:
+                self._owner_seq = seq
+
+    def owner_live(self) -> bool:
+        """True while the session's client has been heard from within the lease."""
+        return self.session_id is not None and time.monotonic() - self._heard < self.lease
 
     # --- running ------------------------------------------------------------------------------------------
 
@@ -425,18 +544,25 @@ class SerialChatServer:
             self.handled.popitem(last=False)
 
     def _error(self, seq: int, e: RomaError, code: str = "error") -> None:
-        payload = _json({"message": e.message, "hint": e.hint, "code": code})
+        hint = e.hint[:2000] if isinstance(e.hint, str) else None
+        payload = _json({"message": str(e.message)[:4000], "hint": hint, "code": code})
         self._remember(seq, ERROR, payload)
         self._send(ERROR, payload, ref=seq)
+
+    def _reply(self, frame: Frame, ftype: int, payload: bytes = b"") -> None:
+        self._remember(frame.seq, ftype, payload)
+        self._send(ftype, payload, ref=frame.seq)
 
     def _handle(self, frame: Frame) -> None:
         try:
             if frame.type == HELLO:
                 self._hello(frame)
                 return
-            if self.session_id is None:
-                self._send(ERROR, _json({"message": "no session on the board", "hint": "connect again",
-                                         "code": "hello"}), ref=frame.seq)
+            if self.session_id is None or not self._is_owner(frame.seq):
+                message = ("no session on the board" if self.session_id is None else
+                           "the board is serving another client's conversation now")
+                self._send(ERROR, _json({"message": message, "hint": "connect again", "code": "hello"}),
+                           ref=frame.seq)
                 return
             if frame.seq in self.handled:  # a resent request: answer again, never run it twice
                 ftype, payload = self.handled[frame.seq]
@@ -447,15 +573,16 @@ class SerialChatServer:
             elif frame.type == RESET:
                 self.conversation.reset()
                 self.last = None
-                self._remember(frame.seq, ACK)
-                self._send(ACK, ref=frame.seq)
+                self.turns = self.total_reused = 0
+                self._reply(frame, ACK)
             elif frame.type == STATS:
-                payload = _json(self.stats())
-                self._remember(frame.seq, STATS, payload)
-                self._send(STATS, payload, ref=frame.seq)
+                self._reply(frame, STATS, self._stats_payload())
             elif frame.type == CANCEL:  # the answer it names is over already
-                self._remember(frame.seq, ACK)
-                self._send(ACK, ref=frame.seq)
+                self._reply(frame, ACK)
+            elif frame.type == LORA:
+                self._reply(frame, LORA, _json(self._lora(_payload(frame))))
+            elif frame.type in (SAVE, LOAD):
+                self._reply(frame, frame.type, _json(self._save_or_load(frame.type, _payload(frame))))
         except RomaError as e:
             self._error(frame.seq, e)
         except Exception as e:  # a bug must not take the board off the line: report it and go on
@@ -477,11 +604,19 @@ class SerialChatServer:
             return
         if version != PROTOCOL_VERSION:
             self._send(ERROR, _json({"message": f"the board speaks protocol {PROTOCOL_VERSION}, "
-                                                f"the client {version}",
+                                                f"the client {str(version)[:20]}",
                                      "hint": "run the same roma version on both sides", "code": "version"}),
                        ref=frame.seq)
             return
         resumed = session == self.session_id and self.conversation is not None
+        if not resumed and self.owner_live():
+            idle = time.monotonic() - self._heard
+            self._send(ERROR, _json({"message": "the board is busy with another client",
+                                     "hint": f"try again when it is done (a silent client's claim lapses after "
+                                             f"{self.lease:g} s; it was last heard {idle:.0f} s ago)",
+                                     "code": "busy"}), ref=frame.seq)
+            self.log(f"refused a second client (session {session[:8]}): busy")
+            return
         if not resumed:
             self._end_session()  # gives its KV back to the engine's pool first
             try:
@@ -500,13 +635,16 @@ class SerialChatServer:
         elif frame.seq != self._hello_seq:  # not just a resend of the same HELLO
             self.log(f"client reconnected (session {session[:8]} resumed)")
         self._hello_seq = frame.seq
+        self._owner_seq = frame.seq
+        self._heard = time.monotonic()
         from . import __version__
 
         cfg = self.engine.config
         info = {"version": PROTOCOL_VERSION, "session": session, "resumed": resumed,
                 "model": getattr(cfg, "name", ""), "backend": getattr(self.engine.backend, "name", ""),
                 "context": self.conversation.session.capacity, "capabilities": CAPABILITIES,
-                "server": f"roma {__version__}"}
+                "limits": {"max_tokens": self.params.max_tokens, "max_payload": MAX_PAYLOAD},
+                "adapter": self.conversation.adapter, "server": f"roma {__version__}"}
         self._send(HELLO, _json(info), ref=frame.seq)
 
     def _end_session(self) -> None:
@@ -515,12 +653,99 @@ class SerialChatServer:
             if close is not None:
                 close()
         self.session_id = self.conversation = None
+        self._owner_seq = None
 
     def stats(self) -> dict:
         conv = self.conversation
         return {"context_tokens": conv.session.cache.length, "capacity": conv.session.capacity,
                 "messages": len(conv.messages), "turns": self.turns, "total_reused": self.total_reused,
-                "last": None if self.last is None else json.loads(result_payload(self.last))}
+                "adapter": conv.adapter, "max_tokens": self.params.max_tokens,
+                "last": None if self.last is None else json.loads(result_payload(self.last, MAX_PAYLOAD // 2))}
+
+    def _stats_payload(self) -> bytes:
+        d = self.stats()
+        data = _json(d)
+        if len(data) > MAX_PAYLOAD and d["last"] is not None:
+            d["last"].pop("text", None)
+            d["last"]["ids"] = []
+            data = _json(d)
+        return data
+
+    # --- LoRA and conversation files ----------------------------------------------------------------------
+
+    def _lora(self, d: dict) -> dict:
+        """LORA: list, use NAME (or null: the base model), load NAME from FOLDER (on the board), unload NAME."""
+        engine, conv = self.engine, self.conversation
+        action, name = d.get("action", "list"), d.get("name")
+        if name is not None and not isinstance(name, str):
+            raise RomaError("the adapter name must be text")
+        done = None
+        if action == "use":
+            conv.adapter = name  # RomaError if it is not loaded; nothing changes then
+            done = f"adapter {name} active; the conversation continues under it" if name else \
+                "LoRA off: the base model continues the conversation"
+        elif action == "load":
+            from .commands.common import parse_lora_specs
+
+            folder = d.get("folder")
+            if not isinstance(folder, str) or not folder:
+                raise RomaError("/lora load needs a folder on the board", hint="/lora load [NAME=]DIR")
+            (name, folder), = parse_lora_specs([f"{name}={folder}" if name else folder])
+            slot = engine.load_lora(name, folder)
+            done = f"loaded adapter {name} into slot {slot}; /lora {name} switches to it"
+        elif action == "unload":
+            if name is None:
+                raise RomaError("/lora unload needs an adapter name")
+            engine.check_adapter(name)
+            engine.unload_lora(name)
+            if conv.adapter == name:
+                conv.adapter = None
+            if self.adapter == name:
+                self.adapter = None
+            done = f"unloaded adapter {name}"
+        elif action != "list":
+            raise RomaError(f"unknown LoRA action {str(action)[:40]!r}", hint="list, use, load or unload")
+        rows = []
+        if engine.lora is not None:
+            for row in engine.lora.status():
+                if row["name"] in engine.lora_names():
+                    rows.append({"name": row["name"], "slot": row["slot"], "rank": row["max_rank"],
+                                 "targets": list(row["targets"]), "bytes": int(row["bytes"])})
+        comp = getattr(engine, "compensation", None)
+        return {"adapters": rows, "active": conv.adapter, "done": done,
+                "compensation_rank": comp.max_rank if comp is not None else None}
+
+    def _file(self, name) -> Path:
+        """A conversation file in the save folder; names that would leave it are refused."""
+        if not isinstance(name, str) or not name.strip() or "\x00" in name:
+            raise RomaError("give a file name", hint="/save NAME, /load NAME")
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if PurePosixPath(name).is_absolute() or Path(name).is_absolute() or ".." in parts or name.startswith("~"):
+            raise RomaError(f"'{name[:200]}' is outside the board's save folder",
+                            hint=f"give a plain name: files live in {self.save_dir} (roma serve --save-dir)")
+        root = self.save_dir.resolve()
+        path = (root / name).resolve()
+        if path != root and root not in path.parents:
+            raise RomaError(f"'{name[:200]}' is outside the board's save folder",
+                            hint=f"give a plain name: files live in {self.save_dir} (roma serve --save-dir)")
+        return path
+
+    def _save_or_load(self, ftype: int, d: dict) -> dict:
+        conv = self.conversation
+        path = self._file(d.get("name"))
+        if ftype == SAVE:
+            if not path.parent.is_dir():
+                raise RomaError(f"no folder for '{d.get('name')}' in the board's save folder")
+            kept = conv.session.length if conv.session.kv_valid else 0
+            conv.save(path)
+        else:
+            conv.load(path)  # checked first: a refusal leaves the conversation as it was
+            self.last = None
+            kept = conv.session.length
+        self.log(f"conversation {'saved to' if ftype == SAVE else 'loaded from'} {path}")
+        return {"name": d.get("name"), "messages": len(conv.messages), "tokens": kept, "adapter": conv.adapter}
+
+    # --- chat ---------------------------------------------------------------------------------------------
 
     def _chat(self, frame: Frame) -> None:
         try:
@@ -530,7 +755,7 @@ class SerialChatServer:
                 raise ValueError
         except (ValueError, UnicodeDecodeError):
             raise RomaError("malformed CHAT request") from None
-        params = sampling_from_dict(d.get("params")) or self.params
+        params = sampling_from_dict(d.get("params"), self.params) or self.params
         generation = self.conversation.send(text, params)  # RomaError: refused, nothing changed
         self._remember(frame.seq, ACK)
         self._send(ACK, ref=frame.seq)
@@ -559,27 +784,45 @@ class SerialChatServer:
         self.log(speed_line(result))
 
     def _interrupted(self, chat_seq: int, later: list[Frame]) -> bool:
-        """Looks at requests that came in during the answer: CANCEL or a HELLO ends it."""
+        """Looks at requests that came in during the answer: CANCEL ends it, and so does a HELLO of this
+        client's session (it reconnects) or of a new one once this client's lease has lapsed; another client's
+        HELLO while this one is live is told the board is busy."""
         stop = False
         while True:
             try:
                 f = self.inbox.get_nowait()
             except queue.Empty:
                 return stop
-            if f.type == CANCEL and f.ref == chat_seq:
+            if f.type == HELLO:
+                try:
+                    session = f.json().get("session")
+                except (ValueError, UnicodeDecodeError):
+                    session = None
+                if session != self.session_id and self.owner_live():
+                    self._hello(f)  # answers "busy"; the answer goes on
+                    continue
+                later.append(f)
+                stop = True
+            elif not self._is_owner(f.seq):
+                later.append(f)  # a stranger's request: answered after this answer
+            elif f.type == CANCEL and f.ref == chat_seq:
                 self._remember(f.seq, ACK)
                 self._send(ACK, ref=f.seq)
                 stop = True
             elif f.type == CHAT and f.seq == chat_seq:
                 self._send(ACK, ref=f.seq)  # the resent request we are answering
-            elif f.type == HELLO:
-                later.append(f)
-                stop = True
             elif f.seq in self.handled:
                 ftype, payload = self.handled[f.seq]
                 self._send(ftype, payload, ref=f.seq)
             else:
                 later.append(f)
+
+
+def _payload(frame: Frame) -> dict:
+    try:
+        return frame.json()
+    except (ValueError, UnicodeDecodeError):
+        raise RomaError(f"malformed {frame.name} request") from None
 
 
 # --- client --------------------------------------------------------------------------------------------
@@ -617,6 +860,7 @@ class SerialChatClient:
         self._last_nak = 0.0
         self._last_nak_from: int | None = None
         self._closed = False
+        self._last_write = 0.0
         self.resend_after = 0.4
         if connect:
             try:
@@ -639,12 +883,18 @@ class SerialChatClient:
         self._frames.clear()
         hello = {"version": PROTOCOL_VERSION, "session": self.session_id, "system": self.system,
                  "client": "roma " + _version()}
-        self._hello_seq = self._request(HELLO, _json(hello))
+        payload = _json(hello)
+        if len(payload) > MAX_PAYLOAD:
+            raise RomaError(f"the system prompt is {len(payload)} bytes, over the serial link's {MAX_PAYLOAD}",
+                            hint="give a shorter --system")
+        self._hello_seq = self._request(HELLO, payload)
         try:
             frame = self._wait({self._hello_seq}, {HELLO, ERROR})
         finally:
             self._hello_seq = None
         if frame.type == ERROR:
+            self._expected = None  # not connected: the next call says HELLO again
+            self._unacked.clear()
             raise self._error_of(frame)
         self.info = frame.json()
         return self.info
@@ -697,6 +947,31 @@ class SerialChatClient:
         self._wait({seq}, {PONG})
         return time.monotonic() - t0
 
+    def lora(self, action: str = "list", name: str | None = None, folder: str | None = None) -> dict:
+        """The board's LoRA adapters: action "list", "use" (name, or None for the base model), "load" (a
+        folder on the board, under `name` or the folder's name) or "unload". Returns {"adapters": [{name,
+        slot, rank, targets, bytes}], "active", "done", "compensation_rank"}; RomaError when refused."""
+        return self._call(LORA, {"action": action, "name": name, "folder": folder})
+
+    def save(self, name: str) -> dict:
+        """Saves the board's conversation as `name` in the board's save folder: {name, messages, tokens}."""
+        return self._call(SAVE, {"name": name})
+
+    def load(self, name: str) -> dict:
+        """Continues a conversation saved on the board: {name, messages, tokens, adapter}."""
+        return self._call(LOAD, {"name": name})
+
+    def _call(self, ftype: int, request: dict) -> dict:
+        payload = _json(request)
+        if len(payload) > MAX_PAYLOAD:
+            raise RomaError(f"the request is {len(payload)} bytes, over the serial link's {MAX_PAYLOAD}")
+        self._ensure_connected()
+        seq = self._request(ftype, payload)
+        frame = self._wait({seq}, {ftype, ERROR})
+        if frame.type == ERROR:
+            raise self._error_of(frame)
+        return frame.json()
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -735,6 +1010,7 @@ class SerialChatClient:
         return seq
 
     def _write(self, data: bytes) -> None:
+        self._last_write = time.monotonic()
         try:
             self.ser.write(data)
         except _serial_errors() as e:
@@ -781,8 +1057,11 @@ class SerialChatClient:
             if now - last_progress > self.timeout:
                 raise self._timeout_error()
             self._resend_due(now)
-            if not self._unacked and self._expected is not None and now - last_progress > self.resend_after:
-                ping_seq = self._request(PING)  # a quiet line: is the board alive, did we miss a frame?
+            if not self._unacked and self._expected is not None and (
+                    now - last_progress > self.resend_after or now - self._last_write > KEEPALIVE):
+                # a quiet line: is the board alive, did we miss a frame? And the board hears this client is
+                # still here (its claim on the line: the server's lease)
+                ping_seq = self._request(PING)
             if not self._frames:
                 try:
                     data = self.ser.read(max(1, self.ser.in_waiting))
@@ -799,7 +1078,9 @@ class SerialChatClient:
                 if frame.type == ERROR and frame.ref in self._unacked and self._code(frame) == "hello":
                     self._expected = None  # a board that restarted numbers its frames anew: say HELLO again
                     self._unacked.clear()
-                    raise RomaError("the board does not know this conversation (did it restart?)",
+                    said = self._error_of(frame).message
+                    raise RomaError(f"the board does not know this conversation ({said}; did it restart, or "
+                                    "did another client take the line?)",
                                     hint="send again: the client reconnects and starts a new conversation")
                 if not self._in_order(frame):
                     continue

@@ -29,7 +29,8 @@ commands:
   /help    this list
   /quit    leave (Ctrl-D too)
   //text   send a message that starts with '/'
-Ctrl-C during an answer stops the answer."""
+Ctrl-C during an answer stops the answer. Over --serial, /lora load and /save, /load use folders and files
+on the board (/save and /load in the folder of its `roma serve --save-dir`)."""
 
 
 def add_arguments(parser) -> None:
@@ -39,6 +40,7 @@ def add_arguments(parser) -> None:
     link.add_argument("--baud", type=int, default=None, help="serial speed (default: the link's, 115200)")
     common.add_engine_arguments(parser)
     common.add_lora_arguments(parser)
+    common.add_threads_argument(parser)
     parser.add_argument("--system", default=None, metavar="TEXT",
                         help="system prompt (default: the chat template's own, if it has one)")
     # Greedy answers of a small model loop easily; a mild penalty keeps a chat readable (generate stays at 1).
@@ -111,9 +113,12 @@ class ChatSession:
 
     def remote_stats(self) -> str:
         st = self.remote.stats()
+        board = f"board: {self.remote.info.get('model')} on {self.remote.info.get('backend')}"
+        if st.get("max_tokens"):
+            board += f", answers of at most {st['max_tokens']} tokens"
         lines = [f"context: {st['context_tokens']} / {st['capacity']} tokens in the board's cache, "
                  f"{st['messages']} messages, {st['turns']} turns, {st['total_reused']} tokens reused in all",
-                 f"board: {self.remote.info.get('model')} on {self.remote.info.get('backend')}"]
+                 board, f"adapter: {st.get('adapter') or 'none (base model)'}"]
         if self.last is not None:
             lines.append("last turn: " + common.speed_line(self.last))
         return "\n".join(lines)
@@ -161,6 +166,56 @@ class ChatSession:
             lines.append(f"(the build's compensating LoRA, rank {e.compensation.max_rank}, is always on)")
         return "\n".join(lines)
 
+    def remote_command(self, name: str, arg: str) -> None:
+        """/lora, /save and /load on the board (files and adapter folders are the board's)."""
+        remote = self.remote
+        if name in ("/save", "/load"):
+            if not arg:
+                raise RomaError(f"{name} needs a file name", hint=f"{name} NAME (a file in the board's save folder)")
+            if name == "/save":
+                d = remote.save(arg)
+                self.say(f"(conversation saved on the board as {d['name']}: {d['messages']} messages, "
+                         f"{d['tokens']} tokens of KV cache)")
+            else:
+                d = remote.load(arg)
+                self.last = None
+                self.say(f"(conversation loaded on the board from {d['name']}: {d['messages']} messages, "
+                         f"{d['tokens']} tokens, adapter {d['adapter'] or 'none'})")
+            return
+        words = arg.split(None, 1)
+        command = words[0].lower() if words else ""
+        if not words:
+            d = remote.lora("list")
+        elif command == "off" and len(words) == 1:
+            d = remote.lora("use", None)
+        elif command == "load" and len(words) == 2:
+            spec, adapter = words[1].strip(), None
+            if "=" in spec:
+                left, right = spec.split("=", 1)
+                if left and "/" not in left:
+                    adapter, spec = left, right
+            d = remote.lora("load", adapter, spec)
+        elif command == "unload" and len(words) == 2:
+            d = remote.lora("unload", words[1].strip())
+        elif len(words) > 1:
+            raise RomaError(f"/lora {arg}: expected one adapter name",
+                            hint="/lora lists them; /lora NAME, /lora off, /lora load [NAME=]DIR")
+        else:
+            d = remote.lora("use", words[0])
+        if d.get("done"):
+            self.say(f"({d['done']})")
+            return
+        lines = [f"{'*' if row['name'] == d.get('active') else ' '} {row['name']}  slot {row['slot']}, rank "
+                 f"{row['rank']}, {', '.join(row['targets'])}, {row['bytes'] / 1024:.0f} KiB"
+                 for row in d.get("adapters", [])]
+        if not lines:
+            lines = ["no LoRA adapters loaded on the board (/lora load [NAME=]DIR, a folder on the board)"]
+        elif d.get("active") is None:
+            lines.append("* off (base model)")
+        if d.get("compensation_rank"):
+            lines.append(f"(the build's compensating LoRA, rank {d['compensation_rank']}, is always on)")
+        self.say("\n".join(lines))
+
     def lora_command(self, arg: str) -> None:
         words = arg.split(None, 1)
         if not words:
@@ -205,8 +260,8 @@ class ChatSession:
 
     def _command(self, name: str, arg: str) -> None:
         if self.remote is not None and name in ("/lora", "/save", "/load"):
-            raise RomaError(f"{name} is not available over the serial link",
-                            hint="adapters are chosen with --lora when `roma serve` starts on the board")
+            self.remote_command(name, arg)
+            return
         if name == "/lora":
             self.lora_command(arg)
         elif name in ("/save", "/load"):
@@ -227,6 +282,7 @@ class ChatSession:
         elif name == "/reset":
             self.conversation.reset()
             self.last = None
+            self.turns = self.total_reused = 0
             self.say("(conversation cleared)")
         elif name == "/stats":
             self.say(self.stats())
@@ -312,6 +368,7 @@ def run(args) -> int:
             return ChatSession(None, args, params, remote=client).loop(_Reader(sys.stdin.isatty()))
         finally:
             client.close()
+    common.apply_threads(args)
     engine = common.load_engine(args)
     session = ChatSession(engine, args, params)
     return session.loop(_Reader(sys.stdin.isatty()))

@@ -58,6 +58,25 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
                         "after the slots bound the context (higher slot rank, fewer tokens)")
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for the host's numpy work (OpenBLAS), as `roma bench --threads` "
+                             "(default: every usable core)")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set the BLAS thread count --threads asks for (generate, chat and serve call it before the model loads;
+    `roma bench` sets and restores its own)."""
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise RomaError(f"--threads must be at least 1 (got {threads})")
+    from ..bench import blas_threads
+
+    blas_threads(threads)
+
+
 LORA_RESERVED = ("off", "load", "unload")
 
 

@@ -20,6 +20,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per prompt (ids, text, tokens/s) instead of streaming text")
     common.add_engine_arguments(parser)
+    common.add_lora_arguments(parser)
+    common.add_threads_argument(parser)
     common.add_sampling_arguments(parser, stop=True)
 
 
@@ -71,8 +73,11 @@ def run(args) -> int:
             raise RomaError("the prompt is empty")
         prompts = [(None, prompt)]
 
+    common.apply_threads(args)
     engine = common.load_engine(args)
-    session = engine.new_session(args.context)
+    specs = getattr(args, "lora_specs", None) or []  # load_engine loaded them; the first is active
+    adapter = specs[0][0] if specs else None
+    session = engine.new_session(args.context, adapter)
     out = sys.stdout
     for index, (line, prompt) in enumerate(prompts):
         session.reset()  # every prompt starts from an empty cache: its timings are its own

@@ -1,9 +1,11 @@
 """`roma lora`: work with PEFT LoRA adapters. `roma lora inspect DIR` checks an adapter folder and shows what
-it adapts (targets, ranks, scaling, size); with --model it is also checked against that model's shapes."""
+it adapts (targets, ranks, scaling, size); with --model it is also checked against that model's shapes. Exit
+code 0 when every check passes, 1 when one fails (a rank above the slot rank), 2 for an adapter it cannot read."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 from ..errors import RomaError
 from ..compiler.plan import ranges
@@ -44,9 +46,11 @@ def run(args) -> int:
         facts["checked_against"] = model.config.name
         if facts["fits_slot_rank"]:
             facts["packed_bytes"] = {dtype: lora.pack(adapter, dtype, slot_rank).nbytes for dtype in lora.PACK_DTYPES}
+    # A check that fails (a rank above the slot rank) is reported and makes the exit code 1, for scripts.
+    status = 0 if facts["fits_slot_rank"] else 1
     if args.json:
         print(json.dumps(facts, ensure_ascii=False))
-        return 0
+        return status
     scaling = "alpha/sqrt(r) (rsLoRA)" if facts["use_rslora"] else "alpha/r"
     print(f"adapter   {facts['name']}  ({facts['source']})")
     if facts.get("base_model"):
@@ -64,4 +68,8 @@ def run(args) -> int:
         pb = facts["packed_bytes"]
         print(f"checked against {facts['checked_against']}: packed {pb['fp16'] / 1e6:.2f} MB fp16, "
               f"{pb['int8'] / 1e6:.2f} MB int8")
-    return 0
+    if status:
+        print(f"check failed: rank {facts['max_rank']} is above the slot rank {facts['slot_rank']}; retrain with "
+              f"r <= {facts['slot_rank']}, or run with a larger --lora-rank where the hardware allows it",
+              file=sys.stderr)
+    return status
