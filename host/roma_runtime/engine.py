@@ -413,7 +413,12 @@ class Conversation:
         if not ok:
             raise RomaError(f"{path} holds a session but not a conversation (no messages)",
                             hint="give a file written by /save in the chat or by Conversation.save")
-        self.engine._apply_session(self.session, saved)
+        try:
+            self.engine._apply_session(self.session, saved)
+        except BaseException:
+            # the KV rows may be half written: forget them (the messages stay, and the next turn recomputes)
+            self.session.reset()
+            raise
         self.system = system
         self.messages = [dict(role=m["role"], content=m["content"]) for m in messages]
 
@@ -465,6 +470,10 @@ class Engine:
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
             raise RomaError(f"the LoRA slot rank must be a positive integer, not {lora_rank!r}")
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
+        if lora_slots:  # before the backend is made (a compile, buffers): a slot rank beyond the model is refused
+            from .lora import check_slot_rank
+
+            check_slot_rank(lora_rank, self.model.config)
         self.tokenizer = _tokenizer_of(self.model)
         options = {"bitstream": bitstream} if backend == "board" else {}
         self.backend = create_backend(backend, self.model, numerics, **options)
@@ -599,6 +608,8 @@ class Engine:
         """A session of `capacity` KV positions (default: max_context, or with a memory budget what is free
         of it, at most max_context) running under `adapter` (None: the base model). A capacity above
         max_context but within the context is refused by the backend, naming its limit."""
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer))):
+            raise RomaError(f"a context is a whole number of tokens, not {capacity!r}")
         if capacity is not None and not 1 <= capacity <= self.config.context_length:
             raise RomaError(f"context of {capacity} tokens is outside 1..{self.config.context_length}, "
                             "the range this model supports")
@@ -607,6 +618,14 @@ class Engine:
             capacity = min(self.max_context, self.kv_pool.free)
             if capacity < 1:
                 self.kv_pool.check(1)
+        # No session's KV cache may take more than kv.session_memory_limit(): the default one is cut to it (a
+        # model that states a context of a million tokens does not get a 24 GB cache unasked), a longer one
+        # asked for is refused, naming the limit.
+        fits = kv.session_tokens(self.config, self.kv_dtype)
+        if capacity is None and self.max_context > fits:
+            capacity = fits
+        elif capacity is not None and capacity > fits:
+            kv.check_session_memory(self.config, int(capacity), self.kv_dtype)
         self.kv_pool.check(capacity or self.max_context)
         session = Session(self, capacity, adapter)
         session._ticket = self.kv_pool.reserve(session, session.capacity)
@@ -627,7 +646,8 @@ class Engine:
 
     def _read_session(self, path, capacity: int | None = None) -> dict:
         """Read and check a session file against this engine; nothing changes here."""
-        meta, ids, keys, values = kv.read_session_file(path)
+        limit = capacity if capacity is not None else self.max_context
+        meta, ids, keys, values = kv.read_session_file(path, self.config, self.kv_dtype, max_tokens=limit)
         model = meta.get("model") or {}
         if model.get("identity") != self.identity:
             raise RomaError(

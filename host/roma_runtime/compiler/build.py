@@ -284,6 +284,9 @@ def _prepare_out_dir(out_dir: Path, identity: str, force: bool) -> None:
             raise RomaError(f"{out_dir} is not empty and holds no ROMA build (for example {foreign[0]})",
                             hint="choose an empty or new --out folder, or pass --force")
     out_dir.mkdir(parents=True, exist_ok=True)
+    from ..tempfiles import clean_stale
+
+    clean_stale(out_dir)  # a manifest a killed compile was writing
     (out_dir / MANIFEST).unlink(missing_ok=True)
     if old is not None:
         for name in old.get("files", {}):

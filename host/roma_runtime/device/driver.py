@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import weakref
 from pathlib import Path
@@ -534,23 +535,36 @@ def emu_overlay(build_dir: str | Path, *, cache: str | Path | None = None, hls_d
     if bit.is_file() and (folder / HWH).is_file() and (folder / MANIFEST).is_file() and (
             not ddr or (folder / ddr["file"]).exists()):
         return bit
-    folder.mkdir(parents=True, exist_ok=True)
-    header = hls_dir / "roma_core.h"
-    write_hwh(folder / HWH, load_interface(header),
-              parameters={"ROMA_MODEL": manifest["model"]["name"], "ROMA_MODEL_SHA256": manifest["model"]["sha256"],
-                          "ROMA_BUILD": str(build_dir)})
-    (folder / MANIFEST).write_text(manifest_text)
-    link = folder / "libroma_core.so"
-    link.unlink(missing_ok=True)
-    link.symlink_to(lib)
-    if ddr:  # the DDR weight image next to the "bitstream", as on a board
-        (folder / ddr["file"]).unlink(missing_ok=True)
-        (folder / ddr["file"]).symlink_to(build_dir / ddr["file"])
-    spec = {"format": EMU_FORMAT, "version": 1, "library": link.name, "build": str(build_dir),
-            "header": str(header), "model": manifest["model"]["name"]}
-    tmp = folder / (BITSTREAM + ".tmp")
-    tmp.write_text(json.dumps(spec, indent=1))
-    os.replace(tmp, bit)
+    # Made in a private folder and renamed into place whole (a killed process leaves only .<key>.<pid>.tmp,
+    # removed by the next call: tempfiles.clean_stale).
+    from ..tempfiles import clean_stale, temp_path
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(folder.parent)
+    tmp = temp_path(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        header = hls_dir / "roma_core.h"
+        write_hwh(tmp / HWH, load_interface(header),
+                  parameters={"ROMA_MODEL": manifest["model"]["name"],
+                              "ROMA_MODEL_SHA256": manifest["model"]["sha256"], "ROMA_BUILD": str(build_dir)})
+        (tmp / MANIFEST).write_text(manifest_text)
+        (tmp / "libroma_core.so").symlink_to(lib)
+        if ddr:  # the DDR weight image next to the "bitstream", as on a board
+            (tmp / ddr["file"]).symlink_to(build_dir / ddr["file"])
+        spec = {"format": EMU_FORMAT, "version": 1, "library": "libroma_core.so", "build": str(build_dir),
+                "header": str(header), "model": manifest["model"]["name"]}
+        (tmp / BITSTREAM).write_text(json.dumps(spec, indent=1))
+        if folder.exists():  # an incomplete folder (an older runtime's, written in place)
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process put a complete one there first
+            if not bit.is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return bit
 
 
