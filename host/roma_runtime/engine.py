@@ -645,39 +645,45 @@ class Engine:
         return kv.write_session_file(path, meta, session.ids[:n], keys, values)
 
     def _read_session(self, path, capacity: int | None = None) -> dict:
-        """Read and check a session file against this engine; nothing changes here."""
-        limit = capacity if capacity is not None else self.max_context
-        meta, ids, keys, values = kv.read_session_file(path, self.config, self.kv_dtype, max_tokens=limit)
-        model = meta.get("model") or {}
-        if model.get("identity") != self.identity:
-            raise RomaError(
-                f"{path} was saved with another model ({model.get('name')}, identity "
-                f"{str(model.get('identity'))[:16]}...); this engine runs {self.config.name} (identity "
-                f"{self.identity[:16]}...)", hint="restore it with the model it was saved with (--model)")
-        if meta.get("numerics") != self.numerics or meta.get("kv_dtype") != self.kv_dtype:
-            raise RomaError(
-                f"{path} was saved with {meta.get('numerics')} numerics and a {meta.get('kv_dtype')} KV cache; this "
-                f"engine runs {self.numerics} numerics with a {self.kv_dtype} KV cache",
-                hint=f"restore it with --numerics {meta.get('numerics')}")
+        """Read and check a session file against this engine; nothing changes here. The metadata is checked
+        (model, numerics, adapter, length) before any array of the file is inflated (kv.read_session_file)."""
         c = self.config
+
+        def check(meta: dict) -> None:
+            model = meta["model"]
+            if model.get("identity") != self.identity:
+                raise RomaError(
+                    f"{path} was saved with another model ({model.get('name')}, identity "
+                    f"{str(model.get('identity'))[:16]}...); this engine runs {c.name} (identity "
+                    f"{self.identity[:16]}...)", hint="restore it with the model it was saved with (--model)")
+            if meta["numerics"] != self.numerics or meta["kv_dtype"] != self.kv_dtype:
+                raise RomaError(
+                    f"{path} was saved with {meta['numerics']} numerics and a {meta['kv_dtype']} KV cache; this "
+                    f"engine runs {self.numerics} numerics with a {self.kv_dtype} KV cache",
+                    hint=f"restore it with --numerics {meta['numerics']}")
+            adapter = meta.get("adapter")
+            name = adapter["name"] if adapter is not None else None
+            if name is not None:
+                if name not in self.lora_names():
+                    raise RomaError(f"{path} was saved under the LoRA adapter '{name}', which is not loaded",
+                                    hint=f"load it first (--lora {name}=DIR, or /lora load {name}=DIR in the chat)")
+                if adapter.get("fingerprint") != self._fingerprints.get(name):
+                    raise RomaError(f"{path} was saved under a LoRA adapter '{name}' with other contents than the "
+                                    f"'{name}' loaded now", hint="load the same adapter folder it was saved with")
+            n = meta["length"]
+            if capacity is not None and n > capacity:
+                raise RomaError(f"{path} holds {n} tokens, more than this session's context of {capacity}",
+                                hint="restore it into a longer context (--context)")
+            if n > self.max_context:
+                raise RomaError(f"{path} holds {n} tokens, more than the {self.max_context} a session of "
+                                f"{c.name} holds here", hint="it was saved with a longer context than this engine runs")
+
+        meta, ids, keys, values = kv.read_session_file(path, c, self.kv_dtype, check=check)
         n = len(ids)
-        if keys.shape != (c.n_layers, n, c.n_kv_heads, c.head_dim) or keys.dtype != np.dtype(kv.KV_DTYPES[self.kv_dtype]):
-            raise RomaError(f"{path} holds KV rows of shape {keys.shape} ({keys.dtype}), which do not fit "
-                            f"{c.name}", hint="the file is damaged; save the session again")
         if n and (min(ids) < 0 or max(ids) >= c.vocab_size):
             raise RomaError(f"{path} holds token ids outside 0..{c.vocab_size - 1}")
         adapter = meta.get("adapter")
-        name = adapter.get("name") if isinstance(adapter, dict) else None
-        if name is not None:
-            if name not in self.lora_names():
-                raise RomaError(f"{path} was saved under the LoRA adapter '{name}', which is not loaded",
-                                hint=f"load it first (--lora {name}=DIR, or /lora load {name}=DIR in the chat)")
-            if adapter.get("fingerprint") != self._fingerprints.get(name):
-                raise RomaError(f"{path} was saved under a LoRA adapter '{name}' with other contents than the "
-                                f"'{name}' loaded now", hint="load the same adapter folder it was saved with")
-        if capacity is not None and n > capacity:
-            raise RomaError(f"{path} holds {n} tokens, more than this session's context of {capacity}",
-                            hint="restore it into a longer context (--context)")
+        name = adapter["name"] if adapter is not None else None
         return {"meta": meta, "ids": ids, "keys": keys, "values": values, "adapter": name}
 
     def _apply_session(self, session: Session, saved: dict) -> None:

@@ -312,10 +312,11 @@ def check_session_meta(meta) -> None:
 
 
 def read_session_file(path: str | Path, config: ModelConfig | None = None, kv_dtype=None,
-                      max_tokens: int | None = None) -> tuple[dict, list[int], np.ndarray, np.ndarray]:
+                      max_tokens: int | None = None, check=None) -> tuple[dict, list[int], np.ndarray, np.ndarray]:
     """(meta, ids, keys, values), checked for internal consistency and, given `config` (and `kv_dtype`,
     `max_tokens`), against the model, all before the arrays are inflated: a damaged, truncated or hostile file
-    is one RomaError, and no array larger than the model's KV rows for the stated tokens is ever allocated."""
+    is one RomaError, and no array larger than the model's KV rows for the stated tokens is ever allocated.
+    check(meta): the caller's own checks of the (typed) metadata, run before any array is read."""
     import zipfile
 
     path = Path(path).expanduser()
@@ -335,6 +336,8 @@ def read_session_file(path: str | Path, config: ModelConfig | None = None, kv_dt
             except (ValueError, UnicodeDecodeError, RecursionError) as e:
                 raise _Refusal(f"its metadata is not JSON text ({e})") from None
             check_session_meta(meta)
+            if check is not None:
+                check(meta)
             n = meta["length"]
             if limit is not None and n > limit:
                 raise _Refusal(f"it holds {n} tokens, more than the {limit} this session can hold")
