@@ -238,7 +238,7 @@ class _Refusal(Exception):
     """A fault found while reading a session file (becomes one RomaError naming the file)."""
 
 
-def _read_member(zf, name: str, check) -> np.ndarray:
+def _read_member(zf, name: str, check, archive_bytes: int) -> np.ndarray:
     """One .npy member of the zip, streamed: its header is read and `check(shape, dtype)` must accept it before
     the data is inflated; exactly the bytes the header states are read (the zip's CRC is verified at the end),
     and trailing bytes are refused."""
@@ -264,8 +264,12 @@ def _read_member(zf, name: str, check) -> np.ndarray:
         for s in shape:
             count *= s
         nbytes = count * dtype.itemsize
-        if info.compress_type != zipfile.ZIP_STORED and nbytes > MAX_INFLATION * info.compress_size + (1 << 20):
-            raise _Refusal(f"array '{name}' claims {nbytes} bytes from {info.compress_size} compressed ones")
+        # what the member can hold: its stored bytes, or for a compressed member a bounded inflation of them
+        budget = info.compress_size if info.compress_type == zipfile.ZIP_STORED else \
+            MAX_INFLATION * info.compress_size + (1 << 20)
+        if nbytes > budget or info.compress_size > archive_bytes:
+            raise _Refusal(f"array '{name}' claims {nbytes} bytes, more than its {info.compress_size} bytes in the "
+                           "file can hold")
         array = np.empty(count, dtype=dtype)
         view, got = memoryview(array.reshape(-1).view(np.uint8)), 0
         while got < nbytes:
@@ -325,12 +329,13 @@ def read_session_file(path: str | Path, config: ModelConfig | None = None, kv_dt
     want_dtype = None if kv_dtype is None else KV_DTYPES[kv_dtype_name(kv_dtype)]
     limit = max_tokens if max_tokens is not None else (config.context_length if config is not None else None)
     try:
+        size = path.stat().st_size
         with zipfile.ZipFile(path) as zf:
             def meta_check(shape, dtype):
                 if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_META_BYTES:
                     raise _Refusal(f"its metadata is {dtype} {shape}, not at most {MAX_META_BYTES} bytes of text")
 
-            blob = _read_member(zf, "meta", meta_check)
+            blob = _read_member(zf, "meta", meta_check, size)
             try:
                 meta = json.loads(blob.tobytes().decode("utf-8"))
             except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -360,15 +365,15 @@ def read_session_file(path: str | Path, config: ModelConfig | None = None, kv_dt
                 elif len(shape) != 4 or shape[1] != n:
                     raise _Refusal(f"its KV rows have shape {shape}, not [layers, {n}, kv heads, head dim]")
 
-            ids = _read_member(zf, "ids", ids_check)
-            keys = _read_member(zf, "keys", kv_check)
+            ids = _read_member(zf, "ids", ids_check, size)
+            keys = _read_member(zf, "keys", kv_check, size)
 
             def values_check(shape, dt):
                 if shape != keys.shape:
                     raise _Refusal(f"its values have shape {shape}, its keys {keys.shape}")
                 kv_check(shape, dt)
 
-            values = _read_member(zf, "values", values_check)
+            values = _read_member(zf, "values", values_check, size)
     except _Refusal as e:
         raise RomaError(f"{path} is not a usable ROMA session file: {e}",
                         hint="give a file written by /save or Session.save; a damaged file cannot be restored") \

@@ -149,10 +149,17 @@ def read_manifest(out_dir: Path, check_seal: bool = True) -> dict | None:
 def _header_dims(path: Path) -> dict[str, int]:
     """The model dimensions a build's roma_model.h was generated with (the constexpr ints of header.py)."""
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise RomaError(f"{path} is {path.stat().st_size} bytes, not a generated header", hint="recompile the build")
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise RomaError(f"cannot read {path}: {e.strerror or e}", hint="recompile the build") from None
-    return {k: int(v) for k, v in re.findall(r"constexpr int (\w+) = (-?\d+);", text)}
+    dims: dict = {k: int(v) for k, v in re.findall(r"constexpr int (\w+) = (-?\d+);", text)}
+    for k, v in re.findall(r"constexpr float (ROPE_THETA|RMS_EPS) = ([-+0-9.eE]+|inf|nan)f;", text):
+        dims[k] = float(np.float32(float(v)))
+    for k, v in re.findall(r"constexpr bool (TIED_EMBEDDINGS) = (true|false);", text):
+        dims[k] = v == "true"
+    return dims
 
 
 HEADER_DIMS = {"N_LAYERS": "n_layers", "DIM": "dim", "FFN_DIM": "ffn_dim", "N_HEADS": "n_heads",
@@ -253,9 +260,14 @@ def check_manifest(manifest: dict, build_dir: str | Path) -> ModelConfig:
     header = listed(manifest.get("header"), "header")
     if (build_dir / header).is_file():
         dims = _header_dims(build_dir / header)
-        for macro, attr in HEADER_DIMS.items():
-            if dims.get(macro) != getattr(config, attr):
-                raise bad(f"its config says {attr} = {getattr(config, attr)}, but {header} was generated with "
+        want = {macro: getattr(config, attr) for macro, attr in HEADER_DIMS.items()}
+        want.update({"ROPE_THETA": float(np.float32(config.rope_theta)), "RMS_EPS": float(np.float32(config.rms_eps)),
+                     "TIED_EMBEDDINGS": bool(config.tied_embeddings),
+                     "KV_ONCHIP_CTX": kv_onchip["tokens"] if kv_onchip else 0})
+        for macro, value in want.items():
+            attr = HEADER_DIMS.get(macro, macro.lower())
+            if dims.get(macro) != value:
+                raise bad(f"its config says {attr} = {value}, but {header} was generated with "
                           f"{macro} = {dims.get(macro)}")
     return config
 
