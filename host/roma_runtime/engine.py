@@ -470,10 +470,6 @@ class Engine:
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
             raise RomaError(f"the LoRA slot rank must be a positive integer, not {lora_rank!r}")
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
-        if lora_slots:  # before the backend is made (a compile, buffers): a slot rank beyond the model is refused
-            from .lora import check_slot_rank
-
-            check_slot_rank(lora_rank, self.model.config)
         self.tokenizer = _tokenizer_of(self.model)
         options = {"bitstream": bitstream} if backend == "board" else {}
         self.backend = create_backend(backend, self.model, numerics, **options)
@@ -485,6 +481,15 @@ class Engine:
         self.compensation = Adapter.from_factors(COMPENSATION, self.model, comp.factors) if comp else None
         if self.compensation is not None:
             lora_slots = max(lora_slots, 1)
+        check_lora = getattr(self.backend, "check_lora", None)  # hardware: slot count and rank of its LoRA unit
+        if check_lora is not None and lora_slots:  # before LoraSlots refuses a rank beyond the model (lora.py)
+            from types import SimpleNamespace
+
+            check_lora(SimpleNamespace(capacity=lora_slots, slot_rank=lora_rank, config=self.config))
+        if lora_slots:  # a slot rank beyond the model's width would only hold zeros, at the slot rank's cost
+            from .lora import check_slot_rank
+
+            check_slot_rank(lora_rank, self.config)
         self.lora = LoraSlots(self.config, lora_slots, lora_rank, lora_dtype) if lora_slots else None
         if self.compensation is not None:
             self.lora.load(COMPENSATION, self.compensation)

@@ -773,8 +773,8 @@ class LoraSlots:
         if capacity > MAX_SLOTS:
             raise RomaError(f"{capacity} LoRA slots asked; at most {MAX_SLOTS} are supported (MAX_SLOTS)",
                             hint=f"use --lora-slots {MAX_SLOTS} or fewer")
-        config = _config_of(model)
-        check_slot_rank(slot_rank, config)
+        if isinstance(slot_rank, bool) or not isinstance(slot_rank, int) or slot_rank < 1:
+            raise RomaError(f"the LoRA slot rank must be a positive integer, not {slot_rank!r}")
         if dtype not in PACK_DTYPES:
             raise RomaError(f"unsupported LoRA storage type {dtype!r}", hint=f"use {' or '.join(PACK_DTYPES)}")
         if scale_dtype not in SCALE_DTYPES:
