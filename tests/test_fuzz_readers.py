@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from fuzz_tools import LONG, SMALL_VOCAB, Tally, examples, flip_bytes, write_adapter, write_gguf
 from roma_runtime.errors import RomaError
 
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the GGUF writer, fed NaN on purpose
+
 SETTINGS = dict(deadline=None, database=None, derandomize=not LONG, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])

@@ -627,9 +627,12 @@ def test_soak_on_the_emulated_board(tiny_build, tiny_emu, small, tmp_path):
     prompts = ["The capital of France is", "Once upon a time", "2 + 2 ="]
     p = SamplingParams(max_tokens=12)
     expected: dict = {}
-    rss, tokens, rounds = [], 0, int(os.environ.get("ROMA_SOAK_ROUNDS", "120"))
+    rss, tokens = [], 0
+    seconds = float(os.environ.get("ROMA_SOAK_SECONDS", "120"))  # the bound: this long, at least 60 rounds
     t0 = time.perf_counter()
-    for i in range(rounds):
+    i = -1
+    while i < 59 or time.perf_counter() - t0 < seconds:
+        i += 1
         prompt, adapter = prompts[i % 3], [None, "a", "b"][(i // 3) % 3]
         on_chip = i % 2 == 1
         session = engine.new_session(64, adapter)
@@ -647,9 +650,12 @@ def test_soak_on_the_emulated_board(tiny_build, tiny_emu, small, tmp_path):
         restored.close()
         if i % 10 == 9:  # reload an adapter now and then: a new load, the same contents
             engine.load_lora("a", adapters["a"])
+        if i % 15 == 14:  # and unload one, then load it back into the freed slot
+            engine.unload_lora("b")
+            engine.load_lora("b", adapters["b"])
         if i >= 10:
             rss.append(rss_bytes())
     drift = (max(rss[-10:]) - min(rss[:10])) / 2**20
-    print(f"\nsoak: {rounds} rounds, {tokens} tokens in {time.perf_counter() - t0:.0f} s, RSS "
+    print(f"\nsoak: {i + 1} rounds, {tokens} tokens in {time.perf_counter() - t0:.0f} s, RSS "
           f"{rss[0] / 2**20:.0f} -> {rss[-1] / 2**20:.0f} MiB (drift {drift:+.1f} MiB)")
     assert drift < 32, f"RSS grew by {drift:.0f} MiB"

@@ -5,8 +5,10 @@ is a byte less for context. `kv_capacity` is that arithmetic; a `KVPool` hands t
 sessions (each session has its own KV buffer of `capacity` positions) and takes them back when a session is
 closed or dropped.
 
-A saved session is one `.npz` file (numpy's zip of arrays, read with allow_pickle=False, so loading a file
-cannot run code):
+A saved session is one `.npz` file (numpy's zip of arrays; no pickles are ever read, so loading a file cannot
+run code). It is read as a stream (read_session_file): the metadata first, typed and checked (the engine checks
+the model, numerics, adapter and length there), then each array's .npy header against the model's shape before
+its data is inflated, so a damaged or hostile file costs no more memory than the KV rows it may hold:
     meta    uint8: UTF-8 JSON {format, version, model: {name, identity, config}, numerics, backend,
             kv_dtype, capacity, length, adapter: {name, fingerprint} or null, extra: {...}}
     ids     int64 [length]: the tokens whose keys and values follow

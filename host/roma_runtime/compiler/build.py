@@ -225,7 +225,7 @@ def check_manifest(manifest: dict, build_dir: str | Path) -> ModelConfig:
         if e.get("shape") != shape:
             raise bad(f"tensor {name} has shape {e.get('shape')!r}, but the config needs {shape}")
         if e.get("bits") not in SUPPORTED_BITS or e.get("group") not in SUPPORTED_GROUPS or \
-                e.get("scales") not in SCALE_BITS or not _whole(e.get("tiles"), 1):
+                not isinstance(e.get("scales"), str) or e["scales"] not in SCALE_BITS or not _whole(e.get("tiles"), 1):
             raise bad(f"tensor {name} has an unsupported bits/group/scales/tiles entry")
         if is_ddr(e):
             if ddr is None or e.get("image") != ddr.get("file") or not _whole(e.get("ddr_offset")) \
