@@ -469,6 +469,19 @@ def test_5_a_manifest_without_a_section_is_refused(tiny_build, tmp_path, drop, s
         load_model(build)
 
 
+@pytest.mark.parametrize("field,value", [("scales", []), ("scales", "q4"), ("bits", [4]), ("tiles", 0),
+                                         ("image", "../blk.0.wq.bin"), ("shape", [64, 64, 1])])
+def test_5_a_malformed_tensor_entry_is_refused(tiny_build, tmp_path, field, value):
+    """Found by the long fuzz run: a list as a tensor's scale format reached a dict lookup (TypeError)."""
+    from roma_runtime.model import load_model
+
+    def edit(m):
+        m["tensors"]["blk.1.w_up"][field] = value
+
+    with pytest.raises(RomaError, match="blk.1.w_up"):
+        load_model(edited_build(tiny_build, tmp_path / "b", edit, seal=True))
+
+
 SESSION_META = {
     "length a string": ("length", "abc"),
     "length negative": ("length", -3),
