@@ -556,7 +556,7 @@ def emu_overlay(build_dir: str | Path, *, cache: str | Path | None = None, hls_d
         spec = {"format": EMU_FORMAT, "version": 1, "library": "libroma_core.so", "build": str(build_dir),
                 "header": str(header), "model": manifest["model"]["name"]}
         (tmp / BITSTREAM).write_text(json.dumps(spec, indent=1))
-        if folder.exists():  # an incomplete folder (an older runtime's, written in place)
+        if folder.exists() and not bit.is_file():  # an incomplete folder (an older runtime's, written in place)
             shutil.rmtree(folder, ignore_errors=True)
         try:
             os.rename(tmp, folder)
