@@ -646,24 +646,25 @@ def pack(adapter: Adapter, dtype: str = "fp16", slot_rank: int = DEFAULT_MAX_RAN
                 r = a.shape[0]
                 vt = np.int8 if int8 else np.float16
                 st = np.float16 if scale_dtype == "fp16" else np.float32
+                vsize, ssize = np.dtype(vt).itemsize, np.dtype(st).itemsize
                 if not int8:
                     big = max(np.abs(a).max(initial=0), np.abs(b).max(initial=0))
                     if big > 65504:
                         raise RomaError(f"adapter '{adapter.name}' layer {layer} {name} holds {big:g}, beyond fp16",
                                         hint="store it as int8 with scales, or fold the scale differently")
-                oa = reserve(slot_rank * inp * np.dtype(vt).itemsize)
-                osa = reserve(slot_rank * np.dtype(st).itemsize) if int8 else 0
-                ob = reserve(out * slot_rank * np.dtype(vt).itemsize)
-                osb = reserve(out * np.dtype(st).itemsize) if int8 else 0
-                a_img = buf[oa: oa + slot_rank * inp * np.dtype(vt).itemsize].view(vt).reshape(slot_rank, inp)
-                b_img = buf[ob: ob + out * slot_rank * np.dtype(vt).itemsize].view(vt).reshape(out, slot_rank)
+                oa = reserve(slot_rank * inp * vsize)
+                osa = reserve(slot_rank * ssize) if int8 else 0
+                ob = reserve(out * slot_rank * vsize)
+                osb = reserve(out * ssize) if int8 else 0
+                a_img = buf[oa: oa + slot_rank * inp * vsize].view(vt).reshape(slot_rank, inp)
+                b_img = buf[ob: ob + out * slot_rank * vsize].view(vt).reshape(out, slot_rank)
                 if int8:
                     qa, sa = _quantize_rows(a, scale_dtype)
                     qb, sb = _quantize_rows(b, scale_dtype)
                     a_img[:r] = qa
                     b_img[:, :r] = qb
-                    buf[osa: osa + r * np.dtype(st).itemsize].view(st)[:] = sa
-                    buf[osb: osb + out * np.dtype(st).itemsize].view(st)[:] = sb
+                    buf[osa: osa + r * ssize].view(st)[:] = sa
+                    buf[osb: osb + out * ssize].view(st)[:] = sb
                 else:
                     a_img[:r] = a
                     b_img[:, :r] = b
