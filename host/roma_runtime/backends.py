@@ -161,8 +161,10 @@ def default_build_dir(model: LoadedModel, cache: str | Path | None = None, setti
 def default_build(model: LoadedModel, *, cache: str | Path | None = None, settings: dict | None = None,
                   progress: bool = True) -> tuple[Path, bool]:
     """(the default build folder of `model`, whether it was compiled now). Compiled on first use into a
-    private folder and renamed into place only once its manifest (written last) is there, so a compile that
-    was interrupted is never reused; later calls find the folder and return at once."""
+    private folder (.<name>.<pid>.tmp) and renamed into place only once its manifest (written last) is there,
+    so a compile that was interrupted is never reused; later calls find the folder and return at once. The
+    private folders of compiles whose process is gone (killed with SIGKILL, which no cleanup survives) are
+    removed here first (tempfiles.clean_stale)."""
     from .compiler.build import FORMAT_VERSION, compile_model, read_manifest
 
     settings = dict(settings or DEFAULT_BUILD)
@@ -178,7 +180,10 @@ def default_build(model: LoadedModel, *, cache: str | Path | None = None, settin
         print(f"roma: compiling {model.config.name} for the emulated board ({settings['bits']}-bit "
               f"G{settings['group']}, once; cached in {folder}) ...", file=sys.stderr, flush=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    from .tempfiles import clean_stale, temp_path
+
+    clean_stale(folder.parent)  # the private folders of compiles that were killed (SIGKILL) before their rename
+    tmp = temp_path(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         compile_model(model, tmp, progress=False, force=True, **settings)

@@ -413,7 +413,12 @@ class Conversation:
         if not ok:
             raise RomaError(f"{path} holds a session but not a conversation (no messages)",
                             hint="give a file written by /save in the chat or by Conversation.save")
-        self.engine._apply_session(self.session, saved)
+        try:
+            self.engine._apply_session(self.session, saved)
+        except BaseException:
+            # the KV rows may be half written: forget them (the messages stay, and the next turn recomputes)
+            self.session.reset()
+            raise
         self.system = system
         self.messages = [dict(role=m["role"], content=m["content"]) for m in messages]
 
@@ -476,6 +481,15 @@ class Engine:
         self.compensation = Adapter.from_factors(COMPENSATION, self.model, comp.factors) if comp else None
         if self.compensation is not None:
             lora_slots = max(lora_slots, 1)
+        check_lora = getattr(self.backend, "check_lora", None)  # hardware: slot count and rank of its LoRA unit
+        if check_lora is not None and lora_slots:  # before LoraSlots refuses a rank beyond the model (lora.py)
+            from types import SimpleNamespace
+
+            check_lora(SimpleNamespace(capacity=lora_slots, slot_rank=lora_rank, config=self.config))
+        if lora_slots:  # a slot rank beyond the model's width would only hold zeros, at the slot rank's cost
+            from .lora import check_slot_rank
+
+            check_slot_rank(lora_rank, self.config)
         self.lora = LoraSlots(self.config, lora_slots, lora_rank, lora_dtype) if lora_slots else None
         if self.compensation is not None:
             self.lora.load(COMPENSATION, self.compensation)
@@ -599,6 +613,8 @@ class Engine:
         """A session of `capacity` KV positions (default: max_context, or with a memory budget what is free
         of it, at most max_context) running under `adapter` (None: the base model). A capacity above
         max_context but within the context is refused by the backend, naming its limit."""
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer))):
+            raise RomaError(f"a context is a whole number of tokens, not {capacity!r}")
         if capacity is not None and not 1 <= capacity <= self.config.context_length:
             raise RomaError(f"context of {capacity} tokens is outside 1..{self.config.context_length}, "
                             "the range this model supports")
@@ -607,6 +623,14 @@ class Engine:
             capacity = min(self.max_context, self.kv_pool.free)
             if capacity < 1:
                 self.kv_pool.check(1)
+        # No session's KV cache may take more than kv.session_memory_limit(): the default one is cut to it (a
+        # model that states a context of a million tokens does not get a 24 GB cache unasked), a longer one
+        # asked for is refused, naming the limit.
+        fits = kv.session_tokens(self.config, self.kv_dtype)
+        if capacity is None and self.max_context > fits:
+            capacity = fits
+        elif capacity is not None and capacity > fits:
+            kv.check_session_memory(self.config, int(capacity), self.kv_dtype)
         self.kv_pool.check(capacity or self.max_context)
         session = Session(self, capacity, adapter)
         session._ticket = self.kv_pool.reserve(session, session.capacity)
@@ -626,38 +650,45 @@ class Engine:
         return kv.write_session_file(path, meta, session.ids[:n], keys, values)
 
     def _read_session(self, path, capacity: int | None = None) -> dict:
-        """Read and check a session file against this engine; nothing changes here."""
-        meta, ids, keys, values = kv.read_session_file(path)
-        model = meta.get("model") or {}
-        if model.get("identity") != self.identity:
-            raise RomaError(
-                f"{path} was saved with another model ({model.get('name')}, identity "
-                f"{str(model.get('identity'))[:16]}...); this engine runs {self.config.name} (identity "
-                f"{self.identity[:16]}...)", hint="restore it with the model it was saved with (--model)")
-        if meta.get("numerics") != self.numerics or meta.get("kv_dtype") != self.kv_dtype:
-            raise RomaError(
-                f"{path} was saved with {meta.get('numerics')} numerics and a {meta.get('kv_dtype')} KV cache; this "
-                f"engine runs {self.numerics} numerics with a {self.kv_dtype} KV cache",
-                hint=f"restore it with --numerics {meta.get('numerics')}")
+        """Read and check a session file against this engine; nothing changes here. The metadata is checked
+        (model, numerics, adapter, length) before any array of the file is inflated (kv.read_session_file)."""
         c = self.config
+
+        def check(meta: dict) -> None:
+            model = meta["model"]
+            if model.get("identity") != self.identity:
+                raise RomaError(
+                    f"{path} was saved with another model ({model.get('name')}, identity "
+                    f"{str(model.get('identity'))[:16]}...); this engine runs {c.name} (identity "
+                    f"{self.identity[:16]}...)", hint="restore it with the model it was saved with (--model)")
+            if meta["numerics"] != self.numerics or meta["kv_dtype"] != self.kv_dtype:
+                raise RomaError(
+                    f"{path} was saved with {meta['numerics']} numerics and a {meta['kv_dtype']} KV cache; this "
+                    f"engine runs {self.numerics} numerics with a {self.kv_dtype} KV cache",
+                    hint=f"restore it with --numerics {meta['numerics']}")
+            adapter = meta.get("adapter")
+            name = adapter["name"] if adapter is not None else None
+            if name is not None:
+                if name not in self.lora_names():
+                    raise RomaError(f"{path} was saved under the LoRA adapter '{name}', which is not loaded",
+                                    hint=f"load it first (--lora {name}=DIR, or /lora load {name}=DIR in the chat)")
+                if adapter.get("fingerprint") != self._fingerprints.get(name):
+                    raise RomaError(f"{path} was saved under a LoRA adapter '{name}' with other contents than the "
+                                    f"'{name}' loaded now", hint="load the same adapter folder it was saved with")
+            n = meta["length"]
+            if capacity is not None and n > capacity:
+                raise RomaError(f"{path} holds {n} tokens, more than this session's context of {capacity}",
+                                hint="restore it into a longer context (--context)")
+            if n > self.max_context:
+                raise RomaError(f"{path} holds {n} tokens, more than the {self.max_context} a session of "
+                                f"{c.name} holds here", hint="it was saved with a longer context than this engine runs")
+
+        meta, ids, keys, values = kv.read_session_file(path, c, self.kv_dtype, check=check)
         n = len(ids)
-        if keys.shape != (c.n_layers, n, c.n_kv_heads, c.head_dim) or keys.dtype != np.dtype(kv.KV_DTYPES[self.kv_dtype]):
-            raise RomaError(f"{path} holds KV rows of shape {keys.shape} ({keys.dtype}), which do not fit "
-                            f"{c.name}", hint="the file is damaged; save the session again")
         if n and (min(ids) < 0 or max(ids) >= c.vocab_size):
             raise RomaError(f"{path} holds token ids outside 0..{c.vocab_size - 1}")
         adapter = meta.get("adapter")
-        name = adapter.get("name") if isinstance(adapter, dict) else None
-        if name is not None:
-            if name not in self.lora_names():
-                raise RomaError(f"{path} was saved under the LoRA adapter '{name}', which is not loaded",
-                                hint=f"load it first (--lora {name}=DIR, or /lora load {name}=DIR in the chat)")
-            if adapter.get("fingerprint") != self._fingerprints.get(name):
-                raise RomaError(f"{path} was saved under a LoRA adapter '{name}' with other contents than the "
-                                f"'{name}' loaded now", hint="load the same adapter folder it was saved with")
-        if capacity is not None and n > capacity:
-            raise RomaError(f"{path} holds {n} tokens, more than this session's context of {capacity}",
-                            hint="restore it into a longer context (--context)")
+        name = adapter["name"] if adapter is not None else None
         return {"meta": meta, "ids": ids, "keys": keys, "values": values, "adapter": name}
 
     def _apply_session(self, session: Session, saved: dict) -> None:

@@ -218,7 +218,9 @@ def _read_config(folder: Path) -> dict:
                              "adapter_model.safetensors)")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise RomaError(f"cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise RomaError(f"{path} is not valid JSON ({e})", hint="re-save the adapter with PEFT's save_pretrained") \
             from None
     if not isinstance(cfg, dict):
@@ -244,7 +246,9 @@ def _check_config(cfg: dict, path: Path) -> None:
                         "rescales every output by a norm of the merged base weight, and the base lives in ROM",
                         hint="train a plain LoRA (use_dora=False)")
     if cfg.get("modules_to_save"):
-        raise RomaError(f"{path}: the adapter saves full copies of {', '.join(map(str, cfg['modules_to_save']))} "
+        saved = cfg["modules_to_save"]
+        saved = saved if isinstance(saved, list) else [saved]
+        raise RomaError(f"{path}: the adapter saves full copies of {', '.join(map(str, saved))} "
                         "(modules_to_save); those weights live in ROM and cannot be replaced",
                         hint="train without modules_to_save (LoRA factors only)")
     if str(cfg.get("bias", "none")) != "none":
@@ -288,10 +292,27 @@ def _check_config(cfg: dict, path: Path) -> None:
         raise RomaError(f"{path}: target_modules {targets!r} matches none of {_SUPPORTED}")
 
 
-def _pattern_value(patterns: dict, module: str, default):
-    """PEFT's rule: the first pattern key that matches the end of the module name (`(.*\\.)?(key)$`)."""
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
+def _compile_patterns(patterns: dict, what: str, path: Path) -> list[tuple[re.Pattern, Any]]:
+    """rank_pattern / alpha_pattern as compiled regexes (PEFT's `(.*\\.)?(key)$`), each value a positive number:
+    RomaError for a key that is not a valid regex or a value that is not a positive number."""
+    out = []
+    for key, value in patterns.items():
+        try:
+            rx = re.compile(rf"(.*\.)?({key})$")
+        except (re.error, RecursionError, OverflowError) as e:
+            raise RomaError(f"{path}: {what} key {key!r} is not a valid regular expression ({e})",
+                            hint="fix the key in adapter_config.json, or re-save the adapter with PEFT") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
+            raise RomaError(f"{path}: {what} gives {key!r} the value {value!r}, not a positive number")
+        out.append((rx, value))
+    return out
+
+
+def _pattern_value(patterns, module: str, default):
+    """PEFT's rule: the first pattern key that matches the end of the module name (`(.*\\.)?(key)$`); `patterns`
+    as _compile_patterns returns them."""
+    for rx, value in patterns or ():
+        if rx.match(module):
             return value
     return default
 
@@ -368,6 +389,8 @@ def _read_peft(folder: Path, name: str | None) -> dict:
     alpha_pattern = cfg.get("alpha_pattern") or {}
     if not isinstance(rank_pattern, dict) or not isinstance(alpha_pattern, dict):
         raise RomaError(f"{cfg_path}: rank_pattern and alpha_pattern must be JSON objects")
+    rank_rules = _compile_patterns(rank_pattern, "rank_pattern", cfg_path)
+    alpha_rules = _compile_patterns(alpha_pattern, "alpha_pattern", cfg_path)
     path, tensors = _read_tensors(folder)
 
     pairs: dict[tuple[int, str], dict[str, tuple[str, np.ndarray]]] = {}
@@ -417,8 +440,8 @@ def _read_peft(folder: Path, name: str | None) -> dict:
                 raise RomaError(f"{path}: tensor {k} holds NaN or infinite values",
                                 hint="the adapter is broken (diverged training?)")
         r = a.shape[0]
-        r_cfg = _pattern_value(rank_pattern, module, r_default)
-        alpha = _pattern_value(alpha_pattern, module, alpha_default)
+        r_cfg = _pattern_value(rank_rules, module, r_default)
+        alpha = _pattern_value(alpha_rules, module, alpha_default)
         if r_cfg != r:
             raise RomaError(f"{path}: {key_a} has rank {r}, but adapter_config.json gives {module} rank {r_cfg}",
                             hint="the config does not belong to these tensors; re-save the adapter")
@@ -535,6 +558,27 @@ def packed_size(n_layers: int, shapes: dict[str, tuple[int, int]], ranked: Itera
     return total
 
 
+MAX_SLOTS = 256
+
+
+def max_slot_rank(config: ModelConfig) -> int:
+    """The largest slot rank worth having: a linear's LoRA rank is at most its smaller side, at most the model
+    width, so a larger slot would only hold zeros (and its memory: a slot's bytes grow with its rank)."""
+    return max(min(out, inp) for out, inp in linear_shapes(config).values())
+
+
+def check_slot_rank(slot_rank, config: ModelConfig) -> None:
+    """RomaError unless 1 <= slot_rank <= max_slot_rank(config), naming the bound."""
+    if isinstance(slot_rank, bool) or not isinstance(slot_rank, int) or slot_rank < 1:
+        raise RomaError(f"the LoRA slot rank must be a positive integer, not {slot_rank!r}")
+    bound = max_slot_rank(config)
+    if slot_rank > bound:
+        raise RomaError(f"a LoRA slot rank of {slot_rank} is above {config.name}'s largest useful rank {bound} "
+                        f"(the model width: no linear has a higher rank), and each slot would take "
+                        f"{slot_bytes(config, slot_rank) / (1 << 20):.0f} MiB",
+                        hint=f"use --lora-rank {min(bound, DEFAULT_MAX_RANK)} (the default is {DEFAULT_MAX_RANK})")
+
+
 def slot_bytes(model, slot_rank: int = DEFAULT_MAX_RANK, dtype: str = "fp16", scale_dtype: str = "fp16") -> int:
     """Size of one slot: an adapter on all 7 linears of every layer at the slot rank."""
     config = _config_of(model)
@@ -583,12 +627,10 @@ def pack(adapter: Adapter, dtype: str = "fp16", slot_rank: int = DEFAULT_MAX_RAN
                       len(LINEAR), HEADER_BYTES, total)
     pos = _align(HEADER_BYTES + adapter.n_layers * len(LINEAR) * ENTRY_BYTES)
 
-    def put(arr: np.ndarray) -> int:
+    def reserve(nbytes: int) -> int:
         nonlocal pos
-        raw = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
         start = pos
-        buf[start : start + raw.size] = raw
-        pos = start + _align(raw.size)
+        pos = start + _align(nbytes)
         return start
 
     for layer in range(adapter.n_layers):
@@ -597,22 +639,35 @@ def pack(adapter: Adapter, dtype: str = "fp16", slot_rank: int = DEFAULT_MAX_RAN
             entry = (0, inp, out, 0.0, 0, 0, 0, 0)
             f = adapter.factors.get((layer, name))
             if f is not None:
+                # Written straight into the slot image: rows r..R-1 of A and columns r..R-1 of B stay the
+                # buffer's zeros (a zero row quantizes to code 0 with scale 0), so a rank-r adapter takes the
+                # slot's bytes and nothing of the slot's size besides.
                 a, b, scale = f
                 r = a.shape[0]
-                ap = np.zeros((slot_rank, inp), np.float32)
-                ap[:r] = a
-                bp = np.zeros((out, slot_rank), np.float32)
-                bp[:, :r] = b
-                if int8:
-                    qa, sa = _quantize_rows(ap, scale_dtype)
-                    qb, sb = _quantize_rows(bp, scale_dtype)
-                    oa, osa, ob, osb = put(qa), put(sa), put(qb), put(sb)
-                else:
+                vt = np.int8 if int8 else np.float16
+                st = np.float16 if scale_dtype == "fp16" else np.float32
+                vsize, ssize = np.dtype(vt).itemsize, np.dtype(st).itemsize
+                if not int8:
                     big = max(np.abs(a).max(initial=0), np.abs(b).max(initial=0))
                     if big > 65504:
                         raise RomaError(f"adapter '{adapter.name}' layer {layer} {name} holds {big:g}, beyond fp16",
                                         hint="store it as int8 with scales, or fold the scale differently")
-                    oa, osa, ob, osb = put(ap.astype(np.float16)), 0, put(bp.astype(np.float16)), 0
+                oa = reserve(slot_rank * inp * vsize)
+                osa = reserve(slot_rank * ssize) if int8 else 0
+                ob = reserve(out * slot_rank * vsize)
+                osb = reserve(out * ssize) if int8 else 0
+                a_img = buf[oa: oa + slot_rank * inp * vsize].view(vt).reshape(slot_rank, inp)
+                b_img = buf[ob: ob + out * slot_rank * vsize].view(vt).reshape(out, slot_rank)
+                if int8:
+                    qa, sa = _quantize_rows(a, scale_dtype)
+                    qb, sb = _quantize_rows(b, scale_dtype)
+                    a_img[:r] = qa
+                    b_img[:, :r] = qb
+                    buf[osa: osa + r * ssize].view(st)[:] = sa
+                    buf[osb: osb + out * ssize].view(st)[:] = sb
+                else:
+                    a_img[:r] = a
+                    b_img[:, :r] = b
                 entry = (r, inp, out, float(np.float32(scale)), oa, osa, ob, osb)
             _ENTRY.pack_into(buf, HEADER_BYTES + (layer * len(LINEAR) + li) * ENTRY_BYTES, *entry)
     assert pos == total, (pos, total)
@@ -636,9 +691,17 @@ def unpack(buffer, name: str = "packed") -> Adapter:
     vt = np.float16 if dtype == "fp16" else np.int8
     st = {None: None, "fp16": np.float16, "fp32": np.float32}[sdt]
 
-    def read(offset: int, shape, t) -> np.ndarray:
+    def raw(offset: int, shape, t) -> np.ndarray:
         n = int(np.prod(shape)) * np.dtype(t).itemsize
-        return buf[offset : offset + n].view(t).reshape(shape).astype(np.float32)
+        if offset < 0 or offset + n > buf.size:
+            raise RomaError(f"packed LoRA buffer: a block of {n} bytes at {offset} lies outside its {buf.size} bytes")
+        return buf[offset: offset + n].view(t).reshape(shape)
+
+    def read(offset: int, shape, t) -> np.ndarray:
+        return raw(offset, shape, t).astype(np.float32)
+
+    def read_cols(offset: int, shape, t, r: int) -> np.ndarray:
+        return np.ascontiguousarray(raw(offset, shape, t)[:, :r], dtype=np.float32)
 
     factors, shapes = {}, {}
     for layer in range(n_layers):
@@ -648,12 +711,15 @@ def unpack(buffer, name: str = "packed") -> Adapter:
             shapes[lname] = (out, inp)
             if r == 0:
                 continue
-            a = read(oa, (slot_rank, inp), vt)
-            b = read(ob, (out, slot_rank), vt)
+            if r > slot_rank:
+                raise RomaError(f"packed LoRA buffer: layer {layer} {lname} has rank {r} above its slot rank "
+                                f"{slot_rank}")
+            a = read(oa, (r, inp), vt)  # the first r rows of the slot's R
+            b = read_cols(ob, (out, slot_rank), vt, r)
             if st is not None:
-                a *= read(osa, (slot_rank,), st)[:, None]
+                a *= read(osa, (r,), st)[:, None]
                 b *= read(osb, (out,), st)[:, None]
-            factors[(layer, lname)] = (np.ascontiguousarray(a[:r]), np.ascontiguousarray(b[:, :r]), scale)
+            factors[(layer, lname)] = (a, b, scale)
     return Adapter(name, factors, n_layers, shapes)
 
 
@@ -705,6 +771,11 @@ class LoraSlots:
                  scale_dtype: str = "fp16"):
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise RomaError(f"the LoRA slot count must be a positive integer, not {capacity!r}")
+        if capacity > MAX_SLOTS:
+            raise RomaError(f"{capacity} LoRA slots asked; at most {MAX_SLOTS} are supported (MAX_SLOTS)",
+                            hint=f"use --lora-slots {MAX_SLOTS} or fewer")
+        if isinstance(slot_rank, bool) or not isinstance(slot_rank, int) or slot_rank < 1:
+            raise RomaError(f"the LoRA slot rank must be a positive integer, not {slot_rank!r}")
         if dtype not in PACK_DTYPES:
             raise RomaError(f"unsupported LoRA storage type {dtype!r}", hint=f"use {' or '.join(PACK_DTYPES)}")
         if scale_dtype not in SCALE_DTYPES:

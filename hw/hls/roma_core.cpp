@@ -680,6 +680,17 @@ extern "C" int roma_emu_set_threads(int threads) {
   return g_threads;
 }
 
+// The model dimensions this library was compiled with (roma_model.h), so that the host refuses a build whose
+// manifest states others before it sizes a buffer: writes min(n, 11) of {N_LAYERS, DIM, FFN_DIM, N_HEADS,
+// N_KV_HEADS, HEAD_DIM, KV_DIM, VOCAB, CONTEXT, KV_ONCHIP_CTX, TIED_EMBEDDINGS} to out, returns 11.
+extern "C" int roma_model_dims(int32_t *out, int n) {
+  const int32_t dims[] = {rm::N_LAYERS, rm::DIM,   rm::FFN_DIM, rm::N_HEADS,       rm::N_KV_HEADS,         rm::HEAD_DIM,
+                          rm::KV_DIM,   rm::VOCAB, rm::CONTEXT, rm::KV_ONCHIP_CTX, rm::TIED_EMBEDDINGS ? 1 : 0};
+  const int count = (int)(sizeof dims / sizeof dims[0]);
+  for (int i = 0; out && i < n && i < count; ++i) out[i] = dims[i];
+  return count;
+}
+
 extern "C" int roma_emu_load_build(const char *build_dir, char *err, int err_len) {
   g_loaded = false;
   ++g_load_count; // DDR tensors: repack from ddr_weights at the next run command

@@ -161,6 +161,8 @@ extern "C" int roma_emu_set_threads(int threads);
 // C simulation only (the emulated board): the ROM images that synthesis compiles into BRAM are loaded from
 // a build folder (`roma compile` output) at start-up instead. Returns 0, or non-zero with a message in err.
 extern "C" int roma_emu_load_build(const char *build_dir, char *err, int err_len);
+// C simulation only: the model dimensions compiled in (roma_model.h), see roma_core.cpp. Returns their count.
+extern "C" int roma_model_dims(int32_t *out, int n);
 #endif
 
 #endif

@@ -256,6 +256,12 @@ class ChatSession:
             self._command(name, arg)
         except RomaError as e:  # a refused command changes nothing
             self.error(e)
+        except Exception as e:  # noqa: BLE001 -- no file a /load or /lora reads may end the chat
+            # The readers refuse bad files with RomaError; anything else is a fault of ours. Conversation.load and
+            # Engine.load_lora check everything before they change anything, so the conversation and the active
+            # adapter are as they were: say so, and go on.
+            self.error(f"{name} failed ({type(e).__name__}: {e}); the conversation and the active adapter are "
+                       "unchanged")
         return True
 
     def _command(self, name: str, arg: str) -> None:

@@ -135,8 +135,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, stop: bool = False,
                        help="stop when this text appears (repeatable); the stop text is not printed")
 
 
+SEED_MAX = (1 << 64) - 1  # seeds are 64-bit (numpy's generator takes any non-negative number; the chip 64 bits)
+MAX_KV_MEMORY_MB = float(1 << 30)  # --kv-memory in MiB: at most 1 PiB, finite
+
+
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
     """SamplingParams from the parsed options, validated (RomaError on a bad value)."""
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise RomaError(f"--seed must be a whole number in 0..{SEED_MAX} (2^64 - 1), not {seed}")
     stops = [check_text(s, "--stop") for s in getattr(args, "stop", None) or []]
     return SamplingParams(
         max_tokens=args.max_tokens,
@@ -152,14 +159,37 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
 
 
 def check_context(args: argparse.Namespace) -> None:
-    if args.context is not None and args.context < 1:
-        raise RomaError(f"--context must be at least 1 token (got {args.context})")
+    from ..model.config import MAX_CONTEXT
+
+    if args.context is not None and not 1 <= args.context <= MAX_CONTEXT:
+        raise RomaError(f"--context must be 1..{MAX_CONTEXT} tokens (got {args.context})",
+                        hint="the model's own context length is the default")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The LoRA and memory options, checked before any model loads (load_engine calls it first; a command may
+    call it earlier still)."""
+    from ..lora import MAX_SLOTS
+
+    slots = getattr(args, "lora_slots", None)
+    if slots is not None and not 0 <= slots <= MAX_SLOTS:
+        raise RomaError(f"--lora-slots must be 0..{MAX_SLOTS} (got {slots})")
+    rank = getattr(args, "lora_rank", None)
+    if rank is not None and rank < 1:
+        raise RomaError(f"--lora-rank must be at least 1 (got {rank})")
+    kv_memory = getattr(args, "kv_memory", None)
+    if kv_memory is not None and not 0 < kv_memory <= MAX_KV_MEMORY_MB:
+        raise RomaError(f"--kv-memory must be a positive finite number of MiB, at most {MAX_KV_MEMORY_MB:.0f} "
+                        f"(got {kv_memory:g})")
+    if getattr(args, "context", None) is not None:
+        check_context(args)
 
 
 def load_engine(args: argparse.Namespace, status: bool = True):
     """The Engine the options ask for, with a short status line on stderr while it loads."""
     from ..engine import Engine
 
+    check_options(args)
     specs = parse_lora_specs(getattr(args, "lora", None) or [])
     args.lora_specs = specs
     slots = getattr(args, "lora_slots", None)
@@ -167,11 +197,7 @@ def load_engine(args: argparse.Namespace, status: bool = True):
     if slots < len(specs):
         raise RomaError(f"--lora-slots {slots} cannot hold the {len(specs)} adapters given with --lora")
     rank = getattr(args, "lora_rank", None)
-    if rank is not None and rank < 1:
-        raise RomaError(f"--lora-rank must be at least 1 (got {rank})")
     kv_memory = getattr(args, "kv_memory", None)
-    if kv_memory is not None and not kv_memory > 0:
-        raise RomaError(f"--kv-memory must be a positive number of MiB (got {kv_memory:g})")
     options = {"lora_slots": slots, "lora_dtype": getattr(args, "lora_dtype", None) or "fp16",
                "lora_any_build": bool(getattr(args, "lora_any_build", False))}
     if rank is not None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import weakref
 from pathlib import Path
@@ -55,16 +56,24 @@ QUANT_KEYS = ("bits", "group", "method", "embedding_bits", "bits_budget", "lora_
 SAMPLE_OFF, SAMPLE_GREEDY, SAMPLE_RANDOM = 0, 1, 2
 
 
+def _obj(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def _identity(manifest: dict) -> dict:
-    q = manifest.get("quantization", {})
-    ddr = manifest.get("ddr") or {}
-    return {"model": manifest.get("model", {}).get("sha256"), **{k: q.get(k) for k in QUANT_KEYS},
+    q = _obj(manifest.get("quantization"))
+    ddr = _obj(manifest.get("ddr"))
+    return {"model": _obj(manifest.get("model")).get("sha256"), **{k: q.get(k) for k in QUANT_KEYS},
             "ddr_image": ddr.get("crc32"), "kv_onchip": kv_onchip_tokens(manifest)}
 
 
 def kv_onchip_tokens(manifest: dict) -> int:
     """Positions of the build's on-chip KV cache (roma compile --kv-onchip), 0 when its KV cache is in DDR only."""
-    return int((manifest.get("kv_onchip") or {}).get("tokens") or 0)
+    tokens = _obj(manifest.get("kv_onchip")).get("tokens") or 0
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise RomaError(f"the build manifest's kv_onchip.tokens is {tokens!r}, not a whole number",
+                        hint="recompile the build")
+    return tokens
 
 
 def _as_manifest(expect) -> dict:
@@ -87,6 +96,8 @@ def check_manifest(bitfile: str | Path, expect=None) -> dict:
         raise RomaError(f"no build manifest next to the bitstream {bitfile}",
                         hint=f"copy the build's {MANIFEST} next to the bitstream")
     have = _as_manifest(path)
+    if not isinstance(have, dict):
+        raise RomaError(f"{path} is not a build manifest", hint="copy the build's manifest.json next to the bitstream")
     if expect is not None:
         want = _as_manifest(expect)
         a, b = _identity(have), _identity(want)
@@ -97,6 +108,9 @@ def check_manifest(bitfile: str | Path, expect=None) -> dict:
                             f"({name}; {diff})",
                             hint="build the bitstream for this build (make -C bitstreams), or use the "
                                  "build it was made for")
+    from ..compiler.build import read_manifest
+
+    read_manifest(path.parent)  # its seal: the manifest was not edited after the build wrote it
     return have
 
 
@@ -143,7 +157,8 @@ class RomaCoreDriver(DefaultIP):
         self.constants = load_constants()
         self.offsets = self._offsets(description.get("registers") or {})
         self.config = None
-        self.kv: KVBuffer | None = None
+        self._kv: KVBuffer | None = None  # the default KV buffer, made on first use (kv)
+        self._kv_capacity: int | None = None
         self.status = None
         self.last_cycles = 0
         self.stages = stage_names(self.constants)
@@ -224,7 +239,19 @@ class RomaCoreDriver(DefaultIP):
         self.ddr_weights = self.allocate(image.shape, np.uint32)
         self.ddr_weights[:] = image
         self.ddr_weights.flush()
-        self.kv = KVBuffer(self, kv_capacity or self.max_context)
+        self._kv, self._kv_capacity = None, kv_capacity  # the default KV buffer is made on first use
+
+    @property
+    def kv(self) -> KVBuffer | None:
+        """The default KV buffer (commands without kv= use it), made on first use: the engine's sessions bring
+        their own, so a long context is not allocated twice (or at all, by a driver that only refuses)."""
+        if self._kv is None and self.config is not None:
+            self._kv = KVBuffer(self, self._kv_capacity or self.max_context)
+        return self._kv
+
+    @kv.setter
+    def kv(self, value: KVBuffer | None) -> None:
+        self._kv = value
 
     @property
     def max_context(self) -> int:
@@ -464,9 +491,13 @@ class RomaOverlay(Overlay):
         self.core_name = names[0]
         from ..model.config import ModelConfig
 
-        cfg = dict(self.manifest["model"]["config"])
-        cfg.pop("head_dim", None)
-        self.config = ModelConfig(**cfg)
+        model = self.manifest.get("model")
+        self.config = ModelConfig.from_dict(model.get("config") if isinstance(model, dict) else None,
+                                            f"{Path(bitfile_name).parent / MANIFEST}: model.config")
+        library = getattr(self.device, "library", None) if download else None
+        if library is not None and hasattr(library, "check_config"):  # the emulated core's compiled dimensions
+            library.check_config(self.config, kv_onchip_tokens(self.manifest),
+                                 f"the build manifest next to {bitfile_name}")
         if download:
             self.core.configure(self.config, kv_capacity=kv_capacity, ddr_image=ddr_image,
                                 kv_onchip=kv_onchip_tokens(self.manifest))
@@ -504,23 +535,36 @@ def emu_overlay(build_dir: str | Path, *, cache: str | Path | None = None, hls_d
     if bit.is_file() and (folder / HWH).is_file() and (folder / MANIFEST).is_file() and (
             not ddr or (folder / ddr["file"]).exists()):
         return bit
-    folder.mkdir(parents=True, exist_ok=True)
-    header = hls_dir / "roma_core.h"
-    write_hwh(folder / HWH, load_interface(header),
-              parameters={"ROMA_MODEL": manifest["model"]["name"], "ROMA_MODEL_SHA256": manifest["model"]["sha256"],
-                          "ROMA_BUILD": str(build_dir)})
-    (folder / MANIFEST).write_text(manifest_text)
-    link = folder / "libroma_core.so"
-    link.unlink(missing_ok=True)
-    link.symlink_to(lib)
-    if ddr:  # the DDR weight image next to the "bitstream", as on a board
-        (folder / ddr["file"]).unlink(missing_ok=True)
-        (folder / ddr["file"]).symlink_to(build_dir / ddr["file"])
-    spec = {"format": EMU_FORMAT, "version": 1, "library": link.name, "build": str(build_dir),
-            "header": str(header), "model": manifest["model"]["name"]}
-    tmp = folder / (BITSTREAM + ".tmp")
-    tmp.write_text(json.dumps(spec, indent=1))
-    os.replace(tmp, bit)
+    # Made in a private folder and renamed into place whole (a killed process leaves only .<key>.<pid>.tmp,
+    # removed by the next call: tempfiles.clean_stale).
+    from ..tempfiles import clean_stale, temp_path
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(folder.parent)
+    tmp = temp_path(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        header = hls_dir / "roma_core.h"
+        write_hwh(tmp / HWH, load_interface(header),
+                  parameters={"ROMA_MODEL": manifest["model"]["name"],
+                              "ROMA_MODEL_SHA256": manifest["model"]["sha256"], "ROMA_BUILD": str(build_dir)})
+        (tmp / MANIFEST).write_text(manifest_text)
+        (tmp / "libroma_core.so").symlink_to(lib)
+        if ddr:  # the DDR weight image next to the "bitstream", as on a board
+            (tmp / ddr["file"]).symlink_to(build_dir / ddr["file"])
+        spec = {"format": EMU_FORMAT, "version": 1, "library": "libroma_core.so", "build": str(build_dir),
+                "header": str(header), "model": manifest["model"]["name"]}
+        (tmp / BITSTREAM).write_text(json.dumps(spec, indent=1))
+        if folder.exists() and not bit.is_file():  # an incomplete folder (an older runtime's, written in place)
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process put a complete one there first
+            if not bit.is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return bit
 
 

@@ -13,7 +13,9 @@ register map and pynq.allocate run unchanged on it:
   during Overlay.download.
 - download: the "bitstream" is an overlay folder's `roma_core.emu` (JSON: the compiled library and the build
   folder). The library is loaded with ctypes, `roma_emu_load_build(build)` loads its ROM images, and the
-  roma_core block appears at the address the .hwh gives it.
+  roma_core block appears at the address the .hwh gives it. The library reports the model dimensions it was
+  compiled with (`roma_model_dims`); `EmuLibrary.check_config` refuses a build config that states others, so
+  no host buffer is sized from numbers the core does not use (the driver calls it before allocating).
 - AP_START: writing ap_start to CTRL snapshots the argument registers, decodes the scalars per their header
   types, translates every pointer register (a device address) to a host pointer in its buffer, clears
   ap_idle and calls roma_core(...) through ctypes on a worker thread (ctypes releases the GIL); when it
@@ -46,6 +48,11 @@ RESERVED_LOW = 0x1000_0000  # the first 256 MiB of DDR are "the OS's": no buffer
 # Zynq UltraScale+ clock registers that pynq.ps.Clocks programs (CRL_APB / CRF_APB), with reset values that
 # give IOPLL = RPLL = DPLL = 1500 MHz (33.333 MHz * 90 / 2), APLL 1200 MHz, and pl_clk0 = 100 MHz.
 CRL_APB, CRF_APB = 0xFF5E_0000, 0xFD1A_0000
+
+# What roma_model_dims (hw/hls/roma_core.cpp) reports, in its order: roma_model.h's N_LAYERS, DIM, FFN_DIM,
+# N_HEADS, N_KV_HEADS, HEAD_DIM, KV_DIM, VOCAB, CONTEXT, KV_ONCHIP_CTX and TIED_EMBEDDINGS (0/1).
+MODEL_DIMS = ("n_layers", "dim", "ffn_dim", "n_heads", "n_kv_heads", "head_dim", "kv_dim", "vocab_size",
+              "context_length", "kv_onchip", "tied_embeddings")
 
 
 def _pll(fbdiv: int, div2: int = 1) -> int:
@@ -275,6 +282,16 @@ class EmuLibrary:
         lib.roma_core.restype = None
         lib.roma_emu_load_build.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
         lib.roma_emu_load_build.restype = ctypes.c_int
+        self.dims = None
+        if hasattr(lib, "roma_model_dims"):  # the dimensions roma_model.h gave it (MODEL_DIMS order)
+            lib.roma_model_dims.argtypes = [ctypes.POINTER(ctypes.c_int32), ctypes.c_int]
+            lib.roma_model_dims.restype = ctypes.c_int
+            out = (ctypes.c_int32 * len(MODEL_DIMS))()
+            count = lib.roma_model_dims(out, len(MODEL_DIMS))
+            if count < len(MODEL_DIMS):
+                raise RomaError(f"{path} reports {count} model dimensions, not {len(MODEL_DIMS)}",
+                                hint="rebuild it with make -C hw/hls emu")
+            self.dims = dict(zip(MODEL_DIMS, (int(v) for v in out)))
         self.threads = None
         if hasattr(lib, "roma_emu_set_threads"):  # ROMA_EMU_THREADS: threads of the parallel loops (0: OpenMP's)
             lib.roma_emu_set_threads.argtypes = [ctypes.c_int]
@@ -285,6 +302,24 @@ class EmuLibrary:
                 raise RomaError(f"ROMA_EMU_THREADS must be a whole number, not {os.environ['ROMA_EMU_THREADS']!r}")
             self.threads = lib.roma_emu_set_threads(max(want, 0))
         self.path, self.lib, self.interface = path, lib, interface
+
+    def check_config(self, config, kv_onchip: int = 0, where: str = "the build") -> None:
+        """RomaError unless `config` (a ModelConfig) and the on-chip KV positions are the dimensions this library
+        was compiled with: the host sizes the KV cache, logits and token buffers from them, and the core writes
+        with its own. A library without roma_model_dims (built before it existed) is refused too."""
+        if self.dims is None:
+            raise RomaError(f"the emulated board's library {self.path} does not report its model dimensions",
+                            hint="rebuild it (delete it from the roma cache, or make -C hw/hls emu)")
+        have = {"n_layers": config.n_layers, "dim": config.dim, "ffn_dim": config.ffn_dim,
+                "n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "head_dim": config.head_dim,
+                "kv_dim": config.kv_dim, "vocab_size": config.vocab_size, "context_length": config.context_length,
+                "kv_onchip": int(kv_onchip), "tied_embeddings": int(bool(config.tied_embeddings))}
+        diff = [f"{k} {have[k]} vs {self.dims[k]}" for k in MODEL_DIMS if have[k] != self.dims[k]]
+        if diff:
+            raise RomaError(f"{where} states other model dimensions than the emulated core was compiled with "
+                            f"(manifest vs roma_model.h: {', '.join(diff)}); no buffer was made",
+                            hint="the build's manifest was edited or belongs to another build; recompile the build "
+                                 "(roma compile --force)")
 
     def load_build(self, build_dir: Path) -> None:
         err = ctypes.create_string_buffer(1024)

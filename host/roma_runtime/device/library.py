@@ -5,7 +5,9 @@
 The library depends on the HLS sources (hw/hls: Makefile, *.h, *.cpp, include/**) and on the build's
 generated roma_model.h (the dimensions are constexpr). It is cached by a content hash of exactly those files
 (plus the compiler command) under <cache>/lib/<hash>/libroma_core.so, so it is rebuilt only when one of them
-changes; a failed compile raises RomaError with the compiler's last lines.
+changes; a failed compile raises RomaError with the compiler's last lines. The compiler writes a temporary
+name (.libroma_core.so.<pid>.tmp) that is renamed into place when complete; one left by a killed process is
+removed by the next compile (tempfiles.clean_stale).
 """
 
 from __future__ import annotations
@@ -78,7 +80,10 @@ def build_library(build_dir: str | Path, *, hls_dir: str | Path = HLS_DIR, cache
     if not (hls_dir / "Makefile").is_file():
         raise RomaError(f"no Makefile in {hls_dir}", hint="the HLS sources are part of the repository")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{LIBRARY}.{os.getpid()}.tmp")
+    from ..tempfiles import clean_stale, temp_path
+
+    clean_stale(out.parent)  # what a compile killed half-way (SIGKILL) left: never loaded, removed now
+    tmp = temp_path(out)
     cmd = [make, "-C", str(hls_dir), "emu", f"MODEL_BUILD={build_dir}", f"OUT={tmp}"]
     if progress:
         print(f"roma: compiling the emulated board (HLS C simulation of roma_core) for {build_dir.name} ...",

@@ -7,9 +7,11 @@ does, so that a single RoPE implementation (adjacent pairs) serves both sources.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,8 +147,11 @@ def read_gguf_metadata(path: Path):
     """Open a GGUF file; returns (reader, metadata dict). Any malformed file becomes one clear RomaError."""
     import gguf
 
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise RomaError(f"cannot read {path}: {e.strerror or e}") from None
     if magic != b"GGUF":
         raise RomaError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
     try:
@@ -155,6 +160,70 @@ def read_gguf_metadata(path: Path):
     except Exception as e:  # the reader raises assorted errors on truncated or corrupt files
         raise RomaError(f"{path} is not a readable GGUF file; is it truncated? ({type(e).__name__}: {e})") from None
     return reader, metadata
+
+
+def _whole(value, what: str) -> int:
+    """A whole number from a file (GGUF metadata, config.json), or RomaError naming `what`."""
+    if isinstance(value, (bool, np.bool_)):
+        raise RomaError(f"{what} must be a whole number, not {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise RomaError(f"{what} must be a whole number, not {value!r}",
+                    hint="the model file is damaged or not a LLaMA model this runtime reads")
+
+
+def _real(value, what: str) -> float:
+    """A finite number from a file, or RomaError naming `what`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(value)):
+        raise RomaError(f"{what} must be a finite number, not {value!r}",
+                        hint="the model file is damaged or not a LLaMA model this runtime reads")
+    return float(value)
+
+
+def linear_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(out, in) of each of the 7 linears of a block (LayerWeights.LINEAR names)."""
+    d, kv, f = config.dim, config.kv_dim, config.ffn_dim
+    q = config.n_heads * config.head_dim
+    return {"wq": (q, d), "wk": (kv, d), "wv": (kv, d), "wo": (d, q),
+            "w_gate": (f, d), "w_up": (f, d), "w_down": (d, f)}
+
+
+def check_tensor(where, name: str, t: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """RomaError naming the tensor unless `t` has `shape` and holds finite values only (for a quantized matrix:
+    finite scales and minimums; the codes are bounded by construction). Returns t."""
+    have = tuple(int(s) for s in t.shape)
+    if have != tuple(shape):
+        raise RomaError(f"{where}: tensor {name} has shape {have}, but the model's config needs {tuple(shape)}",
+                        hint="the file is damaged, or its config does not belong to its weights")
+    if isinstance(t, QuantizedMatrix):
+        finite = bool(np.isfinite(t.scales).all() and np.isfinite(t.minimums).all())
+        what = "scales or minimums"
+    else:
+        finite = bool(np.isfinite(t).all()) if np.issubdtype(t.dtype, np.floating) else True
+        what = "values"
+    if not finite:
+        raise RomaError(f"{where}: tensor {name} holds NaN or infinite {what}",
+                        hint="the file is damaged (flipped bits, or a broken conversion); get it again")
+    return t
+
+
+def check_weights(where, config: ModelConfig, weights: ModelWeights) -> None:
+    """Every tensor of `weights` against `config` (check_tensor): what a build read back must satisfy too."""
+    shapes = linear_shapes(config)
+    if len(weights.layers) != config.n_layers:
+        raise RomaError(f"{where}: {len(weights.layers)} layers of weights for a config of {config.n_layers}")
+    for i, layer in enumerate(weights.layers):
+        check_tensor(where, f"blk.{i}.attn_norm", layer.attn_norm, (config.dim,))
+        check_tensor(where, f"blk.{i}.ffn_norm", layer.ffn_norm, (config.dim,))
+        for lin, shape in shapes.items():
+            check_tensor(where, f"blk.{i}.{lin}", getattr(layer, lin), shape)
+    check_tensor(where, "token_embd", weights.token_embedding, (config.vocab_size, config.dim))
+    check_tensor(where, "output_norm", weights.output_norm, (config.dim,))
+    if weights.output is not None:
+        check_tensor(where, "output", weights.output, (config.vocab_size, config.dim))
 
 
 def _load_gguf(path: Path) -> LoadedModel:
@@ -168,66 +237,84 @@ def _load_gguf(path: Path) -> LoadedModel:
             raise RomaError(f"{path}: GGUF metadata lacks llama.{key}")
         return meta[f"llama.{key}"]
 
+    def whole(key, default=None):
+        return _whole(need(key) if default is None else meta.get(f"llama.{key}", default), f"{path}: llama.{key}")
+
     tensors = {t.name: t for t in reader.tensors}
-    n_heads = int(need("attention.head_count"))
-    dim = int(need("embedding_length"))
     if "llama.rope.scaling.type" in meta and meta["llama.rope.scaling.type"] not in ("none", None):
         raise RomaError(f"{path}: RoPE scaling '{meta['llama.rope.scaling.type']}' is not supported")
-    rope_dims = int(meta.get("llama.rope.dimension_count", dim // n_heads))
-    if rope_dims != dim // n_heads:
-        raise RomaError(f"{path}: partial RoPE ({rope_dims} of {dim // n_heads} dimensions) is not supported")
-    vocab = meta.get("llama.vocab_size") or len(meta.get("tokenizer.ggml.tokens", [])) or None
+    n_heads = whole("attention.head_count")
+    vocab = meta.get("llama.vocab_size") or len(meta.get("tokenizer.ggml.tokens") or []) or None
     if vocab is None:
-        vocab = int(tensors["token_embd.weight"].shape[1])
+        if "token_embd.weight" not in tensors:
+            raise RomaError(f"{path}: tensor token_embd.weight is missing")
+        vocab = tensors["token_embd.weight"].shape[-1]
+    name = meta.get("general.name", path.stem)
     config = ModelConfig(
-        name=str(meta.get("general.name", path.stem)),
-        n_layers=int(need("block_count")),
-        dim=dim,
-        ffn_dim=int(need("feed_forward_length")),
+        name=name if isinstance(name, str) else path.stem,
+        n_layers=whole("block_count"),
+        dim=whole("embedding_length"),
+        ffn_dim=whole("feed_forward_length"),
         n_heads=n_heads,
-        n_kv_heads=int(meta.get("llama.attention.head_count_kv", n_heads)),
-        vocab_size=int(vocab),
-        context_length=int(need("context_length")),
-        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
-        rms_eps=float(need("attention.layer_norm_rms_epsilon")),
+        n_kv_heads=whole("attention.head_count_kv", n_heads),
+        vocab_size=_whole(vocab, f"{path}: the vocabulary size"),
+        context_length=whole("context_length"),
+        rope_theta=_real(meta.get("llama.rope.freq_base", 10000.0), f"{path}: llama.rope.freq_base"),
+        rms_eps=_real(need("attention.layer_norm_rms_epsilon"), f"{path}: llama.attention.layer_norm_rms_epsilon"),
         tied_embeddings="output.weight" not in tensors,
     )
-    config.validate()
+    config.validate(str(path))
+    rope_dims = whole("rope.dimension_count", config.head_dim)
+    if rope_dims != config.head_dim:
+        raise RomaError(f"{path}: partial RoPE ({rope_dims} of {config.head_dim} dimensions) is not supported")
+    shapes = linear_shapes(config)
 
-    def tensor(name: str, matrix: bool = True) -> Tensor:
+    def tensor(name: str, shape: tuple[int, ...]) -> Tensor:
         if name not in tensors:
             raise RomaError(f"{path}: tensor {name} is missing")
         t = tensors[name]
         kind = t.tensor_type.name
-        shape = tuple(int(s) for s in reversed(t.shape))  # ggml lists the fastest dimension first
+        have = tuple(int(s) for s in reversed(t.shape))  # ggml lists the fastest dimension first
+        if len(shape) == 1:  # a norm: GGUF may store it as [dim] or [1, dim]
+            have = (int(np.prod(have)),) if len(have) <= 2 and all(s >= 1 for s in have) else have
+        if have != tuple(shape):
+            raise RomaError(f"{path}: tensor {name} has shape {have}, but the model's metadata needs {shape}",
+                            hint="the file is damaged, or its metadata does not belong to its weights")
         if kind in _FLOAT_TYPES:
             if kind == "BF16":
                 arr = (np.asarray(t.data).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
             else:
                 arr = np.asarray(t.data, dtype=np.float32)
-            return arr.reshape(shape if matrix else (-1,))
-        if kind in _EXACT_QUANT_TYPES and matrix:
-            return QuantizedMatrix.from_ggml(np.asarray(t.data), kind, shape)
-        raise RomaError(
-            f"{path}: tensor {name} has type {kind}, which ROMA does not import",
-            hint=f"use a GGUF with {', '.join(_EXACT_QUANT_TYPES + _FLOAT_TYPES)} tensors (for example Q4_1)",
-        )
+            out = arr.reshape(shape)
+        elif kind in _EXACT_QUANT_TYPES and len(shape) == 2:
+            try:
+                out = QuantizedMatrix.from_ggml(np.asarray(t.data), kind, shape)
+            except ValueError as e:
+                raise RomaError(f"{path}: tensor {name} ({kind}) is malformed ({e})") from None
+        else:
+            raise RomaError(
+                f"{path}: tensor {name} has type {kind}, which ROMA does not import",
+                hint=f"use a GGUF with {', '.join(_EXACT_QUANT_TYPES + _FLOAT_TYPES)} tensors (for example Q4_1)",
+            )
+        return check_tensor(path, name, out, shape)
 
+    d = config.dim
     layers = []
     for i in range(config.n_layers):
         p = f"blk.{i}."
         layers.append(LayerWeights(
-            attn_norm=tensor(p + "attn_norm.weight", matrix=False),
-            wq=tensor(p + "attn_q.weight"), wk=tensor(p + "attn_k.weight"), wv=tensor(p + "attn_v.weight"),
-            wo=tensor(p + "attn_output.weight"),
-            ffn_norm=tensor(p + "ffn_norm.weight", matrix=False),
-            w_gate=tensor(p + "ffn_gate.weight"), w_up=tensor(p + "ffn_up.weight"),
-            w_down=tensor(p + "ffn_down.weight"),
+            attn_norm=tensor(p + "attn_norm.weight", (d,)),
+            wq=tensor(p + "attn_q.weight", shapes["wq"]), wk=tensor(p + "attn_k.weight", shapes["wk"]),
+            wv=tensor(p + "attn_v.weight", shapes["wv"]),
+            wo=tensor(p + "attn_output.weight", shapes["wo"]),
+            ffn_norm=tensor(p + "ffn_norm.weight", (d,)),
+            w_gate=tensor(p + "ffn_gate.weight", shapes["w_gate"]), w_up=tensor(p + "ffn_up.weight", shapes["w_up"]),
+            w_down=tensor(p + "ffn_down.weight", shapes["w_down"]),
         ))
     weights = ModelWeights(
-        token_embedding=tensor("token_embd.weight"),
-        output_norm=tensor("output_norm.weight", matrix=False),
-        output=None if config.tied_embeddings else tensor("output.weight"),
+        token_embedding=tensor("token_embd.weight", (config.vocab_size, d)),
+        output_norm=tensor("output_norm.weight", (d,)),
+        output=None if config.tied_embeddings else tensor("output.weight", (config.vocab_size, d)),
         layers=layers,
     )
     return LoadedModel(config, weights, path, "gguf", meta)
@@ -242,8 +329,25 @@ def permute_to_gguf_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _read_hf_config(path: Path) -> dict:
+    """config.json as a dict, or RomaError: unreadable, not JSON, not an object."""
+    where = path / "config.json"
+    try:
+        cfg = json.loads(where.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise RomaError(f"cannot read {where}: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise RomaError(f"{where} is not valid JSON ({e})", hint="the file is damaged; get the model again") \
+            from None
+    if not isinstance(cfg, dict):
+        raise RomaError(f"{where} must hold a JSON object, not a {type(cfg).__name__}",
+                        hint="the file is damaged; get the model again")
+    return cfg
+
+
 def _load_hf(path: Path) -> LoadedModel:
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = _read_hf_config(path)
+    where = path / "config.json"
     if cfg.get("model_type") != "llama":
         raise RomaError(f"{path}: model_type '{cfg.get('model_type')}' is not supported",
                         hint="ROMA runs LLaMA-architecture models")
@@ -252,52 +356,68 @@ def _load_hf(path: Path) -> LoadedModel:
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
         raise RomaError(f"{path} has config.json but no *.safetensors weights")
+
+    def whole(key, default=None):
+        if key not in cfg and default is None:
+            raise RomaError(f"{where} lacks {key}", hint="the file is damaged or not a LLaMA config")
+        return _whole(cfg.get(key, default), f"{where}: {key}")
+
+    n_heads = whole("num_attention_heads")
+    rope = cfg.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        raise RomaError(f"{where}: rope_parameters must be an object, not {rope!r}")
+    name = cfg.get("_name_or_path")
+    config = ModelConfig(
+        name=name if isinstance(name, str) and name else path.name,
+        n_layers=whole("num_hidden_layers"),
+        dim=whole("hidden_size"),
+        ffn_dim=whole("intermediate_size"),
+        n_heads=n_heads,
+        n_kv_heads=n_heads if cfg.get("num_key_value_heads") is None else whole("num_key_value_heads"),
+        vocab_size=whole("vocab_size"),
+        context_length=whole("max_position_embeddings", 2048),
+        rope_theta=_real(cfg.get("rope_theta", rope.get("rope_theta", 10000.0)), f"{where}: rope_theta"),
+        rms_eps=_real(cfg.get("rms_norm_eps", 1e-6), f"{where}: rms_norm_eps"),
+        tied_embeddings=False,  # settled below, once the tensors are known
+    )
+    config.validate(str(where))
+    if cfg.get("head_dim") is not None and cfg.get("head_dim") != config.head_dim:
+        raise RomaError(f"{path}: head_dim {cfg['head_dim']} differs from hidden_size/heads; not supported")
     raw: dict[str, np.ndarray] = {}
     for shard in shards:
         raw.update(read_safetensors(shard))
-    n_heads = cfg["num_attention_heads"]
-    n_kv = cfg.get("num_key_value_heads", n_heads)
     tied = bool(cfg.get("tie_word_embeddings", False)) or "lm_head.weight" not in raw
-    rope = cfg.get("rope_parameters") or {}
-    config = ModelConfig(
-        name=cfg.get("_name_or_path") or path.name,
-        n_layers=cfg["num_hidden_layers"],
-        dim=cfg["hidden_size"],
-        ffn_dim=cfg["intermediate_size"],
-        n_heads=n_heads,
-        n_kv_heads=n_kv,
-        vocab_size=cfg["vocab_size"],
-        context_length=cfg.get("max_position_embeddings", 2048),
-        rope_theta=float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0))),
-        rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        tied_embeddings=tied,
-    )
-    config.validate()
-    if cfg.get("head_dim", config.head_dim) != config.head_dim:
-        raise RomaError(f"{path}: head_dim {cfg['head_dim']} differs from hidden_size/heads; not supported")
+    config = dataclasses.replace(config, tied_embeddings=tied)
+    shapes = linear_shapes(config)
+    n_kv = config.n_kv_heads
 
-    def get(name: str) -> np.ndarray:
+    def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
         if name not in raw:
             raise RomaError(f"{path}: tensor {name} is missing")
-        return np.ascontiguousarray(raw[name], dtype=np.float32)
+        t = raw[name]
+        if tuple(t.shape) != tuple(shape):
+            raise RomaError(f"{path}: tensor {name} has shape {tuple(t.shape)}, but config.json needs {shape}",
+                            hint="the weights do not belong to this config.json, or the file is damaged")
+        return check_tensor(path, name, np.ascontiguousarray(t, dtype=np.float32), shape)
 
+    d = config.dim
     layers = []
     for i in range(config.n_layers):
         p = f"model.layers.{i}."
         layers.append(LayerWeights(
-            attn_norm=get(p + "input_layernorm.weight"),
-            wq=permute_to_gguf_rope(get(p + "self_attn.q_proj.weight"), n_heads),
-            wk=permute_to_gguf_rope(get(p + "self_attn.k_proj.weight"), n_kv),
-            wv=get(p + "self_attn.v_proj.weight"),
-            wo=get(p + "self_attn.o_proj.weight"),
-            ffn_norm=get(p + "post_attention_layernorm.weight"),
-            w_gate=get(p + "mlp.gate_proj.weight"), w_up=get(p + "mlp.up_proj.weight"),
-            w_down=get(p + "mlp.down_proj.weight"),
+            attn_norm=get(p + "input_layernorm.weight", (d,)),
+            wq=permute_to_gguf_rope(get(p + "self_attn.q_proj.weight", shapes["wq"]), n_heads),
+            wk=permute_to_gguf_rope(get(p + "self_attn.k_proj.weight", shapes["wk"]), n_kv),
+            wv=get(p + "self_attn.v_proj.weight", shapes["wv"]),
+            wo=get(p + "self_attn.o_proj.weight", shapes["wo"]),
+            ffn_norm=get(p + "post_attention_layernorm.weight", (d,)),
+            w_gate=get(p + "mlp.gate_proj.weight", shapes["w_gate"]), w_up=get(p + "mlp.up_proj.weight", shapes["w_up"]),
+            w_down=get(p + "mlp.down_proj.weight", shapes["w_down"]),
         ))
     weights = ModelWeights(
-        token_embedding=get("model.embed_tokens.weight"),
-        output_norm=get("model.norm.weight"),
-        output=None if tied else get("lm_head.weight"),
+        token_embedding=get("model.embed_tokens.weight", (config.vocab_size, d)),
+        output_norm=get("model.norm.weight", (d,)),
+        output=None if tied else get("lm_head.weight", (config.vocab_size, d)),
         layers=layers,
     )
     return LoadedModel(config, weights, path, "hf", {})

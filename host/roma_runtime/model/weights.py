@@ -62,6 +62,11 @@ class QuantizedMatrix:
     def from_ggml(cls, blocks: np.ndarray, type_name: str, shape: tuple[int, int]) -> "QuantizedMatrix":
         """Import raw GGUF blocks (uint8 [rows, bytes_per_row]) of Q4_0, Q4_1 or Q8_0 bit for bit."""
         rows, cols = shape
+        with np.errstate(over="ignore", invalid="ignore"):  # a damaged scale becomes inf/NaN: the loader refuses it
+            return cls._from_ggml(blocks, type_name, rows, cols)
+
+    @classmethod
+    def _from_ggml(cls, blocks: np.ndarray, type_name: str, rows: int, cols: int) -> "QuantizedMatrix":
         if type_name == "Q8_0":
             b = blocks.reshape(rows, cols // 32, 34)
             d = b[..., :2].copy().view(np.float16)[..., 0]
