@@ -16,12 +16,11 @@ import tracemalloc
 from contextlib import contextmanager
 from pathlib import Path
 
-import gguf
 import numpy as np
 from safetensors.numpy import save_file
 
 from roma_runtime.errors import RomaError
-from roma_runtime.model.loader import permute_to_gguf_rope
+from tiny_models import write_tiny_gguf
 
 LONG = os.environ.get("ROMA_LONG", "") not in ("", "0")
 # Every input, hostile or not, must end within these (per input): a load or a RomaError, nothing else.
@@ -85,68 +84,9 @@ class Tally:
 
 def write_gguf(hf_folder: Path, path: Path, linear: str = "Q4_1", embedding: str = "Q8_0", *,
                meta: dict | None = None, drop: tuple = (), shapes: dict | None = None) -> Path:
-    """The weights of a tiny HF folder as a GGUF without a tokenizer (small and quick to write). meta: llama.* keys
-    to override (name without the "llama." prefix; values written with their Python type); drop: llama.* keys to
-    leave out; shapes: tensor name -> an array to write instead of the real one."""
-    from roma_runtime.model.safetensors_io import read_safetensors
-
-    cfg = json.loads((hf_folder / "config.json").read_text())
-    t = read_safetensors(hf_folder / "model.safetensors")
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("fuzz-llama")
-    values = {"block_count": cfg["num_hidden_layers"], "context_length": cfg["max_position_embeddings"],
-              "embedding_length": cfg["hidden_size"], "feed_forward_length": cfg["intermediate_size"],
-              "attention.head_count": cfg["num_attention_heads"],
-              "attention.head_count_kv": cfg["num_key_value_heads"], "rope.freq_base": float(cfg["rope_theta"]),
-              "attention.layer_norm_rms_epsilon": float(cfg["rms_norm_eps"]), "vocab_size": cfg["vocab_size"]}
-    values.update(meta or {})
-    for key, value in values.items():
-        if key in drop:
-            continue
-        name = f"llama.{key}"
-        if isinstance(value, bool):
-            w.add_bool(name, value)
-        elif isinstance(value, int):
-            w.add_uint32(name, value) if 0 <= value < 2**32 else w.add_int64(name, value)
-        elif isinstance(value, float):
-            w.add_float32(name, value)
-        elif isinstance(value, str):
-            w.add_string(name, value)
-        else:
-            w.add_array(name, value)
-    shapes = shapes or {}
-
-    def add(name, array, kind):
-        array = shapes.get(name, array)
-        qtype = gguf.GGMLQuantizationType[kind]
-        if kind == "F32" or array.ndim == 1 or array.shape[-1] % 32:
-            w.add_tensor(name, np.ascontiguousarray(array, np.float32))
-        else:
-            w.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(array, np.float32), qtype),
-                         raw_dtype=qtype)
-
-    add("token_embd.weight", t["model.embed_tokens.weight"], embedding)
-    add("output_norm.weight", t["model.norm.weight"], "F32")
-    if "lm_head.weight" in t:
-        add("output.weight", t["lm_head.weight"], embedding)
-    for i in range(cfg["num_hidden_layers"]):
-        p, b = f"model.layers.{i}.", f"blk.{i}."
-        add(b + "attn_norm.weight", t[p + "input_layernorm.weight"], "F32")
-        add(b + "ffn_norm.weight", t[p + "post_attention_layernorm.weight"], "F32")
-        add(b + "attn_q.weight", permute_to_gguf_rope(t[p + "self_attn.q_proj.weight"],
-                                                      cfg["num_attention_heads"]), linear)
-        add(b + "attn_k.weight", permute_to_gguf_rope(t[p + "self_attn.k_proj.weight"],
-                                                      cfg["num_key_value_heads"]), linear)
-        add(b + "attn_v.weight", t[p + "self_attn.v_proj.weight"], linear)
-        add(b + "attn_output.weight", t[p + "self_attn.o_proj.weight"], linear)
-        add(b + "ffn_gate.weight", t[p + "mlp.gate_proj.weight"], linear)
-        add(b + "ffn_up.weight", t[p + "mlp.up_proj.weight"], linear)
-        add(b + "ffn_down.weight", t[p + "mlp.down_proj.weight"], linear)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    """The weights of a tiny HF folder as a GGUF without a tokenizer (small and quick to write); meta, drop and
+    shapes damage it as tiny_models.write_tiny_gguf says."""
+    return write_tiny_gguf(hf_folder, path, linear, embedding, tokenizer=False, meta=meta, drop=drop, shapes=shapes)
 
 
 PEFT_TARGETS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",

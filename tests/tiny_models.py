@@ -53,38 +53,56 @@ def write_tiny_hf(folder: Path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, 
 
 
 def write_tiny_gguf(hf_folder: Path, path: Path, linear_type: str = "Q4_1", embedding_type: str = "Q8_0",
-                    arch: str = "llama") -> Path:
-    """The same weights as `hf_folder` in a GGUF file, Q/K permuted as llama.cpp's converter does."""
+                    arch: str = "llama", *, tokenizer: bool = True, meta: dict | None = None, drop: tuple = (),
+                    shapes: dict | None = None) -> Path:
+    """The same weights as `hf_folder` in a GGUF file, Q/K permuted as llama.cpp's converter does, with SmolLM2's
+    tokenizer unless `tokenizer` is False (smaller and quicker to write). For damaged files (fuzz_tools): meta,
+    ARCH.* keys to override (without the prefix; written with their Python type); drop, ARCH.* keys to leave
+    out; shapes, tensor name -> an array to write instead of the real one (F32 where it cannot be quantized)."""
     from roma_runtime.model.safetensors_io import read_safetensors
 
     cfg = json.loads((hf_folder / "config.json").read_text())
     t = read_safetensors(hf_folder / "model.safetensors")
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny-llama")
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_rope_freq_base(cfg["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
-    w.add_vocab_size(cfg["vocab_size"])
-    _, meta = read_gguf_metadata(resolve_model_path("smollm2-135m"))
-    w.add_tokenizer_model(meta["tokenizer.ggml.model"])
-    w.add_tokenizer_pre(meta["tokenizer.ggml.pre"])
-    w.add_token_list(meta["tokenizer.ggml.tokens"])
-    w.add_token_types(meta["tokenizer.ggml.token_type"])
-    w.add_token_merges(meta["tokenizer.ggml.merges"])
-    w.add_bos_token_id(meta["tokenizer.ggml.bos_token_id"])
-    w.add_eos_token_id(meta["tokenizer.ggml.eos_token_id"])
-    w.add_add_bos_token(False)
-    w.add_chat_template(meta["tokenizer.chat_template"])
+    values = {"block_count": cfg["num_hidden_layers"], "context_length": cfg["max_position_embeddings"],
+              "embedding_length": cfg["hidden_size"], "feed_forward_length": cfg["intermediate_size"],
+              "attention.head_count": cfg["num_attention_heads"],
+              "attention.head_count_kv": cfg["num_key_value_heads"], "rope.freq_base": float(cfg["rope_theta"]),
+              "attention.layer_norm_rms_epsilon": float(cfg["rms_norm_eps"]),
+              "rope.dimension_count": cfg["hidden_size"] // cfg["num_attention_heads"],
+              "vocab_size": cfg["vocab_size"], **(meta or {})}
+    for key, value in values.items():
+        name = f"{arch}.{key}"
+        if key in drop:
+            continue
+        if isinstance(value, bool):
+            w.add_bool(name, value)
+        elif isinstance(value, int):
+            w.add_uint32(name, value) if 0 <= value < 2**32 else w.add_int64(name, value)
+        elif isinstance(value, float):
+            w.add_float32(name, value)
+        elif isinstance(value, str):
+            w.add_string(name, value)
+        else:
+            w.add_array(name, value)
+    if tokenizer:
+        _, smollm2 = read_gguf_metadata(resolve_model_path("smollm2-135m"))
+        w.add_tokenizer_model(smollm2["tokenizer.ggml.model"])
+        w.add_tokenizer_pre(smollm2["tokenizer.ggml.pre"])
+        w.add_token_list(smollm2["tokenizer.ggml.tokens"])
+        w.add_token_types(smollm2["tokenizer.ggml.token_type"])
+        w.add_token_merges(smollm2["tokenizer.ggml.merges"])
+        w.add_bos_token_id(smollm2["tokenizer.ggml.bos_token_id"])
+        w.add_eos_token_id(smollm2["tokenizer.ggml.eos_token_id"])
+        w.add_add_bos_token(False)
+        w.add_chat_template(smollm2["tokenizer.chat_template"])
+    shapes = shapes or {}
 
     def add(name, array, kind):
+        array = shapes.get(name, array)
         qtype = gguf.GGMLQuantizationType[kind]
-        if kind == "F32":
+        if kind == "F32" or array.ndim == 1 or array.shape[-1] % 32:
             w.add_tensor(name, np.ascontiguousarray(array, np.float32))
         else:
             w.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(array, np.float32), qtype),
