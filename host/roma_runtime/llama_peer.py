@@ -30,6 +30,7 @@ import numpy as np
 
 from .cpu import cpu_flags
 from .errors import RomaError
+from .tempfiles import clean_stale, temp_path
 
 LLAMA_CPP_VERSION = "0.3.36"
 LLAMA_CPP_PIP = f'pip install "llama-cpp-python=={LLAMA_CPP_VERSION}"'
@@ -79,7 +80,8 @@ def install(cache: Path) -> Path:
         print(f"building llama-cpp-python {LLAMA_CPP_VERSION} for this CPU ({args or 'native'}); "
               "this takes several minutes", file=sys.stderr, flush=True)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")  # renamed into place only when complete
+        clean_stale(folder.parent)  # a build killed half-way
+        tmp = temp_path(folder)  # renamed into place only when complete
         try:
             subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--no-binary",
                             "llama-cpp-python", "-w", str(tmp), f"llama-cpp-python=={LLAMA_CPP_VERSION}"],
