@@ -72,12 +72,14 @@ def test_a_q8_build_records_and_stores_its_scales(builds, tiny_models):
 def test_a_q8_build_on_the_emulated_board_matches_the_golden_model(builds):
     pytest.importorskip("pynq")
     from roma_runtime.device.driver import EmuBackend
-    from test_ddr_tier import IDS, assert_close_to_golden, golden_last_logits
+    from float_noise import assert_within_float_noise, golden_variant_logits
+    from test_ddr_tier import IDS, TOL
 
     emu = EmuBackend(builds["q8"], progress=False)
-    # within the golden model's own spread over evaluation orders (int8 activation rounding can flip on the
-    # tiny random model), and the same greedy token
-    assert_close_to_golden(emu.forward(IDS, emu.new_cache(64)), golden_last_logits(load_build(builds["q8"])[0], IDS))
+    # within the golden model's float noise (int8 activation rounding can flip on the tiny random model), and
+    # one of its greedy tokens
+    variants = golden_variant_logits(load_build(builds["q8"])[0], IDS)
+    assert_within_float_noise(emu.forward(IDS, emu.new_cache(64)), variants, TOL)
 
 
 def test_the_plan_counts_q8_scales(smollm2):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -40,6 +39,7 @@ from ..model.config import ModelConfig
 from ..model.loader import LoadedModel, check_weights, linear_shapes, load_model, sha256_files
 from ..model.weights import (SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, LayerWeights, ModelWeights, QuantizedMatrix,
                              as_float, storage_bits_per_weight)
+from ..tempfiles import clean_stale, write_text_atomic
 from . import brom
 from .header import c_float
 from .mixed import assign_settings, mixed_settings, setting_name
@@ -109,12 +109,7 @@ def seal_manifest(manifest: dict) -> dict:
 def write_manifest(out_dir: Path, manifest: dict) -> dict:
     """Seal `manifest` and write it atomically (a temporary name renamed over manifest.json); returns it sealed."""
     manifest = seal_manifest(manifest)
-    tmp = Path(out_dir) / f".{MANIFEST}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, Path(out_dir) / MANIFEST)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -297,8 +292,6 @@ def _prepare_out_dir(out_dir: Path, identity: str, force: bool) -> None:
             raise RomaError(f"{out_dir} is not empty and holds no ROMA build (for example {foreign[0]})",
                             hint="choose an empty or new --out folder, or pass --force")
     out_dir.mkdir(parents=True, exist_ok=True)
-    from ..tempfiles import clean_stale
-
     clean_stale(out_dir)  # a manifest a killed compile was writing
     (out_dir / MANIFEST).unlink(missing_ok=True)
     if old is not None:

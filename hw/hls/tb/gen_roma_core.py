@@ -49,7 +49,7 @@ def _mixed_build(hf: Path, out: Path):
     import json
 
     from roma_runtime.compiler import brom
-    from roma_runtime.compiler.build import DDR_FILE, compile_model, is_ddr, load_build, write_ddr_image
+    from roma_runtime.compiler.build import DDR_FILE, compile_model, is_ddr, load_build, write_ddr_image, write_manifest
     from roma_runtime.compiler.header import render_header
     from roma_runtime.compiler.quantize import quantize_tensor
     from roma_runtime.model import load_model
@@ -82,7 +82,7 @@ def _mixed_build(hf: Path, out: Path):
     onchip = out.parent / "build_kv_onchip"
     onchip.mkdir(exist_ok=True)
     (onchip / "roma_model.h").write_text(render_header(**header, kv_onchip={"tokens": KV_CAPACITY, "placement": "URAM"}))
-    (out / "manifest.json").write_text(json.dumps(man, indent=1))
+    write_manifest(out, man)  # sealed again: this is the build's writer, not a hand edit
     loaded, _ = load_build(out, verify=False)
     return loaded
 
