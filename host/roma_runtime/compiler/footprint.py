@@ -409,10 +409,9 @@ def _bytes(layout) -> int:
     return (info or 64) // 8
 
 
-def check(build: str | Path, board: str | None = None, *, bram36_budget: float | None = None,
-          uram_budget: float | None = None, workdir: str | Path | None = None) -> dict:
-    """The footprint of `build` against `board` (default: the build's). Budgets default to 80% of the board's
-    BRAM36/URAM; passing them overrides (experiments, tests). Returns the report (see render())."""
+def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
+    """What the synthesis path of `build` declares, board-independent: arrays with their layouts and blocks, the
+    kernels, and the build's plan figures (the expensive part: one g++ run and the object's DWARF)."""
     build = Path(build).resolve()
     manifest_path = build / "manifest.json"
     if not (build / "roma_model.h").is_file() or not manifest_path.is_file():
@@ -420,7 +419,6 @@ def check(build: str | Path, board: str | None = None, *, bram36_budget: float |
                         hint="make one with `roma compile --out DIR`")
     manifest = json.loads(manifest_path.read_text())
     plan = manifest.get("plan") or {}
-    b = get_board(board or (manifest.get("board") or {}).get("name") or plan.get("board", {}).get("name") or "u250")
     consts = _model_consts(build)
     defines = dict(re.findall(r"#define\s+(ROMA_\w+)\s+(\w+)", (build / "roma_model.h").read_text()))
     defines.setdefault("ROMA_KV_ONCHIP_IMPL", "bram")  # roma_core.cpp's default for older builds
@@ -438,42 +436,50 @@ def check(build: str | Path, board: str | None = None, *, bram36_budget: float |
         groups.setdefault(a.name.rsplit("::", 1)[0], {})[a.var] = a
     for a in arrays:
         _apply_layout(a, pragmas, groups[a.name.rsplit("::", 1)[0]], consts)
+    arrays.sort(key=lambda a: (-(a.bram36 + a.uram * 8), -a.bytes))
+    res = plan.get("resources", {})
+    return {
+        "build": str(build),
+        "build_board": (plan.get("board") or {}).get("name"),
+        "std": std,
+        "not_cxx14": not14,
+        "object_static_bytes": obj_bytes,
+        "array_bytes": sum(a.bytes for a in arrays),
+        "bram36": sum(a.bram36 for a in arrays),
+        "uram": sum(a.uram for a in arrays),
+        "plan": {"bram36": res.get("bram36", {}).get("used"), "uram": res.get("uram", {}).get("used"),
+                 "summary": plan.get("summary")},
+        "kernels": kernels,
+        "arrays": [asdict(a) for a in arrays],
+        "dropped": dropped,
+    }
 
+
+def verdict(measured: dict, board: str | None = None, *, bram36_budget: float | None = None,
+            uram_budget: float | None = None) -> dict:
+    """The measurement against `board` (default: the build's) and the build's plan -> the report (render()).
+    Budgets default to 80% of the board's BRAM36/URAM (as the planner's); passing them overrides."""
+    b = get_board(board or measured["build_board"] or "u250")
     bram_budget = math.floor(b.bram36 * BUDGET * 2) / 2 if bram36_budget is None else bram36_budget
     uram_cap = float(math.floor(b.uram * BUDGET)) if uram_budget is None else uram_budget
-    bram = sum(a.bram36 for a in arrays)
-    uram = sum(a.uram for a in arrays)
-    res = plan.get("resources", {})
-    plan_bram = res.get("bram36", {}).get("used")
-    plan_uram = res.get("uram", {}).get("used")
+    bram, uram, plan = measured["bram36"], measured["uram"], measured["plan"]
     failures = []
     if bram > bram_budget:
         failures.append(f"BRAM36 {bram:,.1f} exceeds the {b.name} budget of {bram_budget:,.1f} "
                         f"({BUDGET:.0%} of {b.bram36:,})")
     if uram > uram_cap:
         failures.append(f"URAM {uram:,.0f} exceeds the {b.name} budget of {uram_cap:,.0f} ({BUDGET:.0%} of {b.uram:,})")
-    for what, got, want in (("BRAM36", bram, plan_bram), ("URAM", uram, plan_uram)):
+    for what, got, want in (("BRAM36", bram, plan["bram36"]), ("URAM", uram, plan["uram"])):
         if want is not None and abs(got - want) > PLAN_TOLERANCE * max(want, 1.0):
             failures.append(f"{what} {got:,.1f} differs from the plan's {want:,.1f} by more than "
                             f"{PLAN_TOLERANCE:.0%} ({got - want:+,.1f})")
-    arrays.sort(key=lambda a: (-(a.bram36 + a.uram * 8), -a.bytes))
-    return {
-        "build": str(build),
-        "board": b.name,
-        "std": std,
-        "not_cxx14": not14,
-        "object_static_bytes": obj_bytes,
-        "array_bytes": sum(a.bytes for a in arrays),
-        "bram36": bram, "uram": uram,
-        "bram36_budget": bram_budget, "uram_budget": uram_cap,
-        "bram36_available": b.bram36, "uram_available": b.uram,
-        "plan": {"bram36": plan_bram, "uram": plan_uram, "summary": plan.get("summary")},
-        "kernels": kernels,
-        "arrays": [asdict(a) for a in arrays],
-        "dropped": dropped,
-        "failures": failures,
-        "ok": not failures,
-    }
+    return {**measured, "board": b.name, "bram36_budget": bram_budget, "uram_budget": uram_cap,
+            "bram36_available": b.bram36, "uram_available": b.uram, "failures": failures, "ok": not failures}
+
+
+def check(build: str | Path, board: str | None = None, **budgets) -> dict:
+    """measure() then verdict(): the footprint report of `build` on `board`."""
+    return verdict(measure(build), board, **budgets)
 
 
 def _mib(n: int) -> str:
