@@ -15,7 +15,14 @@ where they are: on the array itself, or on the kernel argument it is passed to) 
 width x depth, and each bank costs the blocks of the physical aspect ratios (plan.py's BRAM_SHAPES: RAMB36 and
 RAMB18 halves; URAM 4K x 72), no packing of several elements into one word unless a RESHAPE says so. An array
 without BIND_STORAGE is counted in BRAM (Vitis may put a very small one in LUTRAM: then this is an upper bound
-by at most half a BRAM36 per bank). Banks of depth 1 (complete partitioning) are registers.
+by at most half a BRAM36 per bank), except a bank of depth <= LUTRAM_MAX_DEPTH without BIND_STORAGE, which is
+counted as LUTRAM (FINN's rule). Banks of depth 1 (complete partitioning) are registers.
+
+Local arrays: the arrays a function declares on its stack are memories of every RTL instance of that function in
+HLS; they are read from the DWARF information of each instantiation and counted once per RTL instance, laid out by
+the pragmas of that function on that name, whose factors are evaluated from the instance's template parameters.
+A factor that names a local constant gcc folded away (attention's GROUP, brom_ddr's BLOCK_STEPS) is listed and not
+applied: fewer, deeper banks, so the local figure is a lower bound.
 
 Kernels: the instantiations of each kernel template (distinct function symbols), and the RTL instances Vitis
 makes by default (one per call site, through the call tree from roma_core, before any ALLOCATION limit or
@@ -48,6 +55,9 @@ from .plan import BRAM_SHAPES, URAM_SHAPES, _shape_cost
 HLS_DIR = Path(__file__).resolve().parents[3] / "hw" / "hls"
 PLAN_TOLERANCE = 0.05  # issue 19: the object's totals may differ from the plan's by at most 5%
 BUDGET = 0.8  # plan.py's default share of BRAM/URAM (timing closure)
+# A bank this shallow without a BIND_STORAGE is counted as LUTRAM, not BRAM (FINN's MVAU estimate: a weight memory
+# of depth <= 128 goes to distributed RAM)
+LUTRAM_MAX_DEPTH = 128
 
 # Arrays the object defines that synthesis drops, and why (read in roma_core.cpp).
 NOT_HARDWARE = {
@@ -120,9 +130,10 @@ class Pragma:
 class Array:
     name: str  # demangled symbol (with ".member" for a struct member)
     var: str  # the variable's own name (pragmas and PRAGMA_SITES use it)
-    bytes: int
+    bytes: int  # all instances
     elem_bits: int
     dims: list
+    instances: int = 1  # a function's local array: one memory per RTL instance of the function
     banks: int = 1
     width: int = 0
     depth: int = 0
@@ -271,37 +282,55 @@ def _eval_factor(expr: str, env: dict[str, int], what: str) -> int:
     return ev(ast.parse(expr.strip(), mode="eval").body)
 
 
-def _apply_layout(arr: Array, pragmas: list[Pragma], siblings: dict, consts: dict) -> None:
-    """Banks, width, depth, implementation and blocks of one array from the pragmas that apply to it."""
-    dims = list(arr.dims)
-    banks, width = 1, arr.elem_bits
+def _static_pragmas(arr: Array, pragmas: list[Pragma], siblings: dict, consts: dict) -> list:
+    """(pragma, leading dims, factor symbols) that lay out a static array: PRAGMA_SITES."""
+    out = []
     for func, var, lead, syms in PRAGMA_SITES.get(arr.var, []):
         env = {k: f(arr, siblings, consts) for k, f in syms.items()}
-        for p in pragmas:
-            if p.variable != var or p.function != func:
-                continue
+        out += [(p, lead, env) for p in pragmas if p.variable == var and p.function == func]
+    return out
+
+
+def _apply_layout(arr: Array, applied: list, strict: bool = True) -> None:
+    """Banks, width, depth, implementation and blocks of one array from the pragmas that apply to it. strict: a
+    factor that cannot be evaluated is an error; otherwise that pragma is noted and not applied."""
+    dims = list(arr.dims)
+    banks, width = 1, arr.elem_bits
+    for p, lead, env in applied:
+        if p.directive == "BIND_STORAGE":
+            arr.impl = p.options.get("impl", "bram").lower()
             arr.pragmas.append(f"{p.text()} ({p.where})")
-            if p.directive == "BIND_STORAGE":
-                arr.impl = p.options.get("impl", "bram").lower()
-                continue
-            kind = p.options.get("type", "complete").lower()
-            d = int(p.options.get("dim", "1"))
-            targets = range(lead, len(dims)) if d == 0 else [lead + d - 1]
-            for t in targets:
-                if t >= len(dims):
-                    raise RomaError(f"{p.where}: dim {d} of {p.variable} is outside {arr.name}{dims}")
-                f = dims[t] if kind == "complete" else _eval_factor(p.options["factor"], env, f"{arr.name} ({p.where})")
-                f = min(f, dims[t])
-                dims[t] = -(-dims[t] // f)
-                if p.directive == "ARRAY_RESHAPE":
-                    width *= f
-                else:
-                    banks *= f
+            continue
+        kind = p.options.get("type", "complete").lower()
+        d = int(p.options.get("dim", "1"))
+        targets = range(lead, len(dims)) if d == 0 else [lead + d - 1]
+        try:
+            factors = [dims[t] if kind == "complete" else _eval_factor(p.options["factor"], env, f"{arr.name} "
+                                                                           f"({p.where})") for t in targets]
+        except RomaError:
+            if strict:
+                raise
+            arr.pragmas.append(f"{p.text()} ({p.where}; factor not resolved, not applied)")
+            continue
+        arr.pragmas.append(f"{p.text()} ({p.where})")
+        for t, f in zip(targets, factors):
+            if t >= len(dims):
+                raise RomaError(f"{p.where}: dim {d} of {p.variable} is outside {arr.name}{dims}")
+            f = min(f, dims[t])
+            dims[t] = -(-dims[t] // f)
+            if p.directive == "ARRAY_RESHAPE":
+                width *= f
+            else:
+                banks *= f
     arr.banks, arr.width, arr.depth = banks, width, math.prod(dims)
-    if arr.depth <= 1 or arr.impl == "lutram":
+    if arr.depth <= 1:
+        arr.impl = "regs"
+    elif arr.depth <= LUTRAM_MAX_DEPTH and not any(p.directive == "BIND_STORAGE" for p, _, _ in applied):
+        arr.impl = "lutram"
+    if arr.impl in ("regs", "lutram"):
         return  # registers / LUTs: no block RAM
     shapes = URAM_SHAPES if arr.impl == "uram" else BRAM_SHAPES
-    cost = banks * _shape_cost(width, arr.depth, shapes)
+    cost = arr.instances * banks * _shape_cost(width, arr.depth, shapes)
     if arr.impl == "uram":
         arr.uram = cost
     else:
@@ -346,8 +375,9 @@ def _functions_and_calls(obj: Path) -> tuple[dict[str, str], dict[str, dict[str,
     return funcs, calls
 
 
-def kernel_instances(obj: Path) -> dict[str, dict]:
-    """Per kernel: distinct instantiations and the RTL instances one-per-call-site makes from roma_core down."""
+def kernel_instances(obj: Path) -> tuple[dict[str, dict], dict[str, int]]:
+    """Per kernel: distinct instantiations and the RTL instances one-per-call-site makes from roma_core down; and
+    every function's RTL instances (by symbol)."""
     funcs, calls = _functions_and_calls(obj)
     memo: dict[str, int] = {}
     callers: dict[str, list] = {}
@@ -367,6 +397,89 @@ def kernel_instances(obj: Path) -> dict[str, dict]:
         name = re.compile(r"^(?:[\w:]+ )*(?:" + "|".join(map(re.escape, prefixes)) + ")")  # after a return type
         hits = [m for m, d in funcs.items() if name.match(d)]
         out[label] = {"templates": len(hits), "rtl_instances": sum(instances(m) for m in hits)}
+    per_function = {fn: instances(fn) for fn in funcs}
+    for fn, d in funcs.items():  # also by qualified name: DWARF names some instantiations only so
+        q = _qualified(d)
+        per_function[q] = per_function.get(q, 0) + per_function[fn]
+    return out, per_function
+
+
+def _qualified(demangled: str) -> str:
+    """'void (anonymous namespace)::layer<0>(int, float*)' -> '(anonymous namespace)::layer<0>'."""
+    depth, end = 0, len(demangled)
+    for i in range(len(demangled) - 1, -1, -1):  # the argument list: the last balanced (...)
+        c = demangled[i]
+        if c == ")":
+            depth += 1
+        elif c == "(":
+            depth -= 1
+            if depth == 0:
+                end = i
+                break
+    name, depth, start = demangled[:end], 0, 0
+    for i, c in enumerate(name):  # the return type ends at the last space outside <> and ()
+        depth += c in "<(" and 1 or (c in ">)" and -1 or 0)
+        if c == " " and depth == 0:
+            start = i + 1
+    return name[start:]
+
+
+def _dwarf_qualified(die) -> str:
+    parts = [die.attributes["DW_AT_name"].value.decode()]
+    parent = die.get_parent()
+    while parent is not None and parent.tag != "DW_TAG_compile_unit":
+        nm = parent.attributes.get("DW_AT_name")
+        parts.append(nm.value.decode() if nm else "(anonymous namespace)")
+        parent = parent.get_parent()
+    return "::".join(reversed(parts))
+
+
+def _local_arrays(obj: Path, per_function: dict[str, int], pragmas: list[Pragma]) -> list[Array]:
+    """The arrays declared inside each function (stack arrays in C++, memories of every RTL instance in HLS), laid
+    out by the pragmas of that function on them; factor symbols are the instance's template parameters and local
+    constants from the DWARF information."""
+    from elftools.elf.elffile import ELFFile
+
+    out = []
+    with open(obj, "rb") as f:
+        for cu in ELFFile(f).get_dwarf_info().iter_CUs():
+            for die in cu.iter_DIEs():
+                if die.tag != "DW_TAG_subprogram" or "DW_AT_low_pc" not in die.attributes:
+                    continue
+                decl = die.get_DIE_from_attribute("DW_AT_specification") if "DW_AT_specification" in \
+                    die.attributes else die
+                link = die.attributes.get("DW_AT_linkage_name") or decl.attributes.get("DW_AT_linkage_name")
+                n = per_function.get(link.value.decode() if link else _dwarf_qualified(decl))
+                if not n:
+                    continue  # not reached from roma_core: no hardware
+                full = decl.attributes["DW_AT_name"].value.decode()
+                short = full.split("<")[0]
+                env, arrays = {}, []
+                for src in (decl, die):
+                    for c in src.iter_children():
+                        if c.tag == "DW_TAG_template_value_param" and "DW_AT_const_value" in c.attributes:
+                            env[c.attributes["DW_AT_name"].value.decode()] = c.attributes["DW_AT_const_value"].value
+                stack = list(die.iter_children())
+                while stack:
+                    c = stack.pop()
+                    if c.tag == "DW_TAG_lexical_block":
+                        stack += list(c.iter_children())
+                    if c.tag != "DW_TAG_variable" or "DW_AT_name" not in c.attributes:
+                        continue
+                    name = c.attributes["DW_AT_name"].value.decode()
+                    if "DW_AT_const_value" in c.attributes and isinstance(c.attributes["DW_AT_const_value"].value, int):
+                        env[name] = c.attributes["DW_AT_const_value"].value
+                    loc = c.attributes.get("DW_AT_location")
+                    if loc is None or not isinstance(loc.value, list) or not loc.value or loc.value[0] == 0x03:
+                        continue  # no storage, or a static (DW_OP_addr: in nm's list)
+                    kind, info = _layout(c.get_DIE_from_attribute("DW_AT_type"))
+                    if kind == "array":
+                        bits, dims = info
+                        arrays.append(Array(f"{full}::{name}", name, n * _bytes((kind, info)), bits, dims, n))
+                for a in arrays:
+                    _apply_layout(a, [(p, 0, env) for p in pragmas if p.function == short and p.variable == a.var],
+                                  strict=False)
+                out += arrays
     return out
 
 
@@ -426,16 +539,18 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         obj, std, not14 = compile_synthesis(build, Path(tmp))
         arrays, dropped = _arrays(obj, consts.get("KV_ONCHIP_CTX", 0) > 0)
-        kernels = kernel_instances(obj)
+        kernels, per_function = kernel_instances(obj)
         obj_bytes = sum(s for _, _, s, _ in _nm_data(obj))
+        sources = [HLS_DIR / "roma_core.cpp", *sorted((HLS_DIR / "include" / "roma").glob("*.h"))]
+        pragmas = read_pragmas(sources, defines)
+        local = _local_arrays(obj, per_function, pragmas)
 
-    sources = [HLS_DIR / "roma_core.cpp", *sorted((HLS_DIR / "include" / "roma").glob("*.h"))]
-    pragmas = read_pragmas(sources, defines)
     groups: dict[str, dict] = {}
     for a in arrays:
         groups.setdefault(a.name.rsplit("::", 1)[0], {})[a.var] = a
     for a in arrays:
-        _apply_layout(a, pragmas, groups[a.name.rsplit("::", 1)[0]], consts)
+        _apply_layout(a, _static_pragmas(a, pragmas, groups[a.name.rsplit("::", 1)[0]], consts))
+    local.sort(key=lambda a: (-(a.bram36 + a.uram * 8), -a.bytes))
     arrays.sort(key=lambda a: (-(a.bram36 + a.uram * 8), -a.bytes))
     res = plan.get("resources", {})
     return {
@@ -451,6 +566,10 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
                  "summary": plan.get("summary")},
         "kernels": kernels,
         "arrays": [asdict(a) for a in arrays],
+        "local_bram36": sum(a.bram36 for a in local),
+        "local_uram": sum(a.uram for a in local),
+        "local_bytes": sum(a.bytes for a in local),
+        "local_arrays": [asdict(a) for a in local],
         "dropped": dropped,
     }
 
@@ -462,18 +581,21 @@ def verdict(measured: dict, board: str | None = None, *, bram36_budget: float | 
     b = get_board(board or measured["build_board"] or "u250")
     bram_budget = math.floor(b.bram36 * BUDGET * 2) / 2 if bram36_budget is None else bram36_budget
     uram_cap = float(math.floor(b.uram * BUDGET)) if uram_budget is None else uram_budget
-    bram, uram, plan = measured["bram36"], measured["uram"], measured["plan"]
+    bram = measured["bram36"] + measured["local_bram36"]
+    uram = measured["uram"] + measured["local_uram"]
+    plan = measured["plan"]
     failures = []
     if bram > bram_budget:
-        failures.append(f"BRAM36 {bram:,.1f} exceeds the {b.name} budget of {bram_budget:,.1f} "
-                        f"({BUDGET:.0%} of {b.bram36:,})")
+        share = f"{BUDGET:.0%} of {b.bram36:,}" if bram36_budget is None else "given"
+        failures.append(f"BRAM36 {bram:,.1f} exceeds the {b.name} budget of {bram_budget:,.1f} ({share})")
     if uram > uram_cap:
-        failures.append(f"URAM {uram:,.0f} exceeds the {b.name} budget of {uram_cap:,.0f} ({BUDGET:.0%} of {b.uram:,})")
+        share = f"{BUDGET:.0%} of {b.uram:,}" if uram_budget is None else "given"
+        failures.append(f"URAM {uram:,.0f} exceeds the {b.name} budget of {uram_cap:,.0f} ({share})")
     for what, got, want in (("BRAM36", bram, plan["bram36"]), ("URAM", uram, plan["uram"])):
         if want is not None and abs(got - want) > PLAN_TOLERANCE * max(want, 1.0):
             failures.append(f"{what} {got:,.1f} differs from the plan's {want:,.1f} by more than "
                             f"{PLAN_TOLERANCE:.0%} ({got - want:+,.1f})")
-    return {**measured, "board": b.name, "bram36_budget": bram_budget, "uram_budget": uram_cap,
+    return {**measured, "board": b.name, "total_bram36": bram, "total_uram": uram, "bram36_budget": bram_budget, "uram_budget": uram_cap,
             "bram36_available": b.bram36, "uram_available": b.uram, "failures": failures, "ok": not failures}
 
 
@@ -486,36 +608,59 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.2f} MiB" if n >= 2**20 else f"{n / 1024:,.1f} KiB"
 
 
-def render(rep: dict, top: int = 40) -> str:
+def _table(title: str, arrays: list, top: int) -> list[str]:
+    lines = [f"{title:<58} {'bytes':>12} {'width x depth':>16} {'banks':>6} {'inst':>5} {'impl':>6} {'BRAM36':>9} "
+             f"{'URAM':>6}"]
+    for a in arrays[:top]:
+        name = a["name"] if len(a["name"]) <= 58 else a["name"][:55] + "..."
+        lines.append(f"{name:<58} {a['bytes']:>12,} {a['width']:>6} x {a['depth']:<8,} {a['banks']:>6,} "
+                     f"{a['instances']:>5,} {a['impl']:>6} {a['bram36']:>9,.1f} {a['uram']:>6,.0f}")
+    if len(arrays) > top:
+        rest = arrays[top:]
+        lines.append(f"{f'... {len(rest)} more':<58} {sum(a['bytes'] for a in rest):>12,} {'':>16} {'':>6} {'':>5} "
+                     f"{'':>6} {sum(a['bram36'] for a in rest):>9,.1f} {sum(a['uram'] for a in rest):>6,.0f}")
+    return lines
+
+
+def _by_kernel(arrays: list) -> list:
+    """Local arrays summed over the instantiations of each template ('layer<...>::gate'); width x depth and banks
+    are those of the largest."""
+    groups: dict[str, dict] = {}
+    for a in arrays:
+        func, var = a["name"].rsplit("::", 1)
+        key = re.sub(r"<.*>", "<...>", func) + "::" + var
+        g = groups.get(key)
+        if g is None:
+            groups[key] = {**a, "name": key}
+            continue
+        for k in ("bytes", "instances", "bram36", "uram"):
+            g[k] += a[k]
+    return sorted(groups.values(), key=lambda a: (-(a["bram36"] + a["uram"] * 8), -a["bytes"]))
+
+
+def render(rep: dict, top: int = 30) -> str:
     """The report as text: the largest arrays, the totals against budget and plan, the kernels, the verdict."""
     lines = [f"footprint of {rep['build']} on {rep['board']} (g++ -std={rep['std']} -D__SYNTHESIS__)"]
     if rep["not_cxx14"]:
         lines.append(f"  not C++14 (UG1399 lists C++11/14): {rep['not_cxx14']}")
     lines.append("")
-    lines.append(f"{'array':<58} {'bytes':>12} {'width x depth':>16} {'banks':>6} {'impl':>6} {'BRAM36':>9} {'URAM':>6}")
-    arrays = rep["arrays"]
-    for a in arrays[:top]:
-        name = a["name"] if len(a["name"]) <= 58 else a["name"][:55] + "..."
-        lines.append(f"{name:<58} {a['bytes']:>12,} {a['width']:>6} x {a['depth']:<8,} {a['banks']:>6,} "
-                     f"{a['impl']:>6} {a['bram36']:>9,.1f} {a['uram']:>6,.0f}")
-    if len(arrays) > top:
-        rest = arrays[top:]
-        lines.append(f"{f'... {len(rest)} more arrays':<58} {sum(a['bytes'] for a in rest):>12,} {'':>16} {'':>6} "
-                     f"{'':>6} {sum(a['bram36'] for a in rest):>9,.1f} {sum(a['uram'] for a in rest):>6,.0f}")
+    lines += _table("static array", rep["arrays"], top)
     reasons: dict[str, list] = {}
     for d in rep["dropped"]:
         reasons.setdefault(d["why"], []).append(d)
     for why, ds in reasons.items():
         lines.append(f"  not hardware: {len(ds)} array{'s' if len(ds) > 1 else ''} ({sum(d['bytes'] for d in ds):,} "
                      f"bytes), {why}")
+    lines += [""] + _table("local arrays by kernel (x RTL instances)", _by_kernel(rep["local_arrays"]), max(top // 2, 5))
     p = rep["plan"]
     lines += ["",
-              f"static storage in the object: {_mib(rep['object_static_bytes'])}; arrays counted: "
-              f"{_mib(rep['array_bytes'])}",
-              f"BRAM36 {rep['bram36']:>10,.1f}   budget {rep['bram36_budget']:>8,.1f} of {rep['bram36_available']:,}"
-              + (f"   plan {p['bram36']:,.1f}" if p["bram36"] is not None else ""),
-              f"URAM   {rep['uram']:>10,.0f}   budget {rep['uram_budget']:>8,.0f} of {rep['uram_available']:,}"
-              + (f"   plan {p['uram']:,.0f}" if p["uram"] is not None else "")]
+              f"static storage in the object: {_mib(rep['object_static_bytes'])}; static arrays counted: "
+              f"{_mib(rep['array_bytes'])}; local arrays x instances: {_mib(rep['local_bytes'])}",
+              f"{'':<7}{'static':>10} {'+ local':>9} {'= total':>10} {'budget':>9} {'of':>7} {'plan':>9}"]
+    for what, unit in (("BRAM36", "bram36"), ("URAM", "uram")):
+        plan = f"{p[unit]:>9,.1f}" if p[unit] is not None else f"{'-':>9}"
+        lines.append(f"{what:<7}{rep[unit]:>10,.1f} {rep['local_' + unit]:>9,.1f} {rep['total_' + unit]:>10,.1f} "
+                     f"{rep[unit + '_budget']:>9,.1f} {rep[unit + '_available']:>7,} {plan}")
     if p["summary"]:
         lines.append(f"plan: {p['summary']}")
     lines += ["", f"{'kernel':<36} {'templates':>9} {'RTL instances':>14}"]
@@ -536,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("build", help="a build folder (roma compile --out)")
     ap.add_argument("--board", help="board to check against (default: the build's)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
-    ap.add_argument("--top", type=int, default=40, help="arrays listed in the table (default 40)")
+    ap.add_argument("--top", type=int, default=30, help="static arrays listed in the table (default 30)")
     args = ap.parse_args(argv)
     try:
         rep = check(args.build, args.board)
