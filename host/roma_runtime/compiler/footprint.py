@@ -5,7 +5,8 @@
 
 No AMD tool runs here, so the proof of fit comes from the code Vitis HLS would read: hw/hls/roma_core.cpp is
 compiled with g++ on the synthesis path (-D__SYNTHESIS__) against the build's roma_model.h, .dat ROM initialisers
-and norms.dat, at -O0 -g -ffunction-sections so that every template instantiation stays a symbol of its own.
+and norms.dat, at -O0 -g -ffunction-sections -fno-inline so that every template instantiation stays a function
+of its own (C++14 first; the report says why not when it falls back to C++17).
 
 Memory: every static array of the object file (`nm -S`: its bytes) with its element width and shape from the
 DWARF debug information (structs such as g_lora count member by member: each member array is its own memory).
@@ -14,9 +15,8 @@ ARRAY_PARTITION / ARRAY_RESHAPE and BIND_STORAGE pragmas of the HLS sources that
 where they are: on the array itself, or on the kernel argument it is passed to) split it into banks of
 width x depth, and each bank costs the blocks of the physical aspect ratios (plan.py's BRAM_SHAPES: RAMB36 and
 RAMB18 halves; URAM 4K x 72), no packing of several elements into one word unless a RESHAPE says so. An array
-without BIND_STORAGE is counted in BRAM (Vitis may put a very small one in LUTRAM: then this is an upper bound
-by at most half a BRAM36 per bank), except a bank of depth <= LUTRAM_MAX_DEPTH without BIND_STORAGE, which is
-counted as LUTRAM (FINN's rule). Banks of depth 1 (complete partitioning) are registers.
+without BIND_STORAGE is counted in BRAM, except a bank of depth <= LUTRAM_MAX_DEPTH, which is counted as LUTRAM
+(FINN's rule for small memories). Banks of depth 1 (complete partitioning) are registers.
 
 Local arrays: the arrays a function declares on its stack are memories of every RTL instance of that function in
 HLS; they are read from the DWARF information of each instantiation and counted once per RTL instance, laid out by
@@ -28,7 +28,7 @@ Kernels: the instantiations of each kernel template (distinct function symbols),
 makes by default (one per call site, through the call tree from roma_core, before any ALLOCATION limit or
 INLINE), from the object's call relocations.
 
-Verdict: fail when the BRAM36 or URAM total exceeds the board's budget (80% of boards.json's counts, as the
+Verdict: fail when the BRAM36 or URAM total (static + local arrays) exceeds the board's budget (80% of boards.json's counts, as the
 planner's), or differs from the on-chip total the build's plan (manifest.json "plan") promises by more than
 PLAN_TOLERANCE; the exit status is 1 and the message gives the numbers.
 """
@@ -151,7 +151,9 @@ def compile_synthesis(build: Path, out: Path) -> tuple[Path, str, str]:
     if shutil.which("g++") is None:
         raise RomaError("the footprint check needs g++", hint="apt-get install g++")
     obj = out / "roma_core_synth.o"
+    # -Wfatal-errors: a C++14 attempt stops at its first error instead of parsing megabytes of ROM initialisers
     base = ["g++", "-O0", "-g", "-ffunction-sections", "-fno-inline", "-D__SYNTHESIS__", "-ffp-contract=off", "-w",
+            "-Wfatal-errors",
             f"-I{HLS_DIR}", f"-I{HLS_DIR / 'include'}", f"-I{build}", "-c", str(HLS_DIR / "roma_core.cpp"),
             "-o", str(obj)]
     not14 = ""
@@ -214,7 +216,7 @@ def _layout(die) -> tuple[str, object]:
 
 
 def _dwarf_variables(obj: Path) -> dict:
-    """Static variables -> layout, keyed by linkage name and by (name, None) for those without one."""
+    """Static variables -> their layouts, keyed by linkage name, or by name for those without one."""
     from elftools.elf.elffile import ELFFile
 
     by_key: dict = {}
@@ -254,11 +256,11 @@ def read_pragmas(sources: list[Path], defines: dict[str, str]) -> list[Pragma]:
                 m = _FUNC.match(line)
                 if m:
                     func = m.group(1)
-            m = re.match(r"\s*#pragma\s+HLS\s+(ARRAY_PARTITION|ARRAY_RESHAPE|BIND_STORAGE)\s+(.*)", line, re.I)
+            m = re.match(r"\s*#pragma\s+HLS\s+(ARRAY_PARTITION|ARRAY_RESHAPE|BIND_STORAGE)\s+(.*)", line, re.IGNORECASE)
             if not m:
                 continue
-            opts = dict((k.lower(), defines.get(v.strip(), v.strip()))
-                        for k, v in re.findall(r"(\w+)\s*=\s*((?:[\w\s\*\+\-/()]+?)(?=\s+\w+\s*=|$))", m.group(2)))
+            opts = {k.lower(): defines.get(v.strip(), v.strip())
+                    for k, v in re.findall(r"(\w+)\s*=\s*((?:[\w\s\*\+\-/()]+?)(?=\s+\w+\s*=|$))", m.group(2))}
             out.append(Pragma(m.group(1).upper(), opts.pop("variable", ""), func, opts, f"{path.name}:{n}"))
     return out
 
@@ -418,8 +420,11 @@ def _qualified(demangled: str) -> str:
                 break
     name, depth, start = demangled[:end], 0, 0
     for i, c in enumerate(name):  # the return type ends at the last space outside <> and ()
-        depth += c in "<(" and 1 or (c in ">)" and -1 or 0)
-        if c == " " and depth == 0:
+        if c in "<(":
+            depth += 1
+        elif c in ">)":
+            depth -= 1
+        elif c == " " and depth == 0:
             start = i + 1
     return name[start:]
 
@@ -530,6 +535,11 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     if not (build / "roma_model.h").is_file() or not manifest_path.is_file():
         raise RomaError(f"{build} is not a build folder (no roma_model.h or manifest.json)",
                         hint="make one with `roma compile --out DIR`")
+    try:
+        import elftools  # noqa: F401  (the DWARF reader)
+    except ImportError:
+        raise RomaError("the footprint check needs pyelftools", hint="pip install pyelftools (in the dev extra)") \
+            from None
     manifest = json.loads(manifest_path.read_text())
     plan = manifest.get("plan") or {}
     consts = _model_consts(build)
