@@ -170,8 +170,8 @@ def compile_synthesis(build: Path, out: Path) -> tuple[Path, str, str]:
 
 def _nm_data(obj: Path) -> list[tuple[str, str, int, str]]:
     """(mangled, demangled, bytes, nm type) of every sized data symbol."""
-    def run(*flags):
-        r = subprocess.run(["nm", "-S", *flags, str(obj)], capture_output=True, text=True, check=True)
+    def run(*flags):  # -p: symbol-table order, the same in both listings
+        r = subprocess.run(["nm", "-S", "-p", *flags, str(obj)], capture_output=True, text=True, check=True)
         return [ln.split(None, 3) for ln in r.stdout.splitlines()]
     out = []
     for raw, dem in zip(run(), run("-C")):
