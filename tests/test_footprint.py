@@ -1,0 +1,122 @@
+"""The footprint check (compiler/footprint.py, issue 19): roma_core.cpp compiled on the synthesis path against a
+real tiny build, its object file read back: array sizes and layouts, BRAM36/URAM blocks, kernel instances, and the
+verdict against a board's budget and the build's plan."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hls_tools import make, needs_gxx
+
+pytest.importorskip("elftools", reason="the footprint check reads DWARF with pyelftools (the dev extra)")
+pytestmark = needs_gxx
+
+from roma_runtime.compiler import footprint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_measured(tiny_build):
+    return footprint.measure(tiny_build)
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_measured):
+    return footprint.verdict(tiny_measured)
+
+
+def _array(rep, name):
+    hits = [a for a in rep["arrays"] if a["name"] == name]
+    assert len(hits) == 1, [a["name"] for a in rep["arrays"]]
+    return hits[0]
+
+
+def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
+    model = json.loads((tiny_build / "manifest.json").read_text())["plan"]["model"]
+    dim, vocab = model["dim"], model["vocab_size"]
+    # wq of layer 0: 4-bit codes in 32-bit plane words, G32 -> WPS = 4 banks (brom_tile_gemv's cyclic partition),
+    # one tile: dim*dim*4/8 bytes, each bank 32 x (words / 4): a RAMB18 half at this depth.
+    wq = _array(tiny_report, "RomTensor<0, 0>::planes")
+    assert wq["bytes"] == dim * dim * 4 // 8
+    assert (wq["elem_bits"], wq["banks"], wq["width"]) == (32, 4, 32)
+    assert wq["depth"] == dim * dim * 4 // 32 // 4
+    assert wq["impl"] == "bram" and wq["bram36"] == 4 * 0.5
+    assert any("rom_1p" in p and "brom_tile.h" in p for p in wq["pragmas"])
+    # the fp16 scales: [TILES][groups*rows] halves, one bank per tile
+    sc = _array(tiny_report, "RomTensor<0, 0>::scales")
+    assert (sc["bytes"], sc["elem_bits"], sc["banks"], sc["depth"]) == (dim * dim // 32 * 2, 16, 1, dim * dim // 32)
+    # the whole-vocabulary logits buffer: fp32, one bank, 1K x 36 per BRAM36
+    lg = _array(tiny_report, "(anonymous namespace)::g_logits")
+    assert (lg["bytes"], lg["width"], lg["depth"], lg["bram36"]) == (4 * vocab, 32, vocab, vocab / 1024)
+    # g_lora is counted member by member; its slots take the defaults (4 x rank 64), fp16 values
+    values = _array(tiny_report, "(anonymous namespace)::g_lora.values")
+    assert values["elem_bits"] == 16 and values["bram36"] > 100
+    # the unused dot probes are listed, not counted
+    assert any("probe" in d["name"] for d in tiny_report["dropped"])
+    assert tiny_report["bram36"] == pytest.approx(sum(a["bram36"] for a in tiny_report["arrays"]))
+    assert tiny_report["std"] in ("c++14", "c++17")
+
+
+def test_counts_kernel_instances(tiny_build, tiny_report):
+    model = json.loads((tiny_build / "manifest.json").read_text())["plan"]["model"]
+    n = model["n_layers"]
+    k = tiny_report["kernels"]
+    assert k["layer"]["templates"] == n
+    # 7 linears per layer plus the lm head (the tiny model's head is untied: its own tensor)
+    assert k["linear (GEMV + act quant + LoRA)"]["templates"] == 7 * n + 1
+    # roma_core calls forward() at two sites (PREFILL/DECODE and GENERATE): every layer is two RTL instances
+    assert k["layer"]["rtl_instances"] == 2 * n
+    assert k["linear (GEMV + act quant + LoRA)"]["rtl_instances"] == 2 * (7 * n + 1)
+    assert k["sampler"]["rtl_instances"] == 2
+    # a function's local arrays are memories of each of its RTL instances: layer<0>'s FFN buffers, fp32
+    ffn = model["ffn_dim"]
+    gate = [a for a in tiny_report["local_arrays"] if a["name"] == "layer<0>::gate"]
+    assert len(gate) == 1 and (gate[0]["instances"], gate[0]["bytes"]) == (2, 2 * 4 * ffn), gate
+    assert tiny_report["total_bram36"] == tiny_report["bram36"] + tiny_report["local_bram36"]
+
+
+def test_fails_with_the_numbers_when_too_large(tiny_measured, tiny_report):
+    # against its plan: the object declares far more than the plan's on-chip figure (g_lora, g_logits)
+    assert not tiny_report["ok"]
+    assert any("differs from the plan" in f for f in tiny_report["failures"])
+    # on a small board: over the budget, with both numbers in the message
+    rep = footprint.verdict(tiny_measured, "pynq-z2")
+    text = footprint.render(rep)
+    assert "DOES NOT FIT" in text and "exceeds the pynq-z2 budget of 112.0 (80% of 140)" in text
+    assert f"BRAM36 {rep['total_bram36']:,.1f} exceeds" in text
+
+
+def test_passes_within_budget_without_a_plan(tiny_measured):
+    # the measurement of a build without plan figures: the budget alone decides, at the object's total and just below
+    no_plan = {**tiny_measured, "plan": {"bram36": None, "uram": None, "summary": None}}
+    total = tiny_measured["bram36"] + tiny_measured["local_bram36"]
+    rep = footprint.verdict(no_plan, "u250", bram36_budget=total)
+    assert rep["ok"], rep["failures"]
+    assert "FITS" in footprint.render(rep)
+    tight = footprint.verdict(no_plan, "u250", bram36_budget=total - 0.5)
+    assert not tight["ok"] and tight["failures"] == [f"BRAM36 {total:,.1f} exceeds the u250 budget of "
+                                                     f"{total - 0.5:,.1f} (given)"]
+
+
+def test_on_chip_kv_follows_its_storage_pragmas(tiny_models, tmp_path):
+    # BIND_STORAGE impl = ROMA_KV_ONCHIP_IMPL (uram on a U250) and ARRAY_RESHAPE cyclic ATT_SIMD dim 3 on g_kv_chip
+    from roma_runtime.compiler.build import compile_model
+
+    man = compile_model(tiny_models["q4_1"], tmp_path / "b", board="u250", kv_onchip=16, progress=False)
+    rep = footprint.measure(tmp_path / "b")
+    kv = _array(rep, "(anonymous namespace)::g_kv_chip")
+    model = man["plan"]["model"]
+    head_dim = model["dim"] // model["n_heads"]
+    simd = 8 if head_dim % 8 == 0 else 4
+    kv_dim = head_dim * model["n_kv_heads"]
+    assert kv["impl"] == "uram" and kv["uram"] >= 1 and kv["bram36"] == 0
+    assert kv["width"] == 16 * simd and kv["depth"] == model["n_layers"] * 2 * 16 * kv_dim // simd
+
+
+def test_make_target_and_bad_input(tiny_build, tmp_path):
+    r = make(tiny_build, "footprint", BOARD="pynq-z2", FOOTPRINT_FLAGS="--json", timeout=300)
+    assert r.returncode != 0, r.stderr
+    rep = json.loads(r.stdout[r.stdout.index("{"):r.stdout.rindex("}") + 1])
+    assert rep["board"] == "pynq-z2" and not rep["ok"]
+    assert footprint.main([str(tmp_path)]) == 2  # not a build folder: one clear error
