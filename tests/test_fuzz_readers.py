@@ -14,7 +14,6 @@ import json
 import shutil
 import struct
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz_tools import LONG, SMALL_VOCAB, Tally, examples, flip_bytes, write_adapter, write_gguf
-from roma_runtime.errors import RomaError
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the GGUF writer, fed NaN on purpose
 
