@@ -49,6 +49,7 @@ import numpy as np
 from .cpu import cpu_model
 from .errors import RomaError
 from .llama_peer import LlamaCppRunner, PeerFailed
+from .progress import with_progress
 
 PEERS = ("llama.cpp",)
 MATPLOTLIB_PIP = "pip install matplotlib"
@@ -514,8 +515,6 @@ def _gguf_path(engine) -> Path:
 
 
 def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, progress, argv, threads) -> dict:
-    from tqdm import tqdm
-
     def run_peer(ids, decode_tokens):
         """The peer's run, or None once it has failed (then the bench goes on with our side alone)."""
         nonlocal peer, peer_failure
@@ -532,23 +531,16 @@ def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, pro
         if peer is not None:
             run_peer(prompts[cfg.lengths[0]], min(cfg.decode_tokens, 2))
     samples = {n: {"ours": [], "peer": []} for n in cfg.lengths}
-    runners = 1 + (peer is not None)
-    total = cfg.repeats * len(cfg.lengths) * runners
-    bar = tqdm(total=total, desc="bench", unit="run", file=sys.stderr, disable=not progress, leave=False)
-    try:
-        for _ in range(cfg.repeats):
-            for n in cfg.lengths:
-                bar.set_postfix_str(f"ours {n}")
-                run = ours.run(prompts[n], cfg.decode_tokens)
-                samples[n]["ours"].append(run)
-                bar.update()
-                if peer is not None:
-                    bar.set_postfix_str(f"{peer.name} {n}")
-                    # exactly as many decode steps as ours made (ours stops early only at an end token)
-                    samples[n]["peer"].append(run_peer(prompts[n], run.decode_tokens))
-                    bar.update()
-    finally:
-        bar.close()
+    sides = ("ours", "peer") if peer is not None else ("ours",)
+    runs = [(n, side) for _ in range(cfg.repeats) for n in cfg.lengths for side in sides]
+    decode_tokens = {}
+    for n, side in with_progress(runs, "bench", progress, unit="runs"):
+        if side == "ours":
+            run = ours.run(prompts[n], cfg.decode_tokens)
+            samples[n]["ours"].append(run)
+            decode_tokens[n] = run.decode_tokens
+        elif peer is not None:  # exactly as many decode steps as ours made (ours stops early only at an end token)
+            samples[n]["peer"].append(run_peer(prompts[n], decode_tokens[n]))
     if peer is None:  # it failed part way: no half comparison
         for n in cfg.lengths:
             samples[n]["peer"] = []
