@@ -207,3 +207,27 @@ def test_bench_vs_llama_cpp(capsys):
         # llama.cpp's greedy choice (its own kernels and activation rounding) is the same token.
         if r["ours"]["first_token_margin"] > 1.0:
             assert r["peer"]["first_token"] == r["ours"]["first_token"]
+
+
+def test_bench_reports_the_spread(capsys, tiny_models):
+    """Each figure has its min, max and standard deviation next to the median, in the JSON and the table. (And
+    stderr, not a terminal here, gets plain progress lines rather than a bar.)"""
+    import statistics
+
+    argv = ["bench", "--model", str(tiny_models["q4_1"]), "--lengths", "8", "--decode-tokens", "3",
+            "--repeats", "3", "--no-lora"]
+    code, out, err = run_cli(capsys, [*argv, "--json"])
+    assert code == 0, err
+    assert "\r" not in err and "bench: 3 runs in " in err
+    report = json.loads(out)
+    ours = report["results"][0]["ours"]
+    for figure in bench.FIGURES:
+        samples, spread = ours["samples"][figure], ours["spread"][figure]
+        assert len(samples) == 3
+        assert spread["min"] == min(samples) <= ours[figure] <= spread["max"] == max(samples)
+        assert spread["stdev"] == pytest.approx(statistics.stdev(samples))
+    table = bench.format_table(report)
+    decode = next(line for line in table.splitlines() if "decode tok/s" in line)
+    assert decode.split()[-3:] == [bench._num(ours["decode_tokens_per_s"], "tps"), "±",
+                                   bench._num(ours["spread"]["decode_tokens_per_s"]["stdev"], "tps")]
+    assert "median ± standard deviation of 3 run(s)" in table

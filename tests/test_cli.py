@@ -235,6 +235,84 @@ def test_chat_ctrl_c_stops_the_answer_and_the_chat_goes_on():
     assert generated < 400
 
 
+def test_chat_first_prefill_figure_leaves_out_the_warm_up():
+    """The emulated board's first call pays one-time costs (0.5 s on SmolLM2): `roma chat` warms up at load, so
+    the first prompt's prefill figure is like the same prompt's afterwards (it used to be 4-5 times lower)."""
+    question = FRANCE.encode()
+    p = roma("chat", "--backend", "emu", "--context", 256, "--max-tokens", 2,
+             stdin=b"\n".join([question, b"/reset", question, b"/reset", question]) + b"\n")
+    assert p.returncode == 0, p.stderr
+    prefills = re.findall(r"prefill (\d+) at ([\d.]+) tok/s", p.stderr)
+    rates = [float(rate) for _, rate in prefills]
+    assert len(rates) == 3 and len({n for n, _ in prefills}) == 1, p.stderr  # the same prompt, prefilled whole each time
+    assert rates[0] > 0.4 * min(rates[1:]), rates
+
+
+class Terminal:
+    """A real pty whose slave is the controlling terminal of a new session running `argv`: what a user's shell
+    gives `make chat` (Ctrl-C typed on it signals the terminal's foreground process group)."""
+
+    def __init__(self, argv, cwd):
+        import fcntl
+        import termios
+
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env(), cwd=str(cwd),
+                                     start_new_session=True,
+                                     preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, needle: bytes, after: int = 0, timeout: float = 120) -> int:
+        """Reads until `needle` appears at or after offset `after` of all output; returns where it ends."""
+        import select
+
+        deadline = time.monotonic() + timeout
+        while (i := self.seen.find(needle, after)) < 0:
+            assert time.monotonic() < deadline, f"no {needle!r} in {self.seen[-2000:]!r}"
+            if select.select([self.master], [], [], 0.5)[0]:
+                try:
+                    self.seen += os.read(self.master, 65536)
+                except OSError:  # EIO: every slave end is closed
+                    break
+        return i + len(needle)
+
+    def type(self, text: bytes) -> None:
+        os.write(self.master, text)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        os.close(self.master)
+
+
+def test_make_chat_exits_0_on_quit_after_ctrl_c_stopped_an_answer(tmp_path):
+    """`make chat` at a terminal: Ctrl-C stops an answer, the chat goes on, and /quit ends the chat and make
+    with 0. Ctrl-C used to reach make too (the terminal's whole foreground group), which then died of SIGINT."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    (tmp_path / "Makefile").write_text(
+        f"chat:\n\t@{sys.executable} -m roma_runtime.cli chat --numerics float --max-tokens 400 --context 1024\n")
+    term = Terminal(["make", "-s", "chat"], tmp_path)
+    try:
+        end = term.expect(b"you> ")
+        term.type(b"Write a very long story about a dragon who learns to cook.\n")
+        term.expect(b"\n", term.expect(b"learns to cook."))
+        time.sleep(1.0)  # the answer streams
+        term.type(b"\x03")
+        end = term.expect(b"you> ", term.expect(b"(answer stopped)"))
+        term.type(b"/stats\n")
+        term.expect(b"you> ", term.expect(b"interrupted", end))
+        term.type(b"/quit\n")
+        assert term.proc.wait(timeout=60) == 0, term.seen[-2000:]
+        assert b"Interrupt" not in term.seen and b"Traceback" not in term.seen
+    finally:
+        term.close()
+
+
 # --- tokenize and info --------------------------------------------------------------------------------------
 
 

@@ -75,3 +75,42 @@ def test_eval_command_json(builds, capsys):
                          "--chat-tokens", "0"])
     assert cmd.run(args) == 0
     assert "top-1" in capsys.readouterr().out
+
+
+def test_compile_and_eval_show_progress_lines_when_stderr_is_not_a_terminal(builds, tmp_path):
+    """Run as a notebook or a log runs them (stderr a pipe): plain progress lines, no carriage-return bar, and a
+    summary line at the end; --no-progress keeps stderr empty."""
+    import re
+    import subprocess
+
+    from conftest import cli_env
+
+    model, d, _ = builds
+
+    def roma(*argv):
+        p = subprocess.run([sys.executable, "-m", "roma_runtime.cli", *map(str, argv)], capture_output=True,
+                           text=True, env=cli_env(), timeout=300)
+        assert p.returncode == 0, p.stderr
+        return p
+
+    p = roma("compile", "--model", model.source, "--out", tmp_path / "b4")
+    assert "\r" not in p.stderr and "\x1b" not in p.stderr
+    lines = p.stderr.splitlines()
+    steps = [int(m.group(1)) for m in map(re.compile(r"quantizing: (\d+)/(\d+) tensors \(\d+%\)").match, lines) if m]
+    assert len(steps) >= 5 and steps == sorted(steps)  # about one line per tenth of the tensors
+    assert re.search(r"^packing: \d+ tensors in [\d.]+ s$", p.stderr, re.M)
+    assert re.fullmatch(r"compile: \S+ into .*b4, [\d.]+ bits/weight, ROM [\d.]+ MiB, in [\d.]+ s", lines[-1])
+    assert p.stdout.startswith("built ")
+
+    p = roma("eval", "--model", model.source, "--build", tmp_path / "b4", "--tokens", 128, "--window", 16,
+             "--chat-tokens", 4)
+    assert "\r" not in p.stderr
+    assert re.search(r"^eval text: 4/8 windows \(50%\), [\d.]+ s$", p.stderr, re.M)
+    assert re.search(r"^eval text: 8 windows in [\d.]+ s$", p.stderr, re.M)
+    assert re.search(r"^eval chat: \d+ answers in [\d.]+ s$", p.stderr, re.M)
+    assert re.fullmatch(r"eval: 128 tokens, perplexity [\d.]+ \(reference\) -> [\d.]+ \(build\), KL [\d.]+, "
+                        r"top-1 [\d.]+%, in [\d.]+ s", p.stderr.splitlines()[-1])
+
+    quiet = roma("eval", "--model", model.source, "--build", tmp_path / "b4", "--tokens", 32, "--window", 16,
+                 "--chat-tokens", 0, "--no-progress")
+    assert quiet.stderr == "" and "top-1" in quiet.stdout

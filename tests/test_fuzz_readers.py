@@ -1,9 +1,10 @@
-"""Property-based fuzzing (hypothesis) of every reader of an untrusted file: the GGUF and safetensors readers,
-the PEFT adapter reader, the build manifest and the session file. Each gets arbitrary bytes, byte flips and
-truncations of a real file, and structured mutations (a metadata value, a header entry, a JSON path set to
-anything or removed), and each input must end in a correct load or one clean RomaError, within the time and
-memory bounds of fuzz_tools (checked per input: wall time, tracemalloc's peak). A few hundred inputs in the
-default run; ROMA_LONG=1 multiplies them by 25 (fuzz_tools.examples)."""
+"""Property-based fuzzing (hypothesis) of every reader of untrusted input: the GGUF and safetensors readers,
+the PEFT adapter reader, the build manifest, the session file and the serial frame parser. Each gets arbitrary
+bytes, byte flips and truncations of a real file (or frame stream), and structured mutations (a metadata value, a
+header entry, a JSON path set to anything or removed, a frame's length field), and each input must end in a
+correct load or one clean RomaError (frames or clean drops for the serial parser), within the time and memory
+bounds of fuzz_tools (checked per input: wall time, tracemalloc's peak). A few hundred inputs in the default run;
+ROMA_LONG=1 multiplies them by 25 (fuzz_tools.examples)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import json
 import shutil
 import struct
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz_tools import LONG, SMALL_VOCAB, Tally, examples, flip_bytes, write_adapter, write_gguf
-from roma_runtime.errors import RomaError
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the GGUF writer, fed NaN on purpose
 
@@ -472,3 +471,106 @@ def test_session_file_loads_the_real_file(small, small_config, session_base):
     meta, ids, keys, values = read_session_file(path, small_config, "fp16")
     assert ids == session_base["ids"] and np.array_equal(keys, session_base["keys"])
     assert np.array_equal(values, session_base["values"]) and meta["extra"]["messages"][0]["content"] == "hi"
+
+
+# --- serial frames -----------------------------------------------------------------------------------------------
+
+
+FRAMES = st.builds(lambda t, seq, ref, payload: (t, seq, ref, payload), st.integers(1, 15), st.integers(0, 0xFFFF),
+                   st.integers(0, 0xFFFF), st.binary(max_size=300) | st.sampled_from([b"", b'{"from": 1e400}']))
+
+
+def encoded(frames) -> bytes:
+    from roma_runtime.serial_link import encode_frame
+
+    return b"".join(encode_frame(*f) for f in frames)
+
+
+def lying_length(frame: bytes, length: int) -> bytes:
+    """A frame whose LEN field says `length`, with the header check recomputed so that the header looks valid."""
+    from roma_runtime.serial_link import _HEAD, _crc
+
+    head = bytearray(frame[2:2 + _HEAD.size])
+    head[-2:] = length.to_bytes(2, "big")
+    return frame[:2] + bytes(head) + (_crc(head) & 0xFFFF).to_bytes(2, "big") + frame[2 + _HEAD.size + 2:]
+
+
+def feed_all(parser, stream: bytes, cuts, gaps, seconds_per_byte: float):
+    """Feeds `stream` in chunks (cut at `cuts`) with the clock advancing at line speed, plus `gaps` seconds before
+    chunk i when given; then lets the clock run until every partial frame is given up. Checks after each feed
+    that the parser holds less than one whole frame of the longest kind. Returns the frames out."""
+    from roma_runtime.serial_link import MAX_PAYLOAD, OVERHEAD
+
+    out, now, start = [], 0.0, 0
+    bounds = sorted({c % (len(stream) + 1) for c in cuts} | {len(stream)})
+    for i, end in enumerate(bounds):
+        chunk = stream[start:end]
+        start = end
+        now += len(chunk) * seconds_per_byte + (gaps[i % len(gaps)] if gaps else 0.0)
+        out += parser.feed(chunk, now)
+        assert len(parser.buf) < OVERHEAD + MAX_PAYLOAD, "the parser keeps at most one partial frame"
+    for _ in range(len(parser.buf) + 2):  # each expiry gives up at most one false start
+        now += 10.0
+        out += parser.expire(now)
+    assert len(parser.buf) <= 1, "a stream that stopped leaves nothing pending but a lone first SYNC byte"
+    return out
+
+
+@settings(max_examples=examples(150), **SETTINGS)
+@given(data=st.data())
+def test_fuzz_serial_frame_parser(data):
+    """Arbitrary bytes and damaged real frames: frames or clean drops, every byte accounted for, and every frame
+    out is one that was on the line, byte for byte."""
+    from roma_runtime.serial_link import MAX_PAYLOAD, FrameParser, encode_frame
+
+    real = encoded(data.draw(st.lists(FRAMES, min_size=1, max_size=6)))
+    kind = data.draw(st.sampled_from(["bytes", "sync-bytes", "flips", "truncate", "splice", "lying-length",
+                                      "huge-length"]))
+    if kind == "bytes":
+        stream = data.draw(st.binary(max_size=4096))
+    elif kind == "sync-bytes":  # SYNC everywhere: many false starts to try and give up
+        stream = b"".join(data.draw(st.lists(st.sampled_from([b"\xa5\x5a", b"\xa5", b"\x5a", b"\x00", b"\xff"]),
+                                             max_size=800)))
+    elif kind == "flips":
+        stream = flip_bytes(real, *zip(*data.draw(FLIPS)))
+    elif kind == "truncate":
+        stream = real[:data.draw(st.integers(0, len(real) - 1))]
+    elif kind == "splice":  # pieces of real frames in another order, repeated, with bytes between
+        pieces = data.draw(st.lists(st.tuples(st.integers(0, len(real)), st.integers(0, 80), st.binary(max_size=8)),
+                                    min_size=1, max_size=12))
+        stream = b"".join(real[a:a + n] + junk for a, n, junk in pieces)
+    elif kind == "lying-length":
+        stream = lying_length(real, data.draw(st.integers(0, 0xFFFF))) + real
+    else:  # a header at the protocol's limit, its payload cut short or never sent, real frames behind it
+        head = encode_frame(2, 1, 0, bytes(MAX_PAYLOAD))[:data.draw(st.integers(10, 3000))]
+        stream = head + real
+    baud = data.draw(st.sampled_from([9600, 115200, 921600]))
+    cuts = data.draw(st.lists(st.integers(0, 1 << 16), max_size=40))
+    gaps = data.draw(st.lists(st.sampled_from([0.0, 0.0, 0.001, 0.3, 0.6, 5.0]), max_size=8))
+    parser = FrameParser(baud)
+    with tally("serial-frames").run():
+        frames = feed_all(parser, stream, cuts, gaps, 10.0 / baud)
+    out = [encode_frame(f.type, f.seq, f.ref, f.payload) for f in frames]
+    assert all(f in stream for f in out), "a frame out is one that was on the line"
+    assert parser.skipped_bytes + sum(map(len, out)) + len(parser.buf) == len(stream)
+    if kind in ("bytes", "sync-bytes") and not frames:
+        assert parser.skipped_bytes >= len(stream) - 1
+
+
+@settings(max_examples=examples(100), **SETTINGS)
+@given(frames=st.lists(FRAMES, min_size=1, max_size=8), noise=st.lists(st.binary(max_size=200), max_size=9),
+       cuts=st.lists(st.integers(0, 1 << 16), max_size=30), baud=st.sampled_from([9600, 115200]))
+def test_fuzz_serial_frames_recovered_from_noise(frames, noise, cuts, baud):
+    """Valid frames with noise between them (on time, at line speed) all come out, in order: noise may cost the
+    bytes it is made of, never a frame."""
+    from roma_runtime.serial_link import FrameParser, encode_frame
+
+    noise = noise or [b""]
+    good = [encode_frame(*f) for f in frames]
+    stream = b"".join(noise[i % len(noise)] + g for i, g in enumerate(good)) + noise[-1]
+    parser = FrameParser(baud)
+    with tally("serial-frames").run():
+        out = [encode_frame(f.type, f.seq, f.ref, f.payload) for f in feed_all(parser, stream, cuts, [], 10.0 / baud)]
+    it = iter(out)
+    assert all(g in it for g in good), "every valid frame is recovered, in order"
+    assert all(f in stream for f in out)

@@ -4,7 +4,9 @@ stored without outputs; and an installed wheel delivers them through `pynq get-n
 entry point).
 
 A notebook runs once per test session (a module fixture caches the executed copies) in a temporary working
-folder, with host/ on the kernel's PYTHONPATH so this checkout's roma_runtime is the one imported.
+folder, with host/ on the kernel's PYTHONPATH so this checkout's roma_runtime is the one imported, and a temp
+dir (TMPDIR) of its own: after it ran, both must be empty (a notebook writes to a scratch folder and removes
+it; run by a user, the working folder is notebooks/ of the checkout).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 
-def _kernel_env() -> dict:
+def _kernel_env(tmpdir: Path) -> dict:
     env = dict(os.environ)
+    env["TMPDIR"] = str(tmpdir)  # what tempfile uses in the kernel: what the notebook leaves there is seen
     env["PYTHONPATH"] = os.pathsep.join([str(HOST), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.pop("MPLBACKEND", None)  # the notebooks draw with the kernel's inline backend
     return env
@@ -40,22 +43,23 @@ def _kernel_env() -> dict:
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
-    """name -> (executed notebook, seconds); each notebook runs once, on first request."""
+    """name -> (executed notebook, seconds, what it left: paths in its working folder and its temp dir); each
+    notebook runs once, on first request."""
     cache: dict[str, tuple] = {}
 
     def run(name: str):
         if name not in cache:
             nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-            workdir = tmp_path_factory.mktemp(name)
+            workdir, tmpdir = tmp_path_factory.mktemp(name), tmp_path_factory.mktemp(f"{name}-tmp")
             client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                              resources={"metadata": {"path": str(workdir)}})
             t0 = time.perf_counter()
             # The kernel gets its environment explicitly: under pytest, one inherited from a swapped os.environ
             # arrived empty (no PATH, no ROMA_CACHE), so the emulated board could not compile.
-            client.execute(env=_kernel_env())  # raises CellExecutionError at the first cell that fails
+            client.execute(env=_kernel_env(tmpdir))  # raises CellExecutionError at the first cell that fails
             seconds = time.perf_counter() - t0
             print(f"\n{name}.ipynb executed in {seconds:.1f} s")
-            cache[name] = (nb, seconds)
+            cache[name] = (nb, seconds, sorted(str(p) for d in (workdir, tmpdir) for p in d.iterdir()))
         return cache[name]
 
     return run
@@ -120,7 +124,7 @@ def test_notebook_is_stored_without_outputs(name):
 
 
 def test_quickstart(executed):
-    nb, _ = executed("01_quickstart")
+    nb, _, _ = executed("01_quickstart")
     text = text_of(nb)
     backend_of(text)
     # the first turn streamed a non-empty answer, then its figures in brackets
@@ -138,7 +142,7 @@ def test_quickstart(executed):
 
 
 def test_lora_hot_swap(executed):
-    nb, _ = executed("02_lora_hot_swap")
+    nb, _, _ = executed("02_lora_hot_swap")
     text = text_of(nb)
     backend_of(text)
     assert re.search(r"loaded 'attn' into slot \d", text) and re.search(r"loaded 'mlp' into slot \d", text)
@@ -158,7 +162,7 @@ def test_lora_hot_swap(executed):
 
 
 def test_throughput(executed):
-    nb, _ = executed("03_throughput")
+    nb, _, _ = executed("03_throughput")
     text = text_of(nb)
     backend = backend_of(text)
     assert "prefill tok/s" in text and "decode tok/s" in text
@@ -175,7 +179,7 @@ def test_throughput(executed):
 
 
 def test_kv_cache(executed):
-    nb, _ = executed("04_kv_cache")
+    nb, _, _ = executed("04_kv_cache")
     text = text_of(nb)
     backend_of(text)
     table = cell_text(nb, "kv.kv_capacity(")
@@ -190,6 +194,13 @@ def test_kv_cache(executed):
     assert "session a alone gives the same text: True" in text
     assert "same as before the rollback: True" in text
     assert "restored session gives the same next token: True" in text
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_leaves_nothing_behind(executed, name):
+    """Nothing in the folder it runs in (for a user, notebooks/ of the checkout) nor in the temp dir."""
+    _, _, left = executed(name)
+    assert left == [], f"{name} left {left}"
 
 
 # --- packaging: pynq get-notebooks --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`roma bench`'s measurements: prefill and decode speed, time to first token, host overhead, LoRA swap time and,
 where a backend counts them, FPGA cycles per stage; optionally against a peer (llama.cpp) on the same inputs.
 
-What every figure means (all medians over `repeats` runs; each run starts from an empty KV cache):
+What every figure means (all medians over `repeats` runs, with their min, max and standard deviation; each run
+starts from an empty KV cache):
 - prefill tokens/s: prompt tokens / the time of the forward pass over the whole prompt.
 - decode tokens/s: single-token forward passes after the prefill / their time (the KV context grows from the
   prompt length to prompt + decode tokens).
@@ -48,6 +49,7 @@ import numpy as np
 from .cpu import cpu_model
 from .errors import RomaError
 from .llama_peer import LlamaCppRunner, PeerFailed
+from .progress import with_progress
 
 PEERS = ("llama.cpp",)
 MATPLOTLIB_PIP = "pip install matplotlib"
@@ -438,6 +440,13 @@ def bench_prompt(tokenizer, length: int) -> list[int]:
     return (unit * reps)[:length]
 
 
+def _spread(values) -> dict:
+    """min, max and sample standard deviation (0 for one run), as llama-bench reports its spread."""
+    values = list(values)
+    return {"min": min(values), "max": max(values),
+            "stdev": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
 def _median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -506,8 +515,6 @@ def _gguf_path(engine) -> Path:
 
 
 def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, progress, argv, threads) -> dict:
-    from tqdm import tqdm
-
     def run_peer(ids, decode_tokens):
         """The peer's run, or None once it has failed (then the bench goes on with our side alone)."""
         nonlocal peer, peer_failure
@@ -524,23 +531,16 @@ def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, pro
         if peer is not None:
             run_peer(prompts[cfg.lengths[0]], min(cfg.decode_tokens, 2))
     samples = {n: {"ours": [], "peer": []} for n in cfg.lengths}
-    runners = 1 + (peer is not None)
-    total = cfg.repeats * len(cfg.lengths) * runners
-    bar = tqdm(total=total, desc="bench", unit="run", file=sys.stderr, disable=not progress, leave=False)
-    try:
-        for _ in range(cfg.repeats):
-            for n in cfg.lengths:
-                bar.set_postfix_str(f"ours {n}")
-                run = ours.run(prompts[n], cfg.decode_tokens)
-                samples[n]["ours"].append(run)
-                bar.update()
-                if peer is not None:
-                    bar.set_postfix_str(f"{peer.name} {n}")
-                    # exactly as many decode steps as ours made (ours stops early only at an end token)
-                    samples[n]["peer"].append(run_peer(prompts[n], run.decode_tokens))
-                    bar.update()
-    finally:
-        bar.close()
+    sides = ("ours", "peer") if peer is not None else ("ours",)
+    runs = [(n, side) for _ in range(cfg.repeats) for n in cfg.lengths for side in sides]
+    decode_tokens = {}
+    for n, side in with_progress(runs, "bench", progress, unit="runs"):
+        if side == "ours":
+            run = ours.run(prompts[n], cfg.decode_tokens)
+            samples[n]["ours"].append(run)
+            decode_tokens[n] = run.decode_tokens
+        elif peer is not None:  # exactly as many decode steps as ours made (ours stops early only at an end token)
+            samples[n]["peer"].append(run_peer(prompts[n], decode_tokens[n]))
     if peer is None:  # it failed part way: no half comparison
         for n in cfg.lengths:
             samples[n]["peer"] = []
@@ -568,7 +568,8 @@ def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, pro
             entry = {**figs, "prefill_tokens": runs[0].prompt_tokens, "decode_tokens": runs[0].decode_tokens,
                      "generated_tokens": len(runs[0].ids), "first_token": runs[0].ids[0] if runs[0].ids else None,
                      "ids": runs[0].ids,
-                     "samples": {f: [r.figures[f] for r in runs] for f in FIGURES}}
+                     "samples": {f: [r.figures[f] for r in runs] for f in FIGURES},
+                     "spread": {f: _spread(r.figures[f] for r in runs) for f in FIGURES}}
             if side == "ours":
                 entry["first_token_margin"] = runs[0].first_margin
                 pc = _median_cycles([r.prefill_cycles for r in runs])
@@ -606,6 +607,7 @@ def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, pro
                                            "settings": peer.settings, "system_info": peer.system_info()},
         "settings": {"lengths": cfg.lengths, "decode_tokens": cfg.decode_tokens, "repeats": cfg.repeats,
                      "threads": cfg.thread_count, "warmup": cfg.warmup, "statistic": "median",
+                     "spread": "min, max and sample standard deviation of the runs (\"spread\" per figure)",
                      "sampling": "greedy", "prompt": "the bench text's token ids, repeated to each length",
                      "order": "interleaved per length: ours, peer, ours, peer, ..."},
         "figures": {
@@ -681,6 +683,16 @@ def _num(value, kind: str) -> str:
     return str(value)
 
 
+def _with_spread(entry: dict, key: str, kind: str) -> str:
+    """A median and its standard deviation, as llama-bench prints them: "133.2 ± 1.5"."""
+    spread = (entry.get("spread") or {}).get(key)
+    if entry[key] is None or spread is None:
+        return _num(entry[key], kind)
+    if kind == "ms" and entry[key] >= 10:  # the median is printed in seconds: its deviation too
+        return f"{_num(entry[key], kind)} ± {spread['stdev']:.1f}"
+    return f"{_num(entry[key], kind)} ± {_num(spread['stdev'], kind)}"
+
+
 _ROWS = (("prefill_tokens_per_s", "prefill tok/s", "tps"), ("decode_tokens_per_s", "decode tok/s", "tps"),
          ("ttft_s", "TTFT ms", "ms"), ("host_overhead_s_per_token", "host overhead ms/tok", "ms"))
 
@@ -697,7 +709,7 @@ def format_table(report: dict) -> str:
         lines.append(f"peer: {peer['label']}")
     lines.append(f"machine: {m.get('cpu')}, {m.get('usable_cores')} usable cores; threads {s['threads']} "
                  f"(BLAS {m.get('blas_threads') or 'n/a'}); numpy {m.get('numpy')}")
-    lines.append(f"median of {s['repeats']} run(s) per figure, greedy, {s['decode_tokens']} decode tokens after "
+    lines.append(f"median ± standard deviation of {s['repeats']} run(s) per figure, greedy, {s['decode_tokens']} decode tokens after "
                  f"each prompt" + ("; runs interleaved ours/peer" if peer else ""))
     if peer:
         lines.append("ratio = ours / peer: tok/s above 1 means ours is faster; ms below 1 means ours is faster")
@@ -706,9 +718,9 @@ def format_table(report: dict) -> str:
     rows = []
     for r in report["results"]:
         for i, (key, label, kind) in enumerate(_ROWS):
-            row = [str(r["prompt_tokens"]) if i == 0 else "", label, _num(r["ours"][key], kind)]
+            row = [str(r["prompt_tokens"]) if i == 0 else "", label, _with_spread(r["ours"], key, kind)]
             if peer:
-                row += [_num(r["peer"][key], kind), _num(r["ratio"][key], "ratio")]
+                row += [_with_spread(r["peer"], key, kind), _num(r["ratio"][key], "ratio")]
             rows.append(row)
     widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
     right = [True, False] + [True] * (len(head) - 2)

@@ -636,6 +636,17 @@ class Engine:
         session._ticket = self.kv_pool.reserve(session, session.capacity)
         return session
 
+    def warm_up(self) -> None:
+        """One untimed forward pass of one token in a scratch session of one position. A backend's first call
+        pays one-time costs (on the emulated board about 0.5 s of first touches of its weight image and
+        buffers) that would otherwise count against the first prompt's prefill speed."""
+        session = self.new_session(1)
+        try:
+            self._bind(session)
+            self.backend.forward([0], session.cache)
+        finally:
+            session.close()
+
     def _save_session(self, session: Session, path, extra: dict | None) -> Path:
         n = session.cache.length if session.kv_valid else 0
         keys, values = kv.cache_rows(session.cache, n)

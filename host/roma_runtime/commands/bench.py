@@ -37,7 +37,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-lora", action="store_true", help="skip the LoRA swap measurement")
     parser.add_argument("--clock-mhz", type=float, default=None, metavar="MHZ",
                         help="board clock for the cycle-based estimate (default: the backend's clock)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress on stderr (a bar at a terminal, plain lines elsewhere)")
     common.add_engine_arguments(parser)
 
 

@@ -8,7 +8,10 @@ prints one error and the conversation goes on; Ctrl-C during an answer stops tha
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+from contextlib import contextmanager
 
 from ..errors import RomaError
 from . import common
@@ -361,6 +364,35 @@ class ChatSession:
                 self.err.write("\n(answer stopped)\n")
 
 
+@contextmanager
+def _own_ctrl_c(interactive: bool):
+    """Ctrl-C at a terminal signals its whole foreground process group: under `make chat`, make as well, which
+    then dies of SIGINT when the chat ends, however it ends (after /quit too). Like a shell starting a job, the
+    chat takes the terminal in a process group of its own, so that Ctrl-C reaches it alone, and gives the
+    terminal back when it ends."""
+    fd = sys.stdin.fileno() if interactive else -1
+    try:
+        foreground = interactive and os.getpgrp() != os.getpid() and os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        foreground = False
+    if not foreground:  # a group of its own already (a shell's job), or no terminal to take
+        yield
+        return
+    previous = os.getpgrp()
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # tcsetpgrp from a background group would stop us
+    # Ctrl-Z would stop the chat alone and leave its parent waiting on a terminal no one reads
+    signal.signal(signal.SIGTSTP, signal.SIG_IGN)
+    os.setpgid(0, 0)
+    os.tcsetpgrp(fd, os.getpgrp())
+    try:
+        yield
+    finally:
+        try:
+            os.tcsetpgrp(fd, previous)
+        except OSError:  # the parent's group is gone: nobody to give the terminal back to
+            pass
+
+
 def run(args) -> int:
     params = common.sampling_params(args)
     common.check_context(args)
@@ -370,11 +402,16 @@ def run(args) -> int:
         from ..serial_link import DEFAULT_BAUD, SerialChatClient
 
         client = SerialChatClient(args.serial, baud=args.baud or DEFAULT_BAUD, system=system)
+        reader = _Reader(sys.stdin.isatty())
         try:
-            return ChatSession(None, args, params, remote=client).loop(_Reader(sys.stdin.isatty()))
+            with _own_ctrl_c(reader.interactive):
+                return ChatSession(None, args, params, remote=client).loop(reader)
         finally:
             client.close()
     common.apply_threads(args)
     engine = common.load_engine(args)
+    engine.warm_up()  # so that the first prompt's prefill figure is its own, not the backend's first call
     session = ChatSession(engine, args, params)
-    return session.loop(_Reader(sys.stdin.isatty()))
+    reader = _Reader(sys.stdin.isatty())
+    with _own_ctrl_c(reader.interactive):
+        return session.loop(reader)

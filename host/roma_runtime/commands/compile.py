@@ -42,6 +42,8 @@ def add_arguments(parser) -> None:
     add_kv_onchip_argument(parser)
     parser.add_argument("--force", action="store_true", help="replace a build of another model in --out")
     parser.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress on stderr (a bar at a terminal, plain lines elsewhere)")
 
 
 def run(args) -> int:
@@ -51,7 +53,7 @@ def run(args) -> int:
     manifest = compile_model(
         args.model, args.out, bits=args.bits, group=args.group, method=args.method, scales=args.scales,
         board=args.board, lora_rank=args.lora_rank, bits_budget=args.bits_budget, embedding_bits=args.embedding_bits,
-        force=args.force, calib_tokens=args.calib_tokens, progress=sys.stderr.isatty(), ddr=args.ddr,
+        force=args.force, calib_tokens=args.calib_tokens, progress=not args.no_progress, ddr=args.ddr,
         kv_onchip=args.kv_onchip or 0)
     q = manifest["quantization"]
     summary = {
@@ -74,6 +76,10 @@ def run(args) -> int:
         settings = Counter(setting_name((t["bits"], t["group"])) for t in manifest["tensors"].values()
                            if "sensitivity" in t)
         summary["mixed_settings"] = dict(sorted(settings.items()))
+    if not args.no_progress:  # the last line of the progress: what was built, in how long
+        print(f"compile: {summary['model']} into {summary['out']}, {summary['linear_bits_per_weight']:.3f} "
+              f"bits/weight, ROM {summary['rom_bytes'] / 2**20:.1f} MiB, in {summary['compile_seconds']:.1f} s",
+              file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

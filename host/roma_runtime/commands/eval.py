@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 from . import common
 
@@ -21,6 +22,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--chat-tokens", type=int, default=32, metavar="N",
                         help="tokens of the reference's answer per chat prompt; 0 skips the chat set")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress on stderr (a bar at a terminal, plain lines elsewhere)")
 
 
 def run(args) -> int:
@@ -29,9 +32,15 @@ def run(args) -> int:
 
     if args.tokens < 1 or args.window < 2:
         raise RomaError("--tokens must be at least 1 and --window at least 2")
+    t0 = time.perf_counter()
     result = evaluate_build(args.model, args.build, tokens=args.tokens, window=args.window,
                             chat=args.chat_tokens > 0, chat_tokens=max(args.chat_tokens, 1),
-                            progress=sys.stderr.isatty(), lora=args.lora)
+                            progress=not args.no_progress, lora=args.lora)
+    if not args.no_progress:  # the last line of the progress: the headline figures, in how long
+        text = result["text"]
+        print(f"eval: {text['tokens']} tokens, perplexity {text['ppl_reference']:.3f} (reference) -> "
+              f"{text['ppl_candidate']:.3f} (build), KL {text['kl']:.4f}, top-1 {text['top1'] * 100:.1f}%, "
+              f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0

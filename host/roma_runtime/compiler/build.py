@@ -39,6 +39,7 @@ from ..model.config import ModelConfig
 from ..model.loader import LoadedModel, check_weights, linear_shapes, load_model, sha256_files
 from ..model.weights import (SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, LayerWeights, ModelWeights, QuantizedMatrix,
                              as_float, storage_bits_per_weight)
+from ..progress import with_progress
 from ..tempfiles import clean_stale, write_text_atomic
 from . import brom
 from .header import c_float
@@ -81,11 +82,7 @@ def _tensor(weights: ModelWeights, name: str):
 
 
 def _progress(iterable, desc: str, enabled: bool, total=None):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, unit="tensor")
+    return with_progress(iterable, desc, enabled, total=total, unit="tensors")
 
 
 def manifest_digest(manifest: dict) -> str:

@@ -22,14 +22,13 @@ sequential calibration.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from ..golden import GoldenModel
 from ..golden.model import rms_norm, rope_tables, transformer_block
 from ..model.loader import LoadedModel
 from ..model.weights import as_float
+from ..progress import with_progress
 from .corpus import token_windows
 
 # Which shared input each linear reads.
@@ -81,13 +80,8 @@ def collect_hessians(model: LoadedModel, n_tokens: int = 4096, window: int = 256
     if windows is None:
         windows = token_windows(model, "calibration", n_tokens, window)
     collector = _Collector(model)
-    it = windows
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(windows, desc="calibrating", unit="window", file=sys.stderr, leave=False)
     total = 0
-    for ids in it:
+    for ids in with_progress(windows, "calibrating", progress, unit="windows"):
         collector.forward(ids, collector.new_cache(len(ids)))
         total += len(ids)
     return Hessians(collector.sums, total, len(windows))
@@ -146,12 +140,7 @@ def quantize_sequentially(model: LoadedModel, windows: list[list[int]], quantize
     float_run, quant_run = LayerwiseForward(model, windows), LayerwiseForward(model, windows)
     xs_float, xs_quant = float_run.inputs, quant_run.inputs
     layers = model.weights.layers
-    blocks = range(len(layers))
-    if progress:
-        from tqdm import tqdm
-
-        blocks = tqdm(blocks, desc="calibrated quantization", unit="layer", file=sys.stderr, leave=False)
-    for li in blocks:
+    for li in with_progress(range(len(layers)), "calibrated quantization", progress, unit="layers"):
         floats = {n: as_float(t) for n, t in layers[li].linears().items()}
         float_inputs = {}
 

@@ -14,13 +14,12 @@ next-token distributions, and top-1 agreement (the candidate's argmax equals the
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from ..errors import RomaError
 from ..golden import GoldenModel
 from ..model.loader import LoadedModel
+from ..progress import with_progress
 from .corpus import CHAT_PROMPTS, token_windows
 
 
@@ -53,12 +52,6 @@ class _Accumulator:
                 "ppl_candidate": float(np.exp(self.nll_cand / n)), "kl": self.kl / n, "top1": self.agree / n}
 
 
-def _bar(items, desc, progress):
-    if not progress:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, file=sys.stderr, leave=False)
 
 
 def _all_logits(model: GoldenModel, ids: np.ndarray, memo: dict | None) -> np.ndarray:
@@ -77,13 +70,13 @@ def evaluate_models(reference: GoldenModel, candidate: GoldenModel, text_windows
     """text_windows: token windows; chat_sequences: (prompt + answer ids, prompt length). memo: a dict that keeps
     the reference's logits between calls (several candidates against one reference)."""
     text = _Accumulator()
-    for ids in _bar(text_windows, "eval text", progress):
+    for ids in with_progress(text_windows, "eval text", progress, unit="windows"):
         ids = np.asarray(ids)
         r = _all_logits(reference, ids[:-1], memo)
         c = candidate.forward(ids[:-1], candidate.new_cache(len(ids)), all_logits=True)
         text.add(r, c, ids[1:])
     chat = _Accumulator()
-    for ids, plen in _bar(list(chat_sequences), "eval chat", progress):
+    for ids, plen in with_progress(list(chat_sequences), "eval chat", progress, unit="answers"):
         ids = np.asarray(ids)
         r = _all_logits(reference, ids[:-1], memo)
         c = candidate.forward(ids[:-1], candidate.new_cache(len(ids)), all_logits=True)
@@ -121,7 +114,7 @@ def chat_sequences(model: LoadedModel, reference: GoldenModel, answer_tokens: in
         return []
     stop = set(getattr(tok, "eos_ids", ()) or ())
     seqs = []
-    for p in _bar(list(prompts), "chat answers", progress):
+    for p in with_progress(list(prompts), "chat answers", progress, unit="prompts"):
         ids = tok.encode_chat([{"role": "user", "content": p}])
         ans = greedy_answer(reference, ids, answer_tokens, stop)
         if ans:
