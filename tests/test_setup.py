@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -14,9 +15,10 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 def dry_run(target: str, tmp_path) -> str:
     """What `make TARGET` would run with a venv that does not exist yet."""
-    r = subprocess.run(["make", "-n", "-C", str(REPO), target, f"VENV={tmp_path / 'venv'}"], capture_output=True,
-                       text=True, check=True)
-    return "\n".join(line for line in r.stdout.splitlines() if not line.startswith("make: "))  # not its "Leaving directory"
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # as from a shell
+    r = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), target, f"VENV={tmp_path / 'venv'}"],
+                       capture_output=True, text=True, check=True, env=env)
+    return r.stdout
 
 
 def test_make_chat_installs_the_runtime_alone(tmp_path):
