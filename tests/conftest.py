@@ -4,7 +4,11 @@ and tiny random LLaMA models written by tiny_models.py."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,45 @@ def roma_cache(tmp_path_factory):
         del os.environ["ROMA_CACHE"]
     else:
         os.environ["ROMA_CACHE"] = previous
+
+
+class ServerProcess:
+    """`roma ARGS` (a server) in a subprocess, its stderr collected line by line; entering waits for its
+    "serving ..." line (`self.line`), leaving kills it if it still runs."""
+
+    def __init__(self, args: list[str], env: dict | None = None, timeout: float = 120):
+        self.args, self.env, self.timeout = args, env or cli_env(), timeout
+        self.lines: list[str] = []
+
+    def __enter__(self) -> "ServerProcess":
+        self.proc = subprocess.Popen([sys.executable, "-m", "roma_runtime.cli", *self.args], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=str(REPO))
+        self.reader = threading.Thread(target=lambda: self.lines.extend(
+            line.decode("utf-8", "replace") for line in self.proc.stderr), daemon=True)
+        self.reader.start()
+        deadline = time.monotonic() + self.timeout
+        try:
+            while not any(line.startswith("serving") for line in self.lines):
+                assert self.proc.poll() is None, "".join(self.lines)
+                assert time.monotonic() < deadline, "".join(self.lines)
+                time.sleep(0.05)
+        except BaseException:
+            self.__exit__()
+            raise
+        self.line = next(line for line in self.lines if line.startswith("serving"))
+        return self
+
+    def interrupt(self, timeout: float = 30) -> tuple[int, str]:
+        """Ctrl-C: (its exit code, all it wrote to stderr)."""
+        self.proc.send_signal(signal.SIGINT)
+        rc = self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=5)
+        return rc, "".join(self.lines)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def cli_env() -> dict:

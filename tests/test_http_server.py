@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -531,38 +530,18 @@ def test_roma_serve_http_refuses_unsafe_or_impossible_setups_before_loading(tiny
 
 
 def test_roma_serve_http_end_to_end_with_a_key_from_the_environment(tiny_models, tiny_build, adapters):
-    from conftest import cli_env
+    from conftest import ServerProcess, cli_env
 
     env = dict(cli_env(), **{hs.API_KEY_ENV: KEY})
-    proc = subprocess.Popen([sys.executable, "-m", "roma_runtime.cli", "serve", "--http", "--port", "0",
-                             "--model", str(tiny_models["q4_1"]), "--backend", "emu", "--served-model-name", "tiny",
-                             "--lora", f"a1={adapters['a1']}", "--max-tokens", "6", "--threads", "1"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            cwd=str(REPO))
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(l.decode("utf-8", "replace") for l in proc.stderr),
-                              daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 120
-        while not any(l.startswith("serving") for l in lines):
-            assert proc.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.05)
-        line = next(l for l in lines if l.startswith("serving"))
-        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/v1", line).group(1))
-        assert "models: tiny, a1" in line and "API key required" in line
+    args = ["serve", "--http", "--port", "0", "--model", str(tiny_models["q4_1"]), "--backend", "emu",
+            "--served-model-name", "tiny", "--lora", f"a1={adapters['a1']}", "--max-tokens", "6", "--threads", "1"]
+    with ServerProcess(args, env) as server:
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/v1", server.line).group(1))
+        assert "models: tiny, a1" in server.line and "API key required" in server.line
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
         assert [m.id for m in c.models.list().data] == ["tiny", "a1"]
         r = c.chat.completions.create(model="a1", messages=[{"role": "user", "content": "Hi"}], max_tokens=50)
         assert r.usage.completion_tokens <= 6  # the server's --max-tokens
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=30)
-        reader.join(timeout=5)
-        err = "".join(lines)
+        rc, err = server.interrupt()
         assert rc == 0, err
         assert "stopped" in err and "Traceback" not in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -13,7 +13,6 @@ import fcntl
 import os
 import re
 import select
-import signal
 import struct
 import subprocess
 import sys
@@ -626,43 +625,27 @@ def test_lora_save_and_load_over_the_line_as_in_the_local_chat(engine, adapters,
 
 def test_roma_serve_and_roma_chat_serial_on_smollm2_then_sigint_stops_cleanly():
     """Both ends are the real commands: `roma serve --serial` and `roma chat --serial` over a pty pair."""
+    from conftest import ServerProcess, cli_env
+
     link = PtyLink()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HOST), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.Popen([sys.executable, "-m", "roma_runtime.cli", "serve", "--serial", link.server_port,
-                             "--model", "smollm2-135m", "--max-tokens", "8"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, cwd=str(REPO))
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(l.decode("utf-8", "replace") for l in proc.stderr),
-                              daemon=True)
-    reader.start()
+    env = cli_env()
     try:
-        deadline = time.monotonic() + 120
-        while not any(l.startswith("serving") for l in lines):
-            assert proc.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.1)
-        chat = subprocess.run([sys.executable, "-m", "roma_runtime.cli", "chat", "--serial", link.client_port],
-                              input=b"What is the capital of France?\n/stats\n/lora\n/quit\n",
-                              capture_output=True, env=env, cwd=str(REPO), timeout=120)
-        out, err = chat.stdout.decode(), chat.stderr.decode()
-        assert chat.returncode == 0, err
-        answer = out.splitlines()[0]
-        assert answer.strip() and "Traceback" not in err
-        tokens = int(re.search(r"\[(\d+) tokens", err).group(1))
-        assert 1 <= tokens <= 8  # the board's --max-tokens 8 bounds the chat's default of 256
-        assert "answers of at most 8 tokens" in out
-        assert "in the board's cache" in out and "1 turns" in out  # /stats came from the board
-        assert "no LoRA adapters loaded on the board" in out  # /lora asks the board
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=20)
-        reader.join(timeout=5)
-        err = "".join(lines)
-        assert rc in (0, 130), err
-        assert "Traceback" not in err and "client connected" in err
+        with ServerProcess(["serve", "--serial", link.server_port, "--model", "smollm2-135m", "--max-tokens", "8"],
+                           env) as server:
+            chat = subprocess.run([sys.executable, "-m", "roma_runtime.cli", "chat", "--serial", link.client_port],
+                                  input=b"What is the capital of France?\n/stats\n/lora\n/quit\n",
+                                  capture_output=True, env=env, cwd=str(REPO), timeout=120)
+            out, err = chat.stdout.decode(), chat.stderr.decode()
+            assert chat.returncode == 0, err
+            answer = out.splitlines()[0]
+            assert answer.strip() and "Traceback" not in err
+            tokens = int(re.search(r"\[(\d+) tokens", err).group(1))
+            assert 1 <= tokens <= 8  # the board's --max-tokens 8 bounds the chat's default of 256
+            assert "answers of at most 8 tokens" in out
+            assert "in the board's cache" in out and "1 turns" in out  # /stats came from the board
+            assert "no LoRA adapters loaded on the board" in out  # /lora asks the board
+            rc, err = server.interrupt(timeout=20)
+            assert rc in (0, 130), err
+            assert "Traceback" not in err and "client connected" in err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         link.close()
