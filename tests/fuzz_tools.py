@@ -9,10 +9,12 @@ memory (the README's figures come from it).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
 import tracemalloc
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -115,6 +117,27 @@ def write_adapter(folder: Path, config, *, rank: int = 4, alpha: float = 8.0, ta
     cfg.update(extra_config or {})
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
     return folder
+
+
+def npz_bytes(members: dict, compressed: bool = False) -> bytes:
+    """A session-file-like .npz of .npy members (name -> array, or raw bytes for a hand-made member)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED) as zf:
+        for name, value in members.items():
+            if isinstance(value, (bytes, bytearray)):
+                zf.writestr(name + ".npy", bytes(value))
+            else:
+                b = io.BytesIO()
+                np.lib.format.write_array(b, np.asarray(value), allow_pickle=False)
+                zf.writestr(name + ".npy", b.getvalue())
+    return buf.getvalue()
+
+
+def npy_header(shape, dtype="<f2") -> bytes:
+    """A .npy header that claims `shape` (and no data after it)."""
+    b = io.BytesIO()
+    np.lib.format.write_array_header_2_0(b, {"descr": dtype, "fortran_order": False, "shape": tuple(shape)})
+    return b.getvalue()
 
 
 def flip_bytes(data: bytes, positions, values) -> bytes:

@@ -9,18 +9,17 @@ ROMA_LONG=1 multiplies them by 25 (fuzz_tools.examples)."""
 from __future__ import annotations
 
 import copy
-import io
 import json
 import shutil
 import struct
-import zipfile
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzz_tools import LONG, SMALL_VOCAB, Tally, examples, flip_bytes, write_adapter, write_gguf
+from fuzz_tools import (LONG, SMALL_VOCAB, Tally, examples, flip_bytes, npy_header, npz_bytes, write_adapter,
+                        write_gguf)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the GGUF writer, fed NaN on purpose
 
@@ -376,27 +375,6 @@ def session_meta(config, n=N_TOKENS):
                                        "messages": [{"role": "user", "content": "hi"}]}}
 
 
-def session_zip(members: dict, compressed: bool = False) -> bytes:
-    """A .npz of .npy members (name -> array, or raw bytes for a hand-made member)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED) as zf:
-        for name, value in members.items():
-            if isinstance(value, (bytes, bytearray)):
-                zf.writestr(name + ".npy", bytes(value))
-            else:
-                b = io.BytesIO()
-                np.lib.format.write_array(b, np.asarray(value), allow_pickle=False)
-                zf.writestr(name + ".npy", b.getvalue())
-    return buf.getvalue()
-
-
-def npy_header_only(shape, dtype="<f2") -> bytes:
-    """A .npy header that claims `shape` (and no data after it)."""
-    b = io.BytesIO()
-    np.lib.format.write_array_header_2_0(b, {"descr": dtype, "fortran_order": False, "shape": tuple(shape)})
-    return b.getvalue()
-
-
 @pytest.fixture(scope="module")
 def session_base(small, small_config):
     from roma_runtime.kv import SESSION_FORMAT, SESSION_VERSION, write_session_file
@@ -432,10 +410,10 @@ def test_fuzz_session_file(small, small_config, session_base, data):
     elif kind == "meta":  # one metadata value set to anything, or removed
         p = data.draw(st.sampled_from(json_paths(base["meta"])))
         meta = mutate_json(base["meta"], p, data.draw(JSON), data.draw(st.booleans()) and data.draw(st.booleans()))
-        path.write_bytes(session_zip({**arrays, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}))
+        path.write_bytes(npz_bytes({**arrays, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}))
     elif kind == "meta-json":  # metadata that is not the JSON object it should be
         blob = data.draw(st.binary(max_size=64)) if data.draw(st.booleans()) else json.dumps(data.draw(JSON)).encode()
-        path.write_bytes(session_zip({**arrays, "meta": np.frombuffer(blob, np.uint8)}))
+        path.write_bytes(npz_bytes({**arrays, "meta": np.frombuffer(blob, np.uint8)}))
     elif kind == "array":  # one array of another shape or type, or missing
         name = data.draw(st.sampled_from(["ids", "keys", "values", "meta"]))
         shape = tuple(data.draw(st.lists(st.integers(0, 9), max_size=4)))
@@ -445,17 +423,17 @@ def test_fuzz_session_file(small, small_config, session_base, data):
             members[name] = np.zeros(shape, dtype)
         else:
             del members[name]
-        path.write_bytes(session_zip(members))
+        path.write_bytes(npz_bytes(members))
     elif kind == "bomb":  # a member whose header claims far more than the file holds, stored or deflated
         name = data.draw(st.sampled_from(["keys", "values", "ids", "meta"]))
         claim = data.draw(st.sampled_from([(c.n_layers, 10**6, c.n_kv_heads, c.head_dim), (2**40,),
                                            (c.n_layers, N_TOKENS, c.n_kv_heads, c.head_dim * 10**5), (10**12, 8)]))
-        raw = npy_header_only(claim, data.draw(st.sampled_from(["<f2", "|u1", "<i8"])))
+        raw = npy_header(claim, data.draw(st.sampled_from(["<f2", "|u1", "<i8"])))
         if data.draw(st.booleans()):
             raw += bytes(data.draw(st.integers(0, 1 << 22)))  # zeros: deflate squeezes megabytes into kilobytes
-        path.write_bytes(session_zip({**arrays, name: raw}, compressed=True))
+        path.write_bytes(npz_bytes({**arrays, name: raw}, compressed=True))
     else:  # the same session, deflated: still a good file
-        path.write_bytes(session_zip(arrays, compressed=True))
+        path.write_bytes(npz_bytes(arrays, compressed=True))
     with tally("session").run():
         meta, ids, keys, values = read_session_file(path, c, "fp16", max_tokens=c.context_length)
         n = meta["length"]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import cli_env
-from fuzz_tools import LONG, SMALL_VOCAB, flip_bytes, rss_bytes, write_adapter, write_gguf
+from fuzz_tools import LONG, SMALL_VOCAB, flip_bytes, npy_header, npz_bytes, rss_bytes, write_adapter, write_gguf
 from roma_runtime.errors import RomaError
 
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
@@ -200,25 +200,6 @@ def test_3_a_refused_load_leaves_the_conversation(tiny_models, chat_files):
 # --- 4. memory sized by untrusted files ------------------------------------------------------------------------
 
 
-def npz(members: dict, deflate: bool = False) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED) as zf:
-        for name, value in members.items():
-            if isinstance(value, bytes):
-                zf.writestr(name + ".npy", value)
-            else:
-                b = io.BytesIO()
-                np.lib.format.write_array(b, np.asarray(value), allow_pickle=False)
-                zf.writestr(name + ".npy", b.getvalue())
-    return buf.getvalue()
-
-
-def npy_header(shape, descr="<f2") -> bytes:
-    b = io.BytesIO()
-    np.lib.format.write_array_header_2_0(b, {"descr": descr, "fortran_order": False, "shape": tuple(shape)})
-    return b.getvalue()
-
-
 def write_zip(path: Path, members: dict) -> Path:
     """A deflated .npz written member by member as a stream: name -> bytes, or (bytes, zeros) for bytes followed
     by `zeros` zero bytes (megabytes of zeros deflate to kilobytes: a zip bomb, made without a big buffer)."""
@@ -306,7 +287,7 @@ def test_4_a_header_claiming_tebibytes_is_refused_without_allocating(engine, tmp
     n = 8
     huge = npy_header((c.n_layers, n, c.n_kv_heads, c.head_dim * 2**30))  # 2 x 8 x 2 x 16 Gi fp16: 1 TiB
     path = tmp_path / "tib.npz"
-    path.write_bytes(npz({"meta": np.frombuffer(engine_meta(engine, n), np.uint8), "ids": np.ones(n, np.int64),
+    path.write_bytes(npz_bytes({"meta": np.frombuffer(engine_meta(engine, n), np.uint8), "ids": np.ones(n, np.int64),
                           "keys": huge, "values": huge}))
     for read in (lambda: engine.restore_session(path), lambda: read_session_file(path)):
         peak = peak_of(lambda: pytest.raises(RomaError, read))
@@ -505,7 +486,7 @@ def test_5_session_files_with_mistyped_metadata_are_refused(engine, tmp_path, ca
     key, value = SESSION_META[case]
     meta[key] = value
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    path.write_bytes(npz(arrays))
+    path.write_bytes(npz_bytes(arrays))
     with pytest.raises(RomaError):
         engine.restore_session(path)
     with pytest.raises(RomaError):
