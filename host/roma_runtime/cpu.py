@@ -1,5 +1,5 @@
 """What /proc/cpuinfo says of this CPU: its model name and the instruction-set flags Linux lists (those the kernel
-enabled). Native code is compiled for these flags, never for what -march=native reads from cpuid."""
+enabled). Native code is compiled for these flags, never for what the compiler's native mode reads from cpuid."""
 
 from __future__ import annotations
 
