@@ -18,7 +18,6 @@ PEFT facts this module relies on (peft 0.21, checked against its source):
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import struct
@@ -31,7 +30,7 @@ import numpy as np
 
 from .errors import RomaError
 from .model.config import ModelConfig
-from .model.loader import LoadedModel, permute_to_gguf_rope
+from .model.loader import LoadedModel, permute_to_gguf_rope, read_json_object
 from .model.weights import LayerWeights
 
 LINEAR = LayerWeights.LINEAR  # ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -216,16 +215,7 @@ def _read_config(folder: Path) -> dict:
         raise RomaError(f"{folder} has no adapter_config.json",
                         hint="give the folder that PEFT's save_pretrained wrote (adapter_config.json + "
                              "adapter_model.safetensors)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise RomaError(f"cannot read {path}: {e.strerror or e}") from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise RomaError(f"{path} is not valid JSON ({e})", hint="re-save the adapter with PEFT's save_pretrained") \
-            from None
-    if not isinstance(cfg, dict):
-        raise RomaError(f"{path} must hold a JSON object, not {type(cfg).__name__}")
-    return cfg
+    return read_json_object(path, hint="re-save the adapter with PEFT's save_pretrained")
 
 
 def _number(cfg: dict, key: str, default=None, positive=True):

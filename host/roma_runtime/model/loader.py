@@ -329,20 +329,22 @@ def permute_to_gguf_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _read_hf_config(path: Path) -> dict:
-    """config.json as a dict, or RomaError: unreadable, not JSON, not an object."""
-    where = path / "config.json"
+def read_json_object(where: Path, hint: str) -> dict:
+    """A JSON file that must hold an object (a config), or one RomaError: unreadable, not JSON, not an object;
+    `hint` says what to do about a damaged file."""
     try:
         cfg = json.loads(where.read_text(encoding="utf-8"))
     except OSError as e:
         raise RomaError(f"cannot read {where}: {e.strerror or e}") from None
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise RomaError(f"{where} is not valid JSON ({e})", hint="the file is damaged; get the model again") \
-            from None
+        raise RomaError(f"{where} is not valid JSON ({e})", hint=hint) from None
     if not isinstance(cfg, dict):
-        raise RomaError(f"{where} must hold a JSON object, not a {type(cfg).__name__}",
-                        hint="the file is damaged; get the model again")
+        raise RomaError(f"{where} must hold a JSON object, not a {type(cfg).__name__}", hint=hint)
     return cfg
+
+
+def _read_hf_config(path: Path) -> dict:
+    return read_json_object(path / "config.json", hint="the file is damaged; get the model again")
 
 
 def _load_hf(path: Path) -> LoadedModel:
