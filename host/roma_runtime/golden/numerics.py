@@ -41,7 +41,7 @@ class PreparedMatrix:
     Why fp32 BLAS gives exact integers here, on any machine: every group dot product and every partial sum of
     it is an integer of magnitude at most (2^8 - 1) * 127 * 128 < 2^24, so each fp32 product and sum is exact
     whatever order, blocking or FMA use a BLAS kernel picks. The fp32 scaling that follows is written out in
-    the core's own order (`scale_groups`), so the result does not depend on the BLAS library either.
+    the core's own order (`quantized_matmul`), so the result does not depend on the BLAS library either.
     """
 
     def __init__(self, m: QuantizedMatrix):
@@ -57,16 +57,20 @@ class PreparedMatrix:
         self.minimums_t = np.ascontiguousarray(m.minimums.astype(np.float32).T)
 
 
-def _group_dots(prepared: PreparedMatrix, xq: np.ndarray, rows: slice) -> tuple[np.ndarray, np.ndarray]:
-    """xq int8 [T, K] -> (dot fp32 [groups, T, rows], xsum fp32 [groups, T]), both exact integers."""
-    xg = xq.reshape(xq.shape[0], -1, prepared.group).astype(np.float32).transpose(1, 0, 2)  # [groups, T, G]
+def _grouped(prepared: PreparedMatrix, xq: np.ndarray) -> np.ndarray:
+    """int8 activations [T, K] as fp32 [groups, T, G] (small integers: exact)."""
+    return xq.reshape(xq.shape[0], -1, prepared.group).astype(np.float32).transpose(1, 0, 2)
+
+
+def _group_dots(prepared: PreparedMatrix, xg: np.ndarray, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+    """xg [groups, T, G] (_grouped) -> (dot fp32 [groups, T, rows], xsum fp32 [groups, T]), both exact integers."""
     return np.matmul(xg, prepared.codes_t[:, :, rows]), xg.sum(axis=-1)
 
 
 def group_dot(m: QuantizedMatrix | PreparedMatrix, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """xq int8 [T, K] -> (dot int32 [T, rows, groups], xsum int32 [T, groups]): the exact integer part."""
     prepared = m if isinstance(m, PreparedMatrix) else PreparedMatrix(m)
-    dot, xsum = _group_dots(prepared, xq, slice(None))
+    dot, xsum = _group_dots(prepared, _grouped(prepared, xq), slice(None))
     return dot.transpose(1, 2, 0).astype(np.int32), xsum.T.astype(np.int32)
 
 
@@ -74,12 +78,13 @@ def quantized_matmul(prepared: PreparedMatrix, x: np.ndarray) -> np.ndarray:
     """x fp32 [T, K] -> y fp32 [T, rows]: y[r] = sum over groups g, in order, of
     a_scale[g] * (d[r, g] * dot[r, g] + m[r, g] * xsum[g]), each step in fp32, as brom_tile_gemv computes it."""
     xq, a_scale = quantize_activations(x, prepared.group)
+    xg = _grouped(prepared, xq)
     t = x.shape[0]
     y = np.empty((t, prepared.rows), np.float32)
     block = max(1, ROW_BLOCK_VALUES // (t * prepared.cols // prepared.group))  # bounds the dot buffer
     for r0 in range(0, prepared.rows, block):
         rows = slice(r0, r0 + block)
-        terms, xsum = _group_dots(prepared, xq, rows)  # [groups, T, rows]: the dots, then the fp32 terms
+        terms, xsum = _group_dots(prepared, xg, rows)  # [groups, T, rows]: the dots, then the fp32 terms
         terms *= prepared.scales_t[:, None, rows]
         terms += prepared.minimums_t[:, None, rows] * xsum[..., None]
         terms *= a_scale.T[..., None]
