@@ -52,7 +52,7 @@ from ..errors import RomaError
 from .boards import get_board
 from .plan import BRAM_SHAPES, URAM_SHAPES, _shape_cost
 
-HLS_DIR = Path(__file__).resolve().parents[3] / "hw" / "hls"
+HLS_DIR = Path(__file__).resolve().parents[1] / "hls"  # hw/hls, linked into the package
 PLAN_TOLERANCE = 0.05  # issue 19: the object's totals may differ from the plan's by at most 5%
 BUDGET = 0.8  # plan.py's default share of BRAM/URAM (timing closure)
 # A bank this shallow without a BIND_STORAGE is counted as LUTRAM, not BRAM (FINN's MVAU estimate: a weight memory

@@ -30,8 +30,8 @@ import numpy as np
 
 from ..errors import RomaError
 
-REPO = Path(__file__).resolve().parents[3]
-HLS_DIR = REPO / "hw" / "hls"
+# The HLS sources: the repository's hw/hls, linked into the package (host/roma_runtime/hls) and shipped with it
+HLS_DIR = Path(__file__).resolve().parents[1] / "hls"
 HEADER = HLS_DIR / "roma_core.h"
 TOP = "roma_core"
 
