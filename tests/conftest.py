@@ -86,6 +86,16 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def smollm2_build(smollm2):
+    """The emu backend's default build of SmolLM2 (4-bit G32), compiled once per test session into the
+    session's roma cache, where `roma chat --backend emu` finds it."""
+    from roma_runtime.builds import default_build
+
+    folder, _ = default_build(smollm2, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """One set of tiny random weights (GQA, untied head) as a HF folder and as F32 and Q4_1 GGUF files."""
     from tiny_models import write_tiny_gguf, write_tiny_hf
@@ -103,7 +113,7 @@ def tiny_models(tmp_path_factory):
 def tiny_build(tiny_models):
     """The emu backend's default build of the tiny Q4_1 model (4-bit G32, passed through bit for bit), compiled
     once per test session into the session's roma cache like every default build."""
-    from roma_runtime.backends import default_build
+    from roma_runtime.builds import default_build
     from roma_runtime.model import load_model
 
     folder, _ = default_build(load_model(tiny_models["q4_1"]), progress=False)
@@ -119,6 +129,6 @@ def tiny_emu(tiny_build):
     pytest.importorskip("pynq")
     if shutil.which("g++") is None or shutil.which("make") is None:
         pytest.skip("the emulated board needs g++ and make")
-    from roma_runtime.device.driver import EmuBackend
+    from roma_runtime.backends.emulated import EmuBackend
 
     return EmuBackend(tiny_build, progress=False)

@@ -26,7 +26,7 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def emu(tiny_models, tiny_build):
-    return Engine(tiny_models["q4_1"], "emu", lora_slots=2, lora_rank=16)
+    return Engine(tiny_models["q4_1"], "emu", lora_slots=2, lora_rank=16, build=tiny_build)
 
 
 def greedy(n: int, **kw) -> SamplingParams:
@@ -201,8 +201,8 @@ def test_bench_reports_host_overhead_in_both_modes(emu):
     assert "autonomous decode (on chip" in format_table(report)
 
 
-def test_smollm2_greedy_on_chip_equals_per_token(smollm2):
-    engine = Engine(smollm2, "emu", lora_slots=0)
+def test_smollm2_greedy_on_chip_equals_per_token(smollm2, smollm2_build):
+    engine = Engine(smollm2, "emu", lora_slots=0, build=smollm2_build)
     ids = engine.tokenizer.encode("The capital of France is")
     a, b = run_both(engine, ids, greedy(6), capacity=32, chunk=4)
     assert_same_state(engine, a, b)

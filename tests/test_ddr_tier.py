@@ -24,7 +24,7 @@ from conftest import REPO, cli_env
 from float_noise import assert_within_float_noise, golden_variant_logits
 from roma_runtime import RomaError
 from roma_runtime.compiler import brom
-from roma_runtime.backends import DEFAULT_BUILD
+from roma_runtime.builds import DEFAULT_BUILD
 from roma_runtime.compiler.build import DDR_FILE, compile_model, is_ddr, load_build, verify_build
 from roma_runtime.compiler.plan import DDR_STREAM, make_plan
 
@@ -53,7 +53,7 @@ def ddr_build(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ddr_emu(ddr_build):
-    from roma_runtime.device.driver import EmuBackend
+    from roma_runtime.backends.emulated import EmuBackend
 
     return EmuBackend(ddr_build, progress=False)
 
@@ -234,7 +234,8 @@ def test_the_core_refuses_to_run_without_its_ddr_image(ddr_emu):
 
 
 def test_missing_or_corrupt_ddr_image_is_refused_naming_the_file(ddr_build, tmp_path):
-    from roma_runtime.device.driver import EmuBackend, read_ddr_image
+    from roma_runtime.backends.emulated import EmuBackend
+    from roma_runtime.device.driver import read_ddr_image
 
     bad = tmp_path / "bad"
     shutil.copytree(ddr_build, bad)
@@ -263,7 +264,7 @@ def test_smollm2_2bit_on_kv260_streams_from_ddr_and_matches_the_golden_model(smo
     """SmolLM2-135M at 2 bits (RTN G64) placed for a KV260: only layer 0 fits on chip, layers 1-29 and the tied
     lm head stream from DDR. On the emulated board the logits and the greedy token are within the golden quant
     model's float noise on the same build, as at 2 bits on chip (test_emu_backend)."""
-    from roma_runtime.device.driver import EmuBackend
+    from roma_runtime.backends.emulated import EmuBackend
     from roma_runtime.tokenizer import Tokenizer
 
     out = tmp_path / "smollm2-2bit-kv260"

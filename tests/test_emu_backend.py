@@ -82,7 +82,7 @@ def make_adapter(hf_folder, out, seed, **config):
 @pytest.fixture(scope="module")
 def engines(tiny_models, tiny_build):
     """(emu, ref) engines on the tiny Q4_1 model, 4 LoRA slots of rank 16 each."""
-    emu = Engine(tiny_models["q4_1"], "emu", lora_slots=4, lora_rank=16)
+    emu = Engine(tiny_models["q4_1"], "emu", lora_slots=4, lora_rank=16, build=tiny_build)
     ref = Engine(emu.model, "ref", "quant", lora_slots=4, lora_rank=16)
     return emu, ref
 
@@ -111,7 +111,7 @@ def test_default_backend_is_emu_without_a_board_and_board_refuses_cleanly():
 
 
 def test_default_build_is_compiled_once_cached_and_passes_q4_1_through(tiny_models, tmp_path, capfd):
-    from roma_runtime.backends import default_build, default_build_dir
+    from roma_runtime.builds import default_build, default_build_dir
     from roma_runtime.compiler.build import read_manifest
     from roma_runtime.model import load_model
 
@@ -135,7 +135,7 @@ def test_default_build_is_compiled_once_cached_and_passes_q4_1_through(tiny_mode
 
 
 def test_build_folder_as_model(tiny_models, engines, tmp_path):
-    from roma_runtime.backends import default_build
+    from roma_runtime.builds import default_build
     from roma_runtime.model import load_model
     from roma_runtime.model.loader import locate_model
 
@@ -273,15 +273,15 @@ def test_lora_slots_must_fit_the_core(tiny_models, engines):
     with pytest.raises(RomaError, match="roma_core has 4"):
         emu.check_lora(LoraSlots(emu.config, emu.lora_slots + 1, 8))
     with pytest.raises(RomaError, match="--lora-rank 64 or less"):
-        Engine(engines[0].model, "emu", lora_slots=1, lora_rank=65)
+        Engine(engines[0].model, "emu", lora_slots=1, lora_rank=65, build=engines[0].backend.build_dir)
 
 
 # --- SmolLM2 and the CLI ----------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def smol_emu(smollm2):
-    return Engine(smollm2, "emu", lora_slots=0)
+def smol_emu(smollm2, smollm2_build):
+    return Engine(smollm2, "emu", lora_slots=0, build=smollm2_build)
 
 
 def test_smollm2_first_greedy_token_equals_ref(smollm2, smol_emu, engines):
@@ -325,7 +325,7 @@ def test_smollm2_2bit_build_on_emu_matches_its_golden_quant_model(smollm2, tmp_p
     an equally valid fp32 evaluation (float_noise.py: at 2 bits one ulp moves the logits by several %)."""
     from float_noise import assert_within_float_noise, golden_variant_logits
     from roma_runtime.compiler.build import compile_model, load_build
-    from roma_runtime.device.driver import EmuBackend
+    from roma_runtime.backends.emulated import EmuBackend
     from roma_runtime.tokenizer import Tokenizer
 
     out = tmp_path / "smollm2-2bit"

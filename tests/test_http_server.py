@@ -63,7 +63,7 @@ def engine(tiny_models, tiny_build, adapters):
         pytest.skip("the emulated board needs g++")
     from roma_runtime.engine import Engine
 
-    e = Engine(str(tiny_models["q4_1"]), "emu", lora_slots=2)
+    e = Engine(str(tiny_models["q4_1"]), "emu", lora_slots=2, build=tiny_build)
     for name, folder in adapters.items():
         e.load_lora(name, str(folder))
     return e

@@ -23,7 +23,7 @@ import pytest
 
 from conftest import REPO, cli_env
 from roma_runtime import RomaError
-from roma_runtime.backends import DEFAULT_BUILD
+from roma_runtime.builds import DEFAULT_BUILD
 from roma_runtime.compiler.build import compile_model, verify_build
 from roma_runtime.compiler.plan import check_kv_onchip, kv_bytes_per_token, make_plan
 from roma_runtime.generate import SamplingParams
@@ -49,7 +49,7 @@ def onchip_build(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onchip_emu(onchip_build):
-    from roma_runtime.device.driver import EmuBackend
+    from roma_runtime.backends.emulated import EmuBackend
 
     return EmuBackend(onchip_build, progress=False)
 

@@ -71,7 +71,7 @@ def test_a_q8_build_records_and_stores_its_scales(builds, tiny_models):
                     reason="the emulated board needs g++ and make")
 def test_a_q8_build_on_the_emulated_board_matches_the_golden_model(builds):
     pytest.importorskip("pynq")
-    from roma_runtime.device.driver import EmuBackend
+    from roma_runtime.backends.emulated import EmuBackend
     from float_noise import assert_within_float_noise, golden_variant_logits
     from test_ddr_tier import IDS, TOL
 

@@ -140,10 +140,10 @@ class PtyLink:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models):
+def engine(tiny_models, tiny_build):
     from roma_runtime.engine import Engine
 
-    return Engine(str(tiny_models["q4_1"]))
+    return Engine(str(tiny_models["q4_1"]), build=tiny_build)
 
 
 class Board:

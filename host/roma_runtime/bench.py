@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from .cpu import cpu_model
+from .backends.base import Wrapper
 from .errors import RomaError
 from .llama_peer import LlamaCppRunner, PeerFailed
 from .progress import with_progress
@@ -253,33 +254,29 @@ def _add_cycles(total: dict | None, counts) -> dict | None:
     return total
 
 
-class _TimedBackend:
-    """Wraps the engine's backend: times every forward and collects its cycle counts, if it has any."""
+class _TimedBackend(Wrapper):
+    """Wraps the engine's backend: times every forward and generate and collects its cycle counts (None from a
+    backend without a cycle estimate)."""
 
     def __init__(self, inner):
-        self._inner = inner
+        super().__init__(inner)
         self.calls: list[tuple[float, int, dict | None]] = []
         self.first_logits = None
         self.generate_done: list[float] = []  # when each autonomous-decode call returned
 
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    def generate(self, first_id, position, n, sampling=None, seed=None, eos_id=None, **kwargs):
+    def generate(self, first_id, position, n, sampling=None, seed=None, eos_id=None, *, cache, owner=None):
         t0 = time.perf_counter()
-        ids = self._inner.generate(first_id, position, n, sampling, seed, eos_id, **kwargs)
+        ids = self.inner.generate(first_id, position, n, sampling, seed, eos_id, cache=cache, owner=owner)
         dt = time.perf_counter() - t0
-        hook = getattr(self._inner, "last_cycles", None)
-        self.calls.append((dt, 1, hook() if callable(hook) else None))
+        self.calls.append((dt, 1, self.inner.last_cycles()))
         self.generate_done.append(time.perf_counter())
         return ids
 
     def forward(self, ids, cache):
         t0 = time.perf_counter()
-        logits = self._inner.forward(ids, cache)
+        logits = self.inner.forward(ids, cache)
         dt = time.perf_counter() - t0
-        hook = getattr(self._inner, "last_cycles", None)
-        cycles = hook() if callable(hook) else None
+        cycles = self.inner.last_cycles()
         if not self.calls:
             self.first_logits = logits
         self.calls.append((dt, len(ids), cycles))
@@ -332,7 +329,7 @@ class OursRunner:
             if timed.generate_done:  # on chip: the first token comes with the first CMD_GENERATE
                 first[:] = [timed.generate_done[0]]
         finally:
-            engine.backend = timed._inner
+            engine.backend = timed.inner
         calls = timed.calls
         prefill_cycles = _add_cycles(None, calls[0][2]) if calls else None
         decode_cycles = None
@@ -373,7 +370,6 @@ def measure_lora(engine, swaps: int = LORA_SWAPS, rank: int = LORA_RANK) -> dict
     from .lora import DEFAULT_MAX_RANK, LoraSlots
 
     backend = engine.backend
-    set_lora = getattr(backend, "set_lora", None)
     slots = LoraSlots(engine.config, capacity=2, slot_rank=max(DEFAULT_MAX_RANK, rank))
     adapters = lora_adapters(engine.config, rank)
     for adapter in adapters:
@@ -384,20 +380,18 @@ def measure_lora(engine, swaps: int = LORA_SWAPS, rank: int = LORA_RANK) -> dict
         name = adapters[i % 2].name
         t0 = time.perf_counter()
         slots.activate(name)
-        if callable(set_lora):
-            set_lora(slots)
+        backend.set_lora(slots)
         swap_s.append(time.perf_counter() - t0)
     activate_s = [e.seconds for e in slots.events if e.op == "activate"]
     slots.activate(None)
-    if callable(set_lora):
-        set_lora(slots)  # back to the base model
+    backend.set_lora(slots)  # back to the base model
     return {
         "rank": rank, "targets": "all 7 linears (q, k, v, o, gate, up, down) of every layer",
         "layers": engine.config.n_layers, "slot_rank": slots.slot_rank, "dtype": slots.dtype,
         "adapter_bytes": loads[0].nbytes if loads else None,
         "load_s": statistics.median(e.seconds for e in loads) if loads else None,
         "swap_s": statistics.median(swap_s), "activate_s": statistics.median(activate_s),
-        "swaps": swaps, "backend_set_lora": callable(set_lora),
+        "swaps": swaps,
         "model": "swap = LoraSlots.activate (validate the name, write the active slot) + backend.set_lora; "
                  "load = validate + pack + place one adapter",
     }
@@ -411,7 +405,7 @@ def measure_autonomous(engine, cfg, prompt: list[int], per_token: list) -> dict 
     runs of that prompt (`per_token`); None when the backend has no autonomous decode."""
     from .engine import ON_CHIP_CHUNK
 
-    if not callable(getattr(engine.backend, "generate", None)):
+    if not engine.backend.autonomous:
         return None
     runner = OursRunner(engine, cfg.capacity, on_chip=True)
     if cfg.warmup:
@@ -469,7 +463,7 @@ def _median_cycles(dicts: list[dict | None]) -> dict | None:
 def _clock(backend, override: float | None) -> tuple[float, str]:
     if override is not None:
         return float(override), "--clock-mhz"
-    clock = getattr(backend, "clock_mhz", None)
+    clock = backend.clock_mhz
     if clock:
         return float(clock), "the backend's clock"
     try:
@@ -544,7 +538,7 @@ def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, pro
     if peer is None:  # it failed part way: no half comparison
         for n in cfg.lengths:
             samples[n]["peer"] = []
-    if progress and callable(getattr(engine.backend, "generate", None)):
+    if progress and engine.backend.autonomous:
         print("bench: autonomous decode...", file=sys.stderr, flush=True)
     autonomous = measure_autonomous(engine, cfg, prompts[cfg.lengths[0]], samples[cfg.lengths[0]]["ours"])
     lora = None

@@ -161,10 +161,10 @@ def on_chip_refusal(backend, params: SamplingParams) -> str | None:
     chip's ring of recent ids (SAMPLER_RING). Everything else of SamplingParams maps onto the chip's sampler
     registers (golden.sampler.OnChipParams); top_k 0 or above the chip's pool (SAMPLER_K) draws from that pool
     (golden.sampler.effective_top_k)."""
-    if not callable(getattr(backend, "generate", None)):
-        return f"backend {getattr(backend, 'name', '?')} has no autonomous decode (the emu and board backends do)"
-    ring = getattr(backend, "sampler_ring", None)
-    if params.repetition_penalty != 1.0 and ring is not None and params.repeat_last_n > ring:
+    if not backend.autonomous:
+        return f"backend {backend.name} has no autonomous decode (the emu and board backends do)"
+    ring = backend.sampler_ring
+    if params.repetition_penalty != 1.0 and params.repeat_last_n > ring:
         return (f"the repetition penalty looks at the last {params.repeat_last_n} tokens, but the chip's ring of "
                 f"recent ids holds {ring}")
     return None
@@ -311,7 +311,7 @@ class Generation:
                 engine._bind(session)  # another session may have run in between, under another adapter
                 if sampled == 0:
                     state = seed
-                elif getattr(backend, "sampler_owner", self) is not self:
+                elif backend.sampler_owner is not self:
                     state = seed  # another sampling call ran on chip: restore the PRNG state
                     for _ in range(sampled):
                         state = prng_next(state)[0]
@@ -425,7 +425,7 @@ class Conversation:
 
 def _tokenizer_of(model: LoadedModel) -> Tokenizer:
     """The model's tokenizer; a build's is that of the model it was compiled from."""
-    if getattr(model, "format", None) == "build":
+    if model.format == "build":
         from .model.loader import build_source
 
         kind, path = build_source(model)
@@ -457,11 +457,13 @@ class Engine:
 
     def __init__(self, model=DEFAULT_MODEL, backend: str | None = None, numerics: str = "quant", *,
                  lora_slots: int = 4, lora_rank: int = DEFAULT_MAX_RANK, lora_dtype: str = "fp16",
-                 kv_memory: int | None = None, bitstream=None, lora_any_build: bool = False):
+                 kv_memory: int | None = None, build=None, bitstream=None, lora_any_build: bool = False):
         """backend: "ref", "emu" or "board"; None is the default (backends.check_backend: the board where a
-        PYNQ board is present, else the emulated board; the golden model for float numerics). bitstream: the
-        board backend's bitstream folder. lora_any_build: accept adapters that `roma finetune` trained for
-        another base (with a warning) instead of refusing them."""
+        PYNQ board is present, else the emulated board; the golden model for float numerics). build: the
+        compiled build the emu backend runs when `model` is not one (builds.default_build finds or compiles
+        it; the engine never compiles). bitstream: the board backend's bitstream folder. lora_any_build:
+        accept adapters that `roma finetune` trained for another base (with a warning) instead of refusing
+        them."""
         from .lora import LoraSlots
 
         backend = check_backend(backend, numerics)
@@ -471,21 +473,20 @@ class Engine:
             raise RomaError(f"the LoRA slot rank must be a positive integer, not {lora_rank!r}")
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.tokenizer = _tokenizer_of(self.model)
-        options = {"bitstream": bitstream} if backend == "board" else {}
-        self.backend = create_backend(backend, self.model, numerics, **options)
-        self.numerics = getattr(self.backend, "numerics", numerics)
-        self.kv_dtype = kv.kv_dtype_name(getattr(self.backend, "kv_dtype", np.float16))
+        self.backend = create_backend(backend, self.model, numerics, build=build, bitstream=bitstream)
+        self.numerics = self.backend.numerics
+        self.kv_dtype = kv.kv_dtype_name(self.backend.kv_dtype)
         # A build's compensating LoRA repairs its ROM base's quantization error, so it is always on: resident in
         # a slot of its own (which "no adapter" selects), and concatenated into every task adapter's slot.
         comp = self.model.compensation
         self.compensation = Adapter.from_factors(COMPENSATION, self.model, comp.factors) if comp else None
         if self.compensation is not None:
             lora_slots = max(lora_slots, 1)
-        check_lora = getattr(self.backend, "check_lora", None)  # hardware: slot count and rank of its LoRA unit
-        if check_lora is not None and lora_slots:  # before LoraSlots refuses a rank beyond the model (lora.py)
+        # hardware: its LoRA unit's slot count and rank, checked before LoraSlots refuses a rank beyond the model
+        if lora_slots:
             from types import SimpleNamespace
 
-            check_lora(SimpleNamespace(capacity=lora_slots, slot_rank=lora_rank, config=self.config))
+            self.backend.check_lora(SimpleNamespace(capacity=lora_slots, slot_rank=lora_rank, config=self.config))
         if lora_slots:  # a slot rank beyond the model's width would only hold zeros, at the slot rank's cost
             from .lora import check_slot_rank
 
@@ -494,9 +495,8 @@ class Engine:
         if self.compensation is not None:
             self.lora.load(COMPENSATION, self.compensation)
         self.lora_any_build = lora_any_build
-        check_lora = getattr(self.backend, "check_lora", None)  # hardware: slot count and rank of its LoRA unit
-        if check_lora is not None and self.lora is not None:
-            check_lora(self.lora)
+        if self.lora is not None:
+            self.backend.check_lora(self.lora)
         self._applied_lora = self.lora.version if self.lora else 0
         self._loads: dict[str, int] = {}  # adapter name -> serial number of its current load
         self._fingerprints: dict[str, str] = {}
@@ -535,8 +535,6 @@ class Engine:
     def _need_lora(self):
         if self.lora is None:
             raise RomaError("this engine has no LoRA slots", hint="create it with lora_slots >= 1 (--lora-slots)")
-        if not hasattr(self.backend, "set_lora"):
-            raise RomaError(f"backend {self.backend.name} cannot run LoRA adapters")
         return self.lora
 
     def load_lora(self, name: str, folder_or_adapter) -> int:
@@ -607,7 +605,7 @@ class Engine:
     @property
     def max_context(self) -> int:
         """The longest session: the context length, or the backend's limit (an on-chip KV cache) below it."""
-        return min(self.config.context_length, getattr(self.backend, "max_context", self.config.context_length))
+        return min(self.config.context_length, self.backend.max_context)
 
     def new_session(self, capacity: int | None = None, adapter: str | None = None) -> Session:
         """A session of `capacity` KV positions (default: max_context, or with a memory budget what is free

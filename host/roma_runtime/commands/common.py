@@ -205,14 +205,17 @@ def load_engine(args: argparse.Namespace, status: bool = True):
     if kv_memory is not None:
         options["kv_memory"] = int(kv_memory * (1 << 20))
     from ..backends import check_backend
+    from ..builds import build_for
+    from ..model import load_model
 
-    args.backend = check_backend(getattr(args, "backend", None), args.numerics)
-    if getattr(args, "bitstream", None) is not None:
-        options["bitstream"] = args.bitstream
+    args.backend = check_backend(args.backend, args.numerics)
     if status:
         print(f"loading {args.model} on {args.backend} ({args.numerics})...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    engine = Engine(args.model, args.backend, args.numerics, **options)
+    model = load_model(args.model)
+    # the build step (emu on a model that is not a build): found in the cache, else compiled, with its progress
+    build = build_for(args.backend, model, progress=status, tensor_progress=status)
+    engine = Engine(model, args.backend, args.numerics, build=build, bitstream=args.bitstream, **options)
     for name, folder in specs:
         engine.load_lora(name, folder)
         if status:

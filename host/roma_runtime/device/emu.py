@@ -264,7 +264,7 @@ class EmuLibrary:
         path = Path(path).resolve()
         if not path.is_file():
             raise RomaError(f"the emulated board's library {path} is missing",
-                            hint="rebuild the emulated overlay (roma_runtime.device.driver.emu_overlay)")
+                            hint="rebuild the emulated overlay (roma_runtime.backends.emulated.emu_overlay)")
         # libgomp reads OMP_WAIT_POLICY once, when it is loaded with the first library. Its default lets idle
         # threads spin between parallel loops; on a machine whose cores are shared (other processes, our own
         # Python thread polling ap_done) the spinning threads starve the working ones and a decode step went
