@@ -26,7 +26,8 @@ import numpy as np
 from . import kv
 from .backends import check_backend, create_backend
 from .errors import RomaError
-from .generate import Sampler, SamplingParams, StopMatcher
+from .generate import HostSampler, SamplingParams, StopMatcher
+from .golden.sampler import OnChipParams, prng_next, seed_state
 from .finetune import check_adapter_build, includes_compensation
 from .lora import DEFAULT_MAX_RANK, Adapter, concat, read_peft_adapter
 from .model import LoadedModel, load_model
@@ -180,14 +181,14 @@ class Generation:
     checked on the host after each call; tokens the chip ran past the end are cut from the session again, so
     session.ids and the KV cache are exactly what the per-token path leaves (the prompt plus every generated
     token but the last). Greedy gives the per-token path's tokens. Sampling uses the chip's sampler
-    (golden/sampler.py): a seed reproduces its tokens, but they are not the host Sampler's for that seed;
+    (golden/sampler.py): a seed reproduces its tokens, but they are not the host sampler's for that seed;
     its repetition penalty sees only the tokens generated in this generation (the chip's ring), not the
     prompt. When another sampling call ran on the chip between two chunks, the PRNG state is restored from
     the seed (the ring of recent ids is then lost, which matters only with a repetition penalty)."""
 
     def __init__(self, engine: "Engine", session: Session, prompt_ids: list[int], params: SamplingParams,
                  on_done=None, on_chip: bool = False, chunk: int = ON_CHIP_CHUNK):
-        self.sampler = Sampler(params)
+        self.sampler = HostSampler(params)
         self.params = params
         self.on_chip = bool(on_chip)
         self.chunk = int(chunk)
@@ -199,8 +200,6 @@ class Generation:
                                      "settings")
             if self.chunk < 1:
                 raise RomaError(f"the on-chip chunk must be at least 1 token, not {chunk}")
-            from .golden.sampler import OnChipParams
-
             self.chip_params = OnChipParams.from_sampling(params)
         if not prompt_ids:
             raise RomaError("the prompt is empty")
@@ -221,12 +220,8 @@ class Generation:
         if self._started:
             raise RuntimeError("a generation runs once")
         self._started = True
-        backend, session, res, p = self.engine.backend, self.session, self.result, self.params
-        eos = self.engine.tokenizer.eos_ids
-        decoder = self.engine.tokenizer.stream_decoder()
-        stops = StopMatcher(p.stop)
+        session, res, engine = self.session, self.result, self.engine
         prompt = res.prompt_ids
-        engine = self.engine
         try:
             res.adapter = session.adapter
             engine._bind(session)
@@ -239,45 +234,45 @@ class Generation:
             session.cache.truncate(reuse)
             del session.ids[reuse:]
             res.reused_tokens = reuse
-            if self.on_chip:
-                yield from self._on_chip(decoder, stops, eos, reuse)
-                return
-            t0 = time.perf_counter()
-            logits = backend.forward(prompt[reuse:], session.cache)
-            session.ids.extend(prompt[reuse:])
-            res.prefill_tokens = len(prompt) - reuse
-            res.prefill_seconds = time.perf_counter() - t0
-            while True:
-                token = self.sampler.sample(logits, prompt + res.ids)
-                piece, end = self._take(token, eos, decoder, stops)
-                if piece:
-                    yield piece
-                if end:
-                    res.finish_reason = end
-                    break
-                if session.cache.length >= session.capacity:
-                    res.finish_reason = "context"
-                    break
-                t0 = time.perf_counter()
-                engine._bind(session)  # another session may have run in between, under another adapter
-                logits = backend.forward([token], session.cache)
-                session.ids.append(token)
-                res.decode_tokens += 1
-                res.decode_seconds += time.perf_counter() - t0
-            if not stops.stopped:
-                tail = stops.feed(decoder.flush()) + ("" if stops.stopped else stops.flush())
-                if tail:
-                    res.text += tail
-                    yield tail
+            steps = self._on_chip_steps(reuse) if self.on_chip else self._host_steps(reuse)
+            try:
+                yield from self._decode(steps)
+            finally:
+                steps.close()
         finally:
             if not res.finish_reason:
                 res.finish_reason = "interrupted"
             if self.on_done:
                 self.on_done(res)
 
+    def _decode(self, steps):
+        """The one token loop of both paths: `steps` yields the tokens each forward pass (or CMD_GENERATE
+        call) sampled and ends when the context is full; each token is recorded and streamed until an end
+        token, a stop string or max_tokens, then the text held back for a possible stop string is let out."""
+        res, eos = self.result, self.engine.tokenizer.eos_ids
+        decoder = self.engine.tokenizer.stream_decoder()
+        stops = StopMatcher(self.params.stop)
+        for tokens in steps:
+            for token in tokens:
+                piece, end = self._take(token, eos, decoder, stops)
+                if piece:
+                    yield piece
+                if end:
+                    res.finish_reason = end
+                    break
+            if res.finish_reason:
+                break
+        else:
+            res.finish_reason = "context"
+        if not stops.stopped:
+            tail = stops.feed(decoder.flush()) + ("" if stops.stopped else stops.flush())
+            if tail:
+                res.text += tail
+                yield tail
+
     def _take(self, token: int, eos, decoder, stops) -> tuple[str, str]:
         """Record a sampled token: (the text it completes, why generation ends here: "stop" for an end token
-        or a stop string, "length" at max_tokens, "" to go on). Both decode loops take tokens this way."""
+        or a stop string, "length" at max_tokens, "" to go on)."""
         res = self.result
         res.ids.append(token)
         if token in eos:
@@ -288,10 +283,31 @@ class Generation:
             return piece, "stop"
         return piece, "length" if len(res.ids) >= self.params.max_tokens else ""
 
-    def _on_chip(self, decoder, stops, eos, reuse: int):
-        """The decode loop as CMD_GENERATE chunks (see the class). Called from __iter__ after the prefix reuse."""
-        from .golden.sampler import prng_next, seed_state
+    def _host_steps(self, reuse: int):
+        """The host path's steps: prefill, then one token a step, sampled on the host from the logits of the
+        last forward pass, which the next step feeds back. Ends when the KV cache is full."""
+        backend, session, res, engine = self.engine.backend, self.session, self.result, self.engine
+        prompt = res.prompt_ids
+        t0 = time.perf_counter()
+        logits = backend.forward(prompt[reuse:], session.cache)
+        session.ids.extend(prompt[reuse:])
+        res.prefill_tokens = len(prompt) - reuse
+        res.prefill_seconds = time.perf_counter() - t0
+        while True:
+            token = self.sampler.sample(logits, prompt + res.ids)
+            yield [token]
+            if session.cache.length >= session.capacity:
+                return
+            t0 = time.perf_counter()
+            engine._bind(session)  # another session may have run in between, under another adapter
+            logits = backend.forward([token], session.cache)
+            session.ids.append(token)
+            res.decode_tokens += 1
+            res.decode_seconds += time.perf_counter() - t0
 
+    def _on_chip_steps(self, reuse: int):
+        """Autonomous decode's steps (see the class): prefill but the last prompt token, then up to `chunk`
+        tokens a CMD_GENERATE call. Ends when the KV cache is full; closing it cuts what the chip ran past."""
         backend, session, res, p, engine = self.engine.backend, self.session, self.result, self.params, self.engine
         prompt = res.prompt_ids
         cache, ids = session.cache, session.ids
@@ -301,8 +317,9 @@ class Generation:
             ids.extend(prompt[reuse:-1])
         res.prefill_tokens = len(prompt) - reuse
         res.prefill_seconds = time.perf_counter() - t0
+        eos = self.engine.tokenizer.eos_ids
         eos_id = min(eos) if eos else None  # the chip stops at one id; the host checks them all
-        seed = seed_state(p.seed)  # None: a seed from the OS, as the host Sampler's default_rng(None)
+        seed = seed_state(p.seed)  # None: a seed from the OS, as the host sampler's default_rng(None)
         first, position, sampled = prompt[-1], len(prompt) - 1, 0
         max_tokens, capacity, chunk = p.max_tokens, session.capacity, self.chunk
         try:
@@ -327,26 +344,12 @@ class Generation:
                 ids.extend(out[:-1])
                 position += len(out)
                 sampled += len(out)
-                for token in out:
-                    piece, end = self._take(token, eos, decoder, stops)
-                    if piece:
-                        yield piece
-                    if end:
-                        res.finish_reason = end
-                        break
-                if res.finish_reason:
-                    break
+                yield out
                 if position >= capacity:
-                    res.finish_reason = "context"
-                    break
+                    return
                 first = out[-1]
-            if not stops.stopped:
-                tail = stops.feed(decoder.flush()) + ("" if stops.stopped else stops.flush())
-                if tail:
-                    res.text += tail
-                    yield tail
         finally:
-            # what the per-token path holds here: the prompt and every generated token but the last
+            # what the host path holds here: the prompt and every generated token but the last
             keep = len(prompt) + max(len(res.ids) - 1, 0)
             if res.ids and len(ids) > keep:
                 session.truncate(keep)

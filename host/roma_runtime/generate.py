@@ -42,8 +42,12 @@ class SamplingParams:
         return self
 
 
-class Sampler:
-    """Turns logits into a token id. Seeded, so a seed reproduces a run."""
+class HostSampler:
+    """The host's sampler: turns logits into a token id, in float64 over the whole vocabulary, with numpy's
+    seeded Generator (a seed reproduces a run). Autonomous decode samples on the chip instead, with the
+    fixed-point-exact algorithm of golden/sampler.py (a pool of the K best, fp32, its own PRNG): the same
+    filters in the same order, but other numerics and randomness, so the two stay separate (that module
+    says how they relate)."""
 
     def __init__(self, params: SamplingParams):
         self.params = params.validate()

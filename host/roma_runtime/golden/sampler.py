@@ -16,7 +16,7 @@ in a streaming pass over the logits plus a few loops over a small candidate pool
              z = (l - lmax) * inv_temperature, p = exp_f32(z)   (fp32; p[0] = 1 exactly)
   5. CUMSUM  cum[j] = cum[j-1] + p[j], sequentially in fp32 (the order is part of the contract).
   6. KEEP    keep_p = 1 + first j with cum[j] >= top_p * cum[kk-1]   (top-p: smallest prefix reaching top_p,
-             the crossing token kept, as in generate.Sampler), keep_m = first j with p[j] < min_p * p[0]
+             the crossing token kept, as in generate.HostSampler), keep_m = first j with p[j] < min_p * p[0]
              (min-p, as a prefix), keep = min(kk, keep_p, keep_m) (at least 1).
   7. PICK    u = one uniform fp32 from the on-chip PRNG, r = u * cum[keep-1],
              token = pool[#{j < keep-1 : cum[j] <= r}]  (the first j with r < cum[j]; branch-free count).
@@ -32,7 +32,7 @@ synthesized fp32 cores (IEEE add/mul) give the same bits. hls::exp, std::exp and
 last bit, which would change sampled tokens. Candidates with z < Z_MIN (-86) get p = 0, so no subnormal
 number ever arises: the result is the same whether the fp cores support subnormals or flush them.
 
-Relation to the host `generate.Sampler` (same SamplingParams, same distributions, different randomness):
+Relation to the host `generate.HostSampler` (same SamplingParams, same distributions, different randomness):
   - The same filters in the same order: penalty (CTRL/llama.cpp style, over the last repeat_last_n tokens),
     temperature, top-k, then top-p and min-p on the renormalised top-k probabilities, then one draw.
   - Differences: the host sorts the whole vocabulary; the chip only ever considers its pool of K candidates.
@@ -43,7 +43,7 @@ Relation to the host `generate.Sampler` (same SamplingParams, same distributions
   - Probabilities are fp32 here (float64 on the host), the penalty multiplies by a precomputed 1/penalty
     (the host divides), and the repetition window is at most N recent ids (the ring buffer size).
   - The host uses numpy's Generator; the chip its own xorshift64*. A seed therefore does NOT give the same
-    tokens on both: seeds are not interchangeable between the host Sampler and the on-chip sampler. Each is
+    tokens on both: seeds are not interchangeable between the host sampler and the on-chip sampler. Each is
     reproducible on its own: the same seed, logits and settings give the same tokens every time, and this
     module gives exactly the tokens the hardware gives.
 Preconditions (the kernel's contract): logits are finite or -inf (no NaN, no +inf), at least one is finite,
