@@ -17,6 +17,7 @@ after the LoRA slots (kv.kv_capacity) and hands them out through a kv.KVPool. Se
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +57,20 @@ class Throughput:
         d["prefill_tokens_per_s"] = self.prefill_tokens_per_s
         d["decode_tokens_per_s"] = self.decode_tokens_per_s
         return d
+
+    def speed_line(self) -> str:
+        """One line of timing for a finished generation (the result dataclass has ids, reused_tokens and
+        finish_reason too): what the chat, the serial server and `roma generate` print after an answer."""
+        parts = [f"{len(self.ids)} tokens"]
+        if self.prefill_tokens:
+            parts.append(f"prefill {self.prefill_tokens} at {self.prefill_tokens_per_s:.1f} tok/s")
+        if self.decode_tokens:
+            parts.append(f"decode {self.decode_tokens} at {self.decode_tokens_per_s:.1f} tok/s")
+        if self.reused_tokens:
+            parts.append(f"{self.reused_tokens} reused")
+        if self.finish_reason and self.finish_reason != "stop":
+            parts.append(self.finish_reason)
+        return "[" + ", ".join(parts) + "]"
 
 
 @dataclass
@@ -361,8 +376,23 @@ class Generation:
         return self.result
 
 
+@dataclass
+class ConversationStats:
+    """A conversation's answers since it began or was reset: how many (`turns`), the prompt tokens whose KV
+    cache they reused in all, and the last one's result (None until the next answer after a reset or load)."""
+
+    turns: int = 0
+    total_reused: int = 0
+    last: GenerationResult | None = None
+
+    def record(self, result: GenerationResult) -> None:
+        self.turns += 1
+        self.total_reused += result.reused_tokens
+        self.last = result
+
+
 class Conversation:
-    """A chat: the messages so far and the session whose cache holds their tokens."""
+    """A chat: the messages so far, the session whose cache holds their tokens, and its statistics."""
 
     def __init__(self, engine: "Engine", system: str | None = None, capacity: int | None = None,
                  adapter: str | None = None):
@@ -370,6 +400,7 @@ class Conversation:
         self.session = engine.new_session(capacity, adapter)
         self.system = system
         self.messages: list[dict] = []
+        self.stats = ConversationStats()  # reset() starts it anew
         self.reset()
 
     @property
@@ -383,8 +414,17 @@ class Conversation:
         self.session.adapter = name
 
     def reset(self) -> None:
+        """Forget the messages (but the system prompt), their KV cache and the statistics."""
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
         self.session.reset()
+        self.stats = ConversationStats()
+
+    def summary(self) -> dict:
+        """Where the conversation stands: context_tokens (in the KV cache), capacity, messages, turns,
+        total_reused and adapter."""
+        return {"context_tokens": self.session.length, "capacity": self.session.capacity,
+                "messages": len(self.messages), "turns": self.stats.turns, "total_reused": self.stats.total_reused,
+                "adapter": self.adapter}
 
     def send(self, text: str, params: SamplingParams | None = None, on_chip: bool = False) -> Generation:
         """Refuses (RomaError) before anything changes; the reply joins the conversation when it ends.
@@ -394,6 +434,7 @@ class Conversation:
 
         def done(result: GenerationResult):
             self.messages = messages + [{"role": "assistant", "content": result.text}]
+            self.stats.record(result)
 
         return Generation(self.engine, self.session, prompt_ids, params or SamplingParams(), on_done=done,
                           on_chip=on_chip)
@@ -424,6 +465,7 @@ class Conversation:
             raise
         self.system = system
         self.messages = [dict(role=m["role"], content=m["content"]) for m in messages]
+        self.stats.last = None
 
 
 def _tokenizer_of(model: LoadedModel) -> Tokenizer:
@@ -448,6 +490,37 @@ def _fingerprint(adapter, dtype: str, scale_dtype: str) -> str:
 
 
 COMPENSATION = "rom-compensation"  # the slot of a build's quantization-compensating LoRA
+LORA_RESERVED = ("off", "load", "unload")  # words of the chat's /lora command, so no adapter's name
+
+
+def parse_lora_specs(specs: list[str]) -> list[tuple[str, str]]:
+    """[(name, folder)] from `[NAME=]DIR` strings (the CLI's --lora, the chat's and the serial server's /lora
+    load), checked before any adapter loads: the folder exists, the name (NAME, else the folder's name) is one
+    word and not reserved, no two are alike."""
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        try:
+            spec.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RomaError("an adapter folder's name contains a lone surrogate, which is not valid Unicode "
+                            "text") from None
+        name, folder = None, spec
+        if "=" in spec and not Path(spec).expanduser().exists():
+            left, right = spec.split("=", 1)
+            if left and "/" not in left and os.sep not in left:
+                name, folder = left, right
+        if not folder or not Path(folder).expanduser().is_dir():
+            raise RomaError(f"--lora {spec}: no adapter folder at '{folder}'",
+                            hint="give the folder PEFT's save_pretrained wrote, optionally as NAME=DIR")
+        if name is None:
+            name = Path(folder).expanduser().resolve().name
+        if not name.strip() or name.lower() in LORA_RESERVED or any(c.isspace() for c in name):
+            raise RomaError(f"--lora {spec}: '{name}' cannot name an adapter",
+                            hint=f"use NAME=DIR with a name without spaces, not one of {', '.join(LORA_RESERVED)}")
+        if name in [n for n, _ in out]:
+            raise RomaError(f"--lora {spec}: two adapters are named '{name}'", hint="name them apart with NAME=DIR")
+        out.append((name, folder))
+    return out
 
 
 class Engine:

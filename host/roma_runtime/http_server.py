@@ -53,7 +53,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from .errors import RomaError
-from .generate import SamplingParams
+from .generate import MAX_SEED, SamplingParams
 
 SERVE_EXTRA = "pip install 'roma-runtime[serve]'"
 API_KEY_ENV = "ROMA_API_KEY"
@@ -64,7 +64,6 @@ DEFAULT_SESSIONS = 4
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 MAX_STOPS = 16  # stop strings per request
 MAX_STOP_CHARS = 512
-MAX_SEED = (1 << 64) - 1
 MAX_REPEAT_LAST_N = 1 << 16
 POLL_SECONDS = 0.1  # how often a waiting request looks whether its client is still there
 MAX_CONNECTIONS = 128  # open connections uvicorn serves at once (plus --max-queue)

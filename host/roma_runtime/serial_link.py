@@ -83,8 +83,9 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 
-from .engine import Throughput
+from .engine import Throughput, parse_lora_specs
 from .errors import RomaError
+from .generate import SamplingParams
 
 PROTOCOL_VERSION = 2  # 2: LEN bounded by MAX_PAYLOAD, LORA/SAVE/LOAD, "busy"
 DEFAULT_BAUD = 115200
@@ -93,7 +94,6 @@ DEFAULT_LEASE = 10.0  # seconds a server keeps a silent client's claim on the li
 KEEPALIVE = 1.0  # a client waiting for an answer writes at least this often (a PING if nothing else)
 FRAME_GAP = 0.5  # seconds without a byte after which a partial frame is given up
 OWNER_WINDOW = 1024  # how far a request's SEQ may be from the session's last one to count as its client's
-MAX_SEED = (1 << 64) - 1
 
 SYNC = b"\xa5\x5a"
 _HEAD = struct.Struct(">BHHH")  # type, seq, ref, len
@@ -324,37 +324,6 @@ def _split_text(text: str, limit: int = 4096) -> list[bytes]:
     return out
 
 
-def sampling_from_dict(d, limits=None) -> "SamplingParams":
-    """SamplingParams from a CHAT's "params", validated; RomaError for anything malformed. `limits` (the
-    server's SamplingParams) bounds max_tokens: a client may ask for fewer tokens, never more."""
-    from .generate import SamplingParams
-
-    if d is None:
-        return None
-    if not isinstance(d, dict):
-        raise RomaError("the sampling options must be a JSON object")
-    kinds = {"max_tokens": int, "temperature": (int, float), "top_k": int, "top_p": (int, float),
-             "min_p": (int, float), "repetition_penalty": (int, float), "repeat_last_n": int,
-             "seed": (int, type(None)), "stop": list}
-    unknown = sorted(set(d) - set(kinds))
-    if unknown:
-        raise RomaError(f"unknown sampling option {unknown[0]!r}",
-                        hint="the board runs an older roma; update it or leave that option out")
-    for k, v in d.items():
-        if isinstance(v, bool) or not isinstance(v, kinds[k]):
-            raise RomaError(f"sampling option {k} has a wrong type ({type(v).__name__})")
-    seed = d.get("seed")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise RomaError(f"the seed must be a whole number in 0..{MAX_SEED} (got {seed})",
-                        hint="leave it out for a random seed")
-    if not all(isinstance(x, str) for x in d.get("stop") or []):
-        raise RomaError("stop strings must be text")
-    params = SamplingParams(**d).validate()
-    if limits is not None and params.max_tokens > limits.max_tokens:
-        params.max_tokens = limits.max_tokens
-    return params
-
-
 # --- server --------------------------------------------------------------------------------------------
 
 
@@ -370,8 +339,6 @@ class SerialChatServer:
     def __init__(self, engine, port, baud: int = DEFAULT_BAUD, *, context: int | None = None,
                  params=None, adapter: str | None = None, log=None, lease: float = DEFAULT_LEASE,
                  save_dir=None):
-        from .generate import SamplingParams
-
         self.engine = engine
         self.port_name = port if isinstance(port, str) else getattr(port, "port", "port")
         self.baud = baud
@@ -397,9 +364,6 @@ class SerialChatServer:
         self.session_id: str | None = None
         self.conversation = None
         self.handled: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
-        self.turns = 0
-        self.total_reused = 0
-        self.last = None
         self._hello_seq: int | None = None  # the HELLO that started or resumed the session
         self._owner_seq: int | None = None  # the newest request SEQ of the session's client
         self._heard = 0.0  # when the session's client last sent a request
@@ -572,8 +536,6 @@ class SerialChatServer:
                 self._chat(frame)
             elif frame.type == RESET:
                 self.conversation.reset()
-                self.last = None
-                self.turns = self.total_reused = 0
                 self._reply(frame, ACK)
             elif frame.type == STATS:
                 self._reply(frame, STATS, self._stats_payload())
@@ -629,8 +591,6 @@ class SerialChatServer:
                 return
             self.session_id, self.conversation = session, conversation
             self.handled.clear()
-            self.turns = self.total_reused = 0
-            self.last = None
             self.log(f"client connected (session {session[:8]})")
         elif frame.seq != self._hello_seq:  # not just a resend of the same HELLO
             self.log(f"client reconnected (session {session[:8]} resumed)")
@@ -656,11 +616,10 @@ class SerialChatServer:
         self._owner_seq = None
 
     def stats(self) -> dict:
-        conv = self.conversation
-        return {"context_tokens": conv.session.cache.length, "capacity": conv.session.capacity,
-                "messages": len(conv.messages), "turns": self.turns, "total_reused": self.total_reused,
-                "adapter": conv.adapter, "max_tokens": self.params.max_tokens,
-                "last": None if self.last is None else json.loads(result_payload(self.last, MAX_PAYLOAD // 2))}
+        """STATS: the conversation's summary (Conversation.summary), the answers' limit and the last answer."""
+        last = self.conversation.stats.last
+        return {**self.conversation.summary(), "max_tokens": self.params.max_tokens,
+                "last": None if last is None else json.loads(result_payload(last, MAX_PAYLOAD // 2))}
 
     def _stats_payload(self) -> bytes:
         d = self.stats()
@@ -685,8 +644,6 @@ class SerialChatServer:
             done = f"adapter {name} active; the conversation continues under it" if name else \
                 "LoRA off: the base model continues the conversation"
         elif action == "load":
-            from .commands.common import parse_lora_specs
-
             folder = d.get("folder")
             if not isinstance(folder, str) or not folder:
                 raise RomaError("/lora load needs a folder on the board", hint="/lora load [NAME=]DIR")
@@ -740,7 +697,6 @@ class SerialChatServer:
             conv.save(path)
         else:
             conv.load(path)  # checked first: a refusal leaves the conversation as it was
-            self.last = None
             kept = conv.session.length
         self.log(f"conversation {'saved to' if ftype == SAVE else 'loaded from'} {path}")
         return {"name": d.get("name"), "messages": len(conv.messages), "tokens": kept, "adapter": conv.adapter}
@@ -755,7 +711,10 @@ class SerialChatServer:
                 raise ValueError
         except (ValueError, UnicodeDecodeError):
             raise RomaError("malformed CHAT request") from None
-        params = sampling_from_dict(d.get("params"), self.params) or self.params
+        params = self.params
+        if d.get("params") is not None:  # the client's options; it may ask for fewer tokens, never more
+            params = SamplingParams.from_dict(d["params"])
+            params.max_tokens = min(params.max_tokens, self.params.max_tokens)
         generation = self.conversation.send(text, params)  # RomaError: refused, nothing changed
         self._remember(frame.seq, ACK)
         self._send(ACK, ref=frame.seq)
@@ -774,14 +733,9 @@ class SerialChatServer:
         finally:
             for f in later:
                 self.inbox.put(f)
-        result = generation.result
-        self.last = result
-        self.turns += 1
-        self.total_reused += result.reused_tokens
+        result = generation.result  # the conversation's statistics hold it too
         self._send(DONE, result_payload(result), ref=frame.seq)
-        from .commands.common import speed_line
-
-        self.log(speed_line(result))
+        self.log(result.speed_line())
 
     def _interrupted(self, chat_seq: int, later: list[Frame]) -> bool:
         """Looks at requests that came in during the answer: CANCEL ends it, and so does a HELLO of this
@@ -852,6 +806,7 @@ class SerialChatClient:
         self.parser = FrameParser(baud)
         self.session_id = secrets.token_hex(8)
         self.info: dict = {}
+        self.last: RemoteResult | None = None  # the last answer, as Conversation.stats.last; None after a reset
         self._seq = 1 + secrets.randbelow(0xFFFF)
         self._expected: int | None = None  # next server SEQ; None until a HELLO reply sets it
         self._unacked: dict[int, list] = {}  # seq -> [frame bytes, last sent time]
@@ -929,6 +884,7 @@ class SerialChatClient:
         frame = self._wait({seq}, {ACK, ERROR})
         if frame.type == ERROR:
             raise self._error_of(frame)
+        self.last = None
 
     def stats(self) -> dict:
         """The board's view: context_tokens, capacity, messages, turns, total_reused, last (a result dict)."""
@@ -959,7 +915,9 @@ class SerialChatClient:
 
     def load(self, name: str) -> dict:
         """Continues a conversation saved on the board: {name, messages, tokens, adapter}."""
-        return self._call(LOAD, {"name": name})
+        loaded = self._call(LOAD, {"name": name})
+        self.last = None
+        return loaded
 
     def _call(self, ftype: int, request: dict) -> dict:
         payload = _json(request)
@@ -1169,7 +1127,7 @@ class RemoteGeneration:
         d = frame.json()
         if "text" not in d:
             d["text"] = "".join(self._text)
-        self.result = RemoteResult.from_dict(d)
+        self.result = self.client.last = RemoteResult.from_dict(d)
 
     def _cancel(self) -> None:
         """Stops the answer on the board and waits (within the timeout) for its DONE."""
@@ -1186,7 +1144,7 @@ class RemoteGeneration:
                     self._finish(frame)
                     return
         except RomaError:
-            self.result = RemoteResult(text="".join(self._text), finish_reason="interrupted")
+            self.result = self.client.last = RemoteResult(text="".join(self._text), finish_reason="interrupted")
 
     def run(self) -> RemoteResult:
         for _ in self:

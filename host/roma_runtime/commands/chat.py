@@ -13,6 +13,7 @@ import signal
 import sys
 from contextlib import contextmanager
 
+from ..engine import parse_lora_specs
 from ..errors import RomaError
 from . import common
 
@@ -94,9 +95,6 @@ class ChatSession:
             self.conversation = engine.chat(args.system, args.context, specs[0][0] if specs else None)
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.last = None  # GenerationResult of the last answer
-        self.turns = 0
-        self.total_reused = 0
 
     # --- output helpers -------------------------------------------------------------------------------------
 
@@ -115,24 +113,24 @@ class ChatSession:
     # --- commands -------------------------------------------------------------------------------------------
 
     def remote_stats(self) -> str:
-        st = self.remote.stats()
+        st = self.remote.stats()  # the board's Conversation.summary()
         board = f"board: {self.remote.info.get('model')} on {self.remote.info.get('backend')}"
         if st.get("max_tokens"):
             board += f", answers of at most {st['max_tokens']} tokens"
         lines = [f"context: {st['context_tokens']} / {st['capacity']} tokens in the board's cache, "
                  f"{st['messages']} messages, {st['turns']} turns, {st['total_reused']} tokens reused in all",
                  board, f"adapter: {st.get('adapter') or 'none (base model)'}"]
-        if self.last is not None:
-            lines.append("last turn: " + common.speed_line(self.last))
+        if self.remote.last is not None:
+            lines.append("last turn: " + self.remote.last.speed_line())
         return "\n".join(lines)
 
     def stats(self) -> str:
         if self.remote is not None:
             return self.remote_stats()
-        s = self.conversation.session
-        lines = [f"context: {s.cache.length} / {s.capacity} tokens in the cache, "
-                 f"{len(self.conversation.messages)} messages, {self.turns} turns"]
-        r = self.last
+        st = self.conversation.summary()
+        lines = [f"context: {st['context_tokens']} / {st['capacity']} tokens in the cache, "
+                 f"{st['messages']} messages, {st['turns']} turns"]
+        r = self.conversation.stats.last
         if r is None:
             lines.append("last turn: none yet")
         else:
@@ -140,9 +138,9 @@ class ChatSession:
                 f"last turn: reused {r.reused_tokens} tokens, prefill {r.prefill_tokens} tokens at "
                 f"{r.prefill_tokens_per_s:.1f} tok/s, decode {r.decode_tokens} tokens at "
                 f"{r.decode_tokens_per_s:.1f} tok/s, {len(r.ids)} generated ({r.finish_reason})")
-            lines.append(f"total reused: {self.total_reused} tokens")
+            lines.append(f"total reused: {st['total_reused']} tokens")
         e = self.engine
-        lines.append(f"adapter: {self.conversation.adapter or 'none (base model)'}")
+        lines.append(f"adapter: {st['adapter'] or 'none (base model)'}")
         from ..kv import kv_token_bytes
 
         kv_line = f"KV cache: {kv_token_bytes(e.config, e.kv_dtype)} bytes/token ({e.kv_dtype})"
@@ -181,7 +179,6 @@ class ChatSession:
                          f"{d['tokens']} tokens of KV cache)")
             else:
                 d = remote.load(arg)
-                self.last = None
                 self.say(f"(conversation loaded on the board from {d['name']}: {d['messages']} messages, "
                          f"{d['tokens']} tokens, adapter {d['adapter'] or 'none'})")
             return
@@ -229,7 +226,7 @@ class ChatSession:
             self.say("(LoRA off: the base model continues the conversation)")
             return
         if words[0].lower() == "load" and len(words) == 2:
-            (name, folder), = common.parse_lora_specs([words[1].strip()])
+            (name, folder), = parse_lora_specs([words[1].strip()])
             slot = self.engine.load_lora(name, folder)
             self.say(f"(loaded adapter {name} into slot {slot}; /lora {name} switches to it)")
             return
@@ -284,14 +281,11 @@ class ChatSession:
                          f"{kept} tokens of KV cache)")
             else:
                 self.conversation.load(arg)
-                self.last = None
                 self.say(f"(conversation loaded from {arg}: {len(self.conversation.messages)} messages, "
                          f"{self.conversation.session.length} tokens, adapter "
                          f"{self.conversation.adapter or 'none'})")
         elif name == "/reset":
             self.conversation.reset()
-            self.last = None
-            self.turns = self.total_reused = 0
             self.say("(conversation cleared)")
         elif name == "/stats":
             self.say(self.stats())
@@ -316,11 +310,8 @@ class ChatSession:
             pieces.close()  # ends the generation: the partial answer joins the conversation
         self.out.write("\n")
         self.out.flush()
-        result = generation.result
-        self.last = result
-        self.turns += 1
-        self.total_reused += result.reused_tokens
-        self.note(common.speed_line(result))
+        result = generation.result  # the conversation's statistics hold it too
+        self.note(result.speed_line())
         if interrupted:
             self.note("(answer stopped)")
         elif result.finish_reason == "context":
