@@ -56,7 +56,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..device.interface import load_constants
+
 MASK64 = (1 << 64) - 1
+_CORE = load_constants()  # roma_core.h: the sampler instance the core synthesizes
+SAMPLER_K = _CORE["SAMPLER_K"]  # its pool (top-k maximum)
+SAMPLER_RING = _CORE["SAMPLER_RING"]  # its ring of recent ids (the repetition penalty's window)
 
 # ---- the PRNG: xorshift64* (Marsaglia's xorshift with shifts 12, 25, 27, then one 64-bit multiply) ----
 XS_SHIFT_A, XS_SHIFT_B, XS_SHIFT_C = 12, 25, 27
@@ -208,8 +213,8 @@ class OnChipSamplerSpec:
     cycle; it changes timing only, never the token)."""
 
     vocab: int
-    k_max: int = 64
-    ring: int = 64
+    k_max: int = SAMPLER_K
+    ring: int = SAMPLER_RING
     lanes: int = 1
 
     def __post_init__(self):
@@ -279,8 +284,8 @@ class OnChipSamplerSpec:
         return tr.token, tr.state
 
 
-def sample_on_chip(logits: np.ndarray, params, rng_state: int, recent_ids=(), *, k_max: int = 64,
-                   ring: int = 64) -> tuple[int, int]:
+def sample_on_chip(logits: np.ndarray, params, rng_state: int, recent_ids=(), *, k_max: int = SAMPLER_K,
+                   ring: int = SAMPLER_RING) -> tuple[int, int]:
     """One on-chip sampling step: logits fp32 [V], params (OnChipParams or generate.SamplingParams), the
     64-bit PRNG state, the recent token ids (oldest first) -> (token, new_rng_state)."""
     logits = np.asarray(logits, dtype=np.float32)
