@@ -440,6 +440,44 @@ class Conversation:
         return Generation(self.engine, self.session, prompt_ids, params or SamplingParams(), on_done=done,
                           on_chip=on_chip)
 
+    def lora(self, action: str = "list", name: str | None = None, folder: str | None = None) -> dict:
+        """The chat's /lora (and the serial link's LORA request): action "list"; "use" adapter `name` (None:
+        the base model) from the next turn; "load" the PEFT folder as `name` (None: the folder's name);
+        "unload" `name` (the conversation goes on without it). RomaError when refused, nothing changed then.
+        Returns {"adapters": [{name, slot, rank, targets, bytes}], "active", "done" (what was done, or None
+        for "list"), "compensation_rank" (the build's always-on LoRA, or None)}."""
+        engine = self.engine
+        if name is not None and not isinstance(name, str):
+            raise RomaError("the adapter name must be text")
+        done = None
+        if action == "use":
+            self.adapter = name  # RomaError if it is not loaded
+            done = (f"adapter {name} active; the conversation continues under it" if name else
+                    "LoRA off: the base model continues the conversation")
+        elif action == "load":
+            if not isinstance(folder, str) or not folder:
+                raise RomaError("/lora load needs an adapter folder", hint="/lora load [NAME=]DIR")
+            (name, folder), = parse_lora_specs([f"{name}={folder}" if name else folder])
+            slot = engine.load_lora(name, folder)
+            done = f"loaded adapter {name} into slot {slot}; /lora {name} switches to it"
+        elif action == "unload":
+            if name is None:
+                raise RomaError("/lora unload needs an adapter name")
+            engine.unload_lora(name)  # RomaError if it is not loaded
+            done = f"unloaded adapter {name}"
+            if self.adapter == name:
+                self.adapter = None
+                done += "; the base model continues the conversation"
+        elif action != "list":
+            raise RomaError(f"unknown LoRA action {str(action)[:40]!r}", hint="list, use, load or unload")
+        names = engine.lora_names()
+        rows = [{"name": row["name"], "slot": row["slot"], "rank": row["max_rank"], "targets": list(row["targets"]),
+                 "bytes": int(row["bytes"])} for row in (engine.lora.status() if engine.lora else [])
+                if row["name"] in names]  # not the empty slots, nor the build's compensation
+        comp = engine.compensation
+        return {"adapters": rows, "active": self.adapter, "done": done,
+                "compensation_rank": comp.max_rank if comp is not None else None}
+
     def save(self, path) -> Path:
         """The session and the messages in one file (Engine.restore_session reads it too)."""
         return self.session.save(path, {"kind": "conversation", "system": self.system,

@@ -2,7 +2,8 @@
 
 `roma serve --serial PORT` runs `SerialChatServer` on the board; `roma chat --serial PORT` talks to it with
 `SerialChatClient`, which has the shape of a local `Conversation` (send -> iterable of text pieces with
-`.result`, reset) plus `stats()` and `close()`.
+`.result`, reset, lora, `last` for `stats.last`) plus `stats()` (the board's `Conversation.summary()`) and
+`close()`.
 
 Frame format (all integers big-endian)::
 
@@ -83,7 +84,7 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 
-from .engine import Throughput, parse_lora_specs
+from .engine import Throughput
 from .errors import RomaError
 from .generate import SamplingParams
 
@@ -633,44 +634,11 @@ class SerialChatServer:
     # --- LoRA and conversation files ----------------------------------------------------------------------
 
     def _lora(self, d: dict) -> dict:
-        """LORA: list, use NAME (or null: the base model), load NAME from FOLDER (on the board), unload NAME."""
-        engine, conv = self.engine, self.conversation
-        action, name = d.get("action", "list"), d.get("name")
-        if name is not None and not isinstance(name, str):
-            raise RomaError("the adapter name must be text")
-        done = None
-        if action == "use":
-            conv.adapter = name  # RomaError if it is not loaded; nothing changes then
-            done = f"adapter {name} active; the conversation continues under it" if name else \
-                "LoRA off: the base model continues the conversation"
-        elif action == "load":
-            folder = d.get("folder")
-            if not isinstance(folder, str) or not folder:
-                raise RomaError("/lora load needs a folder on the board", hint="/lora load [NAME=]DIR")
-            (name, folder), = parse_lora_specs([f"{name}={folder}" if name else folder])
-            slot = engine.load_lora(name, folder)
-            done = f"loaded adapter {name} into slot {slot}; /lora {name} switches to it"
-        elif action == "unload":
-            if name is None:
-                raise RomaError("/lora unload needs an adapter name")
-            engine.check_adapter(name)
-            engine.unload_lora(name)
-            if conv.adapter == name:
-                conv.adapter = None
-            if self.adapter == name:
-                self.adapter = None
-            done = f"unloaded adapter {name}"
-        elif action != "list":
-            raise RomaError(f"unknown LoRA action {str(action)[:40]!r}", hint="list, use, load or unload")
-        rows = []
-        if engine.lora is not None:
-            for row in engine.lora.status():
-                if row["name"] in engine.lora_names():
-                    rows.append({"name": row["name"], "slot": row["slot"], "rank": row["max_rank"],
-                                 "targets": list(row["targets"]), "bytes": int(row["bytes"])})
-        comp = getattr(engine, "compensation", None)
-        return {"adapters": rows, "active": conv.adapter, "done": done,
-                "compensation_rank": comp.max_rank if comp is not None else None}
+        """LORA: the conversation's /lora (Conversation.lora); the folder of "load" is on the board."""
+        reply = self.conversation.lora(d.get("action", "list"), d.get("name"), d.get("folder"))
+        if d.get("action") == "unload" and self.adapter == d.get("name"):
+            self.adapter = None  # new conversations start without it
+        return reply
 
     def _file(self, name) -> Path:
         """A conversation file in the save folder; names that would leave it are refused."""

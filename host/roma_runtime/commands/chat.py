@@ -13,7 +13,6 @@ import signal
 import sys
 from contextlib import contextmanager
 
-from ..engine import parse_lora_specs
 from ..errors import RomaError
 from . import common
 
@@ -149,59 +148,42 @@ class ChatSession:
         lines.append(kv_line)
         return "\n".join(lines)
 
-    def lora_list(self) -> str:
-        e = self.engine
-        if e.lora is None or not e.lora_names():
-            return "no LoRA adapters loaded (start with --lora DIR)"
-        lines = []
-        active = self.conversation.adapter
-        for row in e.lora.status():
-            if row["name"] not in e.lora_names():  # empty slots, and the build's always-on compensation
-                continue
-            mark = "*" if row["name"] == active else " "
-            lines.append(f"{mark} {row['name']}  slot {row['slot']}, rank {row['max_rank']}, "
-                         f"{', '.join(row['targets'])}, {row['bytes'] / 1024:.0f} KiB")
-        if active is None:
-            lines.append("* off (base model)")
-        if e.compensation is not None:
-            lines.append(f"(the build's compensating LoRA, rank {e.compensation.max_rank}, is always on)")
-        return "\n".join(lines)
+    def remote_file_command(self, name: str, arg: str) -> None:
+        """/save and /load on the board (the files are in its save folder)."""
+        if not arg:
+            raise RomaError(f"{name} needs a file name", hint=f"{name} NAME (a file in the board's save folder)")
+        if name == "/save":
+            d = self.remote.save(arg)
+            self.say(f"(conversation saved on the board as {d['name']}: {d['messages']} messages, "
+                     f"{d['tokens']} tokens of KV cache)")
+        else:
+            d = self.remote.load(arg)
+            self.say(f"(conversation loaded on the board from {d['name']}: {d['messages']} messages, "
+                     f"{d['tokens']} tokens, adapter {d['adapter'] or 'none'})")
 
-    def remote_command(self, name: str, arg: str) -> None:
-        """/lora, /save and /load on the board (files and adapter folders are the board's)."""
-        remote = self.remote
-        if name in ("/save", "/load"):
-            if not arg:
-                raise RomaError(f"{name} needs a file name", hint=f"{name} NAME (a file in the board's save folder)")
-            if name == "/save":
-                d = remote.save(arg)
-                self.say(f"(conversation saved on the board as {d['name']}: {d['messages']} messages, "
-                         f"{d['tokens']} tokens of KV cache)")
-            else:
-                d = remote.load(arg)
-                self.say(f"(conversation loaded on the board from {d['name']}: {d['messages']} messages, "
-                         f"{d['tokens']} tokens, adapter {d['adapter'] or 'none'})")
-            return
+    def lora_command(self, arg: str) -> None:
+        """/lora [NAME | off | load [NAME=]DIR | unload NAME], here or on the board (Conversation.lora)."""
         words = arg.split(None, 1)
         command = words[0].lower() if words else ""
         if not words:
-            d = remote.lora("list")
+            request = ("list",)
         elif command == "off" and len(words) == 1:
-            d = remote.lora("use", None)
+            request = ("use", None)
         elif command == "load" and len(words) == 2:
             spec, adapter = words[1].strip(), None
             if "=" in spec:
                 left, right = spec.split("=", 1)
                 if left and "/" not in left:
                     adapter, spec = left, right
-            d = remote.lora("load", adapter, spec)
+            request = ("load", adapter, spec)
         elif command == "unload" and len(words) == 2:
-            d = remote.lora("unload", words[1].strip())
+            request = ("unload", words[1].strip())
         elif len(words) > 1:
             raise RomaError(f"/lora {arg}: expected one adapter name",
                             hint="/lora lists them; /lora NAME, /lora off, /lora load [NAME=]DIR")
         else:
-            d = remote.lora("use", words[0])
+            request = ("use", words[0])
+        d = self.conversation.lora(*request)  # the conversation here, or the board's (SerialChatClient)
         if d.get("done"):
             self.say(f"({d['done']})")
             return
@@ -209,42 +191,13 @@ class ChatSession:
                  f"{row['rank']}, {', '.join(row['targets'])}, {row['bytes'] / 1024:.0f} KiB"
                  for row in d.get("adapters", [])]
         if not lines:
-            lines = ["no LoRA adapters loaded on the board (/lora load [NAME=]DIR, a folder on the board)"]
+            lines = ["no LoRA adapters loaded on the board (/lora load [NAME=]DIR, a folder on the board)"
+                     if self.remote is not None else "no LoRA adapters loaded (start with --lora DIR)"]
         elif d.get("active") is None:
             lines.append("* off (base model)")
         if d.get("compensation_rank"):
             lines.append(f"(the build's compensating LoRA, rank {d['compensation_rank']}, is always on)")
         self.say("\n".join(lines))
-
-    def lora_command(self, arg: str) -> None:
-        words = arg.split(None, 1)
-        if not words:
-            self.say(self.lora_list())
-            return
-        if words[0].lower() == "off" and len(words) == 1:
-            self.conversation.adapter = None
-            self.say("(LoRA off: the base model continues the conversation)")
-            return
-        if words[0].lower() == "load" and len(words) == 2:
-            (name, folder), = parse_lora_specs([words[1].strip()])
-            slot = self.engine.load_lora(name, folder)
-            self.say(f"(loaded adapter {name} into slot {slot}; /lora {name} switches to it)")
-            return
-        if words[0].lower() == "unload" and len(words) == 2:
-            name = words[1].strip()
-            self.engine.check_adapter(name)
-            self.engine.unload_lora(name)
-            if self.conversation.adapter == name:
-                self.conversation.adapter = None
-                self.say(f"(unloaded adapter {name}; the base model continues the conversation)")
-            else:
-                self.say(f"(unloaded adapter {name})")
-            return
-        if len(words) > 1:
-            raise RomaError(f"/lora {arg}: expected one adapter name",
-                            hint="/lora lists them; /lora NAME, /lora off, /lora load [NAME=]DIR")
-        self.conversation.adapter = words[0]
-        self.say(f"(adapter {words[0]} active; the conversation continues under it)")
 
     def command(self, line: str) -> bool:
         """Runs a /command; False means quit."""
@@ -265,11 +218,10 @@ class ChatSession:
         return True
 
     def _command(self, name: str, arg: str) -> None:
-        if self.remote is not None and name in ("/lora", "/save", "/load"):
-            self.remote_command(name, arg)
-            return
         if name == "/lora":
             self.lora_command(arg)
+        elif name in ("/save", "/load") and self.remote is not None:
+            self.remote_file_command(name, arg)
         elif name in ("/save", "/load"):
             if not arg:
                 raise RomaError(f"{name} needs a file name", hint=f"{name} FILE")
