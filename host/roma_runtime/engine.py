@@ -187,6 +187,14 @@ def on_chip_refusal(backend, params: SamplingParams) -> str | None:
     return None
 
 
+def check_on_chip(backend, params: SamplingParams) -> None:
+    """RomaError saying why (on_chip_refusal) when the request cannot run as autonomous decode."""
+    why = on_chip_refusal(backend, params)
+    if why:
+        raise RomaError(f"this generation cannot run on chip: {why}",
+                        hint="drop --on-chip (the host samples each token), or change the sampling settings")
+
+
 class Generation:
     """Validates on creation (nothing changes if it refuses); iterate it to run and stream the text.
 
@@ -209,11 +217,7 @@ class Generation:
         self.on_chip = bool(on_chip)
         self.chunk = int(chunk)
         if self.on_chip:
-            why = on_chip_refusal(engine.backend, params)
-            if why:
-                raise RomaError(f"this generation cannot run on chip: {why}",
-                                hint="drop --on-chip (the host samples each token), or change the sampling "
-                                     "settings")
+            check_on_chip(engine.backend, params)
             if self.chunk < 1:
                 raise RomaError(f"the on-chip chunk must be at least 1 token, not {chunk}")
             self.chip_params = OnChipParams.from_sampling(params)
@@ -850,15 +854,11 @@ class Engine:
                 prompt = self.tokenizer.encode_chat([{"role": "user", "content": prompt}])
             else:
                 prompt = self.tokenizer.encode(prompt)
-        if session is None:
-            session = self.new_session(adapter=adapter)
         params = params or SamplingParams()
         if on_chip:  # refuse before a session is made
-            why = on_chip_refusal(self.backend, params)
-            if why:
-                raise RomaError(f"this generation cannot run on chip: {why}",
-                                hint="drop --on-chip (the host samples each token), or change the sampling "
-                                     "settings")
+            check_on_chip(self.backend, params)
+        if session is None:
+            session = self.new_session(adapter=adapter)
         return Generation(self, session, list(prompt), params, on_chip=on_chip)
 
     def chat(self, system: str | None = None, capacity: int | None = None, adapter: str | None = None) -> Conversation:
