@@ -1,7 +1,12 @@
 """The one API over every backend: sessions with their KV cache, streamed generation, chat conversations.
 
-Used by the CLI, the notebooks and the bench. A token's way: tokenizer -> engine -> backend -> logits ->
-sampler -> engine -> incremental detokenizer.
+Used by the CLI, the servers, the notebooks and the bench. A token's way: tokenizer -> engine -> backend ->
+logits -> sampler -> engine -> incremental detokenizer. Both ways of decoding (the host samples each token, or
+the chip samples chunks of them: autonomous decode) run through one token loop (Generation._decode).
+
+Statistics: a GenerationResult has its tokens and seconds (speed_line() words them); GenerationStats adds
+results up: a Conversation's over its answers (with summary(), what the chat and the serial server report),
+the HTTP server's over its requests (its /metrics).
 
 LoRA: the engine owns the resident adapters (a lora.LoraSlots). Every session names its adapter
 (`session.adapter`, None = the base model) and the engine makes that adapter the active one on the backend
@@ -33,7 +38,7 @@ from .golden.sampler import OnChipParams, prng_next, seed_state
 from .finetune import check_adapter_build, includes_compensation
 from .lora import DEFAULT_MAX_RANK, Adapter, concat, read_peft_adapter
 from .model import LoadedModel, load_model
-from .model.loader import DEFAULT_MODEL
+from .model.loader import DEFAULT_MODEL, build_source
 from .tokenizer import Tokenizer
 
 
@@ -382,17 +387,30 @@ class Generation:
 
 
 @dataclass
-class ConversationStats:
-    """A conversation's answers since it began or was reset: how many (`turns`), the prompt tokens whose KV
-    cache they reused in all, and the last one's result (None until the next answer after a reset or load)."""
+class GenerationStats:
+    """Counts over a run of generations (a conversation's answers since it began or was reset, a server's
+    requests): how many, their prompt, reused and generated tokens, the prefill and decode passes' tokens and
+    seconds, and the last one's result (None until the next answer after a conversation's reset or load)."""
 
-    turns: int = 0
-    total_reused: int = 0
+    generations: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV was already in the session
+    generated_tokens: int = 0
+    prefill_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
     last: GenerationResult | None = None
 
     def record(self, result: GenerationResult) -> None:
-        self.turns += 1
-        self.total_reused += result.reused_tokens
+        self.generations += 1
+        self.prompt_tokens += len(result.prompt_ids)
+        self.reused_tokens += result.reused_tokens
+        self.generated_tokens += len(result.ids)
+        self.prefill_tokens += result.prefill_tokens
+        self.prefill_seconds += result.prefill_seconds
+        self.decode_tokens += result.decode_tokens
+        self.decode_seconds += result.decode_seconds
         self.last = result
 
 
@@ -405,7 +423,7 @@ class Conversation:
         self.session = engine.new_session(capacity, adapter)
         self.system = system
         self.messages: list[dict] = []
-        self.stats = ConversationStats()  # reset() starts it anew
+        self.stats = GenerationStats()  # reset() starts it anew
         self.reset()
 
     @property
@@ -422,14 +440,14 @@ class Conversation:
         """Forget the messages (but the system prompt), their KV cache and the statistics."""
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
         self.session.reset()
-        self.stats = ConversationStats()
+        self.stats = GenerationStats()
 
     def summary(self) -> dict:
         """Where the conversation stands: context_tokens (in the KV cache), capacity, messages, turns,
         total_reused and adapter."""
         return {"context_tokens": self.session.length, "capacity": self.session.capacity,
-                "messages": len(self.messages), "turns": self.stats.turns, "total_reused": self.stats.total_reused,
-                "adapter": self.adapter}
+                "messages": len(self.messages), "turns": self.stats.generations,
+                "total_reused": self.stats.reused_tokens, "adapter": self.adapter}
 
     def send(self, text: str, params: SamplingParams | None = None, on_chip: bool = False) -> Generation:
         """Refuses (RomaError) before anything changes; the reply joins the conversation when it ends.
@@ -514,8 +532,6 @@ class Conversation:
 def _tokenizer_of(model: LoadedModel) -> Tokenizer:
     """The model's tokenizer; a build's is that of the model it was compiled from."""
     if getattr(model, "format", None) == "build":
-        from .model.loader import build_source
-
         kind, path = build_source(model)
         return Tokenizer.from_hf_folder(path) if kind == "hf" else Tokenizer.from_gguf(path)
     return Tokenizer.from_model(model)

@@ -14,6 +14,7 @@ import sys
 from contextlib import contextmanager
 
 from ..errors import RomaError
+from ..kv import kv_token_bytes
 from . import common
 
 HELP = "chat with the model (streamed; the conversation's KV cache is kept between turns)"
@@ -140,8 +141,6 @@ class ChatSession:
             lines.append(f"total reused: {st['total_reused']} tokens")
         e = self.engine
         lines.append(f"adapter: {st['adapter'] or 'none (base model)'}")
-        from ..kv import kv_token_bytes
-
         kv_line = f"KV cache: {kv_token_bytes(e.config, e.kv_dtype)} bytes/token ({e.kv_dtype})"
         if e.kv_budget is not None:
             kv_line += f"; {e.kv_budget.describe()}"
