@@ -52,11 +52,12 @@ and their differences are not subnormal-sized.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..device.interface import load_constants
+from ..device.interface import HLS_DIR, load_constants
 
 MASK64 = (1 << 64) - 1
 _CORE = load_constants()  # roma_core.h: the sampler instance the core synthesizes
@@ -102,18 +103,22 @@ def seed_state(seed: int | None) -> int:
 
 
 # ---- exp in fp32 from + and * only ----
-def _f32(bits: int) -> np.float32:
-    return np.array([bits], dtype=np.uint32).view(np.float32)[0]
+def _fexp_constants() -> dict[str, np.float32]:
+    """fexp.h's `constexpr float NAME = LITERAL;` (hex-float literals, exact in fp32): the one copy of exp's
+    constants, read from the HLS sources the package ships."""
+    text = (HLS_DIR / "include" / "roma" / "fexp.h").read_text()
+    found = re.findall(r"constexpr\s+float\s+([A-Z][A-Z0-9_]*)\s*=\s*([-+0-9.a-fA-FxXpP]+)f\s*;", text)
+    return {name: np.float32(float.fromhex(v) if "x" in v.lower() else float(v)) for name, v in found}
 
 
-# Constants by their fp32 bit patterns (sampler.h spells the same values as hex-float literals).
-Z_MIN = np.float32(-86.0)  # below: p = 0 (keeps 2^n >= 2^-124 and the product normal)
-LOG2E = _f32(0x3FB8AA3B)  # 1/ln 2
-LN2_HI = _f32(0x3F317200)  # 0.693145751953125: n * LN2_HI is exact for |n| < 2^9
-LN2_LO = _f32(0x35BFBE8E)  # ln 2 - LN2_HI
-# Taylor coefficients 1/k! for k = 7..0 (Horner order), each rounded to fp32
-EXP_COEFFS = tuple(_f32(b) for b in (0x39500D01, 0x3AB60B61, 0x3C088889, 0x3D2AAAAB, 0x3E2AAAAB, 0x3F000000,
-                                     0x3F800000, 0x3F800000))
+_FEXP = _fexp_constants()
+Z_MIN = _FEXP["Z_MIN"]  # below: p = 0 (keeps 2^n >= 2^-124 and the product normal)
+LOG2E = _FEXP["LOG2E"]  # 1/ln 2
+LN2_HI = _FEXP["LN2_HI"]  # 0.693145751953125: n * LN2_HI is exact for |n| < 2^9
+LN2_LO = _FEXP["LN2_LO"]  # ln 2 - LN2_HI
+# Taylor coefficients 1/k! for k = 7..0 (Horner order), each rounded to fp32 (1/2, 1, 1 are exact literals there)
+EXP_COEFFS = tuple(_FEXP[f"EXP_C{k}"] for k in range(7, 2, -1)) + (np.float32(0.5), np.float32(1.0),
+                                                                    np.float32(1.0))
 F32_MAX = np.float32(np.finfo(np.float32).max)
 NEG_INF = np.float32(-np.inf)
 
