@@ -132,6 +132,11 @@ class Session:
         """True when the cached rows were computed under the session's current adapter (as loaded now)."""
         return self._kv_tag == self.engine._tag(self._adapter)
 
+    @property
+    def saved_length(self) -> int:
+        """The tokens save() writes: all cached ones, or none when they were made under another adapter."""
+        return self.cache.length if self.kv_valid else 0
+
     def reset(self) -> None:
         self.cache.truncate(0)
         self.ids = []
@@ -784,7 +789,7 @@ class Engine:
             session.close()
 
     def _save_session(self, session: Session, path, extra: dict | None) -> Path:
-        n = session.cache.length if session.kv_valid else 0
+        n = session.saved_length
         keys, values = kv.cache_rows(session.cache, n)
         adapter = None
         if session.adapter is not None:

@@ -745,7 +745,7 @@ class RomaHTTPServer:
         self.max_prompt = self.worker.capacity - 1
         if options.max_prompt_tokens is not None:
             self.max_prompt = min(self.max_prompt, options.max_prompt_tokens)
-        self.fingerprint = f"fp_roma_{getattr(engine.backend, 'name', 'x')}_{engine.numerics}"
+        self.fingerprint = f"fp_roma_{engine.backend.name}_{engine.numerics}"
         self.app = self._build_app()
         self.server = None  # the uvicorn.Server while serve() runs
         self.counting = _CountingBackend(engine.backend)  # until close(): the core's cycles for /metrics
@@ -1057,7 +1057,7 @@ class RomaHTTPServer:
             g = m.generations
             requests = sorted(m.requests.items())
             metric("roma_info", "gauge", "The served model, backend and numerics (always 1).",
-                   [({"model": self.options.model_id, "backend": getattr(self.counting, "name", "?"),
+                   [({"model": self.options.model_id, "backend": self.counting.name,
                       "numerics": e.numerics, "kv_dtype": e.kv_dtype}, 1)])
             metric("roma_requests_total", "counter", "HTTP requests answered, by endpoint and status code.",
                    [({"endpoint": k[0], "status": str(k[1])}, v) for k, v in requests])

@@ -583,10 +583,7 @@ class SerialChatServer:
         if not resumed:
             self._end_session()  # gives its KV back to the engine's pool first
             try:
-                if self.adapter is None:
-                    conversation = self.engine.chat(system, self.context)
-                else:
-                    conversation = self.engine.chat(system, self.context, self.adapter)
+                conversation = self.engine.chat(system, self.context, self.adapter)
             except RomaError as e:
                 self._send(ERROR, _json({"message": e.message, "hint": e.hint, "code": "error"}), ref=frame.seq)
                 return
@@ -598,21 +595,17 @@ class SerialChatServer:
         self._hello_seq = frame.seq
         self._owner_seq = frame.seq
         self._heard = time.monotonic()
-        from . import __version__
-
         cfg = self.engine.config
         info = {"version": PROTOCOL_VERSION, "session": session, "resumed": resumed,
-                "model": getattr(cfg, "name", ""), "backend": getattr(self.engine.backend, "name", ""),
+                "model": cfg.name, "backend": self.engine.backend.name,
                 "context": self.conversation.session.capacity, "capabilities": CAPABILITIES,
                 "limits": {"max_tokens": self.params.max_tokens, "max_payload": MAX_PAYLOAD},
-                "adapter": self.conversation.adapter, "server": f"roma {__version__}"}
+                "adapter": self.conversation.adapter, "server": "roma " + _version()}
         self._send(HELLO, _json(info), ref=frame.seq)
 
     def _end_session(self) -> None:
         if self.conversation is not None:
-            close = getattr(self.conversation.session, "close", None)
-            if close is not None:
-                close()
+            self.conversation.session.close()  # its KV positions go back to the engine's pool
         self.session_id = self.conversation = None
         self._owner_seq = None
 
@@ -661,7 +654,7 @@ class SerialChatServer:
         if ftype == SAVE:
             if not path.parent.is_dir():
                 raise RomaError(f"no folder for '{d.get('name')}' in the board's save folder")
-            kept = conv.session.length if conv.session.kv_valid else 0
+            kept = conv.session.saved_length
             conv.save(path)
         else:
             conv.load(path)  # checked first: a refusal leaves the conversation as it was

@@ -225,8 +225,7 @@ class ChatSession:
             if not arg:
                 raise RomaError(f"{name} needs a file name", hint=f"{name} FILE")
             if name == "/save":
-                session = self.conversation.session
-                kept = session.length if session.kv_valid else 0  # rows made under another adapter are not saved
+                kept = self.conversation.session.saved_length
                 path = self.conversation.save(arg)
                 self.say(f"(conversation saved to {path}: {len(self.conversation.messages)} messages, "
                          f"{kept} tokens of KV cache)")
