@@ -211,6 +211,33 @@ def test_chat_cli_lora_switching_and_save_load(tiny_models, adapters, engine, tm
     assert "context: 0 /" in out3
 
 
+def test_chat_lora_load_and_unload_in_the_local_chat(engine, adapters):
+    """/lora load and /lora unload in the REPL run Conversation.lora, as the serial server's LORA does; a
+    refused one prints one error and changes nothing."""
+    import argparse
+    import io
+
+    from roma_runtime.commands.chat import ChatSession
+
+    out, err = io.StringIO(), io.StringIO()
+    repl = ChatSession(engine, argparse.Namespace(system=None, context=64, on_chip=False), P, out=out, err=err)
+    try:
+        for line in (f"/lora load c={adapters['b']}", "/lora c", "/lora", f"/lora load off={adapters['a']}",
+                     "/lora unload c", "/lora unload c", "/lora"):
+            assert repl.command(line)
+    finally:
+        repl.conversation.session.close()
+        if "c" in engine.lora_names():
+            engine.unload_lora("c")
+    text = out.getvalue()
+    assert "(loaded adapter c into slot 2; /lora c switches to it)" in text
+    assert "(adapter c active; the conversation continues under it)" in text and "* c  slot 2, rank 4" in text
+    assert "(unloaded adapter c; the base model continues the conversation)" in text
+    assert text.rstrip().endswith("* off (base model)") and engine.lora_names() == ["a", "b"]
+    assert err.getvalue().count("error:") == 2  # the reserved name and the second unload
+    assert "'off' cannot name an adapter" in err.getvalue() and "no LoRA adapter named 'c'" in err.getvalue()
+
+
 # --- a build's compensating LoRA is part of its base ------------------------------------------------------
 
 

@@ -13,18 +13,18 @@ if str(HOST) not in sys.path:
     sys.path.insert(0, str(HOST))
 
 from roma_runtime.errors import RomaError  # noqa: E402
-from roma_runtime.generate import Sampler, SamplingParams, StopMatcher  # noqa: E402
+from roma_runtime.generate import HostSampler, SamplingParams, StopMatcher  # noqa: E402
 
 
 def logits_of(probs) -> np.ndarray:
     return np.log(np.asarray(probs, dtype=np.float64)).astype(np.float32)
 
 
-def sampler(**kw) -> Sampler:
-    return Sampler(SamplingParams(**kw))
+def sampler(**kw) -> HostSampler:
+    return HostSampler(SamplingParams(**kw))
 
 
-def draws(s: Sampler, logits, n: int, history=()) -> np.ndarray:
+def draws(s: HostSampler, logits, n: int, history=()) -> np.ndarray:
     return np.array([s.sample(logits, list(history)) for _ in range(n)])
 
 
@@ -237,7 +237,7 @@ def test_invalid_params_raise_roma_error(bad):
     with pytest.raises(RomaError):
         SamplingParams(**bad).validate()
     with pytest.raises(RomaError):
-        Sampler(SamplingParams(**bad))
+        HostSampler(SamplingParams(**bad))
 
 
 def test_valid_defaults():

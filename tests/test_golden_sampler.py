@@ -1,4 +1,4 @@
-"""The golden on-chip sampler (roma_runtime.golden.sampler): its statistics and its relation to the host Sampler.
+"""The golden on-chip sampler (roma_runtime.golden.sampler): its statistics and its relation to the host sampler.
 
 All tests are deterministic (fixed seeds); the chi-square bounds are 99.9% quantiles, so a correct sampler
 passes them and a biased one (wrong temperature, off-by-one in the cumulative comparison, a skewed PRNG) fails.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from roma_runtime.generate import Sampler, SamplingParams
+from roma_runtime.generate import HostSampler, SamplingParams
 from roma_runtime.golden import sampler as gs
 
 CHI2_999 = {3: 16.27, 7: 24.32, 15: 37.70}  # chi-square 99.9% quantiles by degrees of freedom
@@ -138,8 +138,8 @@ def test_top_p_restricts_support_as_specified():
         seen = set(draws(spec, prm, logits, 3000, seed=5).tolist())
         assert seen == support, (top_p, sorted(seen), sorted(support))
         assert spec.trace(logits, prm, 1).keep == keep
-        # the host Sampler keeps the same support
-        host = Sampler(SamplingParams(temperature=1.0, top_p=top_p, seed=0))
+        # the host sampler keeps the same support
+        host = HostSampler(SamplingParams(temperature=1.0, top_p=top_p, seed=0))
         assert {host.sample(logits, []) for _ in range(3000)} == support
 
 
@@ -162,7 +162,7 @@ def test_top_k_off_means_the_pool_of_k():
 
 
 def test_probabilities_match_the_host_sampler():
-    """Same distribution as generate.Sampler (fp32 with exp_f32 vs float64) within the top-k pool."""
+    """Same distribution as generate.HostSampler (fp32 with exp_f32 vs float64) within the top-k pool."""
     rng = np.random.default_rng(9)
     spec = gs.OnChipSamplerSpec(1000, 64, 64)
     for t in (0.5, 1.0, 2.0):
@@ -184,7 +184,7 @@ def test_repetition_penalty_on_chip():
         recent = [int(x) for x in np.argsort(-l)[:3]] + [int(rng.integers(0, 100))]
         sp = SamplingParams(temperature=0.0, repetition_penalty=1.8, repeat_last_n=64)
         tok = spec.sample(l, sp, 1, recent)[0]
-        agree += tok == Sampler(sp).sample(l, recent)
+        agree += tok == HostSampler(sp).sample(l, recent)
         changed += tok != int(np.argmax(l))
     assert changed > 20  # the argmax was penalised often enough to lose
     assert agree == 100  # greedy with the penalty: the host's choice (it divides, the chip multiplies by 1/p)

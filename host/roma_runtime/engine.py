@@ -1,7 +1,12 @@
 """The one API over every backend: sessions with their KV cache, streamed generation, chat conversations.
 
-Used by the CLI, the notebooks and the bench. A token's way: tokenizer -> engine -> backend -> logits ->
-sampler -> engine -> incremental detokenizer.
+Used by the CLI, the servers, the notebooks and the bench. A token's way: tokenizer -> engine -> backend ->
+logits -> sampler -> engine -> incremental detokenizer. Both ways of decoding (the host samples each token, or
+the chip samples chunks of them: autonomous decode) run through one token loop (Generation._decode).
+
+Statistics: a GenerationResult has its tokens and seconds (speed_line() words them); GenerationStats adds
+results up: a Conversation's over its answers (with summary(), what the chat and the serial server report),
+the HTTP server's over its requests (its /metrics).
 
 LoRA: the engine owns the resident adapters (a lora.LoraSlots). Every session names its adapter
 (`session.adapter`, None = the base model) and the engine makes that adapter the active one on the backend
@@ -17,6 +22,7 @@ after the LoRA slots (kv.kv_capacity) and hands them out through a kv.KVPool. Se
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,11 +32,13 @@ import numpy as np
 from . import kv
 from .backends import check_backend, create_backend
 from .errors import RomaError
-from .generate import Sampler, SamplingParams, StopMatcher
+from .generate import HostSampler, SamplingParams, StopMatcher
+from .device.interface import load_constants
+from .golden.sampler import OnChipParams, prng_next, seed_state
 from .finetune import check_adapter_build, includes_compensation
 from .lora import DEFAULT_MAX_RANK, Adapter, concat, read_peft_adapter
 from .model import LoadedModel, load_model
-from .model.loader import DEFAULT_MODEL
+from .model.loader import DEFAULT_MODEL, build_source
 from .tokenizer import Tokenizer
 
 
@@ -55,6 +63,20 @@ class Throughput:
         d["prefill_tokens_per_s"] = self.prefill_tokens_per_s
         d["decode_tokens_per_s"] = self.decode_tokens_per_s
         return d
+
+    def speed_line(self) -> str:
+        """One line of timing for a finished generation (the result dataclass has ids, reused_tokens and
+        finish_reason too): what the chat, the serial server and `roma generate` print after an answer."""
+        parts = [f"{len(self.ids)} tokens"]
+        if self.prefill_tokens:
+            parts.append(f"prefill {self.prefill_tokens} at {self.prefill_tokens_per_s:.1f} tok/s")
+        if self.decode_tokens:
+            parts.append(f"decode {self.decode_tokens} at {self.decode_tokens_per_s:.1f} tok/s")
+        if self.reused_tokens:
+            parts.append(f"{self.reused_tokens} reused")
+        if self.finish_reason and self.finish_reason != "stop":
+            parts.append(self.finish_reason)
+        return "[" + ", ".join(parts) + "]"
 
 
 @dataclass
@@ -109,6 +131,11 @@ class Session:
     def kv_valid(self) -> bool:
         """True when the cached rows were computed under the session's current adapter (as loaded now)."""
         return self._kv_tag == self.engine._tag(self._adapter)
+
+    @property
+    def saved_length(self) -> int:
+        """The tokens save() writes: all cached ones, or none when they were made under another adapter."""
+        return self.cache.length if self.kv_valid else 0
 
     def reset(self) -> None:
         self.cache.truncate(0)
@@ -170,6 +197,14 @@ def on_chip_refusal(backend, params: SamplingParams) -> str | None:
     return None
 
 
+def check_on_chip(backend, params: SamplingParams) -> None:
+    """RomaError saying why (on_chip_refusal) when the request cannot run as autonomous decode."""
+    why = on_chip_refusal(backend, params)
+    if why:
+        raise RomaError(f"this generation cannot run on chip: {why}",
+                        hint="drop --on-chip (the host samples each token), or change the sampling settings")
+
+
 class Generation:
     """Validates on creation (nothing changes if it refuses); iterate it to run and stream the text.
 
@@ -180,27 +215,21 @@ class Generation:
     checked on the host after each call; tokens the chip ran past the end are cut from the session again, so
     session.ids and the KV cache are exactly what the per-token path leaves (the prompt plus every generated
     token but the last). Greedy gives the per-token path's tokens. Sampling uses the chip's sampler
-    (golden/sampler.py): a seed reproduces its tokens, but they are not the host Sampler's for that seed;
+    (golden/sampler.py): a seed reproduces its tokens, but they are not the host sampler's for that seed;
     its repetition penalty sees only the tokens generated in this generation (the chip's ring), not the
     prompt. When another sampling call ran on the chip between two chunks, the PRNG state is restored from
     the seed (the ring of recent ids is then lost, which matters only with a repetition penalty)."""
 
     def __init__(self, engine: "Engine", session: Session, prompt_ids: list[int], params: SamplingParams,
                  on_done=None, on_chip: bool = False, chunk: int = ON_CHIP_CHUNK):
-        self.sampler = Sampler(params)
+        self.sampler = HostSampler(params)
         self.params = params
         self.on_chip = bool(on_chip)
         self.chunk = int(chunk)
         if self.on_chip:
-            why = on_chip_refusal(engine.backend, params)
-            if why:
-                raise RomaError(f"this generation cannot run on chip: {why}",
-                                hint="drop --on-chip (the host samples each token), or change the sampling "
-                                     "settings")
+            check_on_chip(engine.backend, params)
             if self.chunk < 1:
                 raise RomaError(f"the on-chip chunk must be at least 1 token, not {chunk}")
-            from .golden.sampler import OnChipParams
-
             self.chip_params = OnChipParams.from_sampling(params)
         if not prompt_ids:
             raise RomaError("the prompt is empty")
@@ -221,12 +250,8 @@ class Generation:
         if self._started:
             raise RuntimeError("a generation runs once")
         self._started = True
-        backend, session, res, p = self.engine.backend, self.session, self.result, self.params
-        eos = self.engine.tokenizer.eos_ids
-        decoder = self.engine.tokenizer.stream_decoder()
-        stops = StopMatcher(p.stop)
+        session, res, engine = self.session, self.result, self.engine
         prompt = res.prompt_ids
-        engine = self.engine
         try:
             res.adapter = session.adapter
             engine._bind(session)
@@ -239,45 +264,45 @@ class Generation:
             session.cache.truncate(reuse)
             del session.ids[reuse:]
             res.reused_tokens = reuse
-            if self.on_chip:
-                yield from self._on_chip(decoder, stops, eos, reuse)
-                return
-            t0 = time.perf_counter()
-            logits = backend.forward(prompt[reuse:], session.cache)
-            session.ids.extend(prompt[reuse:])
-            res.prefill_tokens = len(prompt) - reuse
-            res.prefill_seconds = time.perf_counter() - t0
-            while True:
-                token = self.sampler.sample(logits, prompt + res.ids)
-                piece, end = self._take(token, eos, decoder, stops)
-                if piece:
-                    yield piece
-                if end:
-                    res.finish_reason = end
-                    break
-                if session.cache.length >= session.capacity:
-                    res.finish_reason = "context"
-                    break
-                t0 = time.perf_counter()
-                engine._bind(session)  # another session may have run in between, under another adapter
-                logits = backend.forward([token], session.cache)
-                session.ids.append(token)
-                res.decode_tokens += 1
-                res.decode_seconds += time.perf_counter() - t0
-            if not stops.stopped:
-                tail = stops.feed(decoder.flush()) + ("" if stops.stopped else stops.flush())
-                if tail:
-                    res.text += tail
-                    yield tail
+            steps = self._on_chip_steps(reuse) if self.on_chip else self._host_steps(reuse)
+            try:
+                yield from self._decode(steps)
+            finally:
+                steps.close()
         finally:
             if not res.finish_reason:
                 res.finish_reason = "interrupted"
             if self.on_done:
                 self.on_done(res)
 
+    def _decode(self, steps):
+        """The one token loop of both paths: `steps` yields the tokens each forward pass (or CMD_GENERATE
+        call) sampled and ends when the context is full; each token is recorded and streamed until an end
+        token, a stop string or max_tokens, then the text held back for a possible stop string is let out."""
+        res, eos = self.result, self.engine.tokenizer.eos_ids
+        decoder = self.engine.tokenizer.stream_decoder()
+        stops = StopMatcher(self.params.stop)
+        for tokens in steps:
+            for token in tokens:
+                piece, end = self._take(token, eos, decoder, stops)
+                if piece:
+                    yield piece
+                if end:
+                    res.finish_reason = end
+                    break
+            if res.finish_reason:
+                break
+        else:
+            res.finish_reason = "context"
+        if not stops.stopped:
+            tail = stops.feed(decoder.flush()) + ("" if stops.stopped else stops.flush())
+            if tail:
+                res.text += tail
+                yield tail
+
     def _take(self, token: int, eos, decoder, stops) -> tuple[str, str]:
         """Record a sampled token: (the text it completes, why generation ends here: "stop" for an end token
-        or a stop string, "length" at max_tokens, "" to go on). Both decode loops take tokens this way."""
+        or a stop string, "length" at max_tokens, "" to go on)."""
         res = self.result
         res.ids.append(token)
         if token in eos:
@@ -288,10 +313,31 @@ class Generation:
             return piece, "stop"
         return piece, "length" if len(res.ids) >= self.params.max_tokens else ""
 
-    def _on_chip(self, decoder, stops, eos, reuse: int):
-        """The decode loop as CMD_GENERATE chunks (see the class). Called from __iter__ after the prefix reuse."""
-        from .golden.sampler import prng_next, seed_state
+    def _host_steps(self, reuse: int):
+        """The host path's steps: prefill, then one token a step, sampled on the host from the logits of the
+        last forward pass, which the next step feeds back. Ends when the KV cache is full."""
+        backend, session, res, engine = self.engine.backend, self.session, self.result, self.engine
+        prompt = res.prompt_ids
+        t0 = time.perf_counter()
+        logits = backend.forward(prompt[reuse:], session.cache)
+        session.ids.extend(prompt[reuse:])
+        res.prefill_tokens = len(prompt) - reuse
+        res.prefill_seconds = time.perf_counter() - t0
+        while True:
+            token = self.sampler.sample(logits, prompt + res.ids)
+            yield [token]
+            if session.cache.length >= session.capacity:
+                return
+            t0 = time.perf_counter()
+            engine._bind(session)  # another session may have run in between, under another adapter
+            logits = backend.forward([token], session.cache)
+            session.ids.append(token)
+            res.decode_tokens += 1
+            res.decode_seconds += time.perf_counter() - t0
 
+    def _on_chip_steps(self, reuse: int):
+        """Autonomous decode's steps (see the class): prefill but the last prompt token, then up to `chunk`
+        tokens a CMD_GENERATE call. Ends when the KV cache is full; closing it cuts what the chip ran past."""
         backend, session, res, p, engine = self.engine.backend, self.session, self.result, self.params, self.engine
         prompt = res.prompt_ids
         cache, ids = session.cache, session.ids
@@ -301,8 +347,9 @@ class Generation:
             ids.extend(prompt[reuse:-1])
         res.prefill_tokens = len(prompt) - reuse
         res.prefill_seconds = time.perf_counter() - t0
+        eos = self.engine.tokenizer.eos_ids
         eos_id = min(eos) if eos else None  # the chip stops at one id; the host checks them all
-        seed = seed_state(p.seed)  # None: a seed from the OS, as the host Sampler's default_rng(None)
+        seed = seed_state(p.seed)  # None: a seed from the OS, as the host sampler's default_rng(None)
         first, position, sampled = prompt[-1], len(prompt) - 1, 0
         max_tokens, capacity, chunk = p.max_tokens, session.capacity, self.chunk
         try:
@@ -327,26 +374,12 @@ class Generation:
                 ids.extend(out[:-1])
                 position += len(out)
                 sampled += len(out)
-                for token in out:
-                    piece, end = self._take(token, eos, decoder, stops)
-                    if piece:
-                        yield piece
-                    if end:
-                        res.finish_reason = end
-                        break
-                if res.finish_reason:
-                    break
+                yield out
                 if position >= capacity:
-                    res.finish_reason = "context"
-                    break
+                    return
                 first = out[-1]
-            if not stops.stopped:
-                tail = stops.feed(decoder.flush()) + ("" if stops.stopped else stops.flush())
-                if tail:
-                    res.text += tail
-                    yield tail
         finally:
-            # what the per-token path holds here: the prompt and every generated token but the last
+            # what the host path holds here: the prompt and every generated token but the last
             keep = len(prompt) + max(len(res.ids) - 1, 0)
             if res.ids and len(ids) > keep:
                 session.truncate(keep)
@@ -358,8 +391,36 @@ class Generation:
         return self.result
 
 
+@dataclass
+class GenerationStats:
+    """Counts over a run of generations (a conversation's answers since it began or was reset, a server's
+    requests): how many, their prompt, reused and generated tokens, the prefill and decode passes' tokens and
+    seconds, and the last one's result (None until the next answer after a conversation's reset or load)."""
+
+    generations: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV was already in the session
+    generated_tokens: int = 0
+    prefill_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
+    last: GenerationResult | None = None
+
+    def record(self, result: GenerationResult) -> None:
+        self.generations += 1
+        self.prompt_tokens += len(result.prompt_ids)
+        self.reused_tokens += result.reused_tokens
+        self.generated_tokens += len(result.ids)
+        self.prefill_tokens += result.prefill_tokens
+        self.prefill_seconds += result.prefill_seconds
+        self.decode_tokens += result.decode_tokens
+        self.decode_seconds += result.decode_seconds
+        self.last = result
+
+
 class Conversation:
-    """A chat: the messages so far and the session whose cache holds their tokens."""
+    """A chat: the messages so far, the session whose cache holds their tokens, and its statistics."""
 
     def __init__(self, engine: "Engine", system: str | None = None, capacity: int | None = None,
                  adapter: str | None = None):
@@ -367,6 +428,7 @@ class Conversation:
         self.session = engine.new_session(capacity, adapter)
         self.system = system
         self.messages: list[dict] = []
+        self.stats = GenerationStats()  # reset() starts it anew
         self.reset()
 
     @property
@@ -380,8 +442,17 @@ class Conversation:
         self.session.adapter = name
 
     def reset(self) -> None:
+        """Forget the messages (but the system prompt), their KV cache and the statistics."""
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
         self.session.reset()
+        self.stats = GenerationStats()
+
+    def summary(self) -> dict:
+        """Where the conversation stands: context_tokens (in the KV cache), capacity, messages, turns,
+        total_reused and adapter."""
+        return {"context_tokens": self.session.length, "capacity": self.session.capacity,
+                "messages": len(self.messages), "turns": self.stats.generations,
+                "total_reused": self.stats.reused_tokens, "adapter": self.adapter}
 
     def send(self, text: str, params: SamplingParams | None = None, on_chip: bool = False) -> Generation:
         """Refuses (RomaError) before anything changes; the reply joins the conversation when it ends.
@@ -391,9 +462,48 @@ class Conversation:
 
         def done(result: GenerationResult):
             self.messages = messages + [{"role": "assistant", "content": result.text}]
+            self.stats.record(result)
 
         return Generation(self.engine, self.session, prompt_ids, params or SamplingParams(), on_done=done,
                           on_chip=on_chip)
+
+    def lora(self, action: str = "list", name: str | None = None, folder: str | None = None) -> dict:
+        """The chat's /lora (and the serial link's LORA request): action "list"; "use" adapter `name` (None:
+        the base model) from the next turn; "load" the PEFT folder as `name` (None: the folder's name);
+        "unload" `name` (the conversation goes on without it). RomaError when refused, nothing changed then.
+        Returns {"adapters": [{name, slot, rank, targets, bytes}], "active", "done" (what was done, or None
+        for "list"), "compensation_rank" (the build's always-on LoRA, or None)}."""
+        engine = self.engine
+        if name is not None and not isinstance(name, str):
+            raise RomaError("the adapter name must be text")
+        done = None
+        if action == "use":
+            self.adapter = name  # RomaError if it is not loaded
+            done = (f"adapter {name} active; the conversation continues under it" if name else
+                    "LoRA off: the base model continues the conversation")
+        elif action == "load":
+            if not isinstance(folder, str) or not folder:
+                raise RomaError("/lora load needs an adapter folder", hint="/lora load [NAME=]DIR")
+            (name, folder), = parse_lora_specs([f"{name}={folder}" if name else folder])
+            slot = engine.load_lora(name, folder)
+            done = f"loaded adapter {name} into slot {slot}; /lora {name} switches to it"
+        elif action == "unload":
+            if name is None:
+                raise RomaError("/lora unload needs an adapter name")
+            engine.unload_lora(name)  # RomaError if it is not loaded
+            done = f"unloaded adapter {name}"
+            if self.adapter == name:
+                self.adapter = None
+                done += "; the base model continues the conversation"
+        elif action != "list":
+            raise RomaError(f"unknown LoRA action {str(action)[:40]!r}", hint="list, use, load or unload")
+        names = engine.lora_names()
+        rows = [{"name": row["name"], "slot": row["slot"], "rank": row["max_rank"], "targets": list(row["targets"]),
+                 "bytes": int(row["bytes"])} for row in (engine.lora.status() if engine.lora else [])
+                if row["name"] in names]  # not the empty slots, nor the build's compensation
+        comp = engine.compensation
+        return {"adapters": rows, "active": self.adapter, "done": done,
+                "compensation_rank": comp.max_rank if comp is not None else None}
 
     def save(self, path) -> Path:
         """The session and the messages in one file (Engine.restore_session reads it too)."""
@@ -421,13 +531,12 @@ class Conversation:
             raise
         self.system = system
         self.messages = [dict(role=m["role"], content=m["content"]) for m in messages]
+        self.stats.last = None
 
 
 def _tokenizer_of(model: LoadedModel) -> Tokenizer:
     """The model's tokenizer; a build's is that of the model it was compiled from."""
     if model.format == "build":
-        from .model.loader import build_source
-
         kind, path = build_source(model)
         return Tokenizer.from_hf_folder(path) if kind == "hf" else Tokenizer.from_gguf(path)
     return Tokenizer.from_model(model)
@@ -445,6 +554,38 @@ def _fingerprint(adapter, dtype: str, scale_dtype: str) -> str:
 
 
 COMPENSATION = "rom-compensation"  # the slot of a build's quantization-compensating LoRA
+LORA_SLOTS = load_constants()["LORA_SLOTS"]  # the slots of the core's LoRA unit: an engine's default
+LORA_RESERVED = ("off", "load", "unload")  # words of the chat's /lora command, so no adapter's name
+
+
+def parse_lora_specs(specs: list[str]) -> list[tuple[str, str]]:
+    """[(name, folder)] from `[NAME=]DIR` strings (the CLI's --lora, the chat's and the serial server's /lora
+    load), checked before any adapter loads: the folder exists, the name (NAME, else the folder's name) is one
+    word and not reserved, no two are alike."""
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        try:
+            spec.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RomaError("an adapter folder's name contains a lone surrogate, which is not valid Unicode "
+                            "text") from None
+        name, folder = None, spec
+        if "=" in spec and not Path(spec).expanduser().exists():
+            left, right = spec.split("=", 1)
+            if left and "/" not in left and os.sep not in left:
+                name, folder = left, right
+        if not folder or not Path(folder).expanduser().is_dir():
+            raise RomaError(f"--lora {spec}: no adapter folder at '{folder}'",
+                            hint="give the folder PEFT's save_pretrained wrote, optionally as NAME=DIR")
+        if name is None:
+            name = Path(folder).expanduser().resolve().name
+        if not name.strip() or name.lower() in LORA_RESERVED or any(c.isspace() for c in name):
+            raise RomaError(f"--lora {spec}: '{name}' cannot name an adapter",
+                            hint=f"use NAME=DIR with a name without spaces, not one of {', '.join(LORA_RESERVED)}")
+        if name in [n for n, _ in out]:
+            raise RomaError(f"--lora {spec}: two adapters are named '{name}'", hint="name them apart with NAME=DIR")
+        out.append((name, folder))
+    return out
 
 
 class Engine:
@@ -456,7 +597,7 @@ class Engine:
     """
 
     def __init__(self, model=DEFAULT_MODEL, backend: str | None = None, numerics: str = "quant", *,
-                 lora_slots: int = 4, lora_rank: int = DEFAULT_MAX_RANK, lora_dtype: str = "fp16",
+                 lora_slots: int = LORA_SLOTS, lora_rank: int = DEFAULT_MAX_RANK, lora_dtype: str = "fp16",
                  kv_memory: int | None = None, build=None, bitstream=None, lora_any_build: bool = False):
         """backend: "ref", "emu" or "board"; None is the default (backends.check_backend: the board where a
         PYNQ board is present, else the emulated board; the golden model for float numerics). build: the
@@ -646,7 +787,7 @@ class Engine:
             session.close()
 
     def _save_session(self, session: Session, path, extra: dict | None) -> Path:
-        n = session.cache.length if session.kv_valid else 0
+        n = session.saved_length
         keys, values = kv.cache_rows(session.cache, n)
         adapter = None
         if session.adapter is not None:
@@ -732,15 +873,11 @@ class Engine:
                 prompt = self.tokenizer.encode_chat([{"role": "user", "content": prompt}])
             else:
                 prompt = self.tokenizer.encode(prompt)
-        if session is None:
-            session = self.new_session(adapter=adapter)
         params = params or SamplingParams()
         if on_chip:  # refuse before a session is made
-            why = on_chip_refusal(self.backend, params)
-            if why:
-                raise RomaError(f"this generation cannot run on chip: {why}",
-                                hint="drop --on-chip (the host samples each token), or change the sampling "
-                                     "settings")
+            check_on_chip(self.backend, params)
+        if session is None:
+            session = self.new_session(adapter=adapter)
         return Generation(self, session, list(prompt), params, on_chip=on_chip)
 
     def chat(self, system: str | None = None, capacity: int | None = None, adapter: str | None = None) -> Conversation:

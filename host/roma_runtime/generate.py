@@ -8,6 +8,8 @@ import numpy as np
 
 from .errors import RomaError
 
+MAX_SEED = (1 << 64) - 1  # seeds are 64-bit: the on-chip sampler's PRNG state is seeded from one
+
 
 @dataclass
 class SamplingParams:
@@ -39,11 +41,40 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 raise RomaError(message)
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or not 0 <= seed <= MAX_SEED):
+            raise RomaError(f"the seed must be a whole number in 0..{MAX_SEED} (got {seed})",
+                            hint="leave it out for a random seed")
         return self
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "SamplingParams":
+        """Validated SamplingParams from JSON (a dict of its fields, as `asdict` writes them): one RomaError
+        for an unknown field or a wrong type as for a bad value."""
+        if not isinstance(d, dict):
+            raise RomaError("the sampling options must be a JSON object")
+        kinds = {"max_tokens": int, "temperature": (int, float), "top_k": int, "top_p": (int, float),
+                 "min_p": (int, float), "repetition_penalty": (int, float), "repeat_last_n": int,
+                 "seed": (int, type(None)), "stop": list}
+        unknown = sorted(set(d) - set(kinds))
+        if unknown:
+            raise RomaError(f"unknown sampling option {unknown[0]!r}",
+                            hint="the other side runs an older roma; update it or leave that option out")
+        for k, v in d.items():
+            if isinstance(v, bool) or not isinstance(v, kinds[k]):
+                raise RomaError(f"sampling option {k} has a wrong type ({type(v).__name__})")
+        if not all(isinstance(x, str) for x in d.get("stop") or []):
+            raise RomaError("stop strings must be text")
+        return cls(**d).validate()
 
-class Sampler:
-    """Turns logits into a token id. Seeded, so a seed reproduces a run."""
+
+class HostSampler:
+    """The host's sampler: turns logits into a token id, in float64 over the whole vocabulary, with numpy's
+    seeded Generator (a seed reproduces a run). Autonomous decode samples on the chip instead, with the
+    fixed-point-exact algorithm of golden/sampler.py (a pool of the K best, fp32, its own PRNG): the same
+    filters in the same order, but other numerics and randomness, so the two stay separate (that module
+    says how they relate)."""
 
     def __init__(self, params: SamplingParams):
         self.params = params.validate()

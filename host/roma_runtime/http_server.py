@@ -52,8 +52,10 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, field, replace
 
+from . import kv
+from .engine import GenerationStats, common_prefix
 from .errors import RomaError
-from .generate import SamplingParams
+from .generate import MAX_SEED, SamplingParams
 
 SERVE_EXTRA = "pip install 'roma-runtime[serve]'"
 API_KEY_ENV = "ROMA_API_KEY"
@@ -64,7 +66,6 @@ DEFAULT_SESSIONS = 4
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 MAX_STOPS = 16  # stop strings per request
 MAX_STOP_CHARS = 512
-MAX_SEED = (1 << 64) - 1
 MAX_REPEAT_LAST_N = 1 << 16
 POLL_SECONDS = 0.1  # how often a waiting request looks whether its client is still there
 MAX_CONNECTIONS = 128  # open connections uvicorn serves at once (plus --max-queue)
@@ -472,8 +473,6 @@ class PrefixCache:
         self.copied_tokens = 0
 
     def take(self, prompt: list[int], adapter: str | None):
-        from .engine import common_prefix
-
         def match(s) -> int:
             return common_prefix(s.ids, prompt) if s.adapter == adapter and s.kv_valid else 0
 
@@ -514,8 +513,6 @@ class PrefixCache:
         session.close()
 
     def _copy(self, source, target, n: int) -> None:
-        from . import kv
-
         try:
             keys, values = kv.cache_rows(source.cache, n)
             kv.write_cache_rows(target.cache, keys, values)
@@ -567,16 +564,13 @@ class Metrics:
         self.requests: dict[tuple[str, int], int] = {}
         self.rejected_queue_full = 0
         self.cancelled = 0
-        self.prompt_tokens = self.reused_tokens = self.generated_tokens = 0
-        self.prefill_tokens = self.decode_tokens = 0
-        self.prefill_seconds = self.decode_seconds = 0.0
+        self.generations = GenerationStats()  # every generation's tokens and seconds
         self.last_prefill_tps = self.last_decode_tps = 0.0
         self.ttft_sum = 0.0
         self.ttft_count = 0
         self.queue_wait_sum = 0.0
         self.queue_wait_count = 0
         self.lora_swaps = 0
-        self.generations = 0
 
     def count_request(self, endpoint: str, status: int) -> None:
         with self.lock:
@@ -585,14 +579,7 @@ class Metrics:
 
     def record(self, job: Job, result) -> None:
         with self.lock:
-            self.generations += 1
-            self.prompt_tokens += len(result.prompt_ids)
-            self.reused_tokens += result.reused_tokens
-            self.generated_tokens += len(result.ids)
-            self.prefill_tokens += result.prefill_tokens
-            self.decode_tokens += result.decode_tokens
-            self.prefill_seconds += result.prefill_seconds
-            self.decode_seconds += result.decode_seconds
+            self.generations.record(result)
             if result.prefill_seconds:
                 self.last_prefill_tps = result.prefill_tokens_per_s
             if result.decode_seconds:
@@ -758,7 +745,7 @@ class RomaHTTPServer:
         self.max_prompt = self.worker.capacity - 1
         if options.max_prompt_tokens is not None:
             self.max_prompt = min(self.max_prompt, options.max_prompt_tokens)
-        self.fingerprint = f"fp_roma_{getattr(engine.backend, 'name', 'x')}_{engine.numerics}"
+        self.fingerprint = f"fp_roma_{engine.backend.name}_{engine.numerics}"
         self.app = self._build_app()
         self.server = None  # the uvicorn.Server while serve() runs
         self.counting = _CountingBackend(engine.backend)  # until close(): the core's cycles for /metrics
@@ -1055,8 +1042,6 @@ class RomaHTTPServer:
         return Response(self.render_metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def render_metrics(self) -> str:
-        from .kv import kv_token_bytes
-
         m, e, w = self.metrics, self.engine, self.worker
         out: list[str] = []
 
@@ -1067,11 +1052,12 @@ class RomaHTTPServer:
                 label = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
                 out.append(f"{name}{{{label}}} {_num(value)}" if label else f"{name} {_num(value)}")
 
-        token_bytes = kv_token_bytes(e.config, e.kv_dtype)
+        token_bytes = kv.kv_token_bytes(e.config, e.kv_dtype)
         with m.lock:
+            g = m.generations
             requests = sorted(m.requests.items())
             metric("roma_info", "gauge", "The served model, backend and numerics (always 1).",
-                   [({"model": self.options.model_id, "backend": getattr(self.counting, "name", "?"),
+                   [({"model": self.options.model_id, "backend": self.counting.name,
                       "numerics": e.numerics, "kv_dtype": e.kv_dtype}, 1)])
             metric("roma_requests_total", "counter", "HTTP requests answered, by endpoint and status code.",
                    [({"endpoint": k[0], "status": str(k[1])}, v) for k, v in requests])
@@ -1079,22 +1065,22 @@ class RomaHTTPServer:
                    "Requests answered 503 because the queue was full.", [({}, m.rejected_queue_full)])
             metric("roma_requests_cancelled_total", "counter",
                    "Generations stopped or dropped because their client went away.", [({}, m.cancelled)])
-            metric("roma_generations_total", "counter", "Generations run on the core.", [({}, m.generations)])
+            metric("roma_generations_total", "counter", "Generations run on the core.", [({}, g.generations)])
             metric("roma_queue_length", "gauge", "Requests waiting for the core.", [({}, w.queue_length)])
             metric("roma_queue_capacity", "gauge", "Requests that may wait (--max-queue).",
                    [({}, self.options.max_queue)])
             metric("roma_requests_running", "gauge", "Requests on the core now (0 or 1).",
                    [({}, int(w.running is not None))])
-            metric("roma_prompt_tokens_total", "counter", "Prompt tokens of all generations.", [({}, m.prompt_tokens)])
+            metric("roma_prompt_tokens_total", "counter", "Prompt tokens of all generations.", [({}, g.prompt_tokens)])
             metric("roma_prompt_tokens_reused_total", "counter",
-                   "Prompt tokens whose KV cache was reused from an earlier request.", [({}, m.reused_tokens)])
-            metric("roma_generated_tokens_total", "counter", "Tokens generated.", [({}, m.generated_tokens)])
-            metric("roma_prefill_tokens_total", "counter", "Prompt tokens computed.", [({}, m.prefill_tokens)])
+                   "Prompt tokens whose KV cache was reused from an earlier request.", [({}, g.reused_tokens)])
+            metric("roma_generated_tokens_total", "counter", "Tokens generated.", [({}, g.generated_tokens)])
+            metric("roma_prefill_tokens_total", "counter", "Prompt tokens computed.", [({}, g.prefill_tokens)])
             metric("roma_prefill_seconds_total", "counter", "Seconds spent computing prompts.",
-                   [({}, m.prefill_seconds)])
-            metric("roma_decode_tokens_total", "counter", "Single-token forward passes.", [({}, m.decode_tokens)])
+                   [({}, g.prefill_seconds)])
+            metric("roma_decode_tokens_total", "counter", "Single-token forward passes.", [({}, g.decode_tokens)])
             metric("roma_decode_seconds_total", "counter", "Seconds spent in single-token forward passes.",
-                   [({}, m.decode_seconds)])
+                   [({}, g.decode_seconds)])
             metric("roma_prefill_tokens_per_second", "gauge", "Prefill speed of the last generation.",
                    [({}, m.last_prefill_tps)])
             metric("roma_decode_tokens_per_second", "gauge", "Decode speed of the last generation.",

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Union
 
 import numpy as np
 
+from .device.interface import load_constants
 from .errors import RomaError
 from .model.config import ModelConfig
 from .model.loader import LoadedModel, permute_to_gguf_rope, read_json_object
@@ -39,7 +40,7 @@ PEFT_NAMES = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo",
 OUR_TO_PEFT = {v: k for k, v in PEFT_NAMES.items()}
 PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
           "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
-DEFAULT_MAX_RANK = 64
+DEFAULT_MAX_RANK = load_constants()["LORA_MAX_RANK"]  # the largest slot rank the core's LoRA unit takes
 PACK_DTYPES = ("fp16", "int8")
 SCALE_DTYPES = ("fp16", "fp32")
 

@@ -2,7 +2,8 @@
 
 `roma serve --serial PORT` runs `SerialChatServer` on the board; `roma chat --serial PORT` talks to it with
 `SerialChatClient`, which has the shape of a local `Conversation` (send -> iterable of text pieces with
-`.result`, reset) plus `stats()` and `close()`.
+`.result`, reset, lora, `last` for `stats.last`) plus `stats()` (the board's `Conversation.summary()`) and
+`close()`.
 
 Frame format (all integers big-endian)::
 
@@ -85,6 +86,7 @@ from pathlib import Path, PurePosixPath
 
 from .engine import Throughput
 from .errors import RomaError
+from .generate import SamplingParams
 
 PROTOCOL_VERSION = 2  # 2: LEN bounded by MAX_PAYLOAD, LORA/SAVE/LOAD, "busy"
 DEFAULT_BAUD = 115200
@@ -93,7 +95,6 @@ DEFAULT_LEASE = 10.0  # seconds a server keeps a silent client's claim on the li
 KEEPALIVE = 1.0  # a client waiting for an answer writes at least this often (a PING if nothing else)
 FRAME_GAP = 0.5  # seconds without a byte after which a partial frame is given up
 OWNER_WINDOW = 1024  # how far a request's SEQ may be from the session's last one to count as its client's
-MAX_SEED = (1 << 64) - 1
 
 SYNC = b"\xa5\x5a"
 _HEAD = struct.Struct(">BHHH")  # type, seq, ref, len
@@ -324,37 +325,6 @@ def _split_text(text: str, limit: int = 4096) -> list[bytes]:
     return out
 
 
-def sampling_from_dict(d, limits=None) -> "SamplingParams":
-    """SamplingParams from a CHAT's "params", validated; RomaError for anything malformed. `limits` (the
-    server's SamplingParams) bounds max_tokens: a client may ask for fewer tokens, never more."""
-    from .generate import SamplingParams
-
-    if d is None:
-        return None
-    if not isinstance(d, dict):
-        raise RomaError("the sampling options must be a JSON object")
-    kinds = {"max_tokens": int, "temperature": (int, float), "top_k": int, "top_p": (int, float),
-             "min_p": (int, float), "repetition_penalty": (int, float), "repeat_last_n": int,
-             "seed": (int, type(None)), "stop": list}
-    unknown = sorted(set(d) - set(kinds))
-    if unknown:
-        raise RomaError(f"unknown sampling option {unknown[0]!r}",
-                        hint="the board runs an older roma; update it or leave that option out")
-    for k, v in d.items():
-        if isinstance(v, bool) or not isinstance(v, kinds[k]):
-            raise RomaError(f"sampling option {k} has a wrong type ({type(v).__name__})")
-    seed = d.get("seed")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise RomaError(f"the seed must be a whole number in 0..{MAX_SEED} (got {seed})",
-                        hint="leave it out for a random seed")
-    if not all(isinstance(x, str) for x in d.get("stop") or []):
-        raise RomaError("stop strings must be text")
-    params = SamplingParams(**d).validate()
-    if limits is not None and params.max_tokens > limits.max_tokens:
-        params.max_tokens = limits.max_tokens
-    return params
-
-
 # --- server --------------------------------------------------------------------------------------------
 
 
@@ -370,8 +340,6 @@ class SerialChatServer:
     def __init__(self, engine, port, baud: int = DEFAULT_BAUD, *, context: int | None = None,
                  params=None, adapter: str | None = None, log=None, lease: float = DEFAULT_LEASE,
                  save_dir=None):
-        from .generate import SamplingParams
-
         self.engine = engine
         self.port_name = port if isinstance(port, str) else getattr(port, "port", "port")
         self.baud = baud
@@ -397,9 +365,6 @@ class SerialChatServer:
         self.session_id: str | None = None
         self.conversation = None
         self.handled: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
-        self.turns = 0
-        self.total_reused = 0
-        self.last = None
         self._hello_seq: int | None = None  # the HELLO that started or resumed the session
         self._owner_seq: int | None = None  # the newest request SEQ of the session's client
         self._heard = 0.0  # when the session's client last sent a request
@@ -572,8 +537,6 @@ class SerialChatServer:
                 self._chat(frame)
             elif frame.type == RESET:
                 self.conversation.reset()
-                self.last = None
-                self.turns = self.total_reused = 0
                 self._reply(frame, ACK)
             elif frame.type == STATS:
                 self._reply(frame, STATS, self._stats_payload())
@@ -620,47 +583,37 @@ class SerialChatServer:
         if not resumed:
             self._end_session()  # gives its KV back to the engine's pool first
             try:
-                if self.adapter is None:
-                    conversation = self.engine.chat(system, self.context)
-                else:
-                    conversation = self.engine.chat(system, self.context, self.adapter)
+                conversation = self.engine.chat(system, self.context, self.adapter)
             except RomaError as e:
                 self._send(ERROR, _json({"message": e.message, "hint": e.hint, "code": "error"}), ref=frame.seq)
                 return
             self.session_id, self.conversation = session, conversation
             self.handled.clear()
-            self.turns = self.total_reused = 0
-            self.last = None
             self.log(f"client connected (session {session[:8]})")
         elif frame.seq != self._hello_seq:  # not just a resend of the same HELLO
             self.log(f"client reconnected (session {session[:8]} resumed)")
         self._hello_seq = frame.seq
         self._owner_seq = frame.seq
         self._heard = time.monotonic()
-        from . import __version__
-
         cfg = self.engine.config
         info = {"version": PROTOCOL_VERSION, "session": session, "resumed": resumed,
-                "model": getattr(cfg, "name", ""), "backend": getattr(self.engine.backend, "name", ""),
+                "model": cfg.name, "backend": self.engine.backend.name,
                 "context": self.conversation.session.capacity, "capabilities": CAPABILITIES,
                 "limits": {"max_tokens": self.params.max_tokens, "max_payload": MAX_PAYLOAD},
-                "adapter": self.conversation.adapter, "server": f"roma {__version__}"}
+                "adapter": self.conversation.adapter, "server": "roma " + _version()}
         self._send(HELLO, _json(info), ref=frame.seq)
 
     def _end_session(self) -> None:
         if self.conversation is not None:
-            close = getattr(self.conversation.session, "close", None)
-            if close is not None:
-                close()
+            self.conversation.session.close()  # its KV positions go back to the engine's pool
         self.session_id = self.conversation = None
         self._owner_seq = None
 
     def stats(self) -> dict:
-        conv = self.conversation
-        return {"context_tokens": conv.session.cache.length, "capacity": conv.session.capacity,
-                "messages": len(conv.messages), "turns": self.turns, "total_reused": self.total_reused,
-                "adapter": conv.adapter, "max_tokens": self.params.max_tokens,
-                "last": None if self.last is None else json.loads(result_payload(self.last, MAX_PAYLOAD // 2))}
+        """STATS: the conversation's summary (Conversation.summary), the answers' limit and the last answer."""
+        last = self.conversation.stats.last
+        return {**self.conversation.summary(), "max_tokens": self.params.max_tokens,
+                "last": None if last is None else json.loads(result_payload(last, MAX_PAYLOAD // 2))}
 
     def _stats_payload(self) -> bytes:
         d = self.stats()
@@ -674,46 +627,11 @@ class SerialChatServer:
     # --- LoRA and conversation files ----------------------------------------------------------------------
 
     def _lora(self, d: dict) -> dict:
-        """LORA: list, use NAME (or null: the base model), load NAME from FOLDER (on the board), unload NAME."""
-        engine, conv = self.engine, self.conversation
-        action, name = d.get("action", "list"), d.get("name")
-        if name is not None and not isinstance(name, str):
-            raise RomaError("the adapter name must be text")
-        done = None
-        if action == "use":
-            conv.adapter = name  # RomaError if it is not loaded; nothing changes then
-            done = f"adapter {name} active; the conversation continues under it" if name else \
-                "LoRA off: the base model continues the conversation"
-        elif action == "load":
-            from .commands.common import parse_lora_specs
-
-            folder = d.get("folder")
-            if not isinstance(folder, str) or not folder:
-                raise RomaError("/lora load needs a folder on the board", hint="/lora load [NAME=]DIR")
-            (name, folder), = parse_lora_specs([f"{name}={folder}" if name else folder])
-            slot = engine.load_lora(name, folder)
-            done = f"loaded adapter {name} into slot {slot}; /lora {name} switches to it"
-        elif action == "unload":
-            if name is None:
-                raise RomaError("/lora unload needs an adapter name")
-            engine.check_adapter(name)
-            engine.unload_lora(name)
-            if conv.adapter == name:
-                conv.adapter = None
-            if self.adapter == name:
-                self.adapter = None
-            done = f"unloaded adapter {name}"
-        elif action != "list":
-            raise RomaError(f"unknown LoRA action {str(action)[:40]!r}", hint="list, use, load or unload")
-        rows = []
-        if engine.lora is not None:
-            for row in engine.lora.status():
-                if row["name"] in engine.lora_names():
-                    rows.append({"name": row["name"], "slot": row["slot"], "rank": row["max_rank"],
-                                 "targets": list(row["targets"]), "bytes": int(row["bytes"])})
-        comp = getattr(engine, "compensation", None)
-        return {"adapters": rows, "active": conv.adapter, "done": done,
-                "compensation_rank": comp.max_rank if comp is not None else None}
+        """LORA: the conversation's /lora (Conversation.lora); the folder of "load" is on the board."""
+        reply = self.conversation.lora(d.get("action", "list"), d.get("name"), d.get("folder"))
+        if d.get("action") == "unload" and self.adapter == d.get("name"):
+            self.adapter = None  # new conversations start without it
+        return reply
 
     def _file(self, name) -> Path:
         """A conversation file in the save folder; names that would leave it are refused."""
@@ -736,11 +654,10 @@ class SerialChatServer:
         if ftype == SAVE:
             if not path.parent.is_dir():
                 raise RomaError(f"no folder for '{d.get('name')}' in the board's save folder")
-            kept = conv.session.length if conv.session.kv_valid else 0
+            kept = conv.session.saved_length
             conv.save(path)
         else:
             conv.load(path)  # checked first: a refusal leaves the conversation as it was
-            self.last = None
             kept = conv.session.length
         self.log(f"conversation {'saved to' if ftype == SAVE else 'loaded from'} {path}")
         return {"name": d.get("name"), "messages": len(conv.messages), "tokens": kept, "adapter": conv.adapter}
@@ -755,7 +672,10 @@ class SerialChatServer:
                 raise ValueError
         except (ValueError, UnicodeDecodeError):
             raise RomaError("malformed CHAT request") from None
-        params = sampling_from_dict(d.get("params"), self.params) or self.params
+        params = self.params
+        if d.get("params") is not None:  # the client's options; it may ask for fewer tokens, never more
+            params = SamplingParams.from_dict(d["params"])
+            params.max_tokens = min(params.max_tokens, self.params.max_tokens)
         generation = self.conversation.send(text, params)  # RomaError: refused, nothing changed
         self._remember(frame.seq, ACK)
         self._send(ACK, ref=frame.seq)
@@ -774,14 +694,9 @@ class SerialChatServer:
         finally:
             for f in later:
                 self.inbox.put(f)
-        result = generation.result
-        self.last = result
-        self.turns += 1
-        self.total_reused += result.reused_tokens
+        result = generation.result  # the conversation's statistics hold it too
         self._send(DONE, result_payload(result), ref=frame.seq)
-        from .commands.common import speed_line
-
-        self.log(speed_line(result))
+        self.log(result.speed_line())
 
     def _interrupted(self, chat_seq: int, later: list[Frame]) -> bool:
         """Looks at requests that came in during the answer: CANCEL ends it, and so does a HELLO of this
@@ -852,6 +767,7 @@ class SerialChatClient:
         self.parser = FrameParser(baud)
         self.session_id = secrets.token_hex(8)
         self.info: dict = {}
+        self.last: RemoteResult | None = None  # the last answer, as Conversation.stats.last; None after a reset
         self._seq = 1 + secrets.randbelow(0xFFFF)
         self._expected: int | None = None  # next server SEQ; None until a HELLO reply sets it
         self._unacked: dict[int, list] = {}  # seq -> [frame bytes, last sent time]
@@ -929,6 +845,7 @@ class SerialChatClient:
         frame = self._wait({seq}, {ACK, ERROR})
         if frame.type == ERROR:
             raise self._error_of(frame)
+        self.last = None
 
     def stats(self) -> dict:
         """The board's view: context_tokens, capacity, messages, turns, total_reused, last (a result dict)."""
@@ -959,7 +876,9 @@ class SerialChatClient:
 
     def load(self, name: str) -> dict:
         """Continues a conversation saved on the board: {name, messages, tokens, adapter}."""
-        return self._call(LOAD, {"name": name})
+        loaded = self._call(LOAD, {"name": name})
+        self.last = None
+        return loaded
 
     def _call(self, ftype: int, request: dict) -> dict:
         payload = _json(request)
@@ -1169,7 +1088,7 @@ class RemoteGeneration:
         d = frame.json()
         if "text" not in d:
             d["text"] = "".join(self._text)
-        self.result = RemoteResult.from_dict(d)
+        self.result = self.client.last = RemoteResult.from_dict(d)
 
     def _cancel(self) -> None:
         """Stops the answer on the board and waits (within the timeout) for its DONE."""
@@ -1186,7 +1105,7 @@ class RemoteGeneration:
                     self._finish(frame)
                     return
         except RomaError:
-            self.result = RemoteResult(text="".join(self._text), finish_reason="interrupted")
+            self.result = self.client.last = RemoteResult(text="".join(self._text), finish_reason="interrupted")
 
     def run(self) -> RemoteResult:
         for _ in self:

@@ -87,15 +87,15 @@ enum SampleMode : uint32_t {
 
 // Hardware parameters of the top (a build may override them with -D before including this header).
 #ifndef ROMA_LORA_SLOTS
-#define ROMA_LORA_SLOTS 4 // LoraSlots' default capacity (lora.py)
+#define ROMA_LORA_SLOTS 4 // the LoRA unit's slots (the Engine's default slot count is read from here)
 #endif
 #ifndef ROMA_LORA_MAX_RANK
-#define ROMA_LORA_MAX_RANK 64 // lora.DEFAULT_MAX_RANK: a packed adapter's slot rank R may be 1..this
+#define ROMA_LORA_MAX_RANK 64 // a packed adapter's slot rank R may be 1..this (lora.DEFAULT_MAX_RANK reads it)
 #endif
 constexpr uint32_t LORA_SLOTS = ROMA_LORA_SLOTS;
 constexpr uint32_t LORA_MAX_RANK = ROMA_LORA_MAX_RANK;
-constexpr int SAMPLER_K = 64;     // sampler pool (top-k maximum), golden OnChipSamplerSpec.k_max
-constexpr int SAMPLER_RING = 64;  // recent ids for the repetition penalty, OnChipSamplerSpec.ring
+constexpr int SAMPLER_K = 64;     // sampler pool (top-k maximum); golden/sampler.py reads it
+constexpr int SAMPLER_RING = 64;  // recent ids for the repetition penalty; golden/sampler.py reads it
 constexpr int SAMPLER_LANES = 4;  // logits per cycle (timing only)
 constexpr int PREFILL_CHUNK = 16; // tokens per prefill chunk (activation buffers)
 

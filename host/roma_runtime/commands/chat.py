@@ -14,6 +14,7 @@ import sys
 from contextlib import contextmanager
 
 from ..errors import RomaError
+from ..kv import kv_token_bytes
 from . import common
 
 HELP = "chat with the model (streamed; the conversation's KV cache is kept between turns)"
@@ -94,9 +95,6 @@ class ChatSession:
             self.conversation = engine.chat(args.system, args.context, specs[0][0] if specs else None)
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.last = None  # GenerationResult of the last answer
-        self.turns = 0
-        self.total_reused = 0
 
     # --- output helpers -------------------------------------------------------------------------------------
 
@@ -115,24 +113,24 @@ class ChatSession:
     # --- commands -------------------------------------------------------------------------------------------
 
     def remote_stats(self) -> str:
-        st = self.remote.stats()
+        st = self.remote.stats()  # the board's Conversation.summary()
         board = f"board: {self.remote.info.get('model')} on {self.remote.info.get('backend')}"
         if st.get("max_tokens"):
             board += f", answers of at most {st['max_tokens']} tokens"
         lines = [f"context: {st['context_tokens']} / {st['capacity']} tokens in the board's cache, "
                  f"{st['messages']} messages, {st['turns']} turns, {st['total_reused']} tokens reused in all",
                  board, f"adapter: {st.get('adapter') or 'none (base model)'}"]
-        if self.last is not None:
-            lines.append("last turn: " + common.speed_line(self.last))
+        if self.remote.last is not None:
+            lines.append("last turn: " + self.remote.last.speed_line())
         return "\n".join(lines)
 
     def stats(self) -> str:
         if self.remote is not None:
             return self.remote_stats()
-        s = self.conversation.session
-        lines = [f"context: {s.cache.length} / {s.capacity} tokens in the cache, "
-                 f"{len(self.conversation.messages)} messages, {self.turns} turns"]
-        r = self.last
+        st = self.conversation.summary()
+        lines = [f"context: {st['context_tokens']} / {st['capacity']} tokens in the cache, "
+                 f"{st['messages']} messages, {st['turns']} turns"]
+        r = self.conversation.stats.last
         if r is None:
             lines.append("last turn: none yet")
         else:
@@ -140,71 +138,51 @@ class ChatSession:
                 f"last turn: reused {r.reused_tokens} tokens, prefill {r.prefill_tokens} tokens at "
                 f"{r.prefill_tokens_per_s:.1f} tok/s, decode {r.decode_tokens} tokens at "
                 f"{r.decode_tokens_per_s:.1f} tok/s, {len(r.ids)} generated ({r.finish_reason})")
-            lines.append(f"total reused: {self.total_reused} tokens")
+            lines.append(f"total reused: {st['total_reused']} tokens")
         e = self.engine
-        lines.append(f"adapter: {self.conversation.adapter or 'none (base model)'}")
-        from ..kv import kv_token_bytes
-
+        lines.append(f"adapter: {st['adapter'] or 'none (base model)'}")
         kv_line = f"KV cache: {kv_token_bytes(e.config, e.kv_dtype)} bytes/token ({e.kv_dtype})"
         if e.kv_budget is not None:
             kv_line += f"; {e.kv_budget.describe()}"
         lines.append(kv_line)
         return "\n".join(lines)
 
-    def lora_list(self) -> str:
-        e = self.engine
-        if e.lora is None or not e.lora_names():
-            return "no LoRA adapters loaded (start with --lora DIR)"
-        lines = []
-        active = self.conversation.adapter
-        for row in e.lora.status():
-            if row["name"] not in e.lora_names():  # empty slots, and the build's always-on compensation
-                continue
-            mark = "*" if row["name"] == active else " "
-            lines.append(f"{mark} {row['name']}  slot {row['slot']}, rank {row['max_rank']}, "
-                         f"{', '.join(row['targets'])}, {row['bytes'] / 1024:.0f} KiB")
-        if active is None:
-            lines.append("* off (base model)")
-        if e.compensation is not None:
-            lines.append(f"(the build's compensating LoRA, rank {e.compensation.max_rank}, is always on)")
-        return "\n".join(lines)
+    def remote_file_command(self, name: str, arg: str) -> None:
+        """/save and /load on the board (the files are in its save folder)."""
+        if not arg:
+            raise RomaError(f"{name} needs a file name", hint=f"{name} NAME (a file in the board's save folder)")
+        if name == "/save":
+            d = self.remote.save(arg)
+            self.say(f"(conversation saved on the board as {d['name']}: {d['messages']} messages, "
+                     f"{d['tokens']} tokens of KV cache)")
+        else:
+            d = self.remote.load(arg)
+            self.say(f"(conversation loaded on the board from {d['name']}: {d['messages']} messages, "
+                     f"{d['tokens']} tokens, adapter {d['adapter'] or 'none'})")
 
-    def remote_command(self, name: str, arg: str) -> None:
-        """/lora, /save and /load on the board (files and adapter folders are the board's)."""
-        remote = self.remote
-        if name in ("/save", "/load"):
-            if not arg:
-                raise RomaError(f"{name} needs a file name", hint=f"{name} NAME (a file in the board's save folder)")
-            if name == "/save":
-                d = remote.save(arg)
-                self.say(f"(conversation saved on the board as {d['name']}: {d['messages']} messages, "
-                         f"{d['tokens']} tokens of KV cache)")
-            else:
-                d = remote.load(arg)
-                self.last = None
-                self.say(f"(conversation loaded on the board from {d['name']}: {d['messages']} messages, "
-                         f"{d['tokens']} tokens, adapter {d['adapter'] or 'none'})")
-            return
+    def lora_command(self, arg: str) -> None:
+        """/lora [NAME | off | load [NAME=]DIR | unload NAME], here or on the board (Conversation.lora)."""
         words = arg.split(None, 1)
         command = words[0].lower() if words else ""
         if not words:
-            d = remote.lora("list")
+            request = ("list",)
         elif command == "off" and len(words) == 1:
-            d = remote.lora("use", None)
+            request = ("use", None)
         elif command == "load" and len(words) == 2:
             spec, adapter = words[1].strip(), None
             if "=" in spec:
                 left, right = spec.split("=", 1)
                 if left and "/" not in left:
                     adapter, spec = left, right
-            d = remote.lora("load", adapter, spec)
+            request = ("load", adapter, spec)
         elif command == "unload" and len(words) == 2:
-            d = remote.lora("unload", words[1].strip())
+            request = ("unload", words[1].strip())
         elif len(words) > 1:
             raise RomaError(f"/lora {arg}: expected one adapter name",
                             hint="/lora lists them; /lora NAME, /lora off, /lora load [NAME=]DIR")
         else:
-            d = remote.lora("use", words[0])
+            request = ("use", words[0])
+        d = self.conversation.lora(*request)  # the conversation here, or the board's (SerialChatClient)
         if d.get("done"):
             self.say(f"({d['done']})")
             return
@@ -212,42 +190,13 @@ class ChatSession:
                  f"{row['rank']}, {', '.join(row['targets'])}, {row['bytes'] / 1024:.0f} KiB"
                  for row in d.get("adapters", [])]
         if not lines:
-            lines = ["no LoRA adapters loaded on the board (/lora load [NAME=]DIR, a folder on the board)"]
+            lines = ["no LoRA adapters loaded on the board (/lora load [NAME=]DIR, a folder on the board)"
+                     if self.remote is not None else "no LoRA adapters loaded (start with --lora DIR)"]
         elif d.get("active") is None:
             lines.append("* off (base model)")
         if d.get("compensation_rank"):
             lines.append(f"(the build's compensating LoRA, rank {d['compensation_rank']}, is always on)")
         self.say("\n".join(lines))
-
-    def lora_command(self, arg: str) -> None:
-        words = arg.split(None, 1)
-        if not words:
-            self.say(self.lora_list())
-            return
-        if words[0].lower() == "off" and len(words) == 1:
-            self.conversation.adapter = None
-            self.say("(LoRA off: the base model continues the conversation)")
-            return
-        if words[0].lower() == "load" and len(words) == 2:
-            (name, folder), = common.parse_lora_specs([words[1].strip()])
-            slot = self.engine.load_lora(name, folder)
-            self.say(f"(loaded adapter {name} into slot {slot}; /lora {name} switches to it)")
-            return
-        if words[0].lower() == "unload" and len(words) == 2:
-            name = words[1].strip()
-            self.engine.check_adapter(name)
-            self.engine.unload_lora(name)
-            if self.conversation.adapter == name:
-                self.conversation.adapter = None
-                self.say(f"(unloaded adapter {name}; the base model continues the conversation)")
-            else:
-                self.say(f"(unloaded adapter {name})")
-            return
-        if len(words) > 1:
-            raise RomaError(f"/lora {arg}: expected one adapter name",
-                            hint="/lora lists them; /lora NAME, /lora off, /lora load [NAME=]DIR")
-        self.conversation.adapter = words[0]
-        self.say(f"(adapter {words[0]} active; the conversation continues under it)")
 
     def command(self, line: str) -> bool:
         """Runs a /command; False means quit."""
@@ -268,30 +217,25 @@ class ChatSession:
         return True
 
     def _command(self, name: str, arg: str) -> None:
-        if self.remote is not None and name in ("/lora", "/save", "/load"):
-            self.remote_command(name, arg)
-            return
         if name == "/lora":
             self.lora_command(arg)
+        elif name in ("/save", "/load") and self.remote is not None:
+            self.remote_file_command(name, arg)
         elif name in ("/save", "/load"):
             if not arg:
                 raise RomaError(f"{name} needs a file name", hint=f"{name} FILE")
             if name == "/save":
-                session = self.conversation.session
-                kept = session.length if session.kv_valid else 0  # rows made under another adapter are not saved
+                kept = self.conversation.session.saved_length
                 path = self.conversation.save(arg)
                 self.say(f"(conversation saved to {path}: {len(self.conversation.messages)} messages, "
                          f"{kept} tokens of KV cache)")
             else:
                 self.conversation.load(arg)
-                self.last = None
                 self.say(f"(conversation loaded from {arg}: {len(self.conversation.messages)} messages, "
                          f"{self.conversation.session.length} tokens, adapter "
                          f"{self.conversation.adapter or 'none'})")
         elif name == "/reset":
             self.conversation.reset()
-            self.last = None
-            self.turns = self.total_reused = 0
             self.say("(conversation cleared)")
         elif name == "/stats":
             self.say(self.stats())
@@ -316,11 +260,8 @@ class ChatSession:
             pieces.close()  # ends the generation: the partial answer joins the conversation
         self.out.write("\n")
         self.out.flush()
-        result = generation.result
-        self.last = result
-        self.turns += 1
-        self.total_reused += result.reused_tokens
-        self.note(common.speed_line(result))
+        result = generation.result  # the conversation's statistics hold it too
+        self.note(result.speed_line())
         if interrupted:
             self.note("(answer stopped)")
         elif result.finish_reason == "context":

@@ -77,35 +77,6 @@ def apply_threads(args: argparse.Namespace) -> None:
     blas_threads(threads)
 
 
-LORA_RESERVED = ("off", "load", "unload")
-
-
-def parse_lora_specs(specs: list[str]) -> list[tuple[str, str]]:
-    """[(name, folder)] from `[NAME=]DIR` strings: checked before any model loads."""
-    from pathlib import Path
-
-    out: list[tuple[str, str]] = []
-    for spec in specs:
-        spec = check_text(spec, "--lora")
-        name, folder = None, spec
-        if "=" in spec and not Path(spec).expanduser().exists():
-            left, right = spec.split("=", 1)
-            if left and "/" not in left and os.sep not in left:
-                name, folder = left, right
-        if not folder or not Path(folder).expanduser().is_dir():
-            raise RomaError(f"--lora {spec}: no adapter folder at '{folder}'",
-                            hint="give the folder PEFT's save_pretrained wrote, optionally as NAME=DIR")
-        if name is None:
-            name = Path(folder).expanduser().resolve().name
-        if not name.strip() or name.lower() in LORA_RESERVED or any(c.isspace() for c in name):
-            raise RomaError(f"--lora {spec}: '{name}' cannot name an adapter",
-                            hint=f"use NAME=DIR with a name without spaces, not one of {', '.join(LORA_RESERVED)}")
-        if name in [n for n, _ in out]:
-            raise RomaError(f"--lora {spec}: two adapters are named '{name}'", hint="name them apart with NAME=DIR")
-        out.append((name, folder))
-    return out
-
-
 def add_sampling_arguments(parser: argparse.ArgumentParser, stop: bool = False,
                            repeat_penalty: float | None = None) -> None:
     """repeat_penalty: this command's default, when it differs from SamplingParams'."""
@@ -187,10 +158,10 @@ def check_options(args: argparse.Namespace) -> None:
 
 def load_engine(args: argparse.Namespace, status: bool = True):
     """The Engine the options ask for, with a short status line on stderr while it loads."""
-    from ..engine import Engine
+    from ..engine import Engine, parse_lora_specs
 
     check_options(args)
-    specs = parse_lora_specs(getattr(args, "lora", None) or [])
+    specs = parse_lora_specs([check_text(spec, "--lora") for spec in getattr(args, "lora", None) or []])
     args.lora_specs = specs
     slots = getattr(args, "lora_slots", None)
     slots = len(specs) if slots is None else slots
@@ -278,17 +249,3 @@ def dim(text: str, stream=None) -> str:
     except (AttributeError, ValueError):
         tty = False
     return f"\x1b[2m{text}\x1b[0m" if tty and os.environ.get("NO_COLOR") is None else text
-
-
-def speed_line(result) -> str:
-    """One line of timing for a finished generation."""
-    parts = [f"{len(result.ids)} tokens"]
-    if result.prefill_tokens:
-        parts.append(f"prefill {result.prefill_tokens} at {result.prefill_tokens_per_s:.1f} tok/s")
-    if result.decode_tokens:
-        parts.append(f"decode {result.decode_tokens} at {result.decode_tokens_per_s:.1f} tok/s")
-    if result.reused_tokens:
-        parts.append(f"{result.reused_tokens} reused")
-    if result.finish_reason and result.finish_reason != "stop":
-        parts.append(result.finish_reason)
-    return "[" + ", ".join(parts) + "]"

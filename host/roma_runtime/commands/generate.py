@@ -102,5 +102,5 @@ def run(args) -> int:
                 out.flush()
             out.write("\n")
             out.flush()
-            print(common.dim(common.speed_line(generation.result), sys.stderr), file=sys.stderr, flush=True)
+            print(common.dim(generation.result.speed_line(), sys.stderr), file=sys.stderr, flush=True)
     return 0

@@ -16,7 +16,7 @@ in a streaming pass over the logits plus a few loops over a small candidate pool
              z = (l - lmax) * inv_temperature, p = exp_f32(z)   (fp32; p[0] = 1 exactly)
   5. CUMSUM  cum[j] = cum[j-1] + p[j], sequentially in fp32 (the order is part of the contract).
   6. KEEP    keep_p = 1 + first j with cum[j] >= top_p * cum[kk-1]   (top-p: smallest prefix reaching top_p,
-             the crossing token kept, as in generate.Sampler), keep_m = first j with p[j] < min_p * p[0]
+             the crossing token kept, as in generate.HostSampler), keep_m = first j with p[j] < min_p * p[0]
              (min-p, as a prefix), keep = min(kk, keep_p, keep_m) (at least 1).
   7. PICK    u = one uniform fp32 from the on-chip PRNG, r = u * cum[keep-1],
              token = pool[#{j < keep-1 : cum[j] <= r}]  (the first j with r < cum[j]; branch-free count).
@@ -32,7 +32,7 @@ synthesized fp32 cores (IEEE add/mul) give the same bits. hls::exp, std::exp and
 last bit, which would change sampled tokens. Candidates with z < Z_MIN (-86) get p = 0, so no subnormal
 number ever arises: the result is the same whether the fp cores support subnormals or flush them.
 
-Relation to the host `generate.Sampler` (same SamplingParams, same distributions, different randomness):
+Relation to the host `generate.HostSampler` (same SamplingParams, same distributions, different randomness):
   - The same filters in the same order: penalty (CTRL/llama.cpp style, over the last repeat_last_n tokens),
     temperature, top-k, then top-p and min-p on the renormalised top-k probabilities, then one draw.
   - Differences: the host sorts the whole vocabulary; the chip only ever considers its pool of K candidates.
@@ -43,7 +43,7 @@ Relation to the host `generate.Sampler` (same SamplingParams, same distributions
   - Probabilities are fp32 here (float64 on the host), the penalty multiplies by a precomputed 1/penalty
     (the host divides), and the repetition window is at most N recent ids (the ring buffer size).
   - The host uses numpy's Generator; the chip its own xorshift64*. A seed therefore does NOT give the same
-    tokens on both: seeds are not interchangeable between the host Sampler and the on-chip sampler. Each is
+    tokens on both: seeds are not interchangeable between the host sampler and the on-chip sampler. Each is
     reproducible on its own: the same seed, logits and settings give the same tokens every time, and this
     module gives exactly the tokens the hardware gives.
 Preconditions (the kernel's contract): logits are finite or -inf (no NaN, no +inf), at least one is finite,
@@ -52,11 +52,17 @@ and their differences are not subnormal-sized.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..device.interface import HLS_DIR, load_constants
+
 MASK64 = (1 << 64) - 1
+_CORE = load_constants()  # roma_core.h: the sampler instance the core synthesizes
+SAMPLER_K = _CORE["SAMPLER_K"]  # its pool (top-k maximum)
+SAMPLER_RING = _CORE["SAMPLER_RING"]  # its ring of recent ids (the repetition penalty's window)
 
 # ---- the PRNG: xorshift64* (Marsaglia's xorshift with shifts 12, 25, 27, then one 64-bit multiply) ----
 XS_SHIFT_A, XS_SHIFT_B, XS_SHIFT_C = 12, 25, 27
@@ -97,18 +103,22 @@ def seed_state(seed: int | None) -> int:
 
 
 # ---- exp in fp32 from + and * only ----
-def _f32(bits: int) -> np.float32:
-    return np.array([bits], dtype=np.uint32).view(np.float32)[0]
+def _fexp_constants() -> dict[str, np.float32]:
+    """fexp.h's `constexpr float NAME = LITERAL;` (hex-float literals, exact in fp32): the one copy of exp's
+    constants, read from the HLS sources the package ships."""
+    text = (HLS_DIR / "include" / "roma" / "fexp.h").read_text()
+    found = re.findall(r"constexpr\s+float\s+([A-Z][A-Z0-9_]*)\s*=\s*([-+0-9.a-fA-FxXpP]+)f\s*;", text)
+    return {name: np.float32(float.fromhex(v) if "x" in v.lower() else float(v)) for name, v in found}
 
 
-# Constants by their fp32 bit patterns (sampler.h spells the same values as hex-float literals).
-Z_MIN = np.float32(-86.0)  # below: p = 0 (keeps 2^n >= 2^-124 and the product normal)
-LOG2E = _f32(0x3FB8AA3B)  # 1/ln 2
-LN2_HI = _f32(0x3F317200)  # 0.693145751953125: n * LN2_HI is exact for |n| < 2^9
-LN2_LO = _f32(0x35BFBE8E)  # ln 2 - LN2_HI
-# Taylor coefficients 1/k! for k = 7..0 (Horner order), each rounded to fp32
-EXP_COEFFS = tuple(_f32(b) for b in (0x39500D01, 0x3AB60B61, 0x3C088889, 0x3D2AAAAB, 0x3E2AAAAB, 0x3F000000,
-                                     0x3F800000, 0x3F800000))
+_FEXP = _fexp_constants()
+Z_MIN = _FEXP["Z_MIN"]  # below: p = 0 (keeps 2^n >= 2^-124 and the product normal)
+LOG2E = _FEXP["LOG2E"]  # 1/ln 2
+LN2_HI = _FEXP["LN2_HI"]  # 0.693145751953125: n * LN2_HI is exact for |n| < 2^9
+LN2_LO = _FEXP["LN2_LO"]  # ln 2 - LN2_HI
+# Taylor coefficients 1/k! for k = 7..0 (Horner order), each rounded to fp32 (1/2, 1, 1 are exact literals there)
+EXP_COEFFS = tuple(_FEXP[f"EXP_C{k}"] for k in range(7, 2, -1)) + (np.float32(0.5), np.float32(1.0),
+                                                                    np.float32(1.0))
 F32_MAX = np.float32(np.finfo(np.float32).max)
 NEG_INF = np.float32(-np.inf)
 
@@ -208,8 +218,8 @@ class OnChipSamplerSpec:
     cycle; it changes timing only, never the token)."""
 
     vocab: int
-    k_max: int = 64
-    ring: int = 64
+    k_max: int = SAMPLER_K
+    ring: int = SAMPLER_RING
     lanes: int = 1
 
     def __post_init__(self):
@@ -279,8 +289,8 @@ class OnChipSamplerSpec:
         return tr.token, tr.state
 
 
-def sample_on_chip(logits: np.ndarray, params, rng_state: int, recent_ids=(), *, k_max: int = 64,
-                   ring: int = 64) -> tuple[int, int]:
+def sample_on_chip(logits: np.ndarray, params, rng_state: int, recent_ids=(), *, k_max: int = SAMPLER_K,
+                   ring: int = SAMPLER_RING) -> tuple[int, int]:
     """One on-chip sampling step: logits fp32 [V], params (OnChipParams or generate.SamplingParams), the
     64-bit PRNG state, the recent token ids (oldest first) -> (token, new_rng_state)."""
     logits = np.asarray(logits, dtype=np.float32)
