@@ -4,6 +4,7 @@ and tiny random LLaMA models written by tiny_models.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,6 +77,26 @@ def cli_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HOST), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The package's wheel, built once per session by `pip wheel --no-deps` from a copy of this checkout (a build
+    in place would write build/ and *.egg-info into it, and setuptools' build/lib can carry files of an earlier
+    build). The copy keeps the links host/roma_runtime/{hls,notebooks} and their targets, so the package data
+    are what the checkout holds."""
+    pytest.importorskip("setuptools")
+    src = tmp_path_factory.mktemp("wheel-src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so", ".pytest_cache", "build")
+    for folder in ("host", "notebooks", "hw/hls"):
+        shutil.copytree(REPO / folder, src / folder, symlinks=True, ignore=ignore)
+    dist = tmp_path_factory.mktemp("wheel-dist")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(dist), str(src)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    return next(dist.glob("roma_runtime-*.whl"))
 
 
 @pytest.fixture(scope="session")
