@@ -107,6 +107,24 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def smollm2_build(smollm2):
+    """SmolLM2's default build (4-bit G32, its Q4_1 weights passed through, for a U250): the build the emu
+    backend runs, compiled once per session into the session's roma cache (backends.default_build)."""
+    from roma_runtime.backends import default_build
+
+    folder, _ = default_build(smollm2, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hls_build(tmp_path_factory) -> Path:
+    """The folder the HLS testbenches of this session are compiled in (make -C hw/hls BUILD=...), shared by the
+    test_hls_* files: each program and each golden-data set of the Makefile is made once, by whichever test
+    needs it first (`make csim` makes them all), and found up to date by the others."""
+    return tmp_path_factory.mktemp("hls-build")
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """One set of tiny random weights (GQA, untied head) as a HF folder and as F32 and Q4_1 GGUF files."""
     from tiny_models import write_tiny_gguf, write_tiny_hf
