@@ -26,6 +26,7 @@ from roma_runtime.device.library import content_hash, hls_sources
 REPO = Path(__file__).resolve().parent.parent
 CHECKOUT_HLS = REPO / "hw" / "hls"
 DEV_SITE = Path(sysconfig.get_paths()["purelib"])  # this interpreter's site-packages (the test venv's)
+DEV_LIBS = dict.fromkeys([DEV_SITE, Path(sysconfig.get_paths()["platlib"])])  # where its dependencies are
 NOTEBOOKS = ("01_quickstart", "02_lora_hot_swap", "03_throughput", "04_kv_cache")
 
 
@@ -56,7 +57,7 @@ def installed(wheel, tmp_path_factory) -> Installed:
     done = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv.python), "install", "--no-deps",
                            "--no-index", "-q", str(wheel)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    (venv.site / "test-venv-dependencies.pth").write_text(f"{DEV_SITE}\n")
+    (venv.site / "test-venv-dependencies.pth").write_text("".join(f"{folder}\n" for folder in DEV_LIBS))
     # setuptools' distutils shim (installed with it) is what a normal venv loads at start-up; without it a
     # dependency that imports distutils before setuptools prints a warning
     shim = DEV_SITE / "distutils-precedence.pth"
@@ -136,11 +137,14 @@ def test_notebooks_first_cells(installed, tmp_path, monkeypatch):
         code = [c for c in nb.cells if c.cell_type == "code"]
         first = code[:next(i for i, c in enumerate(code) if "Engine(" in c.source) + 1]
         nb.cells = [*first, nbformat.v4.new_code_cell("import roma_runtime; print(roma_runtime.__file__)")]
-        workdir = tmp_path / name
+        workdir, tmpdir = tmp_path / name, tmp_path / f"{name}-tmp"
         workdir.mkdir()
+        tmpdir.mkdir()
         client = nbclient.NotebookClient(nb, timeout=600, kernel_name="roma-wheel",
                                          resources={"metadata": {"path": str(workdir)}})
-        client.execute(env=installed.env)  # raises CellExecutionError at the first cell that fails
+        # raises CellExecutionError at the first cell that fails; TMPDIR: what a notebook's scratch folder
+        # (02) leaves when its kernel stops stays in the test's folder
+        client.execute(env={**installed.env, "TMPDIR": str(tmpdir)})
         printed = [out.text for c in nb.cells for out in c.get("outputs", []) if out.output_type == "stream"
                    and out.name == "stdout"]
         assert any("backend: emu" in text for text in printed), (name, printed)
