@@ -4,6 +4,7 @@ and tiny random LLaMA models written by tiny_models.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +80,26 @@ def cli_env() -> dict:
 
 
 @pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The package's wheel, built once per session by `pip wheel --no-deps` from a copy of this checkout (a build
+    in place would write build/ and *.egg-info into it, and setuptools' build/lib can carry files of an earlier
+    build). The copy keeps the links host/roma_runtime/{hls,notebooks} and their targets, so the package data
+    are what the checkout holds."""
+    pytest.importorskip("setuptools")
+    src = tmp_path_factory.mktemp("wheel-src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so", ".pytest_cache", "build")
+    for folder in ("host", "notebooks", "hw/hls"):
+        shutil.copytree(REPO / folder, src / folder, symlinks=True, ignore=ignore)
+    dist = tmp_path_factory.mktemp("wheel-dist")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(dist), str(src)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    return next(dist.glob("roma_runtime-*.whl"))
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     from roma_runtime.model import load_model
 
@@ -87,12 +108,21 @@ def smollm2():
 
 @pytest.fixture(scope="session")
 def smollm2_build(smollm2):
-    """The emu backend's default build of SmolLM2 (4-bit G32), compiled once per test session into the
-    session's roma cache, where `roma chat --backend emu` finds it."""
+    """SmolLM2's default build (4-bit G32, its Q4_1 weights passed through, for a U250): the build the emu
+    backend runs, compiled once per session into the session's roma cache, where `roma chat --backend emu`
+    finds it (builds.default_build)."""
     from roma_runtime.builds import default_build
 
     folder, _ = default_build(smollm2, progress=False)
     return folder
+
+
+@pytest.fixture(scope="session")
+def hls_build(tmp_path_factory) -> Path:
+    """The folder the HLS testbenches of this session are compiled in (make -C hw/hls BUILD=...), shared by the
+    test_hls_* files: each program and each golden-data set of the Makefile is made once, by whichever test
+    needs it first (`make csim` makes them all), and found up to date by the others."""
+    return tmp_path_factory.mktemp("hls-build")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ the bounds every hostile input must stay within, and the long mode.
 `ROMA_LONG=1` is the long (nightly) mode: many more hypothesis examples per reader and the soak. The default run
 (`make test`) tries a few hundred inputs in all. `ROMA_FUZZ_REPORT=FILE` makes the fuzz tests append one JSON
 line per reader to FILE: inputs tried, loaded, refused cleanly, the slowest input and the largest peak of traced
-memory (the README's figures come from it).
+memory (the figures in benchmarks/reliability.md come from it).
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HLS = ROOT / "hw" / "hls"
-HLS_CACHE = HLS / "build"  # compiled objects kept between test sessions (git-ignored build folder)
 
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
                                reason="the C++ testbench needs g++ and make (apt-get install g++ make)")
@@ -46,7 +45,9 @@ def make(build: Path, *targets: str, timeout: float = 600, **variables) -> subpr
 
 
 def build_tb(build: Path, name: str, no_warnings: bool = False) -> Path:
-    """Builds build/<name> (a tb/<name>.cpp testbench); asserts that it compiled. Returns build."""
+    """Builds build/<name> (a tb/<name>.cpp testbench); asserts that it compiled. Returns build. In the session's
+    shared folder (conftest's hls_build) it may be up to date already, compiled by `make csim`, whose test
+    checks the warnings of every testbench it compiles."""
     r = make(build, f"{build}/{name}")
     assert r.returncode == 0, f"building {name} failed:\n{r.stdout}\n{r.stderr}"
     if no_warnings:

@@ -329,13 +329,8 @@ def test_ddr_q8_tile_layout():
 
 
 @pytest.mark.slow
-def test_smollm2_wq_round_trip(tmp_path):
-    from roma_runtime.model import load_model
-
-    try:
-        wq = load_model("smollm2-135m").weights.layers[0].wq
-    except RomaError as e:
-        pytest.skip(f"SmolLM2-135M is not installed: {e.message}")
+def test_smollm2_wq_round_trip(smollm2, tmp_path):
+    wq = smollm2.weights.layers[0].wq
     img = brom.pack(wq, tiles=4)
     assert img.rom_bytes == 576 * 576 * 4 // 8 + 2 * 2 * 576 * (576 // 32)
     back = brom.read_image(brom.write_image(img, tmp_path, "blk.0.wq")[0])

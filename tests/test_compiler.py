@@ -280,12 +280,11 @@ def test_passthrough_build_reproduces_the_gguf_exactly(tiny, tmp_path):
     np.testing.assert_array_equal(g.forward(ids, g.new_cache(8), all_logits=True), a)
 
 
-def test_smollm2_passthrough_images_match_gguf_dequantize(tmp_path):
+def test_smollm2_passthrough_images_match_gguf_dequantize(smollm2, tmp_path):
     from roma_runtime.compiler import brom
 
-    path = resolve_model_path("smollm2-135m")
-    model = load_model(path)
-    reader, _ = read_gguf_metadata(path)
+    model = smollm2
+    reader, _ = read_gguf_metadata(resolve_model_path("smollm2-135m"))
     stored = {t.name: t for t in reader.tensors}
     for name in ["blk.0.wq", "blk.29.w_down", "token_embd"]:
         layer = None if name == "token_embd" else model.weights.layers[int(name.split(".")[1])]

@@ -329,7 +329,7 @@ def test_smollm2_2bit_build_on_emu_matches_its_golden_quant_model(smollm2, tmp_p
     from roma_runtime.tokenizer import Tokenizer
 
     out = tmp_path / "smollm2-2bit"
-    compile_model("smollm2-135m", out, bits=2, group=64, progress=False)
+    compile_model(smollm2, out, bits=2, group=64, progress=False)
     emu = EmuBackend(out, progress=False)
     model = load_build(out)[0]
     tokenizer = Tokenizer.from_model(smollm2)

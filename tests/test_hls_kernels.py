@@ -27,8 +27,8 @@ def _gen():
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    return hls_tools.build_tb(tmp_path_factory.mktemp("hls_kernels_build"), "tb_kernels", no_warnings=True)
+def build(hls_build):
+    return hls_tools.build_tb(hls_build, "tb_kernels", no_warnings=True)
 
 
 def run_tb(build: Path, data: Path) -> tuple[int, int, int, str]:

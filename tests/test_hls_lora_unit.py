@@ -20,8 +20,8 @@ pytestmark = hls_tools.needs_gxx
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    return hls_tools.build_tb(tmp_path_factory.mktemp("hls_lora_build"), "tb_lora_unit", no_warnings=True)
+def build(hls_build):
+    return hls_tools.build_tb(hls_build, "tb_lora_unit", no_warnings=True)
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@ KV cache on chip (tb_roma_core_onchip: attention over the on-chip copy, rows wri
 emulated board's shared library (`make emu`) driven through ctypes with numpy buffers, on the tiny build and on
 the SmolLM2-135M 4-bit pass-through build (first greedy token on real prompts == the golden quant model's).
 
-Compiled objects and the SmolLM2 build are cached under hw/hls/build/pytest (git-ignored): a second run only
-re-runs the programs.
+The testbenches are compiled in the session's HLS build folder (conftest's hls_build; `make csim` in
+test_hls_brom_tile may have made them already). The SmolLM2 build is the session's default build, the one the
+emu backend runs, and its library comes from the session's cache (`make emu` through device.library).
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ import numpy as np
 import pytest
 
 from float_noise import assert_within_float_noise, golden_variant_logits, relative_error
-from roma_runtime.errors import RomaError
 
 pytestmark = hls_tools.needs_gxx
 
-CACHE = hls_tools.HLS_CACHE / "pytest"
 STATUS_WORDS = 32
 CMD_PREFILL, CMD_DECODE = 1, 2
 SAMPLE_NONE, SAMPLE_GREEDY = 0, 1
@@ -63,8 +62,8 @@ class EmuBoard:
 
 
 @pytest.fixture(scope="module")
-def tb_run():
-    r = hls_tools.make(CACHE, "run-tb_roma_core", timeout=600)
+def tb_run(hls_build):
+    r = hls_tools.make(hls_build, "run-tb_roma_core", timeout=600)
     return r
 
 
@@ -79,8 +78,8 @@ def test_tb_roma_core(tb_run):
     assert "ddr_weights: no image, another image's header, a corrupt payload refused (ERR_DDR_WEIGHTS)" in out
 
 
-def test_tb_roma_core_onchip(tb_run):
-    r = hls_tools.make(CACHE, "run-tb_roma_core_onchip", timeout=600)
+def test_tb_roma_core_onchip(tb_run, hls_build):
+    r = hls_tools.make(hls_build, "run-tb_roma_core_onchip", timeout=600)
     out = r.stdout + r.stderr
     print(out[-4000:])
     assert r.returncode == 0, out[-4000:]
@@ -91,14 +90,14 @@ def test_tb_roma_core_onchip(tb_run):
                      r"with it golden; loading 21 rows costs \d+ cycles; kv_capacity 65 refused", out)
 
 
-def test_emu_library_on_the_tiny_build(tb_run):
+def test_emu_library_on_the_tiny_build(tb_run, hls_build):
     assert tb_run.returncode == 0, tb_run.stdout[-2000:]
     from roma_runtime.compiler.build import load_build
     from roma_runtime.golden import GoldenModel
 
-    data = CACHE / "golden_tb_roma_core"
-    so = CACHE / "libroma_core_tiny.so"
-    r = hls_tools.make(CACHE, "emu", MODEL_BUILD=data / "build", OUT=so)
+    data = hls_build / "golden_tb_roma_core"
+    so = hls_build / "libroma_core_tiny.so"
+    r = hls_tools.make(hls_build, "emu", MODEL_BUILD=data / "build", OUT=so)
     assert r.returncode == 0, r.stdout + r.stderr
     board = EmuBoard(so, data / "build")
     model, _ = load_build(data / "build", verify=False)
@@ -120,22 +119,13 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):\n    \"\"\"Return the 
 
 
 @pytest.mark.slow
-def test_emu_library_smollm2_first_greedy_token():
-    from roma_runtime.compiler.build import FORMAT_VERSION, compile_model, load_build, read_manifest
-    from roma_runtime.model import load_model
+def test_emu_library_smollm2_first_greedy_token(smollm2, smollm2_build):
+    from roma_runtime.compiler.build import load_build
+    from roma_runtime.device.library import build_library
     from roma_runtime.tokenizer import Tokenizer
 
-    try:
-        src = load_model("smollm2-135m")
-    except RomaError as e:
-        pytest.skip(f"SmolLM2-135M is not installed: {e.message}")
-    build = CACHE / "smollm2_4b_g32"
-    man = read_manifest(build) if build.is_dir() else None
-    if man is None or man["model"]["sha256"] != src.identity() or man.get("format_version") != FORMAT_VERSION:
-        compile_model(src, build, bits=4, group=32, board="u250", progress=False, force=True)
-    so = CACHE / "libroma_core_smollm2.so"
-    r = hls_tools.make(CACHE, "emu", MODEL_BUILD=build, OUT=so, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
+    src, build = smollm2, smollm2_build  # 4-bit G32 for a U250
+    so, _ = build_library(build, progress=False)
     board = EmuBoard(so, build)
     model, _ = load_build(build, verify=False)
     c = model.config

@@ -21,10 +21,9 @@ SUMMARY = re.compile(r"tb_sampler: (\d+) mismatches of (\d+) \((\d+) cases\)")
 
 
 @pytest.fixture(scope="module")
-def csim(tmp_path_factory):
-    build = tmp_path_factory.mktemp("hls_sampler")
-    r = hls_tools.make(build, "run-tb_sampler", timeout=300)
-    return build, r
+def csim(hls_build):
+    r = hls_tools.make(hls_build, "run-tb_sampler", timeout=300)
+    return hls_build, r
 
 
 def run_tb(build: Path, data: Path) -> tuple[int, int, int, str]:

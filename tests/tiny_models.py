@@ -3,6 +3,7 @@ same weights. They borrow SmolLM2's vocabulary so the real tokenizer works on th
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -52,6 +53,13 @@ def write_tiny_hf(folder: Path, *, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, 
     return folder
 
 
+@functools.lru_cache(maxsize=1)
+def smollm2_tokenizer_metadata() -> dict:
+    """SmolLM2's tokenizer.* metadata, read once per process (parsing its 49,152 tokens and merges takes seconds)."""
+    _, metadata = read_gguf_metadata(resolve_model_path("smollm2-135m"))
+    return {key: value for key, value in metadata.items() if key.startswith("tokenizer.")}
+
+
 def write_tiny_gguf(hf_folder: Path, path: Path, linear_type: str = "Q4_1", embedding_type: str = "Q8_0",
                     arch: str = "llama", *, tokenizer: bool = True, meta: dict | None = None, drop: tuple = (),
                     shapes: dict | None = None) -> Path:
@@ -87,7 +95,7 @@ def write_tiny_gguf(hf_folder: Path, path: Path, linear_type: str = "Q4_1", embe
         else:
             w.add_array(name, value)
     if tokenizer:
-        _, smollm2 = read_gguf_metadata(resolve_model_path("smollm2-135m"))
+        smollm2 = smollm2_tokenizer_metadata()
         w.add_tokenizer_model(smollm2["tokenizer.ggml.model"])
         w.add_tokenizer_pre(smollm2["tokenizer.ggml.pre"])
         w.add_token_list(smollm2["tokenizer.ggml.tokens"])

@@ -38,14 +38,13 @@ def cache_root() -> Path:
 
 
 def hls_sources(hls_dir: Path = HLS_DIR) -> list[Path]:
-    """The files the library is compiled from: the Makefile and every C++ source outside tb/ and build*/."""
+    """The files the library is compiled from: the Makefile, the top's sources beside it and every header under
+    include/. Testbenches, Vitis scripts and build output are not, so the sources an installed wheel ships
+    (package data) give the same key as the repository's hw/hls."""
     hls_dir = Path(hls_dir)
     files = [hls_dir / "Makefile"] if (hls_dir / "Makefile").is_file() else []
-    for p in sorted(hls_dir.rglob("*")):
-        rel = p.relative_to(hls_dir).parts
-        if p.is_file() and p.suffix in SOURCE_SUFFIXES and rel[0] != "tb" and not rel[0].startswith("build"):
-            files.append(p)
-    return files
+    candidates = [*sorted(hls_dir.glob("*")), *sorted((hls_dir / "include").rglob("*"))]
+    return files + [p for p in candidates if p.is_file() and p.suffix in SOURCE_SUFFIXES]
 
 
 def content_hash(build_dir: Path, hls_dir: Path = HLS_DIR) -> str:
