@@ -35,10 +35,10 @@ class EmuBoard:
     the build's DDR weight image, when its plan streams tensors from DDR)."""
 
     def __init__(self, so, build, threads: int = 2):
-        from roma_runtime.compiler import brom
+        from roma_runtime.artifact import ddr_image
 
         ddr = build / "ddr_weights.bin"
-        self.ddr = brom.read_ddr_image(ddr) if ddr.is_file() else None
+        self.ddr = ddr_image.read_ddr_image(ddr) if ddr.is_file() else None
         self.lib = ctypes.CDLL(str(so))
         err = ctypes.create_string_buffer(1024)
         rc = self.lib.roma_emu_load_build(str(build).encode(), err, len(err))
@@ -93,7 +93,7 @@ def test_tb_roma_core_onchip(tb_run):
 
 def test_emu_library_on_the_tiny_build(tb_run):
     assert tb_run.returncode == 0, tb_run.stdout[-2000:]
-    from roma_runtime.compiler.build import load_build
+    from roma_runtime.model.loader import load_build
     from roma_runtime.golden import GoldenModel
 
     data = CACHE / "golden_tb_roma_core"
@@ -101,7 +101,7 @@ def test_emu_library_on_the_tiny_build(tb_run):
     r = hls_tools.make(CACHE, "emu", MODEL_BUILD=data / "build", OUT=so)
     assert r.returncode == 0, r.stdout + r.stderr
     board = EmuBoard(so, data / "build")
-    model, _ = load_build(data / "build", verify=False)
+    model = load_build(data / "build", verify=False)
     c = model.config
     golden = GoldenModel(model, "quant")
     prompt = np.fromfile(data / "prompt.i32", dtype=np.int32)[:9]
@@ -121,8 +121,10 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):\n    \"\"\"Return the 
 
 @pytest.mark.slow
 def test_emu_library_smollm2_first_greedy_token():
-    from roma_runtime.compiler.build import FORMAT_VERSION, compile_model, load_build, read_manifest
-    from roma_runtime.model import load_model
+    from roma_runtime.artifact.build import FORMAT_VERSION, read_manifest
+    from roma_runtime.compiler.build import compile_model
+    from roma_runtime.model.loader import load_build
+    from roma_runtime.model.loader import load_model
     from roma_runtime.tokenizer import Tokenizer
 
     try:
@@ -137,7 +139,7 @@ def test_emu_library_smollm2_first_greedy_token():
     r = hls_tools.make(CACHE, "emu", MODEL_BUILD=build, OUT=so, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     board = EmuBoard(so, build)
-    model, _ = load_build(build, verify=False)
+    model = load_build(build, verify=False)
     c = model.config
     tok = Tokenizer.from_model(src)
     cap = 64

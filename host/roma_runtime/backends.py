@@ -45,7 +45,8 @@ from typing import Protocol
 import numpy as np
 
 from .errors import RomaError
-from .model import LoadedModel, ModelConfig
+from .model.config import ModelConfig
+from .model.loader import LoadedModel
 
 BACKENDS = ("ref", "emu", "board")
 
@@ -165,7 +166,8 @@ def default_build(model: LoadedModel, *, cache: str | Path | None = None, settin
     so a compile that was interrupted is never reused; later calls find the folder and return at once. The
     private folders of compiles whose process is gone (killed with SIGKILL, which no cleanup survives) are
     removed here first (tempfiles.clean_stale)."""
-    from .compiler.build import FORMAT_VERSION, compile_model, read_manifest
+    from .artifact.build import FORMAT_VERSION, read_manifest
+    from .compiler.build import compile_model
 
     settings = dict(settings or DEFAULT_BUILD)
     folder = default_build_dir(model, cache, settings)

@@ -473,7 +473,7 @@ def _clock(backend, override: float | None) -> tuple[float, str]:
     if clock:
         return float(clock), "the backend's clock"
     try:
-        from .device.hwh import PL_CLK_MHZ
+        from .artifact.hwh import PL_CLK_MHZ
     except Exception:
         PL_CLK_MHZ = 100.0
     return float(PL_CLK_MHZ), "the overlay's default PL clock"

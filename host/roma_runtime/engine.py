@@ -29,7 +29,7 @@ from .errors import RomaError
 from .generate import Sampler, SamplingParams, StopMatcher
 from .finetune import check_adapter_build, includes_compensation
 from .lora import DEFAULT_MAX_RANK, Adapter, concat, read_peft_adapter
-from .model import LoadedModel, load_model
+from .model.loader import LoadedModel, load_model
 from .model.loader import DEFAULT_MODEL
 from .tokenizer import Tokenizer
 

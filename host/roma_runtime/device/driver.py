@@ -32,6 +32,7 @@ be exercised without a board (it refuses cleanly when there is none).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -42,11 +43,19 @@ from pathlib import Path
 import numpy as np
 from pynq import DefaultIP, Overlay
 
+from ..artifact import ddr_image as ddr_format
+from ..artifact import hwh as hwh_mod
+from ..artifact.boards import get_board
+from ..artifact.build import MANIFEST, read_manifest, verify_build, verify_file
+from ..artifact.hwh import write_hwh
+from ..artifact.interface import AP_DONE, AP_START, CTRL, HLS_DIR, load_constants, load_interface
 from ..errors import RomaError
-from . import hwh as hwh_mod
-from .interface import AP_DONE, AP_START, CTRL, load_constants, load_interface
+from ..golden.sampler import OnChipParams
+from ..model.config import ModelConfig
+from ..tempfiles import clean_stale, temp_path
+from .emu import EMU_FORMAT, emu_device
+from .library import build_library, cache_root
 
-MANIFEST = "manifest.json"
 BITSTREAM = "roma_core.emu"
 HWH = "roma_core.hwh"
 # the identity of a build: a bitstream serves only the model and quantization it was built for
@@ -108,8 +117,6 @@ def check_manifest(bitfile: str | Path, expect=None) -> dict:
                             f"({name}; {diff})",
                             hint="build the bitstream for this build (make -C bitstreams), or use the "
                                  "build it was made for")
-    from ..compiler.build import read_manifest
-
     read_manifest(path.parent)  # its seal: the manifest was not edited after the build wrote it
     return have
 
@@ -447,8 +454,6 @@ def _sampler_registers(sampling):
         return SAMPLE_OFF, 1.0, 0, 1.0, 0.0, 1.0, 0
     if isinstance(sampling, str) and sampling == "greedy":
         return SAMPLE_GREEDY, 1.0, 0, 1.0, 0.0, 1.0, 0
-    from ..golden.sampler import OnChipParams
-
     p = sampling if isinstance(sampling, OnChipParams) else OnChipParams.from_sampling(sampling)
     mode = SAMPLE_GREEDY if p.greedy else SAMPLE_RANDOM
     return (mode, float(p.inv_temperature), int(p.top_k), float(p.top_p), float(p.min_p), float(p.penalty),
@@ -462,16 +467,13 @@ def read_ddr_image(folder: Path, manifest: dict) -> np.ndarray | None:
     entry = manifest.get("ddr")
     if not entry:
         return None
-    from ..compiler import brom
-    from ..compiler.build import verify_file
-
     path = Path(folder) / entry["file"]
     files = manifest.get("files") or {}
     if entry["file"] not in files:
         raise RomaError(f"the build manifest lists no checksum for its DDR weight image {path}",
                         hint="recompile the build")
     verify_file(path, files[entry["file"]])
-    return brom.read_ddr_image(path)
+    return ddr_format.read_ddr_image(path)
 
 
 class RomaOverlay(Overlay):
@@ -489,8 +491,6 @@ class RomaOverlay(Overlay):
         if not names:
             raise RomaError(f"{bitfile_name} has no {hwh_mod.VLNV} IP")
         self.core_name = names[0]
-        from ..model.config import ModelConfig
-
         model = self.manifest.get("model")
         self.config = ModelConfig.from_dict(model.get("config") if isinstance(model, dict) else None,
                                             f"{Path(bitfile_name).parent / MANIFEST}: model.config")
@@ -515,14 +515,6 @@ def emu_overlay(build_dir: str | Path, *, cache: str | Path | None = None, hls_d
     """The emulated "bitstream" of a build (built on first use, cached): a folder holding roma_core.emu (the
     library and the build), roma_core.hwh, the build's manifest.json and libroma_core.so. Returns the path of
     roma_core.emu."""
-    import hashlib
-
-    from ..compiler.build import verify_build
-    from .emu import EMU_FORMAT
-    from .hwh import write_hwh
-    from .interface import HLS_DIR, load_interface
-    from .library import build_library, cache_root
-
     build_dir = Path(build_dir).resolve()
     manifest = verify_build(build_dir)
     hls_dir = Path(hls_dir or HLS_DIR).resolve()
@@ -537,8 +529,6 @@ def emu_overlay(build_dir: str | Path, *, cache: str | Path | None = None, hls_d
         return bit
     # Made in a private folder and renamed into place whole (a killed process leaves only .<key>.<pid>.tmp,
     # removed by the next call: tempfiles.clean_stale).
-    from ..tempfiles import clean_stale, temp_path
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(folder.parent)
     tmp = temp_path(folder)
@@ -724,13 +714,11 @@ class _CoreBackend:
 
 
 def _board_clock(manifest: dict) -> float | None:
-    """The fabric clock (MHz) of the board the build was placed for (compiler/boards.json)."""
+    """The fabric clock (MHz) of the board the build was placed for (artifact/boards.json)."""
     board = manifest.get("board")
     if isinstance(board, dict) and board.get("clock_mhz"):
         return float(board["clock_mhz"])
     try:
-        from ..compiler.boards import get_board
-
         return float(get_board(board if isinstance(board, str) else "u250").clock_mhz)
     except RomaError:
         return None
@@ -746,8 +734,6 @@ class EmuBackend(_CoreBackend):
 
     def __init__(self, build, *, cache: str | Path | None = None, hls_dir: str | Path | None = None,
                  progress: bool = True):
-        from .emu import emu_device
-
         build_dir = Path(getattr(build, "source", build))
         if not (build_dir / MANIFEST).is_file():
             raise RomaError(f"the emu backend runs a compiled build, and {build_dir} is not one",
