@@ -48,7 +48,7 @@ import numpy as np
 
 from .cpu import cpu_model
 from .errors import RomaError
-from .llama_peer import LlamaCppRunner, PeerFailed
+from .llama_peer import LlamaCppRunner, PeerFailed, Run
 from .progress import with_progress
 
 PEERS = ("llama.cpp",)
@@ -216,32 +216,6 @@ def blas_threads(n: int | None = None) -> dict:
 
 
 # --- one run ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """The timings of one generation: a prompt, then `decode_tokens` single-token passes."""
-
-    prompt_tokens: int
-    prefill_seconds: float
-    decode_tokens: int
-    decode_seconds: float
-    ttft_seconds: float
-    wall_seconds: float
-    forward_seconds: float
-    ids: list[int]
-    first_margin: float | None = None  # top-1 minus top-2 logit of the first token (ours only)
-    prefill_cycles: dict | None = None
-    decode_cycles: dict | None = None
-
-    @property
-    def figures(self) -> dict:
-        return {
-            "prefill_tokens_per_s": self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else None,
-            "decode_tokens_per_s": self.decode_tokens / self.decode_seconds if self.decode_tokens and self.decode_seconds > 0 else None,
-            "ttft_s": self.ttft_seconds,
-            "host_overhead_s_per_token": max(self.wall_seconds - self.forward_seconds, 0.0) / max(len(self.ids), 1),
-        }
 
 
 def _add_cycles(total: dict | None, counts) -> dict | None:
