@@ -46,9 +46,15 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__, lora
+from .artifact.hwh import PL_CLK_MHZ
 from .cpu import cpu_model
+from .engine import ON_CHIP_CHUNK
 from .errors import RomaError
+from .generate import SamplingParams
 from .llama_peer import LlamaCppRunner, PeerFailed, Run
+from .lora import DEFAULT_MAX_RANK, LoraSlots
+from .model.loader import build_source
 from .progress import with_progress
 
 PEERS = ("llama.cpp",)
@@ -275,8 +281,6 @@ class OursRunner:
     on_chip: autonomous decode (the chip samples; Engine.generate(..., on_chip=True))."""
 
     def __init__(self, engine, capacity: int, on_chip: bool = False):
-        from .generate import SamplingParams
-
         self.on_chip = on_chip
         self.engine = engine
         self.session = engine.new_session(capacity)
@@ -325,7 +329,6 @@ class OursRunner:
 
 def lora_adapters(config, rank: int = LORA_RANK, count: int = 2, seed: int = 0):
     """`count` rank-`rank` adapters on all seven linears of every layer, random small factors."""
-    from . import lora
 
     rng = np.random.default_rng(seed)
     shapes = lora.linear_shapes(config)
@@ -344,7 +347,6 @@ def lora_adapters(config, rank: int = LORA_RANK, count: int = 2, seed: int = 0):
 
 def measure_lora(engine, swaps: int = LORA_SWAPS, rank: int = LORA_RANK) -> dict:
     """Load two rank-16 adapters into LoraSlots and time switching between them, then restore the base."""
-    from .lora import DEFAULT_MAX_RANK, LoraSlots
 
     backend = engine.backend
     set_lora = getattr(backend, "set_lora", None)
@@ -383,7 +385,6 @@ def measure_lora(engine, swaps: int = LORA_SWAPS, rank: int = LORA_RANK) -> dict
 def measure_autonomous(engine, cfg, prompt: list[int], per_token: list) -> dict | None:
     """Host overhead per token of autonomous decode on the first prompt length, next to the per-token path's
     runs of that prompt (`per_token`); None when the backend has no autonomous decode."""
-    from .engine import ON_CHIP_CHUNK
 
     if not callable(getattr(engine.backend, "generate", None)):
         return None
@@ -446,10 +447,6 @@ def _clock(backend, override: float | None) -> tuple[float, str]:
     clock = getattr(backend, "clock_mhz", None)
     if clock:
         return float(clock), "the backend's clock"
-    try:
-        from .artifact.hwh import PL_CLK_MHZ
-    except Exception:
-        PL_CLK_MHZ = 100.0
     return float(PL_CLK_MHZ), "the overlay's default PL clock"
 
 
@@ -478,7 +475,6 @@ def run_bench(engine, cfg: BenchConfig, *, backend: str = "ref", numerics: str |
 def _gguf_path(engine) -> Path:
     """The GGUF llama.cpp runs: the model itself, or for a build (a 2-bit build, say) the GGUF it was compiled
     from, so a low-bit ROM base is compared with llama.cpp on the model it came from."""
-    from .model.loader import build_source
 
     model = engine.model
     kind, path = build_source(model) if model.format == "build" else (model.format, Path(model.source))
@@ -612,8 +608,6 @@ def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, pro
 
 
 def machine_facts(threads: dict | None = None, peer=None) -> dict:
-    from . import __version__
-
     blas = None
     try:
         deps = np.show_config(mode="dicts").get("Build Dependencies", {})

@@ -28,9 +28,9 @@ from .backends import check_backend, create_backend
 from .errors import RomaError
 from .generate import Sampler, SamplingParams, StopMatcher
 from .finetune import check_adapter_build, includes_compensation
-from .lora import DEFAULT_MAX_RANK, Adapter, concat, read_peft_adapter
-from .model.loader import LoadedModel, load_model
-from .model.loader import DEFAULT_MODEL
+from .golden.sampler import OnChipParams, prng_next, seed_state
+from .lora import DEFAULT_MAX_RANK, Adapter, LoraSlots, check_slot_rank, concat, read_peft_adapter
+from .model.loader import DEFAULT_MODEL, LoadedModel, build_source, load_model
 from .tokenizer import Tokenizer
 
 
@@ -199,7 +199,6 @@ class Generation:
                                      "settings")
             if self.chunk < 1:
                 raise RomaError(f"the on-chip chunk must be at least 1 token, not {chunk}")
-            from .golden.sampler import OnChipParams
 
             self.chip_params = OnChipParams.from_sampling(params)
         if not prompt_ids:
@@ -290,7 +289,6 @@ class Generation:
 
     def _on_chip(self, decoder, stops, eos, reuse: int):
         """The decode loop as CMD_GENERATE chunks (see the class). Called from __iter__ after the prefix reuse."""
-        from .golden.sampler import prng_next, seed_state
 
         backend, session, res, p, engine = self.engine.backend, self.session, self.result, self.params, self.engine
         prompt = res.prompt_ids
@@ -426,8 +424,6 @@ class Conversation:
 def _tokenizer_of(model: LoadedModel) -> Tokenizer:
     """The model's tokenizer; a build's is that of the model it was compiled from."""
     if getattr(model, "format", None) == "build":
-        from .model.loader import build_source
-
         kind, path = build_source(model)
         return Tokenizer.from_hf_folder(path) if kind == "hf" else Tokenizer.from_gguf(path)
     return Tokenizer.from_model(model)
@@ -462,7 +458,6 @@ class Engine:
         PYNQ board is present, else the emulated board; the golden model for float numerics). bitstream: the
         board backend's bitstream folder. lora_any_build: accept adapters that `roma finetune` trained for
         another base (with a warning) instead of refusing them."""
-        from .lora import LoraSlots
 
         backend = check_backend(backend, numerics)
         if isinstance(lora_slots, bool) or not isinstance(lora_slots, int) or lora_slots < 0:
@@ -487,7 +482,6 @@ class Engine:
 
             check_lora(SimpleNamespace(capacity=lora_slots, slot_rank=lora_rank, config=self.config))
         if lora_slots:  # a slot rank beyond the model's width would only hold zeros, at the slot rank's cost
-            from .lora import check_slot_rank
 
             check_slot_rank(lora_rank, self.config)
         self.lora = LoraSlots(self.config, lora_slots, lora_rank, lora_dtype) if lora_slots else None

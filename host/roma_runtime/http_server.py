@@ -52,8 +52,11 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, field, replace
 
+from . import kv
+from .engine import common_prefix
 from .errors import RomaError
 from .generate import SamplingParams
+from .kv import kv_token_bytes
 
 SERVE_EXTRA = "pip install 'roma-runtime[serve]'"
 API_KEY_ENV = "ROMA_API_KEY"
@@ -472,8 +475,6 @@ class PrefixCache:
         self.copied_tokens = 0
 
     def take(self, prompt: list[int], adapter: str | None):
-        from .engine import common_prefix
-
         def match(s) -> int:
             return common_prefix(s.ids, prompt) if s.adapter == adapter and s.kv_valid else 0
 
@@ -514,8 +515,6 @@ class PrefixCache:
         session.close()
 
     def _copy(self, source, target, n: int) -> None:
-        from . import kv
-
         try:
             keys, values = kv.cache_rows(source.cache, n)
             kv.write_cache_rows(target.cache, keys, values)
@@ -1055,8 +1054,6 @@ class RomaHTTPServer:
         return Response(self.render_metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def render_metrics(self) -> str:
-        from .kv import kv_token_bytes
-
         m, e, w = self.metrics, self.engine, self.worker
         out: list[str] = []
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .cpu import cpu_flags
+from .device.library import cache_root
 from .errors import RomaError
 from .tempfiles import clean_stale, temp_path
 
@@ -251,8 +252,6 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--cmake-args"]:
         print(cmake_args())
     elif sys.argv[1:] == ["--install"]:
-        from .device.library import cache_root
-
         try:
             print(f"installed {install(cache_root())}")
         except subprocess.CalledProcessError as e:

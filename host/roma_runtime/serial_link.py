@@ -83,8 +83,10 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 
+from . import __version__
 from .engine import Throughput
 from .errors import RomaError
+from .generate import SamplingParams
 
 PROTOCOL_VERSION = 2  # 2: LEN bounded by MAX_PAYLOAD, LORA/SAVE/LOAD, "busy"
 DEFAULT_BAUD = 115200
@@ -327,7 +329,6 @@ def _split_text(text: str, limit: int = 4096) -> list[bytes]:
 def sampling_from_dict(d, limits=None) -> "SamplingParams":
     """SamplingParams from a CHAT's "params", validated; RomaError for anything malformed. `limits` (the
     server's SamplingParams) bounds max_tokens: a client may ask for fewer tokens, never more."""
-    from .generate import SamplingParams
 
     if d is None:
         return None
@@ -370,8 +371,6 @@ class SerialChatServer:
     def __init__(self, engine, port, baud: int = DEFAULT_BAUD, *, context: int | None = None,
                  params=None, adapter: str | None = None, log=None, lease: float = DEFAULT_LEASE,
                  save_dir=None):
-        from .generate import SamplingParams
-
         self.engine = engine
         self.port_name = port if isinstance(port, str) else getattr(port, "port", "port")
         self.baud = baud
@@ -637,7 +636,6 @@ class SerialChatServer:
         self._hello_seq = frame.seq
         self._owner_seq = frame.seq
         self._heard = time.monotonic()
-        from . import __version__
 
         cfg = self.engine.config
         info = {"version": PROTOCOL_VERSION, "session": session, "resumed": resumed,
@@ -1126,8 +1124,6 @@ class SerialChatClient:
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 
