@@ -36,15 +36,8 @@ from safetensors.numpy import load_file
 
 from ..errors import RomaError
 from ..model.config import ModelConfig, linear_shapes
-from ..model.weights import (
-    SCALE_BITS,
-    SUPPORTED_BITS,
-    SUPPORTED_GROUPS,
-    LayerWeights,
-    LoraAdapter,
-    ModelWeights,
-    QuantizedMatrix,
-)
+from ..model.weights import (SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, LayerWeights, LoraAdapter, ModelWeights,
+                             QuantizedMatrix)
 from .brom_image import read_image, unpack
 from .ddr_image import ddr_unpack, read_ddr_image
 
@@ -64,6 +57,7 @@ BRAM_ROM, URAM_LOAD_ONCE, DDR_STREAM = "BRAM-ROM", "URAM-load-once", "DDR-stream
 
 
 def tensor_names(config: ModelConfig) -> list[str]:
+    """The weight matrices a build of `config` holds, each its own image: blk.<i>.<linear>, token_embd, output."""
     names = [f"blk.{i}.{lin}" for i in range(config.n_layers) for lin in LayerWeights.LINEAR]
     names.append(EMBEDDING)
     if not config.tied_embeddings:

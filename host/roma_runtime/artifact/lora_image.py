@@ -86,8 +86,8 @@ def _quantize_rows(x: np.ndarray, scale_dtype: str) -> tuple[np.ndarray, np.ndar
     return np.clip(codes, -127, 127).astype(np.int8), scale
 
 
-def write_image(factors: dict, n_layers: int, shapes: dict[str, tuple[int, int]], dtype: str = "fp16",
-                slot_rank: int = 64, scale_dtype: str = "fp16", name: str = "adapter") -> np.ndarray:
+def write_image(factors: dict, n_layers: int, shapes: dict[str, tuple[int, int]], dtype: str, slot_rank: int,
+                scale_dtype: str, name: str) -> np.ndarray:
     """The LoRA image (uint8) of `factors` {(layer, linear): (A, B, scale)} for a model of n_layers with the
     linears' (out, in) `shapes` (see the module docstring). RomaError naming the adapter `name` if a rank
     exceeds the slot rank or a value does not fit fp16."""

@@ -1,8 +1,9 @@
-"""Load LLaMA-family models from GGUF files or Hugging Face folders into `LoadedModel`.
+"""Load LLaMA-family models from GGUF files, Hugging Face folders or build folders into `LoadedModel`.
 
 GGUF weights keep their stored form (Q4_0/Q4_1/Q8_0 as quantized matrices, bit for bit). Hugging Face
 checkpoints are float; their Q and K rows are permuted into GGUF order on import, as llama.cpp's converter
-does, so that a single RoPE implementation (adjacent pairs) serves both sources.
+does, so that a single RoPE implementation (adjacent pairs) serves both sources. A build folder (what the
+compiler writes) is read and verified by artifact/build.py; its weights are the quantized images.
 """
 
 from __future__ import annotations
