@@ -37,6 +37,7 @@ chat: setup
 	$(BIN)/roma chat
 
 test: $(TEST_PEERS) $(SPEED_PEER)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from roma_runtime.compiler.build import compile_model
-from roma_runtime.model import load_model
+from roma_runtime.model.loader import load_model
 
 SETTINGS = {
     "passthrough": dict(bits=4, group=32),

@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
 
 from roma_runtime import finetune as F  # noqa: E402
-from roma_runtime.compiler.build import load_build  # noqa: E402
-from roma_runtime.compiler.evaluate import evaluate_build  # noqa: E402
+from roma_runtime.model.loader import load_build  # noqa: E402
+from roma_runtime.evaluation import evaluate_build  # noqa: E402
 from roma_runtime.golden import GoldenModel  # noqa: E402
 from roma_runtime.model.loader import build_source, load_model  # noqa: E402
 
@@ -88,7 +88,7 @@ def main() -> int:
     for label, folder in runs:
         record = F.read_record(folder)
         build = Path(record["base"]["path"])
-        loaded, _ = load_build(build)
+        loaded = load_build(build)
         kind, path = build_source(loaded)
         if source != path:  # one reference (and one memo of its logits) per source model
             source, memo = path, {}

@@ -22,11 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from roma_runtime.compiler.build import compile_model, load_build, measure_sensitivity
-from roma_runtime.compiler.calibrate import collect_hessians
-from roma_runtime.compiler.evaluate import chat_sequences, eval_windows, evaluate_models
+from roma_runtime.compiler.build import compile_model, measure_sensitivity
+from roma_runtime.model.loader import load_build
+from roma_runtime.compiler.quantization.calibrate import collect_hessians
+from roma_runtime.evaluation import chat_sequences, eval_windows, evaluate_models
 from roma_runtime.golden import GoldenModel
-from roma_runtime.model import load_model
+from roma_runtime.model.loader import load_model
 
 ROWS = {
     "passthrough": ("4-bit G32 pass-through (Q4_1)", dict(bits=4, group=32)),
@@ -123,7 +124,8 @@ def main() -> int:
         man = compile_model(model, root / key, board="u250", force=True, progress=sys.stderr.isatty(),
                             calib_tokens=args.calib_tokens, **kw, **extra)
         secs = time.time() - t
-        loaded, lora = load_build(root / key)
+        loaded = load_build(root / key)
+        lora = loaded.compensation
         cand = GoldenModel(loaded, "quant")
         cand.lora = lora
         res = evaluate_models(ref, cand, windows, seqs, memo=memo)

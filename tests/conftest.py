@@ -101,7 +101,7 @@ def wheel(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     return load_model("smollm2-135m")
 
@@ -144,7 +144,7 @@ def tiny_build(tiny_models):
     """The emu backend's default build of the tiny Q4_1 model (4-bit G32, passed through bit for bit), compiled
     once per test session into the session's roma cache like every default build."""
     from roma_runtime.builds import default_build
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     folder, _ = default_build(load_model(tiny_models["q4_1"]), progress=False)
     return folder

@@ -99,7 +99,8 @@ def write_adapter(folder: Path, config, *, rank: int = 4, alpha: float = 8.0, ta
                   seed: int = 0, extra_config: dict | None = None, std: float = 0.05) -> Path:
     """A PEFT LoRA folder (adapter_config.json + adapter_model.safetensors, as save_pretrained writes them) for a
     ModelConfig, with random factors, written without torch or peft."""
-    from roma_runtime.lora import linear_shapes, PEFT_NAMES
+    from roma_runtime.lora import PEFT_NAMES
+    from roma_runtime.model.config import linear_shapes
 
     rng = np.random.default_rng(seed)
     shapes = linear_shapes(config)

@@ -15,7 +15,7 @@ from roma_runtime.backends.base import Backend, Wrapper
 from roma_runtime.backends.reference import RefBackend
 from roma_runtime.builds import build_for, default_build_dir
 from roma_runtime.engine import Engine
-from roma_runtime.model import load_model
+from roma_runtime.model.loader import load_model
 
 MEMBERS = sorted(Backend.__annotations__)  # the data members every backend sets
 METHODS = sorted(Backend.__abstractmethods__)

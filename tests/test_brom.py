@@ -8,8 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from roma_runtime.compiler import brom
-from roma_runtime.compiler.quantize import Q8_EXP_MIN, quantize_rtn
+from roma_runtime.artifact import brom_image as brom
+from roma_runtime.artifact import ddr_image
+from roma_runtime.artifact.brom_image import Q8_EXP_MIN
+from roma_runtime.compiler.quantization.quantize import quantize_rtn
 from roma_runtime.errors import RomaError
 from roma_runtime.model.weights import QuantizedMatrix
 
@@ -292,11 +294,11 @@ def test_ddr_layout_round_trip(scales, bits, group):
     for rows, tiles in ((12, 3), (15, 3), (16, 1)):  # 4, 5 (odd: half an exponent word) and 16 rows a tile
         qm = random_qm(bits, group, rows=rows) if scales == "fp16" else q8_qm(bits, group, rows=rows)
         img = brom.pack(qm, tiles)
-        words = brom.ddr_words(img)
+        words = ddr_image.ddr_words(img)
         assert words.dtype == np.uint32
-        n = brom.ddr_tile_words(bits, group, rows // tiles, 256, scales=scales)
+        n = ddr_image.ddr_tile_words(bits, group, rows // tiles, 256, scales=scales)
         assert words.size == tiles * n and n % 4 == 0  # tiles start on 128-bit beats
-        back = brom.ddr_unpack(words, bits, group, rows, 256, tiles, scales=scales)
+        back = ddr_image.ddr_unpack(words, bits, group, rows, 256, tiles, scales=scales)
         assert back.scale_format == scales
         for a in ("planes", *(("scales", "minimums") if scales == "fp16" else ("params", "exponents"))):
             assert np.array_equal(getattr(back, a), getattr(img, a)), a
@@ -304,7 +306,7 @@ def test_ddr_layout_round_trip(scales, bits, group):
     # one row of 32: a block of 4 steps, 2 planes each and 4 scale words; q8: the exponent beat, 8 steps
     words = {"fp16": 4 * 2 + 4, "q8": 4 + 8 * 2 + 4}[scales]
     with pytest.raises(RomaError, match=f"{scales} scales, 1 tiles has {words} words, not 13"):
-        brom.ddr_unpack(np.zeros(13, np.uint32), 2, 32, 1, 32, 1, scales=scales)
+        ddr_image.ddr_unpack(np.zeros(13, np.uint32), 2, 32, 1, 32, 1, scales=scales)
 
 
 def test_ddr_q8_tile_layout():
@@ -313,7 +315,7 @@ def test_ddr_q8_tile_layout():
     bits, group, rows = 2, 32, 5  # one tile of 5 rows, 2 groups: 10 steps, 2 blocks (the second has 2 steps)
     qm = q8_qm(bits, group, rows=rows, cols=64, seed=3)
     img = brom.pack(qm)
-    w = brom.ddr_words(img)
+    w = ddr_image.ddr_words(img)
     wps = bits
     block = 8 * wps + 4
     assert w.size == 4 + 2 * block

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from roma_runtime.compiler import flow
-from roma_runtime.compiler.boards import load_boards
-from roma_runtime.device import hwh
+from roma_runtime.artifact.boards import load_boards
+from roma_runtime.artifact import hwh
 
 ROOT = Path(__file__).resolve().parents[1]
 HLS = ROOT / "hw" / "hls"

@@ -19,17 +19,19 @@ from tiny_models import write_tiny_gguf, write_tiny_hf  # noqa: E402
 
 from roma_runtime.errors import RomaError  # noqa: E402
 from roma_runtime.golden import GoldenModel  # noqa: E402
-from roma_runtime.model import QuantizedMatrix, load_model  # noqa: E402
+from roma_runtime.model.loader import load_model  # noqa: E402
+from roma_runtime.model.weights import QuantizedMatrix  # noqa: E402
 from roma_runtime.model.weights import LayerWeights  # noqa: E402
 from roma_runtime.model.loader import read_gguf_metadata, resolve_model_path  # noqa: E402
-from roma_runtime.compiler import corpus  # noqa: E402
-from roma_runtime.compiler.build import (MANIFEST, compile_model, load_build, tensor_names,  # noqa: E402
-                                         verify_build)
-from roma_runtime.compiler.quantize import (Q8_EXP_MAX, Q8_EXP_MIN, codes_for, effective_group,  # noqa: E402
-                                            group_params, output_error, q8_exponents, quantize_gptq,
-                                            quantize_rtn, quantize_tensor)
-from roma_runtime.compiler.loftq import loftq  # noqa: E402
-from roma_runtime.compiler.mixed import assign_settings, average_bits  # noqa: E402
+from roma_runtime.compiler.quantization import corpus  # noqa: E402
+from roma_runtime.artifact.build import MANIFEST, tensor_names, verify_build  # noqa: E402
+from roma_runtime.compiler.build import compile_model  # noqa: E402
+from roma_runtime.model.loader import load_build  # noqa: E402
+from roma_runtime.artifact.brom_image import Q8_EXP_MAX, Q8_EXP_MIN, q8_exponents  # noqa: E402
+from roma_runtime.compiler.quantization.quantize import (codes_for, effective_group, group_params,  # noqa: E402
+                                                         output_error, quantize_gptq, quantize_rtn, quantize_tensor)
+from roma_runtime.compiler.quantization.loftq import loftq  # noqa: E402
+from roma_runtime.compiler.quantization.mixed import assign_settings, average_bits  # noqa: E402
 
 GGUF_NAMES = {"wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output", "w_gate": "ffn_gate",
               "w_up": "ffn_up", "w_down": "ffn_down"}
@@ -262,7 +264,8 @@ def test_passthrough_build_reproduces_the_gguf_exactly(tiny, tmp_path):
     model = load_model(tiny["gguf"])
     man = compile_model(model, tmp_path / "b", bits=4, group=32, progress=False)
     assert all(t["method"] == "passthrough" for t in man["tensors"].values())
-    loaded, lora = load_build(tmp_path / "b")
+    loaded = load_build(tmp_path / "b")
+    lora = loaded.compensation
     assert lora is None
     reader, _ = read_gguf_metadata(tiny["gguf"])
     stored = {t.name: t for t in reader.tensors}
@@ -281,7 +284,7 @@ def test_passthrough_build_reproduces_the_gguf_exactly(tiny, tmp_path):
 
 
 def test_smollm2_passthrough_images_match_gguf_dequantize(smollm2, tmp_path):
-    from roma_runtime.compiler import brom
+    from roma_runtime.artifact import brom_image as brom
 
     model = smollm2
     reader, _ = read_gguf_metadata(resolve_model_path("smollm2-135m"))
@@ -319,7 +322,8 @@ def test_build_folder_manifest_and_header(tiny_hf, tmp_path):
                  "constexpr int N_KV_HEADS = 2;", "constexpr int HEAD_DIM = 16;", "constexpr int VOCAB = 512;",
                  "constexpr int DEFAULT_BITS = 3;", "constexpr int BITS_WQ[N_LAYERS] = {3, 3};"]:
         assert line in header
-    loaded, lora = load_build(out)
+    loaded = load_build(out)
+    lora = loaded.compensation
     assert lora is None
     np.testing.assert_array_equal(loaded.weights.layers[1].ffn_norm, tiny_hf.weights.layers[1].ffn_norm)
     assert loaded.weights.layers[0].wq.bits == 3
@@ -389,7 +393,7 @@ def test_group_falls_back_per_tensor_to_the_largest_that_divides_the_row(tiny_hf
     header = (tmp_path / "b" / "roma_model.h").read_text()
     assert "constexpr int GROUP_W_DOWN[N_LAYERS] = {128, 128};" in header
     assert "constexpr int GROUP_WQ[N_LAYERS] = {64, 64};" in header
-    loaded, _ = load_build(tmp_path / "b")
+    loaded = load_build(tmp_path / "b")
     assert loaded.weights.layers[1].w_down.group == 128 and loaded.weights.layers[1].wq.group == 64
 
 
@@ -399,7 +403,8 @@ def test_gptq_lora_and_mixed_builds(tiny_hf, tmp_path):
     r = ref.forward(ids, ref.new_cache(64), all_logits=True)
 
     def err(out):
-        loaded, lora = load_build(out)
+        loaded = load_build(out)
+        lora = loaded.compensation
         g = GoldenModel(loaded, "quant")
         g.lora = lora
         return float(np.mean((g.forward(ids, g.new_cache(64), all_logits=True) - r) ** 2)), lora
@@ -465,7 +470,7 @@ def test_compile_command(tiny_hf, tmp_path, capsys):
 
 
 def test_layerwise_forward_is_the_golden_float_forward(tiny_hf):
-    from roma_runtime.compiler.calibrate import LayerwiseForward
+    from roma_runtime.compiler.quantization.calibrate import LayerwiseForward
 
     windows = corpus.token_windows(tiny_hf, "calibration", 100, 50)
     fw = LayerwiseForward(tiny_hf, windows)
@@ -480,7 +485,7 @@ def test_layerwise_forward_is_the_golden_float_forward(tiny_hf):
 
 
 def test_drift_correction_maps_quantized_inputs_to_float_outputs():
-    from roma_runtime.compiler.calibrate import drift_correction
+    from roma_runtime.compiler.quantization.calibrate import drift_correction
 
     rng = np.random.default_rng(5)
     w = rng.standard_normal((24, 16)).astype(np.float32)
@@ -495,8 +500,8 @@ def test_drift_correction_maps_quantized_inputs_to_float_outputs():
 
 
 def test_sequential_calibration_sees_the_quantized_inputs(tiny_hf):
-    from roma_runtime.compiler.calibrate import collect_hessians, quantize_sequentially
-    from roma_runtime.compiler.quantize import quantize_tensor
+    from roma_runtime.compiler.quantization.calibrate import collect_hessians, quantize_sequentially
+    from roma_runtime.compiler.quantization.quantize import quantize_tensor
 
     windows = corpus.token_windows(tiny_hf, "calibration", 128, 64)
     seen = []
@@ -519,8 +524,8 @@ def test_sequential_calibration_sees_the_quantized_inputs(tiny_hf):
 
 def test_measured_sensitivity_orders_widths(tiny_hf):
     from roma_runtime.compiler.build import measure_sensitivity
-    from roma_runtime.compiler.mixed import mixed_settings
-    from roma_runtime.compiler.calibrate import collect_hessians
+    from roma_runtime.compiler.quantization.mixed import mixed_settings
+    from roma_runtime.compiler.quantization.calibrate import collect_hessians
 
     assert mixed_settings(96, 128) == [(2, 32), (3, 32), (4, 32), (8, 32)]  # 96 = 3 x 32: G32 only
     assert mixed_settings(128, 64) == [(2, 32), (2, 64), (3, 32), (3, 64), (4, 32), (4, 64), (8, 64)]
@@ -540,7 +545,7 @@ def test_measured_sensitivity_orders_widths(tiny_hf):
 def test_float_literals_in_headers_and_dat_files_are_cxx14_and_exact(tmp_path):
     """norms.dat and roma_model.h write fp32 values as C++ literals: every value must read back to the same bits
     under C++14, the language Vitis HLS compiles (a norm weight of exactly 2 was written as `2f`, not C++)."""
-    from roma_runtime.compiler.header import c_float
+    from roma_runtime.artifact.model_header import c_float
 
     values = np.array([2.0, 1.9375, -0.0, 1e-30, 3.4028235e38, 1.4e-45, 0.1, -7.0], np.float32)
     source = ("#include <cstdio>\nstatic const float v[] = {" + ", ".join(c_float(v) for v in values) +

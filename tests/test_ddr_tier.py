@@ -23,10 +23,13 @@ import pytest
 from conftest import REPO, cli_env
 from float_noise import assert_within_float_noise, golden_variant_logits
 from roma_runtime import RomaError
-from roma_runtime.compiler import brom
+from roma_runtime.artifact import brom_image as brom
+from roma_runtime.artifact import ddr_image
+from roma_runtime.artifact.build import DDR_FILE, DDR_STREAM, is_ddr, verify_build
 from roma_runtime.builds import DEFAULT_BUILD
-from roma_runtime.compiler.build import DDR_FILE, compile_model, is_ddr, load_build, verify_build
-from roma_runtime.compiler.plan import DDR_STREAM, make_plan
+from roma_runtime.compiler.build import compile_model
+from roma_runtime.compiler.placement.plan import make_plan
+from roma_runtime.model.loader import load_build
 
 pytest.importorskip("pynq")
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
@@ -39,7 +42,7 @@ IDS = [1, 504, 3575, 282, 4649, 314, 7, 1000]
 
 @pytest.fixture(scope="module")
 def tiny_config(tiny_models):
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     return load_model(tiny_models["q4_1"]).config
 
@@ -132,7 +135,7 @@ def test_ddr_build_has_no_rom_arrays_for_ddr_tensors(ddr_build, tiny_build):
         e = tensors[n]
         assert e["image"] == DDR_FILE and e["init"] is None and e["rom_bytes"] == 0 and e["ddr_words"] > 0
     assert DDR_FILE in files and manifest["ddr"]["tensors"] == ddr
-    words = brom.read_ddr_image(ddr_build / DDR_FILE)
+    words = ddr_image.read_ddr_image(ddr_build / DDR_FILE)
     assert manifest["ddr"]["words"] == words.size and manifest["ddr"]["crc32"] == int(words[3])
     assert manifest["sizes"]["ddr_bytes"] == 4 * sum(tensors[n]["ddr_words"] for n in ddr)
     # the header: synthesis includes the .dat of on-chip tensors only; DDR offsets and the image's identity
@@ -143,8 +146,8 @@ def test_ddr_build_has_no_rom_arrays_for_ddr_tensors(ddr_build, tiny_build):
     assert f"constexpr long long DDR_WQ[N_LAYERS] = {{-1, {tensors['blk.1.wq']['ddr_offset']}}};" in header
     assert f"constexpr long long DDR_OUTPUT = {tensors['output']['ddr_offset']};" in header
     # the same weights as the all-ROM build, read back through either tier
-    rom, _ = load_build(tiny_build)
-    got, _ = load_build(ddr_build)
+    rom = load_build(tiny_build)
+    got = load_build(ddr_build)
     pairs = [(getattr(rom.weights.layers[i], lin), getattr(got.weights.layers[i], lin))
              for i in range(2) for lin in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")]
     pairs += [(rom.weights.token_embedding, got.weights.token_embedding), (rom.weights.output, got.weights.output)]
@@ -164,13 +167,13 @@ def test_ddr_layout_round_trips_every_width():
                                  rng.standard_normal((rows, 384 // group)).astype(np.float16),
                                  rng.standard_normal((rows, 384 // group)).astype(np.float16), bits, group)
             img = brom.pack(qm, tiles)
-            words = brom.ddr_words(img)
-            assert words.size == tiles * brom.ddr_tile_words(bits, group, rows // tiles, 384)
+            words = ddr_image.ddr_words(img)
+            assert words.size == tiles * ddr_image.ddr_tile_words(bits, group, rows // tiles, 384)
             assert words.size % 4 == 0  # tiles start on 128-bit beats
-            back = brom.ddr_unpack(words, bits, group, rows, 384, tiles)
+            back = ddr_image.ddr_unpack(words, bits, group, rows, 384, tiles)
             assert back.sha256() == img.sha256()
     with pytest.raises(RomaError, match="has 20 words, not 19"):
-        brom.ddr_unpack(np.zeros(19, np.uint32), 4, 32, 4, 32, 1)
+        ddr_image.ddr_unpack(np.zeros(19, np.uint32), 4, 32, 4, 32, 1)
 
 
 @needs_gxx
@@ -197,12 +200,12 @@ def test_synthesis_gets_rom_arrays_for_on_chip_tensors_only(ddr_build, tmp_path)
 def test_ddr_build_on_emu_equals_the_rom_build_and_the_golden_model(ddr_build, ddr_emu, tiny_emu):
     manifest = verify_build(ddr_build)
     assert ddr_emu.core.ddr_weights.size == manifest["ddr"]["words"]  # the buffer is sized to the image
-    assert np.array_equal(np.asarray(ddr_emu.core.ddr_weights), brom.read_ddr_image(ddr_build / DDR_FILE))
+    assert np.array_equal(np.asarray(ddr_emu.core.ddr_weights), ddr_image.read_ddr_image(ddr_build / DDR_FILE))
     rom_cache, ddr_cache = tiny_emu.new_cache(64), ddr_emu.new_cache(64)
     rom_logits, ddr_logits = tiny_emu.forward(IDS, rom_cache), ddr_emu.forward(IDS, ddr_cache)
     rom_cycles, ddr_cycles = tiny_emu.last_cycles(), ddr_emu.last_cycles()
     assert np.array_equal(ddr_logits, rom_logits)  # the same integer dots and fp32 sequence: bit for bit
-    assert_within_float_noise(ddr_logits, golden_variant_logits(load_build(ddr_build)[0], IDS), TOL)
+    assert_within_float_noise(ddr_logits, golden_variant_logits(load_build(ddr_build), IDS), TOL)
     for _ in range(3):  # decode steps: the KV caches and logits stay identical
         t = int(np.argmax(ddr_logits))
         rom_logits, ddr_logits = tiny_emu.forward([t], rom_cache), ddr_emu.forward([t], ddr_cache)
@@ -274,7 +277,7 @@ def test_smollm2_2bit_on_kv260_streams_from_ddr_and_matches_the_golden_model(smo
     emu = EmuBackend(out, progress=False)
     ids = Tokenizer.from_model(smollm2).encode("The capital of France is")
     got = np.asarray(emu.forward(ids, emu.new_cache(64)), np.float32).reshape(-1)
-    assert_within_float_noise(got, golden_variant_logits(load_build(out)[0], ids), TOL)
+    assert_within_float_noise(got, golden_variant_logits(load_build(out), ids), TOL)
     cycles = emu.last_cycles()
     # DDR-bound: the 8-bit lm head streams 49152 x 576 codes + scales through a 16-byte port
     assert cycles["lm_head"] > 49152 * 576 // 16 and cycles["gemv"] > cycles["lm_head"]

@@ -20,8 +20,8 @@ pynq = pytest.importorskip("pynq")
 
 from roma_runtime.device import driver as drv  # noqa: E402
 from roma_runtime.device.emu import emu_device  # noqa: E402
-from roma_runtime.device.hwh import IP_NAME, VLNV, render_hwh, write_hwh  # noqa: E402
-from roma_runtime.device.interface import (FIRST_ARG, HEADER, HLS_DIR, load_constants,  # noqa: E402
+from roma_runtime.artifact.hwh import IP_NAME, VLNV, render_hwh, write_hwh  # noqa: E402
+from roma_runtime.artifact.interface import (FIRST_ARG, HEADER, HLS_DIR, load_constants,  # noqa: E402
                                            load_interface, parse_interface)
 from roma_runtime.device.library import build_library, content_hash, hls_sources  # noqa: E402
 from roma_runtime.errors import RomaError  # noqa: E402
@@ -173,12 +173,12 @@ def test_buffers_have_distinct_aligned_addresses_and_read_through():
 def test_data_path_on_the_real_core(tiny_emu, tiny_build):
     """prefill, decode, KV rows, generate, status errors and LoRA commands through the driver, against the
     golden model of the same build."""
-    from roma_runtime.compiler.build import load_build
+    from roma_runtime.model.loader import load_build
     from roma_runtime.golden import GoldenModel
 
     be = tiny_emu
     dev = be.device
-    model, _ = load_build(tiny_build)
+    model = load_build(tiny_build)
     golden = GoldenModel(model, "quant")
     prompt = [1, 17, 4242, 99, 7, 31000, 5]
     gc_, cache = golden.new_cache(32), be.new_cache(32)

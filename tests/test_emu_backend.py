@@ -112,8 +112,8 @@ def test_default_backend_is_emu_without_a_board_and_board_refuses_cleanly():
 
 def test_default_build_is_compiled_once_cached_and_passes_q4_1_through(tiny_models, tmp_path, capfd):
     from roma_runtime.builds import default_build, default_build_dir
-    from roma_runtime.compiler.build import read_manifest
-    from roma_runtime.model import load_model
+    from roma_runtime.artifact.build import read_manifest
+    from roma_runtime.model.loader import load_model
 
     model = load_model(tiny_models["q4_1"])
     folder, now = default_build(model, cache=tmp_path)
@@ -136,7 +136,7 @@ def test_default_build_is_compiled_once_cached_and_passes_q4_1_through(tiny_mode
 
 def test_build_folder_as_model(tiny_models, engines, tmp_path):
     from roma_runtime.builds import default_build
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
     from roma_runtime.model.loader import locate_model
 
     # a build compiled from this session's GGUF (the cached one may name an earlier session's file as source)
@@ -177,9 +177,9 @@ def test_emu_matches_ref_logits_and_greedy_tokens(engines):
 
 def test_cycles_per_stage_and_the_bench_estimate(engines):
     from roma_runtime import bench
-    from roma_runtime.compiler.boards import get_board
+    from roma_runtime.artifact.boards import get_board
     from roma_runtime.device.driver import stage_names
-    from roma_runtime.device.interface import load_constants
+    from roma_runtime.artifact.interface import load_constants
 
     emu = engines[0].backend
     assert emu.clock_mhz == get_board("u250").clock_mhz  # the build's board
@@ -324,14 +324,15 @@ def test_smollm2_2bit_build_on_emu_matches_its_golden_quant_model(smollm2, tmp_p
     noise of the golden quant model on that same build, and its greedy token is one the golden model gives under
     an equally valid fp32 evaluation (float_noise.py: at 2 bits one ulp moves the logits by several %)."""
     from float_noise import assert_within_float_noise, golden_variant_logits
-    from roma_runtime.compiler.build import compile_model, load_build
+    from roma_runtime.compiler.build import compile_model
+    from roma_runtime.model.loader import load_build
     from roma_runtime.backends.emulated import EmuBackend
     from roma_runtime.tokenizer import Tokenizer
 
     out = tmp_path / "smollm2-2bit"
     compile_model(smollm2, out, bits=2, group=64, progress=False)
     emu = EmuBackend(out, progress=False)
-    model = load_build(out)[0]
+    model = load_build(out)
     tokenizer = Tokenizer.from_model(smollm2)
     for text in PROMPTS[:2]:
         ids = tokenizer.encode(text)

@@ -251,11 +251,12 @@ def compensated_build(tiny_models, tmp_path_factory):
 
 
 def test_build_compensation_is_always_on_and_joins_task_adapters(compensated_build):
-    from roma_runtime.compiler.build import load_build
+    from roma_runtime.model.loader import load_build
     from roma_runtime.golden import GoldenModel
     from roma_runtime.lora import Adapter, concat, pack
 
-    model, comp = load_build(compensated_build)
+    model = load_build(compensated_build)
+    comp = model.compensation
     assert comp is not None
     engine = Engine(compensated_build, "ref", "quant", lora_slots=2)
     ids = [1, 504, 3458, 282, 4649, 314]

@@ -14,9 +14,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import write_tiny_hf  # noqa: E402
 
 from roma_runtime.compiler.build import compile_model  # noqa: E402
-from roma_runtime.compiler.evaluate import _Accumulator, evaluate_build  # noqa: E402
+from roma_runtime.evaluation import _Accumulator, evaluate_build  # noqa: E402
 from roma_runtime.errors import RomaError  # noqa: E402
-from roma_runtime.model import load_model  # noqa: E402
+from roma_runtime.model.loader import load_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ import pytest
 from roma_runtime import RomaError
 from roma_runtime import finetune as F
 from roma_runtime import lora as L
-from roma_runtime.compiler.build import compile_model, load_build
+from roma_runtime.compiler.build import compile_model
+from roma_runtime.model.loader import load_build
 from roma_runtime.golden import GoldenModel
-from roma_runtime.model import load_model
+from roma_runtime.model.loader import load_model
 from roma_runtime.model.loader import permute_to_gguf_rope
 
 torch = pytest.importorskip("torch")
@@ -54,7 +55,7 @@ def build2(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded2(build2):
-    return load_build(build2)[0]
+    return load_build(build2)
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +301,7 @@ def test_same_seed_and_resume_reproduce_the_run(trained, build2, tmp_path):
     rec = json.loads((run / "roma_build.json").read_text())
     assert rec["training"]["steps_done"] == 3 and rec["training"]["complete"] is False
     assert (run / "checkpoint" / "state.pt").is_file() and not (run / "checkpoint" / "state.pt.tmp").exists()
-    L.read_peft_adapter(run, load_build(build2)[0])
+    L.read_peft_adapter(run, load_build(build2))
     with pytest.raises(RomaError, match="is not empty"):
         F.finetune(run, build=build2, data=F.example_data(), options=F.FinetuneOptions(**TASK), progress=False)
     with pytest.raises(RomaError, match=r"of another run \(lr was 0.01, now 0.02\)"):
@@ -324,7 +325,7 @@ def test_adapter_refused_on_another_base(trained, build2, byte_build, tiny_model
     copy = tmp_path / "copy"  # the same ROM contents elsewhere is the same base
     shutil.copytree(build2, copy)
     assert F.check_adapter_build(out, copy)["matches"]
-    assert F.check_adapter_build(out, load_build(copy)[0])["matches"]
+    assert F.check_adapter_build(out, load_build(copy))["matches"]
     streamed = tmp_path / "streamed"  # the same weights placed in DDR (another board's plan) too
     compile_model(tiny_models["q4_1"], streamed, bits=2, group=32, ddr="all", progress=False)
     assert (streamed / "ddr_weights.bin").is_file() and F.check_adapter_build(out, streamed)["matches"]
@@ -343,10 +344,11 @@ def test_adapter_refused_on_another_base(trained, build2, byte_build, tiny_model
 
 
 def test_distill_repairs_quantization_error(byte_build):
-    from roma_runtime.compiler.corpus import token_windows
+    from roma_runtime.compiler.quantization.corpus import token_windows
 
     hf, build = byte_build
-    loaded, comp = load_build(build)
+    loaded = load_build(build)
+    comp = loaded.compensation
     teacher = load_model(hf)
     # the start is the build's compensating LoRA, exactly
     o = F.FinetuneOptions(rank=8, alpha=8.0)
@@ -419,7 +421,7 @@ def test_engine_loads_the_adapter_on_its_build_and_refuses_it_elsewhere(trained,
 def test_distilled_adapter_replaces_the_build_compensation(tiny_models, tmp_path):
     """A --distill adapter starts from the build's compensating LoRA and so holds it: the engine and roma eval
     run it in place of that LoRA, not added to it. Also the time budget (--minutes) and the snapshots."""
-    from roma_runtime.compiler.evaluate import eval_windows, evaluate_build, evaluate_models
+    from roma_runtime.evaluation import eval_windows, evaluate_build, evaluate_models
     from roma_runtime.engine import Engine
 
     build = tmp_path / "b2r4"
@@ -438,7 +440,7 @@ def test_distilled_adapter_replaces_the_build_compensation(tiny_models, tmp_path
     seconds = [F.read_record(p)["training"]["seconds"] for p in snaps]
     assert seconds == sorted(seconds) and seconds[0] > 0
 
-    model, comp = load_build(build)
+    model = load_build(build)
     adapter = L.read_peft_adapter(out, model)
     engine = Engine(build, "ref", "quant", lora_slots=2, lora_rank=8)
     engine.load_lora("distilled", out)

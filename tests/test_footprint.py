@@ -1,4 +1,4 @@
-"""The footprint check (compiler/footprint.py, issue 19): roma_core.cpp compiled on the synthesis path against a
+"""The footprint check (compiler/placement/footprint.py, issue 19): roma_core.cpp compiled on the synthesis path against a
 real tiny build, its object file read back: array sizes and layouts, BRAM36/URAM blocks, kernel instances, and the
 verdict against a board's budget and the build's plan."""
 
@@ -13,7 +13,7 @@ from hls_tools import make, needs_gxx
 pytest.importorskip("elftools", reason="the footprint check reads DWARF with pyelftools (the dev extra)")
 pytestmark = needs_gxx
 
-from roma_runtime.compiler import footprint  # noqa: E402
+from roma_runtime.compiler.placement import footprint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

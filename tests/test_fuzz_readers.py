@@ -64,7 +64,7 @@ def small(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_config(small):
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     return load_model(small["gguf"]).config
 
@@ -118,7 +118,7 @@ def check_loaded(model, config=None):
 @settings(max_examples=examples(150), **SETTINGS)
 @given(data=st.data())
 def test_fuzz_gguf_reader(small, small_config, tmp_path_factory, data):
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     base = small["gguf"].read_bytes()
     path = small["root"] / "fuzz.gguf"
@@ -161,7 +161,7 @@ def test_fuzz_gguf_reader(small, small_config, tmp_path_factory, data):
 
 
 def test_gguf_reader_loads_the_real_file(small, small_config):
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     check_loaded(load_model(small["gguf"]), small_config)
 
@@ -318,7 +318,8 @@ def small_build(small):
 @settings(max_examples=examples(120), **SETTINGS)
 @given(data=st.data())
 def test_fuzz_build_manifest(small_build, small_config, data):
-    from roma_runtime.compiler.build import MANIFEST, load_build, seal_manifest
+    from roma_runtime.artifact.build import MANIFEST, seal_manifest
+    from roma_runtime.model.loader import load_build
 
     path = small_build / MANIFEST
     original = path.read_text()
@@ -346,7 +347,7 @@ def test_fuzz_build_manifest(small_build, small_config, data):
             ta["image"], tb["image"] = tb["image"], ta["image"]
             path.write_text(json.dumps(seal_manifest(mutated)))
         with tally("build-manifest").run():
-            model, _ = load_build(small_build)
+            model = load_build(small_build)
             # whatever was accepted describes the same model, to the last dimension
             assert {k: v for k, v in model.config.to_dict().items() if k != "name"} == \
                 {k: v for k, v in small_config.to_dict().items() if k != "name"}
@@ -356,9 +357,9 @@ def test_fuzz_build_manifest(small_build, small_config, data):
 
 
 def test_build_manifest_loads_the_real_build(small_build, small_config):
-    from roma_runtime.compiler.build import load_build
+    from roma_runtime.model.loader import load_build
 
-    model, _ = load_build(small_build)
+    model = load_build(small_build)
     assert model.config.n_layers == small_config.n_layers and model.config.dim == small_config.dim
 
 

@@ -109,7 +109,7 @@ def test_testbench_rejects_a_corrupt_rom_image(build, random_cases, tmp_path, sc
 
 def test_testbench_rejects_a_q8_exponent_out_of_range(build, random_cases, tmp_path):
     """A well-formed q8 image (valid checksums) whose row exponent is past Q8_EXP_MAX: the C loader refuses it."""
-    from roma_runtime.compiler import brom
+    from roma_runtime.artifact import brom_image as brom
 
     bad, name = _one_case(*random_cases, tmp_path, "q8")
     img = brom.read_image(bad / f"{name}.bin")
@@ -124,7 +124,7 @@ def test_testbench_rejects_a_q8_exponent_out_of_range(build, random_cases, tmp_p
 def test_testbench_compares_q8_with_its_fp16_twin(build, random_cases, tmp_path):
     """The q8 case's reference: the same values with fp16 scales. A twin one fp16 ulp off is caught (the decoded
     scales differ, and so would y)."""
-    from roma_runtime.compiler import brom
+    from roma_runtime.artifact import brom_image as brom
     from roma_runtime.model.weights import QuantizedMatrix
 
     bad, name = _one_case(*random_cases, tmp_path, "q8")
@@ -187,8 +187,8 @@ int main() {
 @pytest.mark.parametrize("scales", ("fp16", "q8"))
 def test_dat_initializers_compile_as_the_synthesis_rom(tmp_path, scales):
     """The synthesis path: ROM arrays initialised from NAME.dat (with __SYNTHESIS__ defined) give golden y."""
-    from roma_runtime.compiler import brom
-    from roma_runtime.compiler.quantize import quantize_rtn
+    from roma_runtime.artifact import brom_image as brom
+    from roma_runtime.compiler.quantization.quantize import quantize_rtn
     from roma_runtime.golden import numerics
     from roma_runtime.model.weights import QuantizedMatrix
 

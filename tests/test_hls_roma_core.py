@@ -34,10 +34,10 @@ class EmuBoard:
     the build's DDR weight image, when its plan streams tensors from DDR)."""
 
     def __init__(self, so, build, threads: int = 2):
-        from roma_runtime.compiler import brom
+        from roma_runtime.artifact import ddr_image
 
         ddr = build / "ddr_weights.bin"
-        self.ddr = brom.read_ddr_image(ddr) if ddr.is_file() else None
+        self.ddr = ddr_image.read_ddr_image(ddr) if ddr.is_file() else None
         self.lib = ctypes.CDLL(str(so))
         err = ctypes.create_string_buffer(1024)
         rc = self.lib.roma_emu_load_build(str(build).encode(), err, len(err))
@@ -92,7 +92,7 @@ def test_tb_roma_core_onchip(tb_run, hls_build):
 
 def test_emu_library_on_the_tiny_build(tb_run, hls_build):
     assert tb_run.returncode == 0, tb_run.stdout[-2000:]
-    from roma_runtime.compiler.build import load_build
+    from roma_runtime.model.loader import load_build
     from roma_runtime.golden import GoldenModel
 
     data = hls_build / "golden_tb_roma_core"
@@ -100,7 +100,7 @@ def test_emu_library_on_the_tiny_build(tb_run, hls_build):
     r = hls_tools.make(hls_build, "emu", MODEL_BUILD=data / "build", OUT=so)
     assert r.returncode == 0, r.stdout + r.stderr
     board = EmuBoard(so, data / "build")
-    model, _ = load_build(data / "build", verify=False)
+    model = load_build(data / "build", verify=False)
     c = model.config
     golden = GoldenModel(model, "quant")
     prompt = np.fromfile(data / "prompt.i32", dtype=np.int32)[:9]
@@ -120,14 +120,14 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):\n    \"\"\"Return the 
 
 @pytest.mark.slow
 def test_emu_library_smollm2_first_greedy_token(smollm2, smollm2_build):
-    from roma_runtime.compiler.build import load_build
+    from roma_runtime.model.loader import load_build
     from roma_runtime.device.library import build_library
     from roma_runtime.tokenizer import Tokenizer
 
     src, build = smollm2, smollm2_build  # 4-bit G32 for a U250
     so, _ = build_library(build, progress=False)
     board = EmuBoard(so, build)
-    model, _ = load_build(build, verify=False)
+    model = load_build(build, verify=False)
     c = model.config
     tok = Tokenizer.from_model(src)
     cap = 64

@@ -11,7 +11,8 @@ from roma_runtime import RomaError
 from roma_runtime import kv
 from roma_runtime.engine import Engine
 from roma_runtime.generate import SamplingParams
-from roma_runtime.lora import Adapter, linear_shapes, slot_bytes
+from roma_runtime.lora import Adapter, slot_bytes
+from roma_runtime.model.config import linear_shapes
 from roma_runtime.model.config import ModelConfig
 
 SMOLLM2 = ModelConfig("smollm2-135m", n_layers=30, dim=576, ffn_dim=1536, n_heads=9, n_kv_heads=3,

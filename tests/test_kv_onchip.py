@@ -24,8 +24,9 @@ import pytest
 from conftest import REPO, cli_env
 from roma_runtime import RomaError
 from roma_runtime.builds import DEFAULT_BUILD
-from roma_runtime.compiler.build import compile_model, verify_build
-from roma_runtime.compiler.plan import check_kv_onchip, kv_bytes_per_token, make_plan
+from roma_runtime.artifact.build import verify_build
+from roma_runtime.compiler.build import compile_model
+from roma_runtime.compiler.placement.plan import check_kv_onchip, kv_bytes_per_token, make_plan
 from roma_runtime.generate import SamplingParams
 
 pytest.importorskip("pynq")
@@ -66,7 +67,7 @@ def engines(onchip_build, tiny_build):
 
 
 def test_the_build_records_the_option(onchip_build, tiny_build, tiny_models):
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     config = load_model(tiny_models["q4_1"]).config
     manifest = verify_build(onchip_build)

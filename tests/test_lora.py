@@ -16,8 +16,10 @@ from conftest import cli_env
 from tiny_models import peft_with_random_lora, save_peft
 from roma_runtime import RomaError
 from roma_runtime import lora as L
+from roma_runtime.artifact import lora_image
 from roma_runtime.golden import GoldenModel
-from roma_runtime.model import load_model
+from roma_runtime.model.config import linear_shapes
+from roma_runtime.model.loader import load_model
 from roma_runtime.model.safetensors_io import read_safetensors
 
 torch = pytest.importorskip("torch")
@@ -146,7 +148,7 @@ def test_pack_layout_and_roundtrip(models, plain, second):
     assert bytes(buf[:8]) == b"ROMALORA" and p.nbytes == len(buf)
     n_layers = model.config.n_layers
     # directory entry for layer 1 wv (present) and layer 1 wk (absent)
-    e = L._ENTRY.unpack_from(buf, 64 + (1 * 7 + 2) * 32)
+    e = lora_image._ENTRY.unpack_from(buf, 64 + (1 * 7 + 2) * 32)
     rank, inp, out, scale, oa, osa, ob, osb = e
     assert (rank, inp, out) == (4, 64, 32) and scale == pytest.approx(8 / 2)
     assert all(o % 64 == 0 for o in (oa, osa, ob, osb))
@@ -154,8 +156,8 @@ def test_pack_layout_and_roundtrip(models, plain, second):
     assert not codes_a[4:].any() and codes_a[:4].any()  # rows past the rank are zero padding
     codes_b = buf[ob:ob + 32 * 16].view(np.int8).reshape(32, 16)
     assert not codes_b[:, 4:].any() and np.abs(codes_b).max() == 127
-    assert L._ENTRY.unpack_from(buf, 64 + (1 * 7 + 1) * 32)[:4] == (0, 64, 32, 0.0)
-    assert p.nbytes == L.packed_size(n_layers, L.linear_shapes(model.config), ["wq", "wv", "w_down"] * 2, 16,
+    assert lora_image._ENTRY.unpack_from(buf, 64 + (1 * 7 + 1) * 32)[:4] == (0, 64, 32, 0.0)
+    assert p.nbytes == lora_image.packed_size(n_layers, linear_shapes(model.config), ["wq", "wv", "w_down"] * 2, 16,
                                      "int8", "fp32")
     assert L.slot_bytes(model, 16, "int8", "fp32") >= p.nbytes
 
@@ -213,7 +215,7 @@ class Both:
 
 
 def test_concat_equals_applying_both(models, plain, second):
-    from roma_runtime.compiler.loftq import low_rank
+    from roma_runtime.compiler.quantization.loftq import low_rank
 
     model = models["q4_1"]
     task = L.read_peft_adapter(plain[0], model)

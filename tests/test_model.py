@@ -8,7 +8,8 @@ import pytest
 
 from roma_runtime import RomaError
 from roma_runtime.golden import GoldenModel
-from roma_runtime.model import QuantizedMatrix, load_model, resolve_model_path
+from roma_runtime.model.loader import load_model, resolve_model_path
+from roma_runtime.model.weights import QuantizedMatrix
 from roma_runtime.model.loader import KNOWN_MODELS, read_gguf_metadata
 
 torch = pytest.importorskip("torch")
@@ -112,7 +113,7 @@ def test_quant_path_does_not_depend_on_the_batch_or_the_blas_kernel(smollm2):
     script = (
         "import hashlib, json, numpy as np, threadpoolctl\n"
         "from roma_runtime.golden import GoldenModel\n"
-        "from roma_runtime.model import load_model\n"
+        "from roma_runtime.model.loader import load_model\n"
         "g = GoldenModel(load_model('smollm2-135m'), 'quant')\n"
         "logits = g.forward([1, 504, 3575, 282, 4649, 314], g.new_cache(16), all_logits=True)\n"
         "kernel = threadpoolctl.threadpool_info()[0].get('architecture')\n"

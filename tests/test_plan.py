@@ -1,4 +1,4 @@
-"""The placement planner (roma_runtime.compiler.plan), its board data and `roma plan`.
+"""The placement planner (roma_runtime.compiler.placement.plan), its board data and `roma plan`.
 
 Plans need only shapes, so most tests plan from SmolLM2-135M's ModelConfig (no model load); the CLI tests load
 the model once per subprocess.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from roma_runtime.compiler import plan as P
-from roma_runtime.compiler.boards import get_board, load_boards
+from roma_runtime.compiler.placement import plan as P
+from roma_runtime.artifact.boards import get_board, load_boards
 from roma_runtime.errors import RomaError
 from roma_runtime.model.config import ModelConfig
 
@@ -241,7 +241,7 @@ def test_boards_file_matches_the_architecture_table():
 
 
 def test_board_schema_errors_name_board_and_field(tmp_path):
-    data = json.loads((HOST / "roma_runtime/compiler/boards.json").read_text())
+    data = json.loads((HOST / "roma_runtime/artifact/boards.json").read_text())
     data["boards"]["kv260"]["bram36"] = "lots"
     f = tmp_path / "boards.json"
     f.write_text(json.dumps(data))

@@ -1,5 +1,5 @@
 """q8 scales end to end: a build whose linears store each group's scale and minimum as 8-bit steps of a
-power of two per row (compiler/quantize.py) records it, stores it (ROM images, and the DDR image for a streamed
+power of two per row (compiler/quantization/quantize.py) records it, stores it (ROM images, and the DDR image for a streamed
 layer), reads back exactly the quantizer's fp16 values, runs on the emulated board as the golden model does, and
 is planned with its smaller scale memory.
 
@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO, cli_env
-from roma_runtime.compiler.build import compile_model, is_ddr, load_build
-from roma_runtime.compiler.plan import make_plan
-from roma_runtime.compiler.quantize import quantize_tensor
-from roma_runtime.model import load_model
+from roma_runtime.artifact.build import is_ddr
+from roma_runtime.compiler.build import compile_model
+from roma_runtime.model.loader import load_build
+from roma_runtime.compiler.placement.plan import make_plan
+from roma_runtime.compiler.quantization.quantize import quantize_tensor
+from roma_runtime.model.loader import load_model
 
 LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 SETTINGS = {"bits": 3, "group": 32, "method": "rtn", "board": "u250", "progress": False}
@@ -56,7 +58,7 @@ def test_a_q8_build_records_and_stores_its_scales(builds, tiny_models):
 
     # what the build reads back (layer 0 from its ROM images, layer 1 from the DDR image) is exactly what the
     # quantizer made
-    model, _ = load_build(builds["q8"])
+    model = load_build(builds["q8"])
     for layer in (0, 1):
         for lin in LINEARS:
             got = getattr(model.weights.layers[layer], lin)
@@ -78,7 +80,7 @@ def test_a_q8_build_on_the_emulated_board_matches_the_golden_model(builds):
     emu = EmuBackend(builds["q8"], progress=False)
     # within the golden model's float noise (int8 activation rounding can flip on the tiny random model), and
     # one of its greedy tokens
-    variants = golden_variant_logits(load_build(builds["q8"])[0], IDS)
+    variants = golden_variant_logits(load_build(builds["q8"]), IDS)
     assert_within_float_noise(emu.forward(IDS, emu.new_cache(64)), variants, TOL)
 
 

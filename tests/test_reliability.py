@@ -51,7 +51,7 @@ def small(tmp_path_factory):
 
 def edited_build(build: Path, dest: Path, edit, seal: bool) -> Path:
     """A copy of a build whose manifest went through edit(manifest) (resealed when `seal`)."""
-    from roma_runtime.compiler.build import MANIFEST, seal_manifest
+    from roma_runtime.artifact.build import MANIFEST, seal_manifest
 
     shutil.copytree(build, dest)
     manifest = json.loads((dest / MANIFEST).read_text())
@@ -85,7 +85,7 @@ def test_1_an_edited_manifest_is_refused_not_a_heap_corruption(tiny_build, tmp_p
 def test_1_a_resealed_manifest_must_still_match_its_header(tiny_build, tmp_path, key, value):
     """An edit that recomputes the seal is refused too: the config must be the one roma_model.h was generated
     with (and within the bounds of model/config.py)."""
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     build = edited_build(tiny_build, tmp_path / "b", set_config(key, value), seal=True)
     with pytest.raises(RomaError, match="manifest.json"):
@@ -97,7 +97,7 @@ def test_1_a_resealed_manifest_must_still_match_its_header(tiny_build, tmp_path,
 def test_1_the_emulated_core_refuses_other_dimensions_before_any_buffer(tiny_emu, tmp_path, key, value):
     """The last line of defence: a bitstream folder whose manifest (resealed) states other dimensions than the
     library was compiled with is refused by the library's own roma_model_dims, before a buffer is allocated."""
-    from roma_runtime.compiler.build import MANIFEST, seal_manifest
+    from roma_runtime.artifact.build import MANIFEST, seal_manifest
     from roma_runtime.device import driver as drv
     from roma_runtime.device.emu import emu_device
 
@@ -300,7 +300,7 @@ def test_4_a_header_claiming_tebibytes_is_refused_without_allocating(engine, tmp
 def test_4_a_context_beyond_the_bound_is_refused_naming_it(small, tmp_path, source):
     """The issue: a GGUF context_length of 1e7 made the first session allocate 107 GiB (HF
     max_position_embeddings 1e9: 238 GiB). Now the context is bounded (MAX_CONTEXT), and named."""
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
     from roma_runtime.model.config import MAX_CONTEXT
 
     if source == "gguf":
@@ -320,7 +320,7 @@ def test_4_a_long_context_within_the_bound_gets_a_bounded_session(tiny_models, m
     default session is cut to it, a longer one asked for is refused naming the limit."""
     from roma_runtime.engine import Engine
     from roma_runtime.kv import kv_token_bytes
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
     from roma_runtime.model.config import MAX_CONTEXT
 
     import dataclasses
@@ -341,7 +341,7 @@ def test_4_the_lora_slot_rank_is_bounded(tiny_models, small):
     width is refused (before the backend is made), and a rank-8 adapter in a slot takes the slot's bytes."""
     from roma_runtime.engine import Engine
     from roma_runtime.lora import LoraSlots, read_peft_adapter
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     t0 = time.perf_counter()
     with pytest.raises(RomaError, match="slot rank of 15000 is above .* largest useful rank 64"):
@@ -366,7 +366,7 @@ def patched_gguf(small, tmp_path, **kwargs) -> Path:
 
 @pytest.mark.parametrize("case", ["head_count 0", "head_count_kv 0", "attn_q shape", "0 layers", "heads string"])
 def test_5_bad_gguf_files_are_refused(small, tmp_path, case):
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     kwargs = {"head_count 0": dict(meta={"attention.head_count": 0}),
               "head_count_kv 0": dict(meta={"attention.head_count_kv": 0}),
@@ -390,7 +390,7 @@ HF_CASES = {
 
 @pytest.mark.parametrize("case", sorted(HF_CASES))
 def test_5_bad_hf_configs_are_refused(small, tmp_path, case):
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     folder = tmp_path / "hf"
     shutil.copytree(small["hf"], folder)
@@ -428,7 +428,7 @@ ST_CASES = {
 
 @pytest.mark.parametrize("case", sorted(ST_CASES))
 def test_5_bad_safetensors_are_refused(small, tmp_path, case):
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
     from roma_runtime.model.safetensors_io import read_safetensors
 
     path = tmp_path / "x.safetensors"
@@ -445,7 +445,7 @@ def test_5_bad_safetensors_are_refused(small, tmp_path, case):
 @pytest.mark.parametrize("drop", ["files", "tensors", "norms", "model"])
 @pytest.mark.parametrize("seal", [False, True])
 def test_5_a_manifest_without_a_section_is_refused(tiny_build, tmp_path, drop, seal):
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     build = edited_build(tiny_build, tmp_path / "b", lambda m: m.pop(drop), seal=seal)
     with pytest.raises(RomaError, match="changed after|missing|not an object|malformed"):
@@ -456,7 +456,7 @@ def test_5_a_manifest_without_a_section_is_refused(tiny_build, tmp_path, drop, s
                                          ("image", "../blk.0.wq.bin"), ("shape", [64, 64, 1])])
 def test_5_a_malformed_tensor_entry_is_refused(tiny_build, tmp_path, field, value):
     """Found by the long fuzz run: a list as a tensor's scale format reached a dict lookup (TypeError)."""
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     def edit(m):
         m["tensors"]["blk.1.w_up"][field] = value
@@ -515,7 +515,7 @@ def test_6_nan_scales_in_a_gguf_are_refused(small, tmp_path):
     """The issue: NaN scales were accepted (the model just emitted end-of-text)."""
     import gguf
 
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     raw = bytearray(small["gguf"].read_bytes())
     reader = gguf.GGUFReader(str(small["gguf"]))
@@ -529,7 +529,7 @@ def test_6_nan_scales_in_a_gguf_are_refused(small, tmp_path):
 
 
 def test_6_a_zero_layer_gguf_is_refused(small, tmp_path):
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     with pytest.raises(RomaError, match="layer count .* at least 1"):
         load_model(patched_gguf(small, tmp_path, meta={"block_count": 0}))
@@ -537,7 +537,7 @@ def test_6_a_zero_layer_gguf_is_refused(small, tmp_path):
 
 @pytest.mark.parametrize("seal", [False, True])
 def test_6_a_manifest_with_one_kv_head_or_a_swapped_image_is_refused(tiny_build, tmp_path, seal):
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     def swap(m):
         t = m["tensors"]
@@ -612,7 +612,7 @@ def test_soak_on_the_emulated_board(tiny_build, tiny_emu, small, tmp_path):
     the RSS stays flat after the warm-up and greedy output is reproducible throughout."""
     from roma_runtime.engine import Engine
     from roma_runtime.generate import SamplingParams
-    from roma_runtime.model import load_model
+    from roma_runtime.model.loader import load_model
 
     engine = Engine(load_model(tiny_build), "emu", lora_slots=2, lora_rank=8)
     cfg = engine.config

@@ -46,7 +46,7 @@ import unicodedata
 import pytest
 
 from roma_runtime.errors import RomaError
-from roma_runtime.model import resolve_model_path
+from roma_runtime.model.loader import resolve_model_path
 from roma_runtime.tokenizer import IncrementalDecoder, Tokenizer
 
 # --- corpus --------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 from safetensors.numpy import save_file
 
-from roma_runtime.model import resolve_model_path
+from roma_runtime.model.loader import resolve_model_path
 from roma_runtime.model.loader import permute_to_gguf_rope, read_gguf_metadata
 
 SMOLLM2_VOCAB = 49152

@@ -46,10 +46,16 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__, lora
+from .artifact.hwh import PL_CLK_MHZ
 from .cpu import cpu_model
 from .backends.base import Wrapper
+from .engine import ON_CHIP_CHUNK
 from .errors import RomaError
-from .llama_peer import LlamaCppRunner, PeerFailed
+from .generate import SamplingParams
+from .llama_peer import LlamaCppRunner, PeerFailed, Run
+from .lora import DEFAULT_MAX_RANK, LoraSlots
+from .model.loader import build_source
 from .progress import with_progress
 
 PEERS = ("llama.cpp",)
@@ -219,32 +225,6 @@ def blas_threads(n: int | None = None) -> dict:
 # --- one run ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    """The timings of one generation: a prompt, then `decode_tokens` single-token passes."""
-
-    prompt_tokens: int
-    prefill_seconds: float
-    decode_tokens: int
-    decode_seconds: float
-    ttft_seconds: float
-    wall_seconds: float
-    forward_seconds: float
-    ids: list[int]
-    first_margin: float | None = None  # top-1 minus top-2 logit of the first token (ours only)
-    prefill_cycles: dict | None = None
-    decode_cycles: dict | None = None
-
-    @property
-    def figures(self) -> dict:
-        return {
-            "prefill_tokens_per_s": self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else None,
-            "decode_tokens_per_s": self.decode_tokens / self.decode_seconds if self.decode_tokens and self.decode_seconds > 0 else None,
-            "ttft_s": self.ttft_seconds,
-            "host_overhead_s_per_token": max(self.wall_seconds - self.forward_seconds, 0.0) / max(len(self.ids), 1),
-        }
-
-
 def _add_cycles(total: dict | None, counts) -> dict | None:
     if not counts:
         return total
@@ -298,8 +278,6 @@ class OursRunner:
     on_chip: autonomous decode (the chip samples; Engine.generate(..., on_chip=True))."""
 
     def __init__(self, engine, capacity: int, on_chip: bool = False):
-        from .generate import SamplingParams
-
         self.on_chip = on_chip
         self.engine = engine
         self.session = engine.new_session(capacity)
@@ -348,7 +326,6 @@ class OursRunner:
 
 def lora_adapters(config, rank: int = LORA_RANK, count: int = 2, seed: int = 0):
     """`count` rank-`rank` adapters on all seven linears of every layer, random small factors."""
-    from . import lora
 
     rng = np.random.default_rng(seed)
     shapes = lora.linear_shapes(config)
@@ -367,7 +344,6 @@ def lora_adapters(config, rank: int = LORA_RANK, count: int = 2, seed: int = 0):
 
 def measure_lora(engine, swaps: int = LORA_SWAPS, rank: int = LORA_RANK) -> dict:
     """Load two rank-16 adapters into LoraSlots and time switching between them, then restore the base."""
-    from .lora import DEFAULT_MAX_RANK, LoraSlots
 
     backend = engine.backend
     slots = LoraSlots(engine.config, capacity=2, slot_rank=max(DEFAULT_MAX_RANK, rank))
@@ -403,7 +379,6 @@ def measure_lora(engine, swaps: int = LORA_SWAPS, rank: int = LORA_RANK) -> dict
 def measure_autonomous(engine, cfg, prompt: list[int], per_token: list) -> dict | None:
     """Host overhead per token of autonomous decode on the first prompt length, next to the per-token path's
     runs of that prompt (`per_token`); None when the backend has no autonomous decode."""
-    from .engine import ON_CHIP_CHUNK
 
     if not engine.backend.autonomous:
         return None
@@ -466,10 +441,6 @@ def _clock(backend, override: float | None) -> tuple[float, str]:
     clock = backend.clock_mhz
     if clock:
         return float(clock), "the backend's clock"
-    try:
-        from .device.hwh import PL_CLK_MHZ
-    except Exception:
-        PL_CLK_MHZ = 100.0
     return float(PL_CLK_MHZ), "the overlay's default PL clock"
 
 
@@ -498,7 +469,6 @@ def run_bench(engine, cfg: BenchConfig, *, backend: str = "ref", numerics: str |
 def _gguf_path(engine) -> Path:
     """The GGUF llama.cpp runs: the model itself, or for a build (a 2-bit build, say) the GGUF it was compiled
     from, so a low-bit ROM base is compared with llama.cpp on the model it came from."""
-    from .model.loader import build_source
 
     model = engine.model
     kind, path = build_source(model) if model.format == "build" else (model.format, Path(model.source))
@@ -632,8 +602,6 @@ def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, pro
 
 
 def machine_facts(threads: dict | None = None, peer=None) -> dict:
-    from . import __version__
-
     blas = None
     try:
         deps = np.show_config(mode="dicts").get("Build Dependencies", {})

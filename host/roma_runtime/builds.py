@@ -19,10 +19,11 @@ from pathlib import Path
 
 from . import __version__
 from .backends import needs_build
-from .compiler.build import FORMAT_VERSION, compile_model, read_manifest
+from .artifact.build import FORMAT_VERSION, read_manifest
+from .compiler.build import compile_model
 from .device.library import cache_root
 from .errors import RomaError
-from .model import LoadedModel
+from .model.loader import LoadedModel
 from .tempfiles import clean_stale, temp_path
 
 # What `roma compile` would be asked for when the user gives a model but no build: 4-bit weights in groups of

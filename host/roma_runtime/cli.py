@@ -11,6 +11,7 @@ import importlib
 import signal
 import sys
 
+from . import __version__
 from .errors import RomaError
 
 # Order is the order `roma --help` lists them.
@@ -18,8 +19,6 @@ COMMANDS = ("chat", "serve", "generate", "tokenize", "info", "plan", "compile", 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="roma", description="ROMA-FPGA: LLMs with the base model in ROM.")
     parser.add_argument("--version", action="version", version=f"roma {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -33,12 +33,11 @@ from . import kv
 from .backends import check_backend, create_backend
 from .errors import RomaError
 from .generate import HostSampler, SamplingParams, StopMatcher
-from .device.interface import load_constants
+from .artifact.interface import load_constants
 from .golden.sampler import OnChipParams, prng_next, seed_state
 from .finetune import check_adapter_build, includes_compensation
-from .lora import DEFAULT_MAX_RANK, Adapter, concat, read_peft_adapter
-from .model import LoadedModel, load_model
-from .model.loader import DEFAULT_MODEL, build_source
+from .lora import DEFAULT_MAX_RANK, Adapter, LoraSlots, check_slot_rank, concat, read_peft_adapter
+from .model.loader import DEFAULT_MODEL, LoadedModel, build_source, load_model
 from .tokenizer import Tokenizer
 
 
@@ -605,8 +604,6 @@ class Engine:
         it; the engine never compiles). bitstream: the board backend's bitstream folder. lora_any_build:
         accept adapters that `roma finetune` trained for another base (with a warning) instead of refusing
         them."""
-        from .lora import LoraSlots
-
         backend = check_backend(backend, numerics)
         if isinstance(lora_slots, bool) or not isinstance(lora_slots, int) or lora_slots < 0:
             raise RomaError(f"the LoRA slot count must be a whole number >= 0, not {lora_slots!r}")
@@ -629,8 +626,6 @@ class Engine:
 
             self.backend.check_lora(SimpleNamespace(capacity=lora_slots, slot_rank=lora_rank, config=self.config))
         if lora_slots:  # a slot rank beyond the model's width would only hold zeros, at the slot rank's cost
-            from .lora import check_slot_rank
-
             check_slot_rank(lora_rank, self.config)
         self.lora = LoraSlots(self.config, lora_slots, lora_rank, lora_dtype) if lora_slots else None
         if self.compensation is not None:

@@ -18,7 +18,7 @@ Layout facts:
 Data: JSONL of chat conversations ({"messages": [{"role", "content"}, ...]}, rendered with the model's chat
 template; loss on the assistant turns only) or of documents ({"text": ...}, loss on every token), or a .txt
 file (one document, cut into windows). `--distill` needs no data: it trains the adapter to make the quantized
-base reproduce the float model's next-token distributions (KL) on docstrings (compiler/corpus.py: the stdlib's
+base reproduce the float model's next-token distributions (KL) on docstrings (compiler/quantization/corpus.py: the stdlib's
 calibration split, or that interleaved with torch's docstrings; never the evaluation split).
 
 Training: AdamW on the LoRA factors only, gradient norm clipped at 1. The learning rate is constant or (`--schedule
@@ -46,9 +46,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .artifact.build import MANIFEST, read_manifest, sha256_files
+from .compiler.quantization.corpus import DISTILL_TEXTS, token_windows
 from .errors import RomaError
-from .lora import DEFAULT_MAX_RANK, OUR_TO_PEFT, PEFT_NAMES, PARENT
-from .model.loader import LoadedModel, model_files, sha256_files
+from .lora import DEFAULT_MAX_RANK, OUR_TO_PEFT, PARENT, PEFT_NAMES
+from .model.loader import LoadedModel, build_source, load_build, load_model, locate_model, model_files
+from .model.weights import as_float
+from .tokenizer import Tokenizer
 
 RECORD = "roma_build.json"
 RECORD_FORMAT = "roma-finetune"
@@ -70,9 +74,9 @@ EXAMPLES = Path(__file__).resolve().parent / "examples"
 def _train_deps():
     """(torch, transformers, peft), or a RomaError that says how to install them."""
     try:
+        import peft
         import torch
         import transformers
-        import peft
     except ImportError as e:
         raise RomaError(f"roma finetune needs torch, transformers and peft ({e.name or e} is not installed)",
                         hint=INSTALL_HINT) from None
@@ -96,7 +100,7 @@ class FinetuneOptions:
     save_every: int = 50
     distill: bool = False
     distill_tokens: int = 262144  # tokens of the distillation text to distill on (cycled; "stdlib" has ~190K)
-    distill_text: str = "stdlib"  # compiler.corpus.DISTILL_TEXTS
+    distill_text: str = "stdlib"  # compiler.quantization.corpus.DISTILL_TEXTS
     init_from_build_lora: bool = True  # --distill: start from the build's compensating LoRA when it has one
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -152,7 +156,6 @@ def _check_options(o: FinetuneOptions, slot_rank: int = DEFAULT_MAX_RANK) -> Non
                         "the adapter", hint=f"use --rank <= {slot_rank}")
     if not (isinstance(o.lr, (int, float)) and math.isfinite(o.lr) and o.lr > 0):
         raise RomaError(f"--lr must be a positive number, not {o.lr!r}")
-    from .compiler.corpus import DISTILL_TEXTS
 
     if o.distill_text not in DISTILL_TEXTS:
         raise RomaError(f"--distill-text {o.distill_text!r} is not known",
@@ -185,7 +188,6 @@ def base_fingerprint(build_or_model) -> dict:
     """What identifies a base: {"kind": "build", manifest_sha256, rom_sha256, model_sha256, name, path} for a
     build folder (or a LoadedModel of one), {"kind": "model", model_sha256, name, path} for a GGUF file or Hugging
     Face folder (or a LoadedModel of one)."""
-    from .model.loader import locate_model
 
     if isinstance(build_or_model, LoadedModel):
         m = build_or_model
@@ -200,8 +202,6 @@ def base_fingerprint(build_or_model) -> dict:
 
 
 def _build_fingerprint(folder: Path) -> dict:
-    from .compiler.build import MANIFEST, read_manifest
-
     manifest = read_manifest(folder)
     if manifest is None:
         raise RomaError(f"{folder} holds no {MANIFEST}; it is not a complete build",
@@ -269,23 +269,20 @@ def _load_base(build: str | Path | None, model: str | Path | None):
     if (build is None) == (model is None):
         raise RomaError("give exactly one of --build (a roma compile folder) and --model (an unquantized base)")
     if build is not None:
-        from .compiler.build import MANIFEST, load_build
-
         folder = Path(build)
         if not folder.is_dir():
             raise RomaError(f"no build folder at {folder}", hint="roma compile --out DIR writes one")
         if not (folder / MANIFEST).is_file():
             raise RomaError(f"{folder} holds no {MANIFEST}; it is not a complete build",
                             hint=f"compile it with roma compile --out {folder}")
-        loaded, comp = load_build(folder)
+        loaded = load_build(folder)
+        comp = loaded.compensation
         return loaded, comp, _build_fingerprint(folder), loaded.metadata["roma.build"]
-    from .model import load_model
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     if loaded.format == "build":
-        from .compiler.build import load_build
-
-        loaded, comp = load_build(loaded.source)
+        loaded = load_build(loaded.source)
+        comp = loaded.compensation
         return loaded, comp, _build_fingerprint(Path(loaded.source)), loaded.metadata["roma.build"]
     return loaded, None, base_fingerprint(loaded), None
 
@@ -295,11 +292,8 @@ _TOKENIZERS: dict[tuple, Any] = {}
 
 def _tokenizer(loaded: LoadedModel):
     """The base's tokenizer (a build's is that of the model it was compiled from), cached per source file."""
-    from .tokenizer import Tokenizer
 
     if loaded.format == "build":
-        from .model.loader import build_source
-
         kind, path = build_source(loaded)
         make = (lambda: Tokenizer.from_hf_folder(path)) if kind == "hf" else (lambda: Tokenizer.from_gguf(path))
     elif loaded.format in ("gguf", "hf"):
@@ -318,8 +312,6 @@ def _tokenizer(loaded: LoadedModel):
 
 def _teacher_model(loaded: LoadedModel) -> LoadedModel:
     """The float model a build was compiled from (its weights dequantized are the distillation teacher)."""
-    from .model import load_model
-    from .model.loader import build_source
 
     _, path = build_source(loaded)
     return load_model(path)
@@ -337,7 +329,6 @@ def permute_to_hf_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 def hf_state_dict(loaded: LoadedModel) -> dict[str, np.ndarray]:
     """The model's weights, dequantized to fp32, under transformers' LLaMA names (Q/K rows in HF order)."""
-    from .model.weights import as_float
 
     c, w = loaded.config, loaded.weights
     sd = {"model.embed_tokens.weight": as_float(w.token_embedding), "model.norm.weight": w.output_norm}
@@ -533,8 +524,7 @@ def build_dataset(path: str | Path, tokenizer, seq_len: int, parsed=None) -> Dat
 
 
 def distill_dataset(teacher: LoadedModel, tokens: int, seq_len: int, text: str) -> Dataset:
-    """Windows of a distillation text (compiler.corpus.DISTILL_TEXTS), loss on every next token."""
-    from .compiler.corpus import token_windows
+    """Windows of a distillation text (compiler.quantization.corpus.DISTILL_TEXTS), loss on every next token."""
 
     windows = token_windows(teacher, text, tokens, seq_len)
     h = hashlib.sha256(json.dumps(windows).encode()).hexdigest()
@@ -763,8 +753,6 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
     if build is not None and model is not None:
         raise RomaError("give either --build or --model, not both")
     if build is not None:
-        from .compiler.build import MANIFEST
-
         if not Path(build).is_dir():
             raise RomaError(f"no build folder at {build}", hint="roma compile --out DIR writes one")
         if not (Path(build) / MANIFEST).is_file():

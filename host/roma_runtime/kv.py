@@ -30,6 +30,7 @@ import numpy as np
 
 from .errors import RomaError
 from .model.config import ModelConfig
+from .tempfiles import clean_stale
 
 KV_DTYPES = {"fp16": np.dtype(np.float16), "fp32": np.dtype(np.float32), "int8": np.dtype(np.int8)}
 SESSION_FORMAT = "roma-session"
@@ -210,7 +211,6 @@ MAX_INFLATION = 64
 def write_session_file(path: str | Path, meta: dict, ids: list[int], keys: np.ndarray, values: np.ndarray) -> Path:
     """Write atomically (a temporary file renamed over `path`); the name is used as given. Temporaries that a
     killed writer left in the folder are removed first (tempfiles.clean_stale)."""
-    from .tempfiles import clean_stale
 
     path = Path(path).expanduser()
     meta = {"format": SESSION_FORMAT, "version": SESSION_VERSION, **meta}

@@ -24,11 +24,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .cpu import cpu_flags
+from .device.library import cache_root
 from .errors import RomaError
 from .tempfiles import clean_stale, temp_path
 
@@ -48,6 +50,34 @@ X86_OPTIONS = (
     ("GGML_AVX512_BF16", ("avx512_bf16",)),
 )
 NEVER = ("GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16")  # needs per-process kernel permission and VM support
+
+
+@dataclass
+class Run:
+    """The timings of one generation: a prompt, then `decode_tokens` single-token passes (ours in bench.py, or
+    the peer's here)."""
+
+    prompt_tokens: int
+    prefill_seconds: float
+    decode_tokens: int
+    decode_seconds: float
+    ttft_seconds: float
+    wall_seconds: float
+    forward_seconds: float
+    ids: list[int]
+    first_margin: float | None = None  # top-1 minus top-2 logit of the first token (ours only)
+    prefill_cycles: dict | None = None
+    decode_cycles: dict | None = None
+
+    @property
+    def figures(self) -> dict:
+        return {
+            "prefill_tokens_per_s": self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else None,
+            "decode_tokens_per_s": self.decode_tokens / self.decode_seconds if self.decode_tokens and self.decode_seconds > 0 else None,
+            "ttft_s": self.ttft_seconds,
+            "host_overhead_s_per_token": max(self.wall_seconds - self.forward_seconds, 0.0) / max(len(self.ids), 1),
+        }
+
 
 
 class PeerFailed(RomaError):
@@ -131,8 +161,6 @@ class LlamaCppRunner:
         return self._system_info
 
     def run(self, ids: list[int], decode_tokens: int):
-        from .bench import Run
-
         return Run(**self._call((list(map(int, ids)), int(decode_tokens))))
 
     def close(self) -> None:
@@ -224,8 +252,6 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--cmake-args"]:
         print(cmake_args())
     elif sys.argv[1:] == ["--install"]:
-        from .device.library import cache_root
-
         try:
             print(f"installed {install(cache_root())}")
         except subprocess.CalledProcessError as e:

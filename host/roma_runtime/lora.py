@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import math
 import re
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Union
 
 import numpy as np
 
-from .device.interface import load_constants
+from .artifact.interface import load_constants
+from .artifact.lora_image import PACK_DTYPES, SCALE_DTYPES, packed_size, read_image, write_image
 from .errors import RomaError
-from .model.config import ModelConfig
+from .model.config import ModelConfig, linear_shapes
 from .model.loader import LoadedModel, permute_to_gguf_rope, read_json_object
-from .model.weights import LayerWeights
+from .model.safetensors_io import read_safetensors
+from .model.weights import LayerWeights, LoraAdapter
 
 LINEAR = LayerWeights.LINEAR  # ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 PEFT_NAMES = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo",
@@ -41,8 +42,6 @@ OUR_TO_PEFT = {v: k for k, v in PEFT_NAMES.items()}
 PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
           "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 DEFAULT_MAX_RANK = load_constants()["LORA_MAX_RANK"]  # the largest slot rank the core's LoRA unit takes
-PACK_DTYPES = ("fp16", "int8")
-SCALE_DTYPES = ("fp16", "fp32")
 
 _SUPPORTED = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
 # LoRA variants whose inference is not y += s B(Ax) on the 7 linears (PEFT config keys; truthy = in use).
@@ -61,14 +60,6 @@ _VARIANT_KEYS = {
 _BASE_CHANGING_INITS = ("pissa", "olora", "corda", "lora_ga")
 
 Factor = tuple  # (A [r, in] fp32, B [out, r] fp32, scale float)
-
-
-def linear_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
-    """(out, in) of each of the 7 linears of a block."""
-    d, kv, f = config.dim, config.kv_dim, config.ffn_dim
-    q = config.n_heads * config.head_dim
-    return {"wq": (q, d), "wk": (kv, d), "wv": (kv, d), "wo": (d, q),
-            "w_gate": (f, d), "w_up": (f, d), "w_down": (d, f)}
 
 
 def _config_of(model) -> ModelConfig:
@@ -153,8 +144,6 @@ class Adapter:
 
     def to_golden(self):
         """The golden model's LoraAdapter: exactly these fp32 factors (no storage rounding)."""
-        from .golden.model import LoraAdapter
-
         return LoraAdapter(dict(self.factors))
 
     def summary(self) -> dict[str, Any]:
@@ -309,8 +298,6 @@ def _pattern_value(patterns, module: str, default):
 
 
 def _read_tensors(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
-    from .model.safetensors_io import read_safetensors
-
     path = folder / "adapter_model.safetensors"
     if not path.is_file():
         if (folder / "adapter_model.bin").is_file():
@@ -467,50 +454,14 @@ def inspect_peft_adapter(folder: str | Path, model=None, max_rank: int = DEFAULT
     return summary
 
 
-# --- the LoRA memory format -------------------------------------------------------------------------------
-
-MAGIC = b"ROMALORA"
-VERSION = 1
-HEADER_BYTES = 64
-ENTRY_BYTES = 32
-ALIGN = 64
-_FACTOR_CODES = {"fp16": 1, "int8": 2}
-_SCALE_CODES = {None: 0, "fp16": 1, "fp32": 2}
-_HEADER = struct.Struct("<8sIIIIIIII")  # magic, version, factor type, scale type, R, layers, linears, dir, total
-_ENTRY = struct.Struct("<IIIfIIII")  # rank, in, out, scale, A, A scales, B, B scales
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
+# --- the LoRA memory format (artifact/lora_image.py) ------------------------------------------------------
 
 
 @dataclass(eq=False)
 class PackedLora:
     """An adapter in the accelerator's LoRA memory format (one slot's contents).
 
-    Layout (all little-endian; offsets in bytes from the start of the buffer, i.e. from the slot's base):
-
-    Header, 64 bytes:
-        0  char[8] magic "ROMALORA"       20  u32 slot rank R
-        8  u32 version (1)                24  u32 n_layers
-       12  u32 factor type 1=fp16 2=int8 28  u32 linears per layer (7)
-       16  u32 row-scale type             32  u32 directory offset (64)
-           0=none (fp16) 1=fp16 2=fp32    36  u32 total bytes;  40..63 zero
-    Directory at 64: n_layers * 7 entries of 32 bytes, entry (layer * 7 + linear) with linears in the order
-    wq wk wv wo w_gate w_up w_down (HF q k v o gate up down):
-        0 u32 rank r (0 = no adapter on this linear: the LoRA unit skips it, offsets are 0)
-        4 u32 in_dim   8 u32 out_dim   (written for every entry, present or not)
-       12 f32 scale (alpha/r, or alpha/sqrt(r) for rsLoRA; folded scales of a concatenation give 1.0)
-       16 u32 A offset: R rows of in_dim values, row-major; rows r..R-1 are zero
-       20 u32 A row-scale offset: R scales, one per A row (int8 only, else 0)
-       24 u32 B offset: out_dim rows of R values, row-major; columns r..R-1 are zero
-       28 u32 B row-scale offset: out_dim scales, one per B row (int8 only, else 0)
-    Data: for each present entry in directory order, A values, A scales, B values, B scales, each block
-    starting on a 64-byte boundary (AXI bursts). Q/K B rows are in GGUF (adjacent-pair RoPE) order.
-    Values: fp16, or int8 symmetric per row: value = code * scale, code in [-127, 127] (-128 unused), scale =
-    max|row| / 127 rounded up to the scale type (fp16 or fp32), so no code overflows; all-zero rows have scale 0.
-    The LoRA unit computes y += scale * B (A x); zero padding contributes exact zeros, so a rank-r adapter in
-    an R slot gives the same result as its unpadded factors.
+    Layout: artifact/lora_image.py.
     """
 
     name: str
@@ -533,20 +484,6 @@ class PackedLora:
     def to_golden(self):
         """The golden LoraAdapter with the factors as stored (fp16- or int8-rounded), read back from the buffer."""
         return self.unpack().to_golden()
-
-
-def packed_size(n_layers: int, shapes: dict[str, tuple[int, int]], ranked: Iterable[str], slot_rank: int,
-                dtype: str = "fp16", scale_dtype: str = "fp16") -> int:
-    """Bytes of a packed adapter that targets the linears `ranked` (one name per (layer, linear)) at slot_rank."""
-    elem = 2 if dtype == "fp16" else 1
-    sbytes = 0 if dtype == "fp16" else (2 if scale_dtype == "fp16" else 4)
-    total = _align(HEADER_BYTES + n_layers * len(LINEAR) * ENTRY_BYTES)
-    for name in ranked:
-        out, inp = shapes[name]
-        total += _align(slot_rank * inp * elem) + _align(out * slot_rank * elem)
-        if sbytes:
-            total += _align(slot_rank * sbytes) + _align(out * sbytes)
-    return total
 
 
 MAX_SLOTS = 256
@@ -577,140 +514,21 @@ def slot_bytes(model, slot_rank: int = DEFAULT_MAX_RANK, dtype: str = "fp16", sc
                        scale_dtype)
 
 
-def _quantize_rows(x: np.ndarray, scale_dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per row with the scale rounded *up* to its storage type, so |code| <= 127."""
-    sdt = np.float16 if scale_dtype == "fp16" else np.float32
-    amax = np.abs(x).max(axis=1).astype(np.float32) if x.size else np.zeros(x.shape[0], np.float32)
-    scale = (amax / np.float32(127)).astype(sdt)
-    low = scale.astype(np.float32) * np.float32(127) < amax
-    scale[low] = np.nextafter(scale[low], sdt(np.inf))
-    if not np.isfinite(scale).all():
-        raise RomaError(f"a LoRA factor row is too large for {scale_dtype} scales (max |value| {amax.max():g})",
-                        hint="use fp32 scales")
-    s32 = scale.astype(np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        codes = np.where(s32[:, None] > 0, np.rint(x / s32[:, None]), 0)
-    return np.clip(codes, -127, 127).astype(np.int8), scale
-
-
 def pack(adapter: Adapter, dtype: str = "fp16", slot_rank: int = DEFAULT_MAX_RANK,
          scale_dtype: str = "fp16") -> PackedLora:
     """The adapter in the LoRA memory format (see PackedLora). RomaError if a rank exceeds the slot rank or a
     value does not fit fp16."""
-    if dtype not in PACK_DTYPES:
-        raise RomaError(f"unsupported LoRA storage type {dtype!r}", hint=f"use {' or '.join(PACK_DTYPES)}")
-    if scale_dtype not in SCALE_DTYPES:
-        raise RomaError(f"unsupported LoRA scale type {scale_dtype!r}", hint=f"use {' or '.join(SCALE_DTYPES)}")
-    if isinstance(slot_rank, bool) or not isinstance(slot_rank, int) or slot_rank < 1:
-        raise RomaError(f"the slot rank must be a positive integer, not {slot_rank!r}")
-    if adapter.max_rank > slot_rank:
+    if type(slot_rank) is int and adapter.max_rank > slot_rank:  # the linear named as the adapter names it
         (layer, name), r = max(adapter.ranks.items(), key=lambda kv: kv[1])
         raise RomaError(f"adapter '{adapter.name}' layer {layer} {OUR_TO_PEFT[name]} has rank {r}, above the LoRA "
                         f"slot rank {slot_rank}", hint=f"use an adapter of rank <= {slot_rank}")
-    int8 = dtype == "int8"
-    sdt = None if not int8 else scale_dtype
-    keys = sorted(adapter.factors, key=_order)
-    total = packed_size(adapter.n_layers, adapter.shapes, [k[1] for k in keys], slot_rank, dtype, scale_dtype)
-    if total >= 2**32:
-        raise RomaError(f"adapter '{adapter.name}' packs to {total} bytes, beyond the 4 GiB the format addresses")
-    buf = np.zeros(total, np.uint8)
-    _HEADER.pack_into(buf, 0, MAGIC, VERSION, _FACTOR_CODES[dtype], _SCALE_CODES[sdt], slot_rank, adapter.n_layers,
-                      len(LINEAR), HEADER_BYTES, total)
-    pos = _align(HEADER_BYTES + adapter.n_layers * len(LINEAR) * ENTRY_BYTES)
-
-    def reserve(nbytes: int) -> int:
-        nonlocal pos
-        start = pos
-        pos = start + _align(nbytes)
-        return start
-
-    for layer in range(adapter.n_layers):
-        for li, name in enumerate(LINEAR):
-            out, inp = adapter.shapes[name]
-            entry = (0, inp, out, 0.0, 0, 0, 0, 0)
-            f = adapter.factors.get((layer, name))
-            if f is not None:
-                # Written straight into the slot image: rows r..R-1 of A and columns r..R-1 of B stay the
-                # buffer's zeros (a zero row quantizes to code 0 with scale 0), so a rank-r adapter takes the
-                # slot's bytes and nothing of the slot's size besides.
-                a, b, scale = f
-                r = a.shape[0]
-                vt = np.int8 if int8 else np.float16
-                st = np.float16 if scale_dtype == "fp16" else np.float32
-                vsize, ssize = np.dtype(vt).itemsize, np.dtype(st).itemsize
-                if not int8:
-                    big = max(np.abs(a).max(initial=0), np.abs(b).max(initial=0))
-                    if big > 65504:
-                        raise RomaError(f"adapter '{adapter.name}' layer {layer} {name} holds {big:g}, beyond fp16",
-                                        hint="store it as int8 with scales, or fold the scale differently")
-                oa = reserve(slot_rank * inp * vsize)
-                osa = reserve(slot_rank * ssize) if int8 else 0
-                ob = reserve(out * slot_rank * vsize)
-                osb = reserve(out * ssize) if int8 else 0
-                a_img = buf[oa: oa + slot_rank * inp * vsize].view(vt).reshape(slot_rank, inp)
-                b_img = buf[ob: ob + out * slot_rank * vsize].view(vt).reshape(out, slot_rank)
-                if int8:
-                    qa, sa = _quantize_rows(a, scale_dtype)
-                    qb, sb = _quantize_rows(b, scale_dtype)
-                    a_img[:r] = qa
-                    b_img[:, :r] = qb
-                    buf[osa: osa + r * ssize].view(st)[:] = sa
-                    buf[osb: osb + out * ssize].view(st)[:] = sb
-                else:
-                    a_img[:r] = a
-                    b_img[:, :r] = b
-                entry = (r, inp, out, float(np.float32(scale)), oa, osa, ob, osb)
-            _ENTRY.pack_into(buf, HEADER_BYTES + (layer * len(LINEAR) + li) * ENTRY_BYTES, *entry)
-    assert pos == total, (pos, total)
-    return PackedLora(adapter.name, buf, dtype, sdt, slot_rank, adapter.n_layers)
+    buf = write_image(adapter.factors, adapter.n_layers, adapter.shapes, dtype, slot_rank, scale_dtype, adapter.name)
+    return PackedLora(adapter.name, buf, dtype, None if dtype != "int8" else scale_dtype, slot_rank, adapter.n_layers)
 
 
 def unpack(buffer, name: str = "packed") -> Adapter:
     """The inverse of pack: an Adapter with the stored (rounded) factors, unpadded, fp32."""
-    buf = np.frombuffer(bytes(buffer), np.uint8) if not isinstance(buffer, np.ndarray) else buffer.view(np.uint8)
-    if buf.size < HEADER_BYTES:
-        raise RomaError(f"a packed LoRA needs at least {HEADER_BYTES} bytes, not {buf.size}")
-    magic, version, ftype, stype, slot_rank, n_layers, n_linear, directory, total = _HEADER.unpack_from(buf, 0)
-    if magic != MAGIC or version != VERSION or n_linear != len(LINEAR):
-        raise RomaError("not a packed ROMA LoRA buffer (bad magic, version or linear count)")
-    if total != buf.size:
-        raise RomaError(f"packed LoRA buffer is {buf.size} bytes but its header says {total}")
-    dtype = {v: k for k, v in _FACTOR_CODES.items()}.get(ftype)
-    sdt = {v: k for k, v in _SCALE_CODES.items()}.get(stype, "?")
-    if dtype is None or sdt == "?" or (dtype == "int8") != (sdt is not None):
-        raise RomaError(f"packed LoRA buffer has an unknown factor/scale type ({ftype}, {stype})")
-    vt = np.float16 if dtype == "fp16" else np.int8
-    st = {None: None, "fp16": np.float16, "fp32": np.float32}[sdt]
-
-    def raw(offset: int, shape, t) -> np.ndarray:
-        n = int(np.prod(shape)) * np.dtype(t).itemsize
-        if offset < 0 or offset + n > buf.size:
-            raise RomaError(f"packed LoRA buffer: a block of {n} bytes at {offset} lies outside its {buf.size} bytes")
-        return buf[offset: offset + n].view(t).reshape(shape)
-
-    def read(offset: int, shape, t) -> np.ndarray:
-        return raw(offset, shape, t).astype(np.float32)
-
-    def read_cols(offset: int, shape, t, r: int) -> np.ndarray:
-        return np.ascontiguousarray(raw(offset, shape, t)[:, :r], dtype=np.float32)
-
-    factors, shapes = {}, {}
-    for layer in range(n_layers):
-        for li, lname in enumerate(LINEAR):
-            r, inp, out, scale, oa, osa, ob, osb = _ENTRY.unpack_from(buf, directory + (layer * n_linear + li)
-                                                                      * ENTRY_BYTES)
-            shapes[lname] = (out, inp)
-            if r == 0:
-                continue
-            if r > slot_rank:
-                raise RomaError(f"packed LoRA buffer: layer {layer} {lname} has rank {r} above its slot rank "
-                                f"{slot_rank}")
-            a = read(oa, (r, inp), vt)  # the first r rows of the slot's R
-            b = read_cols(ob, (out, slot_rank), vt, r)
-            if st is not None:
-                a *= read(osa, (r,), st)[:, None]
-                b *= read(osb, (out,), st)[:, None]
-            factors[(layer, lname)] = (a, b, scale)
+    factors, n_layers, shapes = read_image(buffer)
     return Adapter(name, factors, n_layers, shapes)
 
 

@@ -84,6 +84,7 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 
+from . import __version__
 from .engine import Throughput
 from .errors import RomaError
 from .generate import SamplingParams
@@ -1045,8 +1046,6 @@ class SerialChatClient:
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 

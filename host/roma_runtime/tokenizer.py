@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RomaError
+from .model.loader import read_gguf_metadata, resolve_model_path
 
 __all__ = ["Tokenizer", "IncrementalDecoder", "SUPPORTED_PRE_TOKENIZERS"]
 
@@ -247,7 +248,6 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | Path) -> Tokenizer:
         """Read only a GGUF file's metadata (no weights) and build its tokenizer."""
-        from .model.loader import read_gguf_metadata, resolve_model_path
 
         path = resolve_model_path(path)
         _, metadata = read_gguf_metadata(path)

@@ -55,7 +55,7 @@
 //                                                       (on-chip KV builds: written through, read by CMD_KV_LOAD)
 //   lora_staging uint8  [lora_bytes]                    a packed adapter to load
 //   ddr_weights  uint32 [DDR_WORDS]                     the build's ddr_weights.bin: the tensors the placement
-//                                                       plan streams from DDR (brom.py's DDR image: header,
+//                                                       plan streams from DDR (ddr_image.py's DDR image: header,
 //                                                       then each tensor's B-ROM tile words in ROM order with
 //                                                       each 4 steps' scale|minimum words after their planes),
 //                                                       read once per GEMV, one sequential pass per tile;

@@ -1,6 +1,6 @@
-// Synthesis only: defines the ROM arrays of one tensor, initialised from its .dat (written by compiler/brom.py).
+// Synthesis only: defines the ROM arrays of one tensor, initialised from its .dat (written by artifact/brom_image.py).
 // roma_model.h includes this file once per ROM tensor with ROMA_ROM_LAYER, ROMA_ROM_LINEAR and ROMA_ROM_DAT
-// defined (see compiler/header.py); roma_core.cpp sets ROMA_ROM_DEFINE to this file's name.
+// defined (see artifact/model_header.py); roma_core.cpp sets ROMA_ROM_DEFINE to this file's name.
 // No include guard: it is meant to be included many times.
 // The scale arrays are those of the .dat's format: a q8 .dat defines ROMA_BROM_DAT_Q8 when included (here by
 // the planes), an fp16 one (the format of every earlier build) does not. A .dat of the other format than

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import RomaError
-from ..model import LoadedModel
+from ..model.loader import LoadedModel
 from .base import Backend
 from .reference import RefBackend
 

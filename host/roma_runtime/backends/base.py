@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ..model import ModelConfig
+from ..model.config import ModelConfig
 
 if TYPE_CHECKING:  # the golden model runs without pynq: the overlay's type is only named here
     from ..device.driver import RomaOverlay

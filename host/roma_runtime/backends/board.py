@@ -13,7 +13,7 @@ from pynq.pl_server.device import Device
 
 from ..device.driver import RomaOverlay, check_manifest
 from ..errors import RomaError
-from ..model import LoadedModel
+from ..model.loader import LoadedModel
 from .core import CoreBackend
 
 

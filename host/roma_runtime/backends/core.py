@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compiler.boards import get_board
+from ..artifact.boards import get_board
 from ..device.driver import KVBuffer, RomaOverlay
 from ..errors import RomaError
 from .base import Backend
@@ -172,7 +172,7 @@ class CoreBackend(Backend):
 
 
 def board_clock(manifest: dict) -> float | None:
-    """The fabric clock (MHz) of the board the build was placed for (compiler/boards.json)."""
+    """The fabric clock (MHz) of the board the build was placed for (artifact/boards.json)."""
     board = manifest.get("board")
     if isinstance(board, dict) and board.get("clock_mhz"):
         return float(board["clock_mhz"])

@@ -15,14 +15,14 @@ import os
 import shutil
 from pathlib import Path
 
-from ..compiler.build import verify_build
+from ..artifact.build import verify_build
 from ..device.driver import MANIFEST, RomaOverlay
 from ..device.emu import EMU_FORMAT, emu_device
-from ..device.hwh import write_hwh
-from ..device.interface import HLS_DIR, load_interface
+from ..artifact.hwh import write_hwh
+from ..artifact.interface import HLS_DIR, load_interface
 from ..device.library import build_library, cache_root
 from ..errors import RomaError
-from ..model import LoadedModel
+from ..model.loader import LoadedModel
 from ..tempfiles import clean_stale, temp_path
 from .core import CoreBackend
 

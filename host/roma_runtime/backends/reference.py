@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import RomaError
 from ..golden import GoldenModel
-from ..model import LoadedModel
+from ..model.loader import LoadedModel
 from .base import Backend
 
 

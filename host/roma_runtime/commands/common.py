@@ -177,7 +177,7 @@ def load_engine(args: argparse.Namespace, status: bool = True):
         options["kv_memory"] = int(kv_memory * (1 << 20))
     from ..backends import check_backend
     from ..builds import build_for
-    from ..model import load_model
+    from ..model.loader import load_model
 
     args.backend = check_backend(args.backend, args.numerics)
     if status:

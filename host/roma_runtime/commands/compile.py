@@ -6,7 +6,7 @@ import json
 import sys
 from collections import Counter
 
-from ..compiler.quantize import CALIB_TOKENS, METHODS
+from ..compiler.quantization.quantize import CALIB_TOKENS, METHODS
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS
 from . import common
 from .plan import add_ddr_argument, add_kv_onchip_argument, add_scales_argument
@@ -48,7 +48,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..compiler.build import compile_model
-    from ..compiler.mixed import setting_name
+    from ..compiler.quantization.mixed import setting_name
 
     manifest = compile_model(
         args.model, args.out, bits=args.bits, group=args.group, method=args.method, scales=args.scales,

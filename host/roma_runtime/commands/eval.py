@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..compiler.evaluate import evaluate_build
+    from ..evaluation import evaluate_build
     from ..errors import RomaError
 
     if args.tokens < 1 or args.window < 2:

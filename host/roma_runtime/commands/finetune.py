@@ -13,7 +13,7 @@ HELP = "train a LoRA adapter on a build's frozen ROM base (task data, or --disti
 
 
 def add_arguments(parser) -> None:
-    from ..compiler.corpus import DISTILL_TEXTS
+    from ..compiler.quantization.corpus import DISTILL_TEXTS
     from ..finetune import DEFAULT_STEPS, SCHEDULES, FinetuneOptions
 
     d = FinetuneOptions()

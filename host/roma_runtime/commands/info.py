@@ -73,7 +73,7 @@ def facts(model, tok) -> dict:
 
 
 def run(args) -> int:
-    from ..model import load_model
+    from ..model.loader import load_model
     from ..tokenizer import Tokenizer
 
     model = load_model(args.model)

@@ -8,7 +8,7 @@ import json
 import sys
 
 from ..errors import RomaError
-from ..compiler.plan import ranges
+from ..compiler.placement.plan import ranges
 
 HELP = "inspect PEFT LoRA adapters (targets, ranks, scaling, size; checks what the hardware can run)"
 
@@ -36,7 +36,7 @@ def run(args) -> int:
         raise RomaError(f"--slot-rank must be at least 1 (got {slot_rank})")
     model = None
     if args.model is not None:
-        from ..model import load_model
+        from ..model.loader import load_model
 
         model = load_model(args.model)
     # Ranks above the slot rank are reported (fits_slot_rank), not refused: inspect is for finding out.

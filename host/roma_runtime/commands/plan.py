@@ -16,7 +16,7 @@ _LINEAR = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m",
                         help="a known model name, a GGUF file or a Hugging Face folder (default: smollm2-135m)")
-    parser.add_argument("--board", required=True, help="board name from compiler/boards.json (e.g. kv260, u250)")
+    parser.add_argument("--board", required=True, help="board name from artifact/boards.json (e.g. kv260, u250)")
     parser.add_argument("--bits", type=int, default=4, help="code bits of the ROM base: 2, 3, 4 or 8 (default 4)")
     parser.add_argument("--group", type=int, default=32, help="weights per scale/minimum group: 32, 64 or 128")
     parser.add_argument("--tensor-bits", action="append", default=[], metavar="NAME=BITS",
@@ -67,15 +67,15 @@ def _parse_tensor_bits(items: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from ..compiler.boards import get_board
-    from ..compiler.plan import make_plan, parse_ddr_units
+    from ..artifact.boards import get_board
+    from ..compiler.placement.plan import make_plan, parse_ddr_units
 
     board = get_board(args.board)  # fail fast, before the model loads
     parse_ddr_units(args.ddr)
     if args.context is not None and args.context < 0:
         raise RomaError(f"--context must be >= 0, not {args.context}")
     per_tensor_bits = _parse_tensor_bits(args.tensor_bits)
-    from ..model import load_model
+    from ..model.loader import load_model
 
     config = load_model(args.model).config
     plan = make_plan(config, board, bits=args.bits, group=args.group, per_tensor_bits=per_tensor_bits or None,

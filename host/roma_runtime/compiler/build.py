@@ -1,81 +1,45 @@
 """The model compiler: a model file in, a build folder out (ROM images, norms, LoRA, C++ header, manifest).
 
-A build folder holds
-    <tensor>.bin/.dat   one B-ROM image per on-chip weight matrix (brom.write_image): blk.<i>.<linear>,
-                        token_embd, and output when the lm head is not tied to the embedding
-    ddr_weights.bin     the weight matrices the placement plan streams from DDR, in one image (brom.ddr_image;
-                        only when there are any): the host copies it into the core's `ddr_weights` buffer.
-                        These tensors have no .bin/.dat of their own (synthesis gets no ROM for them).
-    norms.bin/.dat      the fp32 RMSNorm weights, concatenated (layout in the manifest)
-    lora.safetensors    fp16 LoRA factors compensating the quantization error (with --lora-rank)
-    roma_model.h        the dimensions for the HLS kernels (header.py), and the on-chip KV cache's positions
-                        (--kv-onchip N: KV_ONCHIP_CTX; the manifest's "kv_onchip" entry, None when the KV cache is
-                        in DDR only)
-    manifest.json       written last and atomically: what was built, from which model, how, where it goes,
-                        and the sha256 of every other file; sealed by "manifest_sha256", the sha256 of its own
-                        canonical JSON (manifest_digest). A folder without a manifest is not a build.
-`load_build` reads a build back, verifying every checksum, into a LoadedModel whose linear weights are the
-QuantizedMatrix images (and the LoRA as a LoraAdapter). Before anything is read or sized from a manifest,
-`check_manifest` verifies its seal and its structure: the model config within model/config.py's bounds and
-equal to the dimensions roma_model.h was generated with, every tensor the config implies with its shape and
-its own image file, the norms' layout, the file names plain names inside the folder; a refusal is one
-RomaError naming what is wrong.
+compile_model quantizes (quantization/), places (placement/) and writes a build folder in the format
+artifact/build.py describes and reads back: the B-ROM images (artifact/brom_image.py), the DDR image
+(artifact/ddr_image.py), the norms, the compensating LoRA, roma_model.h (artifact/model_header.py) and, last and
+atomically, the sealed manifest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
+from .. import __version__
+from ..artifact.boards import get_board
+from ..artifact.brom_image import pack, write_image
+from ..artifact.build import (DDR_FILE, EMBEDDING, FORMAT, FORMAT_VERSION, HEADER_FILE, LORA_FILE, MANIFEST,
+                              NORMS_FILE, is_ddr, read_manifest, seal_manifest, sha256_files, split_name, tensor_names)
+from ..artifact.ddr_image import DDR_BLOCK_STEPS, DDR_Q8_BLOCK_STEPS, DDR_VERSION, ddr_image
+from ..artifact.model_header import c_float, render_header
 from ..errors import RomaError
 from ..model.config import ModelConfig
-from ..model.loader import LoadedModel, check_weights, linear_shapes, load_model, sha256_files
-from ..model.weights import (SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, LayerWeights, ModelWeights, QuantizedMatrix,
-                             as_float, storage_bits_per_weight)
+from ..model.loader import LoadedModel, load_model
+from ..model.weights import ModelWeights, QuantizedMatrix, as_float, storage_bits_per_weight
 from ..progress import with_progress
 from ..tempfiles import clean_stale, write_text_atomic
-from . import brom
-from .header import c_float
-from .mixed import assign_settings, mixed_settings, setting_name
-from .quantize import CALIB_TOKENS, METHODS, effective_group, quantize_tensor, validate
-
-MANIFEST = "manifest.json"
-FORMAT = "roma-build"
-FORMAT_VERSION = 4  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
-# format; 4: the manifest is sealed by MANIFEST_SEAL and checked against roma_model.h
-MANIFEST_SEAL = "manifest_sha256"
-HEADER_FILE = "roma_model.h"
-DDR_FILE = "ddr_weights.bin"
-NORMS_FILE = "norms"
-LORA_FILE = "lora.safetensors"
-EMBEDDING = "token_embd"
-OUTPUT = "output"
-
-
-def tensor_names(config: ModelConfig) -> list[str]:
-    names = [f"blk.{i}.{lin}" for i in range(config.n_layers) for lin in LayerWeights.LINEAR]
-    names.append(EMBEDDING)
-    if not config.tied_embeddings:
-        names.append(OUTPUT)
-    return names
-
-
-def _split(name: str) -> tuple[int, str] | None:
-    if name.startswith("blk."):
-        _, i, lin = name.split(".", 2)
-        return int(i), lin
-    return None
+from .placement.plan import check_ddr_units, check_kv_onchip, make_plan, parse_ddr_units
+from .quantization.calibrate import collect_hessians, quantize_sequentially
+from .quantization.corpus import token_windows
+from .quantization.loftq import loftq
+from .quantization.mixed import assign_settings, mixed_settings, setting_name
+from .quantization.mixed import measure_sensitivity as measure_mixed_sensitivity
+from .quantization.quantize import CALIB_TOKENS, METHODS, effective_group, quantize_tensor, validate
 
 
 def _tensor(weights: ModelWeights, name: str):
-    key = _split(name)
+    key = split_name(name)
     if key:
         return getattr(weights.layers[key[0]], key[1])
     return weights.token_embedding if name == EMBEDDING else weights.output
@@ -85,184 +49,11 @@ def _progress(iterable, desc: str, enabled: bool, total=None):
     return with_progress(iterable, desc, enabled, total=total, unit="tensors")
 
 
-def manifest_digest(manifest: dict) -> str:
-    """sha256 of a manifest's canonical JSON (sorted keys, no spaces) without its seal and without model.source
-    (where the source model lives is a pointer a user may move, not a fact of the build)."""
-    body = {k: v for k, v in manifest.items() if k != MANIFEST_SEAL}
-    if isinstance(body.get("model"), dict):
-        body["model"] = {k: v for k, v in body["model"].items() if k != "source"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=_json_default)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def seal_manifest(manifest: dict) -> dict:
-    """The manifest as JSON gives it back, with its seal (MANIFEST_SEAL) set."""
-    manifest = json.loads(json.dumps({k: v for k, v in manifest.items() if k != MANIFEST_SEAL},
-                                     default=_json_default))
-    manifest[MANIFEST_SEAL] = manifest_digest(manifest)
-    return manifest
-
-
 def write_manifest(out_dir: Path, manifest: dict) -> dict:
     """Seal `manifest` and write it atomically (a temporary name renamed over manifest.json); returns it sealed."""
     manifest = seal_manifest(manifest)
     write_text_atomic(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
-
-
-MAX_MANIFEST_BYTES = 64 << 20
-
-
-def read_manifest(out_dir: Path, check_seal: bool = True) -> dict | None:
-    """The build manifest in `out_dir` (None when there is none), its seal verified (check_seal): RomaError
-    when it is unreadable, not a ROMA build manifest, or was edited after the build wrote it."""
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise RomaError(f"{path} is {path.stat().st_size} bytes, more than a build manifest can be "
-                            f"({MAX_MANIFEST_BYTES})", hint="recompile the build with roma compile --force")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise RomaError(f"{path} is not a readable build manifest ({e})",
-                        hint="recompile the build with roma compile --force") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise RomaError(f"{path} is not a ROMA build manifest")
-    if check_seal and data.get("format_version") == FORMAT_VERSION:
-        seal = data.get(MANIFEST_SEAL)
-        if not isinstance(seal, str) or seal != manifest_digest(data):
-            raise RomaError(f"{path} was changed after the build wrote it (its {MANIFEST_SEAL} does not match "
-                            "its contents)" if seal else f"{path} has no {MANIFEST_SEAL}",
-                            hint="recompile the build (roma compile --force); a build's manifest is not edited "
-                                 "by hand")
-    return data
-
-
-def _header_dims(path: Path) -> dict[str, int]:
-    """The model dimensions a build's roma_model.h was generated with (the constexpr ints of header.py)."""
-    try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise RomaError(f"{path} is {path.stat().st_size} bytes, not a generated header", hint="recompile the build")
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise RomaError(f"cannot read {path}: {e.strerror or e}", hint="recompile the build") from None
-    dims: dict = {k: int(v) for k, v in re.findall(r"constexpr int (\w+) = (-?\d+);", text)}
-    for k, v in re.findall(r"constexpr float (ROPE_THETA|RMS_EPS) = ([-+0-9.eE]+|inf|nan)f;", text):
-        dims[k] = float(np.float32(float(v)))
-    for k, v in re.findall(r"constexpr bool (TIED_EMBEDDINGS) = (true|false);", text):
-        dims[k] = v == "true"
-    return dims
-
-
-HEADER_DIMS = {"N_LAYERS": "n_layers", "DIM": "dim", "FFN_DIM": "ffn_dim", "N_HEADS": "n_heads",
-               "N_KV_HEADS": "n_kv_heads", "HEAD_DIM": "head_dim", "KV_DIM": "kv_dim", "VOCAB": "vocab_size",
-               "CONTEXT": "context_length"}
-
-
-def _plain_name(name) -> bool:
-    return (isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and "\0" not in name
-            and not name.startswith(".") and len(name) <= 255)
-
-
-def _whole(v, lo: int = 0) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def check_manifest(manifest: dict, build_dir: str | Path) -> ModelConfig:
-    """The build's ModelConfig, after checking the manifest's structure (see the module docstring) and, when the
-    folder holds it, that roma_model.h was generated for that config. RomaError naming the first fault."""
-    build_dir = Path(build_dir)
-    where = build_dir / MANIFEST
-    hint = "recompile the build (roma compile --force)"
-
-    def bad(what: str):
-        return RomaError(f"{where}: {what}", hint=hint)
-
-    for key in ("model", "quantization", "tensors", "files", "norms"):
-        if not isinstance(manifest.get(key), dict):
-            raise bad(f"'{key}' is missing or not an object")
-    config = ModelConfig.from_dict(manifest["model"].get("config"), f"{where}: model.config")
-    files = manifest["files"]
-    for name, entry in files.items():
-        if not _plain_name(name):
-            raise bad(f"the file name {name!r} is not a plain file name inside the build folder")
-        if (not isinstance(entry, dict) or not _whole(entry.get("bytes"))
-                or not isinstance(entry.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])):
-            raise bad(f"the entry of file {name} is not {{sha256, bytes}}")
-
-    def listed(name, what: str) -> str:
-        if not isinstance(name, str) or name not in files:
-            raise bad(f"{what} names the file {name!r}, which the manifest's files do not list")
-        return name
-
-    tensors = manifest["tensors"]
-    want = tensor_names(config)
-    missing = [n for n in want if n not in tensors]
-    extra = [n for n in tensors if n not in want]
-    if missing or extra:
-        raise bad(f"its tensors do not fit its config of {config.n_layers} layers "
-                  f"({'missing ' + missing[0] if missing else 'unexpected ' + str(extra[0])})")
-    shapes = linear_shapes(config)
-    ddr = manifest.get("ddr")
-    if ddr is not None and (not isinstance(ddr, dict) or not _whole(ddr.get("words"), 1)):
-        raise bad("'ddr' is not an object with its word count")
-    if ddr is not None:
-        listed(ddr.get("file"), "ddr")
-    for name in want:
-        e = tensors[name]
-        key = _split(name)
-        shape = list(shapes[key[1]]) if key else [config.vocab_size, config.dim]
-        if not isinstance(e, dict):
-            raise bad(f"tensor {name}'s entry is not an object")
-        if e.get("shape") != shape:
-            raise bad(f"tensor {name} has shape {e.get('shape')!r}, but the config needs {shape}")
-        if e.get("bits") not in SUPPORTED_BITS or e.get("group") not in SUPPORTED_GROUPS or \
-                not isinstance(e.get("scales"), str) or e["scales"] not in SCALE_BITS or not _whole(e.get("tiles"), 1):
-            raise bad(f"tensor {name} has an unsupported bits/group/scales/tiles entry")
-        if is_ddr(e):
-            if ddr is None or e.get("image") != ddr.get("file") or not _whole(e.get("ddr_offset")) \
-                    or not _whole(e.get("ddr_words"), 1) or e["ddr_offset"] + e["ddr_words"] > ddr["words"]:
-                raise bad(f"tensor {name} streams from DDR but its slice of the DDR image is malformed")
-        elif e.get("image") != f"{name}.bin" or e.get("init") != f"{name}.dat":
-            raise bad(f"tensor {name} names the images {e.get('image')!r} / {e.get('init')!r}, not its own "
-                      f"{name}.bin / {name}.dat")
-        else:
-            listed(e["image"], f"tensor {name}")
-    norms = manifest["norms"]
-    layout = norms.get("layout")
-    names = [n for i in range(config.n_layers) for n in (f"blk.{i}.attn_norm", f"blk.{i}.ffn_norm")] + ["output_norm"]
-    if not isinstance(layout, list) or len(layout) != len(names) or any(
-            not isinstance(x, dict) or x.get("name") != n or x.get("offset") != i * config.dim
-            or x.get("length") != config.dim for i, (x, n) in enumerate(zip(layout, names))):
-        raise bad("the norms' layout does not fit the config")
-    norm_file = listed(norms.get("file"), "norms")
-    if files[norm_file]["bytes"] != 4 * config.dim * len(names):
-        raise bad(f"the norms file is {files[norm_file]['bytes']} bytes, but the config needs "
-                  f"{4 * config.dim * len(names)}")
-    lora = manifest.get("lora")
-    if lora is not None:
-        if not isinstance(lora, dict) or isinstance(lora.get("scale"), bool) or \
-                not isinstance(lora.get("scale"), (int, float)) or not math.isfinite(lora["scale"]):
-            raise bad("'lora' is not an object with a finite scale")
-        listed(lora.get("file"), "lora")
-    kv_onchip = manifest.get("kv_onchip")
-    if kv_onchip is not None and (not isinstance(kv_onchip, dict) or not _whole(kv_onchip.get("tokens"), 1)
-                                  or kv_onchip["tokens"] > config.context_length):
-        raise bad("'kv_onchip' is not an object with a token count within the context")
-    header = listed(manifest.get("header"), "header")
-    if (build_dir / header).is_file():
-        dims = _header_dims(build_dir / header)
-        want = {macro: getattr(config, attr) for macro, attr in HEADER_DIMS.items()}
-        want.update({"ROPE_THETA": float(np.float32(config.rope_theta)), "RMS_EPS": float(np.float32(config.rms_eps)),
-                     "TIED_EMBEDDINGS": bool(config.tied_embeddings),
-                     "KV_ONCHIP_CTX": kv_onchip["tokens"] if kv_onchip else 0})
-        for macro, value in want.items():
-            attr = HEADER_DIMS.get(macro, macro.lower())
-            if dims.get(macro) != value:
-                raise bad(f"its config says {attr} = {value}, but {header} was generated with "
-                          f"{macro} = {dims.get(macro)}")
-    return config
 
 
 def _prepare_out_dir(out_dir: Path, identity: str, force: bool) -> None:
@@ -302,7 +93,7 @@ def _is_build_file(name: str) -> bool:
 
 
 def _plan_name(name: str) -> str:
-    key = _split(name)
+    key = split_name(name)
     if key:
         return f"layers.{key[0]}.{key[1]}"
     return "token_embedding" if name == EMBEDDING else "output"
@@ -310,10 +101,6 @@ def _plan_name(name: str) -> str:
 
 def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, per_tensor_groups: dict,
           lora_rank: int, ddr, kv_onchip: int = 0, scales: str = "fp16"):
-    try:
-        from .plan import make_plan
-    except ImportError:  # the planner is optional for building images; the manifest says so
-        return None
     plan = make_plan(config, board, bits=bits, group=group, per_tensor_bits=per_tensor_bits,
                      per_tensor_groups=per_tensor_groups, lora_rank=lora_rank, ddr=ddr,
                      kv_tokens=kv_onchip or None, scales=scales)
@@ -330,20 +117,13 @@ def _kv_onchip_entry(plan: dict | None, kv_onchip: int) -> dict | None:
             "uram": kv["uram"]}
 
 
-def is_ddr(entry: dict) -> bool:
-    """Whether a manifest tensor entry streams from DDR (its image is a slice of ddr_weights.bin)."""
-    from .plan import DDR_STREAM
-
-    return entry.get("placement") == DDR_STREAM
-
-
 def write_ddr_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Path], dict | None]:
     """Write the DDR tensors' `images` ({name: BromImage}, in this order) as ddr_weights.bin and point their
     manifest entries at it; returns ([its path], the manifest's "ddr" entry), or ([], None) without any."""
     if not images:
         (Path(out_dir) / DDR_FILE).unlink(missing_ok=True)
         return [], None
-    words, layout = brom.ddr_image(images)
+    words, layout = ddr_image(images)
     path = Path(out_dir) / DDR_FILE
     path.write_bytes(words.astype("<u4").tobytes())
     for name, (offset, n) in layout.items():
@@ -351,9 +131,9 @@ def write_ddr_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Pa
         tensors[name].update({"tiles": img.tiles, "rom_bytes": 0, "ddr_bytes": 4 * n, "image": DDR_FILE,
                               "ddr_offset": offset, "ddr_words": n, "init": None, "image_sha256": img.sha256()})
     return [path], {"file": DDR_FILE, "words": int(words.size), "crc32": int(words[3]),
-                    "layout": f"brom.py DDR image version {brom.DDR_VERSION}: fp16 tiles in blocks of "
-                              f"{brom.DDR_BLOCK_STEPS} steps, planes then scale|minimum<<16 words; q8 tiles: row "
-                              f"exponents, then blocks of {brom.DDR_Q8_BLOCK_STEPS} steps, planes then two steps' "
+                    "layout": f"ddr_image.py DDR image version {DDR_VERSION}: fp16 tiles in blocks of "
+                              f"{DDR_BLOCK_STEPS} steps, planes then scale|minimum<<16 words; q8 tiles: row "
+                              f"exponents, then blocks of {DDR_Q8_BLOCK_STEPS} steps, planes then two steps' "
                               "params per word",
                     "tensors": list(layout)}
 
@@ -377,9 +157,6 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     sensitivity: measure_sensitivity(...) computed earlier at this group (benchmarks reuse both across builds).
     fail_after: testing hook; raise after writing that tensor's image (shows the manifest is written last).
     """
-    from .. import __version__
-    from .boards import get_board
-
     t0 = time.time()
     if method not in METHODS:
         raise RomaError(f"unknown quantization method '{method}'", hint=f"choose one of {', '.join(METHODS)}")
@@ -393,17 +170,14 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         model = load_model(model)
     config = model.config
     if ddr:  # a unit the model does not have is refused before anything is written
-        from .plan import check_ddr_units, parse_ddr_units
-
         check_ddr_units(parse_ddr_units(ddr), config)
-    from .plan import check_kv_onchip  # a KV longer than the context or too big for the board, likewise
-
+    # a KV longer than the context or too big for the board, likewise
     check_kv_onchip(config, board_obj, kv_onchip, lora_rank=lora_rank)
     out_dir = Path(out_dir)
     identity = model.identity()
     _prepare_out_dir(out_dir, identity, force)
     w = model.weights
-    linears = [n for n in tensor_names(config) if _split(n)]
+    linears = [n for n in tensor_names(config) if split_name(n)]
     # Per tensor, the largest supported group up to --group that divides its rows (576 at G128 -> 64).
     groups = {n: effective_group(_tensor(w, n).shape[1], group) for n in linears}
     fallback = {_tensor(w, n).shape[1]: g for n, g in groups.items() if g != group}
@@ -415,15 +189,11 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     # Hessians of it; GPTAQ fits each linear on it sequentially (calibrate.quantize_sequentially).
     calib_windows = None
     if method != "rtn" or bits_budget is not None:
-        from .corpus import token_windows
-
         calib_windows = token_windows(model, "calibration", calib_tokens, calib_window)
     needs_hessians = method == "gptq" or (bits_budget is not None and sensitivity is None)
     if not needs_hessians:
         hessians = None
     elif hessians is None:
-        from .calibrate import collect_hessians
-
         hessians = collect_hessians(model, windows=calib_windows, progress=progress)
 
     # (width, group) per linear: the default, or the mixed-precision assignment under the budget.
@@ -435,7 +205,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         kl, cost = {}, {}
         for n in linears:
             rows, cols = _tensor(w, n).shape
-            priced = sensitivity[_split(n)]["settings"]
+            priced = sensitivity[split_name(n)]["settings"]
             kl[n] = {s: e["kl"] for s, e in priced.items()}
             cost[n] = (rows * cols, {s: storage_bits_per_weight(s[0], s[1], cols, scales) for s in priced})
         choice = assign_settings(kl, cost, bits_budget)
@@ -455,13 +225,11 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     def quantize_linear(name: str, target=None, h=None) -> np.ndarray:
         """Quantize one linear (with its LoftQ LoRA when asked) to fit target (its own weights when None) on
         inputs with Hessian h (None: RTN); returns the weights the build computes with, base plus LoRA."""
-        t, key = _tensor(w, name), _split(name)
+        t, key = _tensor(w, name), split_name(name)
         b, g = choice[name]
         m = method if h is not None else "rtn"
         source = t if target is None else target
         if lora_rank > 0:
-            from .loftq import loftq
-
             # with calibration, the low-rank step weights the error by the inputs (loftq.py)
             q, a, bb = loftq(as_float(source), lambda x: quantize_tensor(x, b, g, m, h, name, scales)[0],
                              lora_rank, loftq_iters, hessian=h)
@@ -475,21 +243,19 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         return effective
 
     if method == "gptaq":
-        from .calibrate import quantize_sequentially
-
         quantize_sequentially(model, calib_windows, lambda key, target, h: quantize_linear(
             f"blk.{key[0]}.{key[1]}", target, h), progress)
     for name in _progress(tensor_names(config), "quantizing", progress):
         t = _tensor(w, name)
-        if _split(name) is None:
+        if split_name(name) is None:
             q, how_of[name] = quantize_tensor(t, embedding_bits, embedding_group(t), "rtn", None, name)
             quantized[name] = q
         elif name not in quantized:
-            quantize_linear(name, h=hessians[_split(name)] if method == "gptq" else None)
+            quantize_linear(name, h=hessians[split_name(name)] if method == "gptq" else None)
         q = quantized[name]
         tensors[name] = {"shape": list(q.shape), "bits": q.bits, "group": q.group, "scales": q.scale_format,
                          "method": how_of[name], "bits_per_weight": q.bits_per_weight}
-        key = _split(name)
+        key = split_name(name)
         if bits_budget is not None and key is not None:
             entry = sensitivity[key]
             tensors[name]["sensitivity"] = {"reference": entry["reference"], "settings": {
@@ -510,11 +276,11 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     for name in _progress(tensor_names(config), "packing", progress):
         q = quantized[name]
         n_tiles = 1  # the planner does not fold tensors into tiles yet
-        img = brom.pack(q, tiles=n_tiles, name=name)
+        img = pack(q, tiles=n_tiles, name=name)
         if is_ddr(tensors[name]):
             ddr_images[name] = img
         else:
-            paths = brom.write_image(img, out_dir, name)
+            paths = write_image(img, out_dir, name)
             files += paths
             tensors[name].update({"tiles": n_tiles, "rom_bytes": img.rom_bytes, "image": paths[0].name,
                                   "init": paths[1].name, "image_sha256": img.sha256()})
@@ -532,8 +298,6 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         files.append(out_dir / LORA_FILE)
 
     header = out_dir / HEADER_FILE
-    from .header import render_header
-
     header.write_text(render_header(config, tensors, bits=bits, group=group, context=config.context_length,
                                     lora_rank=lora_rank, board=board_obj.name if hasattr(board_obj, "name")
                                     else str(board), model_sha256=identity, ddr=ddr_entry, kv_onchip=kv_entry))
@@ -595,9 +359,6 @@ def measure_sensitivity(model: LoadedModel, group: int, hessians, tokens: int = 
                         progress: bool = False, scales: str = "fp16") -> dict:
     """mixed.measure_sensitivity with the compiler's quantizer, RTN with the scale search weighted by the
     Hessian diagonal (calibrated, and far cheaper than GPTQ), over mixed_settings of every linear."""
-    from .corpus import token_windows
-    from .mixed import measure_sensitivity as measure
-
     w = model.weights
 
     def quantize(li, lin, b, g):
@@ -607,20 +368,8 @@ def measure_sensitivity(model: LoadedModel, group: int, hessians, tokens: int = 
     settings = {(li, lin): mixed_settings(t.shape[1], group)
                 for li, layer in enumerate(w.layers) for lin, t in layer.linears().items()}
     windows = token_windows(model, "calibration", tokens, window)
-    return measure(model, quantize, hessians, windows, settings,
+    return measure_mixed_sensitivity(model, quantize, hessians, windows, settings,
                    progress=lambda it: _progress(it, "sensitivity", progress))
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _write_norms(w: ModelWeights, config: ModelConfig, out_dir: Path) -> tuple[dict, list[Path]]:
@@ -645,8 +394,6 @@ def _write_norms(w: ModelWeights, config: ModelConfig, out_dir: Path) -> tuple[d
 
 
 def _write_lora(factors, out_dir: Path, rank: int, iters: int) -> dict:
-    from safetensors.numpy import save_file
-
     arrays = {}
     for (layer, name), (a, b) in sorted(factors.items()):
         arrays[f"blk.{layer}.{name}.lora_a"] = np.ascontiguousarray(a, np.float16)
@@ -656,79 +403,3 @@ def _write_lora(factors, out_dir: Path, rank: int, iters: int) -> dict:
             "targets": sorted({name for _, name in factors})}
 
 
-# --- reading a build back ------------------------------------------------------------------------------------
-
-
-def verify_build(build_dir: str | Path) -> dict:
-    """The manifest, after checking every listed file's size and sha256 (RomaError naming a bad file)."""
-    build_dir = Path(build_dir)
-    if not build_dir.is_dir():
-        raise RomaError(f"no build folder at {build_dir}")
-    manifest = read_manifest(build_dir)
-    if manifest is None:
-        raise RomaError(f"{build_dir} holds no {MANIFEST}; it is not a complete build",
-                        hint="compile it with roma compile --out " + str(build_dir))
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise RomaError(f"{build_dir}: build format version {manifest.get('format_version')} is not "
-                        f"{FORMAT_VERSION}", hint="recompile the build")
-    check_manifest(manifest, build_dir)
-    for name, entry in manifest["files"].items():
-        verify_file(build_dir / name, entry)
-    return manifest
-
-
-def verify_file(path: Path, entry: dict) -> None:
-    """RomaError naming `path` unless it exists with the size and sha256 of its manifest `entry`."""
-    if not path.is_file():
-        raise RomaError(f"build file {path} is missing", hint="recompile the build")
-    if path.stat().st_size != entry["bytes"] or sha256_files([path]) != entry["sha256"]:
-        raise RomaError(f"build file {path} is corrupt (its sha256 does not match the manifest)",
-                        hint="recompile the build")
-
-
-def load_build(build_dir: str | Path, verify: bool = True):
-    """(LoadedModel with the build's quantized weights, LoraAdapter or None)."""
-    from ..golden import LoraAdapter
-
-    build_dir = Path(build_dir)
-    manifest = verify_build(build_dir) if verify else read_manifest(build_dir)
-    if manifest is None:
-        raise RomaError(f"{build_dir} holds no {MANIFEST}; it is not a complete build")
-    config = check_manifest(manifest, build_dir)
-    tensors = manifest["tensors"]
-    ddr_words = brom.read_ddr_image(build_dir / DDR_FILE) if manifest.get("ddr") else None
-
-    def matrix(name: str) -> QuantizedMatrix:
-        e = tensors[name]
-        if is_ddr(e):
-            words = ddr_words[e["ddr_offset"]: e["ddr_offset"] + e["ddr_words"]]
-            rows, cols = e["shape"]
-            return brom.unpack(brom.ddr_unpack(words, e["bits"], e["group"], rows, cols, e["tiles"],
-                                               scales=e["scales"]))
-        return brom.unpack(brom.read_image(build_dir / e["image"]))
-
-    norms = np.frombuffer((build_dir / manifest["norms"]["file"]).read_bytes(), dtype="<f4").astype(np.float32)
-    norm = {e["name"]: norms[e["offset"]:e["offset"] + e["length"]].copy() for e in manifest["norms"]["layout"]}
-    layers = []
-    for i in range(config.n_layers):
-        layers.append(LayerWeights(attn_norm=norm[f"blk.{i}.attn_norm"], ffn_norm=norm[f"blk.{i}.ffn_norm"],
-                                   **{lin: matrix(f"blk.{i}.{lin}") for lin in LayerWeights.LINEAR}))
-    weights = ModelWeights(token_embedding=matrix(EMBEDDING), output_norm=norm["output_norm"],
-                           output=matrix(OUTPUT) if OUTPUT in tensors else None, layers=layers)
-    check_weights(build_dir, config, weights)
-    loaded = LoadedModel(config, weights, build_dir, "build", {"roma.build": manifest})
-    lora = None
-    if manifest.get("lora"):
-        from safetensors.numpy import load_file
-
-        entry = manifest["lora"]
-        arrays = load_file(str(build_dir / entry["file"]))
-        factors = {}
-        for key in arrays:
-            if key.endswith(".lora_a"):
-                base = key[: -len(".lora_a")]
-                layer, name = _split(base)
-                factors[(layer, name)] = (arrays[key].astype(np.float32),
-                                          arrays[base + ".lora_b"].astype(np.float32), float(entry["scale"]))
-        lora = LoraAdapter(factors)
-    return loaded, lora

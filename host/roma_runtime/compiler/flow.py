@@ -1,10 +1,10 @@
-"""Parameters of the bitstream flow (bitstreams/Makefile), resolved from boards.json and the device driver.
+"""Parameters of the bitstream flow (bitstreams/Makefile), resolved from the board facts and the core's VLNV.
 
     python -m roma_runtime.compiler.flow params --board kv260     KEY=value lines (make evaluates them)
     python -m roma_runtime.compiler.flow boards                   the known boards, one a line
 
 The Makefile asks this module rather than keeping a second copy of the board data: part, clock and family
-come from boards.json (compiler/boards.py), the IP's VLNV from device/hwh.py (the VLNV the driver binds to).
+come from boards.json (artifact/boards.py), the IP's VLNV from artifact/hwh.py (the VLNV the driver binds to).
 Values never contain spaces, so make can split the output on whitespace. An unknown board exits with status 2
 and the list of known boards on stderr.
 
@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..artifact import hwh
+from ..artifact.boards import Board, get_board, load_boards
 from ..errors import RomaError
-from .boards import Board, get_board, load_boards
 
 TOOL_VERSION = "2024.1"  # the Vitis HLS / Vivado / v++ release the scripts are written for
 
@@ -61,8 +62,6 @@ def _num(v: float) -> str:
 
 def params(name: str) -> dict[str, str]:
     """The flow's parameters of one board (KEY -> value, no spaces)."""
-    from ..device import hwh
-
     b = get_board(name)
     flow = flow_of(b)
     out = {

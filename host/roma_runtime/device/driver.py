@@ -39,11 +39,14 @@ from pathlib import Path
 import numpy as np
 from pynq import DefaultIP, Overlay
 
+from ..artifact import ddr_image as ddr_format
+from ..artifact import hwh as hwh_mod
+from ..artifact.build import MANIFEST, read_manifest, verify_file
+from ..artifact.interface import AP_DONE, AP_START, CTRL, load_constants, load_interface
 from ..errors import RomaError
-from . import hwh as hwh_mod
-from .interface import AP_DONE, AP_START, CTRL, load_constants, load_interface
+from ..golden.sampler import OnChipParams
+from ..model.config import ModelConfig
 
-MANIFEST = "manifest.json"
 # the identity of a build: a bitstream serves only the model and quantization it was built for
 QUANT_KEYS = ("bits", "group", "method", "embedding_bits", "bits_budget", "lora_rank")
 
@@ -103,8 +106,6 @@ def check_manifest(bitfile: str | Path, expect=None) -> dict:
                             f"({name}; {diff})",
                             hint="build the bitstream for this build (make -C bitstreams), or use the "
                                  "build it was made for")
-    from ..compiler.build import read_manifest
-
     read_manifest(path.parent)  # its seal: the manifest was not edited after the build wrote it
     return have
 
@@ -442,8 +443,6 @@ def _sampler_registers(sampling):
         return SAMPLE_OFF, 1.0, 0, 1.0, 0.0, 1.0, 0
     if isinstance(sampling, str) and sampling == "greedy":
         return SAMPLE_GREEDY, 1.0, 0, 1.0, 0.0, 1.0, 0
-    from ..golden.sampler import OnChipParams
-
     p = sampling if isinstance(sampling, OnChipParams) else OnChipParams.from_sampling(sampling)
     mode = SAMPLE_GREEDY if p.greedy else SAMPLE_RANDOM
     return (mode, float(p.inv_temperature), int(p.top_k), float(p.top_p), float(p.min_p), float(p.penalty),
@@ -457,16 +456,13 @@ def read_ddr_image(folder: Path, manifest: dict) -> np.ndarray | None:
     entry = manifest.get("ddr")
     if not entry:
         return None
-    from ..compiler import brom
-    from ..compiler.build import verify_file
-
     path = Path(folder) / entry["file"]
     files = manifest.get("files") or {}
     if entry["file"] not in files:
         raise RomaError(f"the build manifest lists no checksum for its DDR weight image {path}",
                         hint="recompile the build")
     verify_file(path, files[entry["file"]])
-    return brom.read_ddr_image(path)
+    return ddr_format.read_ddr_image(path)
 
 
 class RomaOverlay(Overlay):
@@ -484,8 +480,6 @@ class RomaOverlay(Overlay):
         if not names:
             raise RomaError(f"{bitfile_name} has no {hwh_mod.VLNV} IP")
         self.core_name = names[0]
-        from ..model.config import ModelConfig
-
         model = self.manifest.get("model")
         self.config = ModelConfig.from_dict(model.get("config") if isinstance(model, dict) else None,
                                             f"{Path(bitfile_name).parent / MANIFEST}: model.config")

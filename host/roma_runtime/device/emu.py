@@ -36,10 +36,10 @@ import numpy as np
 from pynq.buffer import PynqBuffer
 from pynq.pl_server.device import Device
 
+from ..artifact import hwh as hwh_mod
+from ..artifact.interface import (AP_DONE, AP_IDLE, AP_READY, AP_START, AUTO_RESTART, CTRL, IP_IER, IP_ISR, Interface,
+                                  load_interface)
 from ..errors import RomaError
-from . import hwh as hwh_mod
-from .interface import (AP_DONE, AP_IDLE, AP_READY, AP_START, AUTO_RESTART, CTRL, IP_IER, IP_ISR, Interface,
-                        load_interface)
 
 EMU_FORMAT = "roma-emu-overlay"
 PAGE = 4096

@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..artifact.interface import HLS_DIR
 from ..cpu import cpu_flags
 from ..errors import RomaError
-from .interface import HLS_DIR
+from ..tempfiles import clean_stale, temp_path
 
 LIBRARY = "libroma_core.so"
 MODEL_HEADER = "roma_model.h"
@@ -79,8 +80,6 @@ def build_library(build_dir: str | Path, *, hls_dir: str | Path = HLS_DIR, cache
     if not (hls_dir / "Makefile").is_file():
         raise RomaError(f"no Makefile in {hls_dir}", hint="the HLS sources are part of the repository")
     out.parent.mkdir(parents=True, exist_ok=True)
-    from ..tempfiles import clean_stale, temp_path
-
     clean_stale(out.parent)  # what a compile killed half-way (SIGKILL) left: never loaded, removed now
     tmp = temp_path(out)
     cmd = [make, "-C", str(hls_dir), "emu", f"MODEL_BUILD={build_dir}", f"OUT={tmp}"]

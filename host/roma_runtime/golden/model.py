@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import RomaError
 from ..model.loader import LoadedModel
-from ..model.weights import QuantizedMatrix, as_float
+from ..model.weights import LoraAdapter, QuantizedMatrix, as_float
 from .numerics import PreparedMatrix, quantized_matmul
 
 MODES = ("quant", "float")
@@ -81,7 +81,7 @@ STAGES = (("attn_in", ("wq", "wk", "wv")), ("attn_out", ("wo",)), ("ffn_in", ("w
 
 def transformer_block(c, attn_norm, ffn_norm, xs: list[np.ndarray], ropes, context, stage) -> list[np.ndarray]:
     """One LLaMA block over several sequences (residual streams xs, each [T, dim]), stage by stage: the golden
-    forward runs it on one sequence, calibration (compiler/calibrate.py) on many windows at once.
+    forward runs it on one sequence, calibration (compiler/quantization/calibrate.py) on many windows at once.
 
     stage(kind, names, inputs) -> {name: [output per sequence]} computes a stage's linears once every sequence's
     input to it is ready (calibration fits them on those inputs); ropes: (cos, sin) per sequence;
@@ -105,26 +105,6 @@ def transformer_block(c, attn_norm, ffn_norm, xs: list[np.ndarray], ropes, conte
     gate_up = stage(*STAGES[2], hs)
     mids = [silu(g) * u for g, u in zip(gate_up["w_gate"], gate_up["w_up"])]
     return [x + d for x, d in zip(xs, stage(*STAGES[3], mids)["w_down"])]
-
-
-class LoraAdapter:
-    """LoRA factors per (layer index, linear name): y += scale * B (A x), A [r, in], B [out, r], fp32.
-
-    Q/K factors are in GGUF row order, like the base weights they adapt.
-    """
-
-    def __init__(self, factors: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, float]]):
-        self.factors = {key: (np.asarray(a, np.float32), np.asarray(b, np.float32), float(s))
-                        for key, (a, b, s) in factors.items()}
-
-    def delta(self, key: tuple[int, str], x: np.ndarray) -> np.ndarray | None:
-        f = self.factors.get(key)
-        if f is None:
-            return None
-        a, b, s = f
-        # fp64 products rounded to fp32: the same on every BLAS kernel (fp32 sums would follow its order)
-        ax = (np.asarray(x, np.float64) @ a.T).astype(np.float32)
-        return (ax.astype(np.float64) @ b.T).astype(np.float32) * np.float32(s)
 
 
 class GoldenModel:

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..device.interface import HLS_DIR, load_constants
+from ..artifact.interface import HLS_DIR, load_constants
 
 MASK64 = (1 << 64) - 1
 _CORE = load_constants()  # roma_core.h: the sampler instance the core synthesizes

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from ..errors import RomaError
+
 # Bounds on what a config may state. They are far above any model the accelerator targets (SmolLM2-135M:
 # 30 layers, width 576, 49,152 tokens of vocabulary, 8,192 of context) and below what would make a buffer
 # sized from them absurd (a KV cache of MAX_CONTEXT positions of SmolLM2 is 24 GB).
@@ -55,8 +57,6 @@ class ModelConfig:
         """RomaError (prefixed by `where`, the file it came from) unless every dimension is a whole number
         within its bound, the heads divide the width, and the RoPE base and norm epsilon are positive and
         finite. Returns self."""
-        from ..errors import RomaError
-
         pre = f"{where}: " if where else ""
         hint = "the model file is damaged or describes a model this runtime does not run"
         for key, bound in _BOUNDS.items():
@@ -95,8 +95,6 @@ class ModelConfig:
     def from_dict(cls, d, where: str | None = None) -> "ModelConfig":
         """The config a file recorded with to_dict (a build manifest, a session file), checked: RomaError for
         anything but an object with exactly these keys (head_dim optional, and consistent) and valid values."""
-        from ..errors import RomaError
-
         pre = f"{where}: " if where else ""
         if not isinstance(d, dict):
             raise RomaError(f"{pre}the model config must be an object, not {type(d).__name__}")
@@ -111,3 +109,11 @@ class ModelConfig:
             raise RomaError(f"{pre}the model config's head_dim {d['head_dim']!r} is not dim / n_heads "
                             f"({config.head_dim})")
         return config
+
+
+def linear_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(out, in) of each of the 7 linears of a block (LayerWeights.LINEAR names)."""
+    d, kv, f = config.dim, config.kv_dim, config.ffn_dim
+    q = config.n_heads * config.head_dim
+    return {"wq": (q, d), "wk": (kv, d), "wv": (kv, d), "wo": (d, q),
+            "w_gate": (f, d), "w_up": (f, d), "w_down": (d, f)}

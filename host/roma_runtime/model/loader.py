@@ -1,14 +1,14 @@
-"""Load LLaMA-family models from GGUF files or Hugging Face folders into `LoadedModel`.
+"""Load LLaMA-family models from GGUF files, Hugging Face folders or build folders into `LoadedModel`.
 
 GGUF weights keep their stored form (Q4_0/Q4_1/Q8_0 as quantized matrices, bit for bit). Hugging Face
 checkpoints are float; their Q and K rows are permuted into GGUF order on import, as llama.cpp's converter
-does, so that a single RoPE implementation (adjacent pairs) serves both sources.
+does, so that a single RoPE implementation (adjacent pairs) serves both sources. A build folder (what the
+compiler writes) is read and verified by artifact/build.py; its weights are the quantized images.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import math
@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ..artifact.build import read_build, sha256_files
 from ..errors import RomaError
-from .config import ModelConfig
+from .config import ModelConfig, linear_shapes
 from .safetensors_io import read_safetensors
 from .weights import LayerWeights, ModelWeights, QuantizedMatrix, Tensor
 
@@ -38,9 +39,9 @@ class LoadedModel:
     config: ModelConfig
     weights: ModelWeights
     source: Path
-    format: str  # "gguf", "hf" or "build" (compiler.build.load_build)
+    format: str  # "gguf", "hf" or "build" (load_build)
     metadata: dict[str, Any] = field(default_factory=dict)  # GGUF key/values (tokenizer.*, general.*)
-    # A build's quantization-compensating LoRA (golden LoraAdapter), part of its base: the engine always applies it.
+    # A build's quantization-compensating LoRA (LoraAdapter), part of its base: the engine always applies it.
     compensation: Any = None
 
     def identity(self) -> str:
@@ -55,16 +56,6 @@ class LoadedModel:
 def model_files(path: Path) -> list[Path]:
     """The file(s) that hold a model's weights: a GGUF file, or a Hugging Face folder's *.safetensors."""
     return [path] if path.is_file() else sorted(path.glob("*.safetensors"))
-
-
-def sha256_files(files) -> str:
-    """One sha256 over the contents of `files`, in order, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_model_path(model: str | Path) -> Path:
@@ -110,12 +101,16 @@ def load_model(model: str | Path = DEFAULT_MODEL) -> LoadedModel:
     format "build", metadata["roma.build"] = its manifest)."""
     kind, path = locate_model(model)
     if kind == "build":
-        from ..compiler.build import load_build
-
-        model, compensation = load_build(path)
-        model.compensation = compensation
-        return model
+        return load_build(path)
     return _load_hf(path) if kind == "hf" else _load_gguf(path)
+
+
+def load_build(build_dir: str | Path, verify: bool = True) -> LoadedModel:
+    """A build folder's model: its quantized weights (checksums verified unless not verify), format "build",
+    metadata["roma.build"] = its manifest, and its compensating LoRA (LoraAdapter) as .compensation."""
+    manifest, config, weights, compensation = read_build(build_dir, verify)
+    check_weights(build_dir, config, weights)
+    return LoadedModel(config, weights, Path(build_dir), "build", {"roma.build": manifest}, compensation)
 
 
 def build_source(build: str | Path | LoadedModel) -> tuple[str, Path]:
@@ -181,14 +176,6 @@ def _real(value, what: str) -> float:
         raise RomaError(f"{what} must be a finite number, not {value!r}",
                         hint="the model file is damaged or not a LLaMA model this runtime reads")
     return float(value)
-
-
-def linear_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
-    """(out, in) of each of the 7 linears of a block (LayerWeights.LINEAR names)."""
-    d, kv, f = config.dim, config.kv_dim, config.ffn_dim
-    q = config.n_heads * config.head_dim
-    return {"wq": (q, d), "wk": (kv, d), "wv": (kv, d), "wo": (d, q),
-            "w_gate": (f, d), "w_up": (f, d), "w_down": (d, f)}
 
 
 def check_tensor(where, name: str, t: Tensor, shape: tuple[int, ...]) -> Tensor:

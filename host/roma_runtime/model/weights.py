@@ -5,7 +5,7 @@ bits with an fp16 scale and an fp16 minimum per group: w = scale * code + minimu
 bits=4, group=32; Q4_0 and Q8_0 are the same form with minimum = -8*scale and -128*scale (exact in fp16,
 a power-of-two multiple), so all three import without re-quantization.
 
-`scale_format` is how the ROM stores the scales and minimums (compiler/quantize.py): "fp16" as they are, or
+`scale_format` is how the ROM stores the scales and minimums (compiler/quantization/quantize.py): "fp16" as they are, or
 "q8", 8-bit steps of a power of two shared by the row (only values on that grid are allowed).
 """
 
@@ -128,3 +128,23 @@ class ModelWeights:
     @property
     def lm_head(self) -> Tensor:
         return self.token_embedding if self.output is None else self.output
+
+
+class LoraAdapter:
+    """LoRA factors per (layer index, linear name): y += scale * B (A x), A [r, in], B [out, r], fp32.
+
+    Q/K factors are in GGUF row order, like the base weights they adapt.
+    """
+
+    def __init__(self, factors: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, float]]):
+        self.factors = {key: (np.asarray(a, np.float32), np.asarray(b, np.float32), float(s))
+                        for key, (a, b, s) in factors.items()}
+
+    def delta(self, key: tuple[int, str], x: np.ndarray) -> np.ndarray | None:
+        f = self.factors.get(key)
+        if f is None:
+            return None
+        a, b, s = f
+        # fp64 products rounded to fp32: the same on every BLAS kernel (fp32 sums would follow its order)
+        ax = (np.asarray(x, np.float64) @ a.T).astype(np.float32)
+        return (ax.astype(np.float64) @ b.T).astype(np.float32) * np.float32(s)

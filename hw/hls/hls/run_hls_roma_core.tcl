@@ -1,5 +1,5 @@
 # Vitis HLS (2024.1): the top roma_core for one build folder (`roma compile` output), exported as the IP the
-# runtime's driver binds to (VLNV roma-fpga.org:hls:roma_core:1.0, host/roma_runtime/device/hwh.py).
+# runtime's driver binds to (VLNV roma-fpga.org:hls:roma_core:1.0, host/roma_runtime/artifact/hwh.py).
 #
 #   ROMA_PART=... ROMA_CLOCK_NS=... ROMA_WORK=... ROMA_BUILD=<build folder> [ROMA_HLS_TARGET=vivado|vitis]
 #   [ROMA_CSIM_DATA=<gen_roma_core.py folder>] [ROMA_DEFINES="-DROMA_DATAPATH=DspMac ..."]

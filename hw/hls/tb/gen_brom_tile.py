@@ -4,9 +4,9 @@
 
 OUT_DIR/cases.txt lists one case per line: `name bits group rows cols tiles tokens scales` (scales: the ROM's
 scale format, fp16 or q8). Per case:
-    name.bin        the ROM image (roma_runtime.compiler.brom.write_image; the tb loads it like C simulation)
+    name.bin        the ROM image (roma_runtime.artifact.brom_image.write_image; the tb loads it like C simulation)
     name.fp16.bin   q8 cases: the same matrix with fp16 scales (the tb's reference for the q8 decode)
-    name.ddr.u32    the same tensor in the DDR image layout (brom.ddr_words: what ddr_weights.bin holds)
+    name.ddr.u32    the same tensor in the DDR image layout (ddr_image.ddr_words: what ddr_weights.bin holds)
     name.x.f32      activations fp32 [tokens, cols]
     name.xq.i8      golden int8 activations [tokens, cols]
     name.ascale.f32 golden activation scales [tokens, groups]
@@ -32,8 +32,10 @@ ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT / "host") not in sys.path:
     sys.path.insert(0, str(ROOT / "host"))
 
-from roma_runtime.compiler import brom  # noqa: E402
-from roma_runtime.compiler.quantize import Q8_EXP_MAX, Q8_EXP_MIN, quantize_rtn  # noqa: E402
+from roma_runtime.artifact import brom_image as brom  # noqa: E402
+from roma_runtime.artifact import ddr_image  # noqa: E402
+from roma_runtime.artifact.brom_image import Q8_EXP_MAX, Q8_EXP_MIN  # noqa: E402
+from roma_runtime.compiler.quantization.quantize import quantize_rtn  # noqa: E402
 from roma_runtime.golden import numerics  # noqa: E402
 from roma_runtime.model.weights import QuantizedMatrix  # noqa: E402
 
@@ -101,7 +103,7 @@ def write_case(out: Path, name: str, qm: QuantizedMatrix, x: np.ndarray, tiles: 
     img = brom.pack(qm, tiles, name)
     brom.write_image(img, out, name)
     (out / f"{name}.dat").unlink()  # the tb loads the .bin, as C simulation does
-    brom.ddr_words(img).astype("<u4").tofile(out / f"{name}.ddr.u32")
+    ddr_image.ddr_words(img).astype("<u4").tofile(out / f"{name}.ddr.u32")
     if qm.scale_format == "q8":  # the golden model and the fp16 twin take the values q8 stores
         stored = brom.unpack(img)
         qm = QuantizedMatrix(stored.codes, stored.scales, stored.minimums, qm.bits, qm.group)
@@ -131,7 +133,7 @@ def write_case(out: Path, name: str, qm: QuantizedMatrix, x: np.ndarray, tiles: 
 def write_cases(out: Path, random: bool = True, model: bool = True, model_tokens: int = 4) -> list[str]:
     """Write the random cases and/or the SmolLM2 case into `out`; returns the lines of cases.txt.
 
-    The model case needs the SmolLM2 package (roma_runtime.model.load_model raises RomaError without it).
+    The model case needs the SmolLM2 package (roma_runtime.model.loader.load_model raises RomaError without it).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +163,7 @@ def write_cases(out: Path, random: bool = True, model: bool = True, model_tokens
         lines.append(write_case(out, f"q8_b{bits}_g{group}_r{r}", qm, random_activations(rng, group, c), t))
     if model:
         from roma_runtime.golden.model import rms_norm
-        from roma_runtime.model import load_model
+        from roma_runtime.model.loader import load_model
 
         loaded = load_model("smollm2-135m")
         wq = loaded.weights.layers[0].wq

@@ -1,6 +1,6 @@
 """Golden data for tb_kernels.cpp (RMSNorm, RoPE, SwiGLU, residual add, embedding, attention, fp32->fp16),
 written by the Python golden model: roma_runtime.golden.model (rms_norm, rope_tables, apply_rope, silu,
-GoldenModel.forward) and QuantizedMatrix.dequantize / compiler.brom. Nothing here re-implements a kernel:
+GoldenModel.forward) and QuantizedMatrix.dequantize / artifact.brom_image. Nothing here re-implements a kernel:
 golden values come from those functions, or from GoldenModel.forward itself (hooked by subclassing `linear`
 to capture layer 0's activations, or to inject random q/k/v into its attention).
 
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT / "host") not in sys.path:
     sys.path.insert(0, str(ROOT / "host"))
 
-from roma_runtime.compiler import brom  # noqa: E402
+from roma_runtime.artifact import brom_image as brom  # noqa: E402
 from roma_runtime.golden import model as golden  # noqa: E402
 from roma_runtime.model.config import ModelConfig  # noqa: E402
 from roma_runtime.model.loader import LoadedModel  # noqa: E402
@@ -255,7 +255,7 @@ def write_cases(out: Path, random: bool = True, model: bool = True) -> list[str]
         lines.append(case_embed(out, "rand_emb_b3_g64", qm, 3, [0, 7, 8, 15, 16, 23, 5]))
         lines.append(random_attention(out, rng))
     if model:
-        from roma_runtime.model import load_model
+        from roma_runtime.model.loader import load_model
         from roma_runtime.tokenizer import Tokenizer
 
         loaded = load_model("smollm2-135m")

@@ -30,7 +30,8 @@ if str(ROOT / "host") not in sys.path:
     sys.path.insert(0, str(ROOT / "host"))
 
 from roma_runtime import lora  # noqa: E402
-from roma_runtime.model.config import ModelConfig  # noqa: E402
+from roma_runtime.artifact.lora_image import ENTRY_BYTES, HEADER_BYTES  # noqa: E402
+from roma_runtime.model.config import ModelConfig, linear_shapes  # noqa: E402
 
 SHAPES = {  # name -> (config, the unit's MAX_RANK in tb_lora_unit.cpp, tokens per apply)
     "tiny": (ModelConfig("tiny-lora", 2, 32, 48, 4, 2, 100, 64, 10000.0, 1e-5, True), 8, 4),
@@ -56,7 +57,7 @@ def _save(out: Path, name: str, arr, dtype) -> None:
 
 def make_packed(shape: str, name: str, dtype: str, scale_dtype: str, slot_rank: int, ranks, rng):
     config = SHAPES[shape][0]
-    shapes = lora.linear_shapes(config)
+    shapes = linear_shapes(config)
     factors = {}
     for (layer, lin), r in ranks.items():
         out_dim, in_dim = shapes[lin]
@@ -68,7 +69,7 @@ def make_packed(shape: str, name: str, dtype: str, scale_dtype: str, slot_rank: 
 
 
 def _entry(e: int) -> int:
-    return lora.HEADER_BYTES + e * lora.ENTRY_BYTES
+    return HEADER_BYTES + e * ENTRY_BYTES
 
 
 def write_cases(out: Path, seed: int = 1) -> list[str]:
@@ -112,7 +113,7 @@ def write_cases(out: Path, seed: int = 1) -> list[str]:
 
     for shape, slot, name, p in applies:
         config, _, t = SHAPES[shape]
-        shapes = lora.linear_shapes(config)
+        shapes = linear_shapes(config)
         golden = p.to_golden()  # the stored factors, as the unit holds them
         for layer in range(config.n_layers):
             for j, lin in enumerate(lora.LINEAR):

@@ -48,22 +48,25 @@ def _mixed_build(hf: Path, out: Path):
     tensors."""
     import json
 
-    from roma_runtime.compiler import brom
-    from roma_runtime.compiler.build import DDR_FILE, compile_model, is_ddr, load_build, write_ddr_image, write_manifest
-    from roma_runtime.compiler.header import render_header
-    from roma_runtime.compiler.quantize import quantize_tensor
-    from roma_runtime.model import load_model
+    from roma_runtime.artifact import brom_image as brom
+    from roma_runtime.artifact import ddr_image
+    from roma_runtime.artifact.build import DDR_FILE, is_ddr
+    from roma_runtime.compiler.build import compile_model, write_ddr_image, write_manifest
+    from roma_runtime.model.loader import load_build
+    from roma_runtime.artifact.model_header import render_header
+    from roma_runtime.compiler.quantization.quantize import quantize_tensor
+    from roma_runtime.model.loader import load_model
     from roma_runtime.model.weights import as_float
 
     model = load_model(hf)
     compile_model(model, out, bits=4, group=32, progress=False, force=True, ddr=DDR_UNITS)
     man = json.loads((out / "manifest.json").read_text())
     tensors = man["tensors"]
-    words = brom.read_ddr_image(out / DDR_FILE)
+    words = ddr_image.read_ddr_image(out / DDR_FILE)
     images = {}
     for name, e in tensors.items():  # the DDR tensors as compiled, in the image's order
         if is_ddr(e):
-            images[name] = brom.ddr_unpack(words[e["ddr_offset"]: e["ddr_offset"] + e["ddr_words"]], e["bits"],
+            images[name] = ddr_image.ddr_unpack(words[e["ddr_offset"]: e["ddr_offset"] + e["ddr_words"]], e["bits"],
                                            e["group"], *e["shape"], e["tiles"], scales=e["scales"])
     layer1 = model.weights.layers[1]
     for lin in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
@@ -83,15 +86,16 @@ def _mixed_build(hf: Path, out: Path):
     onchip.mkdir(exist_ok=True)
     (onchip / "roma_model.h").write_text(render_header(**header, kv_onchip={"tokens": KV_CAPACITY, "placement": "URAM"}))
     write_manifest(out, man)  # sealed again: this is the build's writer, not a hand edit
-    loaded, _ = load_build(out, verify=False)
+    loaded = load_build(out, verify=False)
     return loaded
 
 
 def _adapter(model, rng):
     from roma_runtime import lora
+    from roma_runtime.model.config import linear_shapes
 
     c = model.config
-    shapes = lora.linear_shapes(c)
+    shapes = linear_shapes(c)
     factors = {}
     for (layer, name, r) in [(0, "wq", 4), (0, "wv", 8), (1, "wo", 3), (1, "w_gate", 5), (0, "w_down", 6),
                              (1, "wk", 2), (1, "w_up", 4)]:

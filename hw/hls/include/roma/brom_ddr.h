@@ -1,7 +1,7 @@
 // ROMA-FPGA DDR-streamed B-ROM tiles: the GEMV of a tensor the placement plan puts in DDR ("DDR-stream"),
 // reading its tile words through the core's `ddr_weights` m_axi port instead of ROM banks.
 //
-// Image (written only by host/roma_runtime/compiler/brom.py, ddr_image; its module docstring has the layout):
+// Image (written only by host/roma_runtime/artifact/ddr_image.py; its module docstring has the layout):
 //   4 header words [DDR_MAGIC, DDR_VERSION, words, CRC-32 of the rest], then the DDR tensors at the word
 //   offsets roma_model.h gives (DDR_*). A tensor is its TILES tiles one after another; a tile is its B-ROM
 //   tile's words in the ROM's step order (step = g*ROWS + r), cut into blocks of BLOCK_STEPS steps, by the
@@ -50,7 +50,7 @@
 
 namespace roma {
 
-constexpr uint32_t DDR_MAGIC = 0x52444452u;    // "RDDR" (brom.py DDR_MAGIC)
+constexpr uint32_t DDR_MAGIC = 0x52444452u;    // "RDDR" (artifact/ddr_image.py DDR_MAGIC)
 constexpr uint32_t DDR_VERSION = 1;
 constexpr int DDR_HEADER_WORDS = 4;             // magic, version, words, CRC-32
 constexpr int DDR_BLOCK_STEPS = 4;              // fp16 steps per block: their scale|minimum words are one beat

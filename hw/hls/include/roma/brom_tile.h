@@ -6,7 +6,7 @@
 // (already int8-quantized by act_quant.h, with one fp32 scale per group) is broadcast to every tile; each
 // tile emits finished outputs y[r] = sum_g a_scale[g] * (d[r,g]*dot[r,g] + m[r,g]*xsum[g]).
 //
-// ROM word layout (written only by host/roma_runtime/compiler/brom.py, layout 1):
+// ROM word layout (written only by host/roma_runtime/artifact/brom_image.py, layout 1):
 //   NG = COLS/GROUP groups, LANES = GROUP/32, WPS = BITS*LANES words per (group, row) step.
 //   planes[((g*ROWS + r)*BITS + p)*LANES + l]  bit j = bit p of code[r, g*GROUP + 32*l + j]
 //   the scale ROM, two uint16 arrays `prm` and `aux`, by ScaleFormat:
@@ -56,12 +56,12 @@
 
 namespace roma {
 
-// How a tile's ROM stores the scales and minimums (compiler/brom.py's header field 60, roma_model.h SCALES_*).
+// How a tile's ROM stores the scales and minimums (artifact/brom_image.py's header field 60, roma_model.h SCALES_*).
 enum class ScaleFormat : int {
   Fp16 = 0, // d and m as fp16, per (group, row)
   Q8 = 1    // 8-bit steps per (group, row) and two power-of-two exponents per row
 };
-constexpr int Q8_EXP_MIN = -24, Q8_EXP_MAX = 8; // compiler/quantize.py: 2^-24 is fp16's smallest step
+constexpr int Q8_EXP_MIN = -24, Q8_EXP_MAX = 8; // artifact/brom_image.py: 2^-24 is fp16's smallest step
 typedef uint16_t scale_word_t;                  // a scale ROM entry (fp16 bits, or a q8 pair)
 
 // The fp16 bit pattern of code * 2^(exp_biased + Q8_EXP_MIN): code an 8-bit step count, unsigned (0..255) or

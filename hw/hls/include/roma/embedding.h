@@ -1,6 +1,6 @@
 // ROMA-FPGA embedding lookup: one row of the ROM token-embedding matrix -> fp32, w = d*q + m.
 //
-// Layout decision: the B-ROM image layout of brom_tile.h (layout 1, written by compiler/brom.py), not a
+// Layout decision: the B-ROM image layout of brom_tile.h (layout 1, written by artifact/brom_image.py), not a
 // separate row-major image. Reasons:
 //   - SmolLM2 (like most small LLaMAs) ties the LM head to the token embedding: with one layout the same ROM
 //     banks serve both the lm-head GEMV (brom_tile_gemv) and this lookup, so the 49152x576 matrix is stored

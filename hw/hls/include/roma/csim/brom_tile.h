@@ -3,7 +3,7 @@
 //   brom_tile_gemv_csim     brom_tile_gemv straight from the ROM words, rows in parallel (OpenMP)
 //   brom_tile_gemv_packed   the emulated board's GEMV over codes repacked once at load (AVX-512 VNNI or a
 //                           portable loop), bit-identical to both synthesis datapaths (tb_brom_tile checks it)
-//   load_brom_image         a NAME.bin ROM image written by roma_runtime.compiler.brom.write_image
+//   load_brom_image         a NAME.bin ROM image written by roma_runtime.artifact.brom_image.write_image
 #ifndef ROMA_CSIM_BROM_TILE_H
 #define ROMA_CSIM_BROM_TILE_H
 #ifdef __SYNTHESIS__
@@ -309,7 +309,7 @@ inline uint32_t le32(const unsigned char *p) {
   return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
-// Returns "" on success, else a message naming the file. Layout: see brom.py (72-byte header, payload).
+// Returns "" on success, else a message naming the file. Layout: see artifact/brom_image.py (72-byte header, payload).
 inline std::string load_brom_image(const std::string &path, BromImageHost &img) {
   FILE *f = std::fopen(path.c_str(), "rb");
   if (!f) return "cannot open ROM image " + path;

@@ -1,6 +1,6 @@
 """Footprint check: what the synthesized top declares for one build, read from its compiled synthesis path.
 
-    python -m roma_runtime.compiler.footprint BUILD [--board NAME] [--json]
+    python -m roma_runtime.compiler.placement.footprint BUILD [--board NAME] [--json]
     make -C hw/hls footprint BUILD=...
 
 No AMD tool runs here, so the proof of fit comes from the code Vitis HLS would read: hw/hls/roma_core.cpp is
@@ -48,11 +48,11 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import RomaError
-from .boards import get_board
+from ...artifact.boards import get_board
+from ...artifact.interface import HLS_DIR
+from ...errors import RomaError
 from .plan import BRAM_SHAPES, URAM_SHAPES, _shape_cost
 
-HLS_DIR = Path(__file__).resolve().parents[1] / "hls"  # hw/hls, linked into the package
 PLAN_TOLERANCE = 0.05  # issue 19: the object's totals may differ from the plan's by at most 5%
 BUDGET = 0.8  # plan.py's default share of BRAM/URAM (timing closure)
 # A bank this shallow without a BIND_STORAGE is counted as LUTRAM, not BRAM (FINN's MVAU estimate: a weight memory
@@ -685,7 +685,7 @@ def render(rep: dict, top: int = 30) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m roma_runtime.compiler.footprint",
+    ap = argparse.ArgumentParser(prog="python -m roma_runtime.compiler.placement.footprint",
                                  description="what roma_core declares for a build, read from its compiled "
                                              "synthesis path, against the board's budget and the build's plan")
     ap.add_argument("build", help="a build folder (roma compile --out)")

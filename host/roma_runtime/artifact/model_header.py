@@ -1,6 +1,6 @@
 """The generated C++ header of a build: the model's and the hardware's dimensions as constexpr for the HLS
 kernels (roma_model.h). Per-tensor bit widths, groups, scale formats (SCALES_*: 0 fp16, 1 q8; see
-compiler/quantize.py) and tile counts go in as arrays indexed by layer.
+compiler/quantization/quantize.py) and tile counts go in as arrays indexed by layer.
 
 Also generated for the top (hw/hls/roma_core.cpp):
 - ROPE_INV_FREQ: the RoPE inverse frequencies as exact fp32 hex literals, computed like golden rope_tables;
@@ -25,7 +25,7 @@ import numpy as np
 
 from ..model.config import ModelConfig
 from ..model.weights import LayerWeights
-from .brom import SCALE_FORMATS
+from .brom_image import SCALE_FORMATS
 
 
 def _ident(text: str) -> str:
@@ -124,7 +124,7 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               "", "}  // namespace roma_model", "",
               "// the memory the on-chip KV array binds to (the plan's reservation; unused without one)",
               f"#define ROMA_KV_ONCHIP_IMPL {_kv_impl(kv_onchip)}", "", "#endif  // ROMA_MODEL_H", "",
-              "// Synthesis: one ROM tensor per block (see the module doc of compiler/header.py); outside the",
+              "// Synthesis: one ROM tensor per block (see the module doc of artifact/model_header.py); outside the",
               "// include guard: the top includes this header again with ROMA_ROM_DEFINE set.",
               "#ifdef ROMA_ROM_DEFINE"]
     roms = [(i, li, f"blk.{i}.{lin}") for i in range(c.n_layers) for li, lin in enumerate(LayerWeights.LINEAR)]

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import RomaError
-from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS, as_float
+from ...errors import RomaError
+from ...model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS, as_float
+from .calibrate import LayerwiseForward
 from .quantize import effective_group, output_error
 
 REFERENCE_BITS = 3
@@ -55,7 +56,6 @@ def measure_sensitivity(model, quantize, hessians, windows: list[list[int]], set
     quantize(layer, linear, bits, group) -> QuantizedMatrix; hessians[(layer, linear)]: X^T X of its inputs;
     settings: (layer, linear) -> the (bits, group) to price (bits 8 is lossless and not quantized).
     """
-    from .calibrate import LayerwiseForward
 
     fw = LayerwiseForward(model, windows)
     layers = model.config.n_layers

@@ -103,17 +103,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..errors import RomaError
-from ..model.config import ModelConfig
-from ..model.weights import ROW_SCALE_BITS, SCALE_BITS, storage_bits_per_weight
-from .boards import Board, get_board
+from ...artifact.boards import Board, get_board
+from ...artifact.build import BRAM_ROM, DDR_STREAM, URAM_LOAD_ONCE
+from ...errors import RomaError
+from ...model.config import ModelConfig
+from ...model.weights import ROW_SCALE_BITS, SCALE_BITS, storage_bits_per_weight
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_GROUPS = (32, 64, 128)
 LINEAR = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 LORA_DTYPES = ("fp16", "int8")
 
-BRAM_ROM, URAM_LOAD_ONCE, DDR_STREAM = "BRAM-ROM", "URAM-load-once", "DDR-stream"
 PLACEMENTS = (BRAM_ROM, URAM_LOAD_ONCE, DDR_STREAM)
 
 # (data width, depth, cost in BRAM36 tiles): RAMB36 aspect ratios, then RAMB18 halves.
@@ -183,7 +183,7 @@ class TensorPlan:
     placement: str = DDR_STREAM
     bram36: float = 0.0  # blocks this tensor adds to its bank (see "banks" in the module docstring)
     uram: float = 0.0
-    scales: str = "fp16"  # how the scales and minimums are stored (compiler/quantize.py)
+    scales: str = "fp16"  # how the scales and minimums are stored (compiler/quantization/quantize.py)
 
     def memories(self) -> list[tuple[tuple, int]]:
         """(bank, words) of each memory the tensor fills: groups of a matrix (codes with their scale and

@@ -25,7 +25,8 @@ from itertools import chain, zip_longest
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import RomaError
+from ...errors import RomaError
+from ...tokenizer import Tokenizer
 
 SPLITS = ("calibration", "evaluation")
 DISTILL_TEXTS = ("stdlib", "stdlib+torch")  # roma finetune --distill-text
@@ -202,8 +203,6 @@ def encoder_for(model):
     has_tokenizer = bool(model.metadata.get("tokenizer.ggml.tokens")) or (
         Path(model.source).is_dir() and (Path(model.source) / "tokenizer.json").is_file())
     if has_tokenizer:
-        from ..tokenizer import Tokenizer
-
         tok = Tokenizer.from_model(model)
         return lambda text: list(tok.encode(text, add_special=False))
     vocab = model.config.vocab_size

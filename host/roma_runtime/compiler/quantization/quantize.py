@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import RomaError
-from ..model.weights import SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, QuantizedMatrix, Tensor, as_float
+from ...artifact.brom_image import q8_exponents
+from ...errors import RomaError
+from ...model.weights import SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, QuantizedMatrix, Tensor, as_float
 
 METHODS = ("rtn", "gptq", "gptaq")  # gptaq: GPTQ calibrated sequentially and asymmetrically (build.py)
 # Calibration tokens by method. GPTAQ estimates an input-by-input drift map from the text and overfits on little
@@ -37,7 +38,6 @@ METHODS = ("rtn", "gptq", "gptaq")  # gptaq: GPTQ calibrated sequentially and as
 CALIB_TOKENS = {"rtn": 4096, "gptq": 4096, "gptaq": 32768}
 SCALE_FORMATS = tuple(SCALE_BITS)  # fp16, q8
 FP16_MAX = 65504.0
-Q8_EXP_MIN, Q8_EXP_MAX = -24, 8  # 2^-24 is fp16's smallest step; 255 * 2^8 stays below FP16_MAX
 
 
 def validate(bits: int, group: int, cols: int | None = None, name: str = "tensor", scales: str = "fp16") -> None:
@@ -78,20 +78,6 @@ def _check_weights(w: np.ndarray, name: str) -> np.ndarray:
     if np.abs(w).max(initial=0.0) > FP16_MAX / 2:
         raise RomaError(f"{name}: weights exceed the fp16 range of the group scales and minimums")
     return w
-
-
-def q8_exponents(d: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The smallest per-row exponents (over the last axis, kept) whose 8-bit grids hold every d (unsigned,
-    up to 255 steps) and m (signed, -128..127 steps) of the row."""
-    def exponent(need):  # need: the step each value asks for; the row takes the largest
-        need = np.max(need, axis=-1, keepdims=True)
-        with np.errstate(divide="ignore"):
-            e = np.ceil(np.log2(np.where(need > 0, need, 1.0)))
-        return np.clip(np.where(need > 0, e, Q8_EXP_MIN), Q8_EXP_MIN, Q8_EXP_MAX).astype(np.int32)
-
-    d = np.asarray(d, np.float64)
-    m = np.asarray(m, np.float64)
-    return exponent(d / 255), exponent(np.maximum(-m / 128, m / 127))
 
 
 def on_q8_grid(x: np.ndarray, exp: np.ndarray, lo: int, hi: int) -> np.ndarray:

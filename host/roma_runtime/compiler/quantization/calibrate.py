@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..golden import GoldenModel
-from ..golden.model import rms_norm, rope_tables, transformer_block
-from ..model.loader import LoadedModel
-from ..model.weights import as_float
-from ..progress import with_progress
+from ...golden import GoldenModel
+from ...golden.model import rms_norm, rope_tables, transformer_block
+from ...model.loader import LoadedModel
+from ...model.weights import as_float
+from ...progress import with_progress
 from .corpus import token_windows
+from .loftq import damped
 
 # Which shared input each linear reads.
 INPUT_OF = {"wq": "attn_in", "wk": "attn_in", "wv": "attn_in", "wo": "attn_out",
@@ -125,7 +126,6 @@ def drift_correction(hessian: np.ndarray, drift: np.ndarray) -> np.ndarray:
     W C^T H^-1, written W + W (C - H)^T (H + damping)^-1 so that the damping shrinks only the drift correction
     and the target is exactly W where the inputs agree. hessian: H = X_q^T X_q; drift: C - H = X_q^T (X_f - X_q).
     One M serves every linear that reads the same inputs."""
-    from .loftq import damped
 
     return np.linalg.solve(damped(hessian), drift).T
 

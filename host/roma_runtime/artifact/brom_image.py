@@ -1,4 +1,4 @@
-"""The B-ROM packer: the only writer (and the reference reader) of ROM images.
+"""The B-ROM image format: the only writer (and the reference reader) of ROM images.
 
 A ROM image holds one quantized weight matrix (`QuantizedMatrix`: rows x cols, b-bit unsigned codes, an fp16
 scale d and an fp16 minimum m per row and group of G inputs, w = d*q + m) in the layout the HLS B-ROM tile
@@ -23,7 +23,7 @@ Bit-plane words (layout 1, "group-major bit-planes")
     Within a 32-bit lane word, nibble k (bits 4k..4k+3) covers codes 4k..4k+3 of that lane: the LUT-select
     datapath uses it directly as the index of a 16-entry subset-sum table of 4 activations.
 
-Scales and minimums, by the matrix's scale format (compiler/quantize.py; the values are fp16 in both)
+Scales and minimums, by the matrix's scale format (compiler/quantization/quantize.py; the values are fp16 in both)
     fp16: fp16 bit patterns as uint16, one scale and one minimum per (g, r), in the same group-major order:
           index = g * R + r.
     q8:   d = sd * 2^ed, m = sm * 2^em with an unsigned 8-bit sd and a signed 8-bit sm per (g, r) and the
@@ -66,25 +66,6 @@ and likewise, fp16: ROMA_BROM_SCALES / ROMA_BROM_MINIMUMS for uint16_t arrays [T
 ROMA_BROM_PARAMS for uint16_t [TILES][NG*R] and ROMA_BROM_EXPONENTS for uint16_t [TILES][R]. A q8 .dat also
 defines the macro ROMA_BROM_DAT_Q8 whenever it is included, so that an includer (hw/hls/roma_rom_define.h)
 can tell the formats apart in the preprocessor; the fp16 .dat is as it was before q8.
-
-DDR image ddr_weights.bin (the tensors the placement plan streams from DDR; roma_core reads it through its
-`ddr_weights` m_axi port, hw/hls/include/roma/brom_ddr.h). Little-endian uint32 words:
-    word 0 magic 0x52444452 ("RDDR"), 1 version (1), 2 words in the image (header included),
-    3 CRC-32 (zlib) of the words after the header
-    then the DDR tensors, one after another at the word offsets the manifest and roma_model.h give. A tensor
-    is its tiles one after another; a tile is the words of its B-ROM tile in the ROM's step order (step
-    s = g * R + r), cut into blocks:
-    fp16 (blocks of DDR_BLOCK_STEPS = 4 steps):
-        block b: the plane words of steps 4b..4b+3 (b * L each, in the ROM's (p, l) order),
-                 then one word per step: scale | minimum << 16
-    q8: first the tile's R row exponents, two per word (row 2i in the low half, 2i+1 in the high half),
-        padded with zero words to a multiple of 4 words; then blocks of DDR_Q8_BLOCK_STEPS = 8 steps:
-        block b: the plane words of steps 8b..8b+7, then 4 words, word k: params of step 8b+2k
-                 | params of step 8b+2k+1 << 16
-    The last block's missing steps are zero words. The GEMV reads a tile in one sequential pass (q8: the
-    exponents into a local array of R entries first), and each block's 4 scale words are one 128-bit beat
-    after their steps' planes, so the stream needs no buffer for them. Every tile is a multiple of 4 words
-    and the header is 4, so tensors and tiles start on 16-byte (128-bit beat) boundaries.
 """
 
 from __future__ import annotations
@@ -99,23 +80,18 @@ import numpy as np
 
 from ..errors import RomaError
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS, QuantizedMatrix
-from .quantize import Q8_EXP_MAX, Q8_EXP_MIN, q8_exponents
 
 MAGIC = b"ROMABROM"
 VERSION = 1
 LAYOUT_GROUP_MAJOR = 1
 WORD_BITS = 32
-DDR_MAGIC = 0x52444452  # b"RDDR" little-endian
-DDR_VERSION = 1
-DDR_HEADER_WORDS = 4
-DDR_BLOCK_STEPS = 4  # fp16: (group, row) steps per block, their 4 scale|minimum words are one 128-bit beat
-DDR_Q8_BLOCK_STEPS = 8  # q8: 8 steps per block, their 16-bit params fill one beat
 SCALE_FORMATS = {"fp16": 0, "q8": 1}  # header field 60 (roma::ScaleFormat)
 # magic, version, header size, bits, group, rows, cols, tiles, word bits, layout, plane words per tile,
 # scale entries per tile, payload crc, header crc, scale format, payload bytes
 _HEADER = struct.Struct("<8s14IQ")
 HEADER_BYTES = _HEADER.size  # 72
-_HINT = "regenerate the ROM images with the compiler (roma compile) from the model"
+Q8_EXP_MIN, Q8_EXP_MAX = -24, 8  # 2^-24 is fp16's smallest step; 255 * 2^8 stays below FP16_MAX
+REBUILD_HINT = "regenerate the ROM images with the compiler (roma compile) from the model"
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,17 +152,31 @@ class BromImage:
         return h.hexdigest()
 
 
-def _check_params(bits: int, group: int, rows: int, cols: int, tiles: int, where: str = "") -> None:
+def check_params(bits: int, group: int, rows: int, cols: int, tiles: int, where: str = "") -> None:
     if bits not in SUPPORTED_BITS:
-        raise RomaError(f"{where}unsupported code width {bits} bits (supported: {SUPPORTED_BITS})", _HINT)
+        raise RomaError(f"{where}unsupported code width {bits} bits (supported: {SUPPORTED_BITS})", REBUILD_HINT)
     if group not in SUPPORTED_GROUPS:
-        raise RomaError(f"{where}unsupported group size {group} (supported: {SUPPORTED_GROUPS})", _HINT)
+        raise RomaError(f"{where}unsupported group size {group} (supported: {SUPPORTED_GROUPS})", REBUILD_HINT)
     if rows <= 0 or cols <= 0 or cols % group:
-        raise RomaError(f"{where}bad matrix shape {rows}x{cols} for group {group}", _HINT)
+        raise RomaError(f"{where}bad matrix shape {rows}x{cols} for group {group}", REBUILD_HINT)
     if tiles <= 0 or rows % tiles:
         raise RomaError(
             f"{where}{rows} rows do not split into {tiles} tiles of equal size",
             f"choose a tile count that divides {rows}")
+
+
+def q8_exponents(d: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest per-row exponents (over the last axis, kept) whose 8-bit grids hold every d (unsigned,
+    up to 255 steps) and m (signed, -128..127 steps) of the row."""
+    def exponent(need):  # need: the step each value asks for; the row takes the largest
+        need = np.max(need, axis=-1, keepdims=True)
+        with np.errstate(divide="ignore"):
+            e = np.ceil(np.log2(np.where(need > 0, need, 1.0)))
+        return np.clip(np.where(need > 0, e, Q8_EXP_MIN), Q8_EXP_MIN, Q8_EXP_MAX).astype(np.int32)
+
+    d = np.asarray(d, np.float64)
+    m = np.asarray(m, np.float64)
+    return exponent(d / 255), exponent(np.maximum(-m / 128, m / 127))
 
 
 def pack(qm: QuantizedMatrix, tiles: int = 1, name: str = "tensor") -> BromImage:
@@ -194,7 +184,7 @@ def pack(qm: QuantizedMatrix, tiles: int = 1, name: str = "tensor") -> BromImage
     minimums in its scale format (qm.scale_format; `name` names the tensor in errors)."""
     rows, cols = qm.shape
     bits, group = qm.bits, qm.group
-    _check_params(bits, group, rows, cols, tiles)
+    check_params(bits, group, rows, cols, tiles)
     if qm.codes.size and int(qm.codes.max()) >= (1 << bits):
         raise RomaError(f"codes exceed {bits} bits; the matrix is not a valid {bits}-bit QuantizedMatrix")
     r, ng, lanes = rows // tiles, cols // group, group // WORD_BITS
@@ -223,7 +213,7 @@ def _q8_codes(qm: QuantizedMatrix, name: str) -> tuple[np.ndarray, np.ndarray, n
     """(sd [rows, NG], sm [rows, NG], ed [rows, 1], em [rows, 1]) of a q8 matrix's fp16 scales and minimums,
     with each row's smallest exponents; RomaError naming the tensor for a value off its row's grid."""
     d, m = qm.scales.astype(np.float64), qm.minimums.astype(np.float64)
-    hint = "quantize with scales='q8' (compiler/quantize.py), which fits the scales and minimums on that grid"
+    hint = "quantize with scales='q8' (compiler/quantization/quantize.py), which fits the scales and minimums on that grid"
     for what, v in (("scale", d), ("minimum", m)):
         if not np.isfinite(v).all():
             row, g = np.argwhere(~np.isfinite(v))[0]
@@ -305,7 +295,7 @@ def dat_text(img: BromImage, name: str) -> bytes:
         arrays = f"scales, minimums: uint16_t [{img.tiles}][{img.params_per_tile}] (fp16 bits, index g*R+r)"
         macros = ("ROMA_BROM_SCALES", "ROMA_BROM_MINIMUMS")
     head = (
-        f"// ROMA B-ROM image '{name}': generated by roma_runtime.compiler.brom from the same arrays as "
+        f"// ROMA B-ROM image '{name}': generated by roma_runtime.artifact.brom_image from the same arrays as "
         f"{name}.bin; do not edit.\n"
         f"// bits={img.bits} group={img.group} rows={img.rows} cols={img.cols} tiles={img.tiles} "
         f"layout={LAYOUT_GROUP_MAJOR} (group-major bit-planes, word index ((g*R+r)*bits+p)*lanes+l)"
@@ -345,43 +335,43 @@ def read_image(path: Path) -> BromImage:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise RomaError(f"cannot read ROM image {path}: {e.strerror}", _HINT) from None
+        raise RomaError(f"cannot read ROM image {path}: {e.strerror}", REBUILD_HINT) from None
     if len(data) < HEADER_BYTES:
         if not data.startswith(MAGIC[: len(data)]) or not data:
-            raise RomaError(f"{path} is not a ROMA B-ROM image (bad magic)", _HINT)
+            raise RomaError(f"{path} is not a ROMA B-ROM image (bad magic)", REBUILD_HINT)
         raise RomaError(f"ROM image {path} is truncated ({len(data)} bytes, header alone is {HEADER_BYTES})",
-                        _HINT)
+                        REBUILD_HINT)
     (magic, version, hbytes, bits, group, rows, cols, tiles, word_bits, layout, pw, pp, pcrc, hcrc, fmt,
      plen) = _HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise RomaError(f"{path} is not a ROMA B-ROM image (bad magic {magic!r})", _HINT)
+        raise RomaError(f"{path} is not a ROMA B-ROM image (bad magic {magic!r})", REBUILD_HINT)
     if version != VERSION or hbytes != HEADER_BYTES:
-        raise RomaError(f"ROM image {path} has format version {version}; this runtime reads {VERSION}", _HINT)
+        raise RomaError(f"ROM image {path} has format version {version}; this runtime reads {VERSION}", REBUILD_HINT)
     zeroed = bytearray(data[:HEADER_BYTES])
     zeroed[56:60] = b"\0\0\0\0"
     if zlib.crc32(bytes(zeroed)) != hcrc:
-        raise RomaError(f"ROM image {path} is corrupt (header checksum mismatch)", _HINT)
+        raise RomaError(f"ROM image {path} is corrupt (header checksum mismatch)", REBUILD_HINT)
     where = f"ROM image {path}: "
-    _check_params(bits, group, rows, cols, tiles, where)
+    check_params(bits, group, rows, cols, tiles, where)
     if word_bits != WORD_BITS or layout != LAYOUT_GROUP_MAJOR:
-        raise RomaError(f"{where}unknown word layout (word bits {word_bits}, layout {layout})", _HINT)
+        raise RomaError(f"{where}unknown word layout (word bits {word_bits}, layout {layout})", REBUILD_HINT)
     formats = {v: k for k, v in SCALE_FORMATS.items()}
     if fmt not in formats:
-        raise RomaError(f"{where}unknown scale format {fmt}", _HINT)
+        raise RomaError(f"{where}unknown scale format {fmt}", REBUILD_HINT)
     scale_format = formats[fmt]
     r, ng, lanes = rows // tiles, cols // group, group // WORD_BITS
     scale_bytes = 2 * pp + 2 * r if scale_format == "q8" else 4 * pp
     if pw != ng * r * bits * lanes or pp != ng * r or plen != tiles * (4 * pw + scale_bytes):
-        raise RomaError(f"{where}header sizes are inconsistent with its shape", _HINT)
+        raise RomaError(f"{where}header sizes are inconsistent with its shape", REBUILD_HINT)
     if len(data) < HEADER_BYTES + plen:
         raise RomaError(f"ROM image {path} is truncated ({len(data)} bytes, expected {HEADER_BYTES + plen})",
-                        _HINT)
+                        REBUILD_HINT)
     if len(data) > HEADER_BYTES + plen:
         raise RomaError(f"ROM image {path} has {len(data) - HEADER_BYTES - plen} unexpected trailing bytes",
-                        _HINT)
+                        REBUILD_HINT)
     payload = data[HEADER_BYTES:]
     if zlib.crc32(payload) != pcrc:
-        raise RomaError(f"ROM image {path} is corrupt (payload checksum mismatch)", _HINT)
+        raise RomaError(f"ROM image {path} is corrupt (payload checksum mismatch)", REBUILD_HINT)
     planes = np.frombuffer(payload, dtype="<u4", count=tiles * pw).reshape(tiles, pw).astype(np.uint32)
     off = 4 * tiles * pw
     first = np.frombuffer(payload, dtype="<u2", count=tiles * pp, offset=off).reshape(tiles, pp).astype(np.uint16)
@@ -389,124 +379,12 @@ def read_image(path: Path) -> BromImage:
     n = r if scale_format == "q8" else pp
     second = np.frombuffer(payload, dtype="<u2", count=tiles * n, offset=off).reshape(tiles, n).astype(np.uint16)
     if scale_format == "q8":
-        _check_q8_exponents(second, where)
+        check_q8_exponents(second, where)
         return BromImage(bits, group, rows, cols, tiles, planes, None, None, "q8", first, second)
     return BromImage(bits, group, rows, cols, tiles, planes, first, second)
 
 
-def _check_q8_exponents(exps: np.ndarray, where: str) -> None:
+def check_q8_exponents(exps: np.ndarray, where: str) -> None:
     """Every biased row exponent lies in 0..Q8_EXP_MAX - Q8_EXP_MIN (the decoder's range)."""
     if ((exps & 0xFF) > Q8_EXP_MAX - Q8_EXP_MIN).any() or ((exps >> 8) > Q8_EXP_MAX - Q8_EXP_MIN).any():
-        raise RomaError(f"{where}a q8 row exponent is out of range (corrupt image)", _HINT)
-
-
-# --- the DDR image --------------------------------------------------------------------------------------------
-
-
-def _ddr_geometry(bits: int, group: int, rows_per_tile: int, cols: int, scales: str) -> tuple[int, int, int, int]:
-    """(prefix words, block steps, blocks, words per block) of one tile in the DDR layout."""
-    if scales not in SCALE_FORMATS:
-        raise RomaError(f"unknown scale format '{scales}' (supported: {', '.join(SCALE_FORMATS)})", _HINT)
-    wps, steps = bits * (group // WORD_BITS), (cols // group) * rows_per_tile
-    q8 = scales == "q8"
-    block_steps = DDR_Q8_BLOCK_STEPS if q8 else DDR_BLOCK_STEPS
-    prefix = -(-rows_per_tile // 8) * 4 if q8 else 0  # R exponents, 2 per word, whole 4-word beats
-    return prefix, block_steps, -(-steps // block_steps), block_steps * wps + 4
-
-
-def ddr_tile_words(bits: int, group: int, rows_per_tile: int, cols: int, scales: str = "fp16") -> int:
-    """Words of one tile in the DDR layout (see the module docstring)."""
-    prefix, _, blocks, block_words = _ddr_geometry(bits, group, rows_per_tile, cols, scales)
-    return prefix + blocks * block_words
-
-
-def _halves(a: np.ndarray, n: int) -> np.ndarray:
-    """uint16 [tiles, k] -> uint32 [tiles, n] words: entry 2i in the low half, 2i+1 in the high, zeros after."""
-    a = np.pad(a.astype(np.uint32), ((0, 0), (0, 2 * n - a.shape[1])))
-    return a[:, 0::2] | (a[:, 1::2] << 16)
-
-
-def ddr_words(img: BromImage) -> np.ndarray:
-    """The image's tiles in the DDR layout: uint32 [tiles * ddr_tile_words]."""
-    wps, steps = img.bits * img.lanes, img.params_per_tile
-    prefix, block_steps, blocks, _ = _ddr_geometry(img.bits, img.group, img.rows_per_tile, img.cols,
-                                                   img.scale_format)
-    pad = blocks * block_steps - steps
-    planes = np.pad(img.planes.reshape(img.tiles, steps, wps), ((0, 0), (0, pad), (0, 0)))
-    planes = planes.reshape(img.tiles, blocks, block_steps * wps)
-    if img.scale_format == "q8":
-        params = _halves(img.params, blocks * 4)
-        head = _halves(img.exponents, prefix)
-    else:
-        params = np.pad(img.scales.astype(np.uint32) | (img.minimums.astype(np.uint32) << 16), ((0, 0), (0, pad)))
-        head = np.zeros((img.tiles, 0), np.uint32)
-    body = np.concatenate([planes, params.reshape(img.tiles, blocks, 4)], axis=2).reshape(img.tiles, -1)
-    return np.concatenate([head, body], axis=1).reshape(-1).astype(np.uint32)
-
-
-def ddr_unpack(words: np.ndarray, bits: int, group: int, rows: int, cols: int, tiles: int,
-               scales: str = "fp16") -> BromImage:
-    """The BromImage of one tensor's words in the DDR layout (the exact inverse of ddr_words)."""
-    _check_params(bits, group, rows, cols, tiles)
-    r = rows // tiles
-    wps, steps = bits * (group // WORD_BITS), (cols // group) * r
-    prefix, block_steps, blocks, block_words = _ddr_geometry(bits, group, r, cols, scales)
-    n = prefix + blocks * block_words
-    words = np.asarray(words, dtype=np.uint32)
-    if words.size != tiles * n:
-        raise RomaError(f"a DDR tensor of {rows}x{cols} at {bits} bits, group {group}, {scales} scales, {tiles} "
-                        f"tiles has {tiles * n} words, not {words.size}", _HINT)
-    t = words.reshape(tiles, n)
-    body = t[:, prefix:].reshape(tiles, blocks, block_words)
-    planes = body[:, :, : block_steps * wps].reshape(tiles, blocks * block_steps, wps)[:, :steps]
-    planes = np.ascontiguousarray(planes.reshape(tiles, -1))
-    params = body[:, :, block_steps * wps:].reshape(tiles, blocks * 4)
-
-    def unhalves(w: np.ndarray, k: int) -> np.ndarray:  # inverse of _halves
-        return np.stack([w & 0xFFFF, w >> 16], axis=-1).reshape(tiles, -1)[:, :k].astype(np.uint16)
-
-    if scales == "q8":
-        exps = unhalves(t[:, :prefix], r)
-        _check_q8_exponents(exps, f"a DDR tensor of {rows}x{cols}: ")
-        return BromImage(bits, group, rows, cols, tiles, planes, None, None, "q8", unhalves(params, steps), exps)
-    params = params[:, :steps]
-    return BromImage(bits, group, rows, cols, tiles, planes, (params & 0xFFFF).astype(np.uint16),
-                     (params >> 16).astype(np.uint16))
-
-
-def ddr_image(images: dict[str, BromImage]) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:
-    """(the whole DDR image, header included, as uint32 words; {name: (word offset, words)}) of `images` in
-    their order."""
-    chunks, layout, offset = [], {}, DDR_HEADER_WORDS
-    for name, img in images.items():
-        w = ddr_words(img)
-        layout[name] = (offset, int(w.size))
-        chunks.append(w)
-        offset += w.size
-    payload = np.concatenate(chunks) if chunks else np.zeros(0, np.uint32)
-    crc = zlib.crc32(payload.astype("<u4").tobytes())
-    header = np.array([DDR_MAGIC, DDR_VERSION, DDR_HEADER_WORDS + payload.size, crc], np.uint32)
-    return np.concatenate([header, payload]), layout
-
-
-def read_ddr_image(path: Path) -> np.ndarray:
-    """Read and verify a DDR image (header, size, checksum); RomaError naming the file on any inconsistency."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise RomaError(f"cannot read the DDR weight image {path}: {e.strerror}", _HINT) from None
-    if len(data) < 4 * DDR_HEADER_WORDS or len(data) % 4:
-        raise RomaError(f"the DDR weight image {path} is truncated ({len(data)} bytes)", _HINT)
-    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-    magic, version, n, crc = (int(v) for v in words[:DDR_HEADER_WORDS])
-    if magic != DDR_MAGIC:
-        raise RomaError(f"{path} is not a ROMA DDR weight image (bad magic 0x{magic:08x})", _HINT)
-    if version != DDR_VERSION:
-        raise RomaError(f"the DDR weight image {path} has format version {version}; this runtime reads "
-                        f"{DDR_VERSION}", _HINT)
-    if n != words.size:
-        raise RomaError(f"the DDR weight image {path} holds {words.size} words, its header says {n}", _HINT)
-    if zlib.crc32(data[4 * DDR_HEADER_WORDS:]) != crc:
-        raise RomaError(f"the DDR weight image {path} is corrupt (payload checksum mismatch)", _HINT)
-    return words
+        raise RomaError(f"{where}a q8 row exponent is out of range (corrupt image)", REBUILD_HINT)

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import RomaError
-from ..golden import GoldenModel
-from ..model.loader import LoadedModel
-from ..progress import with_progress
-from .corpus import CHAT_PROMPTS, token_windows
+from .compiler.quantization.corpus import CHAT_PROMPTS, token_windows
+from .errors import RomaError
+from .finetune import check_adapter_build, includes_compensation
+from .golden import GoldenModel
+from .lora import Adapter, concat, read_peft_adapter
+from .model.loader import LoadedModel, load_build, load_model
+from .progress import with_progress
+from .tokenizer import Tokenizer
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -105,8 +108,6 @@ def chat_sequences(model: LoadedModel, reference: GoldenModel, answer_tokens: in
                    prompts=CHAT_PROMPTS, progress: bool = False) -> list[tuple[list[int], int]]:
     """Chat prompts (the model's template) followed by the reference's greedy answer; [] without a template."""
     try:
-        from ..tokenizer import Tokenizer
-
         tok = Tokenizer.from_model(model)
         if not tok.chat_template:
             return []
@@ -131,9 +132,6 @@ def eval_windows(model: LoadedModel, tokens: int, window: int = 256) -> list[lis
 
 
 def _task_adapter(loaded: LoadedModel, comp, folder, build_dir):
-    from ..finetune import check_adapter_build, includes_compensation
-    from ..lora import Adapter, concat, read_peft_adapter
-
     record = check_adapter_build(folder, build_dir)
     adapter = read_peft_adapter(folder, loaded)
     if comp is not None and not includes_compensation(record):
@@ -149,12 +147,11 @@ def evaluate_build(model: LoadedModel | str, build_dir, tokens: int = 2048, wind
     LoRA, or in its place when it was distilled from it (roma finetune --distill). memo: a dict kept between
     calls against the same reference (its logits and chat answers are computed once). without_lora: the ROM
     base alone, without the build's compensating LoRA."""
-    from ..model.loader import load_model
-    from .build import load_build
 
     if not isinstance(model, LoadedModel):
         model = load_model(model)
-    loaded, comp = load_build(build_dir)
+    loaded = load_build(build_dir)
+    comp = loaded.compensation
     manifest = loaded.metadata["roma.build"]
     if check_identity and manifest["model"]["sha256"] != model.identity():
         raise RomaError(f"the build in {build_dir} was compiled from another model "

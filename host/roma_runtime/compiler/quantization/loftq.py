@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import RomaError
-from ..model.weights import QuantizedMatrix
+from ...errors import RomaError
+from ...model.weights import QuantizedMatrix
 
 Quantizer = Callable[[np.ndarray], QuantizedMatrix]
 
