@@ -83,6 +83,8 @@ constexpr int KV_ONCHIP_CTX = 0;
 #include <string>
 #include <vector>
 
+#include "roma/csim/activation.h"
+#include "roma/csim/attention.h"
 #include "roma/csim/brom_ddr.h"
 #include "roma/csim/brom_tile.h"
 #ifdef _OPENMP
@@ -313,11 +315,17 @@ LAYER_QKV:
     linear<L, L_WV>(h, g_v[i], ddr, a);
     rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i], g_k[i], a.layer);
   }
+#ifdef __SYNTHESIS__
+#define ROMA_ATTENTION_PREFILL attention_prefill
+#else // the emulated board's query (csim/attention.h, bit-identical)
+#define ROMA_ATTENTION_PREFILL attention_prefill_csim
+#endif
   if constexpr (KV_ONCHIP)
-    attention_prefill<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD, KvPlace::OnChip>(
-        g_q, g_k, g_v, start, T, g_kv_chip[L][0], g_kv_chip[L][1], g_att, a.layer, kc, vc);
+    ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD,
+                           KvPlace::OnChip>(g_q, g_k, g_v, start, T, g_kv_chip[L][0], g_kv_chip[L][1], g_att,
+                                            a.layer, kc, vc);
   else
-    attention_prefill<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr>(
+    ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr>(
         g_q, g_k, g_v, start, T, kc, vc, g_att, a.layer);
   float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
 LAYER_FFN:
@@ -327,7 +335,11 @@ LAYER_FFN:
     rms_norm<rm::DIM>(g_x[i], g_norms[2 * L + 1], rm::RMS_EPS, h, a.layer);
     linear<L, L_GATE>(h, gate, ddr, a);
     linear<L, L_UP>(h, up, ddr, a);
+#ifdef __SYNTHESIS__
     swiglu<rm::FFN_DIM>(gate, up, gate, a.layer);
+#else
+    swiglu_csim<rm::FFN_DIM>(gate, up, gate, a.layer); // csim/activation.h: bit-identical
+#endif
     linear<L, L_DOWN>(gate, o, ddr, a);
     residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
   }
