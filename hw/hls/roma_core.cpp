@@ -57,6 +57,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "roma/act_quant.h"
 #include "roma/activation.h"
@@ -105,6 +106,7 @@ constexpr int QDIM = rm::N_HEADS * rm::HEAD_DIM;
 constexpr int MAX_T = PREFILL_CHUNK;
 constexpr int ATT_SIMD = rm::HEAD_DIM % 8 == 0 ? 8 : (rm::HEAD_DIM % 4 == 0 ? 4 : 2);
 constexpr bool KV_ONCHIP = rm::KV_ONCHIP_CTX > 0;
+typedef std::integral_constant<bool, KV_ONCHIP> KvOnChip; // selects overloads: only the build's KV code is instantiated
 static_assert(rm::KV_ONCHIP_CTX >= 0 && rm::KV_ONCHIP_CTX <= rm::CONTEXT, "the on-chip KV fits the context");
 constexpr uint32_t KV_LIMIT = KV_ONCHIP ? rm::KV_ONCHIP_CTX : rm::CONTEXT; // the largest kv_capacity
 constexpr int KV_CHIP_ROWS = KV_ONCHIP ? rm::KV_ONCHIP_CTX : 1;
@@ -163,6 +165,7 @@ struct RomTensor {
   static constexpr int ROWS_ALL = lin_rows(LIN), COLS = lin_cols(LIN), ROWS = ROWS_ALL / TILES;
   static constexpr long long DDR_OFFSET = lin_ddr(L, LIN);
   static constexpr bool DDR = DDR_OFFSET >= 0;
+  typedef std::integral_constant<bool, DDR> InDdr; // selects overloads: only the tier's code is instantiated
   static_assert(ROWS_ALL % TILES == 0, "the tiles must split the rows evenly");
   static_assert(!DDR || (DDR_OFFSET >= DDR_HEADER_WORDS && DDR_OFFSET < rm::DDR_WORDS),
                 "a DDR tensor's offset lies inside the DDR image, past its header");
@@ -173,14 +176,15 @@ struct RomTensor {
   static ROMA_ROM_CONST half_bits_t mins[TILES][C::PARAMS];   // fp16
   static ROMA_ROM_CONST scale_word_t params[TILES][C::PARAMS]; // q8: sd | sm << 8 per (group, row)
   static ROMA_ROM_CONST scale_word_t exps[TILES][ROWS];        // q8: row exponents
-  static ROMA_ROM_CONST auto &prm() {
-    if constexpr (SF == ScaleFormat::Q8) return params;
-    else return scales;
-  }
-  static ROMA_ROM_CONST auto &aux() {
-    if constexpr (SF == ScaleFormat::Q8) return exps;
-    else return mins;
-  }
+  typedef std::integral_constant<bool, SF == ScaleFormat::Q8> IsQ8;
+  static ROMA_ROM_CONST auto &prm() { return by_format(IsQ8(), params, scales); }
+  static ROMA_ROM_CONST auto &aux() { return by_format(IsQ8(), exps, mins); }
+
+private: // the q8 array or the fp16 one, chosen by overload (C++14: no if constexpr on the synthesis path)
+  template <class Q8Array, class Fp16Array>
+  static Q8Array &by_format(std::true_type, Q8Array &q8, Fp16Array &) { return q8; }
+  template <class Q8Array, class Fp16Array>
+  static Fp16Array &by_format(std::false_type, Q8Array &, Fp16Array &fp16) { return fp16; }
 };
 
 #ifdef __SYNTHESIS__
@@ -249,6 +253,22 @@ struct Acct {
   SamplerCycles sampler;
 };
 
+// The tiles of tensor R (TILES*ROWS outputs): streamed from ddr, or from its ROM.
+template <class R>
+void tiles_gemv(std::true_type /*in DDR*/, const act_t xq[R::COLS], const float as[R::COLS / R::GROUP],
+                const rom_word_t *ddr, float *y, acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP],
+                Cycles &cyc) {
+  brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
+      xq, as, ddr + R::DDR_OFFSET, y, probe, xs, cyc);
+}
+template <class R>
+void tiles_gemv(std::false_type /*on chip*/, const act_t xq[R::COLS], const float as[R::COLS / R::GROUP],
+                const rom_word_t *, float *y, acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP],
+                Cycles &cyc) {
+  brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
+      xq, as, R::planes, R::prm(), R::aux(), y, probe, xs, cyc);
+}
+
 // x[COLS] -> y[ROWS_ALL] through tensor (L, LIN): activation quantizer, tiles (ROM, or streamed from ddr),
 // and the LoRA delta when a slot is active and has a factor on this linear.
 template <int L, int LIN>
@@ -262,12 +282,7 @@ void linear(const float *x, float *y, const rom_word_t *ddr, Acct &a) {
   act_quant<R::COLS, R::GROUP>(x, xq, as, cyc);
 #ifdef __SYNTHESIS__
   static acc_t probe[R::TILES][R::C::PARAMS]; // not written (PROBE = false)
-  if constexpr (R::DDR)
-    brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
-        xq, as, ddr + R::DDR_OFFSET, y, probe, xs, cyc);
-  else
-    brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
-        xq, as, R::planes, R::prm(), R::aux(), y, probe, xs, cyc);
+  tiles_gemv<R>(typename R::InDdr(), xq, as, ddr, y, probe, xs, cyc);
 #else
   if constexpr (R::DDR) {
     if (Packed<L, LIN>::ok) {
@@ -301,6 +316,25 @@ void linear(const float *x, float *y, const rom_word_t *ddr, Acct &a) {
     lora_apply<Lora, R::COLS, R::ROWS_ALL>(g_lora, (int)g_active, L, LIN, x, y, a.lora);
 }
 
+#ifdef __SYNTHESIS__
+#define ROMA_ATTENTION_PREFILL attention_prefill
+#else // the emulated board's query (csim/attention.h, bit-identical)
+#define ROMA_ATTENTION_PREFILL attention_prefill_csim
+#endif
+// Layer L's attention over the chunk (g_q, g_k, g_v -> g_att), the KV cache on chip (written through to the DDR
+// rows kc, vc) or in DDR.
+template <int L>
+void attend(std::true_type /*on chip*/, int start, int T, half_bits_t *kc, half_bits_t *vc, LayerCycles &cyc) {
+  ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD,
+                         KvPlace::OnChip>(g_q, g_k, g_v, start, T, g_kv_chip[L][0], g_kv_chip[L][1], g_att, cyc, kc,
+                                          vc);
+}
+template <int L>
+void attend(std::false_type /*in DDR*/, int start, int T, half_bits_t *kc, half_bits_t *vc, LayerCycles &cyc) {
+  ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr>(
+      g_q, g_k, g_v, start, T, kc, vc, g_att, cyc);
+}
+
 // Layer L over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place).
 template <int L>
 void layer(int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
@@ -315,18 +349,7 @@ LAYER_QKV:
     linear<L, L_WV>(h, g_v[i], ddr, a);
     rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i], g_k[i], a.layer);
   }
-#ifdef __SYNTHESIS__
-#define ROMA_ATTENTION_PREFILL attention_prefill
-#else // the emulated board's query (csim/attention.h, bit-identical)
-#define ROMA_ATTENTION_PREFILL attention_prefill_csim
-#endif
-  if constexpr (KV_ONCHIP)
-    ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD,
-                           KvPlace::OnChip>(g_q, g_k, g_v, start, T, g_kv_chip[L][0], g_kv_chip[L][1], g_att,
-                                            a.layer, kc, vc);
-  else
-    ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr>(
-        g_q, g_k, g_v, start, T, kc, vc, g_att, a.layer);
+  attend<L>(KvOnChip(), start, T, kc, vc, a.layer);
   float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
 LAYER_FFN:
   for (int i = 0; i < T; ++i) {
@@ -348,25 +371,29 @@ LAYER_FFN:
 template <int L>
 void layers(int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
   layer<L>(start, T, kv, cap, ddr, a);
-  if constexpr (L + 1 < rm::N_LAYERS) layers<L + 1>(start, T, kv, cap, ddr, a);
+  layers<L + 1>(start, T, kv, cap, ddr, a);
 }
+template <>
+void layers<rm::N_LAYERS>(int, int, half_bits_t *, uint32_t, const rom_word_t *, Acct &) {} // past the last layer
 
 // The embedding row of token `id`, from its ROM or streamed from ddr.
 template <class E>
-void embed(int id, const rom_word_t *ddr, float *out, LayerCycles &cyc) {
-  static_assert(E::SF == ScaleFormat::Fp16, "the embedding lookup (embedding.h) reads fp16 scales only: "
-                                            "compile token_embd with fp16 scales");
-  if constexpr (E::DDR)
-    embedding_row_ddr<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, ddr + E::DDR_OFFSET, out, cyc);
-  else
-    embedding_row<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, E::planes, E::scales, E::mins, out, cyc);
+void embed(std::true_type /*in DDR*/, int id, const rom_word_t *ddr, float *out, LayerCycles &cyc) {
+  embedding_row_ddr<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, ddr + E::DDR_OFFSET, out, cyc);
+}
+template <class E>
+void embed(std::false_type /*on chip*/, int id, const rom_word_t *, float *out, LayerCycles &cyc) {
+  embedding_row<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, E::planes, E::scales, E::mins, out, cyc);
 }
 
 // Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
 void forward(const int32_t *ids, int n, int start, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
   for (int c0 = 0; c0 < n; c0 += MAX_T) {
     const int T = n - c0 < MAX_T ? n - c0 : MAX_T;
-    for (int i = 0; i < T; ++i) embed<RomTensor<0, L_EMBD>>(ids[c0 + i], ddr, g_x[i], a.layer);
+    typedef RomTensor<0, L_EMBD> E;
+    static_assert(E::SF == ScaleFormat::Fp16, "the embedding lookup (embedding.h) reads fp16 scales only: "
+                                              "compile token_embd with fp16 scales");
+    for (int i = 0; i < T; ++i) embed<E>(E::InDdr(), ids[c0 + i], ddr, g_x[i], a.layer);
     layers<0>(start + c0, T, kv, cap, ddr, a);
     if (c0 + T == n) {
       float h[rm::DIM];
@@ -376,8 +403,11 @@ void forward(const int32_t *ids, int n, int start, half_bits_t *kv, uint32_t cap
   }
 }
 
-// CMD_KV_LOAD: rows start..start+n-1 of every layer's keys and values from the DDR buffer into g_kv_chip.
-void kv_load_all(const half_bits_t *kv, uint32_t cap, int start, int n, LayerCycles &cyc) {
+// CMD_KV_LOAD: rows start..start+n-1 of every layer's keys and values from the DDR buffer into g_kv_chip (a build
+// without an on-chip KV cache refuses the command before this).
+void kv_load_all(std::false_type /*no on-chip KV*/, const half_bits_t *, uint32_t, int, int, LayerCycles &) {}
+void kv_load_all(std::true_type /*on-chip KV*/, const half_bits_t *kv, uint32_t cap, int start, int n,
+                 LayerCycles &cyc) {
 KV_LOAD_CACHES:
   for (int c = 0; c < 2 * rm::N_LAYERS; ++c)
     kv_load<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, KV_CHIP_ROWS, ATT_SIMD>(
@@ -584,7 +614,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   } else if (command == CMD_SELECT_LORA) {
     g_active = lora_slot;
   } else if (command == CMD_KV_LOAD) {
-    if constexpr (KV_ONCHIP) kv_load_all(kv_cache, kv_capacity, (int)position, (int)n_tokens, a.layer);
+    kv_load_all(KvOnChip(), kv_cache, kv_capacity, (int)position, (int)n_tokens, a.layer);
     done = n_tokens;
   } else {
     if (seed_lo != 0 || seed_hi != 0) {

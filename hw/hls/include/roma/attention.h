@@ -138,7 +138,7 @@ KV_WRITE:
       const half_bits_t kh = float_to_half(k_new[c * SIMD + l]), vh = float_to_half(v_new[c * SIMD + l]);
       k_cache[i] = kh;
       v_cache[i] = vh;
-      if constexpr (PLACE == KvPlace::OnChip) {
+      if (PLACE == KvPlace::OnChip) { // a template constant: the Ddr instance has no write-through
         k_ddr[i] = kh;
         v_ddr[i] = vh;
       }

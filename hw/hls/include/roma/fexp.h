@@ -22,17 +22,18 @@
 namespace roma {
 
 namespace fexp_detail {
-// fp32 constants as exact hex-float literals (golden/sampler.py spells the same bit patterns)
+// fp32 constants as exact decimal literals: each is the exact value of the fp32 whose bits follow (C++14 has no
+// hex-float literals; golden/sampler.py spells the same bit patterns)
 constexpr float Z_MIN = -86.0f;
-constexpr float Z_MAX = 88.72f;           // exp(88.72) < FLT_MAX < exp(88.7229)
-constexpr float LOG2E = 0x1.715476p+0f;   // 0x3fb8aa3b, 1/ln 2
-constexpr float LN2_HI = 0x1.62e4p-1f;    // 0x3f317200, n * LN2_HI exact for |n| < 2^9
-constexpr float LN2_LO = 0x1.7f7d1cp-20f; // 0x35bfbe8e, ln 2 - LN2_HI
-constexpr float EXP_C7 = 0x1.a01a02p-13f; // 1/7!  0x39500d01
-constexpr float EXP_C6 = 0x1.6c16c2p-10f; // 1/6!  0x3ab60b61
-constexpr float EXP_C5 = 0x1.111112p-7f;  // 1/5!  0x3c088889
-constexpr float EXP_C4 = 0x1.555556p-5f;  // 1/4!  0x3d2aaaab
-constexpr float EXP_C3 = 0x1.555556p-3f;  // 1/3!  0x3e2aaaab
+constexpr float Z_MAX = 88.72f;                       // exp(88.72) < FLT_MAX < exp(88.7229)
+constexpr float LOG2E = 1.44269502162933349609375f;   // 0x3fb8aa3b, 1/ln 2
+constexpr float LN2_HI = 0.693145751953125f;          // 0x3f317200, n * LN2_HI exact for |n| < 2^9
+constexpr float LN2_LO = 1.428606765330187045037746429443359375e-6f; // 0x35bfbe8e, ln 2 - LN2_HI
+constexpr float EXP_C7 = 1.98412701138295233249664306640625e-4f;     // 1/7!  0x39500d01
+constexpr float EXP_C6 = 1.388888922519981861114501953125e-3f;       // 1/6!  0x3ab60b61
+constexpr float EXP_C5 = 8.333333767950534820556640625e-3f;          // 1/5!  0x3c088889
+constexpr float EXP_C4 = 4.16666679084300994873046875e-2f;           // 1/4!  0x3d2aaaab
+constexpr float EXP_C3 = 0.16666667163372039794921875f;              // 1/3!  0x3e2aaaab
 } // namespace fexp_detail
 
 inline float exp_f32(float z) {

@@ -99,7 +99,7 @@ constexpr uint64_t SEED_ZERO_REPLACEMENT = 0x9E3779B97F4A7C15ull;
 constexpr uint32_t INVALID_ID = 0xffffffffu;
 constexpr uint32_t EMPTY_KEY = 0u; // below the key of every non-NaN float (-inf has key 0x007fffff)
 
-constexpr float UNIFORM_SCALE = 0x1p-24f;
+constexpr float UNIFORM_SCALE = 5.9604644775390625e-8f; // 2^-24 (0x33800000)
 
 // Ordered key: a > b (as fp32, non-NaN) <=> key(a) > key(b) (unsigned); -0 and +0 get the same key.
 inline uint32_t order_key(float f) {

@@ -24,8 +24,8 @@ namespace roma {
 #if ROMA_ATT_CSIM_FAST
 // attention_query_csim: the emulated board's attention_query with AVX-512 (HD = 64).
 // The same fp32 operations as ../attention.h's attention_query, on 16 lanes. A head's score is the pairwise
-// tree over its HD products (tree_sum<SIMD> of the chunk products, then tree_sum<CHD> of the chunk sums: for powers of two,
-// v[i] = v[2i] + v[2i+1] level by level). Here pair_sum (even/odd lane permutes) builds the first two levels
+// tree over its HD products (tree_sum<SIMD> of the chunk products, then tree_sum<CHD> of the chunk sums: for
+// powers of two, v[i] = v[2i] + v[2i+1] level by level). Here pair_sum (even/odd lane permutes) builds the first two levels
 // per position (16 sums of 4 products), and the last four levels for 16 positions at once, so one vector
 // ends up holding the scores of 16 consecutive positions. The max is order-free; the exps are exp_f32 on 16
 // positions (exp_f32x16, bit for bit); the sums l[h] and the P*V accumulation keep their per-head, per-element
