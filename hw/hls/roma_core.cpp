@@ -113,7 +113,6 @@ constexpr int KV_CHIP_ROWS = KV_ONCHIP ? rm::KV_ONCHIP_CTX : 1;
 
 enum Lin : int { L_WQ = 0, L_WK, L_WV, L_WO, L_GATE, L_UP, L_DOWN, L_EMBD, L_OUTPUT };
 constexpr int HEAD_LIN = rm::TIED_EMBEDDINGS ? L_EMBD : L_OUTPUT;
-const char *const LIN_NAMES[7] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
 
 constexpr int lin_rows(int lin) {
   return lin == L_WQ ? QDIM : (lin == L_WK || lin == L_WV) ? rm::KV_DIM : (lin == L_GATE || lin == L_UP) ? rm::FFN_DIM
@@ -599,7 +598,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
         if (tokens_in[i] < 0 || tokens_in[i] >= rm::VOCAB) err = ERR_TOKEN_RANGE;
     } else if (command == CMD_LOAD_LORA) {
       if (lora_slot >= LORA_SLOTS) err = ERR_LORA_SLOT;
-      else if (lora_validate<Lora>(lora_staging, lora_bytes, rm::N_LAYERS) != nullptr) err = ERR_LORA_IMAGE;
+      else if (lora_validate<Lora>(lora_staging, lora_bytes, rm::N_LAYERS) != LoraImageError::Ok)
+        err = ERR_LORA_IMAGE;
     } else if (command == CMD_SELECT_LORA) {
       if (lora_slot != LORA_NONE && (lora_slot >= LORA_SLOTS || !g_lora.loaded[lora_slot])) err = ERR_LORA_SLOT;
     }
@@ -694,6 +694,8 @@ bool load_tensor(const std::string &dir, const std::string &name, char *err, int
     return true;
   }
 }
+
+const char *const LIN_NAMES[7] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
 
 template <int L>
 bool load_layers(const std::string &dir, char *err, int err_len) {

@@ -64,7 +64,6 @@ CXX_STD = "c++14"  # the synthesized sources' standard (UG1399 lists C++11/14); 
 # Arrays the object defines that synthesis drops, and why (read in roma_core.cpp).
 NOT_HARDWARE = {
     "probe": "linear()'s dot probe: passed with PROBE = false, never accessed, removed by synthesis",
-    "LIN_NAMES": "tensor names used by the C-simulation loader only",
 }
 KV_UNUSED = "the on-chip KV cache of a build without one (KV_ONCHIP_CTX = 0): never referenced by roma_core"
 

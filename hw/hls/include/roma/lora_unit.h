@@ -83,38 +83,57 @@ struct LoraUnit {
   bool loaded[SLOTS];
 };
 
-// The whole image checked against the unit's shapes; returns 0, or a short reason (for logs and tests).
+// Why lora_validate refused an image: a code, not a string (synthesized code holds no string literals); the C
+// simulation spells it out (csim/lora_unit.h, lora_image_error_text).
+enum class LoraImageError : uint8_t {
+  Ok = 0,
+  Short,            // shorter than the header
+  Magic,            // not "ROMALORA"
+  Version,          // unknown format version
+  Types,            // unknown factor/scale type pair
+  SlotRank,         // slot rank 0 or above the unit's MAX_RANK
+  Counts,           // layer/linear count differs from the model
+  Directory,        // directory offset or total size wrong
+  DirectoryOutside, // directory past the image's end
+  Shape,            // a linear's in/out dims differ from the model
+  EntryRank,        // an entry's rank above the slot rank
+  Scale,            // an entry's scale is NaN or infinite
+  Factor,           // a factor block past the image's end
+  RowScales         // a row-scale block past the image's end
+};
+
+// The whole image checked against the unit's shapes: Ok, or why not.
 template <class U>
-const char *lora_validate(const uint8_t *img, uint32_t bytes, int n_layers_expected) {
+LoraImageError lora_validate(const uint8_t *img, uint32_t bytes, int n_layers_expected) {
   using namespace lora_fmt;
-  if (bytes < HEADER_BYTES) return "shorter than the header";
+  if (bytes < HEADER_BYTES) return LoraImageError::Short;
   const char magic[8] = {'R', 'O', 'M', 'A', 'L', 'O', 'R', 'A'};
   for (int i = 0; i < 8; ++i)
-    if (img[i] != (uint8_t)magic[i]) return "bad magic";
+    if (img[i] != (uint8_t)magic[i]) return LoraImageError::Magic;
   const uint32_t version = rd32(img, 8), ftype = rd32(img, 12), stype = rd32(img, 16), R = rd32(img, 20);
   const uint32_t nl = rd32(img, 24), nlin = rd32(img, 28), dir = rd32(img, 32), total = rd32(img, 36);
-  if (version != VERSION) return "unknown version";
+  if (version != VERSION) return LoraImageError::Version;
   if (!((ftype == FACTOR_FP16 && stype == SCALE_NONE) ||
         (ftype == FACTOR_INT8 && (stype == SCALE_FP16 || stype == SCALE_FP32))))
-    return "unknown factor/scale type";
-  if (R < 1 || R > (uint32_t)U::MAX_R) return "slot rank above the unit's";
-  if (nl != (uint32_t)n_layers_expected || nlin != LINEARS) return "layer/linear count differs from the model";
-  if (dir != HEADER_BYTES || total != bytes) return "bad directory offset or total size";
-  if ((uint64_t)dir + (uint64_t)nl * nlin * ENTRY_BYTES > bytes) return "directory outside the image";
+    return LoraImageError::Types;
+  if (R < 1 || R > (uint32_t)U::MAX_R) return LoraImageError::SlotRank;
+  if (nl != (uint32_t)n_layers_expected || nlin != LINEARS) return LoraImageError::Counts;
+  if (dir != HEADER_BYTES || total != bytes) return LoraImageError::Directory;
+  if ((uint64_t)dir + (uint64_t)nl * nlin * ENTRY_BYTES > bytes) return LoraImageError::DirectoryOutside;
   const uint64_t elem = ftype == FACTOR_FP16 ? 2 : 1, sb = stype == SCALE_FP32 ? 4 : 2;
   for (uint32_t e = 0; e < nl * nlin; ++e) {
     const uint32_t o = dir + e * ENTRY_BYTES, lin = e % nlin;
     const uint32_t r = rd32(img, o), in = rd32(img, o + 4), out = rd32(img, o + 8);
-    if ((int)in != U::in_dim((int)lin) || (int)out != U::out_dim((int)lin)) return "linear shape differs from the model";
+    if ((int)in != U::in_dim((int)lin) || (int)out != U::out_dim((int)lin)) return LoraImageError::Shape;
     if (r == 0) continue;
-    if (r > R) return "entry rank above the slot rank";
+    if (r > R) return LoraImageError::EntryRank;
     const float s = bits_to_float(rd32(img, o + 12));
-    if (!(s == s) || std::isinf(s)) return "scale is not finite";
+    if (!(s == s) || std::isinf(s)) return LoraImageError::Scale;
     const uint64_t oa = rd32(img, o + 16), osa = rd32(img, o + 20), ob = rd32(img, o + 24), osb = rd32(img, o + 28);
-    if (oa + R * (uint64_t)in * elem > bytes || ob + (uint64_t)out * R * elem > bytes) return "factor outside the image";
-    if (ftype == FACTOR_INT8 && (osa + R * sb > bytes || osb + out * sb > bytes)) return "row scales outside the image";
+    if (oa + R * (uint64_t)in * elem > bytes || ob + (uint64_t)out * R * elem > bytes) return LoraImageError::Factor;
+    if (ftype == FACTOR_INT8 && (osa + R * sb > bytes || osb + out * sb > bytes)) return LoraImageError::RowScales;
   }
-  return nullptr;
+  return LoraImageError::Ok;
 }
 
 // Copies a validated image into `slot` (marks it loaded). `bytes` only feeds the cycle model.
