@@ -104,6 +104,8 @@ namespace {
 
 constexpr int QDIM = rm::N_HEADS * rm::HEAD_DIM;
 constexpr int MAX_T = PREFILL_CHUNK;
+constexpr int MAX_TOKENS = rm::CONTEXT;                      // tokens of one command at most (LOOP_TRIPCOUNT)
+constexpr int MAX_CHUNKS = (rm::CONTEXT + MAX_T - 1) / MAX_T; // prefill chunks of one command at most
 constexpr int ATT_SIMD = rm::HEAD_DIM % 8 == 0 ? 8 : (rm::HEAD_DIM % 4 == 0 ? 4 : 2);
 constexpr bool KV_ONCHIP = rm::KV_ONCHIP_CTX > 0;
 typedef std::integral_constant<bool, KV_ONCHIP> KvOnChip; // selects overloads: only the build's KV code is instantiated
@@ -342,6 +344,7 @@ void layer(int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *dd
   float h[rm::DIM], qr[QDIM], kr[rm::KV_DIM];
 LAYER_QKV:
   for (int i = 0; i < T; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
     rms_norm<rm::DIM>(g_x[i], g_norms[2 * L], rm::RMS_EPS, h, a.layer);
     linear<L, L_WQ>(h, qr, ddr, a);
     linear<L, L_WK>(h, kr, ddr, a);
@@ -352,6 +355,7 @@ LAYER_QKV:
   float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
 LAYER_FFN:
   for (int i = 0; i < T; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
     linear<L, L_WO>(g_att[i], o, ddr, a);
     residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
     rms_norm<rm::DIM>(g_x[i], g_norms[2 * L + 1], rm::RMS_EPS, h, a.layer);
@@ -387,12 +391,18 @@ void embed(std::false_type /*on chip*/, int id, const rom_word_t *, float *out, 
 
 // Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
 void forward(const int32_t *ids, int n, int start, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
+FORWARD_CHUNKS:
   for (int c0 = 0; c0 < n; c0 += MAX_T) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
     const int T = n - c0 < MAX_T ? n - c0 : MAX_T;
     typedef RomTensor<0, L_EMBD> E;
     static_assert(E::SF == ScaleFormat::Fp16, "the embedding lookup (embedding.h) reads fp16 scales only: "
                                               "compile token_embd with fp16 scales");
-    for (int i = 0; i < T; ++i) embed<E>(E::InDdr(), ids[c0 + i], ddr, g_x[i], a.layer);
+  EMBED_CHUNK:
+    for (int i = 0; i < T; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
+      embed<E>(E::InDdr(), ids[c0 + i], ddr, g_x[i], a.layer);
+    }
     layers<0>(start + c0, T, kv, cap, ddr, a);
     if (c0 + T == n) {
       float h[rm::DIM];
@@ -594,8 +604,10 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     else if (run) {
       const uint32_t check = command == CMD_GENERATE ? 1 : n_tokens;
     VALIDATE_TOKENS:
-      for (uint32_t i = 0; i < check; ++i)
+      for (uint32_t i = 0; i < check; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_TOKENS
         if (tokens_in[i] < 0 || tokens_in[i] >= rm::VOCAB) err = ERR_TOKEN_RANGE;
+      }
     } else if (command == CMD_LOAD_LORA) {
       if (lora_slot >= LORA_SLOTS) err = ERR_LORA_SLOT;
       else if (lora_validate<Lora>(lora_staging, lora_bytes, rm::N_LAYERS) != LoraImageError::Ok)
@@ -633,6 +645,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
       int32_t tok = tokens_in[0];
     GENERATE:
       for (uint32_t s = 0; s < n_tokens; ++s) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_TOKENS
         forward(&tok, 1, (int)(position + s), kv_cache, kv_capacity, ddr_weights, a);
         const uint32_t next = sampler_step<rm::VOCAB, SAMPLER_K, SAMPLER_LANES, SAMPLER_RING>(
             g_logits, prm, g_rng, g_recent, a.sampler);

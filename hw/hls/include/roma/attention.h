@@ -195,6 +195,7 @@ QLOAD:
   // Pass 1: scores and their max (one sequential read of rows 0..pos of K).
 SCORE_POS:
   for (int s = 0; s < S; ++s) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CTX
   SCORE_CHUNK:
     for (int c = 0; c < CH; ++c) {
 #pragma HLS PIPELINE II = timing::II
@@ -233,6 +234,7 @@ SCORE_POS:
   // exp(score - max) in place, and the sums.
 EXP_POS:
   for (int s = 0; s < S; ++s) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CTX
   EXP_HEAD:
     for (int h = 0; h < HEADS; ++h) {
 #pragma HLS PIPELINE II = EXP_II
@@ -246,6 +248,7 @@ EXP_POS:
   // Pass 2: sum_s e[h,s] * v[s] (one sequential read of rows 0..pos of V).
 PV_POS:
   for (int s = 0; s < S; ++s) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CTX
   PV_CHUNK:
     for (int c = 0; c < CH; ++c) {
 #pragma HLS PIPELINE II = PV_II
@@ -292,9 +295,12 @@ template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8>
 void kv_load(const half_bits_t *ddr, half_bits_t *chip, int start, int n, LayerCycles &cyc) {
   typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, KvPlace::OnChip> C;
   const size_t base = (size_t)start * C::ROW;
+  constexpr int MAX_CHUNKS = MAX_CTX * C::CH; // used by the LOOP_TRIPCOUNT pragma
+  (void)MAX_CHUNKS;
 KV_LOAD:
   for (int c = 0; c < n * C::CH; ++c) {
 #pragma HLS PIPELINE II = timing::II
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
     for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
       chip[base + (size_t)c * SIMD + l] = ddr[base + (size_t)c * SIMD + l];
@@ -328,11 +334,13 @@ void attention_prefill(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T
                        half_bits_t *k_ddr = nullptr, half_bits_t *v_ddr = nullptr) {
 PREFILL_WRITE:
   for (int i = 0; i < T; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
     kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(k_new[i], v_new[i], start + i, k_cache, v_cache, cyc,
                                                         k_ddr, v_ddr);
   }
 PREFILL_QUERY:
   for (int i = 0; i < T; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
     attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(q[i], start + i, k_cache, v_cache, out[i], cyc);
   }
 }

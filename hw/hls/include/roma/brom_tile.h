@@ -197,7 +197,9 @@ inline acc_t brom_step_dot(const rom_word_t *w, const cand_t cand[GROUP / QUAD][
   } else {
     for (int j = 0; j < GROUP; ++j) {
 #pragma HLS UNROLL
-      dot += (acc_t)rom_code<GROUP, BITS>(w, j) * (acc_t)xg[j]; // DSP multiply-accumulate
+      const acc_t prod = (acc_t)rom_code<GROUP, BITS>(w, j) * (acc_t)xg[j];
+#pragma HLS BIND_OP variable = prod op = mul impl = dsp
+      dot += prod; // a 2-8-bit x 8-bit product: on a DSP (BIND_OP), not left to LUTs
     }
   }
   return dot;

@@ -54,6 +54,11 @@ struct LoraCycles {
 template <int N_LAYERS, int DIM, int KV_DIM, int FFN_DIM, int SLOTS, int MAX_RANK, int SIMD = 8>
 struct LoraUnit {
   static constexpr int NLIN = (int)lora_fmt::LINEARS;
+  static constexpr int LAYERS = N_LAYERS;
+  static constexpr int ENTRIES = N_LAYERS * NLIN; // (layer, linear) pairs of an image
+  // the smallest and largest in/out size of a linear (trip counts of the load loops)
+  static constexpr int DIM_MIN = (KV_DIM < DIM ? KV_DIM : DIM) < FFN_DIM ? (KV_DIM < DIM ? KV_DIM : DIM) : FFN_DIM;
+  static constexpr int DIM_MAX = (KV_DIM > DIM ? KV_DIM : DIM) > FFN_DIM ? (KV_DIM > DIM ? KV_DIM : DIM) : FFN_DIM;
   static constexpr int MAX_R = MAX_RANK;
   static constexpr int SLOT_COUNT = SLOTS;
   static constexpr int in_dim(int lin) { return lin == 6 ? FFN_DIM : DIM; }
@@ -121,7 +126,11 @@ LoraImageError lora_validate(const uint8_t *img, uint32_t bytes, int n_layers_ex
   if (dir != HEADER_BYTES || total != bytes) return LoraImageError::Directory;
   if ((uint64_t)dir + (uint64_t)nl * nlin * ENTRY_BYTES > bytes) return LoraImageError::DirectoryOutside;
   const uint64_t elem = ftype == FACTOR_FP16 ? 2 : 1, sb = stype == SCALE_FP32 ? 4 : 2;
+  constexpr int ENTRIES = U::ENTRIES; // used by the LOOP_TRIPCOUNT pragma (nl, nlin were checked above)
+  (void)ENTRIES;
+LORA_VALIDATE_ENTRIES:
   for (uint32_t e = 0; e < nl * nlin; ++e) {
+#pragma HLS LOOP_TRIPCOUNT min = ENTRIES max = ENTRIES
     const uint32_t o = dir + e * ENTRY_BYTES, lin = e % nlin;
     const uint32_t r = rd32(img, o), in = rd32(img, o + 4), out = rd32(img, o + 8);
     if ((int)in != U::in_dim((int)lin) || (int)out != U::out_dim((int)lin)) return LoraImageError::Shape;
@@ -142,8 +151,14 @@ void lora_load(U &u, int slot, const uint8_t *img, uint32_t bytes, LoraCycles &c
   using namespace lora_fmt;
   const uint32_t ftype = rd32(img, 12), stype = rd32(img, 16), R = rd32(img, 20), dir = rd32(img, 32);
   const int NL = (int)rd32(img, 24);
+  constexpr int ENTRIES = U::ENTRIES, RMAX = U::MAX_R, DMIN = U::DIM_MIN, DMAX = U::DIM_MAX; // LOOP_TRIPCOUNTs
+  (void)ENTRIES;
+  (void)RMAX;
+  (void)DMIN;
+  (void)DMAX;
 LORA_LOAD_ENTRIES:
   for (int e = 0; e < NL * U::NLIN; ++e) {
+#pragma HLS LOOP_TRIPCOUNT min = ENTRIES max = ENTRIES
     const int layer = e / U::NLIN, lin = e % U::NLIN;
     const uint32_t o = dir + (uint32_t)e * ENTRY_BYTES;
     const uint32_t r = rd32(img, o);
@@ -165,17 +180,23 @@ LORA_LOAD_ENTRIES:
       if (ftype == FACTOR_FP16) return 1.0f;
       return stype == SCALE_FP32 ? bits_to_float(rd32(img, off + 4 * idx)) : half_to_float(rd16(img, off + 2 * idx));
     };
+  LORA_LOAD_A:
     for (uint32_t k = 0; k < r; ++k) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = RMAX
       sa[k] = row_scale(osa, k);
       for (int i = 0; i < in; ++i) {
 #pragma HLS PIPELINE II = 1
+#pragma HLS LOOP_TRIPCOUNT min = DMIN max = DMAX
         A[(long)k * in + i] = value(oa, (uint64_t)k * in + i);
       }
     }
+  LORA_LOAD_B:
     for (int oo = 0; oo < out; ++oo) {
+#pragma HLS LOOP_TRIPCOUNT min = DMIN max = DMAX
       sbv[oo] = row_scale(osb, (uint32_t)oo);
       for (uint32_t k = 0; k < r; ++k) {
 #pragma HLS PIPELINE II = 1
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = RMAX
         B[(long)oo * U::MAX_R + k] = value(ob, (uint64_t)oo * R + k);
       }
     }
@@ -203,6 +224,7 @@ void lora_apply(const U &u, int slot, int layer, int lin, const float x[IN], flo
   float t[RMAX];
 LORA_A:
   for (uint32_t k = 0; k < r; ++k) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = RMAX
     float acc = 0.0f;
     for (int i = 0; i < IN; ++i) {
 #pragma HLS PIPELINE II = 1
@@ -215,6 +237,7 @@ LORA_B:
     float acc = 0.0f;
     for (uint32_t k = 0; k < r; ++k) {
 #pragma HLS PIPELINE II = 1
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = RMAX
       acc += (half_to_float(B[(long)o * RMAX + k]) * sb[o]) * t[k];
     }
     y[o] = y[o] + acc * s;
