@@ -247,6 +247,10 @@ float g_x[MAX_T][rm::DIM];
 float g_q[MAX_T][QDIM], g_k[MAX_T][rm::KV_DIM], g_v[MAX_T][rm::KV_DIM], g_att[MAX_T][QDIM];
 float g_logits[rm::VOCAB];
 
+// LOGITS_OUT: the last token's logits to the host, one fp32 per cycle on the 32-bit logits port, once per run
+// command (counted under STAGE_LM_HEAD as the head's output).
+constexpr uint64_t LOGITS_OUT_CYCLES = (uint64_t)rm::VOCAB * timing::II + 2 + timing::AXI_WRITE_LATENCY;
+
 struct Acct {
   LayerCycles layer;
   Cycles gemv, head;
@@ -657,9 +661,12 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     }
   LOGITS_OUT:
     for (int i = 0; i < rm::VOCAB; ++i) {
-#pragma HLS PIPELINE II = 1
+#pragma HLS PIPELINE II = timing::II
       logits[i] = g_logits[i];
     }
+#ifndef __SYNTHESIS__
+    a.head.output += LOGITS_OUT_CYCLES;
+#endif
   }
   write_status(status, ERR_NONE, done, a);
 }

@@ -123,7 +123,8 @@ enum Stage : uint32_t {
   STAGE_ATTENTION = 6,  // KV writes, scores, softmax, P*V
   STAGE_ACTIVATION = 7, // SwiGLU
   STAGE_RESIDUAL = 8,   // residual adds
-  STAGE_LM_HEAD = 9,    // LM head: activation quantizer + GEMV over the vocabulary (ROM or DDR-streamed)
+  STAGE_LM_HEAD = 9,    // LM head: activation quantizer + GEMV over the vocabulary (ROM or DDR-streamed), and
+                        // writing the logits to the host (LOGITS_OUT, once per run command)
   STAGE_SAMPLER = 10,   // on-chip sampler
   STAGE_KV_LOAD = 11,   // CMD_KV_LOAD: DDR rows into the on-chip KV cache (the run commands' writes to both
                         // places are under STAGE_ATTENTION)

@@ -18,8 +18,12 @@
 // Compute (golden LoraAdapter.delta, then y + delta):
 //   t[k] = sum_i A[k,i] * x[i]          k < r   (fp32, sequential sum; BLAS sums in another order)
 //   y[o] = y[o] + (sum_k B[o,k] * t[k]) * scale
-// Loops (SIMD MACs per cycle, the sum of a row in SIMD interleaved partial sums + an adder tree):
-//   A pass: r * IN/SIMD iterations, B pass: OUT * ceil(r/SIMD) iterations, II=1; LOAD: bytes / LOAD_BYTES_PER_CYCLE.
+// Loops: one MAC per cycle issued, the sum of a row in ONE fp32 accumulator in the golden's order, so each
+// iteration waits for the previous add: II = ACC_II (the fp32 adder latency, timing::acc_ii(1)). Interleaved
+// partial sums would reach II=1 but add in another order than the golden (not bit-exact), so the loops are
+// counted at the II they have:
+//   A pass: r rows x (IN iterations at ACC_II + A_DEPTH); B pass: OUT rows x (r iterations at ACC_II + B_DEPTH);
+//   LOAD: bytes / LOAD_BYTES_PER_CYCLE.
 #ifndef ROMA_LORA_UNIT_H
 #define ROMA_LORA_UNIT_H
 
@@ -51,7 +55,7 @@ struct LoraCycles {
 };
 
 // N_LAYERS layers of a LLaMA with DIM (= heads * head_dim), KV_DIM and FFN_DIM; SLOTS slots of rank MAX_RANK.
-template <int N_LAYERS, int DIM, int KV_DIM, int FFN_DIM, int SLOTS, int MAX_RANK, int SIMD = 8>
+template <int N_LAYERS, int DIM, int KV_DIM, int FFN_DIM, int SLOTS, int MAX_RANK>
 struct LoraUnit {
   static constexpr int NLIN = (int)lora_fmt::LINEARS;
   static constexpr int LAYERS = N_LAYERS;
@@ -74,11 +78,13 @@ struct LoraUnit {
   static constexpr long LAYER_ROWS = ra_off(NLIN);
   static constexpr long SLOT_ROWS = LAYER_ROWS * N_LAYERS;
   static constexpr int LOAD_BYTES_PER_CYCLE = 16; // a 128-bit m_axi read port
-  static constexpr int APPLY_DEPTH = 2 + 1 + timing::FMUL_LATENCY + timing::FADD_LATENCY +
-                                     timing::ceil_log2(SIMD) * timing::FADD_LATENCY + 1;
+  static constexpr int ACC_II = timing::acc_ii(1); // acc += ...: the accumulator is read by the next iteration
+  // row read, fp16 decode, (value * row scale) * input, the add, the store of the sum
+  static constexpr int A_DEPTH = 2 + 1 + 2 * timing::FMUL_LATENCY + timing::FADD_LATENCY + 1;
+  // as A, then y[o] + sum * scale after the row's loop
+  static constexpr int B_DEPTH = A_DEPTH + timing::FMUL_LATENCY + timing::FADD_LATENCY;
   static constexpr uint64_t apply_cycles(int r, int in, int out) {
-    return (uint64_t)r * (in / SIMD) + APPLY_DEPTH + (uint64_t)out * ((r + SIMD - 1) / SIMD) + APPLY_DEPTH +
-           timing::FMUL_LATENCY + timing::FADD_LATENCY;
+    return (uint64_t)r * ((uint64_t)in * ACC_II + A_DEPTH) + (uint64_t)out * ((uint64_t)r * ACC_II + B_DEPTH);
   }
 
   half_bits_t values[SLOTS][SLOT_VALUES];
@@ -215,7 +221,8 @@ template <class U, int IN, int OUT>
 void lora_apply(const U &u, int slot, int layer, int lin, const float x[IN], float y[OUT], LoraCycles &cyc) {
   const uint32_t r = u.rank[slot][layer][lin];
   if (r == 0) return;
-  constexpr int RMAX = U::MAX_R;
+  constexpr int RMAX = U::MAX_R, ACC_II = U::ACC_II; // used by the pragmas
+  (void)ACC_II;
   const half_bits_t *A = &u.values[slot][(long)layer * U::LAYER_VALUES + U::a_off(lin)];
   const half_bits_t *B = &u.values[slot][(long)layer * U::LAYER_VALUES + U::b_off(lin)];
   const float *sa = &u.row_scale[slot][(long)layer * U::LAYER_ROWS + U::ra_off(lin)];
@@ -227,7 +234,7 @@ LORA_A:
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = RMAX
     float acc = 0.0f;
     for (int i = 0; i < IN; ++i) {
-#pragma HLS PIPELINE II = 1
+#pragma HLS PIPELINE II = ACC_II
       acc += (half_to_float(A[(long)k * IN + i]) * sa[k]) * x[i];
     }
     t[k] = acc;
@@ -236,7 +243,7 @@ LORA_B:
   for (int o = 0; o < OUT; ++o) {
     float acc = 0.0f;
     for (uint32_t k = 0; k < r; ++k) {
-#pragma HLS PIPELINE II = 1
+#pragma HLS PIPELINE II = ACC_II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = RMAX
       acc += (half_to_float(B[(long)o * RMAX + k]) * sb[o]) * t[k];
     }
