@@ -441,8 +441,8 @@ SamplerParams sampler_params(uint32_t mode, float inv_t, uint32_t top_k, float t
   return p;
 }
 
-void write_status(uint32_t *status, uint32_t err, uint32_t tokens, const Acct &a) {
-  uint64_t st[STAGE_COUNT] = {0};
+// The call's cycles per stage, in roma_core.h's Stage order (what the cycles_STAGE registers report).
+void stage_cycles(const Acct &a, uint64_t st[STAGE_COUNT]) {
   st[STAGE_EMBEDDING] = a.layer.embedding;
   st[STAGE_NORM] = a.layer.norm;
   st[STAGE_ACT_QUANT] = a.gemv.act_quant;
@@ -455,18 +455,13 @@ void write_status(uint32_t *status, uint32_t err, uint32_t tokens, const Acct &a
   st[STAGE_LM_HEAD] = a.head.total();
   st[STAGE_SAMPLER] = a.sampler.total();
   st[STAGE_KV_LOAD] = a.layer.kv_load;
-  uint64_t total = 0;
-  for (int s = 0; s < (int)STAGE_COUNT; ++s) total += st[s];
+}
+
+void write_status(uint32_t *status, uint32_t err, uint32_t tokens) {
 STATUS_WRITE:
   for (int w = 0; w < (int)STATUS_WORDS; ++w) {
-    uint32_t v = 0;
-    if (w == STATUS_ERROR) v = err;
-    else if (w == STATUS_TOKENS) v = tokens;
-    else if (w == STATUS_CYCLES_LO) v = (uint32_t)total;
-    else if (w == STATUS_CYCLES_HI) v = (uint32_t)(total >> 32);
-    else if (w >= (int)STATUS_STAGE_CYCLES && w < (int)(STATUS_STAGE_CYCLES + STAGE_COUNT))
-      v = (uint32_t)st[w - STATUS_STAGE_CYCLES];
-    status[w] = v;
+#pragma HLS PIPELINE II = 1
+    status[w] = w == (int)STATUS_ERROR ? err : w == (int)STATUS_TOKENS ? tokens : 0u;
   }
 }
 
@@ -548,7 +543,11 @@ constexpr int DEPTH_DDR = rm::DDR_WORDS > 0 ? (int)rm::DDR_WORDS : 1;
 extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens, uint32_t kv_capacity,
                           uint32_t lora_slot, uint32_t lora_bytes, uint32_t sample_mode, float inv_temperature,
                           uint32_t top_k, float top_p, float min_p, float repeat_penalty, uint32_t repeat_last_n,
-                          uint32_t seed_lo, uint32_t seed_hi, uint32_t eos_id, const int32_t *tokens_in,
+                          uint32_t seed_lo, uint32_t seed_hi, uint32_t eos_id, uint32_t &cycles_embedding,
+                          uint32_t &cycles_norm, uint32_t &cycles_act_quant, uint32_t &cycles_gemv,
+                          uint32_t &cycles_lora, uint32_t &cycles_rope, uint32_t &cycles_attention,
+                          uint32_t &cycles_activation, uint32_t &cycles_residual, uint32_t &cycles_lm_head,
+                          uint32_t &cycles_sampler, uint32_t &cycles_kv_load, const int32_t *tokens_in,
                           int32_t *tokens_out, float *logits, uint16_t *kv_cache, const uint8_t *lora_staging,
                           const uint32_t *ddr_weights, uint32_t *status) {
 #pragma HLS INTERFACE mode = s_axilite port = command bundle = control
@@ -567,6 +566,18 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = seed_lo bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = seed_hi bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = eos_id bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_embedding bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_norm bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_act_quant bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_gemv bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_lora bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_rope bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_attention bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_activation bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_residual bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_lm_head bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_sampler bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_kv_load bundle = control
 #pragma HLS INTERFACE mode = m_axi port = tokens_in offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
 #pragma HLS INTERFACE mode = m_axi port = tokens_out offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
 #pragma HLS INTERFACE mode = m_axi port = logits offset = slave bundle = gmem_logits depth = DEPTH_LOGITS
@@ -621,11 +632,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     }
   }
   if (err != ERR_NONE) {
-    write_status(status, err, 0, a);
-    return;
-  }
-
-  if (command == CMD_LOAD_LORA) {
+    // refused: nothing runs (status and counters below: the error, 0 cycles)
+  } else if (command == CMD_LOAD_LORA) {
     lora_load<Lora>(g_lora, (int)lora_slot, lora_staging, lora_bytes, a.lora);
   } else if (command == CMD_SELECT_LORA) {
     g_active = lora_slot;
@@ -664,11 +672,23 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS PIPELINE II = timing::II
       logits[i] = g_logits[i];
     }
-#ifndef __SYNTHESIS__
     a.head.output += LOGITS_OUT_CYCLES;
-#endif
   }
-  write_status(status, ERR_NONE, done, a);
+  write_status(status, err, done);
+  uint64_t st[STAGE_COUNT];
+  stage_cycles(a, st);
+  cycles_embedding = (uint32_t)st[STAGE_EMBEDDING];
+  cycles_norm = (uint32_t)st[STAGE_NORM];
+  cycles_act_quant = (uint32_t)st[STAGE_ACT_QUANT];
+  cycles_gemv = (uint32_t)st[STAGE_GEMV];
+  cycles_lora = (uint32_t)st[STAGE_LORA];
+  cycles_rope = (uint32_t)st[STAGE_ROPE];
+  cycles_attention = (uint32_t)st[STAGE_ATTENTION];
+  cycles_activation = (uint32_t)st[STAGE_ACTIVATION];
+  cycles_residual = (uint32_t)st[STAGE_RESIDUAL];
+  cycles_lm_head = (uint32_t)st[STAGE_LM_HEAD];
+  cycles_sampler = (uint32_t)st[STAGE_SAMPLER];
+  cycles_kv_load = (uint32_t)st[STAGE_KV_LOAD];
 }
 
 #ifndef __SYNTHESIS__

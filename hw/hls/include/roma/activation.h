@@ -52,11 +52,7 @@ SWIGLU:
       y[i] = (g / (1.0f + exp_f32(-g))) * up[i];
     }
   }
-#ifndef __SYNTHESIS__
   cyc.activation += C::CYCLES;
-#else
-  (void)cyc;
-#endif
 }
 
 // y = x + d. y may alias x (the residual stream updated in place).
@@ -75,11 +71,7 @@ RESIDUAL:
       y[i] = x[i] + d[i];
     }
   }
-#ifndef __SYNTHESIS__
   cyc.residual += C::CYCLES;
-#else
-  (void)cyc;
-#endif
 }
 
 } // namespace roma

@@ -144,11 +144,7 @@ KV_WRITE:
       }
     }
   }
-#ifndef __SYNTHESIS__
   cyc.attention += C::WRITE_CYCLES;
-#else
-  (void)cyc;
-#endif
 }
 
 // One query (all HEADS heads, rotated) at position `pos` over cache rows 0..pos (already written).
@@ -282,11 +278,7 @@ FINAL:
       out[h * HD + dc * SIMD + l] = acc[h][dc * SIMD + l] / lsum[h];
     }
   }
-#ifndef __SYNTHESIS__
   cyc.attention += C::query_cycles(S);
-#else
-  (void)cyc;
-#endif
 }
 
 // Copy rows start..start+n-1 of one cache (K or V of a layer) from the host's DDR rows into the on-chip ones
@@ -306,11 +298,7 @@ KV_LOAD:
       chip[base + (size_t)c * SIMD + l] = ddr[base + (size_t)c * SIMD + l];
     }
   }
-#ifndef __SYNTHESIS__
   cyc.kv_load += C::load_cycles(n);
-#else
-  (void)cyc;
-#endif
 }
 
 // Decode step: the token at `pos` (cache rows 0..pos-1 valid; 0 <= pos < MAX_CTX, checked by the caller).

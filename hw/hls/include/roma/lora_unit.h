@@ -208,12 +208,7 @@ LORA_LOAD_ENTRIES:
     }
   }
   u.loaded[slot] = true;
-#ifndef __SYNTHESIS__
   cyc.load += bytes / U::LOAD_BYTES_PER_CYCLE + timing::AXI_READ_LATENCY;
-#else
-  (void)cyc;
-  (void)bytes;
-#endif
 }
 
 // y[OUT] += scale * B (A x) for (slot, layer, lin); nothing when the slot has no factor there.
@@ -249,11 +244,7 @@ LORA_B:
     }
     y[o] = y[o] + acc * s;
   }
-#ifndef __SYNTHESIS__
   cyc.apply += U::apply_cycles((int)r, IN, OUT);
-#else
-  (void)cyc;
-#endif
 }
 
 } // namespace roma
