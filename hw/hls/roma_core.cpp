@@ -418,9 +418,10 @@ FORWARD_CHUNKS:
 
 // CMD_KV_LOAD: rows start..start+n-1 of every layer's keys and values from the DDR buffer into g_kv_chip (a build
 // without an on-chip KV cache refuses the command before this).
-void kv_load_all(std::false_type /*no on-chip KV*/, const half_bits_t *, uint32_t, int, int, LayerCycles &) {}
-void kv_load_all(std::true_type /*on-chip KV*/, const half_bits_t *kv, uint32_t cap, int start, int n,
-                 LayerCycles &cyc) {
+// (inline: a build uses one of the two overloads)
+inline void kv_load_all(std::false_type /*no on-chip KV*/, const half_bits_t *, uint32_t, int, int, LayerCycles &) {}
+inline void kv_load_all(std::true_type /*on-chip KV*/, const half_bits_t *kv, uint32_t cap, int start, int n,
+                        LayerCycles &cyc) {
 KV_LOAD_CACHES:
   for (int c = 0; c < 2 * rm::N_LAYERS; ++c)
     kv_load<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, KV_CHIP_ROWS, ATT_SIMD>(
