@@ -75,7 +75,7 @@ def compile_synth(tmp_path: Path, source: str, *, run: bool = False, link: bool 
     CompletedProcess returned; otherwise the compiler's."""
     (tmp_path / "top.cpp").write_text(source)
     out = tmp_path / ("top" if link else "top.o")
-    args = ["g++", "-std=c++17", opt, "-ffp-contract=off", "-D__SYNTHESIS__", "-Wall"]
+    args = ["g++", "-std=c++14", "-pedantic-errors", opt, "-ffp-contract=off", "-D__SYNTHESIS__", "-Wall"]
     args += (["-Wextra"] if wextra else []) + ["-Werror", "-Wno-unknown-pragmas", "-Wno-unused-label",
                                                f"-I{HLS / 'include'}", *extra]
     args += ([] if link else ["-c"]) + [str(tmp_path / "top.cpp"), "-o", str(out)]

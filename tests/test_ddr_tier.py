@@ -182,7 +182,7 @@ def test_synthesis_gets_rom_arrays_for_on_chip_tensors_only(ddr_build, tmp_path)
     DDR tensors' .dat files do not exist, so including one would fail) and defines ROM arrays for layer 0 only."""
     hls = REPO / "hw" / "hls"
     obj = tmp_path / "roma_core.o"
-    r = subprocess.run(["g++", "-std=c++17", "-O0", "-c", "-D__SYNTHESIS__", "-ffp-contract=off", "-Wall", "-Wextra",
+    r = subprocess.run(["g++", "-std=c++14", "-pedantic-errors", "-O0", "-c", "-D__SYNTHESIS__", "-ffp-contract=off", "-Wall", "-Wextra",
                         "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-label", f"-I{hls / 'include'}", f"-I{hls}",
                         f"-I{ddr_build}", str(hls / "roma_core.cpp"), "-o", str(obj)],
                        capture_output=True, text=True, timeout=300)

@@ -46,7 +46,7 @@ def test_layout_from_the_header():
     names = [a.name for a in itf.arguments]
     assert names[0] == "command" and names[-1] == "status"
     for n in names:  # every argument, in header order
-        assert f" {n}," in decl or f"*{n}," in decl or f"*{n})" in decl
+        assert f" {n}," in decl or f"*{n}," in decl or f"*{n})" in decl or f"&{n}," in decl
     assert [decl.index(n) for n in names] == sorted(decl.index(n) for n in names)
     layout = itf.layout()
     assert layout["CTRL"]["offset"] == 0x00 and layout["GIER"]["offset"] == 0x04
@@ -68,13 +68,18 @@ def test_layout_from_the_header():
     assert c["LORA_SLOTS"] == 4 and c["LORA_MAX_RANK"] == 64  # constexprs of the ROMA_* defaults
     assert drv.stage_names(c)[:4] == ["embedding", "norm", "act_quant", "gemv"] and len(drv.stage_names(c)) == 12
     assert drv.stage_names(c)[-1] == "kv_load" and c["CMD_KV_LOAD"] == 6
+    # the cycle counters: one output register per stage, in stage order, read-only (not set by the host)
+    assert [a.name for a in itf.outputs] == [f"cycles_{s}" for s in drv.stage_names(c)]
+    assert all(a.ctype == "uint32_t &" and not a.pointer for a in itf.outputs)
+    assert not set(itf.outputs) & set(itf.scalars)
 
 
 def test_layout_rules_on_a_synthetic_header():
     itf = parse_interface('extern "C" void roma_core(uint32_t a, // comment, with a comma\n'
-                          '  const float *p, float f, uint64_t big, int32_t *q);')
+                          '  const float *p, float f, uint64_t big, int32_t *q, uint32_t &out);')
     assert [(a.name, a.offset, a.width) for a in itf.arguments] == [
-        ("a", 0x10, 32), ("p", 0x18, 64), ("f", 0x24, 32), ("big", 0x2C, 64), ("q", 0x38, 64)]
+        ("a", 0x10, 32), ("p", 0x18, 64), ("f", 0x24, 32), ("big", 0x2C, 64), ("q", 0x38, 64), ("out", 0x44, 32)]
+    assert [a.name for a in itf.outputs] == ["out"] and [a.name for a in itf.pointers] == ["p", "q"]
     assert itf["a"].decode(0xFFFFFFFF) == 0xFFFFFFFF and parse_interface(
         'extern "C" void roma_core(int32_t s);')["s"].decode(0xFFFFFFFF) == -1
     with pytest.raises(RomaError, match="no extern"):

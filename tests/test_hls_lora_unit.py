@@ -62,7 +62,7 @@ typedef roma::LoraUnit<1, 32, 16, 48, 2, 8> Lora;
 static Lora u;
 int top(const unsigned char *img, unsigned bytes, const float x[32], float y[32]) {
   roma::LoraCycles cyc;
-  if (roma::lora_validate<Lora>(img, bytes, 1) != nullptr) return 1;
+  if (roma::lora_validate<Lora>(img, bytes, 1) != roma::LoraImageError::Ok) return 1;
   roma::lora_load<Lora>(u, 0, img, bytes, cyc);
   roma::lora_apply<Lora, 32, 32>(u, 0, 0, 0, x, y, cyc);
   return 0;

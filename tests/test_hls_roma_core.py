@@ -23,6 +23,7 @@ from float_noise import assert_within_float_noise, golden_variant_logits, relati
 pytestmark = hls_tools.needs_gxx
 
 STATUS_WORDS = 32
+STAGES = 12  # roma_core.h's cycles_STAGE output registers, one per Stage
 CMD_PREFILL, CMD_DECODE = 1, 2
 SAMPLE_NONE, SAMPLE_GREEDY = 0, 1
 ERR_TOKEN_RANGE = 3
@@ -46,7 +47,7 @@ class EmuBoard:
         self.lib.roma_emu_set_threads(threads)
         U, F, P = ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p
         self.core = self.lib.roma_core
-        self.core.argtypes = [U, U, U, U, U, U, U, F, U, F, F, F, U, U, U, U, P, P, P, P, P, P, P]
+        self.core.argtypes = [U, U, U, U, U, U, U, F, U, F, F, F, U, U, U, U] + [P] * STAGES + [P] * 7
         self.core.restype = None
 
     def run(self, command, position, tokens, kv, capacity, vocab, sample_mode=SAMPLE_GREEDY):
@@ -55,8 +56,10 @@ class EmuBoard:
         logits = np.zeros(vocab, np.float32)
         status = np.zeros(STATUS_WORDS, np.uint32)
         staging = np.zeros(1, np.uint8)
+        self.cycles = np.zeros(STAGES, np.uint32)
         self.core(command, position, len(tokens), capacity, 0, 0, sample_mode, 1.0, 0, 1.0, 0.0, 1.0, 64, 0, 0,
-                  0xFFFFFFFF, tokens.ctypes.data, out.ctypes.data, logits.ctypes.data, kv.ctypes.data,
+                  0xFFFFFFFF, *(self.cycles[i:].ctypes.data for i in range(STAGES)),
+                  tokens.ctypes.data, out.ctypes.data, logits.ctypes.data, kv.ctypes.data,
                   staging.ctypes.data, None if self.ddr is None else self.ddr.ctypes.data, status.ctypes.data)
         return status, logits, out
 
@@ -109,9 +112,11 @@ def test_emu_library_on_the_tiny_build(tb_run, hls_build):
     want = golden.forward(prompt, golden.new_cache(32))[-1]
     assert status[0] == 0 and status[1] == len(prompt)
     assert relative_error(logits, want) <= TOL and out[0] == int(np.argmax(want))
+    assert board.cycles[3] > 0 and board.cycles[9] > 0  # the cycle counters: gemv, lm_head
     kv_before = kv.copy()
     status, _, _ = board.run(CMD_DECODE, len(prompt), [c.vocab_size], kv, 32, c.vocab_size)
     assert status[0] == ERR_TOKEN_RANGE and np.array_equal(kv, kv_before)
+    assert not board.cycles.any()  # a refused call runs nothing
 
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",

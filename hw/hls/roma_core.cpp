@@ -57,6 +57,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "roma/act_quant.h"
 #include "roma/activation.h"
@@ -83,6 +84,8 @@ constexpr int KV_ONCHIP_CTX = 0;
 #include <string>
 #include <vector>
 
+#include "roma/csim/activation.h"
+#include "roma/csim/attention.h"
 #include "roma/csim/brom_ddr.h"
 #include "roma/csim/brom_tile.h"
 #ifdef _OPENMP
@@ -101,15 +104,17 @@ namespace {
 
 constexpr int QDIM = rm::N_HEADS * rm::HEAD_DIM;
 constexpr int MAX_T = PREFILL_CHUNK;
+constexpr int MAX_TOKENS = rm::CONTEXT;                      // tokens of one command at most (LOOP_TRIPCOUNT)
+constexpr int MAX_CHUNKS = (rm::CONTEXT + MAX_T - 1) / MAX_T; // prefill chunks of one command at most
 constexpr int ATT_SIMD = rm::HEAD_DIM % 8 == 0 ? 8 : (rm::HEAD_DIM % 4 == 0 ? 4 : 2);
 constexpr bool KV_ONCHIP = rm::KV_ONCHIP_CTX > 0;
+typedef std::integral_constant<bool, KV_ONCHIP> KvOnChip; // selects overloads: only the build's KV code is instantiated
 static_assert(rm::KV_ONCHIP_CTX >= 0 && rm::KV_ONCHIP_CTX <= rm::CONTEXT, "the on-chip KV fits the context");
 constexpr uint32_t KV_LIMIT = KV_ONCHIP ? rm::KV_ONCHIP_CTX : rm::CONTEXT; // the largest kv_capacity
 constexpr int KV_CHIP_ROWS = KV_ONCHIP ? rm::KV_ONCHIP_CTX : 1;
 
 enum Lin : int { L_WQ = 0, L_WK, L_WV, L_WO, L_GATE, L_UP, L_DOWN, L_EMBD, L_OUTPUT };
 constexpr int HEAD_LIN = rm::TIED_EMBEDDINGS ? L_EMBD : L_OUTPUT;
-const char *const LIN_NAMES[7] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
 
 constexpr int lin_rows(int lin) {
   return lin == L_WQ ? QDIM : (lin == L_WK || lin == L_WV) ? rm::KV_DIM : (lin == L_GATE || lin == L_UP) ? rm::FFN_DIM
@@ -161,6 +166,7 @@ struct RomTensor {
   static constexpr int ROWS_ALL = lin_rows(LIN), COLS = lin_cols(LIN), ROWS = ROWS_ALL / TILES;
   static constexpr long long DDR_OFFSET = lin_ddr(L, LIN);
   static constexpr bool DDR = DDR_OFFSET >= 0;
+  typedef std::integral_constant<bool, DDR> InDdr; // selects overloads: only the tier's code is instantiated
   static_assert(ROWS_ALL % TILES == 0, "the tiles must split the rows evenly");
   static_assert(!DDR || (DDR_OFFSET >= DDR_HEADER_WORDS && DDR_OFFSET < rm::DDR_WORDS),
                 "a DDR tensor's offset lies inside the DDR image, past its header");
@@ -171,14 +177,15 @@ struct RomTensor {
   static ROMA_ROM_CONST half_bits_t mins[TILES][C::PARAMS];   // fp16
   static ROMA_ROM_CONST scale_word_t params[TILES][C::PARAMS]; // q8: sd | sm << 8 per (group, row)
   static ROMA_ROM_CONST scale_word_t exps[TILES][ROWS];        // q8: row exponents
-  static ROMA_ROM_CONST auto &prm() {
-    if constexpr (SF == ScaleFormat::Q8) return params;
-    else return scales;
-  }
-  static ROMA_ROM_CONST auto &aux() {
-    if constexpr (SF == ScaleFormat::Q8) return exps;
-    else return mins;
-  }
+  typedef std::integral_constant<bool, SF == ScaleFormat::Q8> IsQ8;
+  static ROMA_ROM_CONST auto &prm() { return by_format(IsQ8(), params, scales); }
+  static ROMA_ROM_CONST auto &aux() { return by_format(IsQ8(), exps, mins); }
+
+private: // the q8 array or the fp16 one, chosen by overload (C++14: no if constexpr on the synthesis path)
+  template <class Q8Array, class Fp16Array>
+  static Q8Array &by_format(std::true_type, Q8Array &q8, Fp16Array &) { return q8; }
+  template <class Q8Array, class Fp16Array>
+  static Fp16Array &by_format(std::false_type, Q8Array &, Fp16Array &fp16) { return fp16; }
 };
 
 #ifdef __SYNTHESIS__
@@ -240,12 +247,32 @@ float g_x[MAX_T][rm::DIM];
 float g_q[MAX_T][QDIM], g_k[MAX_T][rm::KV_DIM], g_v[MAX_T][rm::KV_DIM], g_att[MAX_T][QDIM];
 float g_logits[rm::VOCAB];
 
+// LOGITS_OUT: the last token's logits to the host, one fp32 per cycle on the 32-bit logits port, once per run
+// command (counted under STAGE_LM_HEAD as the head's output).
+constexpr uint64_t LOGITS_OUT_CYCLES = (uint64_t)rm::VOCAB * timing::II + 2 + timing::AXI_WRITE_LATENCY;
+
 struct Acct {
   LayerCycles layer;
   Cycles gemv, head;
   LoraCycles lora;
   SamplerCycles sampler;
 };
+
+// The tiles of tensor R (TILES*ROWS outputs): streamed from ddr, or from its ROM.
+template <class R>
+void tiles_gemv(std::true_type /*in DDR*/, const act_t xq[R::COLS], const float as[R::COLS / R::GROUP],
+                const rom_word_t *ddr, float *y, acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP],
+                Cycles &cyc) {
+  brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
+      xq, as, ddr + R::DDR_OFFSET, y, probe, xs, cyc);
+}
+template <class R>
+void tiles_gemv(std::false_type /*on chip*/, const act_t xq[R::COLS], const float as[R::COLS / R::GROUP],
+                const rom_word_t *, float *y, acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP],
+                Cycles &cyc) {
+  brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
+      xq, as, R::planes, R::prm(), R::aux(), y, probe, xs, cyc);
+}
 
 // x[COLS] -> y[ROWS_ALL] through tensor (L, LIN): activation quantizer, tiles (ROM, or streamed from ddr),
 // and the LoRA delta when a slot is active and has a factor on this linear.
@@ -260,12 +287,7 @@ void linear(const float *x, float *y, const rom_word_t *ddr, Acct &a) {
   act_quant<R::COLS, R::GROUP>(x, xq, as, cyc);
 #ifdef __SYNTHESIS__
   static acc_t probe[R::TILES][R::C::PARAMS]; // not written (PROBE = false)
-  if constexpr (R::DDR)
-    brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
-        xq, as, ddr + R::DDR_OFFSET, y, probe, xs, cyc);
-  else
-    brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
-        xq, as, R::planes, R::prm(), R::aux(), y, probe, xs, cyc);
+  tiles_gemv<R>(typename R::InDdr(), xq, as, ddr, y, probe, xs, cyc);
 #else
   if constexpr (R::DDR) {
     if (Packed<L, LIN>::ok) {
@@ -299,6 +321,25 @@ void linear(const float *x, float *y, const rom_word_t *ddr, Acct &a) {
     lora_apply<Lora, R::COLS, R::ROWS_ALL>(g_lora, (int)g_active, L, LIN, x, y, a.lora);
 }
 
+#ifdef __SYNTHESIS__
+#define ROMA_ATTENTION_PREFILL attention_prefill
+#else // the emulated board's query (csim/attention.h, bit-identical)
+#define ROMA_ATTENTION_PREFILL attention_prefill_csim
+#endif
+// Layer L's attention over the chunk (g_q, g_k, g_v -> g_att), the KV cache on chip (written through to the DDR
+// rows kc, vc) or in DDR.
+template <int L>
+void attend(std::true_type /*on chip*/, int start, int T, half_bits_t *kc, half_bits_t *vc, LayerCycles &cyc) {
+  ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD,
+                         KvPlace::OnChip>(g_q, g_k, g_v, start, T, g_kv_chip[L][0], g_kv_chip[L][1], g_att, cyc, kc,
+                                          vc);
+}
+template <int L>
+void attend(std::false_type /*in DDR*/, int start, int T, half_bits_t *kc, half_bits_t *vc, LayerCycles &cyc) {
+  ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr>(
+      g_q, g_k, g_v, start, T, kc, vc, g_att, cyc);
+}
+
 // Layer L over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place).
 template <int L>
 void layer(int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
@@ -307,27 +348,28 @@ void layer(int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *dd
   float h[rm::DIM], qr[QDIM], kr[rm::KV_DIM];
 LAYER_QKV:
   for (int i = 0; i < T; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
     rms_norm<rm::DIM>(g_x[i], g_norms[2 * L], rm::RMS_EPS, h, a.layer);
     linear<L, L_WQ>(h, qr, ddr, a);
     linear<L, L_WK>(h, kr, ddr, a);
     linear<L, L_WV>(h, g_v[i], ddr, a);
     rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i], g_k[i], a.layer);
   }
-  if constexpr (KV_ONCHIP)
-    attention_prefill<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD, KvPlace::OnChip>(
-        g_q, g_k, g_v, start, T, g_kv_chip[L][0], g_kv_chip[L][1], g_att, a.layer, kc, vc);
-  else
-    attention_prefill<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr>(
-        g_q, g_k, g_v, start, T, kc, vc, g_att, a.layer);
+  attend<L>(KvOnChip(), start, T, kc, vc, a.layer);
   float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
 LAYER_FFN:
   for (int i = 0; i < T; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
     linear<L, L_WO>(g_att[i], o, ddr, a);
     residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
     rms_norm<rm::DIM>(g_x[i], g_norms[2 * L + 1], rm::RMS_EPS, h, a.layer);
     linear<L, L_GATE>(h, gate, ddr, a);
     linear<L, L_UP>(h, up, ddr, a);
+#ifdef __SYNTHESIS__
     swiglu<rm::FFN_DIM>(gate, up, gate, a.layer);
+#else
+    swiglu_csim<rm::FFN_DIM>(gate, up, gate, a.layer); // csim/activation.h: bit-identical
+#endif
     linear<L, L_DOWN>(gate, o, ddr, a);
     residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
   }
@@ -336,25 +378,35 @@ LAYER_FFN:
 template <int L>
 void layers(int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
   layer<L>(start, T, kv, cap, ddr, a);
-  if constexpr (L + 1 < rm::N_LAYERS) layers<L + 1>(start, T, kv, cap, ddr, a);
+  layers<L + 1>(start, T, kv, cap, ddr, a);
 }
+template <>
+void layers<rm::N_LAYERS>(int, int, half_bits_t *, uint32_t, const rom_word_t *, Acct &) {} // past the last layer
 
 // The embedding row of token `id`, from its ROM or streamed from ddr.
 template <class E>
-void embed(int id, const rom_word_t *ddr, float *out, LayerCycles &cyc) {
-  static_assert(E::SF == ScaleFormat::Fp16, "the embedding lookup (embedding.h) reads fp16 scales only: "
-                                            "compile token_embd with fp16 scales");
-  if constexpr (E::DDR)
-    embedding_row_ddr<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, ddr + E::DDR_OFFSET, out, cyc);
-  else
-    embedding_row<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, E::planes, E::scales, E::mins, out, cyc);
+void embed(std::true_type /*in DDR*/, int id, const rom_word_t *ddr, float *out, LayerCycles &cyc) {
+  embedding_row_ddr<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, ddr + E::DDR_OFFSET, out, cyc);
+}
+template <class E>
+void embed(std::false_type /*on chip*/, int id, const rom_word_t *, float *out, LayerCycles &cyc) {
+  embedding_row<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, E::planes, E::scales, E::mins, out, cyc);
 }
 
 // Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
 void forward(const int32_t *ids, int n, int start, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
+FORWARD_CHUNKS:
   for (int c0 = 0; c0 < n; c0 += MAX_T) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
     const int T = n - c0 < MAX_T ? n - c0 : MAX_T;
-    for (int i = 0; i < T; ++i) embed<RomTensor<0, L_EMBD>>(ids[c0 + i], ddr, g_x[i], a.layer);
+    typedef RomTensor<0, L_EMBD> E;
+    static_assert(E::SF == ScaleFormat::Fp16, "the embedding lookup (embedding.h) reads fp16 scales only: "
+                                              "compile token_embd with fp16 scales");
+  EMBED_CHUNK:
+    for (int i = 0; i < T; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
+      embed<E>(E::InDdr(), ids[c0 + i], ddr, g_x[i], a.layer);
+    }
     layers<0>(start + c0, T, kv, cap, ddr, a);
     if (c0 + T == n) {
       float h[rm::DIM];
@@ -364,8 +416,12 @@ void forward(const int32_t *ids, int n, int start, half_bits_t *kv, uint32_t cap
   }
 }
 
-// CMD_KV_LOAD: rows start..start+n-1 of every layer's keys and values from the DDR buffer into g_kv_chip.
-void kv_load_all(const half_bits_t *kv, uint32_t cap, int start, int n, LayerCycles &cyc) {
+// CMD_KV_LOAD: rows start..start+n-1 of every layer's keys and values from the DDR buffer into g_kv_chip (a build
+// without an on-chip KV cache refuses the command before this).
+// (inline: a build uses one of the two overloads)
+inline void kv_load_all(std::false_type /*no on-chip KV*/, const half_bits_t *, uint32_t, int, int, LayerCycles &) {}
+inline void kv_load_all(std::true_type /*on-chip KV*/, const half_bits_t *kv, uint32_t cap, int start, int n,
+                        LayerCycles &cyc) {
 KV_LOAD_CACHES:
   for (int c = 0; c < 2 * rm::N_LAYERS; ++c)
     kv_load<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, KV_CHIP_ROWS, ATT_SIMD>(
@@ -386,8 +442,8 @@ SamplerParams sampler_params(uint32_t mode, float inv_t, uint32_t top_k, float t
   return p;
 }
 
-void write_status(uint32_t *status, uint32_t err, uint32_t tokens, const Acct &a) {
-  uint64_t st[STAGE_COUNT] = {0};
+// The call's cycles per stage, in roma_core.h's Stage order (what the cycles_STAGE registers report).
+void stage_cycles(const Acct &a, uint64_t st[STAGE_COUNT]) {
   st[STAGE_EMBEDDING] = a.layer.embedding;
   st[STAGE_NORM] = a.layer.norm;
   st[STAGE_ACT_QUANT] = a.gemv.act_quant;
@@ -400,18 +456,13 @@ void write_status(uint32_t *status, uint32_t err, uint32_t tokens, const Acct &a
   st[STAGE_LM_HEAD] = a.head.total();
   st[STAGE_SAMPLER] = a.sampler.total();
   st[STAGE_KV_LOAD] = a.layer.kv_load;
-  uint64_t total = 0;
-  for (int s = 0; s < (int)STAGE_COUNT; ++s) total += st[s];
+}
+
+void write_status(uint32_t *status, uint32_t err, uint32_t tokens) {
 STATUS_WRITE:
   for (int w = 0; w < (int)STATUS_WORDS; ++w) {
-    uint32_t v = 0;
-    if (w == STATUS_ERROR) v = err;
-    else if (w == STATUS_TOKENS) v = tokens;
-    else if (w == STATUS_CYCLES_LO) v = (uint32_t)total;
-    else if (w == STATUS_CYCLES_HI) v = (uint32_t)(total >> 32);
-    else if (w >= (int)STATUS_STAGE_CYCLES && w < (int)(STATUS_STAGE_CYCLES + STAGE_COUNT))
-      v = (uint32_t)st[w - STATUS_STAGE_CYCLES];
-    status[w] = v;
+#pragma HLS PIPELINE II = 1
+    status[w] = w == (int)STATUS_ERROR ? err : w == (int)STATUS_TOKENS ? tokens : 0u;
   }
 }
 
@@ -493,7 +544,11 @@ constexpr int DEPTH_DDR = rm::DDR_WORDS > 0 ? (int)rm::DDR_WORDS : 1;
 extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens, uint32_t kv_capacity,
                           uint32_t lora_slot, uint32_t lora_bytes, uint32_t sample_mode, float inv_temperature,
                           uint32_t top_k, float top_p, float min_p, float repeat_penalty, uint32_t repeat_last_n,
-                          uint32_t seed_lo, uint32_t seed_hi, uint32_t eos_id, const int32_t *tokens_in,
+                          uint32_t seed_lo, uint32_t seed_hi, uint32_t eos_id, uint32_t &cycles_embedding,
+                          uint32_t &cycles_norm, uint32_t &cycles_act_quant, uint32_t &cycles_gemv,
+                          uint32_t &cycles_lora, uint32_t &cycles_rope, uint32_t &cycles_attention,
+                          uint32_t &cycles_activation, uint32_t &cycles_residual, uint32_t &cycles_lm_head,
+                          uint32_t &cycles_sampler, uint32_t &cycles_kv_load, const int32_t *tokens_in,
                           int32_t *tokens_out, float *logits, uint16_t *kv_cache, const uint8_t *lora_staging,
                           const uint32_t *ddr_weights, uint32_t *status) {
 #pragma HLS INTERFACE mode = s_axilite port = command bundle = control
@@ -512,6 +567,18 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = seed_lo bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = seed_hi bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = eos_id bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_embedding bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_norm bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_act_quant bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_gemv bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_lora bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_rope bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_attention bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_activation bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_residual bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_lm_head bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_sampler bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_kv_load bundle = control
 #pragma HLS INTERFACE mode = m_axi port = tokens_in offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
 #pragma HLS INTERFACE mode = m_axi port = tokens_out offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
 #pragma HLS INTERFACE mode = m_axi port = logits offset = slave bundle = gmem_logits depth = DEPTH_LOGITS
@@ -553,26 +620,26 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     else if (run) {
       const uint32_t check = command == CMD_GENERATE ? 1 : n_tokens;
     VALIDATE_TOKENS:
-      for (uint32_t i = 0; i < check; ++i)
+      for (uint32_t i = 0; i < check; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_TOKENS
         if (tokens_in[i] < 0 || tokens_in[i] >= rm::VOCAB) err = ERR_TOKEN_RANGE;
+      }
     } else if (command == CMD_LOAD_LORA) {
       if (lora_slot >= LORA_SLOTS) err = ERR_LORA_SLOT;
-      else if (lora_validate<Lora>(lora_staging, lora_bytes, rm::N_LAYERS) != nullptr) err = ERR_LORA_IMAGE;
+      else if (lora_validate<Lora>(lora_staging, lora_bytes, rm::N_LAYERS) != LoraImageError::Ok)
+        err = ERR_LORA_IMAGE;
     } else if (command == CMD_SELECT_LORA) {
       if (lora_slot != LORA_NONE && (lora_slot >= LORA_SLOTS || !g_lora.loaded[lora_slot])) err = ERR_LORA_SLOT;
     }
   }
   if (err != ERR_NONE) {
-    write_status(status, err, 0, a);
-    return;
-  }
-
-  if (command == CMD_LOAD_LORA) {
+    // refused: nothing runs (status and counters below: the error, 0 cycles)
+  } else if (command == CMD_LOAD_LORA) {
     lora_load<Lora>(g_lora, (int)lora_slot, lora_staging, lora_bytes, a.lora);
   } else if (command == CMD_SELECT_LORA) {
     g_active = lora_slot;
   } else if (command == CMD_KV_LOAD) {
-    if constexpr (KV_ONCHIP) kv_load_all(kv_cache, kv_capacity, (int)position, (int)n_tokens, a.layer);
+    kv_load_all(KvOnChip(), kv_cache, kv_capacity, (int)position, (int)n_tokens, a.layer);
     done = n_tokens;
   } else {
     if (seed_lo != 0 || seed_hi != 0) {
@@ -591,6 +658,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
       int32_t tok = tokens_in[0];
     GENERATE:
       for (uint32_t s = 0; s < n_tokens; ++s) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_TOKENS
         forward(&tok, 1, (int)(position + s), kv_cache, kv_capacity, ddr_weights, a);
         const uint32_t next = sampler_step<rm::VOCAB, SAMPLER_K, SAMPLER_LANES, SAMPLER_RING>(
             g_logits, prm, g_rng, g_recent, a.sampler);
@@ -602,11 +670,26 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     }
   LOGITS_OUT:
     for (int i = 0; i < rm::VOCAB; ++i) {
-#pragma HLS PIPELINE II = 1
+#pragma HLS PIPELINE II = timing::II
       logits[i] = g_logits[i];
     }
+    a.head.output += LOGITS_OUT_CYCLES;
   }
-  write_status(status, ERR_NONE, done, a);
+  write_status(status, err, done);
+  uint64_t st[STAGE_COUNT];
+  stage_cycles(a, st);
+  cycles_embedding = (uint32_t)st[STAGE_EMBEDDING];
+  cycles_norm = (uint32_t)st[STAGE_NORM];
+  cycles_act_quant = (uint32_t)st[STAGE_ACT_QUANT];
+  cycles_gemv = (uint32_t)st[STAGE_GEMV];
+  cycles_lora = (uint32_t)st[STAGE_LORA];
+  cycles_rope = (uint32_t)st[STAGE_ROPE];
+  cycles_attention = (uint32_t)st[STAGE_ATTENTION];
+  cycles_activation = (uint32_t)st[STAGE_ACTIVATION];
+  cycles_residual = (uint32_t)st[STAGE_RESIDUAL];
+  cycles_lm_head = (uint32_t)st[STAGE_LM_HEAD];
+  cycles_sampler = (uint32_t)st[STAGE_SAMPLER];
+  cycles_kv_load = (uint32_t)st[STAGE_KV_LOAD];
 }
 
 #ifndef __SYNTHESIS__
@@ -652,6 +735,8 @@ bool load_tensor(const std::string &dir, const std::string &name, char *err, int
     return true;
   }
 }
+
+const char *const LIN_NAMES[7] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
 
 template <int L>
 bool load_layers(const std::string &dir, char *err, int err_len) {

@@ -61,6 +61,12 @@
 //                                                       read once per GEMV, one sequential pass per tile;
 //                                                       unused (may be 0) when every tensor is on chip
 //   status       uint32 [STATUS_WORDS]                  written at the end of every call (see Status)
+//
+// Cycle counters (AXI-Lite outputs, `uint32_t &cycles_STAGE`: read-only registers, one per Stage, written at the
+// end of every call): the cycles this call spent in each stage, low 32 bits. The core advances them by each
+// kernel's cycle model (the iterations x II + depth of its pipelined loops, the constants its PIPELINE pragmas
+// use), in C simulation and in synthesis alike, so the emulated board and a board report the same counts; the
+// call's estimate is their sum.
 #ifndef ROMA_CORE_H
 #define ROMA_CORE_H
 
@@ -103,13 +109,10 @@ constexpr int PREFILL_CHUNK = 16; // tokens per prefill chunk (activation buffer
 enum Status : uint32_t {
   STATUS_ERROR = 0,        // 0 = ok, else an ErrorCode; nothing was changed when it is not 0
   STATUS_TOKENS = 1,       // tokens run (PREFILL/DECODE), generated (GENERATE) or rows loaded (KV_LOAD)
-  STATUS_CYCLES_LO = 2,    // estimated cycles of this call (cycle accounting of the pipelined loops)
-  STATUS_CYCLES_HI = 3,
-  STATUS_STAGE_CYCLES = 4, // per-stage estimated cycles, low 32 bits each, in the order of Stage
-  STATUS_WORDS = 32,
+  STATUS_WORDS = 32,       // (the words past STATUS_TOKENS are written as 0)
 };
 
-// Stages of the cycle estimate (status[STATUS_STAGE_CYCLES + stage]). The estimate is the sum of the
+// Stages of the cycle estimate (the registers cycles_STAGE, in this order). The estimate is the sum of the
 // kernels' cycle models (Cycles, LayerCycles, SamplerCycles, LoraCycles): kernels are counted one after the
 // other (no overlap between kernels), the tiles of one matrix in parallel.
 enum Stage : uint32_t {
@@ -123,7 +126,8 @@ enum Stage : uint32_t {
   STAGE_ATTENTION = 6,  // KV writes, scores, softmax, P*V
   STAGE_ACTIVATION = 7, // SwiGLU
   STAGE_RESIDUAL = 8,   // residual adds
-  STAGE_LM_HEAD = 9,    // LM head: activation quantizer + GEMV over the vocabulary (ROM or DDR-streamed)
+  STAGE_LM_HEAD = 9,    // LM head: activation quantizer + GEMV over the vocabulary (ROM or DDR-streamed), and
+                        // writing the logits to the host (LOGITS_OUT, once per run command)
   STAGE_SAMPLER = 10,   // on-chip sampler
   STAGE_KV_LOAD = 11,   // CMD_KV_LOAD: DDR rows into the on-chip KV cache (the run commands' writes to both
                         // places are under STAGE_ATTENTION)
@@ -151,6 +155,10 @@ extern "C" void roma_core(
     uint32_t lora_slot, uint32_t lora_bytes,
     uint32_t sample_mode, float inv_temperature, uint32_t top_k, float top_p, float min_p,
     float repeat_penalty, uint32_t repeat_last_n, uint32_t seed_lo, uint32_t seed_hi, uint32_t eos_id,
+    // AXI-Lite outputs: the cycle counters, one per Stage in its order
+    uint32_t &cycles_embedding, uint32_t &cycles_norm, uint32_t &cycles_act_quant, uint32_t &cycles_gemv,
+    uint32_t &cycles_lora, uint32_t &cycles_rope, uint32_t &cycles_attention, uint32_t &cycles_activation,
+    uint32_t &cycles_residual, uint32_t &cycles_lm_head, uint32_t &cycles_sampler, uint32_t &cycles_kv_load,
     // m_axi
     const int32_t *tokens_in, int32_t *tokens_out, float *logits, uint16_t *kv_cache,
     const uint8_t *lora_staging, const uint32_t *ddr_weights, uint32_t *status);

@@ -11,7 +11,8 @@ The header is the single source of truth: this module parses its `extern "C" voi
     0x0C  IP_ISR  bit 0 ap_done, bit 1 ap_ready interrupt status (toggle on write)
     0x10  first argument. Each argument takes its data words and then one reserved word:
           a 32-bit scalar (uint32_t, int32_t, float) 1 + 1 words (8 bytes), a pointer (m_axi offset) or
-          64-bit scalar 2 + 1 words (12 bytes, low word first).
+          64-bit scalar 2 + 1 words (12 bytes, low word first). A reference (`uint32_t &name`) is an output
+          register the core writes (its extra word is Vitis HLS's name_ctrl, the ap_vld bit).
 
 The same layout is what the board's .hwh says (PYNQ's register map) and what the emulated board's generated
 .hwh says, so the driver addresses registers by argument name on both.
@@ -78,6 +79,7 @@ class Argument:
     const: bool
     offset: int            # AXI-Lite byte offset of its (first) data word
     width: int             # register width in bits: 32, or 64 for pointers and 64-bit scalars
+    output: bool = False   # a register the core writes (a reference argument), not one the host sets
 
     @property
     def dtype(self) -> np.dtype:
@@ -85,7 +87,7 @@ class Argument:
 
     @property
     def ctypes_type(self):
-        if self.pointer:
+        if self.pointer or self.output:  # an output: the address of the host's cell
             return ctypes.c_void_p
         return _SCALARS[self.base][1]
 
@@ -137,7 +139,11 @@ class Interface:
 
     @property
     def scalars(self) -> tuple[Argument, ...]:
-        return tuple(a for a in self.arguments if not a.pointer)
+        return tuple(a for a in self.arguments if not a.pointer and not a.output)
+
+    @property
+    def outputs(self) -> tuple[Argument, ...]:
+        return tuple(a for a in self.arguments if a.output)
 
     @property
     def end(self) -> int:
@@ -162,7 +168,7 @@ class Interface:
 
 
 _DECL = re.compile(r'extern\s+"C"\s+void\s+' + TOP + r'\s*\((?P<args>[^)]*)\)\s*;', re.S)
-_PARAM = re.compile(r"^(?P<const>const\s+)?(?P<base>[A-Za-z_][A-Za-z0-9_ ]*?)\s*(?P<ptr>\*)?\s*"
+_PARAM = re.compile(r"^(?P<const>const\s+)?(?P<base>[A-Za-z_][A-Za-z0-9_ ]*?)\s*(?P<ptr>\*|&)?\s*"
                     r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -182,15 +188,15 @@ def parse_interface(text: str, source: str = "roma_core.h") -> Interface:
         if not pm:
             raise RomaError(f"{source}: cannot read argument {i} of {TOP}: '{raw}'")
         base = pm.group("base").strip()
-        pointer = pm.group("ptr") is not None
+        pointer, output = pm.group("ptr") == "*", pm.group("ptr") == "&"
         if base not in _SCALARS:
             raise RomaError(f"{source}: argument '{pm.group('name')}' has type '{base}', which the driver "
                             f"does not know", hint="use a fixed-width integer, float or double")
         width = 64 if pointer or _SCALARS[base][2] == 64 else 32
-        ctype = ("const " if pm.group("const") else "") + base + (" *" if pointer else "")
+        ctype = ("const " if pm.group("const") else "") + base + (" *" if pointer else " &" if output else "")
         args.append(Argument(name=pm.group("name"), index=i, ctype=ctype, base=base,
                              pointer=pointer, const=pm.group("const") is not None, offset=offset,
-                             width=width))
+                             width=width, output=output))
         offset += 4 * (width // 32 + 1)
     names = [a.name for a in args]
     if len(set(names)) != len(names):

@@ -2,8 +2,8 @@
 
 `CoreBackend` runs the Backend interface on the overlay's core: a KV cache is a DDR buffer of its own
 (`CoreCache`), forward is CMD_PREFILL/CMD_DECODE, generate is CMD_GENERATE (autonomous decode), LoRA slots are
-written once and switched by the active-slot register, and the core's status words give the cycle estimate of
-every call. The subclasses say which device the overlay is on (emulated.py, board.py).
+written once and switched by the active-slot register, and the core's cycle counter registers give the cycle
+estimate of every call. The subclasses say which device the overlay is on (emulated.py, board.py).
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ class CoreBackend(Backend):
         return logits
 
     def last_cycles(self) -> dict[str, int] | None:
-        """Estimated FPGA cycles per stage (roma_core.h's Stage enum, from the status words) of the last
-        forward, summed over its calls; None before the first."""
+        """Estimated FPGA cycles per stage (roma_core.h's Stage enum, from the core's cycles_STAGE registers) of
+        the last forward, summed over its calls; None before the first."""
         return None if self._cycles is None else dict(self._cycles)
 
 

@@ -192,6 +192,14 @@ class RomaCoreDriver(DefaultIP):
         if a.width == 64:
             self.mmio.write(off + 4, raw >> 32)
 
+    def read_arg(self, name: str):
+        a = self.interface[name]
+        off = self.offsets[name]
+        raw = self.mmio.read(off)
+        if a.width == 64:
+            raw |= self.mmio.read(off + 4) << 32
+        return a.decode(raw)
+
     def start(self) -> None:
         self.mmio.write(CTRL, AP_START)
 
@@ -333,16 +341,17 @@ class RomaCoreDriver(DefaultIP):
             "status": self.status_buf.device_address,
         }
         for a in self.interface.arguments:
-            self.write_arg(a.name, regs[a.name])
+            if not a.output:  # the cycle counters are the core's to write
+                self.write_arg(a.name, regs[a.name])
         self.start()
         self.wait()
         self.status_buf.invalidate()
         status = np.array(self.status_buf, copy=True)
         self.status, self.calls = status, self.calls + 1
         c = self.constants
-        self.last_cycles = int(status[c["STATUS_CYCLES_LO"]]) | (int(status[c["STATUS_CYCLES_HI"]]) << 32)
-        first = c["STATUS_STAGE_CYCLES"]
-        self.stage_cycles = {name: int(status[first + i]) for i, name in enumerate(self.stages)}
+        # the core's cycle counter registers, one per stage (board and emulated board alike)
+        self.stage_cycles = {name: self.read_arg(f"cycles_{name}") for name in self.stages}
+        self.last_cycles = sum(self.stage_cycles.values())
         err = int(status[c["STATUS_ERROR"]])
         if err:
             raise RomaError(self._error_message(err, command, position, n_tokens, kv))

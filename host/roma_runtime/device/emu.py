@@ -19,7 +19,8 @@ register map and pynq.allocate run unchanged on it:
 - AP_START: writing ap_start to CTRL snapshots the argument registers, decodes the scalars per their header
   types, translates every pointer register (a device address) to a host pointer in its buffer, clears
   ap_idle and calls roma_core(...) through ctypes on a worker thread (ctypes releases the GIL); when it
-  returns, ap_done, ap_ready and ap_idle are set (ap_done/ap_ready clear on read, as Vitis HLS does).
+  returns, its output registers (the cycle counters) hold what it wrote, and ap_done, ap_ready and ap_idle are
+  set (ap_done/ap_ready clear on read, as Vitis HLS does).
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ class EmuCore:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.calls = 0
+        self._outputs: list = []  # (output argument, its cell) of the running call
 
     def read(self, offset: int) -> int:
         if offset == CTRL:
@@ -210,11 +212,16 @@ class EmuCore:
         return v
 
     def arguments(self) -> list:
-        """The call's arguments: scalars decoded per their types, pointers translated to host addresses."""
-        args = []
+        """The call's arguments: scalars decoded per their types, pointers translated to host addresses, outputs
+        (the cycle counters) the addresses of cells that _run copies into their registers."""
+        args, self._outputs = [], []
         for a in self.interface.arguments:
             raw = self.register(a.name)
-            if a.pointer:
+            if a.output:
+                cell = np.zeros(1, a.dtype)
+                self._outputs.append((a, cell))
+                args.append(cell.ctypes.data)
+            elif a.pointer:
                 if raw == 0:
                     args.append(None)
                     continue
@@ -242,6 +249,11 @@ class EmuCore:
     def _run(self, args) -> None:
         try:
             self.library.call(args)
+            for a, cell in self._outputs:  # the core's output registers
+                raw = int(cell.view(np.uint64 if a.width == 64 else np.uint32)[0])
+                self.words[a.offset // 4] = raw & 0xFFFFFFFF
+                if a.width == 64:
+                    self.words[a.offset // 4 + 1] = raw >> 32
         except BaseException as e:  # reported by wait()/the device; the block still finishes
             self.error = e
         with self._lock:

@@ -24,10 +24,13 @@ set ROMA_WORK [file normalize [roma_env ROMA_WORK]]
 set ROMA_CSIM_DATA [roma_env ROMA_CSIM_DATA none]
 set ROMA_HLS_TARGET [roma_env ROMA_HLS_TARGET vivado]
 
-# The flags of hw/hls/Makefile's csim, minus the g++-only ones: C++17 (roma_core.cpp uses if constexpr),
-# no fp contraction (the numerics contract counts every fp32 rounding).
-set ROMA_CFLAGS "-std=c++17 -ffp-contract=off -I$ROMA_HLS/include -I$ROMA_HLS"
-set ROMA_TB_CFLAGS "$ROMA_CFLAGS -I$ROMA_HLS/tb"
+# Synthesized sources: C++14 (UG1399 lists C++11/14; the footprint check compiles them with -std=c++14
+# -pedantic-errors), no fp contraction (the numerics contract counts every fp32 rounding). The testbenches and
+# roma_core's C-simulation project compile the csim/ headers, which may use C++17.
+set ROMA_INCLUDES "-ffp-contract=off -I$ROMA_HLS/include -I$ROMA_HLS"
+set ROMA_CFLAGS "-std=c++14 $ROMA_INCLUDES"
+set ROMA_CSIM_CFLAGS "-std=c++17 $ROMA_INCLUDES"
+set ROMA_TB_CFLAGS "$ROMA_CSIM_CFLAGS -I$ROMA_HLS/tb"
 
 file mkdir $ROMA_WORK
 cd $ROMA_WORK

@@ -7,8 +7,9 @@
 #
 # 1. C simulation (when ROMA_CSIM_DATA is set): tb/tb_roma_core.cpp against the tiny build that
 #    tb/gen_roma_core.py writes into ROMA_CSIM_DATA/build (its roma_model.h fixes the dimensions, so this is a
-#    project of its own); the ROM images are loaded from the .bin files as on the emulated board.
-# 2. C synthesis of roma_core.cpp against ROMA_BUILD/roma_model.h: __SYNTHESIS__ is defined by the tool, and
+#    project of its own, compiled as C++17 for the csim/ headers); the ROM images are loaded from the .bin files as
+#    on the emulated board.
+# 2. C synthesis of roma_core.cpp (C++14) against ROMA_BUILD/roma_model.h: __SYNTHESIS__ is defined by the tool, and
 #    roma_model.h includes roma_rom_define.h once per on-chip tensor, which initialises every ROM array from
 #    its ROMA_BUILD/NAME.dat (norms.dat for the RMSNorm weights); -I ROMA_BUILD puts them on the include path.
 #    Tensors the build streams from DDR have no .dat: the core reads them through ddr_weights (brom_ddr.h).
@@ -35,7 +36,7 @@ set ROMA_IP_VERSION 1.0
 if {$ROMA_CSIM_DATA ne "none"} {
   open_project -reset roma_core_csim
   set_top roma_core
-  add_files $ROMA_HLS/roma_core.cpp -cflags "$ROMA_CFLAGS -I$ROMA_CSIM_DATA/build $ROMA_DEFINES"
+  add_files $ROMA_HLS/roma_core.cpp -cflags "$ROMA_CSIM_CFLAGS -I$ROMA_CSIM_DATA/build $ROMA_DEFINES"
   add_files -tb $ROMA_HLS/tb/tb_roma_core.cpp -cflags "$ROMA_TB_CFLAGS -I$ROMA_CSIM_DATA/build $ROMA_DEFINES"
   open_solution -reset sol -flow_target $ROMA_HLS_TARGET
   set_part $ROMA_PART

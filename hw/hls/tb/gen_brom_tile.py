@@ -27,17 +27,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT / "host") not in sys.path:
-    sys.path.insert(0, str(ROOT / "host"))
-
-from roma_runtime.artifact import brom_image as brom  # noqa: E402
-from roma_runtime.artifact import ddr_image  # noqa: E402
-from roma_runtime.artifact.brom_image import Q8_EXP_MAX, Q8_EXP_MIN  # noqa: E402
-from roma_runtime.compiler.quantization.quantize import quantize_rtn  # noqa: E402
-from roma_runtime.golden import numerics  # noqa: E402
-from roma_runtime.model.weights import QuantizedMatrix  # noqa: E402
+from roma_runtime.artifact import brom_image as brom
+from roma_runtime.artifact import ddr_image
+from roma_runtime.artifact.brom_image import Q8_EXP_MAX, Q8_EXP_MIN
+from roma_runtime.compiler.quantization.quantize import quantize_rtn
+from roma_runtime.golden import numerics
+from roma_runtime.model.weights import QuantizedMatrix
 
 # Shapes the testbench instantiates: (rows, cols, tiles) for the random cases of every bits x group.
 RANDOM_SHAPE = (12, 384, 6)  # 2 rows per tile: below the fp32 adder latency, exercises GEMV_II > 1

@@ -31,16 +31,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT / "host") not in sys.path:
-    sys.path.insert(0, str(ROOT / "host"))
-
-from roma_runtime.artifact import brom_image as brom  # noqa: E402
-from roma_runtime.golden import model as golden  # noqa: E402
-from roma_runtime.model.config import ModelConfig  # noqa: E402
-from roma_runtime.model.loader import LoadedModel  # noqa: E402
-from roma_runtime.model.weights import LayerWeights, ModelWeights, QuantizedMatrix, as_float  # noqa: E402
+from roma_runtime.artifact import brom_image as brom
+from roma_runtime.golden import model as golden
+from roma_runtime.model.config import ModelConfig
+from roma_runtime.model.loader import LoadedModel
+from roma_runtime.model.weights import LayerWeights, ModelWeights, QuantizedMatrix, as_float
 
 PROMPT = ("The quick brown fox jumps over the lazy dog. On an FPGA the base weights live in read-only memory "
           "next to the arithmetic, while the adapters and the cache of keys and values live in")

@@ -24,14 +24,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT / "host") not in sys.path:
-    sys.path.insert(0, str(ROOT / "host"))
-
-from roma_runtime import lora  # noqa: E402
-from roma_runtime.artifact.lora_image import ENTRY_BYTES, HEADER_BYTES  # noqa: E402
-from roma_runtime.model.config import ModelConfig, linear_shapes  # noqa: E402
+from roma_runtime import lora
+from roma_runtime.artifact.lora_image import ENTRY_BYTES, HEADER_BYTES
+from roma_runtime.model.config import ModelConfig, linear_shapes
 
 SHAPES = {  # name -> (config, the unit's MAX_RANK in tb_lora_unit.cpp, tokens per apply)
     "tiny": (ModelConfig("tiny-lora", 2, 32, 48, 4, 2, 100, 64, 10000.0, 1e-5, True), 8, 4),

@@ -1,7 +1,10 @@
 """Golden data for tb_roma_core.cpp: a tiny model's build folder (the compiler API) and what the golden model
 (GoldenModel, "quant" mode) computes on it.
 
-    python gen_roma_core.py OUT_DIR [--no-model]     (--no-model is accepted and ignored: no SmolLM2 needed)
+    PYTHONPATH=host python gen_roma_core.py OUT_DIR --tiny-models=tests/tiny_models.py [--no-model]
+
+--tiny-models: the module that writes the tiny random LLaMA (write_tiny_hf; the Makefile passes the tests'
+one); --no-model is accepted and ignored (no SmolLM2 needed).
 
 OUT_DIR/build        the build (`roma compile` of a tiny random LLaMA: 2 layers, dim 64, GQA 4/2, untied head,
                      vocab 49152; mixed precision: layer 0 at 4 bits G32, layer 1 at 3 bits, its w_down at 2,
@@ -17,15 +20,12 @@ OUT_DIR/*.i32/.f32/.u16/.bin   prompt, logits, tokens, KV rows, packed LoRA imag
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT / "host"))
-sys.path.insert(0, str(ROOT / "tests"))
 
 PROMPT_LEN = 21  # > PREFILL_CHUNK (16): the chunked prefill is exercised
 DECODE_STEPS = 4
@@ -106,14 +106,21 @@ def _adapter(model, rng):
     return lora.Adapter.from_factors("tb", c, factors)
 
 
-def write_case(out: Path) -> dict:
+def _load_module(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write_case(out: Path, tiny_models: Path) -> dict:
+    """tiny_models: the module (a .py file) whose write_tiny_hf writes the tiny model."""
     from roma_runtime import lora
     from roma_runtime.golden import GoldenModel
     from roma_runtime.golden import sampler as gs
-    from tiny_models import write_tiny_hf
 
     out.mkdir(parents=True, exist_ok=True)
-    hf = write_tiny_hf(out / "hf", tied=False)
+    hf = _load_module(tiny_models).write_tiny_hf(out / "hf", tied=False)
     model = _mixed_build(hf, out / "build")
     shutil.rmtree(out / "hf")
     c = model.config
@@ -191,10 +198,11 @@ def write_case(out: Path) -> dict:
 
 def main(argv: list[str]) -> int:
     args = [a for a in argv if not a.startswith("--")]
-    if len(args) != 1:
+    tiny = [a.split("=", 1)[1] for a in argv if a.startswith("--tiny-models=")]
+    if len(args) != 1 or len(tiny) != 1:
         print(__doc__)
         return 2
-    print(write_case(Path(args[0])))
+    print(write_case(Path(args[0]), Path(tiny[0])))
     return 0
 
 

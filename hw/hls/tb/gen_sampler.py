@@ -21,12 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT / "host") not in sys.path:
-    sys.path.insert(0, str(ROOT / "host"))
-
-from roma_runtime.golden import sampler as gs  # noqa: E402
+from roma_runtime.golden import sampler as gs
 
 # (V, K, LANES, N) instances in tb_sampler.cpp: SmolLM2's vocabulary with 4 lanes; a mid vocabulary with a
 # small pool and ring; a vocabulary smaller than the pool; an odd vocabulary on one lane.

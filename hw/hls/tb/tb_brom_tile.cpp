@@ -39,6 +39,8 @@
 #include "roma/attention.h"
 #include "roma/brom_ddr.h"
 #include "roma/brom_tile.h"
+#include "roma/csim/activation.h"
+#include "roma/csim/attention.h"
 #include "roma/csim/brom_ddr.h"
 #include "roma/csim/brom_tile.h"
 #include "tb_common.h"
@@ -318,10 +320,10 @@ void check_attention_csim(Tally &tally) {
   for (int pos : {0, 1, 2, 15, 64, 151, MAXCTX - 1}) {
     for (size_t i = 0; i < q.size(); ++i) q[i] = rnd() * (pos % 2 ? 4.0f : 0.5f);
     LayerCycles c1, c2;
-    attention_query<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, false>(q.data(), pos, kc.data(), vc.data(),
-                                                                             ref.data(), c1);
-    attention_query<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, true>(q.data(), pos, kc.data(), vc.data(),
-                                                                            fast.data(), c2);
+    attention_query<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr>(q.data(), pos, kc.data(), vc.data(),
+                                                                      ref.data(), c1);
+    attention_query_fast<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr>(q.data(), pos, kc.data(), vc.data(),
+                                                                           fast.data(), c2);
     for (size_t i = 0; i < q.size(); ++i) {
       const bool ok = float_to_bits(ref[i]) == float_to_bits(fast[i]);
       tally.check(ok);
@@ -358,7 +360,7 @@ void check_exp_simd(Tally &tally) {
     up[i] = z[(size_t)i * 11 % z.size()] * 0.1f;
   }
   LayerCycles cyc;
-  swiglu<N>(gate.data(), up.data(), y.data(), cyc);
+  swiglu_csim<N>(gate.data(), up.data(), y.data(), cyc);
   for (int i = 0; i < N; ++i) {
     const float g = gate[i], want = (g / (1.0f + exp_f32(-g))) * up[i];
     const bool ok = float_to_bits(y[i]) == float_to_bits(want);

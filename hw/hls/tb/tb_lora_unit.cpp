@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "roma/csim/lora_unit.h"
 #include "roma/lora_unit.h"
 #include "tb_common.h"
 
@@ -48,12 +49,14 @@ struct Totals {
   }
 };
 
-// The CMD_LOAD_LORA path of roma_core.cpp: the whole image validated first, copied into the slot only if valid.
+// The CMD_LOAD_LORA path of roma_core.cpp: the whole image validated first, copied into the slot only if valid;
+// nullptr, or the refusal code's reason.
 template <class U>
 const char *load_checked(U &u, int slot, const std::vector<uint8_t> &img, LoraCycles &cyc) {
-  const char *why = lora_validate<U>(img.data(), (uint32_t)img.size(), (int)(sizeof(u.rank[0]) / sizeof(u.rank[0][0])));
-  if (why == nullptr) lora_load<U>(u, slot, img.data(), (uint32_t)img.size(), cyc);
-  return why;
+  const LoraImageError e =
+      lora_validate<U>(img.data(), (uint32_t)img.size(), (int)(sizeof(u.rank[0]) / sizeof(u.rank[0][0])));
+  if (e == LoraImageError::Ok) lora_load<U>(u, slot, img.data(), (uint32_t)img.size(), cyc);
+  return lora_image_error_text(e);
 }
 
 template <class U>

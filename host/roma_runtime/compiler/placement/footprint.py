@@ -6,7 +6,7 @@
 No AMD tool runs here, so the proof of fit comes from the code Vitis HLS would read: hw/hls/roma_core.cpp is
 compiled with g++ on the synthesis path (-D__SYNTHESIS__) against the build's roma_model.h, .dat ROM initialisers
 and norms.dat, at -O0 -g -ffunction-sections -fno-inline so that every template instantiation stays a function
-of its own (C++14 first; the report says why not when it falls back to C++17).
+of its own, as C++14 with -pedantic-errors (the standard Vitis HLS reads: a C++17 construct fails the check).
 
 Memory: every static array of the object file (`nm -S`: its bytes) with its element width and shape from the
 DWARF debug information (structs such as g_lora count member by member: each member array is its own memory).
@@ -59,10 +59,11 @@ BUDGET = 0.8  # plan.py's default share of BRAM/URAM (timing closure)
 # of depth <= 128 goes to distributed RAM)
 LUTRAM_MAX_DEPTH = 128
 
+CXX_STD = "c++14"  # the synthesized sources' standard (UG1399 lists C++11/14); hls/common.tcl says the same
+
 # Arrays the object defines that synthesis drops, and why (read in roma_core.cpp).
 NOT_HARDWARE = {
     "probe": "linear()'s dot probe: passed with PROBE = false, never accessed, removed by synthesis",
-    "LIN_NAMES": "tensor names used by the C-simulation loader only",
 }
 KV_UNUSED = "the on-chip KV cache of a build without one (KV_ONCHIP_CTX = 0): never referenced by roma_core"
 
@@ -146,26 +147,26 @@ class Array:
 # --- compiling ----------------------------------------------------------------------------------------------
 
 
-def compile_synthesis(build: Path, out: Path) -> tuple[Path, str, str]:
-    """g++ -D__SYNTHESIS__ -c roma_core.cpp against the build -> (object, C++ standard used, why not C++14)."""
+def compile_synthesis(build: Path, out: Path) -> Path:
+    """g++ -D__SYNTHESIS__ -c roma_core.cpp against the build, as C++14 (UG1399 lists C++11/14) -> the object."""
     if shutil.which("g++") is None:
         raise RomaError("the footprint check needs g++", hint="apt-get install g++")
     obj = out / "roma_core_synth.o"
-    # -Wfatal-errors: a C++14 attempt stops at its first error instead of parsing megabytes of ROM initialisers
-    base = ["g++", "-O0", "-g", "-ffunction-sections", "-fno-inline", "-D__SYNTHESIS__", "-ffp-contract=off", "-w",
-            "-Wfatal-errors",
-            f"-I{HLS_DIR}", f"-I{HLS_DIR / 'include'}", f"-I{build}", "-c", str(HLS_DIR / "roma_core.cpp"),
-            "-o", str(obj)]
-    not14 = ""
-    for std in ("c++14", "c++17"):
-        r = subprocess.run(base[:1] + [f"-std={std}"] + base[1:], capture_output=True, text=True)
-        if r.returncode == 0:
-            return obj, std, not14
+    # -pedantic-errors: a C++17 construct on the synthesis path (if constexpr, hex-float literals, ...) fails here
+    # (no -w: it would silence them); -Wfatal-errors stops at the first error instead of parsing megabytes of ROM
+    # initialisers
+    cmd = ["g++", f"-std={CXX_STD}", "-pedantic-errors", "-Wfatal-errors", "-Wno-unknown-pragmas",
+           "-Wno-unused-label", "-O0", "-g", "-ffunction-sections", "-fno-inline", "-D__SYNTHESIS__",
+           "-ffp-contract=off", f"-I{HLS_DIR}", f"-I{HLS_DIR / 'include'}", f"-I{build}", "-c",
+           str(HLS_DIR / "roma_core.cpp"), "-o", str(obj)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
         first = next((ln for ln in r.stderr.splitlines() if "error" in ln), r.stderr.strip()[:300])
-        if std == "c++14":
-            not14 = first.replace(str(HLS_DIR) + "/", "")
-    raise RomaError(f"the synthesis path does not compile against {build}: {first}",
-                    hint="the build's roma_model.h and .dat files must come from this checkout's `roma compile`")
+        raise RomaError(f"the synthesis path does not compile as {CXX_STD} against {build}: "
+                        f"{first.replace(str(HLS_DIR) + '/', '')}",
+                        hint="the build's roma_model.h and .dat files must come from this checkout's `roma compile`; "
+                             "synthesized sources are C++14 (C-simulation-only code lives in include/roma/csim/)")
+    return obj
 
 
 def _nm_data(obj: Path) -> list[tuple[str, str, int, str]]:
@@ -547,7 +548,7 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     defines.setdefault("ROMA_KV_ONCHIP_IMPL", "bram")  # roma_core.cpp's default for older builds
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        obj, std, not14 = compile_synthesis(build, Path(tmp))
+        obj = compile_synthesis(build, Path(tmp))
         arrays, dropped = _arrays(obj, consts.get("KV_ONCHIP_CTX", 0) > 0)
         kernels, per_function = kernel_instances(obj)
         obj_bytes = sum(s for _, _, s, _ in _nm_data(obj))
@@ -566,8 +567,7 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     return {
         "build": str(build),
         "build_board": (plan.get("board") or {}).get("name"),
-        "std": std,
-        "not_cxx14": not14,
+        "std": CXX_STD,
         "object_static_bytes": obj_bytes,
         "array_bytes": sum(a.bytes for a in arrays),
         "bram36": sum(a.bram36 for a in arrays),
@@ -651,8 +651,6 @@ def _by_kernel(arrays: list) -> list:
 def render(rep: dict, top: int = 30) -> str:
     """The report as text: the largest arrays, the totals against budget and plan, the kernels, the verdict."""
     lines = [f"footprint of {rep['build']} on {rep['board']} (g++ -std={rep['std']} -D__SYNTHESIS__)"]
-    if rep["not_cxx14"]:
-        lines.append(f"  not C++14 (UG1399 lists C++11/14): {rep['not_cxx14']}")
     lines.append("")
     lines += _table("static array", rep["arrays"], top)
     reasons: dict[str, list] = {}

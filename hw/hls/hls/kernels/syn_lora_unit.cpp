@@ -16,7 +16,7 @@ extern "C" int roma_syn_lora_unit(int command, int slot, int lin, const uint8_t 
   static Unit unit;
   roma::LoraCycles cyc;
   if (command == 0) {
-    if (roma::lora_validate<Unit>(image, bytes, 1) != nullptr) return 1;
+    if (roma::lora_validate<Unit>(image, bytes, 1) != roma::LoraImageError::Ok) return 1;
     roma::lora_load(unit, slot, image, bytes, cyc);
     return 0;
   }

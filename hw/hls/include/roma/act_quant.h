@@ -78,11 +78,7 @@ QUANT:
     }
   }
 
-#ifndef __SYNTHESIS__
   cyc.act_quant += C::CYCLES;
-#else
-  (void)cyc;
-#endif
 }
 
 } // namespace roma

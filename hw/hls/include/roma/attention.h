@@ -42,14 +42,12 @@
 //   PV:    S*CH iterations, GROUP*SIMD MACs; acc[h][d] revisited every CH iterations       II=acc_ii(CH)
 //   FINAL: HEADS*HD/SIMD iterations, SIMD dividers                                         II=1
 // A prefill chunk of T tokens writes T rows, then runs the query loops T times (keys 0..start+i).
+// The emulated board's query (AVX-512, bit-identical: tb_brom_tile checks it) is in csim/attention.h.
 #ifndef ROMA_ATTENTION_H
 #define ROMA_ATTENTION_H
 
 #include <cmath>
 #include <cstdint>
-#if !defined(__SYNTHESIS__) && defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 #include "fexp.h"
 #include "layer_cycles.h"
@@ -140,132 +138,17 @@ KV_WRITE:
       const half_bits_t kh = float_to_half(k_new[c * SIMD + l]), vh = float_to_half(v_new[c * SIMD + l]);
       k_cache[i] = kh;
       v_cache[i] = vh;
-      if constexpr (PLACE == KvPlace::OnChip) {
+      if (PLACE == KvPlace::OnChip) { // a template constant: the Ddr instance has no write-through
         k_ddr[i] = kh;
         v_ddr[i] = vh;
       }
     }
   }
-#ifndef __SYNTHESIS__
   cyc.attention += C::WRITE_CYCLES;
-#else
-  (void)cyc;
-#endif
 }
-
-#if !defined(__SYNTHESIS__) && defined(__AVX512F__)
-// ---- C simulation only: the emulated board's attention_query with AVX-512 (HD = 64) ----
-// The same fp32 operations as attention_query below, on 16 lanes. A head's score is the pairwise tree over its
-// HD products (tree_sum<SIMD> of the chunk products, then tree_sum<CHD> of the chunk sums: for powers of two,
-// v[i] = v[2i] + v[2i+1] level by level). Here pair_sum (even/odd lane permutes) builds the first two levels
-// per position (16 sums of 4 products), and the last four levels for 16 positions at once, so one vector
-// ends up holding the scores of 16 consecutive positions. The max is order-free; the exps are exp_f32 on 16
-// positions (exp_f32x16, bit for bit); the sums l[h] and the P*V accumulation keep their per-head, per-element
-// order over s (PV runs kv head by kv head with s inner: each acc[h][d] still sums s = 0, 1, ... in order);
-// the final division is the same IEEE division. fp16 K/V are widened with vcvtph2ps, exact for every non-NaN
-// half. tb_brom_tile checks the result bit for bit against attention_query's reference loops.
-#define ROMA_ATT_CSIM_FAST 1
-namespace detail {
-inline __m512 pair_sum(__m512 a, __m512 b) { // out[i] = x[2i] + x[2i+1] of the 32 values (a, b)
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  return _mm512_add_ps(_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b));
-}
-inline __m512 load_half16(const half_bits_t *p) {
-  return _mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256((const __m256i *)p));
-}
-} // namespace detail
-
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX>
-void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t *k_cache,
-                          const half_bits_t *v_cache, float out[HEADS * HD], float (*score)[MAX_CTX]) {
-  static_assert(HD == 64, "the C-simulation attention is written for head_dim 64");
-  constexpr int GROUP = HEADS / KV_HEADS, ROW = KV_HEADS * HD;
-  const __m512 scale = _mm512_set1_ps(attention_scale<HD>());
-  const int S = pos + 1;
-  const __m512 zero = _mm512_setzero_ps();
-  float mx[HEADS], lsum[HEADS];
-  for (int kh = 0; kh < KV_HEADS; ++kh) {
-    __m512 qv[GROUP][4], mxv[GROUP];
-    for (int gq = 0; gq < GROUP; ++gq) {
-      for (int j = 0; j < 4; ++j) qv[gq][j] = _mm512_loadu_ps(&q[(kh * GROUP + gq) * HD + 16 * j]);
-      mxv[gq] = _mm512_set1_ps(-INFINITY);
-    }
-    for (int s0 = 0; s0 < S; s0 += 16) {
-      const int n = S - s0 < 16 ? S - s0 : 16;
-      __m512 quads[GROUP][16]; // per position: 16 sums of 4 products (positions past S: 0, never stored)
-      for (int u = 0; u < 16; ++u) {
-        if (u >= n) {
-          for (int gq = 0; gq < GROUP; ++gq) quads[gq][u] = zero;
-          continue;
-        }
-        const half_bits_t *kr = &k_cache[(size_t)(s0 + u) * ROW + kh * HD];
-        const __m512 k0 = detail::load_half16(kr), k1 = detail::load_half16(kr + 16);
-        const __m512 k2 = detail::load_half16(kr + 32), k3 = detail::load_half16(kr + 48);
-        for (int gq = 0; gq < GROUP; ++gq) {
-          const __m512 l0 = detail::pair_sum(_mm512_mul_ps(qv[gq][0], k0), _mm512_mul_ps(qv[gq][1], k1));
-          const __m512 l1 = detail::pair_sum(_mm512_mul_ps(qv[gq][2], k2), _mm512_mul_ps(qv[gq][3], k3));
-          quads[gq][u] = detail::pair_sum(l0, l1);
-        }
-      }
-      const __mmask16 valid = (__mmask16)(n == 16 ? 0xffffu : (1u << n) - 1u);
-      for (int gq = 0; gq < GROUP; ++gq) {
-        __m512 *t = quads[gq]; // 16 -> 8 -> 4 -> 2 -> 1 vectors: lane u ends up with position s0 + u
-        for (int width = 16; width > 1; width /= 2)
-          for (int i = 0; i < width / 2; ++i) t[i] = detail::pair_sum(t[2 * i], t[2 * i + 1]);
-        const __m512 sc = _mm512_mul_ps(t[0], scale);
-        _mm512_mask_storeu_ps(&score[kh * GROUP + gq][s0], valid, sc);
-        mxv[gq] = _mm512_mask_max_ps(mxv[gq], valid, mxv[gq], sc);
-      }
-    }
-    for (int gq = 0; gq < GROUP; ++gq) { // the max of the 16 lanes (order-free)
-      float lanes[16];
-      _mm512_storeu_ps(lanes, mxv[gq]);
-      float m = lanes[0];
-      for (int l = 1; l < 16; ++l) m = lanes[l] > m ? lanes[l] : m;
-      mx[kh * GROUP + gq] = m;
-    }
-  }
-  for (int h = 0; h < HEADS; ++h) {
-    const __m512 m = _mm512_set1_ps(mx[h]);
-    for (int s0 = 0; s0 < S; s0 += 16) {
-      const __mmask16 valid = (__mmask16)(S - s0 < 16 ? (1u << (S - s0)) - 1u : 0xffffu);
-      const __m512 x = _mm512_maskz_loadu_ps(valid, &score[h][s0]);
-      _mm512_mask_storeu_ps(&score[h][s0], valid, exp_f32x16(_mm512_sub_ps(x, m)));
-    }
-  }
-  for (int h = 0; h < HEADS; ++h) lsum[h] = 0.0f + score[h][0];
-  for (int s = 1; s < S; ++s)
-    for (int h = 0; h < HEADS; ++h) lsum[h] += score[h][s];
-  for (int kh = 0; kh < KV_HEADS; ++kh) {
-    __m512 acc[GROUP][4];
-    for (int gq = 0; gq < GROUP; ++gq)
-      for (int j = 0; j < 4; ++j) acc[gq][j] = zero; // 0 + p*v at s = 0, as the reference
-    for (int s = 0; s < S; ++s) {
-      const half_bits_t *vr = &v_cache[(size_t)s * ROW + kh * HD];
-      __m512 vv[4];
-      for (int j = 0; j < 4; ++j) vv[j] = detail::load_half16(vr + 16 * j);
-      for (int gq = 0; gq < GROUP; ++gq) {
-        const __m512 p = _mm512_set1_ps(score[kh * GROUP + gq][s]);
-        for (int j = 0; j < 4; ++j) acc[gq][j] = _mm512_add_ps(acc[gq][j], _mm512_mul_ps(p, vv[j]));
-      }
-    }
-    for (int gq = 0; gq < GROUP; ++gq) {
-      const int h = kh * GROUP + gq;
-      const __m512 l = _mm512_set1_ps(lsum[h]);
-      for (int j = 0; j < 4; ++j) _mm512_storeu_ps(&out[h * HD + 16 * j], _mm512_div_ps(acc[gq][j], l));
-    }
-  }
-}
-#else
-#define ROMA_ATT_CSIM_FAST 0
-#endif
 
 // One query (all HEADS heads, rotated) at position `pos` over cache rows 0..pos (already written).
-// FAST (C simulation only): use attention_query_csim when it is compiled in (bit-identical); false: always the
-// reference loops (testbenches).
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
-          bool FAST = true>
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
 void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_cache, const half_bits_t *v_cache,
                      float out[HEADS * HD], LayerCycles &cyc) {
   typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE> C;
@@ -282,13 +165,6 @@ void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_ca
 #pragma HLS ARRAY_PARTITION variable = ql type = cyclic factor = SIMD dim = 2
   static float score[HEADS][MAX_CTX]; // scores, then exp(score - max), of the current query
 #pragma HLS ARRAY_PARTITION variable = score type = cyclic factor = GROUP dim = 1
-#if !defined(__SYNTHESIS__) && ROMA_ATT_CSIM_FAST
-  if constexpr (FAST && HD == 64 && (SIMD & (SIMD - 1)) == 0) {
-    attention_query_csim<HEADS, KV_HEADS, HD, MAX_CTX>(q, pos, k_cache, v_cache, out, score);
-    cyc.attention += C::query_cycles(S);
-    return;
-  }
-#endif
   float mx[HEADS], lsum[HEADS];
 #pragma HLS ARRAY_PARTITION variable = mx type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = lsum type = complete dim = 1
@@ -315,6 +191,7 @@ QLOAD:
   // Pass 1: scores and their max (one sequential read of rows 0..pos of K).
 SCORE_POS:
   for (int s = 0; s < S; ++s) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CTX
   SCORE_CHUNK:
     for (int c = 0; c < CH; ++c) {
 #pragma HLS PIPELINE II = timing::II
@@ -353,6 +230,7 @@ SCORE_POS:
   // exp(score - max) in place, and the sums.
 EXP_POS:
   for (int s = 0; s < S; ++s) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CTX
   EXP_HEAD:
     for (int h = 0; h < HEADS; ++h) {
 #pragma HLS PIPELINE II = EXP_II
@@ -366,6 +244,7 @@ EXP_POS:
   // Pass 2: sum_s e[h,s] * v[s] (one sequential read of rows 0..pos of V).
 PV_POS:
   for (int s = 0; s < S; ++s) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CTX
   PV_CHUNK:
     for (int c = 0; c < CH; ++c) {
 #pragma HLS PIPELINE II = PV_II
@@ -399,11 +278,7 @@ FINAL:
       out[h * HD + dc * SIMD + l] = acc[h][dc * SIMD + l] / lsum[h];
     }
   }
-#ifndef __SYNTHESIS__
   cyc.attention += C::query_cycles(S);
-#else
-  (void)cyc;
-#endif
 }
 
 // Copy rows start..start+n-1 of one cache (K or V of a layer) from the host's DDR rows into the on-chip ones
@@ -412,19 +287,18 @@ template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8>
 void kv_load(const half_bits_t *ddr, half_bits_t *chip, int start, int n, LayerCycles &cyc) {
   typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, KvPlace::OnChip> C;
   const size_t base = (size_t)start * C::ROW;
+  constexpr int MAX_CHUNKS = MAX_CTX * C::CH; // used by the LOOP_TRIPCOUNT pragma
+  (void)MAX_CHUNKS;
 KV_LOAD:
   for (int c = 0; c < n * C::CH; ++c) {
 #pragma HLS PIPELINE II = timing::II
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
     for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
       chip[base + (size_t)c * SIMD + l] = ddr[base + (size_t)c * SIMD + l];
     }
   }
-#ifndef __SYNTHESIS__
   cyc.kv_load += C::load_cycles(n);
-#else
-  (void)cyc;
-#endif
 }
 
 // Decode step: the token at `pos` (cache rows 0..pos-1 valid; 0 <= pos < MAX_CTX, checked by the caller).
@@ -448,11 +322,13 @@ void attention_prefill(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T
                        half_bits_t *k_ddr = nullptr, half_bits_t *v_ddr = nullptr) {
 PREFILL_WRITE:
   for (int i = 0; i < T; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
     kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(k_new[i], v_new[i], start + i, k_cache, v_cache, cyc,
                                                         k_ddr, v_ddr);
   }
 PREFILL_QUERY:
   for (int i = 0; i < T; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
     attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(q[i], start + i, k_cache, v_cache, out[i], cyc);
   }
 }

@@ -32,7 +32,7 @@
 // brom_candidates, brom_step_dot and brom_term are shared with the DDR-streamed tile (brom_ddr.h), which
 // reads the same words from DDR instead of ROM banks.
 //
-// Cycle model (constants in BromTileConfig, shared by the pragmas and the C-simulation counters):
+// Cycle model (constants in BromTileConfig, shared by the pragmas and the cycle counters):
 //   candidates: COLS/4 iterations (one quad per cycle) + CAND_DEPTH
 //   gemv:       NG*ROWS iterations at GEMV_II (= 1 when ROWS >= FADD_LATENCY) + GEMV_DEPTH; outputs are
 //               written by the last group's iterations (no separate output loop).
@@ -197,7 +197,9 @@ inline acc_t brom_step_dot(const rom_word_t *w, const cand_t cand[GROUP / QUAD][
   } else {
     for (int j = 0; j < GROUP; ++j) {
 #pragma HLS UNROLL
-      dot += (acc_t)rom_code<GROUP, BITS>(w, j) * (acc_t)xg[j]; // DSP multiply-accumulate
+      const acc_t prod = (acc_t)rom_code<GROUP, BITS>(w, j) * (acc_t)xg[j];
+#pragma HLS BIND_OP variable = prod op = mul impl = dsp
+      dot += prod; // a 2-8-bit x 8-bit product: on a DSP (BIND_OP), not left to LUTs
     }
   }
   return dot;
@@ -262,12 +264,8 @@ GEMV_GROUPS:
 #pragma HLS UNROLL
     xsum_out[g] = xsum[g];
   }
-#ifndef __SYNTHESIS__
   cyc.candidates += C::CAND_CYCLES;
   cyc.gemv += C::GEMV_CYCLES;
-#else
-  (void)cyc;
-#endif
 }
 
 // All TILES tiles of one matrix (TILES*ROWS outputs), in parallel: the unrolled loop instantiates TILES
@@ -294,14 +292,10 @@ TILES_LOOP:
     Cycles tile_cyc;
     brom_tile_gemv<ROWS, COLS, GROUP, BITS, DP, PROBE, SF>(xq, a_scale, planes[t], prm[t], aux[t], &y[t * ROWS],
                                                            dot_probe[t], xsums[t], tile_cyc);
-#ifndef __SYNTHESIS__
     if (t == 0) { // parallel tiles: one tile's time
       cyc.candidates += tile_cyc.candidates;
       cyc.gemv += tile_cyc.gemv;
     }
-#else
-    (void)cyc;
-#endif
   }
   for (int g = 0; g < COLS / GROUP; ++g) {
 #pragma HLS UNROLL

@@ -10,33 +10,30 @@
 // agree, and a term that small is far below the resolution of the sums it joins. z > Z_MAX gives +inf; for
 // n = 128 (z in (88.38, Z_MAX]) 2^n is applied as 2 * 2^127.
 //
-// exp_f32x16 (C simulation only) is the same operations on 16 lanes, bit for bit (tb_sampler checks it on a
-// sweep); the emulated board's softmax and SiLU use it. The builds use -ffp-contract=off, so no multiply-add is
-// fused in either.
+// The emulated board's 16-lane form, exp_f32x16, is in csim/fexp.h. The builds use -ffp-contract=off, so no
+// multiply-add is fused.
 #ifndef ROMA_FEXP_H
 #define ROMA_FEXP_H
 
 #include <cstdint>
-#if !defined(__SYNTHESIS__) && defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 #include "types.h"
 
 namespace roma {
 
 namespace fexp_detail {
-// fp32 constants as exact hex-float literals (golden/sampler.py spells the same bit patterns)
+// fp32 constants as exact decimal literals: each is the exact value of the fp32 whose bits follow (C++14 has no
+// hex-float literals; golden/sampler.py spells the same bit patterns)
 constexpr float Z_MIN = -86.0f;
-constexpr float Z_MAX = 88.72f;           // exp(88.72) < FLT_MAX < exp(88.7229)
-constexpr float LOG2E = 0x1.715476p+0f;   // 0x3fb8aa3b, 1/ln 2
-constexpr float LN2_HI = 0x1.62e4p-1f;    // 0x3f317200, n * LN2_HI exact for |n| < 2^9
-constexpr float LN2_LO = 0x1.7f7d1cp-20f; // 0x35bfbe8e, ln 2 - LN2_HI
-constexpr float EXP_C7 = 0x1.a01a02p-13f; // 1/7!  0x39500d01
-constexpr float EXP_C6 = 0x1.6c16c2p-10f; // 1/6!  0x3ab60b61
-constexpr float EXP_C5 = 0x1.111112p-7f;  // 1/5!  0x3c088889
-constexpr float EXP_C4 = 0x1.555556p-5f;  // 1/4!  0x3d2aaaab
-constexpr float EXP_C3 = 0x1.555556p-3f;  // 1/3!  0x3e2aaaab
+constexpr float Z_MAX = 88.72f;                       // exp(88.72) < FLT_MAX < exp(88.7229)
+constexpr float LOG2E = 1.44269502162933349609375f;   // 0x3fb8aa3b, 1/ln 2
+constexpr float LN2_HI = 0.693145751953125f;          // 0x3f317200, n * LN2_HI exact for |n| < 2^9
+constexpr float LN2_LO = 1.428606765330187045037746429443359375e-6f; // 0x35bfbe8e, ln 2 - LN2_HI
+constexpr float EXP_C7 = 1.98412701138295233249664306640625e-4f;     // 1/7!  0x39500d01
+constexpr float EXP_C6 = 1.388888922519981861114501953125e-3f;       // 1/6!  0x3ab60b61
+constexpr float EXP_C5 = 8.333333767950534820556640625e-3f;          // 1/5!  0x3c088889
+constexpr float EXP_C4 = 4.16666679084300994873046875e-2f;           // 1/4!  0x3d2aaaab
+constexpr float EXP_C3 = 0.16666667163372039794921875f;              // 1/3!  0x3e2aaaab
 } // namespace fexp_detail
 
 inline float exp_f32(float z) {
@@ -63,33 +60,6 @@ inline float exp_f32(float z) {
   const float scale = bits_to_float((uint32_t)(n - (top ? 1 : 0) + 127) << 23);
   return big ? bits_to_float(0x7f800000u) : ok ? e * scale : 0.0f;
 }
-
-#if !defined(__SYNTHESIS__) && defined(__AVX512F__)
-inline __m512 exp_f32x16(__m512 z) {
-  using namespace fexp_detail;
-  const __mmask16 ok = _mm512_cmp_ps_mask(z, _mm512_set1_ps(Z_MIN), _CMP_GE_OQ);
-  const __mmask16 big = _mm512_cmp_ps_mask(z, _mm512_set1_ps(Z_MAX), _CMP_GT_OQ);
-  const __m512 zc = _mm512_maskz_mov_ps(ok & ~big, z);
-  const __m512 t2 = _mm512_add_ps(_mm512_mul_ps(zc, _mm512_set1_ps(LOG2E)), _mm512_set1_ps(0.5f));
-  const __m512 nf = _mm512_maskz_roundscale_ps(0xffff, t2, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); // floor
-  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(zc, _mm512_mul_ps(nf, _mm512_set1_ps(LN2_HI))),
-                                 _mm512_mul_ps(nf, _mm512_set1_ps(LN2_LO)));
-  __m512 e = _mm512_set1_ps(EXP_C7);
-  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(EXP_C6));
-  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(EXP_C5));
-  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(EXP_C4));
-  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(EXP_C3));
-  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(0.5f));
-  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(1.0f));
-  e = _mm512_add_ps(_mm512_mul_ps(e, r), _mm512_set1_ps(1.0f));
-  const __m512i n = _mm512_maskz_cvtps_epi32(0xffff, nf); // (maskz forms: no gcc 12 -Wuninitialized noise)
-  const __mmask16 top = _mm512_cmpgt_epi32_mask(n, _mm512_set1_epi32(127));
-  e = _mm512_mask_mul_ps(e, top, e, _mm512_set1_ps(2.0f));
-  const __m512i ex = _mm512_sub_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), _mm512_maskz_set1_epi32(top, 1));
-  const __m512 p = _mm512_maskz_mul_ps(ok, e, _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, ex, 23)));
-  return _mm512_mask_blend_ps(big, p, _mm512_castsi512_ps(_mm512_set1_epi32(0x7f800000)));
-}
-#endif
 
 } // namespace roma
 

@@ -3,8 +3,9 @@
 //
 // types.h owns the GEMV-side `Cycles` (act_quant / candidates / gemv / output); the layer kernels count into
 // `LayerCycles` with the same pattern: every kernel's Config struct derives its cycle count from the same
-// constexpr II and pipeline depths its PIPELINE pragmas use, and adds it to one field (C simulation only), so
-// the top (roma_core) sums Cycles + LayerCycles per stage.
+// constexpr II and pipeline depths its PIPELINE pragmas use, and adds it to one field, so the top (roma_core)
+// sums Cycles + LayerCycles per stage into its cycles_STAGE registers (in C simulation and in synthesis: a few
+// counters and adders beside each kernel, so a board reports the counts the emulated board does).
 #ifndef ROMA_LAYER_CYCLES_H
 #define ROMA_LAYER_CYCLES_H
 

@@ -86,11 +86,7 @@ NORMALIZE:
     }
   }
 
-#ifndef __SYNTHESIS__
   cyc.norm += C::CYCLES;
-#else
-  (void)cyc;
-#endif
 }
 
 } // namespace roma

@@ -54,11 +54,7 @@ ANGLES:
     cos_t[i] = std::cos(a); // float overloads: cosf/sinf in C simulation, the HLS math cores in synthesis
     sin_t[i] = std::sin(a);
   }
-#ifndef __SYNTHESIS__
   cyc.rope += C::CYCLES;
-#else
-  (void)cyc;
-#endif
 }
 
 // Rotate HEADS heads of HD (x laid out [head][HD], pairs adjacent). y may not alias x.
@@ -84,11 +80,7 @@ ROTATE:
       y[2 * pr + 1] = x0 * sn + x1 * c;
     }
   }
-#ifndef __SYNTHESIS__
   cyc.rope += C::CYCLES;
-#else
-  (void)cyc;
-#endif
 }
 
 // Q and K of one token at `pos`: the angles once, then both rotations.

@@ -34,7 +34,7 @@
 // Repetition penalty is on chip: a ring of the last N sampled ids (RecentIds<N>, pushed by sampler_step)
 // and LANES*N id comparators in STREAM. The active window is the last min(count, repeat_last_n, N) ids.
 //
-// Cycle model (SamplerConfig, shared by the pragmas and the C-simulation counters):
+// Cycle model (SamplerConfig, shared by the pragmas and the cycle counters):
 //   greedy:  STREAM_CYCLES + MERGE_CYCLES
 //   sampled: + PROBS_CYCLES + CUMSUM_CYCLES + KEEP_CYCLES + PICK_CYCLES
 //   e.g. V=49152, K=64, LANES=4: 12,295 + 194 + 148 + 258 + 69 + 69 = 13,033 cycles (43 us at 300 MHz);
@@ -99,7 +99,7 @@ constexpr uint64_t SEED_ZERO_REPLACEMENT = 0x9E3779B97F4A7C15ull;
 constexpr uint32_t INVALID_ID = 0xffffffffu;
 constexpr uint32_t EMPTY_KEY = 0u; // below the key of every non-NaN float (-inf has key 0x007fffff)
 
-constexpr float UNIFORM_SCALE = 0x1p-24f;
+constexpr float UNIFORM_SCALE = 5.9604644775390625e-8f; // 2^-24 (0x33800000)
 
 // Ordered key: a > b (as fp32, non-NaN) <=> key(a) > key(b) (unsigned); -0 and +0 get the same key.
 inline uint32_t order_key(float f) {
@@ -239,13 +239,9 @@ MERGE:
     insert<POOL>(key[0], id[0], key[ln][j], id[ln][j]);
   }
 
-#ifndef __SYNTHESIS__
   cyc.stream += C::STREAM_CYCLES;
   cyc.merge += C::MERGE_CYCLES;
   ++cyc.tokens;
-#else
-  (void)cyc;
-#endif
   if (prm.greedy) return id[0][0];
 
   const int kk = (prm.top_k <= 0 || prm.top_k > POOL) ? POOL : prm.top_k;
@@ -298,10 +294,8 @@ PICK:
     if (j < keep - 1 && cum[j] <= r) ++idx;
   }
 
-#ifndef __SYNTHESIS__
   cyc.probs += C::PROBS_CYCLES + C::CUMSUM_CYCLES;
   cyc.select += C::KEEP_CYCLES + C::PICK_CYCLES;
-#endif
   return id[0][idx];
 }
 

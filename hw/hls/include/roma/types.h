@@ -35,7 +35,7 @@ enum class Datapath : int {
 inline bool is_supported_bits(int b) { return b == 2 || b == 3 || b == 4 || b == 8; }
 inline bool is_supported_group(int g) { return g == 32 || g == 64 || g == 128; }
 
-// Pipeline timing model shared by the pragmas and the C-simulation cycle counters.
+// Pipeline timing model shared by the pragmas and the cycle counters.
 namespace timing {
 constexpr int II = 1;            // every pipelined loop in the kernels is written for II=1
 constexpr int FADD_LATENCY = 4;  // fp32 adder latency assumed for loop-carried accumulations (~300 MHz)
