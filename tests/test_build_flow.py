@@ -1,4 +1,4 @@
-"""The bitstream flow (bitstreams/, hw/hls/hls/) without the AMD tools: its dry run for every board, and the
+"""The bitstream flow (bitstreams/, hw/hls/vitis/) without the AMD tools: its dry run for every board, and the
 consistency of the scripts with the repository, boards.json, roma_core.cpp and the driver's VLNV."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from roma_runtime.artifact import hwh
 
 ROOT = Path(__file__).resolve().parents[1]
 HLS = ROOT / "hw" / "hls"
-SCRIPTS = HLS / "hls"
+SCRIPTS = HLS / "vitis"
 BITSTREAMS = ROOT / "bitstreams"
 BOARDS = load_boards()
 
@@ -189,7 +189,7 @@ def test_every_file_the_scripts_name_exists():
     for f in re.findall(r"\$\(CURDIR\)/([\w.]+\.(?:tcl|cfg))", make_text):
         assert (BITSTREAMS / f).is_file(), f"the Makefile names bitstreams/{f}"
     for f in re.findall(r"\$\(HLS_SCRIPTS\)/([\w.]+\.tcl)", make_text):
-        assert (SCRIPTS / f).is_file(), f"the Makefile names hw/hls/hls/{f}"
+        assert (SCRIPTS / f).is_file(), f"the Makefile names hw/hls/vitis/{f}"
     for name in BOARDS:
         if BOARDS[name].family == "alveo":
             assert (BITSTREAMS / f"alveo_link_{name}.cfg").is_file()

@@ -59,7 +59,7 @@ BUDGET = 0.8  # plan.py's default share of BRAM/URAM (timing closure)
 # of depth <= 128 goes to distributed RAM)
 LUTRAM_MAX_DEPTH = 128
 
-CXX_STD = "c++14"  # the synthesized sources' standard (UG1399 lists C++11/14); hls/common.tcl says the same
+CXX_STD = "c++14"  # the synthesized sources' standard (UG1399 lists C++11/14); vitis/common.tcl says the same
 
 # Arrays the object defines that synthesis drops, and why (read in roma_core.cpp).
 NOT_HARDWARE = {

@@ -8,7 +8,7 @@
 #   ROMA_WORK        the folder the HLS project is created in
 #   ROMA_CSIM_DATA   optional: the golden-data folder tb/gen_NAME.py wrote; C simulation runs when it is set
 #   ROMA_HLS_TARGET  optional: vivado (Vivado IP, the default) or vitis (a Vitis kernel for v++ --link)
-# Paths of the sources are relative to this file (hw/hls/hls/), so the scripts run from any folder.
+# Paths of the sources are relative to this file (hw/hls/vitis/), so the scripts run from any folder.
 
 proc roma_env {name {default ""}} {
   if {[info exists ::env($name)] && $::env($name) ne ""} { return $::env($name) }
@@ -41,7 +41,7 @@ proc roma_kernel {name top} {
   global ROMA_HLS ROMA_PART ROMA_CLOCK_NS ROMA_CSIM_DATA ROMA_CFLAGS ROMA_TB_CFLAGS
   open_project -reset $name
   set_top $top
-  add_files $ROMA_HLS/hls/kernels/syn_$name.cpp -cflags $ROMA_CFLAGS
+  add_files $ROMA_HLS/vitis/kernels/syn_$name.cpp -cflags $ROMA_CFLAGS
   add_files -tb $ROMA_HLS/tb/tb_$name.cpp -cflags $ROMA_TB_CFLAGS
   open_solution -reset sol -flow_target vivado
   set_part $ROMA_PART
