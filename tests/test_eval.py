@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import write_tiny_hf  # noqa: E402
 
 from roma_runtime.compiler.build import compile_model  # noqa: E402

@@ -64,7 +64,7 @@ class Cache(Protocol):
 
 
 class Backend(ABC):
-    """Where the model runs. Every data member below is set by each backend (tests/test_backends.py checks)."""
+    """Where the model runs. Every data member below is set by each backend (tests/backends/test_backends.py checks)."""
 
     name: str
     config: ModelConfig

@@ -6,7 +6,7 @@ GGUF and `emu` on the build run the same weights and only the order of fp32 arit
 
 Tolerance (logits, relative to the vector): max|l_emu - l_ref| <= TOL * max|l_ref|, TOL = 2e-3, against the
 nearest of the golden model's own runs (whole prompt, split prompt, one token per call), or their spread when
-that is larger -- as tests/test_hls_roma_core.py and tb_roma_core.cpp. Why 2e-3: the core sums in another
+that is larger -- as tests/hw/test_hls_roma_core.py and tb_roma_core.cpp. Why 2e-3: the core sums in another
 order (each fp32 value ~1e-6 relative) and its cos/sin/exp differ by ulps; such a difference can move one int8
 activation across a rounding step, which moves a layer output by up to |w| * amax/127, ~1e-4..1e-3 of the
 logit scale after two layers. A functional error (wrong weight, position, head or adapter factor) moves logits

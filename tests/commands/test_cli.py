@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HOST = REPO / "host"
 if str(HOST) not in sys.path:
     sys.path.insert(0, str(HOST))

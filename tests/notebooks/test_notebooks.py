@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HOST = REPO / "host"
 NOTEBOOKS = REPO / "notebooks"
 NAMES = ("01_quickstart", "02_lora_hot_swap", "03_throughput", "04_kv_cache")

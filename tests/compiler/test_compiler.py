@@ -7,14 +7,11 @@ import json
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import write_tiny_gguf, write_tiny_hf  # noqa: E402
 
 from roma_runtime.errors import RomaError  # noqa: E402

@@ -26,7 +26,7 @@ from roma_runtime.artifact.interface import (FIRST_ARG, HEADER, HLS_DIR, load_co
 from roma_runtime.device.library import build_library, content_hash, hls_sources  # noqa: E402
 from roma_runtime.errors import RomaError  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOL = 2e-3  # max|dl| / max|l| against the golden model: tb_roma_core.cpp's header explains the bound
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
                                reason="needs g++ and make")

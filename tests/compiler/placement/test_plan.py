@@ -19,7 +19,7 @@ from roma_runtime.artifact.boards import get_board, load_boards
 from roma_runtime.errors import RomaError
 from roma_runtime.model.config import ModelConfig
 
-HOST = Path(__file__).resolve().parents[1] / "host"
+HOST = Path(__file__).resolve().parents[3] / "host"
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from roma_runtime.compiler import flow
 from roma_runtime.artifact.boards import load_boards
 from roma_runtime.artifact import hwh
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HLS = ROOT / "hw" / "hls"
 SCRIPTS = HLS / "vitis"
 BITSTREAMS = ROOT / "bitstreams"

@@ -35,7 +35,7 @@ pytest.importorskip("pynq")
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
                                reason="the emulated board needs g++ and make")
 
-TOL = 2e-3  # max|dl| / max|l| against the golden model, as tests/test_emu_backend.py (its header explains it)
+TOL = 2e-3  # max|dl| / max|l| against the golden model, as tests/backends/test_emu_backend.py (its header explains it)
 DDR_UNITS = "1,head,embedding"
 IDS = [1, 504, 3575, 282, 4649, 314, 7, 1000]
 
