@@ -88,7 +88,7 @@ def create_backend(name: str | None, model: LoadedModel, numerics: str = "quant"
     name = check_backend(name, numerics)
     if name == "ref":
         return RefBackend(model, numerics)
-    if name == "emu":
+    if name == "emu":  # pynq is imported only by the backends that drive an overlay: ref runs without it
         from .emulated import EmuBackend
 
         return EmuBackend(model if build is None else build, progress=progress)
