@@ -564,12 +564,12 @@ void for_each_tensor(F &&f) {
 }
 
 // C simulation: repack the DDR tensors' tiles from a new image in the ddr_weights buffer (the ones the GEMVs
-// read: the untied embedding's rows are read from the buffer directly).
+// read: an untied embedding's rows are read from the buffer directly; a tied one is the head's GEMV too).
 void pack_ddr_tensors(const rom_word_t *ddr) {
   for_each_tensor([&](int l, int lin, auto r) {
     typedef decltype(r) R;
     if constexpr (R::DDR) {
-      if (lin == L_EMBD) return;
+      if (lin == L_EMBD && HEAD_LIN != L_EMBD) return;
       bool ok = true;
       for (int t = 0; t < R::TILES; ++t) {
         csim_pack_ddr_tile<R::ROWS, R::COLS, R::GROUP, R::BITS, R::SF>(ddr + lin_ddr(l, lin) + t * R::D::TILE_WORDS,
