@@ -2,8 +2,8 @@
 // roma_model.h, found on the include path: -I BUILD_DIR).
 //
 // Dataflow of one token through the layers (GoldenModel.forward, golden/model.py):
-//   embedding_row (the embedding ROM) -> per layer L (unrolled at compile time: every layer has its own ROM
-//   tiles, weight-stationary):
+//   embedding_row (the embedding ROM) -> per layer l (a run-time loop over one layer() instance; its weights
+//   are its rows of the engines' ROM banks, weight-stationary):
 //     rms_norm -> act_quant + B-ROM GEMV for wq, wk, wv (+ LoRA unit deltas on the fp32 input) -> rope_qk
 //     -> kv_write of the chunk's K/V rows into the DDR KV cache (and the on-chip one) + attention over rows 0..pos
 //     -> act_quant + GEMV wo (+LoRA) -> residual -> rms_norm -> GEMV w_gate, w_up (+LoRA) -> swiglu
@@ -12,10 +12,15 @@
 // A prefill runs PREFILL_CHUNK tokens per pass through the layers (the golden writes all K/V rows of a chunk,
 // then attends causally; chunking is exact).
 //
-// Mixed precision: RomTensor<L, LIN> takes BITS/GROUP/TILES and its scale format (SCALES_*: fp16, or q8: 8-bit
-// steps with per-row exponents, brom_tile.h) from roma_model.h's per-layer arrays as template arguments, so
-// every tensor instantiates the tile template of its own width and format (only those present are generated);
-// the layer loop is a compile-time recursion over L.
+// One instance of each kernel, shared by all layers (issue 19): the layer index is a run-time loop variable and
+// each linear runs on a GEMV engine, gemv_engine<LIN, E>, one per configuration the build gives that linear
+// (roma_model.h's ENGINE_*: bits, group, scale format (SCALES_*: fp16, or q8: 8-bit steps with per-row
+// exponents, brom_tile.h), tiles, and tier, from its per-layer BITS_*/GROUP_*/SCALES_*/TILES_*/DDR_* arrays;
+// a uniform build has one engine per linear, a mixed one one per width it uses). linear<LIN>(l, ...) compares
+// the layer's engine index with each engine's, so every engine is called at one place; the engine's weights
+// are a ROM bank [layers][TILES][words] (RomBank<LIN, E>) indexed by the layer's row (SLOT_*), or each
+// layer's tiles streamed from its DDR offset. roma_core limits forward() to one instance (ALLOCATION), so
+// the two run paths share it. Only the configurations present are instantiated.
 //
 // Placement: roma_model.h gives each tensor's tier (DDR_*: -1 on chip, else its word offset in the DDR weight
 // image). An on-chip tensor is a ROM (below); a DDR-streamed one (the placement plan's "DDR-stream", for the
@@ -36,13 +41,14 @@
 // runs the same arrays through the same fast attention path. Without the option g_kv_chip has one row and is
 // never referenced.
 //
-// ROMs: per on-chip tensor the bit planes and two scale ROM arrays by its format (fp16: scales and mins; q8:
-// params, the per-group steps, and exps, the per-row exponents; brom_tile.h). Synthesis (__SYNTHESIS__)
-// defines each on-chip RomTensor's static const arrays from the build's .dat files (roma_model.h includes
-// roma_rom_define.h once per on-chip tensor; DDR tensors have no ROM); C simulation (the emulated board) has
-// the same arrays writable and fills them from the NAME.bin images (CRC-checked) in roma_emu_load_build. The
-// compute code reads the same arrays in both; only the GEMV loop
-// order differs: C simulation evaluates the tiles with brom_tile_gemv_packed from codes unpacked once (Packed;
+// ROMs: per ROM engine a bank of the bit planes and two scale ROM arrays by its format (fp16: scales and mins;
+// q8: params, the per-group steps, and exps, the per-row exponents; brom_tile.h), one row per layer.
+// Synthesis (__SYNTHESIS__) defines the banks' static const arrays from the build's .dat files (roma_model.h
+// writes each bank's initialiser, one .dat per row, with roma_rom_define.h's declarators; DDR tensors have no
+// ROM); C simulation (the emulated board) has the same arrays writable and fills each row from its NAME.bin
+// image (CRC-checked) in roma_emu_load_build. The compute code reads the same arrays in both; only the GEMV
+// loop order differs: C simulation evaluates the tiles with brom_tile_gemv_packed from codes unpacked once
+// (g_packed, per layer and linear;
 // 16 rows per SIMD step, bit-identical to both synthesis datapaths: tb_brom_tile checks it): a ROM tensor's at
 // load, a DDR tensor's from the ddr_weights buffer at the first run command that sees a new image (keyed by
 // the buffer's address and the load; the payload's CRC is checked then), or brom_tile_gemv_csim /
@@ -147,6 +153,60 @@ constexpr int lin_tiles(int l, int lin) {
          : lin == L_DOWN ? rm::TILES_W_DOWN[l] : lin == L_EMBD ? rm::TILES_TOKEN_EMBD : rm::TILES_OUTPUT;
 }
 
+// The GEMV engine of each layer's linear and its row in that engine's ROM bank (roma_model.h: one engine per
+// configuration a linear uses; the embedding and an untied output are engines of their own, one row each).
+constexpr int lin_engine(int l, int lin) {
+  return lin == L_WQ ? rm::ENGINE_WQ[l] : lin == L_WK ? rm::ENGINE_WK[l] : lin == L_WV ? rm::ENGINE_WV[l]
+         : lin == L_WO ? rm::ENGINE_WO[l] : lin == L_GATE ? rm::ENGINE_W_GATE[l] : lin == L_UP ? rm::ENGINE_W_UP[l]
+         : lin == L_DOWN ? rm::ENGINE_W_DOWN[l] : 0;
+}
+constexpr int lin_slot(int l, int lin) {
+  return lin == L_WQ ? rm::SLOT_WQ[l] : lin == L_WK ? rm::SLOT_WK[l] : lin == L_WV ? rm::SLOT_WV[l]
+         : lin == L_WO ? rm::SLOT_WO[l] : lin == L_GATE ? rm::SLOT_W_GATE[l] : lin == L_UP ? rm::SLOT_W_UP[l]
+         : lin == L_DOWN ? rm::SLOT_W_DOWN[l] : 0;
+}
+constexpr int lin_layers(int lin) { return lin >= L_EMBD ? 1 : rm::N_LAYERS; } // layers sharing lin's engines
+// Engines of linear lin (C++14 constexpr loops, evaluated at compile time).
+constexpr int lin_engines(int lin) {
+  int n = 0;
+  for (int l = 0; l < lin_layers(lin); ++l) n = lin_engine(l, lin) + 1 > n ? lin_engine(l, lin) + 1 : n;
+  return n;
+}
+// The first layer of engine e: its configuration is the engine's (engine_consistent checks the others).
+constexpr int engine_layer(int lin, int e) {
+  for (int l = 0; l < lin_layers(lin); ++l)
+    if (lin_engine(l, lin) == e) return l;
+  return -1;
+}
+// Rows of engine e's ROM bank: its on-chip layers (at least 1, the declared depth of a DDR engine's unused bank).
+constexpr int bank_depth(int lin, int e) {
+  int n = 0;
+  for (int l = 0; l < lin_layers(lin); ++l) n += lin_engine(l, lin) == e && lin_ddr(l, lin) < 0;
+  return n > 0 ? n : 1;
+}
+// Every layer of engine e has its configuration (bits, group, scales, tiles, tier), its slot is its rank among
+// the bank's layers, and a DDR offset lies inside the DDR image, past its header.
+constexpr bool engine_consistent(int lin, int e) {
+  const int f = engine_layer(lin, e);
+  int row = 0;
+  for (int l = 0; l < lin_layers(lin); ++l) {
+    if (lin_engine(l, lin) != e) continue;
+    if (lin_bits(l, lin) != lin_bits(f, lin) || lin_group(l, lin) != lin_group(f, lin) ||
+        lin_scales(l, lin) != lin_scales(f, lin) || lin_tiles(l, lin) != lin_tiles(f, lin) ||
+        (lin_ddr(l, lin) >= 0) != (lin_ddr(f, lin) >= 0))
+      return false;
+    if (lin_ddr(l, lin) >= 0 && (lin_ddr(l, lin) < DDR_HEADER_WORDS || lin_ddr(l, lin) >= rm::DDR_WORDS)) return false;
+    if (lin_ddr(l, lin) < 0 && lin_slot(l, lin) != row++) return false;
+  }
+  return f >= 0;
+}
+constexpr int max_tiles() {
+  int n = 1;
+  for (int lin = L_WQ; lin <= L_OUTPUT; ++lin)
+    for (int l = 0; l < lin_layers(lin); ++l) n = lin_tiles(l, lin) > n ? lin_tiles(l, lin) : n;
+  return n;
+}
+
 #ifdef __SYNTHESIS__
 #define ROMA_ROM_CONST const
 #else
@@ -155,28 +215,29 @@ constexpr int lin_tiles(int l, int lin) {
 
 } // namespace
 
-// One weight tensor (global scope: roma_rom_define.h specialises its members). The ROM arrays are only
-// defined (and used) for an on-chip tensor, the scale arrays of its format only (prm() and aux() are those the
-// kernels take); a DDR one is DDR_OFFSET words into ddr_weights.
-template <int L, int LIN>
-struct RomTensor {
-  static constexpr int BITS = lin_bits(L, LIN), GROUP = lin_group(L, LIN), TILES = lin_tiles(L, LIN);
-  static constexpr ScaleFormat SF = lin_scales(L, LIN);
+// GEMV engine E of linear LIN and its ROM bank (global scope: roma_rom_define.h specialises its members): the
+// configuration of the engine's layers, and for an on-chip engine the bank arrays, [DEPTH] rows (one per layer,
+// lin_slot) of the layer's tiles; only the scale arrays of its format are defined (prm() and aux() are those the
+// kernels take). A DDR engine streams each layer's tiles from its offset into ddr_weights (lin_ddr).
+template <int LIN, int E>
+struct RomBank {
+  static constexpr int KIND = LIN, L0 = engine_layer(LIN, E);
+  static_assert(engine_consistent(LIN, E), "roma_model.h: every layer of an engine has its configuration and slot");
+  static constexpr int BITS = lin_bits(L0, LIN), GROUP = lin_group(L0, LIN), TILES = lin_tiles(L0, LIN);
+  static constexpr ScaleFormat SF = lin_scales(L0, LIN);
   static_assert(SF == ScaleFormat::Fp16 || SF == ScaleFormat::Q8, "SCALES_* is 0 (fp16) or 1 (q8)");
   static constexpr int ROWS_ALL = lin_rows(LIN), COLS = lin_cols(LIN), ROWS = ROWS_ALL / TILES;
-  static constexpr long long DDR_OFFSET = lin_ddr(L, LIN);
-  static constexpr bool DDR = DDR_OFFSET >= 0;
+  static constexpr int DEPTH = bank_depth(LIN, E);
+  static constexpr bool DDR = lin_ddr(L0, LIN) >= 0;
   typedef std::integral_constant<bool, DDR> InDdr; // selects overloads: only the tier's code is instantiated
   static_assert(ROWS_ALL % TILES == 0, "the tiles must split the rows evenly");
-  static_assert(!DDR || (DDR_OFFSET >= DDR_HEADER_WORDS && DDR_OFFSET < rm::DDR_WORDS),
-                "a DDR tensor's offset lies inside the DDR image, past its header");
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH, SF> C;
   typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH, SF> D;
-  static ROMA_ROM_CONST rom_word_t planes[TILES][C::PLANE_WORDS];
-  static ROMA_ROM_CONST half_bits_t scales[TILES][C::PARAMS]; // fp16
-  static ROMA_ROM_CONST half_bits_t mins[TILES][C::PARAMS];   // fp16
-  static ROMA_ROM_CONST scale_word_t params[TILES][C::PARAMS]; // q8: sd | sm << 8 per (group, row)
-  static ROMA_ROM_CONST scale_word_t exps[TILES][ROWS];        // q8: row exponents
+  static ROMA_ROM_CONST rom_word_t planes[DEPTH][TILES][C::PLANE_WORDS];
+  static ROMA_ROM_CONST half_bits_t scales[DEPTH][TILES][C::PARAMS]; // fp16
+  static ROMA_ROM_CONST half_bits_t mins[DEPTH][TILES][C::PARAMS];   // fp16
+  static ROMA_ROM_CONST scale_word_t params[DEPTH][TILES][C::PARAMS]; // q8: sd | sm << 8 per (group, row)
+  static ROMA_ROM_CONST scale_word_t exps[DEPTH][TILES][ROWS];        // q8: row exponents
   typedef std::integral_constant<bool, SF == ScaleFormat::Q8> IsQ8;
   static ROMA_ROM_CONST auto &prm() { return by_format(IsQ8(), params, scales); }
   static ROMA_ROM_CONST auto &aux() { return by_format(IsQ8(), exps, mins); }
@@ -190,34 +251,28 @@ private: // the q8 array or the fp16 one, chosen by overload (C++14: no if const
 
 #ifdef __SYNTHESIS__
 #define ROMA_ROM_DEFINE "roma_rom_define.h"
-#include "roma_model.h" // again, past its guard: one ROMA_ROM_DEFINE block per tensor
+#include "roma_model.h" // again, past its guard: the bank definitions
 static const float g_norms[2 * rm::N_LAYERS + 1][rm::DIM] = {
 #include "norms.dat"
 };
 #else
-template <int L, int LIN>
-rom_word_t RomTensor<L, LIN>::planes[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PLANE_WORDS];
-template <int L, int LIN> // the scale arrays: only those of the tensor's format are used, so instantiated
-half_bits_t RomTensor<L, LIN>::scales[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PARAMS];
-template <int L, int LIN>
-half_bits_t RomTensor<L, LIN>::mins[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PARAMS];
-template <int L, int LIN>
-scale_word_t RomTensor<L, LIN>::params[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::C::PARAMS];
-template <int L, int LIN>
-scale_word_t RomTensor<L, LIN>::exps[RomTensor<L, LIN>::TILES][RomTensor<L, LIN>::ROWS];
+template <int LIN, int E>
+rom_word_t RomBank<LIN, E>::planes[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PLANE_WORDS];
+template <int LIN, int E> // the scale arrays: only those of the bank's format are used, so instantiated
+half_bits_t RomBank<LIN, E>::scales[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PARAMS];
+template <int LIN, int E>
+half_bits_t RomBank<LIN, E>::mins[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PARAMS];
+template <int LIN, int E>
+scale_word_t RomBank<LIN, E>::params[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PARAMS];
+template <int LIN, int E>
+scale_word_t RomBank<LIN, E>::exps[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::ROWS];
 static float g_norms[2 * rm::N_LAYERS + 1][rm::DIM]; // attn_norm, ffn_norm per layer, then output_norm
-// C simulation only: each tile's codes repacked once for the SIMD GEMV (brom_tile_gemv_packed, bit-identical
-// to the ROM and DDR datapaths; tb_brom_tile checks it): from the ROM at roma_emu_load_build, or from the
-// ddr_weights buffer for a DDR tensor. ok: every tile of a DDR tensor was packed.
-template <int L, int LIN>
-struct Packed {
-  static CsimPackedTile tiles[RomTensor<L, LIN>::TILES];
-  static bool ok;
-};
-template <int L, int LIN>
-CsimPackedTile Packed<L, LIN>::tiles[RomTensor<L, LIN>::TILES];
-template <int L, int LIN>
-bool Packed<L, LIN>::ok = false;
+// C simulation only: each (layer, linear)'s tiles repacked once for the SIMD GEMV (brom_tile_gemv_packed,
+// bit-identical to the ROM and DDR datapaths; tb_brom_tile checks it): from the ROM at roma_emu_load_build, or
+// from the ddr_weights buffer for a DDR tensor. g_packed_ok: every tile of a DDR tensor was packed. The
+// embedding and the output use row 0.
+static CsimPackedTile g_packed[rm::N_LAYERS][L_OUTPUT + 1][max_tiles()];
+static bool g_packed_ok[rm::N_LAYERS][L_OUTPUT + 1];
 #endif
 
 namespace {
@@ -232,7 +287,7 @@ uint64_t g_rng = 0;
 RecentIds<SAMPLER_RING> g_recent;
 #ifndef __SYNTHESIS__
 // C simulation: whether a build is loaded, the GEMVs' OpenMP threads (0: not set yet), and the DDR image the
-// Packed codes of DDR tensors came from (buffer address and load generation)
+// packed codes (g_packed) of DDR tensors came from (buffer address and load generation)
 bool g_loaded = false;
 int g_threads = 0;
 const uint32_t *g_ddr_packed_from = nullptr;
@@ -258,27 +313,29 @@ struct Acct {
   SamplerCycles sampler;
 };
 
-// The tiles of tensor R (TILES*ROWS outputs): streamed from ddr, or from its ROM.
+// Layer l's tiles of engine R (TILES*ROWS outputs): streamed from its offset in ddr, or from its bank row.
 template <class R>
-void tiles_gemv(std::true_type /*in DDR*/, const act_t xq[R::COLS], const float as[R::COLS / R::GROUP],
+void tiles_gemv(std::true_type /*in DDR*/, int l, const act_t xq[R::COLS], const float as[R::COLS / R::GROUP],
                 const rom_word_t *ddr, float *y, acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP],
                 Cycles &cyc) {
   brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
-      xq, as, ddr + R::DDR_OFFSET, y, probe, xs, cyc);
+      xq, as, ddr + lin_ddr(l, R::KIND), y, probe, xs, cyc);
 }
 template <class R>
-void tiles_gemv(std::false_type /*on chip*/, const act_t xq[R::COLS], const float as[R::COLS / R::GROUP],
+void tiles_gemv(std::false_type /*on chip*/, int l, const act_t xq[R::COLS], const float as[R::COLS / R::GROUP],
                 const rom_word_t *, float *y, acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP],
                 Cycles &cyc) {
+  const int slot = lin_slot(l, R::KIND);
   brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
-      xq, as, R::planes, R::prm(), R::aux(), y, probe, xs, cyc);
+      xq, as, R::planes[slot], R::prm()[slot], R::aux()[slot], y, probe, xs, cyc);
 }
 
-// x[COLS] -> y[ROWS_ALL] through tensor (L, LIN): activation quantizer, tiles (ROM, or streamed from ddr),
+// GEMV engine E of linear LIN, for layer l (a run-time index; one instance shared by the engine's layers):
+// x[COLS] -> y[ROWS_ALL] through the activation quantizer, the tiles (its ROM bank row, or streamed from ddr),
 // and the LoRA delta when a slot is active and has a factor on this linear.
-template <int L, int LIN>
-void linear(const float *x, float *y, const rom_word_t *ddr, Acct &a) {
-  typedef RomTensor<L, LIN> R;
+template <int LIN, int E>
+void gemv_engine(int l, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
+  typedef RomBank<LIN, E> R;
   constexpr int NG = R::COLS / R::GROUP;
   act_t xq[R::COLS];
   float as[NG];
@@ -287,29 +344,30 @@ void linear(const float *x, float *y, const rom_word_t *ddr, Acct &a) {
   act_quant<R::COLS, R::GROUP>(x, xq, as, cyc);
 #ifdef __SYNTHESIS__
   static acc_t probe[R::TILES][R::C::PARAMS]; // not written (PROBE = false)
-  tiles_gemv<R>(typename R::InDdr(), xq, as, ddr, y, probe, xs, cyc);
+  tiles_gemv<R>(typename R::InDdr(), l, xq, as, ddr, y, probe, xs, cyc);
 #else
+  const CsimPackedTile *pk = g_packed[l][LIN];
   if constexpr (R::DDR) {
-    if (Packed<L, LIN>::ok) {
+    if (g_packed_ok[l][LIN]) {
       Cycles packed; // the simulation's loop order; the stream's cycles are counted below
       for (int t = 0; t < R::TILES; ++t)
-        brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, Packed<L, LIN>::tiles[t],
-                                                                    y + t * R::ROWS, xs, packed, g_threads);
+        brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t * R::ROWS, xs, packed,
+                                                                    g_threads);
       R::D::count(cyc, R::TILES);
     } else {
       static acc_t probe[R::TILES][R::C::PARAMS]; // not written (PROBE = false)
       brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
-          xq, as, ddr + R::DDR_OFFSET, y, probe, xs, cyc);
+          xq, as, ddr + lin_ddr(l, LIN), y, probe, xs, cyc);
     }
   } else {
+    const int slot = lin_slot(l, LIN);
     for (int t = 0; t < R::TILES; ++t) { // parallel tiles: one tile's cycles
       Cycles tc;
-      const CsimPackedTile &pk = Packed<L, LIN>::tiles[t];
-      if (pk.ok)
-        brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, pk, y + t * R::ROWS, xs, tc, g_threads);
+      if (pk[t].ok)
+        brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t * R::ROWS, xs, tc, g_threads);
       else
         brom_tile_gemv_csim<R::ROWS, R::COLS, R::GROUP, R::BITS, R::SF>(
-            xq, as, R::planes[t], R::prm()[t], R::aux()[t], y + t * R::ROWS, xs, tc, g_threads);
+            xq, as, R::planes[slot][t], R::prm()[slot][t], R::aux()[slot][t], y + t * R::ROWS, xs, tc, g_threads);
       if (t == 0) {
         cyc.candidates += tc.candidates;
         cyc.gemv += tc.gemv;
@@ -318,7 +376,23 @@ void linear(const float *x, float *y, const rom_word_t *ddr, Acct &a) {
   }
 #endif
   if (LIN < L_EMBD && g_active != LORA_NONE)
-    lora_apply<Lora, R::COLS, R::ROWS_ALL>(g_lora, (int)g_active, L, LIN, x, y, a.lora);
+    lora_apply<Lora, R::COLS, R::ROWS_ALL>(g_lora, (int)g_active, l, LIN, x, y, a.lora);
+}
+
+// Linear LIN of layer l: to the engine of the layer's configuration, by a run-time compare per engine (each
+// engine is called at one place, so it is one instance; the dispatch is inlined).
+template <int LIN, int E>
+void linear_from(std::false_type /*past the last engine*/, int, const float *, float *, const rom_word_t *, Acct &) {}
+template <int LIN, int E>
+void linear_from(std::true_type, int l, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
+#pragma HLS INLINE
+  if (lin_engine(l, LIN) == E) gemv_engine<LIN, E>(l, x, y, ddr, a);
+  else linear_from<LIN, E + 1>(std::integral_constant<bool, (E + 1 < lin_engines(LIN))>(), l, x, y, ddr, a);
+}
+template <int LIN>
+void linear(int l, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
+#pragma HLS INLINE
+  linear_from<LIN, 0>(std::true_type(), l, x, y, ddr, a);
 }
 
 #ifdef __SYNTHESIS__
@@ -326,71 +400,65 @@ void linear(const float *x, float *y, const rom_word_t *ddr, Acct &a) {
 #else // the emulated board's query (csim/attention.h, bit-identical)
 #define ROMA_ATTENTION_PREFILL attention_prefill_csim
 #endif
-// Layer L's attention over the chunk (g_q, g_k, g_v -> g_att), the KV cache on chip (written through to the DDR
-// rows kc, vc) or in DDR.
-template <int L>
-void attend(std::true_type /*on chip*/, int start, int T, half_bits_t *kc, half_bits_t *vc, LayerCycles &cyc) {
+// Layer l's attention over the chunk (g_q, g_k, g_v -> g_att), the KV cache on chip (written through to the DDR
+// rows kc, vc) or in DDR (templates: only the build's overload is instantiated).
+template <class = void>
+void attend(std::true_type /*on chip*/, int l, int start, int T, half_bits_t *kc, half_bits_t *vc,
+                   LayerCycles &cyc) {
   ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD,
-                         KvPlace::OnChip>(g_q, g_k, g_v, start, T, g_kv_chip[L][0], g_kv_chip[L][1], g_att, cyc, kc,
+                         KvPlace::OnChip>(g_q, g_k, g_v, start, T, g_kv_chip[l][0], g_kv_chip[l][1], g_att, cyc, kc,
                                           vc);
 }
-template <int L>
-void attend(std::false_type /*in DDR*/, int start, int T, half_bits_t *kc, half_bits_t *vc, LayerCycles &cyc) {
+template <class = void>
+void attend(std::false_type /*in DDR*/, int, int start, int T, half_bits_t *kc, half_bits_t *vc,
+                   LayerCycles &cyc) {
   ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr>(
       g_q, g_k, g_v, start, T, kc, vc, g_att, cyc);
 }
 
-// Layer L over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place).
-template <int L>
-void layer(int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
-  half_bits_t *kc = kv + (size_t)(2 * L) * cap * rm::KV_DIM;
-  half_bits_t *vc = kv + (size_t)(2 * L + 1) * cap * rm::KV_DIM;
+// Layer l over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place): one instance, run
+// for every layer with its run-time index.
+void layer(int l, int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
+  half_bits_t *kc = kv + (size_t)(2 * l) * cap * rm::KV_DIM;
+  half_bits_t *vc = kv + (size_t)(2 * l + 1) * cap * rm::KV_DIM;
   float h[rm::DIM], qr[QDIM], kr[rm::KV_DIM];
 LAYER_QKV:
   for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
-    rms_norm<rm::DIM>(g_x[i], g_norms[2 * L], rm::RMS_EPS, h, a.layer);
-    linear<L, L_WQ>(h, qr, ddr, a);
-    linear<L, L_WK>(h, kr, ddr, a);
-    linear<L, L_WV>(h, g_v[i], ddr, a);
+    rms_norm<rm::DIM>(g_x[i], g_norms[2 * l], rm::RMS_EPS, h, a.layer);
+    linear<L_WQ>(l, h, qr, ddr, a);
+    linear<L_WK>(l, h, kr, ddr, a);
+    linear<L_WV>(l, h, g_v[i], ddr, a);
     rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i], g_k[i], a.layer);
   }
-  attend<L>(KvOnChip(), start, T, kc, vc, a.layer);
+  attend(KvOnChip(), l, start, T, kc, vc, a.layer);
   float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
 LAYER_FFN:
   for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
-    linear<L, L_WO>(g_att[i], o, ddr, a);
+    linear<L_WO>(l, g_att[i], o, ddr, a);
     residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
-    rms_norm<rm::DIM>(g_x[i], g_norms[2 * L + 1], rm::RMS_EPS, h, a.layer);
-    linear<L, L_GATE>(h, gate, ddr, a);
-    linear<L, L_UP>(h, up, ddr, a);
+    rms_norm<rm::DIM>(g_x[i], g_norms[2 * l + 1], rm::RMS_EPS, h, a.layer);
+    linear<L_GATE>(l, h, gate, ddr, a);
+    linear<L_UP>(l, h, up, ddr, a);
 #ifdef __SYNTHESIS__
     swiglu<rm::FFN_DIM>(gate, up, gate, a.layer);
 #else
     swiglu_csim<rm::FFN_DIM>(gate, up, gate, a.layer); // csim/activation.h: bit-identical
 #endif
-    linear<L, L_DOWN>(gate, o, ddr, a);
+    linear<L_DOWN>(l, gate, o, ddr, a);
     residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
   }
 }
 
-template <int L>
-void layers(int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
-  layer<L>(start, T, kv, cap, ddr, a);
-  layers<L + 1>(start, T, kv, cap, ddr, a);
-}
-template <>
-void layers<rm::N_LAYERS>(int, int, half_bits_t *, uint32_t, const rom_word_t *, Acct &) {} // past the last layer
-
 // The embedding row of token `id`, from its ROM or streamed from ddr.
 template <class E>
 void embed(std::true_type /*in DDR*/, int id, const rom_word_t *ddr, float *out, LayerCycles &cyc) {
-  embedding_row_ddr<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, ddr + E::DDR_OFFSET, out, cyc);
+  embedding_row_ddr<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, ddr + lin_ddr(0, L_EMBD), out, cyc);
 }
 template <class E>
 void embed(std::false_type /*on chip*/, int id, const rom_word_t *, float *out, LayerCycles &cyc) {
-  embedding_row<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, E::planes, E::scales, E::mins, out, cyc);
+  embedding_row<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, E::planes[0], E::scales[0], E::mins[0], out, cyc);
 }
 
 // Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
@@ -399,7 +467,7 @@ FORWARD_CHUNKS:
   for (int c0 = 0; c0 < n; c0 += MAX_T) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
     const int T = n - c0 < MAX_T ? n - c0 : MAX_T;
-    typedef RomTensor<0, L_EMBD> E;
+    typedef RomBank<L_EMBD, 0> E;
     static_assert(E::SF == ScaleFormat::Fp16, "the embedding lookup (embedding.h) reads fp16 scales only: "
                                               "compile token_embd with fp16 scales");
   EMBED_CHUNK:
@@ -407,11 +475,15 @@ FORWARD_CHUNKS:
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
       embed<E>(E::InDdr(), ids[c0 + i], ddr, g_x[i], a.layer);
     }
-    layers<0>(start + c0, T, kv, cap, ddr, a);
+  LAYERS:
+    for (int l = 0; l < rm::N_LAYERS; ++l) {
+#pragma HLS LOOP_TRIPCOUNT min = rm::N_LAYERS max = rm::N_LAYERS
+      layer(l, start + c0, T, kv, cap, ddr, a);
+    }
     if (c0 + T == n) {
       float h[rm::DIM];
       rms_norm<rm::DIM>(g_x[T - 1], g_norms[2 * rm::N_LAYERS], rm::RMS_EPS, h, a.layer);
-      linear<0, HEAD_LIN>(h, g_logits, ddr, a);
+      linear<HEAD_LIN>(0, h, g_logits, ddr, a);
     }
   }
 }
@@ -467,35 +539,49 @@ STATUS_WRITE:
 }
 
 #ifndef __SYNTHESIS__
-// C simulation: repack the DDR tensors' tiles from a new image in the ddr_weights buffer (the ones the GEMVs
-// read: the untied embedding's rows are read from the buffer directly).
-template <int L, int LIN>
-void pack_ddr_tensor(const rom_word_t *ddr) {
-  typedef RomTensor<L, LIN> R;
-  if constexpr (R::DDR) {
-    bool ok = true;
-    for (int t = 0; t < R::TILES; ++t) {
-      csim_pack_ddr_tile<R::ROWS, R::COLS, R::GROUP, R::BITS, R::SF>(ddr + R::DDR_OFFSET + t * R::D::TILE_WORDS,
-                                                                      Packed<L, LIN>::tiles[t]);
-      ok = ok && Packed<L, LIN>::tiles[t].ok;
-    }
-    Packed<L, LIN>::ok = ok;
+// C simulation: f(RomBank<LIN, E>()) for the engine e of linear LIN (its type from the run-time index).
+template <int LIN, int E = 0, class F>
+void with_engine(int e, F &&f) {
+  if constexpr (E < lin_engines(LIN)) {
+    if (e == E) f(RomBank<LIN, E>());
+    else with_engine<LIN, E + 1>(e, f);
   }
 }
-
-template <int L>
-void pack_ddr_layers(const rom_word_t *ddr) {
-  pack_ddr_tensor<L, L_WQ>(ddr);
-  pack_ddr_tensor<L, L_WK>(ddr);
-  pack_ddr_tensor<L, L_WV>(ddr);
-  pack_ddr_tensor<L, L_WO>(ddr);
-  pack_ddr_tensor<L, L_GATE>(ddr);
-  pack_ddr_tensor<L, L_UP>(ddr);
-  pack_ddr_tensor<L, L_DOWN>(ddr);
-  if constexpr (L + 1 < rm::N_LAYERS) pack_ddr_layers<L + 1>(ddr);
+// f(l, LIN, RomBank) for every tensor: the layers' linears, then the embedding and an untied output.
+template <class F>
+void for_each_tensor(F &&f) {
+  for (int l = 0; l < rm::N_LAYERS; ++l) {
+    with_engine<L_WQ>(lin_engine(l, L_WQ), [&](auto r) { f(l, L_WQ, r); });
+    with_engine<L_WK>(lin_engine(l, L_WK), [&](auto r) { f(l, L_WK, r); });
+    with_engine<L_WV>(lin_engine(l, L_WV), [&](auto r) { f(l, L_WV, r); });
+    with_engine<L_WO>(lin_engine(l, L_WO), [&](auto r) { f(l, L_WO, r); });
+    with_engine<L_GATE>(lin_engine(l, L_GATE), [&](auto r) { f(l, L_GATE, r); });
+    with_engine<L_UP>(lin_engine(l, L_UP), [&](auto r) { f(l, L_UP, r); });
+    with_engine<L_DOWN>(lin_engine(l, L_DOWN), [&](auto r) { f(l, L_DOWN, r); });
+  }
+  f(0, L_EMBD, RomBank<L_EMBD, 0>());
+  if constexpr (HEAD_LIN == L_OUTPUT) f(0, L_OUTPUT, RomBank<L_OUTPUT, 0>());
 }
 
-// Whether the Packed codes of the DDR tensors are those of the image at ddr (header already checked): the
+// C simulation: repack the DDR tensors' tiles from a new image in the ddr_weights buffer (the ones the GEMVs
+// read: an untied embedding's rows are read from the buffer directly; a tied one is the head's GEMV too).
+void pack_ddr_tensors(const rom_word_t *ddr) {
+  for_each_tensor([&](int l, int lin, auto r) {
+    typedef decltype(r) R;
+    if constexpr (R::DDR) {
+      if (lin == L_EMBD && HEAD_LIN != L_EMBD) return;
+      bool ok = true;
+      for (int t = 0; t < R::TILES; ++t) {
+        csim_pack_ddr_tile<R::ROWS, R::COLS, R::GROUP, R::BITS, R::SF>(ddr + lin_ddr(l, lin) + t * R::D::TILE_WORDS,
+                                                                        g_packed[l][lin][t]);
+        ok = ok && g_packed[l][lin][t].ok;
+      }
+      g_packed_ok[l][lin] = ok;
+    }
+  });
+}
+
+// Whether the packed codes (g_packed) of the DDR tensors are those of the image at ddr (header already checked): the
 // first call with another buffer, or after a build load, checks the payload's CRC and repacks.
 bool csim_ddr_packed(const rom_word_t *ddr) {
   if (ddr == g_ddr_packed_from && g_ddr_packed_load == g_load_count) return true;
@@ -503,8 +589,7 @@ bool csim_ddr_packed(const rom_word_t *ddr) {
   const size_t bytes = 4 * (size_t)(rm::DDR_WORDS - DDR_HEADER_WORDS);
   if (crc32_update(0, reinterpret_cast<const unsigned char *>(ddr + DDR_HEADER_WORDS), bytes) != rm::DDR_CRC)
     return false;
-  pack_ddr_layers<0>(ddr);
-  pack_ddr_tensor<0, HEAD_LIN>(ddr);
+  pack_ddr_tensors(ddr);
   g_ddr_packed_from = ddr;
   g_ddr_packed_load = g_load_count;
   return true;
@@ -598,6 +683,9 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = return bundle = control
 #pragma HLS BIND_STORAGE variable = g_kv_chip type = ram_s2p impl = ROMA_KV_ONCHIP_IMPL
 #pragma HLS ARRAY_RESHAPE variable = g_kv_chip type = cyclic factor = ATT_SIMD dim = 3
+  // One forward datapath for both call sites below (a run, a generate step): each GEMV engine, the layer and the
+  // head are called at one place inside it, so the whole model is one instance of each kernel.
+#pragma HLS ALLOCATION function instances = forward limit = 1
   Acct a;
   uint32_t err = ERR_NONE, done = 0;
   const bool run = command == CMD_PREFILL || command == CMD_DECODE || command == CMD_GENERATE;
@@ -704,9 +792,9 @@ bool set_err(char *err, int err_len, const std::string &msg) {
   return false;
 }
 
-template <int L, int LIN>
-bool load_tensor(const std::string &dir, const std::string &name, char *err, int err_len) {
-  typedef RomTensor<L, LIN> R;
+// Tensor (l, lin) of engine R from dir/NAME.bin into its bank row, and its tiles packed.
+template <class R>
+bool load_tensor(const std::string &dir, const std::string &name, int l, int lin, char *err, int err_len) {
   if constexpr (R::DDR) {
     return true; // streamed from ddr_weights: the host copies ddr_weights.bin into that buffer
   } else {
@@ -725,33 +813,19 @@ bool load_tensor(const std::string &dir, const std::string &name, char *err, int
                     R::ROWS_ALL, R::COLS, R::BITS, R::GROUP, R::TILES, fmt[(int)R::SF]);
       return set_err(err, err_len, buf);
     }
-    std::memcpy(R::planes, img.planes.data(), sizeof R::planes);
-    std::memcpy(R::prm(), img.rom_prm(), sizeof R::prm());
-    std::memcpy(R::aux(), img.rom_aux(), sizeof R::aux());
+    const int slot = lin_slot(l, lin);
+    std::memcpy(R::planes[slot], img.planes.data(), sizeof R::planes[slot]);
+    std::memcpy(R::prm()[slot], img.rom_prm(), sizeof R::prm()[slot]);
+    std::memcpy(R::aux()[slot], img.rom_aux(), sizeof R::aux()[slot]);
     constexpr int PP = R::C::PARAMS;
     for (int t = 0; t < R::TILES; ++t) // from the fp16 scales and minimums (q8: as load_brom_image decoded them)
-      csim_pack_tile<R::ROWS, R::COLS, R::GROUP, R::BITS>(R::planes[t], &img.scales[(size_t)t * PP],
-                                                           &img.mins[(size_t)t * PP], Packed<L, LIN>::tiles[t]);
+      csim_pack_tile<R::ROWS, R::COLS, R::GROUP, R::BITS>(R::planes[slot][t], &img.scales[(size_t)t * PP],
+                                                           &img.mins[(size_t)t * PP], g_packed[l][lin][t]);
     return true;
   }
 }
 
-const char *const LIN_NAMES[7] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
-
-template <int L>
-bool load_layers(const std::string &dir, char *err, int err_len) {
-  const std::string p = "blk." + std::to_string(L) + ".";
-  if (!load_tensor<L, L_WQ>(dir, p + LIN_NAMES[0], err, err_len) ||
-      !load_tensor<L, L_WK>(dir, p + LIN_NAMES[1], err, err_len) ||
-      !load_tensor<L, L_WV>(dir, p + LIN_NAMES[2], err, err_len) ||
-      !load_tensor<L, L_WO>(dir, p + LIN_NAMES[3], err, err_len) ||
-      !load_tensor<L, L_GATE>(dir, p + LIN_NAMES[4], err, err_len) ||
-      !load_tensor<L, L_UP>(dir, p + LIN_NAMES[5], err, err_len) ||
-      !load_tensor<L, L_DOWN>(dir, p + LIN_NAMES[6], err, err_len))
-    return false;
-  if constexpr (L + 1 < rm::N_LAYERS) return load_layers<L + 1>(dir, err, err_len);
-  return true;
-}
+const char *const LIN_NAMES[L_OUTPUT + 1] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "token_embd", "output"};
 
 } // namespace
 
@@ -782,11 +856,12 @@ extern "C" int roma_emu_load_build(const char *build_dir, char *err, int err_len
   if (g_threads == 0) roma_emu_set_threads(0);
   if (!build_dir) return set_err(err, err_len, "no build folder given") ? 0 : 1;
   const std::string dir = build_dir;
-  if (!load_layers<0>(dir, err, err_len)) return 1;
-  if (!load_tensor<0, L_EMBD>(dir, "token_embd", err, err_len)) return 1;
-  if constexpr (HEAD_LIN == L_OUTPUT) {
-    if (!load_tensor<0, HEAD_LIN>(dir, "output", err, err_len)) return 1;
-  }
+  bool ok = true;
+  for_each_tensor([&](int l, int lin, auto r) {
+    const std::string name = lin >= L_EMBD ? LIN_NAMES[lin] : "blk." + std::to_string(l) + "." + LIN_NAMES[lin];
+    ok = ok && load_tensor<decltype(r)>(dir, name, l, lin, err, err_len);
+  });
+  if (!ok) return 1;
   const std::string np = dir + "/norms.bin";
   FILE *f = std::fopen(np.c_str(), "rb");
   if (!f) return set_err(err, err_len, "cannot open the norm weights " + np) ? 0 : 1;

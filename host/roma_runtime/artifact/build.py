@@ -43,8 +43,9 @@ from .ddr_image import ddr_unpack, read_ddr_image
 
 MANIFEST = "manifest.json"
 FORMAT = "roma-build"
-FORMAT_VERSION = 4  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
-# format; 4: the manifest is sealed by MANIFEST_SEAL and checked against roma_model.h
+FORMAT_VERSION = 5  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
+# format; 4: the manifest is sealed by MANIFEST_SEAL and checked against roma_model.h; 5: roma_model.h numbers
+# the GEMV engines and ROM bank rows (ENGINE_*, SLOT_*) and defines the synthesis ROM banks
 MANIFEST_SEAL = "manifest_sha256"
 HEADER_FILE = "roma_model.h"
 DDR_FILE = "ddr_weights.bin"

@@ -12,10 +12,15 @@ Also generated for the top (hw/hls/roma_core.cpp):
 - KV_ONCHIP_CTX: the positions of the on-chip KV cache (`roma compile --kv-onchip N`; 0: the KV cache is in DDR
   only), and ROMA_KV_ONCHIP_IMPL, the memory its array binds to (uram, bram, or auto where the plan spread it
   over both), a macro because the top's BIND_STORAGE pragma takes it;
-- a synthesis-only section that includes ROMA_ROM_DEFINE once per on-chip ROM tensor with ROMA_ROM_LAYER,
-  ROMA_ROM_LINEAR (index in LayerWeights.LINEAR, then 7 = token_embd, 8 = output) and ROMA_ROM_DAT (its .dat
-  file) defined, so synthesis initialises every ROM array from its .dat (the preprocessor cannot loop); DDR
-  tensors get no ROM array."""
+- the GEMV engines and their weight banks: one engine per distinct configuration (bits, group, scale format,
+  tiles, on chip or DDR-streamed) of each linear, shared by all layers of that configuration.
+  ENGINE_<LINEAR>[N_LAYERS] numbers each layer's engine (0.. in layer order of first use) and
+  SLOT_<LINEAR>[N_LAYERS] its row in that engine's ROM bank (the engine's on-chip layers, stacked in layer
+  order; -1 for a DDR-streamed layer, which has no bank row);
+- a synthesis-only section that defines every ROM bank (ROMA_BANK_* declarators from ROMA_ROM_DEFINE, i.e.
+  hw/hls/roma_rom_define.h) initialised from its layers' .dat files, one brace-enclosed row per layer (the
+  preprocessor cannot loop); token_embd (7) and an untied output (8) are banks of one row; DDR tensors get no
+  ROM."""
 
 from __future__ import annotations
 
@@ -94,8 +99,24 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
     def offset(e: dict) -> int:
         return e["ddr_offset"] if ddr and e.get("ddr_offset") is not None else -1
 
-    for lin in LayerWeights.LINEAR:
+    def configuration(e: dict) -> tuple:  # what one GEMV engine is built for
+        return e["bits"], e["group"], e["scales"], e.get("tiles", tiles_default), offset(e) >= 0
+
+    banks = []  # (linear index, engine, [on-chip tensor names in bank order], scale format)
+    for li, lin in enumerate(LayerWeights.LINEAR):
         entries = [tensors[f"blk.{i}.{lin}"] for i in range(c.n_layers)]
+        engines: dict[tuple, int] = {}
+        rows: dict[int, list] = {}
+        engine_of, slot_of = [], []
+        for i, e in enumerate(entries):
+            k = engines.setdefault(configuration(e), len(engines))
+            engine_of.append(k)
+            if offset(e) >= 0:
+                slot_of.append(-1)
+            else:
+                slot_of.append(len(rows.setdefault(k, [])))
+                rows[k].append(f"blk.{i}.{lin}")
+        banks += [(li, k, names, tensors[names[0]]["scales"]) for k, names in sorted(rows.items())]
         lines.append(f"constexpr int BITS_{_ident(lin)}[N_LAYERS] = {_array(e['bits'] for e in entries)};")
         lines.append(f"constexpr int GROUP_{_ident(lin)}[N_LAYERS] = {_array(e['group'] for e in entries)};")
         lines.append(f"constexpr int SCALES_{_ident(lin)}[N_LAYERS] = "
@@ -103,6 +124,8 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
         lines.append(f"constexpr int TILES_{_ident(lin)}[N_LAYERS] = "
                      f"{_array(e.get('tiles', tiles_default) for e in entries)};")
         lines.append(f"constexpr long long DDR_{_ident(lin)}[N_LAYERS] = {_array(offset(e) for e in entries)};")
+        lines.append(f"constexpr int ENGINE_{_ident(lin)}[N_LAYERS] = {_array(engine_of)};")
+        lines.append(f"constexpr int SLOT_{_ident(lin)}[N_LAYERS] = {_array(slot_of)};")
     for name in ("token_embd", "output"):
         e = tensors[name] if name in tensors else tensors["token_embd"]  # tied: the head is the embedding ROM
         lines.append(f"constexpr int BITS_{_ident(name)} = {e['bits']};")
@@ -124,18 +147,20 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               "", "}  // namespace roma_model", "",
               "// the memory the on-chip KV array binds to (the plan's reservation; unused without one)",
               f"#define ROMA_KV_ONCHIP_IMPL {_kv_impl(kv_onchip)}", "", "#endif  // ROMA_MODEL_H", "",
-              "// Synthesis: one ROM tensor per block (see the module doc of artifact/model_header.py); outside the",
-              "// include guard: the top includes this header again with ROMA_ROM_DEFINE set.",
-              "#ifdef ROMA_ROM_DEFINE"]
-    roms = [(i, li, f"blk.{i}.{lin}") for i in range(c.n_layers) for li, lin in enumerate(LayerWeights.LINEAR)]
-    roms.append((0, 7, "token_embd"))
-    if "output" in tensors:
-        roms.append((0, 8, "output"))
-    for layer, li, name in roms:
-        if offset(tensors[name]) >= 0:
-            continue
-        lines += [f"#define ROMA_ROM_LAYER {layer}", f"#define ROMA_ROM_LINEAR {li}",
-                  f'#define ROMA_ROM_DAT "{name}.dat"', "#include ROMA_ROM_DEFINE",
-                  "#undef ROMA_ROM_LAYER", "#undef ROMA_ROM_LINEAR", "#undef ROMA_ROM_DAT"]
-    lines += ["#endif", ""]
+              "// Synthesis: the ROM banks, one row per layer (see the module doc of artifact/model_header.py);",
+              "// outside the include guard: the top includes this header again with ROMA_ROM_DEFINE set.",
+              "#ifdef ROMA_ROM_DEFINE", "#include ROMA_ROM_DEFINE"]
+    for name, li in (("token_embd", 7), ("output", 8)):
+        if name in tensors and offset(tensors[name]) < 0:
+            banks.append((li, 0, [name], tensors[name]["scales"]))
+    for li, k, names, scales in banks:
+        sections = (("PLANES", "PLANES"),) + ((("PARAMS", "PARAMS"), ("EXPS", "EXPONENTS")) if scales == "q8"
+                                             else (("SCALES", "SCALES"), ("MINS", "MINIMUMS")))
+        for array, section in sections:
+            lines.append(f"ROMA_BANK_{array}({li}, {k}) = {{")
+            for name in names:
+                lines += ["{", f"#define ROMA_BROM_{section}", f'#include "{name}.dat"', f"#undef ROMA_BROM_{section}",
+                          "},"]
+            lines.append("};")
+    lines += ["#undef ROMA_BROM_DAT_Q8", "#endif", ""]
     return "\n".join(lines)

@@ -34,18 +34,20 @@ def _array(rep, name):
 
 def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
     model = json.loads((tiny_build / "manifest.json").read_text())["plan"]["model"]
-    dim, vocab = model["dim"], model["vocab_size"]
-    # wq of layer 0: 4-bit codes in 32-bit plane words, G32 -> WPS = 4 banks (brom_tile_gemv's cyclic partition),
-    # one tile: dim*dim*4/8 bytes, each bank 32 x (words / 4): a RAMB18 half at this depth.
-    wq = _array(tiny_report, "RomTensor<0, 0>::planes")
-    assert wq["bytes"] == dim * dim * 4 // 8
+    dim, vocab, n = model["dim"], model["vocab_size"], model["n_layers"]
+    # wq's ROM bank (engine 0 of linear 0): every layer's tiles stacked, [layers][TILES][words]. 4-bit codes in
+    # 32-bit plane words, G32 -> WPS = 4 banks (brom_tile_gemv's cyclic partition), one tile: dim*dim*4/8 bytes per
+    # layer, each bank 32 x (words / 4): a RAMB18 half at this depth.
+    wq = _array(tiny_report, "RomBank<0, 0>::planes")
+    assert wq["bytes"] == n * dim * dim * 4 // 8
     assert (wq["elem_bits"], wq["banks"], wq["width"]) == (32, 4, 32)
-    assert wq["depth"] == dim * dim * 4 // 32 // 4
+    assert wq["depth"] == n * dim * dim * 4 // 32 // 4
     assert wq["impl"] == "bram" and wq["bram36"] == 4 * 0.5
     assert any("rom_1p" in p and "brom_tile.h" in p for p in wq["pragmas"])
-    # the fp16 scales: [TILES][groups*rows] halves, one bank per tile
-    sc = _array(tiny_report, "RomTensor<0, 0>::scales")
-    assert (sc["bytes"], sc["elem_bits"], sc["banks"], sc["depth"]) == (dim * dim // 32 * 2, 16, 1, dim * dim // 32)
+    # the fp16 scales: [layers][TILES][groups*rows] halves, one bank per tile
+    sc = _array(tiny_report, "RomBank<0, 0>::scales")
+    assert (sc["bytes"], sc["elem_bits"], sc["banks"], sc["depth"]) == (n * dim * dim // 32 * 2, 16, 1,
+                                                                        n * dim * dim // 32)
     # the whole-vocabulary logits buffer: fp32, one bank, 1K x 36 per BRAM36
     lg = _array(tiny_report, "(anonymous namespace)::g_logits")
     assert (lg["bytes"], lg["width"], lg["depth"], lg["bram36"]) == (4 * vocab, 32, vocab, vocab / 1024)
@@ -58,22 +60,41 @@ def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
     assert tiny_report["std"] == "c++14"
 
 
-def test_counts_kernel_instances(tiny_build, tiny_report):
+def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
+    # issue 19: the layer index is a run-time loop variable, so the synthesis object holds one layer function, and
+    # each linear one GEMV engine per configuration (the uniform tiny build: one each, plus the untied lm head)
     model = json.loads((tiny_build / "manifest.json").read_text())["plan"]["model"]
-    n = model["n_layers"]
     k = tiny_report["kernels"]
-    assert k["layer"]["templates"] == n
-    # 7 linears per layer plus the lm head (the tiny model's head is untied: its own tensor)
-    assert k["linear (GEMV + act quant + LoRA)"]["templates"] == 7 * n + 1
-    # roma_core calls forward() at two sites (PREFILL/DECODE and GENERATE): every layer is two RTL instances
-    assert k["layer"]["rtl_instances"] == 2 * n
-    assert k["linear (GEMV + act quant + LoRA)"]["rtl_instances"] == 2 * (7 * n + 1)
+    assert k["layer"] == {"templates": 1, "rtl_instances": 1, "max_rtl_instances": 1}
+    engine = k["GEMV engine (act quant + tiles + LoRA)"]
+    assert engine == {"templates": 7 + 1, "rtl_instances": 7 + 1, "max_rtl_instances": 1}
+    assert tiny_report["engines"] == {name: {"engines": 1, "configurations": 1} for name in footprint.LINEARS
+                                      if name != "token_embd"}
+    # the two forward() call sites of roma_core (PREFILL/DECODE and GENERATE) share one instance (ALLOCATION limit);
+    # the sampler is called from roma_core itself at both
     assert k["sampler"]["rtl_instances"] == 2
-    # a function's local arrays are memories of each of its RTL instances: layer<0>'s FFN buffers, fp32
-    ffn = model["ffn_dim"]
-    gate = [a for a in tiny_report["local_arrays"] if a["name"] == "layer<0>::gate"]
-    assert len(gate) == 1 and (gate[0]["instances"], gate[0]["bytes"]) == (2, 2 * 4 * ffn), gate
+    # a function's local arrays are memories of each of its RTL instances: the layer's FFN buffers, fp32, once
+    gate = [a for a in tiny_report["local_arrays"] if a["name"] == "layer::gate"]
+    assert len(gate) == 1 and (gate[0]["instances"], gate[0]["bytes"]) == (1, 4 * model["ffn_dim"]), gate
     assert tiny_report["total_bram36"] == tiny_report["bram36"] + tiny_report["local_bram36"]
+    text = footprint.render(tiny_report)
+    assert "GEMV engines: 8 for 8 configurations (wq 1/1," in text
+
+
+def test_an_engine_per_configuration_of_a_mixed_build(tiny_models, tmp_path):
+    # layer 1 streamed from DDR: every linear has two configurations (ROM, DDR stream), so two engines, each
+    # shared by its layers; the on-chip banks hold layer 0 only
+    from roma_runtime.compiler.build import compile_model
+
+    compile_model(tiny_models["q4_1"], tmp_path / "b", board="u250", ddr="1", progress=False)
+    rep = footprint.verdict(footprint.measure(tmp_path / "b"), "u250")
+    assert rep["kernels"]["layer"]["rtl_instances"] == 1
+    assert rep["kernels"]["GEMV engine (act quant + tiles + LoRA)"]["max_rtl_instances"] == 1
+    layers = {name: e for name, e in rep["engines"].items() if name not in ("token_embd", "output")}
+    assert layers == {name: {"engines": 2, "configurations": 2} for name in footprint.LINEARS[:7]}
+    assert rep["kernels"]["DDR-streamed GEMV"]["templates"] >= 1
+    assert _array(rep, "RomBank<0, 0>::planes")["dims"][0] == 1  # layer 0's row; layer 1 has none
+    assert not any("GEMV engines for" in f or "RTL instances" in f for f in rep["failures"])
 
 
 def test_fails_with_the_numbers_when_too_large(tiny_measured, tiny_report):

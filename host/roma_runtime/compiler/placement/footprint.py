@@ -25,8 +25,11 @@ A factor that names a local constant gcc folded away (attention's GROUP, brom_dd
 applied: fewer, deeper banks, so the local figure is a lower bound.
 
 Kernels: the instantiations of each kernel template (distinct function symbols), and the RTL instances Vitis
-makes by default (one per call site, through the call tree from roma_core, before any ALLOCATION limit or
-INLINE), from the object's call relocations.
+makes (one per call site, through the call tree from roma_core, from the object's call relocations; a function
+named by an `ALLOCATION function instances=F limit=N` pragma has at most N, before any INLINE). The GEMV engines
+are counted per linear against the configurations roma_model.h gives it (ENGINE_*: one engine per distinct
+bits, group, scale format, tiles and tier, shared by all layers): the check fails when a linear has more engine
+instantiations than configurations, or an engine or the layer more than one RTL instance.
 
 Verdict: fail when the BRAM36 or URAM total (static + local arrays) exceeds the board's budget (80% of boards.json's counts, as the
 planner's), or differs from the on-chip total the build's plan (manifest.json "plan") promises by more than
@@ -63,14 +66,14 @@ CXX_STD = "c++14"  # the synthesized sources' standard (UG1399 lists C++11/14); 
 
 # Arrays the object defines that synthesis drops, and why (read in roma_core.cpp).
 NOT_HARDWARE = {
-    "probe": "linear()'s dot probe: passed with PROBE = false, never accessed, removed by synthesis",
+    "probe": "gemv_engine()'s dot probe: passed with PROBE = false, never accessed, removed by synthesis",
 }
 KV_UNUSED = "the on-chip KV cache of a build without one (KV_ONCHIP_CTX = 0): never referenced by roma_core"
 
 # Kernel templates whose instances are counted: label -> demangled function-name prefixes (without return type).
 KERNELS = {
-    "linear (GEMV + act quant + LoRA)": ("(anonymous namespace)::linear<",),
-    "layer": ("(anonymous namespace)::layer<",),
+    "GEMV engine (act quant + tiles + LoRA)": ("(anonymous namespace)::gemv_engine<",),
+    "layer": ("(anonymous namespace)::layer(",),
     "B-ROM tile GEMV": ("roma::brom_tile_gemv<",),
     "DDR-streamed GEMV": ("roma::brom_ddr_gemv<",),
     "activation quantizer": ("roma::act_quant<",),
@@ -80,6 +83,10 @@ KERNELS = {
     "LoRA apply": ("roma::lora_apply<",),
     "sampler": ("roma::sampler_step<",),
 }
+
+
+# roma_core.cpp's Lin order: the layers' linears (roma_model.h's ENGINE_<NAME>), then the embedding and the output
+LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "token_embd", "output")
 
 
 def _model_consts(build: Path) -> dict[str, int]:
@@ -104,11 +111,12 @@ def _wps(arr, sib, c):  # brom_tile.h BromTileConfig::WPS = PLANE_WORDS / PARAMS
 
 
 PRAGMA_SITES = {
-    "planes": [("brom_gemv_tiles", "planes", 0, {}), ("brom_tile_gemv", "planes", 1, {"WPS": _wps})],
-    "scales": [("brom_gemv_tiles", "prm", 0, {})],
-    "params": [("brom_gemv_tiles", "prm", 0, {})],
-    "mins": [("brom_gemv_tiles", "aux", 0, {})],
-    "exps": [("brom_gemv_tiles", "aux", 0, {})],
+    # a ROM bank [layers][TILES][words]: the engine passes one layer's row to brom_gemv_tiles
+    "planes": [("brom_gemv_tiles", "planes", 1, {}), ("brom_tile_gemv", "planes", 2, {"WPS": _wps})],
+    "scales": [("brom_gemv_tiles", "prm", 1, {})],
+    "params": [("brom_gemv_tiles", "prm", 1, {})],
+    "mins": [("brom_gemv_tiles", "aux", 1, {})],
+    "exps": [("brom_gemv_tiles", "aux", 1, {})],
     "g_norms": [("rms_norm", "weight", 1, {"SIMD": lambda a, s, c: 4})],  # norm.h: rms_norm<N, SIMD = 4>
     "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: _att_simd(c)})],
@@ -247,8 +255,8 @@ _FUNC = re.compile(r'^(?:[\w:<>,\*&\s"]+?\s)?[\*&]?(\w+)\s*\(')
 
 
 def read_pragmas(sources: list[Path], defines: dict[str, str]) -> list[Pragma]:
-    """ARRAY_PARTITION / ARRAY_RESHAPE / BIND_STORAGE pragmas with the function they sit in (macros such as
-    ROMA_KV_ONCHIP_IMPL resolved from `defines`)."""
+    """ARRAY_PARTITION / ARRAY_RESHAPE / BIND_STORAGE / ALLOCATION pragmas with the function they sit in (macros
+    such as ROMA_KV_ONCHIP_IMPL resolved from `defines`)."""
     out = []
     for path in sources:
         func = ""
@@ -257,7 +265,7 @@ def read_pragmas(sources: list[Path], defines: dict[str, str]) -> list[Pragma]:
                 m = _FUNC.match(line)
                 if m:
                     func = m.group(1)
-            m = re.match(r"\s*#pragma\s+HLS\s+(ARRAY_PARTITION|ARRAY_RESHAPE|BIND_STORAGE)\s+(.*)", line, re.IGNORECASE)
+            m = re.match(r"\s*#pragma\s+HLS\s+(ARRAY_PARTITION|ARRAY_RESHAPE|BIND_STORAGE|ALLOCATION)\s+(.*)", line, re.IGNORECASE)
             if not m:
                 continue
             opts = {k.lower(): defines.get(v.strip(), v.strip())
@@ -378,10 +386,17 @@ def _functions_and_calls(obj: Path) -> tuple[dict[str, str], dict[str, dict[str,
     return funcs, calls
 
 
-def kernel_instances(obj: Path) -> tuple[dict[str, dict], dict[str, int]]:
-    """Per kernel: distinct instantiations and the RTL instances one-per-call-site makes from roma_core down; and
-    every function's RTL instances (by symbol)."""
+def _base_name(demangled: str) -> str:
+    """'void (anonymous namespace)::gemv_engine<0, 1>(int, ...)' -> 'gemv_engine'."""
+    return re.sub(r"<.*", "", _qualified(demangled)).rsplit("::", 1)[-1]
+
+
+def kernel_instances(obj: Path, pragmas: list[Pragma] = ()) -> tuple[dict[str, dict], dict[str, int]]:
+    """Per kernel: distinct instantiations and the RTL instances one-per-call-site makes from roma_core down
+    (capped by the ALLOCATION limits in pragmas); and every function's RTL instances (by symbol)."""
     funcs, calls = _functions_and_calls(obj)
+    limits = {p.options["instances"]: int(p.options["limit"]) for p in pragmas
+              if p.directive == "ALLOCATION" and "instances" in p.options and "limit" in p.options}
     memo: dict[str, int] = {}
     callers: dict[str, list] = {}
     for caller, cs in calls.items():
@@ -393,18 +408,40 @@ def kernel_instances(obj: Path) -> tuple[dict[str, dict], dict[str, int]]:
             return 1
         if fn not in memo:
             memo[fn] = sum(n * instances(c, stack + (fn,)) for c, n in callers.get(fn, []) if c not in stack)
+            limit = limits.get(_base_name(funcs[fn]) if funcs.get(fn) else fn)
+            if limit is not None:
+                memo[fn] = min(memo[fn], limit)
         return memo[fn]
 
     out = {}
     for label, prefixes in KERNELS.items():
         name = re.compile(r"^(?:[\w:]+ )*(?:" + "|".join(map(re.escape, prefixes)) + ")")  # after a return type
         hits = [m for m, d in funcs.items() if name.match(d)]
-        out[label] = {"templates": len(hits), "rtl_instances": sum(instances(m) for m in hits)}
+        out[label] = {"templates": len(hits), "rtl_instances": sum(instances(m) for m in hits),
+                      "max_rtl_instances": max((instances(m) for m in hits), default=0)}
     per_function = {fn: instances(fn) for fn in funcs}
     for fn, d in funcs.items():  # also by qualified name: DWARF names some instantiations only so
         q = _qualified(d)
         per_function[q] = per_function.get(q, 0) + per_function[fn]
     return out, per_function
+
+
+def gemv_engines(obj: Path, consts_text: str) -> dict[str, dict]:
+    """Per linear (LINEARS): the gemv_engine<LIN, E> instantiations in the object, and the configurations
+    roma_model.h gives it (distinct ENGINE_<NAME> values; the embedding and the output: one each)."""
+    funcs, _ = _functions_and_calls(obj)
+    made: dict[int, int] = {}
+    for d in funcs.values():
+        m = re.match(r"^(?:[\w:]+ )*\(anonymous namespace\)::gemv_engine<(\d+), (\d+)>", d)
+        if m:
+            made[int(m.group(1))] = made.get(int(m.group(1)), 0) + 1
+    out = {}
+    for li, name in enumerate(LINEARS):
+        m = re.search(rf"constexpr\s+int\s+ENGINE_{name.upper()}\[N_LAYERS\]\s*=\s*\{{([^}}]*)\}}", consts_text)
+        configurations = len(set(m.group(1).replace(" ", "").split(","))) if m else 1
+        if made.get(li) or m:
+            out[name] = {"engines": made.get(li, 0), "configurations": configurations}
+    return out
 
 
 def _qualified(demangled: str) -> str:
@@ -550,10 +587,11 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         obj = compile_synthesis(build, Path(tmp))
         arrays, dropped = _arrays(obj, consts.get("KV_ONCHIP_CTX", 0) > 0)
-        kernels, per_function = kernel_instances(obj)
-        obj_bytes = sum(s for _, _, s, _ in _nm_data(obj))
         sources = [HLS_DIR / "roma_core.cpp", *sorted((HLS_DIR / "include" / "roma").glob("*.h"))]
         pragmas = read_pragmas(sources, defines)
+        kernels, per_function = kernel_instances(obj, pragmas)
+        engines = gemv_engines(obj, (build / "roma_model.h").read_text())
+        obj_bytes = sum(s for _, _, s, _ in _nm_data(obj))
         local = _local_arrays(obj, per_function, pragmas)
 
     groups: dict[str, dict] = {}
@@ -575,6 +613,7 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
         "plan": {"bram36": res.get("bram36", {}).get("used"), "uram": res.get("uram", {}).get("used"),
                  "summary": plan.get("summary")},
         "kernels": kernels,
+        "engines": engines,
         "arrays": [asdict(a) for a in arrays],
         "local_bram36": sum(a.bram36 for a in local),
         "local_uram": sum(a.uram for a in local),
@@ -605,6 +644,15 @@ def verdict(measured: dict, board: str | None = None, *, bram36_budget: float | 
         if want is not None and abs(got - want) > PLAN_TOLERANCE * max(want, 1.0):
             failures.append(f"{what} {got:,.1f} differs from the plan's {want:,.1f} by more than "
                             f"{PLAN_TOLERANCE:.0%} ({got - want:+,.1f})")
+    for name, e in measured["engines"].items():
+        if e["engines"] > e["configurations"]:
+            failures.append(f"{name} has {e['engines']} GEMV engines for {e['configurations']} configurations "
+                            f"(one engine per configuration, shared by its layers)")
+    for label in ("GEMV engine (act quant + tiles + LoRA)", "layer"):
+        k = measured["kernels"].get(label, {})
+        if k.get("max_rtl_instances", 0) > 1:
+            failures.append(f"a {label} function has {k['max_rtl_instances']} RTL instances (one shared instance "
+                            f"expected: an ALLOCATION limit or a single call site)")
     return {**measured, "board": b.name, "total_bram36": bram, "total_uram": uram, "bram36_budget": bram_budget, "uram_budget": uram_cap,
             "bram36_available": b.bram36, "uram_available": b.uram, "failures": failures, "ok": not failures}
 
@@ -674,6 +722,10 @@ def render(rep: dict, top: int = 30) -> str:
     lines += ["", f"{'kernel':<36} {'templates':>9} {'RTL instances':>14}"]
     for k, v in rep["kernels"].items():
         lines.append(f"{k:<36} {v['templates']:>9,} {v['rtl_instances']:>14,}")
+    e = rep["engines"]
+    lines.append(f"GEMV engines: {sum(v['engines'] for v in e.values())} for "
+                 f"{sum(v['configurations'] for v in e.values())} configurations (" +
+                 ", ".join(f"{n} {v['engines']}/{v['configurations']}" for n, v in e.items()) + ")")
     lines.append("")
     if rep["ok"]:
         lines.append(f"FITS: within the {rep['board']} budget and within {PLAN_TOLERANCE:.0%} of the plan")
