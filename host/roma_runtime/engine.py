@@ -33,10 +33,9 @@ from . import kv
 from .backends import check_backend, create_backend
 from .errors import RomaError
 from .generate import HostSampler, SamplingParams, StopMatcher
-from .artifact.interface import load_constants
 from .golden.sampler import OnChipParams, prng_next, seed_state
 from .finetune import check_adapter_build, includes_compensation
-from .lora import DEFAULT_MAX_RANK, Adapter, LoraSlots, check_slot_rank, concat, read_peft_adapter
+from .lora import DEFAULT_MAX_RANK, DEFAULT_SLOTS, Adapter, LoraSlots, check_slot_rank, concat, read_peft_adapter
 from .model.loader import DEFAULT_MODEL, LoadedModel, build_source, load_model
 from .tokenizer import Tokenizer
 
@@ -553,7 +552,6 @@ def _fingerprint(adapter, dtype: str, scale_dtype: str) -> str:
 
 
 COMPENSATION = "rom-compensation"  # the slot of a build's quantization-compensating LoRA
-LORA_SLOTS = load_constants()["LORA_SLOTS"]  # the slots of the core's LoRA unit: an engine's default
 LORA_RESERVED = ("off", "load", "unload")  # words of the chat's /lora command, so no adapter's name
 
 
@@ -596,7 +594,7 @@ class Engine:
     """
 
     def __init__(self, model=DEFAULT_MODEL, backend: str | None = None, numerics: str = "quant", *,
-                 lora_slots: int = LORA_SLOTS, lora_rank: int = DEFAULT_MAX_RANK, lora_dtype: str = "fp16",
+                 lora_slots: int = DEFAULT_SLOTS, lora_rank: int = DEFAULT_MAX_RANK, lora_dtype: str = "fp16",
                  kv_memory: int | None = None, build=None, bitstream=None, lora_any_build: bool = False):
         """backend: "ref", "emu" or "board"; None is the default (backends.check_backend: the board where a
         PYNQ board is present, else the emulated board; the golden model for float numerics). build: the

@@ -42,6 +42,7 @@ OUR_TO_PEFT = {v: k for k, v in PEFT_NAMES.items()}
 PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
           "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 DEFAULT_MAX_RANK = load_constants()["LORA_MAX_RANK"]  # the largest slot rank the core's LoRA unit takes
+DEFAULT_SLOTS = load_constants()["LORA_SLOTS"]  # the slots the core's LoRA unit holds
 
 _SUPPORTED = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
 # LoRA variants whose inference is not y += s B(Ax) on the 7 linears (PEFT config keys; truthy = in use).
@@ -576,7 +577,7 @@ class LoraSlots:
     (or none) is stale, so an Engine should compare versions and drop cached prefixes when it changes.
     """
 
-    def __init__(self, model, capacity: int = 4, slot_rank: int = DEFAULT_MAX_RANK, dtype: str = "fp16",
+    def __init__(self, model, capacity: int = DEFAULT_SLOTS, slot_rank: int = DEFAULT_MAX_RANK, dtype: str = "fp16",
                  scale_dtype: str = "fp16"):
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise RomaError(f"the LoRA slot count must be a positive integer, not {capacity!r}")

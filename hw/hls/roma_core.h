@@ -102,7 +102,7 @@ constexpr uint32_t LORA_SLOTS = ROMA_LORA_SLOTS;
 constexpr uint32_t LORA_MAX_RANK = ROMA_LORA_MAX_RANK;
 constexpr int SAMPLER_K = 64;     // sampler pool (top-k maximum); golden/sampler.py reads it
 constexpr int SAMPLER_RING = 64;  // recent ids for the repetition penalty; golden/sampler.py reads it
-constexpr int SAMPLER_LANES = 4;  // logits per cycle (timing only)
+constexpr int SAMPLER_LANES = 4;  // logits per cycle (timing only); the roma_core testbench data reads it
 constexpr int PREFILL_CHUNK = 16; // tokens per prefill chunk (activation buffers)
 
 // Words of the status buffer.

@@ -80,6 +80,7 @@ import numpy as np
 
 from ..errors import RomaError
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS, QuantizedMatrix
+from .interface import kernel_constants
 
 MAGIC = b"ROMABROM"
 VERSION = 1
@@ -90,7 +91,8 @@ SCALE_FORMATS = {"fp16": 0, "q8": 1}  # header field 60 (roma::ScaleFormat)
 # scale entries per tile, payload crc, header crc, scale format, payload bytes
 _HEADER = struct.Struct("<8s14IQ")
 HEADER_BYTES = _HEADER.size  # 72
-Q8_EXP_MIN, Q8_EXP_MAX = -24, 8  # 2^-24 is fp16's smallest step; 255 * 2^8 stays below FP16_MAX
+_TILE = kernel_constants("brom_tile.h")  # the tile kernel's q8 exponent range
+Q8_EXP_MIN, Q8_EXP_MAX = _TILE["Q8_EXP_MIN"], _TILE["Q8_EXP_MAX"]  # -24: fp16's smallest step; 255 * 2^8 < FP16_MAX
 REBUILD_HINT = "regenerate the ROM images with the compiler (roma compile) from the model"
 
 

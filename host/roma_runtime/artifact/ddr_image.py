@@ -29,12 +29,14 @@ import numpy as np
 
 from ..errors import RomaError
 from .brom_image import REBUILD_HINT, SCALE_FORMATS, WORD_BITS, BromImage, check_params, check_q8_exponents
+from .interface import kernel_constants
 
-DDR_MAGIC = 0x52444452  # b"RDDR" little-endian
-DDR_VERSION = 1
-DDR_HEADER_WORDS = 4
-DDR_BLOCK_STEPS = 4  # fp16: (group, row) steps per block, their 4 scale|minimum words are one 128-bit beat
-DDR_Q8_BLOCK_STEPS = 8  # q8: 8 steps per block, their 16-bit params fill one beat
+_DDR = kernel_constants("brom_ddr.h")  # the streaming kernel's definitions of the image it reads
+DDR_MAGIC = _DDR["DDR_MAGIC"]  # b"RDDR" little-endian
+DDR_VERSION = _DDR["DDR_VERSION"]
+DDR_HEADER_WORDS = _DDR["DDR_HEADER_WORDS"]
+DDR_BLOCK_STEPS = _DDR["DDR_BLOCK_STEPS"]  # fp16: (group, row) steps per block, 4 scale|minimum words = one beat
+DDR_Q8_BLOCK_STEPS = _DDR["DDR_Q8_BLOCK_STEPS"]  # q8: steps per block, their 16-bit params fill one beat
 
 
 def _ddr_geometry(bits: int, group: int, rows_per_tile: int, cols: int, scales: str) -> tuple[int, int, int, int]:

@@ -224,7 +224,7 @@ def parse_enums(text: str) -> dict[str, int]:
     # hardware parameters: `#define ROMA_LORA_SLOTS 4` (a build may override them), then `X = ROMA_...`
     for m in re.finditer(r"^\s*#\s*define\s+([A-Z][A-Z0-9_]+)\s+(0x[0-9A-Fa-f]+|\d+)u?\s*$", text, re.M):
         out[m.group(1)] = int(m.group(2), 0)
-    for m in re.finditer(r"\b([A-Z][A-Z0-9_]+)\s*=\s*(0x[0-9A-Fa-f]+|\d+)u?\b", text):
+    for m in re.finditer(r"\b([A-Z][A-Z0-9_]+)\s*=\s*(0x[0-9A-Fa-f]+|-?\d+)u?\b", text):
         out[m.group(1)] = int(m.group(2), 0)
     for m in re.finditer(r"\b([A-Z][A-Z0-9_]+)\s*=\s*([A-Z][A-Z0-9_]+)\s*[;,]", text):
         if m.group(2) in out:
@@ -240,3 +240,9 @@ def _constants(path: str, mtime_ns: int) -> dict[str, int]:
 def load_constants(header: str | Path = HEADER) -> dict[str, int]:
     header = Path(header)
     return _constants(str(header), header.stat().st_mtime_ns)
+
+
+def kernel_constants(name: str) -> dict[str, int]:
+    """The constants of the kernel header include/roma/NAME: the byte formats the kernels read (DDR image
+    header, LoRA image layout, q8 exponent range) have their one definition there."""
+    return load_constants(HLS_DIR / "include" / "roma" / name)

@@ -37,17 +37,19 @@ import numpy as np
 
 from ..errors import RomaError
 from ..model.weights import LayerWeights
+from .interface import kernel_constants
 
 LINEAR = LayerWeights.LINEAR  # the directory's order of a layer's linears
 PACK_DTYPES = ("fp16", "int8")
 SCALE_DTYPES = ("fp16", "fp32")
 MAGIC = b"ROMALORA"
-VERSION = 1
-HEADER_BYTES = 64
-ENTRY_BYTES = 32
+_FMT = kernel_constants("lora_unit.h")  # lora_fmt: the LoRA unit's definitions of the image it reads
+VERSION = _FMT["VERSION"]
+HEADER_BYTES = _FMT["HEADER_BYTES"]
+ENTRY_BYTES = _FMT["ENTRY_BYTES"]
 ALIGN = 64
-_FACTOR_CODES = {"fp16": 1, "int8": 2}
-_SCALE_CODES = {None: 0, "fp16": 1, "fp32": 2}
+_FACTOR_CODES = {"fp16": _FMT["FACTOR_FP16"], "int8": _FMT["FACTOR_INT8"]}
+_SCALE_CODES = {None: _FMT["SCALE_NONE"], "fp16": _FMT["SCALE_FP16"], "fp32": _FMT["SCALE_FP32"]}
 _HEADER = struct.Struct("<8sIIIIIIII")  # magic, version, factor type, scale type, R, layers, linears, dir, total
 _ENTRY = struct.Struct("<IIIfIIII")  # rank, in, out, scale, A, A scales, B, B scales
 

@@ -50,7 +50,7 @@
 
 namespace roma {
 
-constexpr uint32_t DDR_MAGIC = 0x52444452u;    // "RDDR" (artifact/ddr_image.py DDR_MAGIC)
+constexpr uint32_t DDR_MAGIC = 0x52444452u;    // "RDDR"; artifact/ddr_image.py reads these four
 constexpr uint32_t DDR_VERSION = 1;
 constexpr int DDR_HEADER_WORDS = 4;             // magic, version, words, CRC-32
 constexpr int DDR_BLOCK_STEPS = 4;              // fp16 steps per block: their scale|minimum words are one beat

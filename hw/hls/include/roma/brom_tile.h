@@ -61,7 +61,7 @@ enum class ScaleFormat : int {
   Fp16 = 0, // d and m as fp16, per (group, row)
   Q8 = 1    // 8-bit steps per (group, row) and two power-of-two exponents per row
 };
-constexpr int Q8_EXP_MIN = -24, Q8_EXP_MAX = 8; // artifact/brom_image.py: 2^-24 is fp16's smallest step
+constexpr int Q8_EXP_MIN = -24, Q8_EXP_MAX = 8; // read by artifact/brom_image.py; 2^-24: fp16's smallest step
 typedef uint16_t scale_word_t;                  // a scale ROM entry (fp16 bits, or a q8 pair)
 
 // The fp16 bit pattern of code * 2^(exp_biased + Q8_EXP_MIN): code an 8-bit step count, unsigned (0..255) or

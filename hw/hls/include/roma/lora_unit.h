@@ -35,7 +35,7 @@
 
 namespace roma {
 
-namespace lora_fmt { // the PackedLora layout constants (lora.py)
+namespace lora_fmt { // the LoRA image layout; artifact/lora_image.py reads these constants
 constexpr uint32_t HEADER_BYTES = 64;
 constexpr uint32_t ENTRY_BYTES = 32;
 constexpr uint32_t VERSION = 1;
