@@ -123,7 +123,7 @@ def client(served):
 @pytest.fixture
 def slow_core(served, monkeypatch):
     """Every forward pass takes 30 ms longer: answers last long enough to be interrupted or queued behind."""
-    inner = served.counting._inner
+    inner = served.counting.inner
     forward = inner.forward
 
     def slow(ids, cache):

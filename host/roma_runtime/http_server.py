@@ -53,6 +53,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from . import kv
+from .backends.base import Wrapper
 from .engine import GenerationStats, common_prefix
 from .errors import RomaError
 from .generate import MAX_SEED, SamplingParams
@@ -532,26 +533,20 @@ class PrefixCache:
             self._evict(s)
 
 
-class _CountingBackend:
-    """Wraps the engine's backend for the metrics: adds up the core's cycle counts per stage (last_cycles(),
-    where the backend reports them). Everything else passes through."""
+class _CountingBackend(Wrapper):
+    """The engine's backend, with the core's cycle counts per stage (last_cycles(), None on a backend without
+    them) added up for the metrics."""
 
     def __init__(self, inner):
-        self._inner = inner
+        super().__init__(inner)
         self.cycles: dict[str, int] = {}
         self.forward_calls = 0
 
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
     def forward(self, ids, cache):
-        logits = self._inner.forward(ids, cache)
+        logits = self.inner.forward(ids, cache)
         self.forward_calls += 1
-        hook = getattr(self._inner, "last_cycles", None)
-        counts = hook() if callable(hook) else None
-        if counts:
-            for stage, n in dict(counts).items():
-                self.cycles[str(stage)] = self.cycles.get(str(stage), 0) + int(n)
+        for stage, n in (self.inner.last_cycles() or {}).items():
+            self.cycles[str(stage)] = self.cycles.get(str(stage), 0) + int(n)
         return logits
 
 
@@ -1110,7 +1105,7 @@ class RomaHTTPServer:
             metric("roma_core_cycles_total", "counter",
                    "Cycles the core counted (estimated FPGA cycles on the emulated board), by stage.",
                    [({"stage": k}, v) for k, v in sorted(cycles.items())])
-            clock = getattr(self.counting, "clock_mhz", None)
+            clock = self.counting.clock_mhz
             if clock:
                 metric("roma_core_clock_mhz", "gauge", "The fabric clock the cycle counts are for.", [({}, clock)])
         metric("roma_uptime_seconds", "gauge", "Seconds since the server started.", [({}, time.time() - m.started)])
@@ -1139,7 +1134,7 @@ class RomaHTTPServer:
         self.worker.close()
         self.worker.cache.close()
         if self.engine.backend is self.counting:
-            self.engine.backend = self.counting._inner
+            self.engine.backend = self.counting.inner
 
 
 def _no_constant(name):
