@@ -43,6 +43,12 @@ def same(a: QuantizedMatrix, b: QuantizedMatrix) -> bool:
             and np.array_equal(a.minimums.view(np.uint16), b.minimums.view(np.uint16)))
 
 
+def test_header_fields_fill_the_size_the_core_reads():
+    """The header's field layout (the struct) spans exactly the header size the emulated board's loader
+    reads (csim/brom_tile.h BROM_HEADER_BYTES, which brom_image takes as HEADER_BYTES)."""
+    assert brom._HEADER.size == brom.HEADER_BYTES == 72
+
+
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("tiles", (1, 3, 4))

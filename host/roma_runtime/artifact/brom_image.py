@@ -83,14 +83,15 @@ from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS, QuantizedMatrix
 from .interface import kernel_constants
 
 MAGIC = b"ROMABROM"
-VERSION = 1
-LAYOUT_GROUP_MAJOR = 1
-WORD_BITS = 32
+_LOADER = kernel_constants("csim/brom_tile.h")  # the emulated board's reader of this image
+VERSION = _LOADER["BROM_VERSION"]
+LAYOUT_GROUP_MAJOR = _LOADER["BROM_LAYOUT_GROUP_MAJOR"]
+WORD_BITS = kernel_constants("types.h")["ROM_WORD_BITS"]
 SCALE_FORMATS = {"fp16": 0, "q8": 1}  # header field 60 (roma::ScaleFormat)
 # magic, version, header size, bits, group, rows, cols, tiles, word bits, layout, plane words per tile,
 # scale entries per tile, payload crc, header crc, scale format, payload bytes
 _HEADER = struct.Struct("<8s14IQ")
-HEADER_BYTES = _HEADER.size  # 72
+HEADER_BYTES = _LOADER["BROM_HEADER_BYTES"]  # _HEADER.size (tests/artifact/test_brom.py checks)
 _TILE = kernel_constants("brom_tile.h")  # the tile kernel's q8 exponent range
 Q8_EXP_MIN, Q8_EXP_MAX = _TILE["Q8_EXP_MIN"], _TILE["Q8_EXP_MAX"]  # -24: fp16's smallest step; 255 * 2^8 < FP16_MAX
 REBUILD_HINT = "regenerate the ROM images with the compiler (roma compile) from the model"

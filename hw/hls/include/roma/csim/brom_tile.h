@@ -309,7 +309,12 @@ inline uint32_t le32(const unsigned char *p) {
   return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
-// Returns "" on success, else a message naming the file. Layout: see artifact/brom_image.py (72-byte header, payload).
+// The B-ROM image's header constants (artifact/brom_image.py reads them; its struct is the fields' layout).
+constexpr uint32_t BROM_VERSION = 1;
+constexpr uint32_t BROM_HEADER_BYTES = 72;
+constexpr uint32_t BROM_LAYOUT_GROUP_MAJOR = 1; // word index ((g*R + r)*bits + p)*lanes + l
+
+// Returns "" on success, else a message naming the file. Layout: see artifact/brom_image.py (header, payload).
 inline std::string load_brom_image(const std::string &path, BromImageHost &img) {
   FILE *f = std::fopen(path.c_str(), "rb");
   if (!f) return "cannot open ROM image " + path;
@@ -318,12 +323,12 @@ inline std::string load_brom_image(const std::string &path, BromImageHost &img) 
   size_t n;
   while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) data.insert(data.end(), buf, buf + n);
   std::fclose(f);
-  const size_t HEADER = 72;
+  const size_t HEADER = BROM_HEADER_BYTES;
   if (data.size() < 8 || std::string(data.begin(), data.begin() + 8) != "ROMABROM")
     return path + " is not a ROMA B-ROM image (bad magic)";
   if (data.size() < HEADER) return "ROM image " + path + " is truncated";
   const unsigned char *h = data.data();
-  if (le32(h + 8) != 1 || le32(h + 12) != HEADER) return "ROM image " + path + " has an unknown version";
+  if (le32(h + 8) != BROM_VERSION || le32(h + 12) != HEADER) return "ROM image " + path + " has an unknown version";
   std::vector<unsigned char> hz(h, h + HEADER);
   hz[56] = hz[57] = hz[58] = hz[59] = 0;
   if (crc32_update(0, hz.data(), HEADER) != le32(h + 56))
@@ -337,7 +342,7 @@ inline std::string load_brom_image(const std::string &path, BromImageHost &img) 
   img.params_per_tile = le32(h + 48);
   const uint32_t format = le32(h + 60);
   const uint64_t plen = (uint64_t)le32(h + 64) | ((uint64_t)le32(h + 68) << 32);
-  if (le32(h + 36) != 32 || le32(h + 40) != 1) return "ROM image " + path + " has an unknown word layout";
+  if (le32(h + 36) != ROM_WORD_BITS || le32(h + 40) != BROM_LAYOUT_GROUP_MAJOR) return "ROM image " + path + " has an unknown word layout";
   if (format > (uint32_t)ScaleFormat::Q8) return "ROM image " + path + " has an unknown scale format";
   img.scale_format = (ScaleFormat)format;
   const bool q8 = img.scale_format == ScaleFormat::Q8;
