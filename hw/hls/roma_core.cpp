@@ -77,6 +77,7 @@
 #include "roma/rope.h"
 #include "roma/sampler.h"
 #include "roma/types.h"
+#include "roma/weight_load.h"
 #include "roma_model.h"
 #ifndef ROMA_KV_ONCHIP_IMPL // a build compiled before the on-chip KV option: its KV cache is in DDR only
 #define ROMA_KV_ONCHIP_IMPL bram
@@ -147,6 +148,11 @@ constexpr long long lin_ddr(int l, int lin) {
          : lin == L_WO ? rm::DDR_WO[l] : lin == L_GATE ? rm::DDR_W_GATE[l] : lin == L_UP ? rm::DDR_W_UP[l]
          : lin == L_DOWN ? rm::DDR_W_DOWN[l] : lin == L_EMBD ? rm::DDR_TOKEN_EMBD : rm::DDR_OUTPUT;
 }
+constexpr long long lin_uram(int l, int lin) {
+  return lin == L_WQ ? rm::URAM_WQ[l] : lin == L_WK ? rm::URAM_WK[l] : lin == L_WV ? rm::URAM_WV[l]
+         : lin == L_WO ? rm::URAM_WO[l] : lin == L_GATE ? rm::URAM_W_GATE[l] : lin == L_UP ? rm::URAM_W_UP[l]
+         : lin == L_DOWN ? rm::URAM_W_DOWN[l] : lin == L_EMBD ? rm::URAM_TOKEN_EMBD : rm::URAM_OUTPUT;
+}
 constexpr int lin_tiles(int l, int lin) {
   return lin == L_WQ ? rm::TILES_WQ[l] : lin == L_WK ? rm::TILES_WK[l] : lin == L_WV ? rm::TILES_WV[l]
          : lin == L_WO ? rm::TILES_WO[l] : lin == L_GATE ? rm::TILES_W_GATE[l] : lin == L_UP ? rm::TILES_W_UP[l]
@@ -185,7 +191,7 @@ constexpr int bank_depth(int lin, int e) {
   return n > 0 ? n : 1;
 }
 // Every layer of engine e has its configuration (bits, group, scales, tiles, tier), its slot is its rank among
-// the bank's layers, and a DDR offset lies inside the DDR image, past its header.
+// the bank's layers, and a DDR or URAM offset lies inside its image, past its header.
 constexpr bool engine_consistent(int lin, int e) {
   const int f = engine_layer(lin, e);
   int row = 0;
@@ -193,9 +199,12 @@ constexpr bool engine_consistent(int lin, int e) {
     if (lin_engine(l, lin) != e) continue;
     if (lin_bits(l, lin) != lin_bits(f, lin) || lin_group(l, lin) != lin_group(f, lin) ||
         lin_scales(l, lin) != lin_scales(f, lin) || lin_tiles(l, lin) != lin_tiles(f, lin) ||
-        (lin_ddr(l, lin) >= 0) != (lin_ddr(f, lin) >= 0))
+        (lin_ddr(l, lin) >= 0) != (lin_ddr(f, lin) >= 0) || (lin_uram(l, lin) >= 0) != (lin_uram(f, lin) >= 0) ||
+        (lin_ddr(l, lin) >= 0 && lin_uram(l, lin) >= 0))
       return false;
     if (lin_ddr(l, lin) >= 0 && (lin_ddr(l, lin) < DDR_HEADER_WORDS || lin_ddr(l, lin) >= rm::DDR_WORDS)) return false;
+    if (lin_uram(l, lin) >= 0 && (lin_uram(l, lin) < URAM_HEADER_WORDS || lin_uram(l, lin) >= rm::URAM_WORDS))
+      return false;
     if (lin_ddr(l, lin) < 0 && lin_slot(l, lin) != row++) return false;
   }
   return f >= 0;
@@ -208,45 +217,53 @@ constexpr int max_tiles() {
 }
 
 #ifdef __SYNTHESIS__
-#define ROMA_ROM_CONST const
+constexpr bool SYNTHESIS = true; // BRAM ROM banks are const arrays initialised from the build's .dat files
 #else
-#define ROMA_ROM_CONST
+constexpr bool SYNTHESIS = false; // the emulated board fills every bank at run time
 #endif
 
 } // namespace
 
-// GEMV engine E of linear LIN and its ROM bank (global scope: roma_rom_define.h specialises its members): the
+// GEMV engine E of linear LIN and its weight bank (global scope: roma_rom_define.h specialises its members): the
 // configuration of the engine's layers, and for an on-chip engine the bank arrays, [DEPTH] rows (one per layer,
-// lin_slot) of the layer's tiles; only the scale arrays of its format are defined (prm() and aux() are those the
-// kernels take). A DDR engine streams each layer's tiles from its offset into ddr_weights (lin_ddr).
+// lin_slot) of the layer's tiles; only the scale arrays of its format are used (prm() and aux() are those the
+// kernels take). Its tier: a BRAM ROM (const in synthesis, initialised from the .dat files; its storage bound in
+// bank_tiles), URAM (the plan's "URAM-load-once", lin_uram >= 0: writable arrays, zero until CMD_LOAD_WEIGHTS
+// writes them; BIND_STORAGE uram and 64-bit words by ARRAY_RESHAPE in load_uram_bank), or DDR (no bank: each
+// layer's tiles stream from its offset into ddr_weights, lin_ddr).
 template <int LIN, int E>
 struct RomBank {
-  static constexpr int KIND = LIN, L0 = engine_layer(LIN, E);
+  static constexpr int KIND = LIN, ENGINE = E, L0 = engine_layer(LIN, E);
   static_assert(engine_consistent(LIN, E), "roma_model.h: every layer of an engine has its configuration and slot");
   static constexpr int BITS = lin_bits(L0, LIN), GROUP = lin_group(L0, LIN), TILES = lin_tiles(L0, LIN);
   static constexpr ScaleFormat SF = lin_scales(L0, LIN);
   static_assert(SF == ScaleFormat::Fp16 || SF == ScaleFormat::Q8, "SCALES_* is 0 (fp16) or 1 (q8)");
   static constexpr int ROWS_ALL = lin_rows(LIN), COLS = lin_cols(LIN), ROWS = ROWS_ALL / TILES;
   static constexpr int DEPTH = bank_depth(LIN, E);
-  static constexpr bool DDR = lin_ddr(L0, LIN) >= 0;
+  static constexpr bool DDR = lin_ddr(L0, LIN) >= 0, URAM = lin_uram(L0, LIN) >= 0;
   typedef std::integral_constant<bool, DDR> InDdr; // selects overloads: only the tier's code is instantiated
+  typedef std::integral_constant<bool, URAM> InUram;
+  // a bank's elements: read-only in a synthesized BRAM ROM, writable in URAM (and in C simulation)
+  typedef typename std::conditional<SYNTHESIS && !URAM, const rom_word_t, rom_word_t>::type plane_word;
+  typedef typename std::conditional<SYNTHESIS && !URAM, const scale_word_t, scale_word_t>::type scale_entry;
   static_assert(ROWS_ALL % TILES == 0, "the tiles must split the rows evenly");
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH, SF> C;
   typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH, SF> D;
-  static ROMA_ROM_CONST rom_word_t planes[DEPTH][TILES][C::PLANE_WORDS];
-  static ROMA_ROM_CONST half_bits_t scales[DEPTH][TILES][C::PARAMS]; // fp16
-  static ROMA_ROM_CONST half_bits_t mins[DEPTH][TILES][C::PARAMS];   // fp16
-  static ROMA_ROM_CONST scale_word_t params[DEPTH][TILES][C::PARAMS]; // q8: sd | sm << 8 per (group, row)
-  static ROMA_ROM_CONST scale_word_t exps[DEPTH][TILES][ROWS];        // q8: row exponents
+  static plane_word planes[DEPTH][TILES][C::PLANE_WORDS];
+  static scale_entry scales[DEPTH][TILES][C::PARAMS]; // fp16 (half_bits_t is scale_word_t)
+  static scale_entry mins[DEPTH][TILES][C::PARAMS];   // fp16
+  static scale_entry params[DEPTH][TILES][C::PARAMS]; // q8: sd | sm << 8 per (group, row)
+  static scale_entry exps[DEPTH][TILES][ROWS];        // q8: row exponents
   typedef std::integral_constant<bool, SF == ScaleFormat::Q8> IsQ8;
-  static ROMA_ROM_CONST auto &prm() { return by_format(IsQ8(), params, scales); }
-  static ROMA_ROM_CONST auto &aux() { return by_format(IsQ8(), exps, mins); }
+  static auto &prm() { return prm_of(IsQ8()); }
+  static auto &aux() { return aux_of(IsQ8()); }
 
-private: // the q8 array or the fp16 one, chosen by overload (C++14: no if constexpr on the synthesis path)
-  template <class Q8Array, class Fp16Array>
-  static Q8Array &by_format(std::true_type, Q8Array &q8, Fp16Array &) { return q8; }
-  template <class Q8Array, class Fp16Array>
-  static Fp16Array &by_format(std::false_type, Q8Array &, Fp16Array &fp16) { return fp16; }
+private: // the q8 array or the fp16 one, chosen by overload (C++14: no if constexpr on the synthesis path); only
+         // the called overload is instantiated, so the other format's arrays are never defined
+  static auto &prm_of(std::true_type) { return params; }
+  static auto &prm_of(std::false_type) { return scales; }
+  static auto &aux_of(std::true_type) { return exps; }
+  static auto &aux_of(std::false_type) { return mins; }
 };
 
 #ifdef __SYNTHESIS__
@@ -255,17 +272,25 @@ private: // the q8 array or the fp16 one, chosen by overload (C++14: no if const
 static const float g_norms[2 * rm::N_LAYERS + 1][rm::DIM] = {
 #include "norms.dat"
 };
-#else
+#endif
+// The banks without an initialiser: URAM banks (and in C simulation every bank). A synthesized BRAM ROM bank's
+// arrays are the explicit specialisations above, so these are not instantiated for it.
 template <int LIN, int E>
-rom_word_t RomBank<LIN, E>::planes[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PLANE_WORDS];
+typename RomBank<LIN, E>::plane_word
+    RomBank<LIN, E>::planes[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PLANE_WORDS];
 template <int LIN, int E> // the scale arrays: only those of the bank's format are used, so instantiated
-half_bits_t RomBank<LIN, E>::scales[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PARAMS];
+typename RomBank<LIN, E>::scale_entry
+    RomBank<LIN, E>::scales[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PARAMS];
 template <int LIN, int E>
-half_bits_t RomBank<LIN, E>::mins[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PARAMS];
+typename RomBank<LIN, E>::scale_entry
+    RomBank<LIN, E>::mins[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PARAMS];
 template <int LIN, int E>
-scale_word_t RomBank<LIN, E>::params[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PARAMS];
+typename RomBank<LIN, E>::scale_entry
+    RomBank<LIN, E>::params[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PARAMS];
 template <int LIN, int E>
-scale_word_t RomBank<LIN, E>::exps[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::ROWS];
+typename RomBank<LIN, E>::scale_entry
+    RomBank<LIN, E>::exps[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::ROWS];
+#ifndef __SYNTHESIS__
 static float g_norms[2 * rm::N_LAYERS + 1][rm::DIM]; // attn_norm, ffn_norm per layer, then output_norm
 // C simulation only: each (layer, linear)'s tiles repacked once for the SIMD GEMV (brom_tile_gemv_packed,
 // bit-identical to the ROM and DDR datapaths; tb_brom_tile checks it): from the ROM at roma_emu_load_build, or
@@ -285,6 +310,7 @@ Lora g_lora;
 uint32_t g_active = LORA_NONE;
 uint64_t g_rng = 0;
 RecentIds<SAMPLER_RING> g_recent;
+bool g_weights_loaded = false; // the URAM banks hold this build's weights (CMD_LOAD_WEIGHTS succeeded)
 #ifndef __SYNTHESIS__
 // C simulation: whether a build is loaded, the GEMVs' OpenMP threads (0: not set yet), and the DDR image the
 // packed codes (g_packed) of DDR tensors came from (buffer address and load generation)
@@ -311,6 +337,7 @@ struct Acct {
   Cycles gemv, head;
   LoraCycles lora;
   SamplerCycles sampler;
+  uint64_t weight_load = 0; // CMD_LOAD_WEIGHTS
 };
 
 // Layer l's tiles of engine R (TILES*ROWS outputs): streamed from its offset in ddr, or from its bank row.
@@ -321,13 +348,33 @@ void tiles_gemv(std::true_type /*in DDR*/, int l, const act_t xq[R::COLS], const
   brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
       xq, as, ddr + lin_ddr(l, R::KIND), y, probe, xs, cyc);
 }
+// The tiles of one bank row: a BRAM ROM's planes are bound here (its rows are only read); a URAM bank's storage is
+// bound where CMD_LOAD_WEIGHTS writes it (load_uram_bank).
+template <class R>
+void bank_tiles(std::false_type /*BRAM ROM*/, const rom_word_t planes[R::TILES][R::C::PLANE_WORDS],
+                const scale_word_t prm[R::TILES][R::C::PARAMS], const scale_word_t aux[R::TILES][R::C::AUX],
+                const act_t xq[R::COLS], const float as[R::COLS / R::GROUP], float *y,
+                acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP], Cycles &cyc) {
+#pragma HLS INLINE
+#pragma HLS BIND_STORAGE variable = planes type = rom_1p impl = bram
+  brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
+      xq, as, planes, prm, aux, y, probe, xs, cyc);
+}
+template <class R>
+void bank_tiles(std::true_type /*URAM*/, const rom_word_t planes[R::TILES][R::C::PLANE_WORDS],
+                const scale_word_t prm[R::TILES][R::C::PARAMS], const scale_word_t aux[R::TILES][R::C::AUX],
+                const act_t xq[R::COLS], const float as[R::COLS / R::GROUP], float *y,
+                acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP], Cycles &cyc) {
+#pragma HLS INLINE
+  brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
+      xq, as, planes, prm, aux, y, probe, xs, cyc);
+}
 template <class R>
 void tiles_gemv(std::false_type /*on chip*/, int l, const act_t xq[R::COLS], const float as[R::COLS / R::GROUP],
                 const rom_word_t *, float *y, acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP],
                 Cycles &cyc) {
   const int slot = lin_slot(l, R::KIND);
-  brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
-      xq, as, R::planes[slot], R::prm()[slot], R::aux()[slot], y, probe, xs, cyc);
+  bank_tiles<R>(typename R::InUram(), R::planes[slot], R::prm()[slot], R::aux()[slot], xq, as, y, probe, xs, cyc);
 }
 
 // GEMV engine E of linear LIN, for layer l (a run-time index; one instance shared by the engine's layers):
@@ -500,6 +547,108 @@ KV_LOAD_CACHES:
         kv + (size_t)c * cap * rm::KV_DIM, g_kv_chip[c / 2][c % 2], start, n, cyc);
 }
 
+// ---- CMD_LOAD_WEIGHTS: the URAM banks from the load image (weight_load.h) ----
+enum UramPass : int {
+  URAM_CHECK = 0,  // sum the image's words (nothing is written unless they sum to URAM_CHECKSUM)
+  URAM_WRITE = 1,  // copy them into the banks
+  URAM_VERIFY = 2, // sum the words read back from the banks
+};
+// A URAM load pass: one word per cycle, plus the loop's depth (the m_axi read latency for the image passes).
+constexpr uint64_t uram_pass_cycles(int words) { return (uint64_t)words * timing::II + 2 + timing::AXI_READ_LATENCY; }
+
+// One pass over a bank row's N words (a tile's planes), their image words at src.
+template <int N>
+void uram_words_pass(rom_word_t row[N], const rom_word_t *src, int pass, UramChecksum &sum, uint64_t &cyc) {
+URAM_WORDS:
+  for (int k = 0; k < N; ++k) {
+#pragma HLS PIPELINE II = 1
+    const rom_word_t w = pass == URAM_VERIFY ? row[k] : src[k];
+    if (pass == URAM_WRITE) row[k] = w;
+    sum.add(w);
+  }
+  cyc += uram_pass_cycles(N);
+}
+// One pass over a bank row's N 16-bit entries (a tile's scale array), two to an image word.
+template <int N>
+void uram_halves_pass(scale_word_t row[N], const rom_word_t *src, int pass, UramChecksum &sum, uint64_t &cyc) {
+URAM_HALVES:
+  for (int k = 0; k < halves_words(N); ++k) {
+#pragma HLS PIPELINE II = 1
+    const bool pair = 2 * k + 1 < N; // an odd N's last word holds one entry
+    const rom_word_t w = pass == URAM_VERIFY ? (rom_word_t)row[2 * k] | (pair ? (rom_word_t)row[2 * k + 1] << 16 : 0u)
+                                             : src[k];
+    if (pass == URAM_WRITE) {
+      row[2 * k] = (scale_word_t)(w & 0xffffu);
+      if (pair) row[2 * k + 1] = (scale_word_t)(w >> 16);
+    }
+    sum.add(w);
+  }
+  cyc += uram_pass_cycles(halves_words(N));
+}
+
+// One pass over URAM engine R's bank: each of its layers' tensor from its offset into the image, tile by tile
+// (planes, then the two scale arrays), its checksum added to `total`. The bank's storage: URAM, 64-bit words.
+template <class R>
+void load_uram_bank(rom_word_t planes[R::DEPTH][R::TILES][R::C::PLANE_WORDS],
+                    scale_word_t prm[R::DEPTH][R::TILES][R::C::PARAMS], scale_word_t aux[R::DEPTH][R::TILES][R::C::AUX],
+                    int pass, const rom_word_t *image, uint32_t &total, uint64_t &cyc) {
+#pragma HLS BIND_STORAGE variable = planes type = ram_2p impl = uram
+#pragma HLS ARRAY_RESHAPE variable = planes type = cyclic factor = 2 dim = 3
+#pragma HLS BIND_STORAGE variable = prm type = ram_2p impl = uram
+#pragma HLS ARRAY_RESHAPE variable = prm type = cyclic factor = 4 dim = 3
+#pragma HLS BIND_STORAGE variable = aux type = ram_2p impl = uram
+#pragma HLS ARRAY_RESHAPE variable = aux type = cyclic factor = 4 dim = 3
+  constexpr int TILE_WORDS = R::C::PLANE_WORDS + halves_words(R::C::PARAMS) + halves_words(R::C::AUX);
+URAM_TENSORS:
+  for (int l = 0; l < lin_layers(R::KIND); ++l) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = rm::N_LAYERS
+    if (lin_engine(l, R::KIND) != R::ENGINE) continue;
+    const int slot = lin_slot(l, R::KIND);
+    UramChecksum sum;
+  URAM_TILES:
+    for (int t = 0; t < R::TILES; ++t) {
+      const rom_word_t *src = image + lin_uram(l, R::KIND) + (long long)t * TILE_WORDS;
+      uram_words_pass<R::C::PLANE_WORDS>(planes[slot][t], src, pass, sum, cyc);
+      uram_halves_pass<R::C::PARAMS>(prm[slot][t], src + R::C::PLANE_WORDS, pass, sum, cyc);
+      uram_halves_pass<R::C::AUX>(aux[slot][t], src + R::C::PLANE_WORDS + halves_words(R::C::PARAMS), pass, sum, cyc);
+    }
+    total += sum.value();
+  }
+}
+
+// The pass over every URAM engine, linear by linear (the untied output last): only URAM banks are instantiated.
+template <class R>
+void uram_engine(std::false_type /*not URAM*/, int, const rom_word_t *, uint32_t &, uint64_t &) {}
+template <class R>
+void uram_engine(std::true_type, int pass, const rom_word_t *image, uint32_t &total, uint64_t &cyc) {
+  load_uram_bank<R>(R::planes, R::prm(), R::aux(), pass, image, total, cyc);
+}
+template <int LIN, int E>
+void uram_engines(std::false_type /*past the last tensor*/, int, const rom_word_t *, uint32_t &, uint64_t &) {}
+template <int LIN, int E>
+void uram_engines(std::true_type, int pass, const rom_word_t *image, uint32_t &total, uint64_t &cyc) {
+  typedef RomBank<LIN, E> R;
+  uram_engine<R>(typename R::InUram(), pass, image, total, cyc);
+  constexpr bool SAME = E + 1 < lin_engines(LIN);
+  constexpr int NL = SAME ? LIN : LIN + 1, NE = SAME ? E + 1 : 0;
+  uram_engines<NL, NE>(std::integral_constant<bool, (NL <= L_EMBD || NL == HEAD_LIN)>(), pass, image, total, cyc);
+}
+
+// Whether uram_weights' header is this build's load image (magic, version, words, checksum: roma_model.h's
+// URAM_WORDS, URAM_CHECKSUM); four reads.
+bool uram_header_ok(const rom_word_t *image) {
+#ifndef __SYNTHESIS__
+  if (!image) return false;
+#endif
+  rom_word_t h[URAM_HEADER_WORDS];
+URAM_HEADER:
+  for (int k = 0; k < URAM_HEADER_WORDS; ++k) {
+#pragma HLS PIPELINE II = 1
+    h[k] = image[k];
+  }
+  return h[0] == URAM_MAGIC && h[1] == URAM_VERSION && h[2] == (rom_word_t)rm::URAM_WORDS && h[3] == rm::URAM_CHECKSUM;
+}
+
 SamplerParams sampler_params(uint32_t mode, float inv_t, uint32_t top_k, float top_p, float min_p, float pen,
                              uint32_t last_n) {
   SamplerParams p;
@@ -528,13 +677,15 @@ void stage_cycles(const Acct &a, uint64_t st[STAGE_COUNT]) {
   st[STAGE_LM_HEAD] = a.head.total();
   st[STAGE_SAMPLER] = a.sampler.total();
   st[STAGE_KV_LOAD] = a.layer.kv_load;
+  st[STAGE_WEIGHT_LOAD] = a.weight_load;
 }
 
-void write_status(uint32_t *status, uint32_t err, uint32_t tokens) {
+void write_status(uint32_t *status, uint32_t err, uint32_t tokens, uint32_t checksum) {
 STATUS_WRITE:
   for (int w = 0; w < (int)STATUS_WORDS; ++w) {
 #pragma HLS PIPELINE II = 1
-    status[w] = w == (int)STATUS_ERROR ? err : w == (int)STATUS_TOKENS ? tokens : 0u;
+    status[w] = w == (int)STATUS_ERROR ? err : w == (int)STATUS_TOKENS ? tokens : w == (int)STATUS_CHECKSUM ? checksum
+                                                                                                             : 0u;
   }
 }
 
@@ -577,6 +728,20 @@ void pack_ddr_tensors(const rom_word_t *ddr) {
         ok = ok && g_packed[l][lin][t].ok;
       }
       g_packed_ok[l][lin] = ok;
+    }
+  });
+}
+
+// C simulation: repack the URAM tensors' tiles from their bank rows after CMD_LOAD_WEIGHTS wrote them.
+void pack_uram_tensors() {
+  for_each_tensor([&](int l, int lin, auto r) {
+    typedef decltype(r) R;
+    if constexpr (R::URAM) {
+      const int slot = lin_slot(l, lin);
+      for (int t = 0; t < R::TILES; ++t)
+        csim_pack_tile_from<R::ROWS, R::COLS, R::GROUP, R::BITS>(
+            RomBankTileSource<R::C::WPS, R::ROWS, R::SF>{R::planes[slot][t], R::prm()[slot][t], R::aux()[slot][t]},
+            g_packed[l][lin][t]);
     }
   });
 }
@@ -625,6 +790,7 @@ constexpr int DEPTH_KV = 2 * rm::N_LAYERS * rm::CONTEXT * rm::KV_DIM;
 constexpr int DEPTH_LORA = 1 << 20;
 constexpr int DEPTH_STATUS = STATUS_WORDS;
 constexpr int DEPTH_DDR = rm::DDR_WORDS > 0 ? (int)rm::DDR_WORDS : 1;
+constexpr int DEPTH_URAM = rm::URAM_WORDS > 0 ? (int)rm::URAM_WORDS : 1;
 
 extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens, uint32_t kv_capacity,
                           uint32_t lora_slot, uint32_t lora_bytes, uint32_t sample_mode, float inv_temperature,
@@ -633,9 +799,10 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
                           uint32_t &cycles_norm, uint32_t &cycles_act_quant, uint32_t &cycles_gemv,
                           uint32_t &cycles_lora, uint32_t &cycles_rope, uint32_t &cycles_attention,
                           uint32_t &cycles_activation, uint32_t &cycles_residual, uint32_t &cycles_lm_head,
-                          uint32_t &cycles_sampler, uint32_t &cycles_kv_load, const int32_t *tokens_in,
-                          int32_t *tokens_out, float *logits, uint16_t *kv_cache, const uint8_t *lora_staging,
-                          const uint32_t *ddr_weights, uint32_t *status) {
+                          uint32_t &cycles_sampler, uint32_t &cycles_kv_load, uint32_t &cycles_weight_load,
+                          const int32_t *tokens_in, int32_t *tokens_out, float *logits, uint16_t *kv_cache,
+                          const uint8_t *lora_staging, const uint32_t *ddr_weights, const uint32_t *uram_weights,
+                          uint32_t *status) {
 #pragma HLS INTERFACE mode = s_axilite port = command bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = position bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = n_tokens bundle = control
@@ -664,6 +831,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = cycles_lm_head bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = cycles_sampler bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = cycles_kv_load bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = cycles_weight_load bundle = control
 #pragma HLS INTERFACE mode = m_axi port = tokens_in offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
 #pragma HLS INTERFACE mode = m_axi port = tokens_out offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
 #pragma HLS INTERFACE mode = m_axi port = logits offset = slave bundle = gmem_logits depth = DEPTH_LOGITS
@@ -672,6 +840,9 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = m_axi port = lora_staging offset = slave bundle = gmem_lora depth = DEPTH_LORA
 #pragma HLS INTERFACE mode = m_axi port = ddr_weights offset = slave bundle = gmem_weights depth = DEPTH_DDR \
     max_widen_bitwidth = 128 max_read_burst_length = 64 num_read_outstanding = 16
+// the URAM load image shares the weights' port: read once, by CMD_LOAD_WEIGHTS
+#pragma HLS INTERFACE mode = m_axi port = uram_weights offset = slave bundle = gmem_weights depth = DEPTH_URAM \
+    max_widen_bitwidth = 128
 #pragma HLS INTERFACE mode = m_axi port = status offset = slave bundle = gmem_status depth = DEPTH_STATUS
 #pragma HLS INTERFACE mode = s_axilite port = tokens_in bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = tokens_out bundle = control
@@ -679,6 +850,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = kv_cache bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = lora_staging bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = ddr_weights bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = uram_weights bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = status bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = return bundle = control
 #pragma HLS BIND_STORAGE variable = g_kv_chip type = ram_s2p impl = ROMA_KV_ONCHIP_IMPL
@@ -687,7 +859,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // head are called at one place inside it, so the whole model is one instance of each kernel.
 #pragma HLS ALLOCATION function instances = forward limit = 1
   Acct a;
-  uint32_t err = ERR_NONE, done = 0;
+  uint32_t err = ERR_NONE, done = 0, checksum = 0;
   const bool run = command == CMD_PREFILL || command == CMD_DECODE || command == CMD_GENERATE;
   const bool kv_cmd = run || command == CMD_KV_LOAD; // on KV rows position..position+n_tokens-1
 
@@ -696,13 +868,18 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   if (!g_loaded) err = ERR_NOT_LOADED;
 #endif
   if (err == ERR_NONE) {
-    if (!kv_cmd && command != CMD_LOAD_LORA && command != CMD_SELECT_LORA) err = ERR_BAD_COMMAND;
+    if (!kv_cmd && command != CMD_LOAD_LORA && command != CMD_SELECT_LORA && command != CMD_LOAD_WEIGHTS)
+      err = ERR_BAD_COMMAND;
+    else if (command == CMD_LOAD_WEIGHTS && rm::URAM_WORDS == 0) err = ERR_BAD_COMMAND;
+    else if (command == CMD_LOAD_WEIGHTS && !uram_header_ok(uram_weights)) err = ERR_WEIGHTS_IMAGE;
     else if (command == CMD_KV_LOAD && (!KV_ONCHIP || n_tokens == 0)) err = ERR_BAD_COMMAND;
     else if (run && (n_tokens == 0 || (command == CMD_DECODE && n_tokens != 1) ||
                      (command == CMD_GENERATE && sample_mode == SAMPLE_NONE) || sample_mode > SAMPLE_RANDOM))
       err = ERR_BAD_COMMAND;
     else if (kv_cmd && (kv_capacity > KV_LIMIT || position > kv_capacity || n_tokens > kv_capacity - position))
       err = ERR_CONTEXT;
+    else if (run && rm::URAM_WORDS > 0 && !g_weights_loaded)
+      err = ERR_WEIGHTS_NOT_LOADED;
     else if (run && rm::DDR_WORDS > 0 && !ddr_image_ready(ddr_weights))
       err = ERR_DDR_WEIGHTS;
     else if (run) {
@@ -726,6 +903,25 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     lora_load<Lora>(g_lora, (int)lora_slot, lora_staging, lora_bytes, a.lora);
   } else if (command == CMD_SELECT_LORA) {
     g_active = lora_slot;
+  } else if (command == CMD_LOAD_WEIGHTS) {
+    // check the image's words, then write them into the banks, then read the banks back (one call site: one
+    // instance of each bank's load)
+    uint32_t sum = 0;
+  WEIGHT_LOAD_PASSES:
+    for (int pass = URAM_CHECK; pass <= URAM_VERIFY && err == ERR_NONE; ++pass) {
+      sum = 0;
+      uram_engines<0, 0>(std::true_type(), pass, uram_weights, sum, a.weight_load);
+      if (pass == URAM_CHECK && sum != rm::URAM_CHECKSUM) err = ERR_WEIGHTS_IMAGE; // nothing written
+      if (pass == URAM_CHECK) g_weights_loaded = false; // the banks are being overwritten
+    }
+    if (err == ERR_NONE) {
+      checksum = sum;
+      g_weights_loaded = sum == rm::URAM_CHECKSUM;
+      if (!g_weights_loaded) err = ERR_WEIGHTS_NOT_LOADED;
+#ifndef __SYNTHESIS__
+      else pack_uram_tensors();
+#endif
+    }
   } else if (command == CMD_KV_LOAD) {
     kv_load_all(KvOnChip(), kv_cache, kv_capacity, (int)position, (int)n_tokens, a.layer);
     done = n_tokens;
@@ -763,7 +959,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     }
     a.head.output += LOGITS_OUT_CYCLES;
   }
-  write_status(status, err, done);
+  write_status(status, err, done, checksum);
   uint64_t st[STAGE_COUNT];
   stage_cycles(a, st);
   cycles_embedding = (uint32_t)st[STAGE_EMBEDDING];
@@ -778,6 +974,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   cycles_lm_head = (uint32_t)st[STAGE_LM_HEAD];
   cycles_sampler = (uint32_t)st[STAGE_SAMPLER];
   cycles_kv_load = (uint32_t)st[STAGE_KV_LOAD];
+  cycles_weight_load = (uint32_t)st[STAGE_WEIGHT_LOAD];
 }
 
 #ifndef __SYNTHESIS__
@@ -795,8 +992,9 @@ bool set_err(char *err, int err_len, const std::string &msg) {
 // Tensor (l, lin) of engine R from dir/NAME.bin into its bank row, and its tiles packed.
 template <class R>
 bool load_tensor(const std::string &dir, const std::string &name, int l, int lin, char *err, int err_len) {
-  if constexpr (R::DDR) {
-    return true; // streamed from ddr_weights: the host copies ddr_weights.bin into that buffer
+  if constexpr (R::DDR || R::URAM) {
+    // streamed from ddr_weights (the host copies ddr_weights.bin into that buffer), or a URAM bank: written by
+    return true; // CMD_LOAD_WEIGHTS and repacked then (pack_uram_tensors)
   } else {
     BromImageHost img;
     const std::string path = dir + "/" + name + ".bin";
@@ -876,6 +1074,7 @@ extern "C" int roma_emu_load_build(const char *build_dir, char *err, int err_len
       if (!(g_norms[r][i] == g_norms[r][i]) || g_norms[r][i] - g_norms[r][i] != 0.0f)
         return set_err(err, err_len, np + " is corrupt (a norm weight is not finite)") ? 0 : 1;
   std::memset(g_kv_chip, 0, sizeof g_kv_chip); // as URAM powers up: the host loads what it runs on
+  g_weights_loaded = false;                     // likewise the URAM weight banks (CMD_LOAD_WEIGHTS)
   g_loaded = true;
   if (err && err_len > 0) err[0] = 0;
   return 0;

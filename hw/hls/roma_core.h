@@ -23,6 +23,14 @@
 //   CMD_KV_LOAD  on-chip KV builds only (else ERR_BAD_COMMAND): copy rows position..position+n_tokens-1 of every
 //                layer's keys and values from kv_cache into the on-chip KV cache (n_tokens == 0 is
 //                ERR_BAD_COMMAND; the context check of PREFILL applies).
+//   CMD_LOAD_WEIGHTS builds with URAM weight banks only (roma_model.h's URAM_WORDS > 0, else ERR_BAD_COMMAND): copy
+//                the load image in uram_weights into the URAM banks, then read every word back from the banks and
+//                write its checksum (weight_load.h) to STATUS_CHECKSUM. An image whose header (magic, version,
+//                words, checksum) is not roma_model.h's URAM_WORDS/URAM_CHECKSUM, or whose words do not sum to that
+//                checksum (a first pass over it), is refused (ERR_WEIGHTS_IMAGE) before anything is written. The
+//                run commands of such a build are refused (ERR_WEIGHTS_NOT_LOADED) until a load succeeded: the
+//                words read back sum to URAM_CHECKSUM (else the load ends in ERR_WEIGHTS_NOT_LOADED, the banks
+//                written but not usable). The driver issues it once after the overlay loads (RomaOverlay).
 //
 // On-chip KV cache (a build's KV_ONCHIP_CTX > 0, roma_model.h; `roma compile --kv-onchip N`): the core holds
 // KV_ONCHIP_CTX positions of every layer's fp16 keys and values in URAM/BRAM, and attention reads them from
@@ -60,6 +68,10 @@
 //                                                       each 4 steps' scale|minimum words after their planes),
 //                                                       read once per GEMV, one sequential pass per tile;
 //                                                       unused (may be 0) when every tensor is on chip
+//   uram_weights uint32 [URAM_WORDS]                    the build's uram_weights.bin, read by CMD_LOAD_WEIGHTS
+//                                                       only (weight_load.h's load image: header, then each URAM
+//                                                       tensor's bank words); shares the ddr_weights port
+//                                                       (bundle gmem_weights); may be 0 for other commands
 //   status       uint32 [STATUS_WORDS]                  written at the end of every call (see Status)
 //
 // Cycle counters (AXI-Lite outputs, `uint32_t &cycles_STAGE`: read-only registers, one per Stage, written at the
@@ -81,6 +93,7 @@ enum Command : uint32_t {
   CMD_LOAD_LORA = 4,
   CMD_SELECT_LORA = 5,
   CMD_KV_LOAD = 6,
+  CMD_LOAD_WEIGHTS = 7,
 };
 
 constexpr uint32_t LORA_NONE = 0xFFFFFFFFu;
@@ -107,9 +120,11 @@ constexpr int PREFILL_CHUNK = 16; // tokens per prefill chunk (activation buffer
 
 // Words of the status buffer.
 enum Status : uint32_t {
-  STATUS_ERROR = 0,        // 0 = ok, else an ErrorCode; nothing was changed when it is not 0
+  STATUS_ERROR = 0,        // 0 = ok, else an ErrorCode; nothing was changed when it is not 0 (but for the
+                           // read-back failure of CMD_LOAD_WEIGHTS)
   STATUS_TOKENS = 1,       // tokens run (PREFILL/DECODE), generated (GENERATE) or rows loaded (KV_LOAD)
-  STATUS_WORDS = 32,       // (the words past STATUS_TOKENS are written as 0)
+  STATUS_CHECKSUM = 2,     // CMD_LOAD_WEIGHTS: the checksum of the words read back from the URAM banks
+  STATUS_WORDS = 32,       // (the other words are written as 0)
 };
 
 // Stages of the cycle estimate (the registers cycles_STAGE, in this order). The estimate is the sum of the
@@ -131,7 +146,8 @@ enum Stage : uint32_t {
   STAGE_SAMPLER = 10,   // on-chip sampler
   STAGE_KV_LOAD = 11,   // CMD_KV_LOAD: DDR rows into the on-chip KV cache (the run commands' writes to both
                         // places are under STAGE_ATTENTION)
-  STAGE_COUNT = 12,
+  STAGE_WEIGHT_LOAD = 12, // CMD_LOAD_WEIGHTS: the image's check pass, the copy into the URAM banks, the read-back
+  STAGE_COUNT = 13,
 };
 
 enum ErrorCode : uint32_t {
@@ -145,6 +161,9 @@ enum ErrorCode : uint32_t {
   ERR_DDR_WEIGHTS = 7, // the build streams tensors from DDR and ddr_weights does not hold its image
                        // (header magic, version, words or CRC differ from roma_model.h's DDR_WORDS/DDR_CRC;
                        // C simulation also checks the payload's CRC once per new buffer or build load)
+  ERR_WEIGHTS_NOT_LOADED = 8, // a run command before CMD_LOAD_WEIGHTS succeeded (a build with URAM weight banks),
+                              // or a load whose words read back from the banks differ (see CMD_LOAD_WEIGHTS)
+  ERR_WEIGHTS_IMAGE = 9,      // CMD_LOAD_WEIGHTS: uram_weights does not hold this build's URAM load image
 };
 
 }  // namespace roma
@@ -159,15 +178,17 @@ extern "C" void roma_core(
     uint32_t &cycles_embedding, uint32_t &cycles_norm, uint32_t &cycles_act_quant, uint32_t &cycles_gemv,
     uint32_t &cycles_lora, uint32_t &cycles_rope, uint32_t &cycles_attention, uint32_t &cycles_activation,
     uint32_t &cycles_residual, uint32_t &cycles_lm_head, uint32_t &cycles_sampler, uint32_t &cycles_kv_load,
+    uint32_t &cycles_weight_load,
     // m_axi
     const int32_t *tokens_in, int32_t *tokens_out, float *logits, uint16_t *kv_cache,
-    const uint8_t *lora_staging, const uint32_t *ddr_weights, uint32_t *status);
+    const uint8_t *lora_staging, const uint32_t *ddr_weights, const uint32_t *uram_weights, uint32_t *status);
 
 #ifndef __SYNTHESIS__
 // C simulation only: threads of the emulated board's parallel loops (0: OpenMP's default). Returns the count used.
 extern "C" int roma_emu_set_threads(int threads);
 // C simulation only (the emulated board): the ROM images that synthesis compiles into BRAM are loaded from
-// a build folder (`roma compile` output) at start-up instead. Returns 0, or non-zero with a message in err.
+// a build folder (`roma compile` output) at start-up instead (the URAM banks are not: as on a board, they hold
+// nothing until CMD_LOAD_WEIGHTS). Returns 0, or non-zero with a message in err.
 extern "C" int roma_emu_load_build(const char *build_dir, char *err, int err_len);
 // C simulation only: the model dimensions compiled in (roma_model.h), see roma_core.cpp. Returns their count.
 extern "C" int roma_model_dims(int32_t *out, int n);

@@ -57,7 +57,7 @@ def test_layout_from_the_header():
     for a in itf.arguments:
         assert a.width == (64 if a.pointer else 32)
     assert {a.name for a in itf.pointers} == {"tokens_in", "tokens_out", "logits", "kv_cache", "lora_staging",
-                                              "ddr_weights", "status"}
+                                              "ddr_weights", "uram_weights", "status"}
     assert itf["inv_temperature"].base == "float" and itf["tokens_in"].const and not itf["logits"].const
     # encoding: floats as their IEEE bits, pointers as 64-bit offsets
     assert itf["top_p"].encode(0.5) == struct.unpack("<I", struct.pack("<f", 0.5))[0]
@@ -66,8 +66,9 @@ def test_layout_from_the_header():
     c = load_constants()
     assert c["CMD_PREFILL"] == 1 and c["STATUS_WORDS"] == 32 and c["ERR_TOKEN_RANGE"] == 3
     assert c["LORA_SLOTS"] == 4 and c["LORA_MAX_RANK"] == 64  # constexprs of the ROMA_* defaults
-    assert drv.stage_names(c)[:4] == ["embedding", "norm", "act_quant", "gemv"] and len(drv.stage_names(c)) == 12
-    assert drv.stage_names(c)[-1] == "kv_load" and c["CMD_KV_LOAD"] == 6
+    assert drv.stage_names(c)[:4] == ["embedding", "norm", "act_quant", "gemv"] and len(drv.stage_names(c)) == 13
+    assert drv.stage_names(c)[-2:] == ["kv_load", "weight_load"] and c["CMD_KV_LOAD"] == 6
+    assert c["CMD_LOAD_WEIGHTS"] == 7 and c["STATUS_CHECKSUM"] == 2
     # the cycle counters: one output register per stage, in stage order, read-only (not set by the host)
     assert [a.name for a in itf.outputs] == [f"cycles_{s}" for s in drv.stage_names(c)]
     assert all(a.ctype == "uint32_t &" and not a.pointer for a in itf.outputs)

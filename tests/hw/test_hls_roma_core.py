@@ -23,7 +23,7 @@ from float_noise import assert_within_float_noise, golden_variant_logits, relati
 pytestmark = hls_tools.needs_gxx
 
 STATUS_WORDS = 32
-STAGES = 12  # roma_core.h's cycles_STAGE output registers, one per Stage
+STAGES = 13  # roma_core.h's cycles_STAGE output registers, one per Stage
 CMD_PREFILL, CMD_DECODE = 1, 2
 SAMPLE_NONE, SAMPLE_GREEDY = 0, 1
 ERR_TOKEN_RANGE = 3
@@ -47,7 +47,7 @@ class EmuBoard:
         self.lib.roma_emu_set_threads(threads)
         U, F, P = ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p
         self.core = self.lib.roma_core
-        self.core.argtypes = [U, U, U, U, U, U, U, F, U, F, F, F, U, U, U, U] + [P] * STAGES + [P] * 7
+        self.core.argtypes = [U, U, U, U, U, U, U, F, U, F, F, F, U, U, U, U] + [P] * STAGES + [P] * 8
         self.core.restype = None
 
     def run(self, command, position, tokens, kv, capacity, vocab, sample_mode=SAMPLE_GREEDY):
@@ -60,7 +60,7 @@ class EmuBoard:
         self.core(command, position, len(tokens), capacity, 0, 0, sample_mode, 1.0, 0, 1.0, 0.0, 1.0, 64, 0, 0,
                   0xFFFFFFFF, *(self.cycles[i:].ctypes.data for i in range(STAGES)),
                   tokens.ctypes.data, out.ctypes.data, logits.ctypes.data, kv.ctypes.data,
-                  staging.ctypes.data, None if self.ddr is None else self.ddr.ctypes.data, status.ctypes.data)
+                  staging.ctypes.data, None if self.ddr is None else self.ddr.ctypes.data, None, status.ctypes.data)
         return status, logits, out
 
 

@@ -7,6 +7,9 @@ them, through this module. A build folder holds
     ddr_weights.bin     the weight matrices the placement plan streams from DDR, in one image (ddr_image.py;
                         only when there are any): the host copies it into the core's `ddr_weights` buffer.
                         These tensors have no .bin/.dat of their own (synthesis gets no ROM for them).
+    uram_weights.bin    the weight matrices the plan puts in URAM ("URAM-load-once"), as their bank words in one
+                        load image (uram_image.py; only when there are any): the driver copies it into a buffer
+                        and the core's CMD_LOAD_WEIGHTS writes it into the URAM banks. No .bin/.dat either.
     norms.bin/.dat      the fp32 RMSNorm weights, concatenated (layout in the manifest)
     lora.safetensors    fp16 LoRA factors compensating the quantization error (with --lora-rank)
     roma_model.h        the dimensions for the HLS kernels (model_header.py), and the on-chip KV cache's positions
@@ -40,6 +43,7 @@ from ..model.weights import (SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, Layer
                              QuantizedMatrix)
 from .brom_image import read_image, unpack
 from .ddr_image import ddr_unpack, read_ddr_image
+from .uram_image import read_uram_image, uram_unpack
 
 MANIFEST = "manifest.json"
 FORMAT = "roma-build"
@@ -49,6 +53,7 @@ FORMAT_VERSION = 5  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NA
 MANIFEST_SEAL = "manifest_sha256"
 HEADER_FILE = "roma_model.h"
 DDR_FILE = "ddr_weights.bin"
+URAM_FILE = "uram_weights.bin"
 NORMS_FILE = "norms"
 LORA_FILE = "lora.safetensors"
 EMBEDDING = "token_embd"
@@ -77,6 +82,16 @@ def split_name(name: str) -> tuple[int, str] | None:
 def is_ddr(entry: dict) -> bool:
     """Whether a manifest tensor entry streams from DDR (its image is a slice of ddr_weights.bin)."""
     return entry.get("placement") == DDR_STREAM
+
+
+def is_uram(entry: dict) -> bool:
+    """Whether a manifest tensor entry is in URAM (its image is a slice of uram_weights.bin)."""
+    return entry.get("placement") == URAM_LOAD_ONCE
+
+
+def uram_layout(manifest: dict) -> list[tuple[int, int]]:
+    """(word offset, words) of every URAM tensor in the load image, in the manifest's order."""
+    return [(e["uram_offset"], e["uram_words"]) for e in manifest["tensors"].values() if is_uram(e)]
 
 
 def sha256_files(files) -> str:
@@ -218,6 +233,12 @@ def check_manifest(manifest: dict, build_dir: str | Path) -> ModelConfig:
         raise bad("'ddr' is not an object with its word count")
     if ddr is not None:
         listed(ddr.get("file"), "ddr")
+    uram = manifest.get("uram")
+    if uram is not None and (not isinstance(uram, dict) or not _whole(uram.get("words"), 1)
+                             or not _whole(uram.get("checksum"))):
+        raise bad("'uram' is not an object with its word count and checksum")
+    if uram is not None:
+        listed(uram.get("file"), "uram")
     for name in want:
         e = tensors[name]
         key = split_name(name)
@@ -233,6 +254,10 @@ def check_manifest(manifest: dict, build_dir: str | Path) -> ModelConfig:
             if ddr is None or e.get("image") != ddr.get("file") or not _whole(e.get("ddr_offset")) \
                     or not _whole(e.get("ddr_words"), 1) or e["ddr_offset"] + e["ddr_words"] > ddr["words"]:
                 raise bad(f"tensor {name} streams from DDR but its slice of the DDR image is malformed")
+        elif is_uram(e):
+            if uram is None or e.get("image") != uram.get("file") or not _whole(e.get("uram_offset")) \
+                    or not _whole(e.get("uram_words"), 1) or e["uram_offset"] + e["uram_words"] > uram["words"]:
+                raise bad(f"tensor {name} is in URAM but its slice of the URAM load image is malformed")
         elif e.get("image") != f"{name}.bin" or e.get("init") != f"{name}.dat":
             raise bad(f"tensor {name} names the images {e.get('image')!r} / {e.get('init')!r}, not its own "
                       f"{name}.bin / {name}.dat")
@@ -311,6 +336,7 @@ def read_build(build_dir: str | Path, verify: bool = True) -> tuple[dict, ModelC
     config = check_manifest(manifest, build_dir)
     tensors = manifest["tensors"]
     ddr_words = read_ddr_image(build_dir / DDR_FILE) if manifest.get("ddr") else None
+    uram_words = read_uram_image(build_dir / URAM_FILE, uram_layout(manifest)) if manifest.get("uram") else None
 
     def matrix(name: str) -> QuantizedMatrix:
         e = tensors[name]
@@ -318,6 +344,10 @@ def read_build(build_dir: str | Path, verify: bool = True) -> tuple[dict, ModelC
             words = ddr_words[e["ddr_offset"]: e["ddr_offset"] + e["ddr_words"]]
             rows, cols = e["shape"]
             return unpack(ddr_unpack(words, e["bits"], e["group"], rows, cols, e["tiles"], scales=e["scales"]))
+        if is_uram(e):
+            words = uram_words[e["uram_offset"]: e["uram_offset"] + e["uram_words"]]
+            rows, cols = e["shape"]
+            return unpack(uram_unpack(words, e["bits"], e["group"], rows, cols, e["tiles"], scales=e["scales"]))
         return unpack(read_image(build_dir / e["image"]))
 
     norms = np.frombuffer((build_dir / manifest["norms"]["file"]).read_bytes(), dtype="<f4").astype(np.float32)

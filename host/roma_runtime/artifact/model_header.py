@@ -9,18 +9,22 @@ Also generated for the top (hw/hls/roma_core.cpp):
   of its image inside the DDR weight image (ddr_weights.bin) the core reads through `ddr_weights`, with
   DDR_WORDS (the image's words, 0 without DDR tensors) and DDR_CRC (its payload CRC-32, which the image's
   header repeats: the core refuses a buffer holding another image);
+- URAM_<LINEAR>[N_LAYERS], URAM_TOKEN_EMBD, URAM_OUTPUT: per tensor, -1 unless the plan puts it in URAM
+  ("URAM-load-once"), else the word offset of its bank words inside the URAM load image (uram_weights.bin,
+  uram_image.py) that CMD_LOAD_WEIGHTS copies into its bank row, with URAM_WORDS (the image's words, 0 without
+  URAM tensors) and URAM_CHECKSUM (weight_load.h's checksum of its tensors, which its header repeats);
 - KV_ONCHIP_CTX: the positions of the on-chip KV cache (`roma compile --kv-onchip N`; 0: the KV cache is in DDR
   only), and ROMA_KV_ONCHIP_IMPL, the memory its array binds to (uram, bram, or auto where the plan spread it
   over both), a macro because the top's BIND_STORAGE pragma takes it;
 - the GEMV engines and their weight banks: one engine per distinct configuration (bits, group, scale format,
-  tiles, on chip or DDR-streamed) of each linear, shared by all layers of that configuration.
+  tiles, and tier: BRAM ROM, URAM or DDR-streamed) of each linear, shared by all layers of that configuration.
   ENGINE_<LINEAR>[N_LAYERS] numbers each layer's engine (0.. in layer order of first use) and
   SLOT_<LINEAR>[N_LAYERS] its row in that engine's ROM bank (the engine's on-chip layers, stacked in layer
   order; -1 for a DDR-streamed layer, which has no bank row);
-- a synthesis-only section that defines every ROM bank (ROMA_BANK_* declarators from ROMA_ROM_DEFINE, i.e.
+- a synthesis-only section that defines every BRAM ROM bank (ROMA_BANK_* declarators from ROMA_ROM_DEFINE, i.e.
   hw/hls/roma_rom_define.h) initialised from its layers' .dat files, one brace-enclosed row per layer (the
   preprocessor cannot loop); token_embd (7) and an untied output (8) are banks of one row; DDR tensors get no
-  ROM."""
+  ROM, and URAM banks no initialiser (CMD_LOAD_WEIGHTS writes them)."""
 
 from __future__ import annotations
 
@@ -64,9 +68,10 @@ def _kv_impl(kv_onchip: dict | None) -> str:
 
 def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, context: int, lora_rank: int,
                   board: str, model_sha256: str, tiles_default: int = 1, ddr: dict | None = None,
-                  kv_onchip: dict | None = None) -> str:
-    """tensors: manifest tensor entries (name -> {bits, group, tiles, ddr_offset, ...}) for blk.<i>.<linear>,
-    token_embd and, when untied, output; ddr: the manifest's "ddr" entry (None: every tensor is on chip);
+                  kv_onchip: dict | None = None, uram: dict | None = None) -> str:
+    """tensors: manifest tensor entries (name -> {bits, group, tiles, ddr_offset, uram_offset, ...}) for
+    blk.<i>.<linear>, token_embd and, when untied, output; ddr: the manifest's "ddr" entry (None: every tensor is
+    on chip); uram: its "uram" entry (None: no tensor is in URAM);
     kv_onchip: the manifest's "kv_onchip" entry ({tokens, placement, ...}; None: the KV cache is in DDR)."""
     c = config
     lines = [
@@ -99,10 +104,16 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
     def offset(e: dict) -> int:
         return e["ddr_offset"] if ddr and e.get("ddr_offset") is not None else -1
 
-    def configuration(e: dict) -> tuple:  # what one GEMV engine is built for
-        return e["bits"], e["group"], e["scales"], e.get("tiles", tiles_default), offset(e) >= 0
+    def uram_offset(e: dict) -> int:
+        return e["uram_offset"] if uram and e.get("uram_offset") is not None else -1
 
-    banks = []  # (linear index, engine, [on-chip tensor names in bank order], scale format)
+    def tier(e: dict) -> str:
+        return "ddr" if offset(e) >= 0 else "uram" if uram_offset(e) >= 0 else "rom"
+
+    def configuration(e: dict) -> tuple:  # what one GEMV engine is built for
+        return e["bits"], e["group"], e["scales"], e.get("tiles", tiles_default), tier(e)
+
+    banks = []  # (linear index, engine, [BRAM ROM tensor names in bank order], scale format)
     for li, lin in enumerate(LayerWeights.LINEAR):
         entries = [tensors[f"blk.{i}.{lin}"] for i in range(c.n_layers)]
         engines: dict[tuple, int] = {}
@@ -116,7 +127,8 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
             else:
                 slot_of.append(len(rows.setdefault(k, [])))
                 rows[k].append(f"blk.{i}.{lin}")
-        banks += [(li, k, names, tensors[names[0]]["scales"]) for k, names in sorted(rows.items())]
+        banks += [(li, k, names, tensors[names[0]]["scales"]) for k, names in sorted(rows.items())
+                  if tier(tensors[names[0]]) == "rom"]
         lines.append(f"constexpr int BITS_{_ident(lin)}[N_LAYERS] = {_array(e['bits'] for e in entries)};")
         lines.append(f"constexpr int GROUP_{_ident(lin)}[N_LAYERS] = {_array(e['group'] for e in entries)};")
         lines.append(f"constexpr int SCALES_{_ident(lin)}[N_LAYERS] = "
@@ -124,6 +136,7 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
         lines.append(f"constexpr int TILES_{_ident(lin)}[N_LAYERS] = "
                      f"{_array(e.get('tiles', tiles_default) for e in entries)};")
         lines.append(f"constexpr long long DDR_{_ident(lin)}[N_LAYERS] = {_array(offset(e) for e in entries)};")
+        lines.append(f"constexpr long long URAM_{_ident(lin)}[N_LAYERS] = {_array(uram_offset(e) for e in entries)};")
         lines.append(f"constexpr int ENGINE_{_ident(lin)}[N_LAYERS] = {_array(engine_of)};")
         lines.append(f"constexpr int SLOT_{_ident(lin)}[N_LAYERS] = {_array(slot_of)};")
     for name in ("token_embd", "output"):
@@ -133,11 +146,17 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
         lines.append(f"constexpr int SCALES_{_ident(name)} = {SCALE_FORMATS[e['scales']]};")
         lines.append(f"constexpr int TILES_{_ident(name)} = {e.get('tiles', tiles_default)};")
         lines.append(f"constexpr long long DDR_{_ident(name)} = {offset(e)};")
+        lines.append(f"constexpr long long URAM_{_ident(name)} = {uram_offset(e)};")
     lines += ["",
               "// The DDR weight image (ddr_weights.bin): words, header included (0: no tensor streams from DDR),",
               "// and the CRC-32 of its payload, as its header holds it",
               f"constexpr long long DDR_WORDS = {ddr['words'] if ddr else 0};",
               f"constexpr unsigned DDR_CRC = 0x{ddr['crc32'] if ddr else 0:08x}u;"]
+    lines += ["",
+              "// The URAM load image (uram_weights.bin): words, header included (0: no tensor is in URAM), and the",
+              "// checksum of its tensors (weight_load.h), as its header holds it",
+              f"constexpr long long URAM_WORDS = {uram['words'] if uram else 0};",
+              f"constexpr unsigned URAM_CHECKSUM = 0x{uram['checksum'] if uram else 0:08x}u;"]
     lines += ["",
               "// The on-chip KV cache: positions of every layer's fp16 keys and values (0: the KV cache is in DDR only)",
               f"constexpr int KV_ONCHIP_CTX = {kv_onchip['tokens'] if kv_onchip else 0};"]
@@ -151,7 +170,7 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               "// outside the include guard: the top includes this header again with ROMA_ROM_DEFINE set.",
               "#ifdef ROMA_ROM_DEFINE", "#include ROMA_ROM_DEFINE"]
     for name, li in (("token_embd", 7), ("output", 8)):
-        if name in tensors and offset(tensors[name]) < 0:
+        if name in tensors and tier(tensors[name]) == "rom":
             banks.append((li, 0, [name], tensors[name]["scales"]))
     for li, k, names, scales in banks:
         sections = (("PLANES", "PLANES"),) + ((("PARAMS", "PARAMS"), ("EXPS", "EXPONENTS")) if scales == "q8"

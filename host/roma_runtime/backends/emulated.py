@@ -84,9 +84,9 @@ def emu_overlay(build_dir: str | Path, *, cache: str | Path | None = None, hls_d
     key = hashlib.sha256(f"{build_dir}\0{lib}\0".encode() + manifest_text.encode()).hexdigest()[:20]
     folder = (Path(cache) if cache else cache_root()) / "emu" / key
     bit = folder / BITSTREAM
-    ddr = manifest.get("ddr")
-    if bit.is_file() and (folder / HWH).is_file() and (folder / MANIFEST).is_file() and (
-            not ddr or (folder / ddr["file"]).exists()):
+    images = [e["file"] for e in (manifest.get("ddr"), manifest.get("uram")) if e]  # the weight images
+    if bit.is_file() and (folder / HWH).is_file() and (folder / MANIFEST).is_file() and all(
+            (folder / f).exists() for f in images):
         return bit
     # Made in a private folder and renamed into place whole (a killed process leaves only .<key>.<pid>.tmp,
     # removed by the next call: tempfiles.clean_stale).
@@ -102,8 +102,8 @@ def emu_overlay(build_dir: str | Path, *, cache: str | Path | None = None, hls_d
                               "ROMA_MODEL_SHA256": manifest["model"]["sha256"], "ROMA_BUILD": str(build_dir)})
         (tmp / MANIFEST).write_text(manifest_text)
         (tmp / "libroma_core.so").symlink_to(lib)
-        if ddr:  # the DDR weight image next to the "bitstream", as on a board
-            (tmp / ddr["file"]).symlink_to(build_dir / ddr["file"])
+        for f in images:  # the DDR and URAM weight images next to the "bitstream", as on a board
+            (tmp / f).symlink_to(build_dir / f)
         spec = {"format": EMU_FORMAT, "version": 1, "library": "libroma_core.so", "build": str(build_dir),
                 "header": str(header), "model": manifest["model"]["name"]}
         (tmp / BITSTREAM).write_text(json.dumps(spec, indent=1))

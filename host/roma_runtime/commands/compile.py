@@ -9,7 +9,7 @@ from collections import Counter
 from ..compiler.quantization.quantize import CALIB_TOKENS, METHODS
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS
 from . import common
-from .plan import add_ddr_argument, add_kv_onchip_argument, add_scales_argument
+from .plan import add_ddr_argument, add_kv_onchip_argument, add_scales_argument, add_uram_argument
 
 HELP = "quantize, pack and place a model into ROM images for a board (writes a build folder)"
 
@@ -39,6 +39,7 @@ def add_arguments(parser) -> None:
                         help=f"calibration tokens for GPTQ, GPTAQ and --bits-budget (default "
                              f"{CALIB_TOKENS['gptq']}; {CALIB_TOKENS['gptaq']} with --method gptaq)")
     add_ddr_argument(parser)
+    add_uram_argument(parser)
     add_kv_onchip_argument(parser)
     parser.add_argument("--force", action="store_true", help="replace a build of another model in --out")
     parser.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
@@ -54,7 +55,7 @@ def run(args) -> int:
         args.model, args.out, bits=args.bits, group=args.group, method=args.method, scales=args.scales,
         board=args.board, lora_rank=args.lora_rank, bits_budget=args.bits_budget, embedding_bits=args.embedding_bits,
         force=args.force, calib_tokens=args.calib_tokens, progress=not args.no_progress, ddr=args.ddr,
-        kv_onchip=args.kv_onchip or 0)
+        uram=args.uram, kv_onchip=args.kv_onchip or 0)
     q = manifest["quantization"]
     summary = {
         "out": str(args.out),

@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=int, default=None,
                         help="context length the tokens/s estimate assumes (default: --kv-onchip, else 256)")
     add_ddr_argument(parser)
+    add_uram_argument(parser)
     add_scales_argument(parser)
     parser.add_argument("--per-tensor", action="store_true", help="one row per tensor instead of per layer")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -41,6 +42,12 @@ def add_ddr_argument(parser: argparse.ArgumentParser) -> None:
                         help="stream these units from DDR whatever the room: layer numbers or ranges, head (the lm "
                              "head; tied: with the embedding), embedding, or all (e.g. --ddr 1,3-5,head); their "
                              "on-chip memory stays free")
+
+
+def add_uram_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--uram", default=None, metavar="UNITS",
+                        help="put these units in URAM (load-once, written by the driver after the overlay loads) "
+                             "instead of BRAM: layer numbers or ranges, head, embedding, or all (as --ddr)")
 
 
 def add_scales_argument(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +79,7 @@ def run(args) -> int:
 
     board = get_board(args.board)  # fail fast, before the model loads
     parse_ddr_units(args.ddr)
+    parse_ddr_units(args.uram)
     if args.context is not None and args.context < 0:
         raise RomaError(f"--context must be >= 0, not {args.context}")
     per_tensor_bits = _parse_tensor_bits(args.tensor_bits)
@@ -81,7 +89,7 @@ def run(args) -> int:
     plan = make_plan(config, board, bits=args.bits, group=args.group, per_tensor_bits=per_tensor_bits or None,
                      lora_rank=args.lora_rank, lora_targets=tuple(args.lora_targets), lora_dtype=args.lora_dtype,
                      kv_tokens=args.kv_onchip, budget=args.budget, context=args.context, ddr=args.ddr,
-                     scales=args.scales)
+                     scales=args.scales, uram=args.uram)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
     else:

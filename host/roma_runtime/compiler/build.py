@@ -2,7 +2,7 @@
 
 compile_model quantizes (quantization/), places (placement/) and writes a build folder in the format
 artifact/build.py describes and reads back: the B-ROM images (artifact/brom_image.py), the DDR image
-(artifact/ddr_image.py), the norms, the compensating LoRA, roma_model.h (artifact/model_header.py) and, last and
+(artifact/ddr_image.py), the URAM load image (artifact/uram_image.py), the norms, the compensating LoRA, roma_model.h (artifact/model_header.py) and, last and
 atomically, the sealed manifest.
 """
 
@@ -20,8 +20,10 @@ from .. import __version__
 from ..artifact.boards import get_board
 from ..artifact.brom_image import pack, write_image
 from ..artifact.build import (DDR_FILE, EMBEDDING, FORMAT, FORMAT_VERSION, HEADER_FILE, LORA_FILE, MANIFEST,
-                              NORMS_FILE, is_ddr, read_manifest, seal_manifest, sha256_files, split_name, tensor_names)
+                              NORMS_FILE, URAM_FILE, is_ddr, is_uram, read_manifest, seal_manifest, sha256_files,
+                              split_name, tensor_names)
 from ..artifact.ddr_image import DDR_BLOCK_STEPS, DDR_Q8_BLOCK_STEPS, DDR_VERSION, ddr_image
+from ..artifact.uram_image import URAM_VERSION, uram_image
 from ..artifact.model_header import c_float, render_header
 from ..errors import RomaError
 from ..model.config import ModelConfig
@@ -100,10 +102,10 @@ def _plan_name(name: str) -> str:
 
 
 def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, per_tensor_groups: dict,
-          lora_rank: int, ddr, kv_onchip: int = 0, scales: str = "fp16"):
+          lora_rank: int, ddr, kv_onchip: int = 0, scales: str = "fp16", uram=None):
     plan = make_plan(config, board, bits=bits, group=group, per_tensor_bits=per_tensor_bits,
                      per_tensor_groups=per_tensor_groups, lora_rank=lora_rank, ddr=ddr,
-                     kv_tokens=kv_onchip or None, scales=scales)
+                     kv_tokens=kv_onchip or None, scales=scales, uram=uram)
     return plan.to_dict()
 
 
@@ -138,12 +140,31 @@ def write_ddr_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Pa
                     "tensors": list(layout)}
 
 
+def write_uram_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Path], dict | None]:
+    """Write the URAM tensors' `images` ({name: BromImage}, in this order) as uram_weights.bin and point their
+    manifest entries at it; returns ([its path], the manifest's "uram" entry), or ([], None) without any."""
+    if not images:
+        (Path(out_dir) / URAM_FILE).unlink(missing_ok=True)
+        return [], None
+    words, layout = uram_image(images)
+    path = Path(out_dir) / URAM_FILE
+    path.write_bytes(words.astype("<u4").tobytes())
+    for name, (offset, n) in layout.items():
+        img = images[name]
+        tensors[name].update({"tiles": img.tiles, "rom_bytes": 0, "uram_bytes": 4 * n, "image": URAM_FILE,
+                              "uram_offset": offset, "uram_words": n, "init": None, "image_sha256": img.sha256()})
+    return [path], {"file": URAM_FILE, "words": int(words.size), "checksum": int(words[3]),
+                    "layout": f"uram_image.py URAM load image version {URAM_VERSION}: per tile the bank row's plane "
+                              "words, then its two scale arrays as 16-bit entries two per word",
+                    "tensors": list(layout)}
+
+
 def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits: int = 4, group: int = 32,
                   method: str = "rtn", scales: str = "fp16", board: str = "u250", lora_rank: int = 0,
                   bits_budget: float | None = None, embedding_bits: int = 8, force: bool = False,
                   calib_tokens: int | None = None, calib_window: int = 256, loftq_iters: int = 2,
                   progress: bool = True, hessians=None, sensitivity=None, sensitivity_tokens: int = 256,
-                  fail_after: str | None = None, ddr=None, kv_onchip: int = 0) -> dict:
+                  fail_after: str | None = None, ddr=None, kv_onchip: int = 0, uram=None) -> dict:
     """Quantize, pack, place and describe a model; returns the manifest (also written to out_dir).
 
     calib_tokens: calibration text for GPTQ, GPTAQ and the mixed-precision pricing (default CALIB_TOKENS[method]).
@@ -151,6 +172,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     step of a per-row power of two); the embedding keeps fp16 (its Q8_0 source passes through).
 
     ddr: placement units to stream from DDR whatever the room (plan.parse_ddr_units: "1,3-5,head", ...).
+    uram: placement units to put in URAM (load-once) instead of BRAM, in the same form.
     kv_onchip: positions of an on-chip KV cache the core holds (0: the KV cache is in DDR only); the plan
     reserves its memory before any weight, and the header gives it to the core (KV_ONCHIP_CTX).
     hessians: calibrate.Hessians (parallel) computed earlier for this model, for the sensitivity quantizer;
@@ -169,8 +191,11 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     if not isinstance(model, LoadedModel):
         model = load_model(model)
     config = model.config
-    if ddr:  # a unit the model does not have is refused before anything is written
+    # a unit the model does not have is refused before anything is written
+    if ddr:
         check_ddr_units(parse_ddr_units(ddr), config)
+    if uram:
+        check_ddr_units(parse_ddr_units(uram), config, "--uram")
     # a KV longer than the context or too big for the board, likewise
     check_kv_onchip(config, board_obj, kv_onchip, lora_rank=lora_rank)
     out_dir = Path(out_dir)
@@ -266,19 +291,21 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     per_tensor_groups = {_plan_name(n): tensors[n]["group"] for n in tensors}
     plan_group = min(g for _, g in choice.values())  # what the plan's --group-wide reservations assume
     plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, per_tensor_groups, lora_rank, ddr,
-                 kv_onchip, scales)
+                 kv_onchip, scales, uram)
     kv_entry = _kv_onchip_entry(plan, kv_onchip)
     placement = {t["name"]: t["placement"] for t in (plan or {}).get("tensors", [])}
     for n in tensors:
         tensors[n]["placement"] = placement.get(_plan_name(n))
 
-    ddr_images = {}
+    ddr_images, uram_images = {}, {}
     for name in _progress(tensor_names(config), "packing", progress):
         q = quantized[name]
         n_tiles = 1  # the planner does not fold tensors into tiles yet
         img = pack(q, tiles=n_tiles, name=name)
         if is_ddr(tensors[name]):
             ddr_images[name] = img
+        elif is_uram(tensors[name]):
+            uram_images[name] = img
         else:
             paths = write_image(img, out_dir, name)
             files += paths
@@ -288,6 +315,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
             raise RuntimeError(f"injected failure after {name}")
     ddr_files, ddr_entry = write_ddr_image(out_dir, ddr_images, tensors)
     files += ddr_files
+    uram_files, uram_entry = write_uram_image(out_dir, uram_images, tensors)
+    files += uram_files
 
     norms_layout, norm_files = _write_norms(w, config, out_dir)
     files += norm_files
@@ -300,7 +329,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     header = out_dir / HEADER_FILE
     header.write_text(render_header(config, tensors, bits=bits, group=group, context=config.context_length,
                                     lora_rank=lora_rank, board=board_obj.name if hasattr(board_obj, "name")
-                                    else str(board), model_sha256=identity, ddr=ddr_entry, kv_onchip=kv_entry))
+                                    else str(board), model_sha256=identity, ddr=ddr_entry, kv_onchip=kv_entry,
+                                    uram=uram_entry))
     files.append(header)
 
     linear_params = sum(int(np.prod(tensors[n]["shape"])) for n in linears)
@@ -344,10 +374,12 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         "board": board_obj.to_dict() if hasattr(board_obj, "to_dict") else str(board),
         "plan": plan,
         "ddr": ddr_entry,
+        "uram": uram_entry,
         "kv_onchip": kv_entry,
         "header": HEADER_FILE,
         "sizes": {"rom_bytes": int(sum(e["rom_bytes"] for e in tensors.values())),
                   "ddr_bytes": int(sum(e.get("ddr_bytes", 0) for e in tensors.values())),
+                  "uram_bytes": int(sum(e.get("uram_bytes", 0) for e in tensors.values())),
                   "linear_params": linear_params, "all_params": all_params,
                   "files_bytes": int(sum(p.stat().st_size for p in files))},
         "files": {p.name: {"sha256": sha256_files([p]), "bytes": p.stat().st_size} for p in files},

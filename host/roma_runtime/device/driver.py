@@ -15,6 +15,12 @@ A build whose placement streams tensors from DDR ships their images as ddr_weigh
 driver copies it once into the `ddr_weights` buffer, sized to the image, which every command passes to the
 core. The core refuses a run command without this build's image (ERR_DDR_WEIGHTS).
 
+A build whose plan puts tensors in URAM ("URAM-load-once") ships their bank words as uram_weights.bin next to the
+bitstream: UltraScale+ URAM holds nothing after configuration, so RomaOverlay (after every download) copies the
+image into a buffer, flushes it, issues CMD_LOAD_WEIGHTS and compares the checksum the core read back from its
+banks (STATUS_CHECKSUM) with the manifest's; a refusal or a mismatch is one RomaError and the overlay is not used.
+Until the load succeeded the core refuses every run command (ERR_WEIGHTS_NOT_LOADED).
+
 A build compiled with an on-chip KV cache (`roma compile --kv-onchip N`: the manifest's "kv_onchip", the
 core's KV_ONCHIP_CTX) holds N positions of keys and values on chip and attends over those; every row it
 computes is also written to the session's DDR buffer, which stays the source of truth, so sessions, rollback,
@@ -41,7 +47,8 @@ from pynq import DefaultIP, Overlay
 
 from ..artifact import ddr_image as ddr_format
 from ..artifact import hwh as hwh_mod
-from ..artifact.build import MANIFEST, read_manifest, verify_file
+from ..artifact import uram_image as uram_format
+from ..artifact.build import MANIFEST, read_manifest, uram_layout, verify_file
 from ..artifact.interface import AP_DONE, AP_START, CTRL, load_constants, load_interface
 from ..errors import RomaError
 from ..golden.sampler import OnChipParams
@@ -62,7 +69,8 @@ def _identity(manifest: dict) -> dict:
     q = _obj(manifest.get("quantization"))
     ddr = _obj(manifest.get("ddr"))
     return {"model": _obj(manifest.get("model")).get("sha256"), **{k: q.get(k) for k in QUANT_KEYS},
-            "ddr_image": ddr.get("crc32"), "kv_onchip": kv_onchip_tokens(manifest)}
+            "ddr_image": ddr.get("crc32"), "uram_image": _obj(manifest.get("uram")).get("checksum"),
+            "kv_onchip": kv_onchip_tokens(manifest)}
 
 
 def kv_onchip_tokens(manifest: dict) -> int:
@@ -243,7 +251,28 @@ class RomaCoreDriver(DefaultIP):
         self.ddr_weights = self.allocate(image.shape, np.uint32)
         self.ddr_weights[:] = image
         self.ddr_weights.flush()
+        self.uram_weights = self.allocate((1,), np.uint32)  # the URAM load image, while load_weights runs
         self._kv, self._kv_capacity = None, kv_capacity  # the default KV buffer is made on first use
+
+    def load_weights(self, image: np.ndarray, checksum: int) -> int:
+        """Write the build's URAM load image (uint32 words, read_uram_image) into the core's URAM banks: copy it into
+        a buffer, flush, CMD_LOAD_WEIGHTS, and compare the checksum the core read back from its banks with
+        `checksum` (the manifest's). Returns the cycles the load took; RomaError when the core refuses the image or
+        the banks read back another checksum (the core then refuses to run until a load succeeds)."""
+        self._need_config()
+        image = np.asarray(image, np.uint32)
+        self.uram_weights = self.allocate(image.shape, np.uint32)
+        self.uram_weights[:] = image
+        self.uram_weights.flush()
+        try:
+            status = self._call(self.constants["CMD_LOAD_WEIGHTS"])
+        finally:
+            self.uram_weights = self.allocate((1,), np.uint32)  # the banks hold it now: the buffer is not kept
+        got = int(status[self.constants["STATUS_CHECKSUM"]])
+        if got != checksum:
+            raise RomaError(f"the URAM weight banks read back checksum 0x{got:08x}, but the build's is "
+                            f"0x{checksum:08x}")
+        return self.last_cycles
 
     @property
     def kv(self) -> KVBuffer | None:
@@ -323,21 +352,23 @@ class RomaCoreDriver(DefaultIP):
         self.last_cycles += sum(load.values())
         return status
 
-    def _call(self, command: int, *, position: int = 0, n_tokens: int = 0, kv: KVBuffer,
+    def _call(self, command: int, *, position: int = 0, n_tokens: int = 0, kv: KVBuffer | None = None,
               lora_slot: int = 0, lora_bytes: int = 0, sampling=None, seed: int | None = None,
               eos_id: int | None = None) -> np.ndarray:
-        """Write every register, start, wait, read the status. Inputs must already be packed and flushed."""
+        """Write every register, start, wait, read the status. Inputs must already be packed and flushed. kv:
+        the KV buffer of a command on KV rows (None for the others)."""
         mode, inv_t, top_k, top_p, min_p, pen, last_n = _sampler_registers(sampling)
         seed = int(seed or 0)
         regs = {
-            "command": command, "position": position, "n_tokens": n_tokens, "kv_capacity": kv.capacity,
+            "command": command, "position": position, "n_tokens": n_tokens, "kv_capacity": kv.capacity if kv else 0,
             "lora_slot": lora_slot, "lora_bytes": lora_bytes, "sample_mode": mode, "inv_temperature": inv_t,
             "top_k": top_k, "top_p": top_p, "min_p": min_p, "repeat_penalty": pen, "repeat_last_n": last_n,
             "seed_lo": seed & 0xFFFFFFFF, "seed_hi": (seed >> 32) & 0xFFFFFFFF,
             "eos_id": 0xFFFFFFFF if eos_id is None else eos_id,
             "tokens_in": self.tokens_in.device_address, "tokens_out": self.tokens_out.device_address,
-            "logits": self.logits.device_address, "kv_cache": kv.device_address,
+            "logits": self.logits.device_address, "kv_cache": kv.device_address if kv else 0,
             "lora_staging": self.lora_staging.device_address, "ddr_weights": self.ddr_weights.device_address,
+            "uram_weights": self.uram_weights.device_address,
             "status": self.status_buf.device_address,
         }
         for a in self.interface.arguments:
@@ -357,17 +388,21 @@ class RomaCoreDriver(DefaultIP):
             raise RomaError(self._error_message(err, command, position, n_tokens, kv))
         return status
 
-    def _error_message(self, err: int, command, position, n_tokens, kv) -> str:
+    def _error_message(self, err: int, command, position, n_tokens, kv: KVBuffer | None) -> str:
         names = {v: k for k, v in self.constants.items() if k.startswith("ERR_")}
         what = {
             "ERR_BAD_COMMAND": f"command {command} is not one roma_core knows",
             "ERR_CONTEXT": f"positions {position}..{position + n_tokens - 1} do not fit the KV cache of "
-                           f"{kv.capacity} positions",
+                           f"{kv.capacity if kv else 0} positions",
             "ERR_TOKEN_RANGE": f"a token id is outside the vocabulary (0..{self.config.vocab_size - 1})",
             "ERR_LORA_SLOT": "the LoRA slot is out of range or empty",
             "ERR_LORA_IMAGE": "the staged LoRA adapter is not a valid packed image (magic, shapes or size)",
             "ERR_DDR_WEIGHTS": "the ddr_weights buffer does not hold this build's DDR weight image "
                                "(ddr_weights.bin; RomaOverlay loads it)",
+            "ERR_WEIGHTS_NOT_LOADED": "its URAM weight banks are not loaded (uram_weights.bin; RomaOverlay loads "
+                                      "them with CMD_LOAD_WEIGHTS after every download)",
+            "ERR_WEIGHTS_IMAGE": "the URAM load image is not this build's (header magic, version, words or "
+                                 "checksum, or its words do not sum to the checksum); nothing was written",
         }
         name = names.get(err, f"error {err}")
         return f"roma_core refused the call: {what.get(name, name)} (status {name})"
@@ -474,16 +509,36 @@ def read_ddr_image(folder: Path, manifest: dict) -> np.ndarray | None:
     return ddr_format.read_ddr_image(path)
 
 
+def read_uram_image(folder: Path, manifest: dict) -> np.ndarray | None:
+    """The build's URAM load image (uint32 words) from `folder` (next to the bitstream), or None when no tensor is
+    in URAM. RomaError naming the file when it is missing, or its size, sha256 (the manifest's), header or
+    checksum is wrong."""
+    entry = manifest.get("uram")
+    if not entry:
+        return None
+    path = Path(folder) / entry["file"]
+    files = manifest.get("files") or {}
+    if entry["file"] not in files:
+        raise RomaError(f"the build manifest lists no checksum for its URAM load image {path}",
+                        hint="recompile the build")
+    verify_file(path, files[entry["file"]])
+    return uram_format.read_uram_image(path, uram_layout(manifest))
+
+
 class RomaOverlay(Overlay):
     """pynq.Overlay of a ROMA bitstream: refuses a bitstream whose build manifest (next to it) is for another
-    model or quantization than `expect` (a manifest dict or a build folder), or whose DDR weight image (next to
-    it too, when the build streams tensors from DDR) is missing or corrupt, then configures the core."""
+    model or quantization than `expect` (a manifest dict or a build folder), or whose DDR weight image or URAM
+    load image (next to it too, when the build has such tensors) is missing or corrupt, then configures the core
+    and, after every download, loads its URAM weight banks (load_weights)."""
 
     def __init__(self, bitfile_name, expect=None, download: bool = True, device=None,
                  kv_capacity: int | None = None, **kwargs):
         bitfile_name = str(bitfile_name)
         self.manifest = check_manifest(bitfile_name, expect)
-        ddr_image = read_ddr_image(Path(bitfile_name).resolve().parent, self.manifest)
+        folder = Path(bitfile_name).resolve().parent
+        ddr_image = read_ddr_image(folder, self.manifest)
+        self.uram_image = read_uram_image(folder, self.manifest)
+        self._configured = False
         super().__init__(bitfile_name, download=download, device=device, **kwargs)
         names = [k for k, v in self.ip_dict.items() if v.get("type") == hwh_mod.VLNV]
         if not names:
@@ -499,6 +554,27 @@ class RomaOverlay(Overlay):
         if download:
             self.core.configure(self.config, kv_capacity=kv_capacity, ddr_image=ddr_image,
                                 kv_onchip=kv_onchip_tokens(self.manifest))
+            self._configured = True
+            self.load_weights()
+
+    def download(self, *args, **kwargs):
+        """Program the bitstream; its URAM holds nothing then, so the weights are loaded again (once the core is
+        configured: the first download's load runs at the end of __init__)."""
+        super().download(*args, **kwargs)
+        if getattr(self, "_configured", False):
+            self.load_weights()
+
+    def load_weights(self) -> None:
+        """The URAM load image into the core's URAM banks, verified (RomaError, naming what failed, when the core
+        refuses it or reads back another checksum); nothing when the build has no URAM tensors."""
+        if self.uram_image is None:
+            return
+        try:
+            self.core.load_weights(self.uram_image, int(self.manifest["uram"]["checksum"]))
+        except RomaError as e:
+            raise RomaError(f"the URAM weights of this overlay did not load, so it cannot run: {e.message}",
+                            hint="check that uram_weights.bin next to the bitstream is the build's (recompile the "
+                                 "build and copy it again), then reload the overlay") from None
 
     @property
     def core(self) -> RomaCoreDriver:

@@ -91,8 +91,8 @@ struct Board {
               (uint32_t)meta_i("repeat_last_n"), seed_lo, seed_hi, eos, cycles[STAGE_EMBEDDING], cycles[STAGE_NORM],
               cycles[STAGE_ACT_QUANT], cycles[STAGE_GEMV], cycles[STAGE_LORA], cycles[STAGE_ROPE],
               cycles[STAGE_ATTENTION], cycles[STAGE_ACTIVATION], cycles[STAGE_RESIDUAL], cycles[STAGE_LM_HEAD],
-              cycles[STAGE_SAMPLER], cycles[STAGE_KV_LOAD], tin.data(), tout.data(), logits.data(), kv.data(),
-              staging.data(), ddr, status.data());
+              cycles[STAGE_SAMPLER], cycles[STAGE_KV_LOAD], cycles[STAGE_WEIGHT_LOAD], tin.data(), tout.data(),
+              logits.data(), kv.data(), staging.data(), ddr, nullptr, status.data());
     return status[STATUS_ERROR];
   }
   // raw(); on chip, a run command first loads the rows below pos that the on-chip copy lacks (the driver's way)
@@ -314,6 +314,7 @@ int main(int argc, char **argv) {
         {"select a slot out of range", CMD_SELECT_LORA, 0, 0, 0, 77, 0, ERR_LORA_SLOT},
         {"corrupt adapter image", CMD_LOAD_LORA, 0, 0, 0, 1, 0, ERR_LORA_IMAGE},
         {"KV load of 0 rows", CMD_KV_LOAD, 0, 0, 0, 0, 1, ERR_BAD_COMMAND},
+        {"weight load without URAM banks", CMD_LOAD_WEIGHTS, 0, 0, 0, 0, 1, ERR_BAD_COMMAND},
         {KV_ONCHIP ? "KV load past the capacity" : "KV load without an on-chip KV cache", CMD_KV_LOAD,
          KV_ONCHIP ? CAP - 1 : 0, KV_ONCHIP ? 2u : 1u, 0, 0, 1, KV_ONCHIP ? ERR_CONTEXT : ERR_BAD_COMMAND},
     };

@@ -111,12 +111,15 @@ def _wps(arr, sib, c):  # brom_tile.h BromTileConfig::WPS = PLANE_WORDS / PARAMS
 
 
 PRAGMA_SITES = {
-    # a ROM bank [layers][TILES][words]: the engine passes one layer's row to brom_gemv_tiles
-    "planes": [("brom_gemv_tiles", "planes", 1, {}), ("brom_tile_gemv", "planes", 2, {"WPS": _wps})],
-    "scales": [("brom_gemv_tiles", "prm", 1, {})],
-    "params": [("brom_gemv_tiles", "prm", 1, {})],
-    "mins": [("brom_gemv_tiles", "aux", 1, {})],
-    "exps": [("brom_gemv_tiles", "aux", 1, {})],
+    # a weight bank [layers][TILES][words]: the engine passes one layer's row to bank_tiles (a BRAM ROM's storage)
+    # and brom_gemv_tiles; a URAM bank's storage is bound where CMD_LOAD_WEIGHTS writes it, the whole bank passed to
+    # load_uram_bank. A site with a tier ("rom" or "uram") applies to the banks of that tier only (bank_tier).
+    "planes": [("bank_tiles", "planes", 1, {}, "rom"), ("load_uram_bank", "planes", 0, {}, "uram"),
+               ("brom_gemv_tiles", "planes", 1, {}), ("brom_tile_gemv", "planes", 2, {"WPS": _wps})],
+    "scales": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles", "prm", 1, {})],
+    "params": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles", "prm", 1, {})],
+    "mins": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles", "aux", 1, {})],
+    "exps": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles", "aux", 1, {})],
     "g_norms": [("rms_norm", "weight", 1, {"SIMD": lambda a, s, c: 4})],  # norm.h: rms_norm<N, SIMD = 4>
     "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: _att_simd(c)})],
@@ -293,10 +296,35 @@ def _eval_factor(expr: str, env: dict[str, int], what: str) -> int:
     return ev(ast.parse(expr.strip(), mode="eval").body)
 
 
-def _static_pragmas(arr: Array, pragmas: list[Pragma], siblings: dict, consts: dict) -> list:
-    """(pragma, leading dims, factor symbols) that lay out a static array: PRAGMA_SITES."""
+def uram_banks(model_h: str) -> set[tuple[int, int]]:
+    """(linear, engine) of the URAM weight banks roma_model.h declares: the engines whose layers have a URAM offset
+    (URAM_<NAME> >= 0; the embedding and the output are engine 0 of their own)."""
+    out = set()
+    for li, name in enumerate(LINEARS):
+        ident = name.upper()
+        m = re.search(rf"constexpr\s+long\s+long\s+URAM_{ident}\[N_LAYERS\]\s*=\s*\{{([^}}]*)\}}", model_h)
+        e = re.search(rf"constexpr\s+int\s+ENGINE_{ident}\[N_LAYERS\]\s*=\s*\{{([^}}]*)\}}", model_h)
+        if m and e:
+            out |= {(li, int(k)) for u, k in zip(m.group(1).split(","), e.group(1).split(",")) if int(u) >= 0}
+        one = re.search(rf"constexpr\s+long\s+long\s+URAM_{ident}\s*=\s*(-?\d+)\s*;", model_h)
+        if one and int(one.group(1)) >= 0:
+            out.add((li, 0))
+    return out
+
+
+def bank_tier(arr: Array, uram: set) -> str | None:
+    """"uram" or "rom" for a weight bank's array (RomBank<LIN, E>::NAME), None for other arrays."""
+    m = re.search(r"RomBank<(\d+), (\d+)>::", arr.name)
+    return None if not m else "uram" if (int(m.group(1)), int(m.group(2))) in uram else "rom"
+
+
+def _static_pragmas(arr: Array, pragmas: list[Pragma], siblings: dict, consts: dict, uram: set = frozenset()) -> list:
+    """(pragma, leading dims, factor symbols) that lay out a static array: PRAGMA_SITES (uram: uram_banks)."""
     out = []
-    for func, var, lead, syms in PRAGMA_SITES.get(arr.var, []):
+    tier = bank_tier(arr, uram)
+    for func, var, lead, syms, *site_tier in PRAGMA_SITES.get(arr.var, []):
+        if site_tier and site_tier[0] != tier:
+            continue
         env = {k: f(arr, siblings, consts) for k, f in syms.items()}
         out += [(p, lead, env) for p in pragmas if p.variable == var and p.function == func]
     return out
@@ -597,8 +625,9 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     groups: dict[str, dict] = {}
     for a in arrays:
         groups.setdefault(a.name.rsplit("::", 1)[0], {})[a.var] = a
+    uram = uram_banks((build / "roma_model.h").read_text())
     for a in arrays:
-        _apply_layout(a, _static_pragmas(a, pragmas, groups[a.name.rsplit("::", 1)[0]], consts))
+        _apply_layout(a, _static_pragmas(a, pragmas, groups[a.name.rsplit("::", 1)[0]], consts, uram))
     local.sort(key=lambda a: (-(a.bram36 + a.uram * 8), -a.bytes))
     arrays.sort(key=lambda a: (-(a.bram36 + a.uram * 8), -a.bytes))
     res = plan.get("resources", {})

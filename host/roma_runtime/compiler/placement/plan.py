@@ -73,6 +73,10 @@ same, so the order is chosen for packing and for a hardware structure that stays
 A unit that does not fit is streamed and the fill continues with the next one (with mixed precision a later,
 smaller layer may still fit).
 
+Units can also be put in URAM on purpose (``uram``, the same unit names; ``roma plan/compile --uram``): they skip
+BRAM and take URAM (load-once), so a build can run its URAM tier on a board whose BRAM would hold it, for example
+to try the weight load; a unit that does not fit the URAM budget is an error.
+
 Units can also be sent to DDR on purpose (``ddr``: layer numbers, ``head``, ``embedding``, or ``all``; ``roma
 plan/compile --ddr``): they are placed in DDR before the fill, and their on-chip memory stays free for the other
 units (or for a larger LoRA or an on-chip KV cache). It is also the way to get a DDR-streamed build of a model
@@ -251,6 +255,7 @@ class Plan:
     uram_budget: float
     estimate: dict
     ddr_forced: list = field(default_factory=list)  # units sent to DDR on purpose (parse_ddr_units form)
+    uram_forced: list = field(default_factory=list)  # units put in URAM on purpose (the same form)
     scales: str = "fp16"  # the linears' scale format
     per_tensor_groups: dict = field(default_factory=dict)  # a build's groups where they differ from `group`
 
@@ -357,6 +362,7 @@ class Plan:
             "layers_streamed": self.layers_streamed(),
             "fits_on_chip": self.fits_on_chip,
             "ddr_forced": list(self.ddr_forced),
+            "uram_forced": list(self.uram_forced),
             "summary": self.summary,
             "estimate": self.estimate,
             "tensors": [t.to_dict() for t in self.tensors],
@@ -626,10 +632,11 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
               lora_rank: int = 16, lora_targets=LINEAR, lora_dtype: str = "fp16",
               kv_tokens: int | None = None, budget: float = 0.8, context: int | None = None,
               ddr: Iterable | str | None = None, scales: str = "fp16",
-              per_tensor_groups: dict | None = None) -> Plan:
+              per_tensor_groups: dict | None = None, uram: Iterable | str | None = None) -> Plan:
     """Place a model's quantized tensors on a board. `config` is a ModelConfig or a LoadedModel (only shapes
     matter); `board` a name from boards.json or a Board; `ddr` units to stream from DDR whatever the room
-    (parse_ddr_units: a string like "1,3-5,head" or a list of layer numbers, "head", "embedding", "all").
+    (parse_ddr_units: a string like "1,3-5,head" or a list of layer numbers, "head", "embedding", "all");
+    `uram` units to put in URAM (load-once) instead of BRAM, in the same form.
     per_tensor_bits and per_tensor_groups (a build's choices) override bits and group by tensor name.
     See the module docstring for the model."""
     config = _as_config(config)
@@ -661,6 +668,11 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
         raise RomaError(f"unknown scale format {scales!r}", hint=f"use {' or '.join(SCALE_BITS)}")
     units = build_tensors(config, bits, group, per_tensor_bits, scales, per_tensor_groups)  # checks the group
     forced = check_ddr_units(parse_ddr_units(ddr), config)
+    in_uram = check_ddr_units(parse_ddr_units(uram), config, "--uram")
+    both = forced & in_uram
+    if both:
+        raise RomaError(f"--ddr and --uram both name {format_ddr_units(sorted(both, key=str))}",
+                        hint="a unit has one place: name it in one of them")
 
     reserved, stage, (bram_budget, uram_budget) = _reserve(config, board, budget, lora_rank, targets, lora_dtype,
                                                            group, kv_tokens)
@@ -673,6 +685,12 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
         if _unit_key(unit) in forced:
             for t in unit:
                 t.placement, t.bram36, t.uram = DDR_STREAM, 0.0, 0.0
+        elif _unit_key(unit) in in_uram:
+            _place_unit(unit, pool, banks, uram_only=True)
+            if unit[0].placement != URAM_LOAD_ONCE:
+                raise RomaError(f"--uram: {format_ddr_units([_unit_key(unit)])} does not fit the {board.name}'s URAM "
+                                f"budget of {uram_budget:g} blocks (after the units before it)",
+                                hint="name fewer units in --uram, or a board with more URAM")
         else:
             _place_unit(unit, pool, banks)
 
@@ -680,6 +698,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
                 lora=lora, buffers=buffers, kv_cache=kv, tensors=[t for u in units for t in u],
                 bram36_budget=bram_budget, uram_budget=uram_budget, estimate={}, ddr_forced=sorted(
                     forced, key=lambda u: (isinstance(u, str), u)), scales=scales,
+                uram_forced=sorted(in_uram, key=lambda u: (isinstance(u, str), u)),
                 per_tensor_groups=per_tensor_groups)
     plan.estimate = estimate(plan, context=context)
     return plan
@@ -753,14 +772,14 @@ def format_ddr_units(units: list) -> str:
     return ", ".join(([f"{_plural('layer', layers)} {ranges(layers)}"] if layers else []) + words)
 
 
-def check_ddr_units(units: list, config: ModelConfig) -> set:
+def check_ddr_units(units: list, config: ModelConfig, option: str = "--ddr") -> set:
     """The units of parse_ddr_units as _unit_key values; RomaError for a unit this model does not have."""
     n = config.n_layers
     if "all" in units:
         units = list(range(n)) + ["head"] + ([] if config.tied_embeddings else ["embedding"])
     bad = [u for u in units if isinstance(u, int) and not 0 <= u < n]
     if bad:
-        raise RomaError(f"--ddr names layer {bad[0]}, but {config.name} has layers 0-{n - 1}")
+        raise RomaError(f"{option} names layer {bad[0]}, but {config.name} has layers 0-{n - 1}")
     if "embedding" in units and config.tied_embeddings:
         raise RomaError(f"{config.name} ties its token embedding to the lm head, so the embedding is not a unit "
                         f"of its own", hint="use --ddr head to stream both")
@@ -801,12 +820,12 @@ class _Banks:
             self.items[(kind, bank)] = self.items.get((kind, bank), 0) + words
 
 
-def _place_unit(unit: list[TensorPlan], pool: _Pool, banks: _Banks) -> None:
-    """All tensors of the unit on chip (each BRAM first, then URAM), or all of them in DDR."""
+def _place_unit(unit: list[TensorPlan], pool: _Pool, banks: _Banks, uram_only: bool = False) -> None:
+    """All tensors of the unit on chip (each BRAM first, then URAM; uram_only: URAM), or all of them in DDR."""
     saved = (pool.bram36, pool.uram, dict(banks.items))
     for t in unit:
         cost_b = banks.delta("bram", t)
-        if cost_b <= pool.bram36 + 1e-9:
+        if not uram_only and cost_b <= pool.bram36 + 1e-9:
             pool.take(bram36=cost_b)
             banks.add("bram", t)
             t.placement, t.bram36, t.uram = BRAM_ROM, cost_b, 0.0
@@ -1001,6 +1020,8 @@ def render_table(plan: Plan, per_tensor: bool = False) -> str:
     lines.append(plan.summary)
     if plan.ddr_forced:
         lines.append(f"sent to DDR on purpose (--ddr): {format_ddr_units(plan.ddr_forced)}")
+    if plan.uram_forced:
+        lines.append(f"put in URAM on purpose (--uram): {format_ddr_units(plan.uram_forced)}")
     on, total = plan.on_chip_bytes, plan.total_bytes
     lines.append(f"on chip {_mib(on)} ({on / total:.0%}), streamed from DDR {_mib(total - on)}")
     e = plan.estimate

@@ -38,7 +38,8 @@
 //               written by the last group's iterations (no separate output loop).
 //   Tiles run in parallel (brom_gemv_tiles unrolls them), so a matrix costs one tile's cycles.
 //
-// Synthesis: the caller declares the ROM arrays as static const, initialised from the packer's .dat:
+// Synthesis: the caller binds the arrays' storage (roma_core.cpp: a BRAM ROM, or a URAM bank written by
+// CMD_LOAD_WEIGHTS); a ROM is declared static const, initialised from the packer's .dat:
 //   static const roma::rom_word_t planes[TILES][PW] = {
 //   #define ROMA_BROM_PLANES
 //   #include "wq.dat"
@@ -230,7 +231,6 @@ void brom_tile_gemv(const act_t xq[COLS],
   constexpr int GEMV_II = C::GEMV_II; // used by the PIPELINE pragma
   (void)GEMV_II;
 #pragma HLS ARRAY_PARTITION variable = planes type = cyclic factor = WPS dim = 1
-#pragma HLS BIND_STORAGE variable = planes type = rom_1p impl = bram
 
   cand_t cand[NG][QUADS][QUAD_CANDIDATES]; // LutSelect: subset sums of every quad
 #pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 2

@@ -130,6 +130,20 @@ struct RomTileSource {
   half_bits_t minimum(int step) const { return mins[step]; }
 };
 
+// A tile as a bank row holds it in its scale format (roma_core's URAM banks after CMD_LOAD_WEIGHTS): its steps'
+// fp16 scale and minimum decoded from prm/aux as the datapath decodes them (brom_scales).
+template <int WPS, int ROWS, ScaleFormat SF>
+struct RomBankTileSource {
+  const rom_word_t *planes;
+  const scale_word_t *prm, *aux;
+  const rom_word_t *step_planes(int step) const { return planes + (size_t)step * WPS; }
+  HalfPair scales(int step) const {
+    return brom_scales<SF>(prm[step], aux[SF == ScaleFormat::Q8 ? step % ROWS : step]);
+  }
+  half_bits_t scale(int step) const { return scales(step).d; }
+  half_bits_t minimum(int step) const { return scales(step).m; }
+};
+
 inline bool csim_is_nan(half_bits_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu); }
 
 // Repack one tile from `src` (step_planes / scale / minimum of each (group, row) step).
