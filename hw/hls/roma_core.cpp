@@ -912,7 +912,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
       sum = 0;
       uram_engines<0, 0>(std::true_type(), pass, uram_weights, sum, a.weight_load);
       if (pass == URAM_CHECK && sum != rm::URAM_CHECKSUM) err = ERR_WEIGHTS_IMAGE; // nothing written
-      if (pass == URAM_CHECK) g_weights_loaded = false; // the banks are being overwritten
+      else if (pass == URAM_CHECK) g_weights_loaded = false; // the banks are about to be overwritten
     }
     if (err == ERR_NONE) {
       checksum = sum;

@@ -43,7 +43,7 @@ def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
     assert (wq["elem_bits"], wq["banks"], wq["width"]) == (32, 4, 32)
     assert wq["depth"] == n * dim * dim * 4 // 32 // 4
     assert wq["impl"] == "bram" and wq["bram36"] == 4 * 0.5
-    assert any("rom_1p" in p and "brom_tile.h" in p for p in wq["pragmas"])
+    assert any("rom_1p" in p and "roma_core.cpp" in p for p in wq["pragmas"])  # bank_tiles: a BRAM ROM
     # the fp16 scales: [layers][TILES][groups*rows] halves, one bank per tile
     sc = _array(tiny_report, "RomBank<0, 0>::scales")
     assert (sc["bytes"], sc["elem_bits"], sc["banks"], sc["depth"]) == (n * dim * dim // 32 * 2, 16, 1,
@@ -95,6 +95,34 @@ def test_an_engine_per_configuration_of_a_mixed_build(tiny_models, tmp_path):
     assert rep["kernels"]["DDR-streamed GEMV"]["templates"] >= 1
     assert _array(rep, "RomBank<0, 0>::planes")["dims"][0] == 1  # layer 0's row; layer 1 has none
     assert not any("GEMV engines for" in f or "RTL instances" in f for f in rep["failures"])
+
+
+def test_uram_banks_follow_their_storage_pragmas_and_the_plan(tiny_models, tmp_path):
+    # layer 1 and the lm head in URAM (--uram): per tensor the plan (manifest placement), the header (URAM_* offset)
+    # and the bank's storage pragmas (load_uram_bank: BIND_STORAGE uram, 64-bit words) say the same place
+    from roma_runtime.artifact.build import BRAM_ROM, URAM_LOAD_ONCE, split_name
+    from roma_runtime.compiler.build import compile_model
+
+    man = compile_model(tiny_models["q4_1"], tmp_path / "b", board="u250", uram="1,head", progress=False)
+    model_h = (tmp_path / "b" / "roma_model.h").read_text()
+    rep = footprint.measure(tmp_path / "b")
+    uram = footprint.uram_banks(model_h)
+    assert uram == {(li, 1) for li in range(7)} | {(8, 0)}
+    for name, e in man["tensors"].items():
+        key = split_name(name)
+        li = footprint.LINEARS.index(key[1] if key else name)
+        engine = 1 if key and key[0] == 1 else 0
+        in_uram = (li, engine) in uram
+        assert e["placement"] == (URAM_LOAD_ONCE if in_uram else BRAM_ROM), name
+        assert (e.get("uram_offset") is not None) == in_uram
+        for var in ("planes", "scales", "mins"):
+            a = _array(rep, f"RomBank<{li}, {engine}>::{var}")
+            assert (a["impl"] == "uram") == in_uram and (a["uram"] > 0) == in_uram, (name, var, a["impl"])
+            if in_uram:
+                assert a["width"] == 64 and a["bram36"] == 0  # two 32-bit plane words or four 16-bit entries
+                assert any("impl=uram" in p and "roma_core.cpp" in p for p in a["pragmas"])
+    assert rep["uram"] == pytest.approx(sum(a["uram"] for a in rep["arrays"])) and rep["uram"] > 0
+    assert rep["plan"]["uram"] > 0
 
 
 def test_fails_with_the_numbers_when_too_large(tiny_measured, tiny_report):
