@@ -151,6 +151,18 @@ def tiny_build(tiny_models):
 
 
 @pytest.fixture(scope="session")
+def tiny_uram_build(tiny_models, tmp_path_factory):
+    """The tiny Q4_1 model's default build with layer 1 and the lm head in URAM (compile_model uram="1,head"; the
+    rest in BRAM ROM): the URAM tier's build, for the emulated board's weight load and the footprint check."""
+    from roma_runtime.builds import DEFAULT_BUILD
+    from roma_runtime.compiler.build import compile_model
+
+    out = tmp_path_factory.mktemp("uram") / "build"
+    compile_model(tiny_models["q4_1"], out, progress=False, uram="1,head", **DEFAULT_BUILD)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_emu(tiny_build):
     """The real roma_core (hw/hls/roma_core.cpp, C simulation) for the tiny build, behind the emulated board;
     its library is compiled once per session (cached by content hash under the roma cache)."""

@@ -99,15 +99,17 @@ def test_compile_refuses_a_bad_unit_before_touching_the_build(tiny_models, ddr_b
     verify_build(copy)  # the old build is untouched
 
 
-def test_cli_plan_and_compile_take_ddr(tiny_models, tmp_path):
+def test_cli_plan_and_compile_take_ddr_and_uram(tiny_models, tmp_path):
     def roma(*args):
         p = subprocess.run([sys.executable, "-m", "roma_runtime.cli", *map(str, args)], capture_output=True,
                            text=True, env=cli_env(), cwd=str(REPO), timeout=300)
         assert p.returncode == 0, p.stderr
         return p.stdout
 
-    out = roma("plan", "--model", tiny_models["q4_1"], "--board", "u250", "--lora-rank", "0", "--ddr", "1")
+    out = roma("plan", "--model", tiny_models["q4_1"], "--board", "u250", "--lora-rank", "0", "--ddr", "1",
+               "--uram", "head")  # and the URAM tier's option (test_uram_tier.py)
     assert "layer 1 streams from DDR" in out and "sent to DDR on purpose (--ddr): layer 1" in out
+    assert "put in URAM on purpose (--uram): head" in out
     summary = json.loads(roma("compile", "--model", tiny_models["q4_1"], "--out", tmp_path / "b", "--ddr", "head",
                               "--json"))
     assert summary["ddr_bytes"] > 0 and (tmp_path / "b" / DDR_FILE).is_file()

@@ -4,29 +4,23 @@
 refusals of a bad image, with the core's state intact.
 
 The tiny model is the Q4_1 GGUF of conftest.tiny_models; its ROM build is the session's default build (tiny_build),
-and the URAM build is the same compile with uram="1,head": layer 0 and the embedding stay in BRAM ROM, layer 1 and
-the untied lm head are in URAM (each linear then has a ROM engine and a URAM engine).
+and the URAM build (tiny_uram_build) is the same compile with uram="1,head": layer 0 and the embedding stay in BRAM
+ROM, layer 1 and the untied lm head are in URAM (each linear then has a ROM engine and a URAM engine).
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_env
 from float_noise import assert_within_float_noise, golden_variant_logits
 from roma_runtime import RomaError
 from roma_runtime.artifact import brom_image as brom
 from roma_runtime.artifact import uram_image
 from roma_runtime.artifact.build import BRAM_ROM, URAM_FILE, URAM_LOAD_ONCE, is_uram, uram_layout, verify_build
-from roma_runtime.builds import DEFAULT_BUILD
-from roma_runtime.compiler.build import compile_model
 from roma_runtime.compiler.placement.plan import make_plan
 from roma_runtime.model.loader import load_build
 
@@ -35,7 +29,6 @@ needs_gxx = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make
                                reason="the emulated board needs g++ and make")
 
 TOL = 2e-3  # max|dl| / max|l| against the golden model, as tests/backends/test_emu_backend.py
-URAM_UNITS = "1,head"
 IDS = [1, 504, 3575, 282, 4649, 314, 7, 1000]
 LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
@@ -48,10 +41,8 @@ def tiny_config(tiny_models):
 
 
 @pytest.fixture(scope="module")
-def uram_build(tiny_models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("uram") / "build"
-    compile_model(tiny_models["q4_1"], out, progress=False, uram=URAM_UNITS, **DEFAULT_BUILD)
-    return out
+def uram_build(tiny_uram_build):
+    return tiny_uram_build
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +67,7 @@ def test_plan_puts_the_units_asked_for_in_uram(tiny_config):
     with pytest.raises(RomaError, match="--ddr and --uram both name layer 1"):
         make_plan(tiny_config, "u250", lora_rank=0, uram="1", ddr="1,head")
     with pytest.raises(RomaError, match="--uram names layer 7, but .* has layers 0-1"):
-        make_plan(replace(tiny_config), "u250", lora_rank=0, uram="7")
-
-
-def test_cli_plan_takes_uram(tiny_models):
-    p = subprocess.run([sys.executable, "-m", "roma_runtime.cli", "plan", "--model", str(tiny_models["q4_1"]),
-                        "--board", "u250", "--lora-rank", "0", "--uram", "1"], capture_output=True, text=True,
-                       env=cli_env(), cwd=str(REPO), timeout=300)
-    assert p.returncode == 0, p.stderr
-    assert "put in URAM on purpose (--uram): layer 1" in p.stdout
+        make_plan(tiny_config, "u250", lora_rank=0, uram="7")
 
 
 def test_uram_build_header_and_image_say_the_plans_place(uram_build, tiny_build):

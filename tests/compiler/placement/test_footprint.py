@@ -97,15 +97,14 @@ def test_an_engine_per_configuration_of_a_mixed_build(tiny_models, tmp_path):
     assert not any("GEMV engines for" in f or "RTL instances" in f for f in rep["failures"])
 
 
-def test_uram_banks_follow_their_storage_pragmas_and_the_plan(tiny_models, tmp_path):
+def test_uram_banks_follow_their_storage_pragmas_and_the_plan(tiny_uram_build):
     # layer 1 and the lm head in URAM (--uram): per tensor the plan (manifest placement), the header (URAM_* offset)
     # and the bank's storage pragmas (load_uram_bank: BIND_STORAGE uram, 64-bit words) say the same place
     from roma_runtime.artifact.build import BRAM_ROM, URAM_LOAD_ONCE, split_name
-    from roma_runtime.compiler.build import compile_model
 
-    man = compile_model(tiny_models["q4_1"], tmp_path / "b", board="u250", uram="1,head", progress=False)
-    model_h = (tmp_path / "b" / "roma_model.h").read_text()
-    rep = footprint.measure(tmp_path / "b")
+    man = json.loads((tiny_uram_build / "manifest.json").read_text())
+    model_h = (tiny_uram_build / "roma_model.h").read_text()
+    rep = footprint.measure(tiny_uram_build)
     uram = footprint.uram_banks(model_h)
     assert uram == {(li, 1) for li in range(7)} | {(8, 0)}
     for name, e in man["tensors"].items():
