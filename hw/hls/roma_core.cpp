@@ -15,7 +15,8 @@
 // One instance of each kernel, shared by all layers (issue 19): the layer index is a run-time loop variable and
 // each linear runs on a GEMV engine, gemv_engine<LIN, E>, one per configuration the build gives that linear
 // (roma_model.h's ENGINE_*: bits, group, scale format (SCALES_*: fp16, or q8: 8-bit steps with per-row
-// exponents, brom_tile.h), tiles, and tier, from its per-layer BITS_*/GROUP_*/SCALES_*/TILES_*/DDR_* arrays;
+// exponents, brom_tile.h), tiles, and tier (BRAM ROM, URAM, DDR), from its per-layer BITS_*/GROUP_*/SCALES_*/
+// TILES_*/DDR_*/URAM_* arrays;
 // a uniform build has one engine per linear, a mixed one one per width it uses). linear<LIN>(l, ...) compares
 // the layer's engine index with each engine's, so every engine is called at one place; the engine's weights
 // are a ROM bank [layers][TILES][words] (RomBank<LIN, E>) indexed by the layer's row (SLOT_*), or each
@@ -23,7 +24,12 @@
 // the two run paths share it. Only the configurations present are instantiated.
 //
 // Placement: roma_model.h gives each tensor's tier (DDR_*: -1 on chip, else its word offset in the DDR weight
-// image). An on-chip tensor is a ROM (below); a DDR-streamed one (the placement plan's "DDR-stream", for the
+// image; URAM_*: -1 unless in URAM, else its offset in the URAM load image). An on-chip tensor is a row of its
+// engine's bank: a BRAM ROM (below) or a URAM bank (the plan's "URAM-load-once": UltraScale+ URAM has no initial
+// contents, so CMD_LOAD_WEIGHTS writes the banks from the load image in uram_weights, one word per cycle, after
+// checking the image's words against URAM_CHECKSUM, then reads every word back into the checksum it reports;
+// run commands refuse until a load succeeded; load_uram_bank binds the banks to URAM, 64-bit words, and
+// STAGE_WEIGHT_LOAD counts the three passes); a DDR-streamed one (the placement plan's "DDR-stream", for the
 // layers and lm head that do not fit the board) is read through the `ddr_weights` m_axi port, one sequential
 // pass per tile per GEMV (brom_ddr_gemv; its embedding rows by embedding_row_ddr), with the same integer dots
 // and fp32 sequence as in ROM, so its outputs are bit-identical. Its cycles are max(compute, image words /
@@ -43,14 +49,15 @@
 //
 // ROMs: per ROM engine a bank of the bit planes and two scale ROM arrays by its format (fp16: scales and mins;
 // q8: params, the per-group steps, and exps, the per-row exponents; brom_tile.h), one row per layer.
-// Synthesis (__SYNTHESIS__) defines the banks' static const arrays from the build's .dat files (roma_model.h
-// writes each bank's initialiser, one .dat per row, with roma_rom_define.h's declarators; DDR tensors have no
-// ROM); C simulation (the emulated board) has the same arrays writable and fills each row from its NAME.bin
-// image (CRC-checked) in roma_emu_load_build. The compute code reads the same arrays in both; only the GEMV
+// Synthesis (__SYNTHESIS__) defines the BRAM ROM banks' static const arrays from the build's .dat files
+// (roma_model.h writes each bank's initialiser, one .dat per row, with roma_rom_define.h's declarators; DDR
+// tensors have no ROM, URAM banks no initialiser); C simulation (the emulated board) has the same arrays
+// writable and fills each ROM row from its NAME.bin image (CRC-checked) in roma_emu_load_build; its URAM banks,
+// as on a board, only by CMD_LOAD_WEIGHTS. The compute code reads the same arrays in both; only the GEMV
 // loop order differs: C simulation evaluates the tiles with brom_tile_gemv_packed from codes unpacked once
 // (g_packed, per layer and linear;
 // 16 rows per SIMD step, bit-identical to both synthesis datapaths: tb_brom_tile checks it): a ROM tensor's at
-// load, a DDR tensor's from the ddr_weights buffer at the first run command that sees a new image (keyed by
+// load, a URAM tensor's from its bank rows after CMD_LOAD_WEIGHTS, a DDR tensor's from the ddr_weights buffer at the first run command that sees a new image (keyed by
 // the buffer's address and the load; the payload's CRC is checked then), or brom_tile_gemv_csim /
 // brom_ddr_gemv for a tile that could not be packed.
 #ifndef __SYNTHESIS__

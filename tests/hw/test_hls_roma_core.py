@@ -24,15 +24,16 @@ pytestmark = hls_tools.needs_gxx
 
 STATUS_WORDS = 32
 STAGES = 13  # roma_core.h's cycles_STAGE output registers, one per Stage
-CMD_PREFILL, CMD_DECODE = 1, 2
+CMD_PREFILL, CMD_DECODE, CMD_LOAD_WEIGHTS = 1, 2, 7
 SAMPLE_NONE, SAMPLE_GREEDY = 0, 1
 ERR_TOKEN_RANGE = 3
 TOL = 2e-3  # max|dl| / max|l|, as tb_roma_core.cpp (its header explains the bound)
 
 
 class EmuBoard:
-    """The shared library of one build: roma_emu_load_build, then roma_core with numpy buffers (ddr_weights:
-    the build's DDR weight image, when its plan streams tensors from DDR)."""
+    """The shared library of one build: roma_emu_load_build (and CMD_LOAD_WEIGHTS of its URAM load image, when
+    its plan puts tensors in URAM), then roma_core with numpy buffers (ddr_weights: the build's DDR weight image,
+    when its plan streams tensors from DDR)."""
 
     def __init__(self, so, build, threads: int = 2):
         from roma_runtime.artifact import ddr_image
@@ -49,8 +50,12 @@ class EmuBoard:
         self.core = self.lib.roma_core
         self.core.argtypes = [U, U, U, U, U, U, U, F, U, F, F, F, U, U, U, U] + [P] * STAGES + [P] * 8
         self.core.restype = None
+        uram = build / "uram_weights.bin"
+        if uram.is_file():
+            status, _, _ = self.run(CMD_LOAD_WEIGHTS, 0, [], None, 0, 1, uram=np.fromfile(uram, "<u4"))
+            assert status[0] == 0, status[0]
 
-    def run(self, command, position, tokens, kv, capacity, vocab, sample_mode=SAMPLE_GREEDY):
+    def run(self, command, position, tokens, kv, capacity, vocab, sample_mode=SAMPLE_GREEDY, uram=None):
         tokens = np.ascontiguousarray(tokens, np.int32)
         out = np.zeros(max(len(tokens), 1), np.int32)
         logits = np.zeros(vocab, np.float32)
@@ -59,8 +64,9 @@ class EmuBoard:
         self.cycles = np.zeros(STAGES, np.uint32)
         self.core(command, position, len(tokens), capacity, 0, 0, sample_mode, 1.0, 0, 1.0, 0.0, 1.0, 64, 0, 0,
                   0xFFFFFFFF, *(self.cycles[i:].ctypes.data for i in range(STAGES)),
-                  tokens.ctypes.data, out.ctypes.data, logits.ctypes.data, kv.ctypes.data,
-                  staging.ctypes.data, None if self.ddr is None else self.ddr.ctypes.data, None, status.ctypes.data)
+                  tokens.ctypes.data, out.ctypes.data, logits.ctypes.data, None if kv is None else kv.ctypes.data,
+                  staging.ctypes.data, None if self.ddr is None else self.ddr.ctypes.data,
+                  None if uram is None else uram.ctypes.data, status.ctypes.data)
         return status, logits, out
 
 
@@ -79,6 +85,8 @@ def test_tb_roma_core(tb_run):
     assert "8 single CMD_DECODE steps == CMD_GENERATE: 8/8 tokens, logits and KV bit-identical: yes" in out
     assert "payload checksum mismatch" in out and "blk.0.w_up.bin" in out
     assert "ddr_weights: no image, another image's header, a corrupt payload refused (ERR_DDR_WEIGHTS)" in out
+    assert re.search(r"weight load: \d+ words into the URAM banks in \d+ cycles, checksum 0x[0-9a-f]{8} read back; "
+                     r"runs refused before it, bad images refused \(ERR_WEIGHTS_IMAGE\)", out)
 
 
 def test_tb_roma_core_onchip(tb_run, hls_build):

@@ -1,5 +1,6 @@
 """The `board` backend: roma_core on a PYNQ board (or an XRT card), from a bitstream folder: roma_core.bit,
-its .hwh and the build's manifest.json (and ddr_weights.bin when the build streams tensors from DDR).
+its .hwh and the build's manifest.json (and ddr_weights.bin when the build streams tensors from DDR,
+uram_weights.bin when it holds tensors in URAM).
 
 It cannot be exercised without a board: it refuses cleanly when there is none.
 """

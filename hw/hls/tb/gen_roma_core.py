@@ -8,9 +8,10 @@ one); --no-model is accepted and ignored (no SmolLM2 needed).
 
 OUT_DIR/build        the build (`roma compile` of a tiny random LLaMA: 2 layers, dim 64, GQA 4/2, untied head,
                      vocab 49152; mixed precision: layer 0 at 4 bits G32, layer 1 at 3 bits, its w_down at 2,
-                     its wq and w_up at G64; placement: layer 0 and the lm head in ROM, layer 1 and the token
-                     embedding streamed from DDR (build/ddr_weights.bin, which the testbench passes as
-                     ddr_weights))
+                     its wq and w_up at G64; placement: layer 0 in ROM, the lm head in URAM (build/
+                     uram_weights.bin, which the testbench writes into the core with CMD_LOAD_WEIGHTS), layer 1
+                     and the token embedding streamed from DDR (build/ddr_weights.bin, which the testbench passes
+                     as ddr_weights))
 OUT_DIR/build_kv_onchip/roma_model.h   the same build's header with the KV cache on chip (KV_ONCHIP_CTX =
                      KV_CAPACITY): tb_roma_core_onchip is the same testbench compiled against it, loading the
                      images of OUT_DIR/build (the option changes the top, not one image)
@@ -40,6 +41,7 @@ def _f32hex(v) -> str:
 
 
 DDR_UNITS = "1,embedding"  # placement units streamed from DDR (compile_model ddr=)
+URAM_UNITS = "head"  # placement units in URAM (compile_model uram=)
 
 
 def _mixed_build(hf: Path, out: Path):
@@ -59,7 +61,7 @@ def _mixed_build(hf: Path, out: Path):
     from roma_runtime.model.weights import as_float
 
     model = load_model(hf)
-    compile_model(model, out, bits=4, group=32, progress=False, force=True, ddr=DDR_UNITS)
+    compile_model(model, out, bits=4, group=32, progress=False, force=True, ddr=DDR_UNITS, uram=URAM_UNITS)
     man = json.loads((out / "manifest.json").read_text())
     tensors = man["tensors"]
     words = ddr_image.read_ddr_image(out / DDR_FILE)
@@ -80,7 +82,7 @@ def _mixed_build(hf: Path, out: Path):
     # tensor entries (where load_build finds them); the file checksums are not rewritten, so the golden reads
     # the images back without them
     header = dict(config=model.config, tensors=tensors, bits=4, group=32, context=model.config.context_length,
-                  lora_rank=0, board="u250", model_sha256=model.identity(), ddr=man["ddr"])
+                  lora_rank=0, board="u250", model_sha256=model.identity(), ddr=man["ddr"], uram=man["uram"])
     (out / "roma_model.h").write_text(render_header(**header))
     onchip = out.parent / "build_kv_onchip"
     onchip.mkdir(exist_ok=True)

@@ -45,6 +45,7 @@
 #include <string>
 #include <vector>
 
+#include "roma/weight_load.h"
 #include "roma_core.h"
 #include "roma_model.h"
 #include "tb_common.h"
@@ -57,7 +58,8 @@ namespace {
 const double TOL = 2e-3;
 constexpr bool KV_ONCHIP = roma_model::KV_ONCHIP_CTX > 0;
 std::map<std::string, std::string> g_meta;
-std::vector<uint32_t> g_ddr; // build/ddr_weights.bin
+std::vector<uint32_t> g_ddr;  // build/ddr_weights.bin
+std::vector<uint32_t> g_uram; // build/uram_weights.bin
 tb::Tally g_tally;
 const void *g_chip_owner = nullptr; // on-chip KV: the board whose rows 0..g_chip_rows-1 the core holds
 uint32_t g_chip_rows = 0;
@@ -80,6 +82,7 @@ struct Board {
   uint32_t cycles[STAGE_COUNT] = {}; // the cycles_STAGE registers of the last call
   uint32_t cap;
   const uint32_t *ddr = g_ddr.data();
+  const uint32_t *uram = nullptr; // the URAM load image, for CMD_LOAD_WEIGHTS
   explicit Board(uint32_t capacity)
       : tin(1024), tout(1024), logits(roma_model::VOCAB), kv((size_t)2 * roma_model::N_LAYERS * capacity * roma_model::KV_DIM),
         staging(1), status(STATUS_WORDS), cap(capacity) {}
@@ -92,7 +95,7 @@ struct Board {
               cycles[STAGE_ACT_QUANT], cycles[STAGE_GEMV], cycles[STAGE_LORA], cycles[STAGE_ROPE],
               cycles[STAGE_ATTENTION], cycles[STAGE_ACTIVATION], cycles[STAGE_RESIDUAL], cycles[STAGE_LM_HEAD],
               cycles[STAGE_SAMPLER], cycles[STAGE_KV_LOAD], cycles[STAGE_WEIGHT_LOAD], tin.data(), tout.data(),
-              logits.data(), kv.data(), staging.data(), ddr, nullptr, status.data());
+              logits.data(), kv.data(), staging.data(), ddr, uram, status.data());
     return status[STATUS_ERROR];
   }
   // raw(); on chip, a run command first loads the rows below pos that the on-chip copy lacks (the driver's way)
@@ -197,6 +200,8 @@ int main(int argc, char **argv) {
   }
   g_ddr = read_array<uint32_t>("build/ddr_weights.bin", tb::file_items("build/ddr_weights.bin", 4));
   expect(g_ddr.size() == (size_t)roma_model::DDR_WORDS, "build/ddr_weights.bin vs roma_model.h's DDR_WORDS");
+  g_uram = read_array<uint32_t>("build/uram_weights.bin", tb::file_items("build/uram_weights.bin", 4));
+  expect(g_uram.size() == (size_t)roma_model::URAM_WORDS, "build/uram_weights.bin vs roma_model.h's URAM_WORDS");
   const auto stok = read_array<int32_t>("sampled_tokens.i32", GS);
   const auto slog = read_array<float>("sampled_last_logits.f32", V);
   char err[512];
@@ -230,6 +235,30 @@ int main(int argc, char **argv) {
   if (roma_emu_load_build(tb::path("build").c_str(), err, sizeof err) != 0) {
     std::fprintf(stderr, "tb_roma_core: %s\n", err);
     return tb::finish(g_tally.mismatches + 1, g_tally.compared + 1, "");
+  }
+
+  // ---- the URAM weight load (the lm head is in URAM): runs refused before it, bad images refused, the load ----
+  {
+    Board w(CAP);
+    w.tin[0] = prompt[0];
+    expect(w.call(CMD_DECODE, 0, 1) == ERR_WEIGHTS_NOT_LOADED, "a run before the weight load: ERR_WEIGHTS_NOT_LOADED");
+    std::vector<uint32_t> corrupt = g_uram, other = g_uram;
+    corrupt[corrupt.size() / 2] ^= 0x40u; // a payload word: the check pass finds it
+    other[0] ^= 1u;                       // the header's magic
+    const uint32_t *bad[] = {nullptr, corrupt.data(), other.data()};
+    for (const uint32_t *image : bad) {
+      w.uram = image;
+      expect(w.call(CMD_LOAD_WEIGHTS, 0, 0) == ERR_WEIGHTS_IMAGE, "a missing, corrupt or other load image refused");
+    }
+    expect(w.call(CMD_DECODE, 0, 1) == ERR_WEIGHTS_NOT_LOADED, "still not loaded after the refused images");
+    w.uram = g_uram.data();
+    const uint64_t words = (uint64_t)roma_model::URAM_WORDS - URAM_HEADER_WORDS;
+    expect(w.call(CMD_LOAD_WEIGHTS, 0, 0) == ERR_NONE && w.status[STATUS_CHECKSUM] == roma_model::URAM_CHECKSUM &&
+               w.cycles[STAGE_WEIGHT_LOAD] > 3 * words,
+           "the weight load: its read-back checksum and its cycles (three passes of a word per cycle)");
+    std::printf("  weight load: %llu words into the URAM banks in %u cycles, checksum 0x%08x read back; runs "
+                "refused before it, bad images refused (ERR_WEIGHTS_IMAGE)\n",
+                (unsigned long long)words, w.cycles[STAGE_WEIGHT_LOAD], w.status[STATUS_CHECKSUM]);
   }
 
   // ---- prefill + greedy decode ----
