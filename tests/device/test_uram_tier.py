@@ -146,6 +146,12 @@ def test_uram_build_on_emu_equals_the_rom_build_and_the_golden_model(uram_build,
 
 
 @needs_gxx
+def test_a_build_without_uram_refuses_the_weight_load(tiny_emu):
+    with pytest.raises(RomaError, match=r"status ERR_BAD_COMMAND"):
+        tiny_emu.core.load_weights(np.zeros(8, np.uint32), 0)
+
+
+@needs_gxx
 def test_the_core_refuses_to_run_before_the_weight_load(uram_build, uram_emu):
     """A fresh download (the emulated board loads the build, its URAM banks hold nothing): run commands are refused
     until CMD_LOAD_WEIGHTS succeeded; RomaOverlay.download loads them again itself."""

@@ -68,6 +68,7 @@ def run(args) -> int:
         "all_bits_per_weight": round(q["all_bits_per_weight"], 4),
         "rom_bytes": manifest["sizes"]["rom_bytes"],
         "ddr_bytes": manifest["sizes"]["ddr_bytes"],
+        "uram_bytes": manifest["sizes"]["uram_bytes"],
         "kv_onchip": manifest["kv_onchip"],
         "files": len(manifest["files"]) + 1,
         "compile_seconds": manifest["compile_seconds"],
@@ -92,6 +93,8 @@ def run(args) -> int:
               + (f", budget {q['bits_budget']}" if q["bits_budget"] is not None else "") + ")")
         print(f"  linears {summary['linear_bits_per_weight']:.3f} bits/weight, all tensors "
               f"{summary['all_bits_per_weight']:.3f}; ROM {summary['rom_bytes'] / 2**20:.1f} MiB; "
+              + (f"URAM (loaded by the driver) {summary['uram_bytes'] / 2**20:.1f} MiB; " if summary["uram_bytes"]
+                 else "")
               + (f"DDR-streamed {summary['ddr_bytes'] / 2**20:.1f} MiB; " if summary["ddr_bytes"] else "")
               + (f"KV on chip {kv['tokens']} tokens ({kv['bytes'] / 2**20:.1f} MiB, {kv['placement']}); "
                  if (kv := summary["kv_onchip"]) else "") +

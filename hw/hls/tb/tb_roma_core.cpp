@@ -343,7 +343,7 @@ int main(int argc, char **argv) {
         {"select a slot out of range", CMD_SELECT_LORA, 0, 0, 0, 77, 0, ERR_LORA_SLOT},
         {"corrupt adapter image", CMD_LOAD_LORA, 0, 0, 0, 1, 0, ERR_LORA_IMAGE},
         {"KV load of 0 rows", CMD_KV_LOAD, 0, 0, 0, 0, 1, ERR_BAD_COMMAND},
-        {"weight load without URAM banks", CMD_LOAD_WEIGHTS, 0, 0, 0, 0, 1, ERR_BAD_COMMAND},
+        {"weight load without its image", CMD_LOAD_WEIGHTS, 0, 0, 0, 0, 1, ERR_WEIGHTS_IMAGE},
         {KV_ONCHIP ? "KV load past the capacity" : "KV load without an on-chip KV cache", CMD_KV_LOAD,
          KV_ONCHIP ? CAP - 1 : 0, KV_ONCHIP ? 2u : 1u, 0, 0, 1, KV_ONCHIP ? ERR_CONTEXT : ERR_BAD_COMMAND},
     };
