@@ -847,9 +847,9 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = m_axi port = lora_staging offset = slave bundle = gmem_lora depth = DEPTH_LORA
 #pragma HLS INTERFACE mode = m_axi port = ddr_weights offset = slave bundle = gmem_weights depth = DEPTH_DDR \
     max_widen_bitwidth = 128 max_read_burst_length = 64 num_read_outstanding = 16
-// the URAM load image shares the weights' port: read once, by CMD_LOAD_WEIGHTS
+// the URAM load image shares the weights' port (the same bundle options): read by CMD_LOAD_WEIGHTS only
 #pragma HLS INTERFACE mode = m_axi port = uram_weights offset = slave bundle = gmem_weights depth = DEPTH_URAM \
-    max_widen_bitwidth = 128
+    max_widen_bitwidth = 128 max_read_burst_length = 64 num_read_outstanding = 16
 #pragma HLS INTERFACE mode = m_axi port = status offset = slave bundle = gmem_status depth = DEPTH_STATUS
 #pragma HLS INTERFACE mode = s_axilite port = tokens_in bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = tokens_out bundle = control
