@@ -10,13 +10,14 @@ of its own, as C++14 with -pedantic-errors (the standard Vitis HLS reads: a C++1
 
 Memory: every static array of the object file (`nm -S`: its bytes) with its element width and shape from the
 DWARF debug information (structs such as g_lora count member by member: each member array is its own memory).
-Its layout is the one the code declares (HLS_RULES.md: "Count with the layout the code declares"): the
-ARRAY_PARTITION / ARRAY_RESHAPE and BIND_STORAGE pragmas of the HLS sources that apply to it (PRAGMA_SITES names
-where they are: on the array itself, or on the kernel argument it is passed to) split it into banks of
-width x depth, and each bank costs the blocks of the physical aspect ratios (plan.py's BRAM_SHAPES: RAMB36 and
-RAMB18 halves; URAM 4K x 72), no packing of several elements into one word unless a RESHAPE says so. An array
-without BIND_STORAGE is counted in BRAM, except a bank of depth <= LUTRAM_MAX_DEPTH, which is counted as LUTRAM
-(FINN's rule for small memories). Banks of depth 1 (complete partitioning) are registers.
+Its layout is the one the code declares (HLS_RULES.md: "Count with the layout the code declares"), by the rules
+of memory.py, which the planner uses for its own list of the arrays (one mapping from array to blocks for both):
+the ARRAY_PARTITION / ARRAY_RESHAPE and BIND_STORAGE pragmas of the HLS sources that apply to it
+(memory.PRAGMA_SITES names where they are: on the array itself, or on the kernel argument it is passed to) split
+it into banks of width x depth, and each bank costs the blocks of the physical aspect ratios (RAMB36 and RAMB18
+halves; URAM 4K x 72), no packing of several elements into one word unless a RESHAPE says so. An array without
+BIND_STORAGE is counted in BRAM, except a bank of depth <= LUTRAM_MAX_DEPTH, which is counted as LUTRAM (FINN's
+rule for small memories). Banks of depth 1 (complete partitioning) are registers.
 
 Local arrays: the arrays a function declares on its stack are memories of every RTL instance of that function in
 HLS; they are read from the DWARF information of each instantiation and counted once per RTL instance, laid out by
@@ -31,9 +32,14 @@ are counted per linear against the configurations roma_model.h gives it (ENGINE_
 bits, group, scale format, tiles and tier, shared by all layers): the check fails when a linear has more engine
 instantiations than configurations, or an engine or the layer more than one RTL instance.
 
-Verdict: fail when the BRAM36 or URAM total (static + local arrays) exceeds the board's budget (80% of boards.json's counts, as the
-planner's), or differs from the on-chip total the build's plan (manifest.json "plan") promises by more than
-PLAN_TOLERANCE; the exit status is 1 and the message gives the numbers.
+Against the plan: the build's plan (manifest.json "plan") lists the arrays it expects ("memory": memory.py's
+model of the top); compare_arrays sets them beside the object's, by memory.array_key (a function's local arrays
+summed over its instantiations), and the report names those that differ by more than PLAN_TOLERANCE.
+
+Verdict: fail when the BRAM36 or URAM total (static + local arrays) exceeds the board's budget (80% of
+boards.json's counts, as the planner's), or differs from the on-chip total the build's plan promises by more
+than PLAN_TOLERANCE; the exit status is 1 and the message gives the numbers. `roma compile` runs the check on
+the build it writes (check_build: footprint.json beside the manifest; --no-footprint skips it).
 """
 
 from __future__ import annotations

@@ -8,50 +8,47 @@ Every tensor gets one of three placements:
 - ``DDR-stream``: the tensor stays in DDR (HBM on a U280) and is streamed read-only into the compute array every
   time it is used.
 
-Resource model (all assumptions are here and nowhere else)
-------------------------------------------------------------
-Memories are counted in the units Vivado reports, BRAM36 tiles and URAM288 blocks, from each memory's word
-width and depth, never from bytes alone:
+Resource model: the arrays the synthesized top declares
+--------------------------------------------------------
+The plan's on-chip figures are the HLS's own (issue 19): memory.py lists every array roma_core.cpp declares for
+the plan and lays each out exactly as the footprint check (footprint.py) lays out the arrays it reads from the
+compiled synthesis path, with the same pragmas of the HLS sources and the same block rules (memory.shape_cost:
+BRAM36 tiles in RAMB36/RAMB18 aspect ratios counted in halves, URAM288 blocks of 4K x 72; LUTRAM for banks of
+depth <= 128 without a storage pragma). `make -C hw/hls footprint BUILD=...` then compares them array by array.
 
-- A BRAM36 tile is 36 Kib with the aspect ratios of RAMB36E1/E2: 32Kx1, 16Kx2, 8Kx4, 4Kx9, 2Kx18, 1Kx36,
-  512x72 (the 72-bit width in simple dual port mode, which a ROM or a write-once buffer can use). It can be
-  split into two RAMB18 halves (16Kx1 .. 512x36), counted as 0.5 tile. Widths 1, 2 and 4 cannot use the
-  parity bits, so they hold 32 Kib, not 36.
-- A URAM288 block is 4K x 72, with no other aspect ratio.
-- A memory of word width W and depth D costs, for the best single aspect ratio (w, d) of the primitive,
-  ceil(W/w) columns times floor(D/d) full rows of blocks, plus a tail row for the remaining D mod d words that
-  may use a different (shallower) aspect ratio. This is the decomposition the mapper does; it is what makes a
-  576-deep array cost a whole 512-deep tile plus a second one, not 1.1 tiles.
-- Items may be packed k to a word (k = 1..8, word <= 288 bits), and the packing with the fewest blocks is taken.
-
-Per weight matrix (rows = outputs, cols = inputs, b-bit codes, groups of G along a row), the natural word is one
-group: b*G code bits (its bit-planes side by side, as the LUT-select tile reads them), plus its scale and
-minimum: a 32-bit word of two fp16, or with q8 scales a 16-bit word of two 8-bit steps and, in a memory of its
-own, a 16-bit word of exponents per row. Codes and scales may live in separate memories or fused in one
-(b*G + 32 or 16 bits); the cheaper layout is taken, separately for BRAM and URAM. Norm weights are fp32 vectors.
-
-Banks: layers run one after another, so a tile's memory holds its row slice of every on-chip layer stacked in
-depth. The planner therefore keeps one bank per (BRAM or URAM, code bits, group, scale format) for all weight
-matrices, one for q8's row exponents and one for the fp32 norms, and charges each tensor the blocks its banks
-grow by when the tensor is added; the sum over tensors is exactly the bank total. Splitting a bank among
-tiles is assumed to follow block boundaries (tile count chosen by the compiler), so it adds no blocks.
+- GEMV engines: one per linear and configuration (bits, group, scale format, tiles, tier), numbered as
+  roma_model.h numbers them. An on-chip engine has a bank, RomBank<LIN, E>, of [layers][TILES][words] 32-bit
+  plane words (partitioned in WPS = bits * group / 32 banks, one word each per cycle) and two 16-bit scale
+  arrays (fp16 scales and minimums, or q8's steps and row exponents), one row per layer it holds; BRAM-ROM
+  engines are `rom_1p impl=bram`, URAM-load-once engines (contract C2) writable `impl=uram` arrays reshaped to
+  64-bit words. Every engine (DDR ones too) declares its kernels' local arrays: the activation codes
+  xq[cols], the tiles' accumulators acc[rows], candidates, ... (memory.engine_locals).
+- A tensor costs what its engine's arrays grow by when it is added: one more bank row, plus the engine's local
+  arrays when it is the engine's first tensor. Norms cost nothing of their own: every layer's norms are rows of
+  g_norms, on chip in every build, counted with the buffers.
 
 Budget: at most ``budget`` (default 80%) of the board's BRAM36 and URAM, for timing closure; BRAM is counted
 in half tiles. Out of that budget, in this order, come:
 
-1. the LoRA memory: rank x (in + out) elements per targeted linear per layer, fp16, or int8 with one fp16 scale
-   per row of A and of B, packed into one pool of 72-bit words (4 fp16 or 9 int8 per word). It is writable
-   memory, so it goes to URAM where the board has it, spilling into BRAM only if URAM runs out. A rank whose
-   pool does not fit is an error (the message names the largest rank that does).
-2. activations and buffers, in BRAM (they need many narrow ports): fp32 vectors x, xb, q, k, v, attention
-   output (dim or kv_dim each), the two FFN hidden vectors (ffn_dim each), the int8 activation codes and their
-   fp32 group scales, one attention score row (``SCORE_CHUNK`` fp32), the LoRA intermediate (rank fp32), and a
-   fixed ``FIXED_BUFFER_BRAM36`` tiles for DDR burst FIFOs and control. Logits are not buffered: they stream to
-   the on-chip sampler or to DDR.
-3. the on-chip KV cache, only when ``kv_tokens`` is given (``roma plan/compile --kv-onchip N``): n_layers x 2 x
-   kv_dim fp16 per token, 4 to a 72-bit word (the core stores SIMD fp16 per word), URAM first, then BRAM. Without
-   it the KV cache lives in DDR only and costs no on-chip memory. A build with it holds that many positions on chip
-   (roma_core's KV_ONCHIP_CTX); the host's DDR buffers stay the source of truth (written through).
+1. the LoRA unit (contract C1): ``lora_slots`` slots of ``lora_rank`` on the targets, values[S][SLOT_VALUES]
+   (fp16, or int8 codes with fp32 row scales) in 64-bit words, URAM where the whole unit fits, else BRAM, plus
+   the per-(slot, layer, target) ranks and scales. A rank that does not fit is an error (the message names the
+   largest rank that does). No unit without slots or rank.
+2. the core's buffers (memory.core_arrays): g_norms, the prefill chunk's activations (PREFILL_CHUNK rows of x, q,
+   k, v, attention output), g_logits[VOCAB] (the whole vocabulary's fp32 logits), attention's score[HEADS][MAX_CTX]
+   (the build's context, or the on-chip KV positions), the sampler's ring, the one layer()'s locals. These are
+   declared whatever the placement, so they are taken even beyond the budget: a board too small for the core
+   gets a plan that says OVER BUDGET (Plan.over_budget) rather than a plan of a smaller core than the HLS
+   declares. So are the local arrays of the DDR engines, taken when their units stream.
+3. the on-chip KV cache, only when ``kv_tokens`` is given (``roma plan/compile --kv-onchip N``): g_kv_chip
+   [layers][2][positions * kv_dim] fp16 reshaped to ATT_SIMD values per word, URAM where it fits whole, else BRAM
+   (ROMA_KV_ONCHIP_IMPL). Without it the KV cache lives in DDR only and costs no on-chip memory. A build with it
+   holds that many positions on chip (roma_core's KV_ONCHIP_CTX); the host's DDR buffers stay the source of truth
+   (written through).
+
+Logic: logic.py estimates LUT, FF and DSP per unit (each GEMV engine's datapath by FINN's MVAU formulas, the
+activation quantizers, LoRA, attention, norms, RoPE, SwiGLU, sampler, LUTRAM), reported by `roma plan` (text and
+--json "logic") as estimates against the board's luts, ff and dsp.
 
 Fill order for the weights, and why
 -----------------------------------
@@ -71,7 +68,11 @@ same, so the order is chosen for packing and for a hardware structure that stays
 3. the token embedding of an untied model (one row per token: cheap to stream).
 
 A unit that does not fit is streamed and the fill continues with the next one (with mixed precision a later,
-smaller layer may still fit).
+smaller layer may still fit). Engines make three refinements: a ROM bank leaves free the BRAM that the local
+arrays of a layer's URAM engines will need (so that the fill can move on to URAM), a layer that cannot go
+BRAM-first is tried URAM-first, and a unit goes on chip whenever that leaves no less room than streaming it
+(a streamed unit's DDR engines declare their buffers too). When those buffers push the total over the budget,
+the fill runs again with that much less room.
 
 Units can also be sent to DDR on purpose (``ddr``: layer numbers, ``head``, ``embedding``, or ``all``; ``roma
 plan/compile --ddr``): they are placed in DDR before the fill, and their on-chip memory stays free for the other
