@@ -104,7 +104,7 @@ def gemv_tile(bits: int, group: int, datapath: str = "LutSelect") -> tuple[float
     return lut_int + fl, ff_int + ff, dsp_int + fd, inputs
 
 
-def estimate(config: ModelConfig, board: Board, engines: list[dict], hw: dict, *, lora: dict, kv_tokens: int,
+def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: dict, kv_tokens: int,
              context: int, arrays: list, datapath: str = "LutSelect") -> dict:
     """LUT/FF/DSP per unit and in total against the board (see the module docstring)."""
     units = []

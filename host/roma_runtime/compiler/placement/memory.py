@@ -376,8 +376,7 @@ def _local(function: str, var: str, bits: int, dims: list, pragmas: list[Pragma]
     return apply_layout(a, local_pragmas(function, a, pragmas, env or {}), strict=False)
 
 
-def engine_locals(config: ModelConfig, e: EngineConfig, pragmas: list[Pragma], hw: dict,
-                  lora_rank: int = 0) -> list[Array]:
+def engine_locals(config: ModelConfig, e: EngineConfig, pragmas: list[Pragma], lora_rank: int = 0) -> list[Array]:
     """The local arrays of one engine's kernel instances (gemv_engine, act_quant, the tiles or the DDR stream,
     lora_apply), each one RTL instance (per tile for the ROM/URAM tiles)."""
     rows_all, cols = lin_shape(config, e.lin)

@@ -101,7 +101,7 @@ Everything is at nominal peak, so the figure is an upper bound labelled "estimat
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable
 
 from ...artifact.boards import Board, get_board
@@ -569,8 +569,6 @@ class _Core:
     def lora_unit(self) -> bool:
         return self.lora_slots > 0 and self.lora_rank > 0 and bool(self.lora_targets)
 
-    def with_(self, **changes) -> "_Core":
-        return _Core(**{**self.__dict__, **changes})
 
 
 def lora_elements(config: ModelConfig, rank: int, targets: Iterable[str]) -> int:
@@ -727,7 +725,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
                 per_tensor_groups=per_tensor_groups, context=core.context, lora_slots=lora.detail["slots"])
     plan.arrays = _plan_arrays(core, lora.detail.get("impl"), kv.placement.lower(), engines)
     plan.engines = engines.configs()
-    plan.logic = logic.estimate(config, board, plan.engines, core.hw, lora=lora.detail, kv_tokens=kv_tokens or 0,
+    plan.logic = logic.estimate(config, board, plan.engines, lora=lora.detail, kv_tokens=kv_tokens or 0,
                                 context=core.context, arrays=plan.arrays)
     plan.estimate = estimate(plan, context=context)
     return plan
@@ -864,7 +862,7 @@ class _Engines:
         c = self.core
         out = bank_arrays(c.config, e, self._index(e), depth, c.pragmas)
         if self._runs_gemv(e):
-            out += engine_locals(c.config, e, c.pragmas, c.hw, c.lora_rank if c.lora_unit else 0)
+            out += engine_locals(c.config, e, c.pragmas, c.lora_rank if c.lora_unit else 0)
         return out
 
     def _total(self, e: EngineConfig, depth: int) -> tuple[float, float]:
@@ -953,7 +951,7 @@ def _raise_no_room(core: _Core, stage: str):
     targets, kv_tokens = core.lora_targets, core.kv_tokens
     pct = f"{budget:.0%}"
     if stage == "LoRA memory":
-        fits = lambda r: _reserve(core.with_(lora_rank=r))[0] is not None  # noqa
+        fits = lambda r: _reserve(replace(core, lora_rank=r))[0] is not None  # noqa
         best = next((r for r in range(rank - 1, -1, -1) if fits(r)), None)
         need = sum(a.bytes for a in lora_arrays(config, core.lora_slots, rank, targets, dtype, "uram"))
         hint = (f"the largest rank that fits with these targets is {best}" if best
@@ -968,7 +966,7 @@ def _raise_no_room(core: _Core, stage: str):
             f"{budget * (board.bram_bytes + board.uram_bytes) / 2**20:.2f} MiB in its {pct} budget",
             hint=f"{hint}; or use {', '.join(alts)}")
     if stage == "KV cache":
-        fits = lambda n: _reserve(core.with_(kv_tokens=n))[0] is not None  # noqa
+        fits = lambda n: _reserve(replace(core, kv_tokens=n))[0] is not None  # noqa
         lo, hi = 0, kv_tokens
         while lo < hi:  # largest n that fits
             mid = (lo + hi + 1) // 2
