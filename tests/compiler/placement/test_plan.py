@@ -70,6 +70,17 @@ def test_bram_counts_use_aspect_ratios_not_bytes():
     assert M.shape_cost(72, 4097, uram) == 2.0
 
 
+def test_logic_follows_finns_mvau_formulas():
+    from roma_runtime.compiler.placement import logic
+
+    # DspMac: DSP = Q x ceil((W + A) / 48) per tile, plus the fp32 scale path's 3 fmul x 3 + 2 fadd x 2
+    assert logic.gemv_tile(4, 32, "DspMac")[2] == 32 * 1 + 13
+    # LutSelect: no DSP in the integer datapath; LUTs grow with the selections W x Q / 4
+    lut2, _, dsp2, inputs = logic.gemv_tile(2, 64)
+    lut8, _, _, _ = logic.gemv_tile(8, 64)
+    assert dsp2 == 13 and inputs["selections"] == 32 and lut8 > 2.5 * lut2
+
+
 # --- SmolLM2 on real boards ------------------------------------------------------------------------------
 
 
