@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ...artifact.interface import HLS_DIR, kernel_constants, load_constants
+from ...artifact.interface import HLS_DIR, load_constants
 from ...errors import RomaError
 from ...model.config import ModelConfig
 
@@ -304,12 +304,9 @@ class EngineConfig:
 
 
 def hw_constants() -> dict[str, int]:
-    """The HLS constants the arrays' sizes use (roma_core.h, brom_ddr.h)."""
+    """The roma_core.h constants the arrays' sizes use."""
     c = load_constants()
-    d = kernel_constants("brom_ddr.h")
-    return {"PREFILL_CHUNK": c["PREFILL_CHUNK"], "SAMPLER_RING": c["SAMPLER_RING"],
-            "DDR_BLOCK_STEPS": d["DDR_BLOCK_STEPS"], "DDR_Q8_BLOCK_STEPS": d["DDR_Q8_BLOCK_STEPS"],
-            "DDR_WORDS_PER_CYCLE": d["DDR_STREAM_BYTES_PER_CYCLE"] // 4}
+    return {"PREFILL_CHUNK": c["PREFILL_CHUNK"], "SAMPLER_RING": c["SAMPLER_RING"]}
 
 
 def model_consts(config: ModelConfig) -> dict[str, int]:
