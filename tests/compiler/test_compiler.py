@@ -447,20 +447,20 @@ def test_compile_command(tiny_hf, tmp_path, capsys):
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
     args = p.parse_args(["--model", str(tiny_hf.source), "--bits", "4", "--group", "64", "--out",
-                         str(tmp_path / "b"), "--json", "--board", "kv260"])
+                         str(tmp_path / "b"), "--json", "--board", "kv260", "--no-footprint"])
     assert cmd.run(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["bits"] == 4 and summary["group"] == 64 and summary["linear_bits_per_weight"] == 4.5
     assert "mixed_settings" not in summary
     args = p.parse_args(["--model", str(tiny_hf.source), "--group", "64", "--bits-budget", "3.5", "--calib-tokens",
-                         "256", "--out", str(tmp_path / "m")])
+                         "256", "--out", str(tmp_path / "m"), "--no-footprint"])
     assert cmd.run(args) == 0
     line = capsys.readouterr().out.splitlines()[0]  # "built ...: ... at mixed 5 x 2/64, 9 x 3/64 (bits/group)"
     counts = re.findall(r"(\d+) x ([2348])/(32|64)", line)
     assert "at mixed" in line and sum(int(n) for n, _, _ in counts) == 14, line
     for method, tokens in (("gptq", 4096), ("gptaq", 32768)):  # GPTAQ overfits with GPTQ's calibration
         args = p.parse_args(["--model", str(tiny_hf.source), "--bits", "3", "--method", method, "--out",
-                             str(tmp_path / method)])
+                             str(tmp_path / method), "--no-footprint"])
         assert cmd.run(args) == 0
         calibration = json.loads((tmp_path / method / MANIFEST).read_text())["quantization"]["calibration"]
         assert calibration["tokens"] == tokens

@@ -109,7 +109,7 @@ def test_cli_plan_and_compile_take_kv_onchip(tiny_models, tmp_path):
     assert plan["kv_cache"]["tokens"] == 64 and plan["kv_cache"]["placement"] == "URAM"
     assert plan["estimate"]["context_tokens"] == 64
     summary = json.loads(roma("compile", "--model", tiny_models["q4_1"], "--out", tmp_path / "b", "--kv-onchip",
-                              "16", "--json"))
+                              "16", "--json", "--no-footprint"))
     assert summary["kv_onchip"]["tokens"] == 16
     assert "constexpr int KV_ONCHIP_CTX = 16;" in (tmp_path / "b" / "roma_model.h").read_text()
 

@@ -76,7 +76,9 @@ def test_plan_streams_the_units_asked_for(tiny_config):
     # what the forced units would have used stays free
     assert plan.bram36_used + plan.uram_used < fits.bram36_used + fits.uram_used
     everything = make_plan(tiny_config, "u250", lora_rank=0, ddr="all")
-    assert all(t.placement == DDR_STREAM for t in everything.tensors) and everything.layers_streamed() == [0, 1]
+    # every matrix streams; the norms are rows of g_norms, on chip in every build
+    assert all(t.placement == DDR_STREAM for t in everything.tensors if t.kind != "norm")
+    assert everything.layers_streamed() == [0, 1]
     assert make_plan(tiny_config, "u250", lora_rank=0, ddr="0-1").layers_streamed() == [0, 1]
 
 
@@ -111,7 +113,7 @@ def test_cli_plan_and_compile_take_ddr_and_uram(tiny_models, tmp_path):
     assert "layer 1 streams from DDR" in out and "sent to DDR on purpose (--ddr): layer 1" in out
     assert "put in URAM on purpose (--uram): head" in out
     summary = json.loads(roma("compile", "--model", tiny_models["q4_1"], "--out", tmp_path / "b", "--ddr", "head",
-                              "--json"))
+                              "--json", "--no-footprint"))
     assert summary["ddr_bytes"] > 0 and (tmp_path / "b" / DDR_FILE).is_file()
     assert not (tmp_path / "b" / "output.bin").exists() and (tmp_path / "b" / "blk.1.wq.bin").is_file()
 

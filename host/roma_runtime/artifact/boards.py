@@ -32,6 +32,7 @@ REQUIRED_FIELDS = {
     "uram": _NONNEG_INT,
     "dsp": _NONNEG_INT,
     "luts": _POS_INT,
+    "ff": _POS_INT,
     "clock_mhz": _POS_NUM,
     "ddr_bandwidth_gbs": _POS_NUM,
     "memory": _TEXT,
@@ -53,6 +54,7 @@ class Board:
     uram: int
     dsp: int
     luts: int
+    ff: int
     clock_mhz: float
     ddr_bandwidth_gbs: float
     memory: str

@@ -42,6 +42,9 @@ def add_arguments(parser) -> None:
     add_uram_argument(parser)
     add_kv_onchip_argument(parser)
     parser.add_argument("--force", action="store_true", help="replace a build of another model in --out")
+    parser.add_argument("--no-footprint", action="store_true",
+                        help="skip the footprint check (g++ on the synthesis path, read back against the plan and "
+                             "the board's budget; it runs when g++ is available and writes footprint.json)")
     parser.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress on stderr (a bar at a terminal, plain lines elsewhere)")
@@ -82,6 +85,17 @@ def run(args) -> int:
         print(f"compile: {summary['model']} into {summary['out']}, {summary['linear_bits_per_weight']:.3f} "
               f"bits/weight, ROM {summary['rom_bytes'] / 2**20:.1f} MiB, in {summary['compile_seconds']:.1f} s",
               file=sys.stderr, flush=True)
+    report = None
+    if not args.no_footprint:
+        from ..compiler.placement import footprint
+
+        why = footprint.available()
+        if why:
+            print(f"footprint: skipped ({why})", file=sys.stderr, flush=True)
+        else:
+            report = footprint.check_build(args.out, progress=not args.no_progress)
+            summary["footprint"] = {k: report[k] for k in ("ok", "total_bram36", "total_uram", "bram36_budget",
+                                                           "uram_budget", "failures", "seconds")}
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -99,4 +113,12 @@ def run(args) -> int:
               + (f"KV on chip {kv['tokens']} tokens ({kv['bytes'] / 2**20:.1f} MiB, {kv['placement']}); "
                  if (kv := summary["kv_onchip"]) else "") +
               f"{summary['passthrough_tensors']} tensors passed through; {summary['compile_seconds']:.1f} s")
+        if report:
+            print("  " + footprint.summary_line(report))
+    if report and not report["ok"]:  # the build stays written; the numbers say why it does not fit
+        print("error: the build does not fit as the synthesized top declares it:\n"
+              + "\n".join(f"  - {f}" for f in report["failures"])
+              + f"\n  (details: {args.out}/{footprint.FOOTPRINT_FILE}, or make -C hw/hls footprint BUILD={args.out})",
+              file=sys.stderr)
+        return 1
     return 0

@@ -31,6 +31,7 @@ from ..model.loader import LoadedModel, load_model
 from ..model.weights import ModelWeights, QuantizedMatrix, as_float, storage_bits_per_weight
 from ..progress import with_progress
 from ..tempfiles import clean_stale, write_text_atomic
+from .placement.footprint import FOOTPRINT_FILE
 from .placement.plan import check_ddr_units, check_kv_onchip, make_plan, parse_ddr_units
 from .quantization.calibrate import collect_hessians, quantize_sequentially
 from .quantization.corpus import token_windows
@@ -84,6 +85,7 @@ def _prepare_out_dir(out_dir: Path, identity: str, force: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale(out_dir)  # a manifest a killed compile was writing
     (out_dir / MANIFEST).unlink(missing_ok=True)
+    (out_dir / FOOTPRINT_FILE).unlink(missing_ok=True)  # the check of the build this one replaces
     if old is not None:
         for name in old.get("files", {}):
             if "/" not in name and "\\" not in name:
@@ -91,7 +93,7 @@ def _prepare_out_dir(out_dir: Path, identity: str, force: bool) -> None:
 
 
 def _is_build_file(name: str) -> bool:
-    return (name.endswith((".bin", ".dat", ".h", ".safetensors", ".tmp")) or name == MANIFEST)
+    return (name.endswith((".bin", ".dat", ".h", ".safetensors", ".tmp")) or name in (MANIFEST, FOOTPRINT_FILE))
 
 
 def _plan_name(name: str) -> str:

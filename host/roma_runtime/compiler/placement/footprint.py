@@ -10,13 +10,14 @@ of its own, as C++14 with -pedantic-errors (the standard Vitis HLS reads: a C++1
 
 Memory: every static array of the object file (`nm -S`: its bytes) with its element width and shape from the
 DWARF debug information (structs such as g_lora count member by member: each member array is its own memory).
-Its layout is the one the code declares (HLS_RULES.md: "Count with the layout the code declares"): the
-ARRAY_PARTITION / ARRAY_RESHAPE and BIND_STORAGE pragmas of the HLS sources that apply to it (PRAGMA_SITES names
-where they are: on the array itself, or on the kernel argument it is passed to) split it into banks of
-width x depth, and each bank costs the blocks of the physical aspect ratios (plan.py's BRAM_SHAPES: RAMB36 and
-RAMB18 halves; URAM 4K x 72), no packing of several elements into one word unless a RESHAPE says so. An array
-without BIND_STORAGE is counted in BRAM, except a bank of depth <= LUTRAM_MAX_DEPTH, which is counted as LUTRAM
-(FINN's rule for small memories). Banks of depth 1 (complete partitioning) are registers.
+Its layout is the one the code declares (HLS_RULES.md: "Count with the layout the code declares"), by the rules
+of memory.py, which the planner uses for its own list of the arrays (one mapping from array to blocks for both):
+the ARRAY_PARTITION / ARRAY_RESHAPE and BIND_STORAGE pragmas of the HLS sources that apply to it
+(memory.PRAGMA_SITES names where they are: on the array itself, or on the kernel argument it is passed to) split
+it into banks of width x depth, and each bank costs the blocks of the physical aspect ratios (RAMB36 and RAMB18
+halves; URAM 4K x 72), no packing of several elements into one word unless a RESHAPE says so. An array without
+BIND_STORAGE is counted in BRAM, except a bank of depth <= LUTRAM_MAX_DEPTH, which is counted as LUTRAM (FINN's
+rule for small memories). Banks of depth 1 (complete partitioning) are registers.
 
 Local arrays: the arrays a function declares on its stack are memories of every RTL instance of that function in
 HLS; they are read from the DWARF information of each instantiation and counted once per RTL instance, laid out by
@@ -31,36 +32,39 @@ are counted per linear against the configurations roma_model.h gives it (ENGINE_
 bits, group, scale format, tiles and tier, shared by all layers): the check fails when a linear has more engine
 instantiations than configurations, or an engine or the layer more than one RTL instance.
 
-Verdict: fail when the BRAM36 or URAM total (static + local arrays) exceeds the board's budget (80% of boards.json's counts, as the
-planner's), or differs from the on-chip total the build's plan (manifest.json "plan") promises by more than
-PLAN_TOLERANCE; the exit status is 1 and the message gives the numbers.
+Against the plan: the build's plan (manifest.json "plan") lists the arrays it expects ("memory": memory.py's
+model of the top); compare_arrays sets them beside the object's, by memory.array_key (a function's local arrays
+summed over its instantiations), and the report names those that differ by more than PLAN_TOLERANCE.
+
+Verdict: fail when the BRAM36 or URAM total (static + local arrays) exceeds the board's budget (80% of
+boards.json's counts, as the planner's), or differs from the on-chip total the build's plan promises by more
+than PLAN_TOLERANCE; the exit status is 1 and the message gives the numbers. `roma compile` runs the check on
+the build it writes (check_build: footprint.json beside the manifest; --no-footprint skips it).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
-import operator
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 from ...artifact.boards import get_board
 from ...artifact.interface import HLS_DIR
 from ...errors import RomaError
-from .plan import BRAM_SHAPES, URAM_SHAPES, _shape_cost
+from .memory import LINEARS, Array, Pragma, apply_layout, array_key, hls_sources, local_pragmas, read_pragmas, \
+    static_pragmas
 
+FOOTPRINT_FILE = "footprint.json"  # check_build's report, beside the manifest
 PLAN_TOLERANCE = 0.05  # issue 19: the object's totals may differ from the plan's by at most 5%
 BUDGET = 0.8  # plan.py's default share of BRAM/URAM (timing closure)
-# A bank this shallow without a BIND_STORAGE is counted as LUTRAM, not BRAM (FINN's MVAU estimate: a weight memory
-# of depth <= 128 goes to distributed RAM)
-LUTRAM_MAX_DEPTH = 128
 
 CXX_STD = "c++14"  # the synthesized sources' standard (UG1399 lists C++11/14); vitis/common.tcl says the same
 
@@ -85,74 +89,10 @@ KERNELS = {
 }
 
 
-# roma_core.cpp's Lin order: the layers' linears (roma_model.h's ENGINE_<NAME>), then the embedding and the output
-LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "token_embd", "output")
-
-
 def _model_consts(build: Path) -> dict[str, int]:
     """The integer constants of the build's roma_model.h (N_HEADS, HEAD_DIM, ...)."""
     text = (build / "roma_model.h").read_text()
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"constexpr\s+int\s+(\w+)\s*=\s*(-?\d+)\s*;", text)}
-
-
-def _att_simd(c: dict) -> int:  # roma_core.cpp ATT_SIMD
-    hd = c["HEAD_DIM"]
-    return 8 if hd % 8 == 0 else 4 if hd % 4 == 0 else 2
-
-
-# Where the layout pragmas of a static array are: array name -> [(function holding the pragma, pragma's variable,
-# dims the argument lacks in front (a row slice passed as a 1-D argument), factor symbols)]. Factor symbols are
-# functions of (the array's record, its sibling arrays by name, roma_model.h's constants), each mirroring the
-# source line that defines it. A pragma whose factor names a symbol not given here is an error, so a changed
-# source cannot be counted with a stale layout.
-def _wps(arr, sib, c):  # brom_tile.h BromTileConfig::WPS = PLANE_WORDS / PARAMS
-    prm = sib.get("scales") or sib.get("params")
-    return arr.dims[-1] // prm.dims[-1]
-
-
-PRAGMA_SITES = {
-    # a weight bank [layers][TILES][words]: the engine passes one layer's row to bank_tiles (a BRAM ROM's storage)
-    # and brom_gemv_tiles; a URAM bank's storage is bound where CMD_LOAD_WEIGHTS writes it, the whole bank passed to
-    # load_uram_bank. A site with a tier ("rom" or "uram") applies to the banks of that tier only (bank_tier).
-    "planes": [("bank_tiles", "planes", 1, {}, "rom"), ("load_uram_bank", "planes", 0, {}, "uram"),
-               ("brom_gemv_tiles", "planes", 1, {}), ("brom_tile_gemv", "planes", 2, {"WPS": _wps})],
-    "scales": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles", "prm", 1, {})],
-    "params": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles", "prm", 1, {})],
-    "mins": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles", "aux", 1, {})],
-    "exps": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles", "aux", 1, {})],
-    "g_norms": [("rms_norm", "weight", 1, {"SIMD": lambda a, s, c: 4})],  # norm.h: rms_norm<N, SIMD = 4>
-    "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
-    "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: _att_simd(c)})],
-}
-
-
-@dataclass
-class Pragma:
-    directive: str  # ARRAY_PARTITION, ARRAY_RESHAPE, BIND_STORAGE
-    variable: str
-    function: str
-    options: dict
-    where: str  # file:line
-
-    def text(self) -> str:
-        return f"{self.directive} " + " ".join(f"{k}={v}" for k, v in self.options.items())
-
-
-@dataclass
-class Array:
-    name: str  # demangled symbol (with ".member" for a struct member)
-    var: str  # the variable's own name (pragmas and PRAGMA_SITES use it)
-    bytes: int  # all instances
-    elem_bits: int
-    dims: list
-    instances: int = 1  # a function's local array: one memory per RTL instance of the function
-    banks: int = 1
-    width: int = 0
-    depth: int = 0
-    impl: str = "bram"
-    bram36: float = 0.0
-    uram: float = 0.0
-    pragmas: list = field(default_factory=list)
 
 
 # --- compiling ----------------------------------------------------------------------------------------------
@@ -252,49 +192,7 @@ def _dwarf_variables(obj: Path) -> dict:
     return by_key
 
 
-# --- pragmas ------------------------------------------------------------------------------------------------
-
-_FUNC = re.compile(r'^(?:[\w:<>,\*&\s"]+?\s)?[\*&]?(\w+)\s*\(')
-
-
-def read_pragmas(sources: list[Path], defines: dict[str, str]) -> list[Pragma]:
-    """ARRAY_PARTITION / ARRAY_RESHAPE / BIND_STORAGE / ALLOCATION pragmas with the function they sit in (macros
-    such as ROMA_KV_ONCHIP_IMPL resolved from `defines`)."""
-    out = []
-    for path in sources:
-        func = ""
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line[:1].isalpha() and not line.startswith(("template", "typedef", "namespace", "using")):
-                m = _FUNC.match(line)
-                if m:
-                    func = m.group(1)
-            m = re.match(r"\s*#pragma\s+HLS\s+(ARRAY_PARTITION|ARRAY_RESHAPE|BIND_STORAGE|ALLOCATION)\s+(.*)", line, re.IGNORECASE)
-            if not m:
-                continue
-            opts = {k.lower(): defines.get(v.strip(), v.strip())
-                    for k, v in re.findall(r"(\w+)\s*=\s*((?:[\w\s\*\+\-/()]+?)(?=\s+\w+\s*=|$))", m.group(2))}
-            out.append(Pragma(m.group(1).upper(), opts.pop("variable", ""), func, opts, f"{path.name}:{n}"))
-    return out
-
-
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
-        ast.Div: operator.floordiv}
-
-
-def _eval_factor(expr: str, env: dict[str, int], what: str) -> int:
-    def ev(node):
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, ast.Name):
-            if node.id not in env:
-                raise RomaError(f"cannot evaluate the factor '{expr}' of {what}: '{node.id}' is unknown",
-                                hint="add the symbol to footprint.PRAGMA_SITES (mirror its definition in the source)")
-            return env[node.id]
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        raise RomaError(f"cannot evaluate the factor '{expr}' of {what}")
-    return ev(ast.parse(expr.strip(), mode="eval").body)
-
+# --- weight banks' tiers -----------------------------------------------------------------------------------
 
 def uram_banks(model_h: str) -> set[tuple[int, int]]:
     """(linear, engine) of the URAM weight banks roma_model.h declares: the engines whose layers have a URAM offset
@@ -316,64 +214,6 @@ def bank_tier(arr: Array, uram: set) -> str | None:
     """"uram" or "rom" for a weight bank's array (RomBank<LIN, E>::NAME), None for other arrays."""
     m = re.search(r"RomBank<(\d+), (\d+)>::", arr.name)
     return None if not m else "uram" if (int(m.group(1)), int(m.group(2))) in uram else "rom"
-
-
-def _static_pragmas(arr: Array, pragmas: list[Pragma], siblings: dict, consts: dict, uram: set = frozenset()) -> list:
-    """(pragma, leading dims, factor symbols) that lay out a static array: PRAGMA_SITES (uram: uram_banks)."""
-    out = []
-    tier = bank_tier(arr, uram)
-    for func, var, lead, syms, *site_tier in PRAGMA_SITES.get(arr.var, []):
-        if site_tier and site_tier[0] != tier:
-            continue
-        env = {k: f(arr, siblings, consts) for k, f in syms.items()}
-        out += [(p, lead, env) for p in pragmas if p.variable == var and p.function == func]
-    return out
-
-
-def _apply_layout(arr: Array, applied: list, strict: bool = True) -> None:
-    """Banks, width, depth, implementation and blocks of one array from the pragmas that apply to it. strict: a
-    factor that cannot be evaluated is an error; otherwise that pragma is noted and not applied."""
-    dims = list(arr.dims)
-    banks, width = 1, arr.elem_bits
-    for p, lead, env in applied:
-        if p.directive == "BIND_STORAGE":
-            arr.impl = p.options.get("impl", "bram").lower()
-            arr.pragmas.append(f"{p.text()} ({p.where})")
-            continue
-        kind = p.options.get("type", "complete").lower()
-        d = int(p.options.get("dim", "1"))
-        targets = range(lead, len(dims)) if d == 0 else [lead + d - 1]
-        try:
-            factors = [dims[t] if kind == "complete" else _eval_factor(p.options["factor"], env, f"{arr.name} "
-                                                                           f"({p.where})") for t in targets]
-        except RomaError:
-            if strict:
-                raise
-            arr.pragmas.append(f"{p.text()} ({p.where}; factor not resolved, not applied)")
-            continue
-        arr.pragmas.append(f"{p.text()} ({p.where})")
-        for t, f in zip(targets, factors):
-            if t >= len(dims):
-                raise RomaError(f"{p.where}: dim {d} of {p.variable} is outside {arr.name}{dims}")
-            f = min(f, dims[t])
-            dims[t] = -(-dims[t] // f)
-            if p.directive == "ARRAY_RESHAPE":
-                width *= f
-            else:
-                banks *= f
-    arr.banks, arr.width, arr.depth = banks, width, math.prod(dims)
-    if arr.depth <= 1:
-        arr.impl = "regs"
-    elif arr.depth <= LUTRAM_MAX_DEPTH and not any(p.directive == "BIND_STORAGE" for p, _, _ in applied):
-        arr.impl = "lutram"
-    if arr.impl in ("regs", "lutram"):
-        return  # registers / LUTs: no block RAM
-    shapes = URAM_SHAPES if arr.impl == "uram" else BRAM_SHAPES
-    cost = arr.instances * banks * _shape_cost(width, arr.depth, shapes)
-    if arr.impl == "uram":
-        arr.uram = cost
-    else:
-        arr.bram36 = cost
 
 
 # --- kernels ------------------------------------------------------------------------------------------------
@@ -548,8 +388,7 @@ def _local_arrays(obj: Path, per_function: dict[str, int], pragmas: list[Pragma]
                         bits, dims = info
                         arrays.append(Array(f"{full}::{name}", name, n * _bytes((kind, info)), bits, dims, n))
                 for a in arrays:
-                    _apply_layout(a, [(p, 0, env) for p in pragmas if p.function == short and p.variable == a.var],
-                                  strict=False)
+                    apply_layout(a, local_pragmas(short, a, pragmas, env), strict=False)
                 out += arrays
     return out
 
@@ -615,8 +454,7 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         obj = compile_synthesis(build, Path(tmp))
         arrays, dropped = _arrays(obj, consts.get("KV_ONCHIP_CTX", 0) > 0)
-        sources = [HLS_DIR / "roma_core.cpp", *sorted((HLS_DIR / "include" / "roma").glob("*.h"))]
-        pragmas = read_pragmas(sources, defines)
+        pragmas = read_pragmas(hls_sources(), defines)
         kernels, per_function = kernel_instances(obj, pragmas)
         engines = gemv_engines(obj, (build / "roma_model.h").read_text())
         obj_bytes = sum(s for _, _, s, _ in _nm_data(obj))
@@ -627,10 +465,11 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
         groups.setdefault(a.name.rsplit("::", 1)[0], {})[a.var] = a
     uram = uram_banks((build / "roma_model.h").read_text())
     for a in arrays:
-        _apply_layout(a, _static_pragmas(a, pragmas, groups[a.name.rsplit("::", 1)[0]], consts, uram))
+        apply_layout(a, static_pragmas(a, pragmas, groups[a.name.rsplit("::", 1)[0]], consts, bank_tier(a, uram)))
     local.sort(key=lambda a: (-(a.bram36 + a.uram * 8), -a.bytes))
     arrays.sort(key=lambda a: (-(a.bram36 + a.uram * 8), -a.bytes))
     res = plan.get("resources", {})
+    per_array = compare_arrays([asdict(a) for a in arrays + local], (plan.get("memory") or {}).get("arrays"))
     return {
         "build": str(build),
         "build_board": (plan.get("board") or {}).get("name"),
@@ -649,7 +488,32 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
         "local_bytes": sum(a.bytes for a in local),
         "local_arrays": [asdict(a) for a in local],
         "dropped": dropped,
+        "per_array": per_array,
     }
+
+
+def compare_arrays(measured: list[dict], planned: list[dict] | None) -> list[dict] | None:
+    """The object's arrays against the plan's (memory.py's list), by memory.array_key (a function's local arrays
+    summed over its instantiations): one row per name with blocks on either side, `agrees` within
+    PLAN_TOLERANCE. None for a build whose plan lists no arrays."""
+    if planned is None:
+        return None
+    sides: dict[str, dict] = {}
+    for side, arrays in (("object", measured), ("plan", planned)):
+        for a in arrays:
+            row = sides.setdefault(array_key(a["name"]), {"object": [0.0, 0.0], "plan": [0.0, 0.0]})
+            row[side][0] += a["bram36"]
+            row[side][1] += a["uram"]
+    out = []
+    for key, row in sides.items():
+        got, want = row["object"], row["plan"]
+        if not any(got + want):
+            continue
+        agrees = all(abs(g - w) <= PLAN_TOLERANCE * max(w, 1.0) for g, w in zip(got, want))
+        out.append({"array": key, "object_bram36": got[0], "object_uram": got[1], "plan_bram36": want[0],
+                    "plan_uram": want[1], "agrees": agrees})
+    return sorted(out, key=lambda r: (r["agrees"], -(r["object_bram36"] + r["plan_bram36"]
+                                                     + 8 * (r["object_uram"] + r["plan_uram"]))))
 
 
 def verdict(measured: dict, board: str | None = None, *, bram36_budget: float | None = None,
@@ -689,6 +553,41 @@ def verdict(measured: dict, board: str | None = None, *, bram36_budget: float | 
 def check(build: str | Path, board: str | None = None, **budgets) -> dict:
     """measure() then verdict(): the footprint report of `build` on `board`."""
     return verdict(measure(build), board, **budgets)
+
+
+def available() -> str | None:
+    """None when the check can run here, else why not (what `roma compile` says when it skips it)."""
+    if shutil.which("g++") is None or shutil.which("nm") is None:
+        return "no g++/nm"
+    try:
+        import elftools  # noqa: F401  (the DWARF reader)
+    except ImportError:
+        return "no pyelftools (pip install pyelftools)"
+    return None
+
+
+def check_build(build: str | Path, progress: bool = True) -> dict:
+    """The check `roma compile` runs on the build it wrote: the report, also written to the build's
+    FOOTPRINT_FILE (beside the sealed manifest; a later compile into the folder replaces it)."""
+    t0 = time.time()
+    if progress:
+        print(f"footprint: compiling the synthesis path of {build} (g++ -std={CXX_STD} -D__SYNTHESIS__) ...",
+              file=sys.stderr, flush=True)
+    rep = check(build)
+    rep["seconds"] = round(time.time() - t0, 1)
+    keep = ("board", "ok", "failures", "total_bram36", "total_uram", "bram36_budget", "uram_budget", "plan",
+            "kernels", "engines", "per_array", "std", "seconds")
+    (Path(build) / FOOTPRINT_FILE).write_text(json.dumps({k: rep[k] for k in keep}, indent=1) + "\n")
+    return rep
+
+
+def summary_line(rep: dict) -> str:
+    """One line: the totals against the budget and the plan, and the verdict."""
+    p = rep["plan"]
+    plan = f" (plan {p['bram36']:,.1f} / {p['uram']:,.0f})" if p["bram36"] is not None else ""
+    return (f"footprint: BRAM36 {rep['total_bram36']:,.1f} of {rep['bram36_budget']:,.1f}, URAM "
+            f"{rep['total_uram']:,.0f} of {rep['uram_budget']:,.0f} on {rep['board']}{plan}: "
+            + ("fits" if rep["ok"] else "DOES NOT FIT") + f" ({rep['seconds']:.1f} s)")
 
 
 def _mib(n: int) -> str:
@@ -748,6 +647,14 @@ def render(rep: dict, top: int = 30) -> str:
                      f"{rep[unit + '_budget']:>9,.1f} {rep[unit + '_available']:>7,} {plan}")
     if p["summary"]:
         lines.append(f"plan: {p['summary']}")
+    if rep.get("per_array") is not None:
+        rows = rep["per_array"]
+        off = [r for r in rows if not r["agrees"]]
+        lines += ["", f"per array against the plan's model (placement/memory.py): {len(rows) - len(off)} of "
+                      f"{len(rows)} agree within {PLAN_TOLERANCE:.0%}" + (", these differ:" if off else "")]
+        for r in off:
+            lines.append(f"  {r['array'][:60]:<60} object {r['object_bram36']:>9,.1f} BRAM36 {r['object_uram']:>5,.0f} "
+                         f"URAM   plan {r['plan_bram36']:>9,.1f} BRAM36 {r['plan_uram']:>5,.0f} URAM")
     lines += ["", f"{'kernel':<36} {'templates':>9} {'RTL instances':>14}"]
     for k, v in rep["kernels"].items():
         lines.append(f"{k:<36} {v['templates']:>9,} {v['rtl_instances']:>14,}")

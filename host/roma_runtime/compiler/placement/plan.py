@@ -8,50 +8,47 @@ Every tensor gets one of three placements:
 - ``DDR-stream``: the tensor stays in DDR (HBM on a U280) and is streamed read-only into the compute array every
   time it is used.
 
-Resource model (all assumptions are here and nowhere else)
-------------------------------------------------------------
-Memories are counted in the units Vivado reports, BRAM36 tiles and URAM288 blocks, from each memory's word
-width and depth, never from bytes alone:
+Resource model: the arrays the synthesized top declares
+--------------------------------------------------------
+The plan's on-chip figures are the HLS's own (issue 19): memory.py lists every array roma_core.cpp declares for
+the plan and lays each out exactly as the footprint check (footprint.py) lays out the arrays it reads from the
+compiled synthesis path, with the same pragmas of the HLS sources and the same block rules (memory.shape_cost:
+BRAM36 tiles in RAMB36/RAMB18 aspect ratios counted in halves, URAM288 blocks of 4K x 72; LUTRAM for banks of
+depth <= 128 without a storage pragma). `make -C hw/hls footprint BUILD=...` then compares them array by array.
 
-- A BRAM36 tile is 36 Kib with the aspect ratios of RAMB36E1/E2: 32Kx1, 16Kx2, 8Kx4, 4Kx9, 2Kx18, 1Kx36,
-  512x72 (the 72-bit width in simple dual port mode, which a ROM or a write-once buffer can use). It can be
-  split into two RAMB18 halves (16Kx1 .. 512x36), counted as 0.5 tile. Widths 1, 2 and 4 cannot use the
-  parity bits, so they hold 32 Kib, not 36.
-- A URAM288 block is 4K x 72, with no other aspect ratio.
-- A memory of word width W and depth D costs, for the best single aspect ratio (w, d) of the primitive,
-  ceil(W/w) columns times floor(D/d) full rows of blocks, plus a tail row for the remaining D mod d words that
-  may use a different (shallower) aspect ratio. This is the decomposition the mapper does; it is what makes a
-  576-deep array cost a whole 512-deep tile plus a second one, not 1.1 tiles.
-- Items may be packed k to a word (k = 1..8, word <= 288 bits), and the packing with the fewest blocks is taken.
-
-Per weight matrix (rows = outputs, cols = inputs, b-bit codes, groups of G along a row), the natural word is one
-group: b*G code bits (its bit-planes side by side, as the LUT-select tile reads them), plus its scale and
-minimum: a 32-bit word of two fp16, or with q8 scales a 16-bit word of two 8-bit steps and, in a memory of its
-own, a 16-bit word of exponents per row. Codes and scales may live in separate memories or fused in one
-(b*G + 32 or 16 bits); the cheaper layout is taken, separately for BRAM and URAM. Norm weights are fp32 vectors.
-
-Banks: layers run one after another, so a tile's memory holds its row slice of every on-chip layer stacked in
-depth. The planner therefore keeps one bank per (BRAM or URAM, code bits, group, scale format) for all weight
-matrices, one for q8's row exponents and one for the fp32 norms, and charges each tensor the blocks its banks
-grow by when the tensor is added; the sum over tensors is exactly the bank total. Splitting a bank among
-tiles is assumed to follow block boundaries (tile count chosen by the compiler), so it adds no blocks.
+- GEMV engines: one per linear and configuration (bits, group, scale format, tiles, tier), numbered as
+  roma_model.h numbers them. An on-chip engine has a bank, RomBank<LIN, E>, of [layers][TILES][words] 32-bit
+  plane words (partitioned in WPS = bits * group / 32 banks, one word each per cycle) and two 16-bit scale
+  arrays (fp16 scales and minimums, or q8's steps and row exponents), one row per layer it holds; BRAM-ROM
+  engines are `rom_1p impl=bram`, URAM-load-once engines (contract C2) writable `impl=uram` arrays reshaped to
+  64-bit words. Every engine (DDR ones too) declares its kernels' local arrays: the activation codes
+  xq[cols], the tiles' accumulators acc[rows], candidates, ... (memory.engine_locals).
+- A tensor costs what its engine's arrays grow by when it is added: one more bank row, plus the engine's local
+  arrays when it is the engine's first tensor. Norms cost nothing of their own: every layer's norms are rows of
+  g_norms, on chip in every build, counted with the buffers.
 
 Budget: at most ``budget`` (default 80%) of the board's BRAM36 and URAM, for timing closure; BRAM is counted
 in half tiles. Out of that budget, in this order, come:
 
-1. the LoRA memory: rank x (in + out) elements per targeted linear per layer, fp16, or int8 with one fp16 scale
-   per row of A and of B, packed into one pool of 72-bit words (4 fp16 or 9 int8 per word). It is writable
-   memory, so it goes to URAM where the board has it, spilling into BRAM only if URAM runs out. A rank whose
-   pool does not fit is an error (the message names the largest rank that does).
-2. activations and buffers, in BRAM (they need many narrow ports): fp32 vectors x, xb, q, k, v, attention
-   output (dim or kv_dim each), the two FFN hidden vectors (ffn_dim each), the int8 activation codes and their
-   fp32 group scales, one attention score row (``SCORE_CHUNK`` fp32), the LoRA intermediate (rank fp32), and a
-   fixed ``FIXED_BUFFER_BRAM36`` tiles for DDR burst FIFOs and control. Logits are not buffered: they stream to
-   the on-chip sampler or to DDR.
-3. the on-chip KV cache, only when ``kv_tokens`` is given (``roma plan/compile --kv-onchip N``): n_layers x 2 x
-   kv_dim fp16 per token, 4 to a 72-bit word (the core stores SIMD fp16 per word), URAM first, then BRAM. Without
-   it the KV cache lives in DDR only and costs no on-chip memory. A build with it holds that many positions on chip
-   (roma_core's KV_ONCHIP_CTX); the host's DDR buffers stay the source of truth (written through).
+1. the LoRA unit (contract C1): ``lora_slots`` slots of ``lora_rank`` on the targets, values[S][SLOT_VALUES]
+   (fp16, or int8 codes with fp32 row scales) in 64-bit words, URAM where the whole unit fits, else BRAM, plus
+   the per-(slot, layer, target) ranks and scales. A rank that does not fit is an error (the message names the
+   largest rank that does). No unit without slots or rank.
+2. the core's buffers (memory.core_arrays): g_norms, the prefill chunk's activations (PREFILL_CHUNK rows of x, q,
+   k, v, attention output), g_logits[VOCAB] (the whole vocabulary's fp32 logits), attention's score[HEADS][MAX_CTX]
+   (the build's context, or the on-chip KV positions), the sampler's ring, the one layer()'s locals. These are
+   declared whatever the placement, so they are taken even beyond the budget: a board too small for the core
+   gets a plan that says OVER BUDGET (Plan.over_budget) rather than a plan of a smaller core than the HLS
+   declares. So are the local arrays of the DDR engines, taken when their units stream.
+3. the on-chip KV cache, only when ``kv_tokens`` is given (``roma plan/compile --kv-onchip N``): g_kv_chip
+   [layers][2][positions * kv_dim] fp16 reshaped to ATT_SIMD values per word, URAM where it fits whole, else BRAM
+   (ROMA_KV_ONCHIP_IMPL). Without it the KV cache lives in DDR only and costs no on-chip memory. A build with it
+   holds that many positions on chip (roma_core's KV_ONCHIP_CTX); the host's DDR buffers stay the source of truth
+   (written through).
+
+Logic: logic.py estimates LUT, FF and DSP per unit (each GEMV engine's datapath by FINN's MVAU formulas, the
+activation quantizers, LoRA, attention, norms, RoPE, SwiGLU, sampler, LUTRAM), reported by `roma plan` (text and
+--json "logic") as estimates against the board's luts, ff and dsp.
 
 Fill order for the weights, and why
 -----------------------------------
@@ -71,7 +68,11 @@ same, so the order is chosen for packing and for a hardware structure that stays
 3. the token embedding of an untied model (one row per token: cheap to stream).
 
 A unit that does not fit is streamed and the fill continues with the next one (with mixed precision a later,
-smaller layer may still fit).
+smaller layer may still fit). Engines make three refinements: a ROM bank leaves free the BRAM that the local
+arrays of a layer's URAM engines will need (so that the fill can move on to URAM), a layer that cannot go
+BRAM-first is tried URAM-first, and a unit goes on chip whenever that leaves no less room than streaming it
+(a streamed unit's DDR engines declare their buffers too). When those buffers push the total over the budget,
+the fill runs again with that much less room.
 
 Units can also be put in URAM on purpose (``uram``, the same unit names; ``roma plan/compile --uram``): they skip
 BRAM and take URAM (load-once), so a build can run its URAM tier on a board whose BRAM would hold it, for example
@@ -104,7 +105,7 @@ Everything is at nominal peak, so the figure is an upper bound labelled "estimat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable
 
 from ...artifact.boards import Board, get_board
@@ -112,6 +113,9 @@ from ...artifact.build import BRAM_ROM, DDR_STREAM, URAM_LOAD_ONCE
 from ...errors import RomaError
 from ...model.config import ModelConfig
 from ...model.weights import ROW_SCALE_BITS, SCALE_BITS, storage_bits_per_weight
+from . import logic
+from .memory import (L_EMBD, L_OUTPUT, LINEARS as HLS_LINEARS, TIERS, Array, EngineConfig, bank_arrays, core_arrays,
+                     engine_locals, hw_constants, kv_array, lora_arrays, source_pragmas, total)
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_GROUPS = (32, 64, 128)
@@ -120,19 +124,7 @@ LORA_DTYPES = ("fp16", "int8")
 
 PLACEMENTS = (BRAM_ROM, URAM_LOAD_ONCE, DDR_STREAM)
 
-# (data width, depth, cost in BRAM36 tiles): RAMB36 aspect ratios, then RAMB18 halves.
-BRAM_SHAPES = (
-    (1, 32768, 1.0), (2, 16384, 1.0), (4, 8192, 1.0), (9, 4096, 1.0), (18, 2048, 1.0), (36, 1024, 1.0),
-    (72, 512, 1.0),
-    (1, 16384, 0.5), (2, 8192, 0.5), (4, 4096, 0.5), (9, 2048, 0.5), (18, 1024, 0.5), (36, 512, 0.5),
-)
-URAM_SHAPES = ((72, 4096, 1.0),)
-MAX_PACK = 8
-MAX_WORD_BITS = 288
-
-# Buffers and the estimate model (see the module docstring).
-SCORE_CHUNK = 1024
-FIXED_BUFFER_BRAM36 = 4.0
+# The estimate model (see the module docstring).
 LUTS_PER_LANE = 64
 COMPUTE_LUT_FRACTION = 0.5
 DSP_FRACTION = 0.5
@@ -140,34 +132,6 @@ DSPS_PER_MAC = 4
 BRAM_BITS_PER_CYCLE = 72  # per BRAM36 tile
 URAM_BITS_PER_CYCLE = 144  # two 72-bit ports
 DEFAULT_CONTEXT = 256
-
-
-# --- block counting ---------------------------------------------------------------------------------------
-
-
-def _shape_cost(width: int, depth: int, shapes) -> float:
-    best = math.inf
-    for w, d, cost in shapes:
-        cols = -(-width // w)
-        full, rem = divmod(depth, d)
-        total = cols * full * cost
-        if rem:
-            total += min(-(-width // w2) * -(-rem // d2) * c2 for w2, d2, c2 in shapes)
-        best = min(best, total)
-    return best
-
-
-def memory_blocks(items: int, item_bits: int, kind: str) -> float:
-    """Blocks (BRAM36 tiles, in halves, or URAM288) for `items` words of `item_bits`, best packing k per word."""
-    if items <= 0:
-        return 0.0
-    shapes = BRAM_SHAPES if kind == "bram" else URAM_SHAPES
-    best = math.inf
-    for k in range(1, MAX_PACK + 1):
-        if k > 1 and k * item_bits > MAX_WORD_BITS:
-            break
-        best = min(best, _shape_cost(k * item_bits, -(-items // k), shapes))
-    return best
 
 
 # --- the plan's records -----------------------------------------------------------------------------------
@@ -185,19 +149,24 @@ class TensorPlan:
     code_bytes: int
     scale_bytes: int  # scale + minimum per group (fp16: 4 bytes; q8: 2) and q8's 2 bytes of exponents per row
     placement: str = DDR_STREAM
-    bram36: float = 0.0  # blocks this tensor adds to its bank (see "banks" in the module docstring)
+    bram36: float = 0.0  # blocks its engine's arrays grow by when it is added (see "engines" in the docstring)
     uram: float = 0.0
     scales: str = "fp16"  # how the scales and minimums are stored (compiler/quantization/quantize.py)
 
-    def memories(self) -> list[tuple[tuple, int]]:
-        """(bank, words) of each memory the tensor fills: groups of a matrix (codes with their scale and
-        minimum), q8's per-row exponents, or a norm vector's elements."""
-        if not self.group:
-            return [(("fp32",), self.cols)]
-        groups = self.rows * self.cols // self.group
-        row_bits = ROW_SCALE_BITS[self.scales]
-        return [(("matrix", self.bits, self.group, SCALE_BITS[self.scales]), groups)] + (
-            [(("rows", row_bits), self.rows)] if row_bits else [])
+    @property
+    def lin(self) -> int | None:
+        """The roma_core.cpp linear (memory.LINEARS index) whose engine runs this tensor; None for a norm (its
+        weights are a row of g_norms, on chip whatever the unit's tier)."""
+        if self.kind == "norm":
+            return None
+        if self.kind == "lm_head":
+            return L_OUTPUT
+        if self.kind in ("embedding", "embedding+lm_head"):
+            return L_EMBD
+        return HLS_LINEARS.index(self.name.rsplit(".", 1)[-1])
+
+    def engine(self, tier: str) -> EngineConfig:
+        return EngineConfig(self.lin, self.bits, self.group, self.scales, tier)
 
     @property
     def bytes(self) -> int:
@@ -258,6 +227,11 @@ class Plan:
     uram_forced: list = field(default_factory=list)  # units put in URAM on purpose (the same form)
     scales: str = "fp16"  # the linears' scale format
     per_tensor_groups: dict = field(default_factory=dict)  # a build's groups where they differ from `group`
+    context: int = 0  # the build's CONTEXT (attention's score buffer)
+    lora_slots: int = 0  # the LoRA unit's slots (contract C1; 0: no unit)
+    arrays: list = field(default_factory=list)  # every array the top declares (memory.py), laid out
+    engines: list = field(default_factory=list)  # the GEMV engines (_Engines.configs)
+    logic: dict = field(default_factory=dict)  # LUT/FF/DSP estimates (logic.py)
 
     # -- derived facts --
     @property
@@ -284,8 +258,19 @@ class Plan:
     def fits_on_chip(self) -> bool:
         return all(t.placement != DDR_STREAM for t in self.tensors)
 
+    @property
+    def over_budget(self) -> list[str]:
+        """What exceeds the budget: the core's own arrays (buffers, the DDR engines' buffers) are declared
+        whatever the room, so a board too small for them gets a plan that says so, not a smaller core."""
+        out = []
+        if self.bram36_used > self.bram36_budget + 1e-9:
+            out.append(f"BRAM36 {self.bram36_used:,.1f} of {self.bram36_budget:,.1f}")
+        if self.uram_used > self.uram_budget + 1e-9:
+            out.append(f"URAM {self.uram_used:,.0f} of {self.uram_budget:,.0f}")
+        return out
+
     def layer_placement(self, i: int) -> str:
-        tiers = {t.placement for t in self.tensors if t.layer == i}
+        tiers = {t.placement for t in self.tensors if t.layer == i and t.kind != "norm"}
         return _tier_label(tiers)
 
     def layers_on_chip(self) -> list[int]:
@@ -295,11 +280,17 @@ class Plan:
         return [i for i in range(self.model.n_layers) if self.layer_placement(i) == DDR_STREAM]
 
     def unit_placement(self, kinds: Iterable[str]) -> str | None:
-        tiers = {t.placement for t in self.tensors if t.layer is None and t.kind in kinds}
+        tiers = {t.placement for t in self.tensors if t.layer is None and t.kind in kinds and t.kind != "norm"}
         return _tier_label(tiers) if tiers else None
 
     @property
     def summary(self) -> str:
+        over = self.over_budget
+        return self._placement_summary() + (f"; OVER BUDGET: the top declares {' and '.join(over)} (its buffers "
+                                            f"{self.buffers.bram36:,.1f} BRAM36 whatever the placement)"
+                                            if over else "")
+
+    def _placement_summary(self) -> str:
         n = self.model.n_layers
         if self.fits_on_chip:
             where = []
@@ -350,7 +341,18 @@ class Plan:
                 "uram": {"available": self.board.uram, "budget": self.uram_budget, "used": self.uram_used,
                          "lora": self.lora.uram, "buffers": self.buffers.uram, "kv_cache": self.kv_cache.uram,
                          "weights": sum(t.uram for t in self.tensors)},
+                **{k: {"available": v["available"], "used": v["used"], "label": self.logic["label"]}
+                   for k, v in self.logic.get("total", {}).items()},
             },
+            "logic": self.logic,
+            "memory": {"label": "the arrays roma_core declares for this plan, laid out as the footprint check "
+                                "lays out the compiled object's (placement/memory.py)",
+                       "bram36": sum(a.bram36 for a in self.arrays), "uram": sum(a.uram for a in self.arrays),
+                       "arrays": [asdict(a) for a in self.arrays]},
+            "engines": self.engines,
+            "context": self.context,
+            "lora_slots": self.lora_slots,
+            "over_budget": self.over_budget,
             "lora": self.lora.to_dict(),
             "buffers": self.buffers.to_dict(),
             "kv_cache": self.kv_cache.to_dict(),
@@ -476,12 +478,6 @@ def _weight_tensor(name, kind, layer, rows, cols, bits, group, scales="fp16") ->
                       code_bytes=-(-rows * cols * bits // 8), scale_bytes=scale_bytes, scales=scales)
 
 
-def _matrix_blocks(groups: int, code_bits: int, scale_bits: int, kind: str) -> float:
-    separate = memory_blocks(groups, code_bits, kind) + memory_blocks(groups, scale_bits, kind)
-    fused = memory_blocks(groups, code_bits + scale_bits, kind)
-    return min(separate, fused)
-
-
 def _norm_tensor(name, layer, dim) -> TensorPlan:
     return TensorPlan(name=name, kind="norm", layer=layer, rows=1, cols=dim, bits=32, group=None,
                       code_bytes=dim * 4, scale_bytes=0)
@@ -542,25 +538,43 @@ class _Pool:
     def __init__(self, bram36: float, uram: float):
         self.bram36, self.uram = bram36, uram
 
-    def take(self, bram36: float = 0.0, uram: float = 0.0) -> None:
-        if bram36 > self.bram36 + 1e-9 or uram > self.uram + 1e-9:
+    def fits(self, bram36: float = 0.0, uram: float = 0.0) -> bool:
+        return bram36 <= self.bram36 + 1e-9 and uram <= self.uram + 1e-9
+
+    def take(self, bram36: float = 0.0, uram: float = 0.0, force: bool = False) -> None:
+        """Take blocks; force: the top declares them whatever the room (the pool may go below zero)."""
+        if not force and not self.fits(bram36, uram):
             raise _NoRoom()
         self.bram36 -= bram36
         self.uram -= uram
 
-    def writable(self, words72: int) -> tuple[float, float]:
-        """Place `words72` 72-bit words of writable memory: URAM first, the rest in BRAM. Returns (bram, uram)."""
-        if words72 <= 0:
-            return 0.0, 0.0
-        need_u = -(-words72 // 4096)
-        if need_u <= self.uram:
-            self.take(uram=need_u)
-            return 0.0, float(need_u)
-        u = int(self.uram)
-        rest = words72 - u * 4096
-        b = _shape_cost(72, rest, BRAM_SHAPES)
-        self.take(bram36=b, uram=u)
-        return b, float(u)
+
+@dataclass(frozen=True)
+class _Core:
+    """What sizes the top's arrays besides the weights: the model, the board and budget, the LoRA unit (contract
+    C1), the on-chip KV positions and the build's context (roma_model.h CONTEXT)."""
+    config: ModelConfig
+    board: Board
+    budget: float
+    lora_slots: int
+    lora_rank: int
+    lora_targets: tuple
+    lora_dtype: str
+    kv_tokens: int | None
+    context: int
+
+    @property
+    def pragmas(self):
+        return source_pragmas({})  # the macro of g_kv_chip's impl is the plan's own choice (kv_array)
+
+    @property
+    def hw(self) -> dict:
+        return hw_constants()
+
+    @property
+    def lora_unit(self) -> bool:
+        return self.lora_slots > 0 and self.lora_rank > 0 and bool(self.lora_targets)
+
 
 
 def lora_elements(config: ModelConfig, rank: int, targets: Iterable[str]) -> int:
@@ -568,58 +582,67 @@ def lora_elements(config: ModelConfig, rank: int, targets: Iterable[str]) -> int
     return config.n_layers * rank * sum(shapes[t][0] + shapes[t][1] for t in targets)
 
 
-def _lora_reservation(config, rank, targets, dtype, pool: _Pool) -> Reservation:
-    shapes = linear_shapes(config)
-    elements = lora_elements(config, rank, targets)
-    if dtype == "fp16":
-        nbytes, words = elements * 2, -(-elements // 4)
-    else:  # int8 with an fp16 scale per row of A (rank rows) and per row of B (out rows)
-        scales = config.n_layers * sum(rank + shapes[t][0] for t in targets) if rank else 0
-        nbytes, words = elements + 2 * scales, -(-elements // 9) + -(-scales // 4)
-    bram, uram = pool.writable(words)
-    where = "/".join(p for p, n in (("URAM", uram), ("BRAM", bram)) if n) or "none"
-    return Reservation(f"LoRA r{rank} {dtype}", nbytes, bram, uram, where,
-                       {"rank": rank, "targets": list(targets), "dtype": dtype, "elements": elements})
+def _arrays_reservation(what: str, arrays: list[Array], placement: str, detail: dict) -> Reservation:
+    bram, uram = total(arrays)
+    return Reservation(what, sum(a.bytes for a in arrays), bram, uram, placement,
+                       {**detail, "arrays": [a.name for a in arrays]})
 
 
-def _buffer_reservation(config: ModelConfig, rank: int, group: int, pool: _Pool) -> Reservation:
-    d, kv, f = config.dim, config.kv_dim, config.ffn_dim
-    fp32_vectors = {"x": d, "xb": d, "q": d, "k": kv, "v": kv, "attn_out": d, "ffn_gate": f, "ffn_up": f,
-                    "act_scales": max(d, f) // 32, "scores": SCORE_CHUNK, "lora_mid": rank}
-    bram = sum(memory_blocks(n, 32, "bram") for n in fp32_vectors.values())
-    bram += memory_blocks(max(d, f), 8, "bram")  # int8 activation codes
-    bram += FIXED_BUFFER_BRAM36
-    nbytes = 4 * sum(fp32_vectors.values()) + max(d, f)
-    pool.take(bram36=bram)
-    return Reservation("activations and buffers", nbytes, bram, 0.0, "BRAM",
-                       {"fp32_vectors": fp32_vectors, "fixed_bram36": FIXED_BUFFER_BRAM36})
+def _lora_reservation(core: _Core, pool: _Pool) -> Reservation:
+    """The LoRA unit's arrays (contract C1) in URAM where they fit whole, else in BRAM (ROMA_LORA_IMPL)."""
+    c = core
+    detail = {"slots": c.lora_slots if c.lora_unit else 0, "rank": c.lora_rank, "targets": list(c.lora_targets),
+              "dtype": c.lora_dtype, "elements": lora_elements(c.config, c.lora_rank, c.lora_targets)}
+    if not c.lora_unit:
+        return Reservation(f"LoRA r{c.lora_rank} {c.lora_dtype}", 0, 0.0, 0.0, "none", detail)
+    for impl in ("uram", "bram"):
+        arrays = lora_arrays(c.config, c.lora_slots, c.lora_rank, c.lora_targets, c.lora_dtype, impl)
+        if pool.fits(*total(arrays)):
+            pool.take(*total(arrays))
+            return _arrays_reservation(f"LoRA {c.lora_slots} x r{c.lora_rank} {c.lora_dtype}", arrays,
+                                       impl.upper(), {**detail, "impl": impl})
+    raise _NoRoom()
+
+
+def _buffer_reservation(core: _Core, pool: _Pool) -> Reservation:
+    """The arrays the top declares whatever the placement (memory.core_arrays): taken even beyond the budget, so
+    that a build whose core alone does not fit says so (Plan.over_budget) instead of planning a smaller core."""
+    arrays = core_arrays(core.config, core.context, core.kv_tokens or 0, core.pragmas, core.hw)
+    pool.take(*total(arrays), force=True)
+    return _arrays_reservation("activations and buffers", arrays, "BRAM", {"context": core.context})
 
 
 def kv_bytes_per_token(config: ModelConfig) -> int:
     return config.n_layers * 2 * config.kv_dim * 2
 
 
-def _kv_reservation(config: ModelConfig, kv_tokens: int | None, pool: _Pool) -> Reservation:
-    if not kv_tokens:
+def _kv_reservation(core: _Core, pool: _Pool) -> Reservation:
+    config, tokens = core.config, core.kv_tokens
+    if not tokens:
         return Reservation("KV cache", 0, 0.0, 0.0, "DDR",
                            {"tokens": None, "bytes_per_token": kv_bytes_per_token(config)})
-    elements = kv_tokens * config.n_layers * 2 * config.kv_dim
-    bram, uram = pool.writable(-(-elements // 4))
-    where = "/".join(p for p, n in (("URAM", uram), ("BRAM", bram)) if n)
-    return Reservation(f"KV cache {kv_tokens} tokens fp16", elements * 2, bram, uram, where,
-                       {"tokens": kv_tokens, "bytes_per_token": kv_bytes_per_token(config)})
+    for impl in ("uram", "bram"):  # where the whole array fits (ROMA_KV_ONCHIP_IMPL)
+        arrays = kv_array(config, tokens, impl, core.pragmas)
+        if pool.fits(*total(arrays)):
+            pool.take(*total(arrays))
+            return _arrays_reservation(f"KV cache {tokens} tokens fp16", arrays, impl.upper(),
+                                       {"tokens": tokens, "bytes_per_token": kv_bytes_per_token(config)})
+    raise _NoRoom()
 
 
-def _reserve(config, board, budget, rank, targets, dtype, group, kv_tokens):
+def _reserve(core: _Core):
+    """LoRA unit, buffers and on-chip KV cache, in this order, out of the budget -> ((lora, buffers, kv, pool) or
+    None, the stage that did not fit, the budget)."""
+    board, budget = core.board, core.budget
     pool = _Pool(math.floor(board.bram36 * budget * 2) / 2, float(math.floor(board.uram * budget)))
     totals = (pool.bram36, pool.uram)
     stage = "LoRA memory"
     try:
-        lora = _lora_reservation(config, rank, targets, dtype, pool)
+        lora = _lora_reservation(core, pool)
         stage = "activation buffers"
-        buffers = _buffer_reservation(config, rank, group, pool)
+        buffers = _buffer_reservation(core, pool)
         stage = "KV cache"
-        kv = _kv_reservation(config, kv_tokens, pool)
+        kv = _kv_reservation(core, pool)
     except _NoRoom:
         return None, stage, totals
     return (lora, buffers, kv, pool), stage, totals
@@ -632,13 +655,16 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
               lora_rank: int = 16, lora_targets=LINEAR, lora_dtype: str = "fp16",
               kv_tokens: int | None = None, budget: float = 0.8, context: int | None = None,
               ddr: Iterable | str | None = None, scales: str = "fp16",
-              per_tensor_groups: dict | None = None, uram: Iterable | str | None = None) -> Plan:
+              per_tensor_groups: dict | None = None, uram: Iterable | str | None = None, lora_slots: int = 1,
+              build_context: int | None = None) -> Plan:
     """Place a model's quantized tensors on a board. `config` is a ModelConfig or a LoadedModel (only shapes
     matter); `board` a name from boards.json or a Board; `ddr` units to stream from DDR whatever the room
     (parse_ddr_units: a string like "1,3-5,head" or a list of layer numbers, "head", "embedding", "all");
     `uram` units to put in URAM (load-once) instead of BRAM, in the same form.
     per_tensor_bits and per_tensor_groups (a build's choices) override bits and group by tensor name.
-    See the module docstring for the model."""
+    lora_slots x lora_rank: the LoRA unit the top holds (contract C1; no unit when either is 0). `context` is
+    the estimate's context; `build_context` the build's CONTEXT (default: the model's context length), which
+    sizes attention's score buffer. See the module docstring for the model."""
     config = _as_config(config)
     board = get_board(board)
     _check_bits(bits, "the model")
@@ -650,6 +676,8 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
                                              lambda g, name: _check_group(g, name, config))
     if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
         raise RomaError(f"LoRA rank must be an integer >= 0, not {lora_rank!r}", hint="use 0 for no adapter")
+    if isinstance(lora_slots, bool) or not isinstance(lora_slots, int) or lora_slots < 0:
+        raise RomaError(f"LoRA slots must be an integer >= 0, not {lora_slots!r}", hint="use 0 for no LoRA unit")
     targets = tuple(dict.fromkeys(lora_targets or ()))
     bad = [t for t in targets if t not in LINEAR]
     if bad:
@@ -674,34 +702,62 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
         raise RomaError(f"--ddr and --uram both name {format_ddr_units(sorted(both, key=str))}",
                         hint="a unit has one place: name it in one of them")
 
-    reserved, stage, (bram_budget, uram_budget) = _reserve(config, board, budget, lora_rank, targets, lora_dtype,
-                                                           group, kv_tokens)
+    core = _Core(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, kv_tokens,
+                 build_context or config.context_length)
+    reserved, stage, (bram_budget, uram_budget) = _reserve(core)
     if reserved is None:
-        _raise_no_room(config, board, budget, lora_rank, targets, lora_dtype, group, kv_tokens, stage)
+        _raise_no_room(core, stage)
     lora, buffers, kv, pool = reserved
 
-    banks = _Banks()
+    # The DDR engines' buffers are declared whatever the room: when they push the total over the budget, the
+    # fill runs again with that much less room for the banks (a few rounds settle it).
+    room, held = (pool.bram36, pool.uram), (0.0, 0.0)
+    for _ in range(4):
+        pool, engines = _Pool(room[0] - held[0], room[1] - held[1]), _Engines(core)
+        for unit in units:
+            if _unit_key(unit) in forced:
+                _stream_unit(unit, pool, engines)
+            elif _unit_key(unit) in in_uram:
+                _place_unit(unit, pool, engines, orders=((("uram", URAM_LOAD_ONCE),),))
+            else:
+                _place_unit(unit, pool, engines)
+        short = (max(0.0, -pool.bram36), max(0.0, -pool.uram))
+        if short == (0.0, 0.0) or not any(t.placement != DDR_STREAM and t.lin is not None for u in units
+                                          for t in u):
+            break
+        held = (held[0] + math.ceil(short[0] * 2) / 2, held[1] + math.ceil(short[1]))
     for unit in units:
-        if _unit_key(unit) in forced:
-            for t in unit:
-                t.placement, t.bram36, t.uram = DDR_STREAM, 0.0, 0.0
-        elif _unit_key(unit) in in_uram:
-            _place_unit(unit, pool, banks, uram_only=True)
-            if unit[0].placement != URAM_LOAD_ONCE:
-                raise RomaError(f"--uram: {format_ddr_units([_unit_key(unit)])} does not fit the {board.name}'s URAM "
-                                f"budget of {uram_budget:g} blocks (after the units before it)",
-                                hint="name fewer units in --uram, or a board with more URAM")
-        else:
-            _place_unit(unit, pool, banks)
+        if _unit_key(unit) in in_uram and any(t.lin is not None and t.placement != URAM_LOAD_ONCE for t in unit):
+            raise RomaError(f"--uram: {format_ddr_units([_unit_key(unit)])} does not fit the {board.name}'s URAM "
+                            f"budget of {uram_budget:g} blocks (after the units before it)",
+                            hint="name fewer units in --uram, or a board with more URAM")
+    streams = engines.arrays(("ddr",))  # the DDR engines' own buffers (taken as their units were placed)
+    b, u = total(streams)
+    buffers.bram36, buffers.uram, buffers.bytes = (buffers.bram36 + b, buffers.uram + u,
+                                                   buffers.bytes + sum(a.bytes for a in streams))
+    buffers.detail["arrays"] += [a.name for a in streams]
 
     plan = Plan(model=config, board=board, bits=bits, group=group, per_tensor_bits=per_tensor_bits, budget=budget,
                 lora=lora, buffers=buffers, kv_cache=kv, tensors=[t for u in units for t in u],
                 bram36_budget=bram_budget, uram_budget=uram_budget, estimate={}, ddr_forced=sorted(
                     forced, key=lambda u: (isinstance(u, str), u)), scales=scales,
                 uram_forced=sorted(in_uram, key=lambda u: (isinstance(u, str), u)),
-                per_tensor_groups=per_tensor_groups)
+                per_tensor_groups=per_tensor_groups, context=core.context, lora_slots=lora.detail["slots"])
+    plan.arrays = _plan_arrays(core, lora.detail.get("impl"), kv.placement.lower(), engines)
+    plan.engines = engines.configs()
+    plan.logic = logic.estimate(config, board, plan.engines, lora=lora.detail, kv_tokens=kv_tokens or 0,
+                                context=core.context, arrays=plan.arrays)
     plan.estimate = estimate(plan, context=context)
     return plan
+
+
+def _plan_arrays(core: _Core, lora_impl: str | None, kv_impl: str, engines: "_Engines") -> list[Array]:
+    """Every array the top declares for the plan, laid out (memory.py): what the footprint check compares."""
+    c = core
+    lora = lora_arrays(c.config, c.lora_slots, c.lora_rank, c.lora_targets, c.lora_dtype, lora_impl) \
+        if lora_impl else []
+    kv = kv_array(c.config, c.kv_tokens, kv_impl, c.pragmas) if c.kv_tokens else []
+    return lora + core_arrays(c.config, c.context, c.kv_tokens or 0, c.pragmas, c.hw) + kv + engines.arrays()
 
 
 def check_kv_tokens(kv_tokens, config: ModelConfig) -> None:
@@ -717,7 +773,8 @@ def check_kv_tokens(kv_tokens, config: ModelConfig) -> None:
 
 
 def check_kv_onchip(config, board, kv_tokens: int | None, *, lora_rank: int = 0, lora_targets=LINEAR,
-                    lora_dtype: str = "fp16", budget: float = 0.8) -> None:
+                    lora_dtype: str = "fp16", budget: float = 0.8, lora_slots: int = 1,
+                    build_context: int | None = None) -> None:
     """RomaError unless an on-chip KV cache of kv_tokens positions fits the model's context and the board's budget
     after the LoRA memory and the activation buffers: the reservations make_plan takes before any weight, so
     `roma compile` can refuse it before it writes anything."""
@@ -727,9 +784,11 @@ def check_kv_onchip(config, board, kv_tokens: int | None, *, lora_rank: int = 0,
         return
     board = get_board(board)
     targets = tuple(dict.fromkeys(lora_targets or ()))
-    reserved, stage, _ = _reserve(config, board, budget, lora_rank, targets, lora_dtype, None, kv_tokens)
+    core = _Core(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, kv_tokens,
+                 build_context or config.context_length)
+    reserved, stage, _ = _reserve(core)
     if reserved is None:
-        _raise_no_room(config, board, budget, lora_rank, targets, lora_dtype, None, kv_tokens, stage)
+        _raise_no_room(core, stage)
 
 
 DDR_UNIT_WORDS = ("head", "embedding", "all")
@@ -794,79 +853,148 @@ def _unit_key(unit: list[TensorPlan]):
     return "embedding" if t.kind == "embedding" else "head"
 
 
-class _Banks:
-    """The weight memories: one bank per (memory kind, code bits, group), tensors stacked in depth."""
+class _Engines:
+    """The GEMV engines the top instantiates for the plan so far: one per linear and configuration (bits, group,
+    scale format, tiles, tier), numbered per linear in layer order of first use as roma_model.h numbers them, each
+    with the on-chip layers its bank holds. An engine costs its bank arrays and its kernels' local arrays
+    (memory.bank_arrays, memory.engine_locals); a tensor costs what its engine grows by when it is added."""
 
-    def __init__(self):
-        self.items: dict[tuple, int] = {}
+    def __init__(self, core: _Core):
+        self.core = core
+        self.depth: dict[EngineConfig, int] = {}  # insertion order: creation order
+        self._cost: dict[tuple, tuple[float, float]] = {}
 
-    def cost(self, kind: str, bank: tuple, items: int) -> float:
-        if bank[0] == "fp32":
-            return memory_blocks(items, 32, kind)
-        if bank[0] == "rows":
-            return memory_blocks(items, bank[1], kind)
-        _, bits, group, scale_bits = bank
-        return _matrix_blocks(items, bits * group, scale_bits, kind)
+    def snapshot(self) -> dict:
+        return dict(self.depth)
 
-    def delta(self, kind: str, t: TensorPlan) -> float:
-        cost = 0.0
-        for bank, words in t.memories():
-            have = self.items.get((kind, bank), 0)
-            cost += self.cost(kind, bank, have + words) - self.cost(kind, bank, have)
-        return cost
+    def restore(self, snap: dict) -> None:
+        self.depth = snap
 
-    def add(self, kind: str, t: TensorPlan) -> None:
-        for bank, words in t.memories():
-            self.items[(kind, bank)] = self.items.get((kind, bank), 0) + words
+    def _index(self, e: EngineConfig) -> int:
+        keys = [k for k in self.depth if k.lin == e.lin]
+        return keys.index(e) if e in keys else len(keys)
+
+    def _runs_gemv(self, e: EngineConfig) -> bool:
+        """An untied embedding is only looked up (embedding_row): a bank, no GEMV engine."""
+        return not (e.lin == L_EMBD and not self.core.config.tied_embeddings)
+
+    def _arrays(self, e: EngineConfig, depth: int) -> list[Array]:
+        c = self.core
+        out = bank_arrays(c.config, e, self._index(e), depth, c.pragmas)
+        if self._runs_gemv(e):
+            out += engine_locals(c.config, e, c.pragmas, c.lora_rank if c.lora_unit else 0)
+        return out
+
+    def _total(self, e: EngineConfig, depth: int) -> tuple[float, float]:
+        key = (e, self._index(e), depth)
+        if key not in self._cost:
+            self._cost[key] = total(self._arrays(e, depth))
+        return self._cost[key]
+
+    def delta(self, t: TensorPlan, tier: str) -> tuple[float, float]:
+        e = t.engine(tier)
+        before = self._total(e, self.depth[e]) if e in self.depth else (0.0, 0.0)
+        after = self._total(e, self.depth.get(e, 0) + (tier != "ddr"))
+        return after[0] - before[0], after[1] - before[1]
+
+    def uram_hold(self, tensors: list[TensorPlan]) -> float:
+        """BRAM the URAM engines of `tensors` that do not exist yet would take (their local arrays): what a ROM
+        bank must leave free so that a unit like this one can still go to URAM when BRAM runs out."""
+        new = {t.engine("uram") for t in tensors if t.lin is not None} - set(self.depth)
+        return sum(self._total(e, 1)[0] for e in new)
+
+    def add(self, t: TensorPlan, tier: str) -> None:
+        e = t.engine(tier)
+        self.depth[e] = self.depth.get(e, 0) + (tier != "ddr")
+
+    def arrays(self, tiers=TIERS) -> list[Array]:
+        return [a for e, n in self.depth.items() if e.tier in tiers for a in self._arrays(e, n)]
+
+    def configs(self) -> list[dict]:
+        """Each engine: its linear, configuration, index and bank depth (what the logic estimate counts)."""
+        return [{"linear": HLS_LINEARS[e.lin], "lin": e.lin, "index": self._index(e), "bits": e.bits,
+                 "group": e.group, "scales": e.scales, "tier": e.tier, "tiles": e.tiles, "layers": n,
+                 "gemv": self._runs_gemv(e)} for e, n in self.depth.items()]
 
 
-def _place_unit(unit: list[TensorPlan], pool: _Pool, banks: _Banks, uram_only: bool = False) -> None:
-    """All tensors of the unit on chip (each BRAM first, then URAM; uram_only: URAM), or all of them in DDR."""
-    saved = (pool.bram36, pool.uram, dict(banks.items))
+def _place_unit(unit: list[TensorPlan], pool: _Pool, engines: _Engines, orders=None) -> None:
+    """All tensors of the unit on chip, or all of them streamed from DDR. Each tensor goes to its engine's
+    BRAM-ROM bank while BRAM lasts, then to a URAM one; when that fails (a new URAM engine's local arrays need
+    BRAM the ROM banks took), the unit is tried URAM first. A norm has no engine: its row of g_norms is on chip
+    in any case. `orders`: the tiers to try, in order of preference (--uram: URAM only)."""
+    saved = (pool.bram36, pool.uram, engines.snapshot())
+    # Streaming is not free either: its DDR engines' buffers are declared whatever the room. So the unit may go
+    # on chip as long as that leaves no less room than streaming would.
+    _stream_unit(unit, pool, engines)
+    credit = (max(0.0, -pool.bram36), max(0.0, -pool.uram))
+    orders = orders or ((("rom", BRAM_ROM), ("uram", URAM_LOAD_ONCE)), (("uram", URAM_LOAD_ONCE), ("rom", BRAM_ROM)))
+    for order in orders:
+        pool.bram36, pool.uram = saved[0] + credit[0], saved[1] + credit[1]
+        engines.restore(dict(saved[2]))
+        if _try_unit(unit, pool, engines, order):
+            pool.bram36, pool.uram = pool.bram36 - credit[0], pool.uram - credit[1]
+            return
+    pool.bram36, pool.uram = saved[:2]
+    engines.restore(dict(saved[2]))
+    _stream_unit(unit, pool, engines)
+
+
+def _try_unit(unit: list[TensorPlan], pool: _Pool, engines: _Engines, order) -> bool:
     for t in unit:
-        cost_b = banks.delta("bram", t)
-        if not uram_only and cost_b <= pool.bram36 + 1e-9:
-            pool.take(bram36=cost_b)
-            banks.add("bram", t)
-            t.placement, t.bram36, t.uram = BRAM_ROM, cost_b, 0.0
+        if t.lin is None:
+            t.placement = BRAM_ROM
             continue
-        cost_u = banks.delta("uram", t)
-        if cost_u <= pool.uram + 1e-9:
-            pool.take(uram=cost_u)
-            banks.add("uram", t)
-            t.placement, t.bram36, t.uram = URAM_LOAD_ONCE, 0.0, cost_u
-            continue
-        pool.bram36, pool.uram, banks.items = saved
-        for u in unit:
-            u.placement, u.bram36, u.uram = DDR_STREAM, 0.0, 0.0
-        return
+        for tier, placement in order:
+            b, u = engines.delta(t, tier)
+            hold = engines.uram_hold(unit) if tier == "rom" and pool.uram > 0 else 0.0
+            if pool.fits(b + hold, u):
+                pool.take(b, u)
+                engines.add(t, tier)
+                t.placement, t.bram36, t.uram = placement, b, u
+                break
+        else:
+            return False
+    return True
 
 
-def _raise_no_room(config, board, budget, rank, targets, dtype, group, kv_tokens, stage):
+def _stream_unit(unit: list[TensorPlan], pool: _Pool, engines: _Engines) -> None:
+    """The unit's tensors streamed from DDR: their DDR engines' local arrays are declared whatever the room. Its
+    norms stay on chip (g_norms)."""
+    for t in unit:
+        t.placement, t.bram36, t.uram = DDR_STREAM if t.lin is not None else BRAM_ROM, 0.0, 0.0
+        if t.lin is not None:
+            pool.take(*engines.delta(t, "ddr"), force=True)
+            engines.add(t, "ddr")
+
+
+def _raise_no_room(core: _Core, stage: str):
+    config, board, budget, rank, dtype = core.config, core.board, core.budget, core.lora_rank, core.lora_dtype
+    targets, kv_tokens = core.lora_targets, core.kv_tokens
     pct = f"{budget:.0%}"
     if stage == "LoRA memory":
-        fits = lambda r: _reserve(config, board, budget, r, targets, dtype, group, kv_tokens)[0] is not None  # noqa
+        fits = lambda r: _reserve(replace(core, lora_rank=r))[0] is not None  # noqa
         best = next((r for r in range(rank - 1, -1, -1) if fits(r)), None)
-        need = lora_elements(config, rank, targets) * (2 if dtype == "fp16" else 1)
+        need = sum(a.bytes for a in lora_arrays(config, core.lora_slots, rank, targets, dtype, "uram"))
         hint = (f"the largest rank that fits with these targets is {best}" if best
                 else "no rank > 0 fits with these targets")
         alts = ["fewer --lora-targets (e.g. wq wv)", "--lora-rank 0 for no adapter"]
         if dtype == "fp16":
             alts.insert(1, "--lora-dtype int8")
         raise RomaError(
-            f"LoRA rank {rank} ({dtype}, {len(targets)} targets x {config.n_layers} layers) needs "
-            f"{need / 2**20:.2f} MiB of writable on-chip memory; {board.name} has "
+            f"LoRA rank {rank} ({core.lora_slots} slot{'s' if core.lora_slots > 1 else ''}, {dtype}, {len(targets)} targets x "
+            f"{config.n_layers} layers) "
+            f"needs {need / 2**20:.2f} MiB of writable on-chip memory; {board.name} has "
             f"{budget * (board.bram_bytes + board.uram_bytes) / 2**20:.2f} MiB in its {pct} budget",
             hint=f"{hint}; or use {', '.join(alts)}")
     if stage == "KV cache":
-        fits = lambda n: _reserve(config, board, budget, rank, targets, dtype, group, n)[0] is not None  # noqa
+        fits = lambda n: _reserve(replace(core, kv_tokens=n))[0] is not None  # noqa
         lo, hi = 0, kv_tokens
         while lo < hi:  # largest n that fits
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
         raise RomaError(
             f"an on-chip KV cache of {kv_tokens} tokens ({kv_tokens * kv_bytes_per_token(config) / 2**20:.2f} MiB) "
-            f"does not fit in {board.name}'s {pct} budget after the LoRA memory",
+            f"does not fit in {board.name}'s {pct} budget after the LoRA memory and the core's buffers",
             hint=f"at most {lo} tokens fit on chip (--kv-onchip {lo}); or omit --kv-onchip to keep the KV cache "
                  "in DDR")
     raise RomaError(f"the activation buffers of {config.name} do not fit in {board.name}'s {pct} budget "
@@ -897,10 +1025,7 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
     ddr_bytes = 0.0
     weights_read = 0
     for t in plan.tensors:
-        if t.kind == "norm":
-            if t.placement == DDR_STREAM:
-                ddr_bytes += t.bytes
-                t_weights += t.bytes / bw
+        if t.kind == "norm":  # g_norms: on chip whatever the layer's tier
             continue
         if t.read_per_token == "row":  # embedding lookup: one row
             row_bytes = t.bytes / t.rows
@@ -1016,6 +1141,8 @@ def render_table(plan: Plan, per_tensor: bool = False) -> str:
                 rows.append([label, f"{t.bits}" if t.kind != "norm" else "fp32", f"{t.bytes:,}", t.placement,
                              _blocks(t.bram36), _blocks(t.uram)])
         lines += _table(["unit", "bits", "bytes", "placement", "BRAM36", "URAM"], rows, {1, 2, 4, 5})
+    lines.append("")
+    lines += logic.render(plan.logic)
     lines.append("")
     lines.append(plan.summary)
     if plan.ddr_forced:

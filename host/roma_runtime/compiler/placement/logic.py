@@ -1,0 +1,158 @@
+"""The logic model of the synthesized top: LUT, FF and DSP per unit by explicit formulas, labelled estimates.
+
+No AMD tool runs here, so these are formulas, not reports. They follow FINN's MVAU estimates (finn
+custom_op/fpgadataflow matrixvectoractivation: LUTs from lanes x weight and activation bits, DSPs from lanes x
+ceil((W + A) / 48)) for the integer datapath, and count the fp32 operators the kernels' pipelined loops
+unroll, at a fixed cost per operator. Nothing calibrates them against Vivado yet: each unit reports its inputs so
+that a synthesis report can replace a constant.
+
+Units and their counts are the RTL instances the HLS makes for the plan (one per call site of a non-inlined
+function, memory.py's engines): each GEMV engine (one per linear and configuration, plan.py's engines) with its
+tiles, its activation quantizer and, with a LoRA unit, its own lora_apply instance (one per layer engine: the
+HLS calls it from every engine); one attention, one RoPE, one SwiGLU; RMSNorm at its three call sites (the layer's
+two, the final norm); the sampler at its two call sites in roma_core.
+
+GEMV tile (brom_tile_gemv / brom_ddr_gemv; one (group, row) step per cycle: FINN's PE = 1, SIMD Q = GROUP,
+weight bits W = BITS, activation bits A = 8):
+  LutSelect:  S = W * Q / 4 selections per step, each a 16:1 mux of a C = A + 2-bit candidate (a subset sum of
+              4 int8): select LUTs = 4 * C * S (4 LUT6 per bit of a 16:1 mux); adder tree C * (2S - 1) (FINN's
+              (W + A) * (2Q - 1) with the selections as operands); the quad's 16 candidates: 11 adders of C bits;
+              accumulator: acc_bits = ceil(log2 Q) + W + A (FINN's bound). LUT = c0 + c1 * (select + tree +
+              candidates + acc), c0 = 300, c1 = 1.1 (FINN's constants). DSP 0.
+  DspMac:     DSP = Q * ceil((W + A) / 48) (FINN's formula; BIND_OP impl = dsp on the product); LUT = c0 + c1 *
+              ((W + A) * (2Q - 1) + acc_bits + Q * W) (adder tree, accumulator, code reassembly from planes).
+  fp32 scale path per step (brom_term, q8/fp16 decode): 2 int->fp32, 2 fp16->fp32, 3 fmul, 2 fadd.
+  FF: FINN has no FF formula; the integer datapath's registers are counted as its tree and accumulator bits
+  (c1 * (tree + acc)) plus the candidates' 16 * C, and each fp operator's pipeline registers (FP_OPS).
+Activation quantizer (act_quant, SIMD 4): 4 integer compares of 31 bits, 2 fdiv (the scale and its inverse), 4
+  fmul and 4 round/clip of 8 bits.
+LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its two loops, then 1 fmul and 1 fadd.
+Attention (attention_query, GROUP = HEADS / KV_HEADS query heads per KV head, SIMD = ATT_SIMD): scores GROUP *
+  SIMD fmul, GROUP * (SIMD - 1) + GROUP * (HD / SIMD - 1) fadd (the two trees) and GROUP fmul (the scale);
+  softmax 1 exp, 1 fadd, 1 fcmp; P x V GROUP * SIMD fmul and fadd; 2 * SIMD fp16->fp32; the output's fdiv.
+RMSNorm (SIMD 4): 4 fmul + 4 fadd (squares), 1 fsqrt + 1 fdiv, 8 fmul (x * inv * w).
+RoPE: sin and cos of one angle per cycle, SIMD 2 pairs: 4 fmul + 2 fadd each.
+SwiGLU (SIMD 4): per lane 1 exp, 1 fadd, 1 fdiv, 1 fmul.
+Sampler (LANES 4): 4 fcmp, 1 exp, 1 fmul, 1 fdiv.
+exp (fexp.h): 12 fmul, 11 fadd and two int/fp conversions.
+LUTRAM: each LUTRAM array of memory.py costs banks * width * ceil(depth / 64) LUTs (FINN's distributed-memory
+  term, 64-deep LUTRAM).
+Operator costs FP_OPS (UltraScale+, Vitis HLS defaults for fp32 with DSPs: fmul 3 DSP, fadd 2 DSP; the LUT/FF
+figures are the order of the Floating-Point Operator core's tables): assumptions, not measurements.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ...artifact.boards import Board
+from ...model.config import ModelConfig
+from .memory import att_simd, lin_shape
+
+LABEL = "estimate (FINN MVAU-style formulas and fixed fp32 operator costs; not a synthesis report)"
+
+# FINN's MVAU LUT constants (finn-r: c0 fixed cost, c1 routing/packing factor)
+C0, C1 = 300, 1.1
+ACT_BITS = 8
+# per fp32 operator: LUT, FF, DSP (assumed, see the docstring)
+FP_OPS = {
+    "fmul": (80, 150, 3), "fadd": (200, 300, 2), "fdiv": (800, 1400, 0), "fsqrt": (500, 800, 0),
+    "fcmp": (40, 10, 0), "itof": (150, 200, 0), "ftoi": (150, 200, 0), "h2f": (40, 30, 0),
+    "sin": (2500, 3000, 12), "cos": (2500, 3000, 12),
+}
+EXP_OPS = {"fmul": 12, "fadd": 11, "itof": 1, "ftoi": 1}
+
+
+def _ops(ops: dict) -> tuple[float, float, float]:
+    lut = ff = dsp = 0.0
+    for op, n in ops.items():
+        if op == "exp":
+            e = _ops(EXP_OPS)
+            lut, ff, dsp = lut + n * e[0], ff + n * e[1], dsp + n * e[2]
+            continue
+        a, b, c = FP_OPS[op]
+        lut, ff, dsp = lut + n * a, ff + n * b, dsp + n * c
+    return lut, ff, dsp
+
+
+def _unit(name: str, count: int, lut: float, ff: float, dsp: float, inputs: dict) -> dict:
+    return {"unit": name, "count": count, "lut": round(count * lut), "ff": round(count * ff),
+            "dsp": round(count * dsp), "per_instance": {"lut": round(lut), "ff": round(ff), "dsp": round(dsp)},
+            "inputs": inputs}
+
+
+def gemv_tile(bits: int, group: int, datapath: str = "LutSelect") -> tuple[float, float, float, dict]:
+    """(LUT, FF, DSP, inputs) of one GEMV tile (see the docstring)."""
+    w, a, q = bits, ACT_BITS, group
+    acc = math.ceil(math.log2(q)) + w + a
+    if datapath == "LutSelect":
+        c = a + 2
+        s = w * q // 4
+        select, tree, cand = 4 * c * s, c * (2 * s - 1), 11 * c
+        lut_int = C0 + C1 * (select + tree + cand + acc)
+        ff_int = C1 * (tree + acc) + 16 * c
+        dsp_int = 0
+        inputs = {"datapath": datapath, "W": w, "A": a, "Q": q, "selections": s, "candidate_bits": c,
+                  "acc_bits": acc}
+    else:
+        tree = (w + a) * (2 * q - 1)
+        lut_int = C0 + C1 * (tree + acc + q * w)
+        ff_int = C1 * (tree + acc)
+        dsp_int = q * math.ceil((w + a) / 48)
+        inputs = {"datapath": datapath, "W": w, "A": a, "Q": q, "acc_bits": acc}
+    fl, ff, fd = _ops({"itof": 2, "h2f": 2, "fmul": 3, "fadd": 2})
+    return lut_int + fl, ff_int + ff, dsp_int + fd, inputs
+
+
+def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: dict, kv_tokens: int,
+             context: int, arrays: list, datapath: str = "LutSelect") -> dict:
+    """LUT/FF/DSP per unit and in total against the board (see the module docstring)."""
+    units = []
+    lora_unit = lora.get("slots", 0) > 0
+    for e in engines:
+        if not e["gemv"]:
+            continue
+        rows, cols = lin_shape(config, e["lin"])
+        lut, ff, dsp, inputs = gemv_tile(e["bits"], e["group"], datapath)
+        name = f"GEMV engine {e['linear']}#{e['index']} ({e['bits']}-bit G{e['group']} {e['scales']}, {e['tier']})"
+        units.append(_unit(name, e["tiles"], lut, ff, dsp, {**inputs, "rows": rows, "cols": cols,
+                                                              "tiles": e["tiles"]}))
+    n_engines = sum(1 for e in engines if e["gemv"])
+    aq = _ops({"fdiv": 2, "fmul": 4})
+    units.append(_unit("activation quantizer (one per engine)", n_engines, aq[0] + 4 * 31 + 4 * 50, aq[1] + 4 * 40,
+                       aq[2], {"simd": 4, "engines": n_engines}))
+    if lora_unit:
+        layer_engines = sum(1 for e in engines if e["gemv"] and e["lin"] < 7)
+        lo = _ops({"h2f": 2, "fmul": 5, "fadd": 3})
+        units.append(_unit("LoRA apply (one per layer engine)", layer_engines, *lo,
+                           {"lanes": 1, "dtype": lora.get("dtype"), "rank": lora.get("rank")}))
+    group, simd, hd = config.n_heads // config.n_kv_heads, att_simd(config.head_dim), config.head_dim
+    at = _ops({"fmul": 2 * group * simd + group, "fadd": group * (simd - 1) + group * (hd // simd - 1)
+               + group * simd + 1, "exp": 1, "fcmp": 1, "h2f": 2 * simd, "fdiv": 1})
+    units.append(_unit("attention", 1, *at, {"group": group, "simd": simd, "head_dim": hd,
+                                             "max_ctx": kv_tokens or context}))
+    units.append(_unit("RMSNorm (three call sites)", 3, *_ops({"fmul": 12, "fadd": 4, "fsqrt": 1, "fdiv": 1}),
+                       {"simd": 4}))
+    units.append(_unit("RoPE", 1, *_ops({"sin": 1, "cos": 1, "fmul": 9, "fadd": 4}), {"simd": 2}))
+    units.append(_unit("SwiGLU", 1, *_ops({"exp": 4, "fadd": 4, "fdiv": 4, "fmul": 4}), {"simd": 4}))
+    units.append(_unit("sampler (two call sites)", 2, *_ops({"fcmp": 4, "exp": 1, "fmul": 1, "fdiv": 1}),
+                       {"lanes": 4, "vocab": config.vocab_size}))
+    lutram = [a for a in arrays if a.impl == "lutram"]
+    lut_mem = sum(a.instances * a.banks * a.width * math.ceil(a.depth / 64) for a in lutram)
+    units.append(_unit("LUTRAM arrays", 1, lut_mem, 0, 0, {"arrays": len(lutram)}))
+    tot = {k: sum(u[k] for u in units) for k in ("lut", "ff", "dsp")}
+    avail = {"lut": board.luts, "ff": board.ff, "dsp": board.dsp}
+    return {"label": LABEL, "units": units,
+            "total": {k: {"used": tot[k], "available": avail[k]} for k in tot}}
+
+
+def render(logic: dict) -> list[str]:
+    """Text lines: the units and the totals against the board."""
+    lines = [f"logic ({logic['label']}):"]
+    for u in logic["units"]:
+        lines.append(f"  {u['unit']:<52} x{u['count']:<3} LUT {u['lut']:>9,}  FF {u['ff']:>9,}  DSP {u['dsp']:>6,}")
+    t = logic["total"]
+    lines.append("  total" + " " * 53 + "  ".join(
+        f"{k.upper()} {t[k]['used']:>9,} of {t[k]['available']:,} ({t[k]['used'] / t[k]['available']:.0%})"
+        for k in ("lut", "ff", "dsp")))
+    return lines

@@ -1,0 +1,474 @@
+"""The memory model of the synthesized top (hw/hls/roma_core.cpp), one for the planner and the footprint check.
+
+Two users, one set of rules:
+
+- the footprint check (footprint.py) reads the arrays from the object file of the compiled synthesis path (their
+  element width and shape from DWARF) and lays each out here;
+- the planner (plan.py) lists the arrays the top declares for a plan (``declared_arrays`` and the pieces it is
+  made of: ``bank_arrays``, ``engine_locals``, ``core_arrays``, ``lora_arrays``, ``kv_array``) and lays each out
+  here, so that its on-chip figures are the footprint's, array by array.
+
+Layout (HLS_RULES.md: "Count with the layout the code declares"): the ARRAY_PARTITION / ARRAY_RESHAPE and
+BIND_STORAGE pragmas of the HLS sources that apply to an array (PRAGMA_SITES names where they are for a static
+array: on the array itself, or on the kernel argument it is passed to; a function's local array takes the pragmas
+of that function on its name) split it into banks of width x depth. A partition multiplies the banks, a reshape
+the width; each bank costs the blocks of the physical aspect ratios (BRAM_SHAPES: RAMB36 and RAMB18 halves;
+URAM_SHAPES: 4K x 72), counted by ``shape_cost``: no packing of several elements into one word unless a RESHAPE
+says so. An array without BIND_STORAGE is counted in BRAM, except a bank of depth <= LUTRAM_MAX_DEPTH, which is
+LUTRAM (FINN's rule for small memories). Banks of depth 1 (complete partitioning) are registers. A BIND_STORAGE
+impl other than uram (bram, auto, lutram on a deep bank) is counted in BRAM.
+
+A weight bank takes the pragmas of its tier: a BRAM-ROM bank bank_tiles' (rom_1p impl=bram), a URAM bank
+load_uram_bank's (impl = uram, reshaped to 64-bit words). The LoRA unit is laid out by its contract's pragmas
+(``contract_pragma``; C1: values and int8 row scales reshaped to 64-bit words, BIND_STORAGE impl = ROMA_LORA_IMPL).
+
+What the top declares for a plan, array by array (roma_core.cpp and the kernel headers):
+- per GEMV engine (one per linear and configuration: bits, group, scale format, tiles, tier), on chip: its bank,
+  RomBank<LIN, E>::planes [DEPTH][TILES][PLANE_WORDS] of 32-bit plane words and the scale arrays of its format
+  (fp16: scales and mins [DEPTH][TILES][PARAMS]; q8: params [..][PARAMS] and exps [..][ROWS], 16 bits), DEPTH =
+  its on-chip layers; a DDR engine declares no bank;
+- per engine, the local arrays of its kernel instances: gemv_engine's xq [COLS] int8, as and xs [NG];
+  act_quant's amax_bits and inv [NG]; per tile brom_tile_gemv's cand, xg, xsum and acc [ROWS] and
+  brom_gemv_tiles' xsums (ROM/URAM), or brom_ddr_gemv's cand, xg, xsum, acc [ROWS] and ex (DDR); lora_apply's t
+  [rank] when the build has a LoRA unit;
+- once: g_norms [2 N_LAYERS + 1][DIM] fp32 (every layer's norms stay on chip, whatever the layer's tier),
+  g_x, g_q, g_att [PREFILL_CHUNK][DIM], g_k, g_v [PREFILL_CHUNK][KV_DIM], g_logits [VOCAB] (the whole
+  vocabulary's fp32 logits), attention's score [HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions, else the
+  build's context), the sampler's g_recent ring, the LoRA unit (C1), the on-chip KV cache g_kv_chip
+  [N_LAYERS][2][positions * KV_DIM] fp16, and the locals of the one layer() and forward() instance (h, qr, kr, o,
+  gate, up; h) and of attention (ql, acc).
+Not listed: locals the footprint finds in LUTRAM or registers in every build (sampler pools, RoPE tables,
+partial sums, the status words); they cost no block RAM.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from ...artifact.interface import HLS_DIR, load_constants
+from ...errors import RomaError
+from ...model.config import ModelConfig
+
+# (data width, depth, cost in BRAM36 tiles): RAMB36 aspect ratios, then RAMB18 halves.
+BRAM_SHAPES = (
+    (1, 32768, 1.0), (2, 16384, 1.0), (4, 8192, 1.0), (9, 4096, 1.0), (18, 2048, 1.0), (36, 1024, 1.0),
+    (72, 512, 1.0),
+    (1, 16384, 0.5), (2, 8192, 0.5), (4, 4096, 0.5), (9, 2048, 0.5), (18, 1024, 0.5), (36, 512, 0.5),
+)
+URAM_SHAPES = ((72, 4096, 1.0),)
+# A bank this shallow without a BIND_STORAGE is counted as LUTRAM, not BRAM (FINN's MVAU estimate: a weight memory
+# of depth <= 128 goes to distributed RAM)
+LUTRAM_MAX_DEPTH = 128
+
+# roma_core.cpp's Lin order: the layers' linears, then the embedding and the output
+LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "token_embd", "output")
+L_EMBD, L_OUTPUT = 7, 8
+ROM_WORD_BITS = 32  # types.h: one plane word
+TIERS = ("rom", "uram", "ddr")  # an engine's tier: BRAM-ROM bank, URAM-load-once bank (C2), DDR stream
+
+
+def shape_cost(width: int, depth: int, shapes) -> float:
+    """Blocks of one memory of `width` x `depth`: for the best single aspect ratio, ceil(width / w) columns times
+    the full rows of blocks, plus a tail row for the remaining words (which may use a shallower aspect ratio)."""
+    best = math.inf
+    for w, d, cost in shapes:
+        cols = -(-width // w)
+        full, rem = divmod(depth, d)
+        total = cols * full * cost
+        if rem:
+            total += min(-(-width // w2) * -(-rem // d2) * c2 for w2, d2, c2 in shapes)
+        best = min(best, total)
+    return best
+
+
+@dataclass
+class Pragma:
+    directive: str  # ARRAY_PARTITION, ARRAY_RESHAPE, BIND_STORAGE, ALLOCATION
+    variable: str
+    function: str
+    options: dict
+    where: str  # file:line, or the contract that defines it
+
+    def text(self) -> str:
+        return f"{self.directive} " + " ".join(f"{k}={v}" for k, v in self.options.items())
+
+
+@dataclass
+class Array:
+    name: str  # demangled symbol (with ".member" for a struct member); locals: "function<...>::var"
+    var: str  # the variable's own name (pragmas and PRAGMA_SITES use it)
+    bytes: int  # all instances
+    elem_bits: int
+    dims: list
+    instances: int = 1  # a function's local array: one memory per RTL instance of the function
+    banks: int = 1
+    width: int = 0
+    depth: int = 0
+    impl: str = "bram"
+    bram36: float = 0.0
+    uram: float = 0.0
+    pragmas: list = field(default_factory=list)
+
+
+def contract_pragma(directive: str, variable: str, where: str, **options) -> Pragma:
+    """A layout an issue-19 contract defines (C1, C2) for an array the HLS sources may not declare yet."""
+    return Pragma(directive, variable, "", {k: str(v) for k, v in options.items()}, where)
+
+
+# --- pragmas of the HLS sources -----------------------------------------------------------------------------
+
+_FUNC = re.compile(r'^(?:[\w:<>,\*&\s"]+?\s)?[\*&]?(\w+)\s*\(')
+
+
+def read_pragmas(sources: list[Path], defines: dict[str, str]) -> list[Pragma]:
+    """ARRAY_PARTITION / ARRAY_RESHAPE / BIND_STORAGE / ALLOCATION pragmas with the function they sit in (macros
+    such as ROMA_KV_ONCHIP_IMPL resolved from `defines`)."""
+    out = []
+    for path in sources:
+        func = ""
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line[:1].isalpha() and not line.startswith(("template", "typedef", "namespace", "using")):
+                m = _FUNC.match(line)
+                if m:
+                    func = m.group(1)
+            m = re.match(r"\s*#pragma\s+HLS\s+(ARRAY_PARTITION|ARRAY_RESHAPE|BIND_STORAGE|ALLOCATION)\s+(.*)", line,
+                         re.IGNORECASE)
+            if not m:
+                continue
+            opts = {k.lower(): defines.get(v.strip(), v.strip())
+                    for k, v in re.findall(r"(\w+)\s*=\s*((?:[\w\s\*\+\-/()]+?)(?=\s+\w+\s*=|$))", m.group(2))}
+            out.append(Pragma(m.group(1).upper(), opts.pop("variable", ""), func, opts, f"{path.name}:{n}"))
+    return out
+
+
+def hls_sources() -> list[Path]:
+    return [HLS_DIR / "roma_core.cpp", *sorted((HLS_DIR / "include" / "roma").glob("*.h"))]
+
+
+@lru_cache(maxsize=8)
+def _source_pragmas(defines: tuple) -> tuple:
+    return tuple(read_pragmas(hls_sources(), dict(defines)))
+
+
+def source_pragmas(defines: dict[str, str]) -> list[Pragma]:
+    """The pragmas of this checkout's HLS sources (read once per set of macro values)."""
+    return list(_source_pragmas(tuple(sorted(defines.items()))))
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+        ast.Div: operator.floordiv}
+
+
+def _eval_factor(expr: str, env: dict[str, int], what: str) -> int:
+    def ev(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id not in env:
+                raise RomaError(f"cannot evaluate the factor '{expr}' of {what}: '{node.id}' is unknown",
+                                hint="add the symbol to memory.PRAGMA_SITES (mirror its definition in the source)")
+            return env[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        raise RomaError(f"cannot evaluate the factor '{expr}' of {what}")
+    return ev(ast.parse(expr.strip(), mode="eval").body)
+
+
+# Where the layout pragmas of a static array are: array name -> [(function holding the pragma, pragma's variable,
+# dims the argument lacks in front (a row slice passed as a 1-D argument), factor symbols)]. Factor symbols are
+# functions of (the array's record, its sibling arrays by name, roma_model.h's constants), each mirroring the
+# source line that defines it. A pragma whose factor names a symbol not given here is an error, so a changed
+# source cannot be counted with a stale layout.
+def _wps(arr, sib, c):  # brom_tile.h BromTileConfig::WPS = PLANE_WORDS / PARAMS
+    prm = sib.get("scales") or sib.get("params")
+    return arr.dims[-1] // prm.dims[-1]
+
+
+def att_simd(head_dim: int) -> int:  # roma_core.cpp ATT_SIMD
+    return 8 if head_dim % 8 == 0 else 4 if head_dim % 4 == 0 else 2
+
+
+PRAGMA_SITES = {
+    # a weight bank [layers][TILES][words]: the engine passes one layer's row to bank_tiles (a BRAM ROM's storage)
+    # and brom_gemv_tiles; a URAM bank's storage is bound where CMD_LOAD_WEIGHTS writes it, the whole bank passed to
+    # load_uram_bank. A site with a tier ("rom" or "uram") applies to the banks of that tier only.
+    "planes": [("bank_tiles", "planes", 1, {}, "rom"), ("load_uram_bank", "planes", 0, {}, "uram"),
+               ("brom_gemv_tiles", "planes", 1, {}), ("brom_tile_gemv", "planes", 2, {"WPS": _wps})],
+    "scales": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles", "prm", 1, {})],
+    "params": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles", "prm", 1, {})],
+    "mins": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles", "aux", 1, {})],
+    "exps": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles", "aux", 1, {})],
+    "g_norms": [("rms_norm", "weight", 1, {"SIMD": lambda a, s, c: 4})],  # norm.h: rms_norm<N, SIMD = 4>
+    "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
+    "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: att_simd(c["HEAD_DIM"])})],
+}
+
+
+def static_pragmas(arr: Array, pragmas: list[Pragma], siblings: dict, consts: dict, tier: str | None = None) -> list:
+    """(pragma, leading dims, factor symbols) that lay out a static array: PRAGMA_SITES (tier: a weight bank's,
+    "rom" or "uram"; the sites of the other tier do not apply)."""
+    out = []
+    for func, var, lead, syms, *site_tier in PRAGMA_SITES.get(arr.var, []):
+        if site_tier and site_tier[0] != tier:
+            continue
+        env = {k: f(arr, siblings, consts) for k, f in syms.items()}
+        out += [(p, lead, env) for p in pragmas if p.variable == var and p.function == func]
+    return out
+
+
+def local_pragmas(function: str, arr: Array, pragmas: list[Pragma], env: dict) -> list:
+    """(pragma, 0, env) of `function` on a local array's name; env: the instance's template parameters."""
+    return [(p, 0, env) for p in pragmas if p.function == function and p.variable == arr.var]
+
+
+def apply_layout(arr: Array, applied: list, strict: bool = True) -> Array:
+    """Banks, width, depth, implementation and blocks of one array from the pragmas that apply to it. strict: a
+    factor that cannot be evaluated is an error; otherwise that pragma is noted and not applied."""
+    dims = list(arr.dims)
+    banks, width = 1, arr.elem_bits
+    for p, lead, env in applied:
+        if p.directive == "BIND_STORAGE":
+            arr.impl = p.options.get("impl", "bram").lower()
+            arr.pragmas.append(f"{p.text()} ({p.where})")
+            continue
+        kind = p.options.get("type", "complete").lower()
+        d = int(p.options.get("dim", "1"))
+        targets = range(lead, len(dims)) if d == 0 else [lead + d - 1]
+        try:
+            factors = [dims[t] if kind == "complete" else _eval_factor(p.options["factor"], env, f"{arr.name} "
+                                                                           f"({p.where})") for t in targets]
+        except RomaError:
+            if strict:
+                raise
+            arr.pragmas.append(f"{p.text()} ({p.where}; factor not resolved, not applied)")
+            continue
+        arr.pragmas.append(f"{p.text()} ({p.where})")
+        for t, f in zip(targets, factors):
+            if t >= len(dims):
+                raise RomaError(f"{p.where}: dim {d} of {p.variable} is outside {arr.name}{dims}")
+            f = min(f, dims[t])
+            dims[t] = -(-dims[t] // f)
+            if p.directive == "ARRAY_RESHAPE":
+                width *= f
+            else:
+                banks *= f
+    arr.banks, arr.width, arr.depth = banks, width, math.prod(dims)
+    arr.bram36 = arr.uram = 0.0
+    if arr.depth <= 1:
+        arr.impl = "regs"
+    elif arr.depth <= LUTRAM_MAX_DEPTH and not any(p.directive == "BIND_STORAGE" for p, _, _ in applied):
+        arr.impl = "lutram"
+    if arr.impl in ("regs", "lutram"):
+        return arr  # registers / LUTs: no block RAM
+    shapes = URAM_SHAPES if arr.impl == "uram" else BRAM_SHAPES
+    cost = arr.instances * banks * shape_cost(width, arr.depth, shapes)
+    if arr.impl == "uram":
+        arr.uram = cost
+    else:
+        arr.bram36 = cost
+    return arr
+
+
+def array_key(name: str) -> str:
+    """The name the planner and the footprint compare arrays by: a bank keeps its engine (RomBank<LIN, E>), other
+    template arguments collapse ('attention_query<9, 3, ...>::score' -> 'attention_query<...>::score'); a static
+    local loses its function's argument list and namespace."""
+    if name.startswith("RomBank<"):
+        return name
+    name = name.replace("(anonymous namespace)::", "")
+    out, depth = [], 0
+    for ch in name:  # template arguments nest: drop everything between the outermost < >
+        if ch == "<":
+            if depth == 0:
+                out.append("<...>")
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif depth == 0:
+            out.append(ch)
+    return re.sub(r"\([^()]*\)(?=::)", "", "".join(out)).replace("roma::", "")
+
+
+# --- what the top declares for a plan -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What one GEMV engine is built for (roma_model.h ENGINE_*): a linear's configuration and tier."""
+    lin: int  # index into LINEARS
+    bits: int
+    group: int
+    scales: str  # "fp16" or "q8"
+    tier: str  # TIERS
+    tiles: int = 1
+
+
+def hw_constants() -> dict[str, int]:
+    """The roma_core.h constants the arrays' sizes use."""
+    c = load_constants()
+    return {"PREFILL_CHUNK": c["PREFILL_CHUNK"], "SAMPLER_RING": c["SAMPLER_RING"]}
+
+
+def model_consts(config: ModelConfig) -> dict[str, int]:
+    """roma_model.h's dimensions of a model (the names PRAGMA_SITES' factor symbols read)."""
+    return {"N_LAYERS": config.n_layers, "DIM": config.dim, "FFN_DIM": config.ffn_dim, "N_HEADS": config.n_heads,
+            "N_KV_HEADS": config.n_kv_heads, "HEAD_DIM": config.head_dim, "KV_DIM": config.kv_dim,
+            "VOCAB": config.vocab_size}
+
+
+def lin_shape(config: ModelConfig, lin: int) -> tuple[int, int]:
+    """(rows, cols) of roma_core.cpp's linear `lin` (lin_rows, lin_cols)."""
+    d, kv, f = config.dim, config.kv_dim, config.ffn_dim
+    qdim = config.n_heads * config.head_dim
+    rows = (qdim, kv, kv, d, f, f, d, config.vocab_size, config.vocab_size)[lin]
+    cols = qdim if lin == 3 else f if lin == 6 else d
+    return rows, cols
+
+
+def _bytes(bits: int, dims) -> int:
+    return math.prod(dims) * max(1, bits // 8)
+
+
+def _laid_out(arrays: list[Array], pragmas: list[Pragma], consts: dict, tier: str | None = None) -> list[Array]:
+    """Static arrays laid out by their PRAGMA_SITES (siblings: the arrays of the same owner)."""
+    groups: dict[str, dict] = {}
+    for a in arrays:
+        groups.setdefault(a.name.rsplit("::", 1)[0], {})[a.var] = a
+    for a in arrays:
+        apply_layout(a, static_pragmas(a, pragmas, groups[a.name.rsplit("::", 1)[0]], consts, tier))
+    return arrays
+
+
+def bank_arrays(config: ModelConfig, e: EngineConfig, index: int, depth: int, pragmas: list[Pragma]) -> list[Array]:
+    """RomBank<LIN, E>'s arrays for `depth` on-chip layers (none for a DDR engine or depth 0). A ROM bank is laid
+    out by the sources' pragmas of its tier (a URAM bank's: load_uram_bank's, impl = uram, 64-bit words)."""
+    if e.tier == "ddr" or depth <= 0:
+        return []
+    rows_all, cols = lin_shape(config, e.lin)
+    rows = rows_all // e.tiles
+    ng = cols // e.group
+    wps = e.bits * e.group // ROM_WORD_BITS
+    params = ng * rows
+    owner = f"RomBank<{e.lin}, {index}>"
+    shapes = [("planes", 32, params * wps)] + (
+        [("params", 16, params), ("exps", 16, rows)] if e.scales == "q8" else
+        [("scales", 16, params), ("mins", 16, params)])
+    arrays = [Array(f"{owner}::{v}", v, _bytes(b, [depth, e.tiles, n]), b, [depth, e.tiles, n])
+              for v, b, n in shapes]
+    return _laid_out(arrays, pragmas, {}, e.tier)
+
+
+def _local(function: str, var: str, bits: int, dims: list, pragmas: list[Pragma], env: dict,
+           instances: int = 1) -> Array:
+    a = Array(f"{function}<...>::{var}" if env is not None else f"{function}::{var}", var,
+              instances * _bytes(bits, dims), bits, list(dims), instances)
+    return apply_layout(a, local_pragmas(function, a, pragmas, env or {}), strict=False)
+
+
+def engine_locals(config: ModelConfig, e: EngineConfig, pragmas: list[Pragma], lora_rank: int = 0) -> list[Array]:
+    """The local arrays of one engine's kernel instances (gemv_engine, act_quant, the tiles or the DDR stream,
+    lora_apply), each one RTL instance (per tile for the ROM/URAM tiles)."""
+    rows_all, cols = lin_shape(config, e.lin)
+    rows, ng, g = rows_all // e.tiles, cols // e.group, e.group
+    # template parameters the pragmas may name (a local constexpr the footprint cannot read is left out, as there)
+    tpl = {"ROWS": rows, "COLS": cols, "GROUP": g, "BITS": e.bits, "TILES": e.tiles}
+    out = [_local("gemv_engine", "xq", 8, [cols], pragmas, {}),
+           _local("gemv_engine", "as", 32, [ng], pragmas, {}),
+           _local("gemv_engine", "xs", 32, [ng], pragmas, {}),
+           _local("act_quant", "amax_bits", 32, [ng], pragmas, tpl),
+           _local("act_quant", "inv", 32, [ng], pragmas, tpl)]
+    if e.tier == "ddr":
+        q8 = e.scales == "q8"
+        out += [_local("brom_ddr_gemv", "cand", 16, [ng, g // 4, 16], pragmas, tpl),
+                _local("brom_ddr_gemv", "xg", 8, [ng, g], pragmas, tpl),
+                _local("brom_ddr_gemv", "xsum", 32, [ng], pragmas, tpl),
+                _local("brom_ddr_gemv", "acc", 32, [rows], pragmas, tpl),
+                _local("brom_ddr_gemv", "ex", 16, [rows if q8 else 1], pragmas, tpl)]
+    else:
+        t = e.tiles
+        out += [_local("brom_tile_gemv", "cand", 16, [ng, g // 4, 16], pragmas, tpl, t),
+                _local("brom_tile_gemv", "xg", 8, [ng, g], pragmas, tpl, t),
+                _local("brom_tile_gemv", "xsum", 32, [ng], pragmas, tpl, t),
+                _local("brom_tile_gemv", "acc", 32, [rows], pragmas, tpl, t),
+                _local("brom_gemv_tiles", "xsums", 32, [t, ng], pragmas, tpl)]
+    if e.lin < L_EMBD and lora_rank > 0:
+        out.append(_local("lora_apply", "t", 32, [lora_rank], pragmas, tpl))
+    return out
+
+
+def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list[Pragma], hw: dict) -> list[Array]:
+    """The arrays the top declares once whatever the placement: norms, chunk activations, logits, attention's
+    scores, the sampler's ring, and the one layer()'s, forward()'s and attention's locals."""
+    c = model_consts(config)
+    t, d, kv, f = hw["PREFILL_CHUNK"], config.dim, config.kv_dim, config.ffn_dim
+    qdim, hd = config.n_heads * config.head_dim, config.head_dim
+    max_ctx = kv_tokens if kv_tokens else context
+    static = [Array("g_norms", "g_norms", _bytes(32, [2 * config.n_layers + 1, d]), 32, [2 * config.n_layers + 1, d])]
+    for name, n in (("g_x", d), ("g_q", qdim), ("g_k", kv), ("g_v", kv), ("g_att", qdim)):
+        static.append(Array(name, name, _bytes(32, [t, n]), 32, [t, n]))
+    static += [Array("g_logits", "g_logits", _bytes(32, [config.vocab_size]), 32, [config.vocab_size]),
+               Array("attention_query<...>::score", "score", _bytes(32, [config.n_heads, max_ctx]), 32,
+                     [config.n_heads, max_ctx]),
+               Array("g_recent.id", "id", _bytes(32, [hw["SAMPLER_RING"]]), 32, [hw["SAMPLER_RING"]])]
+    for a in static:
+        apply_layout(a, static_pragmas(a, pragmas, {}, c))
+    simd = att_simd(hd)
+    att = {"HEADS": config.n_heads, "KV_HEADS": config.n_kv_heads, "HD": hd, "MAX_CTX": max_ctx, "SIMD": simd}
+    local = [_local("layer", v, 32, [n], pragmas, None) for v, n in
+             (("h", d), ("qr", qdim), ("kr", kv), ("o", d), ("gate", f), ("up", f))]
+    local += [_local("forward", "h", 32, [d], pragmas, None),
+              _local("attention_query", "ql", 32, [config.n_heads, hd], pragmas, att),
+              _local("attention_query", "acc", 32, [config.n_heads, hd], pragmas, att)]
+    return static + local
+
+
+def lora_arrays(config: ModelConfig, slots: int, rank: int, targets, dtype: str, impl: str) -> list[Array]:
+    """The LoRA unit's arrays by contract C1: values [S][SLOT_VALUES] (fp16, or int8 codes) reshaped to 64-bit
+    words, int8's fp32 row scales [S][rows] reshaped to 64-bit words, both BIND_STORAGE impl = `impl`; per (slot,
+    layer, target) rank and scale, and per slot loaded. No unit (no arrays) without slots or rank."""
+    if slots <= 0 or rank <= 0 or not targets:
+        return []
+    c1 = "contract C1 (LoRA unit)"
+    idx = [LINEARS.index(t) for t in targets]
+    shapes = [lin_shape(config, i) for i in idx]
+    n = config.n_layers
+    values = n * sum(rank * (cols + rows) for rows, cols in shapes)
+    bits = 16 if dtype == "fp16" else 8
+    out = [apply_layout(Array("g_lora.values", "values", _bytes(bits, [slots, values]), bits, [slots, values]),
+                        [(contract_pragma("BIND_STORAGE", "values", c1, type="ram_2p", impl=impl), 0, {}),
+                         (contract_pragma("ARRAY_RESHAPE", "values", c1, type="cyclic", factor=64 // bits, dim=2),
+                          0, {})])]
+    if dtype == "int8":
+        rows = n * sum(rank + r for r, _ in shapes)
+        out.append(apply_layout(
+            Array("g_lora.row_scale", "row_scale", _bytes(32, [slots, rows]), 32, [slots, rows]),
+            [(contract_pragma("BIND_STORAGE", "row_scale", c1, type="ram_2p", impl=impl), 0, {}),
+             (contract_pragma("ARRAY_RESHAPE", "row_scale", c1, type="cyclic", factor=2, dim=2), 0, {})]))
+    nlin = len(LINEARS) - 2
+    for var, b, dims in (("rank", 32, [slots, n, nlin]), ("scale", 32, [slots, n, nlin]), ("loaded", 1, [slots])):
+        out.append(apply_layout(Array(f"g_lora.{var}", var, _bytes(b, dims), b, dims), []))
+    return out
+
+
+def kv_array(config: ModelConfig, tokens: int, impl: str, pragmas: list[Pragma]) -> list[Array]:
+    """g_kv_chip [N_LAYERS][2][tokens * KV_DIM] fp16 by its pragmas (impl: ROMA_KV_ONCHIP_IMPL); none without."""
+    if not tokens:
+        return []
+    dims = [config.n_layers, 2, tokens * config.kv_dim]
+    a = Array("g_kv_chip", "g_kv_chip", _bytes(16, dims), 16, dims)
+    applied = static_pragmas(a, pragmas, {}, model_consts(config))
+    for i, (p, lead, env) in enumerate(applied):  # the build's macro: where the plan reserved the array
+        if p.directive == "BIND_STORAGE":
+            applied[i] = (Pragma(p.directive, p.variable, p.function, {**p.options, "impl": impl}, p.where), lead, env)
+    return [apply_layout(a, applied)]
+
+
+def total(arrays: list[Array]) -> tuple[float, float]:
+    """(BRAM36, URAM) of a list of laid-out arrays."""
+    return sum(a.bram36 for a in arrays), sum(a.uram for a in arrays)
