@@ -40,6 +40,9 @@ def add_arguments(parser) -> None:
                              f"{CALIB_TOKENS['gptq']}; {CALIB_TOKENS['gptaq']} with --method gptaq)")
     add_ddr_argument(parser)
     add_kv_onchip_argument(parser)
+    parser.add_argument("--context", type=int, default=None, metavar="N",
+                        help="the build's context: the longest session its core runs, which sizes attention's "
+                             "buffers and the KV port (default: the model's context length)")
     parser.add_argument("--force", action="store_true", help="replace a build of another model in --out")
     parser.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
     parser.add_argument("--no-progress", action="store_true",
@@ -54,7 +57,7 @@ def run(args) -> int:
         args.model, args.out, bits=args.bits, group=args.group, method=args.method, scales=args.scales,
         board=args.board, lora_rank=args.lora_rank, bits_budget=args.bits_budget, embedding_bits=args.embedding_bits,
         force=args.force, calib_tokens=args.calib_tokens, progress=not args.no_progress, ddr=args.ddr,
-        kv_onchip=args.kv_onchip or 0)
+        kv_onchip=args.kv_onchip or 0, context=args.context)
     q = manifest["quantization"]
     summary = {
         "out": str(args.out),
@@ -67,6 +70,7 @@ def run(args) -> int:
         "all_bits_per_weight": round(q["all_bits_per_weight"], 4),
         "rom_bytes": manifest["sizes"]["rom_bytes"],
         "ddr_bytes": manifest["sizes"]["ddr_bytes"],
+        "context": manifest["context"],
         "kv_onchip": manifest["kv_onchip"],
         "files": len(manifest["files"]) + 1,
         "compile_seconds": manifest["compile_seconds"],
@@ -92,6 +96,7 @@ def run(args) -> int:
         print(f"  linears {summary['linear_bits_per_weight']:.3f} bits/weight, all tensors "
               f"{summary['all_bits_per_weight']:.3f}; ROM {summary['rom_bytes'] / 2**20:.1f} MiB; "
               + (f"DDR-streamed {summary['ddr_bytes'] / 2**20:.1f} MiB; " if summary["ddr_bytes"] else "")
+              + f"context {summary['context']} tokens; "
               + (f"KV on chip {kv['tokens']} tokens ({kv['bytes'] / 2**20:.1f} MiB, {kv['placement']}); "
                  if (kv := summary["kv_onchip"]) else "") +
               f"{summary['passthrough_tensors']} tensors passed through; {summary['compile_seconds']:.1f} s")

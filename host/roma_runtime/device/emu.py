@@ -53,7 +53,7 @@ CRL_APB, CRF_APB = 0xFF5E_0000, 0xFD1A_0000
 # What roma_model_dims (hw/hls/roma_core.cpp) reports, in its order: roma_model.h's N_LAYERS, DIM, FFN_DIM,
 # N_HEADS, N_KV_HEADS, HEAD_DIM, KV_DIM, VOCAB, CONTEXT, KV_ONCHIP_CTX and TIED_EMBEDDINGS (0/1).
 MODEL_DIMS = ("n_layers", "dim", "ffn_dim", "n_heads", "n_kv_heads", "head_dim", "kv_dim", "vocab_size",
-              "context_length", "kv_onchip", "tied_embeddings")
+              "context", "kv_onchip", "tied_embeddings")
 
 
 def _pll(fbdiv: int, div2: int = 1) -> int:
@@ -315,16 +315,17 @@ class EmuLibrary:
             self.threads = lib.roma_emu_set_threads(max(want, 0))
         self.path, self.lib, self.interface = path, lib, interface
 
-    def check_config(self, config, kv_onchip: int = 0, where: str = "the build") -> None:
-        """RomaError unless `config` (a ModelConfig) and the on-chip KV positions are the dimensions this library
-        was compiled with: the host sizes the KV cache, logits and token buffers from them, and the core writes
-        with its own. A library without roma_model_dims (built before it existed) is refused too."""
+    def check_config(self, config, context: int, kv_onchip: int = 0, where: str = "the build") -> None:
+        """RomaError unless `config` (a ModelConfig), the build's context and the on-chip KV positions are the
+        dimensions this library was compiled with: the host sizes the KV cache, logits and token buffers from
+        them, and the core writes with its own. A library without roma_model_dims (built before it existed) is
+        refused too."""
         if self.dims is None:
             raise RomaError(f"the emulated board's library {self.path} does not report its model dimensions",
                             hint="rebuild it (delete it from the roma cache, or make -C hw/hls emu)")
         have = {"n_layers": config.n_layers, "dim": config.dim, "ffn_dim": config.ffn_dim,
                 "n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "head_dim": config.head_dim,
-                "kv_dim": config.kv_dim, "vocab_size": config.vocab_size, "context_length": config.context_length,
+                "kv_dim": config.kv_dim, "vocab_size": config.vocab_size, "context": int(context),
                 "kv_onchip": int(kv_onchip), "tied_embeddings": int(bool(config.tied_embeddings))}
         diff = [f"{k} {have[k]} vs {self.dims[k]}" for k in MODEL_DIMS if have[k] != self.dims[k]]
         if diff:
