@@ -104,7 +104,7 @@ def test_1_the_emulated_core_refuses_other_dimensions_before_any_buffer(tiny_emu
     lib = tiny_emu.device.library
     c = tiny_emu.config
     assert lib.dims["n_layers"] == c.n_layers and lib.dims["vocab_size"] == c.vocab_size
-    assert lib.dims["kv_dim"] == c.kv_dim and lib.dims["context_length"] == c.context_length
+    assert lib.dims["kv_dim"] == c.kv_dim and lib.dims["context"] == c.context_length
     bit = Path(tiny_emu.overlay.bitfile_name)
     folder = tmp_path / "overlay"
     shutil.copytree(bit.parent, folder, symlinks=True)

@@ -447,7 +447,7 @@ def _clock(backend, override: float | None) -> tuple[float, str]:
 def run_bench(engine, cfg: BenchConfig, *, backend: str = "ref", numerics: str | None = None,
               model_name: str | None = None, progress: bool = True, argv: list[str] | None = None) -> dict:
     """Measure; returns the report (JSON-ready) that format_table and write_plot read."""
-    cfg.check(engine.config.context_length)
+    cfg.check(engine.max_context)  # the backend's longest session: the build's context, or its on-chip KV
     numerics = numerics or engine.numerics
     peer, peer_failure = None, None
     if cfg.peer is not None:

@@ -59,7 +59,8 @@
 // 16 rows per SIMD step, bit-identical to both synthesis datapaths: tb_brom_tile checks it): a ROM tensor's at
 // load, a URAM tensor's from its bank rows after CMD_LOAD_WEIGHTS, a DDR tensor's from the ddr_weights buffer at the first run command that sees a new image (keyed by
 // the buffer's address and the load; the payload's CRC is checked then), or brom_tile_gemv_csim /
-// brom_ddr_gemv for a tile that could not be packed.
+// brom_ddr_gemv for a tile that could not be packed (same bits, far slower: roma_emu_gemv_paths counts the tile
+// GEMVs by path, so the tests see every one take the packed path).
 #ifndef __SYNTHESIS__
 #pragma GCC visibility push(default) // the emulated board's library exports only the C API of roma_core.h
 #endif
@@ -323,6 +324,7 @@ bool g_weights_loaded = false; // the URAM banks hold this build's weights (CMD_
 // packed codes (g_packed) of DDR tensors came from (buffer address and load generation)
 bool g_loaded = false;
 int g_threads = 0;
+uint64_t g_gemv_paths[GEMV_PATH_COUNT] = {}; // tile GEMVs by the path they took (roma_emu_gemv_paths)
 const uint32_t *g_ddr_packed_from = nullptr;
 uint64_t g_ddr_packed_load = 0, g_load_count = 0;
 #endif
@@ -403,12 +405,14 @@ void gemv_engine(int l, const float *x, float *y, const rom_word_t *ddr, Acct &a
   const CsimPackedTile *pk = g_packed[l][LIN];
   if constexpr (R::DDR) {
     if (g_packed_ok[l][LIN]) {
+      g_gemv_paths[GEMV_PATH_PACKED] += R::TILES;
       Cycles packed; // the simulation's loop order; the stream's cycles are counted below
       for (int t = 0; t < R::TILES; ++t)
         brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t * R::ROWS, xs, packed,
                                                                     g_threads);
       R::D::count(cyc, R::TILES);
     } else {
+      g_gemv_paths[GEMV_PATH_DDR_STREAM] += R::TILES;
       static acc_t probe[R::TILES][R::C::PARAMS]; // not written (PROBE = false)
       brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
           xq, as, ddr + lin_ddr(l, LIN), y, probe, xs, cyc);
@@ -417,6 +421,7 @@ void gemv_engine(int l, const float *x, float *y, const rom_word_t *ddr, Acct &a
     const int slot = lin_slot(l, LIN);
     for (int t = 0; t < R::TILES; ++t) { // parallel tiles: one tile's cycles
       Cycles tc;
+      ++g_gemv_paths[pk[t].ok ? GEMV_PATH_PACKED : GEMV_PATH_ROM_UNPACKED];
       if (pk[t].ok)
         brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t * R::ROWS, xs, tc, g_threads);
       else
@@ -1042,6 +1047,11 @@ extern "C" int roma_emu_set_threads(int threads) {
   g_threads = 1;
 #endif
   return g_threads;
+}
+
+extern "C" int roma_emu_gemv_paths(uint64_t *out, int n) {
+  for (int i = 0; out && i < n && i < GEMV_PATH_COUNT; ++i) out[i] = g_gemv_paths[i];
+  return GEMV_PATH_COUNT;
 }
 
 // The model dimensions this library was compiled with (roma_model.h), so that the host refuses a build whose

@@ -186,6 +186,12 @@ extern "C" void roma_core(
 #ifndef __SYNTHESIS__
 // C simulation only: threads of the emulated board's parallel loops (0: OpenMP's default). Returns the count used.
 extern "C" int roma_emu_set_threads(int threads);
+// C simulation only: the tile GEMVs run since the library was loaded, by path: the SIMD kernel on codes unpacked
+// once (brom_tile_gemv_packed, the fast path every tile should take), and the slow fallbacks for a tile that could
+// not be packed: a ROM tile evaluated from its arrays (brom_tile_gemv_csim), a DDR tensor streamed from the buffer
+// (brom_ddr_gemv). Writes min(n, GEMV_PATH_COUNT) counts in GemvPath order to out; returns GEMV_PATH_COUNT.
+enum GemvPath : int { GEMV_PATH_PACKED = 0, GEMV_PATH_ROM_UNPACKED = 1, GEMV_PATH_DDR_STREAM = 2, GEMV_PATH_COUNT = 3 };
+extern "C" int roma_emu_gemv_paths(uint64_t *out, int n);
 // C simulation only (the emulated board): the ROM images that synthesis compiles into BRAM are loaded from
 // a build folder (`roma compile` output) at start-up instead (the URAM banks are not: as on a board, they hold
 // nothing until CMD_LOAD_WEIGHTS). Returns 0, or non-zero with a message in err.

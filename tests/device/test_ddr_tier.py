@@ -230,6 +230,26 @@ def test_ddr_build_on_emu_equals_the_rom_build_and_the_golden_model(ddr_build, d
         k: v for k, v in rom_cycles.items() if k not in ("gemv", "lm_head", "embedding")}
 
 
+def gemv_paths(emu, run) -> dict[str, int]:
+    """The tile GEMVs `run()` made the emulated board's library take, by path (EmuLibrary.gemv_paths)."""
+    emu.forward([1], emu.new_cache(1))  # first: the emulated board switches to this backend's overlay and library
+    lib = emu.device.library
+    before = lib.gemv_paths()
+    run()
+    return {k: n - before[k] for k, n in lib.gemv_paths().items()}
+
+
+@needs_gxx
+def test_every_gemv_takes_the_packed_fast_path(ddr_emu, tiny_emu):
+    """The slow fallbacks compute the same bits, so only the counts show a tensor that missed its packing."""
+    for emu in (tiny_emu, ddr_emu):  # every tensor in ROM; layer 1, the untied head and the embedding in DDR
+        cache = emu.new_cache(16)
+        paths = gemv_paths(emu, lambda: [emu.forward(ids, cache) for ids in (IDS, [5], [6])])
+        # a prefill of 8 tokens and two decode steps: 7 linears per layer and token, the head per call
+        assert paths == {"packed": 7 * emu.config.n_layers * (len(IDS) + 2) + 3, "rom_unpacked": 0,
+                         "ddr_stream": 0}
+
+
 @needs_gxx
 def test_the_core_refuses_to_run_without_its_ddr_image(ddr_emu):
     buf = ddr_emu.core.ddr_weights
@@ -284,9 +304,13 @@ def test_smollm2_2bit_on_kv260_streams_from_ddr_and_matches_the_golden_model(smo
     manifest = compile_model(smollm2, out, bits=2, group=64, board="kv260", progress=False)
     assert manifest["plan"]["layers_on_chip"] == [0] and manifest["plan"]["layers_streamed"] == list(range(1, 30))
     assert is_ddr(manifest["tensors"]["token_embd"]) and not (out / "token_embd.bin").exists()
+    got = []
     emu = EmuBackend(out, progress=False)
     ids = Tokenizer.from_model(smollm2).encode("The capital of France is")
-    got = np.asarray(emu.forward(ids, emu.new_cache(64)), np.float32).reshape(-1)
+    paths = gemv_paths(emu, lambda: got.append(emu.forward(ids, emu.new_cache(64))))
+    got = np.asarray(got[0], np.float32).reshape(-1)
+    # every GEMV, the tied lm head streamed from DDR included, takes the packed fast path
+    assert paths == {"packed": 7 * 30 * len(ids) + 1, "rom_unpacked": 0, "ddr_stream": 0}
     assert_within_float_noise(got, golden_variant_logits(load_build(out), ids), TOL)
     cycles = emu.last_cycles()
     # DDR-bound: the 8-bit lm head streams 49152 x 576 codes + scales through a 16-byte port

@@ -39,6 +39,27 @@ def test_tiny_float_path_matches_transformers(tiny_models, tiny_hf_peer, source)
     assert (ours.argmax(-1) == ref.argmax(-1)).all()
 
 
+def test_gguf_reader_gives_what_the_gguf_package_reads(tiny_models):
+    """model/gguf_io.py reads a GGUF in one pass instead of gguf.GGUFReader's view per element: the same key/values
+    (SmolLM2's tokenizer included: types, values and order) and the same tensor views, on the Q4_1 file (Q4_1,
+    Q8_0 and F32 tensors)."""
+    path = tiny_models["q4_1"]
+    theirs = gguf.GGUFReader(str(path))
+    ours, meta = read_gguf_metadata(path)
+    want = {key: f.contents() for key, f in theirs.fields.items()}
+    assert list(meta) == list(want) and len(meta["tokenizer.ggml.tokens"]) == 49152
+    for key, value in want.items():
+        assert type(meta[key]) is type(value) and meta[key] == value, key
+        if isinstance(value, list):
+            assert [type(v) for v in meta[key]] == [type(v) for v in value], key
+    assert ours.data_offset == theirs.data_offset and len(ours.tensors) == len(theirs.tensors)
+    for a, b in zip(ours.tensors, theirs.tensors):
+        assert (a.name, a.tensor_type, a.n_elements, a.n_bytes, a.data_offset) == (
+            b.name, b.tensor_type, b.n_elements, b.n_bytes, b.data_offset)
+        assert np.array_equal(a.shape, b.shape) and a.data.dtype == b.data.dtype and a.data.shape == b.data.shape
+        assert np.array_equal(a.data, b.data) and not a.data.flags.writeable
+
+
 def test_gguf_config_and_exact_quantized_import(tiny_models):
     m = load_model(tiny_models["q4_1"])
     c = m.config

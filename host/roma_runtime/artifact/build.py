@@ -12,9 +12,11 @@ them, through this module. A build folder holds
                         and the core's CMD_LOAD_WEIGHTS writes it into the URAM banks. No .bin/.dat either.
     norms.bin/.dat      the fp32 RMSNorm weights, concatenated (layout in the manifest)
     lora.safetensors    fp16 LoRA factors compensating the quantization error (with --lora-rank)
-    roma_model.h        the dimensions for the HLS kernels (model_header.py), and the on-chip KV cache's positions
-                        (--kv-onchip N: KV_ONCHIP_CTX; the manifest's "kv_onchip" entry, None when the KV cache is
-                        in DDR only)
+    roma_model.h        the dimensions for the HLS kernels (model_header.py): the build's context (--context N:
+                        CONTEXT, the manifest's "context"; at most the model's context length), which sizes the
+                        attention buffers, the KV port and the longest session, and the on-chip KV cache's
+                        positions (--kv-onchip N: KV_ONCHIP_CTX; the manifest's "kv_onchip" entry, None when the
+                        KV cache is in DDR only)
     manifest.json       written last and atomically: what was built, from which model, how, where it goes,
                         and the sha256 of every other file; sealed by "manifest_sha256", the sha256 of its own
                         canonical JSON (manifest_digest). A folder without a manifest is not a build.
@@ -180,8 +182,7 @@ def _header_dims(path: Path) -> dict[str, int]:
 
 
 HEADER_DIMS = {"N_LAYERS": "n_layers", "DIM": "dim", "FFN_DIM": "ffn_dim", "N_HEADS": "n_heads",
-               "N_KV_HEADS": "n_kv_heads", "HEAD_DIM": "head_dim", "KV_DIM": "kv_dim", "VOCAB": "vocab_size",
-               "CONTEXT": "context_length"}
+               "N_KV_HEADS": "n_kv_heads", "HEAD_DIM": "head_dim", "KV_DIM": "kv_dim", "VOCAB": "vocab_size"}
 
 
 def _plain_name(name) -> bool:
@@ -280,16 +281,19 @@ def check_manifest(manifest: dict, build_dir: str | Path) -> ModelConfig:
                 not isinstance(lora.get("scale"), (int, float)) or not math.isfinite(lora["scale"]):
             raise bad("'lora' is not an object with a finite scale")
         listed(lora.get("file"), "lora")
+    context = manifest.get("context")
+    if not _whole(context, 1) or context > config.context_length:
+        raise bad(f"'context' is {context!r}, not a token count within the model's {config.context_length}")
     kv_onchip = manifest.get("kv_onchip")
     if kv_onchip is not None and (not isinstance(kv_onchip, dict) or not _whole(kv_onchip.get("tokens"), 1)
-                                  or kv_onchip["tokens"] > config.context_length):
-        raise bad("'kv_onchip' is not an object with a token count within the context")
+                                  or kv_onchip["tokens"] > context):
+        raise bad("'kv_onchip' is not an object with a token count within the build's context")
     header = listed(manifest.get("header"), "header")
     if (build_dir / header).is_file():
         dims = _header_dims(build_dir / header)
         want = {macro: getattr(config, attr) for macro, attr in HEADER_DIMS.items()}
         want.update({"ROPE_THETA": float(np.float32(config.rope_theta)), "RMS_EPS": float(np.float32(config.rms_eps)),
-                     "TIED_EMBEDDINGS": bool(config.tied_embeddings),
+                     "TIED_EMBEDDINGS": bool(config.tied_embeddings), "CONTEXT": context,
                      "KV_ONCHIP_CTX": kv_onchip["tokens"] if kv_onchip else 0})
         for macro, value in want.items():
             attr = HEADER_DIMS.get(macro, macro.lower())

@@ -68,7 +68,7 @@ def run(args) -> int:
         cfg.check(_model_context(args.model))
     engine = common.load_engine(args, status=not args.no_progress)
     if args.context is None:
-        cfg.check(engine.config.context_length)
+        cfg.check(engine.max_context)
     report = bench.run_bench(engine, cfg, backend=args.backend, numerics=args.numerics, model_name=args.model,
                              progress=not args.no_progress, argv=_argv())
     if plot is not None:

@@ -41,6 +41,9 @@ def add_arguments(parser) -> None:
     add_ddr_argument(parser)
     add_uram_argument(parser)
     add_kv_onchip_argument(parser)
+    parser.add_argument("--context", type=int, default=None, metavar="N",
+                        help="the build's context: the longest session its core runs, which sizes attention's "
+                             "buffers and the KV port (default: the model's context length)")
     parser.add_argument("--force", action="store_true", help="replace a build of another model in --out")
     parser.add_argument("--no-footprint", action="store_true",
                         help="skip the footprint check (g++ on the synthesis path, read back against the plan and "
@@ -58,7 +61,7 @@ def run(args) -> int:
         args.model, args.out, bits=args.bits, group=args.group, method=args.method, scales=args.scales,
         board=args.board, lora_rank=args.lora_rank, bits_budget=args.bits_budget, embedding_bits=args.embedding_bits,
         force=args.force, calib_tokens=args.calib_tokens, progress=not args.no_progress, ddr=args.ddr,
-        uram=args.uram, kv_onchip=args.kv_onchip or 0)
+        uram=args.uram, kv_onchip=args.kv_onchip or 0, context=args.context)
     q = manifest["quantization"]
     summary = {
         "out": str(args.out),
@@ -72,6 +75,7 @@ def run(args) -> int:
         "rom_bytes": manifest["sizes"]["rom_bytes"],
         "ddr_bytes": manifest["sizes"]["ddr_bytes"],
         "uram_bytes": manifest["sizes"]["uram_bytes"],
+        "context": manifest["context"],
         "kv_onchip": manifest["kv_onchip"],
         "files": len(manifest["files"]) + 1,
         "compile_seconds": manifest["compile_seconds"],
@@ -110,6 +114,7 @@ def run(args) -> int:
               + (f"URAM (loaded by the driver) {summary['uram_bytes'] / 2**20:.1f} MiB; " if summary["uram_bytes"]
                  else "")
               + (f"DDR-streamed {summary['ddr_bytes'] / 2**20:.1f} MiB; " if summary["ddr_bytes"] else "")
+              + f"context {summary['context']} tokens; "
               + (f"KV on chip {kv['tokens']} tokens ({kv['bytes'] / 2**20:.1f} MiB, {kv['placement']}); "
                  if (kv := summary["kv_onchip"]) else "") +
               f"{summary['passthrough_tensors']} tensors passed through; {summary['compile_seconds']:.1f} s")

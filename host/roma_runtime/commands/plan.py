@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_kv_onchip_argument(parser)
     parser.add_argument("--budget", type=float, default=0.8, help="fraction of BRAM/URAM to use (default 0.8)")
     parser.add_argument("--context", type=int, default=None,
-                        help="context length the tokens/s estimate assumes (default: --kv-onchip, else 256)")
+                        help="context length the tokens/s estimate assumes (default: --kv-onchip, else 256); the "
+                             "context a build is made for, which sizes its attention buffers, is roma compile "
+                             "--context")
     add_ddr_argument(parser)
     add_uram_argument(parser)
     add_scales_argument(parser)

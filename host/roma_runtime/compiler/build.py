@@ -32,7 +32,7 @@ from ..model.weights import ModelWeights, QuantizedMatrix, as_float, storage_bit
 from ..progress import with_progress
 from ..tempfiles import clean_stale, write_text_atomic
 from .placement.footprint import FOOTPRINT_FILE
-from .placement.plan import check_ddr_units, check_kv_onchip, make_plan, parse_ddr_units
+from .placement.plan import DEFAULT_CONTEXT, check_ddr_units, check_kv_onchip, make_plan, parse_ddr_units
 from .quantization.calibrate import collect_hessians, quantize_sequentially
 from .quantization.corpus import token_windows
 from .quantization.loftq import loftq
@@ -104,10 +104,12 @@ def _plan_name(name: str) -> str:
 
 
 def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, per_tensor_groups: dict,
-          lora_rank: int, ddr, kv_onchip: int = 0, scales: str = "fp16", uram=None):
+          lora_rank: int, ddr, kv_onchip: int = 0, scales: str = "fp16", uram=None, context: int | None = None):
+    # the estimate's context: the plan's default (the on-chip KV, else DEFAULT_CONTEXT), or the build's when shorter
     plan = make_plan(config, board, bits=bits, group=group, per_tensor_bits=per_tensor_bits,
                      per_tensor_groups=per_tensor_groups, lora_rank=lora_rank, ddr=ddr,
-                     kv_tokens=kv_onchip or None, scales=scales, uram=uram)
+                     kv_tokens=kv_onchip or None, scales=scales, uram=uram, build_context=context,
+                     context=min(context or config.context_length, kv_onchip or DEFAULT_CONTEXT))
     return plan.to_dict()
 
 
@@ -166,7 +168,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
                   bits_budget: float | None = None, embedding_bits: int = 8, force: bool = False,
                   calib_tokens: int | None = None, calib_window: int = 256, loftq_iters: int = 2,
                   progress: bool = True, hessians=None, sensitivity=None, sensitivity_tokens: int = 256,
-                  fail_after: str | None = None, ddr=None, kv_onchip: int = 0, uram=None) -> dict:
+                  fail_after: str | None = None, ddr=None, kv_onchip: int = 0, uram=None,
+                  context: int | None = None) -> dict:
     """Quantize, pack, place and describe a model; returns the manifest (also written to out_dir).
 
     calib_tokens: calibration text for GPTQ, GPTAQ and the mixed-precision pricing (default CALIB_TOKENS[method]).
@@ -177,6 +180,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     uram: placement units to put in URAM (load-once) instead of BRAM, in the same form.
     kv_onchip: positions of an on-chip KV cache the core holds (0: the KV cache is in DDR only); the plan
     reserves its memory before any weight, and the header gives it to the core (KV_ONCHIP_CTX).
+    context: the build's context, 1..the model's context length (None: the model's): the longest session its
+    core runs; CONTEXT in the header sizes attention's score buffer, the KV port and the token limits.
     hessians: calibrate.Hessians (parallel) computed earlier for this model, for the sensitivity quantizer;
     sensitivity: measure_sensitivity(...) computed earlier at this group (benchmarks reuse both across builds).
     fail_after: testing hook; raise after writing that tensor's image (shows the manifest is written last).
@@ -199,7 +204,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     if uram:
         check_ddr_units(parse_ddr_units(uram), config, "--uram")
     # a KV longer than the context or too big for the board, likewise
-    check_kv_onchip(config, board_obj, kv_onchip, lora_rank=lora_rank)
+    context = check_build_context(config, context, kv_onchip)
+    check_kv_onchip(config, board_obj, kv_onchip, lora_rank=lora_rank, build_context=context)
     out_dir = Path(out_dir)
     identity = model.identity()
     _prepare_out_dir(out_dir, identity, force)
@@ -293,7 +299,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     per_tensor_groups = {_plan_name(n): tensors[n]["group"] for n in tensors}
     plan_group = min(g for _, g in choice.values())  # what the plan's --group-wide reservations assume
     plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, per_tensor_groups, lora_rank, ddr,
-                 kv_onchip, scales, uram)
+                 kv_onchip, scales, uram, context)
     kv_entry = _kv_onchip_entry(plan, kv_onchip)
     placement = {t["name"]: t["placement"] for t in (plan or {}).get("tensors", [])}
     for n in tensors:
@@ -329,7 +335,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         files.append(out_dir / LORA_FILE)
 
     header = out_dir / HEADER_FILE
-    header.write_text(render_header(config, tensors, bits=bits, group=group, context=config.context_length,
+    header.write_text(render_header(config, tensors, bits=bits, group=group, context=context,
                                     lora_rank=lora_rank, board=board_obj.name if hasattr(board_obj, "name")
                                     else str(board), model_sha256=identity, ddr=ddr_entry, kv_onchip=kv_entry,
                                     uram=uram_entry))
@@ -377,6 +383,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         "plan": plan,
         "ddr": ddr_entry,
         "uram": uram_entry,
+        "context": context,
         "kv_onchip": kv_entry,
         "header": HEADER_FILE,
         "sizes": {"rom_bytes": int(sum(e["rom_bytes"] for e in tensors.values())),
@@ -387,6 +394,22 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         "files": {p.name: {"sha256": sha256_files([p]), "bytes": p.stat().st_size} for p in files},
     }
     return write_manifest(out_dir, manifest)
+
+
+def check_build_context(config: ModelConfig, context, kv_onchip: int = 0) -> int:
+    """The build's context: `context` (roma compile --context), or the model's context length when None.
+    RomaError unless it is a whole number 1..the model's context length holding the on-chip KV cache."""
+    if context is None:
+        context = config.context_length
+    if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= config.context_length:
+        raise RomaError(f"--context {context} is outside 1..{config.context_length}, the context length of "
+                        f"{config.name}", hint=f"a build's context is at most the model's: --context "
+                                               f"{config.context_length} or less (the default is the model's)")
+    if kv_onchip and kv_onchip > context:
+        raise RomaError(f"--kv-onchip {kv_onchip} exceeds the build's context of {context} tokens",
+                        hint=f"an on-chip KV cache holds at most the context: use --kv-onchip {context} or less, "
+                             "or a larger --context")
+    return context
 
 
 def measure_sensitivity(model: LoadedModel, group: int, hessians, tokens: int = 256, window: int = 256,

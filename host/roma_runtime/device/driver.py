@@ -21,6 +21,9 @@ image into a buffer, flushes it, issues CMD_LOAD_WEIGHTS and compares the checks
 banks (STATUS_CHECKSUM) with the manifest's; a refusal or a mismatch is one RomaError and the overlay is not used.
 Until the load succeeded the core refuses every run command (ERR_WEIGHTS_NOT_LOADED).
 
+The build's context (`roma compile --context N`: the manifest's "context", the core's CONTEXT; the model's
+context length by default) bounds every KV buffer and command: a longer one is refused, naming the limit.
+
 A build compiled with an on-chip KV cache (`roma compile --kv-onchip N`: the manifest's "kv_onchip", the
 core's KV_ONCHIP_CTX) holds N positions of keys and values on chip and attends over those; every row it
 computes is also written to the session's DDR buffer, which stays the source of truth, so sessions, rollback,
@@ -70,7 +73,17 @@ def _identity(manifest: dict) -> dict:
     ddr = _obj(manifest.get("ddr"))
     return {"model": _obj(manifest.get("model")).get("sha256"), **{k: q.get(k) for k in QUANT_KEYS},
             "ddr_image": ddr.get("crc32"), "uram_image": _obj(manifest.get("uram")).get("checksum"),
+            "context": manifest.get("context"),
             "kv_onchip": kv_onchip_tokens(manifest)}
+
+
+def build_context(manifest: dict) -> int:
+    """The build's context (roma compile --context, CONTEXT in roma_model.h): the longest KV cache its core runs."""
+    context = manifest.get("context")
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise RomaError(f"the build manifest's context is {context!r}, not a whole number of tokens",
+                        hint="recompile the build")
+    return context
 
 
 def kv_onchip_tokens(manifest: dict) -> int:
@@ -168,6 +181,7 @@ class RomaCoreDriver(DefaultIP):
         self.stages = stage_names(self.constants)
         self.stage_cycles: dict[str, int] = {}  # per stage, summed over the last command's calls (prefill chunks)
         self.calls = 0
+        self.context = 0  # the build's context (CONTEXT): the longest KV cache and command
         self.kv_onchip = 0  # positions of the on-chip KV cache (0: KV in DDR only)
         self._onchip = None  # (weakref to the KVBuffer, its device address, rows 0..n) the on-chip copy holds
 
@@ -229,17 +243,18 @@ class RomaCoreDriver(DefaultIP):
     def allocate(self, shape, dtype):
         return self.device.allocate(shape, dtype)
 
-    def configure(self, config, kv_capacity: int | None = None, max_tokens: int | None = None,
+    def configure(self, config, context: int, kv_capacity: int | None = None, max_tokens: int | None = None,
                   ddr_image: np.ndarray | None = None, kv_onchip: int = 0) -> None:
-        """Allocate the buffers once for a model config (roma_model.h's dimensions); ddr_image: the build's DDR
-        weight image (uint32 words, read_ddr_image), None when every tensor is on chip; kv_onchip: positions of
-        the build's on-chip KV cache (kv_onchip_tokens of its manifest), 0 without one."""
+        """Allocate the buffers once for a model config (roma_model.h's dimensions); context: the build's context
+        (build_context of its manifest, CONTEXT); ddr_image: the build's DDR weight image (uint32 words,
+        read_ddr_image), None when every tensor is on chip; kv_onchip: positions of the build's on-chip KV cache
+        (kv_onchip_tokens of its manifest), 0 without one."""
         self.config = config
+        self.context = int(context)
         self.kv_onchip = int(kv_onchip)
         self.forget_onchip()
         self.check_kv_capacity(kv_capacity or self.max_context)
-        ctx = int(config.context_length)
-        self.max_tokens = int(max_tokens or ctx)
+        self.max_tokens = int(max_tokens or self.context)
         words = int(self.constants.get("STATUS_WORDS", 32))
         self.tokens_in = self.allocate((self.max_tokens,), np.int32)
         self.tokens_out = self.allocate((self.max_tokens,), np.int32)
@@ -288,11 +303,17 @@ class RomaCoreDriver(DefaultIP):
 
     @property
     def max_context(self) -> int:
-        """The longest KV cache the core runs: its on-chip KV positions, else the model's context length."""
-        return self.kv_onchip or int(self.config.context_length)
+        """The longest KV cache the core runs: its on-chip KV positions, else the build's context."""
+        return self.kv_onchip or self.context
 
     def check_kv_capacity(self, capacity: int) -> None:
-        """RomaError naming the limit when a KV cache of `capacity` positions is longer than the on-chip KV."""
+        """RomaError naming the limit when a KV cache of `capacity` positions is longer than the build's context
+        or its on-chip KV."""
+        if capacity > self.context:
+            raise RomaError(f"a context of {capacity} tokens is longer than this build's context of {self.context} "
+                            f"tokens (compiled with --context {self.context})",
+                            hint=f"use a context of at most {self.context} tokens (--context {self.context}), or "
+                                 "recompile with a larger --context")
         if self.kv_onchip and capacity > self.kv_onchip:
             raise RomaError(f"a context of {capacity} tokens does not fit this build's on-chip KV cache of "
                             f"{self.kv_onchip} tokens (compiled with --kv-onchip {self.kv_onchip})",
@@ -549,11 +570,11 @@ class RomaOverlay(Overlay):
                                             f"{Path(bitfile_name).parent / MANIFEST}: model.config")
         library = getattr(self.device, "library", None) if download else None
         if library is not None and hasattr(library, "check_config"):  # the emulated core's compiled dimensions
-            library.check_config(self.config, kv_onchip_tokens(self.manifest),
+            library.check_config(self.config, build_context(self.manifest), kv_onchip_tokens(self.manifest),
                                  f"the build manifest next to {bitfile_name}")
         if download:
-            self.core.configure(self.config, kv_capacity=kv_capacity, ddr_image=ddr_image,
-                                kv_onchip=kv_onchip_tokens(self.manifest))
+            self.core.configure(self.config, build_context(self.manifest), kv_capacity=kv_capacity,
+                                ddr_image=ddr_image, kv_onchip=kv_onchip_tokens(self.manifest))
             self._configured = True
             self.load_weights()
 

@@ -21,6 +21,9 @@ register map and pynq.allocate run unchanged on it:
   ap_idle and calls roma_core(...) through ctypes on a worker thread (ctypes releases the GIL); when it
   returns, its output registers (the cycle counters) hold what it wrote, and ap_done, ap_ready and ap_idle are
   set (ap_done/ap_ready clear on read, as Vitis HLS does).
+- GEMV paths: the library counts its tile GEMVs by the path they took (`roma_emu_gemv_paths`:
+  `EmuLibrary.gemv_paths`), so a test sees every GEMV take the packed fast path rather than a slow fallback
+  that computes the same bits.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from pynq.pl_server.device import Device
 
 from ..artifact import hwh as hwh_mod
 from ..artifact.interface import (AP_DONE, AP_IDLE, AP_READY, AP_START, AUTO_RESTART, CTRL, IP_IER, IP_ISR, Interface,
-                                  load_interface)
+                                  load_constants, load_interface)
 from ..errors import RomaError
 
 EMU_FORMAT = "roma-emu-overlay"
@@ -53,7 +56,7 @@ CRL_APB, CRF_APB = 0xFF5E_0000, 0xFD1A_0000
 # What roma_model_dims (hw/hls/roma_core.cpp) reports, in its order: roma_model.h's N_LAYERS, DIM, FFN_DIM,
 # N_HEADS, N_KV_HEADS, HEAD_DIM, KV_DIM, VOCAB, CONTEXT, KV_ONCHIP_CTX and TIED_EMBEDDINGS (0/1).
 MODEL_DIMS = ("n_layers", "dim", "ffn_dim", "n_heads", "n_kv_heads", "head_dim", "kv_dim", "vocab_size",
-              "context_length", "kv_onchip", "tied_embeddings")
+              "context", "kv_onchip", "tied_embeddings")
 
 
 def _pll(fbdiv: int, div2: int = 1) -> int:
@@ -287,13 +290,15 @@ class EmuLibrary:
         except OSError as e:
             raise RomaError(f"cannot load {path}: {e}") from None
         self._loaded[str(path)] = lib
-        for sym in ("roma_core", "roma_emu_load_build"):
+        for sym in ("roma_core", "roma_emu_load_build", "roma_emu_gemv_paths"):
             if not hasattr(lib, sym):
                 raise RomaError(f"{path} does not export {sym}", hint="rebuild it with make -C hw/hls emu")
         lib.roma_core.argtypes = [a.ctypes_type for a in interface.arguments]
         lib.roma_core.restype = None
         lib.roma_emu_load_build.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
         lib.roma_emu_load_build.restype = ctypes.c_int
+        lib.roma_emu_gemv_paths.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_int]
+        lib.roma_emu_gemv_paths.restype = ctypes.c_int
         self.dims = None
         if hasattr(lib, "roma_model_dims"):  # the dimensions roma_model.h gave it (MODEL_DIMS order)
             lib.roma_model_dims.argtypes = [ctypes.POINTER(ctypes.c_int32), ctypes.c_int]
@@ -315,16 +320,17 @@ class EmuLibrary:
             self.threads = lib.roma_emu_set_threads(max(want, 0))
         self.path, self.lib, self.interface = path, lib, interface
 
-    def check_config(self, config, kv_onchip: int = 0, where: str = "the build") -> None:
-        """RomaError unless `config` (a ModelConfig) and the on-chip KV positions are the dimensions this library
-        was compiled with: the host sizes the KV cache, logits and token buffers from them, and the core writes
-        with its own. A library without roma_model_dims (built before it existed) is refused too."""
+    def check_config(self, config, context: int, kv_onchip: int = 0, where: str = "the build") -> None:
+        """RomaError unless `config` (a ModelConfig), the build's context and the on-chip KV positions are the
+        dimensions this library was compiled with: the host sizes the KV cache, logits and token buffers from
+        them, and the core writes with its own. A library without roma_model_dims (built before it existed) is
+        refused too."""
         if self.dims is None:
             raise RomaError(f"the emulated board's library {self.path} does not report its model dimensions",
                             hint="rebuild it (delete it from the roma cache, or make -C hw/hls emu)")
         have = {"n_layers": config.n_layers, "dim": config.dim, "ffn_dim": config.ffn_dim,
                 "n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "head_dim": config.head_dim,
-                "kv_dim": config.kv_dim, "vocab_size": config.vocab_size, "context_length": config.context_length,
+                "kv_dim": config.kv_dim, "vocab_size": config.vocab_size, "context": int(context),
                 "kv_onchip": int(kv_onchip), "tied_embeddings": int(bool(config.tied_embeddings))}
         diff = [f"{k} {have[k]} vs {self.dims[k]}" for k in MODEL_DIMS if have[k] != self.dims[k]]
         if diff:
@@ -332,6 +338,18 @@ class EmuLibrary:
                             f"(manifest vs roma_model.h: {', '.join(diff)}); no buffer was made",
                             hint="the build's manifest was edited or belongs to another build; recompile the build "
                                  "(roma compile --force)")
+
+    def gemv_paths(self) -> dict[str, int]:
+        """The tile GEMVs the library ran since it was loaded, by path (roma_core.h's GemvPath: GEMV_PATH_PACKED
+        -> "packed", the fast path; "rom_unpacked" and "ddr_stream", the slow fallbacks)."""
+        paths = sorted((v, k) for k, v in load_constants().items()
+                       if k.startswith("GEMV_PATH_") and k != "GEMV_PATH_COUNT")
+        out = (ctypes.c_uint64 * len(paths))()
+        count = self.lib.roma_emu_gemv_paths(out, len(paths))
+        if count != len(paths):
+            raise RomaError(f"{self.path} counts {count} GEMV paths, roma_core.h names {len(paths)}",
+                            hint="rebuild it with make -C hw/hls emu")
+        return {k[len("GEMV_PATH_"):].lower(): int(n) for (_, k), n in zip(paths, out)}
 
     def load_build(self, build_dir: Path) -> None:
         err = ctypes.create_string_buffer(1024)

@@ -21,6 +21,7 @@ import numpy as np
 from ..artifact.build import read_build, sha256_files
 from ..errors import RomaError
 from .config import ModelConfig, linear_shapes
+from .gguf_io import read_gguf
 from .safetensors_io import read_safetensors
 from .weights import LayerWeights, ModelWeights, QuantizedMatrix, Tensor
 
@@ -139,9 +140,8 @@ def build_source(build: str | Path | LoadedModel) -> tuple[str, Path]:
 
 
 def read_gguf_metadata(path: Path):
-    """Open a GGUF file; returns (reader, metadata dict). Any malformed file becomes one clear RomaError."""
-    import gguf
-
+    """Open a GGUF file; returns (gguf_io.GGUFFile, its metadata dict). Any malformed file becomes one clear
+    RomaError."""
     try:
         with open(path, "rb") as fh:
             magic = fh.read(4)
@@ -150,11 +150,10 @@ def read_gguf_metadata(path: Path):
     if magic != b"GGUF":
         raise RomaError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
     try:
-        reader = gguf.GGUFReader(str(path))
-        metadata = {key: f.contents() for key, f in reader.fields.items()}
+        reader = read_gguf(path)
     except Exception as e:  # the reader raises assorted errors on truncated or corrupt files
         raise RomaError(f"{path} is not a readable GGUF file; is it truncated? ({type(e).__name__}: {e})") from None
-    return reader, metadata
+    return reader, reader.metadata
 
 
 def _whole(value, what: str) -> int:

@@ -28,8 +28,9 @@
 // max, a loop-carried chain (compare, sub, exp, mul, add ~ 30 cycles) that would bound the II per position,
 // and it adds rescale roundings; two passes read K once and V once (the same DDR traffic), keep every loop at
 // II=1 and follow the golden's order. Cost: the score buffer (HEADS*MAX_CTX fp32: 9*8192*4 = 288 KB for
-// SmolLM2 at full context; 36 KB at 1K). GQA: the GROUP query heads of a kv head are processed together, so
-// each K/V element fetched is used GROUP times (the cache is read once per query, not once per head).
+// SmolLM2 at full context; 36 KB at 1K; MAX_CTX is the build's CONTEXT, `roma compile --context N`). GQA: the
+// GROUP query heads of a kv head are processed together, so each K/V element fetched is used GROUP times (the
+// cache is read once per query, not once per head).
 //
 // Loops (SIMD fp16 elements of a row per cycle, i.e. SIMD*16 bits of the m_axi port):
 //   WRITE: CH = ROW/SIMD iterations per new token (convert + store; OnChip: both places)   II=1
