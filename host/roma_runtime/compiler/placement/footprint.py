@@ -120,6 +120,11 @@ PRAGMA_SITES = {
     "g_norms": [("rms_norm", "weight", 1, {"SIMD": lambda a, s, c: 4})],  # norm.h: rms_norm<N, SIMD = 4>
     "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: _att_simd(c)})],
+    # the LoRA unit's members (roma_core.cpp: 64-bit words of fp16 values or int8 codes, and of fp32 row scales)
+    "values": [("roma_core", "g_lora.values", 0, {"LORA_VALUES_PER_WORD": lambda a, s, c: 64 // a.elem_bits})],
+    "row_scale": [("roma_core", "g_lora.row_scale", 0, {"LORA_ROW_SCALES_PER_WORD": lambda a, s, c: 2})],
+    "rank": [("roma_core", "g_lora.rank", 0, {})],
+    "scale": [("roma_core", "g_lora.scale", 0, {})],
 }
 
 
@@ -269,7 +274,7 @@ def read_pragmas(sources: list[Path], defines: dict[str, str]) -> list[Pragma]:
             if not m:
                 continue
             opts = {k.lower(): defines.get(v.strip(), v.strip())
-                    for k, v in re.findall(r"(\w+)\s*=\s*((?:[\w\s\*\+\-/()]+?)(?=\s+\w+\s*=|$))", m.group(2))}
+                    for k, v in re.findall(r"(\w+)\s*=\s*((?:[\w.\s\*\+\-/()]+?)(?=\s+\w+\s*=|$))", m.group(2))}
             out.append(Pragma(m.group(1).upper(), opts.pop("variable", ""), func, opts, f"{path.name}:{n}"))
     return out
 
