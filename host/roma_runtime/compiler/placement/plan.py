@@ -562,18 +562,19 @@ def lora_elements(config: ModelConfig, rank: int, targets: Iterable[str]) -> int
     return config.n_layers * rank * sum(shapes[t][0] + shapes[t][1] for t in targets)
 
 
-def _lora_reservation(config, rank, targets, dtype, pool: _Pool) -> Reservation:
+def _lora_reservation(config, slots, rank, targets, dtype, pool: _Pool) -> Reservation:
     shapes = linear_shapes(config)
-    elements = lora_elements(config, rank, targets)
+    elements = slots * lora_elements(config, rank, targets)
     if dtype == "fp16":
         nbytes, words = elements * 2, -(-elements // 4)
     else:  # int8 with an fp16 scale per row of A (rank rows) and per row of B (out rows)
-        scales = config.n_layers * sum(rank + shapes[t][0] for t in targets) if rank else 0
+        scales = slots * config.n_layers * sum(rank + shapes[t][0] for t in targets) if rank else 0
         nbytes, words = elements + 2 * scales, -(-elements // 9) + -(-scales // 4)
     bram, uram = pool.writable(words)
     where = "/".join(p for p, n in (("URAM", uram), ("BRAM", bram)) if n) or "none"
-    return Reservation(f"LoRA r{rank} {dtype}", nbytes, bram, uram, where,
-                       {"rank": rank, "targets": list(targets), "dtype": dtype, "elements": elements})
+    return Reservation(f"LoRA {slots} x r{rank} {dtype}", nbytes, bram, uram, where,
+                       {"slots": slots, "rank": rank, "targets": list(targets), "dtype": dtype,
+                        "elements": elements})
 
 
 def _buffer_reservation(config: ModelConfig, rank: int, group: int, pool: _Pool) -> Reservation:
@@ -604,12 +605,12 @@ def _kv_reservation(config: ModelConfig, kv_tokens: int | None, pool: _Pool) -> 
                        {"tokens": kv_tokens, "bytes_per_token": kv_bytes_per_token(config)})
 
 
-def _reserve(config, board, budget, rank, targets, dtype, group, kv_tokens):
+def _reserve(config, board, budget, slots, rank, targets, dtype, group, kv_tokens):
     pool = _Pool(math.floor(board.bram36 * budget * 2) / 2, float(math.floor(board.uram * budget)))
     totals = (pool.bram36, pool.uram)
     stage = "LoRA memory"
     try:
-        lora = _lora_reservation(config, rank, targets, dtype, pool)
+        lora = _lora_reservation(config, slots, rank, targets, dtype, pool)
         stage = "activation buffers"
         buffers = _buffer_reservation(config, rank, group, pool)
         stage = "KV cache"
@@ -622,8 +623,24 @@ def _reserve(config, board, budget, rank, targets, dtype, group, kv_tokens):
 # --- the plan ---------------------------------------------------------------------------------------------
 
 
+def _check_lora(slots, rank, lora_targets, dtype) -> tuple[str, ...]:
+    """The LoRA reservation's targets, after RomaError unless slots and rank are integers >= 0, the targets are
+    linears and the dtype is known."""
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 0:
+        raise RomaError(f"the LoRA slot count must be an integer >= 0, not {slots!r}", hint="use 0 for no LoRA unit")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise RomaError(f"LoRA rank must be an integer >= 0, not {rank!r}", hint="use 0 for no adapter")
+    targets = tuple(dict.fromkeys(lora_targets or ()))
+    bad = [t for t in targets if t not in LINEAR]
+    if bad:
+        raise RomaError(f"unknown LoRA target(s) {', '.join(map(str, bad))}", hint=f"targets are {', '.join(LINEAR)}")
+    if dtype not in LORA_DTYPES:
+        raise RomaError(f"unsupported LoRA dtype {dtype!r}", hint=f"use {' or '.join(LORA_DTYPES)}")
+    return targets
+
+
 def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: dict | None = None,
-              lora_rank: int = 16, lora_targets=LINEAR, lora_dtype: str = "fp16",
+              lora_rank: int = 16, lora_targets=LINEAR, lora_dtype: str = "fp16", lora_slots: int = 1,
               kv_tokens: int | None = None, budget: float = 0.8, context: int | None = None,
               ddr: Iterable | str | None = None, scales: str = "fp16",
               per_tensor_groups: dict | None = None) -> Plan:
@@ -641,14 +658,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     per_tensor_bits = _validate_per_tensor(per_tensor_bits, config, "per_tensor_bits", _check_bits)
     per_tensor_groups = _validate_per_tensor(per_tensor_groups, config, "per_tensor_groups",
                                              lambda g, name: _check_group(g, name, config))
-    if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
-        raise RomaError(f"LoRA rank must be an integer >= 0, not {lora_rank!r}", hint="use 0 for no adapter")
-    targets = tuple(dict.fromkeys(lora_targets or ()))
-    bad = [t for t in targets if t not in LINEAR]
-    if bad:
-        raise RomaError(f"unknown LoRA target(s) {', '.join(map(str, bad))}", hint=f"targets are {', '.join(LINEAR)}")
-    if lora_dtype not in LORA_DTYPES:
-        raise RomaError(f"unsupported LoRA dtype {lora_dtype!r}", hint=f"use {' or '.join(LORA_DTYPES)}")
+    targets = _check_lora(lora_slots, lora_rank, lora_targets, lora_dtype)
     check_kv_tokens(kv_tokens, config)
     if kv_tokens and context is not None and context > kv_tokens:
         raise RomaError(f"--context {context} is longer than the on-chip KV cache of {kv_tokens} tokens, which "
@@ -662,10 +672,10 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     units = build_tensors(config, bits, group, per_tensor_bits, scales, per_tensor_groups)  # checks the group
     forced = check_ddr_units(parse_ddr_units(ddr), config)
 
-    reserved, stage, (bram_budget, uram_budget) = _reserve(config, board, budget, lora_rank, targets, lora_dtype,
-                                                           group, kv_tokens)
+    reserved, stage, (bram_budget, uram_budget) = _reserve(config, board, budget, lora_slots, lora_rank, targets,
+                                                           lora_dtype, group, kv_tokens)
     if reserved is None:
-        _raise_no_room(config, board, budget, lora_rank, targets, lora_dtype, group, kv_tokens, stage)
+        _raise_no_room(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, group, kv_tokens, stage)
     lora, buffers, kv, pool = reserved
 
     banks = _Banks()
@@ -698,7 +708,7 @@ def check_kv_tokens(kv_tokens, config: ModelConfig) -> None:
 
 
 def check_kv_onchip(config, board, kv_tokens: int | None, *, lora_rank: int = 0, lora_targets=LINEAR,
-                    lora_dtype: str = "fp16", budget: float = 0.8) -> None:
+                    lora_dtype: str = "fp16", lora_slots: int = 1, budget: float = 0.8) -> None:
     """RomaError unless an on-chip KV cache of kv_tokens positions fits the model's context and the board's budget
     after the LoRA memory and the activation buffers: the reservations make_plan takes before any weight, so
     `roma compile` can refuse it before it writes anything."""
@@ -707,10 +717,10 @@ def check_kv_onchip(config, board, kv_tokens: int | None, *, lora_rank: int = 0,
     if not kv_tokens:
         return
     board = get_board(board)
-    targets = tuple(dict.fromkeys(lora_targets or ()))
-    reserved, stage, _ = _reserve(config, board, budget, lora_rank, targets, lora_dtype, None, kv_tokens)
+    targets = _check_lora(lora_slots, lora_rank, lora_targets, lora_dtype)
+    reserved, stage, _ = _reserve(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, None, kv_tokens)
     if reserved is None:
-        _raise_no_room(config, board, budget, lora_rank, targets, lora_dtype, None, kv_tokens, stage)
+        _raise_no_room(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, None, kv_tokens, stage)
 
 
 DDR_UNIT_WORDS = ("head", "embedding", "all")
@@ -823,24 +833,26 @@ def _place_unit(unit: list[TensorPlan], pool: _Pool, banks: _Banks) -> None:
         return
 
 
-def _raise_no_room(config, board, budget, rank, targets, dtype, group, kv_tokens, stage):
+def _raise_no_room(config, board, budget, slots, rank, targets, dtype, group, kv_tokens, stage):
     pct = f"{budget:.0%}"
     if stage == "LoRA memory":
-        fits = lambda r: _reserve(config, board, budget, r, targets, dtype, group, kv_tokens)[0] is not None  # noqa
+        fits = lambda r: _reserve(config, board, budget, slots, r, targets, dtype, group,  # noqa
+                                  kv_tokens)[0] is not None
         best = next((r for r in range(rank - 1, -1, -1) if fits(r)), None)
-        need = lora_elements(config, rank, targets) * (2 if dtype == "fp16" else 1)
+        need = slots * lora_elements(config, rank, targets) * (2 if dtype == "fp16" else 1)
         hint = (f"the largest rank that fits with these targets is {best}" if best
                 else "no rank > 0 fits with these targets")
         alts = ["fewer --lora-targets (e.g. wq wv)", "--lora-rank 0 for no adapter"]
         if dtype == "fp16":
             alts.insert(1, "--lora-dtype int8")
         raise RomaError(
-            f"LoRA rank {rank} ({dtype}, {len(targets)} targets x {config.n_layers} layers) needs "
+            f"LoRA rank {rank} ({slots} slot{'s' if slots != 1 else ''}, {dtype}, {len(targets)} targets x "
+            f"{config.n_layers} layers) needs "
             f"{need / 2**20:.2f} MiB of writable on-chip memory; {board.name} has "
             f"{budget * (board.bram_bytes + board.uram_bytes) / 2**20:.2f} MiB in its {pct} budget",
             hint=f"{hint}; or use {', '.join(alts)}")
     if stage == "KV cache":
-        fits = lambda n: _reserve(config, board, budget, rank, targets, dtype, group, n)[0] is not None  # noqa
+        fits = lambda n: _reserve(config, board, budget, slots, rank, targets, dtype, group, n)[0] is not None  # noqa
         lo, hi = 0, kv_tokens
         while lo < hi:  # largest n that fits
             mid = (lo + hi + 1) // 2
@@ -900,7 +912,7 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
         t_weights += max(t_compute, t_mem)
 
     attn_macs = c.n_layers * 2 * c.n_heads * c.head_dim * ctx
-    lora_macs = plan.lora.detail.get("elements", 0)
+    lora_macs = plan.lora.detail.get("elements", 0) // max(1, plan.lora.detail.get("slots", 1))  # one active slot
     t_attn_compute = attn_macs / dsp_macs / f
     kv_read = kv_bytes_per_token(c) * ctx
     t_kv_mem = kv_read / bw if plan.kv_cache.placement == "DDR" else 0.0
