@@ -178,7 +178,7 @@ def load_engine(args: argparse.Namespace, status: bool = True):
     if kv_memory is not None:
         options["kv_memory"] = int(kv_memory * (1 << 20))
     from ..backends import check_backend
-    from ..builds import build_for
+    from ..builds import build_for, default_settings
     from ..model.loader import load_model
 
     args.backend = check_backend(args.backend, args.numerics)
@@ -187,7 +187,8 @@ def load_engine(args: argparse.Namespace, status: bool = True):
     t0 = time.perf_counter()
     model = load_model(args.model)
     # the build step (emu on a model that is not a build): found in the cache, else compiled, with its progress
-    build = build_for(args.backend, model, progress=status, tensor_progress=status)
+    settings = default_settings(slots, rank, options["lora_dtype"])  # a default build holds what is asked
+    build = build_for(args.backend, model, settings=settings, progress=status, tensor_progress=status)
     engine = Engine(model, args.backend, args.numerics, build=build, bitstream=args.bitstream, **options)
     for name, folder in specs:
         engine.load_lora(name, folder)
