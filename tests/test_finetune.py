@@ -425,7 +425,7 @@ def test_distilled_adapter_replaces_the_build_compensation(tiny_models, tmp_path
     from roma_runtime.engine import Engine
 
     build = tmp_path / "b2r4"
-    compile_model(tiny_models["q4_1"], build, bits=2, group=32, lora_rank=4, progress=False)
+    compile_model(tiny_models["q4_1"], build, bits=2, group=32, lora_rank=4, lora_slots=2, progress=False)
     out = tmp_path / "distilled"
     options = dict(rank=4, lr=1e-2, batch=1, seq_len=16, distill=True, distill_tokens=64, save_every=1,
                    keep_snapshots=True)
