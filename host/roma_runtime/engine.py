@@ -680,6 +680,10 @@ class Engine:
 
     def _need_lora(self):
         if self.lora is None:
+            unit = self.backend.lora_unit
+            if unit is not None and not unit.slots:
+                raise RomaError("this build has no LoRA unit (it was compiled with --lora-slots 0)",
+                                hint="recompile the build with roma compile --lora-slots 1 (or more)")
             raise RomaError("this engine has no LoRA slots", hint="create it with lora_slots >= 1 (--lora-slots)")
         return self.lora
 

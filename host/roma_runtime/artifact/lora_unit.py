@@ -64,6 +64,11 @@ class LoraUnit:
     def check_slots(self, capacity: int, slot_rank: int, dtype: str) -> None:
         """RomaError unless `capacity` slots of rank `slot_rank` in `dtype` fit this unit (what an engine asks of a
         build), naming the unit and the `roma compile` option that would make room."""
+        if capacity and not self.slots:
+            raise RomaError(f"{capacity} LoRA slot{'s' if capacity != 1 else ''} asked, but this build has no LoRA "
+                            "unit (it was compiled with --lora-slots 0)",
+                            hint="recompile the build with roma compile --lora-slots 1 (or more), or run without "
+                                 "adapters")
         if capacity > self.slots:
             raise RomaError(f"{capacity} LoRA slot{'s' if capacity != 1 else ''} asked, but this build's LoRA unit "
                             f"has {self.describe()}",
