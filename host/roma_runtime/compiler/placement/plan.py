@@ -840,9 +840,11 @@ def _raise_no_room(config, board, budget, slots, rank, targets, dtype, group, kv
                                   kv_tokens)[0] is not None
         best = next((r for r in range(rank - 1, -1, -1) if fits(r)), None)
         need = slots * lora_elements(config, rank, targets) * (2 if dtype == "fp16" else 1)
-        hint = (f"the largest rank that fits with these targets is {best}" if best
-                else "no rank > 0 fits with these targets")
-        alts = ["fewer --lora-targets (e.g. wq wv)", "--lora-rank 0 for no adapter"]
+        hint = (f"the largest rank that fits with these targets is {best} (the slot rank: roma compile "
+                f"--lora-slot-rank, roma plan --lora-rank)" if best else "no rank > 0 fits with these targets")
+        alts = ["fewer --lora-targets (e.g. wq wv)", "--lora-slots 0 for no LoRA unit"]
+        if slots > 1:
+            alts.insert(1, "fewer --lora-slots")
         if dtype == "fp16":
             alts.insert(1, "--lora-dtype int8")
         raise RomaError(
@@ -863,7 +865,8 @@ def _raise_no_room(config, board, budget, slots, rank, targets, dtype, group, kv
             hint=f"at most {lo} tokens fit on chip (--kv-onchip {lo}); or omit --kv-onchip to keep the KV cache "
                  "in DDR")
     raise RomaError(f"the activation buffers of {config.name} do not fit in {board.name}'s {pct} budget "
-                    f"after the LoRA memory", hint="lower --lora-rank or use a larger board")
+                    f"after the LoRA memory", hint="reserve less LoRA memory (--lora-slots, a lower slot rank, "
+                                                   "--lora-targets) or use a larger board")
 
 
 # --- estimate ---------------------------------------------------------------------------------------------
