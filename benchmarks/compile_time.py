@@ -43,7 +43,7 @@ def main() -> int:
             kw = SETTINGS[key]
             t = time.time()
             man = compile_model(model, Path(root) / key, board="u250", calib_tokens=args.calib_tokens,
-                                progress=sys.stderr.isatty(), **kw)
+                                progress=sys.stderr.isatty(), lora_slot_rank=kw.get("lora_rank") or None, **kw)
             secs = time.time() - t
             print(f"| {key} ({kw}) | {secs:.1f} | {man['sizes']['files_bytes'] / 1e6:.0f} |", flush=True)
     return 0

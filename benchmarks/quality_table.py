@@ -122,7 +122,7 @@ def main() -> int:
             extra.update(sensitivity=sensitivity[key_s], sensitivity_tokens=args.sensitivity_tokens)
         t = time.time()
         man = compile_model(model, root / key, board="u250", force=True, progress=sys.stderr.isatty(),
-                            calib_tokens=args.calib_tokens, **kw, **extra)
+                            calib_tokens=args.calib_tokens, lora_slot_rank=kw.get("lora_rank") or None, **kw, **extra)
         secs = time.time() - t
         loaded = load_build(root / key)
         lora = loaded.compensation

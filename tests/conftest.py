@@ -141,13 +141,18 @@ def tiny_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_build(tiny_models):
-    """The emu backend's default build of the tiny Q4_1 model (4-bit G32, passed through bit for bit), compiled
-    once per test session into the session's roma cache like every default build."""
-    from roma_runtime.builds import default_build
+    """The tiny Q4_1 model's build as the emu backend's default build is made (4-bit G32, passed through bit for
+    bit), with a LoRA unit of TINY_LORA_SLOTS slots of rank TINY_LORA_RANK on every linear (fp16): the tests swap
+    several adapters. Compiled once per test session into the session's roma cache like every default build."""
+    from roma_runtime.builds import DEFAULT_BUILD, default_build
     from roma_runtime.model.loader import load_model
 
-    folder, _ = default_build(load_model(tiny_models["q4_1"]), progress=False)
+    settings = {**DEFAULT_BUILD, "lora_slots": TINY_LORA_SLOTS, "lora_slot_rank": TINY_LORA_RANK}
+    folder, _ = default_build(load_model(tiny_models["q4_1"]), settings=settings, progress=False)
     return folder
+
+
+TINY_LORA_SLOTS, TINY_LORA_RANK = 4, 16  # tiny_build's LoRA unit
 
 
 @pytest.fixture(scope="session")

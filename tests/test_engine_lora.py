@@ -246,7 +246,7 @@ def compensated_build(tiny_models, tmp_path_factory):
     from roma_runtime.compiler.build import compile_model
 
     out = tmp_path_factory.mktemp("comp") / "b2r4"
-    compile_model(tiny_models["q4_1"], out, bits=2, group=32, lora_rank=4, progress=False)
+    compile_model(tiny_models["q4_1"], out, bits=2, group=32, lora_rank=4, lora_slots=2, progress=False)
     return out
 
 
@@ -258,6 +258,7 @@ def test_build_compensation_is_always_on_and_joins_task_adapters(compensated_bui
     model = load_build(compensated_build)
     comp = model.compensation
     assert comp is not None
+    comp_rank = max(a.shape[0] for a, _, _ in comp.factors.values())
     engine = Engine(compensated_build, "ref", "quant", lora_slots=2)
     ids = [1, 504, 3458, 282, 4649, 314]
 
@@ -284,3 +285,11 @@ def test_build_compensation_is_always_on_and_joins_task_adapters(compensated_bui
     assert np.abs(engine_logits("task") - engine_logits(None)).max() > 0.1  # the task adapter does something
     with pytest.raises(RomaError, match="reserved"):
         engine.load_lora("rom-compensation", task)
+    # the slot holds the compensation's rank too: a task adapter that fits the slot rank alone may not
+    r = engine.lora.slot_rank - comp_rank + 1
+    wide = Adapter.from_factors("wide", model, {(0, "wq"): (np.ones((r, 64), np.float32), np.ones((64, r), np.float32),
+                                                            1.0)})
+    with pytest.raises(RomaError, match=rf"with the build's compensating LoRA \(rank {comp_rank}, always on\) needs "
+                                        rf"rank {r + comp_rank}, above the LoRA slot rank") as e:
+        engine.load_lora("wide", wide)
+    assert f"--lora-slot-rank {r + comp_rank}" in e.value.hint and engine.lora_names() == ["task"]

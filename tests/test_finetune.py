@@ -149,6 +149,8 @@ def write(path, lines):
     ("target_embed", r"--targets embed_tokens: the LoRA unit adapts only the 7 linears"),
     ("target_head", r"--targets lm_head: the LoRA unit adapts only the 7 linears"),
     ("rank", r"--rank 65 is above the LoRA slot rank 64"),
+    ("build_rank", r"--rank 17 is above the slot rank of the LoRA unit of .* \(1 slot of rank 16"),
+    ("build_targets", r"--targets k_proj o_proj gate_proj up_proj down_proj: the LoRA unit of .* has no memory"),
     ("distill_model", r"--distill needs --build"),
     ("schedule", r"--schedule 'linear' is not known"),
     ("distill_text", r"--distill-text 'wiki' is not known"),
@@ -175,6 +177,11 @@ def test_bad_inputs_refused_before_training(build2, tiny_models, tmp_path, case,
         kw["options"] = F.FinetuneOptions(targets=["q_proj", "embed_tokens" if case == "target_embed" else "lm_head"])
     elif case == "rank":
         kw["options"] = F.FinetuneOptions(rank=65)
+    elif case == "build_rank":  # build2's LoRA unit: the U250's default, one slot of rank 16
+        kw["options"] = F.FinetuneOptions(rank=17)
+    elif case == "build_targets":  # the default targets (all 7) on a build with LoRA memory for wq and wv only
+        kw["build"] = tmp_path / "wq_wv"
+        compile_model(tiny_models["q4_1"], kw["build"], lora_targets=["wq", "wv"], progress=False)
     elif case == "schedule":
         kw["options"] = F.FinetuneOptions(schedule="linear")
     elif case == "distill_text":
@@ -425,7 +432,7 @@ def test_distilled_adapter_replaces_the_build_compensation(tiny_models, tmp_path
     from roma_runtime.engine import Engine
 
     build = tmp_path / "b2r4"
-    compile_model(tiny_models["q4_1"], build, bits=2, group=32, lora_rank=4, progress=False)
+    compile_model(tiny_models["q4_1"], build, bits=2, group=32, lora_rank=4, lora_slots=2, progress=False)
     out = tmp_path / "distilled"
     options = dict(rank=4, lr=1e-2, batch=1, seq_len=16, distill=True, distill_tokens=64, save_every=1,
                    keep_snapshots=True)

@@ -16,7 +16,8 @@ starts from an empty KV cache):
   per token is then the wall time minus the time inside the device calls (forward and generate), per
   generated token, next to the per-token (host-sampled) figure of the same prompt.
 - LoRA swap: LoraSlots.activate plus the backend's set_lora, alternating between two resident rank-16
-  adapters on all seven linears of every layer (made in code); load is read-validate-pack-place of one.
+  adapters on all seven linears of every layer (made in code; on a build, on its LoRA unit's targets at most at
+  its slot rank, and with one slot between the adapter and the base); load is read-validate-pack-place of one.
 
 Fairness: both sides process the same token ids (ours are fed to llama.cpp), greedy, with the same thread
 count (ours: the OpenBLAS threads numpy uses; llama.cpp: n_threads and n_threads_batch), and the runs are
@@ -324,8 +325,9 @@ class OursRunner:
 # --- LoRA ---------------------------------------------------------------------------------------------------
 
 
-def lora_adapters(config, rank: int = LORA_RANK, count: int = 2, seed: int = 0):
-    """`count` rank-`rank` adapters on all seven linears of every layer, random small factors."""
+def lora_adapters(config, rank: int = LORA_RANK, count: int = 2, seed: int = 0, targets=lora.LINEAR):
+    """`count` rank-`rank` adapters on the `targets` linears (default all seven) of every layer, random small
+    factors."""
 
     rng = np.random.default_rng(seed)
     shapes = lora.linear_shapes(config)
@@ -333,7 +335,7 @@ def lora_adapters(config, rank: int = LORA_RANK, count: int = 2, seed: int = 0):
     for k in range(count):
         factors = {}
         for layer in range(config.n_layers):
-            for name in lora.LINEAR:
+            for name in targets:
                 out_dim, in_dim = shapes[name]
                 a = (rng.standard_normal((rank, in_dim)) * 0.02).astype(np.float32)
                 b = (rng.standard_normal((out_dim, rank)) * 0.02).astype(np.float32)
@@ -342,18 +344,28 @@ def lora_adapters(config, rank: int = LORA_RANK, count: int = 2, seed: int = 0):
     return adapters
 
 
-def measure_lora(engine, swaps: int = LORA_SWAPS, rank: int = LORA_RANK) -> dict:
-    """Load two rank-16 adapters into LoraSlots and time switching between them, then restore the base."""
+def measure_lora(engine, swaps: int = LORA_SWAPS, rank: int = LORA_RANK) -> dict | None:
+    """Load two rank-16 adapters into LoraSlots and time switching between them, then restore the base. On a
+    build, the slots are its LoRA unit's (backend.lora_unit): the adapters adapt its targets at a rank of at most
+    its slot rank, and with one slot the swap is between the adapter and the base; None without a LoRA unit."""
 
     backend = engine.backend
-    slots = LoraSlots(engine.config, capacity=2, slot_rank=max(DEFAULT_MAX_RANK, rank))
-    adapters = lora_adapters(engine.config, rank)
+    unit = backend.lora_unit
+    if unit is not None and not unit.slots:
+        return None
+    targets = unit.targets if unit is not None else lora.LINEAR
+    slot_rank = unit.rank if unit is not None else max(DEFAULT_MAX_RANK, rank)
+    rank = min(rank, slot_rank)
+    capacity = min(2, unit.slots) if unit is not None else 2
+    slots = LoraSlots(engine.config, capacity, slot_rank, unit.dtype if unit is not None else "fp16", unit=unit)
+    adapters = lora_adapters(engine.config, rank, count=capacity, targets=targets)
     for adapter in adapters:
         slots.load(adapter.name, adapter)
     loads = [e for e in slots.events if e.op == "load"]
+    names = [a.name for a in adapters] + ([None] if capacity == 1 else [])
     swap_s = []
     for i in range(swaps):
-        name = adapters[i % 2].name
+        name = names[i % len(names)]
         t0 = time.perf_counter()
         slots.activate(name)
         backend.set_lora(slots)
@@ -362,7 +374,7 @@ def measure_lora(engine, swaps: int = LORA_SWAPS, rank: int = LORA_RANK) -> dict
     slots.activate(None)
     backend.set_lora(slots)  # back to the base model
     return {
-        "rank": rank, "targets": "all 7 linears (q, k, v, o, gate, up, down) of every layer",
+        "rank": rank, "targets": " ".join(targets),
         "layers": engine.config.n_layers, "slot_rank": slots.slot_rank, "dtype": slots.dtype,
         "adapter_bytes": loads[0].nbytes if loads else None,
         "load_s": statistics.median(e.seconds for e in loads) if loads else None,
@@ -516,8 +528,9 @@ def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, pro
         if progress:
             print("bench: LoRA swap...", file=sys.stderr, flush=True)
         lora = measure_lora(engine)
-        lora["peer"] = None
-        lora["peer_note"] = "not measured for llama.cpp (its LoRA needs a GGUF adapter file)" if peer else None
+        if lora is not None:
+            lora["peer"] = None
+            lora["peer_note"] = "not measured for llama.cpp (its LoRA needs a GGUF adapter file)" if peer else None
 
     clock, clock_source = _clock(engine.backend, cfg.clock_mhz)
     results, any_cycles = [], False
@@ -712,7 +725,7 @@ def format_table(report: dict) -> str:
     lora = report.get("lora")
     lines.append("")
     if lora:
-        lines.append(f"LoRA swap (rank {lora['rank']} on all 7 linears x {lora['layers']} layers, "
+        lines.append(f"LoRA swap (rank {lora['rank']} on {lora['targets']} x {lora['layers']} layers, "
                      f"{(lora['adapter_bytes'] or 0) / 1e6:.2f} MB {lora['dtype']}): swap "
                      f"{lora['swap_s'] * 1e6:.1f} us median of {lora['swaps']} (activate + set_lora), load "
                      f"{lora['load_s'] * 1e3:.1f} ms" + ("; llama.cpp: n/a" if peer else ""))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .backends import needs_build
+from .artifact.boards import get_board
 from .artifact.build import FORMAT_VERSION, read_manifest
 from .compiler.build import compile_model
 from .device.library import cache_root
@@ -30,6 +31,22 @@ from .tempfiles import clean_stale, temp_path
 # 32 (a Q4_1 GGUF passes through bit for bit, anything else is rounded to nearest), 8-bit embeddings, on the
 # default board. A different quantization is a `roma compile` away (then --model <build folder>).
 DEFAULT_BUILD = {"bits": 4, "group": 32, "method": "rtn", "embedding_bits": 8, "board": "u250"}
+
+
+def default_settings(lora_slots: int | None = None, lora_slot_rank: int | None = None,
+                     lora_dtype: str | None = None) -> dict:
+    """DEFAULT_BUILD with a LoRA unit that holds what a command asks for: more slots, a higher slot rank or
+    another storage type than the board's default unit (boards.json "lora_unit") reserves. A request the
+    default unit holds keeps DEFAULT_BUILD (and its cached build)."""
+    unit = get_board(DEFAULT_BUILD["board"]).lora_unit
+    settings = dict(DEFAULT_BUILD)
+    if lora_slots is not None and lora_slots > unit.slots:
+        settings["lora_slots"] = lora_slots
+    if lora_slot_rank is not None and lora_slot_rank > unit.rank:
+        settings["lora_slot_rank"] = lora_slot_rank
+    if lora_dtype is not None and lora_dtype != unit.dtype:
+        settings["lora_dtype"] = lora_dtype
+    return settings
 
 
 def default_build_dir(model: LoadedModel, cache: str | Path | None = None, settings: dict | None = None) -> Path:
@@ -82,11 +99,13 @@ def default_build(model: LoadedModel, *, cache: str | Path | None = None, settin
     return folder, True
 
 
-def build_for(backend: str, model: LoadedModel, *, progress: bool = True, tensor_progress: bool = False) -> Path | None:
+def build_for(backend: str, model: LoadedModel, *, settings: dict | None = None, progress: bool = True,
+              tensor_progress: bool = False) -> Path | None:
     """The build that backend `backend` ("ref", "emu", "board") runs `model` from, when it needs one that the
-    model is not (backends.needs_build: the emu backend on a model that is not a build): its default build,
-    found in the cache or compiled (default_build). None when it needs none."""
+    model is not (backends.needs_build: the emu backend on a model that is not a build): its default build
+    (settings: default_settings(...) for a LoRA unit that holds what the command asks), found in the cache or
+    compiled (default_build). None when it needs none."""
     if not needs_build(backend, model):
         return None
-    folder, _ = default_build(model, progress=progress, tensor_progress=tensor_progress)
+    folder, _ = default_build(model, settings=settings, progress=progress, tensor_progress=tensor_progress)
     return folder

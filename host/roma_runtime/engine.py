@@ -35,7 +35,8 @@ from .errors import RomaError
 from .generate import HostSampler, SamplingParams, StopMatcher
 from .golden.sampler import OnChipParams, prng_next, seed_state
 from .finetune import check_adapter_build, includes_compensation
-from .lora import DEFAULT_MAX_RANK, DEFAULT_SLOTS, Adapter, LoraSlots, check_slot_rank, concat, read_peft_adapter
+from .lora import (DEFAULT_MAX_RANK, DEFAULT_SLOTS, Adapter, LoraSlots, check_slot_rank, concat, max_slot_rank,
+                   read_peft_adapter)
 from .model.loader import DEFAULT_MODEL, LoadedModel, build_source, load_model
 from .tokenizer import Tokenizer
 
@@ -589,12 +590,14 @@ class Engine:
     """A model on a backend, with its tokenizer, resident LoRA adapters and KV memory.
 
     lora_slots / lora_rank / lora_dtype: the LoRA memory (slots of `lora_rank`, fp16 or int8); 0 slots means
-    no LoRA. kv_memory: bytes of writable memory for LoRA slots plus KV cache; when given, the KV tokens that
+    no LoRA. None: what the build's LoRA unit reserves (backend.lora_unit, the manifest's "lora_unit"), which
+    also bounds what is asked; for a model that is not a build on the golden model, lora.DEFAULT_SLOTS slots of
+    rank lora.DEFAULT_MAX_RANK, fp16. kv_memory: bytes of writable memory for LoRA slots plus KV cache; when given, the KV tokens that
     fit after the slots (`kv_budget`) are shared by all sessions (`kv_pool`) and bound their default context.
     """
 
     def __init__(self, model=DEFAULT_MODEL, backend: str | None = None, numerics: str = "quant", *,
-                 lora_slots: int = DEFAULT_SLOTS, lora_rank: int = DEFAULT_MAX_RANK, lora_dtype: str = "fp16",
+                 lora_slots: int | None = None, lora_rank: int | None = None, lora_dtype: str | None = None,
                  kv_memory: int | None = None, build=None, bitstream=None, lora_any_build: bool = False):
         """backend: "ref", "emu" or "board"; None is the default (backends.check_backend: the board where a
         PYNQ board is present, else the emulated board; the golden model for float numerics). build: the
@@ -603,13 +606,21 @@ class Engine:
         accept adapters that `roma finetune` trained for another base (with a warning) instead of refusing
         them."""
         backend = check_backend(backend, numerics)
-        if isinstance(lora_slots, bool) or not isinstance(lora_slots, int) or lora_slots < 0:
+        if lora_slots is not None and (isinstance(lora_slots, bool) or not isinstance(lora_slots, int)
+                                       or lora_slots < 0):
             raise RomaError(f"the LoRA slot count must be a whole number >= 0, not {lora_slots!r}")
-        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
+        if lora_rank is not None and (isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1):
             raise RomaError(f"the LoRA slot rank must be a positive integer, not {lora_rank!r}")
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.tokenizer = _tokenizer_of(self.model)
         self.backend = create_backend(backend, self.model, numerics, build=build, bitstream=bitstream)
+        unit = self.backend.lora_unit  # the build's LoRA unit sizes the slots (None: a model without a build)
+        if lora_slots is None:
+            lora_slots = unit.slots if unit is not None else DEFAULT_SLOTS
+        if lora_rank is None:
+            lora_rank = unit.rank if unit is not None and unit.slots else DEFAULT_MAX_RANK
+        if lora_dtype is None:
+            lora_dtype = unit.dtype if unit is not None else "fp16"
         self.numerics = self.backend.numerics
         self.kv_dtype = kv.kv_dtype_name(self.backend.kv_dtype)
         # A build's compensating LoRA repairs its ROM base's quantization error, so it is always on: resident in
@@ -622,10 +633,11 @@ class Engine:
         if lora_slots:
             from types import SimpleNamespace
 
-            self.backend.check_lora(SimpleNamespace(capacity=lora_slots, slot_rank=lora_rank, config=self.config))
+            self.backend.check_lora(SimpleNamespace(capacity=lora_slots, slot_rank=lora_rank, dtype=lora_dtype,
+                                                    config=self.config))
         if lora_slots:  # a slot rank beyond the model's width would only hold zeros, at the slot rank's cost
             check_slot_rank(lora_rank, self.config)
-        self.lora = LoraSlots(self.config, lora_slots, lora_rank, lora_dtype) if lora_slots else None
+        self.lora = LoraSlots(self.config, lora_slots, lora_rank, lora_dtype, unit=unit) if lora_slots else None
         if self.compensation is not None:
             self.lora.load(COMPENSATION, self.compensation)
         self.lora_any_build = lora_any_build
@@ -668,6 +680,10 @@ class Engine:
 
     def _need_lora(self):
         if self.lora is None:
+            unit = self.backend.lora_unit
+            if unit is not None and not unit.slots:
+                raise RomaError("this build has no LoRA unit (it was compiled with --lora-slots 0)",
+                                hint="recompile the build with roma compile --lora-slots 1 (or more)")
             raise RomaError("this engine has no LoRA slots", hint="create it with lora_slots >= 1 (--lora-slots)")
         return self.lora
 
@@ -685,9 +701,17 @@ class Engine:
             record = check_adapter_build(adapter, self.model, allow_other=self.lora_any_build)
             replaces_compensation = includes_compensation(record)
             if self.compensation is not None:
-                adapter = read_peft_adapter(adapter, self.model, max_rank=slots.slot_rank, name=name)
+                adapter = read_peft_adapter(adapter, self.model, max_rank=max_slot_rank(self.config), name=name)
         if self.compensation is not None and not replaces_compensation:
-            adapter = concat(self.compensation, adapter, name=name)
+            slots.check_fits(adapter)  # its own targets and rank, before the compensation's rank adds to it
+            task_rank, adapter = adapter.max_rank, concat(self.compensation, adapter, name=name)
+            if adapter.max_rank > slots.slot_rank:
+                comp = self.compensation.max_rank
+                raise RomaError(f"adapter '{name}' (rank {task_rank}) with the build's compensating LoRA (rank "
+                                f"{comp}, always on) needs rank {adapter.max_rank}, above the LoRA slot rank "
+                                f"{slots.slot_rank}",
+                                hint=f"use an adapter of rank <= {slots.slot_rank - comp}, or recompile the build with "
+                                     f"roma compile --lora-slot-rank {adapter.max_rank}")
         slot = slots.load(name, adapter)
         self._serial += 1
         self._loads[name] = self._serial

@@ -47,6 +47,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .artifact.build import MANIFEST, read_manifest, sha256_files
+from .artifact.lora_unit import manifest_lora_unit
 from .compiler.quantization.corpus import DISTILL_TEXTS, token_windows
 from .errors import RomaError
 from .lora import DEFAULT_MAX_RANK, OUR_TO_PEFT, PARENT, PEFT_NAMES
@@ -140,6 +141,20 @@ def parse_targets(targets) -> tuple[str, ...]:
     if not out:
         raise RomaError("--targets names no linear layer", hint="choose among " + ", ".join(PEFT_NAMES))
     return tuple(n for n in PEFT_NAMES if n in out)
+
+
+def _check_lora_unit(o: FinetuneOptions, unit, build) -> None:
+    """RomaError unless the build's LoRA unit (artifact/lora_unit.py) can hold the adapter trained with these
+    options: its rank at most the slot rank, its targets among the linears the unit has memory for."""
+    if o.rank > unit.rank:
+        raise RomaError(f"--rank {o.rank} is above the slot rank of the LoRA unit of {build} ({unit.describe()})",
+                        hint=f"use --rank <= {unit.rank}, or recompile the build with --lora-slot-rank {o.rank}")
+    off = [t for t in o.targets if PEFT_NAMES[t] not in unit.targets]
+    if off:
+        raise RomaError(f"--targets {' '.join(off)}: the LoRA unit of {build} has no memory for them "
+                        f"({unit.describe()})",
+                        hint=f"use --targets {' '.join(OUR_TO_PEFT[t] for t in unit.targets)}, or recompile the "
+                             "build with --lora-targets")
 
 
 def _check_options(o: FinetuneOptions, slot_rank: int = DEFAULT_MAX_RANK) -> None:
@@ -758,6 +773,7 @@ def finetune(out: str | Path, *, build: str | Path | None = None, model: str | P
         if not (Path(build) / MANIFEST).is_file():
             raise RomaError(f"{build} holds no {MANIFEST}; it is not a complete build",
                             hint=f"compile it with roma compile --out {build}")
+        _check_lora_unit(o, manifest_lora_unit(read_manifest(build)), build)
     if o.distill and build is None:
         raise RomaError("--distill needs --build: the adapter learns to repair the build's quantization error "
                         "against the float model it was compiled from")

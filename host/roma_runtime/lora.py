@@ -27,7 +27,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .artifact.interface import load_constants
+from .artifact.lora_unit import LoraUnit
 from .artifact.lora_image import PACK_DTYPES, SCALE_DTYPES, packed_size, read_image, write_image
 from .errors import RomaError
 from .model.config import ModelConfig, linear_shapes
@@ -41,8 +41,10 @@ PEFT_NAMES = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo",
 OUR_TO_PEFT = {v: k for k, v in PEFT_NAMES.items()}
 PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
           "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
-DEFAULT_MAX_RANK = load_constants()["LORA_MAX_RANK"]  # the largest slot rank the core's LoRA unit takes
-DEFAULT_SLOTS = load_constants()["LORA_SLOTS"]  # the slots the core's LoRA unit holds
+# The LoRA slots for a model that is not a build (the golden model holds any count and rank). A build's LoRA unit
+# (artifact/lora_unit.py: the manifest's "lora_unit") sets them for every backend that runs the build.
+DEFAULT_SLOTS = 4
+DEFAULT_MAX_RANK = 64
 
 _SUPPORTED = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
 # LoRA variants whose inference is not y += s B(Ax) on the 7 linears (PEFT config keys; truthy = in use).
@@ -578,7 +580,9 @@ class LoraSlots:
     """
 
     def __init__(self, model, capacity: int = DEFAULT_SLOTS, slot_rank: int = DEFAULT_MAX_RANK, dtype: str = "fp16",
-                 scale_dtype: str = "fp16"):
+                 scale_dtype: str = "fp16", unit: LoraUnit | None = None):
+        """unit: the build's LoRA unit these slots live in (artifact/lora_unit.py), whose targets bound what an
+        adapter may adapt and whose reservation the refusals name; None: a model without a build (every linear)."""
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise RomaError(f"the LoRA slot count must be a positive integer, not {capacity!r}")
         if capacity > MAX_SLOTS:
@@ -596,6 +600,8 @@ class LoraSlots:
         self.slot_rank = slot_rank
         self.dtype = dtype
         self.scale_dtype = scale_dtype
+        self.unit = unit
+        self.targets = unit.targets if unit is not None else LINEAR
         self.slot_bytes = slot_bytes(self.config, slot_rank, dtype, scale_dtype)
         self._slots: list[tuple[str, PackedLora, Any, Adapter] | None] = [None] * capacity
         self._active: int | None = None
@@ -666,14 +672,18 @@ class LoraSlots:
         target = resident if resident is not None else free
         if target is None:
             raise RomaError(f"all {self.capacity} LoRA slots are in use ({', '.join(self.names())})",
-                            hint="unload an adapter first")
+                            hint="unload an adapter first" + (
+                                f" (this build's LoRA unit has {self.unit.describe()}; roma compile --lora-slots "
+                                f"{self.capacity + 1} reserves more)" if self.unit is not None else ""))
         if isinstance(adapter_or_folder, Adapter):
             adapter = adapter_or_folder
             adapter.check_model(self.config)
         elif isinstance(adapter_or_folder, (str, Path)):
-            adapter = read_peft_adapter(adapter_or_folder, self.config, max_rank=self.slot_rank, name=name)
+            adapter = read_peft_adapter(adapter_or_folder, self.config, max_rank=max_slot_rank(self.config),
+                                        name=name)
         else:
             raise TypeError(f"expected an Adapter or a folder, not {type(adapter_or_folder).__name__}")
+        self.check_fits(adapter)
         packed = pack(adapter, self.dtype, self.slot_rank, self.scale_dtype)
         packed.name = name
         golden = packed.to_golden()
@@ -682,6 +692,25 @@ class LoraSlots:
         self.version += 1
         self.events.append(SlotEvent("load", name, target, time.perf_counter() - t0, packed.nbytes))
         return target
+
+    def check_fits(self, adapter: Adapter) -> None:
+        """RomaError unless the adapter fits these slots: its ranks at most the slot rank, its linears among the
+        targets (the linears the build's LoRA unit has memory for), naming the reservation and what to do."""
+        where = (f"this build's LoRA unit ({self.unit.describe()})" if self.unit is not None
+                 else f"the LoRA slots (rank {self.slot_rank})")
+        off = [n for n in adapter.targets if n not in self.targets]
+        if off:
+            want = " ".join(n for n in LINEAR if n in off or n in self.targets)
+            raise RomaError(f"adapter '{adapter.name}' adapts {', '.join(OUR_TO_PEFT[n] for n in off)}, for which "
+                            f"{where} has no memory",
+                            hint=f"recompile the build with roma compile --lora-targets {want}, or use an adapter "
+                                 f"of {', '.join(OUR_TO_PEFT[n] for n in self.targets)} only")
+        if adapter.max_rank > self.slot_rank:
+            (layer, lin), r = max(adapter.ranks.items(), key=lambda kv: kv[1])
+            raise RomaError(f"adapter '{adapter.name}' layer {layer} {OUR_TO_PEFT[lin]} has rank {r}, above the "
+                            f"LoRA slot rank {self.slot_rank} of {where}",
+                            hint=(f"recompile the build with roma compile --lora-slot-rank {r}" if self.unit is not None
+                                  else f"use --lora-rank {r}") + f", or use an adapter of rank <= {self.slot_rank}")
 
     def activate(self, name: str | None) -> None:
         """Make `name` the active adapter (None: no adapter). Atomic: one assignment after validation."""

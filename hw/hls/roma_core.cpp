@@ -310,8 +310,24 @@ static bool g_packed_ok[rm::N_LAYERS][L_OUTPUT + 1];
 
 namespace {
 
-typedef LoraUnit<rm::N_LAYERS, rm::DIM, rm::KV_DIM, rm::FFN_DIM, (int)LORA_SLOTS, (int)LORA_MAX_RANK> Lora;
+// The LoRA unit the build reserved (roma_model.h LORA_*), or none: a build with LORA_SLOTS == 0 declares no LoRA
+// memory, refuses every slot (ERR_LORA_SLOT) and never adds a delta.
+constexpr unsigned lora_target_mask(int lin = 0) {
+  return lin == (int)lora_fmt::LINEARS ? 0u : (rm::LORA_TARGET[lin] ? 1u << lin : 0u) | lora_target_mask(lin + 1);
+}
+constexpr uint32_t LORA_SLOTS = rm::LORA_SLOTS > 0 ? (uint32_t)rm::LORA_SLOTS : 0u;
+typedef std::integral_constant<bool, (LORA_SLOTS > 0)> HasLora;
+struct NoLora {};
+typedef std::conditional<HasLora::value,
+                         LoraUnit<rm::N_LAYERS, rm::DIM, rm::KV_DIM, rm::FFN_DIM, rm::LORA_SLOTS, rm::LORA_RANK,
+                                  lora_target_mask(), rm::LORA_INT8>,
+                         NoLora>::type Lora;
 static_assert(QDIM == rm::DIM, "the LoRA unit assumes n_heads * head_dim == dim (LLaMA)");
+// the unit's arrays as 64-bit words (the BIND_STORAGE/ARRAY_RESHAPE pragmas of roma_core; contract C1)
+constexpr int LORA_VALUES_PER_WORD = rm::LORA_INT8 ? 8 : 4;
+constexpr int LORA_ROW_SCALES_PER_WORD = 2;
+static_assert(ROMA_LORA_ARRAYS == (HasLora::value ? (rm::LORA_INT8 ? 2 : 1) : 0),
+              "roma_model.h's ROMA_LORA_ARRAYS says which LoRA arrays the unit declares");
 
 // Persistent state (registers and on-chip RAM of the core).
 Lora g_lora;
@@ -348,6 +364,36 @@ struct Acct {
   SamplerCycles sampler;
   uint64_t weight_load = 0; // CMD_LOAD_WEIGHTS
 };
+
+// Whether linear LIN has LoRA memory in this build (a non-target linear, the embedding and the output have none).
+constexpr bool lora_target(int lin) { return HasLora::value && lin < (int)lora_fmt::LINEARS && rm::LORA_TARGET[lin]; }
+
+// The LoRA delta of the active slot on linear LIN of layer l (lora_apply), or nothing where the build has no LoRA
+// memory for LIN (no call, no cycles).
+template <int LIN, int IN, int OUT, class U>
+void lora_delta(std::true_type, const U &u, int l, const float *x, float *y, Acct &a) {
+  if (g_active != LORA_NONE) lora_apply<U, IN, OUT>(u, (int)g_active, l, LIN, x, y, a.lora);
+}
+template <int LIN, int IN, int OUT, class U>
+void lora_delta(std::false_type, const U &, int, const float *, float *, Acct &) {}
+
+// CMD_LOAD_LORA's check and copy, and CMD_SELECT_LORA's check, on the unit (a build without one has no slot).
+template <class U>
+uint32_t lora_check_load(std::true_type, const U &, const uint8_t *img, uint32_t bytes) {
+  return lora_validate<U>(img, bytes, rm::N_LAYERS) == LoraImageError::Ok ? ERR_NONE : ERR_LORA_IMAGE;
+}
+template <class U>
+uint32_t lora_check_load(std::false_type, const U &, const uint8_t *, uint32_t) { return ERR_LORA_SLOT; }
+template <class U>
+void lora_copy(std::true_type, U &u, uint32_t slot, const uint8_t *img, uint32_t bytes, Acct &a) {
+  lora_load<U>(u, (int)slot, img, bytes, a.lora);
+}
+template <class U>
+void lora_copy(std::false_type, U &, uint32_t, const uint8_t *, uint32_t, Acct &) {}
+template <class U>
+bool lora_loaded(std::true_type, const U &u, uint32_t slot) { return u.loaded[slot]; }
+template <class U>
+bool lora_loaded(std::false_type, const U &, uint32_t) { return false; }
 
 // Layer l's tiles of engine R (TILES*ROWS outputs): streamed from its offset in ddr, or from its bank row.
 template <class R>
@@ -434,8 +480,7 @@ void gemv_engine(int l, const float *x, float *y, const rom_word_t *ddr, Acct &a
     }
   }
 #endif
-  if (LIN < L_EMBD && g_active != LORA_NONE)
-    lora_apply<Lora, R::COLS, R::ROWS_ALL>(g_lora, (int)g_active, l, LIN, x, y, a.lora);
+  lora_delta<LIN, R::COLS, R::ROWS_ALL>(std::integral_constant<bool, lora_target(LIN)>(), g_lora, l, x, y, a);
 }
 
 // Linear LIN of layer l: to the engine of the layer's configuration, by a run-time compare per engine (each
@@ -867,6 +912,17 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = return bundle = control
 #pragma HLS BIND_STORAGE variable = g_kv_chip type = ram_s2p impl = ROMA_KV_ONCHIP_IMPL
 #pragma HLS ARRAY_RESHAPE variable = g_kv_chip type = cyclic factor = ATT_SIMD dim = 3
+  // the LoRA unit's memory where the plan reserved it, 64-bit words (ROMA_LORA_ARRAYS: which arrays it declares)
+#if ROMA_LORA_ARRAYS >= 1
+#pragma HLS BIND_STORAGE variable = g_lora.values type = ram_s2p impl = ROMA_LORA_IMPL
+#pragma HLS ARRAY_RESHAPE variable = g_lora.values type = cyclic factor = LORA_VALUES_PER_WORD dim = 2
+#pragma HLS BIND_STORAGE variable = g_lora.rank type = ram_1p impl = lutram
+#pragma HLS BIND_STORAGE variable = g_lora.scale type = ram_1p impl = lutram
+#endif
+#if ROMA_LORA_ARRAYS == 2
+#pragma HLS BIND_STORAGE variable = g_lora.row_scale type = ram_s2p impl = ROMA_LORA_IMPL
+#pragma HLS ARRAY_RESHAPE variable = g_lora.row_scale type = cyclic factor = LORA_ROW_SCALES_PER_WORD dim = 2
+#endif
   // One forward datapath for both call sites below (a run, a generate step): each GEMV engine, the layer and the
   // head are called at one place inside it, so the whole model is one instance of each kernel.
 #pragma HLS ALLOCATION function instances = forward limit = 1
@@ -903,16 +959,16 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
       }
     } else if (command == CMD_LOAD_LORA) {
       if (lora_slot >= LORA_SLOTS) err = ERR_LORA_SLOT;
-      else if (lora_validate<Lora>(lora_staging, lora_bytes, rm::N_LAYERS) != LoraImageError::Ok)
-        err = ERR_LORA_IMAGE;
+      else err = lora_check_load(HasLora(), g_lora, lora_staging, lora_bytes);
     } else if (command == CMD_SELECT_LORA) {
-      if (lora_slot != LORA_NONE && (lora_slot >= LORA_SLOTS || !g_lora.loaded[lora_slot])) err = ERR_LORA_SLOT;
+      if (lora_slot != LORA_NONE && (lora_slot >= LORA_SLOTS || !lora_loaded(HasLora(), g_lora, lora_slot)))
+        err = ERR_LORA_SLOT;
     }
   }
   if (err != ERR_NONE) {
     // refused: nothing runs (status and counters below: the error, 0 cycles)
   } else if (command == CMD_LOAD_LORA) {
-    lora_load<Lora>(g_lora, (int)lora_slot, lora_staging, lora_bytes, a.lora);
+    lora_copy(HasLora(), g_lora, lora_slot, lora_staging, lora_bytes, a);
   } else if (command == CMD_SELECT_LORA) {
     g_active = lora_slot;
   } else if (command == CMD_LOAD_WEIGHTS) {

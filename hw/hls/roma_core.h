@@ -18,7 +18,11 @@
 //                check as PREFILL applies. sample_mode must not be SAMPLE_NONE (ERR_BAD_COMMAND).
 //   n_tokens == 0 is ERR_BAD_COMMAND for PREFILL/DECODE/GENERATE.
 //   CMD_LOAD_LORA   copy lora_bytes bytes of a packed adapter (host/roma_runtime/lora.py, PackedLora
-//                   layout) from lora_staging into LoRA slot `lora_slot`; the active slot is unchanged.
+//                   layout) from lora_staging into LoRA slot `lora_slot`; the active slot is unchanged. The
+//                   build's LoRA unit (roma_model.h LORA_*) holds LORA_SLOTS slots of rank LORA_RANK with memory
+//                   on the LORA_TARGET linears only, fp16 or int8 (LORA_INT8): an image of another storage type,
+//                   a higher slot rank or a factor on another linear is ERR_LORA_IMAGE. A build with
+//                   LORA_SLOTS == 0 has no LoRA unit: every slot is out of range (ERR_LORA_SLOT).
 //   CMD_SELECT_LORA make `lora_slot` the active adapter (LORA_NONE: no adapter).
 //   CMD_KV_LOAD  on-chip KV builds only (else ERR_BAD_COMMAND): copy rows position..position+n_tokens-1 of every
 //                layer's keys and values from kv_cache into the on-chip KV cache (n_tokens == 0 is
@@ -104,15 +108,8 @@ enum SampleMode : uint32_t {
   SAMPLE_RANDOM = 2,
 };
 
-// Hardware parameters of the top (a build may override them with -D before including this header).
-#ifndef ROMA_LORA_SLOTS
-#define ROMA_LORA_SLOTS 4 // the LoRA unit's slots (the Engine's default slot count is read from here)
-#endif
-#ifndef ROMA_LORA_MAX_RANK
-#define ROMA_LORA_MAX_RANK 64 // a packed adapter's slot rank R may be 1..this (lora.DEFAULT_MAX_RANK reads it)
-#endif
-constexpr uint32_t LORA_SLOTS = ROMA_LORA_SLOTS;
-constexpr uint32_t LORA_MAX_RANK = ROMA_LORA_MAX_RANK;
+// Hardware parameters of the top. The LoRA unit's size (slots, slot rank, target linears, storage type) is the
+// build's: roma_model.h's LORA_SLOTS, LORA_RANK, LORA_TARGET, LORA_INT8 (`roma compile --lora-slots ...`).
 constexpr int SAMPLER_K = 64;     // sampler pool (top-k maximum); golden/sampler.py reads it
 constexpr int SAMPLER_RING = 64;  // recent ids for the repetition penalty; golden/sampler.py reads it
 constexpr int SAMPLER_LANES = 4;  // logits per cycle (timing only); the roma_core testbench data reads it
@@ -156,7 +153,7 @@ enum ErrorCode : uint32_t {
   ERR_CONTEXT = 2,     // position + tokens > kv_capacity, or kv_capacity > CONTEXT (KV_ONCHIP_CTX when on chip)
   ERR_TOKEN_RANGE = 3, // a token id >= VOCAB
   ERR_LORA_SLOT = 4,   // slot out of range, or selecting an empty slot
-  ERR_LORA_IMAGE = 5,  // bad magic, shapes or size in the staged adapter
+  ERR_LORA_IMAGE = 5,  // bad magic, shapes or size in the staged adapter, or one the build's LoRA unit cannot hold
   ERR_NOT_LOADED = 6,  // C simulation only: no build loaded (roma_emu_load_build not called or failed)
   ERR_DDR_WEIGHTS = 7, // the build streams tensors from DDR and ddr_weights does not hold its image
                        // (header magic, version, words or CRC differ from roma_model.h's DDR_WORDS/DDR_CRC;

@@ -37,7 +37,7 @@ def assert_complete(backend: Backend) -> None:
 def test_the_interface_lists_what_engine_bench_and_cli_use():
     assert set(METHODS) == {"new_cache", "forward", "check_lora", "set_lora", "last_cycles", "generate"}
     assert {"name", "config", "numerics", "kv_dtype", "max_context", "clock_mhz", "autonomous", "sampler_ring",
-            "sampler_owner", "overlay"} == set(MEMBERS)
+            "sampler_owner", "overlay", "lora_unit"} == set(MEMBERS)
 
 
 def test_every_backend_class_implements_every_method():
@@ -93,4 +93,5 @@ def test_opening_the_emu_backend_never_compiles_a_model(tiny_models):
 def test_a_build_runs_as_it_is(tiny_models, tiny_build):
     build = load_model(tiny_build)
     assert not needs_build("emu", build) and build_for("emu", build, progress=False) is None
-    assert build_for("emu", load_model(tiny_models["q4_1"]), progress=False) == tiny_build  # found in the cache
+    model = load_model(tiny_models["q4_1"])
+    assert build_for("emu", model, progress=False) == default_build_dir(model)  # the default build, found or made

@@ -264,16 +264,48 @@ def test_lora_on_emu_matches_ref_and_swaps_match_fresh_runs(engines, adapters):
     assert emu.generate(ids, GREEDY, adapter="a").run().ids == a_ref
 
 
-def test_lora_slots_must_fit_the_core(tiny_models, engines):
+def test_lora_slots_must_fit_the_builds_lora_unit(tiny_models, engines):
+    from conftest import TINY_LORA_RANK, TINY_LORA_SLOTS
     from roma_runtime.lora import LoraSlots
 
     emu = engines[0].backend
-    with pytest.raises(RomaError, match="above the rank roma_core's LoRA unit holds"):
-        emu.check_lora(LoraSlots(emu.config, 2, emu.lora_max_rank + 1))
-    with pytest.raises(RomaError, match="roma_core has 4"):
-        emu.check_lora(LoraSlots(emu.config, emu.lora_slots + 1, 8))
-    with pytest.raises(RomaError, match="--lora-rank 64 or less"):
-        Engine(engines[0].model, "emu", lora_slots=1, lora_rank=65, build=engines[0].backend.build_dir)
+    unit = emu.lora_unit  # the manifest's lora_unit, as roma_model.h gave it to the core
+    assert (unit.slots, unit.rank, unit.dtype, len(unit.targets)) == (TINY_LORA_SLOTS, TINY_LORA_RANK, "fp16", 7)
+    with pytest.raises(RomaError, match="above this build's LoRA unit") as e:
+        emu.check_lora(LoraSlots(emu.config, 2, unit.rank + 1))
+    assert f"--lora-slot-rank {unit.rank + 1}" in e.value.hint
+    with pytest.raises(RomaError, match=f"but this build's LoRA unit has {unit.slots} slots"):
+        emu.check_lora(LoraSlots(emu.config, unit.slots + 1, 8))
+    with pytest.raises(RomaError, match="stores fp16"):
+        emu.check_lora(LoraSlots(emu.config, 1, 8, "int8"))
+    with pytest.raises(RomaError, match=f"--lora-rank {unit.rank} or less"):
+        Engine(engines[0].model, "emu", lora_slots=1, lora_rank=unit.rank + 1, build=emu.build_dir)
+
+
+def test_an_adapter_the_build_cannot_hold_is_refused_alike_on_emu_and_ref(tiny_build, engines):
+    """The golden model of a build takes its limits from the build's LoRA unit too: the same refusal, the same
+    defaults, and nothing changes."""
+    from conftest import TINY_LORA_RANK, TINY_LORA_SLOTS
+    from roma_runtime.lora import Adapter
+    from roma_runtime.model.config import linear_shapes
+    from roma_runtime.model.loader import load_model
+
+    emu = engines[0]
+    ref = Engine(load_model(tiny_build), "ref", "quant")  # the build's LoRA unit sizes its slots
+    assert (ref.lora.capacity, ref.lora.slot_rank, ref.lora.dtype) == (TINY_LORA_SLOTS, TINY_LORA_RANK, "fp16")
+    with pytest.raises(RomaError, match=f"has {TINY_LORA_SLOTS} slots"):
+        Engine(ref.model, "ref", "quant", lora_slots=TINY_LORA_SLOTS + 1)
+    out, inp = linear_shapes(emu.config)["wv"]
+    r = TINY_LORA_RANK + 1
+    big = Adapter.from_factors("big", emu.config, {(1, "wv"): (np.ones((r, inp), np.float32),
+                                                               np.ones((out, r), np.float32), 1.0)})
+    for engine in (emu, ref):
+        before = (engine.lora.status(), engine.lora.version, engine.lora.active)
+        with pytest.raises(RomaError, match=f"has rank {r}, above the LoRA slot rank {TINY_LORA_RANK} of this "
+                                            "build's LoRA unit") as e:
+            engine.load_lora("big", big)
+        assert f"roma compile --lora-slot-rank {r}" in e.value.hint
+        assert (engine.lora.status(), engine.lora.version, engine.lora.active) == before
 
 
 # --- SmolLM2 and the CLI ----------------------------------------------------------------------------------------

@@ -319,11 +319,52 @@ def test_build_folder_manifest_and_header(tiny_hf, tmp_path):
                  "constexpr int N_KV_HEADS = 2;", "constexpr int HEAD_DIM = 16;", "constexpr int VOCAB = 512;",
                  "constexpr int DEFAULT_BITS = 3;", "constexpr int BITS_WQ[N_LAYERS] = {3, 3};"]:
         assert line in header
+    # the board's default LoRA unit (boards.json kv260: 1 slot of rank 8 on wq wv, int8), as roma_model.h gives it
+    assert {k: on_disk["lora_unit"][k] for k in ("slots", "rank", "targets", "dtype")} == {
+        "slots": 1, "rank": 8, "targets": ["wq", "wv"], "dtype": "int8"}
+    for line in ["constexpr int LORA_SLOTS = 1;", "constexpr int LORA_RANK = 8;", "constexpr bool LORA_INT8 = true;",
+                 "constexpr bool LORA_TARGET[7] = {true, false, true, false, false, false, false};",
+                 "#define ROMA_LORA_ARRAYS 2"]:
+        assert line in header
+    assert "LOFTQ" not in header and "ROMA_LORA_IMPL " + {"URAM": "uram", "BRAM": "bram"}.get(
+        on_disk["lora_unit"]["placement"], "auto") in header
     loaded = load_build(out)
     lora = loaded.compensation
     assert lora is None
     np.testing.assert_array_equal(loaded.weights.layers[1].ffn_norm, tiny_hf.weights.layers[1].ffn_norm)
     assert loaded.weights.layers[0].wq.bits == 3
+
+
+def test_the_lora_unit_comes_from_the_options_and_holds_the_compensation(tiny_hf, tmp_path):
+    from roma_runtime.artifact.lora_unit import LoraUnit, manifest_lora_unit
+
+    out = tmp_path / "b"
+    man = compile_model(tiny_hf, out, bits=2, progress=False, lora_rank=4, lora_slots=3, lora_slot_rank=6,
+                        lora_targets=["w_down", "wq"], lora_dtype="fp16")
+    unit = manifest_lora_unit(man)
+    assert unit == LoraUnit(3, 6, ("wq", "w_down"), "fp16")
+    # the plan reserved exactly that unit: 3 slots x 2 layers x rank 6 x (64 + 64 + 128 + 64) fp16 values
+    assert man["plan"]["lora"]["bytes"] == man["lora_unit"]["bytes"] == 2 * 3 * 2 * 6 * (64 + 64 + 128 + 64)
+    header = (out / "roma_model.h").read_text()
+    for line in ["constexpr int LORA_SLOTS = 3;", "constexpr int LORA_RANK = 6;", "constexpr bool LORA_INT8 = false;",
+                 "constexpr bool LORA_TARGET[7] = {true, false, false, false, false, false, true};",
+                 "#define ROMA_LORA_ARRAYS 1"]:
+        assert line in header
+    # LoftQ compensates only where the core adds a LoRA: the unit's targets
+    assert sorted(load_build(out).compensation.factors) == [(0, "w_down"), (0, "wq"), (1, "w_down"), (1, "wq")]
+    # a header that says another unit than the manifest is refused
+    (out / "roma_model.h").write_text(header.replace("LORA_RANK = 6;", "LORA_RANK = 7;"))
+    with pytest.raises(RomaError, match="lora_rank = 6, but roma_model.h was generated with LORA_RANK = 7"):
+        load_build(out, verify=False)
+    # what the unit cannot hold is refused before anything is written
+    for options, message, hint in [
+            (dict(lora_rank=8, lora_slot_rank=6), "does not fit the LoRA unit's slot rank 6", "--lora-slot-rank 8"),
+            (dict(lora_rank=2, lora_slots=0), "needs a LoRA slot", "--lora-slots 1"),
+            (dict(lora_slots=1, lora_slot_rank=0), "needs a slot rank >= 1", "0 slots"),
+            (dict(lora_targets=["wq", "lm_head"]), "unknown LoRA target", "w_down")]:
+        with pytest.raises(RomaError, match=message) as e:
+            compile_model(tiny_hf, tmp_path / "refused", progress=False, **options)
+        assert hint in e.value.hint and not (tmp_path / "refused").exists()
 
 
 def test_failed_compile_leaves_no_manifest(tiny_hf, tmp_path):

@@ -2,8 +2,10 @@
 
 Builds hw/hls/tb/tb_lora_unit.cpp with the hw/hls Makefile (g++), writes golden data with
 hw/hls/tb/gen_lora_unit.py (lora.pack -> PackedLora, golden deltas from PackedLora.to_golden(), fp16 and int8
-with fp16/fp32 row scales, ranks below the slot rank, a tiny shape and SmolLM2's one-layer shape) and requires
-zero mismatches: loads accepted, corrupt images refused with the unit's reason and the slot unchanged, deltas
+with fp16/fp32 row scales, ranks below the slot rank, a tiny shape and SmolLM2's one-layer shape, fp16 units on
+every linear and int8 units with memory on some) and requires zero mismatches: loads accepted, corrupt images and
+images the unit cannot hold (other storage type, a factor off its targets) refused with the unit's reason and the
+slot unchanged, deltas
 within the testbench's stated fp32 bound (summation order only). Also checks that a perturbed golden value is
 detected and that the header compiles on the synthesis path.
 """
@@ -34,12 +36,12 @@ def data(tmp_path_factory):
 def test_lora_unit_matches_golden(build, data):
     out, lines = data
     kinds = [l.split()[0] for l in lines]
-    assert kinds.count("load") == 7 and kinds.count("reject") == 8 and kinds.count("apply") == 6
+    assert kinds.count("load") == 7 and kinds.count("reject") == 11 and kinds.count("apply") == 6
     rc, mismatches, compared, text = hls_tools.run_tb(build, "tb_lora_unit", out)
     print(text)
     assert mismatches == 0 and rc == 0, text
     assert compared > 30_000
-    assert "smol_i8f" in text and "tiny_bad_magic" in text
+    assert "smol_i8f" in text and "tiny_bad_magic" in text and "tiny_off_target" in text
 
 
 def test_testbench_catches_a_wrong_delta(build, data, tmp_path):
@@ -58,7 +60,7 @@ def test_testbench_catches_a_wrong_delta(build, data, tmp_path):
 
 SYNTH_TOP = r"""
 #include "roma/lora_unit.h"
-typedef roma::LoraUnit<1, 32, 16, 48, 2, 8> Lora;
+typedef roma::LoraUnit<1, 32, 16, 48, 2, 8, 0x05, true> Lora; // int8, memory for wq and wv
 static Lora u;
 int top(const unsigned char *img, unsigned bytes, const float x[32], float y[32]) {
   roma::LoraCycles cyc;

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import RomaError
+from .lora_unit import LoraUnit
 
 BOARDS_FILE = Path(__file__).with_name("boards.json")
 FAMILIES = ("zynq7", "zynqmp", "alveo", "versal")
@@ -41,6 +42,7 @@ REQUIRED_FIELDS = {
     "host": ((str,), lambda v: v in HOSTS, f"one of {', '.join(HOSTS)}"),
     "uram_initialisable": _BOOL,
     "bram_rom": _BOOL,
+    "lora_unit": ((dict,), lambda v: True, "an object {slots, rank, targets, dtype}: the default LoRA unit"),
 }
 
 
@@ -63,6 +65,7 @@ class Board:
     host: str
     uram_initialisable: bool
     bram_rom: bool
+    lora_unit: LoraUnit  # the LoRA unit `roma compile` reserves by default
 
     @property
     def bram_bytes(self) -> int:
@@ -93,7 +96,9 @@ def _validate(name: str, entry, source: Path) -> Board:
     if entry["family"] != "versal" and entry["uram_initialisable"]:
         raise RomaError(f"{source}: board '{name}' says uram_initialisable but is {entry['family']}",
                         hint="only Versal URAM has an init value; UltraScale+ URAM powers up as 0")
-    return Board(name=name, **{k: entry[k] for k in REQUIRED_FIELDS})
+    fields = {k: entry[k] for k in REQUIRED_FIELDS}
+    fields["lora_unit"] = LoraUnit.from_dict(entry["lora_unit"], f"{source}: board '{name}'")
+    return Board(name=name, **fields)
 
 
 def load_boards(path: str | Path | None = None) -> dict[str, Board]:

@@ -11,7 +11,10 @@ them, through this module. A build folder holds
                         load image (uram_image.py; only when there are any): the driver copies it into a buffer
                         and the core's CMD_LOAD_WEIGHTS writes it into the URAM banks. No .bin/.dat either.
     norms.bin/.dat      the fp32 RMSNorm weights, concatenated (layout in the manifest)
-    lora.safetensors    fp16 LoRA factors compensating the quantization error (with --lora-rank)
+    lora.safetensors    fp16 LoRA factors compensating the quantization error (with --lora-rank), on the LoRA
+                        unit's targets
+    (the LoRA unit      the core's adapter slots, slot rank, target linears and storage type: the manifest's
+                        "lora_unit", roma_model.h's LORA_*; artifact/lora_unit.py)
     roma_model.h        the dimensions for the HLS kernels (model_header.py): the build's context (--context N:
                         CONTEXT, the manifest's "context"; at most the model's context length), which sizes the
                         attention buffers, the KV port and the longest session, and the on-chip KV cache's
@@ -46,12 +49,14 @@ from ..model.weights import (SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, Layer
 from .brom_image import read_image, unpack
 from .ddr_image import ddr_unpack, read_ddr_image
 from .uram_image import read_uram_image, uram_unpack
+from .lora_unit import manifest_lora_unit
 
 MANIFEST = "manifest.json"
 FORMAT = "roma-build"
-FORMAT_VERSION = 5  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
+FORMAT_VERSION = 6  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
 # format; 4: the manifest is sealed by MANIFEST_SEAL and checked against roma_model.h; 5: roma_model.h numbers
-# the GEMV engines and ROM bank rows (ENGINE_*, SLOT_*) and defines the synthesis ROM banks
+# the GEMV engines and ROM bank rows (ENGINE_*, SLOT_*) and defines the synthesis ROM banks; 6: the LoRA unit is
+# the build's (manifest "lora_unit", roma_model.h LORA_SLOTS/LORA_RANK/LORA_TARGET/LORA_INT8)
 MANIFEST_SEAL = "manifest_sha256"
 HEADER_FILE = "roma_model.h"
 DDR_FILE = "ddr_weights.bin"
@@ -176,7 +181,7 @@ def _header_dims(path: Path) -> dict[str, int]:
     dims: dict = {k: int(v) for k, v in re.findall(r"constexpr int (\w+) = (-?\d+);", text)}
     for k, v in re.findall(r"constexpr float (ROPE_THETA|RMS_EPS) = ([-+0-9.eE]+|inf|nan)f;", text):
         dims[k] = float(np.float32(float(v)))
-    for k, v in re.findall(r"constexpr bool (TIED_EMBEDDINGS) = (true|false);", text):
+    for k, v in re.findall(r"constexpr bool (TIED_EMBEDDINGS|LORA_INT8) = (true|false);", text):
         dims[k] = v == "true"
     return dims
 
@@ -284,6 +289,7 @@ def check_manifest(manifest: dict, build_dir: str | Path) -> ModelConfig:
     context = manifest.get("context")
     if not _whole(context, 1) or context > config.context_length:
         raise bad(f"'context' is {context!r}, not a token count within the model's {config.context_length}")
+    unit = manifest_lora_unit(manifest)
     kv_onchip = manifest.get("kv_onchip")
     if kv_onchip is not None and (not isinstance(kv_onchip, dict) or not _whole(kv_onchip.get("tokens"), 1)
                                   or kv_onchip["tokens"] > context):
@@ -294,7 +300,9 @@ def check_manifest(manifest: dict, build_dir: str | Path) -> ModelConfig:
         want = {macro: getattr(config, attr) for macro, attr in HEADER_DIMS.items()}
         want.update({"ROPE_THETA": float(np.float32(config.rope_theta)), "RMS_EPS": float(np.float32(config.rms_eps)),
                      "TIED_EMBEDDINGS": bool(config.tied_embeddings), "CONTEXT": context,
-                     "KV_ONCHIP_CTX": kv_onchip["tokens"] if kv_onchip else 0})
+                     "KV_ONCHIP_CTX": kv_onchip["tokens"] if kv_onchip else 0, "LORA_SLOTS": unit.slots,
+                     "LORA_RANK": unit.rank if unit.slots else 0,
+                     "LORA_INT8": bool(unit.slots) and unit.dtype == "int8"})
         for macro, value in want.items():
             attr = HEADER_DIMS.get(macro, macro.lower())
             if dims.get(macro) != value:

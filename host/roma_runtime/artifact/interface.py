@@ -221,9 +221,6 @@ def parse_enums(text: str) -> dict[str, int]:
     """NAME = value constants of the header's enums and constexprs (commands, status words, error codes)."""
     text = _strip_comments(text)
     out = {}
-    # hardware parameters: `#define ROMA_LORA_SLOTS 4` (a build may override them), then `X = ROMA_...`
-    for m in re.finditer(r"^\s*#\s*define\s+([A-Z][A-Z0-9_]+)\s+(0x[0-9A-Fa-f]+|\d+)u?\s*$", text, re.M):
-        out[m.group(1)] = int(m.group(2), 0)
     for m in re.finditer(r"\b([A-Z][A-Z0-9_]+)\s*=\s*(0x[0-9A-Fa-f]+|-?\d+)u?\b", text):
         out[m.group(1)] = int(m.group(2), 0)
     for m in re.finditer(r"\b([A-Z][A-Z0-9_]+)\s*=\s*([A-Z][A-Z0-9_]+)\s*[;,]", text):

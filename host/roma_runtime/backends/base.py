@@ -19,6 +19,9 @@ Data members (set by every backend):
   many recent ids the on-chip repetition penalty sees (0 without an on-chip sampler); `sampler_owner`: who the
   on-chip sampler state belongs to after the last `generate` (its `owner`), None when nobody's.
 - `overlay`: the PYNQ overlay the core runs in (device.driver.RomaOverlay), None for the golden model.
+- `lora_unit`: the LoRA unit of the build it runs (artifact.lora_unit.LoraUnit, the manifest's "lora_unit": slot
+  count, slot rank, target linears, storage type), which bounds the engine's LoRA slots; None for the golden model
+  of a model that is not a build (no hardware bound).
 
 Methods:
 - `new_cache(capacity)`: a Cache with `capacity`, `length` and `truncate(length)` (keep positions 0..length;
@@ -26,8 +29,8 @@ Methods:
   either as arrays `keys`/`values` [layer, position, kv_head, head_dim] or by `read_rows(n)` -> (keys,
   values) and `write_rows(keys, values)` (which also sets length); see kv.cache_rows.
 - `forward(ids, cache)`.
-- `check_lora(slots)`: RomaError when LoRA slots of `slots.capacity` slots at `slots.slot_rank` do not fit the
-  backend (hardware: LORA_SLOTS slots of rank up to LORA_MAX_RANK); the engine calls it when it is created.
+- `check_lora(slots)`: RomaError when LoRA slots of `slots.capacity` slots at `slots.slot_rank` in `slots.dtype`
+  do not fit the backend's `lora_unit`; the engine calls it when it is created.
 - `set_lora(slots)`: run from now on with the active adapter of `slots` (a lora.LoraSlots), or none when
   `slots.active` is None. The engine calls it whenever the slots' `version` changed (a load, unload or
   switch), before the next forward. `slots` offers what every backend needs: `golden_adapter()` for the golden
@@ -50,6 +53,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from ..artifact.lora_unit import LoraUnit
 from ..model.config import ModelConfig
 
 if TYPE_CHECKING:  # the golden model runs without pynq: the overlay's type is only named here
@@ -76,6 +80,7 @@ class Backend(ABC):
     sampler_ring: int
     sampler_owner: object | None
     overlay: RomaOverlay | None
+    lora_unit: LoraUnit | None
 
     @abstractmethod
     def new_cache(self, capacity: int | None = None) -> Cache: ...
@@ -114,6 +119,7 @@ class Wrapper(Backend):
     sampler_ring = property(lambda self: self.inner.sampler_ring)
     sampler_owner = property(lambda self: self.inner.sampler_owner)
     overlay = property(lambda self: self.inner.overlay)
+    lora_unit = property(lambda self: self.inner.lora_unit)
 
     def new_cache(self, capacity: int | None = None) -> Cache:
         return self.inner.new_cache(capacity)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..artifact.boards import get_board
+from ..artifact.lora_unit import manifest_lora_unit
 from ..device.driver import KVBuffer, RomaOverlay
 from ..errors import RomaError
 from .base import Backend
@@ -65,8 +66,7 @@ class CoreBackend(Backend):
         self.manifest = overlay.manifest
         self.clock_mhz = board_clock(self.manifest)
         self.max_context = self.core.max_context  # the longest session: the on-chip KV, else the context
-        self.lora_slots = int(self.core.constants["LORA_SLOTS"])
-        self.lora_max_rank = int(self.core.constants["LORA_MAX_RANK"])
+        self.lora_unit = manifest_lora_unit(self.manifest)  # the build's LoRA unit: slots, rank, targets, dtype
         self._slots = None                       # the engine's LoraSlots last applied
         self._lora_loaded: dict = {}            # slot -> the PackedLora whose image the core holds there
         self._lora_active = _UNKNOWN             # the slot selected on the core (_UNKNOWN: select again)
@@ -82,16 +82,11 @@ class CoreBackend(Backend):
         return CoreCache(self.core.new_kv(capacity), self.config)
 
     def check_lora(self, slots) -> None:
-        """RomaError unless the engine's LoRA slots fit the core's LoRA unit (LORA_SLOTS slots of rank up to
-        LORA_MAX_RANK, roma_core.h) and are for this model."""
+        """RomaError unless the engine's LoRA slots fit the build's LoRA unit (the manifest's "lora_unit":
+        roma_model.h's LORA_SLOTS slots of rank LORA_RANK, fp16 or int8) and are for this model."""
         if slots is None:
             return
-        if slots.capacity > self.lora_slots:
-            raise RomaError(f"{slots.capacity} LoRA slots asked, but roma_core has {self.lora_slots}",
-                            hint=f"use at most {self.lora_slots} slots (--lora-slots)")
-        if not 1 <= slots.slot_rank <= self.lora_max_rank:
-            raise RomaError(f"LoRA slot rank {slots.slot_rank} is above the rank roma_core's LoRA unit holds "
-                            f"({self.lora_max_rank})", hint=f"use --lora-rank {self.lora_max_rank} or less")
+        self.lora_unit.check_slots(slots.capacity, slots.slot_rank, slots.dtype)
         if slots.config.n_layers != self.config.n_layers or slots.config.dim != self.config.dim:
             raise RomaError("the LoRA slots were made for another model than the one on the core")
 
@@ -113,9 +108,6 @@ class CoreBackend(Backend):
             packed = slots.packed(row["name"])
             if self._lora_loaded.get(slot) is packed:
                 continue
-            if packed.slot_rank > self.lora_max_rank:
-                raise RomaError(f"adapter {row['name']} is packed at slot rank {packed.slot_rank}, above "
-                                f"roma_core's {self.lora_max_rank}")
             self._lora_loaded.pop(slot, None)  # until the write has succeeded
             self.core.load_lora(slot, packed.to_bytes())
             self._lora_loaded[slot] = packed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..artifact.lora_unit import manifest_lora_unit
 from ..errors import RomaError
 from ..golden import GoldenModel
 from ..model.loader import LoadedModel
@@ -30,6 +31,8 @@ class RefBackend(Backend):
         self.kv_dtype = self.golden.kv_dtype
         self.max_context = int(model.config.context_length)
         self.name = f"ref ({numerics})"
+        # a build's LoRA unit bounds the golden model's slots as it bounds the core's, so all backends agree
+        self.lora_unit = manifest_lora_unit(model.metadata["roma.build"]) if model.format == "build" else None
 
     def new_cache(self, capacity: int | None = None):
         return self.golden.new_cache(capacity)
@@ -38,7 +41,10 @@ class RefBackend(Backend):
         return self.golden.forward(ids, cache)[-1]
 
     def check_lora(self, slots) -> None:
-        """Nothing to check: the golden model holds any slot count and rank (lora.py bounds them by the model)."""
+        """RomaError unless the slots fit the build's LoRA unit; a model without a build: the golden model holds
+        any slot count and rank (lora.py bounds them by the model)."""
+        if slots is not None and self.lora_unit is not None:
+            self.lora_unit.check_slots(slots.capacity, slots.slot_rank, slots.dtype)
 
     def set_lora(self, slots) -> None:
         """The golden model adds the active slot's factors as stored (packed, storage-rounded)."""

@@ -46,11 +46,13 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a PEFT LoRA adapter folder to load (repeatable; the first one is active; the name "
                         "defaults to the folder's name)")
     g.add_argument("--lora-slots", type=int, default=None, metavar="N",
-                   help="LoRA slots in the writable memory (default: one per --lora)")
+                   help="LoRA slots in the writable memory (default: one per --lora; at most the build's LoRA "
+                        "unit's, `roma compile --lora-slots`)")
     g.add_argument("--lora-rank", type=int, default=None, metavar="R",
-                   help="slot rank: the largest adapter rank a slot holds (default: 64)")
-    g.add_argument("--lora-dtype", choices=("fp16", "int8"), default="fp16",
-                   help="how the LoRA factors are stored (default: fp16)")
+                   help="slot rank: the largest adapter rank a slot holds (default: the build's LoRA unit's; 64 "
+                        "for a model that is not a build)")
+    g.add_argument("--lora-dtype", choices=("fp16", "int8"), default=None,
+                   help="how the LoRA factors are stored (default: as the build's LoRA unit stores them; fp16)")
     g.add_argument("--lora-any-build", action="store_true",
                    help="accept an adapter that `roma finetune` trained for another build (with a warning)")
     g.add_argument("--kv-memory", type=float, default=None, metavar="MB",
@@ -169,14 +171,14 @@ def load_engine(args: argparse.Namespace, status: bool = True):
         raise RomaError(f"--lora-slots {slots} cannot hold the {len(specs)} adapters given with --lora")
     rank = getattr(args, "lora_rank", None)
     kv_memory = getattr(args, "kv_memory", None)
-    options = {"lora_slots": slots, "lora_dtype": getattr(args, "lora_dtype", None) or "fp16",
+    options = {"lora_slots": slots, "lora_dtype": getattr(args, "lora_dtype", None),
                "lora_any_build": bool(getattr(args, "lora_any_build", False))}
     if rank is not None:
         options["lora_rank"] = rank
     if kv_memory is not None:
         options["kv_memory"] = int(kv_memory * (1 << 20))
     from ..backends import check_backend
-    from ..builds import build_for
+    from ..builds import build_for, default_settings
     from ..model.loader import load_model
 
     args.backend = check_backend(args.backend, args.numerics)
@@ -185,7 +187,8 @@ def load_engine(args: argparse.Namespace, status: bool = True):
     t0 = time.perf_counter()
     model = load_model(args.model)
     # the build step (emu on a model that is not a build): found in the cache, else compiled, with its progress
-    build = build_for(args.backend, model, progress=status, tensor_progress=status)
+    settings = default_settings(slots, rank, options["lora_dtype"])  # a default build holds what is asked
+    build = build_for(args.backend, model, settings=settings, progress=status, tensor_progress=status)
     engine = Engine(model, args.backend, args.numerics, build=build, bitstream=args.bitstream, **options)
     for name, folder in specs:
         engine.load_lora(name, folder)

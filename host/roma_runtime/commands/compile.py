@@ -9,7 +9,7 @@ from collections import Counter
 from ..compiler.quantization.quantize import CALIB_TOKENS, METHODS
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS
 from . import common
-from .plan import add_ddr_argument, add_kv_onchip_argument, add_scales_argument, add_uram_argument
+from .plan import LINEARS, add_ddr_argument, add_kv_onchip_argument, add_scales_argument, add_uram_argument
 
 HELP = "quantize, pack and place a model into ROM images for a board (writes a build folder)"
 
@@ -29,7 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--board", default="u250", help="target board (see roma plan; default u250)")
     parser.add_argument("--out", required=True, metavar="DIR", help="build folder to write")
     parser.add_argument("--lora-rank", type=int, default=0, metavar="R",
-                        help="also produce a LoRA of rank R compensating the quantization error (LoftQ)")
+                        help="also produce a LoRA of rank R compensating the quantization error (LoftQ, on the "
+                             "LoRA unit's targets; R at most --lora-slot-rank)")
+    add_lora_unit_arguments(parser)
     parser.add_argument("--bits-budget", type=float, default=None, metavar="B",
                         help="mixed precision: average bits per weight of the linears, scales included; each "
                              "linear's width (2/3/4/8) and group (up to --group) chosen by measured sensitivity")
@@ -53,7 +55,20 @@ def add_arguments(parser) -> None:
                         help="no progress on stderr (a bar at a terminal, plain lines elsewhere)")
 
 
+def add_lora_unit_arguments(parser) -> None:
+    parser.add_argument("--lora-slots", type=int, default=None, metavar="S",
+                        help="adapter slots of the core's LoRA unit (0: no LoRA unit; default: the board's, "
+                             "boards.json lora_unit)")
+    parser.add_argument("--lora-slot-rank", type=int, default=None, metavar="R",
+                        help="the largest adapter rank a slot holds (default: the board's)")
+    parser.add_argument("--lora-targets", nargs="+", default=None, metavar="LINEAR", choices=LINEARS,
+                        help=f"linears with LoRA memory, among {' '.join(LINEARS)} (default: the board's)")
+    parser.add_argument("--lora-dtype", default=None, choices=("fp16", "int8"),
+                        help="LoRA memory: fp16 values, or int8 codes with fp32 row scales (default: the board's)")
+
+
 def run(args) -> int:
+    from ..artifact.lora_unit import LoraUnit
     from ..compiler.build import compile_model
     from ..compiler.quantization.mixed import setting_name
 
@@ -61,7 +76,8 @@ def run(args) -> int:
         args.model, args.out, bits=args.bits, group=args.group, method=args.method, scales=args.scales,
         board=args.board, lora_rank=args.lora_rank, bits_budget=args.bits_budget, embedding_bits=args.embedding_bits,
         force=args.force, calib_tokens=args.calib_tokens, progress=not args.no_progress, ddr=args.ddr,
-        uram=args.uram, kv_onchip=args.kv_onchip or 0, context=args.context)
+        uram=args.uram, kv_onchip=args.kv_onchip or 0, context=args.context, lora_slots=args.lora_slots,
+        lora_slot_rank=args.lora_slot_rank, lora_targets=args.lora_targets, lora_dtype=args.lora_dtype)
     q = manifest["quantization"]
     summary = {
         "out": str(args.out),
@@ -69,6 +85,7 @@ def run(args) -> int:
         "model_sha256": manifest["model"]["sha256"],
         "bits": q["bits"], "group": q["group"], "scales": q["scales"], "method": q["method"],
         "lora_rank": q["lora_rank"],
+        "lora_unit": manifest["lora_unit"],
         "bits_budget": q["bits_budget"],
         "linear_bits_per_weight": round(q["linear_bits_per_weight"], 4),
         "all_bits_per_weight": round(q["all_bits_per_weight"], 4),
@@ -118,6 +135,8 @@ def run(args) -> int:
               + (f"KV on chip {kv['tokens']} tokens ({kv['bytes'] / 2**20:.1f} MiB, {kv['placement']}); "
                  if (kv := summary["kv_onchip"]) else "") +
               f"{summary['passthrough_tensors']} tensors passed through; {summary['compile_seconds']:.1f} s")
+        print(f"  LoRA unit: {LoraUnit.from_dict(manifest['lora_unit'], 'the manifest').describe()}"
+              + (f" ({u['bytes'] / 2**20:.2f} MiB, {u['placement']})" if (u := manifest["lora_unit"])["slots"] else ""))
         if report:
             print("  " + footprint.summary_line(report))
     if report and not report["ok"]:  # the build stays written; the numbers say why it does not fit

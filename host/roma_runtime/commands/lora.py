@@ -22,7 +22,8 @@ def add_arguments(parser) -> None:
     p.add_argument("--model", default=None,
                    help="also check the shapes against this model (a known name, GGUF file or HF folder)")
     p.add_argument("--slot-rank", type=int, default=None, metavar="R",
-                   help="the LoRA slot rank of the hardware (default: 64)")
+                   help="the LoRA slot rank of the hardware (default: the slot rank of --model's LoRA unit when "
+                        "it is a build, else 64)")
     p.add_argument("--json", action="store_true", help="print the facts as one JSON object")
 
 
@@ -31,14 +32,20 @@ def run(args) -> int:
 
     if getattr(args, "lora_command", None) != "inspect":
         raise RomaError("roma lora needs an action", hint="roma lora inspect DIR [--json]")
-    slot_rank = lora.DEFAULT_MAX_RANK if args.slot_rank is None else args.slot_rank
-    if slot_rank < 1:
-        raise RomaError(f"--slot-rank must be at least 1 (got {slot_rank})")
+    if args.slot_rank is not None and args.slot_rank < 1:
+        raise RomaError(f"--slot-rank must be at least 1 (got {args.slot_rank})")
     model = None
     if args.model is not None:
         from ..model.loader import load_model
 
         model = load_model(args.model)
+    slot_rank = args.slot_rank
+    if slot_rank is None and model is not None and model.format == "build":
+        from ..artifact.lora_unit import manifest_lora_unit
+
+        slot_rank = manifest_lora_unit(model.metadata["roma.build"]).rank  # the build's LoRA unit
+    if slot_rank is None:
+        slot_rank = lora.DEFAULT_MAX_RANK
     # Ranks above the slot rank are reported (fits_slot_rank), not refused: inspect is for finding out.
     facts = lora.inspect_peft_adapter(args.folder, None, slot_rank)
     if model is not None:

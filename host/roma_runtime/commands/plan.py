@@ -10,7 +10,7 @@ from ..model.weights import SCALE_BITS
 
 HELP = "plan the placement of a model on a board: BRAM-ROM, URAM-load-once or DDR-streamed, with a tokens/s estimate"
 
-_LINEAR = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensor-bits", action="append", default=[], metavar="NAME=BITS",
                         help="mixed precision: bits for one tensor kind (wq, w_down, token_embedding, output) or "
                              "one tensor (layers.3.wq); repeatable")
-    parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank to reserve memory for (0: none)")
-    parser.add_argument("--lora-targets", nargs="+", default=list(_LINEAR), metavar="LINEAR",
-                        help=f"linears that carry LoRA (default: all of {' '.join(_LINEAR)})")
-    parser.add_argument("--lora-dtype", default="fp16", help="fp16 or int8 (int8 with fp16 per-row scales)")
+    parser.add_argument("--lora-slots", type=int, default=None,
+                        help="LoRA slots to reserve memory for (0: none; default: the board's, boards.json lora_unit)")
+    parser.add_argument("--lora-rank", type=int, default=None,
+                        help="LoRA slot rank to reserve memory for (0: none; default: the board's)")
+    parser.add_argument("--lora-targets", nargs="+", default=None, metavar="LINEAR",
+                        help=f"linears that carry LoRA, among {' '.join(LINEARS)} (default: the board's)")
+    parser.add_argument("--lora-dtype", default=None,
+                        help="fp16, or int8 with per-row scales (default: the board's)")
     add_kv_onchip_argument(parser)
     parser.add_argument("--budget", type=float, default=0.8, help="fraction of BRAM/URAM to use (default 0.8)")
     parser.add_argument("--context", type=int, default=None,
@@ -88,8 +92,12 @@ def run(args) -> int:
     from ..model.loader import load_model
 
     config = load_model(args.model).config
+    unit = board.lora_unit  # the reservation `roma compile` makes for this board, unless told otherwise
     plan = make_plan(config, board, bits=args.bits, group=args.group, per_tensor_bits=per_tensor_bits or None,
-                     lora_rank=args.lora_rank, lora_targets=tuple(args.lora_targets), lora_dtype=args.lora_dtype,
+                     lora_slots=unit.slots if args.lora_slots is None else args.lora_slots,
+                     lora_rank=unit.rank if args.lora_rank is None else args.lora_rank,
+                     lora_targets=unit.targets if args.lora_targets is None else tuple(args.lora_targets),
+                     lora_dtype=unit.dtype if args.lora_dtype is None else args.lora_dtype,
                      kv_tokens=args.kv_onchip, budget=args.budget, context=args.context, ddr=args.ddr,
                      scales=args.scales, uram=args.uram)
     if args.json:

@@ -24,6 +24,7 @@ from ..artifact.build import (DDR_FILE, EMBEDDING, FORMAT, FORMAT_VERSION, HEADE
                               split_name, tensor_names)
 from ..artifact.ddr_image import DDR_BLOCK_STEPS, DDR_Q8_BLOCK_STEPS, DDR_VERSION, ddr_image
 from ..artifact.uram_image import URAM_VERSION, uram_image
+from ..artifact.lora_unit import LoraUnit
 from ..artifact.model_header import c_float, render_header
 from ..errors import RomaError
 from ..model.config import ModelConfig
@@ -104,13 +105,44 @@ def _plan_name(name: str) -> str:
 
 
 def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, per_tensor_groups: dict,
-          lora_rank: int, ddr, kv_onchip: int = 0, scales: str = "fp16", uram=None, context: int | None = None):
+          unit: LoraUnit, ddr, kv_onchip: int = 0, scales: str = "fp16", uram=None, context: int | None = None):
     # the estimate's context: the plan's default (the on-chip KV, else DEFAULT_CONTEXT), or the build's when shorter
     plan = make_plan(config, board, bits=bits, group=group, per_tensor_bits=per_tensor_bits,
-                     per_tensor_groups=per_tensor_groups, lora_rank=lora_rank, ddr=ddr,
+                     per_tensor_groups=per_tensor_groups, **_lora_plan_args(unit), ddr=ddr,
                      kv_tokens=kv_onchip or None, scales=scales, uram=uram, build_context=context,
                      context=min(context or config.context_length, kv_onchip or DEFAULT_CONTEXT))
     return plan.to_dict()
+
+
+def _lora_plan_args(unit: LoraUnit) -> dict:
+    """make_plan's LoRA reservation for the build's LoRA unit."""
+    return {"lora_slots": unit.slots, "lora_rank": unit.rank if unit.slots else 0, "lora_targets": unit.targets,
+            "lora_dtype": unit.dtype}
+
+
+def lora_unit_of(board, loftq_rank: int, slots: int | None = None, rank: int | None = None, targets=None,
+                 dtype: str | None = None) -> LoraUnit:
+    """The LoRA unit a build reserves: the board's default (boards.json "lora_unit") with the options given
+    instead; RomaError when it cannot hold the build's own compensating LoRA of rank `loftq_rank`."""
+    default = get_board(board).lora_unit
+    unit = LoraUnit.make(default.slots if slots is None else slots, default.rank if rank is None else rank,
+                         default.targets if targets is None else tuple(targets),
+                         default.dtype if dtype is None else dtype, "roma compile")
+    if loftq_rank > 0 and not unit.slots:
+        raise RomaError(f"--lora-rank {loftq_rank} makes a compensating LoRA, which needs a LoRA slot, and the build "
+                        "reserves none (--lora-slots 0)", hint="use --lora-slots 1 or more, or --lora-rank 0")
+    if loftq_rank > unit.rank:
+        raise RomaError(f"the compensating LoRA of --lora-rank {loftq_rank} does not fit the LoRA unit's slot rank "
+                        f"{unit.rank} ({unit.describe()})",
+                        hint=f"use --lora-slot-rank {loftq_rank} or more, or a --lora-rank of {unit.rank} or less")
+    return unit
+
+
+def _lora_unit_entry(unit: LoraUnit, plan: dict) -> dict:
+    """The manifest's "lora_unit": the unit and the memory the plan reserved for it."""
+    lora = plan["lora"]
+    return {**unit.to_dict(), "placement": lora["placement"] if unit.slots else "none", "bytes": lora["bytes"],
+            "bram36": lora["bram36"], "uram": lora["uram"]}
 
 
 def _kv_onchip_entry(plan: dict | None, kv_onchip: int) -> dict | None:
@@ -169,7 +201,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
                   calib_tokens: int | None = None, calib_window: int = 256, loftq_iters: int = 2,
                   progress: bool = True, hessians=None, sensitivity=None, sensitivity_tokens: int = 256,
                   fail_after: str | None = None, ddr=None, kv_onchip: int = 0, uram=None,
-                  context: int | None = None) -> dict:
+                  context: int | None = None, lora_slots: int | None = None, lora_slot_rank: int | None = None,
+                  lora_targets=None, lora_dtype: str | None = None) -> dict:
     """Quantize, pack, place and describe a model; returns the manifest (also written to out_dir).
 
     calib_tokens: calibration text for GPTQ, GPTAQ and the mixed-precision pricing (default CALIB_TOKENS[method]).
@@ -182,6 +215,9 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     reserves its memory before any weight, and the header gives it to the core (KV_ONCHIP_CTX).
     context: the build's context, 1..the model's context length (None: the model's): the longest session its
     core runs; CONTEXT in the header sizes attention's score buffer, the KV port and the token limits.
+    lora_slots, lora_slot_rank, lora_targets, lora_dtype: the core's LoRA unit (artifact/lora_unit.py), None
+    for the board's default (boards.json "lora_unit"); lora_rank, the compensating LoRA's rank (LoftQ, on the
+    unit's targets only), is at most the slot rank. The plan reserves the unit's memory before any weight.
     hessians: calibrate.Hessians (parallel) computed earlier for this model, for the sensitivity quantizer;
     sensitivity: measure_sensitivity(...) computed earlier at this group (benchmarks reuse both across builds).
     fail_after: testing hook; raise after writing that tensor's image (shows the manifest is written last).
@@ -195,6 +231,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     if lora_rank < 0:
         raise RomaError(f"--lora-rank must be positive, not {lora_rank}")
     board_obj = get_board(board)
+    unit = lora_unit_of(board_obj, lora_rank, lora_slots, lora_slot_rank, lora_targets, lora_dtype)
     if not isinstance(model, LoadedModel):
         model = load_model(model)
     config = model.config
@@ -205,7 +242,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         check_ddr_units(parse_ddr_units(uram), config, "--uram")
     # a KV longer than the context or too big for the board, likewise
     context = check_build_context(config, context, kv_onchip)
-    check_kv_onchip(config, board_obj, kv_onchip, lora_rank=lora_rank, build_context=context)
+    check_kv_onchip(config, board_obj, kv_onchip, **_lora_plan_args(unit), build_context=context)
     out_dir = Path(out_dir)
     identity = model.identity()
     _prepare_out_dir(out_dir, identity, force)
@@ -262,7 +299,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         b, g = choice[name]
         m = method if h is not None else "rtn"
         source = t if target is None else target
-        if lora_rank > 0:
+        if lora_rank > 0 and key[1] in unit.targets:  # the core adds a LoRA only where it has its memory
             # with calibration, the low-rank step weights the error by the inputs (loftq.py)
             q, a, bb = loftq(as_float(source), lambda x: quantize_tensor(x, b, g, m, h, name, scales)[0],
                              lora_rank, loftq_iters, hessian=h)
@@ -298,8 +335,9 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     per_tensor_bits = {_plan_name(n): tensors[n]["bits"] for n in tensors}
     per_tensor_groups = {_plan_name(n): tensors[n]["group"] for n in tensors}
     plan_group = min(g for _, g in choice.values())  # what the plan's --group-wide reservations assume
-    plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, per_tensor_groups, lora_rank, ddr,
+    plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, per_tensor_groups, unit, ddr,
                  kv_onchip, scales, uram, context)
+    lora_unit = _lora_unit_entry(unit, plan)
     kv_entry = _kv_onchip_entry(plan, kv_onchip)
     placement = {t["name"]: t["placement"] for t in (plan or {}).get("tensors", [])}
     for n in tensors:
@@ -336,9 +374,9 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
 
     header = out_dir / HEADER_FILE
     header.write_text(render_header(config, tensors, bits=bits, group=group, context=context,
-                                    lora_rank=lora_rank, board=board_obj.name if hasattr(board_obj, "name")
+                                    board=board_obj.name if hasattr(board_obj, "name")
                                     else str(board), model_sha256=identity, ddr=ddr_entry, kv_onchip=kv_entry,
-                                    uram=uram_entry))
+                                    lora_unit=lora_unit, uram=uram_entry))
     files.append(header)
 
     linear_params = sum(int(np.prod(tensors[n]["shape"])) for n in linears)
@@ -385,6 +423,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         "uram": uram_entry,
         "context": context,
         "kv_onchip": kv_entry,
+        "lora_unit": lora_unit,
         "header": HEADER_FILE,
         "sizes": {"rom_bytes": int(sum(e["rom_bytes"] for e in tensors.values())),
                   "ddr_bytes": int(sum(e.get("ddr_bytes", 0) for e in tensors.values())),

@@ -12,9 +12,10 @@ OUT_DIR/build        the build (`roma compile` of a tiny random LLaMA: 2 layers,
                      uram_weights.bin, which the testbench writes into the core with CMD_LOAD_WEIGHTS), layer 1
                      and the token embedding streamed from DDR (build/ddr_weights.bin, which the testbench passes
                      as ddr_weights))
+                     LoRA unit: LORA_SLOTS slots of rank LORA_SLOT_RANK on every linear, fp16
 OUT_DIR/build_kv_onchip/roma_model.h   the same build's header with the KV cache on chip (KV_ONCHIP_CTX =
-                     KV_CAPACITY): tb_roma_core_onchip is the same testbench compiled against it, loading the
-                     images of OUT_DIR/build (the option changes the top, not one image)
+                     KV_CAPACITY) and an int8 LoRA unit: tb_roma_core_onchip is the same testbench compiled
+                     against it, loading the images of OUT_DIR/build (the options change the top, not one image)
 OUT_DIR/meta.txt     key value lines (dimensions, prompt length, steps, seeds, sampler registers as fp32 hex)
 OUT_DIR/*.i32/.f32/.u16/.bin   prompt, logits, tokens, KV rows, packed LoRA images (see write_case)
 """
@@ -33,6 +34,7 @@ DECODE_STEPS = 4
 GEN_STEPS = 8
 KV_CAPACITY = 64
 SEED = 1234
+LORA_SLOTS = 4  # the testbench loads slot 1 and selects the empty slot 3
 LORA_SLOT_RANK = 8
 
 
@@ -42,6 +44,7 @@ def _f32hex(v) -> str:
 
 DDR_UNITS = "1,embedding"  # placement units streamed from DDR (compile_model ddr=)
 URAM_UNITS = "head"  # placement units in URAM (compile_model uram=)
+LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
 def _mixed_build(hf: Path, out: Path):
@@ -61,7 +64,8 @@ def _mixed_build(hf: Path, out: Path):
     from roma_runtime.model.weights import as_float
 
     model = load_model(hf)
-    compile_model(model, out, bits=4, group=32, progress=False, force=True, ddr=DDR_UNITS, uram=URAM_UNITS)
+    compile_model(model, out, bits=4, group=32, progress=False, force=True, ddr=DDR_UNITS, uram=URAM_UNITS,
+                  lora_slots=LORA_SLOTS, lora_slot_rank=LORA_SLOT_RANK, lora_targets=LINEARS, lora_dtype="fp16")
     man = json.loads((out / "manifest.json").read_text())
     tensors = man["tensors"]
     words = ddr_image.read_ddr_image(out / DDR_FILE)
@@ -82,11 +86,12 @@ def _mixed_build(hf: Path, out: Path):
     # tensor entries (where load_build finds them); the file checksums are not rewritten, so the golden reads
     # the images back without them
     header = dict(config=model.config, tensors=tensors, bits=4, group=32, context=model.config.context_length,
-                  lora_rank=0, board="u250", model_sha256=model.identity(), ddr=man["ddr"], uram=man["uram"])
-    (out / "roma_model.h").write_text(render_header(**header))
+                  board="u250", model_sha256=model.identity(), ddr=man["ddr"], uram=man["uram"])
+    (out / "roma_model.h").write_text(render_header(**header, lora_unit=man["lora_unit"]))
     onchip = out.parent / "build_kv_onchip"
     onchip.mkdir(exist_ok=True)
-    (onchip / "roma_model.h").write_text(render_header(**header, kv_onchip={"tokens": KV_CAPACITY, "placement": "URAM"}))
+    (onchip / "roma_model.h").write_text(render_header(**header, kv_onchip={"tokens": KV_CAPACITY, "placement": "URAM"},
+                                                       lora_unit={**man["lora_unit"], "dtype": "int8"}))
     write_manifest(out, man)  # sealed again: this is the build's writer, not a hand edit
     loaded = load_build(out, verify=False)
     return loaded

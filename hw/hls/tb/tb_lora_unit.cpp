@@ -6,8 +6,11 @@
 //
 //   tb_lora_unit DATA_DIR      (DATA_DIR written by gen_lora_unit.py)
 //
-// Shapes: "tiny" (2 layers, dim 32, kv 16, ffn 48, unit rank 8) and "smol" (SmolLM2-135M, one layer, rank 16).
-// Exact: every validate verdict and refusal reason, the untouched slot, y == y0 where the slot has no factor.
+// Units: "tiny16"/"tiny8" (2 layers, dim 32, kv 16, ffn 48, slot rank 8) and "smol16"/"smol8" (SmolLM2-135M, one
+// layer, slot rank 16): fp16 on all 7 linears, and int8 with memory for some linears only (sized over those: the
+// testbench checks each unit's value memory against N_LAYERS * sum over its targets R * (IN + OUT)).
+// Exact: every validate verdict and refusal reason, the untouched slot, y == y0 where the slot has no factor or
+// the unit no memory.
 // Tolerance (u = 2^-24), y = y0 + delta: |y - yg| <= (2 IN + 2 r + 4) u M + 3 u |yg| + 1e-30, M = |s| sum_k
 // |B[o,k]| sum_i |A[k,i] x[i]| (computed in fp64 by the generator). Both sides use the same fp32 factor values
 // (fp16 -> fp32 is exact; int8: fp32(code) * fp32(row scale), the same single rounding as the golden unpack),
@@ -23,6 +26,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "roma/csim/lora_unit.h"
@@ -36,8 +40,21 @@ namespace {
 const double ULP = 1.0 / 16777216.0; // u = 2^-24
 const char *const LIN_NAMES[7] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
 
-typedef LoraUnit<2, 32, 16, 48, 3, 8> Tiny;
-typedef LoraUnit<1, 576, 192, 1536, 3, 16> Smol;
+constexpr unsigned ALL = 0x7f; // bit i: linear i (wq wk wv wo w_gate w_up w_down) has LoRA memory
+typedef LoraUnit<2, 32, 16, 48, 3, 8, ALL, false> Tiny16;
+typedef LoraUnit<2, 32, 16, 48, 3, 8, 0x73, true> Tiny8; // wq wk w_gate w_up w_down
+typedef LoraUnit<1, 576, 192, 1536, 3, 16, ALL, false> Smol16;
+typedef LoraUnit<1, 576, 192, 1536, 3, 16, 0x71, true> Smol8; // wq w_gate w_up w_down
+// the value memory of one slot, written out: layers * rank * (in + out) of each target, fp16 or int8
+static_assert(sizeof(Tiny16::values[0]) == 2 * 2 * 8 * ((32 + 32) + (32 + 16) + (32 + 16) + (32 + 32) + (32 + 48) +
+                                                         (32 + 48) + (48 + 32)),
+              "tiny16: every linear");
+static_assert(sizeof(Tiny8::values[0]) == 2 * 8 * ((32 + 32) + (32 + 16) + (32 + 48) + (32 + 48) + (48 + 32)),
+              "tiny8: no memory for wv and wo");
+static_assert(sizeof(Tiny8::row_scale[0]) == 4 * 2 * ((8 + 32) + (8 + 16) + (8 + 48) + (8 + 48) + (8 + 32)),
+              "tiny8: fp32 row scales of its targets");
+static_assert(sizeof(Smol8::values[0]) == 16 * ((576 + 576) + (576 + 1536) + (576 + 1536) + (1536 + 576)),
+              "smol8: no memory for wk, wv and wo");
 
 struct Totals {
   long mismatches = 0, compared = 0;
@@ -53,16 +70,22 @@ struct Totals {
 // nullptr, or the refusal code's reason.
 template <class U>
 const char *load_checked(U &u, int slot, const std::vector<uint8_t> &img, LoraCycles &cyc) {
-  const LoraImageError e =
-      lora_validate<U>(img.data(), (uint32_t)img.size(), (int)(sizeof(u.rank[0]) / sizeof(u.rank[0][0])));
+  const LoraImageError e = lora_validate<U>(img.data(), (uint32_t)img.size(), U::LAYERS);
   if (e == LoraImageError::Ok) lora_load<U>(u, slot, img.data(), (uint32_t)img.size(), cyc);
   return lora_image_error_text(e);
 }
 
+// a unit's slot bit for bit (and its row scales, for an int8 unit)
+template <class U>
+bool row_scales_equal(const U &, const U &, int, std::false_type) { return true; }
+template <class U>
+bool row_scales_equal(const U &a, const U &b, int slot, std::true_type) {
+  return std::memcmp(a.row_scale[slot], b.row_scale[slot], sizeof(a.row_scale[slot])) == 0;
+}
 template <class U>
 bool slot_equal(const U &a, const U &b, int slot) {
   return std::memcmp(a.values[slot], b.values[slot], sizeof(a.values[slot])) == 0 &&
-         std::memcmp(a.row_scale[slot], b.row_scale[slot], sizeof(a.row_scale[slot])) == 0 &&
+         row_scales_equal(a, b, slot, std::integral_constant<bool, U::INT8>()) &&
          std::memcmp(a.rank[slot], b.rank[slot], sizeof(a.rank[slot])) == 0 &&
          std::memcmp(a.scale[slot], b.scale[slot], sizeof(a.scale[slot])) == 0 && a.loaded[slot] == b.loaded[slot];
 }
@@ -106,7 +129,7 @@ void apply_one(const U &u, int slot, int layer, const std::string &name, int T, 
   const auto y0 = tb::read_array<float>(stem + ".y0.f32", (size_t)T * OUT);
   const auto yg = tb::read_array<float>(stem + ".y.f32", (size_t)T * OUT);
   const auto mag = tb::read_array<double>(stem + ".mag.f64", (size_t)T * OUT);
-  const uint32_t r = u.rank[slot][layer][LIN];
+  const uint32_t r = U::is_target(LIN) ? u.rank[slot][layer][U::target_index(LIN)] : 0;
   const std::string what = std::string("l") + std::to_string(layer) + "." + LIN_NAMES[LIN];
   std::vector<float> y(OUT);
   for (int tok = 0; tok < T; ++tok) {
@@ -170,8 +193,10 @@ void run_line(U &u, std::istringstream &in, const std::string &kind, Totals &tot
 }
 
 // Large: static storage, zero-initialised (no slot loaded).
-Tiny g_tiny;
-Smol g_smol;
+Tiny16 g_tiny16;
+Tiny8 g_tiny8;
+Smol16 g_smol16;
+Smol8 g_smol8;
 
 } // namespace
 
@@ -184,8 +209,10 @@ int main(int argc, char **argv) {
     std::istringstream in(line);
     std::string kind, shape;
     in >> kind >> shape;
-    if (shape == "tiny") run_line(g_tiny, in, kind, tot, line);
-    else if (shape == "smol") run_line(g_smol, in, kind, tot, line);
+    if (shape == "tiny16") run_line(g_tiny16, in, kind, tot, line);
+    else if (shape == "tiny8") run_line(g_tiny8, in, kind, tot, line);
+    else if (shape == "smol16") run_line(g_smol16, in, kind, tot, line);
+    else if (shape == "smol8") run_line(g_smol8, in, kind, tot, line);
     else tb::io_error("unknown unit shape: %s", line.c_str());
   }
   return tb::finish(tot.mismatches, tot.compared, "");

@@ -19,9 +19,10 @@
 //   errors    bad command, n_tokens 0, DECODE with 2 tokens, context overflow, token id >= VOCAB, negative id,
 //             LoRA slot out of range, selecting an empty slot, corrupt adapter image: the right ErrorCode and
 //             nothing changed (logits buffer, KV cache, tokens_out, and the next decode still golden)
-//   lora      a packed adapter (fp16, and int8 with fp32 row scales) loaded into slots 1 and 2, selected:
-//             prefill logits within TOL of GoldenModel with packed.to_golden(); LORA_NONE again: the base
-//             logits bit for bit
+//   lora      a packed adapter in the build's LoRA storage (tb_roma_core fp16, tb_roma_core_onchip int8 with fp32
+//             row scales) loaded into slot 1, selected: prefill logits within TOL of GoldenModel with
+//             packed.to_golden(); the other storage type is refused (ERR_LORA_IMAGE, slot 2 stays empty);
+//             LORA_NONE again: the base logits bit for bit
 //   kv        on chip (tb_roma_core_onchip): every run command first loads the rows below its position that the
 //             on-chip copy lacks (CMD_KV_LOAD, as the host driver does; the boards here are several sessions'
 //             buffers), so all of the above runs with attention over the on-chip copy and the DDR rows written
@@ -338,7 +339,7 @@ int main(int argc, char **argv) {
         {"generate past capacity", CMD_GENERATE, CAP - 2, 3, 1, 0, 1, ERR_CONTEXT},
         {"token id == VOCAB", CMD_DECODE, 3, 1, 1, 0, V, ERR_TOKEN_RANGE},
         {"negative token id", CMD_PREFILL, 3, 1, 1, 0, -1, ERR_TOKEN_RANGE},
-        {"LoRA slot out of range", CMD_LOAD_LORA, 0, 0, 0, LORA_SLOTS, 0, ERR_LORA_SLOT},
+        {"LoRA slot out of range", CMD_LOAD_LORA, 0, 0, 0, (uint32_t)roma_model::LORA_SLOTS, 0, ERR_LORA_SLOT},
         {"select an empty slot", CMD_SELECT_LORA, 0, 0, 0, 3, 0, ERR_LORA_SLOT},
         {"select a slot out of range", CMD_SELECT_LORA, 0, 0, 0, 77, 0, ERR_LORA_SLOT},
         {"corrupt adapter image", CMD_LOAD_LORA, 0, 0, 0, 1, 0, ERR_LORA_IMAGE},
@@ -431,14 +432,17 @@ int main(int argc, char **argv) {
 
   // ---- LoRA ----
   {
-    const char *kinds[2] = {"fp16", "int8"};
+    const char *kinds[2] = {roma_model::LORA_INT8 ? "int8" : "fp16", roma_model::LORA_INT8 ? "fp16" : "int8"};
     Board lb(CAP);
     for (int s = 0; s < 2; ++s) {
       const std::string f = std::string("lora_") + kinds[s] + ".bin";
       lb.staging = read_array<uint8_t>(f, tb::file_items(f, 1));
-      expect(lb.call(CMD_LOAD_LORA, 0, 0, 0, 1 + s) == ERR_NONE, std::string("load ") + kinds[s]);
+      expect(lb.call(CMD_LOAD_LORA, 0, 0, 0, 1 + s) == (s == 0 ? ERR_NONE : ERR_LORA_IMAGE),
+             std::string("load ") + kinds[s] + (s == 0 ? "" : ": not the build's LoRA storage, refused"));
     }
-    for (int s = 0; s < 2; ++s) {
+    expect(lb.call(CMD_SELECT_LORA, 0, 0, 0, 2) == ERR_LORA_SLOT, "the refused image left its slot empty");
+    {
+      const int s = 0; // the build's storage type, in slot 1
       expect(lb.call(CMD_SELECT_LORA, 0, 0, 0, 1 + s) == ERR_NONE, "select");
       for (int i = 0; i < P; ++i) lb.tin[i] = prompt[i];
       lb.call(CMD_PREFILL, 0, P);

@@ -55,9 +55,15 @@ def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
     # the whole-vocabulary logits buffer: fp32, one bank, 1K x 36 per BRAM36
     lg = _array(tiny_report, "(anonymous namespace)::g_logits")
     assert (lg["bytes"], lg["width"], lg["depth"], lg["bram36"]) == (4 * vocab, 32, vocab, vocab / 1024)
-    # g_lora is counted member by member; its slots take the defaults (4 x rank 64), fp16 values
+    # g_lora is counted member by member: the build's LoRA unit (tiny_build: 4 slots of rank 16 on every linear,
+    # fp16), its values as 64-bit words (4 fp16 each) in URAM where the plan reserved them, no row scales (fp16)
+    unit = json.loads((tiny_build / "manifest.json").read_text())["lora_unit"]
+    kv, ffn = dim // model["n_heads"] * model["n_kv_heads"], model["ffn_dim"]
     values = _array(tiny_report, "(anonymous namespace)::g_lora.values")
-    assert values["elem_bits"] == 16 and values["bram36"] > 100
+    elements = unit["slots"] * n * unit["rank"] * (9 * dim + 2 * kv + 3 * ffn)  # sum over the 7 linears of in + out
+    assert (values["elem_bits"], values["width"], values["depth"]) == (16, 64, elements // 4)
+    assert values["impl"] == "uram" == unit["placement"].lower() and values["uram"] == -(-elements // 4 // 4096)
+    assert not [a for a in tiny_report["arrays"] if a["name"].endswith("g_lora.row_scale")]
     # the unused dot probes are listed, not counted
     assert any("probe" in d["name"] for d in tiny_report["dropped"])
     assert tiny_report["bram36"] == pytest.approx(sum(a["bram36"] for a in tiny_report["arrays"]))
@@ -90,8 +96,17 @@ def test_an_engine_per_configuration_of_a_mixed_build(tiny_models, tmp_path):
     # shared by its layers; the on-chip banks hold layer 0 only
     from roma_runtime.compiler.build import compile_model
 
-    compile_model(tiny_models["q4_1"], tmp_path / "b", board="u250", ddr="1", progress=False)
+    # ... with an int8 LoRA unit on wq and wv only: memory for those two linears and nothing for the others
+    man = compile_model(tiny_models["q4_1"], tmp_path / "b", board="u250", ddr="1", progress=False, lora_slots=2,
+                        lora_slot_rank=4, lora_targets=["wq", "wv"], lora_dtype="int8")
     rep = footprint.verdict(footprint.measure(tmp_path / "b"), "u250")
+    model = man["plan"]["model"]
+    dim, kv = model["dim"], model["dim"] // model["n_heads"] * model["n_kv_heads"]
+    values, row_scale = (_array(rep, f"(anonymous namespace)::g_lora.{m}") for m in ("values", "row_scale"))
+    assert values["elem_bits"] == 8 and values["bytes"] == 2 * model["n_layers"] * 4 * ((dim + dim) + (dim + kv))
+    assert (values["width"], row_scale["width"], row_scale["elem_bits"]) == (64, 64, 32)
+    assert row_scale["bytes"] == 4 * 2 * model["n_layers"] * ((4 + dim) + (4 + kv))  # fp32 per row of A and B
+    assert _array(rep, "(anonymous namespace)::g_lora.rank")["dims"] == [2, model["n_layers"], 2]  # per target
     assert rep["kernels"]["layer"]["rtl_instances"] == 1
     assert rep["kernels"]["GEMV engine (act quant + tiles + LoRA)"]["max_rtl_instances"] == 1
     layers = {name: e for name, e in rep["engines"].items() if name not in ("token_embd", "output")}
@@ -128,22 +143,17 @@ def test_uram_banks_follow_their_storage_pragmas_and_the_plan(tiny_uram_build):
     assert rep["plan"]["uram"] > 0
 
 
-# The LoRA unit as main's HLS declares it (4 slots of rank 64 on every target, no storage pragma) until contract C1
-# lands in lora_unit.h; the plan counts C1's arrays (none for a build without an adapter).
-LORA_NOT_YET_C1 = {"g_lora.values", "g_lora.row_scale", "g_lora.rank", "g_lora.scale"}
-
-
 def test_the_plans_memory_model_is_the_objects(tiny_report):
     # issue 19: the planner lists the arrays roma_core declares for its plan and lays them out with the
     # footprint's own rules (placement/memory.py), so the two agree array by array: the engines' banks, their
-    # kernels' local arrays, the norms, chunk activations, logits and attention's scores
+    # kernels' local arrays, the norms, chunk activations, logits, attention's scores and the LoRA unit
     rows = {r["array"]: r for r in tiny_report["per_array"]}
-    assert {"RomBank<0, 0>::planes", "RomBank<8, 0>::planes", "g_logits",
+    assert {"RomBank<0, 0>::planes", "RomBank<8, 0>::planes", "g_logits", "g_lora.values",
             "attention_query<...>::score", "brom_tile_gemv<...>::acc"} <= set(rows)
     off = {name for name, r in rows.items() if not r["agrees"]}
-    assert off <= LORA_NOT_YET_C1, off
-    lora = sum(rows[n]["object_bram36"] for n in off)
-    assert tiny_report["total_bram36"] - lora == pytest.approx(tiny_report["plan"]["bram36"], rel=0.05)
+    assert not off, off
+    assert tiny_report["total_bram36"] == pytest.approx(tiny_report["plan"]["bram36"], rel=0.05)
+    assert tiny_report["total_uram"] == pytest.approx(tiny_report["plan"]["uram"], rel=0.05)
     assert "per array against the plan's model" in footprint.render(tiny_report)
 
 

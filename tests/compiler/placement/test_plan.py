@@ -196,6 +196,18 @@ def test_lora_rank_that_does_not_fit_names_the_largest_that_does(smollm2):
     values = 8 * 30 * (2 * 1152 + 2 * 768 + 3 * 2112)
     assert fp16.detail["elements"] == values and values * 2 < fp16.bytes < values * 2 + 2048
     assert int8.bytes < 0.65 * fp16.bytes
+    # the reservation is per slot: a build's LoRA unit of 3 slots reserves 3 of them (0: none)
+    assert P.make_plan(smollm2, "u250", bits=2, group=64, lora_rank=8, lora_slots=3).lora.bytes == pytest.approx(3 * fp16.bytes, rel=0.01)
+    assert P.make_plan(smollm2, "u250", bits=2, group=64, lora_rank=8, lora_slots=0).lora.bytes == 0
+
+
+def test_every_boards_default_lora_unit_fits_smollm2(smollm2):
+    # boards.json's lora_unit is what `roma compile` reserves by default: it fits SmolLM2 with the buffers
+    for name, board in load_boards().items():
+        u = board.lora_unit
+        plan = P.make_plan(smollm2, name, bits=2, group=64, lora_slots=u.slots, lora_rank=u.rank,
+                           lora_targets=u.targets, lora_dtype=u.dtype)
+        assert plan.lora.bytes > 0, name
 
 
 def test_kv_cache_is_on_chip_only_when_asked(smollm2):
@@ -244,6 +256,7 @@ def test_per_tensor_groups_count_their_scales(smollm2):
     ({"bits": 5}, "unsupported bits 5"),
     ({"group": 48}, "unsupported group size 48"),
     ({"lora_rank": -1}, "LoRA rank must be an integer >= 0"),
+    ({"lora_slots": -1}, "the LoRA slot count must be an integer >= 0"),
     ({"lora_targets": ("wq", "attn")}, "unknown LoRA target(s) attn"),
     ({"lora_dtype": "fp8"}, "unsupported LoRA dtype"),
     ({"budget": 1.5}, "budget must be a fraction"),

@@ -20,7 +20,8 @@ impl other than uram (bram, auto, lutram on a deep bank) is counted in BRAM.
 
 A weight bank takes the pragmas of its tier: a BRAM-ROM bank bank_tiles' (rom_1p impl=bram), a URAM bank
 load_uram_bank's (impl = uram, reshaped to 64-bit words). The LoRA unit is laid out by its contract's pragmas
-(``contract_pragma``; C1: values and int8 row scales reshaped to 64-bit words, BIND_STORAGE impl = ROMA_LORA_IMPL).
+(``contract_pragma``, mirroring roma_core.cpp's: values and int8 row scales reshaped to 64-bit words, BIND_STORAGE
+impl = ROMA_LORA_IMPL; rank and scale in LUTRAM), because the plan chooses ROMA_LORA_IMPL before a header exists.
 
 What the top declares for a plan, array by array (roma_core.cpp and the kernel headers):
 - per GEMV engine (one per linear and configuration: bits, group, scale format, tiles, tier), on chip: its bank,
@@ -142,7 +143,7 @@ def read_pragmas(sources: list[Path], defines: dict[str, str]) -> list[Pragma]:
             if not m:
                 continue
             opts = {k.lower(): defines.get(v.strip(), v.strip())
-                    for k, v in re.findall(r"(\w+)\s*=\s*((?:[\w\s\*\+\-/()]+?)(?=\s+\w+\s*=|$))", m.group(2))}
+                    for k, v in re.findall(r"(\w+)\s*=\s*((?:[\w.\s\*\+\-/()]+?)(?=\s+\w+\s*=|$))", m.group(2))}
             out.append(Pragma(m.group(1).upper(), opts.pop("variable", ""), func, opts, f"{path.name}:{n}"))
     return out
 
@@ -207,6 +208,11 @@ PRAGMA_SITES = {
     "g_norms": [("rms_norm", "weight", 1, {"SIMD": lambda a, s, c: 4})],  # norm.h: rms_norm<N, SIMD = 4>
     "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: att_simd(c["HEAD_DIM"])})],
+    # the LoRA unit's members (roma_core.cpp: 64-bit words of fp16 values or int8 codes, and of fp32 row scales)
+    "values": [("roma_core", "g_lora.values", 0, {"LORA_VALUES_PER_WORD": lambda a, s, c: 64 // a.elem_bits})],
+    "row_scale": [("roma_core", "g_lora.row_scale", 0, {"LORA_ROW_SCALES_PER_WORD": lambda a, s, c: 2})],
+    "rank": [("roma_core", "g_lora.rank", 0, {})],
+    "scale": [("roma_core", "g_lora.scale", 0, {})],
 }
 
 
@@ -429,30 +435,33 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
 
 
 def lora_arrays(config: ModelConfig, slots: int, rank: int, targets, dtype: str, impl: str) -> list[Array]:
-    """The LoRA unit's arrays by contract C1: values [S][SLOT_VALUES] (fp16, or int8 codes) reshaped to 64-bit
-    words, int8's fp32 row scales [S][rows] reshaped to 64-bit words, both BIND_STORAGE impl = `impl`; per (slot,
-    layer, target) rank and scale, and per slot loaded. No unit (no arrays) without slots or rank."""
+    """The LoRA unit's arrays as lora_unit.h declares them, with roma_core's pragmas on them (ROMA_LORA_IMPL =
+    `impl`): values [S][SLOT_VALUES] (fp16, or int8 codes) reshaped to 64-bit words, int8's fp32 row scales
+    [S][rows] reshaped to 64-bit words; per (slot, layer, target) rank (16 bits) and scale (fp32) in LUTRAM, and
+    per slot loaded. No unit (no arrays) without slots or rank."""
     if slots <= 0 or rank <= 0 or not targets:
         return []
-    c1 = "contract C1 (LoRA unit)"
+    where = "roma_core.cpp (the LoRA unit's pragmas)"
     idx = [LINEARS.index(t) for t in targets]
     shapes = [lin_shape(config, i) for i in idx]
     n = config.n_layers
     values = n * sum(rank * (cols + rows) for rows, cols in shapes)
     bits = 16 if dtype == "fp16" else 8
     out = [apply_layout(Array("g_lora.values", "values", _bytes(bits, [slots, values]), bits, [slots, values]),
-                        [(contract_pragma("BIND_STORAGE", "values", c1, type="ram_2p", impl=impl), 0, {}),
-                         (contract_pragma("ARRAY_RESHAPE", "values", c1, type="cyclic", factor=64 // bits, dim=2),
+                        [(contract_pragma("BIND_STORAGE", "values", where, type="ram_s2p", impl=impl), 0, {}),
+                         (contract_pragma("ARRAY_RESHAPE", "values", where, type="cyclic", factor=64 // bits, dim=2),
                           0, {})])]
     if dtype == "int8":
         rows = n * sum(rank + r for r, _ in shapes)
         out.append(apply_layout(
             Array("g_lora.row_scale", "row_scale", _bytes(32, [slots, rows]), 32, [slots, rows]),
-            [(contract_pragma("BIND_STORAGE", "row_scale", c1, type="ram_2p", impl=impl), 0, {}),
-             (contract_pragma("ARRAY_RESHAPE", "row_scale", c1, type="cyclic", factor=2, dim=2), 0, {})]))
-    nlin = len(LINEARS) - 2
-    for var, b, dims in (("rank", 32, [slots, n, nlin]), ("scale", 32, [slots, n, nlin]), ("loaded", 1, [slots])):
-        out.append(apply_layout(Array(f"g_lora.{var}", var, _bytes(b, dims), b, dims), []))
+            [(contract_pragma("BIND_STORAGE", "row_scale", where, type="ram_s2p", impl=impl), 0, {}),
+             (contract_pragma("ARRAY_RESHAPE", "row_scale", where, type="cyclic", factor=2, dim=2), 0, {})]))
+    for var, b in (("rank", 16), ("scale", 32)):
+        dims = [slots, n, len(idx)]
+        out.append(apply_layout(Array(f"g_lora.{var}", var, _bytes(b, dims), b, dims),
+                                [(contract_pragma("BIND_STORAGE", var, where, type="ram_1p", impl="lutram"), 0, {})]))
+    out.append(apply_layout(Array("g_lora.loaded", "loaded", _bytes(8, [slots]), 8, [slots]), []))
     return out
 
 

@@ -651,8 +651,24 @@ def _reserve(core: _Core):
 # --- the plan ---------------------------------------------------------------------------------------------
 
 
+def _check_lora(slots, rank, lora_targets, dtype) -> tuple[str, ...]:
+    """The LoRA reservation's targets, after RomaError unless slots and rank are integers >= 0, the targets are
+    linears and the dtype is known."""
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 0:
+        raise RomaError(f"the LoRA slot count must be an integer >= 0, not {slots!r}", hint="use 0 for no LoRA unit")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise RomaError(f"LoRA rank must be an integer >= 0, not {rank!r}", hint="use 0 for no adapter")
+    targets = tuple(dict.fromkeys(lora_targets or ()))
+    bad = [t for t in targets if t not in LINEAR]
+    if bad:
+        raise RomaError(f"unknown LoRA target(s) {', '.join(map(str, bad))}", hint=f"targets are {', '.join(LINEAR)}")
+    if dtype not in LORA_DTYPES:
+        raise RomaError(f"unsupported LoRA dtype {dtype!r}", hint=f"use {' or '.join(LORA_DTYPES)}")
+    return targets
+
+
 def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: dict | None = None,
-              lora_rank: int = 16, lora_targets=LINEAR, lora_dtype: str = "fp16",
+              lora_rank: int = 16, lora_targets=LINEAR, lora_dtype: str = "fp16", lora_slots: int = 1,
               kv_tokens: int | None = None, budget: float = 0.8, context: int | None = None,
               ddr: Iterable | str | None = None, scales: str = "fp16",
               per_tensor_groups: dict | None = None, uram: Iterable | str | None = None, lora_slots: int = 1,
@@ -674,16 +690,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     per_tensor_bits = _validate_per_tensor(per_tensor_bits, config, "per_tensor_bits", _check_bits)
     per_tensor_groups = _validate_per_tensor(per_tensor_groups, config, "per_tensor_groups",
                                              lambda g, name: _check_group(g, name, config))
-    if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
-        raise RomaError(f"LoRA rank must be an integer >= 0, not {lora_rank!r}", hint="use 0 for no adapter")
-    if isinstance(lora_slots, bool) or not isinstance(lora_slots, int) or lora_slots < 0:
-        raise RomaError(f"LoRA slots must be an integer >= 0, not {lora_slots!r}", hint="use 0 for no LoRA unit")
-    targets = tuple(dict.fromkeys(lora_targets or ()))
-    bad = [t for t in targets if t not in LINEAR]
-    if bad:
-        raise RomaError(f"unknown LoRA target(s) {', '.join(map(str, bad))}", hint=f"targets are {', '.join(LINEAR)}")
-    if lora_dtype not in LORA_DTYPES:
-        raise RomaError(f"unsupported LoRA dtype {lora_dtype!r}", hint=f"use {' or '.join(LORA_DTYPES)}")
+    targets = _check_lora(lora_slots, lora_rank, lora_targets, lora_dtype)
     check_kv_tokens(kv_tokens, config)
     if kv_tokens and context is not None and context > kv_tokens:
         raise RomaError(f"--context {context} is longer than the on-chip KV cache of {kv_tokens} tokens, which "
@@ -783,7 +790,7 @@ def check_kv_onchip(config, board, kv_tokens: int | None, *, lora_rank: int = 0,
     if not kv_tokens:
         return
     board = get_board(board)
-    targets = tuple(dict.fromkeys(lora_targets or ()))
+    targets = _check_lora(lora_slots, lora_rank, lora_targets, lora_dtype)
     core = _Core(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, kv_tokens,
                  build_context or config.context_length)
     reserved, stage, _ = _reserve(core)
@@ -975,14 +982,16 @@ def _raise_no_room(core: _Core, stage: str):
         fits = lambda r: _reserve(replace(core, lora_rank=r))[0] is not None  # noqa
         best = next((r for r in range(rank - 1, -1, -1) if fits(r)), None)
         need = sum(a.bytes for a in lora_arrays(config, core.lora_slots, rank, targets, dtype, "uram"))
-        hint = (f"the largest rank that fits with these targets is {best}" if best
-                else "no rank > 0 fits with these targets")
-        alts = ["fewer --lora-targets (e.g. wq wv)", "--lora-rank 0 for no adapter"]
+        hint = (f"the largest rank that fits with these targets is {best} (the slot rank: roma compile "
+                f"--lora-slot-rank, roma plan --lora-rank)" if best else "no rank > 0 fits with these targets")
+        alts = ["fewer --lora-targets (e.g. wq wv)", "--lora-slots 0 for no LoRA unit"]
+        if core.lora_slots > 1:
+            alts.insert(1, "fewer --lora-slots")
         if dtype == "fp16":
             alts.insert(1, "--lora-dtype int8")
         raise RomaError(
-            f"LoRA rank {rank} ({core.lora_slots} slot{'s' if core.lora_slots > 1 else ''}, {dtype}, {len(targets)} targets x "
-            f"{config.n_layers} layers) "
+            f"LoRA rank {rank} ({core.lora_slots} slot{'s' if core.lora_slots != 1 else ''}, {dtype}, "
+            f"{len(targets)} targets x {config.n_layers} layers) "
             f"needs {need / 2**20:.2f} MiB of writable on-chip memory; {board.name} has "
             f"{budget * (board.bram_bytes + board.uram_bytes) / 2**20:.2f} MiB in its {pct} budget",
             hint=f"{hint}; or use {', '.join(alts)}")
@@ -998,7 +1007,8 @@ def _raise_no_room(core: _Core, stage: str):
             hint=f"at most {lo} tokens fit on chip (--kv-onchip {lo}); or omit --kv-onchip to keep the KV cache "
                  "in DDR")
     raise RomaError(f"the activation buffers of {config.name} do not fit in {board.name}'s {pct} budget "
-                    f"after the LoRA memory", hint="lower --lora-rank or use a larger board")
+                    f"after the LoRA memory", hint="reserve less LoRA memory (--lora-slots, a lower slot rank, "
+                                                   "--lora-targets) or use a larger board")
 
 
 # --- estimate ---------------------------------------------------------------------------------------------
@@ -1044,7 +1054,7 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
         t_weights += max(t_compute, t_mem)
 
     attn_macs = c.n_layers * 2 * c.n_heads * c.head_dim * ctx
-    lora_macs = plan.lora.detail.get("elements", 0)
+    lora_macs = plan.lora.detail.get("elements", 0) // max(1, plan.lora.detail.get("slots", 1))  # one active slot
     t_attn_compute = attn_macs / dsp_macs / f
     kv_read = kv_bytes_per_token(c) * ctx
     t_kv_mem = kv_read / bw if plan.kv_cache.placement == "DDR" else 0.0

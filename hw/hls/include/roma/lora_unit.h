@@ -1,19 +1,26 @@
-// ROMA-FPGA LoRA unit: the writable half of ROMA. Several adapters live in on-chip RAM slots; one call adds
+// ROMA-FPGA LoRA unit: the writable half of ROMA. Adapters live in on-chip RAM slots; one call adds
 // scale * B (A x) to a linear's output, in fp32, on the linear's fp32 input x (not its int8 quantization).
 //
 // Source format: the packed adapter of host/roma_runtime/lora.py (PackedLora: "ROMALORA" header, a directory
 // of n_layers*7 entries, fp16 or int8-with-row-scales factors at slot rank R, 64-byte aligned blocks). The
 // host stages it in DDR; CMD_LOAD_LORA validates the whole image (lora_validate: magic, version, types, rank,
-// shapes, every block inside the image) and only then copies it into the slot (lora_load), so a bad image
-// changes nothing.
+// shapes, targets, every block inside the image) and only then copies it into the slot (lora_load), so a bad
+// image changes nothing.
 //
-// Slot memory (per slot, fixed offsets so the datapath needs no directory): for every (layer, linear)
-//   A: MAX_RANK rows of IN values, B: OUT rows of MAX_RANK values, as fp16 bit patterns; row scales fp32.
-//   fp16 images store the values with row scale 1.0 (x * 1 is exact); int8 images store the code as fp16
-//   (exact for |code| <= 127) and the row scale, so value = fp32(code) * scale: the golden unpack's product.
-//   Only the first r rows of A and r columns of B are used (the image's zero padding contributes nothing).
-//   Size: MAX_RANK * sum over linears (IN + OUT) * 2 bytes per layer (SmolLM2-135M, R=64: 1.3 MB per layer,
-//   39 MB per slot: URAM on a U250, or a DDR-backed slot for bigger models).
+// Sized by the build (roma_model.h's LORA_SLOTS, LORA_RANK, LORA_TARGET, LORA_INT8: what `roma compile`
+// reserved and the plan counts): SLOTS slots of rank RANK, memory only for the TARGETS linears (a bit mask,
+// bit i = linear i of wq wk wv wo w_gate w_up w_down), fp16 values or int8 codes. The arrays, exactly:
+//   values[SLOTS][SLOT_VALUES], SLOT_VALUES = N_LAYERS * sum over targets t of RANK * (in_t + out_t):
+//     per (layer, target) A: RANK rows of IN values, then B: OUT rows of RANK values, at fixed offsets over the
+//     targets only (a non-target linear has no memory and no LoRA cycles). fp16 bit patterns (fp16 builds) or
+//     int8 codes (int8 builds).
+//   row_scale[SLOTS][SLOT_ROWS] (int8 builds only), SLOT_ROWS = N_LAYERS * sum over targets (RANK + out_t):
+//     fp32 per row of A and of B, so value = fp32(code) * scale: the golden unpack's product (an image's fp16
+//     row scales are widened exactly). An fp16 value is used as it is (fp16 -> fp32 is exact).
+//   rank, scale [SLOTS][N_LAYERS][targets] and loaded[SLOTS]: small (LUTRAM/registers).
+// Only the first r rows of A and r columns of B are used (the image's zero padding contributes nothing).
+// An image of another storage type than the build's, of a slot rank above RANK, or with a factor on a linear
+// that is not a target is refused.
 //
 // Compute (golden LoraAdapter.delta, then y + delta):
 //   t[k] = sum_i A[k,i] * x[i]          k < r   (fp32, sequential sum; BLAS sums in another order)
@@ -54,44 +61,85 @@ struct LoraCycles {
   uint64_t apply = 0; // A and B passes
 };
 
-// N_LAYERS layers of a LLaMA with DIM (= heads * head_dim), KV_DIM and FFN_DIM; SLOTS slots of rank MAX_RANK.
-template <int N_LAYERS, int DIM, int KV_DIM, int FFN_DIM, int SLOTS, int MAX_RANK>
-struct LoraUnit {
+// The shape of a LoRA unit (constants only): N_LAYERS layers of a LLaMA with DIM (= heads * head_dim), KV_DIM
+// and FFN_DIM; SLOTS slots of rank RANK on the linears of the TARGETS mask.
+template <int N_LAYERS, int DIM, int KV_DIM, int FFN_DIM, int SLOTS, int RANK, unsigned TARGETS>
+struct LoraShape {
   static constexpr int NLIN = (int)lora_fmt::LINEARS;
   static constexpr int LAYERS = N_LAYERS;
   static constexpr int ENTRIES = N_LAYERS * NLIN; // (layer, linear) pairs of an image
   // the smallest and largest in/out size of a linear (trip counts of the load loops)
   static constexpr int DIM_MIN = (KV_DIM < DIM ? KV_DIM : DIM) < FFN_DIM ? (KV_DIM < DIM ? KV_DIM : DIM) : FFN_DIM;
   static constexpr int DIM_MAX = (KV_DIM > DIM ? KV_DIM : DIM) > FFN_DIM ? (KV_DIM > DIM ? KV_DIM : DIM) : FFN_DIM;
-  static constexpr int MAX_R = MAX_RANK;
+  static constexpr int MAX_R = RANK;
   static constexpr int SLOT_COUNT = SLOTS;
   static constexpr int in_dim(int lin) { return lin == 6 ? FFN_DIM : DIM; }
   static constexpr int out_dim(int lin) { return (lin == 1 || lin == 2) ? KV_DIM : (lin == 4 || lin == 5) ? FFN_DIM : DIM; }
-  static constexpr long a_off(int lin) { // values before linear `lin` inside one layer
-    return lin == 0 ? 0 : a_off(lin - 1) + (long)MAX_RANK * (in_dim(lin - 1) + out_dim(lin - 1));
+  static constexpr bool is_target(int lin) { return (TARGETS >> lin) & 1u; }
+  static constexpr int target_index(int lin) { // targets before linear `lin`
+    return lin == 0 ? 0 : target_index(lin - 1) + (is_target(lin - 1) ? 1 : 0);
   }
-  static constexpr long b_off(int lin) { return a_off(lin) + (long)MAX_RANK * in_dim(lin); }
+  static constexpr int TARGET_COUNT = target_index(NLIN);
+  static constexpr long a_off(int lin) { // values before linear `lin` inside one layer (targets only)
+    return lin == 0 ? 0 : a_off(lin - 1) + (is_target(lin - 1) ? (long)RANK * (in_dim(lin - 1) + out_dim(lin - 1)) : 0);
+  }
+  static constexpr long b_off(int lin) { return a_off(lin) + (long)RANK * in_dim(lin); }
   static constexpr long LAYER_VALUES = a_off(NLIN);
   static constexpr long SLOT_VALUES = LAYER_VALUES * N_LAYERS;
-  static constexpr long ra_off(int lin) { return lin == 0 ? 0 : ra_off(lin - 1) + MAX_RANK + out_dim(lin - 1); }
-  static constexpr long rb_off(int lin) { return ra_off(lin) + MAX_RANK; }
+  static constexpr long ra_off(int lin) { // row scales before linear `lin` inside one layer (targets only)
+    return lin == 0 ? 0 : ra_off(lin - 1) + (is_target(lin - 1) ? RANK + out_dim(lin - 1) : 0);
+  }
+  static constexpr long rb_off(int lin) { return ra_off(lin) + RANK; }
   static constexpr long LAYER_ROWS = ra_off(NLIN);
   static constexpr long SLOT_ROWS = LAYER_ROWS * N_LAYERS;
   static constexpr int LOAD_BYTES_PER_CYCLE = 16; // a 128-bit m_axi read port
   static constexpr int ACC_II = timing::acc_ii(1); // acc += ...: the accumulator is read by the next iteration
-  // row read, fp16 decode, (value * row scale) * input, the add, the store of the sum
+  // row read, value decode, (value * row scale) * input, the add, the store of the sum
   static constexpr int A_DEPTH = 2 + 1 + 2 * timing::FMUL_LATENCY + timing::FADD_LATENCY + 1;
   // as A, then y[o] + sum * scale after the row's loop
   static constexpr int B_DEPTH = A_DEPTH + timing::FMUL_LATENCY + timing::FADD_LATENCY;
   static constexpr uint64_t apply_cycles(int r, int in, int out) {
     return (uint64_t)r * ((uint64_t)in * ACC_II + A_DEPTH) + (uint64_t)out * ((uint64_t)r * ACC_II + B_DEPTH);
   }
+  static_assert(SLOTS > 0 && RANK > 0 && TARGET_COUNT > 0, "a LoRA unit has slots, a rank and targets (a build "
+                                                           "without LoRA declares no unit)");
+};
 
-  half_bits_t values[SLOTS][SLOT_VALUES];
-  float row_scale[SLOTS][SLOT_ROWS];
-  uint32_t rank[SLOTS][N_LAYERS][NLIN];
-  float scale[SLOTS][N_LAYERS][NLIN];
+// The unit's memory (see the top of this file): fp16 values, or int8 codes with fp32 row scales.
+template <int N_LAYERS, int DIM, int KV_DIM, int FFN_DIM, int SLOTS, int RANK, unsigned TARGETS, bool INT8>
+struct LoraUnit;
+
+template <int N_LAYERS, int DIM, int KV_DIM, int FFN_DIM, int SLOTS, int RANK, unsigned TARGETS>
+struct LoraUnit<N_LAYERS, DIM, KV_DIM, FFN_DIM, SLOTS, RANK, TARGETS, false>
+    : LoraShape<N_LAYERS, DIM, KV_DIM, FFN_DIM, SLOTS, RANK, TARGETS> {
+  typedef LoraShape<N_LAYERS, DIM, KV_DIM, FFN_DIM, SLOTS, RANK, TARGETS> S;
+  static constexpr bool INT8 = false;
+  half_bits_t values[SLOTS][S::SLOT_VALUES];
+  uint16_t rank[SLOTS][N_LAYERS][S::TARGET_COUNT];
+  float scale[SLOTS][N_LAYERS][S::TARGET_COUNT];
   bool loaded[SLOTS];
+
+  float value(int slot, long v, long /*row*/) const { return half_to_float(values[slot][v]); }
+  // an fp16 image's value at byte `off` (validated: the image is fp16)
+  void put(int slot, long v, const uint8_t *img, uint32_t off) { values[slot][v] = lora_fmt::rd16(img, off); }
+  void put_row_scale(int, long, float) {}
+};
+
+template <int N_LAYERS, int DIM, int KV_DIM, int FFN_DIM, int SLOTS, int RANK, unsigned TARGETS>
+struct LoraUnit<N_LAYERS, DIM, KV_DIM, FFN_DIM, SLOTS, RANK, TARGETS, true>
+    : LoraShape<N_LAYERS, DIM, KV_DIM, FFN_DIM, SLOTS, RANK, TARGETS> {
+  typedef LoraShape<N_LAYERS, DIM, KV_DIM, FFN_DIM, SLOTS, RANK, TARGETS> S;
+  static constexpr bool INT8 = true;
+  int8_t values[SLOTS][S::SLOT_VALUES];
+  float row_scale[SLOTS][S::SLOT_ROWS];
+  uint16_t rank[SLOTS][N_LAYERS][S::TARGET_COUNT];
+  float scale[SLOTS][N_LAYERS][S::TARGET_COUNT];
+  bool loaded[SLOTS];
+
+  float value(int slot, long v, long row) const { return (float)values[slot][v] * row_scale[slot][row]; }
+  // an int8 image's code at byte `off` (validated: the image is int8)
+  void put(int slot, long v, const uint8_t *img, uint32_t off) { values[slot][v] = (int8_t)img[off]; }
+  void put_row_scale(int slot, long row, float s) { row_scale[slot][row] = s; }
 };
 
 // Why lora_validate refused an image: a code, not a string (synthesized code holds no string literals); the C
@@ -102,7 +150,7 @@ enum class LoraImageError : uint8_t {
   Magic,            // not "ROMALORA"
   Version,          // unknown format version
   Types,            // unknown factor/scale type pair
-  SlotRank,         // slot rank 0 or above the unit's MAX_RANK
+  SlotRank,         // slot rank 0 or above the unit's MAX_R
   Counts,           // layer/linear count differs from the model
   Directory,        // directory offset or total size wrong
   DirectoryOutside, // directory past the image's end
@@ -110,7 +158,9 @@ enum class LoraImageError : uint8_t {
   EntryRank,        // an entry's rank above the slot rank
   Scale,            // an entry's scale is NaN or infinite
   Factor,           // a factor block past the image's end
-  RowScales         // a row-scale block past the image's end
+  RowScales,        // a row-scale block past the image's end
+  Storage,          // fp16 factors for an int8 unit, or int8 for an fp16 unit
+  Target            // a factor on a linear the unit has no memory for
 };
 
 // The whole image checked against the unit's shapes: Ok, or why not.
@@ -127,6 +177,7 @@ LoraImageError lora_validate(const uint8_t *img, uint32_t bytes, int n_layers_ex
   if (!((ftype == FACTOR_FP16 && stype == SCALE_NONE) ||
         (ftype == FACTOR_INT8 && (stype == SCALE_FP16 || stype == SCALE_FP32))))
     return LoraImageError::Types;
+  if ((ftype == FACTOR_INT8) != U::INT8) return LoraImageError::Storage;
   if (R < 1 || R > (uint32_t)U::MAX_R) return LoraImageError::SlotRank;
   if (nl != (uint32_t)n_layers_expected || nlin != LINEARS) return LoraImageError::Counts;
   if (dir != HEADER_BYTES || total != bytes) return LoraImageError::Directory;
@@ -142,6 +193,7 @@ LORA_VALIDATE_ENTRIES:
     if ((int)in != U::in_dim((int)lin) || (int)out != U::out_dim((int)lin)) return LoraImageError::Shape;
     if (r == 0) continue;
     if (r > R) return LoraImageError::EntryRank;
+    if (!U::is_target((int)lin)) return LoraImageError::Target;
     const float s = bits_to_float(rd32(img, o + 12));
     if (!(s == s) || std::isinf(s)) return LoraImageError::Scale;
     const uint64_t oa = rd32(img, o + 16), osa = rd32(img, o + 20), ob = rd32(img, o + 24), osb = rd32(img, o + 28);
@@ -155,7 +207,8 @@ LORA_VALIDATE_ENTRIES:
 template <class U>
 void lora_load(U &u, int slot, const uint8_t *img, uint32_t bytes, LoraCycles &cyc) {
   using namespace lora_fmt;
-  const uint32_t ftype = rd32(img, 12), stype = rd32(img, 16), R = rd32(img, 20), dir = rd32(img, 32);
+  const uint32_t stype = rd32(img, 16), R = rd32(img, 20), dir = rd32(img, 32);
+  const uint32_t elem = U::INT8 ? 1 : 2;
   const int NL = (int)rd32(img, 24);
   constexpr int ENTRIES = U::ENTRIES, RMAX = U::MAX_R, DMIN = U::DIM_MIN, DMAX = U::DIM_MAX; // LOOP_TRIPCOUNTs
   (void)ENTRIES;
@@ -166,44 +219,37 @@ LORA_LOAD_ENTRIES:
   for (int e = 0; e < NL * U::NLIN; ++e) {
 #pragma HLS LOOP_TRIPCOUNT min = ENTRIES max = ENTRIES
     const int layer = e / U::NLIN, lin = e % U::NLIN;
+    if (!U::is_target(lin)) continue; // validated: no factor there
     const uint32_t o = dir + (uint32_t)e * ENTRY_BYTES;
     const uint32_t r = rd32(img, o);
-    const int in = U::in_dim(lin), out = U::out_dim(lin);
-    u.rank[slot][layer][lin] = r;
-    u.scale[slot][layer][lin] = bits_to_float(rd32(img, o + 12));
+    const int in = U::in_dim(lin), out = U::out_dim(lin), t = U::target_index(lin);
+    u.rank[slot][layer][t] = (uint16_t)r;
+    u.scale[slot][layer][t] = bits_to_float(rd32(img, o + 12));
     if (r == 0) continue;
     const uint32_t oa = rd32(img, o + 16), osa = rd32(img, o + 20), ob = rd32(img, o + 24), osb = rd32(img, o + 28);
-    half_bits_t *A = &u.values[slot][(long)layer * U::LAYER_VALUES + U::a_off(lin)];
-    half_bits_t *B = &u.values[slot][(long)layer * U::LAYER_VALUES + U::b_off(lin)];
-    float *sa = &u.row_scale[slot][(long)layer * U::LAYER_ROWS + U::ra_off(lin)];
-    float *sbv = &u.row_scale[slot][(long)layer * U::LAYER_ROWS + U::rb_off(lin)];
-    auto value = [&](uint32_t off, uint64_t idx) -> half_bits_t {
-      if (ftype == FACTOR_FP16) return rd16(img, off + (uint32_t)(2 * idx));
-      const int8_t c = (int8_t)img[off + idx];
-      return float_to_half((float)c); // exact: |c| <= 128 < 2048
-    };
-    auto row_scale = [&](uint32_t off, uint32_t idx) -> float {
-      if (ftype == FACTOR_FP16) return 1.0f;
+    const long va = (long)layer * U::LAYER_VALUES + U::a_off(lin), vb = (long)layer * U::LAYER_VALUES + U::b_off(lin);
+    const long ra = (long)layer * U::LAYER_ROWS + U::ra_off(lin), rb = (long)layer * U::LAYER_ROWS + U::rb_off(lin);
+    auto row_scale = [&](uint32_t off, uint32_t idx) -> float { // int8 images only
       return stype == SCALE_FP32 ? bits_to_float(rd32(img, off + 4 * idx)) : half_to_float(rd16(img, off + 2 * idx));
     };
   LORA_LOAD_A:
     for (uint32_t k = 0; k < r; ++k) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = RMAX
-      sa[k] = row_scale(osa, k);
+      if (U::INT8) u.put_row_scale(slot, ra + k, row_scale(osa, k));
       for (int i = 0; i < in; ++i) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = DMIN max = DMAX
-        A[(long)k * in + i] = value(oa, (uint64_t)k * in + i);
+        u.put(slot, va + (long)k * in + i, img, oa + (uint32_t)(elem * ((uint64_t)k * in + i)));
       }
     }
   LORA_LOAD_B:
     for (int oo = 0; oo < out; ++oo) {
 #pragma HLS LOOP_TRIPCOUNT min = DMIN max = DMAX
-      sbv[oo] = row_scale(osb, (uint32_t)oo);
+      if (U::INT8) u.put_row_scale(slot, rb + oo, row_scale(osb, (uint32_t)oo));
       for (uint32_t k = 0; k < r; ++k) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = RMAX
-        B[(long)oo * U::MAX_R + k] = value(ob, (uint64_t)oo * R + k);
+        u.put(slot, vb + (long)oo * U::MAX_R + k, img, ob + (uint32_t)(elem * ((uint64_t)oo * R + k)));
       }
     }
   }
@@ -211,18 +257,18 @@ LORA_LOAD_ENTRIES:
   cyc.load += bytes / U::LOAD_BYTES_PER_CYCLE + timing::AXI_READ_LATENCY;
 }
 
-// y[OUT] += scale * B (A x) for (slot, layer, lin); nothing when the slot has no factor there.
+// y[OUT] += scale * B (A x) for (slot, layer, lin); nothing when `lin` is not a target of the unit or the slot
+// has no factor there.
 template <class U, int IN, int OUT>
 void lora_apply(const U &u, int slot, int layer, int lin, const float x[IN], float y[OUT], LoraCycles &cyc) {
-  const uint32_t r = u.rank[slot][layer][lin];
+  if (!U::is_target(lin)) return;
+  const uint32_t r = u.rank[slot][layer][U::target_index(lin)];
   if (r == 0) return;
   constexpr int RMAX = U::MAX_R, ACC_II = U::ACC_II; // used by the pragmas
   (void)ACC_II;
-  const half_bits_t *A = &u.values[slot][(long)layer * U::LAYER_VALUES + U::a_off(lin)];
-  const half_bits_t *B = &u.values[slot][(long)layer * U::LAYER_VALUES + U::b_off(lin)];
-  const float *sa = &u.row_scale[slot][(long)layer * U::LAYER_ROWS + U::ra_off(lin)];
-  const float *sb = &u.row_scale[slot][(long)layer * U::LAYER_ROWS + U::rb_off(lin)];
-  const float s = u.scale[slot][layer][lin];
+  const long va = (long)layer * U::LAYER_VALUES + U::a_off(lin), vb = (long)layer * U::LAYER_VALUES + U::b_off(lin);
+  const long ra = (long)layer * U::LAYER_ROWS + U::ra_off(lin), rb = (long)layer * U::LAYER_ROWS + U::rb_off(lin);
+  const float s = u.scale[slot][layer][U::target_index(lin)];
   float t[RMAX];
 LORA_A:
   for (uint32_t k = 0; k < r; ++k) {
@@ -230,7 +276,7 @@ LORA_A:
     float acc = 0.0f;
     for (int i = 0; i < IN; ++i) {
 #pragma HLS PIPELINE II = ACC_II
-      acc += (half_to_float(A[(long)k * IN + i]) * sa[k]) * x[i];
+      acc += u.value(slot, va + (long)k * IN + i, ra + k) * x[i];
     }
     t[k] = acc;
   }
@@ -240,7 +286,7 @@ LORA_B:
     for (uint32_t k = 0; k < r; ++k) {
 #pragma HLS PIPELINE II = ACC_II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = RMAX
-      acc += (half_to_float(B[(long)o * RMAX + k]) * sb[o]) * t[k];
+      acc += u.value(slot, vb + (long)o * RMAX + k, rb + o) * t[k];
     }
     y[o] = y[o] + acc * s;
   }

@@ -1,5 +1,5 @@
 // Synthesis wrapper of the LoRA unit (tb/tb_lora_unit.cpp checks it in C simulation): one SmolLM2-135M layer
-// with 2 slots of rank 16. command 0 validates a packed image staged in DDR and only then loads it into
+// with 2 slots of rank 16, fp16, on all seven linears. command 0 validates a packed image staged in DDR and only then loads it into
 // `slot`; command 1 adds that slot's scale * B(Ax) to the output of linear `lin` (run_hls_lora_unit.tcl
 // reports II, latency and resources).
 #include <cstdint>
@@ -8,7 +8,7 @@
 
 namespace {
 constexpr int DIM = 576, KV_DIM = 192, FFN_DIM = 1536;
-using Unit = roma::LoraUnit<1, DIM, KV_DIM, FFN_DIM, 2, 16>;
+using Unit = roma::LoraUnit<1, DIM, KV_DIM, FFN_DIM, 2, 16, 0x7f, false>;
 } // namespace
 
 extern "C" int roma_syn_lora_unit(int command, int slot, int lin, const uint8_t *image, uint32_t bytes,

@@ -41,6 +41,10 @@ inline const char *lora_image_error_text(LoraImageError e) {
     return "factor outside the image";
   case LoraImageError::RowScales:
     return "row scales outside the image";
+  case LoraImageError::Storage:
+    return "storage type differs from the unit's";
+  case LoraImageError::Target:
+    return "factor on a linear the unit has no memory for";
   }
   return "unknown refusal code";
 }
