@@ -671,7 +671,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
               lora_rank: int = 16, lora_targets=LINEAR, lora_dtype: str = "fp16", lora_slots: int = 1,
               kv_tokens: int | None = None, budget: float = 0.8, context: int | None = None,
               ddr: Iterable | str | None = None, scales: str = "fp16",
-              per_tensor_groups: dict | None = None, uram: Iterable | str | None = None, lora_slots: int = 1,
+              per_tensor_groups: dict | None = None, uram: Iterable | str | None = None,
               build_context: int | None = None) -> Plan:
     """Place a model's quantized tensors on a board. `config` is a ModelConfig or a LoadedModel (only shapes
     matter); `board` a name from boards.json or a Board; `ddr` units to stream from DDR whatever the room
