@@ -912,6 +912,9 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = return bundle = control
 #pragma HLS BIND_STORAGE variable = g_kv_chip type = ram_s2p impl = ROMA_KV_ONCHIP_IMPL
 #pragma HLS ARRAY_RESHAPE variable = g_kv_chip type = cyclic factor = ATT_SIMD dim = 3
+  // the whole vocabulary's logits (the head writes them, the sampler and LOGITS_OUT read them): in URAM where the
+  // board has it (roma_model.h's ROMA_LOGITS_IMPL, memory.logits_impl), 48 BRAM36 of SmolLM2's otherwise
+#pragma HLS BIND_STORAGE variable = g_logits type = ram_2p impl = ROMA_LOGITS_IMPL
   // the LoRA unit's memory where the plan reserved it, 64-bit words (ROMA_LORA_ARRAYS: which arrays it declares)
 #if ROMA_LORA_ARRAYS >= 1
 #pragma HLS BIND_STORAGE variable = g_lora.values type = ram_s2p impl = ROMA_LORA_IMPL

@@ -16,6 +16,7 @@ Also generated for the top (hw/hls/roma_core.cpp):
 - LORA_SLOTS, LORA_RANK, LORA_TARGET, LORA_INT8: the LoRA unit the build reserved (the manifest's "lora_unit"),
   and ROMA_LORA_IMPL / ROMA_LORA_ARRAYS, the memory its arrays bind to and which arrays it declares (macros for
   the top's pragmas);
+- ROMA_LOGITS_IMPL: the memory g_logits binds to (uram where the board has URAM, else bram);
 - KV_ONCHIP_CTX: the positions of the on-chip KV cache (`roma compile --kv-onchip N`; 0: the KV cache is in DDR
   only), and ROMA_KV_ONCHIP_IMPL, the memory its array binds to (uram, bram, or auto where the plan spread it
   over both), a macro because the top's BIND_STORAGE pragma takes it;
@@ -75,13 +76,14 @@ def _bool(v) -> str:
 
 def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, context: int, board: str,
                   model_sha256: str, tiles_default: int = 1, ddr: dict | None = None,
-                  kv_onchip: dict | None = None, lora_unit: dict | None = None, uram: dict | None = None) -> str:
+                  kv_onchip: dict | None = None, lora_unit: dict | None = None, uram: dict | None = None,
+                  logits_impl: str = "bram") -> str:
     """tensors: manifest tensor entries (name -> {bits, group, tiles, ddr_offset, uram_offset, ...}) for
     blk.<i>.<linear>, token_embd and, when untied, output; ddr: the manifest's "ddr" entry (None: every tensor is
     on chip); uram: its "uram" entry (None: no tensor is in URAM);
     kv_onchip: the manifest's "kv_onchip" entry ({tokens, placement, ...}; None: the KV cache is in DDR);
     lora_unit: the manifest's "lora_unit" entry ({slots, rank, targets, dtype, placement, ...}; None or 0 slots:
-    the build has no LoRA unit)."""
+    the build has no LoRA unit); logits_impl: the memory g_logits binds to (uram or bram, the plan's choice)."""
     unit = lora_unit if lora_unit and lora_unit["slots"] > 0 else None
     lora_arrays = 0 if unit is None else 2 if unit["dtype"] == "int8" else 1
     c = config
@@ -188,7 +190,9 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               "// the memory the LoRA unit's arrays bind to (the plan's reservation), and which arrays the unit",
               "// declares for roma_core's storage pragmas (0: none, 1: fp16 values, 2: int8 values and row scales)",
               f"#define ROMA_LORA_IMPL {_impl(unit)}",
-              f"#define ROMA_LORA_ARRAYS {lora_arrays}", "", "#endif  // ROMA_MODEL_H", "",
+              f"#define ROMA_LORA_ARRAYS {lora_arrays}",
+              "// the memory the whole vocabulary's logits (g_logits) bind to",
+              f"#define ROMA_LOGITS_IMPL {logits_impl}", "", "#endif  // ROMA_MODEL_H", "",
               "// Synthesis: the ROM banks, one row per layer (see the module doc of artifact/model_header.py);",
               "// outside the include guard: the top includes this header again with ROMA_ROM_DEFINE set.",
               "#ifdef ROMA_ROM_DEFINE", "#include ROMA_ROM_DEFINE"]

@@ -33,6 +33,7 @@ from ..model.weights import ModelWeights, QuantizedMatrix, as_float, storage_bit
 from ..progress import with_progress
 from ..tempfiles import clean_stale, write_text_atomic
 from .placement.footprint import FOOTPRINT_FILE
+from .placement.memory import ddr_tiles, logits_impl
 from .placement.plan import DEFAULT_CONTEXT, check_ddr_units, check_kv_onchip, make_plan, parse_ddr_units
 from .quantization.calibrate import collect_hessians, quantize_sequentially
 from .quantization.corpus import token_windows
@@ -346,7 +347,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     ddr_images, uram_images = {}, {}
     for name in _progress(tensor_names(config), "packing", progress):
         q = quantized[name]
-        n_tiles = 1  # the planner does not fold tensors into tiles yet
+        # one tile on chip (the planner does not fold tensors yet); a DDR tensor's tiles bound its accumulator
+        n_tiles = ddr_tiles(q.shape[0]) if is_ddr(tensors[name]) else 1
         img = pack(q, tiles=n_tiles, name=name)
         if is_ddr(tensors[name]):
             ddr_images[name] = img
@@ -376,7 +378,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     header.write_text(render_header(config, tensors, bits=bits, group=group, context=context,
                                     board=board_obj.name if hasattr(board_obj, "name")
                                     else str(board), model_sha256=identity, ddr=ddr_entry, kv_onchip=kv_entry,
-                                    lora_unit=lora_unit, uram=uram_entry))
+                                    lora_unit=lora_unit, uram=uram_entry, logits_impl=logits_impl(board_obj.uram)))
     files.append(header)
 
     linear_params = sum(int(np.prod(tensors[n]["shape"])) for n in linears)

@@ -208,6 +208,7 @@ PRAGMA_SITES = {
     "g_norms": [("rms_norm", "weight", 1, {"SIMD": lambda a, s, c: 4})],  # norm.h: rms_norm<N, SIMD = 4>
     "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: att_simd(c["HEAD_DIM"])})],
+    "g_logits": [("roma_core", "g_logits", 0, {})],
     # the LoRA unit's members (roma_core.cpp: 64-bit words of fp16 values or int8 codes, and of fp32 row scales)
     "values": [("roma_core", "g_lora.values", 0, {"LORA_VALUES_PER_WORD": lambda a, s, c: 64 // a.elem_bits})],
     "row_scale": [("roma_core", "g_lora.row_scale", 0, {"LORA_ROW_SCALES_PER_WORD": lambda a, s, c: 2})],
@@ -408,9 +409,35 @@ def engine_locals(config: ModelConfig, e: EngineConfig, pragmas: list[Pragma], l
     return out
 
 
-def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list[Pragma], hw: dict) -> list[Array]:
-    """The arrays the top declares once whatever the placement: norms, chunk activations, logits, attention's
-    scores, the sampler's ring, and the one layer()'s, forward()'s and attention's locals."""
+def logits_impl(board_uram: int) -> str:
+    """The memory g_logits binds to (roma_model.h's ROMA_LOGITS_IMPL): URAM where the board has it (the whole
+    vocabulary's fp32 logits are a deep, narrow array: 48 BRAM36 of SmolLM2's, or 12 URAM)."""
+    return "uram" if board_uram > 0 else "bram"
+
+
+# A DDR-streamed tensor's rows per tile at most: brom_ddr_gemv keeps an fp32 accumulator per row of its tile, so
+# the vocabulary-wide lm head is cut into tiles (streamed one after the other, the same words and cycles) to keep
+# that accumulator at 8K rows (8 BRAM36 instead of 48 for SmolLM2's 49,152).
+DDR_TILE_MAX_ROWS = 8192
+
+
+def ddr_tiles(rows: int) -> int:
+    """Tiles of a DDR-streamed tensor of `rows` outputs: the fewest that divide rows into DDR_TILE_MAX_ROWS or
+    fewer."""
+    return next(t for t in range(1, rows + 1) if rows % t == 0 and rows // t <= DDR_TILE_MAX_ROWS)
+
+
+def with_impl(applied: list, impl: str) -> list:
+    """The pragmas with their BIND_STORAGE's impl set to `impl` (a build macro the plan chooses)."""
+    return [((Pragma(p.directive, p.variable, p.function, {**p.options, "impl": impl}, p.where), lead, env)
+             if p.directive == "BIND_STORAGE" else (p, lead, env)) for p, lead, env in applied]
+
+
+def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list[Pragma], hw: dict,
+                logits: str = "bram") -> list[Array]:
+    """The arrays the top declares once whatever the placement: norms, chunk activations, logits (in `logits`
+    memory, logits_impl), attention's scores, the sampler's ring, and the one layer()'s, forward()'s and
+    attention's locals."""
     c = model_consts(config)
     t, d, kv, f = hw["PREFILL_CHUNK"], config.dim, config.kv_dim, config.ffn_dim
     qdim, hd = config.n_heads * config.head_dim, config.head_dim
@@ -423,7 +450,8 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
                      [config.n_heads, max_ctx]),
                Array("g_recent.id", "id", _bytes(32, [hw["SAMPLER_RING"]]), 32, [hw["SAMPLER_RING"]])]
     for a in static:
-        apply_layout(a, static_pragmas(a, pragmas, {}, c))
+        applied = static_pragmas(a, pragmas, {}, c)
+        apply_layout(a, with_impl(applied, logits) if a.name == "g_logits" else applied)
     simd = att_simd(hd)
     att = {"HEADS": config.n_heads, "KV_HEADS": config.n_kv_heads, "HD": hd, "MAX_CTX": max_ctx, "SIMD": simd}
     local = [_local("layer", v, 32, [n], pragmas, None) for v, n in
@@ -471,11 +499,8 @@ def kv_array(config: ModelConfig, tokens: int, impl: str, pragmas: list[Pragma])
         return []
     dims = [config.n_layers, 2, tokens * config.kv_dim]
     a = Array("g_kv_chip", "g_kv_chip", _bytes(16, dims), 16, dims)
-    applied = static_pragmas(a, pragmas, {}, model_consts(config))
-    for i, (p, lead, env) in enumerate(applied):  # the build's macro: where the plan reserved the array
-        if p.directive == "BIND_STORAGE":
-            applied[i] = (Pragma(p.directive, p.variable, p.function, {**p.options, "impl": impl}, p.where), lead, env)
-    return [apply_layout(a, applied)]
+    # the build's macro: where the plan reserved the array
+    return [apply_layout(a, with_impl(static_pragmas(a, pragmas, {}, model_consts(config)), impl))]
 
 
 def total(arrays: list[Array]) -> tuple[float, float]:

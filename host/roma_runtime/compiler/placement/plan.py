@@ -115,7 +115,8 @@ from ...model.config import ModelConfig
 from ...model.weights import ROW_SCALE_BITS, SCALE_BITS, storage_bits_per_weight
 from . import logic
 from .memory import (L_EMBD, L_OUTPUT, LINEARS as HLS_LINEARS, TIERS, Array, EngineConfig, bank_arrays, core_arrays,
-                     engine_locals, hw_constants, kv_array, lora_arrays, source_pragmas, total)
+                     ddr_tiles, engine_locals, hw_constants, kv_array, logits_impl, lora_arrays, source_pragmas,
+                     total)
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_GROUPS = (32, 64, 128)
@@ -166,7 +167,8 @@ class TensorPlan:
         return HLS_LINEARS.index(self.name.rsplit(".", 1)[-1])
 
     def engine(self, tier: str) -> EngineConfig:
-        return EngineConfig(self.lin, self.bits, self.group, self.scales, tier)
+        return EngineConfig(self.lin, self.bits, self.group, self.scales, tier,
+                            ddr_tiles(self.rows) if tier == "ddr" else 1)
 
     @property
     def bytes(self) -> int:
@@ -607,7 +609,8 @@ def _lora_reservation(core: _Core, pool: _Pool) -> Reservation:
 def _buffer_reservation(core: _Core, pool: _Pool) -> Reservation:
     """The arrays the top declares whatever the placement (memory.core_arrays): taken even beyond the budget, so
     that a build whose core alone does not fit says so (Plan.over_budget) instead of planning a smaller core."""
-    arrays = core_arrays(core.config, core.context, core.kv_tokens or 0, core.pragmas, core.hw)
+    arrays = core_arrays(core.config, core.context, core.kv_tokens or 0, core.pragmas, core.hw,
+                         logits_impl(core.board.uram))
     pool.take(*total(arrays), force=True)
     return _arrays_reservation("activations and buffers", arrays, "BRAM", {"context": core.context})
 
@@ -764,7 +767,8 @@ def _plan_arrays(core: _Core, lora_impl: str | None, kv_impl: str, engines: "_En
     lora = lora_arrays(c.config, c.lora_slots, c.lora_rank, c.lora_targets, c.lora_dtype, lora_impl) \
         if lora_impl else []
     kv = kv_array(c.config, c.kv_tokens, kv_impl, c.pragmas) if c.kv_tokens else []
-    return lora + core_arrays(c.config, c.context, c.kv_tokens or 0, c.pragmas, c.hw) + kv + engines.arrays()
+    return lora + core_arrays(c.config, c.context, c.kv_tokens or 0, c.pragmas, c.hw, logits_impl(c.board.uram)) \
+        + kv + engines.arrays()
 
 
 def check_kv_tokens(kv_tokens, config: ModelConfig) -> None:
