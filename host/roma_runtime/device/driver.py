@@ -582,7 +582,7 @@ class RomaOverlay(Overlay):
         """Program the bitstream; its URAM holds nothing then, so the weights are loaded again (once the core is
         configured: the first download's load runs at the end of __init__)."""
         super().download(*args, **kwargs)
-        if getattr(self, "_configured", False):
+        if self._configured:  # set before pynq.Overlay.__init__ downloads
             self.load_weights()
 
     def load_weights(self) -> None:
