@@ -344,7 +344,10 @@ def test_the_lora_unit_comes_from_the_options_and_holds_the_compensation(tiny_hf
     unit = manifest_lora_unit(man)
     assert unit == LoraUnit(3, 6, ("wq", "w_down"), "fp16")
     # the plan reserved exactly that unit: 3 slots x 2 layers x rank 6 x (64 + 64 + 128 + 64) fp16 values
-    assert man["plan"]["lora"]["bytes"] == man["lora_unit"]["bytes"] == 2 * 3 * 2 * 6 * (64 + 64 + 128 + 64)
+    # fp16 values of 3 slots x 2 layers at rank 6 on wq and w_down, then per (slot, layer, target) a 16-bit rank and
+    # an fp32 scale, and a loaded flag per slot (lora_unit.h)
+    values = 2 * 3 * 2 * 6 * (64 + 64 + 128 + 64)
+    assert man["plan"]["lora"]["bytes"] == man["lora_unit"]["bytes"] == values + 3 * 2 * 2 * (2 + 4) + 3
     header = (out / "roma_model.h").read_text()
     for line in ["constexpr int LORA_SLOTS = 3;", "constexpr int LORA_RANK = 6;", "constexpr bool LORA_INT8 = false;",
                  "constexpr bool LORA_TARGET[7] = {true, false, false, false, false, false, true};",

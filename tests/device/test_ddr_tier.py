@@ -297,7 +297,7 @@ def test_missing_or_corrupt_ddr_image_is_refused_naming_the_file(ddr_build, tmp_
 
 @needs_gxx
 def test_smollm2_2bit_on_kv260_streams_from_ddr_and_matches_the_golden_model(smollm2, tmp_path):
-    """SmolLM2-135M at 2 bits (RTN G64) placed for a KV260: the core's own buffers at the model's 8K context take
+    """SmolLM2-135M at 2 bits (RTN G64) placed for a KV260 (its default 2K context): the core's own buffers take
     the BRAM, so every layer and the tied lm head stream from DDR. On the emulated board the logits and the greedy token are within the golden quant
     model's float noise on the same build, as at 2 bits on chip (test_emu_backend)."""
     from roma_runtime.backends.emulated import EmuBackend

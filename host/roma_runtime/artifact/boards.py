@@ -43,6 +43,7 @@ REQUIRED_FIELDS = {
     "uram_initialisable": _BOOL,
     "bram_rom": _BOOL,
     "lora_unit": ((dict,), lambda v: True, "an object {slots, rank, targets, dtype}: the default LoRA unit"),
+    "max_context": _POS_INT,
 }
 
 
@@ -66,6 +67,12 @@ class Board:
     uram_initialisable: bool
     bram_rom: bool
     lora_unit: LoraUnit  # the LoRA unit `roma compile` reserves by default
+    # the longest context a build for this board has by default (its attention buffers grow with it; a model's
+    # own shorter context wins; roma compile --context overrides it)
+    max_context: int
+
+    def default_context(self, model_context: int) -> int:
+        return min(model_context, self.max_context)
 
     @property
     def bram_bytes(self) -> int:

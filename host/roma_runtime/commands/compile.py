@@ -45,7 +45,8 @@ def add_arguments(parser) -> None:
     add_kv_onchip_argument(parser)
     parser.add_argument("--context", type=int, default=None, metavar="N",
                         help="the build's context: the longest session its core runs, which sizes attention's "
-                             "buffers and the KV port (default: the model's context length)")
+                             "buffers and the KV port (default: the model's context length, or the board's max_context in "
+                             "boards.json when shorter: 2048 on a KV260)")
     parser.add_argument("--force", action="store_true", help="replace a build of another model in --out")
     parser.add_argument("--no-footprint", action="store_true",
                         help="skip the footprint check (g++ on the synthesis path, read back against the plan and "

@@ -34,7 +34,8 @@ from ..progress import with_progress
 from ..tempfiles import clean_stale, write_text_atomic
 from .placement.footprint import FOOTPRINT_FILE
 from .placement.memory import ddr_tiles, logits_impl
-from .placement.plan import DEFAULT_CONTEXT, check_ddr_units, check_kv_onchip, make_plan, parse_ddr_units
+from .placement.plan import (DEFAULT_CONTEXT, check_ddr_units, check_kv_onchip, check_kv_tokens, make_plan,
+                             parse_ddr_units)
 from .quantization.calibrate import collect_hessians, quantize_sequentially
 from .quantization.corpus import token_windows
 from .quantization.loftq import loftq
@@ -242,7 +243,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     if uram:
         check_ddr_units(parse_ddr_units(uram), config, "--uram")
     # a KV longer than the context or too big for the board, likewise
-    context = check_build_context(config, context, kv_onchip)
+    check_kv_tokens(kv_onchip or None, config)  # first: a KV longer than the model's context says so
+    context = check_build_context(config, board_obj, context, kv_onchip)
     check_kv_onchip(config, board_obj, kv_onchip, **_lora_plan_args(unit), build_context=context)
     out_dir = Path(out_dir)
     identity = model.identity()
@@ -437,15 +439,17 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     return write_manifest(out_dir, manifest)
 
 
-def check_build_context(config: ModelConfig, context, kv_onchip: int = 0) -> int:
-    """The build's context: `context` (roma compile --context), or the model's context length when None.
-    RomaError unless it is a whole number 1..the model's context length holding the on-chip KV cache."""
+def check_build_context(config: ModelConfig, board, context, kv_onchip: int = 0) -> int:
+    """The build's context: `context` (roma compile --context), or the board's default for this model when None
+    (Board.default_context). RomaError unless it is a whole number 1..the model's context length holding the
+    on-chip KV cache."""
     if context is None:
-        context = config.context_length
+        context = max(board.default_context(config.context_length), kv_onchip or 0)
     if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= config.context_length:
         raise RomaError(f"--context {context} is outside 1..{config.context_length}, the context length of "
                         f"{config.name}", hint=f"a build's context is at most the model's: --context "
-                                               f"{config.context_length} or less (the default is the model's)")
+                                               f"{config.context_length} or less (the default: the board's max_context, "
+                                               "or the model's when shorter)")
     if kv_onchip and kv_onchip > context:
         raise RomaError(f"--kv-onchip {kv_onchip} exceeds the build's context of {context} tokens",
                         hint=f"an on-chip KV cache holds at most the context: use --kv-onchip {context} or less, "

@@ -199,9 +199,10 @@ def test_on_chip_kv_follows_its_storage_pragmas(tiny_models, tmp_path):
 
 
 def test_roma_compile_runs_the_check_and_keeps_the_build(smollm2, tiny_models, tmp_path):
-    # `roma compile` checks the build it wrote. SmolLM2 at 4 bits (Q4_1 passed through) for a KV260: the core's own
-    # buffers at the model's 8K context (attention's scores alone are 72 BRAM36) exceed the board's 115, so it exits
-    # 1 with the numbers; the build stays, with the report beside it. The tiny model fits a PYNQ-Z2.
+    # `roma compile` checks the build it wrote. SmolLM2 at 4 bits (Q4_1 passed through) for a KV260 at the model's
+    # 8K context (the board's default is 2K): the core's own buffers (attention's scores alone are 72 BRAM36) exceed
+    # the board's 115, so it exits 1 with the numbers; the build stays, with the report beside it. The tiny model
+    # fits a PYNQ-Z2.
     import os
     import subprocess
     import sys
@@ -210,12 +211,12 @@ def test_roma_compile_runs_the_check_and_keeps_the_build(smollm2, tiny_models, t
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOST), os.environ.get("PYTHONPATH", "")]))
 
-    def compile_for(model, board, out):
+    def compile_for(model, board, out, *more):
         return subprocess.run([sys.executable, "-m", "roma_runtime.cli", "compile", "--model", str(model), "--board",
-                               board, "--out", str(out), "--no-progress"], capture_output=True, text=True, env=env,
-                              timeout=300)
+                               board, "--out", str(out), "--no-progress", *more], capture_output=True, text=True,
+                              env=env, timeout=300)
 
-    r = compile_for("smollm2-135m", "kv260", tmp_path / "big")
+    r = compile_for("smollm2-135m", "kv260", tmp_path / "big", "--context", "8192")
     assert r.returncode == 1, r.stderr
     assert "footprint: BRAM36" in r.stdout and "DOES NOT FIT" in r.stdout
     assert "error: the build does not fit" in r.stderr and "exceeds the kv260 budget of 115.0" in r.stderr

@@ -682,7 +682,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     `uram` units to put in URAM (load-once) instead of BRAM, in the same form.
     per_tensor_bits and per_tensor_groups (a build's choices) override bits and group by tensor name.
     lora_slots x lora_rank: the LoRA unit the top holds (contract C1; no unit when either is 0). `context` is
-    the estimate's context; `build_context` the build's CONTEXT (default: the model's context length), which
+    the estimate's context; `build_context` the build's CONTEXT (default: the board's, Board.default_context), which
     sizes attention's score buffer. See the module docstring for the model."""
     config = _as_config(config)
     board = get_board(board)
@@ -713,7 +713,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
                         hint="a unit has one place: name it in one of them")
 
     core = _Core(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, kv_tokens,
-                 build_context or config.context_length)
+                 build_context or board.default_context(config.context_length))
     reserved, stage, (bram_budget, uram_budget) = _reserve(core)
     if reserved is None:
         _raise_no_room(core, stage)
@@ -796,7 +796,7 @@ def check_kv_onchip(config, board, kv_tokens: int | None, *, lora_rank: int = 0,
     board = get_board(board)
     targets = _check_lora(lora_slots, lora_rank, lora_targets, lora_dtype)
     core = _Core(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, kv_tokens,
-                 build_context or config.context_length)
+                 build_context or board.default_context(config.context_length))
     reserved, stage, _ = _reserve(core)
     if reserved is None:
         _raise_no_room(core, stage)
