@@ -110,6 +110,7 @@ def test_u250_2bit_puts_the_layers_on_chip_and_q8_the_head_too(smollm2):
     _check_invariants(q8)
     assert not q8.over_budget and q8.layers_on_chip() == list(range(30))
     assert q8.layer_placement(29) in (P.URAM_LOAD_ONCE, "BRAM-ROM+URAM") and q8.uram_used > 0
+    assert q8.logic_over == []  # a U250 has the LUTs and DSPs for its engines (estimate)
 
 
 def test_smollm2_rows_do_not_divide_into_groups_of_128(smollm2):
@@ -140,6 +141,10 @@ def test_kv260_cannot_hold_the_cores_own_arrays_at_8k(smollm2):
     # a build for a 2K context, the KV260's default (boards.json max_context), has a quarter of the scores, and fits
     short = P.make_plan(smollm2, "kv260", bits=4, group=32, lora_rank=0)
     assert short.context == 2048 and not short.over_budget and short.bram36_used <= 115
+    # its memory fits; its logic, by the estimate, does not: one GEMV engine with its own activation quantizer per
+    # linear (and the fp32 attention, norm and SwiGLU units) are more LUTs than a KV260 has; the plan says so
+    assert [x.split()[0] for x in short.logic_over][:1] == ["LUT"]
+    assert "logic estimate above the device: LUT" in short.summary and short.to_dict()["logic_over"]
 
 
 def test_embedding_leaves_the_chip_first_for_untied_models():

@@ -271,6 +271,13 @@ class Plan:
             out.append(f"URAM {self.uram_used:,.0f} of {self.uram_budget:,.0f}")
         return out
 
+    @property
+    def logic_over(self) -> list[str]:
+        """The logic estimates (placement/logic.py) above the device's whole LUT, FF or DSP count: memory may fit
+        while the one-engine-per-configuration datapath does not."""
+        return [f"{k.upper()} {v['used']:,} of {v['available']:,}" for k, v in self.logic.get("total", {}).items()
+                if v["used"] > v["available"]]
+
     def layer_placement(self, i: int) -> str:
         tiers = {t.placement for t in self.tensors if t.layer == i and t.kind != "norm"}
         return _tier_label(tiers)
@@ -287,10 +294,11 @@ class Plan:
 
     @property
     def summary(self) -> str:
-        over = self.over_budget
+        over, logic_over = self.over_budget, self.logic_over
         return self._placement_summary() + (f"; OVER BUDGET: the top declares {' and '.join(over)} (its buffers "
                                             f"{self.buffers.bram36:,.1f} BRAM36 whatever the placement)"
-                                            if over else "")
+                                            if over else "") + (
+            f"; logic estimate above the device: {', '.join(logic_over)}" if logic_over else "")
 
     def _placement_summary(self) -> str:
         n = self.model.n_layers
@@ -355,6 +363,7 @@ class Plan:
             "context": self.context,
             "lora_slots": self.lora_slots,
             "over_budget": self.over_budget,
+            "logic_over": self.logic_over,
             "lora": self.lora.to_dict(),
             "buffers": self.buffers.to_dict(),
             "kv_cache": self.kv_cache.to_dict(),
