@@ -391,3 +391,26 @@ def check_q8_exponents(exps: np.ndarray, where: str) -> None:
     """Every biased row exponent lies in 0..Q8_EXP_MAX - Q8_EXP_MIN (the decoder's range)."""
     if ((exps & 0xFF) > Q8_EXP_MAX - Q8_EXP_MIN).any() or ((exps >> 8) > Q8_EXP_MAX - Q8_EXP_MIN).any():
         raise RomaError(f"{where}a q8 row exponent is out of range (corrupt image)", REBUILD_HINT)
+
+
+def read_word_image(path: Path, what: str, magic: int, version: int, header_words: int) -> tuple[np.ndarray, int]:
+    """A weight image of 32-bit words whose header starts (magic, version, words, checksum): its words and the
+    header's checksum, after RomaError naming the file (`what`: "DDR weight image", ...) unless it is readable and
+    its magic, version and size are right. The caller checks the checksum its own way."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RomaError(f"cannot read the {what} {path}: {e.strerror}", REBUILD_HINT) from None
+    if len(data) < 4 * header_words or len(data) % 4:
+        raise RomaError(f"the {what} {path} is truncated ({len(data)} bytes)", REBUILD_HINT)
+    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    got_magic, got_version, n, checksum = (int(v) for v in words[:4])
+    if got_magic != magic:
+        raise RomaError(f"{path} is not a ROMA {what} (bad magic 0x{got_magic:08x})", REBUILD_HINT)
+    if got_version != version:
+        raise RomaError(f"the {what} {path} has format version {got_version}; this runtime reads {version}",
+                        REBUILD_HINT)
+    if n != words.size:
+        raise RomaError(f"the {what} {path} holds {words.size} words, its header says {n}", REBUILD_HINT)
+    return words, checksum

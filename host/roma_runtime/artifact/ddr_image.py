@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RomaError
-from .brom_image import REBUILD_HINT, SCALE_FORMATS, WORD_BITS, BromImage, check_params, check_q8_exponents
+from .brom_image import (REBUILD_HINT, SCALE_FORMATS, WORD_BITS, BromImage, check_params, check_q8_exponents,
+                          read_word_image)
 from .interface import kernel_constants
 
 _DDR = kernel_constants("brom_ddr.h")  # the streaming kernel's definitions of the image it reads
@@ -127,22 +128,7 @@ def ddr_image(images: dict[str, BromImage]) -> tuple[np.ndarray, dict[str, tuple
 
 def read_ddr_image(path: Path) -> np.ndarray:
     """Read and verify a DDR image (header, size, checksum); RomaError naming the file on any inconsistency."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise RomaError(f"cannot read the DDR weight image {path}: {e.strerror}", REBUILD_HINT) from None
-    if len(data) < 4 * DDR_HEADER_WORDS or len(data) % 4:
-        raise RomaError(f"the DDR weight image {path} is truncated ({len(data)} bytes)", REBUILD_HINT)
-    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-    magic, version, n, crc = (int(v) for v in words[:DDR_HEADER_WORDS])
-    if magic != DDR_MAGIC:
-        raise RomaError(f"{path} is not a ROMA DDR weight image (bad magic 0x{magic:08x})", REBUILD_HINT)
-    if version != DDR_VERSION:
-        raise RomaError(f"the DDR weight image {path} has format version {version}; this runtime reads "
-                        f"{DDR_VERSION}", REBUILD_HINT)
-    if n != words.size:
-        raise RomaError(f"the DDR weight image {path} holds {words.size} words, its header says {n}", REBUILD_HINT)
-    if zlib.crc32(data[4 * DDR_HEADER_WORDS:]) != crc:
+    words, crc = read_word_image(path, "DDR weight image", DDR_MAGIC, DDR_VERSION, DDR_HEADER_WORDS)
+    if zlib.crc32(words[DDR_HEADER_WORDS:].astype("<u4").tobytes()) != crc:
         raise RomaError(f"the DDR weight image {path} is corrupt (payload checksum mismatch)", REBUILD_HINT)
     return words

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RomaError
-from .brom_image import REBUILD_HINT, WORD_BITS, BromImage, check_params, check_q8_exponents
+from .brom_image import REBUILD_HINT, WORD_BITS, BromImage, check_params, check_q8_exponents, read_word_image
 from .interface import kernel_constants
 
 _LOAD = kernel_constants("weight_load.h")  # the core's reader of this image
@@ -114,22 +114,7 @@ def image_checksum(words: np.ndarray, layout) -> int:
 def read_uram_image(path: Path, layout=None) -> np.ndarray:
     """Read and verify a URAM load image (header, size; with `layout`, the manifest's (offset, words) of its
     tensors, also the checksum); RomaError naming the file on any inconsistency."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise RomaError(f"cannot read the URAM load image {path}: {e.strerror}", REBUILD_HINT) from None
-    if len(data) < 4 * URAM_HEADER_WORDS or len(data) % 4:
-        raise RomaError(f"the URAM load image {path} is truncated ({len(data)} bytes)", REBUILD_HINT)
-    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-    magic, version, n, checksum = (int(v) for v in words[:URAM_HEADER_WORDS])
-    if magic != URAM_MAGIC:
-        raise RomaError(f"{path} is not a ROMA URAM load image (bad magic 0x{magic:08x})", REBUILD_HINT)
-    if version != URAM_VERSION:
-        raise RomaError(f"the URAM load image {path} has format version {version}; this runtime reads "
-                        f"{URAM_VERSION}", REBUILD_HINT)
-    if n != words.size:
-        raise RomaError(f"the URAM load image {path} holds {words.size} words, its header says {n}", REBUILD_HINT)
+    words, checksum = read_word_image(path, "URAM load image", URAM_MAGIC, URAM_VERSION, URAM_HEADER_WORDS)
     if layout is not None and image_checksum(words, layout) != checksum:
         raise RomaError(f"the URAM load image {path} is corrupt (its tensors' checksum does not match its header)",
                         REBUILD_HINT)
