@@ -169,7 +169,7 @@ def write_ddr_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Pa
     for name, (offset, n) in layout.items():
         img = images[name]
         tensors[name].update({"tiles": img.tiles, "rom_bytes": 0, "ddr_bytes": 4 * n, "image": DDR_FILE,
-                              "ddr_offset": offset, "ddr_words": n, "init": None, "image_sha256": img.sha256()})
+                              "ddr_offset": offset, "ddr_words": n, "init": None})
     return [path], {"file": DDR_FILE, "words": int(words.size), "crc32": int(words[3]),
                     "layout": f"ddr_image.py DDR image version {DDR_VERSION}: fp16 tiles in blocks of "
                               f"{DDR_BLOCK_STEPS} steps, planes then scale|minimum<<16 words; q8 tiles: row "
@@ -190,7 +190,7 @@ def write_uram_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[P
     for name, (offset, n) in layout.items():
         img = images[name]
         tensors[name].update({"tiles": img.tiles, "rom_bytes": 0, "uram_bytes": 4 * n, "image": URAM_FILE,
-                              "uram_offset": offset, "uram_words": n, "init": None, "image_sha256": img.sha256()})
+                              "uram_offset": offset, "uram_words": n, "init": None})
     return [path], {"file": URAM_FILE, "words": int(words.size), "checksum": int(words[3]),
                     "layout": f"uram_image.py URAM load image version {URAM_VERSION}: per tile the bank row's plane "
                               "words, then its two scale arrays as 16-bit entries two per word",
@@ -352,6 +352,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         # one tile on chip (the planner does not fold tensors yet); a DDR tensor's tiles bound its accumulator
         n_tiles = ddr_tiles(q.shape[0]) if is_ddr(tensors[name]) else 1
         img = pack(q, tiles=n_tiles, name=name)
+        # the weights' identity whatever their tier and tiling (finetune's base fingerprint): the one-tile image's
+        tensors[name]["image_sha256"] = (img if n_tiles == 1 else pack(q, tiles=1, name=name)).sha256()
         if is_ddr(tensors[name]):
             ddr_images[name] = img
         elif is_uram(tensors[name]):
@@ -360,7 +362,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
             paths = write_image(img, out_dir, name)
             files += paths
             tensors[name].update({"tiles": n_tiles, "rom_bytes": img.rom_bytes, "image": paths[0].name,
-                                  "init": paths[1].name, "image_sha256": img.sha256()})
+                                  "init": paths[1].name})
         if fail_after == name:
             raise RuntimeError(f"injected failure after {name}")
     ddr_files, ddr_entry = write_ddr_image(out_dir, ddr_images, tensors)
