@@ -691,19 +691,26 @@ void uram_engines(std::true_type, int pass, const rom_word_t *image, uint32_t &t
   uram_engines<NL, NE>(std::integral_constant<bool, (NL <= L_EMBD || NL == HEAD_LIN)>(), pass, image, total, cyc);
 }
 
-// Whether uram_weights' header is this build's load image (magic, version, words, checksum: roma_model.h's
-// URAM_WORDS, URAM_CHECKSUM); four reads.
-bool uram_header_ok(const rom_word_t *image) {
+// Whether an image's header (magic, version, words, checksum: its first four words, brom_ddr.h's and
+// weight_load.h's layout) is the one roma_model.h names; four reads.
+bool image_header_is(const rom_word_t *image, rom_word_t magic, rom_word_t version, rom_word_t words,
+                     rom_word_t checksum) {
 #ifndef __SYNTHESIS__
   if (!image) return false;
 #endif
-  rom_word_t h[URAM_HEADER_WORDS];
-URAM_HEADER:
-  for (int k = 0; k < URAM_HEADER_WORDS; ++k) {
+  rom_word_t h[4];
+IMAGE_HEADER:
+  for (int k = 0; k < 4; ++k) {
 #pragma HLS PIPELINE II = 1
     h[k] = image[k];
   }
-  return h[0] == URAM_MAGIC && h[1] == URAM_VERSION && h[2] == (rom_word_t)rm::URAM_WORDS && h[3] == rm::URAM_CHECKSUM;
+  return h[0] == magic && h[1] == version && h[2] == words && h[3] == checksum;
+}
+static_assert(DDR_HEADER_WORDS >= 4 && URAM_HEADER_WORDS >= 4, "an image header starts magic, version, words, checksum");
+
+// Whether uram_weights holds this build's load image (URAM_WORDS, URAM_CHECKSUM).
+bool uram_header_ok(const rom_word_t *image) {
+  return image_header_is(image, URAM_MAGIC, URAM_VERSION, (rom_word_t)rm::URAM_WORDS, rm::URAM_CHECKSUM);
 }
 
 SamplerParams sampler_params(uint32_t mode, float inv_t, uint32_t top_k, float top_p, float min_p, float pen,
@@ -818,19 +825,10 @@ bool csim_ddr_packed(const rom_word_t *ddr) {
 }
 #endif
 
-// Whether ddr_weights holds this build's DDR image: its header (magic, version, words, CRC) is the one
-// roma_model.h names (DDR_WORDS, DDR_CRC); four reads per run command.
+// Whether ddr_weights holds this build's DDR image: its header is the one roma_model.h names (DDR_WORDS,
+// DDR_CRC); four reads per run command.
 bool ddr_image_ready(const rom_word_t *ddr) {
-#ifndef __SYNTHESIS__
-  if (!ddr) return false;
-#endif
-  rom_word_t h[DDR_HEADER_WORDS];
-DDR_HEADER:
-  for (int k = 0; k < DDR_HEADER_WORDS; ++k) {
-#pragma HLS PIPELINE II = 1
-    h[k] = ddr[k];
-  }
-  const bool ok = h[0] == DDR_MAGIC && h[1] == DDR_VERSION && h[2] == (rom_word_t)rm::DDR_WORDS && h[3] == rm::DDR_CRC;
+  const bool ok = image_header_is(ddr, DDR_MAGIC, DDR_VERSION, (rom_word_t)rm::DDR_WORDS, rm::DDR_CRC);
 #ifndef __SYNTHESIS__
   return ok && csim_ddr_packed(ddr);
 #else
