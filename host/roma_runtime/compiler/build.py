@@ -157,44 +157,39 @@ def _kv_onchip_entry(plan: dict | None, kv_onchip: int) -> dict | None:
             "uram": kv["uram"]}
 
 
-def write_ddr_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Path], dict | None]:
-    """Write the DDR tensors' `images` ({name: BromImage}, in this order) as ddr_weights.bin and point their
-    manifest entries at it; returns ([its path], the manifest's "ddr" entry), or ([], None) without any."""
+def _write_weight_image(out_dir: Path, images: dict, tensors: dict, file: str, tier: str, build_image,
+                        entry) -> tuple[list[Path], dict | None]:
+    """Write `images` ({name: BromImage}, in this order) as one image file of the tier ("ddr" or "uram") built by
+    build_image(images) -> (words, {name: (offset, words)}), and point their manifest entries at it; returns
+    ([its path], the manifest's entry for the tier: the file, words and tensors, and entry(words), the tier's own
+    fields), or ([], None) without any."""
     if not images:
-        (Path(out_dir) / DDR_FILE).unlink(missing_ok=True)
+        (Path(out_dir) / file).unlink(missing_ok=True)
         return [], None
-    words, layout = ddr_image(images)
-    path = Path(out_dir) / DDR_FILE
+    words, layout = build_image(images)
+    path = Path(out_dir) / file
     path.write_bytes(words.astype("<u4").tobytes())
     for name, (offset, n) in layout.items():
-        img = images[name]
-        tensors[name].update({"tiles": img.tiles, "rom_bytes": 0, "ddr_bytes": 4 * n, "image": DDR_FILE,
-                              "ddr_offset": offset, "ddr_words": n, "init": None})
-    return [path], {"file": DDR_FILE, "words": int(words.size), "crc32": int(words[3]),
-                    "layout": f"ddr_image.py DDR image version {DDR_VERSION}: fp16 tiles in blocks of "
-                              f"{DDR_BLOCK_STEPS} steps, planes then scale|minimum<<16 words; q8 tiles: row "
-                              f"exponents, then blocks of {DDR_Q8_BLOCK_STEPS} steps, planes then two steps' "
-                              "params per word",
-                    "tensors": list(layout)}
+        tensors[name].update({"tiles": images[name].tiles, "rom_bytes": 0, f"{tier}_bytes": 4 * n, "image": file,
+                              f"{tier}_offset": offset, f"{tier}_words": n, "init": None})
+    return [path], {"file": file, "words": int(words.size), **entry(words), "tensors": list(layout)}
+
+
+def write_ddr_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Path], dict | None]:
+    """The DDR tensors' images as ddr_weights.bin (_write_weight_image); the entry holds its CRC-32."""
+    return _write_weight_image(out_dir, images, tensors, DDR_FILE, "ddr", ddr_image, lambda words: {
+        "crc32": int(words[3]),
+        "layout": f"ddr_image.py DDR image version {DDR_VERSION}: fp16 tiles in blocks of {DDR_BLOCK_STEPS} steps, "
+                  f"planes then scale|minimum<<16 words; q8 tiles: row exponents, then blocks of "
+                  f"{DDR_Q8_BLOCK_STEPS} steps, planes then two steps' params per word"})
 
 
 def write_uram_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Path], dict | None]:
-    """Write the URAM tensors' `images` ({name: BromImage}, in this order) as uram_weights.bin and point their
-    manifest entries at it; returns ([its path], the manifest's "uram" entry), or ([], None) without any."""
-    if not images:
-        (Path(out_dir) / URAM_FILE).unlink(missing_ok=True)
-        return [], None
-    words, layout = uram_image(images)
-    path = Path(out_dir) / URAM_FILE
-    path.write_bytes(words.astype("<u4").tobytes())
-    for name, (offset, n) in layout.items():
-        img = images[name]
-        tensors[name].update({"tiles": img.tiles, "rom_bytes": 0, "uram_bytes": 4 * n, "image": URAM_FILE,
-                              "uram_offset": offset, "uram_words": n, "init": None})
-    return [path], {"file": URAM_FILE, "words": int(words.size), "checksum": int(words[3]),
-                    "layout": f"uram_image.py URAM load image version {URAM_VERSION}: per tile the bank row's plane "
-                              "words, then its two scale arrays as 16-bit entries two per word",
-                    "tensors": list(layout)}
+    """The URAM tensors' images as uram_weights.bin (_write_weight_image); the entry holds its checksum."""
+    return _write_weight_image(out_dir, images, tensors, URAM_FILE, "uram", uram_image, lambda words: {
+        "checksum": int(words[3]),
+        "layout": f"uram_image.py URAM load image version {URAM_VERSION}: per tile the bank row's plane words, then "
+                  "its two scale arrays as 16-bit entries two per word"})
 
 
 def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits: int = 4, group: int = 32,
