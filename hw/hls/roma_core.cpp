@@ -55,10 +55,10 @@
 // writable and fills each ROM row from its NAME.bin image (CRC-checked) in roma_emu_load_build; its URAM banks,
 // as on a board, only by CMD_LOAD_WEIGHTS. The compute code reads the same arrays in both; only the GEMV
 // loop order differs: C simulation evaluates the tiles with brom_tile_gemv_packed from codes unpacked once
-// (g_packed, per layer and linear;
-// 16 rows per SIMD step, bit-identical to both synthesis datapaths: tb_brom_tile checks it): a ROM tensor's at
-// load, a URAM tensor's from its bank rows after CMD_LOAD_WEIGHTS, a DDR tensor's from the ddr_weights buffer at the first run command that sees a new image (keyed by
-// the buffer's address and the load; the payload's CRC is checked then), or brom_tile_gemv_csim /
+// (g_packed, per layer and linear; 16 rows per SIMD step, bit-identical to both synthesis datapaths: tb_brom_tile
+// checks it): a ROM tensor's at load, a URAM tensor's from its bank rows after CMD_LOAD_WEIGHTS, a DDR tensor's
+// from the ddr_weights buffer at the first run command that sees a new image (keyed by the buffer's address and
+// the load; the payload's CRC is checked then), or brom_tile_gemv_csim /
 // brom_ddr_gemv for a tile that could not be packed (same bits, far slower: roma_emu_gemv_paths counts the tile
 // GEMVs by path, so the tests see every one take the packed path).
 #ifndef __SYNTHESIS__
@@ -87,12 +87,6 @@
 #include "roma/types.h"
 #include "roma/weight_load.h"
 #include "roma_model.h"
-#ifndef ROMA_KV_ONCHIP_IMPL // a build compiled before the on-chip KV option: its KV cache is in DDR only
-#define ROMA_KV_ONCHIP_IMPL bram
-namespace roma_model {
-constexpr int KV_ONCHIP_CTX = 0;
-}
-#endif
 
 #ifndef __SYNTHESIS__
 #include <cstdio>

@@ -449,7 +449,6 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     plan = manifest.get("plan") or {}
     consts = _model_consts(build)
     defines = dict(re.findall(r"#define\s+(ROMA_\w+)\s+(\w+)", (build / "roma_model.h").read_text()))
-    defines.setdefault("ROMA_KV_ONCHIP_IMPL", "bram")  # roma_core.cpp's default for older builds
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         obj = compile_synthesis(build, Path(tmp))
