@@ -8,9 +8,10 @@ that a synthesis report can replace a constant.
 
 Units and their counts are the RTL instances the HLS makes for the plan (one per call site of a non-inlined
 function, memory.py's engines): each GEMV engine (one per linear and configuration, plan.py's engines) with its
-tiles, its activation quantizer and, with a LoRA unit, its own lora_apply instance (one per layer engine: the
-HLS calls it from every engine); one attention, one RoPE, one SwiGLU; RMSNorm at its three call sites (the layer's
-two, the final norm); the sampler at its two call sites in roma_core.
+tiles (parallel datapaths on chip; a DDR engine streams its tiles through one), its activation quantizer and,
+with a LoRA unit, its own lora_apply instance (one per layer engine: the HLS calls it from every engine); one
+attention, one RoPE, one SwiGLU; RMSNorm at its three call sites (the layer's two, the final norm); the sampler
+at its two call sites in roma_core.
 
 GEMV tile (brom_tile_gemv / brom_ddr_gemv; one (group, row) step per cycle: FINN's PE = 1, SIMD Q = GROUP,
 weight bits W = BITS, activation bits A = 8):
@@ -115,8 +116,11 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         rows, cols = lin_shape(config, e["lin"])
         lut, ff, dsp, inputs = gemv_tile(e["bits"], e["group"], datapath)
         name = f"GEMV engine {e['linear']}#{e['index']} ({e['bits']}-bit G{e['group']} {e['scales']}, {e['tier']})"
-        units.append(_unit(name, e["tiles"], lut, ff, dsp, {**inputs, "rows": rows, "cols": cols,
-                                                              "tiles": e["tiles"]}))
+        # an on-chip engine's tiles are parallel datapaths (brom_gemv_tiles unrolls them); a DDR engine streams its
+        # tiles one after another through one brom_ddr_gemv datapath
+        datapaths = 1 if e["tier"] == "ddr" else e["tiles"]
+        units.append(_unit(name, datapaths, lut, ff, dsp, {**inputs, "rows": rows, "cols": cols,
+                                                           "tiles": e["tiles"]}))
     n_engines = sum(1 for e in engines if e["gemv"])
     aq = _ops({"fdiv": 2, "fmul": 4})
     units.append(_unit("activation quantizer (one per engine)", n_engines, aq[0] + 4 * 31 + 4 * 50, aq[1] + 4 * 40,
