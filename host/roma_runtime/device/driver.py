@@ -514,36 +514,33 @@ def _sampler_registers(sampling):
             int(p.repeat_last_n))
 
 
-def read_ddr_image(folder: Path, manifest: dict) -> np.ndarray | None:
-    """The build's DDR weight image (uint32 words) from `folder` (next to the bitstream), or None when the
-    build streams nothing from DDR. RomaError naming the file when it is missing, or its size, sha256 (the
-    manifest's) or header checksum is wrong."""
-    entry = manifest.get("ddr")
+def _verified_image(folder: Path, manifest: dict, key: str, what: str) -> Path | None:
+    """The path of the build's image `key` ("ddr", "uram") in `folder` (next to the bitstream) after checking its
+    size and sha256 against the manifest's, or None when the build has none. RomaError naming the file when it is
+    missing or wrong."""
+    entry = manifest.get(key)
     if not entry:
         return None
     path = Path(folder) / entry["file"]
     files = manifest.get("files") or {}
     if entry["file"] not in files:
-        raise RomaError(f"the build manifest lists no checksum for its DDR weight image {path}",
-                        hint="recompile the build")
+        raise RomaError(f"the build manifest lists no checksum for its {what} {path}", hint="recompile the build")
     verify_file(path, files[entry["file"]])
-    return ddr_format.read_ddr_image(path)
+    return path
+
+
+def read_ddr_image(folder: Path, manifest: dict) -> np.ndarray | None:
+    """The build's DDR weight image (uint32 words), or None when the build streams nothing from DDR (RomaError
+    naming the file when it is missing, or its size, sha256 or header checksum is wrong)."""
+    path = _verified_image(folder, manifest, "ddr", "DDR weight image")
+    return None if path is None else ddr_format.read_ddr_image(path)
 
 
 def read_uram_image(folder: Path, manifest: dict) -> np.ndarray | None:
-    """The build's URAM load image (uint32 words) from `folder` (next to the bitstream), or None when no tensor is
-    in URAM. RomaError naming the file when it is missing, or its size, sha256 (the manifest's), header or
-    checksum is wrong."""
-    entry = manifest.get("uram")
-    if not entry:
-        return None
-    path = Path(folder) / entry["file"]
-    files = manifest.get("files") or {}
-    if entry["file"] not in files:
-        raise RomaError(f"the build manifest lists no checksum for its URAM load image {path}",
-                        hint="recompile the build")
-    verify_file(path, files[entry["file"]])
-    return uram_format.read_uram_image(path, uram_layout(manifest))
+    """The build's URAM load image (uint32 words), or None when no tensor is in URAM (RomaError naming the file
+    when it is missing, or its size, sha256, header or checksum is wrong)."""
+    path = _verified_image(folder, manifest, "uram", "URAM load image")
+    return None if path is None else uram_format.read_uram_image(path, uram_layout(manifest))
 
 
 class RomaOverlay(Overlay):
