@@ -110,6 +110,7 @@ from typing import Iterable
 
 from ...artifact.boards import Board, get_board
 from ...artifact.build import BRAM_ROM, DDR_STREAM, URAM_LOAD_ONCE
+from ...artifact.lora_unit import DTYPES as LORA_DTYPES
 from ...errors import RomaError
 from ...model.config import ModelConfig
 from ...model.weights import ROW_SCALE_BITS, SCALE_BITS, storage_bits_per_weight
@@ -121,7 +122,6 @@ from .memory import (L_EMBD, L_OUTPUT, LINEARS as HLS_LINEARS, TIERS, Array, Eng
 SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_GROUPS = (32, 64, 128)
 LINEAR = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
-LORA_DTYPES = ("fp16", "int8")
 
 PLACEMENTS = (BRAM_ROM, URAM_LOAD_ONCE, DDR_STREAM)
 
