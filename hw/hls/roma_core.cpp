@@ -3,7 +3,7 @@
 //
 // Dataflow of one token through the layers (GoldenModel.forward, golden/model.py):
 //   embedding_row (the embedding ROM) -> per layer l (a run-time loop over one layer() instance; its weights
-//   are its rows of the engines' ROM banks, weight-stationary):
+//   are its words in the engines' ROM banks, weight-stationary):
 //     rms_norm -> act_quant + B-ROM GEMV for wq, wk, wv (+ LoRA unit deltas on the fp32 input) -> rope_qk
 //     -> kv_write of the chunk's K/V rows into the DDR KV cache (and the on-chip one) + attention over rows 0..pos
 //     -> act_quant + GEMV wo (+LoRA) -> residual -> rms_norm -> GEMV w_gate, w_up (+LoRA) -> swiglu
@@ -12,19 +12,22 @@
 // A prefill runs PREFILL_CHUNK tokens per pass through the layers (the golden writes all K/V rows of a chunk,
 // then attends causally; chunking is exact).
 //
-// One instance of each kernel, shared by all layers (issue 19): the layer index is a run-time loop variable and
-// each linear runs on a GEMV engine, gemv_engine<LIN, E>, one per configuration the build gives that linear
-// (roma_model.h's ENGINE_*: bits, group, scale format (SCALES_*: fp16, or q8: 8-bit steps with per-row
-// exponents, brom_tile.h), tiles, and tier (BRAM ROM, URAM, DDR), from its per-layer BITS_*/GROUP_*/SCALES_*/
-// TILES_*/DDR_*/URAM_* arrays;
-// a uniform build has one engine per linear, a mixed one one per width it uses). linear<LIN>(l, ...) compares
-// the layer's engine index with each engine's, so every engine is called at one place; the engine's weights
-// are a ROM bank [layers][TILES][words] (RomBank<LIN, E>) indexed by the layer's row (SLOT_*), or each
-// layer's tiles streamed from its DDR offset. roma_core limits forward() to one instance (ALLOCATION), so
-// the two run paths share it. Only the configurations present are instantiated.
+// One instance of each kernel, shared by all layers (issue 19): the layer index is a run-time loop variable, and
+// every linear of every layer runs through linear(l, lin, ...), one function called at eight places (the seven
+// linears of layer(), the head) and limited to one instance (ALLOCATION), on a GEMV engine, gemv_unit<U>, one per
+// configuration the build uses (roma_model.h's UNIT_*: bits, group, scale format (SCALES_*: fp16, or q8: 8-bit
+// steps with per-row exponents, brom_tile.h), tiles, and tier (BRAM ROM, URAM, DDR), from the per-layer BITS_*/
+// GROUP_*/SCALES_*/TILES_*/DDR_*/URAM_* arrays; the embedding and an untied output have engines of their own).
+// An engine takes the tensor's rows and columns at run time (brom_tile_gemv_rt, brom_ddr_gemv_rt) and is sized by
+// the largest; a uniform build has one engine for all layers' linears (one per tier), a mixed one one per width
+// it uses. linear() compares the tensor's engine index with each engine's, so every engine is called at one
+// place, and applies the LoRA delta at one place. An on-chip engine's weights are its bank [TILES][words], each
+// tile's words of all its tensors stacked (Unit<U>; BANK_OFFSETS: where each tensor starts), or each tensor's
+// tiles streamed from its DDR offset. roma_core limits forward() to one instance (ALLOCATION), so the two run
+// paths share it. Only the configurations present are instantiated.
 //
 // Placement: roma_model.h gives each tensor's tier (DDR_*: -1 on chip, else its word offset in the DDR weight
-// image; URAM_*: -1 unless in URAM, else its offset in the URAM load image). An on-chip tensor is a row of its
+// image; URAM_*: -1 unless in URAM, else its offset in the URAM load image). An on-chip tensor is words of its
 // engine's bank: a BRAM ROM (below) or a URAM bank (the plan's "URAM-load-once": UltraScale+ URAM has no initial
 // contents, so CMD_LOAD_WEIGHTS writes the banks from the load image in uram_weights, one word per cycle, after
 // checking the image's words against URAM_CHECKSUM, then reads every word back into the checksum it reports;
@@ -48,15 +51,16 @@
 // never referenced.
 //
 // ROMs: per ROM engine a bank of the bit planes and two scale ROM arrays by its format (fp16: scales and mins;
-// q8: params, the per-group steps, and exps, the per-row exponents; brom_tile.h), one row per layer.
+// q8: params, the per-group steps, and exps, the per-row exponents; brom_tile.h), [TILES][words] of its tensors.
 // Synthesis (__SYNTHESIS__) defines the BRAM ROM banks' static const arrays from the build's .dat files
-// (roma_model.h writes each bank's initialiser, one .dat per row, with roma_rom_define.h's declarators; DDR
-// tensors have no ROM, URAM banks no initialiser); C simulation (the emulated board) has the same arrays
-// writable and fills each ROM row from its NAME.bin image (CRC-checked) in roma_emu_load_build; its URAM banks,
+// (roma_model.h writes each bank's initialiser, per tile that tile's section of each tensor's .dat, with
+// roma_rom_define.h's declarators; DDR tensors have no ROM, URAM banks no initialiser); C simulation (the emulated
+// board) has the same arrays writable and fills each tensor's words from its NAME.bin image (CRC-checked) in
+// roma_emu_load_build; its URAM banks,
 // as on a board, only by CMD_LOAD_WEIGHTS. The compute code reads the same arrays in both; only the GEMV
 // loop order differs: C simulation evaluates the tiles with brom_tile_gemv_packed from codes unpacked once
 // (g_packed, per layer and linear; 16 rows per SIMD step, bit-identical to both synthesis datapaths: tb_brom_tile
-// checks it): a ROM tensor's at load, a URAM tensor's from its bank rows after CMD_LOAD_WEIGHTS, a DDR tensor's
+// checks it): a ROM tensor's at load, a URAM tensor's from its bank words after CMD_LOAD_WEIGHTS, a DDR tensor's
 // from the ddr_weights buffer at the first run command that sees a new image (keyed by the buffer's address and
 // the load; the payload's CRC is checked then), or brom_tile_gemv_csim /
 // brom_ddr_gemv for a tile that could not be packed (same bits, far slower: roma_emu_gemv_paths counts the tile
@@ -161,56 +165,88 @@ constexpr int lin_tiles(int l, int lin) {
          : lin == L_DOWN ? rm::TILES_W_DOWN[l] : lin == L_EMBD ? rm::TILES_TOKEN_EMBD : rm::TILES_OUTPUT;
 }
 
-// The GEMV engine of each layer's linear and its row in that engine's ROM bank (roma_model.h: one engine per
-// configuration a linear uses; the embedding and an untied output are engines of their own, one row each).
-constexpr int lin_engine(int l, int lin) {
-  return lin == L_WQ ? rm::ENGINE_WQ[l] : lin == L_WK ? rm::ENGINE_WK[l] : lin == L_WV ? rm::ENGINE_WV[l]
-         : lin == L_WO ? rm::ENGINE_WO[l] : lin == L_GATE ? rm::ENGINE_W_GATE[l] : lin == L_UP ? rm::ENGINE_W_UP[l]
-         : lin == L_DOWN ? rm::ENGINE_W_DOWN[l] : 0;
+// The GEMV engine of each tensor (roma_model.h's UNIT_*: one engine per configuration of the layers' linears,
+// shared by every layer and linear of that configuration; the embedding and an untied output are engines of their
+// own). A tied output is the embedding's tensor (HEAD_LIN == L_EMBD): L_OUTPUT has no tensor of its own then.
+constexpr int lin_unit(int l, int lin) {
+  return lin == L_WQ ? rm::UNIT_WQ[l] : lin == L_WK ? rm::UNIT_WK[l] : lin == L_WV ? rm::UNIT_WV[l]
+         : lin == L_WO ? rm::UNIT_WO[l] : lin == L_GATE ? rm::UNIT_W_GATE[l] : lin == L_UP ? rm::UNIT_W_UP[l]
+         : lin == L_DOWN ? rm::UNIT_W_DOWN[l] : lin == L_EMBD ? rm::UNIT_TOKEN_EMBD : rm::UNIT_OUTPUT;
 }
-constexpr int lin_slot(int l, int lin) {
-  return lin == L_WQ ? rm::SLOT_WQ[l] : lin == L_WK ? rm::SLOT_WK[l] : lin == L_WV ? rm::SLOT_WV[l]
-         : lin == L_WO ? rm::SLOT_WO[l] : lin == L_GATE ? rm::SLOT_W_GATE[l] : lin == L_UP ? rm::SLOT_W_UP[l]
-         : lin == L_DOWN ? rm::SLOT_W_DOWN[l] : 0;
+constexpr int lin_layers(int lin) { return lin >= L_EMBD ? 1 : rm::N_LAYERS; } // tensors of linear lin
+constexpr bool lin_present(int lin) { return lin != L_OUTPUT || HEAD_LIN == L_OUTPUT; }
+// One tile of tensor (l, lin): its rows and its bank words (planes, scale entries, aux entries: q8's are per row).
+constexpr int tile_rows(int l, int lin) { return lin_rows(lin) / lin_tiles(l, lin); }
+constexpr int tile_params(int l, int lin) { return lin_cols(lin) / lin_group(l, lin) * tile_rows(l, lin); }
+constexpr int tile_words(int l, int lin, int kind) {
+  return kind == 0 ? tile_params(l, lin) * lin_bits(l, lin) * lin_group(l, lin) / ROM_WORD_BITS
+         : kind == 1 ? tile_params(l, lin)
+         : lin_scales(l, lin) == ScaleFormat::Q8 ? tile_rows(l, lin) : tile_params(l, lin);
 }
-constexpr int lin_layers(int lin) { return lin >= L_EMBD ? 1 : rm::N_LAYERS; } // layers sharing lin's engines
-// Engines of linear lin (C++14 constexpr loops, evaluated at compile time).
-constexpr int lin_engines(int lin) {
-  int n = 0;
-  for (int l = 0; l < lin_layers(lin); ++l) n = lin_engine(l, lin) + 1 > n ? lin_engine(l, lin) + 1 : n;
-  return n;
-}
-// The first layer of engine e: its configuration is the engine's (engine_consistent checks the others).
-constexpr int engine_layer(int lin, int e) {
-  for (int l = 0; l < lin_layers(lin); ++l)
-    if (lin_engine(l, lin) == e) return l;
+enum BankKind : int { BANK_PLANES = 0, BANK_PARAMS = 1, BANK_AUX = 2 };
+
+// The first tensor of engine u (its configuration is the engine's: unit_consistent checks the others), as
+// lin * N_LAYERS + l; -1 when no tensor uses u.
+constexpr int unit_first(int u) {
+  for (int lin = L_WQ; lin <= L_OUTPUT; ++lin)
+    for (int l = 0; l < lin_layers(lin); ++l)
+      if (lin_present(lin) && lin_unit(l, lin) == u) return lin * rm::N_LAYERS + l;
   return -1;
 }
-// Rows of engine e's ROM bank: its on-chip layers (at least 1, the declared depth of a DDR engine's unused bank).
-constexpr int bank_depth(int lin, int e) {
-  int n = 0;
-  for (int l = 0; l < lin_layers(lin); ++l) n += lin_engine(l, lin) == e && lin_ddr(l, lin) < 0;
-  return n > 0 ? n : 1;
+// Over the tensors of engine u: the largest (what = 0) and smallest (1) rows per tile, the largest columns (2), and
+// the bank words of its on-chip tensors per tile (3 + BankKind).
+constexpr long long unit_stat(int u, int what) {
+  long long v = what == 1 ? 1LL << 40 : 0;
+  for (int lin = L_WQ; lin <= L_OUTPUT; ++lin)
+    for (int l = 0; l < lin_layers(lin); ++l) {
+      if (!lin_present(lin) || lin_unit(l, lin) != u) continue;
+      const long long x = what == 0 || what == 1 ? tile_rows(l, lin) : what == 2 ? lin_cols(lin)
+                          : lin_ddr(l, lin) < 0 ? tile_words(l, lin, what - 3) : 0;
+      v = what == 1 ? (x < v ? x : v) : what == 2 || what == 0 ? (x > v ? x : v) : v + x;
+    }
+  return v;
 }
-// Every layer of engine e has its configuration (bits, group, scales, tiles, tier), its slot is its rank among
-// the bank's layers, and a DDR or URAM offset lies inside its image, past its header.
-constexpr bool engine_consistent(int lin, int e) {
-  const int f = engine_layer(lin, e);
-  int row = 0;
-  for (int l = 0; l < lin_layers(lin); ++l) {
-    if (lin_engine(l, lin) != e) continue;
-    if (lin_bits(l, lin) != lin_bits(f, lin) || lin_group(l, lin) != lin_group(f, lin) ||
-        lin_scales(l, lin) != lin_scales(f, lin) || lin_tiles(l, lin) != lin_tiles(f, lin) ||
-        (lin_ddr(l, lin) >= 0) != (lin_ddr(f, lin) >= 0) || (lin_uram(l, lin) >= 0) != (lin_uram(f, lin) >= 0) ||
-        (lin_ddr(l, lin) >= 0 && lin_uram(l, lin) >= 0))
-      return false;
-    if (lin_ddr(l, lin) >= 0 && (lin_ddr(l, lin) < DDR_HEADER_WORDS || lin_ddr(l, lin) >= rm::DDR_WORDS)) return false;
-    if (lin_uram(l, lin) >= 0 && (lin_uram(l, lin) < URAM_HEADER_WORDS || lin_uram(l, lin) >= rm::URAM_WORDS))
-      return false;
-    if (lin_ddr(l, lin) < 0 && lin_slot(l, lin) != row++) return false;
-  }
-  return f >= 0;
+// Every tensor of engine u has its configuration (bits, group, scales, tiles, tier), is a tensor of the layers'
+// linears or the engine's own embedding/output, and a DDR or URAM offset lies inside its image, past its header.
+constexpr bool unit_consistent(int u) {
+  const int f = unit_first(u);
+  if (f < 0) return false;
+  const int fl = f % rm::N_LAYERS, flin = f / rm::N_LAYERS;
+  for (int lin = L_WQ; lin <= L_OUTPUT; ++lin)
+    for (int l = 0; l < lin_layers(lin); ++l) {
+      if (!lin_present(lin) || lin_unit(l, lin) != u) continue;
+      if (lin_bits(l, lin) != lin_bits(fl, flin) || lin_group(l, lin) != lin_group(fl, flin) ||
+          lin_scales(l, lin) != lin_scales(fl, flin) || lin_tiles(l, lin) != lin_tiles(fl, flin) ||
+          (lin_ddr(l, lin) >= 0) != (lin_ddr(fl, flin) >= 0) || (lin_uram(l, lin) >= 0) != (lin_uram(fl, flin) >= 0) ||
+          (lin_ddr(l, lin) >= 0 && lin_uram(l, lin) >= 0) || (lin >= L_EMBD) != (flin >= L_EMBD) ||
+          (lin >= L_EMBD && lin != flin) || lin_rows(lin) % lin_tiles(l, lin) != 0)
+        return false;
+      if (lin_ddr(l, lin) >= 0 && (lin_ddr(l, lin) < DDR_HEADER_WORDS || lin_ddr(l, lin) >= rm::DDR_WORDS)) return false;
+      if (lin_uram(l, lin) >= 0 && (lin_uram(l, lin) < URAM_HEADER_WORDS || lin_uram(l, lin) >= rm::URAM_WORDS))
+        return false;
+    }
+  return true;
 }
+
+// Where each on-chip tensor starts in its engine's bank (per tile, in words of each BankKind): the bank stacks the
+// engine's tensors linear by linear, layer by layer (artifact/model_header.py writes the ROM initialisers in that
+// order). A table of constants the engines index with the run-time (layer, linear).
+struct BankOffsets {
+  int at[3][rm::N_LAYERS][L_OUTPUT + 1];
+};
+constexpr BankOffsets bank_offsets() {
+  BankOffsets o{};
+  long long run[3][rm::N_UNITS] = {};
+  for (int lin = L_WQ; lin <= L_OUTPUT; ++lin)
+    for (int l = 0; l < lin_layers(lin); ++l)
+      for (int k = 0; k < 3; ++k) {
+        if (!lin_present(lin) || lin_ddr(l, lin) >= 0) continue;
+        o.at[k][l][lin] = (int)run[k][lin_unit(l, lin)];
+        run[k][lin_unit(l, lin)] += tile_words(l, lin, k);
+      }
+  return o;
+}
+constexpr BankOffsets BANK_OFFSETS = bank_offsets();
 constexpr int max_tiles() {
   int n = 1;
   for (int lin = L_WQ; lin <= L_OUTPUT; ++lin)
@@ -226,36 +262,39 @@ constexpr bool SYNTHESIS = false; // the emulated board fills every bank at run 
 
 } // namespace
 
-// GEMV engine E of linear LIN and its weight bank (global scope: roma_rom_define.h specialises its members): the
-// configuration of the engine's layers, and for an on-chip engine the bank arrays, [DEPTH] rows (one per layer,
-// lin_slot) of the layer's tiles; only the scale arrays of its format are used (prm() and aux() are those the
-// kernels take). Its tier: a BRAM ROM (const in synthesis, initialised from the .dat files; its storage bound in
-// bank_tiles), URAM (the plan's "URAM-load-once", lin_uram >= 0: writable arrays, zero until CMD_LOAD_WEIGHTS
-// writes them; BIND_STORAGE uram and 64-bit words by ARRAY_RESHAPE in load_uram_bank), or DDR (no bank: each
-// layer's tiles stream from its offset into ddr_weights, lin_ddr).
-template <int LIN, int E>
-struct RomBank {
-  static constexpr int KIND = LIN, ENGINE = E, L0 = engine_layer(LIN, E);
-  static_assert(engine_consistent(LIN, E), "roma_model.h: every layer of an engine has its configuration and slot");
-  static constexpr int BITS = lin_bits(L0, LIN), GROUP = lin_group(L0, LIN), TILES = lin_tiles(L0, LIN);
-  static constexpr ScaleFormat SF = lin_scales(L0, LIN);
+// GEMV engine U and its weight bank (global scope: roma_rom_define.h specialises its members): the configuration of
+// its tensors, the bounds of their shapes (rows per tile, columns: the engine takes each tensor's at run time), and
+// for an on-chip engine the bank arrays, [TILES][words]: each tile's words of every tensor of the engine, stacked
+// (BANK_OFFSETS); only the scale arrays of its format are used (prm() and aux() are those the kernels take). Its
+// tier: a BRAM ROM (const in synthesis, initialised from the .dat files; its storage bound in bank_tiles), URAM
+// (the plan's "URAM-load-once": writable arrays, zero until CMD_LOAD_WEIGHTS writes them; BIND_STORAGE uram and
+// 64-bit words by ARRAY_RESHAPE in load_uram_bank), or DDR (no bank: each tensor's tiles stream from its offset
+// into ddr_weights, lin_ddr).
+template <int U>
+struct Unit {
+  static_assert(unit_consistent(U), "roma_model.h: every tensor of a GEMV engine has its configuration");
+  static constexpr int ENGINE = U, L0 = unit_first(U) % rm::N_LAYERS, LIN0 = unit_first(U) / rm::N_LAYERS;
+  static constexpr int BITS = lin_bits(L0, LIN0), GROUP = lin_group(L0, LIN0), TILES = lin_tiles(L0, LIN0);
+  static constexpr ScaleFormat SF = lin_scales(L0, LIN0);
+  static constexpr Datapath DP = Datapath::ROMA_DATAPATH;
   static_assert(SF == ScaleFormat::Fp16 || SF == ScaleFormat::Q8, "SCALES_* is 0 (fp16) or 1 (q8)");
-  static constexpr int ROWS_ALL = lin_rows(LIN), COLS = lin_cols(LIN), ROWS = ROWS_ALL / TILES;
-  static constexpr int DEPTH = bank_depth(LIN, E);
-  static constexpr bool DDR = lin_ddr(L0, LIN) >= 0, URAM = lin_uram(L0, LIN) >= 0;
+  static constexpr int MAX_ROWS = (int)unit_stat(U, 0), MIN_ROWS = (int)unit_stat(U, 1), MAX_COLS = (int)unit_stat(U, 2);
+  static constexpr bool DDR = lin_ddr(L0, LIN0) >= 0, URAM = lin_uram(L0, LIN0) >= 0, HEAD = LIN0 >= L_EMBD;
+  // words per tile of its bank (at least 1: the declared size of a DDR engine's unused bank)
+  static constexpr int words(int kind) { return unit_stat(U, 3 + kind) > 0 ? (int)unit_stat(U, 3 + kind) : 1; }
+  static constexpr int PLANE_WORDS = words(BANK_PLANES), PARAMS = words(BANK_PARAMS), AUX = words(BANK_AUX);
+  // an untied embedding is only looked up (embedding_row): a bank, no GEMV engine
+  typedef std::integral_constant<bool, !(LIN0 == L_EMBD && HEAD_LIN != L_EMBD)> RunsGemv;
   typedef std::integral_constant<bool, DDR> InDdr; // selects overloads: only the tier's code is instantiated
   typedef std::integral_constant<bool, URAM> InUram;
   // a bank's elements: read-only in a synthesized BRAM ROM, writable in URAM (and in C simulation)
   typedef typename std::conditional<SYNTHESIS && !URAM, const rom_word_t, rom_word_t>::type plane_word;
   typedef typename std::conditional<SYNTHESIS && !URAM, const scale_word_t, scale_word_t>::type scale_entry;
-  static_assert(ROWS_ALL % TILES == 0, "the tiles must split the rows evenly");
-  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH, SF> C;
-  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::ROMA_DATAPATH, SF> D;
-  static plane_word planes[DEPTH][TILES][C::PLANE_WORDS];
-  static scale_entry scales[DEPTH][TILES][C::PARAMS]; // fp16 (half_bits_t is scale_word_t)
-  static scale_entry mins[DEPTH][TILES][C::PARAMS];   // fp16
-  static scale_entry params[DEPTH][TILES][C::PARAMS]; // q8: sd | sm << 8 per (group, row)
-  static scale_entry exps[DEPTH][TILES][ROWS];        // q8: row exponents
+  static plane_word planes[TILES][PLANE_WORDS];
+  static scale_entry scales[TILES][PARAMS]; // fp16 (half_bits_t is scale_word_t)
+  static scale_entry mins[TILES][PARAMS];   // fp16
+  static scale_entry params[TILES][PARAMS]; // q8: sd | sm << 8 per (group, row)
+  static scale_entry exps[TILES][AUX];      // q8: row exponents
   typedef std::integral_constant<bool, SF == ScaleFormat::Q8> IsQ8;
   static auto &prm() { return prm_of(IsQ8()); }
   static auto &aux() { return aux_of(IsQ8()); }
@@ -277,21 +316,16 @@ static const float g_norms[2 * rm::N_LAYERS + 1][rm::DIM] = {
 #endif
 // The banks without an initialiser: URAM banks (and in C simulation every bank). A synthesized BRAM ROM bank's
 // arrays are the explicit specialisations above, so these are not instantiated for it.
-template <int LIN, int E>
-typename RomBank<LIN, E>::plane_word
-    RomBank<LIN, E>::planes[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PLANE_WORDS];
-template <int LIN, int E> // the scale arrays: only those of the bank's format are used, so instantiated
-typename RomBank<LIN, E>::scale_entry
-    RomBank<LIN, E>::scales[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PARAMS];
-template <int LIN, int E>
-typename RomBank<LIN, E>::scale_entry
-    RomBank<LIN, E>::mins[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PARAMS];
-template <int LIN, int E>
-typename RomBank<LIN, E>::scale_entry
-    RomBank<LIN, E>::params[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::C::PARAMS];
-template <int LIN, int E>
-typename RomBank<LIN, E>::scale_entry
-    RomBank<LIN, E>::exps[RomBank<LIN, E>::DEPTH][RomBank<LIN, E>::TILES][RomBank<LIN, E>::ROWS];
+template <int U>
+typename Unit<U>::plane_word Unit<U>::planes[Unit<U>::TILES][Unit<U>::PLANE_WORDS];
+template <int U> // the scale arrays: only those of the bank's format are used, so instantiated
+typename Unit<U>::scale_entry Unit<U>::scales[Unit<U>::TILES][Unit<U>::PARAMS];
+template <int U>
+typename Unit<U>::scale_entry Unit<U>::mins[Unit<U>::TILES][Unit<U>::PARAMS];
+template <int U>
+typename Unit<U>::scale_entry Unit<U>::params[Unit<U>::TILES][Unit<U>::PARAMS];
+template <int U>
+typename Unit<U>::scale_entry Unit<U>::exps[Unit<U>::TILES][Unit<U>::AUX];
 #ifndef __SYNTHESIS__
 static float g_norms[2 * rm::N_LAYERS + 1][rm::DIM]; // attn_norm, ffn_norm per layer, then output_norm
 // C simulation only: each (layer, linear)'s tiles repacked once for the SIMD GEMV (brom_tile_gemv_packed,
@@ -359,17 +393,14 @@ struct Acct {
   uint64_t weight_load = 0; // CMD_LOAD_WEIGHTS
 };
 
-// Whether linear LIN has LoRA memory in this build (a non-target linear, the embedding and the output have none).
-constexpr bool lora_target(int lin) { return HasLora::value && lin < (int)lora_fmt::LINEARS && rm::LORA_TARGET[lin]; }
-
-// The LoRA delta of the active slot on linear LIN of layer l (lora_apply), or nothing where the build has no LoRA
-// memory for LIN (no call, no cycles).
-template <int LIN, int IN, int OUT, class U>
-void lora_delta(std::true_type, const U &u, int l, const float *x, float *y, Acct &a) {
-  if (g_active != LORA_NONE) lora_apply<U, IN, OUT>(u, (int)g_active, l, LIN, x, y, a.lora);
+// The LoRA delta of the active slot on linear lin of layer l (lora_apply: one instance for every linear, which it
+// takes at run time), or nothing in a build without a LoRA unit (no call, no cycles).
+template <class U>
+void lora_delta(std::true_type, const U &u, int l, int lin, const float *x, float *y, Acct &a) {
+  if (g_active != LORA_NONE && lin < (int)lora_fmt::LINEARS) lora_apply<U>(u, (int)g_active, l, lin, x, y, a.lora);
 }
-template <int LIN, int IN, int OUT, class U>
-void lora_delta(std::false_type, const U &, int, const float *, float *, Acct &) {}
+template <class U>
+void lora_delta(std::false_type, const U &, int, int, const float *, float *, Acct &) {}
 
 // CMD_LOAD_LORA's check and copy, and CMD_SELECT_LORA's check, on the unit (a build without one has no slot).
 template <class U>
@@ -389,108 +420,152 @@ bool lora_loaded(std::true_type, const U &u, uint32_t slot) { return u.loaded[sl
 template <class U>
 bool lora_loaded(std::false_type, const U &, uint32_t) { return false; }
 
-// Layer l's tiles of engine R (TILES*ROWS outputs): streamed from its offset in ddr, or from its bank row.
+// Tensor (l, lin)'s tiles on engine R (TILES x rows outputs): streamed from its offset in ddr, or from its words in
+// the bank.
 template <class R>
-void tiles_gemv(std::true_type /*in DDR*/, int l, const act_t xq[R::COLS], const float as[R::COLS / R::GROUP],
-                const rom_word_t *ddr, float *y, acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP],
+void tiles_gemv(std::true_type /*in DDR*/, int l, int lin, int rows, int cols, const act_t xq[R::MAX_COLS],
+                const float as[R::MAX_COLS / R::GROUP], const rom_word_t *ddr, float *y,
+                acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
-  brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
-      xq, as, ddr + lin_ddr(l, R::KIND), y, probe, xs, cyc);
+  brom_ddr_gemv_rt<R, R::TILES>(rows, cols, xq, as, ddr + lin_ddr(l, lin), y, probe, xs, cyc);
 }
-// The tiles of one bank row: a BRAM ROM's planes are bound here (its rows are only read); a URAM bank's storage is
-// bound where CMD_LOAD_WEIGHTS writes it (load_uram_bank).
+// The tiles of one tensor in the bank: a BRAM ROM's planes are bound here (they are only read); a URAM bank's
+// storage is bound where CMD_LOAD_WEIGHTS writes it (load_uram_bank).
 template <class R>
-void bank_tiles(std::false_type /*BRAM ROM*/, const rom_word_t planes[R::TILES][R::C::PLANE_WORDS],
-                const scale_word_t prm[R::TILES][R::C::PARAMS], const scale_word_t aux[R::TILES][R::C::AUX],
-                const act_t xq[R::COLS], const float as[R::COLS / R::GROUP], float *y,
-                acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP], Cycles &cyc) {
+void bank_tiles(std::false_type /*BRAM ROM*/, const rom_word_t planes[R::TILES][R::PLANE_WORDS],
+                const scale_word_t prm[R::TILES][R::PARAMS], const scale_word_t aux[R::TILES][R::AUX], int l, int lin,
+                int rows, int cols, const act_t xq[R::MAX_COLS], const float as[R::MAX_COLS / R::GROUP], float *y,
+                acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
+                Cycles &cyc) {
 #pragma HLS INLINE
 #pragma HLS BIND_STORAGE variable = planes type = rom_1p impl = bram
-  brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
-      xq, as, planes, prm, aux, y, probe, xs, cyc);
+  brom_gemv_tiles_rt<R, R::TILES>(rows, cols, xq, as, planes, BANK_OFFSETS.at[BANK_PLANES][l][lin], prm,
+                                  BANK_OFFSETS.at[BANK_PARAMS][l][lin], aux, BANK_OFFSETS.at[BANK_AUX][l][lin], y,
+                                  probe, xs, cyc);
 }
 template <class R>
-void bank_tiles(std::true_type /*URAM*/, const rom_word_t planes[R::TILES][R::C::PLANE_WORDS],
-                const scale_word_t prm[R::TILES][R::C::PARAMS], const scale_word_t aux[R::TILES][R::C::AUX],
-                const act_t xq[R::COLS], const float as[R::COLS / R::GROUP], float *y,
-                acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP], Cycles &cyc) {
-#pragma HLS INLINE
-  brom_gemv_tiles<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
-      xq, as, planes, prm, aux, y, probe, xs, cyc);
-}
-template <class R>
-void tiles_gemv(std::false_type /*on chip*/, int l, const act_t xq[R::COLS], const float as[R::COLS / R::GROUP],
-                const rom_word_t *, float *y, acc_t probe[R::TILES][R::C::PARAMS], acc_t xs[R::COLS / R::GROUP],
+void bank_tiles(std::true_type /*URAM*/, const rom_word_t planes[R::TILES][R::PLANE_WORDS],
+                const scale_word_t prm[R::TILES][R::PARAMS], const scale_word_t aux[R::TILES][R::AUX], int l, int lin,
+                int rows, int cols, const act_t xq[R::MAX_COLS], const float as[R::MAX_COLS / R::GROUP], float *y,
+                acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
-  const int slot = lin_slot(l, R::KIND);
-  bank_tiles<R>(typename R::InUram(), R::planes[slot], R::prm()[slot], R::aux()[slot], xq, as, y, probe, xs, cyc);
+#pragma HLS INLINE
+  brom_gemv_tiles_rt<R, R::TILES>(rows, cols, xq, as, planes, BANK_OFFSETS.at[BANK_PLANES][l][lin], prm,
+                                  BANK_OFFSETS.at[BANK_PARAMS][l][lin], aux, BANK_OFFSETS.at[BANK_AUX][l][lin], y,
+                                  probe, xs, cyc);
+}
+template <class R>
+void tiles_gemv(std::false_type /*on chip*/, int l, int lin, int rows, int cols, const act_t xq[R::MAX_COLS],
+                const float as[R::MAX_COLS / R::GROUP], const rom_word_t *, float *y,
+                acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
+                Cycles &cyc) {
+  bank_tiles<R>(typename R::InUram(), R::planes, R::prm(), R::aux(), l, lin, rows, cols, xq, as, y, probe, xs, cyc);
 }
 
-// GEMV engine E of linear LIN, for layer l (a run-time index; one instance shared by the engine's layers):
-// x[COLS] -> y[ROWS_ALL] through the activation quantizer, the tiles (its ROM bank row, or streamed from ddr),
-// and the LoRA delta when a slot is active and has a factor on this linear.
-template <int LIN, int E>
-void gemv_engine(int l, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
-  typedef RomBank<LIN, E> R;
-  constexpr int NG = R::COLS / R::GROUP;
-  act_t xq[R::COLS];
-  float as[NG];
-  acc_t xs[NG];
-  Cycles &cyc = LIN >= L_EMBD ? a.head : a.gemv;
-  act_quant<R::COLS, R::GROUP>(x, xq, as, cyc);
-#ifdef __SYNTHESIS__
-  static acc_t probe[R::TILES][R::C::PARAMS]; // not written (PROBE = false)
-  tiles_gemv<R>(typename R::InDdr(), l, xq, as, ddr, y, probe, xs, cyc);
-#else
-  const CsimPackedTile *pk = g_packed[l][LIN];
-  if constexpr (R::DDR) {
-    if (g_packed_ok[l][LIN]) {
-      g_gemv_paths[GEMV_PATH_PACKED] += R::TILES;
-      Cycles packed; // the simulation's loop order; the stream's cycles are counted below
-      for (int t = 0; t < R::TILES; ++t)
-        brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t * R::ROWS, xs, packed,
-                                                                    g_threads);
-      R::D::count(cyc, R::TILES);
-    } else {
-      g_gemv_paths[GEMV_PATH_DDR_STREAM] += R::TILES;
-      static acc_t probe[R::TILES][R::C::PARAMS]; // not written (PROBE = false)
-      brom_ddr_gemv<R::TILES, R::ROWS, R::COLS, R::GROUP, R::BITS, Datapath::ROMA_DATAPATH, false, R::SF>(
-          xq, as, ddr + lin_ddr(l, LIN), y, probe, xs, cyc);
-    }
-  } else {
-    const int slot = lin_slot(l, LIN);
-    for (int t = 0; t < R::TILES; ++t) { // parallel tiles: one tile's cycles
-      Cycles tc;
-      ++g_gemv_paths[pk[t].ok ? GEMV_PATH_PACKED : GEMV_PATH_ROM_UNPACKED];
-      if (pk[t].ok)
-        brom_tile_gemv_packed<R::ROWS, R::COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t * R::ROWS, xs, tc, g_threads);
-      else
-        brom_tile_gemv_csim<R::ROWS, R::COLS, R::GROUP, R::BITS, R::SF>(
-            xq, as, R::planes[slot][t], R::prm()[slot][t], R::aux()[slot][t], y + t * R::ROWS, xs, tc, g_threads);
-      if (t == 0) {
-        cyc.candidates += tc.candidates;
-        cyc.gemv += tc.gemv;
+#ifndef __SYNTHESIS__
+// Whether tensor LIN's shape is one engine R serves (the packers and loaders are compiled per shape,
+// for the engines that can hold it).
+template <class R, int LIN>
+constexpr bool serves_shape() {
+  return lin_rows(LIN) % R::TILES == 0 && lin_cols(LIN) % R::GROUP == 0 && lin_cols(LIN) <= R::MAX_COLS &&
+         lin_rows(LIN) / R::TILES <= R::MAX_ROWS && lin_rows(LIN) / R::TILES >= R::MIN_ROWS;
+}
+// C simulation: tensor (l, LIN) on engine R by its fixed shape (the emulated board's packed GEMV, or the straight
+// one for a tile it could not pack), or nothing when the tensor is not one of R's; counted as the engine counts it.
+template <class R, int LIN>
+void csim_tensor_gemv(int l, const act_t *xq, const float *as, const rom_word_t *ddr, float *y, acc_t *xs,
+                      Cycles &cyc) {
+  constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN);
+  if constexpr (serves_shape<R, LIN>()) {
+    const CsimPackedTile *pk = g_packed[l][LIN];
+    typedef DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF> D;
+    if constexpr (R::DDR) {
+      if (g_packed_ok[l][LIN]) {
+        g_gemv_paths[GEMV_PATH_PACKED] += R::TILES;
+        Cycles packed; // the simulation's loop order; the stream's cycles are counted below
+        for (int t = 0; t < R::TILES; ++t)
+          brom_tile_gemv_packed<ROWS, COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t * ROWS, xs, packed, g_threads);
+        D::count(cyc, R::TILES, ROWS, COLS, R::MIN_ROWS);
+      } else {
+        g_gemv_paths[GEMV_PATH_DDR_STREAM] += R::TILES;
+        static acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS]; // not written (PROBE = false)
+        brom_ddr_gemv_rt<R, R::TILES>(ROWS, COLS, xq, as, ddr + lin_ddr(l, LIN), y, probe, xs, cyc);
       }
+    } else {
+      typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF> S;
+      const int pb = BANK_OFFSETS.at[BANK_PLANES][l][LIN], qb = BANK_OFFSETS.at[BANK_PARAMS][l][LIN],
+                ab = BANK_OFFSETS.at[BANK_AUX][l][LIN];
+      for (int t = 0; t < R::TILES; ++t) { // parallel tiles: one tile's cycles
+        Cycles tc;
+        ++g_gemv_paths[pk[t].ok ? GEMV_PATH_PACKED : GEMV_PATH_ROM_UNPACKED];
+        if (pk[t].ok)
+          brom_tile_gemv_packed<ROWS, COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t * ROWS, xs, tc, g_threads);
+        else
+          brom_tile_gemv_csim<ROWS, COLS, R::GROUP, R::BITS, R::SF>(xq, as, &R::planes[t][pb], &R::prm()[t][qb],
+                                                                   &R::aux()[t][ab], y + t * ROWS, xs, tc, g_threads);
+      }
+      cyc.candidates += S::cand_cycles(COLS);
+      cyc.gemv += S::gemv_cycles(ROWS, COLS, S::gemv_ii(R::MIN_ROWS));
     }
   }
+}
 #endif
-  lora_delta<LIN, R::COLS, R::ROWS_ALL>(std::integral_constant<bool, lora_target(LIN)>(), g_lora, l, x, y, a);
+
+// GEMV engine U for tensor (l, lin), both run-time indices (one instance serves every tensor of its
+// configuration): x[cols] -> y[rows] through the activation quantizer and the tiles (its words in the bank, or
+// streamed from ddr).
+template <int U>
+void gemv_unit(int l, int lin, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
+  typedef Unit<U> R;
+  constexpr int NG = R::MAX_COLS / R::GROUP;
+  act_t xq[R::MAX_COLS];
+  float as[NG];
+  acc_t xs[NG];
+  const int rows = lin_rows(lin) / R::TILES, cols = lin_cols(lin);
+  Cycles &cyc = R::HEAD ? a.head : a.gemv;
+  act_quant<R::MAX_COLS, R::GROUP>(cols, x, xq, as, cyc);
+#ifdef __SYNTHESIS__
+  static acc_t probe[R::TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
+  tiles_gemv<R>(typename R::InDdr(), l, lin, rows, cols, xq, as, ddr, y, probe, xs, cyc);
+#else
+  (void)rows;
+  switch (lin) { // the emulated board's GEMVs are compiled per shape
+  case L_WQ: csim_tensor_gemv<R, L_WQ>(l, xq, as, ddr, y, xs, cyc); break;
+  case L_WK: csim_tensor_gemv<R, L_WK>(l, xq, as, ddr, y, xs, cyc); break;
+  case L_WV: csim_tensor_gemv<R, L_WV>(l, xq, as, ddr, y, xs, cyc); break;
+  case L_WO: csim_tensor_gemv<R, L_WO>(l, xq, as, ddr, y, xs, cyc); break;
+  case L_GATE: csim_tensor_gemv<R, L_GATE>(l, xq, as, ddr, y, xs, cyc); break;
+  case L_UP: csim_tensor_gemv<R, L_UP>(l, xq, as, ddr, y, xs, cyc); break;
+  case L_DOWN: csim_tensor_gemv<R, L_DOWN>(l, xq, as, ddr, y, xs, cyc); break;
+  case L_EMBD: csim_tensor_gemv<R, L_EMBD>(l, xq, as, ddr, y, xs, cyc); break;
+  default: csim_tensor_gemv<R, L_OUTPUT>(l, xq, as, ddr, y, xs, cyc); break;
+  }
+#endif
 }
 
-// Linear LIN of layer l: to the engine of the layer's configuration, by a run-time compare per engine (each
-// engine is called at one place, so it is one instance; the dispatch is inlined).
-template <int LIN, int E>
-void linear_from(std::false_type /*past the last engine*/, int, const float *, float *, const rom_word_t *, Acct &) {}
-template <int LIN, int E>
-void linear_from(std::true_type, int l, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
+// Tensor (l, lin): to its engine (a run-time compare per engine, so every engine is called at one place), then the
+// LoRA delta (one call site). One instance serves every linear of every layer and the head: roma_core limits it
+// (ALLOCATION), so the GEMV hardware is one engine per configuration, one activation quantizer each, one LoRA unit.
+template <int U>
+void gemv_from(std::false_type /*past the last engine*/, int, int, int, const float *, float *, const rom_word_t *,
+               Acct &) {}
+template <int U>
+void gemv_if(std::false_type /*an untied embedding: only looked up*/, int, int, const float *, float *,
+             const rom_word_t *, Acct &) {}
+template <int U>
+void gemv_if(std::true_type, int l, int lin, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
 #pragma HLS INLINE
-  if (lin_engine(l, LIN) == E) gemv_engine<LIN, E>(l, x, y, ddr, a);
-  else linear_from<LIN, E + 1>(std::integral_constant<bool, (E + 1 < lin_engines(LIN))>(), l, x, y, ddr, a);
+  gemv_unit<U>(l, lin, x, y, ddr, a);
 }
-template <int LIN>
-void linear(int l, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
+template <int U>
+void gemv_from(std::true_type, int u, int l, int lin, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
 #pragma HLS INLINE
-  linear_from<LIN, 0>(std::true_type(), l, x, y, ddr, a);
+  if (u == U) gemv_if<U>(typename Unit<U>::RunsGemv(), l, lin, x, y, ddr, a);
+  else gemv_from<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, l, lin, x, y, ddr, a);
+}
+void linear(int l, int lin, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
+  gemv_from<0>(std::true_type(), lin_unit(l, lin), l, lin, x, y, ddr, a);
+  lora_delta(HasLora(), g_lora, l, lin, x, y, a);
 }
 
 #ifdef __SYNTHESIS__
@@ -524,9 +599,9 @@ LAYER_QKV:
   for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
     rms_norm<rm::DIM>(g_x[i], g_norms[2 * l], rm::RMS_EPS, h, a.layer);
-    linear<L_WQ>(l, h, qr, ddr, a);
-    linear<L_WK>(l, h, kr, ddr, a);
-    linear<L_WV>(l, h, g_v[i], ddr, a);
+    linear(l, L_WQ, h, qr, ddr, a);
+    linear(l, L_WK, h, kr, ddr, a);
+    linear(l, L_WV, h, g_v[i], ddr, a);
     rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i], g_k[i], a.layer);
   }
   attend(KvOnChip(), l, start, T, kc, vc, a.layer);
@@ -534,17 +609,17 @@ LAYER_QKV:
 LAYER_FFN:
   for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
-    linear<L_WO>(l, g_att[i], o, ddr, a);
+    linear(l, L_WO, g_att[i], o, ddr, a);
     residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
     rms_norm<rm::DIM>(g_x[i], g_norms[2 * l + 1], rm::RMS_EPS, h, a.layer);
-    linear<L_GATE>(l, h, gate, ddr, a);
-    linear<L_UP>(l, h, up, ddr, a);
+    linear(l, L_GATE, h, gate, ddr, a);
+    linear(l, L_UP, h, up, ddr, a);
 #ifdef __SYNTHESIS__
     swiglu<rm::FFN_DIM>(gate, up, gate, a.layer);
 #else
     swiglu_csim<rm::FFN_DIM>(gate, up, gate, a.layer); // csim/activation.h: bit-identical
 #endif
-    linear<L_DOWN>(l, gate, o, ddr, a);
+    linear(l, L_DOWN, gate, o, ddr, a);
     residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
   }
 }
@@ -552,11 +627,11 @@ LAYER_FFN:
 // The embedding row of token `id`, from its ROM or streamed from ddr.
 template <class E>
 void embed(std::true_type /*in DDR*/, int id, const rom_word_t *ddr, float *out, LayerCycles &cyc) {
-  embedding_row_ddr<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, ddr + lin_ddr(0, L_EMBD), out, cyc);
+  embedding_row_ddr<E::TILES, E::MAX_ROWS, E::MAX_COLS, E::GROUP, E::BITS>(id, ddr + lin_ddr(0, L_EMBD), out, cyc);
 }
 template <class E>
 void embed(std::false_type /*on chip*/, int id, const rom_word_t *, float *out, LayerCycles &cyc) {
-  embedding_row<E::TILES, E::ROWS, E::COLS, E::GROUP, E::BITS>(id, E::planes[0], E::scales[0], E::mins[0], out, cyc);
+  embedding_row<E::TILES, E::MAX_ROWS, E::MAX_COLS, E::GROUP, E::BITS>(id, E::planes, E::scales, E::mins, out, cyc);
 }
 
 // Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
@@ -565,7 +640,7 @@ FORWARD_CHUNKS:
   for (int c0 = 0; c0 < n; c0 += MAX_T) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
     const int T = n - c0 < MAX_T ? n - c0 : MAX_T;
-    typedef RomBank<L_EMBD, 0> E;
+    typedef Unit<rm::UNIT_TOKEN_EMBD> E; // one tensor: its bank is that tensor's tiles
     static_assert(E::SF == ScaleFormat::Fp16, "the embedding lookup (embedding.h) reads fp16 scales only: "
                                               "compile token_embd with fp16 scales");
   EMBED_CHUNK:
@@ -581,7 +656,7 @@ FORWARD_CHUNKS:
     if (c0 + T == n) {
       float h[rm::DIM];
       rms_norm<rm::DIM>(g_x[T - 1], g_norms[2 * rm::N_LAYERS], rm::RMS_EPS, h, a.layer);
-      linear<HEAD_LIN>(0, h, g_logits, ddr, a);
+      linear(0, HEAD_LIN, h, g_logits, ddr, a);
     }
   }
 }
@@ -607,82 +682,89 @@ enum UramPass : int {
 // A URAM load pass: one word per cycle, plus the loop's depth (the m_axi read latency for the image passes).
 constexpr uint64_t uram_pass_cycles(int words) { return (uint64_t)words * timing::II + 2 + timing::AXI_READ_LATENCY; }
 
-// One pass over a bank row's N words (a tile's planes), their image words at src.
-template <int N>
-void uram_words_pass(rom_word_t row[N], const rom_word_t *src, int pass, UramChecksum &sum, uint64_t &cyc) {
+// One pass over n words of a bank row (a tile's planes of one tensor, from `base`), their image words at src.
+template <int MAX_N>
+void uram_words_pass(rom_word_t row[], int base, int n, const rom_word_t *src, int pass, UramChecksum &sum,
+                     uint64_t &cyc) {
 URAM_WORDS:
-  for (int k = 0; k < N; ++k) {
+  for (int k = 0; k < n; ++k) {
 #pragma HLS PIPELINE II = 1
-    const rom_word_t w = pass == URAM_VERIFY ? row[k] : src[k];
-    if (pass == URAM_WRITE) row[k] = w;
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_N
+    const rom_word_t w = pass == URAM_VERIFY ? row[base + k] : src[k];
+    if (pass == URAM_WRITE) row[base + k] = w;
     sum.add(w);
   }
-  cyc += uram_pass_cycles(N);
+  cyc += uram_pass_cycles(n);
 }
-// One pass over a bank row's N 16-bit entries (a tile's scale array), two to an image word.
-template <int N>
-void uram_halves_pass(scale_word_t row[N], const rom_word_t *src, int pass, UramChecksum &sum, uint64_t &cyc) {
+// One pass over n 16-bit entries of a bank row (a tile's scale array of one tensor, from `base`), two to an image
+// word.
+template <int MAX_N>
+void uram_halves_pass(scale_word_t row[], int base, int n, const rom_word_t *src, int pass, UramChecksum &sum,
+                      uint64_t &cyc) {
 URAM_HALVES:
-  for (int k = 0; k < halves_words(N); ++k) {
+  for (int k = 0; k < halves_words(n); ++k) {
 #pragma HLS PIPELINE II = 1
-    const bool pair = 2 * k + 1 < N; // an odd N's last word holds one entry
-    const rom_word_t w = pass == URAM_VERIFY ? (rom_word_t)row[2 * k] | (pair ? (rom_word_t)row[2 * k + 1] << 16 : 0u)
-                                             : src[k];
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = halves_words(MAX_N)
+    const bool pair = 2 * k + 1 < n; // an odd n's last word holds one entry
+    const rom_word_t w = pass == URAM_VERIFY
+                             ? (rom_word_t)row[base + 2 * k] | (pair ? (rom_word_t)row[base + 2 * k + 1] << 16 : 0u)
+                             : src[k];
     if (pass == URAM_WRITE) {
-      row[2 * k] = (scale_word_t)(w & 0xffffu);
-      if (pair) row[2 * k + 1] = (scale_word_t)(w >> 16);
+      row[base + 2 * k] = (scale_word_t)(w & 0xffffu);
+      if (pair) row[base + 2 * k + 1] = (scale_word_t)(w >> 16);
     }
     sum.add(w);
   }
-  cyc += uram_pass_cycles(halves_words(N));
+  cyc += uram_pass_cycles(halves_words(n));
 }
 
-// One pass over URAM engine R's bank: each of its layers' tensor from its offset into the image, tile by tile
-// (planes, then the two scale arrays), its checksum added to `total`. The bank's storage: URAM, 64-bit words.
+// One pass over URAM engine R's bank: each of its tensors from its offset into the image, tile by tile (planes,
+// then the two scale arrays) into its words of the bank (BANK_OFFSETS), its checksum added to `total`. The bank's
+// storage: URAM, 64-bit words.
 template <class R>
-void load_uram_bank(rom_word_t planes[R::DEPTH][R::TILES][R::C::PLANE_WORDS],
-                    scale_word_t prm[R::DEPTH][R::TILES][R::C::PARAMS], scale_word_t aux[R::DEPTH][R::TILES][R::C::AUX],
-                    int pass, const rom_word_t *image, uint32_t &total, uint64_t &cyc) {
+void load_uram_bank(rom_word_t planes[R::TILES][R::PLANE_WORDS], scale_word_t prm[R::TILES][R::PARAMS],
+                    scale_word_t aux[R::TILES][R::AUX], int pass, const rom_word_t *image, uint32_t &total,
+                    uint64_t &cyc) {
 #pragma HLS BIND_STORAGE variable = planes type = ram_2p impl = uram
-#pragma HLS ARRAY_RESHAPE variable = planes type = cyclic factor = 2 dim = 3
+#pragma HLS ARRAY_RESHAPE variable = planes type = cyclic factor = 2 dim = 2
 #pragma HLS BIND_STORAGE variable = prm type = ram_2p impl = uram
-#pragma HLS ARRAY_RESHAPE variable = prm type = cyclic factor = 4 dim = 3
+#pragma HLS ARRAY_RESHAPE variable = prm type = cyclic factor = 4 dim = 2
 #pragma HLS BIND_STORAGE variable = aux type = ram_2p impl = uram
-#pragma HLS ARRAY_RESHAPE variable = aux type = cyclic factor = 4 dim = 3
-  constexpr int TILE_WORDS = R::C::PLANE_WORDS + halves_words(R::C::PARAMS) + halves_words(R::C::AUX);
+#pragma HLS ARRAY_RESHAPE variable = aux type = cyclic factor = 4 dim = 2
 URAM_TENSORS:
-  for (int l = 0; l < lin_layers(R::KIND); ++l) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = rm::N_LAYERS
-    if (lin_engine(l, R::KIND) != R::ENGINE) continue;
-    const int slot = lin_slot(l, R::KIND);
+  for (int i = 0; i < (L_OUTPUT + 1) * rm::N_LAYERS; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = (L_OUTPUT + 1) * rm::N_LAYERS
+    const int lin = i / rm::N_LAYERS, l = i % rm::N_LAYERS;
+    if (l >= lin_layers(lin) || !lin_present(lin) || lin_unit(l, lin) != R::ENGINE) continue;
+    const int pw = tile_words(l, lin, BANK_PLANES), np = tile_words(l, lin, BANK_PARAMS),
+              na = tile_words(l, lin, BANK_AUX);
+    const int tile_image_words = pw + halves_words(np) + halves_words(na);
     UramChecksum sum;
   URAM_TILES:
     for (int t = 0; t < R::TILES; ++t) {
-      const rom_word_t *src = image + lin_uram(l, R::KIND) + (long long)t * TILE_WORDS;
-      uram_words_pass<R::C::PLANE_WORDS>(planes[slot][t], src, pass, sum, cyc);
-      uram_halves_pass<R::C::PARAMS>(prm[slot][t], src + R::C::PLANE_WORDS, pass, sum, cyc);
-      uram_halves_pass<R::C::AUX>(aux[slot][t], src + R::C::PLANE_WORDS + halves_words(R::C::PARAMS), pass, sum, cyc);
+      const rom_word_t *src = image + lin_uram(l, lin) + (long long)t * tile_image_words;
+      uram_words_pass<R::PLANE_WORDS>(planes[t], BANK_OFFSETS.at[BANK_PLANES][l][lin], pw, src, pass, sum, cyc);
+      uram_halves_pass<R::PARAMS>(prm[t], BANK_OFFSETS.at[BANK_PARAMS][l][lin], np, src + pw, pass, sum, cyc);
+      uram_halves_pass<R::AUX>(aux[t], BANK_OFFSETS.at[BANK_AUX][l][lin], na, src + pw + halves_words(np), pass, sum,
+                               cyc);
     }
     total += sum.value();
   }
 }
 
-// The pass over every URAM engine, linear by linear (the untied output last): only URAM banks are instantiated.
+// The pass over every URAM engine: only URAM banks are instantiated.
 template <class R>
 void uram_engine(std::false_type /*not URAM*/, int, const rom_word_t *, uint32_t &, uint64_t &) {}
 template <class R>
 void uram_engine(std::true_type, int pass, const rom_word_t *image, uint32_t &total, uint64_t &cyc) {
   load_uram_bank<R>(R::planes, R::prm(), R::aux(), pass, image, total, cyc);
 }
-template <int LIN, int E>
-void uram_engines(std::false_type /*past the last tensor*/, int, const rom_word_t *, uint32_t &, uint64_t &) {}
-template <int LIN, int E>
+template <int U>
+void uram_engines(std::false_type /*past the last engine*/, int, const rom_word_t *, uint32_t &, uint64_t &) {}
+template <int U>
 void uram_engines(std::true_type, int pass, const rom_word_t *image, uint32_t &total, uint64_t &cyc) {
-  typedef RomBank<LIN, E> R;
-  uram_engine<R>(typename R::InUram(), pass, image, total, cyc);
-  constexpr bool SAME = E + 1 < lin_engines(LIN);
-  constexpr int NL = SAME ? LIN : LIN + 1, NE = SAME ? E + 1 : 0;
-  uram_engines<NL, NE>(std::integral_constant<bool, (NL <= L_EMBD || NL == HEAD_LIN)>(), pass, image, total, cyc);
+  uram_engine<Unit<U>>(typename Unit<U>::InUram(), pass, image, total, cyc);
+  uram_engines<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), pass, image, total, cyc);
 }
 
 // Whether an image's header (magic, version, words, checksum: its first four words, brom_ddr.h's and
@@ -748,58 +830,69 @@ STATUS_WRITE:
 }
 
 #ifndef __SYNTHESIS__
-// C simulation: f(RomBank<LIN, E>()) for the engine e of linear LIN (its type from the run-time index).
-template <int LIN, int E = 0, class F>
-void with_engine(int e, F &&f) {
-  if constexpr (E < lin_engines(LIN)) {
-    if (e == E) f(RomBank<LIN, E>());
-    else with_engine<LIN, E + 1>(e, f);
+// C simulation: f(Unit<U>()) for engine u (its type from the run-time index).
+template <int U = 0, class F>
+void with_unit(int u, F &&f) {
+  if constexpr (U < rm::N_UNITS) {
+    if (u == U) f(Unit<U>());
+    else with_unit<U + 1>(u, f);
   }
 }
-// f(l, LIN, RomBank) for every tensor: the layers' linears, then the embedding and an untied output.
+// f(l, std::integral_constant<int, LIN>, Unit) for every tensor of linear LIN whose engine serves its shape.
+template <int LIN, class F>
+void for_each_layer_of(F &&f) {
+  for (int l = 0; l < lin_layers(LIN); ++l)
+    with_unit(lin_unit(l, LIN), [&](auto r) {
+      if constexpr (serves_shape<decltype(r), LIN>()) f(l, std::integral_constant<int, LIN>(), r);
+    });
+}
+// ... for every tensor: the layers' linears, then the embedding and an untied output.
 template <class F>
 void for_each_tensor(F &&f) {
-  for (int l = 0; l < rm::N_LAYERS; ++l) {
-    with_engine<L_WQ>(lin_engine(l, L_WQ), [&](auto r) { f(l, L_WQ, r); });
-    with_engine<L_WK>(lin_engine(l, L_WK), [&](auto r) { f(l, L_WK, r); });
-    with_engine<L_WV>(lin_engine(l, L_WV), [&](auto r) { f(l, L_WV, r); });
-    with_engine<L_WO>(lin_engine(l, L_WO), [&](auto r) { f(l, L_WO, r); });
-    with_engine<L_GATE>(lin_engine(l, L_GATE), [&](auto r) { f(l, L_GATE, r); });
-    with_engine<L_UP>(lin_engine(l, L_UP), [&](auto r) { f(l, L_UP, r); });
-    with_engine<L_DOWN>(lin_engine(l, L_DOWN), [&](auto r) { f(l, L_DOWN, r); });
-  }
-  f(0, L_EMBD, RomBank<L_EMBD, 0>());
-  if constexpr (HEAD_LIN == L_OUTPUT) f(0, L_OUTPUT, RomBank<L_OUTPUT, 0>());
+  for_each_layer_of<L_WQ>(f);
+  for_each_layer_of<L_WK>(f);
+  for_each_layer_of<L_WV>(f);
+  for_each_layer_of<L_WO>(f);
+  for_each_layer_of<L_GATE>(f);
+  for_each_layer_of<L_UP>(f);
+  for_each_layer_of<L_DOWN>(f);
+  for_each_layer_of<L_EMBD>(f);
+  if constexpr (HEAD_LIN == L_OUTPUT) for_each_layer_of<L_OUTPUT>(f);
 }
 
 // C simulation: repack the DDR tensors' tiles from a new image in the ddr_weights buffer (the ones the GEMVs
 // read: an untied embedding's rows are read from the buffer directly; a tied one is the head's GEMV too).
 void pack_ddr_tensors(const rom_word_t *ddr) {
-  for_each_tensor([&](int l, int lin, auto r) {
+  for_each_tensor([&](int l, auto lin_c, auto r) {
     typedef decltype(r) R;
+    constexpr int LIN = decltype(lin_c)::value, ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN);
     if constexpr (R::DDR) {
-      if (lin == L_EMBD && HEAD_LIN != L_EMBD) return;
+      if (LIN == L_EMBD && HEAD_LIN != L_EMBD) return;
+      typedef DdrTileConfig<ROWS, COLS, R::GROUP, R::BITS, R::DP, R::SF> D;
       bool ok = true;
       for (int t = 0; t < R::TILES; ++t) {
-        csim_pack_ddr_tile<R::ROWS, R::COLS, R::GROUP, R::BITS, R::SF>(ddr + lin_ddr(l, lin) + t * R::D::TILE_WORDS,
-                                                                        g_packed[l][lin][t]);
-        ok = ok && g_packed[l][lin][t].ok;
+        csim_pack_ddr_tile<ROWS, COLS, R::GROUP, R::BITS, R::SF>(ddr + lin_ddr(l, LIN) + t * D::TILE_WORDS,
+                                                                  g_packed[l][LIN][t]);
+        ok = ok && g_packed[l][LIN][t].ok;
       }
-      g_packed_ok[l][lin] = ok;
+      g_packed_ok[l][LIN] = ok;
     }
   });
 }
 
-// C simulation: repack the URAM tensors' tiles from their bank rows after CMD_LOAD_WEIGHTS wrote them.
+// C simulation: repack the URAM tensors' tiles from their bank words after CMD_LOAD_WEIGHTS wrote them.
 void pack_uram_tensors() {
-  for_each_tensor([&](int l, int lin, auto r) {
+  for_each_tensor([&](int l, auto lin_c, auto r) {
     typedef decltype(r) R;
+    constexpr int LIN = decltype(lin_c)::value, ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN);
     if constexpr (R::URAM) {
-      const int slot = lin_slot(l, lin);
+      typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF> S;
       for (int t = 0; t < R::TILES; ++t)
-        csim_pack_tile_from<R::ROWS, R::COLS, R::GROUP, R::BITS>(
-            RomBankTileSource<R::C::WPS, R::ROWS, R::SF>{R::planes[slot][t], R::prm()[slot][t], R::aux()[slot][t]},
-            g_packed[l][lin][t]);
+        csim_pack_tile_from<ROWS, COLS, R::GROUP, R::BITS>(
+            RomBankTileSource<S::WPS, ROWS, R::SF>{&R::planes[t][BANK_OFFSETS.at[BANK_PLANES][l][LIN]],
+                                                   &R::prm()[t][BANK_OFFSETS.at[BANK_PARAMS][l][LIN]],
+                                                   &R::aux()[t][BANK_OFFSETS.at[BANK_AUX][l][LIN]]},
+            g_packed[l][LIN][t]);
     }
   });
 }
@@ -921,6 +1014,9 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // One forward datapath for both call sites below (a run, a generate step): each GEMV engine, the layer and the
   // head are called at one place inside it, so the whole model is one instance of each kernel.
 #pragma HLS ALLOCATION function instances = forward limit = 1
+  // ... and inside it one linear() for its eight call sites (seven linears of a layer, the head): each GEMV engine,
+  // its activation quantizer and the LoRA apply are one RTL instance
+#pragma HLS ALLOCATION function instances = linear limit = 1
   Acct a;
   uint32_t err = ERR_NONE, done = 0, checksum = 0;
   const bool run = command == CMD_PREFILL || command == CMD_DECODE || command == CMD_GENERATE;
@@ -973,7 +1069,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   WEIGHT_LOAD_PASSES:
     for (int pass = URAM_CHECK; pass <= URAM_VERIFY && err == ERR_NONE; ++pass) {
       sum = 0;
-      uram_engines<0, 0>(std::true_type(), pass, uram_weights, sum, a.weight_load);
+      uram_engines<0>(std::true_type(), pass, uram_weights, sum, a.weight_load);
       if (pass == URAM_CHECK && sum != rm::URAM_CHECKSUM) err = ERR_WEIGHTS_IMAGE; // nothing written
       else if (pass == URAM_CHECK) g_weights_loaded = false; // the banks are about to be overwritten
     }
@@ -1052,36 +1148,42 @@ bool set_err(char *err, int err_len, const std::string &msg) {
   return false;
 }
 
-// Tensor (l, lin) of engine R from dir/NAME.bin into its bank row, and its tiles packed.
-template <class R>
-bool load_tensor(const std::string &dir, const std::string &name, int l, int lin, char *err, int err_len) {
+// Tensor (l, LIN) of engine R from dir/NAME.bin into its words of the bank, and its tiles packed.
+template <class R, int LIN>
+bool load_tensor(const std::string &dir, const std::string &name, int l, char *err, int err_len) {
   if constexpr (R::DDR || R::URAM) {
     // streamed from ddr_weights (the host copies ddr_weights.bin into that buffer), or a URAM bank: written by
     return true; // CMD_LOAD_WEIGHTS and repacked then (pack_uram_tensors)
   } else {
+    constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN);
+    typedef BromTileConfig<ROWS, COLS, R::GROUP, R::BITS, R::DP, R::SF> C;
     BromImageHost img;
     const std::string path = dir + "/" + name + ".bin";
     const std::string msg = load_brom_image(path, img);
     if (!msg.empty()) return set_err(err, err_len, msg);
-    if ((int)img.bits != R::BITS || (int)img.group != R::GROUP || (int)img.rows != R::ROWS_ALL ||
-        (int)img.cols != R::COLS || (int)img.tiles != R::TILES || img.scale_format != R::SF) {
+    if ((int)img.bits != R::BITS || (int)img.group != R::GROUP || (int)img.rows != lin_rows(LIN) ||
+        (int)img.cols != COLS || (int)img.tiles != R::TILES || img.scale_format != R::SF) {
       const char *fmt[2] = {"fp16", "q8"};
       char buf[512];
       std::snprintf(buf, sizeof buf,
                     "ROM image %s is %ux%u, %u bits, group %u, %u tiles, %s scales, but this library was built for "
                     "%dx%d, %d bits, group %d, %d tiles, %s scales (roma_model.h of another build?)",
                     path.c_str(), img.rows, img.cols, img.bits, img.group, img.tiles, fmt[(int)img.scale_format],
-                    R::ROWS_ALL, R::COLS, R::BITS, R::GROUP, R::TILES, fmt[(int)R::SF]);
+                    lin_rows(LIN), COLS, R::BITS, R::GROUP, R::TILES, fmt[(int)R::SF]);
       return set_err(err, err_len, buf);
     }
-    const int slot = lin_slot(l, lin);
-    std::memcpy(R::planes[slot], img.planes.data(), sizeof R::planes[slot]);
-    std::memcpy(R::prm()[slot], img.rom_prm(), sizeof R::prm()[slot]);
-    std::memcpy(R::aux()[slot], img.rom_aux(), sizeof R::aux()[slot]);
-    constexpr int PP = R::C::PARAMS;
-    for (int t = 0; t < R::TILES; ++t) // from the fp16 scales and minimums (q8: as load_brom_image decoded them)
-      csim_pack_tile<R::ROWS, R::COLS, R::GROUP, R::BITS>(R::planes[slot][t], &img.scales[(size_t)t * PP],
-                                                           &img.mins[(size_t)t * PP], g_packed[l][lin][t]);
+    for (int t = 0; t < R::TILES; ++t) { // tile t's words at the tensor's offsets in the bank's tile t
+      std::memcpy(&R::planes[t][BANK_OFFSETS.at[BANK_PLANES][l][LIN]], &img.planes[(size_t)t * C::PLANE_WORDS],
+                  sizeof(rom_word_t) * C::PLANE_WORDS);
+      std::memcpy(&R::prm()[t][BANK_OFFSETS.at[BANK_PARAMS][l][LIN]], img.rom_prm() + (size_t)t * C::PARAMS,
+                  sizeof(scale_word_t) * C::PARAMS);
+      std::memcpy(&R::aux()[t][BANK_OFFSETS.at[BANK_AUX][l][LIN]], img.rom_aux() + (size_t)t * C::AUX,
+                  sizeof(scale_word_t) * C::AUX);
+      // packed from the fp16 scales and minimums (q8: as load_brom_image decoded them)
+      csim_pack_tile<ROWS, COLS, R::GROUP, R::BITS>(&img.planes[(size_t)t * C::PLANE_WORDS],
+                                                     &img.scales[(size_t)t * C::PARAMS],
+                                                     &img.mins[(size_t)t * C::PARAMS], g_packed[l][LIN][t]);
+    }
     return true;
   }
 }
@@ -1123,9 +1225,10 @@ extern "C" int roma_emu_load_build(const char *build_dir, char *err, int err_len
   if (!build_dir) return set_err(err, err_len, "no build folder given") ? 0 : 1;
   const std::string dir = build_dir;
   bool ok = true;
-  for_each_tensor([&](int l, int lin, auto r) {
-    const std::string name = lin >= L_EMBD ? LIN_NAMES[lin] : "blk." + std::to_string(l) + "." + LIN_NAMES[lin];
-    ok = ok && load_tensor<decltype(r)>(dir, name, l, lin, err, err_len);
+  for_each_tensor([&](int l, auto lin_c, auto r) {
+    constexpr int LIN = decltype(lin_c)::value;
+    const std::string name = LIN >= L_EMBD ? LIN_NAMES[LIN] : "blk." + std::to_string(l) + "." + LIN_NAMES[LIN];
+    ok = ok && load_tensor<decltype(r), LIN>(dir, name, l, err, err_len);
   });
   if (!ok) return 1;
   const std::string np = dir + "/norms.bin";

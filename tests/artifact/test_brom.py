@@ -203,16 +203,15 @@ def test_q8_image_files_round_trip(tmp_path, bits, group):
 def test_dat_initializer_holds_the_same_words(tmp_path, scales):
     img = brom.pack(random_qm(3, 32) if scales == "fp16" else q8_qm(3, 32), 3)
     text = brom.write_image(img, tmp_path, "w")[1].read_text()
-    sections = re.split(r"#(?:el)?if defined\((ROMA_BROM_\w+)\)\n", text.split("#else")[0])[1:]
-    arrays = dict(zip(sections[::2], sections[1::2]))
+    sections = re.findall(r"#elif defined\((ROMA_BROM_\w+)\) && ROMA_BROM_TILE == (\d+)\n(.*?)(?=#)", text, re.S)
     names = ("ROMA_BROM_SCALES", "ROMA_BROM_MINIMUMS") if scales == "fp16" else ("ROMA_BROM_PARAMS",
                                                                                   "ROMA_BROM_EXPONENTS")
-    assert list(arrays) == ["ROMA_BROM_PLANES", *names]
+    assert [(m, int(t)) for m, t, _ in sections] == [(m, t) for m in ("ROMA_BROM_PLANES", *names)
+                                                     for t in range(img.tiles)]
+    bodies = {(m, int(t)): body for m, t, body in sections}
     for macro, arr in (("ROMA_BROM_PLANES", img.planes), *zip(names, img.scale_arrays)):
-        tiles = re.findall(r"\{\n(.*?)\},\n", arrays[macro], re.S)
-        assert len(tiles) == img.tiles
-        for t, body in enumerate(tiles):
-            words = [int(w, 16) for w in re.findall(r"0x[0-9a-f]+", body)]
+        for t in range(img.tiles):  # one tile's words, each followed by a comma: tiles of tensors concatenate
+            words = [int(w, 16) for w in re.findall(r"0x([0-9a-f]+),", bodies[macro, t])]
             assert words == arr[t].tolist()
 
 

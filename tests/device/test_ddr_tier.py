@@ -144,13 +144,13 @@ def test_ddr_build_has_no_rom_arrays_for_ddr_tensors(ddr_build, tiny_build):
     assert manifest["ddr"]["words"] == words.size and manifest["ddr"]["crc32"] == int(words[3])
     assert manifest["sizes"]["ddr_bytes"] == 4 * sum(tensors[n]["ddr_words"] for n in ddr)
     # the header: synthesis includes the .dat of on-chip tensors only (once per bank array: planes, scales,
-    # minimums), each linear's layer 0 in the bank of its ROM engine and layer 1 on its DDR engine; DDR offsets
-    # and the image's identity
+    # minimums), every linear's layer 0 in the bank of the one ROM engine and layer 1 on the DDR engine; DDR
+    # offsets and the image's identity
     header = (ddr_build / "roma_model.h").read_text()
     included = re.findall(r'#include "(.+)\.dat"', header)
     assert list(dict.fromkeys(included)) == on_chip and all(included.count(n) == 3 for n in on_chip)
-    assert "constexpr int ENGINE_WQ[N_LAYERS] = {0, 1};" in header
-    assert "constexpr int SLOT_WQ[N_LAYERS] = {0, -1};" in header
+    for lin in ("WQ", "WK", "W_DOWN"):  # one engine for every linear's ROM layer, one for every DDR layer
+        assert f"constexpr int UNIT_{lin}[N_LAYERS] = {{0, 1}};" in header
     assert f"constexpr long long DDR_WORDS = {words.size};" in header
     assert f"constexpr unsigned DDR_CRC = 0x{int(words[3]):08x}u;" in header
     assert f"constexpr long long DDR_WQ[N_LAYERS] = {{-1, {tensors['blk.1.wq']['ddr_offset']}}};" in header
@@ -199,8 +199,8 @@ def test_synthesis_gets_rom_arrays_for_on_chip_tensors_only(ddr_build, tmp_path)
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     nm = subprocess.run(["nm", "-C", str(obj)], capture_output=True, text=True, check=True).stdout
-    roms = set(re.findall(r"RomBank<(\d+), (\d+)>::(planes|scales|mins)", nm))
-    assert roms == {(str(lin), "0", a) for lin in range(7) for a in ("planes", "scales", "mins")}
+    roms = set(re.findall(r"Unit<(\d+)>::(planes|scales|mins)", nm))
+    assert roms == {("0", a) for a in ("planes", "scales", "mins")}  # one bank: the ROM engine of all linears
     assert "brom_ddr_gemv" in nm and "embedding_row_ddr" in nm
 
 

@@ -93,13 +93,13 @@ def test_uram_build_header_and_image_say_the_plans_place(uram_build, tiny_build)
     for lin in LINEARS:
         assert f"constexpr long long URAM_{lin.upper()}[N_LAYERS] = {{-1, {tensors[f'blk.1.{lin}']['uram_offset']}}};" \
             in header
-        assert f"constexpr int ENGINE_{lin.upper()}[N_LAYERS] = {{0, 1}};" in header
-        assert f"constexpr int SLOT_{lin.upper()}[N_LAYERS] = {{0, 0}};" in header  # row 0 of each engine's bank
+        assert f"constexpr int UNIT_{lin.upper()}[N_LAYERS] = {{0, 1}};" in header  # the ROM and URAM engines
     assert f"constexpr long long URAM_OUTPUT = {tensors['output']['uram_offset']};" in header
     assert "constexpr long long URAM_TOKEN_EMBD = -1;" in header
     included = re.findall(r'#include "(.+)\.dat"', header)
     assert list(dict.fromkeys(included)) == [n for n in tensors if n not in in_uram]
-    assert not re.search(r"ROMA_BANK_\w+\((\d), 1\)|ROMA_BANK_\w+\(8, 0\)", header)
+    assert "constexpr int UNIT_TOKEN_EMBD = 2;" in header and "constexpr int UNIT_OUTPUT = 3;" in header
+    assert set(re.findall(r"ROMA_UNIT_\w+\((\d+)\)", header)) == {"0", "2"}  # no initialiser for a URAM bank
     # the same weights as the all-ROM build, read back from the load image
     rom, got = load_build(tiny_build), load_build(uram_build)
     for a, b in [(rom.weights.layers[1].wq, got.weights.layers[1].wq), (rom.weights.output, got.weights.output)]:

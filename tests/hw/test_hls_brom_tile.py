@@ -156,17 +156,41 @@ constexpr roma::ScaleFormat SF = roma::ScaleFormat::SCALE_FORMAT;
 typedef roma::BromTileConfig<4, 128, 64, 3, roma::Datapath::LutSelect, SF> C;
 static const roma::rom_word_t planes[2][C::PLANE_WORDS] = {
 #define ROMA_BROM_PLANES
+{
+#define ROMA_BROM_TILE 0
 #include "w.dat"
+#undef ROMA_BROM_TILE
+}, {
+#define ROMA_BROM_TILE 1
+#include "w.dat"
+#undef ROMA_BROM_TILE
+}
 #undef ROMA_BROM_PLANES
 };
 static const roma::scale_word_t prm[2][C::PARAMS] = {
 #define SECTION_PRM
+{
+#define ROMA_BROM_TILE 0
 #include "w.dat"
+#undef ROMA_BROM_TILE
+}, {
+#define ROMA_BROM_TILE 1
+#include "w.dat"
+#undef ROMA_BROM_TILE
+}
 #undef SECTION_PRM
 };
 static const roma::scale_word_t aux[2][C::AUX] = {
 #define SECTION_AUX
+{
+#define ROMA_BROM_TILE 0
 #include "w.dat"
+#undef ROMA_BROM_TILE
+}, {
+#define ROMA_BROM_TILE 1
+#include "w.dat"
+#undef ROMA_BROM_TILE
+}
 #undef SECTION_AUX
 };
 int main() {
@@ -175,7 +199,7 @@ int main() {
   roma::acc_t dot[2][C::PARAMS], xs[2];
   roma::Cycles cyc;
   if (std::fread(x, sizeof(float), 128, stdin) != 128) return 2;
-  roma::act_quant<128, 64>(x, xq, a, cyc);
+  roma::act_quant<128, 64>(128, x, xq, a, cyc);
   roma::brom_gemv_tiles<2, 4, 128, 64, 3, roma::Datapath::LutSelect, false, SF>(xq, a, planes, prm, aux, y, dot, xs,
                                                                                cyc);
   std::fwrite(y, sizeof(float), 8, stdout);

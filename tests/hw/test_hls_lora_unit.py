@@ -62,11 +62,11 @@ SYNTH_TOP = r"""
 #include "roma/lora_unit.h"
 typedef roma::LoraUnit<1, 32, 16, 48, 2, 8, 0x05, true> Lora; // int8, memory for wq and wv
 static Lora u;
-int top(const unsigned char *img, unsigned bytes, const float x[32], float y[32]) {
+int top(const unsigned char *img, unsigned bytes, const float x[48], float y[48]) {
   roma::LoraCycles cyc;
   if (roma::lora_validate<Lora>(img, bytes, 1) != roma::LoraImageError::Ok) return 1;
   roma::lora_load<Lora>(u, 0, img, bytes, cyc);
-  roma::lora_apply<Lora, 32, 32>(u, 0, 0, 0, x, y, cyc);
+  roma::lora_apply<Lora>(u, 0, 0, 0, x, y, cyc);
   return 0;
 }
 """

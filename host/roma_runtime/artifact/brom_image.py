@@ -56,16 +56,24 @@ File NAME.bin (C simulation loads it at start-up); little-endian, a 72-byte head
                    params    uint16[tiles][scale entries per tile]
                    exponents uint16[tiles][R]
 File NAME.dat (synthesis compiles it into the BRAM ROM arrays): the same three arrays as C initializers,
-selected by a macro, each tile in its own braces so it initialises a [tiles][n] array:
-    static const uint32_t planes[TILES][PW] = {
+selected by a macro, one tile's words (each followed by a comma) selected by ROMA_BROM_TILE, so that an includer
+can concatenate the same tile of several tensors into one row of an engine's bank [TILES][words]
+(artifact/model_header.py):
+    static const uint32_t planes[TILES][WORDS] = {
+    {
     #define ROMA_BROM_PLANES
+    #define ROMA_BROM_TILE 0
     #include "NAME.dat"
+    #include "OTHER.dat"
+    #undef ROMA_BROM_TILE
     #undef ROMA_BROM_PLANES
+    },
+    ...  (tile 1, ...)
     };
 and likewise, fp16: ROMA_BROM_SCALES / ROMA_BROM_MINIMUMS for uint16_t arrays [TILES][NG*R]; q8:
 ROMA_BROM_PARAMS for uint16_t [TILES][NG*R] and ROMA_BROM_EXPONENTS for uint16_t [TILES][R]. A q8 .dat also
 defines the macro ROMA_BROM_DAT_Q8 whenever it is included, so that an includer (hw/hls/roma_rom_define.h)
-can tell the formats apart in the preprocessor; the fp16 .dat is as it was before q8.
+can tell the formats apart in the preprocessor.
 """
 
 from __future__ import annotations
@@ -305,13 +313,13 @@ def dat_text(img: BromImage, name: str) -> bytes:
         f"{' scales=q8' if q8 else ''}\n"
         f"// planes: uint32_t [{img.tiles}][{img.plane_words_per_tile}]; {arrays}\n"
     ).encode()
-    parts = [head, b"#define ROMA_BROM_DAT_Q8\n" if q8 else b""]
+    parts = [head, b"#define ROMA_BROM_DAT_Q8\n" if q8 else b"",
+             b"#if !defined(ROMA_BROM_TILE) || ROMA_BROM_TILE < 0 || ROMA_BROM_TILE >= %d\n"
+             b"#error \"define ROMA_BROM_TILE (a tile of this image) before including a B-ROM .dat\"\n" % img.tiles]
     for macro, arr, digits in (("ROMA_BROM_PLANES", img.planes, 8), *zip(macros, img.scale_arrays, (4, 4))):
-        parts.append(f"#{'if' if macro == 'ROMA_BROM_PLANES' else 'elif'} defined({macro})\n".encode())
         for t in range(img.tiles):
-            parts.append(b"{\n")
+            parts.append(f"#elif defined({macro}) && ROMA_BROM_TILE == {t}\n".encode())
             parts.append(_hex_words(arr[t], digits, 8))
-            parts.append(b"},\n")
     parts.append(f"#else\n#error \"define ROMA_BROM_PLANES, {macros[0]} or {macros[1]} "
                  f"before including a B-ROM .dat\"\n#endif\n".encode())
     return b"".join(parts)

@@ -21,14 +21,16 @@ Also generated for the top (hw/hls/roma_core.cpp):
   only), and ROMA_KV_ONCHIP_IMPL, the memory its array binds to (uram, bram, or auto where the plan spread it
   over both), a macro because the top's BIND_STORAGE pragma takes it;
 - the GEMV engines and their weight banks: one engine per distinct configuration (bits, group, scale format,
-  tiles, and tier: BRAM ROM, URAM or DDR-streamed) of each linear, shared by all layers of that configuration.
-  ENGINE_<LINEAR>[N_LAYERS] numbers each layer's engine (0.. in layer order of first use) and
-  SLOT_<LINEAR>[N_LAYERS] its row in that engine's ROM bank (the engine's on-chip layers, stacked in layer
-  order; -1 for a DDR-streamed layer, which has no bank row);
-- a synthesis-only section that defines every BRAM ROM bank (ROMA_BANK_* declarators from ROMA_ROM_DEFINE, i.e.
-  hw/hls/roma_rom_define.h) initialised from its layers' .dat files, one brace-enclosed row per layer (the
-  preprocessor cannot loop); token_embd (7) and an untied output (8) are banks of one row; DDR tensors get no
-  ROM, and URAM banks no initialiser (CMD_LOAD_WEIGHTS writes them)."""
+  tiles, and tier: BRAM ROM, URAM or DDR-streamed) of the layers' linears, shared by every layer and linear of
+  that configuration (the engine takes a tensor's rows and columns at run time); the embedding and an untied
+  output are engines of their own. UNIT_<LINEAR>[N_LAYERS], UNIT_TOKEN_EMBD and UNIT_OUTPUT number each tensor's
+  engine (0.. in order of first use: linear by linear, layer by layer, then token_embd and output; a tied output
+  repeats token_embd's), N_UNITS counts them. An on-chip engine's bank stacks its tensors in that same order,
+  tile by tile (bank [TILES][words]); roma_core.cpp computes each tensor's offset in it from that order;
+- a synthesis-only section that defines every BRAM ROM bank (ROMA_UNIT_* declarators from ROMA_ROM_DEFINE, i.e.
+  hw/hls/roma_rom_define.h) initialised from its tensors' .dat files: per tile, one brace-enclosed row holding
+  that tile's section (ROMA_BROM_TILE) of each tensor's .dat in bank order (the preprocessor cannot loop); DDR
+  tensors get no ROM, and URAM banks no initialiser (CMD_LOAD_WEIGHTS writes them)."""
 
 from __future__ import annotations
 
@@ -134,22 +136,18 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
     def configuration(e: dict) -> tuple:  # what one GEMV engine is built for
         return e["bits"], e["group"], e["scales"], e.get("tiles", tiles_default), tier(e)
 
-    banks = []  # (linear index, engine, [BRAM ROM tensor names in bank order], scale format)
-    for li, lin in enumerate(LayerWeights.LINEAR):
+    units: dict[tuple, int] = {}  # configuration (and, for the embedding and output, their own role) -> engine
+    members: dict[int, list] = {}  # engine -> its on-chip tensors in bank order
+
+    def unit_of(name: str, e: dict, role: str) -> int:
+        u = units.setdefault((role,) + configuration(e), len(units))
+        if offset(e) < 0:
+            members.setdefault(u, []).append(name)
+        return u
+
+    for lin in LayerWeights.LINEAR:
         entries = [tensors[f"blk.{i}.{lin}"] for i in range(c.n_layers)]
-        engines: dict[tuple, int] = {}
-        rows: dict[int, list] = {}
-        engine_of, slot_of = [], []
-        for i, e in enumerate(entries):
-            k = engines.setdefault(configuration(e), len(engines))
-            engine_of.append(k)
-            if offset(e) >= 0:
-                slot_of.append(-1)
-            else:
-                slot_of.append(len(rows.setdefault(k, [])))
-                rows[k].append(f"blk.{i}.{lin}")
-        banks += [(li, k, names, tensors[names[0]]["scales"]) for k, names in sorted(rows.items())
-                  if tier(tensors[names[0]]) == "rom"]
+        unit_ids = [unit_of(f"blk.{i}.{lin}", e, "layers") for i, e in enumerate(entries)]
         lines.append(f"constexpr int BITS_{_ident(lin)}[N_LAYERS] = {_array(e['bits'] for e in entries)};")
         lines.append(f"constexpr int GROUP_{_ident(lin)}[N_LAYERS] = {_array(e['group'] for e in entries)};")
         lines.append(f"constexpr int SCALES_{_ident(lin)}[N_LAYERS] = "
@@ -158,8 +156,9 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
                      f"{_array(e.get('tiles', tiles_default) for e in entries)};")
         lines.append(f"constexpr long long DDR_{_ident(lin)}[N_LAYERS] = {_array(offset(e) for e in entries)};")
         lines.append(f"constexpr long long URAM_{_ident(lin)}[N_LAYERS] = {_array(uram_offset(e) for e in entries)};")
-        lines.append(f"constexpr int ENGINE_{_ident(lin)}[N_LAYERS] = {_array(engine_of)};")
-        lines.append(f"constexpr int SLOT_{_ident(lin)}[N_LAYERS] = {_array(slot_of)};")
+        lines.append(f"constexpr int UNIT_{_ident(lin)}[N_LAYERS] = {_array(unit_ids)};")
+    embd_unit = unit_of("token_embd", tensors["token_embd"], "token_embd")
+    out_unit = unit_of("output", tensors["output"], "output") if "output" in tensors else embd_unit
     for name in ("token_embd", "output"):
         e = tensors[name] if name in tensors else tensors["token_embd"]  # tied: the head is the embedding ROM
         lines.append(f"constexpr int BITS_{_ident(name)} = {e['bits']};")
@@ -168,6 +167,8 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
         lines.append(f"constexpr int TILES_{_ident(name)} = {e.get('tiles', tiles_default)};")
         lines.append(f"constexpr long long DDR_{_ident(name)} = {offset(e)};")
         lines.append(f"constexpr long long URAM_{_ident(name)} = {uram_offset(e)};")
+    lines += [f"constexpr int UNIT_TOKEN_EMBD = {embd_unit};", f"constexpr int UNIT_OUTPUT = {out_unit};",
+              "// the GEMV engines: one per configuration (see UNIT_*)", f"constexpr int N_UNITS = {len(units)};"]
     lines += ["",
               "// The DDR weight image (ddr_weights.bin): words, header included (0: no tensor streams from DDR),",
               "// and the CRC-32 of its payload, as its header holds it",
@@ -193,20 +194,21 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               f"#define ROMA_LORA_ARRAYS {lora_arrays}",
               "// the memory the whole vocabulary's logits (g_logits) bind to",
               f"#define ROMA_LOGITS_IMPL {logits_impl}", "", "#endif  // ROMA_MODEL_H", "",
-              "// Synthesis: the ROM banks, one row per layer (see the module doc of artifact/model_header.py);",
+              "// Synthesis: the ROM banks, tile by tile (see the module doc of artifact/model_header.py);",
               "// outside the include guard: the top includes this header again with ROMA_ROM_DEFINE set.",
               "#ifdef ROMA_ROM_DEFINE", "#include ROMA_ROM_DEFINE"]
-    for name, li in (("token_embd", 7), ("output", 8)):
-        if name in tensors and tier(tensors[name]) == "rom":
-            banks.append((li, 0, [name], tensors[name]["scales"]))
-    for li, k, names, scales in banks:
-        sections = (("PLANES", "PLANES"),) + ((("PARAMS", "PARAMS"), ("EXPS", "EXPONENTS")) if scales == "q8"
-                                             else (("SCALES", "SCALES"), ("MINS", "MINIMUMS")))
+    for u, names in sorted(members.items()):
+        first = tensors[names[0]]
+        if tier(first) != "rom":
+            continue
+        sections = (("PLANES", "PLANES"),) + ((("PARAMS", "PARAMS"), ("EXPS", "EXPONENTS"))
+                                             if first["scales"] == "q8" else (("SCALES", "SCALES"), ("MINS", "MINIMUMS")))
         for array, section in sections:
-            lines.append(f"ROMA_BANK_{array}({li}, {k}) = {{")
-            for name in names:
-                lines += ["{", f"#define ROMA_BROM_{section}", f'#include "{name}.dat"', f"#undef ROMA_BROM_{section}",
-                          "},"]
+            lines.append(f"ROMA_UNIT_{array}({u}) = {{")
+            for t in range(first.get("tiles", tiles_default)):
+                lines += ["{", f"#define ROMA_BROM_{section}", f"#define ROMA_BROM_TILE {t}"]
+                lines += [f'#include "{name}.dat"' for name in names]
+                lines += ["#undef ROMA_BROM_TILE", f"#undef ROMA_BROM_{section}", "},"]
             lines.append("};")
     lines += ["#undef ROMA_BROM_DAT_Q8", "#endif", ""]
     return "\n".join(lines)

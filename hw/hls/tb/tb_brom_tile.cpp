@@ -96,7 +96,7 @@ long run_datapath(const Case &c, const BromImageHost &img, const BromImageHost *
   long shown = 0;
   for (int t = 0; t < T; ++t) {
     Cycles cyc;
-    act_quant<COLS, GROUP>(&x[(size_t)t * COLS], xq.data(), a_scale.data(), cyc);
+    act_quant<COLS, GROUP>(COLS, &x[(size_t)t * COLS], xq.data(), a_scale.data(), cyc);
     brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, DP, true, SF>(
         xq.data(), a_scale.data(), rom_planes<C>(img), rom_prm<C>(img), rom_aux<C>(img), y.data(),
         reinterpret_cast<acc_t(*)[PP]>(dot.data()), xsum.data(), cyc);
@@ -164,7 +164,7 @@ long run_csim_fast(const Case &c, const BromImageHost &img, Tally &tally) {
   const long before = tally.mismatches;
   for (int t = 0; t < T; ++t) {
     Cycles cyc, cyf;
-    act_quant<COLS, GROUP>(&x[(size_t)t * COLS], xq.data(), a_scale.data(), cyc);
+    act_quant<COLS, GROUP>(COLS, &x[(size_t)t * COLS], xq.data(), a_scale.data(), cyc);
     brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, false, SF>(
         xq.data(), a_scale.data(), planes, prm, aux, y.data(), reinterpret_cast<acc_t(*)[PP]>(dot.data()),
         xsum.data(), cyc);
@@ -222,7 +222,7 @@ long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cy
   std::vector<acc_t> dot((size_t)TILES * PP), dotd((size_t)TILES * PP), xsum(NG), xsd(NG), xsp(NG);
   for (int t = 0; t < T; ++t) {
     Cycles cyc, cyd, cyp;
-    act_quant<COLS, GROUP>(&x[(size_t)t * COLS], xq.data(), a_scale.data(), cyc);
+    act_quant<COLS, GROUP>(COLS, &x[(size_t)t * COLS], xq.data(), a_scale.data(), cyc);
     brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, DP, true, SF>(
         xq.data(), a_scale.data(), rom_planes<C>(img), rom_prm<C>(img), rom_aux<C>(img), y.data(),
         reinterpret_cast<acc_t(*)[PP]>(dot.data()), xsum.data(), cyc);

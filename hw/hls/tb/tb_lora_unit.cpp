@@ -134,7 +134,7 @@ void apply_one(const U &u, int slot, int layer, const std::string &name, int T, 
   std::vector<float> y(OUT);
   for (int tok = 0; tok < T; ++tok) {
     for (int o = 0; o < OUT; ++o) y[o] = y0[(size_t)tok * OUT + o];
-    lora_apply<U, IN, OUT>(u, slot, layer, LIN, &x[(size_t)tok * IN], y.data(), cyc);
+    lora_apply<U>(u, slot, layer, LIN, &x[(size_t)tok * IN], y.data(), cyc);
     for (int o = 0; o < OUT; ++o) {
       const size_t i = (size_t)tok * OUT + o;
       if (r == 0) {

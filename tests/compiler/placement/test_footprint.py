@@ -16,6 +16,7 @@ pytest.importorskip("elftools", reason="the footprint check reads DWARF with pye
 pytestmark = needs_gxx
 
 from roma_runtime.compiler.placement import footprint  # noqa: E402
+from roma_runtime.compiler.placement.memory import BRAM_SHAPES, shape_cost  # noqa: E402
 
 HOST = Path(__file__).resolve().parents[3] / "host"
 
@@ -39,19 +40,20 @@ def _array(rep, name):
 def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
     model = json.loads((tiny_build / "manifest.json").read_text())["plan"]["model"]
     dim, vocab, n = model["dim"], model["vocab_size"], model["n_layers"]
-    # wq's ROM bank (engine 0 of linear 0): every layer's tiles stacked, [layers][TILES][words]. 4-bit codes in
-    # 32-bit plane words, G32 -> WPS = 4 banks (brom_tile_gemv's cyclic partition), one tile: dim*dim*4/8 bytes per
-    # layer, each bank 32 x (words / 4): a RAMB18 half at this depth.
-    wq = _array(tiny_report, "RomBank<0, 0>::planes")
-    assert wq["bytes"] == n * dim * dim * 4 // 8
-    assert (wq["elem_bits"], wq["banks"], wq["width"]) == (32, 4, 32)
-    assert wq["depth"] == n * dim * dim * 4 // 32 // 4
-    assert wq["impl"] == "bram" and wq["bram36"] == 4 * 0.5
-    assert any("rom_1p" in p and "roma_core.cpp" in p for p in wq["pragmas"])  # bank_tiles: a BRAM ROM
-    # the fp16 scales: [layers][TILES][groups*rows] halves, one bank per tile
-    sc = _array(tiny_report, "RomBank<0, 0>::scales")
-    assert (sc["bytes"], sc["elem_bits"], sc["banks"], sc["depth"]) == (n * dim * dim // 32 * 2, 16, 1,
-                                                                        n * dim * dim // 32)
+    # the layers' ROM bank (engine 0, shared by every linear of every layer): each tile's words of all of them
+    # stacked, [TILES][words]. 4-bit codes in 32-bit plane words, G32 -> WPS = 4 banks (brom_tile_gemv_rt's cyclic
+    # partition), one tile; each bank 32 bits x (words / 4)
+    kv, ffn = dim // model["n_heads"] * model["n_kv_heads"], model["ffn_dim"]
+    weights = n * (2 * dim * dim + 2 * kv * dim + 3 * ffn * dim)
+    planes = _array(tiny_report, "Unit<0>::planes")
+    assert planes["bytes"] == weights * 4 // 8 and planes["dims"] == [1, weights * 4 // 32]
+    assert (planes["elem_bits"], planes["banks"], planes["width"]) == (32, 4, 32)
+    assert planes["depth"] == weights * 4 // 32 // 4
+    assert planes["impl"] == "bram" and planes["bram36"] == 4 * shape_cost(32, planes["depth"], BRAM_SHAPES)
+    assert any("rom_1p" in p and "roma_core.cpp" in p for p in planes["pragmas"])  # bank_tiles: a BRAM ROM
+    # the fp16 scales: [TILES][groups*rows] halves of every tensor, one bank per tile
+    sc = _array(tiny_report, "Unit<0>::scales")
+    assert (sc["bytes"], sc["elem_bits"], sc["banks"], sc["depth"]) == (weights // 32 * 2, 16, 1, weights // 32)
     # the whole-vocabulary logits buffer: fp32, one bank, in URAM where the board has it (ROMA_LOGITS_IMPL;
     # tiny_build targets a U250): 4K words per URAM
     lg = _array(tiny_report, "(anonymous namespace)::g_logits")
@@ -60,7 +62,6 @@ def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
     # g_lora is counted member by member: the build's LoRA unit (tiny_build: 4 slots of rank 16 on every linear,
     # fp16), its values as 64-bit words (4 fp16 each) in URAM where the plan reserved them, no row scales (fp16)
     unit = json.loads((tiny_build / "manifest.json").read_text())["lora_unit"]
-    kv, ffn = dim // model["n_heads"] * model["n_kv_heads"], model["ffn_dim"]
     values = _array(tiny_report, "(anonymous namespace)::g_lora.values")
     elements = unit["slots"] * n * unit["rank"] * (9 * dim + 2 * kv + 3 * ffn)  # sum over the 7 linears of in + out
     assert (values["elem_bits"], values["width"], values["depth"]) == (16, 64, elements // 4)
@@ -73,15 +74,17 @@ def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
 
 
 def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
-    # issue 19: the layer index is a run-time loop variable, so the synthesis object holds one layer function, and
-    # each linear one GEMV engine per configuration (the uniform tiny build: one each, plus the untied lm head)
+    # issue 19: the layer index and the linear are run-time values, so the synthesis object holds one layer
+    # function and one GEMV engine per configuration, shared by every layer and linear of it (the uniform tiny
+    # build: one for the layers, one for the untied lm head; the untied embedding is only looked up), one linear()
+    # dispatch and one LoRA apply
     model = json.loads((tiny_build / "manifest.json").read_text())["plan"]["model"]
     k = tiny_report["kernels"]
     assert k["layer"] == {"templates": 1, "rtl_instances": 1, "max_rtl_instances": 1}
-    engine = k["GEMV engine (act quant + tiles + LoRA)"]
-    assert engine == {"templates": 7 + 1, "rtl_instances": 7 + 1, "max_rtl_instances": 1}
-    assert tiny_report["engines"] == {name: {"engines": 1, "configurations": 1} for name in footprint.LINEARS
-                                      if name != "token_embd"}
+    assert k["GEMV engine (act quant + tiles)"] == {"templates": 2, "rtl_instances": 2, "max_rtl_instances": 1}
+    assert k["linear (engine dispatch + LoRA)"]["rtl_instances"] == 1 == k["LoRA apply"]["rtl_instances"]
+    assert k["activation quantizer"]["rtl_instances"] == 2  # one per engine
+    assert tiny_report["engines"] == {"engines": 2, "configurations": 2}
     # the two forward() call sites of roma_core (PREFILL/DECODE and GENERATE) share one instance (ALLOCATION limit);
     # the sampler is called from roma_core itself at both
     assert k["sampler"]["rtl_instances"] == 2
@@ -90,7 +93,7 @@ def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
     assert len(gate) == 1 and (gate[0]["instances"], gate[0]["bytes"]) == (1, 4 * model["ffn_dim"]), gate
     assert tiny_report["total_bram36"] == tiny_report["bram36"] + tiny_report["local_bram36"]
     text = footprint.render(tiny_report)
-    assert "GEMV engines: 8 for 8 configurations (wq 1/1," in text
+    assert "GEMV engines: 2 for 2 configurations" in text
 
 
 def test_an_engine_per_configuration_of_a_mixed_build(tiny_models, tmp_path):
@@ -110,11 +113,13 @@ def test_an_engine_per_configuration_of_a_mixed_build(tiny_models, tmp_path):
     assert row_scale["bytes"] == 4 * 2 * model["n_layers"] * ((4 + dim) + (4 + kv))  # fp32 per row of A and B
     assert _array(rep, "(anonymous namespace)::g_lora.rank")["dims"] == [2, model["n_layers"], 2]  # per target
     assert rep["kernels"]["layer"]["rtl_instances"] == 1
-    assert rep["kernels"]["GEMV engine (act quant + tiles + LoRA)"]["max_rtl_instances"] == 1
-    layers = {name: e for name, e in rep["engines"].items() if name not in ("token_embd", "output")}
-    assert layers == {name: {"engines": 2, "configurations": 2} for name in footprint.LINEARS[:7]}
+    assert rep["kernels"]["GEMV engine (act quant + tiles)"]["max_rtl_instances"] == 1
+    # the layers' ROM engine, their DDR engine, the lm head's
+    assert rep["engines"] == {"engines": 3, "configurations": 3}
     assert rep["kernels"]["DDR-streamed GEMV"]["templates"] >= 1
-    assert _array(rep, "RomBank<0, 0>::planes")["dims"][0] == 1  # layer 0's row; layer 1 has none
+    ffn = model["ffn_dim"]
+    layer0 = 2 * dim * dim + 2 * kv * dim + 3 * ffn * dim  # the bank holds layer 0's tensors; layer 1 has none
+    assert _array(rep, "Unit<0>::planes")["bytes"] == layer0 * 4 // 8
     assert not any("GEMV engines for" in f or "RTL instances" in f for f in rep["failures"])
 
 
@@ -127,16 +132,15 @@ def test_uram_banks_follow_their_storage_pragmas_and_the_plan(tiny_uram_build):
     model_h = (tiny_uram_build / "roma_model.h").read_text()
     rep = footprint.measure(tiny_uram_build)
     uram = footprint.uram_banks(model_h)
-    assert uram == {(li, 1) for li in range(7)} | {(8, 0)}
+    assert uram == {1, 3}  # the layers' URAM engine (layer 1) and the lm head's; 0: layers' ROM, 2: the embedding
     for name, e in man["tensors"].items():
         key = split_name(name)
-        li = footprint.LINEARS.index(key[1] if key else name)
-        engine = 1 if key and key[0] == 1 else 0
-        in_uram = (li, engine) in uram
+        unit = (1 if key[0] == 1 else 0) if key else 2 if name == "token_embd" else 3
+        in_uram = unit in uram
         assert e["placement"] == (URAM_LOAD_ONCE if in_uram else BRAM_ROM), name
         assert (e.get("uram_offset") is not None) == in_uram
         for var in ("planes", "scales", "mins"):
-            a = _array(rep, f"RomBank<{li}, {engine}>::{var}")
+            a = _array(rep, f"Unit<{unit}>::{var}")
             assert (a["impl"] == "uram") == in_uram and (a["uram"] > 0) == in_uram, (name, var, a["impl"])
             if in_uram:
                 assert a["width"] == 64 and a["bram36"] == 0  # two 32-bit plane words or four 16-bit entries
@@ -150,8 +154,8 @@ def test_the_plans_memory_model_is_the_objects(tiny_report):
     # footprint's own rules (placement/memory.py), so the two agree array by array: the engines' banks, their
     # kernels' local arrays, the norms, chunk activations, logits, attention's scores and the LoRA unit
     rows = {r["array"]: r for r in tiny_report["per_array"]}
-    assert {"RomBank<0, 0>::planes", "RomBank<8, 0>::planes", "g_logits", "g_lora.values",
-            "attention_query<...>::score", "brom_tile_gemv<...>::acc"} <= set(rows)
+    assert {"Unit<0>::planes", "Unit<2>::planes", "g_logits", "g_lora.values",
+            "attention_query<...>::score", "brom_tile_gemv_rt<...>::acc"} <= set(rows)
     off = {name for name, r in rows.items() if not r["agrees"]}
     assert not off, off
     assert tiny_report["total_bram36"] == pytest.approx(tiny_report["plan"]["bram36"], rel=0.05)

@@ -28,9 +28,10 @@ applied: fewer, deeper banks, so the local figure is a lower bound.
 Kernels: the instantiations of each kernel template (distinct function symbols), and the RTL instances Vitis
 makes (one per call site, through the call tree from roma_core, from the object's call relocations; a function
 named by an `ALLOCATION function instances=F limit=N` pragma has at most N, before any INLINE). The GEMV engines
-are counted per linear against the configurations roma_model.h gives it (ENGINE_*: one engine per distinct
-bits, group, scale format, tiles and tier, shared by all layers): the check fails when a linear has more engine
-instantiations than configurations, or an engine or the layer more than one RTL instance.
+are counted against the configurations roma_model.h gives (UNIT_*, N_UNITS: one engine per distinct bits, group,
+scale format, tiles and tier, shared by every layer and linear of it; the embedding's and an untied output's
+their own): the check fails when there are more engine instantiations than configurations, or linear(), an
+engine, the LoRA apply or the layer has more than one RTL instance.
 
 Against the plan: the build's plan (manifest.json "plan") lists the arrays it expects ("memory": memory.py's
 model of the top); compare_arrays sets them beside the object's, by memory.array_key (a function's local arrays
@@ -70,16 +71,17 @@ CXX_STD = "c++14"  # the synthesized sources' standard (UG1399 lists C++11/14); 
 
 # Arrays the object defines that synthesis drops, and why (read in roma_core.cpp).
 NOT_HARDWARE = {
-    "probe": "gemv_engine()'s dot probe: passed with PROBE = false, never accessed, removed by synthesis",
+    "probe": "gemv_unit()'s dot probe: passed with PROBE = false, never accessed, removed by synthesis",
 }
 KV_UNUSED = "the on-chip KV cache of a build without one (KV_ONCHIP_CTX = 0): never referenced by roma_core"
 
 # Kernel templates whose instances are counted: label -> demangled function-name prefixes (without return type).
 KERNELS = {
-    "GEMV engine (act quant + tiles + LoRA)": ("(anonymous namespace)::gemv_engine<",),
+    "linear (engine dispatch + LoRA)": ("(anonymous namespace)::linear(",),
+    "GEMV engine (act quant + tiles)": ("(anonymous namespace)::gemv_unit<",),
     "layer": ("(anonymous namespace)::layer(",),
-    "B-ROM tile GEMV": ("roma::brom_tile_gemv<",),
-    "DDR-streamed GEMV": ("roma::brom_ddr_gemv<",),
+    "B-ROM tile GEMV": ("roma::brom_tile_gemv_rt<",),
+    "DDR-streamed GEMV": ("roma::brom_ddr_gemv_rt<",),
     "activation quantizer": ("roma::act_quant<",),
     "attention": ("roma::attention_prefill<",),
     "RMSNorm": ("roma::rms_norm<",),
@@ -194,26 +196,27 @@ def _dwarf_variables(obj: Path) -> dict:
 
 # --- weight banks' tiers -----------------------------------------------------------------------------------
 
-def uram_banks(model_h: str) -> set[tuple[int, int]]:
-    """(linear, engine) of the URAM weight banks roma_model.h declares: the engines whose layers have a URAM offset
-    (URAM_<NAME> >= 0; the embedding and the output are engine 0 of their own)."""
+def uram_banks(model_h: str) -> set[int]:
+    """The GEMV engines (roma_model.h's UNIT_* numbers) whose banks are in URAM: those of the tensors with a URAM
+    offset (URAM_<NAME> >= 0)."""
     out = set()
-    for li, name in enumerate(LINEARS):
+    for name in LINEARS:
         ident = name.upper()
         m = re.search(rf"constexpr\s+long\s+long\s+URAM_{ident}\[N_LAYERS\]\s*=\s*\{{([^}}]*)\}}", model_h)
-        e = re.search(rf"constexpr\s+int\s+ENGINE_{ident}\[N_LAYERS\]\s*=\s*\{{([^}}]*)\}}", model_h)
+        e = re.search(rf"constexpr\s+int\s+UNIT_{ident}\[N_LAYERS\]\s*=\s*\{{([^}}]*)\}}", model_h)
         if m and e:
-            out |= {(li, int(k)) for u, k in zip(m.group(1).split(","), e.group(1).split(",")) if int(u) >= 0}
+            out |= {int(k) for u, k in zip(m.group(1).split(","), e.group(1).split(",")) if int(u) >= 0}
         one = re.search(rf"constexpr\s+long\s+long\s+URAM_{ident}\s*=\s*(-?\d+)\s*;", model_h)
-        if one and int(one.group(1)) >= 0:
-            out.add((li, 0))
+        unit = re.search(rf"constexpr\s+int\s+UNIT_{ident}\s*=\s*(\d+)\s*;", model_h)
+        if one and unit and int(one.group(1)) >= 0:
+            out.add(int(unit.group(1)))
     return out
 
 
 def bank_tier(arr: Array, uram: set) -> str | None:
-    """"uram" or "rom" for a weight bank's array (RomBank<LIN, E>::NAME), None for other arrays."""
-    m = re.search(r"RomBank<(\d+), (\d+)>::", arr.name)
-    return None if not m else "uram" if (int(m.group(1)), int(m.group(2))) in uram else "rom"
+    """"uram" or "rom" for a weight bank's array (Unit<U>::NAME), None for other arrays."""
+    m = re.search(r"Unit<(\d+)>::", arr.name)
+    return None if not m else "uram" if int(m.group(1)) in uram else "rom"
 
 
 # --- kernels ------------------------------------------------------------------------------------------------
@@ -294,22 +297,14 @@ def kernel_instances(obj: Path, pragmas: list[Pragma] = ()) -> tuple[dict[str, d
     return out, per_function
 
 
-def gemv_engines(obj: Path, consts_text: str) -> dict[str, dict]:
-    """Per linear (LINEARS): the gemv_engine<LIN, E> instantiations in the object, and the configurations
-    roma_model.h gives it (distinct ENGINE_<NAME> values; the embedding and the output: one each)."""
+def gemv_engines(obj: Path, consts_text: str) -> dict[str, int]:
+    """The gemv_unit<U> instantiations in the object, and the GEMV engines roma_model.h configures (N_UNITS, less an
+    untied embedding's, which is only looked up)."""
     funcs, _ = _functions_and_calls(obj)
-    made: dict[int, int] = {}
-    for d in funcs.values():
-        m = re.match(r"^(?:[\w:]+ )*\(anonymous namespace\)::gemv_engine<(\d+), (\d+)>", d)
-        if m:
-            made[int(m.group(1))] = made.get(int(m.group(1)), 0) + 1
-    out = {}
-    for li, name in enumerate(LINEARS):
-        m = re.search(rf"constexpr\s+int\s+ENGINE_{name.upper()}\[N_LAYERS\]\s*=\s*\{{([^}}]*)\}}", consts_text)
-        configurations = len(set(m.group(1).replace(" ", "").split(","))) if m else 1
-        if made.get(li) or m:
-            out[name] = {"engines": made.get(li, 0), "configurations": configurations}
-    return out
+    made = sum(1 for d in funcs.values() if re.match(r"^(?:[\w:]+ )*\(anonymous namespace\)::gemv_unit<\d+>", d))
+    n = re.search(r"constexpr\s+int\s+N_UNITS\s*=\s*(\d+)\s*;", consts_text)
+    tied = re.search(r"constexpr\s+bool\s+TIED_EMBEDDINGS\s*=\s*true\s*;", consts_text)
+    return {"engines": made, "configurations": int(n.group(1)) - (0 if tied else 1) if n else 0}
 
 
 def _qualified(demangled: str) -> str:
@@ -536,11 +531,11 @@ def verdict(measured: dict, board: str | None = None, *, bram36_budget: float | 
         if want is not None and abs(got - want) > PLAN_TOLERANCE * max(want, 1.0):
             failures.append(f"{what} {got:,.1f} differs from the plan's {want:,.1f} by more than "
                             f"{PLAN_TOLERANCE:.0%} ({got - want:+,.1f})")
-    for name, e in measured["engines"].items():
-        if e["engines"] > e["configurations"]:
-            failures.append(f"{name} has {e['engines']} GEMV engines for {e['configurations']} configurations "
-                            f"(one engine per configuration, shared by its layers)")
-    for label in ("GEMV engine (act quant + tiles + LoRA)", "layer"):
+    e = measured["engines"]
+    if e["engines"] > e["configurations"]:
+        failures.append(f"{e['engines']} GEMV engines for {e['configurations']} configurations (one engine per "
+                        f"configuration, shared by every layer and linear of that configuration)")
+    for label in ("linear (engine dispatch + LoRA)", "GEMV engine (act quant + tiles)", "LoRA apply", "layer"):
         k = measured["kernels"].get(label, {})
         if k.get("max_rtl_instances", 0) > 1:
             failures.append(f"a {label} function has {k['max_rtl_instances']} RTL instances (one shared instance "
@@ -658,9 +653,8 @@ def render(rep: dict, top: int = 30) -> str:
     for k, v in rep["kernels"].items():
         lines.append(f"{k:<36} {v['templates']:>9,} {v['rtl_instances']:>14,}")
     e = rep["engines"]
-    lines.append(f"GEMV engines: {sum(v['engines'] for v in e.values())} for "
-                 f"{sum(v['configurations'] for v in e.values())} configurations (" +
-                 ", ".join(f"{n} {v['engines']}/{v['configurations']}" for n, v in e.items()) + ")")
+    lines.append(f"GEMV engines: {e['engines']} for {e['configurations']} configurations (each shared by every layer "
+                 f"and linear of its configuration)")
     lines.append("")
     if rep["ok"]:
         lines.append(f"FITS: within the {rep['board']} budget and within {PLAN_TOLERANCE:.0%} of the plan")

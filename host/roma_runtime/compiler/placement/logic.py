@@ -7,11 +7,11 @@ unroll, at a fixed cost per operator. Nothing calibrates them against Vivado yet
 that a synthesis report can replace a constant.
 
 Units and their counts are the RTL instances the HLS makes for the plan (one per call site of a non-inlined
-function, memory.py's engines): each GEMV engine (one per linear and configuration, plan.py's engines) with its
-tiles (parallel datapaths on chip; a DDR engine streams its tiles through one), its activation quantizer and,
-with a LoRA unit, its own lora_apply instance (one per layer engine: the HLS calls it from every engine); one
-attention, one RoPE, one SwiGLU; RMSNorm at its three call sites (the layer's two, the final norm); the sampler
-at its two call sites in roma_core.
+function, memory.py's engines): each GEMV engine (one per configuration, shared by the layers and linears of that
+configuration; plan.py's engines) with its tiles (parallel datapaths on chip; a DDR engine streams its tiles
+through one) and its activation quantizer; with a LoRA unit, one lora_apply (linear() calls it at one place for
+every linear); one attention, one RoPE, one SwiGLU; RMSNorm at its three call sites (the layer's two, the final
+norm); the sampler at its two call sites in roma_core.
 
 GEMV tile (brom_tile_gemv / brom_ddr_gemv; one (group, row) step per cycle: FINN's PE = 1, SIMD Q = GROUP,
 weight bits W = BITS, activation bits A = 8):
@@ -48,7 +48,7 @@ import math
 
 from ...artifact.boards import Board
 from ...model.config import ModelConfig
-from .memory import att_simd, lin_shape
+from .memory import LINEARS, att_simd, lin_shape
 
 LABEL = "estimate (FINN MVAU-style formulas and fixed fp32 operator costs; not a synthesis report)"
 
@@ -113,22 +113,22 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
     for e in engines:
         if not e["gemv"]:
             continue
-        rows, cols = lin_shape(config, e["lin"])
+        shapes = [lin_shape(config, LINEARS.index(lin)) for lin in e["linears"]]
         lut, ff, dsp, inputs = gemv_tile(e["bits"], e["group"], datapath)
-        name = f"GEMV engine {e['linear']}#{e['index']} ({e['bits']}-bit G{e['group']} {e['scales']}, {e['tier']})"
-        # an on-chip engine's tiles are parallel datapaths (brom_gemv_tiles unrolls them); a DDR engine streams its
-        # tiles one after another through one brom_ddr_gemv datapath
+        name = f"GEMV engine #{e['index']} {e['role']} ({e['bits']}-bit G{e['group']} {e['scales']}, {e['tier']})"
+        # an on-chip engine's tiles are parallel datapaths (brom_gemv_tiles_rt unrolls them); a DDR engine streams
+        # its tiles one after another through one brom_ddr_gemv_rt datapath
         datapaths = 1 if e["tier"] == "ddr" else e["tiles"]
-        units.append(_unit(name, datapaths, lut, ff, dsp, {**inputs, "rows": rows, "cols": cols,
-                                                           "tiles": e["tiles"]}))
+        units.append(_unit(name, datapaths, lut, ff, dsp, {**inputs, "max_rows": max(r for r, _ in shapes),
+                                                           "max_cols": max(c for _, c in shapes),
+                                                           "tiles": e["tiles"], "linears": e["linears"]}))
     n_engines = sum(1 for e in engines if e["gemv"])
     aq = _ops({"fdiv": 2, "fmul": 4})
     units.append(_unit("activation quantizer (one per engine)", n_engines, aq[0] + 4 * 31 + 4 * 50, aq[1] + 4 * 40,
                        aq[2], {"simd": 4, "engines": n_engines}))
     if lora_unit:
-        layer_engines = sum(1 for e in engines if e["gemv"] and e["lin"] < 7)
         lo = _ops({"h2f": 2, "fmul": 5, "fadd": 3})
-        units.append(_unit("LoRA apply (one per layer engine)", layer_engines, *lo,
+        units.append(_unit("LoRA apply (one, every linear)", 1, *lo,
                            {"lanes": 1, "dtype": lora.get("dtype"), "rank": lora.get("rank")}))
     group, simd, hd = config.n_heads // config.n_kv_heads, att_simd(config.head_dim), config.head_dim
     at = _ops({"fmul": 2 * group * simd + group, "fadd": group * (simd - 1) + group * (hd // simd - 1)

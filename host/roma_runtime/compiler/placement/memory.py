@@ -24,20 +24,21 @@ load_uram_bank's (impl = uram, reshaped to 64-bit words). The LoRA unit is laid 
 impl = ROMA_LORA_IMPL; rank and scale in LUTRAM), because the plan chooses ROMA_LORA_IMPL before a header exists.
 
 What the top declares for a plan, array by array (roma_core.cpp and the kernel headers):
-- per GEMV engine (one per linear and configuration: bits, group, scale format, tiles, tier), on chip: its bank,
-  RomBank<LIN, E>::planes [DEPTH][TILES][PLANE_WORDS] of 32-bit plane words and the scale arrays of its format
-  (fp16: scales and mins [DEPTH][TILES][PARAMS]; q8: params [..][PARAMS] and exps [..][ROWS], 16 bits), DEPTH =
-  its on-chip layers; a DDR engine declares no bank;
-- per engine, the local arrays of its kernel instances: gemv_engine's xq [COLS] int8, as and xs [NG];
-  act_quant's amax_bits and inv [NG]; per tile brom_tile_gemv's cand, xg, xsum and acc [ROWS] and
-  brom_gemv_tiles' xsums (ROM/URAM), or brom_ddr_gemv's cand, xg, xsum, acc [ROWS] and ex (DDR); lora_apply's t
-  [rank] when the build has a LoRA unit;
+- per GEMV engine (one per configuration: bits, group, scale format, tiles, tier; shared by every layer and
+  linear of that configuration, with the embedding and an untied output engines of their own), on chip: its bank,
+  Unit<U>::planes [TILES][words] of 32-bit plane words and the scale arrays of its format (fp16: scales and mins
+  [TILES][params]; q8: params [TILES][params] and exps [TILES][rows]), 16 bits, each tile's words of every
+  on-chip tensor of the engine stacked; a DDR engine declares no bank;
+- per engine, the local arrays of its kernel instances, sized by the largest tensor it serves (rows per tile,
+  columns): gemv_unit's xq [COLS] int8, as and xs [NG]; act_quant's amax_bits and inv [NG]; per tile
+  brom_tile_gemv_rt's cand, xg, xsum and acc [ROWS] and brom_gemv_tiles_rt's xsums (ROM/URAM), or
+  brom_ddr_gemv_rt's cand, xg, xsum, acc [ROWS] and ex (DDR);
 - once: g_norms [2 N_LAYERS + 1][DIM] fp32 (every layer's norms stay on chip, whatever the layer's tier),
   g_x, g_q, g_att [PREFILL_CHUNK][DIM], g_k, g_v [PREFILL_CHUNK][KV_DIM], g_logits [VOCAB] (the whole
   vocabulary's fp32 logits), attention's score [HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions, else the
-  build's context), the sampler's g_recent ring, the LoRA unit (C1), the on-chip KV cache g_kv_chip
-  [N_LAYERS][2][positions * KV_DIM] fp16, and the locals of the one layer() and forward() instance (h, qr, kr, o,
-  gate, up; h) and of attention (ql, acc).
+  build's context), the sampler's g_recent ring, the LoRA unit (C1) and the one lora_apply's t [rank], the on-chip
+  KV cache g_kv_chip [N_LAYERS][2][positions * KV_DIM] fp16, and the locals of the one layer() and forward()
+  instance (h, qr, kr, o, gate, up; h) and of attention (ql, acc).
 Not listed: locals the footprint finds in LUTRAM or registers in every build (sampler pools, RoPE tables,
 partial sums, the status words); they cost no block RAM.
 """
@@ -196,15 +197,16 @@ def att_simd(head_dim: int) -> int:  # roma_core.cpp ATT_SIMD
 
 
 PRAGMA_SITES = {
-    # a weight bank [layers][TILES][words]: the engine passes one layer's row to bank_tiles (a BRAM ROM's storage)
-    # and brom_gemv_tiles; a URAM bank's storage is bound where CMD_LOAD_WEIGHTS writes it, the whole bank passed to
-    # load_uram_bank. A site with a tier ("rom" or "uram") applies to the banks of that tier only.
-    "planes": [("bank_tiles", "planes", 1, {}, "rom"), ("load_uram_bank", "planes", 0, {}, "uram"),
-               ("brom_gemv_tiles", "planes", 1, {}), ("brom_tile_gemv", "planes", 2, {"WPS": _wps})],
-    "scales": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles", "prm", 1, {})],
-    "params": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles", "prm", 1, {})],
-    "mins": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles", "aux", 1, {})],
-    "exps": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles", "aux", 1, {})],
+    # a weight bank [TILES][words]: the engine passes it whole to bank_tiles (a BRAM ROM's storage) and
+    # brom_gemv_tiles_rt, which passes each tile's row to brom_tile_gemv_rt; a URAM bank's storage is bound where
+    # CMD_LOAD_WEIGHTS writes it, the whole bank passed to load_uram_bank. A site with a tier ("rom" or "uram")
+    # applies to the banks of that tier only.
+    "planes": [("bank_tiles", "planes", 0, {}, "rom"), ("load_uram_bank", "planes", 0, {}, "uram"),
+               ("brom_gemv_tiles_rt", "planes", 0, {}), ("brom_tile_gemv_rt", "planes", 1, {"WPS": _wps})],
+    "scales": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles_rt", "prm", 0, {})],
+    "params": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles_rt", "prm", 0, {})],
+    "mins": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles_rt", "aux", 0, {})],
+    "exps": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles_rt", "aux", 0, {})],
     "g_norms": [("rms_norm", "weight", 1, {"SIMD": lambda a, s, c: 4})],  # norm.h: rms_norm<N, SIMD = 4>
     "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: att_simd(c["HEAD_DIM"])})],
@@ -283,10 +285,10 @@ def apply_layout(arr: Array, applied: list, strict: bool = True) -> Array:
 
 
 def array_key(name: str) -> str:
-    """The name the planner and the footprint compare arrays by: a bank keeps its engine (RomBank<LIN, E>), other
+    """The name the planner and the footprint compare arrays by: a bank keeps its engine (Unit<U>), other
     template arguments collapse ('attention_query<9, 3, ...>::score' -> 'attention_query<...>::score'); a static
     local loses its function's argument list and namespace."""
-    if name.startswith("RomBank<"):
+    if name.startswith("Unit<"):
         return name
     name = name.replace("(anonymous namespace)::", "")
     out, depth = [], 0
@@ -305,10 +307,14 @@ def array_key(name: str) -> str:
 # --- what the top declares for a plan -----------------------------------------------------------------------
 
 
+LAYERS = -1  # EngineConfig.role of an engine of the layers' linears
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    """What one GEMV engine is built for (roma_model.h ENGINE_*): a linear's configuration and tier."""
-    lin: int  # index into LINEARS
+    """What one GEMV engine is built for (roma_model.h UNIT_*): a configuration and tier, shared by the layers'
+    linears (role LAYERS), or the embedding's or an untied output's own (role L_EMBD, L_OUTPUT)."""
+    role: int
     bits: int
     group: int
     scales: str  # "fp16" or "q8"
@@ -352,22 +358,28 @@ def _laid_out(arrays: list[Array], pragmas: list[Pragma], consts: dict, tier: st
     return arrays
 
 
-def bank_arrays(config: ModelConfig, e: EngineConfig, index: int, depth: int, pragmas: list[Pragma]) -> list[Array]:
-    """RomBank<LIN, E>'s arrays for `depth` on-chip layers (none for a DDR engine or depth 0). A ROM bank is laid
-    out by the sources' pragmas of its tier (a URAM bank's: load_uram_bank's, impl = uram, 64-bit words)."""
-    if e.tier == "ddr" or depth <= 0:
-        return []
-    rows_all, cols = lin_shape(config, e.lin)
+def tile_words(config: ModelConfig, e: EngineConfig, lin: int) -> tuple[int, int, int]:
+    """(plane words, scale entries, aux entries) of one tile of linear `lin`'s tensor on engine e (roma_core.cpp
+    tile_words: aux entries are per row for q8, per step for fp16)."""
+    rows_all, cols = lin_shape(config, lin)
     rows = rows_all // e.tiles
-    ng = cols // e.group
-    wps = e.bits * e.group // ROM_WORD_BITS
-    params = ng * rows
-    owner = f"RomBank<{e.lin}, {index}>"
-    shapes = [("planes", 32, params * wps)] + (
-        [("params", 16, params), ("exps", 16, rows)] if e.scales == "q8" else
-        [("scales", 16, params), ("mins", 16, params)])
-    arrays = [Array(f"{owner}::{v}", v, _bytes(b, [depth, e.tiles, n]), b, [depth, e.tiles, n])
-              for v, b, n in shapes]
+    params = cols // e.group * rows
+    return params * e.bits * e.group // ROM_WORD_BITS, params, rows if e.scales == "q8" else params
+
+
+def bank_arrays(config: ModelConfig, e: EngineConfig, index: int, on_chip: list[int],
+                pragmas: list[Pragma]) -> list[Array]:
+    """Unit<index>'s bank arrays for its on-chip tensors (their linears, `on_chip`; none for a DDR engine): each
+    tile's words of every tensor, stacked. A bank is laid out by the sources' pragmas of its tier (a URAM bank's:
+    load_uram_bank's, impl = uram, 64-bit words)."""
+    if e.tier == "ddr" or not on_chip:
+        return []
+    words = [sum(tile_words(config, e, lin)[k] for lin in on_chip) for k in range(3)]
+    owner = f"Unit<{index}>"
+    shapes = [("planes", 32, words[0])] + (
+        [("params", 16, words[1]), ("exps", 16, words[2])] if e.scales == "q8" else
+        [("scales", 16, words[1]), ("mins", 16, words[1])])
+    arrays = [Array(f"{owner}::{v}", v, _bytes(b, [e.tiles, n]), b, [e.tiles, n]) for v, b, n in shapes]
     return _laid_out(arrays, pragmas, {}, e.tier)
 
 
@@ -378,34 +390,34 @@ def _local(function: str, var: str, bits: int, dims: list, pragmas: list[Pragma]
     return apply_layout(a, local_pragmas(function, a, pragmas, env or {}), strict=False)
 
 
-def engine_locals(config: ModelConfig, e: EngineConfig, pragmas: list[Pragma], lora_rank: int = 0) -> list[Array]:
-    """The local arrays of one engine's kernel instances (gemv_engine, act_quant, the tiles or the DDR stream,
-    lora_apply), each one RTL instance (per tile for the ROM/URAM tiles)."""
-    rows_all, cols = lin_shape(config, e.lin)
-    rows, ng, g = rows_all // e.tiles, cols // e.group, e.group
+def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Pragma]) -> list[Array]:
+    """The local arrays of one engine's kernel instances (gemv_unit, act_quant, the tiles or the DDR stream), each
+    one RTL instance (per tile for the ROM/URAM tiles), sized by the largest of the tensors it serves (their
+    linears, `lins`)."""
+    shapes = [lin_shape(config, lin) for lin in set(lins)]
+    rows, cols = max(r for r, _ in shapes) // e.tiles, max(c for _, c in shapes)
+    ng, g = cols // e.group, e.group
     # template parameters the pragmas may name (a local constexpr the footprint cannot read is left out, as there)
-    tpl = {"ROWS": rows, "COLS": cols, "GROUP": g, "BITS": e.bits, "TILES": e.tiles}
-    out = [_local("gemv_engine", "xq", 8, [cols], pragmas, {}),
-           _local("gemv_engine", "as", 32, [ng], pragmas, {}),
-           _local("gemv_engine", "xs", 32, [ng], pragmas, {}),
-           _local("act_quant", "amax_bits", 32, [ng], pragmas, tpl),
-           _local("act_quant", "inv", 32, [ng], pragmas, tpl)]
+    tpl = {"GROUP": g, "BITS": e.bits, "TILES": e.tiles}
+    out = [_local("gemv_unit", "xq", 8, [cols], pragmas, {}),
+           _local("gemv_unit", "as", 32, [ng], pragmas, {}),
+           _local("gemv_unit", "xs", 32, [ng], pragmas, {}),
+           _local("act_quant", "amax_bits", 32, [ng], pragmas, {"COLS": cols, **tpl}),
+           _local("act_quant", "inv", 32, [ng], pragmas, {"COLS": cols, **tpl})]
     if e.tier == "ddr":
         q8 = e.scales == "q8"
-        out += [_local("brom_ddr_gemv", "cand", 16, [ng, g // 4, 16], pragmas, tpl),
-                _local("brom_ddr_gemv", "xg", 8, [ng, g], pragmas, tpl),
-                _local("brom_ddr_gemv", "xsum", 32, [ng], pragmas, tpl),
-                _local("brom_ddr_gemv", "acc", 32, [rows], pragmas, tpl),
-                _local("brom_ddr_gemv", "ex", 16, [rows if q8 else 1], pragmas, tpl)]
+        out += [_local("brom_ddr_gemv_rt", "cand", 16, [ng, g // 4, 16], pragmas, tpl),
+                _local("brom_ddr_gemv_rt", "xg", 8, [ng, g], pragmas, tpl),
+                _local("brom_ddr_gemv_rt", "xsum", 32, [ng], pragmas, tpl),
+                _local("brom_ddr_gemv_rt", "acc", 32, [rows], pragmas, tpl),
+                _local("brom_ddr_gemv_rt", "ex", 16, [rows if q8 else 1], pragmas, tpl)]
     else:
         t = e.tiles
-        out += [_local("brom_tile_gemv", "cand", 16, [ng, g // 4, 16], pragmas, tpl, t),
-                _local("brom_tile_gemv", "xg", 8, [ng, g], pragmas, tpl, t),
-                _local("brom_tile_gemv", "xsum", 32, [ng], pragmas, tpl, t),
-                _local("brom_tile_gemv", "acc", 32, [rows], pragmas, tpl, t),
-                _local("brom_gemv_tiles", "xsums", 32, [t, ng], pragmas, tpl)]
-    if e.lin < L_EMBD and lora_rank > 0:
-        out.append(_local("lora_apply", "t", 32, [lora_rank], pragmas, tpl))
+        out += [_local("brom_tile_gemv_rt", "cand", 16, [ng, g // 4, 16], pragmas, tpl, t),
+                _local("brom_tile_gemv_rt", "xg", 8, [ng, g], pragmas, tpl, t),
+                _local("brom_tile_gemv_rt", "xsum", 32, [ng], pragmas, tpl, t),
+                _local("brom_tile_gemv_rt", "acc", 32, [rows], pragmas, tpl, t),
+                _local("brom_gemv_tiles_rt", "xsums", 32, [t, ng], pragmas, tpl)]
     return out
 
 
@@ -466,7 +478,8 @@ def lora_arrays(config: ModelConfig, slots: int, rank: int, targets, dtype: str,
     """The LoRA unit's arrays as lora_unit.h declares them, with roma_core's pragmas on them (ROMA_LORA_IMPL =
     `impl`): values [S][SLOT_VALUES] (fp16, or int8 codes) reshaped to 64-bit words, int8's fp32 row scales
     [S][rows] reshaped to 64-bit words; per (slot, layer, target) rank (16 bits) and scale (fp32) in LUTRAM, and
-    per slot loaded. No unit (no arrays) without slots or rank."""
+    per slot loaded; and the local A x [rank] of the one lora_apply instance. No unit (no arrays) without slots or
+    rank."""
     if slots <= 0 or rank <= 0 or not targets:
         return []
     where = "roma_core.cpp (the LoRA unit's pragmas)"
@@ -490,6 +503,7 @@ def lora_arrays(config: ModelConfig, slots: int, rank: int, targets, dtype: str,
         out.append(apply_layout(Array(f"g_lora.{var}", var, _bytes(b, dims), b, dims),
                                 [(contract_pragma("BIND_STORAGE", var, where, type="ram_1p", impl="lutram"), 0, {})]))
     out.append(apply_layout(Array("g_lora.loaded", "loaded", _bytes(8, [slots]), 8, [slots]), []))
+    out.append(_local("lora_apply", "t", 32, [rank], [], {}))  # the one lora_apply's A x (no pragma on it)
     return out
 
 

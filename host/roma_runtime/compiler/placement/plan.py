@@ -16,16 +16,17 @@ compiled synthesis path, with the same pragmas of the HLS sources and the same b
 BRAM36 tiles in RAMB36/RAMB18 aspect ratios counted in halves, URAM288 blocks of 4K x 72; LUTRAM for banks of
 depth <= 128 without a storage pragma). `make -C hw/hls footprint BUILD=...` then compares them array by array.
 
-- GEMV engines: one per linear and configuration (bits, group, scale format, tiles, tier), numbered as
-  roma_model.h numbers them. An on-chip engine has a bank, RomBank<LIN, E>, of [layers][TILES][words] 32-bit
-  plane words (partitioned in WPS = bits * group / 32 banks, one word each per cycle) and two 16-bit scale
-  arrays (fp16 scales and minimums, or q8's steps and row exponents), one row per layer it holds; BRAM-ROM
-  engines are `rom_1p impl=bram`, URAM-load-once engines (contract C2) writable `impl=uram` arrays reshaped to
-  64-bit words. Every engine (DDR ones too) declares its kernels' local arrays: the activation codes
-  xq[cols], the tiles' accumulators acc[rows], candidates, ... (memory.engine_locals).
-- A tensor costs what its engine's arrays grow by when it is added: one more bank row, plus the engine's local
-  arrays when it is the engine's first tensor. Norms cost nothing of their own: every layer's norms are rows of
-  g_norms, on chip in every build, counted with the buffers.
+- GEMV engines: one per configuration (bits, group, scale format, tiles, tier), shared by every layer and linear
+  of that configuration (the embedding and an untied output have their own), numbered as roma_model.h numbers
+  them. An on-chip engine has a bank, Unit<U>, of [TILES][words] 32-bit plane words (partitioned in WPS = bits *
+  group / 32 banks, one word each per cycle) and two 16-bit scale arrays (fp16 scales and minimums, or q8's steps
+  and row exponents), each tile's words of all its on-chip tensors stacked; BRAM-ROM engines are `rom_1p
+  impl=bram`, URAM-load-once engines (contract C2) writable `impl=uram` arrays reshaped to 64-bit words. Every
+  engine (DDR ones too) declares its kernels' local arrays, sized by the largest tensor it serves: the activation
+  codes xq[cols], the tiles' accumulators acc[rows], candidates, ... (memory.engine_locals).
+- A tensor costs what its engine's arrays grow by when it is added: its words in the bank, plus the engine's local
+  arrays when it is the engine's first tensor (or the largest so far). Norms cost nothing of their own: every
+  layer's norms are rows of g_norms, on chip in every build, counted with the buffers.
 
 Budget: at most ``budget`` (default 80%) of the board's BRAM36 and URAM, for timing closure; BRAM is counted
 in half tiles. Out of that budget, in this order, come:
@@ -115,7 +116,7 @@ from ...errors import RomaError
 from ...model.config import ModelConfig
 from ...model.weights import ROW_SCALE_BITS, SCALE_BITS, storage_bits_per_weight
 from . import logic
-from .memory import (L_EMBD, L_OUTPUT, LINEARS as HLS_LINEARS, TIERS, Array, EngineConfig, bank_arrays, core_arrays,
+from .memory import (L_EMBD, L_OUTPUT, LAYERS, LINEARS as HLS_LINEARS, TIERS, Array, EngineConfig, bank_arrays, core_arrays,
                      ddr_tiles, engine_locals, hw_constants, kv_array, logits_impl, lora_arrays, source_pragmas,
                      total)
 
@@ -167,7 +168,8 @@ class TensorPlan:
         return HLS_LINEARS.index(self.name.rsplit(".", 1)[-1])
 
     def engine(self, tier: str) -> EngineConfig:
-        return EngineConfig(self.lin, self.bits, self.group, self.scales, tier,
+        """The GEMV engine that runs this tensor on `tier`: shared by the layers' linears of its configuration."""
+        return EngineConfig(self.lin if self.lin >= L_EMBD else LAYERS, self.bits, self.group, self.scales, tier,
                             ddr_tiles(self.rows) if tier == "ddr" else 1)
 
     @property
@@ -874,67 +876,82 @@ def _unit_key(unit: list[TensorPlan]):
 
 
 class _Engines:
-    """The GEMV engines the top instantiates for the plan so far: one per linear and configuration (bits, group,
-    scale format, tiles, tier), numbered per linear in layer order of first use as roma_model.h numbers them, each
-    with the on-chip layers its bank holds. An engine costs its bank arrays and its kernels' local arrays
-    (memory.bank_arrays, memory.engine_locals); a tensor costs what its engine grows by when it is added."""
+    """The GEMV engines the top instantiates for the plan so far: one per configuration (bits, group, scale format,
+    tiles, tier), shared by every layer and linear of that configuration (the embedding and an untied output have
+    their own), each with the tensors it serves. An engine costs its bank arrays (each tile's words of its on-chip
+    tensors, stacked) and its kernels' local arrays, sized by the largest tensor it serves (memory.bank_arrays,
+    memory.engine_locals); a tensor costs what its engine grows by when it is added. Engines are numbered as
+    roma_model.h numbers them: by their first tensor, linear by linear and layer by layer, then the embedding and
+    the output."""
 
     def __init__(self, core: _Core):
         self.core = core
-        self.depth: dict[EngineConfig, int] = {}  # insertion order: creation order
+        self.members: dict[EngineConfig, tuple] = {}  # engine -> its tensors ((lin, layer, on chip), ...)
         self._cost: dict[tuple, tuple[float, float]] = {}
 
     def snapshot(self) -> dict:
-        return dict(self.depth)
+        return dict(self.members)
 
     def restore(self, snap: dict) -> None:
-        self.depth = snap
-
-    def _index(self, e: EngineConfig) -> int:
-        keys = [k for k in self.depth if k.lin == e.lin]
-        return keys.index(e) if e in keys else len(keys)
+        self.members = snap
 
     def _runs_gemv(self, e: EngineConfig) -> bool:
         """An untied embedding is only looked up (embedding_row): a bank, no GEMV engine."""
-        return not (e.lin == L_EMBD and not self.core.config.tied_embeddings)
+        return not (e.role == L_EMBD and not self.core.config.tied_embeddings)
 
-    def _arrays(self, e: EngineConfig, depth: int) -> list[Array]:
+    def _arrays(self, e: EngineConfig, members: tuple, index: int = 0) -> list[Array]:
         c = self.core
-        out = bank_arrays(c.config, e, self._index(e), depth, c.pragmas)
+        out = bank_arrays(c.config, e, index, [lin for lin, _, chip in members if chip], c.pragmas)
         if self._runs_gemv(e):
-            out += engine_locals(c.config, e, c.pragmas, c.lora_rank if c.lora_unit else 0)
+            out += engine_locals(c.config, e, [lin for lin, _, _ in members], c.pragmas)
         return out
 
-    def _total(self, e: EngineConfig, depth: int) -> tuple[float, float]:
-        key = (e, self._index(e), depth)
+    def _total(self, e: EngineConfig, members: tuple) -> tuple[float, float]:
+        on_chip = sorted(lin for lin, _, chip in members if chip)  # what the cost depends on
+        key = (e, tuple(on_chip), tuple(sorted({lin for lin, _, _ in members})))
         if key not in self._cost:
-            self._cost[key] = total(self._arrays(e, depth))
+            self._cost[key] = total(self._arrays(e, members))
         return self._cost[key]
+
+    @staticmethod
+    def _member(t: TensorPlan, tier: str) -> tuple:
+        return t.lin, t.layer or 0, tier != "ddr"
 
     def delta(self, t: TensorPlan, tier: str) -> tuple[float, float]:
         e = t.engine(tier)
-        before = self._total(e, self.depth[e]) if e in self.depth else (0.0, 0.0)
-        after = self._total(e, self.depth.get(e, 0) + (tier != "ddr"))
+        before = self._total(e, self.members[e]) if e in self.members else (0.0, 0.0)
+        after = self._total(e, self.members.get(e, ()) + (self._member(t, tier),))
         return after[0] - before[0], after[1] - before[1]
 
     def uram_hold(self, tensors: list[TensorPlan]) -> float:
         """BRAM the URAM engines of `tensors` that do not exist yet would take (their local arrays): what a ROM
         bank must leave free so that a unit like this one can still go to URAM when BRAM runs out."""
-        new = {t.engine("uram") for t in tensors if t.lin is not None} - set(self.depth)
-        return sum(self._total(e, 1)[0] for e in new)
+        new: dict[EngineConfig, tuple] = {}
+        for t in (t for t in tensors if t.lin is not None):
+            e = t.engine("uram")
+            if e not in self.members:
+                new[e] = new.get(e, ()) + (self._member(t, "uram"),)
+        return sum(self._total(e, m)[0] for e, m in new.items())
 
     def add(self, t: TensorPlan, tier: str) -> None:
         e = t.engine(tier)
-        self.depth[e] = self.depth.get(e, 0) + (tier != "ddr")
+        self.members[e] = self.members.get(e, ()) + (self._member(t, tier),)
+
+    def _numbered(self) -> list[tuple[int, EngineConfig, tuple]]:
+        """(roma_model.h's engine index, engine, tensors), in index order."""
+        first = {e: min((lin, layer) for lin, layer, _ in m) for e, m in self.members.items()}
+        return [(i, e, self.members[e]) for i, e in enumerate(sorted(self.members, key=first.get))]
 
     def arrays(self, tiers=TIERS) -> list[Array]:
-        return [a for e, n in self.depth.items() if e.tier in tiers for a in self._arrays(e, n)]
+        return [a for i, e, m in self._numbered() if e.tier in tiers for a in self._arrays(e, m, i)]
 
     def configs(self) -> list[dict]:
-        """Each engine: its linear, configuration, index and bank depth (what the logic estimate counts)."""
-        return [{"linear": HLS_LINEARS[e.lin], "lin": e.lin, "index": self._index(e), "bits": e.bits,
-                 "group": e.group, "scales": e.scales, "tier": e.tier, "tiles": e.tiles, "layers": n,
-                 "gemv": self._runs_gemv(e)} for e, n in self.depth.items()]
+        """Each engine: its index, role, configuration and tensors (what the logic estimate counts)."""
+        return [{"index": i, "role": "layers" if e.role == LAYERS else HLS_LINEARS[e.role], "bits": e.bits,
+                 "group": e.group, "scales": e.scales, "tier": e.tier, "tiles": e.tiles,
+                 "linears": sorted({HLS_LINEARS[lin] for lin, _, _ in m}, key=HLS_LINEARS.index),
+                 "tensors": len(m), "on_chip": sum(1 for *_, chip in m if chip), "gemv": self._runs_gemv(e)}
+                for i, e, m in self._numbered()]
 
 
 def _place_unit(unit: list[TensorPlan], pool: _Pool, engines: _Engines, orders=None) -> None:

@@ -29,24 +29,33 @@ struct ActQuantConfig {
   static constexpr int AMAX_DEPTH = 3;                                  // load, compare tree, select
   static constexpr int SCALE_DEPTH = 2 * timing::FDIV_LATENCY + 1;      // amax/127 then 1/scale
   static constexpr int QUANT_DEPTH = 2 + timing::FMUL_LATENCY + 2;      // load, mul, round, clip/store
-  static constexpr uint64_t CYCLES = (uint64_t)STEPS * timing::II + AMAX_DEPTH +
-                                     (uint64_t)NG * timing::II + SCALE_DEPTH +
-                                     (uint64_t)STEPS * timing::II + QUANT_DEPTH;
+  // a vector of `cols` inputs (a multiple of GROUP, at most COLS)
+  static constexpr uint64_t cycles(int cols) {
+    return (uint64_t)(cols / SIMD) * timing::II + AMAX_DEPTH + (uint64_t)(cols / GROUP) * timing::II + SCALE_DEPTH +
+           (uint64_t)(cols / SIMD) * timing::II + QUANT_DEPTH;
+  }
+  static constexpr uint64_t CYCLES = cycles(COLS);
 };
 
+// The first `cols` inputs of x (a multiple of GROUP, at most COLS: one instance serves vectors of several sizes).
 template <int COLS, int GROUP, int SIMD = 4>
-void act_quant(const float x[COLS], act_t xq[COLS], float a_scale[COLS / GROUP], Cycles &cyc) {
+void act_quant(int cols, const float x[COLS], act_t xq[COLS], float a_scale[COLS / GROUP], Cycles &cyc) {
   typedef ActQuantConfig<COLS, GROUP, SIMD> C;
   constexpr int STEPS_PER_GROUP = GROUP / SIMD;
+  constexpr int MAX_STEPS = C::STEPS, MAX_NG = C::NG; // used by the pragmas
+  (void)MAX_STEPS;
+  (void)MAX_NG;
 #pragma HLS ARRAY_PARTITION variable = x type = cyclic factor = SIMD dim = 1
 #pragma HLS ARRAY_PARTITION variable = xq type = cyclic factor = SIMD dim = 1
-  uint32_t amax_bits[C::NG];
-  float inv[C::NG];
+  uint32_t amax_bits[C::NG] = {}; // groups past cols / GROUP are never read (zeroed so no compiler sees otherwise)
+  float inv[C::NG] = {};
+  const int steps = cols / SIMD, ng = cols / GROUP;
 
 AMAX:
   uint32_t run = 0;
-  for (int s = 0; s < C::STEPS; ++s) {
+  for (int s = 0; s < steps; ++s) {
 #pragma HLS PIPELINE II = timing::II
+#pragma HLS LOOP_TRIPCOUNT min = STEPS_PER_GROUP max = MAX_STEPS
     uint32_t m = 0;
     for (int k = 0; k < SIMD; ++k) {
 #pragma HLS UNROLL
@@ -58,16 +67,18 @@ AMAX:
   }
 
 SCALE:
-  for (int g = 0; g < C::NG; ++g) {
+  for (int g = 0; g < ng; ++g) {
 #pragma HLS PIPELINE II = timing::II
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_NG
     const float sc = bits_to_float(amax_bits[g]) / (float)ACT_QMAX;
     a_scale[g] = sc;
     inv[g] = sc > 0.0f ? 1.0f / sc : 0.0f;
   }
 
 QUANT:
-  for (int s = 0; s < C::STEPS; ++s) {
+  for (int s = 0; s < steps; ++s) {
 #pragma HLS PIPELINE II = timing::II
+#pragma HLS LOOP_TRIPCOUNT min = STEPS_PER_GROUP max = MAX_STEPS
     const float iv = inv[s / STEPS_PER_GROUP];
     for (int k = 0; k < SIMD; ++k) {
 #pragma HLS UNROLL
@@ -78,7 +89,7 @@ QUANT:
     }
   }
 
-  cyc.act_quant += C::CYCLES;
+  cyc.act_quant += C::cycles(cols);
 }
 
 } // namespace roma

@@ -32,7 +32,8 @@
 // brom_candidates, brom_step_dot and brom_term are shared with the DDR-streamed tile (brom_ddr.h), which
 // reads the same words from DDR instead of ROM banks.
 //
-// Cycle model (constants in BromTileConfig, shared by the pragmas and the cycle counters):
+// Cycle model (BromStepConfig's formulas, shared by the pragmas and the cycle counters; a GEMV engine serving
+// tensors of several shapes takes ROWS and COLS at run time and its II from the fewest rows of its tensors):
 //   candidates: COLS/4 iterations (one quad per cycle) + CAND_DEPTH
 //   gemv:       NG*ROWS iterations at GEMV_II (= 1 when ROWS >= FADD_LATENCY) + GEMV_DEPTH; outputs are
 //               written by the last group's iterations (no separate output loop).
@@ -100,46 +101,68 @@ inline HalfPair brom_scales(scale_word_t prm, scale_word_t aux) {
   return {prm, aux};
 }
 
-template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
-          ScaleFormat SF = ScaleFormat::Fp16>
-struct BromTileConfig {
+// What a (group, row) step costs, whatever the matrix: the constants of one GEMV datapath (bits, group, scale
+// format, datapath) and its cycle formulas, evaluated with a tensor's run-time shape by a GEMV engine that serves
+// tensors of several shapes (roma_core.cpp) and with the fixed shape of BromTileConfig.
+template <int GROUP, int BITS, Datapath DP, ScaleFormat SF>
+struct BromStepConfig {
   static_assert(BITS == 2 || BITS == 3 || BITS == 4 || BITS == 8, "BITS must be 2, 3, 4 or 8");
   static_assert(GROUP == 32 || GROUP == 64 || GROUP == 128, "GROUP must be 32, 64 or 128");
-  static_assert(COLS % GROUP == 0 && ROWS > 0, "COLS must be a multiple of GROUP");
-  static constexpr int NG = COLS / GROUP;
   static constexpr int LANES = GROUP / ROM_WORD_BITS;
   static constexpr int QUADS = GROUP / QUAD;
   static constexpr int NIBBLES = ROM_WORD_BITS / QUAD; // quads per lane word
   static constexpr int WPS = BITS * LANES;             // ROM banks, one word each per cycle
-  static constexpr int PLANE_WORDS = NG * ROWS * WPS;  // per tile
-  static constexpr int PARAMS = NG * ROWS;             // prm entries per tile: one per (group, row) step
-  static constexpr int AUX = SF == ScaleFormat::Q8 ? ROWS : PARAMS; // aux entries: per row (q8) or step
-  // The aux entry of step `step` (row r): q8 exponents are per row.
-  static constexpr int aux_index(int step, int r) { return SF == ScaleFormat::Q8 ? r : step; }
-  // Loop-carried fp32 accumulation at distance ROWS: II >= ceil(FADD_LATENCY / ROWS).
-  static constexpr int GEMV_II =
-      ROWS >= timing::FADD_LATENCY ? timing::II : (timing::FADD_LATENCY + ROWS - 1) / ROWS;
+  // Loop-carried fp32 accumulation at distance `rows`: II >= ceil(FADD_LATENCY / rows).
+  static constexpr int gemv_ii(int rows) {
+    return rows >= timing::FADD_LATENCY ? timing::II : (timing::FADD_LATENCY + rows - 1) / rows;
+  }
   static constexpr int CAND_DEPTH = 3; // load quad, subset adders, store (+ xsum)
   // ROM read, select/multiply + adder tree, plane shifts, int->fp32, d*dot and m*xsum, add, *a_scale, acc
   static constexpr int INT_DEPTH = (DP == Datapath::LutSelect) ? 3 : 4;
   static constexpr int GEMV_DEPTH = timing::ROM_LATENCY + INT_DEPTH + 2 + timing::FMUL_LATENCY +
                                     timing::FADD_LATENCY + timing::FMUL_LATENCY + timing::FADD_LATENCY;
-  static constexpr uint64_t CAND_CYCLES = (uint64_t)(COLS / QUAD) * timing::II + CAND_DEPTH;
-  static constexpr uint64_t GEMV_CYCLES = (uint64_t)NG * ROWS * GEMV_II + GEMV_DEPTH;
+  static constexpr uint64_t cand_cycles(int cols) { return (uint64_t)(cols / QUAD) * timing::II + CAND_DEPTH; }
+  static constexpr uint64_t gemv_cycles(int rows, int cols, int ii) {
+    return (uint64_t)(cols / GROUP) * rows * ii + GEMV_DEPTH;
+  }
+};
+
+// One tile's fixed shape (ROWS x COLS), and the engine interface brom_tile_gemv_rt reads (MAX_ROWS, MAX_COLS,
+// MIN_ROWS, bank sizes): a tile of one tensor is an engine with a single shape.
+template <int ROWS, int COLS, int GROUP_, int BITS_, Datapath DP_ = Datapath::LutSelect,
+          ScaleFormat SF_ = ScaleFormat::Fp16>
+struct BromTileConfig : BromStepConfig<GROUP_, BITS_, DP_, SF_> {
+  typedef BromStepConfig<GROUP_, BITS_, DP_, SF_> S;
+  static_assert(COLS % GROUP_ == 0 && ROWS > 0, "COLS must be a multiple of GROUP");
+  static constexpr int GROUP = GROUP_, BITS = BITS_;
+  static constexpr Datapath DP = DP_;
+  static constexpr ScaleFormat SF = SF_;
+  static constexpr int MAX_ROWS = ROWS, MIN_ROWS = ROWS, MAX_COLS = COLS;
+  static constexpr int NG = COLS / GROUP;
+  static constexpr int PLANE_WORDS = NG * ROWS * S::WPS;  // per tile
+  static constexpr int PARAMS = NG * ROWS;                // prm entries per tile: one per (group, row) step
+  static constexpr int AUX = SF == ScaleFormat::Q8 ? ROWS : PARAMS; // aux entries: per row (q8) or step
+  // The aux entry of step `step` (row r): q8 exponents are per row.
+  static constexpr int aux_index(int step, int r) { return SF == ScaleFormat::Q8 ? r : step; }
+  static constexpr int GEMV_II = S::gemv_ii(ROWS);
+  static constexpr uint64_t CAND_CYCLES = S::cand_cycles(COLS);
+  static constexpr uint64_t GEMV_CYCLES = S::gemv_cycles(ROWS, COLS, GEMV_II);
   static constexpr uint64_t CYCLES = CAND_CYCLES + GEMV_CYCLES;
 };
 
 // Stage 1 of a GEMV: one quad of activations per cycle -> its 16 candidates (LutSelect) or the staged
 // activations (DspMac), and the per-group activation sums.
-template <int COLS, int GROUP, Datapath DP>
-void brom_candidates(const act_t xq[COLS], cand_t cand[COLS / GROUP][GROUP / QUAD][QUAD_CANDIDATES],
-                     act_t xg[COLS / GROUP][GROUP], acc_t xsum[COLS / GROUP]) {
+template <int MAX_COLS, int GROUP, Datapath DP>
+void brom_candidates(int cols, const act_t xq[MAX_COLS],
+                     cand_t cand[MAX_COLS / GROUP][GROUP / QUAD][QUAD_CANDIDATES], act_t xg[MAX_COLS / GROUP][GROUP],
+                     acc_t xsum[MAX_COLS / GROUP]) {
 #pragma HLS INLINE
   constexpr int QUADS = GROUP / QUAD;
   acc_t run = 0;
 CANDIDATES:
-  for (int q = 0; q < COLS / QUAD; ++q) {
+  for (int q = 0; q < cols / QUAD; ++q) {
 #pragma HLS PIPELINE II = timing::II
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_COLS / QUAD
     const int g = q / QUADS, k = q % QUADS;
     const acc_t x0 = xq[4 * q], x1 = xq[4 * q + 1], x2 = xq[4 * q + 2], x3 = xq[4 * q + 3];
     if (DP == Datapath::LutSelect) {
@@ -212,9 +235,69 @@ inline float brom_term(float a_scale, half_bits_t d, half_bits_t m, acc_t dot, a
   return a_scale * (half_to_float(d) * (float)dot + half_to_float(m) * (float)xsum);
 }
 
-// One tile, one activation vector; prm and aux: its scale ROM in format SF. dot_probe (group-major like prm,
-// [NG*ROWS]) is written only when PROBE is true (testbenches); xsum_out always receives the per-group
-// activation sums.
+// One tile of a GEMV engine E (BromTileConfig, or roma_core.cpp's engine: the GEMV datapath's GROUP, BITS, DP, SF,
+// and MAX_ROWS, MAX_COLS, MIN_ROWS over the tensors it serves, and its bank's PLANE_WORDS, PARAMS and AUX per
+// tile), one activation vector, a tensor of `rows` rows per tile and `cols` columns (run time, within the
+// engine's bounds) whose words start at plane_base, prm_base and aux_base of the tile's bank arrays (multiples of
+// WPS for the planes). dot_probe ([NG*rows], group-major like prm) is written only when PROBE is true
+// (testbenches); xsum_out always receives the per-group activation sums.
+template <class E, bool PROBE = false>
+void brom_tile_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const float a_scale[E::MAX_COLS / E::GROUP],
+                       const rom_word_t planes[E::PLANE_WORDS], int plane_base, const scale_word_t prm[E::PARAMS],
+                       int prm_base, const scale_word_t aux[E::AUX], int aux_base, float y[E::MAX_ROWS],
+                       acc_t dot_probe[(E::MAX_COLS / E::GROUP) * E::MAX_ROWS], acc_t xsum_out[E::MAX_COLS / E::GROUP],
+                       Cycles &cyc) {
+  typedef BromStepConfig<E::GROUP, E::BITS, E::DP, E::SF> S;
+  constexpr int NG_MAX = E::MAX_COLS / E::GROUP, QUADS = S::QUADS, WPS = S::WPS, GROUP = E::GROUP;
+  constexpr int MIN_ROWS = E::MIN_ROWS, STEPS_MAX = NG_MAX * E::MAX_ROWS; // used by the pragmas
+  constexpr int GEMV_II = S::gemv_ii(E::MIN_ROWS); // the shortest accumulator distance of the engine's tensors
+  (void)GEMV_II;
+  (void)MIN_ROWS;
+  (void)STEPS_MAX;
+#pragma HLS ARRAY_PARTITION variable = planes type = cyclic factor = WPS dim = 1
+
+  cand_t cand[NG_MAX][QUADS][QUAD_CANDIDATES]; // LutSelect: subset sums of every quad
+#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 2
+#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 3
+  act_t xg[NG_MAX][GROUP]; // DspMac: the activations of a group side by side
+#pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 2
+  acc_t xsum[NG_MAX];
+  float acc[E::MAX_ROWS];
+
+  brom_candidates<E::MAX_COLS, GROUP, E::DP>(cols, xq, cand, xg, xsum);
+
+  // Stage 2: stream the bank, one (group, row) step per cycle, WPS words from WPS banks: one flattened loop over
+  // the tensor's NG x rows steps (group-major).
+  const int ng = cols / GROUP, steps = ng * rows;
+  int g = 0, r = 0;
+GEMV_STEPS:
+  for (int step = 0; step < steps; ++step) {
+#pragma HLS PIPELINE II = GEMV_II
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = STEPS_MAX
+#pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = MIN_ROWS dependent = true
+    const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&planes[plane_base + step * WPS], cand[g], xg[g]);
+    if (PROBE) dot_probe[step] = dot;
+    const HalfPair dm =
+        brom_scales<E::SF>(prm[prm_base + step], aux[aux_base + (E::SF == ScaleFormat::Q8 ? r : step)]);
+    const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
+    const float sum = (g == 0) ? term : acc[r] + term;
+    acc[r] = sum;
+    if (g == ng - 1) y[r] = sum;
+    if (++r == rows) {
+      r = 0;
+      ++g;
+    }
+  }
+
+  for (int k = 0; k < NG_MAX; ++k) {
+#pragma HLS UNROLL
+    if (k < ng) xsum_out[k] = xsum[k];
+  }
+  cyc.candidates += S::cand_cycles(cols);
+  cyc.gemv += S::gemv_cycles(rows, cols, S::gemv_ii(E::MIN_ROWS));
+}
+
+// One tile of one tensor (a fixed shape; prm and aux: its scale ROM in format SF).
 template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect, bool PROBE = false,
           ScaleFormat SF = ScaleFormat::Fp16>
 void brom_tile_gemv(const act_t xq[COLS],
@@ -226,50 +309,45 @@ void brom_tile_gemv(const act_t xq[COLS],
                     acc_t dot_probe[(COLS / GROUP) * ROWS],
                     acc_t xsum_out[COLS / GROUP],
                     Cycles &cyc) {
-  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> C;
-  constexpr int NG = C::NG, QUADS = C::QUADS, WPS = C::WPS;
-  constexpr int GEMV_II = C::GEMV_II; // used by the PIPELINE pragma
-  (void)GEMV_II;
-#pragma HLS ARRAY_PARTITION variable = planes type = cyclic factor = WPS dim = 1
-
-  cand_t cand[NG][QUADS][QUAD_CANDIDATES]; // LutSelect: subset sums of every quad
-#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 2
-#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 3
-  act_t xg[NG][GROUP]; // DspMac: the activations of a group side by side
-#pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 2
-  acc_t xsum[NG];
-  float acc[ROWS];
-
-  brom_candidates<COLS, GROUP, DP>(xq, cand, xg, xsum);
-
-  // Stage 2: stream the ROM, one (group, row) step per cycle, WPS words from WPS banks.
-GEMV_GROUPS:
-  for (int g = 0; g < NG; ++g) {
-  GEMV_ROWS:
-    for (int r = 0; r < ROWS; ++r) {
-#pragma HLS PIPELINE II = GEMV_II
-#pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = ROWS dependent = true
-      const int step = g * ROWS + r;
-      const acc_t dot = brom_step_dot<GROUP, BITS, DP>(&planes[step * WPS], cand[g], xg[g]);
-      if (PROBE) dot_probe[step] = dot;
-      const HalfPair dm = brom_scales<SF>(prm[step], aux[C::aux_index(step, r)]);
-      const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
-      const float sum = (g == 0) ? term : acc[r] + term;
-      acc[r] = sum;
-      if (g == NG - 1) y[r] = sum;
-    }
-  }
-
-  for (int g = 0; g < NG; ++g) {
-#pragma HLS UNROLL
-    xsum_out[g] = xsum[g];
-  }
-  cyc.candidates += C::CAND_CYCLES;
-  cyc.gemv += C::GEMV_CYCLES;
+#pragma HLS INLINE
+  brom_tile_gemv_rt<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>, PROBE>(ROWS, COLS, xq, a_scale, planes, 0, prm, 0,
+                                                                           aux, 0, y, dot_probe, xsum_out, cyc);
 }
 
-// All TILES tiles of one matrix (TILES*ROWS outputs), in parallel: the unrolled loop instantiates TILES
-// independent tiles, each with its own ROM banks, so the matrix costs one tile's cycles.
+// All TILES tiles of engine E's bank (TILES x rows outputs of one tensor at the given bases), in parallel: the
+// unrolled loop instantiates TILES independent tiles, each with its own bank arrays, so a tensor costs one tile's
+// cycles.
+template <class E, int TILES, bool PROBE = false>
+void brom_gemv_tiles_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const float a_scale[E::MAX_COLS / E::GROUP],
+                        const rom_word_t planes[TILES][E::PLANE_WORDS], int plane_base,
+                        const scale_word_t prm[TILES][E::PARAMS], int prm_base,
+                        const scale_word_t aux[TILES][E::AUX], int aux_base, float *y,
+                        acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
+                        acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
+#pragma HLS ARRAY_PARTITION variable = planes type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = prm type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = aux type = complete dim = 1
+  constexpr int NG_MAX = E::MAX_COLS / E::GROUP;
+  acc_t xsums[TILES][NG_MAX]; // every tile sums the broadcast activations itself
+#pragma HLS ARRAY_PARTITION variable = xsums type = complete dim = 1
+TILES_LOOP:
+  for (int t = 0; t < TILES; ++t) {
+#pragma HLS UNROLL
+    Cycles tile_cyc;
+    brom_tile_gemv_rt<E, PROBE>(rows, cols, xq, a_scale, planes[t], plane_base, prm[t], prm_base, aux[t], aux_base,
+                                &y[t * rows], dot_probe[t], xsums[t], tile_cyc);
+    if (t == 0) { // parallel tiles: one tile's time
+      cyc.candidates += tile_cyc.candidates;
+      cyc.gemv += tile_cyc.gemv;
+    }
+  }
+  for (int k = 0; k < NG_MAX; ++k) {
+#pragma HLS UNROLL
+    if (k < cols / E::GROUP) xsum_out[k] = xsums[0][k];
+  }
+}
+
+// All TILES tiles of one tensor (TILES*ROWS outputs), in parallel (a fixed shape).
 template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
           bool PROBE = false, ScaleFormat SF = ScaleFormat::Fp16>
 void brom_gemv_tiles(const act_t xq[COLS],
@@ -281,26 +359,9 @@ void brom_gemv_tiles(const act_t xq[COLS],
                      acc_t dot_probe[TILES][(COLS / GROUP) * ROWS],
                      acc_t xsum_out[COLS / GROUP],
                      Cycles &cyc) {
-#pragma HLS ARRAY_PARTITION variable = planes type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = prm type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = aux type = complete dim = 1
-  acc_t xsums[TILES][COLS / GROUP]; // every tile sums the broadcast activations itself
-#pragma HLS ARRAY_PARTITION variable = xsums type = complete dim = 1
-TILES_LOOP:
-  for (int t = 0; t < TILES; ++t) {
-#pragma HLS UNROLL
-    Cycles tile_cyc;
-    brom_tile_gemv<ROWS, COLS, GROUP, BITS, DP, PROBE, SF>(xq, a_scale, planes[t], prm[t], aux[t], &y[t * ROWS],
-                                                           dot_probe[t], xsums[t], tile_cyc);
-    if (t == 0) { // parallel tiles: one tile's time
-      cyc.candidates += tile_cyc.candidates;
-      cyc.gemv += tile_cyc.gemv;
-    }
-  }
-  for (int g = 0; g < COLS / GROUP; ++g) {
-#pragma HLS UNROLL
-    xsum_out[g] = xsums[0][g];
-  }
+#pragma HLS INLINE
+  brom_gemv_tiles_rt<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>, TILES, PROBE>(
+      ROWS, COLS, xq, a_scale, planes, 0, prm, 0, aux, 0, y, dot_probe, xsum_out, cyc);
 }
 
 } // namespace roma

@@ -257,15 +257,20 @@ LORA_LOAD_ENTRIES:
   cyc.load += bytes / U::LOAD_BYTES_PER_CYCLE + timing::AXI_READ_LATENCY;
 }
 
-// y[OUT] += scale * B (A x) for (slot, layer, lin); nothing when `lin` is not a target of the unit or the slot
-// has no factor there.
-template <class U, int IN, int OUT>
-void lora_apply(const U &u, int slot, int layer, int lin, const float x[IN], float y[OUT], LoraCycles &cyc) {
+// y[out_dim(lin)] += scale * B (A x) for (slot, layer, lin), the linear a run-time index (one instance serves every
+// linear: its in and out sizes are the unit's in_dim/out_dim); nothing when `lin` is not a target of the unit or the
+// slot has no factor there.
+template <class U>
+void lora_apply(const U &u, int slot, int layer, int lin, const float x[U::DIM_MAX], float y[U::DIM_MAX],
+                LoraCycles &cyc) {
   if (!U::is_target(lin)) return;
   const uint32_t r = u.rank[slot][layer][U::target_index(lin)];
   if (r == 0) return;
-  constexpr int RMAX = U::MAX_R, ACC_II = U::ACC_II; // used by the pragmas
+  constexpr int RMAX = U::MAX_R, ACC_II = U::ACC_II, DMIN = U::DIM_MIN, DMAX = U::DIM_MAX; // used by the pragmas
   (void)ACC_II;
+  (void)DMIN;
+  (void)DMAX;
+  const int in = U::in_dim(lin), out = U::out_dim(lin);
   const long va = (long)layer * U::LAYER_VALUES + U::a_off(lin), vb = (long)layer * U::LAYER_VALUES + U::b_off(lin);
   const long ra = (long)layer * U::LAYER_ROWS + U::ra_off(lin), rb = (long)layer * U::LAYER_ROWS + U::rb_off(lin);
   const float s = u.scale[slot][layer][U::target_index(lin)];
@@ -274,14 +279,16 @@ LORA_A:
   for (uint32_t k = 0; k < r; ++k) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = RMAX
     float acc = 0.0f;
-    for (int i = 0; i < IN; ++i) {
+    for (int i = 0; i < in; ++i) {
 #pragma HLS PIPELINE II = ACC_II
-      acc += u.value(slot, va + (long)k * IN + i, ra + k) * x[i];
+#pragma HLS LOOP_TRIPCOUNT min = DMIN max = DMAX
+      acc += u.value(slot, va + (long)k * in + i, ra + k) * x[i];
     }
     t[k] = acc;
   }
 LORA_B:
-  for (int o = 0; o < OUT; ++o) {
+  for (int o = 0; o < out; ++o) {
+#pragma HLS LOOP_TRIPCOUNT min = DMIN max = DMAX
     float acc = 0.0f;
     for (uint32_t k = 0; k < r; ++k) {
 #pragma HLS PIPELINE II = ACC_II
@@ -290,7 +297,7 @@ LORA_B:
     }
     y[o] = y[o] + acc * s;
   }
-  cyc.apply += U::apply_cycles((int)r, IN, OUT);
+  cyc.apply += U::apply_cycles((int)r, in, out);
 }
 
 } // namespace roma

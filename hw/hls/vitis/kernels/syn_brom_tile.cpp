@@ -23,7 +23,7 @@ extern "C" void roma_syn_brom_tile(const float x[COLS], const roma::rom_word_t p
   roma::acc_t dot_probe[TILES][C::PARAMS];
   roma::acc_t xsum[C::NG];
   roma::Cycles cyc;
-  roma::act_quant<COLS, GROUP>(x, xq, a_scale, cyc);
+  roma::act_quant<COLS, GROUP>(COLS, x, xq, a_scale, cyc);
   roma::brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, roma::Datapath::ROMA_DATAPATH>(
       xq, a_scale, planes, scales, mins, y, dot_probe, xsum, cyc);
 }

@@ -20,15 +20,7 @@ extern "C" int roma_syn_lora_unit(int command, int slot, int lin, const uint8_t 
     roma::lora_load(unit, slot, image, bytes, cyc);
     return 0;
   }
-  switch (lin) {
-  case 0: roma::lora_apply<Unit, DIM, DIM>(unit, slot, 0, lin, x, y, cyc); break;
-  case 1:
-  case 2: roma::lora_apply<Unit, DIM, KV_DIM>(unit, slot, 0, lin, x, y, cyc); break;
-  case 3: roma::lora_apply<Unit, DIM, DIM>(unit, slot, 0, lin, x, y, cyc); break;
-  case 4:
-  case 5: roma::lora_apply<Unit, DIM, FFN_DIM>(unit, slot, 0, lin, x, y, cyc); break;
-  case 6: roma::lora_apply<Unit, FFN_DIM, DIM>(unit, slot, 0, lin, x, y, cyc); break;
-  default: return 2;
-  }
+  if (lin < 0 || lin > 6) return 2;
+  roma::lora_apply<Unit>(unit, slot, 0, lin, x, y, cyc); // one instance for every linear (run-time shapes)
   return 0;
 }
