@@ -18,7 +18,7 @@
 // configuration the build uses (roma_model.h's UNIT_*: bits, group, scale format (SCALES_*: fp16, or q8: 8-bit
 // steps with per-row exponents, brom_tile.h), tiles, and tier (BRAM ROM, URAM, DDR), from the per-layer BITS_*/
 // GROUP_*/SCALES_*/TILES_*/DDR_*/URAM_* arrays; the embedding and an untied output have engines of their own).
-// An engine takes the tensor's rows and columns at run time (brom_tile_gemv_rt, brom_ddr_gemv_rt) and is sized by
+// An engine takes the tensor's rows and columns at run time (brom_gemv_tiles_rt, brom_ddr_gemv_rt) and is sized by
 // the largest; a uniform build has one engine for all layers' linears (one per tier), a mixed one one per width
 // it uses. linear() compares the tensor's engine index with each engine's, so every engine is called at one
 // place, and applies the LoRA delta at one place. An on-chip engine's weights are its bank [TILES][words], each
@@ -484,7 +484,7 @@ void csim_tensor_gemv(int l, const act_t *xq, const float *as, const rom_word_t 
         g_gemv_paths[GEMV_PATH_PACKED] += R::TILES;
         Cycles packed; // the simulation's loop order; the stream's cycles are counted below
         for (int t = 0; t < R::TILES; ++t)
-          brom_tile_gemv_packed<ROWS, COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t * ROWS, xs, packed, g_threads);
+          brom_tile_gemv_packed<ROWS, COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t, xs, packed, g_threads, R::TILES);
         D::count(cyc, R::TILES, ROWS, COLS, R::MIN_ROWS);
       } else {
         g_gemv_paths[GEMV_PATH_DDR_STREAM] += R::TILES;
@@ -499,10 +499,10 @@ void csim_tensor_gemv(int l, const act_t *xq, const float *as, const rom_word_t 
         Cycles tc;
         ++g_gemv_paths[pk[t].ok ? GEMV_PATH_PACKED : GEMV_PATH_ROM_UNPACKED];
         if (pk[t].ok)
-          brom_tile_gemv_packed<ROWS, COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t * ROWS, xs, tc, g_threads);
+          brom_tile_gemv_packed<ROWS, COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t, xs, tc, g_threads, R::TILES);
         else
           brom_tile_gemv_csim<ROWS, COLS, R::GROUP, R::BITS, R::SF>(xq, as, &R::planes[t][pb], &R::prm()[t][qb],
-                                                                   &R::aux()[t][ab], y + t * ROWS, xs, tc, g_threads);
+                                                                   &R::aux()[t][ab], y + t, xs, tc, g_threads, R::TILES);
       }
       cyc.candidates += S::cand_cycles(COLS);
       cyc.gemv += S::gemv_cycles(ROWS, COLS, S::gemv_ii(R::MIN_ROWS));
@@ -595,6 +595,9 @@ void layer(int l, int start, int T, half_bits_t *kv, uint32_t cap, const rom_wor
   half_bits_t *kc = kv + (size_t)(2 * l) * cap * rm::KV_DIM;
   half_bits_t *vc = kv + (size_t)(2 * l + 1) * cap * rm::KV_DIM;
   float h[rm::DIM], qr[QDIM], kr[rm::KV_DIM];
+  // the GEMV outputs: the layers' engines write ROMA_GEMV_PE consecutive rows per cycle (one per PE)
+#pragma HLS ARRAY_PARTITION variable = qr type = cyclic factor = ROMA_GEMV_PE dim = 1
+#pragma HLS ARRAY_PARTITION variable = kr type = cyclic factor = ROMA_GEMV_PE dim = 1
 LAYER_QKV:
   for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
@@ -606,6 +609,9 @@ LAYER_QKV:
   }
   attend(KvOnChip(), l, start, T, kc, vc, a.layer);
   float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
+#pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = ROMA_GEMV_PE dim = 1
+#pragma HLS ARRAY_PARTITION variable = gate type = cyclic factor = ROMA_GEMV_PE dim = 1
+#pragma HLS ARRAY_PARTITION variable = up type = cyclic factor = ROMA_GEMV_PE dim = 1
 LAYER_FFN:
   for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
@@ -1000,6 +1006,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // the whole vocabulary's logits (the head writes them, the sampler and LOGITS_OUT read them): in URAM where the
   // board has it (roma_model.h's ROMA_LOGITS_IMPL, memory.logits_impl), 48 BRAM36 of SmolLM2's otherwise
 #pragma HLS BIND_STORAGE variable = g_logits type = ram_2p impl = ROMA_LOGITS_IMPL
+  // the chunk's values, written by the layers' GEMV engines ROMA_GEMV_PE rows per cycle
+#pragma HLS ARRAY_PARTITION variable = g_v type = cyclic factor = ROMA_GEMV_PE dim = 2
   // the LoRA unit's memory where the plan reserved it, 64-bit words (ROMA_LORA_ARRAYS: which arrays it declares)
 #if ROMA_LORA_ARRAYS >= 1
 #pragma HLS BIND_STORAGE variable = g_lora.values type = ram_s2p impl = ROMA_LORA_IMPL

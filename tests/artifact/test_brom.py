@@ -85,7 +85,8 @@ def _q8(sd, sm, ed, em, bits=2, group=32) -> QuantizedMatrix:
 
 def test_q8_layout():
     """params[t][g*R + r] = sd | (sm & 0xff) << 8, exponents[t][r] = (ed + 24) | (em + 24) << 8 with
-    d = sd * 2^ed, m = sm * 2^em; the grid's extremes (2^-24 subnormals, 255 * 2^8, -128 steps) are exact."""
+    d = sd * 2^ed, m = sm * 2^em, for row r * tiles + t (the tiles take the rows in turn); the grid's extremes
+    (2^-24 subnormals, 255 * 2^8, -128 steps) are exact."""
     sd = np.array([[1, 255], [200, 3], [0, 0], [255, 128]])
     sm = np.array([[-128, 127], [-2, 100], [0, 0], [-1, -128]])
     ed, em = np.array([-24, 3, -24, 8]), np.array([-24, -4, -24, 8])  # each row's smallest (an all-zero row: -24)
@@ -93,7 +94,7 @@ def test_q8_layout():
     img = brom.pack(qm, 2)
     for t in range(2):
         for r in range(2):
-            row = 2 * t + r
+            row = 2 * r + t
             e = int(img.exponents[t, r])
             assert (e & 0xFF) + Q8_EXP_MIN == ed[row] and (e >> 8) + Q8_EXP_MIN == em[row]
             for g in range(2):
@@ -141,7 +142,8 @@ def test_q8_refuses_a_negative_scale():
 
 
 def test_word_layout_matches_the_documented_formula():
-    """planes[t][((g*R + r)*b + p)*L + l] bit j = bit p of code[t*R + r, g*G + 32*l + j]."""
+    """planes[t][((g*R + r)*b + p)*L + l] bit j = bit p of code[r*tiles + t, g*G + 32*l + j]: tile t holds rows t,
+    t + tiles, ..."""
     bits, group, tiles = 3, 64, 2
     qm = random_qm(bits, group, rows=4, cols=128, seed=7)
     img = brom.pack(qm, tiles)
@@ -153,10 +155,10 @@ def test_word_layout_matches_the_documented_formula():
                     for lane in range(lanes):
                         word = int(img.planes[t, ((g * r_per + r) * bits + p) * lanes + lane])
                         for j in range(32):
-                            code = int(qm.codes[t * r_per + r, g * group + 32 * lane + j])
+                            code = int(qm.codes[r * tiles + t, g * group + 32 * lane + j])
                             assert (word >> j) & 1 == (code >> p) & 1
-                assert img.scales[t, g * r_per + r] == qm.scales[t * r_per + r, g].view(np.uint16)
-                assert img.minimums[t, g * r_per + r] == qm.minimums[t * r_per + r, g].view(np.uint16)
+                assert img.scales[t, g * r_per + r] == qm.scales[r * tiles + t, g].view(np.uint16)
+                assert img.minimums[t, g * r_per + r] == qm.minimums[r * tiles + t, g].view(np.uint16)
 
 
 def test_rows_must_split_evenly_into_tiles():

@@ -144,11 +144,12 @@ def test_ddr_build_has_no_rom_arrays_for_ddr_tensors(ddr_build, tiny_build):
     assert manifest["ddr"]["words"] == words.size and manifest["ddr"]["crc32"] == int(words[3])
     assert manifest["sizes"]["ddr_bytes"] == 4 * sum(tensors[n]["ddr_words"] for n in ddr)
     # the header: synthesis includes the .dat of on-chip tensors only (once per bank array: planes, scales,
-    # minimums), every linear's layer 0 in the bank of the one ROM engine and layer 1 on the DDR engine; DDR
-    # offsets and the image's identity
+    # minimums, and tile), every linear's layer 0 in the bank of the one ROM engine and layer 1 on the DDR engine;
+    # DDR offsets and the image's identity
     header = (ddr_build / "roma_model.h").read_text()
     included = re.findall(r'#include "(.+)\.dat"', header)
-    assert list(dict.fromkeys(included)) == on_chip and all(included.count(n) == 3 for n in on_chip)
+    assert list(dict.fromkeys(included)) == on_chip
+    assert all(included.count(n) == 3 * tensors[n]["tiles"] for n in on_chip)
     for lin in ("WQ", "WK", "W_DOWN"):  # one engine for every linear's ROM layer, one for every DDR layer
         assert f"constexpr int UNIT_{lin}[N_LAYERS] = {{0, 1}};" in header
     assert f"constexpr long long DDR_WORDS = {words.size};" in header
@@ -241,15 +242,19 @@ def gemv_paths(emu, run) -> dict[str, int]:
 
 
 @needs_gxx
-def test_every_gemv_takes_the_packed_fast_path(ddr_emu, tiny_emu):
+def test_every_gemv_takes_the_packed_fast_path(ddr_emu, tiny_emu, ddr_build, tiny_build):
     """The slow fallbacks compute the same bits, so only the counts show a tensor that missed its packing."""
-    for emu in (tiny_emu, ddr_emu):  # every tensor in ROM; layer 1, the untied head and the embedding in DDR
+    # every tensor in ROM; layer 1, the untied head and the embedding in DDR
+    for emu, build in ((tiny_emu, tiny_build), (ddr_emu, ddr_build)):
         cache = emu.new_cache(16)
         paths = gemv_paths(emu, lambda: [emu.forward(ids, cache) for ids in (IDS, [5], [6])])
-        # a prefill of 8 tokens and two decode steps: 7 linears per layer and token, the head's tiles per call (a
-        # DDR head is streamed in tiles of at most memory.DDR_TILE_MAX_ROWS rows)
+        # a prefill of 8 tokens and two decode steps: 7 linears per layer and token, each its tensor's tiles (the
+        # plan's PEs on chip, one on the DDR engine), and the head's tiles per call (a DDR head is streamed in tiles
+        # of at most memory.DDR_TILE_MAX_ROWS rows)
+        tensors = json.loads((build / "manifest.json").read_text())["tensors"]
+        layer_tiles = sum(e["tiles"] for name, e in tensors.items() if name.startswith("blk."))
         head_tiles = ddr_tiles(emu.config.vocab_size) if emu is ddr_emu else 1
-        assert paths == {"packed": 7 * emu.config.n_layers * (len(IDS) + 2) + 3 * head_tiles, "rom_unpacked": 0,
+        assert paths == {"packed": layer_tiles * (len(IDS) + 2) + 3 * head_tiles, "rom_unpacked": 0,
                          "ddr_stream": 0}
 
 

@@ -5,8 +5,9 @@ scale d and an fp16 minimum m per row and group of G inputs, w = d*q + m) in the
 (hw/hls/include/roma/brom_tile.h) reads, one ROM word per cycle per bank.
 
 Tiles
-    The matrix is split into `tiles` contiguous slices of output rows: tile t owns rows
-    [t*R, (t+1)*R) with R = rows / tiles (rows % tiles must be 0). Every tile has its own ROM arrays;
+    The matrix's output rows are dealt to `tiles` tiles in turn: tile t owns rows t, t + tiles, t + 2*tiles, ...
+    (its row r is row r * tiles + t), R = rows / tiles each (rows % tiles must be 0), so the tiles, the GEMV
+    engine's processing elements, finish `tiles` consecutive outputs per cycle. Every tile has its own ROM arrays;
     nothing is shared between tiles, so each tile emits finished outputs.
 
 Bit-plane words (layout 1, "group-major bit-planes")
@@ -199,8 +200,9 @@ def pack(qm: QuantizedMatrix, tiles: int = 1, name: str = "tensor") -> BromImage
     if qm.codes.size and int(qm.codes.max()) >= (1 << bits):
         raise RomaError(f"codes exceed {bits} bits; the matrix is not a valid {bits}-bit QuantizedMatrix")
     r, ng, lanes = rows // tiles, cols // group, group // WORD_BITS
-    # [tiles, R, NG, L, 32] -> [tiles, NG, R, L, 32]
-    codes = qm.codes.reshape(tiles, r, ng, lanes, WORD_BITS).transpose(0, 2, 1, 3, 4)
+    # tile t holds rows t, t + tiles, ... (its local row i is row i * tiles + t): [R, tiles, NG, L, 32] ->
+    # [tiles, NG, R, L, 32]
+    codes = qm.codes.reshape(r, tiles, ng, lanes, WORD_BITS).transpose(1, 2, 0, 3, 4)
     planes = np.empty((tiles, ng, r, bits, lanes), dtype=np.uint32)
     for p in range(bits):
         bitp = ((codes >> p) & 1).astype(np.uint8)
@@ -208,13 +210,13 @@ def pack(qm: QuantizedMatrix, tiles: int = 1, name: str = "tensor") -> BromImage
         planes[:, :, :, p, :] = np.ascontiguousarray(packed).view("<u4")[..., 0]
 
     def group_major(a: np.ndarray) -> np.ndarray:  # [rows, NG] -> [tiles, NG * R], index g * R + r
-        return np.ascontiguousarray(a.reshape(tiles, r, ng).transpose(0, 2, 1)).reshape(tiles, ng * r)
+        return np.ascontiguousarray(a.reshape(r, tiles, ng).transpose(1, 2, 0)).reshape(tiles, ng * r)
 
     planes = planes.reshape(tiles, -1)
     if qm.scale_format == "q8":
         sd, sm, ed, em = _q8_codes(qm, name)
         params = (sd.astype(np.uint16) | (sm.astype(np.uint8).astype(np.uint16) << 8))
-        exps = ((ed - Q8_EXP_MIN) | ((em - Q8_EXP_MIN) << 8)).astype(np.uint16).reshape(tiles, r)
+        exps = np.ascontiguousarray(((ed - Q8_EXP_MIN) | ((em - Q8_EXP_MIN) << 8)).astype(np.uint16).reshape(r, tiles).T)
         return BromImage(bits, group, rows, cols, tiles, planes, None, None, "q8", group_major(params), exps)
     return BromImage(bits, group, rows, cols, tiles, planes, group_major(qm.scales.view(np.uint16)),
                      group_major(qm.minimums.view(np.uint16)))
@@ -256,14 +258,14 @@ def unpack(img: BromImage) -> QuantizedMatrix:
     codes = np.zeros((tiles, ng, r, lanes, WORD_BITS), dtype=np.uint8)
     for p in range(bits):
         codes |= (bitvals[:, :, :, p] << p).astype(np.uint8)
-    codes = codes.transpose(0, 2, 1, 3, 4).reshape(img.rows, img.cols)
+    codes = codes.transpose(2, 0, 1, 3, 4).reshape(img.rows, img.cols)  # [R, tiles, ...]: row i * tiles + t
 
     def row_major(a: np.ndarray) -> np.ndarray:  # [tiles, NG * R] -> [rows, NG]
-        return np.ascontiguousarray(a.reshape(tiles, ng, r).transpose(0, 2, 1)).reshape(img.rows, ng)
+        return np.ascontiguousarray(a.reshape(tiles, ng, r).transpose(2, 0, 1)).reshape(img.rows, ng)
 
     codes = np.ascontiguousarray(codes)
     if img.scale_format == "q8":
-        p, e = row_major(img.params), img.exponents.reshape(img.rows, 1)
+        p, e = row_major(img.params), np.ascontiguousarray(img.exponents.T).reshape(img.rows, 1)
         d = q8_values(p & 0xFF, e & 0xFF)
         m = q8_values((p >> 8).astype(np.uint8).view(np.int8), e >> 8)
         return QuantizedMatrix(codes, d, m, img.bits, img.group, "q8")

@@ -79,7 +79,7 @@ def _bool(v) -> str:
 def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, context: int, board: str,
                   model_sha256: str, tiles_default: int = 1, ddr: dict | None = None,
                   kv_onchip: dict | None = None, lora_unit: dict | None = None, uram: dict | None = None,
-                  logits_impl: str = "bram") -> str:
+                  logits_impl: str = "bram", gemv_pe: int = 1) -> str:
     """tensors: manifest tensor entries (name -> {bits, group, tiles, ddr_offset, uram_offset, ...}) for
     blk.<i>.<linear>, token_embd and, when untied, output; ddr: the manifest's "ddr" entry (None: every tensor is
     on chip); uram: its "uram" entry (None: no tensor is in URAM);
@@ -193,7 +193,10 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               f"#define ROMA_LORA_IMPL {_impl(unit)}",
               f"#define ROMA_LORA_ARRAYS {lora_arrays}",
               "// the memory the whole vocabulary's logits (g_logits) bind to",
-              f"#define ROMA_LOGITS_IMPL {logits_impl}", "", "#endif  // ROMA_MODEL_H", "",
+              f"#define ROMA_LOGITS_IMPL {logits_impl}",
+              "// the tiles (PEs) of the layers' on-chip GEMV engines: the outputs they write per cycle, the cyclic",
+              "// partition of the layer's GEMV output buffers",
+              f"#define ROMA_GEMV_PE {gemv_pe}", "", "#endif  // ROMA_MODEL_H", "",
               "// Synthesis: the ROM banks, tile by tile (see the module doc of artifact/model_header.py);",
               "// outside the include guard: the top includes this header again with ROMA_ROM_DEFINE set.",
               "#ifdef ROMA_ROM_DEFINE", "#include ROMA_ROM_DEFINE"]

@@ -9,7 +9,8 @@ from collections import Counter
 from ..compiler.quantization.quantize import CALIB_TOKENS, METHODS
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS
 from . import common
-from .plan import LINEARS, add_ddr_argument, add_kv_onchip_argument, add_scales_argument, add_uram_argument
+from .plan import (LINEARS, add_ddr_argument, add_kv_onchip_argument, add_pe_argument, add_scales_argument,
+                   add_uram_argument)
 
 HELP = "quantize, pack and place a model into ROM images for a board (writes a build folder)"
 
@@ -42,6 +43,7 @@ def add_arguments(parser) -> None:
                              f"{CALIB_TOKENS['gptq']}; {CALIB_TOKENS['gptaq']} with --method gptaq)")
     add_ddr_argument(parser)
     add_uram_argument(parser)
+    add_pe_argument(parser)
     add_kv_onchip_argument(parser)
     parser.add_argument("--context", type=int, default=None, metavar="N",
                         help="the build's context: the longest session its core runs, which sizes attention's "
@@ -78,7 +80,7 @@ def run(args) -> int:
         board=args.board, lora_rank=args.lora_rank, bits_budget=args.bits_budget, embedding_bits=args.embedding_bits,
         force=args.force, calib_tokens=args.calib_tokens, progress=not args.no_progress, ddr=args.ddr,
         uram=args.uram, kv_onchip=args.kv_onchip or 0, context=args.context, lora_slots=args.lora_slots,
-        lora_slot_rank=args.lora_slot_rank, lora_targets=args.lora_targets, lora_dtype=args.lora_dtype)
+        lora_slot_rank=args.lora_slot_rank, lora_targets=args.lora_targets, lora_dtype=args.lora_dtype, pe=args.pe)
     q = manifest["quantization"]
     summary = {
         "out": str(args.out),

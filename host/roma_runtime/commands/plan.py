@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--context")
     add_ddr_argument(parser)
     add_uram_argument(parser)
+    add_pe_argument(parser)
     add_scales_argument(parser)
     parser.add_argument("--per-tensor", action="store_true", help="one row per tensor instead of per layer")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -54,6 +55,12 @@ def add_uram_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uram", default=None, metavar="UNITS",
                         help="put these units in URAM (load-once, written by the driver after the overlay loads) "
                              "instead of BRAM: layer numbers or ranges, head, embedding, or all (as --ddr)")
+
+
+def add_pe_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pe", type=int, default=None, metavar="N",
+                        help="tiles (processing elements) of the layers' on-chip GEMV engines, each one group of one "
+                             "row per cycle (default: the most the board's logic allows, by the estimate)")
 
 
 def add_scales_argument(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +106,7 @@ def run(args) -> int:
                      lora_targets=unit.targets if args.lora_targets is None else tuple(args.lora_targets),
                      lora_dtype=unit.dtype if args.lora_dtype is None else args.lora_dtype,
                      kv_tokens=args.kv_onchip, budget=args.budget, context=args.context, ddr=args.ddr,
-                     scales=args.scales, uram=args.uram)
+                     scales=args.scales, uram=args.uram, pe=args.pe)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
     else:

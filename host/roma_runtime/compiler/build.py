@@ -33,9 +33,9 @@ from ..model.weights import ModelWeights, QuantizedMatrix, as_float, storage_bit
 from ..progress import with_progress
 from ..tempfiles import clean_stale, write_text_atomic
 from .placement.footprint import FOOTPRINT_FILE
-from .placement.memory import ddr_tiles, logits_impl
-from .placement.plan import (DEFAULT_CONTEXT, check_ddr_units, check_kv_onchip, check_kv_tokens, make_plan,
-                             parse_ddr_units)
+from .placement.memory import logits_impl
+from .placement.plan import (DEFAULT_CONTEXT, check_ddr_units, check_kv_onchip, check_kv_tokens, check_pe,
+                             make_plan, parse_ddr_units)
 from .quantization.calibrate import collect_hessians, quantize_sequentially
 from .quantization.corpus import token_windows
 from .quantization.loftq import loftq
@@ -107,11 +107,12 @@ def _plan_name(name: str) -> str:
 
 
 def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, per_tensor_groups: dict,
-          unit: LoraUnit, ddr, kv_onchip: int = 0, scales: str = "fp16", uram=None, context: int | None = None):
+          unit: LoraUnit, ddr, kv_onchip: int = 0, scales: str = "fp16", uram=None, context: int | None = None,
+          pe: int | None = None):
     # the estimate's context: the plan's default (the on-chip KV, else DEFAULT_CONTEXT), or the build's when shorter
     plan = make_plan(config, board, bits=bits, group=group, per_tensor_bits=per_tensor_bits,
                      per_tensor_groups=per_tensor_groups, **_lora_plan_args(unit), ddr=ddr,
-                     kv_tokens=kv_onchip or None, scales=scales, uram=uram, build_context=context,
+                     kv_tokens=kv_onchip or None, scales=scales, uram=uram, build_context=context, pe=pe,
                      context=min(context or config.context_length, kv_onchip or DEFAULT_CONTEXT))
     return plan.to_dict()
 
@@ -199,7 +200,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
                   progress: bool = True, hessians=None, sensitivity=None, sensitivity_tokens: int = 256,
                   fail_after: str | None = None, ddr=None, kv_onchip: int = 0, uram=None,
                   context: int | None = None, lora_slots: int | None = None, lora_slot_rank: int | None = None,
-                  lora_targets=None, lora_dtype: str | None = None) -> dict:
+                  lora_targets=None, lora_dtype: str | None = None, pe: int | None = None) -> dict:
     """Quantize, pack, place and describe a model; returns the manifest (also written to out_dir).
 
     calib_tokens: calibration text for GPTQ, GPTAQ and the mixed-precision pricing (default CALIB_TOKENS[method]).
@@ -212,6 +213,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     reserves its memory before any weight, and the header gives it to the core (KV_ONCHIP_CTX).
     context: the build's context, 1..the model's context length (None: the model's): the longest session its
     core runs; CONTEXT in the header sizes attention's score buffer, the KV port and the token limits.
+    pe: the tiles (processing elements) of the layers' on-chip GEMV engines (None: the most the board's logic
+    allows, placement.plan.choose_pe); each tensor's tiles are the plan's.
     lora_slots, lora_slot_rank, lora_targets, lora_dtype: the core's LoRA unit (artifact/lora_unit.py), None
     for the board's default (boards.json "lora_unit"); lora_rank, the compensating LoRA's rank (LoftQ, on the
     unit's targets only), is at most the slot rank. The plan reserves the unit's memory before any weight.
@@ -237,6 +240,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         check_ddr_units(parse_ddr_units(ddr), config)
     if uram:
         check_ddr_units(parse_ddr_units(uram), config, "--uram")
+    if pe is not None:
+        check_pe(pe, config)
     # a KV longer than the context or too big for the board, likewise
     check_kv_tokens(kv_onchip or None, config)  # first: a KV longer than the model's context says so
     context = check_build_context(config, board_obj, context, kv_onchip)
@@ -334,18 +339,19 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     per_tensor_groups = {_plan_name(n): tensors[n]["group"] for n in tensors}
     plan_group = min(g for _, g in choice.values())  # what the plan's --group-wide reservations assume
     plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, per_tensor_groups, unit, ddr,
-                 kv_onchip, scales, uram, context)
+                 kv_onchip, scales, uram, context, pe)
     lora_unit = _lora_unit_entry(unit, plan)
     kv_entry = _kv_onchip_entry(plan, kv_onchip)
     placement = {t["name"]: t["placement"] for t in (plan or {}).get("tensors", [])}
+    tiles_of = {t["name"]: t["tiles"] for t in (plan or {}).get("tensors", [])}
     for n in tensors:
         tensors[n]["placement"] = placement.get(_plan_name(n))
 
     ddr_images, uram_images = {}, {}
     for name in _progress(tensor_names(config), "packing", progress):
         q = quantized[name]
-        # one tile on chip (the planner does not fold tensors yet); a DDR tensor's tiles bound its accumulator
-        n_tiles = ddr_tiles(q.shape[0]) if is_ddr(tensors[name]) else 1
+        # the plan's tiles: an on-chip layer tensor's engine's PEs, a DDR tensor's what bounds its accumulator
+        n_tiles = tiles_of[_plan_name(name)]
         img = pack(q, tiles=n_tiles, name=name)
         # the weights' identity whatever their tier and tiling (finetune's base fingerprint): the one-tile image's
         tensors[name]["image_sha256"] = (img if n_tiles == 1 else pack(q, tiles=1, name=name)).sha256()
@@ -377,7 +383,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     header.write_text(render_header(config, tensors, bits=bits, group=group, context=context,
                                     board=board_obj.name if hasattr(board_obj, "name")
                                     else str(board), model_sha256=identity, ddr=ddr_entry, kv_onchip=kv_entry,
-                                    lora_unit=lora_unit, uram=uram_entry, logits_impl=logits_impl(board_obj.uram)))
+                                    lora_unit=lora_unit, uram=uram_entry, logits_impl=logits_impl(board_obj.uram),
+                                    gemv_pe=plan["pe"]))
     files.append(header)
 
     linear_params = sum(int(np.prod(tensors[n]["shape"])) for n in linears)

@@ -116,7 +116,7 @@ long run_datapath(const Case &c, const BromImageHost &img, const BromImageHost *
     }
     for (int tile = 0; tile < TILES; ++tile) {
       for (int r = 0; r < ROWS; ++r) {
-        const int o = tile * ROWS + r;
+        const int o = r * TILES + tile; // tile t holds rows t, t + TILES, ...
         for (int g = 0; g < NG; ++g) {
           const int step = g * ROWS + r;
           const acc_t d = dot[(size_t)tile * PP + step];
@@ -171,7 +171,7 @@ long run_csim_fast(const Case &c, const BromImageHost &img, Tally &tally) {
     for (int threads = 1; threads <= 2; ++threads) {
       for (int tile = 0; tile < TILES; ++tile)
         brom_tile_gemv_csim<ROWS, COLS, GROUP, BITS, SF>(xq.data(), a_scale.data(), planes[tile], prm[tile], aux[tile],
-                                                         &yf[(size_t)tile * ROWS], xsf.data(), cyf, threads);
+                                                         &yf[tile], xsf.data(), cyf, threads, TILES);
       for (int o = 0; o < R; ++o) tally.check(float_to_bits(yf[o]) == float_to_bits(y[o]));
       for (int g = 0; g < NG; ++g) tally.check(xsf[g] == xsum[g]);
       // the repacked path (codes unpacked once at load): portable loop, and the SIMD loop when compiled in
@@ -180,10 +180,10 @@ long run_csim_fast(const Case &c, const BromImageHost &img, Tally &tally) {
         for (int tile = 0; tile < TILES; ++tile) {
           if (simd)
             brom_tile_gemv_packed<ROWS, COLS, GROUP, BITS, true>(xq.data(), a_scale.data(), packed[tile],
-                                                                 &yf[(size_t)tile * ROWS], xsf.data(), cyf, threads);
+                                                                 &yf[tile], xsf.data(), cyf, threads, TILES);
           else
             brom_tile_gemv_packed<ROWS, COLS, GROUP, BITS, false>(xq.data(), a_scale.data(), packed[tile],
-                                                                  &yf[(size_t)tile * ROWS], xsf.data(), cyf, threads);
+                                                                  &yf[tile], xsf.data(), cyf, threads, TILES);
         }
         for (int o = 0; o < R; ++o) tally.check(float_to_bits(yf[o]) == float_to_bits(y[o]));
         for (int g = 0; g < NG; ++g) tally.check(xsf[g] == xsum[g]);
@@ -231,8 +231,8 @@ long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cy
                                                                  xsd.data(), cyd);
     cycles_per_gemv = cyc.act_quant + cyd.total();
     for (int tile = 0; tile < TILES; ++tile)
-      brom_tile_gemv_packed<ROWS, COLS, GROUP, BITS>(xq.data(), a_scale.data(), packed[tile], &yp[(size_t)tile * ROWS],
-                                                     xsp.data(), cyp);
+      brom_tile_gemv_packed<ROWS, COLS, GROUP, BITS>(xq.data(), a_scale.data(), packed[tile], &yp[tile], xsp.data(),
+                                                     cyp, 0, TILES);
     for (int o = 0; o < R; ++o) {
       tally.check(float_to_bits(yd[o]) == float_to_bits(y[o]));
       tally.check(float_to_bits(yp[o]) == float_to_bits(y[o]));

@@ -41,19 +41,21 @@ def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
     model = json.loads((tiny_build / "manifest.json").read_text())["plan"]["model"]
     dim, vocab, n = model["dim"], model["vocab_size"], model["n_layers"]
     # the layers' ROM bank (engine 0, shared by every linear of every layer): each tile's words of all of them
-    # stacked, [TILES][words]. 4-bit codes in 32-bit plane words, G32 -> WPS = 4 banks (brom_tile_gemv_rt's cyclic
-    # partition), one tile; each bank 32 bits x (words / 4)
+    # stacked, [TILES][words], TILES the plan's PEs. 4-bit codes in 32-bit plane words, G32 -> WPS = 4 banks per
+    # tile (brom_gemv_tiles_rt's partitions); each bank 32 bits x (words / TILES / 4)
+    pe = json.loads((tiny_build / "manifest.json").read_text())["plan"]["pe"]
+    assert pe == 8  # the most tiles of at least 4 rows each: the tiny model's wk and wv have 32
     kv, ffn = dim // model["n_heads"] * model["n_kv_heads"], model["ffn_dim"]
     weights = n * (2 * dim * dim + 2 * kv * dim + 3 * ffn * dim)
     planes = _array(tiny_report, "Unit<0>::planes")
-    assert planes["bytes"] == weights * 4 // 8 and planes["dims"] == [1, weights * 4 // 32]
-    assert (planes["elem_bits"], planes["banks"], planes["width"]) == (32, 4, 32)
-    assert planes["depth"] == weights * 4 // 32 // 4
-    assert planes["impl"] == "bram" and planes["bram36"] == 4 * shape_cost(32, planes["depth"], BRAM_SHAPES)
+    assert planes["bytes"] == weights * 4 // 8 and planes["dims"] == [pe, weights * 4 // 32 // pe]
+    assert (planes["elem_bits"], planes["banks"], planes["width"]) == (32, 4 * pe, 32)
+    assert planes["depth"] == weights * 4 // 32 // pe // 4
+    assert planes["impl"] == "bram" and planes["bram36"] == 4 * pe * shape_cost(32, planes["depth"], BRAM_SHAPES)
     assert any("rom_1p" in p and "roma_core.cpp" in p for p in planes["pragmas"])  # bank_tiles: a BRAM ROM
     # the fp16 scales: [TILES][groups*rows] halves of every tensor, one bank per tile
     sc = _array(tiny_report, "Unit<0>::scales")
-    assert (sc["bytes"], sc["elem_bits"], sc["banks"], sc["depth"]) == (weights // 32 * 2, 16, 1, weights // 32)
+    assert (sc["bytes"], sc["elem_bits"], sc["banks"], sc["depth"]) == (weights // 32 * 2, 16, pe, weights // 32 // pe)
     # the whole-vocabulary logits buffer: fp32, one bank, in URAM where the board has it (ROMA_LOGITS_IMPL;
     # tiny_build targets a U250): 4K words per URAM
     lg = _array(tiny_report, "(anonymous namespace)::g_logits")
@@ -155,7 +157,7 @@ def test_the_plans_memory_model_is_the_objects(tiny_report):
     # kernels' local arrays, the norms, chunk activations, logits, attention's scores and the LoRA unit
     rows = {r["array"]: r for r in tiny_report["per_array"]}
     assert {"Unit<0>::planes", "Unit<2>::planes", "g_logits", "g_lora.values",
-            "attention_query<...>::score", "brom_tile_gemv_rt<...>::acc"} <= set(rows)
+            "attention_query<...>::score", "brom_gemv_tiles_rt<...>::acc"} <= set(rows)
     off = {name for name, r in rows.items() if not r["agrees"]}
     assert not off, off
     assert tiny_report["total_bram36"] == pytest.approx(tiny_report["plan"]["bram36"], rel=0.05)

@@ -30,9 +30,9 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   [TILES][params]; q8: params [TILES][params] and exps [TILES][rows]), 16 bits, each tile's words of every
   on-chip tensor of the engine stacked; a DDR engine declares no bank;
 - per engine, the local arrays of its kernel instances, sized by the largest tensor it serves (rows per tile,
-  columns): gemv_unit's xq [COLS] int8, as and xs [NG]; act_quant's amax_bits and inv [NG]; per tile
-  brom_tile_gemv_rt's cand, xg, xsum and acc [ROWS] and brom_gemv_tiles_rt's xsums (ROM/URAM), or
-  brom_ddr_gemv_rt's cand, xg, xsum, acc [ROWS] and ex (DDR);
+  columns): gemv_unit's xq [COLS] int8, as and xs [NG]; act_quant's amax_bits and inv [NG]; brom_gemv_tiles_rt's
+  cand, xg and xsum (once, shared by its PEs) and acc [TILES][ROWS] (ROM/URAM), or brom_ddr_gemv_rt's cand, xg,
+  xsum, acc [ROWS] and ex (DDR);
 - once: g_norms [2 N_LAYERS + 1][DIM] fp32 (every layer's norms stay on chip, whatever the layer's tier),
   g_x, g_q, g_att [PREFILL_CHUNK][DIM], g_k, g_v [PREFILL_CHUNK][KV_DIM], g_logits [VOCAB] (the whole
   vocabulary's fp32 logits), attention's score [HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions, else the
@@ -198,11 +198,11 @@ def att_simd(head_dim: int) -> int:  # roma_core.cpp ATT_SIMD
 
 PRAGMA_SITES = {
     # a weight bank [TILES][words]: the engine passes it whole to bank_tiles (a BRAM ROM's storage) and
-    # brom_gemv_tiles_rt, which passes each tile's row to brom_tile_gemv_rt; a URAM bank's storage is bound where
-    # CMD_LOAD_WEIGHTS writes it, the whole bank passed to load_uram_bank. A site with a tier ("rom" or "uram")
-    # applies to the banks of that tier only.
+    # brom_gemv_tiles_rt (a bank per tile, WPS banks each); a URAM bank's storage is bound where CMD_LOAD_WEIGHTS
+    # writes it, the whole bank passed to load_uram_bank. A site with a tier ("rom" or "uram") applies to the
+    # banks of that tier only.
     "planes": [("bank_tiles", "planes", 0, {}, "rom"), ("load_uram_bank", "planes", 0, {}, "uram"),
-               ("brom_gemv_tiles_rt", "planes", 0, {}), ("brom_tile_gemv_rt", "planes", 1, {"WPS": _wps})],
+               ("brom_gemv_tiles_rt", "planes", 0, {"WPS": _wps})],
     "scales": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles_rt", "prm", 0, {})],
     "params": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles_rt", "prm", 0, {})],
     "mins": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles_rt", "aux", 0, {})],
@@ -211,6 +211,7 @@ PRAGMA_SITES = {
     "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: att_simd(c["HEAD_DIM"])})],
     "g_logits": [("roma_core", "g_logits", 0, {})],
+    "g_v": [("roma_core", "g_v", 0, {})],  # cyclic ROMA_GEMV_PE (a build macro: the plan's pe)
     # the LoRA unit's members (roma_core.cpp: 64-bit words of fp16 values or int8 codes, and of fp32 row scales)
     "values": [("roma_core", "g_lora.values", 0, {"LORA_VALUES_PER_WORD": lambda a, s, c: 64 // a.elem_bits})],
     "row_scale": [("roma_core", "g_lora.row_scale", 0, {"LORA_ROW_SCALES_PER_WORD": lambda a, s, c: 2})],
@@ -392,7 +393,7 @@ def _local(function: str, var: str, bits: int, dims: list, pragmas: list[Pragma]
 
 def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Pragma]) -> list[Array]:
     """The local arrays of one engine's kernel instances (gemv_unit, act_quant, the tiles or the DDR stream), each
-    one RTL instance (per tile for the ROM/URAM tiles), sized by the largest of the tensors it serves (their
+    one RTL instance, sized by the largest of the tensors it serves (their
     linears, `lins`)."""
     shapes = [lin_shape(config, lin) for lin in set(lins)]
     rows, cols = max(r for r, _ in shapes) // e.tiles, max(c for _, c in shapes)
@@ -412,12 +413,10 @@ def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Prag
                 _local("brom_ddr_gemv_rt", "acc", 32, [rows], pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "ex", 16, [rows if q8 else 1], pragmas, tpl)]
     else:
-        t = e.tiles
-        out += [_local("brom_tile_gemv_rt", "cand", 16, [ng, g // 4, 16], pragmas, tpl, t),
-                _local("brom_tile_gemv_rt", "xg", 8, [ng, g], pragmas, tpl, t),
-                _local("brom_tile_gemv_rt", "xsum", 32, [ng], pragmas, tpl, t),
-                _local("brom_tile_gemv_rt", "acc", 32, [rows], pragmas, tpl, t),
-                _local("brom_gemv_tiles_rt", "xsums", 32, [t, ng], pragmas, tpl)]
+        out += [_local("brom_gemv_tiles_rt", "cand", 16, [ng, g // 4, 16], pragmas, tpl),
+                _local("brom_gemv_tiles_rt", "xg", 8, [ng, g], pragmas, tpl),
+                _local("brom_gemv_tiles_rt", "xsum", 32, [ng], pragmas, tpl),
+                _local("brom_gemv_tiles_rt", "acc", 32, [e.tiles, rows], pragmas, tpl)]
     return out
 
 

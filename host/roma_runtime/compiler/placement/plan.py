@@ -116,9 +116,9 @@ from ...errors import RomaError
 from ...model.config import ModelConfig
 from ...model.weights import ROW_SCALE_BITS, SCALE_BITS, storage_bits_per_weight
 from . import logic
-from .memory import (L_EMBD, L_OUTPUT, LAYERS, LINEARS as HLS_LINEARS, TIERS, Array, EngineConfig, bank_arrays, core_arrays,
-                     ddr_tiles, engine_locals, hw_constants, kv_array, logits_impl, lora_arrays, source_pragmas,
-                     total)
+from .memory import (L_EMBD, L_OUTPUT, LAYERS, LINEARS as HLS_LINEARS, TIERS, Array, EngineConfig, bank_arrays,
+                     core_arrays, ddr_tiles, engine_locals, hw_constants, kv_array, lin_shape, logits_impl,
+                     lora_arrays, source_pragmas, total)
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_GROUPS = (32, 64, 128)
@@ -154,6 +154,7 @@ class TensorPlan:
     bram36: float = 0.0  # blocks its engine's arrays grow by when it is added (see "engines" in the docstring)
     uram: float = 0.0
     scales: str = "fp16"  # how the scales and minimums are stored (compiler/quantization/quantize.py)
+    tiles: int = 1  # its engine's tiles (PEs): the tensor's rows dealt to them in turn (set when placed)
 
     @property
     def lin(self) -> int | None:
@@ -167,10 +168,13 @@ class TensorPlan:
             return L_EMBD
         return HLS_LINEARS.index(self.name.rsplit(".", 1)[-1])
 
-    def engine(self, tier: str) -> EngineConfig:
-        """The GEMV engine that runs this tensor on `tier`: shared by the layers' linears of its configuration."""
-        return EngineConfig(self.lin if self.lin >= L_EMBD else LAYERS, self.bits, self.group, self.scales, tier,
-                            ddr_tiles(self.rows) if tier == "ddr" else 1)
+    def engine(self, tier: str, pe: int = 1) -> EngineConfig:
+        """The GEMV engine that runs this tensor on `tier`: shared by the layers' linears of its configuration, its
+        tiles the plan's `pe` on chip (the embedding and an untied output keep one), a DDR tensor's what bounds its
+        accumulator (they stream one after another)."""
+        role = self.lin if self.lin >= L_EMBD else LAYERS
+        tiles = ddr_tiles(self.rows) if tier == "ddr" else pe if role == LAYERS else 1
+        return EngineConfig(role, self.bits, self.group, self.scales, tier, tiles)
 
     @property
     def bytes(self) -> int:
@@ -194,7 +198,7 @@ class TensorPlan:
             "bits": self.bits, "group": self.group, "scales": self.scales, "code_bytes": self.code_bytes,
             "scale_bytes": self.scale_bytes,
             "bytes": self.bytes, "placement": self.placement, "bram36": self.bram36, "uram": self.uram,
-            "read_per_token": self.read_per_token,
+            "tiles": self.tiles, "read_per_token": self.read_per_token,
         }
 
 
@@ -236,6 +240,7 @@ class Plan:
     arrays: list = field(default_factory=list)  # every array the top declares (memory.py), laid out
     engines: list = field(default_factory=list)  # the GEMV engines (_Engines.configs)
     logic: dict = field(default_factory=dict)  # LUT/FF/DSP estimates (logic.py)
+    pe: int = 1  # tiles (processing elements) of the layers' on-chip GEMV engines (choose_pe)
 
     # -- derived facts --
     @property
@@ -362,6 +367,7 @@ class Plan:
                        "bram36": sum(a.bram36 for a in self.arrays), "uram": sum(a.uram for a in self.arrays),
                        "arrays": [asdict(a) for a in self.arrays]},
             "engines": self.engines,
+            "pe": self.pe,
             "context": self.context,
             "lora_slots": self.lora_slots,
             "over_budget": self.over_budget,
@@ -575,10 +581,12 @@ class _Core:
     lora_dtype: str
     kv_tokens: int | None
     context: int
+    pe: int = 1  # tiles (processing elements) of the layers' on-chip GEMV engines
 
     @property
     def pragmas(self):
-        return source_pragmas({})  # the macro of g_kv_chip's impl is the plan's own choice (kv_array)
+        # the macro of g_kv_chip's impl is the plan's own choice (kv_array); ROMA_GEMV_PE is the header's pe
+        return source_pragmas({"ROMA_GEMV_PE": str(self.pe)})
 
     @property
     def hw(self) -> dict:
@@ -686,7 +694,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
               kv_tokens: int | None = None, budget: float = 0.8, context: int | None = None,
               ddr: Iterable | str | None = None, scales: str = "fp16",
               per_tensor_groups: dict | None = None, uram: Iterable | str | None = None,
-              build_context: int | None = None) -> Plan:
+              build_context: int | None = None, pe: int | None = None) -> Plan:
     """Place a model's quantized tensors on a board. `config` is a ModelConfig or a LoadedModel (only shapes
     matter); `board` a name from boards.json or a Board; `ddr` units to stream from DDR whatever the room
     (parse_ddr_units: a string like "1,3-5,head" or a list of layer numbers, "head", "embedding", "all");
@@ -694,7 +702,8 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     per_tensor_bits and per_tensor_groups (a build's choices) override bits and group by tensor name.
     lora_slots x lora_rank: the LoRA unit the top holds (contract C1; no unit when either is 0). `context` is
     the estimate's context; `build_context` the build's CONTEXT (default: the board's, Board.default_context), which
-    sizes attention's score buffer. See the module docstring for the model."""
+    sizes attention's score buffer. `pe`: the tiles of the layers' on-chip GEMV engines (default: choose_pe). See
+    the module docstring for the model."""
     config = _as_config(config)
     board = get_board(board)
     _check_bits(bits, "the model")
@@ -723,8 +732,10 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
         raise RomaError(f"--ddr and --uram both name {format_ddr_units(sorted(both, key=str))}",
                         hint="a unit has one place: name it in one of them")
 
+    widest = max([bits, *(per_tensor_bits or {}).values()])
+    pe = check_pe(pe, config) if pe is not None else choose_pe(config, board, widest, group)
     core = _Core(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, kv_tokens,
-                 build_context or board.default_context(config.context_length))
+                 build_context or board.default_context(config.context_length), pe)
     reserved, stage, (bram_budget, uram_budget) = _reserve(core)
     if reserved is None:
         _raise_no_room(core, stage)
@@ -763,13 +774,53 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
                 bram36_budget=bram_budget, uram_budget=uram_budget, estimate={}, ddr_forced=sorted(
                     forced, key=lambda u: (isinstance(u, str), u)), scales=scales,
                 uram_forced=sorted(in_uram, key=lambda u: (isinstance(u, str), u)),
-                per_tensor_groups=per_tensor_groups, context=core.context, lora_slots=lora.detail["slots"])
+                per_tensor_groups=per_tensor_groups, context=core.context, lora_slots=lora.detail["slots"], pe=pe)
     plan.arrays = _plan_arrays(core, lora.detail.get("impl"), kv.placement.lower(), engines)
     plan.engines = engines.configs()
     plan.logic = logic.estimate(config, board, plan.engines, lora=lora.detail, kv_tokens=kv_tokens or 0,
                                 context=core.context, arrays=plan.arrays)
     plan.estimate = estimate(plan, context=context)
     return plan
+
+
+# The layers' on-chip GEMV engines fold each matrix over PE tiles (finn-hlslib's MVAU: PE rows x GROUP inputs per
+# cycle). A tile needs at least MIN_TILE_ROWS rows of every linear (types.h timing::FADD_LATENCY: a row's fp32
+# accumulator is revisited every `rows` steps, so fewer rows would raise the engine's II), and the PEs of the
+# engines that may hold layers (a BRAM-ROM one and, on a board with URAM, a URAM one) take at most PE_LOGIC_SHARE
+# of the board's LUTs and DSPs by the logic estimate (logic.gemv_tile), leaving the rest for attention, the norms,
+# the LoRA unit and the DDR engines.
+PE_CHOICES = (32, 16, 8, 4, 2, 1)
+MIN_TILE_ROWS = 4
+PE_LOGIC_SHARE = 0.4
+
+
+def _layer_rows(config: ModelConfig) -> set[int]:
+    return {lin_shape(config, lin)[0] for lin in range(L_EMBD)}
+
+
+def check_pe(pe, config: ModelConfig) -> int:
+    """`pe` if every layer linear's rows split into that many tiles of at least MIN_TILE_ROWS rows, else RomaError."""
+    rows = _layer_rows(config)
+    if isinstance(pe, bool) or not isinstance(pe, int) or pe < 1 or any(r % pe or r // pe < MIN_TILE_ROWS
+                                                                       for r in rows):
+        fits = [p for p in range(1, max(rows) + 1) if all(r % p == 0 and r // p >= MIN_TILE_ROWS for r in rows)]
+        raise RomaError(f"--pe {pe!r}: the layers' rows ({', '.join(map(str, sorted(rows)))}) must split into that "
+                        f"many tiles of at least {MIN_TILE_ROWS} rows",
+                        hint=f"use one of {', '.join(map(str, fits))}")
+    return pe
+
+
+def choose_pe(config: ModelConfig, board: Board, bits: int, group: int) -> int:
+    """The most tiles (PE_CHOICES) the layers' on-chip engines can have on `board` (see PE_CHOICES)."""
+    rows = _layer_rows(config)
+    engines = 2 if board.uram else 1
+    lut, _, dsp, _ = logic.gemv_tile(bits, group)
+    for pe in PE_CHOICES:
+        if any(r % pe or r // pe < MIN_TILE_ROWS for r in rows):
+            continue
+        if engines * pe * lut <= PE_LOGIC_SHARE * board.luts and engines * pe * dsp <= PE_LOGIC_SHARE * board.dsp:
+            return pe
+    return 1
 
 
 def _plan_arrays(core: _Core, lora_impl: str | None, kv_impl: str, engines: "_Engines") -> list[Array]:
@@ -918,7 +969,7 @@ class _Engines:
         return t.lin, t.layer or 0, tier != "ddr"
 
     def delta(self, t: TensorPlan, tier: str) -> tuple[float, float]:
-        e = t.engine(tier)
+        e = t.engine(tier, self.core.pe)
         before = self._total(e, self.members[e]) if e in self.members else (0.0, 0.0)
         after = self._total(e, self.members.get(e, ()) + (self._member(t, tier),))
         return after[0] - before[0], after[1] - before[1]
@@ -928,14 +979,15 @@ class _Engines:
         bank must leave free so that a unit like this one can still go to URAM when BRAM runs out."""
         new: dict[EngineConfig, tuple] = {}
         for t in (t for t in tensors if t.lin is not None):
-            e = t.engine("uram")
+            e = t.engine("uram", self.core.pe)
             if e not in self.members:
                 new[e] = new.get(e, ()) + (self._member(t, "uram"),)
         return sum(self._total(e, m)[0] for e, m in new.items())
 
     def add(self, t: TensorPlan, tier: str) -> None:
-        e = t.engine(tier)
+        e = t.engine(tier, self.core.pe)
         self.members[e] = self.members.get(e, ()) + (self._member(t, tier),)
+        t.tiles = e.tiles
 
     def _numbered(self) -> list[tuple[int, EngineConfig, tuple]]:
         """(roma_model.h's engine index, engine, tensors), in index order."""

@@ -193,7 +193,7 @@ DDR_TILES:
           const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
           const float sum = (g == 0) ? term : acc[r] + term;
           acc[r] = sum;
-          if (g == ng - 1) y[t * rows + r] = sum;
+          if (g == ng - 1) y[r * TILES + t] = sum; // tile t holds rows t, t + TILES, ...
           if (++r == rows) {
             r = 0;
             ++g;

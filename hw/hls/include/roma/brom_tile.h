@@ -37,7 +37,8 @@
 //   candidates: COLS/4 iterations (one quad per cycle) + CAND_DEPTH
 //   gemv:       NG*ROWS iterations at GEMV_II (= 1 when ROWS >= FADD_LATENCY) + GEMV_DEPTH; outputs are
 //               written by the last group's iterations (no separate output loop).
-//   Tiles run in parallel (brom_gemv_tiles unrolls them), so a matrix costs one tile's cycles.
+//   Tiles are the engine's PEs (brom_gemv_tiles_rt unrolls them inside the step loop, each with its own bank;
+//   tile t holds rows t, t + TILES, ...), so a matrix costs one tile's cycles.
 //
 // Synthesis: the caller binds the arrays' storage (roma_core.cpp: a BRAM ROM, or a URAM bank written by
 // CMD_LOAD_WEIGHTS); a ROM is declared static const, initialised from the packer's .dat:
@@ -127,7 +128,7 @@ struct BromStepConfig {
   }
 };
 
-// One tile's fixed shape (ROWS x COLS), and the engine interface brom_tile_gemv_rt reads (MAX_ROWS, MAX_COLS,
+// One tile's fixed shape (ROWS x COLS), and the engine interface brom_gemv_tiles_rt reads (MAX_ROWS, MAX_COLS,
 // MIN_ROWS, bank sizes): a tile of one tensor is an engine with a single shape.
 template <int ROWS, int COLS, int GROUP_, int BITS_, Datapath DP_ = Datapath::LutSelect,
           ScaleFormat SF_ = ScaleFormat::Fp16>
@@ -235,18 +236,24 @@ inline float brom_term(float a_scale, half_bits_t d, half_bits_t m, acc_t dot, a
   return a_scale * (half_to_float(d) * (float)dot + half_to_float(m) * (float)xsum);
 }
 
-// One tile of a GEMV engine E (BromTileConfig, or roma_core.cpp's engine: the GEMV datapath's GROUP, BITS, DP, SF,
-// and MAX_ROWS, MAX_COLS, MIN_ROWS over the tensors it serves, and its bank's PLANE_WORDS, PARAMS and AUX per
-// tile), one activation vector, a tensor of `rows` rows per tile and `cols` columns (run time, within the
-// engine's bounds) whose words start at plane_base, prm_base and aux_base of the tile's bank arrays (multiples of
-// WPS for the planes). dot_probe ([NG*rows], group-major like prm) is written only when PROBE is true
-// (testbenches); xsum_out always receives the per-group activation sums.
-template <class E, bool PROBE = false>
-void brom_tile_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const float a_scale[E::MAX_COLS / E::GROUP],
-                       const rom_word_t planes[E::PLANE_WORDS], int plane_base, const scale_word_t prm[E::PARAMS],
-                       int prm_base, const scale_word_t aux[E::AUX], int aux_base, float y[E::MAX_ROWS],
-                       acc_t dot_probe[(E::MAX_COLS / E::GROUP) * E::MAX_ROWS], acc_t xsum_out[E::MAX_COLS / E::GROUP],
-                       Cycles &cyc) {
+// A GEMV engine E (BromTileConfig, or roma_core.cpp's engine: the datapath's GROUP, BITS, DP, SF, the bounds
+// MAX_ROWS, MAX_COLS, MIN_ROWS over the tensors it serves, and its bank's PLANE_WORDS, PARAMS and AUX per tile)
+// folded as finn-hlslib's MVAU: TILES processing elements, each one (group, row) step of GROUP inputs per cycle
+// from its own bank, in one flattened loop over the steps at II = GEMV_II. The activation side (the candidates,
+// or the staged activations, and the group sums) is built once and read by every PE at the same address.
+// One activation vector, a tensor of `rows` rows per tile and `cols` columns (run time, within the bounds) whose
+// words start at plane_base, prm_base and aux_base of each tile's bank arrays (multiples of WPS for the planes).
+// Tile t holds the tensor's rows r * TILES + t (r = 0..rows-1), so each cycle of the last group writes TILES
+// consecutive outputs: y partitioned cyclic by TILES (roma_core.cpp, GEMV_PE) takes them in one cycle.
+// dot_probe ([t][NG*rows], group-major like prm) is written only when PROBE is true (testbenches); xsum_out always
+// receives the per-group activation sums.
+template <class E, int TILES, bool PROBE = false>
+void brom_gemv_tiles_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const float a_scale[E::MAX_COLS / E::GROUP],
+                        const rom_word_t planes[TILES][E::PLANE_WORDS], int plane_base,
+                        const scale_word_t prm[TILES][E::PARAMS], int prm_base,
+                        const scale_word_t aux[TILES][E::AUX], int aux_base, float *y,
+                        acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
+                        acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
   typedef BromStepConfig<E::GROUP, E::BITS, E::DP, E::SF> S;
   constexpr int NG_MAX = E::MAX_COLS / E::GROUP, QUADS = S::QUADS, WPS = S::WPS, GROUP = E::GROUP;
   constexpr int MIN_ROWS = E::MIN_ROWS, STEPS_MAX = NG_MAX * E::MAX_ROWS; // used by the pragmas
@@ -254,20 +261,24 @@ void brom_tile_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const fl
   (void)GEMV_II;
   (void)MIN_ROWS;
   (void)STEPS_MAX;
-#pragma HLS ARRAY_PARTITION variable = planes type = cyclic factor = WPS dim = 1
+#pragma HLS ARRAY_PARTITION variable = planes type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = planes type = cyclic factor = WPS dim = 2
+#pragma HLS ARRAY_PARTITION variable = prm type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = aux type = complete dim = 1
 
-  cand_t cand[NG_MAX][QUADS][QUAD_CANDIDATES]; // LutSelect: subset sums of every quad
+  cand_t cand[NG_MAX][QUADS][QUAD_CANDIDATES]; // LutSelect: subset sums of every quad, shared by the PEs
 #pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 2
 #pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 3
   act_t xg[NG_MAX][GROUP]; // DspMac: the activations of a group side by side
 #pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 2
   acc_t xsum[NG_MAX];
-  float acc[E::MAX_ROWS];
+  float acc[TILES][E::MAX_ROWS]; // each PE's row accumulators
+#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 1
 
   brom_candidates<E::MAX_COLS, GROUP, E::DP>(cols, xq, cand, xg, xsum);
 
-  // Stage 2: stream the bank, one (group, row) step per cycle, WPS words from WPS banks: one flattened loop over
-  // the tensor's NG x rows steps (group-major).
+  // Stage 2: stream the banks, one (group, row) step per PE per cycle, WPS words from each PE's WPS banks: one
+  // flattened loop over the tensor's NG x rows steps (group-major).
   const int ng = cols / GROUP, steps = ng * rows;
   int g = 0, r = 0;
 GEMV_STEPS:
@@ -275,14 +286,18 @@ GEMV_STEPS:
 #pragma HLS PIPELINE II = GEMV_II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = STEPS_MAX
 #pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = MIN_ROWS dependent = true
-    const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&planes[plane_base + step * WPS], cand[g], xg[g]);
-    if (PROBE) dot_probe[step] = dot;
-    const HalfPair dm =
-        brom_scales<E::SF>(prm[prm_base + step], aux[aux_base + (E::SF == ScaleFormat::Q8 ? r : step)]);
-    const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
-    const float sum = (g == 0) ? term : acc[r] + term;
-    acc[r] = sum;
-    if (g == ng - 1) y[r] = sum;
+  GEMV_PES:
+    for (int t = 0; t < TILES; ++t) {
+#pragma HLS UNROLL
+      const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&planes[t][plane_base + step * WPS], cand[g], xg[g]);
+      if (PROBE) dot_probe[t][step] = dot;
+      const HalfPair dm =
+          brom_scales<E::SF>(prm[t][prm_base + step], aux[t][aux_base + (E::SF == ScaleFormat::Q8 ? r : step)]);
+      const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
+      const float sum = (g == 0) ? term : acc[t][r] + term;
+      acc[t][r] = sum;
+      if (g == ng - 1) y[r * TILES + t] = sum;
+    }
     if (++r == rows) {
       r = 0;
       ++g;
@@ -297,57 +312,8 @@ GEMV_STEPS:
   cyc.gemv += S::gemv_cycles(rows, cols, S::gemv_ii(E::MIN_ROWS));
 }
 
-// One tile of one tensor (a fixed shape; prm and aux: its scale ROM in format SF).
-template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect, bool PROBE = false,
-          ScaleFormat SF = ScaleFormat::Fp16>
-void brom_tile_gemv(const act_t xq[COLS],
-                    const float a_scale[COLS / GROUP],
-                    const rom_word_t planes[BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>::PLANE_WORDS],
-                    const scale_word_t prm[BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>::PARAMS],
-                    const scale_word_t aux[BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>::AUX],
-                    float y[ROWS],
-                    acc_t dot_probe[(COLS / GROUP) * ROWS],
-                    acc_t xsum_out[COLS / GROUP],
-                    Cycles &cyc) {
-#pragma HLS INLINE
-  brom_tile_gemv_rt<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>, PROBE>(ROWS, COLS, xq, a_scale, planes, 0, prm, 0,
-                                                                           aux, 0, y, dot_probe, xsum_out, cyc);
-}
-
-// All TILES tiles of engine E's bank (TILES x rows outputs of one tensor at the given bases), in parallel: the
-// unrolled loop instantiates TILES independent tiles, each with its own bank arrays, so a tensor costs one tile's
-// cycles.
-template <class E, int TILES, bool PROBE = false>
-void brom_gemv_tiles_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const float a_scale[E::MAX_COLS / E::GROUP],
-                        const rom_word_t planes[TILES][E::PLANE_WORDS], int plane_base,
-                        const scale_word_t prm[TILES][E::PARAMS], int prm_base,
-                        const scale_word_t aux[TILES][E::AUX], int aux_base, float *y,
-                        acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
-                        acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
-#pragma HLS ARRAY_PARTITION variable = planes type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = prm type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = aux type = complete dim = 1
-  constexpr int NG_MAX = E::MAX_COLS / E::GROUP;
-  acc_t xsums[TILES][NG_MAX]; // every tile sums the broadcast activations itself
-#pragma HLS ARRAY_PARTITION variable = xsums type = complete dim = 1
-TILES_LOOP:
-  for (int t = 0; t < TILES; ++t) {
-#pragma HLS UNROLL
-    Cycles tile_cyc;
-    brom_tile_gemv_rt<E, PROBE>(rows, cols, xq, a_scale, planes[t], plane_base, prm[t], prm_base, aux[t], aux_base,
-                                &y[t * rows], dot_probe[t], xsums[t], tile_cyc);
-    if (t == 0) { // parallel tiles: one tile's time
-      cyc.candidates += tile_cyc.candidates;
-      cyc.gemv += tile_cyc.gemv;
-    }
-  }
-  for (int k = 0; k < NG_MAX; ++k) {
-#pragma HLS UNROLL
-    if (k < cols / E::GROUP) xsum_out[k] = xsums[0][k];
-  }
-}
-
-// All TILES tiles of one tensor (TILES*ROWS outputs), in parallel (a fixed shape).
+// All TILES tiles of one tensor (TILES*ROWS outputs, tile t's row r is output r * TILES + t), in parallel (a fixed
+// shape).
 template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
           bool PROBE = false, ScaleFormat SF = ScaleFormat::Fp16>
 void brom_gemv_tiles(const act_t xq[COLS],

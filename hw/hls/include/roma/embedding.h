@@ -9,7 +9,8 @@
 //     and the WPS words of one (g, r) come from the WPS cyclic banks in one cycle, so a row costs NG
 //     cycles (18 for 576 at G=32), GROUP values per cycle. A row-major layout would not be faster at the
 //     same bank width.
-// The row's tile is token / ROWS (a TILES-way mux on the banks' outputs), its row in the tile token % ROWS.
+// The row's tile is token % TILES (a TILES-way mux on the banks' outputs), its row in the tile token / TILES (tile t
+// holds rows t, t + TILES, ...: brom_tile.h).
 // Exact: d*q is exact in fp32 (11-bit significand times an 8-bit code) and one rounding adds m, the same two
 // fp32 operations as QuantizedMatrix.dequantize (compile with -ffp-contract=off).
 //
@@ -62,8 +63,8 @@ void embedding_row(int token,
   typedef EmbeddingConfig<TILES, ROWS, COLS, GROUP, BITS> C;
   constexpr int NG = C::NG, WPS = C::Tile::WPS;
 #pragma HLS ARRAY_PARTITION variable = out type = cyclic factor = GROUP dim = 1
-  const int tile = token / ROWS;
-  const int r = token - tile * ROWS;
+  const int tile = token % TILES;
+  const int r = token / TILES;
 ROW:
   for (int g = 0; g < NG; ++g) {
 #pragma HLS PIPELINE II = timing::II
@@ -82,8 +83,8 @@ void embedding_row_ddr(int token, const rom_word_t *image, float out[COLS], Laye
   constexpr int NG = C::NG, WPS = C::Tile::WPS, DDR_II = C::DDR_II;
   (void)DDR_II; // used by the PIPELINE pragma
 #pragma HLS ARRAY_PARTITION variable = out type = cyclic factor = GROUP dim = 1
-  const int tile = token / ROWS;
-  const int r = token - tile * ROWS;
+  const int tile = token % TILES;
+  const int r = token / TILES;
   const rom_word_t *src = image + (long long)tile * D::TILE_WORDS;
 ROW_DDR:
   for (int g = 0; g < NG; ++g) {

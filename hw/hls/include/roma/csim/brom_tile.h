@@ -46,8 +46,8 @@ template <int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF = ScaleFormat:
           class C = BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>>
 void brom_tile_gemv_csim(const act_t xq[COLS], const float a_scale[COLS / GROUP],
                          const rom_word_t planes[C::PLANE_WORDS], const scale_word_t prm[C::PARAMS],
-                         const scale_word_t aux[C::AUX], float y[ROWS], acc_t xsum_out[COLS / GROUP], Cycles &cyc,
-                         int threads = 0) {
+                         const scale_word_t aux[C::AUX], float *y, acc_t xsum_out[COLS / GROUP], Cycles &cyc,
+                         int threads = 0, int y_stride = 1) {
   constexpr int NG = C::NG, LANES = C::LANES, WPS = C::WPS, OCTETS = COLS / 8;
   static thread_local std::vector<int16_t> tab_store; // the calling thread's tables, shared by the row threads
   tab_store.resize((size_t)OCTETS * 256);
@@ -81,7 +81,7 @@ void brom_tile_gemv_csim(const act_t xq[COLS], const float a_scale[COLS / GROUP]
       const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
       acc = (g == 0) ? term : acc + term;
     }
-    y[r] = acc;
+    y[(size_t)r * y_stride] = acc; // local row r: the tensor's row r * TILES + t when y_stride = TILES, y at tile t
   }
   cyc.candidates += C::CAND_CYCLES; // the hardware's cycles, whatever the simulation's loop order
   cyc.gemv += C::GEMV_CYCLES;
@@ -255,11 +255,13 @@ inline void csim_block_simd(const uint8_t *codes, const half_bits_t *dh, const h
 #define ROMA_CSIM_SIMD 0
 #endif
 
-// y[ROWS] of one tile from its repacked codes (pk.ok). SIMD: the AVX-512 VNNI loop when compiled in (the
+// The ROWS outputs of one tile from its repacked codes (pk.ok), local row r to y[r * y_stride] (the tiles of a tensor
+// interleave its rows: tile t's row r is the tensor's row r * TILES + t). SIMD: the AVX-512 VNNI loop when compiled in (the
 // Makefile's EMU_ARCH, on a CPU that lists those sets), else the portable loop; tb_brom_tile runs both.
 template <int ROWS, int COLS, int GROUP, int BITS, bool SIMD = (ROMA_CSIM_SIMD != 0)>
 void brom_tile_gemv_packed(const act_t xq[COLS], const float a_scale[COLS / GROUP], const CsimPackedTile &pk,
-                           float y[ROWS], acc_t xsum_out[COLS / GROUP], Cycles &cyc, int threads = 0) {
+                           float *y, acc_t xsum_out[COLS / GROUP], Cycles &cyc, int threads = 0,
+                           int y_stride = 1) {
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS> C;
   constexpr int NG = C::NG, VPG = GROUP / 4 / CsimPack<BITS>::CPB;
   constexpr int NB = (ROWS + CSIM_BLOCK - 1) / CSIM_BLOCK;
@@ -273,15 +275,15 @@ void brom_tile_gemv_packed(const act_t xq[COLS], const float a_scale[COLS / GROU
     const uint8_t *codes = &pk.codes[(size_t)b * NG * VPG * 64];
     const half_bits_t *dh = &pk.d[(size_t)b * NG * CSIM_BLOCK], *mh = &pk.m[(size_t)b * NG * CSIM_BLOCK];
     float tmp[CSIM_BLOCK];
-    const bool full = (b + 1) * CSIM_BLOCK <= ROWS;
-    float *out = full ? &y[b * CSIM_BLOCK] : tmp;
+    const bool direct = (b + 1) * CSIM_BLOCK <= ROWS && y_stride == 1;
+    float *out = direct ? &y[b * CSIM_BLOCK] : tmp;
 #if ROMA_CSIM_SIMD
     if (SIMD) csim_block_simd<COLS, GROUP, BITS>(codes, dh, mh, xq, a_scale, xsum, out);
     else
 #endif
       csim_block_portable<COLS, GROUP, BITS>(codes, dh, mh, xq, a_scale, xsum, out);
-    if (!full)
-      for (int i = 0; b * CSIM_BLOCK + i < ROWS; ++i) y[b * CSIM_BLOCK + i] = tmp[i];
+    if (!direct)
+      for (int i = 0; i < CSIM_BLOCK && b * CSIM_BLOCK + i < ROWS; ++i) y[(size_t)(b * CSIM_BLOCK + i) * y_stride] = tmp[i];
   }
   cyc.candidates += C::CAND_CYCLES; // the hardware's cycles, whatever the simulation's loop order
   cyc.gemv += C::GEMV_CYCLES;
