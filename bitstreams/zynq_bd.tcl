@@ -3,7 +3,11 @@
 #
 #   processing system (zynq_ultra_ps_e_0 or processing_system7_0), PL clock 0 at the board's clock
 #     M_AXI_HPM0_FPD / M_AXI_GP0 --ctrl_sc--> roma_core_0/s_axi_control   (AXI-Lite registers, by name in the .hwh)
-#     S_AXI_HP0(_FPD) <--hp0_sc-- roma_core_0 m_axi bundles of the bulk streams (weights, KV cache)
+#     S_AXI_HP0(_FPD) <--hp0_sc-- roma_core_0 m_axi_gmem_weights (the DDR-streamed weights)
+#     S_AXI_HP2(_FPD) <--hp2_sc-- roma_core_0 m_axi_gmem_kv (the KV cache: a port of its own, ROMA_KV_PORT_BITS wide,
+#                                 the width roma_model.h's KV_PORT_BITS gives attention; HP2 reaches DDR through
+#                                 another controller port than HP0: S4 vs S3 on Zynq UltraScale+, UG1085; the other
+#                                 AFI pair on Zynq-7000, UG585)
 #     S_AXI_HP1(_FPD) <--hp1_sc-- roma_core_0 the other m_axi bundles (tokens, logits, LoRA staging, status)
 #     pl_ps_irq0 / IRQ_F2P <-- roma_core_0/interrupt (the driver polls ap_done; the line is there for later)
 #   proc_sys_reset rst_0 on PL clock 0; every clock pin of the PS and the IPs on PL clock 0
@@ -11,7 +15,7 @@
 # ROMA_WORK/roma.bit + ROMA_WORK/roma.hwh (same base name: what PYNQ's Overlay loads) + roma.xsa.
 #
 # Run by bitstreams/Makefile (make -C bitstreams BOARD=...), which sets from boards.json (compiler/flow.py):
-#   ROMA_PART ROMA_FAMILY (zynqmp|zynq7) ROMA_PS_IP ROMA_CLOCK_MHZ ROMA_VLNV ROMA_IP_REPO ROMA_WORK
+#   ROMA_PART ROMA_FAMILY (zynqmp|zynq7) ROMA_PS_IP ROMA_CLOCK_MHZ ROMA_KV_PORT_BITS ROMA_VLNV ROMA_IP_REPO ROMA_WORK
 #   [ROMA_BOARD_PART] [ROMA_JOBS] [ROMA_ALLOW_TIMING_FAIL=1: keep a bitstream that misses timing]
 
 proc roma_env {name {default ""}} {
@@ -25,6 +29,7 @@ set part [roma_env ROMA_PART]
 set family [roma_env ROMA_FAMILY]
 set ps_ip [roma_env ROMA_PS_IP]
 set clock_mhz [roma_env ROMA_CLOCK_MHZ]
+set kv_port_bits [roma_env ROMA_KV_PORT_BITS]
 set vlnv [roma_env ROMA_VLNV]
 set ip_repo [file normalize [roma_env ROMA_IP_REPO]]
 set work [file normalize [roma_env ROMA_WORK]]
@@ -68,6 +73,8 @@ if {$family eq "zynqmp"} {
     CONFIG.PSU__USE__M_AXI_GP2 {0} \
     CONFIG.PSU__USE__S_AXI_GP2 {1} \
     CONFIG.PSU__USE__S_AXI_GP3 {1} \
+    CONFIG.PSU__USE__S_AXI_GP4 {1} \
+    CONFIG.PSU__SAXIGP4__DATA_WIDTH $kv_port_bits \
     CONFIG.PSU__USE__IRQ0 {1} \
     CONFIG.PSU__FPGA_PL0_ENABLE {1} \
     CONFIG.PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ $clock_mhz \
@@ -77,6 +84,7 @@ if {$family eq "zynqmp"} {
   set ps_ctrl [get_bd_intf_pins $ps/M_AXI_HPM0_FPD]
   set ps_hp0 [get_bd_intf_pins $ps/S_AXI_HP0_FPD]
   set ps_hp1 [get_bd_intf_pins $ps/S_AXI_HP1_FPD]
+  set ps_hp2 [get_bd_intf_pins $ps/S_AXI_HP2_FPD]
   set ps_irq [get_bd_pins $ps/pl_ps_irq0]
 } else {
   set ps [create_bd_cell -type ip -vlnv xilinx.com:ip:processing_system7 processing_system7_0]
@@ -87,6 +95,8 @@ if {$family eq "zynqmp"} {
     CONFIG.PCW_USE_M_AXI_GP0 {1} \
     CONFIG.PCW_USE_S_AXI_HP0 {1} \
     CONFIG.PCW_USE_S_AXI_HP1 {1} \
+    CONFIG.PCW_USE_S_AXI_HP2 {1} \
+    CONFIG.PCW_S_AXI_HP2_DATA_WIDTH $kv_port_bits \
     CONFIG.PCW_USE_FABRIC_INTERRUPT {1} \
     CONFIG.PCW_IRQ_F2P_INTR {1} \
     CONFIG.PCW_EN_CLK0_PORT {1} \
@@ -98,6 +108,7 @@ if {$family eq "zynqmp"} {
   set ps_ctrl [get_bd_intf_pins $ps/M_AXI_GP0]
   set ps_hp0 [get_bd_intf_pins $ps/S_AXI_HP0]
   set ps_hp1 [get_bd_intf_pins $ps/S_AXI_HP1]
+  set ps_hp2 [get_bd_intf_pins $ps/S_AXI_HP2]
   set ps_irq [get_bd_pins $ps/IRQ_F2P]
 }
 
@@ -107,12 +118,16 @@ set rst [create_bd_cell -type ip -vlnv xilinx.com:ip:proc_sys_reset rst_0]
 connect_bd_net $ps_resetn [get_bd_pins $rst/ext_reset_in]
 
 set masters [get_bd_intf_pins -of_objects $core -filter {MODE == Master}]
-set bulk {}
+set weights {}
+set kv {}
 set other {}
 foreach m $masters {
-  if {[regexp {gmem_(weights|kv)$} [get_property NAME $m]]} { lappend bulk $m } else { lappend other $m }
+  set bundle [get_property NAME $m]
+  if {[regexp {gmem_weights$} $bundle]} { lappend weights $m } elseif {[regexp {gmem_kv$} $bundle]} {
+    lappend kv $m
+  } else { lappend other $m }
 }
-if {![llength $bulk] || ![llength $other]} {
+if {![llength $weights] || ![llength $kv] || ![llength $other]} {
   puts stderr "error: roma_core's m_axi bundles ([get_property NAME $masters]) are not the ones roma_core.cpp declares"
   exit 2
 }
@@ -122,7 +137,7 @@ set_property -dict [list CONFIG.NUM_SI {1} CONFIG.NUM_MI {1}] $ctrl_sc
 connect_bd_intf_net $ps_ctrl [get_bd_intf_pins $ctrl_sc/S00_AXI]
 connect_bd_intf_net [get_bd_intf_pins $ctrl_sc/M00_AXI] [get_bd_intf_pins $core/s_axi_control]
 
-foreach {name group hp} [list hp0_sc $bulk $ps_hp0 hp1_sc $other $ps_hp1] {
+foreach {name group hp} [list hp0_sc $weights $ps_hp0 hp2_sc $kv $ps_hp2 hp1_sc $other $ps_hp1] {
   set sc [create_bd_cell -type ip -vlnv xilinx.com:ip:smartconnect $name]
   set_property -dict [list CONFIG.NUM_SI [llength $group] CONFIG.NUM_MI {1}] $sc
   set i 0
@@ -135,11 +150,11 @@ foreach {name group hp} [list hp0_sc $bulk $ps_hp0 hp1_sc $other $ps_hp1] {
 
 # Clocks: PL clock 0 drives the core, the reset block, the smartconnects and every AXI clock pin of the PS.
 set clk_pins [list [get_bd_pins $core/ap_clk] [get_bd_pins $rst/slowest_sync_clk]]
-foreach sc {ctrl_sc hp0_sc hp1_sc} { lappend clk_pins [get_bd_pins $sc/aclk] }
+foreach sc {ctrl_sc hp0_sc hp1_sc hp2_sc} { lappend clk_pins [get_bd_pins $sc/aclk] }
 foreach p [get_bd_pins -of_objects $ps -filter {TYPE == clk && DIR == I}] { lappend clk_pins $p }
 connect_bd_net $ps_clk {*}$clk_pins
 set rst_pins [list [get_bd_pins $core/ap_rst_n]]
-foreach sc {ctrl_sc hp0_sc hp1_sc} { lappend rst_pins [get_bd_pins $sc/aresetn] }
+foreach sc {ctrl_sc hp0_sc hp1_sc hp2_sc} { lappend rst_pins [get_bd_pins $sc/aresetn] }
 connect_bd_net [get_bd_pins $rst/peripheral_aresetn] {*}$rst_pins
 connect_bd_net [get_bd_pins $core/interrupt] $ps_irq
 

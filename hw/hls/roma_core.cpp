@@ -119,7 +119,11 @@ constexpr int QDIM = rm::N_HEADS * rm::HEAD_DIM;
 constexpr int MAX_T = PREFILL_CHUNK;
 constexpr int MAX_TOKENS = rm::CONTEXT;                      // tokens of one command at most (LOOP_TRIPCOUNT)
 constexpr int MAX_CHUNKS = (rm::CONTEXT + MAX_T - 1) / MAX_T; // prefill chunks of one command at most
-constexpr int ATT_SIMD = rm::HEAD_DIM % 8 == 0 ? 8 : (rm::HEAD_DIM % 4 == 0 ? 4 : 2);
+// the KV cache's m_axi port width (the board's, roma_model.h) and attention's fp16 lanes: as many as one beat of
+// it carries, halved until they divide a head
+constexpr int KV_PORT_BITS = rm::KV_PORT_BITS;
+constexpr int att_simd(int lanes) { return rm::HEAD_DIM % lanes == 0 ? lanes : att_simd(lanes / 2); }
+constexpr int ATT_SIMD = att_simd(rm::KV_PORT_BITS / 16);
 constexpr bool KV_ONCHIP = rm::KV_ONCHIP_CTX > 0;
 typedef std::integral_constant<bool, KV_ONCHIP> KvOnChip; // selects overloads: only the build's KV code is instantiated
 static_assert(rm::KV_ONCHIP_CTX >= 0 && rm::KV_ONCHIP_CTX <= rm::CONTEXT, "the on-chip KV fits the context");
@@ -984,7 +988,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = m_axi port = tokens_out offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
 #pragma HLS INTERFACE mode = m_axi port = logits offset = slave bundle = gmem_logits depth = DEPTH_LOGITS
 #pragma HLS INTERFACE mode = m_axi port = kv_cache offset = slave bundle = gmem_kv depth = DEPTH_KV \
-    max_widen_bitwidth = 128
+    max_widen_bitwidth = KV_PORT_BITS
 #pragma HLS INTERFACE mode = m_axi port = lora_staging offset = slave bundle = gmem_lora depth = DEPTH_LORA
 #pragma HLS INTERFACE mode = m_axi port = ddr_weights offset = slave bundle = gmem_weights depth = DEPTH_DDR \
     max_widen_bitwidth = 128 max_read_burst_length = 64 num_read_outstanding = 16

@@ -317,7 +317,8 @@ def test_build_folder_manifest_and_header(tiny_hf, tmp_path):
     header = (out / "roma_model.h").read_text()
     for line in ["constexpr int N_LAYERS = 2;", "constexpr int DIM = 64;", "constexpr int FFN_DIM = 128;",
                  "constexpr int N_KV_HEADS = 2;", "constexpr int HEAD_DIM = 16;", "constexpr int VOCAB = 512;",
-                 "constexpr int DEFAULT_BITS = 3;", "constexpr int BITS_WQ[N_LAYERS] = {3, 3};"]:
+                 "constexpr int DEFAULT_BITS = 3;", "constexpr int BITS_WQ[N_LAYERS] = {3, 3};",
+                 "constexpr int KV_PORT_BITS = 128;"]:  # the KV260's HP port (boards.json kv_port_bits)
         assert line in header
     # the board's default LoRA unit (boards.json kv260: 1 slot of rank 8 on wq wv, int8), as roma_model.h gives it
     assert {k: on_disk["lora_unit"][k] for k in ("slots", "rank", "targets", "dtype")} == {

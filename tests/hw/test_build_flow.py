@@ -92,6 +92,7 @@ def test_dry_run_prints_every_step_with_the_boards_parameters(name, tmp_path):
         viv = the(lines, r"vivado -mode batch .*-source \S+/zynq_bd\.tcl")
         e = env_of(viv)
         assert e["ROMA_PART"] == b.part and e["ROMA_CLOCK_MHZ"] == mhz and e["ROMA_FAMILY"] == b.family
+        assert e["ROMA_KV_PORT_BITS"] == str(b.kv_port_bits)  # the KV cache's HP port, as wide as attention reads
         assert e["ROMA_PS_IP"] == {"zynqmp": "zynq_ultra_ps_e", "zynq7": "processing_system7"}[b.family]
         assert e["ROMA_VLNV"] == hwh.VLNV
         assert e["ROMA_IP_REPO"] == f"{out}/hls/roma_core/sol/impl/ip"
@@ -227,7 +228,7 @@ def test_the_boards_clock_and_part_reach_every_script(name):
     if b.family == "alveo":
         assert p["HLS_FORMAT"] == "xo" and p["PLATFORM"]
     else:
-        assert p["HLS_FORMAT"] == "ip_catalog" and p["PS_IP"]
+        assert p["HLS_FORMAT"] == "ip_catalog" and p["PS_IP"] and p["KV_PORT_BITS"] == str(b.kv_port_bits)
     bd = (BITSTREAMS / "zynq_bd.tcl").read_text()
     assert "set clock_mhz [roma_env ROMA_CLOCK_MHZ]" in bd and "set part [roma_env ROMA_PART]" in bd
     assert "CONFIG.PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ $clock_mhz" in bd
@@ -270,16 +271,25 @@ def test_alveo_link_maps_every_m_axi_bundle_once():
         assert sorted(s[0] for s in sp) == sorted(bundles), f"{name}: sp= lines vs roma_core.cpp's bundles"
         banks = {s[1] for s in sp}
         assert banks <= ({"HBM", "DDR"} if "HBM" in b.memory else {"DDR"}), f"{name}: banks {banks}"
+        # the KV cache's port has its memory to itself (attention streams it at the port's width)
+        bank_of = dict(re.findall(r"^sp=roma_core_1\.m_axi_(\w+):(\w+\[[\d:]+\])$", text, re.M))
+        assert list(bank_of.values()).count(bank_of["gmem_kv"]) == 1, f"{name}: gmem_kv shares {bank_of['gmem_kv']}"
 
 
 def test_block_design_routes_the_bundles_roma_core_declares():
     bd = (BITSTREAMS / "zynq_bd.tcl").read_text()
-    m = re.search(r"regexp \{gmem_\((\w+)\|(\w+)\)\$\}", bd)
-    assert m and {f"gmem_{m.group(1)}", f"gmem_{m.group(2)}"} <= m_axi_bundles()
+    routed = set(re.findall(r"regexp \{(gmem_\w+)\$\}", bd))
+    assert routed == {"gmem_weights", "gmem_kv"} and routed <= m_axi_bundles()
+    # the weights on HP0, the KV cache on an HP port of its own (HP2), as wide as the board's kv_port_bits
+    assert "[list hp0_sc $weights $ps_hp0 hp2_sc $kv $ps_hp2 hp1_sc $other $ps_hp1]" in bd
+    assert "set kv_port_bits [roma_env ROMA_KV_PORT_BITS]" in bd
+    assert "CONFIG.PSU__USE__S_AXI_GP4 {1}" in bd and "CONFIG.PSU__SAXIGP4__DATA_WIDTH $kv_port_bits" in bd
+    assert "CONFIG.PCW_USE_S_AXI_HP2 {1}" in bd and "CONFIG.PCW_S_AXI_HP2_DATA_WIDTH $kv_port_bits" in bd
     assert "create_bd_cell -type ip -vlnv $vlnv roma_core_0" in bd
     assert hwh.IP_NAME == "roma_core_0"  # the instance name the emulated overlay's .hwh uses too
-    for ps, names in {"zynq_ultra_ps_e": ("M_AXI_HPM0_FPD", "S_AXI_HP0_FPD", "S_AXI_HP1_FPD", "pl_clk0"),
-                      "processing_system7": ("M_AXI_GP0", "S_AXI_HP0", "S_AXI_HP1", "FCLK_CLK0")}.items():
+    for ps, names in {"zynq_ultra_ps_e": ("M_AXI_HPM0_FPD", "S_AXI_HP0_FPD", "S_AXI_HP1_FPD", "S_AXI_HP2_FPD",
+                                          "pl_clk0"),
+                      "processing_system7": ("M_AXI_GP0", "S_AXI_HP0", "S_AXI_HP1", "S_AXI_HP2", "FCLK_CLK0")}.items():
         assert f"xilinx.com:ip:{ps} " in bd
         for n in names:
             assert f"$ps/{n}]" in bd

@@ -49,7 +49,7 @@ def test_random_shapes(build, random_cases):
     print(out)
     assert mismatches == 0 and rc == 0, out
     assert compared > 500_000  # the fp16 conversion table alone is > 500K values
-    assert "rand_attn[simd2,onchip]" in out and "rand_attn[simd4,ddr]" in out
+    assert "rand_attn[simd2,onchip]" in out and "rand_attn[simd4,ddr]" in out and "rand_attn[simd16,ddr]" in out
 
 
 def test_smollm2_layer0(build, tmp_path):
@@ -66,6 +66,8 @@ def test_smollm2_layer0(build, tmp_path):
     print(out)
     assert mismatches == 0 and rc == 0, out
     assert compared > 200_000
+    # the lanes of a 128-bit (Zynq UltraScale+) and of a 512-bit (U250) KV port
+    assert "smollm2_l0_attn[simd8,ddr]" in out and "smollm2_l0_attn[simd32,ddr]" in out
 
 
 def _corrupt(src: Path, dst: Path, keep: set[str]) -> list[str]:
@@ -102,10 +104,10 @@ def test_testbench_catches_wrong_results(build, random_cases, tmp_path):
     _edit(bad / "rand_res32.y.f32", "<f4", one_ulp)               # 1: the residual add is exact
     _edit(bad / "rand_emb_b3_g64.y.f32", "<f4", one_ulp)          # 1: embedding rows are exact
     _edit(bad / "f2h.out.u16", "<u2", one_bit)                    # 1: fp16 conversion is exact
-    _edit(bad / "rand_attn.out.f32", "<f4", flip_largest)         # 2: attention output, on two variants
-    _edit(bad / "rand_attn.kc.u16", "<u2", one_bit)               # 2: a KV-cache row, on two variants
+    _edit(bad / "rand_attn.out.f32", "<f4", flip_largest)         # 3: attention output, on three variants
+    _edit(bad / "rand_attn.kc.u16", "<u2", one_bit)               # 3: a KV-cache row, on three variants
     rc, mismatches, _, out = run_tb(build, bad)
-    assert mismatches == 10 and rc == 10, out
+    assert mismatches == 12 and rc == 12, out
 
 
 def test_attention_detects_a_wrong_causal_mask(build, random_cases, tmp_path):

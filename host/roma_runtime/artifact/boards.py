@@ -18,6 +18,7 @@ from .lora_unit import LoraUnit
 BOARDS_FILE = Path(__file__).with_name("boards.json")
 FAMILIES = ("zynq7", "zynqmp", "alveo", "versal")
 HOSTS = ("arm", "x86-pcie")
+KV_PORT_WIDTHS = (32, 64, 128, 256, 512)  # AXI data widths a memory port of the fabric can have
 
 # field -> (accepted types, check, what the check wants)
 _NONNEG_INT = ((int,), lambda v: v >= 0, "an integer >= 0")
@@ -44,6 +45,7 @@ REQUIRED_FIELDS = {
     "bram_rom": _BOOL,
     "lora_unit": ((dict,), lambda v: True, "an object {slots, rank, targets, dtype}: the default LoRA unit"),
     "max_context": _POS_INT,
+    "kv_port_bits": ((int,), lambda v: v in KV_PORT_WIDTHS, f"one of {', '.join(map(str, KV_PORT_WIDTHS))}"),
 }
 
 
@@ -70,6 +72,9 @@ class Board:
     # the longest context a build for this board has by default (its attention buffers grow with it; a model's
     # own shorter context wins; roma compile --context overrides it)
     max_context: int
+    # the data width of the memory port the KV cache has to itself (boards.json's comment): attention reads that
+    # many bits of the cache per cycle (roma_model.h's KV_PORT_BITS)
+    kv_port_bits: int
 
     def default_context(self, model_context: int) -> int:
         return min(model_context, self.max_context)

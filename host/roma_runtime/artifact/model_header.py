@@ -20,6 +20,7 @@ Also generated for the top (hw/hls/roma_core.cpp):
 - KV_ONCHIP_CTX: the positions of the on-chip KV cache (`roma compile --kv-onchip N`; 0: the KV cache is in DDR
   only), and ROMA_KV_ONCHIP_IMPL, the memory its array binds to (uram, bram, or auto where the plan spread it
   over both), a macro because the top's BIND_STORAGE pragma takes it;
+- KV_PORT_BITS: the board's KV port width (boards.json kv_port_bits), which sets attention's lanes;
 - the GEMV engines and their weight banks: one engine per distinct configuration (bits, group, scale format,
   tiles, and tier: BRAM ROM, URAM or DDR-streamed) of the layers' linears, shared by every layer and linear of
   that configuration (the engine takes a tensor's rows and columns at run time); the embedding and an untied
@@ -40,6 +41,7 @@ import numpy as np
 
 from ..model.config import ModelConfig
 from ..model.weights import LayerWeights
+from .boards import get_board
 from .brom_image import SCALE_FORMATS
 
 
@@ -181,7 +183,9 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               f"constexpr unsigned URAM_CHECKSUM = 0x{uram['checksum'] if uram else 0:08x}u;"]
     lines += ["",
               "// The on-chip KV cache: positions of every layer's fp16 keys and values (0: the KV cache is in DDR only)",
-              f"constexpr int KV_ONCHIP_CTX = {kv_onchip['tokens'] if kv_onchip else 0};"]
+              f"constexpr int KV_ONCHIP_CTX = {kv_onchip['tokens'] if kv_onchip else 0};",
+              "// the KV cache's memory port: data bits per beat (boards.json kv_port_bits; attention's lanes)",
+              f"constexpr int KV_PORT_BITS = {get_board(board).kv_port_bits};"]
     lines += ["",
               "// RoPE inverse frequencies fp32(1 / theta^(2i/HEAD_DIM)), exact (golden rope_tables' values)",
               f"constexpr float ROPE_INV_FREQ[HEAD_DIM / 2] = {_float_array(rope_inv_freq(c.head_dim, c.rope_theta))};",

@@ -81,6 +81,7 @@ def params(name: str) -> dict[str, str]:
     if flow == "zynq":
         out["PS_IP"] = PS_IP[b.family]
         out["BOARD_PART"] = BOARD_PARTS.get(b.name, "")
+        out["KV_PORT_BITS"] = str(b.kv_port_bits)  # the width of the HP port the block design gives the KV cache
     else:
         out["PLATFORM"] = PLATFORMS.get(b.name, "")
     return out

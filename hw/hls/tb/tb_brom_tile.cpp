@@ -411,7 +411,8 @@ int main(int argc, char **argv) {
   check_half_table(tally);
   check_q8_table(tally);
   check_exp_simd(tally);
-  check_attention_csim<9, 3, 64, 8>(tally); // SmolLM2-135M
+  check_attention_csim<9, 3, 64, 8>(tally);  // SmolLM2-135M, 128-bit KV port
+  check_attention_csim<9, 3, 64, 32>(tally); // SmolLM2-135M, 512-bit KV port
   check_attention_csim<4, 2, 64, 4>(tally);
   check_attention_csim<8, 8, 64, 8>(tally);
   int cases = 0;

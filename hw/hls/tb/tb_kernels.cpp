@@ -302,11 +302,13 @@ bool dispatch(const std::string &kind, const std::string &name, const std::vecto
   if (kind == "attn" && a.size() == 6) {
     if (a[0] == 4 && a[1] == 2 && a[2] == 16 && a[3] == 16) {
       run_attn<4, 2, 16, 16, 4, KvPlace::Ddr>(name, (int)a[4], (int)a[5], tot, "[simd4,ddr]");
+      run_attn<4, 2, 16, 16, 16, KvPlace::Ddr>(name, (int)a[4], (int)a[5], tot, "[simd16,ddr]"); // CH < FADD
       run_attn<4, 2, 16, 16, 2, KvPlace::OnChip>(name, (int)a[4], (int)a[5], tot, "[simd2,onchip]");
       return true;
     }
     if (a[0] == 9 && a[1] == 3 && a[2] == 64 && a[3] == 64) {
-      run_attn<9, 3, 64, 64, 8, KvPlace::Ddr>(name, (int)a[4], (int)a[5], tot, "[simd8,ddr]");
+      run_attn<9, 3, 64, 64, 8, KvPlace::Ddr>(name, (int)a[4], (int)a[5], tot, "[simd8,ddr]");   // 128-bit port
+      run_attn<9, 3, 64, 64, 32, KvPlace::Ddr>(name, (int)a[4], (int)a[5], tot, "[simd32,ddr]"); // 512-bit port
       return true;
     }
   }

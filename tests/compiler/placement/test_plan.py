@@ -300,6 +300,9 @@ def test_boards_file_matches_the_architecture_table():
         assert (b.bram36, b.uram, b.dsp) == (bram, uram, dsp)
         assert not b.uram_initialisable and b.bram_rom
     assert boards["pynq-z2"].family == "zynq7" and boards["u250"].family == "alveo"
+    # the KV cache's own port: Zynq-7000 HP 64 bits, Zynq UltraScale+ HP 128, Alveo DDR 512, U280 HBM channel 256
+    assert {n: b.kv_port_bits for n, b in boards.items()} == {
+        "pynq-z2": 64, "kv260": 128, "zcu104": 128, "zcu102": 128, "u250": 512, "u280": 256}
 
 
 def test_board_schema_errors_name_board_and_field(tmp_path):
@@ -314,6 +317,11 @@ def test_board_schema_errors_name_board_and_field(tmp_path):
     data["boards"]["kv260"].pop("uram")
     f.write_text(json.dumps(data))
     with pytest.raises(RomaError, match="board 'kv260' lacks field 'uram'"):
+        load_boards(f)
+    data["boards"]["kv260"]["uram"] = 64
+    data["boards"]["kv260"]["kv_port_bits"] = 100  # not an AXI data width
+    f.write_text(json.dumps(data))
+    with pytest.raises(RomaError, match="board 'kv260' has an invalid 'kv_port_bits': 100"):
         load_boards(f)
 
 

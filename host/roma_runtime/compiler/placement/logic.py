@@ -28,9 +28,10 @@ weight bits W = BITS, activation bits A = 8):
 Activation quantizer (act_quant, SIMD 4): 4 integer compares of 31 bits, 2 fdiv (the scale and its inverse), 4
   fmul and 4 round/clip of 8 bits.
 LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its two loops, then 1 fmul and 1 fadd.
-Attention (attention_query, GROUP = HEADS / KV_HEADS query heads per KV head, SIMD = ATT_SIMD): scores GROUP *
-  SIMD fmul, GROUP * (SIMD - 1) + GROUP * (HD / SIMD - 1) fadd (the two trees) and GROUP fmul (the scale);
-  softmax 1 exp, 1 fadd, 1 fcmp; P x V GROUP * SIMD fmul and fadd; 2 * SIMD fp16->fp32; the output's fdiv.
+Attention (attention_query, GROUP = HEADS / KV_HEADS query heads per KV head, SIMD = ATT_SIMD, the board's KV
+  port in fp16 lanes): scores GROUP * SIMD fmul, GROUP * (SIMD - 1) + GROUP * (HD / SIMD - 1) fadd (the two
+  trees), GROUP fmul (the scale) and GROUP fcmp (the max); P x V GROUP exp with their GROUP fadd (score - max)
+  and GROUP fadd (the sums), GROUP * SIMD fmul and fadd; 2 * SIMD fp16->fp32; SIMD fdiv (the output).
 RMSNorm (SIMD 4): 4 fmul + 4 fadd (squares), 1 fsqrt + 1 fdiv, 8 fmul (x * inv * w).
 RoPE: sin and cos of one angle per cycle, SIMD 2 pairs: 4 fmul + 2 fadd each.
 SwiGLU (SIMD 4): per lane 1 exp, 1 fadd, 1 fdiv, 1 fmul.
@@ -130,9 +131,10 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         lo = _ops({"h2f": 2, "fmul": 5, "fadd": 3})
         units.append(_unit("LoRA apply (one, every linear)", 1, *lo,
                            {"lanes": 1, "dtype": lora.get("dtype"), "rank": lora.get("rank")}))
-    group, simd, hd = config.n_heads // config.n_kv_heads, att_simd(config.head_dim), config.head_dim
+    group, hd = config.n_heads // config.n_kv_heads, config.head_dim
+    simd = att_simd(hd, board.kv_port_bits)
     at = _ops({"fmul": 2 * group * simd + group, "fadd": group * (simd - 1) + group * (hd // simd - 1)
-               + group * simd + 1, "exp": 1, "fcmp": 1, "h2f": 2 * simd, "fdiv": 1})
+               + group * simd + 2 * group, "exp": group, "fcmp": group, "h2f": 2 * simd, "fdiv": simd})
     units.append(_unit("attention", 1, *at, {"group": group, "simd": simd, "head_dim": hd,
                                              "max_ctx": kv_tokens or context}))
     units.append(_unit("RMSNorm (three call sites)", 3, *_ops({"fmul": 12, "fadd": 4, "fsqrt": 1, "fdiv": 1}),

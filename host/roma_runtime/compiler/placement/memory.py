@@ -192,8 +192,11 @@ def _wps(arr, sib, c):  # brom_tile.h BromTileConfig::WPS = PLANE_WORDS / PARAMS
     return arr.dims[-1] // prm.dims[-1]
 
 
-def att_simd(head_dim: int) -> int:  # roma_core.cpp ATT_SIMD
-    return 8 if head_dim % 8 == 0 else 4 if head_dim % 4 == 0 else 2
+def att_simd(head_dim: int, kv_port_bits: int) -> int:  # roma_core.cpp ATT_SIMD
+    lanes = kv_port_bits // 16
+    while head_dim % lanes:
+        lanes //= 2
+    return lanes
 
 
 PRAGMA_SITES = {
@@ -209,7 +212,7 @@ PRAGMA_SITES = {
     "exps": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles_rt", "aux", 0, {})],
     "g_norms": [("rms_norm", "weight", 1, {"SIMD": lambda a, s, c: 4})],  # norm.h: rms_norm<N, SIMD = 4>
     "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
-    "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: att_simd(c["HEAD_DIM"])})],
+    "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: att_simd(c["HEAD_DIM"], c["KV_PORT_BITS"])})],
     "g_logits": [("roma_core", "g_logits", 0, {})],
     "g_v": [("roma_core", "g_v", 0, {})],  # cyclic ROMA_GEMV_PE (a build macro: the plan's pe)
     # the LoRA unit's members (roma_core.cpp: 64-bit words of fp16 values or int8 codes, and of fp32 row scales)
@@ -329,11 +332,12 @@ def hw_constants() -> dict[str, int]:
     return {"PREFILL_CHUNK": c["PREFILL_CHUNK"], "SAMPLER_RING": c["SAMPLER_RING"]}
 
 
-def model_consts(config: ModelConfig) -> dict[str, int]:
-    """roma_model.h's dimensions of a model (the names PRAGMA_SITES' factor symbols read)."""
+def model_consts(config: ModelConfig, kv_port_bits: int) -> dict[str, int]:
+    """roma_model.h's dimensions of a model and the board's KV port width (the names PRAGMA_SITES' factor symbols
+    read)."""
     return {"N_LAYERS": config.n_layers, "DIM": config.dim, "FFN_DIM": config.ffn_dim, "N_HEADS": config.n_heads,
             "N_KV_HEADS": config.n_kv_heads, "HEAD_DIM": config.head_dim, "KV_DIM": config.kv_dim,
-            "VOCAB": config.vocab_size}
+            "VOCAB": config.vocab_size, "KV_PORT_BITS": kv_port_bits}
 
 
 def lin_shape(config: ModelConfig, lin: int) -> tuple[int, int]:
@@ -445,11 +449,11 @@ def with_impl(applied: list, impl: str) -> list:
 
 
 def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list[Pragma], hw: dict,
-                logits: str = "bram") -> list[Array]:
+                kv_port_bits: int, logits: str = "bram") -> list[Array]:
     """The arrays the top declares once whatever the placement: norms, chunk activations, logits (in `logits`
     memory, logits_impl), attention's scores, the sampler's ring, and the one layer()'s, forward()'s and
     attention's locals."""
-    c = model_consts(config)
+    c = model_consts(config, kv_port_bits)
     t, d, kv, f = hw["PREFILL_CHUNK"], config.dim, config.kv_dim, config.ffn_dim
     qdim, hd = config.n_heads * config.head_dim, config.head_dim
     max_ctx = kv_tokens if kv_tokens else context
@@ -463,7 +467,7 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
     for a in static:
         applied = static_pragmas(a, pragmas, {}, c)
         apply_layout(a, with_impl(applied, logits) if a.name == "g_logits" else applied)
-    simd = att_simd(hd)
+    simd = att_simd(hd, kv_port_bits)
     att = {"HEADS": config.n_heads, "KV_HEADS": config.n_kv_heads, "HD": hd, "MAX_CTX": max_ctx, "SIMD": simd}
     local = [_local("layer", v, 32, [n], pragmas, None) for v, n in
              (("h", d), ("qr", qdim), ("kr", kv), ("o", d), ("gate", f), ("up", f))]
@@ -506,14 +510,14 @@ def lora_arrays(config: ModelConfig, slots: int, rank: int, targets, dtype: str,
     return out
 
 
-def kv_array(config: ModelConfig, tokens: int, impl: str, pragmas: list[Pragma]) -> list[Array]:
+def kv_array(config: ModelConfig, tokens: int, impl: str, pragmas: list[Pragma], kv_port_bits: int) -> list[Array]:
     """g_kv_chip [N_LAYERS][2][tokens * KV_DIM] fp16 by its pragmas (impl: ROMA_KV_ONCHIP_IMPL); none without."""
     if not tokens:
         return []
     dims = [config.n_layers, 2, tokens * config.kv_dim]
     a = Array("g_kv_chip", "g_kv_chip", _bytes(16, dims), 16, dims)
     # the build's macro: where the plan reserved the array
-    return [apply_layout(a, with_impl(static_pragmas(a, pragmas, {}, model_consts(config)), impl))]
+    return [apply_layout(a, with_impl(static_pragmas(a, pragmas, {}, model_consts(config, kv_port_bits)), impl))]
 
 
 def total(arrays: list[Array]) -> tuple[float, float]:

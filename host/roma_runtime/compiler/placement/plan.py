@@ -629,7 +629,7 @@ def _buffer_reservation(core: _Core, pool: _Pool) -> Reservation:
     """The arrays the top declares whatever the placement (memory.core_arrays): taken even beyond the budget, so
     that a build whose core alone does not fit says so (Plan.over_budget) instead of planning a smaller core."""
     arrays = core_arrays(core.config, core.context, core.kv_tokens or 0, core.pragmas, core.hw,
-                         logits_impl(core.board.uram))
+                         core.board.kv_port_bits, logits_impl(core.board.uram))
     pool.take(*total(arrays), force=True)
     return _arrays_reservation("activations and buffers", arrays, "BRAM", {"context": core.context})
 
@@ -644,7 +644,7 @@ def _kv_reservation(core: _Core, pool: _Pool) -> Reservation:
         return Reservation("KV cache", 0, 0.0, 0.0, "DDR",
                            {"tokens": None, "bytes_per_token": kv_bytes_per_token(config)})
     for impl in ("uram", "bram"):  # where the whole array fits (ROMA_KV_ONCHIP_IMPL)
-        arrays = kv_array(config, tokens, impl, core.pragmas)
+        arrays = kv_array(config, tokens, impl, core.pragmas, core.board.kv_port_bits)
         if pool.fits(*total(arrays)):
             pool.take(*total(arrays))
             return _arrays_reservation(f"KV cache {tokens} tokens fp16", arrays, impl.upper(),
@@ -828,9 +828,9 @@ def _plan_arrays(core: _Core, lora_impl: str | None, kv_impl: str, engines: "_En
     c = core
     lora = lora_arrays(c.config, c.lora_slots, c.lora_rank, c.lora_targets, c.lora_dtype, lora_impl) \
         if lora_impl else []
-    kv = kv_array(c.config, c.kv_tokens, kv_impl, c.pragmas) if c.kv_tokens else []
-    return lora + core_arrays(c.config, c.context, c.kv_tokens or 0, c.pragmas, c.hw, logits_impl(c.board.uram)) \
-        + kv + engines.arrays()
+    kv = kv_array(c.config, c.kv_tokens, kv_impl, c.pragmas, c.board.kv_port_bits) if c.kv_tokens else []
+    return lora + core_arrays(c.config, c.context, c.kv_tokens or 0, c.pragmas, c.hw, c.board.kv_port_bits,
+                              logits_impl(c.board.uram)) + kv + engines.arrays()
 
 
 def check_kv_tokens(kv_tokens, config: ModelConfig) -> None:

@@ -23,14 +23,26 @@
 // The compute is the same code; PLACE changes the memory latency in the cycle model (and the top's pragmas).
 //
 // Softmax: two passes over the cache (not online/streaming): pass 1 streams K and writes all scores of the
-// query to an on-chip buffer score[HEADS][MAX_CTX] with a running max; then one exp per (s, h) with the sum;
-// pass 2 streams V. Why: the online form rescales the HD accumulators by exp(m_old - m_new) at every new
-// max, a loop-carried chain (compare, sub, exp, mul, add ~ 30 cycles) that would bound the II per position,
-// and it adds rescale roundings; two passes read K once and V once (the same DDR traffic), keep every loop at
-// II=1 and follow the golden's order. Cost: the score buffer (HEADS*MAX_CTX fp32: 9*8192*4 = 288 KB for
-// SmolLM2 at full context; 36 KB at 1K; MAX_CTX is the build's CONTEXT, `roma compile --context N`). GQA: the
-// GROUP query heads of a kv head are processed together, so each K/V element fetched is used GROUP times (the
-// cache is read once per query, not once per head).
+// query to an on-chip buffer score[HEADS][MAX_CTX] with a running max; pass 2 streams V and computes each
+// probability where it is used (e = exp(score - max), summed into l[h] and multiplied into acc). Why: the online
+// form rescales the HD accumulators by exp(m_old - m_new) at every new max, a loop-carried chain (compare, sub,
+// exp, mul, add ~ 30 cycles) that would bound the II per position, and it adds rescale roundings; two passes
+// read K once and V once (the same DDR traffic), keep every loop at II=1 and follow the golden's order. Cost:
+// the score buffer (HEADS*MAX_CTX fp32: 9*8192*4 = 288 KB for SmolLM2 at full context; 36 KB at 1K; MAX_CTX is
+// the build's CONTEXT, `roma compile --context N`). GQA: the GROUP query heads of a kv head are processed
+// together, so each K/V element fetched is used GROUP times (the cache is read once per query, not once per head).
+//
+// Speed: the two passes are the only loops that grow with S, and each moves one SIMD-wide word of the cache per
+// cycle, SIMD = the KV port's width in fp16 lanes (roma_core's ATT_SIMD: roma_model.h's KV_PORT_BITS / 16, the
+// board's kv_port_bits, e.g. a 128-bit HP port on Zynq UltraScale+, a 512-bit DDR port on a U250; halved until
+// it divides HD). So a query costs 2*S*ROW*2 bytes / port bytes per cycle plus pipeline depths, the port's bound
+// (K and V share the port, and pass 2 needs pass 1's max), as long as CH >= FADD_LATENCY (else PV's II is
+// acc_ii(CH) > 1). The exps add no loop: GROUP exp units in PV (one per query head of the kv head the chunk
+// belongs to; each head's e is recomputed in each of its CHD chunks rather than handed over, which would be a
+// loop-carried dependence shorter than the exp's latency). A separate exp loop would cost S*HEADS cycles at one
+// exp per cycle (S*KV_HEADS with GROUP lanes; S with HEADS lanes, but then l[h] is an fp32 accumulation revisited
+// every iteration). Numerics do not depend on where the exps run (l[h] and acc still sum s = 0, 1, ... in
+// order) nor, for power-of-two SIMD and HD, on SIMD (SCORE's two trees are then one pairwise tree over HD).
 //
 // Loops (SIMD fp16 elements of a row per cycle, i.e. SIMD*16 bits of the m_axi port):
 //   WRITE: CH = ROW/SIMD iterations per new token (convert + store; OnChip: both places)   II=1
@@ -39,9 +51,13 @@
 //   SCORE: S*CH iterations: SIMD fp16 of a K row, GROUP*SIMD products, lane adder tree;
 //          the HD/SIMD chunk sums of a head are kept in registers and added by a tree at the head's
 //          last chunk (no fp32 loop-carried accumulation); running max per head               II=1
-//   EXP:   S*HEADS iterations, one exp per cycle; l[h] revisited every HEADS iterations    II=acc_ii(HEADS)
-//   PV:    S*CH iterations, GROUP*SIMD MACs; acc[h][d] revisited every CH iterations       II=acc_ii(CH)
+//   PV:    S*CH iterations: SIMD fp16 of a V row, GROUP exps (score RAM: cyclic GROUP banks, one read each),
+//          GROUP*SIMD MACs; acc[h][d] and (at a head's first chunk) l[h] revisited every CH
+//          iterations                                                                       II=acc_ii(CH)
 //   FINAL: HEADS*HD/SIMD iterations, SIMD dividers                                         II=1
+// A decode query at S keys thus costs 2*S*CH + 2*HEADS*HD/SIMD cycles plus the depths (AttentionConfig::
+// query_cycles); SmolLM2-135M (ROW = 192) at S = 256: 12288 + 144 on a 128-bit port, 3072 + 36 on a 512-bit one
+// (per layer).
 // A prefill chunk of T tokens writes T rows, then runs the query loops T times (keys 0..start+i).
 // The emulated board's query (AVX-512, bit-identical: tb_brom_tile checks it) is in csim/attention.h.
 #ifndef ROMA_ATTENTION_H
@@ -82,7 +98,6 @@ struct AttentionConfig {
   // OnChip writes through to DDR in the same loop, so a row write ends with the DDR write response either way
   static constexpr int MEM_WRITE_LATENCY = timing::AXI_WRITE_LATENCY;
   static constexpr int SCORE_II = timing::II;
-  static constexpr int EXP_II = timing::acc_ii(HEADS);
   static constexpr int PV_II = timing::acc_ii(CH);
   static constexpr int WRITE_DEPTH = 2 + 1 /* fp16 rounding */ + MEM_WRITE_LATENCY;
   static constexpr int QLOAD_DEPTH = 2;
@@ -90,9 +105,12 @@ struct AttentionConfig {
                                      timing::ceil_log2(SIMD) * timing::FADD_LATENCY +
                                      timing::ceil_log2(CHD) * timing::FADD_LATENCY + timing::FMUL_LATENCY +
                                      timing::FCMP_LATENCY + 1;
-  static constexpr int EXP_DEPTH = 2 + timing::FADD_LATENCY + timing::FEXP_LATENCY + timing::FADD_LATENCY + 1;
+  // PV: the V row (memory latency, fp16 decode) and p = exp(score - max) (score RAM read, sub, exp) in parallel,
+  // then p*v and the add into acc (l[h]'s add runs beside them)
+  static constexpr int PV_V_DEPTH = MEM_READ_LATENCY + 1;
+  static constexpr int PV_P_DEPTH = timing::RAM_LATENCY + timing::FADD_LATENCY + timing::FEXP_LATENCY;
   static constexpr int PV_DEPTH =
-      MEM_READ_LATENCY + 1 + timing::FMUL_LATENCY + timing::FADD_LATENCY + 1;
+      (PV_V_DEPTH > PV_P_DEPTH ? PV_V_DEPTH : PV_P_DEPTH) + timing::FMUL_LATENCY + timing::FADD_LATENCY + 1;
   static constexpr int FINAL_DEPTH = 2 + timing::FDIV_LATENCY + 1;
   static constexpr int LOAD_DEPTH = timing::AXI_READ_LATENCY + 1 /* RAM write */;
   static constexpr uint64_t WRITE_CYCLES = (uint64_t)CH * timing::II + WRITE_DEPTH; // per new token
@@ -101,7 +119,7 @@ struct AttentionConfig {
   // One query over S keys.
   static constexpr uint64_t query_cycles(int S) {
     return (uint64_t)(HEADS * CHD) * timing::II + QLOAD_DEPTH + (uint64_t)S * CH * SCORE_II + SCORE_DEPTH +
-           (uint64_t)S * HEADS * EXP_II + EXP_DEPTH + (uint64_t)S * CH * PV_II + PV_DEPTH +
+           (uint64_t)S * CH * PV_II + PV_DEPTH +
            (uint64_t)(HEADS * CHD) * timing::II + FINAL_DEPTH;
   }
 };
@@ -154,8 +172,7 @@ void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_ca
                      float out[HEADS * HD], LayerCycles &cyc) {
   typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE> C;
   constexpr int GROUP = C::GROUP, ROW = C::ROW, CHD = C::CHD, CH = C::CH;
-  constexpr int EXP_II = C::EXP_II, PV_II = C::PV_II; // used by the PIPELINE pragmas
-  (void)EXP_II;
+  constexpr int PV_II = C::PV_II; // used by the PIPELINE pragma
   (void)PV_II;
   (void)ROW;
   const float scale = attention_scale<HD>();
@@ -164,7 +181,7 @@ void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_ca
   float ql[HEADS][HD];
 #pragma HLS ARRAY_PARTITION variable = ql type = cyclic factor = GROUP dim = 1
 #pragma HLS ARRAY_PARTITION variable = ql type = cyclic factor = SIMD dim = 2
-  static float score[HEADS][MAX_CTX]; // scores, then exp(score - max), of the current query
+  static float score[HEADS][MAX_CTX]; // scores of the current query
 #pragma HLS ARRAY_PARTITION variable = score type = cyclic factor = GROUP dim = 1
   float mx[HEADS], lsum[HEADS];
 #pragma HLS ARRAY_PARTITION variable = mx type = complete dim = 1
@@ -228,21 +245,10 @@ SCORE_POS:
     }
   }
 
-  // exp(score - max) in place, and the sums.
-EXP_POS:
-  for (int s = 0; s < S; ++s) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CTX
-  EXP_HEAD:
-    for (int h = 0; h < HEADS; ++h) {
-#pragma HLS PIPELINE II = EXP_II
-#pragma HLS DEPENDENCE variable = lsum type = inter direction = RAW distance = HEADS dependent = true
-      const float e = exp_f32(score[h][s] - mx[h]);
-      score[h][s] = e;
-      lsum[h] = (s == 0 ? 0.0f : lsum[h]) + e;
-    }
-  }
-
-  // Pass 2: sum_s e[h,s] * v[s] (one sequential read of rows 0..pos of V).
+  // Pass 2: sum_s e[h,s] * v[s] (one sequential read of rows 0..pos of V), e[h,s] = exp(score[h,s] - mx[h])
+  // computed where it is used: each chunk of kv head kh computes the GROUP exps of its heads (the same value in
+  // every chunk of the head, a recomputation instead of a loop-carried hand-over), and the head's first chunk
+  // adds it to l[h], revisited every CH iterations like acc. No separate exp loop over S*HEADS.
 PV_POS:
   for (int s = 0; s < S; ++s) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CTX
@@ -250,6 +256,7 @@ PV_POS:
     for (int c = 0; c < CH; ++c) {
 #pragma HLS PIPELINE II = PV_II
 #pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = CH dependent = true
+#pragma HLS DEPENDENCE variable = lsum type = inter direction = RAW distance = CH dependent = true
       const int kh = c / CHD, dc = c % CHD;
       float vv[SIMD];
 #pragma HLS ARRAY_PARTITION variable = vv type = complete dim = 1
@@ -260,7 +267,8 @@ PV_POS:
       for (int gq = 0; gq < GROUP; ++gq) {
 #pragma HLS UNROLL
         const int h = kh * GROUP + gq;
-        const float p = score[h][s];
+        const float p = exp_f32(score[h][s] - mx[h]);
+        if (dc == 0) lsum[h] = (s == 0 ? 0.0f : lsum[h]) + p;
         for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
           const int d = dc * SIMD + l;

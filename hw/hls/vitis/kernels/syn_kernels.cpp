@@ -12,6 +12,7 @@
 
 namespace {
 constexpr int DIM = 576, FFN = 1536, HEADS = 9, KV_HEADS = 3, HD = 64, CTX = 2048;
+constexpr int KV_SIMD = 8; // attention's fp16 lanes on a 128-bit KV port (Zynq UltraScale+ HP; roma_core: ATT_SIMD)
 constexpr int E_TILES = 2, E_ROWS = 256, E_GROUP = 32, E_BITS = 8;
 typedef roma::BromTileConfig<E_ROWS, DIM, E_GROUP, E_BITS> E;
 } // namespace
@@ -34,8 +35,8 @@ extern "C" void roma_syn_kernels(int op, int pos, const float x[FFN], const floa
     roma::rope_qk<HEADS, KV_HEADS, HD>(pos, inv_freq, q, k, out, y, cyc); // rotated k -> y[0..KV_HEADS*HD)
     break;
   case 2:
-    roma::attention_decode<HEADS, KV_HEADS, HD, CTX, 8, roma::KvPlace::Ddr>(q, k, v, pos, k_cache, v_cache, out,
-                                                                             cyc);
+    roma::attention_decode<HEADS, KV_HEADS, HD, CTX, KV_SIMD, roma::KvPlace::Ddr>(q, k, v, pos, k_cache, v_cache,
+                                                                                   out, cyc);
     break;
   case 3:
     roma::residual_add<DIM>(x, w, y, cyc);

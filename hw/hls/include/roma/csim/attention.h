@@ -28,8 +28,8 @@ namespace roma {
 // powers of two, v[i] = v[2i] + v[2i+1] level by level). Here pair_sum (even/odd lane permutes) builds the first two levels
 // per position (16 sums of 4 products), and the last four levels for 16 positions at once, so one vector
 // ends up holding the scores of 16 consecutive positions. The max is order-free; the exps are exp_f32 on 16
-// positions (exp_f32x16, bit for bit); the sums l[h] and the P*V accumulation keep their per-head, per-element
-// order over s (PV runs kv head by kv head with s inner: each acc[h][d] still sums s = 0, 1, ... in order);
+// positions (exp_f32x16, bit for bit; attention_query computes the same values inside its PV loop); the sums l[h]
+// and the P*V accumulation keep their per-head, per-element order over s (PV runs kv head by kv head with s inner: each acc[h][d] still sums s = 0, 1, ... in order);
 // the final division is the same IEEE division. fp16 K/V are widened with vcvtph2ps, exact for every non-NaN
 // half. tb_brom_tile checks the result bit for bit against attention_query's reference loops.
 namespace detail {
