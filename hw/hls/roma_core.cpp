@@ -251,12 +251,6 @@ constexpr BankOffsets bank_offsets() {
   return o;
 }
 constexpr BankOffsets BANK_OFFSETS = bank_offsets();
-constexpr int max_tiles() {
-  int n = 1;
-  for (int lin = L_WQ; lin <= L_OUTPUT; ++lin)
-    for (int l = 0; l < lin_layers(lin); ++l) n = lin_tiles(l, lin) > n ? lin_tiles(l, lin) : n;
-  return n;
-}
 
 #ifdef __SYNTHESIS__
 constexpr bool SYNTHESIS = true; // BRAM ROM banks are const arrays initialised from the build's .dat files
@@ -332,12 +326,11 @@ template <int U>
 typename Unit<U>::scale_entry Unit<U>::exps[Unit<U>::TILES][Unit<U>::AUX];
 #ifndef __SYNTHESIS__
 static float g_norms[2 * rm::N_LAYERS + 1][rm::DIM]; // attn_norm, ffn_norm per layer, then output_norm
-// C simulation only: each (layer, linear)'s tiles repacked once for the SIMD GEMV (brom_tile_gemv_packed,
-// bit-identical to the ROM and DDR datapaths; tb_brom_tile checks it): from the ROM at roma_emu_load_build, or
-// from the ddr_weights buffer for a DDR tensor. g_packed_ok: every tile of a DDR tensor was packed. The
-// embedding and the output use row 0.
-static CsimPackedTile g_packed[rm::N_LAYERS][L_OUTPUT + 1][max_tiles()];
-static bool g_packed_ok[rm::N_LAYERS][L_OUTPUT + 1];
+// C simulation only: each (layer, linear)'s tensor repacked once for the SIMD GEMV (brom_tile_gemv_packed,
+// bit-identical to the ROM and DDR datapaths; tb_brom_tile checks it), all its tiles as one matrix of its rows in
+// order (InterleavedTiles): from the ROM at roma_emu_load_build, from its URAM bank after CMD_LOAD_WEIGHTS, or from
+// the ddr_weights buffer for a DDR tensor. The embedding and the output use row 0.
+static CsimPackedTile g_packed[rm::N_LAYERS][L_OUTPUT + 1];
 #endif
 
 namespace {
@@ -474,40 +467,33 @@ constexpr bool serves_shape() {
   return lin_rows(LIN) % R::TILES == 0 && lin_cols(LIN) % R::GROUP == 0 && lin_cols(LIN) <= R::MAX_COLS &&
          lin_rows(LIN) / R::TILES <= R::MAX_ROWS && lin_rows(LIN) / R::TILES >= R::MIN_ROWS;
 }
-// C simulation: tensor (l, LIN) on engine R by its fixed shape (the emulated board's packed GEMV, or the straight
-// one for a tile it could not pack), or nothing when the tensor is not one of R's; counted as the engine counts it.
+// C simulation: tensor (l, LIN) on engine R (the emulated board's packed GEMV of the whole tensor, or the straight
+// one, tile by tile, for a tensor it could not pack), or nothing when the tensor is not one of R's; counted as the
+// engine counts it.
 template <class R, int LIN>
 void csim_tensor_gemv(int l, const act_t *xq, const float *as, const rom_word_t *ddr, float *y, acc_t *xs,
                       Cycles &cyc) {
   constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN);
   if constexpr (serves_shape<R, LIN>()) {
-    const CsimPackedTile *pk = g_packed[l][LIN];
-    typedef DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF> D;
-    if constexpr (R::DDR) {
-      if (g_packed_ok[l][LIN]) {
-        g_gemv_paths[GEMV_PATH_PACKED] += R::TILES;
-        Cycles packed; // the simulation's loop order; the stream's cycles are counted below
-        for (int t = 0; t < R::TILES; ++t)
-          brom_tile_gemv_packed<ROWS, COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t, xs, packed, g_threads, R::TILES);
-        D::count(cyc, R::TILES, ROWS, COLS, R::MIN_ROWS);
-      } else {
-        g_gemv_paths[GEMV_PATH_DDR_STREAM] += R::TILES;
-        static acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS]; // not written (PROBE = false)
-        brom_ddr_gemv_rt<R, R::TILES>(ROWS, COLS, xq, as, ddr + lin_ddr(l, LIN), y, probe, xs, cyc);
-      }
+    const CsimPackedTile &pk = g_packed[l][LIN];
+    g_gemv_paths[pk.ok ? GEMV_PATH_PACKED : R::DDR ? GEMV_PATH_DDR_STREAM : GEMV_PATH_ROM_UNPACKED] += R::TILES;
+    Cycles sim; // the simulation's loop order; the hardware's cycles are counted below
+    if (pk.ok) {
+      brom_tile_gemv_packed<lin_rows(LIN), COLS, R::GROUP, R::BITS>(xq, as, pk, y, xs, sim, g_threads);
+    } else if constexpr (R::DDR) {
+      static acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS]; // not written (PROBE = false)
+      brom_ddr_gemv_rt<R, R::TILES>(ROWS, COLS, xq, as, ddr + lin_ddr(l, LIN), y, probe, xs, sim);
     } else {
-      typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF> S;
       const int pb = BANK_OFFSETS.at[BANK_PLANES][l][LIN], qb = BANK_OFFSETS.at[BANK_PARAMS][l][LIN],
                 ab = BANK_OFFSETS.at[BANK_AUX][l][LIN];
-      for (int t = 0; t < R::TILES; ++t) { // parallel tiles: one tile's cycles
-        Cycles tc;
-        ++g_gemv_paths[pk[t].ok ? GEMV_PATH_PACKED : GEMV_PATH_ROM_UNPACKED];
-        if (pk[t].ok)
-          brom_tile_gemv_packed<ROWS, COLS, R::GROUP, R::BITS>(xq, as, pk[t], y + t, xs, tc, g_threads, R::TILES);
-        else
-          brom_tile_gemv_csim<ROWS, COLS, R::GROUP, R::BITS, R::SF>(xq, as, &R::planes[t][pb], &R::prm()[t][qb],
-                                                                   &R::aux()[t][ab], y + t, xs, tc, g_threads, R::TILES);
-      }
+      for (int t = 0; t < R::TILES; ++t)
+        brom_tile_gemv_csim<ROWS, COLS, R::GROUP, R::BITS, R::SF>(xq, as, &R::planes[t][pb], &R::prm()[t][qb],
+                                                                 &R::aux()[t][ab], y + t, xs, sim, g_threads, R::TILES);
+    }
+    if constexpr (R::DDR) {
+      DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF>::count(cyc, R::TILES, ROWS, COLS, R::MIN_ROWS);
+    } else { // parallel tiles: one tile's cycles
+      typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF> S;
       cyc.candidates += S::cand_cycles(COLS);
       cyc.gemv += S::gemv_cycles(ROWS, COLS, S::gemv_ii(R::MIN_ROWS));
     }
@@ -878,31 +864,27 @@ void pack_ddr_tensors(const rom_word_t *ddr) {
     constexpr int LIN = decltype(lin_c)::value, ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN);
     if constexpr (R::DDR) {
       if (LIN == L_EMBD && HEAD_LIN != L_EMBD) return;
-      typedef DdrTileConfig<ROWS, COLS, R::GROUP, R::BITS, R::DP, R::SF> D;
-      bool ok = true;
-      for (int t = 0; t < R::TILES; ++t) {
-        csim_pack_ddr_tile<ROWS, COLS, R::GROUP, R::BITS, R::SF>(ddr + lin_ddr(l, LIN) + t * D::TILE_WORDS,
-                                                                  g_packed[l][LIN][t]);
-        ok = ok && g_packed[l][LIN][t].ok;
-      }
-      g_packed_ok[l][LIN] = ok;
+      typedef DdrTileSource<ROWS, COLS, R::GROUP, R::BITS, R::SF> T;
+      InterleavedTiles<R::TILES, ROWS, T> src;
+      for (int t = 0; t < R::TILES; ++t) src.tile[t] = T{ddr + lin_ddr(l, LIN) + t * T::D::TILE_WORDS};
+      csim_pack_tile_from<lin_rows(LIN), COLS, R::GROUP, R::BITS>(src, g_packed[l][LIN]);
     }
   });
 }
 
-// C simulation: repack the URAM tensors' tiles from their bank words after CMD_LOAD_WEIGHTS wrote them.
+// C simulation: repack the URAM tensors from their bank words after CMD_LOAD_WEIGHTS wrote them.
 void pack_uram_tensors() {
   for_each_tensor([&](int l, auto lin_c, auto r) {
     typedef decltype(r) R;
     constexpr int LIN = decltype(lin_c)::value, ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN);
     if constexpr (R::URAM) {
-      typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF> S;
+      typedef RomBankTileSource<BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF>::WPS, ROWS, R::SF> T;
+      InterleavedTiles<R::TILES, ROWS, T> src;
       for (int t = 0; t < R::TILES; ++t)
-        csim_pack_tile_from<ROWS, COLS, R::GROUP, R::BITS>(
-            RomBankTileSource<S::WPS, ROWS, R::SF>{&R::planes[t][BANK_OFFSETS.at[BANK_PLANES][l][LIN]],
-                                                   &R::prm()[t][BANK_OFFSETS.at[BANK_PARAMS][l][LIN]],
-                                                   &R::aux()[t][BANK_OFFSETS.at[BANK_AUX][l][LIN]]},
-            g_packed[l][LIN][t]);
+        src.tile[t] = T{&R::planes[t][BANK_OFFSETS.at[BANK_PLANES][l][LIN]],
+                        &R::prm()[t][BANK_OFFSETS.at[BANK_PARAMS][l][LIN]],
+                        &R::aux()[t][BANK_OFFSETS.at[BANK_AUX][l][LIN]]};
+      csim_pack_tile_from<lin_rows(LIN), COLS, R::GROUP, R::BITS>(src, g_packed[l][LIN]);
     }
   });
 }
@@ -1191,11 +1173,14 @@ bool load_tensor(const std::string &dir, const std::string &name, int l, char *e
                   sizeof(scale_word_t) * C::PARAMS);
       std::memcpy(&R::aux()[t][BANK_OFFSETS.at[BANK_AUX][l][LIN]], img.rom_aux() + (size_t)t * C::AUX,
                   sizeof(scale_word_t) * C::AUX);
-      // packed from the fp16 scales and minimums (q8: as load_brom_image decoded them)
-      csim_pack_tile<ROWS, COLS, R::GROUP, R::BITS>(&img.planes[(size_t)t * C::PLANE_WORDS],
-                                                     &img.scales[(size_t)t * C::PARAMS],
-                                                     &img.mins[(size_t)t * C::PARAMS], g_packed[l][LIN][t]);
     }
+    // packed from the fp16 scales and minimums (q8: as load_brom_image decoded them), all tiles as one matrix
+    typedef RomTileSource<C::WPS> T;
+    InterleavedTiles<R::TILES, ROWS, T> src;
+    for (int t = 0; t < R::TILES; ++t)
+      src.tile[t] = T{&img.planes[(size_t)t * C::PLANE_WORDS], &img.scales[(size_t)t * C::PARAMS],
+                      &img.mins[(size_t)t * C::PARAMS]};
+    csim_pack_tile_from<lin_rows(LIN), COLS, R::GROUP, R::BITS>(src, g_packed[l][LIN]);
     return true;
   }
 }

@@ -481,8 +481,7 @@ def lora_arrays(config: ModelConfig, slots: int, rank: int, targets, dtype: str,
     """The LoRA unit's arrays as lora_unit.h declares them, with roma_core's pragmas on them (ROMA_LORA_IMPL =
     `impl`): values [S][SLOT_VALUES] (fp16, or int8 codes) reshaped to 64-bit words, int8's fp32 row scales
     [S][rows] reshaped to 64-bit words; per (slot, layer, target) rank (16 bits) and scale (fp32) in LUTRAM, and
-    per slot loaded; and the local A x [rank] of the one lora_apply instance. No unit (no arrays) without slots or
-    rank."""
+    per slot loaded. No unit (no arrays) without slots or rank."""
     if slots <= 0 or rank <= 0 or not targets:
         return []
     where = "roma_core.cpp (the LoRA unit's pragmas)"
@@ -506,8 +505,12 @@ def lora_arrays(config: ModelConfig, slots: int, rank: int, targets, dtype: str,
         out.append(apply_layout(Array(f"g_lora.{var}", var, _bytes(b, dims), b, dims),
                                 [(contract_pragma("BIND_STORAGE", var, where, type="ram_1p", impl="lutram"), 0, {})]))
     out.append(apply_layout(Array("g_lora.loaded", "loaded", _bytes(8, [slots]), 8, [slots]), []))
-    out.append(_local("lora_apply", "t", 32, [rank], [], {}))  # the one lora_apply's A x (no pragma on it)
     return out
+
+
+def lora_apply_locals(rank: int) -> list[Array]:
+    """The one lora_apply's local A x [rank] fp32 (no pragma on it; none without a LoRA unit)."""
+    return [_local("lora_apply", "t", 32, [rank], [], {})] if rank > 0 else []
 
 
 def kv_array(config: ModelConfig, tokens: int, impl: str, pragmas: list[Pragma], kv_port_bits: int) -> list[Array]:

@@ -118,7 +118,7 @@ from ...model.weights import ROW_SCALE_BITS, SCALE_BITS, storage_bits_per_weight
 from . import logic
 from .memory import (L_EMBD, L_OUTPUT, LAYERS, LINEARS as HLS_LINEARS, TIERS, Array, EngineConfig, bank_arrays,
                      core_arrays, ddr_tiles, engine_locals, hw_constants, kv_array, lin_shape, logits_impl,
-                     lora_arrays, source_pragmas, total)
+                     lora_apply_locals, lora_arrays, source_pragmas, total)
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_GROUPS = (32, 64, 128)
@@ -827,7 +827,7 @@ def _plan_arrays(core: _Core, lora_impl: str | None, kv_impl: str, engines: "_En
     """Every array the top declares for the plan, laid out (memory.py): what the footprint check compares."""
     c = core
     lora = lora_arrays(c.config, c.lora_slots, c.lora_rank, c.lora_targets, c.lora_dtype, lora_impl) \
-        if lora_impl else []
+        + lora_apply_locals(c.lora_rank) if lora_impl else []
     kv = kv_array(c.config, c.kv_tokens, kv_impl, c.pragmas, c.board.kv_port_bits) if c.kv_tokens else []
     return lora + core_arrays(c.config, c.context, c.kv_tokens or 0, c.pragmas, c.hw, c.board.kv_port_bits,
                               logits_impl(c.board.uram)) + kv + engines.arrays()

@@ -144,6 +144,34 @@ struct RomBankTileSource {
   half_bits_t minimum(int step) const { return scales(step).m; }
 };
 
+// The TILES tiles of one tensor (ROWS rows each) as one source of its rows in order: row R is tile R % TILES's row
+// R / TILES (brom_tile.h deals the rows to the tiles in turn), so the emulated board packs and runs a tensor as one
+// GEMV whatever its hardware's PEs.
+template <int TILES, int ROWS, class Source>
+struct InterleavedTiles {
+  Source tile[TILES];
+  int tile_step(int step, int &t) const { // the step of (group, row) of the tensor in its tile's order
+    const int g = step / (ROWS * TILES), r = step % (ROWS * TILES);
+    t = r % TILES;
+    return g * ROWS + r / TILES;
+  }
+  const rom_word_t *step_planes(int step) const {
+    int t;
+    const int s = tile_step(step, t);
+    return tile[t].step_planes(s);
+  }
+  half_bits_t scale(int step) const {
+    int t;
+    const int s = tile_step(step, t);
+    return tile[t].scale(s);
+  }
+  half_bits_t minimum(int step) const {
+    int t;
+    const int s = tile_step(step, t);
+    return tile[t].minimum(s);
+  }
+};
+
 inline bool csim_is_nan(half_bits_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu); }
 
 // Repack one tile from `src` (step_planes / scale / minimum of each (group, row) step).
