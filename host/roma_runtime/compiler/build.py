@@ -376,7 +376,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     header = out_dir / HEADER_FILE
     header.write_text(render_header(config, tensors, bits=bits, group=group, context=context,
                                     board=board_obj.name if hasattr(board_obj, "name")
-                                    else str(board), model_sha256=identity, ddr=ddr_entry, kv_onchip=kv_entry,
+                                    else str(board), weight_port_bits=board_obj.weight_port_bits,
+                                    model_sha256=identity, ddr=ddr_entry, kv_onchip=kv_entry,
                                     lora_unit=lora_unit, uram=uram_entry, logits_impl=logits_impl(board_obj.uram)))
     files.append(header)
 
