@@ -26,7 +26,10 @@
 // core's ddr_weights port is WEIGHT_PORT_BITS wide (roma_model.h, the board's weight_port_bits: 64 on a Zynq-7000
 // HP port, 128 on a Zynq UltraScale+ S_AXI_HP port, 512 on an Alveo card's AXI port into its DDR bank); the
 // kernels take it as PORT_BITS and DdrStream counts their loops at that width: a span of n words starting on a
-// beat takes port_cycles(n) cycles (the whole port words it touches).
+// beat takes port_cycles(n) cycles (the whole port words it touches). The count assumes the m_axi adapter
+// delivers a port word per cycle on a tile's burst; Vitis widens a 32-bit pointer's bursts only where it can
+// prove the alignment (m_axi_alignment_byte_size), and the image aligns tiles to a beat (16 bytes), so the
+// 512-bit rate is to be confirmed by the synthesis report's port widening (not run here).
 //
 // The block loop (DdrStream::block_ii). BLOCK_STEPS datapaths are unrolled in its body (brom_step_dot per step):
 // - lanes (every tile row count of the engine a multiple of BLOCK_STEPS, E::ROW_ALIGN): a block is rows
