@@ -38,9 +38,10 @@
 // and fp32 sequence as in ROM, so its outputs are bit-identical. The port is roma_model.h's WEIGHT_PORT_BITS wide
 // (the board's memory port: 128 bits on Zynq UltraScale+, 512 on Alveo); a tile costs its blocks at the slower of
 // the port (the block's words in port words) and the accumulators, its BLOCK_STEPS steps in parallel lanes
-// (brom_ddr.h: DdrStream), counted under STAGE_GEMV (layers) and STAGE_LM_HEAD like the ROM GEMVs. Run commands first check the image's header
-// (magic, version, words, CRC) against roma_model.h's DDR_WORDS/DDR_CRC: ERR_DDR_WEIGHTS when the host has
-// not loaded this build's ddr_weights.bin. The RMSNorm weights of every layer stay on chip (norms.dat).
+// (brom_ddr.h: DdrStream), counted under STAGE_GEMV (layers) and STAGE_LM_HEAD like the ROM GEMVs. Run
+// commands first check the image's header (magic, version, words, CRC) against roma_model.h's
+// DDR_WORDS/DDR_CRC: ERR_DDR_WEIGHTS when the host has not loaded this build's ddr_weights.bin. The RMSNorm
+// weights of every layer stay on chip (norms.dat).
 //
 // On-chip KV cache (roma_model.h's KV_ONCHIP_CTX > 0, `roma compile --kv-onchip N`): g_kv_chip holds every
 // layer's keys and values for KV_ONCHIP_CTX positions (URAM or BRAM as the plan reserved it,

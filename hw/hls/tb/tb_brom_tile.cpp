@@ -19,8 +19,8 @@
 // likewise its repacked path (brom_tile_gemv_packed: codes unpacked once, 16 rows side by side), both the
 // portable loop and the AVX-512 VNNI loop when the testbench is compiled with it (EMU_ARCH, the AVX-512 sets the CPU lists). The DDR tier
 // (brom_ddr.h) on the same tensor's DDR image (name.ddr.u32, brom.ddr_words): the streamed kernel
-// brom_ddr_gemv on both datapaths at a 128-bit port and at a 512-bit one (the LUT datapath), and the emulated board's repack of DDR tiles, against the ROM kernel: y,
-// dots and xsums bit for bit. q8 cases (the scale ROM in the q8 format) run all of the above with the q8 arrays,
+// brom_ddr_gemv on both datapaths at a 128-bit port and at a 512-bit one (the LUT datapath), and the emulated
+// board's repack of DDR tiles, against the ROM kernel: y, dots and xsums bit for bit. q8 cases (the scale ROM in the q8 format) run all of the above with the q8 arrays,
 // and are also compared with the same matrix packed with fp16 scales (name.fp16.bin): the loader's decoded
 // scales and minimums equal its fp16 ones, and the q8 kernels' y and dots equal the fp16 kernel's bit for bit;
 // the decoder q8_to_half is checked on every code and exponent (q8.u16). The attention
