@@ -35,11 +35,13 @@
 // STAGE_WEIGHT_LOAD counts the three passes); a DDR-streamed one (the placement plan's "DDR-stream", for the
 // layers and lm head that do not fit the board) is read through the `ddr_weights` m_axi port, one sequential
 // pass per tile per GEMV (brom_ddr_gemv; its embedding rows by embedding_row_ddr), with the same integer dots
-// and fp32 sequence as in ROM, so its outputs are bit-identical. Its cycles are max(compute, image words /
-// DDR_WORDS_PER_CYCLE) per tile (brom_ddr.h: a 128-bit port, 16 bytes per core cycle), counted under
-// STAGE_GEMV (layers) and STAGE_LM_HEAD like the ROM GEMVs. Run commands first check the image's header
-// (magic, version, words, CRC) against roma_model.h's DDR_WORDS/DDR_CRC: ERR_DDR_WEIGHTS when the host has
-// not loaded this build's ddr_weights.bin. The RMSNorm weights of every layer stay on chip (norms.dat).
+// and fp32 sequence as in ROM, so its outputs are bit-identical. The port is roma_model.h's WEIGHT_PORT_BITS wide
+// (the board's memory port: 128 bits on Zynq UltraScale+, 512 on Alveo); a tile costs its blocks at the slower of
+// the port (the block's words in port words) and the accumulators, its BLOCK_STEPS steps in parallel lanes
+// (brom_ddr.h: DdrStream), counted under STAGE_GEMV (layers) and STAGE_LM_HEAD like the ROM GEMVs. Run
+// commands first check the image's header (magic, version, words, CRC) against roma_model.h's
+// DDR_WORDS/DDR_CRC: ERR_DDR_WEIGHTS when the host has not loaded this build's ddr_weights.bin. The RMSNorm
+// weights of every layer stay on chip (norms.dat).
 //
 // On-chip KV cache (roma_model.h's KV_ONCHIP_CTX > 0, `roma compile --kv-onchip N`): g_kv_chip holds every
 // layer's keys and values for KV_ONCHIP_CTX positions (URAM or BRAM as the plan reserved it,
@@ -197,6 +199,15 @@ constexpr int unit_first(int u) {
       if (lin_present(lin) && lin_unit(l, lin) == u) return lin * rm::N_LAYERS + l;
   return -1;
 }
+constexpr int gcd(int a, int b) { return b == 0 ? a : gcd(b, a % b); }
+// The largest number every row count per tile of engine u's tensors is a multiple of (brom_ddr.h: lanes).
+constexpr int unit_row_align(int u) {
+  int v = 0;
+  for (int lin = L_WQ; lin <= L_OUTPUT; ++lin)
+    for (int l = 0; l < lin_layers(lin); ++l)
+      if (lin_present(lin) && lin_unit(l, lin) == u) v = gcd(tile_rows(l, lin), v);
+  return v > 0 ? v : 1;
+}
 // Over the tensors of engine u: the largest (what = 0) and smallest (1) rows per tile, the largest columns (2), and
 // the bank words of its on-chip tensors per tile (3 + BankKind).
 constexpr long long unit_stat(int u, int what) {
@@ -277,6 +288,7 @@ struct Unit {
   static constexpr Datapath DP = Datapath::ROMA_DATAPATH;
   static_assert(SF == ScaleFormat::Fp16 || SF == ScaleFormat::Q8, "SCALES_* is 0 (fp16) or 1 (q8)");
   static constexpr int MAX_ROWS = (int)unit_stat(U, 0), MIN_ROWS = (int)unit_stat(U, 1), MAX_COLS = (int)unit_stat(U, 2);
+  static constexpr int ROW_ALIGN = unit_row_align(U);
   static constexpr bool DDR = lin_ddr(L0, LIN0) >= 0, URAM = lin_uram(L0, LIN0) >= 0, HEAD = LIN0 >= L_EMBD;
   // words per tile of its bank (at least 1: the declared size of a DDR engine's unused bank)
   static constexpr int words(int kind) { return unit_stat(U, 3 + kind) > 0 ? (int)unit_stat(U, 3 + kind) : 1; }
@@ -424,7 +436,7 @@ void tiles_gemv(std::true_type /*in DDR*/, int l, int lin, int rows, int cols, c
                 const float as[R::MAX_COLS / R::GROUP], const rom_word_t *ddr, float *y,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
-  brom_ddr_gemv_rt<R, R::TILES>(rows, cols, xq, as, ddr + lin_ddr(l, lin), y, probe, xs, cyc);
+  brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS>(rows, cols, xq, as, ddr + lin_ddr(l, lin), y, probe, xs, cyc);
 }
 // The tiles of one tensor in the bank: a BRAM ROM's planes are bound here (they are only read); a URAM bank's
 // storage is bound where CMD_LOAD_WEIGHTS writes it (load_uram_bank).
@@ -482,7 +494,8 @@ void csim_tensor_gemv(int l, const act_t *xq, const float *as, const rom_word_t 
       brom_tile_gemv_packed<lin_rows(LIN), COLS, R::GROUP, R::BITS>(xq, as, pk, y, xs, sim, g_threads);
     } else if constexpr (R::DDR) {
       static acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS]; // not written (PROBE = false)
-      brom_ddr_gemv_rt<R, R::TILES>(ROWS, COLS, xq, as, ddr + lin_ddr(l, LIN), y, probe, xs, sim);
+      brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS>(ROWS, COLS, xq, as, ddr + lin_ddr(l, LIN), y, probe, xs,
+                                                         sim);
     } else {
       const int pb = BANK_OFFSETS.at[BANK_PLANES][l][LIN], qb = BANK_OFFSETS.at[BANK_PARAMS][l][LIN],
                 ab = BANK_OFFSETS.at[BANK_AUX][l][LIN];
@@ -491,7 +504,8 @@ void csim_tensor_gemv(int l, const act_t *xq, const float *as, const rom_word_t 
                                                                  &R::aux()[t][ab], y + t, xs, sim, g_threads, R::TILES);
     }
     if constexpr (R::DDR) {
-      DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF>::count(cyc, R::TILES, ROWS, COLS, R::MIN_ROWS);
+      DdrStream<DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF>, rm::WEIGHT_PORT_BITS>::count(
+          cyc, R::TILES, ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN);
     } else { // parallel tiles: one tile's cycles
       typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF> S;
       cyc.candidates += S::cand_cycles(COLS);
@@ -623,7 +637,8 @@ LAYER_FFN:
 // The embedding row of token `id`, from its ROM or streamed from ddr.
 template <class E>
 void embed(std::true_type /*in DDR*/, int id, const rom_word_t *ddr, float *out, LayerCycles &cyc) {
-  embedding_row_ddr<E::TILES, E::MAX_ROWS, E::MAX_COLS, E::GROUP, E::BITS>(id, ddr + lin_ddr(0, L_EMBD), out, cyc);
+  embedding_row_ddr<rm::WEIGHT_PORT_BITS, E::TILES, E::MAX_ROWS, E::MAX_COLS, E::GROUP, E::BITS>(
+      id, ddr + lin_ddr(0, L_EMBD), out, cyc);
 }
 template <class E>
 void embed(std::false_type /*on chip*/, int id, const rom_word_t *, float *out, LayerCycles &cyc) {
@@ -925,6 +940,7 @@ constexpr int DEPTH_LORA = 1 << 20;
 constexpr int DEPTH_STATUS = STATUS_WORDS;
 constexpr int DEPTH_DDR = rm::DDR_WORDS > 0 ? (int)rm::DDR_WORDS : 1;
 constexpr int DEPTH_URAM = rm::URAM_WORDS > 0 ? (int)rm::URAM_WORDS : 1;
+constexpr int WEIGHT_PORT_BITS = rm::WEIGHT_PORT_BITS; // the pragmas name it unqualified
 
 extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens, uint32_t kv_capacity,
                           uint32_t lora_slot, uint32_t lora_bytes, uint32_t sample_mode, float inv_temperature,
@@ -972,11 +988,12 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = m_axi port = kv_cache offset = slave bundle = gmem_kv depth = DEPTH_KV \
     max_widen_bitwidth = KV_PORT_BITS
 #pragma HLS INTERFACE mode = m_axi port = lora_staging offset = slave bundle = gmem_lora depth = DEPTH_LORA
+// the weights' port at the board's memory port width (roma_model.h WEIGHT_PORT_BITS; brom_ddr.h counts at it)
 #pragma HLS INTERFACE mode = m_axi port = ddr_weights offset = slave bundle = gmem_weights depth = DEPTH_DDR \
-    max_widen_bitwidth = 128 max_read_burst_length = 64 num_read_outstanding = 16
+    max_widen_bitwidth = WEIGHT_PORT_BITS max_read_burst_length = 64 num_read_outstanding = 16
 // the URAM load image shares the weights' port (the same bundle options): read by CMD_LOAD_WEIGHTS only
 #pragma HLS INTERFACE mode = m_axi port = uram_weights offset = slave bundle = gmem_weights depth = DEPTH_URAM \
-    max_widen_bitwidth = 128 max_read_burst_length = 64 num_read_outstanding = 16
+    max_widen_bitwidth = WEIGHT_PORT_BITS max_read_burst_length = 64 num_read_outstanding = 16
 #pragma HLS INTERFACE mode = m_axi port = status offset = slave bundle = gmem_status depth = DEPTH_STATUS
 #pragma HLS INTERFACE mode = s_axilite port = tokens_in bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = tokens_out bundle = control

@@ -70,8 +70,10 @@
 //                                                       plan streams from DDR (ddr_image.py's DDR image: header,
 //                                                       then each tensor's B-ROM tile words in ROM order with
 //                                                       each 4 steps' scale|minimum words after their planes),
-//                                                       read once per GEMV, one sequential pass per tile;
-//                                                       unused (may be 0) when every tensor is on chip
+//                                                       read once per GEMV, one sequential pass per tile,
+//                                                       through a port of roma_model.h's WEIGHT_PORT_BITS (the
+//                                                       board's: 128 Zynq UltraScale+, 512 Alveo); unused (may
+//                                                       be 0) when every tensor is on chip
 //   uram_weights uint32 [URAM_WORDS]                    the build's uram_weights.bin, read by CMD_LOAD_WEIGHTS
 //                                                       only (weight_load.h's load image: header, then each URAM
 //                                                       tensor's bank words); shares the ddr_weights port
@@ -132,7 +134,8 @@ enum Stage : uint32_t {
   STAGE_NORM = 1,       // RMSNorm (layers and final)
   STAGE_ACT_QUANT = 2,  // int8 activation quantizer in front of the layers' ROM GEMVs
   STAGE_GEMV = 3,       // the layers' B-ROM tile GEMVs (candidates + ROM stream; a DDR-streamed tensor's
-                        // tiles cost max(compute, image words / DDR_WORDS_PER_CYCLE) each, brom_ddr.h)
+                        // tiles cost their blocks at the slower of the WEIGHT_PORT_BITS port and the lanes,
+                        // brom_ddr.h DdrStream)
   STAGE_LORA = 4,       // LoRA unit: deltas of the active slot, and CMD_LOAD_LORA copies
   STAGE_ROPE = 5,       // RoPE angles and rotations
   STAGE_ATTENTION = 6,  // KV writes, scores, softmax, P*V

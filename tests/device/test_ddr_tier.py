@@ -154,6 +154,7 @@ def test_ddr_build_has_no_rom_arrays_for_ddr_tensors(ddr_build, tiny_build):
         assert f"constexpr int UNIT_{lin}[N_LAYERS] = {{0, 1}};" in header
     assert f"constexpr long long DDR_WORDS = {words.size};" in header
     assert f"constexpr unsigned DDR_CRC = 0x{int(words[3]):08x}u;" in header
+    assert f"constexpr int WEIGHT_PORT_BITS = {manifest['board']['weight_port_bits']};" in header
     assert f"constexpr long long DDR_WQ[N_LAYERS] = {{-1, {tensors['blk.1.wq']['ddr_offset']}}};" in header
     assert f"constexpr long long DDR_OUTPUT = {tensors['output']['ddr_offset']};" in header
     # the same weights as the all-ROM build, read back through either tier

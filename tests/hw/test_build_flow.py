@@ -274,6 +274,21 @@ def test_alveo_link_maps_every_m_axi_bundle_once():
         # the KV cache's port has its memory to itself (attention streams it at the port's width)
         bank_of = dict(re.findall(r"^sp=roma_core_1\.m_axi_(\w+):(\w+\[[\d:]+\])$", text, re.M))
         assert list(bank_of.values()).count(bank_of["gmem_kv"]) == 1, f"{name}: gmem_kv shares {bank_of['gmem_kv']}"
+        # the weight stream has a 512-bit port (boards.json) on memory no other bundle shares
+        assert b.weight_port_bits == 512, name
+        target = dict(re.findall(r"^sp=roma_core_1\.m_axi_(\w+):(\S+)$", text, re.M))
+        assert [k for k, v in target.items() if v == target["gmem_weights"]] == ["gmem_weights"], name
+
+
+def test_the_weight_port_is_the_builds_width():
+    """Both ports of the gmem_weights bundle are widened to roma_model.h's WEIGHT_PORT_BITS, the width the
+    DDR stream's cycles are counted at (brom_ddr.h), not to a constant."""
+    src = (HLS / "roma_core.cpp").read_text()
+    for port in ("ddr_weights", "uram_weights"):
+        m = re.search(rf"#pragma HLS INTERFACE mode = m_axi port = {port} offset = slave bundle = gmem_weights "
+                      r"[^\n]*\\\n\s*max_widen_bitwidth = (\w+)", src)
+        assert m and m.group(1) == "WEIGHT_PORT_BITS", port
+    assert "constexpr int WEIGHT_PORT_BITS = rm::WEIGHT_PORT_BITS;" in src
 
 
 def test_block_design_routes_the_bundles_roma_core_declares():

@@ -17,6 +17,7 @@ import hls_tools
 import numpy as np
 import pytest
 
+from roma_runtime.compiler.placement.logic import ddr_block_ii
 from roma_runtime.errors import RomaError
 
 pytestmark = hls_tools.needs_gxx
@@ -54,6 +55,14 @@ def test_every_bits_and_group_bit_exact(build, random_cases):
     assert "half_to_float: 0 mismatches" in out
     assert "q8_to_half: 0 mismatches of 16896" in out
     assert len(re.findall(r" q8 +mismatches lut=0 dsp=0 csim-fast=0 ddr=0", out)) == 14
+    # the DDR stream at both port widths: the kernel's block II is the one the logic estimate counts lanes with
+    rows = re.findall(r"b=(\d) G=(\d+) +(\d+)x\d+ +tiles=(\d+) (\w+) .* ddr@128=\d+ \((\w+), block II (\d+)\) "
+                      r"ddr@512=\d+ \(\w+, block II (\d+)\)", out)
+    assert len(rows) == 27 and {r[5] for r in rows} == {"lanes", "serial"}
+    for b, g, r, t, scales, _, ii128, ii512 in rows:
+        tile_rows = [int(r) // int(t)]
+        assert [int(ii128), int(ii512)] == [ddr_block_ii(int(b), int(g), scales, tile_rows, w) for w in (128, 512)]
+    assert any(int(r[7]) < int(r[6]) for r in rows)  # a wider port, fewer cycles per block
 
 
 @pytest.mark.slow

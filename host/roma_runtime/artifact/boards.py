@@ -26,6 +26,7 @@ _POS_INT = ((int,), lambda v: v > 0, "an integer > 0")
 _POS_NUM = ((int, float), lambda v: v > 0, "a number > 0")
 _TEXT = ((str,), lambda v: bool(v.strip()), "a non-empty string")
 _BOOL = ((bool,), lambda v: True, "true or false")
+AXI_WIDTHS = (64, 128, 256, 512)
 REQUIRED_FIELDS = {
     "description": _TEXT,
     "part": _TEXT,
@@ -39,6 +40,7 @@ REQUIRED_FIELDS = {
     "ddr_bandwidth_gbs": _POS_NUM,
     "memory": _TEXT,
     "bandwidth_source": _TEXT,
+    "weight_port_bits": ((int,), lambda v: v in AXI_WIDTHS, f"an AXI data width: one of {', '.join(map(str, AXI_WIDTHS))}"),
     "pynq_board": _BOOL,
     "host": ((str,), lambda v: v in HOSTS, f"one of {', '.join(HOSTS)}"),
     "uram_initialisable": _BOOL,
@@ -64,6 +66,7 @@ class Board:
     ddr_bandwidth_gbs: float
     memory: str
     bandwidth_source: str
+    weight_port_bits: int  # the weight stream's AXI port, bits per core cycle (roma_model.h WEIGHT_PORT_BITS)
     pynq_board: bool
     host: str
     uram_initialisable: bool

@@ -60,7 +60,8 @@ FORMAT_VERSION = 9  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NA
 # tensors in uram_weights.bin, the build's context; 7: ROMA_LOGITS_IMPL, DDR-streamed tensors of more than 8K rows
 # in tiles (memory.ddr_tiles); 8: one GEMV engine per configuration shared by all linears (UNIT_*, N_UNITS), its
 # bank the tensors' tiles stacked; a .dat's tiles selected by ROMA_BROM_TILE; KV_PORT_BITS (the board's KV port,
-# attention's lanes); 9: tile t of a tensor holds its rows t, t + tiles, ... (brom_image.pack)
+# attention's lanes); 9: tile t of a tensor holds its rows t, t + tiles, ... (brom_image.pack); roma_model.h
+# WEIGHT_PORT_BITS (the board's weight port width)
 MANIFEST_SEAL = "manifest_sha256"
 HEADER_FILE = "roma_model.h"
 DDR_FILE = "ddr_weights.bin"

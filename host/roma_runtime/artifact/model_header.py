@@ -9,6 +9,8 @@ Also generated for the top (hw/hls/roma_core.cpp):
   of its image inside the DDR weight image (ddr_weights.bin) the core reads through `ddr_weights`, with
   DDR_WORDS (the image's words, 0 without DDR tensors) and DDR_CRC (its payload CRC-32, which the image's
   header repeats: the core refuses a buffer holding another image);
+- WEIGHT_PORT_BITS: the board's weight port width (boards.json weight_port_bits): the width roma_core.cpp gives
+  the ddr_weights/uram_weights port and brom_ddr.h counts the DDR stream at;
 - URAM_<LINEAR>[N_LAYERS], URAM_TOKEN_EMBD, URAM_OUTPUT: per tensor, -1 unless the plan puts it in URAM
   ("URAM-load-once"), else the word offset of its bank words inside the URAM load image (uram_weights.bin,
   uram_image.py) that CMD_LOAD_WEIGHTS copies into its bank row, with URAM_WORDS (the image's words, 0 without
@@ -84,10 +86,12 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
                   logits_impl: str = "bram", gemv_pe: int = 1) -> str:
     """tensors: manifest tensor entries (name -> {bits, group, tiles, ddr_offset, uram_offset, ...}) for
     blk.<i>.<linear>, token_embd and, when untied, output; ddr: the manifest's "ddr" entry (None: every tensor is
-    on chip); uram: its "uram" entry (None: no tensor is in URAM);
+    on chip); uram: its "uram" entry (None: no tensor is in URAM); board: a boards.json name (its KV and weight
+    port widths go into the header);
     kv_onchip: the manifest's "kv_onchip" entry ({tokens, placement, ...}; None: the KV cache is in DDR);
     lora_unit: the manifest's "lora_unit" entry ({slots, rank, targets, dtype, placement, ...}; None or 0 slots:
-    the build has no LoRA unit); logits_impl: the memory g_logits binds to (uram or bram, the plan's choice)."""
+    the build has no LoRA unit); logits_impl: the memory g_logits binds to (uram or bram, the plan's choice);
+    gemv_pe: the tiles of the layers' on-chip GEMV engines (the plan's pe: ROMA_GEMV_PE)."""
     unit = lora_unit if lora_unit and lora_unit["slots"] > 0 else None
     lora_arrays = 0 if unit is None else 2 if unit["dtype"] == "int8" else 1
     c = config
@@ -175,7 +179,9 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               "// The DDR weight image (ddr_weights.bin): words, header included (0: no tensor streams from DDR),",
               "// and the CRC-32 of its payload, as its header holds it",
               f"constexpr long long DDR_WORDS = {ddr['words'] if ddr else 0};",
-              f"constexpr unsigned DDR_CRC = 0x{ddr['crc32'] if ddr else 0:08x}u;"]
+              f"constexpr unsigned DDR_CRC = 0x{ddr['crc32'] if ddr else 0:08x}u;",
+              "// the board's weight port (ddr_weights, uram_weights): bits per core cycle (boards.json weight_port_bits)",
+              f"constexpr int WEIGHT_PORT_BITS = {get_board(board).weight_port_bits};"]
     lines += ["",
               "// The URAM load image (uram_weights.bin): words, header included (0: no tensor is in URAM), and the",
               "// checksum of its tensors (weight_load.h), as its header holds it",

@@ -86,7 +86,8 @@ def _mixed_build(hf: Path, out: Path):
     # tensor entries (where load_build finds them); the file checksums are not rewritten, so the golden reads
     # the images back without them
     header = dict(config=model.config, tensors=tensors, bits=4, group=32, context=model.config.context_length,
-                  board="u250", model_sha256=model.identity(), ddr=man["ddr"], uram=man["uram"])
+                  board="u250", model_sha256=model.identity(),
+                  ddr=man["ddr"], uram=man["uram"], gemv_pe=man["plan"]["pe"])
     (out / "roma_model.h").write_text(render_header(**header, lora_unit=man["lora_unit"]))
     onchip = out.parent / "build_kv_onchip"
     onchip.mkdir(exist_ok=True)

@@ -19,8 +19,8 @@
 // likewise its repacked path (brom_tile_gemv_packed: codes unpacked once, 16 rows side by side), both the
 // portable loop and the AVX-512 VNNI loop when the testbench is compiled with it (EMU_ARCH, the AVX-512 sets the CPU lists). The DDR tier
 // (brom_ddr.h) on the same tensor's DDR image (name.ddr.u32, brom.ddr_words): the streamed kernel
-// brom_ddr_gemv on both datapaths, and the emulated board's repack of DDR tiles, against the ROM kernel: y,
-// dots and xsums bit for bit. q8 cases (the scale ROM in the q8 format) run all of the above with the q8 arrays,
+// brom_ddr_gemv on both datapaths at a 128-bit port and at a 512-bit one (the LUT datapath), and the emulated
+// board's repack of DDR tiles, against the ROM kernel: y, dots and xsums bit for bit. q8 cases (the scale ROM in the q8 format) run all of the above with the q8 arrays,
 // and are also compared with the same matrix packed with fp16 scales (name.fp16.bin): the loader's decoded
 // scales and minimums equal its fp16 ones, and the q8 kernels' y and dots equal the fp16 kernel's bit for bit;
 // the decoder q8_to_half is checked on every code and exponent (q8.u16). The attention
@@ -193,9 +193,9 @@ long run_csim_fast(const Case &c, const BromImageHost &img, Tally &tally) {
   return tally.mismatches - before;
 }
 
-// The DDR-streamed kernel on the DDR image, and the C-simulation repack of its tiles, against the ROM kernel
-// on datapath DP: y, dots and xsum bit for bit.
-template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP, ScaleFormat SF>
+// The DDR-streamed kernel on the DDR image through a PORT_BITS-wide port, and the C-simulation repack of its
+// tiles, against the ROM kernel on datapath DP: y, dots and xsum bit for bit.
+template <int PORT_BITS, int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP, ScaleFormat SF>
 long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cycles_per_gemv) {
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> C;
   typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> D;
@@ -226,9 +226,8 @@ long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cy
     brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, DP, true, SF>(
         xq.data(), a_scale.data(), rom_planes<C>(img), rom_prm<C>(img), rom_aux<C>(img), y.data(),
         reinterpret_cast<acc_t(*)[PP]>(dot.data()), xsum.data(), cyc);
-    brom_ddr_gemv<TILES, ROWS, COLS, GROUP, BITS, DP, true, SF>(xq.data(), a_scale.data(), ddr.data(), yd.data(),
-                                                                 reinterpret_cast<acc_t(*)[PP]>(dotd.data()),
-                                                                 xsd.data(), cyd);
+    brom_ddr_gemv<PORT_BITS, TILES, ROWS, COLS, GROUP, BITS, DP, true, SF>(
+        xq.data(), a_scale.data(), ddr.data(), yd.data(), reinterpret_cast<acc_t(*)[PP]>(dotd.data()), xsd.data(), cyd);
     cycles_per_gemv = cyc.act_quant + cyd.total();
     for (int tile = 0; tile < TILES; ++tile)
       brom_tile_gemv_packed<ROWS, COLS, GROUP, BITS>(xq.data(), a_scale.data(), packed[tile], &yp[tile], xsp.data(),
@@ -267,20 +266,24 @@ bool try_case(const Case &c, const BromImageHost &img, Tally &tally) {
       run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, twin, tally, cyc_lut);
   const long m_dsp = run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac, SF>(c, img, twin, tally, cyc_dsp);
   const long m_fast = run_csim_fast<TILES, ROWS, COLS, GROUP, BITS, SF>(c, img, tally);
-  uint64_t cyc_ddr = 0, cyc_ddr_dsp = 0;
-  const long m_ddr = run_ddr<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, tally, cyc_ddr) +
-                     run_ddr<TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac, SF>(c, img, tally, cyc_ddr_dsp);
+  // the stream at a Zynq UltraScale+ HP port's 128 bits (both datapaths) and an Alveo port's 512 bits
+  uint64_t cyc_ddr = 0, cyc_ddr_dsp = 0, cyc_ddr_512 = 0;
+  const long m_ddr = run_ddr<128, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, tally, cyc_ddr) +
+                     run_ddr<128, TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac, SF>(c, img, tally, cyc_ddr_dsp) +
+                     run_ddr<512, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, tally, cyc_ddr_512);
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> C;
-  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> D;
+  typedef DdrStepConfig<GROUP, BITS, Datapath::LutSelect, SF> D;
+  typedef DdrStream<D, 128> P128;
+  typedef DdrStream<D, 512> P512;
   std::printf("  %-18s b=%d G=%-3d %4dx%-4d tiles=%d %-4s mismatches lut=%ld dsp=%ld csim-fast=%ld ddr=%ld  "
-              "cycles/GEMV lut=%llu dsp=%llu (act_quant %llu + candidates %llu + gemv %llu, gemv II=%d) ddr=%llu (%d "
-              "tiles x (prefix %llu + max(compute %llu, stream %llu) + %d))\n",
+              "cycles/GEMV lut=%llu dsp=%llu (act_quant %llu + candidates %llu + gemv %llu, gemv II=%d) "
+              "ddr@128=%llu (%s, block II %d) ddr@512=%llu (%s, block II %d)\n",
               c.name.c_str(), BITS, GROUP, c.rows, COLS, TILES, c.scales.c_str(), m_lut, m_dsp, m_fast, m_ddr,
               (unsigned long long)cyc_lut, (unsigned long long)cyc_dsp,
               (unsigned long long)ActQuantConfig<COLS, GROUP>::CYCLES, (unsigned long long)C::CAND_CYCLES,
-              (unsigned long long)C::GEMV_CYCLES, C::GEMV_II, (unsigned long long)cyc_ddr, TILES,
-              (unsigned long long)D::PREFIX_CYCLES, (unsigned long long)D::COMPUTE_CYCLES,
-              (unsigned long long)D::STREAM_CYCLES, C::GEMV_DEPTH + timing::AXI_READ_LATENCY);
+              (unsigned long long)C::GEMV_CYCLES, C::GEMV_II, (unsigned long long)cyc_ddr,
+              D::lanes(ROWS) ? "lanes" : "serial", P128::block_ii(ROWS, ROWS), (unsigned long long)cyc_ddr_512,
+              D::lanes(ROWS) ? "lanes" : "serial", P512::block_ii(ROWS, ROWS));
   return true;
 }
 

@@ -105,6 +105,9 @@ def test_u250_2bit_puts_the_layers_on_chip_and_q8_the_head_too(smollm2):
     d = plan.to_dict()
     assert d["totals"]["weight_bytes"] == plan.total_bytes and d["memory"]["bram36"] == plan.bram36_used
     assert "estimate" in d["estimate"]["label"] and d["estimate"]["decode_tokens_per_s"] > 0
+    # DDR weights stream through the one weight port: 512 bits at 300 MHz (19.2 GB/s), below the card's 77 GB/s
+    m = d["estimate"]["model"]
+    assert m["weight_port_bits"] == 512 and m["weight_stream_gbs"] == pytest.approx(19.2)
     # 2-bit codes with q8 scales and a 2-bit head: every layer on chip, BRAM-ROM + URAM-load-once; the head streams,
     # because a URAM bank takes the GEMV's partition over the plane words of a group (WPS banks of 4K words each)
     q8 = P.make_plan(smollm2, "u250", bits=2, group=64, lora_rank=0, scales="q8",
@@ -303,6 +306,9 @@ def test_boards_file_matches_the_architecture_table():
     # the KV cache's own port: Zynq-7000 HP 64 bits, Zynq UltraScale+ HP 128, Alveo DDR 512, U280 HBM channel 256
     assert {n: b.kv_port_bits for n, b in boards.items()} == {
         "pynq-z2": 64, "kv260": 128, "zcu104": 128, "zcu102": 128, "u250": 512, "u280": 256}
+    # the weight port: a Zynq-7000 HP port is 64 bits, a Zynq UltraScale+ S_AXI_HP port 128, an Alveo DDR/HBM port 512
+    assert {n: b.weight_port_bits for n, b in boards.items()} == {"pynq-z2": 64, "kv260": 128, "zcu104": 128,
+                                                                   "zcu102": 128, "u250": 512, "u280": 512}
 
 
 def test_board_schema_errors_name_board_and_field(tmp_path):
@@ -323,6 +329,11 @@ def test_board_schema_errors_name_board_and_field(tmp_path):
     f.write_text(json.dumps(data))
     with pytest.raises(RomaError, match="board 'kv260' has an invalid 'kv_port_bits': 100"):
         load_boards(f)
+    data["boards"]["kv260"]["weight_port_bits"] = 100
+    f.write_text(json.dumps(data))
+    with pytest.raises(RomaError, match="'weight_port_bits': 100") as e:
+        load_boards(f)
+    assert "64, 128, 256, 512" in e.value.hint
 
 
 # --- rendering and the CLI -------------------------------------------------------------------------------

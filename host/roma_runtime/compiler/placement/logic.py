@@ -25,6 +25,9 @@ weight bits W = BITS, activation bits A = 8):
   fp32 scale path per step (brom_term, q8/fp16 decode): 2 int->fp32, 2 fp16->fp32, 3 fmul, 2 fadd.
   FF: FINN has no FF formula; the integer datapath's registers are counted as its tree and accumulator bits
   (c1 * (tree + acc)) plus the candidates' 16 * C, and each fp operator's pipeline registers (FP_OPS).
+A DDR engine's block loop (brom_ddr_gemv_rt) unrolls BLOCK_STEPS steps (4 fp16, 8 q8) at block II (ddr_block_ii:
+  brom_ddr.h DdrStream at the board's weight_port_bits); its datapaths are the lanes the II leaves unshared,
+  ceil(BLOCK_STEPS / II): 1 at a 128-bit port (II >= BLOCK_STEPS), 2 (fp16) or 3 (q8, 2-bit G64) at 512 bits.
 Activation quantizer (act_quant, SIMD 4): 4 integer compares of 31 bits, 2 fdiv (the scale and its inverse), 4
   fmul and 4 round/clip of 8 bits.
 LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its two loops, then 1 fmul and 1 fadd.
@@ -48,10 +51,25 @@ from __future__ import annotations
 import math
 
 from ...artifact.boards import Board
+from ...artifact.interface import kernel_constants
 from ...model.config import ModelConfig
 from .memory import LINEARS, att_simd, lin_shape
 
 LABEL = "estimate (FINN MVAU-style formulas and fixed fp32 operator costs; not a synthesis report)"
+
+
+def ddr_block_ii(bits: int, group: int, scales: str, tile_rows: list[int], port_bits: int) -> int:
+    """The II of brom_ddr_gemv_rt's block loop (brom_ddr.h DdrStream::block_ii) for an engine whose tiles have
+    these row counts, through a port_bits-wide weight port."""
+    ddr, types = kernel_constants("brom_ddr.h"), kernel_constants("types.h")
+    steps = ddr["DDR_Q8_BLOCK_STEPS"] if scales == "q8" else ddr["DDR_BLOCK_STEPS"]
+    beat, port = ddr["DDR_BEAT_WORDS"], port_bits // 32
+    words = steps * bits * group // 32 + beat
+    port_ii = (words + max(0, port - beat) + port - 1) // port  # the port words a block starting on a beat touches
+    rows = min(tile_rows)
+    if math.gcd(*tile_rows) % steps == 0:  # lanes: an accumulator comes back every rows / BLOCK_STEPS iterations
+        return max(port_ii, -(-types["FADD_LATENCY"] // (rows // steps)))
+    return max(steps * -(-types["FADD_LATENCY"] // rows), port_ii)  # serial: one step per GEMV_II
 
 # FINN's MVAU LUT constants (finn-r: c0 fixed cost, c1 routing/packing factor)
 C0, C1 = 300, 1.1
@@ -118,11 +136,17 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         lut, ff, dsp, inputs = gemv_tile(e["bits"], e["group"], datapath)
         name = f"GEMV engine #{e['index']} {e['role']} ({e['bits']}-bit G{e['group']} {e['scales']}, {e['tier']})"
         # an on-chip engine's tiles are parallel datapaths (brom_gemv_tiles_rt unrolls them); a DDR engine streams
-        # its tiles one after another through one brom_ddr_gemv_rt datapath
-        datapaths = 1 if e["tier"] == "ddr" else e["tiles"]
+        # its tiles one after another through brom_ddr_gemv_rt's lanes, as many as its block II leaves unshared
+        datapaths, ddr = e["tiles"], {}
+        if e["tier"] == "ddr":
+            steps = 8 if e["scales"] == "q8" else 4
+            ii = ddr_block_ii(e["bits"], e["group"], e["scales"], [r // e["tiles"] for r, _ in shapes],
+                              board.weight_port_bits)
+            datapaths, ddr = -(-steps // ii), {"block_steps": steps, "block_ii": ii,
+                                               "weight_port_bits": board.weight_port_bits}
         units.append(_unit(name, datapaths, lut, ff, dsp, {**inputs, "max_rows": max(r for r, _ in shapes),
                                                            "max_cols": max(c for _, c in shapes),
-                                                           "tiles": e["tiles"], "linears": e["linears"]}))
+                                                           "tiles": e["tiles"], "linears": e["linears"], **ddr}))
     n_engines = sum(1 for e in engines if e["gemv"])
     aq = _ops({"fdiv": 2, "fmul": 4})
     units.append(_unit("activation quantizer (one per engine)", n_engines, aq[0] + 4 * 31 + 4 * 50, aq[1] + 4 * 40,

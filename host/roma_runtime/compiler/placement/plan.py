@@ -96,7 +96,9 @@ LoRA on DSPs, at the board clock:
 - on-chip memory: each BRAM36 tile delivers 72 bits per cycle, each URAM 144 (two 72-bit ports); every block of
   a tier holds a slice of every layer placed in it, so a tensor is read at (the tier's weight blocks x that
   width) / (b + 32/G) weights per cycle.
-- DDR: bytes streamed per token / the board's nominal peak bandwidth (boards.json, ``ddr_bandwidth_gbs``).
+- DDR: bytes streamed per token / the bandwidth they get: the weights stream through the core's one weight
+  port, ``weight_port_bits`` per cycle (boards.json: 128 on Zynq UltraScale+, 512 on Alveo), at most the
+  board's nominal peak (``ddr_bandwidth_gbs``); the KV cache at the nominal peak.
 - attention over the KV cache at ``context`` tokens (default 256) and the LoRA products: fp MACs on DSPs at
   one MAC per ``DSPS_PER_MAC`` DSPs, using ``DSP_FRACTION`` of them; KV reads from DDR when the cache is there.
 
@@ -1105,6 +1107,7 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
     c, board = plan.model, plan.board
     f = board.clock_mhz * 1e6
     bw = board.ddr_bandwidth_gbs * 1e9
+    weight_bw = min(bw, board.weight_port_bits / 8 * f)  # the weight port (roma_core's gmem_weights)
     lanes = compute_lanes(board)
     ctx = context if context is not None else (plan.kv_cache.detail.get("tokens") or DEFAULT_CONTEXT)
     dsp_macs = max(1.0, board.dsp * DSP_FRACTION / DSPS_PER_MAC)
@@ -1114,6 +1117,7 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
     port_bits = {BRAM_ROM: sum(t.bram36 for t in plan.tensors if t.group) * BRAM_BITS_PER_CYCLE,
                  URAM_LOAD_ONCE: sum(t.uram for t in plan.tensors if t.group) * URAM_BITS_PER_CYCLE}
     t_weights = 0.0
+    t_ddr = 0.0  # the DDR streams' time: weights at the weight port's rate, the KV cache at the peak
     ddr_bytes = 0.0
     weights_read = 0
     for t in plan.tensors:
@@ -1123,14 +1127,16 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
             row_bytes = t.bytes / t.rows
             if t.placement == DDR_STREAM:
                 ddr_bytes += row_bytes
-                t_weights += row_bytes / bw
+                t_ddr += row_bytes / weight_bw
+                t_weights += row_bytes / weight_bw
             continue
         n = t.params
         weights_read += n
         t_compute = n / (lanes * 4 / t.bits) / f
         if t.placement == DDR_STREAM:
-            t_mem = t.bytes / bw
+            t_mem = t.bytes / weight_bw
             ddr_bytes += t.bytes
+            t_ddr += t_mem
         else:
             t_mem = n * t.bits_per_weight / port_bits[t.placement] / f
         t_weights += max(t_compute, t_mem)
@@ -1142,6 +1148,7 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
     t_kv_mem = kv_read / bw if plan.kv_cache.placement == "DDR" else 0.0
     if plan.kv_cache.placement == "DDR":
         ddr_bytes += kv_read
+        t_ddr += t_kv_mem
     t_attn = max(t_attn_compute, t_kv_mem)
     t_lora = lora_macs / dsp_macs / f
     total = t_weights + t_attn + t_lora
@@ -1152,9 +1159,10 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
         "breakdown_us": {"weights": t_weights * 1e6, "attention": t_attn * 1e6, "lora": t_lora * 1e6},
         "context_tokens": ctx,
         "ddr_bytes_per_token": int(ddr_bytes),
-        "ddr_bound_tokens_per_s": (bw / ddr_bytes) if ddr_bytes else None,
+        "ddr_bound_tokens_per_s": (1.0 / t_ddr) if ddr_bytes else None,
         "weights_read_per_token": weights_read,
         "model": {"clock_mhz": board.clock_mhz, "ddr_bandwidth_gbs": board.ddr_bandwidth_gbs,
+                  "weight_port_bits": board.weight_port_bits, "weight_stream_gbs": weight_bw / 1e9,
                   "lut_select_lanes": lanes, "luts_per_lane": LUTS_PER_LANE,
                   "lut_fraction": COMPUTE_LUT_FRACTION, "weights_per_lane_cycle": "4 / bits",
                   "dsp_fp_macs_per_cycle": dsp_macs, "bram_bits_per_cycle": BRAM_BITS_PER_CYCLE,
@@ -1247,7 +1255,9 @@ def render_table(plan: Plan, per_tensor: bool = False) -> str:
     ddr = e["ddr_bytes_per_token"]
     bound = f", DDR-bound at most {e['ddr_bound_tokens_per_s']:,.0f} tokens/s" if ddr else ""
     lines.append(f"estimate: ~{e['decode_tokens_per_s']:,.0f} decode tokens/s at context {e['context_tokens']} "
-                 f"({e['us_per_token']:,.1f} us/token; DDR traffic {_mib(ddr)}/token incl. KV at {b.ddr_bandwidth_gbs:g} GB/s{bound}; "
+                 f"({e['us_per_token']:,.1f} us/token; DDR traffic {_mib(ddr)}/token incl. KV, weights at "
+                 f"{e['model']['weight_stream_gbs']:g} GB/s ({b.weight_port_bits}-bit port), KV at "
+                 f"{b.ddr_bandwidth_gbs:g} GB/s{bound}; "
                  f"{e['model']['lut_select_lanes']:,} LUT-select lanes at {b.clock_mhz:g} MHz)")
     lines.append("  " + e["label"])
     return "\n".join(lines)

@@ -21,20 +21,34 @@
 // in ROM (tb_brom_tile checks it on every case, both datapaths).
 //
 // Streaming: DDR_BLOCKS reads one block per iteration, BLOCK_WORDS = BLOCK_STEPS*WPS + 4 consecutive words,
-// so the blocks of a tile are one sequential burst; the top declares the port 128 bits wide
-// (max_widen_bitwidth), a block is BLOCK_STEPS*WPS/4 + 1 beats and starts on a beat (tiles and the q8 prefix
-// are multiples of 4 words). Each iteration computes its BLOCK_STEPS steps at
-// II = max(BLOCK_STEPS * GEMV_II, BLOCK_BEATS): the datapath's rate or the port's, whichever is slower. q8
-// first reads its exponent prefix, one beat (8 rows) per cycle. The tiles of a tensor stream one after another
+// so the blocks of a tile are one sequential burst. The image's unit of alignment is a beat of DDR_BEAT_WORDS = 4
+// words (128 bits: tiles, blocks' scale words and the q8 prefix are whole beats); that is a format constant. The
+// core's ddr_weights port is WEIGHT_PORT_BITS wide (roma_model.h, the board's weight_port_bits: 64 on a Zynq-7000
+// HP port, 128 on a Zynq UltraScale+ S_AXI_HP port, 512 on an Alveo card's AXI port into its DDR bank); the
+// kernels take it as PORT_BITS and DdrStream counts their loops at that width: a span of n words starting on a
+// beat takes port_cycles(n) cycles (the whole port words it touches). The count assumes the m_axi adapter
+// delivers a port word per cycle on a tile's burst; Vitis widens a 32-bit pointer's bursts only where it can
+// prove the alignment (m_axi_alignment_byte_size), and the image aligns tiles to a beat (16 bytes), so the
+// 512-bit rate is to be confirmed by the synthesis report's port widening (not run here).
+//
+// The block loop (DdrStream::block_ii). BLOCK_STEPS datapaths are unrolled in its body (brom_step_dot per step):
+// - lanes (every tile row count of the engine a multiple of BLOCK_STEPS, E::ROW_ALIGN): a block is rows
+//   BLOCK_STEPS*q .. BLOCK_STEPS*q + BLOCK_STEPS-1 of one group, so lane i always reads and writes bank i of acc
+//   and ex (both partitioned cyclic BLOCK_STEPS) and all lanes read the same group's candidates, activations and
+//   a_scale; a row's accumulator comes back every rows / BLOCK_STEPS iterations (the DEPENDENCE distance).
+//   II = max(port_cycles(BLOCK_WORDS), timing::acc_ii(rows / BLOCK_STEPS)). y has one write port: at II <
+//   BLOCK_STEPS the outputs are written after the loop from acc (DDR_Y, one a cycle), else in the last group.
+// - serial (a row count that is not a multiple: blocks straddle groups and rows, a lane's bank is not fixed):
+//   the steps one after another, II = max(BLOCK_STEPS * GEMV_II, port_cycles(BLOCK_WORDS)).
+// q8 first reads its exponent prefix, one beat (8 rows) per iteration: ex's BLOCK_STEPS banks take 8 rows a cycle
+// (a wider port does not help), port_cycles(4) cycles per beat. The tiles of a tensor stream one after another
 // through the one port; the candidates are built once per GEMV.
 //
-// Cycle model (DdrTileConfig: the pragmas and the C-simulation counters share it), per tile:
-//   PREFIX_CYCLES (q8: PREFIX_WORDS / 4 + AXI_READ_LATENCY, its own burst; fp16: 0)
-//   + max(compute = BLOCK_STEPS * BLOCKS * GEMV_II, stream = BLOCKS * BLOCK_BEATS) + GEMV_DEPTH
-//   + AXI_READ_LATENCY,
-// DDR_STREAM_BYTES_PER_CYCLE = 16: one 128-bit m_axi read port at the core clock. That is a Zynq UltraScale+
-// S_AXI_HP port's width, 3.2 GB/s at KV260's 200 MHz and 4.8 GB/s at U250's 300 MHz, below the boards'
-// 19.2 GB/s DDR4 peak, so the port, not the DRAM, bounds the stream (an Alveo port could be 512 bits wide).
+// Cycle model (DdrStream: the pragmas and the C-simulation counters share it), per tile:
+//   PREFIX_CYCLES (q8: PREFIX_WORDS / 4 * port_cycles(4) + AXI_READ_LATENCY, its own burst; fp16: 0)
+//   + BLOCKS * block_ii + GEMV_DEPTH + AXI_READ_LATENCY (+ rows + RAM_LATENCY when y is written after the loop).
+// On a KV260 (128 bits at 200 MHz, 3.2 GB/s) a 2-bit q8 block of 36 words takes 9 cycles (8 steps: the port
+// bounds it); on a U250 (512 bits at 300 MHz, 19.2 GB/s, its DDR bank's peak) 3 cycles.
 //
 // C simulation (the emulated board) does not run the DDR_BLOCKS loop for speed: roma_core repacks a DDR tile
 // from the ddr_weights buffer once per image (csim_pack_ddr_tile, DdrTileSource: csim/brom_ddr.h) and runs the same packed SIMD
@@ -55,37 +69,28 @@ constexpr uint32_t DDR_VERSION = 1;
 constexpr int DDR_HEADER_WORDS = 4;             // magic, version, words, CRC-32
 constexpr int DDR_BLOCK_STEPS = 4;              // fp16 steps per block: their scale|minimum words are one beat
 constexpr int DDR_Q8_BLOCK_STEPS = 8;           // q8 steps per block: their 16-bit params are one beat
-constexpr int DDR_STREAM_BYTES_PER_CYCLE = 16;  // the ddr_weights m_axi port: 128 bits per core cycle
-constexpr int DDR_WORDS_PER_CYCLE = DDR_STREAM_BYTES_PER_CYCLE / 4;
+constexpr int DDR_BEAT_WORDS = 4;               // the image's alignment: tiles and scale words are whole beats
 
-// The stream's constants for one GEMV datapath (group, bits, datapath, scale format) and its formulas for a tile of
+// The image's constants for one GEMV datapath (group, bits, datapath, scale format) and its formulas for a tile of
 // `rows` rows and `cols` columns, evaluated at run time by a GEMV engine that serves tensors of several shapes
-// (roma_core.cpp) and at compile time by DdrTileConfig.
+// (roma_core.cpp) and at compile time by DdrTileConfig. Nothing here depends on the port's width (DdrStream).
 template <int GROUP, int BITS, Datapath DP, ScaleFormat SF>
 struct DdrStepConfig {
   typedef BromStepConfig<GROUP, BITS, DP, SF> S;
   static constexpr bool Q8 = SF == ScaleFormat::Q8;
   static constexpr int WPS = S::WPS;
   static constexpr int BLOCK_STEPS = Q8 ? DDR_Q8_BLOCK_STEPS : DDR_BLOCK_STEPS;
-  static constexpr int PARAM_WORDS = DDR_WORDS_PER_CYCLE; // a block's scale entries: one beat
+  static constexpr int PARAM_WORDS = DDR_BEAT_WORDS; // a block's scale entries: one beat
   static constexpr int BLOCK_WORDS = BLOCK_STEPS * WPS + PARAM_WORDS;
-  static constexpr int BLOCK_BEATS = (BLOCK_WORDS + DDR_WORDS_PER_CYCLE - 1) / DDR_WORDS_PER_CYCLE;
-  // the block loop's II for an accumulator revisited every `rows` steps: the datapath's rate or the port's
-  static constexpr int block_ii(int rows) {
-    return BLOCK_STEPS * S::gemv_ii(rows) > BLOCK_BEATS ? BLOCK_STEPS * S::gemv_ii(rows) : BLOCK_BEATS;
-  }
+  // Whether an engine whose tile row counts are all multiples of row_align runs its steps in lanes (see above).
+  static constexpr bool lanes(int row_align) { return row_align % BLOCK_STEPS == 0; }
   // Rows are revisited every `rows` steps, rows / BLOCK_STEPS block iterations (at least one).
   static constexpr int acc_distance(int rows) { return rows / BLOCK_STEPS > 0 ? rows / BLOCK_STEPS : 1; }
-  static constexpr int prefix_words(int rows) { return Q8 ? (rows + 7) / 8 * DDR_WORDS_PER_CYCLE : 0; } // 8 rows a beat
+  static constexpr int prefix_words(int rows) { return Q8 ? (rows + 7) / 8 * DDR_BEAT_WORDS : 0; } // 8 rows a beat
   static constexpr int steps(int rows, int cols) { return cols / GROUP * rows; }
   static constexpr int blocks(int rows, int cols) { return (steps(rows, cols) + BLOCK_STEPS - 1) / BLOCK_STEPS; }
   static constexpr long long tile_words(int rows, int cols) {
     return prefix_words(rows) + (long long)blocks(rows, cols) * BLOCK_WORDS;
-  }
-  // PREFIX_CYCLES + BLOCKS * block_ii + depth: the block loop runs at the slower of the datapath and the port
-  static constexpr uint64_t tile_cycles(int rows, int cols, int ii_rows) {
-    return (Q8 ? (uint64_t)(prefix_words(rows) / DDR_WORDS_PER_CYCLE) + timing::AXI_READ_LATENCY : 0) +
-           (uint64_t)blocks(rows, cols) * block_ii(ii_rows) + S::GEMV_DEPTH + timing::AXI_READ_LATENCY;
   }
   // The scale entries of step i of a block whose words are w (q8: ex = the tile's row exponents, r the row).
   static HalfPair scales(const rom_word_t *w, int i, const scale_word_t *ex, int r) {
@@ -94,10 +99,48 @@ struct DdrStepConfig {
     if (Q8) return brom_scales<SF>((scale_word_t)(pw >> (16 * (i & 1))), ex[r]);
     return brom_scales<SF>((scale_word_t)(pw & 0xffffu), (scale_word_t)(pw >> 16));
   }
+};
+
+// The stream of datapath D's tiles through a PORT_BITS-wide ddr_weights port: the loops' IIs (the pragmas) and
+// their cycles (the counters), for an engine whose shortest tile has ii_rows rows and whose tile row counts are
+// all multiples of row_align.
+template <class D, int PORT_BITS>
+struct DdrStream {
+  static_assert(PORT_BITS == 64 || PORT_BITS == 128 || PORT_BITS == 256 || PORT_BITS == 512,
+                "WEIGHT_PORT_BITS is an AXI data width: 64, 128, 256 or 512");
+  typedef typename D::S S;
+  static constexpr int PORT_WORDS = PORT_BITS / 32;
+  // Cycles of a span of n words that starts on a beat: the port words it touches at worst (a beat need not
+  // start a port word wider than itself).
+  static constexpr int port_cycles(int n) {
+    return (n + (PORT_WORDS > DDR_BEAT_WORDS ? PORT_WORDS - DDR_BEAT_WORDS : 0) + PORT_WORDS - 1) / PORT_WORDS;
+  }
+  static constexpr int PREFIX_II = port_cycles(DDR_BEAT_WORDS); // one beat of q8 exponents (8 rows)
+  static constexpr int max(int a, int b) { return a > b ? a : b; }
+  // the block loop's II: lanes at the port's rate or the accumulators' distance, else the steps one a GEMV_II
+  static constexpr int block_ii(int ii_rows, int row_align) {
+    return D::lanes(row_align) ? max(port_cycles(D::BLOCK_WORDS), timing::acc_ii(D::acc_distance(ii_rows)))
+                               : max(D::BLOCK_STEPS * S::gemv_ii(ii_rows), port_cycles(D::BLOCK_WORDS));
+  }
+  // y (one write port) takes fewer than BLOCK_STEPS outputs per block iteration: written after the loop (DDR_Y)
+  static constexpr bool y_after(int ii_rows, int row_align) { return block_ii(ii_rows, row_align) < D::BLOCK_STEPS; }
+  static constexpr uint64_t prefix_cycles(int rows) {
+    return D::Q8 ? (uint64_t)(D::prefix_words(rows) / DDR_BEAT_WORDS) * PREFIX_II + timing::AXI_READ_LATENCY : 0;
+  }
+  static constexpr uint64_t block_cycles(int rows, int cols, int ii_rows, int row_align) {
+    return (uint64_t)D::blocks(rows, cols) * block_ii(ii_rows, row_align);
+  }
+  static constexpr uint64_t y_cycles(int rows, int ii_rows, int row_align) {
+    return y_after(ii_rows, row_align) ? (uint64_t)rows + timing::RAM_LATENCY : 0;
+  }
+  static constexpr uint64_t tile_cycles(int rows, int cols, int ii_rows, int row_align) {
+    return prefix_cycles(rows) + block_cycles(rows, cols, ii_rows, row_align) + S::GEMV_DEPTH +
+           timing::AXI_READ_LATENCY + y_cycles(rows, ii_rows, row_align);
+  }
   // One GEMV of a tensor of `tiles` such tiles: candidates once, then the tiles one after another.
-  static void count(Cycles &cyc, int tiles, int rows, int cols, int ii_rows) {
+  static void count(Cycles &cyc, int tiles, int rows, int cols, int ii_rows, int row_align) {
     cyc.candidates += S::cand_cycles(cols);
-    cyc.gemv += (uint64_t)tiles * tile_cycles(rows, cols, ii_rows);
+    cyc.gemv += (uint64_t)tiles * tile_cycles(rows, cols, ii_rows, row_align);
   }
 };
 
@@ -109,34 +152,33 @@ struct DdrTileConfig : DdrStepConfig<GROUP, BITS, DP, SF> {
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> C;
   static constexpr int STEPS = C::PARAMS; // (group, row) steps of a tile
   static constexpr int PREFIX_WORDS = B::prefix_words(ROWS);
-  static constexpr int PREFIX_BEATS = PREFIX_WORDS / DDR_WORDS_PER_CYCLE;
   static constexpr int BLOCKS = B::blocks(ROWS, COLS);
   static constexpr long long TILE_WORDS = B::tile_words(ROWS, COLS);
-  static constexpr int BLOCK_II = B::block_ii(ROWS);
-  static constexpr uint64_t TILE_CYCLES = B::tile_cycles(ROWS, COLS, ROWS);
-  // its parts (the testbench prints them): the q8 prefix, and the block loop's datapath and port rates
-  static constexpr uint64_t PREFIX_CYCLES = B::Q8 ? (uint64_t)PREFIX_BEATS + timing::AXI_READ_LATENCY : 0;
-  static constexpr uint64_t COMPUTE_CYCLES = (uint64_t)BLOCKS * B::BLOCK_STEPS * C::GEMV_II;
-  static constexpr uint64_t STREAM_CYCLES = (uint64_t)BLOCKS * B::BLOCK_BEATS;
-  static void count(Cycles &cyc, int tiles) { B::count(cyc, tiles, ROWS, COLS, ROWS); }
 };
 
 // All TILES tiles of a DDR-streamed tensor of `rows` rows per tile and `cols` columns (run time, within engine E's
-// bounds: MAX_ROWS, MAX_COLS, MIN_ROWS, GROUP, BITS, DP, SF) from `image` (the tensor's first word in ddr_weights,
-// an m_axi pointer). dot_probe and xsum_out as brom_gemv_tiles.
-template <class E, int TILES, bool PROBE = false>
+// bounds: MAX_ROWS, MAX_COLS, MIN_ROWS, ROW_ALIGN (every tile row count a multiple of it), GROUP, BITS, DP, SF)
+// from `image` (the tensor's first word in ddr_weights, an m_axi pointer PORT_BITS wide). dot_probe and xsum_out
+// as brom_gemv_tiles.
+template <class E, int TILES, int PORT_BITS, bool PROBE = false>
 void brom_ddr_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const float a_scale[E::MAX_COLS / E::GROUP],
                       const rom_word_t *image, float *y, acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
                       acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
   typedef DdrStepConfig<E::GROUP, E::BITS, E::DP, E::SF> D;
+  typedef DdrStream<D, PORT_BITS> P;
   typedef typename D::S S;
   constexpr int GROUP = E::GROUP, NG_MAX = E::MAX_COLS / GROUP, QUADS = S::QUADS, WPS = S::WPS;
   constexpr int BLOCK_WORDS = D::BLOCK_WORDS, BLOCK_STEPS = D::BLOCK_STEPS, EX_ROWS = D::Q8 ? E::MAX_ROWS : 1;
-  constexpr int BLOCK_II = D::block_ii(E::MIN_ROWS), ACC_DISTANCE = D::acc_distance(E::MIN_ROWS); // the pragmas'
+  constexpr bool LANES = D::lanes(E::ROW_ALIGN), Y_AFTER = P::y_after(E::MIN_ROWS, E::ROW_ALIGN);
+  // the pragmas'
+  constexpr int BLOCK_II = P::block_ii(E::MIN_ROWS, E::ROW_ALIGN), ACC_DISTANCE = D::acc_distance(E::MIN_ROWS);
+  constexpr int PREFIX_II = P::PREFIX_II, MAX_ROWS = E::MAX_ROWS;
   constexpr int MAX_BLOCKS = D::blocks(E::MAX_ROWS, E::MAX_COLS), MAX_PREFIX_BEATS =
-      D::prefix_words(E::MAX_ROWS) / DDR_WORDS_PER_CYCLE + 1;
+      D::prefix_words(E::MAX_ROWS) / DDR_BEAT_WORDS + 1;
   (void)BLOCK_II;
   (void)ACC_DISTANCE;
+  (void)PREFIX_II;
+  (void)MAX_ROWS;
   (void)MAX_BLOCKS;
   (void)MAX_PREFIX_BEATS;
 
@@ -154,24 +196,25 @@ void brom_ddr_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const flo
   brom_candidates<E::MAX_COLS, GROUP, E::DP>(cols, xq, cand, xg, xsum);
 
   const int ng = cols / GROUP, steps = D::steps(rows, cols), blocks = D::blocks(rows, cols);
-  const int prefix_beats = D::prefix_words(rows) / DDR_WORDS_PER_CYCLE;
+  const int prefix_beats = D::prefix_words(rows) / DDR_BEAT_WORDS, row_blocks = rows / BLOCK_STEPS;
   const long long tile_words = D::tile_words(rows, cols);
 DDR_TILES:
   for (int t = 0; t < TILES; ++t) {
     const rom_word_t *src = image + (long long)t * tile_words;
-  DDR_EXPONENTS: // q8 only (no prefix for fp16): one beat, 8 rows, per cycle
+  DDR_EXPONENTS: // q8 only (no prefix for fp16): one beat, 8 rows (one per bank of ex), per iteration
     for (int k = 0; k < prefix_beats; ++k) {
-#pragma HLS PIPELINE II = 1
+#pragma HLS PIPELINE II = PREFIX_II
 #pragma HLS LOOP_TRIPCOUNT min = 0 max = MAX_PREFIX_BEATS
-      for (int i = 0; i < 2 * DDR_WORDS_PER_CYCLE; ++i) {
+      for (int i = 0; i < 2 * DDR_BEAT_WORDS; ++i) {
 #pragma HLS UNROLL
-        const int row = 2 * DDR_WORDS_PER_CYCLE * k + i;
-        const rom_word_t w = src[DDR_WORDS_PER_CYCLE * k + i / 2];
+        const int row = 2 * DDR_BEAT_WORDS * k + i;
+        const rom_word_t w = src[DDR_BEAT_WORDS * k + i / 2];
         if (row < EX_ROWS && row < rows) ex[row] = (scale_word_t)(w >> (16 * (i & 1)));
       }
     }
     src += D::prefix_words(rows);
-    int g = 0, r = 0; // the (group, row) of the next step
+    // the (group, row) of the next step; lanes: the block's group and first row BLOCK_STEPS * q
+    int g = 0, r = 0, q = 0;
   DDR_BLOCKS:
     for (int b = 0; b < blocks; ++b) {
 #pragma HLS PIPELINE II = BLOCK_II
@@ -186,38 +229,55 @@ DDR_TILES:
       for (int i = 0; i < BLOCK_STEPS; ++i) {
 #pragma HLS UNROLL
         const int step = b * BLOCK_STEPS + i;
-        if (step < steps) { // the last block's missing steps are padding
+        const int row = LANES ? BLOCK_STEPS * q + i : r; // lanes: lane i owns bank i of acc and ex
+        if (step < steps) { // the last block's missing steps are padding (serial only)
           const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&w[i * WPS], cand[g], xg[g]);
           if (PROBE) dot_probe[t][step] = dot;
-          const HalfPair dm = D::scales(w, i, ex, D::Q8 ? r : 0);
+          const HalfPair dm = D::scales(w, i, ex, D::Q8 ? row : 0);
           const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
-          const float sum = (g == 0) ? term : acc[r] + term;
-          acc[r] = sum;
-          if (g == ng - 1) y[r * TILES + t] = sum; // tile t holds rows t, t + TILES, ...
-          if (++r == rows) {
+          const float sum = (g == 0) ? term : acc[row] + term;
+          acc[row] = sum;
+          if (!Y_AFTER && g == ng - 1) y[row * TILES + t] = sum; // tile t holds rows t, t + TILES, ...
+          if (!LANES && ++r == rows) {
             r = 0;
             ++g;
           }
         }
       }
+      if (LANES && ++q == row_blocks) {
+        q = 0;
+        ++g;
+      }
+    }
+  DDR_Y: // the lanes outrun y's write port: the tile's outputs from the accumulators, one a cycle
+    for (int k = 0; k < (Y_AFTER ? rows : 0); ++k) {
+#pragma HLS PIPELINE II = 1
+#pragma HLS LOOP_TRIPCOUNT min = 0 max = MAX_ROWS
+      y[k * TILES + t] = acc[k];
     }
   }
   for (int k = 0; k < NG_MAX; ++k) {
 #pragma HLS UNROLL
     if (k < ng) xsum_out[k] = xsum[k];
   }
-  D::count(cyc, TILES, rows, cols, E::MIN_ROWS);
+  P::count(cyc, TILES, rows, cols, E::MIN_ROWS, E::ROW_ALIGN);
 }
 
-// All TILES tiles of one DDR-streamed tensor (a fixed shape).
-template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
+// A fixed tile shape as an engine: its one row count is its alignment.
+template <class C>
+struct DdrFixedShape : C {
+  static constexpr int ROW_ALIGN = C::MAX_ROWS;
+};
+
+// All TILES tiles of one DDR-streamed tensor (a fixed shape) through a PORT_BITS-wide port.
+template <int PORT_BITS, int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
           bool PROBE = false, ScaleFormat SF = ScaleFormat::Fp16>
 void brom_ddr_gemv(const act_t xq[COLS], const float a_scale[COLS / GROUP], const rom_word_t *image,
                    float y[TILES * ROWS], acc_t dot_probe[TILES][(COLS / GROUP) * ROWS],
                    acc_t xsum_out[COLS / GROUP], Cycles &cyc) {
 #pragma HLS INLINE
-  brom_ddr_gemv_rt<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>, TILES, PROBE>(ROWS, COLS, xq, a_scale, image, y,
-                                                                                  dot_probe, xsum_out, cyc);
+  brom_ddr_gemv_rt<DdrFixedShape<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>>, TILES, PORT_BITS, PROBE>(
+      ROWS, COLS, xq, a_scale, image, y, dot_probe, xsum_out, cyc);
 }
 
 } // namespace roma

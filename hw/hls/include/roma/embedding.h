@@ -18,7 +18,8 @@
 //
 // A DDR-streamed embedding (placement "DDR-stream", brom_ddr.h's image layout) is read the same way through
 // the ddr_weights port: per group, the step's WPS plane words and its scale|minimum word, two reads of the
-// same block (embedding_row_ddr: ROW_DDR at II = beats of the planes + 1, plus the AXI read latency once).
+// same block (embedding_row_ddr: ROW_DDR at II = the port words the planes touch + 1 for the scale word, at the
+// build's weight port width, plus the AXI read latency once).
 #ifndef ROMA_EMBEDDING_H
 #define ROMA_EMBEDDING_H
 
@@ -39,9 +40,20 @@ struct EmbeddingConfig {
   static constexpr int DEPTH = timing::ROM_LATENCY + 1 /* tile mux */ + 1 /* fp16 decode */ +
                                timing::FMUL_LATENCY + timing::FADD_LATENCY + 1;
   static constexpr uint64_t CYCLES = (uint64_t)NG * timing::II + DEPTH;
-  static constexpr int DDR_II = (Tile::WPS + DDR_WORDS_PER_CYCLE - 1) / DDR_WORDS_PER_CYCLE + 1;
-  static constexpr uint64_t DDR_CYCLES =
-      (uint64_t)NG * DDR_II + DEPTH - timing::ROM_LATENCY + timing::AXI_READ_LATENCY;
+};
+
+// A DDR-streamed embedding's row through a PORT_BITS-wide port: per group a step's planes, WPS words at word i*WPS
+// of its beat-aligned block (so they start at a multiple of gcd(WPS, DDR_BEAT_WORDS) past a beat), then its
+// scale|minimum word.
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS, int PORT_BITS>
+struct EmbeddingDdrConfig : EmbeddingConfig<TILES, ROWS, COLS, GROUP, BITS> {
+  typedef EmbeddingConfig<TILES, ROWS, COLS, GROUP, BITS> C;
+  typedef DdrStream<DdrStepConfig<GROUP, BITS, Datapath::LutSelect, ScaleFormat::Fp16>, PORT_BITS> P;
+  static constexpr int WPS = C::Tile::WPS;
+  static constexpr int PLANES_OFFSET = DDR_BEAT_WORDS - (WPS % 4 == 0 ? 4 : WPS % 2 == 0 ? 2 : 1); // at most
+  static constexpr int II = P::port_cycles(PLANES_OFFSET + WPS) + P::port_cycles(1);
+  static constexpr uint64_t CYCLES =
+      (uint64_t)C::NG * II + C::DEPTH - timing::ROM_LATENCY + timing::AXI_READ_LATENCY;
 };
 
 // The GROUP weights of one (group, row) step, w = d*q + m, from its BITS plane words.
@@ -76,11 +88,11 @@ ROW:
 }
 
 // out[COLS] = row `token` of a DDR-streamed embedding whose image starts at `image` (an m_axi pointer).
-template <int TILES, int ROWS, int COLS, int GROUP, int BITS>
+template <int PORT_BITS, int TILES, int ROWS, int COLS, int GROUP, int BITS>
 void embedding_row_ddr(int token, const rom_word_t *image, float out[COLS], LayerCycles &cyc) {
-  typedef EmbeddingConfig<TILES, ROWS, COLS, GROUP, BITS> C;
+  typedef EmbeddingDdrConfig<TILES, ROWS, COLS, GROUP, BITS, PORT_BITS> C;
   typedef DdrTileConfig<ROWS, COLS, GROUP, BITS> D;
-  constexpr int NG = C::NG, WPS = C::Tile::WPS, DDR_II = C::DDR_II;
+  constexpr int NG = C::NG, WPS = C::WPS, DDR_II = C::II;
   (void)DDR_II; // used by the PIPELINE pragma
 #pragma HLS ARRAY_PARTITION variable = out type = cyclic factor = GROUP dim = 1
   const int tile = token % TILES;
@@ -102,7 +114,7 @@ ROW_DDR:
     embedding_group<GROUP, BITS>(w, half_to_float((half_bits_t)(pm & 0xffffu)), half_to_float((half_bits_t)(pm >> 16)),
                                  &out[g * GROUP]);
   }
-  cyc.embedding += C::DDR_CYCLES;
+  cyc.embedding += C::CYCLES;
 }
 
 } // namespace roma
