@@ -214,7 +214,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     context: the build's context, 1..the model's context length (None: the model's): the longest session its
     core runs; CONTEXT in the header sizes attention's score buffer, the KV port and the token limits.
     pe: the tiles (processing elements) of the layers' on-chip GEMV engines (None: the most the board's logic
-    allows, placement.plan.choose_pe); each tensor's tiles are the plan's.
+    allows whose placement costs the fewest GEMV cycles, placement.plan.pe_candidates); each tensor's tiles are
+    the plan's.
     lora_slots, lora_slot_rank, lora_targets, lora_dtype: the core's LoRA unit (artifact/lora_unit.py), None
     for the board's default (boards.json "lora_unit"); lora_rank, the compensating LoRA's rank (LoftQ, on the
     unit's targets only), is at most the slot rank. The plan reserves the unit's memory before any weight.

@@ -140,10 +140,14 @@ def test_kv260_cannot_hold_the_cores_own_arrays_at_8k(smollm2):
     assert plan.over_budget == [f"BRAM36 {plan.bram36_used:,.1f} of 115.0"] and plan.bram36_used > 150
     assert "layers 0-29 stream from DDR" in plan.summary and "OVER BUDGET" in plan.summary
     assert plan.estimate["ddr_bytes_per_token"] > plan.total_bytes - 49152 * 576 * 5 // 8  # weights + lm head
-    # at 2 bits neither: layer 0's bank would have to go to URAM, where each of its PE x WPS banks (4 tiles of 4
-    # plane words) takes whole 4K-deep blocks: more URAM than the KV260 has
+    # at 2 bits layer 0 goes to URAM with one PE: the plan tries each PE count its logic allows and keeps the one
+    # whose GEMVs take the fewest cycles; with more PEs the bank splits into PE x WPS banks, each taking whole
+    # 4K-deep URAM blocks, and layer 0 would not fit
     two = P.make_plan(smollm2, "kv260", bits=2, group=64, lora_rank=0, build_context=8192)
-    assert two.pe == 4 and two.layers_on_chip() == []
+    assert two.pe == 1 and two.layers_on_chip() == [0]
+    assert P.make_plan(smollm2, "kv260", bits=2, group=64, lora_rank=0, build_context=8192, pe=4).layers_on_chip() == []
+    with pytest.raises(RomaError, match="--pe 5: the layers' rows .* must split"):
+        P.make_plan(smollm2, "kv260", bits=2, group=64, lora_rank=0, pe=5)
     # a build for a 2K context, the KV260's default (boards.json max_context), has a quarter of the scores, and fits
     short = P.make_plan(smollm2, "kv260", bits=4, group=32, lora_rank=0)
     assert short.context == 2048 and not short.over_budget and short.bram36_used <= 115

@@ -242,7 +242,7 @@ class Plan:
     arrays: list = field(default_factory=list)  # every array the top declares (memory.py), laid out
     engines: list = field(default_factory=list)  # the GEMV engines (_Engines.configs)
     logic: dict = field(default_factory=dict)  # LUT/FF/DSP estimates (logic.py)
-    pe: int = 1  # tiles (processing elements) of the layers' on-chip GEMV engines (choose_pe)
+    pe: int = 1  # tiles (processing elements) of the layers' on-chip GEMV engines (pe_candidates)
 
     # -- derived facts --
     @property
@@ -704,7 +704,8 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     per_tensor_bits and per_tensor_groups (a build's choices) override bits and group by tensor name.
     lora_slots x lora_rank: the LoRA unit the top holds (contract C1; no unit when either is 0). `context` is
     the estimate's context; `build_context` the build's CONTEXT (default: the board's, Board.default_context), which
-    sizes attention's score buffer. `pe`: the tiles of the layers' on-chip GEMV engines (default: choose_pe). See
+    sizes attention's score buffer. `pe`: the tiles of the layers' on-chip GEMV engines (default: of pe_candidates, the one
+    whose placement costs the fewest GEMV cycles). See
     the module docstring for the model."""
     config = _as_config(config)
     board = get_board(board)
@@ -735,31 +736,18 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
                         hint="a unit has one place: name it in one of them")
 
     widest = max([bits, *(per_tensor_bits or {}).values()])
-    pe = check_pe(pe, config) if pe is not None else choose_pe(config, board, widest, group)
-    core = _Core(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, kv_tokens,
-                 build_context or board.default_context(config.context_length), pe)
-    reserved, stage, (bram_budget, uram_budget) = _reserve(core)
-    if reserved is None:
-        _raise_no_room(core, stage)
-    lora, buffers, kv, pool = reserved
+    context_len = build_context or board.default_context(config.context_length)
 
-    # The DDR engines' buffers are declared whatever the room: when they push the total over the budget, the
-    # fill runs again with that much less room for the banks (a few rounds settle it).
-    room, held = (pool.bram36, pool.uram), (0.0, 0.0)
-    for _ in range(4):
-        pool, engines = _Pool(room[0] - held[0], room[1] - held[1]), _Engines(core)
-        for unit in units:
-            if _unit_key(unit) in forced:
-                _stream_unit(unit, pool, engines)
-            elif _unit_key(unit) in in_uram:
-                _place_unit(unit, pool, engines, orders=((("uram", URAM_LOAD_ONCE),),))
-            else:
-                _place_unit(unit, pool, engines)
-        short = (max(0.0, -pool.bram36), max(0.0, -pool.uram))
-        if short == (0.0, 0.0) or not any(t.placement != DDR_STREAM and t.lin is not None for u in units
-                                          for t in u):
-            break
-        held = (held[0] + math.ceil(short[0] * 2) / 2, held[1] + math.ceil(short[1]))
+    def core_with(p: int) -> _Core:
+        return _Core(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, kv_tokens, context_len, p)
+
+    if pe is None:  # the PEs whose placement costs the fewest GEMV cycles per token (pe_candidates)
+        pe = min(pe_candidates(config, board, widest, group),
+                 key=lambda p: (_gemv_cycles(_place(core_with(p), units, forced, in_uram)[0], board), p))
+    else:
+        check_pe(pe, config)
+    core = core_with(pe)
+    engines, (lora, buffers, kv), (bram_budget, uram_budget) = _place(core, units, forced, in_uram)
     for unit in units:
         if _unit_key(unit) in in_uram and any(t.lin is not None and t.placement != URAM_LOAD_ONCE for t in unit):
             raise RomaError(f"--uram: {format_ddr_units([_unit_key(unit)])} does not fit the {board.name}'s URAM "
@@ -783,6 +771,51 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
                                 context=core.context, arrays=plan.arrays)
     plan.estimate = estimate(plan, context=context)
     return plan
+
+
+def _place(core: _Core, units: list, forced: set, in_uram: set):
+    """Place the units for `core` (its reservations first): (engines, (lora, buffers, kv), budgets). The tensors'
+    placements are set on `units`."""
+    reserved, stage, budgets = _reserve(core)
+    if reserved is None:
+        _raise_no_room(core, stage)
+    lora, buffers, kv, pool = reserved
+    # The DDR engines' buffers are declared whatever the room: when they push the total over the budget, the
+    # fill runs again with that much less room for the banks (a few rounds settle it).
+    room, held = (pool.bram36, pool.uram), (0.0, 0.0)
+    for _ in range(4):
+        pool, engines = _Pool(room[0] - held[0], room[1] - held[1]), _Engines(core)
+        for unit in units:
+            if _unit_key(unit) in forced:
+                _stream_unit(unit, pool, engines)
+            elif _unit_key(unit) in in_uram:
+                _place_unit(unit, pool, engines, orders=((("uram", URAM_LOAD_ONCE),),))
+            else:
+                _place_unit(unit, pool, engines)
+        short = (max(0.0, -pool.bram36), max(0.0, -pool.uram))
+        if short == (0.0, 0.0) or not any(t.placement != DDR_STREAM and t.lin is not None for u in units
+                                          for t in u):
+            break
+        held = (held[0] + math.ceil(short[0] * 2) / 2, held[1] + math.ceil(short[1]))
+    return engines, (lora, buffers, kv), budgets
+
+
+def _gemv_cycles(engines: "_Engines", board: Board) -> float:
+    """The GEMV steps' cycles of one token, for choosing the PEs: an on-chip tensor's (group, row) steps over its
+    engine's tiles, a DDR tensor's blocks at the block loop's II (logic.ddr_block_ii, the cycle model's)."""
+    cycles = 0.0
+    for e, members in engines.members.items():
+        tile_rows = [lin_shape(engines.core.config, lin)[0] // e.tiles for lin, _, _ in members]
+        for lin, _, chip in members:
+            rows, cols = lin_shape(engines.core.config, lin)
+            steps = rows * cols / e.group
+            if chip:
+                cycles += steps / e.tiles
+            else:
+                block = 8 if e.scales == "q8" else 4  # brom_ddr.h DDR_Q8_BLOCK_STEPS, DDR_BLOCK_STEPS
+                cycles += steps / block * logic.ddr_block_ii(e.bits, e.group, e.scales, tile_rows,
+                                                             board.weight_port_bits)
+    return cycles
 
 
 # The layers' on-chip GEMV engines fold each matrix over PE tiles (finn-hlslib's MVAU: PE rows x GROUP inputs per
@@ -812,17 +845,16 @@ def check_pe(pe, config: ModelConfig) -> int:
     return pe
 
 
-def choose_pe(config: ModelConfig, board: Board, bits: int, group: int) -> int:
-    """The most tiles (PE_CHOICES) the layers' on-chip engines can have on `board` (see PE_CHOICES)."""
+def pe_candidates(config: ModelConfig, board: Board, bits: int, group: int) -> list[int]:
+    """The tiles (PE_CHOICES) the layers' on-chip engines can have on `board` (see PE_CHOICES); make_plan places
+    the model with each and keeps the one whose GEMVs take the fewest cycles (more PEs make each on-chip GEMV
+    faster but split its bank into more BRAM/URAM banks, so fewer layers may fit on chip)."""
     rows = _layer_rows(config)
     engines = 2 if board.uram else 1
     lut, _, dsp, _ = logic.gemv_tile(bits, group)
-    for pe in PE_CHOICES:
-        if any(r % pe or r // pe < MIN_TILE_ROWS for r in rows):
-            continue
-        if engines * pe * lut <= PE_LOGIC_SHARE * board.luts and engines * pe * dsp <= PE_LOGIC_SHARE * board.dsp:
-            return pe
-    return 1
+    return [pe for pe in PE_CHOICES if not any(r % pe or r // pe < MIN_TILE_ROWS for r in rows)
+            and engines * pe * lut <= PE_LOGIC_SHARE * board.luts and engines * pe * dsp <= PE_LOGIC_SHARE * board.dsp
+            ] or [1]
 
 
 def _plan_arrays(core: _Core, lora_impl: str | None, kv_impl: str, engines: "_Engines") -> list[Array]:
