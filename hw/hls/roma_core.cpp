@@ -1028,6 +1028,10 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // ... and inside it one linear() for its eight call sites (seven linears of a layer, the head): each GEMV engine,
   // its activation quantizer and the LoRA apply are one RTL instance
 #pragma HLS ALLOCATION function instances = linear limit = 1
+  // ... one RMSNorm for its three call sites (the layer's two, the final norm) and one sampler for its two (a run
+  // command, a generate step): they run one after another
+#pragma HLS ALLOCATION function instances = rms_norm limit = 1
+#pragma HLS ALLOCATION function instances = sampler_step limit = 1
   Acct a;
   uint32_t err = ERR_NONE, done = 0, checksum = 0;
   const bool run = command == CMD_PREFILL || command == CMD_DECODE || command == CMD_GENERATE;

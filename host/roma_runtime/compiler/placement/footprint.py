@@ -31,7 +31,7 @@ named by an `ALLOCATION function instances=F limit=N` pragma has at most N, befo
 are counted against the configurations roma_model.h gives (UNIT_*, N_UNITS: one engine per distinct bits, group,
 scale format, tiles and tier, shared by every layer and linear of it; the embedding's and an untied output's
 their own): the check fails when there are more engine instantiations than configurations, or linear(), an
-engine, the LoRA apply or the layer has more than one RTL instance.
+engine, the LoRA apply, the layer, attention, RMSNorm, RoPE or the sampler has more than one RTL instance.
 
 Against the plan: the build's plan (manifest.json "plan") lists the arrays it expects ("memory": memory.py's
 model of the top); compare_arrays sets them beside the object's, by memory.array_key (a function's local arrays
@@ -535,7 +535,8 @@ def verdict(measured: dict, board: str | None = None, *, bram36_budget: float | 
     if e["engines"] > e["configurations"]:
         failures.append(f"{e['engines']} GEMV engines for {e['configurations']} configurations (one engine per "
                         f"configuration, shared by every layer and linear of that configuration)")
-    for label in ("linear (engine dispatch + LoRA)", "GEMV engine (act quant + tiles)", "LoRA apply", "layer"):
+    for label in ("linear (engine dispatch + LoRA)", "GEMV engine (act quant + tiles)", "LoRA apply", "layer",
+                  "attention", "RMSNorm", "RoPE", "sampler"):
         k = measured["kernels"].get(label, {})
         if k.get("max_rtl_instances", 0) > 1:
             failures.append(f"a {label} function has {k['max_rtl_instances']} RTL instances (one shared instance "

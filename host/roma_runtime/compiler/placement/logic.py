@@ -10,8 +10,8 @@ Units and their counts are the RTL instances the HLS makes for the plan (one per
 function, memory.py's engines): each GEMV engine (one per configuration, shared by the layers and linears of that
 configuration; plan.py's engines) with its tiles (parallel datapaths on chip; a DDR engine streams its tiles
 through one) and its activation quantizer; with a LoRA unit, one lora_apply (linear() calls it at one place for
-every linear); one attention, one RoPE, one SwiGLU; RMSNorm at its three call sites (the layer's two, the final
-norm); the sampler at its two call sites in roma_core.
+every linear); one attention, one RoPE, one SwiGLU; one RMSNorm for its three call sites (the layer's two, the
+final norm) and one sampler for its two in roma_core (ALLOCATION limits).
 
 GEMV tile (brom_tile_gemv / brom_ddr_gemv; one (group, row) step per cycle: FINN's PE = 1, SIMD Q = GROUP,
 weight bits W = BITS, activation bits A = 8):
@@ -161,11 +161,11 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                + group * simd + 2 * group, "exp": group, "fcmp": group, "h2f": 2 * simd, "fdiv": simd})
     units.append(_unit("attention", 1, *at, {"group": group, "simd": simd, "head_dim": hd,
                                              "max_ctx": kv_tokens or context}))
-    units.append(_unit("RMSNorm (three call sites)", 3, *_ops({"fmul": 12, "fadd": 4, "fsqrt": 1, "fdiv": 1}),
+    units.append(_unit("RMSNorm (one, three call sites)", 1, *_ops({"fmul": 12, "fadd": 4, "fsqrt": 1, "fdiv": 1}),
                        {"simd": 4}))
     units.append(_unit("RoPE", 1, *_ops({"sin": 1, "cos": 1, "fmul": 9, "fadd": 4}), {"simd": 2}))
     units.append(_unit("SwiGLU", 1, *_ops({"exp": 4, "fadd": 4, "fdiv": 4, "fmul": 4}), {"simd": 4}))
-    units.append(_unit("sampler (two call sites)", 2, *_ops({"fcmp": 4, "exp": 1, "fmul": 1, "fdiv": 1}),
+    units.append(_unit("sampler (one, two call sites)", 1, *_ops({"fcmp": 4, "exp": 1, "fmul": 1, "fdiv": 1}),
                        {"lanes": 4, "vocab": config.vocab_size}))
     lutram = [a for a in arrays if a.impl == "lutram"]
     lut_mem = sum(a.instances * a.banks * a.width * math.ceil(a.depth / 64) for a in lutram)
