@@ -240,7 +240,8 @@ inline float brom_term(float a_scale, half_bits_t d, half_bits_t m, acc_t dot, a
 // MAX_ROWS, MAX_COLS, MIN_ROWS over the tensors it serves, and its bank's PLANE_WORDS, PARAMS and AUX per tile)
 // folded as finn-hlslib's MVAU: TILES processing elements, each one (group, row) step of GROUP inputs per cycle
 // from its own bank, in one flattened loop over the steps at II = GEMV_II. The activation side (the candidates,
-// or the staged activations, and the group sums) is built once and read by every PE at the same address.
+// or the staged activations, and the group sums) is built once; each step reads the group's row of it once into
+// registers and broadcasts it to every PE.
 // One activation vector, a tensor of `rows` rows per tile and `cols` columns (run time, within the bounds) whose
 // words start at plane_base, prm_base and aux_base of each tile's bank arrays (multiples of WPS for the planes).
 // Tile t holds the tensor's rows r * TILES + t (r = 0..rows-1), so each cycle of the last group writes TILES
@@ -286,10 +287,27 @@ GEMV_STEPS:
 #pragma HLS PIPELINE II = GEMV_II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = STEPS_MAX
 #pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = MIN_ROWS dependent = true
+    // the activation side of group g, read once and broadcast to the PEs (finn-hlslib's MVAU reads its input
+    // element once per fold for all PEs): one row of cand and of xg, into registers
+    cand_t cg[QUADS][QUAD_CANDIDATES];
+#pragma HLS ARRAY_PARTITION variable = cg type = complete dim = 0
+    act_t xgg[GROUP];
+#pragma HLS ARRAY_PARTITION variable = xgg type = complete dim = 1
+    for (int k = 0; k < QUADS; ++k) {
+#pragma HLS UNROLL
+      for (int c = 0; c < QUAD_CANDIDATES; ++c) {
+#pragma HLS UNROLL
+        cg[k][c] = cand[g][k][c];
+      }
+    }
+    for (int j = 0; j < GROUP; ++j) {
+#pragma HLS UNROLL
+      xgg[j] = xg[g][j];
+    }
   GEMV_PES:
     for (int t = 0; t < TILES; ++t) {
 #pragma HLS UNROLL
-      const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&planes[t][plane_base + step * WPS], cand[g], xg[g]);
+      const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&planes[t][plane_base + step * WPS], cg, xgg);
       if (PROBE) dot_probe[t][step] = dot;
       const HalfPair dm =
           brom_scales<E::SF>(prm[t][prm_base + step], aux[t][aux_base + (E::SF == ScaleFormat::Q8 ? r : step)]);
