@@ -19,6 +19,12 @@ constexpr int ACT_QMAX = 127;       // symmetric int8 activations in [-127, 127]
 constexpr int ROM_WORD_BITS = 32;   // one B-ROM word: 32 bit-plane bits (one lane of a group)
 constexpr int QUAD = 4;             // activations per LUT-select candidate table
 constexpr int QUAD_CANDIDATES = 16; // subsets of a quad
+// Activations per cycle into a GEMV engine: act_quant's SIMD lanes, and ACT_LANES / QUAD quads per cycle in the
+// candidate stage (brom_candidates). 16: with the engines' 32 PEs a U250 GEMV's (group, row) steps are few (54 for
+// a 192-row linear of 576 columns at G64), and at 4 lanes the two stages in front of them cost 2.6x those steps;
+// at 16 a 576-column vector takes 36 cycles per pass. A power of two dividing every GROUP (32, 64, 128); the
+// buffers the quantizer reads are partitioned cyclic by it (roma_core.cpp). placement/memory.py reads it.
+constexpr int ACT_LANES = 16;
 
 typedef int8_t act_t;   // quantized activation
 typedef int32_t acc_t;  // exact group dot product / activation sum (|dot| <= 255*127*128 < 2^23)
