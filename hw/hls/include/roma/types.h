@@ -20,10 +20,12 @@ constexpr int ROM_WORD_BITS = 32;   // one B-ROM word: 32 bit-plane bits (one la
 constexpr int QUAD = 4;             // activations per LUT-select candidate table
 constexpr int QUAD_CANDIDATES = 16; // subsets of a quad
 // Activations per cycle into a GEMV engine: act_quant's SIMD lanes, and ACT_LANES / QUAD quads per cycle in the
-// candidate stage (brom_candidates). 16: with the engines' 32 PEs a U250 GEMV's (group, row) steps are few (54 for
-// a 192-row linear of 576 columns at G64), and at 4 lanes the two stages in front of them cost 2.6x those steps;
-// at 16 a 576-column vector takes 36 cycles per pass. A power of two dividing every GROUP (32, 64, 128); the
-// buffers the quantizer reads are partitioned cyclic by it (roma_core.cpp). placement/memory.py reads it.
+// candidate stage (brom_candidates). A power of two dividing every GROUP (32, 64, 128); the buffers the quantizer
+// reads are partitioned cyclic by it where they are declared (roma_core.cpp); placement/memory.py and logic.py
+// read it. 16: a SmolLM2 layer on a U250 (32 PEs, 2-bit G64) has 1,728 (group, row) steps; the quantizer and the
+// candidates in front of its seven GEMVs took 4,088 cycles at 4 lanes and take 1,280 at 16. Past 16 the fixed
+// pipeline depths (~38 cycles a GEMV) weigh as much as the passes: 32 lanes would save ~470 cycles a layer (~2%
+// of a decode token) for twice the quantizer's fp32 multipliers.
 constexpr int ACT_LANES = 16;
 
 typedef int8_t act_t;   // quantized activation
