@@ -12,7 +12,8 @@
 // (elementwise). So the lanes change the cycles, never the values: 2 * cols / SIMD + cols / GROUP + depths.
 // The GEMV engines run it at SIMD = ACT_LANES (types.h); x and xq must then deliver SIMD elements per cycle,
 // which is the caller's to declare (HLS_RULES.md: a partition on an argument holds only where it propagates):
-// roma_core.cpp partitions the quantizer's inputs and gemv_unit's xq cyclic by ACT_LANES where they are declared.
+// roma_core.cpp partitions the quantizer's inputs and gemv_unit's xq cyclic by ACT_LANES (or a multiple of it)
+// where they are declared.
 #ifndef ROMA_ACT_QUANT_H
 #define ROMA_ACT_QUANT_H
 
