@@ -126,6 +126,10 @@ constexpr int MAX_CHUNKS = (rm::CONTEXT + MAX_T - 1) / MAX_T; // prefill chunks 
 constexpr int KV_PORT_BITS = rm::KV_PORT_BITS;
 constexpr int att_simd(int lanes) { return rm::HEAD_DIM % lanes == 0 ? lanes : att_simd(lanes / 2); }
 constexpr int ATT_SIMD = att_simd(rm::KV_PORT_BITS / 16);
+// The GEMV inputs are read ACT_LANES (types.h) per cycle by the engine's activation quantizer, so they are
+// partitioned cyclic by ACT_LANES where they are declared (h, g_att); gate is also written ROMA_GEMV_PE rows per
+// cycle (w_gate's PEs): cyclic by the larger of the two (powers of two: a multiple of both).
+constexpr int GEMV_CHAIN_LANES = ROMA_GEMV_PE > ACT_LANES ? ROMA_GEMV_PE : ACT_LANES;
 constexpr bool KV_ONCHIP = rm::KV_ONCHIP_CTX > 0;
 typedef std::integral_constant<bool, KV_ONCHIP> KvOnChip; // selects overloads: only the build's KV code is instantiated
 static_assert(rm::KV_ONCHIP_CTX >= 0 && rm::KV_ONCHIP_CTX <= rm::CONTEXT, "the on-chip KV fits the context");
@@ -286,6 +290,7 @@ struct Unit {
   static constexpr int BITS = lin_bits(L0, LIN0), GROUP = lin_group(L0, LIN0), TILES = lin_tiles(L0, LIN0);
   static constexpr ScaleFormat SF = lin_scales(L0, LIN0);
   static constexpr Datapath DP = Datapath::ROMA_DATAPATH;
+  static constexpr int CQ = ACT_LANES / QUAD; // candidate quads per cycle: the quantizer's pace
   static_assert(SF == ScaleFormat::Fp16 || SF == ScaleFormat::Q8, "SCALES_* is 0 (fp16) or 1 (q8)");
   static constexpr int MAX_ROWS = (int)unit_stat(U, 0), MIN_ROWS = (int)unit_stat(U, 1), MAX_COLS = (int)unit_stat(U, 2);
   static constexpr int ROW_ALIGN = unit_row_align(U);
@@ -504,10 +509,10 @@ void csim_tensor_gemv(int l, const act_t *xq, const float *as, const rom_word_t 
                                                                  &R::aux()[t][ab], y + t, xs, sim, g_threads, R::TILES);
     }
     if constexpr (R::DDR) {
-      DdrStream<DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF>, rm::WEIGHT_PORT_BITS>::count(
+      DdrStream<DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>, rm::WEIGHT_PORT_BITS>::count(
           cyc, R::TILES, ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN);
     } else { // parallel tiles: one tile's cycles
-      typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF> S;
+      typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ> S;
       cyc.candidates += S::cand_cycles(COLS);
       cyc.gemv += S::gemv_cycles(ROWS, COLS, S::gemv_ii(R::MIN_ROWS));
     }
@@ -522,12 +527,13 @@ template <int U>
 void gemv_unit(int l, int lin, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
   typedef Unit<U> R;
   constexpr int NG = R::MAX_COLS / R::GROUP;
-  act_t xq[R::MAX_COLS];
+  act_t xq[R::MAX_COLS]; // written by act_quant, read by the candidate stage: ACT_LANES per cycle
+#pragma HLS ARRAY_PARTITION variable = xq type = cyclic factor = ACT_LANES dim = 1
   float as[NG];
   acc_t xs[NG];
   const int rows = lin_rows(lin) / R::TILES, cols = lin_cols(lin);
   Cycles &cyc = R::HEAD ? a.head : a.gemv;
-  act_quant<R::MAX_COLS, R::GROUP>(cols, x, xq, as, cyc);
+  act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x, xq, as, cyc);
 #ifdef __SYNTHESIS__
   static acc_t probe[R::TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
   tiles_gemv<R>(typename R::InDdr(), l, lin, rows, cols, xq, as, ddr, y, probe, xs, cyc);
@@ -599,6 +605,8 @@ void layer(int l, int start, int T, half_bits_t *kv, uint32_t cap, const rom_wor
   half_bits_t *kc = kv + (size_t)(2 * l) * cap * rm::KV_DIM;
   half_bits_t *vc = kv + (size_t)(2 * l + 1) * cap * rm::KV_DIM;
   float h[rm::DIM], qr[QDIM], kr[rm::KV_DIM];
+  // the GEMV input: read ACT_LANES per cycle by the activation quantizer
+#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = ACT_LANES dim = 1
   // the GEMV outputs: the layers' engines write ROMA_GEMV_PE consecutive rows per cycle (one per PE)
 #pragma HLS ARRAY_PARTITION variable = qr type = cyclic factor = ROMA_GEMV_PE dim = 1
 #pragma HLS ARRAY_PARTITION variable = kr type = cyclic factor = ROMA_GEMV_PE dim = 1
@@ -614,7 +622,7 @@ LAYER_QKV:
   attend(KvOnChip(), l, start, T, kc, vc, a.layer);
   float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
 #pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = ROMA_GEMV_PE dim = 1
-#pragma HLS ARRAY_PARTITION variable = gate type = cyclic factor = ROMA_GEMV_PE dim = 1
+#pragma HLS ARRAY_PARTITION variable = gate type = cyclic factor = GEMV_CHAIN_LANES dim = 1
 #pragma HLS ARRAY_PARTITION variable = up type = cyclic factor = ROMA_GEMV_PE dim = 1
 LAYER_FFN:
   for (int i = 0; i < T; ++i) {
@@ -665,7 +673,8 @@ FORWARD_CHUNKS:
       layer(l, start + c0, T, kv, cap, ddr, a);
     }
     if (c0 + T == n) {
-      float h[rm::DIM];
+      float h[rm::DIM]; // the head's GEMV input: read ACT_LANES per cycle by its activation quantizer
+#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = ACT_LANES dim = 1
       rms_norm<rm::DIM>(g_x[T - 1], g_norms[2 * rm::N_LAYERS], rm::RMS_EPS, h, a.layer);
       linear(0, HEAD_LIN, h, g_logits, ddr, a);
     }
@@ -1011,6 +1020,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS BIND_STORAGE variable = g_logits type = ram_2p impl = ROMA_LOGITS_IMPL
   // the chunk's values, written by the layers' GEMV engines ROMA_GEMV_PE rows per cycle
 #pragma HLS ARRAY_PARTITION variable = g_v type = cyclic factor = ROMA_GEMV_PE dim = 2
+  // the chunk's attention outputs, w_o's GEMV inputs: read ACT_LANES per cycle by its activation quantizer
+#pragma HLS ARRAY_PARTITION variable = g_att type = cyclic factor = ACT_LANES dim = 2
   // the LoRA unit's memory where the plan reserved it, 64-bit words (ROMA_LORA_ARRAYS: which arrays it declares)
 #if ROMA_LORA_ARRAYS >= 1
 #pragma HLS BIND_STORAGE variable = g_lora.values type = ram_s2p impl = ROMA_LORA_IMPL

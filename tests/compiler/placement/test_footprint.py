@@ -16,6 +16,7 @@ pytest.importorskip("elftools", reason="the footprint check reads DWARF with pye
 pytestmark = needs_gxx
 
 from roma_runtime.artifact.boards import get_board  # noqa: E402
+from roma_runtime.artifact.interface import kernel_constants  # noqa: E402
 from roma_runtime.compiler.placement import footprint  # noqa: E402
 from roma_runtime.compiler.placement.memory import BRAM_SHAPES, att_simd, shape_cost  # noqa: E402
 
@@ -96,6 +97,11 @@ def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
     gate = [a for a in tiny_report["local_arrays"] if a["name"] == "layer::gate"]
     assert len(gate) == 1 and (gate[0]["instances"], gate[0]["bytes"]) == (1, 4 * model["ffn_dim"]), gate
     assert tiny_report["total_bram36"] == tiny_report["bram36"] + tiny_report["local_bram36"]
+    # the activation quantizer's input and output, ACT_LANES per cycle: partitioned where they are declared
+    lanes = kernel_constants("types.h")["ACT_LANES"]
+    read = [a for a in tiny_report["local_arrays"] if a["name"] == "layer::h" or a["name"].startswith("gemv_unit<")
+            and a["var"] == "xq"]
+    assert len(read) == 3 and all(a["banks"] == lanes for a in read), read
     text = footprint.render(tiny_report)
     assert "GEMV engines: 2 for 2 configurations" in text
 

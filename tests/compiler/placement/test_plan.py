@@ -17,6 +17,7 @@ import pytest
 from roma_runtime.compiler.placement import memory as M
 from roma_runtime.compiler.placement import plan as P
 from roma_runtime.artifact.boards import get_board, load_boards
+from roma_runtime.artifact.interface import kernel_constants
 from roma_runtime.errors import RomaError
 from roma_runtime.model.config import ModelConfig
 
@@ -371,6 +372,13 @@ def test_cli_json():
     gemv = [u for u in logic["units"] if u["unit"].startswith("GEMV engine")]
     assert gemv and gemv[0]["inputs"]["W"] == 2 and gemv[0]["inputs"]["Q"] == 64
     assert d["resources"]["dsp"]["available"] == 12288 and d["resources"]["lut"]["used"] > 0
+    # in front of each engine's PEs, once per engine: the quantizer at ACT_LANES lanes, the candidates a quad per
+    # four of them (types.h)
+    lanes = kernel_constants("types.h")["ACT_LANES"]
+    units = {u["unit"].split(" (")[0]: u for u in logic["units"]}
+    quant, cand = units["activation quantizer"], units["candidate stage"]
+    assert quant["inputs"]["simd"] == lanes and cand["inputs"]["quads_per_cycle"] == lanes // 4
+    assert quant["count"] == cand["count"] == len(gemv) < sum(u["inputs"]["tiles"] for u in gemv)
 
 
 def test_cli_unknown_board_exits_2():

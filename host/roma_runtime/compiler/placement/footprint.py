@@ -60,8 +60,8 @@ from pathlib import Path
 from ...artifact.boards import get_board
 from ...artifact.interface import HLS_DIR
 from ...errors import RomaError
-from .memory import LINEARS, Array, Pragma, apply_layout, array_key, hls_sources, local_pragmas, read_pragmas, \
-    static_pragmas
+from .memory import LINEARS, Array, Pragma, apply_layout, array_key, hls_sources, local_pragmas, pragma_defines, \
+    read_pragmas, static_pragmas
 
 FOOTPRINT_FILE = "footprint.json"  # check_build's report, beside the manifest
 PLAN_TOLERANCE = 0.05  # issue 19: the object's totals may differ from the plan's by at most 5%
@@ -444,6 +444,7 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     plan = manifest.get("plan") or {}
     consts = _model_consts(build)
     defines = dict(re.findall(r"#define\s+(ROMA_\w+)\s+(\w+)", (build / "roma_model.h").read_text()))
+    defines = {**pragma_defines(int(defines["ROMA_GEMV_PE"])), **defines}
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         obj = compile_synthesis(build, Path(tmp))

@@ -17,19 +17,21 @@ GEMV tile (brom_tile_gemv / brom_ddr_gemv; one (group, row) step per cycle: FINN
 weight bits W = BITS, activation bits A = 8):
   LutSelect:  S = W * Q / 4 selections per step, each a 16:1 mux of a C = A + 2-bit candidate (a subset sum of
               4 int8): select LUTs = 4 * C * S (4 LUT6 per bit of a 16:1 mux); adder tree C * (2S - 1) (FINN's
-              (W + A) * (2Q - 1) with the selections as operands); the quad's 16 candidates: 11 adders of C bits;
-              accumulator: acc_bits = ceil(log2 Q) + W + A (FINN's bound). LUT = c0 + c1 * (select + tree +
-              candidates + acc), c0 = 300, c1 = 1.1 (FINN's constants). DSP 0.
+              (W + A) * (2Q - 1) with the selections as operands); accumulator: acc_bits = ceil(log2 Q) + W + A
+              (FINN's bound). LUT = c0 + c1 * (select + tree + acc), c0 = 300, c1 = 1.1 (FINN's constants). DSP 0.
   DspMac:     DSP = Q * ceil((W + A) / 48) (FINN's formula; BIND_OP impl = dsp on the product); LUT = c0 + c1 *
               ((W + A) * (2Q - 1) + acc_bits + Q * W) (adder tree, accumulator, code reassembly from planes).
   fp32 scale path per step (brom_term, q8/fp16 decode): 2 int->fp32, 2 fp16->fp32, 3 fmul, 2 fadd.
   FF: FINN has no FF formula; the integer datapath's registers are counted as its tree and accumulator bits
-  (c1 * (tree + acc)) plus the candidates' 16 * C, and each fp operator's pipeline registers (FP_OPS).
+  (c1 * (tree + acc)), and each fp operator's pipeline registers (FP_OPS).
+Candidate stage (brom_candidates, once per engine: its PEs share the candidates), CQ = ACT_LANES / 4 quads per
+  cycle: LutSelect 11 adders of C bits per quad (its 16 subset sums), registered (16 * C FF per quad); both
+  datapaths the group sum, 4 * CQ activations of C bits added per cycle. LUT = c1 * (CQ * 11 * C + 4 * CQ * C).
 A DDR engine's block loop (brom_ddr_gemv_rt) unrolls BLOCK_STEPS steps (4 fp16, 8 q8) at block II (ddr_block_ii:
   brom_ddr.h DdrStream at the board's weight_port_bits); its datapaths are the lanes the II leaves unshared,
   ceil(BLOCK_STEPS / II): 1 at a 128-bit port (II >= BLOCK_STEPS), 2 (fp16) or 3 (q8, 2-bit G64) at 512 bits.
-Activation quantizer (act_quant, SIMD 4): 4 integer compares of 31 bits, 2 fdiv (the scale and its inverse), 4
-  fmul and 4 round/clip of 8 bits.
+Activation quantizer (act_quant, SIMD = ACT_LANES, types.h; one per engine): per lane an integer compare of 31
+  bits, an fmul and a round/clip of 8 bits; 2 fdiv (the scale and its inverse).
 LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its two loops, then 1 fmul and 1 fadd.
 Attention (attention_query, GROUP = HEADS / KV_HEADS query heads per KV head, SIMD = ATT_SIMD, the board's KV
   port in fp16 lanes): scores GROUP * SIMD fmul, GROUP * (SIMD - 1) + GROUP * (HD / SIMD - 1) fadd (the two
@@ -108,9 +110,9 @@ def gemv_tile(bits: int, group: int, datapath: str = "LutSelect") -> tuple[float
     if datapath == "LutSelect":
         c = a + 2
         s = w * q // 4
-        select, tree, cand = 4 * c * s, c * (2 * s - 1), 11 * c
-        lut_int = C0 + C1 * (select + tree + cand + acc)
-        ff_int = C1 * (tree + acc) + 16 * c
+        select, tree = 4 * c * s, c * (2 * s - 1)
+        lut_int = C0 + C1 * (select + tree + acc)
+        ff_int = C1 * (tree + acc)
         dsp_int = 0
         inputs = {"datapath": datapath, "W": w, "A": a, "Q": q, "selections": s, "candidate_bits": c,
                   "acc_bits": acc}
@@ -122,6 +124,19 @@ def gemv_tile(bits: int, group: int, datapath: str = "LutSelect") -> tuple[float
         inputs = {"datapath": datapath, "W": w, "A": a, "Q": q, "acc_bits": acc}
     fl, ff, fd = _ops({"itof": 2, "h2f": 2, "fmul": 3, "fadd": 2})
     return lut_int + fl, ff_int + ff, dsp_int + fd, inputs
+
+
+def candidate_stage(datapath: str = "LutSelect") -> tuple[float, float, float, dict]:
+    """(LUT, FF, DSP, inputs) of one engine's candidate stage (see the docstring)."""
+    cq, c = act_lanes() // 4, ACT_BITS + 2
+    cand = 11 * c * cq if datapath == "LutSelect" else 0
+    return C1 * (cand + 4 * cq * c), (16 * c * cq if datapath == "LutSelect" else 0) + 4 * cq * c, 0, \
+        {"quads_per_cycle": cq, "candidate_bits": c}
+
+
+def act_lanes() -> int:
+    """Activations per cycle into a GEMV engine (types.h ACT_LANES: the quantizer's SIMD, 4 per candidate quad)."""
+    return kernel_constants("types.h")["ACT_LANES"]
 
 
 def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: dict, kv_tokens: int,
@@ -148,9 +163,12 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                                                            "max_cols": max(c for _, c in shapes),
                                                            "tiles": e["tiles"], "linears": e["linears"], **ddr}))
     n_engines = sum(1 for e in engines if e["gemv"])
-    aq = _ops({"fdiv": 2, "fmul": 4})
-    units.append(_unit("activation quantizer (one per engine)", n_engines, aq[0] + 4 * 31 + 4 * 50, aq[1] + 4 * 40,
-                       aq[2], {"simd": 4, "engines": n_engines}))
+    lanes = act_lanes()
+    aq = _ops({"fdiv": 2, "fmul": lanes})
+    units.append(_unit("activation quantizer (one per engine)", n_engines, aq[0] + lanes * (31 + 50),
+                       aq[1] + lanes * 40, aq[2], {"simd": lanes, "engines": n_engines}))
+    cl, cf, cd, cin = candidate_stage(datapath)
+    units.append(_unit("candidate stage (one per engine)", n_engines, cl, cf, cd, {**cin, "engines": n_engines}))
     if lora_unit:
         lo = _ops({"h2f": 2, "fmul": 5, "fadd": 3})
         units.append(_unit("LoRA apply (one, every linear)", 1, *lo,

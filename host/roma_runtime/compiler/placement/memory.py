@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ...artifact.interface import HLS_DIR, load_constants
+from ...artifact.interface import HLS_DIR, kernel_constants, load_constants
 from ...errors import RomaError
 from ...model.config import ModelConfig
 
@@ -158,6 +158,14 @@ def _source_pragmas(defines: tuple) -> tuple:
     return tuple(read_pragmas(hls_sources(), dict(defines)))
 
 
+def pragma_defines(pe: int) -> dict[str, str]:
+    """The values of the build-wide symbols the sources' pragma factors name: ROMA_GEMV_PE (roma_model.h: the plan's
+    pe), ACT_LANES (types.h: the activation quantizer's lanes) and GEMV_CHAIN_LANES (roma_core.cpp: the larger of
+    the two, a buffer one GEMV writes and the next one reads)."""
+    lanes = kernel_constants("types.h")["ACT_LANES"]
+    return {"ROMA_GEMV_PE": str(pe), "ACT_LANES": str(lanes), "GEMV_CHAIN_LANES": str(max(pe, lanes))}
+
+
 def source_pragmas(defines: dict[str, str]) -> list[Pragma]:
     """The pragmas of this checkout's HLS sources (read once per set of macro values)."""
     return list(_source_pragmas(tuple(sorted(defines.items()))))
@@ -215,6 +223,7 @@ PRAGMA_SITES = {
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: att_simd(c["HEAD_DIM"], c["KV_PORT_BITS"])})],
     "g_logits": [("roma_core", "g_logits", 0, {})],
     "g_v": [("roma_core", "g_v", 0, {})],  # cyclic ROMA_GEMV_PE (a build macro: the plan's pe)
+    "g_att": [("roma_core", "g_att", 0, {})],  # cyclic ACT_LANES (pragma_defines)
     # the LoRA unit's members (roma_core.cpp: 64-bit words of fp16 values or int8 codes, and of fp32 row scales)
     "values": [("roma_core", "g_lora.values", 0, {"LORA_VALUES_PER_WORD": lambda a, s, c: 64 // a.elem_bits})],
     "row_scale": [("roma_core", "g_lora.row_scale", 0, {"LORA_ROW_SCALES_PER_WORD": lambda a, s, c: 2})],

@@ -120,7 +120,7 @@ from ...model.weights import ROW_SCALE_BITS, SCALE_BITS, storage_bits_per_weight
 from . import logic
 from .memory import (L_EMBD, L_OUTPUT, LAYERS, LINEARS as HLS_LINEARS, TIERS, Array, EngineConfig, bank_arrays,
                      core_arrays, ddr_tiles, engine_locals, hw_constants, kv_array, lin_shape, logits_impl,
-                     lora_apply_locals, lora_arrays, source_pragmas, total)
+                     lora_apply_locals, lora_arrays, pragma_defines, source_pragmas, total)
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_GROUPS = (32, 64, 128)
@@ -588,7 +588,7 @@ class _Core:
     @property
     def pragmas(self):
         # the macro of g_kv_chip's impl is the plan's own choice (kv_array); ROMA_GEMV_PE is the header's pe
-        return source_pragmas({"ROMA_GEMV_PE": str(self.pe)})
+        return source_pragmas(pragma_defines(self.pe))
 
     @property
     def hw(self) -> dict:

@@ -8,7 +8,12 @@
 // groups whose amax is so small (below ~3.7e-37) that 1/scale overflows to inf (numpy is undefined there).
 //
 // Three pipelined loops, II=1, SIMD inputs per cycle: |x| max (integer compare of the |x| bit patterns:
-// exact for non-NaN floats, a 1-cycle recurrence), one scale + reciprocal per group, quantize.
+// exact for non-NaN floats, order-free, a 1-cycle recurrence), one scale + reciprocal per group, quantize
+// (elementwise). So the lanes change the cycles, never the values: 2 * cols / SIMD + cols / GROUP + depths.
+// The GEMV engines run it at SIMD = ACT_LANES (types.h); x and xq must then deliver SIMD elements per cycle,
+// which is the caller's to declare (HLS_RULES.md: a partition on an argument holds only where it propagates):
+// roma_core.cpp partitions the quantizer's inputs and gemv_unit's xq cyclic by ACT_LANES (or a multiple of it)
+// where they are declared.
 #ifndef ROMA_ACT_QUANT_H
 #define ROMA_ACT_QUANT_H
 
@@ -19,8 +24,8 @@
 
 namespace roma {
 
-// SIMD inputs per cycle (a power of two dividing GROUP): 4 keeps pace with the tiles' candidate stage.
-template <int COLS, int GROUP, int SIMD = 4>
+// SIMD inputs per cycle (a power of two dividing GROUP).
+template <int COLS, int GROUP, int SIMD = ACT_LANES>
 struct ActQuantConfig {
   static_assert(COLS % GROUP == 0, "COLS must be a multiple of GROUP");
   static_assert(GROUP % SIMD == 0, "SIMD must divide GROUP");
@@ -38,7 +43,7 @@ struct ActQuantConfig {
 };
 
 // The first `cols` inputs of x (a multiple of GROUP, at most COLS: one instance serves vectors of several sizes).
-template <int COLS, int GROUP, int SIMD = 4>
+template <int COLS, int GROUP, int SIMD = ACT_LANES>
 void act_quant(int cols, const float x[COLS], act_t xq[COLS], float a_scale[COLS / GROUP], Cycles &cyc) {
   typedef ActQuantConfig<COLS, GROUP, SIMD> C;
   constexpr int STEPS_PER_GROUP = GROUP / SIMD;

@@ -71,12 +71,13 @@ constexpr int DDR_BLOCK_STEPS = 4;              // fp16 steps per block: their s
 constexpr int DDR_Q8_BLOCK_STEPS = 8;           // q8 steps per block: their 16-bit params are one beat
 constexpr int DDR_BEAT_WORDS = 4;               // the image's alignment: tiles and scale words are whole beats
 
-// The image's constants for one GEMV datapath (group, bits, datapath, scale format) and its formulas for a tile of
-// `rows` rows and `cols` columns, evaluated at run time by a GEMV engine that serves tensors of several shapes
-// (roma_core.cpp) and at compile time by DdrTileConfig. Nothing here depends on the port's width (DdrStream).
-template <int GROUP, int BITS, Datapath DP, ScaleFormat SF>
+// The image's constants for one GEMV datapath (group, bits, datapath, scale format, the candidate stage's CQ) and
+// its formulas for a tile of `rows` rows and `cols` columns, evaluated at run time by a GEMV engine that serves
+// tensors of several shapes (roma_core.cpp) and at compile time by DdrTileConfig. Nothing here depends on the
+// port's width (DdrStream).
+template <int GROUP, int BITS, Datapath DP, ScaleFormat SF, int CQ = ACT_LANES / QUAD>
 struct DdrStepConfig {
-  typedef BromStepConfig<GROUP, BITS, DP, SF> S;
+  typedef BromStepConfig<GROUP, BITS, DP, SF, CQ> S;
   static constexpr bool Q8 = SF == ScaleFormat::Q8;
   static constexpr int WPS = S::WPS;
   static constexpr int BLOCK_STEPS = Q8 ? DDR_Q8_BLOCK_STEPS : DDR_BLOCK_STEPS;
@@ -157,14 +158,14 @@ struct DdrTileConfig : DdrStepConfig<GROUP, BITS, DP, SF> {
 };
 
 // All TILES tiles of a DDR-streamed tensor of `rows` rows per tile and `cols` columns (run time, within engine E's
-// bounds: MAX_ROWS, MAX_COLS, MIN_ROWS, ROW_ALIGN (every tile row count a multiple of it), GROUP, BITS, DP, SF)
+// bounds: MAX_ROWS, MAX_COLS, MIN_ROWS, ROW_ALIGN (every tile row count a multiple of it), GROUP, BITS, DP, SF, CQ)
 // from `image` (the tensor's first word in ddr_weights, an m_axi pointer PORT_BITS wide). dot_probe and xsum_out
 // as brom_gemv_tiles.
 template <class E, int TILES, int PORT_BITS, bool PROBE = false>
 void brom_ddr_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const float a_scale[E::MAX_COLS / E::GROUP],
                       const rom_word_t *image, float *y, acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
                       acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
-  typedef DdrStepConfig<E::GROUP, E::BITS, E::DP, E::SF> D;
+  typedef DdrStepConfig<E::GROUP, E::BITS, E::DP, E::SF, E::CQ> D;
   typedef DdrStream<D, PORT_BITS> P;
   typedef typename D::S S;
   constexpr int GROUP = E::GROUP, NG_MAX = E::MAX_COLS / GROUP, QUADS = S::QUADS, WPS = S::WPS;
@@ -193,7 +194,7 @@ void brom_ddr_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const flo
   scale_word_t ex[EX_ROWS]; // q8: the tile's row exponents
 #pragma HLS ARRAY_PARTITION variable = ex type = cyclic factor = BLOCK_STEPS dim = 1
 
-  brom_candidates<E::MAX_COLS, GROUP, E::DP>(cols, xq, cand, xg, xsum);
+  brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq, cand, xg, xsum);
 
   const int ng = cols / GROUP, steps = D::steps(rows, cols), blocks = D::blocks(rows, cols);
   const int prefix_beats = D::prefix_words(rows) / DDR_BEAT_WORDS, row_blocks = rows / BLOCK_STEPS;

@@ -24,7 +24,8 @@
 //   Inside a 32-bit lane word, nibble k (bits 4k..4k+3) is bit p of codes 4k..4k+3 of that lane.
 //
 // Datapaths (compile-time template parameter DP, both exact int32, bit for bit the golden dot/xsum):
-//   LutSelect: for each quad of 4 activations the 16 subset sums are built once per GEMV; in the ROM loop
+//   LutSelect: for each quad of 4 activations the 16 subset sums are built once per GEMV (CQ quads per cycle,
+//              brom_candidates); in the ROM loop
 //              every nibble of a bit-plane word selects one candidate (a 16:1 mux), the GROUP/4 selections
 //              of a plane are added, and planes are combined by shifts: dot = sum_p (sel_p << p). No
 //              multipliers in the inner loop.
@@ -34,7 +35,10 @@
 //
 // Cycle model (BromStepConfig's formulas, shared by the pragmas and the cycle counters; a GEMV engine serving
 // tensors of several shapes takes ROWS and COLS at run time and its II from the fewest rows of its tensors):
-//   candidates: COLS/4 iterations (one quad per cycle) + CAND_DEPTH
+//   candidates: COLS/(4*CQ) iterations (CQ quads per cycle: ACT_LANES / 4, the activation quantizer's lanes, so
+//               the two stages in front of the steps keep the same pace) + CAND_DEPTH; the quads of a cycle are
+//               in one group (CQ divides GROUP/4), their 16*CQ candidates written at once (cand is partitioned
+//               complete on the quad dimension) and their 4*CQ activations added into the group's exact int32 sum
 //   gemv:       NG*ROWS iterations at GEMV_II (= 1 when ROWS >= FADD_LATENCY) + GEMV_DEPTH; outputs are
 //               written by the last group's iterations (no separate output loop).
 //   Tiles are the engine's PEs (brom_gemv_tiles_rt unrolls them inside the step loop, each with its own bank;
@@ -103,33 +107,38 @@ inline HalfPair brom_scales(scale_word_t prm, scale_word_t aux) {
 }
 
 // What a (group, row) step costs, whatever the matrix: the constants of one GEMV datapath (bits, group, scale
-// format, datapath) and its cycle formulas, evaluated with a tensor's run-time shape by a GEMV engine that serves
-// tensors of several shapes (roma_core.cpp) and with the fixed shape of BromTileConfig.
-template <int GROUP, int BITS, Datapath DP, ScaleFormat SF>
+// format, datapath, the candidate stage's CQ quads per cycle) and its cycle formulas, evaluated with a tensor's
+// run-time shape by a GEMV engine that serves tensors of several shapes (roma_core.cpp) and with the fixed shape
+// of BromTileConfig.
+template <int GROUP, int BITS, Datapath DP, ScaleFormat SF, int CQ_ = ACT_LANES / QUAD>
 struct BromStepConfig {
   static_assert(BITS == 2 || BITS == 3 || BITS == 4 || BITS == 8, "BITS must be 2, 3, 4 or 8");
   static_assert(GROUP == 32 || GROUP == 64 || GROUP == 128, "GROUP must be 32, 64 or 128");
+  static constexpr int CQ = CQ_; // quads per cycle in the candidate stage
   static constexpr int LANES = GROUP / ROM_WORD_BITS;
   static constexpr int QUADS = GROUP / QUAD;
+  static_assert(CQ >= 1 && QUADS % CQ == 0, "CQ must divide the quads of a group");
   static constexpr int NIBBLES = ROM_WORD_BITS / QUAD; // quads per lane word
   static constexpr int WPS = BITS * LANES;             // ROM banks, one word each per cycle
   // Loop-carried fp32 accumulation at distance `rows`: II >= ceil(FADD_LATENCY / rows).
   static constexpr int gemv_ii(int rows) {
     return rows >= timing::FADD_LATENCY ? timing::II : (timing::FADD_LATENCY + rows - 1) / rows;
   }
-  static constexpr int CAND_DEPTH = 3; // load quad, subset adders, store (+ xsum)
+  static constexpr int CAND_DEPTH = 3; // load the quads, subset adders and the 4*CQ-input sum, store
   // ROM read, select/multiply + adder tree, plane shifts, int->fp32, d*dot and m*xsum, add, *a_scale, acc
   static constexpr int INT_DEPTH = (DP == Datapath::LutSelect) ? 3 : 4;
   static constexpr int GEMV_DEPTH = timing::ROM_LATENCY + INT_DEPTH + 2 + timing::FMUL_LATENCY +
                                     timing::FADD_LATENCY + timing::FMUL_LATENCY + timing::FADD_LATENCY;
-  static constexpr uint64_t cand_cycles(int cols) { return (uint64_t)(cols / QUAD) * timing::II + CAND_DEPTH; }
+  static constexpr uint64_t cand_cycles(int cols) {
+    return (uint64_t)(cols / (QUAD * CQ)) * timing::II + CAND_DEPTH;
+  }
   static constexpr uint64_t gemv_cycles(int rows, int cols, int ii) {
     return (uint64_t)(cols / GROUP) * rows * ii + GEMV_DEPTH;
   }
 };
 
 // One tile's fixed shape (ROWS x COLS), and the engine interface brom_gemv_tiles_rt reads (MAX_ROWS, MAX_COLS,
-// MIN_ROWS, bank sizes): a tile of one tensor is an engine with a single shape.
+// MIN_ROWS, bank sizes, CQ from BromStepConfig): a tile of one tensor is an engine with a single shape.
 template <int ROWS, int COLS, int GROUP_, int BITS_, Datapath DP_ = Datapath::LutSelect,
           ScaleFormat SF_ = ScaleFormat::Fp16>
 struct BromTileConfig : BromStepConfig<GROUP_, BITS_, DP_, SF_> {
@@ -151,35 +160,44 @@ struct BromTileConfig : BromStepConfig<GROUP_, BITS_, DP_, SF_> {
   static constexpr uint64_t CYCLES = CAND_CYCLES + GEMV_CYCLES;
 };
 
-// Stage 1 of a GEMV: one quad of activations per cycle -> its 16 candidates (LutSelect) or the staged
-// activations (DspMac), and the per-group activation sums.
-template <int MAX_COLS, int GROUP, Datapath DP>
+// Stage 1 of a GEMV: CQ quads of activations per cycle (4*CQ consecutive xq: the caller partitions xq cyclic by a
+// multiple of 4*CQ) -> their 16 candidates each (LutSelect) or the staged activations (DspMac), and the per-group
+// activation sums (exact int32: the 4*CQ activations of a cycle added, then into the group's running sum).
+template <int MAX_COLS, int GROUP, Datapath DP, int CQ>
 void brom_candidates(int cols, const act_t xq[MAX_COLS],
                      cand_t cand[MAX_COLS / GROUP][GROUP / QUAD][QUAD_CANDIDATES], act_t xg[MAX_COLS / GROUP][GROUP],
                      acc_t xsum[MAX_COLS / GROUP]) {
 #pragma HLS INLINE
-  constexpr int QUADS = GROUP / QUAD;
+  constexpr int QUADS = GROUP / QUAD, STEPS_PER_GROUP = QUADS / CQ, LANES = QUAD * CQ;
+  constexpr int MAX_STEPS = MAX_COLS / LANES; // used by the pragma
+  (void)MAX_STEPS;
   acc_t run = 0;
 CANDIDATES:
-  for (int q = 0; q < cols / QUAD; ++q) {
+  for (int s = 0; s < cols / LANES; ++s) {
 #pragma HLS PIPELINE II = timing::II
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_COLS / QUAD
-    const int g = q / QUADS, k = q % QUADS;
-    const acc_t x0 = xq[4 * q], x1 = xq[4 * q + 1], x2 = xq[4 * q + 2], x3 = xq[4 * q + 3];
-    if (DP == Datapath::LutSelect) {
-      for (int s = 0; s < QUAD_CANDIDATES; ++s) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_STEPS
+    const int g = s / STEPS_PER_GROUP, k0 = (s % STEPS_PER_GROUP) * CQ; // powers of two: shifts and masks
+    acc_t lanes_sum = 0;
+    for (int c = 0; c < CQ; ++c) {
 #pragma HLS UNROLL
-        cand[g][k][s] = (cand_t)(((s & 1) ? x0 : 0) + ((s & 2) ? x1 : 0) + ((s & 4) ? x2 : 0) +
-                                 ((s & 8) ? x3 : 0));
+      const int q = s * CQ + c, k = k0 + c;
+      const acc_t x0 = xq[4 * q], x1 = xq[4 * q + 1], x2 = xq[4 * q + 2], x3 = xq[4 * q + 3];
+      if (DP == Datapath::LutSelect) {
+        for (int b = 0; b < QUAD_CANDIDATES; ++b) {
+#pragma HLS UNROLL
+          cand[g][k][b] = (cand_t)(((b & 1) ? x0 : 0) + ((b & 2) ? x1 : 0) + ((b & 4) ? x2 : 0) +
+                                   ((b & 8) ? x3 : 0));
+        }
+      } else {
+        xg[g][4 * k] = (act_t)x0;
+        xg[g][4 * k + 1] = (act_t)x1;
+        xg[g][4 * k + 2] = (act_t)x2;
+        xg[g][4 * k + 3] = (act_t)x3;
       }
-    } else {
-      xg[g][4 * k] = (act_t)x0;
-      xg[g][4 * k + 1] = (act_t)x1;
-      xg[g][4 * k + 2] = (act_t)x2;
-      xg[g][4 * k + 3] = (act_t)x3;
+      lanes_sum += x0 + x1 + x2 + x3;
     }
-    run = (k == 0 ? 0 : run) + x0 + x1 + x2 + x3;
-    if (k == QUADS - 1) xsum[g] = run;
+    run = (k0 == 0 ? 0 : run) + lanes_sum;
+    if (k0 == QUADS - CQ) xsum[g] = run;
   }
 }
 
@@ -236,7 +254,7 @@ inline float brom_term(float a_scale, half_bits_t d, half_bits_t m, acc_t dot, a
   return a_scale * (half_to_float(d) * (float)dot + half_to_float(m) * (float)xsum);
 }
 
-// A GEMV engine E (BromTileConfig, or roma_core.cpp's engine: the datapath's GROUP, BITS, DP, SF, the bounds
+// A GEMV engine E (BromTileConfig, or roma_core.cpp's engine: the datapath's GROUP, BITS, DP, SF, CQ, the bounds
 // MAX_ROWS, MAX_COLS, MIN_ROWS over the tensors it serves, and its bank's PLANE_WORDS, PARAMS and AUX per tile)
 // folded as finn-hlslib's MVAU: TILES processing elements, each one (group, row) step of GROUP inputs per cycle
 // from its own bank, in one flattened loop over the steps at II = GEMV_II. The activation side (the candidates,
@@ -255,7 +273,7 @@ void brom_gemv_tiles_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const f
                         const scale_word_t aux[TILES][E::AUX], int aux_base, float *y,
                         acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
                         acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
-  typedef BromStepConfig<E::GROUP, E::BITS, E::DP, E::SF> S;
+  typedef BromStepConfig<E::GROUP, E::BITS, E::DP, E::SF, E::CQ> S;
   constexpr int NG_MAX = E::MAX_COLS / E::GROUP, QUADS = S::QUADS, WPS = S::WPS, GROUP = E::GROUP;
   constexpr int MIN_ROWS = E::MIN_ROWS, STEPS_MAX = NG_MAX * E::MAX_ROWS; // used by the pragmas
   constexpr int GEMV_II = S::gemv_ii(E::MIN_ROWS); // the shortest accumulator distance of the engine's tensors
@@ -276,7 +294,7 @@ void brom_gemv_tiles_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const f
   float acc[TILES][E::MAX_ROWS]; // each PE's row accumulators
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 1
 
-  brom_candidates<E::MAX_COLS, GROUP, E::DP>(cols, xq, cand, xg, xsum);
+  brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq, cand, xg, xsum);
 
   // Stage 2: stream the banks, one (group, row) step per PE per cycle, WPS words from each PE's WPS banks: one
   // flattened loop over the tensor's NG x rows steps (group-major).

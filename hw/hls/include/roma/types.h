@@ -19,6 +19,14 @@ constexpr int ACT_QMAX = 127;       // symmetric int8 activations in [-127, 127]
 constexpr int ROM_WORD_BITS = 32;   // one B-ROM word: 32 bit-plane bits (one lane of a group)
 constexpr int QUAD = 4;             // activations per LUT-select candidate table
 constexpr int QUAD_CANDIDATES = 16; // subsets of a quad
+// Activations per cycle into a GEMV engine: act_quant's SIMD lanes, and ACT_LANES / QUAD quads per cycle in the
+// candidate stage (brom_candidates). A power of two dividing every GROUP (32, 64, 128); the buffers the quantizer
+// reads are partitioned cyclic by it where they are declared (roma_core.cpp); placement/memory.py and logic.py
+// read it. 16: a SmolLM2 layer (G64) on a U250's 16 or 32 PEs takes 3,456 or 1,728 cycles of (group, row)
+// steps; the quantizer and the candidates in front of its seven GEMVs took 4,088 cycles at 4 lanes and take
+// 1,280 at 16. Past 16 the fixed pipeline depths (~38 cycles a GEMV) weigh as much as the passes: 32 lanes would
+// save ~470 cycles a layer (~2% of a decode token) for twice the quantizer's fp32 multipliers.
+constexpr int ACT_LANES = 16;
 
 typedef int8_t act_t;   // quantized activation
 typedef int32_t acc_t;  // exact group dot product / activation sum (|dot| <= 255*127*128 < 2^23)

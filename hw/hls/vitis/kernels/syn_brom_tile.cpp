@@ -18,7 +18,8 @@ typedef roma::BromTileConfig<ROWS, COLS, GROUP, BITS, roma::Datapath::ROMA_DATAP
 extern "C" void roma_syn_brom_tile(const float x[COLS], const roma::rom_word_t planes[TILES][C::PLANE_WORDS],
                                    const roma::half_bits_t scales[TILES][C::PARAMS],
                                    const roma::half_bits_t mins[TILES][C::PARAMS], float y[TILES * ROWS]) {
-  roma::act_t xq[COLS];
+  roma::act_t xq[COLS]; // ACT_LANES per cycle from the quantizer into the candidate stage
+#pragma HLS ARRAY_PARTITION variable = xq type = cyclic factor = roma::ACT_LANES dim = 1
   float a_scale[C::NG];
   roma::acc_t dot_probe[TILES][C::PARAMS];
   roma::acc_t xsum[C::NG];
