@@ -484,14 +484,17 @@ constexpr bool serves_shape() {
   return lin_rows(LIN) % R::TILES == 0 && lin_cols(LIN) % R::GROUP == 0 && lin_cols(LIN) <= R::MAX_COLS &&
          lin_rows(LIN) / R::TILES <= R::MAX_ROWS && lin_rows(LIN) / R::TILES >= R::MIN_ROWS;
 }
-// C simulation: tensor (l, LIN) on engine R (the emulated board's packed GEMV of the whole tensor, or the straight
-// one, tile by tile, for a tensor it could not pack), or nothing when the tensor is not one of R's; counted as the
-// engine counts it.
+// C simulation: tensor (l, LIN) on engine R (the activation quantizer at the tensor's own width, then the emulated
+// board's packed GEMV of the whole tensor, or the straight one, tile by tile, for a tensor it could not pack), or
+// nothing when the tensor is not one of R's; counted as the engine counts it.
 template <class R, int LIN>
-void csim_tensor_gemv(int l, const act_t *xq, const float *as, const rom_word_t *ddr, float *y, acc_t *xs,
-                      Cycles &cyc) {
+void csim_tensor_gemv(int l, const float *x, const rom_word_t *ddr, float *y, Cycles &cyc) {
   constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN);
   if constexpr (serves_shape<R, LIN>()) {
+    act_t xq[COLS];
+    float as[COLS / R::GROUP];
+    acc_t xs[COLS / R::GROUP];
+    act_quant<COLS, R::GROUP, ACT_LANES>(COLS, x, xq, as, cyc); // the engine's quantizer, its bound known here
     const CsimPackedTile &pk = g_packed[l][LIN];
     g_gemv_paths[pk.ok ? GEMV_PATH_PACKED : R::DDR ? GEMV_PATH_DDR_STREAM : GEMV_PATH_ROM_UNPACKED] += R::TILES;
     Cycles sim; // the simulation's loop order; the hardware's cycles are counted below
@@ -526,29 +529,28 @@ void csim_tensor_gemv(int l, const act_t *xq, const float *as, const rom_word_t 
 template <int U>
 void gemv_unit(int l, int lin, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
   typedef Unit<U> R;
+  Cycles &cyc = R::HEAD ? a.head : a.gemv;
+#ifdef __SYNTHESIS__
   constexpr int NG = R::MAX_COLS / R::GROUP;
   act_t xq[R::MAX_COLS]; // written by act_quant, read by the candidate stage: ACT_LANES per cycle
 #pragma HLS ARRAY_PARTITION variable = xq type = cyclic factor = ACT_LANES dim = 1
   float as[NG];
   acc_t xs[NG];
   const int rows = lin_rows(lin) / R::TILES, cols = lin_cols(lin);
-  Cycles &cyc = R::HEAD ? a.head : a.gemv;
   act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x, xq, as, cyc);
-#ifdef __SYNTHESIS__
   static acc_t probe[R::TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
   tiles_gemv<R>(typename R::InDdr(), l, lin, rows, cols, xq, as, ddr, y, probe, xs, cyc);
 #else
-  (void)rows;
   switch (lin) { // the emulated board's GEMVs are compiled per shape
-  case L_WQ: csim_tensor_gemv<R, L_WQ>(l, xq, as, ddr, y, xs, cyc); break;
-  case L_WK: csim_tensor_gemv<R, L_WK>(l, xq, as, ddr, y, xs, cyc); break;
-  case L_WV: csim_tensor_gemv<R, L_WV>(l, xq, as, ddr, y, xs, cyc); break;
-  case L_WO: csim_tensor_gemv<R, L_WO>(l, xq, as, ddr, y, xs, cyc); break;
-  case L_GATE: csim_tensor_gemv<R, L_GATE>(l, xq, as, ddr, y, xs, cyc); break;
-  case L_UP: csim_tensor_gemv<R, L_UP>(l, xq, as, ddr, y, xs, cyc); break;
-  case L_DOWN: csim_tensor_gemv<R, L_DOWN>(l, xq, as, ddr, y, xs, cyc); break;
-  case L_EMBD: csim_tensor_gemv<R, L_EMBD>(l, xq, as, ddr, y, xs, cyc); break;
-  default: csim_tensor_gemv<R, L_OUTPUT>(l, xq, as, ddr, y, xs, cyc); break;
+  case L_WQ: csim_tensor_gemv<R, L_WQ>(l, x, ddr, y, cyc); break;
+  case L_WK: csim_tensor_gemv<R, L_WK>(l, x, ddr, y, cyc); break;
+  case L_WV: csim_tensor_gemv<R, L_WV>(l, x, ddr, y, cyc); break;
+  case L_WO: csim_tensor_gemv<R, L_WO>(l, x, ddr, y, cyc); break;
+  case L_GATE: csim_tensor_gemv<R, L_GATE>(l, x, ddr, y, cyc); break;
+  case L_UP: csim_tensor_gemv<R, L_UP>(l, x, ddr, y, cyc); break;
+  case L_DOWN: csim_tensor_gemv<R, L_DOWN>(l, x, ddr, y, cyc); break;
+  case L_EMBD: csim_tensor_gemv<R, L_EMBD>(l, x, ddr, y, cyc); break;
+  default: csim_tensor_gemv<R, L_OUTPUT>(l, x, ddr, y, cyc); break;
   }
 #endif
 }
