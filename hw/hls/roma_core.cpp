@@ -704,7 +704,7 @@ enum UramPass : int {
 // A URAM load pass: one word per cycle, plus the loop's depth (the m_axi read latency for the image passes).
 constexpr uint64_t uram_pass_cycles(int words) { return (uint64_t)words * timing::II + 2 + timing::AXI_READ_LATENCY; }
 
-// One pass over n words of a bank row (a tile's planes of one tensor, from `base`), their image words at src.
+// One pass over n words of a bank's tile (one tensor's planes, from `base`), their image words at src.
 template <int MAX_N>
 void uram_words_pass(rom_word_t row[], int base, int n, const rom_word_t *src, int pass, UramChecksum &sum,
                      uint64_t &cyc) {
@@ -718,7 +718,7 @@ URAM_WORDS:
   }
   cyc += uram_pass_cycles(n);
 }
-// One pass over n 16-bit entries of a bank row (a tile's scale array of one tensor, from `base`), two to an image
+// One pass over n 16-bit entries of a bank's tile (one tensor's scale array, from `base`), two to an image
 // word.
 template <int MAX_N>
 void uram_halves_pass(scale_word_t row[], int base, int n, const rom_word_t *src, int pass, UramChecksum &sum,

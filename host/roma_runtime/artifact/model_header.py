@@ -13,7 +13,7 @@ Also generated for the top (hw/hls/roma_core.cpp):
   the ddr_weights/uram_weights port and brom_ddr.h counts the DDR stream at;
 - URAM_<LINEAR>[N_LAYERS], URAM_TOKEN_EMBD, URAM_OUTPUT: per tensor, -1 unless the plan puts it in URAM
   ("URAM-load-once"), else the word offset of its bank words inside the URAM load image (uram_weights.bin,
-  uram_image.py) that CMD_LOAD_WEIGHTS copies into its bank row, with URAM_WORDS (the image's words, 0 without
+  uram_image.py) that CMD_LOAD_WEIGHTS copies into its engine's bank, with URAM_WORDS (the image's words, 0 without
   URAM tensors) and URAM_CHECKSUM (weight_load.h's checksum of its tensors, which its header repeats);
 - LORA_SLOTS, LORA_RANK, LORA_TARGET, LORA_INT8: the LoRA unit the build reserved (the manifest's "lora_unit"),
   and ROMA_LORA_IMPL / ROMA_LORA_ARRAYS, the memory its arrays bind to and which arrays it declares (macros for

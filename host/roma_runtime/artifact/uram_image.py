@@ -9,7 +9,7 @@ Image uram_weights.bin, little-endian uint32 words:
     word 0 magic 0x4d415255 ("URAM"), 1 version (1), 2 words in the image (header included),
     3 the checksum of the tensors (below)
     then the URAM tensors, one after another at the word offsets the manifest and roma_model.h (URAM_*) give. A
-    tensor is its tiles one after another; a tile is the words of its B-ROM tile (brom_image.py) as its bank row
+    tensor is its tiles one after another; a tile is the words of its B-ROM tile (brom_image.py) as its engine's bank
     holds them: the plane words, then the tile's two scale arrays of its format (fp16: scales, minimums; q8:
     params, exponents), each as uint16 entries two per word (entry 2i in the low half, 2i+1 in the high half; an
     odd count's last word has 0 in its high half).

@@ -258,7 +258,7 @@ def _functions_and_calls(obj: Path) -> tuple[dict[str, str], dict[str, dict[str,
 
 
 def _base_name(demangled: str) -> str:
-    """'void (anonymous namespace)::gemv_engine<0, 1>(int, ...)' -> 'gemv_engine'."""
+    """'void (anonymous namespace)::gemv_unit<1>(int, ...)' -> 'gemv_unit'."""
     return re.sub(r"<.*", "", _qualified(demangled)).rsplit("::", 1)[-1]
 
 

@@ -5,7 +5,7 @@
 // Image (written only by host/roma_runtime/artifact/uram_image.py; its module docstring has the layout):
 //   URAM_HEADER_WORDS header words [URAM_MAGIC, URAM_VERSION, words (header included), checksum of the tensors],
 //   then the URAM tensors at the word offsets roma_model.h gives (URAM_*). A tensor is its TILES tiles one after
-//   another; a tile is the words its bank row holds, in the bank's order: the PLANE_WORDS bit-plane words, then the
+//   another; a tile is the words its bank's tile holds, in the bank's order: the PLANE_WORDS bit-plane words, then the
 //   scale arrays of its format (fp16: scales, minimums; q8: params, exponents), each as 16-bit entries two per
 //   word (entry 2i in the low half, 2i+1 in the high half, a last odd entry zero-padded).
 //

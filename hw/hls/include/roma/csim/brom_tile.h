@@ -130,7 +130,7 @@ struct RomTileSource {
   half_bits_t minimum(int step) const { return mins[step]; }
 };
 
-// A tile as a bank row holds it in its scale format (roma_core's URAM banks after CMD_LOAD_WEIGHTS): its steps'
+// A tile as an engine's bank holds it in its scale format (roma_core's URAM banks after CMD_LOAD_WEIGHTS): its steps'
 // fp16 scale and minimum decoded from prm/aux as the datapath decodes them (brom_scales).
 template <int WPS, int ROWS, ScaleFormat SF>
 struct RomBankTileSource {
