@@ -42,8 +42,8 @@ def _halves(a: np.ndarray) -> np.ndarray:
     return a[:, 0::2] | (a[:, 1::2] << 16)
 
 
-def _tile_sizes(bits: int, group: int, rows_per_tile: int, cols: int, scales: str) -> tuple[int, int, int]:
-    """(plane words, prm entries, aux entries) of one tile."""
+def tile_sizes(bits: int, group: int, rows_per_tile: int, cols: int, scales: str) -> tuple[int, int, int]:
+    """(plane words, prm entries, aux entries) of one tile, as a bank holds it (roma_core.cpp tile_words)."""
     steps = (cols // group) * rows_per_tile
     return steps * bits * (group // WORD_BITS), steps, rows_per_tile if scales == "q8" else steps
 
@@ -59,7 +59,7 @@ def uram_unpack(words: np.ndarray, bits: int, group: int, rows: int, cols: int, 
     """The BromImage of one tensor's bank words (the exact inverse of uram_words)."""
     check_params(bits, group, rows, cols, tiles)
     r = rows // tiles
-    pw, np_, na = _tile_sizes(bits, group, r, cols, scales)
+    pw, np_, na = tile_sizes(bits, group, r, cols, scales)
     n = pw + -(-np_ // 2) + -(-na // 2)
     words = np.asarray(words, dtype=np.uint32)
     if words.size != tiles * n:

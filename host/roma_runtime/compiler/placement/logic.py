@@ -60,11 +60,17 @@ from .memory import LINEARS, att_simd, lin_shape
 LABEL = "estimate (FINN MVAU-style formulas and fixed fp32 operator costs; not a synthesis report)"
 
 
+def ddr_block_steps(scales: str) -> int:
+    """The (group, row) steps of one block of the DDR stream (brom_ddr.h DDR_Q8_BLOCK_STEPS / DDR_BLOCK_STEPS)."""
+    ddr = kernel_constants("brom_ddr.h")
+    return ddr["DDR_Q8_BLOCK_STEPS"] if scales == "q8" else ddr["DDR_BLOCK_STEPS"]
+
+
 def ddr_block_ii(bits: int, group: int, scales: str, tile_rows: list[int], port_bits: int) -> int:
     """The II of brom_ddr_gemv_rt's block loop (brom_ddr.h DdrStream::block_ii) for an engine whose tiles have
     these row counts, through a port_bits-wide weight port."""
     ddr, types = kernel_constants("brom_ddr.h"), kernel_constants("types.h")
-    steps = ddr["DDR_Q8_BLOCK_STEPS"] if scales == "q8" else ddr["DDR_BLOCK_STEPS"]
+    steps = ddr_block_steps(scales)
     beat, port = ddr["DDR_BEAT_WORDS"], port_bits // 32
     words = steps * bits * group // 32 + beat
     port_ii = (words + max(0, port - beat) + port - 1) // port  # the port words a block starting on a beat touches

@@ -54,6 +54,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ...artifact.interface import HLS_DIR, kernel_constants, load_constants
+from ...artifact.uram_image import tile_sizes
 from ...errors import RomaError
 from ...model.config import ModelConfig
 
@@ -71,7 +72,6 @@ LUTRAM_MAX_DEPTH = 128
 # roma_core.cpp's Lin order: the layers' linears, then the embedding and the output
 LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "token_embd", "output")
 L_EMBD, L_OUTPUT = 7, 8
-ROM_WORD_BITS = 32  # types.h: one plane word
 TIERS = ("rom", "uram", "ddr")  # an engine's tier: BRAM-ROM bank, URAM-load-once bank (C2), DDR stream
 
 
@@ -376,9 +376,7 @@ def tile_words(config: ModelConfig, e: EngineConfig, lin: int) -> tuple[int, int
     """(plane words, scale entries, aux entries) of one tile of linear `lin`'s tensor on engine e (roma_core.cpp
     tile_words: aux entries are per row for q8, per step for fp16)."""
     rows_all, cols = lin_shape(config, lin)
-    rows = rows_all // e.tiles
-    params = cols // e.group * rows
-    return params * e.bits * e.group // ROM_WORD_BITS, params, rows if e.scales == "q8" else params
+    return tile_sizes(e.bits, e.group, rows_all // e.tiles, cols, e.scales)
 
 
 def bank_arrays(config: ModelConfig, e: EngineConfig, index: int, on_chip: list[int],

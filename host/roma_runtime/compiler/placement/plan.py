@@ -812,8 +812,7 @@ def _gemv_cycles(engines: "_Engines", board: Board) -> float:
             if chip:
                 cycles += steps / e.tiles
             else:
-                block = 8 if e.scales == "q8" else 4  # brom_ddr.h DDR_Q8_BLOCK_STEPS, DDR_BLOCK_STEPS
-                cycles += steps / block * logic.ddr_block_ii(e.bits, e.group, e.scales, tile_rows,
+                cycles += steps / logic.ddr_block_steps(e.scales) * logic.ddr_block_ii(e.bits, e.group, e.scales, tile_rows,
                                                              board.weight_port_bits)
     return cycles
 
