@@ -41,6 +41,7 @@ REQUIRED_FIELDS = {
     "memory": _TEXT,
     "bandwidth_source": _TEXT,
     "weight_port_bits": ((int,), lambda v: v in AXI_WIDTHS, f"an AXI data width: one of {', '.join(map(str, AXI_WIDTHS))}"),
+    "weight_ports": ((int,), lambda v: 1 <= v <= 4, "1 to 4 (roma_core has four weight port arguments)"),
     "pynq_board": _BOOL,
     "host": ((str,), lambda v: v in HOSTS, f"one of {', '.join(HOSTS)}"),
     "uram_initialisable": _BOOL,
@@ -67,6 +68,7 @@ class Board:
     memory: str
     bandwidth_source: str
     weight_port_bits: int  # the weight stream's AXI port, bits per core cycle (roma_model.h WEIGHT_PORT_BITS)
+    weight_ports: int  # how many such ports read the DDR tensors' tiles at once (roma_model.h WEIGHT_PORTS)
     pynq_board: bool
     host: str
     uram_initialisable: bool
