@@ -126,10 +126,14 @@ constexpr int MAX_CHUNKS = (rm::CONTEXT + MAX_T - 1) / MAX_T; // prefill chunks 
 constexpr int KV_PORT_BITS = rm::KV_PORT_BITS;
 constexpr int att_simd(int lanes) { return rm::HEAD_DIM % lanes == 0 ? lanes : att_simd(lanes / 2); }
 constexpr int ATT_SIMD = att_simd(rm::KV_PORT_BITS / 16);
+// The GEMV output buffers take ROMA_GEMV_PE consecutive rows a cycle from the on-chip engines (one per PE) and
+// WEIGHT_PORTS from a DDR engine (one per port): partitioned cyclic by the power of two covering both.
+constexpr int pow2_at_least(int n, int p = 1) { return p >= n ? p : pow2_at_least(n, 2 * p); }
+constexpr int GEMV_OUT_LANES = pow2_at_least(ROMA_GEMV_PE > rm::WEIGHT_PORTS ? ROMA_GEMV_PE : rm::WEIGHT_PORTS);
 // The GEMV inputs are read ACT_LANES (types.h) per cycle by the engine's activation quantizer, so they are
 // partitioned cyclic by ACT_LANES where they are declared (h, g_att); gate is also written ROMA_GEMV_PE rows per
-// cycle (w_gate's PEs): cyclic by the larger of the two (powers of two: a multiple of both).
-constexpr int GEMV_CHAIN_LANES = ROMA_GEMV_PE > ACT_LANES ? ROMA_GEMV_PE : ACT_LANES;
+// cycle (GEMV_OUT_LANES): cyclic by the larger of the two (powers of two: a multiple of both).
+constexpr int GEMV_CHAIN_LANES = GEMV_OUT_LANES > ACT_LANES ? GEMV_OUT_LANES : ACT_LANES;
 constexpr bool KV_ONCHIP = rm::KV_ONCHIP_CTX > 0;
 typedef std::integral_constant<bool, KV_ONCHIP> KvOnChip; // selects overloads: only the build's KV code is instantiated
 static_assert(rm::KV_ONCHIP_CTX >= 0 && rm::KV_ONCHIP_CTX <= rm::CONTEXT, "the on-chip KV fits the context");
@@ -138,6 +142,13 @@ constexpr int KV_CHIP_ROWS = KV_ONCHIP ? rm::KV_ONCHIP_CTX : 1;
 
 enum Lin : int { L_WQ = 0, L_WK, L_WV, L_WO, L_GATE, L_UP, L_DOWN, L_EMBD, L_OUTPUT };
 constexpr int HEAD_LIN = rm::TIED_EMBEDDINGS ? L_EMBD : L_OUTPUT;
+// The DDR weight image through the build's weight ports (roma_model.h WEIGHT_PORTS): ddr_weights, ddr_weights_1..3,
+// each holding the whole image (those past WEIGHT_PORTS are never read). Four arguments down to the DDR engine, not
+// an array: Vitis HLS keeps a top-level pointer's m_axi bundle only through arguments of its own.
+#define DDR_PORT_PARAMS const rom_word_t *ddr, const rom_word_t *ddr1, const rom_word_t *ddr2, const rom_word_t *ddr3
+#define DDR_PORTS ddr, ddr1, ddr2, ddr3
+static_assert(rm::WEIGHT_PORTS >= 1 && rm::WEIGHT_PORTS <= 4 && rm::WEIGHT_PORTS == ROMA_WEIGHT_PORTS,
+              "one to four weight ports");
 
 constexpr int lin_rows(int lin) {
   return lin == L_WQ ? QDIM : (lin == L_WK || lin == L_WV) ? rm::KV_DIM : (lin == L_GATE || lin == L_UP) ? rm::FFN_DIM
@@ -438,10 +449,12 @@ bool lora_loaded(std::false_type, const U &, uint32_t) { return false; }
 // the bank.
 template <class R>
 void tiles_gemv(std::true_type /*in DDR*/, int l, int lin, int rows, int cols, const act_t xq[R::MAX_COLS],
-                const float as[R::MAX_COLS / R::GROUP], const rom_word_t *ddr, float *y,
+                const float as[R::MAX_COLS / R::GROUP], DDR_PORT_PARAMS, float *y,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
-  brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS>(rows, cols, xq, as, ddr + lin_ddr(l, lin), y, probe, xs, cyc);
+  const long long at = lin_ddr(l, lin);
+  brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS>(rows, cols, xq, as, ddr + at, ddr1 + at,
+                                                                       ddr2 + at, ddr3 + at, y, probe, xs, cyc);
 }
 // The tiles of one tensor in the bank: a BRAM ROM's planes are bound here (they are only read); a URAM bank's
 // storage is bound where CMD_LOAD_WEIGHTS writes it (load_uram_bank).
@@ -470,7 +483,8 @@ void bank_tiles(std::true_type /*URAM*/, const rom_word_t planes[R::TILES][R::PL
 }
 template <class R>
 void tiles_gemv(std::false_type /*on chip*/, int l, int lin, int rows, int cols, const act_t xq[R::MAX_COLS],
-                const float as[R::MAX_COLS / R::GROUP], const rom_word_t *, float *y,
+                const float as[R::MAX_COLS / R::GROUP], const rom_word_t *, const rom_word_t *, const rom_word_t *,
+                const rom_word_t *, float *y,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
   bank_tiles<R>(typename R::InUram(), R::planes, R::prm(), R::aux(), l, lin, rows, cols, xq, as, y, probe, xs, cyc);
@@ -488,7 +502,7 @@ constexpr bool serves_shape() {
 // board's packed GEMV of the whole tensor, or the straight one, tile by tile, for a tensor it could not pack), or
 // nothing when the tensor is not one of R's; counted as the engine counts it.
 template <class R, int LIN>
-void csim_tensor_gemv(int l, const float *x, const rom_word_t *ddr, float *y, Cycles &cyc) {
+void csim_tensor_gemv(int l, const float *x, DDR_PORT_PARAMS, float *y, Cycles &cyc) {
   constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN);
   if constexpr (serves_shape<R, LIN>()) {
     act_t xq[COLS];
@@ -502,8 +516,9 @@ void csim_tensor_gemv(int l, const float *x, const rom_word_t *ddr, float *y, Cy
       brom_tile_gemv_packed<lin_rows(LIN), COLS, R::GROUP, R::BITS>(xq, as, pk, y, xs, sim, g_threads);
     } else if constexpr (R::DDR) {
       static acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS]; // not written (PROBE = false)
-      brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS>(ROWS, COLS, xq, as, ddr + lin_ddr(l, LIN), y, probe, xs,
-                                                         sim);
+      const long long at = lin_ddr(l, LIN);
+      brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS>(ROWS, COLS, xq, as, ddr + at, ddr1 + at,
+                                                                           ddr2 + at, ddr3 + at, y, probe, xs, sim);
     } else {
       const int pb = BANK_OFFSETS.at[BANK_PLANES][l][LIN], qb = BANK_OFFSETS.at[BANK_PARAMS][l][LIN],
                 ab = BANK_OFFSETS.at[BANK_AUX][l][LIN];
@@ -512,8 +527,8 @@ void csim_tensor_gemv(int l, const float *x, const rom_word_t *ddr, float *y, Cy
                                                                  &R::aux()[t][ab], y + t, xs, sim, g_threads, R::TILES);
     }
     if constexpr (R::DDR) {
-      DdrStream<DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>, rm::WEIGHT_PORT_BITS>::count(
-          cyc, R::TILES, ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN);
+      typedef DdrStream<DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>, rm::WEIGHT_PORT_BITS> P;
+      P::count(cyc, P::rounds(R::TILES, rm::WEIGHT_PORTS), ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN);
     } else { // parallel tiles: one tile's cycles
       typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ> S;
       cyc.candidates += S::cand_cycles(COLS);
@@ -527,7 +542,7 @@ void csim_tensor_gemv(int l, const float *x, const rom_word_t *ddr, float *y, Cy
 // configuration): x[cols] -> y[rows] through the activation quantizer and the tiles (its words in the bank, or
 // streamed from ddr).
 template <int U>
-void gemv_unit(int l, int lin, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
+void gemv_unit(int l, int lin, const float *x, float *y, DDR_PORT_PARAMS, Acct &a) {
   typedef Unit<U> R;
   Cycles &cyc = R::HEAD ? a.head : a.gemv;
 #ifdef __SYNTHESIS__
@@ -539,18 +554,18 @@ void gemv_unit(int l, int lin, const float *x, float *y, const rom_word_t *ddr, 
   const int rows = lin_rows(lin) / R::TILES, cols = lin_cols(lin);
   act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x, xq, as, cyc);
   static acc_t probe[R::TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
-  tiles_gemv<R>(typename R::InDdr(), l, lin, rows, cols, xq, as, ddr, y, probe, xs, cyc);
+  tiles_gemv<R>(typename R::InDdr(), l, lin, rows, cols, xq, as, DDR_PORTS, y, probe, xs, cyc);
 #else
   switch (lin) { // the emulated board's GEMVs are compiled per shape
-  case L_WQ: csim_tensor_gemv<R, L_WQ>(l, x, ddr, y, cyc); break;
-  case L_WK: csim_tensor_gemv<R, L_WK>(l, x, ddr, y, cyc); break;
-  case L_WV: csim_tensor_gemv<R, L_WV>(l, x, ddr, y, cyc); break;
-  case L_WO: csim_tensor_gemv<R, L_WO>(l, x, ddr, y, cyc); break;
-  case L_GATE: csim_tensor_gemv<R, L_GATE>(l, x, ddr, y, cyc); break;
-  case L_UP: csim_tensor_gemv<R, L_UP>(l, x, ddr, y, cyc); break;
-  case L_DOWN: csim_tensor_gemv<R, L_DOWN>(l, x, ddr, y, cyc); break;
-  case L_EMBD: csim_tensor_gemv<R, L_EMBD>(l, x, ddr, y, cyc); break;
-  default: csim_tensor_gemv<R, L_OUTPUT>(l, x, ddr, y, cyc); break;
+  case L_WQ: csim_tensor_gemv<R, L_WQ>(l, x, DDR_PORTS, y, cyc); break;
+  case L_WK: csim_tensor_gemv<R, L_WK>(l, x, DDR_PORTS, y, cyc); break;
+  case L_WV: csim_tensor_gemv<R, L_WV>(l, x, DDR_PORTS, y, cyc); break;
+  case L_WO: csim_tensor_gemv<R, L_WO>(l, x, DDR_PORTS, y, cyc); break;
+  case L_GATE: csim_tensor_gemv<R, L_GATE>(l, x, DDR_PORTS, y, cyc); break;
+  case L_UP: csim_tensor_gemv<R, L_UP>(l, x, DDR_PORTS, y, cyc); break;
+  case L_DOWN: csim_tensor_gemv<R, L_DOWN>(l, x, DDR_PORTS, y, cyc); break;
+  case L_EMBD: csim_tensor_gemv<R, L_EMBD>(l, x, DDR_PORTS, y, cyc); break;
+  default: csim_tensor_gemv<R, L_OUTPUT>(l, x, DDR_PORTS, y, cyc); break;
   }
 #endif
 }
@@ -560,23 +575,23 @@ void gemv_unit(int l, int lin, const float *x, float *y, const rom_word_t *ddr, 
 // (ALLOCATION), so the GEMV hardware is one engine per configuration, one activation quantizer each, one LoRA unit.
 template <int U>
 void gemv_from(std::false_type /*past the last engine*/, int, int, int, const float *, float *, const rom_word_t *,
-               Acct &) {}
+               const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
 template <int U>
 void gemv_if(std::false_type /*an untied embedding: only looked up*/, int, int, const float *, float *,
-             const rom_word_t *, Acct &) {}
+             const rom_word_t *, const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
 template <int U>
-void gemv_if(std::true_type, int l, int lin, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
+void gemv_if(std::true_type, int l, int lin, const float *x, float *y, DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
-  gemv_unit<U>(l, lin, x, y, ddr, a);
+  gemv_unit<U>(l, lin, x, y, DDR_PORTS, a);
 }
 template <int U>
-void gemv_from(std::true_type, int u, int l, int lin, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
+void gemv_from(std::true_type, int u, int l, int lin, const float *x, float *y, DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
-  if (u == U) gemv_if<U>(typename Unit<U>::RunsGemv(), l, lin, x, y, ddr, a);
-  else gemv_from<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, l, lin, x, y, ddr, a);
+  if (u == U) gemv_if<U>(typename Unit<U>::RunsGemv(), l, lin, x, y, DDR_PORTS, a);
+  else gemv_from<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, l, lin, x, y, DDR_PORTS, a);
 }
-void linear(int l, int lin, const float *x, float *y, const rom_word_t *ddr, Acct &a) {
-  gemv_from<0>(std::true_type(), lin_unit(l, lin), l, lin, x, y, ddr, a);
+void linear(int l, int lin, const float *x, float *y, DDR_PORT_PARAMS, Acct &a) {
+  gemv_from<0>(std::true_type(), lin_unit(l, lin), l, lin, x, y, DDR_PORTS, a);
   lora_delta(HasLora(), g_lora, l, lin, x, y, a);
 }
 
@@ -603,43 +618,43 @@ void attend(std::false_type /*in DDR*/, int, int start, int T, half_bits_t *kc, 
 
 // Layer l over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place): one instance, run
 // for every layer with its run-time index.
-void layer(int l, int start, int T, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
+void layer(int l, int start, int T, half_bits_t *kv, uint32_t cap, DDR_PORT_PARAMS, Acct &a) {
   half_bits_t *kc = kv + (size_t)(2 * l) * cap * rm::KV_DIM;
   half_bits_t *vc = kv + (size_t)(2 * l + 1) * cap * rm::KV_DIM;
   float h[rm::DIM], qr[QDIM], kr[rm::KV_DIM];
   // the GEMV input: read ACT_LANES per cycle by the activation quantizer
 #pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = ACT_LANES dim = 1
-  // the GEMV outputs: the layers' engines write ROMA_GEMV_PE consecutive rows per cycle (one per PE)
-#pragma HLS ARRAY_PARTITION variable = qr type = cyclic factor = ROMA_GEMV_PE dim = 1
-#pragma HLS ARRAY_PARTITION variable = kr type = cyclic factor = ROMA_GEMV_PE dim = 1
+  // the GEMV outputs: the layers' engines write GEMV_OUT_LANES consecutive rows per cycle (a PE's or port's each)
+#pragma HLS ARRAY_PARTITION variable = qr type = cyclic factor = GEMV_OUT_LANES dim = 1
+#pragma HLS ARRAY_PARTITION variable = kr type = cyclic factor = GEMV_OUT_LANES dim = 1
 LAYER_QKV:
   for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
     rms_norm<rm::DIM>(g_x[i], g_norms[2 * l], rm::RMS_EPS, h, a.layer);
-    linear(l, L_WQ, h, qr, ddr, a);
-    linear(l, L_WK, h, kr, ddr, a);
-    linear(l, L_WV, h, g_v[i], ddr, a);
+    linear(l, L_WQ, h, qr, DDR_PORTS, a);
+    linear(l, L_WK, h, kr, DDR_PORTS, a);
+    linear(l, L_WV, h, g_v[i], DDR_PORTS, a);
     rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i], g_k[i], a.layer);
   }
   attend(KvOnChip(), l, start, T, kc, vc, a.layer);
   float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
-#pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = ROMA_GEMV_PE dim = 1
+#pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = GEMV_OUT_LANES dim = 1
 #pragma HLS ARRAY_PARTITION variable = gate type = cyclic factor = GEMV_CHAIN_LANES dim = 1
-#pragma HLS ARRAY_PARTITION variable = up type = cyclic factor = ROMA_GEMV_PE dim = 1
+#pragma HLS ARRAY_PARTITION variable = up type = cyclic factor = GEMV_OUT_LANES dim = 1
 LAYER_FFN:
   for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
-    linear(l, L_WO, g_att[i], o, ddr, a);
+    linear(l, L_WO, g_att[i], o, DDR_PORTS, a);
     residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
     rms_norm<rm::DIM>(g_x[i], g_norms[2 * l + 1], rm::RMS_EPS, h, a.layer);
-    linear(l, L_GATE, h, gate, ddr, a);
-    linear(l, L_UP, h, up, ddr, a);
+    linear(l, L_GATE, h, gate, DDR_PORTS, a);
+    linear(l, L_UP, h, up, DDR_PORTS, a);
 #ifdef __SYNTHESIS__
     swiglu<rm::FFN_DIM>(gate, up, gate, a.layer);
 #else
     swiglu_csim<rm::FFN_DIM>(gate, up, gate, a.layer); // csim/activation.h: bit-identical
 #endif
-    linear(l, L_DOWN, gate, o, ddr, a);
+    linear(l, L_DOWN, gate, o, DDR_PORTS, a);
     residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
   }
 }
@@ -656,7 +671,7 @@ void embed(std::false_type /*on chip*/, int id, const rom_word_t *, float *out, 
 }
 
 // Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
-void forward(const int32_t *ids, int n, int start, half_bits_t *kv, uint32_t cap, const rom_word_t *ddr, Acct &a) {
+void forward(const int32_t *ids, int n, int start, half_bits_t *kv, uint32_t cap, DDR_PORT_PARAMS, Acct &a) {
 FORWARD_CHUNKS:
   for (int c0 = 0; c0 < n; c0 += MAX_T) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
@@ -672,13 +687,13 @@ FORWARD_CHUNKS:
   LAYERS:
     for (int l = 0; l < rm::N_LAYERS; ++l) {
 #pragma HLS LOOP_TRIPCOUNT min = rm::N_LAYERS max = rm::N_LAYERS
-      layer(l, start + c0, T, kv, cap, ddr, a);
+      layer(l, start + c0, T, kv, cap, DDR_PORTS, a);
     }
     if (c0 + T == n) {
       float h[rm::DIM]; // the head's GEMV input: read ACT_LANES per cycle by its activation quantizer
 #pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = ACT_LANES dim = 1
       rms_norm<rm::DIM>(g_x[T - 1], g_norms[2 * rm::N_LAYERS], rm::RMS_EPS, h, a.layer);
-      linear(0, HEAD_LIN, h, g_logits, ddr, a);
+      linear(0, HEAD_LIN, h, g_logits, DDR_PORTS, a);
     }
   }
 }
@@ -915,6 +930,13 @@ void pack_uram_tensors() {
   });
 }
 
+// Whether weight port `port` (1-based), if the build reads it, holds the same image as the first port: the same buffer,
+// or equal words (a copy per bank, as on Alveo).
+bool csim_same_image(const rom_word_t *first, const rom_word_t *other, int port) {
+  return port > rm::WEIGHT_PORTS || other == first ||
+         std::memcmp(first, other, 4 * (size_t)rm::DDR_WORDS) == 0;
+}
+
 // Whether the packed codes (g_packed) of the DDR tensors are those of the image at ddr (header already checked): the
 // first call with another buffer, or after a build load, checks the payload's CRC and repacks.
 bool csim_ddr_packed(const rom_word_t *ddr) {
@@ -930,12 +952,19 @@ bool csim_ddr_packed(const rom_word_t *ddr) {
 }
 #endif
 
-// Whether ddr_weights holds this build's DDR image: its header is the one roma_model.h names (DDR_WORDS,
-// DDR_CRC); four reads per run command.
-bool ddr_image_ready(const rom_word_t *ddr) {
-  const bool ok = image_header_is(ddr, DDR_MAGIC, DDR_VERSION, (rom_word_t)rm::DDR_WORDS, rm::DDR_CRC);
+// Whether a weight port's buffer holds this build's DDR image: its header is the one roma_model.h names
+// (DDR_WORDS, DDR_CRC); four reads.
+bool ddr_header_ok(const rom_word_t *ddr) {
+  return image_header_is(ddr, DDR_MAGIC, DDR_VERSION, (rom_word_t)rm::DDR_WORDS, rm::DDR_CRC);
+}
+// ... whether every weight port the build reads holds it (four reads per port and run command).
+bool ddr_images_ready(DDR_PORT_PARAMS) {
+  const bool ok = ddr_header_ok(ddr) && (rm::WEIGHT_PORTS < 2 || ddr_header_ok(ddr1)) &&
+                  (rm::WEIGHT_PORTS < 3 || ddr_header_ok(ddr2)) && (rm::WEIGHT_PORTS < 4 || ddr_header_ok(ddr3));
 #ifndef __SYNTHESIS__
-  return ok && csim_ddr_packed(ddr);
+  // the emulated board computes from the first port's image; the others must hold the same payload
+  return ok && csim_ddr_packed(ddr) && csim_same_image(ddr, ddr1, 2) && csim_same_image(ddr, ddr2, 3) &&
+         csim_same_image(ddr, ddr3, 4);
 #else
   return ok;
 #endif
@@ -962,7 +991,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
                           uint32_t &cycles_activation, uint32_t &cycles_residual, uint32_t &cycles_lm_head,
                           uint32_t &cycles_sampler, uint32_t &cycles_kv_load, uint32_t &cycles_weight_load,
                           const int32_t *tokens_in, int32_t *tokens_out, float *logits, uint16_t *kv_cache,
-                          const uint8_t *lora_staging, const uint32_t *ddr_weights, const uint32_t *uram_weights,
+                          const uint8_t *lora_staging, const uint32_t *ddr_weights, const uint32_t *ddr_weights_1,
+                          const uint32_t *ddr_weights_2, const uint32_t *ddr_weights_3, const uint32_t *uram_weights,
                           uint32_t *status) {
 #pragma HLS INTERFACE mode = s_axilite port = command bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = position bundle = control
@@ -1002,6 +1032,29 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 // the weights' port at the board's memory port width (roma_model.h WEIGHT_PORT_BITS; brom_ddr.h counts at it)
 #pragma HLS INTERFACE mode = m_axi port = ddr_weights offset = slave bundle = gmem_weights depth = DEPTH_DDR \
     max_widen_bitwidth = WEIGHT_PORT_BITS max_read_burst_length = 64 num_read_outstanding = 16
+// the build's other weight ports (ROMA_WEIGHT_PORTS: the board's weight_ports), a bundle each; the ones past them
+// share the first port and are never read
+#if ROMA_WEIGHT_PORTS > 1
+#pragma HLS INTERFACE mode = m_axi port = ddr_weights_1 offset = slave bundle = gmem_weights_1 depth = DEPTH_DDR \
+    max_widen_bitwidth = WEIGHT_PORT_BITS max_read_burst_length = 64 num_read_outstanding = 16
+#else
+#pragma HLS INTERFACE mode = m_axi port = ddr_weights_1 offset = slave bundle = gmem_weights depth = DEPTH_DDR \
+    max_widen_bitwidth = WEIGHT_PORT_BITS max_read_burst_length = 64 num_read_outstanding = 16
+#endif
+#if ROMA_WEIGHT_PORTS > 2
+#pragma HLS INTERFACE mode = m_axi port = ddr_weights_2 offset = slave bundle = gmem_weights_2 depth = DEPTH_DDR \
+    max_widen_bitwidth = WEIGHT_PORT_BITS max_read_burst_length = 64 num_read_outstanding = 16
+#else
+#pragma HLS INTERFACE mode = m_axi port = ddr_weights_2 offset = slave bundle = gmem_weights depth = DEPTH_DDR \
+    max_widen_bitwidth = WEIGHT_PORT_BITS max_read_burst_length = 64 num_read_outstanding = 16
+#endif
+#if ROMA_WEIGHT_PORTS > 3
+#pragma HLS INTERFACE mode = m_axi port = ddr_weights_3 offset = slave bundle = gmem_weights_3 depth = DEPTH_DDR \
+    max_widen_bitwidth = WEIGHT_PORT_BITS max_read_burst_length = 64 num_read_outstanding = 16
+#else
+#pragma HLS INTERFACE mode = m_axi port = ddr_weights_3 offset = slave bundle = gmem_weights depth = DEPTH_DDR \
+    max_widen_bitwidth = WEIGHT_PORT_BITS max_read_burst_length = 64 num_read_outstanding = 16
+#endif
 // the URAM load image shares the weights' port (the same bundle options): read by CMD_LOAD_WEIGHTS only
 #pragma HLS INTERFACE mode = m_axi port = uram_weights offset = slave bundle = gmem_weights depth = DEPTH_URAM \
     max_widen_bitwidth = WEIGHT_PORT_BITS max_read_burst_length = 64 num_read_outstanding = 16
@@ -1012,6 +1065,9 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = kv_cache bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = lora_staging bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = ddr_weights bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = ddr_weights_1 bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = ddr_weights_2 bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = ddr_weights_3 bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = uram_weights bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = status bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = return bundle = control
@@ -1020,8 +1076,10 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // the whole vocabulary's logits (the head writes them, the sampler and LOGITS_OUT read them): in URAM where the
   // board has it (roma_model.h's ROMA_LOGITS_IMPL, memory.logits_impl), 48 BRAM36 of SmolLM2's otherwise
 #pragma HLS BIND_STORAGE variable = g_logits type = ram_2p impl = ROMA_LOGITS_IMPL
-  // the chunk's values, written by the layers' GEMV engines ROMA_GEMV_PE rows per cycle
-#pragma HLS ARRAY_PARTITION variable = g_v type = cyclic factor = ROMA_GEMV_PE dim = 2
+  // ... written by the head's engine GEMV_OUT_LANES consecutive logits a cycle (a DDR head: one per weight port)
+#pragma HLS ARRAY_PARTITION variable = g_logits type = cyclic factor = GEMV_OUT_LANES dim = 1
+  // the chunk's values, written by the layers' GEMV engines GEMV_OUT_LANES rows per cycle
+#pragma HLS ARRAY_PARTITION variable = g_v type = cyclic factor = GEMV_OUT_LANES dim = 2
   // the chunk's attention outputs, w_o's GEMV inputs: read ACT_LANES per cycle by its activation quantizer
 #pragma HLS ARRAY_PARTITION variable = g_att type = cyclic factor = ACT_LANES dim = 2
   // the LoRA unit's memory where the plan reserved it, 64-bit words (ROMA_LORA_ARRAYS: which arrays it declares)
@@ -1067,7 +1125,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
       err = ERR_CONTEXT;
     else if (run && rm::URAM_WORDS > 0 && !g_weights_loaded)
       err = ERR_WEIGHTS_NOT_LOADED;
-    else if (run && rm::DDR_WORDS > 0 && !ddr_image_ready(ddr_weights))
+    else if (run && rm::DDR_WORDS > 0 && !ddr_images_ready(ddr_weights, ddr_weights_1, ddr_weights_2, ddr_weights_3))
       err = ERR_DDR_WEIGHTS;
     else if (run) {
       const uint32_t check = command == CMD_GENERATE ? 1 : n_tokens;
@@ -1120,7 +1178,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     const SamplerParams prm =
         sampler_params(sample_mode, inv_temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n);
     if (command != CMD_GENERATE) {
-      forward(tokens_in, (int)n_tokens, (int)position, kv_cache, kv_capacity, ddr_weights, a);
+      forward(tokens_in, (int)n_tokens, (int)position, kv_cache, kv_capacity, ddr_weights, ddr_weights_1, ddr_weights_2,
+              ddr_weights_3, a);
       if (sample_mode != SAMPLE_NONE)
         tokens_out[0] = (int32_t)sampler_step<rm::VOCAB, SAMPLER_K, SAMPLER_LANES, SAMPLER_RING>(
             g_logits, prm, g_rng, g_recent, a.sampler);
@@ -1130,7 +1189,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     GENERATE:
       for (uint32_t s = 0; s < n_tokens; ++s) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_TOKENS
-        forward(&tok, 1, (int)(position + s), kv_cache, kv_capacity, ddr_weights, a);
+        forward(&tok, 1, (int)(position + s), kv_cache, kv_capacity, ddr_weights, ddr_weights_1, ddr_weights_2,
+              ddr_weights_3, a);
         const uint32_t next = sampler_step<rm::VOCAB, SAMPLER_K, SAMPLER_LANES, SAMPLER_RING>(
             g_logits, prm, g_rng, g_recent, a.sampler);
         tokens_out[s] = (int32_t)next;

@@ -74,6 +74,14 @@
 //                                                       through a port of roma_model.h's WEIGHT_PORT_BITS (the
 //                                                       board's: 128 Zynq UltraScale+, 512 Alveo); unused (may
 //                                                       be 0) when every tensor is on chip
+//   ddr_weights_1..3 uint32 [DDR_WORDS]                 the same image for the build's other weight ports
+//                                                       (roma_model.h WEIGHT_PORTS, the board's weight_ports: a
+//                                                       DDR tensor's tiles stream through them at once, tile t
+//                                                       through port t mod WEIGHT_PORTS); on Zynq the same
+//                                                       buffer as ddr_weights (every HP port reaches the one DDR),
+//                                                       on Alveo a copy in each port's bank; ports past
+//                                                       WEIGHT_PORTS are never read (may be 0). ERR_DDR_WEIGHTS
+//                                                       when a port the build reads lacks the image
 //   uram_weights uint32 [URAM_WORDS]                    the build's uram_weights.bin, read by CMD_LOAD_WEIGHTS
 //                                                       only (weight_load.h's load image: header, then each URAM
 //                                                       tensor's bank words); shares the ddr_weights port
@@ -181,7 +189,8 @@ extern "C" void roma_core(
     uint32_t &cycles_weight_load,
     // m_axi
     const int32_t *tokens_in, int32_t *tokens_out, float *logits, uint16_t *kv_cache,
-    const uint8_t *lora_staging, const uint32_t *ddr_weights, const uint32_t *uram_weights, uint32_t *status);
+    const uint8_t *lora_staging, const uint32_t *ddr_weights, const uint32_t *ddr_weights_1,
+    const uint32_t *ddr_weights_2, const uint32_t *ddr_weights_3, const uint32_t *uram_weights, uint32_t *status);
 
 #ifndef __SYNTHESIS__
 // C simulation only: threads of the emulated board's parallel loops (0: OpenMP's default). Returns the count used.

@@ -226,8 +226,9 @@ def test_ddr_build_on_emu_equals_the_rom_build_and_the_golden_model(ddr_build, d
     ddr_cache.kv.buffer.invalidate()
     rom_cache.kv.buffer.invalidate()
     assert np.array_equal(np.asarray(ddr_cache.kv.buffer), np.asarray(rom_cache.kv.buffer))
-    # the stream costs cycles in the GEMV, lm-head and embedding stages; nothing else moves
-    assert ddr_cycles["gemv"] > rom_cycles["gemv"] and ddr_cycles["lm_head"] > rom_cycles["lm_head"]
+    # the stream moves cycles in the GEMV, lm-head and embedding stages (a head streamed through several weight
+    # ports can take fewer than one on-chip tile); nothing else moves
+    assert ddr_cycles["gemv"] > rom_cycles["gemv"] and ddr_cycles["lm_head"] != rom_cycles["lm_head"]
     assert ddr_cycles["embedding"] > rom_cycles["embedding"]
     assert {k: v for k, v in ddr_cycles.items() if k not in ("gemv", "lm_head", "embedding")} == {
         k: v for k, v in rom_cycles.items() if k not in ("gemv", "lm_head", "embedding")}
@@ -250,11 +251,12 @@ def test_every_gemv_takes_the_packed_fast_path(ddr_emu, tiny_emu, ddr_build, tin
         cache = emu.new_cache(16)
         paths = gemv_paths(emu, lambda: [emu.forward(ids, cache) for ids in (IDS, [5], [6])])
         # a prefill of 8 tokens and two decode steps: 7 linears per layer and token, each its tensor's tiles (the
-        # plan's PEs on chip, one on the DDR engine), and the head's tiles per call (a DDR head is streamed in tiles
-        # of at most memory.DDR_TILE_MAX_ROWS rows)
+        # plan's PEs on chip, the DDR engine's a multiple of the weight ports), and the head's tiles per call (a DDR
+        # head is streamed a tile per port at once, the ports' tiles of at most memory.DDR_TILE_MAX_ROWS rows in all)
         tensors = json.loads((build / "manifest.json").read_text())["tensors"]
         layer_tiles = sum(e["tiles"] for name, e in tensors.items() if name.startswith("blk."))
-        head_tiles = ddr_tiles(emu.config.vocab_size) if emu is ddr_emu else 1
+        head_tiles = (tensors.get("output") or tensors["token_embd"])["tiles"]
+        assert head_tiles == (ddr_tiles(emu.config.vocab_size, 3) if emu is ddr_emu else 1)  # the U250's 3 ports
         assert paths == {"packed": layer_tiles * (len(IDS) + 2) + 3 * head_tiles, "rom_unpacked": 0,
                          "ddr_stream": 0}
 
@@ -318,9 +320,11 @@ def test_smollm2_2bit_on_kv260_streams_from_ddr_and_matches_the_golden_model(smo
     ids = Tokenizer.from_model(smollm2).encode("The capital of France is")
     paths = gemv_paths(emu, lambda: got.append(emu.forward(ids, emu.new_cache(64))))
     got = np.asarray(got[0], np.float32).reshape(-1)
-    # every GEMV, the tied lm head streamed from DDR (in tiles) included, takes the packed fast path
-    assert paths == {"packed": 7 * 30 * len(ids) + ddr_tiles(49152), "rom_unpacked": 0, "ddr_stream": 0}
+    # every GEMV, the tied lm head streamed from DDR (in tiles) included, takes the packed fast path; a DDR tensor
+    # has a tile per weight port (the KV260's 3) or a multiple
+    assert {e["tiles"] for name, e in manifest["tensors"].items() if name.startswith("blk.") and is_ddr(e)} == {3}
+    assert paths == {"packed": 3 * 7 * 30 * len(ids) + ddr_tiles(49152, 3), "rom_unpacked": 0, "ddr_stream": 0}
     assert_within_float_noise(got, golden_variant_logits(load_build(out), ids), TOL)
     cycles = emu.last_cycles()
-    # DDR-bound: the 8-bit lm head streams 49152 x 576 codes + scales through a 16-byte port
-    assert cycles["lm_head"] > 49152 * 576 // 16 and cycles["gemv"] > cycles["lm_head"]
+    # DDR-bound: the 8-bit lm head streams 49152 x 576 codes + scales through three 16-byte ports
+    assert cycles["lm_head"] > 49152 * 576 // 16 // 3 and cycles["gemv"] > cycles["lm_head"]

@@ -57,7 +57,8 @@ def test_layout_from_the_header():
     for a in itf.arguments:
         assert a.width == (64 if a.pointer else 32)
     assert {a.name for a in itf.pointers} == {"tokens_in", "tokens_out", "logits", "kv_cache", "lora_staging",
-                                              "ddr_weights", "uram_weights", "status"}
+                                              "ddr_weights", "ddr_weights_1", "ddr_weights_2", "ddr_weights_3",
+                                              "uram_weights", "status"}
     assert itf["inv_temperature"].base == "float" and itf["tokens_in"].const and not itf["logits"].const
     # encoding: floats as their IEEE bits, pointers as 64-bit offsets
     assert itf["top_p"].encode(0.5) == struct.unpack("<I", struct.pack("<f", 0.5))[0]

@@ -56,13 +56,21 @@ def test_every_bits_and_group_bit_exact(build, random_cases):
     assert "q8_to_half: 0 mismatches of 16896" in out
     assert len(re.findall(r" q8 +mismatches lut=0 dsp=0 csim-fast=0 ddr=0", out)) == 14
     # the DDR stream at both port widths: the kernel's block II is the one the logic estimate counts lanes with
-    rows = re.findall(r"b=(\d) G=(\d+) +(\d+)x\d+ +tiles=(\d+) (\w+) .* ddr@128=\d+ \((\w+), block II (\d+)\) "
-                      r"ddr@512=\d+ \(\w+, block II (\d+)\)", out)
-    assert len(rows) == 27 and {r[5] for r in rows} == {"lanes", "serial"}
-    for b, g, r, t, scales, _, ii128, ii512 in rows:
+    rows = re.findall(r"b=(\d) G=(\d+) +(\d+)x\d+ +tiles=(\d+) (\w+) .* ddr@128=(\d+) \((\w+), block II (\d+)\) "
+                      r"ddr@512=\d+ \(\w+, block II (\d+)\) ddr@3x128=(\d+)", out)
+    assert len(rows) == 27 and {r[6] for r in rows} == {"lanes", "serial"}
+    for b, g, r, t, scales, c128, _, ii128, ii512, c3 in rows:
         tile_rows = [int(r) // int(t)]
         assert [int(ii128), int(ii512)] == [ddr_block_ii(int(b), int(g), scales, tile_rows, w) for w in (128, 512)]
-    assert any(int(r[7]) < int(r[6]) for r in rows)  # a wider port, fewer cycles per block
+        # three ports: rounds of three tiles, each round one tile's cycles (the quantizer and candidates once)
+        t, rounds, c128, c3 = int(t), -(-int(t) // 3), int(c128), int(c3)
+        if t == rounds:
+            assert c3 == c128
+        else:
+            tile, rest = divmod(c128 - c3, t - rounds)
+            assert rest == 0 and c3 > rounds * tile
+    assert any(int(r[8]) < int(r[7]) for r in rows)  # a wider port, fewer cycles per block
+    assert any(int(r[9]) < int(r[5]) for r in rows)  # more ports, fewer cycles per GEMV
 
 
 @pytest.mark.slow

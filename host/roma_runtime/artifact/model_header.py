@@ -10,7 +10,8 @@ Also generated for the top (hw/hls/roma_core.cpp):
   DDR_WORDS (the image's words, 0 without DDR tensors) and DDR_CRC (its payload CRC-32, which the image's
   header repeats: the core refuses a buffer holding another image);
 - WEIGHT_PORT_BITS: the board's weight port width (boards.json weight_port_bits): the width roma_core.cpp gives
-  the ddr_weights/uram_weights port and brom_ddr.h counts the DDR stream at;
+  the ddr_weights/uram_weights port and brom_ddr.h counts the DDR stream at; WEIGHT_PORTS (and the macro
+  ROMA_WEIGHT_PORTS for the interface pragmas): how many such ports (weight_ports) stream a DDR tensor's tiles;
 - URAM_<LINEAR>[N_LAYERS], URAM_TOKEN_EMBD, URAM_OUTPUT: per tensor, -1 unless the plan puts it in URAM
   ("URAM-load-once"), else the word offset of its bank words inside the URAM load image (uram_weights.bin,
   uram_image.py) that CMD_LOAD_WEIGHTS copies into its engine's bank, with URAM_WORDS (the image's words, 0 without
@@ -181,7 +182,9 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               f"constexpr long long DDR_WORDS = {ddr['words'] if ddr else 0};",
               f"constexpr unsigned DDR_CRC = 0x{ddr['crc32'] if ddr else 0:08x}u;",
               "// the board's weight port (ddr_weights, uram_weights): bits per core cycle (boards.json weight_port_bits)",
-              f"constexpr int WEIGHT_PORT_BITS = {get_board(board).weight_port_bits};"]
+              f"constexpr int WEIGHT_PORT_BITS = {get_board(board).weight_port_bits};",
+              "// ... and how many such ports read the DDR tensors' tiles at once (boards.json weight_ports)",
+              f"constexpr int WEIGHT_PORTS = {get_board(board).weight_ports};"]
     lines += ["",
               "// The URAM load image (uram_weights.bin): words, header included (0: no tensor is in URAM), and the",
               "// checksum of its tensors (weight_load.h), as its header holds it",
@@ -206,7 +209,9 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               f"#define ROMA_LOGITS_IMPL {logits_impl}",
               "// the tiles (PEs) of the layers' on-chip GEMV engines: the outputs they write per cycle, the cyclic",
               "// partition of the layer's GEMV output buffers",
-              f"#define ROMA_GEMV_PE {gemv_pe}", "", "#endif  // ROMA_MODEL_H", "",
+              f"#define ROMA_GEMV_PE {gemv_pe}",
+              "// the weight ports (WEIGHT_PORTS), for roma_core's interface pragmas: one m_axi bundle each",
+              f"#define ROMA_WEIGHT_PORTS {get_board(board).weight_ports}", "", "#endif  // ROMA_MODEL_H", "",
               "// Synthesis: the ROM banks, tile by tile (see the module doc of artifact/model_header.py);",
               "// outside the include guard: the top includes this header again with ROMA_ROM_DEFINE set.",
               "#ifdef ROMA_ROM_DEFINE", "#include ROMA_ROM_DEFINE"]

@@ -13,7 +13,10 @@ cache is a DDR buffer of its own (`KVBuffer`), so several sessions can share one
 A build whose placement streams tensors from DDR ships their images as ddr_weights.bin next to the bitstream
 (and its manifest): RomaOverlay checks it against the manifest's sha256 (and its own header's CRC), and the
 driver copies it once into the `ddr_weights` buffer, sized to the image, which every command passes to the
-core. The core refuses a run command without this build's image (ERR_DDR_WEIGHTS).
+core, to its first weight port and to the others (ddr_weights_1..3: the build's weight ports stream a tensor's tiles
+at once; on a Zynq board every HP port reaches the one DDR, so they share the buffer; an Alveo card's ports are
+in banks of their own, each needing a copy, which this driver does not make yet). The core refuses a run command
+without this build's image on every port it reads (ERR_DDR_WEIGHTS).
 
 A build whose plan puts tensors in URAM ("URAM-load-once") ships their bank words as uram_weights.bin next to the
 bitstream: UltraScale+ URAM holds nothing after configuration, so RomaOverlay (after every download) copies the
@@ -389,6 +392,9 @@ class RomaCoreDriver(DefaultIP):
             "tokens_in": self.tokens_in.device_address, "tokens_out": self.tokens_out.device_address,
             "logits": self.logits.device_address, "kv_cache": kv.device_address if kv else 0,
             "lora_staging": self.lora_staging.device_address, "ddr_weights": self.ddr_weights.device_address,
+            # the build's other weight ports read the same image: on Zynq every HP port reaches the one DDR
+            "ddr_weights_1": self.ddr_weights.device_address, "ddr_weights_2": self.ddr_weights.device_address,
+            "ddr_weights_3": self.ddr_weights.device_address,
             "uram_weights": self.uram_weights.device_address,
             "status": self.status_buf.device_address,
         }

@@ -193,9 +193,10 @@ long run_csim_fast(const Case &c, const BromImageHost &img, Tally &tally) {
   return tally.mismatches - before;
 }
 
-// The DDR-streamed kernel on the DDR image through a PORT_BITS-wide port, and the C-simulation repack of its
-// tiles, against the ROM kernel on datapath DP: y, dots and xsum bit for bit.
-template <int PORT_BITS, int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP, ScaleFormat SF>
+// The DDR-streamed kernel on the DDR image through PORTS PORT_BITS-wide ports (a tile per port at once), and the
+// C-simulation repack of its tiles, against the ROM kernel on datapath DP: y, dots and xsum bit for bit.
+template <int PORT_BITS, int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP, ScaleFormat SF,
+          int PORTS = 1>
 long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cycles_per_gemv) {
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> C;
   typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> D;
@@ -226,7 +227,7 @@ long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cy
     brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, DP, true, SF>(
         xq.data(), a_scale.data(), rom_planes<C>(img), rom_prm<C>(img), rom_aux<C>(img), y.data(),
         reinterpret_cast<acc_t(*)[PP]>(dot.data()), xsum.data(), cyc);
-    brom_ddr_gemv<PORT_BITS, TILES, ROWS, COLS, GROUP, BITS, DP, true, SF>(
+    brom_ddr_gemv<PORT_BITS, TILES, ROWS, COLS, GROUP, BITS, DP, true, SF, PORTS>(
         xq.data(), a_scale.data(), ddr.data(), yd.data(), reinterpret_cast<acc_t(*)[PP]>(dotd.data()), xsd.data(), cyd);
     cycles_per_gemv = cyc.act_quant + cyd.total();
     for (int tile = 0; tile < TILES; ++tile)
@@ -267,23 +268,25 @@ bool try_case(const Case &c, const BromImageHost &img, Tally &tally) {
   const long m_dsp = run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac, SF>(c, img, twin, tally, cyc_dsp);
   const long m_fast = run_csim_fast<TILES, ROWS, COLS, GROUP, BITS, SF>(c, img, tally);
   // the stream at a Zynq UltraScale+ HP port's 128 bits (both datapaths) and an Alveo port's 512 bits
-  uint64_t cyc_ddr = 0, cyc_ddr_dsp = 0, cyc_ddr_512 = 0;
+  // ... and through three 128-bit ports (a Zynq UltraScale+ board's HP0, HP1, HP3)
+  uint64_t cyc_ddr = 0, cyc_ddr_dsp = 0, cyc_ddr_512 = 0, cyc_ddr_3p = 0;
   const long m_ddr = run_ddr<128, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, tally, cyc_ddr) +
                      run_ddr<128, TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac, SF>(c, img, tally, cyc_ddr_dsp) +
-                     run_ddr<512, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, tally, cyc_ddr_512);
+                     run_ddr<512, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, tally, cyc_ddr_512) +
+                     run_ddr<128, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF, 3>(c, img, tally, cyc_ddr_3p);
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> C;
   typedef DdrStepConfig<GROUP, BITS, Datapath::LutSelect, SF> D;
   typedef DdrStream<D, 128> P128;
   typedef DdrStream<D, 512> P512;
   std::printf("  %-18s b=%d G=%-3d %4dx%-4d tiles=%d %-4s mismatches lut=%ld dsp=%ld csim-fast=%ld ddr=%ld  "
               "cycles/GEMV lut=%llu dsp=%llu (act_quant %llu + candidates %llu + gemv %llu, gemv II=%d) "
-              "ddr@128=%llu (%s, block II %d) ddr@512=%llu (%s, block II %d)\n",
+              "ddr@128=%llu (%s, block II %d) ddr@512=%llu (%s, block II %d) ddr@3x128=%llu\n",
               c.name.c_str(), BITS, GROUP, c.rows, COLS, TILES, c.scales.c_str(), m_lut, m_dsp, m_fast, m_ddr,
               (unsigned long long)cyc_lut, (unsigned long long)cyc_dsp,
               (unsigned long long)ActQuantConfig<COLS, GROUP>::CYCLES, (unsigned long long)C::CAND_CYCLES,
               (unsigned long long)C::GEMV_CYCLES, C::GEMV_II, (unsigned long long)cyc_ddr,
               D::lanes(ROWS) ? "lanes" : "serial", P128::block_ii(ROWS, ROWS), (unsigned long long)cyc_ddr_512,
-              D::lanes(ROWS) ? "lanes" : "serial", P512::block_ii(ROWS, ROWS));
+              D::lanes(ROWS) ? "lanes" : "serial", P512::block_ii(ROWS, ROWS), (unsigned long long)cyc_ddr_3p);
   return true;
 }
 

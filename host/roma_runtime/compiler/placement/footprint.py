@@ -444,7 +444,7 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     plan = manifest.get("plan") or {}
     consts = _model_consts(build)
     defines = dict(re.findall(r"#define\s+(ROMA_\w+)\s+(\w+)", (build / "roma_model.h").read_text()))
-    defines = {**pragma_defines(int(defines["ROMA_GEMV_PE"])), **defines}
+    defines = {**pragma_defines(int(defines["ROMA_GEMV_PE"]), int(defines["ROMA_WEIGHT_PORTS"])), **defines}
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         obj = compile_synthesis(build, Path(tmp))

@@ -29,7 +29,8 @@ Candidate stage (brom_candidates, once per engine: its PEs share the candidates)
   datapaths the group sum, 4 * CQ activations of C bits added per cycle. LUT = c1 * (CQ * 11 * C + 4 * CQ * C).
 A DDR engine's block loop (brom_ddr_gemv_rt) unrolls BLOCK_STEPS steps (4 fp16, 8 q8) at block II (ddr_block_ii:
   brom_ddr.h DdrStream at the board's weight_port_bits); its datapaths are the lanes the II leaves unshared,
-  ceil(BLOCK_STEPS / II): 1 at a 128-bit port (II >= BLOCK_STEPS), 2 (fp16) or 3 (q8, 2-bit G64) at 512 bits.
+  ceil(BLOCK_STEPS / II) per weight port (a tile streams through each at once): 1 at a 128-bit port
+  (II >= BLOCK_STEPS), 2 (fp16) or 3 (q8, 2-bit G64) at 512 bits.
 Activation quantizer (act_quant, SIMD = ACT_LANES, types.h; one per engine): per lane an integer compare of 31
   bits, an fmul and a round/clip of 8 bits; 2 fdiv (the scale and its inverse).
 LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its two loops, then 1 fmul and 1 fadd.
@@ -157,14 +158,16 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         lut, ff, dsp, inputs = gemv_tile(e["bits"], e["group"], datapath)
         name = f"GEMV engine #{e['index']} {e['role']} ({e['bits']}-bit G{e['group']} {e['scales']}, {e['tier']})"
         # an on-chip engine's tiles are parallel datapaths (brom_gemv_tiles_rt unrolls them); a DDR engine streams
-        # its tiles one after another through brom_ddr_gemv_rt's lanes, as many as its block II leaves unshared
+        # a tile per weight port at once through brom_ddr_gemv_rt's lanes, as many per port as its block II leaves
+        # unshared
         datapaths, ddr = e["tiles"], {}
         if e["tier"] == "ddr":
-            steps = 8 if e["scales"] == "q8" else 4
+            steps = ddr_block_steps(e["scales"])
             ii = ddr_block_ii(e["bits"], e["group"], e["scales"], [r // e["tiles"] for r, _ in shapes],
                               board.weight_port_bits)
-            datapaths, ddr = -(-steps // ii), {"block_steps": steps, "block_ii": ii,
-                                               "weight_port_bits": board.weight_port_bits}
+            ports = min(board.weight_ports, e["tiles"])
+            datapaths, ddr = ports * -(-steps // ii), {"block_steps": steps, "block_ii": ii, "ports": ports,
+                                                       "weight_port_bits": board.weight_port_bits}
         units.append(_unit(name, datapaths, lut, ff, dsp, {**inputs, "max_rows": max(r for r, _ in shapes),
                                                            "max_cols": max(c for _, c in shapes),
                                                            "tiles": e["tiles"], "linears": e["linears"], **ddr}))

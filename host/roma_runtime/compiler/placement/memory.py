@@ -32,7 +32,7 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
 - per engine, the local arrays of its kernel instances, sized by the largest tensor it serves (rows per tile,
   columns): gemv_unit's xq [COLS] int8, as and xs [NG]; act_quant's amax_bits and inv [NG]; brom_gemv_tiles_rt's
   cand, xg and xsum (once, shared by its PEs) and acc [TILES][ROWS] (ROM/URAM), or brom_ddr_gemv_rt's cand, xg,
-  xsum, acc [ROWS] and ex (DDR);
+  xsum, acc [PORTS][ROWS] and ex (DDR: a tile per weight port at once);
 - once: g_norms [2 N_LAYERS + 1][DIM] fp32 (every layer's norms stay on chip, whatever the layer's tier),
   g_x, g_q, g_att [PREFILL_CHUNK][DIM], g_k, g_v [PREFILL_CHUNK][KV_DIM], g_logits [VOCAB] (the whole
   vocabulary's fp32 logits), attention's score [HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions, else the
@@ -158,12 +158,16 @@ def _source_pragmas(defines: tuple) -> tuple:
     return tuple(read_pragmas(hls_sources(), dict(defines)))
 
 
-def pragma_defines(pe: int) -> dict[str, str]:
+def pragma_defines(pe: int, ports: int) -> dict[str, str]:
     """The values of the build-wide symbols the sources' pragma factors name: ROMA_GEMV_PE (roma_model.h: the plan's
-    pe), ACT_LANES (types.h: the activation quantizer's lanes) and GEMV_CHAIN_LANES (roma_core.cpp: the larger of
-    the two, a buffer one GEMV writes and the next one reads)."""
+    pe), ROMA_WEIGHT_PORTS (roma_model.h: the board's weight_ports), ACT_LANES (types.h: the activation quantizer's
+    lanes), GEMV_OUT_LANES (roma_core.cpp: the power of two covering pe and the ports, the rows a GEMV writes per
+    cycle) and GEMV_CHAIN_LANES (roma_core.cpp: the larger of it and ACT_LANES, a buffer one GEMV writes and the
+    next one reads)."""
     lanes = kernel_constants("types.h")["ACT_LANES"]
-    return {"ROMA_GEMV_PE": str(pe), "ACT_LANES": str(lanes), "GEMV_CHAIN_LANES": str(max(pe, lanes))}
+    out_lanes = 1 << (max(pe, ports) - 1).bit_length()
+    return {"ROMA_GEMV_PE": str(pe), "ROMA_WEIGHT_PORTS": str(ports), "ACT_LANES": str(lanes),
+            "GEMV_OUT_LANES": str(out_lanes), "GEMV_CHAIN_LANES": str(max(out_lanes, lanes))}
 
 
 def source_pragmas(defines: dict[str, str]) -> list[Pragma]:
@@ -222,7 +226,7 @@ PRAGMA_SITES = {
     "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: att_simd(c["HEAD_DIM"], c["KV_PORT_BITS"])})],
     "g_logits": [("roma_core", "g_logits", 0, {})],
-    "g_v": [("roma_core", "g_v", 0, {})],  # cyclic ROMA_GEMV_PE (a build macro: the plan's pe)
+    "g_v": [("roma_core", "g_v", 0, {})],  # cyclic GEMV_OUT_LANES (pragma_defines)
     "g_att": [("roma_core", "g_att", 0, {})],  # cyclic ACT_LANES (pragma_defines)
     # the LoRA unit's members (roma_core.cpp: 64-bit words of fp16 values or int8 codes, and of fp32 row scales)
     "values": [("roma_core", "g_lora.values", 0, {"LORA_VALUES_PER_WORD": lambda a, s, c: 64 // a.elem_bits})],
@@ -402,15 +406,15 @@ def _local(function: str, var: str, bits: int, dims: list, pragmas: list[Pragma]
     return apply_layout(a, local_pragmas(function, a, pragmas, env or {}), strict=False)
 
 
-def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Pragma]) -> list[Array]:
-    """The local arrays of one engine's kernel instances (gemv_unit, act_quant, the tiles or the DDR stream), each
-    one RTL instance, sized by the largest of the tensors it serves (their
-    linears, `lins`)."""
+def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Pragma], ports: int) -> list[Array]:
+    """The local arrays of one engine's kernel instances (gemv_unit, act_quant, the tiles or the DDR stream: its
+    accumulators one row of `ports`, the board's weight ports), each one RTL instance, sized by the largest of the
+    tensors it serves (their linears, `lins`)."""
     shapes = [lin_shape(config, lin) for lin in set(lins)]
     rows, cols = max(r for r, _ in shapes) // e.tiles, max(c for _, c in shapes)
     ng, g = cols // e.group, e.group
     # template parameters the pragmas may name (a local constexpr the footprint cannot read is left out, as there)
-    tpl = {"GROUP": g, "BITS": e.bits, "TILES": e.tiles}
+    tpl = {"GROUP": g, "BITS": e.bits, "TILES": e.tiles, "PORTS": ports}
     out = [_local("gemv_unit", "xq", 8, [cols], pragmas, {}),
            _local("gemv_unit", "as", 32, [ng], pragmas, {}),
            _local("gemv_unit", "xs", 32, [ng], pragmas, {}),
@@ -421,8 +425,8 @@ def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Prag
         out += [_local("brom_ddr_gemv_rt", "cand", 16, [ng, g // 4, 16], pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "xg", 8, [ng, g], pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "xsum", 32, [ng], pragmas, tpl),
-                _local("brom_ddr_gemv_rt", "acc", 32, [rows], pragmas, tpl),
-                _local("brom_ddr_gemv_rt", "ex", 16, [rows if q8 else 1], pragmas, tpl)]
+                _local("brom_ddr_gemv_rt", "acc", 32, [ports, rows], pragmas, tpl),
+                _local("brom_ddr_gemv_rt", "ex", 16, [ports, rows if q8 else 1], pragmas, tpl)]
     else:
         out += [_local("brom_gemv_tiles_rt", "cand", 16, [ng, g // 4, 16], pragmas, tpl),
                 _local("brom_gemv_tiles_rt", "xg", 8, [ng, g], pragmas, tpl),
@@ -437,16 +441,20 @@ def logits_impl(board_uram: int) -> str:
     return "uram" if board_uram > 0 else "bram"
 
 
-# A DDR-streamed tensor's rows per tile at most: brom_ddr_gemv keeps an fp32 accumulator per row of its tile, so
-# the vocabulary-wide lm head is cut into tiles (streamed one after the other, the same words and cycles) to keep
-# that accumulator at 8K rows (8 BRAM36 instead of 48 for SmolLM2's 49,152).
+# A DDR-streamed tensor's rows per round at most: brom_ddr_gemv keeps an fp32 accumulator per row of each weight
+# port's tile, so the vocabulary-wide lm head is cut into tiles (streamed a round of one tile per port after
+# another, the same words and cycles) to keep those accumulators at 8K rows in all (8 BRAM36 instead of 48 for
+# SmolLM2's 49,152).
 DDR_TILE_MAX_ROWS = 8192
 
 
-def ddr_tiles(rows: int) -> int:
-    """Tiles of a DDR-streamed tensor of `rows` outputs: the fewest that divide rows into DDR_TILE_MAX_ROWS or
-    fewer."""
-    return next(t for t in range(1, rows + 1) if rows % t == 0 and rows // t <= DDR_TILE_MAX_ROWS)
+def ddr_tiles(rows: int, ports: int) -> int:
+    """Tiles of a DDR-streamed tensor of `rows` outputs read through `ports` weight ports: the fewest multiple of
+    `ports` that divides rows into tiles whose `ports` accumulators hold DDR_TILE_MAX_ROWS rows or fewer, so that
+    every port streams a tile in every round; else (no multiple of `ports` divides rows) the fewest tiles of
+    DDR_TILE_MAX_ROWS rows or fewer, the last round leaving ports idle."""
+    fits = [t for t in range(1, rows + 1) if rows % t == 0 and rows // t <= DDR_TILE_MAX_ROWS]
+    return next((t for t in fits if t % ports == 0 and rows // t * ports <= DDR_TILE_MAX_ROWS), fits[0])
 
 
 def with_impl(applied: list, impl: str) -> list:

@@ -96,9 +96,9 @@ LoRA on DSPs, at the board clock:
 - on-chip memory: each BRAM36 tile delivers 72 bits per cycle, each URAM 144 (two 72-bit ports); every block of
   a tier holds a slice of every layer placed in it, so a tensor is read at (the tier's weight blocks x that
   width) / (b + 32/G) weights per cycle.
-- DDR: bytes streamed per token / the bandwidth they get: the weights stream through the core's one weight
-  port, ``weight_port_bits`` per cycle (boards.json: 128 on Zynq UltraScale+, 512 on Alveo), at most the
-  board's nominal peak (``ddr_bandwidth_gbs``); the KV cache at the nominal peak.
+- DDR: bytes streamed per token / the bandwidth they get: the weights stream through the core's
+  ``weight_ports`` weight ports, ``weight_port_bits`` per cycle each (boards.json: 3 x 128 on Zynq UltraScale+,
+  3 x 512 on a U250), at most the board's nominal peak (``ddr_bandwidth_gbs``); the KV cache at the nominal peak.
 - attention over the KV cache at ``context`` tokens (default 256) and the LoRA products: fp MACs on DSPs at
   one MAC per ``DSPS_PER_MAC`` DSPs, using ``DSP_FRACTION`` of them; KV reads from DDR when the cache is there.
 
@@ -170,12 +170,12 @@ class TensorPlan:
             return L_EMBD
         return HLS_LINEARS.index(self.name.rsplit(".", 1)[-1])
 
-    def engine(self, tier: str, pe: int = 1) -> EngineConfig:
+    def engine(self, tier: str, pe: int, ports: int) -> EngineConfig:
         """The GEMV engine that runs this tensor on `tier`: shared by the layers' linears of its configuration, its
-        tiles the plan's `pe` on chip (the embedding and an untied output keep one), a DDR tensor's what bounds its
-        accumulator (they stream one after another)."""
+        tiles the plan's `pe` on chip (the embedding and an untied output keep one), a DDR tensor's a multiple of
+        the board's weight `ports` that bounds its accumulators (memory.ddr_tiles: rounds of a tile per port)."""
         role = self.lin if self.lin >= L_EMBD else LAYERS
-        tiles = ddr_tiles(self.rows) if tier == "ddr" else pe if role == LAYERS else 1
+        tiles = ddr_tiles(self.rows, ports) if tier == "ddr" else pe if role == LAYERS else 1
         return EngineConfig(role, self.bits, self.group, self.scales, tier, tiles)
 
     @property
@@ -588,7 +588,7 @@ class _Core:
     @property
     def pragmas(self):
         # the macro of g_kv_chip's impl is the plan's own choice (kv_array); ROMA_GEMV_PE is the header's pe
-        return source_pragmas(pragma_defines(self.pe))
+        return source_pragmas(pragma_defines(self.pe, self.board.weight_ports))
 
     @property
     def hw(self) -> dict:
@@ -802,7 +802,8 @@ def _place(core: _Core, units: list, forced: set, in_uram: set):
 
 def _gemv_cycles(engines: "_Engines", board: Board) -> float:
     """The GEMV steps' cycles of one token, for choosing the PEs: an on-chip tensor's (group, row) steps over its
-    engine's tiles, a DDR tensor's blocks at the block loop's II (logic.ddr_block_ii, the cycle model's)."""
+    engine's tiles, a DDR tensor's blocks at the block loop's II (logic.ddr_block_ii, the cycle model's), a tile
+    per weight port at once."""
     cycles = 0.0
     for e, members in engines.members.items():
         tile_rows = [lin_shape(engines.core.config, lin)[0] // e.tiles for lin, _, _ in members]
@@ -811,9 +812,10 @@ def _gemv_cycles(engines: "_Engines", board: Board) -> float:
             steps = rows * cols / e.group
             if chip:
                 cycles += steps / e.tiles
-            else:
-                cycles += steps / logic.ddr_block_steps(e.scales) * logic.ddr_block_ii(e.bits, e.group, e.scales, tile_rows,
-                                                             board.weight_port_bits)
+            else:  # rounds of a tile per weight port
+                rounds = -(-e.tiles // board.weight_ports)
+                cycles += (steps / e.tiles * rounds / logic.ddr_block_steps(e.scales)
+                           * logic.ddr_block_ii(e.bits, e.group, e.scales, tile_rows, board.weight_port_bits))
     return cycles
 
 
@@ -987,7 +989,7 @@ class _Engines:
         c = self.core
         out = bank_arrays(c.config, e, index, [lin for lin, _, chip in members if chip], c.pragmas)
         if self._runs_gemv(e):
-            out += engine_locals(c.config, e, [lin for lin, _, _ in members], c.pragmas)
+            out += engine_locals(c.config, e, [lin for lin, _, _ in members], c.pragmas, c.board.weight_ports)
         return out
 
     def _total(self, e: EngineConfig, members: tuple) -> tuple[float, float]:
@@ -1002,7 +1004,7 @@ class _Engines:
         return t.lin, t.layer or 0, tier != "ddr"
 
     def delta(self, t: TensorPlan, tier: str) -> tuple[float, float]:
-        e = t.engine(tier, self.core.pe)
+        e = t.engine(tier, self.core.pe, self.core.board.weight_ports)
         before = self._total(e, self.members[e]) if e in self.members else (0.0, 0.0)
         after = self._total(e, self.members.get(e, ()) + (self._member(t, tier),))
         return after[0] - before[0], after[1] - before[1]
@@ -1012,13 +1014,13 @@ class _Engines:
         bank must leave free so that a unit like this one can still go to URAM when BRAM runs out."""
         new: dict[EngineConfig, tuple] = {}
         for t in (t for t in tensors if t.lin is not None):
-            e = t.engine("uram", self.core.pe)
+            e = t.engine("uram", self.core.pe, self.core.board.weight_ports)
             if e not in self.members:
                 new[e] = new.get(e, ()) + (self._member(t, "uram"),)
         return sum(self._total(e, m)[0] for e, m in new.items())
 
     def add(self, t: TensorPlan, tier: str) -> None:
-        e = t.engine(tier, self.core.pe)
+        e = t.engine(tier, self.core.pe, self.core.board.weight_ports)
         self.members[e] = self.members.get(e, ()) + (self._member(t, tier),)
         t.tiles = e.tiles
 
@@ -1138,7 +1140,8 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
     c, board = plan.model, plan.board
     f = board.clock_mhz * 1e6
     bw = board.ddr_bandwidth_gbs * 1e9
-    weight_bw = min(bw, board.weight_port_bits / 8 * f)  # the weight port (roma_core's gmem_weights)
+    # the weight ports (roma_core's gmem_weights, gmem_weights_1, ...), within the memory's peak
+    weight_bw = min(bw, board.weight_ports * board.weight_port_bits / 8 * f)
     lanes = compute_lanes(board)
     ctx = context if context is not None else (plan.kv_cache.detail.get("tokens") or DEFAULT_CONTEXT)
     dsp_macs = max(1.0, board.dsp * DSP_FRACTION / DSPS_PER_MAC)
@@ -1193,7 +1196,8 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
         "ddr_bound_tokens_per_s": (1.0 / t_ddr) if ddr_bytes else None,
         "weights_read_per_token": weights_read,
         "model": {"clock_mhz": board.clock_mhz, "ddr_bandwidth_gbs": board.ddr_bandwidth_gbs,
-                  "weight_port_bits": board.weight_port_bits, "weight_stream_gbs": weight_bw / 1e9,
+                  "weight_port_bits": board.weight_port_bits, "weight_ports": board.weight_ports,
+                  "weight_stream_gbs": weight_bw / 1e9,
                   "lut_select_lanes": lanes, "luts_per_lane": LUTS_PER_LANE,
                   "lut_fraction": COMPUTE_LUT_FRACTION, "weights_per_lane_cycle": "4 / bits",
                   "dsp_fp_macs_per_cycle": dsp_macs, "bram_bits_per_cycle": BRAM_BITS_PER_CYCLE,

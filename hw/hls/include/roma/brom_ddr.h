@@ -37,14 +37,18 @@
 //   and ex (both partitioned cyclic BLOCK_STEPS) and all lanes read the same group's candidates, activations and
 //   a_scale; a row's accumulator comes back every rows / BLOCK_STEPS iterations (the DEPENDENCE distance).
 //   II = max(port_cycles(BLOCK_WORDS), timing::acc_ii(rows / BLOCK_STEPS)). y has one write port: at II <
-//   BLOCK_STEPS the outputs are written after the loop from acc (DDR_Y, one a cycle), else in the last group.
+//   BLOCK_STEPS the outputs are written after the loop from acc (DDR_Y, a row a cycle), else in the last group.
 // - serial (a row count that is not a multiple: blocks straddle groups and rows, a lane's bank is not fixed):
 //   the steps one after another, II = max(BLOCK_STEPS * GEMV_II, port_cycles(BLOCK_WORDS)).
 // q8 first reads its exponent prefix, one beat (8 rows) per iteration: ex's BLOCK_STEPS banks take 8 rows a cycle
-// (a wider port does not help), port_cycles(4) cycles per beat. The tiles of a tensor stream one after another
-// through the one port; the candidates are built once per GEMV.
+// (a wider port does not help), port_cycles(4) cycles per beat. The tiles of a tensor stream in rounds through
+// the build's WEIGHT_PORTS ports (roma_model.h; the board's weight_ports), tile t0 + p through port p, each port
+// reading its own copy of the image (Zynq: the one DDR through several HP ports; Alveo: a bank per port); the
+// candidates are built once per GEMV and broadcast to the ports' lanes. A round's PORTS outputs of a row are
+// consecutive in y (tile t holds rows t, t + TILES, ...), so y's buffers, partitioned cyclic by at least PORTS,
+// take them in one cycle.
 //
-// Cycle model (DdrStream: the pragmas and the C-simulation counters share it), per tile:
+// Cycle model (DdrStream: the pragmas and the C-simulation counters share it), per round of tiles:
 //   PREFIX_CYCLES (q8: PREFIX_WORDS / 4 * port_cycles(4) + AXI_READ_LATENCY, its own burst; fp16: 0)
 //   + BLOCKS * block_ii + GEMV_DEPTH + AXI_READ_LATENCY (+ rows + RAM_LATENCY when y is written after the loop).
 // On a KV260 (128 bits at 200 MHz, 3.2 GB/s) a 2-bit q8 block of 36 words takes 9 cycles (8 steps: the port
@@ -138,10 +142,12 @@ struct DdrStream {
     return prefix_cycles(rows) + block_cycles(rows, cols, ii_rows, row_align) + S::GEMV_DEPTH +
            timing::AXI_READ_LATENCY + y_cycles(rows, ii_rows, row_align);
   }
-  // One GEMV of a tensor of `tiles` such tiles: candidates once, then the tiles one after another.
-  static void count(Cycles &cyc, int tiles, int rows, int cols, int ii_rows, int row_align) {
+  // Tiles of a tensor of `tiles` through `ports` weight ports: rounds of one tile per port.
+  static constexpr int rounds(int tiles, int ports) { return (tiles + ports - 1) / ports; }
+  // One GEMV of a tensor whose tiles take `rounds` rounds: candidates once, then the rounds one after another.
+  static void count(Cycles &cyc, int rounds, int rows, int cols, int ii_rows, int row_align) {
     cyc.candidates += S::cand_cycles(cols);
-    cyc.gemv += (uint64_t)tiles * tile_cycles(rows, cols, ii_rows, row_align);
+    cyc.gemv += (uint64_t)rounds * tile_cycles(rows, cols, ii_rows, row_align);
   }
 };
 
@@ -159,18 +165,25 @@ struct DdrTileConfig : DdrStepConfig<GROUP, BITS, DP, SF> {
 
 // All TILES tiles of a DDR-streamed tensor of `rows` rows per tile and `cols` columns (run time, within engine E's
 // bounds: MAX_ROWS, MAX_COLS, MIN_ROWS, ROW_ALIGN (every tile row count a multiple of it), GROUP, BITS, DP, SF, CQ)
-// from `image` (the tensor's first word in ddr_weights, an m_axi pointer PORT_BITS wide). dot_probe and xsum_out
-// as brom_gemv_tiles.
-template <class E, int TILES, int PORT_BITS, bool PROBE = false>
+// through PORTS weight ports, PORT_BITS wide each: port p's image is image0..image3 (each the tensor's first word in
+// that port's copy of the DDR image; the ports past PORTS are not read). Tiles t0 .. t0 + PORTS - 1 stream at once,
+// tile t0 + p through port p, each into its own accumulators, so a round of PORTS tiles takes one tile's cycles.
+// Four pointers, not an array: Vitis HLS gives each top-level pointer its own m_axi bundle only as an argument of
+// its own. dot_probe and xsum_out as brom_gemv_tiles.
+template <class E, int TILES, int PORT_BITS, int PORTS, bool PROBE = false>
 void brom_ddr_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const float a_scale[E::MAX_COLS / E::GROUP],
-                      const rom_word_t *image, float *y, acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
+                      const rom_word_t *image0, const rom_word_t *image1, const rom_word_t *image2,
+                      const rom_word_t *image3, float *y,
+                      acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
                       acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
+  static_assert(PORTS >= 1 && PORTS <= 4, "one to four weight ports");
   typedef DdrStepConfig<E::GROUP, E::BITS, E::DP, E::SF, E::CQ> D;
   typedef DdrStream<D, PORT_BITS> P;
   typedef typename D::S S;
   constexpr int GROUP = E::GROUP, NG_MAX = E::MAX_COLS / GROUP, QUADS = S::QUADS, WPS = S::WPS;
   constexpr int BLOCK_WORDS = D::BLOCK_WORDS, BLOCK_STEPS = D::BLOCK_STEPS, EX_ROWS = D::Q8 ? E::MAX_ROWS : 1;
   constexpr bool LANES = D::lanes(E::ROW_ALIGN), Y_AFTER = P::y_after(E::MIN_ROWS, E::ROW_ALIGN);
+  constexpr int ROUNDS = P::rounds(TILES, PORTS);
   // the pragmas'
   constexpr int BLOCK_II = P::block_ii(E::MIN_ROWS, E::ROW_ALIGN), ACC_DISTANCE = D::acc_distance(E::MIN_ROWS);
   constexpr int PREFIX_II = P::PREFIX_II, MAX_ROWS = E::MAX_ROWS;
@@ -189,31 +202,42 @@ void brom_ddr_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const flo
   act_t xg[NG_MAX][GROUP];
 #pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 2
   acc_t xsum[NG_MAX];
-  float acc[E::MAX_ROWS];
-#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = BLOCK_STEPS dim = 1
-  scale_word_t ex[EX_ROWS]; // q8: the tile's row exponents
-#pragma HLS ARRAY_PARTITION variable = ex type = cyclic factor = BLOCK_STEPS dim = 1
+  float acc[PORTS][E::MAX_ROWS]; // a port's tile's accumulators
+#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = BLOCK_STEPS dim = 2
+  scale_word_t ex[PORTS][EX_ROWS]; // q8: a port's tile's row exponents
+#pragma HLS ARRAY_PARTITION variable = ex type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = ex type = cyclic factor = BLOCK_STEPS dim = 2
 
   brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq, cand, xg, xsum);
 
   const int ng = cols / GROUP, steps = D::steps(rows, cols), blocks = D::blocks(rows, cols);
   const int prefix_beats = D::prefix_words(rows) / DDR_BEAT_WORDS, row_blocks = rows / BLOCK_STEPS;
   const long long tile_words = D::tile_words(rows, cols);
-DDR_TILES:
-  for (int t = 0; t < TILES; ++t) {
-    const rom_word_t *src = image + (long long)t * tile_words;
-  DDR_EXPONENTS: // q8 only (no prefix for fp16): one beat, 8 rows (one per bank of ex), per iteration
+DDR_ROUNDS:
+  for (int t0 = 0; t0 < ROUNDS * PORTS; t0 += PORTS) {
+    const rom_word_t *src[PORTS]; // tile t0 + p through port p (a constant index per unrolled lane)
+    for (int p = 0; p < PORTS; ++p) {
+#pragma HLS UNROLL
+      const rom_word_t *port = p == 0 ? image0 : p == 1 ? image1 : p == 2 ? image2 : image3;
+      src[p] = port + (long long)(t0 + p) * tile_words;
+    }
+  DDR_EXPONENTS: // q8 only (no prefix for fp16): one beat per port, 8 rows (one per bank of ex), per iteration
     for (int k = 0; k < prefix_beats; ++k) {
 #pragma HLS PIPELINE II = PREFIX_II
 #pragma HLS LOOP_TRIPCOUNT min = 0 max = MAX_PREFIX_BEATS
-      for (int i = 0; i < 2 * DDR_BEAT_WORDS; ++i) {
+      for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
-        const int row = 2 * DDR_BEAT_WORDS * k + i;
-        const rom_word_t w = src[DDR_BEAT_WORDS * k + i / 2];
-        if (row < EX_ROWS && row < rows) ex[row] = (scale_word_t)(w >> (16 * (i & 1)));
+        for (int i = 0; i < 2 * DDR_BEAT_WORDS; ++i) {
+#pragma HLS UNROLL
+          const int row = 2 * DDR_BEAT_WORDS * k + i;
+          if (t0 + p < TILES) {
+            const rom_word_t w = src[p][DDR_BEAT_WORDS * k + i / 2];
+            if (row < EX_ROWS && row < rows) ex[p][row] = (scale_word_t)(w >> (16 * (i & 1)));
+          }
+        }
       }
     }
-    src += D::prefix_words(rows);
     // the (group, row) of the next step; lanes: the block's group and first row BLOCK_STEPS * q
     int g = 0, r = 0, q = 0;
   DDR_BLOCKS:
@@ -221,47 +245,69 @@ DDR_TILES:
 #pragma HLS PIPELINE II = BLOCK_II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
 #pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = ACC_DISTANCE dependent = true
-      rom_word_t w[BLOCK_WORDS];
+      for (int p = 0; p < PORTS; ++p) {
+#pragma HLS UNROLL
+        const int t = t0 + p;
+        if (t < TILES) { // the last round's missing tiles (TILES not a multiple of PORTS) leave their ports idle
+          rom_word_t w[BLOCK_WORDS];
 #pragma HLS ARRAY_PARTITION variable = w type = complete
-      for (int k = 0; k < BLOCK_WORDS; ++k) {
+          for (int k = 0; k < BLOCK_WORDS; ++k) {
 #pragma HLS UNROLL
-        w[k] = src[(long long)b * BLOCK_WORDS + k]; // consecutive: one burst per tile
+            w[k] = src[p][D::prefix_words(rows) + (long long)b * BLOCK_WORDS + k]; // consecutive: a burst per tile
+          }
+          int gs = g, rs = r; // serial: this port's walk over the block's steps (the same for every port)
+          for (int i = 0; i < BLOCK_STEPS; ++i) {
+#pragma HLS UNROLL
+            const int step = b * BLOCK_STEPS + i;
+            const int row = LANES ? BLOCK_STEPS * q + i : rs; // lanes: lane i owns bank i of acc and ex
+            const int grp = LANES ? g : gs;
+            if (step < steps) { // the last block's missing steps are padding (serial only)
+              const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&w[i * WPS], cand[grp], xg[grp]);
+              if (PROBE) dot_probe[t][step] = dot;
+              const HalfPair dm = D::scales(w, i, ex[p], D::Q8 ? row : 0);
+              const float term = brom_term(a_scale[grp], dm.d, dm.m, dot, xsum[grp]);
+              const float sum = (grp == 0) ? term : acc[p][row] + term;
+              acc[p][row] = sum;
+              if (!Y_AFTER && grp == ng - 1) y[row * TILES + t] = sum; // tile t holds rows t, t + TILES, ...
+              if (!LANES && ++rs == rows) {
+                rs = 0;
+                ++gs;
+              }
+            }
+          }
+        }
       }
-      for (int i = 0; i < BLOCK_STEPS; ++i) {
+      if (LANES) {
+        if (++q == row_blocks) {
+          q = 0;
+          ++g;
+        }
+      } else { // the serial walk over this block's steps, once for all ports
+        for (int i = 0; i < BLOCK_STEPS; ++i) {
 #pragma HLS UNROLL
-        const int step = b * BLOCK_STEPS + i;
-        const int row = LANES ? BLOCK_STEPS * q + i : r; // lanes: lane i owns bank i of acc and ex
-        if (step < steps) { // the last block's missing steps are padding (serial only)
-          const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&w[i * WPS], cand[g], xg[g]);
-          if (PROBE) dot_probe[t][step] = dot;
-          const HalfPair dm = D::scales(w, i, ex, D::Q8 ? row : 0);
-          const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
-          const float sum = (g == 0) ? term : acc[row] + term;
-          acc[row] = sum;
-          if (!Y_AFTER && g == ng - 1) y[row * TILES + t] = sum; // tile t holds rows t, t + TILES, ...
-          if (!LANES && ++r == rows) {
+          if (b * BLOCK_STEPS + i < steps && ++r == rows) {
             r = 0;
             ++g;
           }
         }
       }
-      if (LANES && ++q == row_blocks) {
-        q = 0;
-        ++g;
-      }
     }
-  DDR_Y: // the lanes outrun y's write port: the tile's outputs from the accumulators, one a cycle
+  DDR_Y: // the lanes outrun y's write port: the round's outputs from the accumulators, the ports' PORTS
+         // consecutive outputs of a row per cycle
     for (int k = 0; k < (Y_AFTER ? rows : 0); ++k) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 0 max = MAX_ROWS
-      y[k * TILES + t] = acc[k];
+      for (int p = 0; p < PORTS; ++p) {
+#pragma HLS UNROLL
+        if (t0 + p < TILES) y[k * TILES + t0 + p] = acc[p][k];
+      }
     }
   }
   for (int k = 0; k < NG_MAX; ++k) {
 #pragma HLS UNROLL
     if (k < ng) xsum_out[k] = xsum[k];
   }
-  P::count(cyc, TILES, rows, cols, E::MIN_ROWS, E::ROW_ALIGN);
+  P::count(cyc, ROUNDS, rows, cols, E::MIN_ROWS, E::ROW_ALIGN);
 }
 
 // A fixed tile shape as an engine: its one row count is its alignment.
@@ -270,15 +316,15 @@ struct DdrFixedShape : C {
   static constexpr int ROW_ALIGN = C::MAX_ROWS;
 };
 
-// All TILES tiles of one DDR-streamed tensor (a fixed shape) through a PORT_BITS-wide port.
+// All TILES tiles of one DDR-streamed tensor (a fixed shape) through PORTS PORT_BITS-wide ports reading one image.
 template <int PORT_BITS, int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
-          bool PROBE = false, ScaleFormat SF = ScaleFormat::Fp16>
+          bool PROBE = false, ScaleFormat SF = ScaleFormat::Fp16, int PORTS = 1>
 void brom_ddr_gemv(const act_t xq[COLS], const float a_scale[COLS / GROUP], const rom_word_t *image,
                    float y[TILES * ROWS], acc_t dot_probe[TILES][(COLS / GROUP) * ROWS],
                    acc_t xsum_out[COLS / GROUP], Cycles &cyc) {
 #pragma HLS INLINE
-  brom_ddr_gemv_rt<DdrFixedShape<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>>, TILES, PORT_BITS, PROBE>(
-      ROWS, COLS, xq, a_scale, image, y, dot_probe, xsum_out, cyc);
+  brom_ddr_gemv_rt<DdrFixedShape<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>>, TILES, PORT_BITS, PORTS, PROBE>(
+      ROWS, COLS, xq, a_scale, image, image, image, image, y, dot_probe, xsum_out, cyc);
 }
 
 } // namespace roma
