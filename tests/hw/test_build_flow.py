@@ -87,12 +87,16 @@ def test_dry_run_prints_every_step_with_the_boards_parameters(name, tmp_path):
         assert f"--clock.freqHz {int(b.clock_mhz * 1e6)}:roma_core_1" in link
         assert f"--config {BITSTREAMS}/alveo_link.cfg --config {BITSTREAMS}/alveo_link_{name}.cfg" in link
         assert link.endswith(f"-o {out}/impl/roma.xclbin {out}/hls/roma_core.xo")
+        # the banks of the weight ports are in the board's cfg; the step names how many it has
+        the(lines, rf"^# \[3/4 bitstream\] .* {b.weight_ports} weight ports of {b.weight_port_bits} bits ")
         copies = ["roma.xclbin"]
     else:
         viv = the(lines, r"vivado -mode batch .*-source \S+/zynq_bd\.tcl")
         e = env_of(viv)
         assert e["ROMA_PART"] == b.part and e["ROMA_CLOCK_MHZ"] == mhz and e["ROMA_FAMILY"] == b.family
         assert e["ROMA_KV_PORT_BITS"] == str(b.kv_port_bits)  # the KV cache's HP port, as wide as attention reads
+        # one HP port for each weight port of the board, each as wide as the weight stream reads
+        assert e["ROMA_WEIGHT_PORTS"] == str(b.weight_ports) and e["ROMA_WEIGHT_PORT_BITS"] == str(b.weight_port_bits)
         assert e["ROMA_PS_IP"] == {"zynqmp": "zynq_ultra_ps_e", "zynq7": "processing_system7"}[b.family]
         assert e["ROMA_VLNV"] == hwh.VLNV
         assert e["ROMA_IP_REPO"] == f"{out}/hls/roma_core/sol/impl/ip"
@@ -225,6 +229,7 @@ def test_the_boards_clock_and_part_reach_every_script(name):
     assert float(p["CLOCK_NS"]) == pytest.approx(1000.0 / b.clock_mhz, abs=1e-3)
     assert float(p["CLOCK_MHZ"]) == b.clock_mhz and int(p["CLOCK_HZ"]) == round(b.clock_mhz * 1e6)
     assert p["VLNV"] == hwh.VLNV
+    assert p["WEIGHT_PORTS"] == str(b.weight_ports) and p["WEIGHT_PORT_BITS"] == str(b.weight_port_bits)
     if b.family == "alveo":
         assert p["HLS_FORMAT"] == "xo" and p["PLATFORM"]
     else:
