@@ -13,9 +13,10 @@
 #                              S_AXI_HPC0_FPD     S_AXI_HP3
 #     Every weight port is ROMA_WEIGHT_PORT_BITS wide (roma_model.h WEIGHT_PORT_BITS, the width each weight bundle
 #     reads at), the KV cache's ROMA_KV_PORT_BITS (roma_model.h KV_PORT_BITS). All ports reach the one DDR (the
-#     driver gives every weight port the same buffer); they reach its controller through different ports: on
-#     Zynq UltraScale+ HP0, HP1 and HP3 through XPI 3, 4 and 5 (HP2, the KV cache, shares XPI 4 with HP1; HPC0 goes
-#     through the CCI; UG1085), on Zynq-7000 HP0 and HP2 through the two AFI pairs' DDR ports (UG585).
+#     driver gives every weight port the same buffer); the weight ports reach its controller through different
+#     ports: on Zynq UltraScale+ HP0, HP1 and HP3 through XPI 3, 4 and 5 (HP2, the KV cache, shares XPI 4 with HP1;
+#     HPC0 goes through the CCI; UG1085), on Zynq-7000 HP0 and HP2 through the DDR ports of the two AFI pairs
+#     (HP0/HP1, HP2/HP3; UG585).
 #     pl_ps_irq0 / IRQ_F2P <-- roma_core_0/interrupt (the driver polls ap_done; the line is there for later)
 #   proc_sys_reset rst_0 on PL clock 0; every clock pin of the PS and the IPs on PL clock 0
 # then address assignment, validation, HDL wrapper, synthesis, implementation, write_bitstream, and
