@@ -3,6 +3,7 @@ consistency of the scripts with the repository, boards.json, roma_core.cpp and t
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -87,12 +88,16 @@ def test_dry_run_prints_every_step_with_the_boards_parameters(name, tmp_path):
         assert f"--clock.freqHz {int(b.clock_mhz * 1e6)}:roma_core_1" in link
         assert f"--config {BITSTREAMS}/alveo_link.cfg --config {BITSTREAMS}/alveo_link_{name}.cfg" in link
         assert link.endswith(f"-o {out}/impl/roma.xclbin {out}/hls/roma_core.xo")
+        # the banks of the weight ports are in the board's cfg; the step names how many it has
+        the(lines, rf"^# \[3/4 bitstream\] .* {b.weight_ports} weight ports of {b.weight_port_bits} bits ")
         copies = ["roma.xclbin"]
     else:
         viv = the(lines, r"vivado -mode batch .*-source \S+/zynq_bd\.tcl")
         e = env_of(viv)
         assert e["ROMA_PART"] == b.part and e["ROMA_CLOCK_MHZ"] == mhz and e["ROMA_FAMILY"] == b.family
         assert e["ROMA_KV_PORT_BITS"] == str(b.kv_port_bits)  # the KV cache's HP port, as wide as attention reads
+        # one HP port for each weight port of the board, each as wide as the weight stream reads
+        assert e["ROMA_WEIGHT_PORTS"] == str(b.weight_ports) and e["ROMA_WEIGHT_PORT_BITS"] == str(b.weight_port_bits)
         assert e["ROMA_PS_IP"] == {"zynqmp": "zynq_ultra_ps_e", "zynq7": "processing_system7"}[b.family]
         assert e["ROMA_VLNV"] == hwh.VLNV
         assert e["ROMA_IP_REPO"] == f"{out}/hls/roma_core/sol/impl/ip"
@@ -225,6 +230,7 @@ def test_the_boards_clock_and_part_reach_every_script(name):
     assert float(p["CLOCK_NS"]) == pytest.approx(1000.0 / b.clock_mhz, abs=1e-3)
     assert float(p["CLOCK_MHZ"]) == b.clock_mhz and int(p["CLOCK_HZ"]) == round(b.clock_mhz * 1e6)
     assert p["VLNV"] == hwh.VLNV
+    assert p["WEIGHT_PORTS"] == str(b.weight_ports) and p["WEIGHT_PORT_BITS"] == str(b.weight_port_bits)
     if b.family == "alveo":
         assert p["HLS_FORMAT"] == "xo" and p["PLATFORM"]
     else:
@@ -251,60 +257,249 @@ def test_kernel_wrappers_compile_on_both_paths(tmp_path):
 
 # ---- the block design, the link config and roma_core.cpp agree ----
 
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="reads roma_core.cpp's pragmas through g++ -E")
+WEIGHT_BUNDLE = re.compile(r"gmem_weights(?:_(\d))?")
 
-def m_axi_bundles() -> set[str]:
+
+def weight_index(bundle: str) -> int | None:
+    """k of the weight bundle gmem_weights_k (0 for gmem_weights), None for any other bundle."""
+    m = WEIGHT_BUNDLE.fullmatch(bundle)
+    return None if m is None else int(m.group(1) or 0)
+
+
+@functools.cache
+def m_axi_ports(weight_ports: int) -> dict[str, str]:
+    """port -> bundle of roma_core's m_axi arguments as Vitis HLS sees them for a build whose roma_model.h has
+    ROMA_WEIGHT_PORTS = weight_ports: the INTERFACE pragmas of roma_core.cpp and the conditionals around them, run
+    through the C preprocessor with __SYNTHESIS__ defined."""
+    src = (HLS / "roma_core.cpp").read_text().replace("\\\n", " ")
+    keep = [ln for ln in src.splitlines() if re.match(r"\s*#\s*(if|ifdef|ifndef|elif|else|endif)\b", ln)
+            or re.match(r"\s*#\s*pragma\s+HLS\s+INTERFACE\s+mode\s*=\s*m_axi\b", ln)]
+    r = subprocess.run(["g++", "-E", "-P", "-x", "c++", "-D__SYNTHESIS__", f"-DROMA_WEIGHT_PORTS={weight_ports}", "-"],
+                       input="\n".join(keep) + "\n", capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    ports = {}
+    for ln in r.stdout.splitlines():
+        port, bundle = re.search(r"\bport\s*=\s*(\w+)", ln), re.search(r"\bbundle\s*=\s*(\w+)", ln)
+        if port and bundle:
+            assert port.group(1) not in ports, f"two pragmas for {port.group(1)}, ROMA_WEIGHT_PORTS={weight_ports}"
+            ports[port.group(1)] = bundle.group(1)
+    return ports
+
+
+def m_axi_bundles(weight_ports: int) -> set[str]:
+    return set(m_axi_ports(weight_ports).values())
+
+
+@needs_gxx
+def test_roma_core_has_a_weight_bundle_for_each_weight_port():
+    """ddr_weights_k (k = 1..3) is an m_axi port of its own bundle gmem_weights_k when k < ROMA_WEIGHT_PORTS, else
+    it is parked in gmem_weights (never read): the IP has exactly the board's weight_ports weight bundles."""
     src = (HLS / "roma_core.cpp").read_text()
-    return set(re.findall(r"#pragma HLS INTERFACE mode = m_axi port = \w+ offset = slave bundle = (\w+)", src))
+    for k in (1, 2, 3):
+        assert re.search(rf"const\s+uint32_t\s*\*\s*ddr_weights_{k}\b", src), f"roma_core has no ddr_weights_{k}"
+    for p in (1, 2, 3, 4):  # boards.py: weight_ports is 1 to 4
+        ports = m_axi_ports(p)
+        assert ports["ddr_weights"] == ports["uram_weights"] == "gmem_weights", p
+        for k in (1, 2, 3):
+            assert ports.get(f"ddr_weights_{k}") == (f"gmem_weights_{k}" if k < p else "gmem_weights"), (p, k)
+        assert ports["kv_cache"] == "gmem_kv"
+        assert sorted(weight_index(b) for b in m_axi_bundles(p) if weight_index(b) is not None) == list(range(p))
 
 
-def test_alveo_link_maps_every_m_axi_bundle_once():
-    bundles = m_axi_bundles()
-    assert {"gmem_weights", "gmem_kv"} <= bundles
-    common = (BITSTREAMS / "alveo_link.cfg").read_text()
-    assert re.search(r"^nk=roma_core:1:roma_core_1$", common, re.M)
-    assert hwh.VLNV.split(":")[2] == "roma_core"
-    for name, b in BOARDS.items():
-        if b.family != "alveo":
-            continue
-        text = (BITSTREAMS / f"alveo_link_{name}.cfg").read_text()
-        sp = re.findall(r"^sp=roma_core_1\.m_axi_(\w+):(\w+)\[[\d:]+\]$", text, re.M)
-        assert sorted(s[0] for s in sp) == sorted(bundles), f"{name}: sp= lines vs roma_core.cpp's bundles"
-        banks = {s[1] for s in sp}
-        assert banks <= ({"HBM", "DDR"} if "HBM" in b.memory else {"DDR"}), f"{name}: banks {banks}"
-        # the KV cache's port has its memory to itself (attention streams it at the port's width)
-        bank_of = dict(re.findall(r"^sp=roma_core_1\.m_axi_(\w+):(\w+\[[\d:]+\])$", text, re.M))
-        assert list(bank_of.values()).count(bank_of["gmem_kv"]) == 1, f"{name}: gmem_kv shares {bank_of['gmem_kv']}"
-        # the weight stream has a 512-bit port (boards.json) on memory no other bundle shares
-        assert b.weight_port_bits == 512, name
-        target = dict(re.findall(r"^sp=roma_core_1\.m_axi_(\w+):(\S+)$", text, re.M))
-        assert [k for k, v in target.items() if v == target["gmem_weights"]] == ["gmem_weights"], name
-
-
-def test_the_weight_port_is_the_builds_width():
-    """Both ports of the gmem_weights bundle are widened to roma_model.h's WEIGHT_PORT_BITS, the width the
-    DDR stream's cycles are counted at (brom_ddr.h), not to a constant."""
-    src = (HLS / "roma_core.cpp").read_text()
-    for port in ("ddr_weights", "uram_weights"):
-        m = re.search(rf"#pragma HLS INTERFACE mode = m_axi port = {port} offset = slave bundle = gmem_weights "
-                      r"[^\n]*\\\n\s*max_widen_bitwidth = (\w+)", src)
-        assert m and m.group(1) == "WEIGHT_PORT_BITS", port
+def test_every_weight_port_is_the_builds_width():
+    """Every port of a weight bundle (in each branch of its conditional) is widened to roma_model.h's
+    WEIGHT_PORT_BITS, the width the DDR stream's cycles are counted at (brom_ddr.h), not to a constant."""
+    src = (HLS / "roma_core.cpp").read_text().replace("\\\n", " ")
+    widths: dict[str, list[str]] = {}
+    for port, rest in re.findall(r"#pragma HLS INTERFACE mode = m_axi port = (\w+) offset = slave bundle = (.*)", src):
+        if re.fullmatch(r"(ddr|uram)_weights(_\d)?", port):
+            m = re.search(r"max_widen_bitwidth = (\w+)", rest)
+            widths.setdefault(port, []).append(m.group(1) if m else "none")
+    assert {"ddr_weights", "uram_weights", "ddr_weights_1", "ddr_weights_2", "ddr_weights_3"} <= set(widths)
+    assert all(w == ["WEIGHT_PORT_BITS"] * len(w) for w in widths.values()), widths
     assert "constexpr int WEIGHT_PORT_BITS = rm::WEIGHT_PORT_BITS;" in src
 
 
-def test_block_design_routes_the_bundles_roma_core_declares():
+def memory_of(target: str) -> tuple[str, set[int]]:
+    """'HBM[4:7]' -> ('HBM', {4, 5, 6, 7}); 'DDR[2]' -> ('DDR', {2})."""
+    m = re.fullmatch(r"(\w+)\[(\d+)(?::(\d+))?\]", target)
+    assert m, target
+    lo = int(m.group(2))
+    return m.group(1), set(range(lo, int(m.group(3) or lo) + 1))
+
+
+@needs_gxx
+@pytest.mark.parametrize("name", [n for n, b in BOARDS.items() if b.family == "alveo"])
+def test_alveo_link_gives_each_weight_port_its_own_bank(name):
+    b = BOARDS[name]
+    common = (BITSTREAMS / "alveo_link.cfg").read_text()
+    assert re.search(r"^nk=roma_core:1:roma_core_1$", common, re.M)
+    assert hwh.VLNV.split(":")[2] == "roma_core"
+    text = (BITSTREAMS / f"alveo_link_{name}.cfg").read_text()
+    sp = re.findall(r"^sp=roma_core_1\.m_axi_(\w+):(\S+)$", text, re.M)
+    # every m_axi bundle of the IP built for this board once: gmem_weights .. gmem_weights_{P-1}, kv, the others
+    assert sorted(s[0] for s in sp) == sorted(m_axi_bundles(b.weight_ports)), f"{name}: sp= lines vs roma_core.cpp"
+    where = {bundle: memory_of(t) for bundle, t in sp}
+    assert {kind for kind, _ in where.values()} <= ({"HBM", "DDR"} if "HBM" in b.memory else {"DDR"}), name
+    weights = [bd for bd in where if weight_index(bd) is not None]
+    assert len(weights) == b.weight_ports
+    # the weight ports read their own copies of the image from disjoint banks (HBM pseudo channels)
+    for i, w in enumerate(weights):
+        for v in weights[i + 1:]:
+            assert where[w][0] != where[v][0] or not where[w][1] & where[v][1], f"{name}: {w} and {v} share memory"
+    # the KV cache's port has its memory to itself (attention streams it at the port's width)
+    kind, banks = where["gmem_kv"]
+    for other, (k, bb) in where.items():
+        assert other == "gmem_kv" or k != kind or not bb & banks, f"{name}: gmem_kv shares memory with {other}"
+    assert b.weight_port_bits == 512, name  # the AXI port of a DDR4 bank / the HBM switch
+
+
+# The DDR controller port each Zynq PS slave port reaches DDR through: Zynq UltraScale+ XPI 3 (HP0, shared with
+# DisplayPort), 4 (HP1 and HP2), 5 (HP3, shared with the FPD DMA), the CCI (HPC0, HPC1) (UG1085); Zynq-7000 the
+# two AFI pairs' ports (UG585).
+DDR_PORT = {"S_AXI_HP0_FPD": "XPI3", "S_AXI_HP1_FPD": "XPI4", "S_AXI_HP2_FPD": "XPI4", "S_AXI_HP3_FPD": "XPI5",
+            "S_AXI_HPC0_FPD": "CCI", "S_AXI_HPC1_FPD": "CCI",
+            "S_AXI_HP0": "AFI01", "S_AXI_HP1": "AFI01", "S_AXI_HP2": "AFI23", "S_AXI_HP3": "AFI23"}
+# The CONFIG names of a PS slave port: zynq_ultra_ps_e's S_AXI_GPn are HPC0, HPC1, HP0..HP3; processing_system7's
+# S_AXI_HPn.
+PS_PORT_CONFIG = {
+    **{f"S_AXI_{p}_FPD": (f"CONFIG.PSU__USE__S_AXI_GP{n}", f"CONFIG.PSU__SAXIGP{n}__DATA_WIDTH")
+       for n, p in enumerate(("HPC0", "HPC1", "HP0", "HP1", "HP2", "HP3"))},
+    **{f"S_AXI_HP{n}": (f"CONFIG.PCW_USE_S_AXI_HP{n}", f"CONFIG.PCW_S_AXI_HP{n}_DATA_WIDTH") for n in range(4)},
+}
+PS_CELL = {"zynqmp": "zynq_ultra_ps_e_0", "zynq7": "processing_system7_0"}
+
+# Vivado's block design commands for plain tclsh: each prints itself (set_property -dict one property a line), the
+# ones whose result zynq_bd.tcl reads return what Vivado would; the IP's m_axi masters come from STUB_MASTERS.
+BD_STUB = r"""
+foreach c {create_project current_project current_fileset update_ip_catalog create_bd_design apply_bd_automation
+           connect_bd_net connect_bd_intf_net assign_bd_address validate_bd_design save_bd_design generate_target
+           add_files update_compile_order launch_runs wait_on_run write_hw_platform} {
+  proc $c {args} "puts \"$c \$args\""
+}
+proc set_property {args} {
+  if {[lindex $args 0] eq "-dict"} {
+    foreach {k v} [lindex $args 1] { puts "set_property $k $v [lindex $args 2]" }
+  } else { puts "set_property $args" }
+}
+proc create_bd_cell {args} { puts "create_bd_cell $args"; return [lindex $args end] }
+proc get_board_parts {args} { return {} }
+proc get_ipdefs {args} { return [lindex $args end] }
+proc get_bd_pins {args} { if {"-of_objects" in $args} { return {} }; return [lindex $args end] }
+proc get_bd_intf_pins {args} { if {"-of_objects" in $args} { return $::env(STUB_MASTERS) }; return [lindex $args end] }
+proc get_property {name args} {
+  switch -glob -- $name {
+    NAME { return [lmap o [lindex $args end] {file tail $o}] }
+    PROGRESS { return 100% }
+    STATS.WNS { return 0.5 }
+    DIRECTORY { return $::env(STUB_IMPL) }
+    default { return 0 }
+  }
+}
+proc get_files {args} { return roma.bd }
+proc get_runs {args} { return [lindex $args end] }
+proc make_wrapper {args} { return roma_wrapper.v }
+source [lindex $argv 0]
+"""
+
+
+def run_block_design(tmp_path: Path, name: str, bundles: set[str], **env: str) -> subprocess.CompletedProcess:
+    """zynq_bd.tcl in tclsh with Vivado stubbed, for board `name` (its flow parameters) and an IP whose m_axi
+    bundles are `bundles`."""
+    b = BOARDS[name]
+    work, impl = tmp_path / "work", tmp_path / "impl"
+    hwh_file = work / "vivado" / "roma.gen" / "sources_1" / "bd" / "roma" / "hw_handoff" / "roma.hwh"
+    hwh_file.parent.mkdir(parents=True, exist_ok=True)
+    impl.mkdir(exist_ok=True)
+    hwh_file.write_text("hwh")
+    (impl / "roma_wrapper.bit").write_text("bit")
+    (tmp_path / "stub.tcl").write_text(BD_STUB)
+    p = flow.params(name)
+    full = dict(os.environ, ROMA_PART=b.part, ROMA_FAMILY=b.family, ROMA_PS_IP=p["PS_IP"],
+                ROMA_CLOCK_MHZ=p["CLOCK_MHZ"], ROMA_KV_PORT_BITS=p["KV_PORT_BITS"],
+                ROMA_WEIGHT_PORTS=p["WEIGHT_PORTS"], ROMA_WEIGHT_PORT_BITS=p["WEIGHT_PORT_BITS"], ROMA_VLNV=p["VLNV"],
+                ROMA_IP_REPO=str(tmp_path / "ip"), ROMA_WORK=str(work), STUB_IMPL=str(impl),
+                STUB_MASTERS=" ".join(f"roma_core_0/m_axi_{bd}" for bd in sorted(bundles)))
+    full.update(env)
+    return subprocess.run(["tclsh", str(tmp_path / "stub.tcl"), str(BITSTREAMS / "zynq_bd.tcl")], capture_output=True,
+                          text=True, env=full, timeout=30)
+
+
+@needs_gxx
+@pytest.mark.skipif(shutil.which("tclsh") is None, reason="needs tclsh")
+@pytest.mark.parametrize("name", [n for n, b in BOARDS.items() if b.family != "alveo"])
+def test_block_design_gives_each_weight_port_its_own_hp_port(name, tmp_path):
+    """zynq_bd.tcl run with Vivado stubbed, on the m_axi bundles roma_core.cpp gives this board's build: every bundle
+    reaches the PS; each weight bundle alone on an HP port of its own, as wide as the weight stream, each through
+    another DDR controller port; the KV cache on a port no weight bundle uses, as wide as attention reads it."""
+    b = BOARDS[name]
+    bundles = m_axi_bundles(b.weight_ports)
+    r = run_block_design(tmp_path, name, bundles)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    ps = PS_CELL[b.family]
+    nets = [ln.split()[1:] for ln in lines if ln.startswith("connect_bd_intf_net ")]
+    into = {src.split("/")[0]: dst for src, dst in nets if src.endswith("/M00_AXI")}  # smartconnect -> what it feeds
+    port_of = {}
+    for src, dst in nets:
+        if src.startswith("roma_core_0/m_axi_"):
+            sc = dst.split("/")[0]
+            assert into[sc].startswith(f"{ps}/"), f"{src} -> {sc} -> {into[sc]}"
+            port_of[src[len("roma_core_0/m_axi_"):]] = into[sc].split("/")[1]
+    assert set(port_of) == bundles, "every m_axi bundle of the IP reaches the PS"
+    weights = sorted((bd for bd in bundles if weight_index(bd) is not None), key=weight_index)
+    assert len(weights) == b.weight_ports
+    weight_ports = [port_of[w] for w in weights]
+    assert len(set(weight_ports)) == len(weights), f"weight bundles share an HP port: {port_of}"
+    assert len({DDR_PORT[p] for p in weight_ports}) == len(weights), f"through one DDR controller port: {port_of}"
+    assert port_of["gmem_kv"] not in weight_ports
+    for bd, port in port_of.items():  # a weight bundle has its port to itself, so has the KV cache
+        if bd in weights or bd == "gmem_kv":
+            assert list(port_of.values()).count(port) == 1, f"{bd} shares {port}"
+    props = {ln.split()[1]: ln.split()[2] for ln in lines if ln.startswith("set_property CONFIG.") and ln.endswith(ps)}
+    for port in set(port_of.values()):
+        use, width = PS_PORT_CONFIG[port]
+        assert props.get(use) == "1", f"{port} is used but not enabled ({use})"
+        if port in weight_ports:
+            assert props.get(width) == str(b.weight_port_bits), f"{port}: {width}"
+    assert props.get(PS_PORT_CONFIG[port_of["gmem_kv"]][1]) == str(b.kv_port_bits)
+    enabled = {port for port, (use, _) in PS_PORT_CONFIG.items() if props.get(use) == "1"}
+    assert enabled == set(port_of.values()), "an HP port is enabled that no bundle uses"
+    # every smartconnect is clocked and reset with the core
+    scs = [ln.split()[-1] for ln in lines if ln.startswith("create_bd_cell ") and ":smartconnect " in ln]
+    clk = the(lines, r"^connect_bd_net \S+/(pl_clk0|FCLK_CLK0) ")
+    rst = the(lines, r"^connect_bd_net rst_0/peripheral_aresetn ")
+    assert len(scs) == len(set(port_of.values())) + 1  # and ctrl_sc
+    for sc in scs:
+        assert f" {sc}/aclk" in clk and f" {sc}/aresetn" in rst
+    assert f"ROMA: wrote {tmp_path}/work/roma.bit" in r.stdout
+
+
+@needs_gxx
+@pytest.mark.skipif(shutil.which("tclsh") is None, reason="needs tclsh")
+def test_block_design_refuses_a_weight_port_count_it_cannot_route(tmp_path):
+    for name in ("kv260", "pynq-z2"):
+        b = BOARDS[name]
+        # more weight ports than the PS has HP ports for: stops before it creates the project
+        r = run_block_design(tmp_path, name, m_axi_bundles(b.weight_ports), ROMA_WEIGHT_PORTS=str(b.weight_ports + 1))
+        assert r.returncode == 2 and "HP ports for the weight stream" in r.stderr, r.stderr
+        assert "create_project" not in r.stdout
+        # an IP synthesised for fewer weight ports than the board's
+        r = run_block_design(tmp_path, name, m_axi_bundles(b.weight_ports - 1))
+        assert r.returncode == 2 and "the IP was synthesised for another board" in r.stderr, r.stderr
+        assert "connect_bd_intf_net roma_core_0/m_axi_" not in r.stdout
+
+
+def test_block_design_uses_the_drivers_names_and_writes_the_overlay():
     bd = (BITSTREAMS / "zynq_bd.tcl").read_text()
-    routed = set(re.findall(r"regexp \{(gmem_\w+)\$\}", bd))
-    assert routed == {"gmem_weights", "gmem_kv"} and routed <= m_axi_bundles()
-    # the weights on HP0, the KV cache on an HP port of its own (HP2), as wide as the board's kv_port_bits
-    assert "[list hp0_sc $weights $ps_hp0 hp2_sc $kv $ps_hp2 hp1_sc $other $ps_hp1]" in bd
     assert "set kv_port_bits [roma_env ROMA_KV_PORT_BITS]" in bd
-    assert "CONFIG.PSU__USE__S_AXI_GP4 {1}" in bd and "CONFIG.PSU__SAXIGP4__DATA_WIDTH $kv_port_bits" in bd
-    assert "CONFIG.PCW_USE_S_AXI_HP2 {1}" in bd and "CONFIG.PCW_S_AXI_HP2_DATA_WIDTH $kv_port_bits" in bd
+    assert "set weight_ports [roma_env ROMA_WEIGHT_PORTS]" in bd
+    assert "set weight_port_bits [roma_env ROMA_WEIGHT_PORT_BITS]" in bd
     assert "create_bd_cell -type ip -vlnv $vlnv roma_core_0" in bd
     assert hwh.IP_NAME == "roma_core_0"  # the instance name the emulated overlay's .hwh uses too
-    for ps, names in {"zynq_ultra_ps_e": ("M_AXI_HPM0_FPD", "S_AXI_HP0_FPD", "S_AXI_HP1_FPD", "S_AXI_HP2_FPD",
-                                          "pl_clk0"),
-                      "processing_system7": ("M_AXI_GP0", "S_AXI_HP0", "S_AXI_HP1", "S_AXI_HP2", "FCLK_CLK0")}.items():
+    for ps, names in {"zynq_ultra_ps_e": ("M_AXI_HPM0_FPD", "pl_clk0"),
+                      "processing_system7": ("M_AXI_GP0", "FCLK_CLK0")}.items():
         assert f"xilinx.com:ip:{ps} " in bd
         for n in names:
             assert f"$ps/{n}]" in bd

@@ -77,6 +77,10 @@ def params(name: str) -> dict[str, str]:
         "HLS_FORMAT": "ip_catalog" if flow == "zynq" else "xo",
         "VLNV": hwh.VLNV,
         "TOOL_VERSION": TOOL_VERSION,
+        # the DDR weight stream's AXI ports (roma_core's gmem_weights, gmem_weights_1, ...) and their width: the
+        # block design gives each its own HP port of this width, alveo_link_BOARD.cfg each its own bank
+        "WEIGHT_PORTS": str(b.weight_ports),
+        "WEIGHT_PORT_BITS": str(b.weight_port_bits),
     }
     if flow == "zynq":
         out["PS_IP"] = PS_IP[b.family]

@@ -12,7 +12,8 @@
 # 2. C synthesis of roma_core.cpp (C++14) against ROMA_BUILD/roma_model.h: __SYNTHESIS__ is defined by the tool, and
 #    roma_model.h includes roma_rom_define.h once per on-chip tensor, which initialises every ROM array from
 #    its ROMA_BUILD/NAME.dat (norms.dat for the RMSNorm weights); -I ROMA_BUILD puts them on the include path.
-#    Tensors the build streams from DDR have no .dat: the core reads them through ddr_weights (brom_ddr.h);
+#    Tensors the build streams from DDR have no .dat: the core reads them through its weight ports (ddr_weights,
+#    ddr_weights_1 .. : one m_axi bundle each for roma_model.h's ROMA_WEIGHT_PORTS; brom_ddr.h);
 #    neither have those it holds in URAM: their banks are written by CMD_LOAD_WEIGHTS (weight_load.h).
 # 3. Export: a Vivado IP (ip_catalog, into WORK/roma_core/sol/impl/ip) for the Zynq block design, or a
 #    Vitis kernel (WORK/roma_core.xo) for v++ --link on Alveo (ROMA_HLS_TARGET=vitis).
