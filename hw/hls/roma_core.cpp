@@ -406,9 +406,13 @@ float g_x[MAX_T][rm::DIM];
 float g_q[MAX_T][QDIM], g_k[MAX_T][rm::KV_DIM], g_v[MAX_T][rm::KV_DIM], g_att[MAX_T][QDIM];
 float g_logits[rm::VOCAB];
 
-// LOGITS_OUT: the last token's logits to the host, one fp32 per cycle on the 32-bit logits port, once per run
-// command (counted under STAGE_LM_HEAD as the head's output).
-constexpr uint64_t LOGITS_OUT_CYCLES = (uint64_t)rm::VOCAB * timing::II + 2 + timing::AXI_WRITE_LATENCY;
+// LOGITS_OUT: the last token's logits to the host, once per run command (counted under STAGE_LM_HEAD as the head's
+// output), LOGITS_LANES fp32 per cycle: as many as a weight port's width carries (the logits port is widened to
+// it), at most g_logits' partition (GEMV_OUT_LANES).
+constexpr int LOGITS_LANES = rm::WEIGHT_PORT_BITS / 32 < GEMV_OUT_LANES ? rm::WEIGHT_PORT_BITS / 32 : GEMV_OUT_LANES;
+constexpr int LOGITS_PORT_BITS = 32 * LOGITS_LANES;
+constexpr int LOGITS_BEATS = (rm::VOCAB + LOGITS_LANES - 1) / LOGITS_LANES;
+constexpr uint64_t LOGITS_OUT_CYCLES = (uint64_t)LOGITS_BEATS * timing::II + 2 + timing::AXI_WRITE_LATENCY;
 
 struct Acct {
   LayerCycles layer;
@@ -1025,7 +1029,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = cycles_weight_load bundle = control
 #pragma HLS INTERFACE mode = m_axi port = tokens_in offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
 #pragma HLS INTERFACE mode = m_axi port = tokens_out offset = slave bundle = gmem_tok depth = DEPTH_TOKENS
-#pragma HLS INTERFACE mode = m_axi port = logits offset = slave bundle = gmem_logits depth = DEPTH_LOGITS
+#pragma HLS INTERFACE mode = m_axi port = logits offset = slave bundle = gmem_logits depth = DEPTH_LOGITS \
+    max_widen_bitwidth = LOGITS_PORT_BITS
 #pragma HLS INTERFACE mode = m_axi port = kv_cache offset = slave bundle = gmem_kv depth = DEPTH_KV \
     max_widen_bitwidth = KV_PORT_BITS
 #pragma HLS INTERFACE mode = m_axi port = lora_staging offset = slave bundle = gmem_lora depth = DEPTH_LORA
@@ -1200,9 +1205,13 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
       }
     }
   LOGITS_OUT:
-    for (int i = 0; i < rm::VOCAB; ++i) {
+    for (int i = 0; i < LOGITS_BEATS; ++i) {
 #pragma HLS PIPELINE II = timing::II
-      logits[i] = g_logits[i];
+      for (int k = 0; k < LOGITS_LANES; ++k) {
+#pragma HLS UNROLL
+        const int v = i * LOGITS_LANES + k;
+        if (v < rm::VOCAB) logits[v] = g_logits[v];
+      }
     }
     a.head.output += LOGITS_OUT_CYCLES;
   }
