@@ -456,6 +456,16 @@ def _clock(backend, override: float | None) -> tuple[float, str]:
     return float(PL_CLK_MHZ), "the overlay's default PL clock"
 
 
+def _roofline(backend) -> dict | None:
+    """The build's roofline (`roma plan`'s decode estimate at nominal peak bandwidth), for beside the counted cycles;
+    None for a backend without a placed build."""
+    manifest = getattr(getattr(backend, "overlay", None), "manifest", None) or {}
+    est = (manifest.get("plan") or {}).get("estimate") or {}
+    if not est.get("decode_tokens_per_s"):
+        return None
+    return {"decode_tokens_per_s": est["decode_tokens_per_s"], "context_tokens": est.get("context_tokens")}
+
+
 def run_bench(engine, cfg: BenchConfig, *, backend: str = "ref", numerics: str | None = None,
               model_name: str | None = None, progress: bool = True, argv: list[str] | None = None) -> dict:
     """Measure; returns the report (JSON-ready) that format_table and write_plot read."""
@@ -599,6 +609,7 @@ def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, pro
         "lora": lora,
         "cycles": None if not any_cycles else {
             "clock_mhz": clock, "clock_source": clock_source, "label": "estimate",
+            "roofline": _roofline(engine.backend),
             "model": "estimated board tokens/s = tokens x clock / (sum of the stage cycles the backend counted "
                      "for those tokens); assumes the stages run back to back with no stall the counters do not "
                      "see, and excludes host time. An estimate, not a measurement on a board.",
@@ -744,9 +755,13 @@ def format_table(report: dict) -> str:
             pre = ", ".join(f"{k} {v:,.0f}" for k, v in (c["prefill"] or {}).items()) or "n/a"
             dec = ", ".join(f"{k} {v:,.0f}" for k, v in (c["decode_per_token"] or {}).items()) or "n/a"
             lines.append(f"  prompt {r['prompt_tokens']}: prefill [{pre}]; decode per token [{dec}]")
+            roof = cyc.get("roofline")
+            beside = (f" (roma plan's roofline: {roof['decode_tokens_per_s']:,.0f} at context "
+                      f"{roof['context_tokens']}, {c['estimate_decode_tokens_per_s'] / roof['decode_tokens_per_s']:.0%} "
+                      "of it)") if roof and c.get("estimate_decode_tokens_per_s") else ""
             lines.append(f"    estimate at {cyc['clock_mhz']:g} MHz: prefill "
                          f"{_num(c['estimate_prefill_tokens_per_s'], 'tps')} tok/s, decode "
-                         f"{_num(c['estimate_decode_tokens_per_s'], 'tps')} tok/s")
+                         f"{_num(c['estimate_decode_tokens_per_s'], 'tps')} tok/s{beside}")
         lines.append(f"  estimate model: {cyc['model']}")
     return "\n".join(lines)
 

@@ -196,7 +196,10 @@ def test_cycles_per_stage_and_the_bench_estimate(engines):
     assert report["cycles"]["label"] == "estimate" and report["cycles"]["clock_mhz"] == emu.clock_mhz
     c = report["results"][0]["ours"]["cycles"]
     assert c["estimate_prefill_tokens_per_s"] > 0 and c["estimate_decode_tokens_per_s"] > 0
-    assert "estimate at" in bench.format_table(report)
+    # beside the counted figure, the build's roofline (roma plan's estimate at nominal peak bandwidth)
+    roof = report["cycles"]["roofline"]
+    assert roof["decode_tokens_per_s"] > 0 and roof["context_tokens"] > 0
+    assert "estimate at" in bench.format_table(report) and "roma plan's roofline: " in bench.format_table(report)
 
 
 def test_chat_with_kv_prefix_reuse_equals_a_fresh_run(engines):

@@ -1291,7 +1291,7 @@ def render_table(plan: Plan, per_tensor: bool = False) -> str:
     bound = f", DDR-bound at most {e['ddr_bound_tokens_per_s']:,.0f} tokens/s" if ddr else ""
     lines.append(f"estimate: ~{e['decode_tokens_per_s']:,.0f} decode tokens/s at context {e['context_tokens']} "
                  f"({e['us_per_token']:,.1f} us/token; DDR traffic {_mib(ddr)}/token incl. KV, weights at "
-                 f"{e['model']['weight_stream_gbs']:g} GB/s ({b.weight_port_bits}-bit port), KV at "
+                 f"{e['model']['weight_stream_gbs']:g} GB/s ({b.weight_ports} x {b.weight_port_bits}-bit ports), KV at "
                  f"{b.ddr_bandwidth_gbs:g} GB/s{bound}; "
                  f"{e['model']['lut_select_lanes']:,} LUT-select lanes at {b.clock_mhz:g} MHz)")
     lines.append("  " + e["label"])
