@@ -300,7 +300,7 @@ struct Unit {
   static constexpr int ENGINE = U, L0 = unit_first(U) % rm::N_LAYERS, LIN0 = unit_first(U) / rm::N_LAYERS;
   static constexpr int BITS = lin_bits(L0, LIN0), GROUP = lin_group(L0, LIN0), TILES = lin_tiles(L0, LIN0);
   static constexpr ScaleFormat SF = lin_scales(L0, LIN0);
-  static constexpr Datapath DP = Datapath::ROMA_DATAPATH;
+  static constexpr Datapath DP = BITS >= DSP_MAC_MIN_BITS ? Datapath::DspMac : Datapath::ROMA_DATAPATH;
   static constexpr int CQ = ACT_LANES / QUAD; // candidate quads per cycle: the quantizer's pace
   static_assert(SF == ScaleFormat::Fp16 || SF == ScaleFormat::Q8, "SCALES_* is 0 (fp16) or 1 (q8)");
   static constexpr int MAX_ROWS = (int)unit_stat(U, 0), MIN_ROWS = (int)unit_stat(U, 1), MAX_COLS = (int)unit_stat(U, 2);
@@ -406,10 +406,12 @@ float g_x[MAX_T][rm::DIM];
 float g_q[MAX_T][QDIM], g_k[MAX_T][rm::KV_DIM], g_v[MAX_T][rm::KV_DIM], g_att[MAX_T][QDIM];
 float g_logits[rm::VOCAB];
 
+// g_logits' banks: the head's engine writes one logit per cycle on chip (one tile), one per weight port from DDR.
+constexpr int LOGITS_BANKS = pow2_at_least(rm::WEIGHT_PORTS);
 // LOGITS_OUT: the last token's logits to the host, once per run command (counted under STAGE_LM_HEAD as the head's
 // output), LOGITS_LANES fp32 per cycle: as many as a weight port's width carries (the logits port is widened to
-// it), at most g_logits' partition (GEMV_OUT_LANES).
-constexpr int LOGITS_LANES = rm::WEIGHT_PORT_BITS / 32 < GEMV_OUT_LANES ? rm::WEIGHT_PORT_BITS / 32 : GEMV_OUT_LANES;
+// it), at most one per bank.
+constexpr int LOGITS_LANES = rm::WEIGHT_PORT_BITS / 32 < LOGITS_BANKS ? rm::WEIGHT_PORT_BITS / 32 : LOGITS_BANKS;
 constexpr int LOGITS_PORT_BITS = 32 * LOGITS_LANES;
 constexpr int LOGITS_BEATS = (rm::VOCAB + LOGITS_LANES - 1) / LOGITS_LANES;
 constexpr uint64_t LOGITS_OUT_CYCLES = (uint64_t)LOGITS_BEATS * timing::II + 2 + timing::AXI_WRITE_LATENCY;
@@ -1081,8 +1083,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // the whole vocabulary's logits (the head writes them, the sampler and LOGITS_OUT read them): in URAM where the
   // board has it (roma_model.h's ROMA_LOGITS_IMPL, memory.logits_impl), 48 BRAM36 of SmolLM2's otherwise
 #pragma HLS BIND_STORAGE variable = g_logits type = ram_2p impl = ROMA_LOGITS_IMPL
-  // ... written by the head's engine GEMV_OUT_LANES consecutive logits a cycle (a DDR head: one per weight port)
-#pragma HLS ARRAY_PARTITION variable = g_logits type = cyclic factor = GEMV_OUT_LANES dim = 1
+  // ... written by the head's engine LOGITS_BANKS consecutive logits a cycle (a DDR head: one per weight port)
+#pragma HLS ARRAY_PARTITION variable = g_logits type = cyclic factor = LOGITS_BANKS dim = 1
   // the chunk's values, written by the layers' GEMV engines GEMV_OUT_LANES rows per cycle
 #pragma HLS ARRAY_PARTITION variable = g_v type = cyclic factor = GEMV_OUT_LANES dim = 2
   // the chunk's attention outputs, w_o's GEMV inputs: read ACT_LANES per cycle by its activation quantizer

@@ -48,7 +48,7 @@ class EmuBoard:
         self.lib.roma_emu_set_threads(threads)
         U, F, P = ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p
         self.core = self.lib.roma_core
-        self.core.argtypes = [U, U, U, U, U, U, U, F, U, F, F, F, U, U, U, U] + [P] * STAGES + [P] * 8
+        self.core.argtypes = [U, U, U, U, U, U, U, F, U, F, F, F, U, U, U, U] + [P] * STAGES + [P] * 11
         self.core.restype = None
         uram = build / "uram_weights.bin"
         if uram.is_file():
@@ -65,7 +65,7 @@ class EmuBoard:
         self.core(command, position, len(tokens), capacity, 0, 0, sample_mode, 1.0, 0, 1.0, 0.0, 1.0, 64, 0, 0,
                   0xFFFFFFFF, *(self.cycles[i:].ctypes.data for i in range(STAGES)),
                   tokens.ctypes.data, out.ctypes.data, logits.ctypes.data, None if kv is None else kv.ctypes.data,
-                  staging.ctypes.data, None if self.ddr is None else self.ddr.ctypes.data,
+                  staging.ctypes.data, *[None if self.ddr is None else self.ddr.ctypes.data] * 4,  # every weight port
                   None if uram is None else uram.ctypes.data, status.ctypes.data)
         return status, logits, out
 

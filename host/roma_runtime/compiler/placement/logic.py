@@ -11,7 +11,8 @@ function, memory.py's engines): each GEMV engine (one per configuration, shared 
 configuration; plan.py's engines) with its tiles (parallel datapaths on chip; a DDR engine streams its tiles
 through one) and its activation quantizer; with a LoRA unit, one lora_apply (linear() calls it at one place for
 every linear); one attention, one RoPE, one SwiGLU; one RMSNorm for its three call sites (the layer's two, the
-final norm) and one sampler for its two in roma_core (ALLOCATION limits).
+final norm) and one sampler for its two in roma_core (ALLOCATION limits). An engine of 8-bit codes or more
+(types.h DSP_MAC_MIN_BITS) is a DspMac one whatever the build's datapath (engine_datapath; roma_core.cpp Unit::DP).
 
 GEMV tile (brom_tile_gemv / brom_ddr_gemv; one (group, row) step per cycle: FINN's PE = 1, SIMD Q = GROUP,
 weight bits W = BITS, activation bits A = 8):
@@ -110,6 +111,12 @@ def _unit(name: str, count: int, lut: float, ff: float, dsp: float, inputs: dict
             "inputs": inputs}
 
 
+def engine_datapath(bits: int, datapath: str) -> str:
+    """The integer datapath of an engine of `bits`-bit codes in a build of `datapath` (roma_core.cpp Unit::DP):
+    DspMac from types.h DSP_MAC_MIN_BITS up."""
+    return "DspMac" if bits >= kernel_constants("types.h")["DSP_MAC_MIN_BITS"] else datapath
+
+
 def gemv_tile(bits: int, group: int, datapath: str = "LutSelect") -> tuple[float, float, float, dict]:
     """(LUT, FF, DSP, inputs) of one GEMV tile (see the docstring)."""
     w, a, q = bits, ACT_BITS, group
@@ -155,7 +162,7 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         if not e["gemv"]:
             continue
         shapes = [lin_shape(config, LINEARS.index(lin)) for lin in e["linears"]]
-        lut, ff, dsp, inputs = gemv_tile(e["bits"], e["group"], datapath)
+        lut, ff, dsp, inputs = gemv_tile(e["bits"], e["group"], engine_datapath(e["bits"], datapath))
         name = f"GEMV engine #{e['index']} {e['role']} ({e['bits']}-bit G{e['group']} {e['scales']}, {e['tier']})"
         # an on-chip engine's tiles are parallel datapaths (brom_gemv_tiles_rt unrolls them); a DDR engine streams
         # a tile per weight port at once through brom_ddr_gemv_rt's lanes, as many per port as its block II leaves
@@ -176,8 +183,10 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
     aq = _ops({"fdiv": 2, "fmul": lanes})
     units.append(_unit("activation quantizer (one per engine)", n_engines, aq[0] + lanes * (31 + 50),
                        aq[1] + lanes * 40, aq[2], {"simd": lanes, "engines": n_engines}))
-    cl, cf, cd, cin = candidate_stage(datapath)
-    units.append(_unit("candidate stage (one per engine)", n_engines, cl, cf, cd, {**cin, "engines": n_engines}))
+    for dp in sorted({engine_datapath(e["bits"], datapath) for e in engines if e["gemv"]}):
+        n = sum(1 for e in engines if e["gemv"] and engine_datapath(e["bits"], datapath) == dp)
+        cl, cf, cd, cin = candidate_stage(dp)
+        units.append(_unit(f"candidate stage (one per {dp} engine)", n, cl, cf, cd, {**cin, "engines": n}))
     if lora_unit:
         lo = _ops({"h2f": 2, "fmul": 5, "fadd": 3})
         units.append(_unit("LoRA apply (one, every linear)", 1, *lo,

@@ -162,12 +162,14 @@ def pragma_defines(pe: int, ports: int) -> dict[str, str]:
     """The values of the build-wide symbols the sources' pragma factors name: ROMA_GEMV_PE (roma_model.h: the plan's
     pe), ROMA_WEIGHT_PORTS (roma_model.h: the board's weight_ports), ACT_LANES (types.h: the activation quantizer's
     lanes), GEMV_OUT_LANES (roma_core.cpp: the power of two covering pe and the ports, the rows a GEMV writes per
-    cycle) and GEMV_CHAIN_LANES (roma_core.cpp: the larger of it and ACT_LANES, a buffer one GEMV writes and the
+    cycle), LOGITS_BANKS (roma_core.cpp: the power of two covering the ports, the logits the head writes per cycle)
+    and GEMV_CHAIN_LANES (roma_core.cpp: the larger of it and ACT_LANES, a buffer one GEMV writes and the
     next one reads)."""
     lanes = kernel_constants("types.h")["ACT_LANES"]
     out_lanes = 1 << (max(pe, ports) - 1).bit_length()
     return {"ROMA_GEMV_PE": str(pe), "ROMA_WEIGHT_PORTS": str(ports), "ACT_LANES": str(lanes),
-            "GEMV_OUT_LANES": str(out_lanes), "GEMV_CHAIN_LANES": str(max(out_lanes, lanes))}
+            "GEMV_OUT_LANES": str(out_lanes), "GEMV_CHAIN_LANES": str(max(out_lanes, lanes)),
+            "LOGITS_BANKS": str(1 << (ports - 1).bit_length())}
 
 
 def source_pragmas(defines: dict[str, str]) -> list[Pragma]:

@@ -40,6 +40,10 @@ enum class Datapath : int {
   DspMac = 1     // unpack codes, multiply-accumulate code * x (maps to DSPs)
 };
 
+// Engines of this many code bits or more multiply on DSPs (DspMac): LUT-selecting an 8-bit code's 2 quads per
+// nibble plane costs twice the LUTs of a 4-bit one, a DSP multiply does not grow (placement/logic.py gemv_tile).
+constexpr int DSP_MAC_MIN_BITS = 8;
+
 inline bool is_supported_bits(int b) { return b == 2 || b == 3 || b == 4 || b == 8; }
 inline bool is_supported_group(int g) { return g == 32 || g == 64 || g == 128; }
 
