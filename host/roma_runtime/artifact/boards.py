@@ -49,8 +49,7 @@ REQUIRED_FIELDS = {
     "lora_unit": ((dict,), lambda v: True, "an object {slots, rank, targets, dtype}: the default LoRA unit"),
     "max_context": _POS_INT,
     "kv_port_bits": ((int,), lambda v: v in KV_PORT_WIDTHS, f"one of {', '.join(map(str, KV_PORT_WIDTHS))}"),
-    "elementwise_lanes": ((dict,), lambda v: True, "an object {norm, swiglu, rope, residual}: the elementwise units' "
-                                                   "lanes"),
+    "elementwise_lanes": ((dict,), lambda v: True, "an object {norm, swiglu, rope, residual}: lanes per unit"),
 }
 ELEMENTWISE_UNITS = ("norm", "swiglu", "rope", "residual")
 MAX_ELEMENTWISE_LANES = 64
@@ -75,7 +74,7 @@ class ElementwiseLanes:
     residual: int
 
     @classmethod
-    def from_dict(cls, value: dict, where: str) -> "ElementwiseLanes":
+    def from_dict(cls, value: dict, where: str) -> ElementwiseLanes:
         want = (f"an object with the integer fields {', '.join(ELEMENTWISE_UNITS)}, each a power of two from 1 to "
                 f"{MAX_ELEMENTWISE_LANES}")
         if set(value) != set(ELEMENTWISE_UNITS):
@@ -86,7 +85,7 @@ class ElementwiseLanes:
                 raise RomaError(f"{where} has an invalid 'elementwise_lanes' {unit}: {v!r}", hint=f"it must be {want}")
         return cls(**{u: value[u] for u in ELEMENTWISE_UNITS})
 
-    def for_model(self, dim: int, ffn_dim: int, head_dim: int) -> "ElementwiseLanes":
+    def for_model(self, dim: int, ffn_dim: int, head_dim: int) -> ElementwiseLanes:
         """The lanes a build of a model with these dimensions has: each halved until it divides the unit's vector
         (norm and residual DIM, SwiGLU FFN_DIM, RoPE the HEAD_DIM / 2 pairs of a head)."""
         return ElementwiseLanes(norm=_pow2_at_most(self.norm, dim), swiglu=_pow2_at_most(self.swiglu, ffn_dim),
