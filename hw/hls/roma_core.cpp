@@ -134,6 +134,26 @@ constexpr int GEMV_OUT_LANES = pow2_at_least(ROMA_GEMV_PE > rm::WEIGHT_PORTS ? R
 // partitioned cyclic by ACT_LANES where they are declared (h, g_att); gate is also written ROMA_GEMV_PE rows per
 // cycle (GEMV_OUT_LANES): cyclic by the larger of the two (powers of two: a multiple of both).
 constexpr int GEMV_CHAIN_LANES = GEMV_OUT_LANES > ACT_LANES ? GEMV_OUT_LANES : ACT_LANES;
+// The elementwise units' lanes (roma_model.h: the board's elementwise_lanes): RMSNorm's normalize loop (its sum of
+// squares reads SUMSQ_LANES, norm.h), SwiGLU, RoPE's rotation (pairs: 2 * ROPE_LANES values) and the residual add.
+// Every buffer they read or write is partitioned cyclic by at least its lanes where it is declared (powers of two:
+// the larger of two factors is a multiple of both).
+constexpr int NORM_LANES = ROMA_NORM_LANES, SWIGLU_LANES = ROMA_SWIGLU_LANES, ROPE_LANES = ROMA_ROPE_LANES,
+              RESIDUAL_LANES = ROMA_RESIDUAL_LANES;
+constexpr int lanes_max(int a, int b) { return a > b ? a : b; }
+// g_x (the residual stream): read by rms_norm (RmsNormConfig::X_LANES), read and written by residual_add; g_norms,
+// rms_norm's weights, are read NORM_LANES per cycle
+constexpr int STREAM_LANES = lanes_max(RmsNormConfig<rm::DIM, NORM_LANES>::X_LANES, RESIDUAL_LANES);
+// h: written by rms_norm, read by the GEMV's activation quantizer
+constexpr int NORM_OUT_LANES = lanes_max(ACT_LANES, NORM_LANES);
+// qr, kr: written by the GEMV, rotated by RoPE; g_q, g_k: RoPE's outputs
+constexpr int ROPE_IN_LANES = lanes_max(GEMV_OUT_LANES, 2 * ROPE_LANES);
+constexpr int ROPE_OUT_LANES = 2 * ROPE_LANES;
+// o: written by the GEMV, added by residual_add
+constexpr int RESIDUAL_IN_LANES = lanes_max(GEMV_OUT_LANES, RESIDUAL_LANES);
+// gate (SwiGLU's output too) and up: written by the GEMV, gate read by w_down's quantizer
+constexpr int GATE_LANES = lanes_max(GEMV_CHAIN_LANES, SWIGLU_LANES);
+constexpr int UP_LANES = lanes_max(GEMV_OUT_LANES, SWIGLU_LANES);
 constexpr bool KV_ONCHIP = rm::KV_ONCHIP_CTX > 0;
 typedef std::integral_constant<bool, KV_ONCHIP> KvOnChip; // selects overloads: only the build's KV code is instantiated
 static_assert(rm::KV_ONCHIP_CTX >= 0 && rm::KV_ONCHIP_CTX <= rm::CONTEXT, "the on-chip KV fits the context");
@@ -628,40 +648,42 @@ void layer(int l, int start, int T, half_bits_t *kv, uint32_t cap, DDR_PORT_PARA
   half_bits_t *kc = kv + (size_t)(2 * l) * cap * rm::KV_DIM;
   half_bits_t *vc = kv + (size_t)(2 * l + 1) * cap * rm::KV_DIM;
   float h[rm::DIM], qr[QDIM], kr[rm::KV_DIM];
-  // the GEMV input: read ACT_LANES per cycle by the activation quantizer
-#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = ACT_LANES dim = 1
-  // the GEMV outputs: the layers' engines write GEMV_OUT_LANES consecutive rows per cycle (a PE's or port's each)
-#pragma HLS ARRAY_PARTITION variable = qr type = cyclic factor = GEMV_OUT_LANES dim = 1
-#pragma HLS ARRAY_PARTITION variable = kr type = cyclic factor = GEMV_OUT_LANES dim = 1
+  // the GEMV input: written NORM_LANES per cycle by rms_norm, read ACT_LANES per cycle by the activation quantizer
+#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = NORM_OUT_LANES dim = 1
+  // the GEMV outputs: the layers' engines write GEMV_OUT_LANES consecutive rows per cycle (a PE's or port's each),
+  // RoPE reads ROPE_LANES pairs
+#pragma HLS ARRAY_PARTITION variable = qr type = cyclic factor = ROPE_IN_LANES dim = 1
+#pragma HLS ARRAY_PARTITION variable = kr type = cyclic factor = ROPE_IN_LANES dim = 1
 LAYER_QKV:
   for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
-    rms_norm<rm::DIM>(g_x[i], g_norms[2 * l], rm::RMS_EPS, h, a.layer);
+    rms_norm<rm::DIM, NORM_LANES>(g_x[i], g_norms[2 * l], rm::RMS_EPS, h, a.layer);
     linear(l, L_WQ, h, qr, DDR_PORTS, a);
     linear(l, L_WK, h, kr, DDR_PORTS, a);
     linear(l, L_WV, h, g_v[i], DDR_PORTS, a);
-    rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i], g_k[i], a.layer);
+    rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i],
+                                                                   g_k[i], a.layer);
   }
   attend(KvOnChip(), l, start, T, kc, vc, a.layer);
   float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
-#pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = GEMV_OUT_LANES dim = 1
-#pragma HLS ARRAY_PARTITION variable = gate type = cyclic factor = GEMV_CHAIN_LANES dim = 1
-#pragma HLS ARRAY_PARTITION variable = up type = cyclic factor = GEMV_OUT_LANES dim = 1
+#pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = RESIDUAL_IN_LANES dim = 1
+#pragma HLS ARRAY_PARTITION variable = gate type = cyclic factor = GATE_LANES dim = 1
+#pragma HLS ARRAY_PARTITION variable = up type = cyclic factor = UP_LANES dim = 1
 LAYER_FFN:
   for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
     linear(l, L_WO, g_att[i], o, DDR_PORTS, a);
-    residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
-    rms_norm<rm::DIM>(g_x[i], g_norms[2 * l + 1], rm::RMS_EPS, h, a.layer);
+    residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i], o, g_x[i], a.layer);
+    rms_norm<rm::DIM, NORM_LANES>(g_x[i], g_norms[2 * l + 1], rm::RMS_EPS, h, a.layer);
     linear(l, L_GATE, h, gate, DDR_PORTS, a);
     linear(l, L_UP, h, up, DDR_PORTS, a);
 #ifdef __SYNTHESIS__
-    swiglu<rm::FFN_DIM>(gate, up, gate, a.layer);
+    swiglu<rm::FFN_DIM, SWIGLU_LANES>(gate, up, gate, a.layer);
 #else
-    swiglu_csim<rm::FFN_DIM>(gate, up, gate, a.layer); // csim/activation.h: bit-identical
+    swiglu_csim<rm::FFN_DIM, SWIGLU_LANES>(gate, up, gate, a.layer); // csim/activation.h: bit-identical
 #endif
     linear(l, L_DOWN, gate, o, DDR_PORTS, a);
-    residual_add<rm::DIM>(g_x[i], o, g_x[i], a.layer);
+    residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i], o, g_x[i], a.layer);
   }
 }
 
@@ -696,9 +718,9 @@ FORWARD_CHUNKS:
       layer(l, start + c0, T, kv, cap, DDR_PORTS, a);
     }
     if (c0 + T == n) {
-      float h[rm::DIM]; // the head's GEMV input: read ACT_LANES per cycle by its activation quantizer
-#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = ACT_LANES dim = 1
-      rms_norm<rm::DIM>(g_x[T - 1], g_norms[2 * rm::N_LAYERS], rm::RMS_EPS, h, a.layer);
+      float h[rm::DIM]; // the head's GEMV input: written by rms_norm, read by its activation quantizer
+#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = NORM_OUT_LANES dim = 1
+      rms_norm<rm::DIM, NORM_LANES>(g_x[T - 1], g_norms[2 * rm::N_LAYERS], rm::RMS_EPS, h, a.layer);
       linear(0, HEAD_LIN, h, g_logits, DDR_PORTS, a);
     }
   }
@@ -1089,6 +1111,11 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS ARRAY_PARTITION variable = g_v type = cyclic factor = GEMV_OUT_LANES dim = 2
   // the chunk's attention outputs, w_o's GEMV inputs: read ACT_LANES per cycle by its activation quantizer
 #pragma HLS ARRAY_PARTITION variable = g_att type = cyclic factor = ACT_LANES dim = 2
+  // the residual stream, the norms' weights and RoPE's outputs: read and written by the elementwise units
+#pragma HLS ARRAY_PARTITION variable = g_x type = cyclic factor = STREAM_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = g_norms type = cyclic factor = NORM_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = g_q type = cyclic factor = ROPE_OUT_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = g_k type = cyclic factor = ROPE_OUT_LANES dim = 2
   // the LoRA unit's memory where the plan reserved it, 64-bit words (ROMA_LORA_ARRAYS: which arrays it declares)
 #if ROMA_LORA_ARRAYS >= 1
 #pragma HLS BIND_STORAGE variable = g_lora.values type = ram_s2p impl = ROMA_LORA_IMPL

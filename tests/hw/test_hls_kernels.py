@@ -50,6 +50,9 @@ def test_random_shapes(build, random_cases):
     assert mismatches == 0 and rc == 0, out
     assert compared > 500_000  # the fp16 conversion table alone is > 500K values
     assert "rand_attn[simd2,onchip]" in out and "rand_attn[simd4,ddr]" in out and "rand_attn[simd16,ddr]" in out
+    # the elementwise units at 16 lanes (RoPE: a head's 8 pairs), bit for bit their default lanes' output
+    assert all(f"{case}[simd{lanes}]" in out for case, lanes in
+               (("rand_rms64", 16), ("rand_swiglu32", 16), ("rand_res32", 16), ("rand_rope_h2_d16", 8)))
 
 
 def test_smollm2_layer0(build, tmp_path):
@@ -145,6 +148,11 @@ void top(const float x[64], int pos, roma::half_bits_t *kc, roma::half_bits_t *v
   roma::residual_add<64>(out, x, out, cyc);
   roma::embedding_row<2, 4, 64, 32, 4>(pos & 7, planes, sc, mn, e, cyc);
   roma::residual_add<64>(out, e, out, cyc);
+  // the elementwise units at the Alveo boards' lanes
+  roma::rms_norm<64, 16>(out, w, 1e-5f, h, cyc);
+  roma::rope_qk<4, 2, 16, 8>(pos, invf, h, h, q, k, cyc);
+  roma::swiglu<64, 16>(out, h, out, cyc);
+  roma::residual_add<64, 16>(out, q, out, cyc);
 }
 """
 

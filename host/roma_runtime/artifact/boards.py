@@ -49,7 +49,48 @@ REQUIRED_FIELDS = {
     "lora_unit": ((dict,), lambda v: True, "an object {slots, rank, targets, dtype}: the default LoRA unit"),
     "max_context": _POS_INT,
     "kv_port_bits": ((int,), lambda v: v in KV_PORT_WIDTHS, f"one of {', '.join(map(str, KV_PORT_WIDTHS))}"),
+    "elementwise_lanes": ((dict,), lambda v: True, "an object {norm, swiglu, rope, residual}: lanes per unit"),
 }
+ELEMENTWISE_UNITS = ("norm", "swiglu", "rope", "residual")
+MAX_ELEMENTWISE_LANES = 64
+
+
+def _pow2_at_most(lanes: int, n: int) -> int:
+    """The largest power of two <= lanes that divides n."""
+    while n % lanes:
+        lanes //= 2
+    return lanes
+
+
+@dataclass(frozen=True)
+class ElementwiseLanes:
+    """Elements per cycle of the elementwise units (boards.json elementwise_lanes; roma_model.h ROMA_*_LANES):
+    RMSNorm's normalize loop (its sum of squares keeps 4 lanes, norm.h), SwiGLU, RoPE's rotation (pairs) and the
+    residual add. Powers of two; a build takes, per unit, the largest power of two at most these that divides the
+    model's dimension (``for_model``), as attention's lanes follow the KV port."""
+    norm: int
+    swiglu: int
+    rope: int
+    residual: int
+
+    @classmethod
+    def from_dict(cls, value: dict, where: str) -> ElementwiseLanes:
+        want = (f"an object with the integer fields {', '.join(ELEMENTWISE_UNITS)}, each a power of two from 1 to "
+                f"{MAX_ELEMENTWISE_LANES}")
+        if set(value) != set(ELEMENTWISE_UNITS):
+            raise RomaError(f"{where} has an invalid 'elementwise_lanes': {value!r}", hint=f"it must be {want}")
+        for unit in ELEMENTWISE_UNITS:
+            v = value[unit]
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_ELEMENTWISE_LANES or v & (v - 1):
+                raise RomaError(f"{where} has an invalid 'elementwise_lanes' {unit}: {v!r}", hint=f"it must be {want}")
+        return cls(**{u: value[u] for u in ELEMENTWISE_UNITS})
+
+    def for_model(self, dim: int, ffn_dim: int, head_dim: int) -> ElementwiseLanes:
+        """The lanes a build of a model with these dimensions has: each halved until it divides the unit's vector
+        (norm and residual DIM, SwiGLU FFN_DIM, RoPE the HEAD_DIM / 2 pairs of a head)."""
+        return ElementwiseLanes(norm=_pow2_at_most(self.norm, dim), swiglu=_pow2_at_most(self.swiglu, ffn_dim),
+                                rope=_pow2_at_most(self.rope, head_dim // 2),
+                                residual=_pow2_at_most(self.residual, dim))
 
 
 @dataclass(frozen=True)
@@ -80,6 +121,7 @@ class Board:
     # the data width of the memory port the KV cache has to itself (boards.json's comment): attention reads that
     # many bits of the cache per cycle (roma_model.h's KV_PORT_BITS)
     kv_port_bits: int
+    elementwise_lanes: ElementwiseLanes  # the elementwise units' lanes (at most; see ElementwiseLanes.for_model)
 
     def default_context(self, model_context: int) -> int:
         return min(model_context, self.max_context)
@@ -115,6 +157,7 @@ def _validate(name: str, entry, source: Path) -> Board:
                         hint="only Versal URAM has an init value; UltraScale+ URAM powers up as 0")
     fields = {k: entry[k] for k in REQUIRED_FIELDS}
     fields["lora_unit"] = LoraUnit.from_dict(entry["lora_unit"], f"{source}: board '{name}'")
+    fields["elementwise_lanes"] = ElementwiseLanes.from_dict(entry["elementwise_lanes"], f"{source}: board '{name}'")
     return Board(name=name, **fields)
 
 

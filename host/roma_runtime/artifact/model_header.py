@@ -24,6 +24,9 @@ Also generated for the top (hw/hls/roma_core.cpp):
   only), and ROMA_KV_ONCHIP_IMPL, the memory its array binds to (uram, bram, or auto where the plan spread it
   over both), a macro because the top's BIND_STORAGE pragma takes it;
 - KV_PORT_BITS: the board's KV port width (boards.json kv_port_bits), which sets attention's lanes;
+- ROMA_NORM_LANES, ROMA_SWIGLU_LANES, ROMA_ROPE_LANES, ROMA_RESIDUAL_LANES: the elementwise units' lanes (the
+  board's elementwise_lanes for this model's dimensions, boards.ElementwiseLanes.for_model), macros because the
+  top's partition pragmas name them;
 - the GEMV engines and their weight banks: one engine per distinct configuration (bits, group, scale format,
   tiles, and tier: BRAM ROM, URAM or DDR-streamed) of the layers' linears, shared by every layer and linear of
   that configuration (the engine takes a tensor's rows and columns at run time); the embedding and an untied
@@ -39,6 +42,7 @@ Also generated for the top (hw/hls/roma_core.cpp):
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 
 import numpy as np
 
@@ -94,6 +98,7 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
     the build has no LoRA unit); logits_impl: the memory g_logits binds to (uram or bram, the plan's choice);
     gemv_pe: the tiles of the layers' on-chip GEMV engines (the plan's pe: ROMA_GEMV_PE)."""
     unit = lora_unit if lora_unit and lora_unit["slots"] > 0 else None
+    lanes = get_board(board).elementwise_lanes.for_model(config.dim, config.ffn_dim, config.head_dim)
     lora_arrays = 0 if unit is None else 2 if unit["dtype"] == "int8" else 1
     c = config
     lines = [
@@ -211,7 +216,11 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               "// partition of the layer's GEMV output buffers",
               f"#define ROMA_GEMV_PE {gemv_pe}",
               "// the weight ports (WEIGHT_PORTS), for roma_core's interface pragmas: one m_axi bundle each",
-              f"#define ROMA_WEIGHT_PORTS {get_board(board).weight_ports}", "", "#endif  // ROMA_MODEL_H", "",
+              f"#define ROMA_WEIGHT_PORTS {get_board(board).weight_ports}",
+              "// the elementwise units' lanes (boards.json elementwise_lanes, halved to divide the model's vectors):",
+              "// RMSNorm's normalize loop, SwiGLU, RoPE's rotation (pairs), the residual add",
+              *(f"#define ROMA_{unit.upper()}_LANES {n}" for unit, n in asdict(lanes).items()),
+              "", "#endif  // ROMA_MODEL_H", "",
               "// Synthesis: the ROM banks, tile by tile (see the module doc of artifact/model_header.py);",
               "// outside the include guard: the top includes this header again with ROMA_ROM_DEFINE set.",
               "#ifdef ROMA_ROM_DEFINE", "#include ROMA_ROM_DEFINE"]

@@ -21,6 +21,8 @@
 //             HD*u), a score error eps shifts every probability by a factor within exp(+-2 eps), the exp,
 //             the sum over S keys, the divisions and the P*V sum over S keys add (4S+30)u relative on the
 //             two sides, and vmag = max_s |v[s,d]| bounds sum_s p_s |v[s,d]|.
+// RMSNorm, RoPE, SwiGLU and the residual add also run at 16 lanes (RoPE: pairs, at most a head's): bit for bit the
+// default lanes' output (RMSNorm's sum of squares keeps its order whatever the lanes), a line "NAME[simdL]" each.
 // Prints one line per case and `tb_kernels: M mismatches of N`; the exit code is min(M, 255).
 #include <cmath>
 #include <cstdio>
@@ -69,11 +71,17 @@ void run_f2h(const std::string &name, long n, Totals &tot) {
 }
 
 // ---- RMSNorm ----
+// Every elementwise kernel runs at its default lanes and at WIDE lanes (the Alveo boards' elementwise_lanes): both
+// against the golden model, and the wide output bit for bit the default's (RMSNorm: its sum of squares keeps one
+// order whatever the lanes, norm.h).
+constexpr int WIDE = 16;
+
 template <int N>
 void run_rmsnorm(const std::string &name, int T, Totals &tot) {
   typedef RmsNormConfig<N> C;
-  Tally t;
+  Tally t, tw;
   t.name = name;
+  tw.name = name + "[simd16]";
   const auto x = read_array<float>(name + ".x.f32", (size_t)T * N);
   const auto w = read_array<float>(name + ".w.f32", N);
   const auto eps = read_array<float>(name + ".eps.f32", 1);
@@ -81,17 +89,21 @@ void run_rmsnorm(const std::string &name, int T, Totals &tot) {
   const double dk = (double)N / C::PARTIALS + timing::ceil_log2(C::PARTIALS) + 1;
   const double dg = 20 + timing::ceil_log2(N / 128 > 1 ? N / 128 : 1);
   const double rtol = (0.5 * (dk + dg + 2) + 6) * U;
-  std::vector<float> y(N);
-  LayerCycles cyc;
+  std::vector<float> y(N), yw(N);
+  LayerCycles cyc, cycw;
   for (int r = 0; r < T; ++r) {
     cyc.reset();
+    cycw.reset();
     rms_norm<N>(&x[(size_t)r * N], w.data(), eps[0], y.data(), cyc);
+    rms_norm<N, WIDE>(&x[(size_t)r * N], w.data(), eps[0], yw.data(), cycw);
     for (int i = 0; i < N; ++i) {
       const double g = yg[(size_t)r * N + i];
       t.within(y[i], g, rtol * std::fabs(g), "y", (long)r * N + i);
+      tw.exact(float_to_bits(yw[i]) == float_to_bits(y[i]), "y", (long)r * N + i, yw[i], y[i]);
     }
   }
   tot.add(t, "rmsnorm", cyc.norm);
+  tot.add(tw, "rmsnorm", cycw.norm);
 }
 
 // ---- RoPE ----
@@ -106,13 +118,20 @@ void run_rope(const std::string &name, int T, Totals &tot) {
   const auto cg = read_array<float>(name + ".cos.f32", (size_t)T * HP);
   const auto sg = read_array<float>(name + ".sin.f32", (size_t)T * HP);
   const auto yg = read_array<float>(name + ".y.f32", (size_t)T * W);
+  constexpr int WIDE_PAIRS = HP < WIDE ? HP : WIDE;
+  Tally tw;
+  tw.name = name + "[simd" + std::to_string(WIDE_PAIRS) + "]";
   float cs[HP], sn[HP];
-  std::vector<float> y(W);
-  LayerCycles cyc;
+  std::vector<float> y(W), yw(W);
+  LayerCycles cyc, cycw;
   for (int r = 0; r < T; ++r) {
     cyc.reset();
+    cycw.reset();
     rope_angles<HD>(pos[r], invf.data(), cs, sn, cyc);
     rope_rotate<HEADS, HD>(&x[(size_t)r * W], cs, sn, y.data(), cyc);
+    rope_rotate<HEADS, HD, WIDE_PAIRS>(&x[(size_t)r * W], cs, sn, yw.data(), cycw);
+    for (int i = 0; i < W; ++i)
+      tw.exact(float_to_bits(yw[i]) == float_to_bits(y[i]), "y", (long)r * W + i, yw[i], y[i]);
     for (int i = 0; i < HP; ++i) {
       t.within(cs[i], cg[(size_t)r * HP + i], 4 * U, "cos", (long)r * HP + i);
       t.within(sn[i], sg[(size_t)r * HP + i], 4 * U, "sin", (long)r * HP + i);
@@ -124,6 +143,7 @@ void run_rope(const std::string &name, int T, Totals &tot) {
     }
   }
   tot.add(t, "rope", cyc.rope);
+  tot.add(tw, "rope", cycw.rope); // the rotations only
 }
 
 // ---- SwiGLU, residual ----
@@ -134,17 +154,23 @@ void run_swiglu(const std::string &name, int T, Totals &tot) {
   const auto g = read_array<float>(name + ".gate.f32", (size_t)T * N);
   const auto u = read_array<float>(name + ".up.f32", (size_t)T * N);
   const auto yg = read_array<float>(name + ".y.f32", (size_t)T * N);
-  std::vector<float> y(N);
-  LayerCycles cyc;
+  Tally tw;
+  tw.name = name + "[simd16]";
+  std::vector<float> y(N), yw(N);
+  LayerCycles cyc, cycw;
   for (int r = 0; r < T; ++r) {
     cyc.reset();
+    cycw.reset();
     swiglu<N>(&g[(size_t)r * N], &u[(size_t)r * N], y.data(), cyc);
+    swiglu<N, WIDE>(&g[(size_t)r * N], &u[(size_t)r * N], yw.data(), cycw);
     for (int i = 0; i < N; ++i) {
       const double want = yg[(size_t)r * N + i];
       t.within(y[i], want, 12 * U * std::fabs(want) + 1e-38, "y", (long)r * N + i);
+      tw.exact(float_to_bits(yw[i]) == float_to_bits(y[i]), "y", (long)r * N + i, yw[i], y[i]);
     }
   }
   tot.add(t, "swiglu", cyc.activation);
+  tot.add(tw, "swiglu", cycw.activation);
 }
 
 template <int N>
@@ -154,16 +180,23 @@ void run_residual(const std::string &name, int T, Totals &tot) {
   const auto x = read_array<float>(name + ".x.f32", (size_t)T * N);
   const auto d = read_array<float>(name + ".d.f32", (size_t)T * N);
   const auto yg = read_array<float>(name + ".y.f32", (size_t)T * N);
-  std::vector<float> y(N);
-  LayerCycles cyc;
+  Tally tw;
+  tw.name = name + "[simd16]";
+  std::vector<float> y(N), yw(N);
+  LayerCycles cyc, cycw;
   for (int r = 0; r < T; ++r) {
     cyc.reset();
+    cycw.reset();
     residual_add<N>(&x[(size_t)r * N], &d[(size_t)r * N], y.data(), cyc);
-    for (int i = 0; i < N; ++i)
+    residual_add<N, WIDE>(&x[(size_t)r * N], &d[(size_t)r * N], yw.data(), cycw);
+    for (int i = 0; i < N; ++i) {
       t.exact(float_to_bits(y[i]) == float_to_bits(yg[(size_t)r * N + i]), "y", (long)r * N + i, y[i],
               yg[(size_t)r * N + i]);
+      tw.exact(float_to_bits(yw[i]) == float_to_bits(y[i]), "y", (long)r * N + i, yw[i], y[i]);
+    }
   }
   tot.add(t, "residual", cyc.residual);
+  tot.add(tw, "residual", cycw.residual);
 }
 
 // ---- embedding ----

@@ -5,6 +5,7 @@ verdict against a board's budget and the build's plan."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -172,6 +173,16 @@ def test_the_plans_memory_model_is_the_objects(tiny_report):
     assert tiny_report["total_bram36"] == pytest.approx(tiny_report["plan"]["bram36"], rel=0.05)
     assert tiny_report["total_uram"] == pytest.approx(tiny_report["plan"]["uram"], rel=0.05)
     assert "per array against the plan's model" in footprint.render(tiny_report)
+
+
+def test_elementwise_buffers_are_partitioned_for_their_lanes(tiny_build, tiny_report):
+    """The buffers RMSNorm, RoPE and the residual add read or write each cycle are partitioned where they are
+    declared for the build's lanes (tiny_build: a U250's 16 lanes; RoPE a tiny head's 8 pairs: 16 values)."""
+    header = (tiny_build / "roma_model.h").read_text()
+    lanes = {u: int(n) for u, n in re.findall(r"#define ROMA_(\w+)_LANES (\d+)", header)}
+    assert lanes == {"NORM": 16, "SWIGLU": 16, "ROPE": 8, "RESIDUAL": 16}
+    banks = {a["name"].rsplit("::", 1)[-1]: a["banks"] for a in tiny_report["arrays"]}
+    assert banks["g_x"] == banks["g_norms"] == 16 and banks["g_q"] == banks["g_k"] == 2 * lanes["ROPE"]
 
 
 def test_fails_with_the_numbers_when_too_large(tiny_measured, tiny_report):

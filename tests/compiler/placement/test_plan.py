@@ -341,6 +341,33 @@ def test_board_schema_errors_name_board_and_field(tmp_path):
     with pytest.raises(RomaError, match="'weight_port_bits': 100") as e:
         load_boards(f)
     assert "64, 128, 256, 512" in e.value.hint
+    data["boards"]["kv260"].update(weight_port_bits=128, kv_port_bits=128)
+    for lanes, bad in (({"norm": 4, "swiglu": 3, "rope": 2, "residual": 4}, "swiglu: 3"),  # not a power of two
+                       ({"norm": 4, "swiglu": 2, "rope": 2}, "'rope': 2}"),  # a unit missing
+                       ({"norm": 128, "swiglu": 2, "rope": 2, "residual": 4}, "norm: 128")):
+        data["boards"]["kv260"]["elementwise_lanes"] = lanes
+        f.write_text(json.dumps(data))
+        with pytest.raises(RomaError, match=f"board 'kv260' has an invalid 'elementwise_lanes'.*{bad}") as e:
+            load_boards(f)
+        assert "power of two" in e.value.hint
+
+
+def test_elementwise_lanes_per_board_follow_the_model(smollm2):
+    """Alveo cards wide, the KV260's SwiGLU narrow; a build halves a unit's lanes until they divide its vector; the
+    logic estimate counts the units at those lanes."""
+    boards = load_boards()
+    assert boards["u250"].elementwise_lanes.swiglu == 16 and boards["kv260"].elementwise_lanes.swiglu == 2
+    tiny = boards["u250"].elementwise_lanes.for_model(dim=64, ffn_dim=40, head_dim=16)
+    assert (tiny.norm, tiny.swiglu, tiny.rope, tiny.residual) == (16, 8, 8, 16)
+    units = {}
+    for board in ("u250", "kv260"):
+        logic = P.make_plan(smollm2, board, bits=2, group=64, lora_rank=0).logic
+        units[board] = {u["unit"].split(" (")[0]: u for u in logic["units"]}
+    simd = {b: {k: units[b][k]["inputs"]["simd"] for k in ("RMSNorm", "RoPE", "SwiGLU", "residual add")}
+            for b in units}
+    assert simd == {"u250": {"RMSNorm": 16, "RoPE": 16, "SwiGLU": 16, "residual add": 16},
+                    "kv260": {"RMSNorm": 4, "RoPE": 2, "SwiGLU": 2, "residual add": 4}}
+    assert units["u250"]["SwiGLU"]["dsp"] == 8 * units["kv260"]["SwiGLU"]["dsp"] > 0
 
 
 # --- rendering and the CLI -------------------------------------------------------------------------------

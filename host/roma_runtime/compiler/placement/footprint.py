@@ -57,7 +57,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ...artifact.boards import get_board
+from ...artifact.boards import ELEMENTWISE_UNITS, ElementwiseLanes, get_board
 from ...artifact.interface import HLS_DIR
 from ...errors import RomaError
 from .memory import LINEARS, Array, Pragma, apply_layout, array_key, hls_sources, local_pragmas, pragma_defines, \
@@ -444,7 +444,8 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     plan = manifest.get("plan") or {}
     consts = _model_consts(build)
     defines = dict(re.findall(r"#define\s+(ROMA_\w+)\s+(\w+)", (build / "roma_model.h").read_text()))
-    defines = {**pragma_defines(int(defines["ROMA_GEMV_PE"]), int(defines["ROMA_WEIGHT_PORTS"])), **defines}
+    lanes = ElementwiseLanes(**{u: int(defines[f"ROMA_{u.upper()}_LANES"]) for u in ELEMENTWISE_UNITS})
+    defines = {**pragma_defines(int(defines["ROMA_GEMV_PE"]), int(defines["ROMA_WEIGHT_PORTS"]), lanes), **defines}
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         obj = compile_synthesis(build, Path(tmp))

@@ -39,9 +39,11 @@ Attention (attention_query, GROUP = HEADS / KV_HEADS query heads per KV head, SI
   port in fp16 lanes): scores GROUP * SIMD fmul, GROUP * (SIMD - 1) + GROUP * (HD / SIMD - 1) fadd (the two
   trees), GROUP fmul (the scale) and GROUP fcmp (the max); P x V GROUP exp with their GROUP fadd (score - max)
   and GROUP fadd (the sums), GROUP * SIMD fmul and fadd; 2 * SIMD fp16->fp32; SIMD fdiv (the output).
-RMSNorm (SIMD 4): 4 fmul + 4 fadd (squares), 1 fsqrt + 1 fdiv, 8 fmul (x * inv * w).
-RoPE: sin and cos of one angle per cycle, SIMD 2 pairs: 4 fmul + 2 fadd each.
-SwiGLU (SIMD 4): per lane 1 exp, 1 fadd, 1 fdiv, 1 fmul.
+The elementwise units at the build's lanes L (boards.json elementwise_lanes, halved to the model's dimensions):
+RMSNorm: 4 fmul + 4 fadd (squares, SUMSQ_LANES = 4 on every board: norm.h), 1 fsqrt + 1 fdiv, 2 L fmul (x * inv * w).
+RoPE: sin and cos of one angle per cycle (1 fmul), L pairs: 4 fmul + 2 fadd each.
+SwiGLU: per lane 1 exp, 1 fadd, 1 fdiv, 1 fmul.
+Residual add (two call sites in the layer: two instances): L fadd.
 Sampler (LANES 4): 4 fcmp, 1 exp, 1 fmul, 1 fdiv.
 exp (fexp.h): 12 fmul, 11 fadd and two int/fp conversions.
 LUTRAM: each LUTRAM array of memory.py costs banks * width * ceil(depth / 64) LUTs (FINN's distributed-memory
@@ -197,10 +199,16 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                + group * simd + 2 * group, "exp": group, "fcmp": group, "h2f": 2 * simd, "fdiv": simd})
     units.append(_unit("attention", 1, *at, {"group": group, "simd": simd, "head_dim": hd,
                                              "max_ctx": kv_tokens or context}))
-    units.append(_unit("RMSNorm (one, three call sites)", 1, *_ops({"fmul": 12, "fadd": 4, "fsqrt": 1, "fdiv": 1}),
-                       {"simd": 4}))
-    units.append(_unit("RoPE", 1, *_ops({"sin": 1, "cos": 1, "fmul": 9, "fadd": 4}), {"simd": 2}))
-    units.append(_unit("SwiGLU", 1, *_ops({"exp": 4, "fadd": 4, "fdiv": 4, "fmul": 4}), {"simd": 4}))
+    ew = board.elementwise_lanes.for_model(config.dim, config.ffn_dim, config.head_dim)
+    sumsq = kernel_constants("norm.h")["SUMSQ_LANES"]
+    units.append(_unit("RMSNorm (one, three call sites)", 1,
+                       *_ops({"fmul": sumsq + 2 * ew.norm, "fadd": sumsq, "fsqrt": 1, "fdiv": 1}),
+                       {"simd": ew.norm, "sumsq_lanes": sumsq}))
+    units.append(_unit("RoPE", 1, *_ops({"sin": 1, "cos": 1, "fmul": 1 + 4 * ew.rope, "fadd": 2 * ew.rope}),
+                       {"simd": ew.rope}))
+    units.append(_unit("SwiGLU", 1, *_ops({"exp": ew.swiglu, "fadd": ew.swiglu, "fdiv": ew.swiglu,
+                                           "fmul": ew.swiglu}), {"simd": ew.swiglu}))
+    units.append(_unit("residual add (two call sites)", 2, *_ops({"fadd": ew.residual}), {"simd": ew.residual}))
     units.append(_unit("sampler (one, two call sites)", 1, *_ops({"fcmp": 4, "exp": 1, "fmul": 1, "fdiv": 1}),
                        {"lanes": 4, "vocab": config.vocab_size}))
     lutram = [a for a in arrays if a.impl == "lutram"]

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from ...artifact.boards import ElementwiseLanes
 from ...artifact.interface import HLS_DIR, kernel_constants, load_constants
 from ...artifact.uram_image import tile_sizes
 from ...errors import RomaError
@@ -158,18 +159,26 @@ def _source_pragmas(defines: tuple) -> tuple:
     return tuple(read_pragmas(hls_sources(), dict(defines)))
 
 
-def pragma_defines(pe: int, ports: int) -> dict[str, str]:
+def pragma_defines(pe: int, ports: int, lanes: ElementwiseLanes) -> dict[str, str]:
     """The values of the build-wide symbols the sources' pragma factors name: ROMA_GEMV_PE (roma_model.h: the plan's
     pe), ROMA_WEIGHT_PORTS (roma_model.h: the board's weight_ports), ACT_LANES (types.h: the activation quantizer's
     lanes), GEMV_OUT_LANES (roma_core.cpp: the power of two covering pe and the ports, the rows a GEMV writes per
     cycle), LOGITS_BANKS (roma_core.cpp: the power of two covering the ports, the logits the head writes per cycle)
     and GEMV_CHAIN_LANES (roma_core.cpp: the larger of it and ACT_LANES, a buffer one GEMV writes and the
-    next one reads)."""
-    lanes = kernel_constants("types.h")["ACT_LANES"]
+    next one reads); the elementwise units' lanes (roma_model.h ROMA_*_LANES: the build's, `lanes`) and roma_core's
+    factors of the buffers they read and write (STREAM_LANES .. UP_LANES, each the larger of its users' lanes)."""
+    act = kernel_constants("types.h")["ACT_LANES"]
+    sumsq = kernel_constants("norm.h")["SUMSQ_LANES"]
     out_lanes = 1 << (max(pe, ports) - 1).bit_length()
-    return {"ROMA_GEMV_PE": str(pe), "ROMA_WEIGHT_PORTS": str(ports), "ACT_LANES": str(lanes),
-            "GEMV_OUT_LANES": str(out_lanes), "GEMV_CHAIN_LANES": str(max(out_lanes, lanes)),
-            "LOGITS_BANKS": str(1 << (ports - 1).bit_length())}
+    chain = max(out_lanes, act)
+    values = {"ROMA_GEMV_PE": pe, "ROMA_WEIGHT_PORTS": ports, "ACT_LANES": act, "GEMV_OUT_LANES": out_lanes,
+              "GEMV_CHAIN_LANES": chain, "NORM_LANES": lanes.norm, "SWIGLU_LANES": lanes.swiglu,
+              "ROPE_LANES": lanes.rope, "RESIDUAL_LANES": lanes.residual,
+              "STREAM_LANES": max(lanes.norm, sumsq, lanes.residual), "NORM_OUT_LANES": max(act, lanes.norm),
+              "ROPE_IN_LANES": max(out_lanes, 2 * lanes.rope), "ROPE_OUT_LANES": 2 * lanes.rope,
+              "RESIDUAL_IN_LANES": max(out_lanes, lanes.residual), "GATE_LANES": max(chain, lanes.swiglu),
+              "UP_LANES": max(out_lanes, lanes.swiglu)}
+    return {k: str(v) for k, v in values.items()}
 
 
 def source_pragmas(defines: dict[str, str]) -> list[Pragma]:
@@ -224,7 +233,10 @@ PRAGMA_SITES = {
     "params": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles_rt", "prm", 0, {})],
     "mins": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles_rt", "aux", 0, {})],
     "exps": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles_rt", "aux", 0, {})],
-    "g_norms": [("rms_norm", "weight", 1, {"SIMD": lambda a, s, c: 4})],  # norm.h: rms_norm<N, SIMD = 4>
+    "g_norms": [("roma_core", "g_norms", 0, {})],  # cyclic NORM_LANES (pragma_defines)
+    "g_x": [("roma_core", "g_x", 0, {})],  # cyclic STREAM_LANES
+    "g_q": [("roma_core", "g_q", 0, {})],  # cyclic ROPE_OUT_LANES
+    "g_k": [("roma_core", "g_k", 0, {})],  # cyclic ROPE_OUT_LANES
     "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: att_simd(c["HEAD_DIM"], c["KV_PORT_BITS"])})],
     "g_logits": [("roma_core", "g_logits", 0, {})],

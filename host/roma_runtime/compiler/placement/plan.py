@@ -111,7 +111,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable
 
-from ...artifact.boards import Board, get_board
+from ...artifact.boards import Board, ElementwiseLanes, get_board
 from ...artifact.build import BRAM_ROM, DDR_STREAM, URAM_LOAD_ONCE
 from ...artifact.lora_unit import DTYPES as LORA_DTYPES
 from ...errors import RomaError
@@ -588,7 +588,13 @@ class _Core:
     @property
     def pragmas(self):
         # the macro of g_kv_chip's impl is the plan's own choice (kv_array); ROMA_GEMV_PE is the header's pe
-        return source_pragmas(pragma_defines(self.pe, self.board.weight_ports))
+        return source_pragmas(pragma_defines(self.pe, self.board.weight_ports, self.lanes))
+
+    @property
+    def lanes(self) -> ElementwiseLanes:
+        """The elementwise units' lanes of a build of this model for this board (roma_model.h ROMA_*_LANES)."""
+        c = self.config
+        return self.board.elementwise_lanes.for_model(c.dim, c.ffn_dim, c.head_dim)
 
     @property
     def hw(self) -> dict:

@@ -87,7 +87,9 @@ ROTATE:
 template <int HEADS, int KV_HEADS, int HD, int SIMD = 2>
 void rope_qk(int pos, const float inv_freq[HD / 2], const float q[HEADS * HD], const float k[KV_HEADS * HD],
              float q_out[HEADS * HD], float k_out[KV_HEADS * HD], LayerCycles &cyc) {
-  float cos_t[HD / 2], sin_t[HD / 2];
+  float cos_t[HD / 2], sin_t[HD / 2]; // read SIMD per cycle by both rotations
+#pragma HLS ARRAY_PARTITION variable = cos_t type = cyclic factor = SIMD dim = 1
+#pragma HLS ARRAY_PARTITION variable = sin_t type = cyclic factor = SIMD dim = 1
   rope_angles<HD>(pos, inv_freq, cos_t, sin_t, cyc);
   rope_rotate<HEADS, HD, SIMD>(q, cos_t, sin_t, q_out, cyc);
   rope_rotate<KV_HEADS, HD, SIMD>(k, cos_t, sin_t, k_out, cyc);
