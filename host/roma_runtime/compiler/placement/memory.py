@@ -177,7 +177,7 @@ def pragma_defines(pe: int, ports: int, lanes: ElementwiseLanes) -> dict[str, st
               "STREAM_LANES": max(lanes.norm, sumsq, lanes.residual), "NORM_OUT_LANES": max(act, lanes.norm),
               "ROPE_IN_LANES": max(out_lanes, 2 * lanes.rope), "ROPE_OUT_LANES": 2 * lanes.rope,
               "RESIDUAL_IN_LANES": max(out_lanes, lanes.residual), "GATE_LANES": max(chain, lanes.swiglu),
-              "UP_LANES": max(out_lanes, lanes.swiglu)}
+              "UP_LANES": max(out_lanes, lanes.swiglu), "LOGITS_BANKS": 1 << (ports - 1).bit_length()}
     return {k: str(v) for k, v in values.items()}
 
 

@@ -57,9 +57,11 @@ ANGLES:
   cyc.rope += C::CYCLES;
 }
 
-// Rotate HEADS heads of HD (x laid out [head][HD], pairs adjacent). y may not alias x.
+// Rotate HEADS heads of HD (x laid out [head][HD], pairs adjacent). y may not alias x. C simulation compiles it
+// without GCC's vectorizer (ROMA_NO_VECTORIZE): the pair's rotation is a complex multiply, which GCC 12 vectorizes
+// into a fused vfmaddsub despite -ffp-contract=off, so that its rounding depended on how the build's code inlined.
 template <int HEADS, int HD, int SIMD = 2>
-void rope_rotate(const float x[HEADS * HD], const float cos_t[HD / 2], const float sin_t[HD / 2],
+ROMA_NO_VECTORIZE void rope_rotate(const float x[HEADS * HD], const float cos_t[HD / 2], const float sin_t[HD / 2],
                  float y[HEADS * HD], LayerCycles &cyc) {
   typedef RopeRotateConfig<HEADS, HD, SIMD> C;
   constexpr int HP = HD / 2;

@@ -40,6 +40,13 @@ enum class Datapath : int {
   DspMac = 1     // unpack codes, multiply-accumulate code * x (maps to DSPs)
 };
 
+// C simulation with GCC: a function compiled without the auto-vectorizer (see rope_rotate); nothing for synthesis.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__SYNTHESIS__)
+#define ROMA_NO_VECTORIZE __attribute__((optimize("no-tree-vectorize")))
+#else
+#define ROMA_NO_VECTORIZE
+#endif
+
 // Engines of this many code bits or more multiply on DSPs (DspMac): LUT-selecting an 8-bit code's 2 quads per
 // nibble plane costs twice the LUTs of a 4-bit one, a DSP multiply does not grow (placement/logic.py gemv_tile).
 constexpr int DSP_MAC_MIN_BITS = 8;
