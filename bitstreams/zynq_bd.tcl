@@ -7,15 +7,17 @@
 #                           Zynq UltraScale+      Zynq-7000
 #       m_axi_gmem_weights     S_AXI_HP0_FPD      S_AXI_HP0    the DDR weight stream (and the URAM load image)
 #       m_axi_gmem_weights_1   S_AXI_HP1_FPD      S_AXI_HP2    more ports of the weight stream, one for each of
-#       m_axi_gmem_weights_2   S_AXI_HP3_FPD      -            the board's ROMA_WEIGHT_PORTS (zynqmp 3, zynq7 2)
+#       m_axi_gmem_weights_2   S_AXI_HP3_FPD      -            the board's ROMA_WEIGHT_PORTS (zynqmp 4, zynq7 2)
+#       m_axi_gmem_weights_3   S_AXI_HPC1_FPD     -
 #       m_axi_gmem_kv          S_AXI_HP2_FPD      S_AXI_HP1    the KV cache
 #       m_axi_gmem_tok, _logits, _lora, _status  (small buffers)
 #                              S_AXI_HPC0_FPD     S_AXI_HP3
 #     Every weight port is ROMA_WEIGHT_PORT_BITS wide (roma_model.h WEIGHT_PORT_BITS, the width each weight bundle
 #     reads at), the KV cache's ROMA_KV_PORT_BITS (roma_model.h KV_PORT_BITS). All ports reach the one DDR (the
 #     driver gives every weight port the same buffer); the weight ports reach its controller through different
-#     ports: on Zynq UltraScale+ HP0, HP1 and HP3 through XPI 3, 4 and 5 (HP2, the KV cache, shares XPI 4 with HP1;
-#     HPC0 goes through the CCI; UG1085), on Zynq-7000 HP0 and HP2 through the DDR ports of the two AFI pairs
+#     ports: on Zynq UltraScale+ HP0, HP1 and HP3 through XPI 3, 4 and 5 and HPC1 through the CCI (HP2, the KV
+#     cache, shares XPI 4 with HP1; HPC0, the small buffers, the CCI with HPC1; UG1085), on Zynq-7000 HP0 and HP2
+#     through the DDR ports of the two AFI pairs
 #     (HP0/HP1, HP2/HP3; UG585).
 #     pl_ps_irq0 / IRQ_F2P <-- roma_core_0/interrupt (the driver polls ap_done; the line is there for later)
 #   proc_sys_reset rst_0 on PL clock 0; every clock pin of the PS and the IPs on PL clock 0
@@ -56,7 +58,7 @@ if {$family ni {zynqmp zynq7}} {
 # S_AXI_GPn are HPC0, HPC1, HP0..HP3, LPD (n = 0..6; PSU__USE__S_AXI_GPn, PSU__SAXIGPn__DATA_WIDTH),
 # processing_system7's S_AXI_HPn are n (PCW_USE_S_AXI_HPn, PCW_S_AXI_HPn_DATA_WIDTH).
 if {$family eq "zynqmp"} {
-  set weight_hp {{S_AXI_HP0_FPD 2} {S_AXI_HP1_FPD 3} {S_AXI_HP3_FPD 5}}
+  set weight_hp {{S_AXI_HP0_FPD 2} {S_AXI_HP1_FPD 3} {S_AXI_HP3_FPD 5} {S_AXI_HPC1_FPD 1}}
   set kv_hp {S_AXI_HP2_FPD 4}
   set other_hp {S_AXI_HPC0_FPD 0}
 } else {

@@ -256,7 +256,7 @@ def test_every_gemv_takes_the_packed_fast_path(ddr_emu, tiny_emu, ddr_build, tin
         tensors = json.loads((build / "manifest.json").read_text())["tensors"]
         layer_tiles = sum(e["tiles"] for name, e in tensors.items() if name.startswith("blk."))
         head_tiles = (tensors.get("output") or tensors["token_embd"])["tiles"]
-        assert head_tiles == (ddr_tiles(emu.config.vocab_size, 3) if emu is ddr_emu else 1)  # the U250's 3 ports
+        assert head_tiles == (ddr_tiles(emu.config.vocab_size, 4) if emu is ddr_emu else 1)  # the U250's 4 ports
         assert paths == {"packed": layer_tiles * (len(IDS) + 2) + 3 * head_tiles, "rom_unpacked": 0,
                          "ddr_stream": 0}
 
@@ -321,10 +321,10 @@ def test_smollm2_2bit_on_kv260_streams_from_ddr_and_matches_the_golden_model(smo
     paths = gemv_paths(emu, lambda: got.append(emu.forward(ids, emu.new_cache(64))))
     got = np.asarray(got[0], np.float32).reshape(-1)
     # every GEMV, the tied lm head streamed from DDR (in tiles) included, takes the packed fast path; a DDR tensor
-    # has a tile per weight port (the KV260's 3) or a multiple
-    assert {e["tiles"] for name, e in manifest["tensors"].items() if name.startswith("blk.") and is_ddr(e)} == {3}
-    assert paths == {"packed": 3 * 7 * 30 * len(ids) + ddr_tiles(49152, 3), "rom_unpacked": 0, "ddr_stream": 0}
+    # has a tile per weight port (the KV260's 4) or a multiple
+    assert {e["tiles"] for name, e in manifest["tensors"].items() if name.startswith("blk.") and is_ddr(e)} == {4}
+    assert paths == {"packed": 4 * 7 * 30 * len(ids) + ddr_tiles(49152, 4), "rom_unpacked": 0, "ddr_stream": 0}
     assert_within_float_noise(got, golden_variant_logits(load_build(out), ids), TOL)
     cycles = emu.last_cycles()
-    # DDR-bound: the 8-bit lm head streams 49152 x 576 codes + scales through three 16-byte ports
-    assert cycles["lm_head"] > 49152 * 576 // 16 // 3 and cycles["gemv"] > cycles["lm_head"]
+    # DDR-bound: the 8-bit lm head streams 49152 x 576 codes + scales through four 16-byte ports
+    assert cycles["lm_head"] > 49152 * 576 // 16 // 4 and cycles["gemv"] > cycles["lm_head"]

@@ -97,8 +97,8 @@ LoRA on DSPs, at the board clock:
   a tier holds a slice of every layer placed in it, so a tensor is read at (the tier's weight blocks x that
   width) / (b + 32/G) weights per cycle.
 - DDR: bytes streamed per token / the bandwidth they get: the weights stream through the core's
-  ``weight_ports`` weight ports, ``weight_port_bits`` per cycle each (boards.json: 3 x 128 on Zynq UltraScale+,
-  3 x 512 on a U250), at most the board's nominal peak (``ddr_bandwidth_gbs``); the KV cache at the nominal peak.
+  ``weight_ports`` weight ports, ``weight_port_bits`` per cycle each (boards.json: 4 x 128 on Zynq UltraScale+,
+  4 x 512 on a U250), at most the board's nominal peak (``ddr_bandwidth_gbs``); the KV cache at the nominal peak.
 - attention over the KV cache at ``context`` tokens (default 256) and the LoRA products: fp MACs on DSPs at
   one MAC per ``DSPS_PER_MAC`` DSPs, using ``DSP_FRACTION`` of them; KV reads from DDR when the cache is there.
 
