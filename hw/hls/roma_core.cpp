@@ -426,12 +426,12 @@ float g_x[MAX_T][rm::DIM];
 float g_q[MAX_T][QDIM], g_k[MAX_T][rm::KV_DIM], g_v[MAX_T][rm::KV_DIM], g_att[MAX_T][QDIM];
 float g_logits[rm::VOCAB];
 
-// g_logits' banks: the head's engine writes one logit per cycle on chip (one tile), one per weight port from DDR.
-constexpr int LOGITS_BANKS = pow2_at_least(rm::WEIGHT_PORTS);
 // LOGITS_OUT: the last token's logits to the host, once per run command (counted under STAGE_LM_HEAD as the head's
-// output), LOGITS_LANES fp32 per cycle: as many as a weight port's width carries (the logits port is widened to
-// it), at most one per bank.
-constexpr int LOGITS_LANES = rm::WEIGHT_PORT_BITS / 32 < LOGITS_BANKS ? rm::WEIGHT_PORT_BITS / 32 : LOGITS_BANKS;
+// output), LOGITS_LANES fp32 per cycle: as many as a weight port's width carries (the logits port is widened to it).
+constexpr int LOGITS_LANES = rm::WEIGHT_PORT_BITS / 32;
+// g_logits' banks: the head's engine writes one logit per cycle on chip (one tile), one per weight port from DDR;
+// LOGITS_OUT reads LOGITS_LANES.
+constexpr int LOGITS_BANKS = pow2_at_least(rm::WEIGHT_PORTS > LOGITS_LANES ? rm::WEIGHT_PORTS : LOGITS_LANES);
 constexpr int LOGITS_PORT_BITS = 32 * LOGITS_LANES;
 constexpr int LOGITS_BEATS = (rm::VOCAB + LOGITS_LANES - 1) / LOGITS_LANES;
 constexpr uint64_t LOGITS_OUT_CYCLES = (uint64_t)LOGITS_BEATS * timing::II + 2 + timing::AXI_WRITE_LATENCY;

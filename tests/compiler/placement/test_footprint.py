@@ -62,9 +62,10 @@ def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
     # the whole-vocabulary logits buffer: fp32, one bank, in URAM where the board has it (ROMA_LOGITS_IMPL;
     # tiny_build targets a U250): 4K words per URAM
     lg = _array(tiny_report, "(anonymous namespace)::g_logits")
-    # g_logits: cyclic by the logits the head writes per cycle (a DDR head's weight ports: the U250's 4)
-    assert (lg["bytes"], lg["width"], lg["banks"], lg["depth"], lg["impl"]) == (4 * vocab, 32, 4, vocab // 4, "uram")
-    assert lg["bram36"] == 0 and lg["uram"] == 4 * -(-vocab // 4 // 4096)
+    # g_logits: cyclic by the logits written or read per cycle (the U250's 4 weight ports write 4, LOGITS_OUT reads
+    # a 512-bit port's 16)
+    assert (lg["bytes"], lg["width"], lg["banks"], lg["depth"], lg["impl"]) == (4 * vocab, 32, 16, vocab // 16, "uram")
+    assert lg["bram36"] == 0 and lg["uram"] == 16 * -(-vocab // 16 // 4096)
     # g_lora is counted member by member: the build's LoRA unit (tiny_build: 4 slots of rank 16 on every linear,
     # fp16), its values as 64-bit words (4 fp16 each) in URAM where the plan reserved them, no row scales (fp16)
     unit = json.loads((tiny_build / "manifest.json").read_text())["lora_unit"]

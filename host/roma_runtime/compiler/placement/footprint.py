@@ -445,7 +445,8 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     consts = _model_consts(build)
     defines = dict(re.findall(r"#define\s+(ROMA_\w+)\s+(\w+)", (build / "roma_model.h").read_text()))
     lanes = ElementwiseLanes(**{u: int(defines[f"ROMA_{u.upper()}_LANES"]) for u in ELEMENTWISE_UNITS})
-    defines = {**pragma_defines(int(defines["ROMA_GEMV_PE"]), int(defines["ROMA_WEIGHT_PORTS"]), lanes), **defines}
+    defines = {**pragma_defines(int(defines["ROMA_GEMV_PE"]), int(defines["ROMA_WEIGHT_PORTS"]),
+                                consts["WEIGHT_PORT_BITS"], lanes), **defines}
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         obj = compile_synthesis(build, Path(tmp))

@@ -159,11 +159,12 @@ def _source_pragmas(defines: tuple) -> tuple:
     return tuple(read_pragmas(hls_sources(), dict(defines)))
 
 
-def pragma_defines(pe: int, ports: int, lanes: ElementwiseLanes) -> dict[str, str]:
+def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes) -> dict[str, str]:
     """The values of the build-wide symbols the sources' pragma factors name: ROMA_GEMV_PE (roma_model.h: the plan's
     pe), ROMA_WEIGHT_PORTS (roma_model.h: the board's weight_ports), ACT_LANES (types.h: the activation quantizer's
     lanes), GEMV_OUT_LANES (roma_core.cpp: the power of two covering pe and the ports, the rows a GEMV writes per
-    cycle), LOGITS_BANKS (roma_core.cpp: the power of two covering the ports, the logits the head writes per cycle)
+    cycle), LOGITS_BANKS (roma_core.cpp: the power of two covering the ports, the logits the head writes per cycle,
+    and a port's width in fp32, the logits LOGITS_OUT sends per cycle)
     and GEMV_CHAIN_LANES (roma_core.cpp: the larger of it and ACT_LANES, a buffer one GEMV writes and the
     next one reads); the elementwise units' lanes (roma_model.h ROMA_*_LANES: the build's, `lanes`) and roma_core's
     factors of the buffers they read and write (STREAM_LANES .. UP_LANES, each the larger of its users' lanes)."""
@@ -177,7 +178,7 @@ def pragma_defines(pe: int, ports: int, lanes: ElementwiseLanes) -> dict[str, st
               "STREAM_LANES": max(lanes.norm, sumsq, lanes.residual), "NORM_OUT_LANES": max(act, lanes.norm),
               "ROPE_IN_LANES": max(out_lanes, 2 * lanes.rope), "ROPE_OUT_LANES": 2 * lanes.rope,
               "RESIDUAL_IN_LANES": max(out_lanes, lanes.residual), "GATE_LANES": max(chain, lanes.swiglu),
-              "UP_LANES": max(out_lanes, lanes.swiglu), "LOGITS_BANKS": 1 << (ports - 1).bit_length()}
+              "UP_LANES": max(out_lanes, lanes.swiglu), "LOGITS_BANKS": 1 << (max(ports, port_bits // 32) - 1).bit_length()}
     return {k: str(v) for k, v in values.items()}
 
 

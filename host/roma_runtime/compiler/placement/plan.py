@@ -588,7 +588,8 @@ class _Core:
     @property
     def pragmas(self):
         # the macro of g_kv_chip's impl is the plan's own choice (kv_array); ROMA_GEMV_PE is the header's pe
-        return source_pragmas(pragma_defines(self.pe, self.board.weight_ports, self.lanes))
+        return source_pragmas(pragma_defines(self.pe, self.board.weight_ports, self.board.weight_port_bits,
+                                             self.lanes))
 
     @property
     def lanes(self) -> ElementwiseLanes:
