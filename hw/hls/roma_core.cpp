@@ -33,14 +33,16 @@
 // checking the image's words against URAM_CHECKSUM, then reads every word back into the checksum it reports;
 // run commands refuse until a load succeeded; load_uram_bank binds the banks to URAM, 64-bit words, and
 // STAGE_WEIGHT_LOAD counts the three passes); a DDR-streamed one (the placement plan's "DDR-stream", for the
-// layers and lm head that do not fit the board) is read through the `ddr_weights` m_axi port, one sequential
-// pass per tile per GEMV (brom_ddr_gemv; its embedding rows by embedding_row_ddr), with the same integer dots
-// and fp32 sequence as in ROM, so its outputs are bit-identical. The port is roma_model.h's WEIGHT_PORT_BITS wide
-// (the board's memory port: 128 bits on Zynq UltraScale+, 512 on Alveo); a tile costs its blocks at the slower of
-// the port (the block's words in port words) and the accumulators, its BLOCK_STEPS steps in parallel lanes
-// (brom_ddr.h: DdrStream), counted under STAGE_GEMV (layers) and STAGE_LM_HEAD like the ROM GEMVs. Run
-// commands first check the image's header (magic, version, words, CRC) against roma_model.h's
-// DDR_WORDS/DDR_CRC: ERR_DDR_WEIGHTS when the host has not loaded this build's ddr_weights.bin. The RMSNorm
+// layers and lm head that do not fit the board) is read through the weight ports (`ddr_weights`,
+// `ddr_weights_1`, ...: roma_model.h's WEIGHT_PORTS m_axi bundles, each port holding the whole image), one
+// sequential pass per tile per GEMV, a tile per port at once (brom_ddr_gemv_rt; its embedding rows by
+// embedding_row_ddr through the first port), with the same integer dots and fp32 sequence as in ROM, so its
+// outputs are bit-identical. A port is roma_model.h's WEIGHT_PORT_BITS wide (the board's memory port: 128 bits on
+// Zynq UltraScale+, 512 on Alveo); a round of tiles costs its blocks at the slower of the port (the block's words
+// in port words) and the accumulators, its BLOCK_STEPS steps in parallel lanes (brom_ddr.h: DdrStream), counted
+// under STAGE_GEMV (layers) and STAGE_LM_HEAD like the ROM GEMVs. Run commands first check each port's image
+// header (magic, version, words, CRC) against roma_model.h's DDR_WORDS/DDR_CRC: ERR_DDR_WEIGHTS when the host has
+// not loaded this build's ddr_weights.bin. The RMSNorm
 // weights of every layer stay on chip (norms.dat).
 //
 // On-chip KV cache (roma_model.h's KV_ONCHIP_CTX > 0, `roma compile --kv-onchip N`): g_kv_chip holds every

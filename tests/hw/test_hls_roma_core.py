@@ -26,7 +26,7 @@ STATUS_WORDS = 32
 STAGES = 13  # roma_core.h's cycles_STAGE output registers, one per Stage
 CMD_PREFILL, CMD_DECODE, CMD_LOAD_WEIGHTS = 1, 2, 7
 SAMPLE_NONE, SAMPLE_GREEDY = 0, 1
-ERR_TOKEN_RANGE = 3
+ERR_TOKEN_RANGE, ERR_DDR_WEIGHTS = 3, 7
 TOL = 2e-3  # max|dl| / max|l|, as tb_roma_core.cpp (its header explains the bound)
 
 
@@ -55,17 +55,20 @@ class EmuBoard:
             status, _, _ = self.run(CMD_LOAD_WEIGHTS, 0, [], None, 0, 1, uram=np.fromfile(uram, "<u4"))
             assert status[0] == 0, status[0]
 
-    def run(self, command, position, tokens, kv, capacity, vocab, sample_mode=SAMPLE_GREEDY, uram=None):
+    def run(self, command, position, tokens, kv, capacity, vocab, sample_mode=SAMPLE_GREEDY, uram=None, ports=None):
+        """ports: the weight ports' images (ddr_weights, ddr_weights_1..3); the build's image on all four by
+        default."""
         tokens = np.ascontiguousarray(tokens, np.int32)
         out = np.zeros(max(len(tokens), 1), np.int32)
         logits = np.zeros(vocab, np.float32)
         status = np.zeros(STATUS_WORDS, np.uint32)
         staging = np.zeros(1, np.uint8)
         self.cycles = np.zeros(STAGES, np.uint32)
+        ports = ports if ports is not None else [self.ddr] * 4
         self.core(command, position, len(tokens), capacity, 0, 0, sample_mode, 1.0, 0, 1.0, 0.0, 1.0, 64, 0, 0,
                   0xFFFFFFFF, *(self.cycles[i:].ctypes.data for i in range(STAGES)),
                   tokens.ctypes.data, out.ctypes.data, logits.ctypes.data, None if kv is None else kv.ctypes.data,
-                  staging.ctypes.data, *[None if self.ddr is None else self.ddr.ctypes.data] * 4,  # every weight port
+                  staging.ctypes.data, *[None if p is None else p.ctypes.data for p in ports],
                   None if uram is None else uram.ctypes.data, status.ctypes.data)
         return status, logits, out
 
@@ -125,6 +128,18 @@ def test_emu_library_on_the_tiny_build(tb_run, hls_build):
     status, _, _ = board.run(CMD_DECODE, len(prompt), [c.vocab_size], kv, 32, c.vocab_size)
     assert status[0] == ERR_TOKEN_RANGE and np.array_equal(kv, kv_before)
     assert not board.cycles.any()  # a refused call runs nothing
+    # the weight ports (the U250's four): each must hold the build's image, a copy (an Alveo bank's) as well as
+    # the same buffer; a port with another image's header is refused before anything runs
+    copy, other = board.ddr.copy(), board.ddr.copy()
+    other[3] ^= 1  # its checksum word
+    fresh = np.zeros_like(kv)
+    status, again, _ = board.run(CMD_PREFILL, 0, prompt, fresh, 32, c.vocab_size, ports=[board.ddr, copy, copy, copy])
+    assert status[0] == 0 and np.array_equal(again, logits)
+    for port in range(4):
+        ports = [board.ddr] * 4
+        ports[port] = other
+        status, _, _ = board.run(CMD_PREFILL, 0, prompt, fresh, 32, c.vocab_size, ports=ports)
+        assert status[0] == ERR_DDR_WEIGHTS and not board.cycles.any(), port
 
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
