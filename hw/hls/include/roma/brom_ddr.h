@@ -163,6 +163,14 @@ struct DdrTileConfig : DdrStepConfig<GROUP, BITS, DP, SF> {
   static constexpr long long TILE_WORDS = B::tile_words(ROWS, COLS);
 };
 
+// Weight port p's pointer (p a constant in an unrolled lane, so the select folds away and each lane reads its own
+// m_axi bundle).
+inline const rom_word_t *ddr_port(int p, const rom_word_t *image0, const rom_word_t *image1,
+                                  const rom_word_t *image2, const rom_word_t *image3) {
+#pragma HLS INLINE
+  return p == 0 ? image0 : p == 1 ? image1 : p == 2 ? image2 : image3;
+}
+
 // All TILES tiles of a DDR-streamed tensor of `rows` rows per tile and `cols` columns (run time, within engine E's
 // bounds: MAX_ROWS, MAX_COLS, MIN_ROWS, ROW_ALIGN (every tile row count a multiple of it), GROUP, BITS, DP, SF, CQ)
 // through PORTS weight ports, PORT_BITS wide each: port p's image is image0..image3 (each the tensor's first word in
@@ -216,12 +224,6 @@ void brom_ddr_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const flo
   const long long tile_words = D::tile_words(rows, cols);
 DDR_ROUNDS:
   for (int t0 = 0; t0 < ROUNDS * PORTS; t0 += PORTS) {
-    const rom_word_t *src[PORTS]; // tile t0 + p through port p (a constant index per unrolled lane)
-    for (int p = 0; p < PORTS; ++p) {
-#pragma HLS UNROLL
-      const rom_word_t *port = p == 0 ? image0 : p == 1 ? image1 : p == 2 ? image2 : image3;
-      src[p] = port + (long long)(t0 + p) * tile_words;
-    }
   DDR_EXPONENTS: // q8 only (no prefix for fp16): one beat per port, 8 rows (one per bank of ex), per iteration
     for (int k = 0; k < prefix_beats; ++k) {
 #pragma HLS PIPELINE II = PREFIX_II
@@ -232,7 +234,8 @@ DDR_ROUNDS:
 #pragma HLS UNROLL
           const int row = 2 * DDR_BEAT_WORDS * k + i;
           if (t0 + p < TILES) {
-            const rom_word_t w = src[p][DDR_BEAT_WORDS * k + i / 2];
+            const rom_word_t w = ddr_port(p, image0, image1, image2, image3)[(long long)(t0 + p) * tile_words +
+                                                                             DDR_BEAT_WORDS * k + i / 2];
             if (row < EX_ROWS && row < rows) ex[p][row] = (scale_word_t)(w >> (16 * (i & 1)));
           }
         }
@@ -253,7 +256,9 @@ DDR_ROUNDS:
 #pragma HLS ARRAY_PARTITION variable = w type = complete
           for (int k = 0; k < BLOCK_WORDS; ++k) {
 #pragma HLS UNROLL
-            w[k] = src[p][D::prefix_words(rows) + (long long)b * BLOCK_WORDS + k]; // consecutive: a burst per tile
+            // consecutive: a burst per tile (tile t0 + p of port p)
+            w[k] = ddr_port(p, image0, image1, image2, image3)[(long long)(t0 + p) * tile_words +
+                                                               D::prefix_words(rows) + (long long)b * BLOCK_WORDS + k];
           }
           int gs = g, rs = r; // serial: this port's walk over the block's steps (the same for every port)
           for (int i = 0; i < BLOCK_STEPS; ++i) {
