@@ -8,8 +8,8 @@ that a synthesis report can replace a constant.
 
 Units and their counts are the RTL instances the HLS makes for the plan (one per call site of a non-inlined
 function, memory.py's engines): each GEMV engine (one per configuration, shared by the layers and linears of that
-configuration; plan.py's engines) with its tiles (parallel datapaths on chip; a DDR engine streams its tiles
-through one) and its activation quantizer; with a LoRA unit, one lora_apply (linear() calls it at one place for
+configuration; plan.py's engines) with its tiles (parallel datapaths on chip; a DDR engine streams a tile per
+weight port at once) and its activation quantizer; with a LoRA unit, one lora_apply (linear() calls it at one place for
 every linear); one attention, one RoPE, one SwiGLU; one RMSNorm for its three call sites (the layer's two, the
 final norm) and one sampler for its two in roma_core (ALLOCATION limits). An engine of 8-bit codes or more
 (types.h DSP_MAC_MIN_BITS) is a DspMac one whatever the build's datapath (engine_datapath; roma_core.cpp Unit::DP).
