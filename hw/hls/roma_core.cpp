@@ -530,13 +530,14 @@ constexpr bool serves_shape() {
 // board's packed GEMV of the whole tensor, or the straight one, tile by tile, for a tensor it could not pack), or
 // nothing when the tensor is not one of R's; counted as the engine counts it.
 template <class R, int LIN>
-void csim_tensor_gemv(int l, const float *x, DDR_PORT_PARAMS, float *y, Cycles &cyc) {
+void csim_tensor_gemv(int l, const float *x, bool quantize, DDR_PORT_PARAMS, float *y, Cycles &cyc) {
   constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN);
   if constexpr (serves_shape<R, LIN>()) {
     act_t xq[COLS];
     float as[COLS / R::GROUP];
     acc_t xs[COLS / R::GROUP];
-    act_quant<COLS, R::GROUP, ACT_LANES>(COLS, x, xq, as, cyc); // the engine's quantizer, its bound known here
+    Cycles reused; // an input the engine quantized for the tensor before: computed again here, counted once
+    act_quant<COLS, R::GROUP, ACT_LANES>(COLS, x, xq, as, quantize ? cyc : reused); // at the tensor's own width
     const CsimPackedTile &pk = g_packed[l][LIN];
     g_gemv_paths[pk.ok ? GEMV_PATH_PACKED : R::DDR ? GEMV_PATH_DDR_STREAM : GEMV_PATH_ROM_UNPACKED] += R::TILES;
     Cycles sim; // the simulation's loop order; the hardware's cycles are counted below
@@ -568,32 +569,33 @@ void csim_tensor_gemv(int l, const float *x, DDR_PORT_PARAMS, float *y, Cycles &
 
 // GEMV engine U for tensor (l, lin), both run-time indices (one instance serves every tensor of its
 // configuration): x[cols] -> y[rows] through the activation quantizer and the tiles (its words in the bank, or
-// streamed from ddr).
+// streamed from ddr). quantize: false when the engine's last tensor had the same input (w_k and w_v after w_q,
+// w_up after w_gate), whose codes and scales it still holds.
 template <int U>
-void gemv_unit(int l, int lin, const float *x, float *y, DDR_PORT_PARAMS, Acct &a) {
+void gemv_unit(int l, int lin, const float *x, bool quantize, float *y, DDR_PORT_PARAMS, Acct &a) {
   typedef Unit<U> R;
   Cycles &cyc = R::HEAD ? a.head : a.gemv;
 #ifdef __SYNTHESIS__
   constexpr int NG = R::MAX_COLS / R::GROUP;
-  act_t xq[R::MAX_COLS]; // written by act_quant, read by the candidate stage: ACT_LANES per cycle
+  static act_t xq[R::MAX_COLS]; // written by act_quant, read by the candidate stage: ACT_LANES per cycle
 #pragma HLS ARRAY_PARTITION variable = xq type = cyclic factor = ACT_LANES dim = 1
-  float as[NG];
+  static float as[NG];
   acc_t xs[NG];
   const int rows = lin_rows(lin) / R::TILES, cols = lin_cols(lin);
-  act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x, xq, as, cyc);
+  if (quantize) act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x, xq, as, cyc);
   static acc_t probe[R::TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
   tiles_gemv<R>(typename R::InDdr(), l, lin, rows, cols, xq, as, DDR_PORTS, y, probe, xs, cyc);
 #else
   switch (lin) { // the emulated board's GEMVs are compiled per shape
-  case L_WQ: csim_tensor_gemv<R, L_WQ>(l, x, DDR_PORTS, y, cyc); break;
-  case L_WK: csim_tensor_gemv<R, L_WK>(l, x, DDR_PORTS, y, cyc); break;
-  case L_WV: csim_tensor_gemv<R, L_WV>(l, x, DDR_PORTS, y, cyc); break;
-  case L_WO: csim_tensor_gemv<R, L_WO>(l, x, DDR_PORTS, y, cyc); break;
-  case L_GATE: csim_tensor_gemv<R, L_GATE>(l, x, DDR_PORTS, y, cyc); break;
-  case L_UP: csim_tensor_gemv<R, L_UP>(l, x, DDR_PORTS, y, cyc); break;
-  case L_DOWN: csim_tensor_gemv<R, L_DOWN>(l, x, DDR_PORTS, y, cyc); break;
-  case L_EMBD: csim_tensor_gemv<R, L_EMBD>(l, x, DDR_PORTS, y, cyc); break;
-  default: csim_tensor_gemv<R, L_OUTPUT>(l, x, DDR_PORTS, y, cyc); break;
+  case L_WQ: csim_tensor_gemv<R, L_WQ>(l, x, quantize, DDR_PORTS, y, cyc); break;
+  case L_WK: csim_tensor_gemv<R, L_WK>(l, x, quantize, DDR_PORTS, y, cyc); break;
+  case L_WV: csim_tensor_gemv<R, L_WV>(l, x, quantize, DDR_PORTS, y, cyc); break;
+  case L_WO: csim_tensor_gemv<R, L_WO>(l, x, quantize, DDR_PORTS, y, cyc); break;
+  case L_GATE: csim_tensor_gemv<R, L_GATE>(l, x, quantize, DDR_PORTS, y, cyc); break;
+  case L_UP: csim_tensor_gemv<R, L_UP>(l, x, quantize, DDR_PORTS, y, cyc); break;
+  case L_DOWN: csim_tensor_gemv<R, L_DOWN>(l, x, quantize, DDR_PORTS, y, cyc); break;
+  case L_EMBD: csim_tensor_gemv<R, L_EMBD>(l, x, quantize, DDR_PORTS, y, cyc); break;
+  default: csim_tensor_gemv<R, L_OUTPUT>(l, x, quantize, DDR_PORTS, y, cyc); break;
   }
 #endif
 }
@@ -602,24 +604,30 @@ void gemv_unit(int l, int lin, const float *x, float *y, DDR_PORT_PARAMS, Acct &
 // LoRA delta (one call site). One instance serves every linear of every layer and the head: roma_core limits it
 // (ALLOCATION), so the GEMV hardware is one engine per configuration, one activation quantizer each, one LoRA unit.
 template <int U>
-void gemv_from(std::false_type /*past the last engine*/, int, int, int, const float *, float *, const rom_word_t *,
-               const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
+void gemv_from(std::false_type /*past the last engine*/, int, int, int, const float *, bool, float *,
+               const rom_word_t *, const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
 template <int U>
-void gemv_if(std::false_type /*an untied embedding: only looked up*/, int, int, const float *, float *,
+void gemv_if(std::false_type /*an untied embedding: only looked up*/, int, int, const float *, bool, float *,
              const rom_word_t *, const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
 template <int U>
-void gemv_if(std::true_type, int l, int lin, const float *x, float *y, DDR_PORT_PARAMS, Acct &a) {
+void gemv_if(std::true_type, int l, int lin, const float *x, bool quantize, float *y, DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
-  gemv_unit<U>(l, lin, x, y, DDR_PORTS, a);
+  gemv_unit<U>(l, lin, x, quantize, y, DDR_PORTS, a);
 }
 template <int U>
-void gemv_from(std::true_type, int u, int l, int lin, const float *x, float *y, DDR_PORT_PARAMS, Acct &a) {
+void gemv_from(std::true_type, int u, int l, int lin, const float *x, bool quantize, float *y, DDR_PORT_PARAMS,
+               Acct &a) {
 #pragma HLS INLINE
-  if (u == U) gemv_if<U>(typename Unit<U>::RunsGemv(), l, lin, x, y, DDR_PORTS, a);
-  else gemv_from<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, l, lin, x, y, DDR_PORTS, a);
+  if (u == U) gemv_if<U>(typename Unit<U>::RunsGemv(), l, lin, x, quantize, y, DDR_PORTS, a);
+  else gemv_from<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, l, lin, x, quantize, y, DDR_PORTS,
+                        a);
 }
-void linear(int l, int lin, const float *x, float *y, DDR_PORT_PARAMS, Acct &a) {
-  gemv_from<0>(std::true_type(), lin_unit(l, lin), l, lin, x, y, DDR_PORTS, a);
+// same_input: x is the input of the layer's previous linear (lin - 1: w_q for w_k, w_k for w_v, w_gate for w_up);
+// when that linear ran on the same engine, the engine's activation codes are x's already (q, k and v, and gate and
+// up, share one quantization).
+void linear(int l, int lin, const float *x, float *y, DDR_PORT_PARAMS, Acct &a, bool same_input = false) {
+  const bool quantize = !same_input || lin_unit(l, lin) != lin_unit(l, lin - 1);
+  gemv_from<0>(std::true_type(), lin_unit(l, lin), l, lin, x, quantize, y, DDR_PORTS, a);
   lora_delta(HasLora(), g_lora, l, lin, x, y, a);
 }
 
@@ -661,8 +669,8 @@ LAYER_QKV:
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
     rms_norm<rm::DIM, NORM_LANES>(g_x[i], g_norms[2 * l], rm::RMS_EPS, h, a.layer);
     linear(l, L_WQ, h, qr, DDR_PORTS, a);
-    linear(l, L_WK, h, kr, DDR_PORTS, a);
-    linear(l, L_WV, h, g_v[i], DDR_PORTS, a);
+    linear(l, L_WK, h, kr, DDR_PORTS, a, true);
+    linear(l, L_WV, h, g_v[i], DDR_PORTS, a, true);
     rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i],
                                                                    g_k[i], a.layer);
   }
@@ -678,7 +686,7 @@ LAYER_FFN:
     residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i], o, g_x[i], a.layer);
     rms_norm<rm::DIM, NORM_LANES>(g_x[i], g_norms[2 * l + 1], rm::RMS_EPS, h, a.layer);
     linear(l, L_GATE, h, gate, DDR_PORTS, a);
-    linear(l, L_UP, h, up, DDR_PORTS, a);
+    linear(l, L_UP, h, up, DDR_PORTS, a, true);
 #ifdef __SYNTHESIS__
     swiglu<rm::FFN_DIM, SWIGLU_LANES>(gate, up, gate, a.layer);
 #else

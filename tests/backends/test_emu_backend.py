@@ -179,7 +179,7 @@ def test_cycles_per_stage_and_the_bench_estimate(engines):
     from roma_runtime import bench
     from roma_runtime.artifact.boards import get_board
     from roma_runtime.device.driver import stage_names
-    from roma_runtime.artifact.interface import load_constants
+    from roma_runtime.artifact.interface import kernel_constants, load_constants
 
     emu = engines[0].backend
     assert emu.clock_mhz == get_board("u250").clock_mhz  # the build's board
@@ -190,7 +190,22 @@ def test_cycles_per_stage_and_the_bench_estimate(engines):
     emu.forward([5, 6, 7], session.cache)
     three = emu.last_cycles()
     emu.forward([8], session.cache)
-    assert 0 < sum(emu.last_cycles().values()) < sum(three.values())  # one token costs less than three
+    one = emu.last_cycles()
+    assert 0 < sum(one.values()) < sum(three.values())  # one token costs less than three
+    # the activation quantizer runs once per input of a layer: w_q's (w_k and w_v reuse its codes, on the same
+    # engine), w_o's, w_gate's (w_up reuses them) and w_down's (act_quant.h's cycles; the head's counts as lm_head)
+    t = kernel_constants("types.h")
+    lanes, fdiv, fmul = t["ACT_LANES"], t["FDIV_LATENCY"], t["FMUL_LATENCY"]
+
+    def quantizer(cols: int, group: int) -> int:
+        return cols // lanes + 3 + cols // group + 2 * fdiv + 1 + cols // lanes + 2 + fmul + 2
+
+    c, groups = emu.config, {n: e["group"] for n, e in emu.overlay.manifest["tensors"].items() if e.get("group")}
+    qdim = c.n_heads * c.head_dim
+    assert one["act_quant"] == sum(
+        quantizer(c.dim, groups[f"blk.{i}.wq"]) + quantizer(qdim, groups[f"blk.{i}.wo"])
+        + quantizer(c.dim, groups[f"blk.{i}.w_gate"]) + quantizer(c.ffn_dim, groups[f"blk.{i}.w_down"])
+        for i in range(c.n_layers))
     cfg = bench.BenchConfig(lengths=[8], decode_tokens=3, repeats=1, lora=False, warmup=False)
     report = bench.run_bench(engines[0], cfg, backend="emu", progress=False)
     assert report["cycles"]["label"] == "estimate" and report["cycles"]["clock_mhz"] == emu.clock_mhz

@@ -30,7 +30,8 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   [TILES][params]; q8: params [TILES][params] and exps [TILES][rows]), 16 bits, each tile's words of every
   on-chip tensor of the engine stacked; a DDR engine declares no bank;
 - per engine, the local arrays of its kernel instances, sized by the largest tensor it serves (rows per tile,
-  columns): gemv_unit's xq [COLS] int8, as and xs [NG]; act_quant's amax_bits and inv [NG]; brom_gemv_tiles_rt's
+  columns): gemv_unit's xq [COLS] int8 and as [NG] (static: an input's codes, kept for the engine's next tensor
+  of the same input), xs [NG]; act_quant's amax_bits and inv [NG]; brom_gemv_tiles_rt's
   cand, xg and xsum (once, shared by its PEs) and acc [TILES][ROWS] (ROM/URAM), or brom_ddr_gemv_rt's cand, xg,
   xsum, acc [PORTS][ROWS] and ex (DDR: a tile per weight port at once);
 - once: g_norms [2 N_LAYERS + 1][DIM] fp32 (every layer's norms stay on chip, whatever the layer's tier),
@@ -224,6 +225,9 @@ def att_simd(head_dim: int, kv_port_bits: int) -> int:  # roma_core.cpp ATT_SIMD
 
 
 PRAGMA_SITES = {
+    # an engine's activation codes and scales: static in gemv_unit (kept for the next tensor of the same input)
+    "xq": [("gemv_unit", "xq", 0, {})],
+    "as": [("gemv_unit", "as", 0, {})],
     # a weight bank [TILES][words]: the engine passes it whole to bank_tiles (a BRAM ROM's storage) and
     # brom_gemv_tiles_rt (a bank per tile, WPS banks each); a URAM bank's storage is bound where CMD_LOAD_WEIGHTS
     # writes it, the whole bank passed to load_uram_bank. A site with a tier ("rom" or "uram") applies to the
