@@ -4,9 +4,10 @@
 // Dataflow of one token through the layers (GoldenModel.forward, golden/model.py):
 //   embedding_row (the embedding ROM) -> per layer l (a run-time loop over one layer() instance; its weights
 //   are its words in the engines' ROM banks, weight-stationary):
-//     rms_norm -> act_quant + B-ROM GEMV for wq, wk, wv (+ LoRA unit deltas on the fp32 input) -> rope_qk
+//     rms_norm -> act_quant (once: wk and wv reuse wq's codes) + B-ROM GEMV for wq, wk, wv (+ LoRA unit deltas on
+//     the fp32 input) -> rope_qk
 //     -> kv_write of the chunk's K/V rows into the DDR KV cache (and the on-chip one) + attention over rows 0..pos
-//     -> act_quant + GEMV wo (+LoRA) -> residual -> rms_norm -> GEMV w_gate, w_up (+LoRA) -> swiglu
+//     -> act_quant + GEMV wo (+LoRA) -> residual -> rms_norm -> act_quant (once) + GEMV w_gate, w_up (+LoRA) -> swiglu
 //     -> GEMV w_down (+LoRA) -> residual
 //   -> final rms_norm -> act_quant + LM-head GEMV (tied: the embedding ROM itself) -> logits -> sampler.
 // A prefill runs PREFILL_CHUNK tokens per pass through the layers (the golden writes all K/V rows of a chunk,
