@@ -248,6 +248,23 @@ DDR_ROUNDS:
 #pragma HLS PIPELINE II = BLOCK_II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
 #pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = ACC_DISTANCE dependent = true
+      // the block's steps' (group, row), the same for every port's tile; lanes: lane i owns bank i of acc and ex
+      int grp_of[BLOCK_STEPS], row_of[BLOCK_STEPS];
+#pragma HLS ARRAY_PARTITION variable = grp_of type = complete
+#pragma HLS ARRAY_PARTITION variable = row_of type = complete
+      for (int i = 0; i < BLOCK_STEPS; ++i) {
+#pragma HLS UNROLL
+        grp_of[i] = g;
+        row_of[i] = LANES ? BLOCK_STEPS * q + i : r;
+        if (!LANES && b * BLOCK_STEPS + i < steps && ++r == rows) {
+          r = 0;
+          ++g;
+        }
+      }
+      if (LANES && ++q == row_blocks) {
+        q = 0;
+        ++g;
+      }
       for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
         const int t = t0 + p;
@@ -260,12 +277,9 @@ DDR_ROUNDS:
             w[k] = ddr_port(p, image0, image1, image2, image3)[(long long)(t0 + p) * tile_words +
                                                                D::prefix_words(rows) + (long long)b * BLOCK_WORDS + k];
           }
-          int gs = g, rs = r; // serial: this port's walk over the block's steps (the same for every port)
           for (int i = 0; i < BLOCK_STEPS; ++i) {
 #pragma HLS UNROLL
-            const int step = b * BLOCK_STEPS + i;
-            const int row = LANES ? BLOCK_STEPS * q + i : rs; // lanes: lane i owns bank i of acc and ex
-            const int grp = LANES ? g : gs;
+            const int step = b * BLOCK_STEPS + i, grp = grp_of[i], row = row_of[i];
             if (step < steps) { // the last block's missing steps are padding (serial only)
               const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&w[i * WPS], cand[grp], xg[grp]);
               if (PROBE) dot_probe[t][step] = dot;
@@ -274,25 +288,7 @@ DDR_ROUNDS:
               const float sum = (grp == 0) ? term : acc[p][row] + term;
               acc[p][row] = sum;
               if (!Y_AFTER && grp == ng - 1) y[row * TILES + t] = sum; // tile t holds rows t, t + TILES, ...
-              if (!LANES && ++rs == rows) {
-                rs = 0;
-                ++gs;
-              }
             }
-          }
-        }
-      }
-      if (LANES) {
-        if (++q == row_blocks) {
-          q = 0;
-          ++g;
-        }
-      } else { // the serial walk over this block's steps, once for all ports
-        for (int i = 0; i < BLOCK_STEPS; ++i) {
-#pragma HLS UNROLL
-          if (b * BLOCK_STEPS + i < steps && ++r == rows) {
-            r = 0;
-            ++g;
           }
         }
       }
