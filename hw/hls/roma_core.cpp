@@ -132,18 +132,18 @@ constexpr int ATT_SIMD = att_simd(rm::KV_PORT_BITS / 16);
 // The GEMV output buffers take ROMA_GEMV_PE consecutive rows a cycle from the on-chip engines (one per PE) and
 // WEIGHT_PORTS from a DDR engine (one per port): partitioned cyclic by the power of two covering both.
 constexpr int pow2_at_least(int n, int p = 1) { return p >= n ? p : pow2_at_least(n, 2 * p); }
-constexpr int GEMV_OUT_LANES = pow2_at_least(ROMA_GEMV_PE > rm::WEIGHT_PORTS ? ROMA_GEMV_PE : rm::WEIGHT_PORTS);
+constexpr int lanes_max(int a, int b) { return a > b ? a : b; }
+constexpr int GEMV_OUT_LANES = pow2_at_least(lanes_max(ROMA_GEMV_PE, rm::WEIGHT_PORTS));
 // The GEMV inputs are read ACT_LANES (types.h) per cycle by the engine's activation quantizer, so they are
 // partitioned cyclic by ACT_LANES where they are declared (h, g_att); gate is also written ROMA_GEMV_PE rows per
 // cycle (GEMV_OUT_LANES): cyclic by the larger of the two (powers of two: a multiple of both).
-constexpr int GEMV_CHAIN_LANES = GEMV_OUT_LANES > ACT_LANES ? GEMV_OUT_LANES : ACT_LANES;
+constexpr int GEMV_CHAIN_LANES = lanes_max(GEMV_OUT_LANES, ACT_LANES);
 // The elementwise units' lanes (roma_model.h: the board's elementwise_lanes): RMSNorm's normalize loop (its sum of
 // squares reads SUMSQ_LANES, norm.h), SwiGLU, RoPE's rotation (pairs: 2 * ROPE_LANES values) and the residual add.
 // Every buffer they read or write is partitioned cyclic by at least its lanes where it is declared (powers of two:
 // the larger of two factors is a multiple of both).
 constexpr int NORM_LANES = ROMA_NORM_LANES, SWIGLU_LANES = ROMA_SWIGLU_LANES, ROPE_LANES = ROMA_ROPE_LANES,
               RESIDUAL_LANES = ROMA_RESIDUAL_LANES;
-constexpr int lanes_max(int a, int b) { return a > b ? a : b; }
 // g_x (the residual stream): read by rms_norm (RmsNormConfig::X_LANES), read and written by residual_add; g_norms,
 // rms_norm's weights, are read NORM_LANES per cycle
 constexpr int STREAM_LANES = lanes_max(RmsNormConfig<rm::DIM, NORM_LANES>::X_LANES, RESIDUAL_LANES);
@@ -434,7 +434,7 @@ float g_logits[rm::VOCAB];
 constexpr int LOGITS_LANES = rm::WEIGHT_PORT_BITS / 32;
 // g_logits' banks: the head's engine writes one logit per cycle on chip (one tile), one per weight port from DDR;
 // LOGITS_OUT reads LOGITS_LANES.
-constexpr int LOGITS_BANKS = pow2_at_least(rm::WEIGHT_PORTS > LOGITS_LANES ? rm::WEIGHT_PORTS : LOGITS_LANES);
+constexpr int LOGITS_BANKS = pow2_at_least(lanes_max(rm::WEIGHT_PORTS, LOGITS_LANES));
 constexpr int LOGITS_PORT_BITS = 32 * LOGITS_LANES;
 constexpr int LOGITS_BEATS = (rm::VOCAB + LOGITS_LANES - 1) / LOGITS_LANES;
 constexpr uint64_t LOGITS_OUT_CYCLES = (uint64_t)LOGITS_BEATS * timing::II + 2 + timing::AXI_WRITE_LATENCY;

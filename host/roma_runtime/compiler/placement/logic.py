@@ -55,6 +55,7 @@ figures are the order of the Floating-Point Operator core's tables): assumptions
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from ...artifact.boards import Board
 from ...artifact.interface import kernel_constants
@@ -185,8 +186,8 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
     aq = _ops({"fdiv": 2, "fmul": lanes})
     units.append(_unit("activation quantizer (one per engine)", n_engines, aq[0] + lanes * (31 + 50),
                        aq[1] + lanes * 40, aq[2], {"simd": lanes, "engines": n_engines}))
-    for dp in sorted({engine_datapath(e["bits"], datapath) for e in engines if e["gemv"]}):
-        n = sum(1 for e in engines if e["gemv"] and engine_datapath(e["bits"], datapath) == dp)
+    per_datapath = Counter(engine_datapath(e["bits"], datapath) for e in engines if e["gemv"])
+    for dp, n in sorted(per_datapath.items()):
         cl, cf, cd, cin = candidate_stage(dp)
         units.append(_unit(f"candidate stage (one per {dp} engine)", n, cl, cf, cd, {**cin, "engines": n}))
     if lora_unit:

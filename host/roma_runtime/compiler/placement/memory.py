@@ -160,6 +160,10 @@ def _source_pragmas(defines: tuple) -> tuple:
     return tuple(read_pragmas(hls_sources(), dict(defines)))
 
 
+def _pow2_at_least(n: int) -> int:  # roma_core.cpp pow2_at_least
+    return 1 << (n - 1).bit_length()
+
+
 def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes) -> dict[str, str]:
     """The values of the build-wide symbols the sources' pragma factors name: ROMA_GEMV_PE (roma_model.h: the plan's
     pe), ROMA_WEIGHT_PORTS (roma_model.h: the board's weight_ports), ACT_LANES (types.h: the activation quantizer's
@@ -171,7 +175,7 @@ def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes)
     factors of the buffers they read and write (STREAM_LANES .. UP_LANES, each the larger of its users' lanes)."""
     act = kernel_constants("types.h")["ACT_LANES"]
     sumsq = kernel_constants("norm.h")["SUMSQ_LANES"]
-    out_lanes = 1 << (max(pe, ports) - 1).bit_length()
+    out_lanes = _pow2_at_least(max(pe, ports))
     chain = max(out_lanes, act)
     values = {"ROMA_GEMV_PE": pe, "ROMA_WEIGHT_PORTS": ports, "ACT_LANES": act, "GEMV_OUT_LANES": out_lanes,
               "GEMV_CHAIN_LANES": chain, "NORM_LANES": lanes.norm, "SWIGLU_LANES": lanes.swiglu,
@@ -179,7 +183,7 @@ def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes)
               "STREAM_LANES": max(lanes.norm, sumsq, lanes.residual), "NORM_OUT_LANES": max(act, lanes.norm),
               "ROPE_IN_LANES": max(out_lanes, 2 * lanes.rope), "ROPE_OUT_LANES": 2 * lanes.rope,
               "RESIDUAL_IN_LANES": max(out_lanes, lanes.residual), "GATE_LANES": max(chain, lanes.swiglu),
-              "UP_LANES": max(out_lanes, lanes.swiglu), "LOGITS_BANKS": 1 << (max(ports, port_bits // 32) - 1).bit_length()}
+              "UP_LANES": max(out_lanes, lanes.swiglu), "LOGITS_BANKS": _pow2_at_least(max(ports, port_bits // 32))}
     return {k: str(v) for k, v in values.items()}
 
 
