@@ -58,7 +58,7 @@ def test_every_bits_and_group_bit_exact(build, random_cases):
     # the DDR stream at both port widths: the kernel's block II is the one the logic estimate counts lanes with
     rows = re.findall(r"b=(\d) G=(\d+) +(\d+)x\d+ +tiles=(\d+) (\w+) .* ddr@128=(\d+) \((\w+), block II (\d+)\) "
                       r"ddr@512=\d+ \(\w+, block II (\d+)\) ddr@3x128=(\d+)", out)
-    assert len(rows) == 27 and {r[6] for r in rows} == {"lanes", "serial"}
+    assert len(rows) == 28 and {r[6] for r in rows} == {"lanes", "serial"}
     for b, g, r, t, scales, c128, _, ii128, ii512, c3 in rows:
         tile_rows = [int(r) // int(t)]
         assert [int(ii128), int(ii512)] == [ddr_block_ii(int(b), int(g), scales, tile_rows, w) for w in (128, 512)]

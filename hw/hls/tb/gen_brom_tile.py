@@ -36,7 +36,9 @@ from roma_runtime.model.weights import QuantizedMatrix
 
 # Shapes the testbench instantiates: (rows, cols, tiles) for the random cases of every bits x group.
 RANDOM_SHAPE = (12, 384, 6)  # 2 rows per tile: below the fp32 adder latency, exercises GEMV_II > 1
-EXTRA_CASES = [(3, 64, 16, 192, 1)]  # bits, group, rows, cols, tiles: one tile of 16 rows
+# bits, group, rows, cols, tiles: one tile of 16 rows; four tiles of 8 rows (a DDR stream whose outputs outrun y's
+# write port at 512 bits: each tile's go out while the next streams, more rows than the next tile's blocks)
+EXTRA_CASES = [(3, 64, 16, 192, 1), (2, 64, 32, 128, 4)]
 # q8 scales: every bits x group at RANDOM_SHAPE, then the RTN quantizer's q8 output at EXTRA_CASES' shape, and
 # odd rows per tile (a half-filled exponent word) with 15 steps a tile (a partial 8-step DDR block)
 Q8_RTN_CASE = (3, 64, 16, 192, 1)

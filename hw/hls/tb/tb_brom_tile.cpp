@@ -298,6 +298,8 @@ bool dispatch(const Case &c, const BromImageHost &img, Tally &tally) {
          ROMA_TB_RAND(3, 64) || ROMA_TB_RAND(3, 128) || ROMA_TB_RAND(4, 32) || ROMA_TB_RAND(4, 64) ||
          ROMA_TB_RAND(4, 128) || ROMA_TB_RAND(8, 32) || ROMA_TB_RAND(8, 64) || ROMA_TB_RAND(8, 128) ||
          try_case<1, 16, 192, 64, 3>(c, img, tally) ||      // one tile of 16 rows
+         try_case<4, 8, 128, 64, 2>(c, img, tally) ||       // four tiles of 8 rows in lanes: at 512 bits a tile's
+                                                            // outputs go out during the next one's blocks
          try_case<1, 16, 192, 64, 3, Q8>(c, img, tally) ||  // the same, q8 from the RTN quantizer
          try_case<3, 5, 96, 32, 2, Q8>(c, img, tally) ||    // q8, odd rows per tile, 15 steps (a partial block)
          try_case<4, 144, 576, 32, 4>(c, img, tally);       // SmolLM2-135M layer 0 wq, 4 tiles

@@ -33,7 +33,8 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   columns): gemv_unit's xq [COLS] int8 and as [NG] (static: an input's codes, kept for the engine's next tensor
   of the same input), xs [NG]; act_quant's amax_bits and inv [NG]; brom_gemv_tiles_rt's
   cand, xg and xsum (once, shared by its PEs) and acc [TILES][ROWS] (ROM/URAM), or brom_ddr_gemv_rt's cand, xg,
-  xsum, acc [PORTS][ROWS] and ex (DDR: a tile per weight port at once);
+  xsum, acc [ACC_SETS][PORTS][ROWS] and ex (DDR: a tile per weight port at once; two sets of accumulators when
+  a round's outputs go out during the next round);
 - once: g_norms [2 N_LAYERS + 1][DIM] fp32 (every layer's norms stay on chip, whatever the layer's tier),
   g_x, g_q, g_att [PREFILL_CHUNK][DIM], g_k, g_v [PREFILL_CHUNK][KV_DIM], g_logits [VOCAB] (the whole
   vocabulary's fp32 logits), attention's score [HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions, else the
@@ -429,10 +430,12 @@ def _local(function: str, var: str, bits: int, dims: list, pragmas: list[Pragma]
     return apply_layout(a, local_pragmas(function, a, pragmas, env or {}), strict=False)
 
 
-def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Pragma], ports: int) -> list[Array]:
+def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Pragma], ports: int,
+                  acc_sets: int = 1) -> list[Array]:
     """The local arrays of one engine's kernel instances (gemv_unit, act_quant, the tiles or the DDR stream: its
-    accumulators one row of `ports`, the board's weight ports), each one RTL instance, sized by the largest of the
-    tensors it serves (their linears, `lins`)."""
+    accumulators `acc_sets` sets of one row of `ports`, the board's weight ports: two when the stream writes a
+    round's outputs during the next round), each one RTL instance, sized by the largest of the tensors it serves
+    (their linears, `lins`)."""
     shapes = [lin_shape(config, lin) for lin in set(lins)]
     rows, cols = max(r for r, _ in shapes) // e.tiles, max(c for _, c in shapes)
     ng, g = cols // e.group, e.group
@@ -448,7 +451,7 @@ def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Prag
         out += [_local("brom_ddr_gemv_rt", "cand", 16, [ng, g // 4, 16], pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "xg", 8, [ng, g], pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "xsum", 32, [ng], pragmas, tpl),
-                _local("brom_ddr_gemv_rt", "acc", 32, [ports, rows], pragmas, tpl),
+                _local("brom_ddr_gemv_rt", "acc", 32, [acc_sets, ports, rows], pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "ex", 16, [ports, rows if q8 else 1], pragmas, tpl)]
     else:
         out += [_local("brom_gemv_tiles_rt", "cand", 16, [ng, g // 4, 16], pragmas, tpl),

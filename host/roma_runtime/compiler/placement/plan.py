@@ -996,7 +996,12 @@ class _Engines:
         c = self.core
         out = bank_arrays(c.config, e, index, [lin for lin, _, chip in members if chip], c.pragmas)
         if self._runs_gemv(e):
-            out += engine_locals(c.config, e, [lin for lin, _, _ in members], c.pragmas, c.board.weight_ports)
+            lins = [lin for lin, _, _ in members]
+            # a DDR stream whose lanes outrun y's write port keeps two sets of accumulators (brom_ddr.h: y after)
+            y_after = e.tier == "ddr" and logic.ddr_block_ii(
+                e.bits, e.group, e.scales, [lin_shape(c.config, lin)[0] // e.tiles for lin in lins],
+                c.board.weight_port_bits) < logic.ddr_block_steps(e.scales)
+            out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if y_after else 1)
         return out
 
     def _total(self, e: EngineConfig, members: tuple) -> tuple[float, float]:

@@ -37,7 +37,9 @@
 //   and ex (both partitioned cyclic BLOCK_STEPS) and all lanes read the same group's candidates, activations and
 //   a_scale; a row's accumulator comes back every rows / BLOCK_STEPS iterations (the DEPENDENCE distance).
 //   II = max(port_cycles(BLOCK_WORDS), timing::acc_ii(rows / BLOCK_STEPS)). y has one write port: at II <
-//   BLOCK_STEPS the outputs are written after the loop from acc (DDR_Y, a row a cycle), else in the last group.
+//   BLOCK_STEPS ("y after") a round's outputs are written from its accumulators, a row a cycle, while the next
+//   round streams (acc holds two sets, the rounds alternate), and the last round's after the rounds (DDR_Y); else
+//   in the last group.
 // - serial (a row count that is not a multiple: blocks straddle groups and rows, a lane's bank is not fixed):
 //   the steps one after another, II = max(BLOCK_STEPS * GEMV_II, port_cycles(BLOCK_WORDS)).
 // q8 first reads its exponent prefix, one beat (8 rows) per iteration: ex's BLOCK_STEPS banks take 8 rows a cycle
@@ -50,7 +52,8 @@
 //
 // Cycle model (DdrStream: the pragmas and the C-simulation counters share it), per round of tiles:
 //   PREFIX_CYCLES (q8: PREFIX_WORDS / 4 * port_cycles(4) + AXI_READ_LATENCY, its own burst; fp16: 0)
-//   + BLOCKS * block_ii + GEMV_DEPTH + AXI_READ_LATENCY (+ rows + RAM_LATENCY when y is written after the loop).
+//   + BLOCKS * block_ii + GEMV_DEPTH + AXI_READ_LATENCY (y after: max(BLOCKS, rows) iterations in the rounds
+//   after the first, and rows + RAM_LATENCY once, for the last round's outputs).
 // On a KV260 (128 bits at 200 MHz, 3.2 GB/s) a 2-bit q8 block of 36 words takes 9 cycles (8 steps: the port
 // bounds it); on a U250 (512 bits at 300 MHz, 19.2 GB/s, its DDR bank's peak) 3 cycles.
 //
@@ -127,27 +130,31 @@ struct DdrStream {
     return D::lanes(row_align) ? max(port_cycles(D::BLOCK_WORDS), timing::acc_ii(D::acc_distance(ii_rows)))
                                : max(D::BLOCK_STEPS * S::gemv_ii(ii_rows), port_cycles(D::BLOCK_WORDS));
   }
-  // y (one write port) takes fewer than BLOCK_STEPS outputs per block iteration: written after the loop (DDR_Y)
+  // y (one write port) takes fewer than BLOCK_STEPS outputs per block iteration: a round's outputs are written from
+  // its accumulators during the next round's block loop, a row per iteration, and the last round's after it (DDR_Y)
   static constexpr bool y_after(int ii_rows, int row_align) { return block_ii(ii_rows, row_align) < D::BLOCK_STEPS; }
   static constexpr uint64_t prefix_cycles(int rows) {
     return D::Q8 ? (uint64_t)(D::prefix_words(rows) / DDR_BEAT_WORDS) * PREFIX_II + timing::AXI_READ_LATENCY : 0;
   }
-  static constexpr uint64_t block_cycles(int rows, int cols, int ii_rows, int row_align) {
-    return (uint64_t)D::blocks(rows, cols) * block_ii(ii_rows, row_align);
+  // a round's block loop: its blocks, or (y after, not the first round) the previous round's rows if more
+  static constexpr uint64_t round_cycles(int rows, int cols, int ii_rows, int row_align, bool first) {
+    const int blocks = D::blocks(rows, cols);
+    const int iterations = first || !y_after(ii_rows, row_align) || blocks >= rows ? blocks : rows;
+    return prefix_cycles(rows) + (uint64_t)iterations * block_ii(ii_rows, row_align) + S::GEMV_DEPTH +
+           timing::AXI_READ_LATENCY;
   }
   static constexpr uint64_t y_cycles(int rows, int ii_rows, int row_align) {
     return y_after(ii_rows, row_align) ? (uint64_t)rows + timing::RAM_LATENCY : 0;
   }
-  static constexpr uint64_t tile_cycles(int rows, int cols, int ii_rows, int row_align) {
-    return prefix_cycles(rows) + block_cycles(rows, cols, ii_rows, row_align) + S::GEMV_DEPTH +
-           timing::AXI_READ_LATENCY + y_cycles(rows, ii_rows, row_align);
-  }
   // Tiles of a tensor of `tiles` through `ports` weight ports: rounds of one tile per port.
   static constexpr int rounds(int tiles, int ports) { return (tiles + ports - 1) / ports; }
-  // One GEMV of a tensor whose tiles take `rounds` rounds: candidates once, then the rounds one after another.
+  // One GEMV of a tensor whose tiles take `rounds` rounds: candidates once, then the rounds one after another and
+  // the last round's outputs.
   static void count(Cycles &cyc, int rounds, int rows, int cols, int ii_rows, int row_align) {
     cyc.candidates += S::cand_cycles(cols);
-    cyc.gemv += (uint64_t)rounds * tile_cycles(rows, cols, ii_rows, row_align);
+    cyc.gemv += round_cycles(rows, cols, ii_rows, row_align, true) +
+                (uint64_t)(rounds - 1) * round_cycles(rows, cols, ii_rows, row_align, false) +
+                y_cycles(rows, ii_rows, row_align);
   }
 };
 
@@ -210,9 +217,13 @@ void brom_ddr_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const flo
   act_t xg[NG_MAX][GROUP];
 #pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 2
   acc_t xsum[NG_MAX];
-  float acc[PORTS][E::MAX_ROWS]; // a port's tile's accumulators
+  // a port's tile's accumulators; y after: two sets, the round's and the previous round's being written to y
+  constexpr int ACC_SETS = Y_AFTER ? 2 : 1;
+  static_assert(!Y_AFTER || BLOCK_II >= 2, "y after: a bank of acc takes a lane's read and write and y's read");
+  float acc[ACC_SETS][PORTS][E::MAX_ROWS];
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = BLOCK_STEPS dim = 2
+#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 2
+#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = BLOCK_STEPS dim = 3
   scale_word_t ex[PORTS][EX_ROWS]; // q8: a port's tile's row exponents
 #pragma HLS ARRAY_PARTITION variable = ex type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = ex type = cyclic factor = BLOCK_STEPS dim = 2
@@ -224,6 +235,8 @@ void brom_ddr_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const flo
   const long long tile_words = D::tile_words(rows, cols);
 DDR_ROUNDS:
   for (int t0 = 0; t0 < ROUNDS * PORTS; t0 += PORTS) {
+    const int set = Y_AFTER ? (t0 / PORTS) & 1 : 0, prev = ACC_SETS - 1 - set; // y after: the two sets alternate
+    const int y_rows = Y_AFTER && t0 > 0 ? rows : 0; // the previous round's outputs, written in this block loop
   DDR_EXPONENTS: // q8 only (no prefix for fp16): one beat per port, 8 rows (one per bank of ex), per iteration
     for (int k = 0; k < prefix_beats; ++k) {
 #pragma HLS PIPELINE II = PREFIX_II
@@ -244,7 +257,7 @@ DDR_ROUNDS:
     // the (group, row) of the next step; lanes: the block's group and first row BLOCK_STEPS * q
     int g = 0, r = 0, q = 0;
   DDR_BLOCKS:
-    for (int b = 0; b < blocks; ++b) {
+    for (int b = 0; b < (blocks > y_rows ? blocks : y_rows); ++b) {
 #pragma HLS PIPELINE II = BLOCK_II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
 #pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = ACC_DISTANCE dependent = true
@@ -267,8 +280,13 @@ DDR_ROUNDS:
       }
       for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
+        // y after: row b of the previous round's tiles, PORTS consecutive outputs (tile t holds rows t, t + TILES, ..)
+        if (b < y_rows) y[b * TILES + t0 - PORTS + p] = acc[prev][p][b];
+      }
+      for (int p = 0; p < PORTS; ++p) {
+#pragma HLS UNROLL
         const int t = t0 + p;
-        if (t < TILES) { // the last round's missing tiles (TILES not a multiple of PORTS) leave their ports idle
+        if (t < TILES && b < blocks) { // the last round's missing tiles (TILES not a multiple of PORTS) idle
           rom_word_t w[BLOCK_WORDS];
 #pragma HLS ARRAY_PARTITION variable = w type = complete
           for (int k = 0; k < BLOCK_WORDS; ++k) {
@@ -285,23 +303,24 @@ DDR_ROUNDS:
               if (PROBE) dot_probe[t][step] = dot;
               const HalfPair dm = D::scales(w, i, ex[p], D::Q8 ? row : 0);
               const float term = brom_term(a_scale[grp], dm.d, dm.m, dot, xsum[grp]);
-              const float sum = (grp == 0) ? term : acc[p][row] + term;
-              acc[p][row] = sum;
+              const float sum = (grp == 0) ? term : acc[set][p][row] + term;
+              acc[set][p][row] = sum;
               if (!Y_AFTER && grp == ng - 1) y[row * TILES + t] = sum; // tile t holds rows t, t + TILES, ...
             }
           }
         }
       }
     }
-  DDR_Y: // the lanes outrun y's write port: the round's outputs from the accumulators, the ports' PORTS
-         // consecutive outputs of a row per cycle
-    for (int k = 0; k < (Y_AFTER ? rows : 0); ++k) {
+  }
+DDR_Y: // the lanes outrun y's write port: the last round's outputs from its accumulators, the ports' PORTS
+       // consecutive outputs of a row per cycle (the earlier rounds' went out during the next round's block loop)
+  for (int k = 0; k < (Y_AFTER ? rows : 0); ++k) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 0 max = MAX_ROWS
-      for (int p = 0; p < PORTS; ++p) {
+    for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
-        if (t0 + p < TILES) y[k * TILES + t0 + p] = acc[p][k];
-      }
+      const int t = (ROUNDS - 1) * PORTS + p;
+      if (t < TILES) y[k * TILES + t] = acc[(ROUNDS - 1) & (ACC_SETS - 1)][p][k];
     }
   }
   for (int k = 0; k < NG_MAX; ++k) {
