@@ -11,7 +11,9 @@
 //     -> GEMV w_down (+LoRA) -> residual
 //   -> final rms_norm -> act_quant + LM-head GEMV (tied: the embedding ROM itself) -> logits -> sampler.
 // A prefill runs PREFILL_CHUNK tokens per pass through the layers (the golden writes all K/V rows of a chunk,
-// then attends causally; chunking is exact).
+// then attends causally; chunking is exact), and each linear of a chunk in blocks of TOKEN_LANES tokens (the board's
+// token_lanes): a layers' GEMV engine computes a block in one pass over its weights, TOKEN_LANES datapaths per PE
+// or port on each word it reads (weights stationary), each token bit for bit as alone; a decode token takes one.
 //
 // One instance of each kernel, shared by all layers (issue 19): the layer index is a run-time loop variable, and
 // every linear of every layer runs through linear(l, lin, ...), one function called at eight places (the seven
@@ -170,6 +172,22 @@ constexpr int HEAD_LIN = rm::TIED_EMBEDDINGS ? L_EMBD : L_OUTPUT;
 // an array: Vitis HLS keeps a top-level pointer's m_axi bundle only through arguments of its own.
 #define DDR_PORT_PARAMS const rom_word_t *ddr, const rom_word_t *ddr1, const rom_word_t *ddr2, const rom_word_t *ddr3
 #define DDR_PORTS ddr, ddr1, ddr2, ddr3
+// Token lanes (roma_model.h TOKEN_LANES, the board's token_lanes): a linear takes a block of n <= TT prefill tokens and
+// each layers' GEMV engine serves them in one pass over its weights (weights stationary; a head engine has one
+// lane). A block's inputs and outputs are four pointers each, token c's x_c and y_c (no pointers to pointers):
+// every lane writes its own buffer in the same cycle. TOKEN_ROWS passes the rows of a [TT][n] buffer (the first
+// one for the lanes past TT, never used).
+constexpr int TT = rm::TOKEN_LANES;
+static_assert(TT >= 1 && TT <= MAX_TOKEN_LANES, "one to MAX_TOKEN_LANES token lanes");
+#define TOKEN_INS const float *x0, const float *x1, const float *x2, const float *x3
+#define TOKEN_IN_ARGS x0, x1, x2, x3
+#define TOKEN_OUTS float *y0, float *y1, float *y2, float *y3
+#define TOKEN_OUT_ARGS y0, y1, y2, y3
+#define TOKEN_ROWS(b) b[0], b[TT > 1 ? 1 : 0], b[TT > 2 ? 2 : 0], b[TT > 3 ? 3 : 0]
+inline const float *token_in(int c, TOKEN_INS) {
+#pragma HLS INLINE
+  return c == 0 ? x0 : c == 1 ? x1 : c == 2 ? x2 : x3;
+}
 static_assert(rm::WEIGHT_PORTS >= 1 && rm::WEIGHT_PORTS <= 4 && rm::WEIGHT_PORTS == ROMA_WEIGHT_PORTS,
               "one to four weight ports");
 
@@ -329,6 +347,7 @@ struct Unit {
   static constexpr int MAX_ROWS = (int)unit_stat(U, 0), MIN_ROWS = (int)unit_stat(U, 1), MAX_COLS = (int)unit_stat(U, 2);
   static constexpr int ROW_ALIGN = unit_row_align(U);
   static constexpr bool DDR = lin_ddr(L0, LIN0) >= 0, URAM = lin_uram(L0, LIN0) >= 0, HEAD = LIN0 >= L_EMBD;
+  static constexpr int TOKENS = HEAD ? 1 : TT; // token lanes: the head runs for the last token only
   // words per tile of its bank (at least 1: the declared size of a DDR engine's unused bank)
   static constexpr int words(int kind) { return unit_stat(U, 3 + kind) > 0 ? (int)unit_stat(U, 3 + kind) : 1; }
   static constexpr int PLANE_WORDS = words(BANK_PLANES), PARAMS = words(BANK_PARAMS), AUX = words(BANK_AUX);
@@ -477,46 +496,52 @@ bool lora_loaded(std::false_type, const U &, uint32_t) { return false; }
 // Tensor (l, lin)'s tiles on engine R (TILES x rows outputs): streamed from its offset in ddr, or from its words in
 // the bank.
 template <class R>
-void tiles_gemv(std::true_type /*in DDR*/, int l, int lin, int rows, int cols, const act_t xq[R::MAX_COLS],
-                const float as[R::MAX_COLS / R::GROUP], DDR_PORT_PARAMS, float *y,
+void tiles_gemv(std::true_type /*in DDR*/, int l, int lin, int n, int rows, int cols,
+                const act_t xq[R::TOKENS][R::MAX_COLS], const float as[R::TOKENS][R::MAX_COLS / R::GROUP],
+                DDR_PORT_PARAMS, TOKEN_OUTS,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
   const long long at = lin_ddr(l, lin);
-  brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS>(rows, cols, xq, as, ddr + at, ddr1 + at,
-                                                                       ddr2 + at, ddr3 + at, y, probe, xs, cyc);
+  brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS>(
+      n, rows, cols, xq, as, ddr + at, ddr1 + at, ddr2 + at, ddr3 + at, TOKEN_OUT_ARGS, probe, xs, cyc);
 }
 // The tiles of one tensor in the bank: a BRAM ROM's planes are bound here (they are only read); a URAM bank's
 // storage is bound where CMD_LOAD_WEIGHTS writes it (load_uram_bank).
 template <class R>
 void bank_tiles(std::false_type /*BRAM ROM*/, const rom_word_t planes[R::TILES][R::PLANE_WORDS],
                 const scale_word_t prm[R::TILES][R::PARAMS], const scale_word_t aux[R::TILES][R::AUX], int l, int lin,
-                int rows, int cols, const act_t xq[R::MAX_COLS], const float as[R::MAX_COLS / R::GROUP], float *y,
+                int n, int rows, int cols, const act_t xq[R::TOKENS][R::MAX_COLS],
+                const float as[R::TOKENS][R::MAX_COLS / R::GROUP], TOKEN_OUTS,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
 #pragma HLS INLINE
 #pragma HLS BIND_STORAGE variable = planes type = rom_1p impl = bram
-  brom_gemv_tiles_rt<R, R::TILES>(rows, cols, xq, as, planes, BANK_OFFSETS.at[BANK_PLANES][l][lin], prm,
-                                  BANK_OFFSETS.at[BANK_PARAMS][l][lin], aux, BANK_OFFSETS.at[BANK_AUX][l][lin], y,
-                                  probe, xs, cyc);
+  brom_gemv_tiles_rt<R, R::TILES, false, R::TOKENS>(n, rows, cols, xq, as, planes,
+                                                    BANK_OFFSETS.at[BANK_PLANES][l][lin], prm,
+                                                    BANK_OFFSETS.at[BANK_PARAMS][l][lin], aux,
+                                                    BANK_OFFSETS.at[BANK_AUX][l][lin], TOKEN_OUT_ARGS, probe, xs, cyc);
 }
 template <class R>
 void bank_tiles(std::true_type /*URAM*/, const rom_word_t planes[R::TILES][R::PLANE_WORDS],
                 const scale_word_t prm[R::TILES][R::PARAMS], const scale_word_t aux[R::TILES][R::AUX], int l, int lin,
-                int rows, int cols, const act_t xq[R::MAX_COLS], const float as[R::MAX_COLS / R::GROUP], float *y,
+                int n, int rows, int cols, const act_t xq[R::TOKENS][R::MAX_COLS],
+                const float as[R::TOKENS][R::MAX_COLS / R::GROUP], TOKEN_OUTS,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
 #pragma HLS INLINE
-  brom_gemv_tiles_rt<R, R::TILES>(rows, cols, xq, as, planes, BANK_OFFSETS.at[BANK_PLANES][l][lin], prm,
-                                  BANK_OFFSETS.at[BANK_PARAMS][l][lin], aux, BANK_OFFSETS.at[BANK_AUX][l][lin], y,
-                                  probe, xs, cyc);
+  brom_gemv_tiles_rt<R, R::TILES, false, R::TOKENS>(n, rows, cols, xq, as, planes,
+                                                    BANK_OFFSETS.at[BANK_PLANES][l][lin], prm,
+                                                    BANK_OFFSETS.at[BANK_PARAMS][l][lin], aux,
+                                                    BANK_OFFSETS.at[BANK_AUX][l][lin], TOKEN_OUT_ARGS, probe, xs, cyc);
 }
 template <class R>
-void tiles_gemv(std::false_type /*on chip*/, int l, int lin, int rows, int cols, const act_t xq[R::MAX_COLS],
-                const float as[R::MAX_COLS / R::GROUP], const rom_word_t *, const rom_word_t *, const rom_word_t *,
-                const rom_word_t *, float *y,
+void tiles_gemv(std::false_type /*on chip*/, int l, int lin, int n, int rows, int cols,
+                const act_t xq[R::TOKENS][R::MAX_COLS], const float as[R::TOKENS][R::MAX_COLS / R::GROUP],
+                const rom_word_t *, const rom_word_t *, const rom_word_t *, const rom_word_t *, TOKEN_OUTS,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
-  bank_tiles<R>(typename R::InUram(), R::planes, R::prm(), R::aux(), l, lin, rows, cols, xq, as, y, probe, xs, cyc);
+  bank_tiles<R>(typename R::InUram(), R::planes, R::prm(), R::aux(), l, lin, n, rows, cols, xq, as, TOKEN_OUT_ARGS,
+                probe, xs, cyc);
 }
 
 #ifndef __SYNTHESIS__
@@ -527,41 +552,50 @@ constexpr bool serves_shape() {
   return lin_rows(LIN) % R::TILES == 0 && lin_cols(LIN) % R::GROUP == 0 && lin_cols(LIN) <= R::MAX_COLS &&
          lin_rows(LIN) / R::TILES <= R::MAX_ROWS && lin_rows(LIN) / R::TILES >= R::MIN_ROWS;
 }
-// C simulation: tensor (l, LIN) on engine R (the activation quantizer at the tensor's own width, then the emulated
-// board's packed GEMV of the whole tensor, or the straight one, tile by tile, for a tensor it could not pack), or
-// nothing when the tensor is not one of R's; counted as the engine counts it.
+// C simulation: tensor (l, LIN) on engine R for the block's n tokens (each token's activation quantizer at the
+// tensor's own width, then the emulated board's packed GEMV of the whole tensor, or the straight one, tile by tile,
+// for a tensor it could not pack), or nothing when the tensor is not one of R's; counted as the engine counts it
+// (the quantizer and the candidates per token, one pass over the weights for the block).
 template <class R, int LIN>
-void csim_tensor_gemv(int l, const float *x, bool quantize, DDR_PORT_PARAMS, float *y, Cycles &cyc) {
-  constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN);
+void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, TOKEN_OUTS, Cycles &cyc) {
+  constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN), NG = R::MAX_COLS / R::GROUP;
   if constexpr (serves_shape<R, LIN>()) {
-    act_t xq[COLS];
-    float as[COLS / R::GROUP];
-    acc_t xs[COLS / R::GROUP];
-    Cycles reused; // an input the engine quantized for the tensor before: computed again here, counted once
-    act_quant<COLS, R::GROUP, ACT_LANES>(COLS, x, xq, as, quantize ? cyc : reused); // at the tensor's own width
+    act_t xq[R::TOKENS][R::MAX_COLS];
+    float as[R::TOKENS][NG];
+    acc_t xs[NG];
+    // at the tensor's own width; counted once per block (the lanes' quantizers run side by side) and not for an
+    // input the engine quantized for the tensor before (computed again here)
+    Cycles uncounted;
+    for (int c = 0; c < n; ++c)
+      act_quant<COLS, R::GROUP, ACT_LANES>(COLS, token_in(c, TOKEN_IN_ARGS), xq[c], as[c],
+                                           quantize && c == 0 ? cyc : uncounted);
     const CsimPackedTile &pk = g_packed[l][LIN];
-    g_gemv_paths[pk.ok ? GEMV_PATH_PACKED : R::DDR ? GEMV_PATH_DDR_STREAM : GEMV_PATH_ROM_UNPACKED] += R::TILES;
+    g_gemv_paths[pk.ok ? GEMV_PATH_PACKED : R::DDR ? GEMV_PATH_DDR_STREAM : GEMV_PATH_ROM_UNPACKED] += R::TILES * n;
     Cycles sim; // the simulation's loop order; the hardware's cycles are counted below
     if (pk.ok) {
-      brom_tile_gemv_packed<lin_rows(LIN), COLS, R::GROUP, R::BITS>(xq, as, pk, y, xs, sim, g_threads);
+      for (int c = 0; c < n; ++c)
+        brom_tile_gemv_packed<lin_rows(LIN), COLS, R::GROUP, R::BITS>(xq[c], as[c], pk, token_out(c, TOKEN_OUT_ARGS),
+                                                                     xs, sim, g_threads);
     } else if constexpr (R::DDR) {
-      static acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS]; // not written (PROBE = false)
+      static acc_t probe[R::TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
       const long long at = lin_ddr(l, LIN);
-      brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS>(ROWS, COLS, xq, as, ddr + at, ddr1 + at,
-                                                                           ddr2 + at, ddr3 + at, y, probe, xs, sim);
+      brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS>(
+          n, ROWS, COLS, xq, as, ddr + at, ddr1 + at, ddr2 + at, ddr3 + at, TOKEN_OUT_ARGS, probe, xs, sim);
     } else {
       const int pb = BANK_OFFSETS.at[BANK_PLANES][l][LIN], qb = BANK_OFFSETS.at[BANK_PARAMS][l][LIN],
                 ab = BANK_OFFSETS.at[BANK_AUX][l][LIN];
-      for (int t = 0; t < R::TILES; ++t)
-        brom_tile_gemv_csim<ROWS, COLS, R::GROUP, R::BITS, R::SF>(xq, as, &R::planes[t][pb], &R::prm()[t][qb],
-                                                                 &R::aux()[t][ab], y + t, xs, sim, g_threads, R::TILES);
+      for (int c = 0; c < n; ++c)
+        for (int t = 0; t < R::TILES; ++t)
+          brom_tile_gemv_csim<ROWS, COLS, R::GROUP, R::BITS, R::SF>(xq[c], as[c], &R::planes[t][pb], &R::prm()[t][qb],
+                                                                   &R::aux()[t][ab], token_out(c, TOKEN_OUT_ARGS) + t,
+                                                                   xs, sim, g_threads, R::TILES);
     }
     if constexpr (R::DDR) {
       typedef DdrStream<DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>, rm::WEIGHT_PORT_BITS> P;
-      P::count(cyc, P::rounds(R::TILES, rm::WEIGHT_PORTS), ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN);
+      P::count(cyc, n, P::rounds(R::TILES, rm::WEIGHT_PORTS), ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN);
     } else { // parallel tiles: one tile's cycles
       typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ> S;
-      cyc.candidates += S::cand_cycles(COLS);
+      cyc.candidates += (uint64_t)n * S::cand_cycles(COLS);
       cyc.gemv += S::gemv_cycles(ROWS, COLS, S::gemv_ii(R::MIN_ROWS));
     }
   }
@@ -569,34 +603,46 @@ void csim_tensor_gemv(int l, const float *x, bool quantize, DDR_PORT_PARAMS, flo
 #endif
 
 // GEMV engine U for tensor (l, lin), both run-time indices (one instance serves every tensor of its
-// configuration): x[cols] -> y[rows] through the activation quantizer and the tiles (its words in the bank, or
-// streamed from ddr). quantize: false when the engine's last tensor had the same input (w_k and w_v after w_q,
-// w_up after w_gate), whose codes and scales it still holds.
+// configuration), for the block's n tokens: x_c[cols] -> y_c[rows] through the activation quantizer (one per token
+// lane, the tokens' in parallel) and the tiles (its words in the bank, or streamed from ddr), one pass for the block.
+// quantize: false when the engine's last tensor had the same inputs (w_k and w_v after w_q, w_up after w_gate),
+// whose codes and scales it still holds.
 template <int U>
-void gemv_unit(int l, int lin, const float *x, bool quantize, float *y, DDR_PORT_PARAMS, Acct &a) {
+void gemv_unit(int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a) {
   typedef Unit<U> R;
   Cycles &cyc = R::HEAD ? a.head : a.gemv;
 #ifdef __SYNTHESIS__
   constexpr int NG = R::MAX_COLS / R::GROUP;
-  static act_t xq[R::MAX_COLS]; // written by act_quant, read by the candidate stage: ACT_LANES per cycle
-#pragma HLS ARRAY_PARTITION variable = xq type = cyclic factor = ACT_LANES dim = 1
-  static float as[NG];
+  static act_t xq[R::TOKENS][R::MAX_COLS]; // written by act_quant, read by the candidate stage: ACT_LANES per cycle
+#pragma HLS ARRAY_PARTITION variable = xq type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = xq type = cyclic factor = ACT_LANES dim = 2
+  static float as[R::TOKENS][NG];
+#pragma HLS ARRAY_PARTITION variable = as type = complete dim = 1
   acc_t xs[NG];
   const int rows = lin_rows(lin) / R::TILES, cols = lin_cols(lin);
-  if (quantize) act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x, xq, as, cyc);
+  // one quantizer per token lane, a call site each (so one RTL instance each, as the footprint counts them); the
+  // lanes' run side by side: a block costs one token's
+  constexpr int C1 = R::TOKENS > 1 ? 1 : 0, C2 = R::TOKENS > 2 ? 2 : 0, C3 = R::TOKENS > 3 ? 3 : 0;
+  Cycles beside;
+  if (quantize) {
+    act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x0, xq[0], as[0], cyc);
+    if (C1 && n > 1) act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x1, xq[C1], as[C1], beside);
+    if (C2 && n > 2) act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x2, xq[C2], as[C2], beside);
+    if (C3 && n > 3) act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x3, xq[C3], as[C3], beside);
+  }
   static acc_t probe[R::TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
-  tiles_gemv<R>(typename R::InDdr(), l, lin, rows, cols, xq, as, DDR_PORTS, y, probe, xs, cyc);
+  tiles_gemv<R>(typename R::InDdr(), l, lin, n, rows, cols, xq, as, DDR_PORTS, TOKEN_OUT_ARGS, probe, xs, cyc);
 #else
   switch (lin) { // the emulated board's GEMVs are compiled per shape
-  case L_WQ: csim_tensor_gemv<R, L_WQ>(l, x, quantize, DDR_PORTS, y, cyc); break;
-  case L_WK: csim_tensor_gemv<R, L_WK>(l, x, quantize, DDR_PORTS, y, cyc); break;
-  case L_WV: csim_tensor_gemv<R, L_WV>(l, x, quantize, DDR_PORTS, y, cyc); break;
-  case L_WO: csim_tensor_gemv<R, L_WO>(l, x, quantize, DDR_PORTS, y, cyc); break;
-  case L_GATE: csim_tensor_gemv<R, L_GATE>(l, x, quantize, DDR_PORTS, y, cyc); break;
-  case L_UP: csim_tensor_gemv<R, L_UP>(l, x, quantize, DDR_PORTS, y, cyc); break;
-  case L_DOWN: csim_tensor_gemv<R, L_DOWN>(l, x, quantize, DDR_PORTS, y, cyc); break;
-  case L_EMBD: csim_tensor_gemv<R, L_EMBD>(l, x, quantize, DDR_PORTS, y, cyc); break;
-  default: csim_tensor_gemv<R, L_OUTPUT>(l, x, quantize, DDR_PORTS, y, cyc); break;
+  case L_WQ: csim_tensor_gemv<R, L_WQ>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
+  case L_WK: csim_tensor_gemv<R, L_WK>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
+  case L_WV: csim_tensor_gemv<R, L_WV>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
+  case L_WO: csim_tensor_gemv<R, L_WO>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
+  case L_GATE: csim_tensor_gemv<R, L_GATE>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
+  case L_UP: csim_tensor_gemv<R, L_UP>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
+  case L_DOWN: csim_tensor_gemv<R, L_DOWN>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
+  case L_EMBD: csim_tensor_gemv<R, L_EMBD>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
+  default: csim_tensor_gemv<R, L_OUTPUT>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
   }
 #endif
 }
@@ -605,31 +651,39 @@ void gemv_unit(int l, int lin, const float *x, bool quantize, float *y, DDR_PORT
 // LoRA delta (one call site). One instance serves every linear of every layer and the head: roma_core limits it
 // (ALLOCATION), so the GEMV hardware is one engine per configuration, one activation quantizer each, one LoRA unit.
 template <int U>
-void gemv_from(std::false_type /*past the last engine*/, int, int, int, const float *, bool, float *,
-               const rom_word_t *, const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
+void gemv_from(std::false_type /*past the last engine*/, int, int, int, int, const float *, const float *,
+               const float *, const float *, bool, float *, float *, float *, float *, const rom_word_t *,
+               const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
 template <int U>
-void gemv_if(std::false_type /*an untied embedding: only looked up*/, int, int, const float *, bool, float *,
-             const rom_word_t *, const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
+void gemv_if(std::false_type /*an untied embedding: only looked up*/, int, int, int, const float *, const float *,
+             const float *, const float *, bool, float *, float *, float *, float *, const rom_word_t *,
+             const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
 template <int U>
-void gemv_if(std::true_type, int l, int lin, const float *x, bool quantize, float *y, DDR_PORT_PARAMS, Acct &a) {
+void gemv_if(std::true_type, int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
-  gemv_unit<U>(l, lin, x, quantize, y, DDR_PORTS, a);
+  gemv_unit<U>(l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a);
 }
 template <int U>
-void gemv_from(std::true_type, int u, int l, int lin, const float *x, bool quantize, float *y, DDR_PORT_PARAMS,
+void gemv_from(std::true_type, int u, int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_PORT_PARAMS,
                Acct &a) {
 #pragma HLS INLINE
-  if (u == U) gemv_if<U>(typename Unit<U>::RunsGemv(), l, lin, x, quantize, y, DDR_PORTS, a);
-  else gemv_from<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, l, lin, x, quantize, y, DDR_PORTS,
-                        a);
+  if (u == U)
+    gemv_if<U>(typename Unit<U>::RunsGemv(), l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a);
+  else gemv_from<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, l, lin, n, TOKEN_IN_ARGS, quantize,
+                        TOKEN_OUT_ARGS, DDR_PORTS, a);
 }
-// same_input: x is the input of the layer's previous linear (lin - 1: w_q for w_k, w_k for w_v, w_gate for w_up);
-// when that linear ran on the same engine, the engine's activation codes are x's already (q, k and v, and gate and
-// up, share one quantization).
-void linear(int l, int lin, const float *x, float *y, DDR_PORT_PARAMS, Acct &a, bool same_input = false) {
+// Tensor (l, lin) for a block of n tokens (x_c -> y_c). same_input: the inputs are those of the layer's previous
+// linear (lin - 1: w_q for w_k, w_k for w_v, w_gate for w_up); when that linear ran on the same engine, the engine's
+// activation codes are theirs already (q, k and v, and gate and up, share one quantization). The LoRA delta of
+// each token: one LoRA apply unit for the lanes' call sites (ALLOCATION), one token after another.
+void linear(int l, int lin, int n, TOKEN_INS, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a, bool same_input = false) {
   const bool quantize = !same_input || lin_unit(l, lin) != lin_unit(l, lin - 1);
-  gemv_from<0>(std::true_type(), lin_unit(l, lin), l, lin, x, quantize, y, DDR_PORTS, a);
-  lora_delta(HasLora(), g_lora, l, lin, x, y, a);
+  gemv_from<0>(std::true_type(), lin_unit(l, lin), l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a);
+LINEAR_LORA:
+  for (int c = 0; c < TT; ++c) {
+#pragma HLS UNROLL
+    if (c < n) lora_delta(HasLora(), g_lora, l, lin, token_in(c, TOKEN_IN_ARGS), token_out(c, TOKEN_OUT_ARGS), a);
+  }
 }
 
 #ifdef __SYNTHESIS__
@@ -653,48 +707,102 @@ void attend(std::false_type /*in DDR*/, int, int start, int T, half_bits_t *kc, 
       g_q, g_k, g_v, start, T, kc, vc, g_att, cyc);
 }
 
+// Several token lanes: a block's value row from vr into the chunk's g_v, GEMV_OUT_LANES per cycle (the rate the
+// engines wrote it; g_v's partition), counted under RoPE's stage (the stage that writes the keys beside it).
+constexpr int MAX_BLOCKS = (MAX_T + TT - 1) / TT; // token blocks of a chunk at most
+static_assert(TT == 1 || rm::KV_DIM % GEMV_OUT_LANES == 0, "a value row is whole GEMV output beats");
+void v_copy(const float v[rm::KV_DIM], float out[rm::KV_DIM], LayerCycles &cyc) {
+V_COPY:
+  for (int s = 0; s < rm::KV_DIM / GEMV_OUT_LANES; ++s) {
+#pragma HLS PIPELINE II = 1
+    for (int k = 0; k < GEMV_OUT_LANES; ++k) {
+#pragma HLS UNROLL
+      out[s * GEMV_OUT_LANES + k] = v[s * GEMV_OUT_LANES + k];
+    }
+  }
+  cyc.rope += rm::KV_DIM / GEMV_OUT_LANES * timing::II + 2;
+}
+
 // Layer l over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place): one instance, run
-// for every layer with its run-time index.
+// for every layer with its run-time index. The linears take the chunk's tokens in blocks of TT (one pass over each
+// engine's weights per block), the elementwise units one token after another (each one instance: ALLOCATION).
 void layer(int l, int start, int T, half_bits_t *kv, uint32_t cap, DDR_PORT_PARAMS, Acct &a) {
   half_bits_t *kc = kv + (size_t)(2 * l) * cap * rm::KV_DIM;
   half_bits_t *vc = kv + (size_t)(2 * l + 1) * cap * rm::KV_DIM;
-  float h[rm::DIM], qr[QDIM], kr[rm::KV_DIM];
-  // the GEMV input: written NORM_LANES per cycle by rms_norm, read ACT_LANES per cycle by the activation quantizer
-#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = NORM_OUT_LANES dim = 1
-  // the GEMV outputs: the layers' engines write GEMV_OUT_LANES consecutive rows per cycle (a PE's or port's each),
-  // RoPE reads ROPE_LANES pairs
-#pragma HLS ARRAY_PARTITION variable = qr type = cyclic factor = ROPE_IN_LANES dim = 1
-#pragma HLS ARRAY_PARTITION variable = kr type = cyclic factor = ROPE_IN_LANES dim = 1
+  float h[TT][rm::DIM], qr[TT][QDIM], kr[TT][rm::KV_DIM], vr[TT][rm::KV_DIM];
+  // the GEMV inputs: written NORM_LANES per cycle by rms_norm, read ACT_LANES per cycle by the activation quantizer
+#pragma HLS ARRAY_PARTITION variable = h type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = NORM_OUT_LANES dim = 2
+  // the GEMV outputs: the layers' engines write GEMV_OUT_LANES consecutive rows per cycle (a PE's or port's each) of
+  // every token lane at once, RoPE reads ROPE_LANES pairs
+#pragma HLS ARRAY_PARTITION variable = qr type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = qr type = cyclic factor = ROPE_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = kr type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = kr type = cyclic factor = ROPE_IN_LANES dim = 2
+  // the values of a block of several tokens, copied into the chunk's g_v (one token writes g_v's row directly)
+#pragma HLS ARRAY_PARTITION variable = vr type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = vr type = cyclic factor = GEMV_OUT_LANES dim = 2
 LAYER_QKV:
-  for (int i = 0; i < T; ++i) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
-    rms_norm<rm::DIM, NORM_LANES>(g_x[i], g_norms[2 * l], rm::RMS_EPS, h, a.layer);
-    linear(l, L_WQ, h, qr, DDR_PORTS, a);
-    linear(l, L_WK, h, kr, DDR_PORTS, a, true);
-    linear(l, L_WV, h, g_v[i], DDR_PORTS, a, true);
-    rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(start + i, rm::ROPE_INV_FREQ, qr, kr, g_q[i],
-                                                                   g_k[i], a.layer);
+  for (int i0 = 0; i0 < T; i0 += TT) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
+    const int n = T - i0 < TT ? T - i0 : TT;
+    for (int c = 0; c < TT; ++c) {
+#pragma HLS UNROLL
+      if (c < n) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + c], g_norms[2 * l], rm::RMS_EPS, h[c], a.layer);
+    }
+    linear(l, L_WQ, n, TOKEN_ROWS(h), TOKEN_ROWS(qr), DDR_PORTS, a);
+    linear(l, L_WK, n, TOKEN_ROWS(h), TOKEN_ROWS(kr), DDR_PORTS, a, true);
+    // one token (a decode step) writes its values into g_v's row; a block of several, each its lane's vr row
+    if (n == 1) linear(l, L_WV, n, TOKEN_ROWS(h), g_v[i0], g_v[i0], g_v[i0], g_v[i0], DDR_PORTS, a, true);
+    else linear(l, L_WV, n, TOKEN_ROWS(h), TOKEN_ROWS(vr), DDR_PORTS, a, true);
+    for (int c = 0; c < TT; ++c) {
+#pragma HLS UNROLL
+      if (c < n) {
+        rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(start + i0 + c, rm::ROPE_INV_FREQ, qr[c], kr[c],
+                                                                       g_q[i0 + c], g_k[i0 + c], a.layer);
+        if (n > 1) v_copy(vr[c], g_v[i0 + c], a.layer);
+      }
+    }
   }
   attend(KvOnChip(), l, start, T, kc, vc, a.layer);
-  float o[rm::DIM], gate[rm::FFN_DIM], up[rm::FFN_DIM];
-#pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = RESIDUAL_IN_LANES dim = 1
-#pragma HLS ARRAY_PARTITION variable = gate type = cyclic factor = GATE_LANES dim = 1
-#pragma HLS ARRAY_PARTITION variable = up type = cyclic factor = UP_LANES dim = 1
+  float o[TT][rm::DIM], gate[TT][rm::FFN_DIM], up[TT][rm::FFN_DIM];
+#pragma HLS ARRAY_PARTITION variable = o type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = RESIDUAL_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = gate type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = gate type = cyclic factor = GATE_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = up type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = up type = cyclic factor = UP_LANES dim = 2
 LAYER_FFN:
-  for (int i = 0; i < T; ++i) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
-    linear(l, L_WO, g_att[i], o, DDR_PORTS, a);
-    residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i], o, g_x[i], a.layer);
-    rms_norm<rm::DIM, NORM_LANES>(g_x[i], g_norms[2 * l + 1], rm::RMS_EPS, h, a.layer);
-    linear(l, L_GATE, h, gate, DDR_PORTS, a);
-    linear(l, L_UP, h, up, DDR_PORTS, a, true);
+  for (int i0 = 0; i0 < T; i0 += TT) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
+    const int n = T - i0 < TT ? T - i0 : TT;
+    // the block's attention outputs, rows of g_att (a lane past the block reads the first, never used)
+    linear(l, L_WO, n, g_att[i0], g_att[i0 + (n > 1 ? 1 : 0)], g_att[i0 + (n > 2 ? 2 : 0)],
+           g_att[i0 + (n > 3 ? 3 : 0)], TOKEN_ROWS(o), DDR_PORTS, a);
+    for (int c = 0; c < TT; ++c) {
+#pragma HLS UNROLL
+      if (c < n) {
+        residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + c], o[c], g_x[i0 + c], a.layer);
+        rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + c], g_norms[2 * l + 1], rm::RMS_EPS, h[c], a.layer);
+      }
+    }
+    linear(l, L_GATE, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), DDR_PORTS, a);
+    linear(l, L_UP, n, TOKEN_ROWS(h), TOKEN_ROWS(up), DDR_PORTS, a, true);
+    for (int c = 0; c < TT; ++c) {
+#pragma HLS UNROLL
+      if (c < n) {
 #ifdef __SYNTHESIS__
-    swiglu<rm::FFN_DIM, SWIGLU_LANES>(gate, up, gate, a.layer);
+        swiglu<rm::FFN_DIM, SWIGLU_LANES>(gate[c], up[c], gate[c], a.layer);
 #else
-    swiglu_csim<rm::FFN_DIM, SWIGLU_LANES>(gate, up, gate, a.layer); // csim/activation.h: bit-identical
+        swiglu_csim<rm::FFN_DIM, SWIGLU_LANES>(gate[c], up[c], gate[c], a.layer); // csim/activation.h: bit-identical
 #endif
-    linear(l, L_DOWN, gate, o, DDR_PORTS, a);
-    residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i], o, g_x[i], a.layer);
+      }
+    }
+    linear(l, L_DOWN, n, TOKEN_ROWS(gate), TOKEN_ROWS(o), DDR_PORTS, a);
+    for (int c = 0; c < TT; ++c) {
+#pragma HLS UNROLL
+      if (c < n) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + c], o[c], g_x[i0 + c], a.layer);
+    }
   }
 }
 
@@ -732,7 +840,7 @@ FORWARD_CHUNKS:
       float h[rm::DIM]; // the head's GEMV input: written by rms_norm, read by its activation quantizer
 #pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = NORM_OUT_LANES dim = 1
       rms_norm<rm::DIM, NORM_LANES>(g_x[T - 1], g_norms[2 * rm::N_LAYERS], rm::RMS_EPS, h, a.layer);
-      linear(0, HEAD_LIN, h, g_logits, DDR_PORTS, a);
+      linear(0, HEAD_LIN, 1, h, h, h, h, g_logits, g_logits, g_logits, g_logits, DDR_PORTS, a);
     }
   }
 }
@@ -1147,6 +1255,13 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // ... one RMSNorm for its three call sites (the layer's two, the final norm) and one sampler for its two (a run
   // command, a generate step): they run one after another
 #pragma HLS ALLOCATION function instances = rms_norm limit = 1
+  // ... and for a block's token lanes one RoPE, one SwiGLU, one value copy, two residual adds (a token's two) and
+  // one LoRA apply: the lanes' call sites share them, one token after another
+#pragma HLS ALLOCATION function instances = rope_qk limit = 1
+#pragma HLS ALLOCATION function instances = swiglu limit = 1
+#pragma HLS ALLOCATION function instances = v_copy limit = 1
+#pragma HLS ALLOCATION function instances = residual_add limit = 2
+#pragma HLS ALLOCATION function instances = lora_apply limit = 1
 #pragma HLS ALLOCATION function instances = sampler_step limit = 1
   Acct a;
   uint32_t err = ERR_NONE, done = 0, checksum = 0;

@@ -50,6 +50,7 @@ REQUIRED_FIELDS = {
     "max_context": _POS_INT,
     "kv_port_bits": ((int,), lambda v: v in KV_PORT_WIDTHS, f"one of {', '.join(map(str, KV_PORT_WIDTHS))}"),
     "elementwise_lanes": ((dict,), lambda v: True, "an object {norm, swiglu, rope, residual}: lanes per unit"),
+    "token_lanes": ((int,), lambda v: 1 <= v <= 4, "1 to 4 (roma_core passes a block's tokens as four pointers)"),
 }
 ELEMENTWISE_UNITS = ("norm", "swiglu", "rope", "residual")
 MAX_ELEMENTWISE_LANES = 64
@@ -122,6 +123,8 @@ class Board:
     # many bits of the cache per cycle (roma_model.h's KV_PORT_BITS)
     kv_port_bits: int
     elementwise_lanes: ElementwiseLanes  # the elementwise units' lanes (at most; see ElementwiseLanes.for_model)
+    # prefill tokens a layers' GEMV engine serves per pass over its weights (roma_model.h TOKEN_LANES)
+    token_lanes: int
 
     def default_context(self, model_context: int) -> int:
         return min(model_context, self.max_context)

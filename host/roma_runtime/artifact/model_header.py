@@ -12,6 +12,8 @@ Also generated for the top (hw/hls/roma_core.cpp):
 - WEIGHT_PORT_BITS: the board's weight port width (boards.json weight_port_bits): the width roma_core.cpp gives
   the ddr_weights/uram_weights port and brom_ddr.h counts the DDR stream at; WEIGHT_PORTS (and the macro
   ROMA_WEIGHT_PORTS for the interface pragmas): how many such ports (weight_ports) stream a DDR tensor's tiles;
+  TOKEN_LANES: the prefill tokens a layers' GEMV engine serves per pass over its weights (the board's
+  token_lanes as the plan kept them);
 - URAM_<LINEAR>[N_LAYERS], URAM_TOKEN_EMBD, URAM_OUTPUT: per tensor, -1 unless the plan puts it in URAM
   ("URAM-load-once"), else the word offset of its bank words inside the URAM load image (uram_weights.bin,
   uram_image.py) that CMD_LOAD_WEIGHTS copies into its engine's bank, with URAM_WORDS (the image's words, 0 without
@@ -88,7 +90,7 @@ def _bool(v) -> str:
 def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, context: int, board: str,
                   model_sha256: str, tiles_default: int = 1, ddr: dict | None = None,
                   kv_onchip: dict | None = None, lora_unit: dict | None = None, uram: dict | None = None,
-                  logits_impl: str = "bram", gemv_pe: int = 1) -> str:
+                  logits_impl: str = "bram", gemv_pe: int = 1, token_lanes: int = 1) -> str:
     """tensors: manifest tensor entries (name -> {bits, group, tiles, ddr_offset, uram_offset, ...}) for
     blk.<i>.<linear>, token_embd and, when untied, output; ddr: the manifest's "ddr" entry (None: every tensor is
     on chip); uram: its "uram" entry (None: no tensor is in URAM); board: a boards.json name (its KV and weight
@@ -96,7 +98,8 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
     kv_onchip: the manifest's "kv_onchip" entry ({tokens, placement, ...}; None: the KV cache is in DDR);
     lora_unit: the manifest's "lora_unit" entry ({slots, rank, targets, dtype, placement, ...}; None or 0 slots:
     the build has no LoRA unit); logits_impl: the memory g_logits binds to (uram or bram, the plan's choice);
-    gemv_pe: the tiles of the layers' on-chip GEMV engines (the plan's pe: ROMA_GEMV_PE)."""
+    gemv_pe: the tiles of the layers' on-chip GEMV engines (the plan's pe: ROMA_GEMV_PE); token_lanes: the
+    prefill tokens they serve per pass over their weights (the plan's board's: TOKEN_LANES)."""
     unit = lora_unit if lora_unit and lora_unit["slots"] > 0 else None
     lanes = get_board(board).elementwise_lanes.for_model(config.dim, config.ffn_dim, config.head_dim)
     lora_arrays = 0 if unit is None else 2 if unit["dtype"] == "int8" else 1
@@ -189,7 +192,10 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               "// the board's weight port (ddr_weights, uram_weights): bits per core cycle (boards.json weight_port_bits)",
               f"constexpr int WEIGHT_PORT_BITS = {get_board(board).weight_port_bits};",
               "// ... and how many such ports read the DDR tensors' tiles at once (boards.json weight_ports)",
-              f"constexpr int WEIGHT_PORTS = {get_board(board).weight_ports};"]
+              f"constexpr int WEIGHT_PORTS = {get_board(board).weight_ports};",
+              "// prefill tokens a layers' GEMV engine serves per pass over its weights (boards.json token_lanes, one",
+              "// where the plan's logic estimate has no room for more)",
+              f"constexpr int TOKEN_LANES = {token_lanes};"]
     lines += ["",
               "// The URAM load image (uram_weights.bin): words, header included (0: no tensor is in URAM), and the",
               "// checksum of its tensors (weight_load.h), as its header holds it",

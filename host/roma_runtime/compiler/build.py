@@ -385,7 +385,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
                                     board=board_obj.name if hasattr(board_obj, "name")
                                     else str(board), model_sha256=identity, ddr=ddr_entry, kv_onchip=kv_entry,
                                     lora_unit=lora_unit, uram=uram_entry, logits_impl=logits_impl(board_obj.uram),
-                                    gemv_pe=plan["pe"]))
+                                    gemv_pe=plan["pe"], token_lanes=plan["board"]["token_lanes"]))
     files.append(header)
 
     linear_params = sum(int(np.prod(tensors[n]["shape"])) for n in linears)
@@ -426,7 +426,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         "tensors": tensors,
         "norms": norms_layout,
         "lora": lora_entry,
-        "board": board_obj.to_dict() if hasattr(board_obj, "to_dict") else str(board),
+        "board": plan["board"],  # the board as the plan built for it (its token lanes: the logic's room)
         "plan": plan,
         "ddr": ddr_entry,
         "uram": uram_entry,

@@ -243,6 +243,51 @@ long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cy
   return tally.mismatches - before;
 }
 
+// Token lanes: the case's tokens (at most MAX_TOKEN_LANES) as one block through the engine's and the DDR stream's
+// MAX_TOKEN_LANES lanes (a lane left over when the case has fewer): each token's y bit for bit as its own GEMV, and the
+// block counted as one pass over the weights with a candidate stage per token.
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF>
+long run_token_lanes(const Case &c, const BromImageHost &img, Tally &tally) {
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> C;
+  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> D;
+  constexpr int NG = C::NG, PP = C::PARAMS, L = MAX_TOKEN_LANES;
+  const int n = std::min(c.tokens, L), R = TILES * ROWS;
+  const long before = tally.mismatches;
+  const auto x = read_array<float>(c.name + ".x.f32", (size_t)c.tokens * COLS);
+  const auto ddr = read_array<rom_word_t>(c.name + ".ddr.u32", (size_t)TILES * D::TILE_WORDS);
+  act_t xq[L][COLS] = {};
+  float a_scale[L][NG] = {};
+  std::vector<float> y1(R), yb((size_t)L * R, -1.0f), yd((size_t)L * R, -1.0f);
+  std::vector<acc_t> dot((size_t)TILES * PP), xsum(NG);
+  Cycles quant, block, block_ddr;
+  for (int t = 0; t < n; ++t) act_quant<COLS, GROUP>(COLS, &x[(size_t)t * COLS], xq[t], a_scale[t], quant);
+  brom_gemv_tiles_rt<C, TILES, false, L>(n, ROWS, COLS, xq, a_scale, rom_planes<C>(img), 0, rom_prm<C>(img), 0,
+                                         rom_aux<C>(img), 0, &yb[0], &yb[R], &yb[2 * R], &yb[3 * R],
+                                         reinterpret_cast<acc_t(*)[PP]>(dot.data()), xsum.data(), block);
+  brom_ddr_gemv_rt<DdrFixedShape<C>, TILES, 512, 1, false, L>(n, ROWS, COLS, xq, a_scale, ddr.data(), ddr.data(),
+                                                               ddr.data(), ddr.data(), &yd[0], &yd[R], &yd[2 * R],
+                                                               &yd[3 * R], reinterpret_cast<acc_t(*)[PP]>(dot.data()),
+                                                               xsum.data(), block_ddr);
+  Cycles one, one_ddr;
+  for (int t = 0; t < L; ++t) {
+    if (t < n) {
+      brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, false, SF>(
+          xq[t], a_scale[t], rom_planes<C>(img), rom_prm<C>(img), rom_aux<C>(img), y1.data(),
+          reinterpret_cast<acc_t(*)[PP]>(dot.data()), xsum.data(), t == 0 ? one : quant);
+      brom_ddr_gemv<512, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, false, SF>(
+          xq[t], a_scale[t], ddr.data(), y1.data(), reinterpret_cast<acc_t(*)[PP]>(dot.data()), xsum.data(),
+          t == 0 ? one_ddr : quant);
+    }
+    for (int o = 0; o < R; ++o) { // a lane past the block writes nothing
+      const uint32_t want = float_to_bits(t < n ? y1[o] : -1.0f);
+      tally.check(float_to_bits(yb[(size_t)t * R + o]) == want && float_to_bits(yd[(size_t)t * R + o]) == want);
+    }
+  }
+  tally.check(block.gemv == one.gemv && block.candidates == (uint64_t)n * one.candidates);
+  tally.check(block_ddr.gemv == one_ddr.gemv && block_ddr.candidates == (uint64_t)n * one_ddr.candidates);
+  return tally.mismatches - before;
+}
+
 // A q8 case's fp16 twin (name.fp16.bin), checked: the same codes, and its scales and minimums equal the ones
 // load_brom_image decoded from the q8 arrays, bit for bit. nullptr (and a mismatch) when it is not.
 bool load_twin(const Case &c, const BromImageHost &img, BromImageHost &twin, Tally &tally) {
@@ -266,7 +311,8 @@ bool try_case(const Case &c, const BromImageHost &img, Tally &tally) {
   const long m_lut =
       run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, twin, tally, cyc_lut);
   const long m_dsp = run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac, SF>(c, img, twin, tally, cyc_dsp);
-  const long m_fast = run_csim_fast<TILES, ROWS, COLS, GROUP, BITS, SF>(c, img, tally);
+  const long m_fast = run_csim_fast<TILES, ROWS, COLS, GROUP, BITS, SF>(c, img, tally) +
+                      run_token_lanes<TILES, ROWS, COLS, GROUP, BITS, SF>(c, img, tally);
   // the stream at a Zynq UltraScale+ HP port's 128 bits (both datapaths) and an Alveo port's 512 bits
   // ... and through three 128-bit ports (a Zynq UltraScale+ board's HP0, HP1, HP3)
   uint64_t cyc_ddr = 0, cyc_ddr_dsp = 0, cyc_ddr_512 = 0, cyc_ddr_3p = 0;

@@ -90,21 +90,25 @@ def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
     assert k["layer"] == {"templates": 1, "rtl_instances": 1, "max_rtl_instances": 1}
     assert k["GEMV engine (act quant + tiles)"] == {"templates": 2, "rtl_instances": 2, "max_rtl_instances": 1}
     assert k["linear (engine dispatch + LoRA)"]["rtl_instances"] == 1 == k["LoRA apply"]["rtl_instances"]
-    assert k["activation quantizer"]["rtl_instances"] == 2  # one per engine
+    # one per engine and token lane: the layers' engine has the board's (a call site each), the head's one
+    tt = json.loads((tiny_build / "manifest.json").read_text())["board"]["token_lanes"]
+    assert k["activation quantizer"]["rtl_instances"] == tt + 1
     assert tiny_report["engines"] == {"engines": 2, "configurations": 2}
     # the two forward() call sites of roma_core (PREFILL/DECODE and GENERATE) share one instance (ALLOCATION limit),
     # and so do the sampler's two and RMSNorm's three: one of each kernel
     for kernel in ("sampler", "RMSNorm", "attention", "RoPE"):
         assert k[kernel]["rtl_instances"] == 1, kernel
-    # a function's local arrays are memories of each of its RTL instances: the layer's FFN buffers, fp32, once
+    # a function's local arrays are memories of each of its RTL instances: the layer's FFN buffers, fp32, a row per
+    # token lane, once
     gate = [a for a in tiny_report["local_arrays"] if a["name"] == "layer::gate"]
-    assert len(gate) == 1 and (gate[0]["instances"], gate[0]["bytes"]) == (1, 4 * model["ffn_dim"]), gate
+    assert len(gate) == 1 and (gate[0]["instances"], gate[0]["bytes"]) == (1, 4 * model["ffn_dim"] * tt), gate
     assert tiny_report["total_bram36"] == tiny_report["bram36"] + tiny_report["local_bram36"]
-    # the activation quantizer's input and output, ACT_LANES per cycle: partitioned where they are declared
+    # the activation quantizer's input and output, ACT_LANES per cycle for each token lane: partitioned where they
+    # are declared (the head's engine has one lane)
     lanes = kernel_constants("types.h")["ACT_LANES"]
     read = [a for a in tiny_report["local_arrays"] if a["name"] == "layer::h"] + [
         a for a in tiny_report["arrays"] if "gemv_unit<" in a["name"] and a["var"] == "xq"]  # static: kept
-    assert len(read) == 3 and all(a["banks"] == lanes for a in read), read
+    assert sorted(a["banks"] for a in read) == [lanes, tt * lanes, tt * lanes], read
     text = footprint.render(tiny_report)
     assert "GEMV engines: 2 for 2 configurations" in text
 

@@ -401,13 +401,15 @@ def test_cli_json():
     gemv = [u for u in logic["units"] if u["unit"].startswith("GEMV engine")]
     assert gemv and gemv[0]["inputs"]["W"] == 2 and gemv[0]["inputs"]["Q"] == 64
     assert d["resources"]["dsp"]["available"] == 12288 and d["resources"]["lut"]["used"] > 0
-    # in front of each engine's PEs, once per engine: the quantizer at ACT_LANES lanes, the candidates a quad per
-    # four of them (types.h)
+    # in front of each engine's PEs: the quantizer at ACT_LANES lanes once per engine and token lane (the board's for
+    # the layers' engines, one for the head's), the candidates a quad per four of them (types.h) once per engine
     lanes = kernel_constants("types.h")["ACT_LANES"]
     units = {u["unit"].split(" (")[0]: u for u in logic["units"]}
     quant, cand = units["activation quantizer"], units["candidate stage"]
     assert quant["inputs"]["simd"] == lanes and cand["inputs"]["quads_per_cycle"] == lanes // 4
-    assert quant["count"] == cand["count"] == len(gemv) < sum(u["inputs"]["tiles"] for u in gemv)
+    tokens = [u["inputs"]["token_lanes"] for u in gemv]
+    assert sorted(set(tokens)) == [1, get_board("u250").token_lanes]
+    assert quant["count"] == sum(tokens) and cand["count"] == len(gemv) < sum(u["inputs"]["tiles"] for u in gemv)
 
 
 def test_cli_unknown_board_exits_2():

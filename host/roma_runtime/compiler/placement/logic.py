@@ -28,12 +28,15 @@ weight bits W = BITS, activation bits A = 8):
 Candidate stage (brom_candidates, once per engine: its PEs share the candidates), CQ = ACT_LANES / 4 quads per
   cycle: LutSelect 11 adders of C bits per quad (its 16 subset sums), registered (16 * C FF per quad); both
   datapaths the group sum, 4 * CQ activations of C bits added per cycle. LUT = c1 * (CQ * 11 * C + 4 * CQ * C).
-A DDR engine's block loop (brom_ddr_gemv_rt) unrolls BLOCK_STEPS steps (4 fp16, 8 q8) at block II (ddr_block_ii:
-  brom_ddr.h DdrStream at the board's weight_port_bits); its datapaths are the lanes the II leaves unshared,
-  ceil(BLOCK_STEPS / II) per weight port (a tile streams through each at once): 1 at a 128-bit port
-  (II >= BLOCK_STEPS), 2 (fp16) or 3 (q8, 2-bit G64) at 512 bits.
-Activation quantizer (act_quant, SIMD = ACT_LANES, types.h; one per engine): per lane an integer compare of 31
-  bits, an fmul and a round/clip of 8 bits; 2 fdiv (the scale and its inverse).
+A DDR engine's block loop (brom_ddr_gemv_rt) unrolls BLOCK_STEPS steps (4 fp16, 8 q8) of each token lane at block
+  II (ddr_block_ii: brom_ddr.h DdrStream at the board's weight_port_bits); its datapaths are the lanes the II leaves
+  unshared, ceil(BLOCK_STEPS * token lanes / II) per weight port (a tile streams through each at once): 1 at a
+  128-bit port with one lane (II >= BLOCK_STEPS), 2 (fp16) or 3 (q8, 2-bit G64) at 512 bits per lane.
+Token lanes (boards.json token_lanes; roma_core.cpp Unit::TOKENS, one for a head engine): a layers' engine's
+  datapaths and activation quantizers once per lane (a block of prefill tokens per pass over the weights); its
+  candidate stage once (the lanes' tokens one after another).
+Activation quantizer (act_quant, SIMD = ACT_LANES, types.h; one per engine and token lane): per lane an integer
+  compare of 31 bits, an fmul and a round/clip of 8 bits; 2 fdiv (the scale and its inverse).
 LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its two loops, then 1 fmul and 1 fadd.
 Attention (attention_query, GROUP = HEADS / KV_HEADS query heads per KV head, SIMD = ATT_SIMD, the board's KV
   port in fp16 lanes): scores GROUP * SIMD fmul, GROUP * (SIMD - 1) + GROUP * (HD / SIMD - 1) fadd (the two
@@ -151,6 +154,12 @@ def candidate_stage(datapath: str = "LutSelect") -> tuple[float, float, float, d
         {"quads_per_cycle": cq, "candidate_bits": c}
 
 
+def engine_tokens(e: dict, board: Board) -> int:
+    """The token lanes of an engine (roma_core.cpp Unit::TOKENS): the board's token_lanes for the layers' engines,
+    one for the head's (it runs for the last token only)."""
+    return 1 if e["role"] in ("token_embd", "output") else board.token_lanes
+
+
 def act_lanes() -> int:
     """Activations per cycle into a GEMV engine (types.h ACT_LANES: the quantizer's SIMD, 4 per candidate quad)."""
     return kernel_constants("types.h")["ACT_LANES"]
@@ -170,22 +179,24 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         # an on-chip engine's tiles are parallel datapaths (brom_gemv_tiles_rt unrolls them); a DDR engine streams
         # a tile per weight port at once through brom_ddr_gemv_rt's lanes, as many per port as its block II leaves
         # unshared
-        datapaths, ddr = e["tiles"], {}
-        if e["tier"] == "ddr":
+        tokens = engine_tokens(e, board)
+        datapaths, ddr = e["tiles"] * tokens, {}  # a datapath per PE and token lane
+        if e["tier"] == "ddr":  # a block's steps of every token lane, shared over the block II
             steps = ddr_block_steps(e["scales"])
             ii = ddr_block_ii(e["bits"], e["group"], e["scales"], [r // e["tiles"] for r, _ in shapes],
                               board.weight_port_bits)
             ports = min(board.weight_ports, e["tiles"])
-            datapaths, ddr = ports * -(-steps // ii), {"block_steps": steps, "block_ii": ii, "ports": ports,
-                                                       "weight_port_bits": board.weight_port_bits}
+            datapaths, ddr = ports * -(-steps * tokens // ii), {"block_steps": steps, "block_ii": ii, "ports": ports,
+                                                                "weight_port_bits": board.weight_port_bits}
         units.append(_unit(name, datapaths, lut, ff, dsp, {**inputs, "max_rows": max(r for r, _ in shapes),
                                                            "max_cols": max(c for _, c in shapes),
-                                                           "tiles": e["tiles"], "linears": e["linears"], **ddr}))
-    n_engines = sum(1 for e in engines if e["gemv"])
+                                                           "tiles": e["tiles"], "token_lanes": tokens,
+                                                           "linears": e["linears"], **ddr}))
+    quantizers = sum(engine_tokens(e, board) for e in engines if e["gemv"])
     lanes = act_lanes()
     aq = _ops({"fdiv": 2, "fmul": lanes})
-    units.append(_unit("activation quantizer (one per engine)", n_engines, aq[0] + lanes * (31 + 50),
-                       aq[1] + lanes * 40, aq[2], {"simd": lanes, "engines": n_engines}))
+    units.append(_unit("activation quantizer (one per engine and token lane)", quantizers, aq[0] + lanes * (31 + 50),
+                       aq[1] + lanes * 40, aq[2], {"simd": lanes, "quantizers": quantizers}))
     per_datapath = Counter(engine_datapath(e["bits"], datapath) for e in engines if e["gemv"])
     for dp, n in sorted(per_datapath.items()):
         cl, cf, cd, cin = candidate_stage(dp)

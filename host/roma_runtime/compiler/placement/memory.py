@@ -40,7 +40,7 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   vocabulary's fp32 logits), attention's score [HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions, else the
   build's context), the sampler's g_recent ring, the LoRA unit (C1) and the one lora_apply's t [rank], the on-chip
   KV cache g_kv_chip [N_LAYERS][2][positions * KV_DIM] fp16, and the locals of the one layer() and forward()
-  instance (h, qr, kr, o, gate, up; h) and of attention (ql, acc).
+  instance (h, qr, kr, vr, o, gate, up, a row per token lane; h) and of attention (ql, acc).
 Not listed: locals the footprint finds in LUTRAM or registers in every build (sampler pools, RoPE tables,
 partial sums, the status words); they cost no block RAM.
 """
@@ -431,33 +431,33 @@ def _local(function: str, var: str, bits: int, dims: list, pragmas: list[Pragma]
 
 
 def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Pragma], ports: int,
-                  acc_sets: int = 1) -> list[Array]:
-    """The local arrays of one engine's kernel instances (gemv_unit, act_quant, the tiles or the DDR stream: its
-    accumulators `acc_sets` sets of one row of `ports`, the board's weight ports: two when the stream writes a
-    round's outputs during the next round), each one RTL instance, sized by the largest of the tensors it serves
-    (their linears, `lins`)."""
+                  acc_sets: int = 1, tokens: int = 1) -> list[Array]:
+    """The local arrays of one engine's kernel instances (gemv_unit, its `tokens` token lanes' act_quant, the tiles
+    or the DDR stream: its accumulators `acc_sets` sets of one row of `ports`, the board's weight ports: two when
+    the stream writes a round's outputs during the next round), each one RTL instance, sized by the largest of the
+    tensors it serves (their linears, `lins`); the codes, candidates, sums and accumulators a row per token lane."""
     shapes = [lin_shape(config, lin) for lin in set(lins)]
     rows, cols = max(r for r, _ in shapes) // e.tiles, max(c for _, c in shapes)
     ng, g = cols // e.group, e.group
     # template parameters the pragmas may name (a local constexpr the footprint cannot read is left out, as there)
     tpl = {"GROUP": g, "BITS": e.bits, "TILES": e.tiles, "PORTS": ports}
-    out = [_local("gemv_unit", "xq", 8, [cols], pragmas, {}),
-           _local("gemv_unit", "as", 32, [ng], pragmas, {}),
+    out = [_local("gemv_unit", "xq", 8, [tokens, cols], pragmas, {}),
+           _local("gemv_unit", "as", 32, [tokens, ng], pragmas, {}),
            _local("gemv_unit", "xs", 32, [ng], pragmas, {}),
-           _local("act_quant", "amax_bits", 32, [ng], pragmas, {"COLS": cols, **tpl}),
-           _local("act_quant", "inv", 32, [ng], pragmas, {"COLS": cols, **tpl})]
+           _local("act_quant", "amax_bits", 32, [ng], pragmas, {"COLS": cols, **tpl}, tokens),
+           _local("act_quant", "inv", 32, [ng], pragmas, {"COLS": cols, **tpl}, tokens)]
     if e.tier == "ddr":
         q8 = e.scales == "q8"
-        out += [_local("brom_ddr_gemv_rt", "cand", 16, [ng, g // 4, 16], pragmas, tpl),
-                _local("brom_ddr_gemv_rt", "xg", 8, [ng, g], pragmas, tpl),
-                _local("brom_ddr_gemv_rt", "xsum", 32, [ng], pragmas, tpl),
-                _local("brom_ddr_gemv_rt", "acc", 32, [acc_sets, ports, rows], pragmas, tpl),
+        out += [_local("brom_ddr_gemv_rt", "cand", 16, [tokens, ng, g // 4, 16], pragmas, tpl),
+                _local("brom_ddr_gemv_rt", "xg", 8, [tokens, ng, g], pragmas, tpl),
+                _local("brom_ddr_gemv_rt", "xsum", 32, [tokens, ng], pragmas, tpl),
+                _local("brom_ddr_gemv_rt", "acc", 32, [tokens, acc_sets, ports, rows], pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "ex", 16, [ports, rows if q8 else 1], pragmas, tpl)]
     else:
-        out += [_local("brom_gemv_tiles_rt", "cand", 16, [ng, g // 4, 16], pragmas, tpl),
-                _local("brom_gemv_tiles_rt", "xg", 8, [ng, g], pragmas, tpl),
-                _local("brom_gemv_tiles_rt", "xsum", 32, [ng], pragmas, tpl),
-                _local("brom_gemv_tiles_rt", "acc", 32, [e.tiles, rows], pragmas, tpl)]
+        out += [_local("brom_gemv_tiles_rt", "cand", 16, [tokens, ng, g // 4, 16], pragmas, tpl),
+                _local("brom_gemv_tiles_rt", "xg", 8, [tokens, ng, g], pragmas, tpl),
+                _local("brom_gemv_tiles_rt", "xsum", 32, [tokens, ng], pragmas, tpl),
+                _local("brom_gemv_tiles_rt", "acc", 32, [tokens, e.tiles, rows], pragmas, tpl)]
     return out
 
 
@@ -490,10 +490,10 @@ def with_impl(applied: list, impl: str) -> list:
 
 
 def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list[Pragma], hw: dict,
-                kv_port_bits: int, logits: str = "bram") -> list[Array]:
+                kv_port_bits: int, logits: str = "bram", token_lanes: int = 1) -> list[Array]:
     """The arrays the top declares once whatever the placement: norms, chunk activations, logits (in `logits`
-    memory, logits_impl), attention's scores, the sampler's ring, and the one layer()'s, forward()'s and
-    attention's locals."""
+    memory, logits_impl), attention's scores, the sampler's ring, and the one layer()'s (a row per token lane:
+    the board's token_lanes), forward()'s and attention's locals."""
     c = model_consts(config, kv_port_bits)
     t, d, kv, f = hw["PREFILL_CHUNK"], config.dim, config.kv_dim, config.ffn_dim
     qdim, hd = config.n_heads * config.head_dim, config.head_dim
@@ -510,8 +510,9 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
         apply_layout(a, with_impl(applied, logits) if a.name == "g_logits" else applied)
     simd = att_simd(hd, kv_port_bits)
     att = {"HEADS": config.n_heads, "KV_HEADS": config.n_kv_heads, "HD": hd, "MAX_CTX": max_ctx, "SIMD": simd}
-    local = [_local("layer", v, 32, [n], pragmas, None) for v, n in
-             (("h", d), ("qr", qdim), ("kr", kv), ("o", d), ("gate", f), ("up", f))]
+    # vr: the values of a block of several tokens (a single token writes g_v's row directly)
+    local = [_local("layer", v, 32, [token_lanes, n], pragmas, None) for v, n in
+             (("h", d), ("qr", qdim), ("kr", kv), ("vr", kv), ("o", d), ("gate", f), ("up", f))]
     local += [_local("forward", "h", 32, [d], pragmas, None),
               _local("attention_query", "ql", 32, [config.n_heads, hd], pragmas, att),
               _local("attention_query", "acc", 32, [config.n_heads, hd], pragmas, att)]

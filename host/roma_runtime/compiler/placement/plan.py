@@ -638,7 +638,7 @@ def _buffer_reservation(core: _Core, pool: _Pool) -> Reservation:
     """The arrays the top declares whatever the placement (memory.core_arrays): taken even beyond the budget, so
     that a build whose core alone does not fit says so (Plan.over_budget) instead of planning a smaller core."""
     arrays = core_arrays(core.config, core.context, core.kv_tokens or 0, core.pragmas, core.hw,
-                         core.board.kv_port_bits, logits_impl(core.board.uram))
+                         core.board.kv_port_bits, logits_impl(core.board.uram), core.board.token_lanes)
     pool.take(*total(arrays), force=True)
     return _arrays_reservation("activations and buffers", arrays, "BRAM", {"context": core.context})
 
@@ -776,6 +776,11 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     plan.engines = engines.configs()
     plan.logic = logic.estimate(config, board, plan.engines, lora=lora.detail, kv_tokens=kv_tokens or 0,
                                 context=core.context, arrays=plan.arrays)
+    if board.token_lanes > 1 and any(t["used"] > t["available"] for t in plan.logic["total"].values()):
+        # the token lanes' datapaths do not fit the board's logic (a build of many engines): one lane, as a Zynq
+        return make_plan(config, replace(board, token_lanes=1), bits, group, per_tensor_bits, lora_rank,
+                         lora_targets, lora_dtype, lora_slots, kv_tokens, budget, context, ddr, scales,
+                         per_tensor_groups, uram, build_context, pe)
     plan.estimate = estimate(plan, context=context)
     return plan
 
@@ -829,9 +834,9 @@ def _gemv_cycles(engines: "_Engines", board: Board) -> float:
 # The layers' on-chip GEMV engines fold each matrix over PE tiles (finn-hlslib's MVAU: PE rows x GROUP inputs per
 # cycle). A tile needs at least MIN_TILE_ROWS rows of every linear (types.h timing::FADD_LATENCY: a row's fp32
 # accumulator is revisited every `rows` steps, so fewer rows would raise the engine's II), and the PEs of the
-# engines that may hold layers (a BRAM-ROM one and, on a board with URAM, a URAM one) take at most PE_LOGIC_SHARE
-# of the board's LUTs and DSPs by the logic estimate (logic.gemv_tile), leaving the rest for attention, the norms,
-# the LoRA unit and the DDR engines.
+# engines that may hold layers (a BRAM-ROM one and, on a board with URAM, a URAM one), with their token lanes
+# (boards.json token_lanes: a datapath per PE and lane), take at most PE_LOGIC_SHARE of the board's LUTs and DSPs by
+# the logic estimate (logic.gemv_tile), leaving the rest for attention, the norms, the LoRA unit and the DDR engines.
 PE_CHOICES = (32, 16, 8, 4, 2, 1)
 MIN_TILE_ROWS = 4
 PE_LOGIC_SHARE = 0.4
@@ -858,7 +863,7 @@ def pe_candidates(config: ModelConfig, board: Board, bits: int, group: int) -> l
     the model with each and keeps the one whose GEMVs take the fewest cycles (more PEs make each on-chip GEMV
     faster but split its bank into more BRAM/URAM banks, so fewer layers may fit on chip)."""
     rows = _layer_rows(config)
-    engines = 2 if board.uram else 1
+    engines = (2 if board.uram else 1) * board.token_lanes
     lut, _, dsp, _ = logic.gemv_tile(bits, group)
     return [pe for pe in PE_CHOICES if not any(r % pe or r // pe < MIN_TILE_ROWS for r in rows)
             and engines * pe * lut <= PE_LOGIC_SHARE * board.luts and engines * pe * dsp <= PE_LOGIC_SHARE * board.dsp
@@ -872,7 +877,7 @@ def _plan_arrays(core: _Core, lora_impl: str | None, kv_impl: str, engines: "_En
         + lora_apply_locals(c.lora_rank) if lora_impl else []
     kv = kv_array(c.config, c.kv_tokens, kv_impl, c.pragmas, c.board.kv_port_bits) if c.kv_tokens else []
     return lora + core_arrays(c.config, c.context, c.kv_tokens or 0, c.pragmas, c.hw, c.board.kv_port_bits,
-                              logits_impl(c.board.uram)) + kv + engines.arrays()
+                              logits_impl(c.board.uram), c.board.token_lanes) + kv + engines.arrays()
 
 
 def check_kv_tokens(kv_tokens, config: ModelConfig) -> None:
@@ -1001,7 +1006,8 @@ class _Engines:
             y_after = e.tier == "ddr" and logic.ddr_block_ii(
                 e.bits, e.group, e.scales, [lin_shape(c.config, lin)[0] // e.tiles for lin in lins],
                 c.board.weight_port_bits) < logic.ddr_block_steps(e.scales)
-            out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if y_after else 1)
+            out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if y_after else 1,
+                                 1 if e.role in (L_EMBD, L_OUTPUT) else c.board.token_lanes)
         return out
 
     def _total(self, e: EngineConfig, members: tuple) -> tuple[float, float]:

@@ -46,7 +46,8 @@
 // (a wider port does not help), port_cycles(4) cycles per beat. The tiles of a tensor stream in rounds through
 // the build's WEIGHT_PORTS ports (roma_model.h; the board's weight_ports), tile t0 + p through port p, each port
 // reading its own copy of the image (Zynq: the one DDR through several HP ports; Alveo: a bank per port); the
-// candidates are built once per GEMV and broadcast to the ports' lanes. A round's PORTS outputs of a row are
+// candidates are built once per GEMV (per token of a block: token lanes as brom_gemv_tiles_rt's, each block's words
+// feeding every lane) and broadcast to the ports' lanes. A round's PORTS outputs of a row are
 // consecutive in y (tile t holds rows t, t + TILES, ...), so y's buffers, partitioned cyclic by at least PORTS,
 // take them in one cycle.
 //
@@ -148,10 +149,10 @@ struct DdrStream {
   }
   // Tiles of a tensor of `tiles` through `ports` weight ports: rounds of one tile per port.
   static constexpr int rounds(int tiles, int ports) { return (tiles + ports - 1) / ports; }
-  // One GEMV of a tensor whose tiles take `rounds` rounds: candidates once, then the rounds one after another and
-  // the last round's outputs.
-  static void count(Cycles &cyc, int rounds, int rows, int cols, int ii_rows, int row_align) {
-    cyc.candidates += S::cand_cycles(cols);
+  // One GEMV of a tensor whose tiles take `rounds` rounds, for a block of n tokens: the candidates of each token,
+  // then the rounds one after another and the last round's outputs.
+  static void count(Cycles &cyc, int n, int rounds, int rows, int cols, int ii_rows, int row_align) {
+    cyc.candidates += (uint64_t)n * S::cand_cycles(cols);
     cyc.gemv += round_cycles(rows, cols, ii_rows, row_align, true) +
                 (uint64_t)(rounds - 1) * round_cycles(rows, cols, ii_rows, row_align, false) +
                 y_cycles(rows, ii_rows, row_align);
@@ -184,14 +185,17 @@ inline const rom_word_t *ddr_port(int p, const rom_word_t *image0, const rom_wor
 // that port's copy of the DDR image; the ports past PORTS are not read). Tiles t0 .. t0 + PORTS - 1 stream at once,
 // tile t0 + p through port p, each into its own accumulators, so a round of PORTS tiles takes one tile's cycles.
 // Four pointers, not an array: Vitis HLS gives each top-level pointer its own m_axi bundle only as an argument of
-// its own. dot_probe and xsum_out as brom_gemv_tiles.
-template <class E, int TILES, int PORT_BITS, int PORTS, bool PROBE = false>
-void brom_ddr_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const float a_scale[E::MAX_COLS / E::GROUP],
-                      const rom_word_t *image0, const rom_word_t *image1, const rom_word_t *image2,
-                      const rom_word_t *image3, float *y,
-                      acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
+// its own. Token lanes as brom_gemv_tiles_rt: n <= TOKENS tokens (xq[c], a_scale[c] -> y_c), each block's words,
+// read once, feed every lane's datapaths, so a block of tokens streams the tensor once. dot_probe and xsum_out as
+// brom_gemv_tiles (token 0's).
+template <class E, int TILES, int PORT_BITS, int PORTS, bool PROBE = false, int TOKENS = 1>
+void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_COLS],
+                      const float a_scale[TOKENS][E::MAX_COLS / E::GROUP], const rom_word_t *image0,
+                      const rom_word_t *image1, const rom_word_t *image2, const rom_word_t *image3, float *y0,
+                      float *y1, float *y2, float *y3, acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
                       acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
   static_assert(PORTS >= 1 && PORTS <= 4, "one to four weight ports");
+  static_assert(TOKENS >= 1 && TOKENS <= MAX_TOKEN_LANES, "one to MAX_TOKEN_LANES token lanes");
   typedef DdrStepConfig<E::GROUP, E::BITS, E::DP, E::SF, E::CQ> D;
   typedef DdrStream<D, PORT_BITS> P;
   typedef typename D::S S;
@@ -211,24 +215,34 @@ void brom_ddr_gemv_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const flo
   (void)MAX_BLOCKS;
   (void)MAX_PREFIX_BEATS;
 
-  cand_t cand[NG_MAX][QUADS][QUAD_CANDIDATES];
-#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 2
+#pragma HLS ARRAY_PARTITION variable = a_scale type = complete dim = 1
+  cand_t cand[TOKENS][NG_MAX][QUADS][QUAD_CANDIDATES];
+#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 3
-  act_t xg[NG_MAX][GROUP];
-#pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 2
-  acc_t xsum[NG_MAX];
-  // a port's tile's accumulators; y after: two sets, the round's and the previous round's being written to y
+#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 4
+  act_t xg[TOKENS][NG_MAX][GROUP];
+#pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 3
+  acc_t xsum[TOKENS][NG_MAX];
+#pragma HLS ARRAY_PARTITION variable = xsum type = complete dim = 1
+  // a token lane's and port's tile's accumulators; y after: two sets, the round's and the previous round's being
+  // written to y
   constexpr int ACC_SETS = Y_AFTER ? 2 : 1;
   static_assert(!Y_AFTER || BLOCK_II >= 2, "y after: a bank of acc takes a lane's read and write and y's read");
-  float acc[ACC_SETS][PORTS][E::MAX_ROWS];
+  float acc[TOKENS][ACC_SETS][PORTS][E::MAX_ROWS];
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 2
-#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = BLOCK_STEPS dim = 3
+#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 3
+#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = BLOCK_STEPS dim = 4
   scale_word_t ex[PORTS][EX_ROWS]; // q8: a port's tile's row exponents
 #pragma HLS ARRAY_PARTITION variable = ex type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = ex type = cyclic factor = BLOCK_STEPS dim = 2
 
-  brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq, cand, xg, xsum);
+DDR_TOKENS: // one candidate stage, the block's tokens one after another
+  for (int c = 0; c < n; ++c) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = TOKENS
+    brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq[c], cand[c], xg[c], xsum[c]);
+  }
 
   const int ng = cols / GROUP, steps = D::steps(rows, cols), blocks = D::blocks(rows, cols);
   const int prefix_beats = D::prefix_words(rows) / DDR_BEAT_WORDS, row_blocks = rows / BLOCK_STEPS;
@@ -278,10 +292,13 @@ DDR_ROUNDS:
         q = 0;
         ++g;
       }
-      for (int p = 0; p < PORTS; ++p) {
+      for (int c = 0; c < TOKENS; ++c) {
 #pragma HLS UNROLL
-        // y after: row b of the previous round's tiles, PORTS consecutive outputs (tile t holds rows t, t + TILES, ..)
-        if (b < y_rows) y[b * TILES + t0 - PORTS + p] = acc[prev][p][b];
+        for (int p = 0; p < PORTS; ++p) {
+#pragma HLS UNROLL
+          // y after: row b of the previous round's tiles, PORTS consecutive outputs (tile t holds rows t, t + TILES..)
+          if (c < n && b < y_rows) token_out(c, y0, y1, y2, y3)[b * TILES + t0 - PORTS + p] = acc[c][prev][p][b];
+        }
       }
       for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
@@ -299,13 +316,19 @@ DDR_ROUNDS:
 #pragma HLS UNROLL
             const int step = b * BLOCK_STEPS + i, grp = grp_of[i], row = row_of[i];
             if (step < steps) { // the last block's missing steps are padding (serial only)
-              const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&w[i * WPS], cand[grp], xg[grp]);
-              if (PROBE) dot_probe[t][step] = dot;
               const HalfPair dm = D::scales(w, i, ex[p], D::Q8 ? row : 0);
-              const float term = brom_term(a_scale[grp], dm.d, dm.m, dot, xsum[grp]);
-              const float sum = (grp == 0) ? term : acc[set][p][row] + term;
-              acc[set][p][row] = sum;
-              if (!Y_AFTER && grp == ng - 1) y[row * TILES + t] = sum; // tile t holds rows t, t + TILES, ...
+              for (int c = 0; c < TOKENS; ++c) {
+#pragma HLS UNROLL
+                if (c < n) {
+                  const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&w[i * WPS], cand[c][grp], xg[c][grp]);
+                  if (PROBE && c == 0) dot_probe[t][step] = dot;
+                  const float term = brom_term(a_scale[c][grp], dm.d, dm.m, dot, xsum[c][grp]);
+                  const float sum = (grp == 0) ? term : acc[c][set][p][row] + term;
+                  acc[c][set][p][row] = sum;
+                  // tile t holds rows t, t + TILES, ...
+                  if (!Y_AFTER && grp == ng - 1) token_out(c, y0, y1, y2, y3)[row * TILES + t] = sum;
+                }
+              }
             }
           }
         }
@@ -317,17 +340,21 @@ DDR_Y: // the lanes outrun y's write port: the last round's outputs from its acc
   for (int k = 0; k < (Y_AFTER ? rows : 0); ++k) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 0 max = MAX_ROWS
-    for (int p = 0; p < PORTS; ++p) {
+    for (int c = 0; c < TOKENS; ++c) {
 #pragma HLS UNROLL
-      const int t = (ROUNDS - 1) * PORTS + p;
-      if (t < TILES) y[k * TILES + t] = acc[(ROUNDS - 1) & (ACC_SETS - 1)][p][k];
+      for (int p = 0; p < PORTS; ++p) {
+#pragma HLS UNROLL
+        const int t = (ROUNDS - 1) * PORTS + p;
+        if (c < n && t < TILES)
+          token_out(c, y0, y1, y2, y3)[k * TILES + t] = acc[c][(ROUNDS - 1) & (ACC_SETS - 1)][p][k];
+      }
     }
   }
   for (int k = 0; k < NG_MAX; ++k) {
 #pragma HLS UNROLL
-    if (k < ng) xsum_out[k] = xsum[k];
+    if (k < ng) xsum_out[k] = xsum[0][k];
   }
-  P::count(cyc, ROUNDS, rows, cols, E::MIN_ROWS, E::ROW_ALIGN);
+  P::count(cyc, n, ROUNDS, rows, cols, E::MIN_ROWS, E::ROW_ALIGN);
 }
 
 // A fixed tile shape as an engine: its one row count is its alignment.
@@ -344,7 +371,9 @@ void brom_ddr_gemv(const act_t xq[COLS], const float a_scale[COLS / GROUP], cons
                    acc_t xsum_out[COLS / GROUP], Cycles &cyc) {
 #pragma HLS INLINE
   brom_ddr_gemv_rt<DdrFixedShape<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>>, TILES, PORT_BITS, PORTS, PROBE>(
-      ROWS, COLS, xq, a_scale, image, image, image, image, y, dot_probe, xsum_out, cyc);
+      1, ROWS, COLS, reinterpret_cast<const act_t(*)[COLS]>(xq),
+      reinterpret_cast<const float(*)[COLS / GROUP]>(a_scale), image, image, image, image, y, y, y, y, dot_probe,
+      xsum_out, cyc);
 }
 
 } // namespace roma

@@ -42,7 +42,8 @@
 //   gemv:       NG*ROWS iterations at GEMV_II (= 1 when ROWS >= FADD_LATENCY) + GEMV_DEPTH; outputs are
 //               written by the last group's iterations (no separate output loop).
 //   Tiles are the engine's PEs (brom_gemv_tiles_rt unrolls them inside the step loop, each with its own bank;
-//   tile t holds rows t, t + TILES, ...), so a matrix costs one tile's cycles.
+//   tile t holds rows t, t + TILES, ...), so a matrix costs one tile's cycles. Token lanes (TOKENS datapaths per PE
+//   on the same ROM words): a block of n tokens costs n candidate stages and one tile's steps.
 //
 // Synthesis: the caller binds the arrays' storage (roma_core.cpp: a BRAM ROM, or a URAM bank written by
 // CMD_LOAD_WEIGHTS); a ROM is declared static const, initialised from the packer's .dat:
@@ -254,25 +255,38 @@ inline float brom_term(float a_scale, half_bits_t d, half_bits_t m, acc_t dot, a
   return a_scale * (half_to_float(d) * (float)dot + half_to_float(m) * (float)xsum);
 }
 
+// Token lane c's output buffer (c a constant in an unrolled loop, so the select folds away and each lane writes its
+// own buffer). Four pointers, not an array: no pointers to pointers in synthesis (HLS_RULES.md).
+inline float *token_out(int c, float *y0, float *y1, float *y2, float *y3) {
+#pragma HLS INLINE
+  return c == 0 ? y0 : c == 1 ? y1 : c == 2 ? y2 : y3;
+}
+
 // A GEMV engine E (BromTileConfig, or roma_core.cpp's engine: the datapath's GROUP, BITS, DP, SF, CQ, the bounds
 // MAX_ROWS, MAX_COLS, MIN_ROWS over the tensors it serves, and its bank's PLANE_WORDS, PARAMS and AUX per tile)
 // folded as finn-hlslib's MVAU: TILES processing elements, each one (group, row) step of GROUP inputs per cycle
 // from its own bank, in one flattened loop over the steps at II = GEMV_II. The activation side (the candidates,
-// or the staged activations, and the group sums) is built once; each step reads the group's row of it once into
-// registers and broadcasts it to every PE.
-// One activation vector, a tensor of `rows` rows per tile and `cols` columns (run time, within the bounds) whose
-// words start at plane_base, prm_base and aux_base of each tile's bank arrays (multiples of WPS for the planes).
+// or the staged activations, and the group sums) is built once per input; each step reads the group's row of it
+// once into registers and broadcasts it to every PE.
+// Token lanes (weights stationary): the engine takes n <= TOKENS activation vectors (a block of prefill tokens,
+// xq[c] and a_scale[c] for token c, output y_c) and each step's ROM words, read once, feed TOKENS datapaths per
+// PE, so a block of tokens costs one pass over the weights (the candidate stage runs once per token, one after
+// another); a decode token takes one lane.
+// A tensor of `rows` rows per tile and `cols` columns (run time, within the bounds) whose words start at
+// plane_base, prm_base and aux_base of each tile's bank arrays (multiples of WPS for the planes).
 // Tile t holds the tensor's rows r * TILES + t (r = 0..rows-1), so each cycle of the last group writes TILES
-// consecutive outputs: y partitioned cyclic by TILES (roma_core.cpp, GEMV_PE) takes them in one cycle.
-// dot_probe ([t][NG*rows], group-major like prm) is written only when PROBE is true (testbenches); xsum_out always
-// receives the per-group activation sums.
-template <class E, int TILES, bool PROBE = false>
-void brom_gemv_tiles_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const float a_scale[E::MAX_COLS / E::GROUP],
+// consecutive outputs of every token: each y_c partitioned cyclic by TILES (roma_core.cpp, GEMV_PE) takes them in
+// one cycle. dot_probe ([t][NG*rows], group-major like prm) is written only when PROBE is true (testbenches);
+// xsum_out always receives the per-group activation sums (token 0's).
+template <class E, int TILES, bool PROBE = false, int TOKENS = 1>
+void brom_gemv_tiles_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_COLS],
+                        const float a_scale[TOKENS][E::MAX_COLS / E::GROUP],
                         const rom_word_t planes[TILES][E::PLANE_WORDS], int plane_base,
                         const scale_word_t prm[TILES][E::PARAMS], int prm_base,
-                        const scale_word_t aux[TILES][E::AUX], int aux_base, float *y,
-                        acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
+                        const scale_word_t aux[TILES][E::AUX], int aux_base, float *y0, float *y1, float *y2,
+                        float *y3, acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
                         acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
+  static_assert(TOKENS >= 1 && TOKENS <= MAX_TOKEN_LANES, "one to MAX_TOKEN_LANES token lanes");
   typedef BromStepConfig<E::GROUP, E::BITS, E::DP, E::SF, E::CQ> S;
   constexpr int NG_MAX = E::MAX_COLS / E::GROUP, QUADS = S::QUADS, WPS = S::WPS, GROUP = E::GROUP;
   constexpr int MIN_ROWS = E::MIN_ROWS, STEPS_MAX = NG_MAX * E::MAX_ROWS; // used by the pragmas
@@ -284,17 +298,26 @@ void brom_gemv_tiles_rt(int rows, int cols, const act_t xq[E::MAX_COLS], const f
 #pragma HLS ARRAY_PARTITION variable = planes type = cyclic factor = WPS dim = 2
 #pragma HLS ARRAY_PARTITION variable = prm type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = aux type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = a_scale type = complete dim = 1
 
-  cand_t cand[NG_MAX][QUADS][QUAD_CANDIDATES]; // LutSelect: subset sums of every quad, shared by the PEs
-#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 2
+  cand_t cand[TOKENS][NG_MAX][QUADS][QUAD_CANDIDATES]; // LutSelect: subset sums of every quad, shared by the PEs
+#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 3
-  act_t xg[NG_MAX][GROUP]; // DspMac: the activations of a group side by side
-#pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 2
-  acc_t xsum[NG_MAX];
-  float acc[TILES][E::MAX_ROWS]; // each PE's row accumulators
+#pragma HLS ARRAY_PARTITION variable = cand type = complete dim = 4
+  act_t xg[TOKENS][NG_MAX][GROUP]; // DspMac: the activations of a group side by side
+#pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 3
+  acc_t xsum[TOKENS][NG_MAX];
+#pragma HLS ARRAY_PARTITION variable = xsum type = complete dim = 1
+  float acc[TOKENS][TILES][E::MAX_ROWS]; // each token lane's and PE's row accumulators
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 2
 
-  brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq, cand, xg, xsum);
+GEMV_TOKENS: // one candidate stage, the block's tokens one after another
+  for (int c = 0; c < n; ++c) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = TOKENS
+    brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq[c], cand[c], xg[c], xsum[c]);
+  }
 
   // Stage 2: stream the banks, one (group, row) step per PE per cycle, WPS words from each PE's WPS banks: one
   // flattened loop over the tensor's NG x rows steps (group-major).
@@ -305,34 +328,49 @@ GEMV_STEPS:
 #pragma HLS PIPELINE II = GEMV_II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = STEPS_MAX
 #pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = MIN_ROWS dependent = true
-    // the activation side of group g, read once and broadcast to the PEs (finn-hlslib's MVAU reads its input
-    // element once per fold for all PEs): one row of cand and of xg, into registers
-    cand_t cg[QUADS][QUAD_CANDIDATES];
+    // the activation side of group g for every token lane, read once and broadcast to the PEs (finn-hlslib's MVAU
+    // reads its input element once per fold for all PEs): one row of cand and of xg per lane, into registers
+    cand_t cg[TOKENS][QUADS][QUAD_CANDIDATES];
 #pragma HLS ARRAY_PARTITION variable = cg type = complete dim = 0
-    act_t xgg[GROUP];
-#pragma HLS ARRAY_PARTITION variable = xgg type = complete dim = 1
-    for (int k = 0; k < QUADS; ++k) {
+    act_t xgg[TOKENS][GROUP];
+#pragma HLS ARRAY_PARTITION variable = xgg type = complete dim = 0
+    for (int c = 0; c < TOKENS; ++c) {
 #pragma HLS UNROLL
-      for (int c = 0; c < QUAD_CANDIDATES; ++c) {
+      for (int k = 0; k < QUADS; ++k) {
 #pragma HLS UNROLL
-        cg[k][c] = cand[g][k][c];
+        for (int b = 0; b < QUAD_CANDIDATES; ++b) {
+#pragma HLS UNROLL
+          cg[c][k][b] = cand[c][g][k][b];
+        }
       }
-    }
-    for (int j = 0; j < GROUP; ++j) {
+      for (int j = 0; j < GROUP; ++j) {
 #pragma HLS UNROLL
-      xgg[j] = xg[g][j];
+        xgg[c][j] = xg[c][g][j];
+      }
     }
   GEMV_PES:
     for (int t = 0; t < TILES; ++t) {
 #pragma HLS UNROLL
-      const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&planes[t][plane_base + step * WPS], cg, xgg);
-      if (PROBE) dot_probe[t][step] = dot;
+      rom_word_t w[WPS]; // the step's ROM words, read once for every token lane
+#pragma HLS ARRAY_PARTITION variable = w type = complete
+      for (int k = 0; k < WPS; ++k) {
+#pragma HLS UNROLL
+        w[k] = planes[t][plane_base + step * WPS + k];
+      }
       const HalfPair dm =
           brom_scales<E::SF>(prm[t][prm_base + step], aux[t][aux_base + (E::SF == ScaleFormat::Q8 ? r : step)]);
-      const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
-      const float sum = (g == 0) ? term : acc[t][r] + term;
-      acc[t][r] = sum;
-      if (g == ng - 1) y[r * TILES + t] = sum;
+    GEMV_TOKEN_LANES:
+      for (int c = 0; c < TOKENS; ++c) {
+#pragma HLS UNROLL
+        if (c < n) {
+          const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(w, cg[c], xgg[c]);
+          if (PROBE && c == 0) dot_probe[t][step] = dot;
+          const float term = brom_term(a_scale[c][g], dm.d, dm.m, dot, xsum[c][g]);
+          const float sum = (g == 0) ? term : acc[c][t][r] + term;
+          acc[c][t][r] = sum;
+          if (g == ng - 1) token_out(c, y0, y1, y2, y3)[r * TILES + t] = sum;
+        }
+      }
     }
     if (++r == rows) {
       r = 0;
@@ -342,14 +380,14 @@ GEMV_STEPS:
 
   for (int k = 0; k < NG_MAX; ++k) {
 #pragma HLS UNROLL
-    if (k < ng) xsum_out[k] = xsum[k];
+    if (k < ng) xsum_out[k] = xsum[0][k];
   }
-  cyc.candidates += S::cand_cycles(cols);
+  cyc.candidates += (uint64_t)n * S::cand_cycles(cols);
   cyc.gemv += S::gemv_cycles(rows, cols, S::gemv_ii(E::MIN_ROWS));
 }
 
 // All TILES tiles of one tensor (TILES*ROWS outputs, tile t's row r is output r * TILES + t), in parallel (a fixed
-// shape).
+// shape, one token: its codes and scales are the engine's one token lane).
 template <int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
           bool PROBE = false, ScaleFormat SF = ScaleFormat::Fp16>
 void brom_gemv_tiles(const act_t xq[COLS],
@@ -363,7 +401,9 @@ void brom_gemv_tiles(const act_t xq[COLS],
                      Cycles &cyc) {
 #pragma HLS INLINE
   brom_gemv_tiles_rt<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>, TILES, PROBE>(
-      ROWS, COLS, xq, a_scale, planes, 0, prm, 0, aux, 0, y, dot_probe, xsum_out, cyc);
+      1, ROWS, COLS, reinterpret_cast<const act_t(*)[COLS]>(xq),
+      reinterpret_cast<const float(*)[COLS / GROUP]>(a_scale), planes, 0, prm, 0, aux, 0, y, y, y, y, dot_probe,
+      xsum_out, cyc);
 }
 
 } // namespace roma

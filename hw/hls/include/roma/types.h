@@ -27,6 +27,10 @@ constexpr int QUAD_CANDIDATES = 16; // subsets of a quad
 // 1,280 at 16. Past 16 the fixed pipeline depths (~38 cycles a GEMV) weigh as much as the passes: 32 lanes would
 // save ~470 cycles a layer (~2% of a decode token) for twice the quantizer's fp32 multipliers.
 constexpr int ACT_LANES = 16;
+// Token lanes: how many activation vectors an on-chip GEMV engine takes per pass over its weights (a block of prefill
+// tokens: each ROM word read serves them all, weights stationary); the build's TOKEN_LANES (roma_model.h, the
+// board's token_lanes) is at most this: roma_core passes a block's inputs and outputs as four pointers each.
+constexpr int MAX_TOKEN_LANES = 4;
 
 typedef int8_t act_t;   // quantized activation
 typedef int32_t acc_t;  // exact group dot product / activation sum (|dot| <= 255*127*128 < 2^23)
