@@ -555,7 +555,7 @@ constexpr bool serves_shape() {
 // C simulation: tensor (l, LIN) on engine R for the block's n tokens (each token's activation quantizer at the
 // tensor's own width, then the emulated board's packed GEMV of the whole tensor, or the straight one, tile by tile,
 // for a tensor it could not pack), or nothing when the tensor is not one of R's; counted as the engine counts it
-// (the quantizer and the candidates per token, one pass over the weights for the block).
+// (the lanes' quantizers side by side, the candidates per token, one pass over the weights for the block).
 template <class R, int LIN>
 void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, TOKEN_OUTS, Cycles &cyc) {
   constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN), NG = R::MAX_COLS / R::GROUP;
