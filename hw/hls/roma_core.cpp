@@ -697,13 +697,13 @@ template <class = void>
 void attend(std::true_type /*on chip*/, int l, int start, int T, half_bits_t *kc, half_bits_t *vc,
                    LayerCycles &cyc) {
   ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD,
-                         KvPlace::OnChip>(g_q, g_k, g_v, start, T, g_kv_chip[l][0], g_kv_chip[l][1], g_att, cyc, kc,
+                         KvPlace::OnChip, TT>(g_q, g_k, g_v, start, T, g_kv_chip[l][0], g_kv_chip[l][1], g_att, cyc, kc,
                                           vc);
 }
 template <class = void>
 void attend(std::false_type /*in DDR*/, int, int start, int T, half_bits_t *kc, half_bits_t *vc,
                    LayerCycles &cyc) {
-  ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr>(
+  ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr, TT>(
       g_q, g_k, g_v, start, T, kc, vc, g_att, cyc);
 }
 

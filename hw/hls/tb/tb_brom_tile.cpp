@@ -385,8 +385,30 @@ void check_attention_csim(Tally &tally) {
     }
     tally.check(c1.attention == c2.attention);
   }
-  std::printf("  attention fast path (%d heads, %d kv heads, hd %d, simd %d, compiled in: %d): %ld mismatches\n",
-              HEADS, KV_HEADS, HD, SIMD, ROMA_ATT_CSIM_FAST, bad);
+  // token lanes: a block of three queries at positions pos..pos+2 through four lanes (one idle), each query's
+  // output bit for bit as attention_query's alone, the block counted as one pass over its last query's keys
+  constexpr int L = MAX_TOKEN_LANES, N = 3;
+  for (int pos : {0, 7, 150, MAXCTX - N}) {
+    std::vector<float> qb((size_t)L * HEADS * HD), ob((size_t)L * HEADS * HD, -1.0f), one(q.size());
+    for (size_t i = 0; i < qb.size(); ++i) qb[i] = rnd();
+    LayerCycles cb, c1;
+    attention_lanes<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, L>(
+        reinterpret_cast<const float(*)[HEADS * HD]>(qb.data()), N, pos, kc.data(), vc.data(),
+        reinterpret_cast<float(*)[HEADS * HD]>(ob.data()), cb);
+    for (int t = 0; t < L; ++t) {
+      if (t < N)
+        attention_query<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr>(&qb[(size_t)t * HEADS * HD], pos + t,
+                                                                          kc.data(), vc.data(), one.data(), c1);
+      for (size_t i = 0; i < one.size(); ++i) { // a lane past the block writes nothing
+        const bool ok = float_to_bits(ob[(size_t)t * HEADS * HD + i]) == float_to_bits(t < N ? one[i] : -1.0f);
+        tally.check(ok);
+        bad += !ok;
+      }
+    }
+    tally.check(cb.attention == AttentionConfig<HEADS, KV_HEADS, HD, MAXCTX, SIMD>::block_cycles(pos + N, N));
+  }
+  std::printf("  attention fast path and token lanes (%d heads, %d kv heads, hd %d, simd %d, compiled in: %d): "
+              "%ld mismatches\n", HEADS, KV_HEADS, HD, SIMD, ROMA_ATT_CSIM_FAST, bad);
 }
 
 // exp_f32x16 against exp_f32 on every lane (a dense sweep of [-90, 90] and the special values), and the

@@ -172,7 +172,7 @@ def test_the_plans_memory_model_is_the_objects(tiny_report):
     # kernels' local arrays, the norms, chunk activations, logits, attention's scores and the LoRA unit
     rows = {r["array"]: r for r in tiny_report["per_array"]}
     assert {"Unit<0>::planes", "Unit<2>::planes", "g_logits", "g_lora.values",
-            "attention_query<...>::score", "brom_gemv_tiles_rt<...>::acc"} <= set(rows)
+            "attention_lanes<...>::score", "brom_gemv_tiles_rt<...>::acc"} <= set(rows)
     off = {name for name, r in rows.items() if not r["agrees"]}
     assert not off, off
     assert tiny_report["total_bram36"] == pytest.approx(tiny_report["plan"]["bram36"], rel=0.05)

@@ -136,7 +136,7 @@ def test_kv260_cannot_hold_the_cores_own_arrays_at_8k(smollm2):
     # attention's scores over the 8K context (9 heads in 3 banks: 72), the norms (36), the DDR head's
     # accumulator (8K rows per tile: 9)... more than the KV260's budget, so nothing else fits and the plan says so
     arrays = {a.name: a for a in plan.arrays}
-    assert arrays["g_logits"].uram == 12 and arrays["attention_query<...>::score"].bram36 == 72
+    assert arrays["g_logits"].uram == 12 and arrays["attention_lanes<...>::score"].bram36 == 72
     assert plan.layers_on_chip() == [] and plan.layers_streamed() == list(range(30))
     assert plan.over_budget == [f"BRAM36 {plan.bram36_used:,.1f} of 115.0"] and plan.bram36_used > 150
     assert "layers 0-29 stream from DDR" in plan.summary and "OVER BUDGET" in plan.summary

@@ -38,8 +38,8 @@ Token lanes (boards.json token_lanes; roma_core.cpp Unit::TOKENS, one for a head
 Activation quantizer (act_quant, SIMD = ACT_LANES, types.h; one per engine and token lane): per lane an integer
   compare of 31 bits, an fmul and a round/clip of 8 bits; 2 fdiv (the scale and its inverse).
 LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its two loops, then 1 fmul and 1 fadd.
-Attention (attention_query, GROUP = HEADS / KV_HEADS query heads per KV head, SIMD = ATT_SIMD, the board's KV
-  port in fp16 lanes): scores GROUP * SIMD fmul, GROUP * (SIMD - 1) + GROUP * (HD / SIMD - 1) fadd (the two
+Attention (attention_lanes, a datapath per token lane; GROUP = HEADS / KV_HEADS query heads per KV head, SIMD =
+  ATT_SIMD, the board's KV port in fp16 lanes): scores GROUP * SIMD fmul, GROUP * (SIMD - 1) + GROUP * (HD / SIMD - 1) fadd (the two
   trees), GROUP fmul (the scale) and GROUP fcmp (the max); P x V GROUP exp with their GROUP fadd (score - max)
   and GROUP fadd (the sums), GROUP * SIMD fmul and fadd; 2 * SIMD fp16->fp32; SIMD fdiv (the output).
 The elementwise units at the build's lanes L (boards.json elementwise_lanes, halved to the model's dimensions):
@@ -209,8 +209,8 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
     simd = att_simd(hd, board.kv_port_bits)
     at = _ops({"fmul": 2 * group * simd + group, "fadd": group * (simd - 1) + group * (hd // simd - 1)
                + group * simd + 2 * group, "exp": group, "fcmp": group, "h2f": 2 * simd, "fdiv": simd})
-    units.append(_unit("attention", 1, *at, {"group": group, "simd": simd, "head_dim": hd,
-                                             "max_ctx": kv_tokens or context}))
+    units.append(_unit("attention (one per token lane)", board.token_lanes, *at,
+                       {"group": group, "simd": simd, "head_dim": hd, "max_ctx": kv_tokens or context}))
     ew = board.elementwise_lanes.for_model(config.dim, config.ffn_dim, config.head_dim)
     sumsq = kernel_constants("norm.h")["SUMSQ_LANES"]
     units.append(_unit("RMSNorm (one, three call sites)", 1,

@@ -37,10 +37,10 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   a round's outputs go out during the next round);
 - once: g_norms [2 N_LAYERS + 1][DIM] fp32 (every layer's norms stay on chip, whatever the layer's tier),
   g_x, g_q, g_att [PREFILL_CHUNK][DIM], g_k, g_v [PREFILL_CHUNK][KV_DIM], g_logits [VOCAB] (the whole
-  vocabulary's fp32 logits), attention's score [HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions, else the
-  build's context), the sampler's g_recent ring, the LoRA unit (C1) and the one lora_apply's t [rank], the on-chip
+  vocabulary's fp32 logits), attention's score [TOKEN_LANES][HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions,
+  else the build's context), the sampler's g_recent ring, the LoRA unit (C1) and the one lora_apply's t [rank], the on-chip
   KV cache g_kv_chip [N_LAYERS][2][positions * KV_DIM] fp16, and the locals of the one layer() and forward()
-  instance (h, qr, kr, vr, o, gate, up, a row per token lane; h) and of attention (ql, acc).
+  instance (h, qr, kr, vr, o, gate, up, a row per token lane; h) and of attention (ql, acc, a row per lane).
 Not listed: locals the footprint finds in LUTRAM or registers in every build (sampler pools, RoPE tables,
 partial sums, the status words); they cost no block RAM.
 """
@@ -247,7 +247,7 @@ PRAGMA_SITES = {
     "g_x": [("roma_core", "g_x", 0, {})],  # cyclic STREAM_LANES
     "g_q": [("roma_core", "g_q", 0, {})],  # cyclic ROPE_OUT_LANES
     "g_k": [("roma_core", "g_k", 0, {})],  # cyclic ROPE_OUT_LANES
-    "score": [("attention_query", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
+    "score": [("attention_lanes", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: att_simd(c["HEAD_DIM"], c["KV_PORT_BITS"])})],
     "g_logits": [("roma_core", "g_logits", 0, {})],
     "g_v": [("roma_core", "g_v", 0, {})],  # cyclic GEMV_OUT_LANES (pragma_defines)
@@ -327,7 +327,7 @@ def apply_layout(arr: Array, applied: list, strict: bool = True) -> Array:
 
 def array_key(name: str) -> str:
     """The name the planner and the footprint compare arrays by: a bank keeps its engine (Unit<U>), other
-    template arguments collapse ('attention_query<9, 3, ...>::score' -> 'attention_query<...>::score'); a static
+    template arguments collapse ('attention_lanes<9, 3, ...>::score' -> 'attention_lanes<...>::score'); a static
     local loses its function's argument list and namespace."""
     if name.startswith("Unit<"):
         return name
@@ -342,7 +342,21 @@ def array_key(name: str) -> str:
             depth -= 1
         elif depth == 0:
             out.append(ch)
-    return re.sub(r"\([^()]*\)(?=::)", "", "".join(out)).replace("roma::", "")
+    return _strip_arguments("".join(out)).replace("roma::", "")
+
+
+def _strip_arguments(name: str) -> str:
+    """A static local's name without its function's argument list, whose types may hold parentheses of their own
+    ('f<...>(float const (*) [(4)*(16)], int)::score' -> 'f<...>::score')."""
+    end = name.rfind(")::")
+    if end < 0:
+        return name
+    depth = 0
+    for i in range(end, -1, -1):
+        depth += {")": 1, "(": -1}.get(name[i], 0)
+        if depth == 0:
+            return name[:i] + name[end + 1:]
+    return name
 
 
 # --- what the top declares for a plan -----------------------------------------------------------------------
@@ -502,8 +516,8 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
     for name, n in (("g_x", d), ("g_q", qdim), ("g_k", kv), ("g_v", kv), ("g_att", qdim)):
         static.append(Array(name, name, _bytes(32, [t, n]), 32, [t, n]))
     static += [Array("g_logits", "g_logits", _bytes(32, [config.vocab_size]), 32, [config.vocab_size]),
-               Array("attention_query<...>::score", "score", _bytes(32, [config.n_heads, max_ctx]), 32,
-                     [config.n_heads, max_ctx]),
+               Array("attention_lanes<...>::score", "score", _bytes(32, [token_lanes, config.n_heads, max_ctx]), 32,
+                     [token_lanes, config.n_heads, max_ctx]),
                Array("g_recent.id", "id", _bytes(32, [hw["SAMPLER_RING"]]), 32, [hw["SAMPLER_RING"]])]
     for a in static:
         applied = static_pragmas(a, pragmas, {}, c)
@@ -514,8 +528,8 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
     local = [_local("layer", v, 32, [token_lanes, n], pragmas, None) for v, n in
              (("h", d), ("qr", qdim), ("kr", kv), ("vr", kv), ("o", d), ("gate", f), ("up", f))]
     local += [_local("forward", "h", 32, [d], pragmas, None),
-              _local("attention_query", "ql", 32, [config.n_heads, hd], pragmas, att),
-              _local("attention_query", "acc", 32, [config.n_heads, hd], pragmas, att)]
+              _local("attention_lanes", "ql", 32, [token_lanes, config.n_heads, hd], pragmas, att),
+              _local("attention_lanes", "acc", 32, [token_lanes, config.n_heads, hd], pragmas, att)]
     return static + local
 
 

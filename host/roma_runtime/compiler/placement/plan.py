@@ -776,8 +776,9 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     plan.engines = engines.configs()
     plan.logic = logic.estimate(config, board, plan.engines, lora=lora.detail, kv_tokens=kv_tokens or 0,
                                 context=core.context, arrays=plan.arrays)
-    if board.token_lanes > 1 and any(t["used"] > t["available"] for t in plan.logic["total"].values()):
-        # the token lanes' datapaths do not fit the board's logic (a build of many engines): one lane, as a Zynq
+    if board.token_lanes > 1 and (plan.over_budget or plan.logic_over):
+        # the token lanes' datapaths or buffers do not fit the board (a build of many engines, or one whose layers
+        # fill the memory to the last block): one lane, as on a Zynq
         return make_plan(config, replace(board, token_lanes=1), bits, group, per_tensor_bits, lora_rank,
                          lora_targets, lora_dtype, lora_slots, kv_tokens, budget, context, ddr, scales,
                          per_tensor_groups, uram, build_context, pe)

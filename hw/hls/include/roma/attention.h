@@ -58,7 +58,9 @@
 // A decode query at S keys thus costs 2*S*CH + 2*HEADS*HD/SIMD cycles plus the depths (AttentionConfig::
 // query_cycles); SmolLM2-135M (ROW = 192) at S = 256: 12288 + 144 on a 128-bit port, 3072 + 36 on a 512-bit one
 // (per layer).
-// A prefill chunk of T tokens writes T rows, then runs the query loops T times (keys 0..start+i).
+// A prefill chunk of T tokens writes T rows, then runs the query loops once per block of QT queries (token lanes,
+// attention_lanes: the block's last query's keys, each row chunk read feeding every lane; query i uses keys
+// 0..start+i), so a chunk costs about T / QT passes over the keys instead of T.
 // The emulated board's query (AVX-512, bit-identical: tb_brom_tile checks it) is in csim/attention.h.
 #ifndef ROMA_ATTENTION_H
 #define ROMA_ATTENTION_H
@@ -116,12 +118,14 @@ struct AttentionConfig {
   static constexpr uint64_t WRITE_CYCLES = (uint64_t)CH * timing::II + WRITE_DEPTH; // per new token
   // kv_load of n rows of one cache (K or V of a layer): n*ROW*2 bytes at SIMD*2 bytes per cycle, one burst.
   static constexpr uint64_t load_cycles(int n) { return (uint64_t)n * CH * timing::II + LOAD_DEPTH; }
-  // One query over S keys.
-  static constexpr uint64_t query_cycles(int S) {
-    return (uint64_t)(HEADS * CHD) * timing::II + QLOAD_DEPTH + (uint64_t)S * CH * SCORE_II + SCORE_DEPTH +
+  // A block of n queries whose last attends to S keys (token lanes: the passes over the keys once for the block,
+  // the queries loaded and finished one after another); one query over S keys.
+  static constexpr uint64_t block_cycles(int S, int n) {
+    return (uint64_t)(n * HEADS * CHD) * timing::II + QLOAD_DEPTH + (uint64_t)S * CH * SCORE_II + SCORE_DEPTH +
            (uint64_t)S * CH * PV_II + PV_DEPTH +
-           (uint64_t)(HEADS * CHD) * timing::II + FINAL_DEPTH;
+           (uint64_t)(n * HEADS * CHD) * timing::II + FINAL_DEPTH;
   }
+  static constexpr uint64_t query_cycles(int S) { return block_cycles(S, 1); }
 };
 
 namespace detail {
@@ -166,47 +170,55 @@ KV_WRITE:
   cyc.attention += C::WRITE_CYCLES;
 }
 
-// One query (all HEADS heads, rotated) at position `pos` over cache rows 0..pos (already written).
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
-void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_cache, const half_bits_t *v_cache,
-                     float out[HEADS * HD], LayerCycles &cyc) {
+// A block of n <= QT queries (all HEADS heads, rotated) at positions pos..pos+n-1, query c over cache rows
+// 0..pos+c (already written): one pass over rows 0..pos+n-1 of K and one of V serves them all (token lanes: each row
+// chunk read feeds QT lanes of datapaths), lane c skipping the rows past its position, so each query's scores, max,
+// sums and outputs are the operations attention_query does for it alone, in the same order (bit for bit:
+// tb_brom_tile checks it). q[c] and out[c] are the block's rows.
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int QT = 1>
+void attention_lanes(const float q[][HEADS * HD], int n, int pos, const half_bits_t *k_cache,
+                     const half_bits_t *v_cache, float out[][HEADS * HD], LayerCycles &cyc) {
   typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE> C;
   constexpr int GROUP = C::GROUP, ROW = C::ROW, CHD = C::CHD, CH = C::CH;
   constexpr int PV_II = C::PV_II; // used by the PIPELINE pragma
   (void)PV_II;
   (void)ROW;
   const float scale = attention_scale<HD>();
-  const int S = pos + 1; // causal: keys 0..pos
+  const int S = pos + n; // causal: keys 0..pos+n-1, lane c's 0..pos+c
 
-  float ql[HEADS][HD];
-#pragma HLS ARRAY_PARTITION variable = ql type = cyclic factor = GROUP dim = 1
-#pragma HLS ARRAY_PARTITION variable = ql type = cyclic factor = SIMD dim = 2
-  static float score[HEADS][MAX_CTX]; // scores of the current query
-#pragma HLS ARRAY_PARTITION variable = score type = cyclic factor = GROUP dim = 1
-  float mx[HEADS], lsum[HEADS];
-#pragma HLS ARRAY_PARTITION variable = mx type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = lsum type = complete dim = 1
-  float acc[HEADS][HD];
-#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = GROUP dim = 1
-#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = SIMD dim = 2
-  float part[GROUP][CHD]; // chunk sums of the current (position, kv head)
+  float ql[QT][HEADS][HD];
+#pragma HLS ARRAY_PARTITION variable = ql type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = ql type = cyclic factor = GROUP dim = 2
+#pragma HLS ARRAY_PARTITION variable = ql type = cyclic factor = SIMD dim = 3
+  static float score[QT][HEADS][MAX_CTX]; // scores of the block's queries
+#pragma HLS ARRAY_PARTITION variable = score type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = score type = cyclic factor = GROUP dim = 2
+  float mx[QT][HEADS], lsum[QT][HEADS];
+#pragma HLS ARRAY_PARTITION variable = mx type = complete dim = 0
+#pragma HLS ARRAY_PARTITION variable = lsum type = complete dim = 0
+  float acc[QT][HEADS][HD];
+#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = GROUP dim = 2
+#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = SIMD dim = 3
+  float part[QT][GROUP][CHD]; // chunk sums of the current (position, kv head)
 #pragma HLS ARRAY_PARTITION variable = part type = complete dim = 0
 
-QLOAD:
-  for (int i = 0; i < HEADS * CHD; ++i) {
+QLOAD: // the block's queries one after another
+  for (int i = 0; i < n * HEADS * CHD; ++i) {
 #pragma HLS PIPELINE II = timing::II
-    const int h = i / CHD, dc = i % CHD;
+#pragma HLS LOOP_TRIPCOUNT min = HEADS * CHD max = QT * HEADS * CHD
+    const int c = i / (HEADS * CHD), h = i / CHD % HEADS, dc = i % CHD;
     for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
-      ql[h][dc * SIMD + l] = q[h * HD + dc * SIMD + l];
+      ql[c][h][dc * SIMD + l] = q[c][h * HD + dc * SIMD + l];
     }
     if (dc == 0) {
-      mx[h] = -INFINITY;
-      lsum[h] = 0.0f; // (set again at s = 0 below; this keeps gcc from seeing a read before any write)
+      mx[c][h] = -INFINITY;
+      lsum[c][h] = 0.0f; // (set again at s = 0 below; this keeps gcc from seeing a read before any write)
     }
   }
 
-  // Pass 1: scores and their max (one sequential read of rows 0..pos of K).
+  // Pass 1: scores and their max (one sequential read of rows 0..pos+n-1 of K).
 SCORE_POS:
   for (int s = 0; s < S; ++s) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CTX
@@ -220,32 +232,36 @@ SCORE_POS:
 #pragma HLS UNROLL
         kv[l] = half_to_float(k_cache[(size_t)s * ROW + c * SIMD + l]);
       }
-      for (int gq = 0; gq < GROUP; ++gq) {
+      for (int t = 0; t < QT; ++t) {
 #pragma HLS UNROLL
-        const int h = kh * GROUP + gq;
-        float prod[SIMD];
+        if (t >= n || s > pos + t) continue; // lane t: keys 0..pos+t
+        for (int gq = 0; gq < GROUP; ++gq) {
+#pragma HLS UNROLL
+          const int h = kh * GROUP + gq;
+          float prod[SIMD];
 #pragma HLS ARRAY_PARTITION variable = prod type = complete dim = 1
-        for (int l = 0; l < SIMD; ++l) {
+          for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
-          prod[l] = ql[h][dc * SIMD + l] * kv[l];
-        }
-        part[gq][dc] = detail::tree_sum<SIMD>(prod);
-        if (dc == CHD - 1) {
-          float chunks[CHD];
-#pragma HLS ARRAY_PARTITION variable = chunks type = complete dim = 1
-          for (int j = 0; j < CHD; ++j) {
-#pragma HLS UNROLL
-            chunks[j] = part[gq][j];
+            prod[l] = ql[t][h][dc * SIMD + l] * kv[l];
           }
-          const float sc = detail::tree_sum<CHD>(chunks) * scale;
-          score[h][s] = sc;
-          mx[h] = sc > mx[h] ? sc : mx[h];
+          part[t][gq][dc] = detail::tree_sum<SIMD>(prod);
+          if (dc == CHD - 1) {
+            float chunks[CHD];
+#pragma HLS ARRAY_PARTITION variable = chunks type = complete dim = 1
+            for (int j = 0; j < CHD; ++j) {
+#pragma HLS UNROLL
+              chunks[j] = part[t][gq][j];
+            }
+            const float sc = detail::tree_sum<CHD>(chunks) * scale;
+            score[t][h][s] = sc;
+            mx[t][h] = sc > mx[t][h] ? sc : mx[t][h];
+          }
         }
       }
     }
   }
 
-  // Pass 2: sum_s e[h,s] * v[s] (one sequential read of rows 0..pos of V), e[h,s] = exp(score[h,s] - mx[h])
+  // Pass 2: sum_s e[h,s] * v[s] (one sequential read of rows 0..pos+n-1 of V), e[h,s] = exp(score[h,s] - mx[h])
   // computed where it is used: each chunk of kv head kh computes the GROUP exps of its heads (the same value in
   // every chunk of the head, a recomputation instead of a loop-carried hand-over), and the head's first chunk
   // adds it to l[h], revisited every CH iterations like acc. No separate exp loop over S*HEADS.
@@ -264,30 +280,45 @@ PV_POS:
 #pragma HLS UNROLL
         vv[l] = half_to_float(v_cache[(size_t)s * ROW + c * SIMD + l]);
       }
-      for (int gq = 0; gq < GROUP; ++gq) {
+      for (int t = 0; t < QT; ++t) {
 #pragma HLS UNROLL
-        const int h = kh * GROUP + gq;
-        const float p = exp_f32(score[h][s] - mx[h]);
-        if (dc == 0) lsum[h] = (s == 0 ? 0.0f : lsum[h]) + p;
-        for (int l = 0; l < SIMD; ++l) {
+        if (t >= n || s > pos + t) continue;
+        for (int gq = 0; gq < GROUP; ++gq) {
 #pragma HLS UNROLL
-          const int d = dc * SIMD + l;
-          acc[h][d] = (s == 0 ? 0.0f : acc[h][d]) + p * vv[l];
+          const int h = kh * GROUP + gq;
+          const float p = exp_f32(score[t][h][s] - mx[t][h]);
+          if (dc == 0) lsum[t][h] = (s == 0 ? 0.0f : lsum[t][h]) + p;
+          for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+            const int d = dc * SIMD + l;
+            acc[t][h][d] = (s == 0 ? 0.0f : acc[t][h][d]) + p * vv[l];
+          }
         }
       }
     }
   }
 
-FINAL:
-  for (int i = 0; i < HEADS * CHD; ++i) {
+FINAL: // the block's outputs one query after another
+  for (int i = 0; i < n * HEADS * CHD; ++i) {
 #pragma HLS PIPELINE II = timing::II
-    const int h = i / CHD, dc = i % CHD;
+#pragma HLS LOOP_TRIPCOUNT min = HEADS * CHD max = QT * HEADS * CHD
+    const int c = i / (HEADS * CHD), h = i / CHD % HEADS, dc = i % CHD;
     for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
-      out[h * HD + dc * SIMD + l] = acc[h][dc * SIMD + l] / lsum[h];
+      out[c][h * HD + dc * SIMD + l] = acc[c][h][dc * SIMD + l] / lsum[c][h];
     }
   }
-  cyc.attention += C::query_cycles(S);
+  cyc.attention += C::block_cycles(S, n);
+}
+
+// One query at position `pos` over cache rows 0..pos: a block of one.
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_cache, const half_bits_t *v_cache,
+                     float out[HEADS * HD], LayerCycles &cyc) {
+#pragma HLS INLINE
+  attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, 1>(reinterpret_cast<const float(*)[HEADS * HD]>(q), 1,
+                                                                pos, k_cache, v_cache,
+                                                                reinterpret_cast<float(*)[HEADS * HD]>(out), cyc);
 }
 
 // Copy rows start..start+n-1 of one cache (K or V of a layer) from the host's DDR rows into the on-chip ones
@@ -322,9 +353,10 @@ void attention_decode(const float q[HEADS * HD], const float k_new[KV_HEADS * HD
 }
 
 // Prefill chunk: T (<= MAX_T) tokens at positions start..start+T-1 (start + T <= MAX_CTX, checked by the
-// caller). All T rows are written first (as the golden does), then query i attends to keys 0..start+i.
-// OnChip: as attention_decode.
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+// caller). All T rows are written first (as the golden does), then query i attends to keys 0..start+i, in blocks of
+// QT queries (token lanes: one pass over the keys per block). OnChip: as attention_decode.
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
+          int QT = 1>
 void attention_prefill(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T][KV_HEADS * HD],
                        const float v_new[MAX_T][KV_HEADS * HD], int start, int T, half_bits_t *k_cache,
                        half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc,
@@ -335,10 +367,13 @@ PREFILL_WRITE:
     kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(k_new[i], v_new[i], start + i, k_cache, v_cache, cyc,
                                                         k_ddr, v_ddr);
   }
+  constexpr int MAX_BLOCKS = (MAX_T + QT - 1) / QT; // used by the LOOP_TRIPCOUNT pragma
+  (void)MAX_BLOCKS;
 PREFILL_QUERY:
-  for (int i = 0; i < T; ++i) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
-    attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(q[i], start + i, k_cache, v_cache, out[i], cyc);
+  for (int i0 = 0; i0 < T; i0 += QT) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
+    attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, QT>(&q[i0], T - i0 < QT ? T - i0 : QT, start + i0,
+                                                                   k_cache, v_cache, &out[i0], cyc);
   }
 }
 

@@ -141,9 +141,10 @@ void attention_query_fast(const float q[HEADS * HD], int pos, const half_bits_t 
   attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(q, pos, k_cache, v_cache, out, cyc);
 }
 
-// attention_prefill (../attention.h: all T rows written first, then query i over keys 0..start+i) with the
-// fast query.
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+// attention_prefill (../attention.h: all T rows written first, then query i over keys 0..start+i, counted in blocks of
+// QT queries, one pass over the keys each) with the fast query.
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
+          int QT = 1>
 void attention_prefill_csim(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T][KV_HEADS * HD],
                             const float v_new[MAX_T][KV_HEADS * HD], int start, int T, half_bits_t *k_cache,
                             half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc,
@@ -151,8 +152,14 @@ void attention_prefill_csim(const float q[MAX_T][HEADS * HD], const float k_new[
   for (int i = 0; i < T; ++i)
     kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(k_new[i], v_new[i], start + i, k_cache, v_cache, cyc, k_ddr,
                                                         v_ddr);
-  for (int i = 0; i < T; ++i)
-    attention_query_fast<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(q[i], start + i, k_cache, v_cache, out[i], cyc);
+  LayerCycles per_query; // the block's passes are counted once, as attention_lanes counts them
+  for (int i0 = 0; i0 < T; i0 += QT) {
+    const int n = T - i0 < QT ? T - i0 : QT;
+    for (int i = i0; i < i0 + n; ++i)
+      attention_query_fast<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(q[i], start + i, k_cache, v_cache, out[i],
+                                                                      per_query);
+    cyc.attention += AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>::block_cycles(start + i0 + n, n);
+  }
 }
 
 } // namespace roma
