@@ -154,12 +154,6 @@ def candidate_stage(datapath: str = "LutSelect") -> tuple[float, float, float, d
         {"quads_per_cycle": cq, "candidate_bits": c}
 
 
-def engine_tokens(e: dict, board: Board) -> int:
-    """The token lanes of an engine (roma_core.cpp Unit::TOKENS): the board's token_lanes for the layers' engines,
-    one for the head's (it runs for the last token only)."""
-    return 1 if e["role"] in ("token_embd", "output") else board.token_lanes
-
-
 def act_lanes() -> int:
     """Activations per cycle into a GEMV engine (types.h ACT_LANES: the quantizer's SIMD, 4 per candidate quad)."""
     return kernel_constants("types.h")["ACT_LANES"]
@@ -179,7 +173,7 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         # an on-chip engine's tiles are parallel datapaths (brom_gemv_tiles_rt unrolls them); a DDR engine streams
         # a tile per weight port at once through brom_ddr_gemv_rt's lanes, as many per port as its block II leaves
         # unshared
-        tokens = engine_tokens(e, board)
+        tokens = e["token_lanes"]
         datapaths, ddr = e["tiles"] * tokens, {}  # a datapath per PE and token lane
         if e["tier"] == "ddr":  # a block's steps of every token lane, shared over the block II
             steps = ddr_block_steps(e["scales"])
@@ -192,7 +186,7 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                                                            "max_cols": max(c for _, c in shapes),
                                                            "tiles": e["tiles"], "token_lanes": tokens,
                                                            "linears": e["linears"], **ddr}))
-    quantizers = sum(engine_tokens(e, board) for e in engines if e["gemv"])
+    quantizers = sum(e["token_lanes"] for e in engines if e["gemv"])
     lanes = act_lanes()
     aq = _ops({"fdiv": 2, "fmul": lanes})
     units.append(_unit("activation quantizer (one per engine and token lane)", quantizers, aq[0] + lanes * (31 + 50),

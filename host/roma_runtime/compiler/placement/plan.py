@@ -1008,8 +1008,13 @@ class _Engines:
                 e.bits, e.group, e.scales, [lin_shape(c.config, lin)[0] // e.tiles for lin in lins],
                 c.board.weight_port_bits) < logic.ddr_block_steps(e.scales)
             out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if y_after else 1,
-                                 1 if e.role in (L_EMBD, L_OUTPUT) else c.board.token_lanes)
+                                 self._tokens(e))
         return out
+
+    def _tokens(self, e: EngineConfig) -> int:
+        """Its token lanes (roma_core.cpp Unit::TOKENS): the board's for the layers' engines, one for the head's,
+        which runs for the last token only."""
+        return 1 if e.role in (L_EMBD, L_OUTPUT) else self.core.board.token_lanes
 
     def _total(self, e: EngineConfig, members: tuple) -> tuple[float, float]:
         on_chip = sorted(lin for lin, _, chip in members if chip)  # what the cost depends on
@@ -1052,11 +1057,12 @@ class _Engines:
         return [a for i, e, m in self._numbered() if e.tier in tiers for a in self._arrays(e, m, i)]
 
     def configs(self) -> list[dict]:
-        """Each engine: its index, role, configuration and tensors (what the logic estimate counts)."""
+        """Each engine: its index, role, configuration, tensors and token lanes (what the logic estimate counts)."""
         return [{"index": i, "role": "layers" if e.role == LAYERS else HLS_LINEARS[e.role], "bits": e.bits,
                  "group": e.group, "scales": e.scales, "tier": e.tier, "tiles": e.tiles,
                  "linears": sorted({HLS_LINEARS[lin] for lin, _, _ in m}, key=HLS_LINEARS.index),
-                 "tensors": len(m), "on_chip": sum(1 for *_, chip in m if chip), "gemv": self._runs_gemv(e)}
+                 "tensors": len(m), "on_chip": sum(1 for *_, chip in m if chip), "gemv": self._runs_gemv(e),
+                 "token_lanes": self._tokens(e)}
                 for i, e, m in self._numbered()]
 
 
