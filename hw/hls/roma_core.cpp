@@ -57,6 +57,10 @@
 // runs the same arrays through the same fast attention path. Without the option g_kv_chip has one row and is
 // never referenced.
 //
+// KV ports (roma_model.h KV_PORTS 2, the board's kv_ports: an Alveo card's two DDR banks): a DDR KV cache's rows are
+// split over kv_cache and kv_cache_1, runs of KV_PORT_LANES elements alternating (attention.h), so attention reads
+// both banks at once; with one port kv_cache_1 is never read.
+//
 // ROMs: per ROM engine a bank of the bit planes and two scale ROM arrays by its format (fp16: scales and mins;
 // q8: params, the per-group steps, and exps, the per-row exponents; brom_tile.h), [TILES][words] of its tensors.
 // Synthesis (__SYNTHESIS__) defines the BRAM ROM banks' static const arrays from the build's .dat files
@@ -130,7 +134,13 @@ constexpr int MAX_CHUNKS = (rm::CONTEXT + MAX_T - 1) / MAX_T; // prefill chunks 
 // it carries, halved until they divide a head
 constexpr int KV_PORT_BITS = rm::KV_PORT_BITS;
 constexpr int att_simd(int lanes) { return rm::HEAD_DIM % lanes == 0 ? lanes : att_simd(lanes / 2); }
-constexpr int ATT_SIMD = att_simd(rm::KV_PORT_BITS / 16);
+// ... over the KV ports (roma_model.h KV_PORTS: the board's kv_ports where a DDR cache's rows split into whole runs of
+// one port's lanes, else 1; artifact/kv_layout.py picks it): attention reads the ports side by side
+static_assert(rm::KV_PORTS == 1 || rm::KV_PORTS == MAX_KV_PORTS, "one or MAX_KV_PORTS KV ports");
+static_assert(rm::KV_PORTS <= ROMA_KV_PORTS, "the build's KV ports among the board's (its m_axi KV bundles)");
+constexpr int ATT_SIMD = att_simd(rm::KV_PORT_BITS / 16) * rm::KV_PORTS;
+static_assert(rm::HEAD_DIM % ATT_SIMD == 0 && rm::KV_PORT_LANES * rm::KV_PORTS == ATT_SIMD,
+              "the KV ports' runs (roma_model.h KV_PORT_LANES) as attention reads them");
 // The GEMV output buffers take ROMA_GEMV_PE consecutive rows a cycle from the on-chip engines (one per PE) and
 // WEIGHT_PORTS from a DDR engine (one per port): partitioned cyclic by the power of two covering both.
 constexpr int pow2_at_least(int n, int p = 1) { return p >= n ? p : pow2_at_least(n, 2 * p); }
@@ -694,17 +704,17 @@ LINEAR_LORA:
 // Layer l's attention over the chunk (g_q, g_k, g_v -> g_att), the KV cache on chip (written through to the DDR
 // rows kc, vc) or in DDR (templates: only the build's overload is instantiated).
 template <class = void>
-void attend(std::true_type /*on chip*/, int l, int start, int T, half_bits_t *kc, half_bits_t *vc,
-                   LayerCycles &cyc) {
+void attend(std::true_type /*on chip*/, int l, int start, int T, half_bits_t *kc, half_bits_t *vc, half_bits_t *,
+            half_bits_t *, LayerCycles &cyc) {
   ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD,
                          KvPlace::OnChip, TT>(g_q, g_k, g_v, start, T, g_kv_chip[l][0], g_kv_chip[l][1], g_att, cyc, kc,
                                           vc);
 }
 template <class = void>
-void attend(std::false_type /*in DDR*/, int, int start, int T, half_bits_t *kc, half_bits_t *vc,
-                   LayerCycles &cyc) {
-  ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr, TT>(
-      g_q, g_k, g_v, start, T, kc, vc, g_att, cyc);
+void attend(std::false_type /*in DDR*/, int, int start, int T, half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1,
+            half_bits_t *vc1, LayerCycles &cyc) {
+  ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr, TT,
+                         rm::KV_PORTS>(g_q, g_k, g_v, start, T, kc, vc, g_att, cyc, nullptr, nullptr, kc1, vc1);
 }
 
 // Several token lanes: a block's value row from vr into the chunk's g_v, GEMV_OUT_LANES per cycle (the rate the
@@ -726,9 +736,11 @@ V_COPY:
 // Layer l over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place): one instance, run
 // for every layer with its run-time index. The linears take the chunk's tokens in blocks of TT (one pass over each
 // engine's weights per block), the elementwise units one token after another (each one instance: ALLOCATION).
-void layer(int l, int start, int T, half_bits_t *kv, uint32_t cap, DDR_PORT_PARAMS, Acct &a) {
-  half_bits_t *kc = kv + (size_t)(2 * l) * cap * rm::KV_DIM;
-  half_bits_t *vc = kv + (size_t)(2 * l + 1) * cap * rm::KV_DIM;
+void layer(int l, int start, int T, half_bits_t *kv, half_bits_t *kv1, uint32_t cap, DDR_PORT_PARAMS, Acct &a) {
+  // layer l's keys and values in each KV port's buffer ([N_LAYERS][2][cap][KV_DIM / KV_PORTS] each)
+  constexpr int PORT_ROW = rm::KV_DIM / rm::KV_PORTS;
+  half_bits_t *kc = kv + (size_t)(2 * l) * cap * PORT_ROW, *kc1 = kv1 + (size_t)(2 * l) * cap * PORT_ROW;
+  half_bits_t *vc = kv + (size_t)(2 * l + 1) * cap * PORT_ROW, *vc1 = kv1 + (size_t)(2 * l + 1) * cap * PORT_ROW;
   float h[TT][rm::DIM], qr[TT][QDIM], kr[TT][rm::KV_DIM], vr[TT][rm::KV_DIM];
   // the GEMV inputs: written NORM_LANES per cycle by rms_norm, read ACT_LANES per cycle by the activation quantizer
 #pragma HLS ARRAY_PARTITION variable = h type = complete dim = 1
@@ -764,7 +776,7 @@ LAYER_QKV:
       }
     }
   }
-  attend(KvOnChip(), l, start, T, kc, vc, a.layer);
+  attend(KvOnChip(), l, start, T, kc, vc, kc1, vc1, a.layer);
   float o[TT][rm::DIM], gate[TT][rm::FFN_DIM], up[TT][rm::FFN_DIM];
 #pragma HLS ARRAY_PARTITION variable = o type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = RESIDUAL_IN_LANES dim = 2
@@ -818,7 +830,8 @@ void embed(std::false_type /*on chip*/, int id, const rom_word_t *, float *out, 
 }
 
 // Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
-void forward(const int32_t *ids, int n, int start, half_bits_t *kv, uint32_t cap, DDR_PORT_PARAMS, Acct &a) {
+void forward(const int32_t *ids, int n, int start, half_bits_t *kv, half_bits_t *kv1, uint32_t cap, DDR_PORT_PARAMS,
+             Acct &a) {
 FORWARD_CHUNKS:
   for (int c0 = 0; c0 < n; c0 += MAX_T) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
@@ -834,7 +847,7 @@ FORWARD_CHUNKS:
   LAYERS:
     for (int l = 0; l < rm::N_LAYERS; ++l) {
 #pragma HLS LOOP_TRIPCOUNT min = rm::N_LAYERS max = rm::N_LAYERS
-      layer(l, start + c0, T, kv, cap, DDR_PORTS, a);
+      layer(l, start + c0, T, kv, kv1, cap, DDR_PORTS, a);
     }
     if (c0 + T == n) {
       float h[rm::DIM]; // the head's GEMV input: written by rms_norm, read by its activation quantizer
@@ -1138,9 +1151,9 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
                           uint32_t &cycles_activation, uint32_t &cycles_residual, uint32_t &cycles_lm_head,
                           uint32_t &cycles_sampler, uint32_t &cycles_kv_load, uint32_t &cycles_weight_load,
                           const int32_t *tokens_in, int32_t *tokens_out, float *logits, uint16_t *kv_cache,
-                          const uint8_t *lora_staging, const uint32_t *ddr_weights, const uint32_t *ddr_weights_1,
-                          const uint32_t *ddr_weights_2, const uint32_t *ddr_weights_3, const uint32_t *uram_weights,
-                          uint32_t *status) {
+                          uint16_t *kv_cache_1, const uint8_t *lora_staging, const uint32_t *ddr_weights,
+                          const uint32_t *ddr_weights_1, const uint32_t *ddr_weights_2, const uint32_t *ddr_weights_3,
+                          const uint32_t *uram_weights, uint32_t *status) {
 #pragma HLS INTERFACE mode = s_axilite port = command bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = position bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = n_tokens bundle = control
@@ -1176,6 +1189,16 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     max_widen_bitwidth = LOGITS_PORT_BITS
 #pragma HLS INTERFACE mode = m_axi port = kv_cache offset = slave bundle = gmem_kv depth = DEPTH_KV \
     max_widen_bitwidth = KV_PORT_BITS
+// the board's second KV port (ROMA_KV_PORTS 2: its kv_ports, as alveo_link_BOARD.cfg binds them) has a bundle of its
+// own; it is never read by a build whose cache takes one port (KV_PORTS 1: an on-chip cache), nor with one port,
+// where it shares the first bundle
+#if ROMA_KV_PORTS > 1
+#pragma HLS INTERFACE mode = m_axi port = kv_cache_1 offset = slave bundle = gmem_kv_1 depth = DEPTH_KV \
+    max_widen_bitwidth = KV_PORT_BITS
+#else
+#pragma HLS INTERFACE mode = m_axi port = kv_cache_1 offset = slave bundle = gmem_kv depth = DEPTH_KV \
+    max_widen_bitwidth = KV_PORT_BITS
+#endif
 #pragma HLS INTERFACE mode = m_axi port = lora_staging offset = slave bundle = gmem_lora depth = DEPTH_LORA
 // the weights' port at the board's memory port width (roma_model.h WEIGHT_PORT_BITS; brom_ddr.h counts at it)
 #pragma HLS INTERFACE mode = m_axi port = ddr_weights offset = slave bundle = gmem_weights depth = DEPTH_DDR \
@@ -1211,6 +1234,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = tokens_out bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = logits bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = kv_cache bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = kv_cache_1 bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = lora_staging bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = ddr_weights bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = ddr_weights_1 bundle = control
@@ -1338,8 +1362,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     const SamplerParams prm =
         sampler_params(sample_mode, inv_temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n);
     if (command != CMD_GENERATE) {
-      forward(tokens_in, (int)n_tokens, (int)position, kv_cache, kv_capacity, ddr_weights, ddr_weights_1, ddr_weights_2,
-              ddr_weights_3, a);
+      forward(tokens_in, (int)n_tokens, (int)position, kv_cache, kv_cache_1, kv_capacity, ddr_weights, ddr_weights_1,
+              ddr_weights_2, ddr_weights_3, a);
       if (sample_mode != SAMPLE_NONE)
         tokens_out[0] = (int32_t)sampler_step<rm::VOCAB, SAMPLER_K, SAMPLER_LANES, SAMPLER_RING>(
             g_logits, prm, g_rng, g_recent, a.sampler);
@@ -1349,8 +1373,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     GENERATE:
       for (uint32_t s = 0; s < n_tokens; ++s) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_TOKENS
-        forward(&tok, 1, (int)(position + s), kv_cache, kv_capacity, ddr_weights, ddr_weights_1, ddr_weights_2,
-              ddr_weights_3, a);
+        forward(&tok, 1, (int)(position + s), kv_cache, kv_cache_1, kv_capacity, ddr_weights, ddr_weights_1,
+                ddr_weights_2, ddr_weights_3, a);
         const uint32_t next = sampler_step<rm::VOCAB, SAMPLER_K, SAMPLER_LANES, SAMPLER_RING>(
             g_logits, prm, g_rng, g_recent, a.sampler);
         tokens_out[s] = (int32_t)next;

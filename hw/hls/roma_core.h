@@ -65,6 +65,10 @@
 //   logits       fp32   [VOCAB]                         logits of the last token run
 //   kv_cache     fp16   [N_LAYERS][2][kv_capacity][KV_DIM] bit patterns; [.][0] keys, [.][1] values
 //                                                       (on-chip KV builds: written through, read by CMD_KV_LOAD)
+//                                                       ([KV_DIM / KV_PORTS] with two KV ports: each row's runs
+//                                                       of KV_PORT_LANES alternate between the two buffers)
+//   kv_cache_1   fp16   [N_LAYERS][2][kv_capacity][KV_DIM / 2] the second KV port's runs (roma_model.h KV_PORTS 2,
+//                                                       the board's kv_ports); never read with one port
 //   lora_staging uint8  [lora_bytes]                    a packed adapter to load
 //   ddr_weights  uint32 [DDR_WORDS]                     the build's ddr_weights.bin: the tensors the placement
 //                                                       plan streams from DDR (ddr_image.py's DDR image: header,
@@ -188,7 +192,7 @@ extern "C" void roma_core(
     uint32_t &cycles_residual, uint32_t &cycles_lm_head, uint32_t &cycles_sampler, uint32_t &cycles_kv_load,
     uint32_t &cycles_weight_load,
     // m_axi
-    const int32_t *tokens_in, int32_t *tokens_out, float *logits, uint16_t *kv_cache,
+    const int32_t *tokens_in, int32_t *tokens_out, float *logits, uint16_t *kv_cache, uint16_t *kv_cache_1,
     const uint8_t *lora_staging, const uint32_t *ddr_weights, const uint32_t *ddr_weights_1,
     const uint32_t *ddr_weights_2, const uint32_t *ddr_weights_3, const uint32_t *uram_weights, uint32_t *status);
 

@@ -16,6 +16,8 @@ import pytest
 from roma_runtime import RomaError
 from roma_runtime.engine import Engine
 from roma_runtime.generate import SamplingParams
+from roma_runtime.golden import GoldenModel
+from roma_runtime.model.loader import load_build
 
 pytest.importorskip("pynq")
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
@@ -206,3 +208,13 @@ def test_smollm2_greedy_on_chip_equals_per_token(smollm2, smollm2_build):
     ids = engine.tokenizer.encode("The capital of France is")
     a, b = run_both(engine, ids, greedy(6), capacity=32, chunk=4)
     assert_same_state(engine, a, b)
+    # the rows the core wrote, joined from its KV ports (the default build's U250 splits them over two banks), are
+    # the golden model's keys and values: layer 0's within an fp16 step (its inputs are the embedding's, exact;
+    # float noise grows over the layers after it), where a mislaid run would be off entirely
+    golden = GoldenModel(load_build(smollm2_build, verify=False), "quant")
+    cache = golden.new_cache(32)
+    golden.forward(ids, cache)
+    keys, values = a[1].cache.read_rows(len(ids))
+    for got, want in ((keys, cache.keys), (values, cache.values)):
+        want = want[0, :len(ids)].astype(np.float32)
+        assert np.abs(got[0].astype(np.float32) - want).max() <= 1e-3 * np.abs(want).max()

@@ -232,15 +232,13 @@ def test_prompt_over_the_context_is_refused_with_nothing_changed(engines):
     chat = emu.chat(capacity=48)
     chat.send("Hi", SamplingParams(max_tokens=4, temperature=0.0)).run()
     s = chat.session
-    s.cache.kv.buffer.invalidate()
-    before = (list(chat.messages), list(s.ids), s.cache.length, np.array(s.cache.kv.buffer, copy=True))
+    before = (list(chat.messages), list(s.ids), s.cache.length, s.cache.kv.rows(s.cache.capacity))
     with pytest.raises(RomaError, match="context holds 48"):
         chat.send("word " * 60, GREEDY)
     with pytest.raises(RomaError, match="do not fit"):
         emu.backend.forward(list(range(100, 160)), s.cache)
-    s.cache.kv.buffer.invalidate()
     assert (chat.messages, s.ids, s.cache.length) == tuple(before[:3])
-    assert np.array_equal(np.asarray(s.cache.kv.buffer), before[3])
+    assert np.array_equal(s.cache.kv.rows(s.cache.capacity), before[3])
 
 
 # --- LoRA ------------------------------------------------------------------------------------------------------

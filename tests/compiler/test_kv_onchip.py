@@ -27,7 +27,7 @@ from roma_runtime.builds import DEFAULT_BUILD
 from roma_runtime.artifact.boards import get_board
 from roma_runtime.artifact.build import verify_build
 from roma_runtime.compiler.build import compile_model
-from roma_runtime.compiler.placement.memory import att_simd
+from roma_runtime.artifact.kv_layout import port_lanes
 from roma_runtime.compiler.placement.plan import check_kv_onchip, kv_bytes_per_token, make_plan
 from roma_runtime.generate import SamplingParams
 
@@ -164,7 +164,7 @@ def test_interleaved_sessions_reload_and_equal_each_run_alone(onchip_emu):
     # the reload's cycles: ATT_SIMD fp16 per cycle (the board's KV port), one burst per layer and K/V
     cfg = onchip_emu.config
     rows = len(prompts[0]) + 4
-    simd = att_simd(cfg.head_dim, get_board(DEFAULT_BUILD["board"]).kv_port_bits)
+    simd = port_lanes(cfg.head_dim, get_board(DEFAULT_BUILD["board"]).kv_port_bits)
     assert loads[-3] == 2 * cfg.n_layers * (rows * cfg.kv_dim // simd + 64 + 1)
 
 

@@ -223,9 +223,7 @@ def test_ddr_build_on_emu_equals_the_rom_build_and_the_golden_model(ddr_build, d
         t = int(np.argmax(ddr_logits))
         rom_logits, ddr_logits = tiny_emu.forward([t], rom_cache), ddr_emu.forward([t], ddr_cache)
         assert np.array_equal(ddr_logits, rom_logits)
-    ddr_cache.kv.buffer.invalidate()
-    rom_cache.kv.buffer.invalidate()
-    assert np.array_equal(np.asarray(ddr_cache.kv.buffer), np.asarray(rom_cache.kv.buffer))
+    assert np.array_equal(ddr_cache.kv.rows(ddr_cache.capacity), rom_cache.kv.rows(rom_cache.capacity))
     # the stream moves cycles in the GEMV, lm-head and embedding stages (a head streamed through several weight
     # ports can take fewer than one on-chip tile); nothing else moves
     assert ddr_cycles["gemv"] > rom_cycles["gemv"] and ddr_cycles["lm_head"] != rom_cycles["lm_head"]

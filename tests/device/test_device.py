@@ -56,7 +56,8 @@ def test_layout_from_the_header():
         assert b.offset == a.offset + 4 * (a.width // 32 + 1)
     for a in itf.arguments:
         assert a.width == (64 if a.pointer else 32)
-    assert {a.name for a in itf.pointers} == {"tokens_in", "tokens_out", "logits", "kv_cache", "lora_staging",
+    assert {a.name for a in itf.pointers} == {"tokens_in", "tokens_out", "logits", "kv_cache", "kv_cache_1",
+                                              "lora_staging",
                                               "ddr_weights", "ddr_weights_1", "ddr_weights_2", "ddr_weights_3",
                                               "uram_weights", "status"}
     assert itf["inv_temperature"].base == "float" and itf["tokens_in"].const and not itf["logits"].const
@@ -228,14 +229,12 @@ def test_data_path_on_the_real_core(tiny_emu, tiny_build):
     again.write_rows(*cache.read_rows(n))
     assert be.core.generate(first, pos, 4, eos_id=steps[1], kv=again.kv) == steps[:2]
     # errors are status words: a RomaError, and nothing changed
-    cache.kv.buffer.invalidate()
-    kv_before = np.array(cache.kv.buffer, copy=True)
+    kv_before = cache.kv.rows(cache.capacity)
     with pytest.raises(RomaError, match="outside the vocabulary"):
         be.forward([be.config.vocab_size], cache)
     with pytest.raises(RomaError, match="do not fit"):
         be.core.prefill([1, 2], position=31, kv=cache.kv)
-    cache.kv.buffer.invalidate()
-    assert cache.length == n and np.array_equal(np.asarray(cache.kv.buffer), kv_before)
+    assert cache.length == n and np.array_equal(cache.kv.rows(cache.capacity), kv_before)
     with pytest.raises(RomaError, match="not a valid packed image"):
         be.core.load_lora(1, b"\x01\x02\x03\x04" * 32)
     with pytest.raises(RomaError, match="LoRA slot"):

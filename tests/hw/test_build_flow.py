@@ -268,14 +268,15 @@ def weight_index(bundle: str) -> int | None:
 
 
 @functools.cache
-def m_axi_ports(weight_ports: int) -> dict[str, str]:
+def m_axi_ports(weight_ports: int, kv_ports: int = 1) -> dict[str, str]:
     """port -> bundle of roma_core's m_axi arguments as Vitis HLS sees them for a build whose roma_model.h has
-    ROMA_WEIGHT_PORTS = weight_ports: the INTERFACE pragmas of roma_core.cpp and the conditionals around them, run
-    through the C preprocessor with __SYNTHESIS__ defined."""
+    ROMA_WEIGHT_PORTS = weight_ports and ROMA_KV_PORTS = kv_ports: the INTERFACE pragmas of roma_core.cpp and the
+    conditionals around them, run through the C preprocessor with __SYNTHESIS__ defined."""
     src = (HLS / "roma_core.cpp").read_text().replace("\\\n", " ")
     keep = [ln for ln in src.splitlines() if re.match(r"\s*#\s*(if|ifdef|ifndef|elif|else|endif)\b", ln)
             or re.match(r"\s*#\s*pragma\s+HLS\s+INTERFACE\s+mode\s*=\s*m_axi\b", ln)]
-    r = subprocess.run(["g++", "-E", "-P", "-x", "c++", "-D__SYNTHESIS__", f"-DROMA_WEIGHT_PORTS={weight_ports}", "-"],
+    r = subprocess.run(["g++", "-E", "-P", "-x", "c++", "-D__SYNTHESIS__", f"-DROMA_WEIGHT_PORTS={weight_ports}",
+                        f"-DROMA_KV_PORTS={kv_ports}", "-"],
                        input="\n".join(keep) + "\n", capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     ports = {}
@@ -287,8 +288,8 @@ def m_axi_ports(weight_ports: int) -> dict[str, str]:
     return ports
 
 
-def m_axi_bundles(weight_ports: int) -> set[str]:
-    return set(m_axi_ports(weight_ports).values())
+def m_axi_bundles(weight_ports: int, kv_ports: int = 1) -> set[str]:
+    return set(m_axi_ports(weight_ports, kv_ports).values())
 
 
 @needs_gxx
@@ -303,8 +304,11 @@ def test_roma_core_has_a_weight_bundle_for_each_weight_port():
         assert ports["ddr_weights"] == ports["uram_weights"] == "gmem_weights", p
         for k in (1, 2, 3):
             assert ports.get(f"ddr_weights_{k}") == (f"gmem_weights_{k}" if k < p else "gmem_weights"), (p, k)
-        assert ports["kv_cache"] == "gmem_kv"
+        assert ports["kv_cache"] == ports["kv_cache_1"] == "gmem_kv"
         assert sorted(weight_index(b) for b in m_axi_bundles(p) if weight_index(b) is not None) == list(range(p))
+    # the board's second KV port (kv_ports 2) is a bundle of its own, else parked in the first (never read)
+    two = m_axi_ports(4, 2)
+    assert two["kv_cache"] == "gmem_kv" and two["kv_cache_1"] == "gmem_kv_1"
 
 
 def test_every_weight_port_is_the_builds_width():
@@ -339,7 +343,8 @@ def test_alveo_link_gives_each_weight_port_its_own_bank(name):
     text = (BITSTREAMS / f"alveo_link_{name}.cfg").read_text()
     sp = re.findall(r"^sp=roma_core_1\.m_axi_(\w+):(\S+)$", text, re.M)
     # every m_axi bundle of the IP built for this board once: gmem_weights .. gmem_weights_{P-1}, kv, the others
-    assert sorted(s[0] for s in sp) == sorted(m_axi_bundles(b.weight_ports)), f"{name}: sp= lines vs roma_core.cpp"
+    assert sorted(s[0] for s in sp) == sorted(m_axi_bundles(b.weight_ports, b.kv_ports)), \
+        f"{name}: sp= lines vs roma_core.cpp"
     where = {bundle: memory_of(t) for bundle, t in sp}
     assert {kind for kind, _ in where.values()} <= ({"HBM", "DDR"} if "HBM" in b.memory else {"DDR"}), name
     weights = [bd for bd in where if weight_index(bd) is not None]
@@ -348,12 +353,16 @@ def test_alveo_link_gives_each_weight_port_its_own_bank(name):
     for i, w in enumerate(weights):
         for v in weights[i + 1:]:
             assert where[w][0] != where[v][0] or not where[w][1] & where[v][1], f"{name}: {w} and {v} share memory"
-    # the KV cache's port has its memory to itself (attention streams it at the port's width), but where the weight
-    # ports take every bank (the U250's four): then it shares one weight port's, as the stages never stream at once
-    kind, banks = where["gmem_kv"]
-    sharing = [other for other, (k, bb) in where.items() if other != "gmem_kv" and k == kind and bb & banks]
-    every_bank = kind == "DDR" and len(set().union(*(where[w][1] for w in weights))) == 4
-    assert sharing == [] or (every_bank and len(sharing) == 1 and sharing[0] in weights), f"{name}: {sharing}"
+    # each KV port has its memory to itself (attention streams them side by side at the ports' width), but where the
+    # weight ports take every bank (the U250's four): then it shares one weight port's, as the stages never stream at
+    # once; the KV ports never share a bank with each other
+    kv = [bd for bd in where if bd.startswith("gmem_kv")]
+    assert len(kv) == b.kv_ports, name
+    for bundle in kv:
+        kind, banks = where[bundle]
+        sharing = [other for other, (k, bb) in where.items() if other != bundle and k == kind and bb & banks]
+        every_bank = kind == "DDR" and len(set().union(*(where[w][1] for w in weights))) == 4
+        assert sharing == [] or (every_bank and len(sharing) == 1 and sharing[0] in weights), f"{name}: {sharing}"
     assert b.weight_port_bits == 512, name  # the AXI port of a DDR4 bank / the HBM switch
 
 

@@ -33,10 +33,15 @@ TOL = 2e-3  # max|dl| / max|l|, as tb_roma_core.cpp (its header explains the bou
 class EmuBoard:
     """The shared library of one build: roma_emu_load_build (and CMD_LOAD_WEIGHTS of its URAM load image, when
     its plan puts tensors in URAM), then roma_core with numpy buffers (ddr_weights: the build's DDR weight image,
-    when its plan streams tensors from DDR)."""
+    when its plan streams tensors from DDR; a KV buffer cut into the build's KV ports' buffers)."""
 
     def __init__(self, so, build, threads: int = 2):
+        import json
+
         from roma_runtime.artifact import ddr_image
+        from roma_runtime.artifact.kv_layout import KvLayout
+
+        self.kv_ports = KvLayout.from_manifest(json.loads((build / "manifest.json").read_text())).ports
 
         ddr = build / "ddr_weights.bin"
         self.ddr = ddr_image.read_ddr_image(ddr) if ddr.is_file() else None
@@ -48,7 +53,7 @@ class EmuBoard:
         self.lib.roma_emu_set_threads(threads)
         U, F, P = ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p
         self.core = self.lib.roma_core
-        self.core.argtypes = [U, U, U, U, U, U, U, F, U, F, F, F, U, U, U, U] + [P] * STAGES + [P] * 11
+        self.core.argtypes = [U, U, U, U, U, U, U, F, U, F, F, F, U, U, U, U] + [P] * STAGES + [P] * 12
         self.core.restype = None
         uram = build / "uram_weights.bin"
         if uram.is_file():
@@ -67,10 +72,18 @@ class EmuBoard:
         ports = ports if ports is not None else [self.ddr] * 4
         self.core(command, position, len(tokens), capacity, 0, 0, sample_mode, 1.0, 0, 1.0, 0.0, 1.0, 64, 0, 0,
                   0xFFFFFFFF, *(self.cycles[i:].ctypes.data for i in range(STAGES)),
-                  tokens.ctypes.data, out.ctypes.data, logits.ctypes.data, None if kv is None else kv.ctypes.data,
+                  tokens.ctypes.data, out.ctypes.data, logits.ctypes.data,
+                  *self.kv_addresses(kv),
                   staging.ctypes.data, *[None if p is None else p.ctypes.data for p in ports],
                   None if uram is None else uram.ctypes.data, status.ctypes.data)
         return status, logits, out
+
+    def kv_addresses(self, kv):
+        """kv_cache and kv_cache_1: the buffer's halves with two KV ports, else the buffer for both."""
+        if kv is None:
+            return None, None
+        half = kv.nbytes // 2 if self.kv_ports == 2 else 0
+        return kv.ctypes.data, kv.ctypes.data + half
 
 
 @pytest.fixture(scope="module")

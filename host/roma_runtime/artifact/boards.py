@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import RomaError
+from .kv_layout import MAX_KV_PORTS
 from .lora_unit import LoraUnit
 
 BOARDS_FILE = Path(__file__).with_name("boards.json")
@@ -49,6 +50,7 @@ REQUIRED_FIELDS = {
     "lora_unit": ((dict,), lambda v: True, "an object {slots, rank, targets, dtype}: the default LoRA unit"),
     "max_context": _POS_INT,
     "kv_port_bits": ((int,), lambda v: v in KV_PORT_WIDTHS, f"one of {', '.join(map(str, KV_PORT_WIDTHS))}"),
+    "kv_ports": ((int,), lambda v: 1 <= v <= MAX_KV_PORTS, f"1 to {MAX_KV_PORTS} (roma_core's KV cache arguments)"),
     "elementwise_lanes": ((dict,), lambda v: True, "an object {norm, swiglu, rope, residual}: lanes per unit"),
     "token_lanes": ((int,), lambda v: 1 <= v <= 4, "1 to 4 (roma_core passes a block's tokens as four pointers)"),
 }
@@ -122,6 +124,8 @@ class Board:
     # the data width of the memory port the KV cache has to itself (boards.json's comment): attention reads that
     # many bits of the cache per cycle (roma_model.h's KV_PORT_BITS)
     kv_port_bits: int
+    # how many such ports a DDR KV cache's rows are split over (roma_model.h KV_PORTS, artifact/kv_layout.py)
+    kv_ports: int
     elementwise_lanes: ElementwiseLanes  # the elementwise units' lanes (at most; see ElementwiseLanes.for_model)
     # prefill tokens a layers' GEMV engine serves per pass over its weights (roma_model.h TOKEN_LANES)
     token_lanes: int

@@ -49,11 +49,12 @@ from ..model.weights import (SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, Layer
 from .brom_image import read_image, unpack
 from .ddr_image import ddr_unpack, read_ddr_image
 from .uram_image import read_uram_image, uram_unpack
+from .kv_layout import MAX_KV_PORTS
 from .lora_unit import manifest_lora_unit
 
 MANIFEST = "manifest.json"
 FORMAT = "roma-build"
-FORMAT_VERSION = 12  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
+FORMAT_VERSION = 13  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
 # format; 4: the manifest is sealed by MANIFEST_SEAL and checked against roma_model.h; 5: roma_model.h numbers
 # the GEMV engines and ROM bank rows (ENGINE_*, SLOT_*) and defines the synthesis ROM banks; 6: the LoRA unit is
 # the build's (manifest "lora_unit", roma_model.h LORA_SLOTS/LORA_RANK/LORA_TARGET/LORA_INT8), URAM-load-once
@@ -63,7 +64,8 @@ FORMAT_VERSION = 12  # 2: DDR-streamed tensors live in ddr_weights.bin, not in N
 # attention's lanes); 9: tile t of a tensor holds its rows t, t + tiles, ... (brom_image.pack); roma_model.h
 # WEIGHT_PORT_BITS (the board's weight port width); 10: WEIGHT_PORTS, a DDR tensor's tiles a multiple of them
 # (memory.ddr_tiles); 11: the lanes of the elementwise units (ROMA_NORM_LANES, ROMA_SWIGLU_LANES, ROMA_ROPE_LANES,
-# ROMA_RESIDUAL_LANES: the board's elementwise_lanes); 12: TOKEN_LANES (the board's token_lanes)
+# ROMA_RESIDUAL_LANES: the board's elementwise_lanes); 12: TOKEN_LANES (the board's token_lanes); 13: KV_PORTS and
+# KV_PORT_LANES, the manifest's "kv_layout" (the DDR KV cache's rows over the board's kv_ports)
 MANIFEST_SEAL = "manifest_sha256"
 HEADER_FILE = "roma_model.h"
 DDR_FILE = "ddr_weights.bin"
@@ -301,6 +303,11 @@ def check_manifest(manifest: dict, build_dir: str | Path) -> ModelConfig:
     if kv_onchip is not None and (not isinstance(kv_onchip, dict) or not _whole(kv_onchip.get("tokens"), 1)
                                   or kv_onchip["tokens"] > context):
         raise bad("'kv_onchip' is not an object with a token count within the build's context")
+    kv_layout = manifest.get("kv_layout")
+    if not (isinstance(kv_layout, dict) and kv_layout.get("ports") in range(1, MAX_KV_PORTS + 1)
+            and _whole(kv_layout.get("unit"), 1) and config.kv_dim % (kv_layout["ports"] * kv_layout["unit"]) == 0):
+        raise bad(f"'kv_layout' is not an object {{ports, unit}} of 1 to {MAX_KV_PORTS} KV ports whose runs split "
+                  "a KV row")
     header = listed(manifest.get("header"), "header")
     if (build_dir / header).is_file():
         dims = _header_dims(build_dir / header)
@@ -309,7 +316,8 @@ def check_manifest(manifest: dict, build_dir: str | Path) -> ModelConfig:
                      "TIED_EMBEDDINGS": bool(config.tied_embeddings), "CONTEXT": context,
                      "KV_ONCHIP_CTX": kv_onchip["tokens"] if kv_onchip else 0, "LORA_SLOTS": unit.slots,
                      "LORA_RANK": unit.rank if unit.slots else 0,
-                     "LORA_INT8": bool(unit.slots) and unit.dtype == "int8"})
+                     "LORA_INT8": bool(unit.slots) and unit.dtype == "int8",
+                     "KV_PORTS": kv_layout["ports"], "KV_PORT_LANES": kv_layout["unit"]})
         for macro, value in want.items():
             attr = HEADER_DIMS.get(macro, macro.lower())
             if dims.get(macro) != value:

@@ -33,8 +33,7 @@ class CoreCache:
     def read_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Copies of keys and values at positions 0..n, [layer, position, kv_head, head_dim] fp16."""
         c = self.config
-        self.kv.buffer.invalidate()
-        rows = np.array(self.kv.buffer[:, :, :n]).view(np.float16)
+        rows = self.kv.rows(n).view(np.float16)
         shape = (c.n_layers, n, c.n_kv_heads, c.head_dim)
         return rows[:, 0].reshape(shape).copy(), rows[:, 1].reshape(shape).copy()
 
@@ -43,9 +42,9 @@ class CoreCache:
         if n > self.capacity:
             raise RomaError(f"{n} positions do not fit the KV cache of {self.capacity}")
         c = self.config
-        self.kv.buffer[:, 0, :n] = np.asarray(keys, np.float16).reshape(c.n_layers, n, c.kv_dim).view(np.uint16)
-        self.kv.buffer[:, 1, :n] = np.asarray(values, np.float16).reshape(c.n_layers, n, c.kv_dim).view(np.uint16)
-        self.kv.flush()
+        rows = np.stack([np.asarray(keys, np.float16).reshape(c.n_layers, n, c.kv_dim),
+                         np.asarray(values, np.float16).reshape(c.n_layers, n, c.kv_dim)], axis=1)
+        self.kv.write_rows(rows.view(np.uint16))
         self.length = n
 
 

@@ -24,6 +24,7 @@ from ..artifact.build import (DDR_FILE, EMBEDDING, FORMAT, FORMAT_VERSION, HEADE
                               split_name, tensor_names)
 from ..artifact.ddr_image import DDR_BLOCK_STEPS, DDR_Q8_BLOCK_STEPS, DDR_VERSION, ddr_image
 from ..artifact.uram_image import URAM_VERSION, uram_image
+from ..artifact.kv_layout import KvLayout
 from ..artifact.lora_unit import LoraUnit
 from ..artifact.model_header import c_float, render_header
 from ..errors import RomaError
@@ -343,6 +344,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
                  kv_onchip, scales, uram, context, pe)
     lora_unit = _lora_unit_entry(unit, plan)
     kv_entry = _kv_onchip_entry(plan, kv_onchip)
+    kv_layout = KvLayout.for_build(config.head_dim, board_obj.kv_port_bits, board_obj.kv_ports, kv_onchip)
     placement = {t["name"]: t["placement"] for t in (plan or {}).get("tensors", [])}
     tiles_of = {t["name"]: t["tiles"] for t in (plan or {}).get("tensors", [])}
     for n in tensors:
@@ -432,6 +434,7 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
         "uram": uram_entry,
         "context": context,
         "kv_onchip": kv_entry,
+        "kv_layout": kv_layout.to_dict(),
         "lora_unit": lora_unit,
         "header": HEADER_FILE,
         "sizes": {"rom_bytes": int(sum(e["rom_bytes"] for e in tensors.values())),

@@ -56,6 +56,7 @@ from ..artifact import hwh as hwh_mod
 from ..artifact import uram_image as uram_format
 from ..artifact.build import MANIFEST, read_manifest, uram_layout, verify_file
 from ..artifact.interface import AP_DONE, AP_START, CTRL, load_constants, load_interface
+from ..artifact.kv_layout import KvLayout
 from ..errors import RomaError
 from ..golden.sampler import OnChipParams
 from ..model.config import ModelConfig
@@ -135,33 +136,54 @@ def check_manifest(bitfile: str | Path, expect=None) -> dict:
 
 
 class KVBuffer:
-    """A KV cache in DDR: fp16 bit patterns [N_LAYERS][2][capacity][KV_DIM] (roma_core.h). The host writes
-    rows into `buffer`, then calls flush()."""
+    """A KV cache in DDR: fp16 bit patterns [N_LAYERS][2][capacity][KV_DIM] (roma_core.h), split over the build's
+    KV ports (kv_layout.KvLayout: one buffer per port, kv_cache and kv_cache_1). The host writes rows with
+    write_rows (copy, flush) and reads them with rows (invalidate, copy)."""
 
     def __init__(self, driver: "RomaCoreDriver", capacity: int):
         c = driver.config
         self.driver = driver
         self.capacity = int(capacity)
-        self.buffer = driver.allocate((c.n_layers, 2, self.capacity, c.kv_dim), np.uint16)
-        self.buffer[:] = 0
-        self.buffer.flush()
+        self.layout = driver.kv_layout
+        self.buffers = [driver.allocate((c.n_layers, 2, self.capacity, self.layout.port_dim(c.kv_dim)), np.uint16)
+                        for _ in range(self.layout.ports)]
+        for b in self.buffers:
+            b[:] = 0
+            b.flush()
 
     def flush(self) -> None:
         """Make host writes visible to the core; an on-chip copy the core holds of this buffer is stale now."""
-        self.buffer.flush()
+        for b in self.buffers:
+            b.flush()
         self.driver.kv_written(self)
 
     @property
     def device_address(self) -> int:
-        return self.buffer.device_address
+        return self.buffers[0].device_address
+
+    @property
+    def port_addresses(self) -> list[int]:
+        """Each KV port's buffer (the second port reads the first's when the build has one)."""
+        return [b.device_address for b in self.buffers] * (2 // len(self.buffers))
+
+    def rows(self, n: int) -> np.ndarray:
+        """A copy of positions 0..n of every layer's keys and values: uint16 [N_LAYERS][2][n][KV_DIM]."""
+        for b in self.buffers:
+            b.invalidate()
+        return np.array(self.layout.join([b[:, :, :n] for b in self.buffers]))
+
+    def write_rows(self, rows: np.ndarray) -> None:
+        """Positions 0..n of every layer's keys and values from uint16 [N_LAYERS][2][n][KV_DIM], then flush."""
+        n = rows.shape[2]
+        for b, part in zip(self.buffers, self.layout.split(rows)):
+            b[:, :, :n] = part
+        self.flush()
 
     def keys(self, layer: int, length: int) -> np.ndarray:
-        self.buffer.invalidate()
-        return self.buffer[layer, 0, :length].view(np.float16)
+        return self.rows(length)[layer, 0].view(np.float16)
 
     def values(self, layer: int, length: int) -> np.ndarray:
-        self.buffer.invalidate()
-        return self.buffer[layer, 1, :length].view(np.float16)
+        return self.rows(length)[layer, 1].view(np.float16)
 
 
 class RomaCoreDriver(DefaultIP):
@@ -186,6 +208,7 @@ class RomaCoreDriver(DefaultIP):
         self.calls = 0
         self.context = 0  # the build's context (CONTEXT): the longest KV cache and command
         self.kv_onchip = 0  # positions of the on-chip KV cache (0: KV in DDR only)
+        self.kv_layout = KvLayout(1, 1)  # the KV ports a DDR KV buffer is split over (one until configure)
         self._onchip = None  # (weakref to the KVBuffer, its device address, rows 0..n) the on-chip copy holds
 
     # --- registers ---
@@ -247,14 +270,16 @@ class RomaCoreDriver(DefaultIP):
         return self.device.allocate(shape, dtype)
 
     def configure(self, config, context: int, kv_capacity: int | None = None, max_tokens: int | None = None,
-                  ddr_image: np.ndarray | None = None, kv_onchip: int = 0) -> None:
+                  ddr_image: np.ndarray | None = None, kv_onchip: int = 0,
+                  kv_layout: KvLayout = KvLayout(1, 1)) -> None:
         """Allocate the buffers once for a model config (roma_model.h's dimensions); context: the build's context
         (build_context of its manifest, CONTEXT); ddr_image: the build's DDR weight image (uint32 words,
         read_ddr_image), None when every tensor is on chip; kv_onchip: positions of the build's on-chip KV cache
-        (kv_onchip_tokens of its manifest), 0 without one."""
+        (kv_onchip_tokens of its manifest), 0 without one; kv_layout: its KV ports (KvLayout.from_manifest)."""
         self.config = config
         self.context = int(context)
         self.kv_onchip = int(kv_onchip)
+        self.kv_layout = kv_layout
         self.forget_onchip()
         self.check_kv_capacity(kv_capacity or self.max_context)
         self.max_tokens = int(max_tokens or self.context)
@@ -390,7 +415,8 @@ class RomaCoreDriver(DefaultIP):
             "seed_lo": seed & 0xFFFFFFFF, "seed_hi": (seed >> 32) & 0xFFFFFFFF,
             "eos_id": 0xFFFFFFFF if eos_id is None else eos_id,
             "tokens_in": self.tokens_in.device_address, "tokens_out": self.tokens_out.device_address,
-            "logits": self.logits.device_address, "kv_cache": kv.device_address if kv else 0,
+            "logits": self.logits.device_address,
+            **dict(zip(("kv_cache", "kv_cache_1"), kv.port_addresses if kv else (0, 0))),
             "lora_staging": self.lora_staging.device_address, "ddr_weights": self.ddr_weights.device_address,
             # the build's other weight ports read the same image: on Zynq every HP port reaches the one DDR
             "ddr_weights_1": self.ddr_weights.device_address, "ddr_weights_2": self.ddr_weights.device_address,
@@ -577,7 +603,8 @@ class RomaOverlay(Overlay):
                                  f"the build manifest next to {bitfile_name}")
         if download:
             self.core.configure(self.config, build_context(self.manifest), kv_capacity=kv_capacity,
-                                ddr_image=ddr_image, kv_onchip=kv_onchip_tokens(self.manifest))
+                                ddr_image=ddr_image, kv_onchip=kv_onchip_tokens(self.manifest),
+                                kv_layout=KvLayout.from_manifest(self.manifest))
             self._configured = True
             self.load_weights()
 

@@ -353,8 +353,10 @@ bool dispatch(const Case &c, const BromImageHost &img, Tally &tally) {
 }
 
 // The emulated board's attention fast path (attention_query_csim, AVX-512 builds) against attention_query's
-// reference loops: every output bit for bit, on random fp16 caches and queries at several positions.
-template <int HEADS, int KV_HEADS, int HD, int SIMD>
+// reference loops: every output bit for bit, on random fp16 caches and queries at several positions. With two KV
+// ports the cache is split as the host splits it (runs of SIMD / 2 alternating between the ports' buffers), and
+// the reference is the one-port attention_query on the whole rows: the ports change no bit, only the cycles.
+template <int HEADS, int KV_HEADS, int HD, int SIMD, int PORTS = 1>
 void check_attention_csim(Tally &tally) {
   constexpr int MAXCTX = 300, ROW = KV_HEADS * HD;
   uint64_t st = 0x9E3779B97F4A7C15ull ^ (uint64_t)(HEADS * 131 + KV_HEADS);
@@ -369,21 +371,59 @@ void check_attention_csim(Tally &tally) {
     kc[i] = float_to_half(rnd() * (i % 7 == 0 ? 1e-6f : 3.0f)); // includes fp16 subnormals
     vc[i] = float_to_half(rnd());
   }
-  std::vector<float> q((size_t)HEADS * HD), ref(q.size()), fast(q.size());
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, PORTS> C;
+  constexpr int PL = C::PORT_LANES;
+  // each port's rows; a new row written through kv_write lands in the same places
+  std::vector<half_bits_t> kp[2], vp[2];
+  for (int p = 0; p < PORTS; ++p) {
+    kp[p].resize((size_t)MAXCTX * C::PORT_ROW);
+    vp[p].resize((size_t)MAXCTX * C::PORT_ROW);
+  }
+  for (int s = 0; s < MAXCTX; ++s)
+    for (int e = 0; e < ROW; ++e) {
+      const size_t at = (size_t)s * C::PORT_ROW + (e / (PL * PORTS)) * PL + e % PL;
+      kp[(e / PL) % PORTS][at] = kc[(size_t)s * ROW + e];
+      vp[(e / PL) % PORTS][at] = vc[(size_t)s * ROW + e];
+    }
+  half_bits_t *k0 = kp[0].data(), *k1 = PORTS > 1 ? kp[1].data() : nullptr;
+  half_bits_t *v0 = vp[0].data(), *v1 = PORTS > 1 ? vp[1].data() : nullptr;
+  std::vector<float> q((size_t)HEADS * HD), ref(q.size()), fast(q.size()), ported(q.size());
   long bad = 0;
+  {
+    std::vector<float> kn(ROW), vn(ROW);
+    for (int e = 0; e < ROW; ++e) {
+      kn[e] = half_to_float(kc[(size_t)(MAXCTX - 1) * ROW + e]);
+      vn[e] = half_to_float(vc[(size_t)(MAXCTX - 1) * ROW + e]);
+    }
+    std::vector<half_bits_t> k_before[2] = {kp[0], kp[1]}, v_before[2] = {vp[0], vp[1]};
+    for (int p = 0; p < PORTS; ++p) { // clear the last row, then write it again
+      std::fill(kp[p].begin() + (size_t)(MAXCTX - 1) * C::PORT_ROW, kp[p].end(), 0);
+      std::fill(vp[p].begin() + (size_t)(MAXCTX - 1) * C::PORT_ROW, vp[p].end(), 0);
+    }
+    LayerCycles cw;
+    kv_write<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, PORTS>(kn.data(), vn.data(), MAXCTX - 1, k0, v0, cw,
+                                                                     nullptr, nullptr, k1, v1);
+    bool ok = cw.attention == C::WRITE_CYCLES;
+    for (int p = 0; p < PORTS; ++p) ok = ok && kp[p] == k_before[p] && vp[p] == v_before[p];
+    tally.check(ok);
+    bad += !ok;
+  }
   for (int pos : {0, 1, 2, 15, 64, 151, MAXCTX - 1}) {
     for (size_t i = 0; i < q.size(); ++i) q[i] = rnd() * (pos % 2 ? 4.0f : 0.5f);
-    LayerCycles c1, c2;
+    LayerCycles c0, c1, c2;
     attention_query<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr>(q.data(), pos, kc.data(), vc.data(),
-                                                                      ref.data(), c1);
-    attention_query_fast<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr>(q.data(), pos, kc.data(), vc.data(),
-                                                                           fast.data(), c2);
+                                                                      ref.data(), c0);
+    attention_query<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, PORTS>(q.data(), pos, k0, v0, ported.data(), c1,
+                                                                             k1, v1);
+    attention_query_fast<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, PORTS>(q.data(), pos, k0, v0,
+                                                                                  fast.data(), c2, k1, v1);
     for (size_t i = 0; i < q.size(); ++i) {
-      const bool ok = float_to_bits(ref[i]) == float_to_bits(fast[i]);
+      const bool ok = float_to_bits(ref[i]) == float_to_bits(fast[i]) &&
+                      float_to_bits(ref[i]) == float_to_bits(ported[i]);
       tally.check(ok);
       bad += !ok;
     }
-    tally.check(c1.attention == c2.attention);
+    tally.check(c1.attention == c2.attention && c1.attention == C::query_cycles(pos + 1));
   }
   // token lanes: a block of three queries at positions pos..pos+2 through four lanes (one idle), each query's
   // output bit for bit as attention_query's alone, the block counted as one pass over its last query's keys
@@ -392,9 +432,9 @@ void check_attention_csim(Tally &tally) {
     std::vector<float> qb((size_t)L * HEADS * HD), ob((size_t)L * HEADS * HD, -1.0f), one(q.size());
     for (size_t i = 0; i < qb.size(); ++i) qb[i] = rnd();
     LayerCycles cb, c1;
-    attention_lanes<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, L>(
-        reinterpret_cast<const float(*)[HEADS * HD]>(qb.data()), N, pos, kc.data(), vc.data(),
-        reinterpret_cast<float(*)[HEADS * HD]>(ob.data()), cb);
+    attention_lanes<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, L, PORTS>(
+        reinterpret_cast<const float(*)[HEADS * HD]>(qb.data()), N, pos, k0, v0,
+        reinterpret_cast<float(*)[HEADS * HD]>(ob.data()), cb, k1, v1);
     for (int t = 0; t < L; ++t) {
       if (t < N)
         attention_query<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr>(&qb[(size_t)t * HEADS * HD], pos + t,
@@ -405,10 +445,10 @@ void check_attention_csim(Tally &tally) {
         bad += !ok;
       }
     }
-    tally.check(cb.attention == AttentionConfig<HEADS, KV_HEADS, HD, MAXCTX, SIMD>::block_cycles(pos + N, N));
+    tally.check(cb.attention == C::block_cycles(pos + N, N));
   }
-  std::printf("  attention fast path and token lanes (%d heads, %d kv heads, hd %d, simd %d, compiled in: %d): "
-              "%ld mismatches\n", HEADS, KV_HEADS, HD, SIMD, ROMA_ATT_CSIM_FAST, bad);
+  std::printf("  attention fast path and token lanes (%d heads, %d kv heads, hd %d, simd %d over %d KV port(s), "
+              "compiled in: %d): %ld mismatches\n", HEADS, KV_HEADS, HD, SIMD, PORTS, ROMA_ATT_CSIM_FAST, bad);
 }
 
 // exp_f32x16 against exp_f32 on every lane (a dense sweep of [-90, 90] and the special values), and the
@@ -489,6 +529,8 @@ int main(int argc, char **argv) {
   check_exp_simd(tally);
   check_attention_csim<9, 3, 64, 8>(tally);  // SmolLM2-135M, 128-bit KV port
   check_attention_csim<9, 3, 64, 32>(tally); // SmolLM2-135M, 512-bit KV port
+  check_attention_csim<9, 3, 64, 64, 2>(tally); // SmolLM2-135M, two 512-bit KV ports (a U250)
+  check_attention_csim<9, 3, 64, 32, 2>(tally); // two 256-bit ports (a U280's HBM)
   check_attention_csim<4, 2, 64, 4>(tally);
   check_attention_csim<8, 8, 64, 8>(tally);
   int cases = 0;

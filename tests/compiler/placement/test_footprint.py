@@ -19,7 +19,8 @@ pytestmark = needs_gxx
 from roma_runtime.artifact.boards import get_board  # noqa: E402
 from roma_runtime.artifact.interface import kernel_constants  # noqa: E402
 from roma_runtime.compiler.placement import footprint  # noqa: E402
-from roma_runtime.compiler.placement.memory import BRAM_SHAPES, att_simd, shape_cost  # noqa: E402
+from roma_runtime.artifact.kv_layout import port_lanes  # noqa: E402
+from roma_runtime.compiler.placement.memory import BRAM_SHAPES, shape_cost  # noqa: E402
 
 HOST = Path(__file__).resolve().parents[3] / "host"
 
@@ -223,7 +224,7 @@ def test_on_chip_kv_follows_its_storage_pragmas(tiny_models, tmp_path):
     kv = _array(rep, "(anonymous namespace)::g_kv_chip")
     model = man["plan"]["model"]
     head_dim = model["dim"] // model["n_heads"]
-    simd = att_simd(head_dim, get_board("u250").kv_port_bits)  # the U250's 512-bit KV port, halved to divide a head
+    simd = port_lanes(head_dim, get_board("u250").kv_port_bits)  # the U250's 512-bit KV port, halved to divide a head
     kv_dim = head_dim * model["n_kv_heads"]
     assert kv["impl"] == "uram" and kv["uram"] >= 1 and kv["bram36"] == 0
     assert kv["width"] == 16 * simd and kv["depth"] == model["n_layers"] * 2 * 16 * kv_dim // simd

@@ -62,8 +62,9 @@ from collections import Counter
 
 from ...artifact.boards import Board
 from ...artifact.interface import kernel_constants
+from ...artifact.kv_layout import KvLayout
 from ...model.config import ModelConfig
-from .memory import LINEARS, att_simd, lin_shape
+from .memory import LINEARS, lin_shape
 
 LABEL = "estimate (FINN MVAU-style formulas and fixed fp32 operator costs; not a synthesis report)"
 
@@ -200,7 +201,7 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         units.append(_unit("LoRA apply (one, every linear)", 1, *lo,
                            {"lanes": 1, "dtype": lora.get("dtype"), "rank": lora.get("rank")}))
     group, hd = config.n_heads // config.n_kv_heads, config.head_dim
-    simd = att_simd(hd, board.kv_port_bits)
+    simd = KvLayout.for_build(hd, board.kv_port_bits, board.kv_ports, kv_tokens).lanes
     at = _ops({"fmul": 2 * group * simd + group, "fadd": group * (simd - 1) + group * (hd // simd - 1)
                + group * simd + 2 * group, "exp": group, "fcmp": group, "h2f": 2 * simd, "fdiv": simd})
     units.append(_unit("attention (one per token lane)", board.token_lanes, *at,

@@ -57,6 +57,7 @@ from pathlib import Path
 
 from ...artifact.boards import ElementwiseLanes
 from ...artifact.interface import HLS_DIR, kernel_constants, load_constants
+from ...artifact.kv_layout import port_lanes
 from ...artifact.uram_image import tile_sizes
 from ...errors import RomaError
 from ...model.config import ModelConfig
@@ -222,13 +223,6 @@ def _wps(arr, sib, c):  # brom_tile.h BromTileConfig::WPS = PLANE_WORDS / PARAMS
     return arr.dims[-1] // prm.dims[-1]
 
 
-def att_simd(head_dim: int, kv_port_bits: int) -> int:  # roma_core.cpp ATT_SIMD
-    lanes = kv_port_bits // 16
-    while head_dim % lanes:
-        lanes //= 2
-    return lanes
-
-
 PRAGMA_SITES = {
     # an engine's activation codes and scales: static in gemv_unit (kept for the next tensor of the same input)
     "xq": [("gemv_unit", "xq", 0, {})],
@@ -248,7 +242,7 @@ PRAGMA_SITES = {
     "g_q": [("roma_core", "g_q", 0, {})],  # cyclic ROPE_OUT_LANES
     "g_k": [("roma_core", "g_k", 0, {})],  # cyclic ROPE_OUT_LANES
     "score": [("attention_lanes", "score", 0, {"GROUP": lambda a, s, c: c["N_HEADS"] // c["N_KV_HEADS"]})],
-    "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: att_simd(c["HEAD_DIM"], c["KV_PORT_BITS"])})],
+    "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: port_lanes(c["HEAD_DIM"], c["KV_PORT_BITS"])})],
     "g_logits": [("roma_core", "g_logits", 0, {})],
     "g_v": [("roma_core", "g_v", 0, {})],  # cyclic GEMV_OUT_LANES (pragma_defines)
     "g_att": [("roma_core", "g_att", 0, {})],  # cyclic ACT_LANES (pragma_defines)
@@ -504,10 +498,11 @@ def with_impl(applied: list, impl: str) -> list:
 
 
 def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list[Pragma], hw: dict,
-                kv_port_bits: int, logits: str = "bram", token_lanes: int = 1) -> list[Array]:
+                kv_port_bits: int, logits: str = "bram", token_lanes: int = 1, kv_ports: int = 1) -> list[Array]:
     """The arrays the top declares once whatever the placement: norms, chunk activations, logits (in `logits`
     memory, logits_impl), attention's scores, the sampler's ring, and the one layer()'s (a row per token lane:
-    the board's token_lanes), forward()'s and attention's locals."""
+    the board's token_lanes), forward()'s and attention's locals (attention's lanes: a KV port's over the build's
+    kv_ports, roma_core.cpp ATT_SIMD)."""
     c = model_consts(config, kv_port_bits)
     t, d, kv, f = hw["PREFILL_CHUNK"], config.dim, config.kv_dim, config.ffn_dim
     qdim, hd = config.n_heads * config.head_dim, config.head_dim
@@ -522,7 +517,7 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
     for a in static:
         applied = static_pragmas(a, pragmas, {}, c)
         apply_layout(a, with_impl(applied, logits) if a.name == "g_logits" else applied)
-    simd = att_simd(hd, kv_port_bits)
+    simd = port_lanes(hd, kv_port_bits) * kv_ports
     att = {"HEADS": config.n_heads, "KV_HEADS": config.n_kv_heads, "HD": hd, "MAX_CTX": max_ctx, "SIMD": simd}
     # vr: the values of a block of several tokens (a single token writes g_v's row directly)
     local = [_local("layer", v, 32, [token_lanes, n], pragmas, None) for v, n in

@@ -113,6 +113,7 @@ from typing import Iterable
 
 from ...artifact.boards import Board, ElementwiseLanes, get_board
 from ...artifact.build import BRAM_ROM, DDR_STREAM, URAM_LOAD_ONCE
+from ...artifact.kv_layout import KvLayout
 from ...artifact.lora_unit import DTYPES as LORA_DTYPES
 from ...errors import RomaError
 from ...model.config import ModelConfig
@@ -592,6 +593,12 @@ class _Core:
                                              self.lanes))
 
     @property
+    def kv_layout(self) -> KvLayout:
+        """The DDR KV cache's ports of a build (roma_model.h KV_PORTS: one with an on-chip cache)."""
+        return KvLayout.for_build(self.config.head_dim, self.board.kv_port_bits, self.board.kv_ports,
+                                  self.kv_tokens or 0)
+
+    @property
     def lanes(self) -> ElementwiseLanes:
         """The elementwise units' lanes of a build of this model for this board (roma_model.h ROMA_*_LANES)."""
         c = self.config
@@ -638,7 +645,8 @@ def _buffer_reservation(core: _Core, pool: _Pool) -> Reservation:
     """The arrays the top declares whatever the placement (memory.core_arrays): taken even beyond the budget, so
     that a build whose core alone does not fit says so (Plan.over_budget) instead of planning a smaller core."""
     arrays = core_arrays(core.config, core.context, core.kv_tokens or 0, core.pragmas, core.hw,
-                         core.board.kv_port_bits, logits_impl(core.board.uram), core.board.token_lanes)
+                         core.board.kv_port_bits, logits_impl(core.board.uram), core.board.token_lanes,
+                         core.kv_layout.ports)
     pool.take(*total(arrays), force=True)
     return _arrays_reservation("activations and buffers", arrays, "BRAM", {"context": core.context})
 
@@ -878,7 +886,7 @@ def _plan_arrays(core: _Core, lora_impl: str | None, kv_impl: str, engines: "_En
         + lora_apply_locals(c.lora_rank) if lora_impl else []
     kv = kv_array(c.config, c.kv_tokens, kv_impl, c.pragmas, c.board.kv_port_bits) if c.kv_tokens else []
     return lora + core_arrays(c.config, c.context, c.kv_tokens or 0, c.pragmas, c.hw, c.board.kv_port_bits,
-                              logits_impl(c.board.uram), c.board.token_lanes) + kv + engines.arrays()
+                              logits_impl(c.board.uram), c.board.token_lanes, c.kv_layout.ports) + kv + engines.arrays()
 
 
 def check_kv_tokens(kv_tokens, config: ModelConfig) -> None:

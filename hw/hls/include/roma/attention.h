@@ -21,6 +21,13 @@
 //                   rows of the DDR buffer into the on-chip ones (the top's CMD_KV_LOAD) when the host switches
 //                   buffers or changed their rows. tb_kernels checks both places against the golden.
 // The compute is the same code; PLACE changes the memory latency in the cycle model (and the top's pragmas).
+// KV ports (PORTS, the build's KV_PORTS; Ddr only): a DDR cache split over two memory ports (an Alveo card's two DDR
+// banks) so that their bandwidths add up. A row's SIMD-wide chunk c is PORTS runs of PORT_LANES = SIMD / PORTS
+// elements, run p in port p's buffer (k_cache, k_cache1) at p's row offset c * PORT_LANES: each port holds
+// PORT_ROW = ROW / PORTS elements of every row, the runs of the row interleaved over the ports, and a pass reads
+// each port as one sequential burst. The arithmetic and its order do not change with the ports (lane l of a
+// chunk holds the same element as with one port of SIMD lanes); the host splits and joins rows the same way
+// (roma_runtime.artifact.kv_layout).
 //
 // Softmax: two passes over the cache (not online/streaming): pass 1 streams K and writes all scores of the
 // query to an on-chip buffer score[HEADS][MAX_CTX] with a running max; pass 2 streams V and computes each
@@ -33,9 +40,9 @@
 // together, so each K/V element fetched is used GROUP times (the cache is read once per query, not once per head).
 //
 // Speed: the two passes are the only loops that grow with S, and each moves one SIMD-wide word of the cache per
-// cycle, SIMD = the KV port's width in fp16 lanes (roma_core's ATT_SIMD: roma_model.h's KV_PORT_BITS / 16, the
-// board's kv_port_bits, e.g. a 128-bit HP port on Zynq UltraScale+, a 512-bit DDR port on a U250; halved until
-// it divides HD). So a query costs 2*S*ROW*2 bytes / port bytes per cycle plus pipeline depths, the port's bound
+// cycle, SIMD = the KV ports' width in fp16 lanes (roma_core's ATT_SIMD: KV_PORTS x roma_model.h's KV_PORT_BITS / 16,
+// the board's kv_ports and kv_port_bits, e.g. one 128-bit HP port on Zynq UltraScale+, two 512-bit DDR ports on a
+// U250; halved until it divides HD). So a query costs 2*S*ROW*2 bytes / port bytes per cycle plus pipeline depths, the port's bound
 // (K and V share the port, and pass 2 needs pass 1's max), as long as CH >= FADD_LATENCY (else PV's II is
 // acc_ii(CH) > 1). The exps add no loop: GROUP exp units in PV (one per query head of the kv head the chunk
 // belongs to; each head's e is recomputed in each of its CHD chunks rather than handed over, which would be a
@@ -56,8 +63,9 @@
 //          iterations                                                                       II=acc_ii(CH)
 //   FINAL: HEADS*HD/SIMD iterations, SIMD dividers                                         II=1
 // A decode query at S keys thus costs 2*S*CH + 2*HEADS*HD/SIMD cycles plus the depths (AttentionConfig::
-// query_cycles); SmolLM2-135M (ROW = 192) at S = 256: 12288 + 144 on a 128-bit port, 3072 + 36 on a 512-bit one
-// (per layer).
+// query_cycles); SmolLM2-135M (ROW = 192) at S = 256: 12288 + 144 on a 128-bit port, 3072 + 36 on a 512-bit one,
+// 768 + 1536 + 18 on two (per layer: PV's accumulators come back every CH = 3 iterations, under the adder's
+// latency, so PV runs at II 2 and only SCORE gains from the second port).
 // A prefill chunk of T tokens writes T rows, then runs the query loops once per block of QT queries (token lanes,
 // attention_lanes: the block's last query's keys, each row chunk read feeding every lane; query i uses keys
 // 0..start+i), so a chunk costs about T / QT passes over the keys instead of T.
@@ -87,12 +95,16 @@ constexpr float attention_scale() {
   return (float)(1.0 / constexpr_sqrt_newton((double)HD, (double)HD, 60));
 }
 
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1>
 struct AttentionConfig {
   static_assert(HEADS % KV_HEADS == 0, "HEADS must be a multiple of KV_HEADS");
   static_assert(HD % SIMD == 0, "SIMD must divide head_dim");
+  static_assert(PORTS == 1 || (PORTS == MAX_KV_PORTS && PLACE == KvPlace::Ddr && SIMD % PORTS == 0),
+                "a DDR cache over one or MAX_KV_PORTS ports, each carrying SIMD / PORTS lanes");
   static constexpr int GROUP = HEADS / KV_HEADS;
   static constexpr int ROW = KV_HEADS * HD; // fp16 elements per cache row (one position)
+  static constexpr int PORT_LANES = SIMD / PORTS; // the fp16 lanes one port carries: the rows' unit of interleave
+  static constexpr int PORT_ROW = ROW / PORTS;    // fp16 elements of a row in one port's buffer
   static constexpr int CHD = HD / SIMD;     // chunks per head
   static constexpr int CH = ROW / SIMD;     // chunks per cache row
   static constexpr int MEM_READ_LATENCY =
@@ -147,20 +159,22 @@ inline float tree_sum(float v[N]) {
 
 // Write one token's K and V (fp32, K already rotated) into cache row `pos` as fp16; OnChip: also into the
 // host's DDR rows k_ddr/v_ddr (write-through; unused for Ddr).
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1>
 void kv_write(const float k_new[KV_HEADS * HD], const float v_new[KV_HEADS * HD], int pos,
               half_bits_t *k_cache, half_bits_t *v_cache, LayerCycles &cyc, half_bits_t *k_ddr = nullptr,
-              half_bits_t *v_ddr = nullptr) {
-  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE> C;
+              half_bits_t *v_ddr = nullptr, half_bits_t *k_cache1 = nullptr, half_bits_t *v_cache1 = nullptr) {
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS> C;
+  constexpr int PL = C::PORT_LANES;
 KV_WRITE:
   for (int c = 0; c < C::CH; ++c) {
 #pragma HLS PIPELINE II = timing::II
     for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
-      const size_t i = (size_t)pos * C::ROW + c * SIMD + l;
+      // lane l's port (a constant per lane) and its place in that port's row
+      const size_t i = (size_t)pos * C::PORT_ROW + c * PL + l % PL;
       const half_bits_t kh = float_to_half(k_new[c * SIMD + l]), vh = float_to_half(v_new[c * SIMD + l]);
-      k_cache[i] = kh;
-      v_cache[i] = vh;
+      (l / PL == 0 ? k_cache : k_cache1)[i] = kh;
+      (l / PL == 0 ? v_cache : v_cache1)[i] = vh;
       if (PLACE == KvPlace::OnChip) { // a template constant: the Ddr instance has no write-through
         k_ddr[i] = kh;
         v_ddr[i] = vh;
@@ -175,14 +189,15 @@ KV_WRITE:
 // chunk read feeds QT lanes of datapaths), lane c skipping the rows past its position, so each query's scores, max,
 // sums and outputs are the operations attention_query does for it alone, in the same order (bit for bit:
 // tb_brom_tile checks it). q[c] and out[c] are the block's rows.
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int QT = 1>
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int QT = 1,
+          int PORTS = 1>
 void attention_lanes(const float q[][HEADS * HD], int n, int pos, const half_bits_t *k_cache,
-                     const half_bits_t *v_cache, float out[][HEADS * HD], LayerCycles &cyc) {
-  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE> C;
-  constexpr int GROUP = C::GROUP, ROW = C::ROW, CHD = C::CHD, CH = C::CH;
+                     const half_bits_t *v_cache, float out[][HEADS * HD], LayerCycles &cyc,
+                     const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr) {
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS> C;
+  constexpr int GROUP = C::GROUP, CHD = C::CHD, CH = C::CH, PL = C::PORT_LANES, PROW = C::PORT_ROW;
   constexpr int PV_II = C::PV_II; // used by the PIPELINE pragma
   (void)PV_II;
-  (void)ROW;
   const float scale = attention_scale<HD>();
   const int S = pos + n; // causal: keys 0..pos+n-1, lane c's 0..pos+c
 
@@ -230,7 +245,7 @@ SCORE_POS:
 #pragma HLS ARRAY_PARTITION variable = kv type = complete dim = 1
       for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
-        kv[l] = half_to_float(k_cache[(size_t)s * ROW + c * SIMD + l]);
+        kv[l] = half_to_float((l / PL == 0 ? k_cache : k_cache1)[(size_t)s * PROW + c * PL + l % PL]);
       }
       for (int t = 0; t < QT; ++t) {
 #pragma HLS UNROLL
@@ -278,7 +293,7 @@ PV_POS:
 #pragma HLS ARRAY_PARTITION variable = vv type = complete dim = 1
       for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
-        vv[l] = half_to_float(v_cache[(size_t)s * ROW + c * SIMD + l]);
+        vv[l] = half_to_float((l / PL == 0 ? v_cache : v_cache1)[(size_t)s * PROW + c * PL + l % PL]);
       }
       for (int t = 0; t < QT; ++t) {
 #pragma HLS UNROLL
@@ -312,13 +327,14 @@ FINAL: // the block's outputs one query after another
 }
 
 // One query at position `pos` over cache rows 0..pos: a block of one.
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1>
 void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_cache, const half_bits_t *v_cache,
-                     float out[HEADS * HD], LayerCycles &cyc) {
+                     float out[HEADS * HD], LayerCycles &cyc, const half_bits_t *k_cache1 = nullptr,
+                     const half_bits_t *v_cache1 = nullptr) {
 #pragma HLS INLINE
-  attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, 1>(reinterpret_cast<const float(*)[HEADS * HD]>(q), 1,
-                                                                pos, k_cache, v_cache,
-                                                                reinterpret_cast<float(*)[HEADS * HD]>(out), cyc);
+  attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, 1, PORTS>(
+      reinterpret_cast<const float(*)[HEADS * HD]>(q), 1, pos, k_cache, v_cache,
+      reinterpret_cast<float(*)[HEADS * HD]>(out), cyc, k_cache1, v_cache1);
 }
 
 // Copy rows start..start+n-1 of one cache (K or V of a layer) from the host's DDR rows into the on-chip ones
@@ -343,37 +359,40 @@ KV_LOAD:
 
 // Decode step: the token at `pos` (cache rows 0..pos-1 valid; 0 <= pos < MAX_CTX, checked by the caller).
 // OnChip: k_cache/v_cache are the on-chip rows, k_ddr/v_ddr the host's (written through).
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr>
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1>
 void attention_decode(const float q[HEADS * HD], const float k_new[KV_HEADS * HD],
                       const float v_new[KV_HEADS * HD], int pos, half_bits_t *k_cache, half_bits_t *v_cache,
                       float out[HEADS * HD], LayerCycles &cyc, half_bits_t *k_ddr = nullptr,
-                      half_bits_t *v_ddr = nullptr) {
-  kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(k_new, v_new, pos, k_cache, v_cache, cyc, k_ddr, v_ddr);
-  attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(q, pos, k_cache, v_cache, out, cyc);
+                      half_bits_t *v_ddr = nullptr, half_bits_t *k_cache1 = nullptr, half_bits_t *v_cache1 = nullptr) {
+  kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS>(k_new, v_new, pos, k_cache, v_cache, cyc, k_ddr, v_ddr,
+                                                             k_cache1, v_cache1);
+  attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS>(q, pos, k_cache, v_cache, out, cyc, k_cache1,
+                                                                    v_cache1);
 }
 
 // Prefill chunk: T (<= MAX_T) tokens at positions start..start+T-1 (start + T <= MAX_CTX, checked by the
 // caller). All T rows are written first (as the golden does), then query i attends to keys 0..start+i, in blocks of
 // QT queries (token lanes: one pass over the keys per block). OnChip: as attention_decode.
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
-          int QT = 1>
+          int QT = 1, int PORTS = 1>
 void attention_prefill(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T][KV_HEADS * HD],
                        const float v_new[MAX_T][KV_HEADS * HD], int start, int T, half_bits_t *k_cache,
                        half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc,
-                       half_bits_t *k_ddr = nullptr, half_bits_t *v_ddr = nullptr) {
+                       half_bits_t *k_ddr = nullptr, half_bits_t *v_ddr = nullptr, half_bits_t *k_cache1 = nullptr,
+                       half_bits_t *v_cache1 = nullptr) {
 PREFILL_WRITE:
   for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
-    kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE>(k_new[i], v_new[i], start + i, k_cache, v_cache, cyc,
-                                                        k_ddr, v_ddr);
+    kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS>(k_new[i], v_new[i], start + i, k_cache, v_cache, cyc,
+                                                               k_ddr, v_ddr, k_cache1, v_cache1);
   }
   constexpr int MAX_BLOCKS = (MAX_T + QT - 1) / QT; // used by the LOOP_TRIPCOUNT pragma
   (void)MAX_BLOCKS;
 PREFILL_QUERY:
   for (int i0 = 0; i0 < T; i0 += QT) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
-    attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, QT>(&q[i0], T - i0 < QT ? T - i0 : QT, start + i0,
-                                                                   k_cache, v_cache, &out[i0], cyc);
+    attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, QT, PORTS>(
+        &q[i0], T - i0 < QT ? T - i0 : QT, start + i0, k_cache, v_cache, &out[i0], cyc, k_cache1, v_cache1);
   }
 }
 

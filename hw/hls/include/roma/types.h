@@ -31,6 +31,10 @@ constexpr int ACT_LANES = 16;
 // tokens: each ROM word read serves them all, weights stationary); the build's TOKEN_LANES (roma_model.h, the
 // board's token_lanes) is at most this: roma_core passes a block's inputs and outputs as four pointers each.
 constexpr int MAX_TOKEN_LANES = 4;
+// KV ports: how many memory ports a DDR KV cache's rows are split over (the build's KV_PORTS, roma_model.h, the board's
+// kv_ports): attention reads a SIMD-wide chunk of a row as SIMD / PORTS lanes from each port in the same cycle, so the
+// ports' bandwidths add up. Two: roma_core has two KV cache arguments (kv_cache, kv_cache_1).
+constexpr int MAX_KV_PORTS = 2;
 
 typedef int8_t act_t;   // quantized activation
 typedef int32_t acc_t;  // exact group dot product / activation sum (|dot| <= 255*127*128 < 2^23)
