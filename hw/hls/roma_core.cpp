@@ -189,6 +189,10 @@ constexpr int HEAD_LIN = rm::TIED_EMBEDDINGS ? L_EMBD : L_OUTPUT;
 // one for the lanes past TT, never used).
 constexpr int TT = rm::TOKEN_LANES;
 static_assert(TT >= 1 && TT <= MAX_TOKEN_LANES, "one to MAX_TOKEN_LANES token lanes");
+constexpr int RESIDUAL_ADDS = 2 * TT; // a token's two residual adds, per lane (the ALLOCATION limit)
+// The lanes past the first, where the build has them (0: none): a block's elementwise units are called once per lane,
+// a call site each, so each lane has its instance (as the footprint counts them) and its rows' banks
+constexpr int TC1 = TT > 1 ? 1 : 0, TC2 = TT > 2 ? 2 : 0, TC3 = TT > 3 ? 3 : 0;
 #define TOKEN_INS const float *x0, const float *x1, const float *x2, const float *x3
 #define TOKEN_IN_ARGS x0, x1, x2, x3
 #define TOKEN_OUTS float *y0, float *y1, float *y2, float *y3
@@ -733,9 +737,37 @@ V_COPY:
   cyc.rope += rm::KV_DIM / GEMV_OUT_LANES * timing::II + 2;
 }
 
+// One token lane's elementwise units of a layer phase (a block's lanes: layer() calls each once per lane, on that
+// lane's rows). Before attention: the token at position pos rotated (queries and keys into q, k), and with several
+// tokens in the block its values copied into v.
+inline void lane_rotate(int pos, bool copy_v, const float qr[QDIM], const float kr[rm::KV_DIM],
+                        const float vr[rm::KV_DIM], float q[QDIM], float k[rm::KV_DIM], float v[rm::KV_DIM],
+                        LayerCycles &cyc) {
+#pragma HLS INLINE
+  rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(pos, rm::ROPE_INV_FREQ, qr, kr, q, k, cyc);
+  if (copy_v) v_copy(vr, v, cyc);
+}
+// After attention: x += o, then h = RMSNorm(x) with weights w (the FFN's input).
+inline void lane_residual_norm(float x[rm::DIM], const float o[rm::DIM], const float w[rm::DIM], float h[rm::DIM],
+                               LayerCycles &cyc) {
+#pragma HLS INLINE
+  residual_add<rm::DIM, RESIDUAL_LANES>(x, o, x, cyc);
+  rms_norm<rm::DIM, NORM_LANES>(x, w, rm::RMS_EPS, h, cyc);
+}
+// Between the FFN's GEMVs: gate = SwiGLU(gate, up).
+inline void lane_activation(float gate[rm::FFN_DIM], const float up[rm::FFN_DIM], LayerCycles &cyc) {
+#pragma HLS INLINE
+#ifdef __SYNTHESIS__
+  swiglu<rm::FFN_DIM, SWIGLU_LANES>(gate, up, gate, cyc);
+#else // csim/activation.h: bit-identical
+  swiglu_csim<rm::FFN_DIM, SWIGLU_LANES>(gate, up, gate, cyc);
+#endif
+}
+
 // Layer l over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place): one instance, run
 // for every layer with its run-time index. The linears take the chunk's tokens in blocks of TT (one pass over each
-// engine's weights per block), the elementwise units one token after another (each one instance: ALLOCATION).
+// engine's weights per block), the elementwise units a block's tokens side by side (an instance per token lane:
+// ALLOCATION; each lane's rows of g_x, g_q, g_k and g_v are banks of their own, partitioned cyclic TT by token).
 void layer(int l, int start, int T, half_bits_t *kv, half_bits_t *kv1, uint32_t cap, DDR_PORT_PARAMS, Acct &a) {
   // layer l's keys and values in each KV port's buffer ([N_LAYERS][2][cap][KV_DIM / KV_PORTS] each)
   constexpr int PORT_ROW = rm::KV_DIM / rm::KV_PORTS;
@@ -758,23 +790,24 @@ LAYER_QKV:
   for (int i0 = 0; i0 < T; i0 += TT) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
     const int n = T - i0 < TT ? T - i0 : TT;
-    for (int c = 0; c < TT; ++c) {
-#pragma HLS UNROLL
-      if (c < n) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + c], g_norms[2 * l], rm::RMS_EPS, h[c], a.layer);
-    }
+    LayerCycles beside; // the lanes past the first run side by side with lane 0 (an instance each): not counted
+    rms_norm<rm::DIM, NORM_LANES>(g_x[i0], g_norms[2 * l], rm::RMS_EPS, h[0], a.layer);
+    if (TC1 && n > 1) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + TC1], g_norms[2 * l], rm::RMS_EPS, h[TC1], beside);
+    if (TC2 && n > 2) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + TC2], g_norms[2 * l], rm::RMS_EPS, h[TC2], beside);
+    if (TC3 && n > 3) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + TC3], g_norms[2 * l], rm::RMS_EPS, h[TC3], beside);
     linear(l, L_WQ, n, TOKEN_ROWS(h), TOKEN_ROWS(qr), DDR_PORTS, a);
     linear(l, L_WK, n, TOKEN_ROWS(h), TOKEN_ROWS(kr), DDR_PORTS, a, true);
     // one token (a decode step) writes its values into g_v's row; a block of several, each its lane's vr row
     if (n == 1) linear(l, L_WV, n, TOKEN_ROWS(h), g_v[i0], g_v[i0], g_v[i0], g_v[i0], DDR_PORTS, a, true);
     else linear(l, L_WV, n, TOKEN_ROWS(h), TOKEN_ROWS(vr), DDR_PORTS, a, true);
-    for (int c = 0; c < TT; ++c) {
-#pragma HLS UNROLL
-      if (c < n) {
-        rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(start + i0 + c, rm::ROPE_INV_FREQ, qr[c], kr[c],
-                                                                       g_q[i0 + c], g_k[i0 + c], a.layer);
-        if (n > 1) v_copy(vr[c], g_v[i0 + c], a.layer);
-      }
-    }
+    const int p = start + i0;
+    lane_rotate(p, n > 1, qr[0], kr[0], vr[0], g_q[i0], g_k[i0], g_v[i0], a.layer);
+    if (TC1 && n > 1) lane_rotate(p + TC1, true, qr[TC1], kr[TC1], vr[TC1], g_q[i0 + TC1], g_k[i0 + TC1],
+                                  g_v[i0 + TC1], beside);
+    if (TC2 && n > 2) lane_rotate(p + TC2, true, qr[TC2], kr[TC2], vr[TC2], g_q[i0 + TC2], g_k[i0 + TC2],
+                                  g_v[i0 + TC2], beside);
+    if (TC3 && n > 3) lane_rotate(p + TC3, true, qr[TC3], kr[TC3], vr[TC3], g_q[i0 + TC3], g_k[i0 + TC3],
+                                  g_v[i0 + TC3], beside);
   }
   attend(KvOnChip(), l, start, T, kc, vc, kc1, vc1, a.layer);
   float o[TT][rm::DIM], gate[TT][rm::FFN_DIM], up[TT][rm::FFN_DIM];
@@ -788,33 +821,26 @@ LAYER_FFN:
   for (int i0 = 0; i0 < T; i0 += TT) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
     const int n = T - i0 < TT ? T - i0 : TT;
+    LayerCycles beside; // as in LAYER_QKV: the lanes past the first are not counted
     // the block's attention outputs, rows of g_att (a lane past the block reads the first, never used)
     linear(l, L_WO, n, g_att[i0], g_att[i0 + (n > 1 ? 1 : 0)], g_att[i0 + (n > 2 ? 2 : 0)],
            g_att[i0 + (n > 3 ? 3 : 0)], TOKEN_ROWS(o), DDR_PORTS, a);
-    for (int c = 0; c < TT; ++c) {
-#pragma HLS UNROLL
-      if (c < n) {
-        residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + c], o[c], g_x[i0 + c], a.layer);
-        rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + c], g_norms[2 * l + 1], rm::RMS_EPS, h[c], a.layer);
-      }
-    }
+    const float *w = g_norms[2 * l + 1];
+    lane_residual_norm(g_x[i0], o[0], w, h[0], a.layer);
+    if (TC1 && n > 1) lane_residual_norm(g_x[i0 + TC1], o[TC1], w, h[TC1], beside);
+    if (TC2 && n > 2) lane_residual_norm(g_x[i0 + TC2], o[TC2], w, h[TC2], beside);
+    if (TC3 && n > 3) lane_residual_norm(g_x[i0 + TC3], o[TC3], w, h[TC3], beside);
     linear(l, L_GATE, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), DDR_PORTS, a);
     linear(l, L_UP, n, TOKEN_ROWS(h), TOKEN_ROWS(up), DDR_PORTS, a, true);
-    for (int c = 0; c < TT; ++c) {
-#pragma HLS UNROLL
-      if (c < n) {
-#ifdef __SYNTHESIS__
-        swiglu<rm::FFN_DIM, SWIGLU_LANES>(gate[c], up[c], gate[c], a.layer);
-#else
-        swiglu_csim<rm::FFN_DIM, SWIGLU_LANES>(gate[c], up[c], gate[c], a.layer); // csim/activation.h: bit-identical
-#endif
-      }
-    }
+    lane_activation(gate[0], up[0], a.layer);
+    if (TC1 && n > 1) lane_activation(gate[TC1], up[TC1], beside);
+    if (TC2 && n > 2) lane_activation(gate[TC2], up[TC2], beside);
+    if (TC3 && n > 3) lane_activation(gate[TC3], up[TC3], beside);
     linear(l, L_DOWN, n, TOKEN_ROWS(gate), TOKEN_ROWS(o), DDR_PORTS, a);
-    for (int c = 0; c < TT; ++c) {
-#pragma HLS UNROLL
-      if (c < n) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + c], o[c], g_x[i0 + c], a.layer);
-    }
+    residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0], o[0], g_x[i0], a.layer);
+    if (TC1 && n > 1) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC1], o[TC1], g_x[i0 + TC1], beside);
+    if (TC2 && n > 2) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC2], o[TC2], g_x[i0 + TC2], beside);
+    if (TC3 && n > 3) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC3], o[TC3], g_x[i0 + TC3], beside);
   }
 }
 
@@ -1254,7 +1280,12 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS ARRAY_PARTITION variable = g_v type = cyclic factor = GEMV_OUT_LANES dim = 2
   // the chunk's attention outputs, w_o's GEMV inputs: read ACT_LANES per cycle by its activation quantizer
 #pragma HLS ARRAY_PARTITION variable = g_att type = cyclic factor = ACT_LANES dim = 2
-  // the residual stream, the norms' weights and RoPE's outputs: read and written by the elementwise units
+  // the residual stream, the norms' weights and RoPE's outputs: read and written by the elementwise units, a block's
+  // token lanes at once (a token's row in its own banks: cyclic TT on the token dimension)
+#pragma HLS ARRAY_PARTITION variable = g_x type = cyclic factor = TT dim = 1
+#pragma HLS ARRAY_PARTITION variable = g_q type = cyclic factor = TT dim = 1
+#pragma HLS ARRAY_PARTITION variable = g_k type = cyclic factor = TT dim = 1
+#pragma HLS ARRAY_PARTITION variable = g_v type = cyclic factor = TT dim = 1
 #pragma HLS ARRAY_PARTITION variable = g_x type = cyclic factor = STREAM_LANES dim = 2
 #pragma HLS ARRAY_PARTITION variable = g_norms type = cyclic factor = NORM_LANES dim = 2
 #pragma HLS ARRAY_PARTITION variable = g_q type = cyclic factor = ROPE_OUT_LANES dim = 2
@@ -1276,15 +1307,15 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // ... and inside it one linear() for its eight call sites (seven linears of a layer, the head): each GEMV engine,
   // its activation quantizer and the LoRA apply are one RTL instance
 #pragma HLS ALLOCATION function instances = linear limit = 1
-  // ... one RMSNorm for its three call sites (the layer's two, the final norm) and one sampler for its two (a run
-  // command, a generate step): they run one after another
-#pragma HLS ALLOCATION function instances = rms_norm limit = 1
-  // ... and for a block's token lanes one RoPE, one SwiGLU, one value copy, two residual adds (a token's two) and
-  // one LoRA apply: the lanes' call sites share them, one token after another
-#pragma HLS ALLOCATION function instances = rope_qk limit = 1
-#pragma HLS ALLOCATION function instances = swiglu limit = 1
-#pragma HLS ALLOCATION function instances = v_copy limit = 1
-#pragma HLS ALLOCATION function instances = residual_add limit = 2
+  // ... per token lane one RMSNorm (lane 0's also the final norm), one RoPE, one SwiGLU, one value copy and two
+  // residual adds (a token's two): a block's tokens run their elementwise units side by side; one LoRA apply for
+  // the lanes' call sites, one token after another; one sampler for its two call sites (a run command, a
+  // generate step)
+#pragma HLS ALLOCATION function instances = rms_norm limit = TT
+#pragma HLS ALLOCATION function instances = rope_qk limit = TT
+#pragma HLS ALLOCATION function instances = swiglu limit = TT
+#pragma HLS ALLOCATION function instances = v_copy limit = TT
+#pragma HLS ALLOCATION function instances = residual_add limit = RESIDUAL_ADDS
 #pragma HLS ALLOCATION function instances = lora_apply limit = 1
 #pragma HLS ALLOCATION function instances = sampler_step limit = 1
   Acct a;

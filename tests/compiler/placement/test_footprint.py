@@ -96,9 +96,12 @@ def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
     assert k["activation quantizer"]["rtl_instances"] == tt + 1
     assert tiny_report["engines"] == {"engines": 2, "configurations": 2}
     # the two forward() call sites of roma_core (PREFILL/DECODE and GENERATE) share one instance (ALLOCATION limit),
-    # and so do the sampler's two and RMSNorm's three: one of each kernel
-    for kernel in ("sampler", "RMSNorm", "attention", "RoPE"):
+    # and so do the sampler's two: one of each kernel; the elementwise units have one per token lane (RMSNorm's
+    # first also serves the final norm), the residual add two
+    for kernel in ("sampler", "attention"):
         assert k[kernel]["rtl_instances"] == 1, kernel
+    for kernel, n in (("RMSNorm", tt), ("RoPE", tt), ("SwiGLU", tt), ("residual add", 2 * tt)):
+        assert k[kernel]["rtl_instances"] == n, kernel
     # a function's local arrays are memories of each of its RTL instances: the layer's FFN buffers, fp32, a row per
     # token lane, once
     gate = [a for a in tiny_report["local_arrays"] if a["name"] == "layer::gate"]
@@ -183,12 +186,15 @@ def test_the_plans_memory_model_is_the_objects(tiny_report):
 
 def test_elementwise_buffers_are_partitioned_for_their_lanes(tiny_build, tiny_report):
     """The buffers RMSNorm, RoPE and the residual add read or write each cycle are partitioned where they are
-    declared for the build's lanes (tiny_build: a U250's 16 lanes; RoPE a tiny head's 8 pairs: 16 values)."""
+    declared for the build's lanes (tiny_build: a U250's 16 lanes; RoPE a tiny head's 8 pairs: 16 values), and the
+    chunk's rows by token lane (a block's tokens run their elementwise units side by side, each on its own banks)."""
     header = (tiny_build / "roma_model.h").read_text()
     lanes = {u: int(n) for u, n in re.findall(r"#define ROMA_(\w+)_LANES (\d+)", header)}
     assert lanes == {"NORM": 16, "SWIGLU": 16, "ROPE": 8, "RESIDUAL": 16}
+    tt = int(re.search(r"constexpr int TOKEN_LANES = (\d+);", header).group(1))
+    assert tt == 2  # the U250's
     banks = {a["name"].rsplit("::", 1)[-1]: a["banks"] for a in tiny_report["arrays"]}
-    assert banks["g_x"] == banks["g_norms"] == 16 and banks["g_q"] == banks["g_k"] == 2 * lanes["ROPE"]
+    assert banks["g_norms"] == 16 and banks["g_x"] == 16 * tt and banks["g_q"] == banks["g_k"] == 2 * lanes["ROPE"] * tt
 
 
 def test_fails_with_the_numbers_when_too_large(tiny_measured, tiny_report):

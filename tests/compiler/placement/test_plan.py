@@ -367,7 +367,9 @@ def test_elementwise_lanes_per_board_follow_the_model(smollm2):
             for b in units}
     assert simd == {"u250": {"RMSNorm": 16, "RoPE": 16, "SwiGLU": 16, "residual add": 16},
                     "kv260": {"RMSNorm": 4, "RoPE": 2, "SwiGLU": 2, "residual add": 4}}
-    assert units["u250"]["SwiGLU"]["dsp"] == 8 * units["kv260"]["SwiGLU"]["dsp"] > 0
+    # a SwiGLU per token lane: the U250's two of 16 lanes, the KV260's one of 2
+    assert (units["u250"]["SwiGLU"]["count"], units["kv260"]["SwiGLU"]["count"]) == (2, 1)
+    assert units["u250"]["SwiGLU"]["dsp"] == 2 * 8 * units["kv260"]["SwiGLU"]["dsp"] > 0
 
 
 # --- rendering and the CLI -------------------------------------------------------------------------------

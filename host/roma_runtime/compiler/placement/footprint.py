@@ -30,8 +30,9 @@ makes (one per call site, through the call tree from roma_core, from the object'
 named by an `ALLOCATION function instances=F limit=N` pragma has at most N, before any INLINE). The GEMV engines
 are counted against the configurations roma_model.h gives (UNIT_*, N_UNITS: one engine per distinct bits, group,
 scale format, tiles and tier, shared by every layer and linear of it; the embedding's and an untied output's
-their own): the check fails when there are more engine instantiations than configurations, or linear(), an
-engine, the LoRA apply, the layer, attention, RMSNorm, RoPE or the sampler has more than one RTL instance.
+their own): the check fails when there are more engine instantiations than configurations, when linear(), an
+engine, the LoRA apply, the layer, attention or the sampler has more than one RTL instance, or an elementwise unit
+more than one per token lane (RMSNorm, RoPE, SwiGLU; residual add two per lane: roma_model.h TOKEN_LANES).
 
 Against the plan: the build's plan (manifest.json "plan") lists the arrays it expects ("memory": memory.py's
 model of the top); compare_arrays sets them beside the object's, by memory.array_key (a function's local arrays
@@ -86,6 +87,8 @@ KERNELS = {
     "attention": ("roma::attention_prefill<",),
     "RMSNorm": ("roma::rms_norm<",),
     "RoPE": ("roma::rope_qk<",),
+    "SwiGLU": ("roma::swiglu<",),
+    "residual add": ("roma::residual_add<",),
     "LoRA apply": ("roma::lora_apply<",),
     "sampler": ("roma::sampler_step<",),
 }
@@ -446,7 +449,7 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     defines = dict(re.findall(r"#define\s+(ROMA_\w+)\s+(\w+)", (build / "roma_model.h").read_text()))
     lanes = ElementwiseLanes(**{u: int(defines[f"ROMA_{u.upper()}_LANES"]) for u in ELEMENTWISE_UNITS})
     defines = {**pragma_defines(int(defines["ROMA_GEMV_PE"]), int(defines["ROMA_WEIGHT_PORTS"]),
-                                consts["WEIGHT_PORT_BITS"], lanes), **defines}
+                                consts["WEIGHT_PORT_BITS"], lanes, consts["TOKEN_LANES"]), **defines}
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         obj = compile_synthesis(build, Path(tmp))
@@ -478,6 +481,7 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
         "plan": {"bram36": res.get("bram36", {}).get("used"), "uram": res.get("uram", {}).get("used"),
                  "summary": plan.get("summary")},
         "kernels": kernels,
+        "token_lanes": consts["TOKEN_LANES"],
         "engines": engines,
         "arrays": [asdict(a) for a in arrays],
         "local_bram36": sum(a.bram36 for a in local),
@@ -538,12 +542,15 @@ def verdict(measured: dict, board: str | None = None, *, bram36_budget: float | 
     if e["engines"] > e["configurations"]:
         failures.append(f"{e['engines']} GEMV engines for {e['configurations']} configurations (one engine per "
                         f"configuration, shared by every layer and linear of that configuration)")
-    for label in ("linear (engine dispatch + LoRA)", "GEMV engine (act quant + tiles)", "LoRA apply", "layer",
-                  "attention", "RMSNorm", "RoPE", "sampler"):
+    # the elementwise units have an instance per token lane (a block's tokens side by side), the rest one
+    tt = measured["token_lanes"]
+    for label, most in (("linear (engine dispatch + LoRA)", 1), ("GEMV engine (act quant + tiles)", 1),
+                        ("LoRA apply", 1), ("layer", 1), ("attention", 1), ("sampler", 1), ("RMSNorm", tt),
+                        ("RoPE", tt), ("SwiGLU", tt), ("residual add", 2 * tt)):
         k = measured["kernels"].get(label, {})
-        if k.get("max_rtl_instances", 0) > 1:
-            failures.append(f"a {label} function has {k['max_rtl_instances']} RTL instances (one shared instance "
-                            f"expected: an ALLOCATION limit or a single call site)")
+        if k.get("max_rtl_instances", 0) > most:
+            failures.append(f"a {label} function has {k['max_rtl_instances']} RTL instances ({most} expected: "
+                            f"an ALLOCATION limit or one call site for each)")
     return {**measured, "board": b.name, "total_bram36": bram, "total_uram": uram, "bram36_budget": bram_budget, "uram_budget": uram_cap,
             "bram36_available": b.bram36, "uram_available": b.uram, "failures": failures, "ok": not failures}
 

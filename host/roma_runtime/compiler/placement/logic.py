@@ -10,8 +10,8 @@ Units and their counts are the RTL instances the HLS makes for the plan (one per
 function, memory.py's engines): each GEMV engine (one per configuration, shared by the layers and linears of that
 configuration; plan.py's engines) with its tiles (parallel datapaths on chip; a DDR engine streams a tile per
 weight port at once) and its activation quantizer; with a LoRA unit, one lora_apply (linear() calls it at one place for
-every linear); one attention, one RoPE, one SwiGLU; one RMSNorm for its three call sites (the layer's two, the
-final norm) and one sampler for its two in roma_core (ALLOCATION limits). An engine of 8-bit codes or more
+every linear); per token lane (the board's token_lanes) one attention, one RoPE, one SwiGLU, one RMSNorm (lane 0's
+also the final norm's) and two residual adds; one sampler for its two call sites in roma_core (ALLOCATION limits). An engine of 8-bit codes or more
 (types.h DSP_MAC_MIN_BITS) is a DspMac one whatever the build's datapath (engine_datapath; roma_core.cpp Unit::DP).
 
 GEMV tile (brom_tile_gemv / brom_ddr_gemv; one (group, row) step per cycle: FINN's PE = 1, SIMD Q = GROUP,
@@ -208,14 +208,18 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                        {"group": group, "simd": simd, "head_dim": hd, "max_ctx": kv_tokens or context}))
     ew = board.elementwise_lanes.for_model(config.dim, config.ffn_dim, config.head_dim)
     sumsq = kernel_constants("norm.h")["SUMSQ_LANES"]
-    units.append(_unit("RMSNorm (one, three call sites)", 1,
+    tt = board.token_lanes
+    units.append(_unit("RMSNorm (one per token lane)", tt,
                        *_ops({"fmul": sumsq + 2 * ew.norm, "fadd": sumsq, "fsqrt": 1, "fdiv": 1}),
                        {"simd": ew.norm, "sumsq_lanes": sumsq}))
-    units.append(_unit("RoPE", 1, *_ops({"sin": 1, "cos": 1, "fmul": 1 + 4 * ew.rope, "fadd": 2 * ew.rope}),
+    units.append(_unit("RoPE (one per token lane)", tt,
+                       *_ops({"sin": 1, "cos": 1, "fmul": 1 + 4 * ew.rope, "fadd": 2 * ew.rope}),
                        {"simd": ew.rope}))
-    units.append(_unit("SwiGLU", 1, *_ops({"exp": ew.swiglu, "fadd": ew.swiglu, "fdiv": ew.swiglu,
-                                           "fmul": ew.swiglu}), {"simd": ew.swiglu}))
-    units.append(_unit("residual add (two call sites)", 2, *_ops({"fadd": ew.residual}), {"simd": ew.residual}))
+    units.append(_unit("SwiGLU (one per token lane)", tt, *_ops({"exp": ew.swiglu, "fadd": ew.swiglu,
+                                                                 "fdiv": ew.swiglu, "fmul": ew.swiglu}),
+                       {"simd": ew.swiglu}))
+    units.append(_unit("residual add (two per token lane)", 2 * tt, *_ops({"fadd": ew.residual}),
+                       {"simd": ew.residual}))
     units.append(_unit("sampler (one, two call sites)", 1, *_ops({"fcmp": 4, "exp": 1, "fmul": 1, "fdiv": 1}),
                        {"lanes": 4, "vocab": config.vocab_size}))
     lutram = [a for a in arrays if a.impl == "lutram"]

@@ -166,7 +166,7 @@ def _pow2_at_least(n: int) -> int:  # roma_core.cpp pow2_at_least
     return 1 << (n - 1).bit_length()
 
 
-def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes) -> dict[str, str]:
+def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes, token_lanes: int = 1) -> dict[str, str]:
     """The values of the build-wide symbols the sources' pragma factors name: ROMA_GEMV_PE (roma_model.h: the plan's
     pe), ROMA_WEIGHT_PORTS (roma_model.h: the board's weight_ports), ACT_LANES (types.h: the activation quantizer's
     lanes), GEMV_OUT_LANES (roma_core.cpp: the power of two covering pe and the ports, the rows a GEMV writes per
@@ -174,7 +174,9 @@ def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes)
     and a port's width in fp32, the logits LOGITS_OUT sends per cycle)
     and GEMV_CHAIN_LANES (roma_core.cpp: the larger of it and ACT_LANES, a buffer one GEMV writes and the
     next one reads); the elementwise units' lanes (roma_model.h ROMA_*_LANES: the build's, `lanes`) and roma_core's
-    factors of the buffers they read and write (STREAM_LANES .. UP_LANES, each the larger of its users' lanes)."""
+    factors of the buffers they read and write (STREAM_LANES .. UP_LANES, each the larger of its users' lanes); TT
+    (roma_model.h TOKEN_LANES: the token lanes, the token dimension's partition of the chunk's buffers and the
+    elementwise units' instances) and RESIDUAL_ADDS (two per lane)."""
     act = kernel_constants("types.h")["ACT_LANES"]
     sumsq = kernel_constants("norm.h")["SUMSQ_LANES"]
     out_lanes = _pow2_at_least(max(pe, ports))
@@ -185,7 +187,8 @@ def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes)
               "STREAM_LANES": max(lanes.norm, sumsq, lanes.residual), "NORM_OUT_LANES": max(act, lanes.norm),
               "ROPE_IN_LANES": max(out_lanes, 2 * lanes.rope), "ROPE_OUT_LANES": 2 * lanes.rope,
               "RESIDUAL_IN_LANES": max(out_lanes, lanes.residual), "GATE_LANES": max(chain, lanes.swiglu),
-              "UP_LANES": max(out_lanes, lanes.swiglu), "LOGITS_BANKS": _pow2_at_least(max(ports, port_bits // 32))}
+              "UP_LANES": max(out_lanes, lanes.swiglu), "LOGITS_BANKS": _pow2_at_least(max(ports, port_bits // 32)),
+              "TT": token_lanes, "RESIDUAL_ADDS": 2 * token_lanes}
     return {k: str(v) for k, v in values.items()}
 
 

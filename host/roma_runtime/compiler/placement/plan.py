@@ -590,7 +590,7 @@ class _Core:
     def pragmas(self):
         # the macro of g_kv_chip's impl is the plan's own choice (kv_array); ROMA_GEMV_PE is the header's pe
         return source_pragmas(pragma_defines(self.pe, self.board.weight_ports, self.board.weight_port_bits,
-                                             self.lanes))
+                                             self.lanes, self.board.token_lanes))
 
     @property
     def kv_layout(self) -> KvLayout:
