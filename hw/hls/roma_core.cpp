@@ -847,12 +847,13 @@ LAYER_FFN:
 // The embedding row of token `id`, from its ROM or streamed from ddr.
 template <class E>
 void embed(std::true_type /*in DDR*/, int id, const rom_word_t *ddr, float *out, LayerCycles &cyc) {
-  embedding_row_ddr<rm::WEIGHT_PORT_BITS, E::TILES, E::MAX_ROWS, E::MAX_COLS, E::GROUP, E::BITS>(
+  embedding_row_ddr<rm::WEIGHT_PORT_BITS, E::TILES, E::MAX_ROWS, E::MAX_COLS, E::GROUP, E::BITS, E::SF>(
       id, ddr + lin_ddr(0, L_EMBD), out, cyc);
 }
 template <class E>
 void embed(std::false_type /*on chip*/, int id, const rom_word_t *, float *out, LayerCycles &cyc) {
-  embedding_row<E::TILES, E::MAX_ROWS, E::MAX_COLS, E::GROUP, E::BITS>(id, E::planes, E::scales, E::mins, out, cyc);
+  embedding_row<E::TILES, E::MAX_ROWS, E::MAX_COLS, E::GROUP, E::BITS, E::SF>(id, E::planes, E::prm(), E::aux(), out,
+                                                                             cyc);
 }
 
 // Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
@@ -862,9 +863,7 @@ FORWARD_CHUNKS:
   for (int c0 = 0; c0 < n; c0 += MAX_T) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
     const int T = n - c0 < MAX_T ? n - c0 : MAX_T;
-    typedef Unit<rm::UNIT_TOKEN_EMBD> E; // one tensor: its bank is that tensor's tiles
-    static_assert(E::SF == ScaleFormat::Fp16, "the embedding lookup (embedding.h) reads fp16 scales only: "
-                                              "compile token_embd with fp16 scales");
+    typedef Unit<rm::UNIT_TOKEN_EMBD> E; // one tensor: its bank is that tensor's tiles (fp16 or q8 scales)
   EMBED_CHUNK:
     for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T

@@ -84,6 +84,30 @@ def test_a_q8_build_on_the_emulated_board_matches_the_golden_model(builds):
     assert_within_float_noise(emu.forward(IDS, emu.new_cache(64)), variants, TOL)
 
 
+@pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
+                    reason="the emulated board needs g++ and make")
+@pytest.mark.parametrize("ddr", ["1", "1,embedding,head"])
+def test_a_requantized_embedding_takes_q8_scales_looked_up_on_chip_or_from_ddr(tiny_models, tmp_path, ddr):
+    # --embedding-bits below the source's 8: the embedding and the untied lm head are requantized, in the linears'
+    # q8 format; the core looks a token's row up in its ROM or from its DDR tiles (embedding.h, q8: the row's
+    # exponents first), and the head streams q8 blocks, as the golden model computes them
+    pytest.importorskip("pynq")
+    from roma_runtime.backends.emulated import EmuBackend
+    from float_noise import assert_within_float_noise, golden_variant_logits
+    from test_ddr_tier import IDS, TOL
+
+    folder = tmp_path / "b"
+    man = compile_model(tiny_models["q4_1"], folder, scales="q8", ddr=ddr, embedding_bits=3, **SETTINGS)
+    for name in ("token_embd", "output"):
+        e = man["tensors"][name]
+        assert (e["bits"], e["scales"], e["method"]) == (3, "q8", "rtn") and is_ddr(e) == (ddr != "1"), name
+    header = (folder / "roma_model.h").read_text()
+    assert "constexpr int SCALES_TOKEN_EMBD = 1;" in header and "constexpr int SCALES_OUTPUT = 1;" in header
+    emu = EmuBackend(folder, progress=False)
+    variants = golden_variant_logits(load_build(folder), IDS)
+    assert_within_float_noise(emu.forward(IDS, emu.new_cache(64)), variants, TOL)
+
+
 def test_the_plan_counts_q8_scales(smollm2):
     plans = {s: make_plan(smollm2, "u250", bits=3, group=32, lora_rank=0, scales=s) for s in ("fp16", "q8")}
     linear = {s: [t for t in p.tensors if t.kind == "linear"] for s, p in plans.items()}

@@ -67,7 +67,8 @@ def add_scales_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", default="fp16", choices=tuple(SCALE_BITS),
                         help="how the linears store each group's scale and minimum: fp16 (32 bits per group; the "
                              "default, and Q4_1's form) or q8 (8-bit steps of a power of two per row: 16 bits per "
-                             "group and 16 per row)")
+                             "group and 16 per row); roma compile stores a requantized embedding and lm head "
+                             "(--embedding-bits below the source's) the same way")
 
 
 def add_kv_onchip_argument(parser: argparse.ArgumentParser) -> None:

@@ -109,10 +109,11 @@ def _plan_name(name: str) -> str:
 
 def _plan(config: ModelConfig, board, bits: int, group: int, per_tensor_bits: dict, per_tensor_groups: dict,
           unit: LoraUnit, ddr, kv_onchip: int = 0, scales: str = "fp16", uram=None, context: int | None = None,
-          pe: int | None = None):
+          pe: int | None = None, per_tensor_scales: dict | None = None):
     # the estimate's context: the plan's default (the on-chip KV, else DEFAULT_CONTEXT), or the build's when shorter
     plan = make_plan(config, board, bits=bits, group=group, per_tensor_bits=per_tensor_bits,
-                     per_tensor_groups=per_tensor_groups, **_lora_plan_args(unit), ddr=ddr,
+                     per_tensor_groups=per_tensor_groups, per_tensor_scales=per_tensor_scales,
+                     **_lora_plan_args(unit), ddr=ddr,
                      kv_tokens=kv_onchip or None, scales=scales, uram=uram, build_context=context, pe=pe,
                      context=min(context or config.context_length, kv_onchip or DEFAULT_CONTEXT))
     return plan.to_dict()
@@ -285,11 +286,16 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
             cost[n] = (rows * cols, {s: storage_bits_per_weight(s[0], s[1], cols, scales) for s in priced})
         choice = assign_settings(kl, cost, bits_budget)
 
-    # Embedding (and untied lm head): the source form when it already has embedding_bits, else RTN.
+    # Embedding (and untied lm head): the source form when it already has embedding_bits, else RTN in the linears'
+    # scale format (q8 halves a tied head's stream: embedding.h reads either).
+    def passed_through(t) -> bool:
+        return isinstance(t, QuantizedMatrix) and t.bits == embedding_bits
+
     def embedding_group(t) -> int:
-        if isinstance(t, QuantizedMatrix) and t.bits == embedding_bits:
-            return t.group
-        return effective_group(t.shape[1], group)
+        return t.group if passed_through(t) else effective_group(t.shape[1], group)
+
+    def embedding_scales(t) -> str:
+        return t.scale_format if passed_through(t) else scales
 
     tensors: dict[str, dict] = {}
     files: list[Path] = []
@@ -323,7 +329,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     for name in _progress(tensor_names(config), "quantizing", progress):
         t = _tensor(w, name)
         if split_name(name) is None:
-            q, how_of[name] = quantize_tensor(t, embedding_bits, embedding_group(t), "rtn", None, name)
+            q, how_of[name] = quantize_tensor(t, embedding_bits, embedding_group(t), "rtn", None, name,
+                                              embedding_scales(t))
             quantized[name] = q
         elif name not in quantized:
             quantize_linear(name, h=hessians[split_name(name)] if method == "gptq" else None)
@@ -339,9 +346,10 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     # The plan sees every tensor's actual width (its names: layers.<i>.<linear>, token_embedding, output).
     per_tensor_bits = {_plan_name(n): tensors[n]["bits"] for n in tensors}
     per_tensor_groups = {_plan_name(n): tensors[n]["group"] for n in tensors}
+    per_tensor_scales = {_plan_name(n): tensors[n]["scales"] for n in tensors}
     plan_group = min(g for _, g in choice.values())  # what the plan's --group-wide reservations assume
     plan = _plan(config, board_obj, bits, plan_group, per_tensor_bits, per_tensor_groups, unit, ddr,
-                 kv_onchip, scales, uram, context, pe)
+                 kv_onchip, scales, uram, context, pe, per_tensor_scales)
     lora_unit = _lora_unit_entry(unit, plan)
     kv_entry = _kv_onchip_entry(plan, kv_onchip)
     kv_layout = KvLayout.for_build(config.head_dim, board_obj.kv_port_bits, board_obj.kv_ports, kv_onchip)

@@ -486,6 +486,12 @@ def _validate_per_tensor(per_tensor: dict | None, config: ModelConfig, what: str
     return out
 
 
+def _check_scales(scales, name: str) -> str:
+    if scales not in SCALE_BITS:
+        raise RomaError(f"unknown scale format {scales!r} for {name}", hint=f"use {' or '.join(SCALE_BITS)}")
+    return scales
+
+
 def _check_group(group, name: str, config: ModelConfig) -> int:
     cols = config.dim if name in ("token_embedding", "output") else linear_shapes(config)[name.split(".")[-1]][1]
     if isinstance(group, bool) or group not in SUPPORTED_GROUPS or cols % group:
@@ -506,10 +512,13 @@ def _norm_tensor(name, layer, dim) -> TensorPlan:
 
 
 def build_tensors(config: ModelConfig, bits: int, group: int, per_tensor_bits: dict,
-                  scales: str = "fp16", per_tensor_groups: dict | None = None) -> list[list[TensorPlan]]:
+                  scales: str = "fp16", per_tensor_groups: dict | None = None,
+                  per_tensor_scales: dict | None = None) -> list[list[TensorPlan]]:
     """The weight tensors, grouped into placement units in fill order: layers 0..n-1, lm head, embedding.
-    `scales` is the linears' scale format; the embedding and lm head keep fp16 (as the compiler does)."""
+    `scales` is the linears' scale format; the embedding and lm head are fp16 unless per_tensor_scales (a build's
+    choices: the compiler requantizes them in the linears' format) says otherwise."""
     per_tensor_groups = per_tensor_groups or {}
+    per_tensor_scales = per_tensor_scales or {}
     shapes = linear_shapes(config)
     for lin, (rows, cols) in shapes.items():
         if any(cols % _setting_for(f"layers.{i}.{lin}", lin, group, per_tensor_groups)
@@ -532,18 +541,20 @@ def build_tensors(config: ModelConfig, bits: int, group: int, per_tensor_bits: d
         units.append(unit)
     emb_bits = _setting_for("token_embedding", "token_embedding", bits, per_tensor_bits)
     emb_group = _setting_for("token_embedding", "token_embedding", group, per_tensor_groups)
+    emb_scales = per_tensor_scales.get("token_embedding", "fp16")
     head = [_norm_tensor("output_norm", None, config.dim)]
     if config.tied_embeddings:
         head.append(_weight_tensor("token_embedding", "embedding+lm_head", None, config.vocab_size, config.dim,
-                                   emb_bits, emb_group))
+                                   emb_bits, emb_group, emb_scales))
         units.append(head)
     else:
         out_bits = _setting_for("output", "output", bits, per_tensor_bits)
         head.append(_weight_tensor("output", "lm_head", None, config.vocab_size, config.dim, out_bits,
-                                   _setting_for("output", "output", group, per_tensor_groups)))
+                                   _setting_for("output", "output", group, per_tensor_groups),
+                                   per_tensor_scales.get("output", "fp16")))
         units.append(head)
         units.append([_weight_tensor("token_embedding", "embedding", None, config.vocab_size, config.dim,
-                                     emb_bits, emb_group)])
+                                     emb_bits, emb_group, emb_scales)])
     return units
 
 
@@ -711,12 +722,13 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
               kv_tokens: int | None = None, budget: float = 0.8, context: int | None = None,
               ddr: Iterable | str | None = None, scales: str = "fp16",
               per_tensor_groups: dict | None = None, uram: Iterable | str | None = None,
-              build_context: int | None = None, pe: int | None = None) -> Plan:
+              build_context: int | None = None, pe: int | None = None, per_tensor_scales: dict | None = None) -> Plan:
     """Place a model's quantized tensors on a board. `config` is a ModelConfig or a LoadedModel (only shapes
     matter); `board` a name from boards.json or a Board; `ddr` units to stream from DDR whatever the room
     (parse_ddr_units: a string like "1,3-5,head" or a list of layer numbers, "head", "embedding", "all");
     `uram` units to put in URAM (load-once) instead of BRAM, in the same form.
-    per_tensor_bits and per_tensor_groups (a build's choices) override bits and group by tensor name.
+    per_tensor_bits and per_tensor_groups (a build's choices) override bits and group by tensor name;
+    per_tensor_scales gives the embedding's and lm head's scale format (fp16 unless a build requantized them).
     lora_slots x lora_rank: the LoRA unit the top holds (contract C1; no unit when either is 0). `context` is
     the estimate's context; `build_context` the build's CONTEXT (default: the board's, Board.default_context), which
     sizes attention's score buffer. `pe`: the tiles of the layers' on-chip GEMV engines (default: of pe_candidates, the one
@@ -731,6 +743,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     per_tensor_bits = _validate_per_tensor(per_tensor_bits, config, "per_tensor_bits", _check_bits)
     per_tensor_groups = _validate_per_tensor(per_tensor_groups, config, "per_tensor_groups",
                                              lambda g, name: _check_group(g, name, config))
+    per_tensor_scales = _validate_per_tensor(per_tensor_scales, config, "per_tensor_scales", _check_scales)
     targets = _check_lora(lora_slots, lora_rank, lora_targets, lora_dtype)
     check_kv_tokens(kv_tokens, config)
     if kv_tokens and context is not None and context > kv_tokens:
@@ -742,7 +755,8 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
 
     if scales not in SCALE_BITS:
         raise RomaError(f"unknown scale format {scales!r}", hint=f"use {' or '.join(SCALE_BITS)}")
-    units = build_tensors(config, bits, group, per_tensor_bits, scales, per_tensor_groups)  # checks the group
+    units = build_tensors(config, bits, group, per_tensor_bits, scales, per_tensor_groups,  # checks the group
+                          per_tensor_scales)
     forced = check_ddr_units(parse_ddr_units(ddr), config)
     in_uram = check_ddr_units(parse_ddr_units(uram), config, "--uram")
     both = forced & in_uram
@@ -789,7 +803,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
         # fill the memory to the last block): one lane, as on a Zynq
         return make_plan(config, replace(board, token_lanes=1), bits, group, per_tensor_bits, lora_rank,
                          lora_targets, lora_dtype, lora_slots, kv_tokens, budget, context, ddr, scales,
-                         per_tensor_groups, uram, build_context, pe)
+                         per_tensor_groups, uram, build_context, pe, per_tensor_scales)
     plan.estimate = estimate(plan, context=context)
     return plan
 

@@ -20,6 +20,10 @@
 // the ddr_weights port: per group, the step's WPS plane words and its scale|minimum word, two reads of the
 // same block (embedding_row_ddr: ROW_DDR at II = the port words the planes touch + 1 for the scale word, at the
 // build's weight port width, plus the AXI read latency once).
+// Scale formats (SF, brom_tile.h): fp16 scale and minimum per step, or q8 (a build with `--scales q8` whose
+// embedding is requantized: the tied lm head streams 8 steps per 36-word block instead of 4 per 20): the step's
+// 8-bit pair with the row's two exponents, decoded to the same fp16 values by brom_scales; a DDR row reads its
+// exponents first, one word of the tile's prefix (one more access before the loop).
 #ifndef ROMA_EMBEDDING_H
 #define ROMA_EMBEDDING_H
 
@@ -45,15 +49,16 @@ struct EmbeddingConfig {
 // A DDR-streamed embedding's row through a PORT_BITS-wide port: per group a step's planes, WPS words at word i*WPS
 // of its beat-aligned block (so they start at a multiple of gcd(WPS, DDR_BEAT_WORDS) past a beat), then its
 // scale|minimum word.
-template <int TILES, int ROWS, int COLS, int GROUP, int BITS, int PORT_BITS>
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS, int PORT_BITS, ScaleFormat SF = ScaleFormat::Fp16>
 struct EmbeddingDdrConfig : EmbeddingConfig<TILES, ROWS, COLS, GROUP, BITS> {
   typedef EmbeddingConfig<TILES, ROWS, COLS, GROUP, BITS> C;
-  typedef DdrStream<DdrStepConfig<GROUP, BITS, Datapath::LutSelect, ScaleFormat::Fp16>, PORT_BITS> P;
+  typedef DdrStream<DdrStepConfig<GROUP, BITS, Datapath::LutSelect, SF>, PORT_BITS> P;
   static constexpr int WPS = C::Tile::WPS;
   static constexpr int PLANES_OFFSET = DDR_BEAT_WORDS - (WPS % 4 == 0 ? 4 : WPS % 2 == 0 ? 2 : 1); // at most
   static constexpr int II = P::port_cycles(PLANES_OFFSET + WPS) + P::port_cycles(1);
+  static constexpr uint64_t EXPONENTS = SF == ScaleFormat::Q8 ? timing::AXI_READ_LATENCY + 1 : 0; // q8: one read
   static constexpr uint64_t CYCLES =
-      (uint64_t)C::NG * II + C::DEPTH - timing::ROM_LATENCY + timing::AXI_READ_LATENCY;
+      EXPONENTS + (uint64_t)C::NG * II + C::DEPTH - timing::ROM_LATENCY + timing::AXI_READ_LATENCY;
 };
 
 // The GROUP weights of one (group, row) step, w = d*q + m, from its BITS plane words.
@@ -66,12 +71,14 @@ inline void embedding_group(const rom_word_t *w, float d, float m, float *out) {
   }
 }
 
-// out[COLS] = dequantized row `token` (0 <= token < TILES*ROWS; the caller validates the id).
-template <int TILES, int ROWS, int COLS, int GROUP, int BITS>
+// out[COLS] = dequantized row `token` (0 <= token < TILES*ROWS; the caller validates the id), from the ROM's
+// planes and its scale arrays in format SF (brom_tile.h: fp16 scales and minimums, or q8 steps and row exponents).
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF = ScaleFormat::Fp16>
 void embedding_row(int token,
                    const rom_word_t planes[TILES][BromTileConfig<ROWS, COLS, GROUP, BITS>::PLANE_WORDS],
-                   const half_bits_t scales[TILES][(COLS / GROUP) * ROWS],
-                   const half_bits_t mins[TILES][(COLS / GROUP) * ROWS], float out[COLS], LayerCycles &cyc) {
+                   const scale_word_t prm[TILES][BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>::PARAMS],
+                   const scale_word_t aux[TILES][BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>::AUX],
+                   float out[COLS], LayerCycles &cyc) {
   typedef EmbeddingConfig<TILES, ROWS, COLS, GROUP, BITS> C;
   constexpr int NG = C::NG, WPS = C::Tile::WPS;
 #pragma HLS ARRAY_PARTITION variable = out type = cyclic factor = GROUP dim = 1
@@ -81,38 +88,41 @@ ROW:
   for (int g = 0; g < NG; ++g) {
 #pragma HLS PIPELINE II = timing::II
     const int step = g * ROWS + r;
-    embedding_group<GROUP, BITS>(&planes[tile][step * WPS], half_to_float(scales[tile][step]),
-                                 half_to_float(mins[tile][step]), &out[g * GROUP]);
+    const HalfPair dm = brom_scales<SF>(prm[tile][step], aux[tile][SF == ScaleFormat::Q8 ? r : step]);
+    embedding_group<GROUP, BITS>(&planes[tile][step * WPS], half_to_float(dm.d), half_to_float(dm.m),
+                                 &out[g * GROUP]);
   }
   cyc.embedding += C::CYCLES;
 }
 
 // out[COLS] = row `token` of a DDR-streamed embedding whose image starts at `image` (an m_axi pointer).
-template <int PORT_BITS, int TILES, int ROWS, int COLS, int GROUP, int BITS>
+template <int PORT_BITS, int TILES, int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF = ScaleFormat::Fp16>
 void embedding_row_ddr(int token, const rom_word_t *image, float out[COLS], LayerCycles &cyc) {
-  typedef EmbeddingDdrConfig<TILES, ROWS, COLS, GROUP, BITS, PORT_BITS> C;
-  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS> D;
+  typedef EmbeddingDdrConfig<TILES, ROWS, COLS, GROUP, BITS, PORT_BITS, SF> C;
+  typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> D;
   constexpr int NG = C::NG, WPS = C::WPS, DDR_II = C::II;
   (void)DDR_II; // used by the PIPELINE pragma
 #pragma HLS ARRAY_PARTITION variable = out type = cyclic factor = GROUP dim = 1
   const int tile = token % TILES;
   const int r = token / TILES;
   const rom_word_t *src = image + (long long)tile * D::TILE_WORDS;
+  // q8: the row's exponents, from the tile's prefix (two rows a word); fp16 reads none
+  const scale_word_t ex[1] = {D::Q8 ? (scale_word_t)(src[r / 2] >> (16 * (r & 1))) : (scale_word_t)0};
+  const rom_word_t *blocks = src + D::PREFIX_WORDS;
 ROW_DDR:
   for (int g = 0; g < NG; ++g) {
 #pragma HLS PIPELINE II = DDR_II
     const int step = g * ROWS + r;
-    const rom_word_t *block = src + (long long)(step / DDR_BLOCK_STEPS) * D::BLOCK_WORDS;
-    const int i = step % DDR_BLOCK_STEPS;
+    const rom_word_t *block = blocks + (long long)(step / D::BLOCK_STEPS) * D::BLOCK_WORDS;
+    const int i = step % D::BLOCK_STEPS;
     rom_word_t w[WPS];
 #pragma HLS ARRAY_PARTITION variable = w type = complete
     for (int k = 0; k < WPS; ++k) {
 #pragma HLS UNROLL
       w[k] = block[i * WPS + k];
     }
-    const rom_word_t pm = block[DDR_BLOCK_STEPS * WPS + i];
-    embedding_group<GROUP, BITS>(w, half_to_float((half_bits_t)(pm & 0xffffu)), half_to_float((half_bits_t)(pm >> 16)),
-                                 &out[g * GROUP]);
+    const HalfPair dm = D::scales(block, i, ex, 0);
+    embedding_group<GROUP, BITS>(w, half_to_float(dm.d), half_to_float(dm.m), &out[g * GROUP]);
   }
   cyc.embedding += C::CYCLES;
 }
