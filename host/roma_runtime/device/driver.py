@@ -163,8 +163,10 @@ class KVBuffer:
 
     @property
     def port_addresses(self) -> list[int]:
-        """Each KV port's buffer (the second port reads the first's when the build has one)."""
-        return [b.device_address for b in self.buffers] * (2 // len(self.buffers))
+        """kv_cache's and kv_cache_1's addresses: each port's buffer, or the one buffer for both (a build with one
+        KV port never reads kv_cache_1)."""
+        addresses = [b.device_address for b in self.buffers]
+        return addresses + addresses[-1:] * (2 - len(addresses))
 
     def rows(self, n: int) -> np.ndarray:
         """A copy of positions 0..n of every layer's keys and values: uint16 [N_LAYERS][2][n][KV_DIM]."""
@@ -178,12 +180,6 @@ class KVBuffer:
         for b, part in zip(self.buffers, self.layout.split(rows)):
             b[:, :, :n] = part
         self.flush()
-
-    def keys(self, layer: int, length: int) -> np.ndarray:
-        return self.rows(length)[layer, 0].view(np.float16)
-
-    def values(self, layer: int, length: int) -> np.ndarray:
-        return self.rows(length)[layer, 1].view(np.float16)
 
 
 class RomaCoreDriver(DefaultIP):

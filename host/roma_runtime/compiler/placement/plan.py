@@ -753,8 +753,7 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     if not isinstance(budget, (int, float)) or not 0 < budget <= 1:
         raise RomaError(f"budget must be a fraction in (0, 1], not {budget!r}")
 
-    if scales not in SCALE_BITS:
-        raise RomaError(f"unknown scale format {scales!r}", hint=f"use {' or '.join(SCALE_BITS)}")
+    _check_scales(scales, "the linears")
     units = build_tensors(config, bits, group, per_tensor_bits, scales, per_tensor_groups,  # checks the group
                           per_tensor_scales)
     forced = check_ddr_units(parse_ddr_units(ddr), config)
