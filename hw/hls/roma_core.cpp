@@ -146,10 +146,13 @@ static_assert(rm::HEAD_DIM % ATT_SIMD == 0 && rm::KV_PORT_LANES * rm::KV_PORTS =
 constexpr int pow2_at_least(int n, int p = 1) { return p >= n ? p : pow2_at_least(n, 2 * p); }
 constexpr int lanes_max(int a, int b) { return a > b ? a : b; }
 constexpr int GEMV_OUT_LANES = pow2_at_least(lanes_max(ROMA_GEMV_PE, rm::WEIGHT_PORTS));
-// The GEMV inputs are read ACT_LANES (types.h) per cycle by the engine's activation quantizer, so they are
-// partitioned cyclic by ACT_LANES where they are declared (h, g_att); gate is also written ROMA_GEMV_PE rows per
+// The GEMV inputs are read GEMV_IN_LANES per cycle at most by the engines' activation quantizers (roma_model.h
+// ROMA_ACT_LANES, the board's act_lanes; an engine of a smaller group reads its group: Unit::ACT), so they are
+// partitioned cyclic by GEMV_IN_LANES where they are declared (h, g_att); gate is also written ROMA_GEMV_PE rows per
 // cycle (GEMV_OUT_LANES): cyclic by the larger of the two (powers of two: a multiple of both).
-constexpr int GEMV_CHAIN_LANES = lanes_max(GEMV_OUT_LANES, ACT_LANES);
+constexpr int GEMV_IN_LANES = ROMA_ACT_LANES;
+static_assert(GEMV_IN_LANES >= QUAD && (GEMV_IN_LANES & (GEMV_IN_LANES - 1)) == 0, "ROMA_ACT_LANES: a power of two >= 4");
+constexpr int GEMV_CHAIN_LANES = lanes_max(GEMV_OUT_LANES, GEMV_IN_LANES);
 // The elementwise units' lanes (roma_model.h: the board's elementwise_lanes): RMSNorm's normalize loop (its sum of
 // squares reads SUMSQ_LANES, norm.h), SwiGLU, RoPE's rotation (pairs: 2 * ROPE_LANES values) and the residual add.
 // Every buffer they read or write is partitioned cyclic by at least its lanes where it is declared (powers of two:
@@ -160,7 +163,7 @@ constexpr int NORM_LANES = ROMA_NORM_LANES, SWIGLU_LANES = ROMA_SWIGLU_LANES, RO
 // rms_norm's weights, are read NORM_LANES per cycle
 constexpr int STREAM_LANES = lanes_max(RmsNormConfig<rm::DIM, NORM_LANES>::X_LANES, RESIDUAL_LANES);
 // h: written by rms_norm, read by the GEMV's activation quantizer
-constexpr int NORM_OUT_LANES = lanes_max(ACT_LANES, NORM_LANES);
+constexpr int NORM_OUT_LANES = lanes_max(GEMV_IN_LANES, NORM_LANES);
 // qr, kr: written by the GEMV, rotated by RoPE; g_q, g_k: RoPE's outputs
 constexpr int ROPE_IN_LANES = lanes_max(GEMV_OUT_LANES, 2 * ROPE_LANES);
 constexpr int ROPE_OUT_LANES = 2 * ROPE_LANES;
@@ -356,7 +359,9 @@ struct Unit {
   static constexpr int BITS = lin_bits(L0, LIN0), GROUP = lin_group(L0, LIN0), TILES = lin_tiles(L0, LIN0);
   static constexpr ScaleFormat SF = lin_scales(L0, LIN0);
   static constexpr Datapath DP = BITS >= DSP_MAC_MIN_BITS ? Datapath::DspMac : Datapath::ROMA_DATAPATH;
-  static constexpr int CQ = ACT_LANES / QUAD; // candidate quads per cycle: the quantizer's pace
+  // activations per cycle into the engine (its quantizer's lanes) and candidate quads per cycle (the quantizer's
+  // pace): the build's, at most a group (both stages work within one group a cycle)
+  static constexpr int ACT = GEMV_IN_LANES < GROUP ? GEMV_IN_LANES : GROUP, CQ = ACT / QUAD;
   static_assert(SF == ScaleFormat::Fp16 || SF == ScaleFormat::Q8, "SCALES_* is 0 (fp16) or 1 (q8)");
   static constexpr int MAX_ROWS = (int)unit_stat(U, 0), MIN_ROWS = (int)unit_stat(U, 1), MAX_COLS = (int)unit_stat(U, 2);
   static constexpr int ROW_ALIGN = unit_row_align(U);
@@ -581,7 +586,7 @@ void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, T
     // input the engine quantized for the tensor before (computed again here)
     Cycles uncounted;
     for (int c = 0; c < n; ++c)
-      act_quant<COLS, R::GROUP, ACT_LANES>(COLS, token_in(c, TOKEN_IN_ARGS), xq[c], as[c],
+      act_quant<COLS, R::GROUP, R::ACT>(COLS, token_in(c, TOKEN_IN_ARGS), xq[c], as[c],
                                            quantize && c == 0 ? cyc : uncounted);
     const CsimPackedTile &pk = g_packed[l][LIN];
     g_gemv_paths[pk.ok ? GEMV_PATH_PACKED : R::DDR ? GEMV_PATH_DDR_STREAM : GEMV_PATH_ROM_UNPACKED] += R::TILES * n;
@@ -626,10 +631,10 @@ void gemv_unit(int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_
   typedef Unit<U> R;
   Cycles &cyc = R::HEAD ? a.head : a.gemv;
 #ifdef __SYNTHESIS__
-  constexpr int NG = R::MAX_COLS / R::GROUP;
-  static act_t xq[R::TOKENS][R::MAX_COLS]; // written by act_quant, read by the candidate stage: ACT_LANES per cycle
+  constexpr int NG = R::MAX_COLS / R::GROUP, ACT = R::ACT;
+  static act_t xq[R::TOKENS][R::MAX_COLS]; // written by act_quant, read by the candidate stage: ACT per cycle
 #pragma HLS ARRAY_PARTITION variable = xq type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = xq type = cyclic factor = ACT_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = xq type = cyclic factor = ACT dim = 2
   static float as[R::TOKENS][NG];
 #pragma HLS ARRAY_PARTITION variable = as type = complete dim = 1
   acc_t xs[NG];
@@ -639,10 +644,10 @@ void gemv_unit(int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_
   constexpr int C1 = R::TOKENS > 1 ? 1 : 0, C2 = R::TOKENS > 2 ? 2 : 0, C3 = R::TOKENS > 3 ? 3 : 0;
   Cycles beside;
   if (quantize) {
-    act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x0, xq[0], as[0], cyc);
-    if (C1 && n > 1) act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x1, xq[C1], as[C1], beside);
-    if (C2 && n > 2) act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x2, xq[C2], as[C2], beside);
-    if (C3 && n > 3) act_quant<R::MAX_COLS, R::GROUP, ACT_LANES>(cols, x3, xq[C3], as[C3], beside);
+    act_quant<R::MAX_COLS, R::GROUP, ACT>(cols, x0, xq[0], as[0], cyc);
+    if (C1 && n > 1) act_quant<R::MAX_COLS, R::GROUP, ACT>(cols, x1, xq[C1], as[C1], beside);
+    if (C2 && n > 2) act_quant<R::MAX_COLS, R::GROUP, ACT>(cols, x2, xq[C2], as[C2], beside);
+    if (C3 && n > 3) act_quant<R::MAX_COLS, R::GROUP, ACT>(cols, x3, xq[C3], as[C3], beside);
   }
   static acc_t probe[R::TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
   tiles_gemv<R>(typename R::InDdr(), l, lin, n, rows, cols, xq, as, DDR_PORTS, TOKEN_OUT_ARGS, probe, xs, cyc);
@@ -774,7 +779,7 @@ void layer(int l, int start, int T, half_bits_t *kv, half_bits_t *kv1, uint32_t 
   half_bits_t *kc = kv + (size_t)(2 * l) * cap * PORT_ROW, *kc1 = kv1 + (size_t)(2 * l) * cap * PORT_ROW;
   half_bits_t *vc = kv + (size_t)(2 * l + 1) * cap * PORT_ROW, *vc1 = kv1 + (size_t)(2 * l + 1) * cap * PORT_ROW;
   float h[TT][rm::DIM], qr[TT][QDIM], kr[TT][rm::KV_DIM], vr[TT][rm::KV_DIM];
-  // the GEMV inputs: written NORM_LANES per cycle by rms_norm, read ACT_LANES per cycle by the activation quantizer
+  // the GEMV inputs: written NORM_LANES per cycle by rms_norm, read GEMV_IN_LANES per cycle by the quantizers
 #pragma HLS ARRAY_PARTITION variable = h type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = NORM_OUT_LANES dim = 2
   // the GEMV outputs: the layers' engines write GEMV_OUT_LANES consecutive rows per cycle (a PE's or port's each) of
@@ -1277,8 +1282,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS ARRAY_PARTITION variable = g_logits type = cyclic factor = LOGITS_BANKS dim = 1
   // the chunk's values, written by the layers' GEMV engines GEMV_OUT_LANES rows per cycle
 #pragma HLS ARRAY_PARTITION variable = g_v type = cyclic factor = GEMV_OUT_LANES dim = 2
-  // the chunk's attention outputs, w_o's GEMV inputs: read ACT_LANES per cycle by its activation quantizer
-#pragma HLS ARRAY_PARTITION variable = g_att type = cyclic factor = ACT_LANES dim = 2
+  // the chunk's attention outputs, w_o's GEMV inputs: read GEMV_IN_LANES per cycle by its activation quantizer
+#pragma HLS ARRAY_PARTITION variable = g_att type = cyclic factor = GEMV_IN_LANES dim = 2
   // the residual stream, the norms' weights and RoPE's outputs: read and written by the elementwise units, a block's
   // token lanes at once (a token's row in its own banks: cyclic TT on the token dimension)
 #pragma HLS ARRAY_PARTITION variable = g_x type = cyclic factor = TT dim = 1

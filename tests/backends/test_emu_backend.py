@@ -195,9 +195,10 @@ def test_cycles_per_stage_and_the_bench_estimate(engines):
     # the activation quantizer runs once per input of a layer: w_q's (w_k and w_v reuse its codes, on the same
     # engine), w_o's, w_gate's (w_up reuses them) and w_down's (act_quant.h's cycles; the head's counts as lm_head)
     t = kernel_constants("types.h")
-    lanes, fdiv, fmul = t["ACT_LANES"], t["FDIV_LATENCY"], t["FMUL_LATENCY"]
+    fdiv, fmul = t["FDIV_LATENCY"], t["FMUL_LATENCY"]
 
-    def quantizer(cols: int, group: int) -> int:
+    def quantizer(cols: int, group: int) -> int:  # at the engine's lanes: the board's act_lanes, at most the group
+        lanes = get_board("u250").engine_act_lanes(group)
         return cols // lanes + 3 + cols // group + 2 * fdiv + 1 + cols // lanes + 2 + fmul + 2
 
     c, groups = emu.config, {n: e["group"] for n, e in emu.overlay.manifest["tensors"].items() if e.get("group")}

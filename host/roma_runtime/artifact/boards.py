@@ -53,6 +53,8 @@ REQUIRED_FIELDS = {
     "kv_ports": ((int,), lambda v: 1 <= v <= MAX_KV_PORTS, f"1 to {MAX_KV_PORTS} (roma_core's KV cache arguments)"),
     "elementwise_lanes": ((dict,), lambda v: True, "an object {norm, swiglu, rope, residual}: lanes per unit"),
     "token_lanes": ((int,), lambda v: 1 <= v <= 4, "1 to 4 (roma_core passes a block's tokens as four pointers)"),
+    "act_lanes": ((int,), lambda v: 4 <= v <= 128 and v & (v - 1) == 0,
+                  "a power of two from 4 to 128 (whole quads of the candidate stage)"),
 }
 ELEMENTWISE_UNITS = ("norm", "swiglu", "rope", "residual")
 MAX_ELEMENTWISE_LANES = 64
@@ -129,6 +131,14 @@ class Board:
     elementwise_lanes: ElementwiseLanes  # the elementwise units' lanes (at most; see ElementwiseLanes.for_model)
     # prefill tokens a layers' GEMV engine serves per pass over its weights (roma_model.h TOKEN_LANES)
     token_lanes: int
+    # activations a GEMV engine takes in per cycle (roma_model.h ROMA_ACT_LANES; an engine of a smaller group, its
+    # group: engine_act_lanes)
+    act_lanes: int
+
+    def engine_act_lanes(self, group: int) -> int:
+        """The activations per cycle of an engine of `group`-wide groups (roma_core.cpp Unit::ACT): its quantizer
+        and candidate stage work within one group a cycle."""
+        return min(self.act_lanes, group)
 
     def default_context(self, model_context: int) -> int:
         return min(model_context, self.max_context)

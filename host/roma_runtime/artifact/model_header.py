@@ -30,7 +30,8 @@ Also generated for the top (hw/hls/roma_core.cpp):
   and the macro ROMA_KV_PORTS for the interface pragmas: the board's kv_ports (its m_axi KV bundles);
 - ROMA_NORM_LANES, ROMA_SWIGLU_LANES, ROMA_ROPE_LANES, ROMA_RESIDUAL_LANES: the elementwise units' lanes (the
   board's elementwise_lanes for this model's dimensions, boards.ElementwiseLanes.for_model), macros because the
-  top's partition pragmas name them;
+  top's partition pragmas name them; ROMA_ACT_LANES: the activations a GEMV engine takes in per cycle (the board's
+  act_lanes; an engine of a smaller group takes its group, roma_core.cpp Unit::ACT);
 - the GEMV engines and their weight banks: one engine per distinct configuration (bits, group, scale format,
   tiles, and tier: BRAM ROM, URAM or DDR-streamed) of the layers' linears, shared by every layer and linear of
   that configuration (the engine takes a tensor's rows and columns at run time); the embedding and an untied
@@ -239,6 +240,9 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               "// the elementwise units' lanes (boards.json elementwise_lanes, halved to divide the model's vectors):",
               "// RMSNorm's normalize loop, SwiGLU, RoPE's rotation (pairs), the residual add",
               *(f"#define ROMA_{unit.upper()}_LANES {n}" for unit, n in asdict(lanes).items()),
+              "// the activations a GEMV engine's quantizer and candidate stage take per cycle (boards.json act_lanes;",
+              "// an engine of a smaller group takes its group)",
+              f"#define ROMA_ACT_LANES {get_board(board).act_lanes}",
               "", "#endif  // ROMA_MODEL_H", "",
               "// Synthesis: the ROM banks, tile by tile (see the module doc of artifact/model_header.py);",
               "// outside the include guard: the top includes this header again with ROMA_ROM_DEFINE set.",

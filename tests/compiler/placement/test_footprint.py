@@ -17,7 +17,6 @@ pytest.importorskip("elftools", reason="the footprint check reads DWARF with pye
 pytestmark = needs_gxx
 
 from roma_runtime.artifact.boards import get_board  # noqa: E402
-from roma_runtime.artifact.interface import kernel_constants  # noqa: E402
 from roma_runtime.compiler.placement import footprint  # noqa: E402
 from roma_runtime.artifact.kv_layout import port_lanes  # noqa: E402
 from roma_runtime.compiler.placement.memory import BRAM_SHAPES, shape_cost  # noqa: E402
@@ -107,12 +106,15 @@ def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
     gate = [a for a in tiny_report["local_arrays"] if a["name"] == "layer::gate"]
     assert len(gate) == 1 and (gate[0]["instances"], gate[0]["bytes"]) == (1, 4 * model["ffn_dim"] * tt), gate
     assert tiny_report["total_bram36"] == tiny_report["bram36"] + tiny_report["local_bram36"]
-    # the activation quantizer's input and output, ACT_LANES per cycle for each token lane: partitioned where they
-    # are declared (the head's engine has one lane)
-    lanes = kernel_constants("types.h")["ACT_LANES"]
+    # the activation quantizer's input and output for each token lane, partitioned where they are declared (the
+    # head's engine has one lane): the GEMV inputs (h) by the board's act_lanes, an engine's codes (xq) by its own
+    # lanes, at most its group (the tiny build's 4-bit G32 on a U250: 32 of 64)
+    manifest = json.loads((tiny_build / "manifest.json").read_text())
+    act, group = manifest["board"]["act_lanes"], manifest["tensors"]["blk.0.wq"]["group"]
+    assert (act, group) == (64, 32)
     read = [a for a in tiny_report["local_arrays"] if a["name"] == "layer::h"] + [
         a for a in tiny_report["arrays"] if "gemv_unit<" in a["name"] and a["var"] == "xq"]  # static: kept
-    assert sorted(a["banks"] for a in read) == [lanes, tt * lanes, tt * lanes], read
+    assert sorted(a["banks"] for a in read) == [group, tt * group, tt * act], read
     text = footprint.render(tiny_report)
     assert "GEMV engines: 2 for 2 configurations" in text
 
@@ -190,7 +192,7 @@ def test_elementwise_buffers_are_partitioned_for_their_lanes(tiny_build, tiny_re
     chunk's rows by token lane (a block's tokens run their elementwise units side by side, each on its own banks)."""
     header = (tiny_build / "roma_model.h").read_text()
     lanes = {u: int(n) for u, n in re.findall(r"#define ROMA_(\w+)_LANES (\d+)", header)}
-    assert lanes == {"NORM": 16, "SWIGLU": 16, "ROPE": 8, "RESIDUAL": 16}
+    assert lanes == {"NORM": 16, "SWIGLU": 16, "ROPE": 8, "RESIDUAL": 16, "ACT": 64}
     tt = int(re.search(r"constexpr int TOKEN_LANES = (\d+);", header).group(1))
     assert tt == 2  # the U250's
     banks = {a["name"].rsplit("::", 1)[-1]: a["banks"] for a in tiny_report["arrays"]}

@@ -17,7 +17,6 @@ import pytest
 from roma_runtime.compiler.placement import memory as M
 from roma_runtime.compiler.placement import plan as P
 from roma_runtime.artifact.boards import get_board, load_boards
-from roma_runtime.artifact.interface import kernel_constants
 from roma_runtime.errors import RomaError
 from roma_runtime.model.config import ModelConfig
 
@@ -403,11 +402,13 @@ def test_cli_json():
     gemv = [u for u in logic["units"] if u["unit"].startswith("GEMV engine")]
     assert gemv and gemv[0]["inputs"]["W"] == 2 and gemv[0]["inputs"]["Q"] == 64
     assert d["resources"]["dsp"]["available"] == 12288 and d["resources"]["lut"]["used"] > 0
-    # in front of each engine's PEs: the quantizer at ACT_LANES lanes once per engine and token lane (the board's for
-    # the layers' engines, one for the head's), the candidates a quad per four of them (types.h) once per engine
-    lanes = kernel_constants("types.h")["ACT_LANES"]
+    # in front of each engine's PEs: the quantizer at the board's act_lanes (a whole group of 64 on a U250) once per
+    # engine and token lane (the board's for the layers' engines, one for the head's), the candidates a quad per four
+    # of them once per engine
+    lanes = get_board("u250").act_lanes
+    assert lanes == 64
     units = {u["unit"].split(" (")[0]: u for u in logic["units"]}
-    quant, cand = units["activation quantizer"], units["candidate stage"]
+    quant, cand = units[f"activation quantizer of {lanes} lanes"], units[f"candidate stage of {lanes} lanes"]
     assert quant["inputs"]["simd"] == lanes and cand["inputs"]["quads_per_cycle"] == lanes // 4
     tokens = [u["inputs"]["token_lanes"] for u in gemv]
     assert sorted(set(tokens)) == [1, get_board("u250").token_lanes]

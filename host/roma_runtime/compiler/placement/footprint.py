@@ -95,9 +95,11 @@ KERNELS = {
 
 
 def _model_consts(build: Path) -> dict[str, int]:
-    """The integer constants of the build's roma_model.h (N_HEADS, HEAD_DIM, ...)."""
+    """The integer constants of the build's roma_model.h (N_HEADS, HEAD_DIM, ...) and its integer macros
+    (ROMA_ACT_LANES, ...)."""
     text = (build / "roma_model.h").read_text()
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"constexpr\s+int\s+(\w+)\s*=\s*(-?\d+)\s*;", text)}
+    return {**{m.group(1): int(m.group(2)) for m in re.finditer(r"#define\s+(ROMA_\w+)\s+(\d+)\s*$", text, re.M)},
+            **{m.group(1): int(m.group(2)) for m in re.finditer(r"constexpr\s+int\s+(\w+)\s*=\s*(-?\d+)\s*;", text)}}
 
 
 # --- compiling ----------------------------------------------------------------------------------------------
@@ -449,7 +451,8 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     defines = dict(re.findall(r"#define\s+(ROMA_\w+)\s+(\w+)", (build / "roma_model.h").read_text()))
     lanes = ElementwiseLanes(**{u: int(defines[f"ROMA_{u.upper()}_LANES"]) for u in ELEMENTWISE_UNITS})
     defines = {**pragma_defines(int(defines["ROMA_GEMV_PE"]), int(defines["ROMA_WEIGHT_PORTS"]),
-                                consts["WEIGHT_PORT_BITS"], lanes, consts["TOKEN_LANES"]), **defines}
+                                consts["WEIGHT_PORT_BITS"], lanes, consts["TOKEN_LANES"],
+                                act_lanes=int(defines["ROMA_ACT_LANES"])), **defines}
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         obj = compile_synthesis(build, Path(tmp))

@@ -25,8 +25,8 @@ weight bits W = BITS, activation bits A = 8):
   fp32 scale path per step (brom_term, q8/fp16 decode): 2 int->fp32, 2 fp16->fp32, 3 fmul, 2 fadd.
   FF: FINN has no FF formula; the integer datapath's registers are counted as its tree and accumulator bits
   (c1 * (tree + acc)), and each fp operator's pipeline registers (FP_OPS).
-Candidate stage (brom_candidates, once per engine: its PEs share the candidates), CQ = ACT_LANES / 4 quads per
-  cycle: LutSelect 11 adders of C bits per quad (its 16 subset sums), registered (16 * C FF per quad); both
+Candidate stage (brom_candidates, once per engine: its PEs share the candidates), CQ = A_e / 4 quads per cycle,
+  A_e the engine's activation lanes (boards.json act_lanes, at most its group: Board.engine_act_lanes): LutSelect 11 adders of C bits per quad (its 16 subset sums), registered (16 * C FF per quad); both
   datapaths the group sum, 4 * CQ activations of C bits added per cycle. LUT = c1 * (CQ * 11 * C + 4 * CQ * C).
 A DDR engine's block loop (brom_ddr_gemv_rt) unrolls BLOCK_STEPS steps (4 fp16, 8 q8) of each token lane at block
   II (ddr_block_ii: brom_ddr.h DdrStream at the board's weight_port_bits); its datapaths are the lanes the II leaves
@@ -35,7 +35,7 @@ A DDR engine's block loop (brom_ddr_gemv_rt) unrolls BLOCK_STEPS steps (4 fp16, 
 Token lanes (boards.json token_lanes; roma_core.cpp Unit::TOKENS, one for a head engine): a layers' engine's
   datapaths and activation quantizers once per lane (a block of prefill tokens per pass over the weights); its
   candidate stage once (the lanes' tokens one after another).
-Activation quantizer (act_quant, SIMD = ACT_LANES, types.h; one per engine and token lane): per lane an integer
+Activation quantizer (act_quant, SIMD = A_e; one per engine and token lane): per lane an integer
   compare of 31 bits, an fmul and a round/clip of 8 bits; 2 fdiv (the scale and its inverse).
 LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its two loops, then 1 fmul and 1 fadd.
 Attention (attention_lanes, a datapath per token lane; GROUP = HEADS / KV_HEADS query heads per KV head, SIMD =
@@ -147,17 +147,19 @@ def gemv_tile(bits: int, group: int, datapath: str = "LutSelect") -> tuple[float
     return lut_int + fl, ff_int + ff, dsp_int + fd, inputs
 
 
-def candidate_stage(datapath: str = "LutSelect") -> tuple[float, float, float, dict]:
-    """(LUT, FF, DSP, inputs) of one engine's candidate stage (see the docstring)."""
-    cq, c = act_lanes() // 4, ACT_BITS + 2
+def candidate_stage(lanes: int, datapath: str = "LutSelect") -> tuple[float, float, float, dict]:
+    """(LUT, FF, DSP, inputs) of the candidate stage of an engine taking `lanes` activations a cycle (see the
+    docstring)."""
+    cq, c = lanes // 4, ACT_BITS + 2
     cand = 11 * c * cq if datapath == "LutSelect" else 0
     return C1 * (cand + 4 * cq * c), (16 * c * cq if datapath == "LutSelect" else 0) + 4 * cq * c, 0, \
         {"quads_per_cycle": cq, "candidate_bits": c}
 
 
-def act_lanes() -> int:
-    """Activations per cycle into a GEMV engine (types.h ACT_LANES: the quantizer's SIMD, 4 per candidate quad)."""
-    return kernel_constants("types.h")["ACT_LANES"]
+def act_quantizer(lanes: int) -> tuple[float, float, float]:
+    """(LUT, FF, DSP) of one activation quantizer of `lanes` lanes (see the docstring)."""
+    lut, ff, dsp = _ops({"fdiv": 2, "fmul": lanes})
+    return lut + lanes * (31 + 50), ff + lanes * 40, dsp
 
 
 def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: dict, kv_tokens: int,
@@ -187,15 +189,20 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                                                            "max_cols": max(c for _, c in shapes),
                                                            "tiles": e["tiles"], "token_lanes": tokens,
                                                            "linears": e["linears"], **ddr}))
-    quantizers = sum(e["token_lanes"] for e in engines if e["gemv"])
-    lanes = act_lanes()
-    aq = _ops({"fdiv": 2, "fmul": lanes})
-    units.append(_unit("activation quantizer (one per engine and token lane)", quantizers, aq[0] + lanes * (31 + 50),
-                       aq[1] + lanes * 40, aq[2], {"simd": lanes, "quantizers": quantizers}))
-    per_datapath = Counter(engine_datapath(e["bits"], datapath) for e in engines if e["gemv"])
-    for dp, n in sorted(per_datapath.items()):
-        cl, cf, cd, cin = candidate_stage(dp)
-        units.append(_unit(f"candidate stage (one per {dp} engine)", n, cl, cf, cd, {**cin, "engines": n}))
+    # an engine's activation lanes: the board's, at most its group
+    quantizers = Counter()
+    for e in engines:
+        if e["gemv"]:
+            quantizers[board.engine_act_lanes(e["group"])] += e["token_lanes"]
+    for lanes, n in sorted(quantizers.items()):
+        units.append(_unit(f"activation quantizer of {lanes} lanes (one per engine and token lane)", n,
+                           *act_quantizer(lanes), {"simd": lanes, "quantizers": n}))
+    stages = Counter((engine_datapath(e["bits"], datapath), board.engine_act_lanes(e["group"]))
+                     for e in engines if e["gemv"])
+    for (dp, lanes), n in sorted(stages.items()):
+        cl, cf, cd, cin = candidate_stage(lanes, dp)
+        units.append(_unit(f"candidate stage of {lanes} lanes (one per {dp} engine)", n, cl, cf, cd,
+                           {**cin, "engines": n}))
     if lora_unit:
         lo = _ops({"h2f": 2, "fmul": 5, "fadd": 3})
         units.append(_unit("LoRA apply (one, every linear)", 1, *lo,

@@ -166,22 +166,24 @@ def _pow2_at_least(n: int) -> int:  # roma_core.cpp pow2_at_least
     return 1 << (n - 1).bit_length()
 
 
-def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes, token_lanes: int = 1) -> dict[str, str]:
+def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes, token_lanes: int = 1, *,
+                   act_lanes: int) -> dict[str, str]:
     """The values of the build-wide symbols the sources' pragma factors name: ROMA_GEMV_PE (roma_model.h: the plan's
-    pe), ROMA_WEIGHT_PORTS (roma_model.h: the board's weight_ports), ACT_LANES (types.h: the activation quantizer's
-    lanes), GEMV_OUT_LANES (roma_core.cpp: the power of two covering pe and the ports, the rows a GEMV writes per
+    pe), ROMA_WEIGHT_PORTS (roma_model.h: the board's weight_ports), GEMV_IN_LANES (roma_core.cpp: roma_model.h's
+    ROMA_ACT_LANES, the board's act_lanes, the GEMV inputs the engines' quantizers read per cycle at most),
+    GEMV_OUT_LANES (roma_core.cpp: the power of two covering pe and the ports, the rows a GEMV writes per
     cycle), LOGITS_BANKS (roma_core.cpp: the power of two covering the ports, the logits the head writes per cycle,
     and a port's width in fp32, the logits LOGITS_OUT sends per cycle)
-    and GEMV_CHAIN_LANES (roma_core.cpp: the larger of it and ACT_LANES, a buffer one GEMV writes and the
+    and GEMV_CHAIN_LANES (roma_core.cpp: the larger of it and GEMV_IN_LANES, a buffer one GEMV writes and the
     next one reads); the elementwise units' lanes (roma_model.h ROMA_*_LANES: the build's, `lanes`) and roma_core's
     factors of the buffers they read and write (STREAM_LANES .. UP_LANES, each the larger of its users' lanes); TT
     (roma_model.h TOKEN_LANES: the token lanes, the token dimension's partition of the chunk's buffers and the
     elementwise units' instances) and RESIDUAL_ADDS (two per lane)."""
-    act = kernel_constants("types.h")["ACT_LANES"]
+    act = act_lanes
     sumsq = kernel_constants("norm.h")["SUMSQ_LANES"]
     out_lanes = _pow2_at_least(max(pe, ports))
     chain = max(out_lanes, act)
-    values = {"ROMA_GEMV_PE": pe, "ROMA_WEIGHT_PORTS": ports, "ACT_LANES": act, "GEMV_OUT_LANES": out_lanes,
+    values = {"ROMA_GEMV_PE": pe, "ROMA_WEIGHT_PORTS": ports, "GEMV_IN_LANES": act, "GEMV_OUT_LANES": out_lanes,
               "GEMV_CHAIN_LANES": chain, "NORM_LANES": lanes.norm, "SWIGLU_LANES": lanes.swiglu,
               "ROPE_LANES": lanes.rope, "RESIDUAL_LANES": lanes.residual,
               "STREAM_LANES": max(lanes.norm, sumsq, lanes.residual), "NORM_OUT_LANES": max(act, lanes.norm),
@@ -226,9 +228,13 @@ def _wps(arr, sib, c):  # brom_tile.h BromTileConfig::WPS = PLANE_WORDS / PARAMS
     return arr.dims[-1] // prm.dims[-1]
 
 
+def _act(arr, sib, c):  # roma_core.cpp Unit::ACT: ROMA_ACT_LANES, at most the engine's GROUP (= MAX_COLS / NG of as)
+    return min(c["ROMA_ACT_LANES"], arr.dims[-1] // sib["as"].dims[-1])
+
+
 PRAGMA_SITES = {
     # an engine's activation codes and scales: static in gemv_unit (kept for the next tensor of the same input)
-    "xq": [("gemv_unit", "xq", 0, {})],
+    "xq": [("gemv_unit", "xq", 0, {"ACT": _act})],
     "as": [("gemv_unit", "as", 0, {})],
     # a weight bank [TILES][words]: the engine passes it whole to bank_tiles (a BRAM ROM's storage) and
     # brom_gemv_tiles_rt (a bank per tile, WPS banks each); a URAM bank's storage is bound where CMD_LOAD_WEIGHTS
@@ -248,7 +254,7 @@ PRAGMA_SITES = {
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: port_lanes(c["HEAD_DIM"], c["KV_PORT_BITS"])})],
     "g_logits": [("roma_core", "g_logits", 0, {})],
     "g_v": [("roma_core", "g_v", 0, {})],  # cyclic GEMV_OUT_LANES (pragma_defines)
-    "g_att": [("roma_core", "g_att", 0, {})],  # cyclic ACT_LANES (pragma_defines)
+    "g_att": [("roma_core", "g_att", 0, {})],  # cyclic GEMV_IN_LANES (pragma_defines)
     # the LoRA unit's members (roma_core.cpp: 64-bit words of fp16 values or int8 codes, and of fp32 row scales)
     "values": [("roma_core", "g_lora.values", 0, {"LORA_VALUES_PER_WORD": lambda a, s, c: 64 // a.elem_bits})],
     "row_scale": [("roma_core", "g_lora.row_scale", 0, {"LORA_ROW_SCALES_PER_WORD": lambda a, s, c: 2})],
@@ -442,17 +448,18 @@ def _local(function: str, var: str, bits: int, dims: list, pragmas: list[Pragma]
 
 
 def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Pragma], ports: int,
-                  acc_sets: int = 1, tokens: int = 1) -> list[Array]:
+                  acc_sets: int = 1, tokens: int = 1, *, act_lanes: int) -> list[Array]:
     """The local arrays of one engine's kernel instances (gemv_unit, its `tokens` token lanes' act_quant, the tiles
     or the DDR stream: its accumulators `acc_sets` sets of one row of `ports`, the board's weight ports: two when
     the stream writes a round's outputs during the next round), each one RTL instance, sized by the largest of the
-    tensors it serves (their linears, `lins`); the codes, candidates, sums and accumulators a row per token lane."""
+    tensors it serves (their linears, `lins`); the codes, candidates, sums and accumulators a row per token lane;
+    the codes read `act_lanes` a cycle (the engine's, Board.engine_act_lanes)."""
     shapes = [lin_shape(config, lin) for lin in set(lins)]
     rows, cols = max(r for r, _ in shapes) // e.tiles, max(c for _, c in shapes)
     ng, g = cols // e.group, e.group
     # template parameters the pragmas may name (a local constexpr the footprint cannot read is left out, as there)
     tpl = {"GROUP": g, "BITS": e.bits, "TILES": e.tiles, "PORTS": ports}
-    out = [_local("gemv_unit", "xq", 8, [tokens, cols], pragmas, {}),
+    out = [_local("gemv_unit", "xq", 8, [tokens, cols], pragmas, {"ACT": act_lanes}),
            _local("gemv_unit", "as", 32, [tokens, ng], pragmas, {}),
            _local("gemv_unit", "xs", 32, [ng], pragmas, {}),
            _local("act_quant", "amax_bits", 32, [ng], pragmas, {"COLS": cols, **tpl}, tokens),

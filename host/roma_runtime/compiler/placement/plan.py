@@ -601,7 +601,7 @@ class _Core:
     def pragmas(self):
         # the macro of g_kv_chip's impl is the plan's own choice (kv_array); ROMA_GEMV_PE is the header's pe
         return source_pragmas(pragma_defines(self.pe, self.board.weight_ports, self.board.weight_port_bits,
-                                             self.lanes, self.board.token_lanes))
+                                             self.lanes, self.board.token_lanes, act_lanes=self.board.act_lanes))
 
     @property
     def kv_layout(self) -> KvLayout:
@@ -1029,7 +1029,7 @@ class _Engines:
                 e.bits, e.group, e.scales, [lin_shape(c.config, lin)[0] // e.tiles for lin in lins],
                 c.board.weight_port_bits) < logic.ddr_block_steps(e.scales)
             out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if y_after else 1,
-                                 self._tokens(e))
+                                 self._tokens(e), act_lanes=c.board.engine_act_lanes(e.group))
         return out
 
     def _tokens(self, e: EngineConfig) -> int:

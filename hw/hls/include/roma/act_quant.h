@@ -10,10 +10,11 @@
 // Three pipelined loops, II=1, SIMD inputs per cycle: |x| max (integer compare of the |x| bit patterns:
 // exact for non-NaN floats, order-free, a 1-cycle recurrence), one scale + reciprocal per group, quantize
 // (elementwise). So the lanes change the cycles, never the values: 2 * cols / SIMD + cols / GROUP + depths.
-// The GEMV engines run it at SIMD = ACT_LANES (types.h); x and xq must then deliver SIMD elements per cycle,
+// The GEMV engines run it at SIMD = their activation lanes (roma_core.cpp Unit::ACT: the build's ROMA_ACT_LANES, at
+// most the group; ACT_LANES in types.h is the kernels' default); x and xq must then deliver SIMD elements per cycle,
 // which is the caller's to declare (HLS_RULES.md: a partition on an argument holds only where it propagates):
-// roma_core.cpp partitions the quantizer's inputs and gemv_unit's xq cyclic by ACT_LANES (or a multiple of it)
-// where they are declared.
+// roma_core.cpp partitions the quantizer's inputs and gemv_unit's xq cyclic by SIMD (or a multiple of it) where
+// they are declared.
 #ifndef ROMA_ACT_QUANT_H
 #define ROMA_ACT_QUANT_H
 

@@ -35,7 +35,7 @@
 //
 // Cycle model (BromStepConfig's formulas, shared by the pragmas and the cycle counters; a GEMV engine serving
 // tensors of several shapes takes ROWS and COLS at run time and its II from the fewest rows of its tensors):
-//   candidates: COLS/(4*CQ) iterations (CQ quads per cycle: ACT_LANES / 4, the activation quantizer's lanes, so
+//   candidates: COLS/(4*CQ) iterations (CQ quads per cycle: the activation quantizer's lanes / 4, so
 //               the two stages in front of the steps keep the same pace) + CAND_DEPTH; the quads of a cycle are
 //               in one group (CQ divides GROUP/4), their 16*CQ candidates written at once (cand is partitioned
 //               complete on the quad dimension) and their 4*CQ activations added into the group's exact int32 sum
@@ -141,9 +141,9 @@ struct BromStepConfig {
 // One tile's fixed shape (ROWS x COLS), and the engine interface brom_gemv_tiles_rt reads (MAX_ROWS, MAX_COLS,
 // MIN_ROWS, bank sizes, CQ from BromStepConfig): a tile of one tensor is an engine with a single shape.
 template <int ROWS, int COLS, int GROUP_, int BITS_, Datapath DP_ = Datapath::LutSelect,
-          ScaleFormat SF_ = ScaleFormat::Fp16>
-struct BromTileConfig : BromStepConfig<GROUP_, BITS_, DP_, SF_> {
-  typedef BromStepConfig<GROUP_, BITS_, DP_, SF_> S;
+          ScaleFormat SF_ = ScaleFormat::Fp16, int CQ_ = ACT_LANES / QUAD>
+struct BromTileConfig : BromStepConfig<GROUP_, BITS_, DP_, SF_, CQ_> {
+  typedef BromStepConfig<GROUP_, BITS_, DP_, SF_, CQ_> S;
   static_assert(COLS % GROUP_ == 0 && ROWS > 0, "COLS must be a multiple of GROUP");
   static constexpr int GROUP = GROUP_, BITS = BITS_;
   static constexpr Datapath DP = DP_;

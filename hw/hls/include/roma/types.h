@@ -20,12 +20,11 @@ constexpr int ROM_WORD_BITS = 32;   // one B-ROM word: 32 bit-plane bits (one la
 constexpr int QUAD = 4;             // activations per LUT-select candidate table
 constexpr int QUAD_CANDIDATES = 16; // subsets of a quad
 // Activations per cycle into a GEMV engine: act_quant's SIMD lanes, and ACT_LANES / QUAD quads per cycle in the
-// candidate stage (brom_candidates). A power of two dividing every GROUP (32, 64, 128); the buffers the quantizer
-// reads are partitioned cyclic by it where they are declared (roma_core.cpp); placement/memory.py and logic.py
-// read it. 16: a SmolLM2 layer (G64) on a U250's 16 or 32 PEs takes 3,456 or 1,728 cycles of (group, row)
-// steps; the quantizer and the candidates in front of its seven GEMVs took 4,088 cycles at 4 lanes and take
-// 1,280 at 16. Past 16 the fixed pipeline depths (~38 cycles a GEMV) weigh as much as the passes: 32 lanes would
-// save ~470 cycles a layer (~2% of a decode token) for twice the quantizer's fp32 multipliers.
+// candidate stage (brom_candidates). A power of two dividing the GROUP (32, 64, 128). This is the kernels' default
+// (their testbenches and syn_*.cpp tops); roma_core takes the build's instead (roma_model.h ROMA_ACT_LANES, the
+// board's act_lanes: 16 on the Zynq boards, 64 on the Alveo cards, at most an engine's group). Why wider on a card:
+// a SmolLM2 layer (G64) on a U250's 32 PEs takes 1,728 cycles of (group, row) steps, and the quantizer and the
+// candidates in front of its seven GEMVs take 932 more at 16 lanes, 392 at a whole group a cycle.
 constexpr int ACT_LANES = 16;
 // Token lanes: how many activation vectors an on-chip GEMV engine takes per pass over its weights (a block of prefill
 // tokens: each ROM word read serves them all, weights stationary); the build's TOKEN_LANES (roma_model.h, the
