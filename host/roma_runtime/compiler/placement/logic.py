@@ -41,7 +41,8 @@ LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its tw
 Attention (attention_lanes, a datapath per token lane; GROUP = HEADS / KV_HEADS query heads per KV head, SIMD =
   ATT_SIMD, the board's KV port in fp16 lanes): scores GROUP * SIMD fmul, GROUP * (SIMD - 1) + GROUP * (HD / SIMD - 1) fadd (the two
   trees), GROUP fmul (the scale) and GROUP fcmp (the max); P x V GROUP exp with their GROUP fadd (score - max)
-  and GROUP fadd (the sums), GROUP * SIMD fmul and fadd; 2 * SIMD fp16->fp32; SIMD fdiv (the output).
+  and GROUP fadd (the sums), GROUP * SIMD fmul and fadd; 2 * SIMD fp16->fp32; SIMD fdiv (the output), after
+  (P - 1) * (SIMD + 1) fadd adding PV's P partial sums (memory.pv_partials; 1 where a row is FADD_LATENCY chunks).
 The elementwise units at the build's lanes L (boards.json elementwise_lanes, halved to the model's dimensions):
 RMSNorm: 4 fmul + 4 fadd (squares, SUMSQ_LANES = 4 on every board: norm.h), 1 fsqrt + 1 fdiv, 2 L fmul (x * inv * w).
 RoPE: sin and cos of one angle per cycle (1 fmul), L pairs: 4 fmul + 2 fadd each.
@@ -64,7 +65,7 @@ from ...artifact.boards import Board
 from ...artifact.interface import kernel_constants
 from ...artifact.kv_layout import KvLayout
 from ...model.config import ModelConfig
-from .memory import LINEARS, lin_shape
+from .memory import LINEARS, lin_shape, pv_partials
 
 LABEL = "estimate (FINN MVAU-style formulas and fixed fp32 operator costs; not a synthesis report)"
 
@@ -209,10 +210,13 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                            {"lanes": 1, "dtype": lora.get("dtype"), "rank": lora.get("rank")}))
     group, hd = config.n_heads // config.n_kv_heads, config.head_dim
     simd = KvLayout.for_build(hd, board.kv_port_bits, board.kv_ports, kv_tokens).lanes
+    partials = pv_partials(config.kv_dim, simd)
     at = _ops({"fmul": 2 * group * simd + group, "fadd": group * (simd - 1) + group * (hd // simd - 1)
-               + group * simd + 2 * group, "exp": group, "fcmp": group, "h2f": 2 * simd, "fdiv": simd})
+               + group * simd + 2 * group + (partials - 1) * (simd + 1), "exp": group, "fcmp": group,
+               "h2f": 2 * simd, "fdiv": simd})
     units.append(_unit("attention (one per token lane)", board.token_lanes, *at,
-                       {"group": group, "simd": simd, "head_dim": hd, "max_ctx": kv_tokens or context}))
+                       {"group": group, "simd": simd, "head_dim": hd, "max_ctx": kv_tokens or context,
+                        "pv_partials": partials}))
     ew = board.elementwise_lanes.for_model(config.dim, config.ffn_dim, config.head_dim)
     sumsq = kernel_constants("norm.h")["SUMSQ_LANES"]
     tt = board.token_lanes

@@ -394,6 +394,13 @@ def model_consts(config: ModelConfig, kv_port_bits: int) -> dict[str, int]:
             "VOCAB": config.vocab_size, "KV_PORT_BITS": kv_port_bits}
 
 
+def pv_partials(kv_dim: int, simd: int) -> int:
+    """attention.h AttentionConfig::PV_PARTIALS: the partial sums of attention's P x V pass, for cache rows of
+    kv_dim elements read `simd` a cycle (enough that each comes back after the fp32 adder's latency)."""
+    chunks, fadd = kv_dim // simd, kernel_constants("types.h")["FADD_LATENCY"]
+    return 1 if chunks >= fadd else 2 if 2 * chunks >= fadd else 4
+
+
 def lin_shape(config: ModelConfig, lin: int) -> tuple[int, int]:
     """(rows, cols) of roma_core.cpp's linear `lin` (lin_rows, lin_cols)."""
     d, kv, f = config.dim, config.kv_dim, config.ffn_dim
@@ -534,7 +541,8 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
              (("h", d), ("qr", qdim), ("kr", kv), ("vr", kv), ("o", d), ("gate", f), ("up", f))]
     local += [_local("forward", "h", 32, [d], pragmas, None),
               _local("attention_lanes", "ql", 32, [token_lanes, config.n_heads, hd], pragmas, att),
-              _local("attention_lanes", "acc", 32, [token_lanes, config.n_heads, hd], pragmas, att)]
+              _local("attention_lanes", "acc", 32, [token_lanes, pv_partials(kv, simd), config.n_heads, hd], pragmas,
+                     att)]
     return static + local
 
 

@@ -43,13 +43,18 @@
 // cycle, SIMD = the KV ports' width in fp16 lanes (roma_core's ATT_SIMD: KV_PORTS x roma_model.h's KV_PORT_BITS / 16,
 // the board's kv_ports and kv_port_bits, e.g. one 128-bit HP port on Zynq UltraScale+, two 512-bit DDR ports on a
 // U250; halved until it divides HD). So a query costs 2*S*ROW*2 bytes / port bytes per cycle plus pipeline depths, the port's bound
-// (K and V share the port, and pass 2 needs pass 1's max), as long as CH >= FADD_LATENCY (else PV's II is
-// acc_ii(CH) > 1). The exps add no loop: GROUP exp units in PV (one per query head of the kv head the chunk
+// (K and V share the port, and pass 2 needs pass 1's max); PV's partial sums (below) keep it at II=1 where a row is
+// fewer than FADD_LATENCY chunks. The exps add no loop: GROUP exp units in PV (one per query head of the kv head the chunk
 // belongs to; each head's e is recomputed in each of its CHD chunks rather than handed over, which would be a
 // loop-carried dependence shorter than the exp's latency). A separate exp loop would cost S*HEADS cycles at one
 // exp per cycle (S*KV_HEADS with GROUP lanes; S with HEADS lanes, but then l[h] is an fp32 accumulation revisited
-// every iteration). Numerics do not depend on where the exps run (l[h] and acc still sum s = 0, 1, ... in
-// order) nor, for power-of-two SIMD and HD, on SIMD (SCORE's two trees are then one pairwise tree over HD).
+// every iteration). Numerics do not depend on where the exps run (l[h] and acc sum s = 0, 1, ... in order) nor, for
+// power-of-two SIMD and HD, on SIMD (SCORE's two trees are then one pairwise tree over HD), except through PV's
+// partial sums: where a row is fewer than FADD_LATENCY chunks (CH = ROW / SIMD; SmolLM2 over two 512-bit KV ports:
+// 3), l[h] and acc keep P = PV_PARTIALS (2 or 4) partial sums, position s in partial s mod P (each in order), added
+// by a pairwise tree in FINAL, so the accumulators come back every CH * P iterations and PV runs at II=1. Every
+// other build (CH >= FADD_LATENCY: one partial) sums in order; the golden's einsum sums in its own order, and both
+// are within the testbenches' float bound.
 //
 // Loops (SIMD fp16 elements of a row per cycle, i.e. SIMD*16 bits of the m_axi port):
 //   WRITE: CH = ROW/SIMD iterations per new token (convert + store; OnChip: both places)   II=1
@@ -59,13 +64,12 @@
 //          the HD/SIMD chunk sums of a head are kept in registers and added by a tree at the head's
 //          last chunk (no fp32 loop-carried accumulation); running max per head               II=1
 //   PV:    S*CH iterations: SIMD fp16 of a V row, GROUP exps (score RAM: cyclic GROUP banks, one read each),
-//          GROUP*SIMD MACs; acc[h][d] and (at a head's first chunk) l[h] revisited every CH
-//          iterations                                                                       II=acc_ii(CH)
-//   FINAL: HEADS*HD/SIMD iterations, SIMD dividers                                         II=1
+//          GROUP*SIMD MACs; a partial of acc[h][d] and (at a head's first chunk) l[h] revisited every CH * P
+//          iterations                                                                       II=acc_ii(CH * P) = 1
+//   FINAL: HEADS*HD/SIMD iterations, the P partials' adder trees and SIMD dividers          II=1
 // A decode query at S keys thus costs 2*S*CH + 2*HEADS*HD/SIMD cycles plus the depths (AttentionConfig::
 // query_cycles); SmolLM2-135M (ROW = 192) at S = 256: 12288 + 144 on a 128-bit port, 3072 + 36 on a 512-bit one,
-// 768 + 1536 + 18 on two (per layer: PV's accumulators come back every CH = 3 iterations, under the adder's
-// latency, so PV runs at II 2 and only SCORE gains from the second port).
+// 1536 + 18 on two (CH = 3: PV's two partial sums keep it at II=1; in one it ran at II 2: 768 + 1536 + 18).
 // A prefill chunk of T tokens writes T rows, then runs the query loops once per block of QT queries (token lanes,
 // attention_lanes: the block's last query's keys, each row chunk read feeding every lane; query i uses keys
 // 0..start+i), so a chunk costs about T / QT passes over the keys instead of T.
@@ -112,7 +116,11 @@ struct AttentionConfig {
   // OnChip writes through to DDR in the same loop, so a row write ends with the DDR write response either way
   static constexpr int MEM_WRITE_LATENCY = timing::AXI_WRITE_LATENCY;
   static constexpr int SCORE_II = timing::II;
-  static constexpr int PV_II = timing::acc_ii(CH);
+  // PV's partial sums: a position's accumulators come back every CH iterations, under the fp32 adder's latency when
+  // a row is fewer than FADD_LATENCY chunks (two 512-bit KV ports: CH = 3), so positions s = p mod PV_PARTIALS go to
+  // partial p, added at the end (HLS_RULES.md: interleaved partial sums); else one, in order
+  static constexpr int PV_PARTIALS = CH >= timing::FADD_LATENCY ? 1 : CH * 2 >= timing::FADD_LATENCY ? 2 : 4;
+  static constexpr int PV_II = timing::acc_ii(CH * PV_PARTIALS);
   static constexpr int WRITE_DEPTH = 2 + 1 /* fp16 rounding */ + MEM_WRITE_LATENCY;
   static constexpr int QLOAD_DEPTH = 2;
   static constexpr int SCORE_DEPTH = MEM_READ_LATENCY + 1 /* fp16 decode */ + timing::FMUL_LATENCY +
@@ -125,7 +133,8 @@ struct AttentionConfig {
   static constexpr int PV_P_DEPTH = timing::RAM_LATENCY + timing::FADD_LATENCY + timing::FEXP_LATENCY;
   static constexpr int PV_DEPTH =
       (PV_V_DEPTH > PV_P_DEPTH ? PV_V_DEPTH : PV_P_DEPTH) + timing::FMUL_LATENCY + timing::FADD_LATENCY + 1;
-  static constexpr int FINAL_DEPTH = 2 + timing::FDIV_LATENCY + 1;
+  static constexpr int FINAL_DEPTH =
+      2 + timing::ceil_log2(PV_PARTIALS) * timing::FADD_LATENCY + timing::FDIV_LATENCY + 1;
   static constexpr int LOAD_DEPTH = timing::AXI_READ_LATENCY + 1 /* RAM write */;
   static constexpr uint64_t WRITE_CYCLES = (uint64_t)CH * timing::II + WRITE_DEPTH; // per new token
   // kv_load of n rows of one cache (K or V of a layer): n*ROW*2 bytes at SIMD*2 bytes per cycle, one burst.
@@ -196,7 +205,7 @@ void attention_lanes(const float q[][HEADS * HD], int n, int pos, const half_bit
                      const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr) {
   typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS> C;
   constexpr int GROUP = C::GROUP, CHD = C::CHD, CH = C::CH, PL = C::PORT_LANES, PROW = C::PORT_ROW;
-  constexpr int PV_II = C::PV_II; // used by the PIPELINE pragma
+  constexpr int P = C::PV_PARTIALS, PV_II = C::PV_II; // used by the pragmas
   (void)PV_II;
   const float scale = attention_scale<HD>();
   const int S = pos + n; // causal: keys 0..pos+n-1, lane c's 0..pos+c
@@ -208,13 +217,14 @@ void attention_lanes(const float q[][HEADS * HD], int n, int pos, const half_bit
   static float score[QT][HEADS][MAX_CTX]; // scores of the block's queries
 #pragma HLS ARRAY_PARTITION variable = score type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = score type = cyclic factor = GROUP dim = 2
-  float mx[QT][HEADS], lsum[QT][HEADS];
+  float mx[QT][HEADS], lsum[QT][P][HEADS];
 #pragma HLS ARRAY_PARTITION variable = mx type = complete dim = 0
 #pragma HLS ARRAY_PARTITION variable = lsum type = complete dim = 0
-  float acc[QT][HEADS][HD];
+  float acc[QT][P][HEADS][HD]; // PV's partial sums (C::PV_PARTIALS)
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = GROUP dim = 2
-#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = SIMD dim = 3
+#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 2
+#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = GROUP dim = 3
+#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = SIMD dim = 4
   float part[QT][GROUP][CHD]; // chunk sums of the current (position, kv head)
 #pragma HLS ARRAY_PARTITION variable = part type = complete dim = 0
 
@@ -229,7 +239,10 @@ QLOAD: // the block's queries one after another
     }
     if (dc == 0) {
       mx[c][h] = -INFINITY;
-      lsum[c][h] = 0.0f; // (set again at s = 0 below; this keeps gcc from seeing a read before any write)
+      for (int p = 0; p < P; ++p) {
+#pragma HLS UNROLL
+        lsum[c][p][h] = 0.0f; // (set again at s = p below; this keeps gcc from seeing a read before any write)
+      }
     }
   }
 
@@ -279,16 +292,17 @@ SCORE_POS:
   // Pass 2: sum_s e[h,s] * v[s] (one sequential read of rows 0..pos+n-1 of V), e[h,s] = exp(score[h,s] - mx[h])
   // computed where it is used: each chunk of kv head kh computes the GROUP exps of its heads (the same value in
   // every chunk of the head, a recomputation instead of a loop-carried hand-over), and the head's first chunk
-  // adds it to l[h], revisited every CH iterations like acc. No separate exp loop over S*HEADS.
+  // adds it to l[h], revisited every CH iterations like acc. No separate exp loop over S*HEADS. Position s goes to
+  // partial s mod P, so a partial comes back every CH * P iterations.
 PV_POS:
   for (int s = 0; s < S; ++s) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CTX
   PV_CHUNK:
     for (int c = 0; c < CH; ++c) {
 #pragma HLS PIPELINE II = PV_II
-#pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = CH dependent = true
-#pragma HLS DEPENDENCE variable = lsum type = inter direction = RAW distance = CH dependent = true
-      const int kh = c / CHD, dc = c % CHD;
+#pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = CH * P dependent = true
+#pragma HLS DEPENDENCE variable = lsum type = inter direction = RAW distance = CH * P dependent = true
+      const int kh = c / CHD, dc = c % CHD, sp = s % P; // P is a power of two: a mask
       float vv[SIMD];
 #pragma HLS ARRAY_PARTITION variable = vv type = complete dim = 1
       for (int l = 0; l < SIMD; ++l) {
@@ -302,25 +316,39 @@ PV_POS:
 #pragma HLS UNROLL
           const int h = kh * GROUP + gq;
           const float p = exp_f32(score[t][h][s] - mx[t][h]);
-          if (dc == 0) lsum[t][h] = (s == 0 ? 0.0f : lsum[t][h]) + p;
+          if (dc == 0) lsum[t][sp][h] = (s < P ? 0.0f : lsum[t][sp][h]) + p;
           for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
             const int d = dc * SIMD + l;
-            acc[t][h][d] = (s == 0 ? 0.0f : acc[t][h][d]) + p * vv[l];
+            acc[t][sp][h][d] = (s < P ? 0.0f : acc[t][sp][h][d]) + p * vv[l];
           }
         }
       }
     }
   }
 
-FINAL: // the block's outputs one query after another
+FINAL: // the block's outputs one query after another: the partials' pairwise sums (a partial no key reached, p past
+       // the query's last key, adds 0), divided
   for (int i = 0; i < n * HEADS * CHD; ++i) {
 #pragma HLS PIPELINE II = timing::II
 #pragma HLS LOOP_TRIPCOUNT min = HEADS * CHD max = QT * HEADS * CHD
-    const int c = i / (HEADS * CHD), h = i / CHD % HEADS, dc = i % CHD;
+    const int c = i / (HEADS * CHD), h = i / CHD % HEADS, dc = i % CHD, keys = pos + c + 1;
+    float l_parts[P];
+#pragma HLS ARRAY_PARTITION variable = l_parts type = complete dim = 1
+    for (int p = 0; p < P; ++p) {
+#pragma HLS UNROLL
+      l_parts[p] = p < keys ? lsum[c][p][h] : 0.0f;
+    }
+    const float l_sum = detail::tree_sum<P>(l_parts);
     for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
-      out[c][h * HD + dc * SIMD + l] = acc[c][h][dc * SIMD + l] / lsum[c][h];
+      float a_parts[P];
+#pragma HLS ARRAY_PARTITION variable = a_parts type = complete dim = 1
+      for (int p = 0; p < P; ++p) {
+#pragma HLS UNROLL
+        a_parts[p] = p < keys ? acc[c][p][h][dc * SIMD + l] : 0.0f;
+      }
+      out[c][h * HD + dc * SIMD + l] = detail::tree_sum<P>(a_parts) / l_sum;
     }
   }
   cyc.attention += C::block_cycles(S, n);

@@ -29,7 +29,9 @@ namespace roma {
 // per position (16 sums of 4 products), and the last four levels for 16 positions at once, so one vector
 // ends up holding the scores of 16 consecutive positions. The max is order-free; the exps are exp_f32 on 16
 // positions (exp_f32x16, bit for bit; attention_query computes the same values inside its PV loop); the sums l[h]
-// and the P*V accumulation keep their per-head, per-element order over s (PV runs kv head by kv head with s inner: each acc[h][d] still sums s = 0, 1, ... in order);
+// and the P*V accumulation keep their per-head, per-element order over s (PV runs kv head by kv head with s inner:
+// each of the P partials of acc[h][d] and l[h] sums its positions s = p mod P in order, P = PV_PARTIALS, and the
+// partials are added pairwise at the end, as attention_lanes' FINAL);
 // the final division is the same IEEE division. fp16 K/V are widened with vcvtph2ps, exact for every non-NaN
 // half. tb_brom_tile checks the result bit for bit against attention_query's reference loops.
 namespace detail {
@@ -49,7 +51,7 @@ inline const half_bits_t *kv_element(const half_bits_t *p0, const half_bits_t *p
 }
 } // namespace detail
 
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int PL = HD, int PORTS = 1>
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int PL = HD, int PORTS = 1, int P = 1>
 void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t *k_cache,
                           const half_bits_t *v_cache, float out[HEADS * HD], float (*score)[MAX_CTX],
                           const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr) {
@@ -59,7 +61,7 @@ void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t 
   const __m512 scale = _mm512_set1_ps(attention_scale<HD>());
   const int S = pos + 1;
   const __m512 zero = _mm512_setzero_ps();
-  float mx[HEADS], lsum[HEADS];
+  float mx[HEADS], lsum[P][HEADS];
   for (int kh = 0; kh < KV_HEADS; ++kh) {
     __m512 qv[GROUP][4], mxv[GROUP];
     for (int gq = 0; gq < GROUP; ++gq) {
@@ -111,26 +113,33 @@ void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t 
       _mm512_mask_storeu_ps(&score[h][s0], valid, exp_f32x16(_mm512_sub_ps(x, m)));
     }
   }
-  for (int h = 0; h < HEADS; ++h) lsum[h] = 0.0f + score[h][0];
-  for (int s = 1; s < S; ++s)
-    for (int h = 0; h < HEADS; ++h) lsum[h] += score[h][s];
+  for (int p = 0; p < P; ++p) // a partial no key reached holds 0, as FINAL adds it
+    for (int h = 0; h < HEADS; ++h) lsum[p][h] = p < S ? 0.0f + score[h][p] : 0.0f;
+  for (int s = P; s < S; ++s)
+    for (int h = 0; h < HEADS; ++h) lsum[s % P][h] += score[h][s];
   for (int kh = 0; kh < KV_HEADS; ++kh) {
-    __m512 acc[GROUP][4];
-    for (int gq = 0; gq < GROUP; ++gq)
-      for (int j = 0; j < 4; ++j) acc[gq][j] = zero; // 0 + p*v at s = 0, as the reference
+    __m512 acc[P][GROUP][4];
+    for (int p = 0; p < P; ++p)
+      for (int gq = 0; gq < GROUP; ++gq)
+        for (int j = 0; j < 4; ++j) acc[p][gq][j] = zero; // 0 + p*v at s = p, as the reference
     for (int s = 0; s < S; ++s) {
       __m512 vv[4];
       for (int j = 0; j < 4; ++j)
         vv[j] = detail::load_half16(detail::kv_element<ROW, PL, PORTS>(v_cache, v_cache1, s, kh * HD + 16 * j));
       for (int gq = 0; gq < GROUP; ++gq) {
-        const __m512 p = _mm512_set1_ps(score[kh * GROUP + gq][s]);
-        for (int j = 0; j < 4; ++j) acc[gq][j] = _mm512_add_ps(acc[gq][j], _mm512_mul_ps(p, vv[j]));
+        const __m512 e = _mm512_set1_ps(score[kh * GROUP + gq][s]);
+        for (int j = 0; j < 4; ++j) acc[s % P][gq][j] = _mm512_add_ps(acc[s % P][gq][j], _mm512_mul_ps(e, vv[j]));
       }
     }
     for (int gq = 0; gq < GROUP; ++gq) {
       const int h = kh * GROUP + gq;
-      const __m512 l = _mm512_set1_ps(lsum[h]);
-      for (int j = 0; j < 4; ++j) _mm512_storeu_ps(&out[h * HD + 16 * j], _mm512_div_ps(acc[gq][j], l));
+      for (int width = P; width > 1; width /= 2) // the partials' pairwise tree (P a power of two)
+        for (int i = 0; i < width / 2; ++i) {
+          lsum[i][h] = lsum[2 * i][h] + lsum[2 * i + 1][h];
+          for (int j = 0; j < 4; ++j) acc[i][gq][j] = _mm512_add_ps(acc[2 * i][gq][j], acc[2 * i + 1][gq][j]);
+        }
+      const __m512 l = _mm512_set1_ps(lsum[0][h]);
+      for (int j = 0; j < 4; ++j) _mm512_storeu_ps(&out[h * HD + 16 * j], _mm512_div_ps(acc[0][gq][j], l));
     }
   }
 }
@@ -145,8 +154,8 @@ void attention_query_fast(const float q[HEADS * HD], int pos, const half_bits_t 
 #if ROMA_ATT_CSIM_FAST
   if constexpr (HD == 64 && (SIMD & (SIMD - 1)) == 0 && (PORTS == 1 || C::PORT_LANES % 16 == 0)) {
     static float score[HEADS][MAX_CTX]; // scores, then exp(score - max), of the current query
-    attention_query_csim<HEADS, KV_HEADS, HD, MAX_CTX, C::PORT_LANES, PORTS>(q, pos, k_cache, v_cache, out, score,
-                                                                              k_cache1, v_cache1);
+    attention_query_csim<HEADS, KV_HEADS, HD, MAX_CTX, C::PORT_LANES, PORTS, C::PV_PARTIALS>(
+        q, pos, k_cache, v_cache, out, score, k_cache1, v_cache1);
     cyc.attention += C::query_cycles(pos + 1);
     return;
   }
