@@ -153,15 +153,15 @@ constexpr int GEMV_OUT_LANES = pow2_at_least(lanes_max(ROMA_GEMV_PE, rm::WEIGHT_
 constexpr int GEMV_IN_LANES = ROMA_ACT_LANES;
 static_assert(GEMV_IN_LANES >= QUAD && (GEMV_IN_LANES & (GEMV_IN_LANES - 1)) == 0, "ROMA_ACT_LANES: a power of two >= 4");
 constexpr int GEMV_CHAIN_LANES = lanes_max(GEMV_OUT_LANES, GEMV_IN_LANES);
-// The elementwise units' lanes (roma_model.h: the board's elementwise_lanes): RMSNorm's normalize loop (its sum of
-// squares reads SUMSQ_LANES, norm.h), SwiGLU, RoPE's rotation (pairs: 2 * ROPE_LANES values) and the residual add.
+// The elementwise units' lanes (roma_model.h: the board's elementwise_lanes): RMSNorm's sum of squares and normalize
+// loop (norm.h), SwiGLU, RoPE's rotation (pairs: 2 * ROPE_LANES values) and the residual add.
 // Every buffer they read or write is partitioned cyclic by at least its lanes where it is declared (powers of two:
 // the larger of two factors is a multiple of both).
 constexpr int NORM_LANES = ROMA_NORM_LANES, SWIGLU_LANES = ROMA_SWIGLU_LANES, ROPE_LANES = ROMA_ROPE_LANES,
               RESIDUAL_LANES = ROMA_RESIDUAL_LANES;
-// g_x (the residual stream): read by rms_norm (RmsNormConfig::X_LANES), read and written by residual_add; g_norms,
+// g_x (the residual stream): read by rms_norm (NORM_LANES), read and written by residual_add; g_norms,
 // rms_norm's weights, are read NORM_LANES per cycle
-constexpr int STREAM_LANES = lanes_max(RmsNormConfig<rm::DIM, NORM_LANES>::X_LANES, RESIDUAL_LANES);
+constexpr int STREAM_LANES = lanes_max(NORM_LANES, RESIDUAL_LANES);
 // h: written by rms_norm, read by the GEMV's activation quantizer
 constexpr int NORM_OUT_LANES = lanes_max(GEMV_IN_LANES, NORM_LANES);
 // qr, kr: written by the GEMV, rotated by RoPE; g_q, g_k: RoPE's outputs

@@ -70,7 +70,7 @@ def _pow2_at_most(lanes: int, n: int) -> int:
 @dataclass(frozen=True)
 class ElementwiseLanes:
     """Elements per cycle of the elementwise units (boards.json elementwise_lanes; roma_model.h ROMA_*_LANES):
-    RMSNorm's normalize loop (its sum of squares keeps 4 lanes, norm.h), SwiGLU, RoPE's rotation (pairs) and the
+    RMSNorm's sum of squares and normalize loop (norm.h), SwiGLU, RoPE's rotation (pairs) and the
     residual add. Powers of two; a build takes, per unit, the largest power of two at most these that divides the
     model's dimension (``for_model``), as attention's lanes follow the KV port."""
     norm: int

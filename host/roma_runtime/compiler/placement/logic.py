@@ -44,7 +44,7 @@ Attention (attention_lanes, a datapath per token lane; GROUP = HEADS / KV_HEADS 
   and GROUP fadd (the sums), GROUP * SIMD fmul and fadd; 2 * SIMD fp16->fp32; SIMD fdiv (the output), after
   (P - 1) * (SIMD + 1) fadd adding PV's P partial sums (memory.pv_partials; 1 where a row is FADD_LATENCY chunks).
 The elementwise units at the build's lanes L (boards.json elementwise_lanes, halved to the model's dimensions):
-RMSNorm: 4 fmul + 4 fadd (squares, SUMSQ_LANES = 4 on every board: norm.h), 1 fsqrt + 1 fdiv, 2 L fmul (x * inv * w).
+RMSNorm: L fmul + L fadd (the squares and their partial sums, norm.h), 1 fsqrt + 1 fdiv, 2 L fmul (x * inv * w).
 RoPE: sin and cos of one angle per cycle (1 fmul), L pairs: 4 fmul + 2 fadd each.
 SwiGLU: per lane 1 exp, 1 fadd, 1 fdiv, 1 fmul.
 Residual add (two call sites in the layer: two instances): L fadd.
@@ -218,11 +218,9 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                        {"group": group, "simd": simd, "head_dim": hd, "max_ctx": kv_tokens or context,
                         "pv_partials": partials}))
     ew = board.elementwise_lanes.for_model(config.dim, config.ffn_dim, config.head_dim)
-    sumsq = kernel_constants("norm.h")["SUMSQ_LANES"]
     tt = board.token_lanes
     units.append(_unit("RMSNorm (one per token lane)", tt,
-                       *_ops({"fmul": sumsq + 2 * ew.norm, "fadd": sumsq, "fsqrt": 1, "fdiv": 1}),
-                       {"simd": ew.norm, "sumsq_lanes": sumsq}))
+                       *_ops({"fmul": 3 * ew.norm, "fadd": ew.norm, "fsqrt": 1, "fdiv": 1}), {"simd": ew.norm}))
     units.append(_unit("RoPE (one per token lane)", tt,
                        *_ops({"sin": 1, "cos": 1, "fmul": 1 + 4 * ew.rope, "fadd": 2 * ew.rope}),
                        {"simd": ew.rope}))

@@ -180,13 +180,12 @@ def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes,
     (roma_model.h TOKEN_LANES: the token lanes, the token dimension's partition of the chunk's buffers and the
     elementwise units' instances) and RESIDUAL_ADDS (two per lane)."""
     act = act_lanes
-    sumsq = kernel_constants("norm.h")["SUMSQ_LANES"]
     out_lanes = _pow2_at_least(max(pe, ports))
     chain = max(out_lanes, act)
     values = {"ROMA_GEMV_PE": pe, "ROMA_WEIGHT_PORTS": ports, "GEMV_IN_LANES": act, "GEMV_OUT_LANES": out_lanes,
               "GEMV_CHAIN_LANES": chain, "NORM_LANES": lanes.norm, "SWIGLU_LANES": lanes.swiglu,
               "ROPE_LANES": lanes.rope, "RESIDUAL_LANES": lanes.residual,
-              "STREAM_LANES": max(lanes.norm, sumsq, lanes.residual), "NORM_OUT_LANES": max(act, lanes.norm),
+              "STREAM_LANES": max(lanes.norm, lanes.residual), "NORM_OUT_LANES": max(act, lanes.norm),
               "ROPE_IN_LANES": max(out_lanes, 2 * lanes.rope), "ROPE_OUT_LANES": 2 * lanes.rope,
               "RESIDUAL_IN_LANES": max(out_lanes, lanes.residual), "GATE_LANES": max(chain, lanes.swiglu),
               "UP_LANES": max(out_lanes, lanes.swiglu), "LOGITS_BANKS": _pow2_at_least(max(ports, port_bits // 32)),

@@ -3,16 +3,18 @@
 // Evaluation order (fp32, no FMA contraction): squares x*x; their sum; ms = sum / N; r = 1 / sqrt(ms + eps);
 // y = (x * r) * w. Everything but the sum is the same operation sequence as roma_runtime.golden.model.rms_norm,
 // so the only difference is the summation order of the mean: numpy sums pairwise (blocks of 8 partial sums),
-// the kernel keeps SUMSQ_LANES * FADD_LATENCY interleaved partial sums (so the adder's latency does not limit II)
-// and adds them with a balanced tree. The testbench bound follows from that (tb_kernels.cpp, "rmsnorm").
+// the kernel keeps PARTIALS = SIMD * FADD_LATENCY interleaved partial sums (element i into partial i % PARTIALS, in
+// order, so the adder's latency does not limit II) and adds them with a balanced tree. The testbench bound follows
+// from that (tb_kernels.cpp, "rmsnorm").
 //
-// Decision: the sum of squares runs at SUMSQ_LANES = 4 on every board, whatever the normalize loop's lanes (SIMD,
-// the board's elementwise_lanes.norm): its order (element i into partial i % PARTIALS, in order) is then one
-// order for every build, so the emulated board gives the same bits on every board. More lanes cannot shorten it
-// without changing that order: each partial is a chain of N / PARTIALS adds of FADD_LATENCY cycles.
+// Decision: the sum of squares runs at the normalize loop's lanes (SIMD, the board's elementwise_lanes.norm), so
+// its order follows the build's lanes: 4 on the Zynq boards (16 partials), 16 on the Alveo cards (64). At 4 lanes on
+// every board (one order for all builds, as it was) SUMSQ took 144 of a SmolLM2 norm's 258 cycles on a U250; each
+// partial is a chain of N / PARTIALS adds of FADD_LATENCY cycles, so only more partials shorten it. Both orders are
+// within the testbench bound of the golden's.
 //
 // Three pipelined loops, II=1:
-//   SUMSQ:     N/SUMSQ_LANES iterations + SUMSQ_DEPTH, then the unrolled REDUCE tree (REDUCE_DEPTH)
+//   SUMSQ:     N/SIMD iterations + SUMSQ_DEPTH, then the unrolled REDUCE tree (REDUCE_DEPTH)
 //   SCALE:     one divide by N, add eps, sqrt, reciprocal (SCALE_DEPTH, once per vector)
 //   NORMALIZE: N/SIMD iterations + NORM_DEPTH
 // A prefill of T tokens calls it T times (T * CYCLES); weights are a small ROM (static const float[N]).
@@ -27,21 +29,17 @@
 
 namespace roma {
 
-constexpr int SUMSQ_LANES = 4; // the sum of squares' lanes: its summation order (see above)
-
 template <int N, int SIMD = 4>
 struct RmsNormConfig {
-  static_assert(N % SIMD == 0 && N % SUMSQ_LANES == 0, "SIMD and SUMSQ_LANES must divide N");
-  static constexpr int SUMSQ_STEPS = N / SUMSQ_LANES;
-  static constexpr int STEPS = N / SIMD;                              // NORMALIZE
-  static constexpr int X_LANES = SIMD > SUMSQ_LANES ? SIMD : SUMSQ_LANES; // x's reads per cycle (powers of two)
-  static constexpr int PARTIALS = SUMSQ_LANES * timing::FADD_LATENCY;  // interleaved partial sums
+  static_assert(N % SIMD == 0, "SIMD must divide N");
+  static constexpr int STEPS = N / SIMD;                              // SUMSQ and NORMALIZE
+  static constexpr int PARTIALS = SIMD * timing::FADD_LATENCY;        // interleaved partial sums
   static constexpr int SUMSQ_DEPTH = 2 + timing::FMUL_LATENCY + timing::FADD_LATENCY;
   static constexpr int REDUCE_DEPTH = timing::ceil_log2(PARTIALS) * timing::FADD_LATENCY;
   static constexpr int SCALE_DEPTH =
       timing::FDIV_LATENCY + timing::FADD_LATENCY + timing::FSQRT_LATENCY + timing::FDIV_LATENCY;
   static constexpr int NORM_DEPTH = 2 + 2 * timing::FMUL_LATENCY + 1;
-  static constexpr uint64_t CYCLES = (uint64_t)SUMSQ_STEPS * timing::II + SUMSQ_DEPTH + REDUCE_DEPTH + SCALE_DEPTH +
+  static constexpr uint64_t CYCLES = (uint64_t)STEPS * timing::II + SUMSQ_DEPTH + REDUCE_DEPTH + SCALE_DEPTH +
                                      (uint64_t)STEPS * timing::II + NORM_DEPTH;
 };
 
@@ -50,7 +48,7 @@ template <int N, int SIMD = 4>
 void rms_norm(const float x[N], const float weight[N], float eps, float y[N], LayerCycles &cyc) {
   typedef RmsNormConfig<N, SIMD> C;
   constexpr int LAT = timing::FADD_LATENCY;
-#pragma HLS ARRAY_PARTITION variable = x type = cyclic factor = C::X_LANES dim = 1
+#pragma HLS ARRAY_PARTITION variable = x type = cyclic factor = SIMD dim = 1
 #pragma HLS ARRAY_PARTITION variable = weight type = cyclic factor = SIMD dim = 1
 #pragma HLS ARRAY_PARTITION variable = y type = cyclic factor = SIMD dim = 1
   float part[C::PARTIALS];
@@ -61,14 +59,14 @@ void rms_norm(const float x[N], const float weight[N], float eps, float y[N], La
   }
 
 SUMSQ:
-  for (int s = 0; s < C::SUMSQ_STEPS; ++s) {
+  for (int s = 0; s < C::STEPS; ++s) {
 #pragma HLS PIPELINE II = timing::II
 #pragma HLS DEPENDENCE variable = part type = inter direction = RAW distance = LAT dependent = true
     const int slot = s % LAT; // LAT is a power of two: a mask
-    for (int k = 0; k < SUMSQ_LANES; ++k) {
+    for (int k = 0; k < SIMD; ++k) {
 #pragma HLS UNROLL
-      const float v = x[s * SUMSQ_LANES + k];
-      part[slot * SUMSQ_LANES + k] += v * v;
+      const float v = x[s * SIMD + k];
+      part[slot * SIMD + k] += v * v;
     }
   }
 
