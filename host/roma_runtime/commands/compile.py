@@ -9,8 +9,8 @@ from collections import Counter
 from ..compiler.quantization.quantize import CALIB_TOKENS, METHODS
 from ..model.weights import SUPPORTED_BITS, SUPPORTED_GROUPS
 from . import common
-from .plan import (LINEARS, add_ddr_argument, add_kv_onchip_argument, add_pe_argument, add_scales_argument,
-                   add_uram_argument)
+from .plan import (LINEARS, add_ddr_argument, add_embedding_bits_argument, add_kv_onchip_argument, add_pe_argument,
+                   add_scales_argument, add_uram_argument)
 
 HELP = "quantize, pack and place a model into ROM images for a board (writes a build folder)"
 
@@ -36,8 +36,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bits-budget", type=float, default=None, metavar="B",
                         help="mixed precision: average bits per weight of the linears, scales included; each "
                              "linear's width (2/3/4/8) and group (up to --group) chosen by measured sensitivity")
-    parser.add_argument("--embedding-bits", type=int, default=8, choices=SUPPORTED_BITS,
-                        help="code width of the embedding / lm head (default 8; Q8_0 passes through)")
+    add_embedding_bits_argument(parser)
     parser.add_argument("--calib-tokens", type=int, default=None, metavar="N",
                         help=f"calibration tokens for GPTQ, GPTAQ and --bits-budget (default "
                              f"{CALIB_TOKENS['gptq']}; {CALIB_TOKENS['gptaq']} with --method gptaq)")

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..errors import RomaError
-from ..model.weights import SCALE_BITS
+from ..model.weights import SCALE_BITS, SUPPORTED_BITS
 
 HELP = "plan the placement of a model on a board: BRAM-ROM, URAM-load-once or DDR-streamed, with a tokens/s estimate"
 
@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_uram_argument(parser)
     add_pe_argument(parser)
     add_scales_argument(parser)
+    add_embedding_bits_argument(parser)
     parser.add_argument("--per-tensor", action="store_true", help="one row per tensor instead of per layer")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
@@ -71,6 +72,12 @@ def add_scales_argument(parser: argparse.ArgumentParser) -> None:
                              "(--embedding-bits below the source's) the same way")
 
 
+def add_embedding_bits_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--embedding-bits", type=int, default=8, choices=SUPPORTED_BITS,
+                        help="code width of the embedding / lm head (default 8; a source already that wide, like "
+                             "Q8_0, passes through, else it is requantized in --group and --scales)")
+
+
 def add_kv_onchip_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-onchip", type=int, default=None, metavar="N",
                         help="keep the KV cache of N tokens on chip (URAM/BRAM, reserved before the weights); "
@@ -97,11 +104,19 @@ def run(args) -> int:
     if args.context is not None and args.context < 0:
         raise RomaError(f"--context must be >= 0, not {args.context}")
     per_tensor_bits = _parse_tensor_bits(args.tensor_bits)
+    from ..compiler.build import embedding_forms
     from ..model.loader import load_model
 
-    config = load_model(args.model).config
+    model = load_model(args.model)
+    config = model.config
+    # the embedding and an untied lm head as roma compile stores them, at --embedding-bits or their --tensor-bits
+    forms = {n: embedding_forms(model, per_tensor_bits.get(n, args.embedding_bits), args.group, args.scales)[n]
+             for n in embedding_forms(model, args.embedding_bits, args.group, args.scales)}
+    per_tensor_bits = {**per_tensor_bits, **{n: b for n, (b, _, _) in forms.items()}}
     unit = board.lora_unit  # the reservation `roma compile` makes for this board, unless told otherwise
-    plan = make_plan(config, board, bits=args.bits, group=args.group, per_tensor_bits=per_tensor_bits or None,
+    plan = make_plan(config, board, bits=args.bits, group=args.group, per_tensor_bits=per_tensor_bits,
+                     per_tensor_groups={n: g for n, (_, g, _) in forms.items()},
+                     per_tensor_scales={n: s for n, (_, _, s) in forms.items()},
                      lora_slots=unit.slots if args.lora_slots is None else args.lora_slots,
                      lora_rank=unit.rank if args.lora_rank is None else args.lora_rank,
                      lora_targets=unit.targets if args.lora_targets is None else tuple(args.lora_targets),

@@ -52,6 +52,22 @@ def _tensor(weights: ModelWeights, name: str):
     return weights.token_embedding if name == EMBEDDING else weights.output
 
 
+def embedding_form(t, embedding_bits: int, group: int, scales: str) -> tuple[int, int, str]:
+    """(bits, group, scale format) a build stores the embedding (or an untied lm head) `t` in: the source's form
+    when it already has embedding_bits (passed through), else RTN at embedding_bits in the linears' group and scale
+    format (q8 halves a tied head's stream: embedding.h reads either)."""
+    if isinstance(t, QuantizedMatrix) and t.bits == embedding_bits:
+        return t.bits, t.group, t.scale_format
+    return embedding_bits, effective_group(t.shape[1], group), scales
+
+
+def embedding_forms(model: LoadedModel, embedding_bits: int, group: int, scales: str) -> dict:
+    """The plan's names of the embedding and an untied lm head -> (bits, group, scale format), as roma compile
+    stores them (embedding_form): what `roma plan` places."""
+    return {_plan_name(n): embedding_form(_tensor(model.weights, n), embedding_bits, group, scales)
+            for n in tensor_names(model.config) if split_name(n) is None}
+
+
 def _progress(iterable, desc: str, enabled: bool, total=None):
     return with_progress(iterable, desc, enabled, total=total, unit="tensors")
 
@@ -286,17 +302,6 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
             cost[n] = (rows * cols, {s: storage_bits_per_weight(s[0], s[1], cols, scales) for s in priced})
         choice = assign_settings(kl, cost, bits_budget)
 
-    # Embedding (and untied lm head): the source form when it already has embedding_bits, else RTN in the linears'
-    # scale format (q8 halves a tied head's stream: embedding.h reads either).
-    def passed_through(t) -> bool:
-        return isinstance(t, QuantizedMatrix) and t.bits == embedding_bits
-
-    def embedding_group(t) -> int:
-        return t.group if passed_through(t) else effective_group(t.shape[1], group)
-
-    def embedding_scales(t) -> str:
-        return t.scale_format if passed_through(t) else scales
-
     tensors: dict[str, dict] = {}
     files: list[Path] = []
     lora_factors: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
@@ -329,8 +334,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
     for name in _progress(tensor_names(config), "quantizing", progress):
         t = _tensor(w, name)
         if split_name(name) is None:
-            q, how_of[name] = quantize_tensor(t, embedding_bits, embedding_group(t), "rtn", None, name,
-                                              embedding_scales(t))
+            b, g, sf = embedding_form(t, embedding_bits, group, scales)
+            q, how_of[name] = quantize_tensor(t, b, g, "rtn", None, name, sf)
             quantized[name] = q
         elif name not in quantized:
             quantize_linear(name, h=hessians[split_name(name)] if method == "gptq" else None)

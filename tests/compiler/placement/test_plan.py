@@ -402,17 +402,34 @@ def test_cli_json():
     gemv = [u for u in logic["units"] if u["unit"].startswith("GEMV engine")]
     assert gemv and gemv[0]["inputs"]["W"] == 2 and gemv[0]["inputs"]["Q"] == 64
     assert d["resources"]["dsp"]["available"] == 12288 and d["resources"]["lut"]["used"] > 0
-    # in front of each engine's PEs: the quantizer at the board's act_lanes (a whole group of 64 on a U250) once per
-    # engine and token lane (the board's for the layers' engines, one for the head's), the candidates a quad per four
-    # of them once per engine
-    lanes = get_board("u250").act_lanes
-    assert lanes == 64
-    units = {u["unit"].split(" (")[0]: u for u in logic["units"]}
-    quant, cand = units[f"activation quantizer of {lanes} lanes"], units[f"candidate stage of {lanes} lanes"]
-    assert quant["inputs"]["simd"] == lanes and cand["inputs"]["quads_per_cycle"] == lanes // 4
+    # in front of each engine's PEs: the quantizer at the board's act_lanes, at most the engine's group (the layers'
+    # 2-bit G64 engines a whole group of 64 on a U250, the 8-bit G32 head's 32) once per engine and token lane (the
+    # board's for the layers' engines, one for the head's), the candidates a quad per four of them once per engine
+    assert get_board("u250").act_lanes == 64
+    quant = [u for u in logic["units"] if u["unit"].startswith("activation quantizer")]
+    cand = [u for u in logic["units"] if u["unit"].startswith("candidate stage")]
+    assert sorted(u["inputs"]["simd"] for u in quant) == [32, 64]
+    assert all(u["unit"].startswith(f"activation quantizer of {u['inputs']['simd']} lanes") for u in quant)
+    assert sorted(u["inputs"]["quads_per_cycle"] for u in cand) == [8, 16]
     tokens = [u["inputs"]["token_lanes"] for u in gemv]
     assert sorted(set(tokens)) == [1, get_board("u250").token_lanes]
-    assert quant["count"] == sum(tokens) and cand["count"] == len(gemv) < sum(u["inputs"]["tiles"] for u in gemv)
+    assert sum(u["count"] for u in quant) == sum(tokens)
+    assert sum(u["count"] for u in cand) == len(gemv) < sum(u["inputs"]["tiles"] for u in gemv)
+
+
+def test_cli_plans_the_embedding_as_roma_compile_stores_it():
+    # --embedding-bits as roma compile's: SmolLM2's Q8_0 embedding passes through at 8 bits (its own group and fp16
+    # scales) by default; below that it is requantized in the linears' group and scale format, as the build's is
+    def embedding(*args):
+        r = _roma("--model", "smollm2-135m", "--board", "u250", "--bits", "2", "--group", "64", "--scales", "q8",
+                  *args, "--json")
+        assert r.returncode == 0, r.stderr
+        t = next(t for t in json.loads(r.stdout)["tensors"] if t["name"] == "token_embedding")
+        return t["bits"], t["group"], t["scales"]
+
+    assert embedding() == (8, 32, "fp16")
+    assert embedding("--embedding-bits", "2") == (2, 64, "q8")
+    assert embedding("--tensor-bits", "token_embedding=4") == (4, 64, "q8")
 
 
 def test_cli_unknown_board_exits_2():
