@@ -122,15 +122,17 @@ void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t 
     for (int p = 0; p < P; ++p)
       for (int gq = 0; gq < GROUP; ++gq)
         for (int j = 0; j < 4; ++j) acc[p][gq][j] = zero; // 0 + p*v at s = p, as the reference
-    for (int s = 0; s < S; ++s) {
-      __m512 vv[4];
-      for (int j = 0; j < 4; ++j)
-        vv[j] = detail::load_half16(detail::kv_element<ROW, PL, PORTS>(v_cache, v_cache1, s, kh * HD + 16 * j));
-      for (int gq = 0; gq < GROUP; ++gq) {
-        const __m512 e = _mm512_set1_ps(score[kh * GROUP + gq][s]);
-        for (int j = 0; j < 4; ++j) acc[s % P][gq][j] = _mm512_add_ps(acc[s % P][gq][j], _mm512_mul_ps(e, vv[j]));
+    for (int s0 = 0; s0 < S; s0 += P)
+      for (int p = 0; p < P && s0 + p < S; ++p) { // unrolled (P a constant): each partial stays in its registers
+        const int s = s0 + p;
+        __m512 vv[4];
+        for (int j = 0; j < 4; ++j)
+          vv[j] = detail::load_half16(detail::kv_element<ROW, PL, PORTS>(v_cache, v_cache1, s, kh * HD + 16 * j));
+        for (int gq = 0; gq < GROUP; ++gq) {
+          const __m512 e = _mm512_set1_ps(score[kh * GROUP + gq][s]);
+          for (int j = 0; j < 4; ++j) acc[p][gq][j] = _mm512_add_ps(acc[p][gq][j], _mm512_mul_ps(e, vv[j]));
+        }
       }
-    }
     for (int gq = 0; gq < GROUP; ++gq) {
       const int h = kh * GROUP + gq;
       for (int width = P; width > 1; width /= 2) // the partials' pairwise tree (P a power of two)
