@@ -151,7 +151,8 @@ constexpr int GEMV_OUT_LANES = pow2_at_least(lanes_max(ROMA_GEMV_PE, rm::WEIGHT_
 // partitioned cyclic by GEMV_IN_LANES where they are declared (h, g_att); gate is also written ROMA_GEMV_PE rows per
 // cycle (GEMV_OUT_LANES): cyclic by the larger of the two (powers of two: a multiple of both).
 constexpr int GEMV_IN_LANES = ROMA_ACT_LANES;
-static_assert(GEMV_IN_LANES >= QUAD && (GEMV_IN_LANES & (GEMV_IN_LANES - 1)) == 0, "ROMA_ACT_LANES: a power of two >= 4");
+static_assert(GEMV_IN_LANES >= QUAD && (GEMV_IN_LANES & (GEMV_IN_LANES - 1)) == 0,
+              "ROMA_ACT_LANES: a power of two >= 4");
 constexpr int GEMV_CHAIN_LANES = lanes_max(GEMV_OUT_LANES, GEMV_IN_LANES);
 // The elementwise units' lanes (roma_model.h: the board's elementwise_lanes): RMSNorm's sum of squares and normalize
 // loop (norm.h), SwiGLU, RoPE's rotation (pairs: 2 * ROPE_LANES values) and the residual add.

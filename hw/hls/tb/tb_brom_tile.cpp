@@ -121,7 +121,8 @@ long run_datapath(const Case &c, const BromImageHost &img, const BromImageHost *
                                           rom_prm<C>(img), 0, rom_aux<C>(img), 0, yw.data(), yw.data(), yw.data(),
                                           yw.data(), reinterpret_cast<acc_t(*)[PP]>(dotw.data()), xsumw.data(), cw);
       for (int i = 0; i < COLS; ++i) tally.check(xqw[i] == xq[i]);
-      for (int g = 0; g < NG; ++g) tally.check(float_to_bits(asw[g]) == float_to_bits(a_scale[g]) && xsumw[g] == xsum[g]);
+      for (int g = 0; g < NG; ++g)
+        tally.check(float_to_bits(asw[g]) == float_to_bits(a_scale[g]) && xsumw[g] == xsum[g]);
       for (int o = 0; o < R; ++o) tally.check(float_to_bits(yw[o]) == float_to_bits(y[o]));
       for (size_t i = 0; i < dot.size(); ++i) tally.check(dotw[i] == dot[i]);
       tally.check(cw.total() < cycles_per_gemv); // fewer cycles in front of the steps

@@ -26,8 +26,9 @@ weight bits W = BITS, activation bits A = 8):
   FF: FINN has no FF formula; the integer datapath's registers are counted as its tree and accumulator bits
   (c1 * (tree + acc)), and each fp operator's pipeline registers (FP_OPS).
 Candidate stage (brom_candidates, once per engine: its PEs share the candidates), CQ = A_e / 4 quads per cycle,
-  A_e the engine's activation lanes (boards.json act_lanes, at most its group: Board.engine_act_lanes): LutSelect 11 adders of C bits per quad (its 16 subset sums), registered (16 * C FF per quad); both
-  datapaths the group sum, 4 * CQ activations of C bits added per cycle. LUT = c1 * (CQ * 11 * C + 4 * CQ * C).
+  A_e the engine's activation lanes (boards.json act_lanes, at most its group: Board.engine_act_lanes): LutSelect
+  11 adders of C bits per quad (its 16 subset sums), registered (16 * C FF per quad); both datapaths the group
+  sum, 4 * CQ activations of C bits added per cycle. LUT = c1 * (CQ * 11 * C + 4 * CQ * C).
 A DDR engine's block loop (brom_ddr_gemv_rt) unrolls BLOCK_STEPS steps (4 fp16, 8 q8) of each token lane at block
   II (ddr_block_ii: brom_ddr.h DdrStream at the board's weight_port_bits); its datapaths are the lanes the II leaves
   unshared, ceil(BLOCK_STEPS * token lanes / II) per weight port (a tile streams through each at once): 1 at a
