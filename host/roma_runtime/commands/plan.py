@@ -110,8 +110,7 @@ def run(args) -> int:
     model = load_model(args.model)
     config = model.config
     # the embedding and an untied lm head as roma compile stores them, at --embedding-bits or their --tensor-bits
-    forms = {n: embedding_forms(model, per_tensor_bits.get(n, args.embedding_bits), args.group, args.scales)[n]
-             for n in embedding_forms(model, args.embedding_bits, args.group, args.scales)}
+    forms = embedding_forms(model, args.embedding_bits, args.group, args.scales, per_tensor_bits)
     per_tensor_bits = {**per_tensor_bits, **{n: b for n, (b, _, _) in forms.items()}}
     unit = board.lora_unit  # the reservation `roma compile` makes for this board, unless told otherwise
     plan = make_plan(config, board, bits=args.bits, group=args.group, per_tensor_bits=per_tensor_bits,

@@ -61,10 +61,12 @@ def embedding_form(t, embedding_bits: int, group: int, scales: str) -> tuple[int
     return embedding_bits, effective_group(t.shape[1], group), scales
 
 
-def embedding_forms(model: LoadedModel, embedding_bits: int, group: int, scales: str) -> dict:
+def embedding_forms(model: LoadedModel, embedding_bits: int, group: int, scales: str, bits_of: dict) -> dict:
     """The plan's names of the embedding and an untied lm head -> (bits, group, scale format), as roma compile
-    stores them (embedding_form): what `roma plan` places."""
-    return {_plan_name(n): embedding_form(_tensor(model.weights, n), embedding_bits, group, scales)
+    stores them (embedding_form) at embedding_bits, or at the bits `bits_of` gives that name: what `roma plan`
+    places."""
+    return {_plan_name(n): embedding_form(_tensor(model.weights, n), bits_of.get(_plan_name(n), embedding_bits),
+                                          group, scales)
             for n in tensor_names(model.config) if split_name(n) is None}
 
 
