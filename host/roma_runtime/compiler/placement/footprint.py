@@ -452,7 +452,7 @@ def measure(build: str | Path, workdir: str | Path | None = None) -> dict:
     lanes = ElementwiseLanes(**{u: int(defines[f"ROMA_{u.upper()}_LANES"]) for u in ELEMENTWISE_UNITS})
     defines = {**pragma_defines(int(defines["ROMA_GEMV_PE"]), int(defines["ROMA_WEIGHT_PORTS"]),
                                 consts["WEIGHT_PORT_BITS"], lanes, consts["TOKEN_LANES"],
-                                act_lanes=int(defines["ROMA_ACT_LANES"])), **defines}
+                                act_lanes=consts["ROMA_ACT_LANES"]), **defines}
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         obj = compile_synthesis(build, Path(tmp))

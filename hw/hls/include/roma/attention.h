@@ -44,9 +44,9 @@
 // the board's kv_ports and kv_port_bits, e.g. one 128-bit HP port on Zynq UltraScale+, two 512-bit DDR ports on a
 // U250; halved until it divides HD). So a query costs 2*S*ROW*2 bytes / port bytes per cycle plus pipeline depths, the port's bound
 // (K and V share the port, and pass 2 needs pass 1's max); PV's partial sums (below) keep it at II=1 where a row is
-// fewer than FADD_LATENCY chunks. The exps add no loop: GROUP exp units in PV (one per query head of the kv head the chunk
-// belongs to; each head's e is recomputed in each of its CHD chunks rather than handed over, which would be a
-// loop-carried dependence shorter than the exp's latency). A separate exp loop would cost S*HEADS cycles at one
+// fewer than FADD_LATENCY chunks. The exps add no loop: GROUP exp units in PV (one per query head of the kv head
+// the chunk belongs to; each head's e is recomputed in each of its CHD chunks rather than handed over, which would
+// be a loop-carried dependence shorter than the exp's latency). A separate exp loop would cost S*HEADS cycles at one
 // exp per cycle (S*KV_HEADS with GROUP lanes; S with HEADS lanes, but then l[h] is an fp32 accumulation revisited
 // every iteration). Numerics do not depend on where the exps run (l[h] and acc sum s = 0, 1, ... in order) nor, for
 // power-of-two SIMD and HD, on SIMD (SCORE's two trees are then one pairwise tree over HD), except through PV's
