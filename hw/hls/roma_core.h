@@ -68,7 +68,8 @@
 //                                                       ([KV_DIM / KV_PORTS] with two KV ports: each row's runs
 //                                                       of KV_PORT_LANES alternate between the two buffers)
 //   kv_cache_1   fp16   [N_LAYERS][2][kv_capacity][KV_DIM / 2] the second KV port's runs (roma_model.h KV_PORTS 2,
-//                                                       the board's kv_ports); never read with one port
+//                                                       the board's kv_ports); never read with one port (may
+//                                                       be 0)
 //   lora_staging uint8  [lora_bytes]                    a packed adapter to load
 //   ddr_weights  uint32 [DDR_WORDS]                     the build's ddr_weights.bin: the tensors the placement
 //                                                       plan streams from DDR (ddr_image.py's DDR image: header,

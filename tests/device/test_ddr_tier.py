@@ -25,6 +25,7 @@ from float_noise import assert_within_float_noise, golden_variant_logits
 from roma_runtime import RomaError
 from roma_runtime.artifact import brom_image as brom
 from roma_runtime.artifact import ddr_image
+from roma_runtime.artifact.boards import argument_memories
 from roma_runtime.artifact.build import DDR_FILE, DDR_STREAM, is_ddr, verify_build
 from roma_runtime.builds import DEFAULT_BUILD
 from roma_runtime.compiler.placement.memory import ddr_tiles
@@ -272,6 +273,44 @@ def test_the_core_refuses_to_run_without_its_ddr_image(ddr_emu):
     finally:
         buf[3] = saved
         buf.flush()
+    assert np.array_equal(ddr_emu.forward(IDS, ddr_emu.new_cache(64)), before)
+
+
+@needs_gxx
+def test_every_buffer_is_in_the_memory_its_port_reaches_on_an_alveo_card(ddr_emu, ddr_build):
+    """The U250's ports are linked to banks of their own (boards.json memory_banks, alveo_link_u250.cfg): the
+    emulated card reads each argument only from its bank, so the driver puts each buffer there and each weight
+    port's bank holds a copy of the image."""
+    manifest = verify_build(ddr_build)
+    want = argument_memories(manifest["board"])
+    assert want["ddr_weights_1"] == "DDR[1]" and want["kv_cache_1"] == "DDR[3]"  # the U250's
+    core, device = ddr_emu.core, ddr_emu.device
+    cache = ddr_emu.new_cache(64)
+    before = ddr_emu.forward(IDS, cache)
+
+    def memory_of(buffer) -> str:
+        (tag,) = [t for t, m in device.banks.items()
+                  if m.base_address <= buffer.device_address < m.base_address + m.size]
+        return tag
+
+    image = ddr_image.read_ddr_image(ddr_build / DDR_FILE)
+    for argument in ("ddr_weights", "ddr_weights_1", "ddr_weights_2", "ddr_weights_3"):
+        assert memory_of(core.weight_images[argument]) == want[argument]
+        assert np.array_equal(np.asarray(core.weight_images[argument]), image)
+    assert len({id(b) for b in core.weight_images.values()}) == 4  # a copy per bank
+    for argument, buffer in (("tokens_in", core.tokens_in), ("logits", core.logits), ("status", core.status_buf),
+                             ("lora_staging", core.lora_staging), ("uram_weights", core.uram_weights)):
+        assert memory_of(buffer) == want[argument], argument
+    assert [memory_of(b) for b in cache.kv.buffers] == [want["kv_cache"], want["kv_cache_1"]][:len(cache.kv.buffers)]
+    # a weight port given the first port's copy (in another bank) reads nothing of it: the call is refused
+    own = core.weight_images["ddr_weights_1"]
+    core.weight_images["ddr_weights_1"] = core.ddr_weights
+    try:
+        with pytest.raises(RomaError, match=re.escape("ddr_weights_1 = ") + r".* does not point into a buffer in "
+                                            + re.escape("DDR[1], the memory its port reaches")):
+            ddr_emu.forward(IDS, ddr_emu.new_cache(64))
+    finally:
+        core.weight_images["ddr_weights_1"] = own
     assert np.array_equal(ddr_emu.forward(IDS, ddr_emu.new_cache(64)), before)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from roma_runtime.compiler import flow
-from roma_runtime.artifact.boards import load_boards
+from roma_runtime.artifact.boards import POINTER_ARGUMENTS, load_boards, m_axi_bundle
 from roma_runtime.artifact import hwh
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -309,6 +309,10 @@ def test_roma_core_has_a_weight_bundle_for_each_weight_port():
     # the board's second KV port (kv_ports 2) is a bundle of its own, else parked in the first (never read)
     two = m_axi_ports(4, 2)
     assert two["kv_cache"] == "gmem_kv" and two["kv_cache_1"] == "gmem_kv_1"
+    # boards.py's mirror, which the driver's memories (an Alveo card's) follow, gives every pragma's bundle
+    for p in (1, 2, 3, 4):
+        for kv in (1, 2):
+            assert {a: m_axi_bundle(a, p, kv) for a in POINTER_ARGUMENTS} == m_axi_ports(p, kv), (p, kv)
 
 
 def test_every_weight_port_is_the_builds_width():
@@ -345,6 +349,9 @@ def test_alveo_link_gives_each_weight_port_its_own_bank(name):
     # every m_axi bundle of the IP built for this board once: gmem_weights .. gmem_weights_{P-1}, kv, the others
     assert sorted(s[0] for s in sp) == sorted(m_axi_bundles(b.weight_ports, b.kv_ports)), \
         f"{name}: sp= lines vs roma_core.cpp"
+    # the runtime's copy of the map (the driver allocates each buffer in its port's memory, the emulated card
+    # emulates them)
+    assert dict(sp) == b.memory_banks, f"{name}: alveo_link_{name}.cfg vs boards.json memory_banks"
     where = {bundle: memory_of(t) for bundle, t in sp}
     assert {kind for kind, _ in where.values()} <= ({"HBM", "DDR"} if "HBM" in b.memory else {"DDR"}), name
     weights = [bd for bd in where if weight_index(bd) is not None]

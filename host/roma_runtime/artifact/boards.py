@@ -28,6 +28,12 @@ _POS_NUM = ((int, float), lambda v: v > 0, "a number > 0")
 _TEXT = ((str,), lambda v: bool(v.strip()), "a non-empty string")
 _BOOL = ((bool,), lambda v: True, "true or false")
 AXI_WIDTHS = (64, 128, 256, 512)
+# the m_axi bundles of roma_core's pointer arguments whose bundle does not depend on the board's ports (roma_core.cpp's
+# INTERFACE pragmas; m_axi_bundle)
+_FIXED_BUNDLE = {"ddr_weights": "gmem_weights", "uram_weights": "gmem_weights", "kv_cache": "gmem_kv",
+                 "tokens_in": "gmem_tok", "tokens_out": "gmem_tok", "logits": "gmem_logits",
+                 "lora_staging": "gmem_lora", "status": "gmem_status"}
+POINTER_ARGUMENTS = (*_FIXED_BUNDLE, "ddr_weights_1", "ddr_weights_2", "ddr_weights_3", "kv_cache_1")
 REQUIRED_FIELDS = {
     "description": _TEXT,
     "part": _TEXT,
@@ -55,6 +61,8 @@ REQUIRED_FIELDS = {
     "token_lanes": ((int,), lambda v: 1 <= v <= 4, "1 to 4 (roma_core passes a block's tokens as four pointers)"),
     "act_lanes": ((int,), lambda v: 4 <= v <= 128 and v & (v - 1) == 0,
                   "a power of two from 4 to 128 (whole quads of the candidate stage)"),
+    "memory_banks": ((dict,), lambda v: all(isinstance(t, str) and t.strip() for t in v.values()),
+                     "an object {m_axi bundle: memory}, or empty where every port reaches one memory"),
 }
 ELEMENTWISE_UNITS = ("norm", "swiglu", "rope", "residual")
 MAX_ELEMENTWISE_LANES = 64
@@ -134,6 +142,7 @@ class Board:
     # activations a GEMV engine takes in per cycle (roma_model.h ROMA_ACT_LANES; an engine of a smaller group, its
     # group: engine_act_lanes)
     act_lanes: int
+    memory_banks: dict  # m_axi bundle -> the memory an Alveo card's link binds it to; empty on Zynq (one DDR)
 
     def engine_act_lanes(self, group: int) -> int:
         """The activations per cycle of an engine of `group`-wide groups (roma_core.cpp Unit::ACT): its quantizer
@@ -153,6 +162,29 @@ class Board:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def m_axi_bundle(argument: str, weight_ports: int, kv_ports: int) -> str:
+    """The m_axi bundle of roma_core's pointer argument, as roma_core.cpp's INTERFACE pragmas give it at
+    ROMA_WEIGHT_PORTS = weight_ports and ROMA_KV_PORTS = kv_ports: a weight or KV port past those shares the first
+    port's bundle (tests/hw/test_build_flow.py checks this against the preprocessed pragmas)."""
+    port = argument.rsplit("_", 1)[-1]
+    if argument.startswith("ddr_weights_"):
+        return f"gmem_weights_{port}" if int(port) < weight_ports else "gmem_weights"
+    if argument == "kv_cache_1":
+        return "gmem_kv_1" if kv_ports > 1 else "gmem_kv"
+    if argument not in _FIXED_BUNDLE:
+        raise RomaError(f"roma_core has no pointer argument '{argument}'")
+    return _FIXED_BUNDLE[argument]
+
+
+def argument_memories(board: dict) -> dict[str, str]:
+    """The memory each of roma_core's pointer arguments reaches on `board` (a board as boards.json and a build's
+    manifest give it): its m_axi bundle's in memory_banks; empty on a board whose ports all reach one memory."""
+    banks = board.get("memory_banks") or {}
+    if not banks:
+        return {}
+    return {a: banks[m_axi_bundle(a, board["weight_ports"], board["kv_ports"])] for a in POINTER_ARGUMENTS}
 
 
 def _validate(name: str, entry, source: Path) -> Board:
@@ -175,6 +207,11 @@ def _validate(name: str, entry, source: Path) -> Board:
     fields = {k: entry[k] for k in REQUIRED_FIELDS}
     fields["lora_unit"] = LoraUnit.from_dict(entry["lora_unit"], f"{source}: board '{name}'")
     fields["elementwise_lanes"] = ElementwiseLanes.from_dict(entry["elementwise_lanes"], f"{source}: board '{name}'")
+    bundles = {m_axi_bundle(a, entry["weight_ports"], entry["kv_ports"]) for a in POINTER_ARGUMENTS}
+    if entry["memory_banks"] and set(entry["memory_banks"]) != bundles:
+        raise RomaError(f"{source}: board '{name}' field 'memory_banks' must name the memory of each of roma_core's "
+                        f"m_axi bundles at its weight_ports and kv_ports, {', '.join(sorted(bundles))}, and no other",
+                        hint="or leave it empty ({}) when every port reaches one memory")
     return Board(name=name, **fields)
 
 

@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..artifact.boards import argument_memories
 from ..artifact.build import verify_build
 from ..device.driver import MANIFEST, RomaOverlay
 from ..device.emu import EMU_FORMAT, emu_device
@@ -104,8 +105,10 @@ def emu_overlay(build_dir: str | Path, *, cache: str | Path | None = None, hls_d
         (tmp / "libroma_core.so").symlink_to(lib)
         for f in images:  # the DDR and URAM weight images next to the "bitstream", as on a board
             (tmp / f).symlink_to(build_dir / f)
+        # an Alveo build's memories: each pointer argument reaches only its own (the emulated board emulates them)
         spec = {"format": EMU_FORMAT, "version": 1, "library": "libroma_core.so", "build": str(build_dir),
-                "header": str(header), "model": manifest["model"]["name"]}
+                "header": str(header), "model": manifest["model"]["name"],
+                "memories": argument_memories(manifest.get("board") or {})}
         (tmp / BITSTREAM).write_text(json.dumps(spec, indent=1))
         if folder.exists() and not bit.is_file():  # an incomplete folder (an older runtime's, written in place)
             shutil.rmtree(folder, ignore_errors=True)

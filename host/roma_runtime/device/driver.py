@@ -15,8 +15,13 @@ A build whose placement streams tensors from DDR ships their images as ddr_weigh
 driver copies it once into the `ddr_weights` buffer, sized to the image, which every command passes to the
 core, to its first weight port and to the others (ddr_weights_1..3: the build's weight ports stream a tensor's tiles
 at once; on a Zynq board every HP port reaches the one DDR, so they share the buffer; an Alveo card's ports are
-in banks of their own, each needing a copy, which this driver does not make yet). The core refuses a run command
-without this build's image on every port it reads (ERR_DDR_WEIGHTS).
+in banks of their own, so each bank gets a copy). The core refuses a run command without this build's image on
+every port it reads (ERR_DDR_WEIGHTS).
+
+Memories: on an Alveo card each pointer argument reaches only the memory its m_axi bundle is linked to
+(alveo_link_BOARD.cfg; the xclbin's `memory` tag of the argument's register, which PYNQ puts in the IP's
+description), so the driver allocates every buffer in its argument's memory (`device.get_memory_by_name`). A
+Zynq board's description has no such tags: every buffer is in its one DDR.
 
 A build whose plan puts tensors in URAM ("URAM-load-once") ships their bank words as uram_weights.bin next to the
 bitstream: UltraScale+ URAM holds nothing after configuration, so RomaOverlay (after every download) copies the
@@ -63,6 +68,10 @@ from ..model.config import ModelConfig
 
 # the identity of a build: a bitstream serves only the model and quantization it was built for
 QUANT_KEYS = ("bits", "group", "method", "embedding_bits", "bits_budget", "lora_rank")
+
+# the KV ports' and the weight ports' pointer arguments (roma_core.h)
+KV_ARGUMENTS = ("kv_cache", "kv_cache_1")
+WEIGHT_ARGUMENTS = ("ddr_weights", "ddr_weights_1", "ddr_weights_2", "ddr_weights_3")
 
 # sample_mode register values (roma_core.h: 0 = logits only)
 SAMPLE_OFF, SAMPLE_GREEDY, SAMPLE_RANDOM = 0, 1, 2
@@ -145,8 +154,9 @@ class KVBuffer:
         self.driver = driver
         self.capacity = int(capacity)
         self.layout = driver.kv_layout
-        self.buffers = [driver.allocate((c.n_layers, 2, self.capacity, self.layout.port_dim(c.kv_dim)), np.uint16)
-                        for _ in range(self.layout.ports)]
+        self.buffers = [driver.allocate((c.n_layers, 2, self.capacity, self.layout.port_dim(c.kv_dim)), np.uint16,
+                                        argument)
+                        for argument in KV_ARGUMENTS[:self.layout.ports]]
         for b in self.buffers:
             b[:] = 0
             b.flush()
@@ -163,10 +173,10 @@ class KVBuffer:
 
     @property
     def port_addresses(self) -> list[int]:
-        """kv_cache's and kv_cache_1's addresses: each port's buffer, or the one buffer for both (a build with one
-        KV port never reads kv_cache_1)."""
+        """kv_cache's and kv_cache_1's addresses: each port's buffer; 0 for kv_cache_1 when the build's cache takes
+        one port (the core never reads it then, and on an Alveo card no buffer of this cache is in its memory)."""
         addresses = [b.device_address for b in self.buffers]
-        return addresses + addresses[-1:] * (2 - len(addresses))
+        return addresses + [0] * (len(KV_ARGUMENTS) - len(addresses))
 
     def rows(self, n: int) -> np.ndarray:
         """A copy of positions 0..n of every layer's keys and values: uint16 [N_LAYERS][2][n][KV_DIM]."""
@@ -193,7 +203,11 @@ class RomaCoreDriver(DefaultIP):
         super().__init__(description)
         self.interface = load_interface()
         self.constants = load_constants()
-        self.offsets = self._offsets(description.get("registers") or {})
+        registers = description.get("registers") or {}
+        self.offsets = self._offsets(registers)
+        # the memory each pointer argument reaches (an xclbin's tag; none on a Zynq board: its one DDR)
+        self.memories = {a.name: registers[a.name]["memory"] for a in self.interface.pointers
+                         if isinstance(registers.get(a.name), dict) and registers[a.name].get("memory")}
         self.config = None
         self._kv: KVBuffer | None = None  # the default KV buffer, made on first use (kv)
         self._kv_capacity: int | None = None
@@ -262,8 +276,12 @@ class RomaCoreDriver(DefaultIP):
             raise RomaError(f"the emulated roma_core failed: {core.error}")
 
     # --- buffers ---
-    def allocate(self, shape, dtype):
-        return self.device.allocate(shape, dtype)
+    def allocate(self, shape, dtype, argument: str):
+        """A buffer for the core's pointer `argument`, in the memory that argument reaches."""
+        memory = self.memories.get(argument)
+        if memory is None:
+            return self.device.allocate(shape, dtype)
+        return self.device.get_memory_by_name(memory).allocate(shape, dtype)
 
     def configure(self, config, context: int, kv_capacity: int | None = None, max_tokens: int | None = None,
                   ddr_image: np.ndarray | None = None, kv_onchip: int = 0,
@@ -280,17 +298,24 @@ class RomaCoreDriver(DefaultIP):
         self.check_kv_capacity(kv_capacity or self.max_context)
         self.max_tokens = int(max_tokens or self.context)
         words = int(self.constants.get("STATUS_WORDS", 32))
-        self.tokens_in = self.allocate((self.max_tokens,), np.int32)
-        self.tokens_out = self.allocate((self.max_tokens,), np.int32)
-        self.logits = self.allocate((config.vocab_size,), np.float32)
-        self.status_buf = self.allocate((words,), np.uint32)
-        self.lora_staging = self.allocate((1,), np.uint8)
-        # the tensors the placement streams from DDR, read by the core on every GEMV (one word when none)
+        self.tokens_in = self.allocate((self.max_tokens,), np.int32, "tokens_in")
+        self.tokens_out = self.allocate((self.max_tokens,), np.int32, "tokens_out")
+        self.logits = self.allocate((config.vocab_size,), np.float32, "logits")
+        self.status_buf = self.allocate((words,), np.uint32, "status")
+        self.lora_staging = self.allocate((1,), np.uint8, "lora_staging")
+        # the tensors the placement streams from DDR, read by the core on every GEMV (one word when none): a copy in
+        # each memory a weight port reaches
         image = np.zeros(1, np.uint32) if ddr_image is None else np.asarray(ddr_image, np.uint32)
-        self.ddr_weights = self.allocate(image.shape, np.uint32)
-        self.ddr_weights[:] = image
-        self.ddr_weights.flush()
-        self.uram_weights = self.allocate((1,), np.uint32)  # the URAM load image, while load_weights runs
+        copies = {}
+        for argument in WEIGHT_ARGUMENTS:
+            memory = self.memories.get(argument)
+            if memory not in copies:
+                copies[memory] = self.allocate(image.shape, np.uint32, argument)
+                copies[memory][:] = image
+                copies[memory].flush()
+        self.weight_images = {argument: copies[self.memories.get(argument)] for argument in WEIGHT_ARGUMENTS}
+        self.ddr_weights = self.weight_images["ddr_weights"]
+        self.uram_weights = self.allocate((1,), np.uint32, "uram_weights")  # the URAM load image, while loading
         self._kv, self._kv_capacity = None, kv_capacity  # the default KV buffer is made on first use
 
     def load_weights(self, image: np.ndarray, checksum: int) -> int:
@@ -300,13 +325,13 @@ class RomaCoreDriver(DefaultIP):
         the banks read back another checksum (the core then refuses to run until a load succeeds)."""
         self._need_config()
         image = np.asarray(image, np.uint32)
-        self.uram_weights = self.allocate(image.shape, np.uint32)
+        self.uram_weights = self.allocate(image.shape, np.uint32, "uram_weights")
         self.uram_weights[:] = image
         self.uram_weights.flush()
         try:
             status = self._call(self.constants["CMD_LOAD_WEIGHTS"])
         finally:
-            self.uram_weights = self.allocate((1,), np.uint32)  # the banks hold it now: the buffer is not kept
+            self.uram_weights = self.allocate((1,), np.uint32, "uram_weights")  # the banks hold it now: not kept
         got = int(status[self.constants["STATUS_CHECKSUM"]])
         if got != checksum:
             raise RomaError(f"the URAM weight banks read back checksum 0x{got:08x}, but the build's is "
@@ -413,10 +438,8 @@ class RomaCoreDriver(DefaultIP):
             "tokens_in": self.tokens_in.device_address, "tokens_out": self.tokens_out.device_address,
             "logits": self.logits.device_address,
             **dict(zip(("kv_cache", "kv_cache_1"), kv.port_addresses if kv else (0, 0))),
-            "lora_staging": self.lora_staging.device_address, "ddr_weights": self.ddr_weights.device_address,
-            # the build's other weight ports read the same image: on Zynq every HP port reaches the one DDR
-            "ddr_weights_1": self.ddr_weights.device_address, "ddr_weights_2": self.ddr_weights.device_address,
-            "ddr_weights_3": self.ddr_weights.device_address,
+            "lora_staging": self.lora_staging.device_address,
+            **{argument: b.device_address for argument, b in self.weight_images.items()},
             "uram_weights": self.uram_weights.device_address,
             "status": self.status_buf.device_address,
         }
@@ -513,7 +536,7 @@ class RomaCoreDriver(DefaultIP):
         self._need_config()
         data = packed.to_bytes() if hasattr(packed, "to_bytes") else bytes(packed)
         if len(data) > self.lora_staging.nbytes:  # grown once to the largest adapter
-            self.lora_staging = self.allocate((len(data),), np.uint8)
+            self.lora_staging = self.allocate((len(data),), np.uint8, "lora_staging")
         self.lora_staging[: len(data)] = np.frombuffer(data, np.uint8)
         self.lora_staging.flush()
         self.run(self.constants["CMD_LOAD_LORA"], lora_slot=slot, lora_bytes=len(data))

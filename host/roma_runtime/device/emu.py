@@ -8,6 +8,10 @@ register map and pynq.allocate run unchanged on it:
   with its own device address from a first-fit allocator (page aligned, never 0); an address is free again
   when the last view of its buffer is gone. flush/invalidate are no-ops (host memory is coherent), counted
   in `stats` so tests can see that the driver calls them.
+- an Alveo build's memories (the emulated bitstream's "memories": each pointer argument's, from the board's
+  memory_banks): each is a region of its own (`get_memory_by_name(tag).allocate`), the core's description tags each
+  argument's register with its memory as PYNQ does from an xclbin, and the core reads an argument only from its
+  own memory, as a port linked to one bank does: a buffer elsewhere is refused.
 - MMIO: register reads and writes (capability REGISTER_RW) go to the emulated blocks by address: roma_core's
   s_axi_control, the DDR, and the PS clock registers (CRL_APB/CRF_APB) that pynq's Clocks.set_pl_clk programs
   during Overlay.download.
@@ -48,6 +52,8 @@ from ..errors import RomaError
 EMU_FORMAT = "roma-emu-overlay"
 PAGE = 4096
 RESERVED_LOW = 0x1000_0000  # the first 256 MiB of DDR are "the OS's": no buffer gets address 0
+# an Alveo build's memories: 16 GiB regions from 256 GiB up, past the DDR region (no address in two memories)
+BANK_BASE, BANK_SIZE = 0x40_0000_0000, 0x4_0000_0000
 
 # Zynq UltraScale+ clock registers that pynq.ps.Clocks programs (CRL_APB / CRF_APB), with reset values that
 # give IOPLL = RPLL = DPLL = 1500 MHz (33.333 MHz * 90 / 2), APLL 1200 MHz, and pl_clk0 = 100 MHz.
@@ -176,8 +182,10 @@ class EmuMemory:
 class EmuCore:
     """roma_core's s_axi_control block in front of the C simulation."""
 
-    def __init__(self, device: "EmuDevice", size: int, interface: Interface, library: "EmuLibrary"):
+    def __init__(self, device: "EmuDevice", size: int, interface: Interface, library: "EmuLibrary",
+                 memories: dict[str, str] | None = None):
         self.device, self.interface, self.library = device, interface, library
+        self.memories = memories or {}  # pointer argument -> the memory its port reaches (an Alveo build's)
         self.words = np.zeros(size // 4, np.uint32)
         self.ctrl = AP_IDLE
         self._lock = threading.Lock()
@@ -228,11 +236,12 @@ class EmuCore:
                 if raw == 0:
                     args.append(None)
                     continue
+                tag = self.memories.get(a.name)
                 try:
-                    args.append(self.device.memory.translate(raw))
+                    args.append((self.device.bank(tag) if tag else self.device.memory).translate(raw))
                 except RomaError:
-                    raise RomaError(f"roma_core argument {a.name} = 0x{raw:x} does not point into an "
-                                    f"allocated DDR buffer") from None
+                    where = f"a buffer in {tag}, the memory its port reaches" if tag else "an allocated DDR buffer"
+                    raise RomaError(f"roma_core argument {a.name} = 0x{raw:x} does not point into {where}") from None
             else:
                 args.append(a.decode(raw))
         return args
@@ -400,6 +409,7 @@ class EmuDevice(Device):
         self.bitfile_name = None
         self.synchronous = False
         self.memory = EmuMemory(self)
+        self.banks: dict[str, EmuMemory] = {}  # an Alveo build's memories by tag, made when first named
         self.core: EmuCore | None = None
         self.library: EmuLibrary | None = None
         self.build_dir: Path | None = None
@@ -448,8 +458,24 @@ class EmuDevice(Device):
     def get_memory(self, description=None) -> EmuMemory:
         return self.memory
 
+    @property
+    def live_buffers(self) -> int:
+        """Buffers allocated in the DDR and the memories, and not yet freed."""
+        return self.memory.live_buffers + sum(m.live_buffers for m in self.banks.values())
+
     def get_memory_by_name(self, name: str) -> EmuMemory:
-        return self.memory
+        if name not in self.banks:
+            raise RomaError(f"the emulated board has no memory '{name}'",
+                            hint=f"its memories: {', '.join(self.banks) or 'none but its DDR'}")
+        return self.banks[name]
+
+    def bank(self, tag: str) -> EmuMemory:
+        """The memory `tag` of an Alveo build (made on first use; it stays for the device's life, as a card's)."""
+        if tag not in self.banks:
+            base = BANK_BASE + len(self.banks) * BANK_SIZE
+            self.banks[tag] = EmuMemory(self, base=base, size=BANK_SIZE)
+            self._map(base, BANK_SIZE, self.banks[tag])
+        return self.banks[tag]
 
     def flush(self, bo, offset, ptr, size) -> None:
         self.stats["flush"] += 1
@@ -463,12 +489,18 @@ class EmuDevice(Device):
         from pynqmetadata.frontends import Metadata
         from pynqmetadata.views.runtime import RuntimeMetadataParser
 
-        read_emu_bitstream(bitfile_name)
+        spec = read_emu_bitstream(bitfile_name)
         hwh = Path(get_hwh_name(bitfile_name))
         if not hwh.is_file():
             raise RomaError(f"the emulated overlay has no hardware description {hwh}")
         parser = RuntimeMetadataParser(Metadata(input=str(hwh)))
         parser.bin_data = parser.xclbin_data = parser.dtbo_data = None
+        # an Alveo build's memories: each argument's register names its memory, as in PYNQ's ip_dict of an xclbin
+        for ip in parser.ip_dict.values():
+            if ip.get("type") == hwh_mod.VLNV:
+                for argument, tag in (spec.get("memories") or {}).items():
+                    ip["registers"][argument]["memory"] = tag
+                    self.bank(tag)
         return parser
 
     def download(self, bitstream, parser=None) -> None:
@@ -487,7 +519,7 @@ class EmuDevice(Device):
         if self.core is not None:
             self.core.join()
         self._regions = [r for r in self._regions if not isinstance(r[2], EmuCore)]
-        self.core = EmuCore(self, ip["addr_range"], interface, library)
+        self.core = EmuCore(self, ip["addr_range"], interface, library, spec.get("memories"))
         self._map(ip["phys_addr"], ip["addr_range"], self.core)
         self.library, self.build_dir = library, build_dir
         self.stats["downloads"] += 1

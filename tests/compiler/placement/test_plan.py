@@ -349,6 +349,19 @@ def test_board_schema_errors_name_board_and_field(tmp_path):
         with pytest.raises(RomaError, match=f"board 'kv260' has an invalid 'elementwise_lanes'.*{bad}") as e:
             load_boards(f)
         assert "power of two" in e.value.hint
+    data["boards"]["kv260"]["elementwise_lanes"] = {"norm": 4, "swiglu": 2, "rope": 2, "residual": 4}
+    # memory banks: each of the board's m_axi bundles (its 4 weight ports, 1 KV port) once, or none
+    banks = {"gmem_weights": "DDR[0]", "gmem_weights_1": "DDR[1]", "gmem_weights_2": "DDR[2]",
+             "gmem_weights_3": "DDR[3]", "gmem_kv": "DDR[1]", "gmem_tok": "DDR[2]", "gmem_logits": "DDR[2]",
+             "gmem_lora": "DDR[2]", "gmem_status": "DDR[2]"}
+    data["boards"]["kv260"]["memory_banks"] = banks
+    f.write_text(json.dumps(data))
+    assert load_boards(f)["kv260"].memory_banks == banks
+    data["boards"]["kv260"]["memory_banks"] = {**banks, "gmem_kv_1": "DDR[3]"}  # a KV port it does not have
+    f.write_text(json.dumps(data))
+    with pytest.raises(RomaError, match="'kv260' field 'memory_banks' must name the memory of each of roma_core's "
+                                        "m_axi bundles at its weight_ports and kv_ports, gmem_kv, gmem_logits"):
+        load_boards(f)
 
 
 def test_elementwise_lanes_per_board_follow_the_model(smollm2):
