@@ -41,8 +41,8 @@
 // sequential pass per tile per GEMV, a tile per port at once (brom_ddr_gemv_rt; its embedding rows by
 // embedding_row_ddr through the first port), with the same integer dots and fp32 sequence as in ROM, so its
 // outputs are bit-identical. A port is roma_model.h's WEIGHT_PORT_BITS wide (the board's memory port: 128 bits on
-// Zynq UltraScale+, 512 on Alveo); a round of tiles costs its blocks at the slower of the port (the block's words
-// in port words) and the accumulators, its BLOCK_STEPS steps in parallel lanes (brom_ddr.h: DdrStream), counted
+// Zynq UltraScale+, 512 on Alveo); a round of tiles costs its chunks at the slower of the port (a port word per
+// chunk, or a step's words) and the accumulators, a chunk's steps in parallel lanes (brom_ddr.h: DdrStream), counted
 // under STAGE_GEMV (layers) and STAGE_LM_HEAD like the ROM GEMVs. Run commands first check each port's image
 // header (magic, version, words, CRC) against roma_model.h's DDR_WORDS/DDR_CRC: ERR_DDR_WEIGHTS when the host has
 // not loaded this build's ddr_weights.bin. The RMSNorm

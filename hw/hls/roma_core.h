@@ -74,7 +74,7 @@
 //   ddr_weights  uint32 [DDR_WORDS]                     the build's ddr_weights.bin: the tensors the placement
 //                                                       plan streams from DDR (ddr_image.py's DDR image: header,
 //                                                       then each tensor's B-ROM tile words in ROM order with
-//                                                       each 4 steps' scale|minimum words after their planes),
+//                                                       each 32 steps' scale entries before their planes),
 //                                                       read once per GEMV, one sequential pass per tile,
 //                                                       through a port of roma_model.h's WEIGHT_PORT_BITS (the
 //                                                       board's: 128 Zynq UltraScale+, 512 Alveo); unused (may

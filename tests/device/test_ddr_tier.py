@@ -182,11 +182,12 @@ def test_ddr_layout_round_trips_every_width():
             img = brom.pack(qm, tiles)
             words = ddr_image.ddr_words(img)
             assert words.size == tiles * ddr_image.ddr_tile_words(bits, group, rows // tiles, 384)
-            assert words.size % 4 == 0  # tiles start on 128-bit beats
+            assert words.size % 16 == 0  # tiles start on 512-bit words
             back = ddr_image.ddr_unpack(words, bits, group, rows, 384, tiles)
             assert back.sha256() == img.sha256()
-    with pytest.raises(RomaError, match="has 20 words, not 19"):
-        ddr_image.ddr_unpack(np.zeros(19, np.uint32), 4, 32, 4, 32, 1)
+    # 4 steps: one block of 32 scale words and 32 steps of 4 plane words
+    with pytest.raises(RomaError, match="has 160 words, not 159"):
+        ddr_image.ddr_unpack(np.zeros(159, np.uint32), 4, 32, 4, 32, 1)
 
 
 @needs_gxx

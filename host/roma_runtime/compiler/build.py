@@ -22,7 +22,7 @@ from ..artifact.brom_image import pack, write_image
 from ..artifact.build import (DDR_FILE, EMBEDDING, FORMAT, FORMAT_VERSION, HEADER_FILE, LORA_FILE, MANIFEST,
                               NORMS_FILE, URAM_FILE, is_ddr, is_uram, read_manifest, seal_manifest, sha256_files,
                               split_name, tensor_names)
-from ..artifact.ddr_image import DDR_BLOCK_STEPS, DDR_Q8_BLOCK_STEPS, DDR_VERSION, ddr_image
+from ..artifact.ddr_image import DDR_ALIGN_WORDS, DDR_BLOCK_STEPS, DDR_VERSION, ddr_image
 from ..artifact.uram_image import URAM_VERSION, uram_image
 from ..artifact.kv_layout import KvLayout
 from ..artifact.lora_unit import LoraUnit
@@ -200,9 +200,10 @@ def write_ddr_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Pa
     """The DDR tensors' images as ddr_weights.bin (_write_weight_image); the entry holds its CRC-32."""
     return _write_weight_image(out_dir, images, tensors, DDR_FILE, "ddr", ddr_image, lambda words: {
         "crc32": int(words[3]),
-        "layout": f"ddr_image.py DDR image version {DDR_VERSION}: fp16 tiles in blocks of {DDR_BLOCK_STEPS} steps, "
-                  f"planes then scale|minimum<<16 words; q8 tiles: row exponents, then blocks of "
-                  f"{DDR_Q8_BLOCK_STEPS} steps, planes then two steps' params per word"})
+        "layout": f"ddr_image.py DDR image version {DDR_VERSION}: tiles in blocks of {DDR_BLOCK_STEPS} steps, the "
+                  f"steps' scale|minimum<<16 words (q8: two steps' params per word, after the tile's row exponents) "
+                  f"then their planes, each padded to a power of two words; everything in whole "
+                  f"{DDR_ALIGN_WORDS}-word units"})
 
 
 def write_uram_image(out_dir: Path, images: dict, tensors: dict) -> tuple[list[Path], dict | None]:

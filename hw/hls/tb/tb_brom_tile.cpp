@@ -344,13 +344,13 @@ bool try_case(const Case &c, const BromImageHost &img, Tally &tally) {
   typedef DdrStream<D, 512> P512;
   std::printf("  %-18s b=%d G=%-3d %4dx%-4d tiles=%d %-4s mismatches lut=%ld dsp=%ld csim-fast=%ld ddr=%ld  "
               "cycles/GEMV lut=%llu dsp=%llu (act_quant %llu + candidates %llu + gemv %llu, gemv II=%d) "
-              "ddr@128=%llu (%s, block II %d) ddr@512=%llu (%s, block II %d) ddr@3x128=%llu\n",
+              "ddr@128=%llu (%s, chunk II %d) ddr@512=%llu (%s, chunk II %d) ddr@3x128=%llu\n",
               c.name.c_str(), BITS, GROUP, c.rows, COLS, TILES, c.scales.c_str(), m_lut, m_dsp, m_fast, m_ddr,
               (unsigned long long)cyc_lut, (unsigned long long)cyc_dsp,
               (unsigned long long)ActQuantConfig<COLS, GROUP>::CYCLES, (unsigned long long)C::CAND_CYCLES,
               (unsigned long long)C::GEMV_CYCLES, C::GEMV_II, (unsigned long long)cyc_ddr,
-              D::lanes(ROWS) ? "lanes" : "serial", P128::block_ii(ROWS, ROWS), (unsigned long long)cyc_ddr_512,
-              D::lanes(ROWS) ? "lanes" : "serial", P512::block_ii(ROWS, ROWS), (unsigned long long)cyc_ddr_3p);
+              P128::lanes(ROWS) ? "lanes" : "serial", P128::chunk_ii(ROWS, ROWS), (unsigned long long)cyc_ddr_512,
+              P512::lanes(ROWS) ? "lanes" : "serial", P512::chunk_ii(ROWS, ROWS), (unsigned long long)cyc_ddr_3p);
   return true;
 }
 

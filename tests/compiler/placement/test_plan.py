@@ -81,6 +81,25 @@ def test_logic_follows_finns_mvau_formulas():
     assert dsp2 == 13 and inputs["selections"] == 32 and lut8 > 2.5 * lut2
 
 
+def test_the_ddr_stream_reads_whole_port_words():
+    """A DDR block is 32 steps: their scale entries, then their planes (brom_ddr.h), so a chunk loop at II 1 reads
+    a port word a cycle: a 512-bit word holds a q8 block's 32 scale entries or four 2-bit G64 steps, 9 port words
+    for 32 steps (8-step blocks of 36 words took 12); a 128-bit port one step a cycle, as before."""
+    from roma_runtime.artifact.ddr_image import ddr_tile_words
+    from roma_runtime.compiler.placement.logic import DdrStream, ddr_stream
+
+    assert ddr_stream(2, 64, "q8", [144, 48], 512) == DdrStream(lanes=4, ii=1, block_chunks=9, block_steps=32)
+    assert ddr_stream(2, 64, "q8", [144], 128) == DdrStream(lanes=1, ii=1, block_chunks=36, block_steps=32)
+    assert ddr_stream(2, 64, "fp16", [144], 512) == DdrStream(lanes=4, ii=1, block_chunks=10, block_steps=32)
+    # 3-bit steps are padded to a power of two words (3 -> 4), 8-bit G128 steps are two 512-bit words each
+    assert ddr_stream(3, 32, "q8", [144], 512) == DdrStream(lanes=4, ii=1, block_chunks=9, block_steps=32)
+    assert ddr_stream(8, 128, "q8", [144], 512) == DdrStream(lanes=1, ii=2, block_chunks=33, block_steps=32)
+    # rows that are not a multiple of the lanes: the steps one after another
+    assert ddr_stream(2, 64, "q8", [6], 512).ii == 4 and ddr_stream(2, 64, "q8", [6], 512).y_after is False
+    # a tile: the q8 row exponents in whole 16-word units, then whole blocks (144 rows x 9 groups: 41 blocks)
+    assert ddr_tile_words(2, 64, 144, 576, "q8") == 80 + 41 * 144
+
+
 # --- SmolLM2 on real boards ------------------------------------------------------------------------------
 
 

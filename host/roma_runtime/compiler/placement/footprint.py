@@ -22,7 +22,7 @@ rule for small memories). Banks of depth 1 (complete partitioning) are registers
 Local arrays: the arrays a function declares on its stack are memories of every RTL instance of that function in
 HLS; they are read from the DWARF information of each instantiation and counted once per RTL instance, laid out by
 the pragmas of that function on that name, whose factors are evaluated from the instance's template parameters.
-A factor that names a local constant gcc folded away (attention's GROUP, brom_ddr's BLOCK_STEPS) is listed and not
+A factor that names a local constant gcc folded away (attention's GROUP, brom_ddr's LANES) is listed and not
 applied: fewer, deeper banks, so the local figure is a lower bound.
 
 Kernels: the instantiations of each kernel template (distinct function symbols), and the RTL instances Vitis

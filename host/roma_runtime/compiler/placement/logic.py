@@ -29,10 +29,10 @@ Candidate stage (brom_candidates, once per engine: its PEs share the candidates)
   A_e the engine's activation lanes (boards.json act_lanes, at most its group: Board.engine_act_lanes): LutSelect
   11 adders of C bits per quad (its 16 subset sums), registered (16 * C FF per quad); both datapaths the group
   sum, 4 * CQ activations of C bits added per cycle. LUT = c1 * (CQ * 11 * C + 4 * CQ * C).
-A DDR engine's block loop (brom_ddr_gemv_rt) unrolls BLOCK_STEPS steps (4 fp16, 8 q8) of each token lane at block
-  II (ddr_block_ii: brom_ddr.h DdrStream at the board's weight_port_bits); its datapaths are the lanes the II leaves
-  unshared, ceil(BLOCK_STEPS * token lanes / II) per weight port (a tile streams through each at once): 1 at a
-  128-bit port with one lane (II >= BLOCK_STEPS), 2 (fp16) or 3 (q8, 2-bit G64) at 512 bits per lane.
+A DDR engine's chunk loop (brom_ddr_gemv_rt) unrolls a chunk's LANES steps of each token lane at the chunk II
+  (ddr_stream: brom_ddr.h DdrStream at the board's weight_port_bits); its datapaths are the lanes the II leaves
+  unshared, ceil(LANES * token lanes / II) per weight port (a tile streams through each at once): 1 at a 128-bit
+  port with one token lane, 4 per lane for 2-bit G64 (a 512-bit port word holds 4 steps' planes).
 Token lanes (boards.json token_lanes; roma_core.cpp Unit::TOKENS, one for a head engine): a layers' engine's
   datapaths and activation quantizers once per lane (a block of prefill tokens per pass over the weights); its
   candidate stage once (the lanes' tokens one after another).
@@ -61,8 +61,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 from ...artifact.boards import Board
+from ...artifact.ddr_image import ddr_step_words
 from ...artifact.interface import kernel_constants
 from ...artifact.kv_layout import KvLayout
 from ...model.config import ModelConfig
@@ -71,24 +73,36 @@ from .memory import LINEARS, lin_shape, pv_partials
 LABEL = "estimate (FINN MVAU-style formulas and fixed fp32 operator costs; not a synthesis report)"
 
 
-def ddr_block_steps(scales: str) -> int:
-    """The (group, row) steps of one block of the DDR stream (brom_ddr.h DDR_Q8_BLOCK_STEPS / DDR_BLOCK_STEPS)."""
-    ddr = kernel_constants("brom_ddr.h")
-    return ddr["DDR_Q8_BLOCK_STEPS"] if scales == "q8" else ddr["DDR_BLOCK_STEPS"]
+@dataclass(frozen=True)
+class DdrStream:
+    """brom_ddr.h's DdrStream for one engine through one weight port: a chunk's steps (lanes), the chunk loop's II,
+    the chunks and the steps of a block."""
+    lanes: int
+    ii: int
+    block_chunks: int
+    block_steps: int
+
+    @property
+    def y_after(self) -> bool:
+        """The lanes outrun y's one write port: a round's outputs go out during the next round (two sets of sums)."""
+        return self.ii < self.lanes
 
 
-def ddr_block_ii(bits: int, group: int, scales: str, tile_rows: list[int], port_bits: int) -> int:
-    """The II of brom_ddr_gemv_rt's block loop (brom_ddr.h DdrStream::block_ii) for an engine whose tiles have
-    these row counts, through a port_bits-wide weight port."""
+def ddr_stream(bits: int, group: int, scales: str, tile_rows: list[int], port_bits: int) -> DdrStream:
+    """The DDR stream (brom_ddr.h DdrStream: LANES, chunk_ii, BLOCK_CHUNKS) of an engine whose tiles have these row
+    counts, through a port_bits-wide weight port."""
     ddr, types = kernel_constants("brom_ddr.h"), kernel_constants("types.h")
-    steps = ddr_block_steps(scales)
-    beat, port = ddr["DDR_BEAT_WORDS"], port_bits // 32
-    words = steps * bits * group // 32 + beat
-    port_ii = (words + max(0, port - beat) + port - 1) // port  # the port words a block starting on a beat touches
-    rows = min(tile_rows)
-    if math.gcd(*tile_rows) % steps == 0:  # lanes: an accumulator comes back every rows / BLOCK_STEPS iterations
-        return max(port_ii, -(-types["FADD_LATENCY"] // (rows // steps)))
-    return max(steps * -(-types["FADD_LATENCY"] // rows), port_ii)  # serial: one step per GEMV_II
+    steps, port = ddr["DDR_BLOCK_STEPS"], port_bits // 32
+    step_words = ddr_step_words(bits, group)
+    param_words = max(steps // 2 if scales == "q8" else steps, step_words)
+    chunk = max(port, step_words)
+    lanes, chunk_cycles = chunk // step_words, chunk // port
+    rows, fadd = min(tile_rows), types["FADD_LATENCY"]
+    if math.gcd(*tile_rows) % lanes == 0:  # lanes: an accumulator comes back every rows / LANES iterations
+        ii = max(chunk_cycles, -(-fadd // max(1, rows // lanes)))
+    else:  # serial: one step per GEMV_II
+        ii = max(lanes * -(-fadd // rows), chunk_cycles)
+    return DdrStream(lanes, ii, (param_words + steps * step_words) // chunk, steps)
 
 # FINN's MVAU LUT constants (finn-r: c0 fixed cost, c1 routing/packing factor)
 C0, C1 = 300, 1.1
@@ -176,17 +190,17 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         lut, ff, dsp, inputs = gemv_tile(e["bits"], e["group"], engine_datapath(e["bits"], datapath))
         name = f"GEMV engine #{e['index']} {e['role']} ({e['bits']}-bit G{e['group']} {e['scales']}, {e['tier']})"
         # an on-chip engine's tiles are parallel datapaths (brom_gemv_tiles_rt unrolls them); a DDR engine streams
-        # a tile per weight port at once through brom_ddr_gemv_rt's lanes, as many per port as its block II leaves
+        # a tile per weight port at once through brom_ddr_gemv_rt's lanes, as many per port as its chunk II leaves
         # unshared
         tokens = e["token_lanes"]
         datapaths, ddr = e["tiles"] * tokens, {}  # a datapath per PE and token lane
-        if e["tier"] == "ddr":  # a block's steps of every token lane, shared over the block II
-            steps = ddr_block_steps(e["scales"])
-            ii = ddr_block_ii(e["bits"], e["group"], e["scales"], [r // e["tiles"] for r, _ in shapes],
-                              board.weight_port_bits)
+        if e["tier"] == "ddr":  # a chunk's steps of every token lane, shared over the chunk II
+            s = ddr_stream(e["bits"], e["group"], e["scales"], [r // e["tiles"] for r, _ in shapes],
+                           board.weight_port_bits)
             ports = min(board.weight_ports, e["tiles"])
-            datapaths, ddr = ports * -(-steps * tokens // ii), {"block_steps": steps, "block_ii": ii, "ports": ports,
-                                                                "weight_port_bits": board.weight_port_bits}
+            datapaths, ddr = ports * -(-s.lanes * tokens // s.ii), {"chunk_lanes": s.lanes, "chunk_ii": s.ii,
+                                                                    "ports": ports,
+                                                                    "weight_port_bits": board.weight_port_bits}
         units.append(_unit(name, datapaths, lut, ff, dsp, {**inputs, "max_rows": max(r for r, _ in shapes),
                                                            "max_cols": max(c for _, c in shapes),
                                                            "tiles": e["tiles"], "token_lanes": tokens,

@@ -454,11 +454,12 @@ def _local(function: str, var: str, bits: int, dims: list, pragmas: list[Pragma]
 
 
 def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Pragma], ports: int,
-                  acc_sets: int = 1, tokens: int = 1, *, act_lanes: int) -> list[Array]:
+                  sum_sets: int = 1, tokens: int = 1, *, act_lanes: int) -> list[Array]:
     """The local arrays of one engine's kernel instances (gemv_unit, its `tokens` token lanes' act_quant, the tiles
-    or the DDR stream: its accumulators `acc_sets` sets of one row of `ports`, the board's weight ports: two when
-    the stream writes a round's outputs during the next round), each one RTL instance, sized by the largest of the
-    tensors it serves (their linears, `lins`); the codes, candidates, sums and accumulators a row per token lane;
+    or the DDR stream: its accumulators a row of `ports`, the board's weight ports, and its sums `sum_sets` sets of
+    them when the stream writes a round's outputs during the next round, 2, else a register (1)), each one RTL
+    instance, sized by the largest of the tensors it serves (their linears, `lins`); the codes, candidates, sums
+    and accumulators a row per token lane;
     the codes read `act_lanes` a cycle (the engine's, Board.engine_act_lanes)."""
     shapes = [lin_shape(config, lin) for lin in set(lins)]
     rows, cols = max(r for r, _ in shapes) // e.tiles, max(c for _, c in shapes)
@@ -475,7 +476,9 @@ def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Prag
         out += [_local("brom_ddr_gemv_rt", "cand", 16, [tokens, ng, g // 4, 16], pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "xg", 8, [tokens, ng, g], pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "xsum", 32, [tokens, ng], pragmas, tpl),
-                _local("brom_ddr_gemv_rt", "acc", 32, [tokens, acc_sets, ports, rows], pragmas, tpl),
+                _local("brom_ddr_gemv_rt", "acc", 32, [tokens, ports, rows], pragmas, tpl),
+                _local("brom_ddr_gemv_rt", "fin", 32, [tokens, sum_sets, ports, rows if sum_sets > 1 else 1],
+                       pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "ex", 16, [ports, rows if q8 else 1], pragmas, tpl)]
     else:
         out += [_local("brom_gemv_tiles_rt", "cand", 16, [tokens, ng, g // 4, 16], pragmas, tpl),

@@ -836,7 +836,7 @@ def _place(core: _Core, units: list, forced: set, in_uram: set):
 
 def _gemv_cycles(engines: "_Engines", board: Board) -> float:
     """The GEMV steps' cycles of one token, for choosing the PEs: an on-chip tensor's (group, row) steps over its
-    engine's tiles, a DDR tensor's blocks at the block loop's II (logic.ddr_block_ii, the cycle model's), a tile
+    engine's tiles, a DDR tensor's chunks at the chunk loop's II (logic.ddr_stream, the cycle model's), a tile
     per weight port at once."""
     cycles = 0.0
     for e, members in engines.members.items():
@@ -848,8 +848,8 @@ def _gemv_cycles(engines: "_Engines", board: Board) -> float:
                 cycles += steps / e.tiles
             else:  # rounds of a tile per weight port
                 rounds = -(-e.tiles // board.weight_ports)
-                cycles += (steps / e.tiles * rounds / logic.ddr_block_steps(e.scales)
-                           * logic.ddr_block_ii(e.bits, e.group, e.scales, tile_rows, board.weight_port_bits))
+                s = logic.ddr_stream(e.bits, e.group, e.scales, tile_rows, board.weight_port_bits)
+                cycles += steps / e.tiles * rounds / s.block_steps * s.block_chunks * s.ii
     return cycles
 
 
@@ -1025,9 +1025,9 @@ class _Engines:
         if self._runs_gemv(e):
             lins = [lin for lin, _, _ in members]
             # a DDR stream whose lanes outrun y's write port keeps two sets of accumulators (brom_ddr.h: y after)
-            y_after = e.tier == "ddr" and logic.ddr_block_ii(
+            y_after = e.tier == "ddr" and logic.ddr_stream(
                 e.bits, e.group, e.scales, [lin_shape(c.config, lin)[0] // e.tiles for lin in lins],
-                c.board.weight_port_bits) < logic.ddr_block_steps(e.scales)
+                c.board.weight_port_bits).y_after
             out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if y_after else 1,
                                  self._tokens(e), act_lanes=c.board.engine_act_lanes(e.group))
         return out

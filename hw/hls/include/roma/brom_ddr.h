@@ -2,65 +2,65 @@
 // reading its tile words through the core's `ddr_weights` m_axi port instead of ROM banks.
 //
 // Image (written only by host/roma_runtime/artifact/ddr_image.py; its module docstring has the layout):
-//   4 header words [DDR_MAGIC, DDR_VERSION, words, CRC-32 of the rest], then the DDR tensors at the word
-//   offsets roma_model.h gives (DDR_*). A tensor is its TILES tiles one after another; a tile is its B-ROM
-//   tile's words in the ROM's step order (step = g*ROWS + r), cut into blocks of BLOCK_STEPS steps, by the
-//   tensor's ScaleFormat:
-//     Fp16: blocks of DDR_BLOCK_STEPS = 4 steps: the 4 steps' WPS plane words (each step's in the ROM's
-//           (plane, lane) order), then 4 words scale | minimum << 16.
-//     Q8:   first PREFIX_WORDS words holding the tile's ROWS row exponents, two per word (row 2i low half,
-//           2i+1 high), zero-padded to whole beats; then blocks of DDR_Q8_BLOCK_STEPS = 8 steps: the 8
-//           steps' plane words, then 4 words params(8b+2k) | params(8b+2k+1) << 16 (sd | sm << 8 each).
-//   The same codes and scale entries in the same order as the on-chip ROM; only the per-step scale entries
-//   sit next to their planes, so that one sequential pass feeds the datapath with no buffer (the scales and
-//   minimums of one tile of SmolLM2's 49152-row lm head would take 1.7 MB); q8's per-row exponents (2 bytes a
-//   row) are read into a ROWS-entry array first.
+//   4 header words [DDR_MAGIC, DDR_VERSION, words, CRC-32 of the rest], zero words up to DDR_ALIGN_WORDS, then the
+//   DDR tensors at the word offsets roma_model.h gives (DDR_*). A tensor is its TILES tiles one after another; a tile
+//   is its B-ROM tile's steps in the ROM's step order (step = g*ROWS + r):
+//     q8: first PREFIX_WORDS words holding the tile's ROWS row exponents, two per word (row 2i low half, 2i+1 high);
+//     then blocks of DDR_BLOCK_STEPS = 32 steps, each PARAM_WORDS words of the steps' scale entries (q8: 16 words,
+//     params(32b+2k) | params(32b+2k+1) << 16, sd | sm << 8 each; fp16: 32 words, scale | minimum << 16) followed
+//     by the 32 steps' planes, STEP_WORDS words each (the step's WPS plane words in the ROM's (plane, lane) order,
+//     zero-padded to a power of two: 3-bit steps of 3, 6, 12 words take 4, 8, 16).
+//   Everything (tensors, tiles, the prefix and blocks) is whole 512-bit words of DDR_ALIGN_WORDS = 16 words, the
+//   widest port word, so a block loop at any port width reads whole port words. The same codes and scale entries as
+//   the on-chip ROM; a block's scale entries sit right before their planes, so one sequential pass feeds the
+//   datapath with PARAM_WORDS registers (the scales and minimums of one tile of SmolLM2's 49152-row lm head would
+//   take 1.7 MB); q8's per-row exponents (2 bytes a row) are read into a ROWS-entry array first.
 //
 // Datapath: the same integer dot per step (brom_step_dot, LutSelect or DspMac) and the same fp32 sequence per
 // row (brom_term; acc = term_0 + term_1 + ...) as brom_tile_gemv, so y is bit-identical to the same tensor
 // in ROM (tb_brom_tile checks it on every case, both datapaths).
 //
-// Streaming: DDR_BLOCKS reads one block per iteration, BLOCK_WORDS = BLOCK_STEPS*WPS + 4 consecutive words,
-// so the blocks of a tile are one sequential burst. The image's unit of alignment is a beat of DDR_BEAT_WORDS = 4
-// words (128 bits: tiles, blocks' scale words and the q8 prefix are whole beats); that is a format constant. The
-// core's ddr_weights port is WEIGHT_PORT_BITS wide (roma_model.h, the board's weight_port_bits: 64 on a Zynq-7000
-// HP port, 128 on a Zynq UltraScale+ S_AXI_HP port, 512 on an Alveo card's AXI port into its DDR bank); the
-// kernels take it as PORT_BITS and DdrStream counts their loops at that width: a span of n words starting on a
-// beat takes port_cycles(n) cycles (the whole port words it touches). The count assumes the m_axi adapter
-// delivers a port word per cycle on a tile's burst; Vitis widens a 32-bit pointer's bursts only where it can
-// prove the alignment (m_axi_alignment_byte_size), and the image aligns tiles to a beat (16 bytes), so the
-// 512-bit rate is to be confirmed by the synthesis report's port widening (not run here).
+// Streaming (DdrStream): the core's ddr_weights port is WEIGHT_PORT_BITS wide (roma_model.h, the board's
+// weight_port_bits: 64 on a Zynq-7000 HP port, 128 on a Zynq UltraScale+ S_AXI_HP port, 512 on an Alveo card's AXI
+// port into its DDR bank); the kernels take it as PORT_BITS. The block loop DDR_CHUNKS reads one chunk per
+// iteration: CHUNK_WORDS = a port word, or a step's words when wider, at CHUNK_CYCLES = CHUNK_WORDS / PORT_WORDS
+// port cycles; a tile's chunks are one sequential burst. A block is PARAM_CHUNKS chunks of scale entries (kept in
+// registers, prm) and then plane chunks of LANES = CHUNK_WORDS / STEP_WORDS steps each: on a U250 a q8 2-bit G64
+// block of 32 steps is 9 port words (1 of scale entries, 8 of 4 steps), where 8-step blocks of planes and then
+// their 4 scale words (36 words) took 3 port words of 16 per 8 steps. The count assumes the m_axi adapter delivers
+// a port word per cycle on a tile's burst; Vitis widens a 32-bit pointer's bursts only where it can prove the
+// alignment (m_axi_alignment_byte_size), and the image aligns every chunk to 64 bytes, so the rate is to be
+// confirmed by the synthesis report's port widening (not run here).
 //
-// The block loop (DdrStream::block_ii). BLOCK_STEPS datapaths are unrolled in its body (brom_step_dot per step):
-// - lanes (every tile row count of the engine a multiple of BLOCK_STEPS, E::ROW_ALIGN): a block is rows
-//   BLOCK_STEPS*q .. BLOCK_STEPS*q + BLOCK_STEPS-1 of one group, so lane i always reads and writes bank i of acc
-//   and ex (both partitioned cyclic BLOCK_STEPS) and all lanes read the same group's candidates, activations and
-//   a_scale; a row's accumulator comes back every rows / BLOCK_STEPS iterations (the DEPENDENCE distance).
-//   II = max(port_cycles(BLOCK_WORDS), timing::acc_ii(rows / BLOCK_STEPS)). y has one write port: at II <
-//   BLOCK_STEPS ("y after") a round's outputs are written from its accumulators, a row a cycle, while the next
-//   round streams (acc holds two sets, the rounds alternate), and the last round's after the rounds (DDR_Y); else
-//   in the last group.
-// - serial (a row count that is not a multiple: blocks straddle groups and rows, a lane's bank is not fixed):
-//   the steps one after another, II = max(BLOCK_STEPS * GEMV_II, port_cycles(BLOCK_WORDS)).
-// q8 first reads its exponent prefix, one beat (8 rows) per iteration: ex's BLOCK_STEPS banks take 8 rows a cycle
-// (a wider port does not help), port_cycles(4) cycles per beat. The tiles of a tensor stream in rounds through
-// the build's WEIGHT_PORTS ports (roma_model.h; the board's weight_ports), tile t0 + p through port p, each port
-// reading its own copy of the image (Zynq: the one DDR through several HP ports; Alveo: a bank per port); the
-// candidates are built once per GEMV (per token of a block: token lanes as brom_gemv_tiles_rt's, each block's words
-// feeding every lane) and broadcast to the ports' lanes. A round's PORTS outputs of a row are
-// consecutive in y (tile t holds rows t, t + TILES, ...), so y's buffers, partitioned cyclic by at least PORTS,
-// take them in one cycle.
+// The chunk loop (DdrStream::chunk_ii). LANES datapaths are unrolled in its body (brom_step_dot per step):
+// - lanes (every tile row count of the engine a multiple of LANES, E::ROW_ALIGN): a plane chunk's steps are rows
+//   LANES*q .. LANES*q + LANES-1 of one group, so lane i always reads and writes bank i of acc and ex (partitioned
+//   cyclic LANES and DDR_EX_BANKS) and all lanes read the same group's candidates, activations and a_scale; a row's
+//   accumulator comes back at least rows / LANES iterations later (the DEPENDENCE distance).
+//   II = max(CHUNK_CYCLES, timing::acc_ii(rows / LANES)). y has one write port: at II < LANES ("y after") a
+//   round's outputs are written from its accumulators, a row a cycle, while the next round streams (acc holds two
+//   sets, the rounds alternate), and the last round's after the rounds (DDR_Y); else in the last group.
+// - serial (a row count that is not a multiple: a chunk's steps may straddle groups and rows, a lane's bank is not
+//   fixed): the steps one after another, II = max(LANES * GEMV_II, CHUNK_CYCLES).
+// q8 first reads its exponent prefix, one beat (DDR_BEAT_WORDS = 4 words, 8 rows, one per bank of ex) per
+// iteration, port_cycles(4) cycles per beat. The tiles of a tensor stream in rounds through the build's
+// WEIGHT_PORTS ports (roma_model.h; the board's weight_ports), tile t0 + p through port p, each port reading its
+// own copy of the image (Zynq: the one DDR through several HP ports; Alveo: a bank per port); the candidates are
+// built once per GEMV (per token of a block: token lanes as brom_gemv_tiles_rt's, each chunk's words feeding every
+// lane) and broadcast to the ports' lanes. A round's PORTS outputs of a row are consecutive in y (tile t holds rows
+// t, t + TILES, ...), so y's buffers, partitioned cyclic by at least PORTS, take them in one cycle.
 //
 // Cycle model (DdrStream: the pragmas and the C-simulation counters share it), per round of tiles:
-//   PREFIX_CYCLES (q8: PREFIX_WORDS / 4 * port_cycles(4) + AXI_READ_LATENCY, its own burst; fp16: 0)
-//   + BLOCKS * block_ii + GEMV_DEPTH + AXI_READ_LATENCY (y after: max(BLOCKS, rows) iterations in the rounds
-//   after the first, and rows + RAM_LATENCY once, for the last round's outputs).
-// On a KV260 (128 bits at 200 MHz, 3.2 GB/s) a 2-bit q8 block of 36 words takes 9 cycles (8 steps: the port
-// bounds it); on a U250 (512 bits at 300 MHz, 19.2 GB/s, its DDR bank's peak) 3 cycles.
+//   PREFIX_CYCLES (q8: ceil(ROWS / 8) * port_cycles(4) + AXI_READ_LATENCY, its own burst; fp16: 0)
+//   + chunks * chunk_ii + GEMV_DEPTH + AXI_READ_LATENCY, the chunks those of the whole blocks and of the last
+//   block's steps (y after: max(chunks, rows) iterations in the rounds after the first, and rows + RAM_LATENCY
+//   once, for the last round's outputs).
+// A 2-bit q8 block of 32 steps is 144 words: on a KV260 (128 bits at 200 MHz) 36 cycles, one step or 8 scale
+// entries a cycle; on a U250 (512 bits at 300 MHz, its DDR bank's peak) 9 cycles.
 //
-// C simulation (the emulated board) does not run the DDR_BLOCKS loop for speed: roma_core repacks a DDR tile
-// from the ddr_weights buffer once per image (csim_pack_ddr_tile, DdrTileSource: csim/brom_ddr.h) and runs the same packed SIMD
-// path as a ROM tile. brom_ddr_gemv runs for a tile that cannot be repacked, and in tb_brom_tile.
+// C simulation (the emulated board) does not run the DDR_CHUNKS loop for speed: roma_core repacks a DDR tile
+// from the ddr_weights buffer once per image (csim_pack_ddr_tile, DdrTileSource: csim/brom_ddr.h) and runs the same
+// packed SIMD path as a ROM tile. brom_ddr_gemv runs for a tile that cannot be repacked, and in tb_brom_tile.
 #ifndef ROMA_BROM_DDR_H
 #define ROMA_BROM_DDR_H
 
@@ -72,12 +72,17 @@
 
 namespace roma {
 
-constexpr uint32_t DDR_MAGIC = 0x52444452u;    // "RDDR"; artifact/ddr_image.py reads these four
-constexpr uint32_t DDR_VERSION = 1;
+constexpr uint32_t DDR_MAGIC = 0x52444452u;    // "RDDR"; artifact/ddr_image.py reads these
+constexpr uint32_t DDR_VERSION = 2;
 constexpr int DDR_HEADER_WORDS = 4;             // magic, version, words, CRC-32
-constexpr int DDR_BLOCK_STEPS = 4;              // fp16 steps per block: their scale|minimum words are one beat
-constexpr int DDR_Q8_BLOCK_STEPS = 8;           // q8 steps per block: their 16-bit params are one beat
-constexpr int DDR_BEAT_WORDS = 4;               // the image's alignment: tiles and scale words are whole beats
+constexpr int DDR_ALIGN_WORDS = 16;             // 512 bits: tensors, tiles, prefixes and blocks are whole such words
+constexpr int DDR_BLOCK_STEPS = 32;             // steps per block: their q8 scale entries fill one aligned word
+constexpr int DDR_BEAT_WORDS = 4;               // the q8 exponent prefix is read a beat (8 rows) per iteration
+constexpr int DDR_EX_BANKS = 8;                 // ... a beat's rows (two a word) into as many banks of exponents
+static_assert(DDR_EX_BANKS == 2 * DDR_BEAT_WORDS, "a bank of the exponents per row of a beat");
+
+constexpr int ddr_pow2_at_least(int n) { return n <= 1 ? 1 : 2 * ddr_pow2_at_least((n + 1) / 2); }
+constexpr int ddr_max(int a, int b) { return a > b ? a : b; }
 
 // The image's constants for one GEMV datapath (group, bits, datapath, scale format, the candidate stage's CQ) and
 // its formulas for a tile of `rows` rows and `cols` columns, evaluated at run time by a GEMV engine that serves
@@ -88,60 +93,78 @@ struct DdrStepConfig {
   typedef BromStepConfig<GROUP, BITS, DP, SF, CQ> S;
   static constexpr bool Q8 = SF == ScaleFormat::Q8;
   static constexpr int WPS = S::WPS;
-  static constexpr int BLOCK_STEPS = Q8 ? DDR_Q8_BLOCK_STEPS : DDR_BLOCK_STEPS;
-  static constexpr int PARAM_WORDS = DDR_BEAT_WORDS; // a block's scale entries: one beat
-  static constexpr int BLOCK_WORDS = BLOCK_STEPS * WPS + PARAM_WORDS;
-  // Whether an engine whose tile row counts are all multiples of row_align runs its steps in lanes (see above).
-  static constexpr bool lanes(int row_align) { return row_align % BLOCK_STEPS == 0; }
-  // Rows are revisited every `rows` steps, rows / BLOCK_STEPS block iterations (at least one).
-  static constexpr int acc_distance(int rows) { return rows / BLOCK_STEPS > 0 ? rows / BLOCK_STEPS : 1; }
-  static constexpr int prefix_words(int rows) { return Q8 ? (rows + 7) / 8 * DDR_BEAT_WORDS : 0; } // 8 rows a beat
+  static constexpr int STEP_WORDS = ddr_pow2_at_least(WPS); // a step's planes in the image, zero-padded
+  static constexpr int BLOCK_STEPS = DDR_BLOCK_STEPS;
+  // a block's scale entries (q8 two a word, fp16 one), padded to a step's words when those are wider
+  static constexpr int PARAM_WORDS = ddr_max(Q8 ? BLOCK_STEPS / 2 : BLOCK_STEPS, STEP_WORDS);
+  static constexpr int BLOCK_WORDS = PARAM_WORDS + BLOCK_STEPS * STEP_WORDS;
+  static_assert(BLOCK_WORDS % DDR_ALIGN_WORDS == 0 && PARAM_WORDS % DDR_ALIGN_WORDS == 0, "blocks of whole words");
+  // q8: the row exponents, two a word, in whole aligned words
+  static constexpr int prefix_words(int rows) {
+    return Q8 ? (rows + 2 * DDR_ALIGN_WORDS - 1) / (2 * DDR_ALIGN_WORDS) * DDR_ALIGN_WORDS : 0;
+  }
+  static constexpr int prefix_beats(int rows) { return Q8 ? (rows + DDR_EX_BANKS - 1) / DDR_EX_BANKS : 0; }
   static constexpr int steps(int rows, int cols) { return cols / GROUP * rows; }
   static constexpr int blocks(int rows, int cols) { return (steps(rows, cols) + BLOCK_STEPS - 1) / BLOCK_STEPS; }
   static constexpr long long tile_words(int rows, int cols) {
     return prefix_words(rows) + (long long)blocks(rows, cols) * BLOCK_WORDS;
   }
-  // The scale entries of step i of a block whose words are w (q8: ex = the tile's row exponents, r the row).
-  static HalfPair scales(const rom_word_t *w, int i, const scale_word_t *ex, int r) {
+  // step i's planes, in a block whose first word is at 0
+  static constexpr int planes_offset(int i) { return PARAM_WORDS + i * STEP_WORDS; }
+  // The scale entries of step i of a block whose scale words are prm (q8: ex = the tile's row exponents, r the row).
+  static HalfPair scales(const rom_word_t *prm, int i, const scale_word_t *ex, int r) {
 #pragma HLS INLINE
-    const rom_word_t pw = w[BLOCK_STEPS * WPS + i * PARAM_WORDS / BLOCK_STEPS];
+    const rom_word_t pw = prm[Q8 ? i / 2 : i];
     if (Q8) return brom_scales<SF>((scale_word_t)(pw >> (16 * (i & 1))), ex[r]);
     return brom_scales<SF>((scale_word_t)(pw & 0xffffu), (scale_word_t)(pw >> 16));
   }
 };
 
-// The stream of datapath D's tiles through a PORT_BITS-wide ddr_weights port: the loops' IIs (the pragmas) and
-// their cycles (the counters), for an engine whose shortest tile has ii_rows rows and whose tile row counts are
-// all multiples of row_align.
+// The stream of datapath D's tiles through a PORT_BITS-wide ddr_weights port: its chunks, the loops' IIs (the
+// pragmas) and their cycles (the counters), for an engine whose shortest tile has ii_rows rows and whose tile row
+// counts are all multiples of row_align.
 template <class D, int PORT_BITS>
 struct DdrStream {
   static_assert(PORT_BITS == 64 || PORT_BITS == 128 || PORT_BITS == 256 || PORT_BITS == 512,
                 "WEIGHT_PORT_BITS is an AXI data width: 64, 128, 256 or 512");
   typedef typename D::S S;
   static constexpr int PORT_WORDS = PORT_BITS / 32;
-  // Cycles of a span of n words that starts on a beat: the port words it touches at worst (a beat need not
-  // start a port word wider than itself).
-  static constexpr int port_cycles(int n) {
-    return (n + (PORT_WORDS > DDR_BEAT_WORDS ? PORT_WORDS - DDR_BEAT_WORDS : 0) + PORT_WORDS - 1) / PORT_WORDS;
-  }
+  // Cycles of a span of n words that starts on a port word (every chunk and beat does).
+  static constexpr int port_cycles(int n) { return (n + PORT_WORDS - 1) / PORT_WORDS; }
+  // one iteration's words: a port word, or a step's words when those are wider
+  static constexpr int CHUNK_WORDS = ddr_max(PORT_WORDS, D::STEP_WORDS);
+  static constexpr int CHUNK_CYCLES = CHUNK_WORDS / PORT_WORDS;
+  static constexpr int LANES = CHUNK_WORDS / D::STEP_WORDS;  // steps of a plane chunk
+  static constexpr int PARAM_CHUNKS = D::PARAM_WORDS / CHUNK_WORDS;
+  static constexpr int BLOCK_CHUNKS = D::BLOCK_WORDS / CHUNK_WORDS;
+  static_assert(D::PARAM_WORDS % CHUNK_WORDS == 0 && LANES <= DDR_EX_BANKS, "whole chunks of scale entries");
   static constexpr int PREFIX_II = port_cycles(DDR_BEAT_WORDS); // one beat of q8 exponents (8 rows)
-  static constexpr int max(int a, int b) { return a > b ? a : b; }
-  // the block loop's II: lanes at the port's rate or the accumulators' distance, else the steps one a GEMV_II
-  static constexpr int block_ii(int ii_rows, int row_align) {
-    return D::lanes(row_align) ? max(port_cycles(D::BLOCK_WORDS), timing::acc_ii(D::acc_distance(ii_rows)))
-                               : max(D::BLOCK_STEPS * S::gemv_ii(ii_rows), port_cycles(D::BLOCK_WORDS));
+  // Whether an engine whose tile row counts are all multiples of row_align runs its chunks in lanes (see above).
+  static constexpr bool lanes(int row_align) { return row_align % LANES == 0; }
+  // A row's accumulator comes back after rows / LANES plane chunks at least (one at least).
+  static constexpr int acc_distance(int rows) { return rows / LANES > 0 ? rows / LANES : 1; }
+  // the chunk loop's II: lanes at the port's rate or the accumulators' distance, else the steps one a GEMV_II
+  static constexpr int chunk_ii(int ii_rows, int row_align) {
+    return lanes(row_align) ? ddr_max(CHUNK_CYCLES, timing::acc_ii(acc_distance(ii_rows)))
+                            : ddr_max(LANES * S::gemv_ii(ii_rows), CHUNK_CYCLES);
   }
-  // y (one write port) takes fewer than BLOCK_STEPS outputs per block iteration: a round's outputs are written from
-  // its accumulators during the next round's block loop, a row per iteration, and the last round's after it (DDR_Y)
-  static constexpr bool y_after(int ii_rows, int row_align) { return block_ii(ii_rows, row_align) < D::BLOCK_STEPS; }
+  // y (one write port) takes fewer than LANES outputs per iteration: a round's outputs are written from its
+  // accumulators during the next round's chunk loop, a row per iteration, and the last round's after it (DDR_Y)
+  static constexpr bool y_after(int ii_rows, int row_align) { return chunk_ii(ii_rows, row_align) < LANES; }
+  // A tile's chunks: whole blocks, then the last block's scale entries and the chunks that hold its steps (its
+  // padding steps are not read).
+  static constexpr long long chunks(int rows, int cols) {
+    return (long long)(D::blocks(rows, cols) - 1) * BLOCK_CHUNKS + PARAM_CHUNKS +
+           (D::steps(rows, cols) - (D::blocks(rows, cols) - 1) * D::BLOCK_STEPS + LANES - 1) / LANES;
+  }
   static constexpr uint64_t prefix_cycles(int rows) {
-    return D::Q8 ? (uint64_t)(D::prefix_words(rows) / DDR_BEAT_WORDS) * PREFIX_II + timing::AXI_READ_LATENCY : 0;
+    return D::Q8 ? (uint64_t)D::prefix_beats(rows) * PREFIX_II + timing::AXI_READ_LATENCY : 0;
   }
-  // a round's block loop: its blocks, or (y after, not the first round) the previous round's rows if more
+  // a round's chunk loop: its chunks, or (y after, not the first round) the previous round's rows if more
   static constexpr uint64_t round_cycles(int rows, int cols, int ii_rows, int row_align, bool first) {
-    const int blocks = D::blocks(rows, cols);
-    const int iterations = first || !y_after(ii_rows, row_align) || blocks >= rows ? blocks : rows;
-    return prefix_cycles(rows) + (uint64_t)iterations * block_ii(ii_rows, row_align) + S::GEMV_DEPTH +
+    const long long chunks = DdrStream::chunks(rows, cols);
+    const long long iterations = first || !y_after(ii_rows, row_align) || chunks >= rows ? chunks : rows;
+    return prefix_cycles(rows) + (uint64_t)iterations * chunk_ii(ii_rows, row_align) + S::GEMV_DEPTH +
            timing::AXI_READ_LATENCY;
   }
   static constexpr uint64_t y_cycles(int rows, int ii_rows, int row_align) {
@@ -185,7 +208,7 @@ inline const rom_word_t *ddr_port(int p, const rom_word_t *image0, const rom_wor
 // that port's copy of the DDR image; the ports past PORTS are not read). Tiles t0 .. t0 + PORTS - 1 stream at once,
 // tile t0 + p through port p, each into its own accumulators, so a round of PORTS tiles takes one tile's cycles.
 // Four pointers, not an array: Vitis HLS gives each top-level pointer its own m_axi bundle only as an argument of
-// its own. Token lanes as brom_gemv_tiles_rt: n <= TOKENS tokens (xq[c], a_scale[c] -> y_c), each block's words,
+// its own. Token lanes as brom_gemv_tiles_rt: n <= TOKENS tokens (xq[c], a_scale[c] -> y_c), each chunk's words,
 // read once, feed every lane's datapaths, so a block of tokens streams the tensor once. dot_probe and xsum_out as
 // brom_gemv_tiles (token 0's).
 template <class E, int TILES, int PORT_BITS, int PORTS, bool PROBE = false, int TOKENS = 1>
@@ -199,20 +222,21 @@ void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_C
   typedef DdrStepConfig<E::GROUP, E::BITS, E::DP, E::SF, E::CQ> D;
   typedef DdrStream<D, PORT_BITS> P;
   typedef typename D::S S;
-  constexpr int GROUP = E::GROUP, NG_MAX = E::MAX_COLS / GROUP, QUADS = S::QUADS, WPS = S::WPS;
-  constexpr int BLOCK_WORDS = D::BLOCK_WORDS, BLOCK_STEPS = D::BLOCK_STEPS, EX_ROWS = D::Q8 ? E::MAX_ROWS : 1;
-  constexpr bool LANES = D::lanes(E::ROW_ALIGN), Y_AFTER = P::y_after(E::MIN_ROWS, E::ROW_ALIGN);
+  constexpr int GROUP = E::GROUP, NG_MAX = E::MAX_COLS / GROUP, QUADS = S::QUADS, STEP_WORDS = D::STEP_WORDS;
+  constexpr int CHUNK_WORDS = P::CHUNK_WORDS, LANES = P::LANES, PARAM_CHUNKS = P::PARAM_CHUNKS;
+  constexpr int BLOCK_CHUNKS = P::BLOCK_CHUNKS, BLOCK_STEPS = D::BLOCK_STEPS, EX_ROWS = D::Q8 ? E::MAX_ROWS : 1;
+  constexpr bool LANE_BANKS = P::lanes(E::ROW_ALIGN), Y_AFTER = P::y_after(E::MIN_ROWS, E::ROW_ALIGN);
   constexpr int ROUNDS = P::rounds(TILES, PORTS);
   // the pragmas'
-  constexpr int BLOCK_II = P::block_ii(E::MIN_ROWS, E::ROW_ALIGN), ACC_DISTANCE = D::acc_distance(E::MIN_ROWS);
+  constexpr int CHUNK_II = P::chunk_ii(E::MIN_ROWS, E::ROW_ALIGN), ACC_DISTANCE = P::acc_distance(E::MIN_ROWS);
   constexpr int PREFIX_II = P::PREFIX_II, MAX_ROWS = E::MAX_ROWS;
-  constexpr int MAX_BLOCKS = D::blocks(E::MAX_ROWS, E::MAX_COLS), MAX_PREFIX_BEATS =
-      D::prefix_words(E::MAX_ROWS) / DDR_BEAT_WORDS + 1;
-  (void)BLOCK_II;
+  constexpr int MAX_CHUNKS = (int)P::chunks(E::MAX_ROWS, E::MAX_COLS),
+                MAX_PREFIX_BEATS = D::prefix_beats(E::MAX_ROWS);
+  (void)CHUNK_II;
   (void)ACC_DISTANCE;
   (void)PREFIX_II;
   (void)MAX_ROWS;
-  (void)MAX_BLOCKS;
+  (void)MAX_CHUNKS;
   (void)MAX_PREFIX_BEATS;
 
 #pragma HLS ARRAY_PARTITION variable = a_scale type = complete dim = 1
@@ -225,18 +249,24 @@ void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_C
 #pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 3
   acc_t xsum[TOKENS][NG_MAX];
 #pragma HLS ARRAY_PARTITION variable = xsum type = complete dim = 1
-  // a token lane's and port's tile's accumulators; y after: two sets, the round's and the previous round's being
-  // written to y
-  constexpr int ACC_SETS = Y_AFTER ? 2 : 1;
-  static_assert(!Y_AFTER || BLOCK_II >= 2, "y after: a bank of acc takes a lane's read and write and y's read");
-  float acc[TOKENS][ACC_SETS][PORTS][E::MAX_ROWS];
+  // a token lane's and port's tile's accumulators: a lane reads and writes its bank each cycle
+  float acc[TOKENS][PORTS][E::MAX_ROWS];
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 2
-#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 3
-#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = BLOCK_STEPS dim = 4
+#pragma HLS ARRAY_PARTITION variable = acc type = cyclic factor = LANES dim = 3
+  // y after: a round's sums (its last group's), two sets: the lanes write the round's while y reads the previous
+  // round's, a write and a read per bank
+  constexpr int FIN_SETS = Y_AFTER ? 2 : 1, FIN_ROWS = Y_AFTER ? E::MAX_ROWS : 1;
+  float fin[TOKENS][FIN_SETS][PORTS][FIN_ROWS];
+#pragma HLS ARRAY_PARTITION variable = fin type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = fin type = complete dim = 2
+#pragma HLS ARRAY_PARTITION variable = fin type = complete dim = 3
+#pragma HLS ARRAY_PARTITION variable = fin type = cyclic factor = LANES dim = 4
   scale_word_t ex[PORTS][EX_ROWS]; // q8: a port's tile's row exponents
 #pragma HLS ARRAY_PARTITION variable = ex type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = ex type = cyclic factor = BLOCK_STEPS dim = 2
+#pragma HLS ARRAY_PARTITION variable = ex type = cyclic factor = DDR_EX_BANKS dim = 2
+  rom_word_t prm[PORTS][D::PARAM_WORDS]; // a port's block's scale entries, read before its planes
+#pragma HLS ARRAY_PARTITION variable = prm type = complete
 
 DDR_TOKENS: // one candidate stage, the block's tokens one after another
   for (int c = 0; c < n; ++c) {
@@ -244,22 +274,22 @@ DDR_TOKENS: // one candidate stage, the block's tokens one after another
     brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq[c], cand[c], xg[c], xsum[c]);
   }
 
-  const int ng = cols / GROUP, steps = D::steps(rows, cols), blocks = D::blocks(rows, cols);
-  const int prefix_beats = D::prefix_words(rows) / DDR_BEAT_WORDS, row_blocks = rows / BLOCK_STEPS;
+  const int ng = cols / GROUP, steps = D::steps(rows, cols), chunks = (int)P::chunks(rows, cols);
+  const int prefix_beats = D::prefix_beats(rows), row_lanes = rows / LANES;
   const long long tile_words = D::tile_words(rows, cols);
 DDR_ROUNDS:
   for (int t0 = 0; t0 < ROUNDS * PORTS; t0 += PORTS) {
-    const int set = Y_AFTER ? (t0 / PORTS) & 1 : 0, prev = ACC_SETS - 1 - set; // y after: the two sets alternate
-    const int y_rows = Y_AFTER && t0 > 0 ? rows : 0; // the previous round's outputs, written in this block loop
+    const int set = Y_AFTER ? (t0 / PORTS) & 1 : 0, prev = FIN_SETS - 1 - set; // y after: the two sets alternate
+    const int y_rows = Y_AFTER && t0 > 0 ? rows : 0; // the previous round's outputs, written in this chunk loop
   DDR_EXPONENTS: // q8 only (no prefix for fp16): one beat per port, 8 rows (one per bank of ex), per iteration
     for (int k = 0; k < prefix_beats; ++k) {
 #pragma HLS PIPELINE II = PREFIX_II
 #pragma HLS LOOP_TRIPCOUNT min = 0 max = MAX_PREFIX_BEATS
       for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
-        for (int i = 0; i < 2 * DDR_BEAT_WORDS; ++i) {
+        for (int i = 0; i < DDR_EX_BANKS; ++i) {
 #pragma HLS UNROLL
-          const int row = 2 * DDR_BEAT_WORDS * k + i;
+          const int row = DDR_EX_BANKS * k + i;
           if (t0 + p < TILES) {
             const rom_word_t w = ddr_port(p, image0, image1, image2, image3)[(long long)(t0 + p) * tile_words +
                                                                              DDR_BEAT_WORDS * k + i / 2];
@@ -268,27 +298,31 @@ DDR_ROUNDS:
         }
       }
     }
-    // the (group, row) of the next step; lanes: the block's group and first row BLOCK_STEPS * q
-    int g = 0, r = 0, q = 0;
-  DDR_BLOCKS:
-    for (int b = 0; b < (blocks > y_rows ? blocks : y_rows); ++b) {
-#pragma HLS PIPELINE II = BLOCK_II
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
+    // the chunk's place in its block (kc, block b) and the (group, row) of the next step; lanes: the plane chunk's
+    // group and first row LANES * q
+    int kc = 0, b = 0, g = 0, r = 0, q = 0;
+  DDR_CHUNKS:
+    for (int k = 0; k < (chunks > y_rows ? chunks : y_rows); ++k) {
+#pragma HLS PIPELINE II = CHUNK_II
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
 #pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = ACC_DISTANCE dependent = true
-      // the block's steps' (group, row), the same for every port's tile; lanes: lane i owns bank i of acc and ex
-      int grp_of[BLOCK_STEPS], row_of[BLOCK_STEPS];
+#pragma HLS DEPENDENCE variable = fin type = inter dependent = false
+      const bool planes = kc >= PARAM_CHUNKS;
+      const int first = b * BLOCK_STEPS + (kc - PARAM_CHUNKS) * LANES; // a plane chunk's first step
+      // the chunk's steps' (group, row), the same for every port's tile; lanes: lane i owns bank i of acc and ex
+      int grp_of[LANES], row_of[LANES];
 #pragma HLS ARRAY_PARTITION variable = grp_of type = complete
 #pragma HLS ARRAY_PARTITION variable = row_of type = complete
-      for (int i = 0; i < BLOCK_STEPS; ++i) {
+      for (int i = 0; i < LANES; ++i) {
 #pragma HLS UNROLL
         grp_of[i] = g;
-        row_of[i] = LANES ? BLOCK_STEPS * q + i : r;
-        if (!LANES && b * BLOCK_STEPS + i < steps && ++r == rows) {
+        row_of[i] = LANE_BANKS ? LANES * q + i : r;
+        if (!LANE_BANKS && planes && first + i < steps && ++r == rows) {
           r = 0;
           ++g;
         }
       }
-      if (LANES && ++q == row_blocks) {
+      if (LANE_BANKS && planes && ++q == row_lanes) {
         q = 0;
         ++g;
       }
@@ -296,47 +330,58 @@ DDR_ROUNDS:
 #pragma HLS UNROLL
         for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
-          // y after: row b of the previous round's tiles, PORTS consecutive outputs (tile t holds rows t, t + TILES..)
-          if (c < n && b < y_rows) token_out(c, y0, y1, y2, y3)[b * TILES + t0 - PORTS + p] = acc[c][prev][p][b];
+          // y after: row k of the previous round's tiles, PORTS consecutive outputs (tile t holds rows t, t + TILES..)
+          if (c < n && k < y_rows) token_out(c, y0, y1, y2, y3)[k * TILES + t0 - PORTS + p] = fin[c][prev][p][k];
         }
       }
       for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
         const int t = t0 + p;
-        if (t < TILES && b < blocks) { // the last round's missing tiles (TILES not a multiple of PORTS) idle
-          rom_word_t w[BLOCK_WORDS];
+        if (t < TILES && k < chunks) { // the last round's missing tiles (TILES not a multiple of PORTS) idle
+          rom_word_t w[CHUNK_WORDS];
 #pragma HLS ARRAY_PARTITION variable = w type = complete
-          for (int k = 0; k < BLOCK_WORDS; ++k) {
+          for (int j = 0; j < CHUNK_WORDS; ++j) {
 #pragma HLS UNROLL
             // consecutive: a burst per tile (tile t0 + p of port p)
-            w[k] = ddr_port(p, image0, image1, image2, image3)[(long long)(t0 + p) * tile_words +
-                                                               D::prefix_words(rows) + (long long)b * BLOCK_WORDS + k];
+            w[j] = ddr_port(p, image0, image1, image2, image3)[(long long)(t0 + p) * tile_words +
+                                                               D::prefix_words(rows) + (long long)k * CHUNK_WORDS + j];
           }
-          for (int i = 0; i < BLOCK_STEPS; ++i) {
+          if (!planes) { // the block's scale entries
+            for (int j = 0; j < CHUNK_WORDS; ++j) {
 #pragma HLS UNROLL
-            const int step = b * BLOCK_STEPS + i, grp = grp_of[i], row = row_of[i];
-            if (step < steps) { // the last block's missing steps are padding (serial only)
-              const HalfPair dm = D::scales(w, i, ex[p], D::Q8 ? row : 0);
+              prm[p][kc * CHUNK_WORDS + j] = w[j];
+            }
+          }
+          for (int i = 0; i < LANES; ++i) {
+#pragma HLS UNROLL
+            const int step = first + i, grp = grp_of[i], row = row_of[i];
+            if (planes && step < steps) { // the last block's missing steps are padding
+              const HalfPair dm = D::scales(prm[p], step % BLOCK_STEPS, ex[p], D::Q8 ? row : 0);
               for (int c = 0; c < TOKENS; ++c) {
 #pragma HLS UNROLL
                 if (c < n) {
-                  const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(&w[i * WPS], cand[c][grp], xg[c][grp]);
+                  const acc_t dot =
+                      brom_step_dot<GROUP, E::BITS, E::DP>(&w[i * STEP_WORDS], cand[c][grp], xg[c][grp]);
                   if (PROBE && c == 0) dot_probe[t][step] = dot;
                   const float term = brom_term(a_scale[c][grp], dm.d, dm.m, dot, xsum[c][grp]);
-                  const float sum = (grp == 0) ? term : acc[c][set][p][row] + term;
-                  acc[c][set][p][row] = sum;
-                  // tile t holds rows t, t + TILES, ...
-                  if (!Y_AFTER && grp == ng - 1) token_out(c, y0, y1, y2, y3)[row * TILES + t] = sum;
+                  const float sum = (grp == 0) ? term : acc[c][p][row] + term;
+                  if (grp < ng - 1) acc[c][p][row] = sum;
+                  else if (Y_AFTER) fin[c][set][p][row] = sum;
+                  else token_out(c, y0, y1, y2, y3)[row * TILES + t] = sum; // tile t holds rows t, t + TILES, ...
                 }
               }
             }
           }
         }
       }
+      if (++kc == BLOCK_CHUNKS) {
+        kc = 0;
+        ++b;
+      }
     }
   }
 DDR_Y: // the lanes outrun y's write port: the last round's outputs from its accumulators, the ports' PORTS
-       // consecutive outputs of a row per cycle (the earlier rounds' went out during the next round's block loop)
+       // consecutive outputs of a row per cycle (the earlier rounds' went out during the next round's chunk loop)
   for (int k = 0; k < (Y_AFTER ? rows : 0); ++k) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 0 max = MAX_ROWS
@@ -346,7 +391,7 @@ DDR_Y: // the lanes outrun y's write port: the last round's outputs from its acc
 #pragma HLS UNROLL
         const int t = (ROUNDS - 1) * PORTS + p;
         if (c < n && t < TILES)
-          token_out(c, y0, y1, y2, y3)[k * TILES + t] = acc[c][(ROUNDS - 1) & (ACC_SETS - 1)][p][k];
+          token_out(c, y0, y1, y2, y3)[k * TILES + t] = fin[c][(ROUNDS - 1) & (FIN_SETS - 1)][p][k];
       }
     }
   }

@@ -17,13 +17,13 @@
 // Loop: ROW, NG iterations, II=1 (+ ROM latency, fp16 decode, mul, add).
 //
 // A DDR-streamed embedding (placement "DDR-stream", brom_ddr.h's image layout) is read the same way through
-// the ddr_weights port: per group, the step's WPS plane words and its scale|minimum word, two reads of the
-// same block (embedding_row_ddr: ROW_DDR at II = the port words the planes touch + 1 for the scale word, at the
-// build's weight port width, plus the AXI read latency once).
+// the ddr_weights port: per group, the step's scale word and its WPS plane words, two reads of the same block
+// (embedding_row_ddr: ROW_DDR at II = 1 for the scale word + the port words of a step's planes, at the build's
+// weight port width, plus the AXI read latency once).
 // Scale formats (SF, brom_tile.h): fp16 scale and minimum per step, or q8 (a build with `--scales q8` whose
-// embedding is requantized: the tied lm head streams 8 steps per 36-word block instead of 4 per 20): the step's
-// 8-bit pair with the row's two exponents, decoded to the same fp16 values by brom_scales; a DDR row reads its
-// exponents first, one word of the tile's prefix (one more access before the loop).
+// embedding is requantized: the tied lm head streams 16 words of scale entries per 32 steps instead of 32): the
+// step's 8-bit pair with the row's two exponents, decoded to the same fp16 values by brom_scales; a DDR row reads
+// its exponents first, one word of the tile's prefix (one more access before the loop).
 #ifndef ROMA_EMBEDDING_H
 #define ROMA_EMBEDDING_H
 
@@ -46,16 +46,14 @@ struct EmbeddingConfig {
   static constexpr uint64_t CYCLES = (uint64_t)NG * timing::II + DEPTH;
 };
 
-// A DDR-streamed embedding's row through a PORT_BITS-wide port: per group a step's planes, WPS words at word i*WPS
-// of its beat-aligned block (so they start at a multiple of gcd(WPS, DDR_BEAT_WORDS) past a beat), then its
-// scale|minimum word.
+// A DDR-streamed embedding's row through a PORT_BITS-wide port: per group a step's scale word, then its planes,
+// WPS words at a multiple of STEP_WORDS in its aligned block (the port words of one chunk).
 template <int TILES, int ROWS, int COLS, int GROUP, int BITS, int PORT_BITS, ScaleFormat SF = ScaleFormat::Fp16>
 struct EmbeddingDdrConfig : EmbeddingConfig<TILES, ROWS, COLS, GROUP, BITS> {
   typedef EmbeddingConfig<TILES, ROWS, COLS, GROUP, BITS> C;
   typedef DdrStream<DdrStepConfig<GROUP, BITS, Datapath::LutSelect, SF>, PORT_BITS> P;
   static constexpr int WPS = C::Tile::WPS;
-  static constexpr int PLANES_OFFSET = DDR_BEAT_WORDS - (WPS % 4 == 0 ? 4 : WPS % 2 == 0 ? 2 : 1); // at most
-  static constexpr int II = P::port_cycles(PLANES_OFFSET + WPS) + P::port_cycles(1);
+  static constexpr int II = P::port_cycles(1) + P::CHUNK_CYCLES;
   static constexpr uint64_t EXPONENTS = SF == ScaleFormat::Q8 ? timing::AXI_READ_LATENCY + 1 : 0; // q8: one read
   static constexpr uint64_t CYCLES =
       EXPONENTS + (uint64_t)C::NG * II + C::DEPTH - timing::ROM_LATENCY + timing::AXI_READ_LATENCY;
@@ -119,7 +117,7 @@ ROW_DDR:
 #pragma HLS ARRAY_PARTITION variable = w type = complete
     for (int k = 0; k < WPS; ++k) {
 #pragma HLS UNROLL
-      w[k] = block[i * WPS + k];
+      w[k] = block[D::planes_offset(i) + k];
     }
     const HalfPair dm = D::scales(block, i, ex, 0);
     embedding_group<GROUP, BITS>(w, half_to_float(dm.d), half_to_float(dm.m), &out[g * GROUP]);

@@ -18,7 +18,7 @@ struct DdrTileSource {
   const rom_word_t *block(int step) const {
     return tile + D::PREFIX_WORDS + (size_t)(step / D::BLOCK_STEPS) * D::BLOCK_WORDS;
   }
-  const rom_word_t *step_planes(int step) const { return block(step) + (size_t)(step % D::BLOCK_STEPS) * D::WPS; }
+  const rom_word_t *step_planes(int step) const { return block(step) + D::planes_offset(step % D::BLOCK_STEPS); }
   HalfPair scales(int step) const {
     const int r = step % ROWS; // q8: the row's exponents from the prefix
     const scale_word_t ex = D::Q8 ? (scale_word_t)(tile[r / 2] >> (16 * (r % 2))) : 0;
