@@ -304,37 +304,36 @@ def test_ddr_layout_round_trip(scales, bits, group):
         words = ddr_image.ddr_words(img)
         assert words.dtype == np.uint32
         n = ddr_image.ddr_tile_words(bits, group, rows // tiles, 256, scales=scales)
-        assert words.size == tiles * n and n % 4 == 0  # tiles start on 128-bit beats
+        assert words.size == tiles * n and n % 16 == 0  # tiles are whole 512-bit words
         back = ddr_image.ddr_unpack(words, bits, group, rows, 256, tiles, scales=scales)
         assert back.scale_format == scales
         for a in ("planes", *(("scales", "minimums") if scales == "fp16" else ("params", "exponents"))):
             assert np.array_equal(getattr(back, a), getattr(img, a)), a
         assert same(brom.unpack(back), qm)
-    # one row of 32: a block of 4 steps, 2 planes each and 4 scale words; q8: the exponent beat, 8 steps
-    words = {"fp16": 4 * 2 + 4, "q8": 4 + 8 * 2 + 4}[scales]
+    # one row of 32: a block of 32 steps, 2 plane words each, after their 32 scale words; q8: 16 words of exponents,
+    # then the block with 16 scale words
+    words = {"fp16": 32 + 32 * 2, "q8": 16 + 16 + 32 * 2}[scales]
     with pytest.raises(RomaError, match=f"{scales} scales, 1 tiles has {words} words, not 13"):
         ddr_image.ddr_unpack(np.zeros(13, np.uint32), 2, 32, 1, 32, 1, scales=scales)
 
 
 def test_ddr_q8_tile_layout():
-    """A q8 tile: R exponents two per word, zero-padded to 4 words, then blocks of 8 steps: their plane
-    words, then 4 words of two steps' params each (step 2k low, 2k+1 high); missing steps are zeros."""
-    bits, group, rows = 2, 32, 5  # one tile of 5 rows, 2 groups: 10 steps, 2 blocks (the second has 2 steps)
+    """A q8 tile: R exponents two per word, zero-padded to 16 words, then blocks of 32 steps: 16 words of two steps'
+    params each (step 2k low, 2k+1 high), then the steps' plane words, each step's padded to a power of two (3-bit
+    G32: 3 words -> 4); missing steps are zeros."""
+    bits, group, rows = 3, 32, 5  # one tile of 5 rows, 2 groups: 10 steps, one block (22 steps of padding)
     qm = q8_qm(bits, group, rows=rows, cols=64, seed=3)
     img = brom.pack(qm)
     w = ddr_image.ddr_words(img)
-    wps = bits
-    block = 8 * wps + 4
-    assert w.size == 4 + 2 * block
+    wps, step = 3, 4
+    assert w.size == 16 + 16 + 32 * step
     e = img.exponents[0].astype(np.uint32)
-    assert w[:4].tolist() == [e[0] | e[1] << 16, e[2] | e[3] << 16, e[4], 0]
-    p = np.concatenate([img.params[0], np.zeros(6, np.uint16)]).astype(np.uint32)
-    planes = np.concatenate([img.planes[0], np.zeros(6 * wps, np.uint32)])
-    for b in range(2):
-        body = w[4 + b * block: 4 + (b + 1) * block]
-        assert body[:8 * wps].tolist() == planes[8 * wps * b: 8 * wps * (b + 1)].tolist()
-        assert body[8 * wps:].tolist() == [int(p[8 * b + 2 * k] | p[8 * b + 2 * k + 1] << 16) for k in range(4)]
-    assert w[4 + block + 2 * wps: 4 + block + 8 * wps].tolist() == [0] * 6 * wps
+    assert w[:16].tolist() == [e[0] | e[1] << 16, e[2] | e[3] << 16, e[4]] + [0] * 13
+    p = img.params[0].astype(np.uint32)
+    assert w[16:32].tolist() == [int(p[2 * k] | p[2 * k + 1] << 16) for k in range(5)] + [0] * 11
+    planes = w[32:].reshape(32, step)
+    assert planes[:10, :wps].ravel().tolist() == img.planes[0].tolist()
+    assert not planes[:10, wps:].any() and not planes[10:].any()
 
 
 @pytest.mark.slow
