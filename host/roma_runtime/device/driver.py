@@ -437,7 +437,7 @@ class RomaCoreDriver(DefaultIP):
             "eos_id": 0xFFFFFFFF if eos_id is None else eos_id,
             "tokens_in": self.tokens_in.device_address, "tokens_out": self.tokens_out.device_address,
             "logits": self.logits.device_address,
-            **dict(zip(("kv_cache", "kv_cache_1"), kv.port_addresses if kv else (0, 0))),
+            **dict(zip(KV_ARGUMENTS, kv.port_addresses if kv else (0, 0))),
             "lora_staging": self.lora_staging.device_address,
             **{argument: b.device_address for argument, b in self.weight_images.items()},
             "uram_weights": self.uram_weights.device_address,

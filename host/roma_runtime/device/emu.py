@@ -499,6 +499,9 @@ class EmuDevice(Device):
         for ip in parser.ip_dict.values():
             if ip.get("type") == hwh_mod.VLNV:
                 for argument, tag in (spec.get("memories") or {}).items():
+                    if argument not in ip["registers"]:
+                        raise RomaError(f"{bitfile_name} gives a memory to '{argument}', which roma_core does not "
+                                        "have", hint="rebuild the emulated overlay (delete it from the roma cache)")
                     ip["registers"][argument]["memory"] = tag
                     self.bank(tag)
         return parser
