@@ -45,6 +45,11 @@ def ddr_step_words(bits: int, group: int) -> int:
     return 1 << (bits * (group // WORD_BITS) - 1).bit_length()
 
 
+def ddr_param_words(bits: int, group: int, scales: str) -> int:
+    """A block's scale-entry words in the DDR layout: q8 two steps a word, fp16 one, at least a step's words."""
+    return max(DDR_BLOCK_STEPS // 2 if scales == "q8" else DDR_BLOCK_STEPS, ddr_step_words(bits, group))
+
+
 def _ddr_geometry(bits: int, group: int, rows_per_tile: int, cols: int, scales: str) -> tuple[int, int, int, int]:
     """(prefix words, step words, blocks, scale-entry words per block) of one tile in the DDR layout."""
     if scales not in SCALE_FORMATS:
@@ -53,8 +58,7 @@ def _ddr_geometry(bits: int, group: int, rows_per_tile: int, cols: int, scales: 
     q8 = scales == "q8"
     align = DDR_ALIGN_WORDS
     prefix = -(-rows_per_tile // (2 * align)) * align if q8 else 0  # R exponents, 2 per word, whole aligned words
-    param_words = max(DDR_BLOCK_STEPS // 2 if q8 else DDR_BLOCK_STEPS, step_words)
-    return prefix, step_words, -(-steps // DDR_BLOCK_STEPS), param_words
+    return prefix, step_words, -(-steps // DDR_BLOCK_STEPS), ddr_param_words(bits, group, scales)
 
 
 def ddr_tile_words(bits: int, group: int, rows_per_tile: int, cols: int, scales: str = "fp16") -> int:

@@ -64,7 +64,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ...artifact.boards import Board
-from ...artifact.ddr_image import ddr_step_words
+from ...artifact.ddr_image import ddr_param_words, ddr_step_words
 from ...artifact.interface import kernel_constants
 from ...artifact.kv_layout import KvLayout
 from ...model.config import ModelConfig
@@ -93,8 +93,7 @@ def ddr_stream(bits: int, group: int, scales: str, tile_rows: list[int], port_bi
     counts, through a port_bits-wide weight port."""
     ddr, types = kernel_constants("brom_ddr.h"), kernel_constants("types.h")
     steps, port = ddr["DDR_BLOCK_STEPS"], port_bits // 32
-    step_words = ddr_step_words(bits, group)
-    param_words = max(steps // 2 if scales == "q8" else steps, step_words)
+    step_words, param_words = ddr_step_words(bits, group), ddr_param_words(bits, group, scales)
     chunk = max(port, step_words)
     lanes, chunk_cycles = chunk // step_words, chunk // port
     rows, fadd = min(tile_rows), types["FADD_LATENCY"]
