@@ -157,8 +157,10 @@ TINY_LORA_SLOTS, TINY_LORA_RANK = 4, 16  # tiny_build's LoRA unit
 
 @pytest.fixture(scope="session")
 def tiny_uram_build(tiny_models, tmp_path_factory):
-    """The tiny Q4_1 model's default build with layer 1 and the lm head in URAM (compile_model uram="1,head"; the
-    rest in BRAM ROM): the URAM tier's build, for the emulated board's weight load and the footprint check."""
+    """The tiny Q4_1 model's default build with layer 1 and the lm head in URAM (compile_model uram="1,head"; layer 0
+    filled "ffn-pair": its w_gate in BRAM ROM, its other linears in URAM, so that gate and up run at once; the
+    embedding in BRAM ROM): the URAM tier's build, for the emulated board's weight load, the FFN pair and the
+    footprint check."""
     from roma_runtime.builds import DEFAULT_BUILD
     from roma_runtime.compiler.build import compile_model
 

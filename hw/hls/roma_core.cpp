@@ -696,14 +696,47 @@ void gemv_from(std::true_type, int u, int l, int lin, int n, TOKEN_INS, bool qua
 // linear (lin - 1: w_q for w_k, w_k for w_v, w_gate for w_up); when that linear ran on the same engine, the engine's
 // activation codes are theirs already (q, k and v, and gate and up, share one quantization). The LoRA delta of
 // each token: one LoRA apply unit for the lanes' call sites (ALLOCATION), one token after another.
-void linear(int l, int lin, int n, TOKEN_INS, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a, bool same_input = false) {
-  const bool quantize = !same_input || lin_unit(l, lin) != lin_unit(l, lin - 1);
-  gemv_from<0>(std::true_type(), lin_unit(l, lin), l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a);
+inline void lora_deltas(int l, int lin, int n, TOKEN_INS, TOKEN_OUTS, Acct &a) {
+#pragma HLS INLINE
 LINEAR_LORA:
   for (int c = 0; c < TT; ++c) {
 #pragma HLS UNROLL
     if (c < n) lora_delta(HasLora(), g_lora, l, lin, token_in(c, TOKEN_IN_ARGS), token_out(c, TOKEN_OUT_ARGS), a);
   }
+}
+void linear(int l, int lin, int n, TOKEN_INS, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a, bool same_input = false) {
+  const bool quantize = !same_input || lin_unit(l, lin) != lin_unit(l, lin - 1);
+  gemv_from<0>(std::true_type(), lin_unit(l, lin), l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a);
+  lora_deltas(l, lin, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, a);
+}
+
+// The FFN pair (roma_model.h FFN_PAIR_GATE, FFN_PAIR_UP): a layer whose w_gate and w_up are on these two engines
+// runs them at once, each engine at its second call site (ALLOCATION: still one instance each, which linear() calls
+// at other times). Nothing passes between the two calls (both read h, each writes its own output and counts into its
+// own counters), so they are scheduled side by side: counted as the longer (its stages; the other is not counted,
+// as the token lanes beside lane 0). Then the LoRA deltas, gate's and up's, one after the other as linear() does.
+typedef std::integral_constant<bool, (rm::FFN_PAIR_GATE >= 0)> HasFfnPair;
+inline bool ffn_paired(int l) {
+  return HasFfnPair::value && lin_unit(l, L_GATE) == rm::FFN_PAIR_GATE && lin_unit(l, L_UP) == rm::FFN_PAIR_UP;
+}
+template <class = void>
+void ffn_pair(std::false_type, int, int, const float *, const float *, const float *, const float *, float *, float *,
+              float *, float *, float *, float *, float *, float *, const rom_word_t *, const rom_word_t *,
+              const rom_word_t *, const rom_word_t *, Acct &) {}
+template <class = void>
+void ffn_pair(std::true_type, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, float *u1, float *u2, float *u3,
+              DDR_PORT_PARAMS, Acct &a) {
+  constexpr int GATE = rm::FFN_PAIR_GATE >= 0 ? rm::FFN_PAIR_GATE : 0, UP = rm::FFN_PAIR_UP >= 0 ? rm::FFN_PAIR_UP : 0;
+  Acct at_gate, at_up;
+  gemv_unit<GATE>(l, L_GATE, n, TOKEN_IN_ARGS, true, TOKEN_OUT_ARGS, DDR_PORTS, at_gate);
+  gemv_unit<UP>(l, L_UP, n, TOKEN_IN_ARGS, true, u0, u1, u2, u3, DDR_PORTS, at_up);
+  const Cycles &longer = at_gate.gemv.total() >= at_up.gemv.total() ? at_gate.gemv : at_up.gemv;
+  a.gemv.act_quant += longer.act_quant;
+  a.gemv.candidates += longer.candidates;
+  a.gemv.gemv += longer.gemv;
+  a.gemv.output += longer.output;
+  lora_deltas(l, L_GATE, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, a);
+  lora_deltas(l, L_UP, n, TOKEN_IN_ARGS, u0, u1, u2, u3, a);
 }
 
 #ifdef __SYNTHESIS__
@@ -838,8 +871,12 @@ LAYER_FFN:
     if (TC1 && n > 1) lane_residual_norm(g_x[i0 + TC1], o[TC1], w, h[TC1], beside);
     if (TC2 && n > 2) lane_residual_norm(g_x[i0 + TC2], o[TC2], w, h[TC2], beside);
     if (TC3 && n > 3) lane_residual_norm(g_x[i0 + TC3], o[TC3], w, h[TC3], beside);
-    linear(l, L_GATE, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), DDR_PORTS, a);
-    linear(l, L_UP, n, TOKEN_ROWS(h), TOKEN_ROWS(up), DDR_PORTS, a, true);
+    if (ffn_paired(l)) {
+      ffn_pair(HasFfnPair(), l, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), TOKEN_ROWS(up), DDR_PORTS, a);
+    } else {
+      linear(l, L_GATE, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), DDR_PORTS, a);
+      linear(l, L_UP, n, TOKEN_ROWS(h), TOKEN_ROWS(up), DDR_PORTS, a, true);
+    }
     lane_activation(gate[0], up[0], a.layer);
     if (TC1 && n > 1) lane_activation(gate[TC1], up[TC1], beside);
     if (TC2 && n > 2) lane_activation(gate[TC2], up[TC2], beside);
@@ -1323,6 +1360,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // ... and inside it one linear() for its eight call sites (seven linears of a layer, the head): each GEMV engine,
   // its activation quantizer and the LoRA apply are one RTL instance
 #pragma HLS ALLOCATION function instances = linear limit = 1
+  // ... and each engine one instance for its call site there and its second one in ffn_pair (the FFN pair's)
+#pragma HLS ALLOCATION function instances = gemv_unit limit = 1
   // ... per token lane one RMSNorm (lane 0's also the final norm), one RoPE, one SwiGLU, one value copy and two
   // residual adds (a token's two): a block's tokens run their elementwise units side by side; one LoRA apply for
   // the lanes' call sites, one token after another; one sampler for its two call sites (a run command, a

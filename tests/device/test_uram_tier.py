@@ -4,8 +4,9 @@
 refusals of a bad image, with the core's state intact.
 
 The tiny model is the Q4_1 GGUF of conftest.tiny_models; its ROM build is the session's default build (tiny_build),
-and the URAM build (tiny_uram_build) is the same compile with uram="1,head": layer 0 and the embedding stay in BRAM
-ROM, layer 1 and the untied lm head are in URAM (each linear then has a ROM engine and a URAM engine).
+and the URAM build (tiny_uram_build) is the same compile with uram="1,head": layer 1 and the untied lm head are in
+URAM, the embedding in BRAM ROM, and layer 0 is filled "ffn-pair" (its w_gate in BRAM ROM, its other linears in URAM),
+so its gate and up run at once on the ROM and URAM engines.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def test_plan_puts_the_units_asked_for_in_uram(tiny_config):
     plan = make_plan(tiny_config, "u250", lora_rank=0, uram="1,head")
     where = {t.name: t.placement for t in plan.tensors}
     assert {where[f"layers.1.{lin}"] for lin in LINEARS} == {URAM_LOAD_ONCE} and where["output"] == URAM_LOAD_ONCE
-    assert {where[f"layers.0.{lin}"] for lin in LINEARS} == {BRAM_ROM} and where["token_embedding"] == BRAM_ROM
+    # the layers take URAM, so layer 0 is filled "ffn-pair": its gate in ROM, the rest in URAM (gate and up at once)
+    assert plan.fill == "ffn-pair" and where["layers.0.w_gate"] == BRAM_ROM and where["token_embedding"] == BRAM_ROM
+    assert {where[f"layers.0.{lin}"] for lin in LINEARS if lin != "w_gate"} == {URAM_LOAD_ONCE}
     assert plan.fits_on_chip and plan.to_dict()["uram_forced"] == [1, "head"]
     assert "put in URAM on purpose (--uram): layer 1, head" in plan.render()
     with pytest.raises(RomaError, match="--uram: layer 1 does not fit the pynq-z2's URAM budget of 0 blocks"):
@@ -74,7 +77,7 @@ def test_uram_build_header_and_image_say_the_plans_place(uram_build, tiny_build)
     manifest = verify_build(uram_build)
     tensors = manifest["tensors"]
     in_uram = [n for n, e in tensors.items() if is_uram(e)]
-    assert in_uram == [f"blk.1.{lin}" for lin in LINEARS] + ["output"]
+    assert in_uram == [f"blk.{i}.{lin}" for i in (0, 1) for lin in LINEARS if (i, lin) != (0, "w_gate")] + ["output"]
     files = set(manifest["files"])
     for n, e in tensors.items():  # a URAM tensor has no ROM image or initialiser: it is a slice of the load image
         if n in in_uram:
@@ -91,15 +94,18 @@ def test_uram_build_header_and_image_say_the_plans_place(uram_build, tiny_build)
     assert f"constexpr long long URAM_WORDS = {words.size};" in header
     assert f"constexpr unsigned URAM_CHECKSUM = 0x{int(words[3]):08x}u;" in header
     for lin in LINEARS:
-        assert f"constexpr long long URAM_{lin.upper()}[N_LAYERS] = {{-1, {tensors[f'blk.1.{lin}']['uram_offset']}}};" \
-            in header
-        assert f"constexpr int UNIT_{lin.upper()}[N_LAYERS] = {{0, 1}};" in header  # the ROM and URAM engines
+        offsets = [tensors[f"blk.{i}.{lin}"].get("uram_offset") for i in (0, 1)]
+        assert f"constexpr long long URAM_{lin.upper()}[N_LAYERS] = {{{offsets[0] or -1}, {offsets[1]}}};" in header
+        # engines by first tensor: the URAM one (wq of layer 0) is 0, the ROM one (layer 0's gate) 1
+        units = "{1, 0}" if lin == "w_gate" else "{0, 0}"
+        assert f"constexpr int UNIT_{lin.upper()}[N_LAYERS] = {units};" in header
+    assert "constexpr int FFN_PAIR_GATE = 1;" in header and "constexpr int FFN_PAIR_UP = 0;" in header
     assert f"constexpr long long URAM_OUTPUT = {tensors['output']['uram_offset']};" in header
     assert "constexpr long long URAM_TOKEN_EMBD = -1;" in header
     included = re.findall(r'#include "(.+)\.dat"', header)
     assert list(dict.fromkeys(included)) == [n for n in tensors if n not in in_uram]
     assert "constexpr int UNIT_TOKEN_EMBD = 2;" in header and "constexpr int UNIT_OUTPUT = 3;" in header
-    assert set(re.findall(r"ROMA_UNIT_\w+\((\d+)\)", header)) == {"0", "2"}  # no initialiser for a URAM bank
+    assert set(re.findall(r"ROMA_UNIT_\w+\((\d+)\)", header)) == {"1", "2"}  # no initialiser for a URAM bank
     # the same weights as the all-ROM build, read back from the load image
     rom, got = load_build(tiny_build), load_build(uram_build)
     for a, b in [(rom.weights.layers[1].wq, got.weights.layers[1].wq), (rom.weights.output, got.weights.output)]:
@@ -138,7 +144,10 @@ def test_uram_build_on_emu_equals_the_rom_build_and_the_golden_model(uram_build,
     assert np.array_equal(uram_logits, rom_logits)  # the same words in URAM banks: bit for bit
     assert_within_float_noise(uram_logits, golden_variant_logits(load_build(uram_build), IDS), TOL)
     rom_cycles, uram_cycles = tiny_emu.last_cycles(), uram_emu.last_cycles()
-    assert uram_cycles == rom_cycles  # the same datapath reads them
+    # the same datapath reads them, but layer 0's gate (ROM engine) and up (URAM engine) run at once (ffn-pair): the
+    # GEMV stage is shorter by the up's GEMV, every other stage the same
+    assert {k: v for k, v in uram_cycles.items() if k != "gemv"} == {k: v for k, v in rom_cycles.items() if k != "gemv"}
+    assert 0 < rom_cycles["gemv"] - uram_cycles["gemv"] < rom_cycles["gemv"] / 10
     for _ in range(2):
         t = int(np.argmax(uram_logits))
         rom_logits, uram_logits = tiny_emu.forward([t], rom_cache), uram_emu.forward([t], uram_cache)

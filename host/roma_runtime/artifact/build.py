@@ -54,7 +54,7 @@ from .lora_unit import manifest_lora_unit
 
 MANIFEST = "manifest.json"
 FORMAT = "roma-build"
-FORMAT_VERSION = 15  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
+FORMAT_VERSION = 16  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
 # format; 4: the manifest is sealed by MANIFEST_SEAL and checked against roma_model.h; 5: roma_model.h numbers
 # the GEMV engines and ROM bank rows (ENGINE_*, SLOT_*) and defines the synthesis ROM banks; 6: the LoRA unit is
 # the build's (manifest "lora_unit", roma_model.h LORA_SLOTS/LORA_RANK/LORA_TARGET/LORA_INT8), URAM-load-once
@@ -67,7 +67,7 @@ FORMAT_VERSION = 15  # 2: DDR-streamed tensors live in ddr_weights.bin, not in N
 # ROMA_RESIDUAL_LANES: the board's elementwise_lanes); 12: TOKEN_LANES (the board's token_lanes); 13: KV_PORTS and
 # KV_PORT_LANES, the manifest's "kv_layout" (the DDR KV cache's rows over the board's kv_ports); 14: ROMA_ACT_LANES
 # (the board's act_lanes); 15: ddr_weights.bin version 2 (blocks of 32 steps, their scale entries before their
-# planes, everything in 512-bit words)
+# planes, everything in 512-bit words); 16: FFN_PAIR_GATE/FFN_PAIR_UP (a layer's gate and up on two engines at once)
 MANIFEST_SEAL = "manifest_sha256"
 HEADER_FILE = "roma_model.h"
 DDR_FILE = "ddr_weights.bin"

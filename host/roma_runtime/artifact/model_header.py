@@ -38,7 +38,9 @@ Also generated for the top (hw/hls/roma_core.cpp):
   output are engines of their own. UNIT_<LINEAR>[N_LAYERS], UNIT_TOKEN_EMBD and UNIT_OUTPUT number each tensor's
   engine (0.. in order of first use: linear by linear, layer by layer, then token_embd and output; a tied output
   repeats token_embd's), N_UNITS counts them. An on-chip engine's bank stacks its tensors in that same order,
-  tile by tile (bank [TILES][words]); roma_core.cpp computes each tensor's offset in it from that order;
+  tile by tile (bank [TILES][words]); roma_core.cpp computes each tensor's offset in it from that order.
+  FFN_PAIR_GATE and FFN_PAIR_UP name two engines that run a layer's w_gate and w_up at once where the layer has them
+  there (ffn_pair; -1 when no layer has them on two engines);
 - a synthesis-only section that defines every BRAM ROM bank (ROMA_UNIT_* declarators from ROMA_ROM_DEFINE, i.e.
   hw/hls/roma_rom_define.h) initialised from its tensors' .dat files: per tile, one brace-enclosed row holding
   that tile's section (ROMA_BROM_TILE) of each tensor's .dat in bank order (the preprocessor cannot loop); DDR
@@ -89,6 +91,14 @@ def _impl(reservation: dict | None) -> str:
 
 def _bool(v) -> str:
     return "true" if v else "false"
+
+
+def ffn_pair(pairs: list[tuple]) -> tuple | None:
+    """The two engines on which roma_core runs a layer's w_gate and w_up at once (FFN_PAIR_GATE, FFN_PAIR_UP): of
+    the layers' (gate's engine, up's engine), the most frequent pair of two engines (the earliest on a tie); None
+    when every layer has both on one engine."""
+    distinct = [p for p in pairs if p[0] != p[1]]
+    return max(distinct, key=lambda p: (distinct.count(p), -distinct.index(p))) if distinct else None
 
 
 def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, context: int, board: str,
@@ -167,9 +177,10 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
             members.setdefault(u, []).append(name)
         return u
 
+    layer_units = {}  # linear -> its engine per layer
     for lin in LayerWeights.LINEAR:
         entries = [tensors[f"blk.{i}.{lin}"] for i in range(c.n_layers)]
-        unit_ids = [unit_of(f"blk.{i}.{lin}", e, "layers") for i, e in enumerate(entries)]
+        unit_ids = layer_units[lin] = [unit_of(f"blk.{i}.{lin}", e, "layers") for i, e in enumerate(entries)]
         lines.append(f"constexpr int BITS_{_ident(lin)}[N_LAYERS] = {_array(e['bits'] for e in entries)};")
         lines.append(f"constexpr int GROUP_{_ident(lin)}[N_LAYERS] = {_array(e['group'] for e in entries)};")
         lines.append(f"constexpr int SCALES_{_ident(lin)}[N_LAYERS] = "
@@ -191,6 +202,9 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
         lines.append(f"constexpr long long URAM_{_ident(name)} = {uram_offset(e)};")
     lines += [f"constexpr int UNIT_TOKEN_EMBD = {embd_unit};", f"constexpr int UNIT_OUTPUT = {out_unit};",
               "// the GEMV engines: one per configuration (see UNIT_*)", f"constexpr int N_UNITS = {len(units)};"]
+    pair = ffn_pair(list(zip(layer_units["w_gate"], layer_units["w_up"]))) or (-1, -1)
+    lines += ["// the engines that run a layer's w_gate and w_up at once where they hold them (-1: none; ffn_pair)",
+              f"constexpr int FFN_PAIR_GATE = {pair[0]};", f"constexpr int FFN_PAIR_UP = {pair[1]};"]
     lines += ["",
               "// The DDR weight image (ddr_weights.bin): words, header included (0: no tensor streams from DDR),",
               "// and the CRC-32 of its payload, as its header holds it",

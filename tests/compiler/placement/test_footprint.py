@@ -147,18 +147,19 @@ def test_an_engine_per_configuration_of_a_mixed_build(tiny_models, tmp_path):
 
 
 def test_uram_banks_follow_their_storage_pragmas_and_the_plan(tiny_uram_build):
-    # layer 1 and the lm head in URAM (--uram): per tensor the plan (manifest placement), the header (URAM_* offset)
-    # and the bank's storage pragmas (load_uram_bank: BIND_STORAGE uram, 64-bit words) say the same place
+    # layer 1 and the lm head in URAM (--uram), layer 0 "ffn-pair" (its gate in ROM, the rest in URAM): per tensor the
+    # plan (manifest placement), the header (URAM_* offset) and the bank's storage pragmas (load_uram_bank:
+    # BIND_STORAGE uram, 64-bit words) say the same place
     from roma_runtime.artifact.build import BRAM_ROM, URAM_LOAD_ONCE, split_name
 
     man = json.loads((tiny_uram_build / "manifest.json").read_text())
     model_h = (tiny_uram_build / "roma_model.h").read_text()
     rep = footprint.measure(tiny_uram_build)
     uram = footprint.uram_banks(model_h)
-    assert uram == {1, 3}  # the layers' URAM engine (layer 1) and the lm head's; 0: layers' ROM, 2: the embedding
-    for name, e in man["tensors"].items():
+    assert uram == {0, 3}  # the layers' URAM engine (wq of layer 0 first) and the lm head's; 1: the layers' ROM one
+    for name, e in man["tensors"].items():  # (layer 0's gate), 2: the embedding
         key = split_name(name)
-        unit = (1 if key[0] == 1 else 0) if key else 2 if name == "token_embd" else 3
+        unit = (1 if key == (0, "w_gate") else 0) if key else 2 if name == "token_embd" else 3
         in_uram = unit in uram
         assert e["placement"] == (URAM_LOAD_ONCE if in_uram else BRAM_ROM), name
         assert (e.get("uram_offset") is not None) == in_uram

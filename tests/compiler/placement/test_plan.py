@@ -17,6 +17,7 @@ import pytest
 from roma_runtime.compiler.placement import memory as M
 from roma_runtime.compiler.placement import plan as P
 from roma_runtime.artifact.boards import get_board, load_boards
+from roma_runtime.artifact.model_header import ffn_pair
 from roma_runtime.errors import RomaError
 from roma_runtime.model.config import ModelConfig
 
@@ -114,13 +115,16 @@ def test_u250_2bit_puts_the_layers_on_chip_and_q8_the_head_too(smollm2):
     params = 30 * (2 * 576 * 576 + 2 * 192 * 576 + 3 * 576 * 1536)
     norms = (2 * 30 + 1) * 576 * 4
     assert plan.on_chip_bytes == params * 2.5 / 8 + norms
-    # BRAM (the only ROM) is filled first, from layer 0; URAM engines of their own (contract C2) after it
-    assert plan.layer_placement(0) == P.BRAM_ROM
+    # the layers take URAM too (engines of their own, contract C2), so the plan fills them "ffn-pair": each layer's
+    # w_gate in BRAM (the only ROM), its other linears in URAM while it lasts, gate and up on two engines at once
+    assert plan.fill == "ffn-pair" and plan.to_dict()["fill"] == "ffn-pair"
+    assert plan.layer_placement(0) == "BRAM-ROM+URAM"
     assert plan.layer_placement(29) in (P.URAM_LOAD_ONCE, "BRAM-ROM+URAM")
     # one engine per configuration: the layers' ROM and URAM engines, each serving all seven linears, and the head's
     tiers = {(e["role"], e["tier"]): e for e in plan.engines}
     assert set(tiers) == {("layers", "rom"), ("layers", "uram"), ("token_embd", "ddr")}
-    assert tiers["layers", "rom"]["linears"] == ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"]
+    assert tiers["layers", "rom"]["linears"] == ["w_gate"]  # the gates in ROM, the rest (and a few gates) in URAM
+    assert tiers["layers", "uram"]["linears"] == ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"]
     d = plan.to_dict()
     assert d["totals"]["weight_bytes"] == plan.total_bytes and d["memory"]["bram36"] == plan.bram36_used
     assert "estimate" in d["estimate"]["label"] and d["estimate"]["decode_tokens_per_s"] > 0
@@ -135,6 +139,29 @@ def test_u250_2bit_puts_the_layers_on_chip_and_q8_the_head_too(smollm2):
     assert not q8.over_budget and q8.layers_on_chip() == list(range(30))
     assert q8.layer_placement(29) in (P.URAM_LOAD_ONCE, "BRAM-ROM+URAM") and q8.uram_used > 0
     assert q8.logic_over == []  # a U250 has the LUTs and DSPs for its engines (estimate)
+
+
+def test_the_u250_build_puts_each_layers_gate_and_up_on_two_engines(smollm2):
+    # the headline build: 2-bit G64 q8 with a 2-bit head. The "layers" fill puts layers 0-6 in BRAM and 9-25 in URAM
+    # (7-8 both), each layer's seven GEMVs on one engine; "ffn-pair" keeps the same 26 layers on chip, in less BRAM,
+    # with 25 of them running gate and up at once
+    kw = dict(bits=2, group=64, lora_rank=16, scales="q8", per_tensor_bits={"token_embedding": 2})
+    plan = P.make_plan(smollm2, "u250", **kw)
+    _check_invariants(plan)
+    assert plan.fill == "ffn-pair" and plan.layers_on_chip() == list(range(26))
+    where = {(t.layer, t.name.rsplit(".", 1)[-1]): t.placement for t in plan.tensors if t.layer is not None}
+    paired = [i for i in range(26) if (where[i, "w_gate"], where[i, "w_up"]) == (P.BRAM_ROM, P.URAM_LOAD_ONCE)]
+    assert len(paired) == 25
+    assert {where[i, lin] for i in paired for lin in ("wq", "wk", "wv")} == {P.URAM_LOAD_ONCE}
+    # ... chosen over the "layers" fill by the GEMV cycles of a token, the pair counted as the longer of the two
+    core = P._Core(smollm2, plan.board, plan.budget, 1, 16, P.LINEAR, "fp16", None, plan.context, plan.pe)
+    units = P.build_tensors(smollm2, 2, 64, plan.per_tensor_bits, "q8", plan.per_tensor_groups)
+    cycles = {f: P._gemv_cycles(P._place(core, units, set(), set(), f)[0], plan.board) for f in P.FILLS}
+    steps = 1536 * 576 / 64 / plan.pe  # a gate's or an up's (group, row) steps per PE
+    assert cycles["layers"] - cycles["ffn-pair"] == pytest.approx(25 * steps, rel=0.01)
+    # the header names the pair: the ROM engine for the gates, the URAM one for the ups (numbered by first tensor)
+    assert ffn_pair([("rom", "uram"), ("uram", "uram"), ("rom", "uram"), ("uram", "rom")]) == ("rom", "uram")
+    assert ffn_pair([("a", "b"), ("b", "a")]) == ("a", "b") and ffn_pair([(0, 0), (1, 1)]) is None
 
 
 def test_smollm2_rows_do_not_divide_into_groups_of_128(smollm2):
@@ -409,7 +436,7 @@ def test_elementwise_lanes_per_board_follow_the_model(smollm2):
 def test_table_is_compact_per_layer_and_full_per_tensor(smollm2):
     plan = P.make_plan(smollm2, "u250", bits=4, group=32, lora_rank=0)
     compact, full = plan.render(), plan.render(per_tensor=True)
-    assert "layers 0-2" in compact and "layers 17-29" in compact
+    assert "layers 0-12" in compact and "layers 17-29" in compact  # (ffn-pair: 0-12 BRAM-ROM+URAM, 13-16 URAM)
     assert "logic (estimate" in compact and "GEMV engine #0 layers" in compact
     assert len(compact.splitlines()) < 70
     assert full.count("layers.") == 30 * 9

@@ -63,7 +63,10 @@ same, so the order is chosen for packing and for a hardware structure that stays
    chip or all stream from DDR, so the datapath has one mode per layer and the plan reads "layers 0-11 on chip,
    12-29 stream from DDR". Layers are small, uniform units that pack a budget far better than one huge lm head.
    Within an on-chip layer each tensor takes BRAM (true ROM, nothing to load) while BRAM lasts, then URAM
-   (load-once), so the first layers are in ROM and later ones in URAM.
+   (load-once), so the first layers are in ROM and later ones in URAM. On a board with both, the plan also tries
+   the "ffn-pair" fill when the layers take URAM anyway: every layer's w_gate BRAM first and its other linears URAM
+   first, so that gate and up sit on two engines that roma_core runs at once; it keeps the fill whose GEMVs cost
+   fewer cycles (FILLS).
 2. the lm head unit (final norm + output matrix; with tied embeddings it is the embedding matrix, and the token
    lookups then read the same on-chip copy).
 3. the token embedding of an untied model (one row per token: cheap to stream).
@@ -114,6 +117,7 @@ from typing import Iterable
 from ...artifact.boards import Board, ElementwiseLanes, get_board
 from ...artifact.build import BRAM_ROM, DDR_STREAM, URAM_LOAD_ONCE
 from ...artifact.kv_layout import KvLayout
+from ...artifact.model_header import ffn_pair
 from ...artifact.lora_unit import DTYPES as LORA_DTYPES
 from ...errors import RomaError
 from ...model.config import ModelConfig
@@ -137,6 +141,15 @@ DSPS_PER_MAC = 4
 BRAM_BITS_PER_CYCLE = 72  # per BRAM36 tile
 URAM_BITS_PER_CYCLE = 144  # two 72-bit ports
 DEFAULT_CONTEXT = 256
+# How on-chip layers fill the tiers: "layers", each tensor BRAM-ROM first (the first layers in ROM, later ones in
+# URAM); or "ffn-pair", w_gate BRAM-ROM first and every other linear URAM first, so that a layer's gate and up are on
+# two engines, which roma_core runs at once (FFN_PAIR_*). Where the "layers" fill puts layers in URAM too (so both
+# engines exist), make_plan also tries "ffn-pair" and keeps the one whose placement costs the fewer GEMV cycles
+# (layers that fit the ROM stay there).
+FILLS = ("layers", "ffn-pair")
+ROM_FIRST = (("rom", BRAM_ROM), ("uram", URAM_LOAD_ONCE))
+URAM_FIRST = (("uram", URAM_LOAD_ONCE), ("rom", BRAM_ROM))
+FFN_PAIR = {HLS_LINEARS.index("w_gate"): ROM_FIRST, None: URAM_FIRST}
 
 
 # --- the plan's records -----------------------------------------------------------------------------------
@@ -244,6 +257,7 @@ class Plan:
     engines: list = field(default_factory=list)  # the GEMV engines (_Engines.configs)
     logic: dict = field(default_factory=dict)  # LUT/FF/DSP estimates (logic.py)
     pe: int = 1  # tiles (processing elements) of the layers' on-chip GEMV engines (pe_candidates)
+    fill: str = FILLS[0]  # how the on-chip layers filled the tiers (FILLS)
 
     # -- derived facts --
     @property
@@ -371,6 +385,7 @@ class Plan:
                        "arrays": [asdict(a) for a in self.arrays]},
             "engines": self.engines,
             "pe": self.pe,
+            "fill": self.fill,
             "context": self.context,
             "lora_slots": self.lora_slots,
             "over_budget": self.over_budget,
@@ -769,13 +784,19 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     def core_with(p: int) -> _Core:
         return _Core(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, kv_tokens, context_len, p)
 
-    if pe is None:  # the PEs whose placement costs the fewest GEMV cycles per token (pe_candidates)
-        pe = min(pe_candidates(config, board, widest, group),
-                 key=lambda p: (_gemv_cycles(_place(core_with(p), units, forced, in_uram)[0], board), p))
-    else:
+    # the PEs (pe_candidates) and the layers' fill (FILLS) whose placement costs the fewest GEMV cycles per token
+    if pe is not None:
         check_pe(pe, config)
+    candidates = []
+    for p in [pe] if pe else pe_candidates(config, board, widest, group):
+        for f in FILLS:
+            engines = _place(core_with(p), units, forced, in_uram, f)[0]
+            candidates.append((_gemv_cycles(engines, board), p, FILLS.index(f), f))
+            if not board.bram_rom or not any(e.tier == "uram" and e.role == LAYERS for e in engines.members):
+                break  # the layers fit the ROM (or there is no ROM): they stay there, on one engine
+    _, pe, _, fill = min(candidates)
     core = core_with(pe)
-    engines, (lora, buffers, kv), (bram_budget, uram_budget) = _place(core, units, forced, in_uram)
+    engines, (lora, buffers, kv), (bram_budget, uram_budget) = _place(core, units, forced, in_uram, fill)
     for unit in units:
         if _unit_key(unit) in in_uram and any(t.lin is not None and t.placement != URAM_LOAD_ONCE for t in unit):
             raise RomaError(f"--uram: {format_ddr_units([_unit_key(unit)])} does not fit the {board.name}'s URAM "
@@ -792,7 +813,8 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
                 bram36_budget=bram_budget, uram_budget=uram_budget, estimate={}, ddr_forced=sorted(
                     forced, key=lambda u: (isinstance(u, str), u)), scales=scales,
                 uram_forced=sorted(in_uram, key=lambda u: (isinstance(u, str), u)),
-                per_tensor_groups=per_tensor_groups, context=core.context, lora_slots=lora.detail["slots"], pe=pe)
+                per_tensor_groups=per_tensor_groups, context=core.context, lora_slots=lora.detail["slots"], pe=pe,
+                fill=fill)
     plan.arrays = _plan_arrays(core, lora.detail.get("impl"), kv.placement.lower(), engines)
     plan.engines = engines.configs()
     plan.logic = logic.estimate(config, board, plan.engines, lora=lora.detail, kv_tokens=kv_tokens or 0,
@@ -807,9 +829,9 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     return plan
 
 
-def _place(core: _Core, units: list, forced: set, in_uram: set):
-    """Place the units for `core` (its reservations first): (engines, (lora, buffers, kv), budgets). The tensors'
-    placements are set on `units`."""
+def _place(core: _Core, units: list, forced: set, in_uram: set, fill: str = "layers"):
+    """Place the units for `core` (its reservations first) by `fill` (FILLS): (engines, (lora, buffers, kv),
+    budgets). The tensors' placements are set on `units`."""
     reserved, stage, budgets = _reserve(core)
     if reserved is None:
         _raise_no_room(core, stage)
@@ -825,7 +847,7 @@ def _place(core: _Core, units: list, forced: set, in_uram: set):
             elif _unit_key(unit) in in_uram:
                 _place_unit(unit, pool, engines, orders=((("uram", URAM_LOAD_ONCE),),))
             else:
-                _place_unit(unit, pool, engines)
+                _place_unit(unit, pool, engines, fill=fill)
         short = (max(0.0, -pool.bram36), max(0.0, -pool.uram))
         if short == (0.0, 0.0) or not any(t.placement != DDR_STREAM and t.lin is not None for u in units
                                           for t in u):
@@ -835,21 +857,30 @@ def _place(core: _Core, units: list, forced: set, in_uram: set):
 
 
 def _gemv_cycles(engines: "_Engines", board: Board) -> float:
-    """The GEMV steps' cycles of one token, for choosing the PEs: an on-chip tensor's (group, row) steps over its
-    engine's tiles, a DDR tensor's chunks at the chunk loop's II (logic.ddr_stream, the cycle model's), a tile
-    per weight port at once."""
-    cycles = 0.0
+    """The GEMV steps' cycles of one token, for choosing the PEs and the fill: an on-chip tensor's (group, row) steps
+    over its engine's tiles, a DDR tensor's chunks at the chunk loop's II (logic.ddr_stream, the cycle model's), a
+    tile per weight port at once; a layer's gate and up at once on the FFN pair's engines (model_header.ffn_pair)."""
+    each = {}  # (lin, layer) -> (engine, cycles)
     for e, members in engines.members.items():
         tile_rows = [lin_shape(engines.core.config, lin)[0] // e.tiles for lin, _, _ in members]
-        for lin, _, chip in members:
+        for lin, layer, chip in members:
             rows, cols = lin_shape(engines.core.config, lin)
             steps = rows * cols / e.group
             if chip:
-                cycles += steps / e.tiles
+                each[lin, layer] = e, steps / e.tiles
             else:  # rounds of a tile per weight port
                 rounds = -(-e.tiles // board.weight_ports)
                 s = logic.ddr_stream(e.bits, e.group, e.scales, tile_rows, board.weight_port_bits)
-                cycles += steps / e.tiles * rounds / s.block_steps * s.block_chunks * s.ii
+                each[lin, layer] = e, steps / e.tiles * rounds / s.block_steps * s.block_chunks * s.ii
+    # a layer's gate and up on the engines of the build's FFN pair run at once: the longer of the two
+    gate, up = HLS_LINEARS.index("w_gate"), HLS_LINEARS.index("w_up")
+    layers = sorted({layer for lin, layer in each if lin == gate and (up, layer) in each})
+    pair = ffn_pair([(each[gate, layer][0], each[up, layer][0]) for layer in layers])
+    cycles = sum(c for _, c in each.values())
+    for layer in layers:
+        (eg, cg), (eu, cu) = each[gate, layer], each[up, layer]
+        if (eg, eu) == pair:
+            cycles -= min(cg, cu)
     return cycles
 
 
@@ -860,6 +891,7 @@ def _gemv_cycles(engines: "_Engines", board: Board) -> float:
 # (boards.json token_lanes: a datapath per PE and lane), take at most PE_LOGIC_SHARE of the board's LUTs and DSPs by
 # the logic estimate (logic.gemv_tile), leaving the rest for attention, the norms, the LoRA unit and the DDR engines.
 PE_CHOICES = (32, 16, 8, 4, 2, 1)
+
 MIN_TILE_ROWS = 4
 PE_LOGIC_SHARE = 0.4
 
@@ -1087,17 +1119,19 @@ class _Engines:
                 for i, e, m in self._numbered()]
 
 
-def _place_unit(unit: list[TensorPlan], pool: _Pool, engines: _Engines, orders=None) -> None:
+def _place_unit(unit: list[TensorPlan], pool: _Pool, engines: _Engines, orders=None, fill: str = "layers") -> None:
     """All tensors of the unit on chip, or all of them streamed from DDR. Each tensor goes to its engine's
-    BRAM-ROM bank while BRAM lasts, then to a URAM one; when that fails (a new URAM engine's local arrays need
-    BRAM the ROM banks took), the unit is tried URAM first. A norm has no engine: its row of g_norms is on chip
-    in any case. `orders`: the tiers to try, in order of preference (--uram: URAM only)."""
+    BRAM-ROM bank while BRAM lasts, then to a URAM one (fill "ffn-pair": w_gate so, the others URAM first); when
+    that fails (a new URAM engine's local arrays need BRAM the ROM banks took), the unit is tried URAM first. A norm
+    has no engine: its row of g_norms is on chip in any case. `orders`: the tiers to try, in order of preference
+    (--uram: URAM only)."""
     saved = (pool.bram36, pool.uram, engines.snapshot())
     # Streaming is not free either: its DDR engines' buffers are declared whatever the room. So the unit may go
     # on chip as long as that leaves no less room than streaming would.
     _stream_unit(unit, pool, engines)
     credit = (max(0.0, -pool.bram36), max(0.0, -pool.uram))
-    orders = orders or ((("rom", BRAM_ROM), ("uram", URAM_LOAD_ONCE)), (("uram", URAM_LOAD_ONCE), ("rom", BRAM_ROM)))
+    pair = fill == "ffn-pair" and any(t.layer is not None for t in unit)  # a layer (not the head, the embedding)
+    orders = orders or ((FFN_PAIR,) if pair else ()) + (ROM_FIRST, URAM_FIRST)
     for order in orders:
         pool.bram36, pool.uram = saved[0] + credit[0], saved[1] + credit[1]
         engines.restore(dict(saved[2]))
@@ -1114,7 +1148,7 @@ def _try_unit(unit: list[TensorPlan], pool: _Pool, engines: _Engines, order) -> 
         if t.lin is None:
             t.placement = BRAM_ROM
             continue
-        for tier, placement in order:
+        for tier, placement in order.get(t.lin, order[None]) if isinstance(order, dict) else order:
             b, u = engines.delta(t, tier)
             hold = engines.uram_hold(unit) if tier == "rom" and pool.uram > 0 else 0.0
             if pool.fits(b + hold, u):
