@@ -513,6 +513,13 @@ bool lora_loaded(std::true_type, const U &u, uint32_t slot) { return u.loaded[sl
 template <class U>
 bool lora_loaded(std::false_type, const U &, uint32_t) { return false; }
 
+// The cyclic banks of engine R's outputs: the layer buffers' (GEMV_OUT_LANES or a multiple), the head's g_logits'
+// (they decide how many rows of a DDR tensor's last round DDR_Y writes a cycle: DdrStream::y_rows).
+template <class R>
+constexpr int out_banks() {
+  return R::HEAD ? LOGITS_BANKS : GEMV_OUT_LANES;
+}
+
 // Tensor (l, lin)'s tiles on engine R (TILES x rows outputs): streamed from its offset in ddr, or from its words in
 // the bank.
 template <class R>
@@ -522,7 +529,7 @@ void tiles_gemv(std::true_type /*in DDR*/, int l, int lin, int n, int rows, int 
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
   const long long at = lin_ddr(l, lin);
-  brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS>(
+  brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS, out_banks<R>()>(
       n, rows, cols, xq, as, ddr + at, ddr1 + at, ddr2 + at, ddr3 + at, TOKEN_OUT_ARGS, probe, xs, cyc);
 }
 // The tiles of one tensor in the bank: a BRAM ROM's planes are bound here (they are only read); a URAM bank's
@@ -599,7 +606,7 @@ void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, T
     } else if constexpr (R::DDR) {
       static acc_t probe[R::TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
       const long long at = lin_ddr(l, LIN);
-      brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS>(
+      brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS, out_banks<R>()>(
           n, ROWS, COLS, xq, as, ddr + at, ddr1 + at, ddr2 + at, ddr3 + at, TOKEN_OUT_ARGS, probe, xs, sim);
     } else {
       const int pb = BANK_OFFSETS.at[BANK_PLANES][l][LIN], qb = BANK_OFFSETS.at[BANK_PARAMS][l][LIN],
@@ -612,7 +619,8 @@ void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, T
     }
     if constexpr (R::DDR) {
       typedef DdrStream<DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>, rm::WEIGHT_PORT_BITS> P;
-      P::count(cyc, n, P::rounds(R::TILES, rm::WEIGHT_PORTS), ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN);
+      P::count(cyc, n, P::rounds(R::TILES, rm::WEIGHT_PORTS), ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN,
+               P::y_rows(R::TILES, rm::WEIGHT_PORTS, out_banks<R>()));
     } else { // parallel tiles: one tile's cycles
       typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ> S;
       cyc.candidates += (uint64_t)n * S::cand_cycles(COLS);
@@ -1327,7 +1335,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // the whole vocabulary's logits (the head writes them, the sampler and LOGITS_OUT read them): in URAM where the
   // board has it (roma_model.h's ROMA_LOGITS_IMPL, memory.logits_impl), 48 BRAM36 of SmolLM2's otherwise
 #pragma HLS BIND_STORAGE variable = g_logits type = ram_2p impl = ROMA_LOGITS_IMPL
-  // ... written by the head's engine LOGITS_BANKS consecutive logits a cycle (a DDR head: one per weight port)
+  // ... written by the head's engine LOGITS_BANKS consecutive logits a cycle (a DDR head: the ports' logits of
+  // DdrStream::y_rows rows a cycle)
 #pragma HLS ARRAY_PARTITION variable = g_logits type = cyclic factor = LOGITS_BANKS dim = 1
   // the chunk's values, written by the layers' GEMV engines GEMV_OUT_LANES rows per cycle
 #pragma HLS ARRAY_PARTITION variable = g_v type = cyclic factor = GEMV_OUT_LANES dim = 2

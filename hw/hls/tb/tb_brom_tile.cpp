@@ -211,10 +211,11 @@ long run_csim_fast(const Case &c, const BromImageHost &img, Tally &tally) {
   return tally.mismatches - before;
 }
 
-// The DDR-streamed kernel on the DDR image through PORTS PORT_BITS-wide ports (a tile per port at once), and the
-// C-simulation repack of its tiles, against the ROM kernel on datapath DP: y, dots and xsum bit for bit.
+// The DDR-streamed kernel on the DDR image through PORTS PORT_BITS-wide ports (a tile per port at once) into a y of
+// Y_BANKS banks, and the C-simulation repack of its tiles, against the ROM kernel on datapath DP: y, dots and xsum
+// bit for bit.
 template <int PORT_BITS, int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP, ScaleFormat SF,
-          int PORTS = 1>
+          int PORTS = 1, int Y_BANKS = 1>
 long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cycles_per_gemv) {
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> C;
   typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> D;
@@ -245,7 +246,7 @@ long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cy
     brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, DP, true, SF>(
         xq.data(), a_scale.data(), rom_planes<C>(img), rom_prm<C>(img), rom_aux<C>(img), y.data(),
         reinterpret_cast<acc_t(*)[PP]>(dot.data()), xsum.data(), cyc);
-    brom_ddr_gemv<PORT_BITS, TILES, ROWS, COLS, GROUP, BITS, DP, true, SF, PORTS>(
+    brom_ddr_gemv<PORT_BITS, TILES, ROWS, COLS, GROUP, BITS, DP, true, SF, PORTS, Y_BANKS>(
         xq.data(), a_scale.data(), ddr.data(), yd.data(), reinterpret_cast<acc_t(*)[PP]>(dotd.data()), xsd.data(), cyd);
     cycles_per_gemv = cyc.act_quant + cyd.total();
     for (int tile = 0; tile < TILES; ++tile)
@@ -333,24 +334,34 @@ bool try_case(const Case &c, const BromImageHost &img, Tally &tally) {
                       run_token_lanes<TILES, ROWS, COLS, GROUP, BITS, SF>(c, img, tally);
   // the stream at a Zynq UltraScale+ HP port's 128 bits (both datapaths) and an Alveo port's 512 bits
   // ... and through three 128-bit ports (a Zynq UltraScale+ board's HP0, HP1, HP3)
-  uint64_t cyc_ddr = 0, cyc_ddr_dsp = 0, cyc_ddr_512 = 0, cyc_ddr_3p = 0;
+  // ... and through four 512-bit ports (a U250's) into a y of one bank and of 32 (a layer buffer's): the last round's
+  // rows go out P512::y_rows a cycle where the banks allow it
+  uint64_t cyc_ddr = 0, cyc_ddr_dsp = 0, cyc_ddr_512 = 0, cyc_ddr_3p = 0, cyc_ddr_4p = 0, cyc_ddr_4p_y = 0;
   const long m_ddr = run_ddr<128, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, tally, cyc_ddr) +
                      run_ddr<128, TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac, SF>(c, img, tally, cyc_ddr_dsp) +
                      run_ddr<512, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, tally, cyc_ddr_512) +
-                     run_ddr<128, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF, 3>(c, img, tally, cyc_ddr_3p);
+                     run_ddr<128, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF, 3>(c, img, tally, cyc_ddr_3p) +
+                     run_ddr<512, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF, 4>(c, img, tally, cyc_ddr_4p) +
+                     run_ddr<512, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF, 4, 32>(c, img, tally,
+                                                                                                  cyc_ddr_4p_y);
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> C;
   typedef DdrStepConfig<GROUP, BITS, Datapath::LutSelect, SF> D;
   typedef DdrStream<D, 128> P128;
   typedef DdrStream<D, 512> P512;
+  const int y_rows = P512::y_rows(TILES, 4, 32);
+  tally.check(cyc_ddr_4p - cyc_ddr_4p_y ==
+              P512::y_cycles(ROWS, ROWS, ROWS, 1) - P512::y_cycles(ROWS, ROWS, ROWS, y_rows));
   std::printf("  %-18s b=%d G=%-3d %4dx%-4d tiles=%d %-4s mismatches lut=%ld dsp=%ld csim-fast=%ld ddr=%ld  "
               "cycles/GEMV lut=%llu dsp=%llu (act_quant %llu + candidates %llu + gemv %llu, gemv II=%d) "
-              "ddr@128=%llu (%s, chunk II %d) ddr@512=%llu (%s, chunk II %d) ddr@3x128=%llu\n",
+              "ddr@128=%llu (%s, chunk II %d) ddr@512=%llu (%s, chunk II %d) ddr@3x128=%llu ddr@4x512=%llu "
+              "(y %d rows a cycle: %llu)\n",
               c.name.c_str(), BITS, GROUP, c.rows, COLS, TILES, c.scales.c_str(), m_lut, m_dsp, m_fast, m_ddr,
               (unsigned long long)cyc_lut, (unsigned long long)cyc_dsp,
               (unsigned long long)ActQuantConfig<COLS, GROUP>::CYCLES, (unsigned long long)C::CAND_CYCLES,
               (unsigned long long)C::GEMV_CYCLES, C::GEMV_II, (unsigned long long)cyc_ddr,
               P128::lanes(ROWS) ? "lanes" : "serial", P128::chunk_ii(ROWS, ROWS), (unsigned long long)cyc_ddr_512,
-              P512::lanes(ROWS) ? "lanes" : "serial", P512::chunk_ii(ROWS, ROWS), (unsigned long long)cyc_ddr_3p);
+              P512::lanes(ROWS) ? "lanes" : "serial", P512::chunk_ii(ROWS, ROWS), (unsigned long long)cyc_ddr_3p,
+              (unsigned long long)cyc_ddr_4p, y_rows, (unsigned long long)cyc_ddr_4p_y);
   return true;
 }
 

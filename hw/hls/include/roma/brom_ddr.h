@@ -53,8 +53,9 @@
 // Cycle model (DdrStream: the pragmas and the C-simulation counters share it), per round of tiles:
 //   PREFIX_CYCLES (q8: ceil(ROWS / 8) * port_cycles(4) + AXI_READ_LATENCY, its own burst; fp16: 0)
 //   + chunks * chunk_ii + GEMV_DEPTH + AXI_READ_LATENCY, the chunks those of the whole blocks and of the last
-//   block's steps (y after: max(chunks, rows) iterations in the rounds after the first, and rows + RAM_LATENCY
-//   once, for the last round's outputs).
+//   block's steps (y after: max(chunks, rows) iterations in the rounds after the first, and rows / y_rows +
+//   RAM_LATENCY once, for the last round's outputs: y_rows rows a cycle, 8 for a U250 layer's 4 tiles into the
+//   layer buffers' 32 banks, 2 for its 24-tile head into g_logits' 16).
 // A 2-bit q8 block of 32 steps is 144 words: on a KV260 (128 bits at 200 MHz) 36 cycles, one step or 8 scale
 // entries a cycle; on a U250 (512 bits at 300 MHz, its DDR bank's peak) 9 cycles.
 //
@@ -83,6 +84,7 @@ static_assert(DDR_EX_BANKS == 2 * DDR_BEAT_WORDS, "a bank of the exponents per r
 
 constexpr int ddr_pow2_at_least(int n) { return n <= 1 ? 1 : 2 * ddr_pow2_at_least((n + 1) / 2); }
 constexpr int ddr_max(int a, int b) { return a > b ? a : b; }
+constexpr int ddr_gcd(int a, int b) { return b == 0 ? a : ddr_gcd(b, a % b); }
 
 // The image's constants for one GEMV datapath (group, bits, datapath, scale format, the candidate stage's CQ) and
 // its formulas for a tile of `rows` rows and `cols` columns, evaluated at run time by a GEMV engine that serves
@@ -167,18 +169,27 @@ struct DdrStream {
     return prefix_cycles(rows) + (uint64_t)iterations * chunk_ii(ii_rows, row_align) + S::GEMV_DEPTH +
            timing::AXI_READ_LATENCY;
   }
-  static constexpr uint64_t y_cycles(int rows, int ii_rows, int row_align) {
-    return y_after(ii_rows, row_align) ? (uint64_t)rows + timing::RAM_LATENCY : 0;
+  // DDR_Y's rows a cycle: Y_ROWS rows of the PORTS tiles of a round go to y (partitioned cyclic y_banks) in one cycle
+  // when each of their Y_ROWS * PORTS outputs has a bank of its own fixed by its unrolled lane (row i of the cycle,
+  // port p: y[(k * Y_ROWS + i) * tiles + t0 + p], so Y_ROWS * tiles is a multiple of y_banks, and the ports fit between
+  // two rows' banks) and fin's banks (cyclic LANES, two ports each) give them; else a row a cycle
+  static constexpr int y_rows(int tiles, int ports, int y_banks) {
+    return ports <= ddr_gcd(y_banks, tiles) && y_banks / ddr_gcd(y_banks, tiles) <= 2 * LANES
+               ? y_banks / ddr_gcd(y_banks, tiles)
+               : 1;
+  }
+  static constexpr uint64_t y_cycles(int rows, int ii_rows, int row_align, int y_rows) {
+    return y_after(ii_rows, row_align) ? (uint64_t)(rows + y_rows - 1) / y_rows + timing::RAM_LATENCY : 0;
   }
   // Tiles of a tensor of `tiles` through `ports` weight ports: rounds of one tile per port.
   static constexpr int rounds(int tiles, int ports) { return (tiles + ports - 1) / ports; }
   // One GEMV of a tensor whose tiles take `rounds` rounds, for a block of n tokens: the candidates of each token,
-  // then the rounds one after another and the last round's outputs.
-  static void count(Cycles &cyc, int n, int rounds, int rows, int cols, int ii_rows, int row_align) {
+  // then the rounds one after another and the last round's outputs (y_rows of them a cycle).
+  static void count(Cycles &cyc, int n, int rounds, int rows, int cols, int ii_rows, int row_align, int y_rows) {
     cyc.candidates += (uint64_t)n * S::cand_cycles(cols);
     cyc.gemv += round_cycles(rows, cols, ii_rows, row_align, true) +
                 (uint64_t)(rounds - 1) * round_cycles(rows, cols, ii_rows, row_align, false) +
-                y_cycles(rows, ii_rows, row_align);
+                y_cycles(rows, ii_rows, row_align, y_rows);
   }
 };
 
@@ -210,8 +221,8 @@ inline const rom_word_t *ddr_port(int p, const rom_word_t *image0, const rom_wor
 // Four pointers, not an array: Vitis HLS gives each top-level pointer its own m_axi bundle only as an argument of
 // its own. Token lanes as brom_gemv_tiles_rt: n <= TOKENS tokens (xq[c], a_scale[c] -> y_c), each chunk's words,
 // read once, feed every lane's datapaths, so a block of tokens streams the tensor once. dot_probe and xsum_out as
-// brom_gemv_tiles (token 0's).
-template <class E, int TILES, int PORT_BITS, int PORTS, bool PROBE = false, int TOKENS = 1>
+// brom_gemv_tiles (token 0's). Y_BANKS: the cyclic partition of the y buffers (the caller's; DdrStream::y_rows).
+template <class E, int TILES, int PORT_BITS, int PORTS, bool PROBE = false, int TOKENS = 1, int Y_BANKS = 1>
 void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_COLS],
                       const float a_scale[TOKENS][E::MAX_COLS / E::GROUP], const rom_word_t *image0,
                       const rom_word_t *image1, const rom_word_t *image2, const rom_word_t *image3, float *y0,
@@ -226,7 +237,7 @@ void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_C
   constexpr int CHUNK_WORDS = P::CHUNK_WORDS, LANES = P::LANES, PARAM_CHUNKS = P::PARAM_CHUNKS;
   constexpr int BLOCK_CHUNKS = P::BLOCK_CHUNKS, BLOCK_STEPS = D::BLOCK_STEPS, EX_ROWS = D::Q8 ? E::MAX_ROWS : 1;
   constexpr bool LANE_BANKS = P::lanes(E::ROW_ALIGN), Y_AFTER = P::y_after(E::MIN_ROWS, E::ROW_ALIGN);
-  constexpr int ROUNDS = P::rounds(TILES, PORTS);
+  constexpr int ROUNDS = P::rounds(TILES, PORTS), Y_ROWS = P::y_rows(TILES, PORTS, Y_BANKS);
   // the pragmas'
   constexpr int CHUNK_II = P::chunk_ii(E::MIN_ROWS, E::ROW_ALIGN), ACC_DISTANCE = P::acc_distance(E::MIN_ROWS);
   constexpr int PREFIX_II = P::PREFIX_II, MAX_ROWS = E::MAX_ROWS;
@@ -380,18 +391,22 @@ DDR_ROUNDS:
       }
     }
   }
-DDR_Y: // the lanes outrun y's write port: the last round's outputs from its accumulators, the ports' PORTS
-       // consecutive outputs of a row per cycle (the earlier rounds' went out during the next round's chunk loop)
-  for (int k = 0; k < (Y_AFTER ? rows : 0); ++k) {
+DDR_Y: // the lanes outrun y's write port: the last round's outputs from its accumulators, Y_ROWS rows of the ports'
+       // PORTS consecutive outputs per cycle (the earlier rounds' went out during the next round's chunk loop)
+  for (int k = 0; k < (Y_AFTER ? (rows + Y_ROWS - 1) / Y_ROWS : 0); ++k) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 0 max = MAX_ROWS
-    for (int c = 0; c < TOKENS; ++c) {
+    for (int i = 0; i < Y_ROWS; ++i) {
 #pragma HLS UNROLL
-      for (int p = 0; p < PORTS; ++p) {
+      const int row = k * Y_ROWS + i;
+      for (int c = 0; c < TOKENS; ++c) {
 #pragma HLS UNROLL
-        const int t = (ROUNDS - 1) * PORTS + p;
-        if (c < n && t < TILES)
-          token_out(c, y0, y1, y2, y3)[k * TILES + t] = fin[c][(ROUNDS - 1) & (FIN_SETS - 1)][p][k];
+        for (int p = 0; p < PORTS; ++p) {
+#pragma HLS UNROLL
+          const int t = (ROUNDS - 1) * PORTS + p;
+          if (c < n && t < TILES && row < rows)
+            token_out(c, y0, y1, y2, y3)[row * TILES + t] = fin[c][(ROUNDS - 1) & (FIN_SETS - 1)][p][row];
+        }
       }
     }
   }
@@ -399,7 +414,7 @@ DDR_Y: // the lanes outrun y's write port: the last round's outputs from its acc
 #pragma HLS UNROLL
     if (k < ng) xsum_out[k] = xsum[0][k];
   }
-  P::count(cyc, n, ROUNDS, rows, cols, E::MIN_ROWS, E::ROW_ALIGN);
+  P::count(cyc, n, ROUNDS, rows, cols, E::MIN_ROWS, E::ROW_ALIGN, Y_ROWS);
 }
 
 // A fixed tile shape as an engine: its one row count is its alignment.
@@ -408,14 +423,16 @@ struct DdrFixedShape : C {
   static constexpr int ROW_ALIGN = C::MAX_ROWS;
 };
 
-// All TILES tiles of one DDR-streamed tensor (a fixed shape) through PORTS PORT_BITS-wide ports reading one image.
+// All TILES tiles of one DDR-streamed tensor (a fixed shape) through PORTS PORT_BITS-wide ports reading one image,
+// into a y of Y_BANKS cyclic banks.
 template <int PORT_BITS, int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
-          bool PROBE = false, ScaleFormat SF = ScaleFormat::Fp16, int PORTS = 1>
+          bool PROBE = false, ScaleFormat SF = ScaleFormat::Fp16, int PORTS = 1, int Y_BANKS = 1>
 void brom_ddr_gemv(const act_t xq[COLS], const float a_scale[COLS / GROUP], const rom_word_t *image,
                    float y[TILES * ROWS], acc_t dot_probe[TILES][(COLS / GROUP) * ROWS],
                    acc_t xsum_out[COLS / GROUP], Cycles &cyc) {
 #pragma HLS INLINE
-  brom_ddr_gemv_rt<DdrFixedShape<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>>, TILES, PORT_BITS, PORTS, PROBE>(
+  brom_ddr_gemv_rt<DdrFixedShape<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>>, TILES, PORT_BITS, PORTS, PROBE, 1,
+                   Y_BANKS>(
       1, ROWS, COLS, reinterpret_cast<const act_t(*)[COLS]>(xq),
       reinterpret_cast<const float(*)[COLS / GROUP]>(a_scale), image, image, image, image, y, y, y, y, dot_probe,
       xsum_out, cyc);
