@@ -10,6 +10,9 @@
 // Three pipelined loops, II=1, SIMD inputs per cycle: |x| max (integer compare of the |x| bit patterns:
 // exact for non-NaN floats, order-free, a 1-cycle recurrence), one scale + reciprocal per group, quantize
 // (elementwise). So the lanes change the cycles, never the values: 2 * cols / SIMD + cols / GROUP + depths.
+// At SIMD == GROUP (an Alveo build's 64 lanes at G64) the three are one loop over the groups, a group per
+// iteration (ACT_GROUPS: its max, scale, reciprocal and codes; nothing passes between groups, so II=1 with the three
+// depths once): cols / GROUP + depths, the same operations on the same values.
 // The GEMV engines run it at SIMD = their activation lanes (roma_core.cpp Unit::ACT: the build's ROMA_ACT_LANES, at
 // most the group; ACT_LANES in types.h is the kernels' default); x and xq must then deliver SIMD elements per cycle,
 // which is the caller's to declare (HLS_RULES.md: a partition on an argument holds only where it propagates):
@@ -36,12 +39,36 @@ struct ActQuantConfig {
   static constexpr int SCALE_DEPTH = 2 * timing::FDIV_LATENCY + 1;      // amax/127 then 1/scale
   static constexpr int QUANT_DEPTH = 2 + timing::FMUL_LATENCY + 2;      // load, mul, round, clip/store
   // a vector of `cols` inputs (a multiple of GROUP, at most COLS)
+  static constexpr bool GROUPS = SIMD == GROUP; // one loop, a group per iteration
   static constexpr uint64_t cycles(int cols) {
-    return (uint64_t)(cols / SIMD) * timing::II + AMAX_DEPTH + (uint64_t)(cols / GROUP) * timing::II + SCALE_DEPTH +
-           (uint64_t)(cols / SIMD) * timing::II + QUANT_DEPTH;
+    return GROUPS ? (uint64_t)(cols / GROUP) * timing::II + AMAX_DEPTH + SCALE_DEPTH + QUANT_DEPTH
+                  : (uint64_t)(cols / SIMD) * timing::II + AMAX_DEPTH + (uint64_t)(cols / GROUP) * timing::II +
+                        SCALE_DEPTH + (uint64_t)(cols / SIMD) * timing::II + QUANT_DEPTH;
   }
   static constexpr uint64_t CYCLES = cycles(COLS);
 };
+
+// One input's code at reciprocal scale iv (fp32 product, round half to even, clip to +-ACT_QMAX); |x|'s bit pattern,
+// which orders like |x| for non-NaN floats; a group's scale from its largest |x| and the reciprocal the codes use.
+inline act_t act_code(float x, float iv) {
+#pragma HLS INLINE
+  float r = std::nearbyint(x * iv);
+  r = r > (float)ACT_QMAX ? (float)ACT_QMAX : r;
+  r = r < -(float)ACT_QMAX ? -(float)ACT_QMAX : r;
+  return (act_t)r;
+}
+inline uint32_t abs_bits(float x) {
+#pragma HLS INLINE
+  return float_to_bits(x) & 0x7fffffffu;
+}
+inline float act_scale(uint32_t amax_bits) {
+#pragma HLS INLINE
+  return bits_to_float(amax_bits) / (float)ACT_QMAX;
+}
+inline float act_inverse(float scale) {
+#pragma HLS INLINE
+  return scale > 0.0f ? 1.0f / scale : 0.0f;
+}
 
 // The first `cols` inputs of x (a multiple of GROUP, at most COLS: one instance serves vectors of several sizes).
 template <int COLS, int GROUP, int SIMD = ACT_LANES>
@@ -56,6 +83,27 @@ void act_quant(int cols, const float x[COLS], act_t xq[COLS], float a_scale[COLS
   uint32_t amax_bits[C::NG] = {}; // groups past cols / GROUP are never read (zeroed so no compiler sees otherwise)
   float inv[C::NG] = {};
   const int steps = cols / SIMD, ng = cols / GROUP;
+  if (C::GROUPS) {
+  ACT_GROUPS:
+    for (int g = 0; g < ng; ++g) {
+#pragma HLS PIPELINE II = timing::II
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_NG
+      uint32_t m = 0;
+      for (int k = 0; k < GROUP; ++k) {
+#pragma HLS UNROLL
+        const uint32_t a = abs_bits(x[g * GROUP + k]);
+        m = a > m ? a : m;
+      }
+      const float sc = act_scale(m), iv = act_inverse(sc);
+      a_scale[g] = sc;
+      for (int k = 0; k < GROUP; ++k) {
+#pragma HLS UNROLL
+        xq[g * GROUP + k] = act_code(x[g * GROUP + k], iv);
+      }
+    }
+    cyc.act_quant += C::cycles(cols);
+    return;
+  }
 
 AMAX:
   uint32_t run = 0;
@@ -65,7 +113,7 @@ AMAX:
     uint32_t m = 0;
     for (int k = 0; k < SIMD; ++k) {
 #pragma HLS UNROLL
-      const uint32_t a = float_to_bits(x[s * SIMD + k]) & 0x7fffffffu; // |x| bits order like |x| (non-NaN)
+      const uint32_t a = abs_bits(x[s * SIMD + k]);
       m = a > m ? a : m;
     }
     run = (s % STEPS_PER_GROUP == 0 || m > run) ? m : run; // powers of two: masks, not dividers
@@ -76,9 +124,9 @@ SCALE:
   for (int g = 0; g < ng; ++g) {
 #pragma HLS PIPELINE II = timing::II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_NG
-    const float sc = bits_to_float(amax_bits[g]) / (float)ACT_QMAX;
+    const float sc = act_scale(amax_bits[g]);
     a_scale[g] = sc;
-    inv[g] = sc > 0.0f ? 1.0f / sc : 0.0f;
+    inv[g] = act_inverse(sc);
   }
 
 QUANT:
@@ -88,10 +136,7 @@ QUANT:
     const float iv = inv[s / STEPS_PER_GROUP];
     for (int k = 0; k < SIMD; ++k) {
 #pragma HLS UNROLL
-      float r = std::nearbyint(x[s * SIMD + k] * iv); // fp32 product, round half to even
-      r = r > (float)ACT_QMAX ? (float)ACT_QMAX : r;
-      r = r < -(float)ACT_QMAX ? -(float)ACT_QMAX : r;
-      xq[s * SIMD + k] = (act_t)r;
+      xq[s * SIMD + k] = act_code(x[s * SIMD + k], iv);
     }
   }
 
