@@ -111,7 +111,8 @@ struct DdrStepConfig {
   static constexpr long long tile_words(int rows, int cols) {
     return prefix_words(rows) + (long long)blocks(rows, cols) * BLOCK_WORDS;
   }
-  // step i's planes, in a block whose first word is at 0
+  // the first word of step `step`'s block, after a tile's prefix; step i's planes in a block whose first word is at 0
+  static constexpr long long block_offset(int step) { return (long long)(step / BLOCK_STEPS) * BLOCK_WORDS; }
   static constexpr int planes_offset(int i) { return PARAM_WORDS + i * STEP_WORDS; }
   // The scale entries of step i of a block whose scale words are prm (q8: ex = the tile's row exponents, r the row).
   static HalfPair scales(const rom_word_t *prm, int i, const scale_word_t *ex, int r) {
@@ -198,10 +199,7 @@ template <int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSe
           ScaleFormat SF = ScaleFormat::Fp16>
 struct DdrTileConfig : DdrStepConfig<GROUP, BITS, DP, SF> {
   typedef DdrStepConfig<GROUP, BITS, DP, SF> B;
-  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF> C;
-  static constexpr int STEPS = C::PARAMS; // (group, row) steps of a tile
   static constexpr int PREFIX_WORDS = B::prefix_words(ROWS);
-  static constexpr int BLOCKS = B::blocks(ROWS, COLS);
   static constexpr long long TILE_WORDS = B::tile_words(ROWS, COLS);
 };
 

@@ -111,7 +111,7 @@ ROW_DDR:
   for (int g = 0; g < NG; ++g) {
 #pragma HLS PIPELINE II = DDR_II
     const int step = g * ROWS + r;
-    const rom_word_t *block = blocks + (long long)(step / D::BLOCK_STEPS) * D::BLOCK_WORDS;
+    const rom_word_t *block = blocks + D::block_offset(step);
     const int i = step % D::BLOCK_STEPS;
     rom_word_t w[WPS];
 #pragma HLS ARRAY_PARTITION variable = w type = complete

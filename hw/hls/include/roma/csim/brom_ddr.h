@@ -15,9 +15,7 @@ template <int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF = ScaleFormat:
 struct DdrTileSource {
   typedef DdrTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> D;
   const rom_word_t *tile; // the tile's first word in the ddr_weights buffer
-  const rom_word_t *block(int step) const {
-    return tile + D::PREFIX_WORDS + (size_t)(step / D::BLOCK_STEPS) * D::BLOCK_WORDS;
-  }
+  const rom_word_t *block(int step) const { return tile + D::PREFIX_WORDS + D::block_offset(step); }
   const rom_word_t *step_planes(int step) const { return block(step) + D::planes_offset(step % D::BLOCK_STEPS); }
   HalfPair scales(int step) const {
     const int r = step % ROWS; // q8: the row's exponents from the prefix
