@@ -199,7 +199,10 @@ def test_cycles_per_stage_and_the_bench_estimate(engines):
 
     def quantizer(cols: int, group: int) -> int:  # at the engine's lanes: the board's act_lanes, at most the group
         lanes = get_board("u250").engine_act_lanes(group)
-        return cols // lanes + 3 + cols // group + 2 * fdiv + 1 + cols // lanes + 2 + fmul + 2
+        depths = 3 + 2 * fdiv + 1 + 2 + fmul + 2  # the max, the scale and reciprocal, the codes
+        if lanes == group:  # one loop, a group per iteration (ACT_GROUPS)
+            return cols // group + depths
+        return cols // lanes + cols // group + cols // lanes + depths
 
     c, groups = emu.config, {n: e["group"] for n, e in emu.overlay.manifest["tensors"].items() if e.get("group")}
     qdim = c.n_heads * c.head_dim
