@@ -149,6 +149,7 @@ def test_the_u250_build_puts_each_layers_gate_and_up_on_two_engines(smollm2):
     plan = P.make_plan(smollm2, "u250", **kw)
     _check_invariants(plan)
     assert plan.fill == "ffn-pair" and plan.layers_on_chip() == list(range(26))
+    assert "filled ffn-pair: each layer's w_gate in BRAM-ROM" in plan.render()
     where = {(t.layer, t.name.rsplit(".", 1)[-1]): t.placement for t in plan.tensors if t.layer is not None}
     paired = [i for i in range(26) if (where[i, "w_gate"], where[i, "w_up"]) == (P.BRAM_ROM, P.URAM_LOAD_ONCE)]
     assert len(paired) == 25

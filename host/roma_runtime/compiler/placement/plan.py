@@ -1364,6 +1364,9 @@ def render_table(plan: Plan, per_tensor: bool = False) -> str:
         lines.append(f"sent to DDR on purpose (--ddr): {format_ddr_units(plan.ddr_forced)}")
     if plan.uram_forced:
         lines.append(f"put in URAM on purpose (--uram): {format_ddr_units(plan.uram_forced)}")
+    if plan.fill == "ffn-pair":
+        lines.append("filled ffn-pair: each layer's w_gate in BRAM-ROM and its other linears in URAM where they fit, "
+                     "so that gate and up run at once on two engines")
     on, total = plan.on_chip_bytes, plan.total_bytes
     lines.append(f"on chip {_mib(on)} ({on / total:.0%}), streamed from DDR {_mib(total - on)}")
     e = plan.estimate
