@@ -2,7 +2,8 @@
 // roma_model.h, found on the include path: -I BUILD_DIR).
 //
 // Dataflow of one token through the layers (GoldenModel.forward, golden/model.py):
-//   embedding_row (the embedding ROM) -> per layer l (a run-time loop over one layer() instance; its weights
+//   embedding_row (the embedding ROM) -> RoPE's angles of the chunk's positions (rope_angles, once for every layer)
+//   -> per layer l (a run-time loop over one layer() instance; its weights
 //   are its words in the engines' ROM banks, weight-stationary):
 //     rms_norm -> act_quant (once: wk and wv reuse wq's codes) + B-ROM GEMV for wq, wk, wv (+ LoRA unit deltas on
 //     the fp32 input) -> rope_qk
@@ -168,6 +169,7 @@ constexpr int NORM_OUT_LANES = lanes_max(GEMV_IN_LANES, NORM_LANES);
 // qr, kr: written by the GEMV, rotated by RoPE; g_q, g_k: RoPE's outputs
 constexpr int ROPE_IN_LANES = lanes_max(GEMV_OUT_LANES, 2 * ROPE_LANES);
 constexpr int ROPE_OUT_LANES = 2 * ROPE_LANES;
+constexpr int ROPE_PAIRS = rm::HEAD_DIM / 2; // RoPE's angles of a position: a pair of a head each
 // o: written by the GEMV, added by residual_add
 constexpr int RESIDUAL_IN_LANES = lanes_max(GEMV_OUT_LANES, RESIDUAL_LANES);
 // gate (SwiGLU's output too) and up: written by the GEMV, gate read by w_down's quantizer
@@ -785,13 +787,13 @@ V_COPY:
 }
 
 // One token lane's elementwise units of a layer phase (a block's lanes: layer() calls each once per lane, on that
-// lane's rows). Before attention: the token at position pos rotated (queries and keys into q, k), and with several
-// tokens in the block its values copied into v.
-inline void lane_rotate(int pos, bool copy_v, const float qr[QDIM], const float kr[rm::KV_DIM],
-                        const float vr[rm::KV_DIM], float q[QDIM], float k[rm::KV_DIM], float v[rm::KV_DIM],
-                        LayerCycles &cyc) {
+// lane's rows). Before attention: the token rotated by its position's angles (cos_t, sin_t: forward() computes them
+// once for every layer), queries and keys into q, k, and with several tokens in the block its values copied into v.
+inline void lane_rotate(const float cos_t[ROPE_PAIRS], const float sin_t[ROPE_PAIRS], bool copy_v,
+                        const float qr[QDIM], const float kr[rm::KV_DIM], const float vr[rm::KV_DIM], float q[QDIM],
+                        float k[rm::KV_DIM], float v[rm::KV_DIM], LayerCycles &cyc) {
 #pragma HLS INLINE
-  rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(pos, rm::ROPE_INV_FREQ, qr, kr, q, k, cyc);
+  rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(cos_t, sin_t, qr, kr, q, k, cyc);
   if (copy_v) v_copy(vr, v, cyc);
 }
 // After attention: x += o, then h = RMSNorm(x) with weights w (the FFN's input).
@@ -815,7 +817,8 @@ inline void lane_activation(float gate[rm::FFN_DIM], const float up[rm::FFN_DIM]
 // for every layer with its run-time index. The linears take the chunk's tokens in blocks of TT (one pass over each
 // engine's weights per block), the elementwise units a block's tokens side by side (an instance per token lane:
 // ALLOCATION; each lane's rows of g_x, g_q, g_k and g_v are banks of their own, partitioned cyclic TT by token).
-void layer(int l, int start, int T, half_bits_t *kv, half_bits_t *kv1, uint32_t cap, DDR_PORT_PARAMS, Acct &a) {
+void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], const float rope_sin[MAX_T][ROPE_PAIRS],
+           half_bits_t *kv, half_bits_t *kv1, uint32_t cap, DDR_PORT_PARAMS, Acct &a) {
   // layer l's keys and values in each KV port's buffer ([N_LAYERS][2][cap][KV_DIM / KV_PORTS] each)
   constexpr int PORT_ROW = rm::KV_DIM / rm::KV_PORTS;
   // (kv1 may be null when the cache takes one port: it is not read, nor offset, then)
@@ -849,14 +852,13 @@ LAYER_QKV:
     // one token (a decode step) writes its values into g_v's row; a block of several, each its lane's vr row
     if (n == 1) linear(l, L_WV, n, TOKEN_ROWS(h), g_v[i0], g_v[i0], g_v[i0], g_v[i0], DDR_PORTS, a, true);
     else linear(l, L_WV, n, TOKEN_ROWS(h), TOKEN_ROWS(vr), DDR_PORTS, a, true);
-    const int p = start + i0;
-    lane_rotate(p, n > 1, qr[0], kr[0], vr[0], g_q[i0], g_k[i0], g_v[i0], a.layer);
-    if (TC1 && n > 1) lane_rotate(p + TC1, true, qr[TC1], kr[TC1], vr[TC1], g_q[i0 + TC1], g_k[i0 + TC1],
-                                  g_v[i0 + TC1], beside);
-    if (TC2 && n > 2) lane_rotate(p + TC2, true, qr[TC2], kr[TC2], vr[TC2], g_q[i0 + TC2], g_k[i0 + TC2],
-                                  g_v[i0 + TC2], beside);
-    if (TC3 && n > 3) lane_rotate(p + TC3, true, qr[TC3], kr[TC3], vr[TC3], g_q[i0 + TC3], g_k[i0 + TC3],
-                                  g_v[i0 + TC3], beside);
+    lane_rotate(rope_cos[i0], rope_sin[i0], n > 1, qr[0], kr[0], vr[0], g_q[i0], g_k[i0], g_v[i0], a.layer);
+    if (TC1 && n > 1) lane_rotate(rope_cos[i0 + TC1], rope_sin[i0 + TC1], true, qr[TC1], kr[TC1], vr[TC1],
+                                  g_q[i0 + TC1], g_k[i0 + TC1], g_v[i0 + TC1], beside);
+    if (TC2 && n > 2) lane_rotate(rope_cos[i0 + TC2], rope_sin[i0 + TC2], true, qr[TC2], kr[TC2], vr[TC2],
+                                  g_q[i0 + TC2], g_k[i0 + TC2], g_v[i0 + TC2], beside);
+    if (TC3 && n > 3) lane_rotate(rope_cos[i0 + TC3], rope_sin[i0 + TC3], true, qr[TC3], kr[TC3], vr[TC3],
+                                  g_q[i0 + TC3], g_k[i0 + TC3], g_v[i0 + TC3], beside);
   }
   attend(KvOnChip(), l, start, T, kc, vc, kc1, vc1, a.layer);
   float o[TT][rm::DIM], gate[TT][rm::FFN_DIM], up[TT][rm::FFN_DIM];
@@ -922,10 +924,22 @@ FORWARD_CHUNKS:
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
       embed<E>(E::InDdr(), ids[c0 + i], ddr, g_x[i], a.layer);
     }
+    // RoPE's angles of the chunk's positions, once for every layer: read by a block's token lanes at once (a row
+    // each: cyclic TT) and ROPE_LANES pairs a cycle by each lane's rotations
+    float rope_cos[MAX_T][ROPE_PAIRS], rope_sin[MAX_T][ROPE_PAIRS];
+#pragma HLS ARRAY_PARTITION variable = rope_cos type = cyclic factor = TT dim = 1
+#pragma HLS ARRAY_PARTITION variable = rope_cos type = cyclic factor = ROPE_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = rope_sin type = cyclic factor = TT dim = 1
+#pragma HLS ARRAY_PARTITION variable = rope_sin type = cyclic factor = ROPE_LANES dim = 2
+  ROPE_ANGLES_CHUNK:
+    for (int i = 0; i < T; ++i) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
+      rope_angles<rm::HEAD_DIM>(start + c0 + i, rm::ROPE_INV_FREQ, rope_cos[i], rope_sin[i], a.layer);
+    }
   LAYERS:
     for (int l = 0; l < rm::N_LAYERS; ++l) {
 #pragma HLS LOOP_TRIPCOUNT min = rm::N_LAYERS max = rm::N_LAYERS
-      layer(l, start + c0, T, kv, kv1, cap, DDR_PORTS, a);
+      layer(l, start + c0, T, rope_cos, rope_sin, kv, kv1, cap, DDR_PORTS, a);
     }
     if (c0 + T == n) {
       float h[rm::DIM]; // the head's GEMV input: written by rms_norm, read by its activation quantizer

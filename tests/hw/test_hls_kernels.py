@@ -140,9 +140,10 @@ static const roma::rom_word_t planes[2][roma::BromTileConfig<4, 64, 32, 4>::PLAN
 static const roma::half_bits_t sc[2][8] = {{0x3c00u}}, mn[2][8] = {{0u}};
 void top(const float x[64], int pos, roma::half_bits_t *kc, roma::half_bits_t *vc, float out[64]) {
   roma::LayerCycles cyc;
-  float h[64], q[64], k[32], e[64];
+  float h[64], q[64], k[32], e[64], cs[8], sn[8];
   roma::rms_norm<64>(x, w, 1e-5f, h, cyc);
-  roma::rope_qk<4, 2, 16>(pos, invf, h, h, q, k, cyc);
+  roma::rope_angles<16>(pos, invf, cs, sn, cyc);
+  roma::rope_qk<4, 2, 16>(cs, sn, h, h, q, k, cyc);
   roma::attention_decode<4, 2, 16, 32, 4>(q, k, h, pos, kc, vc, out, cyc);
   roma::swiglu<64>(out, h, out, cyc);
   roma::residual_add<64>(out, x, out, cyc);
@@ -150,7 +151,7 @@ void top(const float x[64], int pos, roma::half_bits_t *kc, roma::half_bits_t *v
   roma::residual_add<64>(out, e, out, cyc);
   // the elementwise units at the Alveo boards' lanes
   roma::rms_norm<64, 16>(out, w, 1e-5f, h, cyc);
-  roma::rope_qk<4, 2, 16, 8>(pos, invf, h, h, q, k, cyc);
+  roma::rope_qk<4, 2, 16, 8>(cs, sn, h, h, q, k, cyc);
   roma::swiglu<64, 16>(out, h, out, cyc);
   roma::residual_add<64, 16>(out, q, out, cyc);
 }

@@ -46,7 +46,8 @@ Attention (attention_lanes, a datapath per token lane; GROUP = HEADS / KV_HEADS 
   (P - 1) * (SIMD + 1) fadd adding PV's P partial sums (memory.pv_partials; 1 where a row is FADD_LATENCY chunks).
 The elementwise units at the build's lanes L (boards.json elementwise_lanes, halved to the model's dimensions):
 RMSNorm: L fmul + L fadd (the squares and their partial sums, norm.h), 1 fsqrt + 1 fdiv, 2 L fmul (x * inv * w).
-RoPE: sin and cos of one angle per cycle (1 fmul), L pairs: 4 fmul + 2 fadd each.
+RoPE: L pairs: 4 fmul + 2 fadd each, per token lane; its angles (once per position for every layer, in forward):
+  sin and cos of one angle per cycle (1 fmul).
 SwiGLU: per lane 1 exp, 1 fadd, 1 fdiv, 1 fmul.
 Residual add (two call sites in the layer: two instances): L fadd.
 Sampler (LANES 4): 4 fcmp, 1 exp, 1 fmul, 1 fdiv.
@@ -235,8 +236,8 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
     tt = board.token_lanes
     units.append(_unit("RMSNorm (one per token lane)", tt,
                        *_ops({"fmul": 3 * ew.norm, "fadd": ew.norm, "fsqrt": 1, "fdiv": 1}), {"simd": ew.norm}))
-    units.append(_unit("RoPE (one per token lane)", tt,
-                       *_ops({"sin": 1, "cos": 1, "fmul": 1 + 4 * ew.rope, "fadd": 2 * ew.rope}),
+    units.append(_unit("RoPE angles (one, for every layer)", 1, *_ops({"sin": 1, "cos": 1, "fmul": 1}), {}))
+    units.append(_unit("RoPE (one per token lane)", tt, *_ops({"fmul": 4 * ew.rope, "fadd": 2 * ew.rope}),
                        {"simd": ew.rope}))
     units.append(_unit("SwiGLU (one per token lane)", tt, *_ops({"exp": ew.swiglu, "fadd": ew.swiglu,
                                                                  "fdiv": ew.swiglu, "fmul": ew.swiglu}),

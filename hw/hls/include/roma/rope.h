@@ -11,7 +11,8 @@
 // fp32(pos) is exact for pos < 2^24.
 //
 // Loops (II=1):
-//   ANGLES: HD/2 iterations + ANGLE_DEPTH (int->float, mul, sin/cos), once per position (shared by Q and K)
+//   ANGLES: HD/2 iterations + ANGLE_DEPTH (int->float, mul, sin/cos), once per position: shared by Q and K and by
+//           every layer (roma_core computes a chunk's positions' angles before its layers)
 //   ROTATE: HEADS*HD/2 / SIMD iterations (SIMD pairs per cycle) + ROT_DEPTH
 #ifndef ROMA_ROPE_H
 #define ROMA_ROPE_H
@@ -85,14 +86,10 @@ ROTATE:
   cyc.rope += C::CYCLES;
 }
 
-// Q and K of one token at `pos`: the angles once, then both rotations.
+// Q and K of one token, rotated by its position's angles (rope_angles): both rotations.
 template <int HEADS, int KV_HEADS, int HD, int SIMD = 2>
-void rope_qk(int pos, const float inv_freq[HD / 2], const float q[HEADS * HD], const float k[KV_HEADS * HD],
-             float q_out[HEADS * HD], float k_out[KV_HEADS * HD], LayerCycles &cyc) {
-  float cos_t[HD / 2], sin_t[HD / 2]; // read SIMD per cycle by both rotations
-#pragma HLS ARRAY_PARTITION variable = cos_t type = cyclic factor = SIMD dim = 1
-#pragma HLS ARRAY_PARTITION variable = sin_t type = cyclic factor = SIMD dim = 1
-  rope_angles<HD>(pos, inv_freq, cos_t, sin_t, cyc);
+void rope_qk(const float cos_t[HD / 2], const float sin_t[HD / 2], const float q[HEADS * HD],
+             const float k[KV_HEADS * HD], float q_out[HEADS * HD], float k_out[KV_HEADS * HD], LayerCycles &cyc) {
   rope_rotate<HEADS, HD, SIMD>(q, cos_t, sin_t, q_out, cyc);
   rope_rotate<KV_HEADS, HD, SIMD>(k, cos_t, sin_t, k_out, cyc);
 }

@@ -31,9 +31,12 @@ extern "C" void roma_syn_kernels(int op, int pos, const float x[FFN], const floa
   case 0:
     roma::rms_norm<DIM>(x, w, 1e-5f, y, cyc);
     break;
-  case 1:
-    roma::rope_qk<HEADS, KV_HEADS, HD>(pos, inv_freq, q, k, out, y, cyc); // rotated k -> y[0..KV_HEADS*HD)
+  case 1: {
+    float cos_t[HD / 2], sin_t[HD / 2];
+    roma::rope_angles<HD>(pos, inv_freq, cos_t, sin_t, cyc);
+    roma::rope_qk<HEADS, KV_HEADS, HD>(cos_t, sin_t, q, k, out, y, cyc); // rotated k -> y[0..KV_HEADS*HD)
     break;
+  }
   case 2:
     roma::attention_decode<HEADS, KV_HEADS, HD, CTX, KV_SIMD, roma::KvPlace::Ddr>(q, k, v, pos, k_cache, v_cache,
                                                                                    out, cyc);
