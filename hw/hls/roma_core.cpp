@@ -720,8 +720,8 @@ void linear(int l, int lin, int n, TOKEN_INS, TOKEN_OUTS, DDR_PORT_PARAMS, Acct 
   lora_deltas(l, lin, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, a);
 }
 
-// The FFN pair (roma_model.h FFN_PAIR_GATE, FFN_PAIR_UP): a layer whose w_gate and w_up are on these two engines
-// runs them at once, each engine at its second call site (ALLOCATION: still one instance each, which linear() calls
+// The FFN pair (roma_model.h FFN_PAIR_GATE, FFN_PAIR_UP; never two DDR engines, which would share the weight ports):
+// a layer whose w_gate and w_up are on these two engines runs them at once, each engine at its second call site (ALLOCATION: still one instance each, which linear() calls
 // at other times). Nothing passes between the two calls (both read h, each writes its own output and counts into its
 // own counters), so they are scheduled side by side: counted as the longer (its stages; the other is not counted,
 // as the token lanes beside lane 0). Then the LoRA deltas, gate's and up's, one after the other as linear() does.

@@ -40,7 +40,7 @@ Also generated for the top (hw/hls/roma_core.cpp):
   repeats token_embd's), N_UNITS counts them. An on-chip engine's bank stacks its tensors in that same order,
   tile by tile (bank [TILES][words]); roma_core.cpp computes each tensor's offset in it from that order.
   FFN_PAIR_GATE and FFN_PAIR_UP name two engines that run a layer's w_gate and w_up at once where the layer has them
-  there (ffn_pair; -1 when no layer has them on two engines);
+  there (ffn_pair: never two DDR engines, which share the weight ports; -1 when no layer has such a pair);
 - a synthesis-only section that defines every BRAM ROM bank (ROMA_UNIT_* declarators from ROMA_ROM_DEFINE, i.e.
   hw/hls/roma_rom_define.h) initialised from its tensors' .dat files: per tile, one brace-enclosed row holding
   that tile's section (ROMA_BROM_TILE) of each tensor's .dat in bank order (the preprocessor cannot loop); DDR
@@ -93,11 +93,11 @@ def _bool(v) -> str:
     return "true" if v else "false"
 
 
-def ffn_pair(pairs: list[tuple]) -> tuple | None:
+def ffn_pair(pairs: list[tuple], streams) -> tuple | None:
     """The two engines on which roma_core runs a layer's w_gate and w_up at once (FFN_PAIR_GATE, FFN_PAIR_UP): of
-    the layers' (gate's engine, up's engine), the most frequent pair of two engines (the earliest on a tie); None
-    when every layer has both on one engine."""
-    distinct = [p for p in pairs if p[0] != p[1]]
+    the layers' (gate's engine, up's engine), the most frequent pair of two engines that do not both stream from DDR
+    (`streams(engine)`: they would share the weight ports), the earliest on a tie; None when there is none."""
+    distinct = [p for p in pairs if p[0] != p[1] and not (streams(p[0]) and streams(p[1]))]
     return max(distinct, key=lambda p: (distinct.count(p), -distinct.index(p))) if distinct else None
 
 
@@ -202,7 +202,9 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
         lines.append(f"constexpr long long URAM_{_ident(name)} = {uram_offset(e)};")
     lines += [f"constexpr int UNIT_TOKEN_EMBD = {embd_unit};", f"constexpr int UNIT_OUTPUT = {out_unit};",
               "// the GEMV engines: one per configuration (see UNIT_*)", f"constexpr int N_UNITS = {len(units)};"]
-    pair = ffn_pair(list(zip(layer_units["w_gate"], layer_units["w_up"]))) or (-1, -1)
+    streamed = {u for lin, ids in layer_units.items() for i, u in enumerate(ids)
+                if offset(tensors[f"blk.{i}.{lin}"]) >= 0}  # the layers' DDR engines
+    pair = ffn_pair(list(zip(layer_units["w_gate"], layer_units["w_up"])), streamed.__contains__) or (-1, -1)
     lines += ["// the engines that run a layer's w_gate and w_up at once where they hold them (-1: none; ffn_pair)",
               f"constexpr int FFN_PAIR_GATE = {pair[0]};", f"constexpr int FFN_PAIR_UP = {pair[1]};"]
     lines += ["",

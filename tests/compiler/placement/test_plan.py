@@ -161,8 +161,13 @@ def test_the_u250_build_puts_each_layers_gate_and_up_on_two_engines(smollm2):
     steps = 1536 * 576 / 64 / plan.pe  # a gate's or an up's (group, row) steps per PE
     assert cycles["layers"] - cycles["ffn-pair"] == pytest.approx(25 * steps, rel=0.01)
     # the header names the pair: the ROM engine for the gates, the URAM one for the ups (numbered by first tensor)
-    assert ffn_pair([("rom", "uram"), ("uram", "uram"), ("rom", "uram"), ("uram", "rom")]) == ("rom", "uram")
-    assert ffn_pair([("a", "b"), ("b", "a")]) == ("a", "b") and ffn_pair([(0, 0), (1, 1)]) is None
+    never = lambda e: False  # noqa: E731
+    assert ffn_pair([("rom", "uram"), ("uram", "uram"), ("rom", "uram"), ("uram", "rom")], never) == ("rom", "uram")
+    assert ffn_pair([("a", "b"), ("b", "a")], never) == ("a", "b") and ffn_pair([(0, 0), (1, 1)], never) is None
+    # two DDR engines would share the weight ports: not a pair (the mixed build's streamed layers have some)
+    ddr = {"ddr2", "ddr3"}.__contains__
+    assert ffn_pair([("ddr2", "ddr3")] * 3 + [("rom", "uram")], ddr) == ("rom", "uram")
+    assert ffn_pair([("ddr2", "ddr3")], ddr) is None and ffn_pair([("rom", "ddr3")], ddr) == ("rom", "ddr3")
 
 
 def test_smollm2_rows_do_not_divide_into_groups_of_128(smollm2):

@@ -875,7 +875,7 @@ def _gemv_cycles(engines: "_Engines", board: Board) -> float:
     # a layer's gate and up on the engines of the build's FFN pair run at once: the longer of the two
     gate, up = HLS_LINEARS.index("w_gate"), HLS_LINEARS.index("w_up")
     layers = sorted({layer for lin, layer in each if lin == gate and (up, layer) in each})
-    pair = ffn_pair([(each[gate, layer][0], each[up, layer][0]) for layer in layers])
+    pair = ffn_pair([(each[gate, layer][0], each[up, layer][0]) for layer in layers], lambda e: e.tier == "ddr")
     cycles = sum(c for _, c in each.values())
     for layer in layers:
         (eg, cg), (eu, cu) = each[gate, layer], each[up, layer]
