@@ -202,8 +202,7 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
         lines.append(f"constexpr long long URAM_{_ident(name)} = {uram_offset(e)};")
     lines += [f"constexpr int UNIT_TOKEN_EMBD = {embd_unit};", f"constexpr int UNIT_OUTPUT = {out_unit};",
               "// the GEMV engines: one per configuration (see UNIT_*)", f"constexpr int N_UNITS = {len(units)};"]
-    streamed = {u for lin, ids in layer_units.items() for i, u in enumerate(ids)
-                if offset(tensors[f"blk.{i}.{lin}"]) >= 0}  # the layers' DDR engines
+    streamed = {u for key, u in units.items() if key[-1] == "ddr"}  # the DDR engines (a configuration ends in its tier)
     pair = ffn_pair(list(zip(layer_units["w_gate"], layer_units["w_up"])), streamed.__contains__) or (-1, -1)
     lines += ["// the engines that run a layer's w_gate and w_up at once where they hold them (-1: none; ffn_pair)",
               f"constexpr int FFN_PAIR_GATE = {pair[0]};", f"constexpr int FFN_PAIR_UP = {pair[1]};"]
