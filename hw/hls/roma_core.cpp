@@ -142,11 +142,13 @@ static_assert(rm::KV_PORTS <= ROMA_KV_PORTS, "the build's KV ports among the boa
 constexpr int ATT_SIMD = att_simd(rm::KV_PORT_BITS / 16) * rm::KV_PORTS;
 static_assert(rm::HEAD_DIM % ATT_SIMD == 0 && rm::KV_PORT_LANES * rm::KV_PORTS == ATT_SIMD,
               "the KV ports' runs (roma_model.h KV_PORT_LANES) as attention reads them");
-// The GEMV output buffers take ROMA_GEMV_PE consecutive rows a cycle from the on-chip engines (one per PE) and
-// WEIGHT_PORTS from a DDR engine (one per port): partitioned cyclic by the power of two covering both.
+// The GEMV output buffers take ROMA_GEMV_PE consecutive rows a cycle from the on-chip engines (one per PE; two per PE
+// under decode's row split, on a build with token lanes: brom_gemv_tiles_rt) and WEIGHT_PORTS from a DDR engine (one
+// per port): partitioned cyclic by the power of two covering both.
 constexpr int pow2_at_least(int n, int p = 1) { return p >= n ? p : pow2_at_least(n, 2 * p); }
 constexpr int lanes_max(int a, int b) { return a > b ? a : b; }
-constexpr int GEMV_OUT_LANES = pow2_at_least(lanes_max(ROMA_GEMV_PE, rm::WEIGHT_PORTS));
+constexpr int GEMV_OUT_LANES =
+    pow2_at_least(lanes_max(ROMA_GEMV_PE * (rm::TOKEN_LANES > 1 ? 2 : 1), rm::WEIGHT_PORTS));
 // The GEMV inputs are read GEMV_IN_LANES per cycle at most by the engines' activation quantizers (roma_model.h
 // ROMA_ACT_LANES, the board's act_lanes; an engine of a smaller group reads its group: Unit::ACT), so they are
 // partitioned cyclic by GEMV_IN_LANES where they are declared (h, g_att); gate is also written ROMA_GEMV_PE rows per
@@ -544,7 +546,7 @@ void bank_tiles(std::false_type /*BRAM ROM*/, const rom_word_t planes[R::TILES][
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
 #pragma HLS INLINE
-#pragma HLS BIND_STORAGE variable = planes type = rom_1p impl = bram
+#pragma HLS BIND_STORAGE variable = planes type = rom_2p impl = bram
   brom_gemv_tiles_rt<R, R::TILES, false, R::TOKENS>(n, rows, cols, xq, as, planes,
                                                     BANK_OFFSETS.at[BANK_PLANES][l][lin], prm,
                                                     BANK_OFFSETS.at[BANK_PARAMS][l][lin], aux,
@@ -626,7 +628,7 @@ void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, T
     } else { // parallel tiles: one tile's cycles
       typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ> S;
       cyc.candidates += (uint64_t)n * S::cand_cycles(COLS);
-      cyc.gemv += S::gemv_cycles(ROWS, COLS, S::gemv_ii(R::MIN_ROWS));
+      cyc.gemv += S::engine_gemv_cycles(n, R::TOKENS, ROWS, COLS, R::MIN_ROWS);
     }
   }
 }
@@ -1014,11 +1016,11 @@ template <class R>
 void load_uram_bank(rom_word_t planes[R::TILES][R::PLANE_WORDS], scale_word_t prm[R::TILES][R::PARAMS],
                     scale_word_t aux[R::TILES][R::AUX], int pass, const rom_word_t *image, uint32_t &total,
                     uint64_t &cyc) {
-#pragma HLS BIND_STORAGE variable = planes type = ram_2p impl = uram
+#pragma HLS BIND_STORAGE variable = planes type = ram_t2p impl = uram
 #pragma HLS ARRAY_RESHAPE variable = planes type = cyclic factor = 2 dim = 2
-#pragma HLS BIND_STORAGE variable = prm type = ram_2p impl = uram
+#pragma HLS BIND_STORAGE variable = prm type = ram_t2p impl = uram
 #pragma HLS ARRAY_RESHAPE variable = prm type = cyclic factor = 4 dim = 2
-#pragma HLS BIND_STORAGE variable = aux type = ram_2p impl = uram
+#pragma HLS BIND_STORAGE variable = aux type = ram_t2p impl = uram
 #pragma HLS ARRAY_RESHAPE variable = aux type = cyclic factor = 4 dim = 2
 URAM_TENSORS:
   for (int i = 0; i < (L_OUTPUT + 1) * rm::N_LAYERS; ++i) {

@@ -302,8 +302,33 @@ long run_token_lanes(const Case &c, const BromImageHost &img, Tally &tally) {
       tally.check(float_to_bits(yb[(size_t)t * R + o]) == want && float_to_bits(yd[(size_t)t * R + o]) == want);
     }
   }
-  tally.check(block.gemv == one.gemv && block.candidates == (uint64_t)n * one.candidates);
+  typedef BromStepConfig<GROUP, BITS, Datapath::LutSelect, SF> S;
+  const bool split = S::row_split(n, L, ROWS, ROWS);
+  tally.check(block.gemv == (split ? S::gemv_cycles(ROWS / 2, COLS, C::GEMV_II) : one.gemv) &&
+              block.candidates == (uint64_t)n * one.candidates);
   tally.check(block_ddr.gemv == one_ddr.gemv && block_ddr.candidates == (uint64_t)n * one_ddr.candidates);
+
+  // Decode's row split: token 0 alone through the lanes, its even rows on lane 0 and its odd ones on lane 1 (where
+  // the tile's rows allow it: S::row_split), into y0 only: bit for bit its GEMV on one lane, every dot product probed
+  // where that one probes it, in half the steps
+  std::vector<float> ys((size_t)L * R, -1.0f), y0(R);
+  std::vector<acc_t> dot_split((size_t)TILES * PP, -1), dot_one((size_t)TILES * PP);
+  Cycles decode, single;
+  brom_gemv_tiles_rt<C, TILES, true, L>(1, ROWS, COLS, xq, a_scale, rom_planes<C>(img), 0, rom_prm<C>(img), 0,
+                                        rom_aux<C>(img), 0, &ys[0], &ys[R], &ys[2 * R], &ys[3 * R],
+                                        reinterpret_cast<acc_t(*)[PP]>(dot_split.data()), xsum.data(), decode);
+  brom_gemv_tiles<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, true, SF>(
+      xq[0], a_scale[0], rom_planes<C>(img), rom_prm<C>(img), rom_aux<C>(img), y0.data(),
+      reinterpret_cast<acc_t(*)[PP]>(dot_one.data()), xsum.data(), single);
+  for (int o = 0; o < R; ++o) {
+    tally.check(float_to_bits(ys[o]) == float_to_bits(y0[o]));
+    for (int t = 1; t < L; ++t) tally.check(float_to_bits(ys[(size_t)t * R + o]) == float_to_bits(-1.0f));
+  }
+  for (size_t i = 0; i < dot_one.size(); ++i) tally.check(dot_split[i] == dot_one[i]);
+  const bool splits = S::row_split(1, L, ROWS, ROWS);
+  tally.check(splits == (ROWS % 2 == 0 && ROWS / 2 >= (ROWS < timing::FADD_LATENCY ? ROWS : timing::FADD_LATENCY)));
+  tally.check(decode.gemv == (splits ? S::gemv_cycles(ROWS / 2, COLS, C::GEMV_II) : single.gemv));
+  tally.check(!splits || decode.gemv + (uint64_t)(COLS / GROUP) * (ROWS / 2) * C::GEMV_II == single.gemv);
   return tally.mismatches - before;
 }
 
@@ -334,16 +359,20 @@ bool try_case(const Case &c, const BromImageHost &img, Tally &tally) {
                       run_token_lanes<TILES, ROWS, COLS, GROUP, BITS, SF>(c, img, tally);
   // the stream at a Zynq UltraScale+ HP port's 128 bits (both datapaths) and an Alveo port's 512 bits
   // ... and through three 128-bit ports (a Zynq UltraScale+ board's HP0, HP1, HP3)
-  // ... and through four 512-bit ports (a U250's) into a y of one bank and of 32 (a layer buffer's): the last round's
-  // rows go out P512::y_rows a cycle where the banks allow it
-  uint64_t cyc_ddr = 0, cyc_ddr_dsp = 0, cyc_ddr_512 = 0, cyc_ddr_3p = 0, cyc_ddr_4p = 0, cyc_ddr_4p_y = 0;
+  // ... and through four 512-bit ports (a U250's) into a y of one bank, of 32 and of 64 (a layer buffer's without and
+  // with decode's row split): the last round's rows go out P512::y_rows an iteration of y_ii cycles where the banks
+  // allow it
+  uint64_t cyc_ddr = 0, cyc_ddr_dsp = 0, cyc_ddr_512 = 0, cyc_ddr_3p = 0, cyc_ddr_4p = 0, cyc_ddr_4p_y = 0,
+           cyc_ddr_4p_y64 = 0;
   const long m_ddr = run_ddr<128, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, tally, cyc_ddr) +
                      run_ddr<128, TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac, SF>(c, img, tally, cyc_ddr_dsp) +
                      run_ddr<512, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, tally, cyc_ddr_512) +
                      run_ddr<128, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF, 3>(c, img, tally, cyc_ddr_3p) +
                      run_ddr<512, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF, 4>(c, img, tally, cyc_ddr_4p) +
                      run_ddr<512, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF, 4, 32>(c, img, tally,
-                                                                                                  cyc_ddr_4p_y);
+                                                                                                  cyc_ddr_4p_y) +
+                     run_ddr<512, TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF, 4, 64>(c, img, tally,
+                                                                                                  cyc_ddr_4p_y64);
   typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> C;
   typedef DdrStepConfig<GROUP, BITS, Datapath::LutSelect, SF> D;
   typedef DdrStream<D, 128> P128;
@@ -351,17 +380,23 @@ bool try_case(const Case &c, const BromImageHost &img, Tally &tally) {
   const int y_rows = P512::y_rows(TILES, 4, 32);
   tally.check(cyc_ddr_4p - cyc_ddr_4p_y ==
               P512::y_cycles(ROWS, ROWS, ROWS, 1) - P512::y_cycles(ROWS, ROWS, ROWS, y_rows));
+  const int y_rows64 = P512::y_rows(TILES, 4, 64);
+  tally.check(cyc_ddr_4p - cyc_ddr_4p_y64 ==
+              P512::y_cycles(ROWS, ROWS, ROWS, 1) - P512::y_cycles(ROWS, ROWS, ROWS, y_rows64));
+  // 64 banks take twice 32's rows in twice the cycles: no slower
+  tally.check(cyc_ddr_4p_y64 <= cyc_ddr_4p_y + P512::y_ii(y_rows64));
   std::printf("  %-18s b=%d G=%-3d %4dx%-4d tiles=%d %-4s mismatches lut=%ld dsp=%ld csim-fast=%ld ddr=%ld  "
               "cycles/GEMV lut=%llu dsp=%llu (act_quant %llu + candidates %llu + gemv %llu, gemv II=%d) "
               "ddr@128=%llu (%s, chunk II %d) ddr@512=%llu (%s, chunk II %d) ddr@3x128=%llu ddr@4x512=%llu "
-              "(y %d rows a cycle: %llu)\n",
+              "(y %d rows a cycle: %llu; %d rows in %d: %llu)\n",
               c.name.c_str(), BITS, GROUP, c.rows, COLS, TILES, c.scales.c_str(), m_lut, m_dsp, m_fast, m_ddr,
               (unsigned long long)cyc_lut, (unsigned long long)cyc_dsp,
               (unsigned long long)ActQuantConfig<COLS, GROUP>::CYCLES, (unsigned long long)C::CAND_CYCLES,
               (unsigned long long)C::GEMV_CYCLES, C::GEMV_II, (unsigned long long)cyc_ddr,
               P128::lanes(ROWS) ? "lanes" : "serial", P128::chunk_ii(ROWS, ROWS), (unsigned long long)cyc_ddr_512,
               P512::lanes(ROWS) ? "lanes" : "serial", P512::chunk_ii(ROWS, ROWS), (unsigned long long)cyc_ddr_3p,
-              (unsigned long long)cyc_ddr_4p, y_rows, (unsigned long long)cyc_ddr_4p_y);
+              (unsigned long long)cyc_ddr_4p, y_rows, (unsigned long long)cyc_ddr_4p_y, y_rows64, P512::y_ii(y_rows64),
+              (unsigned long long)cyc_ddr_4p_y64);
   return true;
 }
 

@@ -19,7 +19,7 @@ pytestmark = needs_gxx
 from roma_runtime.artifact.boards import get_board  # noqa: E402
 from roma_runtime.compiler.placement import footprint  # noqa: E402
 from roma_runtime.artifact.kv_layout import port_lanes  # noqa: E402
-from roma_runtime.compiler.placement.memory import BRAM_SHAPES, shape_cost  # noqa: E402
+from roma_runtime.compiler.placement.memory import BRAM_TDP_SHAPES, shape_cost  # noqa: E402
 
 HOST = Path(__file__).resolve().parents[3] / "host"
 
@@ -54,8 +54,9 @@ def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
     assert planes["bytes"] == weights * 4 // 8 and planes["dims"] == [pe, weights * 4 // 32 // pe]
     assert (planes["elem_bits"], planes["banks"], planes["width"]) == (32, 4 * pe, 32)
     assert planes["depth"] == weights * 4 // 32 // pe // 4
-    assert planes["impl"] == "bram" and planes["bram36"] == 4 * pe * shape_cost(32, planes["depth"], BRAM_SHAPES)
-    assert any("rom_1p" in p and "roma_core.cpp" in p for p in planes["pragmas"])  # bank_tiles: a BRAM ROM
+    # two read ports (decode's row split reads a second row): true dual-port aspect ratios, 36 bits wide at most
+    assert planes["impl"] == "bram" and planes["bram36"] == 4 * pe * shape_cost(32, planes["depth"], BRAM_TDP_SHAPES)
+    assert any("rom_2p" in p and "roma_core.cpp" in p for p in planes["pragmas"])  # bank_tiles: a BRAM ROM
     # the fp16 scales: [TILES][groups*rows] halves of every tensor, one bank per tile
     sc = _array(tiny_report, "Unit<0>::scales")
     assert (sc["bytes"], sc["elem_bits"], sc["banks"], sc["depth"]) == (weights // 32 * 2, 16, pe, weights // 32 // pe)

@@ -158,8 +158,15 @@ def test_the_u250_build_puts_each_layers_gate_and_up_on_two_engines(smollm2):
     core = P._Core(smollm2, plan.board, plan.budget, 1, 16, P.LINEAR, "fp16", None, plan.context, plan.pe)
     units = P.build_tensors(smollm2, 2, 64, plan.per_tensor_bits, "q8", plan.per_tensor_groups)
     cycles = {f: P._gemv_cycles(P._place(core, units, set(), set(), f)[0], plan.board) for f in P.FILLS}
-    steps = 1536 * 576 / 64 / plan.pe  # a gate's or an up's (group, row) steps per PE
+    steps = 1536 * 576 / 64 / plan.pe / 2  # a gate's or an up's (group, row) steps per PE and token lane (row split)
     assert cycles["layers"] - cycles["ffn-pair"] == pytest.approx(25 * steps, rel=0.01)
+    # decode's row split (brom_tile.h row_split): a token's rows over the engine's two token lanes where each lane's
+    # accumulators come back no sooner than the loop's II allows; the head's engine has one lane
+    assert plan.board.token_lanes == 2 and plan.pe == 32
+    assert P.row_split(1, 2, 1536 // 32, 6) and P.row_split(1, 2, 576 // 32, 6)  # gate/up/down, q/o: 24 and 9 a lane
+    assert not P.row_split(1, 2, 192 // 32, 6)  # k, v: 3 rows a lane, under the fp32 adder's 4 cycles
+    assert not P.row_split(2, 2, 48, 6) and not P.row_split(1, 1, 48, 6) and not P.row_split(1, 2, 7, 1)
+    assert P.row_split(1, 2, 4, 2) and not P.row_split(1, 2, 2, 2)  # II 2 engines: a lane's rows >= the engine's
     # the header names the pair: the ROM engine for the gates, the URAM one for the ups (numbered by first tensor)
     never = lambda e: False  # noqa: E731
     assert ffn_pair([("rom", "uram"), ("uram", "uram"), ("rom", "uram"), ("uram", "rom")], never) == ("rom", "uram")

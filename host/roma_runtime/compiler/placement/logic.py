@@ -35,7 +35,9 @@ A DDR engine's chunk loop (brom_ddr_gemv_rt) unrolls a chunk's LANES steps of ea
   port with one token lane, 4 per lane for 2-bit G64 (a 512-bit port word holds 4 steps' planes).
 Token lanes (boards.json token_lanes; roma_core.cpp Unit::TOKENS, one for a head engine): a layers' engine's
   datapaths and activation quantizers once per lane (a block of prefill tokens per pass over the weights); its
-  candidate stage once (the lanes' tokens one after another).
+  candidate stage once (the lanes' tokens one after another). An on-chip one's row split (decode: lane 1 takes the
+  odd rows of token 0) adds 2:1 muxes: a group's candidates (16 C bits per quad; DspMac: the group's 8-bit
+  activations), its scale and sum (64 bits), and each PE's fp32 output into y0 (32 bits per tile).
 Activation quantizer (act_quant, SIMD = A_e; one per engine and token lane): per lane an integer
   compare of 31 bits, an fmul and a round/clip of 8 bits; 2 fdiv (the scale and its inverse).
 LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its two loops, then 1 fmul and 1 fadd.
@@ -205,6 +207,15 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                                                            "max_cols": max(c for _, c in shapes),
                                                            "tiles": e["tiles"], "token_lanes": tokens,
                                                            "linears": e["linears"], **ddr}))
+    # decode's row split (brom_gemv_tiles_rt) on an on-chip engine with token lanes: lane 1 takes token 0's activation
+    # side (2:1 muxes on a group's candidates or activations, and on its scale and sum) and writes y0's odd rows
+    # (a 2:1 mux on each PE's fp32 output into its second bank)
+    for e in engines:
+        if e["gemv"] and e["tier"] != "ddr" and e["token_lanes"] >= 2:
+            dp, c = engine_datapath(e["bits"], datapath), ACT_BITS + 2
+            side = (e["group"] // 4) * 16 * c if dp == "LutSelect" else e["group"] * ACT_BITS
+            units.append(_unit(f"row split of engine #{e['index']} (decode on two token lanes)", 1,
+                               side + 64 + 32 * e["tiles"], 0, 0, {"datapath": dp, "tiles": e["tiles"]}))
     # an engine's activation lanes: the board's, at most its group
     quantizers = Counter()
     for e in engines:

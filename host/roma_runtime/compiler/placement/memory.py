@@ -18,8 +18,8 @@ says so. An array without BIND_STORAGE is counted in BRAM, except a bank of dept
 LUTRAM (FINN's rule for small memories). Banks of depth 1 (complete partitioning) are registers. A BIND_STORAGE
 impl other than uram (bram, auto, lutram on a deep bank) is counted in BRAM.
 
-A weight bank takes the pragmas of its tier: a BRAM-ROM bank bank_tiles' (rom_1p impl=bram), a URAM bank
-load_uram_bank's (impl = uram, reshaped to 64-bit words). The LoRA unit is laid out by its contract's pragmas
+A weight bank takes the pragmas of its tier: a BRAM-ROM bank bank_tiles' (rom_2p impl=bram: two read ports, 36 bits
+wide at most), a URAM bank load_uram_bank's (impl = uram, reshaped to 64-bit words). The LoRA unit is laid out by its contract's pragmas
 (``contract_pragma``, mirroring roma_core.cpp's: values and int8 row scales reshaped to 64-bit words, BIND_STORAGE
 impl = ROMA_LORA_IMPL; rank and scale in LUTRAM), because the plan chooses ROMA_LORA_IMPL before a header exists.
 
@@ -69,6 +69,10 @@ BRAM_SHAPES = (
     (1, 16384, 0.5), (2, 8192, 0.5), (4, 4096, 0.5), (9, 2048, 0.5), (18, 1024, 0.5), (36, 512, 0.5),
 )
 URAM_SHAPES = ((72, 4096, 1.0),)
+# Two ports that both read (or both write) put a BRAM in true dual-port mode: 36 bits a port at most (the 72-bit
+# aspect ratio is simple dual-port's, one read and one write)
+TRUE_DUAL_PORT = ("rom_2p", "ram_t2p")
+BRAM_TDP_SHAPES = tuple(s for s in BRAM_SHAPES if s[0] <= 36)
 # A bank this shallow without a BIND_STORAGE is counted as LUTRAM, not BRAM (FINN's MVAU estimate: a weight memory
 # of depth <= 128 goes to distributed RAM)
 LUTRAM_MAX_DEPTH = 128
@@ -171,8 +175,8 @@ def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes,
     """The values of the build-wide symbols the sources' pragma factors name: ROMA_GEMV_PE (roma_model.h: the plan's
     pe), ROMA_WEIGHT_PORTS (roma_model.h: the board's weight_ports), GEMV_IN_LANES (roma_core.cpp: roma_model.h's
     ROMA_ACT_LANES, the board's act_lanes, the GEMV inputs the engines' quantizers read per cycle at most),
-    GEMV_OUT_LANES (roma_core.cpp: the power of two covering pe and the ports, the rows a GEMV writes per
-    cycle), LOGITS_BANKS (roma_core.cpp: the power of two covering the ports, the logits the head writes per cycle,
+    GEMV_OUT_LANES (roma_core.cpp: the power of two covering pe, twice pe with token lanes (decode's row split), and
+    the ports, the rows a GEMV writes per cycle), LOGITS_BANKS (roma_core.cpp: the power of two covering the ports, the logits the head writes per cycle,
     and a port's width in fp32, the logits LOGITS_OUT sends per cycle)
     and GEMV_CHAIN_LANES (roma_core.cpp: the larger of it and GEMV_IN_LANES, a buffer one GEMV writes and the
     next one reads); the elementwise units' lanes (roma_model.h ROMA_*_LANES: the build's, `lanes`) and roma_core's
@@ -180,7 +184,7 @@ def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes,
     (roma_model.h TOKEN_LANES: the token lanes, the token dimension's partition of the chunk's buffers and the
     elementwise units' instances) and RESIDUAL_ADDS (two per lane)."""
     act = act_lanes
-    out_lanes = _pow2_at_least(max(pe, ports))
+    out_lanes = _pow2_at_least(max(pe * (2 if token_lanes > 1 else 1), ports))
     chain = max(out_lanes, act)
     values = {"ROMA_GEMV_PE": pe, "ROMA_WEIGHT_PORTS": ports, "GEMV_IN_LANES": act, "GEMV_OUT_LANES": out_lanes,
               "GEMV_CHAIN_LANES": chain, "NORM_LANES": lanes.norm, "SWIGLU_LANES": lanes.swiglu,
@@ -283,10 +287,11 @@ def apply_layout(arr: Array, applied: list, strict: bool = True) -> Array:
     """Banks, width, depth, implementation and blocks of one array from the pragmas that apply to it. strict: a
     factor that cannot be evaluated is an error; otherwise that pragma is noted and not applied."""
     dims = list(arr.dims)
-    banks, width = 1, arr.elem_bits
+    banks, width, kind_of_ram = 1, arr.elem_bits, ""
     for p, lead, env in applied:
         if p.directive == "BIND_STORAGE":
             arr.impl = p.options.get("impl", "bram").lower()
+            kind_of_ram = p.options.get("type", "").lower()
             arr.pragmas.append(f"{p.text()} ({p.where})")
             continue
         kind = p.options.get("type", "complete").lower()
@@ -318,7 +323,7 @@ def apply_layout(arr: Array, applied: list, strict: bool = True) -> Array:
         arr.impl = "lutram"
     if arr.impl in ("regs", "lutram"):
         return arr  # registers / LUTs: no block RAM
-    shapes = URAM_SHAPES if arr.impl == "uram" else BRAM_SHAPES
+    shapes = URAM_SHAPES if arr.impl == "uram" else BRAM_TDP_SHAPES if kind_of_ram in TRUE_DUAL_PORT else BRAM_SHAPES
     cost = arr.instances * banks * shape_cost(width, arr.depth, shapes)
     if arr.impl == "uram":
         arr.uram = cost

@@ -20,7 +20,7 @@ depth <= 128 without a storage pragma). `make -C hw/hls footprint BUILD=...` the
   of that configuration (the embedding and an untied output have their own), numbered as roma_model.h numbers
   them. An on-chip engine has a bank, Unit<U>, of [TILES][words] 32-bit plane words (partitioned in WPS = bits *
   group / 32 banks, one word each per cycle) and two 16-bit scale arrays (fp16 scales and minimums, or q8's steps
-  and row exponents), each tile's words of all its on-chip tensors stacked; BRAM-ROM engines are `rom_1p
+  and row exponents), each tile's words of all its on-chip tensors stacked; BRAM-ROM engines are `rom_2p
   impl=bram`, URAM-load-once engines (contract C2) writable `impl=uram` arrays reshaped to 64-bit words. Every
   engine (DDR ones too) declares its kernels' local arrays, sized by the largest tensor it serves: the activation
   codes xq[cols], the tiles' accumulators acc[rows], candidates, ... (memory.engine_locals).
@@ -116,6 +116,7 @@ from typing import Iterable
 
 from ...artifact.boards import Board, ElementwiseLanes, get_board
 from ...artifact.build import BRAM_ROM, DDR_STREAM, URAM_LOAD_ONCE
+from ...artifact.interface import kernel_constants
 from ...artifact.kv_layout import KvLayout
 from ...artifact.model_header import ffn_pair
 from ...artifact.lora_unit import DTYPES as LORA_DTYPES
@@ -858,7 +859,7 @@ def _place(core: _Core, units: list, forced: set, in_uram: set, fill: str = "lay
 
 def _gemv_cycles(engines: "_Engines", board: Board) -> float:
     """The GEMV steps' cycles of one token, for choosing the PEs and the fill: an on-chip tensor's (group, row) steps
-    over its engine's tiles, a DDR tensor's chunks at the chunk loop's II (logic.ddr_stream, the cycle model's), a
+    over its engine's tiles (and over two token lanes where decode's row split applies), a DDR tensor's chunks at the chunk loop's II (logic.ddr_stream, the cycle model's), a
     tile per weight port at once; a layer's gate and up at once on the FFN pair's engines (model_header.ffn_pair)."""
     each = {}  # (lin, layer) -> (engine, cycles)
     for e, members in engines.members.items():
@@ -866,8 +867,10 @@ def _gemv_cycles(engines: "_Engines", board: Board) -> float:
         for lin, layer, chip in members:
             rows, cols = lin_shape(engines.core.config, lin)
             steps = rows * cols / e.group
-            if chip:
-                each[lin, layer] = e, steps / e.tiles
+            if chip:  # a decode token splits its rows over two token lanes where the lanes are there (row_split)
+                lanes = board.token_lanes if lin < L_EMBD else 1
+                split = row_split(1, lanes, rows // e.tiles, min(tile_rows))
+                each[lin, layer] = e, steps / e.tiles / (2 if split else 1)
             else:  # rounds of a tile per weight port
                 rounds = -(-e.tiles // board.weight_ports)
                 s = logic.ddr_stream(e.bits, e.group, e.scales, tile_rows, board.weight_port_bits)
@@ -882,6 +885,13 @@ def _gemv_cycles(engines: "_Engines", board: Board) -> float:
         if (eg, eu) == pair:
             cycles -= min(cg, cu)
     return cycles
+
+
+def row_split(n: int, token_lanes: int, rows: int, min_rows: int) -> bool:
+    """brom_tile.h BromStepConfig::row_split: whether a block of n tokens splits a tensor's `rows` per tile over two
+    token lanes (decode on an engine with lanes, each lane's accumulators no closer than the engine's loop allows)."""
+    fadd = kernel_constants("types.h")["FADD_LATENCY"]
+    return n == 1 and token_lanes >= 2 and rows % 2 == 0 and rows // 2 >= min(min_rows, fadd)
 
 
 # The layers' on-chip GEMV engines fold each matrix over PE tiles (finn-hlslib's MVAU: PE rows x GROUP inputs per

@@ -54,8 +54,8 @@
 //   PREFIX_CYCLES (q8: ceil(ROWS / 8) * port_cycles(4) + AXI_READ_LATENCY, its own burst; fp16: 0)
 //   + chunks * chunk_ii + GEMV_DEPTH + AXI_READ_LATENCY, the chunks those of the whole blocks and of the last
 //   block's steps (y after: max(chunks, rows) iterations in the rounds after the first, and rows / y_rows +
-//   RAM_LATENCY once, for the last round's outputs: y_rows rows a cycle, 8 for a U250 layer's 4 tiles into the
-//   layer buffers' 32 banks, 2 for its 24-tile head into g_logits' 16).
+//   RAM_LATENCY once, for the last round's outputs: y_rows rows an iteration of y_ii cycles, 16 in two cycles for a
+//   U250 layer's 4 tiles into the layer buffers' 64 banks, 2 in one for its 24-tile head into g_logits' 16).
 // A 2-bit q8 block of 32 steps is 144 words: on a KV260 (128 bits at 200 MHz) 36 cycles, one step or 8 scale
 // entries a cycle; on a U250 (512 bits at 300 MHz, its DDR bank's peak) 9 cycles.
 //
@@ -170,17 +170,22 @@ struct DdrStream {
     return prefix_cycles(rows) + (uint64_t)iterations * chunk_ii(ii_rows, row_align) + S::GEMV_DEPTH +
            timing::AXI_READ_LATENCY;
   }
-  // DDR_Y's rows a cycle: Y_ROWS rows of the PORTS tiles of a round go to y (partitioned cyclic y_banks) in one cycle
-  // when each of their Y_ROWS * PORTS outputs has a bank of its own fixed by its unrolled lane (row i of the cycle,
-  // port p: y[(k * Y_ROWS + i) * tiles + t0 + p], so Y_ROWS * tiles is a multiple of y_banks, and the ports fit between
-  // two rows' banks) and fin's banks (cyclic LANES, two ports each) give them; else a row a cycle
+  // DDR_Y's rows an iteration: Y_ROWS rows of the PORTS tiles of a round go to y (partitioned cyclic y_banks) in one
+  // iteration when each of their Y_ROWS * PORTS outputs has a bank of its own fixed by its unrolled lane (row i of the
+  // iteration, port p: y[(k * Y_ROWS + i) * tiles + t0 + p], so Y_ROWS * tiles is a multiple of y_banks, and the ports
+  // fit between two rows' banks) and fin's banks (cyclic LANES, two ports each) give them within two cycles; else a
+  // row an iteration. An iteration takes y_ii cycles: one per 2 * LANES rows fin gives a cycle (two where y has twice
+  // the banks of a PE a row, the on-chip engines' decode row split: 16 rows of a U250 layer's 4 tiles into 64 banks)
   static constexpr int y_rows(int tiles, int ports, int y_banks) {
-    return ports <= ddr_gcd(y_banks, tiles) && y_banks / ddr_gcd(y_banks, tiles) <= 2 * LANES
+    return ports <= ddr_gcd(y_banks, tiles) && y_banks / ddr_gcd(y_banks, tiles) <= 4 * LANES
                ? y_banks / ddr_gcd(y_banks, tiles)
                : 1;
   }
+  static constexpr int y_ii(int y_rows) { return (y_rows + 2 * LANES - 1) / (2 * LANES); }
   static constexpr uint64_t y_cycles(int rows, int ii_rows, int row_align, int y_rows) {
-    return y_after(ii_rows, row_align) ? (uint64_t)(rows + y_rows - 1) / y_rows + timing::RAM_LATENCY : 0;
+    return y_after(ii_rows, row_align)
+               ? (uint64_t)(rows + y_rows - 1) / y_rows * y_ii(y_rows) + timing::RAM_LATENCY
+               : 0;
   }
   // Tiles of a tensor of `tiles` through `ports` weight ports: rounds of one tile per port.
   static constexpr int rounds(int tiles, int ports) { return (tiles + ports - 1) / ports; }
@@ -235,13 +240,14 @@ void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_C
   constexpr int CHUNK_WORDS = P::CHUNK_WORDS, LANES = P::LANES, PARAM_CHUNKS = P::PARAM_CHUNKS;
   constexpr int BLOCK_CHUNKS = P::BLOCK_CHUNKS, BLOCK_STEPS = D::BLOCK_STEPS, EX_ROWS = D::Q8 ? E::MAX_ROWS : 1;
   constexpr bool LANE_BANKS = P::lanes(E::ROW_ALIGN), Y_AFTER = P::y_after(E::MIN_ROWS, E::ROW_ALIGN);
-  constexpr int ROUNDS = P::rounds(TILES, PORTS), Y_ROWS = P::y_rows(TILES, PORTS, Y_BANKS);
+  constexpr int ROUNDS = P::rounds(TILES, PORTS), Y_ROWS = P::y_rows(TILES, PORTS, Y_BANKS), Y_II = P::y_ii(Y_ROWS);
   // the pragmas'
   constexpr int CHUNK_II = P::chunk_ii(E::MIN_ROWS, E::ROW_ALIGN), ACC_DISTANCE = P::acc_distance(E::MIN_ROWS);
   constexpr int PREFIX_II = P::PREFIX_II, MAX_ROWS = E::MAX_ROWS;
   constexpr int MAX_CHUNKS = (int)P::chunks(E::MAX_ROWS, E::MAX_COLS),
                 MAX_PREFIX_BEATS = D::prefix_beats(E::MAX_ROWS);
   (void)CHUNK_II;
+  (void)Y_II;
   (void)ACC_DISTANCE;
   (void)PREFIX_II;
   (void)MAX_ROWS;
@@ -390,9 +396,10 @@ DDR_ROUNDS:
     }
   }
 DDR_Y: // the lanes outrun y's write port: the last round's outputs from its accumulators, Y_ROWS rows of the ports'
-       // PORTS consecutive outputs per cycle (the earlier rounds' went out during the next round's chunk loop)
+       // PORTS consecutive outputs per iteration of Y_II cycles (the earlier rounds' went out during the next round's
+       // chunk loop)
   for (int k = 0; k < (Y_AFTER ? (rows + Y_ROWS - 1) / Y_ROWS : 0); ++k) {
-#pragma HLS PIPELINE II = 1
+#pragma HLS PIPELINE II = Y_II
 #pragma HLS LOOP_TRIPCOUNT min = 0 max = MAX_ROWS
     for (int i = 0; i < Y_ROWS; ++i) {
 #pragma HLS UNROLL

@@ -43,7 +43,9 @@
 //               written by the last group's iterations (no separate output loop).
 //   Tiles are the engine's PEs (brom_gemv_tiles_rt unrolls them inside the step loop, each with its own bank;
 //   tile t holds rows t, t + TILES, ...), so a matrix costs one tile's cycles. Token lanes (TOKENS datapaths per PE
-//   on the same ROM words): a block of n tokens costs n candidate stages and one tile's steps.
+//   on the same ROM words): a block of n tokens costs n candidate stages and one tile's steps; a single token (decode)
+//   splits a tile's rows over two lanes, each reading its bank through its own port: half the steps
+//   (BromStepConfig::row_split).
 //
 // Synthesis: the caller binds the arrays' storage (roma_core.cpp: a BRAM ROM, or a URAM bank written by
 // CMD_LOAD_WEIGHTS); a ROM is declared static const, initialised from the packer's .dat:
@@ -135,6 +137,19 @@ struct BromStepConfig {
   }
   static constexpr uint64_t gemv_cycles(int rows, int cols, int ii) {
     return (uint64_t)(cols / GROUP) * rows * ii + GEMV_DEPTH;
+  }
+  // Decode's row split (brom_gemv_tiles_rt): one token on an engine with token lanes takes a tensor's even rows on
+  // lane 0 and its odd rows on lane 1, each lane reading its PE's bank through a port of its own. Only where each
+  // lane's accumulators still come back no sooner than the engine's loop allows (`split_distance`), so the II holds.
+  static constexpr int split_distance(int min_rows) {
+    return min_rows < timing::FADD_LATENCY ? min_rows : timing::FADD_LATENCY;
+  }
+  static constexpr bool row_split(int n, int tokens, int rows, int min_rows) {
+    return n == 1 && tokens >= 2 && rows % 2 == 0 && rows / 2 >= split_distance(min_rows);
+  }
+  // An engine's steps for a block of n tokens over a tensor of `rows` per tile: half of them when the rows split
+  static constexpr uint64_t engine_gemv_cycles(int n, int tokens, int rows, int cols, int min_rows) {
+    return gemv_cycles(row_split(n, tokens, rows, min_rows) ? rows / 2 : rows, cols, gemv_ii(min_rows));
   }
 };
 
@@ -271,13 +286,15 @@ inline float *token_out(int c, float *y0, float *y1, float *y2, float *y3) {
 // Token lanes (weights stationary): the engine takes n <= TOKENS activation vectors (a block of prefill tokens,
 // xq[c] and a_scale[c] for token c, output y_c) and each step's ROM words, read once, feed TOKENS datapaths per
 // PE, so a block of tokens costs one pass over the weights (the candidate stage runs once per token, one after
-// another); a decode token takes one lane.
+// another). A decode token (n = 1) on an engine with token lanes takes two: the row split (S::row_split), lane 0 the
+// tile's even rows and lane 1 its odd ones, each through its own port of the banks, into y0.
 // A tensor of `rows` rows per tile and `cols` columns (run time, within the bounds) whose words start at
 // plane_base, prm_base and aux_base of each tile's bank arrays (multiples of WPS for the planes).
 // Tile t holds the tensor's rows r * TILES + t (r = 0..rows-1), so each cycle of the last group writes TILES
 // consecutive outputs of every token: each y_c partitioned cyclic by TILES (roma_core.cpp, GEMV_PE) takes them in
-// one cycle. dot_probe ([t][NG*rows], group-major like prm) is written only when PROBE is true (testbenches);
-// xsum_out always receives the per-group activation sums (token 0's).
+// one cycle; under the row split 2 * TILES consecutive outputs of y0 (cyclic by 2 * TILES: GEMV_OUT_LANES).
+// dot_probe ([t][NG*rows], group-major like prm) is written only when PROBE is true (testbenches); xsum_out always
+// receives the per-group activation sums (token 0's).
 template <class E, int TILES, bool PROBE = false, int TOKENS = 1>
 void brom_gemv_tiles_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_COLS],
                         const float a_scale[TOKENS][E::MAX_COLS / E::GROUP],
@@ -291,7 +308,13 @@ void brom_gemv_tiles_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX
   constexpr int NG_MAX = E::MAX_COLS / E::GROUP, QUADS = S::QUADS, WPS = S::WPS, GROUP = E::GROUP;
   constexpr int MIN_ROWS = E::MIN_ROWS, STEPS_MAX = NG_MAX * E::MAX_ROWS; // used by the pragmas
   constexpr int GEMV_II = S::gemv_ii(E::MIN_ROWS); // the shortest accumulator distance of the engine's tensors
+  // bank ports per PE (two where decode's row split can use the second lane) and the shortest distance at which a
+  // lane's accumulator comes back: the rows of a tensor per tile, or per lane under the split (S::row_split)
+  constexpr int PORTS = TOKENS >= 2 ? 2 : 1;
+  constexpr int ACC_DISTANCE = TOKENS >= 2 ? S::split_distance(E::MIN_ROWS) : E::MIN_ROWS;
+  static_assert(S::gemv_ii(ACC_DISTANCE) == GEMV_II, "the row split keeps the engine's II");
   (void)GEMV_II;
+  (void)ACC_DISTANCE;
   (void)MIN_ROWS;
   (void)STEPS_MAX;
 #pragma HLS ARRAY_PARTITION variable = planes type = complete dim = 1
@@ -320,61 +343,76 @@ GEMV_TOKENS: // one candidate stage, the block's tokens one after another
   }
 
   // Stage 2: stream the banks, one (group, row) step per PE per cycle, WPS words from each PE's WPS banks: one
-  // flattened loop over the tensor's NG x rows steps (group-major).
-  const int ng = cols / GROUP, steps = ng * rows;
-  int g = 0, r = 0;
+  // flattened loop over the tensor's NG x rows steps (group-major). Decode's row split (S::row_split: one token on an
+  // engine with token lanes) gives lane 0 the even rows and lane 1 the odd ones, NG x rows / 2 steps: every lane takes
+  // token 0's activation side, and each lane reads its own row's words through its own port of the PE's banks (a
+  // BRAM ROM's second port, a URAM bank's second; roma_core binds them two-ported), so a decode GEMV runs at twice the
+  // PE rows. Outside the split the second port reads the first one's address.
+  const int ng = cols / GROUP;
+  const bool split = S::row_split(n, TOKENS, rows, E::MIN_ROWS);
+  const int lane_rows = split ? rows / 2 : rows, steps = ng * lane_rows;
+  int g = 0, r = 0, g_rows = 0; // the step's group and row (a lane's row, under the split), and g * rows
 GEMV_STEPS:
   for (int step = 0; step < steps; ++step) {
 #pragma HLS PIPELINE II = GEMV_II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = STEPS_MAX
-#pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = MIN_ROWS dependent = true
-    // the activation side of group g for every token lane, read once and broadcast to the PEs (finn-hlslib's MVAU
-    // reads its input element once per fold for all PEs): one row of cand and of xg per lane, into registers
+#pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = ACC_DISTANCE dependent = true
+    // the activation side of group g for every token lane (token 0's for every lane under the split), read once and
+    // broadcast to the PEs (finn-hlslib's MVAU reads its input element once per fold for all PEs): one row of cand
+    // and of xg per lane, into registers
     cand_t cg[TOKENS][QUADS][QUAD_CANDIDATES];
 #pragma HLS ARRAY_PARTITION variable = cg type = complete dim = 0
     act_t xgg[TOKENS][GROUP];
 #pragma HLS ARRAY_PARTITION variable = xgg type = complete dim = 0
     for (int c = 0; c < TOKENS; ++c) {
 #pragma HLS UNROLL
+      const int src = split ? 0 : c;
       for (int k = 0; k < QUADS; ++k) {
 #pragma HLS UNROLL
         for (int b = 0; b < QUAD_CANDIDATES; ++b) {
 #pragma HLS UNROLL
-          cg[c][k][b] = cand[c][g][k][b];
+          cg[c][k][b] = cand[src][g][k][b];
         }
       }
       for (int j = 0; j < GROUP; ++j) {
 #pragma HLS UNROLL
-        xgg[c][j] = xg[c][g][j];
+        xgg[c][j] = xg[src][g][j];
       }
     }
   GEMV_PES:
     for (int t = 0; t < TILES; ++t) {
 #pragma HLS UNROLL
-      rom_word_t w[WPS]; // the step's ROM words, read once for every token lane
-#pragma HLS ARRAY_PARTITION variable = w type = complete
-      for (int k = 0; k < WPS; ++k) {
+      rom_word_t w[PORTS][WPS]; // each port's step words, read once for the token lanes it feeds
+#pragma HLS ARRAY_PARTITION variable = w type = complete dim = 0
+      HalfPair dm[PORTS];
+#pragma HLS ARRAY_PARTITION variable = dm type = complete dim = 0
+      for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
-        w[k] = planes[t][plane_base + step * WPS + k];
+        const int row = split ? 2 * r + p : r, s = g_rows + row;
+        for (int k = 0; k < WPS; ++k) {
+#pragma HLS UNROLL
+          w[p][k] = planes[t][plane_base + s * WPS + k];
+        }
+        dm[p] = brom_scales<E::SF>(prm[t][prm_base + s], aux[t][aux_base + (E::SF == ScaleFormat::Q8 ? row : s)]);
       }
-      const HalfPair dm =
-          brom_scales<E::SF>(prm[t][prm_base + step], aux[t][aux_base + (E::SF == ScaleFormat::Q8 ? r : step)]);
     GEMV_TOKEN_LANES:
       for (int c = 0; c < TOKENS; ++c) {
 #pragma HLS UNROLL
-        if (c < n) {
-          const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(w, cg[c], xgg[c]);
-          if (PROBE && c == 0) dot_probe[t][step] = dot;
-          const float term = brom_term(a_scale[c][g], dm.d, dm.m, dot, xsum[c][g]);
+        const int p = c < PORTS ? c : 0, src = split ? 0 : c, row = split ? 2 * r + c : r;
+        if (split ? c < PORTS : c < n) {
+          const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(w[p], cg[c], xgg[c]);
+          if (PROBE && src == 0) dot_probe[t][g_rows + row] = dot;
+          const float term = brom_term(a_scale[src][g], dm[p].d, dm[p].m, dot, xsum[src][g]);
           const float sum = (g == 0) ? term : acc[c][t][r] + term;
           acc[c][t][r] = sum;
-          if (g == ng - 1) token_out(c, y0, y1, y2, y3)[r * TILES + t] = sum;
+          if (g == ng - 1) token_out(src, y0, y1, y2, y3)[row * TILES + t] = sum;
         }
       }
     }
-    if (++r == rows) {
+    if (++r == lane_rows) {
       r = 0;
       ++g;
+      g_rows += rows;
     }
   }
 
@@ -383,7 +421,7 @@ GEMV_STEPS:
     if (k < ng) xsum_out[k] = xsum[0][k];
   }
   cyc.candidates += (uint64_t)n * S::cand_cycles(cols);
-  cyc.gemv += S::gemv_cycles(rows, cols, S::gemv_ii(E::MIN_ROWS));
+  cyc.gemv += S::engine_gemv_cycles(n, TOKENS, rows, cols, E::MIN_ROWS);
 }
 
 // All TILES tiles of one tensor (TILES*ROWS outputs, tile t's row r is output r * TILES + t), in parallel (a fixed
