@@ -820,13 +820,16 @@ inline void lane_activation(float gate[rm::FFN_DIM], const float up[rm::FFN_DIM]
 // engine's weights per block), the elementwise units a block's tokens side by side (an instance per token lane:
 // ALLOCATION; each lane's rows of g_x, g_q, g_k and g_v are banks of their own, partitioned cyclic TT by token).
 void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], const float rope_sin[MAX_T][ROPE_PAIRS],
-           half_bits_t *kv, half_bits_t *kv1, uint32_t cap, DDR_PORT_PARAMS, Acct &a) {
+           half_bits_t *kv, half_bits_t *kv1, half_bits_t *kv2, half_bits_t *kv3, uint32_t cap, DDR_PORT_PARAMS,
+           Acct &a) {
   // layer l's keys and values in each KV port's buffer ([N_LAYERS][2][cap][KV_DIM / KV_PORTS] each)
   constexpr int PORT_ROW = rm::KV_DIM / rm::KV_PORTS;
   // (kv1 may be null when the cache takes one port: it is not read, nor offset, then)
   half_bits_t *kc = kv + (size_t)(2 * l) * cap * PORT_ROW, *vc = kv + (size_t)(2 * l + 1) * cap * PORT_ROW;
   half_bits_t *kc1 = rm::KV_PORTS > 1 ? kv1 + (size_t)(2 * l) * cap * PORT_ROW : kv1;
   half_bits_t *vc1 = rm::KV_PORTS > 1 ? kv1 + (size_t)(2 * l + 1) * cap * PORT_ROW : kv1;
+  (void)kv2;
+  (void)kv3;
   float h[TT][rm::DIM], qr[TT][QDIM], kr[TT][rm::KV_DIM], vr[TT][rm::KV_DIM];
   // the GEMV inputs: written NORM_LANES per cycle by rms_norm, read GEMV_IN_LANES per cycle by the quantizers
 #pragma HLS ARRAY_PARTITION variable = h type = complete dim = 1
@@ -914,7 +917,8 @@ void embed(std::false_type /*on chip*/, int id, const rom_word_t *, float *out, 
 }
 
 // Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
-void forward(const int32_t *ids, int n, int start, half_bits_t *kv, half_bits_t *kv1, uint32_t cap, DDR_PORT_PARAMS,
+void forward(const int32_t *ids, int n, int start, half_bits_t *kv, half_bits_t *kv1, half_bits_t *kv2,
+             half_bits_t *kv3, uint32_t cap, DDR_PORT_PARAMS,
              Acct &a) {
 FORWARD_CHUNKS:
   for (int c0 = 0; c0 < n; c0 += MAX_T) {
@@ -941,7 +945,7 @@ FORWARD_CHUNKS:
   LAYERS:
     for (int l = 0; l < rm::N_LAYERS; ++l) {
 #pragma HLS LOOP_TRIPCOUNT min = rm::N_LAYERS max = rm::N_LAYERS
-      layer(l, start + c0, T, rope_cos, rope_sin, kv, kv1, cap, DDR_PORTS, a);
+      layer(l, start + c0, T, rope_cos, rope_sin, kv, kv1, kv2, kv3, cap, DDR_PORTS, a);
     }
     if (c0 + T == n) {
       float h[rm::DIM]; // the head's GEMV input: written by rms_norm, read by its activation quantizer
@@ -1254,7 +1258,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
                           uint32_t &cycles_activation, uint32_t &cycles_residual, uint32_t &cycles_lm_head,
                           uint32_t &cycles_sampler, uint32_t &cycles_kv_load, uint32_t &cycles_weight_load,
                           const int32_t *tokens_in, int32_t *tokens_out, float *logits, uint16_t *kv_cache,
-                          uint16_t *kv_cache_1, const uint8_t *lora_staging, const uint32_t *ddr_weights,
+                          uint16_t *kv_cache_1, uint16_t *kv_cache_2, uint16_t *kv_cache_3,
+                          const uint8_t *lora_staging, const uint32_t *ddr_weights,
                           const uint32_t *ddr_weights_1, const uint32_t *ddr_weights_2, const uint32_t *ddr_weights_3,
                           const uint32_t *uram_weights, uint32_t *status) {
 #pragma HLS INTERFACE mode = s_axilite port = command bundle = control
@@ -1302,6 +1307,21 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = m_axi port = kv_cache_1 offset = slave bundle = gmem_kv depth = DEPTH_KV \
     max_widen_bitwidth = KV_PORT_BITS
 #endif
+// the odd positions' set (ROMA_KV_PORTS 4: KV_SETS 2) reads through the first and third weight ports' bundles, in
+// the banks the KV cache's first two ports do not use (alveo_link_BOARD.cfg): attention and the weight stream never
+// run at once (the core's stages run one after another); with fewer KV ports they share the first KV bundle, never
+// read
+#if ROMA_KV_PORTS > 2
+#pragma HLS INTERFACE mode = m_axi port = kv_cache_2 offset = slave bundle = gmem_weights depth = DEPTH_KV \
+    max_widen_bitwidth = KV_PORT_BITS
+#pragma HLS INTERFACE mode = m_axi port = kv_cache_3 offset = slave bundle = gmem_weights_2 depth = DEPTH_KV \
+    max_widen_bitwidth = KV_PORT_BITS
+#else
+#pragma HLS INTERFACE mode = m_axi port = kv_cache_2 offset = slave bundle = gmem_kv depth = DEPTH_KV \
+    max_widen_bitwidth = KV_PORT_BITS
+#pragma HLS INTERFACE mode = m_axi port = kv_cache_3 offset = slave bundle = gmem_kv depth = DEPTH_KV \
+    max_widen_bitwidth = KV_PORT_BITS
+#endif
 #pragma HLS INTERFACE mode = m_axi port = lora_staging offset = slave bundle = gmem_lora depth = DEPTH_LORA
 // the weights' port at the board's memory port width (roma_model.h WEIGHT_PORT_BITS; brom_ddr.h counts at it)
 #pragma HLS INTERFACE mode = m_axi port = ddr_weights offset = slave bundle = gmem_weights depth = DEPTH_DDR \
@@ -1338,6 +1358,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = s_axilite port = logits bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = kv_cache bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = kv_cache_1 bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = kv_cache_2 bundle = control
+#pragma HLS INTERFACE mode = s_axilite port = kv_cache_3 bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = lora_staging bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = ddr_weights bundle = control
 #pragma HLS INTERFACE mode = s_axilite port = ddr_weights_1 bundle = control
@@ -1473,8 +1495,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     const SamplerParams prm =
         sampler_params(sample_mode, inv_temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n);
     if (command != CMD_GENERATE) {
-      forward(tokens_in, (int)n_tokens, (int)position, kv_cache, kv_cache_1, kv_capacity, ddr_weights, ddr_weights_1,
-              ddr_weights_2, ddr_weights_3, a);
+      forward(tokens_in, (int)n_tokens, (int)position, kv_cache, kv_cache_1, kv_cache_2, kv_cache_3, kv_capacity,
+              ddr_weights, ddr_weights_1, ddr_weights_2, ddr_weights_3, a);
       if (sample_mode != SAMPLE_NONE)
         tokens_out[0] = (int32_t)sampler_step<rm::VOCAB, SAMPLER_K, SAMPLER_LANES, SAMPLER_RING>(
             g_logits, prm, g_rng, g_recent, a.sampler);
@@ -1484,8 +1506,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
     GENERATE:
       for (uint32_t s = 0; s < n_tokens; ++s) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_TOKENS
-        forward(&tok, 1, (int)(position + s), kv_cache, kv_cache_1, kv_capacity, ddr_weights, ddr_weights_1,
-                ddr_weights_2, ddr_weights_3, a);
+        forward(&tok, 1, (int)(position + s), kv_cache, kv_cache_1, kv_cache_2, kv_cache_3, kv_capacity,
+                ddr_weights, ddr_weights_1, ddr_weights_2, ddr_weights_3, a);
         const uint32_t next = sampler_step<rm::VOCAB, SAMPLER_K, SAMPLER_LANES, SAMPLER_RING>(
             g_logits, prm, g_rng, g_recent, a.sampler);
         tokens_out[s] = (int32_t)next;

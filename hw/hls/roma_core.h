@@ -70,6 +70,12 @@
 //   kv_cache_1   fp16   [N_LAYERS][2][kv_capacity][KV_DIM / 2] the second KV port's runs (roma_model.h KV_PORTS 2,
 //                                                       the board's kv_ports); never read with one port (may
 //                                                       be 0)
+//   kv_cache_2   fp16   as kv_cache and kv_cache_1, for the odd positions: with two position sets (roma_model.h
+//   kv_cache_3                                          KV_SETS 2, a board of four KV ports) position p's row is in
+//                                                       set p % 2 (kv_cache and kv_cache_1, or kv_cache_2 and
+//                                                       kv_cache_3) at row p / 2, each buffer [N_LAYERS][2]
+//                                                       [ceil(kv_capacity / 2)][KV_DIM / KV_PORTS]; never read with
+//                                                       one set (may be 0)
 //   lora_staging uint8  [lora_bytes]                    a packed adapter to load
 //   ddr_weights  uint32 [DDR_WORDS]                     the build's ddr_weights.bin: the tensors the placement
 //                                                       plan streams from DDR (ddr_image.py's DDR image: header,
@@ -194,7 +200,7 @@ extern "C" void roma_core(
     uint32_t &cycles_weight_load,
     // m_axi
     const int32_t *tokens_in, int32_t *tokens_out, float *logits, uint16_t *kv_cache, uint16_t *kv_cache_1,
-    const uint8_t *lora_staging, const uint32_t *ddr_weights, const uint32_t *ddr_weights_1,
+    uint16_t *kv_cache_2, uint16_t *kv_cache_3, const uint8_t *lora_staging, const uint32_t *ddr_weights, const uint32_t *ddr_weights_1,
     const uint32_t *ddr_weights_2, const uint32_t *ddr_weights_3, const uint32_t *uram_weights, uint32_t *status);
 
 #ifndef __SYNTHESIS__

@@ -96,7 +96,8 @@ struct Board {
               cycles[STAGE_ACT_QUANT], cycles[STAGE_GEMV], cycles[STAGE_LORA], cycles[STAGE_ROPE],
               cycles[STAGE_ATTENTION], cycles[STAGE_ACTIVATION], cycles[STAGE_RESIDUAL], cycles[STAGE_LM_HEAD],
               cycles[STAGE_SAMPLER], cycles[STAGE_KV_LOAD], cycles[STAGE_WEIGHT_LOAD], tin.data(), tout.data(),
-              logits.data(), kv.data(), kv.data(), staging.data(), ddr, ddr, ddr, ddr, uram, status.data());
+              logits.data(), kv.data(), kv.data(), kv.data(), kv.data(), staging.data(), ddr, ddr, ddr, ddr, uram,
+              status.data());
     return status[STATUS_ERROR];
   }
   // raw(); on chip, a run command first loads the rows below pos that the on-chip copy lacks (the driver's way)
