@@ -13,7 +13,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import RomaError
-from .kv_layout import MAX_KV_PORTS
 from .lora_unit import LoraUnit
 
 BOARDS_FILE = Path(__file__).with_name("boards.json")
@@ -33,7 +32,9 @@ AXI_WIDTHS = (64, 128, 256, 512)
 _FIXED_BUNDLE = {"ddr_weights": "gmem_weights", "uram_weights": "gmem_weights", "kv_cache": "gmem_kv",
                  "tokens_in": "gmem_tok", "tokens_out": "gmem_tok", "logits": "gmem_logits",
                  "lora_staging": "gmem_lora", "status": "gmem_status"}
-POINTER_ARGUMENTS = (*_FIXED_BUNDLE, "ddr_weights_1", "ddr_weights_2", "ddr_weights_3", "kv_cache_1")
+POINTER_ARGUMENTS = (*_FIXED_BUNDLE, "ddr_weights_1", "ddr_weights_2", "ddr_weights_3", "kv_cache_1", "kv_cache_2",
+                     "kv_cache_3")
+KV_PORT_COUNTS = (1, 2, 4)  # a board's KV m_axi ports: one, a row's two, or two position sets of two (kv_layout.py)
 REQUIRED_FIELDS = {
     "description": _TEXT,
     "part": _TEXT,
@@ -56,7 +57,9 @@ REQUIRED_FIELDS = {
     "lora_unit": ((dict,), lambda v: True, "an object {slots, rank, targets, dtype}: the default LoRA unit"),
     "max_context": _POS_INT,
     "kv_port_bits": ((int,), lambda v: v in KV_PORT_WIDTHS, f"one of {', '.join(map(str, KV_PORT_WIDTHS))}"),
-    "kv_ports": ((int,), lambda v: 1 <= v <= MAX_KV_PORTS, f"1 to {MAX_KV_PORTS} (roma_core's KV cache arguments)"),
+    "kv_ports": ((int,), lambda v: v in KV_PORT_COUNTS,
+                 f"one of {', '.join(map(str, KV_PORT_COUNTS))} (roma_core's four KV cache arguments: a row's ports, "
+                 "times two position sets with four)"),
     "elementwise_lanes": ((dict,), lambda v: True, "an object {norm, swiglu, rope, residual}: lanes per unit"),
     "token_lanes": ((int,), lambda v: 1 <= v <= 4, "1 to 4 (roma_core passes a block's tokens as four pointers)"),
     "act_lanes": ((int,), lambda v: 4 <= v <= 128 and v & (v - 1) == 0,
@@ -134,7 +137,9 @@ class Board:
     # the data width of the memory port the KV cache has to itself (boards.json's comment): attention reads that
     # many bits of the cache per cycle (roma_model.h's KV_PORT_BITS)
     kv_port_bits: int
-    # how many such ports a DDR KV cache's rows are split over (roma_model.h KV_PORTS, artifact/kv_layout.py)
+    # the board's KV m_axi ports (1, 2 or 4; roma_model.h ROMA_KV_PORTS, one bundle each): a build's DDR KV cache
+    # splits its rows over up to two of them (KV_PORTS) and, with four, its positions into two sets (KV_SETS), as
+    # artifact/kv_layout.py KvLayout.for_build gives them
     kv_ports: int
     elementwise_lanes: ElementwiseLanes  # the elementwise units' lanes (at most; see ElementwiseLanes.for_model)
     # prefill tokens a layers' GEMV engine serves per pass over its weights (roma_model.h TOKEN_LANES)
@@ -167,12 +172,16 @@ class Board:
 def m_axi_bundle(argument: str, weight_ports: int, kv_ports: int) -> str:
     """The m_axi bundle of roma_core's pointer argument, as roma_core.cpp's INTERFACE pragmas give it at
     ROMA_WEIGHT_PORTS = weight_ports and ROMA_KV_PORTS = kv_ports: a weight or KV port past those shares the first
-    port's bundle (tests/hw/test_build_flow.py checks this against the preprocessed pragmas)."""
+    port's bundle, but with four KV ports the second position set (kv_cache_2, kv_cache_3) reads through the first
+    and third weight ports' bundles (attention and the weight stream never run at once)
+    (tests/hw/test_build_flow.py checks this against the preprocessed pragmas)."""
     port = argument.rsplit("_", 1)[-1]
     if argument.startswith("ddr_weights_"):
         return f"gmem_weights_{port}" if int(port) < weight_ports else "gmem_weights"
     if argument == "kv_cache_1":
         return "gmem_kv_1" if kv_ports > 1 else "gmem_kv"
+    if argument in ("kv_cache_2", "kv_cache_3"):
+        return ("gmem_weights" if argument == "kv_cache_2" else "gmem_weights_2") if kv_ports > 2 else "gmem_kv"
     if argument not in _FIXED_BUNDLE:
         raise RomaError(f"roma_core has no pointer argument '{argument}'")
     return _FIXED_BUNDLE[argument]
