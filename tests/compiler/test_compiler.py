@@ -318,8 +318,10 @@ def test_build_folder_manifest_and_header(tiny_hf, tmp_path):
     for line in ["constexpr int N_LAYERS = 2;", "constexpr int DIM = 64;", "constexpr int FFN_DIM = 128;",
                  "constexpr int N_KV_HEADS = 2;", "constexpr int HEAD_DIM = 16;", "constexpr int VOCAB = 512;",
                  "constexpr int DEFAULT_BITS = 3;", "constexpr int BITS_WQ[N_LAYERS] = {3, 3};",
-                 "constexpr int KV_PORT_BITS = 128;"]:  # the KV260's HP port (boards.json kv_port_bits)
+                 "constexpr int KV_PORT_BITS = 128;",  # the KV260's HP port (boards.json kv_port_bits)
+                 "constexpr int KV_PORTS = 1;", "constexpr int KV_SETS = 1;", "#define ROMA_KV_PORTS 1"]:
         assert line in header
+    assert on_disk["kv_layout"] == {"ports": 1, "unit": 8, "sets": 1}
     # the board's default LoRA unit (boards.json kv260: 1 slot of rank 8 on wq wv, int8), as roma_model.h gives it
     assert {k: on_disk["lora_unit"][k] for k in ("slots", "rank", "targets", "dtype")} == {
         "slots": 1, "rank": 8, "targets": ["wq", "wv"], "dtype": "int8"}
@@ -334,6 +336,34 @@ def test_build_folder_manifest_and_header(tiny_hf, tmp_path):
     assert lora is None
     np.testing.assert_array_equal(loaded.weights.layers[1].ffn_norm, tiny_hf.weights.layers[1].ffn_norm)
     assert loaded.weights.layers[0].wq.bits == 3
+
+
+def test_a_u250_build_splits_its_kv_positions_into_two_sets(tiny_hf, tmp_path):
+    """The U250's four KV ports: the tiny model's head of 16 takes one port's lanes, so its DDR KV cache is one port
+    and two position sets (kv_layout.KvLayout.for_build), as the manifest and roma_model.h say; a manifest resealed
+    with another layout than the header's, or without its sets (a build before them), is refused."""
+    from roma_runtime.artifact.build import seal_manifest
+
+    out = tmp_path / "b"
+    man = compile_model(tiny_hf, out, bits=4, board="u250", progress=False)
+    assert man["kv_layout"] == {"ports": 1, "unit": 16, "sets": 2}
+    header = (out / "roma_model.h").read_text()
+    lanes = header.index("constexpr int KV_PORT_LANES = 16;")
+    assert header.index("constexpr int KV_SETS = 2;") > lanes
+    assert not re.search(r"constexpr \w+ \w+", header[lanes + 1:header.index("constexpr int KV_SETS")])  # right after
+    assert "#define ROMA_KV_PORTS 4" in header and "constexpr int KV_PORTS = 1;" in header
+    for layout, message in [({"ports": 1, "unit": 16, "sets": 1}, "kv_sets = 1, but roma_model.h was generated with "
+                                                                   "KV_SETS = 2"),
+                            ({"ports": 1, "unit": 16}, "'kv_layout' is not an object"),
+                            ({"ports": 1, "unit": 16, "sets": 3}, "'kv_layout' is not an object"),
+                            ({"ports": 1, "unit": 16, "sets": True}, "'kv_layout' is not an object")]:
+        edited = tmp_path / f"edited{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(out, edited)
+        manifest = json.loads((edited / MANIFEST).read_text())
+        manifest["kv_layout"] = layout
+        (edited / MANIFEST).write_text(json.dumps(seal_manifest(manifest)))
+        with pytest.raises(RomaError, match=re.escape(message)):
+            verify_build(edited)
 
 
 def test_the_lora_unit_comes_from_the_options_and_holds_the_compensation(tiny_hf, tmp_path):

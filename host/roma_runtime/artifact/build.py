@@ -49,12 +49,12 @@ from ..model.weights import (SCALE_BITS, SUPPORTED_BITS, SUPPORTED_GROUPS, Layer
 from .brom_image import read_image, unpack
 from .ddr_image import ddr_unpack, read_ddr_image
 from .uram_image import read_uram_image, uram_unpack
-from .kv_layout import MAX_KV_PORTS
+from .kv_layout import MAX_KV_PORTS, MAX_KV_SETS
 from .lora_unit import manifest_lora_unit
 
 MANIFEST = "manifest.json"
 FORMAT = "roma-build"
-FORMAT_VERSION = 16  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
+FORMAT_VERSION = 17  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
 # format; 4: the manifest is sealed by MANIFEST_SEAL and checked against roma_model.h; 5: roma_model.h numbers
 # the GEMV engines and ROM bank rows (ENGINE_*, SLOT_*) and defines the synthesis ROM banks; 6: the LoRA unit is
 # the build's (manifest "lora_unit", roma_model.h LORA_SLOTS/LORA_RANK/LORA_TARGET/LORA_INT8), URAM-load-once
@@ -67,7 +67,9 @@ FORMAT_VERSION = 16  # 2: DDR-streamed tensors live in ddr_weights.bin, not in N
 # ROMA_RESIDUAL_LANES: the board's elementwise_lanes); 12: TOKEN_LANES (the board's token_lanes); 13: KV_PORTS and
 # KV_PORT_LANES, the manifest's "kv_layout" (the DDR KV cache's rows over the board's kv_ports); 14: ROMA_ACT_LANES
 # (the board's act_lanes); 15: ddr_weights.bin version 2 (blocks of 32 steps, their scale entries before their
-# planes, everything in 512-bit words); 16: FFN_PAIR_GATE/FFN_PAIR_UP (a layer's gate and up on two engines at once)
+# planes, everything in 512-bit words); 16: FFN_PAIR_GATE/FFN_PAIR_UP (a layer's gate and up on two engines at once);
+# 17: KV_SETS, the manifest's "kv_layout" "sets" (a board of four KV ports splits the DDR KV cache's positions into two
+# sets: kv_cache_2/kv_cache_3), the U250's kv_ports 4
 MANIFEST_SEAL = "manifest_sha256"
 HEADER_FILE = "roma_model.h"
 DDR_FILE = "ddr_weights.bin"
@@ -306,10 +308,11 @@ def check_manifest(manifest: dict, build_dir: str | Path) -> ModelConfig:
                                   or kv_onchip["tokens"] > context):
         raise bad("'kv_onchip' is not an object with a token count within the build's context")
     kv_layout = manifest.get("kv_layout")
-    if not (isinstance(kv_layout, dict) and kv_layout.get("ports") in range(1, MAX_KV_PORTS + 1)
-            and _whole(kv_layout.get("unit"), 1) and config.kv_dim % (kv_layout["ports"] * kv_layout["unit"]) == 0):
-        raise bad(f"'kv_layout' is not an object {{ports, unit}} of 1 to {MAX_KV_PORTS} KV ports whose runs split "
-                  "a KV row")
+    if not (isinstance(kv_layout, dict) and _whole(kv_layout.get("ports"), 1) and kv_layout["ports"] <= MAX_KV_PORTS
+            and _whole(kv_layout.get("unit"), 1) and config.kv_dim % (kv_layout["ports"] * kv_layout["unit"]) == 0
+            and _whole(kv_layout.get("sets"), 1) and kv_layout["sets"] <= MAX_KV_SETS):
+        raise bad(f"'kv_layout' is not an object {{ports, unit, sets}} of 1 to {MAX_KV_PORTS} KV ports whose runs "
+                  f"split a KV row and 1 to {MAX_KV_SETS} position sets")
     header = listed(manifest.get("header"), "header")
     if (build_dir / header).is_file():
         dims = _header_dims(build_dir / header)
@@ -319,7 +322,8 @@ def check_manifest(manifest: dict, build_dir: str | Path) -> ModelConfig:
                      "KV_ONCHIP_CTX": kv_onchip["tokens"] if kv_onchip else 0, "LORA_SLOTS": unit.slots,
                      "LORA_RANK": unit.rank if unit.slots else 0,
                      "LORA_INT8": bool(unit.slots) and unit.dtype == "int8",
-                     "KV_PORTS": kv_layout["ports"], "KV_PORT_LANES": kv_layout["unit"]})
+                     "KV_PORTS": kv_layout["ports"], "KV_PORT_LANES": kv_layout["unit"],
+                     "KV_SETS": kv_layout["sets"]})
         for macro, value in want.items():
             attr = HEADER_DIMS.get(macro, macro.lower())
             if dims.get(macro) != value:

@@ -26,8 +26,9 @@ Also generated for the top (hw/hls/roma_core.cpp):
   only), and ROMA_KV_ONCHIP_IMPL, the memory its array binds to (uram, bram, or auto where the plan spread it
   over both), a macro because the top's BIND_STORAGE pragma takes it;
 - KV_PORT_BITS: the board's KV port width (boards.json kv_port_bits), which sets attention's lanes; KV_PORTS and
-  KV_PORT_LANES: the ports a DDR KV cache's rows are split over and the runs they alternate in (kv_layout.KvLayout),
-  and the macro ROMA_KV_PORTS for the interface pragmas: the board's kv_ports (its m_axi KV bundles);
+  KV_PORT_LANES: the ports a DDR KV cache's rows are split over and the runs they alternate in, KV_SETS: the position
+  sets (position p's row in set p % KV_SETS; kv_layout.KvLayout), and the macro ROMA_KV_PORTS for the interface
+  pragmas: the board's kv_ports (its KV m_axi ports: 1, 2 or 4);
 - ROMA_NORM_LANES, ROMA_SWIGLU_LANES, ROMA_ROPE_LANES, ROMA_RESIDUAL_LANES: the elementwise units' lanes (the
   board's elementwise_lanes for this model's dimensions, boards.ElementwiseLanes.for_model), macros because the
   top's partition pragmas name them; ROMA_ACT_LANES: the activations a GEMV engine takes in per cycle (the board's
@@ -114,7 +115,8 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
     the build has no LoRA unit); logits_impl: the memory g_logits binds to (uram or bram, the plan's choice);
     gemv_pe: the tiles of the layers' on-chip GEMV engines (the plan's pe: ROMA_GEMV_PE); token_lanes: the
     prefill tokens they serve per pass over their weights (the plan's board's: TOKEN_LANES). The DDR KV cache's
-    ports and their runs (KV_PORTS, KV_PORT_LANES) are KvLayout.for_build's, as the manifest's "kv_layout"."""
+    ports, their runs and its position sets (KV_PORTS, KV_PORT_LANES, KV_SETS) are KvLayout.for_build's, as the
+    manifest's "kv_layout"."""
     unit = lora_unit if lora_unit and lora_unit["slots"] > 0 else None
     lanes = get_board(board).elementwise_lanes.for_model(config.dim, config.ffn_dim, config.head_dim)
     kv_layout = KvLayout.for_build(config.head_dim, get_board(board).kv_port_bits, get_board(board).kv_ports,
@@ -231,7 +233,10 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               "// ... how many such ports a DDR cache's rows are split over, in runs of KV_PORT_LANES fp16 elements",
               "// alternating between them (boards.json kv_ports; artifact/kv_layout.py)",
               f"constexpr int KV_PORTS = {kv_layout.ports};",
-              f"constexpr int KV_PORT_LANES = {kv_layout.unit};"]
+              f"constexpr int KV_PORT_LANES = {kv_layout.unit};",
+              "// ... the position sets: position p's row is in set p % KV_SETS (kv_cache/kv_cache_1, or",
+              "// kv_cache_2/kv_cache_3 for set 1) at row p / KV_SETS",
+              f"constexpr int KV_SETS = {kv_layout.sets};"]
     lines += ["",
               "// RoPE inverse frequencies fp32(1 / theta^(2i/HEAD_DIM)), exact (golden rope_tables' values)",
               f"constexpr float ROPE_INV_FREQ[HEAD_DIM / 2] = {_float_array(rope_inv_freq(c.head_dim, c.rope_theta))};",
@@ -249,8 +254,10 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               f"#define ROMA_GEMV_PE {gemv_pe}",
               "// the weight ports (WEIGHT_PORTS), for roma_core's interface pragmas: one m_axi bundle each",
               f"#define ROMA_WEIGHT_PORTS {get_board(board).weight_ports}",
-              "// the board's KV ports (boards.json kv_ports), for roma_core's interface pragmas: one m_axi bundle",
-              "// each, as alveo_link_BOARD.cfg binds them (a build whose cache uses fewer, KV_PORTS, leaves one idle)",
+              "// the board's KV ports (boards.json kv_ports: 1, 2 or 4), for roma_core's interface pragmas: gmem_kv,",
+              "// gmem_kv_1, and with 4 the second position set through gmem_weights and gmem_weights_2, as",
+              "// alveo_link_BOARD.cfg binds them (a build whose cache uses fewer, KV_PORTS x KV_SETS, leaves the",
+              "// others idle)",
               f"#define ROMA_KV_PORTS {get_board(board).kv_ports}",
               "// the elementwise units' lanes (boards.json elementwise_lanes, halved to divide the model's vectors):",
               "// RMSNorm's normalize loop, SwiGLU, RoPE's rotation (pairs), the residual add",
