@@ -285,6 +285,7 @@ def test_every_buffer_is_in_the_memory_its_port_reaches_on_an_alveo_card(ddr_emu
     manifest = verify_build(ddr_build)
     want = argument_memories(manifest["board"])
     assert want["ddr_weights_1"] == "DDR[1]" and want["kv_cache_1"] == "DDR[3]"  # the U250's
+    assert want["kv_cache_2"] == "DDR[0]" and want["kv_cache_3"] == "DDR[2]"  # the second position set's
     core, device = ddr_emu.core, ddr_emu.device
     cache = ddr_emu.new_cache(64)
     before = ddr_emu.forward(IDS, cache)
@@ -302,7 +303,9 @@ def test_every_buffer_is_in_the_memory_its_port_reaches_on_an_alveo_card(ddr_emu
     for argument, buffer in (("tokens_in", core.tokens_in), ("logits", core.logits), ("status", core.status_buf),
                              ("lora_staging", core.lora_staging), ("uram_weights", core.uram_weights)):
         assert memory_of(buffer) == want[argument], argument
-    assert [memory_of(b) for b in cache.kv.buffers] == [want["kv_cache"], want["kv_cache_1"]][:len(cache.kv.buffers)]
+    layout = cache.kv.layout
+    assert layout.sets == 2 and len(cache.kv.buffers) == layout.buffers  # the tiny model on a U250: two sets
+    assert [memory_of(b) for b in cache.kv.buffers] == [want[a] for a in layout.arguments]
     # a weight port given the first port's copy (in another bank) reads nothing of it: the call is refused
     own = core.weight_images["ddr_weights_1"]
     core.weight_images["ddr_weights_1"] = core.ddr_weights

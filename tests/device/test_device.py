@@ -57,7 +57,7 @@ def test_layout_from_the_header():
     for a in itf.arguments:
         assert a.width == (64 if a.pointer else 32)
     assert {a.name for a in itf.pointers} == {"tokens_in", "tokens_out", "logits", "kv_cache", "kv_cache_1",
-                                              "lora_staging",
+                                              "kv_cache_2", "kv_cache_3", "lora_staging",
                                               "ddr_weights", "ddr_weights_1", "ddr_weights_2", "ddr_weights_3",
                                               "uram_weights", "status"}
     assert itf["inv_temperature"].base == "float" and itf["tokens_in"].const and not itf["logits"].const
@@ -175,6 +175,69 @@ def test_buffers_have_distinct_aligned_addresses_and_read_through():
     assert dev.memory.live_buffers == live - 1
     with pytest.raises(RomaError):  # the address is free again
         dev.memory.translate(addr)
+
+
+def _offline_driver(tmp_path, board: str):
+    """A RomaCoreDriver on the emulated device from the .hwh of roma_core.h, its registers tagged with `board`'s
+    memories as an xclbin's are, with no core downloaded: its buffers are real, its calls are not run."""
+    from pynqmetadata.frontends import Metadata
+    from pynqmetadata.views.runtime import RuntimeMetadataParser
+
+    from roma_runtime.artifact.boards import argument_memories, get_board
+
+    dev = emu_device()
+    ip = dict(RuntimeMetadataParser(Metadata(input=str(write_hwh(tmp_path / "roma_core.hwh")))).ip_dict[IP_NAME])
+    ip["device"] = dev
+    for argument, tag in argument_memories(get_board(board).to_dict()).items():
+        ip["registers"][argument]["memory"] = tag
+        dev.bank(tag)
+    return drv.RomaCoreDriver(ip), dev
+
+
+@pytest.mark.parametrize("layout", [(1, 16, 2), (2, 8, 2), (2, 8, 1), (1, 16, 1)])
+def test_a_kv_buffer_puts_each_set_and_port_on_its_argument(tmp_path, monkeypatch, layout):
+    """A KV buffer of the tiny model's shape (head 16, KV_DIM 32) over the U250's memories: one buffer per (set,
+    port) of [N_LAYERS][2][ceil(capacity / sets)][KV_DIM / ports] in its argument's bank, the rows written and read
+    back through the layout, and each buffer's address in its argument's register (0 in the others)."""
+    from roma_runtime.artifact.kv_layout import KV_ARGUMENTS, KvLayout
+    from roma_runtime.model.config import ModelConfig
+
+    layout = KvLayout(*layout)
+    core, dev = _offline_driver(tmp_path, "u250")
+    config = ModelConfig(name="tiny", n_layers=2, dim=64, ffn_dim=128, n_heads=4, n_kv_heads=2, vocab_size=32,
+                         context_length=64, rope_theta=10000.0, rms_eps=1e-5, tied_embeddings=True)
+    core.configure(config, 16, kv_layout=layout)
+    assert KvLayout.for_build(config.head_dim, 512, 4) == KvLayout(1, 16, 2)  # the tiny model's U250 build
+    kv = core.new_kv(7)
+    assert [b.shape for b in kv.buffers] == [(2, 2, -(-7 // layout.sets), 32 // layout.ports)] * layout.buffers
+    for b, argument in zip(kv.buffers, layout.arguments):  # each in the bank its argument's port reaches
+        bank = dev.banks[core.memories[argument]]
+        assert bank.base_address <= b.device_address < bank.base_address + bank.size, argument
+    want = {a: 0 for a in KV_ARGUMENTS}
+    want.update({a: b.device_address for a, b in zip(layout.arguments, kv.buffers)})
+    assert kv.port_addresses == [want[a] for a in KV_ARGUMENTS] and len(set(want.values()) - {0}) == layout.buffers
+    rows = np.random.default_rng(7).integers(0, 1 << 16, (2, 2, 7, 32), dtype=np.uint16)
+    flushes = dev.stats["flush"]
+    kv.write_rows(rows[:, :, :5])
+    kv.write_rows(rows)
+    assert dev.stats["flush"] >= flushes + 2 * layout.buffers
+    assert np.array_equal(kv.rows(7), rows) and np.array_equal(kv.rows(4), rows[:, :, :4])
+    assert kv.rows(0).shape == (2, 2, 0, 32)
+    # position p in set p % sets at row p // sets: position 5 of layer 1's values
+    set_, row = 5 % layout.sets, 5 // layout.sets
+    got = np.concatenate([b[1, 1, row].reshape(-1, layout.unit)
+                          for b in kv.buffers[set_ * layout.ports:(set_ + 1) * layout.ports]], axis=1).reshape(-1)
+    assert np.array_equal(got, rows[1, 1, 5])
+    # a command's registers: each buffer's address on its argument (the call itself not run: no core is loaded)
+    regs = {}
+    monkeypatch.setattr(core, "write_arg", lambda name, value: regs.__setitem__(name, value))
+    monkeypatch.setattr(core, "start", lambda: None)
+    monkeypatch.setattr(core, "wait", lambda timeout=None: None)
+    monkeypatch.setattr(core, "read_arg", lambda name: 0)
+    core._call(core.constants["CMD_DECODE"], position=5, n_tokens=1, kv=kv)
+    assert {a: regs[a] for a in KV_ARGUMENTS} == want and regs["kv_capacity"] == 7
+    core._call(core.constants["CMD_SELECT_LORA"])
+    assert [regs[a] for a in KV_ARGUMENTS] == [0] * 4 and regs["kv_capacity"] == 0
 
 
 @needs_gxx

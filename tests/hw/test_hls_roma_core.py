@@ -41,7 +41,7 @@ class EmuBoard:
         from roma_runtime.artifact import ddr_image
         from roma_runtime.artifact.kv_layout import KvLayout
 
-        self.kv_ports = KvLayout.from_manifest(json.loads((build / "manifest.json").read_text())).ports
+        self.kv_layout = KvLayout.from_manifest(json.loads((build / "manifest.json").read_text()))
 
         ddr = build / "ddr_weights.bin"
         self.ddr = ddr_image.read_ddr_image(ddr) if ddr.is_file() else None
@@ -53,7 +53,7 @@ class EmuBoard:
         self.lib.roma_emu_set_threads(threads)
         U, F, P = ctypes.c_uint32, ctypes.c_float, ctypes.c_void_p
         self.core = self.lib.roma_core
-        self.core.argtypes = [U, U, U, U, U, U, U, F, U, F, F, F, U, U, U, U] + [P] * STAGES + [P] * 12
+        self.core.argtypes = [U, U, U, U, U, U, U, F, U, F, F, F, U, U, U, U] + [P] * STAGES + [P] * 14
         self.core.restype = None
         uram = build / "uram_weights.bin"
         if uram.is_file():
@@ -79,11 +79,16 @@ class EmuBoard:
         return status, logits, out
 
     def kv_addresses(self, kv):
-        """kv_cache and kv_cache_1: the buffer's halves with two KV ports, else the buffer for both."""
+        """kv_cache, kv_cache_1, kv_cache_2, kv_cache_3: the buffer cut into the build's KV layout's buffers (one per
+        position set and port, KvLayout.buffers equal parts: an even capacity), each on its argument, None on the
+        others."""
+        addresses = [None] * 4
         if kv is None:
-            return None, None
-        half = kv.nbytes // 2 if self.kv_ports == 2 else 0
-        return kv.ctypes.data, kv.ctypes.data + half
+            return addresses
+        part = kv.nbytes // self.kv_layout.buffers
+        for i, argument in enumerate(self.kv_layout.argument_indices):
+            addresses[argument] = kv.ctypes.data + i * part
+        return addresses
 
 
 @pytest.fixture(scope="module")

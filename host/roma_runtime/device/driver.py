@@ -61,7 +61,7 @@ from ..artifact import hwh as hwh_mod
 from ..artifact import uram_image as uram_format
 from ..artifact.build import MANIFEST, read_manifest, uram_layout, verify_file
 from ..artifact.interface import AP_DONE, AP_START, CTRL, load_constants, load_interface
-from ..artifact.kv_layout import KvLayout
+from ..artifact.kv_layout import KV_ARGUMENTS, KvLayout
 from ..errors import RomaError
 from ..golden.sampler import OnChipParams
 from ..model.config import ModelConfig
@@ -69,8 +69,8 @@ from ..model.config import ModelConfig
 # the identity of a build: a bitstream serves only the model and quantization it was built for
 QUANT_KEYS = ("bits", "group", "method", "embedding_bits", "bits_budget", "lora_rank")
 
-# the KV ports' and the weight ports' pointer arguments (roma_core.h)
-KV_ARGUMENTS = ("kv_cache", "kv_cache_1")
+# the weight ports' pointer arguments (roma_core.h); the KV cache's are KV_ARGUMENTS (kv_layout: kv_cache,
+# kv_cache_1 .. kv_cache_3, each position set's ports)
 WEIGHT_ARGUMENTS = ("ddr_weights", "ddr_weights_1", "ddr_weights_2", "ddr_weights_3")
 
 # sample_mode register values (roma_core.h: 0 = logits only)
@@ -145,18 +145,19 @@ def check_manifest(bitfile: str | Path, expect=None) -> dict:
 
 
 class KVBuffer:
-    """A KV cache in DDR: fp16 bit patterns [N_LAYERS][2][capacity][KV_DIM] (roma_core.h), split over the build's
-    KV ports (kv_layout.KvLayout: one buffer per port, kv_cache and kv_cache_1). The host writes rows with
-    write_rows (copy, flush) and reads them with rows (invalidate, copy)."""
+    """A KV cache in DDR: fp16 bit patterns [N_LAYERS][2][capacity][KV_DIM] (roma_core.h), its positions split into
+    the build's position sets and its rows over their KV ports (kv_layout.KvLayout: one buffer per (set, port), each
+    on its argument, kv_cache, kv_cache_1, kv_cache_2, kv_cache_3, and each [N_LAYERS][2][rows_per_set(capacity)]
+    [KV_DIM / ports]). The host writes rows with write_rows (copy, flush) and reads them with rows (invalidate,
+    copy)."""
 
     def __init__(self, driver: "RomaCoreDriver", capacity: int):
         c = driver.config
         self.driver = driver
         self.capacity = int(capacity)
         self.layout = driver.kv_layout
-        self.buffers = [driver.allocate((c.n_layers, 2, self.capacity, self.layout.port_dim(c.kv_dim)), np.uint16,
-                                        argument)
-                        for argument in KV_ARGUMENTS[:self.layout.ports]]
+        shape = (c.n_layers, 2, self.layout.rows_per_set(self.capacity), self.layout.port_dim(c.kv_dim))
+        self.buffers = [driver.allocate(shape, np.uint16, argument) for argument in self.layout.arguments]
         for b in self.buffers:
             b[:] = 0
             b.flush()
@@ -173,22 +174,24 @@ class KVBuffer:
 
     @property
     def port_addresses(self) -> list[int]:
-        """kv_cache's and kv_cache_1's addresses: each port's buffer; 0 for kv_cache_1 when the build's cache takes
-        one port (the core never reads it then, and on an Alveo card no buffer of this cache is in its memory)."""
-        addresses = [b.device_address for b in self.buffers]
-        return addresses + [0] * (len(KV_ARGUMENTS) - len(addresses))
+        """The addresses of KV_ARGUMENTS (kv_cache .. kv_cache_3): each (set, port)'s buffer at its argument; 0 for an
+        argument the build's layout has no buffer on (the core never reads it then, and on an Alveo card no buffer
+        of this cache is in its memory)."""
+        addresses = [0] * len(KV_ARGUMENTS)
+        for i, b in zip(self.layout.argument_indices, self.buffers):
+            addresses[i] = b.device_address
+        return addresses
 
     def rows(self, n: int) -> np.ndarray:
-        """A copy of positions 0..n of every layer's keys and values: uint16 [N_LAYERS][2][n][KV_DIM]."""
+        """A copy of positions 0..n-1 of every layer's keys and values: uint16 [N_LAYERS][2][n][KV_DIM]."""
         for b in self.buffers:
             b.invalidate()
-        return np.array(self.layout.join([b[:, :, :n] for b in self.buffers]))
+        return np.array(self.layout.join([b[:, :, :k] for b, k in zip(self.buffers, self.layout.buffer_rows(n))]))
 
     def write_rows(self, rows: np.ndarray) -> None:
-        """Positions 0..n of every layer's keys and values from uint16 [N_LAYERS][2][n][KV_DIM], then flush."""
-        n = rows.shape[2]
+        """Positions 0..n-1 of every layer's keys and values from uint16 [N_LAYERS][2][n][KV_DIM], then flush."""
         for b, part in zip(self.buffers, self.layout.split(rows)):
-            b[:, :, :n] = part
+            b[:, :, :part.shape[2]] = part
         self.flush()
 
 
@@ -218,7 +221,7 @@ class RomaCoreDriver(DefaultIP):
         self.calls = 0
         self.context = 0  # the build's context (CONTEXT): the longest KV cache and command
         self.kv_onchip = 0  # positions of the on-chip KV cache (0: KV in DDR only)
-        self.kv_layout = KvLayout(1, 1)  # the KV ports a DDR KV buffer is split over (one until configure)
+        self.kv_layout = KvLayout(1, 1)  # the sets and KV ports a DDR KV buffer is split over (one until configure)
         self._onchip = None  # (weakref to the KVBuffer, its device address, rows 0..n) the on-chip copy holds
 
     # --- registers ---
@@ -289,7 +292,7 @@ class RomaCoreDriver(DefaultIP):
         """Allocate the buffers once for a model config (roma_model.h's dimensions); context: the build's context
         (build_context of its manifest, CONTEXT); ddr_image: the build's DDR weight image (uint32 words,
         read_ddr_image), None when every tensor is on chip; kv_onchip: positions of the build's on-chip KV cache
-        (kv_onchip_tokens of its manifest), 0 without one; kv_layout: its KV ports (KvLayout.from_manifest)."""
+        (kv_onchip_tokens of its manifest), 0 without one; kv_layout: its KV sets and ports (KvLayout.from_manifest)."""
         self.config = config
         self.context = int(context)
         self.kv_onchip = int(kv_onchip)
@@ -437,7 +440,7 @@ class RomaCoreDriver(DefaultIP):
             "eos_id": 0xFFFFFFFF if eos_id is None else eos_id,
             "tokens_in": self.tokens_in.device_address, "tokens_out": self.tokens_out.device_address,
             "logits": self.logits.device_address,
-            **dict(zip(KV_ARGUMENTS, kv.port_addresses if kv else (0, 0))),
+            **dict(zip(KV_ARGUMENTS, kv.port_addresses if kv else [0] * len(KV_ARGUMENTS))),
             "lora_staging": self.lora_staging.device_address,
             **{argument: b.device_address for argument, b in self.weight_images.items()},
             "uram_weights": self.uram_weights.device_address,
