@@ -58,9 +58,11 @@
 // runs the same arrays through the same fast attention path. Without the option g_kv_chip has one row and is
 // never referenced.
 //
-// KV ports (roma_model.h KV_PORTS 2, the board's kv_ports: an Alveo card's two DDR banks): a DDR KV cache's rows are
+// KV ports (roma_model.h KV_PORTS 2, from the board's kv_ports: an Alveo card's DDR banks): a DDR KV cache's rows are
 // split over kv_cache and kv_cache_1, runs of KV_PORT_LANES elements alternating (attention.h), so attention reads
-// both banks at once; with one port kv_cache_1 is never read.
+// both banks at once; with one port kv_cache_1 is never read. KV sets (KV_SETS 2, a U250's four KV ports): position
+// p's row is in set p % 2, set 1's in kv_cache_2 and kv_cache_3, so decode reads two rows a cycle, one per token
+// lane; with one set kv_cache_2 and kv_cache_3 are never read.
 //
 // ROMs: per ROM engine a bank of the bit planes and two scale ROM arrays by its format (fp16: scales and mins;
 // q8: params, the per-group steps, and exps, the per-row exponents; brom_tile.h), [TILES][words] of its tensors.
@@ -138,7 +140,12 @@ constexpr int att_simd(int lanes) { return rm::HEAD_DIM % lanes == 0 ? lanes : a
 // ... over the KV ports (roma_model.h KV_PORTS: the board's kv_ports where a DDR cache's rows split into whole runs of
 // one port's lanes, else 1; artifact/kv_layout.py picks it): attention reads the ports side by side
 static_assert(rm::KV_PORTS == 1 || rm::KV_PORTS == MAX_KV_PORTS, "one or MAX_KV_PORTS KV ports");
-static_assert(rm::KV_PORTS <= ROMA_KV_PORTS, "the build's KV ports among the board's (its m_axi KV bundles)");
+// ... and their sets (roma_model.h KV_SETS: two where the board has the ports for two sets, position p's row in set
+// p % 2; attention.h, KV sets): decode reads both sets at once, one per token lane
+static_assert(rm::KV_SETS == 1 || (rm::KV_SETS == MAX_KV_SETS && ROMA_KV_PORTS > MAX_KV_PORTS),
+              "one KV set, or MAX_KV_SETS where set 1's arguments have bundles of their own (ROMA_KV_PORTS 4)");
+static_assert(rm::KV_PORTS * rm::KV_SETS <= ROMA_KV_PORTS, "the build's KV ports among the board's (its m_axi KV "
+                                                           "bundles)");
 constexpr int ATT_SIMD = att_simd(rm::KV_PORT_BITS / 16) * rm::KV_PORTS;
 static_assert(rm::HEAD_DIM % ATT_SIMD == 0 && rm::KV_PORT_LANES * rm::KV_PORTS == ATT_SIMD,
               "the KV ports' runs (roma_model.h KV_PORT_LANES) as attention reads them");
@@ -180,6 +187,8 @@ constexpr int UP_LANES = lanes_max(GEMV_OUT_LANES, SWIGLU_LANES);
 constexpr bool KV_ONCHIP = rm::KV_ONCHIP_CTX > 0;
 typedef std::integral_constant<bool, KV_ONCHIP> KvOnChip; // selects overloads: only the build's KV code is instantiated
 static_assert(rm::KV_ONCHIP_CTX >= 0 && rm::KV_ONCHIP_CTX <= rm::CONTEXT, "the on-chip KV fits the context");
+static_assert(rm::KV_ONCHIP_CTX == 0 || (rm::KV_PORTS == 1 && rm::KV_SETS == 1),
+              "an on-chip KV cache: one port, one set");
 constexpr uint32_t KV_LIMIT = KV_ONCHIP ? rm::KV_ONCHIP_CTX : rm::CONTEXT; // the largest kv_capacity
 constexpr int KV_CHIP_ROWS = KV_ONCHIP ? rm::KV_ONCHIP_CTX : 1;
 
@@ -760,16 +769,18 @@ void ffn_pair(std::true_type, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, fl
 // rows kc, vc) or in DDR (templates: only the build's overload is instantiated).
 template <class = void>
 void attend(std::true_type /*on chip*/, int l, int start, int T, half_bits_t *kc, half_bits_t *vc, half_bits_t *,
-            half_bits_t *, LayerCycles &cyc) {
+            half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, LayerCycles &cyc) {
   ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD,
                          KvPlace::OnChip, TT>(g_q, g_k, g_v, start, T, g_kv_chip[l][0], g_kv_chip[l][1], g_att, cyc, kc,
                                           vc);
 }
 template <class = void>
 void attend(std::false_type /*in DDR*/, int, int start, int T, half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1,
-            half_bits_t *vc1, LayerCycles &cyc) {
+            half_bits_t *vc1, half_bits_t *kc2, half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3,
+            LayerCycles &cyc) {
   ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr, TT,
-                         rm::KV_PORTS>(g_q, g_k, g_v, start, T, kc, vc, g_att, cyc, nullptr, nullptr, kc1, vc1);
+                         rm::KV_PORTS, rm::KV_SETS>(g_q, g_k, g_v, start, T, kc, vc, g_att, cyc, nullptr, nullptr, kc1,
+                                                    vc1, kc2, vc2, kc3, vc3);
 }
 
 // Several token lanes: a block's value row from vr into the chunk's g_v, GEMV_OUT_LANES per cycle (the rate the
@@ -822,14 +833,16 @@ inline void lane_activation(float gate[rm::FFN_DIM], const float up[rm::FFN_DIM]
 void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], const float rope_sin[MAX_T][ROPE_PAIRS],
            half_bits_t *kv, half_bits_t *kv1, half_bits_t *kv2, half_bits_t *kv3, uint32_t cap, DDR_PORT_PARAMS,
            Acct &a) {
-  // layer l's keys and values in each KV port's buffer ([N_LAYERS][2][cap][KV_DIM / KV_PORTS] each)
+  // layer l's keys and values in each KV port's buffer ([N_LAYERS][2][ceil(cap / KV_SETS)][KV_DIM / KV_PORTS] each:
+  // kv, kv1 set 0's ports, kv2, kv3 set 1's); a buffer the build does not use may be null: not read, nor offset
   constexpr int PORT_ROW = rm::KV_DIM / rm::KV_PORTS;
-  // (kv1 may be null when the cache takes one port: it is not read, nor offset, then)
-  half_bits_t *kc = kv + (size_t)(2 * l) * cap * PORT_ROW, *vc = kv + (size_t)(2 * l + 1) * cap * PORT_ROW;
-  half_bits_t *kc1 = rm::KV_PORTS > 1 ? kv1 + (size_t)(2 * l) * cap * PORT_ROW : kv1;
-  half_bits_t *vc1 = rm::KV_PORTS > 1 ? kv1 + (size_t)(2 * l + 1) * cap * PORT_ROW : kv1;
-  (void)kv2;
-  (void)kv3;
+  const size_t rows = (cap + rm::KV_SETS - 1) / rm::KV_SETS, k_at = (size_t)(2 * l) * rows * PORT_ROW,
+               v_at = (size_t)(2 * l + 1) * rows * PORT_ROW;
+  constexpr bool PORT1 = rm::KV_PORTS > 1, SET1 = rm::KV_SETS > 1;
+  half_bits_t *kc = kv + k_at, *vc = kv + v_at;
+  half_bits_t *kc1 = PORT1 ? kv1 + k_at : kv1, *vc1 = PORT1 ? kv1 + v_at : kv1;
+  half_bits_t *kc2 = SET1 ? kv2 + k_at : kv2, *vc2 = SET1 ? kv2 + v_at : kv2;
+  half_bits_t *kc3 = PORT1 && SET1 ? kv3 + k_at : kv3, *vc3 = PORT1 && SET1 ? kv3 + v_at : kv3;
   float h[TT][rm::DIM], qr[TT][QDIM], kr[TT][rm::KV_DIM], vr[TT][rm::KV_DIM];
   // the GEMV inputs: written NORM_LANES per cycle by rms_norm, read GEMV_IN_LANES per cycle by the quantizers
 #pragma HLS ARRAY_PARTITION variable = h type = complete dim = 1
@@ -865,7 +878,7 @@ LAYER_QKV:
     if (TC3 && n > 3) lane_rotate(rope_cos[i0 + TC3], rope_sin[i0 + TC3], true, qr[TC3], kr[TC3], vr[TC3],
                                   g_q[i0 + TC3], g_k[i0 + TC3], g_v[i0 + TC3], beside);
   }
-  attend(KvOnChip(), l, start, T, kc, vc, kc1, vc1, a.layer);
+  attend(KvOnChip(), l, start, T, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, a.layer);
   float o[TT][rm::DIM], gate[TT][rm::FFN_DIM], up[TT][rm::FFN_DIM];
 #pragma HLS ARRAY_PARTITION variable = o type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = RESIDUAL_IN_LANES dim = 2
@@ -937,6 +950,9 @@ FORWARD_CHUNKS:
 #pragma HLS ARRAY_PARTITION variable = rope_cos type = cyclic factor = ROPE_LANES dim = 2
 #pragma HLS ARRAY_PARTITION variable = rope_sin type = cyclic factor = TT dim = 1
 #pragma HLS ARRAY_PARTITION variable = rope_sin type = cyclic factor = ROPE_LANES dim = 2
+    // in LUTRAM: a few KB, written once per position (on a Zynq board's 4 lanes each bank is 512 deep: BRAM otherwise)
+#pragma HLS BIND_STORAGE variable = rope_cos type = ram_s2p impl = lutram
+#pragma HLS BIND_STORAGE variable = rope_sin type = ram_s2p impl = lutram
   ROPE_ANGLES_CHUNK:
     for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T

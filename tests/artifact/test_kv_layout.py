@@ -20,6 +20,7 @@ from roma_runtime.errors import RomaError
     ("kv260", 64, 0, KvLayout(1, 8, 1)),   # one 128-bit HP port
     ("pynq-z2", 64, 0, KvLayout(1, 4, 1)),  # one 64-bit HP port
     ("u250", 16, 0, KvLayout(1, 16, 2)),   # a head of 16: one port's 16 lanes already cover it; two sets
+    ("u280", 16, 0, KvLayout(1, 16, 1)),   # ... but not on two ports: set 1 would share set 0's bundle
     ("u250", 64, 64, KvLayout(1, 32, 1)),  # an on-chip cache: one port, which it writes through to, one set
 ])
 def test_a_build_splits_its_kv_rows_where_a_head_holds_whole_chunks(board, head_dim, onchip, want):

@@ -515,6 +515,114 @@ void check_attention_csim(Tally &tally) {
               "compiled in: %d): %ld mismatches\n", HEADS, KV_HEADS, HD, SIMD, PORTS, ROMA_ATT_CSIM_FAST, bad);
 }
 
+// KV sets (a U250's four KV ports): the cache's positions alternate between two sets of PORTS buffers (position s in
+// set s % 2 at row s / 2, each set split over its ports as above), as the host splits them. One query through one lane
+// (set 0's rows, then set 1's), the same query split over two lanes (decode: both sets at once), and the fast path
+// agree bit for bit (the partial sums are the same: position s in partial s mod P either way); against the one-set
+// reference within rounding (only the partials' grouping differs). A block of three queries on four lanes gives each
+// query's output bit for bit. The split takes half the passes' cycles.
+template <int HEADS, int KV_HEADS, int HD, int SIMD, int PORTS>
+void check_attention_sets(Tally &tally) {
+  constexpr int MAXCTX = 301, ROW = KV_HEADS * HD, SETS = MAX_KV_SETS, L = MAX_TOKEN_LANES;
+  uint64_t st = 0xD1B54A32D192ED03ull ^ (uint64_t)(HEADS * 131 + KV_HEADS + 7 * PORTS);
+  auto rnd = [&st]() { // uniform in [-2, 2)
+    st ^= st << 13;
+    st ^= st >> 7;
+    st ^= st << 17;
+    return (float)((st >> 40) & 0xffffff) * 0x1p-22f - 2.0f;
+  };
+  std::vector<half_bits_t> kc((size_t)MAXCTX * ROW), vc((size_t)MAXCTX * ROW);
+  for (size_t i = 0; i < kc.size(); ++i) {
+    kc[i] = float_to_half(rnd() * 3.0f);
+    vc[i] = float_to_half(rnd());
+  }
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, PORTS, SETS> C;
+  constexpr int PL = C::PORT_LANES, SET_ROWS = (MAXCTX + SETS - 1) / SETS;
+  std::vector<half_bits_t> kp[4], vp[4]; // buffer 2 * set + port
+  for (int b = 0; b < 4; ++b) {
+    kp[b].assign((size_t)SET_ROWS * C::PORT_ROW, 0);
+    vp[b].assign((size_t)SET_ROWS * C::PORT_ROW, 0);
+  }
+  for (int s = 0; s < MAXCTX; ++s)
+    for (int e = 0; e < ROW; ++e) {
+      const int b = 2 * (s % SETS) + (e / PL) % PORTS;
+      const size_t at = (size_t)(s / SETS) * C::PORT_ROW + (e / (PL * PORTS)) * PL + e % PL;
+      kp[b][at] = kc[(size_t)s * ROW + e];
+      vp[b][at] = vc[(size_t)s * ROW + e];
+    }
+  auto ptr = [&](std::vector<half_bits_t> *v, int b) { return b % 2 < PORTS ? v[b].data() : nullptr; };
+  half_bits_t *k0 = ptr(kp, 0), *k1 = ptr(kp, 1), *k2 = ptr(kp, 2), *k3 = ptr(kp, 3);
+  half_bits_t *v0 = ptr(vp, 0), *v1 = ptr(vp, 1), *v2 = ptr(vp, 2), *v3 = ptr(vp, 3);
+  long bad = 0;
+  auto check = [&](bool ok) {
+    tally.check(ok);
+    bad += !ok;
+  };
+  for (int row : {MAXCTX - 2, MAXCTX - 1}) { // a row of each set, cleared and written again through kv_write
+    std::vector<half_bits_t> k_before[4] = {kp[0], kp[1], kp[2], kp[3]}, v_before[4] = {vp[0], vp[1], vp[2], vp[3]};
+    std::vector<float> kn(ROW), vn(ROW);
+    for (int e = 0; e < ROW; ++e) {
+      kn[e] = half_to_float(kc[(size_t)row * ROW + e]);
+      vn[e] = half_to_float(vc[(size_t)row * ROW + e]);
+    }
+    for (int b = 2 * (row % SETS); b < 2 * (row % SETS) + PORTS; ++b) {
+      std::fill_n(kp[b].begin() + (size_t)(row / SETS) * C::PORT_ROW, C::PORT_ROW, 0);
+      std::fill_n(vp[b].begin() + (size_t)(row / SETS) * C::PORT_ROW, C::PORT_ROW, 0);
+    }
+    LayerCycles cw;
+    kv_write<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, PORTS, SETS>(kn.data(), vn.data(), row, k0, v0, cw,
+                                                                           nullptr, nullptr, k1, v1, k2, v2, k3, v3);
+    bool ok = cw.attention == C::WRITE_CYCLES;
+    for (int b = 0; b < 4; ++b) ok = ok && kp[b] == k_before[b] && vp[b] == v_before[b];
+    check(ok);
+  }
+  std::vector<float> q((size_t)HEADS * HD), ref(q.size()), one(q.size()), fast(q.size()), split(q.size());
+  double worst = 0.0;
+  for (int pos : {0, 1, 2, 3, 15, 64, 151, MAXCTX - 2, MAXCTX - 1}) {
+    for (size_t i = 0; i < q.size(); ++i) q[i] = rnd() * (pos % 2 ? 4.0f : 0.5f);
+    LayerCycles c0, c1, c2, c3;
+    attention_query<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr>(q.data(), pos, kc.data(), vc.data(),
+                                                                      ref.data(), c0);
+    attention_query<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, PORTS, SETS>(q.data(), pos, k0, v0, one.data(),
+                                                                                   c1, k1, v1, k2, v2, k3, v3);
+    attention_query_fast<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, PORTS, SETS>(
+        q.data(), pos, k0, v0, fast.data(), c2, k1, v1, k2, v2, k3, v3);
+    attention_lanes<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, 2, PORTS, SETS>(
+        reinterpret_cast<const float(*)[HEADS * HD]>(q.data()), 1, pos, k0, v0,
+        reinterpret_cast<float(*)[HEADS * HD]>(split.data()), c3, k1, v1, k2, v2, k3, v3);
+    for (size_t i = 0; i < q.size(); ++i) {
+      check(float_to_bits(one[i]) == float_to_bits(fast[i]) && float_to_bits(one[i]) == float_to_bits(split[i]));
+      worst = std::max(worst, (double)std::fabs(one[i] - ref[i]) / (1e-5 * (1.0 + std::fabs(ref[i]))));
+    }
+    const int S = pos + 1;
+    check(c1.attention == c2.attention && c1.attention == C::query_cycles(S));
+    check(c3.attention == C::block_cycles(S, 1, 2) &&
+          c1.attention - c3.attention ==
+              (uint64_t)(S - C::set_rows(S, 0)) * C::CH * (C::SCORE_II + C::PV_II) - timing::FCMP_LATENCY);
+  }
+  check(worst <= 1.0);
+  constexpr int N = 3;
+  for (int pos : {0, 7, 150, MAXCTX - N}) {
+    std::vector<float> qb((size_t)L * HEADS * HD), ob((size_t)L * HEADS * HD, -1.0f);
+    for (size_t i = 0; i < qb.size(); ++i) qb[i] = rnd();
+    LayerCycles cb, c1;
+    attention_lanes<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, L, PORTS, SETS>(
+        reinterpret_cast<const float(*)[HEADS * HD]>(qb.data()), N, pos, k0, v0,
+        reinterpret_cast<float(*)[HEADS * HD]>(ob.data()), cb, k1, v1, k2, v2, k3, v3);
+    for (int t = 0; t < L; ++t) {
+      if (t < N)
+        attention_query<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, PORTS, SETS>(
+            &qb[(size_t)t * HEADS * HD], pos + t, k0, v0, one.data(), c1, k1, v1, k2, v2, k3, v3);
+      for (size_t i = 0; i < one.size(); ++i) // a lane past the block writes nothing
+        check(float_to_bits(ob[(size_t)t * HEADS * HD + i]) == float_to_bits(t < N ? one[i] : -1.0f));
+    }
+    check(cb.attention == C::block_cycles(pos + N, N, L));
+  }
+  std::printf("  attention over two KV sets (%d heads, %d kv heads, hd %d, simd %d over %d port(s) a set, %d partial "
+              "sums; against one set: %.3f of 1e-5 relative): %ld mismatches\n",
+              HEADS, KV_HEADS, HD, SIMD, PORTS, C::PV_PARTIALS, worst, bad);
+}
+
 // exp_f32x16 against exp_f32 on every lane (a dense sweep of [-90, 90] and the special values), and the
 // emulated board's 16-lane SwiGLU against its scalar expression; both are compiled in with AVX-512.
 void check_exp_simd(Tally &tally) {
@@ -597,6 +705,9 @@ int main(int argc, char **argv) {
   check_attention_csim<9, 3, 64, 32, 2>(tally); // two 256-bit ports (a U280's HBM)
   check_attention_csim<4, 2, 64, 4>(tally);
   check_attention_csim<8, 8, 64, 8>(tally);
+  check_attention_sets<9, 3, 64, 64, 2>(tally); // SmolLM2-135M, four 512-bit KV ports (a U250)
+  check_attention_sets<9, 3, 64, 32, 1>(tally); // one 512-bit port a set
+  check_attention_sets<4, 2, 64, 16, 2>(tally); // CH = 8: one partial a set
   int cases = 0;
   for (const std::string &line : lines) {
     std::istringstream in(line);

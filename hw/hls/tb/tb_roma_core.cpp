@@ -74,6 +74,12 @@ float meta_f(const char *k) {
   return f;
 }
 
+// The KV cache's buffers, one port (the tiny model's heads hold one port's lanes): with two KV sets (a U250's ports)
+// position p's rows in set p % 2 at row p / 2, set 1's buffer (kv_cache_2) after set 0's (kv_cache) in one vector
+constexpr int KV_SETS = roma_model::KV_SETS;
+static_assert(roma_model::KV_PORTS == 1, "tb_roma_core: a cache of one port a set");
+#define KV_BUFFER_ROWS(cap) ((size_t)2 * roma_model::N_LAYERS * (((cap) + KV_SETS - 1) / KV_SETS) * roma_model::KV_DIM)
+
 struct Board {
   std::vector<int32_t> tin, tout;
   std::vector<float> logits;
@@ -83,9 +89,16 @@ struct Board {
   uint32_t cycles[STAGE_COUNT] = {}; // the cycles_STAGE registers of the last call
   uint32_t cap;
   const uint32_t *ddr = g_ddr.data();
+  uint16_t *set1() { return kv.data() + (KV_SETS > 1 ? KV_BUFFER_ROWS(cap) : 0); }
+  // element i of layer l's keys (kvs 0) or values (kvs 1) at position p
+  uint16_t kv_at(int l, int kvs, int p, int i) const {
+    const size_t rows = (cap + KV_SETS - 1) / KV_SETS;
+    return kv[(p % KV_SETS) * KV_BUFFER_ROWS(cap) + (((size_t)l * 2 + kvs) * rows + p / KV_SETS) * roma_model::KV_DIM +
+              i];
+  }
   const uint32_t *uram = nullptr; // the URAM load image, for CMD_LOAD_WEIGHTS
   explicit Board(uint32_t capacity)
-      : tin(1024), tout(1024), logits(roma_model::VOCAB), kv((size_t)2 * roma_model::N_LAYERS * capacity * roma_model::KV_DIM),
+      : tin(1024), tout(1024), logits(roma_model::VOCAB), kv((size_t)KV_SETS * KV_BUFFER_ROWS(capacity)),
         staging(1), status(STATUS_WORDS), cap(capacity) {}
   // One roma_core call. Scalars: sample registers default to greedy-free (SAMPLE_NONE) unless given.
   uint32_t raw(uint32_t cmd, uint32_t pos, uint32_t n, uint32_t mode = SAMPLE_NONE, uint32_t slot = 0,
@@ -96,7 +109,7 @@ struct Board {
               cycles[STAGE_ACT_QUANT], cycles[STAGE_GEMV], cycles[STAGE_LORA], cycles[STAGE_ROPE],
               cycles[STAGE_ATTENTION], cycles[STAGE_ACTIVATION], cycles[STAGE_RESIDUAL], cycles[STAGE_LM_HEAD],
               cycles[STAGE_SAMPLER], cycles[STAGE_KV_LOAD], cycles[STAGE_WEIGHT_LOAD], tin.data(), tout.data(),
-              logits.data(), kv.data(), kv.data(), kv.data(), kv.data(), staging.data(), ddr, ddr, ddr, ddr, uram,
+              logits.data(), kv.data(), kv.data(), set1(), set1(), staging.data(), ddr, ddr, ddr, ddr, uram,
               status.data());
     return status[STATUS_ERROR];
   }
@@ -302,7 +315,7 @@ int main(int argc, char **argv) {
           for (int i = 0; i < KVD; ++i) {
             const size_t gi = (((size_t)l * 2 + kvs) * KVL + p) * KVD + i;
             const double w1 = half_f(gkv[gi]), w2 = half_f(gkv2[gi]);
-            const double got = half_f(b.kv[(((size_t)l * 2 + kvs) * CAP + p) * KVD + i]);
+            const double got = half_f(b.kv_at(l, kvs, p, i));
             const double want = std::fabs(got - w2) < std::fabs(got - w1) ? w2 : w1;
             const double tol = std::ldexp(std::fabs(want), -10) + TOL * mx;
             const double d = std::fabs(got - want);

@@ -265,6 +265,9 @@ def test_roma_compile_runs_the_check_and_keeps_the_build(smollm2, tiny_models, t
     assert read_manifest(tmp_path / "big")["plan"]["board"]["name"] == "kv260"  # the build is written
     rep = json.loads((tmp_path / "big" / footprint.FOOTPRINT_FILE).read_text())
     assert rep["ok"] is False and rep["board"] == "kv260" and rep["per_array"]
+    # ... and the plan's memory model is the object's on a Zynq board too, array by array (its narrower lanes put
+    # other banks past LUTRAM's depth: forward's RoPE angles once did, unplanned)
+    assert [r["array"] for r in rep["per_array"] if not r["agrees"]] == []
     r = compile_for(tiny_models["q4_1"], "pynq-z2", tmp_path / "tiny")
     assert r.returncode == 0, r.stderr
     assert ": fits" in r.stdout and json.loads((tmp_path / "tiny" / footprint.FOOTPRINT_FILE).read_text())["ok"]

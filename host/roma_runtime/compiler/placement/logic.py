@@ -45,7 +45,8 @@ Attention (attention_lanes, a datapath per token lane; GROUP = HEADS / KV_HEADS 
   ATT_SIMD, the board's KV port in fp16 lanes): scores GROUP * SIMD fmul, GROUP * (SIMD - 1) + GROUP * (HD / SIMD - 1) fadd (the two
   trees), GROUP fmul (the scale) and GROUP fcmp (the max); P x V GROUP exp with their GROUP fadd (score - max)
   and GROUP fadd (the sums), GROUP * SIMD fmul and fadd; 2 * SIMD fp16->fp32; SIMD fdiv (the output), after
-  (P - 1) * (SIMD + 1) fadd adding PV's P partial sums (memory.pv_partials; 1 where a row is FADD_LATENCY chunks).
+  (P - 1) * (SIMD + 1) fadd adding PV's P partial sums (memory.pv_partials; 1 where a row is FADD_LATENCY chunks,
+  times the KV sets). With two KV sets a lane reads its set's chunk: the same converters per lane.
 The elementwise units at the build's lanes L (boards.json elementwise_lanes, halved to the model's dimensions):
 RMSNorm: L fmul + L fadd (the squares and their partial sums, norm.h), 1 fsqrt + 1 fdiv, 2 L fmul (x * inv * w).
 RoPE: L pairs: 4 fmul + 2 fadd each, per token lane; its angles (once per position for every layer, in forward):
@@ -235,8 +236,8 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         units.append(_unit("LoRA apply (one, every linear)", 1, *lo,
                            {"lanes": 1, "dtype": lora.get("dtype"), "rank": lora.get("rank")}))
     group, hd = config.n_heads // config.n_kv_heads, config.head_dim
-    simd = KvLayout.for_build(hd, board.kv_port_bits, board.kv_ports, kv_tokens).lanes
-    partials = pv_partials(config.kv_dim, simd)
+    layout = KvLayout.for_build(hd, board.kv_port_bits, board.kv_ports, kv_tokens)
+    simd, partials = layout.lanes, pv_partials(config.kv_dim, layout.lanes, layout.sets)
     at = _ops({"fmul": 2 * group * simd + group, "fadd": group * (simd - 1) + group * (hd // simd - 1)
                + group * simd + 2 * group + (partials - 1) * (simd + 1), "exp": group, "fcmp": group,
                "h2f": 2 * simd, "fdiv": simd})

@@ -40,7 +40,8 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   vocabulary's fp32 logits), attention's score [TOKEN_LANES][HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions,
   else the build's context), the sampler's g_recent ring, the LoRA unit (C1) and the one lora_apply's t [rank], the on-chip
   KV cache g_kv_chip [N_LAYERS][2][positions * KV_DIM] fp16, and the locals of the one layer() and forward()
-  instance (h, qr, kr, vr, o, gate, up, a row per token lane; h) and of attention (ql, acc, a row per lane).
+  instance (h, qr, kr, vr, o, gate, up, a row per token lane; h and the chunk's RoPE angles rope_cos and rope_sin,
+  bound to LUTRAM) and of attention (ql, acc, a row per lane).
 Not listed: locals the footprint finds in LUTRAM or registers in every build (sampler pools, RoPE tables,
 partial sums, the status words); they cost no block RAM.
 """
@@ -398,11 +399,12 @@ def model_consts(config: ModelConfig, kv_port_bits: int) -> dict[str, int]:
             "VOCAB": config.vocab_size, "KV_PORT_BITS": kv_port_bits}
 
 
-def pv_partials(kv_dim: int, simd: int) -> int:
+def pv_partials(kv_dim: int, simd: int, sets: int = 1) -> int:
     """attention.h AttentionConfig::PV_PARTIALS: the partial sums of attention's P x V pass, for cache rows of
-    kv_dim elements read `simd` a cycle (enough that each comes back after the fp32 adder's latency)."""
+    kv_dim elements read `simd` a cycle (enough that each comes back after the fp32 adder's latency), times the KV
+    sets (a set's positions take every sets-th partial)."""
     chunks, fadd = kv_dim // simd, kernel_constants("types.h")["FADD_LATENCY"]
-    return 1 if chunks >= fadd else 2 if 2 * chunks >= fadd else 4
+    return sets * (1 if chunks >= fadd else 2 if 2 * chunks >= fadd else 4)
 
 
 def lin_shape(config: ModelConfig, lin: int) -> tuple[int, int]:
@@ -522,11 +524,12 @@ def with_impl(applied: list, impl: str) -> list:
 
 
 def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list[Pragma], hw: dict,
-                kv_port_bits: int, logits: str = "bram", token_lanes: int = 1, kv_ports: int = 1) -> list[Array]:
+                kv_port_bits: int, logits: str = "bram", token_lanes: int = 1, kv_ports: int = 1,
+                kv_sets: int = 1) -> list[Array]:
     """The arrays the top declares once whatever the placement: norms, chunk activations, logits (in `logits`
     memory, logits_impl), attention's scores, the sampler's ring, and the one layer()'s (a row per token lane:
     the board's token_lanes), forward()'s and attention's locals (attention's lanes: a KV port's over the build's
-    kv_ports, roma_core.cpp ATT_SIMD)."""
+    kv_ports, roma_core.cpp ATT_SIMD; its partial sums by the KV sets too)."""
     c = model_consts(config, kv_port_bits)
     t, d, kv, f = hw["PREFILL_CHUNK"], config.dim, config.kv_dim, config.ffn_dim
     qdim, hd = config.n_heads * config.head_dim, config.head_dim
@@ -547,9 +550,11 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
     local = [_local("layer", v, 32, [token_lanes, n], pragmas, None) for v, n in
              (("h", d), ("qr", qdim), ("kr", kv), ("vr", kv), ("o", d), ("gate", f), ("up", f))]
     local += [_local("forward", "h", 32, [d], pragmas, None),
+              _local("forward", "rope_cos", 32, [t, hd // 2], pragmas, None),
+              _local("forward", "rope_sin", 32, [t, hd // 2], pragmas, None),
               _local("attention_lanes", "ql", 32, [token_lanes, config.n_heads, hd], pragmas, att),
-              _local("attention_lanes", "acc", 32, [token_lanes, pv_partials(kv, simd), config.n_heads, hd], pragmas,
-                     att)]
+              _local("attention_lanes", "acc", 32, [token_lanes, pv_partials(kv, simd, kv_sets), config.n_heads, hd],
+                     pragmas, att)]
     return static + local
 
 

@@ -28,6 +28,14 @@
 // each port as one sequential burst. The arithmetic and its order do not change with the ports (lane l of a
 // chunk holds the same element as with one port of SIMD lanes); the host splits and joins rows the same way
 // (roma_runtime.artifact.kv_layout).
+// KV sets (SETS, the build's KV_SETS; Ddr only): with four KV ports (a U250's four DDR banks) the positions alternate
+// between two sets of PORTS ports: position s's row in set s % 2 (k_cache, k_cache1 or k_cache2, k_cache3) at row
+// s / 2, so each set's rows are one sequential burst. A pass reads set 0's rows, then set 1's, a chunk a cycle as
+// before; decode's query (a block of one on the token lanes' datapaths, attention_lanes' split) reads both sets at
+// once, lane t over set t's rows, in half the cycles, and the lanes' maxima are merged before PV. PV's partial sums
+// double (PV_PARTIALS is a multiple of SETS): position s still adds into partial s mod P, each partial's positions
+// lie in one set and come in order, so the split changes no bit (tb_brom_tile checks split, unsplit and the fast
+// path against one another); against one set only the partials' grouping differs.
 //
 // Softmax: two passes over the cache (not online/streaming): pass 1 streams K and writes all scores of the
 // query to an on-chip buffer score[HEADS][MAX_CTX] with a running max; pass 2 streams V and computes each
@@ -69,7 +77,8 @@
 //   FINAL: HEADS*HD/SIMD iterations, the P partials' adder trees and SIMD dividers          II=1
 // A decode query at S keys thus costs 2*S*CH + 2*HEADS*HD/SIMD cycles plus the depths (AttentionConfig::
 // query_cycles); SmolLM2-135M (ROW = 192) at S = 256: 12288 + 144 on a 128-bit port, 3072 + 36 on a 512-bit one,
-// 1536 + 18 on two (CH = 3: PV's two partial sums keep it at II=1; in one it ran at II 2: 768 + 1536 + 18).
+// 1536 + 18 on two (CH = 3: PV's two partial sums keep it at II=1; in one it ran at II 2: 768 + 1536 + 18), and a
+// decode query 768 + 18 on four (two KV sets, split over two lanes; a prefill block's passes still 1536).
 // A prefill chunk of T tokens writes T rows, then runs the query loops once per block of QT queries (token lanes,
 // attention_lanes: the block's last query's keys, each row chunk read feeding every lane; query i uses keys
 // 0..start+i), so a chunk costs about T / QT passes over the keys instead of T.
@@ -99,12 +108,15 @@ constexpr float attention_scale() {
   return (float)(1.0 / constexpr_sqrt_newton((double)HD, (double)HD, 60));
 }
 
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1>
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1,
+          int SETS = 1>
 struct AttentionConfig {
   static_assert(HEADS % KV_HEADS == 0, "HEADS must be a multiple of KV_HEADS");
   static_assert(HD % SIMD == 0, "SIMD must divide head_dim");
   static_assert(PORTS == 1 || (PORTS == MAX_KV_PORTS && PLACE == KvPlace::Ddr && SIMD % PORTS == 0),
                 "a DDR cache over one or MAX_KV_PORTS ports, each carrying SIMD / PORTS lanes");
+  static_assert(SETS == 1 || (SETS == MAX_KV_SETS && PLACE == KvPlace::Ddr),
+                "a DDR cache's positions in one or MAX_KV_SETS sets of ports");
   static constexpr int GROUP = HEADS / KV_HEADS;
   static constexpr int ROW = KV_HEADS * HD; // fp16 elements per cache row (one position)
   static constexpr int PORT_LANES = SIMD / PORTS; // the fp16 lanes one port carries: the rows' unit of interleave
@@ -119,8 +131,15 @@ struct AttentionConfig {
   // PV's partial sums: a position's accumulators come back every CH iterations, under the fp32 adder's latency when
   // a row is fewer than FADD_LATENCY chunks (two 512-bit KV ports: CH = 3), so positions s = p mod PV_PARTIALS go to
   // partial p, added at the end (HLS_RULES.md: interleaved partial sums); else one, in order
-  static constexpr int PV_PARTIALS = CH >= timing::FADD_LATENCY ? 1 : CH * 2 >= timing::FADD_LATENCY ? 2 : 4;
-  static constexpr int PV_II = timing::acc_ii(CH * PV_PARTIALS);
+  // (with SETS sets, SETS times as many: a set's positions take every SETS-th partial, so each set's lane keeps the
+  // distance, and the decode split's two lanes sum exactly the partials one lane would: see KV sets)
+  static constexpr int PV_PARTIALS =
+      SETS * (CH >= timing::FADD_LATENCY ? 1 : CH * 2 >= timing::FADD_LATENCY ? 2 : 4);
+  static constexpr int PV_II = timing::acc_ii(CH * PV_PARTIALS / SETS);
+  // KV sets: the rows of S keys in set r (positions r, r + SETS, ...), and whether a block of n queries on QT lanes
+  // splits them (decode: one query, lane t over set t's rows, both sets at once)
+  static constexpr int set_rows(int S, int r) { return (S - r + SETS - 1) / SETS; }
+  static constexpr bool split(int n, int qt) { return SETS == MAX_KV_SETS && n == 1 && qt >= SETS; }
   static constexpr int WRITE_DEPTH = 2 + 1 /* fp16 rounding */ + MEM_WRITE_LATENCY;
   static constexpr int QLOAD_DEPTH = 2;
   static constexpr int SCORE_DEPTH = MEM_READ_LATENCY + 1 /* fp16 decode */ + timing::FMUL_LATENCY +
@@ -139,12 +158,14 @@ struct AttentionConfig {
   static constexpr uint64_t WRITE_CYCLES = (uint64_t)CH * timing::II + WRITE_DEPTH; // per new token
   // kv_load of n rows of one cache (K or V of a layer): n*ROW*2 bytes at SIMD*2 bytes per cycle, one burst.
   static constexpr uint64_t load_cycles(int n) { return (uint64_t)n * CH * timing::II + LOAD_DEPTH; }
-  // A block of n queries whose last attends to S keys (token lanes: the passes over the keys once for the block,
-  // the queries loaded and finished one after another); one query over S keys.
-  static constexpr uint64_t block_cycles(int S, int n) {
-    return (uint64_t)(n * HEADS * CHD) * timing::II + QLOAD_DEPTH + (uint64_t)S * CH * SCORE_II + SCORE_DEPTH +
-           (uint64_t)S * CH * PV_II + PV_DEPTH +
-           (uint64_t)(n * HEADS * CHD) * timing::II + FINAL_DEPTH;
+  // A block of n queries whose last attends to S keys, on qt token lanes (the passes over the keys once for the
+  // block, the queries loaded and finished one after another; decode's split: one pass over set 0's rows, both sets
+  // at once, then the two lanes' maxima merged); one query over S keys on one lane.
+  static constexpr uint64_t block_cycles(int S, int n, int qt = 1) {
+    return (uint64_t)(n * HEADS * CHD) * timing::II + QLOAD_DEPTH +
+           (uint64_t)(split(n, qt) ? set_rows(S, 0) : S) * CH * (SCORE_II + PV_II) + SCORE_DEPTH +
+           (split(n, qt) ? timing::FCMP_LATENCY : 0) + PV_DEPTH + (uint64_t)(n * HEADS * CHD) * timing::II +
+           FINAL_DEPTH;
   }
   static constexpr uint64_t query_cycles(int S) { return block_cycles(S, 1); }
 };
@@ -167,23 +188,32 @@ inline float tree_sum(float v[N]) {
 } // namespace detail
 
 // Write one token's K and V (fp32, K already rotated) into cache row `pos` as fp16; OnChip: also into the
-// host's DDR rows k_ddr/v_ddr (write-through; unused for Ddr).
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1>
+// host's DDR rows k_ddr/v_ddr (write-through; unused for Ddr). With two KV sets, into set pos % 2's ports at row pos / 2.
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1,
+          int SETS = 1>
 void kv_write(const float k_new[KV_HEADS * HD], const float v_new[KV_HEADS * HD], int pos,
               half_bits_t *k_cache, half_bits_t *v_cache, LayerCycles &cyc, half_bits_t *k_ddr = nullptr,
-              half_bits_t *v_ddr = nullptr, half_bits_t *k_cache1 = nullptr, half_bits_t *v_cache1 = nullptr) {
-  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS> C;
+              half_bits_t *v_ddr = nullptr, half_bits_t *k_cache1 = nullptr, half_bits_t *v_cache1 = nullptr,
+              half_bits_t *k_cache2 = nullptr, half_bits_t *v_cache2 = nullptr, half_bits_t *k_cache3 = nullptr,
+              half_bits_t *v_cache3 = nullptr) {
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS> C;
   constexpr int PL = C::PORT_LANES;
+  const int set = pos % SETS; // SETS is 1 or 2: a bit
 KV_WRITE:
   for (int c = 0; c < C::CH; ++c) {
 #pragma HLS PIPELINE II = timing::II
     for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
       // lane l's port (a constant per lane) and its place in that port's row
-      const size_t i = (size_t)pos * C::PORT_ROW + c * PL + l % PL;
+      const size_t i = (size_t)(pos / SETS) * C::PORT_ROW + c * PL + l % PL;
       const half_bits_t kh = float_to_half(k_new[c * SIMD + l]), vh = float_to_half(v_new[c * SIMD + l]);
-      (l / PL == 0 ? k_cache : k_cache1)[i] = kh;
-      (l / PL == 0 ? v_cache : v_cache1)[i] = vh;
+      if (set == 0) {
+        (l / PL == 0 ? k_cache : k_cache1)[i] = kh;
+        (l / PL == 0 ? v_cache : v_cache1)[i] = vh;
+      } else { // set 1 (never with one set)
+        (l / PL == 0 ? k_cache2 : k_cache3)[i] = kh;
+        (l / PL == 0 ? v_cache2 : v_cache3)[i] = vh;
+      }
       if (PLACE == KvPlace::OnChip) { // a template constant: the Ddr instance has no write-through
         k_ddr[i] = kh;
         v_ddr[i] = vh;
@@ -198,17 +228,29 @@ KV_WRITE:
 // chunk read feeds QT lanes of datapaths), lane c skipping the rows past its position, so each query's scores, max,
 // sums and outputs are the operations attention_query does for it alone, in the same order (bit for bit:
 // tb_brom_tile checks it). q[c] and out[c] are the block's rows.
+// KV sets (SETS 2): a pass reads set 0's rows, then set 1's, one row chunk a cycle as with one set; decode's split
+// (C::split: one query on two or more lanes) reads both sets at once, lane t set t's rows with the query in both
+// lanes, in half the cycles, and merges the lanes' maxima before PV. Position s always adds into partial s mod P (P
+// even: a set's positions take every other partial, in order), so split and unsplit give the same bits.
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int QT = 1,
-          int PORTS = 1>
+          int PORTS = 1, int SETS = 1>
 void attention_lanes(const float q[][HEADS * HD], int n, int pos, const half_bits_t *k_cache,
                      const half_bits_t *v_cache, float out[][HEADS * HD], LayerCycles &cyc,
-                     const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr) {
-  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS> C;
+                     const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr,
+                     const half_bits_t *k_cache2 = nullptr, const half_bits_t *v_cache2 = nullptr,
+                     const half_bits_t *k_cache3 = nullptr, const half_bits_t *v_cache3 = nullptr) {
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS> C;
   constexpr int GROUP = C::GROUP, CHD = C::CHD, CH = C::CH, PL = C::PORT_LANES, PROW = C::PORT_ROW;
-  constexpr int P = C::PV_PARTIALS, PV_II = C::PV_II; // used by the pragmas
+  constexpr int P = C::PV_PARTIALS, PV_II = C::PV_II, PV_DISTANCE = CH * P / SETS; // used by the pragmas
+  constexpr int MAX_ITERS = MAX_CTX * CH;
   (void)PV_II;
+  (void)PV_DISTANCE;
+  (void)MAX_ITERS;
   const float scale = attention_scale<HD>();
   const int S = pos + n; // causal: keys 0..pos+n-1, lane c's 0..pos+c
+  const bool split = C::split(n, QT);
+  // the passes' rows: set 0's, both sets at once (split), or all S, set 0's then set 1's
+  const int rows0 = C::set_rows(S, 0), iters = (split ? rows0 : S) * CH;
 
   float ql[QT][HEADS][HD];
 #pragma HLS ARRAY_PARTITION variable = ql type = complete dim = 1
@@ -228,107 +270,144 @@ void attention_lanes(const float q[][HEADS * HD], int n, int pos, const half_bit
   float part[QT][GROUP][CHD]; // chunk sums of the current (position, kv head)
 #pragma HLS ARRAY_PARTITION variable = part type = complete dim = 0
 
-QLOAD: // the block's queries one after another
+QLOAD: // the block's queries one after another (split: the query into both lanes)
   for (int i = 0; i < n * HEADS * CHD; ++i) {
 #pragma HLS PIPELINE II = timing::II
 #pragma HLS LOOP_TRIPCOUNT min = HEADS * CHD max = QT * HEADS * CHD
     const int c = i / (HEADS * CHD), h = i / CHD % HEADS, dc = i % CHD;
-    for (int l = 0; l < SIMD; ++l) {
+    for (int t = 0; t < QT; ++t) {
 #pragma HLS UNROLL
-      ql[c][h][dc * SIMD + l] = q[c][h * HD + dc * SIMD + l];
-    }
-    if (dc == 0) {
-      mx[c][h] = -INFINITY;
-      for (int p = 0; p < P; ++p) {
-#pragma HLS UNROLL
-        lsum[c][p][h] = 0.0f; // (set again at s = p below; this keeps gcc from seeing a read before any write)
-      }
-    }
-  }
-
-  // Pass 1: scores and their max (one sequential read of rows 0..pos+n-1 of K).
-SCORE_POS:
-  for (int s = 0; s < S; ++s) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CTX
-  SCORE_CHUNK:
-    for (int c = 0; c < CH; ++c) {
-#pragma HLS PIPELINE II = timing::II
-      const int kh = c / CHD, dc = c % CHD;
-      float kv[SIMD];
-#pragma HLS ARRAY_PARTITION variable = kv type = complete dim = 1
+      if (t != c && !(split && t < SETS)) continue;
       for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
-        kv[l] = half_to_float((l / PL == 0 ? k_cache : k_cache1)[(size_t)s * PROW + c * PL + l % PL]);
+        ql[t][h][dc * SIMD + l] = q[c][h * HD + dc * SIMD + l];
       }
-      for (int t = 0; t < QT; ++t) {
+      if (dc == 0) {
+        mx[t][h] = -INFINITY;
+        for (int p = 0; p < P; ++p) {
 #pragma HLS UNROLL
-        if (t >= n || s > pos + t) continue; // lane t: keys 0..pos+t
-        for (int gq = 0; gq < GROUP; ++gq) {
-#pragma HLS UNROLL
-          const int h = kh * GROUP + gq;
-          float prod[SIMD];
-#pragma HLS ARRAY_PARTITION variable = prod type = complete dim = 1
-          for (int l = 0; l < SIMD; ++l) {
-#pragma HLS UNROLL
-            prod[l] = ql[t][h][dc * SIMD + l] * kv[l];
-          }
-          part[t][gq][dc] = detail::tree_sum<SIMD>(prod);
-          if (dc == CHD - 1) {
-            float chunks[CHD];
-#pragma HLS ARRAY_PARTITION variable = chunks type = complete dim = 1
-            for (int j = 0; j < CHD; ++j) {
-#pragma HLS UNROLL
-              chunks[j] = part[t][gq][j];
-            }
-            const float sc = detail::tree_sum<CHD>(chunks) * scale;
-            score[t][h][s] = sc;
-            mx[t][h] = sc > mx[t][h] ? sc : mx[t][h];
-          }
+          lsum[t][p][h] = 0.0f; // (set again at s = p below; this keeps gcc from seeing a read before any write)
         }
       }
     }
   }
 
-  // Pass 2: sum_s e[h,s] * v[s] (one sequential read of rows 0..pos+n-1 of V), e[h,s] = exp(score[h,s] - mx[h])
+  // Pass 1: scores and their max (one sequential read of each set's rows of K).
+  int set = 0, j = 0, c = 0; // the pass's set (unsplit), the row within the set, the chunk of the row
+SCORE:
+  for (int i = 0; i < iters; ++i) {
+#pragma HLS PIPELINE II = timing::II
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_ITERS
+    const int kh = c / CHD, dc = c % CHD;
+    float kv[SETS][SIMD]; // the chunk of each set read this cycle (set r through its own ports)
+#pragma HLS ARRAY_PARTITION variable = kv type = complete dim = 0
+    for (int r = 0; r < SETS; ++r) {
+#pragma HLS UNROLL
+      for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+        const half_bits_t *port = r == 0 ? (l / PL == 0 ? k_cache : k_cache1) : (l / PL == 0 ? k_cache2 : k_cache3);
+        kv[r][l] = split || r == set ? half_to_float(port[(size_t)j * PROW + c * PL + l % PL]) : 0.0f;
+      }
+    }
+    for (int t = 0; t < QT; ++t) {
+#pragma HLS UNROLL
+      const int r = split ? t : set, s = j * SETS + r, qi = split ? 0 : t; // lane t's set, key and query
+      if ((split ? t >= SETS : t >= n) || s > pos + qi) continue;         // lane t: keys 0..pos+qi
+      for (int gq = 0; gq < GROUP; ++gq) {
+#pragma HLS UNROLL
+        const int h = kh * GROUP + gq;
+        float prod[SIMD];
+#pragma HLS ARRAY_PARTITION variable = prod type = complete dim = 1
+        for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+          prod[l] = ql[t][h][dc * SIMD + l] * kv[r % SETS][l];
+        }
+        part[t][gq][dc] = detail::tree_sum<SIMD>(prod);
+        if (dc == CHD - 1) {
+          float chunks[CHD];
+#pragma HLS ARRAY_PARTITION variable = chunks type = complete dim = 1
+          for (int k = 0; k < CHD; ++k) {
+#pragma HLS UNROLL
+            chunks[k] = part[t][gq][k];
+          }
+          const float sc = detail::tree_sum<CHD>(chunks) * scale;
+          score[t][h][s] = sc;
+          mx[t][h] = sc > mx[t][h] ? sc : mx[t][h];
+        }
+      }
+    }
+    if (++c == CH) {
+      c = 0;
+      if (++j == (split ? rows0 : C::set_rows(S, set))) {
+        j = 0;
+        ++set;
+      }
+    }
+  }
+  if (split) { // the two lanes' maxima of the query's keys: one max, exact whatever the order
+    for (int h = 0; h < HEADS; ++h) {
+#pragma HLS UNROLL
+      const float m = mx[1][h] > mx[0][h] ? mx[1][h] : mx[0][h];
+      for (int t = 0; t < SETS; ++t) {
+#pragma HLS UNROLL
+        mx[t][h] = m;
+      }
+    }
+  }
+
+  // Pass 2: sum_s e[h,s] * v[s] (one sequential read of each set's rows of V), e[h,s] = exp(score[h,s] - mx[h])
   // computed where it is used: each chunk of kv head kh computes the GROUP exps of its heads (the same value in
   // every chunk of the head, a recomputation instead of a loop-carried hand-over), and the head's first chunk
   // adds it to l[h], revisited every CH iterations like acc. No separate exp loop over S*HEADS. Position s goes to
-  // partial s mod P, so a partial comes back every CH * P iterations.
-PV_POS:
-  for (int s = 0; s < S; ++s) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CTX
-  PV_CHUNK:
-    for (int c = 0; c < CH; ++c) {
+  // partial s mod P, so a partial comes back every CH * P / SETS iterations.
+  set = 0;
+  j = 0;
+  c = 0;
+PV:
+  for (int i = 0; i < iters; ++i) {
 #pragma HLS PIPELINE II = PV_II
-#pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = CH * P dependent = true
-#pragma HLS DEPENDENCE variable = lsum type = inter direction = RAW distance = CH * P dependent = true
-      const int kh = c / CHD, dc = c % CHD, sp = s % P; // P is a power of two: a mask
-      float vv[SIMD];
-#pragma HLS ARRAY_PARTITION variable = vv type = complete dim = 1
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_ITERS
+#pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = PV_DISTANCE dependent = true
+#pragma HLS DEPENDENCE variable = lsum type = inter direction = RAW distance = PV_DISTANCE dependent = true
+    const int kh = c / CHD, dc = c % CHD;
+    float vv[SETS][SIMD];
+#pragma HLS ARRAY_PARTITION variable = vv type = complete dim = 0
+    for (int r = 0; r < SETS; ++r) {
+#pragma HLS UNROLL
       for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
-        vv[l] = half_to_float((l / PL == 0 ? v_cache : v_cache1)[(size_t)s * PROW + c * PL + l % PL]);
+        const half_bits_t *port = r == 0 ? (l / PL == 0 ? v_cache : v_cache1) : (l / PL == 0 ? v_cache2 : v_cache3);
+        vv[r][l] = split || r == set ? half_to_float(port[(size_t)j * PROW + c * PL + l % PL]) : 0.0f;
       }
-      for (int t = 0; t < QT; ++t) {
+    }
+    for (int t = 0; t < QT; ++t) {
 #pragma HLS UNROLL
-        if (t >= n || s > pos + t) continue;
-        for (int gq = 0; gq < GROUP; ++gq) {
+      const int r = split ? t : set, s = j * SETS + r, qi = split ? 0 : t;
+      if ((split ? t >= SETS : t >= n) || s > pos + qi) continue;
+      const int sp = s % P; // P is a power of two: a mask
+      for (int gq = 0; gq < GROUP; ++gq) {
 #pragma HLS UNROLL
-          const int h = kh * GROUP + gq;
-          const float p = exp_f32(score[t][h][s] - mx[t][h]);
-          if (dc == 0) lsum[t][sp][h] = (s < P ? 0.0f : lsum[t][sp][h]) + p;
-          for (int l = 0; l < SIMD; ++l) {
+        const int h = kh * GROUP + gq;
+        const float p = exp_f32(score[t][h][s] - mx[t][h]);
+        if (dc == 0) lsum[t][sp][h] = (s < P ? 0.0f : lsum[t][sp][h]) + p;
+        for (int l = 0; l < SIMD; ++l) {
 #pragma HLS UNROLL
-            const int d = dc * SIMD + l;
-            acc[t][sp][h][d] = (s < P ? 0.0f : acc[t][sp][h][d]) + p * vv[l];
-          }
+          const int d = dc * SIMD + l;
+          acc[t][sp][h][d] = (s < P ? 0.0f : acc[t][sp][h][d]) + p * vv[r % SETS][l];
         }
+      }
+    }
+    if (++c == CH) {
+      c = 0;
+      if (++j == (split ? rows0 : C::set_rows(S, set))) {
+        j = 0;
+        ++set;
       }
     }
   }
 
 FINAL: // the block's outputs one query after another: the partials' pairwise sums (a partial no key reached, p past
-       // the query's last key, adds 0), divided
+       // the query's last key, adds 0; split: partial p is lane p mod SETS's), divided
   for (int i = 0; i < n * HEADS * CHD; ++i) {
 #pragma HLS PIPELINE II = timing::II
 #pragma HLS LOOP_TRIPCOUNT min = HEADS * CHD max = QT * HEADS * CHD
@@ -337,7 +416,7 @@ FINAL: // the block's outputs one query after another: the partials' pairwise su
 #pragma HLS ARRAY_PARTITION variable = l_parts type = complete dim = 1
     for (int p = 0; p < P; ++p) {
 #pragma HLS UNROLL
-      l_parts[p] = p < keys ? lsum[c][p][h] : 0.0f;
+      l_parts[p] = p < keys ? lsum[split ? p % SETS : c][p][h] : 0.0f;
     }
     const float l_sum = detail::tree_sum<P>(l_parts);
     for (int l = 0; l < SIMD; ++l) {
@@ -346,23 +425,26 @@ FINAL: // the block's outputs one query after another: the partials' pairwise su
 #pragma HLS ARRAY_PARTITION variable = a_parts type = complete dim = 1
       for (int p = 0; p < P; ++p) {
 #pragma HLS UNROLL
-        a_parts[p] = p < keys ? acc[c][p][h][dc * SIMD + l] : 0.0f;
+        a_parts[p] = p < keys ? acc[split ? p % SETS : c][p][h][dc * SIMD + l] : 0.0f;
       }
       out[c][h * HD + dc * SIMD + l] = detail::tree_sum<P>(a_parts) / l_sum;
     }
   }
-  cyc.attention += C::block_cycles(S, n);
+  cyc.attention += C::block_cycles(S, n, QT);
 }
 
-// One query at position `pos` over cache rows 0..pos: a block of one.
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1>
+// One query at position `pos` over cache rows 0..pos: a block of one, on one lane.
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1,
+          int SETS = 1>
 void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_cache, const half_bits_t *v_cache,
                      float out[HEADS * HD], LayerCycles &cyc, const half_bits_t *k_cache1 = nullptr,
-                     const half_bits_t *v_cache1 = nullptr) {
+                     const half_bits_t *v_cache1 = nullptr, const half_bits_t *k_cache2 = nullptr,
+                     const half_bits_t *v_cache2 = nullptr, const half_bits_t *k_cache3 = nullptr,
+                     const half_bits_t *v_cache3 = nullptr) {
 #pragma HLS INLINE
-  attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, 1, PORTS>(
+  attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, 1, PORTS, SETS>(
       reinterpret_cast<const float(*)[HEADS * HD]>(q), 1, pos, k_cache, v_cache,
-      reinterpret_cast<float(*)[HEADS * HD]>(out), cyc, k_cache1, v_cache1);
+      reinterpret_cast<float(*)[HEADS * HD]>(out), cyc, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3, v_cache3);
 }
 
 // Copy rows start..start+n-1 of one cache (K or V of a layer) from the host's DDR rows into the on-chip ones
@@ -385,7 +467,7 @@ KV_LOAD:
   cyc.kv_load += C::load_cycles(n);
 }
 
-// Decode step: the token at `pos` (cache rows 0..pos-1 valid; 0 <= pos < MAX_CTX, checked by the caller).
+// Decode step: the token at `pos` (cache rows 0..pos-1 valid; 0 <= pos < MAX_CTX, checked by the caller), one lane.
 // OnChip: k_cache/v_cache are the on-chip rows, k_ddr/v_ddr the host's (written through).
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1>
 void attention_decode(const float q[HEADS * HD], const float k_new[KV_HEADS * HD],
@@ -400,27 +482,32 @@ void attention_decode(const float q[HEADS * HD], const float k_new[KV_HEADS * HD
 
 // Prefill chunk: T (<= MAX_T) tokens at positions start..start+T-1 (start + T <= MAX_CTX, checked by the
 // caller). All T rows are written first (as the golden does), then query i attends to keys 0..start+i, in blocks of
-// QT queries (token lanes: one pass over the keys per block). OnChip: as attention_decode.
+// QT queries (token lanes: one pass over the keys per block; a block of one on two lanes or more, decode's, splits
+// the keys of two KV sets over two lanes). OnChip: as attention_decode.
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
-          int QT = 1, int PORTS = 1>
+          int QT = 1, int PORTS = 1, int SETS = 1>
 void attention_prefill(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T][KV_HEADS * HD],
                        const float v_new[MAX_T][KV_HEADS * HD], int start, int T, half_bits_t *k_cache,
                        half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc,
                        half_bits_t *k_ddr = nullptr, half_bits_t *v_ddr = nullptr, half_bits_t *k_cache1 = nullptr,
-                       half_bits_t *v_cache1 = nullptr) {
+                       half_bits_t *v_cache1 = nullptr, half_bits_t *k_cache2 = nullptr,
+                       half_bits_t *v_cache2 = nullptr, half_bits_t *k_cache3 = nullptr,
+                       half_bits_t *v_cache3 = nullptr) {
 PREFILL_WRITE:
   for (int i = 0; i < T; ++i) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
-    kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS>(k_new[i], v_new[i], start + i, k_cache, v_cache, cyc,
-                                                               k_ddr, v_ddr, k_cache1, v_cache1);
+    kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS>(k_new[i], v_new[i], start + i, k_cache, v_cache,
+                                                                     cyc, k_ddr, v_ddr, k_cache1, v_cache1, k_cache2,
+                                                                     v_cache2, k_cache3, v_cache3);
   }
   constexpr int MAX_BLOCKS = (MAX_T + QT - 1) / QT; // used by the LOOP_TRIPCOUNT pragma
   (void)MAX_BLOCKS;
 PREFILL_QUERY:
   for (int i0 = 0; i0 < T; i0 += QT) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
-    attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, QT, PORTS>(
-        &q[i0], T - i0 < QT ? T - i0 : QT, start + i0, k_cache, v_cache, &out[i0], cyc, k_cache1, v_cache1);
+    attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, QT, PORTS, SETS>(
+        &q[i0], T - i0 < QT ? T - i0 : QT, start + i0, k_cache, v_cache, &out[i0], cyc, k_cache1, v_cache1, k_cache2,
+        v_cache2, k_cache3, v_cache3);
   }
 }
 

@@ -30,10 +30,13 @@ constexpr int ACT_LANES = 16;
 // tokens: each ROM word read serves them all, weights stationary); the build's TOKEN_LANES (roma_model.h, the
 // board's token_lanes) is at most this: roma_core passes a block's inputs and outputs as four pointers each.
 constexpr int MAX_TOKEN_LANES = 4;
-// KV ports: how many memory ports a DDR KV cache's rows are split over (the build's KV_PORTS, roma_model.h, the board's
-// kv_ports): attention reads a SIMD-wide chunk of a row as SIMD / PORTS lanes from each port in the same cycle, so the
-// ports' bandwidths add up. Two: roma_core has two KV cache arguments (kv_cache, kv_cache_1).
+// KV ports: how many memory ports a DDR KV cache's rows are split over (the build's KV_PORTS, roma_model.h): attention
+// reads a SIMD-wide chunk of a row as SIMD / PORTS lanes from each port in the same cycle, so the ports' bandwidths
+// add up. KV sets: how many such groups of ports the positions alternate over (the build's KV_SETS: position p in set
+// p % KV_SETS), so that decode reads two rows a cycle, one per token lane (attention.h, KV sets). At most two of each:
+// roma_core has four KV cache arguments (kv_cache, kv_cache_1 for set 0; kv_cache_2, kv_cache_3 for set 1).
 constexpr int MAX_KV_PORTS = 2;
+constexpr int MAX_KV_SETS = 2;
 
 typedef int8_t act_t;   // quantized activation
 typedef int32_t acc_t;  // exact group dot product / activation sum (|dot| <= 255*127*128 < 2^23)

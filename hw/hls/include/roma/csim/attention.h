@@ -44,17 +44,23 @@ inline __m512 load_half16(const half_bits_t *p) {
   return _mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256((const __m256i *)p));
 }
 // Element e of cache row s split over PORTS ports in runs of PL (../attention.h, KV ports): in port (e / PL) % PORTS,
-// at run e / (PL * PORTS) of that port's row. A run of PL >= 16 elements holds whole 16-lane vectors.
-template <int ROW, int PL, int PORTS>
-inline const half_bits_t *kv_element(const half_bits_t *p0, const half_bits_t *p1, int s, int e) {
-  return ((e / PL) % PORTS == 0 ? p0 : p1) + (size_t)s * (ROW / PORTS) + (e / (PL * PORTS)) * PL + e % PL;
+// at run e / (PL * PORTS) of that port's row; with two KV sets, in set s % 2's ports (p0, p1 or p2, p3) at row s / 2.
+// A run of PL >= 16 elements holds whole 16-lane vectors.
+template <int ROW, int PL, int PORTS, int SETS>
+inline const half_bits_t *kv_element(const half_bits_t *p0, const half_bits_t *p1, const half_bits_t *p2,
+                                     const half_bits_t *p3, int s, int e) {
+  const bool second = (e / PL) % PORTS != 0;
+  const half_bits_t *port = s % SETS == 0 ? (second ? p1 : p0) : (second ? p3 : p2);
+  return port + (size_t)(s / SETS) * (ROW / PORTS) + (e / (PL * PORTS)) * PL + e % PL;
 }
 } // namespace detail
 
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int PL = HD, int PORTS = 1, int P = 1>
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int PL = HD, int PORTS = 1, int P = 1, int SETS = 1>
 void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t *k_cache,
                           const half_bits_t *v_cache, float out[HEADS * HD], float (*score)[MAX_CTX],
-                          const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr) {
+                          const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr,
+                          const half_bits_t *k_cache2 = nullptr, const half_bits_t *v_cache2 = nullptr,
+                          const half_bits_t *k_cache3 = nullptr, const half_bits_t *v_cache3 = nullptr) {
   static_assert(HD == 64, "the C-simulation attention is written for head_dim 64");
   static_assert(PORTS == 1 || PL % 16 == 0, "KV ports' runs of whole 16-lane vectors");
   constexpr int GROUP = HEADS / KV_HEADS, ROW = KV_HEADS * HD;
@@ -77,10 +83,10 @@ void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t 
           continue;
         }
         const int s = s0 + u, e = kh * HD;
-        const __m512 k0 = detail::load_half16(detail::kv_element<ROW, PL, PORTS>(k_cache, k_cache1, s, e));
-        const __m512 k1 = detail::load_half16(detail::kv_element<ROW, PL, PORTS>(k_cache, k_cache1, s, e + 16));
-        const __m512 k2 = detail::load_half16(detail::kv_element<ROW, PL, PORTS>(k_cache, k_cache1, s, e + 32));
-        const __m512 k3 = detail::load_half16(detail::kv_element<ROW, PL, PORTS>(k_cache, k_cache1, s, e + 48));
+        const __m512 k0 = detail::load_half16(detail::kv_element<ROW, PL, PORTS, SETS>(k_cache, k_cache1, k_cache2, k_cache3, s, e));
+        const __m512 k1 = detail::load_half16(detail::kv_element<ROW, PL, PORTS, SETS>(k_cache, k_cache1, k_cache2, k_cache3, s, e + 16));
+        const __m512 k2 = detail::load_half16(detail::kv_element<ROW, PL, PORTS, SETS>(k_cache, k_cache1, k_cache2, k_cache3, s, e + 32));
+        const __m512 k3 = detail::load_half16(detail::kv_element<ROW, PL, PORTS, SETS>(k_cache, k_cache1, k_cache2, k_cache3, s, e + 48));
         for (int gq = 0; gq < GROUP; ++gq) {
           const __m512 l0 = detail::pair_sum(_mm512_mul_ps(qv[gq][0], k0), _mm512_mul_ps(qv[gq][1], k1));
           const __m512 l1 = detail::pair_sum(_mm512_mul_ps(qv[gq][2], k2), _mm512_mul_ps(qv[gq][3], k3));
@@ -127,7 +133,8 @@ void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t 
         const int s = s0 + p;
         __m512 vv[4];
         for (int j = 0; j < 4; ++j)
-          vv[j] = detail::load_half16(detail::kv_element<ROW, PL, PORTS>(v_cache, v_cache1, s, kh * HD + 16 * j));
+          vv[j] = detail::load_half16(detail::kv_element<ROW, PL, PORTS, SETS>(v_cache, v_cache1, v_cache2, v_cache3, s,
+                                                                                kh * HD + 16 * j));
         for (int gq = 0; gq < GROUP; ++gq) {
           const __m512 e = _mm512_set1_ps(score[kh * GROUP + gq][s]);
           for (int j = 0; j < 4; ++j) acc[p][gq][j] = _mm512_add_ps(acc[p][gq][j], _mm512_mul_ps(e, vv[j]));
@@ -148,44 +155,53 @@ void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t 
 #endif // ROMA_ATT_CSIM_FAST
 
 // One query as attention_query computes and counts it, on the AVX-512 path when it applies.
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1>
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1,
+          int SETS = 1>
 void attention_query_fast(const float q[HEADS * HD], int pos, const half_bits_t *k_cache,
                           const half_bits_t *v_cache, float out[HEADS * HD], LayerCycles &cyc,
-                          const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr) {
-  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS> C;
+                          const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr,
+                          const half_bits_t *k_cache2 = nullptr, const half_bits_t *v_cache2 = nullptr,
+                          const half_bits_t *k_cache3 = nullptr, const half_bits_t *v_cache3 = nullptr) {
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS> C;
 #if ROMA_ATT_CSIM_FAST
   if constexpr (HD == 64 && (SIMD & (SIMD - 1)) == 0 && (PORTS == 1 || C::PORT_LANES % 16 == 0)) {
     static float score[HEADS][MAX_CTX]; // scores, then exp(score - max), of the current query
-    attention_query_csim<HEADS, KV_HEADS, HD, MAX_CTX, C::PORT_LANES, PORTS, C::PV_PARTIALS>(
-        q, pos, k_cache, v_cache, out, score, k_cache1, v_cache1);
+    attention_query_csim<HEADS, KV_HEADS, HD, MAX_CTX, C::PORT_LANES, PORTS, C::PV_PARTIALS, SETS>(
+        q, pos, k_cache, v_cache, out, score, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3, v_cache3);
     cyc.attention += C::query_cycles(pos + 1);
     return;
   }
+#else
+  (void)sizeof(C);
 #endif
-  attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS>(q, pos, k_cache, v_cache, out, cyc, k_cache1,
-                                                                    v_cache1);
+  attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS>(
+      q, pos, k_cache, v_cache, out, cyc, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3, v_cache3);
 }
 
 // attention_prefill (../attention.h: all T rows written first, then query i over keys 0..start+i, counted in blocks of
-// QT queries, one pass over the keys each) with the fast query.
+// QT queries, one pass over the keys each, a block of one split over two KV sets) with the fast query.
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
-          int QT = 1, int PORTS = 1>
+          int QT = 1, int PORTS = 1, int SETS = 1>
 void attention_prefill_csim(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T][KV_HEADS * HD],
                             const float v_new[MAX_T][KV_HEADS * HD], int start, int T, half_bits_t *k_cache,
                             half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc,
                             half_bits_t *k_ddr = nullptr, half_bits_t *v_ddr = nullptr,
-                            half_bits_t *k_cache1 = nullptr, half_bits_t *v_cache1 = nullptr) {
+                            half_bits_t *k_cache1 = nullptr, half_bits_t *v_cache1 = nullptr,
+                            half_bits_t *k_cache2 = nullptr, half_bits_t *v_cache2 = nullptr,
+                            half_bits_t *k_cache3 = nullptr, half_bits_t *v_cache3 = nullptr) {
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS> C;
   for (int i = 0; i < T; ++i)
-    kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS>(k_new[i], v_new[i], start + i, k_cache, v_cache, cyc,
-                                                               k_ddr, v_ddr, k_cache1, v_cache1);
+    kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS>(k_new[i], v_new[i], start + i, k_cache, v_cache,
+                                                                     cyc, k_ddr, v_ddr, k_cache1, v_cache1, k_cache2,
+                                                                     v_cache2, k_cache3, v_cache3);
   LayerCycles per_query; // the block's passes are counted once, as attention_lanes counts them
   for (int i0 = 0; i0 < T; i0 += QT) {
     const int n = T - i0 < QT ? T - i0 : QT;
     for (int i = i0; i < i0 + n; ++i)
-      attention_query_fast<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS>(q[i], start + i, k_cache, v_cache,
-                                                                             out[i], per_query, k_cache1, v_cache1);
-    cyc.attention += AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS>::block_cycles(start + i0 + n,
-                                                                                                    n);
+      attention_query_fast<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS>(
+          q[i], start + i, k_cache, v_cache, out[i], per_query, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3,
+          v_cache3);
+    cyc.attention += C::block_cycles(start + i0 + n, n, QT);
   }
 }
 
