@@ -144,6 +144,10 @@ static_assert(rm::KV_PORTS == 1 || rm::KV_PORTS == MAX_KV_PORTS, "one or MAX_KV_
 // p % 2; attention.h, KV sets): decode reads both sets at once, one per token lane
 static_assert(rm::KV_SETS == 1 || (rm::KV_SETS == MAX_KV_SETS && ROMA_KV_PORTS > MAX_KV_PORTS),
               "one KV set, or MAX_KV_SETS where set 1's arguments have bundles of their own (ROMA_KV_PORTS 4)");
+// PV's partial sums as the board's DDR cache needs them for its sets, also for an on-chip cache (one set), so that a
+// build gives the same bits with its KV cache on chip or in DDR
+constexpr int PV_SETS = ROMA_KV_PORTS > MAX_KV_PORTS ? MAX_KV_SETS : 1;
+static_assert(rm::KV_ONCHIP_CTX > 0 || rm::KV_SETS == PV_SETS, "a DDR cache's sets are the board's");
 static_assert(rm::KV_PORTS * rm::KV_SETS <= ROMA_KV_PORTS, "the build's KV ports among the board's (its m_axi KV "
                                                            "bundles)");
 constexpr int ATT_SIMD = att_simd(rm::KV_PORT_BITS / 16) * rm::KV_PORTS;
@@ -771,16 +775,16 @@ template <class = void>
 void attend(std::true_type /*on chip*/, int l, int start, int T, half_bits_t *kc, half_bits_t *vc, half_bits_t *,
             half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, LayerCycles &cyc) {
   ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD,
-                         KvPlace::OnChip, TT>(g_q, g_k, g_v, start, T, g_kv_chip[l][0], g_kv_chip[l][1], g_att, cyc, kc,
-                                          vc);
+                         KvPlace::OnChip, TT, 1, 1, PV_SETS>(g_q, g_k, g_v, start, T, g_kv_chip[l][0],
+                                                             g_kv_chip[l][1], g_att, cyc, kc, vc);
 }
 template <class = void>
 void attend(std::false_type /*in DDR*/, int, int start, int T, half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1,
             half_bits_t *vc1, half_bits_t *kc2, half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3,
             LayerCycles &cyc) {
   ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr, TT,
-                         rm::KV_PORTS, rm::KV_SETS>(g_q, g_k, g_v, start, T, kc, vc, g_att, cyc, nullptr, nullptr, kc1,
-                                                    vc1, kc2, vc2, kc3, vc3);
+                         rm::KV_PORTS, rm::KV_SETS, PV_SETS>(g_q, g_k, g_v, start, T, kc, vc, g_att, cyc, nullptr,
+                                                             nullptr, kc1, vc1, kc2, vc2, kc3, vc3);
 }
 
 // Several token lanes: a block's value row from vr into the chunk's g_v, GEMV_OUT_LANES per cycle (the rate the

@@ -236,8 +236,9 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         units.append(_unit("LoRA apply (one, every linear)", 1, *lo,
                            {"lanes": 1, "dtype": lora.get("dtype"), "rank": lora.get("rank")}))
     group, hd = config.n_heads // config.n_kv_heads, config.head_dim
-    layout = KvLayout.for_build(hd, board.kv_port_bits, board.kv_ports, kv_tokens)
-    simd, partials = layout.lanes, pv_partials(config.kv_dim, layout.lanes, layout.sets)
+    simd = KvLayout.for_build(hd, board.kv_port_bits, board.kv_ports, kv_tokens).lanes
+    # the partial sums for the board's DDR cache's sets, on chip too (roma_core.cpp PV_SETS)
+    partials = pv_partials(config.kv_dim, simd, KvLayout.for_build(hd, board.kv_port_bits, board.kv_ports).sets)
     at = _ops({"fmul": 2 * group * simd + group, "fadd": group * (simd - 1) + group * (hd // simd - 1)
                + group * simd + 2 * group + (partials - 1) * (simd + 1), "exp": group, "fcmp": group,
                "h2f": 2 * simd, "fdiv": simd})

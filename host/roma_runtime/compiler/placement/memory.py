@@ -525,11 +525,11 @@ def with_impl(applied: list, impl: str) -> list:
 
 def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list[Pragma], hw: dict,
                 kv_port_bits: int, logits: str = "bram", token_lanes: int = 1, kv_ports: int = 1,
-                kv_sets: int = 1) -> list[Array]:
+                pv_sets: int = 1) -> list[Array]:
     """The arrays the top declares once whatever the placement: norms, chunk activations, logits (in `logits`
     memory, logits_impl), attention's scores, the sampler's ring, and the one layer()'s (a row per token lane:
     the board's token_lanes), forward()'s and attention's locals (attention's lanes: a KV port's over the build's
-    kv_ports, roma_core.cpp ATT_SIMD; its partial sums by the KV sets too)."""
+    kv_ports, roma_core.cpp ATT_SIMD; its partial sums by the board's KV sets too, roma_core.cpp PV_SETS)."""
     c = model_consts(config, kv_port_bits)
     t, d, kv, f = hw["PREFILL_CHUNK"], config.dim, config.kv_dim, config.ffn_dim
     qdim, hd = config.n_heads * config.head_dim, config.head_dim
@@ -553,7 +553,7 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
               _local("forward", "rope_cos", 32, [t, hd // 2], pragmas, None),
               _local("forward", "rope_sin", 32, [t, hd // 2], pragmas, None),
               _local("attention_lanes", "ql", 32, [token_lanes, config.n_heads, hd], pragmas, att),
-              _local("attention_lanes", "acc", 32, [token_lanes, pv_partials(kv, simd, kv_sets), config.n_heads, hd],
+              _local("attention_lanes", "acc", 32, [token_lanes, pv_partials(kv, simd, pv_sets), config.n_heads, hd],
                      pragmas, att)]
     return static + local
 

@@ -626,6 +626,12 @@ class _Core:
                                   self.kv_tokens or 0)
 
     @property
+    def pv_sets(self) -> int:
+        """The KV sets attention's partial sums are laid out for (roma_core.cpp PV_SETS): the board's DDR cache's,
+        also with an on-chip cache, so that both give the same bits."""
+        return KvLayout.for_build(self.config.head_dim, self.board.kv_port_bits, self.board.kv_ports).sets
+
+    @property
     def lanes(self) -> ElementwiseLanes:
         """The elementwise units' lanes of a build of this model for this board (roma_model.h ROMA_*_LANES)."""
         c = self.config
@@ -673,7 +679,7 @@ def _buffer_reservation(core: _Core, pool: _Pool) -> Reservation:
     that a build whose core alone does not fit says so (Plan.over_budget) instead of planning a smaller core."""
     arrays = core_arrays(core.config, core.context, core.kv_tokens or 0, core.pragmas, core.hw,
                          core.board.kv_port_bits, logits_impl(core.board.uram), core.board.token_lanes,
-                         core.kv_layout.ports, core.kv_layout.sets)
+                         core.kv_layout.ports, core.pv_sets)
     pool.take(*total(arrays), force=True)
     return _arrays_reservation("activations and buffers", arrays, "BRAM", {"context": core.context})
 
@@ -942,7 +948,7 @@ def _plan_arrays(core: _Core, lora_impl: str | None, kv_impl: str, engines: "_En
     kv = kv_array(c.config, c.kv_tokens, kv_impl, c.pragmas, c.board.kv_port_bits) if c.kv_tokens else []
     return lora + core_arrays(c.config, c.context, c.kv_tokens or 0, c.pragmas, c.hw, c.board.kv_port_bits,
                               logits_impl(c.board.uram), c.board.token_lanes, c.kv_layout.ports,
-                              c.kv_layout.sets) + kv + engines.arrays()
+                              c.pv_sets) + kv + engines.arrays()
 
 
 def check_kv_tokens(kv_tokens, config: ModelConfig) -> None:

@@ -35,7 +35,8 @@
 // once, lane t over set t's rows, in half the cycles, and the lanes' maxima are merged before PV. PV's partial sums
 // double (PV_PARTIALS is a multiple of SETS): position s still adds into partial s mod P, each partial's positions
 // lie in one set and come in order, so the split changes no bit (tb_brom_tile checks split, unsplit and the fast
-// path against one another); against one set only the partials' grouping differs.
+// path against one another); against one set only the partials' grouping differs. PV_SETS keeps the partials of
+// the board's DDR sets in an instance of one set (roma_core's on-chip cache), so that both places give the same bits.
 //
 // Softmax: two passes over the cache (not online/streaming): pass 1 streams K and writes all scores of the
 // query to an on-chip buffer score[HEADS][MAX_CTX] with a running max; pass 2 streams V and computes each
@@ -109,7 +110,7 @@ constexpr float attention_scale() {
 }
 
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1,
-          int SETS = 1>
+          int SETS = 1, int PV_SETS = SETS>
 struct AttentionConfig {
   static_assert(HEADS % KV_HEADS == 0, "HEADS must be a multiple of KV_HEADS");
   static_assert(HD % SIMD == 0, "SIMD must divide head_dim");
@@ -117,6 +118,7 @@ struct AttentionConfig {
                 "a DDR cache over one or MAX_KV_PORTS ports, each carrying SIMD / PORTS lanes");
   static_assert(SETS == 1 || (SETS == MAX_KV_SETS && PLACE == KvPlace::Ddr),
                 "a DDR cache's positions in one or MAX_KV_SETS sets of ports");
+  static_assert(PV_SETS % SETS == 0 && PV_SETS <= MAX_KV_SETS, "PV's partial sums for at least the cache's sets");
   static constexpr int GROUP = HEADS / KV_HEADS;
   static constexpr int ROW = KV_HEADS * HD; // fp16 elements per cache row (one position)
   static constexpr int PORT_LANES = SIMD / PORTS; // the fp16 lanes one port carries: the rows' unit of interleave
@@ -132,9 +134,10 @@ struct AttentionConfig {
   // a row is fewer than FADD_LATENCY chunks (two 512-bit KV ports: CH = 3), so positions s = p mod PV_PARTIALS go to
   // partial p, added at the end (HLS_RULES.md: interleaved partial sums); else one, in order
   // (with SETS sets, SETS times as many: a set's positions take every SETS-th partial, so each set's lane keeps the
-  // distance, and the decode split's two lanes sum exactly the partials one lane would: see KV sets)
+  // distance, and the decode split's two lanes sum exactly the partials one lane would: see KV sets; PV_SETS, the
+  // sets of the board's DDR cache, where an on-chip cache of one set should sum as the DDR one does, bit for bit)
   static constexpr int PV_PARTIALS =
-      SETS * (CH >= timing::FADD_LATENCY ? 1 : CH * 2 >= timing::FADD_LATENCY ? 2 : 4);
+      PV_SETS * (CH >= timing::FADD_LATENCY ? 1 : CH * 2 >= timing::FADD_LATENCY ? 2 : 4);
   static constexpr int PV_II = timing::acc_ii(CH * PV_PARTIALS / SETS);
   // KV sets: the rows of S keys in set r (positions r, r + SETS, ...), and whether a block of n queries on QT lanes
   // splits them (decode: one query, lane t over set t's rows, both sets at once)
@@ -233,13 +236,13 @@ KV_WRITE:
 // lanes, in half the cycles, and merges the lanes' maxima before PV. Position s always adds into partial s mod P (P
 // even: a set's positions take every other partial, in order), so split and unsplit give the same bits.
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int QT = 1,
-          int PORTS = 1, int SETS = 1>
+          int PORTS = 1, int SETS = 1, int PV_SETS = SETS>
 void attention_lanes(const float q[][HEADS * HD], int n, int pos, const half_bits_t *k_cache,
                      const half_bits_t *v_cache, float out[][HEADS * HD], LayerCycles &cyc,
                      const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr,
                      const half_bits_t *k_cache2 = nullptr, const half_bits_t *v_cache2 = nullptr,
                      const half_bits_t *k_cache3 = nullptr, const half_bits_t *v_cache3 = nullptr) {
-  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS> C;
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS, PV_SETS> C;
   constexpr int GROUP = C::GROUP, CHD = C::CHD, CH = C::CH, PL = C::PORT_LANES, PROW = C::PORT_ROW;
   constexpr int P = C::PV_PARTIALS, PV_II = C::PV_II, PV_DISTANCE = CH * P / SETS; // used by the pragmas
   constexpr int MAX_ITERS = MAX_CTX * CH;
@@ -435,14 +438,14 @@ FINAL: // the block's outputs one query after another: the partials' pairwise su
 
 // One query at position `pos` over cache rows 0..pos: a block of one, on one lane.
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1,
-          int SETS = 1>
+          int SETS = 1, int PV_SETS = SETS>
 void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_cache, const half_bits_t *v_cache,
                      float out[HEADS * HD], LayerCycles &cyc, const half_bits_t *k_cache1 = nullptr,
                      const half_bits_t *v_cache1 = nullptr, const half_bits_t *k_cache2 = nullptr,
                      const half_bits_t *v_cache2 = nullptr, const half_bits_t *k_cache3 = nullptr,
                      const half_bits_t *v_cache3 = nullptr) {
 #pragma HLS INLINE
-  attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, 1, PORTS, SETS>(
+  attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, 1, PORTS, SETS, PV_SETS>(
       reinterpret_cast<const float(*)[HEADS * HD]>(q), 1, pos, k_cache, v_cache,
       reinterpret_cast<float(*)[HEADS * HD]>(out), cyc, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3, v_cache3);
 }
@@ -485,7 +488,7 @@ void attention_decode(const float q[HEADS * HD], const float k_new[KV_HEADS * HD
 // QT queries (token lanes: one pass over the keys per block; a block of one on two lanes or more, decode's, splits
 // the keys of two KV sets over two lanes). OnChip: as attention_decode.
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
-          int QT = 1, int PORTS = 1, int SETS = 1>
+          int QT = 1, int PORTS = 1, int SETS = 1, int PV_SETS = SETS>
 void attention_prefill(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T][KV_HEADS * HD],
                        const float v_new[MAX_T][KV_HEADS * HD], int start, int T, half_bits_t *k_cache,
                        half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc,
@@ -505,7 +508,7 @@ PREFILL_WRITE:
 PREFILL_QUERY:
   for (int i0 = 0; i0 < T; i0 += QT) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
-    attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, QT, PORTS, SETS>(
+    attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, QT, PORTS, SETS, PV_SETS>(
         &q[i0], T - i0 < QT ? T - i0 : QT, start + i0, k_cache, v_cache, &out[i0], cyc, k_cache1, v_cache1, k_cache2,
         v_cache2, k_cache3, v_cache3);
   }

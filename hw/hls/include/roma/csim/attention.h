@@ -83,10 +83,14 @@ void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t 
           continue;
         }
         const int s = s0 + u, e = kh * HD;
-        const __m512 k0 = detail::load_half16(detail::kv_element<ROW, PL, PORTS, SETS>(k_cache, k_cache1, k_cache2, k_cache3, s, e));
-        const __m512 k1 = detail::load_half16(detail::kv_element<ROW, PL, PORTS, SETS>(k_cache, k_cache1, k_cache2, k_cache3, s, e + 16));
-        const __m512 k2 = detail::load_half16(detail::kv_element<ROW, PL, PORTS, SETS>(k_cache, k_cache1, k_cache2, k_cache3, s, e + 32));
-        const __m512 k3 = detail::load_half16(detail::kv_element<ROW, PL, PORTS, SETS>(k_cache, k_cache1, k_cache2, k_cache3, s, e + 48));
+        const __m512 k0 = detail::load_half16(
+            detail::kv_element<ROW, PL, PORTS, SETS>(k_cache, k_cache1, k_cache2, k_cache3, s, e));
+        const __m512 k1 = detail::load_half16(
+            detail::kv_element<ROW, PL, PORTS, SETS>(k_cache, k_cache1, k_cache2, k_cache3, s, e + 16));
+        const __m512 k2 = detail::load_half16(
+            detail::kv_element<ROW, PL, PORTS, SETS>(k_cache, k_cache1, k_cache2, k_cache3, s, e + 32));
+        const __m512 k3 = detail::load_half16(
+            detail::kv_element<ROW, PL, PORTS, SETS>(k_cache, k_cache1, k_cache2, k_cache3, s, e + 48));
         for (int gq = 0; gq < GROUP; ++gq) {
           const __m512 l0 = detail::pair_sum(_mm512_mul_ps(qv[gq][0], k0), _mm512_mul_ps(qv[gq][1], k1));
           const __m512 l1 = detail::pair_sum(_mm512_mul_ps(qv[gq][2], k2), _mm512_mul_ps(qv[gq][3], k3));
@@ -156,13 +160,13 @@ void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t 
 
 // One query as attention_query computes and counts it, on the AVX-512 path when it applies.
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1,
-          int SETS = 1>
+          int SETS = 1, int PV_SETS = SETS>
 void attention_query_fast(const float q[HEADS * HD], int pos, const half_bits_t *k_cache,
                           const half_bits_t *v_cache, float out[HEADS * HD], LayerCycles &cyc,
                           const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr,
                           const half_bits_t *k_cache2 = nullptr, const half_bits_t *v_cache2 = nullptr,
                           const half_bits_t *k_cache3 = nullptr, const half_bits_t *v_cache3 = nullptr) {
-  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS> C;
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS, PV_SETS> C;
 #if ROMA_ATT_CSIM_FAST
   if constexpr (HD == 64 && (SIMD & (SIMD - 1)) == 0 && (PORTS == 1 || C::PORT_LANES % 16 == 0)) {
     static float score[HEADS][MAX_CTX]; // scores, then exp(score - max), of the current query
@@ -174,14 +178,14 @@ void attention_query_fast(const float q[HEADS * HD], int pos, const half_bits_t 
 #else
   (void)sizeof(C);
 #endif
-  attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS>(
+  attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS, PV_SETS>(
       q, pos, k_cache, v_cache, out, cyc, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3, v_cache3);
 }
 
 // attention_prefill (../attention.h: all T rows written first, then query i over keys 0..start+i, counted in blocks of
 // QT queries, one pass over the keys each, a block of one split over two KV sets) with the fast query.
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
-          int QT = 1, int PORTS = 1, int SETS = 1>
+          int QT = 1, int PORTS = 1, int SETS = 1, int PV_SETS = SETS>
 void attention_prefill_csim(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T][KV_HEADS * HD],
                             const float v_new[MAX_T][KV_HEADS * HD], int start, int T, half_bits_t *k_cache,
                             half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc,
@@ -189,7 +193,7 @@ void attention_prefill_csim(const float q[MAX_T][HEADS * HD], const float k_new[
                             half_bits_t *k_cache1 = nullptr, half_bits_t *v_cache1 = nullptr,
                             half_bits_t *k_cache2 = nullptr, half_bits_t *v_cache2 = nullptr,
                             half_bits_t *k_cache3 = nullptr, half_bits_t *v_cache3 = nullptr) {
-  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS> C;
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS, PV_SETS> C;
   for (int i = 0; i < T; ++i)
     kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS>(k_new[i], v_new[i], start + i, k_cache, v_cache,
                                                                      cyc, k_ddr, v_ddr, k_cache1, v_cache1, k_cache2,
@@ -198,7 +202,7 @@ void attention_prefill_csim(const float q[MAX_T][HEADS * HD], const float k_new[
   for (int i0 = 0; i0 < T; i0 += QT) {
     const int n = T - i0 < QT ? T - i0 : QT;
     for (int i = i0; i < i0 + n; ++i)
-      attention_query_fast<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS>(
+      attention_query_fast<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS, PV_SETS>(
           q[i], start + i, k_cache, v_cache, out[i], per_query, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3,
           v_cache3);
     cyc.attention += C::block_cycles(start + i0 + n, n, QT);
