@@ -128,31 +128,40 @@ void attention_query_csim(const float q[HEADS * HD], int pos, const half_bits_t 
   for (int s = P; s < S; ++s)
     for (int h = 0; h < HEADS; ++h) lsum[s % P][h] += score[h][s];
   for (int kh = 0; kh < KV_HEADS; ++kh) {
-    __m512 acc[P][GROUP][4];
-    for (int p = 0; p < P; ++p)
-      for (int gq = 0; gq < GROUP; ++gq)
-        for (int j = 0; j < 4; ++j) acc[p][gq][j] = zero; // 0 + p*v at s = p, as the reference
-    for (int s0 = 0; s0 < S; s0 += P)
-      for (int p = 0; p < P && s0 + p < S; ++p) { // unrolled (P a constant): each partial stays in its registers
-        const int s = s0 + p;
-        __m512 vv[4];
-        for (int j = 0; j < 4; ++j)
-          vv[j] = detail::load_half16(detail::kv_element<ROW, PL, PORTS, SETS>(v_cache, v_cache1, v_cache2, v_cache3, s,
-                                                                                kh * HD + 16 * j));
-        for (int gq = 0; gq < GROUP; ++gq) {
-          const __m512 e = _mm512_set1_ps(score[kh * GROUP + gq][s]);
-          for (int j = 0; j < 4; ++j) acc[p][gq][j] = _mm512_add_ps(acc[p][gq][j], _mm512_mul_ps(e, vv[j]));
+    // the partials PC at a time (at most two, so that their accumulators stay in registers: four would spill), each
+    // pair's sum, the tree's first level, taken as the pair ends: sums[i] = partial 2i + partial 2i + 1
+    constexpr int PC = P < 2 ? P : 2;
+    __m512 sums[P / PC][GROUP][4];
+    for (int p0 = 0; p0 < P; p0 += PC) {
+      __m512 acc[PC][GROUP][4];
+      for (int q = 0; q < PC; ++q)
+        for (int gq = 0; gq < GROUP; ++gq)
+          for (int j = 0; j < 4; ++j) acc[q][gq][j] = zero; // 0 + p*v at s = p, as the reference
+      for (int s0 = 0; s0 < S; s0 += P)
+        for (int q = 0; q < PC && s0 + p0 + q < S; ++q) { // unrolled (PC a constant)
+          const int s = s0 + p0 + q;
+          __m512 vv[4];
+          for (int j = 0; j < 4; ++j)
+            vv[j] = detail::load_half16(
+                detail::kv_element<ROW, PL, PORTS, SETS>(v_cache, v_cache1, v_cache2, v_cache3, s, kh * HD + 16 * j));
+          for (int gq = 0; gq < GROUP; ++gq) {
+            const __m512 e = _mm512_set1_ps(score[kh * GROUP + gq][s]);
+            for (int j = 0; j < 4; ++j) acc[q][gq][j] = _mm512_add_ps(acc[q][gq][j], _mm512_mul_ps(e, vv[j]));
+          }
         }
-      }
+      for (int gq = 0; gq < GROUP; ++gq)
+        for (int j = 0; j < 4; ++j)
+          sums[p0 / PC][gq][j] = PC == 2 ? _mm512_add_ps(acc[0][gq][j], acc[PC - 1][gq][j]) : acc[0][gq][j];
+    }
     for (int gq = 0; gq < GROUP; ++gq) {
       const int h = kh * GROUP + gq;
       for (int width = P; width > 1; width /= 2) // the partials' pairwise tree (P a power of two)
-        for (int i = 0; i < width / 2; ++i) {
-          lsum[i][h] = lsum[2 * i][h] + lsum[2 * i + 1][h];
-          for (int j = 0; j < 4; ++j) acc[i][gq][j] = _mm512_add_ps(acc[2 * i][gq][j], acc[2 * i + 1][gq][j]);
-        }
+        for (int i = 0; i < width / 2; ++i) lsum[i][h] = lsum[2 * i][h] + lsum[2 * i + 1][h];
+      for (int width = P / PC; width > 1; width /= 2) // ... past its first level for acc
+        for (int i = 0; i < width / 2; ++i)
+          for (int j = 0; j < 4; ++j) sums[i][gq][j] = _mm512_add_ps(sums[2 * i][gq][j], sums[2 * i + 1][gq][j]);
       const __m512 l = _mm512_set1_ps(lsum[0][h]);
-      for (int j = 0; j < 4; ++j) _mm512_storeu_ps(&out[h * HD + 16 * j], _mm512_div_ps(acc[0][gq][j], l));
+      for (int j = 0; j < 4; ++j) _mm512_storeu_ps(&out[h * HD + 16 * j], _mm512_div_ps(sums[0][gq][j], l));
     }
   }
 }
