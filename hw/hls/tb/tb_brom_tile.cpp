@@ -416,6 +416,17 @@ bool dispatch(const Case &c, const BromImageHost &img, Tally &tally) {
 #undef ROMA_TB_RAND
 }
 
+// The attention checks' random values: uniform in [-2, 2) from a xorshift64 state.
+struct Uniform2 {
+  uint64_t st;
+  float operator()() {
+    st ^= st << 13;
+    st ^= st >> 7;
+    st ^= st << 17;
+    return (float)((st >> 40) & 0xffffff) * 0x1p-22f - 2.0f;
+  }
+};
+
 // The emulated board's attention fast path (attention_query_csim, AVX-512 builds) against attention_query's
 // reference loops: every output bit for bit, on random fp16 caches and queries at several positions. With two KV
 // ports the cache is split as the host splits it (runs of SIMD / 2 alternating between the ports' buffers), and
@@ -423,13 +434,7 @@ bool dispatch(const Case &c, const BromImageHost &img, Tally &tally) {
 template <int HEADS, int KV_HEADS, int HD, int SIMD, int PORTS = 1>
 void check_attention_csim(Tally &tally) {
   constexpr int MAXCTX = 300, ROW = KV_HEADS * HD;
-  uint64_t st = 0x9E3779B97F4A7C15ull ^ (uint64_t)(HEADS * 131 + KV_HEADS);
-  auto rnd = [&st]() { // uniform in [-2, 2)
-    st ^= st << 13;
-    st ^= st >> 7;
-    st ^= st << 17;
-    return (float)((st >> 40) & 0xffffff) * 0x1p-22f - 2.0f;
-  };
+  Uniform2 rnd{0x9E3779B97F4A7C15ull ^ (uint64_t)(HEADS * 131 + KV_HEADS)};
   std::vector<half_bits_t> kc((size_t)MAXCTX * ROW), vc((size_t)MAXCTX * ROW);
   for (size_t i = 0; i < kc.size(); ++i) {
     kc[i] = float_to_half(rnd() * (i % 7 == 0 ? 1e-6f : 3.0f)); // includes fp16 subnormals
@@ -524,13 +529,7 @@ void check_attention_csim(Tally &tally) {
 template <int HEADS, int KV_HEADS, int HD, int SIMD, int PORTS>
 void check_attention_sets(Tally &tally) {
   constexpr int MAXCTX = 301, ROW = KV_HEADS * HD, SETS = MAX_KV_SETS, L = MAX_TOKEN_LANES;
-  uint64_t st = 0xD1B54A32D192ED03ull ^ (uint64_t)(HEADS * 131 + KV_HEADS + 7 * PORTS);
-  auto rnd = [&st]() { // uniform in [-2, 2)
-    st ^= st << 13;
-    st ^= st >> 7;
-    st ^= st << 17;
-    return (float)((st >> 40) & 0xffffff) * 0x1p-22f - 2.0f;
-  };
+  Uniform2 rnd{0xD1B54A32D192ED03ull ^ (uint64_t)(HEADS * 131 + KV_HEADS + 7 * PORTS)};
   std::vector<half_bits_t> kc((size_t)MAXCTX * ROW), vc((size_t)MAXCTX * ROW);
   for (size_t i = 0; i < kc.size(); ++i) {
     kc[i] = float_to_half(rnd() * 3.0f);
