@@ -1327,14 +1327,14 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS INTERFACE mode = m_axi port = kv_cache_1 offset = slave bundle = gmem_kv depth = DEPTH_KV \
     max_widen_bitwidth = KV_PORT_BITS
 #endif
-// the odd positions' set (ROMA_KV_PORTS 4: KV_SETS 2) reads through the first and third weight ports' bundles, in
-// the banks the KV cache's first two ports do not use (alveo_link_BOARD.cfg): attention and the weight stream never
-// run at once (the core's stages run one after another); with fewer KV ports they share the first KV bundle, never
-// read
+// the odd positions' set (ROMA_KV_PORTS 4: KV_SETS 2) has bundles of its own, linked to the banks the KV cache's
+// first two ports do not use (alveo_link_BOARD.cfg; a weight port's bundle would not do: arguments of one bundle
+// must share its element width and options, or it loses the weight stream's bursts); with fewer KV ports they share
+// the first KV bundle, never read
 #if ROMA_KV_PORTS > 2
-#pragma HLS INTERFACE mode = m_axi port = kv_cache_2 offset = slave bundle = gmem_weights depth = DEPTH_KV \
+#pragma HLS INTERFACE mode = m_axi port = kv_cache_2 offset = slave bundle = gmem_kv_2 depth = DEPTH_KV \
     max_widen_bitwidth = KV_PORT_BITS
-#pragma HLS INTERFACE mode = m_axi port = kv_cache_3 offset = slave bundle = gmem_weights_2 depth = DEPTH_KV \
+#pragma HLS INTERFACE mode = m_axi port = kv_cache_3 offset = slave bundle = gmem_kv_3 depth = DEPTH_KV \
     max_widen_bitwidth = KV_PORT_BITS
 #else
 #pragma HLS INTERFACE mode = m_axi port = kv_cache_2 offset = slave bundle = gmem_kv depth = DEPTH_KV \

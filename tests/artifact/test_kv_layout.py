@@ -133,17 +133,17 @@ def test_the_manifest_carries_the_sets():
 
 def test_the_kv_arguments_bundles_and_memories():
     """roma_core.cpp's pragmas (tests/hw/test_build_flow.py checks m_axi_bundle against them): with four KV ports the
-    second set reads through the first and third weight bundles; with fewer it parks on gmem_kv, never read."""
+    second set has two bundles of its own; with fewer it parks on gmem_kv, never read."""
     assert {"kv_cache", "kv_cache_1", "kv_cache_2", "kv_cache_3"} <= set(POINTER_ARGUMENTS)
     four = {a: m_axi_bundle(a, 4, 4) for a in KV_ARGUMENTS}
-    assert four == {"kv_cache": "gmem_kv", "kv_cache_1": "gmem_kv_1", "kv_cache_2": "gmem_weights",
-                    "kv_cache_3": "gmem_weights_2"}
+    assert four == {"kv_cache": "gmem_kv", "kv_cache_1": "gmem_kv_1", "kv_cache_2": "gmem_kv_2",
+                    "kv_cache_3": "gmem_kv_3"}
     assert [m_axi_bundle(a, 4, 2) for a in KV_ARGUMENTS] == ["gmem_kv", "gmem_kv_1", "gmem_kv", "gmem_kv"]
     assert [m_axi_bundle(a, 4, 1) for a in KV_ARGUMENTS] == ["gmem_kv"] * 4
     u250 = argument_memories(get_board("u250").to_dict())
     # the four KV buffers of a SmolLM2 build in the four banks: set 0 in banks 1 and 3, set 1 in banks 0 and 2
     assert [u250[a] for a in KV_ARGUMENTS] == ["DDR[1]", "DDR[3]", "DDR[0]", "DDR[2]"]
-    assert u250["kv_cache_2"] == u250["ddr_weights"] and u250["kv_cache_3"] == u250["ddr_weights_2"]
+    assert u250["kv_cache_2"] == u250["ddr_weights"] and u250["kv_cache_3"] == u250["ddr_weights_2"]  # shared banks
     u280 = argument_memories(get_board("u280").to_dict())
     assert u280["kv_cache_2"] == u280["kv_cache_3"] == u280["kv_cache"] == "HBM[8:11]"
     assert argument_memories(get_board("kv260").to_dict()) == {}  # a Zynq board: every port reaches its one DDR
@@ -158,17 +158,17 @@ def test_a_board_has_one_two_or_four_kv_ports(tmp_path):
         f.write_text(json.dumps(data))
         with pytest.raises(RomaError, match="board 'kv260' has an invalid 'kv_ports'"):
             load_boards(f)
-    # four KV ports on a board of two weight ports: kv_cache_3's gmem_weights_2 is a bundle of its own, so
-    # memory_banks must name it
+    # four KV ports: kv_cache_2's and kv_cache_3's bundles gmem_kv_2 and gmem_kv_3, so memory_banks must name them
     data["boards"]["kv260"].update(kv_ports=4, weight_ports=2)
     banks = {"gmem_weights": "DDR[0]", "gmem_weights_1": "DDR[1]", "gmem_kv": "DDR[1]", "gmem_kv_1": "DDR[3]",
              "gmem_tok": "DDR[2]", "gmem_logits": "DDR[2]", "gmem_lora": "DDR[2]", "gmem_status": "DDR[2]"}
     data["boards"]["kv260"]["memory_banks"] = banks
     f.write_text(json.dumps(data))
-    with pytest.raises(RomaError, match="gmem_weights_2"):
+    with pytest.raises(RomaError, match="gmem_kv_2, gmem_kv_3"):
         load_boards(f)
-    data["boards"]["kv260"]["memory_banks"] = {**banks, "gmem_weights_2": "DDR[2]"}
+    data["boards"]["kv260"]["memory_banks"] = {**banks, "gmem_kv_2": "DDR[0]", "gmem_kv_3": "DDR[2]"}
     f.write_text(json.dumps(data))
     board = load_boards(f)["kv260"]
     assert argument_memories(board.to_dict())["kv_cache_3"] == "DDR[2]"
+    assert argument_memories(board.to_dict())["kv_cache_2"] == "DDR[0]"
     assert argument_memories(board.to_dict())["ddr_weights_2"] == "DDR[0]"  # past weight_ports: parked

@@ -172,16 +172,14 @@ class Board:
 def m_axi_bundle(argument: str, weight_ports: int, kv_ports: int) -> str:
     """The m_axi bundle of roma_core's pointer argument, as roma_core.cpp's INTERFACE pragmas give it at
     ROMA_WEIGHT_PORTS = weight_ports and ROMA_KV_PORTS = kv_ports: a weight or KV port past those shares the first
-    port's bundle, but with four KV ports the second position set (kv_cache_2, kv_cache_3) reads through the first
-    and third weight ports' bundles (attention and the weight stream never run at once)
-    (tests/hw/test_build_flow.py checks this against the preprocessed pragmas)."""
+    port's bundle (tests/hw/test_build_flow.py checks this against the preprocessed pragmas)."""
     port = argument.rsplit("_", 1)[-1]
     if argument.startswith("ddr_weights_"):
         return f"gmem_weights_{port}" if int(port) < weight_ports else "gmem_weights"
     if argument == "kv_cache_1":
         return "gmem_kv_1" if kv_ports > 1 else "gmem_kv"
     if argument in ("kv_cache_2", "kv_cache_3"):
-        return ("gmem_weights" if argument == "kv_cache_2" else "gmem_weights_2") if kv_ports > 2 else "gmem_kv"
+        return f"gmem_kv_{port}" if kv_ports > 2 else "gmem_kv"
     if argument not in _FIXED_BUNDLE:
         raise RomaError(f"roma_core has no pointer argument '{argument}'")
     return _FIXED_BUNDLE[argument]
