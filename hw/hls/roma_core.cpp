@@ -140,12 +140,10 @@ constexpr int att_simd(int lanes) { return rm::HEAD_DIM % lanes == 0 ? lanes : a
 // ... over the KV ports (roma_model.h KV_PORTS: the board's kv_ports where a DDR cache's rows split into whole runs of
 // one port's lanes, else 1; artifact/kv_layout.py picks it): attention reads the ports side by side
 static_assert(rm::KV_PORTS == 1 || rm::KV_PORTS == MAX_KV_PORTS, "one or MAX_KV_PORTS KV ports");
-// ... and their sets (roma_model.h KV_SETS: two where the board has the ports for two sets, position p's row in set
-// p % 2; attention.h, KV sets): decode reads both sets at once, one per token lane
-static_assert(rm::KV_SETS == 1 || (rm::KV_SETS == MAX_KV_SETS && ROMA_KV_PORTS > MAX_KV_PORTS),
-              "one KV set, or MAX_KV_SETS where set 1's arguments have bundles of their own (ROMA_KV_PORTS 4)");
-// PV's partial sums as the board's DDR cache needs them for its sets, also for an on-chip cache (one set), so that a
-// build gives the same bits with its KV cache on chip or in DDR
+// ... and their sets (roma_model.h KV_SETS, position p's row in set p % 2; attention.h, KV sets): two for a DDR cache
+// where set 1's arguments have bundles of their own (ROMA_KV_PORTS 4), so that decode reads both sets at once, one
+// per token lane. PV's partial sums are laid out for them also with an on-chip cache (one set: static_assert below),
+// so that a build gives the same bits with its KV cache on chip or in DDR.
 constexpr int PV_SETS = ROMA_KV_PORTS > MAX_KV_PORTS ? MAX_KV_SETS : 1;
 static_assert(rm::KV_ONCHIP_CTX > 0 || rm::KV_SETS == PV_SETS, "a DDR cache's sets are the board's");
 static_assert(rm::KV_PORTS * rm::KV_SETS <= ROMA_KV_PORTS, "the build's KV ports among the board's (its m_axi KV "
@@ -935,8 +933,7 @@ void embed(std::false_type /*on chip*/, int id, const rom_word_t *, float *out, 
 
 // Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
 void forward(const int32_t *ids, int n, int start, half_bits_t *kv, half_bits_t *kv1, half_bits_t *kv2,
-             half_bits_t *kv3, uint32_t cap, DDR_PORT_PARAMS,
-             Acct &a) {
+             half_bits_t *kv3, uint32_t cap, DDR_PORT_PARAMS, Acct &a) {
 FORWARD_CHUNKS:
   for (int c0 = 0; c0 < n; c0 += MAX_T) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS

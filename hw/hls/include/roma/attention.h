@@ -188,6 +188,35 @@ inline float tree_sum(float v[N]) {
   }
   return v[0];
 }
+
+// Chunk c of row j of each KV set's ports (K or V: p0, p1 set 0's ports, p2, p3 set 1's), widened to fp32: set r is
+// read when the pass reads it (`set`) or both are (`split`), each through its own ports, else 0 (no access).
+template <int SETS, int SIMD, int PL, int PROW>
+inline void read_sets(const half_bits_t *p0, const half_bits_t *p1, const half_bits_t *p2, const half_bits_t *p3,
+                      bool split, int set, int j, int c, float out[SETS][SIMD]) {
+#pragma HLS INLINE
+  for (int r = 0; r < SETS; ++r) {
+#pragma HLS UNROLL
+    for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+      const half_bits_t *port = r == 0 ? (l / PL == 0 ? p0 : p1) : (l / PL == 0 ? p2 : p3);
+      out[r][l] = split || r == set ? half_to_float(port[(size_t)j * PROW + c * PL + l % PL]) : 0.0f;
+    }
+  }
+}
+
+// A pass's next (chunk c, row j, set): the rows of a pass are set 0's and then set 1's, or (split) set 0's count of
+// row pairs, `rows` of the current set.
+inline void next_chunk(int CH, int rows, int &c, int &j, int &set) {
+#pragma HLS INLINE
+  if (++c == CH) {
+    c = 0;
+    if (++j == rows) {
+      j = 0;
+      ++set;
+    }
+  }
+}
 } // namespace detail
 
 // Write one token's K and V (fp32, K already rotated) into cache row `pos` as fp16; OnChip: also into the
@@ -304,14 +333,7 @@ SCORE:
     const int kh = c / CHD, dc = c % CHD;
     float kv[SETS][SIMD]; // the chunk of each set read this cycle (set r through its own ports)
 #pragma HLS ARRAY_PARTITION variable = kv type = complete dim = 0
-    for (int r = 0; r < SETS; ++r) {
-#pragma HLS UNROLL
-      for (int l = 0; l < SIMD; ++l) {
-#pragma HLS UNROLL
-        const half_bits_t *port = r == 0 ? (l / PL == 0 ? k_cache : k_cache1) : (l / PL == 0 ? k_cache2 : k_cache3);
-        kv[r][l] = split || r == set ? half_to_float(port[(size_t)j * PROW + c * PL + l % PL]) : 0.0f;
-      }
-    }
+    detail::read_sets<SETS, SIMD, PL, PROW>(k_cache, k_cache1, k_cache2, k_cache3, split, set, j, c, kv);
     for (int t = 0; t < QT; ++t) {
 #pragma HLS UNROLL
       const int r = split ? t : set, s = j * SETS + r, qi = split ? 0 : t; // lane t's set, key and query
@@ -339,13 +361,7 @@ SCORE:
         }
       }
     }
-    if (++c == CH) {
-      c = 0;
-      if (++j == (split ? rows0 : C::set_rows(S, set))) {
-        j = 0;
-        ++set;
-      }
-    }
+    detail::next_chunk(CH, split ? rows0 : C::set_rows(S, set), c, j, set);
   }
   if (split) { // the two lanes' maxima of the query's keys: one max, exact whatever the order
     for (int h = 0; h < HEADS; ++h) {
@@ -375,14 +391,7 @@ PV:
     const int kh = c / CHD, dc = c % CHD;
     float vv[SETS][SIMD];
 #pragma HLS ARRAY_PARTITION variable = vv type = complete dim = 0
-    for (int r = 0; r < SETS; ++r) {
-#pragma HLS UNROLL
-      for (int l = 0; l < SIMD; ++l) {
-#pragma HLS UNROLL
-        const half_bits_t *port = r == 0 ? (l / PL == 0 ? v_cache : v_cache1) : (l / PL == 0 ? v_cache2 : v_cache3);
-        vv[r][l] = split || r == set ? half_to_float(port[(size_t)j * PROW + c * PL + l % PL]) : 0.0f;
-      }
-    }
+    detail::read_sets<SETS, SIMD, PL, PROW>(v_cache, v_cache1, v_cache2, v_cache3, split, set, j, c, vv);
     for (int t = 0; t < QT; ++t) {
 #pragma HLS UNROLL
       const int r = split ? t : set, s = j * SETS + r, qi = split ? 0 : t;
@@ -400,13 +409,7 @@ PV:
         }
       }
     }
-    if (++c == CH) {
-      c = 0;
-      if (++j == (split ? rows0 : C::set_rows(S, set))) {
-        j = 0;
-        ++set;
-      }
-    }
+    detail::next_chunk(CH, split ? rows0 : C::set_rows(S, set), c, j, set);
   }
 
 FINAL: // the block's outputs one query after another: the partials' pairwise sums (a partial no key reached, p past
