@@ -30,6 +30,14 @@ KV_ARGUMENTS = ("kv_cache", "kv_cache_1", "kv_cache_2", "kv_cache_3")
 assert len(KV_ARGUMENTS) == MAX_KV_PORTS * MAX_KV_SETS
 
 
+def board_sets(kv_ports: int) -> int:
+    """The position sets of a board's DDR KV cache: two on a board of four KV ports (set 1's arguments, kv_cache_2 and
+    kv_cache_3, have bundles of their own only there: boards.m_axi_bundle; with fewer they share set 0's, and reading
+    both sets at once would not pay), else one. roma_core.cpp's PV_SETS: attention's partial sums follow them also
+    with an on-chip cache, so that both give the same bits."""
+    return MAX_KV_SETS if kv_ports >= 2 * MAX_KV_PORTS else 1
+
+
 def port_lanes(head_dim: int, kv_port_bits: int) -> int:
     """The fp16 lanes one KV port carries per cycle: its bits / 16, halved until they divide a head."""
     lanes = kv_port_bits // 16
@@ -51,17 +59,16 @@ class KvLayout:
     @classmethod
     def for_build(cls, head_dim: int, kv_port_bits: int, kv_ports: int, kv_onchip: int = 0) -> "KvLayout":
         """The layout of a build for a board of `kv_ports` KV m_axi ports (boards.json: 1, 2 or 4) of kv_port_bits
-        each: a row over at most MAX_KV_PORTS of them where a head holds whole chunks of all of them, and two
-        position sets on a board of four (set 1's arguments, kv_cache_2 and kv_cache_3, have bundles of their own
-        only there: boards.m_axi_bundle; with fewer they share set 0's, and reading both sets at once would not
-        pay). An on-chip cache is read from on-chip RAM: one port, which it writes through to, and one set."""
+        each: a row over at most MAX_KV_PORTS of them where a head holds whole chunks of all of them, and the board's
+        position sets (board_sets). An on-chip cache is read from on-chip RAM: one port, which it writes through to,
+        and one set."""
         unit = port_lanes(head_dim, kv_port_bits)
         if kv_onchip:
             return cls(1, unit, 1)
         ports = min(kv_ports, MAX_KV_PORTS)
         while ports > 1 and head_dim % (unit * ports):
             ports -= 1
-        return cls(ports, unit, MAX_KV_SETS if kv_ports >= 2 * MAX_KV_PORTS else 1)
+        return cls(ports, unit, board_sets(kv_ports))
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "KvLayout":

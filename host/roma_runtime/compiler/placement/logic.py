@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from ...artifact.boards import Board
 from ...artifact.ddr_image import ddr_param_words, ddr_step_words
 from ...artifact.interface import kernel_constants
-from ...artifact.kv_layout import KvLayout
+from ...artifact.kv_layout import KvLayout, board_sets
 from ...model.config import ModelConfig
 from .memory import LINEARS, lin_shape, pv_partials
 
@@ -237,8 +237,7 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                            {"lanes": 1, "dtype": lora.get("dtype"), "rank": lora.get("rank")}))
     group, hd = config.n_heads // config.n_kv_heads, config.head_dim
     simd = KvLayout.for_build(hd, board.kv_port_bits, board.kv_ports, kv_tokens).lanes
-    # the partial sums for the board's DDR cache's sets, on chip too (roma_core.cpp PV_SETS)
-    partials = pv_partials(config.kv_dim, simd, KvLayout.for_build(hd, board.kv_port_bits, board.kv_ports).sets)
+    partials = pv_partials(config.kv_dim, simd, board_sets(board.kv_ports))  # roma_core.cpp PV_SETS
     at = _ops({"fmul": 2 * group * simd + group, "fadd": group * (simd - 1) + group * (hd // simd - 1)
                + group * simd + 2 * group + (partials - 1) * (simd + 1), "exp": group, "fcmp": group,
                "h2f": 2 * simd, "fdiv": simd})

@@ -117,7 +117,7 @@ from typing import Iterable
 from ...artifact.boards import Board, ElementwiseLanes, get_board
 from ...artifact.build import BRAM_ROM, DDR_STREAM, URAM_LOAD_ONCE
 from ...artifact.interface import kernel_constants
-from ...artifact.kv_layout import KvLayout
+from ...artifact.kv_layout import KvLayout, board_sets
 from ...artifact.model_header import ffn_pair
 from ...artifact.lora_unit import DTYPES as LORA_DTYPES
 from ...errors import RomaError
@@ -626,12 +626,6 @@ class _Core:
                                   self.kv_tokens or 0)
 
     @property
-    def pv_sets(self) -> int:
-        """The KV sets attention's partial sums are laid out for (roma_core.cpp PV_SETS): the board's DDR cache's,
-        also with an on-chip cache, so that both give the same bits."""
-        return KvLayout.for_build(self.config.head_dim, self.board.kv_port_bits, self.board.kv_ports).sets
-
-    @property
     def lanes(self) -> ElementwiseLanes:
         """The elementwise units' lanes of a build of this model for this board (roma_model.h ROMA_*_LANES)."""
         c = self.config
@@ -679,7 +673,7 @@ def _buffer_reservation(core: _Core, pool: _Pool) -> Reservation:
     that a build whose core alone does not fit says so (Plan.over_budget) instead of planning a smaller core."""
     arrays = core_arrays(core.config, core.context, core.kv_tokens or 0, core.pragmas, core.hw,
                          core.board.kv_port_bits, logits_impl(core.board.uram), core.board.token_lanes,
-                         core.kv_layout.ports, core.pv_sets)
+                         core.kv_layout.ports, board_sets(core.board.kv_ports))
     pool.take(*total(arrays), force=True)
     return _arrays_reservation("activations and buffers", arrays, "BRAM", {"context": core.context})
 
@@ -948,7 +942,7 @@ def _plan_arrays(core: _Core, lora_impl: str | None, kv_impl: str, engines: "_En
     kv = kv_array(c.config, c.kv_tokens, kv_impl, c.pragmas, c.board.kv_port_bits) if c.kv_tokens else []
     return lora + core_arrays(c.config, c.context, c.kv_tokens or 0, c.pragmas, c.hw, c.board.kv_port_bits,
                               logits_impl(c.board.uram), c.board.token_lanes, c.kv_layout.ports,
-                              c.pv_sets) + kv + engines.arrays()
+                              board_sets(c.board.kv_ports)) + kv + engines.arrays()
 
 
 def check_kv_tokens(kv_tokens, config: ModelConfig) -> None:
