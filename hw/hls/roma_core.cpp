@@ -15,6 +15,7 @@
 // then attends causally; chunking is exact), and each linear of a chunk in blocks of TOKEN_LANES tokens (the board's
 // token_lanes): a layers' GEMV engine computes a block in one pass over its weights, TOKEN_LANES datapaths per PE
 // or port on each word it reads (weights stationary), each token bit for bit as alone; a decode token takes one.
+// A block's attention runs beside the FFN of the block before it (layer()'s LAYER_ATT_FFN).
 //
 // One instance of each kernel, shared by all layers (issue 19): the layer index is a run-time loop variable, and
 // every linear of every layer runs through linear(l, lin, ...), one function called at eight places (the seven
@@ -160,7 +161,7 @@ constexpr int GEMV_OUT_LANES =
     pow2_at_least(lanes_max(ROMA_GEMV_PE * (rm::TOKEN_LANES > 1 ? 2 : 1), rm::WEIGHT_PORTS));
 // The GEMV inputs are read GEMV_IN_LANES per cycle at most by the engines' activation quantizers (roma_model.h
 // ROMA_ACT_LANES, the board's act_lanes; an engine of a smaller group reads its group: Unit::ACT), so they are
-// partitioned cyclic by GEMV_IN_LANES where they are declared (h, g_att); gate is also written ROMA_GEMV_PE rows per
+// partitioned cyclic by GEMV_IN_LANES where they are declared (h, att0 and att1); gate is also written ROMA_GEMV_PE rows per
 // cycle (GEMV_OUT_LANES): cyclic by the larger of the two (powers of two: a multiple of both).
 constexpr int GEMV_IN_LANES = ROMA_ACT_LANES;
 static_assert(GEMV_IN_LANES >= QUAD && (GEMV_IN_LANES & (GEMV_IN_LANES - 1)) == 0,
@@ -480,7 +481,7 @@ half_bits_t g_kv_chip[rm::N_LAYERS][2][KV_CHIP_ROWS * rm::KV_DIM];
 
 // Activations of one chunk (on-chip buffers).
 float g_x[MAX_T][rm::DIM];
-float g_q[MAX_T][QDIM], g_k[MAX_T][rm::KV_DIM], g_v[MAX_T][rm::KV_DIM], g_att[MAX_T][QDIM];
+float g_q[MAX_T][QDIM], g_k[MAX_T][rm::KV_DIM], g_v[MAX_T][rm::KV_DIM];
 float g_logits[rm::VOCAB];
 
 // LOGITS_OUT: the last token's logits to the host, once per run command (counted under STAGE_LM_HEAD as the head's
@@ -754,35 +755,49 @@ void ffn_pair(std::true_type, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, fl
   gemv_unit<GATE>(l, L_GATE, n, TOKEN_IN_ARGS, true, TOKEN_OUT_ARGS, DDR_PORTS, at_gate);
   gemv_unit<UP>(l, L_UP, n, TOKEN_IN_ARGS, true, u0, u1, u2, u3, DDR_PORTS, at_up);
   const Cycles &longer = at_gate.gemv.total() >= at_up.gemv.total() ? at_gate.gemv : at_up.gemv;
-  a.gemv.act_quant += longer.act_quant;
-  a.gemv.candidates += longer.candidates;
-  a.gemv.gemv += longer.gemv;
-  a.gemv.output += longer.output;
+  a.gemv += longer;
   lora_deltas(l, L_GATE, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, a);
   lora_deltas(l, L_UP, n, TOKEN_IN_ARGS, u0, u1, u2, u3, a);
 }
 
 #ifdef __SYNTHESIS__
-#define ROMA_ATTENTION_PREFILL attention_prefill
+#define ROMA_ATTENTION_LANES attention_lanes
 #else // the emulated board's query (csim/attention.h, bit-identical)
-#define ROMA_ATTENTION_PREFILL attention_prefill_csim
+#define ROMA_ATTENTION_LANES attention_lanes_csim
 #endif
-// Layer l's attention over the chunk (g_q, g_k, g_v -> g_att), the KV cache on chip (written through to the DDR
-// rows kc, vc) or in DDR (templates: only the build's overload is instantiated).
+// Layer l's attention, in two steps: the chunk's keys and values (g_k, g_v) into the KV cache, on chip (written through
+// to the DDR rows kc, vc) or in DDR; then block by block, the n queries of g_q from row i0 over the cache into out (a
+// block's rows; n = 0: nothing). Templates: only the build's overloads are instantiated.
 template <class = void>
-void attend(std::true_type /*on chip*/, int l, int start, int T, half_bits_t *kc, half_bits_t *vc, half_bits_t *,
-            half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, LayerCycles &cyc) {
-  ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD,
-                         KvPlace::OnChip, TT, 1, 1, PV_SETS>(g_q, g_k, g_v, start, T, g_kv_chip[l][0],
-                                                             g_kv_chip[l][1], g_att, cyc, kc, vc);
+void attend_rows(std::true_type /*on chip*/, int l, int start, int T, half_bits_t *kc, half_bits_t *vc, half_bits_t *,
+                 half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, LayerCycles &cyc) {
+  kv_write_rows<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, MAX_T, ATT_SIMD, KvPlace::OnChip>(
+      g_k, g_v, start, T, g_kv_chip[l][0], g_kv_chip[l][1], cyc, kc, vc);
 }
 template <class = void>
-void attend(std::false_type /*in DDR*/, int, int start, int T, half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1,
-            half_bits_t *vc1, half_bits_t *kc2, half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3,
-            LayerCycles &cyc) {
-  ROMA_ATTENTION_PREFILL<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr, TT,
-                         rm::KV_PORTS, rm::KV_SETS, PV_SETS>(g_q, g_k, g_v, start, T, kc, vc, g_att, cyc, nullptr,
-                                                             nullptr, kc1, vc1, kc2, vc2, kc3, vc3);
+void attend_rows(std::false_type /*in DDR*/, int, int start, int T, half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1,
+                 half_bits_t *vc1, half_bits_t *kc2, half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3,
+                 LayerCycles &cyc) {
+  kv_write_rows<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, MAX_T, ATT_SIMD, KvPlace::Ddr, rm::KV_PORTS,
+                rm::KV_SETS>(g_k, g_v, start, T, kc, vc, cyc, nullptr, nullptr, kc1, vc1, kc2, vc2, kc3, vc3);
+}
+template <class = void>
+void attend_block(std::true_type /*on chip*/, int l, int start, int i0, int n, float out[TT][QDIM], half_bits_t *,
+                  half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *,
+                  half_bits_t *, LayerCycles &cyc) {
+#pragma HLS INLINE off
+  if (n == 0) return;
+  ROMA_ATTENTION_LANES<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, ATT_SIMD, KvPlace::OnChip, TT, 1, 1,
+                       PV_SETS>(&g_q[i0], n, start + i0, g_kv_chip[l][0], g_kv_chip[l][1], out, cyc);
+}
+template <class = void>
+void attend_block(std::false_type /*in DDR*/, int, int start, int i0, int n, float out[TT][QDIM], half_bits_t *kc,
+                  half_bits_t *vc, half_bits_t *kc1, half_bits_t *vc1, half_bits_t *kc2, half_bits_t *vc2,
+                  half_bits_t *kc3, half_bits_t *vc3, LayerCycles &cyc) {
+#pragma HLS INLINE off
+  if (n == 0) return;
+  ROMA_ATTENTION_LANES<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, ATT_SIMD, KvPlace::Ddr, TT, rm::KV_PORTS,
+                       rm::KV_SETS, PV_SETS>(&g_q[i0], n, start + i0, kc, vc, out, cyc, kc1, vc1, kc2, vc2, kc3, vc3);
 }
 
 // Several token lanes: a block's value row from vr into the chunk's g_v, GEMV_OUT_LANES per cycle (the rate the
@@ -828,10 +843,84 @@ inline void lane_activation(float gate[rm::FFN_DIM], const float up[rm::FFN_DIM]
 #endif
 }
 
+// The second half of layer l for the block of n tokens from chunk row i0 (n = 0: nothing), their attention outputs
+// in att's rows (a lane past the block reads the first, never used): wo, x += o, h = RMSNorm(x), gate and up,
+// SwiGLU, w_down, x += down. One instance (ALLOCATION) for layer()'s two call sites.
+void ffn_block(int l, int i0, int n, float att[TT][QDIM], DDR_PORT_PARAMS, Acct &a) {
+#pragma HLS INLINE off
+  if (n == 0) return;
+  float h[TT][rm::DIM], o[TT][rm::DIM], gate[TT][rm::FFN_DIM], up[TT][rm::FFN_DIM];
+#pragma HLS ARRAY_PARTITION variable = h type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = NORM_OUT_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = o type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = RESIDUAL_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = gate type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = gate type = cyclic factor = GATE_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = up type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = up type = cyclic factor = UP_LANES dim = 2
+  LayerCycles beside; // as in layer()'s LAYER_QKV: the lanes past the first are not counted
+  linear(l, L_WO, n, TOKEN_ROWS(att), TOKEN_ROWS(o), DDR_PORTS, a);
+  const float *w = g_norms[2 * l + 1];
+  lane_residual_norm(g_x[i0], o[0], w, h[0], a.layer);
+  if (TC1 && n > 1) lane_residual_norm(g_x[i0 + TC1], o[TC1], w, h[TC1], beside);
+  if (TC2 && n > 2) lane_residual_norm(g_x[i0 + TC2], o[TC2], w, h[TC2], beside);
+  if (TC3 && n > 3) lane_residual_norm(g_x[i0 + TC3], o[TC3], w, h[TC3], beside);
+  if (ffn_paired(l)) {
+    ffn_pair(HasFfnPair(), l, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), TOKEN_ROWS(up), DDR_PORTS, a);
+  } else {
+    linear(l, L_GATE, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), DDR_PORTS, a);
+    linear(l, L_UP, n, TOKEN_ROWS(h), TOKEN_ROWS(up), DDR_PORTS, a, true);
+  }
+  lane_activation(gate[0], up[0], a.layer);
+  if (TC1 && n > 1) lane_activation(gate[TC1], up[TC1], beside);
+  if (TC2 && n > 2) lane_activation(gate[TC2], up[TC2], beside);
+  if (TC3 && n > 3) lane_activation(gate[TC3], up[TC3], beside);
+  linear(l, L_DOWN, n, TOKEN_ROWS(gate), TOKEN_ROWS(o), DDR_PORTS, a);
+  residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0], o[0], g_x[i0], a.layer);
+  if (TC1 && n > 1) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC1], o[TC1], g_x[i0 + TC1], beside);
+  if (TC2 && n > 2) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC2], o[TC2], g_x[i0 + TC2], beside);
+  if (TC3 && n > 3) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC3], o[TC3], g_x[i0 + TC3], beside);
+}
+
+// Whether layer l's FFN block can run beside attention: attention reads the KV cache's DDR banks, so an FFN that
+// streams a linear from DDR would share their bandwidth (on a U250 the banks themselves, on Zynq the one DDR) and is
+// counted after it; an FFN on chip, or attention on an on-chip cache, is not.
+inline bool ffn_beside_attention(int l) {
+  return KV_ONCHIP ||
+         (lin_ddr(l, L_WO) < 0 && lin_ddr(l, L_GATE) < 0 && lin_ddr(l, L_UP) < 0 && lin_ddr(l, L_DOWN) < 0);
+}
+
+// One step of layer()'s LAYER_ATT_FFN: the queries of the block at chunk row i into att_out beside the FFN of the block
+// before it (its attention outputs in att_in). The two are calls with no data between them, which Vitis HLS starts
+// together (UG1399, "Loop Parallelism": it schedules functions, not loops, in parallel), on units of their own
+// (attention's datapaths and KV ports; the GEMV engines, elementwise units and weight ports): counted as the longer
+// of the two where ffn_beside_attention, else one after the other; attention's stage counts what the FFN does not
+// hide.
+inline void att_ffn_step(int l, int start, int T, int i, float att_out[TT][QDIM], float att_in[TT][QDIM],
+                         half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1, half_bits_t *vc1, half_bits_t *kc2,
+                         half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3, DDR_PORT_PARAMS, Acct &a) {
+#pragma HLS INLINE
+  const int na = T - i >= TT ? TT : T - i > 0 ? T - i : 0;
+  const int f0 = i - TT, nf = f0 < 0 || f0 >= T ? 0 : T - f0 < TT ? T - f0 : TT;
+  LayerCycles att;
+  Acct ffn;
+  attend_block(KvOnChip(), l, start, i, na, att_out, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, att);
+  ffn_block(l, f0, nf, att_in, DDR_PORTS, ffn);
+  const uint64_t ffn_cycles = ffn.gemv.total() + ffn.layer.total() + ffn.lora.apply;
+  a.gemv += ffn.gemv;
+  a.layer += ffn.layer;
+  a.lora += ffn.lora;
+  a.layer.attention += !ffn_beside_attention(l)     ? att.attention
+                       : att.attention > ffn_cycles ? att.attention - ffn_cycles
+                                                    : 0;
+}
+
 // Layer l over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place): one instance, run
 // for every layer with its run-time index. The linears take the chunk's tokens in blocks of TT (one pass over each
 // engine's weights per block), the elementwise units a block's tokens side by side (an instance per token lane:
 // ALLOCATION; each lane's rows of g_x, g_q, g_k and g_v are banks of their own, partitioned cyclic TT by token).
+// First every block's norm, q/k/v and RoPE (LAYER_QKV) and the chunk's keys and values into the cache; then block by
+// block its queries beside the FFN of the block before (LAYER_ATT_FFN: a block's FFN needs only its own attention).
 void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], const float rope_sin[MAX_T][ROPE_PAIRS],
            half_bits_t *kv, half_bits_t *kv1, half_bits_t *kv2, half_bits_t *kv3, uint32_t cap, DDR_PORT_PARAMS,
            Acct &a) {
@@ -880,42 +969,18 @@ LAYER_QKV:
     if (TC3 && n > 3) lane_rotate(rope_cos[i0 + TC3], rope_sin[i0 + TC3], true, qr[TC3], kr[TC3], vr[TC3],
                                   g_q[i0 + TC3], g_k[i0 + TC3], g_v[i0 + TC3], beside);
   }
-  attend(KvOnChip(), l, start, T, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, a.layer);
-  float o[TT][rm::DIM], gate[TT][rm::FFN_DIM], up[TT][rm::FFN_DIM];
-#pragma HLS ARRAY_PARTITION variable = o type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = RESIDUAL_IN_LANES dim = 2
-#pragma HLS ARRAY_PARTITION variable = gate type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = gate type = cyclic factor = GATE_LANES dim = 2
-#pragma HLS ARRAY_PARTITION variable = up type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = up type = cyclic factor = UP_LANES dim = 2
-LAYER_FFN:
-  for (int i0 = 0; i0 < T; i0 += TT) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
-    const int n = T - i0 < TT ? T - i0 : TT;
-    LayerCycles beside; // as in LAYER_QKV: the lanes past the first are not counted
-    // the block's attention outputs, rows of g_att (a lane past the block reads the first, never used)
-    linear(l, L_WO, n, g_att[i0], g_att[i0 + (n > 1 ? 1 : 0)], g_att[i0 + (n > 2 ? 2 : 0)],
-           g_att[i0 + (n > 3 ? 3 : 0)], TOKEN_ROWS(o), DDR_PORTS, a);
-    const float *w = g_norms[2 * l + 1];
-    lane_residual_norm(g_x[i0], o[0], w, h[0], a.layer);
-    if (TC1 && n > 1) lane_residual_norm(g_x[i0 + TC1], o[TC1], w, h[TC1], beside);
-    if (TC2 && n > 2) lane_residual_norm(g_x[i0 + TC2], o[TC2], w, h[TC2], beside);
-    if (TC3 && n > 3) lane_residual_norm(g_x[i0 + TC3], o[TC3], w, h[TC3], beside);
-    if (ffn_paired(l)) {
-      ffn_pair(HasFfnPair(), l, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), TOKEN_ROWS(up), DDR_PORTS, a);
-    } else {
-      linear(l, L_GATE, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), DDR_PORTS, a);
-      linear(l, L_UP, n, TOKEN_ROWS(h), TOKEN_ROWS(up), DDR_PORTS, a, true);
-    }
-    lane_activation(gate[0], up[0], a.layer);
-    if (TC1 && n > 1) lane_activation(gate[TC1], up[TC1], beside);
-    if (TC2 && n > 2) lane_activation(gate[TC2], up[TC2], beside);
-    if (TC3 && n > 3) lane_activation(gate[TC3], up[TC3], beside);
-    linear(l, L_DOWN, n, TOKEN_ROWS(gate), TOKEN_ROWS(o), DDR_PORTS, a);
-    residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0], o[0], g_x[i0], a.layer);
-    if (TC1 && n > 1) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC1], o[TC1], g_x[i0 + TC1], beside);
-    if (TC2 && n > 2) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC2], o[TC2], g_x[i0 + TC2], beside);
-    if (TC3 && n > 3) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC3], o[TC3], g_x[i0 + TC3], beside);
+  attend_rows(KvOnChip(), l, start, T, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, a.layer);
+  // the attention outputs of two blocks: one written while the FFN reads the other
+  float att0[TT][QDIM], att1[TT][QDIM];
+#pragma HLS ARRAY_PARTITION variable = att0 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = att0 type = cyclic factor = GEMV_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = att1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = att1 type = cyclic factor = GEMV_IN_LANES dim = 2
+LAYER_ATT_FFN: // two blocks' queries per iteration, each beside the FFN of the block before it
+  for (int i0 = 0; i0 < T + TT; i0 += 2 * TT) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS / 2 + 1
+    att_ffn_step(l, start, T, i0, att0, att1, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, DDR_PORTS, a);
+    att_ffn_step(l, start, T, i0 + TT, att1, att0, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, DDR_PORTS, a);
   }
 }
 
@@ -1396,7 +1461,6 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // the chunk's values, written by the layers' GEMV engines GEMV_OUT_LANES rows per cycle
 #pragma HLS ARRAY_PARTITION variable = g_v type = cyclic factor = GEMV_OUT_LANES dim = 2
   // the chunk's attention outputs, w_o's GEMV inputs: read GEMV_IN_LANES per cycle by its activation quantizer
-#pragma HLS ARRAY_PARTITION variable = g_att type = cyclic factor = GEMV_IN_LANES dim = 2
   // the residual stream, the norms' weights and RoPE's outputs: read and written by the elementwise units, a block's
   // token lanes at once (a token's row in its own banks: cyclic TT on the token dimension)
 #pragma HLS ARRAY_PARTITION variable = g_x type = cyclic factor = TT dim = 1
@@ -1426,6 +1490,9 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS ALLOCATION function instances = linear limit = 1
   // ... and each engine one instance for its call site there and its second one in ffn_pair (the FFN pair's)
 #pragma HLS ALLOCATION function instances = gemv_unit limit = 1
+  // ... one attention block and one FFN block for layer()'s two steps of LAYER_ATT_FFN (one after the other)
+#pragma HLS ALLOCATION function instances = attend_block limit = 1
+#pragma HLS ALLOCATION function instances = ffn_block limit = 1
   // ... per token lane one RMSNorm (lane 0's also the final norm), one RoPE, one SwiGLU, one value copy and two
   // residual adds (a token's two): a block's tokens run their elementwise units side by side; one LoRA apply for
   // the lanes' call sites, one token after another; one sampler for its two call sites (a run command, a

@@ -102,9 +102,9 @@ def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
         assert k[kernel]["rtl_instances"] == 1, kernel
     for kernel, n in (("RMSNorm", tt), ("RoPE", tt), ("SwiGLU", tt), ("residual add", 2 * tt)):
         assert k[kernel]["rtl_instances"] == n, kernel
-    # a function's local arrays are memories of each of its RTL instances: the layer's FFN buffers, fp32, a row per
-    # token lane, once
-    gate = [a for a in tiny_report["local_arrays"] if a["name"] == "layer::gate"]
+    # a function's local arrays are memories of each of its RTL instances: the FFN block's buffers, fp32, a row per
+    # token lane, once for layer()'s two call sites (ALLOCATION)
+    gate = [a for a in tiny_report["local_arrays"] if a["name"] == "ffn_block::gate"]
     assert len(gate) == 1 and (gate[0]["instances"], gate[0]["bytes"]) == (1, 4 * model["ffn_dim"] * tt), gate
     assert tiny_report["total_bram36"] == tiny_report["bram36"] + tiny_report["local_bram36"]
     # the activation quantizer's input and output for each token lane, partitioned where they are declared (the

@@ -84,7 +84,7 @@ KERNELS = {
     "B-ROM GEMV (PE x GROUP lanes)": ("roma::brom_gemv_tiles_rt<",),
     "DDR-streamed GEMV": ("roma::brom_ddr_gemv_rt<",),
     "activation quantizer": ("roma::act_quant<",),
-    "attention": ("roma::attention_prefill<",),
+    "attention": ("roma::attention_lanes<",),
     "RMSNorm": ("roma::rms_norm<",),
     "RoPE": ("roma::rope_qk<",),
     "SwiGLU": ("roma::swiglu<",),

@@ -36,12 +36,13 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   xsum, acc [ACC_SETS][PORTS][ROWS] and ex (DDR: a tile per weight port at once; two sets of accumulators when
   a round's outputs go out during the next round);
 - once: g_norms [2 N_LAYERS + 1][DIM] fp32 (every layer's norms stay on chip, whatever the layer's tier),
-  g_x, g_q, g_att [PREFILL_CHUNK][DIM], g_k, g_v [PREFILL_CHUNK][KV_DIM], g_logits [VOCAB] (the whole
+  g_x, g_q [PREFILL_CHUNK][DIM], g_k, g_v [PREFILL_CHUNK][KV_DIM], g_logits [VOCAB] (the whole
   vocabulary's fp32 logits), attention's score [TOKEN_LANES][HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions,
   else the build's context), the sampler's g_recent ring, the LoRA unit (C1) and the one lora_apply's t [rank], the on-chip
-  KV cache g_kv_chip [N_LAYERS][2][positions * KV_DIM] fp16, and the locals of the one layer() and forward()
-  instance (h, qr, kr, vr, o, gate, up, a row per token lane; h and the chunk's RoPE angles rope_cos and rope_sin,
-  bound to LUTRAM) and of attention (ql, acc, a row per lane).
+  KV cache g_kv_chip [N_LAYERS][2][positions * KV_DIM] fp16, and the locals of the one layer(), ffn_block() and
+  forward() instance (layer's h, qr, kr, vr and two blocks' attention outputs att0, att1, ffn_block's h, o, gate, up,
+  a row per token lane; forward's h and the chunk's RoPE angles rope_cos and rope_sin, bound to LUTRAM) and of
+  attention (ql, acc, a row per lane).
 Not listed: locals the footprint finds in LUTRAM or registers in every build (sampler pools, RoPE tables,
 partial sums, the status words); they cost no block RAM.
 """
@@ -258,7 +259,6 @@ PRAGMA_SITES = {
     "g_kv_chip": [("roma_core", "g_kv_chip", 0, {"ATT_SIMD": lambda a, s, c: port_lanes(c["HEAD_DIM"], c["KV_PORT_BITS"])})],
     "g_logits": [("roma_core", "g_logits", 0, {})],
     "g_v": [("roma_core", "g_v", 0, {})],  # cyclic GEMV_OUT_LANES (pragma_defines)
-    "g_att": [("roma_core", "g_att", 0, {})],  # cyclic GEMV_IN_LANES (pragma_defines)
     # the LoRA unit's members (roma_core.cpp: 64-bit words of fp16 values or int8 codes, and of fp32 row scales)
     "values": [("roma_core", "g_lora.values", 0, {"LORA_VALUES_PER_WORD": lambda a, s, c: 64 // a.elem_bits})],
     "row_scale": [("roma_core", "g_lora.row_scale", 0, {"LORA_ROW_SCALES_PER_WORD": lambda a, s, c: 2})],
@@ -535,7 +535,7 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
     qdim, hd = config.n_heads * config.head_dim, config.head_dim
     max_ctx = kv_tokens if kv_tokens else context
     static = [Array("g_norms", "g_norms", _bytes(32, [2 * config.n_layers + 1, d]), 32, [2 * config.n_layers + 1, d])]
-    for name, n in (("g_x", d), ("g_q", qdim), ("g_k", kv), ("g_v", kv), ("g_att", qdim)):
+    for name, n in (("g_x", d), ("g_q", qdim), ("g_k", kv), ("g_v", kv)):
         static.append(Array(name, name, _bytes(32, [t, n]), 32, [t, n]))
     static += [Array("g_logits", "g_logits", _bytes(32, [config.vocab_size]), 32, [config.vocab_size]),
                Array("attention_lanes<...>::score", "score", _bytes(32, [token_lanes, config.n_heads, max_ctx]), 32,
@@ -547,8 +547,11 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
     simd = port_lanes(hd, kv_port_bits) * kv_ports
     att = {"HEADS": config.n_heads, "KV_HEADS": config.n_kv_heads, "HD": hd, "MAX_CTX": max_ctx, "SIMD": simd}
     # vr: the values of a block of several tokens (a single token writes g_v's row directly)
+    # att0, att1: two blocks' attention outputs (one written beside the FFN that reads the other); the FFN block's own
     local = [_local("layer", v, 32, [token_lanes, n], pragmas, None) for v, n in
-             (("h", d), ("qr", qdim), ("kr", kv), ("vr", kv), ("o", d), ("gate", f), ("up", f))]
+             (("h", d), ("qr", qdim), ("kr", kv), ("vr", kv), ("att0", qdim), ("att1", qdim))]
+    local += [_local("ffn_block", v, 32, [token_lanes, n], pragmas, None) for v, n in
+              (("h", d), ("o", d), ("gate", f), ("up", f))]
     local += [_local("forward", "h", 32, [d], pragmas, None),
               _local("forward", "rope_cos", 32, [t, hd // 2], pragmas, None),
               _local("forward", "rope_sin", 32, [t, hd // 2], pragmas, None),

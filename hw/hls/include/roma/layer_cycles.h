@@ -43,6 +43,11 @@ struct LayerCycles {
   uint64_t kv_load = 0;    // on-chip KV cache refills from DDR (kv_load)
   uint64_t total() const { return embedding + norm + rope + attention + activation + residual + kv_load; }
   void reset() { embedding = norm = rope = attention = activation = residual = kv_load = 0; }
+  LayerCycles &operator+=(const LayerCycles &o) {
+    embedding += o.embedding, norm += o.norm, rope += o.rope, attention += o.attention, activation += o.activation;
+    residual += o.residual, kv_load += o.kv_load;
+    return *this;
+  }
 };
 
 // fp32 -> fp16 bit pattern, round to nearest even, exactly numpy's float32.astype(float16) for every

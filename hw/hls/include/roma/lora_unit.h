@@ -59,6 +59,10 @@ inline uint16_t rd16(const uint8_t *p, uint32_t off) { return (uint16_t)(p[off] 
 struct LoraCycles {
   uint64_t load = 0;  // CMD_LOAD_LORA copy
   uint64_t apply = 0; // A and B passes
+  LoraCycles &operator+=(const LoraCycles &o) {
+    load += o.load, apply += o.apply;
+    return *this;
+  }
 };
 
 // The shape of a LoRA unit (constants only): N_LAYERS layers of a LLaMA with DIM (= heads * head_dim), KV_DIM

@@ -81,6 +81,10 @@ struct Cycles {
   uint64_t output = 0;     // writing finished outputs
   uint64_t total() const { return act_quant + candidates + gemv + output; }
   void reset() { act_quant = candidates = gemv = output = 0; }
+  Cycles &operator+=(const Cycles &o) {
+    act_quant += o.act_quant, candidates += o.candidates, gemv += o.gemv, output += o.output;
+    return *this;
+  }
 };
 
 inline uint32_t float_to_bits(float f) {

@@ -2,7 +2,7 @@
 // ../attention.h, never read by Vitis HLS.
 //   attention_query_csim    one query with AVX-512 (head_dim 64), bit-identical to attention_query
 //   attention_query_fast    attention_query_csim where it is compiled in, else attention_query; the same cycles
-//   attention_prefill_csim  attention_prefill with attention_query_fast (the emulated board's layer)
+//   attention_lanes_csim    attention_lanes with attention_query_fast (the emulated board's layer)
 #ifndef ROMA_CSIM_ATTENTION_H
 #define ROMA_CSIM_ATTENTION_H
 #ifdef __SYNTHESIS__
@@ -191,31 +191,22 @@ void attention_query_fast(const float q[HEADS * HD], int pos, const half_bits_t 
       q, pos, k_cache, v_cache, out, cyc, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3, v_cache3);
 }
 
-// attention_prefill (../attention.h: all T rows written first, then query i over keys 0..start+i, counted in blocks of
-// QT queries, one pass over the keys each, a block of one split over two KV sets) with the fast query.
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
-          int QT = 1, int PORTS = 1, int SETS = 1, int PV_SETS = SETS>
-void attention_prefill_csim(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T][KV_HEADS * HD],
-                            const float v_new[MAX_T][KV_HEADS * HD], int start, int T, half_bits_t *k_cache,
-                            half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc,
-                            half_bits_t *k_ddr = nullptr, half_bits_t *v_ddr = nullptr,
-                            half_bits_t *k_cache1 = nullptr, half_bits_t *v_cache1 = nullptr,
-                            half_bits_t *k_cache2 = nullptr, half_bits_t *v_cache2 = nullptr,
-                            half_bits_t *k_cache3 = nullptr, half_bits_t *v_cache3 = nullptr) {
+// attention_lanes (../attention.h: a block of n <= QT queries at positions pos.., one pass over the keys, counted as
+// such; a block of one split over two KV sets) with the fast query.
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int QT = 1,
+          int PORTS = 1, int SETS = 1, int PV_SETS = SETS>
+void attention_lanes_csim(const float q[][HEADS * HD], int n, int pos, const half_bits_t *k_cache,
+                          const half_bits_t *v_cache, float out[][HEADS * HD], LayerCycles &cyc,
+                          const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr,
+                          const half_bits_t *k_cache2 = nullptr, const half_bits_t *v_cache2 = nullptr,
+                          const half_bits_t *k_cache3 = nullptr, const half_bits_t *v_cache3 = nullptr) {
   typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS, PV_SETS> C;
-  for (int i = 0; i < T; ++i)
-    kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS>(k_new[i], v_new[i], start + i, k_cache, v_cache,
-                                                                     cyc, k_ddr, v_ddr, k_cache1, v_cache1, k_cache2,
-                                                                     v_cache2, k_cache3, v_cache3);
   LayerCycles per_query; // the block's passes are counted once, as attention_lanes counts them
-  for (int i0 = 0; i0 < T; i0 += QT) {
-    const int n = T - i0 < QT ? T - i0 : QT;
-    for (int i = i0; i < i0 + n; ++i)
-      attention_query_fast<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS, PV_SETS>(
-          q[i], start + i, k_cache, v_cache, out[i], per_query, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3,
-          v_cache3);
-    cyc.attention += C::block_cycles(start + i0 + n, n, QT);
-  }
+  for (int i = 0; i < n; ++i)
+    attention_query_fast<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS, PV_SETS>(
+        q[i], pos + i, k_cache, v_cache, out[i], per_query, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3,
+        v_cache3);
+  cyc.attention += C::block_cycles(pos + n, n, QT);
 }
 
 } // namespace roma
