@@ -882,11 +882,13 @@ void ffn_block(int l, int i0, int n, float att[TT][QDIM], DDR_PORT_PARAMS, Acct 
   if (TC3 && n > 3) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC3], o[TC3], g_x[i0 + TC3], beside);
 }
 
-// Whether layer l's FFN block can run beside attention: attention reads the KV cache's DDR banks, so an FFN that
-// streams a linear from DDR would share their bandwidth (on a U250 the banks themselves, on Zynq the one DDR) and is
-// counted after it; an FFN on chip, or attention on an on-chip cache, is not.
+// Whether layer l's FFN block runs beside attention at full rate: attention reads the KV cache from DDR, so an FFN
+// that streams a linear from DDR shares the memory with it. Where the memory's peak covers both streams at once
+// (roma_model.h KV_BESIDE_WEIGHTS: a KV260's KV port is an HP port of its own) they run side by side; where it does
+// not (a U250, whose KV ports share the weight ports' DDR banks) they are counted one after the other. An FFN on
+// chip, or attention on an on-chip cache, shares nothing.
 inline bool ffn_beside_attention(int l) {
-  return KV_ONCHIP ||
+  return KV_ONCHIP || rm::KV_BESIDE_WEIGHTS ||
          (lin_ddr(l, L_WO) < 0 && lin_ddr(l, L_GATE) < 0 && lin_ddr(l, L_UP) < 0 && lin_ddr(l, L_DOWN) < 0);
 }
 

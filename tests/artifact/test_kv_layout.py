@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from roma_runtime.artifact.boards import (BOARDS_FILE, POINTER_ARGUMENTS, argument_memories, get_board, load_boards,
-                                          m_axi_bundle)
+from roma_runtime.artifact.boards import (BOARDS_FILE, POINTER_ARGUMENTS, argument_memories, board_names, get_board,
+                                          load_boards, m_axi_bundle)
 from roma_runtime.artifact.kv_layout import KV_ARGUMENTS, MAX_KV_PORTS, MAX_KV_SETS, KvLayout, port_lanes
 from roma_runtime.errors import RomaError
 
@@ -148,6 +148,21 @@ def test_the_kv_arguments_bundles_and_memories():
     assert u280["kv_cache_2"] == u280["kv_cache_3"] == u280["kv_cache"] == "HBM[8:11]"
     assert argument_memories(get_board("kv260").to_dict()) == {}  # a Zynq board: every port reaches its one DDR
     assert [m_axi_bundle(a, 4, get_board("kv260").kv_ports) for a in KV_ARGUMENTS] == ["gmem_kv"] * 4
+
+
+def test_kv_beside_weights_where_the_memory_peak_covers_both_streams():
+    """A prefill block's attention reads the KV cache beside an FFN that streams its weights only where the memory's
+    nominal peak covers the weight ports and the KV ports at a port word a cycle each (roma_model.h
+    KV_BESIDE_WEIGHTS)."""
+    def demand(b):  # GB/s of all the ports at once
+        return (b.weight_ports * b.weight_port_bits + b.kv_ports * b.kv_port_bits) / 8 * b.clock_mhz / 1000
+
+    kv260, u250 = get_board("kv260"), get_board("u250")
+    assert demand(kv260) == 16.0 and kv260.ddr_bandwidth_gbs == 19.2 and kv260.kv_beside_weights
+    assert demand(u250) == 153.6 and u250.ddr_bandwidth_gbs == 77.0 and not u250.kv_beside_weights  # shared banks
+    for name in board_names():
+        b = get_board(name)
+        assert b.kv_beside_weights == (demand(b) <= b.ddr_bandwidth_gbs), name
 
 
 def test_a_board_has_one_two_or_four_kv_ports(tmp_path):

@@ -158,6 +158,16 @@ class Board:
         return min(model_context, self.max_context)
 
     @property
+    def kv_beside_weights(self) -> bool:
+        """Whether the memory's nominal peak (ddr_bandwidth_gbs) covers the weight ports and the KV ports streaming at
+        once, a port word a cycle each: then attention reads the KV cache at full rate beside a GEMV that streams its
+        weights (roma_model.h KV_BESIDE_WEIGHTS). A Zynq UltraScale+ board's KV port is an HP port of its own into the
+        one DDR (4 x 128 + 128 bits at 200 MHz: 16 of 19.2 GB/s); a U250's KV ports share its four DDR banks with the
+        weight ports (8 x 512 bits at 300 MHz: twice the banks' 77 GB/s)."""
+        bits = self.weight_ports * self.weight_port_bits + self.kv_ports * self.kv_port_bits
+        return bits / 8 * self.clock_mhz / 1000 <= self.ddr_bandwidth_gbs
+
+    @property
     def bram_bytes(self) -> int:
         return self.bram36 * 36 * 1024 // 8
 

@@ -28,7 +28,8 @@ Also generated for the top (hw/hls/roma_core.cpp):
 - KV_PORT_BITS: the board's KV port width (boards.json kv_port_bits), which sets attention's lanes; KV_PORTS and
   KV_PORT_LANES: the ports a DDR KV cache's rows are split over and the runs they alternate in, KV_SETS: the position
   sets (position p's row in set p % KV_SETS; kv_layout.KvLayout), and the macro ROMA_KV_PORTS for the interface
-  pragmas: the board's kv_ports (its KV m_axi ports: 1, 2 or 4);
+  pragmas: the board's kv_ports (its KV m_axi ports: 1, 2 or 4); KV_BESIDE_WEIGHTS: whether the memory's peak
+  covers the weight and KV ports at once (Board.kv_beside_weights);
 - ROMA_NORM_LANES, ROMA_SWIGLU_LANES, ROMA_ROPE_LANES, ROMA_RESIDUAL_LANES: the elementwise units' lanes (the
   board's elementwise_lanes for this model's dimensions, boards.ElementwiseLanes.for_model), macros because the
   top's partition pragmas name them; ROMA_ACT_LANES: the activations a GEMV engine takes in per cycle (the board's
@@ -236,7 +237,10 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               f"constexpr int KV_PORT_LANES = {kv_layout.unit};",
               "// ... the position sets: position p's row is in set p % KV_SETS (kv_cache/kv_cache_1, or",
               "// kv_cache_2/kv_cache_3 for set 1) at row p / KV_SETS",
-              f"constexpr int KV_SETS = {kv_layout.sets};"]
+              f"constexpr int KV_SETS = {kv_layout.sets};",
+              "// ... whether the memory's peak covers the weight ports and the KV ports streaming at once (the board's",
+              "// kv_beside_weights): a prefill block's attention runs beside an FFN that streams from DDR",
+              f"constexpr bool KV_BESIDE_WEIGHTS = {str(get_board(board).kv_beside_weights).lower()};"]
     lines += ["",
               "// RoPE inverse frequencies fp32(1 / theta^(2i/HEAD_DIM)), exact (golden rope_tables' values)",
               f"constexpr float ROPE_INV_FREQ[HEAD_DIM / 2] = {_float_array(rope_inv_freq(c.head_dim, c.rope_theta))};",
