@@ -800,10 +800,11 @@ void attend_block(std::false_type /*in DDR*/, int, int start, int i0, int n, flo
                        rm::KV_SETS, PV_SETS>(&g_q[i0], n, start + i0, kc, vc, out, cyc, kc1, vc1, kc2, vc2, kc3, vc3);
 }
 
-// Several token lanes: a block's value row from vr into the chunk's g_v, GEMV_OUT_LANES per cycle (the rate the
-// engines wrote it; g_v's partition), counted under RoPE's stage (the stage that writes the keys beside it).
+// A token's value row from vr into the chunk's g_v, GEMV_OUT_LANES per cycle (the rate the engines wrote it; g_v's
+// partition), counted under RoPE's stage (the stage that writes the keys beside it): the GEMV writes vr, not g_v, so
+// that it shares no array with the RoPE of the block before, which runs beside it (qkv_step).
 constexpr int MAX_BLOCKS = (MAX_T + TT - 1) / TT; // token blocks of a chunk at most
-static_assert(TT == 1 || rm::KV_DIM % GEMV_OUT_LANES == 0, "a value row is whole GEMV output beats");
+static_assert(rm::KV_DIM % GEMV_OUT_LANES == 0, "a value row is whole GEMV output beats");
 void v_copy(const float v[rm::KV_DIM], float out[rm::KV_DIM], LayerCycles &cyc) {
 V_COPY:
   for (int s = 0; s < rm::KV_DIM / GEMV_OUT_LANES; ++s) {
@@ -818,13 +819,13 @@ V_COPY:
 
 // One token lane's elementwise units of a layer phase (a block's lanes: layer() calls each once per lane, on that
 // lane's rows). Before attention: the token rotated by its position's angles (cos_t, sin_t: forward() computes them
-// once for every layer), queries and keys into q, k, and with several tokens in the block its values copied into v.
-inline void lane_rotate(const float cos_t[ROPE_PAIRS], const float sin_t[ROPE_PAIRS], bool copy_v,
-                        const float qr[QDIM], const float kr[rm::KV_DIM], const float vr[rm::KV_DIM], float q[QDIM],
-                        float k[rm::KV_DIM], float v[rm::KV_DIM], LayerCycles &cyc) {
+// once for every layer), queries and keys into q, k, and its values copied into v.
+inline void lane_rotate(const float cos_t[ROPE_PAIRS], const float sin_t[ROPE_PAIRS], const float qr[QDIM],
+                        const float kr[rm::KV_DIM], const float vr[rm::KV_DIM], float q[QDIM], float k[rm::KV_DIM],
+                        float v[rm::KV_DIM], LayerCycles &cyc) {
 #pragma HLS INLINE
   rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(cos_t, sin_t, qr, kr, q, k, cyc);
-  if (copy_v) v_copy(vr, v, cyc);
+  v_copy(vr, v, cyc);
 }
 // After attention: x += o, then h = RMSNorm(x) with weights w (the FFN's input).
 inline void lane_residual_norm(float x[rm::DIM], const float o[rm::DIM], const float w[rm::DIM], float h[rm::DIM],
@@ -842,6 +843,9 @@ inline void lane_activation(float gate[rm::FFN_DIM], const float up[rm::FFN_DIM]
   swiglu_csim<rm::FFN_DIM, SWIGLU_LANES>(gate, up, gate, cyc);
 #endif
 }
+
+// The tokens of the block at chunk row i (none past T).
+inline int block_tokens(int T, int i) { return i < 0 || i >= T ? 0 : T - i < TT ? T - i : TT; }
 
 // The second half of layer l for the block of n tokens from chunk row i0 (n = 0: nothing), their attention outputs
 // in att's rows (a lane past the block reads the first, never used): wo, x += o, h = RMSNorm(x), gate and up,
@@ -902,12 +906,10 @@ inline void att_ffn_step(int l, int start, int T, int i, float att_out[TT][QDIM]
                          half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1, half_bits_t *vc1, half_bits_t *kc2,
                          half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3, DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
-  const int na = T - i >= TT ? TT : T - i > 0 ? T - i : 0;
-  const int f0 = i - TT, nf = f0 < 0 || f0 >= T ? 0 : T - f0 < TT ? T - f0 : TT;
   LayerCycles att;
   Acct ffn;
-  attend_block(KvOnChip(), l, start, i, na, att_out, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, att);
-  ffn_block(l, f0, nf, att_in, DDR_PORTS, ffn);
+  attend_block(KvOnChip(), l, start, i, block_tokens(T, i), att_out, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, att);
+  ffn_block(l, i - TT, block_tokens(T, i - TT), att_in, DDR_PORTS, ffn);
   const uint64_t ffn_cycles = ffn.gemv.total() + ffn.layer.total() + ffn.lora.apply;
   a.gemv += ffn.gemv;
   a.layer += ffn.layer;
@@ -917,12 +919,72 @@ inline void att_ffn_step(int l, int start, int T, int i, float att_out[TT][QDIM]
                                                     : 0;
 }
 
+// The block of n tokens from chunk row i0 (n = 0: nothing), each lane's row of the layer's first half. One instance
+// of each (ALLOCATION) for qkv_step's two call sites; the lanes past the first run side by side with lane 0 (an
+// instance each) and are not counted.
+// RMSNorm of the rows of g_x into h.
+void norm_block(int l, int i0, int n, float h[TT][rm::DIM], LayerCycles &cyc) {
+#pragma HLS INLINE off
+  if (n == 0) return;
+  LayerCycles beside;
+  rms_norm<rm::DIM, NORM_LANES>(g_x[i0], g_norms[2 * l], rm::RMS_EPS, h[0], cyc);
+  if (TC1 && n > 1) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + TC1], g_norms[2 * l], rm::RMS_EPS, h[TC1], beside);
+  if (TC2 && n > 2) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + TC2], g_norms[2 * l], rm::RMS_EPS, h[TC2], beside);
+  if (TC3 && n > 3) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + TC3], g_norms[2 * l], rm::RMS_EPS, h[TC3], beside);
+}
+// q, k and v from h into qr, kr, vr (wk and wv reuse wq's activation codes).
+void qkv_block(int l, int n, float h[TT][rm::DIM], float qr[TT][QDIM], float kr[TT][rm::KV_DIM],
+               float vr[TT][rm::KV_DIM], DDR_PORT_PARAMS, Acct &a) {
+#pragma HLS INLINE off
+  if (n == 0) return;
+  linear(l, L_WQ, n, TOKEN_ROWS(h), TOKEN_ROWS(qr), DDR_PORTS, a);
+  linear(l, L_WK, n, TOKEN_ROWS(h), TOKEN_ROWS(kr), DDR_PORTS, a, true);
+  linear(l, L_WV, n, TOKEN_ROWS(h), TOKEN_ROWS(vr), DDR_PORTS, a, true);
+}
+// RoPE by the rows' positions' angles: qr, kr into the rows of g_q, g_k; vr copied into g_v's.
+void rotate_block(int i0, int n, const float rope_cos[MAX_T][ROPE_PAIRS], const float rope_sin[MAX_T][ROPE_PAIRS],
+                  float qr[TT][QDIM], float kr[TT][rm::KV_DIM], float vr[TT][rm::KV_DIM], LayerCycles &cyc) {
+#pragma HLS INLINE off
+  if (n == 0) return;
+  LayerCycles beside;
+  lane_rotate(rope_cos[i0], rope_sin[i0], qr[0], kr[0], vr[0], g_q[i0], g_k[i0], g_v[i0], cyc);
+  if (TC1 && n > 1) lane_rotate(rope_cos[i0 + TC1], rope_sin[i0 + TC1], qr[TC1], kr[TC1], vr[TC1], g_q[i0 + TC1],
+                                g_k[i0 + TC1], g_v[i0 + TC1], beside);
+  if (TC2 && n > 2) lane_rotate(rope_cos[i0 + TC2], rope_sin[i0 + TC2], qr[TC2], kr[TC2], vr[TC2], g_q[i0 + TC2],
+                                g_k[i0 + TC2], g_v[i0 + TC2], beside);
+  if (TC3 && n > 3) lane_rotate(rope_cos[i0 + TC3], rope_sin[i0 + TC3], qr[TC3], kr[TC3], vr[TC3], g_q[i0 + TC3],
+                                g_k[i0 + TC3], g_v[i0 + TC3], beside);
+}
+
+// One step of layer()'s LAYER_QKV: the q/k/v GEMVs of the block at chunk row i (h_in -> qr, kr, vr) beside the next
+// block's norm (into h_next) and the RoPE of the block before (from its qr_prev, kr_prev, vr_prev). Three calls with no
+// data between them, on units of their own (the GEMV engines; RMSNorm; RoPE and the value copy), which Vitis HLS
+// starts together (UG1399, "Loop Parallelism"): counted as the longest of the three, the GEMVs in full and the norm
+// and RoPE stages by what they add beyond them.
+inline void qkv_step(int l, int T, int i, const float rope_cos[MAX_T][ROPE_PAIRS],
+                     const float rope_sin[MAX_T][ROPE_PAIRS], float h_in[TT][rm::DIM], float h_next[TT][rm::DIM],
+                     float qr[TT][QDIM], float kr[TT][rm::KV_DIM], float vr[TT][rm::KV_DIM], float qr_prev[TT][QDIM],
+                     float kr_prev[TT][rm::KV_DIM], float vr_prev[TT][rm::KV_DIM], DDR_PORT_PARAMS, Acct &a) {
+#pragma HLS INLINE
+  Acct gemvs;
+  LayerCycles norm, rope;
+  qkv_block(l, block_tokens(T, i), h_in, qr, kr, vr, DDR_PORTS, gemvs);
+  norm_block(l, i + TT, block_tokens(T, i + TT), h_next, norm);
+  rotate_block(i - TT, block_tokens(T, i - TT), rope_cos, rope_sin, qr_prev, kr_prev, vr_prev, rope);
+  const uint64_t g = gemvs.gemv.total() + gemvs.lora.apply, gn = g > norm.norm ? g : norm.norm;
+  a.gemv += gemvs.gemv;
+  a.lora += gemvs.lora;
+  a.layer.norm += norm.norm > g ? norm.norm - g : 0;
+  a.layer.rope += rope.rope > gn ? rope.rope - gn : 0;
+}
+
 // Layer l over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place): one instance, run
 // for every layer with its run-time index. The linears take the chunk's tokens in blocks of TT (one pass over each
 // engine's weights per block), the elementwise units a block's tokens side by side (an instance per token lane:
 // ALLOCATION; each lane's rows of g_x, g_q, g_k and g_v are banks of their own, partitioned cyclic TT by token).
-// First every block's norm, q/k/v and RoPE (LAYER_QKV) and the chunk's keys and values into the cache; then block by
-// block its queries beside the FFN of the block before (LAYER_ATT_FFN: a block's FFN needs only its own attention).
+// First block by block q/k/v beside the next block's norm and the previous block's RoPE (LAYER_QKV), and the chunk's
+// keys and values into the cache; then block by block its queries beside the FFN of the block before (LAYER_ATT_FFN:
+// a block's FFN needs only its own attention).
 void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], const float rope_sin[MAX_T][ROPE_PAIRS],
            half_bits_t *kv, half_bits_t *kv1, half_bits_t *kv2, half_bits_t *kv3, uint32_t cap, DDR_PORT_PARAMS,
            Acct &a) {
@@ -936,40 +998,34 @@ void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], con
   half_bits_t *kc1 = PORT1 ? kv1 + k_at : kv1, *vc1 = PORT1 ? kv1 + v_at : kv1;
   half_bits_t *kc2 = SET1 ? kv2 + k_at : kv2, *vc2 = SET1 ? kv2 + v_at : kv2;
   half_bits_t *kc3 = PORT1 && SET1 ? kv3 + k_at : kv3, *vc3 = PORT1 && SET1 ? kv3 + v_at : kv3;
-  float h[TT][rm::DIM], qr[TT][QDIM], kr[TT][rm::KV_DIM], vr[TT][rm::KV_DIM];
+  // the GEMV inputs and outputs of two blocks: one set written while the units beside read the other
+  float h0[TT][rm::DIM], h1[TT][rm::DIM], qr0[TT][QDIM], qr1[TT][QDIM], kr0[TT][rm::KV_DIM], kr1[TT][rm::KV_DIM],
+      vr0[TT][rm::KV_DIM], vr1[TT][rm::KV_DIM];
   // the GEMV inputs: written NORM_LANES per cycle by rms_norm, read GEMV_IN_LANES per cycle by the quantizers
-#pragma HLS ARRAY_PARTITION variable = h type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = NORM_OUT_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = h0 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = h0 type = cyclic factor = NORM_OUT_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = h1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = h1 type = cyclic factor = NORM_OUT_LANES dim = 2
   // the GEMV outputs: the layers' engines write GEMV_OUT_LANES consecutive rows per cycle (a PE's or port's each) of
-  // every token lane at once, RoPE reads ROPE_LANES pairs
-#pragma HLS ARRAY_PARTITION variable = qr type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = qr type = cyclic factor = ROPE_IN_LANES dim = 2
-#pragma HLS ARRAY_PARTITION variable = kr type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = kr type = cyclic factor = ROPE_IN_LANES dim = 2
-  // the values of a block of several tokens, copied into the chunk's g_v (one token writes g_v's row directly)
-#pragma HLS ARRAY_PARTITION variable = vr type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = vr type = cyclic factor = GEMV_OUT_LANES dim = 2
-LAYER_QKV:
-  for (int i0 = 0; i0 < T; i0 += TT) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
-    const int n = T - i0 < TT ? T - i0 : TT;
-    LayerCycles beside; // the lanes past the first run side by side with lane 0 (an instance each): not counted
-    rms_norm<rm::DIM, NORM_LANES>(g_x[i0], g_norms[2 * l], rm::RMS_EPS, h[0], a.layer);
-    if (TC1 && n > 1) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + TC1], g_norms[2 * l], rm::RMS_EPS, h[TC1], beside);
-    if (TC2 && n > 2) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + TC2], g_norms[2 * l], rm::RMS_EPS, h[TC2], beside);
-    if (TC3 && n > 3) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + TC3], g_norms[2 * l], rm::RMS_EPS, h[TC3], beside);
-    linear(l, L_WQ, n, TOKEN_ROWS(h), TOKEN_ROWS(qr), DDR_PORTS, a);
-    linear(l, L_WK, n, TOKEN_ROWS(h), TOKEN_ROWS(kr), DDR_PORTS, a, true);
-    // one token (a decode step) writes its values into g_v's row; a block of several, each its lane's vr row
-    if (n == 1) linear(l, L_WV, n, TOKEN_ROWS(h), g_v[i0], g_v[i0], g_v[i0], g_v[i0], DDR_PORTS, a, true);
-    else linear(l, L_WV, n, TOKEN_ROWS(h), TOKEN_ROWS(vr), DDR_PORTS, a, true);
-    lane_rotate(rope_cos[i0], rope_sin[i0], n > 1, qr[0], kr[0], vr[0], g_q[i0], g_k[i0], g_v[i0], a.layer);
-    if (TC1 && n > 1) lane_rotate(rope_cos[i0 + TC1], rope_sin[i0 + TC1], true, qr[TC1], kr[TC1], vr[TC1],
-                                  g_q[i0 + TC1], g_k[i0 + TC1], g_v[i0 + TC1], beside);
-    if (TC2 && n > 2) lane_rotate(rope_cos[i0 + TC2], rope_sin[i0 + TC2], true, qr[TC2], kr[TC2], vr[TC2],
-                                  g_q[i0 + TC2], g_k[i0 + TC2], g_v[i0 + TC2], beside);
-    if (TC3 && n > 3) lane_rotate(rope_cos[i0 + TC3], rope_sin[i0 + TC3], true, qr[TC3], kr[TC3], vr[TC3],
-                                  g_q[i0 + TC3], g_k[i0 + TC3], g_v[i0 + TC3], beside);
+  // every token lane at once, RoPE reads ROPE_LANES pairs, the value copy GEMV_OUT_LANES values
+#pragma HLS ARRAY_PARTITION variable = qr0 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = qr0 type = cyclic factor = ROPE_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = qr1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = qr1 type = cyclic factor = ROPE_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = kr0 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = kr0 type = cyclic factor = ROPE_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = kr1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = kr1 type = cyclic factor = ROPE_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = vr0 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = vr0 type = cyclic factor = GEMV_OUT_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = vr1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = vr1 type = cyclic factor = GEMV_OUT_LANES dim = 2
+  norm_block(l, 0, block_tokens(T, 0), h0, a.layer);
+LAYER_QKV: // two blocks' q, k, v per iteration, each beside the next block's norm and the block before's RoPE
+  for (int i0 = 0; i0 < T + TT; i0 += 2 * TT) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS / 2 + 1
+    qkv_step(l, T, i0, rope_cos, rope_sin, h0, h1, qr0, kr0, vr0, qr1, kr1, vr1, DDR_PORTS, a);
+    qkv_step(l, T, i0 + TT, rope_cos, rope_sin, h1, h0, qr1, kr1, vr1, qr0, kr0, vr0, DDR_PORTS, a);
   }
   attend_rows(KvOnChip(), l, start, T, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, a.layer);
   // the attention outputs of two blocks: one written while the FFN reads the other
@@ -1495,6 +1551,10 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // ... one attention block and one FFN block for layer()'s two steps of LAYER_ATT_FFN (one after the other)
 #pragma HLS ALLOCATION function instances = attend_block limit = 1
 #pragma HLS ALLOCATION function instances = ffn_block limit = 1
+  // ... and one of each unit block of LAYER_QKV's two steps
+#pragma HLS ALLOCATION function instances = norm_block limit = 1
+#pragma HLS ALLOCATION function instances = qkv_block limit = 1
+#pragma HLS ALLOCATION function instances = rotate_block limit = 1
   // ... per token lane one RMSNorm (lane 0's also the final norm), one RoPE, one SwiGLU, one value copy and two
   // residual adds (a token's two): a block's tokens run their elementwise units side by side; one LoRA apply for
   // the lanes' call sites, one token after another; one sampler for its two call sites (a run command, a

@@ -113,7 +113,7 @@ def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
     manifest = json.loads((tiny_build / "manifest.json").read_text())
     act, group = manifest["board"]["act_lanes"], manifest["tensors"]["blk.0.wq"]["group"]
     assert (act, group) == (64, 32)
-    read = [a for a in tiny_report["local_arrays"] if a["name"] == "layer::h"] + [
+    read = [a for a in tiny_report["local_arrays"] if a["name"] == "layer::h0"] + [
         a for a in tiny_report["arrays"] if "gemv_unit<" in a["name"] and a["var"] == "xq"]  # static: kept
     assert sorted(a["banks"] for a in read) == [group, tt * group, tt * act], read
     text = footprint.render(tiny_report)

@@ -40,8 +40,8 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   vocabulary's fp32 logits), attention's score [TOKEN_LANES][HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions,
   else the build's context), the sampler's g_recent ring, the LoRA unit (C1) and the one lora_apply's t [rank], the on-chip
   KV cache g_kv_chip [N_LAYERS][2][positions * KV_DIM] fp16, and the locals of the one layer(), ffn_block() and
-  forward() instance (layer's h, qr, kr, vr and two blocks' attention outputs att0, att1, ffn_block's h, o, gate, up,
-  a row per token lane; forward's h and the chunk's RoPE angles rope_cos and rope_sin, bound to LUTRAM) and of
+  forward() instance (layer's h, qr, kr, vr and att, two of each: h0, h1, ...; ffn_block's h, o, gate, up; a
+  row per token lane; forward's h and the chunk's RoPE angles rope_cos and rope_sin, bound to LUTRAM) and of
   attention (ql, acc, a row per lane).
 Not listed: locals the footprint finds in LUTRAM or registers in every build (sampler pools, RoPE tables,
 partial sums, the status words); they cost no block RAM.
@@ -546,10 +546,10 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
         apply_layout(a, with_impl(applied, logits) if a.name == "g_logits" else applied)
     simd = port_lanes(hd, kv_port_bits) * kv_ports
     att = {"HEADS": config.n_heads, "KV_HEADS": config.n_kv_heads, "HD": hd, "MAX_CTX": max_ctx, "SIMD": simd}
-    # vr: the values of a block of several tokens (a single token writes g_v's row directly)
-    # att0, att1: two blocks' attention outputs (one written beside the FFN that reads the other); the FFN block's own
-    local = [_local("layer", v, 32, [token_lanes, n], pragmas, None) for v, n in
-             (("h", d), ("qr", qdim), ("kr", kv), ("vr", kv), ("att0", qdim), ("att1", qdim))]
+    # two of each, one per block of a pair (one written beside the units that read the other): the GEMV inputs h,
+    # q/k/v's outputs qr, kr, vr and the attention outputs att; then the FFN block's own
+    local = [_local("layer", f"{v}{i}", 32, [token_lanes, n], pragmas, None) for v, n in
+             (("h", d), ("qr", qdim), ("kr", kv), ("vr", kv), ("att", qdim)) for i in (0, 1)]
     local += [_local("ffn_block", v, 32, [token_lanes, n], pragmas, None) for v, n in
               (("h", d), ("o", d), ("gate", f), ("up", f))]
     local += [_local("forward", "h", 32, [d], pragmas, None),
