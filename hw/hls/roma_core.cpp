@@ -15,7 +15,9 @@
 // then attends causally; chunking is exact), and each linear of a chunk in blocks of TOKEN_LANES tokens (the board's
 // token_lanes): a layers' GEMV engine computes a block in one pass over its weights, TOKEN_LANES datapaths per PE
 // or port on each word it reads (weights stationary), each token bit for bit as alone; a decode token takes one.
-// A block's attention runs beside the FFN of the block before it (layer()'s LAYER_ATT_FFN).
+// Blocks overlap in a layer: a block's q/k/v GEMVs run beside the next block's norm and the previous block's RoPE
+// (LAYER_QKV), a block's attention beside the FFN of the two before it, and in that FFN one block's GEMVs beside the
+// other's elementwise units (LAYER_ATT_FFN, ffn_step).
 //
 // One instance of each kernel, shared by all layers (issue 19): the layer index is a run-time loop variable, and
 // every linear of every layer runs through linear(l, lin, ...), one function called at eight places (the seven
@@ -847,43 +849,113 @@ inline void lane_activation(float gate[rm::FFN_DIM], const float up[rm::FFN_DIM]
 // The tokens of the block at chunk row i (none past T).
 inline int block_tokens(int T, int i) { return i < 0 || i >= T ? 0 : T - i < TT ? T - i : TT; }
 
-// The second half of layer l for the block of n tokens from chunk row i0 (n = 0: nothing), their attention outputs
-// in att's rows (a lane past the block reads the first, never used): wo, x += o, h = RMSNorm(x), gate and up,
-// SwiGLU, w_down, x += down. One instance (ALLOCATION) for layer()'s two call sites.
-void ffn_block(int l, int i0, int n, float att[TT][QDIM], DDR_PORT_PARAMS, Acct &a) {
+// The units of a layer's second half, each on the block of n tokens from chunk row i0 (n = 0: nothing), a lane's
+// row each (a lane past the block reads the first, never used): on the GEMV engines wo, gate and up, w_down; beside
+// them the residual add and RMSNorm, SwiGLU, the residual add. Each called once, in ffn_step; the lanes past the
+// first run side by side with lane 0 (an instance each) and are not counted.
+// wo: the block's attention outputs att into o.
+void wo_block(int l, int n, float att[TT][QDIM], float o[TT][rm::DIM], DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE off
   if (n == 0) return;
-  float h[TT][rm::DIM], o[TT][rm::DIM], gate[TT][rm::FFN_DIM], up[TT][rm::FFN_DIM];
-#pragma HLS ARRAY_PARTITION variable = h type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = NORM_OUT_LANES dim = 2
-#pragma HLS ARRAY_PARTITION variable = o type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = o type = cyclic factor = RESIDUAL_IN_LANES dim = 2
-#pragma HLS ARRAY_PARTITION variable = gate type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = gate type = cyclic factor = GATE_LANES dim = 2
-#pragma HLS ARRAY_PARTITION variable = up type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = up type = cyclic factor = UP_LANES dim = 2
-  LayerCycles beside; // as in layer()'s LAYER_QKV: the lanes past the first are not counted
   linear(l, L_WO, n, TOKEN_ROWS(att), TOKEN_ROWS(o), DDR_PORTS, a);
+}
+// x += o, then h = RMSNorm(x): the FFN's input.
+void residual_norm_block(int l, int i0, int n, float o[TT][rm::DIM], float h[TT][rm::DIM], LayerCycles &cyc) {
+#pragma HLS INLINE off
+  if (n == 0) return;
+  LayerCycles beside;
   const float *w = g_norms[2 * l + 1];
-  lane_residual_norm(g_x[i0], o[0], w, h[0], a.layer);
+  lane_residual_norm(g_x[i0], o[0], w, h[0], cyc);
   if (TC1 && n > 1) lane_residual_norm(g_x[i0 + TC1], o[TC1], w, h[TC1], beside);
   if (TC2 && n > 2) lane_residual_norm(g_x[i0 + TC2], o[TC2], w, h[TC2], beside);
   if (TC3 && n > 3) lane_residual_norm(g_x[i0 + TC3], o[TC3], w, h[TC3], beside);
+}
+// gate and up from h (on two engines at once where the layer's pair is: ffn_pair).
+void gate_up_block(int l, int n, float h[TT][rm::DIM], float gate[TT][rm::FFN_DIM], float up[TT][rm::FFN_DIM],
+                   DDR_PORT_PARAMS, Acct &a) {
+#pragma HLS INLINE off
+  if (n == 0) return;
   if (ffn_paired(l)) {
     ffn_pair(HasFfnPair(), l, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), TOKEN_ROWS(up), DDR_PORTS, a);
   } else {
     linear(l, L_GATE, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), DDR_PORTS, a);
     linear(l, L_UP, n, TOKEN_ROWS(h), TOKEN_ROWS(up), DDR_PORTS, a, true);
   }
-  lane_activation(gate[0], up[0], a.layer);
+}
+// gate = SwiGLU(gate, up).
+void swiglu_block(int n, float gate[TT][rm::FFN_DIM], float up[TT][rm::FFN_DIM], LayerCycles &cyc) {
+#pragma HLS INLINE off
+  if (n == 0) return;
+  LayerCycles beside;
+  lane_activation(gate[0], up[0], cyc);
   if (TC1 && n > 1) lane_activation(gate[TC1], up[TC1], beside);
   if (TC2 && n > 2) lane_activation(gate[TC2], up[TC2], beside);
   if (TC3 && n > 3) lane_activation(gate[TC3], up[TC3], beside);
+}
+// w_down: gate into o.
+void down_block(int l, int n, float gate[TT][rm::FFN_DIM], float o[TT][rm::DIM], DDR_PORT_PARAMS, Acct &a) {
+#pragma HLS INLINE off
+  if (n == 0) return;
   linear(l, L_DOWN, n, TOKEN_ROWS(gate), TOKEN_ROWS(o), DDR_PORTS, a);
-  residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0], o[0], g_x[i0], a.layer);
+}
+// x += o.
+void residual_block(int i0, int n, float o[TT][rm::DIM], LayerCycles &cyc) {
+#pragma HLS INLINE off
+  if (n == 0) return;
+  LayerCycles beside;
+  residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0], o[0], g_x[i0], cyc);
   if (TC1 && n > 1) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC1], o[TC1], g_x[i0 + TC1], beside);
   if (TC2 && n > 2) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC2], o[TC2], g_x[i0 + TC2], beside);
   if (TC3 && n > 3) residual_add<rm::DIM, RESIDUAL_LANES>(g_x[i0 + TC3], o[TC3], g_x[i0 + TC3], beside);
+}
+
+// The cycles c of a stage beyond what the call beside it still hides (hide: its cycles not yet spent hiding others).
+inline uint64_t beyond(uint64_t c, uint64_t &hide) {
+#pragma HLS INLINE
+  const uint64_t hidden = c < hide ? c : hide;
+  hide -= hidden;
+  return c - hidden;
+}
+// A GEMV call (the engines' cycles: e) beside an elementwise one (u), as Vitis HLS starts two calls with no data between
+// them (UG1399, "Loop Parallelism": it schedules functions, not loops, in parallel): the GEMV counted in full, the
+// elementwise stages by what they add beyond it.
+inline void count_beside(Acct &a, const Acct &e, const LayerCycles &u) {
+#pragma HLS INLINE
+  uint64_t hide = e.gemv.total() + e.lora.apply;
+  a.gemv += e.gemv;
+  a.lora += e.lora;
+  a.layer.residual += beyond(u.residual, hide);
+  a.layer.norm += beyond(u.norm, hide);
+  a.layer.activation += beyond(u.activation, hide);
+}
+
+// The FFN of two blocks, the block at chunk row i - TT (its front: wo, residual and norm, gate and up into gate_w,
+// up_w) and the one before it (its back: SwiGLU over gate_r, up_r, w_down, residual), the engines' calls of one beside
+// the elementwise calls of the other: wo beside SwiGLU, w_down beside the residual and norm, gate and up beside the
+// residual. One instance (ALLOCATION) for layer()'s two call sites.
+void ffn_step(int l, int T, int i, float att[TT][QDIM], float gate_w[TT][rm::FFN_DIM], float up_w[TT][rm::FFN_DIM],
+              float gate_r[TT][rm::FFN_DIM], float up_r[TT][rm::FFN_DIM], DDR_PORT_PARAMS, Acct &a) {
+#pragma HLS INLINE off
+  const int f0 = i - TT, b0 = i - 2 * TT, nf = block_tokens(T, f0), nb = block_tokens(T, b0);
+  // the front's wo outputs and FFN input, the back's w_down outputs
+  float o_f[TT][rm::DIM], h[TT][rm::DIM], o_b[TT][rm::DIM];
+#pragma HLS ARRAY_PARTITION variable = o_f type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = o_f type = cyclic factor = RESIDUAL_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = h type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = NORM_OUT_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = o_b type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = o_b type = cyclic factor = RESIDUAL_IN_LANES dim = 2
+  Acct e1, e2, e3;
+  LayerCycles u1, u2, u3;
+  wo_block(l, nf, att, o_f, DDR_PORTS, e1);
+  swiglu_block(nb, gate_r, up_r, u1);
+  count_beside(a, e1, u1);
+  down_block(l, nb, gate_r, o_b, DDR_PORTS, e2);
+  residual_norm_block(l, f0, nf, o_f, h, u2);
+  count_beside(a, e2, u2);
+  gate_up_block(l, nf, h, gate_w, up_w, DDR_PORTS, e3);
+  residual_block(b0, nb, o_b, u3);
+  count_beside(a, e3, u3);
 }
 
 // Whether layer l's FFN block runs beside attention at full rate: attention reads the KV cache from DDR, so an FFN
@@ -896,20 +968,21 @@ inline bool ffn_beside_attention(int l) {
          (lin_ddr(l, L_WO) < 0 && lin_ddr(l, L_GATE) < 0 && lin_ddr(l, L_UP) < 0 && lin_ddr(l, L_DOWN) < 0);
 }
 
-// One step of layer()'s LAYER_ATT_FFN: the queries of the block at chunk row i into att_out beside the FFN of the block
-// before it (its attention outputs in att_in). The two are calls with no data between them, which Vitis HLS starts
-// together (UG1399, "Loop Parallelism": it schedules functions, not loops, in parallel), on units of their own
-// (attention's datapaths and KV ports; the GEMV engines, elementwise units and weight ports): counted as the longer
-// of the two where ffn_beside_attention, else one after the other; attention's stage counts what the FFN does not
-// hide.
+// One step of layer()'s LAYER_ATT_FFN: the queries of the block at chunk row i into att_out beside the FFN step of the
+// two blocks before it (ffn_step; the first's attention outputs in att_in). The two are calls with no data between
+// them, which Vitis HLS starts together, on units of their own (attention's datapaths and KV ports; the GEMV engines,
+// elementwise units and weight ports): counted as the longer of the two where ffn_beside_attention, else one after
+// the other; attention's stage counts what the FFN does not hide.
 inline void att_ffn_step(int l, int start, int T, int i, float att_out[TT][QDIM], float att_in[TT][QDIM],
-                         half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1, half_bits_t *vc1, half_bits_t *kc2,
-                         half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3, DDR_PORT_PARAMS, Acct &a) {
+                         float gate_w[TT][rm::FFN_DIM], float up_w[TT][rm::FFN_DIM], float gate_r[TT][rm::FFN_DIM],
+                         float up_r[TT][rm::FFN_DIM], half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1,
+                         half_bits_t *vc1, half_bits_t *kc2, half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3,
+                         DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
   LayerCycles att;
   Acct ffn;
   attend_block(KvOnChip(), l, start, i, block_tokens(T, i), att_out, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, att);
-  ffn_block(l, i - TT, block_tokens(T, i - TT), att_in, DDR_PORTS, ffn);
+  ffn_step(l, T, i, att_in, gate_w, up_w, gate_r, up_r, DDR_PORTS, ffn);
   const uint64_t ffn_cycles = ffn.gemv.total() + ffn.layer.total() + ffn.lora.apply;
   a.gemv += ffn.gemv;
   a.layer += ffn.layer;
@@ -1028,17 +1101,29 @@ LAYER_QKV: // two blocks' q, k, v per iteration, each beside the next block's no
     qkv_step(l, T, i0 + TT, rope_cos, rope_sin, h1, h0, qr1, kr1, vr1, qr0, kr0, vr0, DDR_PORTS, a);
   }
   attend_rows(KvOnChip(), l, start, T, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, a.layer);
-  // the attention outputs of two blocks: one written while the FFN reads the other
-  float att0[TT][QDIM], att1[TT][QDIM];
+  // the attention outputs and the FFN's gate and up of two blocks: one set written while the units beside read the
+  // other (gate is also w_down's input: written GEMV_OUT_LANES rows per cycle, read GEMV_IN_LANES)
+  float att0[TT][QDIM], att1[TT][QDIM], gate0[TT][rm::FFN_DIM], gate1[TT][rm::FFN_DIM], up0[TT][rm::FFN_DIM],
+      up1[TT][rm::FFN_DIM];
 #pragma HLS ARRAY_PARTITION variable = att0 type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = att0 type = cyclic factor = GEMV_IN_LANES dim = 2
 #pragma HLS ARRAY_PARTITION variable = att1 type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = att1 type = cyclic factor = GEMV_IN_LANES dim = 2
-LAYER_ATT_FFN: // two blocks' queries per iteration, each beside the FFN of the block before it
-  for (int i0 = 0; i0 < T + TT; i0 += 2 * TT) {
+#pragma HLS ARRAY_PARTITION variable = gate0 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = gate0 type = cyclic factor = GATE_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = gate1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = gate1 type = cyclic factor = GATE_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = up0 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = up0 type = cyclic factor = UP_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = up1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = up1 type = cyclic factor = UP_LANES dim = 2
+LAYER_ATT_FFN: // two blocks' queries per iteration, each beside the FFN of the two blocks before it
+  for (int i0 = 0; i0 < T + 2 * TT; i0 += 2 * TT) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS / 2 + 1
-    att_ffn_step(l, start, T, i0, att0, att1, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, DDR_PORTS, a);
-    att_ffn_step(l, start, T, i0 + TT, att1, att0, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, DDR_PORTS, a);
+    att_ffn_step(l, start, T, i0, att0, att1, gate1, up1, gate0, up0, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, DDR_PORTS,
+                 a);
+    att_ffn_step(l, start, T, i0 + TT, att1, att0, gate0, up0, gate1, up1, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3,
+                 DDR_PORTS, a);
   }
 }
 
@@ -1548,9 +1633,10 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS ALLOCATION function instances = linear limit = 1
   // ... and each engine one instance for its call site there and its second one in ffn_pair (the FFN pair's)
 #pragma HLS ALLOCATION function instances = gemv_unit limit = 1
-  // ... one attention block and one FFN block for layer()'s two steps of LAYER_ATT_FFN (one after the other)
+  // ... one attention block and one FFN step (its unit blocks called once in it) for layer()'s two steps of
+  // LAYER_ATT_FFN (one after the other)
 #pragma HLS ALLOCATION function instances = attend_block limit = 1
-#pragma HLS ALLOCATION function instances = ffn_block limit = 1
+#pragma HLS ALLOCATION function instances = ffn_step limit = 1
   // ... and one of each unit block of LAYER_QKV's two steps
 #pragma HLS ALLOCATION function instances = norm_block limit = 1
 #pragma HLS ALLOCATION function instances = qkv_block limit = 1

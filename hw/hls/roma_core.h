@@ -148,8 +148,10 @@ enum Status : uint32_t {
 // Stages of the cycle estimate (the registers cycles_STAGE, in this order). The estimate is the sum of the
 // kernels' cycle models (Cycles, LayerCycles, SamplerCycles, LoraCycles): kernels are counted one after the
 // other, the tiles of one matrix in parallel, except where two run at once, counted as the longer of the two: a
-// layer's gate and up on two engines (ffn_pair), and a prefill block's queries beside the FFN of the block before
-// it where that FFN reads no DDR (STAGE_ATTENTION then holds what the FFN does not hide).
+// layer's gate and up on two engines (ffn_pair); in a prefill, a block's GEMVs beside another block's elementwise
+// units (STAGE_NORM, STAGE_ROPE, STAGE_ACTIVATION and STAGE_RESIDUAL then hold what the GEMV does not hide), and a
+// block's queries beside the FFN of the blocks before it where the memory serves both (STAGE_ATTENTION then holds
+// what the FFN does not hide).
 enum Stage : uint32_t {
   STAGE_EMBEDDING = 0,  // embedding row lookups
   STAGE_NORM = 1,       // RMSNorm (layers and final)
@@ -159,7 +161,7 @@ enum Stage : uint32_t {
                         // brom_ddr.h DdrStream)
   STAGE_LORA = 4,       // LoRA unit: deltas of the active slot, and CMD_LOAD_LORA copies
   STAGE_ROPE = 5,       // RoPE angles and rotations
-  STAGE_ATTENTION = 6,  // KV writes, scores, softmax, P*V (beyond the FFN beside it)
+  STAGE_ATTENTION = 6,  // KV writes, scores, softmax, P*V (beyond the FFN beside it in a prefill)
   STAGE_ACTIVATION = 7, // SwiGLU
   STAGE_RESIDUAL = 8,   // residual adds
   STAGE_LM_HEAD = 9,    // LM head: activation quantizer + GEMV over the vocabulary (ROM or DDR-streamed), and

@@ -102,10 +102,10 @@ def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
         assert k[kernel]["rtl_instances"] == 1, kernel
     for kernel, n in (("RMSNorm", tt), ("RoPE", tt), ("SwiGLU", tt), ("residual add", 2 * tt)):
         assert k[kernel]["rtl_instances"] == n, kernel
-    # a function's local arrays are memories of each of its RTL instances: the FFN block's buffers, fp32, a row per
+    # a function's local arrays are memories of each of its RTL instances: the FFN step's buffers, fp32, a row per
     # token lane, once for layer()'s two call sites (ALLOCATION)
-    gate = [a for a in tiny_report["local_arrays"] if a["name"] == "ffn_block::gate"]
-    assert len(gate) == 1 and (gate[0]["instances"], gate[0]["bytes"]) == (1, 4 * model["ffn_dim"] * tt), gate
+    o_f = [a for a in tiny_report["local_arrays"] if a["name"] == "ffn_step::o_f"]
+    assert len(o_f) == 1 and (o_f[0]["instances"], o_f[0]["bytes"]) == (1, 4 * model["dim"] * tt), o_f
     assert tiny_report["total_bram36"] == tiny_report["bram36"] + tiny_report["local_bram36"]
     # the activation quantizer's input and output for each token lane, partitioned where they are declared (the
     # head's engine has one lane): the GEMV inputs (h) by the board's act_lanes, an engine's codes (xq) by its own
