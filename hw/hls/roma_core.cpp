@@ -600,7 +600,7 @@ constexpr bool serves_shape() {
 // C simulation: tensor (l, LIN) on engine R for the block's n tokens (each token's activation quantizer at the
 // tensor's own width, then the emulated board's packed GEMV of the whole tensor, or the straight one, tile by tile,
 // for a tensor it could not pack), or nothing when the tensor is not one of R's; counted as the engine counts it
-// (the lanes' quantizers side by side, the candidates per token, one pass over the weights for the block).
+// (the lanes' quantizers and candidate stages side by side, one pass over the weights for the block).
 template <class R, int LIN>
 void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, TOKEN_OUTS, Cycles &cyc) {
   constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN), NG = R::MAX_COLS / R::GROUP;
@@ -637,11 +637,11 @@ void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, T
     }
     if constexpr (R::DDR) {
       typedef DdrStream<DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>, rm::WEIGHT_PORT_BITS> P;
-      P::count(cyc, n, P::rounds(R::TILES, rm::WEIGHT_PORTS), ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN,
+      P::count(cyc, P::rounds(R::TILES, rm::WEIGHT_PORTS), ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN,
                P::y_rows(R::TILES, rm::WEIGHT_PORTS, out_banks<R>()));
     } else { // parallel tiles: one tile's cycles
       typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ> S;
-      cyc.candidates += (uint64_t)n * S::cand_cycles(COLS);
+      cyc.candidates += S::cand_cycles(COLS);
       cyc.gemv += S::engine_gemv_cycles(n, R::TOKENS, ROWS, COLS, R::MIN_ROWS);
     }
   }

@@ -304,9 +304,10 @@ long run_token_lanes(const Case &c, const BromImageHost &img, Tally &tally) {
   }
   typedef BromStepConfig<GROUP, BITS, Datapath::LutSelect, SF> S;
   const bool split = S::row_split(n, L, ROWS, ROWS);
+  // a block costs one token's candidate stage (a stage per lane, side by side) and one pass over the weights
   tally.check(block.gemv == (split ? S::gemv_cycles(ROWS / 2, COLS, C::GEMV_II) : one.gemv) &&
-              block.candidates == (uint64_t)n * one.candidates);
-  tally.check(block_ddr.gemv == one_ddr.gemv && block_ddr.candidates == (uint64_t)n * one_ddr.candidates);
+              block.candidates == one.candidates);
+  tally.check(block_ddr.gemv == one_ddr.gemv && block_ddr.candidates == one_ddr.candidates);
 
   // Decode's row split: token 0 alone through the lanes, its even rows on lane 0 and its odd ones on lane 1 (where
   // the tile's rows allow it: S::row_split), into y0 only: bit for bit its GEMV on one lane, every dot product probed

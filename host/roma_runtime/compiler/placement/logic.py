@@ -25,17 +25,18 @@ weight bits W = BITS, activation bits A = 8):
   fp32 scale path per step (brom_term, q8/fp16 decode): 2 int->fp32, 2 fp16->fp32, 3 fmul, 2 fadd.
   FF: FINN has no FF formula; the integer datapath's registers are counted as its tree and accumulator bits
   (c1 * (tree + acc)), and each fp operator's pipeline registers (FP_OPS).
-Candidate stage (brom_candidates, once per engine: its PEs share the candidates), CQ = A_e / 4 quads per cycle,
-  A_e the engine's activation lanes (boards.json act_lanes, at most its group: Board.engine_act_lanes): LutSelect
-  11 adders of C bits per quad (its 16 subset sums), registered (16 * C FF per quad); both datapaths the group
-  sum, 4 * CQ activations of C bits added per cycle. LUT = c1 * (CQ * 11 * C + 4 * CQ * C).
+Candidate stage (brom_candidates, once per engine and token lane: its PEs share the candidates), CQ = A_e / 4 quads
+  per cycle, A_e the engine's activation lanes (boards.json act_lanes, at most its group:
+  Board.engine_act_lanes): LutSelect 11 adders of C bits per quad (its 16 subset sums), registered (16 * C FF per
+  quad); both datapaths the group sum, 4 * CQ activations of C bits added per cycle. LUT = c1 * (CQ * 11 * C + 4 *
+  CQ * C).
 A DDR engine's chunk loop (brom_ddr_gemv_rt) unrolls a chunk's LANES steps of each token lane at the chunk II
   (ddr_stream: brom_ddr.h DdrStream at the board's weight_port_bits); its datapaths are the lanes the II leaves
   unshared, ceil(LANES * token lanes / II) per weight port (a tile streams through each at once): 1 at a 128-bit
   port with one token lane, 4 per lane for 2-bit G64 (a 512-bit port word holds 4 steps' planes).
 Token lanes (boards.json token_lanes; roma_core.cpp Unit::TOKENS, one for a head engine): a layers' engine's
-  datapaths and activation quantizers once per lane (a block of prefill tokens per pass over the weights); its
-  candidate stage once (the lanes' tokens one after another). An on-chip one's row split (decode: lane 1 takes the
+  datapaths, activation quantizers and candidate stages once per lane (a block of prefill tokens per pass over the
+  weights, the lanes side by side). An on-chip one's row split (decode: lane 1 takes the
   odd rows of token 0) adds 2:1 muxes: a group's candidates (16 C bits per quad; DspMac: the group's 8-bit
   activations), its scale and sum (64 bits), and each PE's fp32 output into y0 (32 bits per tile).
 Activation quantizer (act_quant, SIMD = A_e; one per engine and token lane): per lane an integer
@@ -225,12 +226,14 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
     for lanes, n in sorted(quantizers.items()):
         units.append(_unit(f"activation quantizer of {lanes} lanes (one per engine and token lane)", n,
                            *act_quantizer(lanes), {"simd": lanes, "quantizers": n}))
-    stages = Counter((engine_datapath(e["bits"], datapath), board.engine_act_lanes(e["group"]))
-                     for e in engines if e["gemv"])
+    stages = Counter()
+    for e in engines:
+        if e["gemv"]:
+            stages[engine_datapath(e["bits"], datapath), board.engine_act_lanes(e["group"])] += e["token_lanes"]
     for (dp, lanes), n in sorted(stages.items()):
         cl, cf, cd, cin = candidate_stage(lanes, dp)
-        units.append(_unit(f"candidate stage of {lanes} lanes (one per {dp} engine)", n, cl, cf, cd,
-                           {**cin, "engines": n}))
+        units.append(_unit(f"candidate stage of {lanes} lanes (one per {dp} engine and token lane)", n, cl, cf, cd,
+                           {**cin, "stages": n}))
     if lora_unit:
         lo = _ops({"h2f": 2, "fmul": 5, "fadd": 3})
         units.append(_unit("LoRA apply (one, every linear)", 1, *lo,

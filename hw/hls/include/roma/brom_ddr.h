@@ -189,10 +189,10 @@ struct DdrStream {
   }
   // Tiles of a tensor of `tiles` through `ports` weight ports: rounds of one tile per port.
   static constexpr int rounds(int tiles, int ports) { return (tiles + ports - 1) / ports; }
-  // One GEMV of a tensor whose tiles take `rounds` rounds, for a block of n tokens: the candidates of each token,
-  // then the rounds one after another and the last round's outputs (y_rows of them a cycle).
-  static void count(Cycles &cyc, int n, int rounds, int rows, int cols, int ii_rows, int row_align, int y_rows) {
-    cyc.candidates += (uint64_t)n * S::cand_cycles(cols);
+  // One GEMV of a tensor whose tiles take `rounds` rounds, for a block of tokens: their candidates (a stage per token
+  // lane, side by side), then the rounds one after another and the last round's outputs (y_rows of them a cycle).
+  static void count(Cycles &cyc, int rounds, int rows, int cols, int ii_rows, int row_align, int y_rows) {
+    cyc.candidates += S::cand_cycles(cols);
     cyc.gemv += round_cycles(rows, cols, ii_rows, row_align, true) +
                 (uint64_t)(rounds - 1) * round_cycles(rows, cols, ii_rows, row_align, false) +
                 y_cycles(rows, ii_rows, row_align, y_rows);
@@ -283,10 +283,10 @@ void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_C
   rom_word_t prm[PORTS][D::PARAM_WORDS]; // a port's block's scale entries, read before its planes
 #pragma HLS ARRAY_PARTITION variable = prm type = complete
 
-DDR_TOKENS: // one candidate stage, the block's tokens one after another
-  for (int c = 0; c < n; ++c) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = TOKENS
-    brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq[c], cand[c], xg[c], xsum[c]);
+DDR_TOKENS: // a candidate stage per token lane, the block's tokens side by side
+  for (int c = 0; c < TOKENS; ++c) {
+#pragma HLS UNROLL
+    if (c < n) brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq[c], cand[c], xg[c], xsum[c]);
   }
 
   const int ng = cols / GROUP, steps = D::steps(rows, cols), chunks = (int)P::chunks(rows, cols);
@@ -419,7 +419,7 @@ DDR_Y: // the lanes outrun y's write port: the last round's outputs from its acc
 #pragma HLS UNROLL
     if (k < ng) xsum_out[k] = xsum[0][k];
   }
-  P::count(cyc, n, ROUNDS, rows, cols, E::MIN_ROWS, E::ROW_ALIGN, Y_ROWS);
+  P::count(cyc, ROUNDS, rows, cols, E::MIN_ROWS, E::ROW_ALIGN, Y_ROWS);
 }
 
 // A fixed tile shape as an engine: its one row count is its alignment.

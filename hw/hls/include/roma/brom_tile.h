@@ -43,7 +43,8 @@
 //               written by the last group's iterations (no separate output loop).
 //   Tiles are the engine's PEs (brom_gemv_tiles_rt unrolls them inside the step loop, each with its own bank;
 //   tile t holds rows t, t + TILES, ...), so a matrix costs one tile's cycles. Token lanes (TOKENS datapaths per PE
-//   on the same ROM words): a block of n tokens costs n candidate stages and one tile's steps; a single token (decode)
+//   on the same ROM words): a block of n tokens costs one candidate stage (one per lane, side by side) and one tile's
+//   steps; a single token (decode)
 //   splits a tile's rows over two lanes, each reading its bank through its own port: half the steps
 //   (BromStepConfig::row_split).
 //
@@ -285,8 +286,7 @@ inline float *token_out(int c, float *y0, float *y1, float *y2, float *y3) {
 // once into registers and broadcasts it to every PE.
 // Token lanes (weights stationary): the engine takes n <= TOKENS activation vectors (a block of prefill tokens,
 // xq[c] and a_scale[c] for token c, output y_c) and each step's ROM words, read once, feed TOKENS datapaths per
-// PE, so a block of tokens costs one pass over the weights (the candidate stage runs once per token, one after
-// another). A decode token (n = 1) on an engine with token lanes takes two: the row split (S::row_split), lane 0 the
+// PE, so a block of tokens costs one pass over the weights (a candidate stage per token lane, side by side). A decode token (n = 1) on an engine with token lanes takes two: the row split (S::row_split), lane 0 the
 // tile's even rows and lane 1 its odd ones, each through its own port of the banks, into y0.
 // A tensor of `rows` rows per tile and `cols` columns (run time, within the bounds) whose words start at
 // plane_base, prm_base and aux_base of each tile's bank arrays (multiples of WPS for the planes).
@@ -336,10 +336,10 @@ void brom_gemv_tiles_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 2
 
-GEMV_TOKENS: // one candidate stage, the block's tokens one after another
-  for (int c = 0; c < n; ++c) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = TOKENS
-    brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq[c], cand[c], xg[c], xsum[c]);
+GEMV_TOKENS: // a candidate stage per token lane, the block's tokens side by side
+  for (int c = 0; c < TOKENS; ++c) {
+#pragma HLS UNROLL
+    if (c < n) brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq[c], cand[c], xg[c], xsum[c]);
   }
 
   // Stage 2: stream the banks, one (group, row) step per PE per cycle, WPS words from each PE's WPS banks: one
@@ -420,7 +420,7 @@ GEMV_STEPS:
 #pragma HLS UNROLL
     if (k < ng) xsum_out[k] = xsum[0][k];
   }
-  cyc.candidates += (uint64_t)n * S::cand_cycles(cols);
+  cyc.candidates += S::cand_cycles(cols);
   cyc.gemv += S::engine_gemv_cycles(n, TOKENS, rows, cols, E::MIN_ROWS);
 }
 
