@@ -225,17 +225,22 @@ def test_ddr_build_on_emu_equals_the_rom_build_and_the_golden_model(ddr_build, d
         t = int(np.argmax(ddr_logits))
         rom_logits, ddr_logits = tiny_emu.forward([t], rom_cache), ddr_emu.forward([t], ddr_cache)
         assert np.array_equal(ddr_logits, rom_logits)
-        # a decode step is one block: its attention has no FFN beside it in either build
-        assert ddr_emu.last_cycles()["attention"] == tiny_emu.last_cycles()["attention"]
+        # a decode step is one block: nothing runs beside another block, so only the stream's stages differ
+        rom_step, ddr_step = tiny_emu.last_cycles(), ddr_emu.last_cycles()
+        assert {k: v for k, v in ddr_step.items() if k not in ("gemv", "lm_head", "embedding")} == {
+            k: v for k, v in rom_step.items() if k not in ("gemv", "lm_head", "embedding")}
     assert np.array_equal(ddr_cache.kv.rows(ddr_cache.capacity), rom_cache.kv.rows(rom_cache.capacity))
     # the stream moves cycles in the GEMV, lm-head and embedding stages (a head streamed through several weight
-    # ports can take fewer than one on-chip tile), and a prefill's attention: a block's queries run beside the FFN of
-    # the block before where that FFN reads no DDR (roma_core.cpp ffn_beside_attention), so the ROM build's FFN hides
-    # part of them and the DDR build's, which shares the memory with the KV reads, none; nothing else moves
+    # ports can take fewer than one on-chip tile), and in a prefill the stages beside the GEMVs: a block's queries run
+    # beside the FFN of the blocks before where that FFN reads no DDR (roma_core.cpp ffn_beside_attention), so the ROM
+    # build's FFN hides part of them and the DDR build's, which shares the memory with the KV reads on this board,
+    # none; the norm, RoPE, SwiGLU and residual adds beside another block's GEMVs hide at least as well behind the
+    # longer streamed ones. Nothing else moves
     assert ddr_cycles["gemv"] > rom_cycles["gemv"] and ddr_cycles["lm_head"] != rom_cycles["lm_head"]
     assert ddr_cycles["embedding"] > rom_cycles["embedding"]
     assert ddr_cycles["attention"] > rom_cycles["attention"]
-    moved = ("gemv", "lm_head", "embedding", "attention")
+    assert all(ddr_cycles[k] <= rom_cycles[k] for k in ("norm", "rope", "activation", "residual"))
+    moved = ("gemv", "lm_head", "embedding", "attention", "norm", "rope", "activation", "residual")
     assert {k: v for k, v in ddr_cycles.items() if k not in moved} == {
         k: v for k, v in rom_cycles.items() if k not in moved}
 

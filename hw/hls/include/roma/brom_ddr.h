@@ -286,7 +286,8 @@ void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_C
 DDR_TOKENS: // a candidate stage per token lane, the block's tokens side by side
   for (int c = 0; c < TOKENS; ++c) {
 #pragma HLS UNROLL
-    if (c < n) brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq[c], cand[c], xg[c], xsum[c]);
+    if (c == 0 || c < n) // a block has a token at least
+      brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq[c], cand[c], xg[c], xsum[c]);
   }
 
   const int ng = cols / GROUP, steps = D::steps(rows, cols), chunks = (int)P::chunks(rows, cols);

@@ -339,7 +339,8 @@ void brom_gemv_tiles_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX
 GEMV_TOKENS: // a candidate stage per token lane, the block's tokens side by side
   for (int c = 0; c < TOKENS; ++c) {
 #pragma HLS UNROLL
-    if (c < n) brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq[c], cand[c], xg[c], xsum[c]);
+    if (c == 0 || c < n) // a block has a token at least
+      brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq[c], cand[c], xg[c], xsum[c]);
   }
 
   // Stage 2: stream the banks, one (group, row) step per PE per cycle, WPS words from each PE's WPS banks: one
