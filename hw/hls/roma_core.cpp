@@ -1044,11 +1044,12 @@ inline void qkv_step(int l, int T, int i, const float rope_cos[MAX_T][ROPE_PAIRS
   qkv_block(l, block_tokens(T, i), h_in, qr, kr, vr, DDR_PORTS, gemvs);
   norm_block(l, i + TT, block_tokens(T, i + TT), h_next, norm);
   rotate_block(i - TT, block_tokens(T, i - TT), rope_cos, rope_sin, qr_prev, kr_prev, vr_prev, rope);
-  const uint64_t g = gemvs.gemv.total() + gemvs.lora.apply, gn = g > norm.norm ? g : norm.norm;
+  const uint64_t g = gemvs.gemv.total() + gemvs.lora.apply;
+  uint64_t hide_norm = g, hide_rope = g > norm.norm ? g : norm.norm; // RoPE runs beside both
   a.gemv += gemvs.gemv;
   a.lora += gemvs.lora;
-  a.layer.norm += norm.norm > g ? norm.norm - g : 0;
-  a.layer.rope += rope.rope > gn ? rope.rope - gn : 0;
+  a.layer.norm += beyond(norm.norm, hide_norm);
+  a.layer.rope += beyond(rope.rope, hide_rope);
 }
 
 // Layer l over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place): one instance, run
@@ -1056,8 +1057,8 @@ inline void qkv_step(int l, int T, int i, const float rope_cos[MAX_T][ROPE_PAIRS
 // engine's weights per block), the elementwise units a block's tokens side by side (an instance per token lane:
 // ALLOCATION; each lane's rows of g_x, g_q, g_k and g_v are banks of their own, partitioned cyclic TT by token).
 // First block by block q/k/v beside the next block's norm and the previous block's RoPE (LAYER_QKV), and the chunk's
-// keys and values into the cache; then block by block its queries beside the FFN of the block before (LAYER_ATT_FFN:
-// a block's FFN needs only its own attention).
+// keys and values into the cache; then block by block its queries beside the FFN of the two blocks before it
+// (LAYER_ATT_FFN: a block's FFN needs only its own attention).
 void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], const float rope_sin[MAX_T][ROPE_PAIRS],
            half_bits_t *kv, half_bits_t *kv1, half_bits_t *kv2, half_bits_t *kv3, uint32_t cap, DDR_PORT_PARAMS,
            Acct &a) {
