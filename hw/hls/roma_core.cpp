@@ -929,20 +929,19 @@ inline void count_beside(Acct &a, const Acct &e, const LayerCycles &u) {
   a.layer.activation += beyond(u.activation, hide);
 }
 
-// The FFN of two blocks, the block at chunk row i - TT (its front: wo, residual and norm, gate and up into gate_w,
-// up_w) and the one before it (its back: SwiGLU over gate_r, up_r, w_down, residual), the engines' calls of one beside
-// the elementwise calls of the other: wo beside SwiGLU, w_down beside the residual and norm, gate and up beside the
-// residual. One instance (ALLOCATION) for layer()'s two call sites.
-void ffn_step(int l, int T, int i, float att[TT][QDIM], float gate_w[TT][rm::FFN_DIM], float up_w[TT][rm::FFN_DIM],
-              float gate_r[TT][rm::FFN_DIM], float up_r[TT][rm::FFN_DIM], DDR_PORT_PARAMS, Acct &a) {
+// The FFN of two blocks, the block at chunk row i - TT (its front: wo, residual and norm into h, gate and up into
+// gate_w, up_w) and the one before it (its back: SwiGLU over gate_r, up_r, w_down, residual), the engines' calls of
+// one beside the elementwise calls of the other: wo beside SwiGLU, w_down beside the residual and norm, gate and up
+// beside the residual. One instance (ALLOCATION) for layer()'s two call sites.
+void ffn_step(int l, int T, int i, float att[TT][QDIM], float h[TT][rm::DIM], float gate_w[TT][rm::FFN_DIM],
+              float up_w[TT][rm::FFN_DIM], float gate_r[TT][rm::FFN_DIM], float up_r[TT][rm::FFN_DIM],
+              DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE off
   const int f0 = i - TT, b0 = i - 2 * TT, nf = block_tokens(T, f0), nb = block_tokens(T, b0);
-  // the front's wo outputs and FFN input, the back's w_down outputs
-  float o_f[TT][rm::DIM], h[TT][rm::DIM], o_b[TT][rm::DIM];
+  // the front's wo outputs, the back's w_down outputs
+  float o_f[TT][rm::DIM], o_b[TT][rm::DIM];
 #pragma HLS ARRAY_PARTITION variable = o_f type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = o_f type = cyclic factor = RESIDUAL_IN_LANES dim = 2
-#pragma HLS ARRAY_PARTITION variable = h type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = NORM_OUT_LANES dim = 2
 #pragma HLS ARRAY_PARTITION variable = o_b type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = o_b type = cyclic factor = RESIDUAL_IN_LANES dim = 2
   Acct e1, e2, e3;
@@ -974,15 +973,15 @@ inline bool ffn_beside_attention(int l) {
 // elementwise units and weight ports): counted as the longer of the two where ffn_beside_attention, else one after
 // the other; attention's stage counts what the FFN does not hide.
 inline void att_ffn_step(int l, int start, int T, int i, float att_out[TT][QDIM], float att_in[TT][QDIM],
-                         float gate_w[TT][rm::FFN_DIM], float up_w[TT][rm::FFN_DIM], float gate_r[TT][rm::FFN_DIM],
-                         float up_r[TT][rm::FFN_DIM], half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1,
-                         half_bits_t *vc1, half_bits_t *kc2, half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3,
-                         DDR_PORT_PARAMS, Acct &a) {
+                         float h[TT][rm::DIM], float gate_w[TT][rm::FFN_DIM], float up_w[TT][rm::FFN_DIM],
+                         float gate_r[TT][rm::FFN_DIM], float up_r[TT][rm::FFN_DIM], half_bits_t *kc, half_bits_t *vc,
+                         half_bits_t *kc1, half_bits_t *vc1, half_bits_t *kc2, half_bits_t *vc2, half_bits_t *kc3,
+                         half_bits_t *vc3, DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
   LayerCycles att;
   Acct ffn;
   attend_block(KvOnChip(), l, start, i, block_tokens(T, i), att_out, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, att);
-  ffn_step(l, T, i, att_in, gate_w, up_w, gate_r, up_r, DDR_PORTS, ffn);
+  ffn_step(l, T, i, att_in, h, gate_w, up_w, gate_r, up_r, DDR_PORTS, ffn);
   const uint64_t ffn_cycles = ffn.gemv.total() + ffn.layer.total() + ffn.lora.apply;
   a.gemv += ffn.gemv;
   a.layer += ffn.layer;
@@ -1103,7 +1102,8 @@ LAYER_QKV: // two blocks' q, k, v per iteration, each beside the next block's no
   }
   attend_rows(KvOnChip(), l, start, T, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, a.layer);
   // the attention outputs and the FFN's gate and up of two blocks: one set written while the units beside read the
-  // other (gate is also w_down's input: written GEMV_OUT_LANES rows per cycle, read GEMV_IN_LANES)
+  // other (gate is also w_down's input: written GEMV_OUT_LANES rows per cycle, read GEMV_IN_LANES); the FFN's input
+  // goes into h0, free once LAYER_QKV is done
   float att0[TT][QDIM], att1[TT][QDIM], gate0[TT][rm::FFN_DIM], gate1[TT][rm::FFN_DIM], up0[TT][rm::FFN_DIM],
       up1[TT][rm::FFN_DIM];
 #pragma HLS ARRAY_PARTITION variable = att0 type = complete dim = 1
@@ -1121,9 +1121,9 @@ LAYER_QKV: // two blocks' q, k, v per iteration, each beside the next block's no
 LAYER_ATT_FFN: // two blocks' queries per iteration, each beside the FFN of the two blocks before it
   for (int i0 = 0; i0 < T + 2 * TT; i0 += 2 * TT) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS / 2 + 1
-    att_ffn_step(l, start, T, i0, att0, att1, gate1, up1, gate0, up0, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, DDR_PORTS,
-                 a);
-    att_ffn_step(l, start, T, i0 + TT, att1, att0, gate0, up0, gate1, up1, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3,
+    att_ffn_step(l, start, T, i0, att0, att1, h0, gate1, up1, gate0, up0, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3,
+                 DDR_PORTS, a);
+    att_ffn_step(l, start, T, i0 + TT, att1, att0, h0, gate0, up0, gate1, up1, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3,
                  DDR_PORTS, a);
   }
 }

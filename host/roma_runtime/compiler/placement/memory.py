@@ -40,7 +40,7 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   vocabulary's fp32 logits), attention's score [TOKEN_LANES][HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions,
   else the build's context), the sampler's g_recent ring, the LoRA unit (C1) and the one lora_apply's t [rank], the on-chip
   KV cache g_kv_chip [N_LAYERS][2][positions * KV_DIM] fp16, and the locals of the one layer(), ffn_step() and
-  forward() instance (layer's h, qr, kr, vr, att, gate and up, two of each: h0, h1, ...; ffn_step's o_f, h, o_b; a
+  forward() instance (layer's h, qr, kr, vr, att, gate and up, two of each: h0, h1, ...; ffn_step's o_f, o_b; a
   row per token lane; forward's h and the chunk's RoPE angles rope_cos and rope_sin, bound to LUTRAM) and of
   attention (ql, acc, a row per lane).
 Not listed: locals the footprint finds in LUTRAM or registers in every build (sampler pools, RoPE tables,
@@ -550,7 +550,7 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
     # q/k/v's outputs qr, kr, vr, the attention outputs att and the FFN's gate and up; then the FFN step's own
     local = [_local("layer", f"{v}{i}", 32, [token_lanes, n], pragmas, None) for v, n in
              (("h", d), ("qr", qdim), ("kr", kv), ("vr", kv), ("att", qdim), ("gate", f), ("up", f)) for i in (0, 1)]
-    local += [_local("ffn_step", v, 32, [token_lanes, d], pragmas, None) for v in ("o_f", "h", "o_b")]
+    local += [_local("ffn_step", v, 32, [token_lanes, d], pragmas, None) for v in ("o_f", "o_b")]
     local += [_local("forward", "h", 32, [d], pragmas, None),
               _local("forward", "rope_cos", 32, [t, hd // 2], pragmas, None),
               _local("forward", "rope_sin", 32, [t, hd // 2], pragmas, None),
