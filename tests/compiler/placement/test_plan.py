@@ -476,7 +476,7 @@ def test_cli_json():
     assert d["resources"]["dsp"]["available"] == 12288 and d["resources"]["lut"]["used"] > 0
     # in front of each engine's PEs: the quantizer at the board's act_lanes, at most the engine's group (the layers'
     # 2-bit G64 engines a whole group of 64 on a U250, the 8-bit G32 head's 32) once per engine and token lane (the
-    # board's for the layers' engines, one for the head's), the candidates a quad per four of them once per engine
+    # board's for the layers' engines, one for the head's), and so the candidates, a quad per four of them
     assert get_board("u250").act_lanes == 64
     quant = [u for u in logic["units"] if u["unit"].startswith("activation quantizer")]
     cand = [u for u in logic["units"] if u["unit"].startswith("candidate stage")]
@@ -486,7 +486,7 @@ def test_cli_json():
     tokens = [u["inputs"]["token_lanes"] for u in gemv]
     assert sorted(set(tokens)) == [1, get_board("u250").token_lanes]
     assert sum(u["count"] for u in quant) == sum(tokens)
-    assert sum(u["count"] for u in cand) == len(gemv) < sum(u["inputs"]["tiles"] for u in gemv)
+    assert sum(u["count"] for u in cand) == sum(tokens) < sum(u["inputs"]["tiles"] for u in gemv)
 
 
 def test_cli_plans_the_embedding_as_roma_compile_stores_it():
