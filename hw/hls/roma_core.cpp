@@ -163,8 +163,8 @@ constexpr int GEMV_OUT_LANES =
     pow2_at_least(lanes_max(ROMA_GEMV_PE * (rm::TOKEN_LANES > 1 ? 2 : 1), rm::WEIGHT_PORTS));
 // The GEMV inputs are read GEMV_IN_LANES per cycle at most by the engines' activation quantizers (roma_model.h
 // ROMA_ACT_LANES, the board's act_lanes; an engine of a smaller group reads its group: Unit::ACT), so they are
-// partitioned cyclic by GEMV_IN_LANES where they are declared (h, att0 and att1); gate is also written ROMA_GEMV_PE rows per
-// cycle (GEMV_OUT_LANES): cyclic by the larger of the two (powers of two: a multiple of both).
+// partitioned cyclic by GEMV_IN_LANES where they are declared (h0/h1, att0/att1); gate is also written ROMA_GEMV_PE
+// rows per cycle (GEMV_OUT_LANES): cyclic by the larger of the two (powers of two: a multiple of both).
 constexpr int GEMV_IN_LANES = ROMA_ACT_LANES;
 static_assert(GEMV_IN_LANES >= QUAD && (GEMV_IN_LANES & (GEMV_IN_LANES - 1)) == 0,
               "ROMA_ACT_LANES: a power of two >= 4");
@@ -789,8 +789,8 @@ void attend_block(std::true_type /*on chip*/, int l, int start, int i0, int n, f
                   half_bits_t *, LayerCycles &cyc) {
 #pragma HLS INLINE off
   if (n == 0) return;
-  ROMA_ATTENTION_LANES<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, ATT_SIMD, KvPlace::OnChip, TT, 1, 1,
-                       PV_SETS>(&g_q[i0], n, start + i0, g_kv_chip[l][0], g_kv_chip[l][1], out, cyc);
+  ROMA_ATTENTION_LANES<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, ATT_SIMD, KvPlace::OnChip, TT, 1,
+                       1, PV_SETS>(&g_q[i0], n, start + i0, g_kv_chip[l][0], g_kv_chip[l][1], out, cyc);
 }
 template <class = void>
 void attend_block(std::false_type /*in DDR*/, int, int start, int i0, int n, float out[TT][QDIM], half_bits_t *kc,
@@ -916,9 +916,9 @@ inline uint64_t beyond(uint64_t c, uint64_t &hide) {
   hide -= hidden;
   return c - hidden;
 }
-// A GEMV call (the engines' cycles: e) beside an elementwise one (u), as Vitis HLS starts two calls with no data between
-// them (UG1399, "Loop Parallelism": it schedules functions, not loops, in parallel): the GEMV counted in full, the
-// elementwise stages by what they add beyond it.
+// A GEMV call (the engines' cycles: e) beside an elementwise one (u), as Vitis HLS starts two calls with no data
+// between them (UG1399, "Loop Parallelism": it schedules functions, not loops, in parallel): the GEMV counted in
+// full, the elementwise stages by what they add beyond it.
 inline void count_beside(Acct &a, const Acct &e, const LayerCycles &u) {
 #pragma HLS INLINE
   uint64_t hide = e.gemv.total() + e.lora.apply;

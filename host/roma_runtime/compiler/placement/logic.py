@@ -26,18 +26,17 @@ weight bits W = BITS, activation bits A = 8):
   FF: FINN has no FF formula; the integer datapath's registers are counted as its tree and accumulator bits
   (c1 * (tree + acc)), and each fp operator's pipeline registers (FP_OPS).
 Candidate stage (brom_candidates, once per engine and token lane: its PEs share the candidates), CQ = A_e / 4 quads
-  per cycle, A_e the engine's activation lanes (boards.json act_lanes, at most its group:
-  Board.engine_act_lanes): LutSelect 11 adders of C bits per quad (its 16 subset sums), registered (16 * C FF per
-  quad); both datapaths the group sum, 4 * CQ activations of C bits added per cycle. LUT = c1 * (CQ * 11 * C + 4 *
-  CQ * C).
+  per cycle, A_e the engine's activation lanes (boards.json act_lanes, at most its group: Board.engine_act_lanes):
+  LutSelect 11 adders of C bits per quad (its 16 subset sums), registered (16 * C FF per quad); both datapaths the
+  group sum, 4 * CQ activations of C bits added per cycle. LUT = c1 * (CQ * 11 * C + 4 * CQ * C).
 A DDR engine's chunk loop (brom_ddr_gemv_rt) unrolls a chunk's LANES steps of each token lane at the chunk II
   (ddr_stream: brom_ddr.h DdrStream at the board's weight_port_bits); its datapaths are the lanes the II leaves
   unshared, ceil(LANES * token lanes / II) per weight port (a tile streams through each at once): 1 at a 128-bit
   port with one token lane, 4 per lane for 2-bit G64 (a 512-bit port word holds 4 steps' planes).
 Token lanes (boards.json token_lanes; roma_core.cpp Unit::TOKENS, one for a head engine): a layers' engine's
   datapaths, activation quantizers and candidate stages once per lane (a block of prefill tokens per pass over the
-  weights, the lanes side by side). An on-chip one's row split (decode: lane 1 takes the
-  odd rows of token 0) adds 2:1 muxes: a group's candidates (16 C bits per quad; DspMac: the group's 8-bit
+  weights, the lanes side by side). An on-chip one's row split (decode: lane 1 takes the odd rows of token 0) adds
+  2:1 muxes: a group's candidates (16 C bits per quad; DspMac: the group's 8-bit
   activations), its scale and sum (64 bits), and each PE's fp32 output into y0 (32 bits per tile).
 Activation quantizer (act_quant, SIMD = A_e; one per engine and token lane): per lane an integer
   compare of 31 bits, an fmul and a round/clip of 8 bits; 2 fdiv (the scale and its inverse).

@@ -44,9 +44,8 @@
 //   Tiles are the engine's PEs (brom_gemv_tiles_rt unrolls them inside the step loop, each with its own bank;
 //   tile t holds rows t, t + TILES, ...), so a matrix costs one tile's cycles. Token lanes (TOKENS datapaths per PE
 //   on the same ROM words): a block of n tokens costs one candidate stage (one per lane, side by side) and one tile's
-//   steps; a single token (decode)
-//   splits a tile's rows over two lanes, each reading its bank through its own port: half the steps
-//   (BromStepConfig::row_split).
+//   steps; a single token (decode) splits a tile's rows over two lanes, each reading its bank through its own port:
+//   half the steps (BromStepConfig::row_split).
 //
 // Synthesis: the caller binds the arrays' storage (roma_core.cpp: a BRAM ROM, or a URAM bank written by
 // CMD_LOAD_WEIGHTS); a ROM is declared static const, initialised from the packer's .dat:
@@ -286,8 +285,9 @@ inline float *token_out(int c, float *y0, float *y1, float *y2, float *y3) {
 // once into registers and broadcasts it to every PE.
 // Token lanes (weights stationary): the engine takes n <= TOKENS activation vectors (a block of prefill tokens,
 // xq[c] and a_scale[c] for token c, output y_c) and each step's ROM words, read once, feed TOKENS datapaths per
-// PE, so a block of tokens costs one pass over the weights (a candidate stage per token lane, side by side). A decode token (n = 1) on an engine with token lanes takes two: the row split (S::row_split), lane 0 the
-// tile's even rows and lane 1 its odd ones, each through its own port of the banks, into y0.
+// PE, so a block of tokens costs one pass over the weights (a candidate stage per token lane, side by side). A
+// decode token (n = 1) on an engine with token lanes takes two: the row split (S::row_split), lane 0 the tile's even
+// rows and lane 1 its odd ones, each through its own port of the banks, into y0.
 // A tensor of `rows` rows per tile and `cols` columns (run time, within the bounds) whose words start at
 // plane_base, prm_base and aux_base of each tile's bank arrays (multiples of WPS for the planes).
 // Tile t holds the tensor's rows r * TILES + t (r = 0..rows-1), so each cycle of the last group writes TILES
