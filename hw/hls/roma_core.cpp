@@ -17,7 +17,8 @@
 // or port on each word it reads (weights stationary), each token bit for bit as alone; a decode token takes one.
 // Blocks overlap in a layer: a block's q/k/v GEMVs run beside the next block's norm and the previous block's RoPE
 // (LAYER_QKV), a block's attention beside the FFN of the two before it, and in that FFN one block's GEMVs beside the
-// other's elementwise units (LAYER_ATT_FFN, ffn_step).
+// other's elementwise units (LAYER_ATT_FFN, ffn_step). A decode token whose k and v stream from DDR scores its cached
+// keys beside its k and v GEMVs (token_qkv).
 //
 // One instance of each kernel, shared by all layers (issue 19): the layer index is a run-time loop variable, and
 // every linear of every layer runs through linear(l, lin, ...), one function called at eight places (the seven
@@ -769,7 +770,9 @@ void ffn_pair(std::true_type, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, fl
 #endif
 // Layer l's attention, in two steps: the chunk's keys and values (g_k, g_v) into the KV cache, on chip (written through
 // to the DDR rows kc, vc) or in DDR; then block by block, the n queries of g_q from row i0 over the cache into out (a
-// block's rows; n = 0: nothing). Templates: only the build's overloads are instantiated.
+// block's rows; n = 0: nothing), their keys [keys_from, keys_to) scored by this call and the steps it takes
+// (AttentionSteps: a decode token's cached keys are scored beside its k and v GEMVs, token_qkv). Templates: only the
+// build's overloads are instantiated.
 template <class = void>
 void attend_rows(std::true_type /*on chip*/, int l, int start, int T, half_bits_t *kc, half_bits_t *vc, half_bits_t *,
                  half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, LayerCycles &cyc) {
@@ -784,22 +787,24 @@ void attend_rows(std::false_type /*in DDR*/, int, int start, int T, half_bits_t 
                 rm::KV_SETS>(g_k, g_v, start, T, kc, vc, cyc, nullptr, nullptr, kc1, vc1, kc2, vc2, kc3, vc3);
 }
 template <class = void>
-void attend_block(std::true_type /*on chip*/, int l, int start, int i0, int n, float out[TT][QDIM], half_bits_t *,
-                  half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *,
-                  half_bits_t *, LayerCycles &cyc) {
+void attend_block(std::true_type /*on chip*/, int l, int start, int i0, int n, int keys_from, int keys_to, int steps,
+                  float out[TT][QDIM], half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *, half_bits_t *,
+                  half_bits_t *, half_bits_t *, half_bits_t *, LayerCycles &cyc) {
 #pragma HLS INLINE off
   if (n == 0) return;
   ROMA_ATTENTION_LANES<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::KV_ONCHIP_CTX, ATT_SIMD, KvPlace::OnChip, TT, 1,
-                       1, PV_SETS>(&g_q[i0], n, start + i0, g_kv_chip[l][0], g_kv_chip[l][1], out, cyc);
+                       1, PV_SETS>(&g_q[i0], n, start + i0, keys_from, keys_to, steps, g_kv_chip[l][0],
+                                   g_kv_chip[l][1], out, cyc);
 }
 template <class = void>
-void attend_block(std::false_type /*in DDR*/, int, int start, int i0, int n, float out[TT][QDIM], half_bits_t *kc,
-                  half_bits_t *vc, half_bits_t *kc1, half_bits_t *vc1, half_bits_t *kc2, half_bits_t *vc2,
-                  half_bits_t *kc3, half_bits_t *vc3, LayerCycles &cyc) {
+void attend_block(std::false_type /*in DDR*/, int, int start, int i0, int n, int keys_from, int keys_to, int steps,
+                  float out[TT][QDIM], half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1, half_bits_t *vc1,
+                  half_bits_t *kc2, half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3, LayerCycles &cyc) {
 #pragma HLS INLINE off
   if (n == 0) return;
   ROMA_ATTENTION_LANES<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, rm::CONTEXT, ATT_SIMD, KvPlace::Ddr, TT, rm::KV_PORTS,
-                       rm::KV_SETS, PV_SETS>(&g_q[i0], n, start + i0, kc, vc, out, cyc, kc1, vc1, kc2, vc2, kc3, vc3);
+                       rm::KV_SETS, PV_SETS>(&g_q[i0], n, start + i0, keys_from, keys_to, steps, kc, vc, out, cyc, kc1,
+                                             vc1, kc2, vc2, kc3, vc3);
 }
 
 // A token's value row from vr into the chunk's g_v, GEMV_OUT_LANES per cycle (the rate the engines wrote it; g_v's
@@ -972,15 +977,18 @@ inline bool ffn_beside_attention(int l) {
 // them, which Vitis HLS starts together, on units of their own (attention's datapaths and KV ports; the GEMV engines,
 // elementwise units and weight ports): counted as the longer of the two where ffn_beside_attention, else one after
 // the other; attention's stage counts what the FFN does not hide.
-inline void att_ffn_step(int l, int start, int T, int i, float att_out[TT][QDIM], float att_in[TT][QDIM],
-                         float h[TT][rm::DIM], float gate_w[TT][rm::FFN_DIM], float up_w[TT][rm::FFN_DIM],
-                         float gate_r[TT][rm::FFN_DIM], float up_r[TT][rm::FFN_DIM], half_bits_t *kc, half_bits_t *vc,
-                         half_bits_t *kc1, half_bits_t *vc1, half_bits_t *kc2, half_bits_t *vc2, half_bits_t *kc3,
-                         half_bits_t *vc3, DDR_PORT_PARAMS, Acct &a) {
+inline void att_ffn_step(int l, int start, int T, int i, bool scored, float att_out[TT][QDIM],
+                         float att_in[TT][QDIM], float h[TT][rm::DIM], float gate_w[TT][rm::FFN_DIM],
+                         float up_w[TT][rm::FFN_DIM], float gate_r[TT][rm::FFN_DIM], float up_r[TT][rm::FFN_DIM],
+                         half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1, half_bits_t *vc1, half_bits_t *kc2,
+                         half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3, DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
   LayerCycles att;
   Acct ffn;
-  attend_block(KvOnChip(), l, start, i, block_tokens(T, i), att_out, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, att);
+  const int n = block_tokens(T, i);
+  // the block's keys, or (scored: a decode token whose cached keys token_qkv scored) its own key, and the finish
+  attend_block(KvOnChip(), l, start, i, n, scored ? start : 0, start + i + n, scored ? ATT_FINISH : ATT_ALL, att_out,
+               kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, att);
   ffn_step(l, T, i, att_in, h, gate_w, up_w, gate_r, up_r, DDR_PORTS, ffn);
   const uint64_t ffn_cycles = ffn.gemv.total() + ffn.layer.total() + ffn.lora.apply;
   a.gemv += ffn.gemv;
@@ -1051,13 +1059,66 @@ inline void qkv_step(int l, int T, int i, const float rope_cos[MAX_T][ROPE_PAIRS
   a.layer.rope += beyond(rope.rope, hide_rope);
 }
 
+// A decode token's q, k and v, with its cached keys scored beside its k and v (token_qkv). The scores need only the
+// rotated query, so after wq and the query's RoPE the pass over the cached keys (attend_block's first steps) and the
+// k and v GEMVs with the key's RoPE (kv_block) are two calls with no data between them, which Vitis HLS starts
+// together (UG1399, "Loop Parallelism"); att_ffn_step's attention then scores the token's own key, written to the
+// cache in between, and finishes. The scores in any order of the keys are the same values (attention.h, AttentionSteps),
+// so the outputs are those of one pass. The second call loads the query and fills the score pipeline again (a DDR
+// burst's latency and the trees'), so this pays where k and v take longer than that: where they stream from DDR
+// (a burst each and their words through the weight ports) and the KV reads do not share their memory: a KV cache on
+// chip, or a KV port of its own (KV_BESIDE_WEIGHTS, as ffn_beside_attention). Any other token runs as a prefill
+// block of one.
+inline bool scores_beside_kv(int l) {
+  return (KV_ONCHIP || rm::KV_BESIDE_WEIGHTS) && lin_ddr(l, L_WK) >= 0 && lin_ddr(l, L_WV) >= 0;
+}
+// k and v from h (wq's activation codes) into kr, vr; the key rotated into g_k, the values copied into g_v. rope_qk's
+// query arguments are unused (ROPE_K) and name arrays attention does not touch (qr, q_unused), so that the call beside
+// shares none.
+void kv_block(int l, const float cos_t[ROPE_PAIRS], const float sin_t[ROPE_PAIRS], float h[TT][rm::DIM],
+              float qr[TT][QDIM], float q_unused[TT][QDIM], float kr[TT][rm::KV_DIM], float vr[TT][rm::KV_DIM],
+              DDR_PORT_PARAMS, Acct &a) {
+#pragma HLS INLINE off
+  linear(l, L_WK, 1, TOKEN_ROWS(h), TOKEN_ROWS(kr), DDR_PORTS, a, true);
+  linear(l, L_WV, 1, TOKEN_ROWS(h), TOKEN_ROWS(vr), DDR_PORTS, a, true);
+  rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(cos_t, sin_t, qr[0], kr[0], q_unused[0], g_k[0],
+                                                                 a.layer, ROPE_K);
+  v_copy(vr[0], g_v[0], a.layer);
+}
+// The token (chunk row 0 at position start > 0): RMSNorm into h, wq into qr and its RoPE into g_q, then the scores of
+// keys 0..start-1 (their maxima kept for att_ffn_step; att is not written) beside kv_block, counted
+// as kv_block's stages in full and the scores by what they add beyond them.
+inline void token_qkv(int l, int start, const float rope_cos[MAX_T][ROPE_PAIRS],
+                      const float rope_sin[MAX_T][ROPE_PAIRS], float h[TT][rm::DIM], float qr[TT][QDIM],
+                      float q_unused[TT][QDIM], float kr[TT][rm::KV_DIM], float vr[TT][rm::KV_DIM],
+                      float att[TT][QDIM], half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1, half_bits_t *vc1,
+                      half_bits_t *kc2, half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3, DDR_PORT_PARAMS,
+                      Acct &a) {
+#pragma HLS INLINE
+  norm_block(l, 0, 1, h, a.layer);
+  linear(l, L_WQ, 1, TOKEN_ROWS(h), TOKEN_ROWS(qr), DDR_PORTS, a);
+  rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(rope_cos[0], rope_sin[0], qr[0], kr[0], g_q[0],
+                                                                 g_k[0], a.layer, ROPE_Q);
+  LayerCycles scores;
+  Acct kv;
+  attend_block(KvOnChip(), l, start, 0, 1, 0, start, ATT_START, att, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, scores);
+  kv_block(l, rope_cos[0], rope_sin[0], h, qr, q_unused, kr, vr, DDR_PORTS, kv);
+  uint64_t hide = kv.gemv.total() + kv.lora.apply + kv.layer.total();
+  a.gemv += kv.gemv;
+  a.lora += kv.lora;
+  a.layer += kv.layer;
+  a.layer.attention += beyond(scores.attention, hide);
+}
+
 // Layer l over tokens 0..T-1 of the chunk at positions start.. (x in g_x, updated in place): one instance, run
 // for every layer with its run-time index. The linears take the chunk's tokens in blocks of TT (one pass over each
 // engine's weights per block), the elementwise units a block's tokens side by side (an instance per token lane:
 // ALLOCATION; each lane's rows of g_x, g_q, g_k and g_v are banks of their own, partitioned cyclic TT by token).
 // First block by block q/k/v beside the next block's norm and the previous block's RoPE (LAYER_QKV), and the chunk's
 // keys and values into the cache; then block by block its queries beside the FFN of the two blocks before it
-// (LAYER_ATT_FFN: a block's FFN needs only its own attention).
+// (LAYER_ATT_FFN: a block's FFN needs only its own attention). A decode token whose cached keys can be scored beside
+// its k and v GEMVs (scores_beside_kv) takes token_qkv instead of LAYER_QKV, and its attention block only scores its
+// own key and finishes.
 void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], const float rope_sin[MAX_T][ROPE_PAIRS],
            half_bits_t *kv, half_bits_t *kv1, half_bits_t *kv2, half_bits_t *kv3, uint32_t cap, DDR_PORT_PARAMS,
            Acct &a) {
@@ -1093,19 +1154,26 @@ void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], con
 #pragma HLS ARRAY_PARTITION variable = vr0 type = cyclic factor = GEMV_OUT_LANES dim = 2
 #pragma HLS ARRAY_PARTITION variable = vr1 type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = vr1 type = cyclic factor = GEMV_OUT_LANES dim = 2
-  norm_block(l, 0, block_tokens(T, 0), h0, a.layer);
-LAYER_QKV: // two blocks' q, k, v per iteration, each beside the next block's norm and the block before's RoPE
-  for (int i0 = 0; i0 < T + TT; i0 += 2 * TT) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS / 2 + 1
-    qkv_step(l, T, i0, rope_cos, rope_sin, h0, h1, qr0, kr0, vr0, qr1, kr1, vr1, DDR_PORTS, a);
-    qkv_step(l, T, i0 + TT, rope_cos, rope_sin, h1, h0, qr1, kr1, vr1, qr0, kr0, vr0, DDR_PORTS, a);
-  }
-  attend_rows(KvOnChip(), l, start, T, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, a.layer);
   // the attention outputs and the FFN's gate and up of two blocks: one set written while the units beside read the
   // other (gate is also w_down's input: written GEMV_OUT_LANES rows per cycle, read GEMV_IN_LANES); the FFN's input
   // goes into h0, free once LAYER_QKV is done
   float att0[TT][QDIM], att1[TT][QDIM], gate0[TT][rm::FFN_DIM], gate1[TT][rm::FFN_DIM], up0[TT][rm::FFN_DIM],
       up1[TT][rm::FFN_DIM];
+  // a decode token with cached keys: those scored beside its k and v GEMVs (token_qkv)
+  const bool scored = T == 1 && start > 0 && scores_beside_kv(l);
+  if (scored) {
+    token_qkv(l, start, rope_cos, rope_sin, h0, qr0, qr1, kr0, vr0, att0, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3,
+              DDR_PORTS, a);
+  } else {
+    norm_block(l, 0, block_tokens(T, 0), h0, a.layer);
+  LAYER_QKV: // two blocks' q, k, v per iteration, each beside the next block's norm and the block before's RoPE
+    for (int i0 = 0; i0 < T + TT; i0 += 2 * TT) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS / 2 + 1
+      qkv_step(l, T, i0, rope_cos, rope_sin, h0, h1, qr0, kr0, vr0, qr1, kr1, vr1, DDR_PORTS, a);
+      qkv_step(l, T, i0 + TT, rope_cos, rope_sin, h1, h0, qr1, kr1, vr1, qr0, kr0, vr0, DDR_PORTS, a);
+    }
+  }
+  attend_rows(KvOnChip(), l, start, T, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, a.layer);
 #pragma HLS ARRAY_PARTITION variable = att0 type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = att0 type = cyclic factor = GEMV_IN_LANES dim = 2
 #pragma HLS ARRAY_PARTITION variable = att1 type = complete dim = 1
@@ -1121,10 +1189,10 @@ LAYER_QKV: // two blocks' q, k, v per iteration, each beside the next block's no
 LAYER_ATT_FFN: // two blocks' queries per iteration, each beside the FFN of the two blocks before it
   for (int i0 = 0; i0 < T + 2 * TT; i0 += 2 * TT) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS / 2 + 1
-    att_ffn_step(l, start, T, i0, att0, att1, h0, gate1, up1, gate0, up0, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3,
-                 DDR_PORTS, a);
-    att_ffn_step(l, start, T, i0 + TT, att1, att0, h0, gate0, up0, gate1, up1, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3,
-                 DDR_PORTS, a);
+    att_ffn_step(l, start, T, i0, scored, att0, att1, h0, gate1, up1, gate0, up0, kc, vc, kc1, vc1, kc2, vc2, kc3,
+                 vc3, DDR_PORTS, a);
+    att_ffn_step(l, start, T, i0 + TT, scored, att1, att0, h0, gate0, up0, gate1, up1, kc, vc, kc1, vc1, kc2, vc2,
+                 kc3, vc3, DDR_PORTS, a);
   }
 }
 

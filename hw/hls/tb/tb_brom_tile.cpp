@@ -487,13 +487,27 @@ void check_attention_csim(Tally &tally) {
                                                                              k1, v1);
     attention_query_fast<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, PORTS>(q.data(), pos, k0, v0,
                                                                                   fast.data(), c2, k1, v1);
+    // decode's steps (roma_core's token_qkv): the cached keys 0..pos-1 scored by one call, the query's own key and
+    // the finish by another, bit for bit the one pass; counted as the two passes (the second one's query load and
+    // depth again)
+    std::vector<float> phased(q.size());
+    LayerCycles c3;
+    const float(*qv)[HEADS * HD] = reinterpret_cast<const float(*)[HEADS * HD]>(q.data());
+    float(*pv)[HEADS * HD] = reinterpret_cast<float(*)[HEADS * HD]>(phased.data());
+    attention_lanes<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, 1, PORTS>(qv, 1, pos, 0, pos, ATT_START, k0, v0,
+                                                                               pv, c3, k1, v1);
+    attention_lanes<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, 1, PORTS>(qv, 1, pos, pos, pos + 1, ATT_FINISH,
+                                                                               k0, v0, pv, c3, k1, v1);
     for (size_t i = 0; i < q.size(); ++i) {
       const bool ok = float_to_bits(ref[i]) == float_to_bits(fast[i]) &&
-                      float_to_bits(ref[i]) == float_to_bits(ported[i]);
+                      float_to_bits(ref[i]) == float_to_bits(ported[i]) &&
+                      float_to_bits(ref[i]) == float_to_bits(phased[i]);
       tally.check(ok);
       bad += !ok;
     }
     tally.check(c1.attention == c2.attention && c1.attention == C::query_cycles(pos + 1));
+    tally.check(c3.attention == C::query_cycles(pos + 1) + HEADS * C::CHD + C::QLOAD_DEPTH +
+                                    (pos > 0 ? C::SCORE_DEPTH : 0));
   }
   // token lanes: a block of three queries at positions pos..pos+2 through four lanes (one idle), each query's
   // output bit for bit as attention_query's alone, the block counted as one pass over its last query's keys
@@ -503,7 +517,7 @@ void check_attention_csim(Tally &tally) {
     for (size_t i = 0; i < qb.size(); ++i) qb[i] = rnd();
     LayerCycles cb, c1;
     attention_lanes<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, L, PORTS>(
-        reinterpret_cast<const float(*)[HEADS * HD]>(qb.data()), N, pos, k0, v0,
+        reinterpret_cast<const float(*)[HEADS * HD]>(qb.data()), N, pos, 0, pos + N, ATT_ALL, k0, v0,
         reinterpret_cast<float(*)[HEADS * HD]>(ob.data()), cb, k1, v1);
     for (int t = 0; t < L; ++t) {
       if (t < N)
@@ -588,14 +602,30 @@ void check_attention_sets(Tally &tally) {
     attention_query_fast<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, PORTS, SETS>(
         q.data(), pos, k0, v0, fast.data(), c2, k1, v1, k2, v2, k3, v3);
     attention_lanes<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, 2, PORTS, SETS>(
-        reinterpret_cast<const float(*)[HEADS * HD]>(q.data()), 1, pos, k0, v0,
+        reinterpret_cast<const float(*)[HEADS * HD]>(q.data()), 1, pos, 0, pos + 1, ATT_ALL, k0, v0,
         reinterpret_cast<float(*)[HEADS * HD]>(split.data()), c3, k1, v1, k2, v2, k3, v3);
+    // decode's steps (token_qkv), split over the sets and on one lane: keys 0..pos-1, then pos and the finish
+    std::vector<float> split2(q.size()), one2(q.size());
+    LayerCycles c4, c5;
+    const float(*qv)[HEADS * HD] = reinterpret_cast<const float(*)[HEADS * HD]>(q.data());
+    for (int step = 0; step < 2; ++step) {
+      const int from = step ? pos : 0, to = step ? pos + 1 : pos, steps = step ? ATT_FINISH : ATT_START;
+      attention_lanes<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, 2, PORTS, SETS>(
+          qv, 1, pos, from, to, steps, k0, v0, reinterpret_cast<float(*)[HEADS * HD]>(split2.data()), c4, k1, v1, k2,
+          v2, k3, v3);
+      attention_lanes<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, 1, PORTS, SETS>(
+          qv, 1, pos, from, to, steps, k0, v0, reinterpret_cast<float(*)[HEADS * HD]>(one2.data()), c5, k1, v1, k2,
+          v2, k3, v3);
+    }
     for (size_t i = 0; i < q.size(); ++i) {
-      check(float_to_bits(one[i]) == float_to_bits(fast[i]) && float_to_bits(one[i]) == float_to_bits(split[i]));
+      check(float_to_bits(one[i]) == float_to_bits(fast[i]) && float_to_bits(one[i]) == float_to_bits(split[i]) &&
+            float_to_bits(one[i]) == float_to_bits(split2[i]) && float_to_bits(one[i]) == float_to_bits(one2[i]));
       worst = std::max(worst, (double)std::fabs(one[i] - ref[i]) / (1e-5 * (1.0 + std::fabs(ref[i]))));
     }
     const int S = pos + 1;
     check(c1.attention == c2.attention && c1.attention == C::query_cycles(S));
+    check(c4.attention == C::score_cycles(0, pos, 1, 2) + C::score_cycles(pos, S, 1, 2) + C::finish_cycles(S, 1, 2) &&
+          c5.attention == C::query_cycles(S) + HEADS * C::CHD + C::QLOAD_DEPTH + (pos > 0 ? C::SCORE_DEPTH : 0));
     check(c3.attention == C::block_cycles(S, 1, 2) &&
           c1.attention - c3.attention ==
               (uint64_t)(S - C::set_rows(S, 0)) * C::CH * (C::SCORE_II + C::PV_II) - timing::FCMP_LATENCY);
@@ -607,7 +637,7 @@ void check_attention_sets(Tally &tally) {
     for (size_t i = 0; i < qb.size(); ++i) qb[i] = rnd();
     LayerCycles cb, c1;
     attention_lanes<HEADS, KV_HEADS, HD, MAXCTX, SIMD, KvPlace::Ddr, L, PORTS, SETS>(
-        reinterpret_cast<const float(*)[HEADS * HD]>(qb.data()), N, pos, k0, v0,
+        reinterpret_cast<const float(*)[HEADS * HD]>(qb.data()), N, pos, 0, pos + N, ATT_ALL, k0, v0,
         reinterpret_cast<float(*)[HEADS * HD]>(ob.data()), cb, k1, v1, k2, v2, k3, v3);
     for (int t = 0; t < L; ++t) {
       if (t < N)

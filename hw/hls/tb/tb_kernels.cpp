@@ -271,10 +271,27 @@ void run_attn(const std::string &name, int calls, int ntok, Totals &tot, const c
       std::memcpy(vb[i], &v[(size_t)(tok + i) * ROW], sizeof vb[i]);
     }
     LayerCycles one;
-    if (n == 1)
+    if (n == 1) {
+      // roma_core's decode steps (token_qkv) on copies of the caches: the cached keys scored first, then the row
+      // written, then its key and the finish: the outputs and rows of attention_decode, bit for bit
+      std::vector<half_bits_t> ks(kc), vs(vc), kds(kd), vds(vd);
+      static float os[1][QW];
+      LayerCycles steps;
+      typedef float(*Rows)[QW];
+      if (start > 0)
+        attention_lanes<HEADS, KV, HD, MAXCTX, SIMD, PLACE>(qb, 1, start, 0, start, ATT_START, ks.data(), vs.data(),
+                                                            reinterpret_cast<Rows>(os), steps);
+      kv_write<HEADS, KV, HD, MAXCTX, SIMD, PLACE>(kb[0], vb[0], start, ks.data(), vs.data(), steps, kds.data(),
+                                                   vds.data());
+      attention_lanes<HEADS, KV, HD, MAXCTX, SIMD, PLACE>(qb, 1, start, start > 0 ? start : 0, start + 1,
+                                                          start > 0 ? ATT_FINISH : ATT_ALL, ks.data(), vs.data(),
+                                                          reinterpret_cast<Rows>(os), steps);
       attention_decode<HEADS, KV, HD, MAXCTX, SIMD, PLACE>(qb[0], kb[0], vb[0], start, kc.data(), vc.data(), ob[0],
                                                            one, kd.data(), vd.data());
-    else
+      bool same = ks == kc && vs == vc && kds == kd && vds == vd;
+      for (int j = 0; j < QW; ++j) same = same && float_to_bits(os[0][j]) == float_to_bits(ob[0][j]);
+      t.exact(same, "decode steps (scores before the row is written) against one pass", c, same, 1);
+    } else
       attention_prefill<HEADS, KV, HD, MAXCTX, MAX_T, SIMD, PLACE>(qb, kb, vb, start, n, kc.data(), vc.data(), ob,
                                                                    one, kd.data(), vd.data());
     if (n == 1) last_decode = one.attention;

@@ -83,6 +83,9 @@
 // A prefill chunk of T tokens writes T rows, then runs the query loops once per block of QT queries (token lanes,
 // attention_lanes: the block's last query's keys, each row chunk read feeding every lane; query i uses keys
 // 0..start+i), so a chunk costs about T / QT passes over the keys instead of T.
+// A decode query's keys may be scored over two calls (AttentionSteps): the cached keys while its own k and v are being
+// computed, then its own key, written in between, and the finish; the second call loads the query and fills the score
+// pass's pipeline again (AttentionConfig::score_cycles), which the overlap must repay (roma_core's scores_beside_kv).
 // The emulated board's query (AVX-512, bit-identical: tb_brom_tile checks it) is in csim/attention.h.
 #ifndef ROMA_ATTENTION_H
 #define ROMA_ATTENTION_H
@@ -97,6 +100,13 @@
 namespace roma {
 
 enum class KvPlace : int { Ddr = 0, OnChip = 1 };
+
+// What one call of attention_lanes does besides loading the block's queries and scoring the keys it is given: start
+// their maxima (the first call of a block) and finish (softmax, P x V over all the keys, the outputs: the last). A
+// block's keys may be scored over several calls: the scores and their maxima do not depend on the order in which the
+// keys come, so the outputs are those of one call (decode scores the cached keys beside the token's k and v GEMVs,
+// then its own key: roma_core's token_qkv).
+enum AttentionSteps : int { ATT_START = 1, ATT_FINISH = 2, ATT_ALL = ATT_START | ATT_FINISH };
 
 // fp32(1/sqrt(n)) rounded like numpy's np.float32(1.0 / np.sqrt(n)) (double sqrt and divide, then fp32);
 // constexpr so synthesis sees a constant. Newton in double converges to within an ulp of double, far below
@@ -161,14 +171,28 @@ struct AttentionConfig {
   static constexpr uint64_t WRITE_CYCLES = (uint64_t)CH * timing::II + WRITE_DEPTH; // per new token
   // kv_load of n rows of one cache (K or V of a layer): n*ROW*2 bytes at SIMD*2 bytes per cycle, one burst.
   static constexpr uint64_t load_cycles(int n) { return (uint64_t)n * CH * timing::II + LOAD_DEPTH; }
+  // A block's score pass over keys [from, to) (decode's split: both sets' rows at once, j from set 1's first to set
+  // 0's last), the block's n queries loaded first.
+  static constexpr int score_rows(int from, int to, int n, int qt) {
+    return split(n, qt) ? set_rows(to, 0) - set_rows(from, SETS - 1) : to - from;
+  }
+  static constexpr uint64_t score_cycles(int from, int to, int n, int qt) {
+    return (uint64_t)(n * HEADS * CHD) * timing::II + QLOAD_DEPTH +
+           (score_rows(from, to, n, qt) > 0
+                ? (uint64_t)score_rows(from, to, n, qt) * CH * SCORE_II + SCORE_DEPTH
+                : 0);
+  }
+  // ... and its finish over all S keys: the lanes' maxima merged (split), P x V, the outputs one query after another.
+  static constexpr uint64_t finish_cycles(int S, int n, int qt) {
+    return (split(n, qt) ? timing::FCMP_LATENCY : 0) +
+           (uint64_t)(split(n, qt) ? set_rows(S, 0) : S) * CH * PV_II + PV_DEPTH +
+           (uint64_t)(n * HEADS * CHD) * timing::II + FINAL_DEPTH;
+  }
   // A block of n queries whose last attends to S keys, on qt token lanes (the passes over the keys once for the
   // block, the queries loaded and finished one after another; decode's split: one pass over set 0's rows, both sets
   // at once, then the two lanes' maxima merged); one query over S keys on one lane.
   static constexpr uint64_t block_cycles(int S, int n, int qt = 1) {
-    return (uint64_t)(n * HEADS * CHD) * timing::II + QLOAD_DEPTH +
-           (uint64_t)(split(n, qt) ? set_rows(S, 0) : S) * CH * (SCORE_II + PV_II) + SCORE_DEPTH +
-           (split(n, qt) ? timing::FCMP_LATENCY : 0) + PV_DEPTH + (uint64_t)(n * HEADS * CHD) * timing::II +
-           FINAL_DEPTH;
+    return score_cycles(0, S, n, qt) + finish_cycles(S, n, qt);
   }
   static constexpr uint64_t query_cycles(int S) { return block_cycles(S, 1); }
 };
@@ -264,10 +288,13 @@ KV_WRITE:
 // (C::split: one query on two or more lanes) reads both sets at once, lane t set t's rows with the query in both
 // lanes, in half the cycles, and merges the lanes' maxima before PV. Position s always adds into partial s mod P (P
 // even: a set's positions take every other partial, in order), so split and unsplit give the same bits.
+// Steps (AttentionSteps): this call scores keys [keys_from, keys_to) of the block's 0..pos+n-1, starting the maxima
+// (ATT_START) or adding to those of an earlier call (static, as the scores: one instance keeps them between calls),
+// and finishes (ATT_FINISH) once every key was scored.
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int QT = 1,
           int PORTS = 1, int SETS = 1, int PV_SETS = SETS>
-void attention_lanes(const float q[][HEADS * HD], int n, int pos, const half_bits_t *k_cache,
-                     const half_bits_t *v_cache, float out[][HEADS * HD], LayerCycles &cyc,
+void attention_lanes(const float q[][HEADS * HD], int n, int pos, int keys_from, int keys_to, int steps,
+                     const half_bits_t *k_cache, const half_bits_t *v_cache, float out[][HEADS * HD], LayerCycles &cyc,
                      const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr,
                      const half_bits_t *k_cache2 = nullptr, const half_bits_t *v_cache2 = nullptr,
                      const half_bits_t *k_cache3 = nullptr, const half_bits_t *v_cache3 = nullptr) {
@@ -281,8 +308,13 @@ void attention_lanes(const float q[][HEADS * HD], int n, int pos, const half_bit
   const float scale = attention_scale<HD>();
   const int S = pos + n; // causal: keys 0..pos+n-1, lane c's 0..pos+c
   const bool split = C::split(n, QT);
-  // the passes' rows: set 0's, both sets at once (split), or all S, set 0's then set 1's
+  // the PV pass's rows: set 0's, both sets at once (split), or all S, set 0's then set 1's
   const int rows0 = C::set_rows(S, 0), iters = (split ? rows0 : S) * CH;
+  // the score pass's: keys [keys_from, keys_to) are set r's rows [from_r, to_r); split: j over [from_1, to_0), both
+  // sets at once, else set 0's and then set 1's
+  const int from0 = C::set_rows(keys_from, 0), to0 = C::set_rows(keys_to, 0);
+  const int from1 = SETS > 1 ? C::set_rows(keys_from, SETS - 1) : 0, to1 = SETS > 1 ? C::set_rows(keys_to, SETS - 1) : 0;
+  const int score_iters = C::score_rows(keys_from, keys_to, n, QT) * CH;
 
   float ql[QT][HEADS][HD];
 #pragma HLS ARRAY_PARTITION variable = ql type = complete dim = 1
@@ -291,8 +323,9 @@ void attention_lanes(const float q[][HEADS * HD], int n, int pos, const half_bit
   static float score[QT][HEADS][MAX_CTX]; // scores of the block's queries
 #pragma HLS ARRAY_PARTITION variable = score type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = score type = cyclic factor = GROUP dim = 2
-  float mx[QT][HEADS], lsum[QT][P][HEADS];
+  static float mx[QT][HEADS]; // the scores' maxima, kept for the block's next call
 #pragma HLS ARRAY_PARTITION variable = mx type = complete dim = 0
+  float lsum[QT][P][HEADS];
 #pragma HLS ARRAY_PARTITION variable = lsum type = complete dim = 0
   float acc[QT][P][HEADS][HD]; // PV's partial sums (C::PV_PARTIALS)
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 1
@@ -314,20 +347,15 @@ QLOAD: // the block's queries one after another (split: the query into both lane
 #pragma HLS UNROLL
         ql[t][h][dc * SIMD + l] = q[c][h * HD + dc * SIMD + l];
       }
-      if (dc == 0) {
-        mx[t][h] = -INFINITY;
-        for (int p = 0; p < P; ++p) {
-#pragma HLS UNROLL
-          lsum[t][p][h] = 0.0f; // (set again at s = p below; this keeps gcc from seeing a read before any write)
-        }
-      }
+      if (dc == 0 && (steps & ATT_START)) mx[t][h] = -INFINITY;
     }
   }
 
-  // Pass 1: scores and their max (one sequential read of each set's rows of K).
-  int set = 0, j = 0, c = 0; // the pass's set (unsplit), the row within the set, the chunk of the row
+  // Pass 1: scores and their max (one sequential read of each set's rows of K in the range).
+  int set = from0 < to0 || split ? 0 : 1, j = split ? from1 : set == 0 ? from0 : from1,
+      j_end = split ? to0 : set == 0 ? to0 : to1, c = 0; // the pass's set (unsplit), its row and last, the chunk
 SCORE:
-  for (int i = 0; i < iters; ++i) {
+  for (int i = 0; i < score_iters; ++i) {
 #pragma HLS PIPELINE II = timing::II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_ITERS
     const int kh = c / CHD, dc = c % CHD;
@@ -337,7 +365,7 @@ SCORE:
     for (int t = 0; t < QT; ++t) {
 #pragma HLS UNROLL
       const int r = split ? t : set, s = j * SETS + r, qi = split ? 0 : t; // lane t's set, key and query
-      if ((split ? t >= SETS : t >= n) || s > pos + qi) continue;         // lane t: keys 0..pos+qi
+      if ((split ? t >= SETS : t >= n) || s < keys_from || s > pos + qi) continue; // lane t: keys 0..pos+qi
       for (int gq = 0; gq < GROUP; ++gq) {
 #pragma HLS UNROLL
         const int h = kh * GROUP + gq;
@@ -361,8 +389,17 @@ SCORE:
         }
       }
     }
-    detail::next_chunk(CH, split ? rows0 : C::set_rows(S, set), c, j, set);
+    if (++c == CH) { // the next row, or set 1's first
+      c = 0;
+      if (++j == j_end) {
+        set = 1;
+        j = from1;
+        j_end = to1;
+      }
+    }
   }
+  cyc.attention += C::score_cycles(keys_from, keys_to, n, QT);
+  if (!(steps & ATT_FINISH)) return;
   if (split) { // the two lanes' maxima of the query's keys: one max, exact whatever the order
     for (int h = 0; h < HEADS; ++h) {
 #pragma HLS UNROLL
@@ -370,6 +407,16 @@ SCORE:
       for (int t = 0; t < SETS; ++t) {
 #pragma HLS UNROLL
         mx[t][h] = m;
+      }
+    }
+  }
+  for (int t = 0; t < QT; ++t) { // (PV sets each at s = p; this keeps gcc from seeing a read before any write)
+#pragma HLS UNROLL
+    for (int p = 0; p < P; ++p) {
+#pragma HLS UNROLL
+      for (int h = 0; h < HEADS; ++h) {
+#pragma HLS UNROLL
+        lsum[t][p][h] = 0.0f;
       }
     }
   }
@@ -436,7 +483,7 @@ FINAL: // the block's outputs one query after another: the partials' pairwise su
       out[c][h * HD + dc * SIMD + l] = detail::tree_sum<P>(a_parts) / l_sum;
     }
   }
-  cyc.attention += C::block_cycles(S, n, QT);
+  cyc.attention += C::finish_cycles(S, n, QT);
 }
 
 // One query at position `pos` over cache rows 0..pos: a block of one, on one lane.
@@ -449,7 +496,7 @@ void attention_query(const float q[HEADS * HD], int pos, const half_bits_t *k_ca
                      const half_bits_t *v_cache3 = nullptr) {
 #pragma HLS INLINE
   attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, 1, PORTS, SETS, PV_SETS>(
-      reinterpret_cast<const float(*)[HEADS * HD]>(q), 1, pos, k_cache, v_cache,
+      reinterpret_cast<const float(*)[HEADS * HD]>(q), 1, pos, 0, pos + 1, ATT_ALL, k_cache, v_cache,
       reinterpret_cast<float(*)[HEADS * HD]>(out), cyc, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3, v_cache3);
 }
 
@@ -526,8 +573,8 @@ PREFILL_QUERY:
   for (int i0 = 0; i0 < T; i0 += QT) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
     attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, QT, PORTS, SETS, PV_SETS>(
-        &q[i0], T - i0 < QT ? T - i0 : QT, start + i0, k_cache, v_cache, &out[i0], cyc, k_cache1, v_cache1, k_cache2,
-        v_cache2, k_cache3, v_cache3);
+        &q[i0], T - i0 < QT ? T - i0 : QT, start + i0, 0, start + (T - i0 < QT ? T : i0 + QT), ATT_ALL, k_cache,
+        v_cache, &out[i0], cyc, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3, v_cache3);
   }
 }
 

@@ -86,12 +86,16 @@ ROTATE:
   cyc.rope += C::CYCLES;
 }
 
-// Q and K of one token, rotated by its position's angles (rope_angles): both rotations.
+// Which of a token's rotations a call of rope_qk makes: both, or one (a decode token rotates its query before its key
+// exists: roma_core's token_qkv).
+enum RopeParts : int { ROPE_Q = 1, ROPE_K = 2, ROPE_QK = ROPE_Q | ROPE_K };
+// Q and K of one token, rotated by its position's angles (rope_angles): the rotations `parts` names.
 template <int HEADS, int KV_HEADS, int HD, int SIMD = 2>
 void rope_qk(const float cos_t[HD / 2], const float sin_t[HD / 2], const float q[HEADS * HD],
-             const float k[KV_HEADS * HD], float q_out[HEADS * HD], float k_out[KV_HEADS * HD], LayerCycles &cyc) {
-  rope_rotate<HEADS, HD, SIMD>(q, cos_t, sin_t, q_out, cyc);
-  rope_rotate<KV_HEADS, HD, SIMD>(k, cos_t, sin_t, k_out, cyc);
+             const float k[KV_HEADS * HD], float q_out[HEADS * HD], float k_out[KV_HEADS * HD], LayerCycles &cyc,
+             int parts = ROPE_QK) {
+  if (parts & ROPE_Q) rope_rotate<HEADS, HD, SIMD>(q, cos_t, sin_t, q_out, cyc);
+  if (parts & ROPE_K) rope_rotate<KV_HEADS, HD, SIMD>(k, cos_t, sin_t, k_out, cyc);
 }
 
 } // namespace roma

@@ -192,21 +192,26 @@ void attention_query_fast(const float q[HEADS * HD], int pos, const half_bits_t 
 }
 
 // attention_lanes (../attention.h: a block of n <= QT queries at positions pos.., one pass over the keys, counted as
-// such; a block of one split over two KV sets) with the fast query.
+// such; a block of one split over two KV sets) with the fast query. Its steps (AttentionSteps) are counted as
+// attention_lanes counts them; the queries are computed whole at the finishing call, when every key is in the cache,
+// which gives the bits of attention_lanes' passes whatever the calls that scored the keys.
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int QT = 1,
           int PORTS = 1, int SETS = 1, int PV_SETS = SETS>
-void attention_lanes_csim(const float q[][HEADS * HD], int n, int pos, const half_bits_t *k_cache,
-                          const half_bits_t *v_cache, float out[][HEADS * HD], LayerCycles &cyc,
-                          const half_bits_t *k_cache1 = nullptr, const half_bits_t *v_cache1 = nullptr,
-                          const half_bits_t *k_cache2 = nullptr, const half_bits_t *v_cache2 = nullptr,
-                          const half_bits_t *k_cache3 = nullptr, const half_bits_t *v_cache3 = nullptr) {
+void attention_lanes_csim(const float q[][HEADS * HD], int n, int pos, int keys_from, int keys_to, int steps,
+                          const half_bits_t *k_cache, const half_bits_t *v_cache, float out[][HEADS * HD],
+                          LayerCycles &cyc, const half_bits_t *k_cache1 = nullptr,
+                          const half_bits_t *v_cache1 = nullptr, const half_bits_t *k_cache2 = nullptr,
+                          const half_bits_t *v_cache2 = nullptr, const half_bits_t *k_cache3 = nullptr,
+                          const half_bits_t *v_cache3 = nullptr) {
   typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS, PV_SETS> C;
+  cyc.attention += C::score_cycles(keys_from, keys_to, n, QT);
+  if (!(steps & ATT_FINISH)) return;
   LayerCycles per_query; // the block's passes are counted once, as attention_lanes counts them
   for (int i = 0; i < n; ++i)
     attention_query_fast<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS, PV_SETS>(
         q[i], pos + i, k_cache, v_cache, out[i], per_query, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3,
         v_cache3);
-  cyc.attention += C::block_cycles(pos + n, n, QT);
+  cyc.attention += C::finish_cycles(pos + n, n, QT);
 }
 
 } // namespace roma
