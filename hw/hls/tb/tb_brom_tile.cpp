@@ -590,6 +590,28 @@ void check_attention_sets(Tally &tally) {
     for (int b = 0; b < 4; ++b) ok = ok && kp[b] == k_before[b] && vp[b] == v_before[b];
     check(ok);
   }
+  { // a chunk's rows at once: each set's in one loop, counted as its rows' chunks and one write latency per set
+    constexpr int T = 5, start = MAXCTX - T;
+    std::vector<half_bits_t> k_before[4] = {kp[0], kp[1], kp[2], kp[3]}, v_before[4] = {vp[0], vp[1], vp[2], vp[3]};
+    static float kn[T][ROW], vn[T][ROW];
+    for (int t = 0; t < T; ++t)
+      for (int e = 0; e < ROW; ++e) {
+        kn[t][e] = half_to_float(kc[(size_t)(start + t) * ROW + e]);
+        vn[t][e] = half_to_float(vc[(size_t)(start + t) * ROW + e]);
+      }
+    for (int s = start; s < MAXCTX; ++s)
+      for (int b = 2 * (s % SETS); b < 2 * (s % SETS) + PORTS; ++b) {
+        std::fill_n(kp[b].begin() + (size_t)(s / SETS) * C::PORT_ROW, C::PORT_ROW, 0);
+        std::fill_n(vp[b].begin() + (size_t)(s / SETS) * C::PORT_ROW, C::PORT_ROW, 0);
+      }
+    LayerCycles cw;
+    kv_write_rows<HEADS, KV_HEADS, HD, MAXCTX, T, SIMD, KvPlace::Ddr, PORTS, SETS>(kn, vn, start, T, k0, v0, cw, nullptr,
+                                                                                   nullptr, k1, v1, k2, v2, k3, v3);
+    bool ok = cw.attention == C::write_cycles(start, T) &&
+              cw.attention == (uint64_t)T * C::CH + (SETS > 1 ? 2 : 1) * C::WRITE_DEPTH;
+    for (int b = 0; b < 4; ++b) ok = ok && kp[b] == k_before[b] && vp[b] == v_before[b];
+    check(ok);
+  }
   std::vector<float> q((size_t)HEADS * HD), ref(q.size()), one(q.size()), fast(q.size()), split(q.size());
   double worst = 0.0;
   for (int pos : {0, 1, 2, 3, 15, 64, 151, MAXCTX - 2, MAXCTX - 1}) {

@@ -66,7 +66,8 @@
 // are within the testbenches' float bound.
 //
 // Loops (SIMD fp16 elements of a row per cycle, i.e. SIMD*16 bits of the m_axi port):
-//   WRITE: CH = ROW/SIMD iterations per new token (convert + store; OnChip: both places)   II=1
+//   WRITE: CH = ROW/SIMD iterations per new token, a chunk's rows in one loop per KV set (convert + store; OnChip:
+//          both places)                                                                     II=1
 //   LOAD:  n*CH iterations per layer and K/V (kv_load, OnChip: DDR rows -> on chip)         II=1
 //   QLOAD: HEADS*HD/SIMD (query to partitioned registers)                                  II=1
 //   SCORE: S*CH iterations: SIMD fp16 of a K row, GROUP*SIMD products, lane adder tree;
@@ -168,7 +169,16 @@ struct AttentionConfig {
   static constexpr int FINAL_DEPTH =
       2 + timing::ceil_log2(PV_PARTIALS) * timing::FADD_LATENCY + timing::FDIV_LATENCY + 1;
   static constexpr int LOAD_DEPTH = timing::AXI_READ_LATENCY + 1 /* RAM write */;
-  static constexpr uint64_t WRITE_CYCLES = (uint64_t)CH * timing::II + WRITE_DEPTH; // per new token
+  static constexpr uint64_t WRITE_CYCLES = (uint64_t)CH * timing::II + WRITE_DEPTH; // per new token alone
+  // T new rows from position start: each set's rows in one pipelined loop (kv_write_rows)
+  static constexpr uint64_t set_write_cycles(int start, int T, int r) {
+    return set_rows(start + T, r) > set_rows(start, r)
+               ? (uint64_t)(set_rows(start + T, r) - set_rows(start, r)) * CH * timing::II + WRITE_DEPTH
+               : 0;
+  }
+  static constexpr uint64_t write_cycles(int start, int T) {
+    return set_write_cycles(start, T, 0) + (SETS > 1 ? set_write_cycles(start, T, SETS - 1) : 0);
+  }
   // kv_load of n rows of one cache (K or V of a layer): n*ROW*2 bytes at SIMD*2 bytes per cycle, one burst.
   static constexpr uint64_t load_cycles(int n) { return (uint64_t)n * CH * timing::II + LOAD_DEPTH; }
   // A block's score pass over keys [from, to) (decode's split: both sets' rows at once, j from set 1's first to set
@@ -243,8 +253,53 @@ inline void next_chunk(int CH, int rows, int &c, int &j, int &set) {
 }
 } // namespace detail
 
-// Write one token's K and V (fp32, K already rotated) into cache row `pos` as fp16; OnChip: also into the
-// host's DDR rows k_ddr/v_ddr (write-through; unused for Ddr). With two KV sets, into set pos % 2's ports at row pos / 2.
+// Write the K and V rows of tokens start..start+T-1 (fp32, K already rotated; T <= MAX_T, start + T <= MAX_CTX, checked
+// by the caller) into the cache as fp16; OnChip: also into the host's DDR rows k_ddr/v_ddr (write-through; unused for
+// Ddr). With two KV sets, position s into set s % 2's ports at row s / 2. A prefill chunk's rows are written before
+// any of its queries runs, as the golden does. One pipelined loop per set over its rows' chunks, each port's writes
+// sequential (one burst), so T rows cost T * CH cycles and a write latency per set (AttentionConfig::write_cycles).
+template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
+          int PORTS = 1, int SETS = 1>
+void kv_write_rows(const float k_new[MAX_T][KV_HEADS * HD], const float v_new[MAX_T][KV_HEADS * HD], int start, int T,
+                   half_bits_t *k_cache, half_bits_t *v_cache, LayerCycles &cyc, half_bits_t *k_ddr = nullptr,
+                   half_bits_t *v_ddr = nullptr, half_bits_t *k_cache1 = nullptr, half_bits_t *v_cache1 = nullptr,
+                   half_bits_t *k_cache2 = nullptr, half_bits_t *v_cache2 = nullptr,
+                   half_bits_t *k_cache3 = nullptr, half_bits_t *v_cache3 = nullptr) {
+  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS> C;
+  constexpr int PL = C::PORT_LANES, CH = C::CH, MAX_CHUNKS = MAX_T * CH; // (MAX_CHUNKS: the LOOP_TRIPCOUNT pragma)
+  (void)MAX_CHUNKS;
+WRITE_SETS:
+  for (int set = 0; set < SETS; ++set) { // SETS is 1 or 2: set is a bit, the same for the whole inner loop
+    const int j0 = C::set_rows(start, set); // the set's first row of the chunk, and its rows
+    const int rows = C::set_rows(start + T, set) - j0;
+  KV_WRITE:
+    for (int i = 0; i < rows * CH; ++i) {
+#pragma HLS PIPELINE II = timing::II
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
+      const int j = j0 + i / CH, c = i % CH, t = j * SETS + set - start; // the set's row, the chunk, the token
+      for (int l = 0; l < SIMD; ++l) {
+#pragma HLS UNROLL
+        // lane l's port (a constant per lane) and its place in that port's row
+        const size_t e = (size_t)j * C::PORT_ROW + c * PL + l % PL;
+        const half_bits_t kh = float_to_half(k_new[t][c * SIMD + l]), vh = float_to_half(v_new[t][c * SIMD + l]);
+        if (set == 0) {
+          (l / PL == 0 ? k_cache : k_cache1)[e] = kh;
+          (l / PL == 0 ? v_cache : v_cache1)[e] = vh;
+        } else { // set 1 (never with one set)
+          (l / PL == 0 ? k_cache2 : k_cache3)[e] = kh;
+          (l / PL == 0 ? v_cache2 : v_cache3)[e] = vh;
+        }
+        if (PLACE == KvPlace::OnChip) { // a template constant: the Ddr instance has no write-through
+          k_ddr[e] = kh;
+          v_ddr[e] = vh;
+        }
+      }
+    }
+  }
+  cyc.attention += C::write_cycles(start, T);
+}
+
+// One token's row at position pos (kv_write_rows of one row).
 template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr, int PORTS = 1,
           int SETS = 1>
 void kv_write(const float k_new[KV_HEADS * HD], const float v_new[KV_HEADS * HD], int pos,
@@ -252,31 +307,11 @@ void kv_write(const float k_new[KV_HEADS * HD], const float v_new[KV_HEADS * HD]
               half_bits_t *v_ddr = nullptr, half_bits_t *k_cache1 = nullptr, half_bits_t *v_cache1 = nullptr,
               half_bits_t *k_cache2 = nullptr, half_bits_t *v_cache2 = nullptr, half_bits_t *k_cache3 = nullptr,
               half_bits_t *v_cache3 = nullptr) {
-  typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS> C;
-  constexpr int PL = C::PORT_LANES;
-  const int set = pos % SETS; // SETS is 1 or 2: a bit
-KV_WRITE:
-  for (int c = 0; c < C::CH; ++c) {
-#pragma HLS PIPELINE II = timing::II
-    for (int l = 0; l < SIMD; ++l) {
-#pragma HLS UNROLL
-      // lane l's port (a constant per lane) and its place in that port's row
-      const size_t i = (size_t)(pos / SETS) * C::PORT_ROW + c * PL + l % PL;
-      const half_bits_t kh = float_to_half(k_new[c * SIMD + l]), vh = float_to_half(v_new[c * SIMD + l]);
-      if (set == 0) {
-        (l / PL == 0 ? k_cache : k_cache1)[i] = kh;
-        (l / PL == 0 ? v_cache : v_cache1)[i] = vh;
-      } else { // set 1 (never with one set)
-        (l / PL == 0 ? k_cache2 : k_cache3)[i] = kh;
-        (l / PL == 0 ? v_cache2 : v_cache3)[i] = vh;
-      }
-      if (PLACE == KvPlace::OnChip) { // a template constant: the Ddr instance has no write-through
-        k_ddr[i] = kh;
-        v_ddr[i] = vh;
-      }
-    }
-  }
-  cyc.attention += C::WRITE_CYCLES;
+#pragma HLS INLINE
+  typedef const float(*Row)[KV_HEADS * HD];
+  kv_write_rows<HEADS, KV_HEADS, HD, MAX_CTX, 1, SIMD, PLACE, PORTS, SETS>(
+      reinterpret_cast<Row>(k_new), reinterpret_cast<Row>(v_new), pos, 1, k_cache, v_cache, cyc, k_ddr, v_ddr,
+      k_cache1, v_cache1, k_cache2, v_cache2, k_cache3, v_cache3);
 }
 
 // A block of n <= QT queries (all HEADS heads, rotated) at positions pos..pos+n-1, query c over cache rows
@@ -531,24 +566,6 @@ void attention_decode(const float q[HEADS * HD], const float k_new[KV_HEADS * HD
                                                              k_cache1, v_cache1);
   attention_query<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS>(q, pos, k_cache, v_cache, out, cyc, k_cache1,
                                                                     v_cache1);
-}
-
-// A prefill chunk's T (<= MAX_T) new rows at positions start..start+T-1 (start + T <= MAX_CTX, checked by the
-// caller), written before any of its queries runs, as the golden does (WRITE). OnChip: as attention_decode.
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
-          int PORTS = 1, int SETS = 1>
-void kv_write_rows(const float k_new[MAX_T][KV_HEADS * HD], const float v_new[MAX_T][KV_HEADS * HD], int start, int T,
-                   half_bits_t *k_cache, half_bits_t *v_cache, LayerCycles &cyc, half_bits_t *k_ddr = nullptr,
-                   half_bits_t *v_ddr = nullptr, half_bits_t *k_cache1 = nullptr, half_bits_t *v_cache1 = nullptr,
-                   half_bits_t *k_cache2 = nullptr, half_bits_t *v_cache2 = nullptr,
-                   half_bits_t *k_cache3 = nullptr, half_bits_t *v_cache3 = nullptr) {
-PREFILL_WRITE:
-  for (int i = 0; i < T; ++i) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_T
-    kv_write<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS>(k_new[i], v_new[i], start + i, k_cache, v_cache,
-                                                                     cyc, k_ddr, v_ddr, k_cache1, v_cache1, k_cache2,
-                                                                     v_cache2, k_cache3, v_cache3);
-  }
 }
 
 // Prefill chunk: its rows written (kv_write_rows), then query i attends to keys 0..start+i, in blocks of QT queries
