@@ -1064,13 +1064,36 @@ inline void qkv_step(int l, int T, int i, const float rope_cos[MAX_T][ROPE_PAIRS
 // k and v GEMVs with the key's RoPE (kv_block) are two calls with no data between them, which Vitis HLS starts
 // together (UG1399, "Loop Parallelism"); att_ffn_step's attention then scores the token's own key, written to the
 // cache in between, and finishes. The scores in any order of the keys are the same values (attention.h, AttentionSteps),
-// so the outputs are those of one pass. The second call loads the query and fills the score pipeline again (a DDR
-// burst's latency and the trees'), so this pays where k and v take longer than that: where they stream from DDR
-// (a burst each and their words through the weight ports) and the KV reads do not share their memory: a KV cache on
-// chip, or a KV port of its own (KV_BESIDE_WEIGHTS, as ffn_beside_attention). Any other token runs as a prefill
-// block of one.
+// so the outputs are those of one pass. The second call loads the query and fills the score pipeline again
+// (AttentionConfig::RESCORE_CYCLES: a DDR burst's latency and the trees'), so this is taken where k and v take longer
+// than that (scores_beside_kv): on chip, by their engines' candidate stages and steps (onchip_gemv_cycles, as
+// gemv_unit counts them); streamed from DDR (a burst each and their words through the weight ports) where the KV reads
+// do not share their memory: a KV cache on chip, or a KV port of its own (KV_BESIDE_WEIGHTS, as
+// ffn_beside_attention). Any other token runs as a prefill block of one.
+typedef AttentionConfig<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, KV_ONCHIP ? rm::KV_ONCHIP_CTX : rm::CONTEXT, ATT_SIMD,
+                        KV_ONCHIP ? KvPlace::OnChip : KvPlace::Ddr, KV_ONCHIP ? 1 : rm::KV_PORTS,
+                        KV_ONCHIP ? 1 : rm::KV_SETS, PV_SETS>
+    Att;
+// One token's GEMV of tensor lin on on-chip engine u: its candidate stage and steps (gemv_unit's count, less the
+// quantizer, which k and v skip: they reuse wq's codes).
+template <int U>
+constexpr uint64_t onchip_gemv_cycles(std::false_type /*past the last engine*/, int, int) {
+  return 0;
+}
+template <int U>
+constexpr uint64_t onchip_gemv_cycles(std::true_type, int u, int lin) {
+  typedef Unit<U> R;
+  typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ> S;
+  return u != U ? onchip_gemv_cycles<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, lin)
+                : S::cand_cycles(lin_cols(lin)) +
+                      S::engine_gemv_cycles(1, R::TOKENS, lin_rows(lin) / R::TILES, lin_cols(lin), R::MIN_ROWS);
+}
 inline bool scores_beside_kv(int l) {
-  return (KV_ONCHIP || rm::KV_BESIDE_WEIGHTS) && lin_ddr(l, L_WK) >= 0 && lin_ddr(l, L_WV) >= 0;
+  const bool k_ddr = lin_ddr(l, L_WK) >= 0, v_ddr = lin_ddr(l, L_WV) >= 0;
+  if (k_ddr || v_ddr) return KV_ONCHIP || rm::KV_BESIDE_WEIGHTS;
+  return onchip_gemv_cycles<0>(std::true_type(), lin_unit(l, L_WK), L_WK) +
+             onchip_gemv_cycles<0>(std::true_type(), lin_unit(l, L_WV), L_WV) >
+         Att::RESCORE_CYCLES;
 }
 // k and v from h (wq's activation codes) into kr, vr; the key rotated into g_k, the values copied into g_v. rope_qk's
 // query arguments are unused (ROPE_K) and name arrays attention does not touch (qr, q_unused), so that the call beside

@@ -192,6 +192,8 @@ struct AttentionConfig {
                 ? (uint64_t)score_rows(from, to, n, qt) * CH * SCORE_II + SCORE_DEPTH
                 : 0);
   }
+  // what a block's second score call adds beyond its rows: the queries loaded again, the pipeline filled again
+  static constexpr uint64_t RESCORE_CYCLES = (uint64_t)HEADS * CHD * timing::II + QLOAD_DEPTH + SCORE_DEPTH;
   // ... and its finish over all S keys: the lanes' maxima merged (split), P x V, the outputs one query after another.
   static constexpr uint64_t finish_cycles(int S, int n, int qt) {
     return (split(n, qt) ? timing::FCMP_LATENCY : 0) +
