@@ -17,8 +17,8 @@
 // or port on each word it reads (weights stationary), each token bit for bit as alone; a decode token takes one.
 // Blocks overlap in a layer: a block's q/k/v GEMVs run beside the next block's norm and the previous block's RoPE
 // (LAYER_QKV), a block's attention beside the FFN of the two before it, and in that FFN one block's GEMVs beside the
-// other's elementwise units (LAYER_ATT_FFN, ffn_step). A decode token whose k and v stream from DDR scores its cached
-// keys beside its k and v GEMVs (token_qkv).
+// other's elementwise units (LAYER_ATT_FFN, ffn_step). A decode token scores its cached keys beside its k and v
+// GEMVs where those outlast the second score call that costs (token_qkv, scores_beside_kv).
 //
 // One instance of each kernel, shared by all layers (issue 19): the layer index is a run-time loop variable, and
 // every linear of every layer runs through linear(l, lin, ...), one function called at eight places (the seven
