@@ -1060,18 +1060,18 @@ inline void qkv_step(int l, int T, int i, const float rope_cos[MAX_T][ROPE_PAIRS
 }
 
 // A decode token's q, k and v, with its cached keys scored beside its k and v (token_qkv). The scores need only the
-// rotated query, so after wq and the query's RoPE the pass over the cached keys (attend_block's first steps) and the
-// k and v GEMVs with the key's RoPE (kv_block) are two calls with no data between them, which Vitis HLS starts
-// together (UG1399, "Loop Parallelism"); att_ffn_step's attention then scores the token's own key, written to the
-// cache in between, and finishes. The scores in any order of the keys are the same values (attention.h, AttentionSteps),
-// so the outputs are those of one pass. The second call loads the query and fills the score pipeline again
+// rotated query, so after wq and the query's RoPE the pass over the cached keys (attend_block's first steps) and the k
+// and v GEMVs with the key's RoPE (kv_block) are two calls with no data between them, which Vitis HLS starts together
+// (UG1399, "Loop Parallelism"); att_ffn_step's attention then scores the token's own key, written to the cache in
+// between, and finishes. The scores in any order of the keys are the same values (attention.h, AttentionSteps), so the
+// outputs are those of one pass. The second call loads the query and fills the score pipeline again
 // (AttentionConfig::RESCORE_CYCLES: a DDR burst's latency and the trees'), so this is taken where k and v take longer
-// than that (scores_beside_kv): on chip, by their engines' candidate stages and steps (onchip_gemv_cycles, as
-// gemv_unit counts them); streamed from DDR (a burst each and their words through the weight ports) where the KV reads
-// do not share their memory: a KV cache on chip, or a KV port of its own (KV_BESIDE_WEIGHTS, as
-// ffn_beside_attention). Any other token runs as a prefill block of one.
-typedef AttentionConfig<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, KV_ONCHIP ? rm::KV_ONCHIP_CTX : rm::CONTEXT, ATT_SIMD,
-                        KV_ONCHIP ? KvPlace::OnChip : KvPlace::Ddr, KV_ONCHIP ? 1 : rm::KV_PORTS,
+// than that (scores_beside_kv): on chip, by their engines' candidate stages and steps (onchip_gemv_cycles, as gemv_unit
+// counts them); streamed from DDR (a burst each and their words through the weight ports) where the KV reads do not
+// share their memory: a KV cache on chip, or a KV port of its own (KV_BESIDE_WEIGHTS, as ffn_beside_attention). Any
+// other token runs as a prefill block of one.
+typedef AttentionConfig<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, KV_ONCHIP ? rm::KV_ONCHIP_CTX : rm::CONTEXT,
+                        ATT_SIMD, KV_ONCHIP ? KvPlace::OnChip : KvPlace::Ddr, KV_ONCHIP ? 1 : rm::KV_PORTS,
                         KV_ONCHIP ? 1 : rm::KV_SETS, PV_SETS>
     Att;
 // One token's GEMV of tensor lin on on-chip engine u: its candidate stage and steps (gemv_unit's count, less the

@@ -86,7 +86,7 @@
 // 0..start+i), so a chunk costs about T / QT passes over the keys instead of T.
 // A decode query's keys may be scored over two calls (AttentionSteps): the cached keys while its own k and v are being
 // computed, then its own key, written in between, and the finish; the second call loads the query and fills the score
-// pass's pipeline again (AttentionConfig::score_cycles), which the overlap must repay (roma_core's scores_beside_kv).
+// pass's pipeline again (AttentionConfig::RESCORE_CYCLES), which the overlap must repay (roma_core's scores_beside_kv).
 // The emulated board's query (AVX-512, bit-identical: tb_brom_tile checks it) is in csim/attention.h.
 #ifndef ROMA_ATTENTION_H
 #define ROMA_ATTENTION_H
@@ -350,7 +350,8 @@ void attention_lanes(const float q[][HEADS * HD], int n, int pos, int keys_from,
   // the score pass's: keys [keys_from, keys_to) are set r's rows [from_r, to_r); split: j over [from_1, to_0), both
   // sets at once, else set 0's and then set 1's
   const int from0 = C::set_rows(keys_from, 0), to0 = C::set_rows(keys_to, 0);
-  const int from1 = SETS > 1 ? C::set_rows(keys_from, SETS - 1) : 0, to1 = SETS > 1 ? C::set_rows(keys_to, SETS - 1) : 0;
+  const int from1 = SETS > 1 ? C::set_rows(keys_from, SETS - 1) : 0;
+  const int to1 = SETS > 1 ? C::set_rows(keys_to, SETS - 1) : 0;
   const int score_iters = C::score_rows(keys_from, keys_to, n, QT) * CH;
 
   float ql[QT][HEADS][HD];
