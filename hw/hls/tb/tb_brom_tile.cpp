@@ -646,6 +646,9 @@ void check_attention_sets(Tally &tally) {
     }
     const int S = pos + 1;
     check(c1.attention == c2.attention && c1.attention == C::query_cycles(S));
+    // (roma_core's scores_beside_kv takes the two calls where k and v outlast RESCORE_CYCLES: their bound)
+    check(c4.attention <= C::block_cycles(S, 1, 2) + C::RESCORE_CYCLES &&
+          c5.attention <= C::query_cycles(S) + C::RESCORE_CYCLES);
     check(c4.attention == C::score_cycles(0, pos, 1, 2) + C::score_cycles(pos, S, 1, 2) + C::finish_cycles(S, 1, 2) &&
           c5.attention == C::query_cycles(S) + HEADS * C::CHD + C::QLOAD_DEPTH + (pos > 0 ? C::SCORE_DEPTH : 0));
     check(c3.attention == C::block_cycles(S, 1, 2) &&

@@ -192,8 +192,10 @@ struct AttentionConfig {
                 ? (uint64_t)score_rows(from, to, n, qt) * CH * SCORE_II + SCORE_DEPTH
                 : 0);
   }
-  // what a block's second score call adds beyond its rows: the queries loaded again, the pipeline filled again
-  static constexpr uint64_t RESCORE_CYCLES = (uint64_t)HEADS * CHD * timing::II + QLOAD_DEPTH + SCORE_DEPTH;
+  // what a block's second score call adds at most beyond one call: the queries loaded again, the pipeline filled
+  // again, and (decode's split over two KV sets) a row pair of its own for a key in set 1
+  static constexpr uint64_t RESCORE_CYCLES = (uint64_t)HEADS * CHD * timing::II + QLOAD_DEPTH + SCORE_DEPTH +
+                                             (SETS > 1 ? (uint64_t)CH * SCORE_II : 0);
   // ... and its finish over all S keys: the lanes' maxima merged (split), P x V, the outputs one query after another.
   static constexpr uint64_t finish_cycles(int S, int n, int qt) {
     return (split(n, qt) ? timing::FCMP_LATENCY : 0) +
