@@ -153,6 +153,7 @@ struct AttentionConfig {
   // KV sets: the rows of S keys in set r (positions r, r + SETS, ...), and whether a block of n queries on QT lanes
   // splits them (decode: one query, lane t over set t's rows, both sets at once)
   static constexpr int set_rows(int S, int r) { return (S - r + SETS - 1) / SETS; }
+  static constexpr int LAST_SET = SETS - 1; // set 1 with two sets
   static constexpr bool split(int n, int qt) { return SETS == MAX_KV_SETS && n == 1 && qt >= SETS; }
   static constexpr int WRITE_DEPTH = 2 + 1 /* fp16 rounding */ + MEM_WRITE_LATENCY;
   static constexpr int QLOAD_DEPTH = 2;
@@ -184,7 +185,7 @@ struct AttentionConfig {
   // A block's score pass over keys [from, to) (decode's split: both sets' rows at once, j from set 1's first to set
   // 0's last), the block's n queries loaded first.
   static constexpr int score_rows(int from, int to, int n, int qt) {
-    return split(n, qt) ? set_rows(to, 0) - set_rows(from, SETS - 1) : to - from;
+    return split(n, qt) ? set_rows(to, 0) - set_rows(from, LAST_SET) : to - from;
   }
   static constexpr uint64_t score_cycles(int from, int to, int n, int qt) {
     return (uint64_t)(n * HEADS * CHD) * timing::II + QLOAD_DEPTH +
@@ -243,17 +244,31 @@ inline void read_sets(const half_bits_t *p0, const half_bits_t *p1, const half_b
   }
 }
 
-// A pass's next (chunk c, row j, set): the rows of a pass are set 0's and then set 1's, or (split) set 0's count of
-// row pairs, `rows` of the current set.
-inline void next_chunk(int CH, int rows, int &c, int &j, int &set) {
+// A pass over the keys [from, to): set r's rows [from_r, to_r) (AttentionConfig::set_rows), set 0's and then set 1's,
+// or (split) both sets' row j at once, j over [from_1, to_0). The cursor: the set being read (unsplit), its row j and
+// the chunk c of the row.
+struct KeyPass {
+  int set, j, end, c, from1, to1;
+  KeyPass(bool split, int from0, int to0, int from1_, int to1_)
+      : set(split || from0 < to0 ? 0 : 1), j(split || from0 >= to0 ? from1_ : from0),
+        end(split || from0 < to0 ? to0 : to1_), c(0), from1(from1_), to1(to1_) {}
+  void next(int CH) { // the next chunk, row, or set 1's first row
 #pragma HLS INLINE
-  if (++c == CH) {
-    c = 0;
-    if (++j == rows) {
-      j = 0;
-      ++set;
+    if (++c == CH) {
+      c = 0;
+      if (++j == end) {
+        set = 1;
+        j = from1;
+        end = to1;
+      }
     }
   }
+};
+template <class C>
+inline KeyPass key_pass(bool split, int from, int to) {
+#pragma HLS INLINE
+  return KeyPass(split, C::set_rows(from, 0), C::set_rows(to, 0), C::set_rows(from, C::LAST_SET),
+                 C::set_rows(to, C::LAST_SET));
 }
 } // namespace detail
 
@@ -347,14 +362,9 @@ void attention_lanes(const float q[][HEADS * HD], int n, int pos, int keys_from,
   const float scale = attention_scale<HD>();
   const int S = pos + n; // causal: keys 0..pos+n-1, lane c's 0..pos+c
   const bool split = C::split(n, QT);
-  // the PV pass's rows: set 0's, both sets at once (split), or all S, set 0's then set 1's
-  const int rows0 = C::set_rows(S, 0), iters = (split ? rows0 : S) * CH;
-  // the score pass's: keys [keys_from, keys_to) are set r's rows [from_r, to_r); split: j over [from_1, to_0), both
-  // sets at once, else set 0's and then set 1's
-  const int from0 = C::set_rows(keys_from, 0), to0 = C::set_rows(keys_to, 0);
-  const int from1 = SETS > 1 ? C::set_rows(keys_from, SETS - 1) : 0;
-  const int to1 = SETS > 1 ? C::set_rows(keys_to, SETS - 1) : 0;
-  const int score_iters = C::score_rows(keys_from, keys_to, n, QT) * CH;
+  // the passes' chunks: the scores' over keys [keys_from, keys_to), PV's over all S (KeyPass: set 0's rows and then
+  // set 1's, or both sets' at once)
+  const int score_iters = C::score_rows(keys_from, keys_to, n, QT) * CH, iters = C::score_rows(0, S, n, QT) * CH;
 
   float ql[QT][HEADS][HD];
 #pragma HLS ARRAY_PARTITION variable = ql type = complete dim = 1
@@ -392,19 +402,18 @@ QLOAD: // the block's queries one after another (split: the query into both lane
   }
 
   // Pass 1: scores and their max (one sequential read of each set's rows of K in the range).
-  int set = from0 < to0 || split ? 0 : 1, j = split ? from1 : set == 0 ? from0 : from1,
-      j_end = split ? to0 : set == 0 ? to0 : to1, c = 0; // the pass's set (unsplit), its row and last, the chunk
+  detail::KeyPass kp = detail::key_pass<C>(split, keys_from, keys_to);
 SCORE:
   for (int i = 0; i < score_iters; ++i) {
 #pragma HLS PIPELINE II = timing::II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_ITERS
-    const int kh = c / CHD, dc = c % CHD;
+    const int kh = kp.c / CHD, dc = kp.c % CHD;
     float kv[SETS][SIMD]; // the chunk of each set read this cycle (set r through its own ports)
 #pragma HLS ARRAY_PARTITION variable = kv type = complete dim = 0
-    detail::read_sets<SETS, SIMD, PL, PROW>(k_cache, k_cache1, k_cache2, k_cache3, split, set, j, c, kv);
+    detail::read_sets<SETS, SIMD, PL, PROW>(k_cache, k_cache1, k_cache2, k_cache3, split, kp.set, kp.j, kp.c, kv);
     for (int t = 0; t < QT; ++t) {
 #pragma HLS UNROLL
-      const int r = split ? t : set, s = j * SETS + r, qi = split ? 0 : t; // lane t's set, key and query
+      const int r = split ? t : kp.set, s = kp.j * SETS + r, qi = split ? 0 : t; // lane t's set, key and query
       if ((split ? t >= SETS : t >= n) || s < keys_from || s > pos + qi) continue; // lane t: keys 0..pos+qi
       for (int gq = 0; gq < GROUP; ++gq) {
 #pragma HLS UNROLL
@@ -429,14 +438,7 @@ SCORE:
         }
       }
     }
-    if (++c == CH) { // the next row, or set 1's first
-      c = 0;
-      if (++j == j_end) {
-        set = 1;
-        j = from1;
-        j_end = to1;
-      }
-    }
+    kp.next(CH);
   }
   cyc.attention += C::score_cycles(keys_from, keys_to, n, QT);
   if (!(steps & ATT_FINISH)) return;
@@ -466,22 +468,20 @@ SCORE:
   // every chunk of the head, a recomputation instead of a loop-carried hand-over), and the head's first chunk
   // adds it to l[h], revisited every CH iterations like acc. No separate exp loop over S*HEADS. Position s goes to
   // partial s mod P, so a partial comes back every CH * P / SETS iterations.
-  set = 0;
-  j = 0;
-  c = 0;
+  detail::KeyPass vp = detail::key_pass<C>(split, 0, S);
 PV:
   for (int i = 0; i < iters; ++i) {
 #pragma HLS PIPELINE II = PV_II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_ITERS
 #pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = PV_DISTANCE dependent = true
 #pragma HLS DEPENDENCE variable = lsum type = inter direction = RAW distance = PV_DISTANCE dependent = true
-    const int kh = c / CHD, dc = c % CHD;
+    const int kh = vp.c / CHD, dc = vp.c % CHD;
     float vv[SETS][SIMD];
 #pragma HLS ARRAY_PARTITION variable = vv type = complete dim = 0
-    detail::read_sets<SETS, SIMD, PL, PROW>(v_cache, v_cache1, v_cache2, v_cache3, split, set, j, c, vv);
+    detail::read_sets<SETS, SIMD, PL, PROW>(v_cache, v_cache1, v_cache2, v_cache3, split, vp.set, vp.j, vp.c, vv);
     for (int t = 0; t < QT; ++t) {
 #pragma HLS UNROLL
-      const int r = split ? t : set, s = j * SETS + r, qi = split ? 0 : t;
+      const int r = split ? t : vp.set, s = vp.j * SETS + r, qi = split ? 0 : t;
       if ((split ? t >= SETS : t >= n) || s > pos + qi) continue;
       const int sp = s % P; // P is a power of two: a mask
       for (int gq = 0; gq < GROUP; ++gq) {
@@ -496,7 +496,7 @@ PV:
         }
       }
     }
-    detail::next_chunk(CH, split ? rows0 : C::set_rows(S, set), c, j, set);
+    vp.next(CH);
   }
 
 FINAL: // the block's outputs one query after another: the partials' pairwise sums (a partial no key reached, p past
