@@ -641,9 +641,7 @@ void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, T
       P::count(cyc, P::rounds(R::TILES, rm::WEIGHT_PORTS), ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN,
                P::y_rows(R::TILES, rm::WEIGHT_PORTS, out_banks<R>()));
     } else { // parallel tiles: one tile's cycles
-      typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ> S;
-      cyc.candidates += S::cand_cycles(COLS);
-      cyc.gemv += S::engine_gemv_cycles(n, R::TOKENS, ROWS, COLS, R::MIN_ROWS);
+      BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>::count(cyc, n, R::TOKENS, ROWS, COLS, R::MIN_ROWS);
     }
   }
 }
@@ -1074,19 +1072,20 @@ typedef AttentionConfig<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, KV_ONCHIP ? r
                         ATT_SIMD, KV_ONCHIP ? KvPlace::OnChip : KvPlace::Ddr, KV_ONCHIP ? 1 : rm::KV_PORTS,
                         KV_ONCHIP ? 1 : rm::KV_SETS, PV_SETS>
     Att;
-// One token's GEMV of tensor lin on on-chip engine u: its candidate stage and steps (gemv_unit's count, less the
-// quantizer, which k and v skip: they reuse wq's codes).
+// One token's GEMV of tensor lin on on-chip engine u: its candidate stage and steps (BromStepConfig::count, as the
+// engine counts them; no quantizer: k and v reuse wq's codes).
 template <int U>
-constexpr uint64_t onchip_gemv_cycles(std::false_type /*past the last engine*/, int, int) {
+inline uint64_t onchip_gemv_cycles(std::false_type /*past the last engine*/, int, int) {
   return 0;
 }
 template <int U>
-constexpr uint64_t onchip_gemv_cycles(std::true_type, int u, int lin) {
+inline uint64_t onchip_gemv_cycles(std::true_type, int u, int lin) {
   typedef Unit<U> R;
-  typedef BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ> S;
-  return u != U ? onchip_gemv_cycles<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, lin)
-                : S::cand_cycles(lin_cols(lin)) +
-                      S::engine_gemv_cycles(1, R::TOKENS, lin_rows(lin) / R::TILES, lin_cols(lin), R::MIN_ROWS);
+  if (u != U) return onchip_gemv_cycles<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, lin);
+  Cycles cyc;
+  BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>::count(cyc, 1, R::TOKENS, lin_rows(lin) / R::TILES,
+                                                                lin_cols(lin), R::MIN_ROWS);
+  return cyc.total();
 }
 inline bool scores_beside_kv(int l) {
   const bool k_ddr = lin_ddr(l, L_WK) >= 0, v_ddr = lin_ddr(l, L_WV) >= 0;
@@ -1182,6 +1181,18 @@ void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], con
   // goes into h0, free once LAYER_QKV is done
   float att0[TT][QDIM], att1[TT][QDIM], gate0[TT][rm::FFN_DIM], gate1[TT][rm::FFN_DIM], up0[TT][rm::FFN_DIM],
       up1[TT][rm::FFN_DIM];
+#pragma HLS ARRAY_PARTITION variable = att0 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = att0 type = cyclic factor = GEMV_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = att1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = att1 type = cyclic factor = GEMV_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = gate0 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = gate0 type = cyclic factor = GATE_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = gate1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = gate1 type = cyclic factor = GATE_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = up0 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = up0 type = cyclic factor = UP_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = up1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = up1 type = cyclic factor = UP_LANES dim = 2
   // a decode token with cached keys: those scored beside its k and v GEMVs (token_qkv)
   const bool scored = T == 1 && start > 0 && scores_beside_kv(l);
   if (scored) {
@@ -1197,18 +1208,6 @@ void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], con
     }
   }
   attend_rows(KvOnChip(), l, start, T, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, a.layer);
-#pragma HLS ARRAY_PARTITION variable = att0 type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = att0 type = cyclic factor = GEMV_IN_LANES dim = 2
-#pragma HLS ARRAY_PARTITION variable = att1 type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = att1 type = cyclic factor = GEMV_IN_LANES dim = 2
-#pragma HLS ARRAY_PARTITION variable = gate0 type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = gate0 type = cyclic factor = GATE_LANES dim = 2
-#pragma HLS ARRAY_PARTITION variable = gate1 type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = gate1 type = cyclic factor = GATE_LANES dim = 2
-#pragma HLS ARRAY_PARTITION variable = up0 type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = up0 type = cyclic factor = UP_LANES dim = 2
-#pragma HLS ARRAY_PARTITION variable = up1 type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = up1 type = cyclic factor = UP_LANES dim = 2
 LAYER_ATT_FFN: // two blocks' queries per iteration, each beside the FFN of the two blocks before it
   for (int i0 = 0; i0 < T + 2 * TT; i0 += 2 * TT) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS / 2 + 1
@@ -1695,7 +1694,6 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS ARRAY_PARTITION variable = g_logits type = cyclic factor = LOGITS_BANKS dim = 1
   // the chunk's values, written by the layers' GEMV engines GEMV_OUT_LANES rows per cycle
 #pragma HLS ARRAY_PARTITION variable = g_v type = cyclic factor = GEMV_OUT_LANES dim = 2
-  // the chunk's attention outputs, w_o's GEMV inputs: read GEMV_IN_LANES per cycle by its activation quantizer
   // the residual stream, the norms' weights and RoPE's outputs: read and written by the elementwise units, a block's
   // token lanes at once (a token's row in its own banks: cyclic TT on the token dimension)
 #pragma HLS ARRAY_PARTITION variable = g_x type = cyclic factor = TT dim = 1

@@ -151,6 +151,12 @@ struct BromStepConfig {
   static constexpr uint64_t engine_gemv_cycles(int n, int tokens, int rows, int cols, int min_rows) {
     return gemv_cycles(row_split(n, tokens, rows, min_rows) ? rows / 2 : rows, cols, gemv_ii(min_rows));
   }
+  // One GEMV of an on-chip engine for a block of n tokens: its candidate stages (one per token lane, side by side)
+  // and its steps, into their stages.
+  static void count(Cycles &cyc, int n, int tokens, int rows, int cols, int min_rows) {
+    cyc.candidates += cand_cycles(cols);
+    cyc.gemv += engine_gemv_cycles(n, tokens, rows, cols, min_rows);
+  }
 };
 
 // One tile's fixed shape (ROWS x COLS), and the engine interface brom_gemv_tiles_rt reads (MAX_ROWS, MAX_COLS,
@@ -421,8 +427,7 @@ GEMV_STEPS:
 #pragma HLS UNROLL
     if (k < ng) xsum_out[k] = xsum[0][k];
   }
-  cyc.candidates += S::cand_cycles(cols);
-  cyc.gemv += S::engine_gemv_cycles(n, TOKENS, rows, cols, E::MIN_ROWS);
+  S::count(cyc, n, TOKENS, rows, cols, E::MIN_ROWS);
 }
 
 // All TILES tiles of one tensor (TILES*ROWS outputs, tile t's row r is output r * TILES + t), in parallel (a fixed
