@@ -2,13 +2,13 @@
 
 DDR image ddr_weights.bin (the tensors the placement plan streams from DDR; roma_core reads it through its
 `ddr_weights` m_axi ports, hw/hls/include/roma/brom_ddr.h). Little-endian uint32 words:
-    word 0 magic 0x52444452 ("RDDR"), 1 version (2), 2 words in the image (header included),
+    word 0 magic 0x52444452 ("RDDR"), 1 version (3), 2 words in the image (header included),
     3 CRC-32 (zlib) of the words after the header
     zero words up to word 16, then the DDR tensors, one after another at the word offsets the manifest and
     roma_model.h give. A tensor is its tiles one after another; a tile is the steps of its B-ROM tile in the ROM's
     step order (step s = g * R + r):
     q8: first the tile's R row exponents, two per word (row 2i in the low half, 2i+1 in the high half), padded
-        with zero words to a multiple of 16 words;
+        with zero words to a multiple of 16 words, or of a step's words where those are more (version 3);
     then blocks of DDR_BLOCK_STEPS = 32 steps, block b:
         its scale entries: q8 16 words, word k: params of step 32b+2k | params of step 32b+2k+1 << 16; fp16 32
         words, one per step: scale | minimum << 16 (padded with zero words to a step's words when those are more);
@@ -16,8 +16,8 @@ DDR image ddr_weights.bin (the tensors the placement plan streams from DDR; roma
         to a power of two (3-bit steps of 3, 6 or 12 words take 4, 8 or 16).
     The last block's missing steps are zero words. Every tensor, tile, prefix and block is a multiple of 16 words
     (512 bits, the widest weight port's word), so the GEMV reads a tile in one sequential pass of whole port words
-    at any port width (q8: the exponents into a local array of R entries first), each block's scale entries into
-    registers before their planes.
+    at any port width (q8: the exponents into a local array of R entries first, in the same pass), each block's
+    scale entries into registers before their planes.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def _ddr_geometry(bits: int, group: int, rows_per_tile: int, cols: int, scales: 
         raise RomaError(f"unknown scale format '{scales}' (supported: {', '.join(SCALE_FORMATS)})", REBUILD_HINT)
     steps, step_words = (cols // group) * rows_per_tile, ddr_step_words(bits, group)
     q8 = scales == "q8"
-    align = DDR_ALIGN_WORDS
-    prefix = -(-rows_per_tile // (2 * align)) * align if q8 else 0  # R exponents, 2 per word, whole aligned words
+    align = max(DDR_ALIGN_WORDS, step_words)  # brom_ddr.h PREFIX_ALIGN: whole chunks of the stream at any port width
+    prefix = -(-rows_per_tile // (2 * align)) * align if q8 else 0  # R exponents, 2 per word
     return prefix, step_words, -(-steps // DDR_BLOCK_STEPS), ddr_param_words(bits, group, scales)
 
 

@@ -5,7 +5,8 @@
 //   4 header words [DDR_MAGIC, DDR_VERSION, words, CRC-32 of the rest], zero words up to DDR_ALIGN_WORDS, then the
 //   DDR tensors at the word offsets roma_model.h gives (DDR_*). A tensor is its TILES tiles one after another; a tile
 //   is its B-ROM tile's steps in the ROM's step order (step = g*ROWS + r):
-//     q8: first PREFIX_WORDS words holding the tile's ROWS row exponents, two per word (row 2i low half, 2i+1 high);
+//     q8: first PREFIX_WORDS words holding the tile's ROWS row exponents, two per word (row 2i low half, 2i+1 high),
+//     padded to whole chunks at any port width (PREFIX_ALIGN words: 16, or a step's words when wider);
 //     then blocks of DDR_BLOCK_STEPS = 32 steps, each PARAM_WORDS words of the steps' scale entries (q8: 16 words,
 //     params(32b+2k) | params(32b+2k+1) << 16, sd | sm << 8 each; fp16: 32 words, scale | minimum << 16) followed
 //     by the 32 steps' planes, STEP_WORDS words each (the step's WPS plane words in the ROM's (plane, lane) order,
@@ -35,15 +36,18 @@
 // The chunk loop (DdrStream::chunk_ii). LANES datapaths are unrolled in its body (brom_step_dot per step):
 // - lanes (every tile row count of the engine a multiple of LANES, E::ROW_ALIGN): a plane chunk's steps are rows
 //   LANES*q .. LANES*q + LANES-1 of one group, so lane i always reads and writes bank i of acc and ex (partitioned
-//   cyclic LANES and DDR_EX_BANKS) and all lanes read the same group's candidates, activations and a_scale; a row's
+//   cyclic LANES and EX_BANKS) and all lanes read the same group's candidates, activations and a_scale; a row's
 //   accumulator comes back at least rows / LANES iterations later (the DEPENDENCE distance).
 //   II = max(CHUNK_CYCLES, timing::acc_ii(rows / LANES)). y has one write port: at II < LANES ("y after") a
 //   round's outputs are written from its accumulators, a row a cycle, while the next round streams (acc holds two
 //   sets, the rounds alternate), and the last round's after the rounds (DDR_Y); else in the last group.
 // - serial (a row count that is not a multiple: a chunk's steps may straddle groups and rows, a lane's bank is not
 //   fixed): the steps one after another, II = max(LANES * GEMV_II, CHUNK_CYCLES).
-// q8 first reads its exponent prefix, one beat (DDR_BEAT_WORDS = 4 words, 8 rows, one per bank of ex) per
-// iteration, port_cycles(4) cycles per beat. The tiles of a tensor stream in rounds through the build's
+// q8: the tile's exponent prefix leads the same loop and burst, a chunk per iteration like the blocks (2 *
+// CHUNK_WORDS rows, one per bank of ex, EX_BANKS); a row's exponent is read PARAM_CHUNKS + 1 iterations after its
+// chunk at the least (the DEPENDENCE distance): the prefix's last chunk, then the first block's scale entries. The
+// prefix used to be a loop and a burst of its own, a beat of 8 rows a cycle: on a U250 (512-bit ports) a quarter of
+// a port word, and a second AXI read latency per round. The tiles of a tensor stream in rounds through the build's
 // WEIGHT_PORTS ports (roma_model.h; the board's weight_ports), tile t0 + p through port p, each port reading its
 // own copy of the image (Zynq: the one DDR through several HP ports; Alveo: a bank per port); the candidates are
 // built once per GEMV (per token of a block: token lanes as brom_gemv_tiles_rt's, each chunk's words feeding every
@@ -51,11 +55,11 @@
 // t, t + TILES, ...), so y's buffers, partitioned cyclic by at least PORTS, take them in one cycle.
 //
 // Cycle model (DdrStream: the pragmas and the C-simulation counters share it), per round of tiles:
-//   PREFIX_CYCLES (q8: ceil(ROWS / 8) * port_cycles(4) + AXI_READ_LATENCY, its own burst; fp16: 0)
-//   + chunks * chunk_ii + GEMV_DEPTH + AXI_READ_LATENCY, the chunks those of the whole blocks and of the last
-//   block's steps (y after: max(chunks, rows) iterations in the rounds after the first, and rows / y_rows +
-//   RAM_LATENCY once, for the last round's outputs: y_rows rows an iteration of y_ii cycles, 16 in two cycles for a
-//   U250 layer's 4 tiles into the layer buffers' 64 banks, 2 in one for its 24-tile head into g_logits' 16).
+//   chunks * chunk_ii + GEMV_DEPTH + AXI_READ_LATENCY, the chunks those of the q8 prefix (prefix_chunks: ROWS / (2 *
+//   CHUNK_WORDS), padded), of the whole blocks and of the last block's steps (y after: max(chunks, rows)
+//   iterations in the rounds after the first, and rows / y_rows + RAM_LATENCY once, for the last round's outputs:
+//   y_rows rows an iteration of y_ii cycles, 16 in two cycles for a U250 layer's 4 tiles into the layer buffers' 64
+//   banks, 2 in one for its 24-tile head into g_logits' 16).
 // A 2-bit q8 block of 32 steps is 144 words: on a KV260 (128 bits at 200 MHz) 36 cycles, one step or 8 scale
 // entries a cycle; on a U250 (512 bits at 300 MHz, its DDR bank's peak) 9 cycles.
 //
@@ -74,13 +78,10 @@
 namespace roma {
 
 constexpr uint32_t DDR_MAGIC = 0x52444452u;    // "RDDR"; artifact/ddr_image.py reads these
-constexpr uint32_t DDR_VERSION = 2;
+constexpr uint32_t DDR_VERSION = 3;             // 3: the q8 prefix in whole PREFIX_ALIGN words
 constexpr int DDR_HEADER_WORDS = 4;             // magic, version, words, CRC-32
 constexpr int DDR_ALIGN_WORDS = 16;             // 512 bits: tensors, tiles, prefixes and blocks are whole such words
 constexpr int DDR_BLOCK_STEPS = 32;             // steps per block: their q8 scale entries fill one aligned word
-constexpr int DDR_BEAT_WORDS = 4;               // the q8 exponent prefix is read a beat (8 rows) per iteration
-constexpr int DDR_EX_BANKS = 8;                 // ... a beat's rows (two a word) into as many banks of exponents
-static_assert(DDR_EX_BANKS == 2 * DDR_BEAT_WORDS, "a bank of the exponents per row of a beat");
 
 constexpr int ddr_pow2_at_least(int n) { return n <= 1 ? 1 : 2 * ddr_pow2_at_least((n + 1) / 2); }
 constexpr int ddr_max(int a, int b) { return a > b ? a : b; }
@@ -101,11 +102,12 @@ struct DdrStepConfig {
   static constexpr int PARAM_WORDS = ddr_max(Q8 ? BLOCK_STEPS / 2 : BLOCK_STEPS, STEP_WORDS);
   static constexpr int BLOCK_WORDS = PARAM_WORDS + BLOCK_STEPS * STEP_WORDS;
   static_assert(BLOCK_WORDS % DDR_ALIGN_WORDS == 0 && PARAM_WORDS % DDR_ALIGN_WORDS == 0, "blocks of whole words");
-  // q8: the row exponents, two a word, in whole aligned words
+  // q8: the row exponents, two a word, in whole PREFIX_ALIGN words: whole chunks of the stream at any port width (a
+  // chunk is a port word of at most DDR_ALIGN_WORDS, or a step's words), so they lead the tile's one burst
+  static constexpr int PREFIX_ALIGN = ddr_max(DDR_ALIGN_WORDS, STEP_WORDS);
   static constexpr int prefix_words(int rows) {
-    return Q8 ? (rows + 2 * DDR_ALIGN_WORDS - 1) / (2 * DDR_ALIGN_WORDS) * DDR_ALIGN_WORDS : 0;
+    return Q8 ? (rows + 2 * PREFIX_ALIGN - 1) / (2 * PREFIX_ALIGN) * PREFIX_ALIGN : 0;
   }
-  static constexpr int prefix_beats(int rows) { return Q8 ? (rows + DDR_EX_BANKS - 1) / DDR_EX_BANKS : 0; }
   static constexpr int steps(int rows, int cols) { return cols / GROUP * rows; }
   static constexpr int blocks(int rows, int cols) { return (steps(rows, cols) + BLOCK_STEPS - 1) / BLOCK_STEPS; }
   static constexpr long long tile_words(int rows, int cols) {
@@ -132,7 +134,7 @@ struct DdrStream {
                 "WEIGHT_PORT_BITS is an AXI data width: 64, 128, 256 or 512");
   typedef typename D::S S;
   static constexpr int PORT_WORDS = PORT_BITS / 32;
-  // Cycles of a span of n words that starts on a port word (every chunk and beat does).
+  // Cycles of a span of n words that starts on a port word (every chunk does).
   static constexpr int port_cycles(int n) { return (n + PORT_WORDS - 1) / PORT_WORDS; }
   // one iteration's words: a port word, or a step's words when those are wider
   static constexpr int CHUNK_WORDS = ddr_max(PORT_WORDS, D::STEP_WORDS);
@@ -140,8 +142,12 @@ struct DdrStream {
   static constexpr int LANES = CHUNK_WORDS / D::STEP_WORDS;  // steps of a plane chunk
   static constexpr int PARAM_CHUNKS = D::PARAM_WORDS / CHUNK_WORDS;
   static constexpr int BLOCK_CHUNKS = D::BLOCK_WORDS / CHUNK_WORDS;
-  static_assert(D::PARAM_WORDS % CHUNK_WORDS == 0 && LANES <= DDR_EX_BANKS, "whole chunks of scale entries");
-  static constexpr int PREFIX_II = port_cycles(DDR_BEAT_WORDS); // one beat of q8 exponents (8 rows)
+  static_assert(D::PARAM_WORDS % CHUNK_WORDS == 0 && D::PREFIX_ALIGN % CHUNK_WORDS == 0,
+                "whole chunks of scale entries and exponents");
+  // q8: a prefix chunk's rows (two a word), each into a bank of its own of the exponents; a plane chunk's lanes read
+  // LANES <= CHUNK_WORDS consecutive rows of them
+  static constexpr int EX_BANKS = 2 * CHUNK_WORDS;
+  static constexpr int prefix_chunks(int rows) { return D::prefix_words(rows) / CHUNK_WORDS; }
   // Whether an engine whose tile row counts are all multiples of row_align runs its chunks in lanes (see above).
   static constexpr bool lanes(int row_align) { return row_align % LANES == 0; }
   // A row's accumulator comes back after rows / LANES plane chunks at least (one at least).
@@ -160,15 +166,12 @@ struct DdrStream {
     return (long long)(D::blocks(rows, cols) - 1) * BLOCK_CHUNKS + PARAM_CHUNKS +
            (D::steps(rows, cols) - (D::blocks(rows, cols) - 1) * D::BLOCK_STEPS + LANES - 1) / LANES;
   }
-  static constexpr uint64_t prefix_cycles(int rows) {
-    return D::Q8 ? (uint64_t)D::prefix_beats(rows) * PREFIX_II + timing::AXI_READ_LATENCY : 0;
-  }
-  // a round's chunk loop: its chunks, or (y after, not the first round) the previous round's rows if more
+  // a round's chunk loop: its prefix's and blocks' chunks (one burst), or (y after, not the first round) the
+  // previous round's rows if more
   static constexpr uint64_t round_cycles(int rows, int cols, int ii_rows, int row_align, bool first) {
-    const long long chunks = DdrStream::chunks(rows, cols);
+    const long long chunks = prefix_chunks(rows) + DdrStream::chunks(rows, cols);
     const long long iterations = first || !y_after(ii_rows, row_align) || chunks >= rows ? chunks : rows;
-    return prefix_cycles(rows) + (uint64_t)iterations * chunk_ii(ii_rows, row_align) + S::GEMV_DEPTH +
-           timing::AXI_READ_LATENCY;
+    return (uint64_t)iterations * chunk_ii(ii_rows, row_align) + S::GEMV_DEPTH + timing::AXI_READ_LATENCY;
   }
   // DDR_Y's rows an iteration: Y_ROWS rows of the PORTS tiles of a round go to y (partitioned cyclic y_banks) in one
   // iteration when each of their Y_ROWS * PORTS outputs has a bank of its own fixed by its unrolled lane (row i of the
@@ -243,16 +246,15 @@ void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_C
   constexpr int ROUNDS = P::rounds(TILES, PORTS), Y_ROWS = P::y_rows(TILES, PORTS, Y_BANKS), Y_II = P::y_ii(Y_ROWS);
   // the pragmas'
   constexpr int CHUNK_II = P::chunk_ii(E::MIN_ROWS, E::ROW_ALIGN), ACC_DISTANCE = P::acc_distance(E::MIN_ROWS);
-  constexpr int PREFIX_II = P::PREFIX_II, MAX_ROWS = E::MAX_ROWS;
-  constexpr int MAX_CHUNKS = (int)P::chunks(E::MAX_ROWS, E::MAX_COLS),
-                MAX_PREFIX_BEATS = D::prefix_beats(E::MAX_ROWS);
+  constexpr int EX_BANKS = P::EX_BANKS, EX_DISTANCE = PARAM_CHUNKS + 1, MAX_ROWS = E::MAX_ROWS;
+  constexpr int MAX_CHUNKS = (int)(P::prefix_chunks(E::MAX_ROWS) + P::chunks(E::MAX_ROWS, E::MAX_COLS));
   (void)CHUNK_II;
   (void)Y_II;
   (void)ACC_DISTANCE;
-  (void)PREFIX_II;
+  (void)EX_BANKS;
+  (void)EX_DISTANCE;
   (void)MAX_ROWS;
   (void)MAX_CHUNKS;
-  (void)MAX_PREFIX_BEATS;
 
 #pragma HLS ARRAY_PARTITION variable = a_scale type = complete dim = 1
   cand_t cand[TOKENS][NG_MAX][QUADS][QUAD_CANDIDATES];
@@ -279,7 +281,7 @@ void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_C
 #pragma HLS ARRAY_PARTITION variable = fin type = cyclic factor = LANES dim = 4
   scale_word_t ex[PORTS][EX_ROWS]; // q8: a port's tile's row exponents
 #pragma HLS ARRAY_PARTITION variable = ex type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = ex type = cyclic factor = DDR_EX_BANKS dim = 2
+#pragma HLS ARRAY_PARTITION variable = ex type = cyclic factor = EX_BANKS dim = 2
   rom_word_t prm[PORTS][D::PARAM_WORDS]; // a port's block's scale entries, read before its planes
 #pragma HLS ARRAY_PARTITION variable = prm type = complete
 
@@ -291,41 +293,27 @@ DDR_TOKENS: // a candidate stage per token lane, the block's tokens side by side
   }
 
   const int ng = cols / GROUP, steps = D::steps(rows, cols), chunks = (int)P::chunks(rows, cols);
-  const int prefix_beats = D::prefix_beats(rows), row_lanes = rows / LANES;
+  const int stream = P::prefix_chunks(rows) + chunks, row_lanes = rows / LANES;
   const long long tile_words = D::tile_words(rows, cols);
 DDR_ROUNDS:
   for (int t0 = 0; t0 < ROUNDS * PORTS; t0 += PORTS) {
     const int set = Y_AFTER ? (t0 / PORTS) & 1 : 0, prev = FIN_SETS - 1 - set; // y after: the two sets alternate
     const int y_rows = Y_AFTER && t0 > 0 ? rows : 0; // the previous round's outputs, written in this chunk loop
-  DDR_EXPONENTS: // q8 only (no prefix for fp16): one beat per port, 8 rows (one per bank of ex), per iteration
-    for (int k = 0; k < prefix_beats; ++k) {
-#pragma HLS PIPELINE II = PREFIX_II
-#pragma HLS LOOP_TRIPCOUNT min = 0 max = MAX_PREFIX_BEATS
-      for (int p = 0; p < PORTS; ++p) {
-#pragma HLS UNROLL
-        for (int i = 0; i < DDR_EX_BANKS; ++i) {
-#pragma HLS UNROLL
-          const int row = DDR_EX_BANKS * k + i;
-          if (t0 + p < TILES) {
-            const rom_word_t w = ddr_port(p, image0, image1, image2, image3)[(long long)(t0 + p) * tile_words +
-                                                                             DDR_BEAT_WORDS * k + i / 2];
-            if (row < EX_ROWS && row < rows) ex[p][row] = (scale_word_t)(w >> (16 * (i & 1)));
-          }
-        }
-      }
-    }
     // the chunk's place in its block (kc, block b) and the (group, row) of the next step; lanes: the plane chunk's
     // group and first row LANES * q
     int kc = 0, b = 0, g = 0, r = 0, q = 0;
-  DDR_CHUNKS:
-    for (int k = 0; k < (chunks > y_rows ? chunks : y_rows); ++k) {
+  DDR_CHUNKS: // a tile's one burst: its q8 exponent prefix, then its blocks
+    for (int k = 0; k < (stream > y_rows ? stream : y_rows); ++k) {
 #pragma HLS PIPELINE II = CHUNK_II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
 #pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = ACC_DISTANCE dependent = true
+#pragma HLS DEPENDENCE variable = ex type = inter direction = RAW distance = EX_DISTANCE dependent = true
 #pragma HLS DEPENDENCE variable = fin type = inter dependent = false
-      const bool planes = kc >= PARAM_CHUNKS;
+      const bool exps = k < stream - chunks; // a chunk of the prefix
+      const bool planes = !exps && kc >= PARAM_CHUNKS;
       const int first = b * BLOCK_STEPS + (kc - PARAM_CHUNKS) * LANES; // a plane chunk's first step
-      // the chunk's steps' (group, row), the same for every port's tile; lanes: lane i owns bank i of acc and ex
+      // the chunk's steps' (group, row), the same for every port's tile; lanes: lane i owns bank i of acc (its rows'
+      // exponents are in banks of their own)
       int grp_of[LANES], row_of[LANES];
 #pragma HLS ARRAY_PARTITION variable = grp_of type = complete
 #pragma HLS ARRAY_PARTITION variable = row_of type = complete
@@ -353,16 +341,22 @@ DDR_ROUNDS:
       for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
         const int t = t0 + p;
-        if (t < TILES && k < chunks) { // the last round's missing tiles (TILES not a multiple of PORTS) idle
+        if (t < TILES && k < stream) { // the last round's missing tiles (TILES not a multiple of PORTS) idle
           rom_word_t w[CHUNK_WORDS];
 #pragma HLS ARRAY_PARTITION variable = w type = complete
           for (int j = 0; j < CHUNK_WORDS; ++j) {
 #pragma HLS UNROLL
             // consecutive: a burst per tile (tile t0 + p of port p)
             w[j] = ddr_port(p, image0, image1, image2, image3)[(long long)(t0 + p) * tile_words +
-                                                               D::prefix_words(rows) + (long long)k * CHUNK_WORDS + j];
+                                                               (long long)k * CHUNK_WORDS + j];
           }
-          if (!planes) { // the block's scale entries
+          if (exps) { // two rows' exponents a word, each row's into its bank
+            for (int j = 0; j < 2 * CHUNK_WORDS; ++j) {
+#pragma HLS UNROLL
+              const int row = 2 * CHUNK_WORDS * k + j;
+              if (row < EX_ROWS && row < rows) ex[p][row] = (scale_word_t)(w[j / 2] >> (16 * (j & 1)));
+            }
+          } else if (!planes) { // the block's scale entries
             for (int j = 0; j < CHUNK_WORDS; ++j) {
 #pragma HLS UNROLL
               prm[p][kc * CHUNK_WORDS + j] = w[j];
@@ -390,7 +384,7 @@ DDR_ROUNDS:
           }
         }
       }
-      if (++kc == BLOCK_CHUNKS) {
+      if (!exps && ++kc == BLOCK_CHUNKS) {
         kc = 0;
         ++b;
       }
