@@ -81,7 +81,7 @@
 // checks it): a ROM tensor's at load, a URAM tensor's from its bank words after CMD_LOAD_WEIGHTS, a DDR tensor's
 // from the ddr_weights buffer at the first run command that sees a new image (keyed by the buffer's address and
 // the load; the payload's CRC is checked then), or brom_tile_gemv_csim /
-// brom_ddr_gemv for a tile that could not be packed (same bits, far slower: roma_emu_gemv_paths counts the tile
+// brom_ddr_gemv_rt for a tile that could not be packed (same bits, far slower: roma_emu_gemv_paths counts the tile
 // GEMVs by path, so the tests see every one take the packed path).
 #ifndef __SYNTHESIS__
 #pragma GCC visibility push(default) // the emulated board's library exports only the C API of roma_core.h

@@ -211,6 +211,26 @@ long run_csim_fast(const Case &c, const BromImageHost &img, Tally &tally) {
   return tally.mismatches - before;
 }
 
+// A fixed tile shape as an engine: its one row count is its alignment.
+template <class C>
+struct DdrFixedShape : C {
+  static constexpr int ROW_ALIGN = C::MAX_ROWS;
+};
+
+// All TILES tiles of one DDR-streamed tensor (a fixed shape) through PORTS PORT_BITS-wide ports reading one image,
+// into a y of Y_BANKS cyclic banks (roma_core's engines run brom_ddr_gemv_rt at run-time shapes).
+template <int PORT_BITS, int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
+          bool PROBE = false, ScaleFormat SF = ScaleFormat::Fp16, int PORTS = 1, int Y_BANKS = 1>
+void brom_ddr_gemv(const act_t xq[COLS], const float a_scale[COLS / GROUP], const rom_word_t *image,
+                   float y[TILES * ROWS], acc_t dot_probe[TILES][(COLS / GROUP) * ROWS],
+                   acc_t xsum_out[COLS / GROUP], Cycles &cyc) {
+  brom_ddr_gemv_rt<DdrFixedShape<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>>, TILES, PORT_BITS, PORTS, PROBE, 1,
+                   Y_BANKS>(
+      1, ROWS, COLS, reinterpret_cast<const act_t(*)[COLS]>(xq),
+      reinterpret_cast<const float(*)[COLS / GROUP]>(a_scale), image, image, image, image, y, y, y, y, dot_probe,
+      xsum_out, cyc);
+}
+
 // The DDR-streamed kernel on the DDR image through PORTS PORT_BITS-wide ports (a tile per port at once) into a y of
 // Y_BANKS banks, and the C-simulation repack of its tiles, against the ROM kernel on datapath DP: y, dots and xsum
 // bit for bit.

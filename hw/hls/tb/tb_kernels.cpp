@@ -235,6 +235,21 @@ void run_embed(const std::string &name, int T, Totals &tot) {
 }
 
 // ---- attention ----
+// A prefill chunk in one call, from the synthesized pieces: its rows written (kv_write_rows), then query i attends to
+// keys 0..start+i. roma_core runs the two steps itself, in blocks of its token lanes, each block's queries beside the
+// previous block's FFN (tb_roma_core checks that schedule); here the pieces are checked against the golden.
+template <int HEADS, int KV, int HD, int MAXCTX, int MAX_T, int SIMD, KvPlace PLACE>
+void attention_prefill(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T][KV * HD],
+                       const float v_new[MAX_T][KV * HD], int start, int T, half_bits_t *k_cache,
+                       half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc, half_bits_t *k_ddr,
+                       half_bits_t *v_ddr) {
+  kv_write_rows<HEADS, KV, HD, MAXCTX, MAX_T, SIMD, PLACE>(k_new, v_new, start, T, k_cache, v_cache, cyc, k_ddr,
+                                                           v_ddr);
+  for (int i = 0; i < T; ++i)
+    attention_lanes<HEADS, KV, HD, MAXCTX, SIMD, PLACE>(&q[i], 1, start + i, 0, start + i + 1, ATT_ALL, k_cache,
+                                                        v_cache, &out[i], cyc);
+}
+
 template <int HEADS, int KV, int HD, int MAXCTX, int SIMD, KvPlace PLACE>
 void run_attn(const std::string &name, int calls, int ntok, Totals &tot, const char *variant) {
   constexpr int QW = HEADS * HD, ROW = KV * HD, MAX_T = 64;

@@ -573,33 +573,6 @@ void attention_decode(const float q[HEADS * HD], const float k_new[KV_HEADS * HD
                                                                     v_cache1);
 }
 
-// Prefill chunk: its rows written (kv_write_rows), then query i attends to keys 0..start+i, in blocks of QT queries
-// (token lanes: one pass over the keys per block; a block of one on two lanes or more, decode's, splits the keys of
-// two KV sets over two lanes). roma_core runs the two steps itself, each block's queries beside the previous block's
-// FFN; this is the chunk in one call (tb_kernels).
-template <int HEADS, int KV_HEADS, int HD, int MAX_CTX, int MAX_T, int SIMD = 8, KvPlace PLACE = KvPlace::Ddr,
-          int QT = 1, int PORTS = 1, int SETS = 1, int PV_SETS = SETS>
-void attention_prefill(const float q[MAX_T][HEADS * HD], const float k_new[MAX_T][KV_HEADS * HD],
-                       const float v_new[MAX_T][KV_HEADS * HD], int start, int T, half_bits_t *k_cache,
-                       half_bits_t *v_cache, float out[MAX_T][HEADS * HD], LayerCycles &cyc,
-                       half_bits_t *k_ddr = nullptr, half_bits_t *v_ddr = nullptr, half_bits_t *k_cache1 = nullptr,
-                       half_bits_t *v_cache1 = nullptr, half_bits_t *k_cache2 = nullptr,
-                       half_bits_t *v_cache2 = nullptr, half_bits_t *k_cache3 = nullptr,
-                       half_bits_t *v_cache3 = nullptr) {
-  kv_write_rows<HEADS, KV_HEADS, HD, MAX_CTX, MAX_T, SIMD, PLACE, PORTS, SETS>(
-      k_new, v_new, start, T, k_cache, v_cache, cyc, k_ddr, v_ddr, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3,
-      v_cache3);
-  constexpr int MAX_BLOCKS = (MAX_T + QT - 1) / QT; // used by the LOOP_TRIPCOUNT pragma
-  (void)MAX_BLOCKS;
-PREFILL_QUERY:
-  for (int i0 = 0; i0 < T; i0 += QT) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS
-    attention_lanes<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, QT, PORTS, SETS, PV_SETS>(
-        &q[i0], T - i0 < QT ? T - i0 : QT, start + i0, 0, start + (T - i0 < QT ? T : i0 + QT), ATT_ALL, k_cache,
-        v_cache, &out[i0], cyc, k_cache1, v_cache1, k_cache2, v_cache2, k_cache3, v_cache3);
-  }
-}
-
 } // namespace roma
 
 #endif // ROMA_ATTENTION_H

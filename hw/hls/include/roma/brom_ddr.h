@@ -65,7 +65,7 @@
 //
 // C simulation (the emulated board) does not run the DDR_CHUNKS loop for speed: roma_core repacks a DDR tile
 // from the ddr_weights buffer once per image (csim_pack_ddr_tile, DdrTileSource: csim/brom_ddr.h) and runs the same
-// packed SIMD path as a ROM tile. brom_ddr_gemv runs for a tile that cannot be repacked, and in tb_brom_tile.
+// packed SIMD path as a ROM tile. brom_ddr_gemv_rt runs for a tile that cannot be repacked, and in tb_brom_tile.
 #ifndef ROMA_BROM_DDR_H
 #define ROMA_BROM_DDR_H
 
@@ -415,27 +415,6 @@ DDR_Y: // the lanes outrun y's write port: the last round's outputs from its acc
     if (k < ng) xsum_out[k] = xsum[0][k];
   }
   P::count(cyc, ROUNDS, rows, cols, E::MIN_ROWS, E::ROW_ALIGN, Y_ROWS);
-}
-
-// A fixed tile shape as an engine: its one row count is its alignment.
-template <class C>
-struct DdrFixedShape : C {
-  static constexpr int ROW_ALIGN = C::MAX_ROWS;
-};
-
-// All TILES tiles of one DDR-streamed tensor (a fixed shape) through PORTS PORT_BITS-wide ports reading one image,
-// into a y of Y_BANKS cyclic banks.
-template <int PORT_BITS, int TILES, int ROWS, int COLS, int GROUP, int BITS, Datapath DP = Datapath::LutSelect,
-          bool PROBE = false, ScaleFormat SF = ScaleFormat::Fp16, int PORTS = 1, int Y_BANKS = 1>
-void brom_ddr_gemv(const act_t xq[COLS], const float a_scale[COLS / GROUP], const rom_word_t *image,
-                   float y[TILES * ROWS], acc_t dot_probe[TILES][(COLS / GROUP) * ROWS],
-                   acc_t xsum_out[COLS / GROUP], Cycles &cyc) {
-#pragma HLS INLINE
-  brom_ddr_gemv_rt<DdrFixedShape<BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF>>, TILES, PORT_BITS, PORTS, PROBE, 1,
-                   Y_BANKS>(
-      1, ROWS, COLS, reinterpret_cast<const act_t(*)[COLS]>(xq),
-      reinterpret_cast<const float(*)[COLS / GROUP]>(a_scale), image, image, image, image, y, y, y, y, dot_probe,
-      xsum_out, cyc);
 }
 
 } // namespace roma
