@@ -108,6 +108,11 @@ inline HalfPair brom_scales(scale_word_t prm, scale_word_t aux) {
     return {q8_to_half(prm & 0xffu, false, aux & 0xffu), q8_to_half(prm >> 8, true, aux >> 8)};
   return {prm, aux};
 }
+// The aux entry of step `step` (row r): q8's exponents are per row, fp16's minimums per step.
+template <ScaleFormat SF>
+constexpr int brom_aux_index(int step, int r) {
+  return SF == ScaleFormat::Q8 ? r : step;
+}
 
 // What a (group, row) step costs, whatever the matrix: the constants of one GEMV datapath (bits, group, scale
 // format, datapath, the candidate stage's CQ quads per cycle) and its cycle formulas, evaluated with a tensor's
@@ -174,8 +179,6 @@ struct BromTileConfig : BromStepConfig<GROUP_, BITS_, DP_, SF_, CQ_> {
   static constexpr int PLANE_WORDS = NG * ROWS * S::WPS;  // per tile
   static constexpr int PARAMS = NG * ROWS;                // prm entries per tile: one per (group, row) step
   static constexpr int AUX = SF == ScaleFormat::Q8 ? ROWS : PARAMS; // aux entries: per row (q8) or step
-  // The aux entry of step `step` (row r): q8 exponents are per row.
-  static constexpr int aux_index(int step, int r) { return SF == ScaleFormat::Q8 ? r : step; }
   static constexpr int GEMV_II = S::gemv_ii(ROWS);
   static constexpr uint64_t CAND_CYCLES = S::cand_cycles(COLS);
   static constexpr uint64_t GEMV_CYCLES = S::gemv_cycles(ROWS, COLS, GEMV_II);
@@ -400,7 +403,7 @@ GEMV_STEPS:
 #pragma HLS UNROLL
           w[p][k] = planes[t][plane_base + s * WPS + k];
         }
-        dm[p] = brom_scales<E::SF>(prm[t][prm_base + s], aux[t][aux_base + (E::SF == ScaleFormat::Q8 ? row : s)]);
+        dm[p] = brom_scales<E::SF>(prm[t][prm_base + s], aux[t][aux_base + brom_aux_index<E::SF>(s, row)]);
       }
     GEMV_TOKEN_LANES:
       for (int c = 0; c < TOKENS; ++c) {

@@ -61,8 +61,6 @@ enum class Datapath : int {
 // nibble plane costs twice the LUTs of a 4-bit one, a DSP multiply does not grow (placement/logic.py gemv_tile).
 constexpr int DSP_MAC_MIN_BITS = 8;
 
-inline bool is_supported_bits(int b) { return b == 2 || b == 3 || b == 4 || b == 8; }
-inline bool is_supported_group(int g) { return g == 32 || g == 64 || g == 128; }
 
 // Pipeline timing model shared by the pragmas and the cycle counters.
 namespace timing {

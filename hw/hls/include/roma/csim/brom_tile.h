@@ -77,7 +77,7 @@ void brom_tile_gemv_csim(const act_t xq[COLS], const float a_scale[COLS / GROUP]
         }
         dot += sel * (acc_t(1) << p);
       }
-      const HalfPair dm = brom_scales<SF>(prm[step], aux[C::aux_index(step, r)]);
+      const HalfPair dm = brom_scales<SF>(prm[step], aux[brom_aux_index<SF>(step, r)]);
       const float term = brom_term(a_scale[g], dm.d, dm.m, dot, xsum[g]);
       acc = (g == 0) ? term : acc + term;
     }
@@ -357,6 +357,10 @@ inline uint32_t le32(const unsigned char *p) {
 constexpr uint32_t BROM_VERSION = 1;
 constexpr uint32_t BROM_HEADER_BYTES = 72;
 constexpr uint32_t BROM_LAYOUT_GROUP_MAJOR = 1; // word index ((g*R + r)*bits + p)*lanes + l
+
+// The code widths and groups an image may have (artifact/brom_image.py check_params).
+inline bool is_supported_bits(int b) { return b == 2 || b == 3 || b == 4 || b == 8; }
+inline bool is_supported_group(int g) { return g == 32 || g == 64 || g == 128; }
 
 // Returns "" on success, else a message naming the file. Layout: see artifact/brom_image.py (header, payload).
 inline std::string load_brom_image(const std::string &path, BromImageHost &img) {
