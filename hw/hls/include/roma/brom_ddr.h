@@ -35,9 +35,10 @@
 //
 // The chunk loop (DdrStream::chunk_ii). LANES datapaths are unrolled in its body (brom_step_dot per step):
 // - lanes (every tile row count of the engine a multiple of LANES, E::ROW_ALIGN): a plane chunk's steps are rows
-//   LANES*q .. LANES*q + LANES-1 of one group, so lane i always reads and writes bank i of acc and ex (partitioned
-//   cyclic LANES and EX_BANKS) and all lanes read the same group's candidates, activations and a_scale; a row's
-//   accumulator comes back at least rows / LANES iterations later (the DEPENDENCE distance).
+//   LANES*q .. LANES*q + LANES-1 of one group, so lane i always reads and writes bank i of acc (partitioned cyclic
+//   LANES), the chunk's rows' exponents are in banks of their own (ex, cyclic EX_BANKS, a multiple of LANES), and
+//   all lanes read the same group's candidates, activations and a_scale; a row's accumulator comes back at least
+//   rows / LANES iterations later (the DEPENDENCE distance).
 //   II = max(CHUNK_CYCLES, timing::acc_ii(rows / LANES)). y has one write port: at II < LANES ("y after") a
 //   round's outputs are written from its accumulators, a row a cycle, while the next round streams (acc holds two
 //   sets, the rounds alternate), and the last round's after the rounds (DDR_Y); else in the last group.
