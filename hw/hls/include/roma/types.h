@@ -61,7 +61,6 @@ enum class Datapath : int {
 // nibble plane costs twice the LUTs of a 4-bit one, a DSP multiply does not grow (placement/logic.py gemv_tile).
 constexpr int DSP_MAC_MIN_BITS = 8;
 
-
 // Pipeline timing model shared by the pragmas and the cycle counters.
 namespace timing {
 constexpr int II = 1;            // every pipelined loop in the kernels is written for II=1
