@@ -26,13 +26,15 @@
 // configuration the build uses (roma_model.h's UNIT_*: bits, group, scale format (SCALES_*: fp16, or q8: 8-bit
 // steps with per-row exponents, brom_tile.h), tiles, and tier (BRAM ROM, URAM, DDR), from the per-layer BITS_*/
 // GROUP_*/SCALES_*/TILES_*/DDR_*/URAM_* arrays; the embedding and an untied output have engines of their own).
-// An engine takes the tensor's rows and columns at run time (brom_gemv_tiles_rt, brom_ddr_gemv_rt) and is sized by
+// An engine takes the tensor's rows and columns at run time (brom_gemv_banks_rt, brom_ddr_gemv_rt) and is sized by
 // the largest; a uniform build has one engine for all layers' linears (one per tier), a mixed one one per width
-// it uses. linear() compares the tensor's engine index with each engine's, so every engine is called at one
-// place, and applies the LoRA delta at one place. An on-chip engine's weights are its bank [TILES][words], each
-// tile's words of all its tensors stacked (Unit<U>; BANK_OFFSETS: where each tensor starts), or each tensor's
-// tiles streamed from its DDR offset. roma_core limits forward() to one instance (ALLOCATION), so the two run
-// paths share it. Only the configurations present are instantiated.
+// it uses, and where a BRAM ROM and a URAM engine of one configuration hold a layer's w_gate and its other linears
+// (the FFN pair) the two are one engine of two banks (TWO_BANKS). linear() compares the tensor's engine index with
+// each engine's, so every engine is called at one place, and applies the LoRA delta at one place. An on-chip
+// engine's weights are its bank [TILES][words], each tile's words of all its tensors stacked (Unit<U>;
+// BANK_OFFSETS: where each tensor starts), or each tensor's tiles streamed from its DDR offset. roma_core limits
+// forward() to one instance (ALLOCATION), so the two run paths share it. Only the configurations present are
+// instantiated.
 //
 // Placement: roma_model.h gives each tensor's tier (DDR_*: -1 on chip, else its word offset in the DDR weight
 // image; URAM_*: -1 unless in URAM, else its offset in the URAM load image). An on-chip tensor is words of its
@@ -220,6 +222,9 @@ constexpr int TC1 = TT > 1 ? 1 : 0, TC2 = TT > 2 ? 2 : 0, TC3 = TT > 3 ? 3 : 0;
 #define TOKEN_IN_ARGS x0, x1, x2, x3
 #define TOKEN_OUTS float *y0, float *y1, float *y2, float *y3
 #define TOKEN_OUT_ARGS y0, y1, y2, y3
+// the second tensor of a pair on the two-bank engine (w_gate beside w_up: ffn_pair), token c's output z_c
+#define PAIR_OUTS float *z0, float *z1, float *z2, float *z3
+#define PAIR_OUT_ARGS z0, z1, z2, z3
 #define TOKEN_ROWS(b) b[0], b[TT > 1 ? 1 : 0], b[TT > 2 ? 2 : 0], b[TT > 3 ? 3 : 0]
 inline const float *token_in(int c, TOKEN_INS) {
 #pragma HLS INLINE
@@ -433,6 +438,51 @@ template <int U>
 typename Unit<U>::scale_entry Unit<U>::params[Unit<U>::TILES][Unit<U>::PARAMS];
 template <int U>
 typename Unit<U>::scale_entry Unit<U>::exps[Unit<U>::TILES][Unit<U>::AUX];
+
+// The FFN pair's engines as one engine of two banks (brom_gemv_banks_rt): where the pair (FFN_PAIR_GATE, FFN_PAIR_UP)
+// is two engines of one configuration, w_gate's BRAM ROM and the URAM of the layers' other linears, on a build
+// with token lanes, one GEMV engine reads both banks: bank 0 is PAIR_UP's, bank 1 PAIR_GATE's, each PE has a slot per
+// bank and token lane, and every tensor of either runs on it. A layer's gate and up run at once, a bank's slots each
+// (ffn_pair); any other tensor alone takes all four slots of a PE, its rows split over its bank's two ports for a
+// block of two prefill tokens (decode's row split on two lanes already takes them). So the datapaths that served only
+// w_gate serve every linear of the bank's layers, in half the steps of a prefill block.
+constexpr int PAIR_GATE = rm::FFN_PAIR_GATE >= 0 ? rm::FFN_PAIR_GATE : 0,
+              PAIR_UP = rm::FFN_PAIR_UP >= 0 ? rm::FFN_PAIR_UP : 0;
+constexpr bool two_banks() {
+  typedef Unit<PAIR_GATE> G;
+  typedef Unit<PAIR_UP> P;
+  return rm::FFN_PAIR_GATE >= 0 && TT >= 2 && !G::DDR && !G::URAM && P::URAM && !G::HEAD && !P::HEAD &&
+         G::BITS == P::BITS && G::GROUP == P::GROUP && G::SF == P::SF && G::TILES == P::TILES;
+}
+constexpr bool TWO_BANKS = two_banks();
+// Engine u's datapaths per PE for a tensor alone (the row split's slots: BromStepConfig::row_split) and the fewest
+// rows per tile of its tensors (its II and split distance): the two-bank engine's over both banks.
+constexpr bool on_two_banks(int u) { return TWO_BANKS && (u == PAIR_GATE || u == PAIR_UP); }
+template <int U>
+constexpr int engine_slots() {
+  return on_two_banks(U) ? 2 * TT : Unit<U>::TOKENS;
+}
+template <int U>
+constexpr int engine_min_rows() {
+  return !on_two_banks(U) ? Unit<U>::MIN_ROWS
+         : Unit<PAIR_GATE>::MIN_ROWS < Unit<PAIR_UP>::MIN_ROWS ? Unit<PAIR_GATE>::MIN_ROWS
+                                                               : Unit<PAIR_UP>::MIN_ROWS;
+}
+// The engine of tensor (l, lin): its unit's, or the two-bank engine's (PAIR_UP) for PAIR_GATE's tensors.
+constexpr int lin_engine(int l, int lin) { return on_two_banks(lin_unit(l, lin)) ? PAIR_UP : lin_unit(l, lin); }
+// The two-bank engine's configuration (bank 0's, PAIR_UP's, and the bounds over both banks' tensors) for
+// brom_gemv_banks_rt; bank 1's sizes are Unit<PAIR_GATE>'s.
+template <class P, class G>
+struct TwoBankEngine : P {
+  static constexpr int MAX_ROWS = P::MAX_ROWS > G::MAX_ROWS ? P::MAX_ROWS : G::MAX_ROWS;
+  static constexpr int MIN_ROWS = P::MIN_ROWS < G::MIN_ROWS ? P::MIN_ROWS : G::MIN_ROWS;
+  static constexpr int MAX_COLS = P::MAX_COLS > G::MAX_COLS ? P::MAX_COLS : G::MAX_COLS;
+};
+// The configuration a GEMV engine U's kernels are sized by: Unit<U>, or the two-bank engine's.
+template <int U>
+using EngineOf = typename std::conditional<on_two_banks(U) && U == PAIR_UP,
+                                           TwoBankEngine<Unit<PAIR_UP>, Unit<PAIR_GATE>>, Unit<U>>::type;
+
 #ifndef __SYNTHESIS__
 static float g_norms[2 * rm::N_LAYERS + 1][rm::DIM]; // attn_norm, ffn_norm per layer, then output_norm
 // C simulation only: each (layer, linear)'s tensor repacked once for the SIMD GEMV (brom_tile_gemv_packed,
@@ -590,6 +640,55 @@ void tiles_gemv(std::false_type /*on chip*/, int l, int lin, int n, int rows, in
                 probe, xs, cyc);
 }
 
+// Tensor (l, lin) on the two-bank engine E (TWO_BANKS): alone on every slot of its bank, or with (l, pair_lin), of
+// the other bank, beside it into z_c. Bank 1 (PAIR_GATE's, a BRAM ROM) is bound here; bank 0 (URAM) where
+// CMD_LOAD_WEIGHTS writes it.
+template <class E, class G>
+void two_bank_tiles(const rom_word_t planes[E::TILES][E::PLANE_WORDS], const scale_word_t prm[E::TILES][E::PARAMS],
+                    const scale_word_t aux[E::TILES][E::AUX], const rom_word_t planes1[G::TILES][G::PLANE_WORDS],
+                    const scale_word_t prm1[G::TILES][G::PARAMS], const scale_word_t aux1[G::TILES][G::AUX], int l,
+                    int lin, int pair_lin, int n, int rows, int cols, const act_t xq[E::TOKENS][E::MAX_COLS],
+                    const float as[E::TOKENS][E::MAX_COLS / E::GROUP], TOKEN_OUTS, PAIR_OUTS,
+                    acc_t probe[E::TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS], acc_t xs[E::MAX_COLS / E::GROUP],
+                    Cycles &cyc) {
+#pragma HLS INLINE
+#pragma HLS BIND_STORAGE variable = planes1 type = rom_2p impl = bram
+  const bool pair = pair_lin >= 0;
+  const int ylin = pair ? pair_lin : lin;
+  brom_gemv_banks_rt<E, G, E::TILES, 2, false, E::TOKENS>(
+      n, rows, cols, xq, as, lin_unit(l, lin) == PAIR_GATE ? 1 : 0, pair, planes, prm, aux, planes1, prm1, aux1,
+      BANK_OFFSETS.at[BANK_PLANES][l][lin], BANK_OFFSETS.at[BANK_PARAMS][l][lin], BANK_OFFSETS.at[BANK_AUX][l][lin],
+      BANK_OFFSETS.at[BANK_PLANES][l][ylin], BANK_OFFSETS.at[BANK_PARAMS][l][ylin], BANK_OFFSETS.at[BANK_AUX][l][ylin],
+      TOKEN_OUT_ARGS, PAIR_OUT_ARGS, probe, xs, cyc);
+}
+// Engine U's tiles for tensor (l, lin) (and the pair's second, pair_lin, on the two-bank engine): its tier's.
+template <int U>
+void engine_tiles(std::false_type /*one bank*/, int l, int lin, int, int n, int rows, int cols,
+                  const act_t xq[Unit<U>::TOKENS][EngineOf<U>::MAX_COLS],
+                  const float as[Unit<U>::TOKENS][EngineOf<U>::MAX_COLS / Unit<U>::GROUP], DDR_PORT_PARAMS, TOKEN_OUTS,
+                  PAIR_OUTS,
+                  acc_t probe[Unit<U>::TILES][(EngineOf<U>::MAX_COLS / Unit<U>::GROUP) * EngineOf<U>::MAX_ROWS],
+                  acc_t xs[EngineOf<U>::MAX_COLS / Unit<U>::GROUP], Cycles &cyc) {
+#pragma HLS INLINE
+  (void)z0, (void)z1, (void)z2, (void)z3;
+  typedef Unit<U> R;
+  tiles_gemv<R>(typename R::InDdr(), l, lin, n, rows, cols, xq, as, DDR_PORTS, TOKEN_OUT_ARGS, probe, xs, cyc);
+}
+template <int U>
+void engine_tiles(std::true_type /*two banks*/, int l, int lin, int pair_lin, int n, int rows, int cols,
+                  const act_t xq[Unit<U>::TOKENS][EngineOf<U>::MAX_COLS],
+                  const float as[Unit<U>::TOKENS][EngineOf<U>::MAX_COLS / Unit<U>::GROUP], DDR_PORT_PARAMS, TOKEN_OUTS,
+                  PAIR_OUTS,
+                  acc_t probe[Unit<U>::TILES][(EngineOf<U>::MAX_COLS / Unit<U>::GROUP) * EngineOf<U>::MAX_ROWS],
+                  acc_t xs[EngineOf<U>::MAX_COLS / Unit<U>::GROUP], Cycles &cyc) {
+#pragma HLS INLINE
+  (void)ddr, (void)ddr1, (void)ddr2, (void)ddr3;
+  typedef Unit<U> P;                             // PAIR_UP
+  typedef Unit<U == PAIR_UP ? PAIR_GATE : U> G; // (dependent on U: instantiated only for the two-bank engine)
+  two_bank_tiles<EngineOf<U>, G>(P::planes, P::prm(), P::aux(), G::planes, G::prm(), G::aux(), l, lin, pair_lin, n,
+                                 rows, cols, xq, as, TOKEN_OUT_ARGS, PAIR_OUT_ARGS, probe, xs, cyc);
+}
+
 #ifndef __SYNTHESIS__
 // Whether tensor LIN's shape is one engine R serves (the packers and loaders are compiled per shape,
 // for the engines that can hold it).
@@ -603,7 +702,8 @@ constexpr bool serves_shape() {
 // for a tensor it could not pack), or nothing when the tensor is not one of R's; counted as the engine counts it
 // (the lanes' quantizers and candidate stages side by side, one pass over the weights for the block).
 template <class R, int LIN>
-void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, TOKEN_OUTS, Cycles &cyc) {
+void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, TOKEN_OUTS, int slots, int min_rows,
+                      Cycles &cyc) {
   constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN), NG = R::MAX_COLS / R::GROUP;
   if constexpr (serves_shape<R, LIN>()) {
     act_t xq[R::TOKENS][R::MAX_COLS];
@@ -641,8 +741,42 @@ void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, T
       P::count(cyc, P::rounds(R::TILES, rm::WEIGHT_PORTS), ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN,
                P::y_rows(R::TILES, rm::WEIGHT_PORTS, out_banks<R>()));
     } else { // parallel tiles: one tile's cycles
-      BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>::count(cyc, n, R::TOKENS, ROWS, COLS, R::MIN_ROWS);
+      BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>::count(cyc, n, slots, ROWS, COLS, min_rows);
     }
+  }
+  (void)slots, (void)min_rows;
+}
+// Tensor (l, lin) of unit R's bank in C simulation: the GEMVs are compiled per shape.
+template <class R>
+void csim_gemv(int l, int lin, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, TOKEN_OUTS, int slots, int min_rows,
+               Cycles &cyc) {
+  switch (lin) {
+  case L_WQ:
+    csim_tensor_gemv<R, L_WQ>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
+    break;
+  case L_WK:
+    csim_tensor_gemv<R, L_WK>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
+    break;
+  case L_WV:
+    csim_tensor_gemv<R, L_WV>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
+    break;
+  case L_WO:
+    csim_tensor_gemv<R, L_WO>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
+    break;
+  case L_GATE:
+    csim_tensor_gemv<R, L_GATE>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
+    break;
+  case L_UP:
+    csim_tensor_gemv<R, L_UP>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
+    break;
+  case L_DOWN:
+    csim_tensor_gemv<R, L_DOWN>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
+    break;
+  case L_EMBD:
+    csim_tensor_gemv<R, L_EMBD>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
+    break;
+  default:
+    csim_tensor_gemv<R, L_OUTPUT>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
   }
 }
 #endif
@@ -651,14 +785,17 @@ void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, T
 // configuration), for the block's n tokens: x_c[cols] -> y_c[rows] through the activation quantizer (one per token
 // lane, the tokens' in parallel) and the tiles (its words in the bank, or streamed from ddr), one pass for the block.
 // quantize: false when the engine's last tensor had the same inputs (w_k and w_v after w_q, w_up after w_gate),
-// whose codes and scales it still holds.
+// whose codes and scales it still holds. pair_lin (the two-bank engine only; else -1): a tensor of the other bank
+// with the same input and shape (w_gate beside w_up), into z_c in the same pass.
 template <int U>
-void gemv_unit(int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a) {
+void gemv_unit(int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a, int pair_lin,
+               PAIR_OUTS) {
   typedef Unit<U> R;
   Cycles &cyc = R::HEAD ? a.head : a.gemv;
 #ifdef __SYNTHESIS__
-  constexpr int NG = R::MAX_COLS / R::GROUP, ACT = R::ACT;
-  static act_t xq[R::TOKENS][R::MAX_COLS]; // written by act_quant, read by the candidate stage: ACT per cycle
+  typedef EngineOf<U> E;
+  constexpr int NG = E::MAX_COLS / R::GROUP, ACT = R::ACT;
+  static act_t xq[R::TOKENS][E::MAX_COLS]; // written by act_quant, read by the candidate stage: ACT per cycle
 #pragma HLS ARRAY_PARTITION variable = xq type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = xq type = cyclic factor = ACT dim = 2
   static float as[R::TOKENS][NG];
@@ -670,24 +807,29 @@ void gemv_unit(int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_
   constexpr int C1 = R::TOKENS > 1 ? 1 : 0, C2 = R::TOKENS > 2 ? 2 : 0, C3 = R::TOKENS > 3 ? 3 : 0;
   Cycles beside;
   if (quantize) {
-    act_quant<R::MAX_COLS, R::GROUP, ACT>(cols, x0, xq[0], as[0], cyc);
-    if (C1 && n > 1) act_quant<R::MAX_COLS, R::GROUP, ACT>(cols, x1, xq[C1], as[C1], beside);
-    if (C2 && n > 2) act_quant<R::MAX_COLS, R::GROUP, ACT>(cols, x2, xq[C2], as[C2], beside);
-    if (C3 && n > 3) act_quant<R::MAX_COLS, R::GROUP, ACT>(cols, x3, xq[C3], as[C3], beside);
+    act_quant<E::MAX_COLS, R::GROUP, ACT>(cols, x0, xq[0], as[0], cyc);
+    if (C1 && n > 1) act_quant<E::MAX_COLS, R::GROUP, ACT>(cols, x1, xq[C1], as[C1], beside);
+    if (C2 && n > 2) act_quant<E::MAX_COLS, R::GROUP, ACT>(cols, x2, xq[C2], as[C2], beside);
+    if (C3 && n > 3) act_quant<E::MAX_COLS, R::GROUP, ACT>(cols, x3, xq[C3], as[C3], beside);
   }
-  static acc_t probe[R::TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
-  tiles_gemv<R>(typename R::InDdr(), l, lin, n, rows, cols, xq, as, DDR_PORTS, TOKEN_OUT_ARGS, probe, xs, cyc);
+  static acc_t probe[R::TILES][NG * E::MAX_ROWS]; // not written (PROBE = false)
+  engine_tiles<U>(std::integral_constant<bool, on_two_banks(U)>(), l, lin, pair_lin, n, rows, cols, xq, as, DDR_PORTS,
+                  TOKEN_OUT_ARGS, PAIR_OUT_ARGS, probe, xs, cyc);
 #else
-  switch (lin) { // the emulated board's GEMVs are compiled per shape
-  case L_WQ: csim_tensor_gemv<R, L_WQ>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
-  case L_WK: csim_tensor_gemv<R, L_WK>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
-  case L_WV: csim_tensor_gemv<R, L_WV>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
-  case L_WO: csim_tensor_gemv<R, L_WO>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
-  case L_GATE: csim_tensor_gemv<R, L_GATE>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
-  case L_UP: csim_tensor_gemv<R, L_UP>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
-  case L_DOWN: csim_tensor_gemv<R, L_DOWN>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
-  case L_EMBD: csim_tensor_gemv<R, L_EMBD>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
-  default: csim_tensor_gemv<R, L_OUTPUT>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, cyc); break;
+  // the emulated board's GEMVs, per tensor on its unit's bank (PAIR_GATE's for its tensors on the two-bank engine),
+  // counted on the engine's slots: all of them alone, a bank's in a pair (counted once: the same shape, one pass)
+  const int slots = pair_lin >= 0 ? R::TOKENS : engine_slots<U>();
+  if constexpr (on_two_banks(U)) {
+    if (lin_unit(l, lin) == PAIR_GATE)
+      csim_gemv<Unit<PAIR_GATE>>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots,
+                                 engine_min_rows<U>(), cyc);
+    else csim_gemv<R>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, engine_min_rows<U>(), cyc);
+    Cycles same;
+    if (pair_lin >= 0)
+      csim_gemv<Unit<PAIR_GATE>>(l, pair_lin, n, TOKEN_IN_ARGS, false, DDR_PORTS, PAIR_OUT_ARGS, slots,
+                                 engine_min_rows<U>(), same);
+  } else {
+    csim_gemv<R>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, engine_min_rows<U>(), cyc);
   }
 #endif
 }
@@ -706,14 +848,15 @@ void gemv_if(std::false_type /*an untied embedding: only looked up*/, int, int, 
 template <int U>
 void gemv_if(std::true_type, int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
-  gemv_unit<U>(l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a);
+  gemv_unit<U>(l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a, -1, TOKEN_OUT_ARGS);
 }
 template <int U>
 void gemv_from(std::true_type, int u, int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_PORT_PARAMS,
                Acct &a) {
 #pragma HLS INLINE
-  if (u == U)
-    gemv_if<U>(typename Unit<U>::RunsGemv(), l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a);
+  if (u == U) // u: the tensor's engine (lin_engine), so PAIR_GATE's call site has no engine of its own on two banks
+    gemv_if<U>(std::integral_constant<bool, Unit<U>::RunsGemv::value && !(on_two_banks(U) && U == PAIR_GATE)>(), l,
+               lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a);
   else gemv_from<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, l, lin, n, TOKEN_IN_ARGS, quantize,
                         TOKEN_OUT_ARGS, DDR_PORTS, a);
 }
@@ -730,8 +873,8 @@ LINEAR_LORA:
   }
 }
 void linear(int l, int lin, int n, TOKEN_INS, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a, bool same_input = false) {
-  const bool quantize = !same_input || lin_unit(l, lin) != lin_unit(l, lin - 1);
-  gemv_from<0>(std::true_type(), lin_unit(l, lin), l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a);
+  const bool quantize = !same_input || lin_engine(l, lin) != lin_engine(l, lin - 1);
+  gemv_from<0>(std::true_type(), lin_engine(l, lin), l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a);
   lora_deltas(l, lin, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, a);
 }
 
@@ -748,15 +891,26 @@ template <class = void>
 void ffn_pair(std::false_type, int, int, const float *, const float *, const float *, const float *, float *, float *,
               float *, float *, float *, float *, float *, float *, const rom_word_t *, const rom_word_t *,
               const rom_word_t *, const rom_word_t *, Acct &) {}
+// On the two-bank engine (TWO_BANKS) the pair is one call: gate on bank 1's slots beside up on bank 0's.
+template <class = void>
+void pair_gemvs(std::true_type /*two banks*/, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, float *u1, float *u2,
+                float *u3, DDR_PORT_PARAMS, Acct &a) {
+  gemv_unit<PAIR_UP>(l, L_UP, n, TOKEN_IN_ARGS, true, u0, u1, u2, u3, DDR_PORTS, a, L_GATE, TOKEN_OUT_ARGS);
+}
+template <class = void>
+void pair_gemvs(std::false_type, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, float *u1, float *u2, float *u3,
+                DDR_PORT_PARAMS, Acct &a) {
+  Acct at_gate, at_up;
+  gemv_unit<PAIR_GATE>(l, L_GATE, n, TOKEN_IN_ARGS, true, TOKEN_OUT_ARGS, DDR_PORTS, at_gate, -1, TOKEN_OUT_ARGS);
+  gemv_unit<PAIR_UP>(l, L_UP, n, TOKEN_IN_ARGS, true, u0, u1, u2, u3, DDR_PORTS, at_up, -1, u0, u1, u2, u3);
+  const Cycles &longer = at_gate.gemv.total() >= at_up.gemv.total() ? at_gate.gemv : at_up.gemv;
+  a.gemv += longer;
+}
 template <class = void>
 void ffn_pair(std::true_type, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, float *u1, float *u2, float *u3,
               DDR_PORT_PARAMS, Acct &a) {
-  constexpr int GATE = rm::FFN_PAIR_GATE >= 0 ? rm::FFN_PAIR_GATE : 0, UP = rm::FFN_PAIR_UP >= 0 ? rm::FFN_PAIR_UP : 0;
-  Acct at_gate, at_up;
-  gemv_unit<GATE>(l, L_GATE, n, TOKEN_IN_ARGS, true, TOKEN_OUT_ARGS, DDR_PORTS, at_gate);
-  gemv_unit<UP>(l, L_UP, n, TOKEN_IN_ARGS, true, u0, u1, u2, u3, DDR_PORTS, at_up);
-  const Cycles &longer = at_gate.gemv.total() >= at_up.gemv.total() ? at_gate.gemv : at_up.gemv;
-  a.gemv += longer;
+  pair_gemvs(std::integral_constant<bool, TWO_BANKS>(), l, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, u0, u1, u2, u3,
+             DDR_PORTS, a);
   lora_deltas(l, L_GATE, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, a);
   lora_deltas(l, L_UP, n, TOKEN_IN_ARGS, u0, u1, u2, u3, a);
 }
@@ -1083,8 +1237,8 @@ inline uint64_t onchip_gemv_cycles(std::true_type, int u, int lin) {
   typedef Unit<U> R;
   if (u != U) return onchip_gemv_cycles<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, lin);
   Cycles cyc;
-  BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>::count(cyc, 1, R::TOKENS, lin_rows(lin) / R::TILES,
-                                                                lin_cols(lin), R::MIN_ROWS);
+  BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>::count(cyc, 1, engine_slots<U>(), lin_rows(lin) / R::TILES,
+                                                                lin_cols(lin), engine_min_rows<U>());
   return cyc.total();
 }
 inline bool scores_beside_kv(int l) {
@@ -1721,7 +1875,8 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // ... and inside it one linear() for its eight call sites (seven linears of a layer, the head): each GEMV engine,
   // its activation quantizer and the LoRA apply are one RTL instance
 #pragma HLS ALLOCATION function instances = linear limit = 1
-  // ... and each engine one instance for its call site there and its second one in ffn_pair (the FFN pair's)
+  // ... and each engine one instance for its call site there and its second one in ffn_pair (the FFN pair's; the
+  // two-bank engine, both)
 #pragma HLS ALLOCATION function instances = gemv_unit limit = 1
   // ... one attention block and one FFN step (its unit blocks called once in it) for layer()'s two steps of
   // LAYER_ATT_FFN (one after the other)

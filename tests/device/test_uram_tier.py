@@ -144,15 +144,18 @@ def test_uram_build_on_emu_equals_the_rom_build_and_the_golden_model(uram_build,
     assert np.array_equal(uram_logits, rom_logits)  # the same words in URAM banks: bit for bit
     assert_within_float_noise(uram_logits, golden_variant_logits(load_build(uram_build), IDS), TOL)
     rom_cycles, uram_cycles = tiny_emu.last_cycles(), uram_emu.last_cycles()
-    # the same datapath reads them, but layer 0's gate (ROM engine) and up (URAM engine) run at once (ffn-pair): the
-    # GEMV stage is shorter by the up's GEMV. In a prefill the units that run beside the GEMVs (the next or previous
-    # block's norm, RoPE, SwiGLU and residual adds, and attention) count what the GEMVs do not hide, so they may grow,
-    # by less than the GEMVs saved; every other stage is the same
+    # the same datapath reads them, but layer 0's gate (ROM bank) and its other linears (URAM bank) are one engine of
+    # two banks (ffn-pair; roma_core.cpp TWO_BANKS): gate and up run at once, and in a prefill block of two tokens
+    # every other tensor of the engine splits its rows over its bank's two ports, on both banks' slots. So the GEMV
+    # stage is shorter, by less than half (the split halves the steps, not the candidate stages). In a prefill the
+    # units that run beside the GEMVs (the next or previous block's norm, RoPE, SwiGLU and residual adds, and
+    # attention) count what the GEMVs do not hide, so they may grow, by less than the GEMVs saved; every other stage is
+    # the same
     beside = ("norm", "rope", "activation", "residual", "attention")
     assert {k: v for k, v in uram_cycles.items() if k != "gemv" and k not in beside} == {
         k: v for k, v in rom_cycles.items() if k != "gemv" and k not in beside}
     saved = rom_cycles["gemv"] - uram_cycles["gemv"]
-    assert 0 < saved < rom_cycles["gemv"] / 10
+    assert rom_cycles["gemv"] / 10 < saved < rom_cycles["gemv"] / 2
     assert 0 <= sum(uram_cycles[k] - rom_cycles[k] for k in beside) < saved
     for _ in range(2):
         t = int(np.argmax(uram_logits))

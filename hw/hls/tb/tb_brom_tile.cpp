@@ -353,6 +353,87 @@ long run_token_lanes(const Case &c, const BromImageHost &img, Tally &tally) {
   return tally.mismatches - before;
 }
 
+// The FFN pair's engine of two banks (brom_gemv_banks_rt, two token lanes a bank): bank 0 holds the case's matrix A,
+// bank 1 its complement B (every code c as 2^BITS - 1 - c: another matrix of the same shape) followed by A, so a
+// tensor starts past the bank's first words. Each call gives every token's y bit for bit as the one-bank engine's
+// GEMV of its matrix: A alone from bank 0 and from bank 1 (its rows split over the banks' four slots where the
+// tile's rows allow it, in half the steps, decode's split too), and the pairs A with B at once (A on bank 0's slots,
+// B on bank 1's into z, and the other way round), each counted as one GEMV of the two-lane engine.
+template <class C>
+struct TwiceTheBank : C { // bank 1 of run_two_banks: B's words, then A's
+  static constexpr int PLANE_WORDS = 2 * C::PLANE_WORDS, PARAMS = 2 * C::PARAMS, AUX = 2 * C::AUX;
+};
+template <int TILES, int ROWS, int COLS, int GROUP, int BITS, ScaleFormat SF>
+long run_two_banks(const Case &c, const BromImageHost &img, Tally &tally) {
+  typedef BromTileConfig<ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF> C;
+  typedef TwiceTheBank<C> C1;
+  typedef BromStepConfig<GROUP, BITS, Datapath::LutSelect, SF> S;
+  constexpr int NG = C::NG, PP = C::PARAMS, PW = C::PLANE_WORDS, AX = C::AUX, L = 2;
+  const int n_block = std::min(c.tokens, L), R = TILES * ROWS;
+  const long before = tally.mismatches;
+  const auto x = read_array<float>(c.name + ".x.f32", (size_t)c.tokens * COLS);
+  act_t xq[L][COLS] = {};
+  float a_scale[L][NG] = {};
+  Cycles quant;
+  for (int t = 0; t < n_block; ++t) act_quant<COLS, GROUP>(COLS, &x[(size_t)t * COLS], xq[t], a_scale[t], quant);
+  std::vector<rom_word_t> inv((size_t)TILES * PW), planes1((size_t)TILES * 2 * PW);
+  std::vector<scale_word_t> prm1((size_t)TILES * 2 * PP), aux1((size_t)TILES * 2 * AX);
+  for (int t = 0; t < TILES; ++t) {
+    for (int k = 0; k < PW; ++k) {
+      const rom_word_t a = rom_planes<C>(img)[t][k];
+      inv[(size_t)t * PW + k] = planes1[(size_t)t * 2 * PW + k] = ~a;
+      planes1[(size_t)t * 2 * PW + PW + k] = a;
+    }
+    for (int k = 0; k < PP; ++k)
+      prm1[(size_t)t * 2 * PP + k] = prm1[(size_t)t * 2 * PP + PP + k] = rom_prm<C>(img)[t][k];
+    for (int k = 0; k < AX; ++k)
+      aux1[(size_t)t * 2 * AX + k] = aux1[(size_t)t * 2 * AX + AX + k] = rom_aux<C>(img)[t][k];
+  }
+  const auto p1 = reinterpret_cast<const rom_word_t(*)[2 * PW]>(planes1.data());
+  const auto q1 = reinterpret_cast<const scale_word_t(*)[2 * PP]>(prm1.data());
+  const auto a1 = reinterpret_cast<const scale_word_t(*)[2 * AX]>(aux1.data());
+  std::vector<acc_t> dot((size_t)TILES * PP), xsum(NG);
+  auto probe = reinterpret_cast<acc_t(*)[PP]>(dot.data());
+  for (int n = 1; n <= n_block; ++n) {
+    // the references: A and B on the one-bank engine of two token lanes
+    std::vector<float> ya((size_t)L * R, -1.0f), yb((size_t)L * R, -1.0f);
+    Cycles one, other;
+    brom_gemv_tiles_rt<C, TILES, false, L>(n, ROWS, COLS, xq, a_scale, rom_planes<C>(img), 0, rom_prm<C>(img), 0,
+                                           rom_aux<C>(img), 0, &ya[0], &ya[R], &ya[R], &ya[R], probe, xsum.data(), one);
+    brom_gemv_tiles_rt<C, TILES, false, L>(n, ROWS, COLS, xq, a_scale,
+                                           reinterpret_cast<const rom_word_t(*)[PW]>(inv.data()), 0, rom_prm<C>(img), 0,
+                                           rom_aux<C>(img), 0, &yb[0], &yb[R], &yb[R], &yb[R], probe, xsum.data(),
+                                           other);
+    // (xbank, pair, want in y, want in z)
+    const struct {
+      int xbank;
+      bool pair;
+      const std::vector<float> *y, *z;
+    } calls[] = {{0, false, &ya, nullptr}, {1, false, &ya, nullptr}, {0, true, &ya, &yb}, {1, true, &yb, &ya}};
+    for (const auto &k : calls) {
+      std::vector<float> y((size_t)L * R, -1.0f), z((size_t)L * R, -1.0f);
+      Cycles cyc;
+      // X: A in bank 0, or in bank 1 past B (alone) or B at its start (pair); Y: the other bank's tensor at its start
+      const bool x_past_b = k.xbank == 1 && !k.pair;
+      brom_gemv_banks_rt<C, C1, TILES, 2, false, L>(
+          n, ROWS, COLS, xq, a_scale, k.xbank, k.pair, rom_planes<C>(img), rom_prm<C>(img), rom_aux<C>(img), p1, q1,
+          a1, x_past_b ? PW : 0, x_past_b ? PP : 0, x_past_b ? AX : 0, 0, 0, 0, &y[0], &y[R], &y[R], &y[R], &z[0],
+          &z[R], &z[R], &z[R], probe, xsum.data(), cyc);
+      for (int t = 0; t < L; ++t)
+        for (int o = 0; o < R; ++o) {
+          const size_t i = (size_t)t * R + o;
+          tally.check(float_to_bits(y[i]) == float_to_bits(t < n ? (*k.y)[i] : -1.0f));
+          tally.check(float_to_bits(z[i]) == float_to_bits(t < n && k.z ? (*k.z)[i] : -1.0f));
+        }
+      const int slots = k.pair ? L : 2 * L;
+      tally.check(cyc.gemv == S::engine_gemv_cycles(n, slots, ROWS, COLS, ROWS) && cyc.candidates == one.candidates);
+      // alone, a tensor splits its rows wherever they split on one lane (as decode's token on two lanes)
+      tally.check(k.pair || S::row_split(n, slots, ROWS, ROWS) == S::row_split(1, 2, ROWS, ROWS));
+    }
+  }
+  return tally.mismatches - before;
+}
+
 // A q8 case's fp16 twin (name.fp16.bin), checked: the same codes, and its scales and minimums equal the ones
 // load_brom_image decoded from the q8 arrays, bit for bit. nullptr (and a mismatch) when it is not.
 bool load_twin(const Case &c, const BromImageHost &img, BromImageHost &twin, Tally &tally) {
@@ -377,7 +458,8 @@ bool try_case(const Case &c, const BromImageHost &img, Tally &tally) {
       run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::LutSelect, SF>(c, img, twin, tally, cyc_lut);
   const long m_dsp = run_datapath<TILES, ROWS, COLS, GROUP, BITS, Datapath::DspMac, SF>(c, img, twin, tally, cyc_dsp);
   const long m_fast = run_csim_fast<TILES, ROWS, COLS, GROUP, BITS, SF>(c, img, tally) +
-                      run_token_lanes<TILES, ROWS, COLS, GROUP, BITS, SF>(c, img, tally);
+                      run_token_lanes<TILES, ROWS, COLS, GROUP, BITS, SF>(c, img, tally) +
+                      run_two_banks<TILES, ROWS, COLS, GROUP, BITS, SF>(c, img, tally);
   // the stream at a Zynq UltraScale+ HP port's 128 bits (both datapaths) and an Alveo port's 512 bits
   // ... and through three 128-bit ports (a Zynq UltraScale+ board's HP0, HP1, HP3)
   // ... and through four 512-bit ports (a U250's) into a y of one bank, of 32 and of 64 (a layer buffer's without and

@@ -45,7 +45,7 @@ def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
     dim, vocab, n = model["dim"], model["vocab_size"], model["n_layers"]
     # the layers' ROM bank (engine 0, shared by every linear of every layer): each tile's words of all of them
     # stacked, [TILES][words], TILES the plan's PEs. 4-bit codes in 32-bit plane words, G32 -> WPS = 4 banks per
-    # tile (brom_gemv_tiles_rt's partitions); each bank 32 bits x (words / TILES / 4)
+    # tile (brom_gemv_banks_rt's partitions); each bank 32 bits x (words / TILES / 4)
     pe = json.loads((tiny_build / "manifest.json").read_text())["plan"]["pe"]
     assert pe == 8  # the most tiles of at least 4 rows each: the tiny model's wk and wv have 32
     kv, ffn = dim // model["n_heads"] * model["n_kv_heads"], model["ffn_dim"]
@@ -180,7 +180,7 @@ def test_the_plans_memory_model_is_the_objects(tiny_report):
     # kernels' local arrays, the norms, chunk activations, logits, attention's scores and the LoRA unit
     rows = {r["array"]: r for r in tiny_report["per_array"]}
     assert {"Unit<0>::planes", "Unit<2>::planes", "g_logits", "g_lora.values",
-            "attention_lanes<...>::score", "brom_gemv_tiles_rt<...>::acc"} <= set(rows)
+            "attention_lanes<...>::score", "brom_gemv_banks_rt<...>::acc"} <= set(rows)
     off = {name for name, r in rows.items() if not r["agrees"]}
     assert not off, off
     assert tiny_report["total_bram36"] == pytest.approx(tiny_report["plan"]["bram36"], rel=0.05)

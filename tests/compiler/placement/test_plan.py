@@ -167,6 +167,18 @@ def test_the_u250_build_puts_each_layers_gate_and_up_on_two_engines(smollm2):
     assert not P.row_split(1, 2, 192 // 32, 6)  # k, v: 3 rows a lane, under the fp32 adder's 4 cycles
     assert not P.row_split(2, 2, 48, 6) and not P.row_split(1, 1, 48, 6) and not P.row_split(1, 2, 7, 1)
     assert P.row_split(1, 2, 4, 2) and not P.row_split(1, 2, 2, 2)  # II 2 engines: a lane's rows >= the engine's
+    # ... and a block of two prefill tokens over the four slots of the engine of two banks (roma_core.cpp TWO_BANKS):
+    # the ROM engine of the gates and the URAM one of the rest are one engine, one quantizer and candidate stage a
+    # lane for both (the logic estimate counts them once) and a select of each slot's bank and port
+    assert P.row_split(2, 4, 576 // 32, 6) and not P.row_split(2, 4, 192 // 32, 6) and not P.row_split(3, 4, 48, 6)
+    two = {(e["tier"], e["two_banks_with"]) for e in plan.engines if e["two_banks_with"] is not None}
+    index = {e["tier"]: e["index"] for e in plan.engines if e["role"] == "layers" and e["tier"] != "ddr"}
+    assert two == {("rom", index["uram"]), ("uram", index["rom"])}
+    units = {u["unit"]: u for u in plan.logic["units"]}
+    assert f"two banks of engines #{index['uram']} and #{index['rom']} (slot selects)" in units
+    assert not any(name.startswith("row split") for name in units)
+    quantizers = sum(u["count"] for name, u in units.items() if name.startswith("activation quantizer"))
+    assert quantizers == 2 * 2 + 1  # the two-bank engine's two lanes, the DDR layers' engine's two, the head's one
     # the header names the pair: the ROM engine for the gates, the URAM one for the ups (numbered by first tensor)
     never = lambda e: False  # noqa: E731
     assert ffn_pair([("rom", "uram"), ("uram", "uram"), ("rom", "uram"), ("uram", "rom")], never) == ("rom", "uram")
@@ -485,8 +497,11 @@ def test_cli_json():
     assert sorted(u["inputs"]["quads_per_cycle"] for u in cand) == [8, 16]
     tokens = [u["inputs"]["token_lanes"] for u in gemv]
     assert sorted(set(tokens)) == [1, get_board("u250").token_lanes]
-    assert sum(u["count"] for u in quant) == sum(tokens)
-    assert sum(u["count"] for u in cand) == sum(tokens) < sum(u["inputs"]["tiles"] for u in gemv)
+    # ... the FFN pair's two engines as one of two banks (its ROM engine's lanes are the URAM engine's)
+    shared = sum(e["token_lanes"] for e in d["engines"] if e["two_banks_with"] is not None and e["tier"] == "rom")
+    assert shared == get_board("u250").token_lanes
+    assert sum(u["count"] for u in quant) == sum(tokens) - shared
+    assert sum(u["count"] for u in cand) == sum(tokens) - shared < sum(u["inputs"]["tiles"] for u in gemv)
 
 
 def test_cli_plans_the_embedding_as_roma_compile_stores_it():

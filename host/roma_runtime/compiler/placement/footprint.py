@@ -81,7 +81,7 @@ KERNELS = {
     "linear (engine dispatch + LoRA)": ("(anonymous namespace)::linear(",),
     "GEMV engine (act quant + tiles)": ("(anonymous namespace)::gemv_unit<",),
     "layer": ("(anonymous namespace)::layer(",),
-    "B-ROM GEMV (PE x GROUP lanes)": ("roma::brom_gemv_tiles_rt<",),
+    "B-ROM GEMV (PE x GROUP lanes)": ("roma::brom_gemv_banks_rt<",),
     "DDR-streamed GEMV": ("roma::brom_ddr_gemv_rt<",),
     "activation quantizer": ("roma::act_quant<",),
     "attention": ("roma::attention_lanes<",),

@@ -38,6 +38,10 @@ Token lanes (boards.json token_lanes; roma_core.cpp Unit::TOKENS, one for a head
   weights, the lanes side by side). An on-chip one's row split (decode: lane 1 takes the odd rows of token 0) adds
   2:1 muxes: a group's candidates (16 C bits per quad; DspMac: the group's 8-bit
   activations), its scale and sum (64 bits), and each PE's fp32 output into y0 (32 bits per tile).
+Two banks (roma_core.cpp TWO_BANKS: the FFN pair's BRAM-ROM and URAM engines as one, brom_gemv_banks_rt): the two
+  engines' datapaths, one activation quantizer and candidate stage per token lane for both, the row split's two
+  activation-side muxes, and per slot (bank and token lane) and PE a 4:1 select of the step's WPS words and its
+  decoded scale and minimum among the banks' ports (32 * WPS + 32 LUTs) and of its output between y and z (32).
 Activation quantizer (act_quant, SIMD = A_e; one per engine and token lane): per lane an integer
   compare of 31 bits, an fmul and a round/clip of 8 bits; 2 fdiv (the scale and its inverse).
 LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its two loops, then 1 fmul and 1 fadd.
@@ -192,7 +196,7 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         shapes = [lin_shape(config, LINEARS.index(lin)) for lin in e["linears"]]
         lut, ff, dsp, inputs = gemv_tile(e["bits"], e["group"], engine_datapath(e["bits"], datapath))
         name = f"GEMV engine #{e['index']} {e['role']} ({e['bits']}-bit G{e['group']} {e['scales']}, {e['tier']})"
-        # an on-chip engine's tiles are parallel datapaths (brom_gemv_tiles_rt unrolls them); a DDR engine streams
+        # an on-chip engine's tiles are parallel datapaths (brom_gemv_banks_rt unrolls them); a DDR engine streams
         # a tile per weight port at once through brom_ddr_gemv_rt's lanes, as many per port as its chunk II leaves
         # unshared
         tokens = e["token_lanes"]
@@ -208,27 +212,36 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                                                            "max_cols": max(c for _, c in shapes),
                                                            "tiles": e["tiles"], "token_lanes": tokens,
                                                            "linears": e["linears"], **ddr}))
-    # decode's row split (brom_gemv_tiles_rt) on an on-chip engine with token lanes: lane 1 takes token 0's activation
+    # decode's row split (brom_gemv_banks_rt) on an on-chip engine with token lanes: lane 1 takes token 0's activation
     # side (2:1 muxes on a group's candidates or activations, and on its scale and sum) and writes y0's odd rows
-    # (a 2:1 mux on each PE's fp32 output into its second bank)
+    # (a 2:1 mux on each PE's fp32 output into its second bank). The two-bank engine (roma_core.cpp TWO_BANKS: the FFN
+    # pair's ROM and URAM engines as one) has the same two muxes of the activation side, and each slot of each PE
+    # selects its step's words and decoded scale and minimum among its banks' ports (a 4:1 mux a bit) and its output
+    # between y and z.
     for e in engines:
-        if e["gemv"] and e["tier"] != "ddr" and e["token_lanes"] >= 2:
-            dp, c = engine_datapath(e["bits"], datapath), ACT_BITS + 2
-            side = (e["group"] // 4) * 16 * c if dp == "LutSelect" else e["group"] * ACT_BITS
+        if not (e["gemv"] and e["tier"] != "ddr" and e["token_lanes"] >= 2):
+            continue
+        dp, c = engine_datapath(e["bits"], datapath), ACT_BITS + 2
+        side = (e["group"] // 4) * 16 * c if dp == "LutSelect" else e["group"] * ACT_BITS
+        if e.get("two_banks_with") is None:
             units.append(_unit(f"row split of engine #{e['index']} (decode on two token lanes)", 1,
                                side + 64 + 32 * e["tiles"], 0, 0, {"datapath": dp, "tiles": e["tiles"]}))
-    # an engine's activation lanes: the board's, at most its group
+        elif e["tier"] == "uram":
+            slots, words = 2 * e["token_lanes"], e["bits"] * e["group"] // 32
+            units.append(_unit(f"two banks of engines #{e['index']} and #{e['two_banks_with']} (slot selects)", 1,
+                               2 * (side + 64) + slots * e["tiles"] * (32 * words + 32 + 32), 0, 0,
+                               {"datapath": dp, "tiles": e["tiles"], "slots": slots, "words_per_step": words}))
+    # an engine's activation lanes: the board's, at most its group; the two-bank engine's once (its URAM engine's)
+    gemv = [e for e in engines if e["gemv"] and not (e.get("two_banks_with") is not None and e["tier"] == "rom")]
     quantizers = Counter()
-    for e in engines:
-        if e["gemv"]:
-            quantizers[board.engine_act_lanes(e["group"])] += e["token_lanes"]
+    for e in gemv:
+        quantizers[board.engine_act_lanes(e["group"])] += e["token_lanes"]
     for lanes, n in sorted(quantizers.items()):
         units.append(_unit(f"activation quantizer of {lanes} lanes (one per engine and token lane)", n,
                            *act_quantizer(lanes), {"simd": lanes, "quantizers": n}))
     stages = Counter()
-    for e in engines:
-        if e["gemv"]:
-            stages[engine_datapath(e["bits"], datapath), board.engine_act_lanes(e["group"])] += e["token_lanes"]
+    for e in gemv:
+        stages[engine_datapath(e["bits"], datapath), board.engine_act_lanes(e["group"])] += e["token_lanes"]
     for (dp, lanes), n in sorted(stages.items()):
         cl, cf, cd, cin = candidate_stage(lanes, dp)
         units.append(_unit(f"candidate stage of {lanes} lanes (one per {dp} engine and token lane)", n, cl, cf, cd,

@@ -31,7 +31,7 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   on-chip tensor of the engine stacked; a DDR engine declares no bank;
 - per engine, the local arrays of its kernel instances, sized by the largest tensor it serves (rows per tile,
   columns): gemv_unit's xq [COLS] int8 and as [NG] (static: an input's codes, kept for the engine's next tensor
-  of the same input), xs [NG]; act_quant's amax_bits and inv [NG]; brom_gemv_tiles_rt's
+  of the same input), xs [NG]; act_quant's amax_bits and inv [NG]; brom_gemv_banks_rt's
   cand, xg and xsum (once, shared by its PEs) and acc [TILES][ROWS] (ROM/URAM), or brom_ddr_gemv_rt's cand, xg,
   xsum, acc [ACC_SETS][PORTS][ROWS] and ex (DDR: a tile per weight port at once; two sets of accumulators when
   a round's outputs go out during the next round);
@@ -242,15 +242,15 @@ PRAGMA_SITES = {
     "xq": [("gemv_unit", "xq", 0, {"ACT": _act})],
     "as": [("gemv_unit", "as", 0, {})],
     # a weight bank [TILES][words]: the engine passes it whole to bank_tiles (a BRAM ROM's storage) and
-    # brom_gemv_tiles_rt (a bank per tile, WPS banks each); a URAM bank's storage is bound where CMD_LOAD_WEIGHTS
+    # brom_gemv_banks_rt (a bank per tile, WPS banks each); a URAM bank's storage is bound where CMD_LOAD_WEIGHTS
     # writes it, the whole bank passed to load_uram_bank. A site with a tier ("rom" or "uram") applies to the
     # banks of that tier only.
     "planes": [("bank_tiles", "planes", 0, {}, "rom"), ("load_uram_bank", "planes", 0, {}, "uram"),
-               ("brom_gemv_tiles_rt", "planes", 0, {"WPS": _wps})],
-    "scales": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles_rt", "prm", 0, {})],
-    "params": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_tiles_rt", "prm", 0, {})],
-    "mins": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles_rt", "aux", 0, {})],
-    "exps": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_tiles_rt", "aux", 0, {})],
+               ("brom_gemv_banks_rt", "planes", 0, {"WPS": _wps})],
+    "scales": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_banks_rt", "prm", 0, {})],
+    "params": [("load_uram_bank", "prm", 0, {}, "uram"), ("brom_gemv_banks_rt", "prm", 0, {})],
+    "mins": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_banks_rt", "aux", 0, {})],
+    "exps": [("load_uram_bank", "aux", 0, {}, "uram"), ("brom_gemv_banks_rt", "aux", 0, {})],
     "g_norms": [("roma_core", "g_norms", 0, {})],  # cyclic NORM_LANES (pragma_defines)
     "g_x": [("roma_core", "g_x", 0, {})],  # cyclic STREAM_LANES
     "g_q": [("roma_core", "g_q", 0, {})],  # cyclic ROPE_OUT_LANES
@@ -488,10 +488,10 @@ def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Prag
                        pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "ex", 16, [ports, rows if q8 else 1], pragmas, tpl)]
     else:
-        out += [_local("brom_gemv_tiles_rt", "cand", 16, [tokens, ng, g // 4, 16], pragmas, tpl),
-                _local("brom_gemv_tiles_rt", "xg", 8, [tokens, ng, g], pragmas, tpl),
-                _local("brom_gemv_tiles_rt", "xsum", 32, [tokens, ng], pragmas, tpl),
-                _local("brom_gemv_tiles_rt", "acc", 32, [tokens, e.tiles, rows], pragmas, tpl)]
+        out += [_local("brom_gemv_banks_rt", "cand", 16, [tokens, ng, g // 4, 16], pragmas, tpl),
+                _local("brom_gemv_banks_rt", "xg", 8, [tokens, ng, g], pragmas, tpl),
+                _local("brom_gemv_banks_rt", "xsum", 32, [tokens, ng], pragmas, tpl),
+                _local("brom_gemv_banks_rt", "acc", 32, [tokens, e.tiles, rows], pragmas, tpl)]
     return out
 
 

@@ -887,11 +887,12 @@ def _gemv_cycles(engines: "_Engines", board: Board) -> float:
     return cycles
 
 
-def row_split(n: int, token_lanes: int, rows: int, min_rows: int) -> bool:
-    """brom_tile.h BromStepConfig::row_split: whether a block of n tokens splits a tensor's `rows` per tile over two
-    token lanes (decode on an engine with lanes, each lane's accumulators no closer than the engine's loop allows)."""
+def row_split(n: int, slots: int, rows: int, min_rows: int) -> bool:
+    """brom_tile.h BromStepConfig::row_split: whether a block of n tokens on `slots` datapaths per PE (an engine's
+    token lanes; both banks' on the two-bank engine) splits a tensor's `rows` per tile over its bank's two ports
+    (decode on two lanes, a block of two on four; each slot's accumulators no closer than the engine's loop allows)."""
     fadd = kernel_constants("types.h")["FADD_LATENCY"]
-    return n == 1 and token_lanes >= 2 and rows % 2 == 0 and rows // 2 >= min(min_rows, fadd)
+    return slots >= 2 * n and rows % 2 == 0 and rows // 2 >= min(min_rows, fadd)
 
 
 # The layers' on-chip GEMV engines fold each matrix over PE tiles (finn-hlslib's MVAU: PE rows x GROUP inputs per
@@ -1120,14 +1121,33 @@ class _Engines:
     def arrays(self, tiers=TIERS) -> list[Array]:
         return [a for i, e, m in self._numbered() if e.tier in tiers for a in self._arrays(e, m, i)]
 
+    def two_banks(self) -> tuple | None:
+        """(w_gate's engine, w_up's) where roma_core.cpp makes the build's FFN pair one GEMV engine of two banks
+        (TWO_BANKS): a layers' BRAM-ROM engine for gate and a URAM one of the same configuration, on a board with
+        token lanes; else None."""
+        gate, up = HLS_LINEARS.index("w_gate"), HLS_LINEARS.index("w_up")
+        where = {(lin, layer): e for e, m in self.members.items() for lin, layer, _ in m}
+        layers = sorted({layer for lin, layer in where if lin == gate and (up, layer) in where})
+        pair = ffn_pair([(where[gate, layer], where[up, layer]) for layer in layers], lambda e: e.tier == "ddr")
+        if pair is None or self.core.board.token_lanes < 2:
+            return None
+        g, u = pair
+        one = (g.role, g.bits, g.group, g.scales, g.tiles) == (u.role, u.bits, u.group, u.scales, u.tiles)
+        return pair if one and (g.tier, u.tier) == ("rom", "uram") else None
+
     def configs(self) -> list[dict]:
-        """Each engine: its index, role, configuration, tensors and token lanes (what the logic estimate counts)."""
+        """Each engine: its index, role, configuration, tensors and token lanes (what the logic estimate counts),
+        and for the two engines of the two-bank one the other's index."""
+        two = self.two_banks()
+        numbered = self._numbered()
+        index = {e: i for i, e, _ in numbered}
         return [{"index": i, "role": "layers" if e.role == LAYERS else HLS_LINEARS[e.role], "bits": e.bits,
                  "group": e.group, "scales": e.scales, "tier": e.tier, "tiles": e.tiles,
                  "linears": sorted({HLS_LINEARS[lin] for lin, _, _ in m}, key=HLS_LINEARS.index),
                  "tensors": len(m), "on_chip": sum(1 for *_, chip in m if chip), "gemv": self._runs_gemv(e),
-                 "token_lanes": self._tokens(e)}
-                for i, e, m in self._numbered()]
+                 "token_lanes": self._tokens(e),
+                 "two_banks_with": index[two[1] if e == two[0] else two[0]] if two and e in two else None}
+                for i, e, m in numbered]
 
 
 def _place_unit(unit: list[TensorPlan], pool: _Pool, engines: _Engines, orders=None, fill: str = "layers") -> None:

@@ -45,7 +45,8 @@
 //   tile t holds rows t, t + TILES, ...), so a matrix costs one tile's cycles. Token lanes (TOKENS datapaths per PE
 //   on the same ROM words): a block of n tokens costs one candidate stage (one per lane, side by side) and one tile's
 //   steps; a single token (decode) splits a tile's rows over two lanes, each reading its bank through its own port:
-//   half the steps (BromStepConfig::row_split).
+//   half the steps (BromStepConfig::row_split), as does a block of two on the FFN pair's engine of two banks (four
+//   datapaths per PE: brom_gemv_banks_rt).
 //
 // Synthesis: the caller binds the arrays' storage (roma_core.cpp: a BRAM ROM, or a URAM bank written by
 // CMD_LOAD_WEIGHTS); a ROM is declared static const, initialised from the packer's .dat:
@@ -143,24 +144,26 @@ struct BromStepConfig {
   static constexpr uint64_t gemv_cycles(int rows, int cols, int ii) {
     return (uint64_t)(cols / GROUP) * rows * ii + GEMV_DEPTH;
   }
-  // Decode's row split (brom_gemv_tiles_rt): one token on an engine with token lanes takes a tensor's even rows on
-  // lane 0 and its odd rows on lane 1, each lane reading its PE's bank through a port of its own. Only where each
-  // lane's accumulators still come back no sooner than the engine's loop allows (`split_distance`), so the II holds.
+  // The row split (brom_gemv_tiles_rt): a tensor served by `slots` datapaths per PE (its engine's token lanes, or on
+  // the two-bank engine of the FFN pair both banks' lanes) for a block of n tokens, where the slots are at least 2n,
+  // takes its even rows through port 0 of its bank and its odd rows through port 1, n slots on each: a decode token
+  // on two token lanes, or a block of two on the two-bank engine's four. Only where each slot's accumulators still
+  // come back no sooner than the engine's loop allows (`split_distance`), so the II holds.
   static constexpr int split_distance(int min_rows) {
     return min_rows < timing::FADD_LATENCY ? min_rows : timing::FADD_LATENCY;
   }
-  static constexpr bool row_split(int n, int tokens, int rows, int min_rows) {
-    return n == 1 && tokens >= 2 && rows % 2 == 0 && rows / 2 >= split_distance(min_rows);
+  static constexpr bool row_split(int n, int slots, int rows, int min_rows) {
+    return slots >= 2 * n && rows % 2 == 0 && rows / 2 >= split_distance(min_rows);
   }
   // An engine's steps for a block of n tokens over a tensor of `rows` per tile: half of them when the rows split
-  static constexpr uint64_t engine_gemv_cycles(int n, int tokens, int rows, int cols, int min_rows) {
-    return gemv_cycles(row_split(n, tokens, rows, min_rows) ? rows / 2 : rows, cols, gemv_ii(min_rows));
+  static constexpr uint64_t engine_gemv_cycles(int n, int slots, int rows, int cols, int min_rows) {
+    return gemv_cycles(row_split(n, slots, rows, min_rows) ? rows / 2 : rows, cols, gemv_ii(min_rows));
   }
-  // One GEMV of an on-chip engine for a block of n tokens: its candidate stages (one per token lane, side by side)
-  // and its steps, into their stages.
-  static void count(Cycles &cyc, int n, int tokens, int rows, int cols, int min_rows) {
+  // One GEMV of an on-chip engine for a block of n tokens on `slots` datapaths per PE: its candidate stages (one per
+  // token lane, side by side) and its steps, into their stages.
+  static void count(Cycles &cyc, int n, int slots, int rows, int cols, int min_rows) {
     cyc.candidates += cand_cycles(cols);
-    cyc.gemv += engine_gemv_cycles(n, tokens, rows, cols, min_rows);
+    cyc.gemv += engine_gemv_cycles(n, slots, rows, cols, min_rows);
   }
 };
 
@@ -294,33 +297,44 @@ inline float *token_out(int c, float *y0, float *y1, float *y2, float *y3) {
 // once into registers and broadcasts it to every PE.
 // Token lanes (weights stationary): the engine takes n <= TOKENS activation vectors (a block of prefill tokens,
 // xq[c] and a_scale[c] for token c, output y_c) and each step's ROM words, read once, feed TOKENS datapaths per
-// PE, so a block of tokens costs one pass over the weights (a candidate stage per token lane, side by side). A
-// decode token (n = 1) on an engine with token lanes takes two: the row split (S::row_split), lane 0 the tile's even
-// rows and lane 1 its odd ones, each through its own port of the banks, into y0.
+// PE, so a block of tokens costs one pass over the weights (a candidate stage per token lane, side by side).
+// Two banks (BANKS = 2: roma_core.cpp's FFN pair engine, a layer's w_gate in a BRAM ROM and its other linears in
+// URAM, one configuration): each PE has a bank of each (bank 1's sizes are E1's) and TOKENS datapaths per bank, its
+// slots, fed by either bank. A call takes tensor X from bank xbank on every slot, or (pair) X on bank xbank's slots
+// and tensor Y, of X's shape and input, from the other bank's on bank 1's slots (w_up and w_gate at once, Y into
+// z_c). Where a tensor has at least two slots per token (S::row_split: a decode token on two token lanes, a block of
+// two on the two banks' four slots), its even rows go through port 0 of its bank and its odd rows through port 1
+// (a BRAM ROM's second port, a URAM bank's second; roma_core binds them two-ported), n slots each: half the steps.
+// Outside the split the second port reads the first one's address.
 // A tensor of `rows` rows per tile and `cols` columns (run time, within the bounds) whose words start at
-// plane_base, prm_base and aux_base of each tile's bank arrays (multiples of WPS for the planes).
+// plane_base, prm_base and aux_base of each tile's bank arrays (multiples of WPS for the planes; Y's at y_plane,
+// y_prm, y_aux of its bank).
 // Tile t holds the tensor's rows r * TILES + t (r = 0..rows-1), so each cycle of the last group writes TILES
 // consecutive outputs of every token: each y_c partitioned cyclic by TILES (roma_core.cpp, GEMV_PE) takes them in
-// one cycle; under the row split 2 * TILES consecutive outputs of y0 (cyclic by 2 * TILES: GEMV_OUT_LANES).
-// dot_probe ([t][NG*rows], group-major like prm) is written only when PROBE is true (testbenches); xsum_out always
-// receives the per-group activation sums (token 0's).
-template <class E, int TILES, bool PROBE = false, int TOKENS = 1>
-void brom_gemv_tiles_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_COLS],
-                        const float a_scale[TOKENS][E::MAX_COLS / E::GROUP],
-                        const rom_word_t planes[TILES][E::PLANE_WORDS], int plane_base,
-                        const scale_word_t prm[TILES][E::PARAMS], int prm_base,
-                        const scale_word_t aux[TILES][E::AUX], int aux_base, float *y0, float *y1, float *y2,
-                        float *y3, acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
+// one cycle; under the row split 2 * TILES consecutive outputs (cyclic by 2 * TILES: GEMV_OUT_LANES).
+// dot_probe ([t][NG*rows], group-major like prm) is written only when PROBE is true (testbenches), X's token 0's;
+// xsum_out always receives the per-group activation sums (token 0's).
+template <class E, class E1, int TILES, int BANKS, bool PROBE, int TOKENS>
+void brom_gemv_banks_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_COLS],
+                        const float a_scale[TOKENS][E::MAX_COLS / E::GROUP], int xbank, bool pair,
+                        const rom_word_t planes[TILES][E::PLANE_WORDS], const scale_word_t prm[TILES][E::PARAMS],
+                        const scale_word_t aux[TILES][E::AUX], const rom_word_t planes1[TILES][E1::PLANE_WORDS],
+                        const scale_word_t prm1[TILES][E1::PARAMS], const scale_word_t aux1[TILES][E1::AUX],
+                        int plane_base, int prm_base, int aux_base, int y_plane, int y_prm, int y_aux, float *y0,
+                        float *y1, float *y2, float *y3, float *z0, float *z1, float *z2, float *z3,
+                        acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
                         acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
   static_assert(TOKENS >= 1 && TOKENS <= MAX_TOKEN_LANES, "one to MAX_TOKEN_LANES token lanes");
+  static_assert(BANKS == 1 || BANKS == 2, "one bank, or the FFN pair's two");
   typedef BromStepConfig<E::GROUP, E::BITS, E::DP, E::SF, E::CQ> S;
   constexpr int NG_MAX = E::MAX_COLS / E::GROUP, QUADS = S::QUADS, WPS = S::WPS, GROUP = E::GROUP;
   constexpr int MIN_ROWS = E::MIN_ROWS, STEPS_MAX = NG_MAX * E::MAX_ROWS; // used by the pragmas
   constexpr int GEMV_II = S::gemv_ii(E::MIN_ROWS); // the shortest accumulator distance of the engine's tensors
-  // bank ports per PE (two where decode's row split can use the second lane) and the shortest distance at which a
-  // lane's accumulator comes back: the rows of a tensor per tile, or per lane under the split (S::row_split)
-  constexpr int PORTS = TOKENS >= 2 ? 2 : 1;
-  constexpr int ACC_DISTANCE = TOKENS >= 2 ? S::split_distance(E::MIN_ROWS) : E::MIN_ROWS;
+  constexpr int SLOTS = BANKS * TOKENS;            // datapaths per PE
+  // bank ports per PE (two where the row split can use them) and the shortest distance at which a slot's
+  // accumulator comes back: the rows of a tensor per tile, or per port under the split (S::row_split)
+  constexpr int PORTS = SLOTS >= 2 ? 2 : 1;
+  constexpr int ACC_DISTANCE = SLOTS >= 2 ? S::split_distance(E::MIN_ROWS) : E::MIN_ROWS;
   static_assert(S::gemv_ii(ACC_DISTANCE) == GEMV_II, "the row split keeps the engine's II");
   (void)GEMV_II;
   (void)ACC_DISTANCE;
@@ -330,6 +344,10 @@ void brom_gemv_tiles_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX
 #pragma HLS ARRAY_PARTITION variable = planes type = cyclic factor = WPS dim = 2
 #pragma HLS ARRAY_PARTITION variable = prm type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = aux type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = planes1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = planes1 type = cyclic factor = WPS dim = 2
+#pragma HLS ARRAY_PARTITION variable = prm1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = aux1 type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = a_scale type = complete dim = 1
 
   cand_t cand[TOKENS][NG_MAX][QUADS][QUAD_CANDIDATES]; // LutSelect: subset sums of every quad, shared by the PEs
@@ -341,7 +359,7 @@ void brom_gemv_tiles_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX
 #pragma HLS ARRAY_PARTITION variable = xg type = complete dim = 3
   acc_t xsum[TOKENS][NG_MAX];
 #pragma HLS ARRAY_PARTITION variable = xsum type = complete dim = 1
-  float acc[TOKENS][TILES][E::MAX_ROWS]; // each token lane's and PE's row accumulators
+  float acc[SLOTS][TILES][E::MAX_ROWS]; // each slot's and PE's row accumulators
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 2
 
@@ -352,70 +370,89 @@ GEMV_TOKENS: // a candidate stage per token lane, the block's tokens side by sid
       brom_candidates<E::MAX_COLS, GROUP, E::DP, E::CQ>(cols, xq[c], cand[c], xg[c], xsum[c]);
   }
 
-  // Stage 2: stream the banks, one (group, row) step per PE per cycle, WPS words from each PE's WPS banks: one
-  // flattened loop over the tensor's NG x rows steps (group-major). Decode's row split (S::row_split: one token on an
-  // engine with token lanes) gives lane 0 the even rows and lane 1 the odd ones, NG x rows / 2 steps: every lane takes
-  // token 0's activation side, and each lane reads its own row's words through its own port of the PE's banks (a
-  // BRAM ROM's second port, a URAM bank's second; roma_core binds them two-ported), so a decode GEMV runs at twice the
-  // PE rows. Outside the split the second port reads the first one's address.
-  const int ng = cols / GROUP;
-  const bool split = S::row_split(n, TOKENS, rows, E::MIN_ROWS);
+  // Stage 2: stream the banks, one (group, row) step per slot and PE per cycle, WPS words from each port of the PE's
+  // banks: one flattened loop over the tensor's NG x rows steps (group-major; NG x rows / 2 under the row split). A
+  // tensor's slot k (of the `slots` serving it) takes token k, or under the split token k % n through port k / n.
+  const int ng = cols / GROUP, slots = BANKS == 2 && !pair ? SLOTS : TOKENS;
+  const bool split = S::row_split(n, slots, rows, E::MIN_ROWS);
   const int lane_rows = split ? rows / 2 : rows, steps = ng * lane_rows;
-  int g = 0, r = 0, g_rows = 0; // the step's group and row (a lane's row, under the split), and g * rows
+  int g = 0, r = 0, g_rows = 0; // the step's group and row (a port's row, under the split), and g * rows
 GEMV_STEPS:
   for (int step = 0; step < steps; ++step) {
 #pragma HLS PIPELINE II = GEMV_II
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = STEPS_MAX
 #pragma HLS DEPENDENCE variable = acc type = inter direction = RAW distance = ACC_DISTANCE dependent = true
-    // the activation side of group g for every token lane (token 0's for every lane under the split), read once and
-    // broadcast to the PEs (finn-hlslib's MVAU reads its input element once per fold for all PEs): one row of cand
-    // and of xg per lane, into registers
-    cand_t cg[TOKENS][QUADS][QUAD_CANDIDATES];
+    // each slot's token, port and row, and the activation side of group g for its token, read once and broadcast to
+    // the PEs (finn-hlslib's MVAU reads its input element once per fold for all PEs): one row of cand and of xg per
+    // slot, into registers
+    int tok[SLOTS], port[SLOTS], row[SLOTS];
+    bool on[SLOTS], in_y[SLOTS];
+#pragma HLS ARRAY_PARTITION variable = tok type = complete dim = 0
+#pragma HLS ARRAY_PARTITION variable = port type = complete dim = 0
+#pragma HLS ARRAY_PARTITION variable = row type = complete dim = 0
+#pragma HLS ARRAY_PARTITION variable = on type = complete dim = 0
+#pragma HLS ARRAY_PARTITION variable = in_y type = complete dim = 0
+    cand_t cg[SLOTS][QUADS][QUAD_CANDIDATES];
 #pragma HLS ARRAY_PARTITION variable = cg type = complete dim = 0
-    act_t xgg[TOKENS][GROUP];
+    act_t xgg[SLOTS][GROUP];
 #pragma HLS ARRAY_PARTITION variable = xgg type = complete dim = 0
-    for (int c = 0; c < TOKENS; ++c) {
+    for (int s = 0; s < SLOTS; ++s) {
 #pragma HLS UNROLL
-      const int src = split ? 0 : c;
-      for (int k = 0; k < QUADS; ++k) {
+      const int k = pair ? s % TOKENS : s;
+      in_y[s] = pair && s >= TOKENS;
+      on[s] = k < (split ? 2 * n : n);
+      port[s] = split && k >= n ? 1 : 0;
+      tok[s] = on[s] ? k - port[s] * n : 0; // k % n and k / n without a divider: k < 2n under the split
+      row[s] = split ? 2 * r + port[s] : r;
+      for (int q = 0; q < QUADS; ++q) {
 #pragma HLS UNROLL
         for (int b = 0; b < QUAD_CANDIDATES; ++b) {
 #pragma HLS UNROLL
-          cg[c][k][b] = cand[src][g][k][b];
+          cg[s][q][b] = cand[tok[s]][g][q][b];
         }
       }
       for (int j = 0; j < GROUP; ++j) {
 #pragma HLS UNROLL
-        xgg[c][j] = xg[src][g][j];
+        xgg[s][j] = xg[tok[s]][g][j];
       }
     }
   GEMV_PES:
     for (int t = 0; t < TILES; ++t) {
 #pragma HLS UNROLL
-      rom_word_t w[PORTS][WPS]; // each port's step words, read once for the token lanes it feeds
+      rom_word_t w[BANKS][PORTS][WPS]; // each bank port's step words, read once for the slots it feeds
 #pragma HLS ARRAY_PARTITION variable = w type = complete dim = 0
-      HalfPair dm[PORTS];
+      HalfPair dm[BANKS][PORTS];
 #pragma HLS ARRAY_PARTITION variable = dm type = complete dim = 0
-      for (int p = 0; p < PORTS; ++p) {
+      for (int b = 0; b < BANKS; ++b) {
 #pragma HLS UNROLL
-        const int row = split ? 2 * r + p : r, s = g_rows + row;
-        for (int k = 0; k < WPS; ++k) {
+        // the bank of X, or Y's (a pair's other bank); a bank neither holds reads its first words (unused)
+        const bool x = b == xbank, used = x || pair;
+        for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
-          w[p][k] = planes[t][plane_base + s * WPS + k];
+          const int rr = !used ? 0 : split ? 2 * r + p : r, s = used ? g_rows + rr : 0;
+          const int pl = (x ? plane_base : used ? y_plane : 0) + s * WPS, pm = (x ? prm_base : used ? y_prm : 0) + s,
+                    ax = (x ? aux_base : used ? y_aux : 0) + brom_aux_index<E::SF>(s, rr);
+          for (int k = 0; k < WPS; ++k) {
+#pragma HLS UNROLL
+            w[b][p][k] = b == 0 ? planes[t][pl + k] : planes1[t][pl + k];
+          }
+          dm[b][p] = b == 0 ? brom_scales<E::SF>(prm[t][pm], aux[t][ax]) : brom_scales<E::SF>(prm1[t][pm], aux1[t][ax]);
         }
-        dm[p] = brom_scales<E::SF>(prm[t][prm_base + s], aux[t][aux_base + brom_aux_index<E::SF>(s, row)]);
       }
-    GEMV_TOKEN_LANES:
-      for (int c = 0; c < TOKENS; ++c) {
+    GEMV_SLOTS:
+      for (int s = 0; s < SLOTS; ++s) {
 #pragma HLS UNROLL
-        const int p = c < PORTS ? c : 0, src = split ? 0 : c, row = split ? 2 * r + c : r;
-        if (split ? c < PORTS : c < n) {
-          const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(w[p], cg[c], xgg[c]);
-          if (PROBE && src == 0) dot_probe[t][g_rows + row] = dot;
-          const float term = brom_term(a_scale[src][g], dm[p].d, dm[p].m, dot, xsum[src][g]);
-          const float sum = (g == 0) ? term : acc[c][t][r] + term;
-          acc[c][t][r] = sum;
-          if (g == ng - 1) token_out(src, y0, y1, y2, y3)[row * TILES + t] = sum;
+        if (on[s]) {
+          const int b = BANKS == 2 && (in_y[s] ? xbank == 0 : xbank == 1) ? 1 : 0, p = port[s], c = tok[s];
+          const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(w[b][p], cg[s], xgg[s]);
+          if (PROBE && c == 0 && !in_y[s]) dot_probe[t][g_rows + row[s]] = dot;
+          const float term = brom_term(a_scale[c][g], dm[b][p].d, dm[b][p].m, dot, xsum[c][g]);
+          const float sum = (g == 0) ? term : acc[s][t][r] + term;
+          acc[s][t][r] = sum;
+          if (g == ng - 1) {
+            if (in_y[s]) token_out(c, z0, z1, z2, z3)[row[s] * TILES + t] = sum;
+            else token_out(c, y0, y1, y2, y3)[row[s] * TILES + t] = sum;
+          }
         }
       }
     }
@@ -430,7 +467,23 @@ GEMV_STEPS:
 #pragma HLS UNROLL
     if (k < ng) xsum_out[k] = xsum[0][k];
   }
-  S::count(cyc, n, TOKENS, rows, cols, E::MIN_ROWS);
+  S::count(cyc, n, slots, rows, cols, E::MIN_ROWS);
+}
+
+// The engine of one bank (brom_gemv_banks_rt with BANKS = 1): tensor X, every token lane a slot.
+template <class E, int TILES, bool PROBE = false, int TOKENS = 1>
+void brom_gemv_tiles_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_COLS],
+                        const float a_scale[TOKENS][E::MAX_COLS / E::GROUP],
+                        const rom_word_t planes[TILES][E::PLANE_WORDS], int plane_base,
+                        const scale_word_t prm[TILES][E::PARAMS], int prm_base,
+                        const scale_word_t aux[TILES][E::AUX], int aux_base, float *y0, float *y1, float *y2,
+                        float *y3, acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
+                        acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
+#pragma HLS INLINE
+  brom_gemv_banks_rt<E, E, TILES, 1, PROBE, TOKENS>(n, rows, cols, xq, a_scale, 0, false, planes, prm, aux, planes,
+                                                    prm, aux, plane_base, prm_base, aux_base, plane_base, prm_base,
+                                                    aux_base, y0, y1, y2, y3, y0, y1, y2, y3, dot_probe, xsum_out,
+                                                    cyc);
 }
 
 // All TILES tiles of one tensor (TILES*ROWS outputs, tile t's row r is output r * TILES + t), in parallel (a fixed
