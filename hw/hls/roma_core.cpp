@@ -443,9 +443,10 @@ typename Unit<U>::scale_entry Unit<U>::exps[Unit<U>::TILES][Unit<U>::AUX];
 // is two engines of one configuration, w_gate's BRAM ROM and the URAM of the layers' other linears, on a build
 // with token lanes, one GEMV engine reads both banks: bank 0 is PAIR_UP's, bank 1 PAIR_GATE's, each PE has a slot per
 // bank and token lane, and every tensor of either runs on it. A layer's gate and up run at once, a bank's slots each
-// (ffn_pair); any other tensor alone takes all four slots of a PE, its rows split over its bank's two ports for a
-// block of two prefill tokens (decode's row split on two lanes already takes them). So the datapaths that served only
-// w_gate serve every linear of the bank's layers, in half the steps of a prefill block.
+// (ffn_pair), and so do its k and v, a port of their bank each (kv_linears); any other tensor alone takes all four
+// slots of a PE, its rows split over its bank's two ports for a block of two prefill tokens (decode's row split on two
+// lanes already takes them). So the datapaths that served only w_gate serve every linear of the bank's layers, in
+// half the steps of a prefill block.
 constexpr int PAIR_GATE = rm::FFN_PAIR_GATE >= 0 ? rm::FFN_PAIR_GATE : 0,
               PAIR_UP = rm::FFN_PAIR_UP >= 0 ? rm::FFN_PAIR_UP : 0;
 constexpr bool two_banks() {
@@ -640,8 +641,8 @@ void tiles_gemv(std::false_type /*on chip*/, int l, int lin, int n, int rows, in
                 probe, xs, cyc);
 }
 
-// Tensor (l, lin) on the two-bank engine E (TWO_BANKS): alone on every slot of its bank, or with (l, pair_lin), of
-// the other bank, beside it into z_c. Bank 1 (PAIR_GATE's, a BRAM ROM) is bound here; bank 0 (URAM) where
+// Tensor (l, lin) on the two-bank engine E (TWO_BANKS): alone on every slot of its bank, or with (l, pair_lin) beside
+// it into z_c (from the other bank, or through the second port of the same one). Bank 1 (PAIR_GATE's, a BRAM ROM) is bound here; bank 0 (URAM) where
 // CMD_LOAD_WEIGHTS writes it.
 template <class E, class G>
 void two_bank_tiles(const rom_word_t planes[E::TILES][E::PLANE_WORDS], const scale_word_t prm[E::TILES][E::PARAMS],
@@ -656,7 +657,8 @@ void two_bank_tiles(const rom_word_t planes[E::TILES][E::PLANE_WORDS], const sca
   const bool pair = pair_lin >= 0;
   const int ylin = pair ? pair_lin : lin;
   brom_gemv_banks_rt<E, G, E::TILES, 2, false, E::TOKENS>(
-      n, rows, cols, xq, as, lin_unit(l, lin) == PAIR_GATE ? 1 : 0, pair, planes, prm, aux, planes1, prm1, aux1,
+      n, rows, cols, xq, as, lin_unit(l, lin) == PAIR_GATE ? 1 : 0, pair, lin_unit(l, ylin) == PAIR_GATE ? 1 : 0,
+      planes, prm, aux, planes1, prm1, aux1,
       BANK_OFFSETS.at[BANK_PLANES][l][lin], BANK_OFFSETS.at[BANK_PARAMS][l][lin], BANK_OFFSETS.at[BANK_AUX][l][lin],
       BANK_OFFSETS.at[BANK_PLANES][l][ylin], BANK_OFFSETS.at[BANK_PARAMS][l][ylin], BANK_OFFSETS.at[BANK_AUX][l][ylin],
       TOKEN_OUT_ARGS, PAIR_OUT_ARGS, probe, xs, cyc);
@@ -785,8 +787,8 @@ void csim_gemv(int l, int lin, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS,
 // configuration), for the block's n tokens: x_c[cols] -> y_c[rows] through the activation quantizer (one per token
 // lane, the tokens' in parallel) and the tiles (its words in the bank, or streamed from ddr), one pass for the block.
 // quantize: false when the engine's last tensor had the same inputs (w_k and w_v after w_q, w_up after w_gate),
-// whose codes and scales it still holds. pair_lin (the two-bank engine only; else -1): a tensor of the other bank
-// with the same input and shape (w_gate beside w_up), into z_c in the same pass.
+// whose codes and scales it still holds. pair_lin (the two-bank engine only; else -1): a tensor with the same input
+// and shape (w_gate beside w_up, w_v beside w_k), into z_c in the same pass.
 template <int U>
 void gemv_unit(int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a, int pair_lin,
                PAIR_OUTS) {
@@ -818,16 +820,19 @@ void gemv_unit(int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_
 #else
   // the emulated board's GEMVs, per tensor on its unit's bank (PAIR_GATE's for its tensors on the two-bank engine),
   // counted on the engine's slots: all of them alone, a bank's in a pair (counted once: the same shape, one pass)
-  const int slots = pair_lin >= 0 ? R::TOKENS : engine_slots<U>();
+  const bool same_bank = pair_lin >= 0 && lin_unit(l, pair_lin) == lin_unit(l, lin); // a port each: no split
+  const int slots = same_bank ? 1 : pair_lin >= 0 ? R::TOKENS : engine_slots<U>();
   if constexpr (on_two_banks(U)) {
     if (lin_unit(l, lin) == PAIR_GATE)
       csim_gemv<Unit<PAIR_GATE>>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots,
                                  engine_min_rows<U>(), cyc);
     else csim_gemv<R>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, engine_min_rows<U>(), cyc);
     Cycles same;
-    if (pair_lin >= 0)
+    if (pair_lin >= 0 && lin_unit(l, pair_lin) == PAIR_GATE)
       csim_gemv<Unit<PAIR_GATE>>(l, pair_lin, n, TOKEN_IN_ARGS, false, DDR_PORTS, PAIR_OUT_ARGS, slots,
                                  engine_min_rows<U>(), same);
+    else if (pair_lin >= 0)
+      csim_gemv<R>(l, pair_lin, n, TOKEN_IN_ARGS, false, DDR_PORTS, PAIR_OUT_ARGS, slots, engine_min_rows<U>(), same);
   } else {
     csim_gemv<R>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, engine_min_rows<U>(), cyc);
   }
@@ -879,10 +884,12 @@ void linear(int l, int lin, int n, TOKEN_INS, TOKEN_OUTS, DDR_PORT_PARAMS, Acct 
 }
 
 // The FFN pair (roma_model.h FFN_PAIR_GATE, FFN_PAIR_UP; never two DDR engines, which would share the weight ports):
-// a layer whose w_gate and w_up are on these two engines runs them at once, each engine at its second call site (ALLOCATION: still one instance each, which linear() calls
-// at other times). Nothing passes between the two calls (both read h, each writes its own output and counts into its
-// own counters), so they are scheduled side by side: counted as the longer (its stages; the other is not counted,
-// as the token lanes beside lane 0). Then the LoRA deltas, gate's and up's, one after the other as linear() does.
+// a layer whose w_gate and w_up are on these two engines runs them at once: one pass of the two-bank engine
+// (TWO_BANKS: linear_pair), or each engine at its second call site (ALLOCATION: still one instance each, which
+// linear() calls at other times). Nothing passes between the two calls (both read h, each writes its own output and
+// counts into its own counters), so they are scheduled side by side: counted as the longer (its stages; the other is
+// not counted, as the token lanes beside lane 0). Then the LoRA deltas, gate's and up's, one after the other as
+// linear() does.
 typedef std::integral_constant<bool, (rm::FFN_PAIR_GATE >= 0)> HasFfnPair;
 inline bool ffn_paired(int l) {
   return HasFfnPair::value && lin_unit(l, L_GATE) == rm::FFN_PAIR_GATE && lin_unit(l, L_UP) == rm::FFN_PAIR_UP;
@@ -891,11 +898,26 @@ template <class = void>
 void ffn_pair(std::false_type, int, int, const float *, const float *, const float *, const float *, float *, float *,
               float *, float *, float *, float *, float *, float *, const rom_word_t *, const rom_word_t *,
               const rom_word_t *, const rom_word_t *, Acct &) {}
-// On the two-bank engine (TWO_BANKS) the pair is one call: gate on bank 1's slots beside up on bank 0's.
+// Tensors lin and lin2 of layer l, of one input and shape, on the two-bank engine (TWO_BANKS) in one pass (w_up and
+// w_gate a bank each; w_k and w_v a port of their bank each), then their LoRA deltas as linear() adds them.
+// quantize: false when the engine's last tensor had the same input (w_k and w_v after w_q).
+template <class = void>
+void linear_pair(std::true_type /*two banks*/, int l, int lin, int lin2, int n, TOKEN_INS, bool quantize, TOKEN_OUTS,
+                 PAIR_OUTS, DDR_PORT_PARAMS, Acct &a) {
+  gemv_unit<PAIR_UP>(l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a, lin2, PAIR_OUT_ARGS);
+  lora_deltas(l, lin, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, a);
+  lora_deltas(l, lin2, n, TOKEN_IN_ARGS, PAIR_OUT_ARGS, a);
+}
+template <class = void>
+void linear_pair(std::false_type, int, int, int, int, const float *, const float *, const float *, const float *,
+                 bool, float *, float *, float *, float *, float *, float *, float *, float *, const rom_word_t *,
+                 const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
+typedef std::integral_constant<bool, TWO_BANKS> HasTwoBanks;
+// The FFN pair's gate and up: one pass of the two-bank engine, or two engines side by side (counted as the longer).
 template <class = void>
 void pair_gemvs(std::true_type /*two banks*/, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, float *u1, float *u2,
                 float *u3, DDR_PORT_PARAMS, Acct &a) {
-  gemv_unit<PAIR_UP>(l, L_UP, n, TOKEN_IN_ARGS, true, u0, u1, u2, u3, DDR_PORTS, a, L_GATE, TOKEN_OUT_ARGS);
+  linear_pair(HasTwoBanks(), l, L_UP, L_GATE, n, TOKEN_IN_ARGS, true, u0, u1, u2, u3, TOKEN_OUT_ARGS, DDR_PORTS, a);
 }
 template <class = void>
 void pair_gemvs(std::false_type, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, float *u1, float *u2, float *u3,
@@ -905,14 +927,29 @@ void pair_gemvs(std::false_type, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0,
   gemv_unit<PAIR_UP>(l, L_UP, n, TOKEN_IN_ARGS, true, u0, u1, u2, u3, DDR_PORTS, at_up, -1, u0, u1, u2, u3);
   const Cycles &longer = at_gate.gemv.total() >= at_up.gemv.total() ? at_gate.gemv : at_up.gemv;
   a.gemv += longer;
+  lora_deltas(l, L_GATE, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, a);
+  lora_deltas(l, L_UP, n, TOKEN_IN_ARGS, u0, u1, u2, u3, a);
 }
 template <class = void>
 void ffn_pair(std::true_type, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, float *u1, float *u2, float *u3,
               DDR_PORT_PARAMS, Acct &a) {
-  pair_gemvs(std::integral_constant<bool, TWO_BANKS>(), l, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, u0, u1, u2, u3,
-             DDR_PORTS, a);
-  lora_deltas(l, L_GATE, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, a);
-  lora_deltas(l, L_UP, n, TOKEN_IN_ARGS, u0, u1, u2, u3, a);
+  pair_gemvs(HasTwoBanks(), l, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, u0, u1, u2, u3, DDR_PORTS, a);
+}
+// w_k and w_v from h into kr, vr (on wq's activation codes where they share its engine): in one pass where the
+// two-bank engine holds both (linear_pair), else one after the other.
+inline bool kv_paired(int l) {
+  return TWO_BANKS && on_two_banks(lin_unit(l, L_WK)) && on_two_banks(lin_unit(l, L_WV));
+}
+inline void kv_linears(int l, int n, float h[TT][rm::DIM], float kr[TT][rm::KV_DIM], float vr[TT][rm::KV_DIM],
+                       DDR_PORT_PARAMS, Acct &a) {
+#pragma HLS INLINE
+  if (kv_paired(l)) {
+    linear_pair(HasTwoBanks(), l, L_WK, L_WV, n, TOKEN_ROWS(h), lin_engine(l, L_WK) != lin_engine(l, L_WQ),
+                TOKEN_ROWS(kr), TOKEN_ROWS(vr), DDR_PORTS, a);
+  } else {
+    linear(l, L_WK, n, TOKEN_ROWS(h), TOKEN_ROWS(kr), DDR_PORTS, a, true);
+    linear(l, L_WV, n, TOKEN_ROWS(h), TOKEN_ROWS(vr), DDR_PORTS, a, true);
+  }
 }
 
 #ifdef __SYNTHESIS__
@@ -1170,8 +1207,7 @@ void qkv_block(int l, int n, float h[TT][rm::DIM], float qr[TT][QDIM], float kr[
 #pragma HLS INLINE off
   if (n == 0) return;
   linear(l, L_WQ, n, TOKEN_ROWS(h), TOKEN_ROWS(qr), DDR_PORTS, a);
-  linear(l, L_WK, n, TOKEN_ROWS(h), TOKEN_ROWS(kr), DDR_PORTS, a, true);
-  linear(l, L_WV, n, TOKEN_ROWS(h), TOKEN_ROWS(vr), DDR_PORTS, a, true);
+  kv_linears(l, n, h, kr, vr, DDR_PORTS, a);
 }
 // RoPE by the rows' positions' angles: qr, kr into the rows of g_q, g_k; vr copied into g_v's.
 void rotate_block(int i0, int n, const float rope_cos[MAX_T][ROPE_PAIRS], const float rope_sin[MAX_T][ROPE_PAIRS],
@@ -1227,25 +1263,28 @@ typedef AttentionConfig<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, KV_ONCHIP ? r
                         KV_ONCHIP ? 1 : rm::KV_SETS, PV_SETS>
     Att;
 // One token's GEMV of tensor lin on on-chip engine u: its candidate stage and steps (BromStepConfig::count, as the
-// engine counts them; no quantizer: k and v reuse wq's codes).
+// engine counts them; no quantizer: k and v reuse wq's codes), on the engine's slots or, in a pair, `slots`.
 template <int U>
-inline uint64_t onchip_gemv_cycles(std::false_type /*past the last engine*/, int, int) {
+inline uint64_t onchip_gemv_cycles(std::false_type /*past the last engine*/, int, int, int) {
   return 0;
 }
 template <int U>
-inline uint64_t onchip_gemv_cycles(std::true_type, int u, int lin) {
+inline uint64_t onchip_gemv_cycles(std::true_type, int u, int lin, int slots) {
   typedef Unit<U> R;
-  if (u != U) return onchip_gemv_cycles<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, lin);
+  if (u != U) return onchip_gemv_cycles<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, lin, slots);
   Cycles cyc;
-  BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>::count(cyc, 1, engine_slots<U>(), lin_rows(lin) / R::TILES,
-                                                                lin_cols(lin), engine_min_rows<U>());
+  BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>::count(cyc, 1, slots > 0 ? slots : engine_slots<U>(),
+                                                                lin_rows(lin) / R::TILES, lin_cols(lin),
+                                                                engine_min_rows<U>());
   return cyc.total();
 }
 inline bool scores_beside_kv(int l) {
   const bool k_ddr = lin_ddr(l, L_WK) >= 0, v_ddr = lin_ddr(l, L_WV) >= 0;
   if (k_ddr || v_ddr) return KV_ONCHIP || rm::KV_BESIDE_WEIGHTS;
-  return onchip_gemv_cycles<0>(std::true_type(), lin_unit(l, L_WK), L_WK) +
-             onchip_gemv_cycles<0>(std::true_type(), lin_unit(l, L_WV), L_WV) >
+  const int uk = lin_unit(l, L_WK), uv = lin_unit(l, L_WV);
+  if (kv_paired(l)) // one pass, a port each on one bank (unsplit) or a bank each
+    return onchip_gemv_cycles<0>(std::true_type(), uk, L_WK, uk == uv ? 1 : TT) > Att::RESCORE_CYCLES;
+  return onchip_gemv_cycles<0>(std::true_type(), uk, L_WK, 0) + onchip_gemv_cycles<0>(std::true_type(), uv, L_WV, 0) >
          Att::RESCORE_CYCLES;
 }
 // k and v from h (wq's activation codes) into kr, vr; the key rotated into g_k, the values copied into g_v. rope_qk's
@@ -1255,8 +1294,7 @@ void kv_block(int l, const float cos_t[ROPE_PAIRS], const float sin_t[ROPE_PAIRS
               float qr[TT][QDIM], float q_unused[TT][QDIM], float kr[TT][rm::KV_DIM], float vr[TT][rm::KV_DIM],
               DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE off
-  linear(l, L_WK, 1, TOKEN_ROWS(h), TOKEN_ROWS(kr), DDR_PORTS, a, true);
-  linear(l, L_WV, 1, TOKEN_ROWS(h), TOKEN_ROWS(vr), DDR_PORTS, a, true);
+  kv_linears(l, 1, h, kr, vr, DDR_PORTS, a);
   rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(cos_t, sin_t, qr[0], kr[0], q_unused[0], g_k[0],
                                                                  a.layer, ROPE_K);
   v_copy(vr[0], g_v[0], a.layer);
@@ -1875,8 +1913,10 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // ... and inside it one linear() for its eight call sites (seven linears of a layer, the head): each GEMV engine,
   // its activation quantizer and the LoRA apply are one RTL instance
 #pragma HLS ALLOCATION function instances = linear limit = 1
-  // ... and each engine one instance for its call site there and its second one in ffn_pair (the FFN pair's; the
-  // two-bank engine, both)
+  // ... and one linear_pair() for the two-bank engine's pairs (gate and up, k and v)
+#pragma HLS ALLOCATION function instances = linear_pair limit = 1
+  // ... and each engine one instance for its call site there and its second one: the FFN pair's in pair_gemvs, the
+  // two-bank engine's in linear_pair
 #pragma HLS ALLOCATION function instances = gemv_unit limit = 1
   // ... one attention block and one FFN step (its unit blocks called once in it) for layer()'s two steps of
   // LAYER_ATT_FFN (one after the other)

@@ -358,7 +358,8 @@ long run_token_lanes(const Case &c, const BromImageHost &img, Tally &tally) {
 // tensor starts past the bank's first words. Each call gives every token's y bit for bit as the one-bank engine's
 // GEMV of its matrix: A alone from bank 0 and from bank 1 (its rows split over the banks' four slots where the
 // tile's rows allow it, in half the steps, decode's split too), and the pairs A with B at once (A on bank 0's slots,
-// B on bank 1's into z, and the other way round), each counted as one GEMV of the two-lane engine.
+// B on bank 1's into z, the other way round, and both from bank 1 through a port each, unsplit), each counted as one
+// GEMV of the two-lane engine.
 template <class C>
 struct TwiceTheBank : C { // bank 1 of run_two_banks: B's words, then A's
   static constexpr int PLANE_WORDS = 2 * C::PLANE_WORDS, PARAMS = 2 * C::PARAMS, AUX = 2 * C::AUX;
@@ -404,30 +405,35 @@ long run_two_banks(const Case &c, const BromImageHost &img, Tally &tally) {
                                            reinterpret_cast<const rom_word_t(*)[PW]>(inv.data()), 0, rom_prm<C>(img), 0,
                                            rom_aux<C>(img), 0, &yb[0], &yb[R], &yb[R], &yb[R], probe, xsum.data(),
                                            other);
-    // (xbank, pair, want in y, want in z)
+    // (xbank, pair, ybank, want in y, want in z)
     const struct {
       int xbank;
       bool pair;
+      int ybank;
       const std::vector<float> *y, *z;
-    } calls[] = {{0, false, &ya, nullptr}, {1, false, &ya, nullptr}, {0, true, &ya, &yb}, {1, true, &yb, &ya}};
+    } calls[] = {{0, false, 0, &ya, nullptr}, {1, false, 0, &ya, nullptr}, {0, true, 1, &ya, &yb},
+                 {1, true, 0, &yb, &ya},      {1, true, 1, &ya, &yb}};
     for (const auto &k : calls) {
       std::vector<float> y((size_t)L * R, -1.0f), z((size_t)L * R, -1.0f);
       Cycles cyc;
-      // X: A in bank 0, or in bank 1 past B (alone) or B at its start (pair); Y: the other bank's tensor at its start
-      const bool x_past_b = k.xbank == 1 && !k.pair;
+      // X: A in bank 0, or in bank 1 past B (alone, or beside B on bank 1), or B at its start (beside A on bank 0);
+      // Y: B at bank 1's start, or A on bank 0
+      const bool same = k.pair && k.ybank == k.xbank, x_past_b = k.xbank == 1 && (!k.pair || same);
       brom_gemv_banks_rt<C, C1, TILES, 2, false, L>(
-          n, ROWS, COLS, xq, a_scale, k.xbank, k.pair, rom_planes<C>(img), rom_prm<C>(img), rom_aux<C>(img), p1, q1,
-          a1, x_past_b ? PW : 0, x_past_b ? PP : 0, x_past_b ? AX : 0, 0, 0, 0, &y[0], &y[R], &y[R], &y[R], &z[0],
-          &z[R], &z[R], &z[R], probe, xsum.data(), cyc);
+          n, ROWS, COLS, xq, a_scale, k.xbank, k.pair, k.ybank, rom_planes<C>(img), rom_prm<C>(img), rom_aux<C>(img),
+          p1, q1, a1, x_past_b ? PW : 0, x_past_b ? PP : 0, x_past_b ? AX : 0, 0, 0, 0, &y[0], &y[R], &y[R], &y[R],
+          &z[0], &z[R], &z[R], &z[R], probe, xsum.data(), cyc);
       for (int t = 0; t < L; ++t)
         for (int o = 0; o < R; ++o) {
           const size_t i = (size_t)t * R + o;
           tally.check(float_to_bits(y[i]) == float_to_bits(t < n ? (*k.y)[i] : -1.0f));
           tally.check(float_to_bits(z[i]) == float_to_bits(t < n && k.z ? (*k.z)[i] : -1.0f));
         }
-      const int slots = k.pair ? L : 2 * L;
+      // a pair on one bank takes a port each, unsplit; alone, a tensor splits its rows wherever they split on one
+      // lane (as decode's token on two lanes)
+      const int slots = same ? 1 : k.pair ? L : 2 * L;
       tally.check(cyc.gemv == S::engine_gemv_cycles(n, slots, ROWS, COLS, ROWS) && cyc.candidates == one.candidates);
-      // alone, a tensor splits its rows wherever they split on one lane (as decode's token on two lanes)
+      tally.check(!same || cyc.gemv == S::gemv_cycles(ROWS, COLS, C::GEMV_II));
       tally.check(k.pair || S::row_split(n, slots, ROWS, ROWS) == S::row_split(1, 2, ROWS, ROWS));
     }
   }

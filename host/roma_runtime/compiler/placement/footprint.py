@@ -79,6 +79,7 @@ KV_UNUSED = "the on-chip KV cache of a build without one (KV_ONCHIP_CTX = 0): ne
 # Kernel templates whose instances are counted: label -> demangled function-name prefixes (without return type).
 KERNELS = {
     "linear (engine dispatch + LoRA)": ("(anonymous namespace)::linear(",),
+    "linear pair (two-bank engine + LoRA)": ("(anonymous namespace)::linear_pair<",),
     "GEMV engine (act quant + tiles)": ("(anonymous namespace)::gemv_unit<",),
     "layer": ("(anonymous namespace)::layer(",),
     "B-ROM GEMV (PE x GROUP lanes)": ("roma::brom_gemv_banks_rt<",),
@@ -547,7 +548,8 @@ def verdict(measured: dict, board: str | None = None, *, bram36_budget: float | 
                         f"configuration, shared by every layer and linear of that configuration)")
     # the elementwise units have an instance per token lane (a block's tokens side by side), the rest one
     tt = measured["token_lanes"]
-    for label, most in (("linear (engine dispatch + LoRA)", 1), ("GEMV engine (act quant + tiles)", 1),
+    for label, most in (("linear (engine dispatch + LoRA)", 1), ("linear pair (two-bank engine + LoRA)", 1),
+                        ("GEMV engine (act quant + tiles)", 1),
                         ("LoRA apply", 1), ("layer", 1), ("attention", 1), ("sampler", 1), ("RMSNorm", tt),
                         ("RoPE", tt), ("SwiGLU", tt), ("residual add", 2 * tt)):
         k = measured["kernels"].get(label, {})

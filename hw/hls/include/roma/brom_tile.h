@@ -300,12 +300,13 @@ inline float *token_out(int c, float *y0, float *y1, float *y2, float *y3) {
 // PE, so a block of tokens costs one pass over the weights (a candidate stage per token lane, side by side).
 // Two banks (BANKS = 2: roma_core.cpp's FFN pair engine, a layer's w_gate in a BRAM ROM and its other linears in
 // URAM, one configuration): each PE has a bank of each (bank 1's sizes are E1's) and TOKENS datapaths per bank, its
-// slots, fed by either bank. A call takes tensor X from bank xbank on every slot, or (pair) X on bank xbank's slots
-// and tensor Y, of X's shape and input, from the other bank's on bank 1's slots (w_up and w_gate at once, Y into
-// z_c). Where a tensor has at least two slots per token (S::row_split: a decode token on two token lanes, a block of
-// two on the two banks' four slots), its even rows go through port 0 of its bank and its odd rows through port 1
-// (a BRAM ROM's second port, a URAM bank's second; roma_core binds them two-ported), n slots each: half the steps.
-// Outside the split the second port reads the first one's address.
+// slots, fed by either bank. A call takes tensor X from bank xbank on every slot, or (pair) X on bank 0's slots and
+// tensor Y, of X's shape and input, from bank ybank on bank 1's slots, Y into z_c: from the other bank (w_up and
+// w_gate at once), or from X's own through its second port (w_k and w_v). Where a tensor has at least two slots per
+// token and its bank's two ports (S::row_split: a decode token on two token lanes, a block of two on the two banks'
+// four slots), its even rows go through port 0 of its bank and its odd rows through port 1 (a BRAM ROM's second
+// port, a URAM bank's second; roma_core binds them two-ported), n slots each: half the steps. Outside the split the
+// second port reads the first one's address.
 // A tensor of `rows` rows per tile and `cols` columns (run time, within the bounds) whose words start at
 // plane_base, prm_base and aux_base of each tile's bank arrays (multiples of WPS for the planes; Y's at y_plane,
 // y_prm, y_aux of its bank).
@@ -316,7 +317,7 @@ inline float *token_out(int c, float *y0, float *y1, float *y2, float *y3) {
 // xsum_out always receives the per-group activation sums (token 0's).
 template <class E, class E1, int TILES, int BANKS, bool PROBE, int TOKENS>
 void brom_gemv_banks_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_COLS],
-                        const float a_scale[TOKENS][E::MAX_COLS / E::GROUP], int xbank, bool pair,
+                        const float a_scale[TOKENS][E::MAX_COLS / E::GROUP], int xbank, bool pair, int ybank,
                         const rom_word_t planes[TILES][E::PLANE_WORDS], const scale_word_t prm[TILES][E::PARAMS],
                         const scale_word_t aux[TILES][E::AUX], const rom_word_t planes1[TILES][E1::PLANE_WORDS],
                         const scale_word_t prm1[TILES][E1::PARAMS], const scale_word_t aux1[TILES][E1::AUX],
@@ -372,8 +373,10 @@ GEMV_TOKENS: // a candidate stage per token lane, the block's tokens side by sid
 
   // Stage 2: stream the banks, one (group, row) step per slot and PE per cycle, WPS words from each port of the PE's
   // banks: one flattened loop over the tensor's NG x rows steps (group-major; NG x rows / 2 under the row split). A
-  // tensor's slot k (of the `slots` serving it) takes token k, or under the split token k % n through port k / n.
-  const int ng = cols / GROUP, slots = BANKS == 2 && !pair ? SLOTS : TOKENS;
+  // tensor's slot k (of the `slots` serving it) takes token k, or under the split token k % n through port k / n. A
+  // pair on one bank takes a port each (`same`: no split).
+  const bool same = pair && ybank == xbank;
+  const int ng = cols / GROUP, slots = same ? 1 : BANKS == 2 && !pair ? SLOTS : TOKENS;
   const bool split = S::row_split(n, slots, rows, E::MIN_ROWS);
   const int lane_rows = split ? rows / 2 : rows, steps = ng * lane_rows;
   int g = 0, r = 0, g_rows = 0; // the step's group and row (a port's row, under the split), and g * rows
@@ -399,11 +402,12 @@ GEMV_STEPS:
     for (int s = 0; s < SLOTS; ++s) {
 #pragma HLS UNROLL
       const int k = pair ? s % TOKENS : s;
+      const bool odd = split && k >= n; // the split's port 1 (k % n and k / n without a divider: k < 2n)
       in_y[s] = pair && s >= TOKENS;
       on[s] = k < (split ? 2 * n : n);
-      port[s] = split && k >= n ? 1 : 0;
-      tok[s] = on[s] ? k - port[s] * n : 0; // k % n and k / n without a divider: k < 2n under the split
-      row[s] = split ? 2 * r + port[s] : r;
+      port[s] = odd || (same && in_y[s]) ? 1 : 0;
+      tok[s] = on[s] ? k - (odd ? n : 0) : 0;
+      row[s] = split ? 2 * r + (odd ? 1 : 0) : r;
       for (int q = 0; q < QUADS; ++q) {
 #pragma HLS UNROLL
         for (int b = 0; b < QUAD_CANDIDATES; ++b) {
@@ -425,13 +429,15 @@ GEMV_STEPS:
 #pragma HLS ARRAY_PARTITION variable = dm type = complete dim = 0
       for (int b = 0; b < BANKS; ++b) {
 #pragma HLS UNROLL
-        // the bank of X, or Y's (a pair's other bank); a bank neither holds reads its first words (unused)
-        const bool x = b == xbank, used = x || pair;
+        // a port of X's bank reads X (Y through port 1 of a pair on one bank), of Y's bank Y; a bank neither holds
+        // reads its first words (unused)
+        const bool used = b == xbank || (pair && b == ybank);
         for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
+          const bool y = pair && b == ybank && (!same || p == 1);
           const int rr = !used ? 0 : split ? 2 * r + p : r, s = used ? g_rows + rr : 0;
-          const int pl = (x ? plane_base : used ? y_plane : 0) + s * WPS, pm = (x ? prm_base : used ? y_prm : 0) + s,
-                    ax = (x ? aux_base : used ? y_aux : 0) + brom_aux_index<E::SF>(s, rr);
+          const int pl = (y ? y_plane : used ? plane_base : 0) + s * WPS, pm = (y ? y_prm : used ? prm_base : 0) + s,
+                    ax = (y ? y_aux : used ? aux_base : 0) + brom_aux_index<E::SF>(s, rr);
           for (int k = 0; k < WPS; ++k) {
 #pragma HLS UNROLL
             w[b][p][k] = b == 0 ? planes[t][pl + k] : planes1[t][pl + k];
@@ -443,7 +449,7 @@ GEMV_STEPS:
       for (int s = 0; s < SLOTS; ++s) {
 #pragma HLS UNROLL
         if (on[s]) {
-          const int b = BANKS == 2 && (in_y[s] ? xbank == 0 : xbank == 1) ? 1 : 0, p = port[s], c = tok[s];
+          const int b = BANKS == 2 && (in_y[s] ? ybank : xbank) == 1 ? 1 : 0, p = port[s], c = tok[s];
           const acc_t dot = brom_step_dot<GROUP, E::BITS, E::DP>(w[b][p], cg[s], xgg[s]);
           if (PROBE && c == 0 && !in_y[s]) dot_probe[t][g_rows + row[s]] = dot;
           const float term = brom_term(a_scale[c][g], dm[b][p].d, dm[b][p].m, dot, xsum[c][g]);
@@ -480,10 +486,10 @@ void brom_gemv_tiles_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX
                         float *y3, acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
                         acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
 #pragma HLS INLINE
-  brom_gemv_banks_rt<E, E, TILES, 1, PROBE, TOKENS>(n, rows, cols, xq, a_scale, 0, false, planes, prm, aux, planes,
-                                                    prm, aux, plane_base, prm_base, aux_base, plane_base, prm_base,
-                                                    aux_base, y0, y1, y2, y3, y0, y1, y2, y3, dot_probe, xsum_out,
-                                                    cyc);
+  brom_gemv_banks_rt<E, E, TILES, 1, PROBE, TOKENS>(n, rows, cols, xq, a_scale, 0, false, 0, planes, prm, aux,
+                                                    planes, prm, aux, plane_base, prm_base, aux_base, plane_base,
+                                                    prm_base, aux_base, y0, y1, y2, y3, y0, y1, y2, y3, dot_probe,
+                                                    xsum_out, cyc);
 }
 
 // All TILES tiles of one tensor (TILES*ROWS outputs, tile t's row r is output r * TILES + t), in parallel (a fixed
