@@ -663,26 +663,19 @@ void two_bank_tiles(const rom_word_t planes[E::TILES][E::PLANE_WORDS], const sca
       BANK_OFFSETS.at[BANK_PLANES][l][ylin], BANK_OFFSETS.at[BANK_PARAMS][l][ylin], BANK_OFFSETS.at[BANK_AUX][l][ylin],
       TOKEN_OUT_ARGS, PAIR_OUT_ARGS, probe, xs, cyc);
 }
-// Engine U's tiles for tensor (l, lin) (and the pair's second, pair_lin, on the two-bank engine): its tier's.
-template <int U>
-void engine_tiles(std::false_type /*one bank*/, int l, int lin, int, int n, int rows, int cols,
-                  const act_t xq[Unit<U>::TOKENS][EngineOf<U>::MAX_COLS],
-                  const float as[Unit<U>::TOKENS][EngineOf<U>::MAX_COLS / Unit<U>::GROUP], DDR_PORT_PARAMS, TOKEN_OUTS,
-                  PAIR_OUTS,
-                  acc_t probe[Unit<U>::TILES][(EngineOf<U>::MAX_COLS / Unit<U>::GROUP) * EngineOf<U>::MAX_ROWS],
-                  acc_t xs[EngineOf<U>::MAX_COLS / Unit<U>::GROUP], Cycles &cyc) {
+// Engine U's tiles for tensor (l, lin) (and the pair's second, pair_lin, on the two-bank engine): its tier's. The
+// codes xq, scales as, probe and sums xs are gemv_unit's arrays, sized by EngineOf<U>.
+template <int U, class Codes, class Scales, class Probe, class Sums>
+void engine_tiles(std::false_type /*one bank*/, int l, int lin, int, int n, int rows, int cols, Codes xq,
+                  Scales as, DDR_PORT_PARAMS, TOKEN_OUTS, PAIR_OUTS, Probe probe, Sums xs, Cycles &cyc) {
 #pragma HLS INLINE
   (void)z0, (void)z1, (void)z2, (void)z3;
-  typedef Unit<U> R;
-  tiles_gemv<R>(typename R::InDdr(), l, lin, n, rows, cols, xq, as, DDR_PORTS, TOKEN_OUT_ARGS, probe, xs, cyc);
+  tiles_gemv<Unit<U>>(typename Unit<U>::InDdr(), l, lin, n, rows, cols, xq, as, DDR_PORTS, TOKEN_OUT_ARGS, probe, xs,
+                      cyc);
 }
-template <int U>
-void engine_tiles(std::true_type /*two banks*/, int l, int lin, int pair_lin, int n, int rows, int cols,
-                  const act_t xq[Unit<U>::TOKENS][EngineOf<U>::MAX_COLS],
-                  const float as[Unit<U>::TOKENS][EngineOf<U>::MAX_COLS / Unit<U>::GROUP], DDR_PORT_PARAMS, TOKEN_OUTS,
-                  PAIR_OUTS,
-                  acc_t probe[Unit<U>::TILES][(EngineOf<U>::MAX_COLS / Unit<U>::GROUP) * EngineOf<U>::MAX_ROWS],
-                  acc_t xs[EngineOf<U>::MAX_COLS / Unit<U>::GROUP], Cycles &cyc) {
+template <int U, class Codes, class Scales, class Probe, class Sums>
+void engine_tiles(std::true_type /*two banks*/, int l, int lin, int pair_lin, int n, int rows, int cols, Codes xq,
+                  Scales as, DDR_PORT_PARAMS, TOKEN_OUTS, PAIR_OUTS, Probe probe, Sums xs, Cycles &cyc) {
 #pragma HLS INLINE
   (void)ddr, (void)ddr1, (void)ddr2, (void)ddr3;
   typedef Unit<U> P;                             // PAIR_UP
@@ -748,38 +741,16 @@ void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, T
   }
   (void)slots, (void)min_rows;
 }
-// Tensor (l, lin) of unit R's bank in C simulation: the GEMVs are compiled per shape.
-template <class R>
+// Tensor (l, lin) of unit R's bank in C simulation: the GEMVs are compiled per shape (linear LIN's, or a later one's).
+template <class R, int LIN = L_WQ>
 void csim_gemv(int l, int lin, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, TOKEN_OUTS, int slots, int min_rows,
                Cycles &cyc) {
-  switch (lin) {
-  case L_WQ:
-    csim_tensor_gemv<R, L_WQ>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
-    break;
-  case L_WK:
-    csim_tensor_gemv<R, L_WK>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
-    break;
-  case L_WV:
-    csim_tensor_gemv<R, L_WV>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
-    break;
-  case L_WO:
-    csim_tensor_gemv<R, L_WO>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
-    break;
-  case L_GATE:
-    csim_tensor_gemv<R, L_GATE>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
-    break;
-  case L_UP:
-    csim_tensor_gemv<R, L_UP>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
-    break;
-  case L_DOWN:
-    csim_tensor_gemv<R, L_DOWN>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
-    break;
-  case L_EMBD:
-    csim_tensor_gemv<R, L_EMBD>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
-    break;
-  default:
+  if constexpr (LIN == L_OUTPUT)
     csim_tensor_gemv<R, L_OUTPUT>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
-  }
+  else if (lin == LIN)
+    csim_tensor_gemv<R, LIN>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
+  else
+    csim_gemv<R, LIN + 1>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
 }
 #endif
 
