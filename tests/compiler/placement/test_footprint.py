@@ -183,6 +183,11 @@ def test_the_plans_memory_model_is_the_objects(tiny_report):
             "attention_lanes<...>::score", "brom_gemv_banks_rt<...>::acc"} <= set(rows)
     off = {name for name, r in rows.items() if not r["agrees"]}
     assert not off, off
+    # every pragma applied: the factors the kernels name are template parameters or static constants the object's
+    # debug information keeps (the DDR stream's LANES and EX_BANKS, attention's GROUP), and the plan evaluates them
+    assert tiny_report["unresolved"] == [] and not any("not applied" in f for f in tiny_report["failures"])
+    ql = [a for a in tiny_report["local_arrays"] if a["name"].startswith("attention_lanes<") and a["var"] == "ql"]
+    assert len(ql) == 1 and any("factor=GROUP" in p and "not applied" not in p for p in ql[0]["pragmas"]), ql
     assert tiny_report["total_bram36"] == pytest.approx(tiny_report["plan"]["bram36"], rel=0.05)
     assert tiny_report["total_uram"] == pytest.approx(tiny_report["plan"]["uram"], rel=0.05)
     assert "per array against the plan's model" in footprint.render(tiny_report)

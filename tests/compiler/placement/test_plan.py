@@ -89,12 +89,15 @@ def test_the_ddr_stream_reads_whole_port_words():
     from roma_runtime.artifact.ddr_image import ddr_tile_words
     from roma_runtime.compiler.placement.logic import DdrStream, ddr_stream
 
-    assert ddr_stream(2, 64, "q8", [144, 48], 512) == DdrStream(lanes=4, ii=1, block_chunks=9, block_steps=32)
-    assert ddr_stream(2, 64, "q8", [144], 128) == DdrStream(lanes=1, ii=1, block_chunks=36, block_steps=32)
-    assert ddr_stream(2, 64, "fp16", [144], 512) == DdrStream(lanes=4, ii=1, block_chunks=10, block_steps=32)
+    def stream(lanes, ii, chunks, chunk_words):
+        return DdrStream(lanes=lanes, ii=ii, block_chunks=chunks, block_steps=32, chunk_words=chunk_words)
+
+    assert ddr_stream(2, 64, "q8", [144, 48], 512) == stream(4, 1, 9, 16)
+    assert ddr_stream(2, 64, "q8", [144], 128) == stream(1, 1, 36, 4)
+    assert ddr_stream(2, 64, "fp16", [144], 512) == stream(4, 1, 10, 16)
     # 3-bit steps are padded to a power of two words (3 -> 4), 8-bit G128 steps are two 512-bit words each
-    assert ddr_stream(3, 32, "q8", [144], 512) == DdrStream(lanes=4, ii=1, block_chunks=9, block_steps=32)
-    assert ddr_stream(8, 128, "q8", [144], 512) == DdrStream(lanes=1, ii=2, block_chunks=33, block_steps=32)
+    assert ddr_stream(3, 32, "q8", [144], 512) == stream(4, 1, 9, 16)
+    assert ddr_stream(8, 128, "q8", [144], 512) == stream(1, 2, 33, 32)
     # rows that are not a multiple of the lanes: the steps one after another
     assert ddr_stream(2, 64, "q8", [6], 512).ii == 4 and ddr_stream(2, 64, "q8", [6], 512).y_after is False
     # a tile: the q8 row exponents in whole 16-word units, then whole blocks (144 rows x 9 groups: 41 blocks)

@@ -84,11 +84,17 @@ LABEL = "estimate (FINN MVAU-style formulas and fixed fp32 operator costs; not a
 @dataclass(frozen=True)
 class DdrStream:
     """brom_ddr.h's DdrStream for one engine through one weight port: a chunk's steps (lanes), the chunk loop's II,
-    the chunks and the steps of a block."""
+    the chunks and the steps of a block, and a chunk's words."""
     lanes: int
     ii: int
     block_chunks: int
     block_steps: int
+    chunk_words: int
+
+    @property
+    def ex_banks(self) -> int:
+        """The banks of a q8 tile's row exponents (EX_BANKS: two chunks' rows, one per bank)."""
+        return 2 * self.chunk_words
 
     @property
     def y_after(self) -> bool:
@@ -109,7 +115,7 @@ def ddr_stream(bits: int, group: int, scales: str, tile_rows: list[int], port_bi
         ii = max(chunk_cycles, -(-fadd // max(1, rows // lanes)))
     else:  # serial: one step per GEMV_II
         ii = max(lanes * -(-fadd // rows), chunk_cycles)
-    return DdrStream(lanes, ii, (param_words + steps * step_words) // chunk, steps)
+    return DdrStream(lanes, ii, (param_words + steps * step_words) // chunk, steps, chunk)
 
 # FINN's MVAU LUT constants (finn-r: c0 fixed cost, c1 routing/packing factor)
 C0, C1 = 300, 1.1

@@ -461,17 +461,19 @@ def _local(function: str, var: str, bits: int, dims: list, pragmas: list[Pragma]
 
 
 def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Pragma], ports: int,
-                  sum_sets: int = 1, tokens: int = 1, *, act_lanes: int) -> list[Array]:
+                  sum_sets: int = 1, tokens: int = 1, *, act_lanes: int,
+                  ddr_banks: tuple[int, int] = (1, 1)) -> list[Array]:
     """The local arrays of one engine's kernel instances (gemv_unit, its `tokens` token lanes' act_quant, the tiles
     or the DDR stream: its accumulators a row of `ports`, the board's weight ports, and its sums `sum_sets` sets of
     them when the stream writes a round's outputs during the next round, 2, else a register (1)), each one RTL
     instance, sized by the largest of the tensors it serves (their linears, `lins`); the codes, candidates, sums
     and accumulators a row per token lane;
-    the codes read `act_lanes` a cycle (the engine's, Board.engine_act_lanes)."""
+    the codes read `act_lanes` a cycle (the engine's, Board.engine_act_lanes); a DDR stream's accumulators banked
+    by its chunk's lanes and its row exponents by EX_BANKS (`ddr_banks`: brom_ddr.h's LANES and EX_BANKS)."""
     shapes = [lin_shape(config, lin) for lin in set(lins)]
     rows, cols = max(r for r, _ in shapes) // e.tiles, max(c for _, c in shapes)
     ng, g = cols // e.group, e.group
-    # template parameters the pragmas may name (a local constexpr the footprint cannot read is left out, as there)
+    # template parameters and static local constants the pragmas may name
     tpl = {"GROUP": g, "BITS": e.bits, "TILES": e.tiles, "PORTS": ports}
     out = [_local("gemv_unit", "xq", 8, [tokens, cols], pragmas, {"ACT": act_lanes}),
            _local("gemv_unit", "as", 32, [tokens, ng], pragmas, {}),
@@ -480,6 +482,7 @@ def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Prag
            _local("act_quant", "inv", 32, [ng], pragmas, {"COLS": cols, **tpl}, tokens)]
     if e.tier == "ddr":
         q8 = e.scales == "q8"
+        tpl = {**tpl, "LANES": ddr_banks[0], "EX_BANKS": ddr_banks[1]}
         out += [_local("brom_ddr_gemv_rt", "cand", 16, [tokens, ng, g // 4, 16], pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "xg", 8, [tokens, ng, g], pragmas, tpl),
                 _local("brom_ddr_gemv_rt", "xsum", 32, [tokens, ng], pragmas, tpl),
@@ -545,7 +548,8 @@ def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list
         applied = static_pragmas(a, pragmas, {}, c)
         apply_layout(a, with_impl(applied, logits) if a.name == "g_logits" else applied)
     simd = port_lanes(hd, kv_port_bits) * kv_ports
-    att = {"HEADS": config.n_heads, "KV_HEADS": config.n_kv_heads, "HD": hd, "MAX_CTX": max_ctx, "SIMD": simd}
+    att = {"HEADS": config.n_heads, "KV_HEADS": config.n_kv_heads, "HD": hd, "MAX_CTX": max_ctx, "SIMD": simd,
+           "GROUP": config.n_heads // config.n_kv_heads}
     # two of each, one per block of a pair (one written beside the units that read the other): the GEMV inputs h,
     # q/k/v's outputs qr, kr, vr, the attention outputs att and the FFN's gate and up; then the FFN step's own
     local = [_local("layer", f"{v}{i}", 32, [token_lanes, n], pragmas, None) for v, n in

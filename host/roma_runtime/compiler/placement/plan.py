@@ -1068,12 +1068,13 @@ class _Engines:
         out = bank_arrays(c.config, e, index, [lin for lin, _, chip in members if chip], c.pragmas)
         if self._runs_gemv(e):
             lins = [lin for lin, _, _ in members]
-            # a DDR stream whose lanes outrun y's write port keeps two sets of accumulators (brom_ddr.h: y after)
-            y_after = e.tier == "ddr" and logic.ddr_stream(
-                e.bits, e.group, e.scales, [lin_shape(c.config, lin)[0] // e.tiles for lin in lins],
-                c.board.weight_port_bits).y_after
-            out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if y_after else 1,
-                                 self._tokens(e), act_lanes=c.board.engine_act_lanes(e.group))
+            # a DDR stream whose lanes outrun y's write port keeps two sets of accumulators (brom_ddr.h: y after);
+            # its accumulators are banked by its lanes, its row exponents by EX_BANKS
+            s = logic.ddr_stream(e.bits, e.group, e.scales, [lin_shape(c.config, lin)[0] // e.tiles for lin in lins],
+                                 c.board.weight_port_bits) if e.tier == "ddr" else None
+            out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if s and s.y_after else 1,
+                                 self._tokens(e), act_lanes=c.board.engine_act_lanes(e.group),
+                                 ddr_banks=(s.lanes, s.ex_banks) if s else (1, 1))
         return out
 
     def _tokens(self, e: EngineConfig) -> int:

@@ -353,7 +353,8 @@ void attention_lanes(const float q[][HEADS * HD], int n, int pos, int keys_from,
                      const half_bits_t *k_cache2 = nullptr, const half_bits_t *v_cache2 = nullptr,
                      const half_bits_t *k_cache3 = nullptr, const half_bits_t *v_cache3 = nullptr) {
   typedef AttentionConfig<HEADS, KV_HEADS, HD, MAX_CTX, SIMD, PLACE, PORTS, SETS, PV_SETS> C;
-  constexpr int GROUP = C::GROUP, CHD = C::CHD, CH = C::CH, PL = C::PORT_LANES, PROW = C::PORT_ROW;
+  static constexpr int GROUP = C::GROUP; // static: the object's debug information keeps it (the footprint's partitions)
+  constexpr int CHD = C::CHD, CH = C::CH, PL = C::PORT_LANES, PROW = C::PORT_ROW;
   constexpr int P = C::PV_PARTIALS, PV_II = C::PV_II, PV_DISTANCE = CH * P / SETS; // used by the pragmas
   constexpr int MAX_ITERS = MAX_CTX * CH;
   (void)PV_II;

@@ -241,13 +241,16 @@ void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_C
   typedef DdrStream<D, PORT_BITS> P;
   typedef typename D::S S;
   constexpr int GROUP = E::GROUP, NG_MAX = E::MAX_COLS / GROUP, QUADS = S::QUADS, STEP_WORDS = D::STEP_WORDS;
-  constexpr int CHUNK_WORDS = P::CHUNK_WORDS, LANES = P::LANES, PARAM_CHUNKS = P::PARAM_CHUNKS;
+  // LANES and EX_BANKS name the partitions of acc, fin and ex: static, so that the object's debug information
+  // keeps their values (the footprint check lays those arrays out by them)
+  static constexpr int LANES = P::LANES, EX_BANKS = P::EX_BANKS;
+  constexpr int CHUNK_WORDS = P::CHUNK_WORDS, PARAM_CHUNKS = P::PARAM_CHUNKS;
   constexpr int BLOCK_CHUNKS = P::BLOCK_CHUNKS, BLOCK_STEPS = D::BLOCK_STEPS, EX_ROWS = D::Q8 ? E::MAX_ROWS : 1;
   constexpr bool LANE_BANKS = P::lanes(E::ROW_ALIGN), Y_AFTER = P::y_after(E::MIN_ROWS, E::ROW_ALIGN);
   constexpr int ROUNDS = P::rounds(TILES, PORTS), Y_ROWS = P::y_rows(TILES, PORTS, Y_BANKS), Y_II = P::y_ii(Y_ROWS);
   // the pragmas'
   constexpr int CHUNK_II = P::chunk_ii(E::MIN_ROWS, E::ROW_ALIGN), ACC_DISTANCE = P::acc_distance(E::MIN_ROWS);
-  constexpr int EX_BANKS = P::EX_BANKS, EX_DISTANCE = PARAM_CHUNKS + 1, MAX_ROWS = E::MAX_ROWS;
+  constexpr int EX_DISTANCE = PARAM_CHUNKS + 1, MAX_ROWS = E::MAX_ROWS;
   constexpr int MAX_CHUNKS = (int)(P::prefix_chunks(E::MAX_ROWS) + P::chunks(E::MAX_ROWS, E::MAX_COLS));
   (void)CHUNK_II;
   (void)Y_II;
