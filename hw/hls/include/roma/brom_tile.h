@@ -144,7 +144,7 @@ struct BromStepConfig {
   static constexpr uint64_t gemv_cycles(int rows, int cols, int ii) {
     return (uint64_t)(cols / GROUP) * rows * ii + GEMV_DEPTH;
   }
-  // The row split (brom_gemv_tiles_rt): a tensor served by `slots` datapaths per PE (its engine's token lanes, or on
+  // The row split (brom_gemv_banks_rt): a tensor served by `slots` datapaths per PE (its engine's token lanes, or on
   // the two-bank engine of the FFN pair both banks' lanes) for a block of n tokens, where the slots are at least 2n,
   // takes its even rows through port 0 of its bank and its odd rows through port 1, n slots on each: a decode token
   // on two token lanes, or a block of two on the two-bank engine's four. Only where each slot's accumulators still
@@ -300,8 +300,8 @@ inline float *token_out(int c, float *y0, float *y1, float *y2, float *y3) {
 // PE, so a block of tokens costs one pass over the weights (a candidate stage per token lane, side by side).
 // Two banks (BANKS = 2: roma_core.cpp's FFN pair engine, a layer's w_gate in a BRAM ROM and its other linears in
 // URAM, one configuration): each PE has a bank of each (bank 1's sizes are E1's) and TOKENS datapaths per bank, its
-// slots, fed by either bank. A call takes tensor X from bank xbank on every slot, or (pair) X on bank 0's slots and
-// tensor Y, of X's shape and input, from bank ybank on bank 1's slots, Y into z_c: from the other bank (w_up and
+// slots, fed by either bank. A call takes tensor X from bank xbank on every slot, or (pair) X on the first TOKENS
+// slots and tensor Y, of X's shape and input, from bank ybank on the others, Y into z_c: from the other bank (w_up and
 // w_gate at once), or from X's own through its second port (w_k and w_v). Where a tensor has at least two slots per
 // token and its bank's two ports (S::row_split: a decode token on two token lanes, a block of two on the two banks'
 // four slots), its even rows go through port 0 of its bank and its odd rows through port 1 (a BRAM ROM's second
