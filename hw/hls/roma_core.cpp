@@ -456,19 +456,7 @@ constexpr bool two_banks() {
          G::BITS == P::BITS && G::GROUP == P::GROUP && G::SF == P::SF && G::TILES == P::TILES;
 }
 constexpr bool TWO_BANKS = two_banks();
-// Engine u's datapaths per PE for a tensor alone (the row split's slots: BromStepConfig::row_split) and the fewest
-// rows per tile of its tensors (its II and split distance): the two-bank engine's over both banks.
 constexpr bool on_two_banks(int u) { return TWO_BANKS && (u == PAIR_GATE || u == PAIR_UP); }
-template <int U>
-constexpr int engine_slots() {
-  return on_two_banks(U) ? 2 * TT : Unit<U>::TOKENS;
-}
-template <int U>
-constexpr int engine_min_rows() {
-  return !on_two_banks(U) ? Unit<U>::MIN_ROWS
-         : Unit<PAIR_GATE>::MIN_ROWS < Unit<PAIR_UP>::MIN_ROWS ? Unit<PAIR_GATE>::MIN_ROWS
-                                                               : Unit<PAIR_UP>::MIN_ROWS;
-}
 // The engine of tensor (l, lin): its unit's, or the two-bank engine's (PAIR_UP) for PAIR_GATE's tensors.
 constexpr int lin_engine(int l, int lin) { return on_two_banks(lin_unit(l, lin)) ? PAIR_UP : lin_unit(l, lin); }
 // The two-bank engine's configuration (bank 0's, PAIR_UP's, and the bounds over both banks' tensors) for
@@ -479,10 +467,20 @@ struct TwoBankEngine : P {
   static constexpr int MIN_ROWS = P::MIN_ROWS < G::MIN_ROWS ? P::MIN_ROWS : G::MIN_ROWS;
   static constexpr int MAX_COLS = P::MAX_COLS > G::MAX_COLS ? P::MAX_COLS : G::MAX_COLS;
 };
+typedef TwoBankEngine<Unit<PAIR_UP>, Unit<PAIR_GATE>> TwoBank;
 // The configuration a GEMV engine U's kernels are sized by: Unit<U>, or the two-bank engine's.
 template <int U>
-using EngineOf = typename std::conditional<on_two_banks(U) && U == PAIR_UP,
-                                           TwoBankEngine<Unit<PAIR_UP>, Unit<PAIR_GATE>>, Unit<U>>::type;
+using EngineOf = typename std::conditional<on_two_banks(U) && U == PAIR_UP, TwoBank, Unit<U>>::type;
+// Engine u's datapaths per PE for a tensor alone (the row split's slots: BromStepConfig::row_split) and the fewest
+// rows per tile of its tensors (its II and split distance): the two-bank engine's over both banks.
+template <int U>
+constexpr int engine_slots() {
+  return on_two_banks(U) ? 2 * TT : Unit<U>::TOKENS;
+}
+template <int U>
+constexpr int engine_min_rows() {
+  return on_two_banks(U) ? TwoBank::MIN_ROWS : Unit<U>::MIN_ROWS;
+}
 
 #ifndef __SYNTHESIS__
 static float g_norms[2 * rm::N_LAYERS + 1][rm::DIM]; // attn_norm, ffn_norm per layer, then output_norm
