@@ -878,7 +878,7 @@ def _gemv_cycles(engines: "_Engines", board: Board) -> float:
     # a layer's gate and up on the engines of the build's FFN pair run at once: the longer of the two
     gate, up = HLS_LINEARS.index("w_gate"), HLS_LINEARS.index("w_up")
     layers = sorted({layer for lin, layer in each if lin == gate and (up, layer) in each})
-    pair = ffn_pair([(each[gate, layer][0], each[up, layer][0]) for layer in layers], lambda e: e.tier == "ddr")
+    pair = engines.ffn_pair()
     cycles = sum(c for _, c in each.values())
     for layer in layers:
         (eg, cg), (eu, cu) = each[gate, layer], each[up, layer]
@@ -1122,14 +1122,18 @@ class _Engines:
     def arrays(self, tiers=TIERS) -> list[Array]:
         return [a for i, e, m in self._numbered() if e.tier in tiers for a in self._arrays(e, m, i)]
 
-    def two_banks(self) -> tuple | None:
-        """(w_gate's engine, w_up's) where roma_core.cpp makes the build's FFN pair one GEMV engine of two banks
-        (TWO_BANKS): a layers' BRAM-ROM engine for gate and a URAM one of the same configuration, on a board with
-        token lanes; else None."""
+    def ffn_pair(self) -> tuple | None:
+        """(w_gate's engine, w_up's) of the build's FFN pair (model_header.ffn_pair over the layers' gate and up
+        engines: FFN_PAIR_GATE, FFN_PAIR_UP), or None."""
         gate, up = HLS_LINEARS.index("w_gate"), HLS_LINEARS.index("w_up")
         where = {(lin, layer): e for e, m in self.members.items() for lin, layer, _ in m}
         layers = sorted({layer for lin, layer in where if lin == gate and (up, layer) in where})
-        pair = ffn_pair([(where[gate, layer], where[up, layer]) for layer in layers], lambda e: e.tier == "ddr")
+        return ffn_pair([(where[gate, layer], where[up, layer]) for layer in layers], lambda e: e.tier == "ddr")
+
+    def two_banks(self) -> tuple | None:
+        """The FFN pair where roma_core.cpp makes it one GEMV engine of two banks (TWO_BANKS): a layers' BRAM-ROM
+        engine for gate and a URAM one of the same configuration, on a board with token lanes; else None."""
+        pair = self.ffn_pair()
         if pair is None or self.core.board.token_lanes < 2:
             return None
         g, u = pair
