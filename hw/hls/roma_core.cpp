@@ -475,7 +475,7 @@ using EngineOf = typename std::conditional<on_two_banks(U) && U == PAIR_UP, TwoB
 // rows per tile of its tensors (its II and split distance): the two-bank engine's over both banks.
 template <int U>
 constexpr int engine_slots() {
-  return on_two_banks(U) ? 2 * TT : Unit<U>::TOKENS;
+  return tensor_slots(on_two_banks(U) ? 2 : 1, Unit<U>::TOKENS, false, false);
 }
 template <int U>
 constexpr int engine_min_rows() {
@@ -640,8 +640,8 @@ void tiles_gemv(std::false_type /*on chip*/, int l, int lin, int n, int rows, in
 }
 
 // Tensor (l, lin) on the two-bank engine E (TWO_BANKS): alone on every slot of its bank, or with (l, pair_lin) beside
-// it into z_c (from the other bank, or through the second port of the same one). Bank 1 (PAIR_GATE's, a BRAM ROM) is bound here; bank 0 (URAM) where
-// CMD_LOAD_WEIGHTS writes it.
+// it into z_c (from the other bank, or through the second port of the same one). Bank 1 (PAIR_GATE's, a BRAM ROM) is
+// bound here; bank 0 (URAM) where CMD_LOAD_WEIGHTS writes it.
 template <class E, class G>
 void two_bank_tiles(const rom_word_t planes[E::TILES][E::PLANE_WORDS], const scale_word_t prm[E::TILES][E::PARAMS],
                     const scale_word_t aux[E::TILES][E::AUX], const rom_word_t planes1[G::TILES][G::PLANE_WORDS],
@@ -750,6 +750,19 @@ void csim_gemv(int l, int lin, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS,
   else
     csim_gemv<R, LIN + 1>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
 }
+// Tensor (l, lin) of engine U in C simulation, on its unit's bank (PAIR_GATE's for its tensors on the two-bank engine).
+template <int U>
+void csim_bank_gemv(int l, int lin, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, TOKEN_OUTS, int slots,
+                    Cycles &cyc) {
+  if constexpr (on_two_banks(U)) {
+    if (lin_unit(l, lin) == PAIR_GATE) {
+      csim_gemv<Unit<PAIR_GATE>>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots,
+                                 engine_min_rows<U>(), cyc);
+      return;
+    }
+  }
+  csim_gemv<Unit<U>>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, engine_min_rows<U>(), cyc);
+}
 #endif
 
 // GEMV engine U for tensor (l, lin), both run-time indices (one instance serves every tensor of its
@@ -787,24 +800,13 @@ void gemv_unit(int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_
   engine_tiles<U>(std::integral_constant<bool, on_two_banks(U)>(), l, lin, pair_lin, n, rows, cols, xq, as, DDR_PORTS,
                   TOKEN_OUT_ARGS, PAIR_OUT_ARGS, probe, xs, cyc);
 #else
-  // the emulated board's GEMVs, per tensor on its unit's bank (PAIR_GATE's for its tensors on the two-bank engine),
-  // counted on the engine's slots: all of them alone, a bank's in a pair (counted once: the same shape, one pass)
-  const bool same_bank = pair_lin >= 0 && lin_unit(l, pair_lin) == lin_unit(l, lin); // a port each: no split
-  const int slots = same_bank ? 1 : pair_lin >= 0 ? R::TOKENS : engine_slots<U>();
-  if constexpr (on_two_banks(U)) {
-    if (lin_unit(l, lin) == PAIR_GATE)
-      csim_gemv<Unit<PAIR_GATE>>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots,
-                                 engine_min_rows<U>(), cyc);
-    else csim_gemv<R>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, engine_min_rows<U>(), cyc);
-    Cycles same;
-    if (pair_lin >= 0 && lin_unit(l, pair_lin) == PAIR_GATE)
-      csim_gemv<Unit<PAIR_GATE>>(l, pair_lin, n, TOKEN_IN_ARGS, false, DDR_PORTS, PAIR_OUT_ARGS, slots,
-                                 engine_min_rows<U>(), same);
-    else if (pair_lin >= 0)
-      csim_gemv<R>(l, pair_lin, n, TOKEN_IN_ARGS, false, DDR_PORTS, PAIR_OUT_ARGS, slots, engine_min_rows<U>(), same);
-  } else {
-    csim_gemv<R>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, engine_min_rows<U>(), cyc);
-  }
+  // the emulated board's GEMVs, counted on the slots the tensor has (tensor_slots); a pair's second tensor has the
+  // same shape and runs in the same pass, so it is not counted again
+  const bool pair = pair_lin >= 0, same_bank = pair && lin_unit(l, pair_lin) == lin_unit(l, lin);
+  const int slots = tensor_slots(on_two_banks(U) ? 2 : 1, R::TOKENS, pair, same_bank);
+  csim_bank_gemv<U>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, cyc);
+  Cycles same;
+  if (pair) csim_bank_gemv<U>(l, pair_lin, n, TOKEN_IN_ARGS, false, DDR_PORTS, PAIR_OUT_ARGS, slots, same);
 #endif
 }
 
@@ -1252,7 +1254,8 @@ inline bool scores_beside_kv(int l) {
   if (k_ddr || v_ddr) return KV_ONCHIP || rm::KV_BESIDE_WEIGHTS;
   const int uk = lin_unit(l, L_WK), uv = lin_unit(l, L_WV);
   if (kv_paired(l)) // one pass, a port each on one bank (unsplit) or a bank each
-    return onchip_gemv_cycles<0>(std::true_type(), uk, L_WK, uk == uv ? 1 : TT) > Att::RESCORE_CYCLES;
+    return onchip_gemv_cycles<0>(std::true_type(), uk, L_WK, tensor_slots(2, TT, true, uk == uv)) >
+           Att::RESCORE_CYCLES;
   return onchip_gemv_cycles<0>(std::true_type(), uk, L_WK, 0) + onchip_gemv_cycles<0>(std::true_type(), uv, L_WV, 0) >
          Att::RESCORE_CYCLES;
 }

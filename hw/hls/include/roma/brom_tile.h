@@ -167,6 +167,12 @@ struct BromStepConfig {
   }
 };
 
+// The slots (datapaths per PE) serving a call's tensor, BromStepConfig::row_split's `slots`: all of an engine's
+// BANKS x TOKENS alone; in a pair on two banks its bank's TOKENS; in a pair on one bank a port each (1: no split).
+constexpr int tensor_slots(int banks, int tokens, bool pair, bool same_bank) {
+  return !pair ? banks * tokens : same_bank ? 1 : tokens;
+}
+
 // One tile's fixed shape (ROWS x COLS), and the engine interface brom_gemv_tiles_rt reads (MAX_ROWS, MAX_COLS,
 // MIN_ROWS, bank sizes, CQ from BromStepConfig): a tile of one tensor is an engine with a single shape.
 template <int ROWS, int COLS, int GROUP_, int BITS_, Datapath DP_ = Datapath::LutSelect,
@@ -376,7 +382,7 @@ GEMV_TOKENS: // a candidate stage per token lane, the block's tokens side by sid
   // tensor's slot k (of the `slots` serving it) takes token k, or under the split token k % n through port k / n. A
   // pair on one bank takes a port each (`same`: no split).
   const bool same = pair && ybank == xbank;
-  const int ng = cols / GROUP, slots = same ? 1 : BANKS == 2 && !pair ? SLOTS : TOKENS;
+  const int ng = cols / GROUP, slots = tensor_slots(BANKS, TOKENS, pair, same);
   const bool split = S::row_split(n, slots, rows, E::MIN_ROWS);
   const int lane_rows = split ? rows / 2 : rows, steps = ng * lane_rows;
   int g = 0, r = 0, g_rows = 0; // the step's group and row (a port's row, under the split), and g * rows
