@@ -91,6 +91,8 @@ def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
     assert k["layer"] == {"templates": 1, "rtl_instances": 1, "max_rtl_instances": 1}
     assert k["GEMV engine (act quant + tiles)"] == {"templates": 2, "rtl_instances": 2, "max_rtl_instances": 1}
     assert k["linear (engine dispatch + LoRA)"]["rtl_instances"] == 1 == k["LoRA apply"]["rtl_instances"]
+    # no engine of two banks (its FFN pair is not a ROM and a URAM engine): linear_pair's empty overload is no unit
+    assert k["linear pair (two-bank engine + LoRA)"]["rtl_instances"] == 0
     # one per engine and token lane: the layers' engine has the board's (a call site each), the head's one
     tt = json.loads((tiny_build / "manifest.json").read_text())["board"]["token_lanes"]
     assert k["activation quantizer"]["rtl_instances"] == tt + 1

@@ -80,7 +80,9 @@ KV_UNUSED = "the on-chip KV cache of a build without one (KV_ONCHIP_CTX = 0): ne
 # Kernel templates whose instances are counted: label -> demangled function-name prefixes (without return type).
 KERNELS = {
     "linear (engine dispatch + LoRA)": ("(anonymous namespace)::linear(",),
-    "linear pair (two-bank engine + LoRA)": ("(anonymous namespace)::linear_pair<",),
+    # (the two-bank one only: a build without the engine has an empty overload, which is no hardware)
+    "linear pair (two-bank engine + LoRA)": (
+        "(anonymous namespace)::linear_pair<void>(std::integral_constant<bool, true>",),
     "GEMV engine (act quant + tiles)": ("(anonymous namespace)::gemv_unit<",),
     "layer": ("(anonymous namespace)::layer(",),
     "B-ROM GEMV (PE x GROUP lanes)": ("roma::brom_gemv_banks_rt<",),
