@@ -15,9 +15,11 @@
 // then attends causally; chunking is exact), and each linear of a chunk in blocks of TOKEN_LANES tokens (the board's
 // token_lanes): a layers' GEMV engine computes a block in one pass over its weights, TOKEN_LANES datapaths per PE
 // or port on each word it reads (weights stationary), each token bit for bit as alone; a decode token takes one.
-// Blocks overlap in a layer: a block's q/k/v GEMVs run beside the next block's norm and the previous block's RoPE
-// (LAYER_QKV), a block's attention beside the FFN of the two before it, and in that FFN one block's GEMVs beside the
-// other's elementwise units (LAYER_ATT_FFN, ffn_step). A decode token scores its cached keys beside its k and v
+// Blocks overlap in a layer: a block's q/k/v GEMVs run beside the next block's norm and activation codes and the
+// previous block's RoPE (LAYER_QKV), a block's attention beside the FFN of the two before it, and in that FFN one
+// block's GEMVs beside the other's elementwise units and the codes of its next GEMV (LAYER_ATT_FFN, ffn_step): two
+// activation quantizers, one right before a GEMV, one beside the GEMV before it (quantize_block, quantize_ahead),
+// write codes any engine reads. A decode token scores its cached keys beside its k and v
 // GEMVs where those outlast the second score call that costs (token_qkv, scores_beside_kv).
 //
 // One instance of each kernel, shared by all layers (issue 19): the layer index is a run-time loop variable, and
@@ -279,6 +281,23 @@ constexpr int lin_unit(int l, int lin) {
 }
 constexpr int lin_layers(int lin) { return lin >= L_EMBD ? 1 : rm::N_LAYERS; } // tensors of linear lin
 constexpr bool lin_present(int lin) { return lin != L_OUTPUT || HEAD_LIN == L_OUTPUT; }
+// The activation codes of a block's GEMV inputs (act_quant.h: int8 codes, an fp32 scale per group), quantized for a
+// tensor's group into a buffer its engine reads (quantize_block, quantize_ahead): a row per token lane of CODE_COLS
+// codes (the widest input) and CODE_GROUPS scales (at the smallest group), so that one buffer serves every engine.
+// group_used: whether a GEMV of the layers (layers_only) or also the head's has that group (an untied embedding is
+// only looked up): the quantizers built are one per such group and token lane.
+constexpr int CODE_COLS = lanes_max(rm::DIM, rm::FFN_DIM);
+constexpr bool group_used(int group, bool layers_only) {
+  for (int lin = L_WQ; lin <= L_OUTPUT; ++lin)
+    for (int l = 0; l < lin_layers(lin); ++l)
+      if (lin_present(lin) && (lin < L_EMBD || (!layers_only && lin == HEAD_LIN)) && lin_group(l, lin) == group)
+        return true;
+  return false;
+}
+constexpr int CODE_GROUPS = CODE_COLS / (group_used(32, false) ? 32 : group_used(64, false) ? 64 : 128);
+// activations per cycle into a quantizer of `group` and its engine's candidate stage: the build's (GEMV_IN_LANES),
+// at most a group (both stages work within one group a cycle)
+constexpr int act_lanes(int group) { return GEMV_IN_LANES < group ? GEMV_IN_LANES : group; }
 // One tile of tensor (l, lin): its rows and its bank words (planes, scale entries, aux entries: q8's are per row).
 constexpr int tile_rows(int l, int lin) { return lin_rows(lin) / lin_tiles(l, lin); }
 constexpr int tile_params(int l, int lin) { return lin_cols(lin) / lin_group(l, lin) * tile_rows(l, lin); }
@@ -384,9 +403,8 @@ struct Unit {
   static constexpr int BITS = lin_bits(L0, LIN0), GROUP = lin_group(L0, LIN0), TILES = lin_tiles(L0, LIN0);
   static constexpr ScaleFormat SF = lin_scales(L0, LIN0);
   static constexpr Datapath DP = BITS >= DSP_MAC_MIN_BITS ? Datapath::DspMac : Datapath::ROMA_DATAPATH;
-  // activations per cycle into the engine (its quantizer's lanes) and candidate quads per cycle (the quantizer's
-  // pace): the build's, at most a group (both stages work within one group a cycle)
-  static constexpr int ACT = GEMV_IN_LANES < GROUP ? GEMV_IN_LANES : GROUP, CQ = ACT / QUAD;
+  // activations per cycle into the engine and candidate quads per cycle (its group's quantizer's pace)
+  static constexpr int ACT = act_lanes(GROUP), CQ = ACT / QUAD;
   static_assert(SF == ScaleFormat::Fp16 || SF == ScaleFormat::Q8, "SCALES_* is 0 (fp16) or 1 (q8)");
   static constexpr int MAX_ROWS = (int)unit_stat(U, 0), MIN_ROWS = (int)unit_stat(U, 1), MAX_COLS = (int)unit_stat(U, 2);
   static constexpr int ROW_ALIGN = unit_row_align(U);
@@ -554,6 +572,65 @@ struct Acct {
   uint64_t weight_load = 0; // CMD_LOAD_WEIGHTS
 };
 
+// A block's activation codes (CODE_COLS above): written by a quantizer, read by the GEMV engine of the tensor they were
+// quantized for (and by the next tensors of the same input and group: w_k, w_v after w_q; w_up after w_gate).
+#define CODE_PARAMS act_t xq[TT][CODE_COLS], float as[TT][CODE_GROUPS]
+#define CODES_IN const act_t xq[TT][CODE_COLS], const float as[TT][CODE_GROUPS]
+#define CODE_ARGS xq, as
+// The block's n inputs x_c at group G into codes xq[c] and scales as[c]: a quantizer per token lane, side by side (lane
+// 0's counted; a group of the head's only has lane 0), or nothing where no tensor of the role has group G
+// (false_type: not built).
+template <int G>
+inline void quantize_group(std::true_type, int cols, int n, TOKEN_INS, CODE_PARAMS, Cycles &cyc) {
+#pragma HLS INLINE
+  constexpr int LANES = act_lanes(G);
+  constexpr bool BLOCKS = group_used(G, true);
+  constexpr int C1 = BLOCKS ? TC1 : 0, C2 = BLOCKS ? TC2 : 0, C3 = BLOCKS ? TC3 : 0;
+  Cycles beside;
+  act_quant<CODE_COLS, G, LANES>(cols, x0, xq[0], as[0], cyc);
+  if (C1 && n > 1) act_quant<CODE_COLS, G, LANES>(cols, x1, xq[C1], as[C1], beside);
+  if (C2 && n > 2) act_quant<CODE_COLS, G, LANES>(cols, x2, xq[C2], as[C2], beside);
+  if (C3 && n > 3) act_quant<CODE_COLS, G, LANES>(cols, x3, xq[C3], as[C3], beside);
+}
+template <int G>
+inline void quantize_group(std::false_type, int, int, const float *, const float *, const float *, const float *,
+                           act_t[TT][CODE_COLS], float[TT][CODE_GROUPS], Cycles &) {}
+template <bool LAYERS_ONLY>
+inline void quantize_lanes(int l, int lin, int n, TOKEN_INS, CODE_PARAMS, Cycles &cyc) {
+#pragma HLS INLINE
+  const int group = lin_group(l, lin), cols = lin_cols(lin);
+  if (group == 32)
+    quantize_group<32>(std::integral_constant<bool, group_used(32, LAYERS_ONLY)>(), cols, n, TOKEN_IN_ARGS, CODE_ARGS,
+                       cyc);
+  else if (group == 64)
+    quantize_group<64>(std::integral_constant<bool, group_used(64, LAYERS_ONLY)>(), cols, n, TOKEN_IN_ARGS, CODE_ARGS,
+                       cyc);
+  else
+    quantize_group<128>(std::integral_constant<bool, group_used(128, LAYERS_ONLY)>(), cols, n, TOKEN_IN_ARGS,
+                        CODE_ARGS, cyc);
+}
+// Tensor (l, lin)'s codes for the block's n inputs, right before the GEMV that reads them: a decode token's, a layer's
+// first block's, wo's (attention's outputs are ready only then), the head's, and a tensor's whose group differs from
+// the one before it on the same input (requantize). One instance (ALLOCATION).
+void quantize_block(int l, int lin, int n, TOKEN_INS, CODE_PARAMS, Cycles &cyc) {
+#pragma HLS INLINE off
+  if (n == 0) return;
+  quantize_lanes<false>(l, lin, n, TOKEN_IN_ARGS, CODE_ARGS, cyc);
+}
+// ... or beside the GEMV before it, into a buffer that GEMV does not read: the next block's q/k/v codes beside a
+// block's q/k/v GEMVs (qkv_step), a block's w_down codes beside wo and its gate/up codes beside w_down (ffn_step). An
+// instance of its own (ALLOCATION), so that it never waits for quantize_block; the layers' groups only.
+void quantize_ahead(int l, int lin, int n, TOKEN_INS, CODE_PARAMS, Cycles &cyc) {
+#pragma HLS INLINE off
+  if (n == 0) return;
+  quantize_lanes<true>(l, lin, n, TOKEN_IN_ARGS, CODE_ARGS, cyc);
+}
+// Tensor lin's codes where its group is not that of tensor prev, whose codes of the same input the buffer holds.
+inline void requantize(int l, int lin, int prev, int n, TOKEN_INS, CODE_PARAMS, Cycles &cyc) {
+#pragma HLS INLINE
+  if (lin_group(l, lin) != lin_group(l, prev)) quantize_block(l, lin, n, TOKEN_IN_ARGS, CODE_ARGS, cyc);
+}
+
 // The LoRA delta of the active slot on linear lin of layer l (lora_apply: one instance for every linear, which it
 // takes at run time), or nothing in a build without a LoRA unit (no call, no cycles).
 template <class U>
@@ -592,12 +669,13 @@ constexpr int out_banks() {
 // the bank.
 template <class R>
 void tiles_gemv(std::true_type /*in DDR*/, int l, int lin, int n, int rows, int cols,
-                const act_t xq[R::TOKENS][R::MAX_COLS], const float as[R::TOKENS][R::MAX_COLS / R::GROUP],
+                CODES_IN,
                 DDR_PORT_PARAMS, TOKEN_OUTS,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
   const long long at = lin_ddr(l, lin);
-  brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS, out_banks<R>()>(
+  brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS, out_banks<R>(), CODE_COLS,
+                   CODE_GROUPS>(
       n, rows, cols, xq, as, ddr + at, ddr1 + at, ddr2 + at, ddr3 + at, TOKEN_OUT_ARGS, probe, xs, cyc);
 }
 // The tiles of one tensor in the bank: a BRAM ROM's planes are bound here (they are only read); a URAM bank's
@@ -605,33 +683,29 @@ void tiles_gemv(std::true_type /*in DDR*/, int l, int lin, int n, int rows, int 
 template <class R>
 void bank_tiles(std::false_type /*BRAM ROM*/, const rom_word_t planes[R::TILES][R::PLANE_WORDS],
                 const scale_word_t prm[R::TILES][R::PARAMS], const scale_word_t aux[R::TILES][R::AUX], int l, int lin,
-                int n, int rows, int cols, const act_t xq[R::TOKENS][R::MAX_COLS],
-                const float as[R::TOKENS][R::MAX_COLS / R::GROUP], TOKEN_OUTS,
+                int n, int rows, int cols, CODES_IN, TOKEN_OUTS,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
 #pragma HLS INLINE
 #pragma HLS BIND_STORAGE variable = planes type = rom_2p impl = bram
-  brom_gemv_tiles_rt<R, R::TILES, false, R::TOKENS>(n, rows, cols, xq, as, planes,
-                                                    BANK_OFFSETS.at[BANK_PLANES][l][lin], prm,
-                                                    BANK_OFFSETS.at[BANK_PARAMS][l][lin], aux,
-                                                    BANK_OFFSETS.at[BANK_AUX][l][lin], TOKEN_OUT_ARGS, probe, xs, cyc);
+  brom_gemv_tiles_rt<R, R::TILES, false, R::TOKENS, CODE_COLS, CODE_GROUPS>(
+      n, rows, cols, xq, as, planes, BANK_OFFSETS.at[BANK_PLANES][l][lin], prm, BANK_OFFSETS.at[BANK_PARAMS][l][lin],
+      aux, BANK_OFFSETS.at[BANK_AUX][l][lin], TOKEN_OUT_ARGS, probe, xs, cyc);
 }
 template <class R>
 void bank_tiles(std::true_type /*URAM*/, const rom_word_t planes[R::TILES][R::PLANE_WORDS],
                 const scale_word_t prm[R::TILES][R::PARAMS], const scale_word_t aux[R::TILES][R::AUX], int l, int lin,
-                int n, int rows, int cols, const act_t xq[R::TOKENS][R::MAX_COLS],
-                const float as[R::TOKENS][R::MAX_COLS / R::GROUP], TOKEN_OUTS,
+                int n, int rows, int cols, CODES_IN, TOKEN_OUTS,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
 #pragma HLS INLINE
-  brom_gemv_tiles_rt<R, R::TILES, false, R::TOKENS>(n, rows, cols, xq, as, planes,
-                                                    BANK_OFFSETS.at[BANK_PLANES][l][lin], prm,
-                                                    BANK_OFFSETS.at[BANK_PARAMS][l][lin], aux,
-                                                    BANK_OFFSETS.at[BANK_AUX][l][lin], TOKEN_OUT_ARGS, probe, xs, cyc);
+  brom_gemv_tiles_rt<R, R::TILES, false, R::TOKENS, CODE_COLS, CODE_GROUPS>(
+      n, rows, cols, xq, as, planes, BANK_OFFSETS.at[BANK_PLANES][l][lin], prm, BANK_OFFSETS.at[BANK_PARAMS][l][lin],
+      aux, BANK_OFFSETS.at[BANK_AUX][l][lin], TOKEN_OUT_ARGS, probe, xs, cyc);
 }
 template <class R>
 void tiles_gemv(std::false_type /*on chip*/, int l, int lin, int n, int rows, int cols,
-                const act_t xq[R::TOKENS][R::MAX_COLS], const float as[R::TOKENS][R::MAX_COLS / R::GROUP],
+                CODES_IN,
                 const rom_word_t *, const rom_word_t *, const rom_word_t *, const rom_word_t *, TOKEN_OUTS,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
@@ -646,15 +720,14 @@ template <class E, class G>
 void two_bank_tiles(const rom_word_t planes[E::TILES][E::PLANE_WORDS], const scale_word_t prm[E::TILES][E::PARAMS],
                     const scale_word_t aux[E::TILES][E::AUX], const rom_word_t planes1[G::TILES][G::PLANE_WORDS],
                     const scale_word_t prm1[G::TILES][G::PARAMS], const scale_word_t aux1[G::TILES][G::AUX], int l,
-                    int lin, int pair_lin, int n, int rows, int cols, const act_t xq[E::TOKENS][E::MAX_COLS],
-                    const float as[E::TOKENS][E::MAX_COLS / E::GROUP], TOKEN_OUTS, PAIR_OUTS,
+                    int lin, int pair_lin, int n, int rows, int cols, CODES_IN, TOKEN_OUTS, PAIR_OUTS,
                     acc_t probe[E::TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS], acc_t xs[E::MAX_COLS / E::GROUP],
                     Cycles &cyc) {
 #pragma HLS INLINE
 #pragma HLS BIND_STORAGE variable = planes1 type = rom_2p impl = bram
   const bool pair = pair_lin >= 0;
   const int ylin = pair ? pair_lin : lin;
-  brom_gemv_banks_rt<E, G, E::TILES, 2, false, E::TOKENS>(
+  brom_gemv_banks_rt<E, G, E::TILES, 2, false, E::TOKENS, CODE_COLS, CODE_GROUPS>(
       n, rows, cols, xq, as, lin_unit(l, lin) == PAIR_GATE ? 1 : 0, pair, lin_unit(l, ylin) == PAIR_GATE ? 1 : 0,
       planes, prm, aux, planes1, prm1, aux1,
       BANK_OFFSETS.at[BANK_PLANES][l][lin], BANK_OFFSETS.at[BANK_PARAMS][l][lin], BANK_OFFSETS.at[BANK_AUX][l][lin],
@@ -690,24 +763,15 @@ constexpr bool serves_shape() {
   return lin_rows(LIN) % R::TILES == 0 && lin_cols(LIN) % R::GROUP == 0 && lin_cols(LIN) <= R::MAX_COLS &&
          lin_rows(LIN) / R::TILES <= R::MAX_ROWS && lin_rows(LIN) / R::TILES >= R::MIN_ROWS;
 }
-// C simulation: tensor (l, LIN) on engine R for the block's n tokens (each token's activation quantizer at the
-// tensor's own width, then the emulated board's packed GEMV of the whole tensor, or the straight one, tile by tile,
-// for a tensor it could not pack), or nothing when the tensor is not one of R's; counted as the engine counts it
-// (the lanes' quantizers and candidate stages side by side, one pass over the weights for the block).
+// C simulation: tensor (l, LIN) on engine R for the block's n tokens (the codes xq[c] and scales as[c] of each token's
+// input, then the emulated board's packed GEMV of the whole tensor, or the straight one, tile by tile, for a tensor it
+// could not pack), or nothing when the tensor is not one of R's; counted as the engine counts it (the lanes'
+// candidate stages side by side, one pass over the weights for the block).
 template <class R, int LIN>
-void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, TOKEN_OUTS, int slots, int min_rows,
-                      Cycles &cyc) {
+void csim_tensor_gemv(int l, int n, CODES_IN, DDR_PORT_PARAMS, TOKEN_OUTS, int slots, int min_rows, Cycles &cyc) {
   constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN), NG = R::MAX_COLS / R::GROUP;
   if constexpr (serves_shape<R, LIN>()) {
-    act_t xq[R::TOKENS][R::MAX_COLS];
-    float as[R::TOKENS][NG];
     acc_t xs[NG];
-    // at the tensor's own width; counted once per block (the lanes' quantizers run side by side) and not for an
-    // input the engine quantized for the tensor before (computed again here)
-    Cycles uncounted;
-    for (int c = 0; c < n; ++c)
-      act_quant<COLS, R::GROUP, R::ACT>(COLS, token_in(c, TOKEN_IN_ARGS), xq[c], as[c],
-                                           quantize && c == 0 ? cyc : uncounted);
     const CsimPackedTile &pk = g_packed[l][LIN];
     g_gemv_paths[pk.ok ? GEMV_PATH_PACKED : R::DDR ? GEMV_PATH_DDR_STREAM : GEMV_PATH_ROM_UNPACKED] += R::TILES * n;
     Cycles sim; // the simulation's loop order; the hardware's cycles are counted below
@@ -718,8 +782,9 @@ void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, T
     } else if constexpr (R::DDR) {
       static acc_t probe[R::TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
       const long long at = lin_ddr(l, LIN);
-      brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS, out_banks<R>()>(
-          n, ROWS, COLS, xq, as, ddr + at, ddr1 + at, ddr2 + at, ddr3 + at, TOKEN_OUT_ARGS, probe, xs, sim);
+      brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS, out_banks<R>(),
+                       CODE_COLS, CODE_GROUPS>(n, ROWS, COLS, xq, as, ddr + at, ddr1 + at, ddr2 + at, ddr3 + at,
+                                               TOKEN_OUT_ARGS, probe, xs, sim);
     } else {
       const int pb = BANK_OFFSETS.at[BANK_PLANES][l][LIN], qb = BANK_OFFSETS.at[BANK_PARAMS][l][LIN],
                 ab = BANK_OFFSETS.at[BANK_AUX][l][LIN];
@@ -741,61 +806,41 @@ void csim_tensor_gemv(int l, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, T
 }
 // Tensor (l, lin) of unit R's bank in C simulation: the GEMVs are compiled per shape (linear LIN's, or a later one's).
 template <class R, int LIN = L_WQ>
-void csim_gemv(int l, int lin, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, TOKEN_OUTS, int slots, int min_rows,
-               Cycles &cyc) {
+void csim_gemv(int l, int lin, int n, CODES_IN, DDR_PORT_PARAMS, TOKEN_OUTS, int slots, int min_rows, Cycles &cyc) {
   if constexpr (LIN == L_OUTPUT)
-    csim_tensor_gemv<R, L_OUTPUT>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
+    csim_tensor_gemv<R, L_OUTPUT>(l, n, CODE_ARGS, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
   else if (lin == LIN)
-    csim_tensor_gemv<R, LIN>(l, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
+    csim_tensor_gemv<R, LIN>(l, n, CODE_ARGS, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
   else
-    csim_gemv<R, LIN + 1>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
+    csim_gemv<R, LIN + 1>(l, lin, n, CODE_ARGS, DDR_PORTS, TOKEN_OUT_ARGS, slots, min_rows, cyc);
 }
 // Tensor (l, lin) of engine U in C simulation, on its unit's bank (PAIR_GATE's for its tensors on the two-bank engine).
 template <int U>
-void csim_bank_gemv(int l, int lin, int n, TOKEN_INS, bool quantize, DDR_PORT_PARAMS, TOKEN_OUTS, int slots,
-                    Cycles &cyc) {
+void csim_bank_gemv(int l, int lin, int n, CODES_IN, DDR_PORT_PARAMS, TOKEN_OUTS, int slots, Cycles &cyc) {
   if constexpr (on_two_banks(U)) {
     if (lin_unit(l, lin) == PAIR_GATE) {
-      csim_gemv<Unit<PAIR_GATE>>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots,
-                                 engine_min_rows<U>(), cyc);
+      csim_gemv<Unit<PAIR_GATE>>(l, lin, n, CODE_ARGS, DDR_PORTS, TOKEN_OUT_ARGS, slots, engine_min_rows<U>(), cyc);
       return;
     }
   }
-  csim_gemv<Unit<U>>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, engine_min_rows<U>(), cyc);
+  csim_gemv<Unit<U>>(l, lin, n, CODE_ARGS, DDR_PORTS, TOKEN_OUT_ARGS, slots, engine_min_rows<U>(), cyc);
 }
 #endif
 
 // GEMV engine U for tensor (l, lin), both run-time indices (one instance serves every tensor of its
-// configuration), for the block's n tokens: x_c[cols] -> y_c[rows] through the activation quantizer (one per token
-// lane, the tokens' in parallel) and the tiles (its words in the bank, or streamed from ddr), one pass for the block.
-// quantize: false when the engine's last tensor had the same inputs (w_k and w_v after w_q, w_up after w_gate),
-// whose codes and scales it still holds. pair_lin (the two-bank engine only; else -1): a tensor with the same input
-// and shape (w_gate beside w_up, w_v beside w_k), into z_c in the same pass.
+// configuration), for the block's n tokens: their codes xq[c] and scales as[c] (quantized for the tensor's group:
+// quantize_block, quantize_ahead) -> y_c[rows] through the tiles (its words in the bank, or streamed from ddr), one
+// pass for the block. pair_lin (the two-bank engine only; else -1): a tensor with the same input and shape (w_gate
+// beside w_up, w_v beside w_k), into z_c in the same pass.
 template <int U>
-void gemv_unit(int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a, int pair_lin,
-               PAIR_OUTS) {
+void gemv_unit(int l, int lin, int n, CODES_IN, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a, int pair_lin, PAIR_OUTS) {
   typedef Unit<U> R;
   Cycles &cyc = R::HEAD ? a.head : a.gemv;
 #ifdef __SYNTHESIS__
   typedef EngineOf<U> E;
-  constexpr int NG = E::MAX_COLS / R::GROUP, ACT = R::ACT;
-  static act_t xq[R::TOKENS][E::MAX_COLS]; // written by act_quant, read by the candidate stage: ACT per cycle
-#pragma HLS ARRAY_PARTITION variable = xq type = complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = xq type = cyclic factor = ACT dim = 2
-  static float as[R::TOKENS][NG];
-#pragma HLS ARRAY_PARTITION variable = as type = complete dim = 1
+  constexpr int NG = E::MAX_COLS / R::GROUP;
   acc_t xs[NG];
   const int rows = lin_rows(lin) / R::TILES, cols = lin_cols(lin);
-  // one quantizer per token lane, a call site each (so one RTL instance each, as the footprint counts them); the
-  // lanes' run side by side: a block costs one token's
-  constexpr int C1 = R::TOKENS > 1 ? 1 : 0, C2 = R::TOKENS > 2 ? 2 : 0, C3 = R::TOKENS > 3 ? 3 : 0;
-  Cycles beside;
-  if (quantize) {
-    act_quant<E::MAX_COLS, R::GROUP, ACT>(cols, x0, xq[0], as[0], cyc);
-    if (C1 && n > 1) act_quant<E::MAX_COLS, R::GROUP, ACT>(cols, x1, xq[C1], as[C1], beside);
-    if (C2 && n > 2) act_quant<E::MAX_COLS, R::GROUP, ACT>(cols, x2, xq[C2], as[C2], beside);
-    if (C3 && n > 3) act_quant<E::MAX_COLS, R::GROUP, ACT>(cols, x3, xq[C3], as[C3], beside);
-  }
   static acc_t probe[R::TILES][NG * E::MAX_ROWS]; // not written (PROBE = false)
   engine_tiles<U>(std::integral_constant<bool, on_two_banks(U)>(), l, lin, pair_lin, n, rows, cols, xq, as, DDR_PORTS,
                   TOKEN_OUT_ARGS, PAIR_OUT_ARGS, probe, xs, cyc);
@@ -804,42 +849,41 @@ void gemv_unit(int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_
   // same shape and runs in the same pass, so it is not counted again
   const bool pair = pair_lin >= 0, same_bank = pair && lin_unit(l, pair_lin) == lin_unit(l, lin);
   const int slots = tensor_slots(on_two_banks(U) ? 2 : 1, R::TOKENS, pair, same_bank);
-  csim_bank_gemv<U>(l, lin, n, TOKEN_IN_ARGS, quantize, DDR_PORTS, TOKEN_OUT_ARGS, slots, cyc);
+  csim_bank_gemv<U>(l, lin, n, CODE_ARGS, DDR_PORTS, TOKEN_OUT_ARGS, slots, cyc);
   Cycles same;
-  if (pair) csim_bank_gemv<U>(l, pair_lin, n, TOKEN_IN_ARGS, false, DDR_PORTS, PAIR_OUT_ARGS, slots, same);
+  if (pair) csim_bank_gemv<U>(l, pair_lin, n, CODE_ARGS, DDR_PORTS, PAIR_OUT_ARGS, slots, same);
 #endif
 }
 
 // Tensor (l, lin): to its engine (a run-time compare per engine, so every engine is called at one place), then the
 // LoRA delta (one call site). One instance serves every linear of every layer and the head: roma_core limits it
-// (ALLOCATION), so the GEMV hardware is one engine per configuration, one activation quantizer each, one LoRA unit.
+// (ALLOCATION), so the GEMV hardware is one engine per configuration and one LoRA unit.
 template <int U>
-void gemv_from(std::false_type /*past the last engine*/, int, int, int, int, const float *, const float *,
-               const float *, const float *, bool, float *, float *, float *, float *, const rom_word_t *,
-               const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
-template <int U>
-void gemv_if(std::false_type /*an untied embedding: only looked up*/, int, int, int, const float *, const float *,
-             const float *, const float *, bool, float *, float *, float *, float *, const rom_word_t *,
-             const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
-template <int U>
-void gemv_if(std::true_type, int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a) {
-#pragma HLS INLINE
-  gemv_unit<U>(l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a, -1, TOKEN_OUT_ARGS);
+void gemv_from(std::false_type /*past the last engine*/, int, int, int, int, CODES_IN, float *, float *, float *,
+               float *, const rom_word_t *, const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {
+  (void)xq, (void)as;
 }
 template <int U>
-void gemv_from(std::true_type, int u, int l, int lin, int n, TOKEN_INS, bool quantize, TOKEN_OUTS, DDR_PORT_PARAMS,
-               Acct &a) {
+void gemv_if(std::false_type /*an untied embedding: only looked up*/, int, int, int, CODES_IN, float *, float *,
+             float *, float *, const rom_word_t *, const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {
+  (void)xq, (void)as;
+}
+template <int U>
+void gemv_if(std::true_type, int l, int lin, int n, CODES_IN, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a) {
+#pragma HLS INLINE
+  gemv_unit<U>(l, lin, n, CODE_ARGS, TOKEN_OUT_ARGS, DDR_PORTS, a, -1, TOKEN_OUT_ARGS);
+}
+template <int U>
+void gemv_from(std::true_type, int u, int l, int lin, int n, CODES_IN, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
   if (u == U) // u: the tensor's engine (lin_engine), so PAIR_GATE's call site has no engine of its own on two banks
     gemv_if<U>(std::integral_constant<bool, Unit<U>::RunsGemv::value && !(on_two_banks(U) && U == PAIR_GATE)>(), l,
-               lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a);
-  else gemv_from<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, l, lin, n, TOKEN_IN_ARGS, quantize,
-                        TOKEN_OUT_ARGS, DDR_PORTS, a);
+               lin, n, CODE_ARGS, TOKEN_OUT_ARGS, DDR_PORTS, a);
+  else gemv_from<U + 1>(std::integral_constant<bool, (U + 1 < rm::N_UNITS)>(), u, l, lin, n, CODE_ARGS, TOKEN_OUT_ARGS,
+                        DDR_PORTS, a);
 }
-// Tensor (l, lin) for a block of n tokens (x_c -> y_c). same_input: the inputs are those of the layer's previous
-// linear (lin - 1: w_q for w_k, w_k for w_v, w_gate for w_up); when that linear ran on the same engine, the engine's
-// activation codes are theirs already (q, k and v, and gate and up, share one quantization). The LoRA delta of
-// each token: one LoRA apply unit for the lanes' call sites (ALLOCATION), one token after another.
+// Tensor (l, lin) for a block of n tokens (x_c -> y_c), on the codes of x_c for its group (xq, as). The LoRA delta of
+// each token, on x_c itself: one LoRA apply unit for the lanes' call sites (ALLOCATION), one token after another.
 inline void lora_deltas(int l, int lin, int n, TOKEN_INS, TOKEN_OUTS, Acct &a) {
 #pragma HLS INLINE
 LINEAR_LORA:
@@ -848,9 +892,8 @@ LINEAR_LORA:
     if (c < n) lora_delta(HasLora(), g_lora, l, lin, token_in(c, TOKEN_IN_ARGS), token_out(c, TOKEN_OUT_ARGS), a);
   }
 }
-void linear(int l, int lin, int n, TOKEN_INS, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a, bool same_input = false) {
-  const bool quantize = !same_input || lin_engine(l, lin) != lin_engine(l, lin - 1);
-  gemv_from<0>(std::true_type(), lin_engine(l, lin), l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a);
+void linear(int l, int lin, int n, TOKEN_INS, CODES_IN, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a) {
+  gemv_from<0>(std::true_type(), lin_engine(l, lin), l, lin, n, CODE_ARGS, TOKEN_OUT_ARGS, DDR_PORTS, a);
   lora_deltas(l, lin, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, a);
 }
 
@@ -866,60 +909,74 @@ inline bool ffn_paired(int l) {
   return HasFfnPair::value && lin_unit(l, L_GATE) == rm::FFN_PAIR_GATE && lin_unit(l, L_UP) == rm::FFN_PAIR_UP;
 }
 template <class = void>
-void ffn_pair(std::false_type, int, int, const float *, const float *, const float *, const float *, float *, float *,
-              float *, float *, float *, float *, float *, float *, const rom_word_t *, const rom_word_t *,
-              const rom_word_t *, const rom_word_t *, Acct &) {}
-// Tensors lin and lin2 of layer l, of one input and shape, on the two-bank engine (TWO_BANKS) in one pass (w_up and
-// w_gate a bank each; w_k and w_v a port of their bank each), then their LoRA deltas as linear() adds them.
-// quantize: false when the engine's last tensor had the same input (w_k and w_v after w_q).
+void ffn_pair(std::false_type, int, int, const float *, const float *, const float *, const float *, CODES_IN, float *,
+              float *, float *, float *, float *, float *, float *, float *, const rom_word_t *, const rom_word_t *,
+              const rom_word_t *, const rom_word_t *, Acct &) {
+  (void)xq, (void)as;
+}
+// Tensors lin and lin2 of layer l, of one input, group and shape, on the two-bank engine (TWO_BANKS) in one pass (w_up
+// and w_gate a bank each; w_k and w_v a port of their bank each), then their LoRA deltas as linear() adds them.
 template <class = void>
-void linear_pair(std::true_type /*two banks*/, int l, int lin, int lin2, int n, TOKEN_INS, bool quantize, TOKEN_OUTS,
+void linear_pair(std::true_type /*two banks*/, int l, int lin, int lin2, int n, TOKEN_INS, CODES_IN, TOKEN_OUTS,
                  PAIR_OUTS, DDR_PORT_PARAMS, Acct &a) {
-  gemv_unit<PAIR_UP>(l, lin, n, TOKEN_IN_ARGS, quantize, TOKEN_OUT_ARGS, DDR_PORTS, a, lin2, PAIR_OUT_ARGS);
+  gemv_unit<PAIR_UP>(l, lin, n, CODE_ARGS, TOKEN_OUT_ARGS, DDR_PORTS, a, lin2, PAIR_OUT_ARGS);
   lora_deltas(l, lin, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, a);
   lora_deltas(l, lin2, n, TOKEN_IN_ARGS, PAIR_OUT_ARGS, a);
 }
 template <class = void>
 void linear_pair(std::false_type, int, int, int, int, const float *, const float *, const float *, const float *,
-                 bool, float *, float *, float *, float *, float *, float *, float *, float *, const rom_word_t *,
-                 const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {}
+                 CODES_IN, float *, float *, float *, float *, float *, float *, float *, float *, const rom_word_t *,
+                 const rom_word_t *, const rom_word_t *, const rom_word_t *, Acct &) {
+  (void)xq, (void)as;
+}
 typedef std::integral_constant<bool, TWO_BANKS> HasTwoBanks;
-// The FFN pair's gate and up: one pass of the two-bank engine, or two engines side by side (counted as the longer).
+// The FFN pair's gate and up on the codes of w_gate's group: one pass of the two-bank engine, or two engines side by
+// side (counted as the longer). Two engines do not read one buffer at once: w_up's are its own (uq, us), quantized in
+// its call beside w_gate's GEMV.
 template <class = void>
-void pair_gemvs(std::true_type /*two banks*/, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, float *u1, float *u2,
-                float *u3, DDR_PORT_PARAMS, Acct &a) {
-  linear_pair(HasTwoBanks(), l, L_UP, L_GATE, n, TOKEN_IN_ARGS, true, u0, u1, u2, u3, TOKEN_OUT_ARGS, DDR_PORTS, a);
+void pair_gemvs(std::true_type /*two banks*/, int l, int n, TOKEN_INS, CODES_IN, TOKEN_OUTS, float *u0, float *u1,
+                float *u2, float *u3, DDR_PORT_PARAMS, Acct &a) {
+  linear_pair(HasTwoBanks(), l, L_UP, L_GATE, n, TOKEN_IN_ARGS, CODE_ARGS, u0, u1, u2, u3, TOKEN_OUT_ARGS, DDR_PORTS,
+              a);
 }
 template <class = void>
-void pair_gemvs(std::false_type, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, float *u1, float *u2, float *u3,
-                DDR_PORT_PARAMS, Acct &a) {
+void pair_gemvs(std::false_type, int l, int n, TOKEN_INS, CODES_IN, TOKEN_OUTS, float *u0, float *u1, float *u2,
+                float *u3, DDR_PORT_PARAMS, Acct &a) {
+  static act_t uq[TT][CODE_COLS]; // w_up's codes: quantize_block's, read by PAIR_UP's candidate stages
+#pragma HLS ARRAY_PARTITION variable = uq type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = uq type = cyclic factor = GEMV_IN_LANES dim = 2
+  static float us[TT][CODE_GROUPS];
+#pragma HLS ARRAY_PARTITION variable = us type = complete dim = 1
   Acct at_gate, at_up;
-  gemv_unit<PAIR_GATE>(l, L_GATE, n, TOKEN_IN_ARGS, true, TOKEN_OUT_ARGS, DDR_PORTS, at_gate, -1, TOKEN_OUT_ARGS);
-  gemv_unit<PAIR_UP>(l, L_UP, n, TOKEN_IN_ARGS, true, u0, u1, u2, u3, DDR_PORTS, at_up, -1, u0, u1, u2, u3);
+  gemv_unit<PAIR_GATE>(l, L_GATE, n, CODE_ARGS, TOKEN_OUT_ARGS, DDR_PORTS, at_gate, -1, TOKEN_OUT_ARGS);
+  quantize_block(l, L_UP, n, TOKEN_IN_ARGS, uq, us, at_up.gemv);
+  gemv_unit<PAIR_UP>(l, L_UP, n, uq, us, u0, u1, u2, u3, DDR_PORTS, at_up, -1, u0, u1, u2, u3);
   const Cycles &longer = at_gate.gemv.total() >= at_up.gemv.total() ? at_gate.gemv : at_up.gemv;
   a.gemv += longer;
   lora_deltas(l, L_GATE, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, a);
   lora_deltas(l, L_UP, n, TOKEN_IN_ARGS, u0, u1, u2, u3, a);
 }
 template <class = void>
-void ffn_pair(std::true_type, int l, int n, TOKEN_INS, TOKEN_OUTS, float *u0, float *u1, float *u2, float *u3,
-              DDR_PORT_PARAMS, Acct &a) {
-  pair_gemvs(HasTwoBanks(), l, n, TOKEN_IN_ARGS, TOKEN_OUT_ARGS, u0, u1, u2, u3, DDR_PORTS, a);
+void ffn_pair(std::true_type, int l, int n, TOKEN_INS, CODES_IN, TOKEN_OUTS, float *u0, float *u1, float *u2,
+              float *u3, DDR_PORT_PARAMS, Acct &a) {
+  pair_gemvs(HasTwoBanks(), l, n, TOKEN_IN_ARGS, CODE_ARGS, TOKEN_OUT_ARGS, u0, u1, u2, u3, DDR_PORTS, a);
 }
-// w_k and w_v from h into kr, vr (on wq's activation codes where they share its engine): in one pass where the
-// two-bank engine holds both (linear_pair), else one after the other.
+// w_k and w_v from h into kr, vr, on w_q's codes (xq, as; quantized again where their group is not w_q's): in one pass
+// where the two-bank engine holds both (linear_pair), else one after the other.
 inline bool kv_paired(int l) {
   return TWO_BANKS && on_two_banks(lin_unit(l, L_WK)) && on_two_banks(lin_unit(l, L_WV));
 }
-inline void kv_linears(int l, int n, float h[TT][rm::DIM], float kr[TT][rm::KV_DIM], float vr[TT][rm::KV_DIM],
-                       DDR_PORT_PARAMS, Acct &a) {
+inline void kv_linears(int l, int n, float h[TT][rm::DIM], CODE_PARAMS, float kr[TT][rm::KV_DIM],
+                       float vr[TT][rm::KV_DIM], DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
+  requantize(l, L_WK, L_WQ, n, TOKEN_ROWS(h), CODE_ARGS, a.gemv);
   if (kv_paired(l)) {
-    linear_pair(HasTwoBanks(), l, L_WK, L_WV, n, TOKEN_ROWS(h), lin_engine(l, L_WK) != lin_engine(l, L_WQ),
-                TOKEN_ROWS(kr), TOKEN_ROWS(vr), DDR_PORTS, a);
+    linear_pair(HasTwoBanks(), l, L_WK, L_WV, n, TOKEN_ROWS(h), CODE_ARGS, TOKEN_ROWS(kr), TOKEN_ROWS(vr), DDR_PORTS,
+                a);
   } else {
-    linear(l, L_WK, n, TOKEN_ROWS(h), TOKEN_ROWS(kr), DDR_PORTS, a, true);
-    linear(l, L_WV, n, TOKEN_ROWS(h), TOKEN_ROWS(vr), DDR_PORTS, a, true);
+    linear(l, L_WK, n, TOKEN_ROWS(h), CODE_ARGS, TOKEN_ROWS(kr), DDR_PORTS, a);
+    requantize(l, L_WV, L_WK, n, TOKEN_ROWS(h), CODE_ARGS, a.gemv);
+    linear(l, L_WV, n, TOKEN_ROWS(h), CODE_ARGS, TOKEN_ROWS(vr), DDR_PORTS, a);
   }
 }
 
@@ -1018,11 +1075,12 @@ inline int block_tokens(int T, int i) { return i < 0 || i >= T ? 0 : T - i < TT 
 // row each (a lane past the block reads the first, never used): on the GEMV engines wo, gate and up, w_down; beside
 // them the residual add and RMSNorm, SwiGLU, the residual add. Each called once, in ffn_step; the lanes past the
 // first run side by side with lane 0 (an instance each) and are not counted.
-// wo: the block's attention outputs att into o.
-void wo_block(int l, int n, float att[TT][QDIM], float o[TT][rm::DIM], DDR_PORT_PARAMS, Acct &a) {
+// wo: the block's attention outputs att into o, through their codes (xq, as).
+void wo_block(int l, int n, float att[TT][QDIM], CODE_PARAMS, float o[TT][rm::DIM], DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE off
   if (n == 0) return;
-  linear(l, L_WO, n, TOKEN_ROWS(att), TOKEN_ROWS(o), DDR_PORTS, a);
+  quantize_block(l, L_WO, n, TOKEN_ROWS(att), CODE_ARGS, a.gemv);
+  linear(l, L_WO, n, TOKEN_ROWS(att), CODE_ARGS, TOKEN_ROWS(o), DDR_PORTS, a);
 }
 // x += o, then h = RMSNorm(x): the FFN's input.
 void residual_norm_block(int l, int i0, int n, float o[TT][rm::DIM], float h[TT][rm::DIM], LayerCycles &cyc) {
@@ -1035,16 +1093,18 @@ void residual_norm_block(int l, int i0, int n, float o[TT][rm::DIM], float h[TT]
   if (TC2 && n > 2) lane_residual_norm(g_x[i0 + TC2], o[TC2], w, h[TC2], beside);
   if (TC3 && n > 3) lane_residual_norm(g_x[i0 + TC3], o[TC3], w, h[TC3], beside);
 }
-// gate and up from h (on two engines at once where the layer's pair is: ffn_pair).
-void gate_up_block(int l, int n, float h[TT][rm::DIM], float gate[TT][rm::FFN_DIM], float up[TT][rm::FFN_DIM],
-                   DDR_PORT_PARAMS, Acct &a) {
+// gate and up from h, through its codes for w_gate (xq, as) (on two engines at once where the layer's pair is:
+// ffn_pair).
+void gate_up_block(int l, int n, float h[TT][rm::DIM], CODE_PARAMS, float gate[TT][rm::FFN_DIM],
+                   float up[TT][rm::FFN_DIM], DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE off
   if (n == 0) return;
   if (ffn_paired(l)) {
-    ffn_pair(HasFfnPair(), l, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), TOKEN_ROWS(up), DDR_PORTS, a);
+    ffn_pair(HasFfnPair(), l, n, TOKEN_ROWS(h), CODE_ARGS, TOKEN_ROWS(gate), TOKEN_ROWS(up), DDR_PORTS, a);
   } else {
-    linear(l, L_GATE, n, TOKEN_ROWS(h), TOKEN_ROWS(gate), DDR_PORTS, a);
-    linear(l, L_UP, n, TOKEN_ROWS(h), TOKEN_ROWS(up), DDR_PORTS, a, true);
+    linear(l, L_GATE, n, TOKEN_ROWS(h), CODE_ARGS, TOKEN_ROWS(gate), DDR_PORTS, a);
+    requantize(l, L_UP, L_GATE, n, TOKEN_ROWS(h), CODE_ARGS, a.gemv);
+    linear(l, L_UP, n, TOKEN_ROWS(h), CODE_ARGS, TOKEN_ROWS(up), DDR_PORTS, a);
   }
 }
 // gate = SwiGLU(gate, up).
@@ -1057,11 +1117,11 @@ void swiglu_block(int n, float gate[TT][rm::FFN_DIM], float up[TT][rm::FFN_DIM],
   if (TC2 && n > 2) lane_activation(gate[TC2], up[TC2], beside);
   if (TC3 && n > 3) lane_activation(gate[TC3], up[TC3], beside);
 }
-// w_down: gate into o.
-void down_block(int l, int n, float gate[TT][rm::FFN_DIM], float o[TT][rm::DIM], DDR_PORT_PARAMS, Acct &a) {
+// w_down: gate into o, through its codes (xq, as).
+void down_block(int l, int n, float gate[TT][rm::FFN_DIM], CODES_IN, float o[TT][rm::DIM], DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE off
   if (n == 0) return;
-  linear(l, L_DOWN, n, TOKEN_ROWS(gate), TOKEN_ROWS(o), DDR_PORTS, a);
+  linear(l, L_DOWN, n, TOKEN_ROWS(gate), CODE_ARGS, TOKEN_ROWS(o), DDR_PORTS, a);
 }
 // x += o.
 void residual_block(int i0, int n, float o[TT][rm::DIM], LayerCycles &cyc) {
@@ -1081,10 +1141,10 @@ inline uint64_t beyond(uint64_t c, uint64_t &hide) {
   hide -= hidden;
   return c - hidden;
 }
-// A GEMV call (the engines' cycles: e) beside an elementwise one (u), as Vitis HLS starts two calls with no data
-// between them (UG1399, "Loop Parallelism": it schedules functions, not loops, in parallel): the GEMV counted in
-// full, the elementwise stages by what they add beyond it.
-inline void count_beside(Acct &a, const Acct &e, const LayerCycles &u) {
+// A GEMV call (the engines' cycles: e) beside elementwise ones (u) and the quantizer after them (q: quantize_ahead),
+// as Vitis HLS starts calls with no data between them (UG1399, "Loop Parallelism": it schedules functions, not loops,
+// in parallel): the GEMV counted in full, the elementwise stages and the quantizer by what they add beyond it.
+inline void count_beside(Acct &a, const Acct &e, const LayerCycles &u, const Cycles &q) {
 #pragma HLS INLINE
   uint64_t hide = e.gemv.total() + e.lora.apply;
   a.gemv += e.gemv;
@@ -1092,14 +1152,18 @@ inline void count_beside(Acct &a, const Acct &e, const LayerCycles &u) {
   a.layer.residual += beyond(u.residual, hide);
   a.layer.norm += beyond(u.norm, hide);
   a.layer.activation += beyond(u.activation, hide);
+  a.gemv.act_quant += beyond(q.act_quant, hide);
 }
 
 // The FFN of two blocks, the block at chunk row i - TT (its front: wo, residual and norm into h, gate and up into
 // gate_w, up_w) and the one before it (its back: SwiGLU over gate_r, up_r, w_down, residual), the engines' calls of
 // one beside the elementwise calls of the other: wo beside SwiGLU, w_down beside the residual and norm, gate and up
-// beside the residual. One instance (ALLOCATION) for layer()'s two call sites.
+// beside the residual. The GEMV inputs' codes: wo's quantized in its call (into qa, sa); the back's w_down codes
+// (qb, sb) after SwiGLU, beside wo, and the front's gate/up codes (qa, sa: wo is done) after its norm, beside w_down
+// (quantize_ahead). One instance (ALLOCATION) for layer()'s two call sites.
 void ffn_step(int l, int T, int i, float att[TT][QDIM], float h[TT][rm::DIM], float gate_w[TT][rm::FFN_DIM],
               float up_w[TT][rm::FFN_DIM], float gate_r[TT][rm::FFN_DIM], float up_r[TT][rm::FFN_DIM],
+              act_t qa[TT][CODE_COLS], float sa[TT][CODE_GROUPS], act_t qb[TT][CODE_COLS], float sb[TT][CODE_GROUPS],
               DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE off
   const int f0 = i - TT, b0 = i - 2 * TT, nf = block_tokens(T, f0), nb = block_tokens(T, b0);
@@ -1111,15 +1175,18 @@ void ffn_step(int l, int T, int i, float att[TT][QDIM], float h[TT][rm::DIM], fl
 #pragma HLS ARRAY_PARTITION variable = o_b type = cyclic factor = RESIDUAL_IN_LANES dim = 2
   Acct e1, e2, e3;
   LayerCycles u1, u2, u3;
-  wo_block(l, nf, att, o_f, DDR_PORTS, e1);
+  Cycles q1, q2, none;
+  wo_block(l, nf, att, qa, sa, o_f, DDR_PORTS, e1);
   swiglu_block(nb, gate_r, up_r, u1);
-  count_beside(a, e1, u1);
-  down_block(l, nb, gate_r, o_b, DDR_PORTS, e2);
+  quantize_ahead(l, L_DOWN, nb, TOKEN_ROWS(gate_r), qb, sb, q1);
+  count_beside(a, e1, u1, q1);
+  down_block(l, nb, gate_r, qb, sb, o_b, DDR_PORTS, e2);
   residual_norm_block(l, f0, nf, o_f, h, u2);
-  count_beside(a, e2, u2);
-  gate_up_block(l, nf, h, gate_w, up_w, DDR_PORTS, e3);
+  quantize_ahead(l, L_GATE, nf, TOKEN_ROWS(h), qa, sa, q2);
+  count_beside(a, e2, u2, q2);
+  gate_up_block(l, nf, h, qa, sa, gate_w, up_w, DDR_PORTS, e3);
   residual_block(b0, nb, o_b, u3);
-  count_beside(a, e3, u3);
+  count_beside(a, e3, u3, none);
 }
 
 // Whether layer l's FFN block runs beside attention at full rate: attention reads the KV cache from DDR, so an FFN
@@ -1140,8 +1207,10 @@ inline bool ffn_beside_attention(int l) {
 inline void att_ffn_step(int l, int start, int T, int i, bool scored, float att_out[TT][QDIM],
                          float att_in[TT][QDIM], float h[TT][rm::DIM], float gate_w[TT][rm::FFN_DIM],
                          float up_w[TT][rm::FFN_DIM], float gate_r[TT][rm::FFN_DIM], float up_r[TT][rm::FFN_DIM],
-                         half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1, half_bits_t *vc1, half_bits_t *kc2,
-                         half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3, DDR_PORT_PARAMS, Acct &a) {
+                         act_t qa[TT][CODE_COLS], float sa[TT][CODE_GROUPS], act_t qb[TT][CODE_COLS],
+                         float sb[TT][CODE_GROUPS], half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1,
+                         half_bits_t *vc1, half_bits_t *kc2, half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3,
+                         DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
   LayerCycles att;
   Acct ffn;
@@ -1149,7 +1218,7 @@ inline void att_ffn_step(int l, int start, int T, int i, bool scored, float att_
   // the block's keys, or (scored: a decode token whose cached keys token_qkv scored) its own key, and the finish
   attend_block(KvOnChip(), l, start, i, n, scored ? start : 0, start + i + n, scored ? ATT_FINISH : ATT_ALL, att_out,
                kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, att);
-  ffn_step(l, T, i, att_in, h, gate_w, up_w, gate_r, up_r, DDR_PORTS, ffn);
+  ffn_step(l, T, i, att_in, h, gate_w, up_w, gate_r, up_r, qa, sa, qb, sb, DDR_PORTS, ffn);
   const uint64_t ffn_cycles = ffn.gemv.total() + ffn.layer.total() + ffn.lora.apply;
   a.gemv += ffn.gemv;
   a.layer += ffn.layer;
@@ -1172,13 +1241,13 @@ void norm_block(int l, int i0, int n, float h[TT][rm::DIM], LayerCycles &cyc) {
   if (TC2 && n > 2) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + TC2], g_norms[2 * l], rm::RMS_EPS, h[TC2], beside);
   if (TC3 && n > 3) rms_norm<rm::DIM, NORM_LANES>(g_x[i0 + TC3], g_norms[2 * l], rm::RMS_EPS, h[TC3], beside);
 }
-// q, k and v from h into qr, kr, vr (wk and wv reuse wq's activation codes).
-void qkv_block(int l, int n, float h[TT][rm::DIM], float qr[TT][QDIM], float kr[TT][rm::KV_DIM],
+// q, k and v from h into qr, kr, vr, through its codes for w_q (xq, as: wk and wv reuse them).
+void qkv_block(int l, int n, float h[TT][rm::DIM], CODE_PARAMS, float qr[TT][QDIM], float kr[TT][rm::KV_DIM],
                float vr[TT][rm::KV_DIM], DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE off
   if (n == 0) return;
-  linear(l, L_WQ, n, TOKEN_ROWS(h), TOKEN_ROWS(qr), DDR_PORTS, a);
-  kv_linears(l, n, h, kr, vr, DDR_PORTS, a);
+  linear(l, L_WQ, n, TOKEN_ROWS(h), CODE_ARGS, TOKEN_ROWS(qr), DDR_PORTS, a);
+  kv_linears(l, n, h, CODE_ARGS, kr, vr, DDR_PORTS, a);
 }
 // RoPE by the rows' positions' angles: qr, kr into the rows of g_q, g_k; vr copied into g_v's.
 void rotate_block(int i0, int n, const float rope_cos[MAX_T][ROPE_PAIRS], const float rope_sin[MAX_T][ROPE_PAIRS],
@@ -1195,26 +1264,33 @@ void rotate_block(int i0, int n, const float rope_cos[MAX_T][ROPE_PAIRS], const 
                                 g_k[i0 + TC3], g_v[i0 + TC3], beside);
 }
 
-// One step of layer()'s LAYER_QKV: the q/k/v GEMVs of the block at chunk row i (h_in -> qr, kr, vr) beside the next
-// block's norm (into h_next) and the RoPE of the block before (from its qr_prev, kr_prev, vr_prev). Three calls with no
-// data between them, on units of their own (the GEMV engines; RMSNorm; RoPE and the value copy), which Vitis HLS
-// starts together (UG1399, "Loop Parallelism"): counted as the longest of the three, the GEMVs in full and the norm
-// and RoPE stages by what they add beyond them.
+// One step of layer()'s LAYER_QKV: the q/k/v GEMVs of the block at chunk row i (h_in and its codes q_in, s_in -> qr,
+// kr, vr) beside the next block's norm (into h_next) and its codes (q_next, s_next: quantize_ahead), and the RoPE of
+// the block before (from its qr_prev, kr_prev, vr_prev). Three chains of calls with no data between them, on units
+// of their own (the GEMV engines; RMSNorm and a quantizer; RoPE and the value copy), which Vitis HLS starts together
+// (UG1399, "Loop Parallelism"): counted as the longest of the three, the GEMVs in full and the norm, quantizer and
+// RoPE stages by what they add beyond them.
 inline void qkv_step(int l, int T, int i, const float rope_cos[MAX_T][ROPE_PAIRS],
-                     const float rope_sin[MAX_T][ROPE_PAIRS], float h_in[TT][rm::DIM], float h_next[TT][rm::DIM],
-                     float qr[TT][QDIM], float kr[TT][rm::KV_DIM], float vr[TT][rm::KV_DIM], float qr_prev[TT][QDIM],
-                     float kr_prev[TT][rm::KV_DIM], float vr_prev[TT][rm::KV_DIM], DDR_PORT_PARAMS, Acct &a) {
+                     const float rope_sin[MAX_T][ROPE_PAIRS], float h_in[TT][rm::DIM], act_t q_in[TT][CODE_COLS],
+                     float s_in[TT][CODE_GROUPS], float h_next[TT][rm::DIM], act_t q_next[TT][CODE_COLS],
+                     float s_next[TT][CODE_GROUPS], float qr[TT][QDIM], float kr[TT][rm::KV_DIM],
+                     float vr[TT][rm::KV_DIM], float qr_prev[TT][QDIM], float kr_prev[TT][rm::KV_DIM],
+                     float vr_prev[TT][rm::KV_DIM], DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE
   Acct gemvs;
   LayerCycles norm, rope;
-  qkv_block(l, block_tokens(T, i), h_in, qr, kr, vr, DDR_PORTS, gemvs);
-  norm_block(l, i + TT, block_tokens(T, i + TT), h_next, norm);
+  Cycles codes;
+  const int n_next = block_tokens(T, i + TT);
+  qkv_block(l, block_tokens(T, i), h_in, q_in, s_in, qr, kr, vr, DDR_PORTS, gemvs);
+  norm_block(l, i + TT, n_next, h_next, norm);
+  quantize_ahead(l, L_WQ, n_next, TOKEN_ROWS(h_next), q_next, s_next, codes);
   rotate_block(i - TT, block_tokens(T, i - TT), rope_cos, rope_sin, qr_prev, kr_prev, vr_prev, rope);
-  const uint64_t g = gemvs.gemv.total() + gemvs.lora.apply;
-  uint64_t hide_norm = g, hide_rope = g > norm.norm ? g : norm.norm; // RoPE runs beside both
+  const uint64_t g = gemvs.gemv.total() + gemvs.lora.apply, chain = norm.norm + codes.act_quant;
+  uint64_t hide_chain = g, hide_rope = g > chain ? g : chain; // RoPE runs beside both
   a.gemv += gemvs.gemv;
   a.lora += gemvs.lora;
-  a.layer.norm += beyond(norm.norm, hide_norm);
+  a.layer.norm += beyond(norm.norm, hide_chain);
+  a.gemv.act_quant += beyond(codes.act_quant, hide_chain);
   a.layer.rope += beyond(rope.rope, hide_rope);
 }
 
@@ -1263,32 +1339,33 @@ inline bool scores_beside_kv(int l) {
 // query arguments are unused (ROPE_K) and name arrays attention does not touch (qr, q_unused), so that the call beside
 // shares none.
 void kv_block(int l, const float cos_t[ROPE_PAIRS], const float sin_t[ROPE_PAIRS], float h[TT][rm::DIM],
-              float qr[TT][QDIM], float q_unused[TT][QDIM], float kr[TT][rm::KV_DIM], float vr[TT][rm::KV_DIM],
-              DDR_PORT_PARAMS, Acct &a) {
+              CODE_PARAMS, float qr[TT][QDIM], float q_unused[TT][QDIM], float kr[TT][rm::KV_DIM],
+              float vr[TT][rm::KV_DIM], DDR_PORT_PARAMS, Acct &a) {
 #pragma HLS INLINE off
-  kv_linears(l, 1, h, kr, vr, DDR_PORTS, a);
+  kv_linears(l, 1, h, CODE_ARGS, kr, vr, DDR_PORTS, a);
   rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(cos_t, sin_t, qr[0], kr[0], q_unused[0], g_k[0],
                                                                  a.layer, ROPE_K);
   v_copy(vr[0], g_v[0], a.layer);
 }
-// The token (chunk row 0 at position start > 0): RMSNorm into h, wq into qr and its RoPE into g_q, then the scores of
-// keys 0..start-1 (their maxima kept for att_ffn_step; att is not written) beside kv_block, counted
-// as kv_block's stages in full and the scores by what they add beyond them.
+// The token (chunk row 0 at position start > 0): RMSNorm into h and its codes (xq, as), wq into qr and its RoPE into
+// g_q, then the scores of keys 0..start-1 (their maxima kept for att_ffn_step; att is not written) beside kv_block,
+// counted as kv_block's stages in full and the scores by what they add beyond them.
 inline void token_qkv(int l, int start, const float rope_cos[MAX_T][ROPE_PAIRS],
-                      const float rope_sin[MAX_T][ROPE_PAIRS], float h[TT][rm::DIM], float qr[TT][QDIM],
+                      const float rope_sin[MAX_T][ROPE_PAIRS], float h[TT][rm::DIM], CODE_PARAMS, float qr[TT][QDIM],
                       float q_unused[TT][QDIM], float kr[TT][rm::KV_DIM], float vr[TT][rm::KV_DIM],
                       float att[TT][QDIM], half_bits_t *kc, half_bits_t *vc, half_bits_t *kc1, half_bits_t *vc1,
                       half_bits_t *kc2, half_bits_t *vc2, half_bits_t *kc3, half_bits_t *vc3, DDR_PORT_PARAMS,
                       Acct &a) {
 #pragma HLS INLINE
   norm_block(l, 0, 1, h, a.layer);
-  linear(l, L_WQ, 1, TOKEN_ROWS(h), TOKEN_ROWS(qr), DDR_PORTS, a);
+  quantize_block(l, L_WQ, 1, TOKEN_ROWS(h), CODE_ARGS, a.gemv);
+  linear(l, L_WQ, 1, TOKEN_ROWS(h), CODE_ARGS, TOKEN_ROWS(qr), DDR_PORTS, a);
   rope_qk<rm::N_HEADS, rm::N_KV_HEADS, rm::HEAD_DIM, ROPE_LANES>(rope_cos[0], rope_sin[0], qr[0], kr[0], g_q[0],
                                                                  g_k[0], a.layer, ROPE_Q);
   LayerCycles scores;
   Acct kv;
   attend_block(KvOnChip(), l, start, 0, 1, 0, start, ATT_START, att, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, scores);
-  kv_block(l, rope_cos[0], rope_sin[0], h, qr, q_unused, kr, vr, DDR_PORTS, kv);
+  kv_block(l, rope_cos[0], rope_sin[0], h, CODE_ARGS, qr, q_unused, kr, vr, DDR_PORTS, kv);
   uint64_t hide = kv.gemv.total() + kv.lora.apply + kv.layer.total();
   a.gemv += kv.gemv;
   a.lora += kv.lora;
@@ -1300,12 +1377,14 @@ inline void token_qkv(int l, int start, const float rope_cos[MAX_T][ROPE_PAIRS],
 // for every layer with its run-time index. The linears take the chunk's tokens in blocks of TT (one pass over each
 // engine's weights per block), the elementwise units a block's tokens side by side (an instance per token lane:
 // ALLOCATION; each lane's rows of g_x, g_q, g_k and g_v are banks of their own, partitioned cyclic TT by token).
-// First block by block q/k/v beside the next block's norm and the previous block's RoPE (LAYER_QKV), and the chunk's
-// keys and values into the cache; then block by block its queries beside the FFN of the two blocks before it
+// First block by block q/k/v beside the next block's norm and codes and the previous block's RoPE (LAYER_QKV), and the
+// chunk's keys and values into the cache; then block by block its queries beside the FFN of the two blocks before it
 // (LAYER_ATT_FFN: a block's FFN needs only its own attention). A decode token whose cached keys can be scored beside
 // its k and v GEMVs (scores_beside_kv) takes token_qkv instead of LAYER_QKV, and its attention block only scores its
-// own key and finishes.
+// own key and finishes. The GEMV inputs' codes: forward()'s two buffers (q0, s0 and q1, s1), one written while an
+// engine reads the other.
 void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], const float rope_sin[MAX_T][ROPE_PAIRS],
+           act_t q0[TT][CODE_COLS], float s0[TT][CODE_GROUPS], act_t q1[TT][CODE_COLS], float s1[TT][CODE_GROUPS],
            half_bits_t *kv, half_bits_t *kv1, half_bits_t *kv2, half_bits_t *kv3, uint32_t cap, DDR_PORT_PARAMS,
            Acct &a) {
   // layer l's keys and values in each KV port's buffer ([N_LAYERS][2][ceil(cap / KV_SETS)][KV_DIM / KV_PORTS] each:
@@ -1360,25 +1439,27 @@ void layer(int l, int start, int T, const float rope_cos[MAX_T][ROPE_PAIRS], con
   // a decode token with cached keys: those scored beside its k and v GEMVs (token_qkv)
   const bool scored = T == 1 && start > 0 && scores_beside_kv(l);
   if (scored) {
-    token_qkv(l, start, rope_cos, rope_sin, h0, qr0, qr1, kr0, vr0, att0, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3,
-              DDR_PORTS, a);
+    token_qkv(l, start, rope_cos, rope_sin, h0, q0, s0, qr0, qr1, kr0, vr0, att0, kc, vc, kc1, vc1, kc2, vc2, kc3,
+              vc3, DDR_PORTS, a);
   } else {
     norm_block(l, 0, block_tokens(T, 0), h0, a.layer);
-  LAYER_QKV: // two blocks' q, k, v per iteration, each beside the next block's norm and the block before's RoPE
+    quantize_block(l, L_WQ, block_tokens(T, 0), TOKEN_ROWS(h0), q0, s0, a.gemv);
+  LAYER_QKV: // two blocks' q, k, v per iteration, each beside the next block's norm and codes and the block before's
+             // RoPE
     for (int i0 = 0; i0 < T + TT; i0 += 2 * TT) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS / 2 + 1
-      qkv_step(l, T, i0, rope_cos, rope_sin, h0, h1, qr0, kr0, vr0, qr1, kr1, vr1, DDR_PORTS, a);
-      qkv_step(l, T, i0 + TT, rope_cos, rope_sin, h1, h0, qr1, kr1, vr1, qr0, kr0, vr0, DDR_PORTS, a);
+      qkv_step(l, T, i0, rope_cos, rope_sin, h0, q0, s0, h1, q1, s1, qr0, kr0, vr0, qr1, kr1, vr1, DDR_PORTS, a);
+      qkv_step(l, T, i0 + TT, rope_cos, rope_sin, h1, q1, s1, h0, q0, s0, qr1, kr1, vr1, qr0, kr0, vr0, DDR_PORTS, a);
     }
   }
   attend_rows(KvOnChip(), l, start, T, kc, vc, kc1, vc1, kc2, vc2, kc3, vc3, a.layer);
 LAYER_ATT_FFN: // two blocks' queries per iteration, each beside the FFN of the two blocks before it
   for (int i0 = 0; i0 < T + 2 * TT; i0 += 2 * TT) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_BLOCKS / 2 + 1
-    att_ffn_step(l, start, T, i0, scored, att0, att1, h0, gate1, up1, gate0, up0, kc, vc, kc1, vc1, kc2, vc2, kc3,
-                 vc3, DDR_PORTS, a);
-    att_ffn_step(l, start, T, i0 + TT, scored, att1, att0, h0, gate0, up0, gate1, up1, kc, vc, kc1, vc1, kc2, vc2,
-                 kc3, vc3, DDR_PORTS, a);
+    att_ffn_step(l, start, T, i0, scored, att0, att1, h0, gate1, up1, gate0, up0, q0, s0, q1, s1, kc, vc, kc1, vc1,
+                 kc2, vc2, kc3, vc3, DDR_PORTS, a);
+    att_ffn_step(l, start, T, i0 + TT, scored, att1, att0, h0, gate0, up0, gate1, up1, q0, s0, q1, s1, kc, vc, kc1,
+                 vc1, kc2, vc2, kc3, vc3, DDR_PORTS, a);
   }
 }
 
@@ -1397,6 +1478,17 @@ void embed(std::false_type /*on chip*/, int id, const rom_word_t *, float *out, 
 // Tokens ids[0..n) at positions start..: all layers, chunk by chunk; the last token's logits in g_logits.
 void forward(const int32_t *ids, int n, int start, half_bits_t *kv, half_bits_t *kv1, half_bits_t *kv2,
              half_bits_t *kv3, uint32_t cap, DDR_PORT_PARAMS, Acct &a) {
+  // the GEMV inputs' codes and scales of two blocks (layer(): one written by a quantizer while an engine reads the
+  // other; the head's in q0, s0): written and read GEMV_IN_LANES codes a cycle (a group of a smaller group), a row per
+  // token lane
+  act_t q0[TT][CODE_COLS], q1[TT][CODE_COLS];
+  float s0[TT][CODE_GROUPS], s1[TT][CODE_GROUPS];
+#pragma HLS ARRAY_PARTITION variable = q0 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = q0 type = cyclic factor = GEMV_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = q1 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = q1 type = cyclic factor = GEMV_IN_LANES dim = 2
+#pragma HLS ARRAY_PARTITION variable = s0 type = complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = s1 type = complete dim = 1
 FORWARD_CHUNKS:
   for (int c0 = 0; c0 < n; c0 += MAX_T) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_CHUNKS
@@ -1425,13 +1517,14 @@ FORWARD_CHUNKS:
   LAYERS:
     for (int l = 0; l < rm::N_LAYERS; ++l) {
 #pragma HLS LOOP_TRIPCOUNT min = rm::N_LAYERS max = rm::N_LAYERS
-      layer(l, start + c0, T, rope_cos, rope_sin, kv, kv1, kv2, kv3, cap, DDR_PORTS, a);
+      layer(l, start + c0, T, rope_cos, rope_sin, q0, s0, q1, s1, kv, kv1, kv2, kv3, cap, DDR_PORTS, a);
     }
     if (c0 + T == n) {
       float h[rm::DIM]; // the head's GEMV input: written by rms_norm, read by its activation quantizer
 #pragma HLS ARRAY_PARTITION variable = h type = cyclic factor = NORM_OUT_LANES dim = 1
       rms_norm<rm::DIM, NORM_LANES>(g_x[T - 1], g_norms[2 * rm::N_LAYERS], rm::RMS_EPS, h, a.layer);
-      linear(0, HEAD_LIN, 1, h, h, h, h, g_logits, g_logits, g_logits, g_logits, DDR_PORTS, a);
+      quantize_block(0, HEAD_LIN, 1, h, h, h, h, q0, s0, a.head);
+      linear(0, HEAD_LIN, 1, h, h, h, h, q0, s0, g_logits, g_logits, g_logits, g_logits, DDR_PORTS, a);
     }
   }
 }
@@ -1890,6 +1983,10 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
   // ... and each engine one instance for its call site there and its second one: the FFN pair's in pair_gemvs, the
   // two-bank engine's in linear_pair
 #pragma HLS ALLOCATION function instances = gemv_unit limit = 1
+  // ... and two activation quantizers (each one per group and token lane): quantize_block, right before the GEMV
+  // that reads its codes, and quantize_ahead, beside the GEMV before it
+#pragma HLS ALLOCATION function instances = quantize_block limit = 1
+#pragma HLS ALLOCATION function instances = quantize_ahead limit = 1
   // ... one attention block and one FFN step (its unit blocks called once in it) for layer()'s two steps of
   // LAYER_ATT_FFN (one after the other)
 #pragma HLS ALLOCATION function instances = attend_block limit = 1

@@ -89,13 +89,17 @@ def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
     model = json.loads((tiny_build / "manifest.json").read_text())["plan"]["model"]
     k = tiny_report["kernels"]
     assert k["layer"] == {"templates": 1, "rtl_instances": 1, "max_rtl_instances": 1}
-    assert k["GEMV engine (act quant + tiles)"] == {"templates": 2, "rtl_instances": 2, "max_rtl_instances": 1}
+    assert k["GEMV engine (tiles)"] == {"templates": 2, "rtl_instances": 2, "max_rtl_instances": 1}
     assert k["linear (engine dispatch + LoRA)"]["rtl_instances"] == 1 == k["LoRA apply"]["rtl_instances"]
     # no engine of two banks (its FFN pair is not a ROM and a URAM engine): linear_pair's empty overload is no unit
     assert k["linear pair (two-bank engine + LoRA)"]["rtl_instances"] == 0
-    # one per engine and token lane: the layers' engine has the board's (a call site each), the head's one
-    tt = json.loads((tiny_build / "manifest.json").read_text())["board"]["token_lanes"]
-    assert k["activation quantizer"]["rtl_instances"] == tt + 1
+    # two quantizers (right before a GEMV, and beside the one before it: the layers' groups only), each one per
+    # group and token lane (a call site each; a group of the head's only has one lane)
+    manifest = json.loads((tiny_build / "manifest.json").read_text())
+    tt, tensors = manifest["board"]["token_lanes"], manifest["tensors"]
+    layer_groups = {t["group"] for name, t in tensors.items() if name.startswith("blk.")}
+    head_only = {tensors["output"]["group"]} - layer_groups
+    assert k["activation quantizer"]["rtl_instances"] == 2 * tt * len(layer_groups) + len(head_only)
     assert tiny_report["engines"] == {"engines": 2, "configurations": 2}
     # the two forward() call sites of roma_core (PREFILL/DECODE and GENERATE) share one instance (ALLOCATION limit),
     # and so do the sampler's two: one of each kernel; the elementwise units have one per token lane (RMSNorm's
@@ -109,15 +113,14 @@ def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
     o_f = [a for a in tiny_report["local_arrays"] if a["name"] == "ffn_step::o_f"]
     assert len(o_f) == 1 and (o_f[0]["instances"], o_f[0]["bytes"]) == (1, 4 * model["dim"] * tt), o_f
     assert tiny_report["total_bram36"] == tiny_report["bram36"] + tiny_report["local_bram36"]
-    # the activation quantizer's input and output for each token lane, partitioned where they are declared (the
-    # head's engine has one lane): the GEMV inputs (h) by the board's act_lanes, an engine's codes (xq) by its own
-    # lanes, at most its group (the tiny build's 4-bit G32 on a U250: 32 of 64)
-    manifest = json.loads((tiny_build / "manifest.json").read_text())
-    act, group = manifest["board"]["act_lanes"], manifest["tensors"]["blk.0.wq"]["group"]
+    # the activation quantizers' inputs and outputs for each token lane, partitioned where they are declared: the
+    # GEMV inputs (h) and the codes (q0, q1: written and read by every engine, at most the board's act_lanes a cycle;
+    # the tiny build's 4-bit G32 on a U250 takes 32 of 64) by the board's act_lanes
+    act, group = manifest["board"]["act_lanes"], tensors["blk.0.wq"]["group"]
     assert (act, group) == (64, 32)
-    read = [a for a in tiny_report["local_arrays"] if a["name"] == "layer::h0"] + [
-        a for a in tiny_report["arrays"] if "gemv_unit<" in a["name"] and a["var"] == "xq"]  # static: kept
-    assert sorted(a["banks"] for a in read) == [group, tt * group, tt * act], read
+    read = [a for a in tiny_report["local_arrays"] if a["name"] in ("layer::h0", "forward::q0", "forward::q1")]
+    assert [a["banks"] for a in read] == [tt * act] * 3, read
+    assert not [a for a in tiny_report["arrays"] if "gemv_unit<" in a["name"] and a["var"] == "xq"]
     text = footprint.render(tiny_report)
     assert "GEMV engines: 2 for 2 configurations" in text
 
@@ -139,7 +142,7 @@ def test_an_engine_per_configuration_of_a_mixed_build(tiny_models, tmp_path):
     assert row_scale["bytes"] == 4 * 2 * model["n_layers"] * ((4 + dim) + (4 + kv))  # fp32 per row of A and B
     assert _array(rep, "(anonymous namespace)::g_lora.rank")["dims"] == [2, model["n_layers"], 2]  # per target
     assert rep["kernels"]["layer"]["rtl_instances"] == 1
-    assert rep["kernels"]["GEMV engine (act quant + tiles)"]["max_rtl_instances"] == 1
+    assert rep["kernels"]["GEMV engine (tiles)"]["max_rtl_instances"] == 1
     # the layers' ROM engine, their DDR engine, the lm head's
     assert rep["engines"] == {"engines": 3, "configurations": 3}
     assert rep["kernels"]["DDR-streamed GEMV"]["templates"] >= 1

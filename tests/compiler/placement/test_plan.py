@@ -171,8 +171,8 @@ def test_the_u250_build_puts_each_layers_gate_and_up_on_two_engines(smollm2):
     assert not P.row_split(2, 2, 48, 6) and not P.row_split(1, 1, 48, 6) and not P.row_split(1, 2, 7, 1)
     assert P.row_split(1, 2, 4, 2) and not P.row_split(1, 2, 2, 2)  # II 2 engines: a lane's rows >= the engine's
     # ... and a block of two prefill tokens over the four slots of the engine of two banks (roma_core.cpp TWO_BANKS):
-    # the ROM engine of the gates and the URAM one of the rest are one engine, one quantizer and candidate stage a
-    # lane for both (the logic estimate counts them once) and a select of each slot's bank and port
+    # the ROM engine of the gates and the URAM one of the rest are one engine, one candidate stage a lane for both
+    # (the logic estimate counts them once) and a select of each slot's bank and port
     assert P.row_split(2, 4, 576 // 32, 6) and not P.row_split(2, 4, 192 // 32, 6) and not P.row_split(3, 4, 48, 6)
     two = {(e["tier"], e["two_banks_with"]) for e in plan.engines if e["two_banks_with"] is not None}
     index = {e["tier"]: e["index"] for e in plan.engines if e["role"] == "layers" and e["tier"] != "ddr"}
@@ -181,7 +181,9 @@ def test_the_u250_build_puts_each_layers_gate_and_up_on_two_engines(smollm2):
     assert f"two banks of engines #{index['uram']} and #{index['rom']} (slot selects)" in units
     assert not any(name.startswith("row split") for name in units)
     quantizers = sum(u["count"] for name, u in units.items() if name.startswith("activation quantizer"))
-    assert quantizers == 2 * 2 + 1  # the two-bank engine's two lanes, the DDR layers' engine's two, the head's one
+    # the quantizers serve every engine: one right before a GEMV and one beside the GEMV before it, per group (64
+    # only) and token lane
+    assert quantizers == 2 * 2
     # the header names the pair: the ROM engine for the gates, the URAM one for the ups (numbered by first tensor)
     never = lambda e: False  # noqa: E731
     assert ffn_pair([("rom", "uram"), ("uram", "uram"), ("rom", "uram"), ("uram", "rom")], never) == ("rom", "uram")
@@ -489,9 +491,9 @@ def test_cli_json():
     gemv = [u for u in logic["units"] if u["unit"].startswith("GEMV engine")]
     assert gemv and gemv[0]["inputs"]["W"] == 2 and gemv[0]["inputs"]["Q"] == 64
     assert d["resources"]["dsp"]["available"] == 12288 and d["resources"]["lut"]["used"] > 0
-    # in front of each engine's PEs: the quantizer at the board's act_lanes, at most the engine's group (the layers'
-    # 2-bit G64 engines a whole group of 64 on a U250, the 8-bit G32 head's 32) once per engine and token lane (the
-    # board's for the layers' engines, one for the head's), and so the candidates, a quad per four of them
+    # the quantizers at the board's act_lanes, at most the group (the layers' 2-bit G64 a whole group of 64 on a U250,
+    # the 8-bit G32 head's 32), two per group and token lane (before and beside a GEMV; the head's group: one, before);
+    # in front of each engine's PEs the candidates, a quad per four of them, once per engine and token lane
     assert get_board("u250").act_lanes == 64
     quant = [u for u in logic["units"] if u["unit"].startswith("activation quantizer")]
     cand = [u for u in logic["units"] if u["unit"].startswith("candidate stage")]
@@ -503,7 +505,7 @@ def test_cli_json():
     # ... the FFN pair's two engines as one of two banks (its ROM engine's lanes are the URAM engine's)
     shared = sum(e["token_lanes"] for e in d["engines"] if e["two_banks_with"] is not None and e["tier"] == "rom")
     assert shared == get_board("u250").token_lanes
-    assert sum(u["count"] for u in quant) == sum(tokens) - shared
+    assert sum(u["count"] for u in quant) == 2 * get_board("u250").token_lanes + 1
     assert sum(u["count"] for u in cand) == sum(tokens) - shared < sum(u["inputs"]["tiles"] for u in gemv)
 
 

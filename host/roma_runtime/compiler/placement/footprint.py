@@ -83,7 +83,7 @@ KERNELS = {
     # (the two-bank one only: a build without the engine has an empty overload, which is no hardware)
     "linear pair (two-bank engine + LoRA)": (
         "(anonymous namespace)::linear_pair<void>(std::integral_constant<bool, true>",),
-    "GEMV engine (act quant + tiles)": ("(anonymous namespace)::gemv_unit<",),
+    "GEMV engine (tiles)": ("(anonymous namespace)::gemv_unit<",),
     "layer": ("(anonymous namespace)::layer(",),
     "B-ROM GEMV (PE x GROUP lanes)": ("roma::brom_gemv_banks_rt<",),
     "DDR-streamed GEMV": ("roma::brom_ddr_gemv_rt<",),
@@ -558,7 +558,7 @@ def verdict(measured: dict, board: str | None = None, *, bram36_budget: float | 
     # the elementwise units have an instance per token lane (a block's tokens side by side), the rest one
     tt = measured["token_lanes"]
     for label, most in (("linear (engine dispatch + LoRA)", 1), ("linear pair (two-bank engine + LoRA)", 1),
-                        ("GEMV engine (act quant + tiles)", 1),
+                        ("GEMV engine (tiles)", 1),
                         ("LoRA apply", 1), ("layer", 1), ("attention", 1), ("sampler", 1), ("RMSNorm", tt),
                         ("RoPE", tt), ("SwiGLU", tt), ("residual add", 2 * tt)):
         k = measured["kernels"].get(label, {})

@@ -9,7 +9,7 @@ that a synthesis report can replace a constant.
 Units and their counts are the RTL instances the HLS makes for the plan (one per call site of a non-inlined
 function, memory.py's engines): each GEMV engine (one per configuration, shared by the layers and linears of that
 configuration; plan.py's engines) with its tiles (parallel datapaths on chip; a DDR engine streams a tile per
-weight port at once) and its activation quantizer; with a LoRA unit, one lora_apply (linear() calls it at one place for
+weight port at once); the activation quantizers; with a LoRA unit, one lora_apply (linear() calls it at one place for
 every linear); per token lane (the board's token_lanes) one attention, one RoPE, one SwiGLU, one RMSNorm (lane 0's
 also the final norm's) and two residual adds; one sampler for its two call sites in roma_core (ALLOCATION limits). An engine of 8-bit codes or more
 (types.h DSP_MAC_MIN_BITS) is a DspMac one whatever the build's datapath (engine_datapath; roma_core.cpp Unit::DP).
@@ -34,16 +34,18 @@ A DDR engine's chunk loop (brom_ddr_gemv_rt) unrolls a chunk's LANES steps of ea
   unshared, ceil(LANES * token lanes / II) per weight port (a tile streams through each at once): 1 at a 128-bit
   port with one token lane, 4 per lane for 2-bit G64 (a 512-bit port word holds 4 steps' planes).
 Token lanes (boards.json token_lanes; roma_core.cpp Unit::TOKENS, one for a head engine): a layers' engine's
-  datapaths, activation quantizers and candidate stages once per lane (a block of prefill tokens per pass over the
+  datapaths and candidate stages once per lane (a block of prefill tokens per pass over the
   weights, the lanes side by side). An on-chip one's row split (decode: lane 1 takes the odd rows of token 0) adds
   2:1 muxes: a group's candidates (16 C bits per quad; DspMac: the group's 8-bit
   activations), its scale and sum (64 bits), and each PE's fp32 output into y0 (32 bits per tile).
 Two banks (roma_core.cpp TWO_BANKS: the FFN pair's BRAM-ROM and URAM engines as one, brom_gemv_banks_rt): the two
-  engines' datapaths, one activation quantizer and candidate stage per token lane for both, the row split's two
+  engines' datapaths, one candidate stage per token lane for both, the row split's two
   activation-side muxes, and per slot (bank and token lane) and PE a 4:1 select of the step's WPS words and its
   decoded scale and minimum among the banks' ports (32 * WPS + 32 LUTs) and of its output between y and z (32).
-Activation quantizer (act_quant, SIMD = A_e; one per engine and token lane): per lane an integer
-  compare of 31 bits, an fmul and a round/clip of 8 bits; 2 fdiv (the scale and its inverse).
+Activation quantizer (act_quant, SIMD = A_g, the board's act lanes at most group g): roma_core's two, quantize_block
+  (right before the GEMV that reads its codes) and quantize_ahead (beside the GEMV before it), each one per token lane
+  and group its GEMVs use (quantize_ahead the layers' groups only); per lane an integer compare of 31 bits, an fmul
+  and a round/clip of 8 bits; 2 fdiv (the scale and its inverse).
 LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its two loops, then 1 fmul and 1 fadd.
 Attention (attention_lanes, a datapath per token lane; GROUP = HEADS / KV_HEADS query heads per KV head, SIMD =
   ATT_SIMD, the board's KV port in fp16 lanes): scores GROUP * SIMD fmul, GROUP * (SIMD - 1) + GROUP * (HD / SIMD - 1) fadd (the two
@@ -239,12 +241,16 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                                {"datapath": dp, "tiles": e["tiles"], "slots": slots, "words_per_step": words}))
     # an engine's activation lanes: the board's, at most its group; the two-bank engine's once (its URAM engine's)
     gemv = [e for e in engines if e["gemv"] and not (e.get("two_banks_with") is not None and e["tier"] == "rom")]
+    # the quantizers: quantize_block's per group of every GEMV, quantize_ahead's per group of the layers', each per
+    # token lane of the layers' engines (a group of the head's only: one lane, in quantize_block)
+    token_lanes = max((e["token_lanes"] for e in gemv), default=1)
     quantizers = Counter()
-    for e in gemv:
-        quantizers[board.engine_act_lanes(e["group"])] += e["token_lanes"]
+    for g in {e["group"] for e in gemv}:
+        layers = any(e["group"] == g and e["role"] == "layers" for e in gemv)
+        quantizers[board.engine_act_lanes(g)] += 2 * token_lanes if layers else 1
     for lanes, n in sorted(quantizers.items()):
-        units.append(_unit(f"activation quantizer of {lanes} lanes (one per engine and token lane)", n,
-                           *act_quantizer(lanes), {"simd": lanes, "quantizers": n}))
+        units.append(_unit(f"activation quantizer of {lanes} lanes (two per group and token lane: before and beside "
+                           f"a GEMV)", n, *act_quantizer(lanes), {"simd": lanes, "quantizers": n}))
     stages = Counter()
     for e in gemv:
         stages[engine_datapath(e["bits"], datapath), board.engine_act_lanes(e["group"])] += e["token_lanes"]

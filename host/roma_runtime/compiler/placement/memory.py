@@ -30,8 +30,7 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   [TILES][params]; q8: params [TILES][params] and exps [TILES][rows]), 16 bits, each tile's words of every
   on-chip tensor of the engine stacked; a DDR engine declares no bank;
 - per engine, the local arrays of its kernel instances, sized by the largest tensor it serves (rows per tile,
-  columns): gemv_unit's xq [COLS] int8 and as [NG] (static: an input's codes, kept for the engine's next tensor
-  of the same input), xs [NG]; act_quant's amax_bits and inv [NG]; brom_gemv_banks_rt's
+  columns): gemv_unit's xs [NG]; brom_gemv_banks_rt's
   cand, xg and xsum (once, shared by its PEs) and acc [TILES][ROWS] (ROM/URAM), or brom_ddr_gemv_rt's cand, xg,
   xsum, acc [ACC_SETS][PORTS][ROWS] and ex (DDR: a tile per weight port at once; two sets of accumulators when
   a round's outputs go out during the next round);
@@ -41,8 +40,11 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   else the build's context), the sampler's g_recent ring, the LoRA unit (C1) and the one lora_apply's t [rank], the on-chip
   KV cache g_kv_chip [N_LAYERS][2][positions * KV_DIM] fp16, and the locals of the one layer(), ffn_step() and
   forward() instance (layer's h, qr, kr, vr, att, gate and up, two of each: h0, h1, ...; ffn_step's o_f, o_b; a
-  row per token lane; forward's h and the chunk's RoPE angles rope_cos and rope_sin, bound to LUTRAM) and of
-  attention (ql, acc, a row per lane).
+  row per token lane; forward's h, the chunk's RoPE angles rope_cos and rope_sin, bound to LUTRAM, and the GEMV
+  inputs' codes q0, q1 [CODE_COLS] int8 and scales s0, s1 [CODE_COLS / smallest group], a row per lane), of
+  attention (ql, acc, a row per lane) and of the activation quantizers (act_quant's amax_bits and inv
+  [CODE_COLS / group], per group, token lane and quantizer: quantize_block's, and quantize_ahead's for the layers'
+  groups).
 Not listed: locals the footprint finds in LUTRAM or registers in every build (sampler pools, RoPE tables,
 partial sums, the status words); they cost no block RAM.
 """
@@ -233,14 +235,7 @@ def _wps(arr, sib, c):  # brom_tile.h BromTileConfig::WPS = PLANE_WORDS / PARAMS
     return arr.dims[-1] // prm.dims[-1]
 
 
-def _act(arr, sib, c):  # roma_core.cpp Unit::ACT: ROMA_ACT_LANES, at most the engine's GROUP (= MAX_COLS / NG of as)
-    return min(c["ROMA_ACT_LANES"], arr.dims[-1] // sib["as"].dims[-1])
-
-
 PRAGMA_SITES = {
-    # an engine's activation codes and scales: static in gemv_unit (kept for the next tensor of the same input)
-    "xq": [("gemv_unit", "xq", 0, {"ACT": _act})],
-    "as": [("gemv_unit", "as", 0, {})],
     # a weight bank [TILES][words]: the engine passes it whole to bank_tiles (a BRAM ROM's storage) and
     # brom_gemv_banks_rt (a bank per tile, WPS banks each); a URAM bank's storage is bound where CMD_LOAD_WEIGHTS
     # writes it, the whole bank passed to load_uram_bank. A site with a tier ("rom" or "uram") applies to the
@@ -461,25 +456,19 @@ def _local(function: str, var: str, bits: int, dims: list, pragmas: list[Pragma]
 
 
 def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Pragma], ports: int,
-                  sum_sets: int = 1, tokens: int = 1, *, act_lanes: int,
-                  ddr_banks: tuple[int, int] = (1, 1)) -> list[Array]:
-    """The local arrays of one engine's kernel instances (gemv_unit, its `tokens` token lanes' act_quant, the tiles
-    or the DDR stream: its accumulators a row of `ports`, the board's weight ports, and its sums `sum_sets` sets of
-    them when the stream writes a round's outputs during the next round, 2, else a register (1)), each one RTL
-    instance, sized by the largest of the tensors it serves (their linears, `lins`); the codes, candidates, sums
-    and accumulators a row per token lane;
-    the codes read `act_lanes` a cycle (the engine's, Board.engine_act_lanes); a DDR stream's accumulators banked
+                  sum_sets: int = 1, tokens: int = 1, *, ddr_banks: tuple[int, int] = (1, 1)) -> list[Array]:
+    """The local arrays of one engine's kernel instances (gemv_unit, the tiles or the DDR stream: its accumulators a
+    row of `ports`, the board's weight ports, and its sums `sum_sets` sets of them when the stream writes a round's
+    outputs during the next round, 2, else a register (1)), each one RTL instance, sized by the largest of the
+    tensors it serves (their linears, `lins`); the candidates, sums and accumulators a row per token lane; a DDR
+    stream's accumulators banked
     by its chunk's lanes and its row exponents by EX_BANKS (`ddr_banks`: brom_ddr.h's LANES and EX_BANKS)."""
     shapes = [lin_shape(config, lin) for lin in set(lins)]
     rows, cols = max(r for r, _ in shapes) // e.tiles, max(c for _, c in shapes)
     ng, g = cols // e.group, e.group
     # template parameters and static local constants the pragmas may name
     tpl = {"GROUP": g, "BITS": e.bits, "TILES": e.tiles, "PORTS": ports}
-    out = [_local("gemv_unit", "xq", 8, [tokens, cols], pragmas, {"ACT": act_lanes}),
-           _local("gemv_unit", "as", 32, [tokens, ng], pragmas, {}),
-           _local("gemv_unit", "xs", 32, [ng], pragmas, {}),
-           _local("act_quant", "amax_bits", 32, [ng], pragmas, {"COLS": cols, **tpl}, tokens),
-           _local("act_quant", "inv", 32, [ng], pragmas, {"COLS": cols, **tpl}, tokens)]
+    out = [_local("gemv_unit", "xs", 32, [ng], pragmas, {})]
     if e.tier == "ddr":
         q8 = e.scales == "q8"
         tpl = {**tpl, "LANES": ddr_banks[0], "EX_BANKS": ddr_banks[1]}
@@ -495,6 +484,27 @@ def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Prag
                 _local("brom_gemv_banks_rt", "xg", 8, [tokens, ng, g], pragmas, tpl),
                 _local("brom_gemv_banks_rt", "xsum", 32, [tokens, ng], pragmas, tpl),
                 _local("brom_gemv_banks_rt", "acc", 32, [tokens, e.tiles, rows], pragmas, tpl)]
+    return out
+
+
+def code_arrays(config: ModelConfig, pragmas: list[Pragma], token_lanes: int, groups: set, layer_groups: set,
+                pair_codes: bool) -> list[Array]:
+    """The GEMV inputs' activation codes (roma_core.cpp forward's q0, q1 [CODE_COLS] int8 and s0, s1 [CODE_COLS /
+    smallest group] fp32, a row per token lane; pair_gemvs' uq, us where the FFN pair is two engines side by side,
+    `pair_codes`) and the quantizers' locals (act_quant's amax_bits and inv [CODE_COLS / group]: quantize_block's per
+    group of the GEMVs, `groups`, and token lane, quantize_ahead's per group of the layers', `layer_groups`; a group
+    of the head's only has one lane)."""
+    cols = max(config.dim, config.ffn_dim)
+    ng = cols // min(groups)
+    out = [_local("forward", var, bits, [token_lanes, n], pragmas, None)
+           for var, bits, n in (("q0", 8, cols), ("q1", 8, cols), ("s0", 32, ng), ("s1", 32, ng))]
+    if pair_codes:
+        out += [_local("pair_gemvs", "uq", 8, [token_lanes, cols], pragmas, {}),
+                _local("pair_gemvs", "us", 32, [token_lanes, ng], pragmas, {})]
+    for g in sorted(groups):
+        quantizers = 2 * token_lanes if g in layer_groups else 1
+        out += [_local("act_quant", var, 32, [cols // g], pragmas, {"COLS": cols, "GROUP": g}, quantizers)
+                for var in ("amax_bits", "inv")]
     return out
 
 

@@ -125,7 +125,7 @@ from ...model.config import ModelConfig
 from ...model.weights import ROW_SCALE_BITS, SCALE_BITS, storage_bits_per_weight
 from . import logic
 from .memory import (L_EMBD, L_OUTPUT, LAYERS, LINEARS as HLS_LINEARS, TIERS, Array, EngineConfig, bank_arrays,
-                     core_arrays, ddr_tiles, engine_locals, hw_constants, kv_array, lin_shape, logits_impl,
+                     code_arrays, core_arrays, ddr_tiles, engine_locals, hw_constants, kv_array, lin_shape, logits_impl,
                      lora_apply_locals, lora_arrays, pragma_defines, source_pragmas, total)
 
 SUPPORTED_BITS = (2, 3, 4, 8)
@@ -943,7 +943,7 @@ def _plan_arrays(core: _Core, lora_impl: str | None, kv_impl: str, engines: "_En
     kv = kv_array(c.config, c.kv_tokens, kv_impl, c.pragmas, c.board.kv_port_bits) if c.kv_tokens else []
     return lora + core_arrays(c.config, c.context, c.kv_tokens or 0, c.pragmas, c.hw, c.board.kv_port_bits,
                               logits_impl(c.board.uram), c.board.token_lanes, c.kv_layout.ports,
-                              board_sets(c.board.kv_ports)) + kv + engines.arrays()
+                              board_sets(c.board.kv_ports)) + kv + engines.arrays() + engines.code_arrays()
 
 
 def check_kv_tokens(kv_tokens, config: ModelConfig) -> None:
@@ -1073,8 +1073,7 @@ class _Engines:
             s = logic.ddr_stream(e.bits, e.group, e.scales, [lin_shape(c.config, lin)[0] // e.tiles for lin in lins],
                                  c.board.weight_port_bits) if e.tier == "ddr" else None
             out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if s and s.y_after else 1,
-                                 self._tokens(e), act_lanes=c.board.engine_act_lanes(e.group),
-                                 ddr_banks=(s.lanes, s.ex_banks) if s else (1, 1))
+                                 self._tokens(e), ddr_banks=(s.lanes, s.ex_banks) if s else (1, 1))
         return out
 
     def _tokens(self, e: EngineConfig) -> int:
@@ -1121,6 +1120,14 @@ class _Engines:
 
     def arrays(self, tiers=TIERS) -> list[Array]:
         return [a for i, e, m in self._numbered() if e.tier in tiers for a in self._arrays(e, m, i)]
+
+    def code_arrays(self) -> list[Array]:
+        """The GEMV inputs' codes and the quantizers' locals (memory.code_arrays) for the engines' groups."""
+        c = self.core
+        gemv = [e for e in self.members if self._runs_gemv(e)]
+        return code_arrays(c.config, c.pragmas, c.board.token_lanes, {e.group for e in gemv},
+                           {e.group for e in gemv if e.role == LAYERS},
+                           self.ffn_pair() is not None and self.two_banks() is None)
 
     def ffn_pair(self) -> tuple | None:
         """(w_gate's engine, w_up's) of the build's FFN pair (model_header.ffn_pair over the layers' gate and up

@@ -229,10 +229,12 @@ inline const rom_word_t *ddr_port(int p, const rom_word_t *image0, const rom_wor
 // its own. Token lanes as brom_gemv_tiles_rt: n <= TOKENS tokens (xq[c], a_scale[c] -> y_c), each chunk's words,
 // read once, feed every lane's datapaths, so a block of tokens streams the tensor once. dot_probe and xsum_out as
 // brom_gemv_tiles (token 0's). Y_BANKS: the cyclic partition of the y buffers (the caller's; DdrStream::y_rows).
-template <class E, int TILES, int PORT_BITS, int PORTS, bool PROBE = false, int TOKENS = 1, int Y_BANKS = 1>
-void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_COLS],
-                      const float a_scale[TOKENS][E::MAX_COLS / E::GROUP], const rom_word_t *image0,
-                      const rom_word_t *image1, const rom_word_t *image2, const rom_word_t *image3, float *y0,
+// XCOLS, XGROUPS: the codes' and scales' rows, as brom_gemv_banks_rt's.
+template <class E, int TILES, int PORT_BITS, int PORTS, bool PROBE = false, int TOKENS = 1, int Y_BANKS = 1,
+          int XCOLS = E::MAX_COLS, int XGROUPS = XCOLS / E::GROUP>
+void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][XCOLS], const float a_scale[TOKENS][XGROUPS],
+                      const rom_word_t *image0, const rom_word_t *image1, const rom_word_t *image2,
+                      const rom_word_t *image3, float *y0,
                       float *y1, float *y2, float *y3, acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
                       acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
   static_assert(PORTS >= 1 && PORTS <= 4, "one to four weight ports");

@@ -313,6 +313,8 @@ inline float *token_out(int c, float *y0, float *y1, float *y2, float *y3) {
 // four slots), its even rows go through port 0 of its bank and its odd rows through port 1 (a BRAM ROM's second
 // port, a URAM bank's second; roma_core binds them two-ported), n slots each: half the steps. Outside the split the
 // second port reads the first one's address.
+// The codes xq and scales a_scale: a row per token lane, of XCOLS codes and XGROUPS scales (the caller's buffers, which
+// may be wider than the engine's inputs: roma_core's serve every engine).
 // A tensor of `rows` rows per tile and `cols` columns (run time, within the bounds) whose words start at
 // plane_base, prm_base and aux_base of each tile's bank arrays (multiples of WPS for the planes; Y's at y_plane,
 // y_prm, y_aux of its bank).
@@ -321,9 +323,10 @@ inline float *token_out(int c, float *y0, float *y1, float *y2, float *y3) {
 // one cycle; under the row split 2 * TILES consecutive outputs (cyclic by 2 * TILES: GEMV_OUT_LANES).
 // dot_probe ([t][NG*rows], group-major like prm) is written only when PROBE is true (testbenches), X's token 0's;
 // xsum_out always receives the per-group activation sums (token 0's).
-template <class E, class E1, int TILES, int BANKS, bool PROBE, int TOKENS>
-void brom_gemv_banks_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_COLS],
-                        const float a_scale[TOKENS][E::MAX_COLS / E::GROUP], int xbank, bool pair, int ybank,
+template <class E, class E1, int TILES, int BANKS, bool PROBE, int TOKENS, int XCOLS = E::MAX_COLS,
+          int XGROUPS = XCOLS / E::GROUP>
+void brom_gemv_banks_rt(int n, int rows, int cols, const act_t xq[TOKENS][XCOLS],
+                        const float a_scale[TOKENS][XGROUPS], int xbank, bool pair, int ybank,
                         const rom_word_t planes[TILES][E::PLANE_WORDS], const scale_word_t prm[TILES][E::PARAMS],
                         const scale_word_t aux[TILES][E::AUX], const rom_word_t planes1[TILES][E1::PLANE_WORDS],
                         const scale_word_t prm1[TILES][E1::PARAMS], const scale_word_t aux1[TILES][E1::AUX],
@@ -483,19 +486,19 @@ GEMV_STEPS:
 }
 
 // The engine of one bank (brom_gemv_banks_rt with BANKS = 1): tensor X, every token lane a slot.
-template <class E, int TILES, bool PROBE = false, int TOKENS = 1>
-void brom_gemv_tiles_rt(int n, int rows, int cols, const act_t xq[TOKENS][E::MAX_COLS],
-                        const float a_scale[TOKENS][E::MAX_COLS / E::GROUP],
+template <class E, int TILES, bool PROBE = false, int TOKENS = 1, int XCOLS = E::MAX_COLS,
+          int XGROUPS = XCOLS / E::GROUP>
+void brom_gemv_tiles_rt(int n, int rows, int cols, const act_t xq[TOKENS][XCOLS],
+                        const float a_scale[TOKENS][XGROUPS],
                         const rom_word_t planes[TILES][E::PLANE_WORDS], int plane_base,
                         const scale_word_t prm[TILES][E::PARAMS], int prm_base,
                         const scale_word_t aux[TILES][E::AUX], int aux_base, float *y0, float *y1, float *y2,
                         float *y3, acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
                         acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
 #pragma HLS INLINE
-  brom_gemv_banks_rt<E, E, TILES, 1, PROBE, TOKENS>(n, rows, cols, xq, a_scale, 0, false, 0, planes, prm, aux,
-                                                    planes, prm, aux, plane_base, prm_base, aux_base, plane_base,
-                                                    prm_base, aux_base, y0, y1, y2, y3, y0, y1, y2, y3, dot_probe,
-                                                    xsum_out, cyc);
+  brom_gemv_banks_rt<E, E, TILES, 1, PROBE, TOKENS, XCOLS, XGROUPS>(
+      n, rows, cols, xq, a_scale, 0, false, 0, planes, prm, aux, planes, prm, aux, plane_base, prm_base, aux_base,
+      plane_base, prm_base, aux_base, y0, y1, y2, y3, y0, y1, y2, y3, dot_probe, xsum_out, cyc);
 }
 
 // All TILES tiles of one tensor (TILES*ROWS outputs, tile t's row r is output r * TILES + t), in parallel (a fixed
