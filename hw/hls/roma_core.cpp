@@ -138,7 +138,7 @@ using namespace roma;
 namespace {
 
 constexpr int QDIM = rm::N_HEADS * rm::HEAD_DIM;
-constexpr int MAX_T = PREFILL_CHUNK;
+constexpr int MAX_T = rm::PREFILL_CHUNK; // the board's (boards.json prefill_chunk): the chunk's buffers' rows
 constexpr int MAX_TOKENS = rm::CONTEXT;                      // tokens of one command at most (LOOP_TRIPCOUNT)
 constexpr int MAX_CHUNKS = (rm::CONTEXT + MAX_T - 1) / MAX_T; // prefill chunks of one command at most
 // the KV cache's m_axi port width (the board's, roma_model.h) and attention's fp16 lanes: as many as one beat of

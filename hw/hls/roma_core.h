@@ -55,8 +55,8 @@
 // across calls, so N single CMD_DECODE steps with sampling equal one CMD_GENERATE of N tokens. A call with
 // seed_lo|seed_hi != 0 first reseeds the PRNG and clears the ring; 0/0 continues the current state.
 //
-// Prefill runs in chunks of PREFILL_CHUNK tokens (all layers per chunk; exact: a causal chunk split changes no
-// value). The kv_capacity register may not exceed the build's CONTEXT, or KV_ONCHIP_CTX when the KV cache is
+// Prefill runs in chunks of the build's roma_model.h PREFILL_CHUNK tokens (all layers per chunk; exact: a causal
+// chunk split changes no value). The kv_capacity register may not exceed the build's CONTEXT, or KV_ONCHIP_CTX when the KV cache is
 // on chip (ERR_CONTEXT).
 //
 // Memory (m_axi, each pointer an AXI-Lite address register; separate bundles so they can be separate ports):
@@ -134,7 +134,6 @@ enum SampleMode : uint32_t {
 constexpr int SAMPLER_K = 64;     // sampler pool (top-k maximum); golden/sampler.py reads it
 constexpr int SAMPLER_RING = 64;  // recent ids for the repetition penalty; golden/sampler.py reads it
 constexpr int SAMPLER_LANES = 4;  // logits per cycle (timing only); the roma_core testbench data reads it
-constexpr int PREFILL_CHUNK = 16; // tokens per prefill chunk (activation buffers)
 
 // Words of the status buffer.
 enum Status : uint32_t {

@@ -62,6 +62,8 @@ REQUIRED_FIELDS = {
                  "times two position sets with four)"),
     "elementwise_lanes": ((dict,), lambda v: True, "an object {norm, swiglu, rope, residual}: lanes per unit"),
     "token_lanes": ((int,), lambda v: 1 <= v <= 4, "1 to 4 (roma_core passes a block's tokens as four pointers)"),
+    "prefill_chunk": ((int,), lambda v: 4 <= v <= 64 and v & (v - 1) == 0,
+                      "a power of two from 4 to 64 (the chunk's activation buffers are on chip)"),
     "act_lanes": ((int,), lambda v: 4 <= v <= 128 and v & (v - 1) == 0,
                   "a power of two from 4 to 128 (whole quads of the candidate stage)"),
     "memory_banks": ((dict,), lambda v: all(isinstance(t, str) and t.strip() for t in v.values()),
@@ -144,6 +146,9 @@ class Board:
     elementwise_lanes: ElementwiseLanes  # the elementwise units' lanes (at most; see ElementwiseLanes.for_model)
     # prefill tokens a layers' GEMV engine serves per pass over its weights (roma_model.h TOKEN_LANES)
     token_lanes: int
+    # prompt tokens a prefill runs through all layers per pass (roma_model.h PREFILL_CHUNK: the rows of the chunk's
+    # on-chip activation buffers)
+    prefill_chunk: int
     # activations a GEMV engine takes in per cycle (roma_model.h ROMA_ACT_LANES; an engine of a smaller group, its
     # group: engine_act_lanes)
     act_lanes: int
@@ -224,6 +229,9 @@ def _validate(name: str, entry, source: Path) -> Board:
     fields = {k: entry[k] for k in REQUIRED_FIELDS}
     fields["lora_unit"] = LoraUnit.from_dict(entry["lora_unit"], f"{source}: board '{name}'")
     fields["elementwise_lanes"] = ElementwiseLanes.from_dict(entry["elementwise_lanes"], f"{source}: board '{name}'")
+    if entry["prefill_chunk"] % entry["token_lanes"]:
+        raise RomaError(f"{source}: board '{name}' field 'prefill_chunk' ({entry['prefill_chunk']}) must be a multiple "
+                        f"of its token_lanes ({entry['token_lanes']})", hint="a chunk is whole blocks of tokens")
     bundles = {m_axi_bundle(a, entry["weight_ports"], entry["kv_ports"]) for a in POINTER_ARGUMENTS}
     if entry["memory_banks"] and set(entry["memory_banks"]) != bundles:
         raise RomaError(f"{source}: board '{name}' field 'memory_banks' must name the memory of each of roma_core's "

@@ -13,7 +13,8 @@ Also generated for the top (hw/hls/roma_core.cpp):
   the ddr_weights/uram_weights port and brom_ddr.h counts the DDR stream at; WEIGHT_PORTS (and the macro
   ROMA_WEIGHT_PORTS for the interface pragmas): how many such ports (weight_ports) stream a DDR tensor's tiles;
   TOKEN_LANES: the prefill tokens a layers' GEMV engine serves per pass over its weights (the board's
-  token_lanes as the plan kept them);
+  token_lanes as the plan kept them); PREFILL_CHUNK: the prompt tokens a prefill runs through all layers per pass
+  (the board's prefill_chunk);
 - URAM_<LINEAR>[N_LAYERS], URAM_TOKEN_EMBD, URAM_OUTPUT: per tensor, -1 unless the plan puts it in URAM
   ("URAM-load-once"), else the word offset of its bank words inside the URAM load image (uram_weights.bin,
   uram_image.py) that CMD_LOAD_WEIGHTS copies into its engine's bank, with URAM_WORDS (the image's words, 0 without
@@ -220,7 +221,10 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               f"constexpr int WEIGHT_PORTS = {get_board(board).weight_ports};",
               "// prefill tokens a layers' GEMV engine serves per pass over its weights (boards.json token_lanes, one",
               "// where the plan's logic estimate has no room for more)",
-              f"constexpr int TOKEN_LANES = {token_lanes};"]
+              f"constexpr int TOKEN_LANES = {token_lanes};",
+              "// prompt tokens a prefill runs through all layers per pass: the rows of the chunk's activation buffers",
+              "// (boards.json prefill_chunk)",
+              f"constexpr int PREFILL_CHUNK = {get_board(board).prefill_chunk};"]
     lines += ["",
               "// The URAM load image (uram_weights.bin): words, header included (0: no tensor is in URAM), and the",
               "// checksum of its tensors (weight_load.h), as its header holds it",

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-PROMPT_LEN = 21  # > PREFILL_CHUNK (16): the chunked prefill is exercised
+PROMPT_LEN = 37  # > the tiny build's PREFILL_CHUNK (a U250's prefill_chunk, 32): the chunked prefill is exercised
 DECODE_STEPS = 4
 GEN_STEPS = 8
 KV_CAPACITY = 64
@@ -125,8 +125,12 @@ def write_case(out: Path, tiny_models: Path) -> dict:
     """tiny_models: the module (a .py file) whose write_tiny_hf writes the tiny model."""
     from roma_runtime import lora
     from roma_runtime.golden import GoldenModel
+    from roma_runtime.artifact.boards import get_board
     from roma_runtime.artifact.interface import load_constants
     from roma_runtime.golden import sampler as gs
+
+    if PROMPT_LEN <= get_board("u250").prefill_chunk:
+        raise SystemExit("gen_roma_core: PROMPT_LEN must exceed the U250's prefill_chunk to run a chunked prefill")
 
     out.mkdir(parents=True, exist_ok=True)
     hf = _load_module(tiny_models).write_tiny_hf(out / "hf", tied=False)
@@ -154,7 +158,7 @@ def write_case(out: Path, tiny_models: Path) -> dict:
     np.asarray(greedy, np.int32).tofile(out / "greedy_tokens.i32")  # [1 + DECODE_STEPS]
     kv_len = PROMPT_LEN + DECODE_STEPS
     kv_rows(cache, kv_len).tofile(out / "kv.u16")
-    # The golden again with the prompt split 5 + 16: numpy evaluates cos/sin (SIMD body or scalar tail, an ulp
+    # The golden again with the prompt split 5 + the rest: numpy evaluates cos/sin (SIMD body or scalar tail, an ulp
     # apart) and the batched sums differently for another batch length; an ulp can flip the fp16 rounding of a
     # cached K/V element, and that an int8 activation downstream. Both runs are valid evaluations of the contract;
     # the testbench accepts a value close to either and prints how far the two golden runs are apart.

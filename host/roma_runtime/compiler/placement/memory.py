@@ -35,7 +35,7 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   xsum, acc [ACC_SETS][PORTS][ROWS] and ex (DDR: a tile per weight port at once; two sets of accumulators when
   a round's outputs go out during the next round);
 - once: g_norms [2 N_LAYERS + 1][DIM] fp32 (every layer's norms stay on chip, whatever the layer's tier),
-  g_x, g_q [PREFILL_CHUNK][DIM], g_k, g_v [PREFILL_CHUNK][KV_DIM], g_logits [VOCAB] (the whole
+  g_x, g_q [PREFILL_CHUNK][DIM], g_k, g_v [PREFILL_CHUNK][KV_DIM] (the board's prefill_chunk), g_logits [VOCAB] (the whole
   vocabulary's fp32 logits), attention's score [TOKEN_LANES][HEADS][MAX_CTX] (MAX_CTX: the on-chip KV positions,
   else the build's context), the sampler's g_recent ring, the LoRA unit (C1) and the one lora_apply's t [rank], the on-chip
   KV cache g_kv_chip [N_LAYERS][2][positions * KV_DIM] fp16, and the locals of the one layer(), ffn_step() and
@@ -382,8 +382,7 @@ class EngineConfig:
 
 def hw_constants() -> dict[str, int]:
     """The roma_core.h constants the arrays' sizes use."""
-    c = load_constants()
-    return {"PREFILL_CHUNK": c["PREFILL_CHUNK"], "SAMPLER_RING": c["SAMPLER_RING"]}
+    return {"SAMPLER_RING": load_constants()["SAMPLER_RING"]}
 
 
 def model_consts(config: ModelConfig, kv_port_bits: int) -> dict[str, int]:
@@ -538,13 +537,14 @@ def with_impl(applied: list, impl: str) -> list:
 
 def core_arrays(config: ModelConfig, context: int, kv_tokens: int, pragmas: list[Pragma], hw: dict,
                 kv_port_bits: int, logits: str = "bram", token_lanes: int = 1, kv_ports: int = 1,
-                pv_sets: int = 1) -> list[Array]:
-    """The arrays the top declares once whatever the placement: norms, chunk activations, logits (in `logits`
-    memory, logits_impl), attention's scores, the sampler's ring, and the one layer()'s (a row per token lane:
-    the board's token_lanes), forward()'s and attention's locals (attention's lanes: a KV port's over the build's
-    kv_ports, roma_core.cpp ATT_SIMD; its partial sums by the board's KV sets too, roma_core.cpp PV_SETS)."""
+                pv_sets: int = 1, *, chunk: int) -> list[Array]:
+    """The arrays the top declares once whatever the placement: norms, chunk activations (`chunk` rows: the board's
+    prefill_chunk, roma_model.h PREFILL_CHUNK), logits (in `logits` memory, logits_impl), attention's scores, the
+    sampler's ring, and the one layer()'s (a row per token lane: the board's token_lanes), forward()'s and
+    attention's locals (attention's lanes: a KV port's over the build's kv_ports, roma_core.cpp ATT_SIMD; its
+    partial sums by the board's KV sets too, roma_core.cpp PV_SETS)."""
     c = model_consts(config, kv_port_bits)
-    t, d, kv, f = hw["PREFILL_CHUNK"], config.dim, config.kv_dim, config.ffn_dim
+    t, d, kv, f = chunk, config.dim, config.kv_dim, config.ffn_dim
     qdim, hd = config.n_heads * config.head_dim, config.head_dim
     max_ctx = kv_tokens if kv_tokens else context
     static = [Array("g_norms", "g_norms", _bytes(32, [2 * config.n_layers + 1, d]), 32, [2 * config.n_layers + 1, d])]

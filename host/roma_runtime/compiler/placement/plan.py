@@ -673,7 +673,7 @@ def _buffer_reservation(core: _Core, pool: _Pool) -> Reservation:
     that a build whose core alone does not fit says so (Plan.over_budget) instead of planning a smaller core."""
     arrays = core_arrays(core.config, core.context, core.kv_tokens or 0, core.pragmas, core.hw,
                          core.board.kv_port_bits, logits_impl(core.board.uram), core.board.token_lanes,
-                         core.kv_layout.ports, board_sets(core.board.kv_ports))
+                         core.kv_layout.ports, board_sets(core.board.kv_ports), chunk=core.board.prefill_chunk)
     pool.take(*total(arrays), force=True)
     return _arrays_reservation("activations and buffers", arrays, "BRAM", {"context": core.context})
 
@@ -943,7 +943,8 @@ def _plan_arrays(core: _Core, lora_impl: str | None, kv_impl: str, engines: "_En
     kv = kv_array(c.config, c.kv_tokens, kv_impl, c.pragmas, c.board.kv_port_bits) if c.kv_tokens else []
     return lora + core_arrays(c.config, c.context, c.kv_tokens or 0, c.pragmas, c.hw, c.board.kv_port_bits,
                               logits_impl(c.board.uram), c.board.token_lanes, c.kv_layout.ports,
-                              board_sets(c.board.kv_ports)) + kv + engines.arrays() + engines.code_arrays()
+                              board_sets(c.board.kv_ports), chunk=c.board.prefill_chunk) + kv + engines.arrays() \
+        + engines.code_arrays()
 
 
 def check_kv_tokens(kv_tokens, config: ModelConfig) -> None:
