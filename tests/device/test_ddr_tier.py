@@ -235,13 +235,15 @@ def test_ddr_build_on_emu_equals_the_rom_build_and_the_golden_model(ddr_build, d
     # ports can take fewer than one on-chip tile), and in a prefill the stages beside the GEMVs: a block's queries run
     # beside the FFN of the blocks before where that FFN reads no DDR (roma_core.cpp ffn_beside_attention), so the ROM
     # build's FFN hides part of them and the DDR build's, which shares the memory with the KV reads on this board,
-    # none; the norm, RoPE, SwiGLU and residual adds beside another block's GEMVs hide at least as well behind the
-    # longer streamed ones. Nothing else moves
+    # none; the norm, RoPE, SwiGLU and residual adds and the next GEMV's codes beside another block's GEMVs hide at
+    # least as well behind the longer streamed ones. Nothing else moves
     assert ddr_cycles["gemv"] > rom_cycles["gemv"] and ddr_cycles["lm_head"] != rom_cycles["lm_head"]
     assert ddr_cycles["embedding"] > rom_cycles["embedding"]
     assert ddr_cycles["attention"] > rom_cycles["attention"]
-    assert all(ddr_cycles[k] <= rom_cycles[k] for k in ("norm", "rope", "activation", "residual"))
-    moved = ("gemv", "lm_head", "embedding", "attention", "norm", "rope", "activation", "residual")
+    beside = ("norm", "rope", "activation", "residual", "act_quant")
+    assert all(ddr_cycles[k] <= rom_cycles[k] for k in beside)
+    assert ddr_cycles["act_quant"] < rom_cycles["act_quant"]
+    moved = ("gemv", "lm_head", "embedding", "attention", *beside)
     assert {k: v for k, v in ddr_cycles.items() if k not in moved} == {
         k: v for k, v in rom_cycles.items() if k not in moved}
 
