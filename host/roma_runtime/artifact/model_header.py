@@ -107,7 +107,8 @@ def ffn_pair(pairs: list[tuple], streams) -> tuple | None:
 def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, context: int, board: str,
                   model_sha256: str, tiles_default: int = 1, ddr: dict | None = None,
                   kv_onchip: dict | None = None, lora_unit: dict | None = None, uram: dict | None = None,
-                  logits_impl: str = "bram", gemv_pe: int = 1, token_lanes: int = 1) -> str:
+                  logits_impl: str = "bram", gemv_pe: int = 1, token_lanes: int = 1,
+                  prefill_chunk: int | None = None) -> str:
     """tensors: manifest tensor entries (name -> {bits, group, tiles, ddr_offset, uram_offset, ...}) for
     blk.<i>.<linear>, token_embd and, when untied, output; ddr: the manifest's "ddr" entry (None: every tensor is
     on chip); uram: its "uram" entry (None: no tensor is in URAM); board: a boards.json name (its KV and weight
@@ -116,7 +117,9 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
     lora_unit: the manifest's "lora_unit" entry ({slots, rank, targets, dtype, placement, ...}; None or 0 slots:
     the build has no LoRA unit); logits_impl: the memory g_logits binds to (uram or bram, the plan's choice);
     gemv_pe: the tiles of the layers' on-chip GEMV engines (the plan's pe: ROMA_GEMV_PE); token_lanes: the
-    prefill tokens they serve per pass over their weights (the plan's board's: TOKEN_LANES). The DDR KV cache's
+    prefill tokens they serve per pass over their weights (the plan's board's: TOKEN_LANES); prefill_chunk: the
+    prompt tokens a prefill runs through all layers per pass (the plan's board's, or by default the board's:
+    PREFILL_CHUNK). The DDR KV cache's
     ports, their runs and its position sets (KV_PORTS, KV_PORT_LANES, KV_SETS) are KvLayout.for_build's, as the
     manifest's "kv_layout"."""
     unit = lora_unit if lora_unit and lora_unit["slots"] > 0 else None
@@ -223,8 +226,8 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               "// where the plan's logic estimate has no room for more)",
               f"constexpr int TOKEN_LANES = {token_lanes};",
               "// prompt tokens a prefill runs through all layers per pass: the rows of the chunk's activation buffers",
-              "// (boards.json prefill_chunk)",
-              f"constexpr int PREFILL_CHUNK = {get_board(board).prefill_chunk};"]
+              "// (boards.json prefill_chunk, or 16 where the plan needs the room for weights)",
+              f"constexpr int PREFILL_CHUNK = {prefill_chunk or get_board(board).prefill_chunk};"]
     lines += ["",
               "// The URAM load image (uram_weights.bin): words, header included (0: no tensor is in URAM), and the",
               "// checksum of its tensors (weight_load.h), as its header holds it",

@@ -403,7 +403,8 @@ def compile_model(model: LoadedModel | str | Path, out_dir: str | Path, *, bits:
                                     board=board_obj.name if hasattr(board_obj, "name")
                                     else str(board), model_sha256=identity, ddr=ddr_entry, kv_onchip=kv_entry,
                                     lora_unit=lora_unit, uram=uram_entry, logits_impl=logits_impl(board_obj.uram),
-                                    gemv_pe=plan["pe"], token_lanes=plan["board"]["token_lanes"]))
+                                    gemv_pe=plan["pe"], token_lanes=plan["board"]["token_lanes"],
+                                    prefill_chunk=plan["board"]["prefill_chunk"]))
     files.append(header)
 
     linear_params = sum(int(np.prod(tensors[n]["shape"])) for n in linears)

@@ -261,6 +261,18 @@ def test_pynq_z2_never_uses_uram():
         assert plan.lora.uram == 0 and plan.lora.bram36 > 0 and plan.kv_cache.bram36 > 0
 
 
+def test_the_prefill_chunk_is_the_boards_unless_its_buffers_cost_weights(smollm2):
+    # a U250 runs a prefill in chunks of 32 tokens (boards.json prefill_chunk): 16 BRAM36 more of activations than 16
+    kw = dict(bits=2, group=64, scales="q8", per_tensor_bits={"token_embedding": 2}, lora_rank=0)
+    wide, narrow = P.make_plan(smollm2, "u250", **kw), P.make_plan(smollm2, "u250", **kw, budget=0.785)
+    assert wide.board.prefill_chunk == get_board("u250").prefill_chunk == 32
+    assert wide.buffers.what == "activations and buffers (prefill chunk 32)"
+    # ... where those blocks would cost weights their on-chip place (a budget a few blocks short), the plan takes 16,
+    # the smallest, and places the weights as a chunk of 16 leaves room for
+    assert narrow.board.prefill_chunk == P.MIN_PREFILL_CHUNK == 16 == get_board("kv260").prefill_chunk
+    assert narrow.buffers.bram36 < wide.buffers.bram36
+
+
 def test_higher_lora_rank_leaves_less_room_for_layers(smollm2):
     for board, bits, group in (("u250", 2, 64), ("u250", 4, 32)):
         layers, on_chip, lora = [], [], []

@@ -675,7 +675,8 @@ def _buffer_reservation(core: _Core, pool: _Pool) -> Reservation:
                          core.board.kv_port_bits, logits_impl(core.board.uram), core.board.token_lanes,
                          core.kv_layout.ports, board_sets(core.board.kv_ports), chunk=core.board.prefill_chunk)
     pool.take(*total(arrays), force=True)
-    return _arrays_reservation("activations and buffers", arrays, "BRAM", {"context": core.context})
+    return _arrays_reservation(f"activations and buffers (prefill chunk {core.board.prefill_chunk})", arrays, "BRAM",
+                               {"context": core.context, "prefill_chunk": core.board.prefill_chunk})
 
 
 def kv_bytes_per_token(config: ModelConfig) -> int:
@@ -748,8 +749,9 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     lora_slots x lora_rank: the LoRA unit the top holds (contract C1; no unit when either is 0). `context` is
     the estimate's context; `build_context` the build's CONTEXT (default: the board's, Board.default_context), which
     sizes attention's score buffer. `pe`: the tiles of the layers' on-chip GEMV engines (default: of pe_candidates, the one
-    whose placement costs the fewest GEMV cycles). See
-    the module docstring for the model."""
+    whose placement costs the fewest GEMV cycles). The prefill chunk is the board's, or MIN_PREFILL_CHUNK where the
+    board's chunk buffers would cost weights their on-chip place (more GEMV cycles). See the module docstring for the
+    model."""
     config = _as_config(config)
     board = get_board(board)
     _check_bits(bits, "the model")
@@ -782,8 +784,8 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     widest = max([bits, *(per_tensor_bits or {}).values()])
     context_len = build_context or board.default_context(config.context_length)
 
-    def core_with(p: int) -> _Core:
-        return _Core(config, board, budget, lora_slots, lora_rank, targets, lora_dtype, kv_tokens, context_len, p)
+    def core_with(p: int, b: Board) -> _Core:
+        return _Core(config, b, budget, lora_slots, lora_rank, targets, lora_dtype, kv_tokens, context_len, p)
 
     # the PEs (pe_candidates) and the layers' fill (FILLS) whose placement costs the fewest GEMV cycles per token
     if pe is not None:
@@ -791,12 +793,18 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     candidates = []
     for p in [pe] if pe else pe_candidates(config, board, widest, group):
         for f in FILLS:
-            engines = _place(core_with(p), units, forced, in_uram, f)[0]
+            engines = _place(core_with(p, board), units, forced, in_uram, f)[0]
             candidates.append((_gemv_cycles(engines, board), p, FILLS.index(f), f))
             if not board.bram_rom or not any(e.tier == "uram" and e.role == LAYERS for e in engines.members):
                 break  # the layers fit the ROM (or there is no ROM): they stay there, on one engine
-    _, pe, _, fill = min(candidates)
-    core = core_with(pe)
+    cycles, pe, _, fill = min(candidates)
+    # the prefill chunk: the board's, unless its buffers take on-chip room that the smallest chunk's leave to weights
+    # whose GEMVs then cost fewer cycles (a chunk's fill and drain cost less than a layer streamed from DDR)
+    if board.prefill_chunk > MIN_PREFILL_CHUNK:
+        small = replace(board, prefill_chunk=MIN_PREFILL_CHUNK)
+        if _gemv_cycles(_place(core_with(pe, small), units, forced, in_uram, fill)[0], small) < cycles:
+            board = small
+    core = core_with(pe, board)
     engines, (lora, buffers, kv), (bram_budget, uram_budget) = _place(core, units, forced, in_uram, fill)
     for unit in units:
         if _unit_key(unit) in in_uram and any(t.lin is not None and t.placement != URAM_LOAD_ONCE for t in unit):
@@ -828,6 +836,9 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
                          per_tensor_groups, uram, build_context, pe, per_tensor_scales)
     plan.estimate = estimate(plan, context=context)
     return plan
+
+
+MIN_PREFILL_CHUNK = 16  # the Zynq boards' prefill_chunk: the smallest a plan takes
 
 
 def _place(core: _Core, units: list, forced: set, in_uram: set, fill: str = "layers"):
