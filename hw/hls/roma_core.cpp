@@ -668,8 +668,7 @@ constexpr int out_banks() {
 // Tensor (l, lin)'s tiles on engine R (TILES x rows outputs): streamed from its offset in ddr, or from its words in
 // the bank.
 template <class R>
-void tiles_gemv(std::true_type /*in DDR*/, int l, int lin, int n, int rows, int cols,
-                CODES_IN,
+void tiles_gemv(std::true_type /*in DDR*/, int l, int lin, int n, int rows, int cols, CODES_IN,
                 DDR_PORT_PARAMS, TOKEN_OUTS,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
@@ -704,8 +703,7 @@ void bank_tiles(std::true_type /*URAM*/, const rom_word_t planes[R::TILES][R::PL
       aux, BANK_OFFSETS.at[BANK_AUX][l][lin], TOKEN_OUT_ARGS, probe, xs, cyc);
 }
 template <class R>
-void tiles_gemv(std::false_type /*on chip*/, int l, int lin, int n, int rows, int cols,
-                CODES_IN,
+void tiles_gemv(std::false_type /*on chip*/, int l, int lin, int n, int rows, int cols, CODES_IN,
                 const rom_word_t *, const rom_word_t *, const rom_word_t *, const rom_word_t *, TOKEN_OUTS,
                 acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {

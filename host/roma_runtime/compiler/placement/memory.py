@@ -455,12 +455,14 @@ def _local(function: str, var: str, bits: int, dims: list, pragmas: list[Pragma]
 
 
 def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Pragma], ports: int,
-                  sum_sets: int = 1, tokens: int = 1, *, ddr_banks: tuple[int, int] = (1, 1)) -> list[Array]:
+                  sum_sets: int = 1, tokens: int = 1, *, ddr_banks: tuple[int, int] = (1, 1),
+                  banks: int = 1) -> list[Array]:
     """The local arrays of one engine's kernel instances (gemv_unit, the tiles or the DDR stream: its accumulators a
     row of `ports`, the board's weight ports, and its sums `sum_sets` sets of them when the stream writes a round's
     outputs during the next round, 2, else a register (1)), each one RTL instance, sized by the largest of the
-    tensors it serves (their linears, `lins`); the candidates, sums and accumulators a row per token lane; a DDR
-    stream's accumulators banked
+    tensors it serves (their linears, `lins`); the candidates and sums a row per token lane, an on-chip engine's
+    accumulators a row per slot (token lane and bank: `banks`, 2 for the two-bank engine); a DDR stream's
+    accumulators banked
     by its chunk's lanes and its row exponents by EX_BANKS (`ddr_banks`: brom_ddr.h's LANES and EX_BANKS)."""
     shapes = [lin_shape(config, lin) for lin in set(lins)]
     rows, cols = max(r for r, _ in shapes) // e.tiles, max(c for _, c in shapes)
@@ -482,7 +484,7 @@ def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Prag
         out += [_local("brom_gemv_banks_rt", "cand", 16, [tokens, ng, g // 4, 16], pragmas, tpl),
                 _local("brom_gemv_banks_rt", "xg", 8, [tokens, ng, g], pragmas, tpl),
                 _local("brom_gemv_banks_rt", "xsum", 32, [tokens, ng], pragmas, tpl),
-                _local("brom_gemv_banks_rt", "acc", 32, [tokens, e.tiles, rows], pragmas, tpl)]
+                _local("brom_gemv_banks_rt", "acc", 32, [banks * tokens, e.tiles, rows], pragmas, tpl)]
     return out
 
 

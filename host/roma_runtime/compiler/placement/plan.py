@@ -1075,17 +1075,21 @@ class _Engines:
         """An untied embedding is only looked up (embedding_row): a bank, no GEMV engine."""
         return not (e.role == L_EMBD and not self.core.config.tied_embeddings)
 
-    def _arrays(self, e: EngineConfig, members: tuple, index: int = 0) -> list[Array]:
+    def _arrays(self, e: EngineConfig, members: tuple, index: int = 0, kernels: tuple | None = None) -> list[Array]:
+        """Its bank and its kernels' locals (sized by the tensors of `kernels`, default its own; () for none: the
+        ROM engine of the two-bank one, whose kernels are the URAM engine's)."""
         c = self.core
         out = bank_arrays(c.config, e, index, [lin for lin, _, chip in members if chip], c.pragmas)
-        if self._runs_gemv(e):
-            lins = [lin for lin, _, _ in members]
+        kernels = members if kernels is None else kernels
+        if self._runs_gemv(e) and kernels:
+            lins = [lin for lin, _, _ in kernels]
             # a DDR stream whose lanes outrun y's write port keeps two sets of accumulators (brom_ddr.h: y after);
             # its accumulators are banked by its lanes, its row exponents by EX_BANKS
             s = logic.ddr_stream(e.bits, e.group, e.scales, [lin_shape(c.config, lin)[0] // e.tiles for lin in lins],
                                  c.board.weight_port_bits) if e.tier == "ddr" else None
             out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if s and s.y_after else 1,
-                                 self._tokens(e), ddr_banks=(s.lanes, s.ex_banks) if s else (1, 1))
+                                 self._tokens(e), ddr_banks=(s.lanes, s.ex_banks) if s else (1, 1),
+                                 banks=2 if kernels is not members else 1)
         return out
 
     def _tokens(self, e: EngineConfig) -> int:
@@ -1131,7 +1135,11 @@ class _Engines:
         return [(i, e, self.members[e]) for i, e in enumerate(sorted(self.members, key=first.get))]
 
     def arrays(self, tiers=TIERS) -> list[Array]:
-        return [a for i, e, m in self._numbered() if e.tier in tiers for a in self._arrays(e, m, i)]
+        """Every engine's arrays; the two-bank engine's kernels once, sized by both banks' tensors (its URAM
+        engine's gemv_unit: brom_gemv_banks_rt's accumulators a slot per bank and token lane)."""
+        two = self.two_banks()
+        kernels = {two[0]: (), two[1]: self.members[two[0]] + self.members[two[1]]} if two else {}
+        return [a for i, e, m in self._numbered() if e.tier in tiers for a in self._arrays(e, m, i, kernels.get(e))]
 
     def code_arrays(self) -> list[Array]:
         """The GEMV inputs' codes and the quantizers' locals (memory.code_arrays) for the engines' groups."""
