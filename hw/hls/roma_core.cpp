@@ -940,10 +940,10 @@ void pair_gemvs(std::true_type /*two banks*/, int l, int n, TOKEN_INS, CODES_IN,
 template <class = void>
 void pair_gemvs(std::false_type, int l, int n, TOKEN_INS, CODES_IN, TOKEN_OUTS, float *u0, float *u1, float *u2,
                 float *u3, DDR_PORT_PARAMS, Acct &a) {
-  static act_t uq[TT][CODE_COLS]; // w_up's codes: quantize_block's, read by PAIR_UP's candidate stages
+  act_t uq[TT][CODE_COLS]; // w_up's codes: quantize_block's, read by PAIR_UP's candidate stages
 #pragma HLS ARRAY_PARTITION variable = uq type = complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = uq type = cyclic factor = GEMV_IN_LANES dim = 2
-  static float us[TT][CODE_GROUPS];
+  float us[TT][CODE_GROUPS];
 #pragma HLS ARRAY_PARTITION variable = us type = complete dim = 1
   Acct at_gate, at_up;
   gemv_unit<PAIR_GATE>(l, L_GATE, n, CODE_ARGS, TOKEN_OUT_ARGS, DDR_PORTS, at_gate, -1, TOKEN_OUT_ARGS);
