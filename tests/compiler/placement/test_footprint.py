@@ -102,7 +102,7 @@ def test_one_layer_and_one_engine_per_configuration(tiny_build, tiny_report):
     assert k["activation quantizer"]["rtl_instances"] == 2 * tt * len(layer_groups) + len(head_only)
     # the plan's prefill chunk is the header's (its buffers' rows)
     chunk = manifest["board"]["prefill_chunk"]
-    assert f"constexpr int PREFILL_CHUNK = {chunk};" in (tiny_build / "roma_model.h").read_text() and chunk == 32
+    assert f"constexpr int PREFILL_CHUNK = {chunk};" in (tiny_build / "roma_model.h").read_text() and chunk == 64
     assert tiny_report["engines"] == {"engines": 2, "configurations": 2}
     # the two forward() call sites of roma_core (PREFILL/DECODE and GENERATE) share one instance (ALLOCATION limit),
     # and so do the sampler's two: one of each kernel; the elementwise units have one per token lane (RMSNorm's

@@ -262,15 +262,18 @@ def test_pynq_z2_never_uses_uram():
 
 
 def test_the_prefill_chunk_is_the_boards_unless_its_buffers_cost_weights(smollm2):
-    # a U250 runs a prefill in chunks of 32 tokens (boards.json prefill_chunk): 16 BRAM36 more of activations than 16
-    kw = dict(bits=2, group=64, scales="q8", per_tensor_bits={"token_embedding": 2}, lora_rank=0)
-    wide, narrow = P.make_plan(smollm2, "u250", **kw), P.make_plan(smollm2, "u250", **kw, budget=0.785)
-    assert wide.board.prefill_chunk == get_board("u250").prefill_chunk == 32
-    assert wide.buffers.what == "activations and buffers (prefill chunk 32)"
-    # ... where those blocks would cost weights their on-chip place (a budget a few blocks short), the plan takes 16,
-    # the smallest, and places the weights as a chunk of 16 leaves room for
+    # a U250 runs a prefill in chunks of up to 64 tokens (boards.json prefill_chunk): with its default LoRA unit four
+    # layers stream whatever the chunk, so the chunk's 96 BRAM36 more than 16 cost no weight its place
+    kw = dict(bits=2, group=64, scales="q8", per_tensor_bits={"token_embedding": 2})
+    wide = P.make_plan(smollm2, "u250", **kw)
+    assert wide.board.prefill_chunk == get_board("u250").prefill_chunk == 64
+    assert wide.buffers.what == "activations and buffers (prefill chunk 64)"
+    # ... without a LoRA unit every layer is on chip and 64 would push weights off: the plan halves it while it costs
+    # them their place (32), and a budget a few blocks short takes it down to 16, the smallest
+    full, narrow = (P.make_plan(smollm2, "u250", **kw, lora_rank=0, budget=b) for b in (0.8, 0.785))
+    assert full.board.prefill_chunk == 32 and full.layers_on_chip() == list(range(30))
     assert narrow.board.prefill_chunk == P.MIN_PREFILL_CHUNK == 16 == get_board("kv260").prefill_chunk
-    assert narrow.buffers.bram36 < wide.buffers.bram36
+    assert narrow.buffers.bram36 < full.buffers.bram36 < wide.buffers.bram36
 
 
 def test_higher_lora_rank_leaves_less_room_for_layers(smollm2):

@@ -749,9 +749,9 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
     lora_slots x lora_rank: the LoRA unit the top holds (contract C1; no unit when either is 0). `context` is
     the estimate's context; `build_context` the build's CONTEXT (default: the board's, Board.default_context), which
     sizes attention's score buffer. `pe`: the tiles of the layers' on-chip GEMV engines (default: of pe_candidates, the one
-    whose placement costs the fewest GEMV cycles). The prefill chunk is the board's, or MIN_PREFILL_CHUNK where the
-    board's chunk buffers would cost weights their on-chip place (more GEMV cycles). See the module docstring for the
-    model."""
+    whose placement costs the fewest GEMV cycles). The prefill chunk is the board's, or the largest of its halvings
+    (down to MIN_PREFILL_CHUNK) whose buffers cost no weights their on-chip place (no more GEMV cycles than the
+    smallest's). See the module docstring for the model."""
     config = _as_config(config)
     board = get_board(board)
     _check_bits(bits, "the model")
@@ -798,12 +798,16 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
             if not board.bram_rom or not any(e.tier == "uram" and e.role == LAYERS for e in engines.members):
                 break  # the layers fit the ROM (or there is no ROM): they stay there, on one engine
     cycles, pe, _, fill = min(candidates)
-    # the prefill chunk: the board's, unless its buffers take on-chip room that the smallest chunk's leave to weights
-    # whose GEMVs then cost fewer cycles (a chunk's fill and drain cost less than a layer streamed from DDR)
-    if board.prefill_chunk > MIN_PREFILL_CHUNK:
-        small = replace(board, prefill_chunk=MIN_PREFILL_CHUNK)
-        if _gemv_cycles(_place(core_with(pe, small), units, forced, in_uram, fill)[0], small) < cycles:
-            board = small
+    # the prefill chunk: the largest of the board's and the halvings down to MIN_PREFILL_CHUNK whose buffers leave the
+    # weights the room the smallest chunk's do (no more GEMV cycles: a chunk's fill and drain cost less than weights
+    # streamed from DDR)
+    by_chunk = {board.prefill_chunk: cycles}
+    chunk = board.prefill_chunk // 2
+    while chunk >= MIN_PREFILL_CHUNK:
+        b = replace(board, prefill_chunk=chunk)
+        by_chunk[chunk] = _gemv_cycles(_place(core_with(pe, b), units, forced, in_uram, fill)[0], b)
+        chunk //= 2
+    board = replace(board, prefill_chunk=max(c for c, g in by_chunk.items() if g <= min(by_chunk.values())))
     core = core_with(pe, board)
     engines, (lora, buffers, kv), (bram_budget, uram_budget) = _place(core, units, forced, in_uram, fill)
     for unit in units:
