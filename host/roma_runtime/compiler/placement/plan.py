@@ -798,16 +798,18 @@ def make_plan(config, board, bits: int = 4, group: int = 32, per_tensor_bits: di
             if not board.bram_rom or not any(e.tier == "uram" and e.role == LAYERS for e in engines.members):
                 break  # the layers fit the ROM (or there is no ROM): they stay there, on one engine
     cycles, pe, _, fill = min(candidates)
-    # the prefill chunk: the largest of the board's and the halvings down to MIN_PREFILL_CHUNK whose buffers leave the
+    def chunk_cycles(chunk: int) -> float:
+        b = replace(board, prefill_chunk=chunk)
+        return _gemv_cycles(_place(core_with(pe, b), units, forced, in_uram, fill)[0], b)
+
+    # the prefill chunk: the largest of the board's and its halvings down to MIN_PREFILL_CHUNK whose buffers leave the
     # weights the room the smallest chunk's do (no more GEMV cycles: a chunk's fill and drain cost less than weights
     # streamed from DDR)
-    by_chunk = {board.prefill_chunk: cycles}
-    chunk = board.prefill_chunk // 2
-    while chunk >= MIN_PREFILL_CHUNK:
-        b = replace(board, prefill_chunk=chunk)
-        by_chunk[chunk] = _gemv_cycles(_place(core_with(pe, b), units, forced, in_uram, fill)[0], b)
-        chunk //= 2
-    board = replace(board, prefill_chunk=max(c for c, g in by_chunk.items() if g <= min(by_chunk.values())))
+    if board.prefill_chunk > MIN_PREFILL_CHUNK:
+        least, chunk = chunk_cycles(MIN_PREFILL_CHUNK), board.prefill_chunk
+        while chunk > MIN_PREFILL_CHUNK and (cycles if chunk == board.prefill_chunk else chunk_cycles(chunk)) > least:
+            chunk //= 2
+        board = replace(board, prefill_chunk=chunk)
     core = core_with(pe, board)
     engines, (lora, buffers, kv), (bram_budget, uram_budget) = _place(core, units, forced, in_uram, fill)
     for unit in units:
