@@ -1086,6 +1086,7 @@ class _Engines:
         ROM engine of the two-bank one, whose kernels are the URAM engine's)."""
         c = self.core
         out = bank_arrays(c.config, e, index, [lin for lin, _, chip in members if chip], c.pragmas)
+        banks = 1 if kernels is None else 2  # the two-bank engine's kernels serve both banks
         kernels = members if kernels is None else kernels
         if self._runs_gemv(e) and kernels:
             lins = [lin for lin, _, _ in kernels]
@@ -1095,7 +1096,7 @@ class _Engines:
                                  c.board.weight_port_bits) if e.tier == "ddr" else None
             out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if s and s.y_after else 1,
                                  self._tokens(e), ddr_banks=(s.lanes, s.ex_banks) if s else (1, 1),
-                                 banks=2 if kernels is not members else 1)
+                                 banks=banks)
         return out
 
     def _tokens(self, e: EngineConfig) -> int:
