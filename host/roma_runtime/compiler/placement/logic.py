@@ -78,7 +78,7 @@ from ...artifact.ddr_image import ddr_param_words, ddr_step_words
 from ...artifact.interface import kernel_constants
 from ...artifact.kv_layout import KvLayout, board_sets
 from ...model.config import ModelConfig
-from .memory import LINEARS, lin_shape, pv_partials
+from .memory import LINEARS, lin_shape, pv_partials, quantizer_instances
 
 LABEL = "estimate (FINN MVAU-style formulas and fixed fp32 operator costs; not a synthesis report)"
 
@@ -244,10 +244,10 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
     # the quantizers: quantize_block's per group of every GEMV, quantize_ahead's per group of the layers', each per
     # token lane of the layers' engines (a group of the head's only: one lane, in quantize_block)
     token_lanes = max((e["token_lanes"] for e in gemv), default=1)
+    layer_groups = {e["group"] for e in gemv if e["role"] == "layers"}
     quantizers = Counter()
     for g in {e["group"] for e in gemv}:
-        layers = any(e["group"] == g and e["role"] == "layers" for e in gemv)
-        quantizers[board.engine_act_lanes(g)] += 2 * token_lanes if layers else 1
+        quantizers[board.engine_act_lanes(g)] += quantizer_instances(g, layer_groups, token_lanes)
     for lanes, n in sorted(quantizers.items()):
         units.append(_unit(f"activation quantizer of {lanes} lanes (two per group and token lane: before and beside "
                            f"a GEMV)", n, *act_quantizer(lanes), {"simd": lanes, "quantizers": n}))

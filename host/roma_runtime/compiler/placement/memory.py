@@ -488,6 +488,12 @@ def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Prag
     return out
 
 
+def quantizer_instances(group: int, layer_groups: set, token_lanes: int) -> int:
+    """roma_core.cpp's activation quantizers of `group`: quantize_block's and quantize_ahead's, one per token lane,
+    where the layers' GEMVs use the group (`layer_groups`); else quantize_block's lane 0 only (the head's)."""
+    return 2 * token_lanes if group in layer_groups else 1
+
+
 def code_arrays(config: ModelConfig, pragmas: list[Pragma], token_lanes: int, groups: set, layer_groups: set,
                 pair_codes: bool) -> list[Array]:
     """The GEMV inputs' activation codes (roma_core.cpp forward's q0, q1 [CODE_COLS] int8 and s0, s1 [CODE_COLS /
@@ -503,8 +509,8 @@ def code_arrays(config: ModelConfig, pragmas: list[Pragma], token_lanes: int, gr
         out += [_local("pair_gemvs", "uq", 8, [token_lanes, cols], pragmas, {}),
                 _local("pair_gemvs", "us", 32, [token_lanes, ng], pragmas, {})]
     for g in sorted(groups):
-        quantizers = 2 * token_lanes if g in layer_groups else 1
-        out += [_local("act_quant", var, 32, [cols // g], pragmas, {"COLS": cols, "GROUP": g}, quantizers)
+        out += [_local("act_quant", var, 32, [cols // g], pragmas, {"COLS": cols, "GROUP": g},
+                       quantizer_instances(g, layer_groups, token_lanes))
                 for var in ("amax_bits", "inv")]
     return out
 
