@@ -231,6 +231,28 @@ void brom_ddr_gemv(const act_t xq[COLS], const float a_scale[COLS / GROUP], cons
       xsum_out, cyc);
 }
 
+// The same tensor on an engine that takes its tiles at run time (VAR_TILES: roma_core's layers' DDR engine that also
+// streams the lm head), sized for twice its tiles: y bit for bit as with the tiles fixed (yd), the same chunk loop's
+// cycles; only DDR_Y's rows a cycle may differ (one a cycle at run-time tiles).
+template <int PORT_BITS, int TILES, int PORTS, int Y_BANKS, class C>
+void check_var_tiles(const std::vector<act_t> &xq, const std::vector<float> &a_scale, const std::vector<rom_word_t> &ddr,
+                     const std::vector<float> &yd, const Cycles &fixed, Tally &tally) {
+  constexpr int ROWS = C::MAX_ROWS, COLS = C::MAX_COLS, NG = C::NG, R = TILES * ROWS;
+  static acc_t probe[2 * TILES][NG * ROWS]; // not written (PROBE = false)
+  std::vector<float> yv(R, -1.0f);
+  std::vector<acc_t> xs(NG);
+  Cycles cyc;
+  brom_ddr_gemv_rt<DdrFixedShape<C>, 2 * TILES, PORT_BITS, PORTS, false, 1, Y_BANKS, COLS, NG, true>(
+      1, ROWS, COLS, reinterpret_cast<const act_t(*)[COLS]>(xq.data()),
+      reinterpret_cast<const float(*)[NG]>(a_scale.data()), ddr.data(), ddr.data(), ddr.data(), ddr.data(), yv.data(),
+      yv.data(), yv.data(), yv.data(), probe, xs.data(), cyc, TILES);
+  for (int o = 0; o < R; ++o) tally.check(float_to_bits(yv[o]) == float_to_bits(yd[o]));
+  typedef DdrStream<DdrStepConfig<C::GROUP, C::BITS, C::DP, C::SF>, PORT_BITS> P;
+  const uint64_t y_fixed = P::y_cycles(ROWS, ROWS, C::MAX_ROWS, P::y_rows(TILES, PORTS, Y_BANKS));
+  tally.check(cyc.gemv - P::y_cycles(ROWS, ROWS, C::MAX_ROWS, 1) == fixed.gemv - y_fixed &&
+              cyc.candidates == fixed.candidates);
+}
+
 // The DDR-streamed kernel on the DDR image through PORTS PORT_BITS-wide ports (a tile per port at once) into a y of
 // Y_BANKS banks, and the C-simulation repack of its tiles, against the ROM kernel on datapath DP: y, dots and xsum
 // bit for bit.
@@ -278,6 +300,7 @@ long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cy
     }
     for (size_t i = 0; i < dot.size(); ++i) tally.check(dotd[i] == dot[i]);
     for (int g = 0; g < NG; ++g) tally.check(xsd[g] == xsum[g] && xsp[g] == xsum[g]);
+    if constexpr (TILES % PORTS == 0) check_var_tiles<PORT_BITS, TILES, PORTS, Y_BANKS, C>(xq, a_scale, ddr, yd, cyd, tally);
   }
   return tally.mismatches - before;
 }

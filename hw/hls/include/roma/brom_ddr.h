@@ -212,6 +212,15 @@ struct DdrTileConfig : DdrStepConfig<GROUP, BITS, DP, SF> {
   static constexpr long long TILE_WORDS = B::tile_words(ROWS, COLS);
 };
 
+// Where output row `row` of tile t0 + p goes in y (tile t holds rows t, t + tiles, ...): row * tiles + t0 + p. With
+// run-time tiles (a multiple of PORTS, as t0 is) written as a multiple of PORTS plus the port, so that the bank of a
+// PORTS-multiple cyclic partition of y is the lane's constant p.
+template <bool VAR_TILES, int PORTS>
+inline int y_at(int row, int tiles, int t0, int p) {
+#pragma HLS INLINE
+  return VAR_TILES ? (row * (tiles / PORTS) + t0 / PORTS) * PORTS + p : row * tiles + t0 + p;
+}
+
 // Weight port p's pointer (p a constant in an unrolled lane, so the select folds away and each lane reads its own
 // m_axi bundle).
 inline const rom_word_t *ddr_port(int p, const rom_word_t *image0, const rom_word_t *image1,
@@ -229,15 +238,21 @@ inline const rom_word_t *ddr_port(int p, const rom_word_t *image0, const rom_wor
 // its own. Token lanes as brom_gemv_tiles_rt: n <= TOKENS tokens (xq[c], a_scale[c] -> y_c), each chunk's words,
 // read once, feed every lane's datapaths, so a block of tokens streams the tensor once. dot_probe and xsum_out as
 // brom_gemv_tiles (token 0's). Y_BANKS: the cyclic partition of the y buffers (the caller's; DdrStream::y_rows).
-// XCOLS, XGROUPS: the codes' and scales' rows, as brom_gemv_banks_rt's.
+// XCOLS, XGROUPS: the codes' and scales' rows, as brom_gemv_banks_rt's. VAR_TILES: the tensor's tiles are tiles_rt, a
+// multiple of PORTS and at most TILES, given at run time (an engine that streams the layers' tensors and the lm head,
+// whose tiles differ: roma_core.cpp Unit::HEAD_TILES); a round's PORTS outputs of a row then go to y at
+// (row * tiles_rt / PORTS + round) * PORTS + p, so each port's lane writes the bank p of y's PORTS-multiple
+// partition, as with a fixed TILES, and DDR_Y writes a row per iteration (Y_ROWS 1: a bank of its own for each of
+// its outputs whatever the tiles).
 template <class E, int TILES, int PORT_BITS, int PORTS, bool PROBE = false, int TOKENS = 1, int Y_BANKS = 1,
-          int XCOLS = E::MAX_COLS, int XGROUPS = XCOLS / E::GROUP>
+          int XCOLS = E::MAX_COLS, int XGROUPS = XCOLS / E::GROUP, bool VAR_TILES = false>
 void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][XCOLS], const float a_scale[TOKENS][XGROUPS],
                       const rom_word_t *image0, const rom_word_t *image1, const rom_word_t *image2,
                       const rom_word_t *image3, float *y0,
                       float *y1, float *y2, float *y3, acc_t dot_probe[TILES][(E::MAX_COLS / E::GROUP) * E::MAX_ROWS],
-                      acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc) {
+                      acc_t xsum_out[E::MAX_COLS / E::GROUP], Cycles &cyc, int tiles_rt = TILES) {
   static_assert(PORTS >= 1 && PORTS <= 4, "one to four weight ports");
+  static_assert(!VAR_TILES || TILES % PORTS == 0, "run-time tiles: multiples of the ports");
   static_assert(TOKENS >= 1 && TOKENS <= MAX_TOKEN_LANES, "one to MAX_TOKEN_LANES token lanes");
   typedef DdrStepConfig<E::GROUP, E::BITS, E::DP, E::SF, E::CQ> D;
   typedef DdrStream<D, PORT_BITS> P;
@@ -249,7 +264,10 @@ void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][XCOLS], 
   constexpr int CHUNK_WORDS = P::CHUNK_WORDS, PARAM_CHUNKS = P::PARAM_CHUNKS;
   constexpr int BLOCK_CHUNKS = P::BLOCK_CHUNKS, BLOCK_STEPS = D::BLOCK_STEPS, EX_ROWS = D::Q8 ? E::MAX_ROWS : 1;
   constexpr bool LANE_BANKS = P::lanes(E::ROW_ALIGN), Y_AFTER = P::y_after(E::MIN_ROWS, E::ROW_ALIGN);
-  constexpr int ROUNDS = P::rounds(TILES, PORTS), Y_ROWS = P::y_rows(TILES, PORTS, Y_BANKS), Y_II = P::y_ii(Y_ROWS);
+  constexpr int MAX_ROUNDS = P::rounds(TILES, PORTS), Y_ROWS = VAR_TILES ? 1 : P::y_rows(TILES, PORTS, Y_BANKS);
+  constexpr int Y_II = P::y_ii(Y_ROWS);
+  // the tensor's tiles (a constant unless VAR_TILES), its rounds, and a row's first output of a round: row * tiles + t0
+  const int tiles = VAR_TILES ? tiles_rt : TILES, rounds = VAR_TILES ? tiles / PORTS : MAX_ROUNDS;
   // the pragmas'
   constexpr int CHUNK_II = P::chunk_ii(E::MIN_ROWS, E::ROW_ALIGN), ACC_DISTANCE = P::acc_distance(E::MIN_ROWS);
   constexpr int EX_DISTANCE = PARAM_CHUNKS + 1, MAX_ROWS = E::MAX_ROWS;
@@ -261,6 +279,7 @@ void brom_ddr_gemv_rt(int n, int rows, int cols, const act_t xq[TOKENS][XCOLS], 
   (void)EX_DISTANCE;
   (void)MAX_ROWS;
   (void)MAX_CHUNKS;
+  (void)MAX_ROUNDS;
 
 #pragma HLS ARRAY_PARTITION variable = a_scale type = complete dim = 1
   cand_t cand[TOKENS][NG_MAX][QUADS][QUAD_CANDIDATES];
@@ -302,7 +321,8 @@ DDR_TOKENS: // a candidate stage per token lane, the block's tokens side by side
   const int stream = P::prefix_chunks(rows) + chunks, row_lanes = rows / LANES;
   const long long tile_words = D::tile_words(rows, cols);
 DDR_ROUNDS:
-  for (int t0 = 0; t0 < ROUNDS * PORTS; t0 += PORTS) {
+  for (int t0 = 0; t0 < rounds * PORTS; t0 += PORTS) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_ROUNDS
     const int set = Y_AFTER ? (t0 / PORTS) & 1 : 0, prev = FIN_SETS - 1 - set; // y after: the two sets alternate
     const int y_rows = Y_AFTER && t0 > 0 ? rows : 0; // the previous round's outputs, written in this chunk loop
     // the chunk's place in its block (kc, block b) and the (group, row) of the next step; lanes: the plane chunk's
@@ -341,13 +361,14 @@ DDR_ROUNDS:
         for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
           // y after: row k of the previous round's tiles, PORTS consecutive outputs (tile t holds rows t, t + TILES..)
-          if (c < n && k < y_rows) token_out(c, y0, y1, y2, y3)[k * TILES + t0 - PORTS + p] = fin[c][prev][p][k];
+          if (c < n && k < y_rows) token_out(c, y0, y1, y2, y3)[y_at<VAR_TILES, PORTS>(k, tiles, t0 - PORTS, p)] =
+              fin[c][prev][p][k];
         }
       }
       for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
         const int t = t0 + p;
-        if (t < TILES && k < stream) { // the last round's missing tiles (TILES not a multiple of PORTS) idle
+        if (t < tiles && k < stream) { // the last round's missing tiles (tiles not a multiple of PORTS) idle
           rom_word_t w[CHUNK_WORDS];
 #pragma HLS ARRAY_PARTITION variable = w type = complete
           for (int j = 0; j < CHUNK_WORDS; ++j) {
@@ -383,7 +404,7 @@ DDR_ROUNDS:
                   const float sum = (grp == 0) ? term : acc[c][p][row] + term;
                   if (grp < ng - 1) acc[c][p][row] = sum;
                   else if (Y_AFTER) fin[c][set][p][row] = sum;
-                  else token_out(c, y0, y1, y2, y3)[row * TILES + t] = sum; // tile t holds rows t, t + TILES, ...
+                  else token_out(c, y0, y1, y2, y3)[y_at<VAR_TILES, PORTS>(row, tiles, t0, p)] = sum;
                 }
               }
             }
@@ -399,6 +420,7 @@ DDR_ROUNDS:
 DDR_Y: // the lanes outrun y's write port: the last round's outputs from its accumulators, Y_ROWS rows of the ports'
        // PORTS consecutive outputs per iteration of Y_II cycles (the earlier rounds' went out during the next round's
        // chunk loop)
+  const int last = (rounds - 1) * PORTS; // the last round's first tile
   for (int k = 0; k < (Y_AFTER ? (rows + Y_ROWS - 1) / Y_ROWS : 0); ++k) {
 #pragma HLS PIPELINE II = Y_II
 #pragma HLS LOOP_TRIPCOUNT min = 0 max = MAX_ROWS
@@ -409,9 +431,9 @@ DDR_Y: // the lanes outrun y's write port: the last round's outputs from its acc
 #pragma HLS UNROLL
         for (int p = 0; p < PORTS; ++p) {
 #pragma HLS UNROLL
-          const int t = (ROUNDS - 1) * PORTS + p;
-          if (c < n && t < TILES && row < rows)
-            token_out(c, y0, y1, y2, y3)[row * TILES + t] = fin[c][(ROUNDS - 1) & (FIN_SETS - 1)][p][row];
+          if (c < n && last + p < tiles && row < rows)
+            token_out(c, y0, y1, y2, y3)[y_at<VAR_TILES, PORTS>(row, tiles, last, p)] =
+                fin[c][(rounds - 1) & (FIN_SETS - 1)][p][row];
         }
       }
     }
@@ -420,7 +442,7 @@ DDR_Y: // the lanes outrun y's write port: the last round's outputs from its acc
 #pragma HLS UNROLL
     if (k < ng) xsum_out[k] = xsum[0][k];
   }
-  P::count(cyc, ROUNDS, rows, cols, E::MIN_ROWS, E::ROW_ALIGN, Y_ROWS);
+  P::count(cyc, rounds, rows, cols, E::MIN_ROWS, E::ROW_ALIGN, Y_ROWS);
 }
 
 } // namespace roma
