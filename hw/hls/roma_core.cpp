@@ -27,7 +27,9 @@
 // linears of layer(), the head) and limited to one instance (ALLOCATION), on a GEMV engine, gemv_unit<U>, one per
 // configuration the build uses (roma_model.h's UNIT_*: bits, group, scale format (SCALES_*: fp16, or q8: 8-bit
 // steps with per-row exponents, brom_tile.h), tiles, and tier (BRAM ROM, URAM, DDR), from the per-layer BITS_*/
-// GROUP_*/SCALES_*/TILES_*/DDR_*/URAM_* arrays; the embedding and an untied output have engines of their own).
+// GROUP_*/SCALES_*/TILES_*/DDR_*/URAM_* arrays; the embedding and an untied output have engines of their own, except
+// an lm head streamed from DDR that the plan puts on the layers' DDR engine of its configuration, head_on_layers: that
+// engine takes the head's tiles at run time, Unit::HEAD_TILES).
 // An engine takes the tensor's rows and columns at run time (brom_gemv_banks_rt, brom_ddr_gemv_rt) and is sized by
 // the largest; a uniform build has one engine for all layers' linears (one per tier), a mixed one one per width
 // it uses, and where a BRAM ROM and a URAM engine of one configuration hold a layer's w_gate and its other linears
@@ -338,8 +340,15 @@ constexpr long long unit_stat(int u, int what) {
     }
   return v;
 }
+// Whether tensor (l, lin) is the lm head streamed from DDR on a layers' DDR engine (the plan's choice where its stream
+// writes each output in its last group's step, compiler/placement: a head with tiles of its own, a multiple of the
+// weight ports, beside the layers' linears' one count).
+constexpr bool head_on_layers(int u, int l, int lin) {
+  return lin == HEAD_LIN && lin_ddr(l, lin) >= 0 && unit_first(u) / rm::N_LAYERS < L_EMBD;
+}
 // Every tensor of engine u has its configuration (bits, group, scales, tiles, tier), is a tensor of the layers'
-// linears or the engine's own embedding/output, and a DDR or URAM offset lies inside its image, past its header.
+// linears or the engine's own embedding/output (or the lm head on the layers' DDR engine, head_on_layers), and a DDR
+// or URAM offset lies inside its image, past its header.
 constexpr bool unit_consistent(int u) {
   const int f = unit_first(u);
   if (f < 0) return false;
@@ -347,11 +356,13 @@ constexpr bool unit_consistent(int u) {
   for (int lin = L_WQ; lin <= L_OUTPUT; ++lin)
     for (int l = 0; l < lin_layers(lin); ++l) {
       if (!lin_present(lin) || lin_unit(l, lin) != u) continue;
+      const bool joined = head_on_layers(u, l, lin);
       if (lin_bits(l, lin) != lin_bits(fl, flin) || lin_group(l, lin) != lin_group(fl, flin) ||
-          lin_scales(l, lin) != lin_scales(fl, flin) || lin_tiles(l, lin) != lin_tiles(fl, flin) ||
+          lin_scales(l, lin) != lin_scales(fl, flin) || (!joined && lin_tiles(l, lin) != lin_tiles(fl, flin)) ||
+          (joined && (lin_tiles(l, lin) % rm::WEIGHT_PORTS != 0 || lin_tiles(fl, flin) % rm::WEIGHT_PORTS != 0)) ||
           (lin_ddr(l, lin) >= 0) != (lin_ddr(fl, flin) >= 0) || (lin_uram(l, lin) >= 0) != (lin_uram(fl, flin) >= 0) ||
-          (lin_ddr(l, lin) >= 0 && lin_uram(l, lin) >= 0) || (lin >= L_EMBD) != (flin >= L_EMBD) ||
-          (lin >= L_EMBD && lin != flin) || lin_rows(lin) % lin_tiles(l, lin) != 0)
+          (lin_ddr(l, lin) >= 0 && lin_uram(l, lin) >= 0) || (!joined && (lin >= L_EMBD) != (flin >= L_EMBD)) ||
+          (lin >= L_EMBD && !joined && lin != flin) || lin_rows(lin) % lin_tiles(l, lin) != 0)
         return false;
       if (lin_ddr(l, lin) >= 0 && (lin_ddr(l, lin) < DDR_HEADER_WORDS || lin_ddr(l, lin) >= rm::DDR_WORDS)) return false;
       if (lin_uram(l, lin) >= 0 && (lin_uram(l, lin) < URAM_HEADER_WORDS || lin_uram(l, lin) >= rm::URAM_WORDS))
@@ -409,7 +420,13 @@ struct Unit {
   static constexpr int MAX_ROWS = (int)unit_stat(U, 0), MIN_ROWS = (int)unit_stat(U, 1), MAX_COLS = (int)unit_stat(U, 2);
   static constexpr int ROW_ALIGN = unit_row_align(U);
   static constexpr bool DDR = lin_ddr(L0, LIN0) >= 0, URAM = lin_uram(L0, LIN0) >= 0, HEAD = LIN0 >= L_EMBD;
-  static constexpr int TOKENS = HEAD ? 1 : TT; // token lanes: the head runs for the last token only
+  static constexpr int TOKENS = HEAD ? 1 : TT; // token lanes: the head's engine runs for the last token only
+  // a layers' DDR engine that also streams the lm head (head_on_layers): the head's tiles, which the engine takes at
+  // run time (brom_ddr_gemv_rt's VAR_TILES), sized by the larger count
+  static constexpr bool WITH_HEAD = !HEAD && DDR && lin_unit(0, HEAD_LIN) == U;
+  static constexpr int HEAD_TILES = WITH_HEAD ? lin_tiles(0, HEAD_LIN) : TILES;
+  static constexpr bool VAR_TILES = HEAD_TILES != TILES;
+  static constexpr int MAX_TILES = HEAD_TILES > TILES ? HEAD_TILES : TILES;
   // words per tile of its bank (at least 1: the declared size of a DDR engine's unused bank)
   static constexpr int words(int kind) { return unit_stat(U, 3 + kind) > 0 ? (int)unit_stat(U, 3 + kind) : 1; }
   static constexpr int PLANE_WORDS = words(BANK_PLANES), PARAMS = words(BANK_PARAMS), AUX = words(BANK_AUX);
@@ -659,10 +676,16 @@ template <class U>
 bool lora_loaded(std::false_type, const U &, uint32_t) { return false; }
 
 // The cyclic banks of engine R's outputs: the layer buffers' (GEMV_OUT_LANES or a multiple), the head's g_logits'
-// (they decide how many rows of a DDR tensor's last round DDR_Y writes a cycle: DdrStream::y_rows).
+// (they decide how many rows of a DDR tensor's last round DDR_Y writes a cycle: DdrStream::y_rows; an engine of both
+// writes a row a cycle there, VAR_TILES).
 template <class R>
 constexpr int out_banks() {
   return R::HEAD ? LOGITS_BANKS : GEMV_OUT_LANES;
+}
+// The tiles of linear lin's tensors on engine R: the head's own on a layers' DDR engine that streams it too.
+template <class R>
+constexpr int tiles_on(int lin) {
+  return lin >= L_EMBD ? R::HEAD_TILES : R::TILES;
 }
 
 // Tensor (l, lin)'s tiles on engine R (TILES x rows outputs): streamed from its offset in ddr, or from its words in
@@ -670,12 +693,12 @@ constexpr int out_banks() {
 template <class R>
 void tiles_gemv(std::true_type /*in DDR*/, int l, int lin, int n, int rows, int cols, CODES_IN,
                 DDR_PORT_PARAMS, TOKEN_OUTS,
-                acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
+                acc_t probe[R::MAX_TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
   const long long at = lin_ddr(l, lin);
-  brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS, out_banks<R>(), CODE_COLS,
-                   CODE_GROUPS>(
-      n, rows, cols, xq, as, ddr + at, ddr1 + at, ddr2 + at, ddr3 + at, TOKEN_OUT_ARGS, probe, xs, cyc);
+  brom_ddr_gemv_rt<R, R::MAX_TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS, out_banks<R>(),
+                   CODE_COLS, CODE_GROUPS, R::VAR_TILES>(n, rows, cols, xq, as, ddr + at, ddr1 + at, ddr2 + at,
+                                                         ddr3 + at, TOKEN_OUT_ARGS, probe, xs, cyc, tiles_on<R>(lin));
 }
 // The tiles of one tensor in the bank: a BRAM ROM's planes are bound here (they are only read); a URAM bank's
 // storage is bound where CMD_LOAD_WEIGHTS writes it (load_uram_bank).
@@ -705,7 +728,7 @@ void bank_tiles(std::true_type /*URAM*/, const rom_word_t planes[R::TILES][R::PL
 template <class R>
 void tiles_gemv(std::false_type /*on chip*/, int l, int lin, int n, int rows, int cols, CODES_IN,
                 const rom_word_t *, const rom_word_t *, const rom_word_t *, const rom_word_t *, TOKEN_OUTS,
-                acc_t probe[R::TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
+                acc_t probe[R::MAX_TILES][(R::MAX_COLS / R::GROUP) * R::MAX_ROWS], acc_t xs[R::MAX_COLS / R::GROUP],
                 Cycles &cyc) {
   bank_tiles<R>(typename R::InUram(), R::planes, R::prm(), R::aux(), l, lin, n, rows, cols, xq, as, TOKEN_OUT_ARGS,
                 probe, xs, cyc);
@@ -758,8 +781,9 @@ void engine_tiles(std::true_type /*two banks*/, int l, int lin, int pair_lin, in
 // for the engines that can hold it).
 template <class R, int LIN>
 constexpr bool serves_shape() {
-  return lin_rows(LIN) % R::TILES == 0 && lin_cols(LIN) % R::GROUP == 0 && lin_cols(LIN) <= R::MAX_COLS &&
-         lin_rows(LIN) / R::TILES <= R::MAX_ROWS && lin_rows(LIN) / R::TILES >= R::MIN_ROWS;
+  constexpr int TILES = tiles_on<R>(LIN);
+  return lin_rows(LIN) % TILES == 0 && lin_cols(LIN) % R::GROUP == 0 && lin_cols(LIN) <= R::MAX_COLS &&
+         lin_rows(LIN) / TILES <= R::MAX_ROWS && lin_rows(LIN) / TILES >= R::MIN_ROWS;
 }
 // C simulation: tensor (l, LIN) on engine R for the block's n tokens (the codes xq[c] and scales as[c] of each token's
 // input, then the emulated board's packed GEMV of the whole tensor, or the straight one, tile by tile, for a tensor it
@@ -767,22 +791,23 @@ constexpr bool serves_shape() {
 // candidate stages side by side, one pass over the weights for the block).
 template <class R, int LIN>
 void csim_tensor_gemv(int l, int n, CODES_IN, DDR_PORT_PARAMS, TOKEN_OUTS, int slots, int min_rows, Cycles &cyc) {
-  constexpr int ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN), NG = R::MAX_COLS / R::GROUP;
+  constexpr int TILES = tiles_on<R>(LIN), ROWS = lin_rows(LIN) / TILES, COLS = lin_cols(LIN);
+  constexpr int NG = R::MAX_COLS / R::GROUP;
   if constexpr (serves_shape<R, LIN>()) {
     acc_t xs[NG];
     const CsimPackedTile &pk = g_packed[l][LIN];
-    g_gemv_paths[pk.ok ? GEMV_PATH_PACKED : R::DDR ? GEMV_PATH_DDR_STREAM : GEMV_PATH_ROM_UNPACKED] += R::TILES * n;
+    g_gemv_paths[pk.ok ? GEMV_PATH_PACKED : R::DDR ? GEMV_PATH_DDR_STREAM : GEMV_PATH_ROM_UNPACKED] += TILES * n;
     Cycles sim; // the simulation's loop order; the hardware's cycles are counted below
     if (pk.ok) {
       for (int c = 0; c < n; ++c)
         brom_tile_gemv_packed<lin_rows(LIN), COLS, R::GROUP, R::BITS>(xq[c], as[c], pk, token_out(c, TOKEN_OUT_ARGS),
                                                                      xs, sim, g_threads);
     } else if constexpr (R::DDR) {
-      static acc_t probe[R::TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
+      static acc_t probe[R::MAX_TILES][NG * R::MAX_ROWS]; // not written (PROBE = false)
       const long long at = lin_ddr(l, LIN);
-      brom_ddr_gemv_rt<R, R::TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS, out_banks<R>(),
-                       CODE_COLS, CODE_GROUPS>(n, ROWS, COLS, xq, as, ddr + at, ddr1 + at, ddr2 + at, ddr3 + at,
-                                               TOKEN_OUT_ARGS, probe, xs, sim);
+      brom_ddr_gemv_rt<R, R::MAX_TILES, rm::WEIGHT_PORT_BITS, rm::WEIGHT_PORTS, false, R::TOKENS, out_banks<R>(),
+                       CODE_COLS, CODE_GROUPS, R::VAR_TILES>(n, ROWS, COLS, xq, as, ddr + at, ddr1 + at, ddr2 + at,
+                                                             ddr3 + at, TOKEN_OUT_ARGS, probe, xs, sim, TILES);
     } else {
       const int pb = BANK_OFFSETS.at[BANK_PLANES][l][LIN], qb = BANK_OFFSETS.at[BANK_PARAMS][l][LIN],
                 ab = BANK_OFFSETS.at[BANK_AUX][l][LIN];
@@ -794,8 +819,8 @@ void csim_tensor_gemv(int l, int n, CODES_IN, DDR_PORT_PARAMS, TOKEN_OUTS, int s
     }
     if constexpr (R::DDR) {
       typedef DdrStream<DdrStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>, rm::WEIGHT_PORT_BITS> P;
-      P::count(cyc, P::rounds(R::TILES, rm::WEIGHT_PORTS), ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN,
-               P::y_rows(R::TILES, rm::WEIGHT_PORTS, out_banks<R>()));
+      P::count(cyc, P::rounds(TILES, rm::WEIGHT_PORTS), ROWS, COLS, R::MIN_ROWS, R::ROW_ALIGN,
+               R::VAR_TILES ? 1 : P::y_rows(TILES, rm::WEIGHT_PORTS, out_banks<R>()));
     } else { // parallel tiles: one tile's cycles
       BromStepConfig<R::GROUP, R::BITS, R::DP, R::SF, R::CQ>::count(cyc, n, slots, ROWS, COLS, min_rows);
     }
@@ -833,13 +858,13 @@ void csim_bank_gemv(int l, int lin, int n, CODES_IN, DDR_PORT_PARAMS, TOKEN_OUTS
 template <int U>
 void gemv_unit(int l, int lin, int n, CODES_IN, TOKEN_OUTS, DDR_PORT_PARAMS, Acct &a, int pair_lin, PAIR_OUTS) {
   typedef Unit<U> R;
-  Cycles &cyc = R::HEAD ? a.head : a.gemv;
+  Cycles &cyc = lin >= L_EMBD ? a.head : a.gemv;
 #ifdef __SYNTHESIS__
   typedef EngineOf<U> E;
   constexpr int NG = E::MAX_COLS / R::GROUP;
   acc_t xs[NG];
-  const int rows = lin_rows(lin) / R::TILES, cols = lin_cols(lin);
-  static acc_t probe[R::TILES][NG * E::MAX_ROWS]; // not written (PROBE = false)
+  const int rows = lin_rows(lin) / tiles_on<R>(lin), cols = lin_cols(lin);
+  static acc_t probe[R::MAX_TILES][NG * E::MAX_ROWS]; // not written (PROBE = false)
   engine_tiles<U>(std::integral_constant<bool, on_two_banks(U)>(), l, lin, pair_lin, n, rows, cols, xq, as, DDR_PORTS,
                   TOKEN_OUT_ARGS, PAIR_OUT_ARGS, probe, xs, cyc);
 #else
@@ -1462,9 +1487,11 @@ LAYER_ATT_FFN: // two blocks' queries per iteration, each beside the FFN of the 
 }
 
 // The embedding row of token `id`, from its ROM or streamed from ddr.
+// Its shape is its own (a tied embedding streamed on the layers' DDR engine is a tensor of that engine's).
+constexpr int EMBD_TILES = lin_tiles(0, L_EMBD), EMBD_ROWS = rm::VOCAB / EMBD_TILES;
 template <class E>
 void embed(std::true_type /*in DDR*/, int id, const rom_word_t *ddr, float *out, LayerCycles &cyc) {
-  embedding_row_ddr<rm::WEIGHT_PORT_BITS, E::TILES, E::MAX_ROWS, E::MAX_COLS, E::GROUP, E::BITS, E::SF>(
+  embedding_row_ddr<rm::WEIGHT_PORT_BITS, EMBD_TILES, EMBD_ROWS, rm::DIM, E::GROUP, E::BITS, E::SF>(
       id, ddr + lin_ddr(0, L_EMBD), out, cyc);
 }
 template <class E>
@@ -1731,12 +1758,13 @@ void for_each_tensor(F &&f) {
 void pack_ddr_tensors(const rom_word_t *ddr) {
   for_each_tensor([&](int l, auto lin_c, auto r) {
     typedef decltype(r) R;
-    constexpr int LIN = decltype(lin_c)::value, ROWS = lin_rows(LIN) / R::TILES, COLS = lin_cols(LIN);
+    constexpr int LIN = decltype(lin_c)::value, TILES = tiles_on<R>(LIN), ROWS = lin_rows(LIN) / TILES;
+    constexpr int COLS = lin_cols(LIN);
     if constexpr (R::DDR) {
       if (LIN == L_EMBD && HEAD_LIN != L_EMBD) return;
       typedef DdrTileSource<ROWS, COLS, R::GROUP, R::BITS, R::SF> T;
-      InterleavedTiles<R::TILES, ROWS, T> src;
-      for (int t = 0; t < R::TILES; ++t) src.tile[t] = T{ddr + lin_ddr(l, LIN) + t * T::D::TILE_WORDS};
+      InterleavedTiles<TILES, ROWS, T> src;
+      for (int t = 0; t < TILES; ++t) src.tile[t] = T{ddr + lin_ddr(l, LIN) + t * T::D::TILE_WORDS};
       csim_pack_tile_from<lin_rows(LIN), COLS, R::GROUP, R::BITS>(src, g_packed[l][LIN]);
     }
   });

@@ -359,6 +359,30 @@ def test_missing_or_corrupt_ddr_image_is_refused_naming_the_file(ddr_build, tmp_
 
 
 @needs_gxx
+@needs_gxx
+def test_a_kv260_streams_the_head_on_the_layers_ddr_engine(tiny_models, tmp_path):
+    """On a KV260 (128-bit weight ports) a 4-bit G32 step is one port word, so an untied head of the layers' 4 bits,
+    streamed from DDR in its own 24 tiles, runs on the DDR engine of layer 1 (model_header.head_on_layers_engine,
+    roma_core.cpp head_on_layers: the engine takes the tiles at run time). The synthesis object holds that one DDR
+    engine beside the ROM one, as the plan counts it, and the emulated board's logits are the golden model's."""
+    from roma_runtime.backends.emulated import EmuBackend
+    from roma_runtime.compiler.placement import footprint
+
+    out = tmp_path / "kv260"
+    compile_model(tiny_models["q4_1"], out, progress=False, ddr="1,head",
+                  **{**DEFAULT_BUILD, "board": "kv260", "embedding_bits": 4})
+    header = (out / "roma_model.h").read_text()
+    assert "constexpr int UNIT_WQ[N_LAYERS] = {0, 1};" in header and "constexpr int UNIT_OUTPUT = 1;" in header
+    assert f"constexpr int TILES_OUTPUT = {ddr_tiles(49152, 4)};" in header and "TILES_WQ[N_LAYERS] = {4, 4};" in header
+    report = footprint.verdict(footprint.measure(out))
+    assert report["ok"] and report["engines"] == {"engines": 2, "configurations": 2}
+    assert report["kernels"]["DDR-streamed GEMV"]["rtl_instances"] == 1
+    emu = EmuBackend(out, progress=False)
+    logits = emu.forward(IDS, emu.new_cache(64))
+    assert_within_float_noise(logits, golden_variant_logits(load_build(out), IDS), TOL)
+    assert emu.last_cycles()["lm_head"] > 0
+
+
 def test_smollm2_2bit_on_kv260_streams_from_ddr_and_matches_the_golden_model(smollm2, tmp_path):
     """SmolLM2-135M at 2 bits (RTN G64) placed for a KV260 (its default 2K context): the core's own buffers take
     the BRAM, so every layer and the tied lm head stream from DDR. On the emulated board the logits and the greedy token are within the golden quant

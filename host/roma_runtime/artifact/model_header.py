@@ -38,7 +38,9 @@ Also generated for the top (hw/hls/roma_core.cpp):
 - the GEMV engines and their weight banks: one engine per distinct configuration (bits, group, scale format,
   tiles, and tier: BRAM ROM, URAM or DDR-streamed) of the layers' linears, shared by every layer and linear of
   that configuration (the engine takes a tensor's rows and columns at run time); the embedding and an untied
-  output are engines of their own. UNIT_<LINEAR>[N_LAYERS], UNIT_TOKEN_EMBD and UNIT_OUTPUT number each tensor's
+  output are engines of their own, except a head streamed from DDR where a weight port word holds one step at most
+  (head_on_layers_engine): it runs on the layers' DDR engine of its configuration tiled as the weight ports, with
+  tiles of its own. UNIT_<LINEAR>[N_LAYERS], UNIT_TOKEN_EMBD and UNIT_OUTPUT number each tensor's
   engine (0.. in order of first use: linear by linear, layer by layer, then token_embd and output; a tied output
   repeats token_embd's), N_UNITS counts them. An on-chip engine's bank stacks its tensors in that same order,
   tile by tile (bank [TILES][words]); roma_core.cpp computes each tensor's offset in it from that order.
@@ -60,6 +62,7 @@ from ..model.config import ModelConfig
 from ..model.weights import LayerWeights
 from .boards import get_board
 from .brom_image import SCALE_FORMATS
+from .ddr_image import ddr_step_words
 from .kv_layout import KvLayout
 
 
@@ -94,6 +97,15 @@ def _impl(reservation: dict | None) -> str:
 
 def _bool(v) -> str:
     return "true" if v else "false"
+
+
+def head_on_layers_engine(bits: int, group: int, tiles: int, port_bits: int, ports: int) -> bool:
+    """Whether an lm head streamed from DDR in `tiles` tiles runs on the layers' DDR engine of its bits, group and
+    scales (tiled as the board's `ports` weight ports; roma_core.cpp head_on_layers), not on an engine of its own.
+    Where a weight port word holds one step at most, that stream writes each output in its last group's step
+    (brom_ddr.h: no pass after the rounds), so the head's own tile count, a multiple of the ports, costs the shared
+    engine nothing but taking its tiles at run time."""
+    return ddr_step_words(bits, group) >= port_bits // 32 and tiles % ports == 0
 
 
 def ffn_pair(pairs: list[tuple], streams) -> tuple | None:
@@ -177,9 +189,15 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
 
     units: dict[tuple, int] = {}  # configuration (and, for the embedding and output, their own role) -> engine
     members: dict[int, list] = {}  # engine -> its on-chip tensors in bank order
+    hw = get_board(board)
+    head = "output" if "output" in tensors else "token_embd"  # the tensor the lm head's GEMV streams
 
     def unit_of(name: str, e: dict, role: str) -> int:
-        u = units.setdefault((role,) + configuration(e), len(units))
+        key = (role,) + configuration(e)
+        if role == head and tier(e) == "ddr" and head_on_layers_engine(
+                e["bits"], e["group"], e.get("tiles", tiles_default), hw.weight_port_bits, hw.weight_ports):
+            key = ("layers", e["bits"], e["group"], e["scales"], hw.weight_ports, "ddr")
+        u = units.setdefault(key, len(units))
         if offset(e) < 0:
             members.setdefault(u, []).append(name)
         return u

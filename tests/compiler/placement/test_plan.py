@@ -229,10 +229,30 @@ def test_kv260_cannot_hold_the_cores_own_arrays_at_8k(smollm2):
     # a build for a 2K context, the KV260's default (boards.json max_context), has a quarter of the scores, and fits
     short = P.make_plan(smollm2, "kv260", bits=4, group=32, lora_rank=0)
     assert short.context == 2048 and not short.over_budget and short.bram36_used <= 115
-    # its memory fits, and so does its logic by the estimate: one GEMV engine for all layers and linears (and the
-    # head's), not one per linear
+    # its memory fits, and so does its logic by the estimate: one GEMV engine for all layers and linears, not one per
+    # linear (the head, at the layers' 4 bits here, streams on it too)
     assert short.logic_over == [] and "logic estimate above" not in short.summary
-    assert [e["role"] for e in short.engines if e["gemv"]] == ["layers", "token_embd"]
+    assert [e["role"] for e in short.engines if e["gemv"]] == ["layers"]
+
+
+def test_a_streamed_head_shares_the_layers_ddr_engine_where_a_port_word_holds_a_step(smollm2):
+    # a KV260's 128-bit weight port word is one 2-bit G64 step: the tied head, requantized to the layers' width,
+    # streams on their DDR engine with tiles of its own (model_header.head_on_layers_engine), so the build has one
+    # GEMV engine and its datapaths, candidate stage and locals once (the estimate was 99% of the LUTs with two)
+    kw = dict(bits=2, group=64, lora_rank=0)
+    kv = P.make_plan(smollm2, "kv260", **kw)
+    assert [e["role"] for e in kv.engines if e["gemv"]] == ["layers"] and kv.layers_streamed() == list(range(30))
+    head = next(t for t in kv.tensors if t.kind == "embedding+lm_head")
+    assert head.placement == P.DDR_STREAM and head.tiles == M.ddr_tiles(49152, 4) != 4
+    lut = kv.logic["total"]["lut"]
+    assert lut["used"] < 0.9 * lut["available"]
+    # the imported 8-bit head is another configuration: an engine of its own
+    eight = P.make_plan(smollm2, "kv260", per_tensor_bits={"token_embedding": 8}, **kw)
+    assert [e["role"] for e in eight.engines if e["gemv"]] == ["layers", "token_embd"]
+    # a U250's 512-bit port word carries four such steps, whose outputs go out after the rounds: its head keeps its
+    # engine (of one token lane, the layers' have two)
+    u250 = P.make_plan(smollm2, "u250", bits=2, group=64, scales="q8")  # its LoRA unit streams layers 26-29 too
+    assert {(e["role"], e["tier"]) for e in u250.engines if e["gemv"]} >= {("layers", "ddr"), ("token_embd", "ddr")}
 
 
 def test_embedding_leaves_the_chip_first_for_untied_models():

@@ -210,8 +210,7 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
         tokens = e["token_lanes"]
         datapaths, ddr = e["tiles"] * tokens, {}  # a datapath per PE and token lane
         if e["tier"] == "ddr":  # a chunk's steps of every token lane, shared over the chunk II
-            s = ddr_stream(e["bits"], e["group"], e["scales"], [r // e["tiles"] for r, _ in shapes],
-                           board.weight_port_bits)
+            s = ddr_stream(e["bits"], e["group"], e["scales"], e["tile_rows"], board.weight_port_bits)
             ports = min(board.weight_ports, e["tiles"])
             datapaths, ddr = ports * -(-s.lanes * tokens // s.ii), {"chunk_lanes": s.lanes, "chunk_ii": s.ii,
                                                                     "ports": ports,

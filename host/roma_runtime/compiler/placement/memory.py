@@ -25,7 +25,8 @@ impl = ROMA_LORA_IMPL; rank and scale in LUTRAM), because the plan chooses ROMA_
 
 What the top declares for a plan, array by array (roma_core.cpp and the kernel headers):
 - per GEMV engine (one per configuration: bits, group, scale format, tiles, tier; shared by every layer and
-  linear of that configuration, with the embedding and an untied output engines of their own), on chip: its bank,
+  linear of that configuration, with the embedding and an untied output engines of their own unless a streamed head
+  runs on the layers' DDR engine, model_header.head_on_layers_engine), on chip: its bank,
   Unit<U>::planes [TILES][words] of 32-bit plane words and the scale arrays of its format (fp16: scales and mins
   [TILES][params]; q8: params [TILES][params] and exps [TILES][rows]), 16 bits, each tile's words of every
   on-chip tensor of the engine stacked; a DDR engine declares no bank;
@@ -379,6 +380,11 @@ class EngineConfig:
     tier: str  # TIERS
     tiles: int = 1
 
+    def tensor_tiles(self, rows: int, ports: int) -> int:
+        """The tiles of a tensor of `rows` outputs on this engine, through `ports` weight ports: a DDR tensor's own
+        (ddr_tiles; the lm head's differ from the layers' where it runs on their DDR engine), else the engine's."""
+        return ddr_tiles(rows, ports) if self.tier == "ddr" else self.tiles
+
 
 def hw_constants() -> dict[str, int]:
     """The roma_core.h constants the arrays' sizes use."""
@@ -465,7 +471,7 @@ def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Prag
     accumulators banked
     by its chunk's lanes and its row exponents by EX_BANKS (`ddr_banks`: brom_ddr.h's LANES and EX_BANKS)."""
     shapes = [lin_shape(config, lin) for lin in set(lins)]
-    rows, cols = max(r for r, _ in shapes) // e.tiles, max(c for _, c in shapes)
+    rows, cols = max(r // e.tensor_tiles(r, ports) for r, _ in shapes), max(c for _, c in shapes)
     ng, g = cols // e.group, e.group
     # template parameters and static local constants the pragmas may name
     tpl = {"GROUP": g, "BITS": e.bits, "TILES": e.tiles, "PORTS": ports}

@@ -118,7 +118,7 @@ from ...artifact.boards import Board, ElementwiseLanes, get_board
 from ...artifact.build import BRAM_ROM, DDR_STREAM, URAM_LOAD_ONCE
 from ...artifact.interface import kernel_constants
 from ...artifact.kv_layout import KvLayout, board_sets
-from ...artifact.model_header import ffn_pair
+from ...artifact.model_header import ffn_pair, head_on_layers_engine
 from ...artifact.lora_unit import DTYPES as LORA_DTYPES
 from ...errors import RomaError
 from ...model.config import ModelConfig
@@ -185,12 +185,18 @@ class TensorPlan:
             return L_EMBD
         return HLS_LINEARS.index(self.name.rsplit(".", 1)[-1])
 
-    def engine(self, tier: str, pe: int, ports: int) -> EngineConfig:
+    def engine(self, tier: str, pe: int, board: Board) -> EngineConfig:
         """The GEMV engine that runs this tensor on `tier`: shared by the layers' linears of its configuration, its
         tiles the plan's `pe` on chip (the embedding and an untied output keep one), a DDR tensor's a multiple of
-        the board's weight `ports` that bounds its accumulators (memory.ddr_tiles: rounds of a tile per port)."""
+        the board's weight ports that bounds its accumulators (memory.ddr_tiles: rounds of a tile per port). A
+        streamed lm head runs on the layers' DDR engine of its configuration where model_header.head_on_layers_engine
+        says so, with its own tiles (EngineConfig.tensor_tiles)."""
         role = self.lin if self.lin >= L_EMBD else LAYERS
+        ports = board.weight_ports
         tiles = ddr_tiles(self.rows, ports) if tier == "ddr" else pe if role == LAYERS else 1
+        if tier == "ddr" and self.kind in ("lm_head", "embedding+lm_head") and head_on_layers_engine(
+                self.bits, self.group, tiles, board.weight_port_bits, ports):
+            role, tiles = LAYERS, ports
         return EngineConfig(role, self.bits, self.group, self.scales, tier, tiles)
 
     @property
@@ -880,18 +886,18 @@ def _gemv_cycles(engines: "_Engines", board: Board) -> float:
     tile per weight port at once; a layer's gate and up at once on the FFN pair's engines (model_header.ffn_pair)."""
     each = {}  # (lin, layer) -> (engine, cycles)
     for e, members in engines.members.items():
-        tile_rows = [lin_shape(engines.core.config, lin)[0] // e.tiles for lin, _, _ in members]
+        tile_rows = engines._tile_rows(e, [lin for lin, _, _ in members])
         for lin, layer, chip in members:
             rows, cols = lin_shape(engines.core.config, lin)
-            steps = rows * cols / e.group
+            steps, tiles = rows * cols / e.group, e.tensor_tiles(rows, board.weight_ports)
             if chip:  # a decode token splits its rows over two token lanes where the lanes are there (row_split)
                 lanes = board.token_lanes if lin < L_EMBD else 1
-                split = row_split(1, lanes, rows // e.tiles, min(tile_rows))
-                each[lin, layer] = e, steps / e.tiles / (2 if split else 1)
+                split = row_split(1, lanes, rows // tiles, min(tile_rows))
+                each[lin, layer] = e, steps / tiles / (2 if split else 1)
             else:  # rounds of a tile per weight port
-                rounds = -(-e.tiles // board.weight_ports)
+                rounds = -(-tiles // board.weight_ports)
                 s = logic.ddr_stream(e.bits, e.group, e.scales, tile_rows, board.weight_port_bits)
-                each[lin, layer] = e, steps / e.tiles * rounds / s.block_steps * s.block_chunks * s.ii
+                each[lin, layer] = e, steps / tiles * rounds / s.block_steps * s.block_chunks * s.ii
     # a layer's gate and up on the engines of the build's FFN pair run at once: the longer of the two
     gate, up = HLS_LINEARS.index("w_gate"), HLS_LINEARS.index("w_up")
     layers = sorted({layer for lin, layer in each if lin == gate and (up, layer) in each})
@@ -1057,10 +1063,16 @@ def _unit_key(unit: list[TensorPlan]):
     return "embedding" if t.kind == "embedding" else "head"
 
 
+def _runs_layers(members: tuple) -> bool:
+    """Whether an engine of these tensors ((lin, layer, on chip), ...) runs a layer's linear (else only the embedding
+    or the head)."""
+    return any(lin < L_EMBD for lin, _, _ in members)
+
+
 class _Engines:
     """The GEMV engines the top instantiates for the plan so far: one per configuration (bits, group, scale format,
     tiles, tier), shared by every layer and linear of that configuration (the embedding and an untied output have
-    their own), each with the tensors it serves. An engine costs its bank arrays (each tile's words of its on-chip
+    their own, but for a streamed head on the layers' DDR engine: TensorPlan.engine), each with the tensors it serves. An engine costs its bank arrays (each tile's words of its on-chip
     tensors, stacked) and its kernels' local arrays, sized by the largest tensor it serves (memory.bank_arrays,
     memory.engine_locals); a tensor costs what its engine grows by when it is added. Engines are numbered as
     roma_model.h numbers them: by their first tensor, linear by linear and layer by layer, then the embedding and
@@ -1092,17 +1104,22 @@ class _Engines:
             lins = [lin for lin, _, _ in kernels]
             # a DDR stream whose lanes outrun y's write port keeps two sets of accumulators (brom_ddr.h: y after);
             # its accumulators are banked by its lanes, its row exponents by EX_BANKS
-            s = logic.ddr_stream(e.bits, e.group, e.scales, [lin_shape(c.config, lin)[0] // e.tiles for lin in lins],
+            s = logic.ddr_stream(e.bits, e.group, e.scales, self._tile_rows(e, lins),
                                  c.board.weight_port_bits) if e.tier == "ddr" else None
             out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if s and s.y_after else 1,
-                                 self._tokens(e), ddr_banks=(s.lanes, s.ex_banks) if s else (1, 1),
+                                 self._tokens(kernels), ddr_banks=(s.lanes, s.ex_banks) if s else (1, 1),
                                  banks=banks)
         return out
 
-    def _tokens(self, e: EngineConfig) -> int:
-        """Its token lanes (roma_core.cpp Unit::TOKENS): the board's for the layers' engines, one for the head's,
-        which runs for the last token only."""
-        return 1 if e.role in (L_EMBD, L_OUTPUT) else self.core.board.token_lanes
+    def _tile_rows(self, e: EngineConfig, lins) -> list[int]:
+        """The rows per tile of the tensors of linears `lins` on engine e."""
+        ports = self.core.board.weight_ports
+        return [rows // e.tensor_tiles(rows, ports) for rows in (lin_shape(self.core.config, lin)[0] for lin in lins)]
+
+    def _tokens(self, members: tuple) -> int:
+        """The token lanes (roma_core.cpp Unit::TOKENS) of the engine of `members`: the board's where it runs a
+        layer's linear, one where it runs only the head, for the last token only."""
+        return self.core.board.token_lanes if _runs_layers(members) else 1
 
     def _total(self, e: EngineConfig, members: tuple) -> tuple[float, float]:
         on_chip = sorted(lin for lin, _, chip in members if chip)  # what the cost depends on
@@ -1116,7 +1133,7 @@ class _Engines:
         return t.lin, t.layer or 0, tier != "ddr"
 
     def delta(self, t: TensorPlan, tier: str) -> tuple[float, float]:
-        e = t.engine(tier, self.core.pe, self.core.board.weight_ports)
+        e = t.engine(tier, self.core.pe, self.core.board)
         before = self._total(e, self.members[e]) if e in self.members else (0.0, 0.0)
         after = self._total(e, self.members.get(e, ()) + (self._member(t, tier),))
         return after[0] - before[0], after[1] - before[1]
@@ -1126,15 +1143,15 @@ class _Engines:
         bank must leave free so that a unit like this one can still go to URAM when BRAM runs out."""
         new: dict[EngineConfig, tuple] = {}
         for t in (t for t in tensors if t.lin is not None):
-            e = t.engine("uram", self.core.pe, self.core.board.weight_ports)
+            e = t.engine("uram", self.core.pe, self.core.board)
             if e not in self.members:
                 new[e] = new.get(e, ()) + (self._member(t, "uram"),)
         return sum(self._total(e, m)[0] for e, m in new.items())
 
     def add(self, t: TensorPlan, tier: str) -> None:
-        e = t.engine(tier, self.core.pe, self.core.board.weight_ports)
+        e = t.engine(tier, self.core.pe, self.core.board)
         self.members[e] = self.members.get(e, ()) + (self._member(t, tier),)
-        t.tiles = e.tiles
+        t.tiles = e.tensor_tiles(t.rows, self.core.board.weight_ports)
 
     def _numbered(self) -> list[tuple[int, EngineConfig, tuple]]:
         """(roma_model.h's engine index, engine, tensors), in index order."""
@@ -1153,7 +1170,7 @@ class _Engines:
         c = self.core
         gemv = [e for e in self.members if self._runs_gemv(e)]
         return code_arrays(c.config, c.pragmas, c.board.token_lanes, {e.group for e in gemv},
-                           {e.group for e in gemv if e.role == LAYERS},
+                           {e.group for e in gemv if _runs_layers(self.members[e])},
                            self.ffn_pair() is not None and self.two_banks() is None)
 
     def ffn_pair(self) -> tuple | None:
@@ -1180,11 +1197,13 @@ class _Engines:
         two = self.two_banks()
         numbered = self._numbered()
         index = {e: i for i, e, _ in numbered}
-        return [{"index": i, "role": "layers" if e.role == LAYERS else HLS_LINEARS[e.role], "bits": e.bits,
+        return [{"index": i, "role": "layers" if _runs_layers(m) else HLS_LINEARS[m[0][0]],
+                 "bits": e.bits,
                  "group": e.group, "scales": e.scales, "tier": e.tier, "tiles": e.tiles,
                  "linears": sorted({HLS_LINEARS[lin] for lin, _, _ in m}, key=HLS_LINEARS.index),
                  "tensors": len(m), "on_chip": sum(1 for *_, chip in m if chip), "gemv": self._runs_gemv(e),
-                 "token_lanes": self._tokens(e),
+                 "token_lanes": self._tokens(m),
+                 "tile_rows": self._tile_rows(e, sorted({lin for lin, _, _ in m})),
                  "two_banks_with": index[two[1] if e == two[0] else two[0]] if two and e in two else None}
                 for i, e, m in numbered]
 
