@@ -612,18 +612,54 @@ inline void quantize_group(std::true_type, int cols, int n, TOKEN_INS, CODE_PARA
 template <int G>
 inline void quantize_group(std::false_type, int, int, const float *, const float *, const float *, const float *,
                            act_t[TT][CODE_COLS], float[TT][CODE_GROUPS], Cycles &) {}
+// The groups above the activation lanes (act_quant's three-loop form) that a quantizer of the role (LAYERS_ONLY: the
+// layers' GEMVs, else the head's too) serves: where there are several (a KV260's G64 layers and G32 8-bit head), one
+// instance per token lane takes each at run time (act_quant's VAR_GROUP), sized by the smallest.
+constexpr int wide_group(bool layers_only, int at_least) {
+  return group_used(at_least, layers_only) ? at_least : at_least < 128 ? wide_group(layers_only, 2 * at_least) : 0;
+}
+constexpr bool wide_shared(bool layers_only) {
+  return wide_group(layers_only, 2 * GEMV_IN_LANES) > 0 &&
+         wide_group(layers_only, 2 * wide_group(layers_only, 2 * GEMV_IN_LANES)) > 0;
+}
+constexpr bool wide_lanes(bool layers_only, int at_least) { // whether the layers use one of them: the token lanes
+  return at_least <= 128 && ((group_used(at_least, true) && group_used(at_least, layers_only)) ||
+                             wide_lanes(layers_only, 2 * at_least));
+}
+template <bool LAYERS_ONLY>
+inline void quantize_wide(std::true_type, int group, int cols, int n, TOKEN_INS, CODE_PARAMS, Cycles &cyc) {
+#pragma HLS INLINE
+  constexpr int G = wide_group(LAYERS_ONLY, 2 * GEMV_IN_LANES), LANES = GEMV_IN_LANES;
+  constexpr bool BLOCKS = wide_lanes(LAYERS_ONLY, 2 * GEMV_IN_LANES);
+  constexpr int C1 = BLOCKS ? TC1 : 0, C2 = BLOCKS ? TC2 : 0, C3 = BLOCKS ? TC3 : 0;
+  Cycles beside;
+  act_quant<CODE_COLS, G, LANES, true>(cols, x0, xq[0], as[0], cyc, group);
+  if (C1 && n > 1) act_quant<CODE_COLS, G, LANES, true>(cols, x1, xq[C1], as[C1], beside, group);
+  if (C2 && n > 2) act_quant<CODE_COLS, G, LANES, true>(cols, x2, xq[C2], as[C2], beside, group);
+  if (C3 && n > 3) act_quant<CODE_COLS, G, LANES, true>(cols, x3, xq[C3], as[C3], beside, group);
+}
+template <bool LAYERS_ONLY>
+inline void quantize_wide(std::false_type, int, int, int, const float *, const float *, const float *, const float *,
+                          act_t[TT][CODE_COLS], float[TT][CODE_GROUPS], Cycles &) {}
+// Whether group g has a quantizer of its own in the role: used, and not one of the wide groups it shares.
+constexpr bool own_quantizer(int g, bool layers_only) {
+  return group_used(g, layers_only) && !(wide_shared(layers_only) && g > GEMV_IN_LANES);
+}
 template <bool LAYERS_ONLY>
 inline void quantize_lanes(int l, int lin, int n, TOKEN_INS, CODE_PARAMS, Cycles &cyc) {
 #pragma HLS INLINE
   const int group = lin_group(l, lin), cols = lin_cols(lin);
-  if (group == 32)
-    quantize_group<32>(std::integral_constant<bool, group_used(32, LAYERS_ONLY)>(), cols, n, TOKEN_IN_ARGS, CODE_ARGS,
-                       cyc);
+  if (wide_shared(LAYERS_ONLY) && group > GEMV_IN_LANES)
+    quantize_wide<LAYERS_ONLY>(std::integral_constant<bool, wide_shared(LAYERS_ONLY)>(), group, cols, n,
+                               TOKEN_IN_ARGS, CODE_ARGS, cyc);
+  else if (group == 32)
+    quantize_group<32>(std::integral_constant<bool, own_quantizer(32, LAYERS_ONLY)>(), cols, n, TOKEN_IN_ARGS,
+                       CODE_ARGS, cyc);
   else if (group == 64)
-    quantize_group<64>(std::integral_constant<bool, group_used(64, LAYERS_ONLY)>(), cols, n, TOKEN_IN_ARGS, CODE_ARGS,
-                       cyc);
+    quantize_group<64>(std::integral_constant<bool, own_quantizer(64, LAYERS_ONLY)>(), cols, n, TOKEN_IN_ARGS,
+                       CODE_ARGS, cyc);
   else
-    quantize_group<128>(std::integral_constant<bool, group_used(128, LAYERS_ONLY)>(), cols, n, TOKEN_IN_ARGS,
+    quantize_group<128>(std::integral_constant<bool, own_quantizer(128, LAYERS_ONLY)>(), cols, n, TOKEN_IN_ARGS,
                         CODE_ARGS, cyc);
 }
 // Tensor (l, lin)'s codes for the block's n inputs, right before the GEMV that reads them: a decode token's, a layer's

@@ -109,6 +109,17 @@ long run_datapath(const Case &c, const BromImageHost &img, const BromImageHost *
       for (int o = 0; o < R; ++o) tally.check(float_to_bits(y[o]) == float_to_bits(y16[o]));
       for (size_t i = 0; i < dot.size(); ++i) tally.check(dot[i] == dot16[i]);
     }
+    if constexpr (GROUP >= 2 * ACT_LANES && GROUP > 32) { // a quantizer that takes its group at run time (VAR_GROUP),
+      // sized for G32 (roma_core's for a KV260's G64 layers and G32 head): the same codes and scales, the same cycles
+      std::vector<act_t> xqv(COLS);
+      std::vector<float> asv(COLS / 32);
+      Cycles cv, cf;
+      act_quant<COLS, 32, ACT_LANES, true>(COLS, &x[(size_t)t * COLS], xqv.data(), asv.data(), cv, GROUP);
+      act_quant<COLS, GROUP>(COLS, &x[(size_t)t * COLS], xq.data(), a_scale.data(), cf);
+      for (int i = 0; i < COLS; ++i) tally.check(xqv[i] == xq[i]);
+      for (int g = 0; g < NG; ++g) tally.check(float_to_bits(asv[g]) == float_to_bits(a_scale[g]));
+      tally.check(cv.act_quant == cf.act_quant);
+    }
     if constexpr (BITS == 2) { // a whole group a cycle (an Alveo build's act_lanes): the same codes, sums and outputs
       typedef BromTileConfig<ROWS, COLS, GROUP, BITS, DP, SF, GROUP / QUAD> CW;
       std::vector<act_t> xqw(COLS);
@@ -235,8 +246,9 @@ void brom_ddr_gemv(const act_t xq[COLS], const float a_scale[COLS / GROUP], cons
 // streams the lm head), sized for twice its tiles: y bit for bit as with the tiles fixed (yd), the same chunk loop's
 // cycles; only DDR_Y's rows a cycle may differ (one a cycle at run-time tiles).
 template <int PORT_BITS, int TILES, int PORTS, int Y_BANKS, class C>
-void check_var_tiles(const std::vector<act_t> &xq, const std::vector<float> &a_scale, const std::vector<rom_word_t> &ddr,
-                     const std::vector<float> &yd, const Cycles &fixed, Tally &tally) {
+void check_var_tiles(const std::vector<act_t> &xq, const std::vector<float> &a_scale,
+                     const std::vector<rom_word_t> &ddr, const std::vector<float> &yd, const Cycles &fixed,
+                     Tally &tally) {
   constexpr int ROWS = C::MAX_ROWS, COLS = C::MAX_COLS, NG = C::NG, R = TILES * ROWS;
   static acc_t probe[2 * TILES][NG * ROWS]; // not written (PROBE = false)
   std::vector<float> yv(R, -1.0f);
@@ -300,7 +312,8 @@ long run_ddr(const Case &c, const BromImageHost &img, Tally &tally, uint64_t &cy
     }
     for (size_t i = 0; i < dot.size(); ++i) tally.check(dotd[i] == dot[i]);
     for (int g = 0; g < NG; ++g) tally.check(xsd[g] == xsum[g] && xsp[g] == xsum[g]);
-    if constexpr (TILES % PORTS == 0) check_var_tiles<PORT_BITS, TILES, PORTS, Y_BANKS, C>(xq, a_scale, ddr, yd, cyd, tally);
+    if constexpr (TILES % PORTS == 0)
+      check_var_tiles<PORT_BITS, TILES, PORTS, Y_BANKS, C>(xq, a_scale, ddr, yd, cyd, tally);
   }
   return tally.mismatches - before;
 }

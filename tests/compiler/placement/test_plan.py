@@ -246,9 +246,14 @@ def test_a_streamed_head_shares_the_layers_ddr_engine_where_a_port_word_holds_a_
     assert head.placement == P.DDR_STREAM and head.tiles == M.ddr_tiles(49152, 4) != 4
     lut = kv.logic["total"]["lut"]
     assert lut["used"] < 0.9 * lut["available"]
-    # the imported 8-bit head is another configuration: an engine of its own
+    # the imported 8-bit head is another configuration: an engine of its own; its group of 32, like the layers' 64
+    # above the board's 16 activation lanes, takes the one quantizer right before a GEMV at run time (memory.quantizers)
     eight = P.make_plan(smollm2, "kv260", per_tensor_bits={"token_embedding": 8}, **kw)
     assert [e["role"] for e in eight.engines if e["gemv"]] == ["layers", "token_embd"]
+    assert M.quantizers({32, 64}, {64}, 1, 16) == {32: 1, 64: 1}  # quantize_block's for both, quantize_ahead's
+    assert M.quantizers({32, 64}, {64}, 1, 64) == {32: 1, 64: 2}  # at 64 lanes each group has its own
+    quant = [u for u in eight.logic["units"] if u["unit"].startswith("activation quantizer")]
+    assert [(u["inputs"]["simd"], u["count"]) for u in quant] == [(16, 2)]
     # a U250's 512-bit port word carries four such steps, whose outputs go out after the rounds: its head keeps its
     # engine (of one token lane, the layers' have two)
     u250 = P.make_plan(smollm2, "u250", bits=2, group=64, scales="q8")  # its LoRA unit streams layers 26-29 too

@@ -44,7 +44,8 @@ Two banks (roma_core.cpp TWO_BANKS: the FFN pair's BRAM-ROM and URAM engines as 
   decoded scale and minimum among the banks' ports (32 * WPS + 32 LUTs) and of its output between y and z (32).
 Activation quantizer (act_quant, SIMD = A_g, the board's act lanes at most group g): roma_core's two, quantize_block
   (right before the GEMV that reads its codes) and quantize_ahead (beside the GEMV before it), each one per token lane
-  and group its GEMVs use (quantize_ahead the layers' groups only); per lane an integer compare of 31 bits, an fmul
+  and group its GEMVs use (quantize_ahead the layers' groups only; the groups above the lanes share one where there
+  are several, memory.quantizers); per lane an integer compare of 31 bits, an fmul
   and a round/clip of 8 bits; 2 fdiv (the scale and its inverse).
 LoRA apply (lora_apply, scalar): fp16->fp32, 2 fmul and 1 fadd in each of its two loops, then 1 fmul and 1 fadd.
 Attention (attention_lanes, a datapath per token lane; GROUP = HEADS / KV_HEADS query heads per KV head, SIMD =
@@ -78,7 +79,7 @@ from ...artifact.ddr_image import ddr_param_words, ddr_step_words
 from ...artifact.interface import kernel_constants
 from ...artifact.kv_layout import KvLayout, board_sets
 from ...model.config import ModelConfig
-from .memory import LINEARS, lin_shape, pv_partials, quantizer_instances
+from .memory import LINEARS, lin_shape, pv_partials, quantizers as quantizer_counts
 
 LABEL = "estimate (FINN MVAU-style formulas and fixed fp32 operator costs; not a synthesis report)"
 
@@ -241,15 +242,16 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
     # an engine's activation lanes: the board's, at most its group; the two-bank engine's once (its URAM engine's)
     gemv = [e for e in engines if e["gemv"] and not (e.get("two_banks_with") is not None and e["tier"] == "rom")]
     # the quantizers: quantize_block's per group of every GEMV, quantize_ahead's per group of the layers', each per
-    # token lane of the layers' engines (a group of the head's only: one lane, in quantize_block)
+    # token lane of the layers' engines (a group of the head's only: one lane, in quantize_block); a role's groups
+    # above the board's lanes share one (memory.quantizers)
     token_lanes = max((e["token_lanes"] for e in gemv), default=1)
     layer_groups = {e["group"] for e in gemv if e["role"] == "layers"}
     quantizers = Counter()
-    for g in {e["group"] for e in gemv}:
-        quantizers[board.engine_act_lanes(g)] += quantizer_instances(g, layer_groups, token_lanes)
+    for g, n in quantizer_counts({e["group"] for e in gemv}, layer_groups, token_lanes, board.act_lanes).items():
+        quantizers[board.engine_act_lanes(g)] += n
     for lanes, n in sorted(quantizers.items()):
-        units.append(_unit(f"activation quantizer of {lanes} lanes (two per group and token lane: before and beside "
-                           f"a GEMV)", n, *act_quantizer(lanes), {"simd": lanes, "quantizers": n}))
+        units.append(_unit(f"activation quantizer of {lanes} lanes (before and beside a GEMV, per group and token "
+                           f"lane)", n, *act_quantizer(lanes), {"simd": lanes, "quantizers": n}))
     stages = Counter()
     for e in gemv:
         stages[engine_datapath(e["bits"], datapath), board.engine_act_lanes(e["group"])] += e["token_lanes"]

@@ -45,7 +45,7 @@ What the top declares for a plan, array by array (roma_core.cpp and the kernel h
   inputs' codes q0, q1 [CODE_COLS] int8 and scales s0, s1 [CODE_COLS / smallest group], a row per lane), of
   attention (ql, acc, a row per lane) and of the activation quantizers (act_quant's amax_bits and inv
   [CODE_COLS / group], per group, token lane and quantizer: quantize_block's, and quantize_ahead's for the layers'
-  groups).
+  groups; a role's groups above the activation lanes share one, sized by the smallest: quantizers).
 Not listed: locals the footprint finds in LUTRAM or registers in every build (sampler pools, RoPE tables,
 partial sums, the status words); they cost no block RAM.
 """
@@ -494,19 +494,27 @@ def engine_locals(config: ModelConfig, e: EngineConfig, lins, pragmas: list[Prag
     return out
 
 
-def quantizer_instances(group: int, layer_groups: set, token_lanes: int) -> int:
-    """roma_core.cpp's activation quantizers of `group`: quantize_block's and quantize_ahead's, one per token lane,
-    where the layers' GEMVs use the group (`layer_groups`); else quantize_block's lane 0 only (the head's)."""
-    return 2 * token_lanes if group in layer_groups else 1
+def quantizers(groups: set, layer_groups: set, token_lanes: int, act_lanes: int) -> dict[int, int]:
+    """roma_core.cpp's activation quantizers, as {the group that sizes them: instances}: quantize_block's for the
+    groups of every GEMV (`groups`) and quantize_ahead's for the layers' (`layer_groups`), one per group and token
+    lane where the layers use the group, else lane 0's only (the head's). A role's groups above the board's
+    `act_lanes` share one quantizer per lane where it has several of them (quantize_wide: act_quant's three-loop form
+    takes its group at run time), sized by the smallest."""
+    out: dict[int, int] = {}
+    for role in (groups, layer_groups):
+        wide = sorted(g for g in role if g > act_lanes)
+        kinds = [[g] for g in sorted(role) if g not in wide or len(wide) < 2] + ([wide] if len(wide) > 1 else [])
+        for kind in kinds:
+            out[kind[0]] = out.get(kind[0], 0) + (token_lanes if set(kind) & layer_groups else 1)
+    return out
 
 
 def code_arrays(config: ModelConfig, pragmas: list[Pragma], token_lanes: int, groups: set, layer_groups: set,
-                pair_codes: bool) -> list[Array]:
+                pair_codes: bool, act_lanes: int) -> list[Array]:
     """The GEMV inputs' activation codes (roma_core.cpp forward's q0, q1 [CODE_COLS] int8 and s0, s1 [CODE_COLS /
     smallest group] fp32, a row per token lane; pair_gemvs' uq, us where the FFN pair is two engines side by side,
-    `pair_codes`) and the quantizers' locals (act_quant's amax_bits and inv [CODE_COLS / group]: quantize_block's per
-    group of the GEMVs, `groups`, and token lane, quantize_ahead's per group of the layers', `layer_groups`; a group
-    of the head's only has one lane)."""
+    `pair_codes`) and the quantizers' locals (act_quant's amax_bits and inv [CODE_COLS / group] of each quantizer:
+    `quantizers` of the GEMVs' `groups` and the layers' `layer_groups` at the board's `act_lanes`)."""
     cols = max(config.dim, config.ffn_dim)
     ng = cols // min(groups)
     out = [_local("forward", var, bits, [token_lanes, n], pragmas, None)
@@ -514,9 +522,8 @@ def code_arrays(config: ModelConfig, pragmas: list[Pragma], token_lanes: int, gr
     if pair_codes:
         out += [_local("pair_gemvs", "uq", 8, [token_lanes, cols], pragmas, {}),
                 _local("pair_gemvs", "us", 32, [token_lanes, ng], pragmas, {})]
-    for g in sorted(groups):
-        out += [_local("act_quant", var, 32, [cols // g], pragmas, {"COLS": cols, "GROUP": g},
-                       quantizer_instances(g, layer_groups, token_lanes))
+    for g, n in sorted(quantizers(groups, layer_groups, token_lanes, act_lanes).items()):
+        out += [_local("act_quant", var, 32, [cols // g], pragmas, {"COLS": cols, "GROUP": g}, n)
                 for var in ("amax_bits", "inv")]
     return out
 

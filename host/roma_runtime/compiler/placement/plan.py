@@ -1171,7 +1171,7 @@ class _Engines:
         gemv = [e for e in self.members if self._runs_gemv(e)]
         return code_arrays(c.config, c.pragmas, c.board.token_lanes, {e.group for e in gemv},
                            {e.group for e in gemv if _runs_layers(self.members[e])},
-                           self.ffn_pair() is not None and self.two_banks() is None)
+                           self.ffn_pair() is not None and self.two_banks() is None, c.board.act_lanes)
 
     def ffn_pair(self) -> tuple | None:
         """(w_gate's engine, w_up's) of the build's FFN pair (model_header.ffn_pair over the layers' gate and up

@@ -13,6 +13,10 @@
 // At SIMD == GROUP (an Alveo build's 64 lanes at G64) the three are one loop over the groups, a group per
 // iteration (ACT_GROUPS: its max, scale, reciprocal and codes; nothing passes between groups, so II=1 with the three
 // depths once): cols / GROUP + depths, the same operations on the same values.
+// A group at run time (VAR_GROUP; the three-loop form only): one instance quantizes for every group that is a
+// power-of-two multiple of GROUP, GROUP the smallest (it sizes the scales): a group's steps are counted by shifts and
+// masks of the run-time group's log2, so the ops per group, and the values, are those of an instance of that group.
+// roma_core.cpp's quantizers take every group above their lanes this way (a KV260's 16 lanes: G32 and G64 alike).
 // The GEMV engines run it at SIMD = their activation lanes (roma_core.cpp Unit::ACT: the build's ROMA_ACT_LANES, at
 // most the group; ACT_LANES in types.h is the kernels' default); x and xq must then deliver SIMD elements per cycle,
 // which is the caller's to declare (HLS_RULES.md: a partition on an argument holds only where it propagates):
@@ -40,9 +44,9 @@ struct ActQuantConfig {
   static constexpr int QUANT_DEPTH = 2 + timing::FMUL_LATENCY + 2;      // load, mul, round, clip/store
   // a vector of `cols` inputs (a multiple of GROUP, at most COLS)
   static constexpr bool GROUPS = SIMD == GROUP; // one loop, a group per iteration
-  static constexpr uint64_t cycles(int cols) {
+  static constexpr uint64_t cycles(int cols, int group = GROUP) {
     return GROUPS ? (uint64_t)(cols / GROUP) * timing::II + AMAX_DEPTH + SCALE_DEPTH + QUANT_DEPTH
-                  : (uint64_t)(cols / SIMD) * timing::II + AMAX_DEPTH + (uint64_t)(cols / GROUP) * timing::II +
+                  : (uint64_t)(cols / SIMD) * timing::II + AMAX_DEPTH + (uint64_t)(cols / group) * timing::II +
                         SCALE_DEPTH + (uint64_t)(cols / SIMD) * timing::II + QUANT_DEPTH;
   }
   static constexpr uint64_t CYCLES = cycles(COLS);
@@ -70,19 +74,35 @@ inline float act_inverse(float scale) {
   return scale > 0.0f ? 1.0f / scale : 0.0f;
 }
 
-// The first `cols` inputs of x (a multiple of GROUP, at most COLS: one instance serves vectors of several sizes).
-template <int COLS, int GROUP, int SIMD = ACT_LANES>
-void act_quant(int cols, const float x[COLS], act_t xq[COLS], float a_scale[COLS / GROUP], Cycles &cyc) {
+// log2 of a power of two below 2^16 (a priority encoder: no divider).
+inline int log2_pow2(int v) {
+#pragma HLS INLINE
+  int b = 0;
+  for (int k = 1; k < 16; ++k) {
+#pragma HLS UNROLL
+    if (v == 1 << k) b = k;
+  }
+  return b;
+}
+
+// The first `cols` inputs of x (a multiple of the group, at most COLS: one instance serves vectors of several sizes),
+// in groups of GROUP, or of `group` (VAR_GROUP: a power-of-two multiple of GROUP, at run time).
+template <int COLS, int GROUP, int SIMD = ACT_LANES, bool VAR_GROUP = false>
+void act_quant(int cols, const float x[COLS], act_t xq[COLS], float a_scale[COLS / GROUP], Cycles &cyc,
+               int group = GROUP) {
   typedef ActQuantConfig<COLS, GROUP, SIMD> C;
+  static_assert(!VAR_GROUP || !C::GROUPS, "a run-time group: the three-loop form (SIMD below the groups)");
   constexpr int STEPS_PER_GROUP = GROUP / SIMD;
   constexpr int MAX_STEPS = C::STEPS, MAX_NG = C::NG; // used by the pragmas
   (void)MAX_STEPS;
   (void)MAX_NG;
 #pragma HLS ARRAY_PARTITION variable = x type = cyclic factor = SIMD dim = 1
 #pragma HLS ARRAY_PARTITION variable = xq type = cyclic factor = SIMD dim = 1
+  // a group's steps, 1 << shift (powers of two): counted by masks and shifts, not dividers
+  const int shift = log2_pow2(VAR_GROUP ? group / SIMD : STEPS_PER_GROUP), last_step = (1 << shift) - 1;
   uint32_t amax_bits[C::NG] = {}; // groups past cols / GROUP are never read (zeroed so no compiler sees otherwise)
   float inv[C::NG] = {};
-  const int steps = cols / SIMD, ng = cols / GROUP;
+  const int steps = cols / SIMD, ng = VAR_GROUP ? steps >> shift : cols / GROUP;
   if (C::GROUPS) {
   ACT_GROUPS:
     for (int g = 0; g < ng; ++g) {
@@ -116,8 +136,8 @@ AMAX:
       const uint32_t a = abs_bits(x[s * SIMD + k]);
       m = a > m ? a : m;
     }
-    run = (s % STEPS_PER_GROUP == 0 || m > run) ? m : run; // powers of two: masks, not dividers
-    if (s % STEPS_PER_GROUP == STEPS_PER_GROUP - 1) amax_bits[s / STEPS_PER_GROUP] = run;
+    run = ((s & last_step) == 0 || m > run) ? m : run;
+    if ((s & last_step) == last_step) amax_bits[s >> shift] = run;
   }
 
 SCALE:
@@ -133,14 +153,14 @@ QUANT:
   for (int s = 0; s < steps; ++s) {
 #pragma HLS PIPELINE II = timing::II
 #pragma HLS LOOP_TRIPCOUNT min = STEPS_PER_GROUP max = MAX_STEPS
-    const float iv = inv[s / STEPS_PER_GROUP];
+    const float iv = inv[s >> shift];
     for (int k = 0; k < SIMD; ++k) {
 #pragma HLS UNROLL
       xq[s * SIMD + k] = act_code(x[s * SIMD + k], iv);
     }
   }
 
-  cyc.act_quant += C::cycles(cols);
+  cyc.act_quant += C::cycles(cols, VAR_GROUP ? group : GROUP);
 }
 
 } // namespace roma
