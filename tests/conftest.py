@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
@@ -117,12 +118,35 @@ def smollm2_build(smollm2):
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hls_csim_in_background(request, tmp_path_factory):
+    """(the session's HLS build folder, its `make csim` run or None). When a test of the session reads that run
+    (hls_csim), it starts with the session, in a thread (hls_tools.csim): its g++ compiles, over a minute of them,
+    run on the core the tests leave idle instead of holding up the hw tests in the second half of the suite."""
+    import hls_tools
+
+    folder = tmp_path_factory.mktemp("hls-build")
+    wanted = hls_tools.HAS_GXX and any("hls_csim" in item.fixturenames for item in request.session.items)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield folder, pool.submit(hls_tools.csim, folder) if wanted else None
+
+
 @pytest.fixture(scope="session")
-def hls_build(tmp_path_factory) -> Path:
+def hls_build(hls_csim_in_background) -> Path:
     """The folder the HLS testbenches of this session are compiled in (make -C hw/hls BUILD=...), shared by the
     test_hls_* files: each program and each golden-data set of the Makefile is made once, by whichever test
-    needs it first (`make csim` makes them all), and found up to date by the others."""
-    return tmp_path_factory.mktemp("hls-build")
+    needs it first (`make csim` makes them all), and found up to date by the others. When the session runs
+    `make csim` in the background, the folder is theirs once that run is over."""
+    folder, csim = hls_csim_in_background
+    if csim is not None:
+        wait([csim])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hls_csim(hls_csim_in_background) -> subprocess.CompletedProcess:
+    """The session's `make csim` run (hls_tools.csim), started with the session."""
+    return hls_csim_in_background[1].result()
 
 
 @pytest.fixture(scope="session")

@@ -155,11 +155,11 @@ def test_testbench_compares_q8_with_its_fp16_twin(build, random_cases, tmp_path)
     assert rc != 0 and mismatches >= 1 and "does not decode to its fp16 twin" in out, out
 
 
-def test_make_csim_target(build):
+def test_make_csim_target(hls_csim):
     """`make csim` generates the golden data and runs every testbench (model case skipped here). It compiles
-    them in the session's HLS build folder, where the other test_hls_* files find them up to date: they compile
-    without a warning here."""
-    r = hls_tools.make(build, "csim", timeout=300, GEN_FLAGS="--no-model")
+    them in the session's HLS build folder (from the session's start, conftest's hls_csim), where the other
+    test_hls_* files find them up to date: they compile without a warning here."""
+    r = hls_csim
     assert r.returncode == 0, r.stdout + r.stderr
     assert "tb_brom_tile: 0 mismatches of" in r.stdout
     assert "warning" not in r.stderr, r.stderr
