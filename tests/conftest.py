@@ -118,6 +118,18 @@ def smollm2_build(smollm2):
     return folder
 
 
+@pytest.fixture(scope="session")
+def smollm2_2bit_build(smollm2, tmp_path_factory) -> Path:
+    """SmolLM2 at 2 bits (RTN G64) for a U250, compiled once per session: the emu backend runs it, and the KV260's
+    build of the same weights is compiled from it (they pass through bit for bit; quantizing SmolLM2 is what takes
+    the time)."""
+    from roma_runtime.compiler.build import compile_model
+
+    out = tmp_path_factory.mktemp("smollm2-2bit") / "build"
+    compile_model(smollm2, out, bits=2, group=64, progress=False)
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def hls_csim_in_background(request, tmp_path_factory):
     """(the session's HLS build folder, its `make csim` run or None). When a test of the session reads that run

@@ -371,20 +371,17 @@ def test_cli_chat_runs_on_emu_by_default(smol_emu):
     assert p.stdout.strip() and "tok/s" in p.stderr  # an answer (4-bit greedy: not always "Paris") and its speed
 
 
-def test_smollm2_2bit_build_on_emu_matches_its_golden_quant_model(smollm2, tmp_path):
+def test_smollm2_2bit_build_on_emu_matches_its_golden_quant_model(smollm2, smollm2_2bit_build):
     """A SmolLM2 2-bit build (RTN, group 64) on the emulated board: its last-token logits are within the float
     noise of the golden quant model on that same build, and its greedy token is one the golden model gives under
     an equally valid fp32 evaluation (float_noise.py: at 2 bits one ulp moves the logits by several %)."""
     from float_noise import assert_within_float_noise, golden_variant_logits
-    from roma_runtime.compiler.build import compile_model
     from roma_runtime.model.loader import load_build
     from roma_runtime.backends.emulated import EmuBackend
     from roma_runtime.tokenizer import Tokenizer
 
-    out = tmp_path / "smollm2-2bit"
-    compile_model(smollm2, out, bits=2, group=64, progress=False)
-    emu = EmuBackend(out, progress=False)
-    model = load_build(out)
+    emu = EmuBackend(smollm2_2bit_build, progress=False)
+    model = load_build(smollm2_2bit_build)
     tokenizer = Tokenizer.from_model(smollm2)
     for text in PROMPTS[:2]:
         ids = tokenizer.encode(text)

@@ -355,10 +355,6 @@ def test_missing_or_corrupt_ddr_image_is_refused_naming_the_file(ddr_build, tmp_
             load(bad)
 
 
-# --- SmolLM2 at 2 bits on a KV260 -------------------------------------------------------------------------------
-
-
-@needs_gxx
 @needs_gxx
 def test_a_kv260_streams_the_head_on_the_layers_ddr_engine(tiny_models, tmp_path):
     """On a KV260 (128-bit weight ports) a 4-bit G32 step is one port word, so an untied head of the layers' 4 bits,
@@ -383,15 +379,21 @@ def test_a_kv260_streams_the_head_on_the_layers_ddr_engine(tiny_models, tmp_path
     assert emu.last_cycles()["lm_head"] > 0
 
 
-def test_smollm2_2bit_on_kv260_streams_from_ddr_and_matches_the_golden_model(smollm2, tmp_path):
+# --- SmolLM2 at 2 bits on a KV260 -------------------------------------------------------------------------------
+
+
+@needs_gxx
+def test_smollm2_2bit_on_kv260_streams_from_ddr_and_matches_the_golden_model(smollm2, smollm2_2bit_build, tmp_path):
     """SmolLM2-135M at 2 bits (RTN G64) placed for a KV260 (its default 2K context): the core's own buffers take
     the BRAM, so every layer and the tied lm head stream from DDR. On the emulated board the logits and the greedy token are within the golden quant
-    model's float noise on the same build, as at 2 bits on chip (test_emu_backend)."""
+    model's float noise on the same build, as at 2 bits on chip (test_emu_backend). Compiled from that build: its
+    weights pass through, the RTN G64 weights a compile of the GGUF gives."""
     from roma_runtime.backends.emulated import EmuBackend
     from roma_runtime.tokenizer import Tokenizer
 
     out = tmp_path / "smollm2-2bit-kv260"
-    manifest = compile_model(smollm2, out, bits=2, group=64, board="kv260", progress=False)
+    manifest = compile_model(load_build(smollm2_2bit_build), out, bits=2, group=64, board="kv260", progress=False)
+    assert {e["method"] for e in manifest["tensors"].values()} == {"passthrough"}
     assert manifest["plan"]["layers_on_chip"] == [] and manifest["plan"]["layers_streamed"] == list(range(30))
     assert is_ddr(manifest["tensors"]["token_embd"]) and not (out / "token_embd.bin").exists()
     got = []
