@@ -32,6 +32,21 @@ def smollm2() -> ModelConfig:
                        tied_embeddings=True)
 
 
+@pytest.fixture(scope="module")
+def smollm2_plan(smollm2):
+    """P.make_plan(smollm2, board, **options), each set of options planned once per module: a SmolLM2 plan takes
+    seconds, and several tests read the same ones (no test changes a plan)."""
+    plans = {}
+
+    def plan(board: str, **options) -> P.Plan:
+        key = (board, repr(sorted(options.items())))
+        if key not in plans:
+            plans[key] = P.make_plan(smollm2, board, **options)
+        return plans[key]
+
+    return plan
+
+
 def _check_invariants(plan: P.Plan) -> None:
     board = plan.board
     assert plan.total_bytes == sum(t.bytes for t in plan.tensors)
@@ -107,8 +122,8 @@ def test_the_ddr_stream_reads_whole_port_words():
 # --- SmolLM2 on real boards ------------------------------------------------------------------------------
 
 
-def test_u250_2bit_puts_the_layers_on_chip_and_q8_the_head_too(smollm2):
-    plan = P.make_plan(smollm2, "u250", bits=2, group=64, lora_rank=0)
+def test_u250_2bit_puts_the_layers_on_chip_and_q8_the_head_too(smollm2, smollm2_plan):
+    plan = smollm2_plan("u250", bits=2, group=64, lora_rank=0)
     _check_invariants(plan)
     # the banks as the HLS lays them out (32-bit plane words in WPS banks, 16-bit scale arrays, one bank per
     # engine): all 30 layers fit, the 8-bit fp16 lm head (tied embedding) streams
@@ -301,11 +316,11 @@ def test_the_prefill_chunk_is_the_boards_unless_its_buffers_cost_weights(smollm2
     assert narrow.buffers.bram36 < full.buffers.bram36 < wide.buffers.bram36
 
 
-def test_higher_lora_rank_leaves_less_room_for_layers(smollm2):
+def test_higher_lora_rank_leaves_less_room_for_layers(smollm2_plan):
     for board, bits, group in (("u250", 2, 64), ("u250", 4, 32)):
         layers, on_chip, lora = [], [], []
         for rank in (0, 1, 4, 16):
-            plan = P.make_plan(smollm2, board, bits=bits, group=group, lora_rank=rank)
+            plan = smollm2_plan(board, bits=bits, group=group, lora_rank=rank)
             _check_invariants(plan)
             layers.append(len(plan.layers_on_chip()))
             on_chip.append(plan.on_chip_bytes)
@@ -346,12 +361,12 @@ def test_every_boards_default_lora_unit_fits_smollm2(smollm2):
         assert plan.lora.bytes > 0, name
 
 
-def test_kv_cache_is_on_chip_only_when_asked(smollm2):
-    ddr = P.make_plan(smollm2, "u250", bits=2, group=64, lora_rank=0)
+def test_kv_cache_is_on_chip_only_when_asked(smollm2, smollm2_plan):
+    ddr = smollm2_plan("u250", bits=2, group=64, lora_rank=0)
     assert ddr.kv_cache.placement == "DDR" and ddr.kv_cache.bytes == 0
     onchip = P.make_plan(smollm2, "u250", bits=4, group=32, lora_rank=0, kv_tokens=64)
     assert onchip.kv_cache.bytes == 64 * 30 * 2 * 192 * 2 and onchip.kv_cache.uram > 0
-    base = P.make_plan(smollm2, "u250", bits=4, group=32, lora_rank=0)  # its URAM is the KV's, not the weights'
+    base = smollm2_plan("u250", bits=4, group=32, lora_rank=0)  # its URAM is the KV's, not the weights'
     assert onchip.on_chip_bytes <= base.on_chip_bytes and onchip.uram_used > base.uram_used
     with pytest.raises(RomaError, match="at most .* tokens fit on chip"):
         P.make_plan(smollm2, "kv260", bits=4, group=32, lora_rank=0, kv_tokens=4096)
@@ -480,7 +495,7 @@ def test_board_schema_errors_name_board_and_field(tmp_path):
         load_boards(f)
 
 
-def test_elementwise_lanes_per_board_follow_the_model(smollm2):
+def test_elementwise_lanes_per_board_follow_the_model(smollm2_plan):
     """Alveo cards wide, the KV260's SwiGLU narrow; a build halves a unit's lanes until they divide its vector; the
     logic estimate counts the units at those lanes."""
     boards = load_boards()
@@ -489,7 +504,7 @@ def test_elementwise_lanes_per_board_follow_the_model(smollm2):
     assert (tiny.norm, tiny.swiglu, tiny.rope, tiny.residual) == (16, 8, 8, 16)
     units = {}
     for board in ("u250", "kv260"):
-        logic = P.make_plan(smollm2, board, bits=2, group=64, lora_rank=0).logic
+        logic = smollm2_plan(board, bits=2, group=64, lora_rank=0).logic
         units[board] = {u["unit"].split(" (")[0]: u for u in logic["units"]}
     simd = {b: {k: units[b][k]["inputs"]["simd"] for k in ("RMSNorm", "RoPE", "SwiGLU", "residual add")}
             for b in units}
@@ -503,8 +518,8 @@ def test_elementwise_lanes_per_board_follow_the_model(smollm2):
 # --- rendering and the CLI -------------------------------------------------------------------------------
 
 
-def test_table_is_compact_per_layer_and_full_per_tensor(smollm2):
-    plan = P.make_plan(smollm2, "u250", bits=4, group=32, lora_rank=0)
+def test_table_is_compact_per_layer_and_full_per_tensor(smollm2_plan):
+    plan = smollm2_plan("u250", bits=4, group=32, lora_rank=0)
     compact, full = plan.render(), plan.render(per_tensor=True)
     assert "layers 0-12" in compact and "layers 17-29" in compact  # (ffn-pair: 0-12 BRAM-ROM+URAM, 13-16 URAM)
     assert "logic (estimate" in compact and "GEMV engine #0 layers" in compact
