@@ -108,6 +108,18 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def smollm2_hf_tokenizer():
+    """transformers' tokenizer of SmolLM2's GGUF (AutoTokenizer, gguf_file=: seconds of conversion), loaded once per
+    session: test_tokenizer's reference, and test_model's for the prompts of its transformers peer."""
+    import transformers  # a dev dependency: the reference implementation
+
+    from roma_runtime.model.loader import resolve_model_path
+
+    path = resolve_model_path("smollm2-135m")
+    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+@pytest.fixture(scope="session")
 def smollm2_build(smollm2):
     """SmolLM2's default build (4-bit G32, its Q4_1 weights passed through, for a U250): the build the emu
     backend runs, compiled once per session into the session's roma cache, where `roma chat --backend emu`

@@ -46,7 +46,6 @@ import unicodedata
 import pytest
 
 from roma_runtime.errors import RomaError
-from roma_runtime.model.loader import resolve_model_path
 from roma_runtime.tokenizer import IncrementalDecoder, Tokenizer
 
 # --- corpus --------------------------------------------------------------------------------------------------
@@ -140,11 +139,9 @@ def meta(model):
 
 
 @pytest.fixture(scope="module")
-def hf():
-    import transformers  # a dev dependency: the reference implementation
-
-    path = resolve_model_path("smollm2-135m")
-    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+def hf(smollm2_hf_tokenizer):
+    """The reference: transformers' tokenizer of the same GGUF."""
+    return smollm2_hf_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -167,11 +167,10 @@ NEAR_TIE_CHAT = ["Write a haiku about the sea."]
 
 
 @pytest.fixture(scope="module")
-def smollm2_peer():
+def smollm2_peer(smollm2_hf_tokenizer):
     path = resolve_model_path("smollm2-135m")
     model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return model, tok
+    return model, smollm2_hf_tokenizer
 
 
 @pytest.fixture(scope="module")
