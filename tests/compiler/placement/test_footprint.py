@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -25,7 +26,15 @@ HOST = Path(__file__).resolve().parents[3] / "host"
 
 
 @pytest.fixture(scope="module")
-def tiny_measured(tiny_build):
+def make_footprint(tiny_build):
+    """`make footprint` of the tiny build for a PYNQ-Z2 (test_make_target_and_bad_input), in a thread: started with
+    tiny_measured, its g++ of roma_core runs beside that of the measure in this process."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(make, tiny_build, "footprint", BOARD="pynq-z2", FOOTPRINT_FLAGS="--json", timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_measured(tiny_build, make_footprint):
     return footprint.measure(tiny_build)
 
 
@@ -271,7 +280,10 @@ def test_roma_compile_runs_the_check_and_keeps_the_build(smollm2, tiny_models, t
                                board, "--out", str(out), "--no-progress", *more], capture_output=True, text=True,
                               env=env, timeout=300)
 
-    r = compile_for("smollm2-135m", "kv260", tmp_path / "big", "--context", "8192")
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the two compiles at once, a g++ of roma_core each
+        big = pool.submit(compile_for, "smollm2-135m", "kv260", tmp_path / "big", "--context", "8192")
+        tiny = pool.submit(compile_for, tiny_models["q4_1"], "pynq-z2", tmp_path / "tiny")
+    r = big.result()
     assert r.returncode == 1, r.stderr
     assert "footprint: BRAM36" in r.stdout and "DOES NOT FIT" in r.stdout
     assert "error: the build does not fit" in r.stderr and "exceeds the kv260 budget of 115.0" in r.stderr
@@ -281,13 +293,13 @@ def test_roma_compile_runs_the_check_and_keeps_the_build(smollm2, tiny_models, t
     # ... and the plan's memory model is the object's on a Zynq board too, array by array (its narrower lanes put
     # other banks past LUTRAM's depth: forward's RoPE angles once did, unplanned)
     assert [r["array"] for r in rep["per_array"] if not r["agrees"]] == []
-    r = compile_for(tiny_models["q4_1"], "pynq-z2", tmp_path / "tiny")
+    r = tiny.result()
     assert r.returncode == 0, r.stderr
     assert ": fits" in r.stdout and json.loads((tmp_path / "tiny" / footprint.FOOTPRINT_FILE).read_text())["ok"]
 
 
-def test_make_target_and_bad_input(tiny_build, tmp_path):
-    r = make(tiny_build, "footprint", BOARD="pynq-z2", FOOTPRINT_FLAGS="--json", timeout=300)
+def test_make_target_and_bad_input(make_footprint, tmp_path):
+    r = make_footprint.result()
     assert r.returncode != 0, r.stderr
     rep = json.loads(r.stdout[r.stdout.index("{"):r.stdout.rindex("}") + 1])
     assert rep["board"] == "pynq-z2" and not rep["ok"]
