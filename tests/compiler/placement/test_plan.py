@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -574,9 +575,12 @@ def test_cli_plans_the_embedding_as_roma_compile_stores_it():
         t = next(t for t in json.loads(r.stdout)["tensors"] if t["name"] == "token_embedding")
         return t["bits"], t["group"], t["scales"]
 
-    assert embedding() == (8, 32, "fp16")
-    assert embedding("--embedding-bits", "2") == (2, 64, "q8")
-    assert embedding("--tensor-bits", "token_embedding=4") == (4, 64, "q8")
+    with ThreadPoolExecutor(max_workers=3) as pool:  # the three runs at once, seconds of loading and planning each
+        default, two, four = pool.map(lambda args: embedding(*args),
+                                      [(), ("--embedding-bits", "2"), ("--tensor-bits", "token_embedding=4")])
+    assert default == (8, 32, "fp16")
+    assert two == (2, 64, "q8")
+    assert four == (4, 64, "q8")
 
 
 def test_cli_unknown_board_exits_2():
