@@ -10,6 +10,7 @@ of roma_runtime (its __editable__*.pth) cannot shadow the wheel. test_fresh_venv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -132,6 +133,7 @@ def test_notebooks_first_cells(installed, tmp_path, monkeypatch):
         "argv": [str(installed.python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "roma wheel", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    notebooks, runs = [], []
     for name in NOTEBOOKS:
         nb = nbformat.read(installed.package / "notebooks" / f"{name}.ipynb", as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
@@ -142,9 +144,16 @@ def test_notebooks_first_cells(installed, tmp_path, monkeypatch):
         tmpdir.mkdir()
         client = nbclient.NotebookClient(nb, timeout=600, kernel_name="roma-wheel",
                                          resources={"metadata": {"path": str(workdir)}})
+        notebooks.append((name, nb))
         # raises CellExecutionError at the first cell that fails; TMPDIR: what a notebook's scratch folder
         # (02) leaves when its kernel stops stays in the test's folder
-        client.execute(env={**installed.env, "TMPDIR": str(tmpdir)})
+        runs.append(client.async_execute(env={**installed.env, "TMPDIR": str(tmpdir)}))
+
+    async def at_once():  # the four kernels start and run side by side, seconds of imports and loading each
+        await asyncio.gather(*runs)
+
+    asyncio.run(at_once())
+    for name, nb in notebooks:
         printed = [out.text for c in nb.cells for out in c.get("outputs", []) if out.output_type == "stream"
                    and out.name == "stdout"]
         assert any("backend: emu" in text for text in printed), (name, printed)
