@@ -251,12 +251,12 @@ def test_kv260_cannot_hold_the_cores_own_arrays_at_8k(smollm2):
     assert [e["role"] for e in short.engines if e["gemv"]] == ["layers"]
 
 
-def test_a_streamed_head_shares_the_layers_ddr_engine_where_a_port_word_holds_a_step(smollm2):
+def test_a_streamed_head_shares_the_layers_ddr_engine_where_a_port_word_holds_a_step(smollm2_plan):
     # a KV260's 128-bit weight port word is one 2-bit G64 step: the tied head, requantized to the layers' width,
     # streams on their DDR engine with tiles of its own (model_header.head_on_layers_engine), so the build has one
     # GEMV engine and its datapaths, candidate stage and locals once (the estimate was 99% of the LUTs with two)
     kw = dict(bits=2, group=64, lora_rank=0)
-    kv = P.make_plan(smollm2, "kv260", **kw)
+    kv = smollm2_plan("kv260", **kw)
     assert [e["role"] for e in kv.engines if e["gemv"]] == ["layers"] and kv.layers_streamed() == list(range(30))
     head = next(t for t in kv.tensors if t.kind == "embedding+lm_head")
     assert head.placement == P.DDR_STREAM and head.tiles == M.ddr_tiles(49152, 4) != 4
@@ -264,7 +264,7 @@ def test_a_streamed_head_shares_the_layers_ddr_engine_where_a_port_word_holds_a_
     assert lut["used"] < 0.9 * lut["available"]
     # the imported 8-bit head is another configuration: an engine of its own; its group of 32, like the layers' 64
     # above the board's 16 activation lanes, takes the one quantizer right before a GEMV at run time (memory.quantizers)
-    eight = P.make_plan(smollm2, "kv260", per_tensor_bits={"token_embedding": 8}, **kw)
+    eight = smollm2_plan("kv260", per_tensor_bits={"token_embedding": 8}, **kw)
     assert [e["role"] for e in eight.engines if e["gemv"]] == ["layers", "token_embd"]
     assert M.quantizers({32, 64}, {64}, 1, 16) == {32: 1, 64: 1}  # quantize_block's for both, quantize_ahead's
     assert M.quantizers({32, 64}, {64}, 1, 64) == {32: 1, 64: 2}  # at 64 lanes each group has its own
@@ -272,7 +272,7 @@ def test_a_streamed_head_shares_the_layers_ddr_engine_where_a_port_word_holds_a_
     assert [(u["inputs"]["simd"], u["count"]) for u in quant] == [(16, 2)]
     # a U250's 512-bit port word carries four such steps, whose outputs go out after the rounds: its head keeps its
     # engine (of one token lane, the layers' have two)
-    u250 = P.make_plan(smollm2, "u250", bits=2, group=64, scales="q8")  # its LoRA unit streams layers 26-29 too
+    u250 = smollm2_plan("u250", bits=2, group=64, scales="q8")  # its LoRA unit streams layers 26-29 too
     assert {(e["role"], e["tier"]) for e in u250.engines if e["gemv"]} >= {("layers", "ddr"), ("token_embd", "ddr")}
 
 
