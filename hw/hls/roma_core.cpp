@@ -423,7 +423,7 @@ struct Unit {
   static constexpr int TOKENS = HEAD ? 1 : TT; // token lanes: the head's engine runs for the last token only
   // a layers' DDR engine that also streams the lm head (head_on_layers): the head's tiles, which the engine takes at
   // run time (brom_ddr_gemv_rt's VAR_TILES), sized by the larger count
-  static constexpr bool WITH_HEAD = !HEAD && DDR && lin_unit(0, HEAD_LIN) == U;
+  static constexpr bool WITH_HEAD = lin_unit(0, HEAD_LIN) == U && head_on_layers(U, 0, HEAD_LIN);
   static constexpr int HEAD_TILES = WITH_HEAD ? lin_tiles(0, HEAD_LIN) : TILES;
   static constexpr bool VAR_TILES = HEAD_TILES != TILES;
   static constexpr int MAX_TILES = HEAD_TILES > TILES ? HEAD_TILES : TILES;

@@ -99,13 +99,13 @@ def _bool(v) -> str:
     return "true" if v else "false"
 
 
-def head_on_layers_engine(bits: int, group: int, tiles: int, port_bits: int, ports: int) -> bool:
-    """Whether an lm head streamed from DDR in `tiles` tiles runs on the layers' DDR engine of its bits, group and
-    scales (tiled as the board's `ports` weight ports; roma_core.cpp head_on_layers), not on an engine of its own.
-    Where a weight port word holds one step at most, that stream writes each output in its last group's step
-    (brom_ddr.h: no pass after the rounds), so the head's own tile count, a multiple of the ports, costs the shared
-    engine nothing but taking its tiles at run time."""
-    return ddr_step_words(bits, group) >= port_bits // 32 and tiles % ports == 0
+def head_on_layers_engine(bits: int, group: int, tiles: int, port_bits: int, ports: int) -> int | None:
+    """The tiles of the layers' DDR engine on which an lm head streamed from DDR in `tiles` tiles runs (the engine of
+    its bits, group and scales tiled as the board's `ports` weight ports; roma_core.cpp head_on_layers), or None where
+    it keeps an engine of its own. Where a weight port word holds one step at most, that stream writes each output in
+    its last group's step (brom_ddr.h: no pass after the rounds), so the head's own tile count, a multiple of the
+    ports, costs the shared engine nothing but taking its tiles at run time."""
+    return ports if ddr_step_words(bits, group) >= port_bits // 32 and tiles % ports == 0 else None
 
 
 def ffn_pair(pairs: list[tuple], streams) -> tuple | None:
@@ -194,9 +194,10 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
 
     def unit_of(name: str, e: dict, role: str) -> int:
         key = (role,) + configuration(e)
-        if role == head and tier(e) == "ddr" and head_on_layers_engine(
-                e["bits"], e["group"], e.get("tiles", tiles_default), hw.weight_port_bits, hw.weight_ports):
-            key = ("layers", e["bits"], e["group"], e["scales"], hw.weight_ports, "ddr")
+        joined = role == head and tier(e) == "ddr" and head_on_layers_engine(
+            e["bits"], e["group"], e.get("tiles", tiles_default), hw.weight_port_bits, hw.weight_ports)
+        if joined:
+            key = ("layers", e["bits"], e["group"], e["scales"], joined, "ddr")
         u = units.setdefault(key, len(units))
         if offset(e) < 0:
             members.setdefault(u, []).append(name)

@@ -194,9 +194,10 @@ class TensorPlan:
         role = self.lin if self.lin >= L_EMBD else LAYERS
         ports = board.weight_ports
         tiles = ddr_tiles(self.rows, ports) if tier == "ddr" else pe if role == LAYERS else 1
-        if tier == "ddr" and self.kind in ("lm_head", "embedding+lm_head") and head_on_layers_engine(
-                self.bits, self.group, tiles, board.weight_port_bits, ports):
-            role, tiles = LAYERS, ports
+        joined = tier == "ddr" and self.kind in ("lm_head", "embedding+lm_head") and head_on_layers_engine(
+            self.bits, self.group, tiles, board.weight_port_bits, ports)
+        if joined:
+            role, tiles = LAYERS, joined
         return EngineConfig(role, self.bits, self.group, self.scales, tier, tiles)
 
     @property
@@ -886,7 +887,7 @@ def _gemv_cycles(engines: "_Engines", board: Board) -> float:
     tile per weight port at once; a layer's gate and up at once on the FFN pair's engines (model_header.ffn_pair)."""
     each = {}  # (lin, layer) -> (engine, cycles)
     for e, members in engines.members.items():
-        tile_rows = engines._tile_rows(e, [lin for lin, _, _ in members])
+        tile_rows = engines.tile_rows(e, [lin for lin, _, _ in members])
         for lin, layer, chip in members:
             rows, cols = lin_shape(engines.core.config, lin)
             steps, tiles = rows * cols / e.group, e.tensor_tiles(rows, board.weight_ports)
@@ -1104,14 +1105,14 @@ class _Engines:
             lins = [lin for lin, _, _ in kernels]
             # a DDR stream whose lanes outrun y's write port keeps two sets of accumulators (brom_ddr.h: y after);
             # its accumulators are banked by its lanes, its row exponents by EX_BANKS
-            s = logic.ddr_stream(e.bits, e.group, e.scales, self._tile_rows(e, lins),
+            s = logic.ddr_stream(e.bits, e.group, e.scales, self.tile_rows(e, lins),
                                  c.board.weight_port_bits) if e.tier == "ddr" else None
             out += engine_locals(c.config, e, lins, c.pragmas, c.board.weight_ports, 2 if s and s.y_after else 1,
                                  self._tokens(kernels), ddr_banks=(s.lanes, s.ex_banks) if s else (1, 1),
                                  banks=banks)
         return out
 
-    def _tile_rows(self, e: EngineConfig, lins) -> list[int]:
+    def tile_rows(self, e: EngineConfig, lins) -> list[int]:
         """The rows per tile of the tensors of linears `lins` on engine e."""
         ports = self.core.board.weight_ports
         return [rows // e.tensor_tiles(rows, ports) for rows in (lin_shape(self.core.config, lin)[0] for lin in lins)]
@@ -1203,7 +1204,7 @@ class _Engines:
                  "linears": sorted({HLS_LINEARS[lin] for lin, _, _ in m}, key=HLS_LINEARS.index),
                  "tensors": len(m), "on_chip": sum(1 for *_, chip in m if chip), "gemv": self._runs_gemv(e),
                  "token_lanes": self._tokens(m),
-                 "tile_rows": self._tile_rows(e, sorted({lin for lin, _, _ in m})),
+                 "tile_rows": self.tile_rows(e, sorted({lin for lin, _, _ in m})),
                  "two_banks_with": index[two[1] if e == two[0] else two[0]] if two and e in two else None}
                 for i, e, m in numbered]
 
