@@ -503,7 +503,8 @@ def quantizers(groups: set, layer_groups: set, token_lanes: int, act_lanes: int)
     out: dict[int, int] = {}
     for role in (groups, layer_groups):
         wide = sorted(g for g in role if g > act_lanes)
-        kinds = [[g] for g in sorted(role) if g not in wide or len(wide) < 2] + ([wide] if len(wide) > 1 else [])
+        shared = wide if len(wide) > 1 else []
+        kinds = [[g] for g in sorted(role) if g not in shared] + ([shared] if shared else [])
         for kind in kinds:
             out[kind[0]] = out.get(kind[0], 0) + (token_lanes if set(kind) & layer_groups else 1)
     return out
