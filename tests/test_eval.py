@@ -52,6 +52,17 @@ def test_eval_orders_builds_by_quality(builds):
     assert r8["text"]["ppl_reference"] == pytest.approx(r2["text"]["ppl_reference"])
 
 
+def test_eval_runs_the_compensating_lora_as_the_builds_lora_unit_stores_it(builds):
+    """The same ROM and compensating factors in an fp16 and an int8 LoRA unit: the engine loads int8 codes into the
+    second, and so must the evaluation (it ran the float factors for both)."""
+    model, d, _ = builds
+    for dtype in ("fp16", "int8"):
+        compile_model(model, d / f"comp_{dtype}", bits=2, group=64, lora_rank=8, lora_dtype=dtype, progress=False)
+    r = {t: evaluate_build(model, d / f"comp_{t}", tokens=120, window=60, chat=False)["text"] for t in ("fp16", "int8")}
+    plain = evaluate_build(model, d / "comp_fp16", tokens=120, window=60, chat=False, without_lora=True)["text"]
+    assert len({r["fp16"]["kl"], r["int8"]["kl"], plain["kl"]}) == 3
+
+
 def test_eval_refuses_a_build_of_another_model(builds):
     _, d, other = builds
     with pytest.raises(RomaError, match="compiled from another model"):

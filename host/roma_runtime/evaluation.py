@@ -2,7 +2,7 @@
 
 Reference: the golden model in float mode on the original model (every weight dequantized to fp32).
 Candidate: the golden model in quant mode (the accelerator's numerics) on the build's ROM images, with the
-build's compensating LoRA if it has one.
+build's compensating LoRA if it has one, as its LoRA unit stores it (fp16 or int8 codes: what the engine loads).
 Two text sets:
 - held-out text: the evaluation split of the stdlib docstrings (corpus.py; disjoint from calibration),
   in windows of `window` tokens, each a fresh sequence, prefilled with all logits;
@@ -20,7 +20,8 @@ from .compiler.quantization.corpus import CHAT_PROMPTS, token_windows
 from .errors import RomaError
 from .finetune import check_adapter_build, includes_compensation
 from .golden import GoldenModel
-from .lora import Adapter, concat, read_peft_adapter
+from .artifact.lora_unit import manifest_lora_unit
+from .lora import Adapter, concat, pack, read_peft_adapter
 from .model.loader import LoadedModel, load_build, load_model
 from .progress import with_progress
 from .tokenizer import Tokenizer
@@ -131,12 +132,21 @@ def eval_windows(model: LoadedModel, tokens: int, window: int = 256) -> list[lis
     return [flat[i:i + window + 1] for i in range(0, tokens, window)]
 
 
-def _task_adapter(loaded: LoadedModel, comp, folder, build_dir):
+def _task_adapter(loaded: LoadedModel, comp, folder, build_dir) -> Adapter:
     record = check_adapter_build(folder, build_dir)
     adapter = read_peft_adapter(folder, loaded)
     if comp is not None and not includes_compensation(record):
         adapter = concat(Adapter.from_factors("compensation", loaded, comp.factors), adapter)
-    return adapter.to_golden()
+    return adapter
+
+
+def _as_stored(adapter: Adapter, manifest: dict):
+    """The golden LoraAdapter of `adapter` as the build's LoRA unit holds it (fp16 or int8 codes, its slot rank), as
+    the engine loads it into a slot; exactly its factors where the build has no unit."""
+    unit = manifest_lora_unit(manifest)
+    if unit is None or not unit.slots:
+        return adapter.to_golden()
+    return pack(adapter, unit.dtype, slot_rank=unit.rank).to_golden()
 
 
 def evaluate_build(model: LoadedModel | str, build_dir, tokens: int = 2048, window: int = 256,
@@ -162,7 +172,9 @@ def evaluate_build(model: LoadedModel | str, build_dir, tokens: int = 2048, wind
     if without_lora:
         cand.lora = None
     else:
-        cand.lora = comp if lora is None else _task_adapter(loaded, comp, lora, build_dir)
+        adapter = _task_adapter(loaded, comp, lora, build_dir) if lora is not None else (
+            None if comp is None else Adapter.from_factors("compensation", loaded, comp.factors))
+        cand.lora = None if adapter is None else _as_stored(adapter, manifest)
     windows = eval_windows(model, tokens, window)
     seqs = []
     if chat:
