@@ -267,8 +267,9 @@ def test_build_compensation_is_always_on_and_joins_task_adapters(compensated_bui
         engine._bind(session)
         return engine.backend.golden.forward(ids, session.cache)[-1]
 
-    golden = GoldenModel(model, "quant")
-    golden.lora = comp
+    golden = GoldenModel(model, "quant")  # the compensation as its slot stores it (the build's unit: int8 on a U250)
+    golden.lora = pack(Adapter.from_factors("c", model, comp.factors), engine.lora.dtype,
+                       slot_rank=engine.lora.slot_rank).to_golden()
     np.testing.assert_allclose(engine_logits(None), golden.forward(ids, golden.new_cache(64))[-1], rtol=0, atol=1e-5)
 
     rng = np.random.default_rng(3)
@@ -277,7 +278,7 @@ def test_build_compensation_is_always_on_and_joins_task_adapters(compensated_bui
                         rng.standard_normal((64, 2)).astype(np.float32) * 0.1, 1.0) for layer in range(2)})
     engine.load_lora("task", task)
     assert engine.lora_names() == ["task"]  # the compensation is not a task adapter
-    # The slot holds compensation and task concatenated, stored as fp16 like every slot.
+    # The slot holds compensation and task concatenated, stored as the unit stores every slot.
     both = concat(Adapter.from_factors("c", model, comp.factors), task)
     golden.lora = pack(both, engine.lora.dtype, slot_rank=engine.lora.slot_rank).to_golden()
     expected = golden.forward(ids, golden.new_cache(64))[-1]

@@ -81,9 +81,10 @@ def make_adapter(hf_folder, out, seed, **config):
 
 @pytest.fixture(scope="module")
 def engines(tiny_models, tiny_build):
-    """(emu, ref) engines on the tiny Q4_1 model, 4 LoRA slots of rank 16 each."""
+    """(emu, ref) engines on the tiny Q4_1 model, 4 LoRA slots of rank 16 each, stored as the build's LoRA unit
+    stores them (int8, as a U250's)."""
     emu = Engine(tiny_models["q4_1"], "emu", lora_slots=4, lora_rank=16, build=tiny_build)
-    ref = Engine(emu.model, "ref", "quant", lora_slots=4, lora_rank=16)
+    ref = Engine(emu.model, "ref", "quant", lora_slots=4, lora_rank=16, lora_dtype=emu.lora.dtype)
     return emu, ref
 
 
@@ -290,14 +291,14 @@ def test_lora_slots_must_fit_the_builds_lora_unit(tiny_models, engines):
 
     emu = engines[0].backend
     unit = emu.lora_unit  # the manifest's lora_unit, as roma_model.h gave it to the core
-    assert (unit.slots, unit.rank, unit.dtype, len(unit.targets)) == (TINY_LORA_SLOTS, TINY_LORA_RANK, "fp16", 7)
+    assert (unit.slots, unit.rank, unit.dtype, len(unit.targets)) == (TINY_LORA_SLOTS, TINY_LORA_RANK, "int8", 7)
     with pytest.raises(RomaError, match="above this build's LoRA unit") as e:
         emu.check_lora(LoraSlots(emu.config, 2, unit.rank + 1))
     assert f"--lora-slot-rank {unit.rank + 1}" in e.value.hint
     with pytest.raises(RomaError, match=f"but this build's LoRA unit has {unit.slots} slots"):
         emu.check_lora(LoraSlots(emu.config, unit.slots + 1, 8))
-    with pytest.raises(RomaError, match="stores fp16"):
-        emu.check_lora(LoraSlots(emu.config, 1, 8, "int8"))
+    with pytest.raises(RomaError, match="stores int8"):
+        emu.check_lora(LoraSlots(emu.config, 1, 8, "fp16"))
     with pytest.raises(RomaError, match=f"--lora-rank {unit.rank} or less"):
         Engine(engines[0].model, "emu", lora_slots=1, lora_rank=unit.rank + 1, build=emu.build_dir)
 
@@ -312,7 +313,7 @@ def test_an_adapter_the_build_cannot_hold_is_refused_alike_on_emu_and_ref(tiny_b
 
     emu = engines[0]
     ref = Engine(load_model(tiny_build), "ref", "quant")  # the build's LoRA unit sizes its slots
-    assert (ref.lora.capacity, ref.lora.slot_rank, ref.lora.dtype) == (TINY_LORA_SLOTS, TINY_LORA_RANK, "fp16")
+    assert (ref.lora.capacity, ref.lora.slot_rank, ref.lora.dtype) == (TINY_LORA_SLOTS, TINY_LORA_RANK, "int8")
     with pytest.raises(RomaError, match=f"has {TINY_LORA_SLOTS} slots"):
         Engine(ref.model, "ref", "quant", lora_slots=TINY_LORA_SLOTS + 1)
     out, inp = linear_shapes(emu.config)["wv"]

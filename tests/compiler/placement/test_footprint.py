@@ -77,13 +77,17 @@ def test_reads_the_tiny_builds_arrays(tiny_build, tiny_report):
     assert (lg["bytes"], lg["width"], lg["banks"], lg["depth"], lg["impl"]) == (4 * vocab, 32, 16, vocab // 16, "uram")
     assert lg["bram36"] == 0 and lg["uram"] == 16 * -(-vocab // 16 // 4096)
     # g_lora is counted member by member: the build's LoRA unit (tiny_build: 4 slots of rank 16 on every linear,
-    # fp16), its values as 64-bit words (4 fp16 each) in URAM where the plan reserved them, no row scales (fp16)
+    # int8 as a U250's), its values as 64-bit words (8 int8 codes each) in URAM where the plan reserved them, and
+    # the fp32 scale of each row of A and B, two a word
     unit = json.loads((tiny_build / "manifest.json").read_text())["lora_unit"]
+    assert unit["dtype"] == "int8"
     values = _array(tiny_report, "(anonymous namespace)::g_lora.values")
     elements = unit["slots"] * n * unit["rank"] * (9 * dim + 2 * kv + 3 * ffn)  # sum over the 7 linears of in + out
-    assert (values["elem_bits"], values["width"], values["depth"]) == (16, 64, elements // 4)
-    assert values["impl"] == "uram" == unit["placement"].lower() and values["uram"] == -(-elements // 4 // 4096)
-    assert not [a for a in tiny_report["arrays"] if a["name"].endswith("g_lora.row_scale")]
+    assert (values["elem_bits"], values["width"], values["depth"]) == (8, 64, elements // 8)
+    assert values["impl"] == "uram" == unit["placement"].lower() and values["uram"] == -(-elements // 8 // 4096)
+    rows = unit["slots"] * n * (7 * unit["rank"] + 3 * dim + 2 * kv + 2 * ffn)  # A's rank rows, B's output rows
+    scales = _array(tiny_report, "(anonymous namespace)::g_lora.row_scale")
+    assert (scales["elem_bits"], scales["width"], scales["depth"]) == (32, 64, rows // 2)
     # the unused dot probes are listed, not counted
     assert any("probe" in d["name"] for d in tiny_report["dropped"])
     assert tiny_report["bram36"] == pytest.approx(sum(a["bram36"] for a in tiny_report["arrays"]))
