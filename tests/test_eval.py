@@ -63,6 +63,19 @@ def test_eval_runs_the_compensating_lora_as_the_builds_lora_unit_stores_it(build
     assert len({r["fp16"]["kl"], r["int8"]["kl"], plain["kl"]}) == 3
 
 
+def test_eval_refuses_an_adapter_the_builds_lora_unit_cannot_hold(builds, tmp_path):
+    """An adapter the engine would refuse (a linear the unit has no memory for) is refused by the evaluation too,
+    with the engine's message, rather than measured as the device could never run it."""
+    pytest.importorskip("peft")
+    from tiny_models import write_peft_adapter
+
+    model, d, _ = builds
+    compile_model(model, d / "wqwv", bits=8, group=32, lora_targets=["wq", "wv"], progress=False)
+    folder = write_peft_adapter(d / "hf", tmp_path / "down", 1, r=4, lora_alpha=8, target_modules=["down_proj"])
+    with pytest.raises(RomaError, match="adapts down_proj, for which this build's LoRA unit .* has no memory"):
+        evaluate_build(model, d / "wqwv", tokens=20, chat=False, lora=folder)
+
+
 def test_eval_refuses_a_build_of_another_model(builds):
     _, d, other = builds
     with pytest.raises(RomaError, match="compiled from another model"):

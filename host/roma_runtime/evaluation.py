@@ -21,7 +21,7 @@ from .errors import RomaError
 from .finetune import check_adapter_build, includes_compensation
 from .golden import GoldenModel
 from .artifact.lora_unit import manifest_lora_unit
-from .lora import Adapter, concat, pack, read_peft_adapter
+from .lora import Adapter, LoraSlots, concat, read_peft_adapter
 from .model.loader import LoadedModel, load_build, load_model
 from .progress import with_progress
 from .tokenizer import Tokenizer
@@ -140,13 +140,17 @@ def _task_adapter(loaded: LoadedModel, comp, folder, build_dir) -> Adapter:
     return adapter
 
 
-def _as_stored(adapter: Adapter, manifest: dict):
-    """The golden LoraAdapter of `adapter` as the build's LoRA unit holds it (fp16 or int8 codes, its slot rank), as
-    the engine loads it into a slot; exactly its factors where the build has no unit."""
+def _as_stored(loaded: LoadedModel, adapter: Adapter, manifest: dict):
+    """The golden LoraAdapter of `adapter` as the build's LoRA unit holds it: loaded into a slot of the unit as the
+    engine loads it (its targets and rank checked, packed into fp16 or int8 codes); exactly its factors where the
+    build has no unit."""
     unit = manifest_lora_unit(manifest)
     if unit is None or not unit.slots:
         return adapter.to_golden()
-    return pack(adapter, unit.dtype, slot_rank=unit.rank).to_golden()
+    slots = LoraSlots(loaded, 1, unit.rank, unit.dtype, unit=unit)
+    slots.load(adapter.name, adapter)
+    slots.activate(adapter.name)
+    return slots.golden_adapter()
 
 
 def evaluate_build(model: LoadedModel | str, build_dir, tokens: int = 2048, window: int = 256,
@@ -174,7 +178,7 @@ def evaluate_build(model: LoadedModel | str, build_dir, tokens: int = 2048, wind
     else:
         adapter = _task_adapter(loaded, comp, lora, build_dir) if lora is not None else (
             None if comp is None else Adapter.from_factors("compensation", loaded, comp.factors))
-        cand.lora = None if adapter is None else _as_stored(adapter, manifest)
+        cand.lora = None if adapter is None else _as_stored(loaded, adapter, manifest)
     windows = eval_windows(model, tokens, window)
     seqs = []
     if chat:
