@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .artifact.lora_unit import manifest_lora_unit
 from .compiler.quantization.corpus import CHAT_PROMPTS, token_windows
 from .errors import RomaError
 from .finetune import check_adapter_build, includes_compensation
 from .golden import GoldenModel
-from .artifact.lora_unit import manifest_lora_unit
 from .lora import Adapter, LoraSlots, concat, read_peft_adapter
 from .model.loader import LoadedModel, load_build, load_model
 from .progress import with_progress
@@ -132,12 +132,15 @@ def eval_windows(model: LoadedModel, tokens: int, window: int = 256) -> list[lis
     return [flat[i:i + window + 1] for i in range(0, tokens, window)]
 
 
-def _task_adapter(loaded: LoadedModel, comp, folder, build_dir) -> Adapter:
+def _adapter(loaded: LoadedModel, comp, folder, build_dir) -> Adapter | None:
+    """What the engine runs on the build: the PEFT adapter in `folder` with the build's compensating LoRA (added, or
+    in its place when it was distilled from it), or the compensating LoRA alone (no folder; None without one)."""
+    comp = None if comp is None else Adapter.from_factors("compensation", loaded, comp.factors)
+    if folder is None:
+        return comp
     record = check_adapter_build(folder, build_dir)
     adapter = read_peft_adapter(folder, loaded)
-    if comp is not None and not includes_compensation(record):
-        adapter = concat(Adapter.from_factors("compensation", loaded, comp.factors), adapter)
-    return adapter
+    return adapter if comp is None or includes_compensation(record) else concat(comp, adapter)
 
 
 def _as_stored(loaded: LoadedModel, adapter: Adapter, manifest: dict):
@@ -173,12 +176,8 @@ def evaluate_build(model: LoadedModel | str, build_dir, tokens: int = 2048, wind
                         hint="pass the --model the build was compiled from")
     ref = reference or GoldenModel(model, "float")
     cand = GoldenModel(loaded, "quant")
-    if without_lora:
-        cand.lora = None
-    else:
-        adapter = _task_adapter(loaded, comp, lora, build_dir) if lora is not None else (
-            None if comp is None else Adapter.from_factors("compensation", loaded, comp.factors))
-        cand.lora = None if adapter is None else _as_stored(loaded, adapter, manifest)
+    adapter = None if without_lora else _adapter(loaded, comp, lora, build_dir)
+    cand.lora = None if adapter is None else _as_stored(loaded, adapter, manifest)
     windows = eval_windows(model, tokens, window)
     seqs = []
     if chat:
