@@ -190,8 +190,9 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_build(tiny_models):
     """The tiny Q4_1 model's build as the emu backend's default build is made (4-bit G32, passed through bit for
-    bit), with a LoRA unit of TINY_LORA_SLOTS slots of rank TINY_LORA_RANK on every linear (int8, as a U250's): the tests swap
-    several adapters. Compiled once per test session into the session's roma cache like every default build."""
+    bit), with a LoRA unit of TINY_LORA_SLOTS slots of rank TINY_LORA_RANK on every linear (int8, as a U250's): the
+    tests swap several adapters. Compiled once per test session into the session's roma cache like every default
+    build."""
     from roma_runtime.builds import DEFAULT_BUILD, default_build
     from roma_runtime.model.loader import load_model
 

@@ -428,7 +428,6 @@ def test_engine_loads_the_adapter_on_its_build_and_refuses_it_elsewhere(trained,
 def test_distilled_adapter_replaces_the_build_compensation(tiny_models, tmp_path):
     """A --distill adapter starts from the build's compensating LoRA and so holds it: the engine and roma eval
     run it in place of that LoRA, not added to it. Also the time budget (--minutes) and the snapshots."""
-    from roma_runtime.artifact.lora_unit import manifest_lora_unit
     from roma_runtime.evaluation import eval_windows, evaluate_build, evaluate_models
     from roma_runtime.engine import Engine
 
@@ -463,8 +462,7 @@ def test_distilled_adapter_replaces_the_build_compensation(tiny_models, tmp_path
     reference = GoldenModel(source, "float")
     measured = evaluate_build(source, build, tokens=64, window=32, chat=False, lora=out,
                               reference=reference)
-    candidate = GoldenModel(model, "quant")  # the adapter as the build's LoRA unit stores it, as the engine runs it
-    unit = manifest_lora_unit(model.metadata["roma.build"])
-    candidate.lora = L.pack(adapter, unit.dtype, slot_rank=unit.rank).to_golden()
+    candidate = GoldenModel(model, "quant")
+    candidate.lora = golden.lora  # the adapter as the build's LoRA unit stores it: what the engine ran above
     alone = evaluate_models(reference, candidate, eval_windows(source, 64, 32))
     assert measured["text"] == alone["text"] and measured["build"]["lora"] == str(out)
