@@ -362,6 +362,20 @@ def test_every_boards_default_lora_unit_fits_smollm2(smollm2):
         assert plan.lora.bytes > 0, name
 
 
+def test_the_accuracy_recipes_rank_64_lora_fits_the_default_u250_unit(smollm2):
+    # benchmarks/accuracy.md compiles its builds on the default board with a compensating LoRA of rank 64
+    # (--lora-rank 64 --lora-slot-rank 64): the U250's default unit holds it beside the core's buffers in its int8
+    # codes, where an fp16 one does not (roma compile refused the recipes while the default was fp16)
+    u = load_boards()["u250"].lora_unit
+    for bits, group, scales in ((2, 64, "fp16"), (3, 64, "fp16"), (3, 32, "q8")):
+        plan = P.make_plan(smollm2, "u250", bits=bits, group=group, scales=scales, lora_slots=u.slots, lora_rank=64,
+                           lora_targets=u.targets, lora_dtype=u.dtype)
+        assert plan.lora.detail["elements"] == 64 * 30 * (2 * 1152 + 2 * 768 + 3 * 2112), (bits, group, scales)
+    with pytest.raises(RomaError, match="largest rank that fits with these targets is 54"):
+        P.make_plan(smollm2, "u250", bits=3, group=32, scales="q8", lora_slots=u.slots, lora_rank=64,
+                    lora_targets=u.targets, lora_dtype="fp16")
+
+
 def test_kv_cache_is_on_chip_only_when_asked(smollm2, smollm2_plan):
     ddr = smollm2_plan("u250", bits=2, group=64, lora_rank=0)
     assert ddr.kv_cache.placement == "DDR" and ddr.kv_cache.bytes == 0
