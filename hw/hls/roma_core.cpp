@@ -594,20 +594,25 @@ struct Acct {
 #define CODE_PARAMS act_t xq[TT][CODE_COLS], float as[TT][CODE_GROUPS]
 #define CODES_IN const act_t xq[TT][CODE_COLS], const float as[TT][CODE_GROUPS]
 #define CODE_ARGS xq, as
-// The block's n inputs x_c at group G into codes xq[c] and scales as[c]: a quantizer per token lane, side by side (lane
-// 0's counted; a group of the head's only has lane 0), or nothing where no tensor of the role has group G
-// (false_type: not built).
+// The block's n inputs x_c into codes xq[c] and scales as[c] by act_quant sized for group G (VAR_GROUP: in groups of
+// `group`, at run time): a quantizer per token lane, side by side (lane 0's counted), the lanes past the first only
+// where the layers use it (BLOCKS; a group of the head's only has lane 0).
+template <int G, bool VAR_GROUP, bool BLOCKS>
+inline void quantize_on_lanes(int group, int cols, int n, TOKEN_INS, CODE_PARAMS, Cycles &cyc) {
+#pragma HLS INLINE
+  constexpr int LANES = act_lanes(G);
+  constexpr int C1 = BLOCKS ? TC1 : 0, C2 = BLOCKS ? TC2 : 0, C3 = BLOCKS ? TC3 : 0;
+  Cycles beside;
+  act_quant<CODE_COLS, G, LANES, VAR_GROUP>(cols, x0, xq[0], as[0], cyc, group);
+  if (C1 && n > 1) act_quant<CODE_COLS, G, LANES, VAR_GROUP>(cols, x1, xq[C1], as[C1], beside, group);
+  if (C2 && n > 2) act_quant<CODE_COLS, G, LANES, VAR_GROUP>(cols, x2, xq[C2], as[C2], beside, group);
+  if (C3 && n > 3) act_quant<CODE_COLS, G, LANES, VAR_GROUP>(cols, x3, xq[C3], as[C3], beside, group);
+}
+// The quantizer of group G, or nothing where no tensor of the role has group G (false_type: not built).
 template <int G>
 inline void quantize_group(std::true_type, int cols, int n, TOKEN_INS, CODE_PARAMS, Cycles &cyc) {
 #pragma HLS INLINE
-  constexpr int LANES = act_lanes(G);
-  constexpr bool BLOCKS = group_used(G, true);
-  constexpr int C1 = BLOCKS ? TC1 : 0, C2 = BLOCKS ? TC2 : 0, C3 = BLOCKS ? TC3 : 0;
-  Cycles beside;
-  act_quant<CODE_COLS, G, LANES>(cols, x0, xq[0], as[0], cyc);
-  if (C1 && n > 1) act_quant<CODE_COLS, G, LANES>(cols, x1, xq[C1], as[C1], beside);
-  if (C2 && n > 2) act_quant<CODE_COLS, G, LANES>(cols, x2, xq[C2], as[C2], beside);
-  if (C3 && n > 3) act_quant<CODE_COLS, G, LANES>(cols, x3, xq[C3], as[C3], beside);
+  quantize_on_lanes<G, false, group_used(G, true)>(G, cols, n, TOKEN_IN_ARGS, CODE_ARGS, cyc);
 }
 template <int G>
 inline void quantize_group(std::false_type, int, int, const float *, const float *, const float *, const float *,
@@ -629,14 +634,8 @@ constexpr bool wide_lanes(bool layers_only, int at_least) { // whether the layer
 template <bool LAYERS_ONLY>
 inline void quantize_wide(std::true_type, int group, int cols, int n, TOKEN_INS, CODE_PARAMS, Cycles &cyc) {
 #pragma HLS INLINE
-  constexpr int G = wide_group(LAYERS_ONLY, 2 * GEMV_IN_LANES), LANES = GEMV_IN_LANES;
-  constexpr bool BLOCKS = wide_lanes(LAYERS_ONLY, 2 * GEMV_IN_LANES);
-  constexpr int C1 = BLOCKS ? TC1 : 0, C2 = BLOCKS ? TC2 : 0, C3 = BLOCKS ? TC3 : 0;
-  Cycles beside;
-  act_quant<CODE_COLS, G, LANES, true>(cols, x0, xq[0], as[0], cyc, group);
-  if (C1 && n > 1) act_quant<CODE_COLS, G, LANES, true>(cols, x1, xq[C1], as[C1], beside, group);
-  if (C2 && n > 2) act_quant<CODE_COLS, G, LANES, true>(cols, x2, xq[C2], as[C2], beside, group);
-  if (C3 && n > 3) act_quant<CODE_COLS, G, LANES, true>(cols, x3, xq[C3], as[C3], beside, group);
+  quantize_on_lanes<wide_group(LAYERS_ONLY, 2 * GEMV_IN_LANES), true, wide_lanes(LAYERS_ONLY, 2 * GEMV_IN_LANES)>(
+      group, cols, n, TOKEN_IN_ARGS, CODE_ARGS, cyc);
 }
 template <bool LAYERS_ONLY>
 inline void quantize_wide(std::false_type, int, int, int, const float *, const float *, const float *, const float *,
