@@ -182,6 +182,22 @@ def test_bench_cycle_hook_gives_labelled_estimate(smollm2):
     assert c["estimate_decode_tokens_per_s"] == pytest.approx(3 * 250e6 / 3300)
     table = bench.format_table(report)
     assert "estimate at 250 MHz" in table and "linear 8,000" in table
+    # beside the figures, roma plan's rooflines: without the LoRA products for a run without an adapter, with them
+    # for one with; the prefill one only beside a prompt of its length
+    roof = {"decode_tokens_per_s": 400_000.0, "context_tokens": 8, "prefill_tokens_per_s": 300_000.0,
+            "without_lora": {"decode_tokens_per_s": 454_545.0, "prefill_tokens_per_s": 400_000.0}}
+    report["cycles"]["roofline"] = roof
+
+    def estimate_line():
+        return next(x for x in bench.format_table(report).splitlines() if "estimate at" in x)
+
+    assert "tok/s (roma plan's roofline without LoRA: 400,000 for a 8-token prompt, 58% of it), decode" in estimate_line()
+    assert estimate_line().endswith("(roma plan's roofline without LoRA: 454,545 at context 8, 50% of it)")
+    c["prefill"]["lora"] = 640
+    assert "tok/s (roma plan's roofline: 300,000 for a 8-token prompt, 77% of it), decode" in estimate_line()
+    assert estimate_line().endswith("(roma plan's roofline: 400,000 at context 8, 57% of it)")
+    report["cycles"]["roofline"] = {**roof, "context_tokens": 256}
+    assert "-token prompt" not in estimate_line()
     assert engine.backend.__class__ is CountingBackend  # the bench put the engine's backend back
 
 

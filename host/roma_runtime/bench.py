@@ -457,13 +457,19 @@ def _clock(backend, override: float | None) -> tuple[float, str]:
 
 
 def _roofline(backend) -> dict | None:
-    """The build's roofline (`roma plan`'s decode estimate at nominal peak bandwidth), for beside the counted cycles;
-    None for a backend without a placed build."""
+    """The build's rooflines (`roma plan`'s estimate at nominal peak bandwidth: decode at its context, and a prefill of
+    a prompt that long where the build has one), with and without the LoRA products they count (one active slot), for
+    beside the counted cycles of runs with and without an adapter; None for a backend without a placed build."""
     manifest = getattr(getattr(backend, "overlay", None), "manifest", None) or {}
     est = (manifest.get("plan") or {}).get("estimate") or {}
     if not est.get("decode_tokens_per_s"):
         return None
-    return {"decode_tokens_per_s": est["decode_tokens_per_s"], "context_tokens": est.get("context_tokens")}
+    ctx, prefill = est.get("context_tokens"), est.get("prefill_breakdown_us")
+    lora_us = (est.get("breakdown_us") or {}).get("lora", 0.0)
+    without = {"decode_tokens_per_s": 1e6 / (est["us_per_token"] - lora_us),
+               "prefill_tokens_per_s": ctx * 1e6 / (sum(prefill.values()) - prefill["lora"]) if prefill else None}
+    return {"decode_tokens_per_s": est["decode_tokens_per_s"], "context_tokens": ctx,
+            "prefill_tokens_per_s": est.get("prefill_tokens_per_s"), "without_lora": without}
 
 
 def run_bench(engine, cfg: BenchConfig, *, backend: str = "ref", numerics: str | None = None,
@@ -755,12 +761,21 @@ def format_table(report: dict) -> str:
             pre = ", ".join(f"{k} {v:,.0f}" for k, v in (c["prefill"] or {}).items()) or "n/a"
             dec = ", ".join(f"{k} {v:,.0f}" for k, v in (c["decode_per_token"] or {}).items()) or "n/a"
             lines.append(f"  prompt {r['prompt_tokens']}: prefill [{pre}]; decode per token [{dec}]")
-            roof = cyc.get("roofline")
-            beside = (f" (roma plan's roofline: {roof['decode_tokens_per_s']:,.0f} at context "
+            roof, name = cyc.get("roofline"), "roma plan's roofline"
+            if roof and not (c["prefill"] or {}).get("lora") and not (c["decode_per_token"] or {}).get("lora"):
+                # a run without an adapter: beside the roofline without the LoRA products
+                roof, name = {**roof, **roof.get("without_lora", {})}, "roma plan's roofline without LoRA"
+            beside = (f" ({name}: {roof['decode_tokens_per_s']:,.0f} at context "
                       f"{roof['context_tokens']}, {c['estimate_decode_tokens_per_s'] / roof['decode_tokens_per_s']:.0%} "
                       "of it)") if roof and c.get("estimate_decode_tokens_per_s") else ""
+            # the prefill roofline is for a prompt of the roofline's context: beside that prompt's figure only
+            prefill_beside = (f" ({name}: {roof['prefill_tokens_per_s']:,.0f} for a {r['prompt_tokens']}"
+                              f"-token prompt, {c['estimate_prefill_tokens_per_s'] / roof['prefill_tokens_per_s']:.0%} "
+                              "of it)") if (roof and roof.get("prefill_tokens_per_s")
+                                            and roof["context_tokens"] == r["prompt_tokens"]
+                                            and c.get("estimate_prefill_tokens_per_s")) else ""
             lines.append(f"    estimate at {cyc['clock_mhz']:g} MHz: prefill "
-                         f"{_num(c['estimate_prefill_tokens_per_s'], 'tps')} tok/s, decode "
+                         f"{_num(c['estimate_prefill_tokens_per_s'], 'tps')} tok/s{prefill_beside}, decode "
                          f"{_num(c['estimate_decode_tokens_per_s'], 'tps')} tok/s{beside}")
         lines.append(f"  estimate model: {cyc['model']}")
     return "\n".join(lines)

@@ -219,7 +219,12 @@ def test_cycles_per_stage_and_the_bench_estimate(engines):
     # beside the counted figure, the build's roofline (roma plan's estimate at nominal peak bandwidth)
     roof = report["cycles"]["roofline"]
     assert roof["decode_tokens_per_s"] > 0 and roof["context_tokens"] > 0
-    assert "estimate at" in bench.format_table(report) and "roma plan's roofline: " in bench.format_table(report)
+    assert roof["prefill_tokens_per_s"] == emu.overlay.manifest["plan"]["estimate"]["prefill_tokens_per_s"] > 0
+    # ... and without the LoRA products it counts (one slot of the build's unit), for a run without an adapter
+    assert roof["without_lora"]["decode_tokens_per_s"] > roof["decode_tokens_per_s"]
+    assert roof["without_lora"]["prefill_tokens_per_s"] > roof["prefill_tokens_per_s"]
+    table = bench.format_table(report)
+    assert "estimate at" in table and "roma plan's roofline without LoRA: " in table
 
 
 def test_chat_with_kv_prefix_reuse_equals_a_fresh_run(engines):

@@ -376,6 +376,24 @@ def test_the_accuracy_recipes_rank_64_lora_fits_the_default_u250_unit(smollm2):
                     lora_targets=u.targets, lora_dtype="fp16")
 
 
+def test_the_prefill_roofline_reads_weights_once_per_block_and_the_head_once(smollm2_plan):
+    # a KV260 4-bit G32 build streams every weight (memory-bound): a 256-token prompt reads each layer's weights once
+    # per token (one token lane) and the lm head once, for the last token's logits
+    kv = smollm2_plan("kv260", bits=4, group=32, lora_rank=0)
+    assert all(t.placement == P.DDR_STREAM for t in kv.tensors if t.kind != "norm")
+    linears = sum(t.bytes for t in kv.tensors if t.kind == "linear")
+    head = sum(t.bytes for t in kv.tensors if t.kind not in ("linear", "norm"))
+    weight_bw = kv.estimate["model"]["weight_stream_gbs"] * 1e9
+    assert kv.estimate["prefill_breakdown_us"]["weights"] == pytest.approx((256 * linears + head) / weight_bw * 1e6)
+    # a U250 reads its DDR KV cache once per block of its two token lanes' queries: block b reads keys 0..2b+1
+    u250 = smollm2_plan("u250", bits=2, group=64, lora_rank=0)
+    kv_row = 30 * 2 * 192 * 2  # every layer's fp16 key and value of a position
+    assert u250.estimate["prefill_breakdown_us"]["attention"] == pytest.approx(
+        kv_row * sum(2 * (b + 1) for b in range(128)) / (u250.board.ddr_bandwidth_gbs * 1e9) * 1e6)
+    assert u250.estimate["prefill_tokens_per_s"] > 4 * u250.estimate["decode_tokens_per_s"]
+    assert "prefill tokens/s for a 256-token prompt" in P.render_table(u250)
+
+
 def test_kv_cache_is_on_chip_only_when_asked(smollm2, smollm2_plan):
     ddr = smollm2_plan("u250", bits=2, group=64, lora_rank=0)
     assert ddr.kv_cache.placement == "DDR" and ddr.kv_cache.bytes == 0

@@ -105,6 +105,11 @@ LoRA on DSPs, at the board clock:
 - attention over the KV cache at ``context`` tokens (default 256) and the LoRA products: fp MACs on DSPs at
   one MAC per ``DSPS_PER_MAC`` DSPs, using ``DSP_FRACTION`` of them; KV reads from DDR when the cache is there.
 
+Prefill of a prompt of ``context`` tokens, by the same rates: each layer's weights computed for every token but read
+once per block of the board's ``token_lanes`` tokens (weights stationary), the lm head once (only the last token's
+logits are needed), attention over keys 0..p for the token at position p, the KV cache read once per block of
+queries, and the LoRA products for every token.
+
 Everything is at nominal peak, so the figure is an upper bound labelled "estimate".
 """
 
@@ -1324,6 +1329,9 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
     t_ddr = 0.0  # the DDR streams' time: weights at the weight port's rate, the KV cache at the peak
     ddr_bytes = 0.0
     weights_read = 0
+    # a prefill of ctx prompt tokens: its blocks of token lanes (one weight read each), its weights' time
+    blocks = -(-ctx // board.token_lanes)
+    t_prefill_weights = 0.0
     for t in plan.tensors:
         if t.kind == "norm":  # g_norms: on chip whatever the layer's tier
             continue
@@ -1333,6 +1341,7 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
                 ddr_bytes += row_bytes
                 t_ddr += row_bytes / weight_bw
                 t_weights += row_bytes / weight_bw
+                t_prefill_weights += ctx * row_bytes / weight_bw
             continue
         n = t.params
         weights_read += n
@@ -1344,6 +1353,8 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
         else:
             t_mem = n * t.bits_per_weight / port_bits[t.placement] / f
         t_weights += max(t_compute, t_mem)
+        head = t.kind != "linear"  # the lm head: the prompt's last token's logits only
+        t_prefill_weights += max(t_compute, t_mem) if head else max(ctx * t_compute, blocks * t_mem)
 
     attn_macs = c.n_layers * 2 * c.n_heads * c.head_dim * ctx
     lora_macs = plan.lora.detail.get("elements", 0) // max(1, plan.lora.detail.get("slots", 1))  # one active slot
@@ -1356,11 +1367,21 @@ def estimate(plan: Plan, context: int | None = None) -> dict:
     t_attn = max(t_attn_compute, t_kv_mem)
     t_lora = lora_macs / dsp_macs / f
     total = t_weights + t_attn + t_lora
+    # the prompt's attention: the token at position p over keys 0..p; the cache read once per block of queries,
+    # up to the block's last key
+    prefill_keys = ctx * (ctx + 1) // 2
+    block_keys = sum(min((b + 1) * board.token_lanes, ctx) for b in range(blocks))
+    t_prefill_attn = max(attn_macs / ctx * prefill_keys / dsp_macs / f,
+                         kv_bytes_per_token(c) * block_keys / bw if plan.kv_cache.placement == "DDR" else 0.0)
+    prefill = t_prefill_weights + t_prefill_attn + ctx * t_lora
     return {
         "label": "estimate (roofline upper bound at nominal peak bandwidth and clock; not a measurement)",
         "decode_tokens_per_s": 1.0 / total,
         "us_per_token": total * 1e6,
         "breakdown_us": {"weights": t_weights * 1e6, "attention": t_attn * 1e6, "lora": t_lora * 1e6},
+        "prefill_tokens_per_s": ctx / prefill,
+        "prefill_breakdown_us": {"weights": t_prefill_weights * 1e6, "attention": t_prefill_attn * 1e6,
+                                 "lora": ctx * t_lora * 1e6},
         "context_tokens": ctx,
         "ddr_bytes_per_token": int(ddr_bytes),
         "ddr_bound_tokens_per_s": (1.0 / t_ddr) if ddr_bytes else None,
@@ -1467,5 +1488,12 @@ def render_table(plan: Plan, per_tensor: bool = False) -> str:
                  f"{e['model']['weight_stream_gbs']:g} GB/s ({b.weight_ports} x {b.weight_port_bits}-bit ports), KV at "
                  f"{b.ddr_bandwidth_gbs:g} GB/s{bound}; "
                  f"{e['model']['lut_select_lanes']:,} LUT-select lanes at {b.clock_mhz:g} MHz)")
+    pre = e["prefill_breakdown_us"]
+    lines.append(f"          ~{e['prefill_tokens_per_s']:,.0f} prefill tokens/s for a {e['context_tokens']}-token prompt "
+                 f"(weights {pre['weights']:,.0f} us, read once per {b.token_lanes} tokens; attention "
+                 f"{pre['attention']:,.0f} us, the cache read once per {b.token_lanes} queries)")
+    if e["breakdown_us"]["lora"]:
+        lines.append(f"          both with one LoRA slot's products ({e['breakdown_us']['lora']:,.1f} us a decode token, "
+                     f"{pre['lora']:,.0f} us the prompt); roma bench leaves them out for a run without an adapter")
     lines.append("  " + e["label"])
     return "\n".join(lines)
