@@ -312,6 +312,38 @@ def test_data_path_on_the_real_core(tiny_emu, tiny_build):
 
 
 @needs_gxx
+def test_a_command_writes_only_the_registers_that_changed_and_reads_the_counters_at_once(tiny_emu, tiny_build, monkeypatch):
+    """The argument registers keep their values until a download, so a decode step writes its position and no
+    other register; after a download (a second backend on the emulated board downloads its overlay, then this one
+    its own) the driver writes them all again, and the next step is still the golden model's. (A plain
+    pynq.Overlay's download: test_overlay_exposes_roma_core_with_its_register_map, before test_data_path_on_the_real_core.)"""
+    from roma_runtime.backends.emulated import EmuBackend
+    from roma_runtime.golden import GoldenModel
+    from roma_runtime.model.loader import load_build
+
+    be = tiny_emu
+    cache = be.new_cache(16)
+    be.forward([1, 17, 4242], cache)
+    be.forward([99], cache)
+    writes = []
+    mmio, write = be.core.mmio, be.core.mmio.write
+    monkeypatch.setattr(mmio, "write", lambda offset, value: (writes.append(offset), write(offset, value))[1])
+    be.forward([7], cache)
+    assert writes == [be.core.offsets["position"], drv.CTRL]
+    assert be.core.read_arg("position") == 4
+    # the cycle counters in one read of their span: the values the registers hold one by one
+    outputs = be.core.read_outputs()
+    assert outputs == {a.name: be.core.read_arg(a.name) for a in be.core.interface.arguments if a.output}
+    assert outputs["cycles_gemv"] == be.last_cycles()["gemv"] > 0
+    other = EmuBackend(tiny_build, progress=False)  # downloads its overlay: the core's registers start empty
+    other.forward([1], other.new_cache(4))
+    writes.clear()
+    logits = be.forward([5], cache)  # downloads this overlay again, and runs
+    assert {be.core.offsets[a.name] for a in be.core.interface.arguments if not a.output} <= set(writes)
+    golden = GoldenModel(load_build(tiny_build), "quant")
+    assert _rel(logits, golden.forward([1, 17, 4242, 99, 7, 5], golden.new_cache(16))[-1]) <= TOL
+
+
 def test_a_bitstream_of_another_build_is_refused(tiny_emu, tiny_build, tmp_path):
     bit = Path(tiny_emu.overlay.bitfile_name)
     folder = tmp_path / "other"

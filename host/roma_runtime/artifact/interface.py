@@ -24,7 +24,7 @@ import ctypes
 import re
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +129,7 @@ class Interface:
     arguments: tuple[Argument, ...]
     header: str
 
-    @property
+    @cached_property  # looked up for every register of every command (the driver, the emulated board)
     def registers(self) -> dict[str, Argument]:
         return {a.name: a for a in self.arguments}
 
