@@ -191,7 +191,8 @@ def test_bench_cycle_hook_gives_labelled_estimate(smollm2):
     def estimate_line():
         return next(x for x in bench.format_table(report).splitlines() if "estimate at" in x)
 
-    assert "tok/s (roma plan's roofline without LoRA: 400,000 for a 8-token prompt, 58% of it), decode" in estimate_line()
+    assert ("tok/s (roma plan's roofline without LoRA: 400,000 for a 8-token prompt, 58% of it), decode"
+            in estimate_line())
     assert estimate_line().endswith("(roma plan's roofline without LoRA: 454,545 at context 8, 50% of it)")
     c["prefill"]["lora"] = 640
     assert "tok/s (roma plan's roofline: 300,000 for a 8-token prompt, 77% of it), decode" in estimate_line()

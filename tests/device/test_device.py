@@ -312,11 +312,13 @@ def test_data_path_on_the_real_core(tiny_emu, tiny_build):
 
 
 @needs_gxx
-def test_a_command_writes_only_the_registers_that_changed_and_reads_the_counters_at_once(tiny_emu, tiny_build, monkeypatch):
+def test_a_command_writes_only_the_registers_that_changed_and_reads_the_counters_at_once(tiny_emu, tiny_build,
+                                                                                         monkeypatch):
     """The argument registers keep their values until a download, so a decode step writes its position and no
     other register; after a download (a second backend on the emulated board downloads its overlay, then this one
     its own) the driver writes them all again, and the next step is still the golden model's. (A plain
-    pynq.Overlay's download: test_overlay_exposes_roma_core_with_its_register_map, before test_data_path_on_the_real_core.)"""
+    pynq.Overlay's download: test_overlay_exposes_roma_core_with_its_register_map, before
+    test_data_path_on_the_real_core.)"""
     from roma_runtime.backends.emulated import EmuBackend
     from roma_runtime.golden import GoldenModel
     from roma_runtime.model.loader import load_build

@@ -1489,11 +1489,12 @@ def render_table(plan: Plan, per_tensor: bool = False) -> str:
                  f"{b.ddr_bandwidth_gbs:g} GB/s{bound}; "
                  f"{e['model']['lut_select_lanes']:,} LUT-select lanes at {b.clock_mhz:g} MHz)")
     pre = e["prefill_breakdown_us"]
-    lines.append(f"          ~{e['prefill_tokens_per_s']:,.0f} prefill tokens/s for a {e['context_tokens']}-token prompt "
-                 f"(weights {pre['weights']:,.0f} us, read once per {b.token_lanes} tokens; attention "
+    lines.append(f"          ~{e['prefill_tokens_per_s']:,.0f} prefill tokens/s for a {e['context_tokens']}-token "
+                 f"prompt (weights {pre['weights']:,.0f} us, read once per {b.token_lanes} tokens; attention "
                  f"{pre['attention']:,.0f} us, the cache read once per {b.token_lanes} queries)")
     if e["breakdown_us"]["lora"]:
-        lines.append(f"          both with one LoRA slot's products ({e['breakdown_us']['lora']:,.1f} us a decode token, "
-                     f"{pre['lora']:,.0f} us the prompt); roma bench leaves them out for a run without an adapter")
+        lines.append(f"          both with one LoRA slot's products ({e['breakdown_us']['lora']:,.1f} us a decode "
+                     f"token, {pre['lora']:,.0f} us the prompt); roma bench leaves them out for a run without an "
+                     "adapter")
     lines.append("  " + e["label"])
     return "\n".join(lines)
