@@ -199,6 +199,21 @@ def test_bench_cycle_hook_gives_labelled_estimate(smollm2):
     assert estimate_line().endswith("(roma plan's roofline: 400,000 at context 8, 57% of it)")
     report["cycles"]["roofline"] = {**roof, "context_tokens": 256}
     assert "-token prompt" not in estimate_line()
+    # the plot's third panel: the decode token's stages stacked, largest first, and beside the prompt as long as
+    # the roofline's context, the roofline's cycles a token
+    del c["prefill"]["lora"]
+    c["decode_per_token"]["sampler"] = 0
+    panel = bench.plot_figure(report).axes[2]
+    assert panel.get_title() == "where a decode token's cycles go"
+    bars = {b.get_label(): b for b in panel.containers}
+    assert list(bars) == ["linear", "attention"]  # the sampler counted nothing
+    assert [b.get_width() for b in bars["linear"]] == [1000] and [b.get_x() for b in bars["attention"]] == [1000]
+    assert panel.get_lines() == []  # a roofline at context 256 is not beside a decode at context 8
+    report["cycles"]["roofline"] = roof
+    (line,) = bench.plot_figure(report).axes[2].get_lines()
+    assert line.get_xdata()[0] == pytest.approx(250e6 / 454_545.0)  # without LoRA: this run has no adapter
+    assert "without LoRA" in line.get_label()
+    assert len(bench.plot_figure({**report, "cycles": None}).axes) == 2
     assert engine.backend.__class__ is CountingBackend  # the bench put the engine's backend back
 
 

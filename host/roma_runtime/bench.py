@@ -761,10 +761,7 @@ def format_table(report: dict) -> str:
             pre = ", ".join(f"{k} {v:,.0f}" for k, v in (c["prefill"] or {}).items()) or "n/a"
             dec = ", ".join(f"{k} {v:,.0f}" for k, v in (c["decode_per_token"] or {}).items()) or "n/a"
             lines.append(f"  prompt {r['prompt_tokens']}: prefill [{pre}]; decode per token [{dec}]")
-            roof, name = cyc.get("roofline"), "roma plan's roofline"
-            if roof and not (c["prefill"] or {}).get("lora") and not (c["decode_per_token"] or {}).get("lora"):
-                # a run without an adapter: beside the roofline without the LoRA products
-                roof, name = {**roof, **roof.get("without_lora", {})}, "roma plan's roofline without LoRA"
+            roof, name = _roofline_for(cyc, c)
             beside = (f" ({name}: {roof['decode_tokens_per_s']:,.0f} at context "
                       f"{roof['context_tokens']}, {c['estimate_decode_tokens_per_s'] / roof['decode_tokens_per_s']:.0%} "
                       "of it)") if roof and c.get("estimate_decode_tokens_per_s") else ""
@@ -781,18 +778,30 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_plot(report: dict, path) -> Path:
-    """Tokens/s against prompt length (log x): prefill and decode panels, ours and the peer."""
+def _roofline_for(cyc: dict, counted: dict) -> tuple[dict | None, str]:
+    """The roofline a run's counted cycles stand beside: without the LoRA products for a run without an adapter."""
+    roof = cyc.get("roofline")
+    with_lora = (counted.get("prefill") or {}).get("lora") or (counted.get("decode_per_token") or {}).get("lora")
+    if roof and not with_lora:
+        return {**roof, **roof.get("without_lora", {})}, "roma plan's roofline without LoRA"
+    return roof, "roma plan's roofline"
+
+
+def plot_figure(report: dict):
+    """Tokens/s against prompt length (log x): prefill and decode panels, ours and the peer; where the backend
+    counts cycles, a third panel with where a decode token's cycles go, stage by stage, beside the roofline."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg writes the PNG
 
-    path = Path(path)
     lengths = [r["prompt_tokens"] for r in report["results"]]
-    peer = report["peer"]
-    fig = Figure(figsize=(11, 4.4), dpi=110)
-    panels = (("prefill_tokens_per_s", "prefill", "prompt length (tokens)"),
-              ("decode_tokens_per_s", "decode", "context at decode start (prompt tokens)"))
-    for i, (key, title, xlabel) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, i + 1)
+    peer, cyc = report["peer"], report.get("cycles")
+    counted = [(r["prompt_tokens"], (r["ours"].get("cycles") or {})) for r in report["results"]]
+    counted = [(n, c) for n, c in counted if c.get("decode_per_token")]
+    panels = 3 if cyc and counted else 2
+    fig = Figure(figsize=(5.5 * panels, 4.4 if panels == 2 else 5.4), dpi=110)
+    for i, (key, title, xlabel) in enumerate((
+            ("prefill_tokens_per_s", "prefill", "prompt length (tokens)"),
+            ("decode_tokens_per_s", "decode", "context at decode start (prompt tokens)"))):
+        ax = fig.add_subplot(1, panels, i + 1)
         ax.plot(lengths, [r["ours"][key] or np.nan for r in report["results"]], "o-",
                 label=f"ours ({report['ours']['backend']}, {report['ours']['numerics']})")
         if peer:
@@ -811,11 +820,49 @@ def write_plot(report: dict, path) -> Path:
         ax.set_title(f"{title} tokens/s")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+    if panels == 3:
+        _stage_panel(fig.add_subplot(1, 3, 3), cyc, counted)
     who = report["ours"]["label"]
     vs = f"; peer: {peer['label']}" if peer else ""
     fig.suptitle(f"roma bench: {report['model']['name']} - ours: {who}{vs}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    return fig
+
+
+def _stage_panel(ax, cyc: dict, counted: list[tuple[int, dict]]) -> None:
+    """One bar per prompt length: a decode token's counted cycles stacked stage by stage (largest stage first; stages
+    that counted nothing left out), and beside the prompt as long as roma plan's context, its roofline's cycles a
+    token at the same clock, as a line."""
+    totals: dict[str, float] = {}
+    for _, c in counted:
+        for stage, n in c["decode_per_token"].items():
+            totals[stage] = totals.get(stage, 0) + n
+    stages = sorted((s for s in totals if totals[s] > 0), key=totals.get, reverse=True)
+    rows = range(len(counted))
+    left = np.zeros(len(counted))
+    for i, stage in enumerate(stages):
+        widths = np.array([c["decode_per_token"].get(stage, 0) for _, c in counted], float)
+        ax.barh(rows, widths, left=left, color=f"C{i % 10}", hatch="//" if i >= 10 else None, label=stage)
+        left += widths
+    for row, (prompt, c) in enumerate(counted):
+        roof, name = _roofline_for(cyc, c)
+        if roof and roof.get("decode_tokens_per_s") and roof["context_tokens"] == prompt:
+            ax.plot([cyc["clock_mhz"] * 1e6 / roof["decode_tokens_per_s"]] * 2, [row - 0.45, row + 0.45], "k--",
+                    lw=1.5, label=f"{name} (context {prompt})")
+    ax.set_yticks(list(rows))
+    ax.set_yticklabels([f"context {n}" for n, _ in counted])
+    ax.invert_yaxis()
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}K")
+    ax.set_xlabel(f"FPGA cycles per decode token (estimate at {cyc['clock_mhz']:g} MHz)")
+    ax.set_title("where a decode token's cycles go")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+
+
+def write_plot(report: dict, path) -> Path:
+    """The bench's figure (plot_figure) as a PNG."""
+    path = Path(path)
+    plot_figure(report).savefig(path, format="png")
     return path
 
 
@@ -836,4 +883,4 @@ def to_json(report: dict) -> str:
     return json.dumps(clean(report), ensure_ascii=False)
 
 
-__all__ = ["BenchConfig", "run_bench", "format_table", "write_plot", "to_json", "parse_lengths"]
+__all__ = ["BenchConfig", "run_bench", "format_table", "plot_figure", "write_plot", "to_json", "parse_lengths"]

@@ -33,7 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print every figure, ratio and machine fact as one JSON object instead of the table")
     parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="draw tokens/s against prompt length (ours and the peer) into a PNG")
+                        help="draw tokens/s against prompt length (ours and the peer) into a PNG; with cycle "
+                             "counts (--backend emu), also where a decode token's cycles go")
     parser.add_argument("--no-lora", action="store_true", help="skip the LoRA swap measurement")
     parser.add_argument("--clock-mhz", type=float, default=None, metavar="MHZ",
                         help="board clock for the cycle-based estimate (default: the backend's clock)")
