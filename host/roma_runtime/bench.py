@@ -762,14 +762,15 @@ def format_table(report: dict) -> str:
             dec = ", ".join(f"{k} {v:,.0f}" for k, v in (c["decode_per_token"] or {}).items()) or "n/a"
             lines.append(f"  prompt {r['prompt_tokens']}: prefill [{pre}]; decode per token [{dec}]")
             roof, name = _roofline_for(cyc, c)
+            # the rooflines are for the roofline's context (a decode there, a prompt that long): beside the figures
+            # of that prompt only
+            roof = roof if roof and roof["context_tokens"] == r["prompt_tokens"] else None
             beside = (f" ({name}: {roof['decode_tokens_per_s']:,.0f} at context "
                       f"{roof['context_tokens']}, {c['estimate_decode_tokens_per_s'] / roof['decode_tokens_per_s']:.0%} "
                       "of it)") if roof and c.get("estimate_decode_tokens_per_s") else ""
-            # the prefill roofline is for a prompt of the roofline's context: beside that prompt's figure only
             prefill_beside = (f" ({name}: {roof['prefill_tokens_per_s']:,.0f} for a {r['prompt_tokens']}"
                               f"-token prompt, {c['estimate_prefill_tokens_per_s'] / roof['prefill_tokens_per_s']:.0%} "
                               "of it)") if (roof and roof.get("prefill_tokens_per_s")
-                                            and roof["context_tokens"] == r["prompt_tokens"]
                                             and c.get("estimate_prefill_tokens_per_s")) else ""
             lines.append(f"    estimate at {cyc['clock_mhz']:g} MHz: prefill "
                          f"{_num(c['estimate_prefill_tokens_per_s'], 'tps')} tok/s{prefill_beside}, decode "
