@@ -130,10 +130,10 @@ enum SampleMode : uint32_t {
 };
 
 // Hardware parameters of the top. The LoRA unit's size (slots, slot rank, target linears, storage type) is the
-// build's: roma_model.h's LORA_SLOTS, LORA_RANK, LORA_TARGET, LORA_INT8 (`roma compile --lora-slots ...`).
+// build's: roma_model.h's LORA_SLOTS, LORA_RANK, LORA_TARGET, LORA_INT8 (`roma compile --lora-slots ...`); so are the
+// sampler's lanes (roma_model.h SAMPLER_LANES, the board's: logits per cycle, timing only).
 constexpr int SAMPLER_K = 64;     // sampler pool (top-k maximum); golden/sampler.py reads it
 constexpr int SAMPLER_RING = 64;  // recent ids for the repetition penalty; golden/sampler.py reads it
-constexpr int SAMPLER_LANES = 4;  // logits per cycle (timing only); the roma_core testbench data reads it
 
 // Words of the status buffer.
 enum Status : uint32_t {

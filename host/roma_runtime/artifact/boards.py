@@ -66,6 +66,8 @@ REQUIRED_FIELDS = {
                       "a power of two from 4 to 64 (the chunk's activation buffers are on chip)"),
     "act_lanes": ((int,), lambda v: 4 <= v <= 128 and v & (v - 1) == 0,
                   "a power of two from 4 to 128 (whole quads of the candidate stage)"),
+    "sampler_lanes": ((int,), lambda v: 1 <= v <= 16 and v & (v - 1) == 0,
+                      "a power of two from 1 to 16 (a sorted list of the best logits per lane)"),
     "memory_banks": ((dict,), lambda v: all(isinstance(t, str) and t.strip() for t in v.values()),
                      "an object {m_axi bundle: memory}, or empty where every port reaches one memory"),
 }
@@ -152,12 +154,20 @@ class Board:
     # activations a GEMV engine takes in per cycle (roma_model.h ROMA_ACT_LANES; an engine of a smaller group, its
     # group: engine_act_lanes)
     act_lanes: int
+    # logits the on-chip sampler takes in per cycle (roma_model.h SAMPLER_LANES: model_sampler_lanes), each lane a
+    # sorted list of the best logits with its insertion network
+    sampler_lanes: int
     memory_banks: dict  # m_axi bundle -> the memory an Alveo card's link binds it to; empty on Zynq (one DDR)
 
     def engine_act_lanes(self, group: int) -> int:
         """The activations per cycle of an engine of `group`-wide groups (roma_core.cpp Unit::ACT): its quantizer
         and candidate stage work within one group a cycle."""
         return min(self.act_lanes, group)
+
+    def model_sampler_lanes(self, vocab: int) -> int:
+        """The sampler's lanes in a build of a model with this vocabulary: the board's, halved until they divide it
+        (sampler.h streams whole rows of lanes)."""
+        return _pow2_at_most(self.sampler_lanes, vocab)
 
     def default_context(self, model_context: int) -> int:
         return min(model_context, self.max_context)

@@ -54,7 +54,7 @@ from .lora_unit import manifest_lora_unit
 
 MANIFEST = "manifest.json"
 FORMAT = "roma-build"
-FORMAT_VERSION = 22  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
+FORMAT_VERSION = 23  # 2: DDR-streamed tensors live in ddr_weights.bin, not in NAME.bin/.dat; 3: per-tensor scale
 # format; 4: the manifest is sealed by MANIFEST_SEAL and checked against roma_model.h; 5: roma_model.h numbers
 # the GEMV engines and ROM bank rows (ENGINE_*, SLOT_*) and defines the synthesis ROM banks; 6: the LoRA unit is
 # the build's (manifest "lora_unit", roma_model.h LORA_SLOTS/LORA_RANK/LORA_TARGET/LORA_INT8), URAM-load-once
@@ -74,7 +74,8 @@ FORMAT_VERSION = 22  # 2: DDR-streamed tensors live in ddr_weights.bin, not in N
 # board's kv_beside_weights: a prefill block's attention beside a DDR-streaming FFN); 20: ddr_weights.bin version 3
 # (q8's row exponents padded to whole stream chunks, read in the tile's one burst); 21: PREFILL_CHUNK (the board's
 # prefill_chunk; it was roma_core.h's 16 for every board); 22: a streamed lm head may share the layers' DDR engine
-# (UNIT_OUTPUT or UNIT_TOKEN_EMBD a layers' unit, its TILES_* its own: model_header.head_on_layers_engine)
+# (UNIT_OUTPUT or UNIT_TOKEN_EMBD a layers' unit, its TILES_* its own: model_header.head_on_layers_engine); 23:
+# SAMPLER_LANES (the board's sampler_lanes; it was roma_core.h's 4 for every board)
 MANIFEST_SEAL = "manifest_sha256"
 HEADER_FILE = "roma_model.h"
 DDR_FILE = "ddr_weights.bin"

@@ -98,6 +98,26 @@ def test_logic_follows_finns_mvau_formulas():
     assert dsp2 == 13 and inputs["selections"] == 32 and lut8 > 2.5 * lut2
 
 
+def test_the_sampler_counts_a_sorted_list_per_lane(smollm2_plan):
+    """sampler.h keeps the K best logits of each lane in registers, each entry with its comparators and its mux: about
+    8K LUTs a lane, so the Zynq boards take one lane (four would be over a third of a KV260), the Alveo cards four."""
+    from roma_runtime.artifact.boards import get_board
+    from roma_runtime.compiler.placement import logic
+
+    def sampler(plan):
+        (unit,) = [u for u in plan.logic["units"] if u["unit"].startswith("sampler")]
+        return unit
+
+    kv = smollm2_plan("kv260", bits=2, group=64, lora_rank=0)
+    one, four = sampler(kv), sampler(smollm2_plan("u250", bits=2, group=64, lora_rank=0))
+    assert one["inputs"]["lanes"] == 1 and four["inputs"]["lanes"] == 4 and one["unit"].startswith("sampler of 1 lane ")
+    assert 10_000 < one["lut"] < 15_000 and 40_000 < four["lut"] < 50_000
+    assert logic.sampler({**one["inputs"], "lanes": 4})[0] > 0.35 * kv.board.luts
+    assert kv.logic["total"]["lut"]["used"] < 0.9 * kv.board.luts
+    # a vocabulary the lanes do not divide takes fewer (sampler.h streams whole rows of lanes)
+    assert get_board("u250").model_sampler_lanes(49152) == 4 and get_board("u250").model_sampler_lanes(1002) == 2
+
+
 def test_the_ddr_stream_reads_whole_port_words():
     """A DDR block is 32 steps: their scale entries, then their planes (brom_ddr.h), so a chunk loop at II 1 reads
     a port word a cycle: a 512-bit word holds a q8 block's 32 scale entries or four 2-bit G64 steps, 9 port words

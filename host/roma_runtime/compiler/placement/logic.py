@@ -60,7 +60,12 @@ RoPE: L pairs: 4 fmul + 2 fadd each, per token lane; its angles (once per positi
   sin and cos of one angle per cycle (1 fmul).
 SwiGLU: per lane 1 exp, 1 fadd, 1 fdiv, 1 fmul.
 Residual add (two call sites in the layer: two instances): L fadd.
-Sampler (LANES 4): 4 fcmp, 1 exp, 1 fmul, 1 fdiv.
+Sampler (sampler.h; L lanes, the board's sampler_lanes, roma_model.h SAMPLER_LANES; roma_core.h's pool K and ring
+  N): per lane a sorted register list of K (key, id) pairs and its insertion network (insert<K>: per entry a 32-bit key compare, a key equality and an id compare for
+  the ties, and a 3:1 mux of the 64 bits it keeps), and N id comparators against the ring of recent ids; with L > 1
+  MERGE's insertion into lane 0's list is a network of its own. An n-bit magnitude compare is n/2 LUTs (a LUT6 per
+  two bits on the carry chain), an equality n/3, a 3:1 mux of one bit one LUT6 (SAMPLER_ENTRY_LUTS); the list is
+  64 FF per entry. Beside them, 1 exp, 1 fmul and 1 fdiv (PROBS, the pick) and 4 fcmp.
 exp (fexp.h): 12 fmul, 11 fadd and two int/fp conversions.
 LUTRAM: each LUTRAM array of memory.py costs banks * width * ceil(depth / 64) LUTs (FINN's distributed-memory
   term, 64-deep LUTRAM).
@@ -76,7 +81,7 @@ from dataclasses import dataclass
 
 from ...artifact.boards import Board
 from ...artifact.ddr_image import ddr_param_words, ddr_step_words
-from ...artifact.interface import kernel_constants
+from ...artifact.interface import kernel_constants, load_constants
 from ...artifact.kv_layout import KvLayout, board_sets
 from ...model.config import ModelConfig
 from .memory import LINEARS, lin_shape, pv_partials, quantizers as quantizer_counts
@@ -130,6 +135,9 @@ FP_OPS = {
     "sin": (2500, 3000, 12), "cos": (2500, 3000, 12),
 }
 EXP_OPS = {"fmul": 12, "fadd": 11, "itof": 1, "ftoi": 1}
+# the sampler's insertion network per list entry (see the docstring): key > (16) and == (11), id < (16), 64 mux LUTs
+SAMPLER_ENTRY_LUTS, SAMPLER_ENTRY_FFS = 16 + 11 + 16 + 64, 64
+SAMPLER_RING_LUTS = 11 + 1  # an id equality and its active-entry AND, per ring entry and lane
 
 
 def _ops(ops: dict) -> tuple[float, float, float]:
@@ -192,6 +200,23 @@ def act_quantizer(lanes: int) -> tuple[float, float, float]:
     """(LUT, FF, DSP) of one activation quantizer of `lanes` lanes (see the docstring)."""
     lut, ff, dsp = _ops({"fdiv": 2, "fmul": lanes})
     return lut + lanes * (31 + 50), ff + lanes * 40, dsp
+
+
+def sampler_inputs(config: ModelConfig, board: Board) -> dict:
+    """The build's sampler instance: its lanes (roma_model.h SAMPLER_LANES), pool and ring (roma_core.h)."""
+    core = load_constants()
+    return {"lanes": board.model_sampler_lanes(config.vocab_size), "pool": core["SAMPLER_K"],
+            "ring": core["SAMPLER_RING"], "vocab": config.vocab_size}
+
+
+def sampler(inputs: dict) -> tuple[float, float, float]:
+    """(LUT, FF, DSP) of the sampler (see the docstring): its lanes' insertion networks and ring comparators, MERGE's
+    network, and its fp operators."""
+    lanes, pool, ring = inputs["lanes"], inputs["pool"], inputs["ring"]
+    networks = lanes + (1 if lanes > 1 else 0)
+    fp = _ops({"fcmp": 4, "exp": 1, "fmul": 1, "fdiv": 1})
+    lut = C1 * (networks * pool * SAMPLER_ENTRY_LUTS + lanes * ring * SAMPLER_RING_LUTS)
+    return fp[0] + lut, fp[1] + networks * pool * SAMPLER_ENTRY_FFS, fp[2]
 
 
 def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: dict, kv_tokens: int,
@@ -284,8 +309,10 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
                        {"simd": ew.swiglu}))
     units.append(_unit("residual add (two per token lane)", 2 * tt, *_ops({"fadd": ew.residual}),
                        {"simd": ew.residual}))
-    units.append(_unit("sampler (one, two call sites)", 1, *_ops({"fcmp": 4, "exp": 1, "fmul": 1, "fdiv": 1}),
-                       {"lanes": 4, "vocab": config.vocab_size}))
+    sampler_in = sampler_inputs(config, board)
+    n = sampler_in["lanes"]
+    units.append(_unit(f"sampler of {n} lane{'s' * (n > 1)} (one, two call sites)", 1, *sampler(sampler_in),
+                       sampler_in))
     lutram = [a for a in arrays if a.impl == "lutram"]
     lut_mem = sum(a.instances * a.banks * a.width * math.ceil(a.depth / 64) for a in lutram)
     units.append(_unit("LUTRAM arrays", 1, lut_mem, 0, 0, {"arrays": len(lutram)}))
