@@ -400,9 +400,12 @@ def measure_autonomous(engine, cfg, prompt: list[int], per_token: list) -> dict 
     runs = [runner.run(prompt, cfg.decode_tokens) for _ in range(cfg.repeats)]
     key = "host_overhead_s_per_token"
     host = [r.figures[key] for r in per_token]
+    # the CMD_GENERATE calls' cycles: every generated token's forward and its sampling on chip
+    cycles, tokens = runs[0].decode_cycles, len(runs[0].ids)
     return {
         "prompt_tokens": len(prompt), "decode_tokens": cfg.decode_tokens, "chunk": ON_CHIP_CHUNK,
-        "generated_tokens": len(runs[0].ids),
+        "generated_tokens": tokens,
+        "decode_cycles_per_token": {k: v / tokens for k, v in cycles.items()} if cycles and tokens else None,
         "host_overhead_s_per_token": _median([r.figures[key] for r in runs]),
         "host_sampled_overhead_s_per_token": _median(host) if host else None,
         "samples": [r.figures[key] for r in runs],
@@ -549,6 +552,8 @@ def _measure(engine, cfg, peer, peer_failure, backend, numerics, model_name, pro
             lora["peer_note"] = "not measured for llama.cpp (its LoRA needs a GGUF adapter file)" if peer else None
 
     clock, clock_source = _clock(engine.backend, cfg.clock_mhz)
+    if autonomous and autonomous["decode_cycles_per_token"]:
+        autonomous["estimate_decode_tokens_per_s"] = clock * 1e6 / sum(autonomous["decode_cycles_per_token"].values())
     results, any_cycles = [], False
     for n in cfg.lengths:
         row = {"prompt_tokens": n}
@@ -739,6 +744,11 @@ def format_table(report: dict) -> str:
                      f"{auto['host_overhead_s_per_token'] * 1e6:.1f} us, host-sampled "
                      + (f"{host * 1e6:.1f} us" if host is not None else "n/a")
                      + ("" if auto.get("same_tokens") else " (tokens differ!)"))
+        if auto.get("estimate_decode_tokens_per_s"):
+            per = auto["decode_cycles_per_token"]
+            lines.append(f"  autonomous decode, FPGA cycles per token (forward and on-chip sampling; estimate at "
+                         f"{report['cycles']['clock_mhz']:g} MHz {_num(auto['estimate_decode_tokens_per_s'], 'tps')} "
+                         f"tok/s): sampler {per.get('sampler', 0):,.0f}, all stages {sum(per.values()):,.0f}")
     lora = report.get("lora")
     lines.append("")
     if lora:

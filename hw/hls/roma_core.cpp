@@ -580,8 +580,10 @@ constexpr int LOGITS_BANKS = pow2_at_least(lanes_max(rm::WEIGHT_PORTS, LOGITS_LA
 constexpr int LOGITS_PORT_BITS = 32 * LOGITS_LANES;
 constexpr int LOGITS_BEATS = (rm::VOCAB + LOGITS_LANES - 1) / LOGITS_LANES;
 constexpr uint64_t LOGITS_OUT_CYCLES = (uint64_t)LOGITS_BEATS * timing::II + 2 + timing::AXI_WRITE_LATENCY;
-// the sampler reads rm::SAMPLER_LANES consecutive logits a cycle, one from each of as many of g_logits' banks
-static_assert(LOGITS_BANKS % rm::SAMPLER_LANES == 0, "the sampler's lanes among g_logits' banks");
+// the sampler reads rm::SAMPLER_LANES consecutive logits a cycle (a greedy token rm::ARGMAX_LANES), one from each of
+// as many of g_logits' banks
+static_assert(LOGITS_BANKS % rm::ARGMAX_LANES == 0 && rm::ARGMAX_LANES % rm::SAMPLER_LANES == 0,
+              "the sampler's lanes among g_logits' banks");
 
 struct Acct {
   LayerCycles layer;
@@ -2147,7 +2149,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
       forward(tokens_in, (int)n_tokens, (int)position, kv_cache, kv_cache_1, kv_cache_2, kv_cache_3, kv_capacity,
               ddr_weights, ddr_weights_1, ddr_weights_2, ddr_weights_3, a);
       if (sample_mode != SAMPLE_NONE)
-        tokens_out[0] = (int32_t)sampler_step<rm::VOCAB, SAMPLER_K, rm::SAMPLER_LANES, SAMPLER_RING>(
+        tokens_out[0] = (int32_t)sampler_step<rm::VOCAB, SAMPLER_K, rm::SAMPLER_LANES, SAMPLER_RING, rm::ARGMAX_LANES>(
             g_logits, prm, g_rng, g_recent, a.sampler);
       done = n_tokens;
     } else {
@@ -2157,7 +2159,7 @@ extern "C" void roma_core(uint32_t command, uint32_t position, uint32_t n_tokens
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = MAX_TOKENS
         forward(&tok, 1, (int)(position + s), kv_cache, kv_cache_1, kv_cache_2, kv_cache_3, kv_capacity,
                 ddr_weights, ddr_weights_1, ddr_weights_2, ddr_weights_3, a);
-        const uint32_t next = sampler_step<rm::VOCAB, SAMPLER_K, rm::SAMPLER_LANES, SAMPLER_RING>(
+        const uint32_t next = sampler_step<rm::VOCAB, SAMPLER_K, rm::SAMPLER_LANES, SAMPLER_RING, rm::ARGMAX_LANES>(
             g_logits, prm, g_rng, g_recent, a.sampler);
         tokens_out[s] = (int32_t)next;
         ++done;

@@ -225,6 +225,14 @@ def test_cycles_per_stage_and_the_bench_estimate(engines):
     assert roof["without_lora"]["prefill_tokens_per_s"] > roof["prefill_tokens_per_s"]
     table = bench.format_table(report)
     assert "estimate at" in table
+    # autonomous decode: every token's forward and its greedy sampling on chip, by ARGMAX at the logits' 16 banks of a
+    # U250 (sampler.h: V / 16 iterations, its depth, 15 merges), not by the four lists (V / 4)
+    auto = report["autonomous"]
+    per = auto["decode_cycles_per_token"]
+    vocab, depth = emu.config.vocab_size, t["ROM_LATENCY"] + 1 + t["FMUL_LATENCY"] + 1
+    assert per["sampler"] == -(-vocab // 16) + depth + 15 + 2 < vocab // 4
+    assert auto["estimate_decode_tokens_per_s"] == pytest.approx(emu.clock_mhz * 1e6 / sum(per.values()))
+    assert "autonomous decode, FPGA cycles per token" in table
     # the roofline is for a decode at its context, a prompt that long: not beside a prompt of 8 tokens
     assert roof["context_tokens"] != 8 and "roma plan's roofline" not in table
     # the plot's stage panel: the counted stages of a decode token, largest first

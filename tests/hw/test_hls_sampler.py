@@ -39,13 +39,19 @@ def test_sampler_bit_exact_with_golden(csim):
     assert m and int(m.group(1)) == 0, out
     assert int(m.group(3)) >= 400 and int(m.group(2)) > 25_000 + 6_000 + 1_500  # exp table, PRNG, tokens
     assert "exp_f32: 0 mismatches" in out and "prng (xorshift64*): 0 mismatches" in out
+    # every case twice: its greedy tokens by the lists, then by ARGMAX at four times the lanes (V=257: the last
+    # row's lanes past V)
     for shape in ("V=49152 K=64 LANES=4 N=64", "V=1000 K=16 LANES=1 N=8", "V=24 K=64 LANES=2 N=4",
                   "V=257 K=64 LANES=1 N=64"):
-        line = next((l for l in out.splitlines() if shape in l), "")
-        assert "mismatches 0" in line, out
-    # the cycle model of the SmolLM2-sized instance: STREAM dominates (V / LANES = 12288 iterations)
-    big = re.search(r"V=49152 K=64 LANES=4 N=64.*greedy (\d+) sampled (\d+)", out)
+        for argmax in ("", f" ARGMAX={4 * int(shape.split('LANES=')[1].split()[0])}"):
+            line = next((l for l in out.splitlines() if shape + argmax + " " in l), "")
+            assert "mismatches 0" in line and " 0 cases" not in line, out
+    # the cycle model of the SmolLM2-sized instance: STREAM dominates (V / LANES = 12288 iterations); ARGMAX takes 16
+    # logits a cycle (3072 iterations), sampling is unchanged
+    big = re.search(r"V=49152 K=64 LANES=4 N=64 .*greedy (\d+) sampled (\d+)", out)
     assert big and 12288 < int(big.group(1)) < int(big.group(2)) < 14000
+    fast = re.search(r"V=49152 K=64 LANES=4 N=64 ARGMAX=16 .*greedy (\d+) sampled (\d+)", out)
+    assert fast and 3072 < int(fast.group(1)) < 3200 and int(fast.group(2)) == int(big.group(2))
 
 
 def test_testbench_detects_a_perturbed_golden_token(csim, tmp_path):
@@ -62,17 +68,17 @@ def test_testbench_detects_a_perturbed_golden_token(csim, tmp_path):
     (bad / "cases.txt").write_text(seq + "\n")
     tokens = np.fromfile(bad / f"{name}.tokens.u32", dtype="<u4")
     rc, mismatches, compared, out = run_tb(build, bad)
-    assert (rc, mismatches, compared) == (0, 0, tokens.size), out
+    assert (rc, mismatches, compared) == (0, 0, 2 * tokens.size), out  # the case runs twice (lists, then ARGMAX)
     tokens[17] = (tokens[17] + 1) % 1000
     tokens.tofile(bad / f"{name}.tokens.u32")
     rc, mismatches, _, out = run_tb(build, bad)
-    assert (rc, mismatches) == (1, 1), out  # exactly the perturbed token; the kernel carries its own state
+    assert (rc, mismatches) == (2, 2), out  # exactly the perturbed token, in each run; the kernel carries its state
     assert f"{name} step 17" in out
     states = np.fromfile(bad / f"{name}.states.u64", dtype="<u8")
     states[3] ^= np.uint64(1)
     states.tofile(bad / f"{name}.states.u64")
     rc, mismatches, _, out = run_tb(build, bad)
-    assert (rc, mismatches) == (2, 2), out
+    assert (rc, mismatches) == (4, 4), out
 
 
 SYNTH_TOP = r"""

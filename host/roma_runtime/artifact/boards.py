@@ -68,6 +68,8 @@ REQUIRED_FIELDS = {
                   "a power of two from 4 to 128 (whole quads of the candidate stage)"),
     "sampler_lanes": ((int,), lambda v: 1 <= v <= 16 and v & (v - 1) == 0,
                       "a power of two from 1 to 16 (a sorted list of the best logits per lane)"),
+    "argmax_lanes": ((int,), lambda v: 1 <= v <= 64 and v & (v - 1) == 0,
+                     "a power of two from 1 to 64 (the logits a greedy token takes per cycle)"),
     "memory_banks": ((dict,), lambda v: all(isinstance(t, str) and t.strip() for t in v.values()),
                      "an object {m_axi bundle: memory}, or empty where every port reaches one memory"),
 }
@@ -157,6 +159,9 @@ class Board:
     # logits the on-chip sampler takes in per cycle (roma_model.h SAMPLER_LANES: model_sampler_lanes), each lane a
     # sorted list of the best logits with its insertion network
     sampler_lanes: int
+    # logits a greedy token takes per cycle where more than sampler_lanes (roma_model.h ARGMAX_LANES:
+    # model_argmax_lanes), the best one per lane
+    argmax_lanes: int
     memory_banks: dict  # m_axi bundle -> the memory an Alveo card's link binds it to; empty on Zynq (one DDR)
 
     def engine_act_lanes(self, group: int) -> int:
@@ -168,6 +173,13 @@ class Board:
         """The sampler's lanes in a build of a model with this vocabulary: the board's, halved until they divide it
         (sampler.h streams whole rows of lanes)."""
         return _pow2_at_most(self.sampler_lanes, vocab)
+
+    def model_argmax_lanes(self, vocab: int) -> int:
+        """The greedy ARGMAX's lanes in a build (sampler.h GLANES): the board's argmax_lanes, at least the sampler's
+        lanes (a multiple of them) and at most g_logits' banks, the fp32 lanes of a weight port word (roma_core.cpp
+        LOGITS_BANKS)."""
+        banks = 1 << max(self.weight_ports - 1, self.weight_port_bits // 32 - 1).bit_length()
+        return min(max(self.argmax_lanes, self.model_sampler_lanes(vocab)), banks)
 
     def default_context(self, model_context: int) -> int:
         return min(model_context, self.max_context)

@@ -35,7 +35,8 @@ Also generated for the top (hw/hls/roma_core.cpp):
   board's elementwise_lanes for this model's dimensions, boards.ElementwiseLanes.for_model), macros because the
   top's partition pragmas name them; ROMA_ACT_LANES: the activations a GEMV engine takes in per cycle (the board's
   act_lanes; an engine of a smaller group takes its group, roma_core.cpp Unit::ACT); SAMPLER_LANES: the logits the
-  on-chip sampler takes in per cycle (the board's sampler_lanes, Board.model_sampler_lanes);
+  on-chip sampler takes in per cycle (the board's sampler_lanes, Board.model_sampler_lanes), ARGMAX_LANES those a greedy
+  token takes (the board's argmax_lanes, Board.model_argmax_lanes);
 - the GEMV engines and their weight banks: one engine per distinct configuration (bits, group, scale format,
   tiles, and tier: BRAM ROM, URAM or DDR-streamed) of the layers' linears, shared by every layer and linear of
   that configuration (the engine takes a tensor's rows and columns at run time); the embedding and an untied
@@ -274,6 +275,9 @@ def render_header(config: ModelConfig, tensors: dict, *, bits: int, group: int, 
               "// the logits the on-chip sampler takes in per cycle, each lane a sorted list of the best (boards.json",
               "// sampler_lanes, halved to divide VOCAB)",
               f"constexpr int SAMPLER_LANES = {get_board(board).model_sampler_lanes(c.vocab_size)};",
+              "// the logits a greedy token takes per cycle (boards.json argmax_lanes: sampler.h ARGMAX where more than",
+              "// SAMPLER_LANES)",
+              f"constexpr int ARGMAX_LANES = {get_board(board).model_argmax_lanes(c.vocab_size)};",
               "", "}  // namespace roma_model", "",
               "// the memory the on-chip KV array binds to (the plan's reservation; unused without one)",
               f"#define ROMA_KV_ONCHIP_IMPL {_impl(kv_onchip)}",

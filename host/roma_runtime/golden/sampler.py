@@ -11,7 +11,9 @@ in a streaming pass over the logits plus a few loops over a small candidate pool
   2. MERGE   ((LANES - 1) * K cycles) the lanes' lists are inserted into lane 0's list.
              Candidates are ordered by the total order (value descending, id ascending): the pool is exactly
              the first min(K, V) entries of a stable descending sort, whatever LANES is. Ties -> lowest id.
-  3. greedy  (temperature 0): token = pool[0], the argmax with ties to the lowest id (numpy argmax).
+  3. greedy  (temperature 0): token = pool[0], the argmax with ties to the lowest id (numpy argmax). A build with
+             more ARGMAX lanes than list lanes (roma_model.h ARGMAX_LANES) finds it in a pass of its own that keeps
+             only the best penalised logit per lane: the same token, in V / ARGMAX_LANES cycles.
   4. PROBS   for the kk = top_k (or K when top_k is 0 or above K) best candidates:
              z = (l - lmax) * inv_temperature, p = exp_f32(z)   (fp32; p[0] = 1 exactly)
   5. CUMSUM  cum[j] = cum[j-1] + p[j], sequentially in fp32 (the order is part of the contract).

@@ -9,6 +9,7 @@
 //             and the ring of recent ids carried from token to token, the ring seeded with the case's ids)
 //             -> every token and every PRNG state after it must equal the golden ones. A token counts as one
 //             mismatch when its id or the state after it differs.
+// Each case runs twice, the second time with ARGMAX at four times the lanes (its greedy tokens by ARGMAX).
 // Prints one line per shape with its cycle model and `tb_sampler: M mismatches of N` (N = compared tokens,
 // exp values and PRNG steps); the exit code is min(M, 255).
 #include <cstdio>
@@ -43,10 +44,9 @@ struct ShapeStats {
   uint64_t greedy_cycles = 0, sampled_cycles = 0;
 };
 
-template <int V, int K, int LANES, int N>
-bool try_case(const Case &c, Tally &tally, std::map<std::string, ShapeStats> &stats, const std::string &shape) {
-  if (c.v != V || c.k != K || c.lanes != LANES || c.n != N) return false;
-  typedef SamplerConfig<V, K, LANES, N> C;
+template <int V, int K, int LANES, int N, int GLANES>
+bool run_case(const Case &c, Tally &tally, std::map<std::string, ShapeStats> &stats, const std::string &shape) {
+  typedef SamplerConfig<V, K, LANES, N, GLANES> C;
   const auto logits = read_array<float>(c.name + ".logits.f32", (size_t)c.steps * V);
   const auto recent_ids = read_array<uint32_t>(c.name + ".recent.u32", (size_t)c.n_recent);
   const auto tokens = read_array<uint32_t>(c.name + ".tokens.u32", (size_t)c.steps);
@@ -67,7 +67,7 @@ bool try_case(const Case &c, Tally &tally, std::map<std::string, ShapeStats> &st
   ++st.cases;
   for (int t = 0; t < c.steps; ++t) {
     SamplerCycles cyc;
-    const uint32_t tok = sampler_step<V, K, LANES, N>(&logits[(size_t)t * V], prm, state, recent, cyc);
+    const uint32_t tok = sampler_step<V, K, LANES, N, GLANES>(&logits[(size_t)t * V], prm, state, recent, cyc);
     const bool ok = tok == tokens[t] && state == states[t];
     tally.check(ok);
     ++st.tokens;
@@ -82,6 +82,15 @@ bool try_case(const Case &c, Tally &tally, std::map<std::string, ShapeStats> &st
   st.greedy_cycles = C::GREEDY_CYCLES;
   st.sampled_cycles = C::SAMPLED_CYCLES;
   return true;
+}
+
+// A case of this shape, twice: greedy tokens by the lists (GLANES = LANES) and by ARGMAX at four times the lanes
+// (roma_core's ARGMAX_LANES on a board with more logits banks than list lanes; the lanes past V take nothing).
+template <int V, int K, int LANES, int N>
+bool try_case(const Case &c, Tally &tally, std::map<std::string, ShapeStats> &stats, const std::string &shape) {
+  if (c.v != V || c.k != K || c.lanes != LANES || c.n != N) return false;
+  return run_case<V, K, LANES, N, LANES>(c, tally, stats, shape) &&
+         run_case<V, K, LANES, N, 4 * LANES>(c, tally, stats, shape + " ARGMAX=" + std::to_string(4 * LANES));
 }
 
 // The shapes gen_sampler.py writes (SHAPES there); each needs its own template instance.

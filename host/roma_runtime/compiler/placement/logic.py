@@ -61,11 +61,14 @@ RoPE: L pairs: 4 fmul + 2 fadd each, per token lane; its angles (once per positi
 SwiGLU: per lane 1 exp, 1 fadd, 1 fdiv, 1 fmul.
 Residual add (two call sites in the layer: two instances): L fadd.
 Sampler (sampler.h; L lanes, the board's sampler_lanes, roma_model.h SAMPLER_LANES; roma_core.h's pool K and ring
-  N): per lane a sorted register list of K (key, id) pairs and its insertion network (insert<K>: per entry a 32-bit key compare, a key equality and an id compare for
-  the ties, and a 3:1 mux of the 64 bits it keeps), and N id comparators against the ring of recent ids; with L > 1
-  MERGE's insertion into lane 0's list is a network of its own. An n-bit magnitude compare is n/2 LUTs (a LUT6 per
-  two bits on the carry chain), an equality n/3, a 3:1 mux of one bit one LUT6 (SAMPLER_ENTRY_LUTS); the list is
-  64 FF per entry. Beside them, 1 exp, 1 fmul and 1 fdiv (PROBS, the pick) and 4 fcmp.
+  N): per lane a sorted register list of K (key, id) pairs and its insertion network (insert<K>: per entry a 32-bit
+  key compare, a key equality and an id compare for the ties, and a 3:1 mux of the 64 bits it keeps), N id
+  comparators against the ring of recent ids and the penalty's fmul; with L > 1 MERGE's insertion into lane 0's list
+  is a network of its own. An n-bit magnitude compare is n/2 LUTs (a LUT6 per two bits on the carry chain), an
+  equality n/3, a 3:1 mux of one bit one LUT6 (SAMPLER_ENTRY_LUTS); the list is 64 FF per entry. Where the board's
+  argmax_lanes A are more than L (roma_model.h ARGMAX_LANES), ARGMAX's lanes: each one entry (the best so far), N
+  ring comparators and an fmul, and its A - 1 merges one entry's network. Beside them 1 exp, 1 fmul and 1 fdiv
+  (PROBS, the pick) and 4 fcmp.
 exp (fexp.h): 12 fmul, 11 fadd and two int/fp conversions.
 LUTRAM: each LUTRAM array of memory.py costs banks * width * ceil(depth / 64) LUTs (FINN's distributed-memory
   term, 64-deep LUTRAM).
@@ -206,17 +209,19 @@ def sampler_inputs(config: ModelConfig, board: Board) -> dict:
     """The build's sampler instance: its lanes (roma_model.h SAMPLER_LANES), pool and ring (roma_core.h)."""
     core = load_constants()
     return {"lanes": board.model_sampler_lanes(config.vocab_size), "pool": core["SAMPLER_K"],
-            "ring": core["SAMPLER_RING"], "vocab": config.vocab_size}
+            "ring": core["SAMPLER_RING"], "argmax_lanes": board.model_argmax_lanes(config.vocab_size),
+            "vocab": config.vocab_size}
 
 
 def sampler(inputs: dict) -> tuple[float, float, float]:
     """(LUT, FF, DSP) of the sampler (see the docstring): its lanes' insertion networks and ring comparators, MERGE's
     network, and its fp operators."""
     lanes, pool, ring = inputs["lanes"], inputs["pool"], inputs["ring"]
-    networks = lanes + (1 if lanes > 1 else 0)
-    fp = _ops({"fcmp": 4, "exp": 1, "fmul": 1, "fdiv": 1})
-    lut = C1 * (networks * pool * SAMPLER_ENTRY_LUTS + lanes * ring * SAMPLER_RING_LUTS)
-    return fp[0] + lut, fp[1] + networks * pool * SAMPLER_ENTRY_FFS, fp[2]
+    argmax = inputs["argmax_lanes"] if inputs["argmax_lanes"] > lanes else 0
+    entries = (lanes + (1 if lanes > 1 else 0)) * pool + (argmax + 1 if argmax else 0)
+    fp = _ops({"fcmp": 4, "exp": 1, "fmul": 1 + lanes + argmax, "fdiv": 1})  # a penalty multiplier per lane
+    lut = C1 * (entries * SAMPLER_ENTRY_LUTS + (lanes + argmax) * ring * SAMPLER_RING_LUTS)
+    return fp[0] + lut, fp[1] + entries * SAMPLER_ENTRY_FFS, fp[2]
 
 
 def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: dict, kv_tokens: int,
@@ -310,8 +315,9 @@ def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: di
     units.append(_unit("residual add (two per token lane)", 2 * tt, *_ops({"fadd": ew.residual}),
                        {"simd": ew.residual}))
     sampler_in = sampler_inputs(config, board)
-    n = sampler_in["lanes"]
-    units.append(_unit(f"sampler of {n} lane{'s' * (n > 1)} (one, two call sites)", 1, *sampler(sampler_in),
+    n, argmax = sampler_in["lanes"], sampler_in["argmax_lanes"]
+    greedy = f", greedy tokens on {argmax}" if argmax > n else ""
+    units.append(_unit(f"sampler of {n} lane{'s' * (n > 1)}{greedy} (one, two call sites)", 1, *sampler(sampler_in),
                        sampler_in))
     lutram = [a for a in arrays if a.impl == "lutram"]
     lut_mem = sum(a.instances * a.banks * a.width * math.ceil(a.depth / 64) for a in lutram)

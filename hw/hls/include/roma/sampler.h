@@ -34,9 +34,14 @@
 // Repetition penalty is on chip: a ring of the last N sampled ids (RecentIds<N>, pushed by sampler_step)
 // and LANES*N id comparators in STREAM. The active window is the last min(count, repeat_last_n, N) ids.
 //
+// ARGMAX (greedy, where GLANES > LANES): the best logit only, GLANES a cycle (as many as g_logits' banks give,
+//   roma_core's LOGITS_BANKS): V/GLANES iterations at II=1, each lane keeping one (key, id) with the penalty's ring
+//   comparators, then GLANES - 1 merges. The same order (key desc, id asc), so the same token as pool[0], without
+//   the lists' networks per lane: the greedy token at the logits' width where a list per lane would cost too much.
+//
 // Cycle model (SamplerConfig, shared by the pragmas and the cycle counters):
-//   greedy:  STREAM_CYCLES + MERGE_CYCLES
-//   sampled: + PROBS_CYCLES + CUMSUM_CYCLES + KEEP_CYCLES + PICK_CYCLES
+//   greedy:  STREAM_CYCLES + MERGE_CYCLES, or ARGMAX_CYCLES where GLANES > LANES
+//   sampled: STREAM_CYCLES + MERGE_CYCLES + PROBS_CYCLES + CUMSUM_CYCLES + KEEP_CYCLES + PICK_CYCLES
 //   e.g. V=49152, K=64, LANES=4: 12,295 + 194 + 148 + 258 + 69 + 69 = 13,033 cycles (43 us at 300 MHz);
 //   STREAM dominates, so LANES sets the speed (it can also consume the LM head's outputs as they appear).
 //
@@ -148,10 +153,13 @@ inline float prng_next(uint64_t &state) {
   return (float)(uint32_t)(out >> 40) * sampler_detail::UNIFORM_SCALE;
 }
 
-template <int V, int K, int LANES = 1, int N = 64>
+template <int V, int K, int LANES = 1, int N = 64, int GLANES = LANES>
 struct SamplerConfig {
   static_assert(V >= 1 && K >= 1 && LANES >= 1 && N >= 1, "sampler dimensions must be positive");
   static_assert(V % LANES == 0, "LANES must divide V");
+  static_assert(GLANES % LANES == 0, "ARGMAX's lanes are a multiple of STREAM's (g_logits' banks serve both)");
+  static constexpr bool ARGMAX = GLANES > LANES;
+  static constexpr int ARGMAX_STEPS = (V + GLANES - 1) / GLANES; // the last row's lanes past V take nothing
   static constexpr int POOL = K < V ? K : V;
   static constexpr int STEPS = V / LANES;
   static constexpr int MERGE_ITERS = (LANES - 1) * POOL;
@@ -170,21 +178,74 @@ struct SamplerConfig {
   static constexpr uint64_t CUMSUM_CYCLES = (uint64_t)POOL * CUM_II + 2;
   static constexpr uint64_t KEEP_CYCLES = timing::FMUL_LATENCY + (uint64_t)POOL * timing::II + 2;
   static constexpr uint64_t PICK_CYCLES = timing::FMUL_LATENCY + (uint64_t)POOL * timing::II + 2;
-  static constexpr uint64_t GREEDY_CYCLES = STREAM_CYCLES + MERGE_CYCLES;
+  static constexpr uint64_t ARGMAX_STREAM_CYCLES = (uint64_t)ARGMAX_STEPS * timing::II + STREAM_DEPTH;
+  static constexpr uint64_t ARGMAX_MERGE_CYCLES = (uint64_t)(GLANES - 1) * timing::II + MERGE_DEPTH;
+  static constexpr uint64_t GREEDY_CYCLES =
+      ARGMAX ? ARGMAX_STREAM_CYCLES + ARGMAX_MERGE_CYCLES : STREAM_CYCLES + MERGE_CYCLES;
   static constexpr uint64_t SAMPLED_CYCLES =
-      GREEDY_CYCLES + PROBS_CYCLES + CUMSUM_CYCLES + KEEP_CYCLES + PICK_CYCLES;
+      STREAM_CYCLES + MERGE_CYCLES + PROBS_CYCLES + CUMSUM_CYCLES + KEEP_CYCLES + PICK_CYCLES;
 };
 
+// The penalised logit of id i: l * inv_penalty if l > 0, else l * penalty, where i is among the active recent ids
+// (N comparators; one multiplier, its factor chosen first).
+template <int N>
+inline float penalised(float l, uint32_t i, const uint32_t ring[N], const bool act[N], const SamplerParams &prm) {
+  bool seen = false;
+  for (int j = 0; j < N; ++j) {
+#pragma HLS UNROLL
+    seen = seen || (act[j] && ring[j] == i);
+  }
+  return seen ? l * (l > 0.0f ? prm.inv_penalty : prm.penalty) : l;
+}
+
+// ARGMAX: the greedy token, GLANES logits a cycle (see the top of the file).
+template <int V, int N, int GLANES>
+uint32_t argmax_token(const float logits[V], const SamplerParams &prm, const uint32_t ring[N], const bool act[N]) {
+  using namespace sampler_detail;
+  uint32_t best_key[GLANES], best_id[GLANES];
+#pragma HLS ARRAY_PARTITION variable = best_key type = complete
+#pragma HLS ARRAY_PARTITION variable = best_id type = complete
+  for (int ln = 0; ln < GLANES; ++ln) {
+#pragma HLS UNROLL
+    best_key[ln] = EMPTY_KEY;
+    best_id[ln] = INVALID_ID;
+  }
+ARGMAX:
+  for (int s = 0; s < (V + GLANES - 1) / GLANES; ++s) {
+#pragma HLS PIPELINE II = timing::II
+    for (int ln = 0; ln < GLANES; ++ln) {
+#pragma HLS UNROLL
+      const uint32_t i = (uint32_t)(s * GLANES + ln);
+      if (i < (uint32_t)V) {
+        const uint32_t k = order_key(penalised<N>(logits[i], i, ring, act, prm));
+        if (before(k, i, best_key[ln], best_id[ln])) {
+          best_key[ln] = k;
+          best_id[ln] = i;
+        }
+      }
+    }
+  }
+ARGMAX_MERGE:
+  for (int ln = 1; ln < GLANES; ++ln) {
+#pragma HLS PIPELINE II = timing::II
+    if (before(best_key[ln], best_id[ln], best_key[0], best_id[0])) {
+      best_key[0] = best_key[ln];
+      best_id[0] = best_id[ln];
+    }
+  }
+  return best_id[0];
+}
+
 // One token: the logits of one position -> token id. rng_state advances by one draw. `recent` is read only.
-template <int V, int K, int LANES = 1, int N = 64>
+template <int V, int K, int LANES = 1, int N = 64, int GLANES = LANES>
 uint32_t sampler_sample(const float logits[V], const SamplerParams &prm, uint64_t &rng_state,
                         const RecentIds<N> &recent, SamplerCycles &cyc) {
   using namespace sampler_detail;
-  typedef SamplerConfig<V, K, LANES, N> C;
+  typedef SamplerConfig<V, K, LANES, N, GLANES> C;
   constexpr int POOL = C::POOL;
   constexpr int CUM_II = C::CUM_II; // used by the PIPELINE pragma
   (void)CUM_II;
-#pragma HLS ARRAY_PARTITION variable = logits type = cyclic factor = LANES dim = 1
+#pragma HLS ARRAY_PARTITION variable = logits type = cyclic factor = GLANES dim = 1
 
   // The draw does not depend on the logits: in hardware it runs in parallel with STREAM.
   const float u = prng_next(rng_state);
@@ -201,6 +262,13 @@ uint32_t sampler_sample(const float logits[V], const SamplerParams &prm, uint64_
     const int age = (recent.head - 1 - j + 2 * N) % N; // 0 = the most recent id
     ring[j] = recent.id[j];
     act[j] = age < nact;
+  }
+
+  if (C::ARGMAX && prm.greedy) {
+    cyc.stream += C::ARGMAX_STREAM_CYCLES;
+    cyc.merge += C::ARGMAX_MERGE_CYCLES;
+    ++cyc.tokens;
+    return argmax_token<V, N, GLANES>(logits, prm, ring, act);
   }
 
   uint32_t key[LANES][POOL], id[LANES][POOL];
@@ -221,14 +289,7 @@ STREAM:
     for (int ln = 0; ln < LANES; ++ln) {
 #pragma HLS UNROLL
       const uint32_t i = (uint32_t)(s * LANES + ln);
-      float l = logits[i];
-      bool seen = false;
-      for (int j = 0; j < N; ++j) {
-#pragma HLS UNROLL
-        seen = seen || (act[j] && ring[j] == i);
-      }
-      if (seen) l = l > 0.0f ? l * prm.inv_penalty : l * prm.penalty;
-      insert<POOL>(key[ln], id[ln], order_key(l), i);
+      insert<POOL>(key[ln], id[ln], order_key(penalised<N>(logits[i], i, ring, act, prm)), i);
     }
   }
 
@@ -300,10 +361,10 @@ PICK:
 }
 
 // Autonomous decode: sample one token and push it into the ring (state carried to the next token).
-template <int V, int K, int LANES = 1, int N = 64>
+template <int V, int K, int LANES = 1, int N = 64, int GLANES = LANES>
 uint32_t sampler_step(const float logits[V], const SamplerParams &prm, uint64_t &rng_state, RecentIds<N> &recent,
                       SamplerCycles &cyc) {
-  const uint32_t token = sampler_sample<V, K, LANES, N>(logits, prm, rng_state, recent, cyc);
+  const uint32_t token = sampler_sample<V, K, LANES, N, GLANES>(logits, prm, rng_state, recent, cyc);
   recent.push(token);
   return token;
 }
