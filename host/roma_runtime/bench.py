@@ -771,10 +771,7 @@ def format_table(report: dict) -> str:
             pre = ", ".join(f"{k} {v:,.0f}" for k, v in (c["prefill"] or {}).items()) or "n/a"
             dec = ", ".join(f"{k} {v:,.0f}" for k, v in (c["decode_per_token"] or {}).items()) or "n/a"
             lines.append(f"  prompt {r['prompt_tokens']}: prefill [{pre}]; decode per token [{dec}]")
-            roof, name = _roofline_for(cyc, c)
-            # the rooflines are for the roofline's context (a decode there, a prompt that long): beside the figures
-            # of that prompt only
-            roof = roof if roof and roof["context_tokens"] == r["prompt_tokens"] else None
+            roof, name = _roofline_for(cyc, c, r["prompt_tokens"])
             beside = (f" ({name}: {roof['decode_tokens_per_s']:,.0f} at context "
                       f"{roof['context_tokens']}, {c['estimate_decode_tokens_per_s'] / roof['decode_tokens_per_s']:.0%} "
                       "of it)") if roof and c.get("estimate_decode_tokens_per_s") else ""
@@ -789,11 +786,15 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _roofline_for(cyc: dict, counted: dict) -> tuple[dict | None, str]:
-    """The roofline a run's counted cycles stand beside: without the LoRA products for a run without an adapter."""
+def _roofline_for(cyc: dict, counted: dict, prompt_tokens: int) -> tuple[dict | None, str]:
+    """The roofline a run's counted cycles stand beside: None unless the prompt is as long as its context (the decode
+    roofline is at that context, the prefill one for a prompt that long); without the LoRA products for a run without
+    an adapter."""
     roof = cyc.get("roofline")
+    if not roof or roof["context_tokens"] != prompt_tokens:
+        return None, ""
     with_lora = (counted.get("prefill") or {}).get("lora") or (counted.get("decode_per_token") or {}).get("lora")
-    if roof and not with_lora:
+    if not with_lora:
         return {**roof, **roof.get("without_lora", {})}, "roma plan's roofline without LoRA"
     return roof, "roma plan's roofline"
 
@@ -844,10 +845,9 @@ def _stage_panel(ax, cyc: dict, counted: list[tuple[int, dict]]) -> None:
     """One bar per prompt length: a decode token's counted cycles stacked stage by stage (largest stage first; stages
     that counted nothing left out), and beside the prompt as long as roma plan's context, its roofline's cycles a
     token at the same clock, as a line."""
-    totals: dict[str, float] = {}
+    totals = None
     for _, c in counted:
-        for stage, n in c["decode_per_token"].items():
-            totals[stage] = totals.get(stage, 0) + n
+        totals = _add_cycles(totals, c["decode_per_token"])
     stages = sorted((s for s in totals if totals[s] > 0), key=totals.get, reverse=True)
     rows = range(len(counted))
     left = np.zeros(len(counted))
@@ -856,8 +856,8 @@ def _stage_panel(ax, cyc: dict, counted: list[tuple[int, dict]]) -> None:
         ax.barh(rows, widths, left=left, color=f"C{i % 10}", hatch="//" if i >= 10 else None, label=stage)
         left += widths
     for row, (prompt, c) in enumerate(counted):
-        roof, name = _roofline_for(cyc, c)
-        if roof and roof.get("decode_tokens_per_s") and roof["context_tokens"] == prompt:
+        roof, name = _roofline_for(cyc, c, prompt)
+        if roof and roof.get("decode_tokens_per_s"):
             ax.plot([cyc["clock_mhz"] * 1e6 / roof["decode_tokens_per_s"]] * 2, [row - 0.45, row + 0.45], "k--",
                     lw=1.5, label=f"{name} (context {prompt})")
     ax.set_yticks(list(rows))
