@@ -1,13 +1,13 @@
 // Synthesis wrapper of the on-chip sampler (tb/tb_sampler.cpp checks it in C simulation): one token of
-// autonomous decode over SmolLM2-135M's vocabulary (49152 logits, pool of 64, 4 lanes, ring of 64 ids) with
-// the PRNG state and the ring of recent ids kept on chip between calls, as roma_core.cpp keeps them
-// (run_hls_sampler.tcl reports its II, latency and resources).
+// autonomous decode over SmolLM2-135M's vocabulary (49152 logits, pool of 64, 4 lanes, greedy tokens on 16, ring of
+// 64 ids: an Alveo card's sampler_lanes and argmax_lanes) with the PRNG state and the ring of recent ids kept on chip
+// between calls, as roma_core.cpp keeps them (run_hls_sampler.tcl reports its II, latency and resources).
 #include <cstdint>
 
 #include "roma/sampler.h"
 
 namespace {
-constexpr int V = 49152, K = 64, LANES = 4, N = 64;
+constexpr int V = 49152, K = 64, LANES = 4, N = 64, GLANES = 16;
 } // namespace
 
 extern "C" uint32_t roma_syn_sampler(const float logits[V], int greedy, float inv_temperature, int top_k,
@@ -29,5 +29,5 @@ extern "C" uint32_t roma_syn_sampler(const float logits[V], int greedy, float in
   prm.inv_penalty = inv_penalty;
   prm.repeat_last_n = repeat_last_n;
   roma::SamplerCycles cyc;
-  return roma::sampler_step<V, K, LANES, N>(logits, prm, rng, recent, cyc);
+  return roma::sampler_step<V, K, LANES, N, GLANES>(logits, prm, rng, recent, cyc);
 }
