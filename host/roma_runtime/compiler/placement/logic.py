@@ -62,10 +62,11 @@ SwiGLU: per lane 1 exp, 1 fadd, 1 fdiv, 1 fmul.
 Residual add (two call sites in the layer: two instances): L fadd.
 Sampler (sampler.h; L lanes, the board's sampler_lanes, roma_model.h SAMPLER_LANES; roma_core.h's pool K and ring
   N): per lane a sorted register list of K (key, id) pairs and its insertion network (insert<K>: per entry a 32-bit
-  key compare, a key equality and an id compare for the ties, and a 3:1 mux of the 64 bits it keeps), N id
+  key compare, a key equality and an id compare for the ties, and a 3:1 mux of the bits it keeps), N id
   comparators against the ring of recent ids and the penalty's fmul; with L > 1 MERGE's insertion into lane 0's list
   is a network of its own. An n-bit magnitude compare is n/2 LUTs (a LUT6 per two bits on the carry chain), an
-  equality n/3, a 3:1 mux of one bit one LUT6 (SAMPLER_ENTRY_LUTS); the list is 64 FF per entry. Where the board's
+  equality n/3, a 3:1 mux of one bit one LUT6 (sampler_entry); the ids are 16 bits where the vocabulary is below
+  65,535 (sampler.h Id), else 32, and the list holds the key and id bits in FF. Where the board's
   argmax_lanes A are more than L (roma_model.h ARGMAX_LANES), ARGMAX's lanes: each one entry (the best so far), N
   ring comparators and an fmul, and its A - 1 merges one entry's network. Beside them 1 exp, 1 fmul and 1 fdiv
   (PROBS, the pick) and 4 fcmp.
@@ -138,9 +139,13 @@ FP_OPS = {
     "sin": (2500, 3000, 12), "cos": (2500, 3000, 12),
 }
 EXP_OPS = {"fmul": 12, "fadd": 11, "itof": 1, "ftoi": 1}
-# the sampler's insertion network per list entry (see the docstring): key > (16) and == (11), id < (16), 64 mux LUTs
-SAMPLER_ENTRY_LUTS, SAMPLER_ENTRY_FFS = 16 + 11 + 16 + 64, 64
-SAMPLER_RING_LUTS = 11 + 1  # an id equality and its active-entry AND, per ring entry and lane
+
+
+def sampler_entry(id_bits: int) -> tuple[int, int, int]:
+    """The LUTs and FF of one entry of the sampler's lists (see the docstring): key > (16) and == (11), id <
+    (id_bits / 2), a mux of its key and id bits; and the LUTs of one ring comparator, an id equality and its
+    active-entry AND."""
+    return 16 + 11 + id_bits // 2 + 32 + id_bits, 32 + id_bits, -(-id_bits // 3) + 1
 
 
 def _ops(ops: dict) -> tuple[float, float, float]:
@@ -220,8 +225,9 @@ def sampler(inputs: dict) -> tuple[float, float, float]:
     argmax = inputs["argmax_lanes"] if inputs["argmax_lanes"] > lanes else 0
     entries = (lanes + (1 if lanes > 1 else 0)) * pool + (argmax + 1 if argmax else 0)
     fp = _ops({"fcmp": 4, "exp": 1, "fmul": 1 + lanes + argmax, "fdiv": 1})  # a penalty multiplier per lane
-    lut = C1 * (entries * SAMPLER_ENTRY_LUTS + (lanes + argmax) * ring * SAMPLER_RING_LUTS)
-    return fp[0] + lut, fp[1] + entries * SAMPLER_ENTRY_FFS, fp[2]
+    entry_lut, entry_ff, ring_lut = sampler_entry(16 if inputs["vocab"] < 0xFFFF else 32)  # sampler.h Id
+    lut = C1 * (entries * entry_lut + (lanes + argmax) * ring * ring_lut)
+    return fp[0] + lut, fp[1] + entries * entry_ff, fp[2]
 
 
 def estimate(config: ModelConfig, board: Board, engines: list[dict], *, lora: dict, kv_tokens: int,

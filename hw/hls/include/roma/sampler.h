@@ -50,6 +50,7 @@
 #define ROMA_SAMPLER_H
 
 #include <cstdint>
+#include <type_traits>
 
 #include "fexp.h"
 #include "types.h"
@@ -101,7 +102,11 @@ namespace sampler_detail {
 
 constexpr uint64_t XS_MULTIPLIER = 0x2545F4914F6CDD1Dull;
 constexpr uint64_t SEED_ZERO_REPLACEMENT = 0x9E3779B97F4A7C15ull;
-constexpr uint32_t INVALID_ID = 0xffffffffu;
+// an empty list entry's id: above every id of the vocabulary (ties go to the lower id)
+template <class Id>
+constexpr Id invalid_id() {
+  return (Id)~(Id)0;
+}
 constexpr uint32_t EMPTY_KEY = 0u; // below the key of every non-NaN float (-inf has key 0x007fffff)
 
 constexpr float UNIFORM_SCALE = 5.9604644775390625e-8f; // 2^-24 (0x33800000)
@@ -119,8 +124,8 @@ inline float key_to_float(uint32_t k) { return bits_to_float((k & 0x80000000u) ?
 inline bool before(uint32_t ka, uint32_t ia, uint32_t kb, uint32_t ib) { return ka > kb || (ka == kb && ia < ib); }
 
 // Insert (k, i) into a sorted list of P entries (the insertion network: P comparisons and a shift).
-template <int P>
-inline void insert(uint32_t key[P], uint32_t id[P], uint32_t k, uint32_t i) {
+template <int P, class Id>
+inline void insert(uint32_t key[P], Id id[P], uint32_t k, Id i) {
   if (!before(k, i, key[P - 1], id[P - 1])) return; // not among the P best: nothing moves
   bool b[P];
   for (int j = 0; j < P; ++j) {
@@ -159,6 +164,9 @@ struct SamplerConfig {
   static_assert(V % LANES == 0, "LANES must divide V");
   static_assert(GLANES % LANES == 0, "ARGMAX's lanes are a multiple of STREAM's (g_logits' banks serve both)");
   static constexpr bool ARGMAX = GLANES > LANES;
+  // the ids' width: 16 bits where the vocabulary and the empty entry's id fit (the lists' compares and muxes, the
+  // ring's comparators)
+  typedef typename std::conditional<(V < 0xffff), uint16_t, uint32_t>::type Id;
   static constexpr int ARGMAX_STEPS = (V + GLANES - 1) / GLANES; // the last row's lanes past V take nothing
   static constexpr int POOL = K < V ? K : V;
   static constexpr int STEPS = V / LANES;
@@ -188,8 +196,8 @@ struct SamplerConfig {
 
 // The penalised logit of id i: l * inv_penalty if l > 0, else l * penalty, where i is among the active recent ids
 // (N comparators; one multiplier, its factor chosen first).
-template <int N>
-inline float penalised(float l, uint32_t i, const uint32_t ring[N], const bool act[N], const SamplerParams &prm) {
+template <int N, class Id>
+inline float penalised(float l, Id i, const Id ring[N], const bool act[N], const SamplerParams &prm) {
   bool seen = false;
   for (int j = 0; j < N; ++j) {
 #pragma HLS UNROLL
@@ -199,28 +207,29 @@ inline float penalised(float l, uint32_t i, const uint32_t ring[N], const bool a
 }
 
 // ARGMAX: the greedy token, GLANES logits a cycle (see the top of the file).
-template <int V, int N, int GLANES>
-uint32_t argmax_token(const float logits[V], const SamplerParams &prm, const uint32_t ring[N], const bool act[N]) {
+template <int V, int N, int GLANES, class Id>
+uint32_t argmax_token(const float logits[V], const SamplerParams &prm, const Id ring[N], const bool act[N]) {
   using namespace sampler_detail;
-  uint32_t best_key[GLANES], best_id[GLANES];
+  uint32_t best_key[GLANES];
+  Id best_id[GLANES];
 #pragma HLS ARRAY_PARTITION variable = best_key type = complete
 #pragma HLS ARRAY_PARTITION variable = best_id type = complete
   for (int ln = 0; ln < GLANES; ++ln) {
 #pragma HLS UNROLL
     best_key[ln] = EMPTY_KEY;
-    best_id[ln] = INVALID_ID;
+    best_id[ln] = invalid_id<Id>();
   }
 ARGMAX:
   for (int s = 0; s < (V + GLANES - 1) / GLANES; ++s) {
 #pragma HLS PIPELINE II = timing::II
     for (int ln = 0; ln < GLANES; ++ln) {
 #pragma HLS UNROLL
-      const uint32_t i = (uint32_t)(s * GLANES + ln);
-      if (i < (uint32_t)V) {
-        const uint32_t k = order_key(penalised<N>(logits[i], i, ring, act, prm));
+      const int i = s * GLANES + ln;
+      if (i < V) {
+        const uint32_t k = order_key(penalised<N, Id>(logits[i], (Id)i, ring, act, prm));
         if (before(k, i, best_key[ln], best_id[ln])) {
           best_key[ln] = k;
-          best_id[ln] = i;
+          best_id[ln] = (Id)i;
         }
       }
     }
@@ -242,6 +251,7 @@ uint32_t sampler_sample(const float logits[V], const SamplerParams &prm, uint64_
                         const RecentIds<N> &recent, SamplerCycles &cyc) {
   using namespace sampler_detail;
   typedef SamplerConfig<V, K, LANES, N, GLANES> C;
+  typedef typename C::Id Id;
   constexpr int POOL = C::POOL;
   constexpr int CUM_II = C::CUM_II; // used by the PIPELINE pragma
   (void)CUM_II;
@@ -253,14 +263,14 @@ uint32_t sampler_sample(const float logits[V], const SamplerParams &prm, uint64_
   // Active ring entries: the last min(count, repeat_last_n, N) ids.
   int nact = recent.count < prm.repeat_last_n ? recent.count : prm.repeat_last_n;
   if (nact < 0) nact = 0;
-  uint32_t ring[N];
+  Id ring[N];
   bool act[N];
 #pragma HLS ARRAY_PARTITION variable = ring type = complete
 #pragma HLS ARRAY_PARTITION variable = act type = complete
   for (int j = 0; j < N; ++j) {
 #pragma HLS UNROLL
     const int age = (recent.head - 1 - j + 2 * N) % N; // 0 = the most recent id
-    ring[j] = recent.id[j];
+    ring[j] = (Id)recent.id[j];
     act[j] = age < nact;
   }
 
@@ -268,10 +278,11 @@ uint32_t sampler_sample(const float logits[V], const SamplerParams &prm, uint64_
     cyc.stream += C::ARGMAX_STREAM_CYCLES;
     cyc.merge += C::ARGMAX_MERGE_CYCLES;
     ++cyc.tokens;
-    return argmax_token<V, N, GLANES>(logits, prm, ring, act);
+    return argmax_token<V, N, GLANES, Id>(logits, prm, ring, act);
   }
 
-  uint32_t key[LANES][POOL], id[LANES][POOL];
+  uint32_t key[LANES][POOL];
+  Id id[LANES][POOL];
 #pragma HLS ARRAY_PARTITION variable = key type = complete dim = 0
 #pragma HLS ARRAY_PARTITION variable = id type = complete dim = 0
   for (int ln = 0; ln < LANES; ++ln) {
@@ -279,7 +290,7 @@ uint32_t sampler_sample(const float logits[V], const SamplerParams &prm, uint64_
     for (int j = 0; j < POOL; ++j) {
 #pragma HLS UNROLL
       key[ln][j] = EMPTY_KEY;
-      id[ln][j] = INVALID_ID;
+      id[ln][j] = invalid_id<Id>();
     }
   }
 
@@ -288,8 +299,8 @@ STREAM:
 #pragma HLS PIPELINE II = timing::II
     for (int ln = 0; ln < LANES; ++ln) {
 #pragma HLS UNROLL
-      const uint32_t i = (uint32_t)(s * LANES + ln);
-      insert<POOL>(key[ln], id[ln], order_key(penalised<N>(logits[i], i, ring, act, prm)), i);
+      const Id i = (Id)(s * LANES + ln);
+      insert<POOL, Id>(key[ln], id[ln], order_key(penalised<N, Id>(logits[i], i, ring, act, prm)), i);
     }
   }
 
@@ -297,7 +308,7 @@ MERGE:
   for (int m = 0; m < C::MERGE_ITERS; ++m) {
 #pragma HLS PIPELINE II = timing::II
     const int ln = 1 + m / POOL, j = m % POOL;
-    insert<POOL>(key[0], id[0], key[ln][j], id[ln][j]);
+    insert<POOL, Id>(key[0], id[0], key[ln][j], id[ln][j]);
   }
 
   cyc.stream += C::STREAM_CYCLES;
