@@ -77,6 +77,16 @@ ELEMENTWISE_UNITS = ("norm", "swiglu", "rope", "residual")
 MAX_ELEMENTWISE_LANES = 64
 
 
+def pow2_at_least(n: int) -> int:  # roma_core.cpp pow2_at_least
+    return 1 << (n - 1).bit_length()
+
+
+def logits_banks(weight_ports: int, weight_port_bits: int) -> int:
+    """g_logits' cyclic banks (roma_core.cpp LOGITS_BANKS): the power of two covering the weight ports (the logits a
+    streamed head writes per cycle) and a port word's fp32 lanes (the logits LOGITS_OUT sends per cycle)."""
+    return pow2_at_least(max(weight_ports, weight_port_bits // 32))
+
+
 def _pow2_at_most(lanes: int, n: int) -> int:
     """The largest power of two <= lanes that divides n."""
     while n % lanes:
@@ -176,10 +186,9 @@ class Board:
 
     def model_argmax_lanes(self, vocab: int) -> int:
         """The greedy ARGMAX's lanes in a build (sampler.h GLANES): the board's argmax_lanes, at least the sampler's
-        lanes (a multiple of them) and at most g_logits' banks, the fp32 lanes of a weight port word (roma_core.cpp
-        LOGITS_BANKS)."""
-        banks = 1 << max(self.weight_ports - 1, self.weight_port_bits // 32 - 1).bit_length()
-        return min(max(self.argmax_lanes, self.model_sampler_lanes(vocab)), banks)
+        lanes (a multiple of them) and at most g_logits' banks (logits_banks)."""
+        return min(max(self.argmax_lanes, self.model_sampler_lanes(vocab)),
+                   logits_banks(self.weight_ports, self.weight_port_bits))
 
     def default_context(self, model_context: int) -> int:
         return min(model_context, self.max_context)

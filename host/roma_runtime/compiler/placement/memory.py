@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ...artifact.boards import ElementwiseLanes
+from ...artifact.boards import ElementwiseLanes, logits_banks, pow2_at_least
 from ...artifact.interface import HLS_DIR, kernel_constants, load_constants
 from ...artifact.kv_layout import port_lanes
 from ...artifact.uram_image import tile_sizes
@@ -171,10 +171,6 @@ def _source_pragmas(defines: tuple) -> tuple:
     return tuple(read_pragmas(hls_sources(), dict(defines)))
 
 
-def _pow2_at_least(n: int) -> int:  # roma_core.cpp pow2_at_least
-    return 1 << (n - 1).bit_length()
-
-
 def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes, token_lanes: int = 1, *,
                    act_lanes: int) -> dict[str, str]:
     """The values of the build-wide symbols the sources' pragma factors name: ROMA_GEMV_PE (roma_model.h: the plan's
@@ -189,7 +185,7 @@ def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes,
     (roma_model.h TOKEN_LANES: the token lanes, the token dimension's partition of the chunk's buffers and the
     elementwise units' instances) and RESIDUAL_ADDS (two per lane)."""
     act = act_lanes
-    out_lanes = _pow2_at_least(max(pe * (2 if token_lanes > 1 else 1), ports))
+    out_lanes = pow2_at_least(max(pe * (2 if token_lanes > 1 else 1), ports))
     chain = max(out_lanes, act)
     values = {"ROMA_GEMV_PE": pe, "ROMA_WEIGHT_PORTS": ports, "GEMV_IN_LANES": act, "GEMV_OUT_LANES": out_lanes,
               "GEMV_CHAIN_LANES": chain, "NORM_LANES": lanes.norm, "SWIGLU_LANES": lanes.swiglu,
@@ -197,7 +193,7 @@ def pragma_defines(pe: int, ports: int, port_bits: int, lanes: ElementwiseLanes,
               "STREAM_LANES": max(lanes.norm, lanes.residual), "NORM_OUT_LANES": max(act, lanes.norm),
               "ROPE_IN_LANES": max(out_lanes, 2 * lanes.rope), "ROPE_OUT_LANES": 2 * lanes.rope,
               "RESIDUAL_IN_LANES": max(out_lanes, lanes.residual), "GATE_LANES": max(chain, lanes.swiglu),
-              "UP_LANES": max(out_lanes, lanes.swiglu), "LOGITS_BANKS": _pow2_at_least(max(ports, port_bits // 32)),
+              "UP_LANES": max(out_lanes, lanes.swiglu), "LOGITS_BANKS": logits_banks(ports, port_bits),
               "TT": token_lanes, "RESIDUAL_ADDS": 2 * token_lanes}
     return {k: str(v) for k, v in values.items()}
 
