@@ -255,11 +255,14 @@ class RomaCoreDriver(DefaultIP):
             self.mmio.write(off + 4, raw >> 32)
 
     def read_arg(self, name: str):
-        a = self.interface[name]
-        off = self.offsets[name]
-        raw = self.mmio.read(off)
+        return self._decode(self.interface[name], self.mmio.read)
+
+    def _decode(self, a, word):
+        """Argument a's value from its register words: word(offset) reads the 32 bits at an offset."""
+        off = self.offsets[a.name]
+        raw = word(off)
         if a.width == 64:
-            raw |= self.mmio.read(off + 4) << 32
+            raw |= word(off + 4) << 32
         return a.decode(raw)
 
     def read_outputs(self) -> dict[str, int]:
@@ -272,12 +275,7 @@ class RomaCoreDriver(DefaultIP):
         lo = min(self.offsets[a.name] for a in outs)
         n = (max(self.offsets[a.name] + a.width // 8 for a in outs) - lo) // 4
         words = np.frombuffer(self.mmio.device.read_registers(self.mmio.base_addr + lo, 4 * n), np.uint32)
-        out = {}
-        for a in outs:
-            i = (self.offsets[a.name] - lo) // 4
-            raw = int(words[i]) | (int(words[i + 1]) << 32 if a.width == 64 else 0)
-            out[a.name] = a.decode(raw)
-        return out
+        return {a.name: self._decode(a, lambda off: int(words[(off - lo) // 4])) for a in outs}
 
     def start(self) -> None:
         self.mmio.write(CTRL, AP_START)
